@@ -1,0 +1,18 @@
+{
+  "targets": [
+    {
+      "target_name": "spinlm",
+      "sources": [
+        "native/addon.cc",
+        "native/cpu/loss.cc",
+        "native/cpu/threadpool.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno", "-Wno-psabi"],
+      "ldflags": ["-pthread"]
+    }
+  ]
+}

@@ -1,0 +1,236 @@
+// The one N-API module of spinlm. Device memory for the CPU backend is native, 64-byte aligned and
+// owned by an External handle (freed explicitly by free() or by the GC finalizer). Kernels take
+// tensors as JS objects { handle, byteOffset }; every call checks handles, sizes, bounds and
+// targets here, so a bad call from JS throws a clear error instead of crashing the process.
+#include <napi.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "include/bf16.h"
+#include "cpu/kernels.h"
+#include "cpu/threadpool.h"
+#include "napi_util.h"
+
+namespace {
+
+using namespace spinlm::napi;
+
+Napi::Value Alloc(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t bytes = ToInt(info[0], "bytes");
+  const size_t rounded = static_cast<size_t>((bytes + 63) / 64 * 64 + 64);
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) Throw(env, "out of memory allocating " + std::to_string(bytes) + " bytes");
+  Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+  auto ext = Napi::External<HostBuffer>::New(env, new HostBuffer{p, bytes}, FinalizeBuffer);
+  napi_type_tag_object(env, ext, &kBufferTag);
+  return ext;
+}
+
+Napi::Value Free(const Napi::CallbackInfo& info) {
+  HostBuffer* b = GetBuffer(info.Env(), info[0], "buffer");
+  std::free(b->ptr);
+  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -b->bytes);
+  b->ptr = nullptr;
+  return info.Env().Undefined();
+}
+
+// write(view, src TypedArray): host -> buffer; read(view, dst TypedArray): buffer -> host.
+Napi::Value Copy(const Napi::CallbackInfo& info, bool to_device) {
+  Napi::Env env = info.Env();
+  if (!info[1].IsTypedArray()) Throw(env, "host data must be a TypedArray");
+  Napi::TypedArray a = info[1].As<Napi::TypedArray>();
+  const int64_t bytes = static_cast<int64_t>(a.ByteLength());
+  char* dev = View<char>(info[0], "tensor", bytes);
+  char* host = static_cast<char*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+  if (bytes > 0) {
+    if (to_device) std::memcpy(dev, host, bytes);
+    else std::memcpy(host, dev, bytes);
+  }
+  return env.Undefined();
+}
+Napi::Value Write(const Napi::CallbackInfo& info) { return Copy(info, true); }
+Napi::Value Read(const Napi::CallbackInfo& info) { return Copy(info, false); }
+
+// fill(view, count, elementBytes 2|4, pattern): writes `count` copies of a 16- or 32-bit pattern.
+Napi::Value Fill(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t count = ToInt(info[1], "count"), esize = ToInt(info[2], "elementBytes");
+  const uint32_t pattern = static_cast<uint32_t>(ToInt(info[3], "pattern"));
+  if (esize != 2 && esize != 4) Throw(env, "elementBytes must be 2 or 4");
+  char* p = View<char>(info[0], "tensor", CheckedMul(env, count, esize, "fill size"));
+  if (esize == 4) {
+    uint32_t* q = reinterpret_cast<uint32_t*>(p);
+    for (int64_t i = 0; i < count; ++i) std::memcpy(q + i, &pattern, 4);
+  } else {
+    const uint16_t h = static_cast<uint16_t>(pattern);
+    for (int64_t i = 0; i < count; ++i) std::memcpy(p + 2 * i, &h, 2);
+  }
+  return env.Undefined();
+}
+
+// cast(src, srcDtype, dst, dstDtype, count): f32 <-> bf16 (round to nearest even), or a copy.
+Napi::Value Cast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DType sd = ToDType(info[1], "source dtype"), dd = ToDType(info[3], "destination dtype");
+  const int64_t n = ToInt(info[4], "count");
+  if ((sd == DType::kI32) != (dd == DType::kI32)) Throw(env, "cannot cast between i32 and floats");
+  const char* s = View<char>(info[0], "source", CheckedMul(env, n, spinlm::dtype_size(sd), "size"));
+  char* d = View<char>(info[2], "destination", CheckedMul(env, n, spinlm::dtype_size(dd), "size"));
+  if (sd == dd) {
+    std::memmove(d, s, n * spinlm::dtype_size(sd));
+  } else if (sd == DType::kF32) {
+    const float* a = reinterpret_cast<const float*>(s);
+    uint16_t* b = reinterpret_cast<uint16_t*>(d);
+    for (int64_t i = 0; i < n; ++i) b[i] = spinlm::f32_to_bf16(a[i]);
+  } else {
+    const uint16_t* a = reinterpret_cast<const uint16_t*>(s);
+    float* b = reinterpret_cast<float*>(d);
+    for (int64_t i = 0; i < n; ++i) b[i] = spinlm::bf16_to_f32(a[i]);
+  }
+  return env.Undefined();
+}
+
+void CheckTargets(Napi::Env env, const int32_t* t, int64_t n, int64_t v) {
+  const int64_t bad = spinlm::first_bad_target(t, n, v);
+  if (bad >= 0)
+    Throw(env, "targets[" + std::to_string(bad) + "] = " + std::to_string(t[bad]) +
+                   " is outside [0, " + std::to_string(v) + ") and is not the ignore index -100");
+}
+
+// logprobGather(logits, dtype, n, v, targets, logp, lse)
+Napi::Value LogprobGather(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DType dt = ToDType(info[1], "logits dtype");
+  if (dt == DType::kI32) Throw(env, "logits must be f32 or bf16");
+  const int64_t n = ToInt(info[2], "n"), v = ToInt(info[3], "v");
+  if (n > 0 && v == 0) Throw(env, "vocabulary size must be at least 1");
+  const int64_t zbytes = CheckedMul(env, CheckedMul(env, n, v, "n * v"), spinlm::dtype_size(dt), "logits bytes");
+  const void* z = View(info[0], "logits", zbytes);
+  const int32_t* t = View<int32_t>(info[4], "targets", n * 4);
+  float* logp = View<float>(info[5], "logp", n * 4);
+  float* lse = View<float>(info[6], "lse", n * 4);
+  CheckTargets(env, t, n, v);
+  spinlm::logprob_gather(z, dt, n, v, t, logp, lse);
+  return env.Undefined();
+}
+
+// logprobGatherBackward(logits, dtype, n, v, targets, lse, dlogp, dlogits, outDtype)
+Napi::Value LogprobGatherBackward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const DType dt = ToDType(info[1], "logits dtype"), od = ToDType(info[8], "dlogits dtype");
+  if (dt == DType::kI32 || od == DType::kI32) Throw(env, "logits and dlogits must be f32 or bf16");
+  const int64_t n = ToInt(info[2], "n"), v = ToInt(info[3], "v");
+  if (n > 0 && v == 0) Throw(env, "vocabulary size must be at least 1");
+  const int64_t nv = CheckedMul(env, n, v, "n * v");
+  const char* z = View<char>(info[0], "logits", CheckedMul(env, nv, spinlm::dtype_size(dt), "bytes"));
+  const int32_t* t = View<int32_t>(info[4], "targets", n * 4);
+  const float* lse = View<float>(info[5], "lse", n * 4);
+  const float* dlogp = View<float>(info[6], "dlogp", n * 4);
+  char* out = View<char>(info[7], "dlogits", CheckedMul(env, nv, spinlm::dtype_size(od), "bytes"));
+  // Writing over the logits is allowed only exactly in place: a shifted overlap would read
+  // values another row already overwrote.
+  const char* zend = z + nv * spinlm::dtype_size(dt);
+  const char* oend = out + nv * spinlm::dtype_size(od);
+  if (nv > 0 && out < zend && z < oend && (out != z || od != dt))
+    Throw(env, "dlogits overlaps logits without being exactly in place with the same dtype");
+  CheckTargets(env, t, n, v);
+  spinlm::logprob_gather_backward(z, dt, n, v, t, lse, dlogp, out, od);
+  return env.Undefined();
+}
+
+void CheckSegments(Napi::Env env, const int32_t* seg, int64_t n, int64_t s) {
+  for (int64_t r = 0; r < n; ++r)
+    if (seg[r] < -1 || seg[r] >= s)
+      Throw(env, "segment id " + std::to_string(seg[r]) + " at row " + std::to_string(r) +
+                     " is outside [-1, " + std::to_string(s) + ")");
+}
+
+// sequenceLogprob(logp, seg, n, numSeqs, out)
+Napi::Value SequenceLogprob(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t n = ToInt(info[2], "n"), s = ToInt(info[3], "numSeqs");
+  const float* logp = View<float>(info[0], "logp", n * 4);
+  const int32_t* seg = View<int32_t>(info[1], "segments", n * 4);
+  float* out = View<float>(info[4], "out", s * 4);
+  CheckSegments(env, seg, n, s);
+  spinlm::sequence_logprob(logp, seg, n, s, out);
+  return env.Undefined();
+}
+
+// sequenceLogprobBackward(dseq, seg, n, numSeqs, dlogp)
+Napi::Value SequenceLogprobBackward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t n = ToInt(info[2], "n"), s = ToInt(info[3], "numSeqs");
+  const float* dseq = View<float>(info[0], "dseq", s * 4);
+  const int32_t* seg = View<int32_t>(info[1], "segments", n * 4);
+  float* dlogp = View<float>(info[4], "dlogp", n * 4);
+  CheckSegments(env, seg, n, s);
+  spinlm::sequence_logprob_backward(dseq, seg, n, s, dlogp);
+  return env.Undefined();
+}
+
+// spinLoss(policyReal, policyGen, refReal, refGen, b, beta, lossType 'sigmoid'|'hinge', out[7, b])
+Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t b = ToInt(info[4], "batch");
+  if (!info[5].IsNumber()) Throw(env, "beta must be a number");
+  const double beta = info[5].As<Napi::Number>().DoubleValue();
+  const std::string type = info[6].IsString() ? info[6].As<Napi::String>().Utf8Value() : "";
+  if (type != "sigmoid" && type != "hinge") Throw(env, "loss type must be 'sigmoid' or 'hinge'");
+  const float* pr = View<float>(info[0], "policyReal", b * 4);
+  const float* pg = View<float>(info[1], "policyGenerated", b * 4);
+  const float* rr = View<float>(info[2], "refReal", b * 4);
+  const float* rg = View<float>(info[3], "refGenerated", b * 4);
+  float* out = View<float>(info[7], "out", b * 7 * 4);
+  spinlm::spin_loss(pr, pg, rr, rg, b, beta,
+                    type == "hinge" ? spinlm::SpinLossType::kHinge : spinlm::SpinLossType::kSigmoid,
+                    out);
+  return env.Undefined();
+}
+
+Napi::Value StreamRead(const Napi::CallbackInfo& info) {
+  const int64_t bytes = ToInt(info[1], "bytes");
+  const void* p = View(info[0], "tensor", bytes);
+  return Napi::Number::New(info.Env(), spinlm::stream_read(p, bytes));
+}
+
+// rowOffset(row, cols) -> BigInt: the kernels' element-offset math, exposed so tests can check it
+// past 2^31 without allocating such a tensor.
+Napi::Value RowOffset(const Napi::CallbackInfo& info) {
+  return Napi::BigInt::New(info.Env(), spinlm::row_offset(ToInt(info[0], "row"), ToInt(info[1], "cols")));
+}
+
+Napi::Value NumThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), spinlm::num_threads());
+}
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  spinlm::set_num_threads(static_cast<int>(ToInt(info[0], "threads")));
+  return info.Env().Undefined();
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("alloc", Napi::Function::New(env, Alloc));
+  exports.Set("free", Napi::Function::New(env, Free));
+  exports.Set("write", Napi::Function::New(env, Write));
+  exports.Set("read", Napi::Function::New(env, Read));
+  exports.Set("fill", Napi::Function::New(env, Fill));
+  exports.Set("cast", Napi::Function::New(env, Cast));
+  exports.Set("logprobGather", Napi::Function::New(env, LogprobGather));
+  exports.Set("logprobGatherBackward", Napi::Function::New(env, LogprobGatherBackward));
+  exports.Set("sequenceLogprob", Napi::Function::New(env, SequenceLogprob));
+  exports.Set("sequenceLogprobBackward", Napi::Function::New(env, SequenceLogprobBackward));
+  exports.Set("spinLoss", Napi::Function::New(env, SpinLoss));
+  exports.Set("streamRead", Napi::Function::New(env, StreamRead));
+  exports.Set("rowOffset", Napi::Function::New(env, RowOffset));
+  exports.Set("numThreads", Napi::Function::New(env, NumThreads));
+  exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(spinlm, Init)

@@ -1,0 +1,91 @@
+// 16-lane float vectors through GCC/Clang vector extensions. The same source compiles to SSE2,
+// AVX2 or AVX-512 depending on the target of the function it is inlined into; hot entry points
+// are built for several targets with SPINLM_CLONES and picked at load time (ifunc).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+namespace spinlm::simd {
+
+constexpr int kLanes = 16;
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+typedef uint32_t vu __attribute__((vector_size(64)));
+typedef uint16_t vh __attribute__((vector_size(32)));
+
+#if defined(__x86_64__) && !defined(SPINLM_NO_CLONES)
+#define SPINLM_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SPINLM_CLONES
+#endif
+#define SPINLM_INLINE inline __attribute__((always_inline))
+
+SPINLM_INLINE vf splat(float x) { return vf{} + x; }
+
+// Unaligned loads and stores (memcpy compiles to one vector move).
+SPINLM_INLINE vf load(const float* p) { vf v; memcpy(&v, p, sizeof v); return v; }
+SPINLM_INLINE vf load(const uint16_t* p) {  // bf16 -> f32 is a 16-bit shift
+  vh h;
+  memcpy(&h, p, sizeof h);
+  vu w = __builtin_convertvector(h, vu) << 16;
+  vf v;
+  memcpy(&v, &w, sizeof v);
+  return v;
+}
+SPINLM_INLINE void store(float* p, vf v) { memcpy(p, &v, sizeof v); }
+// f32 -> bf16, round to nearest even, NaN kept quiet (vector form of bf16.h's f32_to_bf16).
+SPINLM_INLINE void store(uint16_t* p, vf v) {
+  vu u;
+  memcpy(&u, &v, sizeof u);
+  const vu is_nan = (u & 0x7fffffffu) > 0x7f800000u;
+  const vu rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const vu quiet = (u >> 16) | 0x40u;
+  const vh h = __builtin_convertvector((rounded & ~is_nan) | (quiet & is_nan), vh);
+  memcpy(p, &h, sizeof h);
+}
+
+SPINLM_INLINE vf vmax(vf a, vf b) { return a > b ? a : b; }
+SPINLM_INLINE float hmax(vf v) {
+  float m = v[0];
+  for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+SPINLM_INLINE float hsum(vf v) {  // fixed pairwise order: deterministic
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int i = 0; i < w; ++i) v[i] += v[i + w];
+  return v[0];
+}
+
+// e^x for x <= 0 (callers pass x - max). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a
+// degree-6 polynomial for e^r (Cephes expf coefficients; about 1 ulp). Below -87.3 the result is 0
+// (e^x would be subnormal), so -inf inputs contribute exactly 0. NaN propagates.
+SPINLM_INLINE vf exp_neg(vf x) {
+  const vf magic = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer in the low bits
+  const vi underflow = x < splat(-87.33654f);
+  const vf xc = x < splat(-87.33654f) ? splat(-87.33654f) : x;
+  const vf t = xc * splat(1.44269504088896341f) + magic;
+  const vf n = t - magic;
+  vf r = xc - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  vi ti;
+  memcpy(&ti, &t, sizeof ti);
+  const vi bits = (ti - 0x4B400000) + 127;  // integer n, biased
+  const vi scale_bits = bits << 23;
+  vf scale;
+  memcpy(&scale, &scale_bits, sizeof scale);
+  vf y = p * scale;
+  vi yi;
+  memcpy(&yi, &y, sizeof yi);
+  yi &= ~underflow;
+  memcpy(&y, &yi, sizeof y);
+  return y;
+}
+
+}  // namespace spinlm::simd

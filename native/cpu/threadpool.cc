@@ -1,0 +1,122 @@
+#include "threadpool.h"
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace spinlm {
+namespace {
+
+class Pool {
+ public:
+  explicit Pool(int n) { resize(n); }
+  ~Pool() { stop(); }
+
+  int size() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void resize(int n) {
+    stop();
+    stopping_ = false;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+  }
+
+  // Runs task(k) for k in [0, parts) with part 0 on the calling thread.
+  void run(int parts, const std::function<void(int)>& task) {
+    if (parts <= 1) {
+      if (parts == 1) task(0);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    task_ = &task;
+    parts_ = parts;
+    pending_ = parts - 1;
+    ++generation_;
+    lock.unlock();
+    cv_.notify_all();
+    task(0);
+    lock.lock();
+    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  void loop(int index) {
+    uint64_t seen = 0;
+    for (;;) {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+      if (stopping_) return;
+      seen = generation_;
+      if (index >= parts_) continue;
+      const std::function<void(int)>* task = task_;
+      lock.unlock();
+      (*task)(index);
+      lock.lock();
+      if (--pending_ == 0) done_cv_.notify_one();
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+    workers_.clear();
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int)>* task_ = nullptr;
+  int parts_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+};
+
+int default_threads() {
+  if (const char* env = std::getenv("SPINLM_NUM_THREADS")) {
+    const int n = std::atoi(env);
+    if (n > 0) return n;
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? static_cast<int>(hw) : 1;
+}
+
+Pool& pool() {
+  static Pool p(default_threads());
+  return p;
+}
+
+std::mutex run_mu;  // one parallel region at a time (N-API calls come from one thread anyway)
+
+}  // namespace
+
+int num_threads() { return pool().size(); }
+
+void set_num_threads(int n) {
+  std::lock_guard<std::mutex> lock(run_mu);
+  pool().resize(std::max(1, n));
+}
+
+void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  grain = std::max<int64_t>(1, grain);
+  const int64_t max_parts = (n + grain - 1) / grain;
+  const int parts = static_cast<int>(std::min<int64_t>(num_threads(), max_parts));
+  if (parts <= 1) {
+    fn(0, n);
+    return;
+  }
+  std::lock_guard<std::mutex> lock(run_mu);
+  pool().run(parts, [&](int k) {
+    const int64_t begin = n * k / parts, end = n * (k + 1) / parts;
+    if (begin < end) fn(begin, end);
+  });
+}
+
+}  // namespace spinlm

@@ -1,0 +1,34 @@
+// Definitions shared by every native target (C++ on the CPU, CUDA on NVIDIA GPUs).
+// Functions marked SPINLM_HD compile as host+device under nvcc and as plain inline C++ elsewhere,
+// so the CPU tests exercise exactly the math the CUDA kernels run.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define SPINLM_HD __host__ __device__ __forceinline__
+#else
+#define SPINLM_HD inline
+#endif
+
+namespace spinlm {
+
+// Target value that marks a token as carrying no loss (PyTorch's ignore_index).
+constexpr int32_t kIgnoreIndex = -100;
+
+// Element offset of row `row` in a row-major [rows, cols] matrix. Always 64-bit: at real sizes
+// rows * vocab passes 2^31 (4096 tokens x 152064 vocab = 6.2e8; 16k x 152064 = 2.5e9).
+SPINLM_HD int64_t row_offset(int64_t row, int64_t cols) { return row * cols; }
+
+SPINLM_HD uint32_t f32_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  return u;
+}
+SPINLM_HD float bits_f32(uint32_t u) {
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+}  // namespace spinlm

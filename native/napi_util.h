@@ -1,0 +1,80 @@
+// N-API helpers shared by every op file: buffer handles, argument conversion and bounds checks.
+// Each op file registers its functions with a Register*Ops(env, exports) call from addon.cc.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cpu/kernels.h"
+
+namespace spinlm::napi {
+
+using spinlm::DType;
+
+struct HostBuffer {
+  void* ptr;
+  int64_t bytes;
+};
+
+// Tags the External so a foreign object can never be taken for a buffer.
+inline constexpr napi_type_tag kBufferTag = {0x7370696e6c6d2d62ULL, 0x7566666572763031ULL};
+
+inline void FinalizeBuffer(Napi::Env env, HostBuffer* b) {
+  if (b->ptr) {
+    std::free(b->ptr);
+    Napi::MemoryManagement::AdjustExternalMemory(env, -b->bytes);
+  }
+  delete b;
+}
+
+[[noreturn]] inline void Throw(Napi::Env env, const std::string& msg) {
+  throw Napi::RangeError::New(env, "spinlm native: " + msg);
+}
+
+inline HostBuffer* GetBuffer(Napi::Env env, Napi::Value v, const char* what) {
+  bool tagged = false;
+  if (v.IsExternal()) napi_check_object_type_tag(env, v, &kBufferTag, &tagged);
+  if (!tagged) Throw(env, std::string(what) + " is not a spinlm buffer handle");
+  HostBuffer* b = v.As<Napi::External<HostBuffer>>().Data();
+  if (!b->ptr) Throw(env, std::string(what) + " was used after free()");
+  return b;
+}
+
+inline int64_t ToInt(Napi::Value v, const char* what) {
+  if (!v.IsNumber()) Throw(v.Env(), std::string(what) + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<int64_t>(d)))
+    Throw(v.Env(), std::string(what) + " must be a non-negative integer, got " + std::to_string(d));
+  return static_cast<int64_t>(d);
+}
+
+inline DType ToDType(Napi::Value v, const char* what) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return DType::kF32;
+  if (s == "bf16") return DType::kBF16;
+  if (s == "i32") return DType::kI32;
+  Throw(v.Env(), std::string(what) + " must be 'f32', 'bf16' or 'i32'");
+}
+
+// Resolves a tensor view { handle, byteOffset } and checks that `bytes` bytes fit in its buffer.
+template <class T = void>
+T* View(Napi::Value v, const char* what, int64_t bytes) {
+  Napi::Env env = v.Env();
+  if (!v.IsObject()) Throw(env, std::string(what) + " must be a tensor view { handle, byteOffset }");
+  Napi::Object o = v.As<Napi::Object>();
+  HostBuffer* b = GetBuffer(env, o.Get("handle"), what);
+  const int64_t off = ToInt(o.Get("byteOffset"), "byteOffset");
+  if (off > b->bytes || bytes > b->bytes - off)
+    Throw(env, std::string(what) + ": " + std::to_string(bytes) + " bytes at offset " +
+                   std::to_string(off) + " overrun its buffer of " + std::to_string(b->bytes) +
+                   " bytes");
+  return reinterpret_cast<T*>(static_cast<char*>(b->ptr) + off);
+}
+
+inline int64_t CheckedMul(Napi::Env env, int64_t a, int64_t b, const char* what) {
+  if (a != 0 && b > INT64_MAX / a) Throw(env, std::string(what) + " overflows 64 bits");
+  return a * b;
+}
+
+}  // namespace spinlm::napi

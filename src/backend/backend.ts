@@ -1,0 +1,84 @@
+// The one Backend interface (DESIGN.md section 2). Every op is issued synchronously and returns
+// device tensors; only read() is async (WebGPU maps buffers, CUDA syncs a stream). Nothing above
+// src/backend/ knows which device runs an op. Argument checks shared by all backends live in
+// validate.ts, so each backend implements only the math.
+import type { DType, HostArrayOf, HostData } from '../tensor/dtype.js';
+import type { Tensor } from '../tensor/tensor.js';
+
+export type SpinLossType = 'sigmoid' | 'hinge';
+
+/** Rows of the [7, B] tensor returned by spinLoss, in order. */
+export const SPIN_LOSS_ROWS = [
+  'loss', // softplus(-u) (sigmoid) or max(0, 1 - u) (hinge), per pair
+  'rewardsReal', // beta * (S(theta, y) - S(ref, y))
+  'rewardsGenerated', // beta * (S(theta, y') - S(ref, y'))
+  'margins', // rewardsReal - rewardsGenerated = u
+  'accuracies', // 1 if rewardsReal > rewardsGenerated (ties count as misses, as TRL logs it)
+  'dReal', // d(mean loss) / dS(theta, y)
+  'dGenerated', // d(mean loss) / dS(theta, y')
+] as const;
+export type SpinLossRow = (typeof SPIN_LOSS_ROWS)[number];
+
+export interface Backend {
+  /** 'cpu', 'webgpu', 'cuda'. */
+  readonly name: string;
+
+  // ---- memory -------------------------------------------------------------------------------
+  /** A new tensor with unspecified contents. */
+  empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
+  /** Copies host data into a new tensor of the given shape. */
+  upload<D extends DType>(host: HostData<D>, shape: readonly number[]): Tensor<D>;
+  /** Copies a tensor to the host. The only async op. */
+  read<D extends DType>(t: Tensor<D>): Promise<HostArrayOf<D>>;
+  /** Releases a tensor's buffer now. Using it afterwards throws. */
+  free(t: Tensor): void;
+  /** Sets every element to `value` (rounded to the dtype). */
+  fill(t: Tensor, value: number): void;
+  /** Writes a raw bit pattern into every element (e.g. 0x7fc00000 = f32 NaN): for poisoning outputs in tests. */
+  fillBits(t: Tensor, bits: number): void;
+  /** A new tensor with the values converted to `dtype` (f32 <-> bf16 rounds to nearest even). */
+  cast<D extends DType>(t: Tensor, dtype: D): Tensor<D>;
+
+  // ---- the log-prob / SPIN loss family (DESIGN.md section 1) ---------------------------------
+  /**
+   * logits [N, V] (f32 | bf16), targets i32 [N] (-100 = ignored) ->
+   * logp f32 [N] = z[n, y_n] - logsumexp(z[n, :]) and lse f32 [N] (saved for the backward).
+   * One online pass per row in fp32; ignored rows give logp = lse = 0. Extra memory O(N).
+   */
+  logprobGather(logits: Tensor, targets: Tensor<'i32'>): { logp: Tensor<'f32'>; lse: Tensor<'f32'> };
+
+  /**
+   * Backward of logprobGather: dlogits[n, v] = dlogp[n] * (1[v = y_n] - softmax(z[n, :])_v), from the
+   * saved lse (no second reduction). 1 - p_y is computed as -expm1(logp_y) in fp32. Ignored rows are
+   * exact zeros. `out` may be `logits` itself (in place); else a new tensor of `dtype`
+   * (default: the logits' dtype) is returned.
+   */
+  logprobGatherBackward(
+    logits: Tensor,
+    targets: Tensor<'i32'>,
+    lse: Tensor<'f32'>,
+    dlogp: Tensor<'f32'>,
+    opts?: { out?: Tensor; dtype?: 'f32' | 'bf16' },
+  ): Tensor;
+
+  /**
+   * Per-sequence sums of token log-probs: out[s] = sum of logp[n] with segments[n] = s
+   * (segments[n] = -1: the token belongs to no sequence, e.g. prompt or padding). Fixed order,
+   * so the same inputs always give bit-identical sums.
+   */
+  sequenceLogprob(logp: Tensor<'f32'>, segments: Tensor<'i32'>, numSeqs: number): Tensor<'f32'>;
+  /** Backward: dlogp[n] = dseq[segments[n]], 0 where segments[n] = -1. */
+  sequenceLogprobBackward(dseq: Tensor<'f32'>, segments: Tensor<'i32'>): Tensor<'f32'>;
+
+  /**
+   * The SPIN loss of B pairs from summed log-probs (each f32 [B]) -> f32 [7, B], rows as in
+   * SPIN_LOSS_ROWS, with the gradients of the batch-mean loss in the last two rows.
+   */
+  spinLoss(
+    policyReal: Tensor<'f32'>,
+    policyGenerated: Tensor<'f32'>,
+    refReal: Tensor<'f32'>,
+    refGenerated: Tensor<'f32'>,
+    opts: { beta: number; lossType: SpinLossType },
+  ): Tensor<'f32'>;
+}

@@ -1,0 +1,82 @@
+// Loads the native addon: prebuilds/<platform>-<arch>/ first, then build/Release (node-gyp or
+// cmake-js), through node-gyp-build. SPINLM_ADDON=/path/to/spinlm.node loads one file instead.
+// When nothing loads, one error says what was looked for, what was found and how to fix it.
+import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** A tensor as the addon sees it: a buffer handle and a byte offset into it. */
+export interface NativeView {
+  readonly handle: unknown;
+  readonly byteOffset: number;
+}
+
+/** The functions of native/addon.cc. Shapes and meanings: native/cpu/kernels.h. */
+export interface NativeAddon {
+  abiVersion: number;
+  alloc(bytes: number): unknown;
+  free(handle: unknown): void;
+  write(dst: NativeView, src: ArrayBufferView): void;
+  read(src: NativeView, dst: ArrayBufferView): void;
+  fill(t: NativeView, count: number, elementBytes: 2 | 4, pattern: number): void;
+  cast(src: NativeView, srcDtype: string, dst: NativeView, dstDtype: string, count: number): void;
+  logprobGather(logits: NativeView, dtype: string, n: number, v: number, targets: NativeView, logp: NativeView, lse: NativeView): void;
+  logprobGatherBackward(
+    logits: NativeView, dtype: string, n: number, v: number, targets: NativeView,
+    lse: NativeView, dlogp: NativeView, dlogits: NativeView, outDtype: string,
+  ): void;
+  sequenceLogprob(logp: NativeView, segments: NativeView, n: number, numSeqs: number, out: NativeView): void;
+  sequenceLogprobBackward(dseq: NativeView, segments: NativeView, n: number, numSeqs: number, dlogp: NativeView): void;
+  spinLoss(
+    policyReal: NativeView, policyGen: NativeView, refReal: NativeView, refGen: NativeView,
+    b: number, beta: number, lossType: string, out: NativeView,
+  ): void;
+  streamRead(t: NativeView, bytes: number): number;
+  rowOffset(row: number, cols: number): bigint;
+  numThreads(): number;
+  setNumThreads(n: number): void;
+}
+
+/** The package root: two levels above src/backend/cpu or dist/backend/cpu. */
+export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+let cached: NativeAddon | undefined;
+
+function listNodeFiles(dir: string): string[] {
+  if (!existsSync(dir)) return [];
+  const out: string[] = [];
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...listNodeFiles(p));
+    else if (entry.name.endsWith('.node')) out.push(p);
+  }
+  return out;
+}
+
+export function loadAddon(): NativeAddon {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  const override = process.env.SPINLM_ADDON;
+  try {
+    cached = (override ? require(resolve(override)) : require('node-gyp-build')(packageRoot)) as NativeAddon;
+  } catch (err) {
+    const found = [...listNodeFiles(join(packageRoot, 'prebuilds')), ...listNodeFiles(join(packageRoot, 'build'))];
+    const message = [
+      `spinlm: could not load its native addon (${(err as Error).message.split('\n')[0]}).`,
+      override
+        ? `Looked for: SPINLM_ADDON=${override}.`
+        : `Looked for: ${join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`)}/*.node, then ${join(packageRoot, 'build', 'Release')}/spinlm.node.`,
+      `Found: ${found.length ? found.join(', ') : 'no .node files'}.`,
+      `Fix: build it from source with \`cd ${packageRoot} && npx node-gyp rebuild\` (needs python3, make, g++),`,
+      `or reinstall spinlm on a linux-x64 machine where its prebuilt binary applies.`,
+    ].join('\n');
+    throw new Error(message, { cause: err });
+  }
+  if (cached.abiVersion !== 1) {
+    const v = cached.abiVersion;
+    cached = undefined;
+    throw new Error(`spinlm: the native addon speaks ABI ${v}, this code expects 1: rebuild it with \`npx node-gyp rebuild\``);
+  }
+  return cached;
+}
