@@ -2,11 +2,7 @@
   "targets": [
     {
       "target_name": "spinlm",
-      "sources": [
-        "native/addon.cc",
-        "native/cpu/loss.cc",
-        "native/cpu/threadpool.cc"
-      ],
+      "sources": ["<!@(ls -1 native/*.cc native/cpu/*.cc)"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],

@@ -228,6 +228,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rowOffset", Napi::Function::New(env, RowOffset));
   exports.Set("numThreads", Napi::Function::New(env, NumThreads));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  for (RegisterFn fn : op_registry()) fn(env, exports);
   return exports;
 }
 

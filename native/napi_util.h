@@ -1,10 +1,12 @@
 // N-API helpers shared by every op file: buffer handles, argument conversion and bounds checks.
-// Each op file registers its functions with a Register*Ops(env, exports) call from addon.cc.
+// Each op file registers its functions at load time with a static OpRegistrar; addon.cc's Init
+// installs every registered family, so adding an op file never touches addon.cc.
 #pragma once
 #include <napi.h>
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "cpu/kernels.h"
 
@@ -76,5 +78,17 @@ inline int64_t CheckedMul(Napi::Env env, int64_t a, int64_t b, const char* what)
   if (a != 0 && b > INT64_MAX / a) Throw(env, std::string(what) + " overflows 64 bits");
   return a * b;
 }
+
+using RegisterFn = void (*)(Napi::Env env, Napi::Object exports);
+
+inline std::vector<RegisterFn>& op_registry() {
+  static std::vector<RegisterFn> fns;
+  return fns;
+}
+
+// `static OpRegistrar reg(RegisterMyOps);` at namespace scope in an op file.
+struct OpRegistrar {
+  explicit OpRegistrar(RegisterFn fn) { op_registry().push_back(fn); }
+};
 
 }  // namespace spinlm::napi
