@@ -172,20 +172,21 @@ Napi::Value SequenceLogprobBackward(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// spinLoss(policyReal, policyGen, refReal, refGen, b, beta, lossType 'sigmoid'|'hinge', out[7, b])
+// spinLoss(policyReal, policyGen, refReal, refGen, pairMask|null, b, beta, lossType, out[7, b])
 Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t b = ToInt(info[4], "batch");
-  if (!info[5].IsNumber()) Throw(env, "beta must be a number");
-  const double beta = info[5].As<Napi::Number>().DoubleValue();
-  const std::string type = info[6].IsString() ? info[6].As<Napi::String>().Utf8Value() : "";
+  const int64_t b = ToInt(info[5], "batch");
+  if (!info[6].IsNumber()) Throw(env, "beta must be a number");
+  const double beta = info[6].As<Napi::Number>().DoubleValue();
+  const std::string type = info[7].IsString() ? info[7].As<Napi::String>().Utf8Value() : "";
   if (type != "sigmoid" && type != "hinge") Throw(env, "loss type must be 'sigmoid' or 'hinge'");
   const float* pr = View<float>(info[0], "policyReal", b * 4);
   const float* pg = View<float>(info[1], "policyGenerated", b * 4);
   const float* rr = View<float>(info[2], "refReal", b * 4);
   const float* rg = View<float>(info[3], "refGenerated", b * 4);
-  float* out = View<float>(info[7], "out", b * 7 * 4);
-  spinlm::spin_loss(pr, pg, rr, rg, b, beta,
+  const float* mask = info[4].IsNull() ? nullptr : View<float>(info[4], "pairMask", b * 4);
+  float* out = View<float>(info[8], "out", b * 7 * 4);
+  spinlm::spin_loss(pr, pg, rr, rg, mask, b, beta,
                     type == "hinge" ? spinlm::SpinLossType::kHinge : spinlm::SpinLossType::kSigmoid,
                     out);
   return env.Undefined();

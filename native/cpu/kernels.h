@@ -35,10 +35,13 @@ void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n,
                                float* dlogp);
 
 // SPIN loss per pair from summed log-probs [b] of policy/reference on real/generated answers.
-// out is [7, b]: loss, reward_real, reward_gen, margin, accuracy, dS_real, dS_gen (spin_math.h);
-// the gradients are of the batch-mean loss.
+// out is [7, b]: loss, reward_real, reward_gen, margin, accuracy, dS_real, dS_gen (spin_math.h).
+// pair_mask [b] (nullptr = all pairs count): pairs with mask 0 (no tokens, or dropped because the
+// generated answer equals the real one) get all-zero rows; the gradients are of the mean loss over
+// the counted pairs, and a batch with no counted pair has zero loss and zero gradients.
 void spin_loss(const float* policy_real, const float* policy_gen, const float* ref_real,
-               const float* ref_gen, int64_t b, double beta, SpinLossType type, float* out);
+               const float* ref_gen, const float* pair_mask, int64_t b, double beta,
+               SpinLossType type, float* out);
 
 // Memory-bandwidth probe for benchmarks: sums `bytes` bytes read as floats on all threads.
 double stream_read(const void* data, int64_t bytes);

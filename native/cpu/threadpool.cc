@@ -20,7 +20,9 @@ class Pool {
   void resize(int n) {
     stop();
     stopping_ = false;
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+    // New workers start at the current generation: they must not replay a finished task.
+    const uint64_t gen = generation_;
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i, gen] { loop(i, gen); });
   }
 
   // Runs task(k) for k in [0, parts) with part 0 on the calling thread.
@@ -43,8 +45,7 @@ class Pool {
   }
 
  private:
-  void loop(int index) {
-    uint64_t seen = 0;
+  void loop(int index, uint64_t seen) {
     for (;;) {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });

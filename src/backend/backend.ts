@@ -72,13 +72,16 @@ export interface Backend {
 
   /**
    * The SPIN loss of B pairs from summed log-probs (each f32 [B]) -> f32 [7, B], rows as in
-   * SPIN_LOSS_ROWS, with the gradients of the batch-mean loss in the last two rows.
+   * SPIN_LOSS_ROWS, with the gradients of the mean loss in the last two rows. `pairMask` f32 [B]
+   * (1 = counted, 0 = not: a pair with no answer tokens, or dropped because its generated answer
+   * equals the real one) gives uncounted pairs all-zero rows; the mean is over counted pairs and a
+   * batch with none has zero loss and zero gradients.
    */
   spinLoss(
     policyReal: Tensor<'f32'>,
     policyGenerated: Tensor<'f32'>,
     refReal: Tensor<'f32'>,
     refGenerated: Tensor<'f32'>,
-    opts: { beta: number; lossType: SpinLossType },
+    opts: { beta: number; lossType: SpinLossType; pairMask?: Tensor<'f32'> },
   ): Tensor<'f32'>;
 }

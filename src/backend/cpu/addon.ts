@@ -30,7 +30,7 @@ export interface NativeAddon {
   sequenceLogprobBackward(dseq: NativeView, segments: NativeView, n: number, numSeqs: number, dlogp: NativeView): void;
   spinLoss(
     policyReal: NativeView, policyGen: NativeView, refReal: NativeView, refGen: NativeView,
-    b: number, beta: number, lossType: string, out: NativeView,
+    pairMask: NativeView | null, b: number, beta: number, lossType: string, out: NativeView,
   ): void;
   streamRead(t: NativeView, bytes: number): number;
   rowOffset(row: number, cols: number): bigint;

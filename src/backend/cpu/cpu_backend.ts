@@ -5,12 +5,18 @@ import type { Backend, SpinLossType } from '../backend.js';
 import { checkFinite, checkLogprobArgs, expectDType, expectRank, expectShape, expectTensor } from '../validate.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 
+/** NaN bit patterns written into fresh buffers by a poisoning backend. */
+export const POISON_BITS = { f32: 0x7fc00000, bf16: 0x7fc0, i32: 0x7fc00000 } as const;
+
 export class CpuBackend implements Backend {
   readonly name = 'cpu';
   readonly native: NativeAddon;
+  /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
+  readonly poison: boolean;
 
-  constructor() {
+  constructor(opts: { poison?: boolean } = {}) {
     this.native = loadAddon();
+    this.poison = opts.poison ?? false;
   }
 
   /** Kernel threads (SPINLM_NUM_THREADS at start-up, else all cores). */
@@ -23,7 +29,9 @@ export class CpuBackend implements Backend {
 
   empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D> {
     const t = new Tensor(this, dtype, shape, null);
-    return new Tensor(this, dtype, shape, this.native.alloc(t.byteLength));
+    const out = new Tensor(this, dtype, shape, this.native.alloc(t.byteLength));
+    if (this.poison) this.fillBits(out, POISON_BITS[dtype]);
+    return out;
   }
 
   upload<D extends DType>(host: HostData<D>, shape: readonly number[]): Tensor<D> {
@@ -140,10 +148,13 @@ export class CpuBackend implements Backend {
     policyGenerated: Tensor<'f32'>,
     refReal: Tensor<'f32'>,
     refGenerated: Tensor<'f32'>,
-    opts: { beta: number; lossType: SpinLossType },
+    opts: { beta: number; lossType: SpinLossType; pairMask?: Tensor<'f32'> },
   ): Tensor<'f32'> {
+    expectTensor(this, policyReal, 'policyReal');
+    expectRank(policyReal, 1, 'policyReal');
     const b = policyReal.shape[0];
-    const args = { policyReal, policyGenerated, refReal, refGenerated };
+    const args: Record<string, Tensor> = { policyReal, policyGenerated, refReal, refGenerated };
+    if (opts.pairMask) args.pairMask = opts.pairMask;
     for (const [what, t] of Object.entries(args)) {
       expectTensor(this, t, what);
       expectDType(t, ['f32'], what);
@@ -154,7 +165,7 @@ export class CpuBackend implements Backend {
       throw new RangeError(`lossType must be 'sigmoid' or 'hinge', got '${String(opts.lossType)}'`);
     }
     const out = this.empty('f32', [7, b]);
-    this.native.spinLoss(policyReal, policyGenerated, refReal, refGenerated, b, opts.beta, opts.lossType, out);
+    this.native.spinLoss(policyReal, policyGenerated, refReal, refGenerated, opts.pairMask ?? null, b, opts.beta, opts.lossType, out);
     return out;
   }
 

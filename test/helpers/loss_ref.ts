@@ -1,0 +1,92 @@
+// Float64 reference of the SPIN loss family, written from the formulas (DESIGN.md section 1) and
+// sharing no code with the kernels. Inputs are plain numbers (bf16 inputs already widened exactly).
+
+export const IGNORE = -100;
+
+/** logp[n] = z[n, y] - log(sum_v exp(z[n, v])); ignored rows give 0 and 0. */
+export function logprobGatherRef(z: ArrayLike<number>, n: number, v: number, targets: ArrayLike<number>) {
+  const logp = new Float64Array(n);
+  const lse = new Float64Array(n);
+  for (let r = 0; r < n; r++) {
+    if (targets[r] === IGNORE) continue;
+    let m = -Infinity;
+    for (let j = 0; j < v; j++) m = Math.max(m, z[r * v + j]);
+    let s = 0;
+    for (let j = 0; j < v; j++) s += Math.exp(z[r * v + j] - m);
+    lse[r] = m + Math.log(s);
+    logp[r] = z[r * v + targets[r]] - lse[r];
+  }
+  return { logp, lse };
+}
+
+/** dz[n, v] = dlogp[n] * (1[v = y_n] - softmax(z[n])_v); ignored rows 0. */
+export function logprobGatherBackwardRef(z: ArrayLike<number>, n: number, v: number, targets: ArrayLike<number>, dlogp: ArrayLike<number>) {
+  const { lse } = logprobGatherRef(z, n, v, targets);
+  const dz = new Float64Array(n * v);
+  for (let r = 0; r < n; r++) {
+    if (targets[r] === IGNORE) continue;
+    for (let j = 0; j < v; j++) {
+      const p = Math.exp(z[r * v + j] - lse[r]);
+      dz[r * v + j] = dlogp[r] * ((j === targets[r] ? 1 : 0) - p);
+    }
+  }
+  return dz;
+}
+
+export function sequenceLogprobRef(logp: ArrayLike<number>, segments: ArrayLike<number>, numSeqs: number) {
+  const out = new Float64Array(numSeqs);
+  for (let r = 0; r < segments.length; r++) if (segments[r] >= 0) out[segments[r]] += logp[r];
+  return out;
+}
+
+export interface SpinRef {
+  loss: number; // mean over counted pairs
+  perPair: { loss: number; rewardsReal: number; rewardsGenerated: number; margins: number; accuracies: number; dReal: number; dGenerated: number }[];
+}
+
+/** The official SPIN loss: u = beta * ((pr - rr) - (pg - rg)); sigmoid -log(sigmoid(u)) or hinge relu(1 - u). */
+export function spinLossRef(
+  pr: ArrayLike<number>, pg: ArrayLike<number>, rr: ArrayLike<number>, rg: ArrayLike<number>,
+  beta: number, lossType: 'sigmoid' | 'hinge', mask?: ArrayLike<number>,
+): SpinRef {
+  const b = pr.length;
+  let count = 0;
+  for (let i = 0; i < b; i++) if (!mask || mask[i] !== 0) count++;
+  const perPair: SpinRef['perPair'] = [];
+  let total = 0;
+  for (let i = 0; i < b; i++) {
+    if (mask && mask[i] === 0) {
+      perPair.push({ loss: 0, rewardsReal: 0, rewardsGenerated: 0, margins: 0, accuracies: 0, dReal: 0, dGenerated: 0 });
+      continue;
+    }
+    const u = beta * ((pr[i] - rr[i]) - (pg[i] - rg[i]));
+    // -log(sigmoid(u)) = log(1 + exp(-u)); derivative d/du = -1 / (1 + exp(u))
+    const loss = lossType === 'sigmoid' ? (u > 0 ? Math.log1p(Math.exp(-u)) : -u + Math.log1p(Math.exp(u))) : Math.max(0, 1 - u);
+    const dldu = lossType === 'sigmoid' ? -1 / (1 + Math.exp(u)) : u < 1 ? -1 : 0;
+    total += loss;
+    perPair.push({
+      loss,
+      rewardsReal: beta * (pr[i] - rr[i]),
+      rewardsGenerated: beta * (pg[i] - rg[i]),
+      margins: u,
+      accuracies: beta * (pr[i] - rr[i]) > beta * (pg[i] - rg[i]) ? 1 : 0,
+      dReal: (beta * dldu) / count,
+      dGenerated: (-beta * dldu) / count,
+    });
+  }
+  return { loss: count ? total / count : 0, perPair };
+}
+
+/** max |a - b| / max(max |b|, floor): the normwise relative error used by the tests. */
+export function relErr(a: ArrayLike<number>, b: ArrayLike<number>, floor = 1e-30): number {
+  if (a.length !== b.length) throw new Error(`length mismatch ${a.length} vs ${b.length}`);
+  let num = 0;
+  let den = floor;
+  for (let i = 0; i < a.length; i++) {
+    if (a[i] === b[i]) continue; // also equal infinities
+    const d = Math.abs(a[i] - b[i]);
+    if (!(d <= num)) num = Number.isNaN(d) ? Infinity : d;
+    if (Number.isFinite(b[i])) den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}

@@ -1,0 +1,74 @@
+// The fused SPIN loss against PyTorch autograd (test/oracle/spin_loss_torch.py): same inputs, loss,
+// metrics and dlogits. Tolerances: loss/metrics 1e-6 relative (f32 logits), 1e-5 (bf16 logits);
+// dlogits 1e-5 normwise (max abs error / max abs value).
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
+import { f32ArrayToBf16 } from '../src/tensor/bf16.js';
+import { IGNORE, relErr } from './helpers/loss_ref.js';
+import { runPython } from './helpers/python.js';
+import { randn, withSeed } from './helpers/random.js';
+
+const be = new CpuBackend({ poison: true });
+const ORACLE = new URL('./oracle/spin_loss_torch.py', import.meta.url).pathname;
+
+for (const dtype of ['f32', 'bf16'] as const) {
+  for (const lossType of ['sigmoid', 'hinge'] as const) {
+    test(`${dtype} logits, ${lossType} loss: loss, metrics and dlogits equal torch autograd`, () =>
+      withSeed(async (rng) => {
+        const b = 5, v = 1234;
+        const beta = lossType === 'hinge' ? 0.05 : 0.3;
+        const segs: number[] = [];
+        const targets: number[] = [];
+        for (let s = 0; s < 2 * b; s++) {
+          for (let i = rng.int(0, 8); i > 0; i--) { segs.push(-1); targets.push(IGNORE); }
+          for (let i = rng.int(1, 20); i > 0; i--) { segs.push(s); targets.push(rng.int(0, v - 1)); }
+        }
+        const n = segs.length;
+        const zf = randn(rng, n * v, 2.5);
+        const zdata = dtype === 'f32' ? zf : f32ArrayToBf16(zf);
+        const logits = dtype === 'f32' ? be.upload({ dtype: 'f32', data: zf }, [n, v]) : be.upload({ dtype: 'bf16', data: zdata as Uint16Array }, [n, v]);
+        const ref = randn(rng, 2 * b, 1).map((x) => x * 20 - 150);
+        const t = be.upload({ dtype: 'i32', data: Int32Array.from(targets) }, [n]);
+        const sg = be.upload({ dtype: 'i32', data: Int32Array.from(segs) }, [n]);
+        const ctx = spinLossForward(be, logits, t, sg, be.upload({ dtype: 'f32', data: ref }, [2 * b]), b, { beta, lossType });
+        const m = await spinLossMetrics(ctx);
+        const dz = be.readSync(spinLossBackward(ctx, { dtype: 'f32' })) as Float32Array;
+
+        const dir = mkdtempSync(join(tmpdir(), 'spinlm-loss-torch-'));
+        try {
+          writeFileSync(join(dir, 'params.json'), JSON.stringify({ n, v, b, dtype, beta, loss_type: lossType }));
+          writeFileSync(join(dir, 'logits.bin'), new Uint8Array(zdata.buffer));
+          writeFileSync(join(dir, 'targets.bin'), new Uint8Array(Int32Array.from(targets).buffer));
+          writeFileSync(join(dir, 'segments.bin'), new Uint8Array(Int32Array.from(segs).buffer));
+          writeFileSync(join(dir, 'ref.bin'), new Uint8Array(ref.buffer));
+          runPython(ORACLE, [dir], { threads: 2 });
+          const torchOut = JSON.parse(readFileSync(join(dir, 'out.json'), 'utf8'));
+          const buf = readFileSync(join(dir, 'dlogits.bin'));
+          const torchDz = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+          const tol = dtype === 'f32' ? 1e-6 : 1e-5;
+          const pairs: [string, number, number][] = [
+            ['loss', m.loss, torchOut.loss],
+            ['rewards/real', m['rewards/real'], torchOut.rewards_real],
+            ['rewards/generated', m['rewards/generated'], torchOut.rewards_generated],
+            ['rewards/margins', m['rewards/margins'], torchOut.margins],
+            ['rewards/accuracies', m['rewards/accuracies'], torchOut.accuracies],
+            ['logps/real', m['logps/real'], torchOut.logps_real],
+            ['logps/generated', m['logps/generated'], torchOut.logps_generated],
+          ];
+          for (const [name, ours, theirs] of pairs) {
+            // rewards are beta x a difference of sums of ~10 log-probs: scale the error by the sums' size
+            const scale = name.startsWith('rewards/') && name !== 'rewards/accuracies' ? beta * Math.abs(torchOut.logps_real) : Math.abs(theirs);
+            assert.ok(Math.abs(ours - theirs) <= tol * Math.max(scale, 1e-3), `${name}: spinlm ${ours} vs torch ${theirs}`);
+          }
+          assert.ok(relErr(dz, torchDz) <= 1e-5, `dlogits err ${relErr(dz, torchDz)}`);
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      }));
+  }
+}
