@@ -20,8 +20,7 @@ using namespace spinlm::napi;
 Napi::Value Alloc(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t bytes = ToInt(info[0], "bytes");
-  const size_t rounded = static_cast<size_t>((bytes + 63) / 64 * 64 + 64);
-  void* p = std::aligned_alloc(64, rounded);
+  void* p = spinlm::host_alloc(bytes);
   if (!p) Throw(env, "out of memory allocating " + std::to_string(bytes) + " bytes");
   Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
   auto ext = Napi::External<HostBuffer>::New(env, new HostBuffer{p, bytes}, FinalizeBuffer);
@@ -31,7 +30,7 @@ Napi::Value Alloc(const Napi::CallbackInfo& info) {
 
 Napi::Value Free(const Napi::CallbackInfo& info) {
   HostBuffer* b = GetBuffer(info.Env(), info[0], "buffer");
-  std::free(b->ptr);
+  spinlm::host_free(b->ptr, b->bytes);
   Napi::MemoryManagement::AdjustExternalMemory(info.Env(), -b->bytes);
   b->ptr = nullptr;
   return info.Env().Undefined();
@@ -198,10 +197,23 @@ Napi::Value StreamRead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), spinlm::stream_read(p, bytes));
 }
 
+Napi::Value ExpThroughput(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), spinlm::exp_throughput(ToInt(info[0], "count")));
+}
+
 // rowOffset(row, cols) -> BigInt: the kernels' element-offset math, exposed so tests can check it
 // past 2^31 without allocating such a tensor.
 Napi::Value RowOffset(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), spinlm::row_offset(ToInt(info[0], "row"), ToInt(info[1], "cols")));
+}
+
+// trimMemory(): returns recycled blocks to the OS; cachedBytes(): how much is held for reuse.
+Napi::Value TrimMemory(const Napi::CallbackInfo& info) {
+  spinlm::host_trim();
+  return info.Env().Undefined();
+}
+Napi::Value CachedBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(spinlm::host_cached_bytes()));
 }
 
 Napi::Value NumThreads(const Napi::CallbackInfo& info) {
@@ -226,7 +238,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sequenceLogprobBackward", Napi::Function::New(env, SequenceLogprobBackward));
   exports.Set("spinLoss", Napi::Function::New(env, SpinLoss));
   exports.Set("streamRead", Napi::Function::New(env, StreamRead));
+  exports.Set("expThroughput", Napi::Function::New(env, ExpThroughput));
   exports.Set("rowOffset", Napi::Function::New(env, RowOffset));
+  exports.Set("trimMemory", Napi::Function::New(env, TrimMemory));
+  exports.Set("cachedBytes", Napi::Function::New(env, CachedBytes));
   exports.Set("numThreads", Napi::Function::New(env, NumThreads));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   for (RegisterFn fn : op_registry()) fn(env, exports);

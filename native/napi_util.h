@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/kernels.h"
+#include "cpu/memory.h"
 
 namespace spinlm::napi {
 
@@ -24,7 +25,7 @@ inline constexpr napi_type_tag kBufferTag = {0x7370696e6c6d2d62ULL, 0x7566666572
 
 inline void FinalizeBuffer(Napi::Env env, HostBuffer* b) {
   if (b->ptr) {
-    std::free(b->ptr);
+    spinlm::host_free(b->ptr, b->bytes);
     Napi::MemoryManagement::AdjustExternalMemory(env, -b->bytes);
   }
   delete b;

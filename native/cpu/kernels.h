@@ -46,4 +46,8 @@ void spin_loss(const float* policy_real, const float* policy_gen, const float* r
 // Memory-bandwidth probe for benchmarks: sums `bytes` bytes read as floats on all threads.
 double stream_read(const void* data, int64_t bytes);
 
+// Compute probe for benchmarks: `count` evaluations of the kernels' vector exp on L1-resident data,
+// on all threads (the arithmetic floor of logprob_gather: one exp per logit).
+double exp_throughput(int64_t count);
+
 }  // namespace spinlm

@@ -219,4 +219,28 @@ double stream_read(const void* data, int64_t bytes) {
   return s;
 }
 
+SPINLM_CLONES static float exp_sum_l1(int64_t count) {
+  alignas(64) float buf[1024];
+  for (int i = 0; i < 1024; ++i) buf[i] = -static_cast<float>(i % 97) * 0.25f;
+  vf s0 = simd::splat(0.0f), s1 = s0;
+  const vf shift = simd::splat(-0.5f);
+  for (int64_t done = 0; done < count; done += 1024)
+    for (int i = 0; i < 1024; i += 2 * kLanes) {
+      s0 += simd::exp_neg(simd::load(buf + i) + shift);
+      s1 += simd::exp_neg(simd::load(buf + i + kLanes) + shift);
+    }
+  return simd::hsum(s0 + s1);
+}
+
+double exp_throughput(int64_t count) {
+  const int parts = num_threads();
+  std::vector<double> partial(parts, 0.0);
+  parallel_for(parts, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) partial[k] = exp_sum_l1(count / parts);
+  });
+  double s = 0;
+  for (double x : partial) s += x;
+  return s;
+}
+
 }  // namespace spinlm

@@ -32,8 +32,13 @@ export interface NativeAddon {
     policyReal: NativeView, policyGen: NativeView, refReal: NativeView, refGen: NativeView,
     pairMask: NativeView | null, b: number, beta: number, lossType: string, out: NativeView,
   ): void;
+  /** Benchmark probes: read `bytes` bytes on all threads; evaluate `count` vector exps on all threads. */
   streamRead(t: NativeView, bytes: number): number;
+  expThroughput(count: number): number;
   rowOffset(row: number, cols: number): bigint;
+  /** Big freed blocks are recycled (native/cpu/memory.h): release them / how many bytes are held. */
+  trimMemory(): void;
+  cachedBytes(): number;
   numThreads(): number;
   setNumThreads(n: number): void;
 }

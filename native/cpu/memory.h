@@ -1,0 +1,15 @@
+// Host memory for CPU-backend tensors: 64-byte aligned; blocks of 4 MiB and more are 2 MiB aligned,
+// on transparent huge pages, and recycled. A training step frees and re-allocates the same large
+// activations and gradients every step; without recycling each one costs ~10^5 page faults (or a
+// compaction for huge pages) on its first write, which is slower than the kernel that writes it.
+#pragma once
+#include <cstdint>
+
+namespace spinlm {
+
+void* host_alloc(int64_t bytes);                 // nullptr when out of memory
+void host_free(void* p, int64_t bytes);          // `bytes` as passed to host_alloc
+void host_trim();                                // returns every recycled block to the OS
+int64_t host_cached_bytes();                     // bytes held for recycling
+
+}  // namespace spinlm
