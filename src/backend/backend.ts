@@ -19,6 +19,30 @@ export const SPIN_LOSS_ROWS = [
 ] as const;
 export type SpinLossRow = (typeof SPIN_LOSS_ROWS)[number];
 
+/** The tensors of one parameter an optimizer step reads and writes. */
+export interface OptimTensors {
+  /** What the model computes with: f32, or bf16 (then `master` is required). */
+  param: Tensor;
+  /** f32 master weights of a bf16 parameter. */
+  master?: Tensor<'f32'>;
+  /** f32 gradient, same shape. */
+  grad: Tensor<'f32'>;
+}
+export interface RmspropHyper {
+  lr: number;
+  alpha: number;
+  eps: number;
+  weightDecay: number;
+}
+export interface AdamwHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  step: number;
+}
+
 export interface Backend {
   /** 'cpu', 'webgpu', 'cuda'. */
   readonly name: string;
@@ -28,6 +52,8 @@ export interface Backend {
   empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
   /** Copies host data into a new tensor of the given shape. */
   upload<D extends DType>(host: HostData<D>, shape: readonly number[]): Tensor<D>;
+  /** Copies host data into an existing tensor (same dtype and element count). */
+  write<D extends DType>(t: Tensor<D>, host: HostData<D>): void;
   /** Copies a tensor to the host. The only async op. */
   read<D extends DType>(t: Tensor<D>): Promise<HostArrayOf<D>>;
   /** Releases a tensor's buffer now. Using it afterwards throws. */
@@ -84,4 +110,20 @@ export interface Backend {
     refGenerated: Tensor<'f32'>,
     opts: { beta: number; lossType: SpinLossType; pairMask?: Tensor<'f32'> },
   ): Tensor<'f32'>;
+
+  // ---- optimizer ops (master weights and states f32; see native/cpu/optim_kernels.h) ------------
+  /**
+   * One torch.optim.RMSprop step (not centered, no momentum) on one parameter tensor. `master` is the
+   * f32 copy a bf16 parameter needs (omit it for an f32 parameter: it is its own master). The gradient
+   * is multiplied by gradScale[0] first (gradient clipping without a host round trip).
+   */
+  rmspropStep(p: OptimTensors & { squareAvg: Tensor<'f32'> }, h: RmspropHyper, gradScale?: Tensor<'f32'>): void;
+  /** One torch.optim.AdamW step; h.step counts from 1 (bias correction). */
+  adamwStep(p: OptimTensors & { expAvg: Tensor<'f32'>; expAvgSq: Tensor<'f32'> }, h: AdamwHyper, gradScale?: Tensor<'f32'>): void;
+  /** out[index] = sum of x^2, accumulated in double in a fixed order (same for any thread count). */
+  sumSquares(x: Tensor<'f32'>, out: Tensor<'f32'>, index: number): void;
+  /** From per-tensor sums of squares [k]: f32 [2] = [total norm, min(1, maxNorm / (norm + 1e-6))] (torch's clip_grad_norm_). */
+  clipCoefficient(sumsq: Tensor<'f32'>, maxNorm: number): Tensor<'f32'>;
+  /** x *= a, in place. */
+  scaleInPlace(x: Tensor<'f32'>, a: number): void;
 }

@@ -32,6 +32,18 @@ export interface NativeAddon {
     policyReal: NativeView, policyGen: NativeView, refReal: NativeView, refGen: NativeView,
     pairMask: NativeView | null, b: number, beta: number, lossType: string, out: NativeView,
   ): void;
+  rmspropStep(
+    param: NativeView, dtype: string, master: NativeView | null, grad: NativeView, n: number,
+    squareAvg: NativeView, h: { lr: number; alpha: number; eps: number; weightDecay: number }, gradScale: NativeView | null,
+  ): void;
+  adamwStep(
+    param: NativeView, dtype: string, master: NativeView | null, grad: NativeView, n: number, expAvg: NativeView,
+    expAvgSq: NativeView, h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
+    gradScale: NativeView | null,
+  ): void;
+  sumSquares(x: NativeView, n: number, out: NativeView, index: number): void;
+  clipCoefficient(sumsq: NativeView, count: number, maxNorm: number, out: NativeView): void;
+  scaleInPlace(y: NativeView, n: number, a: number): void;
   /** Benchmark probes: read `bytes` bytes on all threads; evaluate `count` vector exps on all threads. */
   streamRead(t: NativeView, bytes: number): number;
   expThroughput(count: number): number;

@@ -1,7 +1,7 @@
 // The CPU backend: tensors in native 64-byte-aligned memory, kernels in native/cpu (C++, both cores).
 import { allocHost, checkHostArray, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
-import type { Backend, SpinLossType } from '../backend.js';
+import type { AdamwHyper, Backend, OptimTensors, RmspropHyper, SpinLossType } from '../backend.js';
 import { checkFinite, checkLogprobArgs, expectDType, expectRank, expectShape, expectTensor } from '../validate.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 
@@ -41,8 +41,16 @@ export class CpuBackend implements Backend {
       t.free();
       throw new RangeError(`upload: ${host.data.length} elements do not fill shape [${shape.join(', ')}] (${t.numel})`);
     }
-    this.native.write(t, host.data);
+    this.write(t, host);
     return t;
+  }
+
+  write<D extends DType>(t: Tensor<D>, host: HostData<D>): void {
+    expectTensor(this, t, 'tensor');
+    checkHostArray(host.dtype, host.data, 'write');
+    if (host.dtype !== t.dtype) throw new TypeError(`write: ${host.dtype} data into ${t}`);
+    if (host.data.length !== t.numel) throw new RangeError(`write: ${host.data.length} elements into ${t} (${t.numel})`);
+    this.native.write(t, host.data);
   }
 
   async read<D extends DType>(t: Tensor<D>): Promise<HostArrayOf<D>> {
@@ -167,6 +175,59 @@ export class CpuBackend implements Backend {
     const out = this.empty('f32', [7, b]);
     this.native.spinLoss(policyReal, policyGenerated, refReal, refGenerated, opts.pairMask ?? null, b, opts.beta, opts.lossType, out);
     return out;
+  }
+
+  // ---- optimizer ops -------------------------------------------------------------------------
+  rmspropStep(p: OptimTensors & { squareAvg: Tensor<'f32'> }, h: RmspropHyper, gradScale?: Tensor<'f32'>): void {
+    this.checkOptim(p, { squareAvg: p.squareAvg }, gradScale);
+    this.native.rmspropStep(p.param, p.param.dtype, p.master ?? null, p.grad, p.param.numel, p.squareAvg, h, gradScale ?? null);
+  }
+
+  adamwStep(p: OptimTensors & { expAvg: Tensor<'f32'>; expAvgSq: Tensor<'f32'> }, h: AdamwHyper, gradScale?: Tensor<'f32'>): void {
+    this.checkOptim(p, { expAvg: p.expAvg, expAvgSq: p.expAvgSq }, gradScale);
+    this.native.adamwStep(p.param, p.param.dtype, p.master ?? null, p.grad, p.param.numel, p.expAvg, p.expAvgSq, h, gradScale ?? null);
+  }
+
+  sumSquares(x: Tensor<'f32'>, out: Tensor<'f32'>, index: number): void {
+    expectTensor(this, x, 'x');
+    expectDType(x, ['f32'], 'x');
+    expectTensor(this, out, 'out');
+    expectDType(out, ['f32'], 'out');
+    if (!Number.isSafeInteger(index) || index < 0 || index >= out.numel) throw new RangeError(`index ${index} is outside out [${out.numel}]`);
+    this.native.sumSquares(x, x.numel, out, index);
+  }
+
+  clipCoefficient(sumsq: Tensor<'f32'>, maxNorm: number): Tensor<'f32'> {
+    expectTensor(this, sumsq, 'sumsq');
+    expectDType(sumsq, ['f32'], 'sumsq');
+    if (!(maxNorm > 0)) throw new RangeError(`maxNorm must be a positive number (Infinity: no clipping), got ${maxNorm}`);
+    const out = this.empty('f32', [2]);
+    this.native.clipCoefficient(sumsq, sumsq.numel, maxNorm, out);
+    return out;
+  }
+
+  scaleInPlace(x: Tensor<'f32'>, a: number): void {
+    expectTensor(this, x, 'x');
+    expectDType(x, ['f32'], 'x');
+    checkFinite(a, 'scale');
+    this.native.scaleInPlace(x, x.numel, a);
+  }
+
+  private checkOptim(p: OptimTensors, states: Record<string, Tensor>, gradScale?: Tensor): void {
+    expectTensor(this, p.param, 'param');
+    expectDType(p.param, ['f32', 'bf16'], 'param');
+    const f32: Record<string, Tensor> = { grad: p.grad, ...states };
+    if (p.master) f32.master = p.master;
+    else if (p.param.dtype === 'bf16') throw new TypeError(`a bf16 parameter ${p.param} needs an f32 master copy`);
+    for (const [what, t] of Object.entries(f32)) {
+      expectTensor(this, t, what);
+      expectDType(t, ['f32'], what);
+      expectShape(t, p.param.shape, what);
+    }
+    if (gradScale) {
+      expectTensor(this, gradScale, 'gradScale');
+      expectDType(gradScale, ['f32'], 'gradScale');
+    }
   }
 
   private checkSegmentArgs(x: Tensor, segments: Tensor, what: string): void {

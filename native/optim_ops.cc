@@ -1,0 +1,114 @@
+// N-API bindings of the optimizer kernels (native/cpu/optim_kernels.h).
+#include <cmath>
+
+#include "cpu/optim_kernels.h"
+#include "napi_util.h"
+
+namespace spinlm::napi {
+namespace {
+
+double Field(Napi::Object o, const char* name) {
+  Napi::Value v = o.Get(name);
+  if (!v.IsNumber()) Throw(o.Env(), std::string("optimizer hyperparameter '") + name + "' must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) Throw(o.Env(), std::string("optimizer hyperparameter '") + name + "' must be finite");
+  return d;
+}
+
+struct StepArgs {
+  void* param;
+  DType dt;
+  float* master;
+  const float* grad;
+  const float* grad_scale;
+  int64_t n;
+};
+
+// (param, paramDtype, master|null, grad, n, ..., gradScale|null): the views every step shares.
+StepArgs Common(const Napi::CallbackInfo& info, size_t scale_index) {
+  Napi::Env env = info.Env();
+  StepArgs a;
+  a.dt = ToDType(info[1], "param dtype");
+  if (a.dt == DType::kI32) Throw(env, "parameters must be f32 or bf16");
+  a.n = ToInt(info[4], "n");
+  a.param = View(info[0], "param", CheckedMul(env, a.n, dtype_size(a.dt), "param bytes"));
+  a.master = info[2].IsNull() ? nullptr : View<float>(info[2], "master", a.n * 4);
+  if (!a.master && a.dt == DType::kBF16) Throw(env, "a bf16 parameter needs an f32 master copy");
+  a.grad = View<float>(info[3], "grad", a.n * 4);
+  a.grad_scale = info[scale_index].IsNull() ? nullptr : View<float>(info[scale_index], "gradScale", 4);
+  return a;
+}
+
+// rmspropStep(param, dtype, master|null, grad, n, squareAvg, {lr, alpha, eps, weightDecay}, gradScale|null)
+Napi::Value RmspropStep(const Napi::CallbackInfo& info) {
+  const StepArgs a = Common(info, 7);
+  float* sq = View<float>(info[5], "squareAvg", a.n * 4);
+  if (!info[6].IsObject()) Throw(info.Env(), "rmsprop hyperparameters must be an object");
+  Napi::Object h = info[6].As<Napi::Object>();
+  const RmspropHyper hy{Field(h, "lr"), Field(h, "alpha"), Field(h, "eps"), Field(h, "weightDecay")};
+  rmsprop_step(a.param, a.dt, a.master, a.grad, sq, a.n, hy, a.grad_scale);
+  return info.Env().Undefined();
+}
+
+// adamwStep(param, dtype, master|null, grad, n, expAvg, expAvgSq, {lr, beta1, beta2, eps, weightDecay, step}, gradScale|null)
+Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
+  const StepArgs a = Common(info, 8);
+  float* m = View<float>(info[5], "expAvg", a.n * 4);
+  float* v = View<float>(info[6], "expAvgSq", a.n * 4);
+  if (!info[7].IsObject()) Throw(info.Env(), "adamw hyperparameters must be an object");
+  Napi::Object h = info[7].As<Napi::Object>();
+  const double step = Field(h, "step");
+  if (step < 1 || step != std::floor(step)) Throw(info.Env(), "adamw 'step' must be an integer >= 1");
+  const AdamwHyper hy{Field(h, "lr"), Field(h, "beta1"), Field(h, "beta2"), Field(h, "eps"), Field(h, "weightDecay"),
+                      static_cast<int64_t>(step)};
+  adamw_step(a.param, a.dt, a.master, a.grad, m, v, a.n, hy, a.grad_scale);
+  return info.Env().Undefined();
+}
+
+// sumSquares(x f32, n, out f32, index): out[index] = sum of x^2 (double accumulation).
+Napi::Value SumSquares(const Napi::CallbackInfo& info) {
+  const int64_t n = ToInt(info[1], "n"), index = ToInt(info[3], "index");
+  const float* x = View<float>(info[0], "x", n * 4);
+  float* out = View<float>(info[2], "out", (index + 1) * 4);
+  out[index] = static_cast<float>(sum_squares(x, n));
+  return info.Env().Undefined();
+}
+
+// clipCoefficient(sumsq f32 [k], k, maxNorm, out f32 [2]): out = [total norm, min(1, maxNorm / (norm + 1e-6))]
+// as torch.nn.utils.clip_grad_norm_ computes them.
+Napi::Value ClipCoefficient(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t k = ToInt(info[1], "count");
+  const float* sq = View<float>(info[0], "sumsq", k * 4);
+  if (!info[2].IsNumber()) Throw(env, "maxNorm must be a number");
+  const double max_norm = info[2].As<Napi::Number>().DoubleValue();
+  float* out = View<float>(info[3], "out", 8);
+  double total = 0;
+  for (int64_t i = 0; i < k; ++i) total += sq[i];
+  const double norm = std::sqrt(total);
+  out[0] = static_cast<float>(norm);
+  out[1] = static_cast<float>(std::min(1.0, max_norm / (norm + 1e-6)));
+  return env.Undefined();
+}
+
+// scaleInPlace(y f32, n, a)
+Napi::Value ScaleInPlace(const Napi::CallbackInfo& info) {
+  const int64_t n = ToInt(info[1], "n");
+  float* y = View<float>(info[0], "y", n * 4);
+  if (!info[2].IsNumber()) Throw(info.Env(), "scale must be a number");
+  scale_inplace(y, n, static_cast<float>(info[2].As<Napi::Number>().DoubleValue()));
+  return info.Env().Undefined();
+}
+
+void RegisterOptimOps(Napi::Env env, Napi::Object exports) {
+  exports.Set("rmspropStep", Napi::Function::New(env, RmspropStep));
+  exports.Set("adamwStep", Napi::Function::New(env, AdamwStep));
+  exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
+  exports.Set("clipCoefficient", Napi::Function::New(env, ClipCoefficient));
+  exports.Set("scaleInPlace", Napi::Function::New(env, ScaleInPlace));
+}
+
+OpRegistrar reg(RegisterOptimOps);
+
+}  // namespace
+}  // namespace spinlm::napi

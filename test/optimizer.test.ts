@@ -1,0 +1,135 @@
+// RMSprop and AdamW (with and without gradient clipping, f32 and bf16 parameters) against
+// torch.optim over several steps with a changing learning rate; and the learning-rate schedules
+// against Hugging Face's formulas. Tolerances are stated at each check (normwise relative errors).
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { type OptimizerConfig, Optimizer, type Parameter } from '../src/spin/optimizer.js';
+import { lrMultiplier, warmupSteps } from '../src/spin/schedule.js';
+import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
+import { relErr } from './helpers/loss_ref.js';
+import { runPython } from './helpers/python.js';
+import { randn, withSeed } from './helpers/random.js';
+
+const be = new CpuBackend({ poison: true });
+const ORACLE = new URL('./oracle/optim_torch.py', import.meta.url).pathname;
+const SHAPES = [[33, 17], [129], [5, 6, 7]];
+const STEPS = 4;
+
+const configs: { name: string; cfg: OptimizerConfig; hyper: Record<string, number>; lr: number }[] = [
+  { name: 'rmsprop', cfg: { type: 'rmsprop' }, hyper: { alpha: 0.99, eps: 1e-8, weightDecay: 0 }, lr: 1e-3 },
+  { name: 'rmsprop+wd', cfg: { type: 'rmsprop', alpha: 0.9, eps: 1e-6, weightDecay: 0.1 }, hyper: { alpha: 0.9, eps: 1e-6, weightDecay: 0.1 }, lr: 1e-3 },
+  { name: 'adamw', cfg: { type: 'adamw', weightDecay: 0.01 }, hyper: { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, lr: 2e-3 },
+];
+
+describe('optimizers against torch.optim', () => {
+  for (const { name, cfg, hyper, lr } of configs) {
+    for (const clip of [null, 0.5]) {
+      for (const dtype of ['f32', 'bf16'] as const) {
+        test(`${name}, clip ${clip ?? 'off'}, ${dtype} parameters: ${STEPS} steps`, () =>
+          withSeed(async (rng) => {
+            const dir = mkdtempSync(join(tmpdir(), 'spinlm-optim-'));
+            try {
+              const init = SHAPES.map((s) => randn(rng, s.reduce((a, b) => a * b), 1));
+              // bf16 parameters: both sides start from the bf16-rounded values (the master is their f32 copy)
+              const start = dtype === 'bf16' ? init.map((x) => bf16ArrayToF32(f32ArrayToBf16(x))) : init;
+              const params: Parameter[] = SHAPES.map((s, i) => {
+                const grad = be.empty('f32', s);
+                if (dtype === 'f32') return { name: `p${i}`, param: be.upload({ dtype: 'f32', data: start[i].slice() }, s), grad };
+                return { name: `p${i}`, param: be.upload({ dtype: 'bf16', data: f32ArrayToBf16(start[i]) }, s), master: be.upload({ dtype: 'f32', data: start[i].slice() }, s), grad };
+              });
+              const opt = new Optimizer(be, params, cfg);
+              const lrs = Array.from({ length: STEPS }, (_, k) => lr * (1 - k / (2 * STEPS)));
+              const norms: number[] = [];
+              for (let k = 0; k < STEPS; k++) {
+                SHAPES.forEach((_, i) => {
+                  const g = randn(rng, params[i].grad.numel, 0.3);
+                  writeFileSync(join(dir, `g${i}_${k}.bin`), new Uint8Array(g.buffer));
+                  be.write(params[i].grad, { dtype: 'f32', data: g });
+                });
+                const norm = opt.step(lrs[k], clip);
+                norms.push((await be.read(norm))[0]);
+                norm.free();
+              }
+              start.forEach((x, i) => writeFileSync(join(dir, `p${i}.bin`), new Uint8Array(x.buffer)));
+              writeFileSync(join(dir, 'params.json'), JSON.stringify({ type: cfg.type, hyper, lrs, clip, shapes: SHAPES, steps: STEPS }));
+              runPython(ORACLE, [dir]);
+              const torchNorms: number[] = JSON.parse(readFileSync(join(dir, 'norms.json'), 'utf8'));
+              assert.ok(relErr(norms, torchNorms) <= 1e-6, `grad norms ${norms} vs ${torchNorms}`);
+              for (let i = 0; i < SHAPES.length; i++) {
+                const buf = readFileSync(join(dir, `out${i}.bin`));
+                const want = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+                const master = be.readSync(params[i].master ?? (params[i].param as never)) as Float32Array;
+                // parameters within 1e-6 (the issue asks 1e-5), and the update itself within 1e-3 of torch's
+                // (f32 storage of parameters ~1 rounds each step by ~6e-8, against updates of ~1e-3)
+                assert.ok(relErr(master, want) <= 1e-6, `${name} p${i}: parameter err ${relErr(master, want)}`);
+                const delta = want.map((w, j) => w - start[i][j]);
+                const gotDelta = master.map((w, j) => w - start[i][j]);
+                assert.ok(relErr(gotDelta, delta) <= 1e-3, `${name} p${i}: update err ${relErr(gotDelta, delta)}`);
+                if (dtype === 'bf16') {
+                  const b = be.readSync(params[i].param) as Uint16Array;
+                  assert.deepEqual(b, f32ArrayToBf16(master), `p${i}: the bf16 parameter is the rounded master`);
+                }
+              }
+              opt.free();
+            } finally {
+              rmSync(dir, { recursive: true, force: true });
+            }
+          }));
+      }
+    }
+  }
+
+  test('sumSquares is the same for 1 and 2 threads and matches float64', () =>
+    withSeed((rng) => {
+      const x = randn(rng, 200_003, 2);
+      const t = be.upload({ dtype: 'f32', data: x }, [x.length]);
+      const out = be.empty('f32', [2]);
+      const saved = be.threads;
+      try {
+        be.threads = 1;
+        be.sumSquares(t, out, 0);
+        be.threads = 2;
+        be.sumSquares(t, out, 1);
+      } finally {
+        be.threads = saved;
+      }
+      const [a, b] = be.readSync(out);
+      assert.equal(a, b);
+      let ref = 0;
+      for (const v of x) ref += v * v;
+      assert.ok(Math.abs(a - ref) <= 1e-6 * ref);
+    }));
+
+  test('bad optimizer inputs are clear errors', () => {
+    const p = be.upload({ dtype: 'bf16', data: new Uint16Array(4) }, [4]);
+    const g = be.upload({ dtype: 'f32', data: new Float32Array(4) }, [4]);
+    assert.throws(() => new Optimizer(be, [{ name: 'w', param: p, grad: g }], { type: 'rmsprop' }).step(1e-3, 1), /bf16 parameter .* needs an f32 master/);
+    const f = be.upload({ dtype: 'f32', data: new Float32Array(4) }, [4]);
+    assert.throws(() => new Optimizer(be, [{ name: 'w', param: f, grad: be.empty('f32', [5]) }], { type: 'adamw' }).step(1e-3, 1), /grad must have shape \[4\]/);
+    assert.throws(() => new Optimizer(be, [{ name: 'w', param: f, grad: g }, { name: 'w', param: f, grad: g }], { type: 'adamw' }), /listed twice/);
+    assert.throws(() => new Optimizer(be, [{ name: 'w', param: f, grad: g }], { type: 'adamw' }).step(NaN, null), /learning rate/);
+  });
+});
+
+describe('learning-rate schedules (Hugging Face formulas)', () => {
+  test('linear with warm-up: ramps from 0, peaks at the end of warm-up, decays to 0', () => {
+    const total = 100, warm = warmupSteps(total, 0.1);
+    assert.equal(warm, 10);
+    assert.equal(lrMultiplier('linear', 0, total, warm), 0);
+    assert.equal(lrMultiplier('linear', 5, total, warm), 0.5);
+    assert.equal(lrMultiplier('linear', 10, total, warm), 1);
+    assert.equal(lrMultiplier('linear', 55, total, warm), 0.5);
+    assert.equal(lrMultiplier('linear', 100, total, warm), 0);
+    assert.equal(warmupSteps(7, 0.1), 1, 'ceil, as HF rounds warm-up steps up');
+  });
+  test('cosine and constant', () => {
+    assert.equal(lrMultiplier('cosine', 10, 110, 10), 1);
+    assert.ok(Math.abs(lrMultiplier('cosine', 60, 110, 10) - 0.5) < 1e-12);
+    assert.equal(lrMultiplier('constant', 50, 100, 10), 1);
+    assert.throws(() => warmupSteps(10, 1.5), /warmup_ratio must be in \[0, 1\]/);
+  });
+});
