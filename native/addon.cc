@@ -4,6 +4,7 @@
 // targets here, so a bad call from JS throws a clear error instead of crashing the process.
 #include <napi.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -171,7 +172,8 @@ Napi::Value SequenceLogprobBackward(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// spinLoss(policyReal, policyGen, refReal, refGen, pairMask|null, b, beta, lossType, out[7, b])
+// spinLoss(policyReal, policyGen, refReal, refGen, pairMask|null, b, beta, lossType, out[7, b],
+//          nllAlpha, realTokens|null)
 Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t b = ToInt(info[5], "batch");
@@ -185,9 +187,13 @@ Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   const float* rg = View<float>(info[3], "refGenerated", b * 4);
   const float* mask = info[4].IsNull() ? nullptr : View<float>(info[4], "pairMask", b * 4);
   float* out = View<float>(info[8], "out", b * 7 * 4);
+  const double nll_alpha = info[9].IsNumber() ? info[9].As<Napi::Number>().DoubleValue() : 0.0;
+  if (!std::isfinite(nll_alpha) || nll_alpha < 0) Throw(env, "nllAlpha must be a finite number >= 0");
+  const float* real_tokens = info[10].IsNull() || info[10].IsUndefined() ? nullptr : View<float>(info[10], "realTokens", b * 4);
+  if (nll_alpha != 0.0 && !real_tokens) Throw(env, "nllAlpha > 0 needs the real answers' token counts");
   spinlm::spin_loss(pr, pg, rr, rg, mask, b, beta,
                     type == "hinge" ? spinlm::SpinLossType::kHinge : spinlm::SpinLossType::kSigmoid,
-                    out);
+                    nll_alpha, real_tokens, out);
   return env.Undefined();
 }
 

@@ -244,6 +244,25 @@ describe('sequenceLogprob and spinLoss', () => {
       }));
   }
 
+  test('NLL term on the real answer: loss and dReal match float64', () =>
+    withSeed((rng) => {
+      const b = 11, beta = 0.2, alpha = 0.7;
+      const pr = randn(rng, b, 20).map((x) => x - 100);
+      const pg = randn(rng, b, 20).map((x) => x - 100);
+      const rr = pr.map((x) => x + rng.normal());
+      const rg = pg.map((x) => x + rng.normal());
+      const n = new Float32Array(b).map(() => rng.int(1, 80));
+      const mask = new Float32Array(b).map((_, i) => (i % 4 === 3 ? 0 : 1));
+      const up = (x: Float32Array) => be.upload({ dtype: 'f32', data: x }, [b]);
+      const out = host(be.spinLoss(up(pr), up(pg), up(rr), up(rg), { beta, lossType: 'sigmoid', pairMask: up(mask), nllAlpha: alpha, realTokens: up(n) }));
+      const ref = spinLossRef(pr, pg, rr, rg, beta, 'sigmoid', mask, { alpha, realTokens: n });
+      for (const [k, name] of SPIN_LOSS_ROWS.entries()) {
+        const want = ref.perPair.map((p) => p[name]);
+        assert.ok(relErr(out.subarray(k * b, (k + 1) * b), want) <= 1e-6, `${name}: err ${relErr(out.subarray(k * b, (k + 1) * b), want)}`);
+      }
+      assert.throws(() => be.spinLoss(up(pr), up(pg), up(rr), up(rg), { beta, lossType: 'sigmoid', nllAlpha: 1 }), /needs realTokens/);
+    }));
+
   test('u = 0 when policy equals reference: loss is log 2, rewards 0', () => {
     const x = be.upload({ dtype: 'f32', data: new Float32Array([-120.25, -3, -77]) }, [3]);
     const y = be.upload({ dtype: 'f32', data: new Float32Array([-99, -4.5, -1]) }, [3]);

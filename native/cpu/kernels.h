@@ -39,9 +39,11 @@ void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n,
 // pair_mask [b] (nullptr = all pairs count): pairs with mask 0 (no tokens, or dropped because the
 // generated answer equals the real one) get all-zero rows; the gradients are of the mean loss over
 // the counted pairs, and a batch with no counted pair has zero loss and zero gradients.
+// nll_alpha > 0 adds alpha * (-S(theta, y) / real_tokens[i]) to each pair's loss (the mean token NLL
+// of the real answer, as iterative RPO adds it); real_tokens [b] is then required.
 void spin_loss(const float* policy_real, const float* policy_gen, const float* ref_real,
                const float* ref_gen, const float* pair_mask, int64_t b, double beta,
-               SpinLossType type, float* out);
+               SpinLossType type, double nll_alpha, const float* real_tokens, float* out);
 
 // Memory-bandwidth probe for benchmarks: sums `bytes` bytes read as floats on all threads.
 double stream_read(const void* data, int64_t bytes);

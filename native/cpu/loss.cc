@@ -175,7 +175,7 @@ void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n,
 
 void spin_loss(const float* policy_real, const float* policy_gen, const float* ref_real,
                const float* ref_gen, const float* pair_mask, int64_t b, double beta,
-               SpinLossType type, float* out) {
+               SpinLossType type, double nll_alpha, const float* real_tokens, float* out) {
   int64_t counted = 0;
   for (int64_t i = 0; i < b; ++i) counted += !pair_mask || pair_mask[i] != 0.0f;
   const double inv_count = counted > 0 ? 1.0 / static_cast<double>(counted) : 0.0;
@@ -184,8 +184,11 @@ void spin_loss(const float* policy_real, const float* policy_gen, const float* r
       for (int k = 0; k < 7; ++k) out[k * b + i] = 0.0f;
       continue;
     }
-    const SpinPair p =
-        spin_pair(policy_real[i], policy_gen[i], ref_real[i], ref_gen[i], beta, type, inv_count);
+    SpinPair p = spin_pair(policy_real[i], policy_gen[i], ref_real[i], ref_gen[i], beta, type, inv_count);
+    if (nll_alpha != 0.0 && real_tokens[i] > 0) {
+      p.loss += nll_alpha * -static_cast<double>(policy_real[i]) / real_tokens[i];
+      p.dS_real += -nll_alpha / real_tokens[i] * inv_count;
+    }
     const double row[7] = {p.loss, p.reward_real, p.reward_gen, p.margin, p.accuracy, p.dS_real, p.dS_gen};
     for (int k = 0; k < 7; ++k) out[k * b + i] = static_cast<float>(row[k]);
   }

@@ -19,6 +19,17 @@ export const SPIN_LOSS_ROWS = [
 ] as const;
 export type SpinLossRow = (typeof SPIN_LOSS_ROWS)[number];
 
+export interface SpinLossOpts {
+  beta: number;
+  lossType: SpinLossType;
+  /** f32 [B]: 1 = the pair counts, 0 = it does not. */
+  pairMask?: Tensor<'f32'>;
+  /** Weight of the NLL term on the real answer (default 0: the official SPIN loss). */
+  nllAlpha?: number;
+  /** f32 [B]: answer tokens (incl. EOS) of each real answer; required when nllAlpha > 0. */
+  realTokens?: Tensor<'f32'>;
+}
+
 /** The tensors of one parameter an optimizer step reads and writes. */
 export interface OptimTensors {
   /** What the model computes with: f32, or bf16 (then `master` is required). */
@@ -101,14 +112,15 @@ export interface Backend {
    * SPIN_LOSS_ROWS, with the gradients of the mean loss in the last two rows. `pairMask` f32 [B]
    * (1 = counted, 0 = not: a pair with no answer tokens, or dropped because its generated answer
    * equals the real one) gives uncounted pairs all-zero rows; the mean is over counted pairs and a
-   * batch with none has zero loss and zero gradients.
+   * batch with none has zero loss and zero gradients. `nllAlpha` > 0 adds alpha x the mean token NLL
+   * of the real answer (-S(theta, y) / realTokens[i]) to each pair's loss (iterative RPO's term).
    */
   spinLoss(
     policyReal: Tensor<'f32'>,
     policyGenerated: Tensor<'f32'>,
     refReal: Tensor<'f32'>,
     refGenerated: Tensor<'f32'>,
-    opts: { beta: number; lossType: SpinLossType; pairMask?: Tensor<'f32'> },
+    opts: SpinLossOpts,
   ): Tensor<'f32'>;
 
   // ---- optimizer ops (master weights and states f32; see native/cpu/optim_kernels.h) ------------

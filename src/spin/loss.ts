@@ -6,15 +6,11 @@
 // S.view(0) / S.view(B) are the policy log-probs of each side and rows 5-6 of the spinLoss output
 // (dReal, dGenerated) are, back to back, exactly d(loss)/dS in the same layout: the backward is
 // sequenceLogprobBackward + logprobGatherBackward with no copies.
-import { type Backend, SPIN_LOSS_ROWS, type SpinLossType } from '../backend/backend.js';
+import { type Backend, SPIN_LOSS_ROWS, type SpinLossOpts } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 
-export interface SpinLossOptions {
-  beta: number;
-  lossType: SpinLossType;
-  /** f32 [B]: 1 = the pair counts, 0 = it does not (see Backend.spinLoss). */
-  pairMask?: Tensor<'f32'>;
-}
+/** beta, lossType, and optionally pairMask, nllAlpha + realTokens (see Backend.spinLoss). */
+export type SpinLossOptions = SpinLossOpts;
 
 /** Means over the counted pairs, named as the official SPIN trainer logs them. */
 export interface SpinMetrics {

@@ -48,6 +48,7 @@ export interface SpinRef {
 export function spinLossRef(
   pr: ArrayLike<number>, pg: ArrayLike<number>, rr: ArrayLike<number>, rg: ArrayLike<number>,
   beta: number, lossType: 'sigmoid' | 'hinge', mask?: ArrayLike<number>,
+  nll?: { alpha: number; realTokens: ArrayLike<number> },
 ): SpinRef {
   const b = pr.length;
   let count = 0;
@@ -63,14 +64,17 @@ export function spinLossRef(
     // -log(sigmoid(u)) = log(1 + exp(-u)); derivative d/du = -1 / (1 + exp(u))
     const loss = lossType === 'sigmoid' ? (u > 0 ? Math.log1p(Math.exp(-u)) : -u + Math.log1p(Math.exp(u))) : Math.max(0, 1 - u);
     const dldu = lossType === 'sigmoid' ? -1 / (1 + Math.exp(u)) : u < 1 ? -1 : 0;
-    total += loss;
+    // NLL term: alpha * (-pr / n) added to the pair's loss; its derivative w.r.t. pr is -alpha / n
+    const nllLoss = nll ? (nll.alpha * -pr[i]) / nll.realTokens[i] : 0;
+    const nllGrad = nll ? -nll.alpha / nll.realTokens[i] : 0;
+    total += loss + nllLoss;
     perPair.push({
-      loss,
+      loss: loss + nllLoss,
       rewardsReal: beta * (pr[i] - rr[i]),
       rewardsGenerated: beta * (pg[i] - rg[i]),
       margins: u,
       accuracies: beta * (pr[i] - rr[i]) > beta * (pg[i] - rg[i]) ? 1 : 0,
-      dReal: (beta * dldu) / count,
+      dReal: (beta * dldu + nllGrad) / count,
       dGenerated: (-beta * dldu) / count,
     });
   }

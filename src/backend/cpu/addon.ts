@@ -31,6 +31,7 @@ export interface NativeAddon {
   spinLoss(
     policyReal: NativeView, policyGen: NativeView, refReal: NativeView, refGen: NativeView,
     pairMask: NativeView | null, b: number, beta: number, lossType: string, out: NativeView,
+    nllAlpha: number, realTokens: NativeView | null,
   ): void;
   rmspropStep(
     param: NativeView, dtype: string, master: NativeView | null, grad: NativeView, n: number,

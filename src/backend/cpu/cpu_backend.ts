@@ -1,7 +1,7 @@
 // The CPU backend: tensors in native 64-byte-aligned memory, kernels in native/cpu (C++, both cores).
 import { allocHost, checkHostArray, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
-import type { AdamwHyper, Backend, OptimTensors, RmspropHyper, SpinLossType } from '../backend.js';
+import type { AdamwHyper, Backend, OptimTensors, RmspropHyper, SpinLossOpts } from '../backend.js';
 import { checkFinite, checkLogprobArgs, expectDType, expectRank, expectShape, expectTensor } from '../validate.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 
@@ -156,13 +156,17 @@ export class CpuBackend implements Backend {
     policyGenerated: Tensor<'f32'>,
     refReal: Tensor<'f32'>,
     refGenerated: Tensor<'f32'>,
-    opts: { beta: number; lossType: SpinLossType; pairMask?: Tensor<'f32'> },
+    opts: SpinLossOpts,
   ): Tensor<'f32'> {
     expectTensor(this, policyReal, 'policyReal');
     expectRank(policyReal, 1, 'policyReal');
     const b = policyReal.shape[0];
     const args: Record<string, Tensor> = { policyReal, policyGenerated, refReal, refGenerated };
     if (opts.pairMask) args.pairMask = opts.pairMask;
+    if (opts.realTokens) args.realTokens = opts.realTokens;
+    const nllAlpha = opts.nllAlpha ?? 0;
+    if (!(nllAlpha >= 0) || !Number.isFinite(nllAlpha)) throw new RangeError(`nllAlpha must be a finite number >= 0, got ${nllAlpha}`);
+    if (nllAlpha > 0 && !opts.realTokens) throw new TypeError('nllAlpha > 0 needs realTokens (the real answers\' token counts)');
     for (const [what, t] of Object.entries(args)) {
       expectTensor(this, t, what);
       expectDType(t, ['f32'], what);
@@ -173,7 +177,7 @@ export class CpuBackend implements Backend {
       throw new RangeError(`lossType must be 'sigmoid' or 'hinge', got '${String(opts.lossType)}'`);
     }
     const out = this.empty('f32', [7, b]);
-    this.native.spinLoss(policyReal, policyGenerated, refReal, refGenerated, opts.pairMask ?? null, b, opts.beta, opts.lossType, out);
+    this.native.spinLoss(policyReal, policyGenerated, refReal, refGenerated, opts.pairMask ?? null, b, opts.beta, opts.lossType, out, nllAlpha, opts.realTokens ?? null);
     return out;
   }
 

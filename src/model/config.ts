@@ -1,0 +1,373 @@
+// Hugging Face config.json for the Llama family (llama, mistral, qwen2) <-> LlamaConfig.
+// The three share one architecture (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP); they differ
+// only in attention biases and sliding-window attention, which LlamaConfig records explicitly.
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { writeFileAtomic } from '../util/atomic.js';
+
+/** A bad config.json: names the file and the field. */
+export class ConfigError extends Error {
+  constructor(
+    readonly file: string,
+    readonly field: string | null,
+    readonly problem: string,
+  ) {
+    super(field === null ? `${file}: ${problem}` : `${file}: field "${field}": ${problem}`);
+    this.name = 'ConfigError';
+  }
+}
+
+export type ModelType = 'llama' | 'mistral' | 'qwen2';
+
+const ARCHITECTURES: Record<ModelType, string> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+};
+
+export type TorchDtype = 'bfloat16' | 'float16' | 'float32';
+
+/** Position interpolation: positions are divided by `factor` before the rotary angles are taken. */
+export interface RopeScaling {
+  type: 'linear';
+  factor: number;
+}
+
+export interface LlamaConfig {
+  /** HF model_type; decides the architectures name and bias/sliding-window conventions. */
+  modelType: ModelType;
+  /** H: width of the residual stream (hidden_size). */
+  hiddenSize: number;
+  /** I: width of the SwiGLU MLP (intermediate_size). */
+  intermediateSize: number;
+  /** L: number of decoder layers (num_hidden_layers). */
+  numLayers: number;
+  /** nH: query heads (num_attention_heads). */
+  numHeads: number;
+  /** nKV: key/value heads, nH / nKV query heads share each (num_key_value_heads; default nH). */
+  numKvHeads: number;
+  /** hd: width of one head (head_dim; default H / nH). nH * hd need not equal H. */
+  headDim: number;
+  /** Epsilon inside RMSNorm's rsqrt (rms_norm_eps). */
+  rmsNormEps: number;
+  /** RoPE base (rope_theta; default 10000). */
+  ropeTheta: number;
+  /** RoPE position scaling (rope_scaling), null for none. */
+  ropeScaling: RopeScaling | null;
+  /** V: vocabulary rows of the embedding and lm_head (vocab_size). */
+  vocabSize: number;
+  /** Longest sequence the model was trained for (max_position_embeddings). */
+  maxPositionEmbeddings: number;
+  /** lm_head shares model.embed_tokens.weight (tie_word_embeddings; default false). */
+  tieWordEmbeddings: boolean;
+  /** q_proj, k_proj and v_proj have biases (qwen2: always; llama: attention_bias; mistral: never). */
+  qkvBias: boolean;
+  /** o_proj has a bias (llama: attention_bias; qwen2, mistral: never). */
+  oBias: boolean;
+  /**
+   * Sliding attention window in tokens (each query sees at most this many keys, itself included),
+   * or null when no window applies: none configured, qwen2 with use_sliding_window false, or a
+   * window not smaller than max_position_embeddings.
+   */
+  slidingWindow: number | null;
+  /** First layer index that uses slidingWindow (qwen2: max_window_layers; mistral, llama: 0). */
+  firstSlidingLayer: number;
+  /** Id of the beginning-of-sequence token (bos_token_id), null when none. */
+  bosTokenId: number | null;
+  /** Ids that end generation (eos_token_id: one number or a list); may be empty. */
+  eosTokenIds: number[];
+  /** The dtype the weights were saved in (torch_dtype or dtype), null when not stated. */
+  torchDtype: TorchDtype | null;
+}
+
+/** One HF tensor the model needs: its name and shape. */
+export interface TensorSpec {
+  name: string;
+  shape: number[];
+}
+
+// ---- parsing ----
+
+type Json = Record<string, unknown>;
+
+function describe(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'null';
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'string') return JSON.stringify(v.length > 40 ? `${v.slice(0, 40)}...` : v);
+  if (typeof v === 'object') return 'an object';
+  return String(v);
+}
+
+/** Field readers: `null` counts as absent (HF writes e.g. "head_dim": null). */
+class Fields {
+  constructor(
+    readonly json: Json,
+    readonly file: string,
+  ) {}
+
+  error(field: string, problem: string): ConfigError {
+    return new ConfigError(this.file, field, problem);
+  }
+
+  has(field: string): boolean {
+    return this.json[field] !== undefined && this.json[field] !== null;
+  }
+
+  posInt(field: string, dflt?: number): number {
+    if (!this.has(field)) {
+      if (dflt !== undefined) return dflt;
+      throw this.error(field, 'missing (expected a positive integer)');
+    }
+    const v = this.json[field];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw this.error(field, `expected a positive integer, got ${describe(v)}`);
+    return v;
+  }
+
+  nonNegInt(field: string, dflt: number): number {
+    if (!this.has(field)) return dflt;
+    const v = this.json[field];
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw this.error(field, `expected a non-negative integer, got ${describe(v)}`);
+    return v;
+  }
+
+  posNumber(field: string, dflt?: number): number {
+    if (!this.has(field)) {
+      if (dflt !== undefined) return dflt;
+      throw this.error(field, 'missing (expected a positive number)');
+    }
+    const v = this.json[field];
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw this.error(field, `expected a positive number, got ${describe(v)}`);
+    return v;
+  }
+
+  bool(field: string, dflt: boolean): boolean {
+    if (!this.has(field)) return dflt;
+    const v = this.json[field];
+    if (typeof v !== 'boolean') throw this.error(field, `expected true or false, got ${describe(v)}`);
+    return v;
+  }
+}
+
+function parseRopeScaling(f: Fields, field: string, v: unknown): RopeScaling | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v !== 'object' || Array.isArray(v)) throw f.error(field, `expected null or an object, got ${describe(v)}`);
+  const o = v as Json;
+  const type = o.rope_type ?? o.type;
+  if (type === 'default') return null; // HF's name for "no scaling"
+  if (type !== 'linear') {
+    throw f.error(field, `rope scaling type ${describe(type)} is not supported (spinlm supports "linear")`);
+  }
+  const factor = o.factor;
+  if (typeof factor !== 'number' || !Number.isFinite(factor) || factor <= 0) {
+    throw f.error(`${field}.factor`, `expected a positive number, got ${describe(factor)}`);
+  }
+  return { type: 'linear', factor };
+}
+
+function tokenId(f: Fields, field: string, v: unknown, vocabSize: number): number {
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= vocabSize) {
+    throw f.error(field, `expected a token id in [0, ${vocabSize}), got ${describe(v)}`);
+  }
+  return v;
+}
+
+/** Checks a parsed config.json; `file` names it in errors. */
+export function parseConfig(json: unknown, file: string): LlamaConfig {
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new ConfigError(file, null, `expected a JSON object, got ${describe(json)}`);
+  }
+  const f = new Fields(json as Json, file);
+  const mt = f.json.model_type;
+  if (mt !== 'llama' && mt !== 'mistral' && mt !== 'qwen2') {
+    throw f.error('model_type', `expected "llama", "mistral" or "qwen2", got ${mt === undefined ? 'nothing' : describe(mt)}`);
+  }
+  const modelType: ModelType = mt;
+
+  const hiddenSize = f.posInt('hidden_size');
+  const intermediateSize = f.posInt('intermediate_size');
+  const numLayers = f.posInt('num_hidden_layers');
+  const numHeads = f.posInt('num_attention_heads');
+  const numKvHeads = f.posInt('num_key_value_heads', numHeads);
+  if (numHeads % numKvHeads !== 0) {
+    throw f.error('num_key_value_heads', `${numKvHeads} does not divide num_attention_heads ${numHeads}`);
+  }
+  let headDim: number;
+  if (f.has('head_dim')) {
+    headDim = f.posInt('head_dim');
+  } else {
+    if (hiddenSize % numHeads !== 0) {
+      throw f.error('num_attention_heads', `${numHeads} does not divide hidden_size ${hiddenSize} (and no head_dim is given)`);
+    }
+    headDim = hiddenSize / numHeads;
+  }
+  if (headDim % 2 !== 0) throw f.error('head_dim', `rotary embeddings need an even head width, got ${headDim}`);
+  const vocabSize = f.posInt('vocab_size');
+  const maxPositionEmbeddings = f.posInt('max_position_embeddings');
+  const rmsNormEps = f.posNumber('rms_norm_eps');
+
+  // Newer transformers may nest rope_theta / the scaling type under rope_parameters.
+  const ropeParams = f.json.rope_parameters;
+  if (ropeParams !== undefined && ropeParams !== null && (typeof ropeParams !== 'object' || Array.isArray(ropeParams))) {
+    throw f.error('rope_parameters', `expected an object, got ${describe(ropeParams)}`);
+  }
+  const rp = (ropeParams ?? null) as Json | null;
+  let ropeTheta: number;
+  if (!f.has('rope_theta') && rp && rp.rope_theta !== undefined) {
+    ropeTheta = new Fields(rp, file).posNumber('rope_theta');
+  } else {
+    ropeTheta = f.posNumber('rope_theta', 10000);
+  }
+  const rpScaling = rp && (rp.rope_type !== undefined || rp.type !== undefined) ? rp : null; // no type: no scaling
+  const ropeScaling = f.has('rope_scaling') ? parseRopeScaling(f, 'rope_scaling', f.json.rope_scaling) : parseRopeScaling(f, 'rope_parameters', rpScaling);
+
+  const act = f.json.hidden_act;
+  if (act !== undefined && act !== 'silu') throw f.error('hidden_act', `only "silu" is supported, got ${describe(act)}`);
+  if (modelType === 'llama' && f.bool('mlp_bias', false)) throw f.error('mlp_bias', 'MLP biases are not supported');
+  const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
+  const llamaBias = modelType === 'llama' ? f.bool('attention_bias', false) : false;
+  const qkvBias = modelType === 'qwen2' || llamaBias;
+  const oBias = llamaBias;
+
+  let slidingWindow: number | null = null;
+  let firstSlidingLayer = 0;
+  if (modelType === 'mistral' || modelType === 'qwen2') {
+    const window = f.has('sliding_window') ? f.posInt('sliding_window') : null;
+    const used = modelType === 'mistral' || f.bool('use_sliding_window', false);
+    if (modelType === 'qwen2') firstSlidingLayer = f.nonNegInt('max_window_layers', 28); // 28: HF Qwen2Config's default
+    if (used && window !== null && window < maxPositionEmbeddings) slidingWindow = window;
+  }
+
+  const bosTokenId = f.has('bos_token_id') ? tokenId(f, 'bos_token_id', f.json.bos_token_id, vocabSize) : null;
+  let eosTokenIds: number[] = [];
+  if (f.has('eos_token_id')) {
+    const eos = f.json.eos_token_id;
+    eosTokenIds = Array.isArray(eos) ? eos.map((v, i) => tokenId(f, `eos_token_id[${i}]`, v, vocabSize)) : [tokenId(f, 'eos_token_id', eos, vocabSize)];
+  }
+
+  const dtypeField = f.has('torch_dtype') ? 'torch_dtype' : 'dtype';
+  let torchDtype: TorchDtype | null = null;
+  if (f.has(dtypeField)) {
+    const d = f.json[dtypeField];
+    if (d !== 'bfloat16' && d !== 'float16' && d !== 'float32') {
+      throw f.error(dtypeField, `expected "bfloat16", "float16" or "float32", got ${describe(d)}`);
+    }
+    torchDtype = d;
+  }
+
+  return {
+    modelType,
+    hiddenSize,
+    intermediateSize,
+    numLayers,
+    numHeads,
+    numKvHeads,
+    headDim,
+    rmsNormEps,
+    ropeTheta,
+    ropeScaling,
+    vocabSize,
+    maxPositionEmbeddings,
+    tieWordEmbeddings,
+    qkvBias,
+    oBias,
+    slidingWindow,
+    firstSlidingLayer,
+    bosTokenId,
+    eosTokenIds,
+    torchDtype,
+  };
+}
+
+/** Reads and checks `dir/config.json`. */
+export async function loadConfig(dir: string): Promise<LlamaConfig> {
+  const file = join(dir, 'config.json');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw new ConfigError(file, null, code === 'ENOENT' ? 'not found (a Hugging Face model directory needs config.json)' : `cannot read (${code ?? (err as Error).message})`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new ConfigError(file, null, `not valid JSON (${(err as Error).message})`);
+  }
+  return parseConfig(json, file);
+}
+
+// ---- writing ----
+
+/** The HF config.json object for a config (parseConfig(configToJson(c)) gives c back). */
+export function configToJson(cfg: LlamaConfig): Record<string, unknown> {
+  const out: Record<string, unknown> = {
+    architectures: [ARCHITECTURES[cfg.modelType]],
+    model_type: cfg.modelType,
+    hidden_size: cfg.hiddenSize,
+    intermediate_size: cfg.intermediateSize,
+    num_hidden_layers: cfg.numLayers,
+    num_attention_heads: cfg.numHeads,
+    num_key_value_heads: cfg.numKvHeads,
+    head_dim: cfg.headDim,
+    hidden_act: 'silu',
+    rms_norm_eps: cfg.rmsNormEps,
+    rope_theta: cfg.ropeTheta,
+    rope_scaling: cfg.ropeScaling === null ? null : { type: 'linear', rope_type: 'linear', factor: cfg.ropeScaling.factor },
+    vocab_size: cfg.vocabSize,
+    max_position_embeddings: cfg.maxPositionEmbeddings,
+    tie_word_embeddings: cfg.tieWordEmbeddings,
+    bos_token_id: cfg.bosTokenId,
+    eos_token_id: cfg.eosTokenIds.length === 1 ? cfg.eosTokenIds[0] : cfg.eosTokenIds.length === 0 ? null : [...cfg.eosTokenIds],
+  };
+  if (cfg.torchDtype !== null) out.torch_dtype = cfg.torchDtype;
+  switch (cfg.modelType) {
+    case 'llama':
+      if (cfg.qkvBias !== cfg.oBias) throw new Error(`configToJson: llama has one attention_bias flag for q/k/v/o, got qkvBias ${cfg.qkvBias}, oBias ${cfg.oBias}`);
+      out.attention_bias = cfg.qkvBias;
+      out.mlp_bias = false;
+      break;
+    case 'mistral':
+      if (cfg.qkvBias || cfg.oBias) throw new Error('configToJson: mistral has no attention biases');
+      out.sliding_window = cfg.slidingWindow;
+      break;
+    case 'qwen2':
+      if (!cfg.qkvBias || cfg.oBias) throw new Error('configToJson: qwen2 has q/k/v biases and no o_proj bias');
+      out.use_sliding_window = cfg.slidingWindow !== null;
+      out.sliding_window = cfg.slidingWindow;
+      out.max_window_layers = cfg.firstSlidingLayer;
+      break;
+  }
+  return out;
+}
+
+/** Writes `dir/config.json` atomically. */
+export async function writeConfig(dir: string, cfg: LlamaConfig): Promise<void> {
+  await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(configToJson(cfg), null, 2)}\n`);
+}
+
+/** Every tensor of the model in HF naming, in model order. */
+export function expectedTensors(cfg: LlamaConfig): TensorSpec[] {
+  const { hiddenSize: H, intermediateSize: I, vocabSize: V, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
+  const out: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [V, H] }];
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    out.push({ name: `${p}.input_layernorm.weight`, shape: [H] });
+    out.push({ name: `${p}.self_attn.q_proj.weight`, shape: [nH * hd, H] });
+    if (cfg.qkvBias) out.push({ name: `${p}.self_attn.q_proj.bias`, shape: [nH * hd] });
+    out.push({ name: `${p}.self_attn.k_proj.weight`, shape: [nKV * hd, H] });
+    if (cfg.qkvBias) out.push({ name: `${p}.self_attn.k_proj.bias`, shape: [nKV * hd] });
+    out.push({ name: `${p}.self_attn.v_proj.weight`, shape: [nKV * hd, H] });
+    if (cfg.qkvBias) out.push({ name: `${p}.self_attn.v_proj.bias`, shape: [nKV * hd] });
+    out.push({ name: `${p}.self_attn.o_proj.weight`, shape: [H, nH * hd] });
+    if (cfg.oBias) out.push({ name: `${p}.self_attn.o_proj.bias`, shape: [H] });
+    out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [H] });
+    out.push({ name: `${p}.mlp.gate_proj.weight`, shape: [I, H] });
+    out.push({ name: `${p}.mlp.up_proj.weight`, shape: [I, H] });
+    out.push({ name: `${p}.mlp.down_proj.weight`, shape: [H, I] });
+  }
+  out.push({ name: 'model.norm.weight', shape: [H] });
+  if (!cfg.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [V, H] });
+  return out;
+}

@@ -1,0 +1,166 @@
+// A Hugging Face tokenizer directory: tokenizer.json (run by @huggingface/tokenizers) plus
+// tokenizer_config.json (special tokens, chat template; chat_template.jinja overrides the latter).
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+
+/** A missing or malformed tokenizer file, or a bad call: names the file. */
+export class TokenizerError extends Error {
+  constructor(
+    readonly file: string,
+    readonly problem: string,
+  ) {
+    super(`${file}: ${problem}`);
+    this.name = 'TokenizerError';
+  }
+}
+
+async function readText(file: string, required: boolean): Promise<string | null> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && !required) return null;
+    throw new TokenizerError(file, code === 'ENOENT' ? 'not found' : `cannot read (${code ?? (err as Error).message})`);
+  }
+}
+
+async function readJsonObject(file: string): Promise<Record<string, unknown>> {
+  const text = (await readText(file, true))!;
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new TokenizerError(file, `not valid JSON (${(err as Error).message})`);
+  }
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new TokenizerError(file, 'expected a JSON object');
+  return json as Record<string, unknown>;
+}
+
+/** A special token as tokenizer_config.json writes it: a string, {content: string, ...}, or null. */
+function tokenString(v: unknown, file: string, field: string): string | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'string') return v;
+  if (typeof v === 'object' && !Array.isArray(v) && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  throw new TokenizerError(file, `"${field}" must be a string, {"content": string} or null`);
+}
+
+/** chat_template as a string, or the "default" entry of a [{name, template}] list. */
+function chatTemplateOf(v: unknown, file: string): string | null {
+  if (v === undefined || v === null) return null;
+  if (typeof v === 'string') return v;
+  if (Array.isArray(v)) {
+    for (const entry of v) {
+      const e = entry as { name?: unknown; template?: unknown };
+      if (typeof e !== 'object' || e === null || typeof e.name !== 'string' || typeof e.template !== 'string') {
+        throw new TokenizerError(file, '"chat_template" list entries must be {"name": string, "template": string}');
+      }
+      if (e.name === 'default') return e.template;
+    }
+    return null;
+  }
+  throw new TokenizerError(file, '"chat_template" must be a string or a list of {name, template}');
+}
+
+export class HfTokenizer {
+  /** Largest id + 1 over the vocabulary and added tokens (the model's vocab_size may be larger). */
+  readonly vocabSize: number;
+  /** Id of eos_token; SPIN appends it to every response. */
+  readonly eosId: number;
+  /** Id of bos_token, null when the tokenizer has none (e.g. Qwen2). */
+  readonly bosId: number | null;
+
+  private constructor(
+    private readonly tok: Tokenizer,
+    /** The directory it was loaded from. */
+    readonly dir: string,
+    readonly eosToken: string,
+    readonly bosToken: string | null,
+    /** The Jinja chat template, null when the tokenizer has none. */
+    readonly chatTemplate: string | null,
+    private readonly cleanUpSpaces: boolean,
+  ) {
+    const vocab = tok.get_vocab(true);
+    let max = -1;
+    for (const id of vocab.values()) if (id > max) max = id;
+    this.vocabSize = max + 1;
+    const configFile = join(dir, 'tokenizer_config.json');
+    const eosId = tok.token_to_id(eosToken);
+    if (eosId === undefined) throw new TokenizerError(configFile, `eos_token ${JSON.stringify(eosToken)} is not in the vocabulary`);
+    this.eosId = eosId;
+    if (bosToken === null) {
+      this.bosId = null;
+    } else {
+      const bosId = tok.token_to_id(bosToken);
+      if (bosId === undefined) throw new TokenizerError(configFile, `bos_token ${JSON.stringify(bosToken)} is not in the vocabulary`);
+      this.bosId = bosId;
+    }
+  }
+
+  /** Loads `dir/tokenizer.json` and `dir/tokenizer_config.json` (and `dir/chat_template.jinja` if present). */
+  static async load(dir: string): Promise<HfTokenizer> {
+    const tokFile = join(dir, 'tokenizer.json');
+    const cfgFile = join(dir, 'tokenizer_config.json');
+    const tokJson = await readJsonObject(tokFile);
+    const cfg = await readJsonObject(cfgFile);
+
+    const eosToken = tokenString(cfg.eos_token, cfgFile, 'eos_token');
+    if (eosToken === null) throw new TokenizerError(cfgFile, '"eos_token" is missing (SPIN needs an end-of-sequence token)');
+    const bosToken = tokenString(cfg.bos_token, cfgFile, 'bos_token');
+    const jinja = await readText(join(dir, 'chat_template.jinja'), false);
+    const chatTemplate = jinja ?? chatTemplateOf(cfg.chat_template, cfgFile);
+    const cleanUp = cfg.clean_up_tokenization_spaces;
+    if (cleanUp !== undefined && cleanUp !== null && typeof cleanUp !== 'boolean') {
+      throw new TokenizerError(cfgFile, '"clean_up_tokenization_spaces" must be true or false');
+    }
+
+    // The library reads special tokens from the config as plain strings.
+    const libConfig: Record<string, unknown> = { ...cfg };
+    for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token', 'sep_token', 'cls_token', 'mask_token']) {
+      libConfig[k] = tokenString(cfg[k], cfgFile, k) ?? undefined;
+    }
+    const extra = cfg.additional_special_tokens;
+    libConfig.additional_special_tokens = Array.isArray(extra) ? extra.map((t, i) => tokenString(t, cfgFile, `additional_special_tokens[${i}]`)).filter((t) => t !== null) : [];
+
+    let tok: Tokenizer;
+    try {
+      tok = new Tokenizer(tokJson, libConfig);
+    } catch (err) {
+      throw new TokenizerError(tokFile, `cannot build a tokenizer from it (${(err as Error).message})`);
+    }
+    return new HfTokenizer(tok, dir, eosToken, bosToken, chatTemplate, cleanUp === true);
+  }
+
+  /** Token ids of `text`, no special tokens added (special-token strings inside the text still map to their ids, as in HF). */
+  encode(text: string): number[] {
+    if (typeof text !== 'string') throw new TypeError(`encode: expected a string, got ${typeof text}`);
+    if (text === '') return [];
+    return this.tok.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /** Text of `ids`; with skipSpecialTokens, special tokens (bos, eos, pad, ...) are dropped. */
+  decode(ids: readonly number[] | Int32Array, opts: { skipSpecialTokens?: boolean } = {}): string {
+    const list = Array.from(ids);
+    for (let i = 0; i < list.length; i++) {
+      const id = list[i];
+      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.tok.id_to_token(id) === undefined) {
+        throw new TokenizerError(join(this.dir, 'tokenizer.json'), `decode: ids[${i}] = ${id} is not a token id (vocabulary has ${this.vocabSize})`);
+      }
+    }
+    if (list.length === 0) return '';
+    return this.tok.decode(list, { skip_special_tokens: opts.skipSpecialTokens ?? false, clean_up_tokenization_spaces: this.cleanUpSpaces });
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.tok.id_to_token(id);
+  }
+}
+
+/** Loads the tokenizer of a Hugging Face model directory. */
+export function loadTokenizer(dir: string): Promise<HfTokenizer> {
+  return HfTokenizer.load(dir);
+}
