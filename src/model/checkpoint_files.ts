@@ -130,7 +130,7 @@ export class CheckpointTensors {
     return { ...f.info(name), file: f.path };
   }
 
-  readTensor(name: string, opts: ReadOptions = {}): Promise<HostTensor> {
+  async readTensor(name: string, opts: ReadOptions = {}): Promise<HostTensor> {
     const f = this.where.get(name);
     if (!f) throw new SafetensorsError(this.dir, name, 'not in this checkpoint');
     return f.readTensor(name, opts);

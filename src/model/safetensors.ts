@@ -189,7 +189,7 @@ export function parseHeader(
       if (!isPlainObject(entry)) throw new SafetensorsError(file, null, '__metadata__ must be an object of strings');
       for (const [k, v] of Object.entries(entry)) {
         if (typeof v !== 'string') {
-          throw new SafetensorsError(file, null, `__metadata__[${JSON.stringify(k)}] must be a string, got ${typeof v === 'object' ? (v === null ? 'null' : Array.isArray(v) ? 'a list' : 'an object') : typeof v}`);
+          throw new SafetensorsError(file, null, `__metadata__[${JSON.stringify(k)}] must be a string, got ${JSON.stringify(v).slice(0, 40)}`);
         }
       }
       metadata = Object.fromEntries(Object.entries(entry)) as Record<string, string>; // own keys, even "__proto__"

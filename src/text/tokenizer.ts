@@ -122,6 +122,13 @@ export class HfTokenizer {
     const extra = cfg.additional_special_tokens;
     libConfig.additional_special_tokens = Array.isArray(extra) ? extra.map((t, i) => tokenString(t, cfgFile, `additional_special_tokens[${i}]`)).filter((t) => t !== null) : [];
 
+    // The library guesses a model type when the stated one is unknown; an unknown type is an error here.
+    const model = tokJson.model;
+    if (typeof model !== 'object' || model === null || Array.isArray(model)) throw new TokenizerError(tokFile, 'has no "model" object');
+    const type = (model as { type?: unknown }).type;
+    if (type !== undefined && type !== 'BPE' && type !== 'WordPiece' && type !== 'Unigram') {
+      throw new TokenizerError(tokFile, `model type ${JSON.stringify(type)} is not supported (BPE, WordPiece, Unigram)`);
+    }
     let tok: Tokenizer;
     try {
       tok = new Tokenizer(tokJson, libConfig);
