@@ -45,9 +45,15 @@ export async function* readJsonArrayRows(file: string): AsyncGenerator<RawRow> {
   for (let i = 0; i < data.length; i++) yield { where: `row index ${i}`, value: data[i] };
 }
 
-/** Serializes rows as JSON lines ("\n" after each). */
-export function jsonlLines(rows: Iterable<unknown>): Generator<string> {
-  return (function* () {
-    for (const row of rows) yield `${JSON.stringify(row)}\n`;
-  })();
+/** Serializes rows as JSON lines ("\n" after each), lazily in ~1 MB chunks, so big files stream to disk. */
+export function* jsonlLines(rows: Iterable<unknown>, chunkChars = 1 << 20): Generator<string> {
+  let chunk = '';
+  for (const row of rows) {
+    chunk += `${JSON.stringify(row)}\n`;
+    if (chunk.length >= chunkChars) {
+      yield chunk;
+      chunk = '';
+    }
+  }
+  if (chunk !== '') yield chunk;
 }

@@ -1,10 +1,8 @@
 // Chat messages in the UltraChat / Hugging Face layout: [{role, content}, ...].
+import type { ChatMessage } from '../text/templates.js';
 import { preview, RowProblem } from './data_error.js';
 
-export interface ChatMessage {
-  role: string; // 'system' | 'user' | 'assistant' (others are kept but never used as a turn)
-  content: string;
-}
+export type { ChatMessage };
 
 /** Checks `value` is a list of {role: string, content: string}; `field` names it in errors. */
 export function parseMessages(value: unknown, field: string): ChatMessage[] {

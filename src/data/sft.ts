@@ -79,7 +79,7 @@ export interface LoadSftOptions {
 
 export interface LoadSftResult {
   pairs: SftPair[];
-  skipped: number; // malformed rows passed over (skipInvalid)
+  skipped: number; // malformed rows passed over (skipInvalid); with n and no seed, only those read before stopping
   problems: string[]; // the first few skipped rows' errors, "file: line N: problem"
 }
 

@@ -73,19 +73,31 @@ export async function readSpinPairs(path: string, opts: { format?: FormatOption 
   return pairs;
 }
 
-/** Writes pairs in the official layout plus "prompt": JSON lines, or Parquet for `.parquet` / format. */
+/**
+ * Writes pairs in the official layout plus "prompt": JSON lines, or Parquet for `.parquet` / format.
+ * Items are SpinPair strings or official rows (checked like rows read from a file).
+ */
 export async function writeSpinPairs(
   path: string,
-  pairs: readonly SpinPair[],
+  items: readonly (SpinPair | SpinPairRow)[],
   opts: { format?: 'jsonl' | 'parquet'; codec?: ParquetCodec; rowGroupSize?: number } = {},
 ): Promise<void> {
-  if (pairs.length === 0) throw new Error(`${path}: no SPIN pairs to write`);
-  pairs.forEach((p, i) => {
-    for (const k of ['prompt', 'real', 'generated'] as const) {
-      if (typeof p[k] !== 'string') throw new TypeError(`${path}: pair ${i}: "${k}" must be a string, got ${preview(p[k])}`);
+  if (items.length === 0) throw new Error(`${path}: no SPIN pairs to write`);
+  const rows = items.map((item, i) => {
+    if (item !== null && typeof item === 'object' && Array.isArray((item as SpinPairRow).real)) {
+      try {
+        return spinPairToRow(spinPairFromRow(item));
+      } catch (err) {
+        if (err instanceof RowProblem) throw new TypeError(`${path}: pair ${i}: ${err.message}`);
+        throw err;
+      }
     }
+    const p = item as SpinPair;
+    for (const k of ['prompt', 'real', 'generated'] as const) {
+      if (typeof p?.[k] !== 'string') throw new TypeError(`${path}: pair ${i}: "${k}" must be a string, got ${preview(p?.[k])}`);
+    }
+    return spinPairToRow(p);
   });
-  const rows = pairs.map(spinPairToRow);
   if (writeFormat(path, opts.format) === 'jsonl') {
     await writeFileAtomic(path, jsonlLines(rows));
     return;

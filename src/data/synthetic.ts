@@ -1,12 +1,11 @@
 // Synthetic instruction tasks with exactly checkable answers: the embedded default's data.
 //
 // Each family writes short ASCII prompts (<= 48 chars) and answers (<= 24 chars) for a byte-level
-// model; the answer is a deterministic function of the prompt. Families differ in difficulty so
-// that a converged tiny model stays clearly imperfect overall (DESIGN.md section 6: on easy tasks
-// such as digit sums it reached ~99% and left nothing to measure): copy/lookup tasks (date,
-// swap_case, reverse_words) are learned almost perfectly, while carries (add, sub, mul), counting,
-// base conversion and long sorts stay hard for a small model, and their accuracy keeps improving
-// with training.
+// model; the answer is a deterministic function of the prompt. The families are meant to span
+// difficulty (DESIGN.md section 6: on digit sums alone a converged tiny model reached ~99% and left
+// nothing to measure): copy/lookup families (date, swap_case, reverse_words) should be learned
+// almost fully, while carries (add, sub, mul), counting, base conversion and long sorts should stay
+// hard for a small model. `families` picks a subset when a demo needs a different mix.
 import { Rng, type Seed } from '../util/rng.js';
 import { roundMessages } from './messages.js';
 import type { ChatRow } from './sft.js';

@@ -11,8 +11,9 @@ export function instructionPrompt(prompt: string): string {
   return `### Instruction: ${prompt}\n\n### Response: `;
 }
 
+/** One turn in the Hugging Face / UltraChat layout. */
 export interface ChatMessage {
-  role: string;
+  role: string; // 'system' | 'user' | 'assistant' (others are kept but never used as a turn)
   content: string;
 }
 
