@@ -1,6 +1,6 @@
 // Shared pieces of the benchmark suite: tinybench runs, peer scripts, peak RSS, markdown tables.
 import { execFileSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { Bench } from 'tinybench';
 
 export const PYTHON = process.env.SPINLM_PYTHON ?? (existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3');
@@ -22,9 +22,14 @@ export function runPeer(script: string, args: string[]): Record<string, number |
   return JSON.parse(last);
 }
 
-/** Peak resident set size of this process so far, bytes. */
+/**
+ * Peak resident set size of this process so far, bytes (VmHWM: this address space's high-water mark;
+ * getrusage's maxRSS would include the RSS of the process that spawned us, carried across exec).
+ */
 export function peakRss(): number {
-  return process.resourceUsage().maxRSS * 1024;
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
+  if (!m) throw new Error('no VmHWM in /proc/self/status');
+  return Number(m[1]) * 1024;
 }
 
 export function table(headers: string[], rows: (string | number)[][]): string {

@@ -4,6 +4,7 @@
 //   - the machine's floors: a parallel streaming read of the same buffer, and the arithmetic floor of
 //     one vector exp per logit (native expThroughput on L1-resident data).
 // Usage: node --import tsx bench/loss.bench.ts [--n 4096] [--v 32000] [--torch-threads 2] [--json out.json]
+import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
@@ -12,7 +13,7 @@ import { bf16ArrayToF32 } from '../src/tensor/bf16.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { Rng } from '../src/util/rng.js';
 import { logprobGatherRef } from '../test/helpers/loss_ref.js';
-import { gb, medianMs, peakRss, runPeer, table } from './harness.js';
+import { gb, medianMs, runPeer, table } from './harness.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -38,6 +39,7 @@ const ref = be.upload({ dtype: 'f32', data: new Float32Array(2 * B).map(() => rn
 const floorRead: Record<string, number> = {};
 const expFloorMs = await medianMs('exp floor', () => be.native.expThroughput(N * V), 10);
 const rows: (string | number)[][] = [];
+const memRows: (string | number)[][] = [];
 const out: Record<string, unknown> = { n: N, v: V, threads: be.threads, expFloorMs };
 
 for (const dtype of ['bf16', 'f32'] as const) {
@@ -45,13 +47,12 @@ for (const dtype of ['bf16', 'f32'] as const) {
   const bytes = z.byteLength;
   floorRead[dtype] = await medianMs(`read ${dtype}`, () => be.native.streamRead(z, bytes), 20);
 
-  const rssBefore = peakRss();
   const ours = await medianMs(`gather ${dtype}`, () => {
     const r = be.logprobGather(z, targets);
     r.logp.free();
     r.lse.free();
   }, 20);
-  const rssGrowth = peakRss() - rssBefore;
+  const probe = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', new URL('./memory_probe.ts', import.meta.url).pathname, String(N), String(V), dtype], { encoding: 'utf8' }).trim());
 
   // naive TypeScript: widen to f32 (bf16), then the two-pass float64 loops
   const host = be.readSync(z);
@@ -77,10 +78,12 @@ for (const dtype of ['bf16', 'f32'] as const) {
   rows.push([`SPIN loss forward ${dtype}`, fwd, gb(bytes, fwd), floorRead[dtype], `${(fwd / floorRead[dtype]).toFixed(2)}x`, `${(fwd / expFloorMs).toFixed(2)}x`, '', '', tf, `${(tf / fwd).toFixed(1)}x`]);
   rows.push([`SPIN loss backward ${dtype} (in place)`, bwd, gb(2 * bytes, bwd), 2 * floorRead[dtype], `${(bwd / (2 * floorRead[dtype])).toFixed(2)}x`, `${(bwd / expFloorMs).toFixed(2)}x`, '', '', tb, `${(tb / bwd).toFixed(1)}x`]);
   rows.push([`SPIN loss backward ${dtype} (new buffer)`, bwdNew, gb(2 * bytes, bwdNew), 2 * floorRead[dtype], `${(bwdNew / (2 * floorRead[dtype])).toFixed(2)}x`, `${(bwdNew / expFloorMs).toFixed(2)}x`, '', '', tb, `${(tb / bwdNew).toFixed(1)}x`]);
-  out[dtype] = { ours, naive, fwd, bwd, bwdNew, readFloor: floorRead[dtype], torch, oursPeakRssGrowth: rssGrowth };
-  console.error(`${dtype}: logprobGather peak RSS growth ${(rssGrowth / 2 ** 20).toFixed(1)} MiB (outputs 2 x ${N} floats); torch peak RSS growth ${(Number(torch.peak_rss_growth_bytes) / 2 ** 20).toFixed(0)} MiB`);
+  out[dtype] = { ours, naive, fwd, bwd, bwdNew, readFloor: floorRead[dtype], torch, memory: probe };
+  memRows.push([dtype, probe.logitsBytes / 2 ** 20, probe.gatherGrowth / 2 ** 20, probe.forwardBackwardGrowth / 2 ** 20, Number(torch.peak_rss_growth_bytes) / 2 ** 20]);
 }
 
 console.log(`\nN = ${N}, V = ${V}; spinlm on ${be.threads} threads, PyTorch on ${args['torch-threads']}; times are medians in ms; exp floor ${expFloorMs.toFixed(1)} ms\n`);
 console.log(table(['op', 'spinlm ms', 'GB/s', 'read floor ms', 'vs read floor', 'vs exp floor', 'naive TS ms', 'naive / spinlm', 'PyTorch ms', 'PyTorch / spinlm'], rows));
+console.log(`\nPeak RSS growth beyond the logits (MiB), each measured in a fresh process:\n`);
+console.log(table(['logits', 'logits MiB', 'spinlm logprobGather', 'spinlm SPIN fwd+bwd (in place)', 'PyTorch gather + SPIN fwd+bwd'], memRows));
 if (args.json) writeFileSync(args.json, JSON.stringify(out, null, 2));

@@ -6,11 +6,11 @@ Times, on random logits [n, v] of the dtype:
   gather:   torch.log_softmax(x.float(), -1).gather(1, t[:, None])    (the usual way)
   forward:  the SPIN loss from the logits (log_softmax, gather, masked per-sequence sums, logsigmoid)
   backward: loss.backward() of that forward (autograd), gradient w.r.t. the logits
-Prints one JSON line: median seconds of each, and the peak RSS growth over the inputs (bytes).
+Prints one JSON line: median seconds of each, and the peak RSS growth over the inputs (bytes):
+how much memory the ops need beyond their inputs.
 """
 import argparse
 import json
-import resource
 import statistics
 import time
 
@@ -18,7 +18,12 @@ import torch
 
 
 def rss_peak_bytes():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM is this address space's peak; getrusage's ru_maxrss would include the RSS of the process
+    # that spawned us (Linux carries it across exec).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main():
@@ -33,7 +38,10 @@ def main():
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dt = torch.float32 if a.dtype == "f32" else torch.bfloat16
-    x = (torch.randn(a.n, a.v) * 3).to(dt)
+    # filled in row blocks, so making the input does not raise the peak RSS above the input itself
+    x = torch.empty(a.n, a.v, dtype=dt)
+    for r in range(0, a.n, 256):
+        x[r : r + 256] = torch.randn(min(256, a.n - r), a.v) * 3
     t = torch.randint(0, a.v, (a.n,))
     b = a.pairs
     seg = torch.arange(a.n) * (2 * b) // a.n  # contiguous runs: 2b sequences

@@ -1,0 +1,29 @@
+// Peak-memory probe, run in a fresh process by bench/loss.bench.ts: the logits are made by native
+// fills (no JS-side copies), so the growth of the peak RSS across an op is what the op itself needs.
+// Usage: node --import tsx bench/memory_probe.ts N V bf16|f32   -> prints one JSON line
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { freeSpinLossContext, spinLossBackward, spinLossForward } from '../src/spin/loss.js';
+import { peakRss as peak } from './harness.js';
+
+const [n, v] = [Number(process.argv[2]), Number(process.argv[3])];
+const dtype = process.argv[4] as 'bf16' | 'f32';
+const be = new CpuBackend();
+
+const z = be.empty(dtype, [n, v]);
+be.fill(z, 0.5);
+const targets = be.empty('i32', [n]);
+be.fillBits(targets, 7);
+const segments = be.empty('i32', [n]);
+be.fillBits(segments, 0);
+const ref = be.empty('f32', [2]);
+be.fill(ref, -10);
+const base = peak();
+const { logp, lse } = be.logprobGather(z, targets);
+const afterGather = peak();
+logp.free();
+lse.free();
+const ctx = spinLossForward(be, z, targets, segments, ref, 1, { beta: 0.1, lossType: 'sigmoid' });
+spinLossBackward(ctx, { inPlace: true });
+freeSpinLossContext(ctx);
+const afterBackward = peak();
+console.log(JSON.stringify({ n, v, dtype, logitsBytes: z.byteLength, gatherGrowth: afterGather - base, forwardBackwardGrowth: afterBackward - base }));
