@@ -30,6 +30,22 @@ export interface SpinLossOpts {
   realTokens?: Tensor<'f32'>;
 }
 
+export interface MatmulOpts {
+  transA?: boolean;
+  transB?: boolean;
+  alpha?: number;
+  /** Write here instead of a new tensor; with `accumulate`, add to it. */
+  out?: Tensor<'f32'>;
+  accumulate?: boolean;
+}
+
+export interface RopeOpts {
+  theta: number;
+  /** Linear rope_scaling factor (1 = none). */
+  scale?: number;
+  inverse?: boolean;
+}
+
 /** The tensors of one parameter an optimizer step reads and writes. */
 export interface OptimTensors {
   /** What the model computes with: f32, or bf16 (then `master` is required). */
@@ -138,4 +154,43 @@ export interface Backend {
   clipCoefficient(sumsq: Tensor<'f32'>, maxNorm: number): Tensor<'f32'>;
   /** x *= a, in place. */
   scaleInPlace(x: Tensor<'f32'>, a: number): void;
+
+  // ---- model ops (fp32 compute; weights f32 or bf16; see native/cpu/model_kernels.h) --------------
+  /**
+   * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D; b f32 or bf16 2-D; op = transpose
+   * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }).
+   */
+  matmul(a: Tensor<'f32'>, b: Tensor, opts?: MatmulOpts): Tensor<'f32'>;
+  /** Rows of a table: ids i32 [T], table [V, H] -> f32 [T, H]. */
+  embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'>;
+  /** dtable[ids[t]] += dout[t], tokens in order. */
+  embeddingBackward(ids: Tensor<'i32'>, dout: Tensor<'f32'>, dtable: Tensor<'f32'>): void;
+  /** RMSNorm of rows: x [T, H], w [H] -> y [T, H] and rstd [T] (saved for the backward). */
+  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> };
+  /** Returns dx; adds the weight gradient into dw when given. */
+  rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'>;
+  /** Rotary embedding in place on x [T, heads, hd] at positions [T] (HF rotate_half; inverse: the backward). */
+  rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void;
+  /** Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] -> out [B, L, nH, hd], lse [B, nH, L]. */
+  attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts?: { scale?: number }): { out: Tensor<'f32'>; lse: Tensor<'f32'> };
+  attentionBackward(
+    q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+    opts?: { scale?: number },
+  ): { dq: Tensor<'f32'>; dk: Tensor<'f32'>; dv: Tensor<'f32'> };
+  /** One query per sequence against a KV cache: q [B, nH, hd], caches [B, Lmax, nKV, hd], lengths i32 [B], keyMask i32 [B, Lmax]. */
+  attentionDecode(
+    q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+    opts?: { scale?: number },
+  ): Tensor<'f32'>;
+  /** dst[index[r], :] = src[r, :] (src [R, C], dst [*, C]). */
+  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void;
+  /** silu(gate) * up. */
+  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'>;
+  swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> };
+  /** a + b; `out` may be a or b (in place). */
+  add(a: Tensor<'f32'>, b: Tensor<'f32'>, out?: Tensor<'f32'>): Tensor<'f32'>;
+  /** x [T, N] += bias [N], in place. */
+  addBias(x: Tensor<'f32'>, bias: Tensor): void;
+  /** dbias [N] += column sums of dy [T, N]. */
+  biasBackward(dy: Tensor<'f32'>, dbias: Tensor<'f32'>): void;
 }

@@ -45,6 +45,35 @@ export interface NativeAddon {
   sumSquares(x: NativeView, n: number, out: NativeView, index: number): void;
   clipCoefficient(sumsq: NativeView, count: number, maxNorm: number, out: NativeView): void;
   scaleInPlace(y: NativeView, n: number, a: number): void;
+  matmul(
+    transA: boolean, transB: boolean, m: number, n: number, k: number, alpha: number, a: NativeView, lda: number,
+    b: NativeView, bDtype: string, ldb: number, beta: number, c: NativeView, ldc: number,
+  ): void;
+  embedding(ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView): void;
+  embeddingBackward(ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView): void;
+  rmsnorm(x: NativeView, w: NativeView, wDtype: string, t: number, h: number, eps: number, y: NativeView, rstd: NativeView): void;
+  rmsnormBackward(
+    x: NativeView, w: NativeView, wDtype: string, rstd: NativeView, dy: NativeView, t: number, h: number, dx: NativeView, dw: NativeView | null,
+  ): void;
+  rope(x: NativeView, positions: NativeView, t: number, heads: number, hd: number, theta: number, scale: number, inverse: boolean): void;
+  attention(
+    q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, b: number, l: number, nh: number, nkv: number, hd: number,
+    scale: number, out: NativeView, lse: NativeView,
+  ): void;
+  attentionBackward(
+    q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, out: NativeView, lse: NativeView, dout: NativeView,
+    b: number, l: number, nh: number, nkv: number, hd: number, scale: number, dq: NativeView, dk: NativeView, dv: NativeView,
+  ): void;
+  attentionDecode(
+    q: NativeView, kCache: NativeView, vCache: NativeView, lengths: NativeView, keyMask: NativeView | null, b: number, lmax: number,
+    nh: number, nkv: number, hd: number, scale: number, out: NativeView,
+  ): void;
+  scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstRows: number): void;
+  swiglu(gate: NativeView, up: NativeView, n: number, out: NativeView): void;
+  swigluBackward(gate: NativeView, up: NativeView, dout: NativeView, n: number, dgate: NativeView, dup: NativeView): void;
+  add(a: NativeView, b: NativeView, n: number, y: NativeView): void;
+  addBias(x: NativeView, bias: NativeView, biasDtype: string, t: number, n: number): void;
+  biasBackward(dy: NativeView, t: number, n: number, dbias: NativeView): void;
   /** Benchmark probes: read `bytes` bytes on all threads; evaluate `count` vector exps on all threads. */
   streamRead(t: NativeView, bytes: number): number;
   expThroughput(count: number): number;

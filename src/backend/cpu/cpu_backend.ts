@@ -1,7 +1,7 @@
 // The CPU backend: tensors in native 64-byte-aligned memory, kernels in native/cpu (C++, both cores).
 import { allocHost, checkHostArray, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
-import type { AdamwHyper, Backend, OptimTensors, RmspropHyper, SpinLossOpts } from '../backend.js';
+import type { AdamwHyper, Backend, MatmulOpts, OptimTensors, RmspropHyper, RopeOpts, SpinLossOpts } from '../backend.js';
 import { checkFinite, checkLogprobArgs, expectDType, expectRank, expectShape, expectTensor } from '../validate.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 
@@ -215,6 +215,223 @@ export class CpuBackend implements Backend {
     expectDType(x, ['f32'], 'x');
     checkFinite(a, 'scale');
     this.native.scaleInPlace(x, x.numel, a);
+  }
+
+  // ---- model ops -----------------------------------------------------------------------------
+  matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+    expectTensor(this, a, 'a');
+    expectTensor(this, b, 'b');
+    expectDType(a, ['f32'], 'a');
+    expectDType(b, ['f32', 'bf16'], 'b');
+    expectRank(a, 2, 'a');
+    expectRank(b, 2, 'b');
+    const [ar, ac] = a.shape;
+    const [br, bc] = b.shape;
+    const [m, ka] = opts.transA ? [ac, ar] : [ar, ac];
+    const [kb, n] = opts.transB ? [bc, br] : [br, bc];
+    if (ka !== kb) throw new RangeError(`matmul: inner dimensions differ: op(a) is [${m}, ${ka}], op(b) is [${kb}, ${n}]`);
+    let out = opts.out;
+    if (out) {
+      expectTensor(this, out, 'out');
+      expectDType(out, ['f32'], 'out');
+      expectShape(out, [m, n], 'out');
+    } else {
+      if (opts.accumulate) throw new TypeError('matmul: accumulate needs an out tensor');
+      out = this.empty('f32', [m, n]);
+    }
+    const alpha = opts.alpha ?? 1;
+    checkFinite(alpha, 'alpha');
+    this.native.matmul(!!opts.transA, !!opts.transB, m, n, ka, alpha, a, ac, b, b.dtype, bc, opts.accumulate ? 1 : 0, out, n);
+    return out;
+  }
+
+  embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'> {
+    this.checkIds(ids);
+    expectTensor(this, table, 'table');
+    expectDType(table, ['f32', 'bf16'], 'table');
+    expectRank(table, 2, 'table');
+    const [v, h] = table.shape;
+    const out = this.empty('f32', [ids.numel, h]);
+    this.native.embedding(ids, ids.numel, table, table.dtype, v, h, out);
+    return out;
+  }
+
+  embeddingBackward(ids: Tensor<'i32'>, dout: Tensor<'f32'>, dtable: Tensor<'f32'>): void {
+    this.checkIds(ids);
+    expectTensor(this, dtable, 'dtable');
+    expectDType(dtable, ['f32'], 'dtable');
+    expectRank(dtable, 2, 'dtable');
+    const [v, h] = dtable.shape;
+    this.expectF32(dout, 'dout', [ids.numel, h]);
+    this.native.embeddingBackward(ids, ids.numel, dout, v, h, dtable);
+  }
+
+  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
+    const [t, h] = this.rows(x, 'x');
+    this.expectWeight(w, [h], 'weight');
+    checkFinite(eps, 'eps');
+    const y = this.empty('f32', x.shape);
+    const rstd = this.empty('f32', [t]);
+    this.native.rmsnorm(x, w, w.dtype, t, h, eps, y, rstd);
+    return { y, rstd };
+  }
+
+  rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'> {
+    const [t, h] = this.rows(x, 'x');
+    this.expectWeight(w, [h], 'weight');
+    this.expectF32(rstd, 'rstd', [t]);
+    this.expectF32(dy, 'dy', x.shape);
+    if (dw) this.expectF32(dw, 'dw', [h]);
+    const dx = this.empty('f32', x.shape);
+    this.native.rmsnormBackward(x, w, w.dtype, rstd, dy, t, h, dx, dw ?? null);
+    return dx;
+  }
+
+  rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
+    expectTensor(this, x, 'x');
+    expectDType(x, ['f32'], 'x');
+    expectRank(x, 3, 'x');
+    const [t, heads, hd] = x.shape;
+    this.checkIds(positions, 'positions');
+    expectShape(positions, [t], 'positions');
+    this.native.rope(x, positions, t, heads, hd, opts.theta, opts.scale ?? 1, !!opts.inverse);
+  }
+
+  attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: { scale?: number } = {}) {
+    const d = this.attnDims(q, k, v, keyMask);
+    const out = this.empty('f32', q.shape);
+    const lse = this.empty('f32', [d.b, d.nh, d.l]);
+    this.native.attention(q, k, v, keyMask, d.b, d.l, d.nh, d.nkv, d.hd, opts.scale ?? 1 / Math.sqrt(d.hd), out, lse);
+    return { out, lse };
+  }
+
+  attentionBackward(
+    q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+    opts: { scale?: number } = {},
+  ) {
+    const d = this.attnDims(q, k, v, keyMask);
+    this.expectF32(out, 'out', q.shape);
+    this.expectF32(dout, 'dout', q.shape);
+    this.expectF32(lse, 'lse', [d.b, d.nh, d.l]);
+    const dq = this.empty('f32', q.shape);
+    const dk = this.empty('f32', k.shape);
+    const dv = this.empty('f32', v.shape);
+    this.native.attentionBackward(q, k, v, keyMask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, opts.scale ?? 1 / Math.sqrt(d.hd), dq, dk, dv);
+    return { dq, dk, dv };
+  }
+
+  attentionDecode(
+    q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+    opts: { scale?: number } = {},
+  ): Tensor<'f32'> {
+    expectTensor(this, q, 'q');
+    expectDType(q, ['f32'], 'q');
+    expectRank(q, 3, 'q');
+    const [b, nh, hd] = q.shape;
+    expectTensor(this, kCache, 'kCache');
+    expectRank(kCache, 4, 'kCache');
+    const [cb, lmax, nkv, chd] = kCache.shape;
+    if (cb !== b || chd !== hd) throw new RangeError(`kCache ${kCache} does not match q ${q}`);
+    this.expectF32(kCache, 'kCache', kCache.shape);
+    this.expectF32(vCache, 'vCache', kCache.shape);
+    this.checkIds(lengths, 'lengths');
+    expectShape(lengths, [b], 'lengths');
+    if (keyMask) {
+      this.checkIds(keyMask, 'keyMask');
+      expectShape(keyMask, [b, lmax], 'keyMask');
+    }
+    const out = this.empty('f32', q.shape);
+    this.native.attentionDecode(q, kCache, vCache, lengths, keyMask ?? null, b, lmax, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out);
+    return out;
+  }
+
+  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void {
+    const [rows, cols] = this.rows(src, 'src');
+    const [dstRows, dstCols] = this.rows(dst, 'dst');
+    if (dstCols !== cols) throw new RangeError(`scatterRows: src rows have ${cols} values, dst rows ${dstCols}`);
+    this.checkIds(index, 'index');
+    expectShape(index, [rows], 'index');
+    this.native.scatterRows(src, index, rows, cols, dst, dstRows);
+  }
+
+  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
+    this.expectF32(gate, 'gate', gate.shape);
+    this.expectF32(up, 'up', gate.shape);
+    const out = this.empty('f32', gate.shape);
+    this.native.swiglu(gate, up, gate.numel, out);
+    return out;
+  }
+
+  swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
+    this.expectF32(gate, 'gate', gate.shape);
+    this.expectF32(up, 'up', gate.shape);
+    this.expectF32(dout, 'dout', gate.shape);
+    const dgate = this.empty('f32', gate.shape);
+    const dup = this.empty('f32', gate.shape);
+    this.native.swigluBackward(gate, up, dout, gate.numel, dgate, dup);
+    return { dgate, dup };
+  }
+
+  add(a: Tensor<'f32'>, b: Tensor<'f32'>, out?: Tensor<'f32'>): Tensor<'f32'> {
+    this.expectF32(a, 'a', a.shape);
+    this.expectF32(b, 'b', a.shape);
+    if (out) this.expectF32(out, 'out', a.shape);
+    const y = out ?? this.empty('f32', a.shape);
+    this.native.add(a, b, a.numel, y);
+    return y;
+  }
+
+  addBias(x: Tensor<'f32'>, bias: Tensor): void {
+    const [t, n] = this.rows(x, 'x');
+    this.expectWeight(bias, [n], 'bias');
+    this.native.addBias(x, bias, bias.dtype, t, n);
+  }
+
+  biasBackward(dy: Tensor<'f32'>, dbias: Tensor<'f32'>): void {
+    const [t, n] = this.rows(dy, 'dy');
+    this.expectF32(dbias, 'dbias', [n]);
+    this.native.biasBackward(dy, t, n, dbias);
+  }
+
+  private checkIds(ids: Tensor, what = 'ids'): void {
+    expectTensor(this, ids, what);
+    expectDType(ids, ['i32'], what);
+  }
+
+  private expectF32(t: Tensor, what: string, shape: readonly number[]): void {
+    expectTensor(this, t, what);
+    expectDType(t, ['f32'], what);
+    expectShape(t, shape, what);
+  }
+
+  private expectWeight(t: Tensor, shape: readonly number[], what: string): void {
+    expectTensor(this, t, what);
+    expectDType(t, ['f32', 'bf16'], what);
+    expectShape(t, shape, what);
+  }
+
+  /** [rows, cols] of a 2-D f32 tensor. */
+  private rows(t: Tensor, what: string): [number, number] {
+    expectTensor(this, t, what);
+    expectDType(t, ['f32'], what);
+    expectRank(t, 2, what);
+    return [t.shape[0], t.shape[1]];
+  }
+
+  private attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
+    for (const [t, what] of [[q, 'q'], [k, 'k'], [v, 'v']] as const) {
+      expectTensor(this, t, what);
+      expectDType(t, ['f32'], what);
+      expectRank(t, 4, what);
+    }
+    const [b, l, nh, hd] = q.shape;
+    const nkv = k.shape[2];
+    expectShape(k, [b, l, nkv, hd], 'k');
+    expectShape(v, [b, l, nkv, hd], 'v');
+    if (nkv < 1 || nh % nkv !== 0) throw new RangeError(`attention: ${nh} query heads are not a multiple of ${nkv} key-value heads`);
+    this.checkIds(keyMask, 'keyMask');
+    expectShape(keyMask, [b, l], 'keyMask');
+    return { b, l, nh, nkv, hd };
   }
 
   private checkOptim(p: OptimTensors, states: Record<string, Tensor>, gradScale?: Tensor): void {

@@ -1,0 +1,178 @@
+// Elementwise and per-row kernels of the Llama layers: embedding, RMSNorm, RoPE, SwiGLU, residuals, biases.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../include/bf16.h"
+#include "model_kernels.h"
+#include "threadpool.h"
+
+namespace spinlm {
+namespace {
+
+constexpr int64_t kGrain = 1 << 14;  // elements per task for elementwise loops
+constexpr int64_t kRowChunk = 64;    // rows per partial sum of column reductions (fixed: deterministic)
+
+inline float load(const void* p, DType dt, int64_t i) {
+  return dt == DType::kBF16 ? bf16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+
+inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+// Column sums of f(t, j) over rows t in [0, rows), into acc[j] (+=): fixed chunks of rows, each summed
+// in double, then chunks in order; parallel over chunks. The result is independent of thread count.
+template <class F>
+void column_reduce(int64_t rows, int64_t cols, float* acc, F f) {
+  const int64_t chunks = (rows + kRowChunk - 1) / kRowChunk;
+  if (chunks == 0) return;
+  std::vector<double> partial(static_cast<size_t>(chunks * cols), 0.0);
+  parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double* p = partial.data() + c * cols;
+      for (int64_t t = c * kRowChunk; t < std::min(rows, (c + 1) * kRowChunk); ++t)
+        for (int64_t j = 0; j < cols; ++j) p[j] += f(t, j);
+    }
+  });
+  parallel_for(cols, 256, [&](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; ++j) {
+      double s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += partial[c * cols + j];
+      acc[j] += static_cast<float>(s);
+    }
+  });
+}
+
+}  // namespace
+
+void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t h, float* out) {
+  parallel_for(t, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, h)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t base = row_offset(ids[r], h);
+      float* o = out + row_offset(r, h);
+      for (int64_t j = 0; j < h; ++j) o[j] = load(table, dt, base + j);
+    }
+  });
+}
+
+void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t h, float* dtable) {
+  // Each thread owns a block of columns and walks the tokens in order: no two threads write one value.
+  parallel_for(h, 64, [&](int64_t j0, int64_t j1) {
+    for (int64_t r = 0; r < t; ++r) {
+      float* d = dtable + row_offset(ids[r], h);
+      const float* g = dout + row_offset(r, h);
+      for (int64_t j = j0; j < j1; ++j) d[j] += g[j];
+    }
+  });
+}
+
+void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y,
+             float* rstd) {
+  std::vector<float> wf(static_cast<size_t>(h));
+  for (int64_t j = 0; j < h; ++j) wf[j] = load(w, w_dt, j);
+  parallel_for(t, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, h)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + row_offset(r, h);
+      float* yr = y + row_offset(r, h);
+      double ss = 0;
+      for (int64_t j = 0; j < h; ++j) ss += static_cast<double>(xr[j]) * xr[j];
+      const float rs = static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(h) + eps));
+      rstd[r] = rs;
+      for (int64_t j = 0; j < h; ++j) yr[j] = xr[j] * rs * wf[j];
+    }
+  });
+}
+
+void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
+                      int64_t t, int64_t h, float* dx, float* dw) {
+  std::vector<float> wf(static_cast<size_t>(h));
+  for (int64_t j = 0; j < h; ++j) wf[j] = load(w, w_dt, j);
+  parallel_for(t, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, h)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = x + row_offset(r, h);
+      const float* gr = dy + row_offset(r, h);
+      float* dr = dx + row_offset(r, h);
+      const float rs = rstd[r];
+      double dot = 0;  // sum_j w_j dy_j x_j
+      for (int64_t j = 0; j < h; ++j) dot += static_cast<double>(wf[j]) * gr[j] * xr[j];
+      const float c = static_cast<float>(dot / static_cast<double>(h)) * rs * rs * rs;
+      for (int64_t j = 0; j < h; ++j) dr[j] = rs * wf[j] * gr[j] - xr[j] * c;
+    }
+  });
+  if (dw) column_reduce(t, h, dw, [&](int64_t r, int64_t j) { return static_cast<double>(dy[r * h + j]) * x[r * h + j] * rstd[r]; });
+}
+
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta,
+          double scale, bool inverse) {
+  const int64_t half = hd / 2;
+  // inv_freq as HF computes it in fp32: 1 / theta^(2i / hd), then divided by the linear factor
+  std::vector<float> inv_freq(static_cast<size_t>(half));
+  for (int64_t i = 0; i < half; ++i) {
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(hd);
+    inv_freq[i] = 1.0f / std::pow(static_cast<float>(theta), expo);
+    if (scale != 1.0) inv_freq[i] = inv_freq[i] / static_cast<float>(scale);
+  }
+  parallel_for(t, std::max<int64_t>(1, 1024 / std::max<int64_t>(1, heads * hd)), [&](int64_t r0, int64_t r1) {
+    std::vector<float> cs(static_cast<size_t>(hd));
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(pos[r]) * inv_freq[i];  // fp32 product, as HF
+        cs[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+        const float s = static_cast<float>(std::sin(static_cast<double>(angle)));
+        cs[half + i] = inverse ? -s : s;
+      }
+      for (int64_t hh = 0; hh < heads; ++hh) {
+        float* v = x + (r * heads + hh) * hd;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = v[i], b = v[half + i], c = cs[i], s = cs[half + i];
+          v[i] = a * c - b * s;
+          v[half + i] = b * c + a * s;
+        }
+      }
+    }
+  });
+}
+
+void swiglu(const float* gate, const float* up, int64_t n, float* out) {
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+  });
+}
+
+void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate,
+                     float* dup) {
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      const float g = gate[i], s = sigmoidf(g), d = dout[i];
+      dup[i] = d * g * s;
+      dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
+    }
+  });
+}
+
+void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst) {
+  parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      std::copy(src + row_offset(r, cols), src + row_offset(r + 1, cols), dst + row_offset(index[r], cols));
+  });
+}
+
+void add(const float* a, const float* b, int64_t n, float* y) {
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] = a[i] + b[i];
+  });
+}
+
+void add_bias(float* x, const void* bias, DType dt, int64_t t, int64_t n) {
+  std::vector<float> bf(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) bf[j] = load(bias, dt, j);
+  parallel_for(t, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, n)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < n; ++j) x[r * n + j] += bf[j];
+  });
+}
+
+void bias_backward(const float* dy, int64_t t, int64_t n, float* dbias) {
+  column_reduce(t, n, dbias, [&](int64_t r, int64_t j) { return static_cast<double>(dy[r * n + j]); });
+}
+
+}  // namespace spinlm

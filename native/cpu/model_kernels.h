@@ -1,0 +1,64 @@
+// CPU kernels of the Llama-family forward and backward (DESIGN.md section 2). fp32 compute; weights
+// f32 or bf16. Shapes: T tokens (rows), H hidden, nH / nKV heads, hd head dim, I intermediate size.
+// The N-API layer (native/model_ops.cc) validates shapes, ids and bounds before calling.
+#pragma once
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace spinlm {
+
+// C[M, N] = alpha * op(A) op(B) + beta * C, row-major, through OpenBLAS cblas_sgemm. A is f32; B is
+// f32 or bf16 (bf16 is widened into a reused f32 scratch first). lda/ldb/ldc are row strides.
+void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+            int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc);
+
+// out[t, :] = table[ids[t], :] (table [V, H] f32 or bf16).
+void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t h, float* out);
+// dtable[ids[t], :] += dout[t, :], tokens in order (deterministic).
+void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t h, float* dtable);
+
+// y = x * rstd * w, rstd[t] = 1 / sqrt(mean(x[t]^2) + eps). x [T, H] f32, w [H] f32|bf16.
+void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y,
+             float* rstd);
+// dx = rstd * w * dy - x * rstd^3 * mean(w * dy * x); dw[j] += sum_t dy * x * rstd (fixed order).
+void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
+                      int64_t t, int64_t h, float* dx, float* dw);
+
+// Rotary embedding in place on x [T, heads, hd] (HF rotate_half: pairs (i, i + hd/2)), angles as
+// Hugging Face computes them in fp32: inv_freq_i = 1 / theta^(2i/hd) / scale, angle = pos * inv_freq_i.
+// inverse = true rotates by the negative angle (the backward).
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta,
+          double scale, bool inverse);
+
+// Causal grouped-query attention over B sequences of L positions: q [B, L, nH, hd], k/v [B, L, nKV, hd],
+// key_mask [B, L] (1 = a key to attend to). Query i attends to keys j <= i with mask 1. out [B, L, nH, hd];
+// lse [B, nH, L] (-inf for a query with no key: its output is 0).
+void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
+               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out, float* lse);
+// Backward from the saved out and lse: dq (overwritten), dk and dv (overwritten; heads sharing a kv head
+// are summed in head order).
+void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
+                        const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
+                        int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk, float* dv);
+// One new query per sequence against a KV cache: q [B, nH, hd], caches [B, Lmax, nKV, hd]; sequence b
+// attends to its first lengths[b] cached positions whose key_mask (may be null) is 1. out [B, nH, hd].
+void attention_decode(const float* q, const float* k_cache, const float* v_cache,
+                      const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
+                      int64_t nh, int64_t nkv, int64_t hd, float scale, float* out);
+
+// SwiGLU: out = silu(gate) * up; backward: dgate, dup.
+void swiglu(const float* gate, const float* up, int64_t n, float* out);
+void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate,
+                     float* dup);
+
+// dst[index[r], :] = src[r, :] for r < rows (dst rows of `cols` f32): writes new keys/values into a KV cache.
+void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst);
+
+// y[i] = a[i] + b[i] (y may alias a or b).
+void add(const float* a, const float* b, int64_t n, float* y);
+// x[t, j] += bias[j] (bias f32|bf16); dbias[j] += sum_t dy[t, j] (fixed order).
+void add_bias(float* x, const void* bias, DType dt, int64_t t, int64_t n);
+void bias_backward(const float* dy, int64_t t, int64_t n, float* dbias);
+
+}  // namespace spinlm

@@ -1,0 +1,153 @@
+// Float64 references of the model ops (written from the formulas; no code shared with the kernels).
+// Arrays are flat row-major; shapes are passed alongside.
+
+export function matmulRef(a: ArrayLike<number>, b: ArrayLike<number>, m: number, n: number, k: number, transA: boolean, transB: boolean): Float64Array {
+  const c = new Float64Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s += (transA ? a[p * m + i] : a[i * k + p]) * (transB ? b[j * k + p] : b[p * n + j]);
+      c[i * n + j] = s;
+    }
+  return c;
+}
+
+export function rmsnormRef(x: ArrayLike<number>, w: ArrayLike<number>, t: number, h: number, eps: number) {
+  const y = new Float64Array(t * h);
+  const rstd = new Float64Array(t);
+  for (let r = 0; r < t; r++) {
+    let ss = 0;
+    for (let j = 0; j < h; j++) ss += x[r * h + j] ** 2;
+    rstd[r] = 1 / Math.sqrt(ss / h + eps);
+    for (let j = 0; j < h; j++) y[r * h + j] = x[r * h + j] * rstd[r] * w[j];
+  }
+  return { y, rstd };
+}
+
+/** d/dx and d/dw of sum(y * dy) for y = rmsnorm(x) * w. */
+export function rmsnormBackwardRef(x: ArrayLike<number>, w: ArrayLike<number>, dy: ArrayLike<number>, t: number, h: number, eps: number) {
+  const { rstd } = rmsnormRef(x, w, t, h, eps);
+  const dx = new Float64Array(t * h);
+  const dw = new Float64Array(h);
+  for (let r = 0; r < t; r++) {
+    const s = rstd[r];
+    let dot = 0;
+    for (let j = 0; j < h; j++) dot += w[j] * dy[r * h + j] * x[r * h + j];
+    for (let j = 0; j < h; j++) {
+      dx[r * h + j] = s * w[j] * dy[r * h + j] - (x[r * h + j] * s ** 3 * dot) / h;
+      dw[j] += dy[r * h + j] * x[r * h + j] * s;
+    }
+  }
+  return { dx, dw };
+}
+
+/** HF rotate_half RoPE; the angle is formed in fp32 exactly as HF does (pos * inv_freq, both fp32). */
+export function ropeRef(x: ArrayLike<number>, pos: ArrayLike<number>, t: number, heads: number, hd: number, theta: number, scale = 1, inverse = false) {
+  const half = hd / 2;
+  const out = Float64Array.from(x as ArrayLike<number>);
+  for (let r = 0; r < t; r++)
+    for (let i = 0; i < half; i++) {
+      let inv = Math.fround(1 / Math.fround(Math.fround(theta) ** Math.fround((2 * i) / hd)));
+      if (scale !== 1) inv = Math.fround(inv / scale);
+      const angle = Math.fround(pos[r] * inv);
+      const c = Math.cos(angle), s = inverse ? -Math.sin(angle) : Math.sin(angle);
+      for (let h = 0; h < heads; h++) {
+        const o = (r * heads + h) * hd;
+        const a = x[o + i], b = x[o + half + i];
+        out[o + i] = a * c - b * s;
+        out[o + half + i] = b * c + a * s;
+      }
+    }
+  return out;
+}
+
+export interface AttnShape { b: number; l: number; nh: number; nkv: number; hd: number }
+
+/** Causal GQA with key mask; returns out [B, L, nH, hd] and lse [B, nH, L] (-inf where no key is visible). */
+export function attentionRef(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, mask: ArrayLike<number>, s: AttnShape, scale: number) {
+  const { b, l, nh, nkv, hd } = s;
+  const out = new Float64Array(b * l * nh * hd);
+  const lse = new Float64Array(b * nh * l);
+  const probs: Float64Array[] = []; // [b][h] -> [l, l]
+  for (let bi = 0; bi < b; bi++)
+    for (let h = 0; h < nh; h++) {
+      const kvh = Math.floor(h / (nh / nkv));
+      const P = new Float64Array(l * l);
+      for (let i = 0; i < l; i++) {
+        const sc: number[] = [];
+        let m = -Infinity;
+        for (let j = 0; j <= i; j++) {
+          if (!mask[bi * l + j]) continue;
+          let d = 0;
+          for (let c = 0; c < hd; c++) d += q[((bi * l + i) * nh + h) * hd + c] * k[((bi * l + j) * nkv + kvh) * hd + c];
+          sc[j] = d * scale;
+          m = Math.max(m, sc[j]);
+        }
+        if (m === -Infinity) {
+          lse[(bi * nh + h) * l + i] = -Infinity;
+          continue;
+        }
+        let sum = 0;
+        for (let j = 0; j <= i; j++) if (sc[j] !== undefined) sum += Math.exp(sc[j] - m);
+        lse[(bi * nh + h) * l + i] = m + Math.log(sum);
+        for (let j = 0; j <= i; j++) {
+          if (sc[j] === undefined) continue;
+          const p = Math.exp(sc[j] - m) / sum;
+          P[i * l + j] = p;
+          for (let c = 0; c < hd; c++) out[((bi * l + i) * nh + h) * hd + c] += p * v[((bi * l + j) * nkv + kvh) * hd + c];
+        }
+      }
+      probs.push(P);
+    }
+  return { out, lse, probs };
+}
+
+export function attentionBackwardRef(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, mask: ArrayLike<number>, dout: ArrayLike<number>, s: AttnShape, scale: number) {
+  const { b, l, nh, nkv, hd } = s;
+  const { probs } = attentionRef(q, k, v, mask, s, scale);
+  const dq = new Float64Array(q.length), dk = new Float64Array(k.length), dv = new Float64Array(v.length);
+  for (let bi = 0; bi < b; bi++)
+    for (let h = 0; h < nh; h++) {
+      const kvh = Math.floor(h / (nh / nkv));
+      const P = probs[bi * nh + h];
+      const qi = (i: number, c: number) => ((bi * l + i) * nh + h) * hd + c;
+      const kj = (j: number, c: number) => ((bi * l + j) * nkv + kvh) * hd + c;
+      for (let i = 0; i < l; i++) {
+        // dP_ij = dO_i . V_j; dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij')
+        const dP = new Float64Array(l);
+        let rowDot = 0;
+        for (let j = 0; j <= i; j++) {
+          if (P[i * l + j] === 0) continue;
+          for (let c = 0; c < hd; c++) dP[j] += dout[qi(i, c)] * v[kj(j, c)];
+          rowDot += P[i * l + j] * dP[j];
+        }
+        for (let j = 0; j <= i; j++) {
+          const p = P[i * l + j];
+          if (p === 0) continue;
+          const dS = p * (dP[j] - rowDot);
+          for (let c = 0; c < hd; c++) {
+            dv[kj(j, c)] += p * dout[qi(i, c)];
+            dq[qi(i, c)] += scale * dS * k[kj(j, c)];
+            dk[kj(j, c)] += scale * dS * q[qi(i, c)];
+          }
+        }
+      }
+    }
+  return { dq, dk, dv };
+}
+
+const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
+
+export function swigluRef(g: ArrayLike<number>, u: ArrayLike<number>) {
+  return Float64Array.from({ length: g.length }, (_, i) => g[i] * sigmoid(g[i]) * u[i]);
+}
+
+export function swigluBackwardRef(g: ArrayLike<number>, u: ArrayLike<number>, d: ArrayLike<number>) {
+  const dgate = new Float64Array(g.length), dup = new Float64Array(g.length);
+  for (let i = 0; i < g.length; i++) {
+    const s = sigmoid(g[i]);
+    dup[i] = d[i] * g[i] * s;
+    dgate[i] = d[i] * u[i] * (s + g[i] * s * (1 - s));
+  }
+  return { dgate, dup };
+}
