@@ -70,3 +70,17 @@ export function chatGenerationPrompt(tok: ChatTemplateSource, userMessage: strin
     source,
   });
 }
+
+export type PromptTemplate = 'instruction' | 'chat';
+
+/** The default template: chat when the tokenizer has a chat_template, else the official SPIN instruction template. */
+export function defaultTemplate(tok: ChatTemplateSource): PromptTemplate {
+  return tok.chatTemplate !== null ? 'chat' : 'instruction';
+}
+
+/** The text a model sees before its answer to `prompt`, under the chosen template. */
+export function formatPrompt(tok: ChatTemplateSource, template: PromptTemplate, prompt: string): string {
+  if (template === 'instruction') return instructionPrompt(prompt);
+  if (template === 'chat') return chatGenerationPrompt(tok, prompt);
+  throw new RangeError(`unknown template '${String(template)}': expected 'instruction' or 'chat'`);
+}

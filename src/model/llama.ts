@@ -1,0 +1,249 @@
+// The Llama-family decoder (llama, mistral, qwen2) with explicit forward and backward per layer, in
+// the style of llm.c: every layer returns what its backward needs, and memory is visible. With
+// `recompute`, a layer keeps only its input and reruns its forward inside the backward.
+//
+// Shapes: R rows (sequences) of L positions, T = R * L tokens; H hidden, nH / nKV heads, hd head dim,
+// I intermediate, V vocabulary. Activations are f32 [T, *]; weights f32 or bf16 (HF names).
+import type { Backend } from '../backend/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
+import { type LlamaConfig, loadConfig, writeConfig } from './config.js';
+import { type ParamDType, Weights } from './weights.js';
+
+/** The token tensors of one forward pass. */
+export interface ModelInput {
+  rows: number;
+  length: number;
+  /** i32 [T] token ids. */
+  inputIds: Tensor<'i32'>;
+  /** i32 [T] position ids. */
+  positions: Tensor<'i32'>;
+  /** i32 [R, L]: 1 = a key to attend to (0: padding, or an EOS inside the text). */
+  attentionMask: Tensor<'i32'>;
+}
+
+/** What one layer's backward needs. In recompute mode only `x` is kept. */
+interface LayerSaved {
+  x: Tensor<'f32'>; // [T, H] layer input
+  h1?: Tensor<'f32'>; // [T, H] input RMSNorm output
+  rstd1?: Tensor<'f32'>; // [T]
+  q?: Tensor<'f32'>; // [T, nH * hd] after RoPE
+  k?: Tensor<'f32'>; // [T, nKV * hd] after RoPE
+  v?: Tensor<'f32'>; // [T, nKV * hd]
+  att?: Tensor<'f32'>; // [R, L, nH, hd] attention output (before o_proj)
+  lse?: Tensor<'f32'>; // [R, nH, L]
+  x2?: Tensor<'f32'>; // [T, H] after the attention residual
+  h2?: Tensor<'f32'>; // [T, H] post-attention RMSNorm output
+  rstd2?: Tensor<'f32'>; // [T]
+  gate?: Tensor<'f32'>; // [T, I]
+  up?: Tensor<'f32'>; // [T, I]
+  act?: Tensor<'f32'>; // [T, I] silu(gate) * up
+}
+
+/** Saved state of a whole forward pass, consumed (and freed) by backward(). */
+export interface ForwardState {
+  input: ModelInput;
+  layers: LayerSaved[];
+  xFinal: Tensor<'f32'>; // [T, H] last layer output
+  hFinal: Tensor<'f32'>; // [T, H] after the final norm
+  rstdFinal: Tensor<'f32'>; // [T]
+}
+
+export interface LoadOptions {
+  /** Parameter dtype; default: bf16 if the file is bf16, else f32. */
+  dtype?: ParamDType;
+}
+
+function freeAll(...ts: (Tensor | undefined)[]): void {
+  for (const t of ts) t?.free();
+}
+
+export class LlamaModel {
+  /** Rerun each layer's forward in the backward instead of keeping its activations. */
+  recompute = false;
+
+  constructor(
+    readonly cfg: LlamaConfig,
+    readonly weights: Weights,
+  ) {}
+
+  get backend(): Backend {
+    return this.weights.backend;
+  }
+
+  static async load(backend: Backend, dir: string, opts: LoadOptions = {}): Promise<LlamaModel> {
+    const cfg = await loadConfig(dir);
+    const files = await openCheckpointTensors(dir);
+    try {
+      const first = files.info('model.embed_tokens.weight');
+      const dtype = opts.dtype ?? (first.dtype === 'BF16' ? 'bf16' : 'f32');
+      return new LlamaModel(cfg, await Weights.load(backend, cfg, files, dtype));
+    } finally {
+      await files.close();
+    }
+  }
+
+  /** Writes config.json and the weights (HF names, the parameters' dtype) into dir. */
+  async save(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
+    await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
+    const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => this.backend.read(t) }));
+    await writeCheckpointTensors(dir, tensors, { maxShardBytes: opts.maxShardBytes });
+  }
+
+  private p(name: string): Tensor {
+    return this.weights.get(name);
+  }
+
+  private lmHead(): Tensor {
+    return this.p(this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
+  }
+
+  private checkInput(input: ModelInput): void {
+    const { rows, length } = input;
+    if (input.inputIds.numel !== rows * length) throw new RangeError(`inputIds hold ${input.inputIds.numel} tokens, expected ${rows} x ${length}`);
+    if (length > this.cfg.maxPositionEmbeddings) throw new RangeError(`sequence length ${length} exceeds max_position_embeddings ${this.cfg.maxPositionEmbeddings}`);
+    const w = this.cfg.slidingWindow;
+    if (w !== null && length > w) throw new RangeError(`sequence length ${length} exceeds the sliding window ${w}, which spinlm does not implement yet`);
+  }
+
+  /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
+  private linear(x: Tensor<'f32'>, weight: string, bias: string | null): Tensor<'f32'> {
+    const y = this.backend.matmul(x, this.p(weight), { transB: true });
+    if (bias) this.backend.addBias(y, this.p(bias));
+    return y;
+  }
+
+  /** Backward of linear: returns dx = dy W and accumulates dW += dy^T x (and db += colsum dy). */
+  private linearBackward(dy: Tensor<'f32'>, x: Tensor<'f32'>, weight: string, bias: string | null, dxOut?: Tensor<'f32'>): Tensor<'f32'> {
+    const be = this.backend;
+    if (this.weights.training) {
+      be.matmul(dy, x, { transA: true, out: this.weights.grad(weight), accumulate: true });
+      if (bias) be.biasBackward(dy, this.weights.grad(bias));
+    }
+    return dxOut ? be.matmul(dy, this.p(weight), { out: dxOut, accumulate: true }) : be.matmul(dy, this.p(weight));
+  }
+
+  private layerForward(i: number, x: Tensor<'f32'>, input: ModelInput, keep: boolean): { out: Tensor<'f32'>; saved: LayerSaved } {
+    const be = this.backend;
+    const c = this.cfg;
+    const pre = `model.layers.${i}`;
+    const T = input.rows * input.length;
+    const { y: h1, rstd: rstd1 } = be.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
+    const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
+    const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
+    const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'));
+    const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'));
+    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
+    be.rope(q.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
+    be.rope(k.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
+    const { rows: R, length: L } = input;
+    const { out: att4, lse } = be.attention(
+      q.reshape([R, L, c.numHeads, c.headDim]), k.reshape([R, L, c.numKvHeads, c.headDim]), v.reshape([R, L, c.numKvHeads, c.headDim]),
+      input.attentionMask,
+    );
+    const o = this.linear(att4.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
+    const x2 = be.add(x, o, o);
+    const { y: h2, rstd: rstd2 } = be.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
+    const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null);
+    const up = this.linear(h2, `${pre}.mlp.up_proj.weight`, null);
+    const act = be.swiglu(gate, up);
+    const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null);
+    const out = be.add(x2, d, d);
+    if (keep) return { out, saved: { x, h1, rstd1, q, k, v, att: att4, lse, x2, h2, rstd2, gate, up, act } };
+    freeAll(h1, rstd1, q, k, v, att4, lse, x2, h2, rstd2, gate, up, act);
+    return { out, saved: { x } };
+  }
+
+  private layerBackward(i: number, s: LayerSaved, dout: Tensor<'f32'>, input: ModelInput): Tensor<'f32'> {
+    const be = this.backend;
+    const c = this.cfg;
+    const pre = `model.layers.${i}`;
+    const { rows: R, length: L } = input;
+    const T = R * L;
+    const g = (n: string) => this.weights.grad(n);
+    // MLP: out = x2 + down(silu(gate) * up)
+    const dact = this.linearBackward(dout, s.act!, `${pre}.mlp.down_proj.weight`, null);
+    const { dgate, dup } = be.swigluBackward(s.gate!, s.up!, dact);
+    const dh2 = this.linearBackward(dgate, s.h2!, `${pre}.mlp.gate_proj.weight`, null);
+    this.linearBackward(dup, s.h2!, `${pre}.mlp.up_proj.weight`, null, dh2);
+    freeAll(dact, dgate, dup);
+    const postW = `${pre}.post_attention_layernorm.weight`;
+    const dx2n = be.rmsnormBackward(s.x2!, this.p(postW), s.rstd2!, dh2, this.weights.training ? g(postW) : undefined);
+    const dx2 = be.add(dout, dx2n, dx2n);
+    dh2.free();
+    // attention: x2 = x + o_proj(attention(rope(q), rope(k), v))
+    const datt = this.linearBackward(dx2, s.att!.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
+    const shapeQ = [R, L, c.numHeads, c.headDim], shapeKv = [R, L, c.numKvHeads, c.headDim];
+    const { dq, dk, dv } = be.attentionBackward(
+      s.q!.reshape(shapeQ), s.k!.reshape(shapeKv), s.v!.reshape(shapeKv), input.attentionMask, s.att!, s.lse!,
+      datt.reshape(shapeQ),
+    );
+    datt.free();
+    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1, inverse: true };
+    be.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
+    be.rope(dk.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
+    const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
+    const dq2 = dq.reshape([T, c.numHeads * c.headDim]), dk2 = dk.reshape([T, c.numKvHeads * c.headDim]), dv2 = dv.reshape([T, c.numKvHeads * c.headDim]);
+    const dh1 = this.linearBackward(dq2, s.h1!, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
+    this.linearBackward(dk2, s.h1!, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), dh1);
+    this.linearBackward(dv2, s.h1!, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), dh1);
+    freeAll(dq, dk, dv);
+    const inW = `${pre}.input_layernorm.weight`;
+    const dxn = be.rmsnormBackward(s.x, this.p(inW), s.rstd1!, dh1, this.weights.training ? g(inW) : undefined);
+    const dx = be.add(dx2, dxn, dxn);
+    freeAll(dh1, dx2);
+    return dx;
+  }
+
+  /**
+   * Forward pass -> logits f32 [T, V]. With `train`, also the state backward() needs (else
+   * activations are freed layer by layer and `state` is null).
+   */
+  forward(input: ModelInput, opts: { train?: boolean } = {}): { logits: Tensor<'f32'>; state: ForwardState | null } {
+    this.checkInput(input);
+    const be = this.backend;
+    const train = !!opts.train;
+    let x = be.embedding(input.inputIds, this.p('model.embed_tokens.weight'));
+    const layers: LayerSaved[] = [];
+    for (let i = 0; i < this.cfg.numLayers; i++) {
+      const { out, saved } = this.layerForward(i, x, input, train && !this.recompute);
+      if (train) layers.push(saved);
+      else x.free();
+      x = out;
+    }
+    const { y: hFinal, rstd: rstdFinal } = be.rmsnorm(x, this.p('model.norm.weight'), this.cfg.rmsNormEps);
+    const logits = be.matmul(hFinal, this.lmHead(), { transB: true });
+    if (!train) {
+      freeAll(x, hFinal, rstdFinal);
+      return { logits, state: null };
+    }
+    return { logits, state: { input, layers, xFinal: x, hFinal, rstdFinal } };
+  }
+
+  /** Backward from dlogits f32 [T, V]: accumulates every parameter's gradient; frees the state. */
+  backward(state: ForwardState, dlogits: Tensor<'f32'>): void {
+    if (!this.weights.training) throw new Error('backward needs gradients: call model.weights.enableTraining() first');
+    const be = this.backend;
+    const { input } = state;
+    const lmName = this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    be.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
+    const dh = be.matmul(dlogits, this.lmHead());
+    let dx = be.rmsnormBackward(state.xFinal, this.p('model.norm.weight'), state.rstdFinal, dh, this.weights.grad('model.norm.weight'));
+    freeAll(dh, state.hFinal, state.rstdFinal, state.xFinal);
+    for (let i = this.cfg.numLayers - 1; i >= 0; i--) {
+      let saved = state.layers[i];
+      if (saved.h1 === undefined) {
+        const re = this.layerForward(i, saved.x, input, true);
+        re.out.free();
+        saved = re.saved;
+      }
+      const next = this.layerBackward(i, saved, dx, input);
+      dx.free();
+      freeAll(...Object.values(saved)); // the layer input x included: nothing reads it any more
+      dx = next;
+    }
+    be.embeddingBackward(input.inputIds, dx, this.weights.grad('model.embed_tokens.weight'));
+    dx.free();
+    state.layers.length = 0;
+  }
+}

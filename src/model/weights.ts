@@ -1,0 +1,96 @@
+// A model's parameters on a backend: the tensors the model computes with (f32 or bf16, HF names),
+// and for training their f32 master copies (bf16 parameters only) and f32 gradients.
+import type { Backend } from '../backend/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { expectedTensors, type LlamaConfig } from './config.js';
+import type { CheckpointTensors } from './checkpoint_files.js';
+import { SafetensorsError } from './safetensors.js';
+
+export type ParamDType = 'f32' | 'bf16';
+
+export class Weights {
+  /** HF name -> tensor the model computes with. */
+  readonly params = new Map<string, Tensor>();
+  /** HF name -> f32 master copy (bf16 parameters, once training is enabled). */
+  readonly masters = new Map<string, Tensor<'f32'>>();
+  /** HF name -> f32 gradient (once training is enabled). */
+  readonly grads = new Map<string, Tensor<'f32'>>();
+
+  constructor(
+    readonly backend: Backend,
+    readonly dtype: ParamDType,
+  ) {}
+
+  get(name: string): Tensor {
+    const t = this.params.get(name);
+    if (!t) throw new Error(`model has no parameter ${name}`);
+    return t;
+  }
+
+  grad(name: string): Tensor<'f32'> {
+    const g = this.grads.get(name);
+    if (!g) throw new Error(`no gradient for ${name}: call enableTraining() first`);
+    return g;
+  }
+
+  get training(): boolean {
+    return this.grads.size > 0;
+  }
+
+  /** Allocates zeroed gradients and, for bf16 parameters, f32 masters (exact copies of the bf16 values). */
+  enableTraining(): void {
+    if (this.training) return;
+    for (const [name, p] of this.params) {
+      const g = this.backend.empty('f32', p.shape);
+      this.backend.fill(g, 0);
+      this.grads.set(name, g);
+      if (p.dtype === 'bf16') this.masters.set(name, this.backend.cast(p, 'f32'));
+    }
+  }
+
+  zeroGrad(): void {
+    for (const g of this.grads.values()) this.backend.fill(g, 0);
+  }
+
+  /** Parameter count (tied tensors once). */
+  count(): number {
+    let n = 0;
+    for (const p of this.params.values()) n += p.numel;
+    return n;
+  }
+
+  free(): void {
+    for (const m of [this.params, this.masters, this.grads]) {
+      for (const t of m.values()) t.free();
+      m.clear();
+    }
+  }
+
+  /** Reads every tensor the config needs from a checkpoint, checking names and shapes. */
+  static async load(backend: Backend, cfg: LlamaConfig, files: CheckpointTensors, dtype: ParamDType): Promise<Weights> {
+    const specs = expectedTensors(cfg);
+    const wanted = new Set(specs.map((s) => s.name));
+    const missing = specs.filter((s) => !files.has(s.name)).map((s) => s.name);
+    if (missing.length) {
+      throw new SafetensorsError(files.dir, missing[0], `is missing from the checkpoint (${missing.length} missing: ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ', ...' : ''}); config.json and the weights disagree`);
+    }
+    // rotary inv_freq buffers are derived, not weights; anything else unexpected means a different architecture
+    const extra = files.names().filter((n) => !wanted.has(n) && !n.endsWith('rotary_emb.inv_freq') && !(cfg.tieWordEmbeddings && n === 'lm_head.weight'));
+    if (extra.length) throw new SafetensorsError(files.dir, extra[0], `is not a tensor of a ${cfg.modelType} model with this config.json (${extra.length} unexpected)`);
+    const w = new Weights(backend, dtype);
+    try {
+      for (const s of specs) {
+        const info = files.info(s.name);
+        if (info.shape.length !== s.shape.length || info.shape.some((d, i) => d !== s.shape[i])) {
+          throw new SafetensorsError(files.dir, s.name, `has shape [${info.shape.join(', ')}], config.json implies [${s.shape.join(', ')}]`);
+        }
+        const host = await files.readTensor(s.name, { dtype });
+        w.params.set(s.name, backend.upload(host, s.shape));
+      }
+    } catch (e) {
+      w.free();
+      throw e;
+    }
+    return w;
+  }
+}

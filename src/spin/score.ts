@@ -1,0 +1,74 @@
+// S(theta, y): the summed log-prob of an answer and its appended EOS given the prompt, for batches of
+// (prompt, real, generated) pairs, through the fused kernels (DESIGN.md section 1). The reference
+// log-probs of an iteration and `spinlm score` both come from here.
+import type { LlamaModel } from '../model/llama.js';
+import { freeInput, uploadInput } from '../model/input.js';
+import { formatPrompt, type ChatTemplateSource, type PromptTemplate } from '../text/templates.js';
+import { checkTruncation, collateSpinBatch, type SpinBatch, type TextTokenizer, tokenizePair, type TruncationOptions } from './batch.js';
+
+export interface PairText {
+  prompt: string;
+  real: string;
+  generated: string;
+}
+
+export interface PairScore {
+  logps_real: number;
+  logps_generated: number;
+  tokens_real: number;
+  tokens_generated: number;
+}
+
+export interface ScoreOptions extends TruncationOptions {
+  batchSize: number;
+  template: PromptTemplate;
+  /** Pad token id (default 0; padding is never attended to or scored). */
+  padId?: number;
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Tokenizes pairs with the template and the official truncation (see batch.ts). */
+export function tokenizePairs(tok: TextTokenizer & ChatTemplateSource, pairs: readonly PairText[], opts: ScoreOptions) {
+  checkTruncation(opts);
+  return pairs.map((p) => tokenizePair(tok, formatPrompt(tok, opts.template, p.prompt), p.real, p.generated, opts));
+}
+
+/** Sequence log-probs [2B] (real then generated) of one collated batch: f32 on the host. */
+export async function scoreBatch(model: LlamaModel, batch: SpinBatch): Promise<Float32Array> {
+  const be = model.backend;
+  const input = uploadInput(be, batch);
+  const targets = be.upload({ dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+  const segments = be.upload({ dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+  try {
+    const { logits } = model.forward(input);
+    const { logp, lse } = be.logprobGather(logits, targets);
+    logits.free();
+    lse.free();
+    const seq = be.sequenceLogprob(logp, segments, batch.rows);
+    logp.free();
+    const out = await be.read(seq);
+    seq.free();
+    return out;
+  } finally {
+    freeInput(input);
+    targets.free();
+    segments.free();
+  }
+}
+
+export async function scorePairs(model: LlamaModel, tok: TextTokenizer & ChatTemplateSource, pairs: readonly PairText[], opts: ScoreOptions): Promise<PairScore[]> {
+  if (!Number.isSafeInteger(opts.batchSize) || opts.batchSize < 1) throw new RangeError(`batch size must be a positive integer, got ${opts.batchSize}`);
+  const tokenized = tokenizePairs(tok, pairs, opts);
+  const out: PairScore[] = [];
+  for (let i = 0; i < tokenized.length; i += opts.batchSize) {
+    const chunk = tokenized.slice(i, i + opts.batchSize);
+    const batch = collateSpinBatch(chunk, tok.eosId, opts.padId ?? 0);
+    const s = await scoreBatch(model, batch);
+    const b = chunk.length;
+    for (let j = 0; j < b; j++) {
+      out.push({ logps_real: s[j], logps_generated: s[b + j], tokens_real: batch.targetCounts[j], tokens_generated: batch.targetCounts[b + j] });
+    }
+    opts.onProgress?.(Math.min(i + b, tokenized.length), tokenized.length);
+  }
+  return out;
+}

@@ -1,0 +1,132 @@
+// The Llama model's own properties (the PyTorch comparison is in llama_torch.test.ts): padding never
+// changes a score, save -> load is bit-exact, recompute gives the same gradients, and the analytic
+// gradient of the SPIN loss matches central finite differences.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { initLlama } from '../src/model/init.js';
+import { freeInput, uploadInput } from '../src/model/input.js';
+import { LlamaModel } from '../src/model/llama.js';
+import { collateSpinBatch, type TokenizedPair } from '../src/spin/batch.js';
+import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
+import { scoreBatch } from '../src/spin/score.js';
+import type { Rng } from '../src/util/rng.js';
+import { relErr } from './helpers/loss_ref.js';
+import { withSeed } from './helpers/random.js';
+import { tinyConfig } from './helpers/tiny_model.js';
+
+const be = new CpuBackend({ poison: true });
+const EOS = 2;
+
+function randomPair(rng: Rng, vocab: number): TokenizedPair {
+  const toks = (n: number) => Array.from({ length: n }, () => rng.int(3, vocab - 1));
+  const prompt = toks(rng.int(1, 9));
+  return { real: { prompt, answer: [...toks(rng.int(0, 7)), EOS] }, generated: { prompt, answer: [...toks(rng.int(0, 7)), EOS] } };
+}
+
+/** The SPIN loss and its parameter gradients on one batch. */
+async function lossAndGrads(model: LlamaModel, pairs: TokenizedPair[], refLogps: Float32Array) {
+  const batch = collateSpinBatch(pairs, EOS, 0);
+  const input = uploadInput(be, batch);
+  model.weights.zeroGrad();
+  const { logits, state } = model.forward(input, { train: true });
+  const targets = be.upload({ dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+  const segments = be.upload({ dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+  const ctx = spinLossForward(be, logits, targets, segments, be.upload({ dtype: 'f32', data: refLogps }, [refLogps.length]), pairs.length, { beta: 0.5, lossType: 'sigmoid' });
+  const m = await spinLossMetrics(ctx);
+  const dlogits = spinLossBackward(ctx, { inPlace: true }) as never;
+  model.backward(state!, dlogits);
+  freeSpinLossContext(ctx);
+  logits.free();
+  freeInput(input);
+  const grads = new Map<string, Float32Array>();
+  for (const [name, g] of model.weights.grads) grads.set(name, be.readSync(g).slice());
+  return { loss: m.loss, grads };
+}
+
+test('padding never changes a score: a batch equals each pair scored alone', () =>
+  withSeed(async (rng) => {
+    for (const opts of [{}, { modelType: 'qwen2' as const, tie: true, kvHeads: 4 }]) {
+      const model = initLlama(be, tinyConfig(opts), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true });
+      const pairs = Array.from({ length: 5 }, () => randomPair(rng, 260));
+      const together = await scoreBatch(model, collateSpinBatch(pairs, EOS, 0));
+      for (let i = 0; i < pairs.length; i++) {
+        const alone = await scoreBatch(model, collateSpinBatch([pairs[i]], EOS, 0));
+        for (const [a, b] of [[together[i], alone[0]], [together[5 + i], alone[1]]]) {
+          assert.ok(Math.abs(a - b) <= 1e-5 * Math.max(1, Math.abs(b)), `pair ${i}: batched ${a} vs alone ${b}`);
+        }
+      }
+      model.weights.free();
+    }
+  }));
+
+test('save -> load reloads bit-exactly (f32 and bf16, tied and untied, sharded)', () =>
+  withSeed(async (rng) => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-'));
+    try {
+      for (const [dtype, tie, shard] of [['f32', false, undefined], ['bf16', true, 20_000]] as const) {
+        const model = initLlama(be, tinyConfig({ tie }), { seed: rng.int(0, 1e9), dtype, randomizeAll: true });
+        await model.save(dir, { maxShardBytes: shard });
+        const back = await LlamaModel.load(be, dir);
+        assert.equal(back.weights.dtype, dtype);
+        assert.deepEqual([...back.weights.params.keys()].sort(), [...model.weights.params.keys()].sort());
+        for (const [name, t] of model.weights.params) assert.deepEqual(be.readSync(back.weights.get(name)), be.readSync(t), name);
+        assert.deepEqual(back.cfg.tieWordEmbeddings, tie);
+        model.weights.free();
+        back.weights.free();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));
+
+test('recompute (activation checkpointing) gives bit-identical gradients', () =>
+  withSeed(async (rng) => {
+    const model = initLlama(be, tinyConfig({ modelType: 'qwen2' }), { seed: rng.int(0, 1e9), std: 0.1, randomizeAll: true });
+    model.weights.enableTraining();
+    const pairs = Array.from({ length: 3 }, () => randomPair(rng, 260));
+    const ref = new Float32Array(6).map(() => -40 + rng.normal() * 5);
+    const a = await lossAndGrads(model, pairs, ref);
+    model.recompute = true;
+    const b = await lossAndGrads(model, pairs, ref);
+    assert.equal(a.loss, b.loss);
+    for (const [name, g] of a.grads) assert.deepEqual(b.grads.get(name), g, name);
+    model.weights.free();
+  }));
+
+test('parameter gradients of the SPIN loss match central finite differences', () =>
+  withSeed(async (rng) => {
+    const cfg = tinyConfig({ modelType: 'qwen2', hidden: 32, heads: 4, kvHeads: 2, intermediate: 48, layers: 2, vocab: 40 });
+    const model = initLlama(be, cfg, { seed: rng.int(0, 1e9), std: 0.3, randomizeAll: true });
+    model.weights.enableTraining();
+    const pairs = Array.from({ length: 2 }, () => randomPair(rng, 40));
+    const ref = new Float32Array(4).map(() => -15 + rng.normal() * 3);
+    const { grads } = await lossAndGrads(model, pairs, ref);
+    const lossAt = async () => (await lossAndGrads(model, pairs, ref)).loss;
+    const h = 2e-3; // f32 forward: a larger step keeps rounding noise below the difference
+    for (const name of ['model.embed_tokens.weight', 'model.layers.0.self_attn.q_proj.weight', 'model.layers.1.self_attn.k_proj.bias', 'model.layers.0.mlp.down_proj.weight', 'model.layers.1.input_layernorm.weight', 'model.norm.weight', 'lm_head.weight']) {
+      const p = model.weights.get(name);
+      const vals = be.readSync(p) as Float32Array;
+      const g = grads.get(name)!;
+      // the 3 largest-gradient entries: their finite differences stand well above f32 noise
+      const idx = [...g.keys()].sort((a, b) => Math.abs(g[b]) - Math.abs(g[a])).slice(0, 3);
+      for (const i of idx) {
+        const orig = vals[i];
+        vals[i] = orig + h;
+        be.write(p, { dtype: 'f32', data: vals });
+        const up = await lossAt();
+        vals[i] = orig - h;
+        be.write(p, { dtype: 'f32', data: vals });
+        const down = await lossAt();
+        vals[i] = orig;
+        be.write(p, { dtype: 'f32', data: vals });
+        const fd = (up - down) / (2 * h);
+        // 1% plus the f32 rounding noise of the difference quotient (~1e-5 here)
+        assert.ok(Math.abs(fd - g[i]) <= 1e-2 * Math.abs(g[i]) + 5e-5, `${name}[${i}]: finite difference ${fd} vs analytic ${g[i]}`);
+      }
+    }
+    model.weights.free();
+  }));
