@@ -1,0 +1,188 @@
+// Batched inference with a KV cache for generation: prefill the prompts (ragged lengths, right
+// padded), then decode one token per sequence per step. Implements src/generate's DecoderModel
+// structurally (the model layer does not import generate). Logits come back to the host as f32 [B, V].
+//
+// Cache layout per layer: K and V f32 [B * Lmax + 1, nKV * hd]; row b * Lmax + t holds position t of
+// sequence b; the extra last row absorbs writes of finished sequences. Appending a step is one
+// scatterRows per tensor.
+import type { Tensor } from '../tensor/tensor.js';
+import type { LlamaModel } from './llama.js';
+
+export class LlamaDecoder {
+  constructor(readonly model: LlamaModel) {}
+
+  get vocabSize(): number {
+    return this.model.cfg.vocabSize;
+  }
+
+  get maxPositions(): number {
+    return this.model.cfg.maxPositionEmbeddings;
+  }
+
+  newCache(batch: number, maxLen: number): LlamaKvCache {
+    if (!Number.isSafeInteger(batch) || batch < 1) throw new RangeError(`cache batch must be a positive integer, got ${batch}`);
+    if (!Number.isSafeInteger(maxLen) || maxLen < 1 || maxLen > this.maxPositions) {
+      throw new RangeError(`cache length ${maxLen} must be in [1, max_position_embeddings = ${this.maxPositions}]`);
+    }
+    return new LlamaKvCache(this.model, batch, maxLen);
+  }
+}
+
+export class LlamaKvCache {
+  /** Tokens held per sequence. */
+  readonly lengths: Int32Array;
+  private readonly k: Tensor<'f32'>[] = [];
+  private readonly v: Tensor<'f32'>[] = [];
+  private readonly keyMask: Int32Array; // [B, Lmax], 1 for cached positions
+
+  constructor(
+    readonly model: LlamaModel,
+    readonly batch: number,
+    readonly maxLen: number,
+  ) {
+    const c = model.cfg;
+    const be = model.backend;
+    for (let i = 0; i < c.numLayers; i++) {
+      this.k.push(be.empty('f32', [batch * maxLen + 1, c.numKvHeads * c.headDim]));
+      this.v.push(be.empty('f32', [batch * maxLen + 1, c.numKvHeads * c.headDim]));
+    }
+    this.lengths = new Int32Array(batch);
+    this.keyMask = new Int32Array(batch * maxLen);
+  }
+
+  private p(name: string): Tensor {
+    return this.model.weights.get(name);
+  }
+
+  private linear(x: Tensor<'f32'>, name: string, bias: string | null): Tensor<'f32'> {
+    const y = this.model.backend.matmul(x, this.p(name), { transB: true });
+    if (bias) this.model.backend.addBias(y, this.p(bias));
+    return y;
+  }
+
+  /**
+   * Runs the layers over x [T, H] whose rows are (sequence, position) pairs, writing each row's K/V
+   * to cache row `cacheRows[r]`. `attend` does the attention of the step (full causal for the
+   * prefill, cached for decode) and returns a new tensor of T x nH x hd values. Returns the final hidden states [T, H] (before the final norm).
+   */
+  private layers(x: Tensor<'f32'>, positions: Tensor<'i32'>, cacheRows: Tensor<'i32'>, attend: (i: number, q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => Tensor<'f32'>): Tensor<'f32'> {
+    const be = this.model.backend;
+    const c = this.model.cfg;
+    const T = x.shape[0];
+    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
+    for (let i = 0; i < c.numLayers; i++) {
+      const pre = `model.layers.${i}`;
+      const { y: h1, rstd: r1 } = be.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
+      const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
+      const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
+      const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'));
+      const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'));
+      be.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
+      be.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
+      be.scatterRows(k, cacheRows, this.k[i]);
+      be.scatterRows(v, cacheRows, this.v[i]);
+      const att = attend(i, q, k, v);
+      const o = this.linear(att.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
+      const x2 = be.add(x, o, o);
+      const { y: h2, rstd: r2 } = be.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
+      const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null);
+      const up = this.linear(h2, `${pre}.mlp.up_proj.weight`, null);
+      const act = be.swiglu(gate, up);
+      const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null);
+      const out = be.add(x2, d, d);
+      for (const t of [x, h1, r1, q, k, v, att, x2, h2, r2, gate, up, act]) t.free();
+      x = out;
+    }
+    return x;
+  }
+
+  /** Final norm + LM head on rows of h [R, H] -> f32 [R, V] on the host. */
+  private async logits(h: Tensor<'f32'>): Promise<Float32Array> {
+    const be = this.model.backend;
+    const c = this.model.cfg;
+    const { y, rstd } = be.rmsnorm(h, this.p('model.norm.weight'), c.rmsNormEps);
+    const logits = be.matmul(y, this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), { transB: true });
+    const out = await be.read(logits);
+    for (const t of [y, rstd, logits]) t.free();
+    return out;
+  }
+
+  /** Feeds each row's prompt; returns f32 [B, V] logits at each row's last prompt position. */
+  async prefill(prompts: readonly (readonly number[])[]): Promise<Float32Array> {
+    const be = this.model.backend;
+    const c = this.model.cfg;
+    const B = this.batch;
+    if (prompts.length !== B) throw new RangeError(`prefill got ${prompts.length} prompts for a cache of ${B}`);
+    const L = Math.max(...prompts.map((p) => p.length));
+    if (prompts.some((p) => p.length === 0)) throw new RangeError('prefill: every prompt needs at least one token');
+    if (L > this.maxLen) throw new RangeError(`a prompt of ${L} tokens does not fit a cache of ${this.maxLen}`);
+    const ids = new Int32Array(B * L), pos = new Int32Array(B * L), mask = new Int32Array(B * L), rows = new Int32Array(B * L), last = new Int32Array(B);
+    prompts.forEach((p, b) => {
+      for (let t = 0; t < L; t++) {
+        ids[b * L + t] = t < p.length ? p[t] : 0;
+        pos[b * L + t] = t;
+        mask[b * L + t] = t < p.length ? 1 : 0;
+        rows[b * L + t] = b * this.maxLen + t;
+      }
+      last[b] = b * L + p.length - 1;
+      this.lengths[b] = p.length;
+      this.keyMask.fill(0, b * this.maxLen, (b + 1) * this.maxLen);
+      this.keyMask.fill(1, b * this.maxLen, b * this.maxLen + p.length);
+    });
+    const tIds = be.upload({ dtype: 'i32', data: ids }, [B * L]);
+    const tPos = be.upload({ dtype: 'i32', data: pos }, [B * L]);
+    const tMask = be.upload({ dtype: 'i32', data: mask }, [B, L]);
+    const tRows = be.upload({ dtype: 'i32', data: rows }, [B * L]);
+    const x = be.embedding(tIds, this.p('model.embed_tokens.weight'));
+    const h = this.layers(x, tPos, tRows, (_i, q, k, v) => {
+      const { out, lse } = be.attention(q.reshape([B, L, c.numHeads, c.headDim]), k.reshape([B, L, c.numKvHeads, c.headDim]), v.reshape([B, L, c.numKvHeads, c.headDim]), tMask);
+      lse.free();
+      return out;
+    });
+    // keep only each row's last prompt position (a row gather is an embedding lookup)
+    const tLast = be.upload({ dtype: 'i32', data: last }, [B]);
+    const hLast = be.embedding(tLast, h);
+    for (const t of [tIds, tPos, tMask, tRows, tLast, h]) t.free();
+    const out = await this.logits(hLast);
+    hLast.free();
+    return out;
+  }
+
+  /** Appends one token per row; rows with active[b] = 0 are computed but not advanced. Returns f32 [B, V]. */
+  async decode(tokens: Int32Array, active: Uint8Array): Promise<Float32Array> {
+    const be = this.model.backend;
+    const c = this.model.cfg;
+    const B = this.batch;
+    if (tokens.length !== B || active.length !== B) throw new RangeError(`decode needs ${B} tokens and flags`);
+    const rows = new Int32Array(B), pos = new Int32Array(B), lens = new Int32Array(B);
+    for (let b = 0; b < B; b++) {
+      const live = active[b] && this.lengths[b] < this.maxLen;
+      if (active[b] && !live) throw new RangeError(`sequence ${b} is full (${this.maxLen} tokens)`);
+      rows[b] = live ? b * this.maxLen + this.lengths[b] : B * this.maxLen; // dump row for finished sequences
+      pos[b] = Math.min(this.lengths[b], this.maxLen - 1);
+      if (live) this.keyMask[b * this.maxLen + this.lengths[b]] = 1;
+      lens[b] = live ? this.lengths[b] + 1 : Math.max(1, this.lengths[b]);
+    }
+    const tIds = be.upload({ dtype: 'i32', data: tokens }, [B]);
+    const tPos = be.upload({ dtype: 'i32', data: pos }, [B]);
+    const tRows = be.upload({ dtype: 'i32', data: rows }, [B]);
+    const tLens = be.upload({ dtype: 'i32', data: lens }, [B]);
+    const tMask = be.upload({ dtype: 'i32', data: this.keyMask }, [B, this.maxLen]);
+    const x = be.embedding(tIds, this.p('model.embed_tokens.weight'));
+    const h = this.layers(x, tPos, tRows, (i, q) => {
+      const cache = (t: Tensor<'f32'>) => t.view(0, [B, this.maxLen, c.numKvHeads, c.headDim]);
+      return be.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens, tMask);
+    });
+    for (const t of [tIds, tPos, tRows, tLens, tMask]) t.free();
+    const out = await this.logits(h);
+    h.free();
+    for (let b = 0; b < B; b++) if (active[b]) this.lengths[b]++;
+    return out;
+  }
+
+  free(): void {
+    for (const t of [...this.k, ...this.v]) t.free();
+    this.k.length = 0;
+    this.v.length = 0;
+  }
+}
