@@ -1,5 +1,5 @@
 // src/text/tokenizer.ts and src/text/templates.ts over a real byte-level HF tokenizer
-// (test/helpers/byte_tokenizer.ts): round trips, special tokens, chat templates, errors.
+// (src/text/byte_tokenizer.ts): round trips, special tokens, chat templates, errors.
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import { SPIN_INSTRUCTION_TEMPLATE, chatGenerationPrompt, instructionPrompt, renderChatTemplate } from '../src/text/templates.js';
 import { TokenizerError, loadTokenizer } from '../src/text/tokenizer.js';
 import type { Rng } from '../src/util/rng.js';
-import { BOS_ID, BYTE_OFFSET, BYTE_VOCAB_SIZE, EOS_ID, ZEPHYR_CHAT_TEMPLATE, writeByteTokenizer } from './helpers/byte_tokenizer.js';
+import { BOS_ID, BYTE_OFFSET, BYTE_VOCAB_SIZE, EOS_ID, ZEPHYR_CHAT_TEMPLATE, writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { withSeed } from './helpers/random.js';
 
 let root = '';

@@ -1,4 +1,4 @@
-// A real Hugging Face tokenizer over bytes: BPE with no merges whose vocabulary is the 256 GPT-2
+// A real Hugging Face tokenizer over bytes (the demo's tokenizer, and the tests'): BPE with no merges whose vocabulary is the 256 GPT-2
 // byte-level symbols, behind the ByteLevel pre-tokenizer and decoder, so any UTF-8 string encodes
 // to one token per byte and decodes back exactly. Ids: 0 <pad>, 1 <s>, 2 </s>, 3 <unk>, 4 + byte.
 import { writeFile } from 'node:fs/promises';

@@ -1,0 +1,53 @@
+// The embedded default of `spinlm demo`: the synthetic tasks, the weak model's architecture and the
+// recipe that trains it. DESIGN.md section 6 says why: θ0 must be a *converged* SFT model (trained to
+// the end of a decaying schedule) on tasks where a converged tiny model stays clearly imperfect.
+import { generateSyntheticTasks, type SyntheticTask } from '../data/synthetic.js';
+import type { LoopConfig } from './train_loop.js';
+
+/** Task families of the demo: character-level skills of mixed difficulty for a ~0.8M-parameter model. */
+export const DEMO_FAMILIES = ['reverse', 'sort_letters', 'count_letter', 'last_letters', 'swap_case', 'minutes', 'add', 'max'] as const;
+
+export const DEMO_TRAIN_SIZE = 4000;
+export const DEMO_TEST_SIZE = 300;
+
+/** Train and held-out tasks: one draw of unique prompts, split, so no held-out prompt is trained on. */
+export function demoTasks(seed = 2024): { train: SyntheticTask[]; test: SyntheticTask[] } {
+  const all = generateSyntheticTasks({ seed, size: DEMO_TRAIN_SIZE + DEMO_TEST_SIZE, families: [...DEMO_FAMILIES] });
+  return { train: all.slice(0, DEMO_TRAIN_SIZE), test: all.slice(DEMO_TRAIN_SIZE) };
+}
+
+/** config.json of θ0: a Llama with the byte tokenizer's 260 ids. */
+export const DEMO_MODEL_CONFIG = {
+  architectures: ['LlamaForCausalLM'],
+  model_type: 'llama',
+  hidden_size: 128,
+  intermediate_size: 352,
+  num_hidden_layers: 4,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  rms_norm_eps: 1e-5,
+  rope_theta: 10000,
+  vocab_size: 260,
+  max_position_embeddings: 256,
+  tie_word_embeddings: false,
+  bos_token_id: 1,
+  eos_token_id: 2,
+  hidden_act: 'silu',
+  torch_dtype: 'float32',
+};
+
+/** θ0's SFT recipe: AdamW to the end of a linear decay (converged, as the paper's SFT model was). */
+export const DEMO_SFT_LOOP: LoopConfig = {
+  learningRate: 2e-3,
+  optim: { type: 'adamw', weightDecay: 0 },
+  lrSchedulerType: 'linear',
+  warmupRatio: 0.05,
+  microBatchSize: 64,
+  gradientAccumulationSteps: 1,
+  numTrainEpochs: 20,
+  maxGradNorm: 1.0,
+  seed: 2024,
+  saveSteps: 100,
+};
+
+export const DEMO_TRUNCATION = { maxLength: 160, maxPromptLength: 96 };
