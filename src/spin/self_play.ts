@@ -1,0 +1,149 @@
+// The self-play driver (DESIGN.md section 1): per iteration t, the opponent θ_t answers every SFT
+// prompt, its reference log-probs are computed once, θ_{t+1} is trained from θ_t, saved, evaluated,
+// and becomes the next opponent. Every stage leaves a file when it completes, so a rerun after a
+// kill skips what is done, resumes training from its last step checkpoint, and ends with the same
+// weights as an uninterrupted run.
+//
+//   outDir/iter-t/generated.json   answers of θ_t to the prompts (stage 1)
+//   outDir/iter-t/ref_logps.json   S(θ_t, .) of the training pairs (stage 2)
+//   outDir/iter-t/checkpoint/      step checkpoints while training (stage 3)
+//   outDir/iter-t/model/           θ_{t+1}, Hugging Face format, renamed into place when complete (stage 4)
+//   outDir/iter-t/eval.json        evaluation of θ_{t+1} (stage 5)
+import { existsSync } from 'node:fs';
+import { cp, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Backend, SpinLossType } from '../backend/backend.js';
+import { LlamaModel } from '../model/llama.js';
+import type { HfTokenizer } from '../text/tokenizer.js';
+import { formatPrompt, type PromptTemplate } from '../text/templates.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import { checkTruncation, tokenizePair, tokenizeSft, type TruncationOptions } from './batch.js';
+import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
+import { padIdOf } from './sft.js';
+import { type LoopConfig, runTrainingLoop, type StepLog } from './train_loop.js';
+
+export type Arm = 'spin' | 'sft';
+
+export interface SelfPlayOptions {
+  outDir: string;
+  iterations: number;
+  /** 'spin': the SPIN loss (with nllAlpha > 0: plus an NLL term); 'sft': continued SFT on the real answers, same steps. */
+  arm: Arm;
+  /** Per iteration (the last value repeats): the paper's 5e-7, 5e-7, 1e-7, 1e-7. */
+  learningRates: number[];
+  /** Per iteration (the last value repeats): the paper's 0.1, 0.1, 0.1, 5.0. */
+  betas: number[];
+  lossType: SpinLossType;
+  nllAlpha: number;
+  dropIdentical: boolean;
+  /** Train iteration t >= 1 on the generated data of t-1 and t (official). */
+  mixPrevious: boolean;
+  loop: Omit<LoopConfig, 'learningRate'>;
+  truncation: TruncationOptions;
+  template: PromptTemplate;
+}
+
+export interface SelfPlayHooks {
+  /** The opponent's answers to `prompts` (templated text in, answer text out), written resumably to `file`. */
+  generate(model: LlamaModel, prompts: readonly string[], iteration: number, file: string): Promise<string[]>;
+  /** Evaluation of a freshly trained model (e.g. held-out exact match and log-prob). */
+  evaluate?(model: LlamaModel, iteration: number): Promise<Record<string, number>>;
+  onStep?(iteration: number, log: StepLog): void | Promise<void>;
+  /** 'generate' | 'reference' | 'train' | 'save' | 'evaluate', when a stage starts (not when skipped). */
+  onStage?(iteration: number, stage: string): void;
+  /** Test hook: throwing here simulates a crash after a training step. */
+  afterStep?(iteration: number, step: number): void;
+}
+
+const pick = (xs: readonly number[], t: number, what: string) => {
+  if (xs.length === 0) throw new RangeError(`${what} needs at least one value`);
+  return xs[Math.min(t, xs.length - 1)];
+};
+
+async function readJson<T>(file: string): Promise<T> {
+  return JSON.parse(await readFile(file, 'utf8')) as T;
+}
+
+export function iterationDir(outDir: string, t: number): string {
+  return join(outDir, `iter-${t}`);
+}
+
+/** Runs (or resumes) the iterations; returns the directory of the final model. */
+export async function runSelfPlay(be: Backend, initialModel: string, tok: HfTokenizer, sft: readonly { prompt: string; real: string }[], opts: SelfPlayOptions, hooks: SelfPlayHooks): Promise<string> {
+  checkTruncation(opts.truncation);
+  if (!Number.isSafeInteger(opts.iterations) || opts.iterations < 1) throw new RangeError(`iterations must be a positive integer, got ${opts.iterations}`);
+  if (sft.length === 0) throw new RangeError('no SFT pairs to play on');
+  const padId = padIdOf(tok);
+  const prompts = sft.map((p) => formatPrompt(tok, opts.template, p.prompt));
+  let current = initialModel;
+  const generated: string[][] = [];
+  for (let t = 0; t < opts.iterations; t++) {
+    const dir = iterationDir(opts.outDir, t);
+    await mkdir(dir, { recursive: true });
+    const modelDir = join(dir, 'model');
+    const done = existsSync(join(modelDir, 'config.json'));
+    const opponent = await LlamaModel.load(be, current);
+    try {
+      // 1. the opponent answers every prompt (the arm 'sft' needs no answers, but keeps the same data)
+      const genFile = join(dir, 'generated.json');
+      if (existsSync(genFile)) generated[t] = await readJson<string[]>(genFile);
+      else if (opts.arm === 'sft') generated[t] = sft.map(() => '');
+      else {
+        hooks.onStage?.(t, 'generate');
+        generated[t] = await hooks.generate(opponent, prompts, t, join(dir, 'generated.partial'));
+        await writeFileAtomic(genFile, JSON.stringify(generated[t]));
+      }
+      if (!done) {
+        // the training pairs of iteration t: this iteration's answers, plus the previous ones (official mixing)
+        const rows = sft.map((p, i) => ({ ...p, generated: generated[t][i] }));
+        if (t > 0 && opts.mixPrevious) rows.push(...sft.map((p, i) => ({ ...p, generated: generated[t - 1][i] })));
+        const loop: LoopConfig = { ...opts.loop, learningRate: pick(opts.learningRates, t, 'learning_rate'), seed: opts.loop.seed + t };
+        opponent.weights.enableTraining();
+        if (opts.arm === 'spin') {
+          const pairs = rows.map((r, i) => tokenizePair(tok, prompts[i % sft.length], r.real, r.generated, opts.truncation));
+          // 2. reference log-probs of θ_t, once
+          const refFile = join(dir, 'ref_logps.json');
+          let ref: Float32Array;
+          if (existsSync(refFile)) ref = Float32Array.from(await readJson<number[]>(refFile));
+          else {
+            hooks.onStage?.(t, 'reference');
+            ref = await referenceLogps(opponent, pairs, { microBatchSize: loop.microBatchSize, seed: loop.seed, eosId: tok.eosId, padId });
+            await writeFileAtomic(refFile, JSON.stringify(Array.from(ref)));
+          }
+          hooks.onStage?.(t, 'train');
+          const obj = new SpinObjective(opponent, pairs, ref, { beta: pick(opts.betas, t, 'beta'), lossType: opts.lossType, nllAlpha: opts.nllAlpha, dropIdentical: opts.dropIdentical, eosId: tok.eosId, padId });
+          await runTrainingLoop(opponent, pairs.length, obj, loop, { checkpointDir: join(dir, 'checkpoint'), onStep: (l) => hooks.onStep?.(t, l), afterStep: (s) => hooks.afterStep?.(t, s) });
+        } else {
+          const seqs = rows.map((r, i) => tokenizeSft(tok, prompts[i % sft.length], r.real, opts.truncation));
+          hooks.onStage?.(t, 'train');
+          await runTrainingLoop(opponent, seqs.length, new SftObjective(opponent, seqs, tok.eosId, padId), loop, { checkpointDir: join(dir, 'checkpoint'), onStep: (l) => hooks.onStep?.(t, l), afterStep: (s) => hooks.afterStep?.(t, s) });
+        }
+        // 4. θ_{t+1}, complete or not at all
+        hooks.onStage?.(t, 'save');
+        const tmp = `${modelDir}.tmp`;
+        await rm(tmp, { recursive: true, force: true });
+        await mkdir(tmp, { recursive: true });
+        await opponent.save(tmp);
+        for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(current, f))) await cp(join(current, f), join(tmp, f));
+        await rm(modelDir, { recursive: true, force: true });
+        await rename(tmp, modelDir);
+        await rm(join(dir, 'checkpoint'), { recursive: true, force: true });
+      }
+    } finally {
+      opponent.weights.free();
+    }
+    // 5. evaluation of θ_{t+1}
+    const evalFile = join(dir, 'eval.json');
+    if (hooks.evaluate && !existsSync(evalFile)) {
+      hooks.onStage?.(t, 'evaluate');
+      const trained = await LlamaModel.load(be, modelDir);
+      try {
+        await writeFileAtomic(evalFile, JSON.stringify(await hooks.evaluate(trained, t), null, 2));
+      } finally {
+        trained.weights.free();
+      }
+    }
+    current = modelDir;
+  }
+  return current;
+}
