@@ -1,0 +1,89 @@
+// One spinlm model measurement in a fresh process (bench/model.bench.ts runs it); prints one JSON line.
+// Usage: node --import tsx bench/model_probe.ts train|generate|spin|gemm STEPS
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { parseConfig } from '../src/model/config.js';
+import { LlamaDecoder } from '../src/model/decoder.js';
+import { initLlama } from '../src/model/init.js';
+import { uploadInput } from '../src/model/input.js';
+import { SpinObjective } from '../src/spin/objectives.js';
+import { runTrainingLoop } from '../src/spin/train_loop.js';
+import { Rng } from '../src/util/rng.js';
+import { medianMs, peakRss } from './harness.js';
+
+const mode = process.argv[2];
+const steps = Number(process.argv[3] ?? 5);
+const be = new CpuBackend();
+export const BENCH_CONFIG = {
+  model_type: 'llama', hidden_size: 512, intermediate_size: 1408, num_hidden_layers: 8, num_attention_heads: 8, num_key_value_heads: 4,
+  rms_norm_eps: 1e-5, vocab_size: 8000, max_position_embeddings: 2048, tie_word_embeddings: false, eos_token_id: 2,
+};
+const cfg = parseConfig(BENCH_CONFIG, 'bench config');
+const rng = new Rng(5);
+const tokens = (n: number) => Array.from({ length: n }, () => rng.int(3, cfg.vocabSize - 1));
+const nonEmbedding = () => model.weights.count() - cfg.vocabSize * cfg.hiddenSize;
+const model = initLlama(be, cfg, { seed: 1 });
+const report = (o: Record<string, number>) => console.log(JSON.stringify({ ...o, peak_rss_mb: peakRss() / 2 ** 20 }));
+
+if (mode === 'gemm') {
+  const n = 2048;
+  const a = be.empty('f32', [n, n]), b = be.empty('f32', [n, n]), c = be.empty('f32', [n, n]);
+  be.fill(a, 0.5);
+  be.fill(b, 0.25);
+  const ms = await medianMs('sgemm', () => be.matmul(a, b, { transB: true, out: c }), 5, 2);
+  report({ gflops: (2 * n ** 3) / (ms * 1e6) });
+} else if (mode === 'train') {
+  const R = 8, L = 256, T = R * L;
+  model.weights.enableTraining();
+  const input = uploadInput(be, { rows: R, length: L, inputIds: Int32Array.from(tokens(T)), positions: Int32Array.from({ length: T }, (_, i) => i % L), attentionMask: new Int32Array(T).fill(1) });
+  const ms = await medianMs('fwd+bwd', () => {
+    const { logits, state } = model.forward(input, { train: true });
+    be.fill(logits, 1e-4); // stands in for d(loss)/d(logits): the loss kernels are benchmarked in loss.bench.ts
+    model.backward(state!, logits);
+    logits.free();
+  }, steps, 1);
+  report({ tokens_per_s: T / (ms / 1000), gflops: (6 * nonEmbedding() * T) / (ms * 1e6), ms_per_step: ms });
+} else if (mode === 'generate') {
+  const B = 32, P = 64, N = 128;
+  const dec = new LlamaDecoder(model);
+  const prompts = Array.from({ length: B }, () => tokens(P));
+  const ms = await medianMs('generate', async () => {
+    const cache = dec.newCache(B, P + N);
+    let logits = await cache.prefill(prompts);
+    const active = new Uint8Array(B).fill(1);
+    for (let s = 0; s < N; s++) {
+      const next = new Int32Array(B);
+      for (let b = 0; b < B; b++) {
+        let best = 0;
+        for (let v = 1; v < cfg.vocabSize; v++) if (logits[b * cfg.vocabSize + v] > logits[b * cfg.vocabSize + best]) best = v;
+        next[b] = best;
+      }
+      if (s === N - 1) break;
+      logits = await cache.decode(next, active);
+    }
+    cache.free();
+  }, Math.max(1, Math.min(steps, 3)), 1);
+  const decodeFlops = 2 * nonEmbedding() * B * N;
+  report({ tokens_per_s: (B * N) / (ms / 1000), gflops: decodeFlops / (ms * 1e6), ms_total: ms });
+} else if (mode === 'spin') {
+  const B = 8, L = 256, P = 64;
+  const pairs = Array.from({ length: B * (steps + 1) }, () => {
+    const prompt = tokens(P);
+    return { real: { prompt, answer: tokens(L - P) }, generated: { prompt, answer: tokens(L - P) } };
+  });
+  const ref = new Float32Array(2 * pairs.length).map(() => -2000 + rng.normal());
+  const obj = new SpinObjective(model, pairs, ref, { beta: 0.1, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: 2, padId: 0 });
+  const times: number[] = [];
+  let last = performance.now();
+  await runTrainingLoop(model, pairs.length, obj, { learningRate: 5e-7, optim: { type: 'rmsprop' }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: B, gradientAccumulationSteps: 1, numTrainEpochs: 1, maxGradNorm: 1, seed: 1, saveSteps: 0 }, {
+    onStep: () => {
+      const now = performance.now();
+      times.push(now - last);
+      last = now;
+    },
+  });
+  const sorted = times.slice(1).sort((a, b) => a - b);
+  const ms = sorted[Math.floor(sorted.length / 2)];
+  report({ steps_per_s: 1000 / ms, tokens_per_s: (2 * B * L) / (ms / 1000), gflops: (6 * nonEmbedding() * 2 * B * L) / (ms * 1e6), ms_per_step: ms });
+} else {
+  throw new Error(`unknown mode ${mode}`);
+}

@@ -1,0 +1,117 @@
+// Batched generation with a KV cache: prompts grouped by length (sorted, neighbours batched) to cut
+// padding, one RNG stream per prompt (Rng(seed).fork(index)) so the same seed gives the same text
+// whatever the batch size, stop at EOS / a stop sequence / max_new_tokens / the model's positions.
+import { Rng } from '../util/rng.js';
+import { checkSampling, type SamplingOptions, sampleToken } from './sampler.js';
+
+/** A causal LM that can run batched prefill + decode with a KV cache (LlamaDecoder implements it). */
+export interface DecoderModel {
+  readonly vocabSize: number;
+  readonly maxPositions: number;
+  newCache(batch: number, maxLen: number): DecoderCache;
+}
+export interface DecoderCache {
+  /** Feeds each row's prompt; returns f32 [B, V] logits of each row's last prompt position. */
+  prefill(prompts: readonly (readonly number[])[]): Promise<Float32Array>;
+  /** Appends one token per active row; returns f32 [B, V] logits of that position. */
+  decode(tokens: Int32Array, active: Uint8Array): Promise<Float32Array>;
+  free(): void;
+}
+
+export interface GenerateOptions extends SamplingOptions {
+  maxNewTokens: number;
+  eosIds: readonly number[];
+  /** Token sequences that end an answer (excluded from it). */
+  stopSequences?: readonly (readonly number[])[];
+  seed: number;
+  batchSize: number;
+  /** Called after each batch: prompts finished so far, tokens generated so far. */
+  onProgress?: (promptsDone: number, tokensGenerated: number) => void | Promise<void>;
+}
+
+export type FinishReason = 'eos' | 'stop' | 'length';
+
+export interface Generation {
+  tokens: number[];
+  finishReason: FinishReason;
+}
+
+function endsWith(seq: readonly number[], tail: readonly number[]): boolean {
+  if (tail.length === 0 || tail.length > seq.length) return false;
+  for (let i = 0; i < tail.length; i++) if (seq[seq.length - tail.length + i] !== tail[i]) return false;
+  return true;
+}
+
+/** Generates for one batch of prompts (indices into the full list, for their RNG streams). */
+async function generateBatch(model: DecoderModel, prompts: readonly (readonly number[])[], index: readonly number[], o: GenerateOptions): Promise<Generation[]> {
+  const B = prompts.length;
+  const longest = Math.max(...prompts.map((p) => p.length));
+  const budget = Math.min(o.maxNewTokens, model.maxPositions - longest);
+  if (budget < 1) return prompts.map(() => ({ tokens: [], finishReason: 'length' }));
+  const cache = model.newCache(B, longest + budget);
+  const rngs = index.map((i) => new Rng(o.seed).fork(i));
+  const out: Generation[] = prompts.map(() => ({ tokens: [], finishReason: 'length' }));
+  const active = new Uint8Array(B).fill(1);
+  try {
+    let logits = await cache.prefill(prompts);
+    const V = model.vocabSize;
+    for (let step = 0; step < budget; step++) {
+      const next = new Int32Array(B);
+      let live = 0;
+      for (let b = 0; b < B; b++) {
+        if (!active[b]) continue;
+        const id = sampleToken(logits.subarray(b * V, (b + 1) * V), o, rngs[b]);
+        next[b] = id;
+        const g = out[b];
+        if (o.eosIds.includes(id)) {
+          g.finishReason = 'eos';
+          active[b] = 0;
+          continue;
+        }
+        g.tokens.push(id);
+        const stop = o.stopSequences?.find((s) => endsWith(g.tokens, s));
+        if (stop) {
+          g.tokens.length -= stop.length;
+          g.finishReason = 'stop';
+          active[b] = 0;
+          continue;
+        }
+        if (prompts[b].length + g.tokens.length >= longest + budget || g.tokens.length >= o.maxNewTokens) {
+          active[b] = 0;
+          continue;
+        }
+        live++;
+      }
+      if (live === 0) break;
+      logits = await cache.decode(next, active);
+    }
+  } finally {
+    cache.free();
+  }
+  return out;
+}
+
+export async function generate(model: DecoderModel, prompts: readonly (readonly number[])[], o: GenerateOptions): Promise<Generation[]> {
+  checkSampling(o);
+  if (!Number.isSafeInteger(o.maxNewTokens) || o.maxNewTokens < 1) throw new RangeError(`max_new_tokens must be a positive integer, got ${o.maxNewTokens}`);
+  if (!Number.isSafeInteger(o.batchSize) || o.batchSize < 1) throw new RangeError(`batch size must be a positive integer, got ${o.batchSize}`);
+  prompts.forEach((p, i) => {
+    if (p.length === 0) throw new RangeError(`prompt ${i} is empty`);
+    if (p.length >= model.maxPositions) throw new RangeError(`prompt ${i} has ${p.length} tokens: no room to generate within ${model.maxPositions} positions`);
+  });
+  const order = prompts.map((_, i) => i).sort((a, b) => prompts[a].length - prompts[b].length || a - b);
+  const results: Generation[] = new Array(prompts.length);
+  let done = 0;
+  let generated = 0;
+  for (let i = 0; i < order.length; i += o.batchSize) {
+    const idx = order.slice(i, i + o.batchSize);
+    const gens = await generateBatch(model, idx.map((j) => prompts[j]), idx, o);
+    idx.forEach((j, k) => {
+      results[j] = gens[k];
+      generated += gens[k].tokens.length;
+    });
+    done += idx.length;
+    await o.onProgress?.(done, generated);
+  }
+  return results;
+}
