@@ -4,11 +4,15 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { answerPrompts } from '../src/generate/answers.js';
 import { type DecoderCache, type DecoderModel, generate, type GenerateOptions } from '../src/generate/generate.js';
 import { argmax, candidates, sampleToken } from '../src/generate/sampler.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
 import { initLlama } from '../src/model/init.js';
 import { freeInput, uploadInput } from '../src/model/input.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Rng } from '../src/util/rng.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
@@ -159,3 +163,28 @@ describe('generate', () => {
       model.weights.free();
     }));
 });
+
+test('answers are journaled: a run killed after a batch resumes to the same answers without redoing finished prompts', () =>
+  withSeed(async (rng) => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-answers-'));
+    try {
+      const model = new BigramModel(Float32Array.from({ length: 81 }, () => rng.normal() * 2), 9);
+      // characters '1'..'8' are tokens 1..8; token 0 is EOS
+      const tok = { eosId: 0, encode: (s: string) => [...s].map(Number), decode: (ids: readonly number[]) => ` ${ids.join('')} ` };
+      const prompts = Array.from({ length: 10 }, () => Array.from({ length: rng.int(1, 4) }, () => rng.int(1, 8)).join(''));
+      const o = { temperature: 1, topK: 0, topP: 1, maxNewTokens: 6, seed: 5, batchSize: 3 };
+      const straight = await answerPrompts(model, tok, prompts, o);
+      assert.ok(straight.every((a) => a === a.trim()), 'answers are stripped');
+      const journal = join(dir, 'answers.partial');
+      let batches = 0;
+      await assert.rejects(answerPrompts(model, tok, prompts, { ...o, journal, onProgress: () => { if (++batches === 2) throw new Error('killed'); } }), /killed/);
+      model.calls = 0;
+      const resumed = await answerPrompts(model, tok, prompts, { ...o, journal });
+      assert.deepEqual(resumed, straight);
+      const fresh = new BigramModel(model.table, 9);
+      await answerPrompts(fresh, tok, prompts, o);
+      assert.ok(model.calls < fresh.calls, `resumed run made ${model.calls} model calls, a fresh one ${fresh.calls}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));

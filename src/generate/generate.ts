@@ -1,5 +1,5 @@
 // Batched generation with a KV cache: prompts grouped by length (sorted, neighbours batched) to cut
-// padding, one RNG stream per prompt (Rng(seed).fork(index)) so the same seed gives the same text
+// padding, one RNG stream per prompt (Rng(seed).fork(stream id)) so the same seed gives the same text
 // whatever the batch size, stop at EOS / a stop sequence / max_new_tokens / the model's positions.
 import { Rng } from '../util/rng.js';
 import { checkSampling, type SamplingOptions, sampleToken } from './sampler.js';
@@ -25,6 +25,10 @@ export interface GenerateOptions extends SamplingOptions {
   stopSequences?: readonly (readonly number[])[];
   seed: number;
   batchSize: number;
+  /** RNG stream of each prompt (default: its index); lets a resumed subset sample as the full list would. */
+  streamIds?: readonly number[];
+  /** Called after each batch with the indices (into `prompts`) it finished and their generations. */
+  onBatch?: (indices: readonly number[], gens: readonly Generation[]) => void | Promise<void>;
   /** Called after each batch: prompts finished so far, tokens generated so far. */
   onProgress?: (promptsDone: number, tokensGenerated: number) => void | Promise<void>;
 }
@@ -49,7 +53,7 @@ async function generateBatch(model: DecoderModel, prompts: readonly (readonly nu
   const budget = Math.min(o.maxNewTokens, model.maxPositions - longest);
   if (budget < 1) return prompts.map(() => ({ tokens: [], finishReason: 'length' }));
   const cache = model.newCache(B, longest + budget);
-  const rngs = index.map((i) => new Rng(o.seed).fork(i));
+  const rngs = index.map((i) => new Rng(o.seed).fork(o.streamIds ? o.streamIds[i] : i));
   const out: Generation[] = prompts.map(() => ({ tokens: [], finishReason: 'length' }));
   const active = new Uint8Array(B).fill(1);
   try {
@@ -95,6 +99,7 @@ export async function generate(model: DecoderModel, prompts: readonly (readonly 
   checkSampling(o);
   if (!Number.isSafeInteger(o.maxNewTokens) || o.maxNewTokens < 1) throw new RangeError(`max_new_tokens must be a positive integer, got ${o.maxNewTokens}`);
   if (!Number.isSafeInteger(o.batchSize) || o.batchSize < 1) throw new RangeError(`batch size must be a positive integer, got ${o.batchSize}`);
+  if (o.streamIds && o.streamIds.length !== prompts.length) throw new RangeError(`streamIds has ${o.streamIds.length} entries for ${prompts.length} prompts`);
   prompts.forEach((p, i) => {
     if (p.length === 0) throw new RangeError(`prompt ${i} is empty`);
     if (p.length >= model.maxPositions) throw new RangeError(`prompt ${i} has ${p.length} tokens: no room to generate within ${model.maxPositions} positions`);
@@ -111,6 +116,7 @@ export async function generate(model: DecoderModel, prompts: readonly (readonly 
       generated += gens[k].tokens.length;
     });
     done += idx.length;
+    await o.onBatch?.(idx, gens);
     await o.onProgress?.(done, generated);
   }
   return results;

@@ -1,0 +1,56 @@
+// Text in, text out: the model's answers to templated prompts, optionally journaled so that a rerun
+// after a kill skips the prompts already answered. Each prompt samples from its own RNG stream (its
+// index in the full list), so a resumed run writes exactly what an uninterrupted one would.
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { type DecoderModel, generate, type GenerateOptions } from './generate.js';
+
+export interface AnswerTokenizer {
+  encode(text: string): number[];
+  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
+  readonly eosId: number;
+}
+
+export interface AnswerOptions extends Omit<GenerateOptions, 'eosIds' | 'onProgress' | 'onBatch' | 'streamIds'> {
+  /** JSONL journal of finished answers ({"i", "text"} per line), appended per batch. */
+  journal?: string;
+  onProgress?: (done: number, total: number, tokens: number) => void | Promise<void>;
+}
+
+/** Answers already in a journal; a torn last line (a killed run) is ignored and regenerated. */
+export function readJournal(file: string): Map<number, string> {
+  const done = new Map<number, string>();
+  if (!existsSync(file)) return done;
+  for (const line of readFileSync(file, 'utf8').split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      const row = JSON.parse(line) as { i: number; text: string };
+      if (Number.isSafeInteger(row.i) && typeof row.text === 'string') done.set(row.i, row.text);
+    } catch {
+      // torn line
+    }
+  }
+  return done;
+}
+
+/** Answers (decoded, surrounding whitespace stripped as the official generate.py does), in prompt order. */
+export async function answerPrompts(model: DecoderModel, tok: AnswerTokenizer, prompts: readonly string[], o: AnswerOptions): Promise<string[]> {
+  const texts = o.journal ? readJournal(o.journal) : new Map<number, string>();
+  const todo = prompts.map((_, i) => i).filter((i) => !texts.has(i));
+  let tokens = 0;
+  await generate(model, todo.map((i) => tok.encode(prompts[i])), {
+    ...o,
+    eosIds: [tok.eosId],
+    streamIds: todo,
+    onBatch: (idx, gens) => {
+      const lines = idx.map((j, k) => {
+        const text = tok.decode(gens[k].tokens, { skipSpecialTokens: true }).trim();
+        texts.set(todo[j], text);
+        tokens += gens[k].tokens.length;
+        return JSON.stringify({ i: todo[j], text });
+      });
+      if (o.journal) appendFileSync(o.journal, `${lines.join('\n')}\n`);
+    },
+    onProgress: () => o.onProgress?.(texts.size, prompts.length, tokens),
+  });
+  return prompts.map((_, i) => texts.get(i)!);
+}
