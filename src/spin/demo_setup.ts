@@ -7,13 +7,17 @@ import type { LoopConfig } from './train_loop.js';
 /** Task families of the demo: character-level skills of mixed difficulty for a ~0.8M-parameter model. */
 export const DEMO_FAMILIES = ['reverse', 'sort_letters', 'count_letter', 'last_letters', 'swap_case', 'minutes', 'add', 'max'] as const;
 
-export const DEMO_TRAIN_SIZE = 4000;
+/** θ0's SFT set: large enough that a few epochs generalize instead of memorizing (a 4000-task set
+ * trained 20 epochs reached 49% exact match on its own prompts and 15% on held-out ones). */
+export const DEMO_TRAIN_SIZE = 20000;
 export const DEMO_TEST_SIZE = 300;
 
-/** Train and held-out tasks: one draw of unique prompts, split, so no held-out prompt is trained on. */
+/** Held-out tasks (unique prompts) and training tasks from another stream, minus any held-out prompt. */
 export function demoTasks(seed = 2024): { train: SyntheticTask[]; test: SyntheticTask[] } {
-  const all = generateSyntheticTasks({ seed, size: DEMO_TRAIN_SIZE + DEMO_TEST_SIZE, families: [...DEMO_FAMILIES] });
-  return { train: all.slice(0, DEMO_TRAIN_SIZE), test: all.slice(DEMO_TRAIN_SIZE) };
+  const test = generateSyntheticTasks({ seed, size: DEMO_TEST_SIZE, families: [...DEMO_FAMILIES] });
+  const held = new Set(test.map((t) => t.prompt));
+  const train = generateSyntheticTasks({ seed: seed + 1, size: DEMO_TRAIN_SIZE, families: [...DEMO_FAMILIES], unique: false }).filter((t) => !held.has(t.prompt));
+  return { train, test };
 }
 
 /** config.json of θ0: a Llama with the byte tokenizer's 260 ids. */
@@ -44,7 +48,7 @@ export const DEMO_SFT_LOOP: LoopConfig = {
   warmupRatio: 0.05,
   microBatchSize: 64,
   gradientAccumulationSteps: 1,
-  numTrainEpochs: 20,
+  numTrainEpochs: 3,
   maxGradNorm: 1.0,
   seed: 2024,
   saveSteps: 100,

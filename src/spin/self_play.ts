@@ -47,7 +47,7 @@ export interface SelfPlayHooks {
   /** The opponent's answers to `prompts` (templated text in, answer text out), written resumably to `file`. */
   generate(model: LlamaModel, prompts: readonly string[], iteration: number, file: string): Promise<string[]>;
   /** Evaluation of a freshly trained model (e.g. held-out exact match and log-prob). */
-  evaluate?(model: LlamaModel, iteration: number): Promise<Record<string, number>>;
+  evaluate?(model: LlamaModel, iteration: number): Promise<Record<string, unknown>>;
   onStep?(iteration: number, log: StepLog): void | Promise<void>;
   /** 'generate' | 'reference' | 'train' | 'save' | 'evaluate', when a stage starts (not when skipped). */
   onStage?(iteration: number, stage: string): void;

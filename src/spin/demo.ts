@@ -1,0 +1,181 @@
+// `spinlm demo`: the embedded default. From the shipped weak model θ0 (or one retrained from scratch),
+// three self-play iterations on the same SFT prompts with the official SPIN loss, the same with an NLL
+// term on the real answer, and continued SFT given the same optimizer steps; held-out exact match and
+// real-answer log-prob per iteration for each. Which arm wins at this scale is a finding, not a given
+// (DESIGN.md section 6).
+import { existsSync } from 'node:fs';
+import { cp, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Backend } from '../backend/backend.js';
+import type { SyntheticTask } from '../data/synthetic.js';
+import { answerPrompts } from '../generate/answers.js';
+import { GREEDY } from '../generate/sampler.js';
+import { parseConfig } from '../model/config.js';
+import { LlamaDecoder } from '../model/decoder.js';
+import { initLlama } from '../model/init.js';
+import { LlamaModel } from '../model/llama.js';
+import { writeByteTokenizer } from '../text/byte_tokenizer.js';
+import { loadTokenizer } from '../text/tokenizer.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import { DEMO_MODEL_CONFIG, DEMO_SFT_LOOP, DEMO_TRUNCATION, demoTasks } from './demo_setup.js';
+import { exactMatchEval, heldoutLogp } from './evaluate.js';
+import { type SelfPlayOptions, runSelfPlay } from './self_play.js';
+import { runSft } from './sft.js';
+import type { LoopHooks, StepLog } from './train_loop.js';
+
+export interface DemoArm {
+  name: string;
+  description: string;
+  overrides: Partial<SelfPlayOptions>;
+}
+
+/** The three arms, each from θ0 with the same data and the same optimizer steps per iteration. */
+export const DEMO_ARMS: DemoArm[] = [
+  { name: 'spin', description: 'SPIN, the official loss (sigmoid, beta 0.1)', overrides: { arm: 'spin', nllAlpha: 0 } },
+  { name: 'spin+nll', description: 'SPIN plus an NLL term on the real answer (alpha 1)', overrides: { arm: 'spin', nllAlpha: 1 } },
+  { name: 'sft', description: 'continued SFT on the real answers, same optimizer steps', overrides: { arm: 'sft', nllAlpha: 0 } },
+];
+
+export interface DemoOptions {
+  outDir: string;
+  /** Where the shipped θ0 lives (a Hugging Face directory). */
+  theta0Dir: string;
+  /** Retrain θ0 with `spinlm sft`'s recipe instead of using the shipped one. */
+  fromScratch: boolean;
+  iterations: number;
+  /** SFT prompts the opponent answers each iteration. */
+  prompts: number;
+  /** Held-out tasks to evaluate on. */
+  evalTasks: number;
+  /** Shorter everything, for CI. */
+  quick: boolean;
+}
+
+export interface DemoRow {
+  arm: string;
+  iteration: number;
+  exactMatch: number;
+  heldoutLogp: number;
+  byTask: Record<string, number>;
+}
+
+export interface DemoHooks {
+  onStage?: (arm: string, iteration: number, stage: string) => void;
+  onStep?: (arm: string, iteration: number, log: StepLog) => void;
+  onSftStep?: LoopHooks['onStep'];
+  onRow?: (row: DemoRow) => void;
+}
+
+/** The self-play settings of every arm (overridden per arm). Small learning rates: DESIGN.md section 6. */
+export function demoSelfPlayOptions(outDir: string, iterations: number, quick: boolean): SelfPlayOptions {
+  return {
+    outDir,
+    iterations,
+    arm: 'spin',
+    learningRates: [5e-5],
+    betas: [0.1],
+    lossType: 'sigmoid',
+    nllAlpha: 0,
+    dropIdentical: false,
+    mixPrevious: true,
+    loop: {
+      optim: { type: 'rmsprop', alpha: 0.99, eps: 1e-8, weightDecay: 0 },
+      lrSchedulerType: 'linear',
+      warmupRatio: 0.1,
+      microBatchSize: quick ? 16 : 32,
+      gradientAccumulationSteps: 2,
+      numTrainEpochs: quick ? 1 : 2,
+      maxGradNorm: 1.0,
+      seed: 7,
+      saveSteps: 10,
+    },
+    truncation: DEMO_TRUNCATION,
+    template: 'instruction',
+  };
+}
+
+async function evaluateModel(model: LlamaModel, dir: string, test: readonly SyntheticTask[]) {
+  const tok = await loadTokenizer(dir);
+  const em = await exactMatchEval(model, tok, test, { template: 'instruction', batchSize: 64, maxNewTokens: 32 });
+  const lp = await heldoutLogp(model, tok, test.map((t) => ({ prompt: t.prompt, real: t.answer })), { ...DEMO_TRUNCATION, template: 'instruction', batchSize: 64 });
+  return { exactMatch: em.accuracy, heldoutLogp: lp, byTask: Object.fromEntries(Object.entries(em.byTask).map(([k, v]) => [k, v.accuracy])) };
+}
+
+/** Trains θ0 from scratch with the demo recipe (what `spinlm demo --from-scratch` and the shipped θ0 come from). */
+export async function trainTheta0(be: Backend, dir: string, hooks: LoopHooks = {}, opts: { quick?: boolean } = {}): Promise<void> {
+  if (existsSync(join(dir, 'model.safetensors'))) return;
+  const tmp = `${dir}.partial`;
+  await mkdir(tmp, { recursive: true });
+  await writeByteTokenizer(tmp);
+  const model = initLlama(be, parseConfig(DEMO_MODEL_CONFIG, 'demo model'), { seed: 2024 });
+  try {
+    const tok = await loadTokenizer(tmp);
+    const { train } = demoTasks();
+    const loop = opts.quick ? { ...DEMO_SFT_LOOP, numTrainEpochs: 1 } : DEMO_SFT_LOOP;
+    const data = (opts.quick ? train.slice(0, 2000) : train).map((t) => ({ prompt: t.prompt, real: t.answer }));
+    await runSft(model, tok, data, { loop, truncation: DEMO_TRUNCATION, template: 'instruction' }, { ...hooks, checkpointDir: join(tmp, 'checkpoint') });
+    await model.save(tmp);
+    await rm(join(tmp, 'checkpoint'), { recursive: true, force: true });
+    await rm(dir, { recursive: true, force: true });
+    await rename(tmp, dir);
+  } finally {
+    model.weights.free();
+  }
+}
+
+export async function runDemo(be: Backend, opts: DemoOptions, hooks: DemoHooks = {}): Promise<DemoRow[]> {
+  await mkdir(opts.outDir, { recursive: true });
+  const theta0 = join(opts.outDir, 'theta0');
+  if (opts.fromScratch) {
+    hooks.onStage?.('theta0', 0, 'sft');
+    await trainTheta0(be, theta0, { onStep: hooks.onSftStep }, { quick: opts.quick });
+  } else if (!existsSync(join(theta0, 'model.safetensors'))) {
+    if (!existsSync(join(opts.theta0Dir, 'model.safetensors'))) {
+      throw new Error(`the shipped weak model is missing from ${opts.theta0Dir}: reinstall spinlm, or run \`spinlm demo --from-scratch\``);
+    }
+    await cp(opts.theta0Dir, theta0, { recursive: true });
+  }
+  const { train, test } = demoTasks();
+  const heldout = test.slice(0, opts.evalTasks);
+  const sft = train.slice(0, opts.prompts).map((t) => ({ prompt: t.prompt, real: t.answer }));
+  const rows: DemoRow[] = [];
+  const base = await LlamaModel.load(be, theta0);
+  try {
+    hooks.onStage?.('theta0', 0, 'evaluate');
+    const r0 = await evaluateModel(base, theta0, heldout);
+    for (const arm of DEMO_ARMS) {
+      const row = { arm: arm.name, iteration: 0, ...r0 };
+      rows.push(row);
+      hooks.onRow?.(row);
+    }
+  } finally {
+    base.weights.free();
+  }
+  const tok = await loadTokenizer(theta0);
+  for (const arm of DEMO_ARMS) {
+    const armDir = join(opts.outDir, arm.name);
+    const spOpts = { ...demoSelfPlayOptions(armDir, opts.iterations, opts.quick), ...arm.overrides };
+    await runSelfPlay(be, theta0, tok, sft, spOpts, {
+      generate: (model, prompts, _t, file) => answerPrompts(new LlamaDecoder(model), tok, prompts, { ...GREEDY, maxNewTokens: 32, seed: 0, batchSize: 64, journal: file }),
+      evaluate: async (model, t) => {
+        const r = await evaluateModel(model, theta0, heldout);
+        const row = { arm: arm.name, iteration: t + 1, ...r };
+        hooks.onRow?.(row);
+        return r;
+      },
+      onStep: (t, l) => hooks.onStep?.(arm.name, t, l),
+      onStage: (t, s) => hooks.onStage?.(arm.name, t, s),
+    });
+  }
+  // rows of evaluations done by earlier (resumed) runs come from their eval.json files
+  for (const arm of DEMO_ARMS) {
+    for (let t = 0; t < opts.iterations; t++) {
+      if (rows.some((r) => r.arm === arm.name && r.iteration === t + 1)) continue;
+      const e = JSON.parse(await readFile(join(opts.outDir, arm.name, `iter-${t}`, 'eval.json'), 'utf8'));
+      rows.push({ arm: arm.name, iteration: t + 1, ...e });
+    }
+  }
+  rows.sort((a, b) => DEMO_ARMS.findIndex((x) => x.name === a.arm) - DEMO_ARMS.findIndex((x) => x.name === b.arm) || a.iteration - b.iteration);
+  await writeFileAtomic(join(opts.outDir, 'demo_results.json'), JSON.stringify(rows, null, 2));
+  return rows;
+}
