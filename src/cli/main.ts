@@ -1,58 +1,64 @@
-// The `spinlm` command line. It only parses arguments and calls the library.
+// The `spinlm` command line: dispatch, --help, exit codes (0 ok, 1 runtime error, 2 usage error).
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { cpuBackend } from '../backend/cpu/cpu_backend.js';
 import { packageRoot } from '../backend/cpu/addon.js';
-
-const USAGE = `spinlm — SPIN (Self-Play fIne-tuNing) for Node.js
-
-Usage: spinlm <command> [options]
-
-Commands:
-  info        the native addon, its threads and memory; the package version
-  help        this text
-
-Run \`spinlm <command> --help\` for a command's options.`;
+import { cpuBackend } from '../backend/cpu/cpu_backend.js';
+import { helpText, parseOptions, suggest, UsageError } from './args.js';
+import { COMMANDS } from './commands.js';
 
 function version(): string {
   return JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')).version;
 }
 
-function info(): void {
-  const be = cpuBackend();
-  console.log(`spinlm ${version()} (node ${process.version}, ${process.platform}-${process.arch})`);
-  console.log(`cpu backend: ${be.threads} kernel threads (SPINLM_NUM_THREADS overrides), ${(be.native.cachedBytes() / 2 ** 20).toFixed(0)} MiB recycled memory`);
+function usage(): string {
+  const width = Math.max(...COMMANDS.map((c) => c.name.length)) + 2;
+  return [
+    'spinlm — SPIN (Self-Play fIne-tuNing) for Node.js',
+    '',
+    'Usage: spinlm <command> [options]      spinlm <command> --help',
+    '',
+    'Commands:',
+    ...COMMANDS.map((c) => `  ${c.name.padEnd(width)} ${c.summary}`),
+    `  ${'info'.padEnd(width)} the native addon, threads and version`,
+  ].join('\n');
 }
 
-export function main(argv: string[]): number {
-  const [cmd, ...rest] = argv;
-  switch (cmd) {
-    case undefined:
-    case 'help':
-    case '--help':
-    case '-h':
-      console.log(USAGE);
-      return 0;
-    case '--version':
-    case '-v':
-      console.log(version());
-      return 0;
-    case 'info':
-      if (rest.includes('--help')) {
-        console.log('Usage: spinlm info\n\nPrints the package version, the native addon in use and its thread count.');
-        return 0;
-      }
-      info();
-      return 0;
-    default:
-      console.error(`spinlm: unknown command '${cmd}'.\n\n${USAGE}`);
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (name === undefined || name === 'help' || name === '--help' || name === '-h') {
+    console.log(usage());
+    return 0;
+  }
+  if (name === '--version' || name === '-v') {
+    console.log(version());
+    return 0;
+  }
+  if (name === 'info') {
+    const be = cpuBackend();
+    console.log(`spinlm ${version()} (node ${process.version}, ${process.platform}-${process.arch})`);
+    console.log(`cpu backend: ${be.threads} kernel threads (SPINLM_NUM_THREADS overrides), ${(be.native.cachedBytes() / 2 ** 20).toFixed(0)} MiB recycled memory`);
+    return 0;
+  }
+  const cmd = COMMANDS.find((c) => c.name === name);
+  if (!cmd) {
+    console.error(`spinlm: unknown command '${name}'.${suggest(name, [...COMMANDS.map((c) => c.name), 'info']).replace('--', '')}\n\n${usage()}`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    console.log(helpText(cmd.name, cmd.summary, cmd.options));
+    return 0;
+  }
+  try {
+    await cmd.run(parseOptions(rest, cmd.options, cmd.name));
+    return 0;
+  } catch (err) {
+    if (err instanceof UsageError) {
+      console.error(err.message);
       return 2;
+    }
+    console.error(`spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`);
+    return 1;
   }
 }
 
-try {
-  process.exitCode = main(process.argv.slice(2));
-} catch (err) {
-  console.error(`spinlm: ${(err as Error).message}`);
-  process.exitCode = 1;
-}
+process.exitCode = await main(process.argv.slice(2));

@@ -4,8 +4,12 @@
 import { generateSyntheticTasks, type SyntheticTask } from '../data/synthetic.js';
 import type { LoopConfig } from './train_loop.js';
 
-/** Task families of the demo: character-level skills of mixed difficulty for a ~0.8M-parameter model. */
-export const DEMO_FAMILIES = ['reverse', 'sort_letters', 'count_letter', 'last_letters', 'swap_case', 'minutes', 'add', 'max'] as const;
+/**
+ * Task families of the demo: character-level skills a ~0.8M-parameter model learns only partly in a
+ * few CPU minutes. (Letter-exact reversals, case swaps and multi-digit arithmetic stayed near 0% for
+ * this model after 5 minutes of SFT and were left out: they would only add zeros to the table.)
+ */
+export const DEMO_FAMILIES = ['date', 'reverse_words', 'minutes', 'count_letter', 'last_letters', 'sort_letters'] as const;
 
 /** θ0's SFT set: large enough that a few epochs generalize instead of memorizing (a 4000-task set
  * trained 20 epochs reached 49% exact match on its own prompts and 15% on held-out ones). */
@@ -48,7 +52,7 @@ export const DEMO_SFT_LOOP: LoopConfig = {
   warmupRatio: 0.05,
   microBatchSize: 64,
   gradientAccumulationSteps: 1,
-  numTrainEpochs: 3,
+  numTrainEpochs: 4,
   maxGradNorm: 1.0,
   seed: 2024,
   saveSteps: 100,

@@ -92,6 +92,7 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
         hooks.onStage?.(t, 'generate');
         generated[t] = await hooks.generate(opponent, prompts, t, join(dir, 'generated.partial'));
         await writeFileAtomic(genFile, JSON.stringify(generated[t]));
+        await rm(join(dir, 'generated.partial'), { force: true });
       }
       if (!done) {
         // the training pairs of iteration t: this iteration's answers, plus the previous ones (official mixing)

@@ -1,0 +1,70 @@
+// Pieces the commands share: loading model + tokenizer, turning parsed options into library configs.
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Backend } from '../backend/backend.js';
+import { cpuBackend } from '../backend/cpu/cpu_backend.js';
+import { LlamaModel } from '../model/llama.js';
+import type { TruncationOptions } from '../spin/batch.js';
+import type { OptimizerConfig } from '../spin/optimizer.js';
+import type { LoopConfig } from '../spin/train_loop.js';
+import { defaultTemplate, type PromptTemplate } from '../text/templates.js';
+import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import type { Parsed } from './args.js';
+import { UsageError } from './args.js';
+
+export function backend(): Backend {
+  return cpuBackend();
+}
+
+export async function loadModelAndTokenizer(o: Parsed): Promise<{ model: LlamaModel; tok: HfTokenizer; template: PromptTemplate }> {
+  const dir = String(o.model);
+  if (!existsSync(join(dir, 'config.json'))) throw new UsageError(`--model ${dir}: no config.json there (expected a Hugging Face model directory)`);
+  const tok = await loadTokenizer(dir);
+  const dtype = o.dtype === 'auto' || o.dtype === undefined ? undefined : (o.dtype as 'f32' | 'bf16');
+  const model = await LlamaModel.load(backend(), dir, { dtype });
+  return { model, tok, template: resolveTemplate(o, tok) };
+}
+
+export function resolveTemplate(o: Parsed, tok: HfTokenizer): PromptTemplate {
+  const t = (o.template ?? 'auto') as string;
+  if (t === 'auto') return defaultTemplate(tok);
+  if (t === 'chat' && tok.chatTemplate === null) throw new UsageError(`--template chat: the tokenizer in ${tok.dir} has no chat_template; use --template instruction`);
+  return t as PromptTemplate;
+}
+
+export function truncation(o: Parsed): TruncationOptions {
+  const maxLength = Number(o.max_length), maxPromptLength = Number(o.max_prompt_length);
+  if (maxPromptLength >= maxLength) throw new UsageError(`--max_prompt_length ${maxPromptLength} must be smaller than --max_length ${maxLength}`);
+  return { maxLength, maxPromptLength, truncationMode: o.truncation_mode as 'keep_end' | 'keep_start' };
+}
+
+export function optimizer(o: Parsed): OptimizerConfig {
+  return o.optim === 'adamw'
+    ? { type: 'adamw', beta1: Number(o.adam_beta1), beta2: Number(o.adam_beta2), eps: Number(o.adam_epsilon), weightDecay: Number(o.weight_decay) }
+    : { type: 'rmsprop', alpha: Number(o.rmsprop_alpha), eps: Number(o.adam_epsilon), weightDecay: Number(o.weight_decay) };
+}
+
+export function loop(o: Parsed, learningRate: number): LoopConfig {
+  return {
+    learningRate,
+    optim: optimizer(o),
+    lrSchedulerType: o.lr_scheduler_type as LoopConfig['lrSchedulerType'],
+    warmupRatio: Number(o.warmup_ratio),
+    microBatchSize: Number(o.per_device_train_batch_size),
+    gradientAccumulationSteps: Number(o.gradient_accumulation_steps),
+    numTrainEpochs: Number(o.num_train_epochs),
+    maxGradNorm: Number(o.max_grad_norm) > 0 ? Number(o.max_grad_norm) : null,
+    seed: Number(o.seed),
+    saveSteps: Number(o.save_steps),
+  };
+}
+
+/** Creates the output directory and writes the resolved options beside the outputs. */
+export async function prepareOut(dir: string, command: string, o: Parsed): Promise<void> {
+  await mkdir(dir, { recursive: true });
+  await writeFileAtomic(join(dir, `${command}.resolved.json`), `${JSON.stringify({ command, ...o }, null, 2)}\n`);
+}
+
+export const fmt = (x: number, d = 4) => (Number.isFinite(x) ? x.toFixed(d) : String(x));

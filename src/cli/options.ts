@@ -1,0 +1,47 @@
+// Option groups shared by the commands (names as TRL / HF TrainingArguments / the official SPIN code).
+import { nonNegative, type OptionSpec, positive, unitInterval } from './args.js';
+
+export const modelOption: OptionSpec = { name: 'model', type: 'string', required: true, help: 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)' };
+export const dataOption: OptionSpec = { name: 'data', type: 'string', required: true, help: 'data file: JSONL or Parquet (UltraChat messages, {prompt, completion}, or SPIN pair rows)' };
+export const outOption = (help: string): OptionSpec => ({ name: 'out', type: 'string', required: true, help });
+
+export const textOptions: OptionSpec[] = [
+  { name: 'template', type: { oneOf: ['auto', 'instruction', 'chat'] }, default: 'auto', help: "prompt format: the official '### Instruction: {prompt}\\n\\n### Response: ', the tokenizer's chat template, or auto (chat when the tokenizer has one)" },
+  { name: 'max_length', type: 'int', default: 1024, check: positive, help: 'longest prompt + answer in tokens' },
+  { name: 'max_prompt_length', type: 'int', default: 512, check: positive, help: 'prompt tokens kept (the last ones) when a sequence is too long' },
+  { name: 'truncation_mode', type: { oneOf: ['keep_end', 'keep_start'] }, default: 'keep_end', help: 'which prompt tokens to keep' },
+  { name: 'dtype', type: { oneOf: ['auto', 'bf16', 'f32'] }, default: 'auto', help: 'parameter dtype (compute is fp32 on the CPU); auto = as stored' },
+];
+
+export const loopOptions = (defaults: { lr: number[]; optim: string; epochs: number; batch: number; accum: number }): OptionSpec[] => [
+  { name: 'learning_rate', type: 'numbers', default: defaults.lr, check: (v: number[]) => (v.every((x) => x >= 0) ? null : 'must be >= 0'), help: 'learning rate; a comma-separated list gives one per iteration (last repeats)' },
+  { name: 'optim', type: { oneOf: ['rmsprop', 'adamw'] }, default: defaults.optim, help: 'optimizer (RMSProp is the paper\'s)' },
+  { name: 'rmsprop_alpha', type: 'number', default: 0.99, check: unitInterval, help: 'RMSProp smoothing constant' },
+  { name: 'adam_beta1', type: 'number', default: 0.9, check: unitInterval, help: 'AdamW beta1' },
+  { name: 'adam_beta2', type: 'number', default: 0.999, check: unitInterval, help: 'AdamW beta2' },
+  { name: 'adam_epsilon', type: 'number', default: 1e-8, check: positive, help: 'epsilon of RMSProp / AdamW' },
+  { name: 'weight_decay', type: 'number', default: 0, check: nonNegative, help: 'decoupled (AdamW) or L2 (RMSProp) weight decay' },
+  { name: 'lr_scheduler_type', type: { oneOf: ['linear', 'cosine', 'constant'] }, default: 'linear', help: 'learning-rate schedule after warm-up' },
+  { name: 'warmup_ratio', type: 'number', default: 0.1, check: unitInterval, help: 'fraction of steps warming up linearly' },
+  { name: 'per_device_train_batch_size', type: 'int', default: defaults.batch, check: positive, help: 'pairs (or sequences) per micro-batch' },
+  { name: 'gradient_accumulation_steps', type: 'int', default: defaults.accum, check: positive, help: 'micro-batches per optimizer step (global batch = micro x accumulation)' },
+  { name: 'num_train_epochs', type: 'int', default: defaults.epochs, check: positive, help: 'passes over the data per iteration' },
+  { name: 'max_grad_norm', type: 'number', default: 1.0, check: nonNegative, help: 'clip the global gradient norm (0 = off)' },
+  { name: 'seed', type: 'int', default: 42, help: 'seed of data order and sampling' },
+  { name: 'save_steps', type: 'int', default: 50, check: nonNegative, help: 'resumable checkpoint every N optimizer steps (0: per epoch)' },
+];
+
+export const spinOptions: OptionSpec[] = [
+  { name: 'beta', type: 'numbers', default: [0.1], check: (v: number[]) => (v.every((x) => x > 0) ? null : 'must be > 0'), help: 'SPIN beta; a list gives one per iteration (paper: 0.1,0.1,0.1,5.0)' },
+  { name: 'loss_type', type: { oneOf: ['sigmoid', 'hinge'] }, default: 'sigmoid', help: 'SPIN loss' },
+  { name: 'nll_alpha', type: 'number', default: 0, check: nonNegative, help: 'weight of an NLL term on the real answer (0 = the official loss)' },
+  { name: 'drop_identical_pairs', type: 'bool', default: false, help: 'give pairs whose generated answer equals the real one no weight' },
+];
+
+export const generationOptions: OptionSpec[] = [
+  { name: 'max_new_tokens', type: 'int', default: 256, check: positive, help: 'longest answer' },
+  { name: 'temperature', type: 'number', default: 0, check: nonNegative, help: 'sampling temperature (0 = greedy, the paper\'s HF path; 1.0 its vLLM path)' },
+  { name: 'top_p', type: 'number', default: 1, check: (v: number) => (v > 0 && v <= 1 ? null : 'must be in (0, 1]'), help: 'nucleus sampling' },
+  { name: 'top_k', type: 'int', default: 0, check: nonNegative, help: 'top-k sampling (0 = off)' },
+  { name: 'gen_batch_size', type: 'int', default: 32, check: positive, help: 'prompts decoded together' },
+];
