@@ -1,0 +1,107 @@
+// The Llama-family model against a plain PyTorch implementation (test/oracle/llama_torch.py, float64):
+// logits, S(theta, y), the SPIN loss and the gradient of every parameter. Models come both ways: written
+// by the torch fixture script and read by spinlm, and written by spinlm and read by torch.
+// Tolerances (normwise relative): f32 weights 1e-4; bf16 weights 2e-2 (both compute from the same
+// bf16 values, so in practice far tighter).
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { initLlama } from '../src/model/init.js';
+import { freeInput, uploadInput } from '../src/model/input.js';
+import { LlamaModel } from '../src/model/llama.js';
+import { collateSpinBatch, tokenizePair } from '../src/spin/batch.js';
+import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
+import type { Rng } from '../src/util/rng.js';
+import { relErr } from './helpers/loss_ref.js';
+import { runPython } from './helpers/python.js';
+import { withSeed } from './helpers/random.js';
+
+const be = new CpuBackend({ poison: true });
+const ORACLE = new URL('./oracle/llama_torch.py', import.meta.url).pathname;
+const EOS = 2;
+
+interface Case {
+  name: string;
+  config: Record<string, unknown>;
+  dtype: 'f32' | 'bf16';
+  writer: 'torch' | 'spinlm';
+}
+
+const base = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4, rms_norm_eps: 1e-5, vocab_size: 97, max_position_embeddings: 256, bos_token_id: 1, eos_token_id: 2, hidden_act: 'silu' };
+const CASES: Case[] = [
+  { name: 'llama, untied, GQA 4/2, f32, written by torch', config: { ...base, model_type: 'llama', num_key_value_heads: 2, tie_word_embeddings: false }, dtype: 'f32', writer: 'torch' },
+  { name: 'qwen2, tied, q/k/v biases, GQA 1, rope_theta 1e6, written by spinlm', config: { ...base, model_type: 'qwen2', num_key_value_heads: 4, tie_word_embeddings: true, rope_theta: 1e6 }, dtype: 'f32', writer: 'spinlm' },
+  { name: 'mistral, GQA 4/1, linear rope scaling 2, bf16 weights, written by torch', config: { ...base, model_type: 'mistral', num_key_value_heads: 1, tie_word_embeddings: false, rope_scaling: { type: 'linear', factor: 2 }, sliding_window: null }, dtype: 'bf16', writer: 'torch' },
+  { name: 'llama with attention_bias (q/k/v/o biases), written by spinlm', config: { ...base, model_type: 'llama', num_key_value_heads: 2, attention_bias: true }, dtype: 'f32', writer: 'spinlm' },
+];
+
+/** Pairs with long prompts, so truncation (keep_end) cuts some of them. */
+function pairs(rng: Rng, n: number) {
+  const tok = { eosId: EOS, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
+  const text = (k: number) => Array.from({ length: k }, () => String.fromCharCode(97 + rng.int(0, 25))).join('');
+  // the first prompt is always long enough to be cut
+  return Array.from({ length: n }, (_, i) => tokenizePair(tok, text(i === 0 ? 60 : rng.int(3, 60)), text(rng.int(1, 12)), text(rng.int(1, 12)), { maxLength: 48, maxPromptLength: 32 }));
+}
+
+for (const c of CASES) {
+  test(`matches PyTorch: ${c.name}`, () =>
+    withSeed(async (rng) => {
+      const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-torch-'));
+      try {
+        const modelDir = join(dir, 'model');
+        mkdirSync(modelDir);
+        if (c.writer === 'torch') runPython(ORACLE, ['make', modelDir, JSON.stringify(c.config), String(rng.int(0, 1e6)), c.dtype]);
+        else {
+          const { parseConfig } = await import('../src/model/config.js');
+          await initLlama(be, parseConfig(c.config, 'case'), { seed: rng.int(0, 1e9), std: 0.2, dtype: c.dtype, randomizeAll: true }).save(modelDir);
+        }
+        const model = await LlamaModel.load(be, modelDir);
+        assert.equal(model.weights.dtype, c.dtype);
+        model.weights.enableTraining();
+        const ps = pairs(rng, 3);
+        assert.ok(ps.some((p) => p.real.prompt.length === 32), 'some prompts were truncated to max_prompt_length');
+        const batch = collateSpinBatch(ps, EOS, 0);
+        const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
+        const beta = 0.3;
+        const input = uploadInput(be, batch);
+        const { logits, state } = model.forward(input, { train: true });
+        const logitsHost = Float32Array.from(be.readSync(logits) as Float32Array);
+        const targets = be.upload({ dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+        const segments = be.upload({ dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+        const ctx = spinLossForward(be, logits, targets, segments, be.upload({ dtype: 'f32', data: ref }, [6]), 3, { beta, lossType: 'sigmoid' });
+        const metrics = await spinLossMetrics(ctx);
+        const seq = Float32Array.from(be.readSync(ctx.seqLogps) as Float32Array);
+        model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
+        freeSpinLossContext(ctx);
+        freeInput(input);
+
+        const req = join(dir, 'req');
+        mkdirSync(req);
+        const put = (name: string, a: Int32Array | Float32Array) => writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+        put('input_ids', batch.inputIds); put('positions', batch.positions); put('attention_mask', batch.attentionMask);
+        put('targets', batch.targets); put('segments', batch.segments); put('ref', ref);
+        writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: batch.rows, length: batch.length, beta, loss_type: 'sigmoid', pairs: 3 }));
+        runPython(ORACLE, ['run', modelDir, req]);
+        const read = (p: string) => {
+          const b = readFileSync(join(req, p));
+          return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+        };
+        const tol = c.dtype === 'f32' ? 1e-4 : 2e-2;
+        const check = (what: string, got: ArrayLike<number>, want: ArrayLike<number>) => {
+          const e = relErr(got, want);
+          assert.ok(e <= tol, `${what}: relative error ${e} > ${tol}`);
+        };
+        check('logits', logitsHost, read('logits.out.bin'));
+        check('S(theta, y) of each sequence', seq, read('seq.out.bin'));
+        const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss;
+        assert.ok(Math.abs(metrics.loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${metrics.loss} vs torch ${torchLoss}`);
+        for (const [name, g] of model.weights.grads) check(`grad ${name}`, be.readSync(g) as Float32Array, read(join('grad', `${name}.bin`)));
+        model.weights.free();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }));
+}
