@@ -52,8 +52,8 @@ const score: Command = {
   summary: 'S(theta, y) of (prompt, real, generated) pairs: the summed log-prob of each answer and its EOS.',
   options: [modelOption, { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' }, outOption('scores JSONL, one row per pair in input order'), { name: 'batch_size', type: 'int', default: 8, check: positive, help: 'pairs per forward pass' }, ...textOptions, quietOption],
   async run(o) {
-    const pairs = await readSpinPairs(String(o.data));
     const { model, tok, template } = await loadModelAndTokenizer(o);
+    const pairs = await readSpinPairs(String(o.data));
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
     const scores = await scorePairs(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
     bar.stop();
@@ -169,6 +169,10 @@ const run: Command = {
         if (!o.quiet && l.step % 10 === 0) process.stderr.write(`${stepLine(`iter ${t}`, l)}\n`);
       },
       onStage: (t, s) => process.stderr.write(`iteration ${t}: ${s}\n`),
+      // fault injection for the resume tests: SPINLM_KILL_AT=iteration:step kills this process (SIGKILL)
+      afterStep: (t, s) => {
+        if (process.env.SPINLM_KILL_AT === `${t}:${s}`) process.kill(process.pid, 'SIGKILL');
+      },
     });
     await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns: heldout ? ['heldout_logp'] : [] });
     process.stderr.write(`spinlm: final model ${final}; report ${join(out, 'report.html')}\n`);

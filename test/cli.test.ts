@@ -1,0 +1,126 @@
+// The spinlm command line: option parsing and its errors, help, and the commands end to end on a tiny
+// model (synthetic -> generate -> score -> train -> eval -> run, killed and resumed).
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { helpText, type OptionSpec, parseOptions, UsageError } from '../src/cli/args.js';
+import { initLlama } from '../src/model/init.js';
+import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
+import { tinyConfig } from './helpers/tiny_model.js';
+
+const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
+const spinlm = (args: string[], cwd: string) => spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2' } });
+
+describe('options', () => {
+  const specs: OptionSpec[] = [
+    { name: 'learning_rate', type: 'numbers', default: [5e-7], help: 'lr' },
+    { name: 'per_device_train_batch_size', type: 'int', default: 8, check: (v: number) => (v > 0 ? null : 'must be positive'), help: 'b' },
+    { name: 'loss_type', type: { oneOf: ['sigmoid', 'hinge'] }, default: 'sigmoid', help: 'l' },
+    { name: 'drop_identical_pairs', type: 'bool', default: false, help: 'd' },
+    { name: 'model', type: 'string', required: true, help: 'm' },
+  ];
+  test('snake and kebab case, = and space, lists, booleans, defaults', () => {
+    const o = parseOptions(['--model', 'm', '--learning-rate=1e-4,2e-5', '--per_device_train_batch_size', '4', '--drop-identical-pairs'], specs, 't');
+    assert.deepEqual(o, { model: 'm', learning_rate: [1e-4, 2e-5], per_device_train_batch_size: 4, loss_type: 'sigmoid', drop_identical_pairs: true });
+    assert.equal(parseOptions(['--model', 'm', '--no-drop-identical-pairs'], specs, 't').drop_identical_pairs, false);
+  });
+  test('errors name the flag, the value and what was expected', () => {
+    assert.throws(() => parseOptions(['--model', 'm', '--learning_rat', '1'], specs, 't'), (e: Error) => e instanceof UsageError && /unknown option --learning_rat\. Did you mean --learning_rate\?/.test(e.message));
+    assert.throws(() => parseOptions(['--model', 'm', '--per_device_train_batch_size', '2.5'], specs, 't'), /--per_device_train_batch_size: got "2.5", expected an integer/);
+    assert.throws(() => parseOptions(['--model', 'm', '--per_device_train_batch_size', '0'], specs, 't'), /must be positive/);
+    assert.throws(() => parseOptions(['--model', 'm', '--loss_type', 'ipo'], specs, 't'), /expected one of sigmoid, hinge/);
+    assert.throws(() => parseOptions([], specs, 't'), /--model is required/);
+    assert.throws(() => parseOptions(['--model', 'm', '--learning_rate', '1e-4,x'], specs, 't'), /comma-separated list of numbers/);
+  });
+  test('config files: YAML and JSON under the flags; unknown keys and wrong types name the file', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-cfg-'));
+    try {
+      writeFileSync(join(dir, 'c.yaml'), 'model: from-file\nlearning_rate: [1e-5, 2e-6]\nloss_type: hinge\n');
+      const o = parseOptions(['--config', join(dir, 'c.yaml'), '--loss_type', 'sigmoid'], specs, 't');
+      assert.deepEqual([o.model, o.learning_rate, o.loss_type], ['from-file', [1e-5, 2e-6], 'sigmoid']);
+      writeFileSync(join(dir, 'bad.json'), JSON.stringify({ model: 'x', betta: 1 }));
+      assert.throws(() => parseOptions(['--config', join(dir, 'bad.json')], specs, 't'), /bad\.json: unknown key 'betta'/);
+      writeFileSync(join(dir, 'type.json'), JSON.stringify({ model: 'x', per_device_train_batch_size: 'many' }));
+      assert.throws(() => parseOptions(['--config', join(dir, 'type.json')], specs, 't'), /type\.json --per_device_train_batch_size: got "many"/);
+      assert.throws(() => parseOptions(['--config', join(dir, 'missing.yaml')], specs, 't'), /cannot read it/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+  test('help lists every option with its default', () => {
+    const h = helpText('t', 'summary', specs);
+    for (const s of specs) assert.ok(h.includes(`--${s.name}`), s.name);
+    assert.match(h, /default: 5e-7/);
+  });
+});
+
+describe('commands end to end', () => {
+  let dir = '';
+  let model = '';
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'spinlm-cli-'));
+    model = join(dir, 'model');
+    mkdirSync(model);
+    await writeByteTokenizer(model);
+    await initLlama(new CpuBackend(), tinyConfig({ vocab: 260 }), { seed: 5, std: 0.05 }).save(model);
+  });
+  after(() => rmSync(dir, { recursive: true, force: true }));
+
+  const text = ['--max_length', '96', '--max_prompt_length', '64'];
+  const small = ['--per_device_train_batch_size', '4', '--gradient_accumulation_steps', '1', '--num_train_epochs', '1', '--learning_rate', '1e-3', '--quiet'];
+
+  test('synthetic -> generate -> score -> train -> eval', () => {
+    let r = spinlm(['synthetic', '--out', 'tasks.jsonl', '--size', '12', '--families', 'minutes,date'], dir);
+    assert.equal(r.status, 0, r.stderr);
+    r = spinlm(['generate', '--model', model, '--data', 'tasks.jsonl', '--out', 'pairs.jsonl', '--max_new_tokens', '8', '--temperature', '1', '--quiet'], dir);
+    assert.equal(r.status, 0, r.stderr);
+    const rows = readFileSync(join(dir, 'pairs.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(rows.length, 12);
+    assert.ok(rows.every((x) => x.real[1].role === 'assistant' && typeof x.generated[1].content === 'string'));
+    assert.ok(!existsSync(join(dir, 'pairs.jsonl.partial.jsonl')), 'the journal is removed once the output is complete');
+    r = spinlm(['score', '--model', model, '--data', 'pairs.jsonl', '--out', 'scores.jsonl', ...text, '--quiet'], dir);
+    assert.equal(r.status, 0, r.stderr);
+    const scores = readFileSync(join(dir, 'scores.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.ok(scores.every((s) => s.logps_real < 0 && s.tokens_real >= 1));
+    r = spinlm(['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'trained', ...text, ...small], dir);
+    assert.equal(r.status, 0, r.stderr);
+    for (const f of ['model/config.json', 'model/model.safetensors', 'model/tokenizer.json', 'metrics.jsonl', 'report.html', 'train.resolved.json']) assert.ok(existsSync(join(dir, 'trained', f)), f);
+    const first = JSON.parse(readFileSync(join(dir, 'trained', 'metrics.jsonl'), 'utf8').split('\n')[0]);
+    assert.equal(first.loss, Math.fround(Math.LN2), 'step 0 of an iteration: loss log 2');
+    r = spinlm(['eval', '--model', join(dir, 'trained', 'model'), '--data', 'tasks.jsonl', ...text, '--max_new_tokens', '8'], dir);
+    assert.equal(r.status, 0, r.stderr);
+    const ev = JSON.parse(r.stdout);
+    assert.ok(ev.heldout_logp < 0 && ev.exact_match >= 0 && ev.by_task.minutes);
+  });
+
+  test('run: killed mid-way (SIGKILL) and rerun resumes to the weights of an uninterrupted run', () => {
+    const args = (out: string) => ['run', '--model', model, '--data', 'tasks.jsonl', '--out', out, '--iterations', '2', '--max_new_tokens', '6', '--save_steps', '1', ...text, ...small];
+    let r = spinlm(args('straight'), dir);
+    assert.equal(r.status, 0, r.stderr);
+    // SIGKILL in the middle of iteration 1's training (after its step 2 and its checkpoint)
+    const killed = spawnSync(process.execPath, [BIN, ...args('resumed')], { cwd: dir, encoding: 'utf8', env: { ...process.env, SPINLM_KILL_AT: '1:2' } });
+    assert.equal(killed.signal, 'SIGKILL');
+    assert.ok(existsSync(join(dir, 'resumed', 'iter-1', 'checkpoint')) && !existsSync(join(dir, 'resumed', 'iter-1', 'model')));
+    r = spinlm(args('resumed'), dir);
+    assert.equal(r.status, 0, r.stderr);
+    const a = readFileSync(join(dir, 'straight', 'iter-1', 'model', 'model.safetensors'));
+    const b = readFileSync(join(dir, 'resumed', 'iter-1', 'model', 'model.safetensors'));
+    assert.ok(a.equals(b), 'final weights equal an uninterrupted run, byte for byte');
+  });
+
+  test('bad input: missing files and flags give one clear line and exit code 2 or 1', () => {
+    let r = spinlm(['train', '--data', 'x'], dir);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /--model is required/);
+    r = spinlm(['score', '--model', join(dir, 'nope'), '--data', 'tasks.jsonl', '--out', 'o.jsonl'], dir);
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /nope: no config\.json there/);
+    r = spinlm(['trian'], dir);
+    assert.equal(r.status, 2);
+    assert.match(r.stderr, /unknown command 'trian'\. Did you mean train\?/);
+  });
+});
