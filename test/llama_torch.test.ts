@@ -105,3 +105,27 @@ for (const c of CASES) {
       }
     }));
 }
+
+test('greedy generation with the KV cache equals PyTorch greedy decoding by full recompute', () =>
+  withSeed(async (rng) => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
+    try {
+      const modelDir = join(dir, 'model');
+      mkdirSync(modelDir);
+      runPython(ORACLE, ['make', modelDir, JSON.stringify({ ...base, model_type: 'llama', num_key_value_heads: 2 }), String(rng.int(0, 1e6)), 'f32']);
+      const model = await LlamaModel.load(be, modelDir);
+      const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
+      const { generate } = await import('../src/generate/generate.js');
+      const { LlamaDecoder } = await import('../src/model/decoder.js');
+      const gens = await generate(new LlamaDecoder(model), prompts, { temperature: 0, topK: 0, topP: 1, maxNewTokens: 12, eosIds: [EOS], seed: 0, batchSize: 3 });
+      const req = join(dir, 'req');
+      mkdirSync(req);
+      writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
+      runPython(ORACLE, ['greedy', modelDir, req]);
+      const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
+      assert.deepEqual(gens.map((g) => g.tokens), want);
+      model.weights.free();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));

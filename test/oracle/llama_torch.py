@@ -174,9 +174,34 @@ def run(model_dir, req_dir):
         t.grad.float().numpy().tofile(os.path.join(req_dir, "grad", name + ".bin"))
 
 
+def greedy(model_dir, req_dir):
+    """Greedy decoding by full recompute (no cache): request.json {prompts: [[ids]], max_new_tokens, eos_id};
+    writes greedy.json [[ids]] (EOS not included)."""
+    c = json.load(open(os.path.join(model_dir, "config.json")))
+    c.setdefault("num_key_value_heads", c["num_attention_heads"])
+    W = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+    r = json.load(open(os.path.join(req_dir, "request.json")))
+    out = []
+    with torch.no_grad():
+        for p in r["prompts"]:
+            seq, gen = list(p), []
+            for _ in range(r["max_new_tokens"]):
+                L = len(seq)
+                logits = forward(c, W, torch.tensor(seq), torch.arange(L), torch.ones(L, dtype=torch.int32), 1, L)
+                nxt = int(logits[-1].argmax())
+                if nxt == r["eos_id"]:
+                    break
+                gen.append(nxt)
+                seq.append(nxt)
+            out.append(gen)
+    json.dump(out, open(os.path.join(req_dir, "greedy.json"), "w"))
+
+
 if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1] == "make":
         make(*sys.argv[2:6])
+    elif sys.argv[1] == "greedy":
+        greedy(sys.argv[2], sys.argv[3])
     else:
         run(sys.argv[2], sys.argv[3])
