@@ -129,3 +129,60 @@ test('greedy generation with the KV cache equals PyTorch greedy decoding by full
       rmSync(dir, { recursive: true, force: true });
     }
   }));
+
+for (const optim of ['rmsprop', 'adamw'] as const) {
+  test(`one SPIN optimizer step (${optim}, clipping 0.5) on the model matches torch.optim`, () =>
+    withSeed(async (rng) => {
+      const dir = mkdtempSync(join(tmpdir(), 'spinlm-step-torch-'));
+      try {
+        const modelDir = join(dir, 'model');
+        mkdirSync(modelDir);
+        runPython(ORACLE, ['make', modelDir, JSON.stringify({ ...base, model_type: 'qwen2', num_key_value_heads: 2 }), String(rng.int(0, 1e6)), 'f32']);
+        const model = await LlamaModel.load(be, modelDir);
+        const ps = pairs(rng, 3);
+        const batch = collateSpinBatch(ps, EOS, 0);
+        const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
+        const before = new Map([...model.weights.params].map(([n, t]) => [n, Float32Array.from(be.readSync(t) as Float32Array)]));
+        const { SpinObjective } = await import('../src/spin/objectives.js');
+        const { runTrainingLoop } = await import('../src/spin/train_loop.js');
+        // An adaptive first step moves every element by ~lr whatever its gradient's size, so elements whose
+        // gradient sits at f32 noise level (|g| ~ 1e-8) move differently on the two sides; eps 1e-6 makes
+        // such elements move in proportion to their gradient instead.
+        const lr = 1e-4;
+        const eps = 1e-6;
+        const hyper = optim === 'rmsprop' ? { type: 'rmsprop' as const, alpha: 0.99, eps, weightDecay: 0 } : { type: 'adamw' as const, beta1: 0.9, beta2: 0.999, eps, weightDecay: 0.01 };
+        // one step over the 3 pairs in one micro-batch; torch is then given them in the order the loop used
+        const obj = new SpinObjective(model, ps, ref, { beta: 0.3, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
+        const order: number[][] = [];
+        const spy = { microStep: (idx: readonly number[], scale: number) => { order.push([...idx]); return obj.microStep(idx, scale); } };
+        await runTrainingLoop(model, 3, spy, { learningRate: lr, optim: hyper, lrSchedulerType: 'constant', warmupRatio: 0, microBatchSize: 3, gradientAccumulationSteps: 1, numTrainEpochs: 1, maxGradNorm: 0.5, seed: 1, saveSteps: 0 });
+        // torch gets the same pairs in the order the loop used
+        const ordered = order[0].map((i) => ps[i]);
+        const b2 = collateSpinBatch(ordered, EOS, 0);
+        const ref2 = new Float32Array([...order[0].map((i) => ref[i]), ...order[0].map((i) => ref[3 + i])]);
+        const req = join(dir, 'req');
+        mkdirSync(req);
+        const put = (name: string, a: Int32Array | Float32Array) => writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+        put('input_ids', b2.inputIds); put('positions', b2.positions); put('attention_mask', b2.attentionMask);
+        put('targets', b2.targets); put('segments', b2.segments); put('ref', ref2);
+        const o = optim === 'rmsprop' ? { type: 'rmsprop', lr, alpha: 0.99, eps, weight_decay: 0, clip: 0.5 } : { type: 'adamw', lr, beta1: 0.9, beta2: 0.999, eps, weight_decay: 0.01, clip: 0.5 };
+        writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: b2.rows, length: b2.length, beta: 0.3, loss_type: 'sigmoid', pairs: 3, optimizer: o }));
+        runPython(ORACLE, ['run', modelDir, req]);
+        for (const [name, t] of model.weights.params) {
+          const b = readFileSync(join(req, 'updated', `${name}.bin`));
+          const want = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+          const got = be.readSync(t) as Float32Array;
+          const e = relErr(got, want);
+          assert.ok(e <= 1e-5, `${name}: updated parameter relative error ${e}`);
+          // and the update itself (new - old, ~1e-4) agrees to 1e-2 of its size: differences of f32
+          // parameters near 1 carry ~6e-8 rounding, ~1e-3 of such an update
+          const old = before.get(name)!;
+          const e2 = relErr(got.map((x, j) => x - old[j]), want.map((x, j) => x - old[j]));
+          assert.ok(e2 <= 1e-2, `${name}: update relative error ${e2}`);
+        }
+        model.weights.free();
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }));
+}

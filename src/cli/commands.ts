@@ -159,10 +159,16 @@ const run: Command = {
         return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.gen_batch_size), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
       },
       evaluate: heldout ? async (m, t) => {
-        const lp = await heldoutLogp(m, tok, heldout, { ...trunc, template, batchSize: Number(o.per_device_train_batch_size) });
-        metrics.write({ kind: 'eval', iteration: t + 1, heldout_logp: lp });
-        process.stderr.write(`iteration ${t}: held-out real-answer log-prob per token ${fmt(lp)}\n`);
-        return { heldout_logp: lp };
+        const r: Record<string, unknown> = { heldout_logp: await heldoutLogp(m, tok, heldout, { ...trunc, template, batchSize: Number(o.per_device_train_batch_size) }) };
+        // synthetic tasks (rows with a "task" field) are also scored by exact match of greedy answers
+        if (heldout.every((p) => typeof (p as { task?: string }).task === 'string')) {
+          const tasks = heldout.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real }));
+          const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.gen_batch_size), maxNewTokens: Number(o.max_new_tokens) });
+          r.exact_match = em.accuracy;
+        }
+        metrics.write({ kind: 'eval', iteration: t + 1, ...r });
+        process.stderr.write(`iteration ${t}: ${Object.entries(r).map(([k, v]) => `${k} ${fmt(Number(v))}`).join(', ')}\n`);
+        return r;
       } : undefined,
       onStep: (t, l) => {
         metrics.write({ kind: 'step', iteration: t, ...l });
@@ -174,7 +180,8 @@ const run: Command = {
         if (process.env.SPINLM_KILL_AT === `${t}:${s}`) process.kill(process.pid, 'SIGKILL');
       },
     });
-    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns: heldout ? ['heldout_logp'] : [] });
+    const evalColumns = heldout ? (heldout.every((p) => typeof (p as { task?: string }).task === 'string') ? ['exact_match', 'heldout_logp'] : ['heldout_logp']) : [];
+    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns });
     process.stderr.write(`spinlm: final model ${final}; report ${join(out, 'report.html')}\n`);
   },
 };

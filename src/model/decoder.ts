@@ -54,43 +54,20 @@ export class LlamaKvCache {
     return this.model.weights.get(name);
   }
 
-  private linear(x: Tensor<'f32'>, name: string, bias: string | null): Tensor<'f32'> {
-    const y = this.model.backend.matmul(x, this.p(name), { transB: true });
-    if (bias) this.model.backend.addBias(y, this.p(bias));
-    return y;
-  }
-
   /**
    * Runs the layers over x [T, H] whose rows are (sequence, position) pairs, writing each row's K/V
-   * to cache row `cacheRows[r]`. `attend` does the attention of the step (full causal for the
-   * prefill, cached for decode) and returns a new tensor of T x nH x hd values. Returns the final hidden states [T, H] (before the final norm).
+   * to cache row `cacheRows[r]`; `attend(i, q, k, v)` is the step's attention (full causal for the
+   * prefill, over the cache for decode). Returns the final hidden states [T, H] (before the final norm).
    */
   private layers(x: Tensor<'f32'>, positions: Tensor<'i32'>, cacheRows: Tensor<'i32'>, attend: (i: number, q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => Tensor<'f32'>): Tensor<'f32'> {
     const be = this.model.backend;
-    const c = this.model.cfg;
-    const T = x.shape[0];
-    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
-    for (let i = 0; i < c.numLayers; i++) {
-      const pre = `model.layers.${i}`;
-      const { y: h1, rstd: r1 } = be.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
-      const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
-      const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
-      const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'));
-      const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'));
-      be.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
-      be.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
-      be.scatterRows(k, cacheRows, this.k[i]);
-      be.scatterRows(v, cacheRows, this.v[i]);
-      const att = attend(i, q, k, v);
-      const o = this.linear(att.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
-      const x2 = be.add(x, o, o);
-      const { y: h2, rstd: r2 } = be.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
-      const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null);
-      const up = this.linear(h2, `${pre}.mlp.up_proj.weight`, null);
-      const act = be.swiglu(gate, up);
-      const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null);
-      const out = be.add(x2, d, d);
-      for (const t of [x, h1, r1, q, k, v, att, x2, h2, r2, gate, up, act]) t.free();
+    for (let i = 0; i < this.model.cfg.numLayers; i++) {
+      const { out } = this.model.layer(i, x, positions, false, (q, k, v) => {
+        be.scatterRows(k, cacheRows, this.k[i]);
+        be.scatterRows(v, cacheRows, this.v[i]);
+        return { att: attend(i, q, k, v) };
+      });
+      x.free();
       x = out;
     }
     return x;

@@ -125,25 +125,30 @@ export class LlamaModel {
     return dxOut ? be.matmul(dy, this.p(weight), { out: dxOut, accumulate: true }) : be.matmul(dy, this.p(weight));
   }
 
-  private layerForward(i: number, x: Tensor<'f32'>, input: ModelInput, keep: boolean): { out: Tensor<'f32'>; saved: LayerSaved } {
+  /**
+   * One decoder layer on x [T, H] at `positions` [T]. `attend` gets q [T, nH * hd] and k, v
+   * [T, nKV * hd] after RoPE and returns the attention output (T x nH x hd values, any shape) and,
+   * for the backward, its lse; it is the only part that differs between training (full causal
+   * attention) and generation (a KV cache). With `keep`, returns what the backward needs.
+   */
+  layer(
+    i: number, x: Tensor<'f32'>, positions: Tensor<'i32'>, keep: boolean,
+    attend: (q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => { att: Tensor<'f32'>; lse?: Tensor<'f32'> },
+  ): { out: Tensor<'f32'>; saved: LayerSaved } {
     const be = this.backend;
     const c = this.cfg;
     const pre = `model.layers.${i}`;
-    const T = input.rows * input.length;
+    const T = x.shape[0];
     const { y: h1, rstd: rstd1 } = be.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
     const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
     const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'));
     const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'));
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
-    be.rope(q.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
-    be.rope(k.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
-    const { rows: R, length: L } = input;
-    const { out: att4, lse } = be.attention(
-      q.reshape([R, L, c.numHeads, c.headDim]), k.reshape([R, L, c.numKvHeads, c.headDim]), v.reshape([R, L, c.numKvHeads, c.headDim]),
-      input.attentionMask,
-    );
-    const o = this.linear(att4.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
+    be.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
+    be.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
+    const { att, lse } = attend(q, k, v);
+    const o = this.linear(att.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
     const x2 = be.add(x, o, o);
     const { y: h2, rstd: rstd2 } = be.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
     const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null);
@@ -151,9 +156,21 @@ export class LlamaModel {
     const act = be.swiglu(gate, up);
     const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null);
     const out = be.add(x2, d, d);
-    if (keep) return { out, saved: { x, h1, rstd1, q, k, v, att: att4, lse, x2, h2, rstd2, gate, up, act } };
-    freeAll(h1, rstd1, q, k, v, att4, lse, x2, h2, rstd2, gate, up, act);
+    if (keep) return { out, saved: { x, h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act } };
+    freeAll(h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act);
     return { out, saved: { x } };
+  }
+
+  private layerForward(i: number, x: Tensor<'f32'>, input: ModelInput, keep: boolean): { out: Tensor<'f32'>; saved: LayerSaved } {
+    const c = this.cfg;
+    const { rows: R, length: L } = input;
+    return this.layer(i, x, input.positions, keep, (q, k, v) => {
+      const { out, lse } = this.backend.attention(
+        q.reshape([R, L, c.numHeads, c.headDim]), k.reshape([R, L, c.numKvHeads, c.headDim]), v.reshape([R, L, c.numKvHeads, c.headDim]),
+        input.attentionMask,
+      );
+      return { att: out, lse };
+    });
   }
 
   private layerBackward(i: number, s: LayerSaved, dout: Tensor<'f32'>, input: ModelInput): Tensor<'f32'> {

@@ -166,6 +166,19 @@ def run(model_dir, req_dir):
     u = r["beta"] * ((seq[:b] - ref[:b]) - (seq[b:] - ref[b:]))
     loss = (-torch.nn.functional.logsigmoid(u) if r["loss_type"] == "sigmoid" else torch.relu(1 - u)).mean()
     loss.backward()
+    if "optimizer" in r:  # one optimizer step after the backward, as torch.optim defines it
+        o = r["optimizer"]
+        params = list(W.values())
+        if o.get("clip"):
+            torch.nn.utils.clip_grad_norm_(params, o["clip"])
+        if o["type"] == "rmsprop":
+            opt = torch.optim.RMSprop(params, lr=o["lr"], alpha=o["alpha"], eps=o["eps"], weight_decay=o["weight_decay"])
+        else:
+            opt = torch.optim.AdamW(params, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"], weight_decay=o["weight_decay"])
+        opt.step()
+        os.makedirs(os.path.join(req_dir, "updated"), exist_ok=True)
+        for name, t in W.items():
+            t.detach().float().numpy().tofile(os.path.join(req_dir, "updated", name + ".bin"))
     logits.detach().float().numpy().tofile(os.path.join(req_dir, "logits.out.bin"))
     seq.detach().float().numpy().tofile(os.path.join(req_dir, "seq.out.bin"))
     json.dump({"loss": loss.item()}, open(os.path.join(req_dir, "loss.json"), "w"))
