@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "model_kernels.h"
+#include "simd.h"
 #include "threadpool.h"
 
 namespace spinlm {
@@ -29,8 +30,132 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
               static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
 }
 
-// Key j is visible to query i: causal and not masked out.
-inline bool visible(const int32_t* mask_row, int64_t i, int64_t j) { return j <= i && mask_row[j] != 0; }
+using simd::kLanes;
+using simd::vf;
+
+// Row i of the scores holds the keys 0..n-1 visible by causality (n = i + 1); `bias` is 0 for a key
+// to attend to and -inf for a masked one. The row becomes the softmax over those keys (0 elsewhere);
+// returns its log-sum-exp (-inf, with a zero row, when no key is visible).
+SPINLM_CLONES float softmax_row(float* row, const float* bias, int64_t n, int64_t l) {
+  const int64_t full = n - n % kLanes;
+  vf vm = simd::splat(-INFINITY);
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const vf x = simd::load(row + j) + simd::load(bias + j);
+    simd::store(row + j, x);
+    vm = simd::vmax(vm, x);
+  }
+  float m = simd::hmax(vm);
+  for (int64_t j = full; j < n; ++j) {
+    row[j] += bias[j];
+    m = row[j] > m ? row[j] : m;
+  }
+  if (m == -INFINITY) {
+    std::memset(row, 0, sizeof(float) * l);
+    return -INFINITY;
+  }
+  const vf vmx = simd::splat(m);
+  vf vs = simd::splat(0.0f);
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const vf p = simd::exp_neg(simd::load(row + j) - vmx);
+    simd::store(row + j, p);
+    vs += p;
+  }
+  double sum = simd::hsum(vs);
+  for (int64_t j = full; j < n; ++j) {
+    row[j] = row[j] == -INFINITY ? 0.0f : std::exp(row[j] - m);
+    sum += row[j];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+  for (int64_t j = n; j < l; ++j) row[j] = 0.0f;
+  return m + static_cast<float>(std::log(sum));
+}
+
+// The backward's probabilities from the saved lse: row[j] = exp(row[j] + bias[j] - lse) for j < n, 0 after.
+SPINLM_CLONES void probs_row(float* row, const float* bias, int64_t n, int64_t l, float lse) {
+  if (lse == -INFINITY) {
+    std::memset(row, 0, sizeof(float) * l);
+    return;
+  }
+  const int64_t full = n - n % kLanes;
+  const vf vl = simd::splat(lse);
+  for (int64_t j = 0; j < full; j += kLanes) simd::store(row + j, simd::exp_neg(simd::load(row + j) + simd::load(bias + j) - vl));
+  for (int64_t j = full; j < n; ++j) row[j] = bias[j] == -INFINITY ? 0.0f : std::exp(row[j] - lse);
+  for (int64_t j = n; j < l; ++j) row[j] = 0.0f;
+}
+
+// dS = P * (dP - delta) over a row.
+SPINLM_CLONES void ds_row(float* dp, const float* p, float delta, int64_t l) {
+  for (int64_t j = 0; j < l; ++j) dp[j] = p[j] * (dp[j] - delta);
+}
+
+SPINLM_INLINE float dot(const float* a, const float* b, int64_t n) {
+  vf acc = simd::splat(0.0f);
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) acc += simd::load(a + c) * simd::load(b + c);
+  float d = simd::hsum(acc);
+  for (; c < n; ++c) d += a[c] * b[c];
+  return d;
+}
+
+SPINLM_INLINE void axpy(float* y, float a, const float* x, int64_t n) {
+  int64_t c = 0;
+  const vf va = simd::splat(a);
+  for (; c + kLanes <= n; c += kLanes) simd::store(y + c, simd::load(y + c) + va * simd::load(x + c));
+  for (; c < n; ++c) y[c] += a * x[c];
+}
+
+// One (sequence, kv head) of decode attention for its `group` query heads at once, so each cached key
+// and value row is read from memory once: scores over the first len keys, softmax, weighted values.
+// q and o hold the group's heads back to back ([group, hd]); sc is scratch [group, len].
+SPINLM_CLONES void decode_group(const float* q, const float* k_cache, const float* v_cache, const int32_t* mask, int64_t len,
+                                int64_t stride, int64_t hd, int64_t group, float scale, float* sc, float* o) {
+  for (int64_t j = 0; j < len; ++j) {
+    const bool off = mask && !mask[j];
+    const float* kr = k_cache + j * stride;
+    for (int64_t g = 0; g < group; ++g) sc[g * len + j] = off ? -INFINITY : dot(q + g * hd, kr, hd) * scale;
+  }
+  std::vector<float> inv(static_cast<size_t>(group));
+  for (int64_t g = 0; g < group; ++g) {
+    float* row = sc + g * len;
+    for (int64_t c = 0; c < hd; ++c) o[g * hd + c] = 0.0f;
+    float m = -INFINITY;
+    for (int64_t j = 0; j < len; ++j) m = row[j] > m ? row[j] : m;
+    if (m == -INFINITY) {
+      for (int64_t j = 0; j < len; ++j) row[j] = 0.0f;
+      inv[g] = 0.0f;
+      continue;
+    }
+    const int64_t full = len - len % kLanes;
+    const vf vm = simd::splat(m);
+    vf vs = simd::splat(0.0f);
+    for (int64_t j = 0; j < full; j += kLanes) {
+      const vf p = simd::exp_neg(simd::load(row + j) - vm);  // masked keys: exp(-inf) = 0
+      simd::store(row + j, p);
+      vs += p;
+    }
+    double sum = simd::hsum(vs);
+    for (int64_t j = full; j < len; ++j) {
+      row[j] = row[j] == -INFINITY ? 0.0f : std::exp(row[j] - m);
+      sum += row[j];
+    }
+    inv[g] = static_cast<float>(1.0 / sum);
+  }
+  for (int64_t j = 0; j < len; ++j) {
+    const float* vr = v_cache + j * stride;
+    for (int64_t g = 0; g < group; ++g) {
+      const float p = sc[g * len + j];
+      if (p != 0.0f) axpy(o + g * hd, p * inv[g], vr, hd);
+    }
+  }
+}
+
+// 0 for keys to attend to, -inf for masked ones.
+std::vector<float> key_bias(const int32_t* mask, int64_t l) {
+  std::vector<float> b(static_cast<size_t>(l));
+  for (int64_t j = 0; j < l; ++j) b[j] = mask[j] ? 0.0f : -INFINITY;
+  return b;
+}
 
 }  // namespace
 
@@ -39,32 +164,13 @@ void attention(const float* q, const float* k, const float* v, const int32_t* ke
   const Geometry g{l, nh, nkv, hd};
   std::vector<float> s(static_cast<size_t>(l * l));
   for (int64_t bi = 0; bi < b; ++bi) {
-    const int32_t* mask = key_mask + bi * l;
+    const std::vector<float> bias = key_bias(key_mask + bi * l, l);
     for (int64_t h = 0; h < nh; ++h) {
       gemm(false, true, l, l, hd, scale, q + g.q_offset(bi, h), g.q_stride(), k + g.kv_offset(bi, h),
            g.kv_stride(), 0.0f, s.data(), l);
       float* lse_bh = lse + (bi * nh + h) * l;
       parallel_for(l, 16, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          float* row = s.data() + i * l;
-          float m = -INFINITY;
-          for (int64_t j = 0; j <= i; ++j)
-            if (mask[j] && row[j] > m) m = row[j];
-          if (m == -INFINITY) {  // no visible key: zero output, lse -inf
-            std::memset(row, 0, sizeof(float) * l);
-            lse_bh[i] = -INFINITY;
-            continue;
-          }
-          double sum = 0;
-          for (int64_t j = 0; j < l; ++j) {
-            const float p = visible(mask, i, j) ? std::exp(row[j] - m) : 0.0f;
-            row[j] = p;
-            sum += p;
-          }
-          const float inv = static_cast<float>(1.0 / sum);
-          for (int64_t j = 0; j <= i; ++j) row[j] *= inv;
-          lse_bh[i] = m + static_cast<float>(std::log(sum));
-        }
+        for (int64_t i = i0; i < i1; ++i) lse_bh[i] = softmax_row(s.data() + i * l, bias.data(), i + 1, l);
       });
       gemm(false, false, l, hd, l, 1.0f, s.data(), l, v + g.kv_offset(bi, h), g.kv_stride(), 0.0f,
            out + g.q_offset(bi, h), g.q_stride());
@@ -82,7 +188,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
   std::vector<float> p(static_cast<size_t>(l * l)), dp(static_cast<size_t>(l * l));
   std::vector<float> delta(static_cast<size_t>(l));
   for (int64_t bi = 0; bi < b; ++bi) {
-    const int32_t* mask = key_mask + bi * l;
+    const std::vector<float> bias = key_bias(key_mask + bi * l, l);
     for (int64_t h = 0; h < nh; ++h) {
       const float* qbh = q + g.q_offset(bi, h);
       const float* kbh = k + g.kv_offset(bi, h);
@@ -94,10 +200,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
       gemm(false, true, l, l, hd, scale, qbh, g.q_stride(), kbh, g.kv_stride(), 0.0f, p.data(), l);
       parallel_for(l, 16, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
-          float* row = p.data() + i * l;
-          const float li = lse_bh[i];
-          for (int64_t j = 0; j < l; ++j)
-            row[j] = (li != -INFINITY && visible(mask, i, j)) ? std::exp(row[j] - li) : 0.0f;
+          probs_row(p.data() + i * l, bias.data(), i + 1, l, lse_bh[i]);
           double d = 0;  // delta_i = dO_i . O_i
           for (int64_t c = 0; c < hd; ++c) d += static_cast<double>(dobh[i * g.q_stride() + c]) * obh[i * g.q_stride() + c];
           delta[i] = static_cast<float>(d);
@@ -108,8 +211,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
       gemm(false, true, l, l, hd, 1.0f, dobh, g.q_stride(), vbh, g.kv_stride(), 0.0f, dp.data(), l);
       // dS = P * (dP - delta)
       parallel_for(l, 16, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = 0; j < l; ++j) dp[i * l + j] = p[i * l + j] * (dp[i * l + j] - delta[i]);
+        for (int64_t i = i0; i < i1; ++i) ds_row(dp.data() + i * l, p.data() + i * l, delta[i], l);
       });
       // dQ = scale dS K; dK += scale dS^T Q
       gemm(false, false, l, hd, l, scale, dp.data(), l, kbh, g.kv_stride(), 0.0f, dq + g.q_offset(bi, h), g.q_stride());
@@ -122,39 +224,15 @@ void attention_decode(const float* q, const float* k_cache, const float* v_cache
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
                       int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
   const int64_t group = nh / nkv;
-  parallel_for(b * nh, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<float> sc(static_cast<size_t>(lmax));
+  // one task per (sequence, kv head): its query heads h = kvh * group + g are contiguous in q and out
+  parallel_for(b * nkv, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<float> sc(static_cast<size_t>(group * lmax));
     for (int64_t w = w0; w < w1; ++w) {
-      const int64_t bi = w / nh, h = w % nh, kvh = h / group;
-      const float* qv = q + w * hd;
-      float* o = out + w * hd;
-      const int64_t len = lengths[bi];
-      float m = -INFINITY;
-      for (int64_t j = 0; j < len; ++j) {
-        if (key_mask && !key_mask[bi * lmax + j]) {
-          sc[j] = -INFINITY;
-          continue;
-        }
-        const float* kv = k_cache + ((bi * lmax + j) * nkv + kvh) * hd;
-        float d = 0;
-        for (int64_t c = 0; c < hd; ++c) d += qv[c] * kv[c];
-        sc[j] = d * scale;
-        if (sc[j] > m) m = sc[j];
-      }
-      for (int64_t c = 0; c < hd; ++c) o[c] = 0.0f;
-      if (m == -INFINITY) continue;
-      double sum = 0;
-      for (int64_t j = 0; j < len; ++j) {
-        sc[j] = sc[j] == -INFINITY ? 0.0f : std::exp(sc[j] - m);
-        sum += sc[j];
-      }
-      const float inv = static_cast<float>(1.0 / sum);
-      for (int64_t j = 0; j < len; ++j) {
-        if (sc[j] == 0.0f) continue;
-        const float pj = sc[j] * inv;
-        const float* vv = v_cache + ((bi * lmax + j) * nkv + kvh) * hd;
-        for (int64_t c = 0; c < hd; ++c) o[c] += pj * vv[c];
-      }
+      const int64_t bi = w / nkv, kvh = w % nkv;
+      const int64_t base = (bi * lmax * nkv + kvh) * hd;  // position 0 of this sequence and kv head
+      const int64_t qoff = (bi * nh + kvh * group) * hd;
+      decode_group(q + qoff, k_cache + base, v_cache + base, key_mask ? key_mask + bi * lmax : nullptr, lengths[bi],
+                   nkv * hd, hd, group, scale, sc.data(), out + qoff);
     }
   });
 }

@@ -5,6 +5,7 @@
 
 #include "../include/bf16.h"
 #include "model_kernels.h"
+#include "simd.h"
 #include "threadpool.h"
 
 namespace spinlm {
@@ -18,6 +19,41 @@ inline float load(const void* p, DType dt, int64_t i) {
 }
 
 inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+using simd::kLanes;
+using simd::vf;
+
+// sigmoid of 16 lanes: e = exp(-|x|) <= 1, then 1 / (1 + e) or e / (1 + e) by sign (no overflow).
+SPINLM_INLINE vf sigmoid_v(vf x) {
+  const vf ax = x < simd::splat(0.0f) ? -x : x;
+  const vf e = simd::exp_neg(-ax);
+  const vf one = simd::splat(1.0f);
+  return x < simd::splat(0.0f) ? e / (one + e) : one / (one + e);
+}
+
+SPINLM_CLONES void swiglu_range(const float* gate, const float* up, float* out, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  for (; i + kLanes <= i1; i += kLanes) {
+    const vf g = simd::load(gate + i);
+    simd::store(out + i, g * sigmoid_v(g) * simd::load(up + i));
+  }
+  for (; i < i1; ++i) out[i] = gate[i] * sigmoidf(gate[i]) * up[i];
+}
+
+SPINLM_CLONES void swiglu_backward_range(const float* gate, const float* up, const float* dout, float* dgate, float* dup, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  const vf one = simd::splat(1.0f);
+  for (; i + kLanes <= i1; i += kLanes) {
+    const vf g = simd::load(gate + i), sg = sigmoid_v(g), d = simd::load(dout + i);
+    simd::store(dup + i, d * g * sg);
+    simd::store(dgate + i, d * simd::load(up + i) * sg * (one + g * (one - sg)));
+  }
+  for (; i < i1; ++i) {
+    const float g = gate[i], sg = sigmoidf(g), d = dout[i];
+    dup[i] = d * g * sg;
+    dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+  }
+}
 
 // Column sums of f(t, j) over rows t in [0, rows), into acc[j] (+=): fixed chunks of rows, each summed
 // in double, then chunks in order; parallel over chunks. The result is independent of thread count.
@@ -133,20 +169,12 @@ void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, do
 }
 
 void swiglu(const float* gate, const float* up, int64_t n, float* out) {
-  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = gate[i] * sigmoidf(gate[i]) * up[i];
-  });
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) { swiglu_range(gate, up, out, i0, i1); });
 }
 
 void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate,
                      float* dup) {
-  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) {
-      const float g = gate[i], s = sigmoidf(g), d = dout[i];
-      dup[i] = d * g * s;
-      dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s));
-    }
-  });
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) { swiglu_backward_range(gate, up, dout, dgate, dup, i0, i1); });
 }
 
 void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst) {

@@ -50,10 +50,20 @@ SPINLM_INLINE float hmax(vf v) {
   for (int i = 1; i < kLanes; ++i) m = v[i] > m ? v[i] : m;
   return m;
 }
-SPINLM_INLINE float hsum(vf v) {  // fixed pairwise order: deterministic
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int i = 0; i < w; ++i) v[i] += v[i + w];
-  return v[0];
+typedef float vf8 __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+
+// Fixed pairwise order (lane i with i + 8, then i + 4, ...): deterministic, by halving the vector.
+SPINLM_INLINE float hsum(vf v) {
+  vf8 lo8, hi8;
+  memcpy(&lo8, &v, sizeof lo8);
+  memcpy(&hi8, reinterpret_cast<const char*>(&v) + sizeof lo8, sizeof hi8);
+  const vf8 s8 = lo8 + hi8;
+  vf4 lo4, hi4;
+  memcpy(&lo4, &s8, sizeof lo4);
+  memcpy(&hi4, reinterpret_cast<const char*>(&s8) + sizeof lo4, sizeof hi4);
+  const vf4 s4 = lo4 + hi4;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
 // e^x for x <= 0 (callers pass x - max). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a
