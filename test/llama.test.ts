@@ -130,3 +130,23 @@ test('parameter gradients of the SPIN loss match central finite differences', ()
     }
     model.weights.free();
   }));
+
+test('config.json and weights that disagree are clear errors naming the tensor', () =>
+  withSeed(async (rng) => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-bad-'));
+    try {
+      const model = initLlama(be, tinyConfig(), { seed: rng.int(0, 1e9) });
+      await model.save(dir);
+      model.weights.free();
+      const { readFileSync, writeFileSync } = await import('node:fs');
+      const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...cfg, intermediate_size: cfg.intermediate_size + 8 }));
+      await assert.rejects(LlamaModel.load(be, dir), /model\.layers\.0\.mlp\.gate_proj\.weight.*has shape \[96, 64\], config\.json implies \[104, 64\]/);
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...cfg, num_hidden_layers: 3 }));
+      await assert.rejects(LlamaModel.load(be, dir), /model\.layers\.2\..* is missing from the checkpoint/);
+      writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...cfg, num_hidden_layers: 1 }));
+      await assert.rejects(LlamaModel.load(be, dir), /model\.layers\.1\..* is not a tensor of a llama model with this config\.json/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }));

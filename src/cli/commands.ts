@@ -20,7 +20,7 @@ import { runTrainingLoop, type StepLog, stepsPerEpoch } from '../spin/train_loop
 import { formatPrompt } from '../text/templates.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
-import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, truncation } from './common.js';
+import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, stopSequences, truncation } from './common.js';
 import { dataOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
 import { progressBar } from './progress.js';
 import { packageRoot } from '../backend/cpu/addon.js';
@@ -74,7 +74,7 @@ const generate: Command = {
     const t0 = Date.now();
     const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
       temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.gen_batch_size),
-      journal: `${o.out}.partial.jsonl`,
+      stopSequences: stopSequences(o, tok), journal: `${o.out}.partial.jsonl`,
       onProgress: (d, _t, toks) => bar.update(d, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
     });
     bar.stop();
@@ -156,7 +156,7 @@ const run: Command = {
     }, {
       generate: (m, prompts, t, file) => {
         const bar = progressBar(`iter ${t} generating`, prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
-        return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.gen_batch_size), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
+        return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.gen_batch_size), stopSequences: stopSequences(o, tok), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
       },
       evaluate: heldout ? async (m, t) => {
         const r: Record<string, unknown> = { heldout_logp: await heldoutLogp(m, tok, heldout, { ...trunc, template, batchSize: Number(o.per_device_train_batch_size) }) };

@@ -68,3 +68,20 @@ export async function prepareOut(dir: string, command: string, o: Parsed): Promi
 }
 
 export const fmt = (x: number, d = 4) => (Number.isFinite(x) ? x.toFixed(d) : String(x));
+
+/** --stop as token sequences: one string, or a JSON list of strings. */
+export function stopSequences(o: Parsed, tok: { encode(s: string): number[] }): number[][] | undefined {
+  if (o.stop === undefined) return undefined;
+  const raw = String(o.stop);
+  let list: unknown = raw;
+  if (raw.trim().startsWith('[')) {
+    try {
+      list = JSON.parse(raw);
+    } catch {
+      throw new UsageError(`--stop: ${raw} is not a JSON list of strings`);
+    }
+  }
+  const strings = Array.isArray(list) ? list : [list];
+  if (strings.some((x) => typeof x !== 'string' || x.length === 0)) throw new UsageError('--stop: expected non-empty strings');
+  return (strings as string[]).map((x) => tok.encode(x));
+}

@@ -44,4 +44,5 @@ export const generationOptions: OptionSpec[] = [
   { name: 'top_p', type: 'number', default: 1, check: (v: number) => (v > 0 && v <= 1 ? null : 'must be in (0, 1]'), help: 'nucleus sampling' },
   { name: 'top_k', type: 'int', default: 0, check: nonNegative, help: 'top-k sampling (0 = off)' },
   { name: 'gen_batch_size', type: 'int', default: 32, check: positive, help: 'prompts decoded together' },
+  { name: 'stop', type: 'string', help: 'stop string(s) that end an answer (excluded): one string, or a JSON list of strings' },
 ];
