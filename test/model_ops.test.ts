@@ -143,18 +143,21 @@ describe('model ops against float64', () => {
       const mask = new Int32Array(b * l).fill(1);
       mask[l + 2] = 0;
       const full = host(be.attention(f32(q, [b, l, nh, hd]), f32(k, [b, l, nkv, hd]), f32(v, [b, l, nkv, hd]), i32(mask, [b, l])).out);
-      // caches [b, lmax, nkv, hd] filled through scatterRows, as generation writes them
-      const kc = be.empty('f32', [b * lmax, nkv * hd]), vc = be.empty('f32', [b * lmax, nkv * hd]);
+      // caches [b, nkv, lmax, hd] filled through scatterRows (one row per token and kv head), as generation writes them
+      const kc = be.empty('f32', [b * nkv * lmax, hd]), vc = be.empty('f32', [b * nkv * lmax, hd]);
       be.fill(kc, 0);
       be.fill(vc, 0);
-      const rows = Array.from({ length: b * l }, (_, r) => Math.floor(r / l) * lmax + (r % l));
-      be.scatterRows(f32(k, [b * l, nkv * hd]), i32(rows, [b * l]), kc);
-      be.scatterRows(f32(v, [b * l, nkv * hd]), i32(rows, [b * l]), vc);
+      const rows = Array.from({ length: b * l * nkv }, (_, r) => {
+        const token = Math.floor(r / nkv), h = r % nkv;
+        return (Math.floor(token / l) * nkv + h) * lmax + (token % l);
+      });
+      be.scatterRows(f32(k, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), kc);
+      be.scatterRows(f32(v, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), vc);
       const cacheMask = new Int32Array(b * lmax).fill(1);
       cacheMask[lmax + 2] = 0;
       const lastQ = new Float32Array(b * nh * hd);
       for (let bi = 0; bi < b; bi++) lastQ.set(q.subarray(((bi * l + l - 1) * nh) * hd, ((bi * l + l) * nh) * hd), bi * nh * hd);
-      const out = host(be.attentionDecode(f32(lastQ, [b, nh, hd]), kc.reshape([b, lmax, nkv, hd]), vc.reshape([b, lmax, nkv, hd]), i32([l, l, l], [b]), i32(cacheMask, [b, lmax])));
+      const out = host(be.attentionDecode(f32(lastQ, [b, nh, hd]), kc.reshape([b, nkv, lmax, hd]), vc.reshape([b, nkv, lmax, hd]), i32([l, l, l], [b]), i32(cacheMask, [b, lmax])));
       const want = new Float32Array(b * nh * hd);
       for (let bi = 0; bi < b; bi++) want.set(full.subarray(((bi * l + l - 1) * nh) * hd, ((bi * l + l) * nh) * hd), bi * nh * hd);
       check('decode', out, want);

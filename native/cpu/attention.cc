@@ -229,10 +229,10 @@ void attention_decode(const float* q, const float* k_cache, const float* v_cache
     std::vector<float> sc(static_cast<size_t>(group * lmax));
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t bi = w / nkv, kvh = w % nkv;
-      const int64_t base = (bi * lmax * nkv + kvh) * hd;  // position 0 of this sequence and kv head
+      const int64_t base = (bi * nkv + kvh) * lmax * hd;  // position 0 of this sequence and kv head
       const int64_t qoff = (bi * nh + kvh * group) * hd;
       decode_group(q + qoff, k_cache + base, v_cache + base, key_mask ? key_mask + bi * lmax : nullptr, lengths[bi],
-                   nkv * hd, hd, group, scale, sc.data(), out + qoff);
+                   hd, hd, group, scale, sc.data(), out + qoff);
     }
   });
 }

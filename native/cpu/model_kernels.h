@@ -41,7 +41,8 @@ void attention(const float* q, const float* k, const float* v, const int32_t* ke
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
                         const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk, float* dv);
-// One new query per sequence against a KV cache: q [B, nH, hd], caches [B, Lmax, nKV, hd]; sequence b
+// One new query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (each kv
+// head's positions contiguous, so a head's keys stream from memory in order); sequence b
 // attends to its first lengths[b] cached positions whose key_mask (may be null) is 1. out [B, nH, hd].
 void attention_decode(const float* q, const float* k_cache, const float* v_cache,
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,

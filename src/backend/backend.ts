@@ -177,7 +177,7 @@ export interface Backend {
     q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
     opts?: { scale?: number },
   ): { dq: Tensor<'f32'>; dk: Tensor<'f32'>; dv: Tensor<'f32'> };
-  /** One query per sequence against a KV cache: q [B, nH, hd], caches [B, Lmax, nKV, hd], lengths i32 [B], keyMask i32 [B, Lmax]. */
+  /** One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd], lengths i32 [B], keyMask i32 [B, Lmax]. */
   attentionDecode(
     q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
     opts?: { scale?: number },

@@ -2,9 +2,9 @@
 // padded), then decode one token per sequence per step. Implements src/generate's DecoderModel
 // structurally (the model layer does not import generate). Logits come back to the host as f32 [B, V].
 //
-// Cache layout per layer: K and V f32 [B * Lmax + 1, nKV * hd]; row b * Lmax + t holds position t of
-// sequence b; the extra last row absorbs writes of finished sequences. Appending a step is one
-// scatterRows per tensor.
+// Cache layout per layer: K and V f32 [B * nKV * Lmax + nKV, hd]; row (b * nKV + h) * Lmax + t holds
+// kv head h at position t of sequence b, so decode attention streams each head's positions in order;
+// the last nKV rows absorb writes of finished sequences. Appending a step is one scatterRows per tensor.
 import type { Tensor } from '../tensor/tensor.js';
 import type { LlamaModel } from './llama.js';
 
@@ -43,8 +43,8 @@ export class LlamaKvCache {
     const c = model.cfg;
     const be = model.backend;
     for (let i = 0; i < c.numLayers; i++) {
-      this.k.push(be.empty('f32', [batch * maxLen + 1, c.numKvHeads * c.headDim]));
-      this.v.push(be.empty('f32', [batch * maxLen + 1, c.numKvHeads * c.headDim]));
+      this.k.push(be.empty('f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
+      this.v.push(be.empty('f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
     }
     this.lengths = new Int32Array(batch);
     this.keyMask = new Int32Array(batch * maxLen);
@@ -55,16 +55,18 @@ export class LlamaKvCache {
   }
 
   /**
-   * Runs the layers over x [T, H] whose rows are (sequence, position) pairs, writing each row's K/V
-   * to cache row `cacheRows[r]`; `attend(i, q, k, v)` is the step's attention (full causal for the
+   * Runs the layers over x [T, H] whose rows are (sequence, position) pairs, writing K/V of token r
+   * and kv head h to cache row `cacheRows[r * nKV + h]`; `attend(i, q, k, v)` is the step's attention (full causal for the
    * prefill, over the cache for decode). Returns the final hidden states [T, H] (before the final norm).
    */
   private layers(x: Tensor<'f32'>, positions: Tensor<'i32'>, cacheRows: Tensor<'i32'>, attend: (i: number, q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => Tensor<'f32'>): Tensor<'f32'> {
     const be = this.model.backend;
-    for (let i = 0; i < this.model.cfg.numLayers; i++) {
+    const c = this.model.cfg;
+    for (let i = 0; i < c.numLayers; i++) {
       const { out } = this.model.layer(i, x, positions, false, (q, k, v) => {
-        be.scatterRows(k, cacheRows, this.k[i]);
-        be.scatterRows(v, cacheRows, this.v[i]);
+        // one cache row per (token, kv head)
+        be.scatterRows(k.reshape([cacheRows.numel, c.headDim]), cacheRows, this.k[i]);
+        be.scatterRows(v.reshape([cacheRows.numel, c.headDim]), cacheRows, this.v[i]);
         return { att: attend(i, q, k, v) };
       });
       x.free();
@@ -93,13 +95,14 @@ export class LlamaKvCache {
     const L = Math.max(...prompts.map((p) => p.length));
     if (prompts.some((p) => p.length === 0)) throw new RangeError('prefill: every prompt needs at least one token');
     if (L > this.maxLen) throw new RangeError(`a prompt of ${L} tokens does not fit a cache of ${this.maxLen}`);
-    const ids = new Int32Array(B * L), pos = new Int32Array(B * L), mask = new Int32Array(B * L), rows = new Int32Array(B * L), last = new Int32Array(B);
+    const nkv = c.numKvHeads;
+    const ids = new Int32Array(B * L), pos = new Int32Array(B * L), mask = new Int32Array(B * L), rows = new Int32Array(B * L * nkv), last = new Int32Array(B);
     prompts.forEach((p, b) => {
       for (let t = 0; t < L; t++) {
         ids[b * L + t] = t < p.length ? p[t] : 0;
         pos[b * L + t] = t;
         mask[b * L + t] = t < p.length ? 1 : 0;
-        rows[b * L + t] = b * this.maxLen + t;
+        for (let h = 0; h < nkv; h++) rows[(b * L + t) * nkv + h] = (b * nkv + h) * this.maxLen + t;
       }
       last[b] = b * L + p.length - 1;
       this.lengths[b] = p.length;
@@ -109,7 +112,7 @@ export class LlamaKvCache {
     const tIds = be.upload({ dtype: 'i32', data: ids }, [B * L]);
     const tPos = be.upload({ dtype: 'i32', data: pos }, [B * L]);
     const tMask = be.upload({ dtype: 'i32', data: mask }, [B, L]);
-    const tRows = be.upload({ dtype: 'i32', data: rows }, [B * L]);
+    const tRows = be.upload({ dtype: 'i32', data: rows }, [B * L * nkv]);
     const x = be.embedding(tIds, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (_i, q, k, v) => {
       const { out, lse } = be.attention(q.reshape([B, L, c.numHeads, c.headDim]), k.reshape([B, L, c.numKvHeads, c.headDim]), v.reshape([B, L, c.numKvHeads, c.headDim]), tMask);
@@ -131,23 +134,25 @@ export class LlamaKvCache {
     const c = this.model.cfg;
     const B = this.batch;
     if (tokens.length !== B || active.length !== B) throw new RangeError(`decode needs ${B} tokens and flags`);
-    const rows = new Int32Array(B), pos = new Int32Array(B), lens = new Int32Array(B);
+    const nkv = c.numKvHeads;
+    const rows = new Int32Array(B * nkv), pos = new Int32Array(B), lens = new Int32Array(B);
     for (let b = 0; b < B; b++) {
       const live = active[b] && this.lengths[b] < this.maxLen;
       if (active[b] && !live) throw new RangeError(`sequence ${b} is full (${this.maxLen} tokens)`);
-      rows[b] = live ? b * this.maxLen + this.lengths[b] : B * this.maxLen; // dump row for finished sequences
+      // finished sequences write to the dump rows at the end
+      for (let h = 0; h < nkv; h++) rows[b * nkv + h] = live ? (b * nkv + h) * this.maxLen + this.lengths[b] : B * nkv * this.maxLen + h;
       pos[b] = Math.min(this.lengths[b], this.maxLen - 1);
       if (live) this.keyMask[b * this.maxLen + this.lengths[b]] = 1;
       lens[b] = live ? this.lengths[b] + 1 : Math.max(1, this.lengths[b]);
     }
     const tIds = be.upload({ dtype: 'i32', data: tokens }, [B]);
     const tPos = be.upload({ dtype: 'i32', data: pos }, [B]);
-    const tRows = be.upload({ dtype: 'i32', data: rows }, [B]);
+    const tRows = be.upload({ dtype: 'i32', data: rows }, [B * nkv]);
     const tLens = be.upload({ dtype: 'i32', data: lens }, [B]);
     const tMask = be.upload({ dtype: 'i32', data: this.keyMask }, [B, this.maxLen]);
     const x = be.embedding(tIds, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (i, q) => {
-      const cache = (t: Tensor<'f32'>) => t.view(0, [B, this.maxLen, c.numKvHeads, c.headDim]);
+      const cache = (t: Tensor<'f32'>) => t.view(0, [B, c.numKvHeads, this.maxLen, c.headDim]);
       return be.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens, tMask);
     });
     for (const t of [tIds, tPos, tRows, tLens, tMask]) t.free();

@@ -330,7 +330,7 @@ export class CpuBackend implements Backend {
     const [b, nh, hd] = q.shape;
     expectTensor(this, kCache, 'kCache');
     expectRank(kCache, 4, 'kCache');
-    const [cb, lmax, nkv, chd] = kCache.shape;
+    const [cb, nkv, lmax, chd] = kCache.shape;
     if (cb !== b || chd !== hd) throw new RangeError(`kCache ${kCache} does not match q ${q}`);
     this.expectF32(kCache, 'kCache', kCache.shape);
     this.expectF32(vCache, 'vCache', kCache.shape);
