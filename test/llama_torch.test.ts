@@ -12,7 +12,7 @@ import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { initLlama } from '../src/model/init.js';
 import { freeInput, uploadInput } from '../src/model/input.js';
 import { LlamaModel } from '../src/model/llama.js';
-import { collateSpinBatch, tokenizePair } from '../src/spin/batch.js';
+import { collateSpinBatch, type SpinBatch, tokenizePair } from '../src/spin/batch.js';
 import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
 import type { Rng } from '../src/util/rng.js';
 import { relErr } from './helpers/loss_ref.js';
@@ -37,6 +37,21 @@ const CASES: Case[] = [
   { name: 'mistral, GQA 4/1, linear rope scaling 2, bf16 weights, written by torch', config: { ...base, model_type: 'mistral', num_key_value_heads: 1, tie_word_embeddings: false, rope_scaling: { type: 'linear', factor: 2 }, sliding_window: null }, dtype: 'bf16', writer: 'torch' },
   { name: 'llama with attention_bias (q/k/v/o biases), written by spinlm', config: { ...base, model_type: 'llama', num_key_value_heads: 2, attention_bias: true }, dtype: 'f32', writer: 'spinlm' },
 ];
+
+/** Writes a request for `llama_torch.py run`: the batch's token arrays, the reference log-probs, the settings. */
+function writeRequest(dir: string, batch: SpinBatch, ref: Float32Array, settings: Record<string, unknown>): string {
+  const req = join(dir, 'req');
+  mkdirSync(req);
+  const put = (name: string, a: Int32Array | Float32Array) => writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  put('input_ids', batch.inputIds);
+  put('positions', batch.positions);
+  put('attention_mask', batch.attentionMask);
+  put('targets', batch.targets);
+  put('segments', batch.segments);
+  put('ref', ref);
+  writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: batch.rows, length: batch.length, ...settings }));
+  return req;
+}
 
 /** Pairs with long prompts, so truncation (keep_end) cuts some of them. */
 function pairs(rng: Rng, n: number) {
@@ -78,12 +93,7 @@ for (const c of CASES) {
         freeSpinLossContext(ctx);
         freeInput(input);
 
-        const req = join(dir, 'req');
-        mkdirSync(req);
-        const put = (name: string, a: Int32Array | Float32Array) => writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-        put('input_ids', batch.inputIds); put('positions', batch.positions); put('attention_mask', batch.attentionMask);
-        put('targets', batch.targets); put('segments', batch.segments); put('ref', ref);
-        writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: batch.rows, length: batch.length, beta, loss_type: 'sigmoid', pairs: 3 }));
+        const req = writeRequest(dir, batch, ref, { beta, loss_type: 'sigmoid', pairs: 3 });
         runPython(ORACLE, ['run', modelDir, req]);
         const read = (p: string) => {
           const b = readFileSync(join(req, p));
@@ -160,13 +170,8 @@ for (const optim of ['rmsprop', 'adamw'] as const) {
         const ordered = order[0].map((i) => ps[i]);
         const b2 = collateSpinBatch(ordered, EOS, 0);
         const ref2 = new Float32Array([...order[0].map((i) => ref[i]), ...order[0].map((i) => ref[3 + i])]);
-        const req = join(dir, 'req');
-        mkdirSync(req);
-        const put = (name: string, a: Int32Array | Float32Array) => writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-        put('input_ids', b2.inputIds); put('positions', b2.positions); put('attention_mask', b2.attentionMask);
-        put('targets', b2.targets); put('segments', b2.segments); put('ref', ref2);
         const o = optim === 'rmsprop' ? { type: 'rmsprop', lr, alpha: 0.99, eps, weight_decay: 0, clip: 0.5 } : { type: 'adamw', lr, beta1: 0.9, beta2: 0.999, eps, weight_decay: 0.01, clip: 0.5 };
-        writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: b2.rows, length: b2.length, beta: 0.3, loss_type: 'sigmoid', pairs: 3, optimizer: o }));
+        const req = writeRequest(dir, b2, ref2, { beta: 0.3, loss_type: 'sigmoid', pairs: 3, optimizer: o });
         runPython(ORACLE, ['run', modelDir, req]);
         for (const [name, t] of model.weights.params) {
           const b = readFileSync(join(req, 'updated', `${name}.bin`));

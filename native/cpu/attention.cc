@@ -33,6 +33,24 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const 
 using simd::kLanes;
 using simd::vf;
 
+// row[j] = exp(row[j] - m) for j < n (masked keys at -inf give 0); returns the sum, in a fixed order.
+SPINLM_INLINE double exp_row(float* row, int64_t n, float m) {
+  const int64_t full = n - n % kLanes;
+  const vf vm = simd::splat(m);
+  vf vs = simd::splat(0.0f);
+  for (int64_t j = 0; j < full; j += kLanes) {
+    const vf p = simd::exp_neg(simd::load(row + j) - vm);
+    simd::store(row + j, p);
+    vs += p;
+  }
+  double sum = simd::hsum(vs);
+  for (int64_t j = full; j < n; ++j) {
+    row[j] = row[j] == -INFINITY ? 0.0f : std::exp(row[j] - m);
+    sum += row[j];
+  }
+  return sum;
+}
+
 // Row i of the scores holds the keys 0..n-1 visible by causality (n = i + 1); `bias` is 0 for a key
 // to attend to and -inf for a masked one. The row becomes the softmax over those keys (0 elsewhere);
 // returns its log-sum-exp (-inf, with a zero row, when no key is visible).
@@ -53,18 +71,7 @@ SPINLM_CLONES float softmax_row(float* row, const float* bias, int64_t n, int64_
     std::memset(row, 0, sizeof(float) * l);
     return -INFINITY;
   }
-  const vf vmx = simd::splat(m);
-  vf vs = simd::splat(0.0f);
-  for (int64_t j = 0; j < full; j += kLanes) {
-    const vf p = simd::exp_neg(simd::load(row + j) - vmx);
-    simd::store(row + j, p);
-    vs += p;
-  }
-  double sum = simd::hsum(vs);
-  for (int64_t j = full; j < n; ++j) {
-    row[j] = row[j] == -INFINITY ? 0.0f : std::exp(row[j] - m);
-    sum += row[j];
-  }
+  const double sum = exp_row(row, n, m);
   const float inv = static_cast<float>(1.0 / sum);
   for (int64_t j = 0; j < n; ++j) row[j] *= inv;
   for (int64_t j = n; j < l; ++j) row[j] = 0.0f;
@@ -126,20 +133,7 @@ SPINLM_CLONES void decode_group(const float* q, const float* k_cache, const floa
       inv[g] = 0.0f;
       continue;
     }
-    const int64_t full = len - len % kLanes;
-    const vf vm = simd::splat(m);
-    vf vs = simd::splat(0.0f);
-    for (int64_t j = 0; j < full; j += kLanes) {
-      const vf p = simd::exp_neg(simd::load(row + j) - vm);  // masked keys: exp(-inf) = 0
-      simd::store(row + j, p);
-      vs += p;
-    }
-    double sum = simd::hsum(vs);
-    for (int64_t j = full; j < len; ++j) {
-      row[j] = row[j] == -INFINITY ? 0.0f : std::exp(row[j] - m);
-      sum += row[j];
-    }
-    inv[g] = static_cast<float>(1.0 / sum);
+    inv[g] = static_cast<float>(1.0 / exp_row(row, len, m));
   }
   for (int64_t j = 0; j < len; ++j) {
     const float* vr = v_cache + j * stride;
