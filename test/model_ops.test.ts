@@ -109,11 +109,13 @@ describe('model ops against float64', () => {
   for (const [nh, nkv] of [[4, 4], [4, 2], [6, 1]]) {
     test(`attention forward and backward, ${nh} heads / ${nkv} kv heads, padding masks`, () =>
       withSeed((rng) => {
-        const b = 3, l = rng.int(5, 37), hd = [16, 32][rng.int(0, 1)];
+        // lengths across the kernels' 64-row query blocks too
+        const b = 3, l = rng.next() < 0.5 ? rng.int(5, 37) : rng.int(65, 150), hd = [16, 32][rng.int(0, 1)];
         const q = randn(rng, b * l * nh * hd), k = randn(rng, b * l * nkv * hd), v = randn(rng, b * l * nkv * hd);
         // row 0: no padding; row 1: right padding; row 2: left padding + a hole (the first query sees no key)
         const mask = new Int32Array(b * l).fill(1);
         for (let j = l - 3; j < l; j++) mask[l + j] = 0;
+        if (l > 64) mask[l + 64] = 0; // a hole right at a block boundary
         mask[2 * l] = 0;
         mask[2 * l + 1] = 0;
         mask[2 * l + 4] = 0;
@@ -206,6 +208,27 @@ describe('model ops against float64', () => {
       }
     }));
 });
+
+test('attention across several query blocks (L = 200) equals float64, forward and backward', () =>
+  withSeed((rng) => {
+    const b = 2, l = 200, nh = 4, nkv = 2, hd = 16;
+    const q = randn(rng, b * l * nh * hd), k = randn(rng, b * l * nkv * hd), v = randn(rng, b * l * nkv * hd);
+    const mask = new Int32Array(b * l).fill(1);
+    for (let j = 180; j < l; j++) mask[l + j] = 0;
+    mask[l + 127] = 0;
+    const shape = { b, l, nh, nkv, hd };
+    const tq = f32(q, [b, l, nh, hd]), tk = f32(k, [b, l, nkv, hd]), tv = f32(v, [b, l, nkv, hd]), tm = i32(mask, [b, l]);
+    const { out, lse } = be.attention(tq, tk, tv, tm);
+    const ref = attentionRef(q, k, v, mask, shape, 1 / Math.sqrt(hd));
+    check('out', host(out), ref.out);
+    check('lse', host(lse), ref.lse);
+    const dout = randn(rng, b * l * nh * hd);
+    const g = be.attentionBackward(tq, tk, tv, tm, out, lse, f32(dout, [b, l, nh, hd]));
+    const rb = attentionBackwardRef(q, k, v, mask, dout, shape, 1 / Math.sqrt(hd));
+    check('dq', host(g.dq), rb.dq);
+    check('dk', host(g.dk), rb.dk);
+    check('dv', host(g.dv), rb.dv);
+  }));
 
 test('model ops equal PyTorch autograd (float64 torch)', () =>
   withSeed((rng) => {

@@ -4,6 +4,7 @@
 // in head order, so results are deterministic.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -153,21 +154,31 @@ std::vector<float> key_bias(const int32_t* mask, int64_t l) {
 
 }  // namespace
 
+// Queries go in blocks of kRowBlock rows: a block's rows see only the keys before its end, so the
+// score products skip the upper triangle (5/8 of the full L x L work at L = 4 blocks).
+constexpr int64_t kRowBlock = 64;
+
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
                int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out, float* lse) {
   const Geometry g{l, nh, nkv, hd};
+  const int64_t qs = g.q_stride(), ks = g.kv_stride();
   std::vector<float> s(static_cast<size_t>(l * l));
   for (int64_t bi = 0; bi < b; ++bi) {
     const std::vector<float> bias = key_bias(key_mask + bi * l, l);
     for (int64_t h = 0; h < nh; ++h) {
-      gemm(false, true, l, l, hd, scale, q + g.q_offset(bi, h), g.q_stride(), k + g.kv_offset(bi, h),
-           g.kv_stride(), 0.0f, s.data(), l);
+      const float* qbh = q + g.q_offset(bi, h);
+      const float* kbh = k + g.kv_offset(bi, h);
+      const float* vbh = v + g.kv_offset(bi, h);
       float* lse_bh = lse + (bi * nh + h) * l;
-      parallel_for(l, 16, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) lse_bh[i] = softmax_row(s.data() + i * l, bias.data(), i + 1, l);
-      });
-      gemm(false, false, l, hd, l, 1.0f, s.data(), l, v + g.kv_offset(bi, h), g.kv_stride(), 0.0f,
-           out + g.q_offset(bi, h), g.q_stride());
+      for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
+        const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
+        float* sb = s.data() + r0 * l;
+        gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, sb, l);
+        parallel_for(rows, 16, [&](int64_t a0, int64_t a1) {
+          for (int64_t i = r0 + a0; i < r0 + a1; ++i) lse_bh[i] = softmax_row(s.data() + i * l, bias.data(), i + 1, keys);
+        });
+        gemm(false, false, rows, hd, keys, 1.0f, sb, l, vbh, ks, 0.0f, out + g.q_offset(bi, h) + r0 * qs, qs);
+      }
     }
   }
 }
@@ -177,6 +188,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
                         int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk,
                         float* dv) {
   const Geometry g{l, nh, nkv, hd};
+  const int64_t qs = g.q_stride(), ks = g.kv_stride();
   std::memset(dk, 0, sizeof(float) * b * l * nkv * hd);
   std::memset(dv, 0, sizeof(float) * b * l * nkv * hd);
   std::vector<float> p(static_cast<size_t>(l * l)), dp(static_cast<size_t>(l * l));
@@ -190,26 +202,33 @@ void attention_backward(const float* q, const float* k, const float* v, const in
       const float* obh = out + g.q_offset(bi, h);
       const float* dobh = dout + g.q_offset(bi, h);
       const float* lse_bh = lse + (bi * nh + h) * l;
-      // P = softmax(scale Q K^T) recomputed from the saved lse
-      gemm(false, true, l, l, hd, scale, qbh, g.q_stride(), kbh, g.kv_stride(), 0.0f, p.data(), l);
-      parallel_for(l, 16, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) {
-          probs_row(p.data() + i * l, bias.data(), i + 1, l, lse_bh[i]);
-          double d = 0;  // delta_i = dO_i . O_i
-          for (int64_t c = 0; c < hd; ++c) d += static_cast<double>(dobh[i * g.q_stride() + c]) * obh[i * g.q_stride() + c];
-          delta[i] = static_cast<float>(d);
-        }
-      });
-      // dV += P^T dO; dP = dO V^T
-      gemm(true, false, l, hd, l, 1.0f, p.data(), l, dobh, g.q_stride(), 1.0f, dv + g.kv_offset(bi, h), g.kv_stride());
-      gemm(false, true, l, l, hd, 1.0f, dobh, g.q_stride(), vbh, g.kv_stride(), 0.0f, dp.data(), l);
-      // dS = P * (dP - delta)
-      parallel_for(l, 16, [&](int64_t i0, int64_t i1) {
-        for (int64_t i = i0; i < i1; ++i) ds_row(dp.data() + i * l, p.data() + i * l, delta[i], l);
-      });
-      // dQ = scale dS K; dK += scale dS^T Q
-      gemm(false, false, l, hd, l, scale, dp.data(), l, kbh, g.kv_stride(), 0.0f, dq + g.q_offset(bi, h), g.q_stride());
-      gemm(true, false, l, hd, l, scale, dp.data(), l, qbh, g.q_stride(), 1.0f, dk + g.kv_offset(bi, h), g.kv_stride());
+      float* dkb = dk + g.kv_offset(bi, h);
+      float* dvb = dv + g.kv_offset(bi, h);
+      for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
+        const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
+        float* pb = p.data() + r0 * l;
+        float* dpb = dp.data() + r0 * l;
+        // P = softmax(scale Q K^T) of the block, recomputed from the saved lse
+        gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, pb, l);
+        parallel_for(rows, 16, [&](int64_t a0, int64_t a1) {
+          for (int64_t i = r0 + a0; i < r0 + a1; ++i) {
+            probs_row(p.data() + i * l, bias.data(), i + 1, keys, lse_bh[i]);
+            double d = 0;  // delta_i = dO_i . O_i
+            for (int64_t c = 0; c < hd; ++c) d += static_cast<double>(dobh[i * qs + c]) * obh[i * qs + c];
+            delta[i] = static_cast<float>(d);
+          }
+        });
+        // dV[:keys] += P^T dO; dP = dO V[:keys]^T
+        gemm(true, false, keys, hd, rows, 1.0f, pb, l, dobh + r0 * qs, qs, 1.0f, dvb, ks);
+        gemm(false, true, rows, keys, hd, 1.0f, dobh + r0 * qs, qs, vbh, ks, 0.0f, dpb, l);
+        // dS = P * (dP - delta)
+        parallel_for(rows, 16, [&](int64_t a0, int64_t a1) {
+          for (int64_t i = r0 + a0; i < r0 + a1; ++i) ds_row(dp.data() + i * l, p.data() + i * l, delta[i], keys);
+        });
+        // dQ = scale dS K[:keys]; dK[:keys] += scale dS^T Q
+        gemm(false, false, rows, hd, keys, scale, dpb, l, kbh, ks, 0.0f, dq + g.q_offset(bi, h) + r0 * qs, qs);
+        gemm(true, false, keys, hd, rows, scale, dpb, l, qbh + r0 * qs, qs, 1.0f, dkb, ks);
+      }
     }
   }
 }
