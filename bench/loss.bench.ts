@@ -14,6 +14,7 @@ import type { Tensor } from '../src/tensor/tensor.js';
 import { Rng } from '../src/util/rng.js';
 import { logprobGatherRef } from '../test/helpers/loss_ref.js';
 import { gb, medianMs, runPeer, table } from './harness.js';
+import * as ops from '../src/ops/index.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -30,11 +31,11 @@ const rng = new Rng(1234);
 
 const f = new Float32Array(N * V);
 for (let i = 0; i < f.length; i++) f[i] = rng.normal() * 3;
-const logits = { f32: be.upload({ dtype: 'f32', data: f }, [N, V]) as Tensor } as Record<'f32' | 'bf16', Tensor>;
-logits.bf16 = be.cast(logits.f32, 'bf16');
-const targets = be.upload({ dtype: 'i32', data: new Int32Array(N).map(() => rng.int(0, V - 1)) }, [N]);
-const segments = be.upload({ dtype: 'i32', data: new Int32Array(N).map((_, i) => Math.floor((i * 2 * B) / N)) }, [N]);
-const ref = be.upload({ dtype: 'f32', data: new Float32Array(2 * B).map(() => rng.normal() * 10 - 100) }, [2 * B]);
+const logits = { f32: ops.upload(be, { dtype: 'f32', data: f }, [N, V]) as Tensor } as Record<'f32' | 'bf16', Tensor>;
+logits.bf16 = ops.cast(logits.f32, 'bf16');
+const targets = ops.upload(be, { dtype: 'i32', data: new Int32Array(N).map(() => rng.int(0, V - 1)) }, [N]);
+const segments = ops.upload(be, { dtype: 'i32', data: new Int32Array(N).map((_, i) => Math.floor((i * 2 * B) / N)) }, [N]);
+const ref = ops.upload(be, { dtype: 'f32', data: new Float32Array(2 * B).map(() => rng.normal() * 10 - 100) }, [2 * B]);
 
 const floorRead: Record<string, number> = {};
 const expFloorMs = await medianMs('exp floor', () => be.native.expThroughput(N * V), 10);
@@ -48,7 +49,7 @@ for (const dtype of ['bf16', 'f32'] as const) {
   floorRead[dtype] = await medianMs(`read ${dtype}`, () => be.native.streamRead(z, bytes), 20);
 
   const ours = await medianMs(`gather ${dtype}`, () => {
-    const r = be.logprobGather(z, targets);
+    const r = ops.logprobGather(z, targets);
     r.logp.free();
     r.lse.free();
   }, 20);
@@ -63,7 +64,7 @@ for (const dtype of ['bf16', 'f32'] as const) {
   }, 2, 1);
 
   // backward of the full SPIN loss, in place over a scratch copy of the logits (as the trainer runs it)
-  const scratch = be.cast(z, dtype);
+  const scratch = ops.cast(z, dtype);
   const fwd = await medianMs(`spin forward ${dtype}`, () => freeSpinLossContext(spinLossForward(be, scratch, targets, segments, ref, B, { beta: 0.1, lossType: 'sigmoid' })), 10);
   const ctx = spinLossForward(be, scratch, targets, segments, ref, B, { beta: 0.1, lossType: 'sigmoid' });
   const bwd = await medianMs(`spin backward ${dtype}`, () => spinLossBackward(ctx, { inPlace: true }), 10);

@@ -4,21 +4,22 @@
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { freeSpinLossContext, spinLossBackward, spinLossForward } from '../src/spin/loss.js';
 import { peakRss as peak } from './harness.js';
+import * as ops from '../src/ops/index.js';
 
 const [n, v] = [Number(process.argv[2]), Number(process.argv[3])];
 const dtype = process.argv[4] as 'bf16' | 'f32';
 const be = new CpuBackend();
 
-const z = be.empty(dtype, [n, v]);
-be.fill(z, 0.5);
-const targets = be.empty('i32', [n]);
-be.fillBits(targets, 7);
-const segments = be.empty('i32', [n]);
-be.fillBits(segments, 0);
-const ref = be.empty('f32', [2]);
-be.fill(ref, -10);
+const z = ops.empty(be, dtype, [n, v]);
+ops.fill(z, 0.5);
+const targets = ops.empty(be, 'i32', [n]);
+ops.fillBits(targets, 7);
+const segments = ops.empty(be, 'i32', [n]);
+ops.fillBits(segments, 0);
+const ref = ops.empty(be, 'f32', [2]);
+ops.fill(ref, -10);
 const base = peak();
-const { logp, lse } = be.logprobGather(z, targets);
+const { logp, lse } = ops.logprobGather(z, targets);
 const afterGather = peak();
 logp.free();
 lse.free();

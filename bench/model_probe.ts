@@ -9,6 +9,7 @@ import { SpinObjective } from '../src/spin/objectives.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import { Rng } from '../src/util/rng.js';
 import { medianMs, peakRss } from './harness.js';
+import * as ops from '../src/ops/index.js';
 
 const mode = process.argv[2];
 const steps = Number(process.argv[3] ?? 5);
@@ -26,10 +27,10 @@ const report = (o: Record<string, number>) => console.log(JSON.stringify({ ...o,
 
 if (mode === 'gemm') {
   const n = 2048;
-  const a = be.empty('f32', [n, n]), b = be.empty('f32', [n, n]), c = be.empty('f32', [n, n]);
-  be.fill(a, 0.5);
-  be.fill(b, 0.25);
-  const ms = await medianMs('sgemm', () => be.matmul(a, b, { transB: true, out: c }), 5, 2);
+  const a = ops.empty(be, 'f32', [n, n]), b = ops.empty(be, 'f32', [n, n]), c = ops.empty(be, 'f32', [n, n]);
+  ops.fill(a, 0.5);
+  ops.fill(b, 0.25);
+  const ms = await medianMs('sgemm', () => ops.matmul(a, b, { transB: true, out: c }), 5, 2);
   report({ gflops: (2 * n ** 3) / (ms * 1e6) });
 } else if (mode === 'train') {
   const R = 8, L = 256, T = R * L;
@@ -37,7 +38,7 @@ if (mode === 'gemm') {
   const input = uploadInput(be, { rows: R, length: L, inputIds: Int32Array.from(tokens(T)), positions: Int32Array.from({ length: T }, (_, i) => i % L), attentionMask: new Int32Array(T).fill(1) });
   const ms = await medianMs('fwd+bwd', () => {
     const { logits, state } = model.forward(input, { train: true });
-    be.fill(logits, 1e-4); // stands in for d(loss)/d(logits): the loss kernels are benchmarked in loss.bench.ts
+    ops.fill(logits, 1e-4); // stands in for d(loss)/d(logits): the loss kernels are benchmarked in loss.bench.ts
     model.backward(state!, logits);
     logits.free();
   }, steps, 1);

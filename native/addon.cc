@@ -12,6 +12,7 @@
 #include "include/bf16.h"
 #include "cpu/kernels.h"
 #include "cpu/threadpool.h"
+#include "index_checks.h"
 #include "napi_util.h"
 
 namespace {
@@ -60,14 +61,8 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
   const int64_t count = ToInt(info[1], "count"), esize = ToInt(info[2], "elementBytes");
   const uint32_t pattern = static_cast<uint32_t>(ToInt(info[3], "pattern"));
   if (esize != 2 && esize != 4) Throw(env, "elementBytes must be 2 or 4");
-  char* p = View<char>(info[0], "tensor", CheckedMul(env, count, esize, "fill size"));
-  if (esize == 4) {
-    uint32_t* q = reinterpret_cast<uint32_t*>(p);
-    for (int64_t i = 0; i < count; ++i) std::memcpy(q + i, &pattern, 4);
-  } else {
-    const uint16_t h = static_cast<uint16_t>(pattern);
-    for (int64_t i = 0; i < count; ++i) std::memcpy(p + 2 * i, &h, 2);
-  }
+  void* p = View(info[0], "tensor", CheckedMul(env, count, esize, "fill size"));
+  spinlm::fill_pattern(p, count, static_cast<int>(esize), pattern);
   return env.Undefined();
 }
 
@@ -77,27 +72,20 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
   const DType sd = ToDType(info[1], "source dtype"), dd = ToDType(info[3], "destination dtype");
   const int64_t n = ToInt(info[4], "count");
   if ((sd == DType::kI32) != (dd == DType::kI32)) Throw(env, "cannot cast between i32 and floats");
-  const char* s = View<char>(info[0], "source", CheckedMul(env, n, spinlm::dtype_size(sd), "size"));
-  char* d = View<char>(info[2], "destination", CheckedMul(env, n, spinlm::dtype_size(dd), "size"));
-  if (sd == dd) {
-    std::memmove(d, s, n * spinlm::dtype_size(sd));
-  } else if (sd == DType::kF32) {
-    const float* a = reinterpret_cast<const float*>(s);
-    uint16_t* b = reinterpret_cast<uint16_t*>(d);
-    for (int64_t i = 0; i < n; ++i) b[i] = spinlm::f32_to_bf16(a[i]);
-  } else {
-    const uint16_t* a = reinterpret_cast<const uint16_t*>(s);
-    float* b = reinterpret_cast<float*>(d);
-    for (int64_t i = 0; i < n; ++i) b[i] = spinlm::bf16_to_f32(a[i]);
-  }
+  const void* s = View(info[0], "source", CheckedMul(env, n, spinlm::dtype_size(sd), "size"));
+  void* d = View(info[2], "destination", CheckedMul(env, n, spinlm::dtype_size(dd), "size"));
+  spinlm::cast_values(s, sd, d, dd, n);
   return env.Undefined();
 }
 
-void CheckTargets(Napi::Env env, const int32_t* t, int64_t n, int64_t v) {
-  const int64_t bad = spinlm::first_bad_target(t, n, v);
-  if (bad >= 0)
-    Throw(env, "targets[" + std::to_string(bad) + "] = " + std::to_string(t[bad]) +
-                   " is outside [0, " + std::to_string(v) + ") and is not the ignore index -100");
+// takeErrors() -> the device error word's bits since the last call (and clears them).
+Napi::Value TakeErrors(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(spinlm::take_op_errors()));
+}
+
+// A target outside [0, v) other than the ignore index -100.
+bool BadTargets(const int32_t* t, int64_t n, int64_t v) {
+  return IndicesOutside(t, n, 0, v, -100, spinlm::kErrTargets);
 }
 
 // logprobGather(logits, dtype, n, v, targets, logp, lse)
@@ -112,7 +100,11 @@ Napi::Value LogprobGather(const Napi::CallbackInfo& info) {
   const int32_t* t = View<int32_t>(info[4], "targets", n * 4);
   float* logp = View<float>(info[5], "logp", n * 4);
   float* lse = View<float>(info[6], "lse", n * 4);
-  CheckTargets(env, t, n, v);
+  if (BadTargets(t, n, v)) {
+    PoisonF32(logp, n);
+    PoisonF32(lse, n);
+    return env.Undefined();
+  }
   spinlm::logprob_gather(z, dt, n, v, t, logp, lse);
   return env.Undefined();
 }
@@ -136,16 +128,16 @@ Napi::Value LogprobGatherBackward(const Napi::CallbackInfo& info) {
   const char* oend = out + nv * spinlm::dtype_size(od);
   if (nv > 0 && out < zend && z < oend && (out != z || od != dt))
     Throw(env, "dlogits overlaps logits without being exactly in place with the same dtype");
-  CheckTargets(env, t, n, v);
+  if (BadTargets(t, n, v)) {
+    PoisonAny(out, nv, od);
+    return env.Undefined();
+  }
   spinlm::logprob_gather_backward(z, dt, n, v, t, lse, dlogp, out, od);
   return env.Undefined();
 }
 
-void CheckSegments(Napi::Env env, const int32_t* seg, int64_t n, int64_t s) {
-  for (int64_t r = 0; r < n; ++r)
-    if (seg[r] < -1 || seg[r] >= s)
-      Throw(env, "segment id " + std::to_string(seg[r]) + " at row " + std::to_string(r) +
-                     " is outside [-1, " + std::to_string(s) + ")");
+bool BadSegments(const int32_t* seg, int64_t n, int64_t s) {
+  return IndicesOutside(seg, n, -1, s, spinlm::napi::kNoException, spinlm::kErrSegments);
 }
 
 // sequenceLogprob(logp, seg, n, numSeqs, out)
@@ -155,7 +147,10 @@ Napi::Value SequenceLogprob(const Napi::CallbackInfo& info) {
   const float* logp = View<float>(info[0], "logp", n * 4);
   const int32_t* seg = View<int32_t>(info[1], "segments", n * 4);
   float* out = View<float>(info[4], "out", s * 4);
-  CheckSegments(env, seg, n, s);
+  if (BadSegments(seg, n, s)) {
+    PoisonF32(out, s);
+    return env.Undefined();
+  }
   spinlm::sequence_logprob(logp, seg, n, s, out);
   return env.Undefined();
 }
@@ -167,33 +162,38 @@ Napi::Value SequenceLogprobBackward(const Napi::CallbackInfo& info) {
   const float* dseq = View<float>(info[0], "dseq", s * 4);
   const int32_t* seg = View<int32_t>(info[1], "segments", n * 4);
   float* dlogp = View<float>(info[4], "dlogp", n * 4);
-  CheckSegments(env, seg, n, s);
+  if (BadSegments(seg, n, s)) {
+    PoisonF32(dlogp, n);
+    return env.Undefined();
+  }
   spinlm::sequence_logprob_backward(dseq, seg, n, s, dlogp);
   return env.Undefined();
 }
 
-// spinLoss(policyReal, policyGen, refReal, refGen, pairMask|null, b, beta, lossType, out[7, b],
-//          nllAlpha, realTokens|null)
+// spinLoss(policy [2b], ref [2b], pairMask|null, b, beta, lossType, nllAlpha, answerTokens|null,
+//          gradScale, perPair [7, b], means [8], dseq [2b])
 Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t b = ToInt(info[5], "batch");
-  if (!info[6].IsNumber()) Throw(env, "beta must be a number");
-  const double beta = info[6].As<Napi::Number>().DoubleValue();
-  const std::string type = info[7].IsString() ? info[7].As<Napi::String>().Utf8Value() : "";
+  const int64_t b = ToInt(info[3], "batch");
+  if (!info[4].IsNumber()) Throw(env, "beta must be a number");
+  const double beta = info[4].As<Napi::Number>().DoubleValue();
+  const std::string type = info[5].IsString() ? info[5].As<Napi::String>().Utf8Value() : "";
   if (type != "sigmoid" && type != "hinge") Throw(env, "loss type must be 'sigmoid' or 'hinge'");
-  const float* pr = View<float>(info[0], "policyReal", b * 4);
-  const float* pg = View<float>(info[1], "policyGenerated", b * 4);
-  const float* rr = View<float>(info[2], "refReal", b * 4);
-  const float* rg = View<float>(info[3], "refGenerated", b * 4);
-  const float* mask = info[4].IsNull() ? nullptr : View<float>(info[4], "pairMask", b * 4);
-  float* out = View<float>(info[8], "out", b * 7 * 4);
-  const double nll_alpha = info[9].IsNumber() ? info[9].As<Napi::Number>().DoubleValue() : 0.0;
+  const float* policy = View<float>(info[0], "policy", b * 8);
+  const float* ref = View<float>(info[1], "ref", b * 8);
+  const float* mask = info[2].IsNull() ? nullptr : View<float>(info[2], "pairMask", b * 4);
+  const double nll_alpha = info[6].IsNumber() ? info[6].As<Napi::Number>().DoubleValue() : 0.0;
   if (!std::isfinite(nll_alpha) || nll_alpha < 0) Throw(env, "nllAlpha must be a finite number >= 0");
-  const float* real_tokens = info[10].IsNull() || info[10].IsUndefined() ? nullptr : View<float>(info[10], "realTokens", b * 4);
-  if (nll_alpha != 0.0 && !real_tokens) Throw(env, "nllAlpha > 0 needs the real answers' token counts");
-  spinlm::spin_loss(pr, pg, rr, rg, mask, b, beta,
+  const float* answer_tokens = info[7].IsNull() || info[7].IsUndefined() ? nullptr : View<float>(info[7], "answerTokens", b * 4);
+  if (nll_alpha != 0.0 && !answer_tokens) Throw(env, "nllAlpha > 0 needs the real answers' token counts");
+  if (!info[8].IsNumber()) Throw(env, "gradScale must be a number");
+  const float grad_scale = static_cast<float>(info[8].As<Napi::Number>().DoubleValue());
+  float* per_pair = View<float>(info[9], "perPair", b * 7 * 4);
+  float* means = View<float>(info[10], "means", 8 * 4);
+  float* dseq = View<float>(info[11], "dseq", b * 8);
+  spinlm::spin_loss(policy, ref, mask, b, beta,
                     type == "hinge" ? spinlm::SpinLossType::kHinge : spinlm::SpinLossType::kSigmoid,
-                    nll_alpha, real_tokens, out);
+                    nll_alpha, answer_tokens, grad_scale, per_pair, means, dseq);
   return env.Undefined();
 }
 
@@ -231,7 +231,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("abiVersion", Napi::Number::New(env, 1));
+  exports.Set("abiVersion", Napi::Number::New(env, 2));  // src/backend/cpu/addon.ts ABI_VERSION
   exports.Set("alloc", Napi::Function::New(env, Alloc));
   exports.Set("free", Napi::Function::New(env, Free));
   exports.Set("write", Napi::Function::New(env, Write));
@@ -243,6 +243,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("sequenceLogprob", Napi::Function::New(env, SequenceLogprob));
   exports.Set("sequenceLogprobBackward", Napi::Function::New(env, SequenceLogprobBackward));
   exports.Set("spinLoss", Napi::Function::New(env, SpinLoss));
+  exports.Set("takeErrors", Napi::Function::New(env, TakeErrors));
   exports.Set("streamRead", Napi::Function::New(env, StreamRead));
   exports.Set("expThroughput", Napi::Function::New(env, ExpThroughput));
   exports.Set("rowOffset", Napi::Function::New(env, RowOffset));

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "cpu/model_kernels.h"
+#include "index_checks.h"
 #include "napi_util.h"
 
 namespace spinlm::napi {
@@ -49,12 +50,6 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-void CheckIds(Napi::Env env, const int32_t* ids, int64_t t, int64_t v, const char* what) {
-  for (int64_t i = 0; i < t; ++i)
-    if (ids[i] < 0 || ids[i] >= v)
-      Throw(env, std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) + " is outside [0, " + std::to_string(v) + ")");
-}
-
 // embedding(ids, t, table, dtype, v, h, out)
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -63,7 +58,10 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   const int32_t* ids = View<int32_t>(info[0], "ids", t * 4);
   const void* table = View(info[2], "table", CheckedMul(env, v * h, dtype_size(dt), "table bytes"));
   float* out = View<float>(info[6], "out", CheckedMul(env, t, h * 4, "out bytes"));
-  CheckIds(env, ids, t, v, "ids");
+  if (IndicesOutside(ids, t, 0, v, kNoException, kErrTokenIds)) {
+    PoisonF32(out, t * h);
+    return env.Undefined();
+  }
   embedding(ids, t, table, dt, h, out);
   return env.Undefined();
 }
@@ -75,7 +73,7 @@ Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
   const int32_t* ids = View<int32_t>(info[0], "ids", t * 4);
   const float* dout = View<float>(info[2], "dout", CheckedMul(env, t, h * 4, "dout bytes"));
   float* dtable = View<float>(info[5], "dtable", CheckedMul(env, v, h * 4, "dtable bytes"));
-  CheckIds(env, ids, t, v, "ids");
+  if (IndicesOutside(ids, t, 0, v, kNoException, kErrTokenIds)) return env.Undefined();
   embedding_backward(ids, t, dout, h, dtable);
   return env.Undefined();
 }
@@ -119,8 +117,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   if (!(theta > 0) || !(scale > 0)) Throw(env, "rope theta and scale must be positive");
   float* x = View<float>(info[0], "x", CheckedMul(env, t, heads * hd * 4, "x bytes"));
   const int32_t* pos = View<int32_t>(info[1], "positions", t * 4);
-  for (int64_t i = 0; i < t; ++i)
-    if (pos[i] < 0) Throw(env, "positions[" + std::to_string(i) + "] is negative");
+  if (IndicesOutside(pos, t, 0, INT32_MAX + int64_t{1}, kNoException, kErrPositions)) return env.Undefined();
   rope(x, pos, t, heads, hd, theta, scale, info[7].ToBoolean());
   return env.Undefined();
 }
@@ -169,11 +166,14 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   const AttnDims d = ReadAttnDims(info, 5);  // l = lmax
   const int64_t qb = d.b * d.nh * d.hd * 4, cb = CheckedMul(env, d.b * d.l, d.nkv * d.hd * 4, "cache bytes");
   const int32_t* lengths = View<int32_t>(info[3], "lengths", d.b * 4);
-  for (int64_t i = 0; i < d.b; ++i)
-    if (lengths[i] < 0 || lengths[i] > d.l) Throw(env, "lengths[" + std::to_string(i) + "] is outside [0, " + std::to_string(d.l) + "]");
   const int32_t* mask = info[4].IsNull() ? nullptr : View<int32_t>(info[4], "keyMask", d.b * d.l * 4);
+  float* out = View<float>(info[11], "out", qb);
+  if (IndicesOutside(lengths, d.b, 0, d.l + 1, kNoException, kErrDecodeLengths)) {
+    PoisonF32(out, d.b * d.nh * d.hd);
+    return env.Undefined();
+  }
   attention_decode(View<float>(info[0], "q", qb), View<float>(info[1], "kCache", cb), View<float>(info[2], "vCache", cb),
-                   lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, View<float>(info[11], "out", qb));
+                   lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out);
   return env.Undefined();
 }
 
@@ -195,7 +195,7 @@ Napi::Value ScatterRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t rows = ToInt(info[2], "rows"), cols = ToInt(info[3], "cols"), dst_rows = ToInt(info[5], "dstRows");
   const int32_t* index = View<int32_t>(info[1], "index", rows * 4);
-  CheckIds(env, index, rows, dst_rows, "index");
+  if (IndicesOutside(index, rows, 0, dst_rows, kNoException, kErrScatterIndex)) return env.Undefined();
   scatter_rows(View<float>(info[0], "src", CheckedMul(env, rows, cols * 4, "src bytes")), index, rows, cols,
                View<float>(info[4], "dst", CheckedMul(env, dst_rows, cols * 4, "dst bytes")));
   return env.Undefined();

@@ -15,10 +15,7 @@ namespace spinlm::napi {
 
 using spinlm::DType;
 
-struct HostBuffer {
-  void* ptr;
-  int64_t bytes;
-};
+using spinlm::HostBuffer;
 
 // Tags the External so a foreign object can never be taken for a buffer.
 inline constexpr napi_type_tag kBufferTag = {0x7370696e6c6d2d62ULL, 0x7566666572763031ULL};

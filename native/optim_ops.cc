@@ -35,7 +35,8 @@ StepArgs Common(const Napi::CallbackInfo& info, size_t scale_index) {
   a.master = info[2].IsNull() ? nullptr : View<float>(info[2], "master", a.n * 4);
   if (!a.master && a.dt == DType::kBF16) Throw(env, "a bf16 parameter needs an f32 master copy");
   a.grad = View<float>(info[3], "grad", a.n * 4);
-  a.grad_scale = info[scale_index].IsNull() ? nullptr : View<float>(info[scale_index], "gradScale", 4);
+  // the clip tensor f32 [2] = [norm, coefficient]: the step multiplies the gradient by element 1
+  a.grad_scale = info[scale_index].IsNull() ? nullptr : View<float>(info[scale_index], "clip", 8) + 1;
   return a;
 }
 
@@ -70,25 +71,26 @@ Napi::Value SumSquares(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[1], "n"), index = ToInt(info[3], "index");
   const float* x = View<float>(info[0], "x", n * 4);
   float* out = View<float>(info[2], "out", (index + 1) * 4);
-  out[index] = static_cast<float>(sum_squares(x, n));
+  sum_squares_into(x, n, out + index);
   return info.Env().Undefined();
 }
 
-// clipCoefficient(sumsq f32 [k], k, maxNorm, out f32 [2]): out = [total norm, min(1, maxNorm / (norm + 1e-6))]
-// as torch.nn.utils.clip_grad_norm_ computes them.
+// clipCoefficient(sumsq f32 [k], k, maxNorm, out f32 [2])
 Napi::Value ClipCoefficient(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t k = ToInt(info[1], "count");
   const float* sq = View<float>(info[0], "sumsq", k * 4);
   if (!info[2].IsNumber()) Throw(env, "maxNorm must be a number");
-  const double max_norm = info[2].As<Napi::Number>().DoubleValue();
-  float* out = View<float>(info[3], "out", 8);
-  double total = 0;
-  for (int64_t i = 0; i < k; ++i) total += sq[i];
-  const double norm = std::sqrt(total);
-  out[0] = static_cast<float>(norm);
-  out[1] = static_cast<float>(std::min(1.0, max_norm / (norm + 1e-6)));
+  clip_coefficient(sq, k, info[2].As<Napi::Number>().DoubleValue(), View<float>(info[3], "out", 8));
   return env.Undefined();
+}
+
+// accumulate(acc f32, x f32, n, alpha): acc += alpha * x
+Napi::Value Accumulate(const Napi::CallbackInfo& info) {
+  const int64_t n = ToInt(info[2], "n");
+  if (!info[3].IsNumber()) Throw(info.Env(), "alpha must be a number");
+  accumulate(View<float>(info[0], "acc", n * 4), View<float>(info[1], "x", n * 4), n, info[3].As<Napi::Number>().DoubleValue());
+  return info.Env().Undefined();
 }
 
 // scaleInPlace(y f32, n, a)
@@ -106,6 +108,7 @@ void RegisterOptimOps(Napi::Env env, Napi::Object exports) {
   exports.Set("sumSquares", Napi::Function::New(env, SumSquares));
   exports.Set("clipCoefficient", Napi::Function::New(env, ClipCoefficient));
   exports.Set("scaleInPlace", Napi::Function::New(env, ScaleInPlace));
+  exports.Set("accumulate", Napi::Function::New(env, Accumulate));
 }
 
 OpRegistrar reg(RegisterOptimOps);

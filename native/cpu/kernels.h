@@ -12,8 +12,6 @@ enum class DType : int32_t { kF32 = 0, kBF16 = 1, kI32 = 2 };
 inline int64_t dtype_size(DType d) { return d == DType::kBF16 ? 2 : 4; }
 
 // Index of the first target outside [0, v) other than kIgnoreIndex, or -1 if all are valid.
-int64_t first_bad_target(const int32_t* targets, int64_t n, int64_t v);
-
 // logits [n, v] (f32 or bf16), targets [n] -> logp[r] = z[r, y_r] - lse[r], lse[r] = logsumexp(z[r, :]).
 // One read of each row from memory (max then sum of exp from cache). Ignored rows: logp = lse = 0.
 void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets,
@@ -41,11 +39,32 @@ void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n,
 // the counted pairs, and a batch with no counted pair has zero loss and zero gradients.
 // nll_alpha > 0 adds alpha * (-S(theta, y) / real_tokens[i]) to each pair's loss (the mean token NLL
 // of the real answer, as iterative RPO adds it); real_tokens [b] is then required.
-void spin_loss(const float* policy_real, const float* policy_gen, const float* ref_real,
-               const float* ref_gen, const float* pair_mask, int64_t b, double beta,
-               SpinLossType type, double nll_alpha, const float* real_tokens, float* out);
+// policy/ref f32 [2B] (real answers 0..B-1, generated B..2B-1) -> per_pair f32 [7, B] (loss, rewards
+// real/generated, margin, accuracy, S(theta) real/generated; zero rows for uncounted pairs), means
+// f32 [8] (the seven rows averaged over counted pairs in double, then the fraction of pairs counted),
+// dseq f32 [2B] = grad_scale * d(mean loss)/dS in the same layout as policy.
+void spin_loss(const float* policy, const float* ref, const float* pair_mask, int64_t b, double beta,
+               SpinLossType type, double nll_alpha, const float* answer_tokens, float grad_scale,
+               float* per_pair, float* means, float* dseq);
 
 // Memory-bandwidth probe for benchmarks: sums `bytes` bytes read as floats on all threads.
+// ---- memory-level kernels (tensor_ops.cc) ----
+// Writes `count` copies of a 16- or 32-bit pattern (elem_bytes 2 or 4).
+void fill_pattern(void* p, int64_t count, int elem_bytes, uint32_t pattern);
+// f32 <-> bf16 (round to nearest even) or a same-dtype copy (memmove) of n elements.
+void cast_values(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n);
+// The CPU device's error word (native/include/op_errors.h): raise ORs bits in, take returns and clears.
+void raise_op_error(uint32_t bits);
+uint32_t take_op_errors();
+
+// ---- sampling (sample.cc) ----
+// Next token of each active row of logits f32 [B, V] as src/generate/sampler.ts defines it (Hugging
+// Face order: temperature, top-k, top-p; float64 math; greedy = argmax, ties to the lowest id when
+// temperature == 0 or top_k == 1). rng i32 [B, 4] holds each row's xoshiro128** state and advances by
+// two draws per sampled (non-greedy, active) row. Inactive rows (active[b] == 0) get id 0.
+void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, const int32_t* active,
+                   double temperature, int64_t top_k, double top_p, int32_t* out);
+
 double stream_read(const void* data, int64_t bytes);
 
 // Compute probe for benchmarks: `count` evaluations of the kernels' vector exp on L1-resident data,

@@ -121,14 +121,6 @@ int64_t row_grain(int64_t v) { return std::max<int64_t>(1, (1 << 16) / std::max<
 
 }  // namespace
 
-int64_t first_bad_target(const int32_t* targets, int64_t n, int64_t v) {
-  for (int64_t r = 0; r < n; ++r) {
-    const int32_t y = targets[r];
-    if (y != kIgnoreIndex && (y < 0 || y >= v)) return r;
-  }
-  return -1;
-}
-
 void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets,
                     float* logp, float* lse) {
   parallel_for(n, row_grain(v), [&](int64_t r0, int64_t r1) {
@@ -173,25 +165,37 @@ void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n,
   for (int64_t r = 0; r < n; ++r) dlogp[r] = seg[r] >= 0 ? dseq[seg[r]] : 0.0f;
 }
 
-void spin_loss(const float* policy_real, const float* policy_gen, const float* ref_real,
-               const float* ref_gen, const float* pair_mask, int64_t b, double beta,
-               SpinLossType type, double nll_alpha, const float* real_tokens, float* out) {
+void spin_loss(const float* policy, const float* ref, const float* pair_mask, int64_t b, double beta,
+               SpinLossType type, double nll_alpha, const float* answer_tokens, float grad_scale,
+               float* per_pair, float* means, float* dseq) {
   int64_t counted = 0;
   for (int64_t i = 0; i < b; ++i) counted += !pair_mask || pair_mask[i] != 0.0f;
   const double inv_count = counted > 0 ? 1.0 / static_cast<double>(counted) : 0.0;
+  double sums[7] = {0, 0, 0, 0, 0, 0, 0};
   for (int64_t i = 0; i < b; ++i) {
     if (pair_mask && pair_mask[i] == 0.0f) {
-      for (int k = 0; k < 7; ++k) out[k * b + i] = 0.0f;
+      for (int k = 0; k < 7; ++k) per_pair[k * b + i] = 0.0f;
+      dseq[i] = 0.0f;
+      dseq[b + i] = 0.0f;
       continue;
     }
-    SpinPair p = spin_pair(policy_real[i], policy_gen[i], ref_real[i], ref_gen[i], beta, type, inv_count);
-    if (nll_alpha != 0.0 && real_tokens[i] > 0) {
-      p.loss += nll_alpha * -static_cast<double>(policy_real[i]) / real_tokens[i];
-      p.dS_real += -nll_alpha / real_tokens[i] * inv_count;
+    SpinPair p = spin_pair(policy[i], policy[b + i], ref[i], ref[b + i], beta, type, inv_count);
+    if (nll_alpha != 0.0 && answer_tokens[i] > 0) {
+      p.loss += nll_alpha * -static_cast<double>(policy[i]) / answer_tokens[i];
+      p.dS_real += -nll_alpha / answer_tokens[i] * inv_count;
     }
-    const double row[7] = {p.loss, p.reward_real, p.reward_gen, p.margin, p.accuracy, p.dS_real, p.dS_gen};
-    for (int k = 0; k < 7; ++k) out[k * b + i] = static_cast<float>(row[k]);
+    const double row[7] = {p.loss, p.reward_real, p.reward_gen, p.margin, p.accuracy, policy[i], policy[b + i]};
+    for (int k = 0; k < 7; ++k) {
+      per_pair[k * b + i] = static_cast<float>(row[k]);
+      sums[k] += static_cast<float>(row[k]);  // the logged means average the stored per-pair values
+    }
+    // rounded to f32 first, then scaled in f32: the same bits as scaling the stored gradient afterwards
+    const float d_real = static_cast<float>(p.dS_real), d_gen = static_cast<float>(p.dS_gen);
+    dseq[i] = grad_scale == 1.0f ? d_real : d_real * grad_scale;
+    dseq[b + i] = grad_scale == 1.0f ? d_gen : d_gen * grad_scale;
   }
+  for (int k = 0; k < 7; ++k) means[k] = static_cast<float>(sums[k] * inv_count);
+  means[7] = b > 0 ? static_cast<float>(static_cast<double>(counted) / static_cast<double>(b)) : 0.0f;
 }
 
 SPINLM_CLONES static double sum_floats(const float* p, int64_t count) {

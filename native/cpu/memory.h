@@ -7,6 +7,13 @@
 
 namespace spinlm {
 
+// A CPU tensor's buffer, owned by the N-API External handle that the CPU backend gives JS
+// (ptr = nullptr after free()).
+struct HostBuffer {
+  void* ptr;
+  int64_t bytes;
+};
+
 void* host_alloc(int64_t bytes);                 // nullptr when out of memory
 void host_free(void* p, int64_t bytes);          // `bytes` as passed to host_alloc
 void host_trim();                                // returns every recycled block to the OS

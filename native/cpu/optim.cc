@@ -84,6 +84,20 @@ double sum_squares(const float* x, int64_t n) {
   return s;
 }
 
+void sum_squares_into(const float* x, int64_t n, float* out) { *out = static_cast<float>(sum_squares(x, n)); }
+
+void clip_coefficient(const float* sumsq, int64_t k, double max_norm, float* out) {
+  double total = 0;
+  for (int64_t i = 0; i < k; ++i) total += sumsq[i];
+  const double norm = std::sqrt(total);
+  out[0] = static_cast<float>(norm);
+  out[1] = static_cast<float>(std::min(1.0, max_norm / (norm + 1e-6)));
+}
+
+void accumulate(float* acc, const float* x, int64_t n, double alpha) {
+  for (int64_t i = 0; i < n; ++i) acc[i] = static_cast<float>(static_cast<double>(acc[i]) + alpha * static_cast<double>(x[i]));
+}
+
 void scale_inplace(float* y, int64_t n, float a) {
   parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) y[i] *= a;

@@ -31,6 +31,16 @@ void adamw_step(void* param, DType param_dt, float* master, const float* grad, f
 // Sum of squares of x[0..n) in double, in a fixed order: the same for any thread count.
 double sum_squares(const float* x, int64_t n);
 
+// *out = sum_squares(x, n) rounded to f32 (one element of the per-tensor sums of squares).
+void sum_squares_into(const float* x, int64_t n, float* out);
+
+// From per-tensor sums of squares [k]: out f32 [2] = [total norm, min(1, max_norm / (norm + 1e-6))],
+// as torch.nn.utils.clip_grad_norm_ computes them (max_norm = inf: coefficient 1).
+void clip_coefficient(const float* sumsq, int64_t k, double max_norm, float* out);
+
+// acc[i] += alpha * x[i] (double math, f32 storage): metrics accumulated on the device.
+void accumulate(float* acc, const float* x, int64_t n, double alpha);
+
 // y[i] = y[i] * a (in place, f32).
 void scale_inplace(float* y, int64_t n, float a);
 

@@ -1,23 +1,40 @@
-// The one Backend interface (DESIGN.md section 2). Every op is issued synchronously and returns
-// device tensors; only read() is async (WebGPU maps buffers, CUDA syncs a stream). Nothing above
-// src/backend/ knows which device runs an op. Argument checks shared by all backends live in
-// validate.ts, so each backend implements only the math.
+// The Backend interface: the kernels of one device, and nothing else. Callers never use it
+// directly: they call the op layer (src/ops/), which checks shapes, dtypes, ranges and options once
+// and then calls these methods with arguments that are already valid (docs/ops.md). A backend is only
+// math; it may assume every precondition written here. Every method issues work synchronously and
+// returns device tensors; only read() and takeErrors() are async (WebGPU maps buffers, CUDA syncs a
+// stream).
 import type { DType, HostArrayOf, HostData } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 
 export type SpinLossType = 'sigmoid' | 'hinge';
 
-/** Rows of the [7, B] tensor returned by spinLoss, in order. */
+/** Rows of spinLoss's per-pair output [7, B], in order (TypeScript names; the logged names are SPIN_LOSS_MEANS). */
 export const SPIN_LOSS_ROWS = [
-  'loss', // softplus(-u) (sigmoid) or max(0, 1 - u) (hinge), per pair
+  'loss', // softplus(-u) (sigmoid) or max(0, 1 - u) (hinge), plus the NLL term when nllAlpha > 0
   'rewardsReal', // beta * (S(theta, y) - S(ref, y))
   'rewardsGenerated', // beta * (S(theta, y') - S(ref, y'))
   'margins', // rewardsReal - rewardsGenerated = u
   'accuracies', // 1 if rewardsReal > rewardsGenerated (ties count as misses, as TRL logs it)
-  'dReal', // d(mean loss) / dS(theta, y)
-  'dGenerated', // d(mean loss) / dS(theta, y')
+  'logpsReal', // S(theta, y)
+  'logpsGenerated', // S(theta, y')
 ] as const;
 export type SpinLossRow = (typeof SPIN_LOSS_ROWS)[number];
+
+/**
+ * Entries of spinLoss's `means` [8]: the seven rows averaged over the counted pairs, then the
+ * fraction of pairs counted. Named as the official SPIN trainer logs them.
+ */
+export const SPIN_LOSS_MEANS = [
+  'loss',
+  'rewards/real',
+  'rewards/generated',
+  'rewards/margins',
+  'rewards/accuracies',
+  'logps/real',
+  'logps/generated',
+  'pairs/counted',
+] as const;
 
 export interface SpinLossOpts {
   beta: number;
@@ -27,7 +44,40 @@ export interface SpinLossOpts {
   /** Weight of the NLL term on the real answer (default 0: the official SPIN loss). */
   nllAlpha?: number;
   /** f32 [B]: answer tokens (incl. EOS) of each real answer; required when nllAlpha > 0. */
-  realTokens?: Tensor<'f32'>;
+  answerTokens?: Tensor<'f32'>;
+  /** Multiplies `dseq` (a micro-batch's share of its accumulation window; default 1). */
+  gradScale?: number;
+}
+
+/** What spinLoss returns (all f32). */
+export interface SpinLossOutputs {
+  /** [7, B], rows as in SPIN_LOSS_ROWS (all-zero columns for uncounted pairs). */
+  perPair: Tensor<'f32'>;
+  /** [8], as in SPIN_LOSS_MEANS. */
+  means: Tensor<'f32'>;
+  /** [2B]: gradScale * d(mean loss) / dS, in the sequence layout (real answers, then generated). */
+  dseq: Tensor<'f32'>;
+}
+
+/** Sampling options (src/generate/sampler.ts has the algorithm). */
+export interface SampleOpts {
+  /** 0 = greedy. */
+  temperature: number;
+  /** 0 = off. */
+  topK: number;
+  /** 1 = off. */
+  topP: number;
+}
+
+/** What a backend says about itself (spinlm info). */
+export interface BackendInfo {
+  name: string;
+  /** The device, e.g. "CPU (2 threads, AVX-512)" or a GPU's name. */
+  device: string;
+  /** Device memory in bytes where known. */
+  memoryBytes?: number;
+  /** Other facts worth showing (limits, features), as short strings. */
+  details?: string[];
 }
 
 export interface MatmulOpts {
@@ -70,92 +120,99 @@ export interface AdamwHyper {
   step: number;
 }
 
+/** Bits of the device error word (native/include/op_errors.h has the same values). */
+export const OP_ERRORS = {
+  targets: 1 << 0,
+  segments: 1 << 1,
+  tokenIds: 1 << 2,
+  scatterIndex: 1 << 3,
+  decodeLengths: 1 << 4,
+  positions: 1 << 5,
+} as const;
+
+/**
+ * Kernels of one device. Preconditions (checked by src/ops before any call): every tensor belongs to
+ * this backend and has the dtype and shape stated; options are finite and in range; views start at
+ * multiples of VIEW_ALIGNMENT bytes. Index tensors live on the device, so their values are NOT checked
+ * beforehand: a kernel that gathers or scatters by index must skip any index outside its range (never
+ * touching memory outside a buffer) and raise the op's bit in the device error word (OP_ERRORS).
+ */
 export interface Backend {
   /** 'cpu', 'webgpu', 'cuda'. */
   readonly name: string;
 
+  info(): BackendInfo;
+
   // ---- memory -------------------------------------------------------------------------------
   /** A new tensor with unspecified contents. */
   empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
-  /** Copies host data into a new tensor of the given shape. */
-  upload<D extends DType>(host: HostData<D>, shape: readonly number[]): Tensor<D>;
   /** Copies host data into an existing tensor (same dtype and element count). */
   write<D extends DType>(t: Tensor<D>, host: HostData<D>): void;
-  /** Copies a tensor to the host. The only async op. */
+  /** Copies a tensor to the host once the work issued before it is done. */
   read<D extends DType>(t: Tensor<D>): Promise<HostArrayOf<D>>;
-  /** Releases a tensor's buffer now. Using it afterwards throws. */
+  /** Returns the device error word's bits raised since the last call, and clears them. */
+  takeErrors(): Promise<number>;
+  /** Releases a tensor's buffer now (t owns its buffer). */
   free(t: Tensor): void;
-  /** Sets every element to `value` (rounded to the dtype). */
-  fill(t: Tensor, value: number): void;
-  /** Writes a raw bit pattern into every element (e.g. 0x7fc00000 = f32 NaN): for poisoning outputs in tests. */
+  /** Writes a raw bit pattern (16-bit for bf16, else 32-bit) into every element. */
   fillBits(t: Tensor, bits: number): void;
-  /** A new tensor with the values converted to `dtype` (f32 <-> bf16 rounds to nearest even). */
-  cast<D extends DType>(t: Tensor, dtype: D): Tensor<D>;
+  /** out = t converted to out's dtype (f32 <-> bf16 rounds to nearest even; same dtype: a copy). */
+  cast(t: Tensor, out: Tensor): void;
 
-  // ---- the log-prob / SPIN loss family (DESIGN.md section 1) ---------------------------------
+  // ---- the log-prob / SPIN loss family (docs/algorithm.md) ------------------------------------
   /**
    * logits [N, V] (f32 | bf16), targets i32 [N] (-100 = ignored) ->
    * logp f32 [N] = z[n, y_n] - logsumexp(z[n, :]) and lse f32 [N] (saved for the backward).
    * One online pass per row in fp32; ignored rows give logp = lse = 0. Extra memory O(N).
    */
   logprobGather(logits: Tensor, targets: Tensor<'i32'>): { logp: Tensor<'f32'>; lse: Tensor<'f32'> };
-
   /**
-   * Backward of logprobGather: dlogits[n, v] = dlogp[n] * (1[v = y_n] - softmax(z[n, :])_v), from the
-   * saved lse (no second reduction). 1 - p_y is computed as -expm1(logp_y) in fp32. Ignored rows are
-   * exact zeros. `out` may be `logits` itself (in place); else a new tensor of `dtype`
-   * (default: the logits' dtype) is returned.
+   * Backward of logprobGather into `out` [N, V] (f32 | bf16; may be `logits` itself when the dtypes
+   * agree: in place): out[n, v] = dlogp[n] * (1[v = y_n] - softmax(z[n, :])_v), from the saved lse.
+   * 1 - p_y is computed as -expm1(logp_y) in fp32. Ignored rows are exact zeros.
    */
-  logprobGatherBackward(
-    logits: Tensor,
-    targets: Tensor<'i32'>,
-    lse: Tensor<'f32'>,
-    dlogp: Tensor<'f32'>,
-    opts?: { out?: Tensor; dtype?: 'f32' | 'bf16' },
-  ): Tensor;
-
+  logprobGatherBackward(logits: Tensor, targets: Tensor<'i32'>, lse: Tensor<'f32'>, dlogp: Tensor<'f32'>, out: Tensor): void;
   /**
-   * Per-sequence sums of token log-probs: out[s] = sum of logp[n] with segments[n] = s
-   * (segments[n] = -1: the token belongs to no sequence, e.g. prompt or padding). Fixed order,
-   * so the same inputs always give bit-identical sums.
+   * Per-sequence sums of token log-probs: out[s] = sum of logp[n] with segments[n] = s (-1: no
+   * sequence). Fixed order, so the same inputs always give bit-identical sums.
    */
   sequenceLogprob(logp: Tensor<'f32'>, segments: Tensor<'i32'>, numSeqs: number): Tensor<'f32'>;
   /** Backward: dlogp[n] = dseq[segments[n]], 0 where segments[n] = -1. */
   sequenceLogprobBackward(dseq: Tensor<'f32'>, segments: Tensor<'i32'>): Tensor<'f32'>;
-
   /**
-   * The SPIN loss of B pairs from summed log-probs (each f32 [B]) -> f32 [7, B], rows as in
-   * SPIN_LOSS_ROWS, with the gradients of the mean loss in the last two rows. `pairMask` f32 [B]
-   * (1 = counted, 0 = not: a pair with no answer tokens, or dropped because its generated answer
-   * equals the real one) gives uncounted pairs all-zero rows; the mean is over counted pairs and a
-   * batch with none has zero loss and zero gradients. `nllAlpha` > 0 adds alpha x the mean token NLL
-   * of the real answer (-S(theta, y) / realTokens[i]) to each pair's loss (iterative RPO's term).
+   * The SPIN loss of B pairs from summed log-probs policy, ref f32 [2B] (real answers 0..B-1, generated
+   * B..2B-1). pairMask f32 [B] (1 = counted, 0 = not) gives uncounted pairs zero columns and zero
+   * gradients; means are over counted pairs, and a batch with none has zero loss and zero gradients.
+   * nllAlpha > 0 adds alpha x the mean token NLL of the real answer (-S(theta, y) / answerTokens[i]).
    */
-  spinLoss(
-    policyReal: Tensor<'f32'>,
-    policyGenerated: Tensor<'f32'>,
-    refReal: Tensor<'f32'>,
-    refGenerated: Tensor<'f32'>,
-    opts: SpinLossOpts,
-  ): Tensor<'f32'>;
+  spinLoss(policy: Tensor<'f32'>, ref: Tensor<'f32'>, opts: SpinLossOpts): SpinLossOutputs;
 
-  // ---- optimizer ops (master weights and states f32; see native/cpu/optim_kernels.h) ------------
+  // ---- optimizer ops (master weights and states f32) ------------------------------------------
   /**
-   * One torch.optim.RMSprop step (not centered, no momentum) on one parameter tensor. `master` is the
-   * f32 copy a bf16 parameter needs (omit it for an f32 parameter: it is its own master). The gradient
-   * is multiplied by gradScale[0] first (gradient clipping without a host round trip).
+   * One torch.optim.RMSprop step (not centered, no momentum). `master` is the f32 copy of a bf16
+   * parameter (absent for f32). With `clip` f32 [2] (from clipCoefficient) the gradient is multiplied
+   * by clip[1] first: gradient clipping without a host round trip.
    */
-  rmspropStep(p: OptimTensors & { squareAvg: Tensor<'f32'> }, h: RmspropHyper, gradScale?: Tensor<'f32'>): void;
+  rmspropStep(p: OptimTensors & { squareAvg: Tensor<'f32'> }, h: RmspropHyper, clip?: Tensor<'f32'>): void;
   /** One torch.optim.AdamW step; h.step counts from 1 (bias correction). */
-  adamwStep(p: OptimTensors & { expAvg: Tensor<'f32'>; expAvgSq: Tensor<'f32'> }, h: AdamwHyper, gradScale?: Tensor<'f32'>): void;
+  adamwStep(p: OptimTensors & { expAvg: Tensor<'f32'>; expAvgSq: Tensor<'f32'> }, h: AdamwHyper, clip?: Tensor<'f32'>): void;
   /** out[index] = sum of x^2, accumulated in double in a fixed order (same for any thread count). */
   sumSquares(x: Tensor<'f32'>, out: Tensor<'f32'>, index: number): void;
-  /** From per-tensor sums of squares [k]: f32 [2] = [total norm, min(1, maxNorm / (norm + 1e-6))] (torch's clip_grad_norm_). */
+  /** From per-tensor sums of squares [k]: f32 [2] = [total norm, min(1, maxNorm / (norm + 1e-6))]. */
   clipCoefficient(sumsq: Tensor<'f32'>, maxNorm: number): Tensor<'f32'>;
   /** x *= a, in place. */
   scaleInPlace(x: Tensor<'f32'>, a: number): void;
+  /** acc += alpha * x (same shapes), in place: metrics summed on the device. */
+  accumulate(acc: Tensor<'f32'>, x: Tensor<'f32'>, alpha: number): void;
 
-  // ---- model ops (fp32 compute; weights f32 or bf16; see native/cpu/model_kernels.h) --------------
+  // ---- sampling ------------------------------------------------------------------------------
+  /**
+   * Next token of each row of logits f32 [B, V]: rng i32 [B, 4] holds each row's xoshiro128** state
+   * (src/util/rng.ts) and is advanced in place; active i32 [B] (0 = skip: id 0, state untouched).
+   */
+  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, opts: SampleOpts): Tensor<'i32'>;
+
+  // ---- model ops (fp32 compute; weights f32 or bf16) --------------------------------------------
   /**
    * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D; b f32 or bf16 2-D; op = transpose
    * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }).

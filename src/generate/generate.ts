@@ -1,20 +1,27 @@
 // Batched generation with a KV cache: prompts grouped by length (sorted, neighbours batched) to cut
 // padding, one RNG stream per prompt (Rng(seed).fork(stream id)) so the same seed gives the same text
 // whatever the batch size, stop at EOS / a stop sequence / max_new_tokens / the model's positions.
+// Sampling runs on the device (ops.sampleTokens, the algorithm of sampler.ts): per decode step the
+// host reads B token ids, never the [B, V] logits, and the sampled ids feed the next step directly.
+import type { Backend } from '../backend/backend.js';
+import * as ops from '../ops/index.js';
+import type { Tensor } from '../tensor/tensor.js';
 import { Rng } from '../util/rng.js';
-import { checkSampling, type SamplingOptions, sampleToken } from './sampler.js';
+import { checkSampling, type SamplingOptions } from './sampler.js';
 
 /** A causal LM that can run batched prefill + decode with a KV cache (LlamaDecoder implements it). */
 export interface DecoderModel {
+  /** The backend its logits live on. */
+  readonly backend: Backend;
   readonly vocabSize: number;
   readonly maxPositions: number;
   newCache(batch: number, maxLen: number): DecoderCache;
 }
 export interface DecoderCache {
-  /** Feeds each row's prompt; returns f32 [B, V] logits of each row's last prompt position. */
-  prefill(prompts: readonly (readonly number[])[]): Promise<Float32Array>;
-  /** Appends one token per active row; returns f32 [B, V] logits of that position. */
-  decode(tokens: Int32Array, active: Uint8Array): Promise<Float32Array>;
+  /** Feeds each row's prompt; returns f32 [B, V] logits (on the device) of each row's last prompt position. */
+  prefill(prompts: readonly (readonly number[])[]): Tensor<'f32'>;
+  /** Appends one token per active row (i32 [B] on the device); returns f32 [B, V] logits of that position. */
+  decode(tokens: Tensor<'i32'>, active: Uint8Array): Tensor<'f32'>;
   free(): void;
 }
 
@@ -46,26 +53,41 @@ function endsWith(seq: readonly number[], tail: readonly number[]): boolean {
   return true;
 }
 
+/** Each row's xoshiro128** state as i32 [B, 4] for the device sampler. */
+function rngStates(be: Backend, rngs: readonly Rng[]): Tensor<'i32'> {
+  const words = new Uint32Array(4 * rngs.length);
+  rngs.forEach((r, b) => words.set(r.getState().s, 4 * b));
+  return ops.upload(be, { dtype: 'i32', data: new Int32Array(words.buffer) }, [rngs.length, 4]);
+}
+
 /** Generates for one batch of prompts (indices into the full list, for their RNG streams). */
 async function generateBatch(model: DecoderModel, prompts: readonly (readonly number[])[], index: readonly number[], o: GenerateOptions): Promise<Generation[]> {
   const B = prompts.length;
+  const be = model.backend;
   const longest = Math.max(...prompts.map((p) => p.length));
   const budget = Math.min(o.maxNewTokens, model.maxPositions - longest);
   if (budget < 1) return prompts.map(() => ({ tokens: [], finishReason: 'length' }));
   const cache = model.newCache(B, longest + budget);
-  const rngs = index.map((i) => new Rng(o.seed).fork(o.streamIds ? o.streamIds[i] : i));
+  const rng = rngStates(be, index.map((i) => new Rng(o.seed).fork(o.streamIds ? o.streamIds[i] : i)));
   const out: Generation[] = prompts.map(() => ({ tokens: [], finishReason: 'length' }));
   const active = new Uint8Array(B).fill(1);
+  const sampling = { temperature: o.temperature, topK: o.topK, topP: o.topP };
+  let logits: Tensor<'f32'> | undefined;
+  let next: Tensor<'i32'> | undefined;
   try {
-    let logits = await cache.prefill(prompts);
-    const V = model.vocabSize;
+    logits = cache.prefill(prompts);
     for (let step = 0; step < budget; step++) {
-      const next = new Int32Array(B);
+      const activeT = ops.upload(be, { dtype: 'i32', data: Int32Array.from(active) }, [B]);
+      next?.free();
+      next = ops.sampleTokens(logits, rng, activeT, sampling);
+      activeT.free();
+      logits.free();
+      logits = undefined;
+      const ids = await ops.read(next); // B ids: the one host read of a decode step
       let live = 0;
       for (let b = 0; b < B; b++) {
         if (!active[b]) continue;
-        const id = sampleToken(logits.subarray(b * V, (b + 1) * V), o, rngs[b]);
-        next[b] = id;
+        const id = ids[b];
         const g = out[b];
         if (o.eosIds.includes(id)) {
           g.finishReason = 'eos';
@@ -87,9 +109,12 @@ async function generateBatch(model: DecoderModel, prompts: readonly (readonly nu
         live++;
       }
       if (live === 0) break;
-      logits = await cache.decode(next, active);
+      logits = cache.decode(next, active);
     }
   } finally {
+    logits?.free();
+    next?.free();
+    rng.free();
     cache.free();
   }
   return out;

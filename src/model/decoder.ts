@@ -1,15 +1,22 @@
 // Batched inference with a KV cache for generation: prefill the prompts (ragged lengths, right
 // padded), then decode one token per sequence per step. Implements src/generate's DecoderModel
-// structurally (the model layer does not import generate). Logits come back to the host as f32 [B, V].
+// structurally (the model layer does not import generate). Logits stay on the device (f32 [B, V]);
+// the caller samples them there and reads only the token ids.
 //
 // Cache layout per layer: K and V f32 [B * nKV * Lmax + nKV, hd]; row (b * nKV + h) * Lmax + t holds
 // kv head h at position t of sequence b, so decode attention streams each head's positions in order;
 // the last nKV rows absorb writes of finished sequences. Appending a step is one scatterRows per tensor.
 import type { Tensor } from '../tensor/tensor.js';
+import { checkTokenIds } from './input.js';
 import type { LlamaModel } from './llama.js';
+import * as ops from '../ops/index.js';
 
 export class LlamaDecoder {
   constructor(readonly model: LlamaModel) {}
+
+  get backend() {
+    return this.model.backend;
+  }
 
   get vocabSize(): number {
     return this.model.cfg.vocabSize;
@@ -33,7 +40,6 @@ export class LlamaKvCache {
   readonly lengths: Int32Array;
   private readonly k: Tensor<'f32'>[] = [];
   private readonly v: Tensor<'f32'>[] = [];
-  private readonly keyMask: Int32Array; // [B, Lmax], 1 for cached positions
 
   constructor(
     readonly model: LlamaModel,
@@ -43,11 +49,10 @@ export class LlamaKvCache {
     const c = model.cfg;
     const be = model.backend;
     for (let i = 0; i < c.numLayers; i++) {
-      this.k.push(be.empty('f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
-      this.v.push(be.empty('f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
+      this.k.push(ops.empty(be, 'f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
+      this.v.push(ops.empty(be, 'f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
     }
     this.lengths = new Int32Array(batch);
-    this.keyMask = new Int32Array(batch * maxLen);
   }
 
   private p(name: string): Tensor {
@@ -65,8 +70,8 @@ export class LlamaKvCache {
     for (let i = 0; i < c.numLayers; i++) {
       const { out } = this.model.layer(i, x, positions, false, (q, k, v) => {
         // one cache row per (token, kv head)
-        be.scatterRows(k.reshape([cacheRows.numel, c.headDim]), cacheRows, this.k[i]);
-        be.scatterRows(v.reshape([cacheRows.numel, c.headDim]), cacheRows, this.v[i]);
+        ops.scatterRows(k.reshape([cacheRows.numel, c.headDim]), cacheRows, this.k[i]);
+        ops.scatterRows(v.reshape([cacheRows.numel, c.headDim]), cacheRows, this.v[i]);
         return { att: attend(i, q, k, v) };
       });
       x.free();
@@ -75,19 +80,18 @@ export class LlamaKvCache {
     return x;
   }
 
-  /** Final norm + LM head on rows of h [R, H] -> f32 [R, V] on the host. */
-  private async logits(h: Tensor<'f32'>): Promise<Float32Array> {
+  /** Final norm + LM head on rows of h [R, H] -> f32 [R, V]. */
+  private logits(h: Tensor<'f32'>): Tensor<'f32'> {
     const be = this.model.backend;
     const c = this.model.cfg;
-    const { y, rstd } = be.rmsnorm(h, this.p('model.norm.weight'), c.rmsNormEps);
-    const logits = be.matmul(y, this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), { transB: true });
-    const out = await be.read(logits);
-    for (const t of [y, rstd, logits]) t.free();
-    return out;
+    const { y, rstd } = ops.rmsnorm(h, this.p('model.norm.weight'), c.rmsNormEps);
+    const logits = ops.matmul(y, this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), { transB: true });
+    for (const t of [y, rstd]) t.free();
+    return logits;
   }
 
   /** Feeds each row's prompt; returns f32 [B, V] logits at each row's last prompt position. */
-  async prefill(prompts: readonly (readonly number[])[]): Promise<Float32Array> {
+  prefill(prompts: readonly (readonly number[])[]): Tensor<'f32'> {
     const be = this.model.backend;
     const c = this.model.cfg;
     const B = this.batch;
@@ -106,34 +110,38 @@ export class LlamaKvCache {
       }
       last[b] = b * L + p.length - 1;
       this.lengths[b] = p.length;
-      this.keyMask.fill(0, b * this.maxLen, (b + 1) * this.maxLen);
-      this.keyMask.fill(1, b * this.maxLen, b * this.maxLen + p.length);
     });
-    const tIds = be.upload({ dtype: 'i32', data: ids }, [B * L]);
-    const tPos = be.upload({ dtype: 'i32', data: pos }, [B * L]);
-    const tMask = be.upload({ dtype: 'i32', data: mask }, [B, L]);
-    const tRows = be.upload({ dtype: 'i32', data: rows }, [B * L * nkv]);
-    const x = be.embedding(tIds, this.p('model.embed_tokens.weight'));
+    checkTokenIds(ids, c.vocabSize, 'prompt');
+    const tIds = ops.upload(be, { dtype: 'i32', data: ids }, [B * L]);
+    const tPos = ops.upload(be, { dtype: 'i32', data: pos }, [B * L]);
+    const tMask = ops.upload(be, { dtype: 'i32', data: mask }, [B, L]);
+    const tRows = ops.upload(be, { dtype: 'i32', data: rows }, [B * L * nkv]);
+    const x = ops.embedding(tIds, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (_i, q, k, v) => {
-      const { out, lse } = be.attention(q.reshape([B, L, c.numHeads, c.headDim]), k.reshape([B, L, c.numKvHeads, c.headDim]), v.reshape([B, L, c.numKvHeads, c.headDim]), tMask);
+      const { out, lse } = ops.attention(q.reshape([B, L, c.numHeads, c.headDim]), k.reshape([B, L, c.numKvHeads, c.headDim]), v.reshape([B, L, c.numKvHeads, c.headDim]), tMask);
       lse.free();
       return out;
     });
     // keep only each row's last prompt position (a row gather is an embedding lookup)
-    const tLast = be.upload({ dtype: 'i32', data: last }, [B]);
-    const hLast = be.embedding(tLast, h);
+    const tLast = ops.upload(be, { dtype: 'i32', data: last }, [B]);
+    const hLast = ops.embedding(tLast, h);
     for (const t of [tIds, tPos, tMask, tRows, tLast, h]) t.free();
-    const out = await this.logits(hLast);
+    const out = this.logits(hLast);
     hLast.free();
     return out;
   }
 
-  /** Appends one token per row; rows with active[b] = 0 are computed but not advanced. Returns f32 [B, V]. */
-  async decode(tokens: Int32Array, active: Uint8Array): Promise<Float32Array> {
+  /**
+   * Appends one token per row (tokens i32 [B] on the device, e.g. sampleTokens' output); rows with
+   * active[b] = 0 are computed but not advanced. Returns f32 [B, V]. Each sequence's keys are exactly
+   * its positions [0, length) (prompts are right-padded and decode appends at the length), so the
+   * attention needs the lengths only, no key mask.
+   */
+  decode(tokens: Tensor<'i32'>, active: Uint8Array): Tensor<'f32'> {
     const be = this.model.backend;
     const c = this.model.cfg;
     const B = this.batch;
-    if (tokens.length !== B || active.length !== B) throw new RangeError(`decode needs ${B} tokens and flags`);
+    if (tokens.numel !== B || active.length !== B) throw new RangeError(`decode needs ${B} tokens and flags`);
     const nkv = c.numKvHeads;
     const rows = new Int32Array(B * nkv), pos = new Int32Array(B), lens = new Int32Array(B);
     for (let b = 0; b < B; b++) {
@@ -142,21 +150,18 @@ export class LlamaKvCache {
       // finished sequences write to the dump rows at the end
       for (let h = 0; h < nkv; h++) rows[b * nkv + h] = live ? (b * nkv + h) * this.maxLen + this.lengths[b] : B * nkv * this.maxLen + h;
       pos[b] = Math.min(this.lengths[b], this.maxLen - 1);
-      if (live) this.keyMask[b * this.maxLen + this.lengths[b]] = 1;
       lens[b] = live ? this.lengths[b] + 1 : Math.max(1, this.lengths[b]);
     }
-    const tIds = be.upload({ dtype: 'i32', data: tokens }, [B]);
-    const tPos = be.upload({ dtype: 'i32', data: pos }, [B]);
-    const tRows = be.upload({ dtype: 'i32', data: rows }, [B * nkv]);
-    const tLens = be.upload({ dtype: 'i32', data: lens }, [B]);
-    const tMask = be.upload({ dtype: 'i32', data: this.keyMask }, [B, this.maxLen]);
-    const x = be.embedding(tIds, this.p('model.embed_tokens.weight'));
+    const tPos = ops.upload(be, { dtype: 'i32', data: pos }, [B]);
+    const tRows = ops.upload(be, { dtype: 'i32', data: rows }, [B * nkv]);
+    const tLens = ops.upload(be, { dtype: 'i32', data: lens }, [B]);
+    const x = ops.embedding(tokens, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (i, q) => {
       const cache = (t: Tensor<'f32'>) => t.view(0, [B, c.numKvHeads, this.maxLen, c.headDim]);
-      return be.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens, tMask);
+      return ops.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens);
     });
-    for (const t of [tIds, tPos, tRows, tLens, tMask]) t.free();
-    const out = await this.logits(h);
+    for (const t of [tPos, tRows, tLens]) t.free();
+    const out = this.logits(h);
     h.free();
     for (let b = 0; b < B; b++) if (active[b]) this.lengths[b]++;
     return out;

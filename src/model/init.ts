@@ -7,6 +7,7 @@ import { Rng } from '../util/rng.js';
 import { expectedTensors, type LlamaConfig } from './config.js';
 import { LlamaModel } from './llama.js';
 import { type ParamDType, Weights } from './weights.js';
+import * as ops from '../ops/index.js';
 
 export interface InitOptions {
   seed: number;
@@ -33,7 +34,7 @@ export function initLlama(backend: Backend, cfg: LlamaConfig, opts: InitOptions)
       else if (isBias) data[i] = opts.randomizeAll ? 0.1 * r.normal() : 0;
       else data[i] = std * r.normal();
     }
-    w.params.set(spec.name, dtype === 'bf16' ? backend.upload({ dtype: 'bf16', data: f32ArrayToBf16(data) }, spec.shape) : backend.upload({ dtype: 'f32', data }, spec.shape));
+    w.params.set(spec.name, dtype === 'bf16' ? ops.upload(backend, { dtype: 'bf16', data: f32ArrayToBf16(data) }, spec.shape) : ops.upload(backend, { dtype: 'f32', data }, spec.shape));
   }
   return new LlamaModel(cfg, w);
 }

@@ -10,6 +10,7 @@ import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
 import { type LlamaConfig, loadConfig, writeConfig } from './config.js';
 import { type ParamDType, Weights } from './weights.js';
+import * as ops from '../ops/index.js';
 
 /** The token tensors of one forward pass. */
 export interface ModelInput {
@@ -88,7 +89,7 @@ export class LlamaModel {
   async save(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
     await mkdir(dir, { recursive: true });
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
-    const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => this.backend.read(t) }));
+    const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) }));
     await writeCheckpointTensors(dir, tensors, { maxShardBytes: opts.maxShardBytes });
   }
 
@@ -110,8 +111,8 @@ export class LlamaModel {
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
   private linear(x: Tensor<'f32'>, weight: string, bias: string | null): Tensor<'f32'> {
-    const y = this.backend.matmul(x, this.p(weight), { transB: true });
-    if (bias) this.backend.addBias(y, this.p(bias));
+    const y = ops.matmul(x, this.p(weight), { transB: true });
+    if (bias) ops.addBias(y, this.p(bias));
     return y;
   }
 
@@ -119,10 +120,10 @@ export class LlamaModel {
   private linearBackward(dy: Tensor<'f32'>, x: Tensor<'f32'>, weight: string, bias: string | null, dxOut?: Tensor<'f32'>): Tensor<'f32'> {
     const be = this.backend;
     if (this.weights.training) {
-      be.matmul(dy, x, { transA: true, out: this.weights.grad(weight), accumulate: true });
-      if (bias) be.biasBackward(dy, this.weights.grad(bias));
+      ops.matmul(dy, x, { transA: true, out: this.weights.grad(weight), accumulate: true });
+      if (bias) ops.biasBackward(dy, this.weights.grad(bias));
     }
-    return dxOut ? be.matmul(dy, this.p(weight), { out: dxOut, accumulate: true }) : be.matmul(dy, this.p(weight));
+    return dxOut ? ops.matmul(dy, this.p(weight), { out: dxOut, accumulate: true }) : ops.matmul(dy, this.p(weight));
   }
 
   /**
@@ -139,23 +140,23 @@ export class LlamaModel {
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const T = x.shape[0];
-    const { y: h1, rstd: rstd1 } = be.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
+    const { y: h1, rstd: rstd1 } = ops.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
     const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
     const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'));
     const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'));
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
-    be.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
-    be.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
+    ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
+    ops.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
     const { att, lse } = attend(q, k, v);
     const o = this.linear(att.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
-    const x2 = be.add(x, o, o);
-    const { y: h2, rstd: rstd2 } = be.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
+    const x2 = ops.add(x, o, o);
+    const { y: h2, rstd: rstd2 } = ops.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
     const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null);
     const up = this.linear(h2, `${pre}.mlp.up_proj.weight`, null);
-    const act = be.swiglu(gate, up);
+    const act = ops.swiglu(gate, up);
     const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null);
-    const out = be.add(x2, d, d);
+    const out = ops.add(x2, d, d);
     if (keep) return { out, saved: { x, h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act } };
     freeAll(h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act);
     return { out, saved: { x } };
@@ -165,7 +166,7 @@ export class LlamaModel {
     const c = this.cfg;
     const { rows: R, length: L } = input;
     return this.layer(i, x, input.positions, keep, (q, k, v) => {
-      const { out, lse } = this.backend.attention(
+      const { out, lse } = ops.attention(
         q.reshape([R, L, c.numHeads, c.headDim]), k.reshape([R, L, c.numKvHeads, c.headDim]), v.reshape([R, L, c.numKvHeads, c.headDim]),
         input.attentionMask,
       );
@@ -182,25 +183,25 @@ export class LlamaModel {
     const g = (n: string) => this.weights.grad(n);
     // MLP: out = x2 + down(silu(gate) * up)
     const dact = this.linearBackward(dout, s.act!, `${pre}.mlp.down_proj.weight`, null);
-    const { dgate, dup } = be.swigluBackward(s.gate!, s.up!, dact);
+    const { dgate, dup } = ops.swigluBackward(s.gate!, s.up!, dact);
     const dh2 = this.linearBackward(dgate, s.h2!, `${pre}.mlp.gate_proj.weight`, null);
     this.linearBackward(dup, s.h2!, `${pre}.mlp.up_proj.weight`, null, dh2);
     freeAll(dact, dgate, dup);
     const postW = `${pre}.post_attention_layernorm.weight`;
-    const dx2n = be.rmsnormBackward(s.x2!, this.p(postW), s.rstd2!, dh2, this.weights.training ? g(postW) : undefined);
-    const dx2 = be.add(dout, dx2n, dx2n);
+    const dx2n = ops.rmsnormBackward(s.x2!, this.p(postW), s.rstd2!, dh2, this.weights.training ? g(postW) : undefined);
+    const dx2 = ops.add(dout, dx2n, dx2n);
     dh2.free();
     // attention: x2 = x + o_proj(attention(rope(q), rope(k), v))
     const datt = this.linearBackward(dx2, s.att!.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
     const shapeQ = [R, L, c.numHeads, c.headDim], shapeKv = [R, L, c.numKvHeads, c.headDim];
-    const { dq, dk, dv } = be.attentionBackward(
+    const { dq, dk, dv } = ops.attentionBackward(
       s.q!.reshape(shapeQ), s.k!.reshape(shapeKv), s.v!.reshape(shapeKv), input.attentionMask, s.att!, s.lse!,
       datt.reshape(shapeQ),
     );
     datt.free();
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1, inverse: true };
-    be.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
-    be.rope(dk.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
+    ops.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
+    ops.rope(dk.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
     const dq2 = dq.reshape([T, c.numHeads * c.headDim]), dk2 = dk.reshape([T, c.numKvHeads * c.headDim]), dv2 = dv.reshape([T, c.numKvHeads * c.headDim]);
     const dh1 = this.linearBackward(dq2, s.h1!, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
@@ -208,8 +209,8 @@ export class LlamaModel {
     this.linearBackward(dv2, s.h1!, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), dh1);
     freeAll(dq, dk, dv);
     const inW = `${pre}.input_layernorm.weight`;
-    const dxn = be.rmsnormBackward(s.x, this.p(inW), s.rstd1!, dh1, this.weights.training ? g(inW) : undefined);
-    const dx = be.add(dx2, dxn, dxn);
+    const dxn = ops.rmsnormBackward(s.x, this.p(inW), s.rstd1!, dh1, this.weights.training ? g(inW) : undefined);
+    const dx = ops.add(dx2, dxn, dxn);
     freeAll(dh1, dx2);
     return dx;
   }
@@ -222,7 +223,7 @@ export class LlamaModel {
     this.checkInput(input);
     const be = this.backend;
     const train = !!opts.train;
-    let x = be.embedding(input.inputIds, this.p('model.embed_tokens.weight'));
+    let x = ops.embedding(input.inputIds, this.p('model.embed_tokens.weight'));
     const layers: LayerSaved[] = [];
     for (let i = 0; i < this.cfg.numLayers; i++) {
       const { out, saved } = this.layerForward(i, x, input, train && !this.recompute);
@@ -230,8 +231,8 @@ export class LlamaModel {
       else x.free();
       x = out;
     }
-    const { y: hFinal, rstd: rstdFinal } = be.rmsnorm(x, this.p('model.norm.weight'), this.cfg.rmsNormEps);
-    const logits = be.matmul(hFinal, this.lmHead(), { transB: true });
+    const { y: hFinal, rstd: rstdFinal } = ops.rmsnorm(x, this.p('model.norm.weight'), this.cfg.rmsNormEps);
+    const logits = ops.matmul(hFinal, this.lmHead(), { transB: true });
     if (!train) {
       freeAll(x, hFinal, rstdFinal);
       return { logits, state: null };
@@ -245,9 +246,9 @@ export class LlamaModel {
     const be = this.backend;
     const { input } = state;
     const lmName = this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
-    be.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
-    const dh = be.matmul(dlogits, this.lmHead());
-    let dx = be.rmsnormBackward(state.xFinal, this.p('model.norm.weight'), state.rstdFinal, dh, this.weights.grad('model.norm.weight'));
+    ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
+    const dh = ops.matmul(dlogits, this.lmHead());
+    let dx = ops.rmsnormBackward(state.xFinal, this.p('model.norm.weight'), state.rstdFinal, dh, this.weights.grad('model.norm.weight'));
     freeAll(dh, state.hFinal, state.rstdFinal, state.xFinal);
     for (let i = this.cfg.numLayers - 1; i >= 0; i--) {
       let saved = state.layers[i];
@@ -261,7 +262,7 @@ export class LlamaModel {
       freeAll(...Object.values(saved)); // the layer input x included: nothing reads it any more
       dx = next;
     }
-    be.embeddingBackward(input.inputIds, dx, this.weights.grad('model.embed_tokens.weight'));
+    ops.embeddingBackward(input.inputIds, dx, this.weights.grad('model.embed_tokens.weight'));
     dx.free();
     state.layers.length = 0;
   }

@@ -5,6 +5,7 @@ import type { Tensor } from '../tensor/tensor.js';
 import { expectedTensors, type LlamaConfig } from './config.js';
 import type { CheckpointTensors } from './checkpoint_files.js';
 import { SafetensorsError } from './safetensors.js';
+import * as ops from '../ops/index.js';
 
 export type ParamDType = 'f32' | 'bf16';
 
@@ -41,15 +42,15 @@ export class Weights {
   enableTraining(): void {
     if (this.training) return;
     for (const [name, p] of this.params) {
-      const g = this.backend.empty('f32', p.shape);
-      this.backend.fill(g, 0);
+      const g = ops.empty(this.backend, 'f32', p.shape);
+      ops.fill(g, 0);
       this.grads.set(name, g);
-      if (p.dtype === 'bf16') this.masters.set(name, this.backend.cast(p, 'f32'));
+      if (p.dtype === 'bf16') this.masters.set(name, ops.cast(p, 'f32'));
     }
   }
 
   zeroGrad(): void {
-    for (const g of this.grads.values()) this.backend.fill(g, 0);
+    for (const g of this.grads.values()) ops.fill(g, 0);
   }
 
   /** Parameter count (tied tensors once). */
@@ -85,7 +86,7 @@ export class Weights {
           throw new SafetensorsError(files.dir, s.name, `has shape [${info.shape.join(', ')}], config.json implies [${s.shape.join(', ')}]`);
         }
         const host = await files.readTensor(s.name, { dtype });
-        w.params.set(s.name, backend.upload(host, s.shape));
+        w.params.set(s.name, ops.upload(backend, host, s.shape));
       }
     } catch (e) {
       w.free();

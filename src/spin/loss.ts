@@ -1,33 +1,23 @@
-// The SPIN loss over a batch of pairs, fused from the backend's log-prob kernels (DESIGN.md section 1):
+// The SPIN loss over a batch of pairs, fused from the op layer's log-prob kernels (docs/algorithm.md):
 //
-//   logits [N, V] --logprobGather--> logp [N] --sequenceLogprob--> S [2B] --spinLoss--> [7, B]
+//   logits [N, V] --logprobGather--> logp [N] --sequenceLogprob--> S [2B] --spinLoss--> per-pair [7, B],
+//                                                                                        means [8], dseq [2B]
 //
-// Sequence layout: the B real answers are sequences 0..B-1 and the B generated answers B..2B-1, so
-// S.view(0) / S.view(B) are the policy log-probs of each side and rows 5-6 of the spinLoss output
-// (dReal, dGenerated) are, back to back, exactly d(loss)/dS in the same layout: the backward is
-// sequenceLogprobBackward + logprobGatherBackward with no copies.
-import { type Backend, SPIN_LOSS_ROWS, type SpinLossOpts } from '../backend/backend.js';
+// Sequence layout: the B real answers are sequences 0..B-1 and the B generated answers B..2B-1, so S,
+// the reference log-probs and spinLoss's dseq (d(loss)/dS) share one layout and the backward is
+// sequenceLogprobBackward + logprobGatherBackward with no copies and no views.
+import { SPIN_LOSS_MEANS, type SpinLossOpts } from '../backend/backend.js';
+import * as ops from '../ops/index.js';
 import type { Tensor } from '../tensor/tensor.js';
 
-/** beta, lossType, and optionally pairMask, nllAlpha + realTokens (see Backend.spinLoss). */
+/** beta, lossType, and optionally pairMask, nllAlpha + answerTokens, gradScale (see Backend.spinLoss). */
 export type SpinLossOptions = SpinLossOpts;
 
-/** Means over the counted pairs, named as the official SPIN trainer logs them. */
-export interface SpinMetrics {
-  loss: number;
-  'rewards/real': number;
-  'rewards/generated': number;
-  'rewards/margins': number;
-  'rewards/accuracies': number;
-  'logps/real': number;
-  'logps/generated': number;
-  /** Pairs that counted in the means. */
-  pairs: number;
-}
+/** Means over the counted pairs, named as the official SPIN trainer logs them (SPIN_LOSS_MEANS). */
+export type SpinMetrics = Record<(typeof SPIN_LOSS_MEANS)[number], number>;
 
 /** What the backward needs; free() releases it. */
 export interface SpinLossContext {
-  readonly backend: Backend;
   readonly logits: Tensor;
   readonly targets: Tensor<'i32'>;
   readonly segments: Tensor<'i32'>;
@@ -37,8 +27,11 @@ export interface SpinLossContext {
   /** f32 [2B]: S(theta, .) of the real then the generated answers. */
   readonly seqLogps: Tensor<'f32'>;
   /** f32 [7, B]: rows as in SPIN_LOSS_ROWS. */
-  readonly out: Tensor<'f32'>;
-  readonly pairMask?: Tensor<'f32'>;
+  readonly perPair: Tensor<'f32'>;
+  /** f32 [8]: SPIN_LOSS_MEANS, over the counted pairs. */
+  readonly means: Tensor<'f32'>;
+  /** f32 [2B]: gradScale * d(mean loss)/dS. */
+  readonly dseq: Tensor<'f32'>;
 }
 
 /**
@@ -47,7 +40,6 @@ export interface SpinLossContext {
  * `refLogps` f32 [2B]: S(ref, .) in the same layout, computed once per iteration.
  */
 export function spinLossForward(
-  backend: Backend,
   logits: Tensor,
   targets: Tensor<'i32'>,
   segments: Tensor<'i32'>,
@@ -59,46 +51,17 @@ export function spinLossForward(
   if (refLogps.numel !== 2 * b) {
     throw new RangeError(`refLogps must hold 2 x ${b} sequence log-probs (real then generated), got ${refLogps.numel}`);
   }
-  const { logp, lse } = backend.logprobGather(logits, targets);
-  const seqLogps = backend.sequenceLogprob(logp, segments, 2 * b);
+  const { logp, lse } = ops.logprobGather(logits, targets);
+  const seqLogps = ops.sequenceLogprob(logp, segments, 2 * b);
   logp.free();
-  const out = backend.spinLoss(seqLogps.view(0, [b]), seqLogps.view(b, [b]), refLogps.view(0, [b]), refLogps.view(b, [b]), opts);
-  return { backend, logits, targets, segments, numPairs: b, lse, seqLogps, out, pairMask: opts.pairMask };
+  const { perPair, means, dseq } = ops.spinLoss(seqLogps, refLogps, opts);
+  return { logits, targets, segments, numPairs: b, lse, seqLogps, perPair, means, dseq };
 }
 
-/** Reads the per-pair rows and averages them over the counted pairs (float64 on the host). */
+/** Reads the means (one device read: use it per logging interval, not inside a step). */
 export async function spinLossMetrics(ctx: SpinLossContext): Promise<SpinMetrics> {
-  const b = ctx.numPairs;
-  const [out, seq, mask] = await Promise.all([
-    ctx.backend.read(ctx.out),
-    ctx.backend.read(ctx.seqLogps),
-    ctx.pairMask ? ctx.backend.read(ctx.pairMask) : Promise.resolve(null),
-  ]);
-  const row = (name: (typeof SPIN_LOSS_ROWS)[number]) => out.subarray(SPIN_LOSS_ROWS.indexOf(name) * b, (SPIN_LOSS_ROWS.indexOf(name) + 1) * b);
-  let pairs = 0;
-  const sums = { loss: 0, rr: 0, rg: 0, m: 0, acc: 0, lr: 0, lg: 0 };
-  for (let i = 0; i < b; i++) {
-    if (mask && mask[i] === 0) continue;
-    pairs++;
-    sums.loss += row('loss')[i];
-    sums.rr += row('rewardsReal')[i];
-    sums.rg += row('rewardsGenerated')[i];
-    sums.m += row('margins')[i];
-    sums.acc += row('accuracies')[i];
-    sums.lr += seq[i];
-    sums.lg += seq[b + i];
-  }
-  const mean = (x: number) => (pairs > 0 ? x / pairs : 0);
-  return {
-    loss: mean(sums.loss),
-    'rewards/real': mean(sums.rr),
-    'rewards/generated': mean(sums.rg),
-    'rewards/margins': mean(sums.m),
-    'rewards/accuracies': mean(sums.acc),
-    'logps/real': mean(sums.lr),
-    'logps/generated': mean(sums.lg),
-    pairs,
-  };
+  const m = await ops.read(ctx.means);
+  return Object.fromEntries(SPIN_LOSS_MEANS.map((k, i) => [k, m[i]])) as SpinMetrics;
 }
 
 /**
@@ -106,16 +69,12 @@ export async function spinLossMetrics(ctx: SpinLossContext): Promise<SpinMetrics
  * buffer (the logits are dead after the backward), saving an [N, V] allocation.
  */
 export function spinLossBackward(ctx: SpinLossContext, opts: { inPlace?: boolean; dtype?: 'f32' | 'bf16' } = {}): Tensor {
-  const { backend, numPairs: b } = ctx;
-  const dseq = ctx.out.view(SPIN_LOSS_ROWS.indexOf('dReal') * b, [2 * b]);
-  const dlogp = backend.sequenceLogprobBackward(dseq, ctx.segments);
-  const dlogits = backend.logprobGatherBackward(ctx.logits, ctx.targets, ctx.lse, dlogp, opts.inPlace ? { out: ctx.logits } : { dtype: opts.dtype });
+  const dlogp = ops.sequenceLogprobBackward(ctx.dseq, ctx.segments);
+  const dlogits = ops.logprobGatherBackward(ctx.logits, ctx.targets, ctx.lse, dlogp, opts.inPlace ? { out: ctx.logits } : { dtype: opts.dtype });
   dlogp.free();
   return dlogits;
 }
 
 export function freeSpinLossContext(ctx: SpinLossContext): void {
-  ctx.lse.free();
-  ctx.seqLogps.free();
-  ctx.out.free();
+  for (const t of [ctx.lse, ctx.seqLogps, ctx.perPair, ctx.means, ctx.dseq]) t.free();
 }

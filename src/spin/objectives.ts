@@ -1,12 +1,14 @@
 // What one micro-batch computes, for SPIN and for supervised fine-tuning (SFT).
-import type { Backend, SpinLossType } from '../backend/backend.js';
+import { type Backend, SPIN_LOSS_MEANS, type SpinLossType } from '../backend/backend.js';
 import { freeInput, uploadInput } from '../model/input.js';
 import type { LlamaModel } from '../model/llama.js';
 import { collateSequences, collateSpinBatch, IGNORE_INDEX, type TokenBatch, type TokenizedPair, type TokenizedSequence } from './batch.js';
-import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from './loss.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { freeSpinLossContext, spinLossBackward, spinLossForward } from './loss.js';
 import { scoreBatch } from './score.js';
-import type { MicroResult, Objective } from './train_loop.js';
+import type { Objective } from './train_loop.js';
 import { epochOrder } from './train_loop.js';
+import * as ops from '../ops/index.js';
 
 export interface SpinObjectiveConfig {
   beta: number;
@@ -21,13 +23,13 @@ export interface SpinObjectiveConfig {
 
 function uploadTargets(be: Backend, b: TokenBatch) {
   return {
-    targets: be.upload({ dtype: 'i32', data: b.targets }, [b.targets.length]),
-    segments: be.upload({ dtype: 'i32', data: b.segments }, [b.segments.length]),
+    targets: ops.upload(be, { dtype: 'i32', data: b.targets }, [b.targets.length]),
+    segments: ops.upload(be, { dtype: 'i32', data: b.segments }, [b.segments.length]),
   };
 }
 
-/** Tokens that are not padding. */
-function realTokens(b: TokenBatch): number {
+/** Tokens that are not padding (for tokens/s). */
+function nonPaddingTokens(b: TokenBatch): number {
   let n = 0;
   for (let i = 0; i < b.inputIds.length; i++) if (b.attentionMask[i] || b.targets[i] !== IGNORE_INDEX) n++;
   return n;
@@ -55,6 +57,8 @@ export async function referenceLogps(model: LlamaModel, pairs: readonly Tokenize
 }
 
 export class SpinObjective implements Objective {
+  readonly metricNames = SPIN_LOSS_MEANS;
+
   constructor(
     readonly model: LlamaModel,
     readonly pairs: readonly TokenizedPair[],
@@ -65,39 +69,39 @@ export class SpinObjective implements Objective {
     if (ref.length !== 2 * pairs.length) throw new RangeError(`reference log-probs: ${ref.length} values for ${pairs.length} pairs`);
   }
 
-  async microStep(indices: readonly number[], scale: number): Promise<MicroResult> {
+  microStep(indices: readonly number[], weight: number, metrics: Tensor<'f32'>): number {
     const be = this.model.backend;
     const n = this.pairs.length;
     const b = indices.length;
     const batch = collateSpinBatch(indices.map((i) => this.pairs[i]), this.cfg.eosId, this.cfg.padId, { dropIdentical: this.cfg.dropIdentical });
-    const input = uploadInput(be, batch);
+    const input = uploadInput(be, batch, this.model.cfg.vocabSize);
     const { targets, segments } = uploadTargets(be, batch);
     const refHost = new Float32Array(2 * b);
     indices.forEach((i, k) => {
       refHost[k] = this.ref[i];
       refHost[b + k] = this.ref[n + i];
     });
-    const ref = be.upload({ dtype: 'f32', data: refHost }, [2 * b]);
-    const pairMask = be.upload({ dtype: 'f32', data: batch.pairMask }, [b]);
-    const realCounts = be.upload({ dtype: 'f32', data: batch.targetCounts.slice(0, b) }, [b]);
+    const ref = ops.upload(be, { dtype: 'f32', data: refHost }, [2 * b]);
+    const pairMask = ops.upload(be, { dtype: 'f32', data: batch.pairMask }, [b]);
+    const answerTokens = ops.upload(be, { dtype: 'f32', data: batch.targetCounts.slice(0, b) }, [b]);
     const { logits, state } = this.model.forward(input, { train: true });
-    const ctx = spinLossForward(be, logits, targets, segments, ref, b, {
-      beta: this.cfg.beta, lossType: this.cfg.lossType, pairMask, nllAlpha: this.cfg.nllAlpha, realTokens: realCounts,
+    const ctx = spinLossForward(logits, targets, segments, ref, b, {
+      beta: this.cfg.beta, lossType: this.cfg.lossType, pairMask, nllAlpha: this.cfg.nllAlpha, answerTokens, gradScale: weight,
     });
-    const m = await spinLossMetrics(ctx);
-    if (scale !== 1) be.scaleInPlace(ctx.out.view(5 * b, [2 * b]), scale); // d(loss)/dS of both sides
+    ops.accumulate(metrics, ctx.means, weight);
     const dlogits = spinLossBackward(ctx, { inPlace: true });
     this.model.backward(state!, dlogits as never);
     freeSpinLossContext(ctx);
-    for (const t of [logits, targets, segments, ref, pairMask, realCounts]) t.free();
+    for (const t of [logits, targets, segments, ref, pairMask, answerTokens]) t.free();
     freeInput(input);
-    const { pairs: counted, ...metrics } = m;
-    return { metrics: { ...metrics, 'pairs/counted': counted / b }, tokens: realTokens(batch) };
+    return nonPaddingTokens(batch);
   }
 }
 
 /** Supervised fine-tuning: mean token NLL of the answers (prompt tokens carry no loss). */
 export class SftObjective implements Objective {
+  readonly metricNames = ['loss'] as const;
+
   constructor(
     readonly model: LlamaModel,
     readonly seqs: readonly TokenizedSequence[],
@@ -105,26 +109,27 @@ export class SftObjective implements Objective {
     readonly padId: number,
   ) {}
 
-  async microStep(indices: readonly number[], scale: number): Promise<MicroResult> {
+  microStep(indices: readonly number[], weight: number, metrics: Tensor<'f32'>): number {
     const be = this.model.backend;
     const batch = collateSequences(indices.map((i) => this.seqs[i]), this.eosId, this.padId);
-    const input = uploadInput(be, batch);
-    const { targets, segments } = uploadTargets(be, batch);
-    segments.free();
+    const input = uploadInput(be, batch, this.model.cfg.vocabSize);
+    const n = batch.targets.length;
+    const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [n]);
+    // one segment holding every row: ignored rows have logp = 0, so its sum is the answers' log-prob
+    const whole = ops.upload(be, { dtype: 'i32', data: new Int32Array(n) }, [n]);
     let count = 0;
     for (const t of batch.targets) if (t !== IGNORE_INDEX) count++;
     // d(mean NLL)/d logp_t = -1 / count for every target token
-    const dHost = new Float32Array(batch.targets.length).map((_, i) => (batch.targets[i] !== IGNORE_INDEX && count > 0 ? -scale / count : 0));
-    const dlogp = be.upload({ dtype: 'f32', data: dHost }, [dHost.length]);
+    const dHost = new Float32Array(n).map((_, i) => (batch.targets[i] !== IGNORE_INDEX && count > 0 ? -weight / count : 0));
+    const dlogp = ops.upload(be, { dtype: 'f32', data: dHost }, [n]);
     const { logits, state } = this.model.forward(input, { train: true });
-    const { logp, lse } = be.logprobGather(logits, targets);
-    const lp = await be.read(logp);
-    let sum = 0;
-    for (const x of lp) sum += x;
-    be.logprobGatherBackward(logits, targets, lse, dlogp, { out: logits });
+    const { logp, lse } = ops.logprobGather(logits, targets);
+    const sum = ops.sequenceLogprob(logp, whole, 1);
+    if (count > 0) ops.accumulate(metrics, sum, -weight / count);
+    ops.logprobGatherBackward(logits, targets, lse, dlogp, { out: logits });
     this.model.backward(state!, logits);
-    for (const t of [logits, targets, dlogp, logp, lse]) t.free();
+    for (const t of [logits, targets, whole, dlogp, logp, lse, sum]) t.free();
     freeInput(input);
-    return { metrics: { loss: count > 0 ? -sum / count : 0 }, tokens: realTokens(batch) };
+    return nonPaddingTokens(batch);
   }
 }

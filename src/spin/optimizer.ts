@@ -1,9 +1,11 @@
 // Optimizers over a model's parameters: RMSprop (the SPIN paper's) and AdamW, as torch.optim defines
 // them, with gradient clipping by global norm (torch.nn.utils.clip_grad_norm_) fused into the step:
 // per-tensor sums of squares -> [total norm, coefficient] on the device -> every step multiplies its
-// gradient by the coefficient. No host round trip; read `gradNorm` asynchronously for logging.
+// gradient by the coefficient (element 1 of that tensor). No host round trip: the returned tensor is
+// read asynchronously for logging.
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
+import * as ops from '../ops/index.js';
 
 export type OptimizerConfig =
   | { type: 'rmsprop'; alpha?: number; eps?: number; weightDecay?: number }
@@ -43,13 +45,9 @@ export class Optimizer {
     const nStates = config.type === 'rmsprop' ? 1 : 2;
     this.slots = params.map((p) => ({
       p,
-      states: Array.from({ length: nStates }, () => {
-        const t = backend.empty('f32', p.param.shape);
-        backend.fill(t, 0);
-        return t;
-      }),
+      states: Array.from({ length: nStates }, () => ops.zeros(backend, 'f32', p.param.shape)),
     }));
-    this.sumsq = backend.empty('f32', [params.length]);
+    this.sumsq = ops.empty(backend, 'f32', [params.length]);
   }
 
   /** State tensor names as torch.optim names them (for checkpoints): `<param>.square_avg`, `.exp_avg`, `.exp_avg_sq`. */
@@ -65,20 +63,19 @@ export class Optimizer {
    */
   step(lr: number, maxGradNorm: number | null): Tensor<'f32'> {
     if (!(lr >= 0) || !Number.isFinite(lr)) throw new RangeError(`learning rate must be a finite number >= 0, got ${lr}`);
-    const be = this.backend;
-    this.slots.forEach((s, i) => be.sumSquares(s.p.grad, this.sumsq, i));
-    const norm = be.clipCoefficient(this.sumsq, maxGradNorm ?? Infinity);
-    const scale = maxGradNorm === null ? undefined : norm.view(1, [1]);
+    this.slots.forEach((s, i) => ops.sumSquares(s.p.grad, this.sumsq, i));
+    const norm = ops.clipCoefficient(this.sumsq, maxGradNorm ?? Infinity);
+    const clip = maxGradNorm === null ? undefined : norm;
     this.stepCount++;
     const c = this.config;
     for (const { p, states } of this.slots) {
       if (c.type === 'rmsprop') {
-        be.rmspropStep({ ...p, squareAvg: states[0] }, { lr, alpha: c.alpha ?? 0.99, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0 }, scale);
+        ops.rmspropStep({ ...p, squareAvg: states[0] }, { lr, alpha: c.alpha ?? 0.99, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0 }, clip);
       } else {
-        be.adamwStep(
+        ops.adamwStep(
           { ...p, expAvg: states[0], expAvgSq: states[1] },
           { lr, beta1: c.beta1 ?? 0.9, beta2: c.beta2 ?? 0.999, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0, step: this.stepCount },
-          scale,
+          clip,
         );
       }
     }

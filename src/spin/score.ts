@@ -5,6 +5,7 @@ import type { LlamaModel } from '../model/llama.js';
 import { freeInput, uploadInput } from '../model/input.js';
 import { formatPrompt, type ChatTemplateSource, type PromptTemplate } from '../text/templates.js';
 import { checkTruncation, collateSpinBatch, type SpinBatch, type TextTokenizer, tokenizePair, type TruncationOptions } from './batch.js';
+import * as ops from '../ops/index.js';
 
 export interface PairText {
   prompt: string;
@@ -36,17 +37,17 @@ export function tokenizePairs(tok: TextTokenizer & ChatTemplateSource, pairs: re
 /** Sequence log-probs [2B] (real then generated) of one collated batch: f32 on the host. */
 export async function scoreBatch(model: LlamaModel, batch: SpinBatch): Promise<Float32Array> {
   const be = model.backend;
-  const input = uploadInput(be, batch);
-  const targets = be.upload({ dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-  const segments = be.upload({ dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+  const input = uploadInput(be, batch, model.cfg.vocabSize);
+  const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+  const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
   try {
     const { logits } = model.forward(input);
-    const { logp, lse } = be.logprobGather(logits, targets);
+    const { logp, lse } = ops.logprobGather(logits, targets);
     logits.free();
     lse.free();
-    const seq = be.sequenceLogprob(logp, segments, batch.rows);
+    const seq = ops.sequenceLogprob(logp, segments, batch.rows);
     logp.free();
-    const out = await be.read(seq);
+    const out = await ops.read(seq);
     seq.free();
     return out;
   } finally {

@@ -5,10 +5,12 @@ import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LlamaModel } from '../model/llama.js';
 import { openSafetensors, writeSafetensors } from '../model/safetensors.js';
+import type { Tensor } from '../tensor/tensor.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { Rng } from '../util/rng.js';
 import { Optimizer, type OptimizerConfig, type Parameter } from './optimizer.js';
 import { lrMultiplier, type ScheduleType, warmupSteps } from './schedule.js';
+import * as ops from '../ops/index.js';
 
 export interface LoopConfig {
   learningRate: number;
@@ -26,16 +28,16 @@ export interface LoopConfig {
   saveSteps: number;
 }
 
-export interface MicroResult {
-  /** Metrics of the micro-batch (averaged over the accumulation window by the loop). */
-  metrics: Record<string, number>;
-  /** Tokens processed (for tokens/s). */
-  tokens: number;
-}
-
 export interface Objective {
-  /** Forward + backward of one micro-batch; gradients are accumulated, scaled by `scale`. */
-  microStep(indices: readonly number[], scale: number): Promise<MicroResult>;
+  /** Names of the metrics microStep accumulates, in the order of its metrics tensor. */
+  readonly metricNames: readonly string[];
+  /**
+   * Forward + backward of one micro-batch, issued on the device with no host read: gradients are
+   * accumulated scaled by `weight` (the micro-batch's share of the window's items), and `metrics`
+   * f32 [metricNames.length] gets weight x the micro-batch's metric means added. Returns the
+   * non-padding tokens it processed (known on the host).
+   */
+  microStep(indices: readonly number[], weight: number, metrics: Tensor<'f32'>): number;
 }
 
 export interface StepLog extends Record<string, number> {
@@ -79,6 +81,14 @@ export function checkLoopConfig(cfg: LoopConfig): void {
   if (!Number.isSafeInteger(cfg.saveSteps) || cfg.saveSteps < 0) throw new RangeError(`save_steps must be an integer >= 0, got ${cfg.saveSteps}`);
 }
 
+/** A step whose metrics are still being read from the device. */
+interface PendingLog {
+  step: number;
+  lr: number;
+  tokens: number;
+  values: Promise<{ metrics: Float32Array; norm: Float32Array; done: number }>;
+}
+
 interface TrainerState {
   step: number;
   totalSteps: number;
@@ -96,9 +106,9 @@ async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, st
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
   const tensors = [
-    ...[...model.weights.params].map(([name, t]) => ({ name: `param.${name}`, dtype: t.dtype, shape: t.shape, data: () => be.read(t) })),
-    ...[...model.weights.masters].map(([name, t]) => ({ name: `master.${name}`, dtype: t.dtype, shape: t.shape, data: () => be.read(t) })),
-    ...opt.stateTensors().map(({ name, tensor }) => ({ name: `optim.${name}`, dtype: tensor.dtype, shape: tensor.shape, data: () => be.read(tensor) })),
+    ...[...model.weights.params].map(([name, t]) => ({ name: `param.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
+    ...[...model.weights.masters].map(([name, t]) => ({ name: `master.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
+    ...opt.stateTensors().map(({ name, tensor }) => ({ name: `optim.${name}`, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) })),
   ];
   await writeSafetensors(join(tmp, TENSORS_FILE), tensors);
   await writeFileAtomic(join(tmp, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
@@ -117,7 +127,7 @@ async function loadCheckpoint(dir: string, model: LlamaModel, opt: Optimizer): P
   const be = model.backend;
   const f = await openSafetensors(join(dir, TENSORS_FILE));
   try {
-    const load = async (name: string, t: import('../tensor/tensor.js').Tensor) => be.write(t, await f.readTensor(name));
+    const load = async (name: string, t: Tensor) => ops.write(t, await f.readTensor(name));
     for (const [name, t] of model.weights.params) await load(`param.${name}`, t);
     for (const [name, t] of model.weights.masters) await load(`master.${name}`, t);
     for (const { name, tensor } of opt.stateTensors()) await load(`optim.${name}`, tensor);
@@ -152,6 +162,21 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       step = resumed.step;
     }
   }
+  // A step's metrics and gradient norm stay on the device; their reads are issued when the step has
+  // been issued and awaited one step later (or at a checkpoint / the end), so the host never waits
+  // for the device inside a step and a GPU is never idle between steps.
+  const pending: PendingLog[] = [];
+  let lastDone = performance.now();
+  const flush = async (keep: number) => {
+    while (pending.length > keep) {
+      const p = pending.shift()!;
+      const { metrics, norm, done } = await p.values;
+      const sums = Object.fromEntries(objective.metricNames.map((k, i) => [k, metrics[i]]));
+      const log: StepLog = { step: p.step, epoch: p.step / perEpoch, ...sums, learning_rate: p.lr, grad_norm: norm[0], tokens_per_s: p.tokens / (Math.max(1e-6, done - lastDone) / 1000) };
+      lastDone = done;
+      await hooks.onStep?.(log);
+    }
+  };
   try {
     while (step < totalSteps) {
       const epoch = Math.floor(step / perEpoch);
@@ -160,29 +185,27 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       const window = order.slice(first, first + cfg.gradientAccumulationSteps * cfg.microBatchSize);
       const micro: number[][] = [];
       for (let i = 0; i < window.length; i += cfg.microBatchSize) micro.push(window.slice(i, i + cfg.microBatchSize));
-      const t0 = performance.now();
       model.weights.zeroGrad();
-      const sums: Record<string, number> = {};
+      const metrics = ops.zeros(be, 'f32', [objective.metricNames.length]);
       let tokens = 0;
-      for (const indices of micro) {
-        // each micro-batch's mean is weighted by its share of the window's items
-        const r = await objective.microStep(indices, indices.length / window.length);
-        tokens += r.tokens;
-        for (const [k, v] of Object.entries(r.metrics)) sums[k] = (sums[k] ?? 0) + (v * indices.length) / window.length;
-      }
+      // each micro-batch's mean is weighted by its share of the window's items
+      for (const indices of micro) tokens += objective.microStep(indices, indices.length / window.length, metrics);
       const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
       const norm = opt.step(lr, cfg.maxGradNorm);
-      const [gradNorm] = await be.read(norm);
-      norm.free();
       step++;
-      const log: StepLog = { step, epoch: step / perEpoch, ...sums, learning_rate: lr, grad_norm: gradNorm, tokens_per_s: tokens / ((performance.now() - t0) / 1000) };
-      await hooks.onStep?.(log);
+      const values = Promise.all([ops.read(metrics), ops.read(norm)]).then(([m, g]) => ({ metrics: m, norm: g, done: performance.now() }));
+      values.finally(() => {
+        metrics.free();
+        norm.free();
+      }).catch(() => {});
+      pending.push({ step, lr, tokens, values });
       const atEpochEnd = step % perEpoch === 0;
-      if (hooks.checkpointDir && (step === totalSteps || atEpochEnd || (cfg.saveSteps > 0 && step % cfg.saveSteps === 0))) {
-        await saveCheckpoint(hooks.checkpointDir, model, opt, { step, totalSteps, optimizerSteps: opt.stepCount, items: n });
-      }
+      const checkpoint = hooks.checkpointDir && (step === totalSteps || atEpochEnd || (cfg.saveSteps > 0 && step % cfg.saveSteps === 0));
+      await flush(checkpoint ? 0 : 1);
+      if (checkpoint) await saveCheckpoint(hooks.checkpointDir!, model, opt, { step, totalSteps, optimizerSteps: opt.stepCount, items: n });
       hooks.afterStep?.(step);
     }
+    await flush(0);
   } finally {
     opt.free();
   }

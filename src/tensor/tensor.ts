@@ -3,6 +3,13 @@
 import type { Backend } from '../backend/backend.js';
 import { type DType, dtypeSize, numelOf } from './dtype.js';
 
+/**
+ * Views start at multiples of this many bytes on every backend: WebGPU binds storage buffers only at
+ * 256-byte-aligned offsets, so code above the backends takes no view that one backend could not bind
+ * (docs/ops.md). Offset 0 (reshape) is always allowed.
+ */
+export const VIEW_ALIGNMENT = 256;
+
 export class Tensor<D extends DType = DType> {
   readonly numel: number;
 
@@ -34,8 +41,14 @@ export class Tensor<D extends DType = DType> {
         `view of [${shape.join(', ')}] at element ${elementOffset} does not fit in a tensor of [${this.shape.join(', ')}]`,
       );
     }
+    const byteOffset = this.byteOffset + elementOffset * dtypeSize(this.dtype);
+    if (byteOffset % VIEW_ALIGNMENT !== 0) {
+      throw new RangeError(
+        `view of [${shape.join(', ')}] at element ${elementOffset} starts at byte ${byteOffset}: views must start at multiples of ${VIEW_ALIGNMENT} bytes (VIEW_ALIGNMENT)`,
+      );
+    }
     const owner = this.base ?? this;
-    return new Tensor(this.backend, this.dtype, shape, this.handle, this.byteOffset + elementOffset * dtypeSize(this.dtype), owner);
+    return new Tensor(this.backend, this.dtype, shape, this.handle, byteOffset, owner);
   }
 
   /** Same data, new shape with the same element count. */
@@ -48,6 +61,7 @@ export class Tensor<D extends DType = DType> {
 
   /** Releases the buffer now instead of at garbage collection. Views cannot be freed. */
   free(): void {
+    if (this.base) throw new Error(`${this} is a view: free the tensor it views instead`);
     this.backend.free(this);
   }
 

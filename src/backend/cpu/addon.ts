@@ -29,18 +29,22 @@ export interface NativeAddon {
   sequenceLogprob(logp: NativeView, segments: NativeView, n: number, numSeqs: number, out: NativeView): void;
   sequenceLogprobBackward(dseq: NativeView, segments: NativeView, n: number, numSeqs: number, dlogp: NativeView): void;
   spinLoss(
-    policyReal: NativeView, policyGen: NativeView, refReal: NativeView, refGen: NativeView,
-    pairMask: NativeView | null, b: number, beta: number, lossType: string, out: NativeView,
-    nllAlpha: number, realTokens: NativeView | null,
+    policy: NativeView, ref: NativeView, pairMask: NativeView | null, b: number, beta: number, lossType: string,
+    nllAlpha: number, answerTokens: NativeView | null, gradScale: number, perPair: NativeView, means: NativeView, dseq: NativeView,
+  ): void;
+  takeErrors(): number;
+  accumulate(acc: NativeView, x: NativeView, n: number, alpha: number): void;
+  sampleTokens(
+    logits: NativeView, b: number, v: number, rng: NativeView, active: NativeView, temperature: number, topK: number, topP: number, out: NativeView,
   ): void;
   rmspropStep(
     param: NativeView, dtype: string, master: NativeView | null, grad: NativeView, n: number,
-    squareAvg: NativeView, h: { lr: number; alpha: number; eps: number; weightDecay: number }, gradScale: NativeView | null,
+    squareAvg: NativeView, h: { lr: number; alpha: number; eps: number; weightDecay: number }, clip: NativeView | null,
   ): void;
   adamwStep(
     param: NativeView, dtype: string, master: NativeView | null, grad: NativeView, n: number, expAvg: NativeView,
     expAvgSq: NativeView, h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
-    gradScale: NativeView | null,
+    clip: NativeView | null,
   ): void;
   sumSquares(x: NativeView, n: number, out: NativeView, index: number): void;
   clipCoefficient(sumsq: NativeView, count: number, maxNorm: number, out: NativeView): void;
@@ -88,6 +92,9 @@ export interface NativeAddon {
 /** The package root: two levels above src/backend/cpu or dist/backend/cpu. */
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
+/** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
+const ABI_VERSION = 2;
+
 let cached: NativeAddon | undefined;
 
 function listNodeFiles(dir: string): string[] {
@@ -120,10 +127,10 @@ export function loadAddon(): NativeAddon {
     ].join('\n');
     throw new Error(message, { cause: err });
   }
-  if (cached.abiVersion !== 1) {
+  if (cached.abiVersion !== ABI_VERSION) {
     const v = cached.abiVersion;
     cached = undefined;
-    throw new Error(`spinlm: the native addon speaks ABI ${v}, this code expects 1: rebuild it with \`npx node-gyp rebuild\``);
+    throw new Error(`spinlm: the native addon speaks ABI ${v}, this code expects ${ABI_VERSION}: rebuild it with \`npx node-gyp rebuild\``);
   }
   return cached;
 }

@@ -1,0 +1,103 @@
+// The log-prob / SPIN loss ops (docs/algorithm.md): argument checks, then the backend's kernel.
+import type { SpinLossOpts, SpinLossOutputs } from '../backend/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { checkCount, checkFinite, describe, expectArg, expectDType, expectRank, expectTensor } from './check.js';
+
+/** logits [N, V] f32|bf16 and targets i32 [N]. */
+function logprobArgs(logits: Tensor, targets: Tensor) {
+  const be = expectTensor(logits, 'logits');
+  expectArg(be, targets, 'targets', ['i32']);
+  expectDType(logits, ['f32', 'bf16'], 'logits');
+  expectRank(logits, 2, 'logits');
+  expectRank(targets, 1, 'targets');
+  const [n, v] = logits.shape;
+  if (targets.shape[0] !== n) {
+    throw new RangeError(`targets ${describe(targets)} must have one entry per logits row (${n}), logits are ${describe(logits)}`);
+  }
+  if (n > 0 && v < 1) throw new RangeError(`logits ${describe(logits)} need a vocabulary of at least 1`);
+  return { be, n, v };
+}
+
+/**
+ * logits [N, V] (f32 | bf16), targets i32 [N] (-100 = ignored) -> logp f32 [N] = z[n, y_n] - lse_n and
+ * lse f32 [N] (kept for the backward). Ignored rows give 0 and 0.
+ */
+export function logprobGather(logits: Tensor, targets: Tensor<'i32'>): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
+  const { be } = logprobArgs(logits, targets);
+  return be.logprobGather(logits, targets);
+}
+
+/**
+ * d(logp)/d(logits) applied to dlogp: dlogits[n, v] = dlogp[n] (1[v = y_n] - softmax(z_n)_v). `out` may
+ * be `logits` itself (in place, same dtype); else a new tensor of `dtype` (default: the logits' dtype).
+ */
+export function logprobGatherBackward(
+  logits: Tensor,
+  targets: Tensor<'i32'>,
+  lse: Tensor<'f32'>,
+  dlogp: Tensor<'f32'>,
+  opts: { out?: Tensor; dtype?: 'f32' | 'bf16' } = {},
+): Tensor {
+  const { be, n, v } = logprobArgs(logits, targets);
+  expectArg(be, lse, 'lse', ['f32'], [n]);
+  expectArg(be, dlogp, 'dlogp', ['f32'], [n]);
+  let out = opts.out;
+  if (out) {
+    expectArg(be, out, 'out', ['f32', 'bf16'], [n, v]);
+    const overlaps = out.handle === logits.handle && out.byteOffset < logits.byteOffset + logits.byteLength && logits.byteOffset < out.byteOffset + out.byteLength;
+    if (overlaps && (out.byteOffset !== logits.byteOffset || out.dtype !== logits.dtype)) {
+      throw new RangeError('logprobGatherBackward: out overlaps logits without being exactly in place with the same dtype');
+    }
+  } else {
+    if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16') throw new TypeError(`dtype must be 'f32' or 'bf16', got ${String(opts.dtype)}`);
+    out = be.empty(opts.dtype ?? (logits.dtype as 'f32' | 'bf16'), [n, v]);
+  }
+  be.logprobGatherBackward(logits, targets, lse, dlogp, out);
+  return out;
+}
+
+/** out[s] = sum of logp[n] over the rows with segments[n] = s (-1: no sequence); fixed order. */
+export function sequenceLogprob(logp: Tensor<'f32'>, segments: Tensor<'i32'>, numSeqs: number): Tensor<'f32'> {
+  const be = expectTensor(logp, 'logp');
+  expectArg(be, logp, 'logp', ['f32']);
+  expectRank(logp, 1, 'logp');
+  expectArg(be, segments, 'segments', ['i32'], [logp.numel]);
+  checkCount(numSeqs, 'numSeqs');
+  return be.sequenceLogprob(logp, segments, numSeqs);
+}
+
+/** dlogp[n] = dseq[segments[n]] (0 where segments[n] = -1). */
+export function sequenceLogprobBackward(dseq: Tensor<'f32'>, segments: Tensor<'i32'>): Tensor<'f32'> {
+  const be = expectTensor(dseq, 'dseq');
+  expectArg(be, dseq, 'dseq', ['f32']);
+  expectRank(dseq, 1, 'dseq');
+  expectArg(be, segments, 'segments', ['i32']);
+  expectRank(segments, 1, 'segments');
+  return be.sequenceLogprobBackward(dseq, segments);
+}
+
+/**
+ * The SPIN loss of B pairs from summed log-probs policy, ref f32 [2B] (real answers first, then the
+ * generated ones). Returns per-pair rows [7, B], means over counted pairs [8] and dseq [2B] (see
+ * Backend.spinLoss).
+ */
+export function spinLoss(policy: Tensor<'f32'>, ref: Tensor<'f32'>, opts: SpinLossOpts): SpinLossOutputs {
+  const be = expectTensor(policy, 'policy');
+  expectArg(be, policy, 'policy', ['f32']);
+  expectRank(policy, 1, 'policy');
+  if (policy.numel % 2 !== 0) throw new RangeError(`policy ${describe(policy)} must hold 2 x B log-probs (real then generated)`);
+  const b = policy.numel / 2;
+  expectArg(be, ref, 'ref', ['f32'], [2 * b]);
+  if (opts.pairMask) expectArg(be, opts.pairMask, 'pairMask', ['f32'], [b]);
+  if (opts.answerTokens) expectArg(be, opts.answerTokens, 'answerTokens', ['f32'], [b]);
+  const nllAlpha = opts.nllAlpha ?? 0;
+  checkFinite(nllAlpha, 'nllAlpha');
+  if (nllAlpha < 0) throw new RangeError(`nllAlpha must be >= 0, got ${nllAlpha}`);
+  if (nllAlpha > 0 && !opts.answerTokens) throw new TypeError("nllAlpha > 0 needs answerTokens (the real answers' token counts)");
+  checkFinite(opts.beta, 'beta');
+  checkFinite(opts.gradScale ?? 1, 'gradScale');
+  if (opts.lossType !== 'sigmoid' && opts.lossType !== 'hinge') {
+    throw new RangeError(`lossType must be 'sigmoid' or 'hinge', got '${String(opts.lossType)}'`);
+  }
+  return be.spinLoss(policy, ref, opts);
+}

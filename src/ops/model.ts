@@ -1,0 +1,192 @@
+// The model ops (fp32 compute; weights f32 or bf16): argument checks, then the backend's kernel.
+// Shapes: T tokens, H hidden, B sequences of length L, nH query heads, nKV key-value heads, hd head dim.
+import type { MatmulOpts, RopeOpts } from '../backend/backend.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
+
+/**
+ * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D; b f32 or bf16 2-D; op = transpose
+ * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }).
+ */
+export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+  const be = expectTensor(a, 'a');
+  expectArg(be, a, 'a', ['f32']);
+  expectArg(be, b, 'b', ['f32', 'bf16']);
+  expectRank(a, 2, 'a');
+  expectRank(b, 2, 'b');
+  const [ar, ac] = a.shape;
+  const [br, bc] = b.shape;
+  const [m, ka] = opts.transA ? [ac, ar] : [ar, ac];
+  const [kb, n] = opts.transB ? [bc, br] : [br, bc];
+  if (ka !== kb) throw new RangeError(`matmul: inner dimensions differ: op(a) is [${m}, ${ka}], op(b) is [${kb}, ${n}]`);
+  if (opts.out) expectArg(be, opts.out, 'out', ['f32'], [m, n]);
+  else if (opts.accumulate) throw new TypeError('matmul: accumulate needs an out tensor');
+  checkFinite(opts.alpha ?? 1, 'alpha');
+  return be.matmul(a, b, opts);
+}
+
+/** Rows of a table: ids i32 [T], table [V, H] -> f32 [T, H]. Ids outside [0, V) raise a device error. */
+export function embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'> {
+  const be = expectTensor(table, 'table');
+  expectArg(be, table, 'table', ['f32', 'bf16']);
+  expectRank(table, 2, 'table');
+  expectArg(be, ids, 'ids', ['i32']);
+  return be.embedding(ids, table);
+}
+
+/** dtable[ids[t]] += dout[t], tokens in order. */
+export function embeddingBackward(ids: Tensor<'i32'>, dout: Tensor<'f32'>, dtable: Tensor<'f32'>): void {
+  const be = expectTensor(dtable, 'dtable');
+  expectArg(be, dtable, 'dtable', ['f32']);
+  expectRank(dtable, 2, 'dtable');
+  expectArg(be, ids, 'ids', ['i32']);
+  expectArg(be, dout, 'dout', ['f32'], [ids.numel, dtable.shape[1]]);
+  be.embeddingBackward(ids, dout, dtable);
+}
+
+/** RMSNorm of rows: x [T, H], w [H] -> y [T, H] and rstd [T] (kept for the backward). */
+export function rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
+  const be = expectTensor(x, 'x');
+  const [, h] = expectRows(be, x, 'x');
+  expectArg(be, w, 'weight', ['f32', 'bf16'], [h]);
+  checkFinite(eps, 'eps');
+  return be.rmsnorm(x, w, eps);
+}
+
+/** Returns dx; adds the weight gradient into dw when given. */
+export function rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'> {
+  const be = expectTensor(x, 'x');
+  const [t, h] = expectRows(be, x, 'x');
+  expectArg(be, w, 'weight', ['f32', 'bf16'], [h]);
+  expectArg(be, rstd, 'rstd', ['f32'], [t]);
+  expectArg(be, dy, 'dy', ['f32'], x.shape);
+  if (dw) expectArg(be, dw, 'dw', ['f32'], [h]);
+  return be.rmsnormBackward(x, w, rstd, dy, dw);
+}
+
+/** Rotary embedding in place on x [T, heads, hd] at positions i32 [T] (HF rotate_half; inverse: the backward). */
+export function rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
+  const be = expectTensor(x, 'x');
+  expectArg(be, x, 'x', ['f32']);
+  expectRank(x, 3, 'x');
+  if (x.shape[2] % 2 !== 0) throw new RangeError(`rope needs an even head dimension, got x [${x.shape.join(', ')}]`);
+  expectArg(be, positions, 'positions', ['i32'], [x.shape[0]]);
+  checkFinite(opts.theta, 'rope theta');
+  checkFinite(opts.scale ?? 1, 'rope scale');
+  if (!(opts.theta > 0) || !((opts.scale ?? 1) > 0)) throw new RangeError('rope theta and scale must be positive');
+  be.rope(x, positions, opts);
+}
+
+function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
+  const be = expectTensor(q, 'q');
+  for (const [t, what] of [[q, 'q'], [k, 'k'], [v, 'v']] as const) {
+    expectArg(be, t, what, ['f32']);
+    expectRank(t, 4, what);
+  }
+  const [b, l, nh, hd] = q.shape;
+  const nkv = k.shape[2];
+  expectShape(k, [b, l, nkv, hd], 'k');
+  expectShape(v, [b, l, nkv, hd], 'v');
+  if (nkv < 1 || nh % nkv !== 0) throw new RangeError(`attention: ${nh} query heads are not a multiple of ${nkv} key-value heads`);
+  expectArg(be, keyMask, 'keyMask', ['i32'], [b, l]);
+  return { be, b, l, nh, nkv, hd };
+}
+
+function checkScale(opts: { scale?: number }): void {
+  if (opts.scale !== undefined) checkFinite(opts.scale, 'attention scale');
+}
+
+/** Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd], lse [B, nH, L]. */
+export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: { scale?: number } = {}) {
+  const { be } = attnDims(q, k, v, keyMask);
+  checkScale(opts);
+  return be.attention(q, k, v, keyMask, opts);
+}
+
+export function attentionBackward(
+  q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+  opts: { scale?: number } = {},
+) {
+  const d = attnDims(q, k, v, keyMask);
+  expectArg(d.be, out, 'out', ['f32'], q.shape);
+  expectArg(d.be, dout, 'dout', ['f32'], q.shape);
+  expectArg(d.be, lse, 'lse', ['f32'], [d.b, d.nh, d.l]);
+  checkScale(opts);
+  return d.be.attentionBackward(q, k, v, keyMask, out, lse, dout, opts);
+}
+
+/**
+ * One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd], lengths i32 [B]
+ * (positions [0, lengths[b]) are attended; a length outside [0, Lmax] raises a device error), keyMask
+ * i32 [B, Lmax] optional (0 = skip that position).
+ */
+export function attentionDecode(
+  q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+  opts: { scale?: number } = {},
+): Tensor<'f32'> {
+  const be = expectTensor(q, 'q');
+  expectArg(be, q, 'q', ['f32']);
+  expectRank(q, 3, 'q');
+  const [b, nh, hd] = q.shape;
+  expectArg(be, kCache, 'kCache', ['f32']);
+  expectRank(kCache, 4, 'kCache');
+  const [cb, nkv, lmax, chd] = kCache.shape;
+  if (cb !== b || chd !== hd) throw new RangeError(`kCache ${kCache} does not match q ${q}`);
+  if (nkv < 1 || nh % nkv !== 0) throw new RangeError(`attentionDecode: ${nh} query heads are not a multiple of ${nkv} key-value heads`);
+  expectArg(be, vCache, 'vCache', ['f32'], kCache.shape);
+  expectArg(be, lengths, 'lengths', ['i32'], [b]);
+  if (keyMask) expectArg(be, keyMask, 'keyMask', ['i32'], [b, lmax]);
+  checkScale(opts);
+  return be.attentionDecode(q, kCache, vCache, lengths, keyMask, opts);
+}
+
+/** dst[index[r], :] = src[r, :] (src [R, C], dst [*, C]); an index outside dst raises a device error. */
+export function scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void {
+  const be = expectTensor(src, 'src');
+  const [rows, cols] = expectRows(be, src, 'src');
+  const [, dstCols] = expectRows(be, dst, 'dst');
+  if (dstCols !== cols) throw new RangeError(`scatterRows: src rows have ${cols} values, dst rows ${dstCols}`);
+  expectArg(be, index, 'index', ['i32'], [rows]);
+  be.scatterRows(src, index, dst);
+}
+
+/** silu(gate) * up (same shapes). */
+export function swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
+  const be = expectTensor(gate, 'gate');
+  expectArg(be, gate, 'gate', ['f32']);
+  expectArg(be, up, 'up', ['f32'], gate.shape);
+  return be.swiglu(gate, up);
+}
+
+export function swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
+  const be = expectTensor(gate, 'gate');
+  expectArg(be, gate, 'gate', ['f32']);
+  expectArg(be, up, 'up', ['f32'], gate.shape);
+  expectArg(be, dout, 'dout', ['f32'], gate.shape);
+  return be.swigluBackward(gate, up, dout);
+}
+
+/** a + b (same shapes); `out` may be a or b (in place). */
+export function add(a: Tensor<'f32'>, b: Tensor<'f32'>, out?: Tensor<'f32'>): Tensor<'f32'> {
+  const be = expectTensor(a, 'a');
+  expectArg(be, a, 'a', ['f32']);
+  expectArg(be, b, 'b', ['f32'], a.shape);
+  if (out) expectArg(be, out, 'out', ['f32'], a.shape);
+  return be.add(a, b, out);
+}
+
+/** x [T, N] += bias [N], in place. */
+export function addBias(x: Tensor<'f32'>, bias: Tensor): void {
+  const be = expectTensor(x, 'x');
+  const [, n] = expectRows(be, x, 'x');
+  expectArg(be, bias, 'bias', ['f32', 'bf16'], [n]);
+  be.addBias(x, bias);
+}
+
+/** dbias [N] += column sums of dy [T, N]. */
+export function biasBackward(dy: Tensor<'f32'>, dbias: Tensor<'f32'>): void {
+  const be = expectTensor(dy, 'dy');
+  const [, n] = expectRows(be, dy, 'dy');
+  expectArg(be, dbias, 'dbias', ['f32'], [n]);
+  be.biasBackward(dy, dbias);
+}
