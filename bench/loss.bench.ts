@@ -56,8 +56,8 @@ for (const dtype of ['bf16', 'f32'] as const) {
   const probe = JSON.parse(execFileSync(process.execPath, ['--import', 'tsx', new URL('./memory_probe.ts', import.meta.url).pathname, String(N), String(V), dtype], { encoding: 'utf8' }).trim());
 
   // naive TypeScript: widen to f32 (bf16), then the two-pass float64 loops
-  const host = be.readSync(z);
-  const yHost = be.readSync(targets);
+  const host = await ops.read(z);
+  const yHost = await ops.read(targets);
   const naive = await medianMs(`naive ${dtype}`, () => {
     const vals = host instanceof Uint16Array ? bf16ArrayToF32(host) : host;
     logprobGatherRef(vals as Float32Array, N, V, yHost);
@@ -65,8 +65,8 @@ for (const dtype of ['bf16', 'f32'] as const) {
 
   // backward of the full SPIN loss, in place over a scratch copy of the logits (as the trainer runs it)
   const scratch = ops.cast(z, dtype);
-  const fwd = await medianMs(`spin forward ${dtype}`, () => freeSpinLossContext(spinLossForward(be, scratch, targets, segments, ref, B, { beta: 0.1, lossType: 'sigmoid' })), 10);
-  const ctx = spinLossForward(be, scratch, targets, segments, ref, B, { beta: 0.1, lossType: 'sigmoid' });
+  const fwd = await medianMs(`spin forward ${dtype}`, () => freeSpinLossContext(spinLossForward(scratch, targets, segments, ref, B, { beta: 0.1, lossType: 'sigmoid' })), 10);
+  const ctx = spinLossForward(scratch, targets, segments, ref, B, { beta: 0.1, lossType: 'sigmoid' });
   const bwd = await medianMs(`spin backward ${dtype}`, () => spinLossBackward(ctx, { inPlace: true }), 10);
   const bwdNew = await medianMs(`spin backward new ${dtype}`, () => spinLossBackward(ctx, { dtype }).free(), 10);
   freeSpinLossContext(ctx);

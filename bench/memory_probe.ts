@@ -23,7 +23,7 @@ const { logp, lse } = ops.logprobGather(z, targets);
 const afterGather = peak();
 logp.free();
 lse.free();
-const ctx = spinLossForward(be, z, targets, segments, ref, 1, { beta: 0.1, lossType: 'sigmoid' });
+const ctx = spinLossForward(z, targets, segments, ref, 1, { beta: 0.1, lossType: 'sigmoid' });
 spinLossBackward(ctx, { inPlace: true });
 freeSpinLossContext(ctx);
 const afterBackward = peak();

@@ -2,6 +2,7 @@
 // Usage: node --import tsx bench/model_probe.ts train|generate|spin|gemm STEPS
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { parseConfig } from '../src/model/config.js';
+import { generate } from '../src/generate/generate.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
 import { initLlama } from '../src/model/init.js';
 import { uploadInput } from '../src/model/input.js';
@@ -35,7 +36,7 @@ if (mode === 'gemm') {
 } else if (mode === 'train') {
   const R = 8, L = 256, T = R * L;
   model.weights.enableTraining();
-  const input = uploadInput(be, { rows: R, length: L, inputIds: Int32Array.from(tokens(T)), positions: Int32Array.from({ length: T }, (_, i) => i % L), attentionMask: new Int32Array(T).fill(1) });
+  const input = uploadInput(be, { rows: R, length: L, inputIds: Int32Array.from(tokens(T)), positions: Int32Array.from({ length: T }, (_, i) => i % L), attentionMask: new Int32Array(T).fill(1) }, cfg.vocabSize);
   const ms = await medianMs('fwd+bwd', () => {
     const { logits, state } = model.forward(input, { train: true });
     ops.fill(logits, 1e-4); // stands in for d(loss)/d(logits): the loss kernels are benchmarked in loss.bench.ts
@@ -47,21 +48,9 @@ if (mode === 'gemm') {
   const B = 32, P = 64, N = 128;
   const dec = new LlamaDecoder(model);
   const prompts = Array.from({ length: B }, () => tokens(P));
+  // the real generation path: device-side greedy sampling, B token ids read per step
   const ms = await medianMs('generate', async () => {
-    const cache = dec.newCache(B, P + N);
-    let logits = await cache.prefill(prompts);
-    const active = new Uint8Array(B).fill(1);
-    for (let s = 0; s < N; s++) {
-      const next = new Int32Array(B);
-      for (let b = 0; b < B; b++) {
-        let best = 0;
-        for (let v = 1; v < cfg.vocabSize; v++) if (logits[b * cfg.vocabSize + v] > logits[b * cfg.vocabSize + best]) best = v;
-        next[b] = best;
-      }
-      if (s === N - 1) break;
-      logits = await cache.decode(next, active);
-    }
-    cache.free();
+    await generate(dec, prompts, { temperature: 0, topK: 0, topP: 1, maxNewTokens: N, eosIds: [], seed: 0, batchSize: B });
   }, Math.max(1, Math.min(steps, 3)), 1);
   const decodeFlops = 2 * nonEmbedding() * B * N;
   report({ tokens_per_s: (B * N) / (ms / 1000), gflops: decodeFlops / (ms * 1e6), ms_total: ms });

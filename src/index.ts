@@ -1,6 +1,9 @@
 // The spinlm library. See README.md and docs/ for the map.
-export { type Backend, SPIN_LOSS_ROWS, type SpinLossRow, type SpinLossType } from './backend/backend.js';
+export { type Backend, type BackendInfo, SPIN_LOSS_MEANS, SPIN_LOSS_ROWS, type SpinLossRow, type SpinLossType } from './backend/backend.js';
 export { CpuBackend, cpuBackend } from './backend/cpu/cpu_backend.js';
+export { backendStatus, type BackendStatus, createBackend, type DeviceChoice, DEVICES } from './backend/registry.js';
+/** The op layer: every op, checked once, on the backend its tensors live on. */
+export * as ops from './ops/index.js';
 export { bf16ToF32, f32ToBf16, bf16ArrayToF32, f32ArrayToBf16 } from './tensor/bf16.js';
 export { type DType, type HostArray, type HostData, dtypeSize } from './tensor/dtype.js';
 export { Tensor } from './tensor/tensor.js';

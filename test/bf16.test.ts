@@ -2,12 +2,12 @@
 // an independent float64 computation of round-to-nearest-even, in TypeScript and in the native code
 // (scalar cast and the 16-lane vector store used by the bf16 kernels).
 import assert from 'node:assert/strict';
-import { test } from 'node:test';
-import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { describe, test } from 'node:test';
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/bf16.js';
 import { randn, withSeed } from './helpers/random.js';
+import * as ops from '../src/ops/index.js';
+import { testBackends } from './helpers/backends.js';
 
-const be = new CpuBackend({ poison: true });
 const isNanBits = (h: number) => (h & 0x7f80) === 0x7f80 && (h & 0x7f) !== 0;
 
 /** Value of a bf16 pattern from its fields, in float64 (independent of the bit-cast trick). */
@@ -36,7 +36,7 @@ function roundRef(x: number): number {
   return down & 1 ? up : down;
 }
 
-test('every bf16 pattern: bf16 -> f32 is exact and f32 -> bf16 gives it back (NaN stays NaN, made quiet)', () => {
+test('every bf16 pattern: bf16 -> f32 is exact and f32 -> bf16 gives it back (NaN stays NaN, made quiet)', async () => {
   for (let h = 0; h < 65536; h++) {
     const x = bf16ToF32(h);
     if (isNanBits(h)) {
@@ -52,19 +52,20 @@ test('every bf16 pattern: bf16 -> f32 is exact and f32 -> bf16 gives it back (Na
   assert.equal(f32ToBf16(3.4e38), 0x7f80, 'past the largest bf16 rounds to +Inf');
 });
 
-test('native cast agrees with TypeScript on all 65536 patterns, both directions', () => {
+for (const be of testBackends()) describe(`device conversions on backend ${be.name}`, () => {
+test('native cast agrees with TypeScript on all 65536 patterns, both directions', async () => {
   const all = new Uint16Array(65536).map((_, i) => i);
-  const t = be.upload({ dtype: 'bf16', data: all }, [65536]);
-  const f = be.readSync(be.cast(t, 'f32'));
-  const back = be.readSync(be.cast(be.cast(t, 'f32'), 'bf16'));
+  const t = ops.upload(be, { dtype: 'bf16', data: all }, [65536]);
+  const f = await ops.read(ops.cast(t, 'f32'));
+  const back = await ops.read(ops.cast(ops.cast(t, 'f32'), 'bf16'));
   for (let h = 0; h < 65536; h++) {
     assert.ok(Object.is(f[h], Math.fround(bf16ToF32(h))) || (Number.isNaN(f[h]) && isNanBits(h)), `f32 of ${h.toString(16)}`);
     assert.equal(back[h], f32ToBf16(bf16ToF32(h)), `round trip of ${h.toString(16)}`);
   }
 });
 
-test('f32 -> bf16 rounds to nearest even: random values, exact ties and near-ties (TS and native)', () =>
-  withSeed((rng) => {
+test('f32 -> bf16 rounds to nearest even: random values, exact ties and near-ties (TS and native)', async () =>
+  withSeed(async (rng) => {
     const n = 200000;
     const bits = new Uint32Array(n);
     for (let i = 0; i < n; i++) {
@@ -73,7 +74,7 @@ test('f32 -> bf16 rounds to nearest even: random values, exact ties and near-tie
       bits[i] = i % 3 === 0 ? (r & 0xffff0000) | 0x8000 : i % 3 === 1 ? (r & 0xffff0000) | (0x7ffe + (r & 3)) : r;
     }
     const values = new Float32Array(bits.buffer);
-    const native = be.readSync(be.cast(be.upload({ dtype: 'f32', data: values }, [n]), 'bf16'));
+    const native = await ops.read(ops.cast(ops.upload(be, { dtype: 'f32', data: values }, [n]), 'bf16'));
     for (let i = 0; i < n; i++) {
       const x = values[i];
       const want = roundRef(x);
@@ -87,14 +88,15 @@ test('f32 -> bf16 rounds to nearest even: random values, exact ties and near-tie
     }
   }));
 
-test('the vector bf16 store of the kernels rounds exactly like the scalar conversion', () =>
-  withSeed((rng) => {
+test('the vector bf16 store of the kernels rounds exactly like the scalar conversion', async () =>
+  withSeed(async (rng) => {
     const n = 23, v = 1001;
-    const z = be.upload({ dtype: 'f32', data: randn(rng, n * v, 3) }, [n, v]);
-    const y = be.upload({ dtype: 'i32', data: new Int32Array(n).map(() => rng.int(0, v - 1)) }, [n]);
-    const { lse } = be.logprobGather(z, y);
-    const d = be.upload({ dtype: 'f32', data: randn(rng, n) }, [n]);
-    const f32 = be.readSync(be.logprobGatherBackward(z, y, lse, d, { dtype: 'f32' }));
-    const b16 = be.readSync(be.logprobGatherBackward(z, y, lse, d, { dtype: 'bf16' }));
+    const z = ops.upload(be, { dtype: 'f32', data: randn(rng, n * v, 3) }, [n, v]);
+    const y = ops.upload(be, { dtype: 'i32', data: new Int32Array(n).map(() => rng.int(0, v - 1)) }, [n]);
+    const { lse } = ops.logprobGather(z, y);
+    const d = ops.upload(be, { dtype: 'f32', data: randn(rng, n) }, [n]);
+    const f32 = await ops.read(ops.logprobGatherBackward(z, y, lse, d, { dtype: 'f32' }));
+    const b16 = await ops.read(ops.logprobGatherBackward(z, y, lse, d, { dtype: 'bf16' }));
     for (let i = 0; i < f32.length; i++) assert.equal(b16[i], f32ToBf16(f32[i]), `element ${i}`);
   }));
+});

@@ -3,7 +3,7 @@
 // real model's KV-cache greedy decoding equals greedy decoding by full recompute.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import type { Backend } from '../src/backend/backend.js';
 import { answerPrompts } from '../src/generate/answers.js';
 import { type DecoderCache, type DecoderModel, generate, type GenerateOptions } from '../src/generate/generate.js';
 import { argmax, candidates, sampleToken } from '../src/generate/sampler.js';
@@ -16,28 +16,33 @@ import { join } from 'node:path';
 import { Rng } from '../src/util/rng.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
+import * as ops from '../src/ops/index.js';
+import type { Tensor } from '../src/tensor/tensor.js';
+import { testBackends } from './helpers/backends.js';
 
-/** A bigram model: the logits of the next token depend only on the last token (never on the batch). */
+/**
+ * A bigram model: the logits of the next token depend only on the last token (never on the batch).
+ * On the device its logits are rows of the table gathered by the last tokens (an embedding lookup).
+ */
 class BigramModel implements DecoderModel {
   calls = 0;
-  constructor(readonly table: Float32Array, readonly vocabSize: number, readonly maxPositions = 64) {}
-  newCache(batch: number): DecoderCache {
-    const last = new Int32Array(batch);
-    const rows = () => {
-      const out = new Float32Array(batch * this.vocabSize);
-      for (let b = 0; b < batch; b++) out.set(this.table.subarray(last[b] * this.vocabSize, (last[b] + 1) * this.vocabSize), b * this.vocabSize);
-      return out;
-    };
+  private readonly tableT: Tensor<'f32'>;
+  constructor(readonly backend: Backend, readonly table: Float32Array, readonly vocabSize: number, readonly maxPositions = 64) {
+    this.tableT = ops.upload(backend, { dtype: 'f32', data: table }, [vocabSize, vocabSize]);
+  }
+  newCache(): DecoderCache {
     return {
-      prefill: async (prompts) => {
+      prefill: (prompts) => {
         this.calls++;
-        prompts.forEach((p, b) => (last[b] = p[p.length - 1]));
-        return rows();
+        const last = ops.upload(this.backend, { dtype: 'i32', data: Int32Array.from(prompts, (p) => p[p.length - 1]) }, [prompts.length]);
+        const out = ops.embedding(last, this.tableT);
+        last.free();
+        return out;
       },
-      decode: async (tokens, active) => {
+      // inactive rows are never sampled, so their logits need not stay the same
+      decode: (tokens) => {
         this.calls++;
-        tokens.forEach((t, b) => { if (active[b]) last[b] = t; });
-        return rows();
+        return ops.embedding(tokens, this.tableT);
       },
       free: () => {},
     };
@@ -47,8 +52,8 @@ class BigramModel implements DecoderModel {
 const opts = (o: Partial<GenerateOptions> = {}): GenerateOptions => ({ temperature: 1, topK: 0, topP: 1, maxNewTokens: 12, eosIds: [0], seed: 11, batchSize: 4, ...o });
 
 describe('sampler', () => {
-  test('greedy: argmax with ties to the lowest id; top_k = 1 and temperature 0 are greedy', () =>
-    withSeed((rng) => {
+  test('greedy: argmax with ties to the lowest id; top_k = 1 and temperature 0 are greedy', async () =>
+    withSeed(async (rng) => {
       assert.equal(argmax([1, 3, 3, 2]), 1);
       for (let k = 0; k < 50; k++) {
         const row = Float32Array.from({ length: 30 }, () => rng.normal() * 3);
@@ -58,7 +63,7 @@ describe('sampler', () => {
       }
     }));
 
-  test("top-p keeps Hugging Face's set: tokens whose preceding cumulative probability is below p", () => {
+  test("top-p keeps Hugging Face's set: tokens whose preceding cumulative probability is below p", async () => {
     const probs = [0.5, 0.3, 0.15, 0.05];
     const row = probs.map(Math.log);
     assert.deepEqual(candidates(row, { temperature: 1, topK: 0, topP: 0.5 }).ids, [0]);
@@ -69,8 +74,8 @@ describe('sampler', () => {
     assert.ok(Math.abs(c.probs[0] - 0.5 / 0.95) < 1e-12);
   });
 
-  test('sampled frequencies follow the distribution (chi-square, p > 1e-6), and temperature sharpens it', () =>
-    withSeed((rng) => {
+  test('sampled frequencies follow the distribution (chi-square, p > 1e-6), and temperature sharpens it', async () =>
+    withSeed(async (rng) => {
       const probs = [0.4, 0.25, 0.2, 0.1, 0.05];
       const row = probs.map(Math.log);
       const n = 20000;
@@ -85,12 +90,40 @@ describe('sampler', () => {
     }));
 });
 
-describe('generate', () => {
+for (const be of testBackends()) describe(`generate on backend ${be.name}`, () => {
   function bigram(rng: Rng, v = 9) {
-    return new BigramModel(Float32Array.from({ length: v * v }, () => rng.normal() * 2), v);
+    return new BigramModel(be, Float32Array.from({ length: v * v }, () => rng.normal() * 2), v);
   }
 
-  test('the same seed gives the same outputs for batch sizes 1, 3 and 8, in input order', () =>
+  test('device sampling equals the host sampler row by row, with the same RNG streams (many options)', async () =>
+    withSeed(async (rng) => {
+      for (let trial = 0; trial < 30; trial++) {
+        const b = rng.int(1, 9), v = rng.int(1, 300);
+        const o = { temperature: [0, 0.7, 1, 1.5][rng.int(0, 3)], topK: [0, 1, 5, 1000][rng.int(0, 3)], topP: [1, 0.9, 0.3][rng.int(0, 2)] };
+        const rows = Float32Array.from({ length: b * v }, () => rng.normal() * [0.5, 4][rng.int(0, 1)]);
+        for (let i = 0; i < b * v; i++) if (rng.next() < 0.05) rows[i] = -Infinity; // masked logits
+        for (let i = 0; i < b * v; i++) if (rng.next() < 0.05) rows[i] = rows[i - (i % v)]; // ties
+        const streams = Array.from({ length: b }, (_, k) => new Rng(rng.nextU32()).fork(k));
+        const words = new Uint32Array(4 * b);
+        streams.forEach((r, k) => words.set(r.getState().s, 4 * k));
+        const active = Int32Array.from({ length: b }, () => (rng.next() < 0.8 ? 1 : 0));
+        const logits = ops.upload(be, { dtype: 'f32', data: rows }, [b, v]);
+        const state = ops.upload(be, { dtype: 'i32', data: new Int32Array(words.buffer) }, [b, 4]);
+        const activeT = ops.upload(be, { dtype: 'i32', data: active }, [b]);
+        for (let step = 0; step < 3; step++) {
+          const got = await ops.read(ops.sampleTokens(logits, state, activeT, o));
+          for (let k = 0; k < b; k++) {
+            const want = active[k] ? sampleToken(rows.subarray(k * v, (k + 1) * v), o, streams[k]) : 0;
+            assert.equal(got[k], want, `trial ${trial} step ${step} row ${k} (v ${v}, ${JSON.stringify(o)})`);
+          }
+        }
+        // the device states advanced exactly as the host streams did
+        const after = new Uint32Array((await ops.read(state)).buffer);
+        streams.forEach((r, k) => assert.deepEqual(Array.from(after.subarray(4 * k, 4 * k + 4)), r.getState().s, `state of row ${k}`));
+      }
+    }));
+
+  test('the same seed gives the same outputs for batch sizes 1, 3 and 8, in input order', async () =>
     withSeed(async (rng) => {
       const model = bigram(rng);
       const prompts = Array.from({ length: 11 }, () => Array.from({ length: rng.int(1, 6) }, () => rng.int(1, 8)));
@@ -102,7 +135,7 @@ describe('generate', () => {
       assert.notDeepEqual(again, runs[0], 'another seed gives other samples');
     }));
 
-  test('greedy equals a step-by-step argmax loop; finish reasons eos / stop / length', () =>
+  test('greedy equals a step-by-step argmax loop; finish reasons eos / stop / length', async () =>
     withSeed(async (rng) => {
       const model = bigram(rng);
       const prompts = [[3], [5, 2], [7]];
@@ -131,16 +164,15 @@ describe('generate', () => {
       await assert.rejects(generate(model, [[1]], opts({ topP: 0 })), /top_p/);
     }));
 
-  test('the model position limit is respected', () =>
+  test('the model position limit is respected', async () =>
     withSeed(async (rng) => {
-      const model = new BigramModel(bigram(rng).table, 9, 8);
+      const model = new BigramModel(be, bigram(rng).table, 9, 8);
       const [g] = await generate(model, [[1, 2, 3, 4, 5]], opts({ eosIds: [], maxNewTokens: 50 }));
       assert.equal(g.tokens.length, 3);
     }));
 
-  test('the real model: KV-cache greedy generation equals greedy by full recompute', () =>
+  test('the real model: KV-cache greedy generation equals greedy by full recompute', async () =>
     withSeed(async (rng) => {
-      const be = new CpuBackend();
       const model = initLlama(be, tinyConfig({ vocab: 50 }), { seed: rng.int(0, 1e9), std: 0.3, randomizeAll: true });
       const prompts = [[5, 6, 7], [9], [11, 12, 13, 14, 15]];
       const gens = await generate(new LlamaDecoder(model), prompts, opts({ temperature: 0, maxNewTokens: 8, eosIds: [2], batchSize: 3 }));
@@ -149,9 +181,9 @@ describe('generate', () => {
         const want: number[] = [];
         for (let s = 0; s < 8; s++) {
           const L = seq.length;
-          const input = uploadInput(be, { rows: 1, length: L, inputIds: Int32Array.from(seq), positions: Int32Array.from({ length: L }, (_, j) => j), attentionMask: new Int32Array(L).fill(1) });
+          const input = uploadInput(be, { rows: 1, length: L, inputIds: Int32Array.from(seq), positions: Int32Array.from({ length: L }, (_, j) => j), attentionMask: new Int32Array(L).fill(1) }, 50);
           const { logits } = model.forward(input);
-          const next = argmax((await be.read(logits)).subarray((L - 1) * 50, L * 50));
+          const next = argmax((await ops.read(logits)).subarray((L - 1) * 50, L * 50));
           logits.free();
           freeInput(input);
           if (next === 2) break;
@@ -162,29 +194,29 @@ describe('generate', () => {
       }
       model.weights.free();
     }));
-});
 
-test('answers are journaled: a run killed after a batch resumes to the same answers without redoing finished prompts', () =>
-  withSeed(async (rng) => {
-    const dir = mkdtempSync(join(tmpdir(), 'spinlm-answers-'));
-    try {
-      const model = new BigramModel(Float32Array.from({ length: 81 }, () => rng.normal() * 2), 9);
-      // characters '1'..'8' are tokens 1..8; token 0 is EOS
-      const tok = { eosId: 0, encode: (s: string) => [...s].map(Number), decode: (ids: readonly number[]) => ` ${ids.join('')} ` };
-      const prompts = Array.from({ length: 10 }, () => Array.from({ length: rng.int(1, 4) }, () => rng.int(1, 8)).join(''));
-      const o = { temperature: 1, topK: 0, topP: 1, maxNewTokens: 6, seed: 5, batchSize: 3 };
-      const straight = await answerPrompts(model, tok, prompts, o);
-      assert.ok(straight.every((a) => a === a.trim()), 'answers are stripped');
-      const journal = join(dir, 'answers.partial');
-      let batches = 0;
-      await assert.rejects(answerPrompts(model, tok, prompts, { ...o, journal, onProgress: () => { if (++batches === 2) throw new Error('killed'); } }), /killed/);
-      model.calls = 0;
-      const resumed = await answerPrompts(model, tok, prompts, { ...o, journal });
-      assert.deepEqual(resumed, straight);
-      const fresh = new BigramModel(model.table, 9);
-      await answerPrompts(fresh, tok, prompts, o);
-      assert.ok(model.calls < fresh.calls, `resumed run made ${model.calls} model calls, a fresh one ${fresh.calls}`);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }));
+  test('answers are journaled: a run killed after a batch resumes to the same answers without redoing finished prompts', async () =>
+    withSeed(async (rng) => {
+      const dir = mkdtempSync(join(tmpdir(), 'spinlm-answers-'));
+      try {
+        const model = new BigramModel(be, Float32Array.from({ length: 81 }, () => rng.normal() * 2), 9);
+        // characters '1'..'8' are tokens 1..8; token 0 is EOS
+        const tok = { eosId: 0, encode: (s: string) => [...s].map(Number), decode: (ids: readonly number[]) => ` ${ids.join('')} ` };
+        const prompts = Array.from({ length: 10 }, () => Array.from({ length: rng.int(1, 4) }, () => rng.int(1, 8)).join(''));
+        const o = { temperature: 1, topK: 0, topP: 1, maxNewTokens: 6, seed: 5, batchSize: 3 };
+        const straight = await answerPrompts(model, tok, prompts, o);
+        assert.ok(straight.every((a) => a === a.trim()), 'answers are stripped');
+        const journal = join(dir, 'answers.partial');
+        let batches = 0;
+        await assert.rejects(answerPrompts(model, tok, prompts, { ...o, journal, onProgress: () => { if (++batches === 2) throw new Error('killed'); } }), /killed/);
+        model.calls = 0;
+        const resumed = await answerPrompts(model, tok, prompts, { ...o, journal });
+        assert.deepEqual(resumed, straight);
+        const fresh = new BigramModel(be, model.table, 9);
+        await answerPrompts(fresh, tok, prompts, o);
+        assert.ok(model.calls < fresh.calls, `resumed run made ${model.calls} model calls, a fresh one ${fresh.calls}`);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    }));
+});

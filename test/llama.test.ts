@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { initLlama } from '../src/model/init.js';
 import { freeInput, uploadInput } from '../src/model/input.js';
@@ -17,8 +17,10 @@ import type { Rng } from '../src/util/rng.js';
 import { relErr } from './helpers/loss_ref.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
+import * as ops from '../src/ops/index.js';
+import { testBackends } from './helpers/backends.js';
 
-const be = new CpuBackend({ poison: true });
+for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
 const EOS = 2;
 
 function randomPair(rng: Rng, vocab: number): TokenizedPair {
@@ -30,12 +32,12 @@ function randomPair(rng: Rng, vocab: number): TokenizedPair {
 /** The SPIN loss and its parameter gradients on one batch. */
 async function lossAndGrads(model: LlamaModel, pairs: TokenizedPair[], refLogps: Float32Array) {
   const batch = collateSpinBatch(pairs, EOS, 0);
-  const input = uploadInput(be, batch);
+  const input = uploadInput(model.backend, batch, model.cfg.vocabSize);
   model.weights.zeroGrad();
   const { logits, state } = model.forward(input, { train: true });
-  const targets = be.upload({ dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-  const segments = be.upload({ dtype: 'i32', data: batch.segments }, [batch.segments.length]);
-  const ctx = spinLossForward(be, logits, targets, segments, be.upload({ dtype: 'f32', data: refLogps }, [refLogps.length]), pairs.length, { beta: 0.5, lossType: 'sigmoid' });
+  const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+  const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+  const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: refLogps }, [refLogps.length]), pairs.length, { beta: 0.5, lossType: 'sigmoid' });
   const m = await spinLossMetrics(ctx);
   const dlogits = spinLossBackward(ctx, { inPlace: true }) as never;
   model.backward(state!, dlogits);
@@ -43,11 +45,11 @@ async function lossAndGrads(model: LlamaModel, pairs: TokenizedPair[], refLogps:
   logits.free();
   freeInput(input);
   const grads = new Map<string, Float32Array>();
-  for (const [name, g] of model.weights.grads) grads.set(name, be.readSync(g).slice());
+  for (const [name, g] of model.weights.grads) grads.set(name, (await ops.read(g)).slice());
   return { loss: m.loss, grads };
 }
 
-test('padding never changes a score: a batch equals each pair scored alone', () =>
+test('padding never changes a score: a batch equals each pair scored alone', async () =>
   withSeed(async (rng) => {
     for (const opts of [{}, { modelType: 'qwen2' as const, tie: true, kvHeads: 4 }]) {
       const model = initLlama(be, tinyConfig(opts), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true });
@@ -63,7 +65,7 @@ test('padding never changes a score: a batch equals each pair scored alone', () 
     }
   }));
 
-test('save -> load reloads bit-exactly (f32 and bf16, tied and untied, sharded)', () =>
+test('save -> load reloads bit-exactly (f32 and bf16, tied and untied, sharded)', async () =>
   withSeed(async (rng) => {
     const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-'));
     try {
@@ -73,7 +75,7 @@ test('save -> load reloads bit-exactly (f32 and bf16, tied and untied, sharded)'
         const back = await LlamaModel.load(be, dir);
         assert.equal(back.weights.dtype, dtype);
         assert.deepEqual([...back.weights.params.keys()].sort(), [...model.weights.params.keys()].sort());
-        for (const [name, t] of model.weights.params) assert.deepEqual(be.readSync(back.weights.get(name)), be.readSync(t), name);
+        for (const [name, t] of model.weights.params) assert.deepEqual(await ops.read(back.weights.get(name)), await ops.read(t), name);
         assert.deepEqual(back.cfg.tieWordEmbeddings, tie);
         model.weights.free();
         back.weights.free();
@@ -83,7 +85,7 @@ test('save -> load reloads bit-exactly (f32 and bf16, tied and untied, sharded)'
     }
   }));
 
-test('recompute (activation checkpointing) gives bit-identical gradients', () =>
+test('recompute (activation checkpointing) gives bit-identical gradients', async () =>
   withSeed(async (rng) => {
     const model = initLlama(be, tinyConfig({ modelType: 'qwen2' }), { seed: rng.int(0, 1e9), std: 0.1, randomizeAll: true });
     model.weights.enableTraining();
@@ -97,7 +99,7 @@ test('recompute (activation checkpointing) gives bit-identical gradients', () =>
     model.weights.free();
   }));
 
-test('parameter gradients of the SPIN loss match central finite differences', () =>
+test('parameter gradients of the SPIN loss match central finite differences', async () =>
   withSeed(async (rng) => {
     const cfg = tinyConfig({ modelType: 'qwen2', hidden: 32, heads: 4, kvHeads: 2, intermediate: 48, layers: 2, vocab: 40 });
     const model = initLlama(be, cfg, { seed: rng.int(0, 1e9), std: 0.3, randomizeAll: true });
@@ -109,20 +111,20 @@ test('parameter gradients of the SPIN loss match central finite differences', ()
     const h = 2e-3; // f32 forward: a larger step keeps rounding noise below the difference
     for (const name of ['model.embed_tokens.weight', 'model.layers.0.self_attn.q_proj.weight', 'model.layers.1.self_attn.k_proj.bias', 'model.layers.0.mlp.down_proj.weight', 'model.layers.1.input_layernorm.weight', 'model.norm.weight', 'lm_head.weight']) {
       const p = model.weights.get(name);
-      const vals = be.readSync(p) as Float32Array;
+      const vals = await ops.read(p) as Float32Array;
       const g = grads.get(name)!;
       // the 3 largest-gradient entries: their finite differences stand well above f32 noise
       const idx = [...g.keys()].sort((a, b) => Math.abs(g[b]) - Math.abs(g[a])).slice(0, 3);
       for (const i of idx) {
         const orig = vals[i];
         vals[i] = orig + h;
-        be.write(p, { dtype: 'f32', data: vals });
+        ops.write(p, { dtype: 'f32', data: vals });
         const up = await lossAt();
         vals[i] = orig - h;
-        be.write(p, { dtype: 'f32', data: vals });
+        ops.write(p, { dtype: 'f32', data: vals });
         const down = await lossAt();
         vals[i] = orig;
-        be.write(p, { dtype: 'f32', data: vals });
+        ops.write(p, { dtype: 'f32', data: vals });
         const fd = (up - down) / (2 * h);
         // 1% plus the f32 rounding noise of the difference quotient (~1e-5 here)
         assert.ok(Math.abs(fd - g[i]) <= 1e-2 * Math.abs(g[i]) + 5e-5, `${name}[${i}]: finite difference ${fd} vs analytic ${g[i]}`);
@@ -131,7 +133,7 @@ test('parameter gradients of the SPIN loss match central finite differences', ()
     model.weights.free();
   }));
 
-test('config.json and weights that disagree are clear errors naming the tensor', () =>
+test('config.json and weights that disagree are clear errors naming the tensor', async () =>
   withSeed(async (rng) => {
     const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-bad-'));
     try {
@@ -150,3 +152,4 @@ test('config.json and weights that disagree are clear errors naming the tensor',
       rmSync(dir, { recursive: true, force: true });
     }
   }));
+});

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { initLlama } from '../src/model/init.js';
 import { freeInput, uploadInput } from '../src/model/input.js';
@@ -18,8 +18,11 @@ import type { Rng } from '../src/util/rng.js';
 import { relErr } from './helpers/loss_ref.js';
 import { runPython } from './helpers/python.js';
 import { withSeed } from './helpers/random.js';
+import * as ops from '../src/ops/index.js';
+import type { Tensor } from '../src/tensor/tensor.js';
+import { testBackends } from './helpers/backends.js';
 
-const be = new CpuBackend({ poison: true });
+for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
 const ORACLE = new URL('./oracle/llama_torch.py', import.meta.url).pathname;
 const EOS = 2;
 
@@ -62,7 +65,7 @@ function pairs(rng: Rng, n: number) {
 }
 
 for (const c of CASES) {
-  test(`matches PyTorch: ${c.name}`, () =>
+  test(`matches PyTorch: ${c.name}`, async () =>
     withSeed(async (rng) => {
       const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-torch-'));
       try {
@@ -81,14 +84,14 @@ for (const c of CASES) {
         const batch = collateSpinBatch(ps, EOS, 0);
         const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
         const beta = 0.3;
-        const input = uploadInput(be, batch);
+        const input = uploadInput(be, batch, model.cfg.vocabSize);
         const { logits, state } = model.forward(input, { train: true });
-        const logitsHost = Float32Array.from(be.readSync(logits) as Float32Array);
-        const targets = be.upload({ dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-        const segments = be.upload({ dtype: 'i32', data: batch.segments }, [batch.segments.length]);
-        const ctx = spinLossForward(be, logits, targets, segments, be.upload({ dtype: 'f32', data: ref }, [6]), 3, { beta, lossType: 'sigmoid' });
+        const logitsHost = Float32Array.from(await ops.read(logits) as Float32Array);
+        const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+        const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+        const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [6]), 3, { beta, lossType: 'sigmoid' });
         const metrics = await spinLossMetrics(ctx);
-        const seq = Float32Array.from(be.readSync(ctx.seqLogps) as Float32Array);
+        const seq = Float32Array.from(await ops.read(ctx.seqLogps) as Float32Array);
         model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
         freeSpinLossContext(ctx);
         freeInput(input);
@@ -108,7 +111,7 @@ for (const c of CASES) {
         check('S(theta, y) of each sequence', seq, read('seq.out.bin'));
         const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss;
         assert.ok(Math.abs(metrics.loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${metrics.loss} vs torch ${torchLoss}`);
-        for (const [name, g] of model.weights.grads) check(`grad ${name}`, be.readSync(g) as Float32Array, read(join('grad', `${name}.bin`)));
+        for (const [name, g] of model.weights.grads) check(`grad ${name}`, await ops.read(g) as Float32Array, read(join('grad', `${name}.bin`)));
         model.weights.free();
       } finally {
         rmSync(dir, { recursive: true, force: true });
@@ -116,7 +119,7 @@ for (const c of CASES) {
     }));
 }
 
-test('greedy generation with the KV cache equals PyTorch greedy decoding by full recompute', () =>
+test('greedy generation with the KV cache equals PyTorch greedy decoding by full recompute', async () =>
   withSeed(async (rng) => {
     const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
     try {
@@ -141,7 +144,7 @@ test('greedy generation with the KV cache equals PyTorch greedy decoding by full
   }));
 
 for (const optim of ['rmsprop', 'adamw'] as const) {
-  test(`one SPIN optimizer step (${optim}, clipping 0.5) on the model matches torch.optim`, () =>
+  test(`one SPIN optimizer step (${optim}, clipping 0.5) on the model matches torch.optim`, async () =>
     withSeed(async (rng) => {
       const dir = mkdtempSync(join(tmpdir(), 'spinlm-step-torch-'));
       try {
@@ -152,7 +155,8 @@ for (const optim of ['rmsprop', 'adamw'] as const) {
         const ps = pairs(rng, 3);
         const batch = collateSpinBatch(ps, EOS, 0);
         const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
-        const before = new Map([...model.weights.params].map(([n, t]) => [n, Float32Array.from(be.readSync(t) as Float32Array)]));
+        const before = new Map<string, Float32Array>();
+        for (const [n, t] of model.weights.params) before.set(n, Float32Array.from((await ops.read(t)) as Float32Array));
         const { SpinObjective } = await import('../src/spin/objectives.js');
         const { runTrainingLoop } = await import('../src/spin/train_loop.js');
         // An adaptive first step moves every element by ~lr whatever its gradient's size, so elements whose
@@ -164,7 +168,13 @@ for (const optim of ['rmsprop', 'adamw'] as const) {
         // one step over the 3 pairs in one micro-batch; torch is then given them in the order the loop used
         const obj = new SpinObjective(model, ps, ref, { beta: 0.3, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
         const order: number[][] = [];
-        const spy = { microStep: (idx: readonly number[], scale: number) => { order.push([...idx]); return obj.microStep(idx, scale); } };
+        const spy = {
+          metricNames: obj.metricNames,
+          microStep: (idx: readonly number[], weight: number, metrics: Tensor<'f32'>) => {
+            order.push([...idx]);
+            return obj.microStep(idx, weight, metrics);
+          },
+        };
         await runTrainingLoop(model, 3, spy, { learningRate: lr, optim: hyper, lrSchedulerType: 'constant', warmupRatio: 0, microBatchSize: 3, gradientAccumulationSteps: 1, numTrainEpochs: 1, maxGradNorm: 0.5, seed: 1, saveSteps: 0 });
         // torch gets the same pairs in the order the loop used
         const ordered = order[0].map((i) => ps[i]);
@@ -176,7 +186,7 @@ for (const optim of ['rmsprop', 'adamw'] as const) {
         for (const [name, t] of model.weights.params) {
           const b = readFileSync(join(req, 'updated', `${name}.bin`));
           const want = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-          const got = be.readSync(t) as Float32Array;
+          const got = await ops.read(t) as Float32Array;
           const e = relErr(got, want);
           assert.ok(e <= 1e-5, `${name}: updated parameter relative error ${e}`);
           // and the update itself (new - old, ~1e-4) agrees to 1e-2 of its size: differences of f32
@@ -191,3 +201,4 @@ for (const optim of ['rmsprop', 'adamw'] as const) {
       }
     }));
 }
+});

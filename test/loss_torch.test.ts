@@ -5,20 +5,22 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { describe, test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
 import { f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import { IGNORE, relErr } from './helpers/loss_ref.js';
 import { runPython } from './helpers/python.js';
 import { randn, withSeed } from './helpers/random.js';
+import * as ops from '../src/ops/index.js';
+import { testBackends } from './helpers/backends.js';
 
-const be = new CpuBackend({ poison: true });
+for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
 const ORACLE = new URL('./oracle/spin_loss_torch.py', import.meta.url).pathname;
 
 for (const dtype of ['f32', 'bf16'] as const) {
   for (const lossType of ['sigmoid', 'hinge'] as const) {
-    test(`${dtype} logits, ${lossType} loss: loss, metrics and dlogits equal torch autograd`, () =>
+    test(`${dtype} logits, ${lossType} loss: loss, metrics and dlogits equal torch autograd`, async () =>
       withSeed(async (rng) => {
         const b = 5, v = 1234;
         const beta = lossType === 'hinge' ? 0.05 : 0.3;
@@ -31,13 +33,13 @@ for (const dtype of ['f32', 'bf16'] as const) {
         const n = segs.length;
         const zf = randn(rng, n * v, 2.5);
         const zdata = dtype === 'f32' ? zf : f32ArrayToBf16(zf);
-        const logits = dtype === 'f32' ? be.upload({ dtype: 'f32', data: zf }, [n, v]) : be.upload({ dtype: 'bf16', data: zdata as Uint16Array }, [n, v]);
+        const logits = dtype === 'f32' ? ops.upload(be, { dtype: 'f32', data: zf }, [n, v]) : ops.upload(be, { dtype: 'bf16', data: zdata as Uint16Array }, [n, v]);
         const ref = randn(rng, 2 * b, 1).map((x) => x * 20 - 150);
-        const t = be.upload({ dtype: 'i32', data: Int32Array.from(targets) }, [n]);
-        const sg = be.upload({ dtype: 'i32', data: Int32Array.from(segs) }, [n]);
-        const ctx = spinLossForward(be, logits, t, sg, be.upload({ dtype: 'f32', data: ref }, [2 * b]), b, { beta, lossType });
+        const t = ops.upload(be, { dtype: 'i32', data: Int32Array.from(targets) }, [n]);
+        const sg = ops.upload(be, { dtype: 'i32', data: Int32Array.from(segs) }, [n]);
+        const ctx = spinLossForward(logits, t, sg, ops.upload(be, { dtype: 'f32', data: ref }, [2 * b]), b, { beta, lossType });
         const m = await spinLossMetrics(ctx);
-        const dz = be.readSync(spinLossBackward(ctx, { dtype: 'f32' })) as Float32Array;
+        const dz = await ops.read(spinLossBackward(ctx, { dtype: 'f32' })) as Float32Array;
 
         const dir = mkdtempSync(join(tmpdir(), 'spinlm-loss-torch-'));
         try {
@@ -72,3 +74,4 @@ for (const dtype of ['f32', 'bf16'] as const) {
       }));
   }
 }
+});

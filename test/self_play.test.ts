@@ -13,6 +13,7 @@ import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { loadTokenizer } from '../src/text/tokenizer.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
+import * as ops from '../src/ops/index.js';
 
 const be = new CpuBackend();
 
@@ -45,7 +46,7 @@ async function setup(root: string, seed: number) {
 
 const sft = Array.from({ length: 10 }, (_, i) => ({ prompt: `Add: ${i}+${i}`, real: `${2 * i}` }));
 
-test('killed at generation, mid-training and between iterations: resumes to the same final weights', () =>
+test('killed at generation, mid-training and between iterations: resumes to the same final weights', async () =>
   withSeed(async (rng) => {
     const root = mkdtempSync(join(tmpdir(), 'spinlm-selfplay-'));
     try {
@@ -76,7 +77,7 @@ test('killed at generation, mid-training and between iterations: resumes to the 
       const final = await runSelfPlay(be, init, tok, sft, options(out), hooks);
       assert.deepEqual(calls, ['gen-0', 'gen-1', 'gen-1'], 'finished generations are never redone');
       const [a, b] = [await LlamaModel.load(be, straight), await LlamaModel.load(be, final)];
-      for (const [name, t] of a.weights.params) assert.deepEqual(be.readSync(b.weights.get(name)), be.readSync(t), name);
+      for (const [name, t] of a.weights.params) assert.deepEqual(await ops.read(b.weights.get(name)), await ops.read(t), name);
       a.weights.free();
       b.weights.free();
     } finally {
@@ -84,7 +85,7 @@ test('killed at generation, mid-training and between iterations: resumes to the 
     }
   }));
 
-test('the continued-SFT arm takes as many optimizer steps as SPIN on the same data', () =>
+test('the continued-SFT arm takes as many optimizer steps as SPIN on the same data', async () =>
   withSeed(async (rng) => {
     const root = mkdtempSync(join(tmpdir(), 'spinlm-selfplay-'));
     try {

@@ -14,6 +14,7 @@ import { type LoopConfig, runTrainingLoop, type StepLog } from '../src/spin/trai
 import type { Rng } from '../src/util/rng.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
+import * as ops from '../src/ops/index.js';
 
 const be = new CpuBackend();
 const EOS = 2;
@@ -39,7 +40,7 @@ async function spinRun(model: LlamaModel, data: TokenizedPair[], cfg: LoopConfig
   return logs;
 }
 
-test('SPIN step 0: u = 0 exactly (loss log 2, zero rewards and margins); training lowers the loss and raises margins', () =>
+test('SPIN step 0: u = 0 exactly (loss log 2, zero rewards and margins); training lowers the loss and raises margins', async () =>
   withSeed(async (rng) => {
     const model = initLlama(be, tinyConfig({ vocab: 48 }), { seed: rng.int(0, 1e9), std: 0.1 });
     const data = pairs(rng, 12);
@@ -57,7 +58,7 @@ test('SPIN step 0: u = 0 exactly (loss log 2, zero rewards and margins); trainin
     model.weights.free();
   }));
 
-test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identical final weights', () =>
+test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identical final weights', async () =>
   withSeed(async (rng) => {
     const seed = rng.int(0, 1e9);
     const data = pairs(rng, 10);
@@ -78,8 +79,8 @@ test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identi
       const resumed = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype: 'bf16' });
       const logs = await spinRun(resumed, data, cfg, { checkpointDir: ckpt });
       assert.equal(logs[0].step, 4, 'resumes after the last checkpointed step');
-      for (const [name, t] of straight.weights.params) assert.deepEqual(be.readSync(resumed.weights.get(name)), be.readSync(t), name);
-      for (const [name, t] of straight.weights.masters) assert.deepEqual(be.readSync(resumed.weights.masters.get(name)!), be.readSync(t), name);
+      for (const [name, t] of straight.weights.params) assert.deepEqual(await ops.read(resumed.weights.get(name)), await ops.read(t), name);
+      for (const [name, t] of straight.weights.masters) assert.deepEqual(await ops.read(resumed.weights.masters.get(name)!), await ops.read(t), name);
       resumed.weights.free();
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -87,7 +88,7 @@ test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identi
     }
   }));
 
-test('SFT lowers the answer NLL', () =>
+test('SFT lowers the answer NLL', async () =>
   withSeed(async (rng) => {
     const model = initLlama(be, tinyConfig({ vocab: 48 }), { seed: rng.int(0, 1e9) });
     // a learnable task: the answer repeats the prompt

@@ -41,7 +41,11 @@ export function sequenceLogprobRef(logp: ArrayLike<number>, segments: ArrayLike<
 
 export interface SpinRef {
   loss: number; // mean over counted pairs
-  perPair: { loss: number; rewardsReal: number; rewardsGenerated: number; margins: number; accuracies: number; dReal: number; dGenerated: number }[];
+  count: number; // counted pairs
+  perPair: {
+    loss: number; rewardsReal: number; rewardsGenerated: number; margins: number; accuracies: number; logpsReal: number; logpsGenerated: number;
+    dReal: number; dGenerated: number;
+  }[];
 }
 
 /** The official SPIN loss: u = beta * ((pr - rr) - (pg - rg)); sigmoid -log(sigmoid(u)) or hinge relu(1 - u). */
@@ -57,7 +61,7 @@ export function spinLossRef(
   let total = 0;
   for (let i = 0; i < b; i++) {
     if (mask && mask[i] === 0) {
-      perPair.push({ loss: 0, rewardsReal: 0, rewardsGenerated: 0, margins: 0, accuracies: 0, dReal: 0, dGenerated: 0 });
+      perPair.push({ loss: 0, rewardsReal: 0, rewardsGenerated: 0, margins: 0, accuracies: 0, logpsReal: 0, logpsGenerated: 0, dReal: 0, dGenerated: 0 });
       continue;
     }
     const u = beta * ((pr[i] - rr[i]) - (pg[i] - rg[i]));
@@ -74,11 +78,13 @@ export function spinLossRef(
       rewardsGenerated: beta * (pg[i] - rg[i]),
       margins: u,
       accuracies: beta * (pr[i] - rr[i]) > beta * (pg[i] - rg[i]) ? 1 : 0,
+      logpsReal: pr[i],
+      logpsGenerated: pg[i],
       dReal: (beta * dldu + nllGrad) / count,
       dGenerated: (-beta * dldu) / count,
     });
   }
-  return { loss: count ? total / count : 0, perPair };
+  return { loss: count ? total / count : 0, count, perPair };
 }
 
 /** max |a - b| / max(max |b|, floor): the normwise relative error used by the tests. */

@@ -1,0 +1,37 @@
+// The backends every op and model test runs on: SPINLM_TEST_BACKENDS=cpu,webgpu,cuda (comma list),
+// default every backend available on this machine. A backend named there that cannot run is an
+// error, never a silent skip. Tests compare each backend with the float64 reference and with the CPU
+// backend (`cpuReference`), and use only the op layer (no CPU-only shortcuts).
+import type { Backend } from '../../src/backend/backend.js';
+import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
+import { backendStatus, DEVICES, type DeviceName } from '../../src/backend/registry.js';
+
+let cached: Backend[] | undefined;
+
+/** A backend for tests: the CPU one poisons fresh buffers with NaN, so a skipped element fails a test. */
+function make(name: DeviceName): Backend {
+  if (name === 'cpu') return new CpuBackend({ poison: true });
+  const s = backendStatus().find((x) => x.name === name)!;
+  throw new Error(`SPINLM_TEST_BACKENDS names '${name}', which cannot run here: ${s.reason}`);
+}
+
+export function testBackends(): Backend[] {
+  if (cached) return cached;
+  const env = process.env.SPINLM_TEST_BACKENDS?.trim();
+  let names: DeviceName[];
+  if (env) {
+    names = env.split(',').map((s) => s.trim()) as DeviceName[];
+    for (const n of names) if (!DEVICES.includes(n)) throw new Error(`SPINLM_TEST_BACKENDS: unknown backend '${n}' (known: ${DEVICES.join(', ')})`);
+  } else {
+    names = backendStatus().filter((s) => s.available).map((s) => s.name);
+  }
+  cached = names.map(make);
+  return cached;
+}
+
+let reference: CpuBackend | undefined;
+/** The CPU backend other backends are compared with. */
+export function cpuReference(): CpuBackend {
+  reference ??= new CpuBackend({ poison: true });
+  return reference;
+}
