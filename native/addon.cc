@@ -40,7 +40,7 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
 // write(view, src TypedArray): host -> buffer; read(view, dst TypedArray): buffer -> host.
 Napi::Value Copy(const Napi::CallbackInfo& info, bool to_device) {
   Napi::Env env = info.Env();
-  if (!info[1].IsTypedArray()) Throw(env, "host data must be a TypedArray");
+  if (!info[1].IsTypedArray()) ThrowType(env, "host data must be a TypedArray");
   Napi::TypedArray a = info[1].As<Napi::TypedArray>();
   const int64_t bytes = static_cast<int64_t>(a.ByteLength());
   char* dev = View<char>(info[0], "tensor", bytes);
@@ -76,7 +76,7 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType sd = ToDType(info[1], "source dtype"), dd = ToDType(info[3], "destination dtype");
   const int64_t n = ToInt(info[4], "count");
-  if ((sd == DType::kI32) != (dd == DType::kI32)) Throw(env, "cannot cast between i32 and floats");
+  if ((sd == DType::kI32) != (dd == DType::kI32)) ThrowType(env, "cannot cast between i32 and floats");
   const char* s = View<char>(info[0], "source", CheckedMul(env, n, spinlm::dtype_size(sd), "size"));
   char* d = View<char>(info[2], "destination", CheckedMul(env, n, spinlm::dtype_size(dd), "size"));
   if (sd == dd) {
@@ -104,7 +104,7 @@ void CheckTargets(Napi::Env env, const int32_t* t, int64_t n, int64_t v) {
 Napi::Value LogprobGather(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType dt = ToDType(info[1], "logits dtype");
-  if (dt == DType::kI32) Throw(env, "logits must be f32 or bf16");
+  if (dt == DType::kI32) ThrowType(env, "logits must be f32 or bf16");
   const int64_t n = ToInt(info[2], "n"), v = ToInt(info[3], "v");
   if (n > 0 && v == 0) Throw(env, "vocabulary size must be at least 1");
   const int64_t zbytes = CheckedMul(env, CheckedMul(env, n, v, "n * v"), spinlm::dtype_size(dt), "logits bytes");
@@ -121,7 +121,7 @@ Napi::Value LogprobGather(const Napi::CallbackInfo& info) {
 Napi::Value LogprobGatherBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType dt = ToDType(info[1], "logits dtype"), od = ToDType(info[8], "dlogits dtype");
-  if (dt == DType::kI32 || od == DType::kI32) Throw(env, "logits and dlogits must be f32 or bf16");
+  if (dt == DType::kI32 || od == DType::kI32) ThrowType(env, "logits and dlogits must be f32 or bf16");
   const int64_t n = ToInt(info[2], "n"), v = ToInt(info[3], "v");
   if (n > 0 && v == 0) Throw(env, "vocabulary size must be at least 1");
   const int64_t nv = CheckedMul(env, n, v, "n * v");
@@ -177,10 +177,10 @@ Napi::Value SequenceLogprobBackward(const Napi::CallbackInfo& info) {
 Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t b = ToInt(info[5], "batch");
-  if (!info[6].IsNumber()) Throw(env, "beta must be a number");
+  if (!info[6].IsNumber()) ThrowType(env, "beta must be a number");
   const double beta = info[6].As<Napi::Number>().DoubleValue();
   const std::string type = info[7].IsString() ? info[7].As<Napi::String>().Utf8Value() : "";
-  if (type != "sigmoid" && type != "hinge") Throw(env, "loss type must be 'sigmoid' or 'hinge'");
+  if (type != "sigmoid" && type != "hinge") ThrowType(env, "loss type must be 'sigmoid' or 'hinge'");
   const float* pr = View<float>(info[0], "policyReal", b * 4);
   const float* pg = View<float>(info[1], "policyGenerated", b * 4);
   const float* rr = View<float>(info[2], "refReal", b * 4);
