@@ -3,14 +3,14 @@
     {
       "target_name": "spinlm",
       "sources": ["<!@(ls -1 native/*.cc native/cpu/*.cc)"],
-      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native", "<!@(pkg-config --variable=includedir openblas)"],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
       "cflags_cc": ["-std=c++17", "-O3", "-fexceptions", "-fno-math-errno", "-Wno-psabi"],
       "ldflags": ["-pthread"],
-      "libraries": ["<!@(pkg-config --libs openblas)"],
-      "cflags": ["<!@(pkg-config --cflags openblas)"]
+      "libraries": ["<!@(node scripts/build-deps.mjs --libs)"],
+      "cflags": ["<!@(node scripts/build-deps.mjs --cflags)"]
     }
   ]
 }

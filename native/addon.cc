@@ -41,7 +41,7 @@ Napi::Value Free(const Napi::CallbackInfo& info) {
 // write(view, src TypedArray): host -> buffer; read(view, dst TypedArray): buffer -> host.
 Napi::Value Copy(const Napi::CallbackInfo& info, bool to_device) {
   Napi::Env env = info.Env();
-  if (!info[1].IsTypedArray()) Throw(env, "host data must be a TypedArray");
+  if (!info[1].IsTypedArray()) ThrowType(env, "host data must be a TypedArray");
   Napi::TypedArray a = info[1].As<Napi::TypedArray>();
   const int64_t bytes = static_cast<int64_t>(a.ByteLength());
   char* dev = View<char>(info[0], "tensor", bytes);
@@ -71,7 +71,7 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType sd = ToDType(info[1], "source dtype"), dd = ToDType(info[3], "destination dtype");
   const int64_t n = ToInt(info[4], "count");
-  if ((sd == DType::kI32) != (dd == DType::kI32)) Throw(env, "cannot cast between i32 and floats");
+  if ((sd == DType::kI32) != (dd == DType::kI32)) ThrowType(env, "cannot cast between i32 and floats");
   const void* s = View(info[0], "source", CheckedMul(env, n, spinlm::dtype_size(sd), "size"));
   void* d = View(info[2], "destination", CheckedMul(env, n, spinlm::dtype_size(dd), "size"));
   spinlm::cast_values(s, sd, d, dd, n);
@@ -92,7 +92,7 @@ bool BadTargets(const int32_t* t, int64_t n, int64_t v) {
 Napi::Value LogprobGather(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType dt = ToDType(info[1], "logits dtype");
-  if (dt == DType::kI32) Throw(env, "logits must be f32 or bf16");
+  if (dt == DType::kI32) ThrowType(env, "logits must be f32 or bf16");
   const int64_t n = ToInt(info[2], "n"), v = ToInt(info[3], "v");
   if (n > 0 && v == 0) Throw(env, "vocabulary size must be at least 1");
   const int64_t zbytes = CheckedMul(env, CheckedMul(env, n, v, "n * v"), spinlm::dtype_size(dt), "logits bytes");
@@ -113,7 +113,7 @@ Napi::Value LogprobGather(const Napi::CallbackInfo& info) {
 Napi::Value LogprobGatherBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType dt = ToDType(info[1], "logits dtype"), od = ToDType(info[8], "dlogits dtype");
-  if (dt == DType::kI32 || od == DType::kI32) Throw(env, "logits and dlogits must be f32 or bf16");
+  if (dt == DType::kI32 || od == DType::kI32) ThrowType(env, "logits and dlogits must be f32 or bf16");
   const int64_t n = ToInt(info[2], "n"), v = ToInt(info[3], "v");
   if (n > 0 && v == 0) Throw(env, "vocabulary size must be at least 1");
   const int64_t nv = CheckedMul(env, n, v, "n * v");
@@ -175,10 +175,10 @@ Napi::Value SequenceLogprobBackward(const Napi::CallbackInfo& info) {
 Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t b = ToInt(info[3], "batch");
-  if (!info[4].IsNumber()) Throw(env, "beta must be a number");
+  if (!info[4].IsNumber()) ThrowType(env, "beta must be a number");
   const double beta = info[4].As<Napi::Number>().DoubleValue();
   const std::string type = info[5].IsString() ? info[5].As<Napi::String>().Utf8Value() : "";
-  if (type != "sigmoid" && type != "hinge") Throw(env, "loss type must be 'sigmoid' or 'hinge'");
+  if (type != "sigmoid" && type != "hinge") ThrowType(env, "loss type must be 'sigmoid' or 'hinge'");
   const float* policy = View<float>(info[0], "policy", b * 8);
   const float* ref = View<float>(info[1], "ref", b * 8);
   const float* mask = info[2].IsNull() ? nullptr : View<float>(info[2], "pairMask", b * 4);
@@ -186,7 +186,7 @@ Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   if (!std::isfinite(nll_alpha) || nll_alpha < 0) Throw(env, "nllAlpha must be a finite number >= 0");
   const float* answer_tokens = info[7].IsNull() || info[7].IsUndefined() ? nullptr : View<float>(info[7], "answerTokens", b * 4);
   if (nll_alpha != 0.0 && !answer_tokens) Throw(env, "nllAlpha > 0 needs the real answers' token counts");
-  if (!info[8].IsNumber()) Throw(env, "gradScale must be a number");
+  if (!info[8].IsNumber()) ThrowType(env, "gradScale must be a number");
   const float grad_scale = static_cast<float>(info[8].As<Napi::Number>().DoubleValue());
   float* per_pair = View<float>(info[9], "perPair", b * 7 * 4);
   float* means = View<float>(info[10], "means", 8 * 4);

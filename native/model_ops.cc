@@ -11,7 +11,7 @@ namespace spinlm::napi {
 namespace {
 
 float ToFloat(Napi::Value v, const char* what) {
-  if (!v.IsNumber()) Throw(v.Env(), std::string(what) + " must be a number");
+  if (!v.IsNumber()) ThrowType(v.Env(), std::string(what) + " must be a number");
   const double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d)) Throw(v.Env(), std::string(what) + " must be finite");
   return static_cast<float>(d);
@@ -19,7 +19,7 @@ float ToFloat(Napi::Value v, const char* what) {
 
 DType FloatDType(Napi::Value v, const char* what) {
   const DType d = ToDType(v, what);
-  if (d == DType::kI32) Throw(v.Env(), std::string(what) + " must be f32 or bf16");
+  if (d == DType::kI32) ThrowType(v.Env(), std::string(what) + " must be f32 or bf16");
   return d;
 }
 

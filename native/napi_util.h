@@ -28,21 +28,31 @@ inline void FinalizeBuffer(Napi::Env env, HostBuffer* b) {
   delete b;
 }
 
+// Error classes follow Node's: ThrowType (TypeError) for an argument of the wrong kind (not a number,
+// not a buffer handle, not an object, an unknown dtype or enum name, a dtype the op does not take);
+// Throw (RangeError) for a value outside what is allowed (sizes, indices, overruns, non-finite numbers);
+// ThrowState (Error) for an object in the wrong state (a buffer used after free()).
 [[noreturn]] inline void Throw(Napi::Env env, const std::string& msg) {
   throw Napi::RangeError::New(env, "spinlm native: " + msg);
+}
+[[noreturn]] inline void ThrowType(Napi::Env env, const std::string& msg) {
+  throw Napi::TypeError::New(env, "spinlm native: " + msg);
+}
+[[noreturn]] inline void ThrowState(Napi::Env env, const std::string& msg) {
+  throw Napi::Error::New(env, "spinlm native: " + msg);
 }
 
 inline HostBuffer* GetBuffer(Napi::Env env, Napi::Value v, const char* what) {
   bool tagged = false;
   if (v.IsExternal()) napi_check_object_type_tag(env, v, &kBufferTag, &tagged);
-  if (!tagged) Throw(env, std::string(what) + " is not a spinlm buffer handle");
+  if (!tagged) ThrowType(env, std::string(what) + " is not a spinlm buffer handle");
   HostBuffer* b = v.As<Napi::External<HostBuffer>>().Data();
-  if (!b->ptr) Throw(env, std::string(what) + " was used after free()");
+  if (!b->ptr) ThrowState(env, std::string(what) + " was used after free()");
   return b;
 }
 
 inline int64_t ToInt(Napi::Value v, const char* what) {
-  if (!v.IsNumber()) Throw(v.Env(), std::string(what) + " must be a number");
+  if (!v.IsNumber()) ThrowType(v.Env(), std::string(what) + " must be a number");
   const double d = v.As<Napi::Number>().DoubleValue();
   if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<int64_t>(d)))
     Throw(v.Env(), std::string(what) + " must be a non-negative integer, got " + std::to_string(d));
@@ -54,14 +64,14 @@ inline DType ToDType(Napi::Value v, const char* what) {
   if (s == "f32") return DType::kF32;
   if (s == "bf16") return DType::kBF16;
   if (s == "i32") return DType::kI32;
-  Throw(v.Env(), std::string(what) + " must be 'f32', 'bf16' or 'i32'");
+  ThrowType(v.Env(), std::string(what) + " must be 'f32', 'bf16' or 'i32'");
 }
 
 // Resolves a tensor view { handle, byteOffset } and checks that `bytes` bytes fit in its buffer.
 template <class T = void>
 T* View(Napi::Value v, const char* what, int64_t bytes) {
   Napi::Env env = v.Env();
-  if (!v.IsObject()) Throw(env, std::string(what) + " must be a tensor view { handle, byteOffset }");
+  if (!v.IsObject()) ThrowType(env, std::string(what) + " must be a tensor view { handle, byteOffset }");
   Napi::Object o = v.As<Napi::Object>();
   HostBuffer* b = GetBuffer(env, o.Get("handle"), what);
   const int64_t off = ToInt(o.Get("byteOffset"), "byteOffset");

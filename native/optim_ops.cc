@@ -9,7 +9,7 @@ namespace {
 
 double Field(Napi::Object o, const char* name) {
   Napi::Value v = o.Get(name);
-  if (!v.IsNumber()) Throw(o.Env(), std::string("optimizer hyperparameter '") + name + "' must be a number");
+  if (!v.IsNumber()) ThrowType(o.Env(), std::string("optimizer hyperparameter '") + name + "' must be a number");
   const double d = v.As<Napi::Number>().DoubleValue();
   if (!std::isfinite(d)) Throw(o.Env(), std::string("optimizer hyperparameter '") + name + "' must be finite");
   return d;
@@ -29,11 +29,11 @@ StepArgs Common(const Napi::CallbackInfo& info, size_t scale_index) {
   Napi::Env env = info.Env();
   StepArgs a;
   a.dt = ToDType(info[1], "param dtype");
-  if (a.dt == DType::kI32) Throw(env, "parameters must be f32 or bf16");
+  if (a.dt == DType::kI32) ThrowType(env, "parameters must be f32 or bf16");
   a.n = ToInt(info[4], "n");
   a.param = View(info[0], "param", CheckedMul(env, a.n, dtype_size(a.dt), "param bytes"));
   a.master = info[2].IsNull() ? nullptr : View<float>(info[2], "master", a.n * 4);
-  if (!a.master && a.dt == DType::kBF16) Throw(env, "a bf16 parameter needs an f32 master copy");
+  if (!a.master && a.dt == DType::kBF16) ThrowType(env, "a bf16 parameter needs an f32 master copy");
   a.grad = View<float>(info[3], "grad", a.n * 4);
   // the clip tensor f32 [2] = [norm, coefficient]: the step multiplies the gradient by element 1
   a.grad_scale = info[scale_index].IsNull() ? nullptr : View<float>(info[scale_index], "clip", 8) + 1;
@@ -44,7 +44,7 @@ StepArgs Common(const Napi::CallbackInfo& info, size_t scale_index) {
 Napi::Value RmspropStep(const Napi::CallbackInfo& info) {
   const StepArgs a = Common(info, 7);
   float* sq = View<float>(info[5], "squareAvg", a.n * 4);
-  if (!info[6].IsObject()) Throw(info.Env(), "rmsprop hyperparameters must be an object");
+  if (!info[6].IsObject()) ThrowType(info.Env(), "rmsprop hyperparameters must be an object");
   Napi::Object h = info[6].As<Napi::Object>();
   const RmspropHyper hy{Field(h, "lr"), Field(h, "alpha"), Field(h, "eps"), Field(h, "weightDecay")};
   rmsprop_step(a.param, a.dt, a.master, a.grad, sq, a.n, hy, a.grad_scale);
@@ -56,7 +56,7 @@ Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
   const StepArgs a = Common(info, 8);
   float* m = View<float>(info[5], "expAvg", a.n * 4);
   float* v = View<float>(info[6], "expAvgSq", a.n * 4);
-  if (!info[7].IsObject()) Throw(info.Env(), "adamw hyperparameters must be an object");
+  if (!info[7].IsObject()) ThrowType(info.Env(), "adamw hyperparameters must be an object");
   Napi::Object h = info[7].As<Napi::Object>();
   const double step = Field(h, "step");
   if (step < 1 || step != std::floor(step)) Throw(info.Env(), "adamw 'step' must be an integer >= 1");
@@ -80,7 +80,7 @@ Napi::Value ClipCoefficient(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t k = ToInt(info[1], "count");
   const float* sq = View<float>(info[0], "sumsq", k * 4);
-  if (!info[2].IsNumber()) Throw(env, "maxNorm must be a number");
+  if (!info[2].IsNumber()) ThrowType(env, "maxNorm must be a number");
   clip_coefficient(sq, k, info[2].As<Napi::Number>().DoubleValue(), View<float>(info[3], "out", 8));
   return env.Undefined();
 }
@@ -88,7 +88,7 @@ Napi::Value ClipCoefficient(const Napi::CallbackInfo& info) {
 // accumulate(acc f32, x f32, n, alpha): acc += alpha * x
 Napi::Value Accumulate(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[2], "n");
-  if (!info[3].IsNumber()) Throw(info.Env(), "alpha must be a number");
+  if (!info[3].IsNumber()) ThrowType(info.Env(), "alpha must be a number");
   accumulate(View<float>(info[0], "acc", n * 4), View<float>(info[1], "x", n * 4), n, info[3].As<Napi::Number>().DoubleValue());
   return info.Env().Undefined();
 }
@@ -97,7 +97,7 @@ Napi::Value Accumulate(const Napi::CallbackInfo& info) {
 Napi::Value ScaleInPlace(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[1], "n");
   float* y = View<float>(info[0], "y", n * 4);
-  if (!info[2].IsNumber()) Throw(info.Env(), "scale must be a number");
+  if (!info[2].IsNumber()) ThrowType(info.Env(), "scale must be a number");
   scale_inplace(y, n, static_cast<float>(info[2].As<Napi::Number>().DoubleValue()));
   return info.Env().Undefined();
 }

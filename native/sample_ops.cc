@@ -14,7 +14,7 @@ Napi::Value SampleTokens(const Napi::CallbackInfo& info) {
   int32_t* rng = View<int32_t>(info[3], "rng", b * 16);
   const int32_t* active = View<int32_t>(info[4], "active", b * 4);
   for (int i = 5; i <= 7; ++i)
-    if (!info[i].IsNumber()) Throw(env, "sampling options must be numbers");
+    if (!info[i].IsNumber()) ThrowType(env, "sampling options must be numbers");
   const double temperature = info[5].As<Napi::Number>().DoubleValue(), top_p = info[7].As<Napi::Number>().DoubleValue();
   const int64_t top_k = ToInt(info[6], "topK");
   if (!(temperature >= 0) || !(top_p > 0 && top_p <= 1)) Throw(env, "temperature must be >= 0 and top_p in (0, 1]");

@@ -5,6 +5,7 @@ import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { describeDlopenError } from './load_error.js';
 
 /** A tensor as the addon sees it: a buffer handle and a byte offset into it. */
 export interface NativeView {
@@ -118,6 +119,7 @@ export function loadAddon(): NativeAddon {
     const found = [...listNodeFiles(join(packageRoot, 'prebuilds')), ...listNodeFiles(join(packageRoot, 'build'))];
     const message = [
       `spinlm: could not load its native addon (${(err as Error).message.split('\n')[0]}).`,
+      ...[describeDlopenError((err as Error).message)].filter((line) => line !== undefined),
       override
         ? `Looked for: SPINLM_ADDON=${override}.`
         : `Looked for: ${join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`)}/*.node, then ${join(packageRoot, 'build', 'Release')}/spinlm.node.`,
