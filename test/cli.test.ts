@@ -86,6 +86,11 @@ describe('commands end to end', () => {
     assert.equal(r.status, 0, r.stderr);
     const scores = readFileSync(join(dir, 'scores.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     assert.ok(scores.every((s) => s.logps_real < 0 && s.tokens_real >= 1));
+    // the same pairs as plain {prompt, real, generated} strings score the same
+    writeFileSync(join(dir, 'strings.jsonl'), rows.map((x) => JSON.stringify({ prompt: x.prompt, real: x.real[1].content, generated: x.generated[1].content })).join('\n'));
+    r = spinlm(['score', '--model', model, '--data', 'strings.jsonl', '--out', 'scores2.jsonl', ...text, '--quiet'], dir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(readFileSync(join(dir, 'scores2.jsonl'), 'utf8'), readFileSync(join(dir, 'scores.jsonl'), 'utf8'));
     r = spinlm(['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'trained', ...text, ...small], dir);
     assert.equal(r.status, 0, r.stderr);
     for (const f of ['model/config.json', 'model/model.safetensors', 'model/tokenizer.json', 'metrics.jsonl', 'report.html', 'train.resolved.json']) assert.ok(existsSync(join(dir, 'trained', f)), f);
