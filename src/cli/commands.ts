@@ -21,7 +21,7 @@ import { formatPrompt } from '../text/templates.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
 import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, stopSequences, truncation } from './common.js';
-import { dataOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
+import { dataOption, evalBatchOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
 import { progressBar } from './progress.js';
 import { packageRoot } from '../backend/cpu/addon.js';
 
@@ -50,12 +50,12 @@ async function sftData(o: Parsed) {
 const score: Command = {
   name: 'score',
   summary: 'S(theta, y) of (prompt, real, generated) pairs: the summed log-prob of each answer and its EOS.',
-  options: [modelOption, { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' }, outOption('scores JSONL, one row per pair in input order'), { name: 'batch_size', type: 'int', default: 8, check: positive, help: 'pairs per forward pass' }, ...textOptions, quietOption],
+  options: [modelOption, { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' }, outOption('scores JSONL, one row per pair in input order'), evalBatchOption(8, 'pairs per forward pass'), ...textOptions, quietOption],
   async run(o) {
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const pairs = await readSpinPairs(String(o.data));
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
-    const scores = await scorePairs(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
+    const scores = await scorePairs(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.per_device_eval_batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
     bar.stop();
     await writeFileAtomic(String(o.out), scores.map((s) => JSON.stringify(s)).join('\n') + '\n');
     process.stderr.write(`spinlm: scored ${pairs.length} pairs -> ${o.out}\n`);
@@ -65,7 +65,7 @@ const score: Command = {
 const generate: Command = {
   name: 'generate',
   summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
-  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions, { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), quietOption],
+  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), quietOption],
   async run(o) {
     const pairs = await sftData(o);
     const { model, tok, template } = await loadModelAndTokenizer(o);
@@ -73,7 +73,7 @@ const generate: Command = {
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
     const t0 = Date.now();
     const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
-      temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.gen_batch_size),
+      temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.generation_batch_size),
       stopSequences: stopSequences(o, tok), journal: `${o.out}.partial.jsonl`,
       onProgress: (d, _t, toks) => bar.update(d, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
     });
@@ -156,14 +156,14 @@ const run: Command = {
     }, {
       generate: (m, prompts, t, file) => {
         const bar = progressBar(`iter ${t} generating`, prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
-        return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.gen_batch_size), stopSequences: stopSequences(o, tok), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
+        return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.generation_batch_size), stopSequences: stopSequences(o, tok), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
       },
       evaluate: heldout ? async (m, t) => {
         const r: Record<string, unknown> = { heldout_logp: await heldoutLogp(m, tok, heldout, { ...trunc, template, batchSize: Number(o.per_device_train_batch_size) }) };
         // synthetic tasks (rows with a "task" field) are also scored by exact match of greedy answers
         if (heldout.every((p) => typeof (p as { task?: string }).task === 'string')) {
           const tasks = heldout.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real }));
-          const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.gen_batch_size), maxNewTokens: Number(o.max_new_tokens) });
+          const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.generation_batch_size), maxNewTokens: Number(o.max_new_tokens) });
           r.exact_match = em.accuracy;
         }
         metrics.write({ kind: 'eval', iteration: t + 1, ...r });
@@ -237,15 +237,15 @@ const sftCmd: Command = {
 const evalCmd: Command = {
   name: 'eval',
   summary: 'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
-  options: [modelOption, dataOption, nOption, skipInvalid, { name: 'batch_size', type: 'int', default: 32, check: positive, help: 'prompts per batch' }, { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' }, { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' }, ...textOptions, { name: 'out', type: 'string', help: 'also write the results as JSON here' }],
+  options: [modelOption, dataOption, nOption, skipInvalid, evalBatchOption(32, 'prompts per batch'), { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' }, { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' }, ...textOptions, { name: 'out', type: 'string', help: 'also write the results as JSON here' }],
   async run(o) {
     const pairs = await sftData(o);
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const result: Record<string, unknown> = { n: pairs.length };
-    result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.batch_size) });
+    result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.per_device_eval_batch_size) });
     const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
     if (tasks.length === pairs.length) {
-      const em = await exactMatchEval(model, tok, pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[], { template, batchSize: Number(o.batch_size), maxNewTokens: Number(o.max_new_tokens) });
+      const em = await exactMatchEval(model, tok, pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[], { template, batchSize: Number(o.per_device_eval_batch_size), maxNewTokens: Number(o.max_new_tokens) });
       result.exact_match = em.accuracy;
       result.by_task = em.byTask;
     }
