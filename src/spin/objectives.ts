@@ -27,7 +27,7 @@ function uploadTargets(be: Backend, b: TokenBatch) {
 }
 
 /** Tokens that are not padding. */
-function realTokens(b: TokenBatch): number {
+function nonPaddingTokens(b: TokenBatch): number {
   let n = 0;
   for (let i = 0; i < b.inputIds.length; i++) if (b.attentionMask[i] || b.targets[i] !== IGNORE_INDEX) n++;
   return n;
@@ -92,7 +92,7 @@ export class SpinObjective implements Objective {
     for (const t of [logits, targets, segments, ref, pairMask, realCounts]) t.free();
     freeInput(input);
     const { pairs: counted, ...metrics } = m;
-    return { metrics: { ...metrics, 'pairs/counted': counted / b }, tokens: realTokens(batch) };
+    return { metrics: { ...metrics, 'pairs/counted': counted / b }, tokens: nonPaddingTokens(batch) };
   }
 }
 
@@ -125,6 +125,6 @@ export class SftObjective implements Objective {
     this.model.backward(state!, logits);
     for (const t of [logits, targets, dlogp, logp, lse]) t.free();
     freeInput(input);
-    return { metrics: { loss: count > 0 ? -sum / count : 0 }, tokens: realTokens(batch) };
+    return { metrics: { loss: count > 0 ? -sum / count : 0 }, tokens: nonPaddingTokens(batch) };
   }
 }
