@@ -1,4 +1,4 @@
-// The one Backend interface (DESIGN.md section 2). Every op is issued synchronously and returns
+// The one Backend interface (docs/design.md). Every op is issued synchronously and returns
 // device tensors; only read() is async (WebGPU maps buffers, CUDA syncs a stream). Nothing above
 // src/backend/ knows which device runs an op. Argument checks shared by all backends live in
 // validate.ts, so each backend implements only the math.
@@ -92,7 +92,7 @@ export interface Backend {
   /** A new tensor with the values converted to `dtype` (f32 <-> bf16 rounds to nearest even). */
   cast<D extends DType>(t: Tensor, dtype: D): Tensor<D>;
 
-  // ---- the log-prob / SPIN loss family (DESIGN.md section 1) ---------------------------------
+  // ---- the log-prob / SPIN loss family (docs/algorithm.md) ---------------------------------
   /**
    * logits [N, V] (f32 | bf16), targets i32 [N] (-100 = ignored) ->
    * logp f32 [N] = z[n, y_n] - logsumexp(z[n, :]) and lse f32 [N] (saved for the backward).

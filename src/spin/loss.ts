@@ -1,4 +1,4 @@
-// The SPIN loss over a batch of pairs, fused from the backend's log-prob kernels (DESIGN.md section 1):
+// The SPIN loss over a batch of pairs, fused from the backend's log-prob kernels (docs/algorithm.md):
 //
 //   logits [N, V] --logprobGather--> logp [N] --sequenceLogprob--> S [2B] --spinLoss--> [7, B]
 //

@@ -1,4 +1,4 @@
-// The self-play driver (DESIGN.md section 1): per iteration t, the opponent θ_t answers every SFT
+// The self-play driver (docs/algorithm.md): per iteration t, the opponent θ_t answers every SFT
 // prompt, its reference log-probs are computed once, θ_{t+1} is trained from θ_t, saved, evaluated,
 // and becomes the next opponent. Every stage leaves a file when it completes, so a rerun after a
 // kill skips what is done, resumes training from its last step checkpoint, and ends with the same
