@@ -86,6 +86,23 @@ describe('SFT pairs from JSONL and JSON', () => {
       ]);
     }));
 
+  test('SPIN pair files of either layout serve as SFT data (prompt + real answer), JSONL and Parquet', () =>
+    withSeed(async (rng) =>
+      withTempDir(async (dir) => {
+        const pairs = Array.from({ length: rng.int(2, 20) }, () => ({ prompt: randomText(rng), real: randomText(rng), generated: randomText(rng) }));
+        const expected = pairs.map((p) => ({ prompt: p.prompt, real: p.real }));
+        const strings = join(dir, 'strings.jsonl');
+        await writeFile(strings, jsonl(pairs));
+        assert.deepEqual((await loadSftPairs(strings)).pairs, expected);
+        const pq = join(dir, 'strings.parquet');
+        const columns = (['real', 'generated', 'prompt'] as const).map((k) => ({ name: k, data: pairs.map((p) => p[k]) }));
+        await writeFile(pq, encodeParquet(columns, columns.map((c) => stringColumnSchema(c.name))));
+        assert.deepEqual((await loadSftPairs(pq)).pairs, expected);
+        const official = join(dir, 'official.parquet');
+        await writeSpinPairs(official, pairs);
+        assert.deepEqual((await loadSftPairs(official)).pairs, expected);
+      })));
+
   test('a JSON array file, CRLF line ends and a BOM are read', () =>
     withSeed(async (rng) =>
       withTempDir(async (dir) => {
