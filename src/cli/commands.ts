@@ -94,7 +94,7 @@ const trainOptions = [...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, 
 const train: Command = {
   name: 'train',
   summary: 'One SPIN iteration from a pair file: reference log-probs of --model, then train; writes the new model (HF format) and metrics.',
-  options: [modelOption, { ...dataOption, help: 'pair file from `spinlm generate` (or official SPIN rows)' }, outOption('output directory (model/, metrics.jsonl, checkpoint/)'), ...trainOptions, quietOption],
+  options: [modelOption, { ...dataOption, help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings' }, outOption('output directory (model/, metrics.jsonl, checkpoint/)'), ...trainOptions, quietOption],
   async run(o) {
     const out = String(o.out);
     await prepareOut(out, 'train', o);
