@@ -86,6 +86,11 @@ describe('commands end to end', () => {
     assert.equal(r.status, 0, r.stderr);
     const scores = readFileSync(join(dir, 'scores.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
     assert.ok(scores.every((s) => s.logps_real < 0 && s.tokens_real >= 1));
+    // the same pairs as plain {prompt, real, generated} strings score the same
+    writeFileSync(join(dir, 'strings.jsonl'), rows.map((x) => JSON.stringify({ prompt: x.prompt, real: x.real[1].content, generated: x.generated[1].content })).join('\n'));
+    r = spinlm(['score', '--model', model, '--data', 'strings.jsonl', '--out', 'scores2.jsonl', ...text, '--quiet'], dir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(readFileSync(join(dir, 'scores2.jsonl'), 'utf8'), readFileSync(join(dir, 'scores.jsonl'), 'utf8'));
     r = spinlm(['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'trained', ...text, ...small], dir);
     assert.equal(r.status, 0, r.stderr);
     for (const f of ['model/config.json', 'model/model.safetensors', 'model/tokenizer.json', 'metrics.jsonl', 'report.html', 'train.resolved.json']) assert.ok(existsSync(join(dir, 'trained', f)), f);
@@ -101,6 +106,14 @@ describe('commands end to end', () => {
     const args = (out: string) => ['run', '--model', model, '--data', 'tasks.jsonl', '--out', out, '--iterations', '2', '--max_new_tokens', '6', '--save_steps', '1', ...text, ...small];
     let r = spinlm(args('straight'), dir);
     assert.equal(r.status, 0, r.stderr);
+    // `spinlm train` runs the same stages: on iteration 0's pairs it makes iteration 0's model, byte for byte
+    const tasks = readFileSync(join(dir, 'tasks.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const answers: string[] = JSON.parse(readFileSync(join(dir, 'straight', 'iter-0', 'generated.json'), 'utf8'));
+    writeFileSync(join(dir, 'iter0-pairs.jsonl'), tasks.map((x, i) => JSON.stringify({ prompt: x.messages[0].content, real: x.messages[1].content, generated: answers[i] })).join('\n'));
+    r = spinlm(['train', '--model', model, '--data', 'iter0-pairs.jsonl', '--out', 'train-iter0', '--save_steps', '1', ...text, ...small], dir);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(readFileSync(join(dir, 'train-iter0', 'ref_logps.json')), readFileSync(join(dir, 'straight', 'iter-0', 'ref_logps.json')));
+    assert.ok(readFileSync(join(dir, 'train-iter0', 'model', 'model.safetensors')).equals(readFileSync(join(dir, 'straight', 'iter-0', 'model', 'model.safetensors'))));
     // SIGKILL in the middle of iteration 1's training (after its step 2 and its checkpoint)
     const killed = spawnSync(process.execPath, [BIN, ...args('resumed')], { cwd: dir, encoding: 'utf8', env: { ...process.env, SPINLM_KILL_AT: '1:2' } });
     assert.equal(killed.signal, 'SIGKILL');

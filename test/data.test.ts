@@ -86,6 +86,23 @@ describe('SFT pairs from JSONL and JSON', () => {
       ]);
     }));
 
+  test('SPIN pair files of either layout serve as SFT data (prompt + real answer), JSONL and Parquet', () =>
+    withSeed(async (rng) =>
+      withTempDir(async (dir) => {
+        const pairs = Array.from({ length: rng.int(2, 20) }, () => ({ prompt: randomText(rng), real: randomText(rng), generated: randomText(rng) }));
+        const expected = pairs.map((p) => ({ prompt: p.prompt, real: p.real }));
+        const strings = join(dir, 'strings.jsonl');
+        await writeFile(strings, jsonl(pairs));
+        assert.deepEqual((await loadSftPairs(strings)).pairs, expected);
+        const pq = join(dir, 'strings.parquet');
+        const columns = (['real', 'generated', 'prompt'] as const).map((k) => ({ name: k, data: pairs.map((p) => p[k]) }));
+        await writeFile(pq, encodeParquet(columns, columns.map((c) => stringColumnSchema(c.name))));
+        assert.deepEqual((await loadSftPairs(pq)).pairs, expected);
+        const official = join(dir, 'official.parquet');
+        await writeSpinPairs(official, pairs);
+        assert.deepEqual((await loadSftPairs(official)).pairs, expected);
+      })));
+
   test('a JSON array file, CRLF line ends and a BOM are read', () =>
     withSeed(async (rng) =>
       withTempDir(async (dir) => {
@@ -427,6 +444,43 @@ describe('SPIN pair files', () => {
       await writeFile(arr, JSON.stringify([{ real: [{ role: 'user', content: 'p' }, { role: 'assistant', content: 'y' }], generated: [{ role: 'user', content: 'p' }, { role: 'assistant', content: 'g' }] }], null, 4));
       assert.deepEqual(await readSpinPairs(arr), [{ prompt: 'p', real: 'y', generated: 'g' }]);
     }));
+
+  test('plain-string rows {prompt, real, generated} are read from JSONL, JSON and Parquet', () =>
+    withSeed(async (rng) =>
+      withTempDir(async (dir) => {
+        const pairs = randomPairs(rng, rng.int(5, 40));
+        const file = join(dir, 'strings.jsonl');
+        await writeFile(file, jsonl(pairs.map((p) => ({ prompt: p.prompt, real: p.real, generated: p.generated }))));
+        assert.deepEqual(await readSpinPairs(file), pairs);
+        const arr = join(dir, 'strings.json');
+        await writeFile(arr, JSON.stringify(pairs.map((p) => ({ chosen: p.real, rejected: p.generated, prompt: p.prompt }))));
+        assert.deepEqual(await readSpinPairs(arr), pairs);
+        const pq = join(dir, 'strings.parquet');
+        const columns = (['prompt', 'real', 'generated'] as const).map((k) => ({ name: k, data: pairs.map((p) => p[k]) }));
+        await writeFile(pq, encodeParquet(columns, columns.map((c) => stringColumnSchema(c.name)), { rowGroupSize: rng.int(1, 7) }));
+        assert.deepEqual(await readSpinPairs(pq), pairs);
+      })));
+
+  test('a file mixing the two layouts is an error naming the first row of the other layout', () =>
+    withSeed(async (rng) =>
+      withTempDir(async (dir) => {
+        const pairs = randomPairs(rng, rng.int(3, 30));
+        const k = rng.int(1, pairs.length - 1);
+        const asStrings = (p: SpinPair) => ({ prompt: p.prompt, real: p.real, generated: p.generated });
+        const asMessages = (p: SpinPair) => ({ real: [{ role: 'user', content: p.prompt }, { role: 'assistant', content: p.real }], generated: [{ role: 'user', content: p.prompt }, { role: 'assistant', content: p.generated }] });
+        for (const [first, other] of [[asStrings, asMessages], [asMessages, asStrings]] as const) {
+          const rows = pairs.map((p, i) => (i === k ? other(p) : first(p)));
+          const file = join(dir, 'mixed.jsonl');
+          await writeFile(file, jsonl(rows));
+          await rejects(readSpinPairs(file), file, new RegExp(`line ${k + 1}: this row uses .* but the file's first row \\(line 1\\) uses .*one layout per file`));
+          const arr = join(dir, 'mixed.json');
+          await writeFile(arr, JSON.stringify(rows));
+          await rejects(readSpinPairs(arr), arr, new RegExp(`row index ${k}: this row uses`));
+        }
+        const noPrompt = join(dir, 'noprompt.jsonl');
+        await writeFile(noPrompt, jsonl([{ real: pairs[0].real, generated: pairs[0].generated }]));
+        await rejects(readSpinPairs(noPrompt), noPrompt, /line 1: "prompt" must be a string/);
+      })));
 
   test('inconsistent or incomplete pair rows are errors naming file and line', () =>
     withTempDir(async (dir) => {

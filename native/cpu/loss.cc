@@ -1,4 +1,4 @@
-// Fused log-prob kernels of the SPIN loss (DESIGN.md sections 1 and 3) on the CPU.
+// Fused log-prob kernels of the SPIN loss (docs/algorithm.md, docs/numerics.md) on the CPU.
 #include <cmath>
 #include <vector>
 

@@ -1,4 +1,4 @@
-// CPU kernels of the Llama-family forward and backward (DESIGN.md section 2). fp32 compute; weights
+// CPU kernels of the Llama-family forward and backward (docs/design.md). fp32 compute; weights
 // f32 or bf16. Shapes: T tokens (rows), H hidden, nH / nKV heads, hd head dim, I intermediate size.
 // The N-API layer (native/model_ops.cc) validates shapes, ids and bounds before calling.
 #pragma once

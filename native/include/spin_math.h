@@ -1,4 +1,4 @@
-// Scalar math of the SPIN loss (DESIGN.md section 1), shared by the CPU and CUDA kernels.
+// Scalar math of the SPIN loss (docs/algorithm.md), shared by the CPU and CUDA kernels.
 #pragma once
 #include <cmath>
 #include "common.h"

@@ -8,6 +8,8 @@ export type OptionType = 'string' | 'number' | 'int' | 'bool' | 'numbers' | { on
 
 export interface OptionSpec {
   name: string; // snake_case
+  /** Older spellings accepted for this option (snake_case; kebab-case works too), listed in --help. */
+  aliases?: readonly string[];
   type: OptionType;
   help: string;
   default?: unknown;
@@ -94,8 +96,8 @@ export function readConfigFile(file: string): Record<string, unknown> {
  * `--flag value`, `--flag=value`, bare `--flag` / `--no-flag` for booleans.
  */
 export function parseOptions(argv: readonly string[], specs: readonly OptionSpec[], command: string): Parsed {
-  const byName = new Map(specs.map((s) => [s.name, s]));
-  const names = [...byName.keys()];
+  const byName = new Map(specs.flatMap((s) => [s.name, ...(s.aliases ?? [])].map((n) => [n, s] as const)));
+  const names = specs.map((s) => s.name);
   const fromFlags: Record<string, unknown> = {};
   let configFile: string | undefined;
   for (let i = 0; i < argv.length; i++) {
@@ -109,8 +111,9 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
       continue;
     }
     let spec = byName.get(flag);
-    if (!spec && flag.startsWith('no_') && byName.get(flag.slice(3))?.type === 'bool') {
-      fromFlags[flag.slice(3)] = false;
+    const negated = !spec && flag.startsWith('no_') ? byName.get(flag.slice(3)) : undefined;
+    if (negated?.type === 'bool') {
+      fromFlags[negated.name] = false;
       continue;
     }
     if (!spec) throw new UsageError(`spinlm ${command}: unknown option --${flag}.${suggest(flag, names)} See \`spinlm ${command} --help\`.`);
@@ -119,7 +122,7 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
       else value = argv[++i];
       if (value === undefined) throw new UsageError(`spinlm ${command}: --${flag} needs a value (${describeType(spec.type)})`);
     }
-    fromFlags[flag] = convert(spec, value, `spinlm ${command}`);
+    fromFlags[spec.name] = convert(spec, value, `spinlm ${command}`);
     spec = undefined;
   }
   const out: Parsed = {};
@@ -127,11 +130,12 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
   for (const key of Object.keys(fromFile)) {
     if (!byName.has(canonical(key))) throw new UsageError(`${configFile}: unknown key '${key}'.${suggest(canonical(key), names).replace('--', '')}`);
   }
+  const fileValues = new Map<string, unknown>();
+  for (const [key, v] of Object.entries(fromFile)) if (v !== undefined) fileValues.set(byName.get(canonical(key))!.name, v);
   for (const s of specs) {
     if (s.name in fromFlags) out[s.name] = fromFlags[s.name];
-    else if (fromFile[s.name] !== undefined || fromFile[s.name.replace(/_/g, '-')] !== undefined) {
-      out[s.name] = convert(s, fromFile[s.name] ?? fromFile[s.name.replace(/_/g, '-')], configFile!);
-    } else if (s.default !== undefined) out[s.name] = s.default;
+    else if (fileValues.has(s.name)) out[s.name] = convert(s, fileValues.get(s.name), configFile!);
+    else if (s.default !== undefined) out[s.name] = s.default;
     else if (s.required) throw new UsageError(`spinlm ${command}: --${s.name} is required (${s.help})`);
   }
   if (configFile) out.config = configFile;
@@ -144,7 +148,8 @@ export function helpText(command: string, summary: string, specs: readonly Optio
   for (const s of specs) {
     const def = s.default !== undefined ? ` (default: ${Array.isArray(s.default) ? s.default.join(',') : String(s.default)})` : s.required ? ' (required)' : '';
     const type = typeof s.type === 'object' ? ` {${s.type.oneOf.join('|')}}` : '';
-    lines.push(`  --${s.name.padEnd(width)} ${s.help}${type}${def}`);
+    const aliases = s.aliases?.length ? ` (also: ${s.aliases.map((a) => `--${a}`).join(', ')})` : '';
+    lines.push(`  --${s.name.padEnd(width)} ${s.help}${type}${def}${aliases}`);
   }
   return lines.join('\n');
 }

@@ -1,29 +1,34 @@
 // The `spinlm` commands. Each parses its options (src/cli/args.ts) and calls the library; printing and
-// progress bars happen here only.
+// progress bars happen here only. Modules are imported statically (the CLI is one process that needs
+// them all, and a missing module fails at start rather than mid-run).
 import { existsSync, writeFileSync } from 'node:fs';
+import { cp, mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { loadSftPairs } from '../data/sft.js';
+import type { SpinLossType } from '../backend/backend.js';
+import { packageRoot } from '../backend/cpu/addon.js';
+import { loadSftPairs, writeChatRows } from '../data/sft.js';
 import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
-import { generateSyntheticTasks, type SyntheticTask } from '../data/synthetic.js';
+import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
 import { answerPrompts } from '../generate/answers.js';
+import { parseConfig } from '../model/config.js';
 import { LlamaDecoder } from '../model/decoder.js';
+import { initLlama } from '../model/init.js';
 import { tokenizePair } from '../spin/batch.js';
 import { DEMO_ARMS, runDemo } from '../spin/demo.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
-import { readMetrics, MetricsWriter } from '../spin/metrics.js';
-import { referenceLogps, SpinObjective } from '../spin/objectives.js';
+import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { writeReport } from '../spin/report.js';
 import { scorePairs } from '../spin/score.js';
-import { runSelfPlay } from '../spin/self_play.js';
+import { referenceStage, runSelfPlay, saveModelStage, spinTrainStage } from '../spin/self_play.js';
 import { padIdOf, runSft } from '../spin/sft.js';
-import { runTrainingLoop, type StepLog, stepsPerEpoch } from '../spin/train_loop.js';
+import { type StepLog, stepsPerEpoch } from '../spin/train_loop.js';
 import { formatPrompt } from '../text/templates.js';
+import { loadTokenizer } from '../text/tokenizer.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
-import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, stopSequences, truncation } from './common.js';
-import { dataOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
+import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, resolveTemplate, stopSequences, truncation } from './common.js';
+import { dataOption, evalBatchOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
 import { progressBar } from './progress.js';
-import { packageRoot } from '../backend/cpu/addon.js';
 
 export interface Command {
   name: string;
@@ -50,12 +55,12 @@ async function sftData(o: Parsed) {
 const score: Command = {
   name: 'score',
   summary: 'S(theta, y) of (prompt, real, generated) pairs: the summed log-prob of each answer and its EOS.',
-  options: [modelOption, { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' }, outOption('scores JSONL, one row per pair in input order'), { name: 'batch_size', type: 'int', default: 8, check: positive, help: 'pairs per forward pass' }, ...textOptions, quietOption],
+  options: [modelOption, { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' }, outOption('scores JSONL, one row per pair in input order'), evalBatchOption(8, 'pairs per forward pass'), ...textOptions, quietOption],
   async run(o) {
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const pairs = await readSpinPairs(String(o.data));
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
-    const scores = await scorePairs(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
+    const scores = await scorePairs(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.per_device_eval_batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
     bar.stop();
     await writeFileAtomic(String(o.out), scores.map((s) => JSON.stringify(s)).join('\n') + '\n');
     process.stderr.write(`spinlm: scored ${pairs.length} pairs -> ${o.out}\n`);
@@ -65,7 +70,7 @@ const score: Command = {
 const generate: Command = {
   name: 'generate',
   summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
-  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions, { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), quietOption],
+  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), quietOption],
   async run(o) {
     const pairs = await sftData(o);
     const { model, tok, template } = await loadModelAndTokenizer(o);
@@ -73,13 +78,12 @@ const generate: Command = {
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
     const t0 = Date.now();
     const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
-      temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.gen_batch_size),
+      temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.generation_batch_size),
       stopSequences: stopSequences(o, tok), journal: `${o.out}.partial.jsonl`,
       onProgress: (d, _t, toks) => bar.update(d, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
     });
     bar.stop();
     await writeSpinPairs(String(o.out), pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })));
-    const { rm } = await import('node:fs/promises');
     await rm(`${o.out}.partial.jsonl`, { force: true });
     process.stderr.write(`spinlm: wrote ${pairs.length} pairs -> ${o.out}\n`);
   },
@@ -90,7 +94,7 @@ const trainOptions = [...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, 
 const train: Command = {
   name: 'train',
   summary: 'One SPIN iteration from a pair file: reference log-probs of --model, then train; writes the new model (HF format) and metrics.',
-  options: [modelOption, { ...dataOption, help: 'pair file from `spinlm generate` (or official SPIN rows)' }, outOption('output directory (model/, metrics.jsonl, checkpoint/)'), ...trainOptions, quietOption],
+  options: [modelOption, { ...dataOption, help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings' }, outOption('output directory (model/, metrics.jsonl, checkpoint/)'), ...trainOptions, quietOption],
   async run(o) {
     const out = String(o.out);
     await prepareOut(out, 'train', o);
@@ -99,21 +103,14 @@ const train: Command = {
     const trunc = truncation(o);
     const cfg = loop(o, (o.learning_rate as number[])[0]);
     const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
-    const refFile = join(out, 'ref_logps.json');
-    let ref: Float32Array;
-    if (existsSync(refFile)) ref = Float32Array.from(JSON.parse((await import('node:fs')).readFileSync(refFile, 'utf8')));
-    else {
-      const bar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
-      ref = await referenceLogps(model, tokenized, { microBatchSize: cfg.microBatchSize, seed: cfg.seed, eosId: tok.eosId, padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
-      bar.stop();
-      await writeFileAtomic(refFile, JSON.stringify(Array.from(ref)));
-    }
+    const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
+    const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
+    refBar.stop();
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const total = stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs;
     const bar = progressBar('training', total, 'steps', { quiet: Boolean(o.quiet) });
-    const obj = new SpinObjective(model, tokenized, ref, { beta: (o.beta as number[])[0], lossType: o.loss_type as 'sigmoid', nllAlpha: Number(o.nll_alpha), dropIdentical: Boolean(o.drop_identical_pairs), eosId: tok.eosId, padId: padIdOf(tok) });
-    await runTrainingLoop(model, tokenized.length, obj, cfg, {
-      checkpointDir: join(out, 'checkpoint'),
+    const spin = { beta: (o.beta as number[])[0], lossType: o.loss_type as SpinLossType, nllAlpha: Number(o.nll_alpha), dropIdentical: Boolean(o.drop_identical_pairs) };
+    await spinTrainStage(model, tokenized, ref, tok, spin, cfg, join(out, 'checkpoint'), {
       onStep: (l) => {
         metrics.write({ kind: 'step', iteration: 0, ...l });
         bar.update(l.step, { loss: fmt(l.loss), margin: fmt(l['rewards/margins'] ?? 0, 3) });
@@ -121,10 +118,7 @@ const train: Command = {
     });
     bar.stop();
     const modelDir = join(out, 'model');
-    await model.save(modelDir);
-    const { cp, rm } = await import('node:fs/promises');
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(String(o.model), f))) await cp(join(String(o.model), f), join(modelDir, f));
-    await rm(join(out, 'checkpoint'), { recursive: true, force: true });
+    await saveModelStage(model, modelDir, String(o.model), join(out, 'checkpoint'));
     await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm train', evalColumns: [] });
     process.stderr.write(`spinlm: trained ${total} steps -> ${modelDir} (report: ${join(out, 'report.html')})\n`);
   },
@@ -156,14 +150,14 @@ const run: Command = {
     }, {
       generate: (m, prompts, t, file) => {
         const bar = progressBar(`iter ${t} generating`, prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
-        return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.gen_batch_size), stopSequences: stopSequences(o, tok), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
+        return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.generation_batch_size), stopSequences: stopSequences(o, tok), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
       },
       evaluate: heldout ? async (m, t) => {
         const r: Record<string, unknown> = { heldout_logp: await heldoutLogp(m, tok, heldout, { ...trunc, template, batchSize: Number(o.per_device_train_batch_size) }) };
         // synthetic tasks (rows with a "task" field) are also scored by exact match of greedy answers
         if (heldout.every((p) => typeof (p as { task?: string }).task === 'string')) {
           const tasks = heldout.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real }));
-          const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.gen_batch_size), maxNewTokens: Number(o.max_new_tokens) });
+          const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.generation_batch_size), maxNewTokens: Number(o.max_new_tokens) });
           r.exact_match = em.accuracy;
         }
         metrics.write({ kind: 'eval', iteration: t + 1, ...r });
@@ -199,16 +193,11 @@ const sftCmd: Command = {
   async run(o) {
     const out = String(o.out);
     await prepareOut(out, 'sft', o);
-    const { parseConfig } = await import('../model/config.js');
-    const { initLlama } = await import('../model/init.js');
-    const { loadTokenizer } = await import('../text/tokenizer.js');
-    const { readFile, cp } = await import('node:fs/promises');
     let model, tok, template;
     if (o.init_config) {
       if (!o.tokenizer) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
       tok = await loadTokenizer(String(o.tokenizer));
       model = initLlama(backend(), parseConfig(JSON.parse(await readFile(String(o.init_config), 'utf8')), String(o.init_config)), { seed: Number(o.seed), dtype: o.dtype === 'bf16' ? 'bf16' : 'f32' });
-      const { resolveTemplate } = await import('./common.js');
       template = resolveTemplate(o, tok);
     } else if (o.model) ({ model, tok, template } = await loadModelAndTokenizer(o));
     else throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
@@ -225,7 +214,6 @@ const sftCmd: Command = {
     });
     bar.stop();
     await model.save(out);
-    const { rm } = await import('node:fs/promises');
     await rm(join(out, 'checkpoint'), { recursive: true, force: true });
     const tokDir = o.init_config ? String(o.tokenizer) : String(o.model);
     for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokDir, f))) await cp(join(tokDir, f), join(out, f));
@@ -237,15 +225,15 @@ const sftCmd: Command = {
 const evalCmd: Command = {
   name: 'eval',
   summary: 'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
-  options: [modelOption, dataOption, nOption, skipInvalid, { name: 'batch_size', type: 'int', default: 32, check: positive, help: 'prompts per batch' }, { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' }, { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' }, ...textOptions, { name: 'out', type: 'string', help: 'also write the results as JSON here' }],
+  options: [modelOption, dataOption, nOption, skipInvalid, evalBatchOption(32, 'prompts per batch'), { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' }, { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' }, ...textOptions, { name: 'out', type: 'string', help: 'also write the results as JSON here' }],
   async run(o) {
     const pairs = await sftData(o);
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const result: Record<string, unknown> = { n: pairs.length };
-    result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.batch_size) });
+    result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.per_device_eval_batch_size) });
     const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
     if (tasks.length === pairs.length) {
-      const em = await exactMatchEval(model, tok, pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[], { template, batchSize: Number(o.batch_size), maxNewTokens: Number(o.max_new_tokens) });
+      const em = await exactMatchEval(model, tok, pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[], { template, batchSize: Number(o.per_device_eval_batch_size), maxNewTokens: Number(o.max_new_tokens) });
       result.exact_match = em.accuracy;
       result.by_task = em.byTask;
     }
@@ -259,8 +247,6 @@ const synth: Command = {
   summary: 'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval.',
   options: [outOption('JSONL or Parquet file'), { name: 'size', type: 'int', default: 1000, check: positive, help: 'tasks' }, { name: 'seed', type: 'int', default: 1, help: 'seed' }, { name: 'families', type: 'string', help: 'comma-separated subset of task families (default all)' }],
   async run(o) {
-    const { syntheticChatRows } = await import('../data/synthetic.js');
-    const { writeChatRows } = await import('../data/sft.js');
     const tasks = generateSyntheticTasks({ seed: Number(o.seed), size: Number(o.size), families: o.families ? String(o.families).split(',') : undefined });
     await writeChatRows(String(o.out), syntheticChatRows(tasks));
     process.stderr.write(`spinlm: wrote ${tasks.length} tasks -> ${o.out}\n`);
@@ -284,7 +270,6 @@ const demo: Command = {
     const t0 = Date.now();
     const secs = () => `${((Date.now() - t0) / 1000).toFixed(0)}s`;
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
-    const { mkdir } = await import('node:fs/promises');
     await mkdir(out, { recursive: true });
     const rows = await runDemo(backend(), {
       outDir: out, theta0Dir: join(packageRoot, 'assets', 'theta0'), fromScratch: Boolean(o.from_scratch), iterations: Number(o.iterations), prompts: Number(o.prompts), evalTasks: Number(o.eval_tasks), quick: Boolean(o.quick),

@@ -43,6 +43,9 @@ export const generationOptions: OptionSpec[] = [
   { name: 'temperature', type: 'number', default: 0, check: nonNegative, help: 'sampling temperature (0 = greedy, the paper\'s HF path; 1.0 its vLLM path)' },
   { name: 'top_p', type: 'number', default: 1, check: (v: number) => (v > 0 && v <= 1 ? null : 'must be in (0, 1]'), help: 'nucleus sampling' },
   { name: 'top_k', type: 'int', default: 0, check: nonNegative, help: 'top-k sampling (0 = off)' },
-  { name: 'gen_batch_size', type: 'int', default: 32, check: positive, help: 'prompts decoded together' },
+  { name: 'generation_batch_size', aliases: ['gen_batch_size'], type: 'int', default: 32, check: positive, help: 'prompts decoded together' },
   { name: 'stop', type: 'string', help: 'stop string(s) that end an answer (excluded): one string, or a JSON list of strings' },
 ];
+
+/** Sequences per forward pass when scoring or evaluating (HF's per_device_eval_batch_size). */
+export const evalBatchOption = (defaultSize: number, help: string): OptionSpec => ({ name: 'per_device_eval_batch_size', aliases: ['batch_size'], type: 'int', default: defaultSize, check: positive, help });

@@ -23,12 +23,6 @@ async function openParquet(file: string): Promise<{ buffer: AsyncBuffer; metadat
   }
 }
 
-/** Names of the top-level columns. */
-export async function parquetColumns(file: string): Promise<string[]> {
-  const { metadata } = await openParquet(file);
-  return parquetSchema(metadata).children.map((c) => c.element.name);
-}
-
 /**
  * Yields each row as an object of the columns `pick` chooses from the file's top-level column names
  * ("row index i", 0-based). `pick` throws (a string problem) when required columns are missing.

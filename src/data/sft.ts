@@ -15,11 +15,11 @@ export interface SftPair {
   task?: string; // family label, when the row has a string "task" (synthetic data)
 }
 
-const LAYOUTS = 'messages (UltraChat), real (SPIN pair), prompt+completion, prompt+response or instruction+output';
+const LAYOUTS = 'messages (UltraChat), real (SPIN pair: messages, or a string with prompt), prompt+completion, prompt+response or instruction+output';
 
 /**
  * One row -> a pair. Layouts, first match wins: `messages` [{role, content}] (first round),
- * `real` (a SPIN pair row's [user, assistant]), `prompt` + `completion` | `response`,
+ * `real` (a SPIN pair row's [user, assistant], or a string beside a string `prompt`), `prompt` + `completion` | `response`,
  * `instruction` + `output` (a non-empty `input` is appended to the instruction after a blank line).
  */
 export function sftPairFromRow(row: unknown): SftPair {
@@ -27,6 +27,7 @@ export function sftPairFromRow(row: unknown): SftPair {
   const r = row as Record<string, unknown>;
   let pair: SftPair;
   if (r.messages !== undefined) pair = firstRound(parseMessages(r.messages, 'messages'), 'messages');
+  else if (typeof r.real === 'string') pair = { prompt: textField(r, 'prompt'), real: textField(r, 'real') };
   else if (r.real !== undefined) pair = firstRound(parseMessages(r.real, 'real'), 'real');
   else if (r.prompt !== undefined && (r.completion !== undefined || r.response !== undefined)) {
     const key = r.completion !== undefined ? 'completion' : 'response';
@@ -60,7 +61,7 @@ export function sftColumns(columns: string[]): string[] {
   const has = (c: string) => columns.includes(c);
   const extra = has('task') ? ['task'] : [];
   if (has('messages')) return ['messages', ...extra];
-  if (has('real')) return ['real', ...extra];
+  if (has('real')) return ['real', ...(has('prompt') ? ['prompt'] : []), ...extra];
   if (has('prompt') && has('completion')) return ['prompt', 'completion', ...extra];
   if (has('prompt') && has('response')) return ['prompt', 'response', ...extra];
   if (has('instruction') && has('output')) return ['instruction', 'output', ...(has('input') ? ['input'] : []), ...extra];

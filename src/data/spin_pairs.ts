@@ -1,8 +1,13 @@
-// SPIN pair files, in the official layout (spin/generate.py writes one JSON object per line):
-//   {"real": [{"role":"user","content":p}, {"role":"assistant","content":y}],
-//    "generated": [{"role":"user","content":p}, {"role":"assistant","content":y'}]}
-// Ours add "prompt": p. Readers take rows with or without it, and the older official key names
-// "chosen" / "rejected" for real / generated. Parquet files use the same columns (list<struct>).
+// SPIN pair files. Two row layouts are read; a file uses one of them (its first row decides):
+//
+// - messages, the official layout (spin/generate.py writes one JSON object per line):
+//     {"real": [{"role":"user","content":p}, {"role":"assistant","content":y}],
+//      "generated": [{"role":"user","content":p}, {"role":"assistant","content":y'}]}
+//   ours add "prompt": p; the older official key names "chosen" / "rejected" stand for real / generated.
+// - strings: {"prompt": p, "real": y, "generated": y'} (chosen / rejected accepted here too).
+//
+// Parquet files use the same columns (list<struct<content, role>> or plain strings). The writer
+// always writes the official layout plus "prompt".
 import { writeFileAtomic } from '../util/atomic.js';
 import { DataError, preview, RowProblem } from './data_error.js';
 import type { FormatOption } from './file_format.js';
@@ -23,18 +28,51 @@ export interface SpinPairRow {
   prompt?: string;
 }
 
+/** 'messages': real / generated are [user, assistant] lists; 'strings': prompt / real / generated are strings. */
+export type SpinPairLayout = 'messages' | 'strings';
+
+const LAYOUT_NAMES: Record<SpinPairLayout, string> = {
+  messages: 'official message lists ("real"/"generated" = [{role, content}, ...])',
+  strings: 'plain strings ({prompt, real, generated})',
+};
+
 export function spinPairToRow(p: SpinPair): Required<SpinPairRow> {
   return { real: roundMessages(p.prompt, p.real), generated: roundMessages(p.prompt, p.generated), prompt: p.prompt };
 }
 
-export function spinPairFromRow(row: unknown): SpinPair {
-  if (row === null || typeof row !== 'object' || Array.isArray(row)) throw new RowProblem(`row must be a JSON object, got ${preview(row)}`);
-  const r = row as Record<string, unknown>;
+function pairKeys(r: Record<string, unknown>): { realKey: string; genKey: string } {
   const realKey = r.real !== undefined ? 'real' : r.chosen !== undefined ? 'chosen' : null;
   const genKey = r.generated !== undefined ? 'generated' : r.rejected !== undefined ? 'rejected' : null;
   if (realKey === null || genKey === null) {
-    throw new RowProblem(`a SPIN pair row needs "real" and "generated" message lists (keys: ${Object.keys(r).join(', ') || 'none'})`);
+    throw new RowProblem(`a SPIN pair row needs "real" and "generated" (message lists, or strings with "prompt") (keys: ${Object.keys(r).join(', ') || 'none'})`);
   }
+  return { realKey, genKey };
+}
+
+/** The layout of one row, from the type of its real answer; null when it is neither (the parse then says why). */
+export function spinPairLayout(row: unknown): SpinPairLayout | null {
+  if (row === null || typeof row !== 'object' || Array.isArray(row)) return null;
+  const r = row as Record<string, unknown>;
+  const real = r.real !== undefined ? r.real : r.chosen;
+  return Array.isArray(real) ? 'messages' : typeof real === 'string' ? 'strings' : null;
+}
+
+function stringsPair(r: Record<string, unknown>, realKey: string, genKey: string): SpinPair {
+  const text = (key: string, allowEmpty: boolean): string => {
+    const v = r[key];
+    if (typeof v !== 'string') throw new RowProblem(`"${key}" must be a string in a {prompt, real, generated} row, got ${preview(v)}`);
+    if (!allowEmpty && v.trim() === '') throw new RowProblem(`"${key}" is empty`);
+    return v;
+  };
+  return { prompt: text('prompt', false), real: text(realKey, false), generated: text(genKey, true) };
+}
+
+/** One row (either layout) -> a pair; throws a RowProblem saying what is wrong. */
+export function spinPairFromRow(row: unknown): SpinPair {
+  if (row === null || typeof row !== 'object' || Array.isArray(row)) throw new RowProblem(`row must be a JSON object, got ${preview(row)}`);
+  const r = row as Record<string, unknown>;
+  const { realKey, genKey } = pairKeys(r);
+  if (typeof r[realKey] === 'string') return stringsPair(r, realKey, genKey);
   const real = firstRound(parseMessages(r[realKey], realKey), realKey);
   const gen = firstRound(parseMessages(r[genKey], genKey), genKey, true);
   if (gen.prompt !== real.prompt) {
@@ -56,14 +94,24 @@ function spinColumns(columns: string[]): string[] {
   return [realKey, genKey, ...(columns.includes('prompt') ? ['prompt'] : [])];
 }
 
-/** All pairs of a SPIN pair file (JSON lines, JSON array or Parquet); the first malformed row throws. */
+/**
+ * All pairs of a SPIN pair file (JSON lines, JSON array or Parquet), in either layout; the first
+ * row decides the file's layout and a row in the other layout is an error. The first malformed row throws.
+ */
 export async function readSpinPairs(path: string, opts: { format?: FormatOption } = {}): Promise<SpinPair[]> {
   const { rows } = await openRows(path, opts.format ?? 'auto', spinColumns);
   const pairs: SpinPair[] = [];
+  let layout: { kind: SpinPairLayout; where: string } | null = null;
   for await (const raw of rows) {
     try {
       if ('problem' in raw) throw new RowProblem(raw.problem);
-      pairs.push(spinPairFromRow(raw.value));
+      const pair = spinPairFromRow(raw.value);
+      const kind = spinPairLayout(raw.value)!;
+      if (layout === null) layout = { kind, where: raw.where };
+      else if (kind !== layout.kind) {
+        throw new RowProblem(`this row uses ${LAYOUT_NAMES[kind]} but the file's first row (${layout.where}) uses ${LAYOUT_NAMES[layout.kind]}; use one layout per file`);
+      }
+      pairs.push(pair);
     } catch (err) {
       if (err instanceof RowProblem) throw new DataError(path, raw.where, err.message);
       throw err;

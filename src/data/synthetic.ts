@@ -2,7 +2,7 @@
 //
 // Each family writes short ASCII prompts (<= 48 chars) and answers (<= 24 chars) for a byte-level
 // model; the answer is a deterministic function of the prompt. The families are meant to span
-// difficulty (DESIGN.md section 6: on digit sums alone a converged tiny model reached ~99% and left
+// difficulty (docs/demo.md, "What a prototype showed": on digit sums alone a converged tiny model reached ~99% and left
 // nothing to measure): copy/lookup families (date, swap_case, reverse_words) should be learned
 // almost fully, while carries (add, sub, mul), counting, base conversion and long sorts should stay
 // hard for a small model. `families` picks a subset when a demo needs a different mix.

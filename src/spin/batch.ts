@@ -1,5 +1,5 @@
 // From text pairs to the token tensors of a SPIN step, as the official SPIN collator does it
-// (DESIGN.md section 1; uclaml/SPIN spin/alignment/utils.py):
+// (docs/algorithm.md; uclaml/SPIN spin/alignment/utils.py):
 //  - prompt, real answer and generated answer tokenized separately, no special tokens added;
 //    EOS appended to each answer;
 //  - EOS ids inside the texts get attention mask 0 (the official collator's rule);

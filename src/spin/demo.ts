@@ -2,7 +2,7 @@
 // three self-play iterations on the same SFT prompts with the official SPIN loss, the same with an NLL
 // term on the real answer, and continued SFT given the same optimizer steps; held-out exact match and
 // real-answer log-prob per iteration for each. Which arm wins at this scale is a finding, not a given
-// (DESIGN.md section 6).
+// (docs/demo.md).
 import { existsSync } from 'node:fs';
 import { cp, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -66,7 +66,7 @@ export interface DemoHooks {
   onRow?: (row: DemoRow) => void;
 }
 
-/** The self-play settings of every arm (overridden per arm). Small learning rates: DESIGN.md section 6. */
+/** The self-play settings of every arm (overridden per arm). Small learning rates: docs/demo.md. */
 export function demoSelfPlayOptions(outDir: string, iterations: number, quick: boolean): SelfPlayOptions {
   return {
     outDir,

@@ -1,5 +1,5 @@
 // The embedded default of `spinlm demo`: the synthetic tasks, the weak model's architecture and the
-// recipe that trains it. DESIGN.md section 6 says why: θ0 must be a *converged* SFT model (trained to
+// recipe that trains it. docs/demo.md says why: θ0 must be a *converged* SFT model (trained to
 // the end of a decaying schedule) on tasks where a converged tiny model stays clearly imperfect.
 import { generateSyntheticTasks, type SyntheticTask } from '../data/synthetic.js';
 import type { LoopConfig } from './train_loop.js';

@@ -1,5 +1,5 @@
 // S(theta, y): the summed log-prob of an answer and its appended EOS given the prompt, for batches of
-// (prompt, real, generated) pairs, through the fused kernels (DESIGN.md section 1). The reference
+// (prompt, real, generated) pairs, through the fused kernels (docs/algorithm.md). The reference
 // log-probs of an iteration and `spinlm score` both come from here.
 import type { LlamaModel } from '../model/llama.js';
 import { freeInput, uploadInput } from '../model/input.js';

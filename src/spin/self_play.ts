@@ -1,4 +1,4 @@
-// The self-play driver (DESIGN.md section 1): per iteration t, the opponent θ_t answers every SFT
+// The self-play driver (docs/algorithm.md): per iteration t, the opponent θ_t answers every SFT
 // prompt, its reference log-probs are computed once, θ_{t+1} is trained from θ_t, saved, evaluated,
 // and becomes the next opponent. Every stage leaves a file when it completes, so a rerun after a
 // kill skips what is done, resumes training from its last step checkpoint, and ends with the same
@@ -17,7 +17,7 @@ import { LlamaModel } from '../model/llama.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { formatPrompt, type PromptTemplate } from '../text/templates.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { checkTruncation, tokenizePair, tokenizeSft, type TruncationOptions } from './batch.js';
+import { checkTruncation, type TokenizedPair, tokenizePair, tokenizeSft, type TruncationOptions } from './batch.js';
 import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
 import { padIdOf } from './sft.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from './train_loop.js';
@@ -68,6 +68,69 @@ export function iterationDir(outDir: string, t: number): string {
   return join(outDir, `iter-${t}`);
 }
 
+// ---- the stages, shared by runSelfPlay and `spinlm train` (one SPIN iteration from a pair file) ----
+
+/** The SPIN objective's settings for one iteration. */
+export interface SpinStageOptions {
+  beta: number;
+  lossType: SpinLossType;
+  nllAlpha: number;
+  dropIdentical: boolean;
+}
+
+/**
+ * Stage 2: S(model, .) of the real and generated answers of every pair ([2N]: real then generated),
+ * computed once and kept in `file`; a rerun reads the file instead.
+ */
+export async function referenceStage(
+  model: LlamaModel,
+  pairs: readonly TokenizedPair[],
+  tok: HfTokenizer,
+  loop: Pick<LoopConfig, 'microBatchSize' | 'seed'>,
+  file: string,
+  onProgress?: (done: number, total: number) => void,
+): Promise<Float32Array> {
+  if (existsSync(file)) {
+    const ref = Float32Array.from(await readJson<number[]>(file));
+    if (ref.length !== 2 * pairs.length) throw new Error(`${file}: holds ${ref.length} log-probs but there are ${pairs.length} pairs (${2 * pairs.length} expected); remove it to recompute`);
+    return ref;
+  }
+  const ref = await referenceLogps(model, pairs, { microBatchSize: loop.microBatchSize, seed: loop.seed, eosId: tok.eosId, padId: padIdOf(tok), onProgress });
+  await writeFileAtomic(file, JSON.stringify(Array.from(ref)));
+  return ref;
+}
+
+/** Stage 3 (SPIN): trains `model` in place on the pairs against the reference log-probs; resumes from `checkpointDir`. */
+export async function spinTrainStage(
+  model: LlamaModel,
+  pairs: readonly TokenizedPair[],
+  ref: Float32Array,
+  tok: HfTokenizer,
+  spin: SpinStageOptions,
+  loop: LoopConfig,
+  checkpointDir: string,
+  hooks: { onStep?: (log: StepLog) => void | Promise<void>; afterStep?: (step: number) => void } = {},
+): Promise<void> {
+  const padId = padIdOf(tok);
+  const obj = new SpinObjective(model, pairs, ref, { ...spin, eosId: tok.eosId, padId });
+  await runTrainingLoop(model, pairs.length, obj, loop, { checkpointDir, onStep: hooks.onStep, afterStep: hooks.afterStep });
+}
+
+/**
+ * Stage 4: writes `model` (Hugging Face format) with the tokenizer files of `tokenizerFrom` to
+ * `modelDir`, complete or not at all (a temp dir renamed into place), then removes `checkpointDir`.
+ */
+export async function saveModelStage(model: LlamaModel, modelDir: string, tokenizerFrom: string, checkpointDir: string): Promise<void> {
+  const tmp = `${modelDir}.tmp`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true });
+  await model.save(tmp);
+  for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokenizerFrom, f))) await cp(join(tokenizerFrom, f), join(tmp, f));
+  await rm(modelDir, { recursive: true, force: true });
+  await rename(tmp, modelDir);
+  await rm(checkpointDir, { recursive: true, force: true });
+}
+
 /** Runs (or resumes) the iterations; returns the directory of the final model. */
 export async function runSelfPlay(be: Backend, initialModel: string, tok: HfTokenizer, sft: readonly { prompt: string; real: string }[], opts: SelfPlayOptions, hooks: SelfPlayHooks): Promise<string> {
   checkTruncation(opts.truncation);
@@ -104,16 +167,11 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
           const pairs = rows.map((r, i) => tokenizePair(tok, prompts[i % sft.length], r.real, r.generated, opts.truncation));
           // 2. reference log-probs of θ_t, once
           const refFile = join(dir, 'ref_logps.json');
-          let ref: Float32Array;
-          if (existsSync(refFile)) ref = Float32Array.from(await readJson<number[]>(refFile));
-          else {
-            hooks.onStage?.(t, 'reference');
-            ref = await referenceLogps(opponent, pairs, { microBatchSize: loop.microBatchSize, seed: loop.seed, eosId: tok.eosId, padId });
-            await writeFileAtomic(refFile, JSON.stringify(Array.from(ref)));
-          }
+          if (!existsSync(refFile)) hooks.onStage?.(t, 'reference');
+          const ref = await referenceStage(opponent, pairs, tok, loop, refFile);
           hooks.onStage?.(t, 'train');
-          const obj = new SpinObjective(opponent, pairs, ref, { beta: pick(opts.betas, t, 'beta'), lossType: opts.lossType, nllAlpha: opts.nllAlpha, dropIdentical: opts.dropIdentical, eosId: tok.eosId, padId });
-          await runTrainingLoop(opponent, pairs.length, obj, loop, { checkpointDir: join(dir, 'checkpoint'), onStep: (l) => hooks.onStep?.(t, l), afterStep: (s) => hooks.afterStep?.(t, s) });
+          const spin = { beta: pick(opts.betas, t, 'beta'), lossType: opts.lossType, nllAlpha: opts.nllAlpha, dropIdentical: opts.dropIdentical };
+          await spinTrainStage(opponent, pairs, ref, tok, spin, loop, join(dir, 'checkpoint'), { onStep: (l) => hooks.onStep?.(t, l), afterStep: (s) => hooks.afterStep?.(t, s) });
         } else {
           const seqs = rows.map((r, i) => tokenizeSft(tok, prompts[i % sft.length], r.real, opts.truncation));
           hooks.onStage?.(t, 'train');
@@ -121,14 +179,7 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
         }
         // 4. θ_{t+1}, complete or not at all
         hooks.onStage?.(t, 'save');
-        const tmp = `${modelDir}.tmp`;
-        await rm(tmp, { recursive: true, force: true });
-        await mkdir(tmp, { recursive: true });
-        await opponent.save(tmp);
-        for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(current, f))) await cp(join(current, f), join(tmp, f));
-        await rm(modelDir, { recursive: true, force: true });
-        await rename(tmp, modelDir);
-        await rm(join(dir, 'checkpoint'), { recursive: true, force: true });
+        await saveModelStage(opponent, modelDir, current, join(dir, 'checkpoint'));
       }
     } finally {
       opponent.weights.free();

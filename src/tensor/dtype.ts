@@ -3,8 +3,6 @@
 
 export type DType = 'f32' | 'bf16' | 'i32';
 
-export const DTYPES: readonly DType[] = ['f32', 'bf16', 'i32'];
-
 /** Bytes per element. */
 export function dtypeSize(dtype: DType): number {
   return dtype === 'bf16' ? 2 : 4;
@@ -23,10 +21,6 @@ export type HostArray = Float32Array | Uint16Array | Int32Array;
 export interface HostData<D extends DType = DType> {
   readonly dtype: D;
   readonly data: HostArrayOf<D>;
-}
-
-export function isDType(x: unknown): x is DType {
-  return x === 'f32' || x === 'bf16' || x === 'i32';
 }
 
 export function allocHost<D extends DType>(dtype: D, numel: number): HostArrayOf<D> {

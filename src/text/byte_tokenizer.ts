@@ -4,10 +4,8 @@
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
-export const PAD_ID = 0;
 export const BOS_ID = 1;
 export const EOS_ID = 2;
-export const UNK_ID = 3;
 export const BYTE_OFFSET = 4;
 export const BYTE_VOCAB_SIZE = 260;
 const SPECIALS = ['<pad>', '<s>', '</s>', '<unk>'];

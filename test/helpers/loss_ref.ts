@@ -1,4 +1,4 @@
-// Float64 reference of the SPIN loss family, written from the formulas (DESIGN.md section 1) and
+// Float64 reference of the SPIN loss family, written from the formulas (docs/algorithm.md) and
 // sharing no code with the kernels. Inputs are plain numbers (bf16 inputs already widened exactly).
 
 export const IGNORE = -100;

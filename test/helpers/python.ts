@@ -1,4 +1,4 @@
-// Runs the PyTorch oracle scripts with Debian's python3 (which has torch; see TOOLCHAIN.md).
+// Runs the PyTorch oracle scripts with Debian's python3 (which has torch; see docs/toolchain.md).
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 

@@ -1,4 +1,4 @@
-"""PyTorch oracle of the SPIN loss (DESIGN.md section 1), written with torch autograd only.
+"""PyTorch oracle of the SPIN loss (docs/algorithm.md), written with torch autograd only.
 
 Usage: /usr/bin/python3 spin_loss_torch.py DIR
 DIR holds params.json {n, v, b, dtype, beta, loss_type} and raw little-endian arrays:
