@@ -137,3 +137,45 @@ describe('commands end to end', () => {
     assert.match(r.stderr, /unknown command 'trian'\. Did you mean train\?/);
   });
 });
+
+describe('--device and spinlm info', () => {
+  test('info lists every backend, available or not and why; it takes no options', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-info-'));
+    try {
+      const r = spinlm(['info'], dir);
+      assert.equal(r.status, 0, r.stderr);
+      for (const name of ['cpu', 'cuda', 'webgpu']) assert.match(r.stdout, new RegExp(`^${name}: (available|not available): .+$`, 'm'));
+      assert.match(r.stdout, /^cpu: available: CPU, \d+ kernel thread/m);
+      const bad = spinlm(['info', '--bogus'], dir);
+      assert.equal(bad.status, 2);
+      assert.match(bad.stderr, /unexpected argument '--bogus'/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('an unavailable --device is one line and exit 2, before any file is read; a config file can name it', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-device-'));
+    try {
+      for (const cmd of ['score', 'generate', 'train', 'run', 'sft', 'eval', 'demo']) {
+        for (const dev of ['cuda', 'webgpu']) {
+          const files = cmd === 'demo' ? [] : ['--model', 'no-such-model', '--data', 'no-such-data', '--out', join(dir, 'o')];
+          const r = spinlm([cmd, '--device', dev, ...files], dir);
+          assert.equal(r.status, 2, `${cmd} --device ${dev}: ${r.stderr}`);
+          const lines = r.stderr.trim().split('\n');
+          assert.equal(lines.length, 1, `one line: ${r.stderr}`);
+          assert.match(lines[0], new RegExp(`--device ${dev} is not available: .+\\. Use --device cpu`));
+        }
+      }
+      writeFileSync(join(dir, 'c.yaml'), 'device: cuda\n');
+      const r = spinlm(['score', '--config', join(dir, 'c.yaml'), '--model', 'm', '--data', 'd', '--out', 'o'], dir);
+      assert.equal(r.status, 2);
+      assert.match(r.stderr, /--device cuda is not available/);
+      const bad = spinlm(['score', '--device', 'tpu', '--model', 'm', '--data', 'd', '--out', 'o'], dir);
+      assert.equal(bad.status, 2);
+      assert.match(bad.stderr, /--device: .*expected one of auto, cpu, cuda, webgpu/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -27,13 +27,15 @@ import { loadTokenizer } from '../text/tokenizer.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
 import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, resolveTemplate, stopSequences, truncation } from './common.js';
-import { dataOption, evalBatchOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
+import { dataOption, deviceOption, evalBatchOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
 import { progressBar } from './progress.js';
 
 export interface Command {
   name: string;
   summary: string;
   options: OptionSpec[];
+  /** Picks a backend from --device before it runs. */
+  usesDevice?: boolean;
   run(o: Parsed): Promise<void>;
 }
 
@@ -296,5 +298,11 @@ const demo: Command = {
     console.log(`\n${table}\n\n${notes}\nReport: ${join(out, 'report.html')} (plots), ${join(out, 'report.md')}; total ${secs()}.`);
   },
 };
+
+/** Commands that compute take --device (synthetic only writes data). */
+for (const c of [demo, run, train, sftCmd, generate, score, evalCmd]) {
+  c.options = [...c.options, deviceOption];
+  c.usesDevice = true;
+}
 
 export const COMMANDS: Command[] = [demo, run, train, sftCmd, generate, score, evalCmd, synth];

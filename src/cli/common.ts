@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
-import { cpuBackend } from '../backend/cpu/cpu_backend.js';
+import { backendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { LlamaModel } from '../model/llama.js';
 import type { TruncationOptions } from '../spin/batch.js';
 import type { OptimizerConfig } from '../spin/optimizer.js';
@@ -14,8 +14,31 @@ import { writeFileAtomic } from '../util/atomic.js';
 import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
 
+let chosen: Backend | undefined;
+
+/**
+ * Picks the backend of a command from --device (before any work, so an unavailable device fails at
+ * once with exit code 2). `auto` says on stderr which device it took and why the others were passed.
+ */
+export function selectDevice(o: Parsed): Backend {
+  const choice = (o.device ?? 'auto') as DeviceChoice;
+  try {
+    chosen = createBackend(choice).backend;
+  } catch (err) {
+    if (err instanceof DeviceUnavailableError) throw new UsageError(`spinlm: ${err.message}`);
+    throw err;
+  }
+  if (choice === 'auto' && !o.quiet) {
+    const passed = backendStatus().filter((s) => !s.available).map((s) => `${s.name}: ${s.reason}`);
+    process.stderr.write(`spinlm: --device auto chose ${chosen.name}${passed.length ? ` (${passed.join('; ')})` : ''}\n`);
+  }
+  return chosen;
+}
+
+/** The backend selectDevice chose (the CPU when none was chosen, e.g. in library use of the commands). */
 export function backend(): Backend {
-  return cpuBackend();
+  chosen ??= createBackend('cpu').backend;
+  return chosen;
 }
 
 export async function loadModelAndTokenizer(o: Parsed): Promise<{ model: LlamaModel; tok: HfTokenizer; template: PromptTemplate }> {

@@ -2,9 +2,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../backend/cpu/addon.js';
-import { cpuBackend } from '../backend/cpu/cpu_backend.js';
+import { backendStatus } from '../backend/registry.js';
 import { helpText, parseOptions, suggest, UsageError } from './args.js';
 import { COMMANDS } from './commands.js';
+import { selectDevice } from './common.js';
 
 function version(): string {
   return JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')).version;
@@ -34,9 +35,25 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   if (name === 'info') {
-    const be = cpuBackend();
+    if (rest.includes('--help') || rest.includes('-h')) {
+      console.log('Usage: spinlm info\n\nThe version, and each backend (cpu, cuda, webgpu): available or not and why, with its device.');
+      return 0;
+    }
+    if (rest.length > 0) {
+      console.error(`spinlm info: unexpected argument '${rest[0]}' (info takes no options)`);
+      return 2;
+    }
     console.log(`spinlm ${version()} (node ${process.version}, ${process.platform}-${process.arch})`);
-    console.log(`cpu backend: ${be.threads} kernel threads (SPINLM_NUM_THREADS overrides), ${(be.native.cachedBytes() / 2 ** 20).toFixed(0)} MiB recycled memory`);
+    for (const s of backendStatus()) {
+      if (!s.available) {
+        console.log(`${s.name}: not available: ${s.reason}`);
+        continue;
+      }
+      const i = s.info!;
+      const mem = i.memoryBytes !== undefined ? `, ${(i.memoryBytes / 2 ** 30).toFixed(1)} GiB` : '';
+      console.log(`${s.name}: available: ${i.device}${mem}${i.details?.length ? ` (${i.details.join('; ')})` : ''}`);
+    }
+    console.log('SPINLM_NUM_THREADS sets the CPU kernel threads.');
     return 0;
   }
   const cmd = COMMANDS.find((c) => c.name === name);
@@ -49,7 +66,9 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   try {
-    await cmd.run(parseOptions(rest, cmd.options, cmd.name));
+    const o = parseOptions(rest, cmd.options, cmd.name);
+    if (cmd.usesDevice) selectDevice(o);
+    await cmd.run(o);
     return 0;
   } catch (err) {
     if (err instanceof UsageError) {

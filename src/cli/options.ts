@@ -5,6 +5,13 @@ export const modelOption: OptionSpec = { name: 'model', type: 'string', required
 export const dataOption: OptionSpec = { name: 'data', type: 'string', required: true, help: 'data file: JSONL or Parquet (UltraChat messages, {prompt, completion}, or SPIN pair rows)' };
 export const outOption = (help: string): OptionSpec => ({ name: 'out', type: 'string', required: true, help });
 
+export const deviceOption: OptionSpec = {
+  name: 'device',
+  type: { oneOf: ['auto', 'cpu', 'cuda', 'webgpu'] },
+  default: 'auto',
+  help: 'where the kernels run: auto takes CUDA, then WebGPU, then the CPU (spinlm info lists what is available here)',
+};
+
 export const textOptions: OptionSpec[] = [
   { name: 'template', type: { oneOf: ['auto', 'instruction', 'chat'] }, default: 'auto', help: "prompt format: the official '### Instruction: {prompt}\\n\\n### Response: ', the tokenizer's chat template, or auto (chat when the tokenizer has one)" },
   { name: 'max_length', type: 'int', default: 1024, check: positive, help: 'longest prompt + answer in tokens' },
