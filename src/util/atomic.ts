@@ -10,8 +10,10 @@
 // Errors from the file system name the path (ENOSPC, EACCES, ...), and makeDirs() creates directories
 // by walking up itself instead of Node's recursive mkdir (which loops forever under /proc).
 import { randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { type FileHandle, lstat, mkdir, open, readlink, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
+import type { Writable } from 'node:stream';
 
 /** Anything FileHandle.writeFile takes: a string, bytes, or a (async) iterable of chunks (streamed). */
 export type FileData = string | Uint8Array | Iterable<string | Uint8Array> | AsyncIterable<string | Uint8Array>;
@@ -32,17 +34,37 @@ export class OutputError extends Error {
 export interface OutputTarget {
   kind: 'file' | 'stream';
   path: string;
+  /** For the process's own descriptors (/dev/stdout, /dev/fd/N, /proc/self/fd/N): the descriptor, written directly (it may be a socket, which cannot be opened by name). */
+  fd?: number;
 }
 
-/** The process's own standard streams and descriptors: always streamed to, whatever they point at. */
-const STREAM_NAMES = /^\/(dev\/(stdout|stderr|fd\/\d+)|proc\/(self|\d+)\/fd\/\d+)$/;
+/** The descriptor a path names when it is one of this process's own (/dev/stdout, /dev/fd/N, /proc/self/fd/N), else null. */
+function ownDescriptor(abs: string): number | null {
+  if (abs === '/dev/stdout') return 1;
+  if (abs === '/dev/stderr') return 2;
+  const m = /^\/(?:dev\/fd|proc\/(self|\d+)\/fd)\/(\d+)$/.exec(abs);
+  if (!m || (m[1] !== undefined && m[1] !== 'self' && Number(m[1]) !== process.pid)) return null;
+  return Number(m[2]);
+}
+
+/** Writes data to one of this process's descriptors (stdout/stderr through their streams), in order, waiting for it to drain. */
+async function writeToDescriptor(fd: number, data: FileData): Promise<void> {
+  const out: Writable = fd === 1 ? process.stdout : fd === 2 ? process.stderr : createWriteStream('', { fd, autoClose: false });
+  const chunks: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array> = typeof data === 'string' || data instanceof Uint8Array ? [data] : data;
+  for await (const chunk of chunks) {
+    await new Promise<void>((res, rej) => {
+      out.write(chunk, (err) => (err ? rej(err) : res()));
+    });
+  }
+}
 
 const errCode = (e: unknown) => (e as NodeJS.ErrnoException).code;
 
 /** Decides how `path` is written (see the file comment); throws OutputError for what cannot be. */
 export async function resolveOutput(path: string): Promise<OutputTarget> {
   if (path === '') throw new OutputError("''", 'the output path is empty; give a file name');
-  if (STREAM_NAMES.test(resolve(path))) return { kind: 'stream', path };
+  const own = ownDescriptor(resolve(path));
+  if (own !== null) return { kind: 'stream', path, fd: own };
   let target = path;
   for (let hops = 0; hops < 40; hops++) {
     let st;
@@ -87,6 +109,7 @@ function tempNameFor(path: string): string {
  */
 export async function withAtomicFile<T>(path: string, write: (fh: FileHandle) => Promise<T>): Promise<T> {
   const target = await resolveOutput(path);
+  if (target.fd !== undefined) throw new OutputError(path, 'this output needs a file (positioned writes); give a file name');
   if (target.kind === 'stream') {
     let fh: FileHandle | null = null;
     try {
@@ -119,6 +142,15 @@ export async function withAtomicFile<T>(path: string, write: (fh: FileHandle) =>
 }
 
 export async function writeFileAtomic(path: string, data: FileData): Promise<void> {
+  const target = await resolveOutput(path);
+  if (target.fd !== undefined) {
+    try {
+      await writeToDescriptor(target.fd, data);
+    } catch (err) {
+      throw named(err, path);
+    }
+    return;
+  }
   await withAtomicFile(path, (fh) => writeFile(fh, data));
 }
 
