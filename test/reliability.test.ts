@@ -57,7 +57,8 @@ before(async () => {
     m.weights.free();
   }
   writeFileSync(join(dir, 'sft.jsonl'), jsonl(sftRows(8)));
-  writeFileSync(join(dir, 'pairs.jsonl'), jsonl(Array.from({ length: 4 }, () => ({ prompt: word(), real: word(), generated: word() }))));
+  const chat = (p: string, a: string) => [{ role: 'user', content: p }, { role: 'assistant', content: a }];
+  writeFileSync(join(dir, 'pairs.jsonl'), jsonl(Array.from({ length: 4 }, () => { const p = word(); return { prompt: p, real: chat(p, word()), generated: chat(p, word()) }; })));
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -125,14 +126,18 @@ describe('2. an output that is also an input is refused before any work', () => 
   });
 
   test('--out equal to --data (also through a symlink): exit 2, the data untouched', () => {
-    const data = readFileSync(join(dir, 'pairs.jsonl'));
-    for (const out of ['pairs.jsonl', `alias-${word()}.jsonl`]) {
-      if (out !== 'pairs.jsonl') symlinkSync(join(dir, 'pairs.jsonl'), join(dir, out));
-      const r = spinlm(['score', '--model', model, '--data', 'pairs.jsonl', '--out', out, '--quiet'], dir);
+    const ok = spinlm(['score', '--model', model, '--data', 'pairs.jsonl', '--out', `ok-${word()}.jsonl`, '--quiet'], dir);
+    assert.equal(ok.status, 0, ok.stderr); // the data is valid: what follows fails for the overlap only
+    const own = `pairs-${word()}.jsonl`; // a copy: the old code destroyed it
+    cpSync(join(dir, 'pairs.jsonl'), join(dir, own));
+    const data = readFileSync(join(dir, own));
+    for (const out of [own, `alias-${word()}.jsonl`]) {
+      if (out !== own) symlinkSync(join(dir, own), join(dir, out));
+      const r = spinlm(['score', '--model', model, '--data', own, '--out', out, '--quiet'], dir);
       assert.equal(r.status, 2, r.stderr);
       oneLine(r.stderr);
       assert.match(r.stderr, /same path as --data/);
-      assert.ok(readFileSync(join(dir, 'pairs.jsonl')).equals(data));
+      assert.ok(readFileSync(join(dir, own)).equals(data));
     }
   });
 
