@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, readlinkSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -66,6 +66,24 @@ const quick = ['--per_device_train_batch_size', '4', '--gradient_accumulation_st
 const runArgs = (out: string, extra: string[] = []) => ['run', '--model', model, '--data', 'sft.jsonl', '--out', out, '--iterations', '2', '--max_new_tokens', '6', '--save_steps', '2', ...quick, ...extra];
 
 describe('1. --out writes through what it points to', () => {
+  test('a regular file is replaced whole or not at all: a failed write leaves the old file and no temp file', async () => {
+    const d = mkdtempSync(join(dir, 'atomic-'));
+    const file = join(d, 'out.jsonl');
+    const old = `${word()}\n`;
+    writeFileSync(file, old);
+    async function* failing() {
+      yield `${word()}\n`.repeat(1000);
+      throw new Error('disk gone');
+    }
+    await assert.rejects(writeFileAtomic(file, failing()), /disk gone/);
+    assert.equal(readFileSync(file, 'utf8'), old);
+    assert.deepEqual(readdirSync(d), ['out.jsonl']);
+    const text = `${word()}\n`.repeat(3);
+    await writeFileAtomic(file, text);
+    assert.equal(readFileSync(file, 'utf8'), text);
+    assert.deepEqual(readdirSync(d), ['out.jsonl']);
+  });
+
   test('a symlink is followed: its target is replaced atomically, the link stays a link', async () => {
     const target = join(dir, `target-${word()}.txt`);
     const link = join(dir, `link-${word()}.txt`);
@@ -139,6 +157,22 @@ describe('2. an output that is also an input is refused before any work', () => 
       assert.match(r.stderr, /same path as --data/);
       assert.ok(readFileSync(join(dir, own)).equals(data));
     }
+  });
+
+  test('an output directory holding the model is refused; holding the data only when it would be cleared', () => {
+    const out = join(dir, `holds-${word()}`);
+    mkdirSync(out);
+    cpSync(model, join(out, 'm'), { recursive: true });
+    writeFileSync(join(out, 'd.jsonl'), readFileSync(join(dir, 'sft.jsonl')));
+    let r = spinlm(['sft', '--model', join(out, 'm'), '--data', 'sft.jsonl', '--out', out, ...quick], dir);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--model .* lies inside --out/);
+    r = spinlm(['sft', '--model', model, '--data', join(out, 'd.jsonl'), '--out', out, ...quick], dir);
+    assert.equal(r.status, 0, r.stderr);
+    r = spinlm(['sft', '--model', model, '--data', join(out, 'd.jsonl'), '--out', out, '--overwrite_output_dir', ...quick], dir);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--data .* lies inside --out .* clears/);
+    assert.ok(existsSync(join(out, 'd.jsonl')) && existsSync(join(out, 'm', 'model.safetensors')));
   });
 
   test('a file output replacing a file of the model directory is refused', () => {

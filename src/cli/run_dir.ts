@@ -45,14 +45,17 @@ const inside = (child: string, parent: string) => child !== parent && (child + s
  * symlinks), an output directory that holds an input, or an output file replacing a file inside an
  * input directory (e.g. a model's model.safetensors).
  */
-export function checkOverlap(command: string, out: { flag: string; path: string; kind: 'dir' | 'file' }, inputs: readonly Input[]): void {
+export function checkOverlap(command: string, out: { flag: string; path: string; kind: 'dir' | 'file'; clears?: boolean }, inputs: readonly Input[]): void {
   const o = realish(out.path);
   for (const input of inputs) {
     if (!existsSync(input.path)) continue; // the command reports a missing input itself
     const i = realish(input.path);
     const fix = `choose another --${out.flag}`;
     if (o === i) throw new UsageError(`spinlm ${command}: --${out.flag} ${out.path} is the same path as --${input.flag} ${input.path}; writing it would destroy the input: ${fix}`);
-    if (out.kind === 'dir' && inside(i, o)) throw new UsageError(`spinlm ${command}: --${input.flag} ${input.path} lies inside --${out.flag} ${out.path}, which this command writes (and --overwrite_output_dir would clear): ${fix}`);
+    // a model directory inside the output directory is written over; a data file there only when the directory is cleared
+    if (out.kind === 'dir' && inside(i, o) && (out.clears || statSync(i).isDirectory())) {
+      throw new UsageError(`spinlm ${command}: --${input.flag} ${input.path} lies inside --${out.flag} ${out.path}, which this command ${out.clears ? 'clears (--overwrite_output_dir)' : 'writes'}: ${fix}`);
+    }
     if (out.kind === 'file' && inside(o, i) && existsSync(o)) throw new UsageError(`spinlm ${command}: --${out.flag} ${out.path} would replace a file inside --${input.flag} ${input.path}: ${fix}`);
   }
 }
@@ -244,7 +247,7 @@ export async function truncateMetrics(dir: string, layout: 'run' | 'single'): Pr
 export async function prepareRunDir(command: string, o: Parsed, inputs: readonly Input[], layout: 'run' | 'single'): Promise<void> {
   const dir = String(o.out);
   if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
-  checkOverlap(command, { flag: 'out', path: dir, kind: 'dir' }, inputs);
+  checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: Boolean(o.overwrite_output_dir) }, inputs);
   try {
     await makeDirs(dir);
   } catch (e) {
