@@ -52,7 +52,7 @@ test('every bf16 pattern: bf16 -> f32 is exact and f32 -> bf16 gives it back (Na
   assert.equal(f32ToBf16(3.4e38), 0x7f80, 'past the largest bf16 rounds to +Inf');
 });
 
-for (const be of testBackends()) describe(`device conversions on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`device conversions on backend ${be.name}`, () => {
 test('native cast agrees with TypeScript on all 65536 patterns, both directions', async () => {
   const all = new Uint16Array(65536).map((_, i) => i);
   const t = ops.upload(be, { dtype: 'bf16', data: all }, [65536]);

@@ -12,7 +12,7 @@ import { tinyConfig } from './helpers/tiny_model.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
 
 /** Logits of the last position of one sequence, by a full forward pass. */
 async function fullLogits(model: LlamaModel, ids: number[]): Promise<Float32Array> {

@@ -90,7 +90,7 @@ describe('sampler', () => {
     }));
 });
 
-for (const be of testBackends()) describe(`generate on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`generate on backend ${be.name}`, () => {
   function bigram(rng: Rng, v = 9) {
     return new BigramModel(be, Float32Array.from({ length: v * v }, () => rng.normal() * 2), v);
   }

@@ -20,7 +20,7 @@ import { tinyConfig } from './helpers/tiny_model.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
 const EOS = 2;
 
 function randomPair(rng: Rng, vocab: number): TokenizedPair {

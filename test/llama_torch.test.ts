@@ -22,7 +22,7 @@ import * as ops from '../src/ops/index.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
 const ORACLE = new URL('./oracle/llama_torch.py', import.meta.url).pathname;
 const EOS = 2;
 

@@ -25,7 +25,7 @@ type LogitsDType = 'f32' | 'bf16';
 /** A second backend object: tensors of one backend are refused by ops on another. */
 const otherBackend = new CpuBackend();
 
-for (const be of testBackends()) {
+for (const be of await testBackends()) {
 const cpu = be instanceof CpuBackend ? be : null;
 /** Random logits [n, v] and their exact f32 values (bf16 logits are rounded first). */
 function makeLogits(rng: Rng, n: number, v: number, dtype: LogitsDType, scale: number) {

@@ -15,7 +15,7 @@ import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
 const ORACLE = new URL('./oracle/spin_loss_torch.py', import.meta.url).pathname;
 
 for (const dtype of ['f32', 'bf16'] as const) {

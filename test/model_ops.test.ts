@@ -20,7 +20,7 @@ import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of testBackends()) describe(`on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
 const TOL = 1e-5;
 const f32 = (x: Float32Array, shape: number[]) => ops.upload(be, { dtype: 'f32', data: x }, shape);
 const i32 = (x: Int32Array | number[], shape: number[]) => ops.upload(be, { dtype: 'i32', data: Int32Array.from(x) }, shape);

@@ -26,7 +26,7 @@ const configs: { name: string; cfg: OptimizerConfig; hyper: Record<string, numbe
   { name: 'adamw', cfg: { type: 'adamw', weightDecay: 0.01 }, hyper: { beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01 }, lr: 2e-3 },
 ];
 
-for (const be of testBackends()) describe(`optimizers against torch.optim on backend ${be.name}`, () => {
+for (const be of await testBackends()) describe(`optimizers against torch.optim on backend ${be.name}`, () => {
   const cpu = be instanceof CpuBackend ? be : null;
   for (const { name, cfg, hyper, lr } of configs) {
     for (const clip of [null, 0.5]) {

@@ -3,6 +3,8 @@
 import { existsSync } from 'node:fs';
 import type { Backend, BackendInfo } from './backend.js';
 import { cpuBackend } from './cpu/cpu_backend.js';
+import { probeAdapter } from './webgpu/device.js';
+import { WebGpuBackend } from './webgpu/webgpu_backend.js';
 
 export const DEVICES = ['cpu', 'cuda', 'webgpu'] as const;
 export type DeviceName = (typeof DEVICES)[number];
@@ -22,8 +24,25 @@ function nvidiaDriver(): string | null {
   return existsSync('/proc/driver/nvidia/version') ? 'an NVIDIA driver is loaded' : null;
 }
 
-/** Each backend's status on this machine (cheap: nothing is started that is not available). */
-export function backendStatus(): BackendStatus[] {
+let webgpu: Promise<WebGpuBackend> | undefined;
+/** The process-wide WebGPU backend (its device lives as long as the process). */
+export function webgpuBackend(): Promise<WebGpuBackend> {
+  webgpu ??= WebGpuBackend.create();
+  return webgpu;
+}
+
+async function webgpuStatus(): Promise<BackendStatus> {
+  const probe = await probeAdapter();
+  if (!probe.ok) return { name: 'webgpu', available: false, reason: probe.reason };
+  try {
+    return { name: 'webgpu', available: true, info: (await webgpuBackend()).info() };
+  } catch (err) {
+    return { name: 'webgpu', available: false, reason: (err as Error).message.split('\n')[0] };
+  }
+}
+
+/** Each backend's status on this machine (nothing is started that is not available). */
+export async function backendStatus(): Promise<BackendStatus[]> {
   const out: BackendStatus[] = [];
   try {
     out.push({ name: 'cpu', available: true, info: cpuBackend().info() });
@@ -36,7 +55,7 @@ export function backendStatus(): BackendStatus[] {
     available: false,
     reason: `not compiled in: this build of spinlm has no CUDA kernels yet${driver ? ` (${driver})` : '; no NVIDIA driver found either (/proc/driver/nvidia/version is missing)'}`,
   });
-  out.push({ name: 'webgpu', available: false, reason: 'not compiled in: this build of spinlm has no WebGPU kernels yet' });
+  out.push(await webgpuStatus());
   return out;
 }
 
@@ -50,14 +69,15 @@ export function isDeviceChoice(x: unknown): x is DeviceChoice {
 }
 
 /** The backend for a device choice; `auto` takes the first available of cuda, webgpu, cpu. */
-export function createBackend(choice: DeviceChoice): { backend: Backend; status: BackendStatus } {
+export async function createBackend(choice: DeviceChoice): Promise<{ backend: Backend; status: BackendStatus }> {
   if (!isDeviceChoice(choice)) throw new TypeError(`device must be one of auto, ${DEVICES.join(', ')}; got ${String(choice)}`);
-  const all = backendStatus();
+  const all = await backendStatus();
   const order: DeviceName[] = choice === 'auto' ? ['cuda', 'webgpu', 'cpu'] : [choice];
   for (const name of order) {
     const s = all.find((x) => x.name === name)!;
     if (!s.available) continue;
     if (name === 'cpu') return { backend: cpuBackend(), status: s };
+    if (name === 'webgpu') return { backend: await webgpuBackend(), status: s };
   }
   const s = all.find((x) => x.name === order[0])!;
   throw new DeviceUnavailableError(

@@ -2,6 +2,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
+import { cpuBackend } from '../backend/cpu/cpu_backend.js';
 import { backendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { LlamaModel } from '../model/llama.js';
 import type { TruncationOptions } from '../spin/batch.js';
@@ -19,16 +20,16 @@ let chosen: Backend | undefined;
  * Picks the backend of a command from --device (before any work, so an unavailable device fails at
  * once with exit code 2). `auto` says on stderr which device it took and why the others were passed.
  */
-export function selectDevice(o: Parsed): Backend {
+export async function selectDevice(o: Parsed): Promise<Backend> {
   const choice = (o.device ?? 'auto') as DeviceChoice;
   try {
-    chosen = createBackend(choice).backend;
+    chosen = (await createBackend(choice)).backend;
   } catch (err) {
     if (err instanceof DeviceUnavailableError) throw new UsageError(`spinlm: ${err.message}`);
     throw err;
   }
   if (choice === 'auto' && !o.quiet) {
-    const passed = backendStatus().filter((s) => !s.available).map((s) => `${s.name}: ${s.reason}`);
+    const passed = (await backendStatus()).filter((s) => !s.available).map((s) => `${s.name}: ${s.reason}`);
     process.stderr.write(`spinlm: --device auto chose ${chosen.name}${passed.length ? ` (${passed.join('; ')})` : ''}\n`);
   }
   return chosen;
@@ -36,7 +37,7 @@ export function selectDevice(o: Parsed): Backend {
 
 /** The backend selectDevice chose (the CPU when none was chosen, e.g. in library use of the commands). */
 export function backend(): Backend {
-  chosen ??= createBackend('cpu').backend;
+  chosen ??= cpuBackend();
   return chosen;
 }
 

@@ -53,7 +53,7 @@ export async function main(argv: string[]): Promise<number> {
       return 2;
     }
     console.log(`spinlm ${version()} (node ${process.version}, ${process.platform}-${process.arch})`);
-    for (const s of backendStatus()) {
+    for (const s of await backendStatus()) {
       if (!s.available) {
         console.log(`${s.name}: not available: ${s.reason}`);
         continue;
@@ -76,7 +76,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   try {
     const o = parseOptions(rest, cmd.options, cmd.name);
-    if (cmd.usesDevice) selectDevice(o);
+    if (cmd.usesDevice) await selectDevice(o);
     await cmd.run(o);
     return 0;
   } catch (err) {

@@ -5,17 +5,19 @@
 import type { Backend } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import { backendStatus, DEVICES, type DeviceName } from '../../src/backend/registry.js';
+import { WebGpuBackend } from '../../src/backend/webgpu/webgpu_backend.js';
 
 let cached: Backend[] | undefined;
 
 /** A backend for tests: the CPU one poisons fresh buffers with NaN, so a skipped element fails a test. */
-function make(name: DeviceName): Backend {
+async function make(name: DeviceName): Promise<Backend> {
   if (name === 'cpu') return new CpuBackend({ poison: true });
-  const s = backendStatus().find((x) => x.name === name)!;
+  const s = (await backendStatus()).find((x) => x.name === name)!;
+  if (name === 'webgpu' && s.available) return WebGpuBackend.create({ poison: true });
   throw new Error(`SPINLM_TEST_BACKENDS names '${name}', which cannot run here: ${s.reason}`);
 }
 
-export function testBackends(): Backend[] {
+export async function testBackends(): Promise<Backend[]> {
   if (cached) return cached;
   const env = process.env.SPINLM_TEST_BACKENDS?.trim();
   let names: DeviceName[];
@@ -23,9 +25,9 @@ export function testBackends(): Backend[] {
     names = env.split(',').map((s) => s.trim()) as DeviceName[];
     for (const n of names) if (!DEVICES.includes(n)) throw new Error(`SPINLM_TEST_BACKENDS: unknown backend '${n}' (known: ${DEVICES.join(', ')})`);
   } else {
-    names = backendStatus().filter((s) => s.available).map((s) => s.name);
+    names = (await backendStatus()).filter((s) => s.available).map((s) => s.name);
   }
-  cached = names.map(make);
+  cached = await Promise.all(names.map(make));
   return cached;
 }
 

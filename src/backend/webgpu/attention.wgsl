@@ -1,0 +1,247 @@
+// Causal grouped-query attention. Variant constants: HD (head dim) and KT (keys or queries per tile
+// in workgroup memory, sized from the adapter's limit). Layouts: q/out/dq [B, L, nH, HD], k/v/dk/dv
+// [B, L, nKV, HD], key mask i32 [B, L], lse/delta [B, nH, L]. Each workgroup of 64 invocations owns 64
+// consecutive query rows (forward, dQ) or key rows (dK, dV) of one (sequence, head); the other side
+// streams through workgroup memory KT rows at a time with an online softmax.
+
+struct AttnParams { b: u32, l: u32, nh: u32, nkv: u32, blocks: u32, has_mask: u32, _a: u32, _b: u32, scale: f32, _c: u32, _d: u32, _e: u32 }
+@group(0) @binding(0) var<uniform> ap: AttnParams;
+@group(0) @binding(1) var<storage, read> a_q: array<f32>;
+@group(0) @binding(2) var<storage, read> a_k: array<f32>;
+@group(0) @binding(3) var<storage, read> a_v: array<f32>;
+@group(0) @binding(4) var<storage, read> a_mask: array<i32>;
+
+var<workgroup> tk: array<f32, KT * HD>;
+var<workgroup> tv: array<f32, KT * HD>;
+var<workgroup> tm: array<f32, KT>;   // key bias / per-row scalars
+var<workgroup> tm2: array<f32, KT>;
+
+fn q_index(b: u32, i: u32, h: u32) -> u32 { return ((b * ap.l + i) * ap.nh + h) * HD; }
+fn kv_index(b: u32, j: u32, g: u32) -> u32 { return ((b * ap.l + j) * ap.nkv + g) * HD; }
+
+/** (sequence, head, block) of workgroup w. */
+fn unpack(w: u32) -> vec3u { let bh = w / ap.blocks; return vec3u(bh / ap.nh, bh % ap.nh, w % ap.blocks); }
+
+/** Loads keys/values j0 .. j0+KT-1 of (b, g) into workgroup memory, with the mask in tm (1 = attend). */
+fn load_kv(lid: u32, b: u32, g: u32, j0: u32) {
+  for (var e = lid; e < KT * HD; e += 64u) {
+    let jj = e / HD;
+    let c = e % HD;
+    let j = j0 + jj;
+    if (j < ap.l) { tk[e] = a_k[kv_index(b, j, g) + c]; tv[e] = a_v[kv_index(b, j, g) + c]; } else { tk[e] = 0.0; tv[e] = 0.0; }
+  }
+  for (var jj = lid; jj < KT; jj += 64u) {
+    let j = j0 + jj;
+    tm[jj] = select(0.0, 1.0, j < ap.l && a_mask[b * ap.l + j] != 0);
+  }
+}
+
+@group(0) @binding(5) var<storage, read_write> a_out: array<f32>;
+@group(0) @binding(6) var<storage, read_write> a_lse: array<f32>;
+
+@compute @workgroup_size(64)
+fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let w = wg_linear(wid, nwg);
+  if (w >= ap.b * ap.nh * ap.blocks) { return; }
+  let u = unpack(w);
+  let b = u.x; let h = u.y;
+  let g = h / (ap.nh / ap.nkv);
+  let i = u.z * 64u + lid;
+  let live = i < ap.l;
+  var q: array<f32, HD>;
+  var acc: array<f32, HD>;
+  for (var c = 0u; c < HD; c++) { acc[c] = 0.0; q[c] = select(0.0, a_q[q_index(b, min(i, ap.l - 1u), h) + c], live); }
+  var m = neg_inf();
+  var l = 0.0;
+  let end = min(ap.l, u.z * 64u + 64u);
+  for (var j0 = 0u; j0 < end; j0 += KT) {
+    load_kv(lid, b, g, j0);
+    workgroupBarrier();
+    for (var jj = 0u; jj < KT; jj++) {
+      let j = j0 + jj;
+      if (!live || j > i || tm[jj] == 0.0) { continue; }
+      var s = 0.0;
+      for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; }
+      s *= ap.scale;
+      if (s > m) {
+        let corr = exp(m - s);
+        l = l * corr + 1.0;
+        for (var c = 0u; c < HD; c++) { acc[c] = acc[c] * corr + tv[jj * HD + c]; }
+        m = s;
+      } else {
+        let p = exp(s - m);
+        l += p;
+        for (var c = 0u; c < HD; c++) { acc[c] += p * tv[jj * HD + c]; }
+      }
+    }
+    workgroupBarrier();
+  }
+  if (!live) { return; }
+  let o = q_index(b, i, h);
+  let inv = select(0.0, 1.0 / l, m != neg_inf());
+  for (var c = 0u; c < HD; c++) { a_out[o + c] = acc[c] * inv; }
+  a_lse[(b * ap.nh + h) * ap.l + i] = select(m + log(l), neg_inf(), m == neg_inf());
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+@group(0) @binding(1) var<storage, read> d_out: array<f32>;
+@group(0) @binding(2) var<storage, read> d_dout: array<f32>;
+@group(0) @binding(3) var<storage, read_write> d_delta: array<f32>;
+
+/** delta[b, h, i] = dO_i . O_i, one invocation per (b, i, h) in q layout order. */
+@compute @workgroup_size(64)
+fn delta(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let r = wg_linear(wid, nwg) * 64u + lid;
+  if (r >= ap.b * ap.l * ap.nh) { return; }
+  let h = r % ap.nh;
+  let bi = r / ap.nh;
+  let b = bi / ap.l;
+  let i = bi % ap.l;
+  var s = 0.0;
+  for (var c = 0u; c < HD; c++) { s += d_dout[r * HD + c] * d_out[r * HD + c]; }
+  d_delta[(b * ap.nh + h) * ap.l + i] = s;
+}
+
+@group(0) @binding(5) var<storage, read> b_lse: array<f32>;
+@group(0) @binding(6) var<storage, read> b_delta: array<f32>;
+@group(0) @binding(7) var<storage, read> b_dout: array<f32>;
+@group(0) @binding(8) var<storage, read_write> b_dq: array<f32>;
+
+/** dQ_i = scale sum_j P_ij (dP_ij - delta_i) K_j, P from the saved lse. */
+@compute @workgroup_size(64)
+fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let w = wg_linear(wid, nwg);
+  if (w >= ap.b * ap.nh * ap.blocks) { return; }
+  let u = unpack(w);
+  let b = u.x; let h = u.y;
+  let g = h / (ap.nh / ap.nkv);
+  let i = u.z * 64u + lid;
+  let live = i < ap.l;
+  let ic = min(i, ap.l - 1u);
+  var q: array<f32, HD>;
+  var dq: array<f32, HD>;
+  var dout: array<f32, HD>;
+  for (var c = 0u; c < HD; c++) { q[c] = a_q[q_index(b, ic, h) + c]; dout[c] = b_dout[q_index(b, ic, h) + c]; dq[c] = 0.0; }
+  let lse = b_lse[(b * ap.nh + h) * ap.l + ic];
+  let dl = b_delta[(b * ap.nh + h) * ap.l + ic];
+  let end = min(ap.l, u.z * 64u + 64u);
+  for (var j0 = 0u; j0 < end; j0 += KT) {
+    load_kv(lid, b, g, j0);
+    workgroupBarrier();
+    for (var jj = 0u; jj < KT; jj++) {
+      let j = j0 + jj;
+      if (!live || j > i || tm[jj] == 0.0 || lse == neg_inf()) { continue; }
+      var s = 0.0;
+      var dp = 0.0;
+      for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; dp += dout[c] * tv[jj * HD + c]; }
+      let p = exp(s * ap.scale - lse);
+      let ds = p * (dp - dl) * ap.scale;
+      for (var c = 0u; c < HD; c++) { dq[c] += ds * tk[jj * HD + c]; }
+    }
+    workgroupBarrier();
+  }
+  if (!live) { return; }
+  for (var c = 0u; c < HD; c++) { b_dq[q_index(b, i, h) + c] = dq[c]; }
+}
+
+@group(0) @binding(8) var<storage, read_write> b_dk: array<f32>;
+@group(0) @binding(9) var<storage, read_write> b_dv: array<f32>;
+
+/**
+ * dK_j, dV_j of 64 key rows of one (sequence, kv head): the group's query heads in order, queries
+ * i >= j streamed KT at a time (tk = Q rows, tv = dO rows, tm = lse, tm2 = delta). ap.nh here counts
+ * workgroups over kv heads: unpack uses ap.nkv (see the dispatch).
+ */
+@compute @workgroup_size(64)
+fn backward_dkdv(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let w = wg_linear(wid, nwg);
+  if (w >= ap.b * ap.nkv * ap.blocks) { return; }
+  let bg = w / ap.blocks;
+  let b = bg / ap.nkv;
+  let g = bg % ap.nkv;
+  let blk = w % ap.blocks;
+  let j = blk * 64u + lid;
+  let jc = min(j, ap.l - 1u);
+  let on = j < ap.l && a_mask[b * ap.l + jc] != 0;
+  var k: array<f32, HD>;
+  var v: array<f32, HD>;
+  var dk: array<f32, HD>;
+  var dv: array<f32, HD>;
+  for (var c = 0u; c < HD; c++) { k[c] = a_k[kv_index(b, jc, g) + c]; v[c] = a_v[kv_index(b, jc, g) + c]; dk[c] = 0.0; dv[c] = 0.0; }
+  let group = ap.nh / ap.nkv;
+  for (var hh = 0u; hh < group; hh++) {
+    let h = g * group + hh;
+    for (var i0 = blk * 64u; i0 < ap.l; i0 += KT) {
+      for (var e = lid; e < KT * HD; e += 64u) {
+        let ii = e / HD;
+        let c = e % HD;
+        let i = i0 + ii;
+        if (i < ap.l) { tk[e] = a_q[q_index(b, i, h) + c]; tv[e] = b_dout[q_index(b, i, h) + c]; } else { tk[e] = 0.0; tv[e] = 0.0; }
+      }
+      for (var ii = lid; ii < KT; ii += 64u) {
+        let i = i0 + ii;
+        tm[ii] = select(neg_inf(), b_lse[(b * ap.nh + h) * ap.l + i], i < ap.l);
+        tm2[ii] = select(0.0, b_delta[(b * ap.nh + h) * ap.l + i], i < ap.l);
+      }
+      workgroupBarrier();
+      for (var ii = 0u; ii < KT; ii++) {
+        let i = i0 + ii;
+        if (!on || i < j || i >= ap.l || tm[ii] == neg_inf()) { continue; }
+        var s = 0.0;
+        var dp = 0.0;
+        for (var c = 0u; c < HD; c++) { s += tk[ii * HD + c] * k[c]; dp += tv[ii * HD + c] * v[c]; }
+        let p = exp(s * ap.scale - tm[ii]);
+        let ds = p * (dp - tm2[ii]) * ap.scale;
+        for (var c = 0u; c < HD; c++) { dv[c] += p * tv[ii * HD + c]; dk[c] += ds * tk[ii * HD + c]; }
+      }
+      workgroupBarrier();
+    }
+  }
+  if (j >= ap.l) { return; }
+  for (var c = 0u; c < HD; c++) { b_dk[kv_index(b, j, g) + c] = dk[c]; b_dv[kv_index(b, j, g) + c] = dv[c]; }
+}
+
+// ---- decode: one query per sequence against a KV cache [B, nKV, Lmax, HD]; ap.l = Lmax -------------
+@group(0) @binding(5) var<storage, read> dc_len: array<i32>;
+@group(0) @binding(6) var<storage, read_write> dc_out: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dc_err: atomic<u32>;
+
+/** One invocation per (sequence, head); q and out [B, nH, HD]. */
+@compute @workgroup_size(64)
+fn decode(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let r = wg_linear(wid, nwg) * 64u + lid;
+  if (r >= ap.b * ap.nh) { return; }
+  let b = r / ap.nh;
+  let h = r % ap.nh;
+  let g = h / (ap.nh / ap.nkv);
+  let len = dc_len[b];
+  if (len < 0 || u32(len) > ap.l) {
+    for (var c = 0u; c < HD; c++) { dc_out[r * HD + c] = nan_f32(); }
+    atomicOr(&dc_err, ERR_DECODE_LENGTHS);
+    return;
+  }
+  var q: array<f32, HD>;
+  var acc: array<f32, HD>;
+  for (var c = 0u; c < HD; c++) { q[c] = a_q[r * HD + c]; acc[c] = 0.0; }
+  var m = neg_inf();
+  var l = 0.0;
+  let base = (b * ap.nkv + g) * ap.l;
+  for (var j = 0u; j < u32(len); j++) {
+    if (ap.has_mask == 1u && a_mask[b * ap.l + j] == 0) { continue; }
+    var s = 0.0;
+    for (var c = 0u; c < HD; c++) { s += q[c] * a_k[(base + j) * HD + c]; }
+    s *= ap.scale;
+    if (s > m) {
+      let corr = exp(m - s);
+      l = l * corr + 1.0;
+      for (var c = 0u; c < HD; c++) { acc[c] = acc[c] * corr + a_v[(base + j) * HD + c]; }
+      m = s;
+    } else {
+      let p = exp(s - m);
+      l += p;
+      for (var c = 0u; c < HD; c++) { acc[c] += p * a_v[(base + j) * HD + c]; }
+    }
+  }
+  let inv = select(0.0, 1.0 / l, m != neg_inf());
+  for (var c = 0u; c < HD; c++) { dc_out[r * HD + c] = acc[c] * inv; }
+}
