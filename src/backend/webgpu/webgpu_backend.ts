@@ -133,7 +133,7 @@ export class WebGpuBackend implements Backend {
   info(): BackendInfo {
     const i = this.adapterInfo;
     const l = this.limits;
-    const name = [i.vendor, i.architecture, i.device, i.description].filter((x) => x).join(' ') || 'unknown adapter';
+    const name = i.description || [i.vendor, i.architecture, i.device].filter((x) => x).join(' ') || 'unknown adapter';
     return {
       name: this.name,
       device: `${name}${i.isFallbackAdapter ? ' (fallback/CPU adapter)' : ''}`,
@@ -440,9 +440,10 @@ export class WebGpuBackend implements Backend {
    * Rows per chunk for a [rows, rowBytes] tensor bound one chunk at a time: at most maxBinding bytes,
    * starting at 256-byte boundaries.
    */
-  private rowChunk(rows: number, rowBytes: number, what: string): number {
+  private rowChunk(rows: number, rowBytes: number, what: string, alignRowBytes = rowBytes): number {
     if (rows * rowBytes <= this.maxBinding) return Math.max(rows, 1);
-    const align = 256 / gcd(rowBytes % 256 === 0 ? 256 : rowBytes, 256);
+    // alignRowBytes: the smallest row among the chunked tensors (the strictest 256-byte alignment)
+    const align = 256 / gcd(alignRowBytes, 256);
     const per = Math.floor(this.maxBinding / rowBytes / align) * align;
     if (per < 1) {
       throw new RangeError(
@@ -489,9 +490,8 @@ export class WebGpuBackend implements Backend {
     const zb = logits.dtype === 'bf16';
     const ob = out.dtype === 'bf16';
     const es = Math.max(dtypeSize(logits.dtype), dtypeSize(out.dtype));
-    let chunk = this.rowChunk(n, v * es, 'logprobGatherBackward logits');
-    // bf16 words must not straddle chunks: an even number of elements per chunk
-    if (chunk < n && (chunk * v) % 2 === 1) chunk -= 1;
+    // bf16 rows set the alignment (so chunks also hold an even number of elements: no bf16 word straddles two)
+    const chunk = this.rowChunk(n, v * es, 'logprobGatherBackward logits', v * Math.min(dtypeSize(logits.dtype), dtypeSize(out.dtype)));
     for (let r0 = 0; r0 < n; r0 += chunk) {
       const rows = Math.min(chunk, n - r0);
       const cnt = rows * v;
