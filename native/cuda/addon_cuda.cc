@@ -678,8 +678,12 @@ Napi::Object Exports(Napi::Env env) {
 }  // namespace spinlm::cuda::bind
 
 #ifdef SPINLM_CUDA_EMU
-// spinlm_cuda_emu.node: the `cuda` object is the module itself.
+namespace spinlm::cuda::selftest {
+void Register(Napi::Object exports);  // emu/selftest_emu.cc
+}
+// spinlm_cuda_emu.node: the `cuda` object is the module itself, plus the emulator's self-tests.
 static Napi::Object InitEmu(Napi::Env env, Napi::Object exports) {
+  spinlm::cuda::selftest::Register(exports);
   Napi::Object o = spinlm::cuda::bind::Exports(env);
   Napi::Array keys = o.GetPropertyNames();
   for (uint32_t i = 0; i < keys.Length(); ++i) exports.Set(keys.Get(i), o.Get(keys.Get(i)));

@@ -67,33 +67,44 @@ struct gptr {
   T* p = nullptr;
   const char* lo = nullptr;  // the allocation's first and one-past-last byte
   const char* hi = nullptr;
+  bool shared = false;  // dynamic shared memory rather than a global allocation
 
   gptr() = default;
   gptr(std::nullptr_t) {}
   gptr(T* p_, const char* lo_, const char* hi_) : p(p_), lo(lo_), hi(hi_) {}
   template <class U, class = std::enable_if_t<std::is_convertible_v<U*, T*>>>
-  gptr(const gptr<U>& o) : p(o.p), lo(o.lo), hi(o.hi) {}
+  gptr(const gptr<U>& o) : p(o.p), lo(o.lo), hi(o.hi), shared(o.shared) {}
 
   T* check(int64_t count = 1) const {
     const char* a = reinterpret_cast<const char*>(p);
     if (!p) fault("null pointer dereference");
     if (a < lo || a + sizeof(T) * count > hi)
-      fault("out-of-bounds global access: " + std::to_string(sizeof(T) * count) + " bytes at offset " +
+      fault(std::string(shared ? "out-of-bounds dynamic shared access: " : "out-of-bounds global access: ") +
+            std::to_string(sizeof(T) * count) + " bytes at offset " +
             std::to_string(a - lo) + " of an allocation of " + std::to_string(hi - lo) + " bytes");
     return p;
   }
   std::add_lvalue_reference_t<T> operator[](int64_t i) const { return *(*this + i).check(); }
   std::add_lvalue_reference_t<T> operator*() const { return *check(); }
   T* operator->() const { return check(); }
-  gptr operator+(int64_t i) const { return gptr(p + i, lo, hi); }
-  gptr operator-(int64_t i) const { return gptr(p - i, lo, hi); }
+  gptr operator+(int64_t i) const { return with(p + i); }
+  gptr operator-(int64_t i) const { return with(p - i); }
+  gptr with(T* q) const {
+    gptr g(q, lo, hi);
+    g.shared = shared;
+    return g;
+  }
   gptr& operator+=(int64_t i) { p += i; return *this; }
   explicit operator bool() const { return p != nullptr; }
   bool operator==(std::nullptr_t) const { return p == nullptr; }
   bool operator!=(std::nullptr_t) const { return p != nullptr; }
   // Reinterprets as another element type (vector loads); the extent is kept.
   template <class U>
-  gptr<U> as() const { return gptr<U>(reinterpret_cast<U*>(p), lo, hi); }
+  gptr<U> as() const {
+    gptr<U> g(reinterpret_cast<U*>(p), lo, hi);
+    g.shared = shared;
+    return g;
+  }
   // A raw pointer after checking `count` elements from here (alignment too).
   T* raw(int64_t count) const {
     if (reinterpret_cast<uintptr_t>(p) % alignof(T)) fault("misaligned global access");
@@ -136,7 +147,9 @@ struct SharedArray {
 template <class T>
 gptr<T> dynamic_shared() {
   BlockState& b = current_block();
-  return gptr<T>(reinterpret_cast<T*>(b.dyn_smem), b.dyn_smem, b.dyn_smem + b.dyn_bytes);
+  gptr<T> g(reinterpret_cast<T*>(b.dyn_smem), b.dyn_smem, b.dyn_smem + b.dyn_bytes);
+  g.shared = true;
+  return g;
 }
 
 // ---- launching ----
