@@ -19,6 +19,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 
 #include "napi_util.h"
@@ -84,6 +85,12 @@ int Count(Napi::Value v, const char* what) {
   return static_cast<int>(n);
 }
 
+std::string FormatSeconds(int64_t ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", ms / 1000.0);
+  return buf;
+}
+
 // Completes a request or throws after timeoutMs (0 = wait forever). Spins briefly, then yields and
 // sleeps between tests so oversubscribed ranks leave the cores to the others.
 void Wait(Napi::Env env, MPI_Request* req, int64_t timeout_ms, const char* what) {
@@ -104,7 +111,7 @@ void Wait(Napi::Env env, MPI_Request* req, int64_t timeout_ms, const char* what)
       const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
       if (ms > timeout_ms) {
         // the request cannot be cancelled portably; the caller aborts the job
-        throw Napi::Error::New(env, std::string("spinlm comm: ") + what + " did not complete within " + std::to_string(timeout_ms / 1000.0) + " s");
+        throw Napi::Error::New(env, std::string("spinlm comm: ") + what + " did not complete within " + FormatSeconds(timeout_ms) + " s");
       }
     }
   }

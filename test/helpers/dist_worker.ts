@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
-import { closeProcessGroup, processGroup } from '../../src/dist/process_group.js';
+import { closeProcessGroup, CommError, processGroup } from '../../src/dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../../src/dist/zero.js';
 import { initLlama } from '../../src/model/init.js';
 import type { TokenizedPair } from '../../src/spin/batch.js';
@@ -62,7 +62,9 @@ async function main() {
     const full = be.native.liveBytes() - live0;
     model.weights.enableTraining();
     const engine = await ZeroEngine.create(model, group!, job.stage!, { type: job.optim });
+    // one (zero-gradient) step: what stays allocated between steps
     engine.zeroGrad();
+    engine.step(0, null).free();
     const live = be.native.liveBytes() - live0;
     writeFileSync(`${job.out}.rank${rank}.json`, JSON.stringify({ rank, fullParams: full, memory: engine.memory(), live }));
     engine.free();
@@ -103,6 +105,11 @@ async function main() {
 }
 
 main().catch((err) => {
+  if (err instanceof CommError) {
+    // one line naming this rank and the collective, then the whole job ends (a hung peer included)
+    process.stderr.write(`${err.message}\n`);
+    processGroup().abort(3);
+  }
   process.stderr.write(`${(err as Error).stack ?? err}\n`);
   process.exit(1);
 });
