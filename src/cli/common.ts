@@ -12,6 +12,8 @@ import { defaultTemplate, type PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import type { Parsed } from './args.js';
+import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import type { ZeroStage } from '../dist/zero.js';
 import { UsageError } from './args.js';
 
 let chosen: Backend | undefined;
@@ -81,7 +83,18 @@ export function loop(o: Parsed, learningRate: number): LoopConfig {
     maxGradNorm: Number(o.max_grad_norm) > 0 ? Number(o.max_grad_norm) : null,
     seed: Number(o.seed),
     saveSteps: Number(o.save_steps),
+    dist: launchedByMpi() ? { group: processGroup(), zeroStage: Number(o.zero_stage ?? 0) as ZeroStage } : undefined,
   };
+}
+
+/** Rank 0 of a data-parallel run, or a single process: the one that writes outputs. */
+export function isMain(): boolean {
+  return !launchedByMpi() || processGroup().isMain;
+}
+
+/** Waits for every rank (a no-op in one process). */
+export function barrier(): void {
+  if (launchedByMpi()) processGroup().barrier();
 }
 
 /** Creates the output directory and writes the resolved options beside the outputs. */
