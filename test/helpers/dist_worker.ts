@@ -80,6 +80,8 @@ async function main() {
   const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0 });
   const obj = new SpinObjective(model, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
   const logs: StepLog[] = [];
+  const bytes0 = group ? { ...group.bytes } : null;
+  const t0 = performance.now();
   await runTrainingLoop(model, data.length, obj, loop, {
     onStep: (l) => void logs.push(l),
     checkpointDir: job.checkpointDir,
@@ -90,6 +92,8 @@ async function main() {
       }
     },
   });
+  const seconds = (performance.now() - t0) / 1000;
+  const sent = group && bytes0 ? Object.fromEntries(Object.entries(group.bytes).map(([k, v]) => [k, v - (bytes0 as Record<string, number>)[k]])) : null;
   const weights: Record<string, number[]> = {};
   const hash = createHash('sha256');
   for (const name of [...model.weights.params.keys()].sort()) {
@@ -99,7 +103,7 @@ async function main() {
     weights[name] = Array.from(t.dtype === 'bf16' ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer) : (host as Float32Array));
   }
   writeFileSync(`${job.out}.rank${rank}.hash`, hash.digest('hex'));
-  if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights }));
+  if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights, seconds, sent, params: model.weights.count() }));
   model.weights.free();
   closeProcessGroup();
 }
