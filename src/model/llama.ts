@@ -4,7 +4,7 @@
 //
 // Shapes: R rows (sequences) of L positions, T = R * L tokens; H hidden, nH / nKV heads, hd head dim,
 // I intermediate, V vocabulary. Activations are f32 [T, *]; weights f32 or bf16 (HF names).
-import { mkdir } from 'node:fs/promises';
+import { makeDirs } from '../util/atomic.js';
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
@@ -100,7 +100,7 @@ export class LlamaModel {
 
   /** Writes config.json and the weights (HF names, the parameters' dtype) into dir. */
   async save(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
     const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) }));
     await writeCheckpointTensors(dir, tensors, { maxShardBytes: opts.maxShardBytes });

@@ -16,7 +16,7 @@ import type { Backend, SpinLossType } from '../backend/backend.js';
 import { LlamaModel } from '../model/llama.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { formatPrompt, type PromptTemplate } from '../text/templates.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { makeDirs, writeFileAtomic } from '../util/atomic.js';
 import { checkTruncation, type TokenizedPair, tokenizePair, tokenizeSft, type TruncationOptions } from './batch.js';
 import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
 import { padIdOf } from './sft.js';
@@ -61,8 +61,14 @@ const pick = (xs: readonly number[], t: number, what: string) => {
   return xs[Math.min(t, xs.length - 1)];
 };
 
+/** A stage's output file; a damaged one (not JSON) is named, with the fix. */
 async function readJson<T>(file: string): Promise<T> {
-  return JSON.parse(await readFile(file, 'utf8')) as T;
+  const text = await readFile(file, 'utf8');
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new Error(`${file}: damaged, not valid JSON (${(e as Error).message}); delete it and rerun to compute it again`);
+  }
 }
 
 export function iterationDir(outDir: string, t: number): string {
@@ -145,7 +151,7 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
   const group = opts.loop.dist?.group;
   for (let t = 0; t < opts.iterations; t++) {
     const dir = iterationDir(opts.outDir, t);
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
     const modelDir = join(dir, 'model');
     const done = existsSync(join(modelDir, 'config.json'));
     const opponent = await LlamaModel.load(be, current);
