@@ -148,7 +148,10 @@ describe('--device and spinlm info', () => {
       assert.match(r.stdout, /^cpu: available: CPU, \d+ kernel thread/m);
       const bad = spinlm(['info', '--bogus'], dir);
       assert.equal(bad.status, 2);
-      assert.match(bad.stderr, /unexpected argument '--bogus'/);
+      assert.match(bad.stderr, /unknown option --bogus/);
+      const help = spinlm(['info', '--help'], dir);
+      assert.equal(help.status, 0);
+      assert.match(help.stdout, /Usage: spinlm info/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

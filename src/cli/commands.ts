@@ -22,12 +22,16 @@ import { scorePairs } from '../spin/score.js';
 import { referenceStage, runSelfPlay, saveModelStage, spinTrainStage } from '../spin/self_play.js';
 import { padIdOf, runSft } from '../spin/sft.js';
 import { type StepLog, stepsPerEpoch } from '../spin/train_loop.js';
-import { formatPrompt } from '../text/templates.js';
-import { loadTokenizer } from '../text/tokenizer.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { formatPrompt, type PromptTemplate } from '../text/templates.js';
+import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
+import { makeDirs, OutputError, resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
-import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, resolveTemplate, stopSequences, truncation } from './common.js';
-import { dataOption, deviceOption, evalBatchOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
+import { backend, barrier, fmt, isMain, loadModelAndTokenizer, loop, prepareOut, readJsonFile, resolveTemplate, stopSequences, truncation } from './common.js';
+import { checkOverlap, lockDir } from './run_dir.js';
+import { dataOption, deviceOption, distOptions, evalBatchOption, generationOptions, loopOptions, modelOption, nprocOption, outOption, spinOptions, textOptions } from './options.js';
+import type { LlamaModel } from '../model/llama.js';
+import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import { shardByItem } from '../dist/shard.js';
 import { progressBar } from './progress.js';
 
 export interface Command {
@@ -42,14 +46,43 @@ export interface Command {
 const quietOption: OptionSpec = { name: 'quiet', type: 'bool', default: false, help: 'no progress bars' };
 const nOption: OptionSpec = { name: 'n', type: 'int', check: positive, help: 'use n prompts (a seeded random sample; default all)' };
 const skipInvalid: OptionSpec = { name: 'skip_invalid', type: 'bool', default: false, help: 'skip malformed rows (and report how many) instead of stopping at the first' };
+const overwriteOption: OptionSpec = { name: 'overwrite_output_dir', type: 'bool', default: false, help: 'start over: clear what an earlier run left in --out instead of resuming it (needed when the settings differ)' };
+
+/** Refuses a file output (--out) that is an input or replaces a file inside one; and an output that cannot be written. */
+async function checkFileOut(command: string, o: Parsed, inputs: string[]): Promise<void> {
+  if (o.out === undefined) return;
+  checkOverlap(command, { flag: 'out', path: String(o.out), kind: 'file' }, inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: k, path: String(o[k]) })));
+  try {
+    await resolveOutput(String(o.out));
+  } catch (e) {
+    if (e instanceof OutputError) throw new UsageError(`spinlm ${command}: --out ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * A row check for commands that generate from the prompts: the templated prompt must leave room
+ * for at least one new token within the model's context, so that a long row is reported (file and
+ * row, honoring --skip_invalid) before the first stage, not after hours of work.
+ */
+function promptFits(model: LlamaModel, tok: HfTokenizer, template: PromptTemplate) {
+  const context = model.cfg.maxPositionEmbeddings;
+  return (p: { prompt: string }): string | null => {
+    const text = formatPrompt(tok, template, p.prompt);
+    // a token covers at most maxTokenChars characters: a longer text needs no tokenizing to know
+    const n = text.length >= context * tok.maxTokenChars ? null : tok.encode(text).length;
+    if (n !== null && n < context) return null;
+    return `the prompt is ${n === null ? `over ${context}` : n} tokens with the prompt template, which leaves no room to generate within the model's context of ${context} tokens (max_position_embeddings); shorten the prompt or drop the row (--skip_invalid skips such rows)`;
+  };
+}
 
 function stepLine(prefix: string, l: StepLog): string {
   const keys = ['loss', 'rewards/margins', 'rewards/accuracies', 'logps/real', 'logps/generated'].filter((k) => typeof l[k] === 'number');
   return `${prefix} step ${l.step} epoch ${fmt(l.epoch, 2)} ${keys.map((k) => `${k} ${fmt(l[k])}`).join(' ')} lr ${l.learning_rate.toExponential(2)} grad_norm ${fmt(l.grad_norm, 3)} ${fmt(l.tokens_per_s, 0)} tok/s`;
 }
 
-async function sftData(o: Parsed) {
-  const r = await loadSftPairs(String(o.data), { n: o.n as number | undefined, seed: o.n ? Number(o.seed) : undefined, skipInvalid: Boolean(o.skip_invalid) });
+async function sftData(o: Parsed, check?: (p: { prompt: string }) => string | null) {
+  const r = await loadSftPairs(String(o.data), { n: o.n as number | undefined, seed: o.n ? Number(o.seed) : undefined, skipInvalid: Boolean(o.skip_invalid), check });
   if (r.skipped) process.stderr.write(`spinlm: skipped ${r.skipped} malformed rows of ${o.data}, e.g. ${r.problems[0]}\n`);
   return r.pairs;
 }
@@ -59,10 +92,12 @@ const score: Command = {
   summary: 'S(theta, y) of (prompt, real, generated) pairs: the summed log-prob of each answer and its EOS.',
   options: [modelOption, { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' }, outOption('scores JSONL, one row per pair in input order'), evalBatchOption(8, 'pairs per forward pass'), ...textOptions, quietOption],
   async run(o) {
+    await checkFileOut('score', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);
+    const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
     const pairs = await readSpinPairs(String(o.data));
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
-    const scores = await scorePairs(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.per_device_eval_batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
+    const scores = await scorePairs(model, tok, pairs, { ...trunc, template, batchSize: Number(o.per_device_eval_batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
     bar.stop();
     await writeFileAtomic(String(o.out), scores.map((s) => JSON.stringify(s)).join('\n') + '\n');
     process.stderr.write(`spinlm: scored ${pairs.length} pairs -> ${o.out}\n`);
@@ -72,37 +107,45 @@ const score: Command = {
 const generate: Command = {
   name: 'generate',
   summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
-  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), quietOption],
+  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), nprocOption, quietOption],
   async run(o) {
-    const pairs = await sftData(o);
+    await checkFileOut('generate', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);
+    const pairs = await sftData(o, promptFits(model, tok, template));
+    stopSequences(o, tok);
+    // the resume journal sits beside a file output; a stream output (FIFO, /dev/stdout) has none
+    const group = launchedByMpi() ? processGroup() : null;
+    // data parallel: prompts sharded by index across the ranks (one journal each), merged in input order
+    const journal = (await resolveOutput(String(o.out))).kind === 'file' ? (group ? `${o.out}.partial.rank-${group.rank}-of-${group.size}.jsonl` : `${o.out}.partial.jsonl`) : undefined;
     const prompts = pairs.map((p) => formatPrompt(tok, template, p.prompt));
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
     const t0 = Date.now();
-    const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
+    const answerMine = (mine: string[]) => answerPrompts(new LlamaDecoder(model), tok, mine, {
       temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.generation_batch_size),
-      stopSequences: stopSequences(o, tok), journal: `${o.out}.partial.jsonl`,
+      stopSequences: stopSequences(o, tok), journal,
       onProgress: (d, _t, toks) => bar.update(d, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
     });
+    const answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
     bar.stop();
-    await writeSpinPairs(String(o.out), pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })));
-    await rm(`${o.out}.partial.jsonl`, { force: true });
+    if (isMain()) await writeSpinPairs(String(o.out), pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })));
+    barrier();
+    if (journal) await rm(journal, { force: true });
     process.stderr.write(`spinlm: wrote ${pairs.length} pairs -> ${o.out}\n`);
   },
 };
 
-const trainOptions = [...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }), ...spinOptions, ...textOptions];
+const trainOptions = [...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }), ...spinOptions, ...textOptions, ...distOptions];
 
 const train: Command = {
   name: 'train',
   summary: 'One SPIN iteration from a pair file: reference log-probs of --model, then train; writes the new model (HF format) and metrics.',
-  options: [modelOption, { ...dataOption, help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings' }, outOption('output directory (model/, metrics.jsonl, checkpoint/)'), ...trainOptions, quietOption],
+  options: [modelOption, { ...dataOption, help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings' }, outOption('output directory (model/, metrics.jsonl, checkpoint/)'), ...trainOptions, overwriteOption, quietOption],
   async run(o) {
     const out = String(o.out);
-    await prepareOut(out, 'train', o);
+    await prepareOut('train', o, ['model', 'data'], 'single');
     const pairs = await readSpinPairs(String(o.data));
     const { model, tok, template } = await loadModelAndTokenizer(o);
-    const trunc = truncation(o);
+    const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
     const cfg = loop(o, (o.learning_rate as number[])[0]);
     const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
@@ -120,8 +163,11 @@ const train: Command = {
     });
     bar.stop();
     const modelDir = join(out, 'model');
-    await saveModelStage(model, modelDir, String(o.model), join(out, 'checkpoint'));
-    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm train', evalColumns: [] });
+    if (isMain()) {
+      await saveModelStage(model, modelDir, String(o.model), join(out, 'checkpoint'));
+      await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm train', evalColumns: [] });
+    }
+    barrier();
     process.stderr.write(`spinlm: trained ${total} steps -> ${modelDir} (report: ${join(out, 'report.html')})\n`);
   },
 };
@@ -134,17 +180,20 @@ const run: Command = {
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
     { name: 'mix_previous_iteration', type: 'bool', default: true, help: "train iteration t >= 1 on the answers of t-1 and t (official)" },
     { name: 'eval_data', type: 'string', help: 'held-out file for the per-iteration evaluation (mean real-answer log-prob per token)' },
-    nOption, skipInvalid, ...trainOptions, ...generationOptions, quietOption,
+    nOption, skipInvalid, ...trainOptions, ...generationOptions, overwriteOption, quietOption,
   ],
   async run(o) {
     const out = String(o.out);
-    await prepareOut(out, 'run', o);
-    const sft = await sftData(o);
+    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
     const { model, tok, template } = await loadModelAndTokenizer(o);
+    const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
+    stopSequences(o, tok);
+    // every row's length is checked here, before the first stage, naming the file and row
+    const fits = promptFits(model, tok, template);
     model.weights.free();
-    const heldout = o.eval_data ? (await loadSftPairs(String(o.eval_data))).pairs : null;
+    const sft = await sftData(o, fits);
+    const heldout = o.eval_data ? (await loadSftPairs(String(o.eval_data), { check: fits })).pairs : null;
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
-    const trunc = truncation(o);
     const base = loop(o, 0);
     const final = await runSelfPlay(backend(), String(o.model), tok, sft, {
       outDir: out, iterations: Number(o.iterations), arm: 'spin', learningRates: o.learning_rate as number[], betas: o.beta as number[], lossType: o.loss_type as 'sigmoid',
@@ -162,7 +211,7 @@ const run: Command = {
           const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.generation_batch_size), maxNewTokens: Number(o.max_new_tokens) });
           r.exact_match = em.accuracy;
         }
-        metrics.write({ kind: 'eval', iteration: t + 1, ...r });
+        if (isMain()) metrics.write({ kind: 'eval', iteration: t + 1, ...r });
         process.stderr.write(`iteration ${t}: ${Object.entries(r).map(([k, v]) => `${k} ${fmt(Number(v))}`).join(', ')}\n`);
         return r;
       } : undefined,
@@ -177,7 +226,7 @@ const run: Command = {
       },
     });
     const evalColumns = heldout ? (heldout.every((p) => typeof (p as { task?: string }).task === 'string') ? ['exact_match', 'heldout_logp'] : ['heldout_logp']) : [];
-    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns });
+    if (isMain()) await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns });
     process.stderr.write(`spinlm: final model ${final}; report ${join(out, 'report.html')}\n`);
   },
 };
@@ -190,11 +239,14 @@ const sftCmd: Command = {
     { name: 'init_config', type: 'string', help: 'train from scratch: a config.json for a fresh model (needs --tokenizer)' },
     { name: 'tokenizer', type: 'string', help: 'directory with tokenizer.json (with --init_config)' },
     dataOption, outOption('output model directory (HF format), with metrics.jsonl and report.html'), nOption, skipInvalid,
-    ...loopOptions({ lr: [2e-5], optim: 'adamw', epochs: 3, batch: 16, accum: 1 }), ...textOptions, quietOption,
+    ...loopOptions({ lr: [2e-5], optim: 'adamw', epochs: 3, batch: 16, accum: 1 }), ...textOptions, ...distOptions, overwriteOption, quietOption,
   ],
   async run(o) {
     const out = String(o.out);
-    await prepareOut(out, 'sft', o);
+    if (o.init_config && o.model) throw new UsageError('spinlm sft: give either --model DIR (fine-tune it) or --init_config config.json (a fresh model), not both');
+    if (o.tokenizer && o.model) throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
+    if (!o.init_config && !o.model) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
+    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
     let model, tok, template;
     if (o.init_config) {
       if (!o.tokenizer) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
@@ -204,10 +256,11 @@ const sftCmd: Command = {
     } else if (o.model) ({ model, tok, template } = await loadModelAndTokenizer(o));
     else throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
     const pairs = await sftData(o);
+    const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
     const cfg = loop(o, (o.learning_rate as number[])[0]);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: Boolean(o.quiet) });
-    await runSft(model, tok, pairs, { loop: cfg, truncation: truncation(o), template }, {
+    await runSft(model, tok, pairs, { loop: cfg, truncation: trunc, template }, {
       checkpointDir: join(out, 'checkpoint'),
       onStep: (l) => {
         metrics.write({ kind: 'step', iteration: 0, ...l });
@@ -215,11 +268,14 @@ const sftCmd: Command = {
       },
     });
     bar.stop();
-    await model.save(out);
-    await rm(join(out, 'checkpoint'), { recursive: true, force: true });
-    const tokDir = o.init_config ? String(o.tokenizer) : String(o.model);
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokDir, f))) await cp(join(tokDir, f), join(out, f));
-    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm sft', evalColumns: [] });
+    if (isMain()) {
+      await model.save(out);
+      await rm(join(out, 'checkpoint'), { recursive: true, force: true });
+      const tokDir = o.init_config ? String(o.tokenizer) : String(o.model);
+      for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokDir, f))) await cp(join(tokDir, f), join(out, f));
+      await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm sft', evalColumns: [] });
+    }
+    barrier();
     process.stderr.write(`spinlm: wrote ${out}\n`);
   },
 };
@@ -227,12 +283,14 @@ const sftCmd: Command = {
 const evalCmd: Command = {
   name: 'eval',
   summary: 'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
-  options: [modelOption, dataOption, nOption, skipInvalid, evalBatchOption(32, 'prompts per batch'), { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' }, { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' }, ...textOptions, { name: 'out', type: 'string', help: 'also write the results as JSON here' }],
+  options: [modelOption, dataOption, nOption, skipInvalid, evalBatchOption(32, 'prompts per batch'), { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' }, { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' }, ...textOptions, { name: 'out', type: 'string', check: (v: string) => (v === '' ? 'must not be empty' : null), help: 'also write the results as JSON here' }, quietOption],
   async run(o) {
-    const pairs = await sftData(o);
+    await checkFileOut('eval', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);
+    const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
+    const pairs = await sftData(o, promptFits(model, tok, template));
     const result: Record<string, unknown> = { n: pairs.length };
-    result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...truncation(o), template, batchSize: Number(o.per_device_eval_batch_size) });
+    result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...trunc, template, batchSize: Number(o.per_device_eval_batch_size) });
     const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
     if (tasks.length === pairs.length) {
       const em = await exactMatchEval(model, tok, pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[], { template, batchSize: Number(o.per_device_eval_batch_size), maxNewTokens: Number(o.max_new_tokens) });
@@ -249,6 +307,7 @@ const synth: Command = {
   summary: 'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval.',
   options: [outOption('JSONL or Parquet file'), { name: 'size', type: 'int', default: 1000, check: positive, help: 'tasks' }, { name: 'seed', type: 'int', default: 1, help: 'seed' }, { name: 'families', type: 'string', help: 'comma-separated subset of task families (default all)' }],
   async run(o) {
+    await checkFileOut('synthetic', o, []);
     const tasks = generateSyntheticTasks({ seed: Number(o.seed), size: Number(o.size), families: o.families ? String(o.families).split(',') : undefined });
     await writeChatRows(String(o.out), syntheticChatRows(tasks));
     process.stderr.write(`spinlm: wrote ${tasks.length} tasks -> ${o.out}\n`);
@@ -272,7 +331,13 @@ const demo: Command = {
     const t0 = Date.now();
     const secs = () => `${((Date.now() - t0) / 1000).toFixed(0)}s`;
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
-    await mkdir(out, { recursive: true });
+    try {
+      await makeDirs(out);
+    } catch (e) {
+      if (e instanceof OutputError) throw new UsageError(`spinlm demo: --out ${out}: ${e.message}`);
+      throw e;
+    }
+    await lockDir('demo', out);
     const rows = await runDemo(backend(), {
       outDir: out, theta0Dir: join(packageRoot, 'assets', 'theta0'), fromScratch: Boolean(o.from_scratch), iterations: Number(o.iterations), prompts: Number(o.prompts), evalTasks: Number(o.eval_tasks), quick: Boolean(o.quick),
     }, {

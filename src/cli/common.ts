@@ -1,6 +1,5 @@
 // Pieces the commands share: loading model + tokenizer, turning parsed options into library configs.
-import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import { backendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
@@ -10,9 +9,11 @@ import type { OptimizerConfig } from '../spin/optimizer.js';
 import type { LoopConfig } from '../spin/train_loop.js';
 import { defaultTemplate, type PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
-import { writeFileAtomic } from '../util/atomic.js';
 import type { Parsed } from './args.js';
+import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import type { ZeroStage } from '../dist/zero.js';
 import { UsageError } from './args.js';
+import { type Input, prepareRunDir } from './run_dir.js';
 
 let chosen: Backend | undefined;
 
@@ -57,10 +58,29 @@ export function resolveTemplate(o: Parsed, tok: HfTokenizer): PromptTemplate {
   return t as PromptTemplate;
 }
 
-export function truncation(o: Parsed): TruncationOptions {
-  const maxLength = Number(o.max_length), maxPromptLength = Number(o.max_prompt_length);
+/**
+ * Truncation from the options and the model's context (max_position_embeddings): --max_length
+ * defaults to the context and may not exceed it; --max_prompt_length defaults to
+ * min(512, max_length / 2).
+ */
+export function truncation(o: Parsed, context?: number): TruncationOptions {
+  const maxLength = o.max_length === undefined ? context ?? 1024 : Number(o.max_length);
+  if (context !== undefined && maxLength > context) {
+    throw new UsageError(`--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json); give --max_length ${context} or less`);
+  }
+  const maxPromptLength = o.max_prompt_length === undefined ? Math.min(512, Math.floor(maxLength / 2)) : Number(o.max_prompt_length);
   if (maxPromptLength >= maxLength) throw new UsageError(`--max_prompt_length ${maxPromptLength} must be smaller than --max_length ${maxLength}`);
   return { maxLength, maxPromptLength, truncationMode: o.truncation_mode as 'keep_end' | 'keep_start' };
+}
+
+/** A JSON file spinlm wrote (a stage's output in a run directory): a damaged one is named, with the fix. */
+export function readJsonFile<T>(file: string): T {
+  const text = readFileSync(file, 'utf8');
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new Error(`${file}: damaged, not valid JSON (${(e as Error).message}); delete it and rerun to compute it again`);
+  }
 }
 
 export function optimizer(o: Parsed): OptimizerConfig {
@@ -81,13 +101,30 @@ export function loop(o: Parsed, learningRate: number): LoopConfig {
     maxGradNorm: Number(o.max_grad_norm) > 0 ? Number(o.max_grad_norm) : null,
     seed: Number(o.seed),
     saveSteps: Number(o.save_steps),
+    dist: launchedByMpi() ? { group: processGroup(), zeroStage: Number(o.zero_stage ?? 0) as ZeroStage } : undefined,
   };
 }
 
-/** Creates the output directory and writes the resolved options beside the outputs. */
-export async function prepareOut(dir: string, command: string, o: Parsed): Promise<void> {
-  await mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, `${command}.resolved.json`), `${JSON.stringify({ command, ...o }, null, 2)}\n`);
+/** Rank 0 of a data-parallel run, or a single process: the one that writes outputs. */
+export function isMain(): boolean {
+  return !launchedByMpi() || processGroup().isMain;
+}
+
+/** Waits for every rank (a no-op in one process). */
+export function barrier(): void {
+  if (launchedByMpi()) processGroup().barrier();
+}
+
+/**
+ * Before a directory-writing command works: refuses outputs that overlap inputs, creates and locks
+ * the directory, checks the fingerprint of a run to resume, cuts metrics.jsonl back to the
+ * checkpoints and writes the resolved options beside the outputs (src/cli/run_dir.ts).
+ */
+export async function prepareOut(command: string, o: Parsed, inputs: (keyof Parsed)[], layout: 'run' | 'single'): Promise<void> {
+  const given: Input[] = inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: String(k), path: String(o[k]) }));
+  // data parallel: rank 0 prepares (and locks) the directory, the others wait for it
+  if (isMain()) await prepareRunDir(command, o, given, layout);
+  barrier();
 }
 
 export const fmt = (x: number, d = 4) => (Number.isFinite(x) ? x.toFixed(d) : String(x));

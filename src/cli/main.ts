@@ -1,11 +1,16 @@
 // The `spinlm` command line: dispatch, --help, exit codes (0 ok, 1 runtime error, 2 usage error).
 import { readFileSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import { packageRoot } from '../backend/cpu/addon.js';
 import { backendStatus } from '../backend/registry.js';
 import { helpText, parseOptions, suggest, UsageError } from './args.js';
 import { COMMANDS } from './commands.js';
 import { selectDevice } from './common.js';
+import { CommError, environmentRank, launchedByMpi, processGroup, closeProcessGroup } from '../dist/process_group.js';
+import { launch, withoutNproc } from '../dist/launch.js';
+import { fileURLToPath } from 'node:url';
+import { releaseLocks } from './run_dir.js';
 
 function version(): string {
   return JSON.parse(readFileSync(join(packageRoot, 'package.json'), 'utf8')).version;
@@ -34,13 +39,20 @@ export async function main(argv: string[]): Promise<number> {
     console.log(version());
     return 0;
   }
+  const threadsProblem = checkThreadsEnv(process.env.SPINLM_NUM_THREADS);
+  if (threadsProblem) {
+    console.error(threadsProblem);
+    return 2;
+  }
   if (name === 'info') {
     if (rest.includes('--help') || rest.includes('-h')) {
       console.log('Usage: spinlm info\n\nThe version, and each backend (cpu, cuda, webgpu): available or not and why, with its device.');
       return 0;
     }
-    if (rest.length > 0) {
-      console.error(`spinlm info: unexpected argument '${rest[0]}' (info takes no options)`);
+    try {
+      parseOptions(rest, [], 'info');
+    } catch (err) {
+      console.error((err as Error).message);
       return 2;
     }
     console.log(`spinlm ${version()} (node ${process.version}, ${process.platform}-${process.arch})`);
@@ -65,19 +77,44 @@ export async function main(argv: string[]): Promise<number> {
     console.log(helpText(cmd.name, cmd.summary, cmd.options));
     return 0;
   }
+  // data parallel: rank 0 alone prints; the others only report their own errors (prefixed with the rank)
+  const rank = environmentRank();
+  const write = process.stderr.write.bind(process.stderr);
+  const report = (line: string) => write(`${launchedByMpi() && rank !== 0 ? `[rank ${rank}] ` : ''}${line}\n`);
   try {
     const o = parseOptions(rest, cmd.options, cmd.name);
+    const nproc = Number(o.nproc ?? 1);
+    if (nproc > 1 && !launchedByMpi()) return await launch(nproc, process.argv[1] ?? fileURLToPath(import.meta.url), [name, ...withoutNproc(rest)]);
+    if (launchedByMpi() && rank !== 0) {
+      process.stderr.write = (() => true) as typeof process.stderr.write;
+      o.quiet = true;
+    }
     if (cmd.usesDevice) selectDevice(o);
     await cmd.run(o);
     return 0;
   } catch (err) {
     if (err instanceof UsageError) {
-      console.error(err.message);
+      report(err.message);
       return 2;
     }
-    console.error(`spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`);
+    report(`spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`);
+    if (err instanceof CommError) processGroup().abort(3); // end the whole job, a hung peer included
     return 1;
+  } finally {
+    await releaseLocks();
   }
 }
 
+/** Most kernel threads SPINLM_NUM_THREADS may ask for: more than this only oversubscribes the cores. */
+export const MAX_THREADS = 1024;
+
+/** SPINLM_NUM_THREADS, if set, must be an integer in [1, MAX_THREADS] (the native pool reads it at start-up). */
+export function checkThreadsEnv(v: string | undefined): string | null {
+  if (v === undefined) return null;
+  const n = Number(v);
+  if (v.trim() !== '' && Number.isSafeInteger(n) && n >= 1 && n <= MAX_THREADS) return null;
+  return `spinlm: SPINLM_NUM_THREADS=${JSON.stringify(v)} is not a thread count: expected an integer from 1 to ${MAX_THREADS} (this machine has ${availableParallelism()} cores), or unset it to use them all`;
+}
+
 process.exitCode = await main(process.argv.slice(2));
+closeProcessGroup();

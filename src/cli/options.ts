@@ -1,9 +1,23 @@
 // Option groups shared by the commands (names as TRL / HF TrainingArguments / the official SPIN code).
 import { nonNegative, type OptionSpec, positive, unitInterval } from './args.js';
 
-export const modelOption: OptionSpec = { name: 'model', type: 'string', required: true, help: 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)' };
-export const dataOption: OptionSpec = { name: 'data', type: 'string', required: true, help: 'data file: JSONL or Parquet (UltraChat messages, {prompt, completion}, or SPIN pair rows)' };
-export const outOption = (help: string): OptionSpec => ({ name: 'out', type: 'string', required: true, help });
+const nonEmpty = (v: string) => (v === '' ? 'must not be empty' : null);
+
+/** --stop: one non-empty string, or a JSON list of non-empty strings. */
+const stopCheck = (v: string): string | null => {
+  if (!v.trim().startsWith('[')) return nonEmpty(v);
+  let list: unknown;
+  try {
+    list = JSON.parse(v);
+  } catch {
+    return 'not a JSON list of strings';
+  }
+  return Array.isArray(list) && list.length > 0 && list.every((x) => typeof x === 'string' && x.length > 0) ? null : 'expected a non-empty JSON list of non-empty strings';
+};
+
+export const modelOption: OptionSpec = { name: 'model', type: 'string', required: true, check: nonEmpty, help: 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)' };
+export const dataOption: OptionSpec = { name: 'data', type: 'string', required: true, check: nonEmpty, help: 'data file: JSONL or Parquet (UltraChat messages, {prompt, completion}, or SPIN pair rows)' };
+export const outOption = (help: string): OptionSpec => ({ name: 'out', type: 'string', required: true, check: nonEmpty, help });
 
 export const deviceOption: OptionSpec = {
   name: 'device',
@@ -14,8 +28,8 @@ export const deviceOption: OptionSpec = {
 
 export const textOptions: OptionSpec[] = [
   { name: 'template', type: { oneOf: ['auto', 'instruction', 'chat'] }, default: 'auto', help: "prompt format: the official '### Instruction: {prompt}\\n\\n### Response: ', the tokenizer's chat template, or auto (chat when the tokenizer has one)" },
-  { name: 'max_length', type: 'int', default: 1024, check: positive, help: 'longest prompt + answer in tokens' },
-  { name: 'max_prompt_length', type: 'int', default: 512, check: positive, help: 'prompt tokens kept (the last ones) when a sequence is too long' },
+  { name: 'max_length', type: 'int', check: positive, help: "longest prompt + answer in tokens (default: the model's context, max_position_embeddings; at most that)" },
+  { name: 'max_prompt_length', type: 'int', check: positive, help: 'prompt tokens kept (the last ones) when a sequence is too long (default: min(512, max_length / 2))' },
   { name: 'truncation_mode', type: { oneOf: ['keep_end', 'keep_start'] }, default: 'keep_end', help: 'which prompt tokens to keep' },
   { name: 'dtype', type: { oneOf: ['auto', 'bf16', 'f32'] }, default: 'auto', help: 'parameter dtype (compute is fp32 on the CPU); auto = as stored' },
 ];
@@ -51,8 +65,15 @@ export const generationOptions: OptionSpec[] = [
   { name: 'top_p', type: 'number', default: 1, check: (v: number) => (v > 0 && v <= 1 ? null : 'must be in (0, 1]'), help: 'nucleus sampling' },
   { name: 'top_k', type: 'int', default: 0, check: nonNegative, help: 'top-k sampling (0 = off)' },
   { name: 'generation_batch_size', aliases: ['gen_batch_size'], type: 'int', default: 32, check: positive, help: 'prompts decoded together' },
-  { name: 'stop', type: 'string', help: 'stop string(s) that end an answer (excluded): one string, or a JSON list of strings' },
+  { name: 'stop', type: 'string', check: stopCheck, help: 'stop string(s) that end an answer (excluded): one string, or a JSON list of strings' },
 ];
 
 /** Sequences per forward pass when scoring or evaluating (HF's per_device_eval_batch_size). */
 export const evalBatchOption = (defaultSize: number, help: string): OptionSpec => ({ name: 'per_device_eval_batch_size', aliases: ['batch_size'], type: 'int', default: defaultSize, check: positive, help });
+
+/** Data parallelism (docs/distributed.md): --nproc starts mpirun; under an existing mpirun the ranks come from it. */
+export const nprocOption: OptionSpec = { name: 'nproc', type: 'int', default: 1, check: positive, help: 'processes (data parallel, through mpirun; needs Open MPI); under an existing mpirun its ranks are used' };
+export const distOptions: OptionSpec[] = [
+  nprocOption,
+  { name: 'zero_stage', type: { oneOf: ['0', '1', '2', '3'] }, default: '0', help: "ZeRO sharding across processes (DeepSpeed's stages): 1 optimizer state + fp32 masters, 2 also gradients, 3 also parameters" },
+];

@@ -76,6 +76,8 @@ export interface LoadSftOptions {
   seed?: Seed;
   /** Skip malformed rows (counted in `skipped`) instead of throwing on the first one. */
   skipInvalid?: boolean;
+  /** A further check of each pair (e.g. its length in tokens): a message makes the row invalid, named by file and row. */
+  check?: (pair: SftPair) => string | null;
 }
 
 export interface LoadSftResult {
@@ -101,6 +103,8 @@ export async function loadSftPairs(path: string, opts: LoadSftOptions = {}): Pro
     try {
       if ('problem' in raw) throw new RowProblem(raw.problem);
       pair = sftPairFromRow(raw.value);
+      const problem = opts.check?.(pair);
+      if (problem) throw new RowProblem(problem);
     } catch (err) {
       if (!(err instanceof RowProblem)) throw err;
       const e = new DataError(path, raw.where, err.message);

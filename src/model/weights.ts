@@ -9,6 +9,21 @@ import * as ops from '../ops/index.js';
 
 export type ParamDType = 'f32' | 'bf16';
 
+/** Index of the first NaN or ±Inf in f32 data or bf16 bit patterns (exponent bits all ones), -1 if none. */
+export function firstNonFinite(data: ArrayLike<number> & { BYTES_PER_ELEMENT: number }): number {
+  if (data instanceof Uint16Array) {
+    for (let i = 0; i < data.length; i++) if ((data[i] & 0x7f80) === 0x7f80) return i;
+  } else if (data instanceof Float32Array || data instanceof Float64Array) {
+    for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i])) return i;
+  }
+  return -1;
+}
+
+function nonFiniteValue(data: ArrayLike<number>, i: number): string {
+  if (data instanceof Uint16Array) return (data[i] & 0x7f) !== 0 ? 'NaN' : data[i] & 0x8000 ? '-Inf' : 'Inf';
+  return String(data[i]).replace('Infinity', 'Inf');
+}
+
 export class Weights {
   /** HF name -> tensor the model computes with. */
   readonly params = new Map<string, Tensor>();
@@ -34,8 +49,14 @@ export class Weights {
     return g;
   }
 
+  /**
+   * Set by ZeRO stage 3 (src/dist/zero.ts), whose parameters and gradients exist only while a layer
+   * runs: training even when no gradient is allocated at this moment.
+   */
+  sharded = false;
+
   get training(): boolean {
-    return this.grads.size > 0;
+    return this.sharded || this.grads.size > 0;
   }
 
   /** Allocates zeroed gradients and, for bf16 parameters, f32 masters (exact copies of the bf16 values). */
@@ -62,7 +83,7 @@ export class Weights {
 
   free(): void {
     for (const m of [this.params, this.masters, this.grads]) {
-      for (const t of m.values()) t.free();
+      for (const t of m.values()) if (!t.base) t.free(); // views into a sharded engine's buffers: the engine frees those
       m.clear();
     }
   }
@@ -86,6 +107,10 @@ export class Weights {
           throw new SafetensorsError(files.dir, s.name, `has shape [${info.shape.join(', ')}], config.json implies [${s.shape.join(', ')}]`);
         }
         const host = await files.readTensor(s.name, { dtype });
+        const bad = firstNonFinite(host.data);
+        if (bad >= 0) {
+          throw new SafetensorsError(files.dir, s.name, `element ${bad} is ${nonFiniteValue(host.data, bad)}: the weights hold NaN or Inf (a diverged or damaged checkpoint), so every result would be NaN`);
+        }
         w.params.set(s.name, ops.upload(backend, host, s.shape));
       }
     } catch (e) {

@@ -16,6 +16,20 @@ export const IGNORE_INDEX = -100;
 export interface TextTokenizer {
   encode(text: string): number[];
   readonly eosId: number;
+  /** Most characters one token can stand for (the longest vocabulary entry); bounds the text worth tokenizing. */
+  readonly maxTokenChars?: number;
+}
+
+/**
+ * The most characters of one text worth tokenizing for sequences of at most `maxLength` tokens: a
+ * token covers at most maxTokenChars characters, so a longer text has more than 2 * maxLength
+ * tokens and is truncated anyway; cutting it to this many characters first (from the end that is
+ * dropped) keeps the kept tokens and bounds memory (tokenizers need ~100+ bytes per character).
+ * Infinity when the tokenizer does not say.
+ */
+export function charCap(tok: TextTokenizer, maxLength: number): number {
+  const m = tok.maxTokenChars;
+  return m !== undefined && m > 0 ? 2 * maxLength * m + 64 : Infinity;
 }
 
 export interface TruncationOptions {
@@ -44,6 +58,11 @@ export function checkTruncation(t: TruncationOptions): void {
 
 /** Tokenizes and truncates one (prompt, real, generated) triple. */
 export function tokenizePair(tok: TextTokenizer, prompt: string, real: string, generated: string, t: TruncationOptions): TokenizedPair {
+  const cap = charCap(tok, t.maxLength);
+  // a text over the cap is over max_length tokens: the prompt keeps its end (keep_end) or start, answers their start
+  if (prompt.length > cap) prompt = t.truncationMode === 'keep_start' ? prompt.slice(0, cap) : prompt.slice(-cap);
+  if (real.length > cap) real = real.slice(0, cap);
+  if (generated.length > cap) generated = generated.slice(0, cap);
   let p = tok.encode(prompt);
   let r = [...tok.encode(real), tok.eosId];
   let g = [...tok.encode(generated), tok.eosId];

@@ -16,11 +16,12 @@ import type { Backend, SpinLossType } from '../backend/backend.js';
 import { LlamaModel } from '../model/llama.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { formatPrompt, type PromptTemplate } from '../text/templates.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { makeDirs, writeFileAtomic } from '../util/atomic.js';
 import { checkTruncation, type TokenizedPair, tokenizePair, tokenizeSft, type TruncationOptions } from './batch.js';
 import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
 import { padIdOf } from './sft.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from './train_loop.js';
+import { shardByItem } from '../dist/shard.js';
 
 export type Arm = 'spin' | 'sft';
 
@@ -60,8 +61,14 @@ const pick = (xs: readonly number[], t: number, what: string) => {
   return xs[Math.min(t, xs.length - 1)];
 };
 
+/** A stage's output file; a damaged one (not JSON) is named, with the fix. */
 async function readJson<T>(file: string): Promise<T> {
-  return JSON.parse(await readFile(file, 'utf8')) as T;
+  const text = await readFile(file, 'utf8');
+  try {
+    return JSON.parse(text) as T;
+  } catch (e) {
+    throw new Error(`${file}: damaged, not valid JSON (${(e as Error).message}); delete it and rerun to compute it again`);
+  }
 }
 
 export function iterationDir(outDir: string, t: number): string {
@@ -140,9 +147,11 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
   const prompts = sft.map((p) => formatPrompt(tok, opts.template, p.prompt));
   let current = initialModel;
   const generated: string[][] = [];
+  // data parallel (opts.loop.dist): answers sharded by prompt (one journal per rank), rank 0 writes the model
+  const group = opts.loop.dist?.group;
   for (let t = 0; t < opts.iterations; t++) {
     const dir = iterationDir(opts.outDir, t);
-    await mkdir(dir, { recursive: true });
+    await makeDirs(dir);
     const modelDir = join(dir, 'model');
     const done = existsSync(join(modelDir, 'config.json'));
     const opponent = await LlamaModel.load(be, current);
@@ -153,9 +162,13 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
       else if (opts.arm === 'sft') generated[t] = sft.map(() => '');
       else {
         hooks.onStage?.(t, 'generate');
-        generated[t] = await hooks.generate(opponent, prompts, t, join(dir, 'generated.partial'));
+        const partial = join(dir, 'generated.partial');
+        generated[t] = group
+          ? await shardByItem(group, prompts, (mine) => hooks.generate(opponent, mine, t, `${partial}.rank-${group.rank}-of-${group.size}`))
+          : await hooks.generate(opponent, prompts, t, partial);
         await writeFileAtomic(genFile, JSON.stringify(generated[t]));
         await rm(join(dir, 'generated.partial'), { force: true });
+        if (group) await rm(`${join(dir, 'generated.partial')}.rank-${group.rank}-of-${group.size}`, { force: true });
       }
       if (!done) {
         // the training pairs of iteration t: this iteration's answers, plus the previous ones (official mixing)
@@ -179,7 +192,8 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
         }
         // 4. θ_{t+1}, complete or not at all
         hooks.onStage?.(t, 'save');
-        await saveModelStage(opponent, modelDir, current, join(dir, 'checkpoint'));
+        if (!group || group.isMain) await saveModelStage(opponent, modelDir, current, join(dir, 'checkpoint'));
+        group?.barrier();
       }
     } finally {
       opponent.weights.free();
@@ -190,7 +204,9 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
       hooks.onStage?.(t, 'evaluate');
       const trained = await LlamaModel.load(be, modelDir);
       try {
-        await writeFileAtomic(evalFile, JSON.stringify(await hooks.evaluate(trained, t), null, 2));
+        const r = await hooks.evaluate(trained, t);
+        if (!group || group.isMain) await writeFileAtomic(evalFile, JSON.stringify(r, null, 2));
+        group?.barrier();
       } finally {
         trained.weights.free();
       }

@@ -69,6 +69,8 @@ export class HfTokenizer {
   readonly eosId: number;
   /** Id of bos_token, null when the tokenizer has none (e.g. Qwen2). */
   readonly bosId: number | null;
+  /** Characters of the longest vocabulary entry: no token stands for more text than this. */
+  readonly maxTokenChars: number;
 
   private constructor(
     private readonly tok: Tokenizer,
@@ -82,9 +84,18 @@ export class HfTokenizer {
   ) {
     const vocab = tok.get_vocab(true);
     let max = -1;
-    for (const id of vocab.values()) if (id > max) max = id;
+    let longest = 1;
+    for (const [token, id] of vocab) {
+      if (id > max) max = id;
+      if (token.length > longest) longest = token.length;
+    }
     this.vocabSize = max + 1;
+    this.maxTokenChars = longest;
     const configFile = join(dir, 'tokenizer_config.json');
+    // an empty vocabulary (or one of added/special tokens only) would score every text as 0 tokens
+    if (tok.get_vocab(false).size === 0) {
+      throw new TokenizerError(join(dir, 'tokenizer.json'), `the vocabulary is empty (${vocab.size === 0 ? 'no tokens' : `only the added tokens ${[...vocab.keys()].slice(0, 4).join(', ')}`}): every text would be 0 tokens`);
+    }
     const eosId = tok.token_to_id(eosToken);
     if (eosId === undefined) throw new TokenizerError(configFile, `eos_token ${JSON.stringify(eosToken)} is not in the vocabulary`);
     this.eosId = eosId;
@@ -142,7 +153,13 @@ export class HfTokenizer {
   encode(text: string): number[] {
     if (typeof text !== 'string') throw new TypeError(`encode: expected a string, got ${typeof text}`);
     if (text === '') return [];
-    return this.tok.encode(text, { add_special_tokens: false }).ids;
+    const ids = this.tok.encode(text, { add_special_tokens: false }).ids;
+    for (const id of ids) {
+      if (!Number.isInteger(id)) {
+        throw new TokenizerError(join(this.dir, 'tokenizer.json'), `encode: the text has characters the vocabulary cannot represent and the model has no unknown token (unk_id / unk_token): ${JSON.stringify(text.slice(0, 40))}`);
+      }
+    }
+    return ids;
   }
 
   /** Text of `ids`; with skipSpecialTokens, special tokens (bos, eos, pad, ...) are dropped. */

@@ -1,0 +1,279 @@
+// Safety of the commands' outputs before any work starts (docs/reliability.md):
+//  - inputs and outputs are compared by real path: an output that is (or holds) an input is refused;
+//  - one process per output directory: a lock (proper-lockfile, with the holder's pid beside it, so a
+//    killed holder's lock is taken over at once and a live one is named);
+//  - a fingerprint of what determines the result (resolved options, model and data file digests):
+//    a rerun on a directory made with other settings is refused, naming them, unless
+//    --overwrite_output_dir asks to start over;
+//  - metrics.jsonl cut back to the rows the checkpoints on disk account for, so a resumed run has no
+//    duplicate step rows.
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { basename, dirname, join, resolve, sep } from 'node:path';
+import lockfile from 'proper-lockfile';
+import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
+import type { Parsed } from './args.js';
+import { UsageError } from './args.js';
+
+export interface Input {
+  /** The flag that named it, e.g. 'model'. */
+  flag: string;
+  path: string;
+}
+
+/** realpath of an existing path; for a missing one, the realpath of its deepest existing ancestor + the rest. */
+function realish(p: string): string {
+  const abs = resolve(p);
+  let head = abs;
+  const rest: string[] = [];
+  while (!existsSync(head) && dirname(head) !== head) {
+    rest.unshift(basename(head));
+    head = dirname(head);
+  }
+  try {
+    return join(realpathSync(head), ...rest);
+  } catch {
+    return abs;
+  }
+}
+
+const inside = (child: string, parent: string) => child !== parent && (child + sep).startsWith(parent.endsWith(sep) ? parent : parent + sep);
+
+/**
+ * Refuses (UsageError, one line) an output that would destroy an input: the same path (after
+ * symlinks), an output directory that holds an input, or an output file replacing a file inside an
+ * input directory (e.g. a model's model.safetensors).
+ */
+export function checkOverlap(command: string, out: { flag: string; path: string; kind: 'dir' | 'file'; clears?: boolean }, inputs: readonly Input[]): void {
+  const o = realish(out.path);
+  for (const input of inputs) {
+    if (!existsSync(input.path)) continue; // the command reports a missing input itself
+    const i = realish(input.path);
+    const fix = `choose another --${out.flag}`;
+    if (o === i) throw new UsageError(`spinlm ${command}: --${out.flag} ${out.path} is the same path as --${input.flag} ${input.path}; writing it would destroy the input: ${fix}`);
+    // a model directory inside the output directory is written over; a data file there only when the directory is cleared
+    if (out.kind === 'dir' && inside(i, o) && (out.clears || statSync(i).isDirectory())) {
+      throw new UsageError(`spinlm ${command}: --${input.flag} ${input.path} lies inside --${out.flag} ${out.path}, which this command ${out.clears ? 'clears (--overwrite_output_dir)' : 'writes'}: ${fix}`);
+    }
+    if (out.kind === 'file' && inside(o, i) && existsSync(o)) throw new UsageError(`spinlm ${command}: --${out.flag} ${out.path} would replace a file inside --${input.flag} ${input.path}: ${fix}`);
+  }
+}
+
+// ---- the lock ----
+
+const LOCK = '.spinlm.lock';
+const PID_FILE = '.spinlm.pid';
+const releases: (() => Promise<void>)[] = [];
+
+function holder(dir: string): { pid: number; host: string } | null {
+  try {
+    const [pid, host] = readFileSync(join(dir, PID_FILE), 'utf8').trim().split(/\s+/);
+    return Number.isSafeInteger(Number(pid)) ? { pid: Number(pid), host: host ?? '' } : null;
+  } catch {
+    return null;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Takes the lock of an output directory for this process (released by releaseLocks() or at exit).
+ * A second spinlm on the same directory gets a UsageError naming the holder's pid. A lock whose
+ * holder is gone (killed on this host, or not refreshed for a minute) is taken over.
+ */
+export async function lockDir(command: string, dir: string): Promise<void> {
+  const opts = {
+    lockfilePath: join(dir, LOCK),
+    realpath: false,
+    stale: 60_000,
+    update: 10_000,
+    retries: 0,
+    // a long synchronous kernel call can delay the refresh; warn, do not crash the run
+    onCompromised: (err: Error) => process.stderr.write(`spinlm ${command}: warning: the lock of ${dir} could not be refreshed (${err.message})\n`),
+  };
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const release = await lockfile.lock(dir, opts);
+      writeFileSync(join(dir, PID_FILE), `${process.pid} ${hostname()}\n`);
+      releases.push(async () => {
+        rmSync(join(dir, PID_FILE), { force: true });
+        await release().catch(() => {});
+      });
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e;
+      const h = holder(dir);
+      if (attempt === 0 && h && h.host === hostname() && !alive(h.pid)) {
+        // the holder was killed (SIGKILL leaves its lock): take the lock over
+        rmSync(join(dir, LOCK), { recursive: true, force: true });
+        continue;
+      }
+      if (attempt < 3 && !h) {
+        await new Promise((r) => setTimeout(r, 200)); // the holder is between taking the lock and writing its pid
+        continue;
+      }
+      throw new UsageError(`spinlm ${command}: ${dir} is in use by another spinlm process (pid ${h ? h.pid : 'unknown'}${h && h.host !== hostname() ? ` on ${h.host}` : ''}); wait for it to finish or stop it, or choose another --out`);
+    }
+  }
+}
+
+export async function releaseLocks(): Promise<void> {
+  while (releases.length) await releases.pop()!();
+}
+
+// ---- the fingerprint ----
+
+const FINGERPRINT = 'fingerprint.json';
+/** Options that do not change the result: where it goes, how it is shown, how far it goes. */
+const NOT_RESULT = new Set(['out', 'config', 'quiet', 'iterations', 'overwrite_output_dir', 'skip_invalid']);
+const HASH_LIMIT = 64 * 2 ** 20;
+
+async function fileDigest(file: string): Promise<string> {
+  const st = statSync(file);
+  if (st.size > HASH_LIMIT) return `size ${st.size}, mtime ${new Date(st.mtimeMs).toISOString()}`;
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return `sha256 ${h.digest('hex')}`;
+}
+
+/** Digest of a file, or of the files of a model / tokenizer directory (name -> digest). */
+async function inputDigest(path: string): Promise<string | Record<string, string>> {
+  if (!statSync(path).isDirectory()) return fileDigest(path);
+  const out: Record<string, string> = {};
+  for (const f of readdirSync(path).sort()) {
+    if (!/\.(json|safetensors|jinja|model|txt)$/.test(f) || !statSync(join(path, f)).isFile()) continue;
+    out[f] = await fileDigest(join(path, f));
+  }
+  return out;
+}
+
+export interface Fingerprint {
+  command: string;
+  options: Record<string, unknown>;
+  inputs: Record<string, string | Record<string, string>>;
+}
+
+export async function fingerprintOf(command: string, o: Parsed, inputs: readonly Input[]): Promise<Fingerprint> {
+  const inputFlags = new Set(inputs.map((i) => i.flag));
+  const options: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) if (!NOT_RESULT.has(k) && !inputFlags.has(k) && v !== undefined) options[k] = v;
+  const digests: Fingerprint['inputs'] = {};
+  for (const i of inputs) if (existsSync(i.path)) digests[i.flag] = await inputDigest(i.path);
+  return { command, options, inputs: digests };
+}
+
+const show = (v: unknown) => (v === undefined ? '(not set)' : Array.isArray(v) ? v.join(',') : String(v));
+
+/** The settings in which two fingerprints differ, one phrase each. */
+export function fingerprintDiff(was: Fingerprint, now: Fingerprint): string[] {
+  const diffs: string[] = [];
+  if (was.command !== now.command) diffs.push(`command (was ${was.command}, now ${now.command})`);
+  for (const k of [...new Set([...Object.keys(was.options), ...Object.keys(now.options)])].sort()) {
+    if (JSON.stringify(was.options[k]) !== JSON.stringify(now.options[k])) diffs.push(`--${k} (was ${show(was.options[k])}, now ${show(now.options[k])})`);
+  }
+  for (const k of [...new Set([...Object.keys(was.inputs), ...Object.keys(now.inputs)])].sort()) {
+    const a = was.inputs[k], b = now.inputs[k];
+    if (JSON.stringify(a) === JSON.stringify(b)) continue;
+    if (a && b && typeof a === 'object' && typeof b === 'object') {
+      const files = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((f) => a[f] !== b[f]).sort();
+      diffs.push(`--${k} (files differ: ${files.join(', ')})`);
+    } else diffs.push(`--${k} (${a === undefined ? 'not given before' : b === undefined ? 'not given now' : 'file content differs'})`);
+  }
+  return diffs;
+}
+
+/** Removes what a previous run left in `dir` (all but the lock), for --overwrite_output_dir. */
+function clearDir(dir: string): void {
+  for (const f of readdirSync(dir)) if (f !== LOCK && f !== PID_FILE) rmSync(join(dir, f), { recursive: true, force: true });
+}
+
+// ---- metrics.jsonl vs the checkpoints on disk ----
+
+function checkpointStep(dir: string): number {
+  try {
+    const s = JSON.parse(readFileSync(join(dir, 'checkpoint', 'trainer_state.json'), 'utf8')).step;
+    return Number.isSafeInteger(s) ? s : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Drops the metrics rows that the next run will write again: step rows after the step a checkpoint
+ * holds (or all of an iteration with neither a checkpoint nor a finished model), and evaluation rows
+ * whose eval.json was never written. layout 'run': iteration t lives in dir/iter-t; 'single': one
+ * training in dir (train, sft), whose finished model is trained again by a rerun.
+ */
+export async function truncateMetrics(dir: string, layout: 'run' | 'single'): Promise<number> {
+  const file = join(dir, 'metrics.jsonl');
+  if (!existsSync(file)) return 0;
+  const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
+  const keep = (row: { kind?: string; iteration?: number; step?: number }): boolean => {
+    if (layout === 'single') return row.kind === 'step' && typeof row.step === 'number' && row.step <= checkpointStep(dir);
+    const t = row.kind === 'eval' ? Number(row.iteration) - 1 : Number(row.iteration);
+    const it = join(dir, `iter-${t}`);
+    if (row.kind === 'eval') return existsSync(join(it, 'eval.json'));
+    if (existsSync(join(it, 'model', 'config.json'))) return true;
+    return typeof row.step === 'number' && row.step <= checkpointStep(it);
+  };
+  const kept: string[] = [];
+  for (const line of lines) {
+    let row;
+    try {
+      row = JSON.parse(line);
+    } catch {
+      continue; // a torn last line of a killed run
+    }
+    if (keep(row)) kept.push(line);
+  }
+  const dropped = lines.length - kept.length;
+  if (dropped > 0) await writeFileAtomic(file, kept.map((l) => `${l}\n`).join(''));
+  return dropped;
+}
+
+/**
+ * Everything a directory-writing command (run, train, sft) does before its work: overlap check,
+ * directory, lock, fingerprint check (or --overwrite_output_dir), metrics cut back to the
+ * checkpoints, and the resolved options written beside the outputs.
+ */
+export async function prepareRunDir(command: string, o: Parsed, inputs: readonly Input[], layout: 'run' | 'single'): Promise<void> {
+  const dir = String(o.out);
+  if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
+  checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: Boolean(o.overwrite_output_dir) }, inputs);
+  try {
+    await makeDirs(dir);
+  } catch (e) {
+    if (e instanceof OutputError) throw new UsageError(`spinlm ${command}: --out ${dir}: ${e.path === resolve(dir) ? e.message.slice(e.path.length + 2) : e.message}`);
+    throw e;
+  }
+  await lockDir(command, dir);
+  const now = await fingerprintOf(command, o, inputs);
+  const fpFile = join(dir, FINGERPRINT);
+  const resolvedFile = join(dir, `${command}.resolved.json`);
+  if (o.overwrite_output_dir) {
+    // only a directory spinlm wrote is cleared, never an arbitrary one named by mistake
+    if (existsSync(fpFile) || existsSync(resolvedFile)) clearDir(dir);
+  } else if (existsSync(fpFile)) {
+    let was: Fingerprint | null = null;
+    try {
+      was = JSON.parse(readFileSync(fpFile, 'utf8'));
+    } catch {
+      was = null;
+    }
+    const diffs = was ? fingerprintDiff(was, now) : ['fingerprint.json is unreadable'];
+    if (diffs.length) {
+      throw new UsageError(`spinlm ${command}: ${dir} holds a ${was?.command ?? 'previous'} run with other settings: ${diffs.join('; ')}. Rerun with the same settings to resume, choose another --out, or add --overwrite_output_dir to start over`);
+    }
+  }
+  await truncateMetrics(dir, layout);
+  await writeFileAtomic(fpFile, `${JSON.stringify(now, null, 2)}\n`);
+  await writeFileAtomic(resolvedFile, `${JSON.stringify({ command, ...o }, null, 2)}\n`);
+}
