@@ -222,6 +222,12 @@ Napi::Value CachedBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(spinlm::host_cached_bytes()));
 }
 
+// liveBytes(): bytes of the tensors allocated and not yet freed (the allocator's counter; per-rank
+// memory tests and spinlm's ZeRO memory report read it).
+Napi::Value LiveBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(spinlm::host_live_bytes()));
+}
+
 Napi::Value NumThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), spinlm::num_threads());
 }
@@ -249,6 +255,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rowOffset", Napi::Function::New(env, RowOffset));
   exports.Set("trimMemory", Napi::Function::New(env, TrimMemory));
   exports.Set("cachedBytes", Napi::Function::New(env, CachedBytes));
+  exports.Set("liveBytes", Napi::Function::New(env, LiveBytes));
   exports.Set("numThreads", Napi::Function::New(env, NumThreads));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   for (RegisterFn fn : op_registry()) fn(env, exports);

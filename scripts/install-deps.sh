@@ -3,7 +3,8 @@
 #   bash scripts/install-deps.sh          what building and running spinlm needs (`npm ci && npm run demo`):
 #                                         a C++ toolchain and python3 for node-gyp, pkg-config and OpenBLAS
 #   bash scripts/install-deps.sh --test   what only the tests and benchmarks add (scripts/install-test-deps.sh):
-#                                         cmake for the cmake-js build, PyTorch and numpy as the test oracle
+#                                         Open MPI for the multi-process tests (spinlm_comm is built when mpicc is found),
+#                                         cmake for the cmake-js build, Boost.Context for the CUDA emulator, PyTorch and numpy as the test oracle
 #                                         and benchmark peer, the Vulkan loader and Mesa 25's lavapipe
 #                                         (bookworm-backports) on which the WebGPU tests run
 # Idempotent; run as root (or through sudo when available).
@@ -12,7 +13,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 case "${1:-}" in
   "") PART="runtime"; PKGS=(build-essential python3 pkg-config libopenblas-dev libopenblas0) ;;
-  --test) PART="test"; PKGS=(cmake python3-torch python3-numpy libvulkan1) ;;
+  --test) PART="test"; PKGS=(cmake libboost-context-dev python3-torch python3-numpy libopenmpi-dev openmpi-bin libvulkan1) ;;
   *) echo "install-deps: unknown argument $1 (expected nothing or --test)" >&2; exit 2 ;;
 esac
 missing=()

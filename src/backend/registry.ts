@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs';
 import type { Backend, BackendInfo } from './backend.js';
 import { cpuBackend } from './cpu/cpu_backend.js';
+import { cudaBackend, cudaStatus } from './cuda/cuda_backend.js';
 import { probeAdapter } from './webgpu/device.js';
 import { WebGpuBackend } from './webgpu/webgpu_backend.js';
 
@@ -49,12 +50,12 @@ export async function backendStatus(): Promise<BackendStatus[]> {
   } catch (err) {
     out.push({ name: 'cpu', available: false, reason: (err as Error).message.split('\n')[0] });
   }
-  const driver = nvidiaDriver();
-  out.push({
-    name: 'cuda',
-    available: false,
-    reason: `not compiled in: this build of spinlm has no CUDA kernels yet${driver ? ` (${driver})` : '; no NVIDIA driver found either (/proc/driver/nvidia/version is missing)'}`,
-  });
+  const cuda = cudaStatus();
+  if (cuda.available) out.push({ name: 'cuda', available: true, info: cuda.info });
+  else {
+    const driver = nvidiaDriver();
+    out.push({ name: 'cuda', available: false, reason: `${cuda.reason}${cuda.reason.startsWith('not compiled in') && driver ? ` (${driver})` : ''}` });
+  }
   out.push(await webgpuStatus());
   return out;
 }
@@ -77,6 +78,7 @@ export async function createBackend(choice: DeviceChoice): Promise<{ backend: Ba
     const s = all.find((x) => x.name === name)!;
     if (!s.available) continue;
     if (name === 'cpu') return { backend: cpuBackend(), status: s };
+    if (name === 'cuda') return { backend: cudaBackend(), status: s };
     if (name === 'webgpu') return { backend: await webgpuBackend(), status: s };
   }
   const s = all.find((x) => x.name === order[0])!;

@@ -26,10 +26,12 @@ import { formatPrompt, type PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { makeDirs, OutputError, resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
-import { backend, fmt, loadModelAndTokenizer, loop, prepareOut, readJsonFile, resolveTemplate, stopSequences, truncation } from './common.js';
+import { backend, barrier, fmt, isMain, loadModelAndTokenizer, loop, prepareOut, readJsonFile, resolveTemplate, stopSequences, truncation } from './common.js';
 import { checkOverlap, lockDir } from './run_dir.js';
-import { dataOption, deviceOption, evalBatchOption, generationOptions, loopOptions, modelOption, outOption, spinOptions, textOptions } from './options.js';
+import { dataOption, deviceOption, distOptions, evalBatchOption, generationOptions, loopOptions, modelOption, nprocOption, outOption, spinOptions, textOptions } from './options.js';
 import type { LlamaModel } from '../model/llama.js';
+import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import { shardByItem } from '../dist/shard.js';
 import { progressBar } from './progress.js';
 
 export interface Command {
@@ -105,30 +107,34 @@ const score: Command = {
 const generate: Command = {
   name: 'generate',
   summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
-  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), quietOption],
+  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), nprocOption, quietOption],
   async run(o) {
     await checkFileOut('generate', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const pairs = await sftData(o, promptFits(model, tok, template));
     stopSequences(o, tok);
     // the resume journal sits beside a file output; a stream output (FIFO, /dev/stdout) has none
-    const journal = (await resolveOutput(String(o.out))).kind === 'file' ? `${o.out}.partial.jsonl` : undefined;
+    const group = launchedByMpi() ? processGroup() : null;
+    // data parallel: prompts sharded by index across the ranks (one journal each), merged in input order
+    const journal = (await resolveOutput(String(o.out))).kind === 'file' ? (group ? `${o.out}.partial.rank-${group.rank}-of-${group.size}.jsonl` : `${o.out}.partial.jsonl`) : undefined;
     const prompts = pairs.map((p) => formatPrompt(tok, template, p.prompt));
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
     const t0 = Date.now();
-    const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
+    const answerMine = (mine: string[]) => answerPrompts(new LlamaDecoder(model), tok, mine, {
       temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.generation_batch_size),
       stopSequences: stopSequences(o, tok), journal,
       onProgress: (d, _t, toks) => bar.update(d, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
     });
+    const answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
     bar.stop();
-    await writeSpinPairs(String(o.out), pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })));
+    if (isMain()) await writeSpinPairs(String(o.out), pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })));
+    barrier();
     if (journal) await rm(journal, { force: true });
     process.stderr.write(`spinlm: wrote ${pairs.length} pairs -> ${o.out}\n`);
   },
 };
 
-const trainOptions = [...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }), ...spinOptions, ...textOptions];
+const trainOptions = [...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }), ...spinOptions, ...textOptions, ...distOptions];
 
 const train: Command = {
   name: 'train',
@@ -157,8 +163,11 @@ const train: Command = {
     });
     bar.stop();
     const modelDir = join(out, 'model');
-    await saveModelStage(model, modelDir, String(o.model), join(out, 'checkpoint'));
-    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm train', evalColumns: [] });
+    if (isMain()) {
+      await saveModelStage(model, modelDir, String(o.model), join(out, 'checkpoint'));
+      await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm train', evalColumns: [] });
+    }
+    barrier();
     process.stderr.write(`spinlm: trained ${total} steps -> ${modelDir} (report: ${join(out, 'report.html')})\n`);
   },
 };
@@ -202,7 +211,7 @@ const run: Command = {
           const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.generation_batch_size), maxNewTokens: Number(o.max_new_tokens) });
           r.exact_match = em.accuracy;
         }
-        metrics.write({ kind: 'eval', iteration: t + 1, ...r });
+        if (isMain()) metrics.write({ kind: 'eval', iteration: t + 1, ...r });
         process.stderr.write(`iteration ${t}: ${Object.entries(r).map(([k, v]) => `${k} ${fmt(Number(v))}`).join(', ')}\n`);
         return r;
       } : undefined,
@@ -217,7 +226,7 @@ const run: Command = {
       },
     });
     const evalColumns = heldout ? (heldout.every((p) => typeof (p as { task?: string }).task === 'string') ? ['exact_match', 'heldout_logp'] : ['heldout_logp']) : [];
-    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns });
+    if (isMain()) await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns });
     process.stderr.write(`spinlm: final model ${final}; report ${join(out, 'report.html')}\n`);
   },
 };
@@ -230,7 +239,7 @@ const sftCmd: Command = {
     { name: 'init_config', type: 'string', help: 'train from scratch: a config.json for a fresh model (needs --tokenizer)' },
     { name: 'tokenizer', type: 'string', help: 'directory with tokenizer.json (with --init_config)' },
     dataOption, outOption('output model directory (HF format), with metrics.jsonl and report.html'), nOption, skipInvalid,
-    ...loopOptions({ lr: [2e-5], optim: 'adamw', epochs: 3, batch: 16, accum: 1 }), ...textOptions, overwriteOption, quietOption,
+    ...loopOptions({ lr: [2e-5], optim: 'adamw', epochs: 3, batch: 16, accum: 1 }), ...textOptions, ...distOptions, overwriteOption, quietOption,
   ],
   async run(o) {
     const out = String(o.out);
@@ -259,11 +268,14 @@ const sftCmd: Command = {
       },
     });
     bar.stop();
-    await model.save(out);
-    await rm(join(out, 'checkpoint'), { recursive: true, force: true });
-    const tokDir = o.init_config ? String(o.tokenizer) : String(o.model);
-    for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokDir, f))) await cp(join(tokDir, f), join(out, f));
-    await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm sft', evalColumns: [] });
+    if (isMain()) {
+      await model.save(out);
+      await rm(join(out, 'checkpoint'), { recursive: true, force: true });
+      const tokDir = o.init_config ? String(o.tokenizer) : String(o.model);
+      for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokDir, f))) await cp(join(tokDir, f), join(out, f));
+      await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm sft', evalColumns: [] });
+    }
+    barrier();
     process.stderr.write(`spinlm: wrote ${out}\n`);
   },
 };

@@ -11,6 +11,8 @@ import type { LoopConfig } from '../spin/train_loop.js';
 import { defaultTemplate, type PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import type { Parsed } from './args.js';
+import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import type { ZeroStage } from '../dist/zero.js';
 import { UsageError } from './args.js';
 import { type Input, prepareRunDir } from './run_dir.js';
 
@@ -100,7 +102,18 @@ export function loop(o: Parsed, learningRate: number): LoopConfig {
     maxGradNorm: Number(o.max_grad_norm) > 0 ? Number(o.max_grad_norm) : null,
     seed: Number(o.seed),
     saveSteps: Number(o.save_steps),
+    dist: launchedByMpi() ? { group: processGroup(), zeroStage: Number(o.zero_stage ?? 0) as ZeroStage } : undefined,
   };
+}
+
+/** Rank 0 of a data-parallel run, or a single process: the one that writes outputs. */
+export function isMain(): boolean {
+  return !launchedByMpi() || processGroup().isMain;
+}
+
+/** Waits for every rank (a no-op in one process). */
+export function barrier(): void {
+  if (launchedByMpi()) processGroup().barrier();
 }
 
 /**
@@ -110,7 +123,9 @@ export function loop(o: Parsed, learningRate: number): LoopConfig {
  */
 export async function prepareOut(command: string, o: Parsed, inputs: (keyof Parsed)[], layout: 'run' | 'single'): Promise<void> {
   const given: Input[] = inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: String(k), path: String(o[k]) }));
-  await prepareRunDir(command, o, given, layout);
+  // data parallel: rank 0 prepares (and locks) the directory, the others wait for it
+  if (isMain()) await prepareRunDir(command, o, given, layout);
+  barrier();
 }
 
 export const fmt = (x: number, d = 4) => (Number.isFinite(x) ? x.toFixed(d) : String(x));

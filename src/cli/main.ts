@@ -7,6 +7,9 @@ import { backendStatus } from '../backend/registry.js';
 import { helpText, parseOptions, suggest, UsageError } from './args.js';
 import { COMMANDS } from './commands.js';
 import { selectDevice } from './common.js';
+import { CommError, environmentRank, launchedByMpi, processGroup, closeProcessGroup } from '../dist/process_group.js';
+import { launch, withoutNproc } from '../dist/launch.js';
+import { fileURLToPath } from 'node:url';
 import { releaseLocks } from './run_dir.js';
 
 function version(): string {
@@ -74,17 +77,28 @@ export async function main(argv: string[]): Promise<number> {
     console.log(helpText(cmd.name, cmd.summary, cmd.options));
     return 0;
   }
+  // data parallel: rank 0 alone prints; the others only report their own errors (prefixed with the rank)
+  const rank = environmentRank();
+  const write = process.stderr.write.bind(process.stderr);
+  const report = (line: string) => write(`${launchedByMpi() && rank !== 0 ? `[rank ${rank}] ` : ''}${line}\n`);
   try {
     const o = parseOptions(rest, cmd.options, cmd.name);
+    const nproc = Number(o.nproc ?? 1);
+    if (nproc > 1 && !launchedByMpi()) return await launch(nproc, process.argv[1] ?? fileURLToPath(import.meta.url), [name, ...withoutNproc(rest)]);
+    if (launchedByMpi() && rank !== 0) {
+      process.stderr.write = (() => true) as typeof process.stderr.write;
+      o.quiet = true;
+    }
     if (cmd.usesDevice) await selectDevice(o);
     await cmd.run(o);
     return 0;
   } catch (err) {
     if (err instanceof UsageError) {
-      console.error(err.message);
+      report(err.message);
       return 2;
     }
-    console.error(`spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`);
+    report(`spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`);
+    if (err instanceof CommError) processGroup().abort(3); // end the whole job, a hung peer included
     return 1;
   } finally {
     await releaseLocks();
@@ -103,3 +117,4 @@ export function checkThreadsEnv(v: string | undefined): string | null {
 }
 
 process.exitCode = await main(process.argv.slice(2));
+closeProcessGroup();

@@ -70,3 +70,10 @@ export const generationOptions: OptionSpec[] = [
 
 /** Sequences per forward pass when scoring or evaluating (HF's per_device_eval_batch_size). */
 export const evalBatchOption = (defaultSize: number, help: string): OptionSpec => ({ name: 'per_device_eval_batch_size', aliases: ['batch_size'], type: 'int', default: defaultSize, check: positive, help });
+
+/** Data parallelism (docs/distributed.md): --nproc starts mpirun; under an existing mpirun the ranks come from it. */
+export const nprocOption: OptionSpec = { name: 'nproc', type: 'int', default: 1, check: positive, help: 'processes (data parallel, through mpirun; needs Open MPI); under an existing mpirun its ranks are used' };
+export const distOptions: OptionSpec[] = [
+  nprocOption,
+  { name: 'zero_stage', type: { oneOf: ['0', '1', '2', '3'] }, default: '0', help: "ZeRO sharding across processes (DeepSpeed's stages): 1 optimizer state + fp32 masters, 2 also gradients, 3 also parameters" },
+];

@@ -60,9 +60,22 @@ function freeAll(...ts: (Tensor | undefined)[]): void {
   for (const t of ts) t?.free();
 }
 
+/**
+ * ZeRO stage 3 (src/dist/zero.ts) keeps only a shard of each layer's parameters: `acquire` gathers
+ * unit `unit`'s parameters (a layer index, or -1 for the embedding, final norm and head) into
+ * `weights` just before the model uses them (and, in the backward, their gradients), `release` frees
+ * them after (reducing the gradients first). Both are called in the same order on every rank.
+ */
+export interface ParamHook {
+  acquire(unit: number, phase: 'forward' | 'backward'): void;
+  release(unit: number, phase: 'forward' | 'backward'): void;
+}
+
 export class LlamaModel {
   /** Rerun each layer's forward in the backward instead of keeping its activations. */
   recompute = false;
+  /** Set while ZeRO stage 3 trains this model; null otherwise. */
+  paramHook: ParamHook | null = null;
 
   constructor(
     readonly cfg: LlamaConfig,
@@ -223,16 +236,21 @@ export class LlamaModel {
     this.checkInput(input);
     const be = this.backend;
     const train = !!opts.train;
+    const hook = this.paramHook;
+    hook?.acquire(-1, 'forward');
     let x = ops.embedding(input.inputIds, this.p('model.embed_tokens.weight'));
     const layers: LayerSaved[] = [];
     for (let i = 0; i < this.cfg.numLayers; i++) {
+      hook?.acquire(i, 'forward');
       const { out, saved } = this.layerForward(i, x, input, train && !this.recompute);
+      hook?.release(i, 'forward');
       if (train) layers.push(saved);
       else x.free();
       x = out;
     }
     const { y: hFinal, rstd: rstdFinal } = ops.rmsnorm(x, this.p('model.norm.weight'), this.cfg.rmsNormEps);
     const logits = ops.matmul(hFinal, this.lmHead(), { transB: true });
+    hook?.release(-1, 'forward');
     if (!train) {
       freeAll(x, hFinal, rstdFinal);
       return { logits, state: null };
@@ -245,6 +263,8 @@ export class LlamaModel {
     if (!this.weights.training) throw new Error('backward needs gradients: call model.weights.enableTraining() first');
     const be = this.backend;
     const { input } = state;
+    const hook = this.paramHook;
+    hook?.acquire(-1, 'backward');
     const lmName = this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
@@ -252,17 +272,20 @@ export class LlamaModel {
     freeAll(dh, state.hFinal, state.rstdFinal, state.xFinal);
     for (let i = this.cfg.numLayers - 1; i >= 0; i--) {
       let saved = state.layers[i];
+      hook?.acquire(i, 'backward');
       if (saved.h1 === undefined) {
         const re = this.layerForward(i, saved.x, input, true);
         re.out.free();
         saved = re.saved;
       }
       const next = this.layerBackward(i, saved, dx, input);
+      hook?.release(i, 'backward');
       dx.free();
       freeAll(...Object.values(saved)); // the layer input x included: nothing reads it any more
       dx = next;
     }
     ops.embeddingBackward(input.inputIds, dx, this.weights.grad('model.embed_tokens.weight'));
+    hook?.release(-1, 'backward');
     dx.free();
     state.layers.length = 0;
   }

@@ -49,8 +49,14 @@ export class Weights {
     return g;
   }
 
+  /**
+   * Set by ZeRO stage 3 (src/dist/zero.ts), whose parameters and gradients exist only while a layer
+   * runs: training even when no gradient is allocated at this moment.
+   */
+  sharded = false;
+
   get training(): boolean {
-    return this.grads.size > 0;
+    return this.sharded || this.grads.size > 0;
   }
 
   /** Allocates zeroed gradients and, for bf16 parameters, f32 masters (exact copies of the bf16 values). */
@@ -77,7 +83,7 @@ export class Weights {
 
   free(): void {
     for (const m of [this.params, this.masters, this.grads]) {
-      for (const t of m.values()) t.free();
+      for (const t of m.values()) if (!t.base) t.free(); // views into a sharded engine's buffers: the engine frees those
       m.clear();
     }
   }

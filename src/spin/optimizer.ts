@@ -35,6 +35,11 @@ export class Optimizer {
     readonly backend: Backend,
     params: Parameter[],
     readonly config: OptimizerConfig,
+    /**
+     * Sharded training (src/dist/zero.ts): sums the per-parameter sums of squares f32 [params] over
+     * every rank in place, so the clip norm is the global one.
+     */
+    private readonly reduceSumSquares?: (sumsq: Tensor<'f32'>) => void,
   ) {
     if (params.length === 0) throw new RangeError('the optimizer needs at least one parameter');
     const names = new Set<string>();
@@ -64,6 +69,7 @@ export class Optimizer {
   step(lr: number, maxGradNorm: number | null): Tensor<'f32'> {
     if (!(lr >= 0) || !Number.isFinite(lr)) throw new RangeError(`learning rate must be a finite number >= 0, got ${lr}`);
     this.slots.forEach((s, i) => ops.sumSquares(s.p.grad, this.sumsq, i));
+    this.reduceSumSquares?.(this.sumsq);
     const norm = ops.clipCoefficient(this.sumsq, maxGradNorm ?? Infinity);
     const clip = maxGradNorm === null ? undefined : norm;
     this.stepCount++;

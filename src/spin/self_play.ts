@@ -21,6 +21,7 @@ import { checkTruncation, type TokenizedPair, tokenizePair, tokenizeSft, type Tr
 import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
 import { padIdOf } from './sft.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from './train_loop.js';
+import { shardByItem } from '../dist/shard.js';
 
 export type Arm = 'spin' | 'sft';
 
@@ -146,6 +147,8 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
   const prompts = sft.map((p) => formatPrompt(tok, opts.template, p.prompt));
   let current = initialModel;
   const generated: string[][] = [];
+  // data parallel (opts.loop.dist): answers sharded by prompt (one journal per rank), rank 0 writes the model
+  const group = opts.loop.dist?.group;
   for (let t = 0; t < opts.iterations; t++) {
     const dir = iterationDir(opts.outDir, t);
     await makeDirs(dir);
@@ -159,9 +162,13 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
       else if (opts.arm === 'sft') generated[t] = sft.map(() => '');
       else {
         hooks.onStage?.(t, 'generate');
-        generated[t] = await hooks.generate(opponent, prompts, t, join(dir, 'generated.partial'));
+        const partial = join(dir, 'generated.partial');
+        generated[t] = group
+          ? await shardByItem(group, prompts, (mine) => hooks.generate(opponent, mine, t, `${partial}.rank-${group.rank}-of-${group.size}`))
+          : await hooks.generate(opponent, prompts, t, partial);
         await writeFileAtomic(genFile, JSON.stringify(generated[t]));
         await rm(join(dir, 'generated.partial'), { force: true });
+        if (group) await rm(`${join(dir, 'generated.partial')}.rank-${group.rank}-of-${group.size}`, { force: true });
       }
       if (!done) {
         // the training pairs of iteration t: this iteration's answers, plus the previous ones (official mixing)
@@ -185,7 +192,8 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
         }
         // 4. θ_{t+1}, complete or not at all
         hooks.onStage?.(t, 'save');
-        await saveModelStage(opponent, modelDir, current, join(dir, 'checkpoint'));
+        if (!group || group.isMain) await saveModelStage(opponent, modelDir, current, join(dir, 'checkpoint'));
+        group?.barrier();
       }
     } finally {
       opponent.weights.free();
@@ -196,7 +204,9 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
       hooks.onStage?.(t, 'evaluate');
       const trained = await LlamaModel.load(be, modelDir);
       try {
-        await writeFileAtomic(evalFile, JSON.stringify(await hooks.evaluate(trained, t), null, 2));
+        const r = await hooks.evaluate(trained, t);
+        if (!group || group.isMain) await writeFileAtomic(evalFile, JSON.stringify(r, null, 2));
+        group?.barrier();
       } finally {
         trained.weights.free();
       }

@@ -11,6 +11,8 @@ import { Rng } from '../util/rng.js';
 import { Optimizer, type OptimizerConfig, type Parameter } from './optimizer.js';
 import { lrMultiplier, type ScheduleType, warmupSteps } from './schedule.js';
 import * as ops from '../ops/index.js';
+import type { ProcessGroup } from '../dist/process_group.js';
+import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
 
 export interface LoopConfig {
   learningRate: number;
@@ -26,6 +28,12 @@ export interface LoopConfig {
   seed: number;
   /** Write a resumable checkpoint every this many optimizer steps (0: only at the end of an epoch). */
   saveSteps: number;
+  /**
+   * Data parallelism (docs/distributed.md): a step's window is micro x accumulation x group.size
+   * items, rank r takes micro-batches [r * accumulation, (r + 1) * accumulation) of it; ZeRO stage
+   * as DeepSpeed numbers them. Absent: one process, no group.
+   */
+  dist?: { group: ProcessGroup; zeroStage: ZeroStage };
 }
 
 export interface Objective {
@@ -59,7 +67,7 @@ export interface LoopHooks {
 
 /** Optimizer steps for n items: ceil(n / micro) micro-batches per epoch, ceil(. / accum) steps. */
 export function stepsPerEpoch(n: number, cfg: LoopConfig): number {
-  return Math.ceil(Math.ceil(n / cfg.microBatchSize) / cfg.gradientAccumulationSteps);
+  return Math.ceil(Math.ceil(n / cfg.microBatchSize) / (cfg.gradientAccumulationSteps * (cfg.dist?.group.size ?? 1)));
 }
 
 /** The item order of an epoch: a seeded shuffle, the same on every run and resume. */
@@ -94,6 +102,9 @@ interface TrainerState {
   totalSteps: number;
   optimizerSteps: number;
   items: number;
+  /** Distributed checkpoints: the world size and ZeRO stage that wrote them (one file per rank). */
+  world?: number;
+  zeroStage?: number;
 }
 
 const STATE_FILE = 'trainer_state.json';
@@ -138,6 +149,50 @@ async function loadCheckpoint(dir: string, model: LlamaModel, opt: Optimizer): P
   return state;
 }
 
+const rankFile = (rank: number, world: number) => `rank-${rank}-of-${world}.safetensors`;
+
+/** Distributed checkpoint: each rank writes what it holds; rank 0 writes the step and renames the directory into place. */
+async function saveDistCheckpoint(dir: string, engine: ZeroEngine, state: TrainerState): Promise<void> {
+  const { group } = engine;
+  const tmp = `${dir}.tmp`;
+  if (group.isMain) {
+    await rm(tmp, { recursive: true, force: true });
+    await mkdir(tmp, { recursive: true });
+  }
+  group.barrier();
+  const tensors = engine.stateTensors().map(({ name, tensor }) => ({ name, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) }));
+  await writeSafetensors(join(tmp, rankFile(group.rank, group.size)), tensors);
+  group.barrier();
+  if (group.isMain) {
+    await writeFileAtomic(join(tmp, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
+    await rm(dir, { recursive: true, force: true });
+    await rename(tmp, dir);
+  }
+  group.barrier();
+}
+
+async function loadDistCheckpoint(dir: string, engine: ZeroEngine): Promise<TrainerState | null> {
+  const { group } = engine;
+  let state: TrainerState;
+  try {
+    state = JSON.parse(await readFile(join(dir, STATE_FILE), 'utf8'));
+  } catch {
+    return null;
+  }
+  if (state.world !== group.size || state.zeroStage !== engine.stage) {
+    throw new Error(`checkpoint ${dir} was written by ${state.world ?? 1} process(es) at zero_stage ${state.zeroStage ?? 'none'}, this run has ${group.size} at zero_stage ${engine.stage}: resume with the same --nproc and --zero_stage, or remove it to start over`);
+  }
+  const f = await openSafetensors(join(dir, rankFile(group.rank, group.size)));
+  try {
+    for (const { name, tensor } of engine.stateTensors()) ops.write(tensor, await f.readTensor(name) as never);
+  } finally {
+    await f.close();
+  }
+  engine.afterLoad();
+  engine.opt.stepCount = state.optimizerSteps;
+  return state;
+}
+
 /**
  * Trains `model` on `n` items. Returns when every epoch is done; with hooks.checkpointDir a rerun
  * after a crash resumes from the last checkpoint and reaches the same final weights.
@@ -147,14 +202,19 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
   if (n < 1) throw new RangeError('nothing to train on: the data set is empty');
   const be = model.backend;
   model.weights.enableTraining();
-  const params: Parameter[] = [...model.weights.params].map(([name, param]) => ({ name, param, master: model.weights.masters.get(name), grad: model.weights.grad(name) }));
-  const opt = new Optimizer(be, params, cfg.optim);
+  const dist = cfg.dist;
+  const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim) : null;
+  const params: Parameter[] = engine ? [] : [...model.weights.params].map(([name, param]) => ({ name, param, master: model.weights.masters.get(name), grad: model.weights.grad(name) }));
+  const opt = engine ? engine.opt : new Optimizer(be, params, cfg.optim);
   const perEpoch = stepsPerEpoch(n, cfg);
   const totalSteps = perEpoch * cfg.numTrainEpochs;
   const warmup = warmupSteps(totalSteps, cfg.warmupRatio);
+  const accum = cfg.gradientAccumulationSteps;
+  const world = dist?.group.size ?? 1;
   let step = 0;
+  let finished = false;
   if (hooks.checkpointDir) {
-    const resumed = await loadCheckpoint(hooks.checkpointDir, model, opt);
+    const resumed = engine ? await loadDistCheckpoint(hooks.checkpointDir, engine) : await loadCheckpoint(hooks.checkpointDir, model, opt);
     if (resumed) {
       if (resumed.totalSteps !== totalSteps || resumed.items !== n) {
         throw new Error(`checkpoint ${hooks.checkpointDir} is from a run with ${resumed.items} items / ${resumed.totalSteps} steps, this run has ${n} / ${totalSteps}: remove it to start over`);
@@ -174,24 +234,39 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       const sums = Object.fromEntries(objective.metricNames.map((k, i) => [k, metrics[i]]));
       const log: StepLog = { step: p.step, epoch: p.step / perEpoch, ...sums, learning_rate: p.lr, grad_norm: norm[0], tokens_per_s: p.tokens / (Math.max(1e-6, done - lastDone) / 1000) };
       lastDone = done;
-      await hooks.onStep?.(log);
+      if (!dist || dist.group.isMain) await hooks.onStep?.(log);
     }
   };
   try {
     while (step < totalSteps) {
       const epoch = Math.floor(step / perEpoch);
       const order = epochOrder(n, cfg.seed, epoch);
-      const first = (step - epoch * perEpoch) * cfg.gradientAccumulationSteps * cfg.microBatchSize;
-      const window = order.slice(first, first + cfg.gradientAccumulationSteps * cfg.microBatchSize);
+      const windowItems = accum * world * cfg.microBatchSize;
+      const first = (step - epoch * perEpoch) * windowItems;
+      const window = order.slice(first, first + windowItems);
       const micro: number[][] = [];
       for (let i = 0; i < window.length; i += cfg.microBatchSize) micro.push(window.slice(i, i + cfg.microBatchSize));
-      model.weights.zeroGrad();
+      // data parallel: rank r takes the r-th run of `accum` micro-batches of the window (fixed order)
+      const mine = dist ? micro.slice(dist.group.rank * accum, (dist.group.rank + 1) * accum) : micro;
+      if (engine) engine.zeroGrad();
+      else model.weights.zeroGrad();
       const metrics = ops.zeros(be, 'f32', [objective.metricNames.length]);
       let tokens = 0;
-      // each micro-batch's mean is weighted by its share of the window's items
-      for (const indices of micro) tokens += objective.microStep(indices, indices.length / window.length, metrics);
+      // each micro-batch's mean is weighted by its share of the (global) window's items
+      for (const indices of mine) tokens += objective.microStep(indices, indices.length / window.length, metrics);
+      let norm: Tensor<'f32'>;
       const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
-      const norm = opt.step(lr, cfg.maxGradNorm);
+      if (engine && dist) {
+        // ZeRO-3 ranks with fewer micro-batches (the last window of an epoch) still join every gather
+        for (let k = mine.length; k < Math.min(accum, micro.length); k++) engine.idleMicroStep();
+        dist.group.allReduce(metrics, 'sum');
+        const t = new Float64Array([tokens]);
+        dist.group.allReduceHost(t, 'sum');
+        tokens = t[0];
+        norm = engine.step(lr, cfg.maxGradNorm);
+      } else {
+        norm = opt.step(lr, cfg.maxGradNorm);
+      }
       step++;
       const values = Promise.all([ops.read(metrics), ops.read(norm)]).then(([m, g]) => ({ metrics: m, norm: g, done: performance.now() }));
       values.finally(() => {
@@ -202,12 +277,20 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       const atEpochEnd = step % perEpoch === 0;
       const checkpoint = hooks.checkpointDir && (step === totalSteps || atEpochEnd || (cfg.saveSteps > 0 && step % cfg.saveSteps === 0));
       await flush(checkpoint ? 0 : 1);
-      if (checkpoint) await saveCheckpoint(hooks.checkpointDir!, model, opt, { step, totalSteps, optimizerSteps: opt.stepCount, items: n });
+      if (checkpoint) {
+        const state = { step, totalSteps, optimizerSteps: opt.stepCount, items: n };
+        if (engine && dist) await saveDistCheckpoint(hooks.checkpointDir!, engine, { ...state, world, zeroStage: dist.zeroStage });
+        else await saveCheckpoint(hooks.checkpointDir!, model, opt, state);
+      }
       hooks.afterStep?.(step);
     }
     await flush(0);
+    // every rank's model holds the whole trained parameters again (rank 0 writes the HF model)
+    engine?.finish();
+    finished = true;
   } finally {
-    opt.free();
+    if (engine && !finished) engine.free();
+    else if (!engine) opt.free();
   }
   return { steps: totalSteps };
 }

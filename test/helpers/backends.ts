@@ -4,15 +4,22 @@
 // backend (`cpuReference`), and use only the op layer (no CPU-only shortcuts).
 import type { Backend } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
+import { CudaBackend } from '../../src/backend/cuda/cuda_backend.js';
 import { backendStatus, DEVICES, type DeviceName } from '../../src/backend/registry.js';
 import { WebGpuBackend } from '../../src/backend/webgpu/webgpu_backend.js';
+
+/** Test-only backend names: the CUDA kernels run on the CPU by the emulator (native/cuda/emu). */
+const TEST_ONLY = ['cuda-emu'] as const;
+type TestBackendName = DeviceName | (typeof TEST_ONLY)[number];
 
 let cached: Backend[] | undefined;
 
 /** A backend for tests: the CPU one poisons fresh buffers with NaN, so a skipped element fails a test. */
-async function make(name: DeviceName): Promise<Backend> {
+async function make(name: TestBackendName): Promise<Backend> {
   if (name === 'cpu') return new CpuBackend({ poison: true });
+  if (name === 'cuda-emu') return new CudaBackend({ emulated: true, poison: true });
   const s = (await backendStatus()).find((x) => x.name === name)!;
+  if (name === 'cuda' && s.available) return new CudaBackend({ poison: true });
   if (name === 'webgpu' && s.available) return WebGpuBackend.create({ poison: true });
   throw new Error(`SPINLM_TEST_BACKENDS names '${name}', which cannot run here: ${s.reason}`);
 }
@@ -20,10 +27,11 @@ async function make(name: DeviceName): Promise<Backend> {
 export async function testBackends(): Promise<Backend[]> {
   if (cached) return cached;
   const env = process.env.SPINLM_TEST_BACKENDS?.trim();
-  let names: DeviceName[];
+  let names: TestBackendName[];
   if (env) {
-    names = env.split(',').map((s) => s.trim()) as DeviceName[];
-    for (const n of names) if (!DEVICES.includes(n)) throw new Error(`SPINLM_TEST_BACKENDS: unknown backend '${n}' (known: ${DEVICES.join(', ')})`);
+    names = env.split(',').map((s) => s.trim()) as TestBackendName[];
+    const known: readonly string[] = [...DEVICES, ...TEST_ONLY];
+    for (const n of names) if (!known.includes(n)) throw new Error(`SPINLM_TEST_BACKENDS: unknown backend '${n}' (known: ${known.join(', ')})`);
   } else {
     names = (await backendStatus()).filter((s) => s.available).map((s) => s.name);
   }

@@ -86,6 +86,8 @@ export interface NativeAddon {
   /** Big freed blocks are recycled (native/cpu/memory.h): release them / how many bytes are held. */
   trimMemory(): void;
   cachedBytes(): number;
+  /** Bytes of the tensors allocated and not yet freed (native/cpu/memory.cc's counter). */
+  liveBytes(): number;
   numThreads(): number;
   setNumThreads(n: number): void;
 }

@@ -1,0 +1,257 @@
+// spinlm_comm: the MPI half of spinlm's process groups (src/dist/), a separate N-API module built
+// only where MPI is found (binding.gyp, scripts/comm-deps.mjs) and loaded only when a process group
+// is created, so the base addon and its prebuilt binary never need an MPI library.
+//
+// Buffers are CPU-backend tensors: views { handle, byteOffset } whose handle is the base addon's
+// tagged External (native/napi_util.h, the same HostBuffer layout), or plain TypedArrays for small
+// host-side exchanges. No copies: MPI reads and writes the tensors' memory directly.
+//
+// Every collective is non-blocking MPI (MPI_Iallreduce, ...) completed by a polling loop with a
+// deadline: a peer that died or hangs turns into a JS error after `timeoutMs` instead of a hang
+// (the caller then aborts the job; under mpirun a dead peer usually gets the whole job killed first).
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
+#include <dlfcn.h>
+#include <mpi.h>
+#include <napi.h>
+#include <sched.h>
+#include <time.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include "napi_util.h"
+
+namespace {
+
+using spinlm::napi::Throw;
+using spinlm::napi::ThrowState;
+using spinlm::napi::ThrowType;
+using spinlm::napi::ToInt;
+
+bool g_inited = false;
+
+std::string MpiError(int code) {
+  char buf[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(code, buf, &len);
+  return std::string(buf, len);
+}
+
+void Check(Napi::Env env, int code, const char* what) {
+  if (code != MPI_SUCCESS) ThrowState(env, std::string(what) + " failed: " + MpiError(code));
+}
+
+void RequireInit(Napi::Env env) {
+  if (!g_inited) ThrowState(env, "MPI is not initialized: call init() first");
+}
+
+MPI_Datatype ToMpiType(Napi::Value v, int* size) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "f32") return *size = 4, MPI_FLOAT;
+  if (s == "bf16") return *size = 2, MPI_UINT16_T;  // moved, never reduced
+  if (s == "i32") return *size = 4, MPI_INT32_T;
+  if (s == "f64") return *size = 8, MPI_DOUBLE;
+  if (s == "u8") return *size = 1, MPI_UINT8_T;
+  ThrowType(v.Env(), "dtype must be 'f32', 'bf16', 'i32', 'f64' or 'u8'");
+}
+
+MPI_Op ToOp(Napi::Value v) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "sum") return MPI_SUM;
+  if (s == "max") return MPI_MAX;
+  if (s == "min") return MPI_MIN;
+  ThrowType(v.Env(), "op must be 'sum', 'max' or 'min'");
+}
+
+// A buffer: a tensor view (checked against its buffer's size) or a TypedArray; null = MPI_IN_PLACE.
+void* Buffer(Napi::Value v, const char* what, int64_t bytes, bool allow_null = false) {
+  Napi::Env env = v.Env();
+  if (allow_null && (v.IsNull() || v.IsUndefined())) return MPI_IN_PLACE;
+  if (v.IsTypedArray()) {
+    Napi::TypedArray a = v.As<Napi::TypedArray>();
+    if (static_cast<int64_t>(a.ByteLength()) < bytes)
+      Throw(env, std::string(what) + ": " + std::to_string(bytes) + " bytes do not fit a TypedArray of " + std::to_string(a.ByteLength()));
+    return static_cast<char*>(a.ArrayBuffer().Data()) + a.ByteOffset();
+  }
+  return spinlm::napi::View<void>(v, what, bytes);
+}
+
+int Count(Napi::Value v, const char* what) {
+  const int64_t n = ToInt(v, what);
+  if (n > INT32_MAX) Throw(v.Env(), std::string(what) + " exceeds MPI's int count (split the buffer)");
+  return static_cast<int>(n);
+}
+
+std::string FormatSeconds(int64_t ms) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", ms / 1000.0);
+  return buf;
+}
+
+// Completes a request or throws after timeoutMs (0 = wait forever). Spins briefly, then yields and
+// sleeps between tests so oversubscribed ranks leave the cores to the others.
+void Wait(Napi::Env env, MPI_Request* req, int64_t timeout_ms, const char* what) {
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  for (int64_t i = 0;; i++) {
+    int done = 0;
+    Check(env, MPI_Test(req, &done, MPI_STATUS_IGNORE), what);
+    if (done) return;
+    if (i < 200) continue;
+    if (i < 2000) {
+      sched_yield();
+    } else {
+      timespec ts{0, 50 * 1000};
+      nanosleep(&ts, nullptr);
+    }
+    if (timeout_ms > 0 && (i & 63) == 0) {
+      const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - start).count();
+      if (ms > timeout_ms) {
+        // the request cannot be cancelled portably; the caller aborts the job
+        throw Napi::Error::New(env, std::string("spinlm comm: ") + what + " did not complete within " + FormatSeconds(timeout_ms) + " s");
+      }
+    }
+  }
+}
+
+// init() -> { rank, size, threadLevel }: MPI_Init once (idempotent). libmpi is re-opened with
+// RTLD_GLOBAL first: Node loads this module with RTLD_LOCAL, and Open MPI's plugins resolve libmpi's
+// symbols globally.
+Napi::Value Init(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!g_inited) {
+    for (const char* lib : {"libmpi.so.40", "libmpi.so.12", "libmpi.so"}) {
+      if (dlopen(lib, RTLD_NOW | RTLD_GLOBAL | RTLD_NOLOAD) || dlopen(lib, RTLD_NOW | RTLD_GLOBAL)) break;
+    }
+    int flag = 0;
+    MPI_Initialized(&flag);
+    if (!flag) {
+      int provided = 0;
+      const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);
+      if (rc != MPI_SUCCESS) ThrowState(env, "MPI_Init failed: " + MpiError(rc));
+    }
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    g_inited = true;
+  }
+  int rank = 0, size = 1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("rank", rank);
+  o.Set("size", size);
+  char version[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  MPI_Get_library_version(version, &len);
+  std::string v(version, len);
+  const auto nl = v.find_first_of("\n,");
+  o.Set("library", v.substr(0, nl));
+  return o;
+}
+
+// allReduce(send | null (in place), recv, count, dtype, op, timeoutMs)
+Napi::Value AllReduce(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireInit(env);
+  int esize = 0;
+  const int n = Count(info[2], "count");
+  MPI_Datatype t = ToMpiType(info[3], &esize);
+  void* send = Buffer(info[0], "send", int64_t{n} * esize, true);
+  void* recv = Buffer(info[1], "recv", int64_t{n} * esize);
+  MPI_Request req;
+  Check(env, MPI_Iallreduce(send, recv, n, t, ToOp(info[4]), MPI_COMM_WORLD, &req), "allReduce");
+  Wait(env, &req, ToInt(info[5], "timeoutMs"), "allReduce");
+  return env.Undefined();
+}
+
+// reduceScatter(send [size * count], recv [count], count, dtype, op, timeoutMs): rank r gets block r.
+Napi::Value ReduceScatter(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireInit(env);
+  int esize = 0, size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const int n = Count(info[2], "count");
+  MPI_Datatype t = ToMpiType(info[3], &esize);
+  void* send = Buffer(info[0], "send", int64_t{n} * esize * size);
+  void* recv = Buffer(info[1], "recv", int64_t{n} * esize);
+  MPI_Request req;
+  Check(env, MPI_Ireduce_scatter_block(send, recv, n, t, ToOp(info[4]), MPI_COMM_WORLD, &req), "reduceScatter");
+  Wait(env, &req, ToInt(info[5], "timeoutMs"), "reduceScatter");
+  return env.Undefined();
+}
+
+// allGather(send [count] | null (in place: block `rank` of recv), recv [size * count], count, dtype, timeoutMs)
+Napi::Value AllGather(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireInit(env);
+  int esize = 0, size = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  const int n = Count(info[2], "count");
+  MPI_Datatype t = ToMpiType(info[3], &esize);
+  void* send = Buffer(info[0], "send", int64_t{n} * esize, true);
+  void* recv = Buffer(info[1], "recv", int64_t{n} * esize * size);
+  MPI_Request req;
+  Check(env, MPI_Iallgather(send, send == MPI_IN_PLACE ? 0 : n, send == MPI_IN_PLACE ? MPI_DATATYPE_NULL : t, recv, n, t, MPI_COMM_WORLD, &req), "allGather");
+  Wait(env, &req, ToInt(info[4], "timeoutMs"), "allGather");
+  return env.Undefined();
+}
+
+// broadcast(buf, count, dtype, root, timeoutMs)
+Napi::Value Broadcast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireInit(env);
+  int esize = 0;
+  const int n = Count(info[1], "count");
+  MPI_Datatype t = ToMpiType(info[2], &esize);
+  void* buf = Buffer(info[0], "buffer", int64_t{n} * esize);
+  MPI_Request req;
+  Check(env, MPI_Ibcast(buf, n, t, Count(info[3], "root"), MPI_COMM_WORLD, &req), "broadcast");
+  Wait(env, &req, ToInt(info[4], "timeoutMs"), "broadcast");
+  return env.Undefined();
+}
+
+// barrier(timeoutMs)
+Napi::Value Barrier(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  RequireInit(env);
+  MPI_Request req;
+  Check(env, MPI_Ibarrier(MPI_COMM_WORLD, &req), "barrier");
+  Wait(env, &req, ToInt(info[0], "timeoutMs"), "barrier");
+  return env.Undefined();
+}
+
+// abort(code): ends every rank of the job (MPI_Abort); does not return.
+Napi::Value Abort(const Napi::CallbackInfo& info) {
+  const int code = static_cast<int>(ToInt(info[0], "code"));
+  if (g_inited) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
+
+Napi::Value Finalize(const Napi::CallbackInfo& info) {
+  if (g_inited) {
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin) MPI_Finalize();
+  }
+  g_inited = false;
+  return info.Env().Undefined();
+}
+
+Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  exports.Set("commAbiVersion", Napi::Number::New(env, 1));  // src/dist/mpi.ts COMM_ABI_VERSION
+  exports.Set("init", Napi::Function::New(env, Init));
+  exports.Set("allReduce", Napi::Function::New(env, AllReduce));
+  exports.Set("reduceScatter", Napi::Function::New(env, ReduceScatter));
+  exports.Set("allGather", Napi::Function::New(env, AllGather));
+  exports.Set("broadcast", Napi::Function::New(env, Broadcast));
+  exports.Set("barrier", Napi::Function::New(env, Barrier));
+  exports.Set("abort", Napi::Function::New(env, Abort));
+  exports.Set("finalize", Napi::Function::New(env, Finalize));
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(spinlm_comm, InitModule)

@@ -1,0 +1,399 @@
+// Causal grouped-query attention, FlashAttention-style: no L x L scores in global memory.
+// Forward: a block takes 16 queries of one (sequence, head); key tiles of 32 stream through shared
+// memory; each warp owns 4 queries, lane j scores key j of the tile, the online softmax merges tiles
+// with warp shuffles, and lane d owns output dims d, d + 32, ... Backward (deterministic, no atomics):
+// one kernel recomputes scores per query tile for dq (and first D_i = dout_i . out_i); a second
+// takes 16 keys of one kv head and walks the heads of its group and the query tiles in order for
+// dk and dv. Decode: one block per (sequence, head), its 4 warps split the cached keys (split-K
+// within the block) and merge their partial softmax states in a fixed order.
+#include <cmath>
+
+#include "cuda_common.cuh"
+#include "model_kernels.h"
+#include "runtime.h"
+
+namespace spinlm::cuda {
+namespace {
+
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+constexpr int kBQ = 16;  // queries per forward / dq block
+constexpr int kQW = kBQ / kWarps;  // queries per warp
+constexpr int kBK = 32;  // keys per tile (one per lane)
+constexpr int kKB = 16;  // keys per dk/dv block
+constexpr int kKW = kKB / kWarps;
+constexpr int kMaxD = kMaxHeadDim / 32;  // dims per lane
+
+// Shared-memory floats of each kernel (rows padded to hd + 1 against bank conflicts).
+inline size_t fwd_smem(int64_t hd) { return static_cast<size_t>((kBQ + 2 * kBK) * (hd + 1) + kBK) * 4; }
+inline size_t dq_smem(int64_t hd) { return static_cast<size_t>((2 * kBQ + 2 * kBK) * (hd + 1) + kBK) * 4; }
+inline size_t dkv_smem(int64_t hd) { return static_cast<size_t>((2 * kKB + 2 * kBK) * (hd + 1) + 3 * kBK + kKB) * 4; }
+
+__global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v,
+                                                                 SPIN_GP(const int32_t) key_mask, int64_t l, int64_t nh, int64_t nkv,
+                                                                 int64_t hd, float scale, SPIN_GP(float) out, SPIN_GP(float) lse) {
+  SPIN_DYN_SHARED(float, sm);
+  const int64_t hdp = hd + 1;
+  auto qs = sm;
+  auto ks = sm + kBQ * hdp;
+  auto vs = ks + kBK * hdp;
+  auto ok = vs + kBK * hdp;  // 1.0f where the tile's key may be attended to
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kBQ, h = blockIdx.y, bb = blockIdx.z;
+  const int64_t kvh = h / (nh / nkv);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nd = static_cast<int>((hd + 31) / 32);
+  for (int64_t e = threadIdx.x; e < kBQ * hd; e += kThreads) {
+    const int64_t i = e / hd, d = e - i * hd;
+    qs[i * hdp + d] = q0 + i < l ? q[((bb * l + q0 + i) * nh + h) * hd + d] : 0.0f;
+  }
+  float m[kQW], lsum[kQW], o[kQW][kMaxD];
+  for (int a = 0; a < kQW; ++a) {
+    m[a] = -INFINITY;
+    lsum[a] = 0.0f;
+    for (int c = 0; c < kMaxD; ++c) o[a][c] = 0.0f;
+  }
+  const int64_t last = q0 + kBQ - 1 < l - 1 ? q0 + kBQ - 1 : l - 1;
+  for (int64_t k0 = 0; k0 <= last; k0 += kBK) {
+    __syncthreads();  // the previous tile is consumed (and qs is written, the first time)
+    for (int64_t e = threadIdx.x; e < kBK * hd; e += kThreads) {
+      const int64_t j = e / hd, d = e - j * hd;
+      const bool in = k0 + j < l;
+      const int64_t src = ((bb * l + k0 + j) * nkv + kvh) * hd + d;
+      ks[j * hdp + d] = in ? k[src] : 0.0f;
+      vs[j * hdp + d] = in ? v[src] : 0.0f;
+    }
+    if (threadIdx.x < kBK) ok[threadIdx.x] = k0 + threadIdx.x < l && key_mask[bb * l + k0 + threadIdx.x] != 0 ? 1.0f : 0.0f;
+    __syncthreads();
+    for (int a = 0; a < kQW; ++a) {
+      const int64_t qi = q0 + warp * kQW + a;
+      const int64_t kj = k0 + lane;
+      float s = -INFINITY;
+      if (qi < l && kj <= qi && ok[lane] != 0.0f) {
+        float dot = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) dot += qs[(warp * kQW + a) * hdp + d] * ks[lane * hdp + d];
+        s = dot * scale;
+      }
+      const float mt = warp_max(s);
+      const float mn = fmaxf(m[a], mt);
+      if (mn == -INFINITY) continue;  // nothing attended yet (uniform across the warp)
+      const float p = s == -INFINITY ? 0.0f : expf(s - mn);
+      const float corr = m[a] == -INFINITY ? 0.0f : expf(m[a] - mn);
+      lsum[a] = lsum[a] * corr + warp_sum(p);
+      m[a] = mn;
+      for (int c = 0; c < kMaxD; ++c) o[a][c] *= corr;
+      for (int j = 0; j < kBK; ++j) {
+        const float pj = __shfl_sync(kFull, p, j);
+        for (int c = 0; c < nd; ++c) {
+          const int64_t d = lane + 32 * c;
+          if (d < hd) o[a][c] += pj * vs[j * hdp + d];
+        }
+      }
+    }
+  }
+  for (int a = 0; a < kQW; ++a) {
+    const int64_t qi = q0 + warp * kQW + a;
+    if (qi >= l) continue;
+    const float inv = lsum[a] > 0.0f ? 1.0f / lsum[a] : 0.0f;
+    for (int c = 0; c < nd; ++c) {
+      const int64_t d = lane + 32 * c;
+      if (d < hd) out[((bb * l + qi) * nh + h) * hd + d] = o[a][c] * inv;
+    }
+    if (lane == 0) lse[(bb * nh + h) * l + qi] = lsum[a] > 0.0f ? m[a] + logf(lsum[a]) : -INFINITY;
+  }
+}
+
+// dq for 16 queries of one (sequence, head); also writes D_i = dout_i . out_i for the dk/dv kernel.
+__global__ void __launch_bounds__(kThreads) attention_dq_kernel(
+    SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v, SPIN_GP(const int32_t) key_mask,
+    SPIN_GP(const float) out, SPIN_GP(const float) lse, SPIN_GP(const float) dout, int64_t l, int64_t nh, int64_t nkv,
+    int64_t hd, float scale, SPIN_GP(float) dq, SPIN_GP(float) dsum) {
+  SPIN_DYN_SHARED(float, sm);
+  const int64_t hdp = hd + 1;
+  auto qs = sm;
+  auto dos = qs + kBQ * hdp;
+  auto ks = dos + kBQ * hdp;
+  auto vs = ks + kBK * hdp;
+  auto ok = vs + kBK * hdp;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kBQ, h = blockIdx.y, bb = blockIdx.z;
+  const int64_t kvh = h / (nh / nkv);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nd = static_cast<int>((hd + 31) / 32);
+  for (int64_t e = threadIdx.x; e < kBQ * hd; e += kThreads) {
+    const int64_t i = e / hd, d = e - i * hd;
+    const bool in = q0 + i < l;
+    const int64_t src = ((bb * l + q0 + i) * nh + h) * hd + d;
+    qs[i * hdp + d] = in ? q[src] : 0.0f;
+    dos[i * hdp + d] = in ? dout[src] : 0.0f;
+  }
+  float dd[kQW], lq[kQW], acc[kQW][kMaxD];
+  for (int a = 0; a < kQW; ++a) {
+    const int64_t qi = q0 + warp * kQW + a;
+    float part = 0.0f;
+    for (int c = 0; c < nd; ++c) {
+      const int64_t d = lane + 32 * c;
+      if (qi < l && d < hd) {
+        const int64_t at = ((bb * l + qi) * nh + h) * hd + d;
+        part += dout[at] * out[at];
+      }
+    }
+    dd[a] = warp_sum(part);
+    lq[a] = qi < l ? lse[(bb * nh + h) * l + qi] : -INFINITY;
+    if (qi < l && lane == 0) dsum[(bb * nh + h) * l + qi] = dd[a];
+    for (int c = 0; c < kMaxD; ++c) acc[a][c] = 0.0f;
+  }
+  const int64_t last = q0 + kBQ - 1 < l - 1 ? q0 + kBQ - 1 : l - 1;
+  for (int64_t k0 = 0; k0 <= last; k0 += kBK) {
+    __syncthreads();
+    for (int64_t e = threadIdx.x; e < kBK * hd; e += kThreads) {
+      const int64_t j = e / hd, d = e - j * hd;
+      const bool in = k0 + j < l;
+      const int64_t src = ((bb * l + k0 + j) * nkv + kvh) * hd + d;
+      ks[j * hdp + d] = in ? k[src] : 0.0f;
+      vs[j * hdp + d] = in ? v[src] : 0.0f;
+    }
+    if (threadIdx.x < kBK) ok[threadIdx.x] = k0 + threadIdx.x < l && key_mask[bb * l + k0 + threadIdx.x] != 0 ? 1.0f : 0.0f;
+    __syncthreads();
+    for (int a = 0; a < kQW; ++a) {
+      const int64_t qi = q0 + warp * kQW + a, kj = k0 + lane;
+      const int row = warp * kQW + a;
+      float ds = 0.0f;
+      if (qi < l && kj <= qi && ok[lane] != 0.0f && lq[a] != -INFINITY) {
+        float s = 0.0f, dp = 0.0f;
+        for (int64_t d = 0; d < hd; ++d) {
+          s += qs[row * hdp + d] * ks[lane * hdp + d];
+          dp += dos[row * hdp + d] * vs[lane * hdp + d];
+        }
+        const float p = expf(s * scale - lq[a]);
+        ds = p * (dp - dd[a]);
+      }
+      for (int j = 0; j < kBK; ++j) {
+        const float dsj = __shfl_sync(kFull, ds, j);
+        for (int c = 0; c < nd; ++c) {
+          const int64_t d = lane + 32 * c;
+          if (d < hd) acc[a][c] += dsj * ks[j * hdp + d];
+        }
+      }
+    }
+  }
+  for (int a = 0; a < kQW; ++a) {
+    const int64_t qi = q0 + warp * kQW + a;
+    if (qi >= l) continue;
+    for (int c = 0; c < nd; ++c) {
+      const int64_t d = lane + 32 * c;
+      if (d < hd) dq[((bb * l + qi) * nh + h) * hd + d] = acc[a][c] * scale;
+    }
+  }
+}
+
+// dk, dv for 16 keys of one (sequence, kv head): the heads of the group, then query tiles, in order.
+__global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
+    SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v, SPIN_GP(const int32_t) key_mask,
+    SPIN_GP(const float) lse, SPIN_GP(const float) dsum, SPIN_GP(const float) dout, int64_t l, int64_t nh, int64_t nkv,
+    int64_t hd, float scale, SPIN_GP(float) dk, SPIN_GP(float) dv) {
+  SPIN_DYN_SHARED(float, sm);
+  const int64_t hdp = hd + 1;
+  auto ks = sm;
+  auto vs = ks + kKB * hdp;
+  auto qs = vs + kKB * hdp;
+  auto dos = qs + kBK * hdp;
+  auto lqs = dos + kBK * hdp;
+  auto dds = lqs + kBK;
+  auto qok = dds + kBK;
+  auto kok = qok + kBK;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.x) * kKB, kvh = blockIdx.y, bb = blockIdx.z;
+  const int64_t group = nh / nkv;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nd = static_cast<int>((hd + 31) / 32);
+  for (int64_t e = threadIdx.x; e < kKB * hd; e += kThreads) {
+    const int64_t j = e / hd, d = e - j * hd;
+    const bool in = k0 + j < l;
+    const int64_t src = ((bb * l + k0 + j) * nkv + kvh) * hd + d;
+    ks[j * hdp + d] = in ? k[src] : 0.0f;
+    vs[j * hdp + d] = in ? v[src] : 0.0f;
+  }
+  if (threadIdx.x < kKB) kok[threadIdx.x] = k0 + threadIdx.x < l && key_mask[bb * l + k0 + threadIdx.x] != 0 ? 1.0f : 0.0f;
+  float gk[kKW][kMaxD], gv[kKW][kMaxD];
+  for (int a = 0; a < kKW; ++a)
+    for (int c = 0; c < kMaxD; ++c) gk[a][c] = gv[a][c] = 0.0f;
+  for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
+    for (int64_t t0 = (k0 / kBK) * kBK; t0 < l; t0 += kBK) {
+      __syncthreads();
+      for (int64_t e = threadIdx.x; e < kBK * hd; e += kThreads) {
+        const int64_t i = e / hd, d = e - i * hd;
+        const bool in = t0 + i < l;
+        const int64_t src = ((bb * l + t0 + i) * nh + h) * hd + d;
+        qs[i * hdp + d] = in ? q[src] : 0.0f;
+        dos[i * hdp + d] = in ? dout[src] : 0.0f;
+      }
+      if (threadIdx.x < kBK) {
+        const int64_t qi = t0 + threadIdx.x;
+        const bool in = qi < l;
+        lqs[threadIdx.x] = in ? lse[(bb * nh + h) * l + qi] : -INFINITY;
+        dds[threadIdx.x] = in ? dsum[(bb * nh + h) * l + qi] : 0.0f;
+        qok[threadIdx.x] = in ? 1.0f : 0.0f;
+      }
+      __syncthreads();
+      for (int a = 0; a < kKW; ++a) {
+        const int kr = warp * kKW + a;
+        const int64_t kj = k0 + kr, qi = t0 + lane;
+        float p = 0.0f, ds = 0.0f;
+        if (qok[lane] != 0.0f && kok[kr] != 0.0f && kj <= qi && lqs[lane] != -INFINITY) {
+          float s = 0.0f, dp = 0.0f;
+          for (int64_t d = 0; d < hd; ++d) {
+            s += qs[lane * hdp + d] * ks[kr * hdp + d];
+            dp += dos[lane * hdp + d] * vs[kr * hdp + d];
+          }
+          p = expf(s * scale - lqs[lane]);
+          ds = p * (dp - dds[lane]);
+        }
+        for (int i = 0; i < kBK; ++i) {
+          const float pi = __shfl_sync(kFull, p, i), dsi = __shfl_sync(kFull, ds, i);
+          for (int c = 0; c < nd; ++c) {
+            const int64_t d = lane + 32 * c;
+            if (d < hd) {
+              gv[a][c] += pi * dos[i * hdp + d];
+              gk[a][c] += dsi * qs[i * hdp + d];
+            }
+          }
+        }
+      }
+    }
+  }
+  for (int a = 0; a < kKW; ++a) {
+    const int64_t kj = k0 + warp * kKW + a;
+    if (kj >= l) continue;
+    for (int c = 0; c < nd; ++c) {
+      const int64_t d = lane + 32 * c;
+      if (d < hd) {
+        const int64_t at = ((bb * l + kj) * nkv + kvh) * hd + d;
+        dk[at] = gk[a][c] * scale;
+        dv[at] = gv[a][c];
+      }
+    }
+  }
+}
+
+// One query per (sequence, head) against the cache; warps take every 4th tile of 32 keys.
+__global__ void __launch_bounds__(kThreads) attention_decode_kernel(
+    SPIN_GP(const float) q, SPIN_GP(const float) kc, SPIN_GP(const float) vc, SPIN_GP(const int32_t) lengths,
+    SPIN_GP(const int32_t) key_mask, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, SPIN_GP(float) out,
+    SPIN_GP(uint32_t) err) {
+  SPIN_SHARED(float, qs, kMaxHeadDim);
+  SPIN_SHARED(float, wm, kWarps);
+  SPIN_SHARED(float, wl, kWarps);
+  SPIN_SHARED(float, wo, kWarps * kMaxHeadDim);
+  const int64_t h = blockIdx.x, bb = blockIdx.y;
+  const int64_t kvh = h / (nh / nkv);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nd = static_cast<int>((hd + 31) / 32);
+  const int32_t len = lengths[bb];
+  auto o_row = out + (bb * nh + h) * hd;
+  if (len < 0 || len > lmax) {  // uniform across the block: leaves before any barrier
+    for (int64_t d = threadIdx.x; d < hd; d += kThreads) o_row[d] = __builtin_nanf("");
+    if (threadIdx.x == 0) atomicOr(err, static_cast<uint32_t>(kErrDecodeLengths));
+    return;
+  }
+  for (int64_t d = threadIdx.x; d < hd; d += kThreads) qs[d] = q[(bb * nh + h) * hd + d];
+  __syncthreads();
+  const auto kbase = kc + (bb * nkv + kvh) * lmax * hd;
+  const auto vbase = vc + (bb * nkv + kvh) * lmax * hd;
+  float m = -INFINITY, ls = 0.0f, o[kMaxD];
+  for (int c = 0; c < kMaxD; ++c) o[c] = 0.0f;
+  for (int64_t t0 = static_cast<int64_t>(warp) * 32; t0 < len; t0 += kThreads) {
+    const int64_t j = t0 + lane;
+    float s = -INFINITY;
+    if (j < len && (!key_mask || key_mask[bb * lmax + j] != 0)) {
+      float dot = 0.0f;
+      for (int64_t d = 0; d < hd; ++d) dot += qs[d] * kbase[j * hd + d];
+      s = dot * scale;
+    }
+    const float mn = fmaxf(m, warp_max(s));
+    if (mn == -INFINITY) continue;
+    const float p = s == -INFINITY ? 0.0f : expf(s - mn);
+    const float corr = m == -INFINITY ? 0.0f : expf(m - mn);
+    ls = ls * corr + warp_sum(p);
+    m = mn;
+    for (int c = 0; c < kMaxD; ++c) o[c] *= corr;
+    for (int jj = 0; jj < 32; ++jj) {
+      const float pj = __shfl_sync(kFull, p, jj);
+      if (t0 + jj >= len) continue;  // uniform across the warp
+      for (int c = 0; c < nd; ++c) {
+        const int64_t d = lane + 32 * c;
+        if (d < hd) o[c] += pj * vbase[(t0 + jj) * hd + d];
+      }
+    }
+  }
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = ls;
+  }
+  for (int c = 0; c < nd; ++c) {
+    const int64_t d = lane + 32 * c;
+    if (d < hd) wo[warp * kMaxHeadDim + d] = o[c];
+  }
+  __syncthreads();
+  if (warp == 0) {
+    float gm = -INFINITY;
+    for (int w = 0; w < kWarps; ++w) gm = fmaxf(gm, wm[w]);
+    float gl = 0.0f;
+    float acc[kMaxD];
+    for (int c = 0; c < kMaxD; ++c) acc[c] = 0.0f;
+    for (int w = 0; w < kWarps; ++w) {
+      const float f = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - gm);
+      gl += wl[w] * f;
+      for (int c = 0; c < nd; ++c) {
+        const int64_t d = lane + 32 * c;
+        if (d < hd) acc[c] += wo[w * kMaxHeadDim + d] * f;
+      }
+    }
+    const float inv = gl > 0.0f ? 1.0f / gl : 0.0f;
+    for (int c = 0; c < nd; ++c) {
+      const int64_t d = lane + 32 * c;
+      if (d < hd) o_row[d] = acc[c] * inv;
+    }
+  }
+}
+
+unsigned tiles(int64_t n, int64_t t) { return static_cast<unsigned>((n + t - 1) / t); }
+
+void allow_smem(const void* kernel, size_t bytes) {
+  if (bytes > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "attention shared memory");
+}
+
+}  // namespace
+
+void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b, int64_t l, int64_t nh,
+               int64_t nkv, int64_t hd, float scale, float* out, float* lse) {
+  if (b * l * nh == 0) return;
+  const size_t smem = fwd_smem(hd);
+  allow_smem(reinterpret_cast<const void*>(&attention_fwd_kernel), smem);
+  SPIN_LAUNCH(attention_fwd_kernel, dim3(tiles(l, kBQ), static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), smem,
+              stream(), q, k, v, key_mask, l, nh, nkv, hd, scale, out, lse);
+  check_launch("attention");
+}
+
+void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const float* out,
+                        const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv, int64_t hd,
+                        float scale, float* dq, float* dk, float* dv) {
+  if (b * l == 0) return;
+  float* dsum = static_cast<float*>(scratch(static_cast<size_t>(b * nh * l) * 4));
+  const size_t s1 = dq_smem(hd), s2 = dkv_smem(hd);
+  allow_smem(reinterpret_cast<const void*>(&attention_dq_kernel), s1);
+  allow_smem(reinterpret_cast<const void*>(&attention_dkv_kernel), s2);
+  SPIN_LAUNCH(attention_dq_kernel, dim3(tiles(l, kBQ), static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), s1,
+              stream(), q, k, v, key_mask, out, lse, dout, l, nh, nkv, hd, scale, dq, dsum);
+  SPIN_LAUNCH(attention_dkv_kernel, dim3(tiles(l, kKB), static_cast<unsigned>(nkv), static_cast<unsigned>(b)), dim3(kThreads), s2,
+              stream(), q, k, v, key_mask, lse, static_cast<const float*>(dsum), dout, l, nh, nkv, hd, scale, dk, dv);
+  check_launch("attentionBackward");
+}
+
+void attention_decode(const float* q, const float* k_cache, const float* v_cache, const int32_t* lengths, const int32_t* key_mask,
+                      int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
+  if (b * nh == 0) return;
+  SPIN_LAUNCH(attention_decode_kernel, dim3(static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), q,
+              lmax ? k_cache : nullptr, lmax ? v_cache : nullptr, lengths, lmax ? key_mask : nullptr, lmax, nh, nkv, hd, scale, out,
+              error_word());
+  check_launch("attentionDecode");
+}
+
+}  // namespace spinlm::cuda

@@ -1,0 +1,32 @@
+// CUDA kernel entry points: the same functions and signatures as native/cpu/kernels.h, in namespace
+// spinlm::cuda, over device pointers. Each enqueues its kernels on the backend's stream (runtime.h)
+// and returns at once. Index errors are found on the device: the offending row is skipped (its
+// outputs NaN) and the op's bit is ORed into the device error word (docs/ops.md).
+#pragma once
+#include <cstdint>
+
+#include "../cpu/kernels.h"
+
+namespace spinlm::cuda {
+
+using spinlm::DType;
+
+void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets,
+                    float* logp, float* lse);
+void logprob_gather_backward(const void* logits, DType dt, int64_t n, int64_t v,
+                             const int32_t* targets, const float* lse, const float* dlogp,
+                             void* dlogits, DType out_dt);
+void sequence_logprob(const float* logp, const int32_t* seg, int64_t n, int64_t num_seqs, float* out);
+void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n, int64_t num_seqs,
+                               float* dlogp);
+void spin_loss(const float* policy, const float* ref, const float* pair_mask, int64_t b, double beta,
+               SpinLossType type, double nll_alpha, const float* answer_tokens, float grad_scale,
+               float* per_pair, float* means, float* dseq);
+
+void fill_pattern(void* p, int64_t count, int elem_bytes, uint32_t pattern);
+void cast_values(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n);
+
+void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, const int32_t* active,
+                   double temperature, int64_t top_k, double top_p, int32_t* out);
+
+}  // namespace spinlm::cuda

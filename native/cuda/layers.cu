@@ -1,0 +1,268 @@
+// Elementwise and per-row kernels of the Llama layers: embedding (and a deterministic backward:
+// each thread owns a column and walks the tokens in order), RMSNorm (one block per row, double
+// sums), RoPE, SwiGLU, residual adds, biases, KV-cache scatter. Column reductions (weight and bias
+// gradients) sum rows in a fixed order: no atomics.
+#include <cmath>
+
+#include "cuda_common.cuh"
+#include "model_kernels.h"
+#include "runtime.h"
+
+namespace spinlm::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr float kNaN = __builtin_nanf("");
+
+#define SPIN_GRID_STRIDE(i, n) \
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+
+template <class T>
+__global__ void embedding_kernel(SPIN_GP(const int32_t) ids, int64_t t, SPIN_GP(const T) table, int64_t vocab, int64_t h,
+                                 SPIN_GP(float) out, SPIN_GP(uint32_t) err) {
+  SPIN_GRID_STRIDE(i, t * h) {
+    const int64_t r = i / h, j = i - r * h;
+    const int32_t id = ids[r];
+    if (id < 0 || id >= vocab) {
+      out[i] = kNaN;
+      if (j == 0) atomicOr(err, static_cast<uint32_t>(kErrTokenIds));
+    } else {
+      out[i] = to_f32(table[row_offset(id, h) + j]);
+    }
+  }
+}
+
+// Each thread owns one column: a bad id anywhere skips the whole op (as the CPU backend does).
+__global__ void embedding_backward_kernel(SPIN_GP(const int32_t) ids, int64_t t, SPIN_GP(const float) dout, int64_t vocab,
+                                          int64_t h, SPIN_GP(float) dtable, SPIN_GP(uint32_t) err) {
+  SPIN_GRID_STRIDE(j, h) {
+    bool bad = false;
+    for (int64_t r = 0; r < t; ++r) bad |= ids[r] < 0 || ids[r] >= vocab;
+    if (bad) {
+      if (j == 0) atomicOr(err, static_cast<uint32_t>(kErrTokenIds));
+      continue;
+    }
+    for (int64_t r = 0; r < t; ++r) dtable[row_offset(ids[r], h) + j] += dout[row_offset(r, h) + j];
+  }
+}
+
+__device__ __forceinline__ double block_sum_double(double x, double* part) {
+  x = warp_sum(x);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  __syncthreads();  // part may still be read by an earlier call
+  if (lane == 0) part[warp] = x;
+  __syncthreads();
+  double t = 0;
+  for (int w = 0; w < kThreads / 32; ++w) t += part[w];
+  return t;
+}
+
+template <class W>
+__global__ void __launch_bounds__(kThreads) rmsnorm_kernel(SPIN_GP(const float) x, SPIN_GP(const W) w, int64_t h, float eps,
+                                                          SPIN_GP(float) y, SPIN_GP(float) rstd) {
+  SPIN_SHARED(double, part, kThreads / 32);
+  const int64_t r = blockIdx.x;
+  const auto xr = x + row_offset(r, h);
+  double ss = 0;
+  for (int64_t j = threadIdx.x; j < h; j += kThreads) ss += static_cast<double>(xr[j]) * xr[j];
+  ss = block_sum_double(ss, &part[0]);
+  const float rs = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(h) + eps));
+  if (threadIdx.x == 0) rstd[r] = rs;
+  auto yr = y + row_offset(r, h);
+  for (int64_t j = threadIdx.x; j < h; j += kThreads) yr[j] = xr[j] * rs * to_f32(w[j]);
+}
+
+template <class W>
+__global__ void __launch_bounds__(kThreads) rmsnorm_backward_kernel(SPIN_GP(const float) x, SPIN_GP(const W) w,
+                                                                   SPIN_GP(const float) rstd, SPIN_GP(const float) dy,
+                                                                   int64_t h, SPIN_GP(float) dx) {
+  SPIN_SHARED(double, part, kThreads / 32);
+  const int64_t r = blockIdx.x;
+  const auto xr = x + row_offset(r, h);
+  const auto gr = dy + row_offset(r, h);
+  double dot = 0;
+  for (int64_t j = threadIdx.x; j < h; j += kThreads) dot += static_cast<double>(to_f32(w[j])) * gr[j] * xr[j];
+  dot = block_sum_double(dot, &part[0]);
+  const float rs = rstd[r];
+  const float c = static_cast<float>(dot / static_cast<double>(h)) * rs * rs * rs;
+  auto dr = dx + row_offset(r, h);
+  for (int64_t j = threadIdx.x; j < h; j += kThreads) dr[j] = rs * to_f32(w[j]) * gr[j] - xr[j] * c;
+}
+
+// acc[j] += sum over rows of f(r, j), rows in order, one thread per column (deterministic).
+__global__ void rmsnorm_dw_kernel(SPIN_GP(const float) x, SPIN_GP(const float) rstd, SPIN_GP(const float) dy, int64_t t,
+                                  int64_t h, SPIN_GP(float) dw) {
+  SPIN_GRID_STRIDE(j, h) {
+    double s = 0;
+    for (int64_t r = 0; r < t; ++r) s += static_cast<double>(dy[r * h + j]) * x[r * h + j] * rstd[r];
+    dw[j] += static_cast<float>(s);
+  }
+}
+
+__global__ void bias_backward_kernel(SPIN_GP(const float) dy, int64_t t, int64_t n, SPIN_GP(float) dbias) {
+  SPIN_GRID_STRIDE(j, n) {
+    double s = 0;
+    for (int64_t r = 0; r < t; ++r) s += static_cast<double>(dy[r * n + j]);
+    dbias[j] += static_cast<float>(s);
+  }
+}
+
+// One thread per (token, head, i < hd/2) pair of rotated values.
+__global__ void rope_kernel(SPIN_GP(float) x, SPIN_GP(const int32_t) pos, int64_t t, int64_t heads, int64_t hd, float theta,
+                            float scale, int inverse, SPIN_GP(uint32_t) err) {
+  const int64_t half = hd / 2;
+  SPIN_GRID_STRIDE(k, t * heads * half) {
+    const int64_t i = k % half, rh = k / half, r = rh / heads;
+    const int32_t p = pos[r];
+    if (p < 0) {
+      if (i == 0 && rh % heads == 0) atomicOr(err, static_cast<uint32_t>(kErrPositions));
+      continue;
+    }
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(hd);
+    float inv_freq = 1.0f / powf(theta, expo);
+    if (scale != 1.0f) inv_freq = inv_freq / scale;
+    const float angle = static_cast<float>(p) * inv_freq;
+    const float c = static_cast<float>(cos(static_cast<double>(angle)));
+    float s = static_cast<float>(sin(static_cast<double>(angle)));
+    if (inverse) s = -s;
+    auto v = x + rh * hd;
+    const float a = v[i], b = v[half + i];
+    v[i] = a * c - b * s;
+    v[half + i] = b * c + a * s;
+  }
+}
+
+__device__ __forceinline__ float sigmoid_f(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+__global__ void swiglu_kernel(SPIN_GP(const float) gate, SPIN_GP(const float) up, int64_t n, SPIN_GP(float) out) {
+  SPIN_GRID_STRIDE(i, n) {
+    const float g = gate[i];
+    out[i] = g * sigmoid_f(g) * up[i];
+  }
+}
+
+__global__ void swiglu_backward_kernel(SPIN_GP(const float) gate, SPIN_GP(const float) up, SPIN_GP(const float) dout, int64_t n,
+                                       SPIN_GP(float) dgate, SPIN_GP(float) dup) {
+  SPIN_GRID_STRIDE(i, n) {
+    const float g = gate[i], sg = sigmoid_f(g), d = dout[i];
+    dup[i] = d * g * sg;
+    dgate[i] = d * up[i] * sg * (1.0f + g * (1.0f - sg));
+  }
+}
+
+// dst rows by index; a bad index skips its row and raises the bit.
+__global__ void scatter_rows_kernel(SPIN_GP(const float) src, SPIN_GP(const int32_t) index, int64_t rows, int64_t cols,
+                                    SPIN_GP(float) dst, int64_t dst_rows, SPIN_GP(uint32_t) err) {
+  SPIN_GRID_STRIDE(i, rows * cols) {
+    const int64_t r = i / cols, j = i - r * cols;
+    const int32_t d = index[r];
+    if (d < 0 || d >= dst_rows) {
+      if (j == 0) atomicOr(err, static_cast<uint32_t>(kErrScatterIndex));
+      continue;
+    }
+    dst[row_offset(d, cols) + j] = src[i];
+  }
+}
+
+__global__ void add_kernel(SPIN_GA(const float) a, SPIN_GA(const float) b, int64_t n, SPIN_GA(float) y) {
+  SPIN_GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+}
+
+template <class T>
+__global__ void add_bias_kernel(SPIN_GP(float) x, SPIN_GP(const T) bias, int64_t t, int64_t n) {
+  SPIN_GRID_STRIDE(i, t * n) x[i] += to_f32(bias[i % n]);
+}
+
+dim3 grid_for(int64_t n) { return dim3(elementwise_blocks(n, kThreads)); }
+
+}  // namespace
+
+void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t vocab, int64_t h, float* out) {
+  if (t * h == 0) return;
+  if (dt == DType::kBF16)
+    SPIN_LAUNCH(embedding_kernel<uint16_t>, grid_for(t * h), dim3(kThreads), 0, stream(), ids, t, static_cast<const uint16_t*>(table),
+                vocab, h, out, error_word());
+  else
+    SPIN_LAUNCH(embedding_kernel<float>, grid_for(t * h), dim3(kThreads), 0, stream(), ids, t, static_cast<const float*>(table), vocab,
+                h, out, error_word());
+  check_launch("embedding");
+}
+
+void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t vocab, int64_t h, float* dtable) {
+  if (t == 0 || h == 0) return;
+  SPIN_LAUNCH(embedding_backward_kernel, grid_for(h), dim3(kThreads), 0, stream(), ids, t, dout, vocab, h, dtable, error_word());
+  check_launch("embeddingBackward");
+}
+
+void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd) {
+  if (t == 0) return;
+  if (w_dt == DType::kBF16)
+    SPIN_LAUNCH(rmsnorm_kernel<uint16_t>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x,
+                static_cast<const uint16_t*>(w), h, eps, y, rstd);
+  else
+    SPIN_LAUNCH(rmsnorm_kernel<float>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x, static_cast<const float*>(w), h,
+                eps, y, rstd);
+  check_launch("rmsnorm");
+}
+
+void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy, int64_t t, int64_t h,
+                      float* dx, float* dw) {
+  if (t == 0) return;
+  if (w_dt == DType::kBF16)
+    SPIN_LAUNCH(rmsnorm_backward_kernel<uint16_t>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x,
+                static_cast<const uint16_t*>(w), rstd, dy, h, dx);
+  else
+    SPIN_LAUNCH(rmsnorm_backward_kernel<float>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x,
+                static_cast<const float*>(w), rstd, dy, h, dx);
+  if (dw) SPIN_LAUNCH(rmsnorm_dw_kernel, grid_for(h), dim3(kThreads), 0, stream(), x, rstd, dy, t, h, dw);
+  check_launch("rmsnormBackward");
+}
+
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta, double scale, bool inverse) {
+  if (t * heads * hd == 0) return;
+  SPIN_LAUNCH(rope_kernel, grid_for(t * heads * (hd / 2)), dim3(kThreads), 0, stream(), x, pos, t, heads, hd,
+              static_cast<float>(theta), static_cast<float>(scale), inverse ? 1 : 0, error_word());
+  check_launch("rope");
+}
+
+void swiglu(const float* gate, const float* up, int64_t n, float* out) {
+  if (n == 0) return;
+  SPIN_LAUNCH(swiglu_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, n, out);
+  check_launch("swiglu");
+}
+
+void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup) {
+  if (n == 0) return;
+  SPIN_LAUNCH(swiglu_backward_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, dout, n, dgate, dup);
+  check_launch("swigluBackward");
+}
+
+void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst, int64_t dst_rows) {
+  if (rows * cols == 0) return;
+  SPIN_LAUNCH(scatter_rows_kernel, grid_for(rows * cols), dim3(kThreads), 0, stream(), src, index, rows, cols, dst, dst_rows,
+              error_word());
+  check_launch("scatterRows");
+}
+
+void add(const float* a, const float* b, int64_t n, float* y) {
+  if (n == 0) return;
+  SPIN_LAUNCH(add_kernel, grid_for(n), dim3(kThreads), 0, stream(), a, b, n, y);
+  check_launch("add");
+}
+
+void add_bias(float* x, const void* bias, DType dt, int64_t t, int64_t n) {
+  if (t * n == 0) return;
+  if (dt == DType::kBF16)
+    SPIN_LAUNCH(add_bias_kernel<uint16_t>, grid_for(t * n), dim3(kThreads), 0, stream(), x, static_cast<const uint16_t*>(bias), t, n);
+  else
+    SPIN_LAUNCH(add_bias_kernel<float>, grid_for(t * n), dim3(kThreads), 0, stream(), x, static_cast<const float*>(bias), t, n);
+  check_launch("addBias");
+}
+
+void bias_backward(const float* dy, int64_t t, int64_t n, float* dbias) {
+  if (n == 0 || t == 0) return;
+  SPIN_LAUNCH(bias_backward_kernel, grid_for(n), dim3(kThreads), 0, stream(), dy, t, n, dbias);
+  check_launch("biasBackward");
+}
+
+}  // namespace spinlm::cuda

@@ -1,0 +1,235 @@
+// The log-prob / SPIN loss family on the GPU (docs/algorithm.md): fused log-softmax gather and its
+// in-place backward (one block per row, 16-byte loads, online log-sum-exp merged with warp shuffles),
+// per-sequence sums in a fixed order, and the SPIN loss of a batch of pairs in one block. No float
+// atomics anywhere: the same inputs give bit-identical outputs on every run.
+#include "cuda_common.cuh"
+#include "kernels.h"
+#include "runtime.h"
+
+namespace spinlm::cuda {
+namespace {
+
+constexpr int kRowThreads = 256;  // one block per row of logits
+constexpr int kWarps = kRowThreads / 32;
+constexpr float kNaN = __builtin_nanf("");
+
+// Block-wide (max, sum) merge in a fixed order: lanes by shuffles, then warps 0..7 by warp 0.
+__device__ __forceinline__ LseAcc block_lse(LseAcc a, LseAcc* red) {
+  a = warp_lse(a);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) red[warp] = a;
+  __syncthreads();
+  LseAcc r = lse_empty();
+  for (int w = 0; w < kWarps; ++w) r = lse_merge(r, red[w]);
+  return r;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kRowThreads) logprob_gather_kernel(SPIN_GP(const T) logits, int64_t v,
+                                                                     SPIN_GP(const int32_t) targets,
+                                                                     SPIN_GP(float) logp, SPIN_GP(float) lse,
+                                                                     SPIN_GP(uint32_t) err) {
+  SPIN_SHARED(LseAcc, red, kWarps);
+  const int64_t r = blockIdx.x;
+  const int32_t y = targets[r];
+  // Every thread takes the same branch: the whole block leaves before any barrier.
+  if (y == kIgnoreIndex) {
+    if (threadIdx.x == 0) logp[r] = lse[r] = 0.0f;
+    return;
+  }
+  if (y < 0 || y >= v) {
+    if (threadIdx.x == 0) {
+      logp[r] = lse[r] = kNaN;
+      atomicOr(err, static_cast<uint32_t>(kErrTargets));
+    }
+    return;
+  }
+  const auto row = logits + row_offset(r, v);
+  LseAcc acc = lse_empty();
+  row_foreach<T>(row, v, threadIdx.x, kRowThreads, [&](int64_t, float x) { lse_push(acc, x); });
+  const LseAcc total = block_lse(acc, &red[0]);
+  if (threadIdx.x == 0) {
+    const float l = lse_value(total);
+    lse[r] = l;
+    logp[r] = to_f32(row[y]) - l;
+  }
+}
+
+template <class T, class O>
+__global__ void __launch_bounds__(kRowThreads) logprob_gather_backward_kernel(
+    SPIN_GA(const T) logits, int64_t v, SPIN_GP(const int32_t) targets, SPIN_GP(const float) lse,
+    SPIN_GP(const float) dlogp, SPIN_GA(O) out, SPIN_GP(uint32_t) err) {
+  const int64_t r = blockIdx.x;
+  const int32_t y = targets[r];
+  auto orow = out + row_offset(r, v);
+  const bool bad = y != kIgnoreIndex && (y < 0 || y >= v);
+  if (y == kIgnoreIndex || bad) {
+    const float fill = bad ? kNaN : 0.0f;
+    for (int64_t j = threadIdx.x; j < v; j += kRowThreads) orow[j] = from_f32<O>(fill);
+    if (bad && threadIdx.x == 0) atomicOr(err, static_cast<uint32_t>(kErrTargets));
+    return;
+  }
+  const auto row = logits + row_offset(r, v);
+  const float l = lse[r], g = dlogp[r];
+  // Each element is read and then written by the same thread, so out may be logits itself.
+  row_foreach<T>(row, v, threadIdx.x, kRowThreads, [&](int64_t j, float x) {
+    const float d = j == y ? g * -expm1f(x - l) : -g * expf(x - l);
+    orow[j] = from_f32<O>(d);
+  });
+}
+
+// One block per sequence: every block scans all rows (so each sees a bad segment and poisons its
+// sum), adds its rows' log-probs in double per thread, then the threads in a fixed order.
+constexpr int kSeqThreads = 256;
+__global__ void __launch_bounds__(kSeqThreads) sequence_logprob_kernel(SPIN_GP(const float) logp, SPIN_GP(const int32_t) seg,
+                                                                       int64_t n, int64_t num_seqs, SPIN_GP(float) out,
+                                                                       SPIN_GP(uint32_t) err) {
+  SPIN_SHARED(double, part, kSeqThreads / 32);
+  SPIN_SHARED(int, bad_any, 1);
+  const int64_t s = blockIdx.x;
+  if (threadIdx.x == 0) bad_any[0] = 0;
+  __syncthreads();
+  double acc = 0;
+  bool bad = false;
+  for (int64_t i = threadIdx.x; i < n; i += kSeqThreads) {
+    const int32_t k = seg[i];
+    if (k < -1 || k >= num_seqs) bad = true;
+    else if (k == s) acc += static_cast<double>(logp[i]);
+  }
+  if (bad) bad_any[0] = 1;  // benign race: every writer stores 1
+  acc = warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int w = 0; w < kSeqThreads / 32; ++w) t += part[w];
+    out[s] = bad_any[0] ? kNaN : static_cast<float>(t);
+    if (bad_any[0] && s == 0) atomicOr(err, static_cast<uint32_t>(kErrSegments));
+  }
+}
+
+__global__ void sequence_logprob_backward_kernel(SPIN_GP(const float) dseq, SPIN_GP(const int32_t) seg, int64_t n,
+                                                 int64_t num_seqs, SPIN_GP(float) dlogp, SPIN_GP(uint32_t) err) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t k = seg[i];
+    if (k < -1 || k >= num_seqs) {
+      dlogp[i] = kNaN;
+      atomicOr(err, static_cast<uint32_t>(kErrSegments));
+    } else {
+      dlogp[i] = k == -1 ? 0.0f : dseq[k];
+    }
+  }
+}
+
+// The SPIN loss of b pairs in one block: per-pair math in double (spin_math.h), the counted pairs and
+// the seven column sums reduced in a fixed order through shared memory.
+constexpr int kLossThreads = 256;
+__global__ void __launch_bounds__(kLossThreads) spin_loss_kernel(
+    SPIN_GP(const float) policy, SPIN_GP(const float) ref, SPIN_GP(const float) mask, int64_t b, double beta,
+    int type, double nll_alpha, SPIN_GP(const float) answer_tokens, float grad_scale, SPIN_GP(float) per_pair,
+    SPIN_GP(float) means, SPIN_GP(float) dseq) {
+  SPIN_SHARED(double, red, kLossThreads);
+  SPIN_SHARED(double, bcast, 1);
+  const int tid = threadIdx.x;
+  // 1. the number of counted pairs
+  double c = 0;
+  for (int64_t i = tid; i < b; i += kLossThreads) c += (!mask || mask[i] != 0.0f) ? 1.0 : 0.0;
+  red[tid] = c;
+  __syncthreads();
+  for (int s = kLossThreads / 2; s > 0; s >>= 1) {
+    if (tid < s) red[tid] += red[tid + s];
+    __syncthreads();
+  }
+  if (tid == 0) bcast[0] = red[0];
+  __syncthreads();
+  const double counted = bcast[0];
+  const double inv_count = counted > 0 ? 1.0 / counted : 0.0;
+  // 2. per pair, then each row's sum of the stored (f32) values
+  double sums[7] = {0, 0, 0, 0, 0, 0, 0};
+  for (int64_t i = tid; i < b; i += kLossThreads) {
+    if (mask && mask[i] == 0.0f) {
+      for (int k = 0; k < 7; ++k) per_pair[k * b + i] = 0.0f;
+      dseq[i] = 0.0f;
+      dseq[b + i] = 0.0f;
+      continue;
+    }
+    SpinPair p = spin_pair(policy[i], policy[b + i], ref[i], ref[b + i], beta, static_cast<SpinLossType>(type), inv_count);
+    if (nll_alpha != 0.0 && answer_tokens[i] > 0) {
+      p.loss += nll_alpha * -static_cast<double>(policy[i]) / answer_tokens[i];
+      p.dS_real += -nll_alpha / answer_tokens[i] * inv_count;
+    }
+    const double row[7] = {p.loss, p.reward_real, p.reward_gen, p.margin, p.accuracy, policy[i], policy[b + i]};
+    for (int k = 0; k < 7; ++k) {
+      per_pair[k * b + i] = static_cast<float>(row[k]);
+      sums[k] += static_cast<float>(row[k]);
+    }
+    const float d_real = static_cast<float>(p.dS_real), d_gen = static_cast<float>(p.dS_gen);
+    dseq[i] = grad_scale == 1.0f ? d_real : d_real * grad_scale;
+    dseq[b + i] = grad_scale == 1.0f ? d_gen : d_gen * grad_scale;
+  }
+  for (int k = 0; k < 7; ++k) {
+    __syncthreads();
+    red[tid] = sums[k];
+    __syncthreads();
+    for (int s = kLossThreads / 2; s > 0; s >>= 1) {
+      if (tid < s) red[tid] += red[tid + s];
+      __syncthreads();
+    }
+    if (tid == 0) means[k] = static_cast<float>(red[0] * inv_count);
+  }
+  if (tid == 0) means[7] = b > 0 ? static_cast<float>(counted / static_cast<double>(b)) : 0.0f;
+}
+
+}  // namespace
+
+void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets, float* logp, float* lse) {
+  if (n == 0) return;
+  if (dt == DType::kBF16)
+    SPIN_LAUNCH(logprob_gather_kernel<uint16_t>, dim3(static_cast<unsigned>(n)), dim3(kRowThreads), 0, stream(),
+                static_cast<const uint16_t*>(logits), v, targets, logp, lse, error_word());
+  else
+    SPIN_LAUNCH(logprob_gather_kernel<float>, dim3(static_cast<unsigned>(n)), dim3(kRowThreads), 0, stream(),
+                static_cast<const float*>(logits), v, targets, logp, lse, error_word());
+  check_launch("logprobGather");
+}
+
+template <class T, class O>
+static void gather_backward_as(const void* logits, int64_t n, int64_t v, const int32_t* targets, const float* lse,
+                               const float* dlogp, void* out) {
+  SPIN_LAUNCH((logprob_gather_backward_kernel<T, O>), dim3(static_cast<unsigned>(n)), dim3(kRowThreads), 0, stream(),
+              static_cast<const T*>(logits), v, targets, lse, dlogp, static_cast<O*>(out), error_word());
+}
+
+void logprob_gather_backward(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets,
+                             const float* lse, const float* dlogp, void* dlogits, DType out_dt) {
+  if (n == 0) return;
+  const bool zb = dt == DType::kBF16, ob = out_dt == DType::kBF16;
+  if (zb && ob) gather_backward_as<uint16_t, uint16_t>(logits, n, v, targets, lse, dlogp, dlogits);
+  else if (zb) gather_backward_as<uint16_t, float>(logits, n, v, targets, lse, dlogp, dlogits);
+  else if (ob) gather_backward_as<float, uint16_t>(logits, n, v, targets, lse, dlogp, dlogits);
+  else gather_backward_as<float, float>(logits, n, v, targets, lse, dlogp, dlogits);
+  check_launch("logprobGatherBackward");
+}
+
+void sequence_logprob(const float* logp, const int32_t* seg, int64_t n, int64_t num_seqs, float* out) {
+  if (num_seqs == 0) return;
+  SPIN_LAUNCH(sequence_logprob_kernel, dim3(static_cast<unsigned>(num_seqs)), dim3(kSeqThreads), 0, stream(), logp, seg, n,
+              num_seqs, out, error_word());
+  check_launch("sequenceLogprob");
+}
+
+void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n, int64_t num_seqs, float* dlogp) {
+  if (n == 0) return;
+  SPIN_LAUNCH(sequence_logprob_backward_kernel, dim3(elementwise_blocks(n, 256)), dim3(256), 0, stream(), dseq, seg, n,
+              num_seqs, dlogp, error_word());
+  check_launch("sequenceLogprobBackward");
+}
+
+void spin_loss(const float* policy, const float* ref, const float* pair_mask, int64_t b, double beta, SpinLossType type,
+               double nll_alpha, const float* answer_tokens, float grad_scale, float* per_pair, float* means, float* dseq) {
+  SPIN_LAUNCH(spin_loss_kernel, dim3(1), dim3(kLossThreads), 0, stream(), policy, ref, pair_mask, b, beta,
+              static_cast<int>(type), nll_alpha, answer_tokens, grad_scale, per_pair, means, dseq);
+  check_launch("spinLoss");
+}
+
+}  // namespace spinlm::cuda

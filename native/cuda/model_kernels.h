@@ -1,0 +1,38 @@
+// CUDA kernels of the Llama-family forward and backward: the signatures of native/cpu/model_kernels.h
+// in namespace spinlm::cuda, over device pointers (see kernels.h).
+#pragma once
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace spinlm::cuda {
+
+void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+            int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc);
+// Here the vocabulary size is an argument too: ids are checked on the device.
+void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t vocab, int64_t h, float* out);
+void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t vocab, int64_t h, float* dtable);
+void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd);
+void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
+                      int64_t t, int64_t h, float* dx, float* dw);
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta, double scale, bool inverse);
+void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
+               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out, float* lse);
+void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
+                        const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
+                        int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk, float* dv);
+void attention_decode(const float* q, const float* k_cache, const float* v_cache, const int32_t* lengths,
+                      const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd,
+                      float scale, float* out);
+void swiglu(const float* gate, const float* up, int64_t n, float* out);
+void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup);
+// Here the destination's row count is an argument too: indices are checked on the device.
+void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst, int64_t dst_rows);
+void add(const float* a, const float* b, int64_t n, float* y);
+void add_bias(float* x, const void* bias, DType dt, int64_t t, int64_t n);
+void bias_backward(const float* dy, int64_t t, int64_t n, float* dbias);
+
+// Largest head dimension the attention kernels take (registers hold hd / 32 values per lane).
+constexpr int64_t kMaxHeadDim = 256;
+
+}  // namespace spinlm::cuda

@@ -1,0 +1,327 @@
+// Data-parallel optimizer steps with ZeRO-style sharding (DeepSpeed's stage numbers), over a
+// ProcessGroup. The parameters are grouped into units: one per decoder layer, plus the "outer" unit
+// (embedding, final norm, untied head). A unit's tensors sit in one buffer (each at a multiple of 128
+// elements: 256-byte views for bf16 and f32), padded to a multiple of 128 x N elements, so the unit
+// splits into N equal parts; rank r owns part r of every unit. Units are the communication buckets.
+//
+//   stage 0  every rank holds everything; gradients all-reduced per unit; every rank steps all.
+//   stage 1  f32 masters and optimizer state exist only for the own part; gradients reduce-scattered
+//            per unit into the own part (the full gradient buffer stays allocated); each rank steps
+//            its part, then the parameters are all-gathered per unit.
+//   stage 2  as 1, and the full gradient buffer exists only from zeroGrad to the reduce-scatter.
+//   stage 3  as 2, and parameters too exist only as the own part: LlamaModel.paramHook all-gathers a
+//            unit just before its forward / backward and frees it after; in the backward its
+//            gradient is reduce-scattered into the own part as soon as the unit is done.
+//
+// Bytes per optimizer step (one micro-batch per rank; Ψ parameters, b bytes per element) follow
+// ZeRO's analysis: stages 0-2 send 2Ψ·(N-1)/N elements per rank (all-reduce = reduce-scatter +
+// all-gather), stage 3 3Ψ·(N-1)/N (two all-gathers and one reduce-scatter). Gradients are f32 here.
+import type { LlamaModel, ParamHook } from '../model/llama.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { dtypeSize } from '../tensor/dtype.js';
+import { Optimizer, type OptimizerConfig, type Parameter } from '../spin/optimizer.js';
+import type { ProcessGroup } from './process_group.js';
+import * as ops from '../ops/index.js';
+
+export type ZeroStage = 0 | 1 | 2 | 3;
+export const ZERO_STAGES: readonly ZeroStage[] = [0, 1, 2, 3];
+
+/** Element alignment of every tensor and part inside a unit buffer (256 bytes of bf16). */
+const ALIGN = 128;
+
+interface Unit {
+  /** Layer index, or -1 for the outer unit. */
+  index: number;
+  names: string[];
+  shapes: (readonly number[])[];
+  /** Element offset of each tensor in the unit buffer. */
+  offsets: number[];
+  /** Padded element count (a multiple of ALIGN x N). */
+  size: number;
+  /** size / N. */
+  part: number;
+  /** Stage 0-2: the whole unit; stage 3: only while acquired. */
+  params: Tensor | null;
+  /** Stage 3: the own part of the parameters. */
+  paramPart: Tensor | null;
+  /** The full f32 gradient (stage 0, 1: always; 2: between zeroGrad and the step; 3: during the unit's backward). */
+  grads: Tensor<'f32'> | null;
+  /** Stage >= 1: the reduced gradient of the own part. */
+  gradPart: Tensor<'f32'> | null;
+  /** f32 masters (bf16 parameters): the whole unit (stage 0) or the own part. */
+  master: Tensor<'f32'> | null;
+  /** Stage 3: how many acquires are outstanding. */
+  held: number;
+}
+
+/** Bytes of the persistent training state one rank holds (what ZeRO shards). */
+export interface ZeroMemory {
+  params: number;
+  grads: number;
+  masters: number;
+  optimizer: number;
+}
+
+const roundUp = (x: number, m: number) => Math.ceil(x / m) * m;
+
+export class ZeroEngine implements ParamHook {
+  readonly units: Unit[];
+  readonly opt: Optimizer;
+  private readonly dtype: 'f32' | 'bf16';
+
+  private constructor(
+    readonly model: LlamaModel,
+    readonly group: ProcessGroup,
+    readonly stage: ZeroStage,
+    units: Unit[],
+    optim: OptimizerConfig,
+  ) {
+    this.units = units;
+    this.dtype = model.weights.dtype;
+    const w = model.weights;
+    const be = model.backend;
+    const { rank } = group;
+    // drop the full gradients / masters enableTraining made: this engine owns the training state
+    for (const m of [w.grads, w.masters]) {
+      for (const t of m.values()) if (!t.base) t.free();
+      m.clear();
+    }
+    const ownOf = (u: Unit, t: Tensor) => t.view(rank * u.part, [u.part]);
+    for (const u of units) {
+      const own = (t: Tensor) => ownOf(u, t);
+      if (stage < 3) {
+        if (this.dtype === 'bf16') u.master = ops.cast(stage === 0 ? u.params! : own(u.params!), 'f32');
+        if (stage <= 1) u.grads = ops.zeros(be, 'f32', [u.size]);
+      } else {
+        u.paramPart = ops.cast(own(u.params!), this.dtype);
+        if (this.dtype === 'bf16') u.master = ops.cast(u.paramPart, 'f32');
+        u.params!.free();
+        u.params = null;
+      }
+      if (stage >= 1) u.gradPart = ops.zeros(be, 'f32', [u.part]);
+      this.bind(u);
+    }
+    w.sharded = stage === 3;
+    if (stage === 3) model.paramHook = this;
+    const params: Parameter[] = units.map((u) => ({
+      name: `unit${u.index}`,
+      param: stage === 0 ? u.params! : stage < 3 ? ownOf(u, u.params!) : u.paramPart!,
+      master: u.master ?? undefined,
+      grad: stage === 0 ? u.grads! : u.gradPart!,
+    }));
+    this.opt = new Optimizer(be, params, optim, stage === 0 ? undefined : (sumsq) => group.allReduce(sumsq, 'sum'));
+  }
+
+  /**
+   * Shards `model` (loaded in full and identically on every rank; checked here) for `stage`. The
+   * model's training tensors are replaced by views into the engine's buffers until finish().
+   */
+  static async create(model: LlamaModel, group: ProcessGroup, stage: ZeroStage, optim: OptimizerConfig): Promise<ZeroEngine> {
+    if (!ZERO_STAGES.includes(stage)) throw new RangeError(`zero_stage must be 0, 1, 2 or 3, got ${stage}`);
+    const w = model.weights;
+    const be = model.backend;
+    const N = group.size;
+    const byUnit = new Map<number, string[]>();
+    for (const name of w.params.keys()) {
+      const m = /^model\.layers\.(\d+)\./.exec(name);
+      const idx = m ? Number(m[1]) : -1;
+      if (!byUnit.has(idx)) byUnit.set(idx, []);
+      byUnit.get(idx)!.push(name);
+    }
+    // backward order: the layers from the last, then the outer unit
+    const order = [...byUnit.keys()].sort((a, b) => (a === -1 ? 1 : b === -1 ? -1 : b - a));
+    const units: Unit[] = [];
+    let hash = 0x811c9dc5;
+    const mix = (bytes: Uint8Array) => {
+      for (let i = 0; i < bytes.length; i += 7) hash = Math.imul(hash ^ bytes[i], 0x01000193) >>> 0;
+    };
+    for (const index of order) {
+      const names = byUnit.get(index)!.sort();
+      const shapes = names.map((n) => w.get(n).shape);
+      const offsets: number[] = [];
+      let end = 0;
+      for (const n of names) {
+        offsets.push(end);
+        end = roundUp(end + w.get(n).numel, ALIGN);
+      }
+      const size = roundUp(Math.max(end, 1), ALIGN * N);
+      const params = ops.zeros(be, w.dtype, [size]);
+      for (let k = 0; k < names.length; k++) {
+        const src = w.get(names[k]);
+        const host = await ops.read(src);
+        mix(new Uint8Array(host.buffer, host.byteOffset, host.byteLength));
+        ops.write(params.view(offsets[k], shapes[k]), { dtype: src.dtype, data: host } as never);
+      }
+      units.push({ index, names, shapes, offsets, size, part: size / N, params, paramPart: null, grads: null, gradPart: null, master: null, held: 0 });
+    }
+    // ranks that disagree on the model (or its dtype) are found here, before any step
+    const fingerprint = new TextEncoder().encode(JSON.stringify({ hash, dtype: w.dtype, units: units.map((u) => [u.index, u.size]), stage }));
+    const all = group.allGatherBytes(fingerprint);
+    const mine = Buffer.from(fingerprint).toString();
+    const bad = all.findIndex((b) => Buffer.from(b).toString() !== Buffer.from(all[0]).toString());
+    if (bad >= 0) throw new Error(`spinlm: rank ${bad} has a different model, dtype or zero_stage than rank 0 (fingerprints differ; this rank: ${mine === Buffer.from(all[0]).toString() ? 'same as rank 0' : 'differs'}): every rank must load the same --model with the same options`);
+    // the model's own tensors are replaced by views into the unit buffers
+    for (const name of [...w.params.keys()]) w.get(name).free();
+    w.params.clear();
+    return new ZeroEngine(model, group, stage, units, optim);
+  }
+
+  /** Points the model's parameter / gradient names at the unit's buffers (or removes them). */
+  private bind(u: Unit): void {
+    const w = this.model.weights;
+    u.names.forEach((n, k) => {
+      if (u.params) w.params.set(n, u.params.view(u.offsets[k], u.shapes[k]));
+      else w.params.delete(n);
+      if (u.grads) w.grads.set(n, u.grads.view(u.offsets[k], u.shapes[k]) as Tensor<'f32'>);
+      else w.grads.delete(n);
+    });
+  }
+
+  private unit(index: number): Unit {
+    const u = this.units.find((x) => x.index === index);
+    if (!u) throw new RangeError(`no parameter unit ${index}`);
+    return u;
+  }
+
+  // ---- ParamHook (stage 3) -------------------------------------------------------------------
+  acquire(index: number, phase: 'forward' | 'backward'): void {
+    const u = this.unit(index);
+    if (u.held++ === 0) {
+      u.params = ops.empty(this.model.backend, this.dtype, [u.size]);
+      this.group.allGather(u.params, u.paramPart!);
+    }
+    if (phase === 'backward' && !u.grads) u.grads = ops.zeros(this.model.backend, 'f32', [u.size]);
+    this.bind(u);
+  }
+
+  release(index: number, phase: 'forward' | 'backward'): void {
+    const u = this.unit(index);
+    if (phase === 'backward' && u.grads) {
+      const mine = ops.empty(this.model.backend, 'f32', [u.part]);
+      this.group.reduceScatter(u.grads, mine);
+      ops.accumulate(u.gradPart!, mine, 1);
+      mine.free();
+      u.grads.free();
+      u.grads = null;
+    }
+    if (--u.held === 0) {
+      u.params!.free();
+      u.params = null;
+    }
+    this.bind(u);
+  }
+
+  /**
+   * Stage 3, a rank with fewer micro-batches than rank 0 in this step: the collectives of one
+   * forward + backward with zero gradients, so every rank issues the same sequence.
+   */
+  idleMicroStep(): void {
+    if (this.stage !== 3) return;
+    const layers = this.units.filter((u) => u.index >= 0).map((u) => u.index).sort((a, b) => a - b);
+    this.acquire(-1, 'forward');
+    for (const i of layers) {
+      this.acquire(i, 'forward');
+      this.release(i, 'forward');
+    }
+    this.release(-1, 'forward');
+    this.acquire(-1, 'backward');
+    for (const i of [...layers].reverse()) {
+      this.acquire(i, 'backward');
+      this.release(i, 'backward');
+    }
+    this.release(-1, 'backward');
+  }
+
+  // ---- the optimizer step ----------------------------------------------------------------------
+  zeroGrad(): void {
+    for (const u of this.units) {
+      if (this.stage === 2) {
+        u.grads ??= ops.empty(this.model.backend, 'f32', [u.size]);
+        this.bind(u);
+      }
+      if (u.grads) ops.fill(u.grads, 0);
+      if (u.gradPart) ops.fill(u.gradPart, 0);
+    }
+  }
+
+  /** Reduces the gradients, steps (own part), gathers the parameters. Returns f32 [2] = [global norm, clip coefficient]. */
+  step(lr: number, maxGradNorm: number | null): Tensor<'f32'> {
+    const { group, stage, units } = this;
+    for (const u of units) {
+      if (stage === 0) group.allReduce(u.grads!, 'sum');
+      else if (stage <= 2) group.reduceScatter(u.grads!, u.gradPart!);
+      if (stage === 2) {
+        u.grads!.free();
+        u.grads = null;
+        this.bind(u);
+      }
+    }
+    const norm = this.opt.step(lr, maxGradNorm);
+    if (stage === 1 || stage === 2) for (const u of units) group.allGather(u.params!);
+    return norm;
+  }
+
+  /** Optimizer state, masters and parameters this rank holds, for a per-rank checkpoint. */
+  stateTensors(): { name: string; tensor: Tensor }[] {
+    const out: { name: string; tensor: Tensor }[] = [];
+    const states = this.opt.stateTensors();
+    this.units.forEach((u) => {
+      const p = this.stage < 3 ? (this.stage === 0 ? u.params! : u.params!.view(this.group.rank * u.part, [u.part])) : u.paramPart!;
+      out.push({ name: `unit${u.index}.param`, tensor: p });
+      if (u.master) out.push({ name: `unit${u.index}.master`, tensor: u.master });
+      for (const s of states.filter((x) => x.name.startsWith(`unit${u.index}.`))) out.push({ name: s.name, tensor: s.tensor });
+    });
+    return out;
+  }
+
+  /** After loading stateTensors() from a checkpoint: every rank's parameters made whole again. */
+  afterLoad(): void {
+    if (this.stage === 1 || this.stage === 2) for (const u of this.units) this.group.allGather(u.params!);
+  }
+
+  /** Bytes of the persistent training state on this rank (between steps). */
+  memory(): ZeroMemory {
+    const b = (t: Tensor | null) => (t ? t.byteLength : 0);
+    const m: ZeroMemory = { params: 0, grads: 0, masters: 0, optimizer: 0 };
+    for (const u of this.units) {
+      m.params += this.stage === 3 ? b(u.paramPart) : b(u.params);
+      m.grads += (this.stage <= 1 ? b(u.grads) : 0) + b(u.gradPart);
+      m.masters += b(u.master);
+    }
+    for (const s of this.opt.stateTensors()) m.optimizer += s.tensor.byteLength;
+    return m;
+  }
+
+  /**
+   * Ends sharded training: every rank's model holds the whole trained parameters again as its own
+   * tensors (ready to save or generate with); gradients, masters and optimizer state are freed.
+   */
+  finish(): void {
+    const w = this.model.weights;
+    this.model.paramHook = null;
+    w.sharded = false;
+    for (const u of this.units) {
+      if (this.stage === 3) {
+        u.params = ops.empty(this.model.backend, this.dtype, [u.size]);
+        this.group.allGather(u.params, u.paramPart!);
+      }
+      u.names.forEach((n, k) => w.params.set(n, ops.cast(u.params!.view(u.offsets[k], u.shapes[k]), this.dtype)));
+    }
+    w.grads.clear();
+    w.masters.clear();
+    this.free();
+  }
+
+  free(): void {
+    this.opt.free();
+    for (const u of this.units) {
+      for (const t of [u.params, u.paramPart, u.grads, u.gradPart, u.master]) t?.free();
+      u.params = u.paramPart = u.grads = u.gradPart = u.master = null;
+    }
+  }
+}
+
+/** Element size of the parameters (for byte formulas). */
+export function paramBytes(dtype: 'f32' | 'bf16'): number {
+  return dtypeSize(dtype);
+}

@@ -1,0 +1,119 @@
+// One rank of the distributed tests (test/dist.test.ts), started by mpirun (or alone for the
+// one-process reference): trains a tiny random Llama with SPIN on random pairs and writes what the
+// test compares. Argument: a JSON job.
+//   mode 'train'   rank 0 writes {logs, weights}; every rank writes its weights' hash (replicas agree)
+//   mode 'memory'  every rank writes the engine's per-rank bytes and the allocator's live-bytes delta
+import { writeFileSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
+import { closeProcessGroup, CommError, processGroup } from '../../src/dist/process_group.js';
+import { type ZeroStage, ZeroEngine } from '../../src/dist/zero.js';
+import { initLlama } from '../../src/model/init.js';
+import type { TokenizedPair } from '../../src/spin/batch.js';
+import { referenceLogps, SpinObjective } from '../../src/spin/objectives.js';
+import { type LoopConfig, runTrainingLoop, type StepLog } from '../../src/spin/train_loop.js';
+import { Rng } from '../../src/util/rng.js';
+import { tinyConfig } from './tiny_model.js';
+import * as ops from '../../src/ops/index.js';
+
+export interface DistJob {
+  mode: 'train' | 'memory';
+  /** null: one process, no group (the reference). */
+  stage: ZeroStage | null;
+  seed: number;
+  dtype: 'f32' | 'bf16';
+  optim: 'adamw' | 'rmsprop';
+  items: number;
+  micro: number;
+  /** Accumulation per rank (the reference runs accum x its `world`). */
+  accum: number;
+  world: number;
+  epochs: number;
+  layers: number;
+  hidden: number;
+  out: string;
+  checkpointDir?: string;
+  saveSteps?: number;
+  /** Rank `killRank` SIGKILLs itself after step `killAtStep`; or hangs there with `hang`. */
+  killRank?: number;
+  killAtStep?: number;
+  hang?: boolean;
+}
+
+const EOS = 2;
+
+function pairs(rng: Rng, n: number): TokenizedPair[] {
+  const toks = (k: number) => Array.from({ length: k }, () => rng.int(3, 40));
+  return Array.from({ length: n }, () => {
+    const prompt = toks(rng.int(2, 6));
+    return { real: { prompt, answer: [...toks(rng.int(1, 6)), EOS] }, generated: { prompt, answer: [...toks(rng.int(1, 6)), EOS] } };
+  });
+}
+
+async function main() {
+  const job = JSON.parse(process.argv[2]) as DistJob;
+  const be = new CpuBackend();
+  const group = job.stage === null ? null : processGroup();
+  const rank = group?.rank ?? 0;
+  const cfg = tinyConfig({ vocab: 48, layers: job.layers, hidden: job.hidden, intermediate: job.hidden * 2 });
+  const live0 = be.native.liveBytes();
+  const model = initLlama(be, cfg, { seed: job.seed, std: 0.1, dtype: job.dtype, randomizeAll: true });
+  if (job.mode === 'memory') {
+    const full = be.native.liveBytes() - live0;
+    model.weights.enableTraining();
+    const engine = await ZeroEngine.create(model, group!, job.stage!, { type: job.optim });
+    // one (zero-gradient) step: what stays allocated between steps
+    engine.zeroGrad();
+    engine.step(0, null).free();
+    const live = be.native.liveBytes() - live0;
+    writeFileSync(`${job.out}.rank${rank}.json`, JSON.stringify({ rank, fullParams: full, memory: engine.memory(), live }));
+    engine.free();
+    closeProcessGroup();
+    return;
+  }
+  const data = pairs(new Rng(job.seed).fork('data'), job.items);
+  const loop: LoopConfig = {
+    learningRate: 2e-3, optim: { type: job.optim }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: job.micro,
+    gradientAccumulationSteps: group ? job.accum : job.accum * job.world, numTrainEpochs: job.epochs, maxGradNorm: 0.5,
+    seed: 11, saveSteps: job.saveSteps ?? 0, dist: group ? { group, zeroStage: job.stage! } : undefined,
+  };
+  const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0 });
+  const obj = new SpinObjective(model, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
+  const logs: StepLog[] = [];
+  const bytes0 = group ? { ...group.bytes } : null;
+  const t0 = performance.now();
+  await runTrainingLoop(model, data.length, obj, loop, {
+    onStep: (l) => void logs.push(l),
+    checkpointDir: job.checkpointDir,
+    afterStep: (s) => {
+      if (rank === job.killRank && s === job.killAtStep) {
+        if (job.hang) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0);
+        process.kill(process.pid, 'SIGKILL');
+      }
+    },
+  });
+  const seconds = (performance.now() - t0) / 1000;
+  const sent = group && bytes0 ? Object.fromEntries(Object.entries(group.bytes).map(([k, v]) => [k, v - (bytes0 as Record<string, number>)[k]])) : null;
+  const weights: Record<string, number[]> = {};
+  const hash = createHash('sha256');
+  for (const name of [...model.weights.params.keys()].sort()) {
+    const t = model.weights.get(name);
+    const host = await ops.read(t);
+    hash.update(new Uint8Array(host.buffer, host.byteOffset, host.byteLength));
+    weights[name] = Array.from(t.dtype === 'bf16' ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer) : (host as Float32Array));
+  }
+  writeFileSync(`${job.out}.rank${rank}.hash`, hash.digest('hex'));
+  if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights, seconds, sent, params: model.weights.count() }));
+  model.weights.free();
+  closeProcessGroup();
+}
+
+main().catch((err) => {
+  if (err instanceof CommError) {
+    // one line naming this rank and the collective, then the whole job ends (a hung peer included)
+    process.stderr.write(`${err.message}\n`);
+    processGroup().abort(3);
+  }
+  process.stderr.write(`${(err as Error).stack ?? err}\n`);
+  process.exit(1);
+});
