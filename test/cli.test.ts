@@ -160,8 +160,11 @@ describe('--device and spinlm info', () => {
   test('an unavailable --device is one line and exit 2, before any file is read; a config file can name it', () => {
     const dir = mkdtempSync(join(tmpdir(), 'spinlm-device-'));
     try {
+      // the devices this machine cannot run (spinlm info says which); an available one is asked for below
+      const info = spinlm(['info'], dir).stdout;
+      const unavailable = ['cuda', 'webgpu'].filter((d) => new RegExp(`^${d}: not available`, 'm').test(info));
       for (const cmd of ['score', 'generate', 'train', 'run', 'sft', 'eval', 'demo']) {
-        for (const dev of ['cuda', 'webgpu']) {
+        for (const dev of unavailable) {
           const files = cmd === 'demo' ? [] : ['--model', 'no-such-model', '--data', 'no-such-data', '--out', join(dir, 'o')];
           const r = spinlm([cmd, '--device', dev, ...files], dir);
           assert.equal(r.status, 2, `${cmd} --device ${dev}: ${r.stderr}`);
@@ -170,10 +173,18 @@ describe('--device and spinlm info', () => {
           assert.match(lines[0], new RegExp(`--device ${dev} is not available: .+\\. Use --device cpu`));
         }
       }
-      writeFileSync(join(dir, 'c.yaml'), 'device: cuda\n');
-      const r = spinlm(['score', '--config', join(dir, 'c.yaml'), '--model', 'm', '--data', 'd', '--out', 'o'], dir);
-      assert.equal(r.status, 2);
-      assert.match(r.stderr, /--device cuda is not available/);
+      for (const dev of ['cuda', 'webgpu'].filter((d) => !unavailable.includes(d))) {
+        // available: the device is taken, and the missing model is the error
+        const r = spinlm(['score', '--device', dev, '--model', 'no-such-model', '--data', 'd', '--out', 'o'], dir);
+        assert.equal(r.status, 2, r.stderr);
+        assert.match(r.stderr, /no-such-model: no config\.json there/);
+      }
+      if (unavailable.length > 0) {
+        writeFileSync(join(dir, 'c.yaml'), `device: ${unavailable[0]}\n`);
+        const r = spinlm(['score', '--config', join(dir, 'c.yaml'), '--model', 'm', '--data', 'd', '--out', 'o'], dir);
+        assert.equal(r.status, 2);
+        assert.match(r.stderr, new RegExp(`--device ${unavailable[0]} is not available`));
+      }
       const bad = spinlm(['score', '--device', 'tpu', '--model', 'm', '--data', 'd', '--out', 'o'], dir);
       assert.equal(bad.status, 2);
       assert.match(bad.stderr, /--device: .*expected one of auto, cpu, cuda, webgpu/);

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Backend } from '../src/backend/backend.js';
+import { createBackend } from '../src/backend/registry.js';
 import { WebGpuBackend } from '../src/backend/webgpu/webgpu_backend.js';
 import * as ops from '../src/ops/index.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
@@ -157,6 +158,19 @@ for (const be of await testBackends()) {
         await checkLoss(plain, rng, 23, 3001, 'f32', 3);
         await checkLoss(plain, rng, 9, 40000, 'bf16', 3);
       }));
+  });
+
+  describe('choosing webgpu', () => {
+    test('--device auto passes over a fallback/CPU adapter (lavapipe): the CPU backend is faster', async () => {
+      const { backend, passed } = await createBackend('auto');
+      if (be.adapterInfo.isFallbackAdapter) {
+        assert.notEqual(backend.name, 'webgpu');
+        assert.match(passed.find((s) => s.name === 'webgpu')!.reason!, /auto passes over it/);
+      }
+      const explicit = await createBackend('webgpu');
+      assert.equal(explicit.backend.name, 'webgpu');
+      assert.match(explicit.status.info!.details!.join('; '), /fallback adapter: (yes|no); max storage binding \d+ MiB/);
+    });
   });
 
   describe('webgpu lifetime', () => {

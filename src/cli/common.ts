@@ -3,7 +3,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu/cpu_backend.js';
-import { backendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
+import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { LlamaModel } from '../model/llama.js';
 import type { TruncationOptions } from '../spin/batch.js';
 import type { OptimizerConfig } from '../spin/optimizer.js';
@@ -24,14 +24,17 @@ let chosen: Backend | undefined;
  */
 export async function selectDevice(o: Parsed): Promise<Backend> {
   const choice = (o.device ?? 'auto') as DeviceChoice;
+  let passedOver: BackendStatus[] = [];
   try {
-    chosen = (await createBackend(choice)).backend;
+    const made = await createBackend(choice);
+    chosen = made.backend;
+    passedOver = made.passed;
   } catch (err) {
     if (err instanceof DeviceUnavailableError) throw new UsageError(`spinlm: ${err.message}`);
     throw err;
   }
   if (choice === 'auto' && !o.quiet) {
-    const passed = (await backendStatus()).filter((s) => !s.available).map((s) => `${s.name}: ${s.reason}`);
+    const passed = passedOver.map((s) => `${s.name}: ${s.reason}`);
     process.stderr.write(`spinlm: --device auto chose ${chosen.name}${passed.length ? ` (${passed.join('; ')})` : ''}\n`);
   }
   return chosen;
