@@ -18,21 +18,50 @@ function source(name: string): string {
 /** Variant constants of a module: booleans and u32s, emitted as WGSL `const`s. */
 export type Defines = Record<string, boolean | number>;
 
-/** The whole WGSL text of a family with its variant constants. */
+/**
+ * Keeps or drops the lines between `//#if NAME`, `//#else` and `//#endif` (one level, NAME a boolean
+ * define): for code that needs a WGSL extension (subgroup builtins must not even be declared without
+ * `enable subgroups;`).
+ */
+function preprocess(text: string, defines: Defines): string {
+  const out: string[] = [];
+  let keep = true;
+  let inIf = false;
+  for (const line of text.split('\n')) {
+    const m = /^\s*\/\/#(if|else|endif)\b\s*(\w*)/.exec(line);
+    if (!m) {
+      if (keep) out.push(line);
+      continue;
+    }
+    if (m[1] === 'if') {
+      if (inIf) throw new Error(`WGSL preprocessor: nested //#if ${m[2]}`);
+      inIf = true;
+      keep = defines[m[2]] === true;
+    } else if (m[1] === 'else') keep = !keep;
+    else {
+      inIf = false;
+      keep = true;
+    }
+  }
+  return out.join('\n');
+}
+
+/** The whole WGSL text of a family with its variant constants (SUBGROUPS: the extension is enabled). */
 export function moduleSource(family: KernelFamily, defines: Defines): string {
   const consts = Object.entries(defines)
     .map(([k, v]) => (typeof v === 'boolean' ? `const ${k}: bool = ${v};` : `const ${k}: u32 = ${v >>> 0}u;`))
     .join('\n');
-  return `${consts}\n${source('common')}\n${source(family)}`;
+  const enable = defines.SUBGROUPS === true ? 'enable subgroups;\n' : '';
+  return `${enable}${consts}\n${source('common')}\n${preprocess(source(family), defines)}`;
 }
 
 /** The constants every module of a family mentions (a missing one would not compile). */
 export const FAMILY_DEFAULTS: Record<KernelFamily, Defines> = {
   memory: {},
   elementwise: { W_BF16: false },
-  loss: { Z_BF16: false, OUT_BF16: false, IN_PLACE: false },
+  loss: { Z_BF16: false, OUT_BF16: false, IN_PLACE: false, SUBGROUPS: false },
   optim: { MASTER: false, P_BF16: false, CLIP: false },
-  sample: {},
+  sample: { SUBGROUPS: false },
   gemm: { B_BF16: false },
   attention: { HD: 64, KT: 16 },
 };

@@ -26,8 +26,12 @@ fn lse_merge(m1: f32, s1: f32, m2: f32, s2: f32) -> vec2f {
   return vec2f(m, s1 * exp(m1 - m) + s2 * exp(m2 - m));
 }
 
-/** (max, sum) over elements [j0, j1) of row r (local to the chunk), merged across the workgroup. */
-fn row_partial(lid: u32, base: u32, j0: u32, j1: u32) -> vec2f {
+/**
+ * (max, sum) over elements [j0, j1) of row r (local to the chunk), merged across the workgroup: with
+ * SUBGROUPS, inside each subgroup by subgroupMax / subgroupAdd, then the subgroups' pairs in order;
+ * otherwise by a tree in workgroup memory. Both orders are fixed, so results repeat bit for bit.
+ */
+fn row_partial(lid: u32, sgi: u32, sgs: u32, base: u32, j0: u32, j1: u32) -> vec2f {
   var m = neg_inf();
   var s = 0.0;
   var nan = false;
@@ -37,6 +41,22 @@ fn row_partial(lid: u32, base: u32, j0: u32, j1: u32) -> vec2f {
     if (x > m) { s = s * exp(m - x) + 1.0; m = x; } else if (x > neg_inf()) { s += exp(x - m); }
   }
   if (nan) { s = nan_f32(); }
+//#if SUBGROUPS
+  let gm = subgroupMax(m);
+  var sc = 0.0;
+  if (gm != neg_inf()) { sc = s * exp(m - gm); }
+  let gs = subgroupAdd(sc);
+  if (sgi == 0u) { wmax[lid / sgs] = gm; wsum[lid / sgs] = gs; }
+  workgroupBarrier();
+  if (lid == 0u) {
+    var mm = neg_inf();
+    var ss = 0.0;
+    for (var k = 0u; k < 256u / sgs; k++) { let r = lse_merge(mm, ss, wmax[k], wsum[k]); mm = r.x; ss = r.y; }
+    wmax[0] = mm;
+    wsum[0] = ss;
+  }
+  workgroupBarrier();
+//#else
   wmax[lid] = m;
   wsum[lid] = s;
   workgroupBarrier();
@@ -48,6 +68,7 @@ fn row_partial(lid: u32, base: u32, j0: u32, j1: u32) -> vec2f {
     }
     workgroupBarrier();
   }
+//#endif
   let out = vec2f(wmax[0], wsum[0]);
   workgroupBarrier();
   return out;
@@ -55,7 +76,12 @@ fn row_partial(lid: u32, base: u32, j0: u32, j1: u32) -> vec2f {
 
 /** logp = z[y] - lse, one workgroup per row (rows short enough for one workgroup). */
 @compute @workgroup_size(256)
-fn gather(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn gather(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32
+//#if SUBGROUPS
+  , @builtin(subgroup_invocation_id) sgi: u32, @builtin(subgroup_size) sgs: u32) {
+//#else
+  ) { let sgi = 0u; let sgs = 1u;
+//#endif
   let r = wg_linear(wid, nwg);
   if (r >= lp.rows) { return; }
   let g = lp.row0 + r;
@@ -69,7 +95,7 @@ fn gather(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
     if (lid == 0u) { lg_logp[g] = nan_f32(); lg_lse[g] = nan_f32(); atomicOr(&lg_err, ERR_TARGETS); }
     return;
   }
-  let ms = row_partial(lid, r * lp.v, 0u, lp.v);
+  let ms = row_partial(lid, sgi, sgs, r * lp.v, 0u, lp.v);
   if (lid == 0u) {
     let l = ms.x + log(ms.y);
     lg_lse[g] = l;
@@ -80,7 +106,12 @@ fn gather(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
 /** Long rows: lp.splits workgroups per row each write a partial (max, sum) into lg_part [rows, splits, 2]. */
 @group(0) @binding(3) var<storage, read_write> lg_part: array<f32>;
 @compute @workgroup_size(256)
-fn gather_split(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+fn gather_split(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32
+//#if SUBGROUPS
+  , @builtin(subgroup_invocation_id) sgi: u32, @builtin(subgroup_size) sgs: u32) {
+//#else
+  ) { let sgi = 0u; let sgs = 1u;
+//#endif
   let w = wg_linear(wid, nwg);
   let r = w / lp.splits;
   let k = w % lp.splits;
@@ -88,7 +119,7 @@ fn gather_split(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg:
   let per = (lp.v + lp.splits - 1u) / lp.splits;
   let j0 = min(lp.v, k * per);
   let j1 = min(lp.v, j0 + per);
-  let ms = row_partial(lid, r * lp.v, j0, j1);
+  let ms = row_partial(lid, sgi, sgs, r * lp.v, j0, j1);
   if (lid == 0u) { lg_part[2u * w] = ms.x; lg_part[2u * w + 1u] = ms.y; }
 }
 

@@ -3,7 +3,9 @@
 // coefficient. Variant constants: MASTER (a separate f32 master copy), P_BF16 (the parameter is bf16),
 // CLIP (a clip tensor [2] whose element 1 scales the gradient).
 
-struct OptParams { n: u32, _a: u32, _b: u32, _c: u32, lr: f32, alpha: f32, eps: f32, wd: f32, b1: f32, b2: f32, step_size: f32, bc2_sqrt: f32, decay: f32, _d: u32, _e: u32, _f: u32 }
+struct OptParams { n: u32, _a: u32, _b: u32, _c: u32, lr: f32, alpha: f32, eps: f32, wd: f32, b1: f32, b2: f32, step_size: f32, bc2_sqrt: f32, decay: f32, om_alpha: f32, om_b1: f32, om_b2: f32 }
+// om_*: 1 - alpha, 1 - beta1, 1 - beta2 formed in double on the host (as torch forms them from Python
+// floats; 1 - f32(0.999) in f32 is off by 1.3e-5 relative)
 @group(0) @binding(0) var<uniform> op: OptParams;
 @group(0) @binding(1) var<storage, read_write> o_param: array<u32>;
 @group(0) @binding(2) var<storage, read_write> o_master: array<f32>;
@@ -28,7 +30,7 @@ fn rmsprop_one(i: u32) -> f32 {
   var g = o_grad[i] * grad_scale();
   var w = w_get(i);
   if (op.wd != 0.0) { g += op.wd * w; }
-  let v = op.alpha * o_s1[i] + (1.0 - op.alpha) * g * g;
+  let v = op.alpha * o_s1[i] + op.om_alpha * g * g;
   o_s1[i] = v;
   w -= op.lr * (g / (sqrt(v) + op.eps));
   w_set(i, w);
@@ -37,8 +39,8 @@ fn rmsprop_one(i: u32) -> f32 {
 
 fn adamw_one(i: u32) -> f32 {
   let g = o_grad[i] * grad_scale();
-  let m = op.b1 * o_s1[i] + (1.0 - op.b1) * g;
-  let v = op.b2 * o_s2[i] + (1.0 - op.b2) * g * g;
+  let m = op.b1 * o_s1[i] + op.om_b1 * g;
+  let v = op.b2 * o_s2[i] + op.om_b2 * g * g;
   o_s1[i] = m;
   o_s2[i] = v;
   let p = w_get(i) * op.decay;

@@ -59,6 +59,8 @@ const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 export class WebGpuBackend implements Backend {
   readonly name = 'webgpu';
   readonly features: readonly string[];
+  /** Subgroup operations are used (the adapter offers them and the options allow them). */
+  readonly subgroups: boolean;
   /** Largest binding used (bytes): the device limit, or less when a test asks. */
   readonly maxBinding: number;
   readonly poison: boolean;
@@ -87,6 +89,7 @@ export class WebGpuBackend implements Backend {
     opts: WebGpuOptions,
   ) {
     this.features = features;
+    this.subgroups = features.includes('subgroups');
     this.poison = opts.poison ?? false;
     const lim = limits.maxStorageBufferBindingSize;
     if (opts.maxBindingBytes !== undefined && (!(opts.maxBindingBytes >= 2 ** 21) || opts.maxBindingBytes > lim)) {
@@ -465,6 +468,7 @@ export class WebGpuBackend implements Backend {
     const lse = this.empty('f32', [n]);
     if (n === 0) return { logp, lse };
     const zb = logits.dtype === 'bf16';
+    const d = { Z_BF16: zb, SUBGROUPS: this.subgroups };
     const chunk = this.rowChunk(n, v * dtypeSize(logits.dtype), 'logprobGather logits');
     // long rows: split each row over several workgroups and merge their (max, sum) pairs
     const splits = v >= 16384 ? Math.min(64, Math.ceil(v / 8192)) : 1;
@@ -472,11 +476,11 @@ export class WebGpuBackend implements Backend {
       const rows = Math.min(chunk, n - r0);
       const z = this.rowsOf(logits, r0, rows, v);
       if (splits === 1) {
-        this.dispatch('loss', { Z_BF16: zb }, 'gather', [rows, v, r0, 1, 0], [z, targets, logp, lse, this.err], rows);
+        this.dispatch('loss', d, 'gather', [rows, v, r0, 1, 0], [z, targets, logp, lse, this.err], rows);
       } else {
         const part = this.temp(rows * splits * 8);
-        this.dispatch('loss', { Z_BF16: zb }, 'gather_split', [rows, v, r0, splits, 0], [z, null, part], rows * splits);
-        this.dispatch('loss', { Z_BF16: zb }, 'gather_merge', [rows, v, r0, splits, 0], [part, targets, logp, lse, this.err, z], Math.ceil(rows / 64));
+        this.dispatch('loss', d, 'gather_split', [rows, v, r0, splits, 0], [z, null, part], rows * splits);
+        this.dispatch('loss', d, 'gather_merge', [rows, v, r0, splits, 0], [part, targets, logp, lse, this.err, z], Math.ceil(rows / 64));
         this.releaseBuffer(part.buffer);
       }
     }
@@ -550,13 +554,13 @@ export class WebGpuBackend implements Backend {
   }
 
   rmspropStep(p: OptimTensors & { squareAvg: Tensor<'f32'> }, h: RmspropHyper, clip?: Tensor<'f32'>): void {
-    this.optim('rmsprop', p, p.squareAvg, null, [h.lr, h.alpha, h.eps, h.weightDecay, 0, 0, 0, 0, 0, 0, 0, 0], clip);
+    this.optim('rmsprop', p, p.squareAvg, null, [h.lr, h.alpha, h.eps, h.weightDecay, 0, 0, 0, 0, 0, 1 - h.alpha, 0, 0], clip);
   }
 
   adamwStep(p: OptimTensors & { expAvg: Tensor<'f32'>; expAvgSq: Tensor<'f32'> }, h: AdamwHyper, clip?: Tensor<'f32'>): void {
     const bc1 = 1 - h.beta1 ** h.step;
     const bc2 = 1 - h.beta2 ** h.step;
-    this.optim('adamw', p, p.expAvg, p.expAvgSq, [h.lr, 0, h.eps, h.weightDecay, h.beta1, h.beta2, h.lr / bc1, Math.sqrt(bc2), 1 - h.lr * h.weightDecay, 0, 0, 0], clip);
+    this.optim('adamw', p, p.expAvg, p.expAvgSq, [h.lr, 0, h.eps, h.weightDecay, h.beta1, h.beta2, h.lr / bc1, Math.sqrt(bc2), 1 - h.lr * h.weightDecay, 0, 1 - h.beta1, 1 - h.beta2], clip);
   }
 
   sumSquares(x: Tensor<'f32'>, out: Tensor<'f32'>, index: number): void {
