@@ -68,11 +68,23 @@ function appLockfile(tgz: string): object {
     '': { name: 'app', version: '1.0.0', dependencies: { spinlm: `file:${tgz}` } },
     'node_modules/spinlm': {
       version: root.version, resolved: `file:${tgz}`, hasInstallScript: true, license: root.license,
-      dependencies: root.dependencies, bin: root.bin, engines: root.engines,
+      dependencies: root.dependencies, optionalDependencies: root.optionalDependencies, bin: root.bin, engines: root.engines,
     },
   };
-  for (const [path, entry] of Object.entries(repo.packages as Record<string, { dev?: boolean; devOptional?: boolean }>)) {
-    if (path && !entry.dev && !entry.devOptional) packages[path] = entry;
+  // what an install of spinlm needs: the closure of its dependencies and optional dependencies (an
+  // entry a dev tool shares with an optional one is marked devOptional in the repo's lockfile)
+  type Entry = { dependencies?: Record<string, string>; optionalDependencies?: Record<string, string> };
+  const all = repo.packages as Record<string, Entry>;
+  const todo = [...Object.keys(root.dependencies ?? {}), ...Object.keys(root.optionalDependencies ?? {})];
+  while (todo.length > 0) {
+    const path = `node_modules/${todo.pop()}`;
+    if (packages[path] || !all[path]) continue;
+    packages[path] = all[path];
+    todo.push(...Object.keys(all[path].dependencies ?? {}), ...Object.keys(all[path].optionalDependencies ?? {}));
+  }
+  // packages nested under an included one (a second version of a dependency) come with it
+  for (const [path, entry] of Object.entries(all)) {
+    if (!packages[path] && Object.keys(packages).some((p) => p.startsWith('node_modules/') && path.startsWith(`${p}/node_modules/`))) packages[path] = entry;
   }
   return { name: 'app', version: '1.0.0', lockfileVersion: 3, requires: true, packages };
 }
@@ -136,6 +148,10 @@ test('installs offline into an empty directory with no compiler and runs spinlm 
   writeFileSync(join(app, 'package-lock.json'), JSON.stringify(appLockfile(tarball), null, 2));
   const env = { ...process.env, PATH: compilerFreePath(), npm_config_nodedir: undefined, SPINLM_NUM_THREADS: '2' };
   run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], app, env);
+  // the WebGPU backend reads its WGSL kernels from beside its compiled module
+  for (const f of ['common', 'memory', 'elementwise', 'loss', 'optim', 'sample', 'gemm', 'attention']) {
+    assert.ok(existsSync(join(app, 'node_modules', 'spinlm', 'dist', 'backend', 'webgpu', `${f}.wgsl`)), `${f}.wgsl is in the package`);
+  }
   const script = `
     import { cpuBackend, ops } from 'spinlm';
     import { createRequire } from 'node:module';
