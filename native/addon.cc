@@ -213,11 +213,7 @@ Napi::Value RowOffset(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(info.Env(), spinlm::row_offset(ToInt(info[0], "row"), ToInt(info[1], "cols")));
 }
 
-// trimMemory(): returns recycled blocks to the OS; cachedBytes(): how much is held for reuse.
-Napi::Value TrimMemory(const Napi::CallbackInfo& info) {
-  spinlm::host_trim();
-  return info.Env().Undefined();
-}
+// cachedBytes(): how much freed memory is held for reuse.
 Napi::Value CachedBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(spinlm::host_cached_bytes()));
 }
@@ -253,7 +249,6 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("streamRead", Napi::Function::New(env, StreamRead));
   exports.Set("expThroughput", Napi::Function::New(env, ExpThroughput));
   exports.Set("rowOffset", Napi::Function::New(env, RowOffset));
-  exports.Set("trimMemory", Napi::Function::New(env, TrimMemory));
   exports.Set("cachedBytes", Napi::Function::New(env, CachedBytes));
   exports.Set("liveBytes", Napi::Function::New(env, LiveBytes));
   exports.Set("numThreads", Napi::Function::New(env, NumThreads));

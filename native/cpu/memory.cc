@@ -77,13 +77,6 @@ void host_free_block(void* p, int64_t bytes) {
 
 }  // namespace
 
-void host_trim() {
-  std::lock_guard<std::mutex> lock(mu);
-  for (auto& [size, p] : cache) std::free(p);
-  cache.clear();
-  cached = 0;
-}
-
 int64_t host_cached_bytes() {
   std::lock_guard<std::mutex> lock(mu);
   return cached;

@@ -16,7 +16,6 @@ struct HostBuffer {
 
 void* host_alloc(int64_t bytes);                 // nullptr when out of memory
 void host_free(void* p, int64_t bytes);          // `bytes` as passed to host_alloc
-void host_trim();                                // returns every recycled block to the OS
 int64_t host_cached_bytes();                     // bytes held for recycling
 int64_t host_live_bytes();                       // bytes of the buffers allocated and not yet freed
 

@@ -625,10 +625,6 @@ Napi::Value BiasBackward(const Napi::CallbackInfo& info) {
   return Guard(info, [&] { spinlm::cuda::bias_backward(dy, t, n, db); });
 }
 
-Napi::Value TrimMemory(const Napi::CallbackInfo& info) {
-  return Guard(info, [] { trim(); });
-}
-
 }  // namespace
 
 // The `cuda` object: the kernels as functions with the CPU addon's names and arguments.
@@ -671,7 +667,6 @@ Napi::Object Exports(Napi::Env env) {
   o.Set("add", Napi::Function::New(env, Add));
   o.Set("addBias", Napi::Function::New(env, AddBias));
   o.Set("biasBackward", Napi::Function::New(env, BiasBackward));
-  o.Set("trimMemory", Napi::Function::New(env, TrimMemory));
   return o;
 }
 

@@ -83,6 +83,5 @@ void device_free(void* p, size_t bytes) {
 
 size_t cached_bytes() { return g_cached; }
 size_t allocated_bytes() { return g_allocated; }
-void trim() { release_cache(); }
 
 }  // namespace spinlm::cuda

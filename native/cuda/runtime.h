@@ -50,6 +50,5 @@ AllocResult device_alloc(size_t bytes);
 void device_free(void* p, size_t bytes);
 size_t cached_bytes();
 size_t allocated_bytes();
-void trim();
 
 }  // namespace spinlm::cuda

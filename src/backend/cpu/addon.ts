@@ -1,5 +1,6 @@
-// Loads the native addon: prebuilds/<platform>-<arch>/ first, then build/Release (node-gyp or
-// cmake-js), through node-gyp-build. SPINLM_ADDON=/path/to/spinlm.node loads one file instead.
+// Loads the native addon: prebuilds/<platform>-<arch>/ first, then build/Release (the node-gyp build),
+// through node-gyp-build. SPINLM_ADDON=/path/to/spinlm.node loads one file instead (e.g. the cmake-js
+// build in build-cmake/Release).
 // When nothing loads, one error says what was looked for, what was found and how to fix it.
 import { existsSync, readdirSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -83,8 +84,7 @@ export interface NativeAddon {
   streamRead(t: NativeView, bytes: number): number;
   expThroughput(count: number): number;
   rowOffset(row: number, cols: number): bigint;
-  /** Big freed blocks are recycled (native/cpu/memory.h): release them / how many bytes are held. */
-  trimMemory(): void;
+  /** Big freed blocks are recycled (native/cpu/memory.h): how many bytes are held for reuse. */
   cachedBytes(): number;
   /** Bytes of the tensors allocated and not yet freed (native/cpu/memory.cc's counter). */
   liveBytes(): number;

@@ -35,7 +35,6 @@ export type CudaNative = Pick<NativeAddon, KernelNames> & {
   alloc(bytes: number, op: string): unknown;
   read<A extends ArrayBufferView>(src: NativeView, dst: A): Promise<A>;
   takeErrors(): Promise<number>;
-  trimMemory(): void;
 };
 
 /** Bumped whenever a binding's arguments change (native/cuda/addon_cuda.cc exports the same number). */
