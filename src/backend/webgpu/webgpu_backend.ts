@@ -417,6 +417,8 @@ export class WebGpuBackend implements Backend {
     bindings.forEach((b, i) => {
       if (b === null) return;
       const x = this.binding(b);
+      // every binding, chunks included, within the limit (a forced small limit makes this a test of the chunking)
+      if (x.size > this.maxBinding) throw new RangeError(`webgpu: ${entry} binds ${x.size} bytes at binding ${i + 1}, more than one storage binding may hold (${this.maxBinding})`);
       entries.push({ binding: i + 1, resource: { buffer: x.buffer, offset: x.offset, size: x.size } });
     });
     const group = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
