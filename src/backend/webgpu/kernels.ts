@@ -62,6 +62,6 @@ export const FAMILY_DEFAULTS: Record<KernelFamily, Defines> = {
   loss: { Z_BF16: false, OUT_BF16: false, IN_PLACE: false, SUBGROUPS: false },
   optim: { MASTER: false, P_BF16: false, CLIP: false },
   sample: { SUBGROUPS: false },
-  gemm: { B_BF16: false },
+  gemm: { B_BF16: false, A_VEC: false, B_VEC: false, B_VEC_BF16: false, B_SCALAR: true },
   attention: { HD: 64, KT: 16 },
 };

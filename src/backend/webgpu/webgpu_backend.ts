@@ -641,6 +641,9 @@ export class WebGpuBackend implements Backend {
     if (m === 0 || n === 0) return out;
     const acc = opts.accumulate ? 1 : 0;
     const bb = b.dtype === 'bf16';
+    // 4-wide loads where rows are whole vec4s: A row-major, B the transposed [N, K] weight, K % 4 = 0
+    const bVec = tb && k % 4 === 0;
+    const gemmDefines = { B_BF16: bb, A_VEC: !ta && k % 4 === 0, B_VEC: bVec && !bb, B_VEC_BF16: bVec && bb, B_SCALAR: !bVec };
     // rows of A (when not transposed) and of C go in chunks; B (and a transposed A) are bound whole
     if (ta) this.binding(a); // a transposed A larger than one binding: the clear error
     this.binding(b);
@@ -650,7 +653,7 @@ export class WebGpuBackend implements Backend {
       if (ta && r0 > 0) throw new RangeError(`webgpu: matmul with transA whose output (${m} x ${n}) is larger than one binding is not supported`);
       const abind: Bindable = ta ? a : this.rowsOf(a, r0, rows, ac);
       const params: Param[] = [rows, n, k, ac, bc, n, 0, ta ? 1 : 0, tb ? 1 : 0, acc, [opts.alpha ?? 1, 'f'], 0];
-      this.dispatch('gemm', { B_BF16: bb }, 'gemm', params, [abind, b, this.rowsOf(out, r0, rows, n)], [Math.ceil(n / 64), Math.ceil(rows / 64)]);
+      this.dispatch('gemm', gemmDefines, 'gemm', params, [abind, b, this.rowsOf(out, r0, rows, n)], [Math.ceil(n / 64), Math.ceil(rows / 64)]);
     }
     return out;
   }
