@@ -126,6 +126,7 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("driverVersion", d.driver);
   o.Set("runtimeVersion", d.runtime);
   o.Set("cachedBytes", static_cast<double>(cached_bytes()));
+  o.Set("gemm", gemm_description());
 #ifdef SPINLM_CUDA_EMU
   o.Set("emulated", true);
 #else

@@ -16,6 +16,8 @@ export interface CudaDeviceInfo {
   driverVersion: number;
   runtimeVersion: number;
   cachedBytes: number;
+  /** How matmul runs: cuBLAS (version, library path, input type) or the tiled kernel. */
+  gemm: string;
   emulated: boolean;
 }
 
