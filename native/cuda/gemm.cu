@@ -86,10 +86,10 @@ void matmul_cublas(const blas::GemmCall& g, bool trans_a, bool trans_b, int64_t 
     // Both operands as bf16 (an f32 B too), f32 compute: A lands at the scratch's start, B after it.
     const size_t a_bytes = (static_cast<size_t>(a_span) * 2 + 255) / 256 * 256;
     char* s = static_cast<char*>(scratch(a_bytes + (b_dt == DType::kBF16 ? 0 : static_cast<size_t>(b_span) * 2)));
-    cast_values(a, DType::kF32, s, DType::kBF16, a_span);
+    spinlm::cuda::cast_values(a, DType::kF32, s, DType::kBF16, a_span);
     second = s;
     if (b_dt != DType::kBF16) {
-      cast_values(b, DType::kF32, s + a_bytes, DType::kBF16, b_span);
+      spinlm::cuda::cast_values(b, DType::kF32, s + a_bytes, DType::kBF16, b_span);
       first = s + a_bytes;
     }
     type = kCudaR16BF;
@@ -97,7 +97,7 @@ void matmul_cublas(const blas::GemmCall& g, bool trans_a, bool trans_b, int64_t 
     // cublasGemmEx takes one input type: widen the bf16 B to f32 (exact), so the product is the f32
     // GEMM the CPU backend computes.
     void* s = scratch(static_cast<size_t>(b_span) * 4);
-    cast_values(b, DType::kBF16, s, DType::kF32, b_span);
+    spinlm::cuda::cast_values(b, DType::kBF16, s, DType::kF32, b_span);
     first = s;
   }
   const blas::Api& api = blas_library().api;

@@ -62,5 +62,9 @@ AllocResult device_alloc(size_t bytes);
 void device_free(void* p, size_t bytes);
 size_t cached_bytes();
 size_t allocated_bytes();
+// High-water marks since the start: bytes held by live tensors, and those plus the cache (what
+// cudaMalloc holds for tensors; scratch and cuBLAS's workspace are not counted).
+size_t peak_allocated_bytes();
+size_t peak_reserved_bytes();
 
 }  // namespace spinlm::cuda

@@ -18,6 +18,9 @@ export interface CudaDeviceInfo {
   cachedBytes: number;
   /** How matmul runs: cuBLAS (version, library path, input type) or the tiled kernel. */
   gemm: string;
+  /** High-water marks: bytes of live tensors, and those plus the allocator's cache. */
+  peakAllocatedBytes: number;
+  peakReservedBytes: number;
   emulated: boolean;
 }
 
