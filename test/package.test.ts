@@ -48,6 +48,11 @@ function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = 
   }
 }
 
+/** Whether nvcc is here: then `npm run prebuild` puts the CUDA kernels in the prebuilt binary. */
+function nvccHere(): boolean {
+  return ['nvcc', '/usr/local/cuda/bin/nvcc'].some((c) => spawnSync(c, ['--version'], { stdio: 'ignore' }).status === 0);
+}
+
 function neededLibraries(binary: string): string[] {
   const dyn = run('readelf', ['-d', binary], work);
   return [...dyn.matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((m) => m[1]);
@@ -121,6 +126,7 @@ test('the prebuilt binary links OpenBLAS statically: it needs only glibc, libstd
   const binary = prebuiltBinary(pkg);
   const needed = neededLibraries(binary);
   assert.ok(needed.includes('libc.so.6'), `readelf found no NEEDED entries: ${needed.join(', ')}`);
+  assert.deepEqual(needed.filter((lib) => /cuda|cublas/i.test(lib)), [], 'cudart is linked statically and cuBLAS opened at run time');
   const extra = needed.filter((lib) => !BASE_LIBS.test(lib));
   assert.deepEqual(extra, [], `the prebuilt binary needs libraries a clean machine lacks: ${extra.join(', ')}`);
   const exported = run('nm', ['-D', '--defined-only', binary], work).split('\n');
@@ -151,7 +157,13 @@ test('installs offline into an empty directory with no compiler and runs spinlm 
   assert.ok(Math.abs(out.logp - Math.log(0.75)) < 1e-6, `logp ${out.logp}`);
   assert.match(out.binary, /prebuilds\/linux-x64\//);
   const spinlm = join(app, 'node_modules', '.bin', 'spinlm');
-  assert.match(run(spinlm, ['info'], app, env), /spinlm 0\.1\.0/);
+  const info = run(spinlm, ['info'], app, env);
+  assert.match(info, /spinlm 0\.1\.0/);
+  // Prebuilt where nvcc exists (scripts/prebuild-cuda.mjs), the binary carries the CUDA kernels with
+  // cudart linked statically: it loads without a driver, and the cuda backend says why it cannot run.
+  const cudaLine = /^cuda: .*$/m.exec(info)?.[0] ?? '';
+  if (nvccHere()) assert.match(cudaLine, /^cuda: (available|not available: no (driver|device|usable device))/, info);
+  else assert.match(cudaLine, /^cuda: not available: not compiled in/, info);
 
   // The installed package scores the tiny model as the checkout does.
   const args = (out: string) => ['score', '--model', model, '--data', join(work, 'pairs.jsonl'), '--out', out, '--max_length', '96', '--max_prompt_length', '64', '--quiet'];
