@@ -102,6 +102,28 @@ for (const np of [2, 3]) {
     }));
 }
 
+test('reference log-probs: micro-batches sharded across the ranks, merged in input order, bit-identical to one process', async () =>
+  withSeed(async (rng) => {
+    for (const np of [2, 3]) {
+      const job = base({ mode: 'reference', seed: rng.int(0, 1e9), world: np, items: rng.int(7, 23), micro: rng.int(1, 4), dtype: rng.int(0, 1) ? 'bf16' : 'f32', stage: 0 });
+      const ref = join(dir, `refl-solo-${np}`);
+      solo({ ...job, stage: null, out: ref });
+      const want = JSON.parse(readFileSync(`${ref}.rank0.json`, 'utf8'));
+      const batches = Math.ceil(job.items / job.micro);
+      assert.equal(want.scored, batches, `one process scores all ${batches} micro-batches`);
+      const out = join(dir, `refl-${np}`);
+      const r = mpirun(np, { ...job, out });
+      assert.equal(r.status, 0, r.output);
+      for (let rank = 0; rank < np; rank++) {
+        const got = JSON.parse(readFileSync(`${out}.rank${rank}.json`, 'utf8'));
+        assert.equal(got.ref, want.ref, `np ${np} rank ${rank}: reference log-probs differ from one process (${job.items} pairs, micro ${job.micro})`);
+        // micro-batch k is scored by rank k mod np
+        const mine = Array.from({ length: batches }, (_, k) => k).filter((k) => k % np === rank).length;
+        assert.equal(got.scored, mine, `np ${np} rank ${rank} scored ${got.scored} micro-batches, expected its share ${mine} of ${batches}`);
+      }
+    }
+  }));
+
 test('per-rank memory of parameters, gradients, masters and optimizer state is ~1/N for what each stage shards (allocator counters)', () => {
   const mem: Record<string, { memory: Record<string, number>; live: number; fullParams: number }> = {};
   for (const stage of [0, 1, 2, 3]) {

@@ -3,6 +3,8 @@
 // test compares. Argument: a JSON job.
 //   mode 'train'   rank 0 writes {logs, weights}; every rank writes its weights' hash (replicas agree)
 //   mode 'memory'  every rank writes the engine's per-rank bytes and the allocator's live-bytes delta
+//   mode 'reference'  every rank writes the reference log-probs it got (f32 bytes, base64) and how
+//                  many pairs it scored itself
 import { writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
@@ -17,7 +19,7 @@ import { tinyConfig } from './tiny_model.js';
 import * as ops from '../../src/ops/index.js';
 
 export interface DistJob {
-  mode: 'train' | 'memory';
+  mode: 'train' | 'memory' | 'reference';
   /** null: one process, no group (the reference). */
   stage: ZeroStage | null;
   seed: number;
@@ -77,7 +79,14 @@ async function main() {
     gradientAccumulationSteps: group ? job.accum : job.accum * job.world, numTrainEpochs: job.epochs, maxGradNorm: 0.5,
     seed: 11, saveSteps: job.saveSteps ?? 0, dist: group ? { group, zeroStage: job.stage! } : undefined,
   };
-  const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0 });
+  let scored = 0;
+  const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0, group: group ?? undefined, onProgress: () => void scored++ });
+  if (job.mode === 'reference') {
+    writeFileSync(`${job.out}.rank${rank}.json`, JSON.stringify({ ref: Buffer.from(ref.buffer).toString('base64'), scored: scored - 1 }));
+    model.weights.free();
+    closeProcessGroup();
+    return;
+  }
   const obj = new SpinObjective(model, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
   const logs: StepLog[] = [];
   const bytes0 = group ? { ...group.bytes } : null;
