@@ -8,7 +8,8 @@
 // last bits (~1e-7 relative). Adam/RMSprop normalize each element by its own running magnitude, so a
 // relative gradient error e moves an update by about lr x e — except on elements whose gradient is a
 // cancellation, where e is larger. Over <= 8 steps at lr 2e-3 and weights of order 0.1 we measured
-// differences up to ~5e-7; the test allows 2e-5 (weights, absolute) and 1e-5 (losses, relative),
+// differences up to ~5e-7; the test allows 2e-5 (weights, absolute; bf16 weights may also round one
+// ulp apart, see checkWeights) and 1e-5 (losses, relative),
 // ~40x headroom and still 100x below what a wrong split of the batch produces (>= 1e-3, checked when
 // this test was written by giving each rank the whole window). Stronger, exact checks: every rank
 // ends with bit-identical weights, and stages 1 and 2 (the same reduce-scatter of the same buckets)
@@ -45,13 +46,36 @@ interface Result {
 const result = (out: string): Result => JSON.parse(readFileSync(`${out}.json`, 'utf8'));
 const hashes = (out: string, np: number) => Array.from({ length: np }, (_, r) => readFileSync(`${out}.rank${r}.hash`, 'utf8'));
 
-function maxWeightDiff(a: Result, b: Result): number {
-  let m = 0;
-  for (const [name, xs] of Object.entries(a.weights)) xs.forEach((x, i) => (m = Math.max(m, Math.abs(x - b.weights[name][i]))));
-  return m;
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+/** The bf16 bit pattern of a value that is exactly a bf16 number (as the worker writes bf16 weights). */
+const bf16Bits = (x: number) => ((f32[0] = x), u32[0] >>> 16);
+
+/**
+ * Weights: |a - b| <= 2e-5 per element (f32 masters differ by ~5e-7, see the header). bf16 weights
+ * are round(master): where a master sits within ~5e-7 of a bf16 rounding midpoint, the two runs round
+ * it to adjacent bf16 numbers, one bf16 ulp apart (2^-15 = 3.1e-5 at |w| ~ 0.004, 4.9e-4 at 0.1).
+ * Such flips are allowed, but only as adjacent bit patterns and on at most 0.5% of the elements
+ * (seen: 1 of 43,200, SPINLM_TEST_SEED=251946627 at np 3 stage 0); a wrong batch split moves most
+ * elements by >= 1e-3.
+ */
+function checkWeights(dist: Result, ref: Result, dtype: 'f32' | 'bf16', what: string) {
+  let n = 0;
+  const flips: string[] = [];
+  for (const [name, xs] of Object.entries(ref.weights)) {
+    xs.forEach((y, i) => {
+      n++;
+      const x = dist.weights[name][i];
+      if (Math.abs(x - y) <= 2e-5) return;
+      const adjacent = dtype === 'bf16' && Math.sign(x) === Math.sign(y) && Math.abs(bf16Bits(x) - bf16Bits(y)) === 1;
+      assert.ok(adjacent, `${what}: final weight ${name}[${i}] is ${x}, one process ${y} (differ by ${x - y}${dtype === 'bf16' ? ', not adjacent bf16 numbers' : ''})`);
+      flips.push(`${name}[${i}] ${x} vs ${y}`);
+    });
+  }
+  assert.ok(flips.length <= 0.005 * n, `${what}: ${flips.length} of ${n} bf16 weights rounded one ulp apart from one process (allowed: 0.5%): ${flips.slice(0, 5).join(', ')}`);
 }
 
-function assertClose(dist: Result, ref: Result, what: string) {
+function assertClose(dist: Result, ref: Result, dtype: 'f32' | 'bf16', what: string) {
   assert.equal(dist.logs.length, ref.logs.length, `${what}: step count`);
   dist.logs.forEach((l, i) => {
     const r = ref.logs[i];
@@ -59,8 +83,7 @@ function assertClose(dist: Result, ref: Result, what: string) {
       assert.ok(Math.abs(l[k] - r[k]) <= 1e-5 * Math.max(1, Math.abs(r[k])), `${what}: step ${i + 1} ${k} ${l[k]} vs one process ${r[k]}`);
     }
   });
-  const d = maxWeightDiff(dist, ref);
-  assert.ok(d <= 2e-5, `${what}: final weights differ from one process by ${d}`);
+  checkWeights(dist, ref, dtype, what);
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'spinlm-dist-'));
@@ -93,7 +116,7 @@ for (const np of [2, 3]) {
         assert.equal(r.status, 0, r.output);
         const h = hashes(out, np);
         assert.ok(h.every((x) => x === h[0]), `stage ${stage}: ranks ended with different weights`);
-        assertClose(result(out), result(ref), `np ${np} stage ${stage} (${job.dtype}, ${job.optim})`);
+        assertClose(result(out), result(ref), job.dtype, `np ${np} stage ${stage} (${job.dtype}, ${job.optim})`);
         runs[stage] = h[0];
       }
       assert.equal(runs[2], runs[1], 'stages 1 and 2 reduce the same buckets the same way');
@@ -101,6 +124,27 @@ for (const np of [2, 3]) {
       if (job.accum === 1) assert.equal(runs[3], runs[1], 'stages 1 and 3 reduce the same buckets the same way');
     }));
 }
+
+test('overlap (gradient reductions issued during the backward, ZeRO-3 prefetch) is bit-identical to the blocking path', async () =>
+  withSeed(async (rng) => {
+    // np 3 with accumulation and an uneven last window: idle ranks and partial steps included
+    const job = base({
+      seed: rng.int(0, 1e9), world: 3, items: rng.int(10, 17), micro: rng.int(1, 2), accum: 2, epochs: 1,
+      dtype: rng.int(0, 1) ? 'bf16' : 'f32', optim: rng.int(0, 1) ? 'adamw' : 'rmsprop', layers: rng.int(2, 3),
+    });
+    for (const stage of [0, 1, 2, 3] as const) {
+      const outs = [true, false].map((overlap) => {
+        const out = join(dir, `ovl-s${stage}-${overlap}`);
+        const r = mpirun(3, { ...job, stage, overlap, out });
+        assert.equal(r.status, 0, r.output);
+        return out;
+      });
+      const [on, off] = outs.map((o) => ({ hashes: hashes(o, 3), res: result(o) }));
+      assert.deepEqual(on.hashes, off.hashes, `stage ${stage} (${job.dtype}, ${job.optim}, ${job.items} items): overlapped weights differ from the blocking path`);
+      assert.deepEqual(on.res.logs.map((l) => [l.loss, l.grad_norm]), off.res.logs.map((l) => [l.loss, l.grad_norm]), `stage ${stage}: overlapped losses differ`);
+      assert.deepEqual((on.res as unknown as { sent: unknown }).sent, (off.res as unknown as { sent: unknown }).sent, `stage ${stage}: overlap changed the bytes sent`);
+    }
+  }));
 
 test('reference log-probs: micro-batches sharded across the ranks, merged in input order, bit-identical to one process', async () =>
   withSeed(async (rng) => {
@@ -191,5 +235,5 @@ test('the network path: two ranks over TCP on the loopback (--mca btl tcp,self) 
     const out = join(dir, 'tcp');
     const r = mpirun(2, { ...job, stage: 2, out }, { mca: ['--mca', 'btl', 'tcp,self', '--mca', 'btl_tcp_if_include', 'lo'] });
     assert.equal(r.status, 0, r.output);
-    assertClose(result(out), result(ref), 'tcp stage 2');
+    assertClose(result(out), result(ref), job.dtype, 'tcp stage 2');
   }));

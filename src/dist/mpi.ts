@@ -12,17 +12,23 @@ type Buf = object | null;
 
 export interface CommAddon {
   commAbiVersion: number;
-  init(): { rank: number; size: number; library: string };
+  /** progressThread: outstanding collectives progress while the main thread computes (overlap). */
+  init(): { rank: number; size: number; library: string; progressThread: boolean };
   allReduce(send: Buf, recv: object, count: number, dtype: string, op: string, timeoutMs: number): void;
   reduceScatter(send: object, recv: object, count: number, dtype: string, op: string, timeoutMs: number): void;
   allGather(send: Buf, recv: object, count: number, dtype: string, timeoutMs: number): void;
+  /** Issue a collective; returns a request id for wait(). */
+  iallReduce(send: Buf, recv: object, count: number, dtype: string, op: string): number;
+  ireduceScatter(send: object, recv: object, count: number, dtype: string, op: string): number;
+  iallGather(send: Buf, recv: object, count: number, dtype: string): number;
+  wait(id: number, timeoutMs: number, what: string): void;
   broadcast(buf: object, count: number, dtype: string, root: number, timeoutMs: number): void;
   barrier(timeoutMs: number): void;
   abort(code: number): void;
   finalize(): void;
 }
 
-const COMM_ABI_VERSION = 1;
+const COMM_ABI_VERSION = 2;
 let cached: CommAddon | undefined;
 
 export function commAddonPath(): string {

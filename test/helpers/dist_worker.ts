@@ -40,6 +40,8 @@ export interface DistJob {
   killRank?: number;
   killAtStep?: number;
   hang?: boolean;
+  /** Overlap communication with computation (ZeroEngine; default on). */
+  overlap?: boolean;
 }
 
 const EOS = 2;
@@ -63,7 +65,7 @@ async function main() {
   if (job.mode === 'memory') {
     const full = be.native.liveBytes() - live0;
     model.weights.enableTraining();
-    const engine = await ZeroEngine.create(model, group!, job.stage!, { type: job.optim });
+    const engine = await ZeroEngine.create(model, group!, job.stage!, { type: job.optim }, { overlap: job.overlap });
     // one (zero-gradient) step: what stays allocated between steps
     engine.zeroGrad();
     engine.step(0, null).free();
@@ -77,7 +79,7 @@ async function main() {
   const loop: LoopConfig = {
     learningRate: 2e-3, optim: { type: job.optim }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: job.micro,
     gradientAccumulationSteps: group ? job.accum : job.accum * job.world, numTrainEpochs: job.epochs, maxGradNorm: 0.5,
-    seed: 11, saveSteps: job.saveSteps ?? 0, dist: group ? { group, zeroStage: job.stage! } : undefined,
+    seed: 11, saveSteps: job.saveSteps ?? 0, dist: group ? { group, zeroStage: job.stage!, overlap: job.overlap } : undefined,
   };
   let scored = 0;
   const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0, group: group ?? undefined, onProgress: () => void scored++ });
