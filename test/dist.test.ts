@@ -77,6 +77,14 @@ function checkWeights(dist: Result, ref: Result, dtype: 'f32' | 'bf16', what: st
 
 function assertClose(dist: Result, ref: Result, dtype: 'f32' | 'bf16', what: string) {
   assert.equal(dist.logs.length, ref.logs.length, `${what}: step count`);
+  if (process.env.DIAG) {
+    let m = 0;
+    dist.logs.forEach((l, i) => { for (const k of ['loss', 'grad_norm', 'rewards/margins'] as const) m = Math.max(m, Math.abs(l[k] - ref.logs[i][k]) / Math.max(1, Math.abs(ref.logs[i][k]))); });
+    let w = 0, flips = 0;
+    for (const [name, xs] of Object.entries(ref.weights)) xs.forEach((y, i) => { const d = Math.abs(dist.weights[name][i] - y); if (d > 2e-5) flips++; else w = Math.max(w, d); });
+    console.error(`DIAG ${dtype} ${what}: logs ${m.toExponential(2)} weights<=2e-5 max ${w.toExponential(2)} beyond ${flips}`);
+    return;
+  }
   dist.logs.forEach((l, i) => {
     const r = ref.logs[i];
     for (const k of ['loss', 'grad_norm', 'rewards/margins'] as const) {

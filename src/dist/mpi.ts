@@ -25,6 +25,13 @@ export interface CommAddon {
   broadcast(buf: object, count: number, dtype: string, root: number, timeoutMs: number): void;
   barrier(timeoutMs: number): void;
   abort(code: number): void;
+  /** NCCL (src/dist/nccl.ts), dlopen'ed on first use: `path` or the default search. */
+  ncclLoad(path: string | null): { library: string; version: number };
+  ncclUniqueId(): Uint8Array;
+  ncclInit(id: Uint8Array, nranks: number, rank: number): object;
+  ncclCollective(kind: 'allReduce' | 'reduceScatter' | 'allGather' | 'broadcast', comm: object, send: bigint | null, recv: bigint, count: number, dtype: string, opOrRoot: string | number, stream: bigint | null): void;
+  ncclAsyncError(comm: object): string;
+  ncclDestroy(comm: object, abort: boolean): void;
   finalize(): void;
 }
 
