@@ -8,8 +8,8 @@
 // last bits (~1e-7 relative). Adam/RMSprop normalize each element by its own running magnitude, so a
 // relative gradient error e moves an update by about lr x e — except on elements whose gradient is a
 // cancellation, where e is larger. Over <= 8 steps at lr 2e-3 and weights of order 0.1 we measured
-// differences up to ~5e-7; the test allows 2e-5 (weights, absolute; bf16 weights may also round one
-// ulp apart, see checkWeights) and 1e-5 (losses, relative),
+// differences up to ~5e-7; the test allows 2e-5 (weights, absolute) and 1e-5 (losses, relative) in
+// f32 (bf16 trajectories drift further apart: see assertClose),
 // ~40x headroom and still 100x below what a wrong split of the batch produces (>= 1e-3, checked when
 // this test was written by giving each rank the whole window). Stronger, exact checks: every rank
 // ends with bit-identical weights, and stages 1 and 2 (the same reduce-scatter of the same buckets)
@@ -42,56 +42,63 @@ function solo(job: DistJob) {
 interface Result {
   logs: { loss: number; grad_norm: number; 'rewards/margins': number }[];
   weights: Record<string, number[]>;
+  /** The weights before training. */
+  init: Record<string, number[]>;
 }
 const result = (out: string): Result => JSON.parse(readFileSync(`${out}.json`, 'utf8'));
 const hashes = (out: string, np: number) => Array.from({ length: np }, (_, r) => readFileSync(`${out}.rank${r}.hash`, 'utf8'));
 
-const f32 = new Float32Array(1);
-const u32 = new Uint32Array(f32.buffer);
-/** The bf16 bit pattern of a value that is exactly a bf16 number (as the worker writes bf16 weights). */
-const bf16Bits = (x: number) => ((f32[0] = x), u32[0] >>> 16);
-
-/**
- * Weights: |a - b| <= 2e-5 per element (f32 masters differ by ~5e-7, see the header). bf16 weights
- * are round(master): where a master sits within ~5e-7 of a bf16 rounding midpoint, the two runs round
- * it to adjacent bf16 numbers, one bf16 ulp apart (2^-15 = 3.1e-5 at |w| ~ 0.004, 4.9e-4 at 0.1).
- * Such flips are allowed, but only as adjacent bit patterns and on at most 0.5% of the elements
- * (seen: 1 of 43,200, SPINLM_TEST_SEED=251946627 at np 3 stage 0); a wrong batch split moves most
- * elements by >= 1e-3.
- */
-function checkWeights(dist: Result, ref: Result, dtype: 'f32' | 'bf16', what: string) {
-  let n = 0;
-  const flips: string[] = [];
-  for (const [name, xs] of Object.entries(ref.weights)) {
-    xs.forEach((y, i) => {
-      n++;
-      const x = dist.weights[name][i];
-      if (Math.abs(x - y) <= 2e-5) return;
-      const adjacent = dtype === 'bf16' && Math.sign(x) === Math.sign(y) && Math.abs(bf16Bits(x) - bf16Bits(y)) === 1;
-      assert.ok(adjacent, `${what}: final weight ${name}[${i}] is ${x}, one process ${y} (differ by ${x - y}${dtype === 'bf16' ? ', not adjacent bf16 numbers' : ''})`);
-      flips.push(`${name}[${i}] ${x} vs ${y}`);
+/** ||w - ref|| / ||ref - init||: the distance to one process's final weights, in units of how far training moved them. */
+function relativeDistance(dist: Result, ref: Result): number {
+  let d = 0;
+  let moved = 0;
+  for (const [name, ys] of Object.entries(ref.weights)) {
+    ys.forEach((y, i) => {
+      d += (dist.weights[name][i] - y) ** 2;
+      moved += (y - ref.init[name][i]) ** 2;
     });
   }
-  assert.ok(flips.length <= 0.005 * n, `${what}: ${flips.length} of ${n} bf16 weights rounded one ulp apart from one process (allowed: 0.5%): ${flips.slice(0, 5).join(', ')}`);
+  return Math.sqrt(d / moved);
 }
 
+/**
+ * f32: every loss, gradient norm and margin within 1e-5 (relative), every final weight within 2e-5
+ * (absolute), see the header; measured: <= 1e-6 and <= 2e-6.
+ *
+ * bf16: the weights the forward uses are round(master). Where the two runs' masters (~1e-7 apart)
+ * straddle a bf16 rounding midpoint, one weight differs by a bf16 ulp (2^-8 relative) from then on;
+ * that perturbs every later gradient by ~1e-5 relative, which moves more masters across midpoints:
+ * the trajectories drift apart chaotically (seen: SPINLM_TEST_SEED=251946627, one weight one ulp
+ * apart; 77394515 and 543087314, losses 1.2e-3 and 7.7e-4 apart after 10-20 steps). So bf16 runs
+ * are held to: step 1 (no update yet) as f32; later steps within 1e-2 (relative); final weights within
+ * 2% of the distance training moved them (measured: at most 1.9e-3 over 10 bf16 seeds). A wrong
+ * batch split (every rank training on rank 0's micro-batches) gives 0.94-1.14 on that measure and
+ * losses ~1 apart, in f32 and bf16 alike. The exact bf16 checks are the bit-identities between
+ * ranks, stages and the overlapped path.
+ */
 function assertClose(dist: Result, ref: Result, dtype: 'f32' | 'bf16', what: string) {
   assert.equal(dist.logs.length, ref.logs.length, `${what}: step count`);
-  if (process.env.DIAG) {
-    let m = 0;
-    dist.logs.forEach((l, i) => { for (const k of ['loss', 'grad_norm', 'rewards/margins'] as const) m = Math.max(m, Math.abs(l[k] - ref.logs[i][k]) / Math.max(1, Math.abs(ref.logs[i][k]))); });
-    let w = 0, flips = 0;
-    for (const [name, xs] of Object.entries(ref.weights)) xs.forEach((y, i) => { const d = Math.abs(dist.weights[name][i] - y); if (d > 2e-5) flips++; else w = Math.max(w, d); });
-    console.error(`DIAG ${dtype} ${what}: logs ${m.toExponential(2)} weights<=2e-5 max ${w.toExponential(2)} beyond ${flips}`);
-    return;
-  }
   dist.logs.forEach((l, i) => {
     const r = ref.logs[i];
+    const tol = dtype === 'f32' || i === 0 ? 1e-5 : 1e-2;
     for (const k of ['loss', 'grad_norm', 'rewards/margins'] as const) {
-      assert.ok(Math.abs(l[k] - r[k]) <= 1e-5 * Math.max(1, Math.abs(r[k])), `${what}: step ${i + 1} ${k} ${l[k]} vs one process ${r[k]}`);
+      assert.ok(Math.abs(l[k] - r[k]) <= tol * Math.max(1, Math.abs(r[k])), `${what}: step ${i + 1} ${k} ${l[k]} vs one process ${r[k]} (tolerance ${tol} relative)`);
     }
   });
-  checkWeights(dist, ref, dtype, what);
+  const rel = relativeDistance(dist, ref);
+  if (dtype === 'bf16') {
+    assert.ok(rel <= 0.02, `${what}: final bf16 weights are ${rel.toExponential(2)} of the training distance away from one process (allowed 0.02)`);
+    return;
+  }
+  assert.ok(rel <= 1e-4, `${what}: final weights are ${rel.toExponential(2)} of the training distance away from one process`);
+  let worst = { d: 0, at: '' };
+  for (const [name, ys] of Object.entries(ref.weights)) {
+    ys.forEach((y, i) => {
+      const d = Math.abs(dist.weights[name][i] - y);
+      if (d > worst.d) worst = { d, at: `${name}[${i}] ${dist.weights[name][i]} vs ${y}` };
+    });
+  }
+  assert.ok(worst.d <= 2e-5, `${what}: final weights differ from one process by ${worst.d} (${worst.at})`);
 }
 
 const dir = mkdtempSync(join(tmpdir(), 'spinlm-dist-'));
@@ -176,38 +183,40 @@ test('reference log-probs: micro-batches sharded across the ranks, merged in inp
     }
   }));
 
-test('per-rank memory of parameters, gradients, masters and optimizer state is ~1/N for what each stage shards (allocator counters)', () => {
-  const mem: Record<string, { memory: Record<string, number>; live: number; fullParams: number }> = {};
-  for (const stage of [0, 1, 2, 3]) {
-    for (const np of [1, 2, 3]) {
-      const out = join(dir, `mem-s${stage}-n${np}`);
-      const r = mpirun(np, base({ mode: 'memory', stage: stage as 0, world: np, dtype: 'bf16', layers: 4, hidden: 128, out }));
-      assert.equal(r.status, 0, r.output);
-      for (let rank = 0; rank < np; rank++) mem[`${stage}/${np}/${rank}`] = JSON.parse(readFileSync(`${out}.rank${rank}.json`, 'utf8'));
+test('per-rank memory of parameters, gradients, masters and optimizer state is ~1/N for what each stage shards (allocator counters)', async () =>
+  withSeed(async (rng) => {
+    const seed = rng.int(0, 1e9);
+    const mem: Record<string, { memory: Record<string, number>; live: number; fullParams: number }> = {};
+    for (const stage of [0, 1, 2, 3]) {
+      for (const np of [1, 2, 3]) {
+        const out = join(dir, `mem-s${stage}-n${np}`);
+        const r = mpirun(np, base({ mode: 'memory', seed, stage: stage as 0, world: np, dtype: 'bf16', layers: 4, hidden: 128, out }));
+        assert.equal(r.status, 0, r.output);
+        for (let rank = 0; rank < np; rank++) mem[`${stage}/${np}/${rank}`] = JSON.parse(readFileSync(`${out}.rank${rank}.json`, 'utf8'));
+      }
     }
-  }
-  const sharded: Record<number, string[]> = { 0: [], 1: ['masters', 'optimizer'], 2: ['masters', 'optimizer', 'grads'], 3: ['masters', 'optimizer', 'grads', 'params'] };
-  for (const stage of [0, 1, 2, 3]) {
-    const one = mem[`${stage}/1/0`].memory;
-    for (const np of [2, 3]) {
-      for (let rank = 0; rank < np; rank++) {
-        const m = mem[`${stage}/${np}/${rank}`];
-        // the allocator agrees with the engine's own account (plus a few small tensors)
-        const sum = Object.values(m.memory).reduce((a, b) => a + b, 0);
-        assert.ok(Math.abs(m.live - sum) < 64 * 1024, `stage ${stage} np ${np} rank ${rank}: allocator ${m.live} B vs engine ${sum} B`);
-        for (const part of ['params', 'grads', 'masters', 'optimizer']) {
-          // padding: each of the 5 units rounds up to 128 x np elements
-          const slack = 5 * 128 * np * 8;
-          if (sharded[stage].includes(part)) assert.ok(Math.abs(m.memory[part] - one[part] / np) <= slack, `stage ${stage} np ${np}: ${part} ${m.memory[part]} B, expected ~${one[part] / np}`);
-          else if (!(stage === 1 && part === 'grads')) assert.ok(Math.abs(m.memory[part] - one[part]) <= slack, `stage ${stage} np ${np}: ${part} ${m.memory[part]} B is not the full ${one[part]}`);
+    const sharded: Record<number, string[]> = { 0: [], 1: ['masters', 'optimizer'], 2: ['masters', 'optimizer', 'grads'], 3: ['masters', 'optimizer', 'grads', 'params'] };
+    for (const stage of [0, 1, 2, 3]) {
+      const one = mem[`${stage}/1/0`].memory;
+      for (const np of [2, 3]) {
+        for (let rank = 0; rank < np; rank++) {
+          const m = mem[`${stage}/${np}/${rank}`];
+          // the allocator agrees with the engine's own account (plus a few small tensors)
+          const sum = Object.values(m.memory).reduce((a, b) => a + b, 0);
+          assert.ok(Math.abs(m.live - sum) < 64 * 1024, `stage ${stage} np ${np} rank ${rank}: allocator ${m.live} B vs engine ${sum} B`);
+          for (const part of ['params', 'grads', 'masters', 'optimizer']) {
+            // padding: each of the 5 units rounds up to 128 x np elements
+            const slack = 5 * 128 * np * 8;
+            if (sharded[stage].includes(part)) assert.ok(Math.abs(m.memory[part] - one[part] / np) <= slack, `stage ${stage} np ${np}: ${part} ${m.memory[part]} B, expected ~${one[part] / np}`);
+            else if (!(stage === 1 && part === 'grads')) assert.ok(Math.abs(m.memory[part] - one[part]) <= slack, `stage ${stage} np ${np}: ${part} ${m.memory[part]} B is not the full ${one[part]}`);
+          }
         }
       }
     }
-  }
-  // stage 3 holds a third of stage 0's training state at np 3
-  const total = (k: string) => Object.values(mem[k].memory).reduce((a, b) => a + b, 0);
-  assert.ok(total('3/3/0') < total('0/3/0') / 2.9, `${total('3/3/0')} vs ${total('0/3/0')}`);
-});
+    // stage 3 holds a third of stage 0's training state at np 3
+    const total = (k: string) => Object.values(mem[k].memory).reduce((a, b) => a + b, 0);
+    assert.ok(total('3/3/0') < total('0/3/0') / 2.9, `${total('3/3/0')} vs ${total('0/3/0')}`);
+  }));
 
 test('a rank killed mid-run stops the job within the bound with an error naming it; --resume reaches the uninterrupted weights', async () =>
   withSeed(async (rng) => {
@@ -227,13 +236,14 @@ test('a rank killed mid-run stops the job within the bound with an error naming 
     assert.deepEqual(result(out).logs.length, result(straight).logs.length - 3);
   }));
 
-test('a hung rank: the others fail within SPINLM_COMM_TIMEOUT with one error naming the collective, and the job ends', () => {
-  const job = base({ seed: 3, stage: 2, world: 2, items: 12, killRank: 1, killAtStep: 1, hang: true, out: join(dir, 'hang') });
-  const r = mpirun(2, job, { env: { SPINLM_COMM_TIMEOUT: '3' } });
-  assert.notEqual(r.status, 0);
-  assert.match(r.output, /spinlm: rank 0 of 2: collective #\d+ \(\w+\): .* did not complete within 3 s; another rank died or is hung/, r.output);
-  assert.ok(r.seconds < 25, `took ${r.seconds} s`);
-});
+test('a hung rank: the others fail within SPINLM_COMM_TIMEOUT with one error naming the collective, and the job ends', async () =>
+  withSeed(async (rng) => {
+    const job = base({ seed: rng.int(0, 1e9), stage: 2, world: 2, items: 12, killRank: 1, killAtStep: 1, hang: true, out: join(dir, 'hang') });
+    const r = mpirun(2, job, { env: { SPINLM_COMM_TIMEOUT: '3' } });
+    assert.notEqual(r.status, 0);
+    assert.match(r.output, /spinlm: rank 0 of 2: collective #\d+ \(\w+\): .* did not complete within 3 s; another rank died or is hung/, r.output);
+    assert.ok(r.seconds < 25, `took ${r.seconds} s`);
+  }));
 
 test('the network path: two ranks over TCP on the loopback (--mca btl tcp,self) match one process', async () =>
   withSeed(async (rng) => {

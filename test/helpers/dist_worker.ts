@@ -11,6 +11,7 @@ import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import { closeProcessGroup, CommError, processGroup } from '../../src/dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../../src/dist/zero.js';
 import { initLlama } from '../../src/model/init.js';
+import type { LlamaModel } from '../../src/model/llama.js';
 import type { TokenizedPair } from '../../src/spin/batch.js';
 import { referenceLogps, SpinObjective } from '../../src/spin/objectives.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from '../../src/spin/train_loop.js';
@@ -54,6 +55,19 @@ function pairs(rng: Rng, n: number): TokenizedPair[] {
   });
 }
 
+/** Every parameter as numbers (bf16 widened exactly), and a hash of their bytes. */
+async function hostWeights(model: LlamaModel): Promise<{ weights: Record<string, number[]>; hash: string }> {
+  const weights: Record<string, number[]> = {};
+  const hash = createHash('sha256');
+  for (const name of [...model.weights.params.keys()].sort()) {
+    const t = model.weights.get(name);
+    const host = await ops.read(t);
+    hash.update(new Uint8Array(host.buffer, host.byteOffset, host.byteLength));
+    weights[name] = Array.from(t.dtype === 'bf16' ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer) : (host as Float32Array));
+  }
+  return { weights, hash: hash.digest('hex') };
+}
+
 async function main() {
   const job = JSON.parse(process.argv[2]) as DistJob;
   const be = new CpuBackend();
@@ -75,6 +89,8 @@ async function main() {
     closeProcessGroup();
     return;
   }
+  // the starting point (the test measures how far training moved the weights)
+  const init = job.mode === 'train' && rank === 0 ? (await hostWeights(model)).weights : null;
   const data = pairs(new Rng(job.seed).fork('data'), job.items);
   const loop: LoopConfig = {
     learningRate: 2e-3, optim: { type: job.optim }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: job.micro,
@@ -105,16 +121,9 @@ async function main() {
   });
   const seconds = (performance.now() - t0) / 1000;
   const sent = group && bytes0 ? Object.fromEntries(Object.entries(group.bytes).map(([k, v]) => [k, v - (bytes0 as Record<string, number>)[k]])) : null;
-  const weights: Record<string, number[]> = {};
-  const hash = createHash('sha256');
-  for (const name of [...model.weights.params.keys()].sort()) {
-    const t = model.weights.get(name);
-    const host = await ops.read(t);
-    hash.update(new Uint8Array(host.buffer, host.byteOffset, host.byteLength));
-    weights[name] = Array.from(t.dtype === 'bf16' ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer) : (host as Float32Array));
-  }
-  writeFileSync(`${job.out}.rank${rank}.hash`, hash.digest('hex'));
-  if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights, seconds, sent, params: model.weights.count() }));
+  const { weights, hash } = await hostWeights(model);
+  writeFileSync(`${job.out}.rank${rank}.hash`, hash);
+  if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights, init, seconds, sent, params: model.weights.count() }));
   model.weights.free();
   closeProcessGroup();
 }
