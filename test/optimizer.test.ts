@@ -65,9 +65,11 @@ for (const be of testBackends()) describe(`optimizers against torch.optim on bac
                 const buf = readFileSync(join(dir, `out${i}.bin`));
                 const want = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
                 const master = await ops.read(params[i].master ?? (params[i].param as never)) as Float32Array;
-                // parameters within 1e-6 (the issue asks 1e-5), and the update itself within 1e-3 of torch's
-                // (f32 storage of parameters ~1 rounds each step by ~6e-8, against updates of ~1e-3)
-                assert.ok(relErr(master, want) <= 1e-6, `${name} p${i}: parameter err ${relErr(master, want)}`);
+                // parameters within 4e-6 and the update itself within 1e-3 of torch's. Both sides run the
+                // step in f32 but in different operation orders (torch may fuse multiply-adds), so each of
+                // the 4 steps may round a parameter ~1-2 ulp differently: up to ~8 ulp = 1e-6 of max |p|
+                // was seen (seed 91535); 4e-6 keeps a margin and is still 2.5x tighter than the 1e-5 asked.
+                assert.ok(relErr(master, want) <= 4e-6, `${name} p${i}: parameter err ${relErr(master, want)}`);
                 const delta = want.map((w, j) => w - start[i][j]);
                 const gotDelta = master.map((w, j) => w - start[i][j]);
                 assert.ok(relErr(gotDelta, delta) <= 1e-3, `${name} p${i}: update err ${relErr(gotDelta, delta)}`);
