@@ -25,13 +25,25 @@ import type { DistJob } from './helpers/dist_worker.js';
 import { withSeed } from './helpers/random.js';
 
 const WORKER = join(import.meta.dirname, 'helpers', 'dist_worker.ts');
-const ENV = { ...process.env, OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1', SPINLM_NUM_THREADS: '1', OMPI_MCA_rmaps_base_oversubscribe: '1' };
+const ENV = {
+  ...process.env,
+  OMPI_ALLOW_RUN_AS_ROOT: '1',
+  OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1',
+  SPINLM_NUM_THREADS: '1',
+  OMPI_MCA_rmaps_base_oversubscribe: '1',
+};
 
 function mpirun(np: number, job: DistJob, opts: { mca?: string[]; env?: Record<string, string> } = {}) {
   const t0 = performance.now();
-  const r = spawnSync('mpirun', ['-np', String(np), '--oversubscribe', ...(opts.mca ?? []), process.execPath, '--import', 'tsx', WORKER, JSON.stringify(job)], {
-    env: { ...ENV, ...opts.env }, encoding: 'utf8', timeout: 120_000,
-  });
+  const r = spawnSync(
+    'mpirun',
+    ['-np', String(np), '--oversubscribe', ...(opts.mca ?? []), process.execPath, '--import', 'tsx', WORKER, JSON.stringify(job)],
+    {
+      env: { ...ENV, ...opts.env },
+      encoding: 'utf8',
+      timeout: 120_000,
+    },
+  );
   return { status: r.status, output: `${r.stdout}${r.stderr}`, seconds: (performance.now() - t0) / 1000 };
 }
 
@@ -82,12 +94,18 @@ function assertClose(dist: Result, ref: Result, dtype: 'f32' | 'bf16', what: str
     const r = ref.logs[i];
     const tol = dtype === 'f32' || i === 0 ? 1e-5 : 1e-2;
     for (const k of ['loss', 'grad_norm', 'rewards/margins'] as const) {
-      assert.ok(Math.abs(l[k] - r[k]) <= tol * Math.max(1, Math.abs(r[k])), `${what}: step ${i + 1} ${k} ${l[k]} vs one process ${r[k]} (tolerance ${tol} relative)`);
+      assert.ok(
+        Math.abs(l[k] - r[k]) <= tol * Math.max(1, Math.abs(r[k])),
+        `${what}: step ${i + 1} ${k} ${l[k]} vs one process ${r[k]} (tolerance ${tol} relative)`,
+      );
     }
   });
   const rel = relativeDistance(dist, ref);
   if (dtype === 'bf16') {
-    assert.ok(rel <= 0.02, `${what}: final bf16 weights are ${rel.toExponential(2)} of the training distance away from one process (allowed 0.02)`);
+    assert.ok(
+      rel <= 0.02,
+      `${what}: final bf16 weights are ${rel.toExponential(2)} of the training distance away from one process (allowed 0.02)`,
+    );
     return;
   }
   assert.ok(rel <= 1e-4, `${what}: final weights are ${rel.toExponential(2)} of the training distance away from one process`);
@@ -105,7 +123,20 @@ const dir = mkdtempSync(join(tmpdir(), 'spinlm-dist-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 
 const base = (o: Partial<DistJob>): DistJob => ({
-  mode: 'train', stage: null, seed: 1, dtype: 'f32', optim: 'adamw', items: 13, micro: 2, accum: 1, world: 2, epochs: 2, layers: 2, hidden: 64, out: '', ...o,
+  mode: 'train',
+  stage: null,
+  seed: 1,
+  dtype: 'f32',
+  optim: 'adamw',
+  items: 13,
+  micro: 2,
+  accum: 1,
+  world: 2,
+  epochs: 2,
+  layers: 2,
+  hidden: 64,
+  out: '',
+  ...o,
 });
 
 test('the MPI module is built, and the base addon does not link MPI', () => {
@@ -119,8 +150,14 @@ for (const np of [2, 3]) {
   test(`mpirun -np ${np}: every ZeRO stage trains like one process with the same global batch`, async () =>
     withSeed(async (rng) => {
       const job = base({
-        seed: rng.int(0, 1e9), world: np, items: rng.int(9, 16), micro: rng.int(1, 3), accum: rng.int(1, 2),
-        dtype: rng.int(0, 1) ? 'bf16' : 'f32', optim: rng.int(0, 1) ? 'adamw' : 'rmsprop', layers: rng.int(1, 3),
+        seed: rng.int(0, 1e9),
+        world: np,
+        items: rng.int(9, 16),
+        micro: rng.int(1, 3),
+        accum: rng.int(1, 2),
+        dtype: rng.int(0, 1) ? 'bf16' : 'f32',
+        optim: rng.int(0, 1) ? 'adamw' : 'rmsprop',
+        layers: rng.int(1, 3),
       });
       const ref = join(dir, `ref-${np}`);
       solo({ ...job, out: ref });
@@ -130,7 +167,10 @@ for (const np of [2, 3]) {
         const r = mpirun(np, { ...job, stage, out });
         assert.equal(r.status, 0, r.output);
         const h = hashes(out, np);
-        assert.ok(h.every((x) => x === h[0]), `stage ${stage}: ranks ended with different weights`);
+        assert.ok(
+          h.every((x) => x === h[0]),
+          `stage ${stage}: ranks ended with different weights`,
+        );
         assertClose(result(out), result(ref), job.dtype, `np ${np} stage ${stage} (${job.dtype}, ${job.optim})`);
         runs[stage] = h[0];
       }
@@ -144,8 +184,15 @@ test('overlap (gradient reductions issued during the backward, ZeRO-3 prefetch) 
   withSeed(async (rng) => {
     // np 3 with accumulation and an uneven last window: idle ranks and partial steps included
     const job = base({
-      seed: rng.int(0, 1e9), world: 3, items: rng.int(10, 17), micro: rng.int(1, 2), accum: 2, epochs: 1,
-      dtype: rng.int(0, 1) ? 'bf16' : 'f32', optim: rng.int(0, 1) ? 'adamw' : 'rmsprop', layers: rng.int(2, 3),
+      seed: rng.int(0, 1e9),
+      world: 3,
+      items: rng.int(10, 17),
+      micro: rng.int(1, 2),
+      accum: 2,
+      epochs: 1,
+      dtype: rng.int(0, 1) ? 'bf16' : 'f32',
+      optim: rng.int(0, 1) ? 'adamw' : 'rmsprop',
+      layers: rng.int(2, 3),
     });
     for (const stage of [0, 1, 2, 3] as const) {
       const outs = [true, false].map((overlap) => {
@@ -155,16 +202,36 @@ test('overlap (gradient reductions issued during the backward, ZeRO-3 prefetch) 
         return out;
       });
       const [on, off] = outs.map((o) => ({ hashes: hashes(o, 3), res: result(o) }));
-      assert.deepEqual(on.hashes, off.hashes, `stage ${stage} (${job.dtype}, ${job.optim}, ${job.items} items): overlapped weights differ from the blocking path`);
-      assert.deepEqual(on.res.logs.map((l) => [l.loss, l.grad_norm]), off.res.logs.map((l) => [l.loss, l.grad_norm]), `stage ${stage}: overlapped losses differ`);
-      assert.deepEqual((on.res as unknown as { sent: unknown }).sent, (off.res as unknown as { sent: unknown }).sent, `stage ${stage}: overlap changed the bytes sent`);
+      assert.deepEqual(
+        on.hashes,
+        off.hashes,
+        `stage ${stage} (${job.dtype}, ${job.optim}, ${job.items} items): overlapped weights differ from the blocking path`,
+      );
+      assert.deepEqual(
+        on.res.logs.map((l) => [l.loss, l.grad_norm]),
+        off.res.logs.map((l) => [l.loss, l.grad_norm]),
+        `stage ${stage}: overlapped losses differ`,
+      );
+      assert.deepEqual(
+        (on.res as unknown as { sent: unknown }).sent,
+        (off.res as unknown as { sent: unknown }).sent,
+        `stage ${stage}: overlap changed the bytes sent`,
+      );
     }
   }));
 
 test('reference log-probs: micro-batches sharded across the ranks, merged in input order, bit-identical to one process', async () =>
   withSeed(async (rng) => {
     for (const np of [2, 3]) {
-      const job = base({ mode: 'reference', seed: rng.int(0, 1e9), world: np, items: rng.int(7, 23), micro: rng.int(1, 4), dtype: rng.int(0, 1) ? 'bf16' : 'f32', stage: 0 });
+      const job = base({
+        mode: 'reference',
+        seed: rng.int(0, 1e9),
+        world: np,
+        items: rng.int(7, 23),
+        micro: rng.int(1, 4),
+        dtype: rng.int(0, 1) ? 'bf16' : 'f32',
+        stage: 0,
+      });
       const ref = join(dir, `refl-solo-${np}`);
       solo({ ...job, stage: null, out: ref });
       const want = JSON.parse(readFileSync(`${ref}.rank0.json`, 'utf8'));
@@ -175,10 +242,18 @@ test('reference log-probs: micro-batches sharded across the ranks, merged in inp
       assert.equal(r.status, 0, r.output);
       for (let rank = 0; rank < np; rank++) {
         const got = JSON.parse(readFileSync(`${out}.rank${rank}.json`, 'utf8'));
-        assert.equal(got.ref, want.ref, `np ${np} rank ${rank}: reference log-probs differ from one process (${job.items} pairs, micro ${job.micro})`);
+        assert.equal(
+          got.ref,
+          want.ref,
+          `np ${np} rank ${rank}: reference log-probs differ from one process (${job.items} pairs, micro ${job.micro})`,
+        );
         // micro-batch k is scored by rank k mod np
         const mine = Array.from({ length: batches }, (_, k) => k).filter((k) => k % np === rank).length;
-        assert.equal(got.scored, mine, `np ${np} rank ${rank} scored ${got.scored} micro-batches, expected its share ${mine} of ${batches}`);
+        assert.equal(
+          got.scored,
+          mine,
+          `np ${np} rank ${rank} scored ${got.scored} micro-batches, expected its share ${mine} of ${batches}`,
+        );
       }
     }
   }));
@@ -195,7 +270,12 @@ test('per-rank memory of parameters, gradients, masters and optimizer state is ~
         for (let rank = 0; rank < np; rank++) mem[`${stage}/${np}/${rank}`] = JSON.parse(readFileSync(`${out}.rank${rank}.json`, 'utf8'));
       }
     }
-    const sharded: Record<number, string[]> = { 0: [], 1: ['masters', 'optimizer'], 2: ['masters', 'optimizer', 'grads'], 3: ['masters', 'optimizer', 'grads', 'params'] };
+    const sharded: Record<number, string[]> = {
+      0: [],
+      1: ['masters', 'optimizer'],
+      2: ['masters', 'optimizer', 'grads'],
+      3: ['masters', 'optimizer', 'grads', 'params'],
+    };
     for (const stage of [0, 1, 2, 3]) {
       const one = mem[`${stage}/1/0`].memory;
       for (const np of [2, 3]) {
@@ -207,8 +287,16 @@ test('per-rank memory of parameters, gradients, masters and optimizer state is ~
           for (const part of ['params', 'grads', 'masters', 'optimizer']) {
             // padding: each of the 5 units rounds up to 128 x np elements
             const slack = 5 * 128 * np * 8;
-            if (sharded[stage].includes(part)) assert.ok(Math.abs(m.memory[part] - one[part] / np) <= slack, `stage ${stage} np ${np}: ${part} ${m.memory[part]} B, expected ~${one[part] / np}`);
-            else if (!(stage === 1 && part === 'grads')) assert.ok(Math.abs(m.memory[part] - one[part]) <= slack, `stage ${stage} np ${np}: ${part} ${m.memory[part]} B is not the full ${one[part]}`);
+            if (sharded[stage].includes(part))
+              assert.ok(
+                Math.abs(m.memory[part] - one[part] / np) <= slack,
+                `stage ${stage} np ${np}: ${part} ${m.memory[part]} B, expected ~${one[part] / np}`,
+              );
+            else if (!(stage === 1 && part === 'grads'))
+              assert.ok(
+                Math.abs(m.memory[part] - one[part]) <= slack,
+                `stage ${stage} np ${np}: ${part} ${m.memory[part]} B is not the full ${one[part]}`,
+              );
           }
         }
       }
@@ -220,7 +308,17 @@ test('per-rank memory of parameters, gradients, masters and optimizer state is ~
 
 test('a rank killed mid-run stops the job within the bound with an error naming it; --resume reaches the uninterrupted weights', async () =>
   withSeed(async (rng) => {
-    const job = base({ seed: rng.int(0, 1e9), stage: 3, world: 2, items: 16, micro: 2, epochs: 2, dtype: 'bf16', optim: 'rmsprop', saveSteps: 1 });
+    const job = base({
+      seed: rng.int(0, 1e9),
+      stage: 3,
+      world: 2,
+      items: 16,
+      micro: 2,
+      epochs: 2,
+      dtype: 'bf16',
+      optim: 'rmsprop',
+      saveSteps: 1,
+    });
     const straight = join(dir, 'kill-straight');
     assert.equal(mpirun(2, { ...job, out: straight }).status, 0);
     const ckpt = join(dir, 'kill-ckpt');
@@ -238,10 +336,23 @@ test('a rank killed mid-run stops the job within the bound with an error naming 
 
 test('a hung rank: the others fail within SPINLM_COMM_TIMEOUT with one error naming the collective, and the job ends', async () =>
   withSeed(async (rng) => {
-    const job = base({ seed: rng.int(0, 1e9), stage: 2, world: 2, items: 12, killRank: 1, killAtStep: 1, hang: true, out: join(dir, 'hang') });
+    const job = base({
+      seed: rng.int(0, 1e9),
+      stage: 2,
+      world: 2,
+      items: 12,
+      killRank: 1,
+      killAtStep: 1,
+      hang: true,
+      out: join(dir, 'hang'),
+    });
     const r = mpirun(2, job, { env: { SPINLM_COMM_TIMEOUT: '3' } });
     assert.notEqual(r.status, 0);
-    assert.match(r.output, /spinlm: rank 0 of 2: collective #\d+ \(\w+\): .* did not complete within 3 s; another rank died or is hung/, r.output);
+    assert.match(
+      r.output,
+      /spinlm: rank 0 of 2: collective #\d+ \(\w+\): .* did not complete within 3 s; another rank died or is hung/,
+      r.output,
+    );
     assert.ok(r.seconds < 25, `took ${r.seconds} s`);
   }));
 

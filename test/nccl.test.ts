@@ -43,19 +43,36 @@ test('NCCL is searched at run time; missing or not-NCCL libraries give one error
   assert.ok(existsSync(commAddonPath()), `${commAddonPath()} is missing: install Open MPI and rebuild`);
   const native = loadCommAddon();
   const missing = join(dir, 'nowhere', 'libnccl.so.2');
-  assert.throws(() => withLibrary(missing, () => loadNccl(native)), (e: Error) => {
-    assert.match(e.message, new RegExp(`^spinlm: several processes on --device cuda need NCCL: NCCL library not found \\(tried ${missing.replace(/[.]/g, '\\.')}\\)`));
-    assert.match(e.message, /cannot open shared object file/);
-    assert.match(e.message, /apt-get install libnccl2\) or set SPINLM_NCCL_LIBRARY=/);
-    return true;
-  });
+  assert.throws(
+    () => withLibrary(missing, () => loadNccl(native)),
+    (e: Error) => {
+      assert.match(
+        e.message,
+        new RegExp(
+          `^spinlm: several processes on --device cuda need NCCL: NCCL library not found \\(tried ${missing.replace(/[.]/g, '\\.')}\\)`,
+        ),
+      );
+      assert.match(e.message, /cannot open shared object file/);
+      assert.match(e.message, /apt-get install libnccl2\) or set SPINLM_NCCL_LIBRARY=/);
+      return true;
+    },
+  );
   // the default search: libnccl.so.2 / libnccl.so on the loader's path and CUDA's directories
   const installed = /libnccl\.so/.test(execFileSync('sh', ['-c', 'ldconfig -p 2>/dev/null || true'], { encoding: 'utf8' }));
   if (installed) assert.match(withLibrary(undefined, () => loadNccl(native)).library, /libnccl\.so/);
-  else assert.throws(() => withLibrary(undefined, () => loadNccl(native)), /NCCL library not found \(tried libnccl\.so\.2, libnccl\.so, \/usr\/local\/cuda\/lib64\/libnccl\.so\.2/);
+  else
+    assert.throws(
+      () => withLibrary(undefined, () => loadNccl(native)),
+      /NCCL library not found \(tried libnccl\.so\.2, libnccl\.so, \/usr\/local\/cuda\/lib64\/libnccl\.so\.2/,
+    );
   const partial = build('libpartial.so', ['-DFAKE_NCCL_PARTIAL']);
   if (!installed) {
-    assert.throws(() => withLibrary(partial, () => loadNccl(native)), new RegExp(`${partial.replace(/[.]/g, '\\.')} is not a usable NCCL library \\(missing ncclGetUniqueId, ncclCommInitRank, .*ncclBroadcast\\)`));
+    assert.throws(
+      () => withLibrary(partial, () => loadNccl(native)),
+      new RegExp(
+        `${partial.replace(/[.]/g, '\\.')} is not a usable NCCL library \\(missing ncclGetUniqueId, ncclCommInitRank, .*ncclBroadcast\\)`,
+      ),
+    );
   }
 });
 
@@ -98,7 +115,10 @@ test('the NCCL group passes device pointers, counts, types, ops and the stream t
     assert.equal(group.bytes.calls, 5);
     // an NCCL error is one error naming the rank and the collective
     const empty = ops.zeros(be, 'f32', [0]);
-    assert.throws(() => group.allReduce(empty), /^CommError: spinlm: rank 0 of 1: NCCL allReduce: nccl allReduce failed: invalid argument \(fake\) \(NCCL error 4\)$/m);
+    assert.throws(
+      () => group.allReduce(empty),
+      /^CommError: spinlm: rank 0 of 1: NCCL allReduce: nccl allReduce failed: invalid argument \(fake\) \(NCCL error 4\)$/m,
+    );
     // an asynchronous error (a dead peer) surfaces at the next barrier
     process.env.FAKE_NCCL_ASYNC_ERROR = '1';
     assert.throws(() => group.barrier(), /NCCL: invalid argument \(fake\); another rank died or the network failed/);
