@@ -24,7 +24,7 @@ let chosen: Backend | undefined;
  */
 export async function selectDevice(o: Parsed): Promise<Backend> {
   const choice = (o.device ?? 'auto') as DeviceChoice;
-  let passedOver: BackendStatus[] = [];
+  let passedOver: BackendStatus[];
   try {
     const made = await createBackend(choice);
     chosen = made.backend;
