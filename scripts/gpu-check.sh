@@ -9,6 +9,9 @@
 #   3. runs compute-sanitizer memcheck and racecheck over the loss-family tests;
 #   4. runs the GPU benchmarks (bench/gpu.bench.ts: logprobGather vs copy bandwidth and PyTorch, the
 #      1.1B SPIN step, generation) and appends their table;
+#   5. where a Vulkan loader and the `webgpu` package are present (on the lent machines: carry the
+#      loader debs, see docs/webgpu.md), the op tests and benchmarks on WebGPU (Dawn on the GPU's
+#      Vulkan driver), with logprobGather against the copy bandwidth and the GEMM beside cuBLAS;
 # and writes one results file: $OUT/gpu-check.txt when OUT is set, else ./gpu-check.txt (the
 # benchmarks' JSON beside it as gpu-bench.json).
 # Without a GPU (no driver or no device) it says so and exits 0: there is nothing to check.
@@ -62,10 +65,19 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     step "sanitizer-$tool" 40 env SPINLM_TEST_BACKENDS=cuda compute-sanitizer --tool "$tool" --error-exitcode 1 --target-processes all \
       "$NODE" --import tsx --test --test-concurrency=1 test/loss_kernels.test.ts
   done
+  # attention (forward, backward, decode) under memcheck too
+  step sanitizer-attention 40 env SPINLM_TEST_BACKENDS=cuda compute-sanitizer --tool memcheck --error-exitcode 1 --target-processes all \
+    "$NODE" --import tsx --test --test-concurrency=1 --test-name-pattern=attention test/model_ops.test.ts
 else
   echo "== compute-sanitizer not found: memcheck/racecheck skipped" | tee -a "$RESULTS"
   status=1
 fi
-TAIL=30 step bench 120 "$NODE" --import tsx bench/gpu.bench.ts --steps 2 --json "${OUT:-.}/gpu-bench.json"
+TAIL=30 step bench 110 "$NODE" --import tsx bench/gpu.bench.ts --steps 2 --json "${OUT:-.}/gpu-bench.json"
+if ldconfig -p 2>/dev/null | grep -q libvulkan.so.1 && [ -d node_modules/webgpu ]; then
+  step webgpu-ops 45 env SPINLM_TEST_BACKENDS=webgpu "$NODE" --import tsx --test --test-concurrency=1 test/loss_kernels.test.ts test/model_ops.test.ts
+  TAIL=30 step webgpu-bench 45 "$NODE" --import tsx bench/webgpu.bench.ts --size large --json "${OUT:-.}/webgpu-bench.json"
+else
+  echo "== webgpu: no Vulkan loader (libvulkan.so.1) or no webgpu package here: WebGPU on the GPU not checked" | tee -a "$RESULTS"
+fi
 echo "gpu-check: $([ $status -eq 0 ] && echo passed || echo FAILED); results in $RESULTS"
 exit $status
