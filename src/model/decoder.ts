@@ -92,26 +92,42 @@ export class LlamaKvCache {
 
   /** Feeds each row's prompt; returns f32 [B, V] logits at each row's last prompt position. */
   prefill(prompts: readonly (readonly number[])[]): Tensor<'f32'> {
+    if (prompts.length !== this.batch) throw new RangeError(`prefill got ${prompts.length} prompts for a cache of ${this.batch}`);
+    return this.prefillSlots(prompts.map((_, b) => b), prompts);
+  }
+
+  /**
+   * Feeds prompts[r] into slot slots[r] (the slot's earlier sequence is dropped; other slots are
+   * untouched), for continuous batching: returns f32 [R, V] logits at each prompt's last position.
+   */
+  prefillSlots(slots: readonly number[], prompts: readonly (readonly number[])[]): Tensor<'f32'> {
     const be = this.model.backend;
     const c = this.model.cfg;
-    const B = this.batch;
-    if (prompts.length !== B) throw new RangeError(`prefill got ${prompts.length} prompts for a cache of ${B}`);
+    const B = prompts.length;
+    if (slots.length !== B || B === 0) throw new RangeError(`prefillSlots got ${slots.length} slots for ${B} prompts (at least one)`);
+    const seen = new Set<number>();
+    for (const s of slots) {
+      if (!Number.isSafeInteger(s) || s < 0 || s >= this.batch || seen.has(s)) throw new RangeError(`prefillSlots: slot ${s} is not a distinct slot in [0, ${this.batch})`);
+      seen.add(s);
+    }
     const L = Math.max(...prompts.map((p) => p.length));
     if (prompts.some((p) => p.length === 0)) throw new RangeError('prefill: every prompt needs at least one token');
     if (L > this.maxLen) throw new RangeError(`a prompt of ${L} tokens does not fit a cache of ${this.maxLen}`);
     const nkv = c.numKvHeads;
     const ids = new Int32Array(B * L), pos = new Int32Array(B * L), mask = new Int32Array(B * L), rows = new Int32Array(B * L * nkv), last = new Int32Array(B);
     prompts.forEach((p, b) => {
+      const slot = slots[b];
       for (let t = 0; t < L; t++) {
         ids[b * L + t] = t < p.length ? p[t] : 0;
         pos[b * L + t] = t;
         mask[b * L + t] = t < p.length ? 1 : 0;
-        for (let h = 0; h < nkv; h++) rows[(b * L + t) * nkv + h] = (b * nkv + h) * this.maxLen + t;
+        // padding (t >= the prompt's length) lands in the slot's own rows, which decode overwrites before it attends them
+        for (let h = 0; h < nkv; h++) rows[(b * L + t) * nkv + h] = (slot * nkv + h) * this.maxLen + t;
       }
       last[b] = b * L + p.length - 1;
-      this.lengths[b] = p.length;
     });
     checkTokenIds(ids, c.vocabSize, 'prompt');
+    prompts.forEach((p, b) => (this.lengths[slots[b]] = p.length));
     const tIds = ops.upload(be, { dtype: 'i32', data: ids }, [B * L]);
     const tPos = ops.upload(be, { dtype: 'i32', data: pos }, [B * L]);
     const tMask = ops.upload(be, { dtype: 'i32', data: mask }, [B, L]);
