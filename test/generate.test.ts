@@ -223,20 +223,19 @@ for (const be of testBackends()) describe(`generate on backend ${be.name}`, () =
 
   test('the real model: continuous batching gives the static outputs (greedy and sampled, mixed lengths, many seeds)', async () =>
     withSeed(async (rng) => {
+      // wide enough that BLAS and attention take size-dependent paths (a batched, padded prefill fails here)
       const vocab = 40;
-      const model = initLlama(be, tinyConfig({ vocab }), { seed: rng.int(0, 1e9), std: 0.3, randomizeAll: true });
+      const model = initLlama(be, tinyConfig({ vocab, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), { seed: rng.int(0, 1e9), std: 0.1, randomizeAll: true });
       const dec = new LlamaDecoder(model);
       try {
         for (let trial = 0; trial < 8; trial++) {
-          const prompts = Array.from({ length: rng.int(3, 14) }, () => Array.from({ length: rng.int(1, 12) }, () => rng.int(3, vocab - 1)));
+          const prompts = Array.from({ length: rng.int(3, 14) }, () => Array.from({ length: rng.int(1, 90) }, () => rng.int(3, vocab - 1)));
           // a few EOS ids among 40 tokens: answers from 1 token to max_new_tokens
           const eosIds = Array.from({ length: rng.int(1, 3) }, () => rng.int(3, vocab - 1));
           const o = opts({ seed: rng.int(0, 1e6), batchSize: rng.int(1, 6), maxNewTokens: rng.int(4, 24), eosIds, temperature: trial % 2 ? 0 : [0.8, 1.2][rng.int(0, 1)], topK: [0, 7][rng.int(0, 1)], topP: [1, 0.9][rng.int(0, 1)] });
           const want = await generate(dec, prompts, { ...o, schedule: 'static' });
           const got = await generate(dec, prompts, o);
           assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, lengths: prompts.map((p) => p.length) })}`);
-          // and a batch of one (no other rows in any matmul) agrees too
-          assert.deepEqual(await generate(dec, prompts, { ...o, batchSize: 1, schedule: 'static' }), want, `trial ${trial}, batch 1`);
         }
       } finally {
         model.weights.free();

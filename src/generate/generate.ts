@@ -1,5 +1,7 @@
-// Batched generation with a KV cache, one RNG stream per prompt (Rng(seed).fork(stream id)) so the same
-// seed gives the same text whatever the batch size or schedule; stop at EOS / a stop sequence /
+// Batched generation with a KV cache, one RNG stream per prompt (Rng(seed).fork(stream id)), so the
+// same seed gives the same text in either schedule below (every prompt is prefilled alone and every
+// decode step has batchSize rows, so each row sees the same matrix sizes; across batch sizes the text
+// is the same as far as the backend's kernels round a row alike at every row count); stop at EOS / a stop sequence /
 // max_new_tokens / the model's positions (each prompt: min(max_new_tokens, positions - its length)).
 // Two schedules over prompts sorted by length (neighbours share a prefill, less padding):
 // - continuous (default, vLLM-style): batchSize sequence slots decode together; a slot whose sequence
@@ -93,29 +95,47 @@ function rngStates(be: Backend, rngs: readonly Rng[]): Tensor<'i32'> {
   return ops.upload(be, { dtype: 'i32', data: new Int32Array(words.buffer) }, [rngs.length, 4]);
 }
 
-/** Generates for one batch of prompts (indices into the full list, for their RNG streams). */
-async function generateBatch(model: DecoderModel, prompts: readonly (readonly number[])[], index: readonly number[], o: GenerateOptions): Promise<Generation[]> {
-  const B = prompts.length;
+/**
+ * Generates for one batch of prompts (indices into the full list, for their RNG streams) in a cache of
+ * `slots` rows (>= the batch): a short last batch keeps the full row count, its spare rows inactive, so
+ * every decode step has the same matrix sizes as in the other batches and in continuous batching
+ * (BLAS kernels, and so their rounding, depend on the sizes). Models without prefillSlots get a cache
+ * of the batch's own size.
+ */
+async function generateBatch(model: DecoderModel, prompts: readonly (readonly number[])[], index: readonly number[], o: GenerateOptions, slots: number): Promise<Generation[]> {
   const be = model.backend;
   const budgets = prompts.map((p) => rowBudget(model, p, o));
   const budget = Math.max(...budgets);
-  const cache = model.newCache(B, Math.max(...prompts.map((p, b) => p.length + budgets[b])));
-  const rng = rngStates(be, index.map((i) => new Rng(o.seed).fork(o.streamIds ? o.streamIds[i] : i)));
+  let cache = model.newCache(slots, Math.max(...prompts.map((p, b) => p.length + budgets[b])));
+  if (typeof cache.prefillSlots !== 'function' && slots !== prompts.length) {
+    cache.free();
+    cache = model.newCache(prompts.length, Math.max(...prompts.map((p, b) => p.length + budgets[b])));
+  }
+  const S = cache.prefillSlots ? slots : prompts.length;
+  const B = prompts.length;
+  const rng = rngStates(be, Array.from({ length: S }, (_, b) => new Rng(o.seed).fork(b < B ? (o.streamIds ? o.streamIds[index[b]] : index[b]) : 0)));
   const out: Generation[] = prompts.map(() => ({ tokens: [], finishReason: 'length' }));
-  const active = new Uint8Array(B).fill(1);
+  const active = new Uint8Array(S).fill(1, 0, B);
   const sampling = { temperature: o.temperature, topK: o.topK, topP: o.topP };
   let logits: Tensor<'f32'> | undefined;
   let next: Tensor<'i32'> | undefined;
   try {
-    logits = cache.prefill(prompts);
+    if (S === B) logits = cache.prefill(prompts);
+    else {
+      const pre = cache.prefillSlots!(prompts.map((_, b) => b), prompts);
+      logits = ops.empty(be, 'f32', [S, model.vocabSize]);
+      const at = ops.upload(be, { dtype: 'i32', data: Int32Array.from(prompts, (_, b) => b) }, [B]);
+      ops.scatterRows(pre, at, logits);
+      for (const t of [pre, at]) t.free();
+    }
     for (let step = 0; step < budget; step++) {
-      const activeT = ops.upload(be, { dtype: 'i32', data: Int32Array.from(active) }, [B]);
+      const activeT = ops.upload(be, { dtype: 'i32', data: Int32Array.from(active) }, [S]);
       next?.free();
       next = ops.sampleTokens(logits, rng, activeT, sampling);
       activeT.free();
       logits.free();
       logits = undefined;
-      const ids = await ops.read(next); // B ids: the one host read of a decode step
+      const ids = await ops.read(next); // S ids: the one host read of a decode step
       let live = 0;
       for (let b = 0; b < B; b++) {
         if (!active[b]) continue;
@@ -245,7 +265,7 @@ export async function generate(model: DecoderModel, prompts: readonly (readonly 
   let generated = 0;
   for (let i = 0; i < order.length; i += o.batchSize) {
     const idx = order.slice(i, i + o.batchSize);
-    const gens = await generateBatch(model, idx.map((j) => prompts[j]), idx, o);
+    const gens = await generateBatch(model, idx.map((j) => prompts[j]), idx, o, Math.min(o.batchSize, prompts.length));
     idx.forEach((j, k) => {
       results[j] = gens[k];
       generated += gens[k].tokens.length;
