@@ -13,6 +13,7 @@ import { lrMultiplier, type ScheduleType, warmupSteps } from './schedule.js';
 import * as ops from '../ops/index.js';
 import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
+import { MasterBackedParams } from '../model/master_params.js';
 
 export interface LoopConfig {
   learningRate: number;
@@ -204,7 +205,13 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
   model.weights.enableTraining();
   const dist = cfg.dist;
   const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim) : null;
-  const params: Parameter[] = engine ? [] : [...model.weights.params].map(([name, param]) => ({ name, param, master: model.weights.masters.get(name), grad: model.weights.grad(name) }));
+  // one process with bf16 parameters: only the f32 masters stay resident during a step (master_params.ts);
+  // the optimizer then updates the masters in place (the same arithmetic) and end() rounds them to bf16
+  const lean = !engine && model.paramHook === null && model.weights.masters.size > 0 ? new MasterBackedParams(model) : null;
+  const params: Parameter[] = engine ? [] : [...model.weights.params].map(([name, param]) => {
+    const master = model.weights.masters.get(name);
+    return lean && master ? { name, param: master, grad: model.weights.grad(name) } : { name, param, master, grad: model.weights.grad(name) };
+  });
   const opt = engine ? engine.opt : new Optimizer(be, params, cfg.optim);
   const perEpoch = stepsPerEpoch(n, cfg);
   const totalSteps = perEpoch * cfg.numTrainEpochs;
@@ -253,6 +260,7 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       const metrics = ops.zeros(be, 'f32', [objective.metricNames.length]);
       let tokens = 0;
       // each micro-batch's mean is weighted by its share of the (global) window's items
+      lean?.begin();
       for (const indices of mine) tokens += objective.microStep(indices, indices.length / window.length, metrics);
       let norm: Tensor<'f32'>;
       const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
@@ -266,6 +274,7 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
         norm = engine.step(lr, cfg.maxGradNorm);
       } else {
         norm = opt.step(lr, cfg.maxGradNorm);
+        lean?.end();
       }
       step++;
       const values = Promise.all([ops.read(metrics), ops.read(norm)]).then(([m, g]) => ({ metrics: m, norm: g, done: performance.now() }));
@@ -289,6 +298,7 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
     engine?.finish();
     finished = true;
   } finally {
+    lean?.end();
     if (engine && !finished) engine.free();
     else if (!engine) opt.free();
   }
