@@ -1,7 +1,6 @@
 // KV-cache generation path: prefill + decode logits equal a full recompute of the same sequences.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
 import { initLlama } from '../src/model/init.js';
 import { freeInput, uploadInput } from '../src/model/input.js';

@@ -8,7 +8,6 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { initLlama } from '../src/model/init.js';
 import { freeInput, uploadInput } from '../src/model/input.js';
 import { LlamaModel } from '../src/model/llama.js';
@@ -177,7 +176,6 @@ for (const optim of ['rmsprop', 'adamw'] as const) {
         runPython(ORACLE, ['make', modelDir, JSON.stringify({ ...base, model_type: 'qwen2', num_key_value_heads: 2 }), String(rng.int(0, 1e6)), 'f32']);
         const model = await LlamaModel.load(be, modelDir);
         const ps = pairs(rng, 3);
-        const batch = collateSpinBatch(ps, EOS, 0);
         const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
         const before = new Map<string, Float32Array>();
         for (const [n, t] of model.weights.params) before.set(n, Float32Array.from((await ops.read(t)) as Float32Array));

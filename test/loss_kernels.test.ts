@@ -5,7 +5,7 @@
 // (f32 outputs), one bf16 rounding (2^-8) for bf16 outputs.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { type Backend, SPIN_LOSS_MEANS, SPIN_LOSS_ROWS } from '../src/backend/backend.js';
+import { SPIN_LOSS_MEANS, SPIN_LOSS_ROWS } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import * as ops from '../src/ops/index.js';
 import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';

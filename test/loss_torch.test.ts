@@ -6,7 +6,6 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
 import { f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import { IGNORE, relErr } from './helpers/loss_ref.js';

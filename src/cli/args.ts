@@ -110,7 +110,7 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
       if (!configFile) throw new UsageError(`spinlm ${command}: --config needs a file`);
       continue;
     }
-    let spec = byName.get(flag);
+    const spec = byName.get(flag);
     const negated = !spec && flag.startsWith('no_') ? byName.get(flag.slice(3)) : undefined;
     if (negated?.type === 'bool') {
       fromFlags[negated.name] = false;
@@ -123,7 +123,6 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
       if (value === undefined) throw new UsageError(`spinlm ${command}: --${flag} needs a value (${describeType(spec.type)})`);
     }
     fromFlags[spec.name] = convert(spec, value, `spinlm ${command}`);
-    spec = undefined;
   }
   const out: Parsed = {};
   const fromFile = configFile ? readConfigFile(configFile) : {};

@@ -2,7 +2,7 @@
 // progress bars happen here only. Modules are imported statically (the CLI is one process that needs
 // them all, and a missing module fails at start rather than mid-run).
 import { existsSync, writeFileSync } from 'node:fs';
-import { cp, mkdir, readFile, rm } from 'node:fs/promises';
+import { cp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SpinLossType } from '../backend/backend.js';
 import { packageRoot } from '../backend/cpu/addon.js';
@@ -26,7 +26,7 @@ import { formatPrompt, type PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { makeDirs, OutputError, resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
-import { backend, barrier, fmt, isMain, loadModelAndTokenizer, loop, prepareOut, readJsonFile, resolveTemplate, stopSequences, truncation } from './common.js';
+import { backend, barrier, fmt, isMain, loadModelAndTokenizer, loop, prepareOut, resolveTemplate, stopSequences, truncation } from './common.js';
 import { checkOverlap, lockDir } from './run_dir.js';
 import { dataOption, deviceOption, distOptions, evalBatchOption, generationOptions, loopOptions, modelOption, nprocOption, outOption, spinOptions, textOptions } from './options.js';
 import type { LlamaModel } from '../model/llama.js';

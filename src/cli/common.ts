@@ -1,5 +1,5 @@
 // Pieces the commands share: loading model + tokenizer, turning parsed options into library configs.
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import { backendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
@@ -73,15 +73,6 @@ export function truncation(o: Parsed, context?: number): TruncationOptions {
   return { maxLength, maxPromptLength, truncationMode: o.truncation_mode as 'keep_end' | 'keep_start' };
 }
 
-/** A JSON file spinlm wrote (a stage's output in a run directory): a damaged one is named, with the fix. */
-export function readJsonFile<T>(file: string): T {
-  const text = readFileSync(file, 'utf8');
-  try {
-    return JSON.parse(text) as T;
-  } catch (e) {
-    throw new Error(`${file}: damaged, not valid JSON (${(e as Error).message}); delete it and rerun to compute it again`);
-  }
-}
 
 export function optimizer(o: Parsed): OptimizerConfig {
   return o.optim === 'adamw'

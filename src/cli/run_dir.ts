@@ -262,7 +262,7 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
     // only a directory spinlm wrote is cleared, never an arbitrary one named by mistake
     if (existsSync(fpFile) || existsSync(resolvedFile)) clearDir(dir);
   } else if (existsSync(fpFile)) {
-    let was: Fingerprint | null = null;
+    let was: Fingerprint | null;
     try {
       was = JSON.parse(readFileSync(fpFile, 'utf8'));
     } catch {

@@ -136,7 +136,7 @@ export async function writeSpinPairs(
       try {
         return spinPairToRow(spinPairFromRow(item));
       } catch (err) {
-        if (err instanceof RowProblem) throw new TypeError(`${path}: pair ${i}: ${err.message}`);
+        if (err instanceof RowProblem) throw new TypeError(`${path}: pair ${i}: ${err.message}`, { cause: err });
         throw err;
       }
     }

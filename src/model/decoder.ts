@@ -65,7 +65,6 @@ export class LlamaKvCache {
    * prefill, over the cache for decode). Returns the final hidden states [T, H] (before the final norm).
    */
   private layers(x: Tensor<'f32'>, positions: Tensor<'i32'>, cacheRows: Tensor<'i32'>, attend: (i: number, q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => Tensor<'f32'>): Tensor<'f32'> {
-    const be = this.model.backend;
     const c = this.model.cfg;
     for (let i = 0; i < c.numLayers; i++) {
       const { out } = this.model.layer(i, x, positions, false, (q, k, v) => {
@@ -82,7 +81,6 @@ export class LlamaKvCache {
 
   /** Final norm + LM head on rows of h [R, H] -> f32 [R, V]. */
   private logits(h: Tensor<'f32'>): Tensor<'f32'> {
-    const be = this.model.backend;
     const c = this.model.cfg;
     const { y, rstd } = ops.rmsnorm(h, this.p('model.norm.weight'), c.rmsNormEps);
     const logits = ops.matmul(y, this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), { transB: true });

@@ -131,7 +131,6 @@ export class LlamaModel {
 
   /** Backward of linear: returns dx = dy W and accumulates dW += dy^T x (and db += colsum dy). */
   private linearBackward(dy: Tensor<'f32'>, x: Tensor<'f32'>, weight: string, bias: string | null, dxOut?: Tensor<'f32'>): Tensor<'f32'> {
-    const be = this.backend;
     if (this.weights.training) {
       ops.matmul(dy, x, { transA: true, out: this.weights.grad(weight), accumulate: true });
       if (bias) ops.biasBackward(dy, this.weights.grad(bias));
@@ -149,7 +148,6 @@ export class LlamaModel {
     i: number, x: Tensor<'f32'>, positions: Tensor<'i32'>, keep: boolean,
     attend: (q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => { att: Tensor<'f32'>; lse?: Tensor<'f32'> },
   ): { out: Tensor<'f32'>; saved: LayerSaved } {
-    const be = this.backend;
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const T = x.shape[0];
@@ -188,7 +186,6 @@ export class LlamaModel {
   }
 
   private layerBackward(i: number, s: LayerSaved, dout: Tensor<'f32'>, input: ModelInput): Tensor<'f32'> {
-    const be = this.backend;
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const { rows: R, length: L } = input;
@@ -234,7 +231,6 @@ export class LlamaModel {
    */
   forward(input: ModelInput, opts: { train?: boolean } = {}): { logits: Tensor<'f32'>; state: ForwardState | null } {
     this.checkInput(input);
-    const be = this.backend;
     const train = !!opts.train;
     const hook = this.paramHook;
     hook?.acquire(-1, 'forward');
@@ -261,7 +257,6 @@ export class LlamaModel {
   /** Backward from dlogits f32 [T, V]: accumulates every parameter's gradient; frees the state. */
   backward(state: ForwardState, dlogits: Tensor<'f32'>): void {
     if (!this.weights.training) throw new Error('backward needs gradients: call model.weights.enableTraining() first');
-    const be = this.backend;
     const { input } = state;
     const hook = this.paramHook;
     hook?.acquire(-1, 'backward');

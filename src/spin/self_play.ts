@@ -67,7 +67,7 @@ async function readJson<T>(file: string): Promise<T> {
   try {
     return JSON.parse(text) as T;
   } catch (e) {
-    throw new Error(`${file}: damaged, not valid JSON (${(e as Error).message}); delete it and rerun to compute it again`);
+    throw new Error(`${file}: damaged, not valid JSON (${(e as Error).message}); delete it and rerun to compute it again`, { cause: e });
   }
 }
 

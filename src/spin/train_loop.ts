@@ -113,7 +113,6 @@ const TENSORS_FILE = 'state.safetensors';
 
 /** Saves parameters (f32 masters where they exist), optimizer state and the step, atomically (temp dir + rename). */
 async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, state: TrainerState): Promise<void> {
-  const be = model.backend;
   const tmp = `${dir}.tmp`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
@@ -136,7 +135,6 @@ async function loadCheckpoint(dir: string, model: LlamaModel, opt: Optimizer): P
   } catch {
     return null;
   }
-  const be = model.backend;
   const f = await openSafetensors(join(dir, TENSORS_FILE));
   try {
     const load = async (name: string, t: Tensor) => ops.write(t, await f.readTensor(name));

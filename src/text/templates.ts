@@ -44,7 +44,7 @@ export function renderChatTemplate(template: string, messages: readonly ChatMess
       eos_token: opts.eosToken ?? '',
     });
   } catch (err) {
-    throw new Error(`${source}: cannot render the chat template (${(err as Error).message})`);
+    throw new Error(`${source}: cannot render the chat template (${(err as Error).message})`, { cause: err });
   }
 }
 

@@ -12,6 +12,6 @@ export function runPython(script: string, args: string[], opts: { threads?: numb
     return execFileSync(PYTHON, [script, ...args], { env, encoding: 'utf8', timeout: opts.timeoutMs ?? 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
-    throw new Error(`${PYTHON} ${script} failed: ${e.stderr || e.message}`);
+    throw new Error(`${PYTHON} ${script} failed: ${e.stderr || e.message}`, { cause: err });
   }
 }
