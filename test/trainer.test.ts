@@ -102,7 +102,7 @@ test('SFT lowers the answer NLL', async () =>
     model.weights.free();
   }));
 
-test('bf16 training keeps only the f32 masters during a step (bf16 copies made per layer) with bit-identical results', async () =>
+test('bf16 training keeps only the f32 masters during a step (bf16 copies made per layer), with or without gradient checkpointing, with bit-identical results', async () =>
   withSeed(async (rng) => {
     const seed = rng.int(0, 1e9);
     const data = pairs(rng, 12);
@@ -123,7 +123,10 @@ test('bf16 training keeps only the f32 masters during a step (bf16 copies made p
         return inner.microStep(idx, w, m);
       };
       const leanLogs: StepLog[] = [];
-      await runTrainingLoop(lean, data.length, obj, cfg, { onStep: (l) => void leanLogs.push(l) });
+      // gradient checkpointing (AdamW case) recomputes the same activations: still bit-identical
+      const checkpointing = optim.type === 'adamw';
+      await runTrainingLoop(lean, data.length, obj, { ...cfg, gradientCheckpointing: checkpointing }, { onStep: (l) => void leanLogs.push(l) });
+      assert.equal(lean.recompute, checkpointing);
       assert.ok(resident.length > 0 && resident.every((n) => n === 0), `bf16 copies resident at micro-step starts: ${resident.join(', ')} (of ${total})`);
       assert.equal(lean.paramHook, null);
       assert.deepEqual([...lean.weights.params.keys()], [...full.weights.params.keys()], 'every parameter is back after training, in order');
