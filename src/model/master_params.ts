@@ -3,9 +3,11 @@
 // param = bf16(master); enableTraining makes master = param exactly), so the model's bf16 copy of a
 // layer can be made from the masters when the layer runs and dropped after it. Through the model's
 // ParamHook (the ZeRO-3 mechanism): acquire(unit) casts that unit's masters to bf16, release(unit)
-// frees them; between steps (end()) every bf16 parameter exists again, so checkpoints, saving and
-// evaluation see a complete model. Saves 2 bytes per parameter at a step's peak; costs one cast of
-// the masters per forward, per backward and per optimizer step (memory-bound, ~1% of a step here).
+// frees them. runTrainingLoop begins this once training starts and ends it (every bf16 parameter
+// rebuilt from its master) when training returns or fails, so saving and evaluation after training see
+// a complete model; its checkpoints write each bf16 parameter from its master. Saves 2 bytes per
+// parameter for the whole of training; costs one cast of the masters per forward and per backward
+// (memory-bound, ~1% of a step here).
 import type { Tensor } from '../tensor/tensor.js';
 import type { LlamaModel, ParamHook } from './llama.js';
 import * as ops from '../ops/index.js';
@@ -31,6 +33,11 @@ export class MasterBackedParams implements ParamHook {
       if (!this.units.has(u)) this.units.set(u, []);
       this.units.get(u)!.push(name);
     }
+  }
+
+  /** Every parameter name, in the params map's original order. */
+  names(): string[] {
+    return [...this.order];
   }
 
   /** Drops the bf16 copies of the parameters that have masters; the model acquires them unit by unit. */

@@ -114,16 +114,33 @@ interface TrainerState {
   zeroStage?: number;
 }
 
+/** A master rounded to bf16 (as the optimizer rounds the parameter), read to the host. */
+async function readRounded(master: Tensor<'f32'>): Promise<Uint16Array> {
+  const t = ops.cast(master, 'bf16');
+  try {
+    return await ops.read(t);
+  } finally {
+    t.free();
+  }
+}
+
 const STATE_FILE = 'trainer_state.json';
 const TENSORS_FILE = 'state.safetensors';
 
 /** Saves parameters (f32 masters where they exist), optimizer state and the step, atomically (temp dir + rename). */
-async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, state: TrainerState): Promise<void> {
+async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, state: TrainerState, lean: MasterBackedParams | null): Promise<void> {
   const tmp = `${dir}.tmp`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
+  // with only the masters resident (lean), a bf16 parameter is written from its master, one at a time
+  const params = lean ? lean.names() : [...model.weights.params.keys()];
   const tensors = [
-    ...[...model.weights.params].map(([name, t]) => ({ name: `param.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
+    ...params.map((name) => {
+      const t = model.weights.params.get(name);
+      const m = model.weights.masters.get(name);
+      if (t || !m) return { name: `param.${name}`, dtype: t!.dtype, shape: t!.shape, data: () => ops.read(t!) };
+      return { name: `param.${name}`, dtype: 'bf16' as const, shape: m.shape, data: () => readRounded(m) };
+    }),
     ...[...model.weights.masters].map(([name, t]) => ({ name: `master.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
     ...opt.stateTensors().map(({ name, tensor }) => ({ name: `optim.${name}`, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) })),
   ];
@@ -210,8 +227,8 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
   if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
   const dist = cfg.dist;
   const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim) : null;
-  // one process with bf16 parameters: only the f32 masters stay resident during a step (master_params.ts);
-  // the optimizer then updates the masters in place (the same arithmetic) and end() rounds them to bf16
+  // one process with bf16 parameters: only the f32 masters stay resident while training (master_params.ts);
+  // the optimizer updates the masters in place (the same arithmetic) and end() rounds them to bf16
   const lean = !engine && model.paramHook === null && model.weights.masters.size > 0 ? new MasterBackedParams(model) : null;
   const params: Parameter[] = engine ? [] : [...model.weights.params].map(([name, param]) => {
     const master = model.weights.masters.get(name);
@@ -234,6 +251,9 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       step = resumed.step;
     }
   }
+  // from here to the end of training only the masters of bf16 parameters are resident (the model
+  // acquires each layer's bf16 copy while it runs); the finally block rebuilds them
+  lean?.begin();
   // A step's metrics and gradient norm stay on the device; their reads are issued when the step has
   // been issued and awaited one step later (or at a checkpoint / the end), so the host never waits
   // for the device inside a step and a GPU is never idle between steps.
@@ -265,7 +285,6 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       const metrics = ops.zeros(be, 'f32', [objective.metricNames.length]);
       let tokens = 0;
       // each micro-batch's mean is weighted by its share of the (global) window's items
-      lean?.begin();
       for (const indices of mine) tokens += objective.microStep(indices, indices.length / window.length, metrics);
       let norm: Tensor<'f32'>;
       const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
@@ -279,7 +298,6 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
         norm = engine.step(lr, cfg.maxGradNorm);
       } else {
         norm = opt.step(lr, cfg.maxGradNorm);
-        lean?.end();
       }
       step++;
       const values = Promise.all([ops.read(metrics), ops.read(norm)]).then(([m, g]) => ({ metrics: m, norm: g, done: performance.now() }));
@@ -294,7 +312,7 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       if (checkpoint) {
         const state = { step, totalSteps, optimizerSteps: opt.stepCount, items: n };
         if (engine && dist) await saveDistCheckpoint(hooks.checkpointDir!, engine, { ...state, world, zeroStage: dist.zeroStage });
-        else await saveCheckpoint(hooks.checkpointDir!, model, opt, state);
+        else await saveCheckpoint(hooks.checkpointDir!, model, opt, state, lean);
       }
       hooks.afterStep?.(step);
     }
