@@ -321,9 +321,10 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
     engine?.finish();
     finished = true;
   } finally {
-    lean?.end();
     if (engine && !finished) engine.free();
     else if (!engine) opt.free();
+    // after the optimizer state is gone, so the rebuilt bf16 parameters never sit beside it
+    lean?.end();
   }
   return { steps: totalSteps };
 }
