@@ -4,7 +4,11 @@
 // boundary and give bit-identical results run to run. Needs the cmake-js build (build-cmake), which
 // builds spinlm_cuda_emu.node where Boost.Context is installed; CI builds it.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
 import { emulatorPath } from '../src/backend/cuda/native.js';
@@ -62,7 +66,7 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
             const logits = ops.cast(f32(be, z, [n, v]), dtype);
             const targets = i32(be, t, [n]);
             const { logp, lse } = ops.logprobGather(logits, targets);
-            ops.logprobGatherBackward(logits, targets, lse, f32(be, dl, [n]), logits);
+            ops.logprobGatherBackward(logits, targets, lse, f32(be, dl, [n]), { out: logits });
             return { logp: await ops.read(logp), lse: await ops.read(lse), grad: await ops.read(ops.cast(logits, 'f32')) };
           };
           const [a, b] = [await run(emu), await run(cpu)];
@@ -137,4 +141,170 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
     emu.free(t);
     assert.throws(() => ops.empty(emu, 'f32', [2 ** 40]), (e: Error) => /empty: out of device memory: a request of 4398046511104 bytes failed with \d+ bytes free of \d+/.test(e.message));
   });
+});
+
+// Test hooks of spinlm_cuda_emu.node (native/cuda/emu/selftest_emu.cc).
+interface EmuHooks {
+  cublasSearch(env: Record<string, string>): string[];
+  cublasLoad(paths: string[]): { path?: string; error?: string };
+  gemmPlanReference(ta: boolean, tb: boolean, m: number, n: number, k: number, alpha: number, a: Float32Array, lda: number,
+    b: Float32Array, ldb: number, beta: number, c: Float32Array, ldc: number): void;
+  gatherPlan(n: number, v: number, sms?: number): { splits: number; chunk: number };
+}
+const hooks = createRequire(import.meta.url)(emulatorPath()) as EmuHooks;
+
+describe('logprobGather for few rows with a huge vocabulary: the vocabulary split across blocks', () => {
+  test('the launch plan splits few long rows and covers each row exactly', () => {
+    for (const [n, v, sms] of [[1, 262144, 132], [8, 128256, 132], [3, 50000, 1], [40, 128256, 16], [2, 131075, 1]]) {
+      const p = hooks.gatherPlan(n, v, sms);
+      assert.ok(p.splits > 1, `n=${n} v=${v} sms=${sms}: ${JSON.stringify(p)} is not split`);
+      assert.equal(p.chunk % 64, 0, `chunk ${p.chunk} is not a multiple of 64`);
+      assert.ok(p.chunk * p.splits >= v && p.chunk * (p.splits - 1) < v, `n=${n} v=${v}: ${JSON.stringify(p)} does not tile the row`);
+    }
+    // enough rows to fill the device, or a short row: one block per row
+    for (const [n, v, sms] of [[8192, 128256, 132], [528, 128256, 132], [2, 4096, 132], [4, 262144, 1]]) {
+      assert.deepEqual(hooks.gatherPlan(n, v, sms), { splits: 1, chunk: v }, `n=${n} v=${v} sms=${sms}`);
+    }
+  });
+
+  test('split rows (V up to 256k, N = 1..3, f32 and bf16, an ignored row, odd V) equal the CPU backend, forward and in-place backward', () =>
+    withSeed(async (rng) => {
+      for (const [n, v] of [[1, 262144], [2, 131075], [3, 8199]]) {
+        assert.ok(hooks.gatherPlan(n, v).splits > 1, `the emulated device does not split n=${n} v=${v}`);
+        for (const dtype of ['f32', 'bf16'] as const) {
+          const z = randn(rng, n * v, 4);
+          // a large logit far from the target in one row, so the row's maximum lies in another block
+          z[Math.floor(rng.next() * v)] = 30;
+          const t = Int32Array.from({ length: n }, (_, i) => (n > 1 && i === 1 ? -100 : Math.floor(rng.next() * v)));
+          const dl = randn(rng, n);
+          const run = async (be: Backend) => {
+            const logits = ops.cast(f32(be, z, [n, v]), dtype);
+            const targets = i32(be, t, [n]);
+            const { logp, lse } = ops.logprobGather(logits, targets);
+            ops.logprobGatherBackward(logits, targets, lse, f32(be, dl, [n]), { out: logits });
+            return { logp: await ops.read(logp), lse: await ops.read(lse), grad: await ops.read(ops.cast(logits, 'f32')) };
+          };
+          const [a, b] = [await run(emu), await run(cpu)];
+          close(`logp n=${n} v=${v} ${dtype}`, a.logp, b.logp, 1e-5);
+          close(`lse n=${n} v=${v} ${dtype}`, a.lse, b.lse, 1e-5);
+          close(`grad n=${n} v=${v} ${dtype}`, a.grad, b.grad, dtype === 'bf16' ? 1e-2 : 2e-5);
+        }
+      }
+    }));
+
+  test('a bad target in a split row poisons that row only and raises the op\'s error', () =>
+    withSeed(async (rng) => {
+      const n = 2, v = 20000;
+      assert.ok(hooks.gatherPlan(n, v).splits > 1);
+      const logits = f32(emu, randn(rng, n * v), [n, v]);
+      const { logp, lse } = ops.logprobGather(logits, i32(emu, Int32Array.from([Math.floor(rng.next() * v), v]), [n]));
+      const [p, l] = [await emu.read(logp), await emu.read(lse)];
+      assert.ok(Number.isFinite(p[0]) && Number.isFinite(l[0]) && p[0] < 0, `row 0: ${p[0]}, ${l[0]}`);
+      assert.ok(Number.isNaN(p[1]) && Number.isNaN(l[1]), `row 1: ${p[1]}, ${l[1]}`);
+      assert.notEqual(await emu.takeErrors(), 0);
+      const again = ops.logprobGather(logits, i32(emu, Int32Array.from([0, -1]), [n]));
+      await assert.rejects(ops.read(again.logp), (e: Error) => e instanceof RangeError && /logprobGather/.test(e.message));
+    }));
+});
+
+describe('cuBLAS through dlopen: the search, the loading and the argument mapping (checked on the CPU)', () => {
+  test('the search order: SPINLM_CUBLAS alone when set; else the sonames, CUDA folders, then NVIDIA wheels in each site-packages', () => {
+    assert.deepEqual(hooks.cublasSearch({ SPINLM_CUBLAS: '/opt/x/libcublas.so.12', CUDA_HOME: '/opt/cuda' }), ['/opt/x/libcublas.so.12']);
+    const root = mkdtempSync(join(tmpdir(), 'spinlm-cublas-'));
+    try {
+      const venv = join(root, 'venv'), site = join(venv, 'lib', 'python3.12', 'site-packages');
+      mkdirSync(site, { recursive: true });
+      const paths = hooks.cublasSearch({ CUDA_HOME: '/opt/cuda', VIRTUAL_ENV: venv, PYTHONPATH: `${root}/a:${root}/b` });
+      assert.deepEqual(paths.slice(0, 4), ['libcublas.so.13', 'libcublas.so.12', '/opt/cuda/lib64/libcublas.so.13', '/opt/cuda/lib64/libcublas.so.12']);
+      const at = (p: string) => {
+        const i = paths.indexOf(p);
+        assert.ok(i >= 0, `${p} is not searched: ${paths.join(', ')}`);
+        return i;
+      };
+      assert.ok(at('/usr/local/cuda/lib64/libcublas.so.12') < at(`${site}/nvidia/cu13/lib/libcublas.so.13`));
+      assert.equal(at(`${site}/nvidia/cu13/lib/libcublas.so.13`) + 1, at(`${site}/nvidia/cublas/lib/libcublas.so.12`));
+      assert.ok(at(`${root}/a/nvidia/cublas/lib/libcublas.so.12`) < at(`${root}/b/nvidia/cublas/lib/libcublas.so.12`));
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test('absent, broken or foreign libraries give one clear error naming every candidate and the fix', () => {
+    const root = mkdtempSync(join(tmpdir(), 'spinlm-cublas-'));
+    try {
+      const broken = join(root, 'libcublas.so.12');
+      writeFileSync(broken, 'this is not a shared library, only text pretending to be one '.repeat(4));
+      const r = hooks.cublasLoad([join(root, 'missing', 'libcublas.so.13'), 'libcublas.so.99', broken, emulatorPath()]);
+      assert.equal(r.path, undefined);
+      const e = r.error ?? '';
+      assert.match(e, /^cuBLAS not found/);
+      assert.ok(e.includes(`searched ${join(root, 'missing', 'libcublas.so.13')}, libcublas.so.99`), e);
+      assert.ok(e.includes(`${broken}: `), e);
+      assert.ok(e.includes(`${emulatorPath()}: not cuBLAS (no cublasCreate_v2, cublasDestroy_v2`), e);
+      assert.match(e, /SPINLM_CUBLAS=.*SPINLM_CUDA_GEMM=tiled/);
+      assert.ok(!e.includes('\n'), 'one line');
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test('a wheel-layout cuBLAS (with libcublasLt beside it) is found and loaded', () => {
+    const root = mkdtempSync(join(tmpdir(), 'spinlm-cublas-'));
+    try {
+      const site = join(root, 'lib', 'python3.11', 'site-packages'), lib = join(site, 'nvidia', 'cublas', 'lib');
+      mkdirSync(lib, { recursive: true });
+      // A stand-in with cuBLAS's entry points; it needs a symbol from libcublasLt.so.12, which only
+      // the loader's preload of the library beside it can provide.
+      writeFileSync(join(root, 'lt.c'), 'int spinlm_lt_marker(void) { return 7; }\n');
+      const names = ['cublasCreate_v2', 'cublasDestroy_v2', 'cublasSetStream_v2', 'cublasSetMathMode', 'cublasGetVersion_v2', 'cublasGemmEx'];
+      writeFileSync(join(root, 'blas.c'), `int spinlm_lt_marker(void);\n${names.map((f) => `int ${f}(void) { return spinlm_lt_marker(); }`).join('\n')}\n`);
+      execFileSync('cc', ['-shared', '-fPIC', '-o', join(lib, 'libcublasLt.so.12'), join(root, 'lt.c')]);
+      execFileSync('cc', ['-shared', '-fPIC', '-o', join(lib, 'libcublas.so.12'), join(root, 'blas.c')]);
+      const paths = hooks.cublasSearch({ CONDA_PREFIX: root }).filter((p) => p.startsWith(root));
+      assert.deepEqual(hooks.cublasLoad(paths), { path: join(lib, 'libcublas.so.12') });
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  test('the row-major -> column-major cuBLAS call computes what the tiled kernel and the CPU backend compute', () =>
+    withSeed(async (rng) => {
+      const native = emu.native as unknown as {
+        alloc(bytes: number, op: string): unknown;
+        write(v: object, data: Float32Array): void;
+        read(v: object, dst: Float32Array): Promise<Float32Array>;
+        matmul(...args: unknown[]): void;
+      };
+      const dev = (data: Float32Array) => {
+        const v = { handle: native.alloc(data.byteLength, 'test'), byteOffset: 0 };
+        native.write(v, data);
+        return v;
+      };
+      const dims = [1, 3, 32, 45];
+      for (let trial = 0; trial < 16; ++trial) {
+        const ta = (trial & 1) === 1, tb = (trial & 2) === 2;
+        const [m, n, k] = [0, 0, 0].map(() => dims[Math.floor(rng.next() * dims.length)]);
+        const [ar, ac] = ta ? [k, m] : [m, k], [br, bc] = tb ? [n, k] : [k, n];
+        const lda = ac + Math.floor(rng.next() * 4), ldb = bc + Math.floor(rng.next() * 4), ldc = n + Math.floor(rng.next() * 4);
+        const a = randn(rng, (ar - 1) * lda + ac), b = randn(rng, (br - 1) * ldb + bc), c0 = randn(rng, (m - 1) * ldc + n);
+        const alpha = 0.5 + rng.next(), beta = trial < 8 ? 0 : 1;
+        // float64 row-major reference
+        const want = Float64Array.from(c0);
+        for (let i = 0; i < m; ++i) {
+          for (let j = 0; j < n; ++j) {
+            let s = 0;
+            for (let l = 0; l < k; ++l) s += (ta ? a[l * lda + i] : a[i * lda + l]) * (tb ? b[j * ldb + l] : b[l * ldb + j]);
+            want[i * ldc + j] = alpha * s + beta * c0[i * ldc + j];
+          }
+        }
+        const planned = Float32Array.from(c0);
+        hooks.gemmPlanReference(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, planned, ldc);
+        const cv = dev(c0);
+        native.matmul(ta, tb, m, n, k, alpha, dev(a), lda, dev(b), 'f32', ldb, beta, cv, ldc);
+        const tiled = await native.read(cv, new Float32Array(c0.length));
+        const tag = `trial ${trial}: ta=${ta} tb=${tb} m=${m} n=${n} k=${k} ld=${lda},${ldb},${ldc}`;
+        close(`cuBLAS mapping ${tag}`, planned, want, 1e-5);
+        close(`tiled kernel ${tag}`, tiled, want, 1e-5);
+      }
+    }));
 });

@@ -65,9 +65,13 @@ for (const be of testBackends()) describe(`optimizers against torch.optim on bac
                 const buf = readFileSync(join(dir, `out${i}.bin`));
                 const want = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
                 const master = await ops.read(params[i].master ?? (params[i].param as never)) as Float32Array;
-                // parameters within 1e-6 (the issue asks 1e-5), and the update itself within 1e-3 of torch's
-                // (f32 storage of parameters ~1 rounds each step by ~6e-8, against updates of ~1e-3)
-                assert.ok(relErr(master, want) <= 1e-6, `${name} p${i}: parameter err ${relErr(master, want)}`);
+                // What the optimizer must get right is the motion: the update (new - start) within 1e-3 of
+                // torch's largest update; the parameters themselves only to the 1e-5 of max |p| the issue asks.
+                // Both sides run in f32 in different operation orders, and where weight decay nearly cancels the
+                // gradient (rmsprop+wd, clip 0.5) an element's adaptive step depends on the last bits of g:
+                // parameter differences of 1e-6-3.3e-6 of max |p| were seen (seeds 91535, 115292), all
+                // within 3e-4 of the largest update.
+                assert.ok(relErr(master, want) <= 1e-5, `${name} p${i}: parameter err ${relErr(master, want)} (the issue's 1e-5)`);
                 const delta = want.map((w, j) => w - start[i][j]);
                 const gotDelta = master.map((w, j) => w - start[i][j]);
                 assert.ok(relErr(gotDelta, delta) <= 1e-3, `${name} p${i}: update err ${relErr(gotDelta, delta)}`);

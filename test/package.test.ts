@@ -1,4 +1,4 @@
-// The npm package: `npm run prebuild` + `npm pack` give a tarball that installs offline into an empty
+// The npm package: `npm run prebuild` + `npm pack` give a tarball that installs (from the npm cache when it can) into an empty
 // directory and runs on a machine with no compiler and no OpenBLAS (the prebuilt binary in
 // prebuilds/linux-x64 links OpenBLAS statically and needs only glibc, libstdc++ and libgcc_s); when no
 // binary can load, one error says what was looked for, what was found, which library is missing and the
@@ -46,6 +46,11 @@ function run(cmd: string, args: string[], cwd: string, env: NodeJS.ProcessEnv = 
     const e = err as { stdout?: string; stderr?: string; message: string };
     throw new Error(`${cmd} ${args.join(' ')} failed in ${cwd}:\n${e.stdout ?? ''}\n${e.stderr ?? e.message}`, { cause: err });
   }
+}
+
+/** Whether nvcc is here: then `npm run prebuild` puts the CUDA kernels in the prebuilt binary. */
+function nvccHere(): boolean {
+  return ['nvcc', '/usr/local/cuda/bin/nvcc'].some((c) => spawnSync(c, ['--version'], { stdio: 'ignore' }).status === 0);
 }
 
 function neededLibraries(binary: string): string[] {
@@ -121,6 +126,7 @@ test('the prebuilt binary links OpenBLAS statically: it needs only glibc, libstd
   const binary = prebuiltBinary(pkg);
   const needed = neededLibraries(binary);
   assert.ok(needed.includes('libc.so.6'), `readelf found no NEEDED entries: ${needed.join(', ')}`);
+  assert.deepEqual(needed.filter((lib) => /cuda|cublas/i.test(lib)), [], 'cudart is linked statically and cuBLAS opened at run time');
   const extra = needed.filter((lib) => !BASE_LIBS.test(lib));
   assert.deepEqual(extra, [], `the prebuilt binary needs libraries a clean machine lacks: ${extra.join(', ')}`);
   const exported = run('nm', ['-D', '--defined-only', binary], work).split('\n');
@@ -129,13 +135,13 @@ test('the prebuilt binary links OpenBLAS statically: it needs only glibc, libstd
   t.diagnostic(`prebuilt binary: ${statSync(binary).size} bytes, tarball: ${statSync(join(work, tarball)).size} bytes, NEEDED: ${needed.join(' ')}`);
 });
 
-test('installs offline into an empty directory with no compiler and runs spinlm info and spinlm score there', () => {
+test('installs into an empty directory with no compiler and runs spinlm info and spinlm score there', () => {
   mkdirSync(app, { recursive: true });
   cpSync(join(work, tarball), join(app, tarball));
   writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', type: 'module', private: true, dependencies: { spinlm: `file:${tarball}` } }));
   writeFileSync(join(app, 'package-lock.json'), JSON.stringify(appLockfile(tarball), null, 2));
   const env = { ...process.env, PATH: compilerFreePath(), npm_config_nodedir: undefined, SPINLM_NUM_THREADS: '2' };
-  run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], app, env);
+  run('npm', ['ci', '--prefer-offline', '--no-audit', '--no-fund'], app, env);
   const script = `
     import { cpuBackend, ops } from 'spinlm';
     import { createRequire } from 'node:module';
@@ -151,7 +157,13 @@ test('installs offline into an empty directory with no compiler and runs spinlm 
   assert.ok(Math.abs(out.logp - Math.log(0.75)) < 1e-6, `logp ${out.logp}`);
   assert.match(out.binary, /prebuilds\/linux-x64\//);
   const spinlm = join(app, 'node_modules', '.bin', 'spinlm');
-  assert.match(run(spinlm, ['info'], app, env), /spinlm 0\.1\.0/);
+  const info = run(spinlm, ['info'], app, env);
+  assert.match(info, /spinlm 0\.1\.0/);
+  // Prebuilt where nvcc exists (scripts/prebuild-cuda.mjs), the binary carries the CUDA kernels with
+  // cudart linked statically: it loads without a driver, and the cuda backend says why it cannot run.
+  const cudaLine = /^cuda: .*$/m.exec(info)?.[0] ?? '';
+  if (nvccHere()) assert.match(cudaLine, /^cuda: (available|not available: no (driver|device|usable device))/, info);
+  else assert.match(cudaLine, /^cuda: not available: not compiled in/, info);
 
   // The installed package scores the tiny model as the checkout does.
   const args = (out: string) => ['score', '--model', model, '--data', join(work, 'pairs.jsonl'), '--out', out, '--max_length', '96', '--max_prompt_length', '64', '--quiet'];
@@ -261,7 +273,7 @@ test('building without OpenBLAS or the build tools stops with one line that says
   for (const entry of ['package.json', 'package-lock.json', 'binding.gyp', 'native', 'scripts', 'bin']) {
     cpSync(join(packageRoot, entry), join(checkout, entry), { recursive: true });
   }
-  const ci = spawnSync('npm', ['ci', '--offline', '--no-audit', '--no-fund'], {
+  const ci = spawnSync('npm', ['ci', '--prefer-offline', '--no-audit', '--no-fund'], {
     cwd: checkout, encoding: 'utf8', env: { ...process.env, PKG_CONFIG_LIBDIR: empty, PKG_CONFIG_PATH: '' }, timeout: 600_000,
   });
   const output = `${ci.stdout}\n${ci.stderr}`;

@@ -126,6 +126,9 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("driverVersion", d.driver);
   o.Set("runtimeVersion", d.runtime);
   o.Set("cachedBytes", static_cast<double>(cached_bytes()));
+  o.Set("gemm", gemm_description());
+  o.Set("peakAllocatedBytes", static_cast<double>(peak_allocated_bytes()));
+  o.Set("peakReservedBytes", static_cast<double>(peak_reserved_bytes()));
 #ifdef SPINLM_CUDA_EMU
   o.Set("emulated", true);
 #else

@@ -1,8 +1,15 @@
 // GEMM: C[M, N] = alpha op(A) op(B) + beta C (row-major, leading dimensions as row strides), A f32,
-// B f32 or bf16, f32 accumulation. This is a 32 x 32 shared-memory tiled kernel (each of 256
-// threads computes 4 outputs of a tile). It is the GEMM of the emulator and of GPU builds today;
-// cuBLAS (cublasGemmEx through dlopen) is the planned fast path on real GPUs (docs/cuda.md).
+// B f32 or bf16, f32 accumulation. On a GPU: cublasGemmEx through dlopen (cublas.h; the mode comes
+// from SPINLM_CUDA_GEMM). The 32 x 32 shared-memory tiled kernel here (each of 256 threads computes
+// 4 outputs of a tile) is the emulator's GEMM, SPINLM_CUDA_GEMM=tiled's, and the fallback for
+// dimensions past cuBLAS's 32-bit int arguments.
+#include <climits>
+#include <initializer_list>
+#include <stdexcept>
+#include <string>
+
 #include "cuda_common.cuh"
+#include "kernels.h"
 #include "model_kernels.h"
 #include "runtime.h"
 
@@ -55,11 +62,67 @@ __global__ void __launch_bounds__(kThreads) gemm_kernel(int trans_a, int trans_b
   }
 }
 
+#ifndef SPINLM_CUDA_EMU
+constexpr int kCudaR32F = 0, kCudaR16BF = 14;                                 // cudaDataType_t
+constexpr int kComputeF32 = 68, kComputeF32FastTF32 = 77, kGemmDefault = -1;  // cublasComputeType_t, cublasGemmAlgo_t
+
+bool fits_int(std::initializer_list<int64_t> xs) {
+  for (int64_t x : xs)
+    if (x > INT_MAX) return false;
+  return true;
+}
+
+// Elements a row-major [rows, cols] operand with leading dimension ld spans.
+int64_t span(int64_t rows, int64_t cols, int64_t ld) { return (rows - 1) * ld + cols; }
+
+void matmul_cublas(const blas::GemmCall& g, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+                   int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c) {
+  const blas::GemmMode mode = gemm_mode();
+  const int64_t a_span = span(trans_a ? k : m, trans_a ? m : k, lda), b_span = span(trans_b ? n : k, trans_b ? k : n, ldb);
+  const void* first = b;   // cuBLAS's first operand is our B, its second our A (blas::plan)
+  const void* second = a;
+  int type = kCudaR32F;
+  if (mode == blas::GemmMode::kBF16) {
+    // Both operands as bf16 (an f32 B too), f32 compute: A lands at the scratch's start, B after it.
+    const size_t a_bytes = (static_cast<size_t>(a_span) * 2 + 255) / 256 * 256;
+    char* s = static_cast<char*>(scratch(a_bytes + (b_dt == DType::kBF16 ? 0 : static_cast<size_t>(b_span) * 2)));
+    spinlm::cuda::cast_values(a, DType::kF32, s, DType::kBF16, a_span);
+    second = s;
+    if (b_dt != DType::kBF16) {
+      spinlm::cuda::cast_values(b, DType::kF32, s + a_bytes, DType::kBF16, b_span);
+      first = s + a_bytes;
+    }
+    type = kCudaR16BF;
+  } else if (b_dt == DType::kBF16) {
+    // cublasGemmEx takes one input type: widen the bf16 B to f32 (exact), so the product is the f32
+    // GEMM the CPU backend computes.
+    void* s = scratch(static_cast<size_t>(b_span) * 4);
+    spinlm::cuda::cast_values(b, DType::kBF16, s, DType::kF32, b_span);
+    first = s;
+  }
+  const blas::Api& api = blas_library().api;
+  const int st = api.gemm_ex(blas_handle(), g.transa, g.transb, static_cast<int>(g.m), static_cast<int>(g.n), static_cast<int>(g.k), &alpha,
+                             first, type, static_cast<int>(g.lda), second, type, static_cast<int>(g.ldb), &beta, c, kCudaR32F,
+                             static_cast<int>(g.ldc), mode == blas::GemmMode::kTF32 ? kComputeF32FastTF32 : kComputeF32, kGemmDefault);
+  if (st != 0)
+    throw std::runtime_error(std::string("cublasGemmEx failed in matmul: ") + (api.status_string ? api.status_string(st) : "status " + std::to_string(st)));
+}
+#endif
+
 }  // namespace
 
 void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b,
             DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+#ifndef SPINLM_CUDA_EMU
+  if (gemm_mode() != blas::GemmMode::kTiled && k > 0) {
+    const blas::GemmCall g = blas::plan(trans_a, trans_b, m, n, k, lda, ldb, ldc);
+    if (fits_int({g.m, g.n, g.k, g.lda, g.ldb, g.ldc})) {
+      matmul_cublas(g, trans_a, trans_b, m, n, k, alpha, a, lda, b, b_dt, ldb, beta, c);
+      return;
+    }
+  }
+#endif
   const dim3 grid(static_cast<unsigned>((n + kTile - 1) / kTile), static_cast<unsigned>((m + kTile - 1) / kTile));
   const float* ap = k ? a : nullptr;
   if (b_dt == DType::kBF16)

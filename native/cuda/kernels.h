@@ -16,6 +16,16 @@ void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const in
 void logprob_gather_backward(const void* logits, DType dt, int64_t n, int64_t v,
                              const int32_t* targets, const float* lse, const float* dlogp,
                              void* dlogits, DType out_dt);
+// How logprobGather and its backward split the work (the same code for the GPU and the emulator):
+// one block per row when there are rows enough to fill the device; for few rows with a huge
+// vocabulary, `splits` blocks per row each take `chunk` columns (a multiple of 64), and a second
+// kernel merges a row's partial log-sum-exps in a fixed order (deterministic).
+struct GatherPlan {
+  int64_t splits;
+  int64_t chunk;
+};
+GatherPlan gather_plan(int64_t n, int64_t v, int sms);
+
 void sequence_logprob(const float* logp, const int32_t* seg, int64_t n, int64_t num_seqs, float* out);
 void sequence_logprob_backward(const float* dseq, const int32_t* seg, int64_t n, int64_t num_seqs,
                                float* dlogp);

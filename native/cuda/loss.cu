@@ -1,5 +1,6 @@
 // The log-prob / SPIN loss family on the GPU (docs/algorithm.md): fused log-softmax gather and its
-// in-place backward (one block per row, 16-byte loads, online log-sum-exp merged with warp shuffles),
+// in-place backward (one block per row, or for few rows with a huge vocabulary several blocks per
+// row whose partial log-sum-exps merge in a fixed order; 16-byte loads, warp-shuffle reductions),
 // per-sequence sums in a fixed order, and the SPIN loss of a batch of pairs in one block. No float
 // atomics anywhere: the same inputs give bit-identical outputs on every run.
 #include "cuda_common.cuh"
@@ -58,24 +59,69 @@ __global__ void __launch_bounds__(kRowThreads) logprob_gather_kernel(SPIN_GP(con
 template <class T, class O>
 __global__ void __launch_bounds__(kRowThreads) logprob_gather_backward_kernel(
     SPIN_GA(const T) logits, int64_t v, SPIN_GP(const int32_t) targets, SPIN_GP(const float) lse,
-    SPIN_GP(const float) dlogp, SPIN_GA(O) out, SPIN_GP(uint32_t) err) {
-  const int64_t r = blockIdx.x;
+    SPIN_GP(const float) dlogp, int64_t chunk, SPIN_GA(O) out, SPIN_GP(uint32_t) err) {
+  // Block (r, s) takes columns [s * chunk, s * chunk + len) of row r (one block per row: s = 0, chunk = v).
+  const int64_t r = blockIdx.x, j0 = blockIdx.y * chunk, len = v - j0 < chunk ? v - j0 : chunk;
   const int32_t y = targets[r];
-  auto orow = out + row_offset(r, v);
+  auto orow = out + row_offset(r, v) + j0;
   const bool bad = y != kIgnoreIndex && (y < 0 || y >= v);
   if (y == kIgnoreIndex || bad) {
     const float fill = bad ? kNaN : 0.0f;
-    for (int64_t j = threadIdx.x; j < v; j += kRowThreads) orow[j] = from_f32<O>(fill);
-    if (bad && threadIdx.x == 0) atomicOr(err, static_cast<uint32_t>(kErrTargets));
+    for (int64_t j = threadIdx.x; j < len; j += kRowThreads) orow[j] = from_f32<O>(fill);
+    if (bad && threadIdx.x == 0 && blockIdx.y == 0) atomicOr(err, static_cast<uint32_t>(kErrTargets));
     return;
   }
-  const auto row = logits + row_offset(r, v);
+  const auto row = logits + row_offset(r, v) + j0;
   const float l = lse[r], g = dlogp[r];
+  const int64_t yl = y - j0;  // the target's column within this block's span (may be outside it)
   // Each element is read and then written by the same thread, so out may be logits itself.
-  row_foreach<T>(row, v, threadIdx.x, kRowThreads, [&](int64_t j, float x) {
-    const float d = j == y ? g * -expm1f(x - l) : -g * expf(x - l);
+  row_foreach<T>(row, len, threadIdx.x, kRowThreads, [&](int64_t j, float x) {
+    const float d = j == yl ? g * -expm1f(x - l) : -g * expf(x - l);
     orow[j] = from_f32<O>(d);
   });
+}
+
+// Split vocabulary, pass 1: block (r, s) reduces columns [s * chunk, (s + 1) * chunk) of row r to a
+// partial (max, sum), stored as two floats. Rows with an ignored or bad target are left to pass 2.
+template <class T>
+__global__ void __launch_bounds__(kRowThreads) logprob_partial_kernel(SPIN_GP(const T) logits, int64_t v, int64_t chunk,
+                                                                      SPIN_GP(const int32_t) targets, SPIN_GP(float) partial) {
+  SPIN_SHARED(LseAcc, red, kWarps);
+  const int64_t r = blockIdx.x, s = blockIdx.y;
+  const int32_t y = targets[r];
+  if (y == kIgnoreIndex || y < 0 || y >= v) return;  // the whole block leaves before any barrier
+  const int64_t j0 = s * chunk, len = v - j0 < chunk ? v - j0 : chunk;
+  LseAcc acc = lse_empty();
+  row_foreach<T>(logits + row_offset(r, v) + j0, len, threadIdx.x, kRowThreads, [&](int64_t, float x) { lse_push(acc, x); });
+  const LseAcc total = block_lse(acc, &red[0]);
+  if (threadIdx.x == 0) {
+    const int64_t at = 2 * (r * gridDim.y + s);
+    partial[at] = total.max;
+    partial[at + 1] = total.sum;
+  }
+}
+
+// Split vocabulary, pass 2: one thread per row merges the row's partials in order s = 0, 1, ...
+template <class T>
+__global__ void logprob_merge_kernel(SPIN_GP(const T) logits, int64_t n, int64_t v, int64_t splits, SPIN_GP(const int32_t) targets,
+                                     SPIN_GP(const float) partial, SPIN_GP(float) logp, SPIN_GP(float) lse, SPIN_GP(uint32_t) err) {
+  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < n; r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t y = targets[r];
+    if (y == kIgnoreIndex) {
+      logp[r] = lse[r] = 0.0f;
+      continue;
+    }
+    if (y < 0 || y >= v) {
+      logp[r] = lse[r] = kNaN;
+      atomicOr(err, static_cast<uint32_t>(kErrTargets));
+      continue;
+    }
+    LseAcc acc = lse_empty();
+    for (int64_t s = 0; s < splits; ++s) acc = lse_merge(acc, LseAcc{partial[2 * (r * splits + s)], partial[2 * (r * splits + s) + 1]});
+    const float l = lse_value(acc);
+    lse[r] = l;
+    logp[r] = to_f32(logits[row_offset(r, v) + y]) - l;
+  }
 }
 
 // One block per sequence: every block scans all rows (so each sees a bad segment and poisons its
@@ -182,9 +228,37 @@ __global__ void __launch_bounds__(kLossThreads) spin_loss_kernel(
 
 }  // namespace
 
+GatherPlan gather_plan(int64_t n, int64_t v, int sms) {
+  // Aim for 4 blocks per multiprocessor; a split block takes at least kMinChunk columns (each of its
+  // 256 threads 16 or more values); the grid is (rows, splits).
+  constexpr int64_t kMinChunk = 4096, kAlign = 64;
+  const int64_t want = 4 * static_cast<int64_t>(sms < 1 ? 1 : sms);
+  if (n <= 0 || n >= want || v < 2 * kMinChunk) return GatherPlan{1, v};
+  int64_t splits = (want + n - 1) / n;
+  const int64_t most = v / kMinChunk;
+  if (splits > most) splits = most;
+  int64_t chunk = (v + splits - 1) / splits;
+  chunk = (chunk + kAlign - 1) / kAlign * kAlign;
+  splits = (v + chunk - 1) / chunk;
+  return splits <= 1 ? GatherPlan{1, v} : GatherPlan{splits, chunk};
+}
+
+template <class T>
+static void gather_split(const T* logits, int64_t n, int64_t v, GatherPlan p, const int32_t* targets, float* logp, float* lse) {
+  float* partial = static_cast<float*>(scratch(static_cast<size_t>(n * p.splits) * 2 * sizeof(float)));
+  SPIN_LAUNCH(logprob_partial_kernel<T>, dim3(static_cast<unsigned>(n), static_cast<unsigned>(p.splits)), dim3(kRowThreads), 0, stream(),
+              logits, v, p.chunk, targets, partial);
+  SPIN_LAUNCH(logprob_merge_kernel<T>, dim3(elementwise_blocks(n, 128)), dim3(128), 0, stream(), logits, n, v, p.splits, targets,
+              static_cast<const float*>(partial), logp, lse, error_word());
+}
+
 void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets, float* logp, float* lse) {
   if (n == 0) return;
-  if (dt == DType::kBF16)
+  const GatherPlan plan = gather_plan(n, v, sm_count());
+  if (plan.splits > 1) {
+    if (dt == DType::kBF16) gather_split(static_cast<const uint16_t*>(logits), n, v, plan, targets, logp, lse);
+    else gather_split(static_cast<const float*>(logits), n, v, plan, targets, logp, lse);
+  } else if (dt == DType::kBF16)
     SPIN_LAUNCH(logprob_gather_kernel<uint16_t>, dim3(static_cast<unsigned>(n)), dim3(kRowThreads), 0, stream(),
                 static_cast<const uint16_t*>(logits), v, targets, logp, lse, error_word());
   else
@@ -196,8 +270,9 @@ void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const in
 template <class T, class O>
 static void gather_backward_as(const void* logits, int64_t n, int64_t v, const int32_t* targets, const float* lse,
                                const float* dlogp, void* out) {
-  SPIN_LAUNCH((logprob_gather_backward_kernel<T, O>), dim3(static_cast<unsigned>(n)), dim3(kRowThreads), 0, stream(),
-              static_cast<const T*>(logits), v, targets, lse, dlogp, static_cast<O*>(out), error_word());
+  const GatherPlan p = gather_plan(n, v, sm_count());
+  SPIN_LAUNCH((logprob_gather_backward_kernel<T, O>), dim3(static_cast<unsigned>(n), static_cast<unsigned>(p.splits)), dim3(kRowThreads), 0,
+              stream(), static_cast<const T*>(logits), v, targets, lse, dlogp, p.chunk, static_cast<O*>(out), error_word());
 }
 
 void logprob_gather_backward(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets,

@@ -12,7 +12,12 @@ namespace spinlm::cuda {
 namespace {
 
 std::map<size_t, std::vector<void*>> g_free;
-size_t g_cached = 0, g_allocated = 0;
+size_t g_cached = 0, g_allocated = 0, g_peak_allocated = 0, g_peak_reserved = 0;
+
+void note_peaks() {
+  if (g_allocated > g_peak_allocated) g_peak_allocated = g_allocated;
+  if (g_allocated + g_cached > g_peak_reserved) g_peak_reserved = g_allocated + g_cached;
+}
 
 size_t size_class(size_t bytes) {
   if (bytes <= 512) return 512;
@@ -47,6 +52,7 @@ AllocResult device_alloc(size_t bytes) {
     it->second.pop_back();
     g_cached -= c;
     g_allocated += c;
+    note_peaks();
     return {p, ""};
   }
   void* p = nullptr;
@@ -65,6 +71,7 @@ AllocResult device_alloc(size_t bytes) {
                          std::to_string(g_allocated) + " bytes held by spinlm tensors)"};
   }
   g_allocated += c;
+  note_peaks();
   return {p, ""};
 }
 
@@ -83,5 +90,7 @@ void device_free(void* p, size_t bytes) {
 
 size_t cached_bytes() { return g_cached; }
 size_t allocated_bytes() { return g_allocated; }
+size_t peak_allocated_bytes() { return g_peak_allocated; }
+size_t peak_reserved_bytes() { return g_peak_reserved; }
 
 }  // namespace spinlm::cuda

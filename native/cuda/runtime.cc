@@ -13,6 +13,30 @@ cudaStream_t g_stream = nullptr;
 uint32_t* g_error_word = nullptr;
 void* g_scratch = nullptr;
 size_t g_scratch_bytes = 0;
+blas::GemmMode g_gemm_mode = blas::GemmMode::kTiled;
+blas::Library g_blas;
+blas::Handle g_blas_handle = nullptr;
+int g_blas_version = 0;
+int g_sms = 1;
+
+// Opens cuBLAS on the backend's stream unless SPINLM_CUDA_GEMM=tiled (GPU builds only).
+void init_gemm() {
+#ifndef SPINLM_CUDA_EMU
+  std::string err;
+  if (!blas::parse_mode(blas::process_env()("SPINLM_CUDA_GEMM"), &g_gemm_mode, &err)) throw std::runtime_error(err);
+  if (g_gemm_mode == blas::GemmMode::kTiled) return;
+  g_blas = blas::load(blas::search_paths(blas::process_env()));
+  if (!g_blas.lib) throw std::runtime_error(g_blas.error);
+  const blas::Api& api = g_blas.api;
+  const int st = api.create(&g_blas_handle);
+  if (st != 0)
+    throw std::runtime_error("cublasCreate failed (" + g_blas.path + "): " + (api.status_string ? api.status_string(st) : "status " + std::to_string(st)));
+  api.set_stream(g_blas_handle, g_stream);
+  // CUBLAS_DEFAULT_MATH (0) keeps f32 compute in f32; TF32 tensor-op math (3) only when asked for.
+  api.set_math_mode(g_blas_handle, g_gemm_mode == blas::GemmMode::kTF32 ? 3 : 0);
+  api.get_version(g_blas_handle, &g_blas_version);
+#endif
+}
 
 }  // namespace
 
@@ -42,6 +66,10 @@ void init() {
       check(cudaMalloc(&p, 256), "cudaMalloc(error word)");
       g_error_word = static_cast<uint32_t*>(p);
       check(cudaMemsetAsync(g_error_word, 0, 4, g_stream), "cudaMemset(error word)");
+      cudaDeviceProp prop;
+      check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
+      if (prop.multiProcessorCount > 0) g_sms = prop.multiProcessorCount;
+      init_gemm();
     } catch (const std::exception& e) {
       g_init_error = e.what();
     }
@@ -50,6 +78,18 @@ void init() {
 }
 
 cudaStream_t stream() { return g_stream; }
+int sm_count() { return g_sms; }
+blas::GemmMode gemm_mode() { return g_gemm_mode; }
+const blas::Library& blas_library() { return g_blas; }
+blas::Handle blas_handle() { return g_blas_handle; }
+
+std::string gemm_description() {
+  if (g_gemm_mode == blas::GemmMode::kTiled) return "tiled CUDA kernel";
+  const int v = g_blas_version;
+  return "cuBLAS " + std::to_string(v / 10000) + "." + std::to_string(v / 100 % 100) + "." + std::to_string(v % 100) + " (" +
+         g_blas.path + "), " + blas::mode_name(g_gemm_mode) + " inputs, f32 compute" +
+         (g_gemm_mode == blas::GemmMode::kTF32 ? " on TF32 tensor cores" : "");
+}
 uint32_t* error_word() { return g_error_word; }
 
 uint32_t take_errors() {

@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <string>
 
+#include "cublas.h"
+
 #ifdef SPINLM_CUDA_EMU
 #include "emu/cuda_emu.h"
 #else
@@ -19,6 +21,8 @@ std::string unavailable_reason();
 // Starts the backend (device 0, a non-blocking stream, the error word); throws std::runtime_error.
 void init();
 cudaStream_t stream();
+// The device's multiprocessor count (launch configurations size grids by it).
+int sm_count();
 // The device error word (a device uint32; kernels atomicOr op_errors.h bits into it).
 uint32_t* error_word();
 // Reads and clears the word (synchronizes the stream).
@@ -29,6 +33,14 @@ void* scratch(size_t bytes);
 void check(cudaError_t e, const char* what);
 // Checks the last launch.
 void check_launch(const char* what);
+
+// How matmul runs (cublas.h; SPINLM_CUDA_GEMM, read by init()): the emulator always uses the tiled
+// kernel; GPU builds open cuBLAS in init() unless the mode is `tiled`.
+blas::GemmMode gemm_mode();
+const blas::Library& blas_library();
+blas::Handle blas_handle();
+// "cuBLAS 12.9.1 (path), f32 compute" or "tiled CUDA kernel": what `spinlm info` shows.
+std::string gemm_description();
 
 struct DeviceInfo {
   std::string name;
@@ -50,5 +62,9 @@ AllocResult device_alloc(size_t bytes);
 void device_free(void* p, size_t bytes);
 size_t cached_bytes();
 size_t allocated_bytes();
+// High-water marks since the start: bytes held by live tensors, and those plus the cache (what
+// cudaMalloc holds for tensors; scratch and cuBLAS's workspace are not counted).
+size_t peak_allocated_bytes();
+size_t peak_reserved_bytes();
 
 }  // namespace spinlm::cuda

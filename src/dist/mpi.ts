@@ -12,17 +12,30 @@ type Buf = object | null;
 
 export interface CommAddon {
   commAbiVersion: number;
-  init(): { rank: number; size: number; library: string };
+  /** progressThread: outstanding collectives progress while the main thread computes (overlap). */
+  init(): { rank: number; size: number; library: string; progressThread: boolean };
   allReduce(send: Buf, recv: object, count: number, dtype: string, op: string, timeoutMs: number): void;
   reduceScatter(send: object, recv: object, count: number, dtype: string, op: string, timeoutMs: number): void;
   allGather(send: Buf, recv: object, count: number, dtype: string, timeoutMs: number): void;
+  /** Issue a collective; returns a request id for wait(). */
+  iallReduce(send: Buf, recv: object, count: number, dtype: string, op: string): number;
+  ireduceScatter(send: object, recv: object, count: number, dtype: string, op: string): number;
+  iallGather(send: Buf, recv: object, count: number, dtype: string): number;
+  wait(id: number, timeoutMs: number, what: string): void;
   broadcast(buf: object, count: number, dtype: string, root: number, timeoutMs: number): void;
   barrier(timeoutMs: number): void;
   abort(code: number): void;
+  /** NCCL (src/dist/nccl.ts), dlopen'ed on first use: `path` or the default search. */
+  ncclLoad(path: string | null): { library: string; version: number };
+  ncclUniqueId(): Uint8Array;
+  ncclInit(id: Uint8Array, nranks: number, rank: number): object;
+  ncclCollective(kind: 'allReduce' | 'reduceScatter' | 'allGather' | 'broadcast', comm: object, send: bigint | null, recv: bigint, count: number, dtype: string, opOrRoot: string | number, stream: bigint | null): void;
+  ncclAsyncError(comm: object): string;
+  ncclDestroy(comm: object, abort: boolean): void;
   finalize(): void;
 }
 
-const COMM_ABI_VERSION = 1;
+const COMM_ABI_VERSION = 2;
 let cached: CommAddon | undefined;
 
 export function commAddonPath(): string {

@@ -15,6 +15,13 @@ import { type CommAddon, loadCommAddon } from './mpi.js';
 export type ReduceOp = 'sum' | 'max' | 'min';
 export type Collective = 'allReduce' | 'reduceScatter' | 'allGather' | 'broadcast' | 'barrier';
 
+/** An issued collective (the *Async methods): wait() completes it; its buffers must stay untouched until then. */
+export interface Work {
+  wait(): void;
+}
+
+const DONE: Work = { wait() {} };
+
 /** Bytes this rank sent, per collective, as the bandwidth-optimal (ring) algorithms send them. */
 export type ByteCounters = Record<Collective, number> & { calls: number };
 
@@ -30,6 +37,14 @@ export interface ProcessGroup {
   reduceScatter(send: Tensor, recv: Tensor, op?: ReduceOp): void;
   /** full [size * n] = every rank's block; in place: this rank's block is already in full[rank * n, ...]. */
   allGather(full: Tensor, own?: Tensor): void;
+  /**
+   * Non-blocking forms (overlap with computation): the same collectives, issued now and completed by
+   * wait(). Every rank issues the same collectives in the same order (as for the blocking forms); the
+   * results are those of the blocking forms.
+   */
+  allReduceAsync(t: Tensor, op?: ReduceOp): Work;
+  reduceScatterAsync(send: Tensor, recv: Tensor, op?: ReduceOp): Work;
+  allGatherAsync(full: Tensor, own?: Tensor): Work;
   /** t = root's t. */
   broadcast(t: Tensor, root?: number): void;
   barrier(): void;
@@ -60,6 +75,17 @@ export class SoloGroup implements ProcessGroup {
   }
   allGather(full: Tensor, own?: Tensor): void {
     if (own) throw new RangeError('allGather: one rank gathers in place only');
+  }
+  allReduceAsync(): Work {
+    return DONE;
+  }
+  reduceScatterAsync(send: Tensor, recv: Tensor): Work {
+    this.reduceScatter(send, recv);
+    return DONE;
+  }
+  allGatherAsync(full: Tensor, own?: Tensor): Work {
+    this.allGather(full, own);
+    return DONE;
   }
   broadcast(): void {}
   barrier(): void {}
@@ -97,6 +123,8 @@ export class MpiProcessGroup implements ProcessGroup {
   readonly rank: number;
   readonly size: number;
   readonly library: string;
+  /** Whether a native progress thread advances issued collectives while this thread computes. */
+  readonly progressThread: boolean;
   readonly bytes = zeroCounters();
   private readonly native: CommAddon;
   private readonly timeout: number;
@@ -106,7 +134,8 @@ export class MpiProcessGroup implements ProcessGroup {
 
   constructor() {
     this.native = loadCommAddon();
-    const { rank, size, library } = this.native.init();
+    const { rank, size, library, progressThread } = this.native.init();
+    this.progressThread = progressThread;
     this.rank = rank;
     this.size = size;
     this.library = library;
@@ -122,38 +151,97 @@ export class MpiProcessGroup implements ProcessGroup {
     return t;
   }
 
-  private run(what: Collective, sent: number, fn: () => void): void {
+  private commError(what: Collective, n: number, err: unknown): CommError {
+    const msg = (err as Error).message.replace(/^spinlm comm: /, '');
+    return new CommError(`spinlm: rank ${this.rank} of ${this.size}: collective #${n} (${what}): ${msg}; another rank died or is hung (SPINLM_COMM_TIMEOUT sets the limit)`, { cause: err });
+  }
+
+  private count(what: Collective, sent: number): number {
     if (this.closed) throw new Error(`${what}: the process group is closed`);
-    const n = ++this.seq;
     this.bytes.calls++;
     this.bytes[what] += sent;
+    return ++this.seq;
+  }
+
+  private run(what: Collective, sent: number, fn: () => void): void {
+    const n = this.count(what, sent);
     try {
       fn();
     } catch (err) {
-      const msg = (err as Error).message.replace(/^spinlm comm: /, '');
-      throw new CommError(`spinlm: rank ${this.rank} of ${this.size}: collective #${n} (${what}): ${msg}; another rank died or is hung (SPINLM_COMM_TIMEOUT sets the limit)`, { cause: err });
+      throw this.commError(what, n, err);
     }
   }
 
-  allReduce(t: Tensor, op: ReduceOp = 'sum'): void {
-    this.view(t, 'allReduce');
-    const bytes = t.byteLength;
-    this.run('allReduce', (2 * (this.size - 1) * bytes) / this.size, () => this.native.allReduce(null, t, t.numel, t.dtype, op, this.timeout));
+  /** Issues a collective (`issue` returns the native request id); the Work waits with the deadline. */
+  private start(what: Collective, sent: number, issue: () => number, keep: Tensor[]): Work {
+    const n = this.count(what, sent);
+    let id: number;
+    try {
+      id = issue();
+    } catch (err) {
+      throw this.commError(what, n, err);
+    }
+    let pending: Tensor[] | null = keep; // the buffers stay referenced until the collective is complete
+    return {
+      wait: () => {
+        if (!pending) return;
+        try {
+          this.native.wait(id, this.timeout, what);
+        } catch (err) {
+          throw this.commError(what, n, err);
+        }
+        pending = null;
+      },
+    };
   }
 
-  reduceScatter(send: Tensor, recv: Tensor, op: ReduceOp = 'sum'): void {
+  private allReduceBytes(bytes: number) {
+    return (2 * (this.size - 1) * bytes) / this.size;
+  }
+
+  private checkReduceScatter(send: Tensor, recv: Tensor) {
     this.view(send, 'reduceScatter');
     this.view(recv, 'reduceScatter');
     if (send.numel !== recv.numel * this.size || send.dtype !== recv.dtype) throw new RangeError(`reduceScatter: send ${send} must hold ${this.size} blocks of recv ${recv}`);
-    this.run('reduceScatter', ((this.size - 1) * send.byteLength) / this.size, () => this.native.reduceScatter(send, recv, recv.numel, recv.dtype, op, this.timeout));
   }
 
-  allGather(full: Tensor, own?: Tensor): void {
+  private checkAllGather(full: Tensor, own?: Tensor): number {
     this.view(full, 'allGather');
     if (full.numel % this.size !== 0) throw new RangeError(`allGather: ${full} does not split into ${this.size} equal blocks`);
     const n = full.numel / this.size;
     if (own && (own.numel !== n || own.dtype !== full.dtype)) throw new RangeError(`allGather: own block ${own} must be 1/${this.size} of ${full}`);
-    this.run('allGather', ((this.size - 1) * full.byteLength) / this.size, () => this.native.allGather(own ? this.view(own, 'allGather') : null, full, n, full.dtype, this.timeout));
+    if (own) this.view(own, 'allGather');
+    return n;
+  }
+
+  allReduce(t: Tensor, op: ReduceOp = 'sum'): void {
+    this.view(t, 'allReduce');
+    this.run('allReduce', this.allReduceBytes(t.byteLength), () => this.native.allReduce(null, t, t.numel, t.dtype, op, this.timeout));
+  }
+
+  reduceScatter(send: Tensor, recv: Tensor, op: ReduceOp = 'sum'): void {
+    this.checkReduceScatter(send, recv);
+    this.run('reduceScatter', ((this.size - 1) * send.byteLength) / this.size, () => this.native.reduceScatter(send, recv, recv.numel, recv.dtype, op, this.timeout));
+  }
+
+  allGather(full: Tensor, own?: Tensor): void {
+    const n = this.checkAllGather(full, own);
+    this.run('allGather', ((this.size - 1) * full.byteLength) / this.size, () => this.native.allGather(own ?? null, full, n, full.dtype, this.timeout));
+  }
+
+  allReduceAsync(t: Tensor, op: ReduceOp = 'sum'): Work {
+    this.view(t, 'allReduce');
+    return this.start('allReduce', this.allReduceBytes(t.byteLength), () => this.native.iallReduce(null, t, t.numel, t.dtype, op), [t]);
+  }
+
+  reduceScatterAsync(send: Tensor, recv: Tensor, op: ReduceOp = 'sum'): Work {
+    this.checkReduceScatter(send, recv);
+    return this.start('reduceScatter', ((this.size - 1) * send.byteLength) / this.size, () => this.native.ireduceScatter(send, recv, recv.numel, recv.dtype, op), [send, recv]);
+  }
+
+  allGatherAsync(full: Tensor, own?: Tensor): Work {
+    const n = this.checkAllGather(full, own);
+    return this.start('allGather', ((this.size - 1) * full.byteLength) / this.size, () => this.native.iallGather(own ?? null, full, n, full.dtype), own ? [full, own] : [full]);
   }
 
   broadcast(t: Tensor, root = 0): void {

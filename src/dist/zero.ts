@@ -13,6 +13,15 @@
 //            unit just before its forward / backward and frees it after; in the backward its
 //            gradient is reduce-scattered into the own part as soon as the unit is done.
 //
+// Overlap (on unless `overlap: false` or SPINLM_ZERO_OVERLAP=0): the model calls the engine's
+// ParamHook at every stage. Stages 0-2, on the last micro-batch of a step, issue each unit's gradient
+// reduction (all-reduce / reduce-scatter) as soon as the unit's backward is done, non-blocking; the
+// step waits for them. Stage 3 prefetches the next unit's parameters (non-blocking all-gather issued
+// when a unit is acquired) and issues each unit's gradient reduce-scatter non-blocking, completing
+// it (and adding it to the own part) at most two units later. The collectives, their buffers and the
+// order of additions are those of the blocking path, so results are bit-identical to it (tested); only
+// when the communication happens changes. Every rank issues the same collectives in the same order.
+//
 // Bytes per optimizer step (one micro-batch per rank; Ψ parameters, b bytes per element) follow
 // ZeRO's analysis: stages 0-2 send 2Ψ·(N-1)/N elements per rank (all-reduce = reduce-scatter +
 // all-gather), stage 3 3Ψ·(N-1)/N (two all-gathers and one reduce-scatter). Gradients are f32 here.
@@ -20,7 +29,7 @@ import type { LlamaModel, ParamHook } from '../model/llama.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { dtypeSize } from '../tensor/dtype.js';
 import { Optimizer, type OptimizerConfig, type Parameter } from '../spin/optimizer.js';
-import type { ProcessGroup } from './process_group.js';
+import type { ProcessGroup, Work } from './process_group.js';
 import * as ops from '../ops/index.js';
 
 export type ZeroStage = 0 | 1 | 2 | 3;
@@ -64,10 +73,30 @@ export interface ZeroMemory {
 
 const roundUp = (x: number, m: number) => Math.ceil(x / m) * m;
 
+/** An issued collective and what to do once it is complete. */
+interface Pending {
+  work: Work;
+  then: () => void;
+}
+
+export interface ZeroOptions {
+  /** Overlap communication with computation (default: on unless SPINLM_ZERO_OVERLAP=0). */
+  overlap?: boolean;
+}
+
 export class ZeroEngine implements ParamHook {
   readonly units: Unit[];
   readonly opt: Optimizer;
+  readonly overlap: boolean;
   private readonly dtype: 'f32' | 'bf16';
+  private readonly layers: number;
+  /** Issued collectives, completed in issue order. */
+  private pending: Pending[] = [];
+  /** Stage 3: units whose parameters are being gathered ahead of their acquire. */
+  private prefetched = new Map<number, { buf: Tensor; work: Work }>();
+  /** Stages 0-2: reduce each unit's gradient as its backward ends (the step's last micro-batch). */
+  private reduceInBackward = false;
+  private reduced = new Set<Unit>();
 
   private constructor(
     readonly model: LlamaModel,
@@ -75,8 +104,11 @@ export class ZeroEngine implements ParamHook {
     readonly stage: ZeroStage,
     units: Unit[],
     optim: OptimizerConfig,
+    opts: ZeroOptions,
   ) {
     this.units = units;
+    this.overlap = opts.overlap ?? process.env.SPINLM_ZERO_OVERLAP !== '0';
+    this.layers = units.filter((u) => u.index >= 0).length;
     this.dtype = model.weights.dtype;
     const w = model.weights;
     const be = model.backend;
@@ -102,7 +134,7 @@ export class ZeroEngine implements ParamHook {
       this.bind(u);
     }
     w.sharded = stage === 3;
-    if (stage === 3) model.paramHook = this;
+    if (stage === 3 || this.overlap) model.paramHook = this;
     const params: Parameter[] = units.map((u) => ({
       name: `unit${u.index}`,
       param: stage === 0 ? u.params! : stage < 3 ? ownOf(u, u.params!) : u.paramPart!,
@@ -116,7 +148,7 @@ export class ZeroEngine implements ParamHook {
    * Shards `model` (loaded in full and identically on every rank; checked here) for `stage`. The
    * model's training tensors are replaced by views into the engine's buffers until finish().
    */
-  static async create(model: LlamaModel, group: ProcessGroup, stage: ZeroStage, optim: OptimizerConfig): Promise<ZeroEngine> {
+  static async create(model: LlamaModel, group: ProcessGroup, stage: ZeroStage, optim: OptimizerConfig, opts: ZeroOptions = {}): Promise<ZeroEngine> {
     if (!ZERO_STAGES.includes(stage)) throw new RangeError(`zero_stage must be 0, 1, 2 or 3, got ${stage}`);
     const w = model.weights;
     const be = model.backend;
@@ -163,7 +195,7 @@ export class ZeroEngine implements ParamHook {
     // the model's own tensors are replaced by views into the unit buffers
     for (const name of [...w.params.keys()]) w.get(name).free();
     w.params.clear();
-    return new ZeroEngine(model, group, stage, units, optim);
+    return new ZeroEngine(model, group, stage, units, optim, opts);
   }
 
   /** Points the model's parameter / gradient names at the unit's buffers (or removes them). */
@@ -183,26 +215,100 @@ export class ZeroEngine implements ParamHook {
     return u;
   }
 
-  // ---- ParamHook (stage 3) -------------------------------------------------------------------
+  // ---- overlap -------------------------------------------------------------------------------
+  /** Completes issued collectives in issue order until at most `keep` are outstanding. */
+  private drain(keep = 0): void {
+    while (this.pending.length > keep) {
+      const p = this.pending.shift()!;
+      p.work.wait();
+      p.then();
+    }
+  }
+
+  /** Stage 3: completes and frees the parameter gathers issued ahead (before the parameters change). */
+  private dropPrefetches(): void {
+    for (const { buf, work } of this.prefetched.values()) {
+      work.wait();
+      buf.free();
+    }
+    this.prefetched.clear();
+  }
+
+  /** The unit acquired after (index, phase) in a forward + backward (LlamaModel's order), or null. */
+  private nextUnit(index: number, phase: 'forward' | 'backward'): number | null {
+    const L = this.layers;
+    if (phase === 'forward') return index === -1 ? (L > 0 ? 0 : null) : index < L - 1 ? index + 1 : -1;
+    return index === -1 ? (L > 0 ? L - 1 : null) : index > 0 ? index - 1 : null;
+  }
+
+  /** Stages 0-2: issues unit u's gradient reduction (non-blocking). */
+  private issueReduce(u: Unit): void {
+    this.reduced.add(u);
+    const work = this.stage === 0 ? this.group.allReduceAsync(u.grads!, 'sum') : this.group.reduceScatterAsync(u.grads!, u.gradPart!);
+    this.pending.push({
+      work,
+      then: () => {
+        if (this.stage !== 2) return;
+        u.grads!.free();
+        u.grads = null;
+        this.bind(u);
+      },
+    });
+  }
+
+  /** Called by the training loop before each micro-batch of this rank; `last`: the step's last one. */
+  beginMicroStep(last: boolean): void {
+    this.reduceInBackward = this.overlap && this.stage < 3 && last;
+  }
+
+  // ---- ParamHook (stage 3; stages 0-2 with overlap: the end of each unit's backward) ------------
   acquire(index: number, phase: 'forward' | 'backward'): void {
+    if (this.stage < 3) return;
     const u = this.unit(index);
     if (u.held++ === 0) {
-      u.params = ops.empty(this.model.backend, this.dtype, [u.size]);
-      this.group.allGather(u.params, u.paramPart!);
+      const pre = this.prefetched.get(index);
+      if (pre) {
+        this.prefetched.delete(index);
+        pre.work.wait();
+        u.params = pre.buf;
+      } else {
+        u.params = ops.empty(this.model.backend, this.dtype, [u.size]);
+        this.group.allGather(u.params, u.paramPart!);
+      }
     }
     if (phase === 'backward' && !u.grads) u.grads = ops.zeros(this.model.backend, 'f32', [u.size]);
     this.bind(u);
+    const next = this.overlap ? this.nextUnit(index, phase) : null;
+    if (next !== null && !this.prefetched.has(next)) {
+      const v = this.unit(next);
+      const buf = ops.empty(this.model.backend, this.dtype, [v.size]);
+      this.prefetched.set(next, { buf, work: this.group.allGatherAsync(buf, v.paramPart!) });
+    }
   }
 
   release(index: number, phase: 'forward' | 'backward'): void {
     const u = this.unit(index);
+    if (this.stage < 3) {
+      if (phase === 'backward' && this.reduceInBackward && !this.reduced.has(u)) this.issueReduce(u);
+      return;
+    }
     if (phase === 'backward' && u.grads) {
       const mine = ops.empty(this.model.backend, 'f32', [u.part]);
-      this.group.reduceScatter(u.grads, mine);
-      ops.accumulate(u.gradPart!, mine, 1);
-      mine.free();
-      u.grads.free();
+      const grads = u.grads;
       u.grads = null;
+      const then = () => {
+        ops.accumulate(u.gradPart!, mine, 1);
+        mine.free();
+        grads.free();
+      };
+      if (this.overlap) {
+        this.pending.push({ work: this.group.reduceScatterAsync(grads, mine), then });
+        // at most two full unit gradients in flight (memory stays ~ one unit's)
+        this.drain(1);
+      } else {
+        this.group.reduceScatter(grads, mine);
+        then();
+      }
     }
     if (--u.held === 0) {
       u.params!.free();
@@ -247,17 +353,31 @@ export class ZeroEngine implements ParamHook {
   /** Reduces the gradients, steps (own part), gathers the parameters. Returns f32 [2] = [global norm, clip coefficient]. */
   step(lr: number, maxGradNorm: number | null): Tensor<'f32'> {
     const { group, stage, units } = this;
-    for (const u of units) {
-      if (stage === 0) group.allReduce(u.grads!, 'sum');
-      else if (stage <= 2) group.reduceScatter(u.grads!, u.gradPart!);
-      if (stage === 2) {
-        u.grads!.free();
-        u.grads = null;
-        this.bind(u);
+    if (this.overlap) {
+      // the units not reduced during the backward (a rank without micro-batches in this step: all)
+      if (stage < 3) for (const u of units) if (!this.reduced.has(u)) this.issueReduce(u);
+      this.drain();
+      this.dropPrefetches();
+      this.reduced.clear();
+      this.reduceInBackward = false;
+    } else {
+      for (const u of units) {
+        if (stage === 0) group.allReduce(u.grads!, 'sum');
+        else if (stage <= 2) group.reduceScatter(u.grads!, u.gradPart!);
+        if (stage === 2) {
+          u.grads!.free();
+          u.grads = null;
+          this.bind(u);
+        }
       }
     }
     const norm = this.opt.step(lr, maxGradNorm);
-    if (stage === 1 || stage === 2) for (const u of units) group.allGather(u.params!);
+    if (stage === 1 || stage === 2) {
+      if (this.overlap) {
+        const works = units.map((u) => group.allGatherAsync(u.params!));
+        for (const w of works) w.wait();
+      } else for (const u of units) group.allGather(u.params!);
+    }
     return norm;
   }
 
@@ -297,6 +417,8 @@ export class ZeroEngine implements ParamHook {
    * tensors (ready to save or generate with); gradients, masters and optimizer state are freed.
    */
   finish(): void {
+    this.drain();
+    this.dropPrefetches();
     const w = this.model.weights;
     this.model.paramHook = null;
     w.sharded = false;
@@ -313,6 +435,16 @@ export class ZeroEngine implements ParamHook {
   }
 
   free(): void {
+    // outstanding collectives write into buffers freed below: complete them (an error here means the
+    // job is ending anyway)
+    try {
+      this.drain();
+      this.dropPrefetches();
+    } catch {
+      this.pending = [];
+      this.prefetched.clear();
+    }
+    this.model.paramHook = null;
     this.opt.free();
     for (const u of this.units) {
       for (const t of [u.params, u.paramPart, u.grads, u.gradPart, u.master]) t?.free();

@@ -9,6 +9,8 @@ import { scoreBatch } from './score.js';
 import type { Objective } from './train_loop.js';
 import { epochOrder } from './train_loop.js';
 import * as ops from '../ops/index.js';
+import type { ProcessGroup } from '../dist/process_group.js';
+import { shardByItem } from '../dist/shard.js';
 
 export interface SpinObjectiveConfig {
   beta: number;
@@ -39,20 +41,45 @@ function nonPaddingTokens(b: TokenBatch): number {
  * S(ref, .) of every pair, computed once per iteration with the model before training, micro-batch
  * by micro-batch in the first epoch's order: the first training step then sees bit-identical
  * policy log-probs and u = 0 exactly. Returns [2N]: real answers, then generated.
+ *
+ * With a process group (data parallel, docs/distributed.md) the micro-batches are sharded across
+ * the ranks (micro-batch k on rank k mod N: the same batches, so the same values as one process)
+ * and every rank gets all values back. Every rank of the group must call it.
  */
-export async function referenceLogps(model: LlamaModel, pairs: readonly TokenizedPair[], opts: { microBatchSize: number; seed: number; eosId: number; padId: number; onProgress?: (done: number, total: number) => void }): Promise<Float32Array> {
+export async function referenceLogps(
+  model: LlamaModel,
+  pairs: readonly TokenizedPair[],
+  opts: { microBatchSize: number; seed: number; eosId: number; padId: number; onProgress?: (done: number, total: number) => void; group?: ProcessGroup },
+): Promise<Float32Array> {
   const n = pairs.length;
   const out = new Float32Array(2 * n);
   const order = epochOrder(n, opts.seed, 0);
-  for (let i = 0; i < n; i += opts.microBatchSize) {
-    const idx = order.slice(i, i + opts.microBatchSize);
-    const s = await scoreBatch(model, collateSpinBatch(idx.map((j) => pairs[j]), opts.eosId, opts.padId));
+  const batches: number[][] = [];
+  for (let i = 0; i < n; i += opts.microBatchSize) batches.push(order.slice(i, i + opts.microBatchSize));
+  const size = opts.group?.size ?? 1;
+  let done = 0;
+  // scores travel as the bytes of their f32 values (exact, NaN and infinities included)
+  const score = async (mine: number[][]): Promise<string[]> => {
+    const res: string[] = [];
+    for (const idx of mine) {
+      const s = await scoreBatch(model, collateSpinBatch(idx.map((j) => pairs[j]), opts.eosId, opts.padId));
+      res.push(Buffer.from(s.buffer, s.byteOffset, s.byteLength).toString('base64'));
+      // this rank's share of the work, scaled to the whole (every rank scores about 1/N of it)
+      done += idx.length;
+      opts.onProgress?.(Math.min(done * size, n), n);
+    }
+    return res;
+  };
+  const scores = opts.group && size > 1 ? await shardByItem(opts.group, batches, score) : await score(batches);
+  batches.forEach((idx, b) => {
+    const bytes = Buffer.from(scores[b], 'base64');
+    const s = new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
     idx.forEach((j, k) => {
       out[j] = s[k];
       out[n + j] = s[idx.length + k];
     });
-    opts.onProgress?.(Math.min(i + idx.length, n), n);
-  }
+  });
+  opts.onProgress?.(n, n);
   return out;
 }
 

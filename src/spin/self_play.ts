@@ -93,17 +93,23 @@ export async function referenceStage(
   model: LlamaModel,
   pairs: readonly TokenizedPair[],
   tok: HfTokenizer,
-  loop: Pick<LoopConfig, 'microBatchSize' | 'seed'>,
+  loop: Pick<LoopConfig, 'microBatchSize' | 'seed' | 'dist'>,
   file: string,
   onProgress?: (done: number, total: number) => void,
 ): Promise<Float32Array> {
-  if (existsSync(file)) {
+  // data parallel: the ranks agree on whether the file is there (one of them may see it before
+  // another, or not at all without a shared file system), then score their share of the batches
+  const group = loop.dist?.group;
+  const have = new Int32Array([existsSync(file) ? 1 : 0]);
+  if (group && group.size > 1) group.allReduceHost(have, 'min');
+  if (have[0]) {
     const ref = Float32Array.from(await readJson<number[]>(file));
     if (ref.length !== 2 * pairs.length) throw new Error(`${file}: holds ${ref.length} log-probs but there are ${pairs.length} pairs (${2 * pairs.length} expected); remove it to recompute`);
     return ref;
   }
-  const ref = await referenceLogps(model, pairs, { microBatchSize: loop.microBatchSize, seed: loop.seed, eosId: tok.eosId, padId: padIdOf(tok), onProgress });
-  await writeFileAtomic(file, JSON.stringify(Array.from(ref)));
+  const ref = await referenceLogps(model, pairs, { microBatchSize: loop.microBatchSize, seed: loop.seed, eosId: tok.eosId, padId: padIdOf(tok), onProgress, group });
+  if (!group || group.isMain) await writeFileAtomic(file, JSON.stringify(Array.from(ref)));
+  group?.barrier();
   return ref;
 }
 

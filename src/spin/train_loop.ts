@@ -40,7 +40,7 @@ export interface LoopConfig {
    * items, rank r takes micro-batches [r * accumulation, (r + 1) * accumulation) of it; ZeRO stage
    * as DeepSpeed numbers them. Absent: one process, no group.
    */
-  dist?: { group: ProcessGroup; zeroStage: ZeroStage };
+  dist?: { group: ProcessGroup; zeroStage: ZeroStage; overlap?: boolean };
 }
 
 export interface Objective {
@@ -226,7 +226,7 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
   model.weights.enableTraining();
   if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
   const dist = cfg.dist;
-  const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim) : null;
+  const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim, { overlap: dist.overlap }) : null;
   // one process with bf16 parameters: only the f32 masters stay resident while training (master_params.ts);
   // the optimizer updates the masters in place (the same arithmetic) and end() rounds them to bf16
   const lean = !engine && model.paramHook === null && model.weights.masters.size > 0 ? new MasterBackedParams(model) : null;
@@ -285,17 +285,21 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       const metrics = ops.zeros(be, 'f32', [objective.metricNames.length]);
       let tokens = 0;
       // each micro-batch's mean is weighted by its share of the (global) window's items
-      for (const indices of mine) tokens += objective.microStep(indices, indices.length / window.length, metrics);
+      mine.forEach((indices, k) => {
+        engine?.beginMicroStep(k === mine.length - 1);
+        tokens += objective.microStep(indices, indices.length / window.length, metrics);
+      });
       let norm: Tensor<'f32'>;
       const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
       if (engine && dist) {
         // ZeRO-3 ranks with fewer micro-batches (the last window of an epoch) still join every gather
         for (let k = mine.length; k < Math.min(accum, micro.length); k++) engine.idleMicroStep();
+        // after the step: gradient reductions issued during the backward come first on every rank
+        norm = engine.step(lr, cfg.maxGradNorm);
         dist.group.allReduce(metrics, 'sum');
         const t = new Float64Array([tokens]);
         dist.group.allReduceHost(t, 'sum');
         tokens = t[0];
-        norm = engine.step(lr, cfg.maxGradNorm);
       } else {
         norm = opt.step(lr, cfg.maxGradNorm);
       }

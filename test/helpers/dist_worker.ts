@@ -3,12 +3,15 @@
 // test compares. Argument: a JSON job.
 //   mode 'train'   rank 0 writes {logs, weights}; every rank writes its weights' hash (replicas agree)
 //   mode 'memory'  every rank writes the engine's per-rank bytes and the allocator's live-bytes delta
+//   mode 'reference'  every rank writes the reference log-probs it got (f32 bytes, base64) and how
+//                  many pairs it scored itself
 import { writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import { closeProcessGroup, CommError, processGroup } from '../../src/dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../../src/dist/zero.js';
 import { initLlama } from '../../src/model/init.js';
+import type { LlamaModel } from '../../src/model/llama.js';
 import type { TokenizedPair } from '../../src/spin/batch.js';
 import { referenceLogps, SpinObjective } from '../../src/spin/objectives.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from '../../src/spin/train_loop.js';
@@ -17,7 +20,7 @@ import { tinyConfig } from './tiny_model.js';
 import * as ops from '../../src/ops/index.js';
 
 export interface DistJob {
-  mode: 'train' | 'memory';
+  mode: 'train' | 'memory' | 'reference';
   /** null: one process, no group (the reference). */
   stage: ZeroStage | null;
   seed: number;
@@ -38,6 +41,8 @@ export interface DistJob {
   killRank?: number;
   killAtStep?: number;
   hang?: boolean;
+  /** Overlap communication with computation (ZeroEngine; default on). */
+  overlap?: boolean;
 }
 
 const EOS = 2;
@@ -48,6 +53,19 @@ function pairs(rng: Rng, n: number): TokenizedPair[] {
     const prompt = toks(rng.int(2, 6));
     return { real: { prompt, answer: [...toks(rng.int(1, 6)), EOS] }, generated: { prompt, answer: [...toks(rng.int(1, 6)), EOS] } };
   });
+}
+
+/** Every parameter as numbers (bf16 widened exactly), and a hash of their bytes. */
+async function hostWeights(model: LlamaModel): Promise<{ weights: Record<string, number[]>; hash: string }> {
+  const weights: Record<string, number[]> = {};
+  const hash = createHash('sha256');
+  for (const name of [...model.weights.params.keys()].sort()) {
+    const t = model.weights.get(name);
+    const host = await ops.read(t);
+    hash.update(new Uint8Array(host.buffer, host.byteOffset, host.byteLength));
+    weights[name] = Array.from(t.dtype === 'bf16' ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer) : (host as Float32Array));
+  }
+  return { weights, hash: hash.digest('hex') };
 }
 
 async function main() {
@@ -61,7 +79,7 @@ async function main() {
   if (job.mode === 'memory') {
     const full = be.native.liveBytes() - live0;
     model.weights.enableTraining();
-    const engine = await ZeroEngine.create(model, group!, job.stage!, { type: job.optim });
+    const engine = await ZeroEngine.create(model, group!, job.stage!, { type: job.optim }, { overlap: job.overlap });
     // one (zero-gradient) step: what stays allocated between steps
     engine.zeroGrad();
     engine.step(0, null).free();
@@ -71,13 +89,22 @@ async function main() {
     closeProcessGroup();
     return;
   }
+  // the starting point (the test measures how far training moved the weights)
+  const init = job.mode === 'train' && rank === 0 ? (await hostWeights(model)).weights : null;
   const data = pairs(new Rng(job.seed).fork('data'), job.items);
   const loop: LoopConfig = {
     learningRate: 2e-3, optim: { type: job.optim }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: job.micro,
     gradientAccumulationSteps: group ? job.accum : job.accum * job.world, numTrainEpochs: job.epochs, maxGradNorm: 0.5,
-    seed: 11, saveSteps: job.saveSteps ?? 0, dist: group ? { group, zeroStage: job.stage! } : undefined,
+    seed: 11, saveSteps: job.saveSteps ?? 0, dist: group ? { group, zeroStage: job.stage!, overlap: job.overlap } : undefined,
   };
-  const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0 });
+  let scored = 0;
+  const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0, group: group ?? undefined, onProgress: () => void scored++ });
+  if (job.mode === 'reference') {
+    writeFileSync(`${job.out}.rank${rank}.json`, JSON.stringify({ ref: Buffer.from(ref.buffer).toString('base64'), scored: scored - 1 }));
+    model.weights.free();
+    closeProcessGroup();
+    return;
+  }
   const obj = new SpinObjective(model, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
   const logs: StepLog[] = [];
   const bytes0 = group ? { ...group.bytes } : null;
@@ -94,16 +121,9 @@ async function main() {
   });
   const seconds = (performance.now() - t0) / 1000;
   const sent = group && bytes0 ? Object.fromEntries(Object.entries(group.bytes).map(([k, v]) => [k, v - (bytes0 as Record<string, number>)[k]])) : null;
-  const weights: Record<string, number[]> = {};
-  const hash = createHash('sha256');
-  for (const name of [...model.weights.params.keys()].sort()) {
-    const t = model.weights.get(name);
-    const host = await ops.read(t);
-    hash.update(new Uint8Array(host.buffer, host.byteOffset, host.byteLength));
-    weights[name] = Array.from(t.dtype === 'bf16' ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer) : (host as Float32Array));
-  }
-  writeFileSync(`${job.out}.rank${rank}.hash`, hash.digest('hex'));
-  if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights, seconds, sent, params: model.weights.count() }));
+  const { weights, hash } = await hostWeights(model);
+  writeFileSync(`${job.out}.rank${rank}.hash`, hash);
+  if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights, init, seconds, sent, params: model.weights.count() }));
   model.weights.free();
   closeProcessGroup();
 }

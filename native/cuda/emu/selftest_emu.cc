@@ -4,8 +4,11 @@
 #include <napi.h>
 
 #include <string>
+#include <vector>
 
 #include "../cuda_common.cuh"
+#include "../kernels.h"
+#include "../../napi_util.h"
 #include "../runtime.h"
 
 namespace spinlm::cuda::selftest {
@@ -109,8 +112,78 @@ Napi::Value Run(const Napi::CallbackInfo& info) {
   return Napi::String::New(env, result);
 }
 
+// ---- cuBLAS's search, loading and argument mapping (cublas.h), which the emulator never runs ----
+
+// cublasSearch(env: Record<string, string>) -> the candidate files for that environment.
+Napi::Value CublasSearch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsObject()) spinlm::napi::ThrowType(env, "cublasSearch takes an environment object");
+  Napi::Object vars = info[0].As<Napi::Object>();
+  const auto paths = blas::search_paths([&](const char* name) {
+    Napi::Value v = vars.Get(name);
+    return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+  });
+  Napi::Array out = Napi::Array::New(env, paths.size());
+  for (size_t i = 0; i < paths.size(); ++i) out.Set(static_cast<uint32_t>(i), paths[i]);
+  return out;
+}
+
+// cublasLoad(paths: string[]) -> { path } of the one that loaded, or { error }.
+Napi::Value CublasLoad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) spinlm::napi::ThrowType(env, "cublasLoad takes an array of paths");
+  Napi::Array a = info[0].As<Napi::Array>();
+  std::vector<std::string> paths;
+  for (uint32_t i = 0; i < a.Length(); ++i) paths.push_back(a.Get(i).As<Napi::String>().Utf8Value());
+  const blas::Library lib = blas::load(paths);
+  Napi::Object o = Napi::Object::New(env);
+  if (lib.lib) o.Set("path", lib.path);
+  else o.Set("error", lib.error);
+  return o;
+}
+
+// gemmPlanReference(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc): the row-major
+// product as the cuBLAS call blas::plan makes, evaluated by blas::reference_gemm (c updated in place).
+Napi::Value GemmPlanReference(const Napi::CallbackInfo& info) {
+  const bool ta = info[0].ToBoolean(), tb = info[1].ToBoolean();
+  auto i64 = [&](int i) { return static_cast<int64_t>(info[i].As<Napi::Number>().DoubleValue()); };
+  auto f32 = [&](int i) { return info[i].As<Napi::Float32Array>().Data(); };
+  const blas::GemmCall g = blas::plan(ta, tb, i64(2), i64(3), i64(4), i64(7), i64(9), i64(12));
+  const float* first = g.first_is_b ? f32(8) : f32(6);
+  const float* second = g.first_is_b ? f32(6) : f32(8);
+  blas::reference_gemm(g, static_cast<float>(info[5].As<Napi::Number>().DoubleValue()), first, second,
+                       static_cast<float>(info[10].As<Napi::Number>().DoubleValue()), f32(11));
+  return info.Env().Undefined();
+}
+
+// gatherPlan(n, v, sms?) -> { splits, chunk }: logprobGather's launch plan (kernels.h) for that many
+// multiprocessors, or for this device's when sms is omitted.
+Napi::Value GatherPlanOf(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int sms = 0;
+  if (info[2].IsNumber()) {
+    sms = info[2].As<Napi::Number>().Int32Value();
+  } else {
+    init();
+    sms = sm_count();
+  }
+  const GatherPlan p = gather_plan(static_cast<int64_t>(info[0].As<Napi::Number>().DoubleValue()),
+                                   static_cast<int64_t>(info[1].As<Napi::Number>().DoubleValue()), sms);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("splits", static_cast<double>(p.splits));
+  o.Set("chunk", static_cast<double>(p.chunk));
+  return o;
+}
+
 }  // namespace
 
-void Register(Napi::Object exports) { exports.Set("emuSelfTest", Napi::Function::New(exports.Env(), Run)); }
+void Register(Napi::Object exports) {
+  Napi::Env env = exports.Env();
+  exports.Set("emuSelfTest", Napi::Function::New(env, Run));
+  exports.Set("cublasSearch", Napi::Function::New(env, CublasSearch));
+  exports.Set("cublasLoad", Napi::Function::New(env, CublasLoad));
+  exports.Set("gemmPlanReference", Napi::Function::New(env, GemmPlanReference));
+  exports.Set("gatherPlan", Napi::Function::New(env, GatherPlanOf));
+}
 
 }  // namespace spinlm::cuda::selftest

@@ -1,6 +1,6 @@
 // The CUDA backend: tensors in device memory (a caching allocator in native/cuda/memory.cc), kernels
-// in native/cuda (.cu files; GEMM in a tiled kernel), one stream. The same class drives the real GPU
-// ('cuda') and the CPU emulator of the same kernels ('cuda-emu', tests). Only math: arguments arrive
+// in native/cuda (.cu files; GEMMs through cuBLAS, opened at run time), one stream. The same class
+// drives the real GPU ('cuda') and the CPU emulator of the same kernels ('cuda-emu', tests). Only math: arguments arrive
 // checked by the op layer (src/ops); the N-API layer still checks handles and byte ranges. read() and
 // takeErrors() resolve from a completion thread, so they never block the event loop.
 import { allocHost, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
@@ -37,7 +37,7 @@ export class CudaBackend implements Backend {
       details: [
         `memory: ${(d.totalBytes / 2 ** 30).toFixed(1)} GiB, ${(d.freeBytes / 2 ** 30).toFixed(1)} GiB free`,
         `driver ${d.driverVersion}, runtime ${d.runtimeVersion}`,
-        'GEMM: tiled CUDA kernel',
+        `GEMM: ${d.gemm}`,
         `cached device memory: ${(d.cachedBytes / 2 ** 20).toFixed(0)} MiB`,
       ],
     };

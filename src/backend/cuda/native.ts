@@ -16,6 +16,11 @@ export interface CudaDeviceInfo {
   driverVersion: number;
   runtimeVersion: number;
   cachedBytes: number;
+  /** How matmul runs: cuBLAS (version, library path, input type) or the tiled kernel. */
+  gemm: string;
+  /** High-water marks: bytes of live tensors, and those plus the allocator's cache. */
+  peakAllocatedBytes: number;
+  peakReservedBytes: number;
   emulated: boolean;
 }
 
