@@ -26,24 +26,30 @@ import { testBackends } from './helpers/backends.js';
  */
 class BigramModel implements DecoderModel {
   calls = 0;
+  decodes = 0;
+  /** Without prefillSlots its caches force the static schedule. */
+  slotted = true;
   private readonly tableT: Tensor<'f32'>;
   constructor(readonly backend: Backend, readonly table: Float32Array, readonly vocabSize: number, readonly maxPositions = 64) {
     this.tableT = ops.upload(backend, { dtype: 'f32', data: table }, [vocabSize, vocabSize]);
   }
   newCache(): DecoderCache {
+    const prefill = (prompts: readonly (readonly number[])[]) => {
+      this.calls++;
+      const last = ops.upload(this.backend, { dtype: 'i32', data: Int32Array.from(prompts, (p) => p[p.length - 1]) }, [prompts.length]);
+      const out = ops.embedding(last, this.tableT);
+      last.free();
+      return out;
+    };
     return {
-      prefill: (prompts) => {
-        this.calls++;
-        const last = ops.upload(this.backend, { dtype: 'i32', data: Int32Array.from(prompts, (p) => p[p.length - 1]) }, [prompts.length]);
-        const out = ops.embedding(last, this.tableT);
-        last.free();
-        return out;
-      },
+      prefill,
       // inactive rows are never sampled, so their logits need not stay the same
       decode: (tokens) => {
         this.calls++;
+        this.decodes++;
         return ops.embedding(tokens, this.tableT);
       },
+      ...(this.slotted ? { prefillSlots: (_slots: readonly number[], prompts: readonly (readonly number[])[]) => prefill(prompts) } : {}),
       free: () => {},
     };
   }
@@ -135,6 +141,45 @@ for (const be of await testBackends()) describe(`generate on backend ${be.name}`
       assert.notDeepEqual(again, runs[0], 'another seed gives other samples');
     }));
 
+  test("continuous batching gives the static schedule's outputs (many seeds, batch sizes, lengths, options) and refills slots", async () =>
+    withSeed(async (rng) => {
+      for (let trial = 0; trial < 40; trial++) {
+        const model = bigram(rng, rng.int(3, 12));
+        const v = model.vocabSize;
+        const prompts = Array.from({ length: rng.int(1, 25) }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(1, v - 1)));
+        const o = opts({
+          seed: rng.int(0, 1e6), batchSize: rng.int(1, 9), maxNewTokens: rng.int(1, 40),
+          temperature: [0, 0.7, 1, 1.5][rng.int(0, 3)], topK: [0, 1, 3][rng.int(0, 2)], topP: [1, 0.8][rng.int(0, 1)],
+          eosIds: rng.next() < 0.2 ? [] : [0], stopSequences: rng.next() < 0.3 ? [[rng.int(1, v - 1), rng.int(1, v - 1)]] : undefined,
+        });
+        const want = await generate(model, prompts, { ...o, schedule: 'static' });
+        const got = await generate(model, prompts, o);
+        assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, n: prompts.length })}`);
+      }
+      // a chain 1 -> 2 -> ... -> 8 -> EOS: a prompt ending in t gets 8 - t tokens. One long answer
+      // among short ones: the static schedule decodes each pair to its longest answer, continuous
+      // batching refills the slot of each short one at once.
+      const chain = new Float32Array(81).fill(-5);
+      for (let t = 1; t < 8; t++) chain[t * 9 + t + 1] = 5;
+      chain[8 * 9] = 5;
+      const prompts = [[1], [7], [1], [7], [7], [7], [7], [7]];
+      const steps = async (schedule: 'static' | 'continuous') => {
+        const m = new BigramModel(be, chain, 9);
+        const gens = await generate(m, prompts, opts({ temperature: 0, batchSize: 2, schedule }));
+        return { gens, decodes: m.decodes };
+      };
+      const st = await steps('static'), co = await steps('continuous');
+      assert.deepEqual(co.gens, st.gens);
+      assert.deepEqual(co.gens[0].tokens, [2, 3, 4, 5, 6, 7, 8]);
+      assert.ok(co.decodes < st.decodes, `continuous made ${co.decodes} decode calls, static ${st.decodes}`);
+      // a model without prefillSlots falls back to the static schedule
+      const plain = new BigramModel(be, chain, 9);
+      plain.slotted = false;
+      assert.deepEqual(await generate(plain, prompts, opts({ temperature: 0, batchSize: 2 })), st.gens);
+      assert.equal(plain.decodes, st.decodes);
+      await assert.rejects(generate(plain, prompts, opts({ schedule: 'eager' as 'static' })), /schedule must be/);
+    }));
+
   test('greedy equals a step-by-step argmax loop; finish reasons eos / stop / length', async () =>
     withSeed(async (rng) => {
       const model = bigram(rng);
@@ -164,11 +209,37 @@ for (const be of await testBackends()) describe(`generate on backend ${be.name}`
       await assert.rejects(generate(model, [[1]], opts({ topP: 0 })), /top_p/);
     }));
 
-  test('the model position limit is respected', async () =>
+  test('the model position limit is respected, per prompt, in both schedules', async () =>
     withSeed(async (rng) => {
       const model = new BigramModel(be, bigram(rng).table, 9, 8);
-      const [g] = await generate(model, [[1, 2, 3, 4, 5]], opts({ eosIds: [], maxNewTokens: 50 }));
-      assert.equal(g.tokens.length, 3);
+      for (const schedule of ['static', 'continuous'] as const) {
+        const [g] = await generate(model, [[1, 2, 3, 4, 5]], opts({ eosIds: [], maxNewTokens: 50, schedule }));
+        assert.equal(g.tokens.length, 3);
+        // a short prompt batched with a long one gets its own room (8 - 2 positions), not the long one's
+        const gens = await generate(model, [[1, 2], [1, 2, 3, 4, 5, 6]], opts({ eosIds: [], maxNewTokens: 50, batchSize: 2, schedule }));
+        assert.deepEqual(gens.map((x) => x.tokens.length), [6, 2], schedule);
+      }
+    }));
+
+  test('the real model: continuous batching gives the static outputs (greedy and sampled, mixed lengths, many seeds)', async () =>
+    withSeed(async (rng) => {
+      // wide enough that BLAS and attention take size-dependent paths (a batched, padded prefill fails here)
+      const vocab = 40;
+      const model = initLlama(be, tinyConfig({ vocab, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), { seed: rng.int(0, 1e9), std: 0.1, randomizeAll: true });
+      const dec = new LlamaDecoder(model);
+      try {
+        for (let trial = 0; trial < 8; trial++) {
+          const prompts = Array.from({ length: rng.int(3, 14) }, () => Array.from({ length: rng.int(1, 90) }, () => rng.int(3, vocab - 1)));
+          // a few EOS ids among 40 tokens: answers from 1 token to max_new_tokens
+          const eosIds = Array.from({ length: rng.int(1, 3) }, () => rng.int(3, vocab - 1));
+          const o = opts({ seed: rng.int(0, 1e6), batchSize: rng.int(1, 6), maxNewTokens: rng.int(4, 24), eosIds, temperature: trial % 2 ? 0 : [0.8, 1.2][rng.int(0, 1)], topK: [0, 7][rng.int(0, 1)], topP: [1, 0.9][rng.int(0, 1)] });
+          const want = await generate(dec, prompts, { ...o, schedule: 'static' });
+          const got = await generate(dec, prompts, o);
+          assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, lengths: prompts.map((p) => p.length) })}`);
+        }
+      } finally {
+        model.weights.free();
+      }
     }));
 
   test('the real model: KV-cache greedy generation equals greedy by full recompute', async () =>

@@ -3,7 +3,7 @@
 // f16 conversion, one test per header validation rule, and a seeded mutation fuzz.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, open, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readFile, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -13,6 +13,11 @@ import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import type { DType, HostArray } from '../src/tensor/dtype.js';
 import type { Rng } from '../src/util/rng.js';
 import { PYTHON } from './helpers/python.js';
+import { testBackends } from './helpers/backends.js';
+import { tinyConfig } from './helpers/tiny_model.js';
+import { expectedTensors } from '../src/model/config.js';
+import { LOAD_CHUNK_ELEMENTS, Weights } from '../src/model/weights.js';
+import * as ops from '../src/ops/index.js';
 import { withSeed } from './helpers/random.js';
 
 let dir = '';
@@ -293,6 +298,15 @@ describe('PyTorch interop', () => {
           if (e.bits) assert.deepEqual(Array.from(t.data as Uint16Array), e.bits.map((b) => b & 0xffff), `${name} raw bf16`);
         }
         assert.equal((await f.readTensor('h.f16')).dtype, 'f32', 'F16 arrives as f32');
+        // streamed reads (the loader's path) convert F16 / BF16 / F32 as readTensor does
+        for (const name of ['x.f32', 'w.bf16', 'h.f16', 'scalar', 'empty']) {
+          for (const target of ['bf16', 'f32'] as const) {
+            const want = (await f.readTensor(name, { dtype: target })).data;
+            const got = target === 'bf16' ? new Uint16Array(want.length) : new Float32Array(want.length);
+            await f.readTensorChunks(name, target, rng.int(1, 4), (data, offset) => got.set(data, offset));
+            assertSameBits(got, want, `${name} streamed as ${target}`);
+          }
+        }
       } finally {
         await f.close();
       }
@@ -614,4 +628,82 @@ describe('fuzz', () => {
       assert.ok(ok < 300, 'some mutations must be rejected');
       assert.ok(kinds.every((k) => k > 0), `every mutation kind ran: ${kinds.join(', ')}`);
     }));
+});
+
+describe('streamed loading', () => {
+  test('readTensorChunks in chunks of any size gives readTensor\'s converted data (bf16 and f32 files, both targets)', () =>
+    withSeed(async (rng) => {
+      const tensors = Array.from({ length: 8 }, (_, i) => {
+        const dtype: DType = i % 2 ? 'f32' : 'bf16';
+        const shape = i === 0 ? [0] : [rng.int(1, 40), rng.int(1, 40)];
+        return { name: `c.${i}`, dtype, shape, data: randomBits(rng, dtype, shape[0] * (shape[1] ?? 1)) };
+      });
+      const path = join(dir, 'chunks.safetensors');
+      await writeSafetensors(path, tensors);
+      const f = await openSafetensors(path);
+      try {
+        for (const t of tensors) {
+          for (const target of ['bf16', 'f32'] as const) {
+            const want = (await f.readTensor(t.name, { dtype: target })).data;
+            const chunk = rng.int(1, 50);
+            const got = target === 'bf16' ? new Uint16Array(want.length) : new Float32Array(want.length);
+            let next = 0;
+            await f.readTensorChunks(t.name, target, chunk, (data, offset) => {
+              assert.equal(offset, next, 'chunks arrive in order');
+              assert.ok(data.length <= chunk && data.length > 0);
+              got.set(data, offset);
+              next += data.length;
+            });
+            assert.equal(next, want.length);
+            assertSameBits(got, want, `${t.name} as ${target} in chunks of ${chunk}`);
+          }
+        }
+        await assert.rejects(f.readTensorChunks('c.0', 'f32', 0, () => {}), RangeError);
+      } finally {
+        await f.close();
+      }
+    }));
+
+  for (const be of testBackends()) {
+    test(`Weights.load streams tensors larger than a chunk into the device bit-exactly, and names a NaN's element (${be.name})`, () =>
+      withSeed(async (rng) => {
+        // vocab x hidden > LOAD_CHUNK_ELEMENTS: the embedding and the LM head span two chunks
+        const cfg = tinyConfig({ vocab: Math.ceil(LOAD_CHUNK_ELEMENTS / 64) + rng.int(1, 500), hidden: 64 });
+        const specs = expectedTensors(cfg);
+        const model = join(dir, `stream-${be.name}`);
+        await mkdir(model, { recursive: true });
+        const src = specs.map((s, i) => {
+          const n = s.shape.reduce((a, b) => a * b, 1);
+          const dtype: DType = i % 3 === 0 ? 'f32' : 'bf16';
+          const data = dtype === 'f32' ? Float32Array.from({ length: n }, () => rng.normal()) : f32ArrayToBf16(Float32Array.from({ length: n }, () => rng.normal()));
+          return { name: s.name, dtype, shape: s.shape, data };
+        });
+        await writeSafetensors(join(model, SINGLE_FILE), src);
+        for (const dtype of ['bf16', 'f32'] as const) {
+          const files = await openCheckpointTensors(model);
+          try {
+            const w = await Weights.load(be, cfg, files, dtype);
+            for (const s of src) {
+              const want = (await files.readTensor(s.name, { dtype })).data;
+              assertSameBits(await ops.read(w.get(s.name)), want, `${s.name} loaded as ${dtype}`);
+            }
+            w.free();
+          } finally {
+            await files.close();
+          }
+        }
+        // a NaN in the second chunk of the embedding is reported at its element
+        const emb = src[0];
+        const at = LOAD_CHUNK_ELEMENTS + rng.int(0, emb.shape[0] * emb.shape[1] - LOAD_CHUNK_ELEMENTS - 1);
+        if (emb.dtype === 'f32') (emb.data as Float32Array)[at] = NaN;
+        else (emb.data as Uint16Array)[at] = 0x7fc0;
+        await writeSafetensors(join(model, SINGLE_FILE), src);
+        const files = await openCheckpointTensors(model);
+        try {
+          await expectStError(Weights.load(be, cfg, files, 'bf16'), model, new RegExp(`element ${at} is NaN`), emb.name);
+        } finally {
+          await files.close();
+        }
+      }));
+  }
 });

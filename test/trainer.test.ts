@@ -101,3 +101,40 @@ test('SFT lowers the answer NLL', async () =>
     assert.ok(logs[logs.length - 1].loss < logs[0].loss - 0.3, `NLL ${logs[0].loss} -> ${logs[logs.length - 1].loss}`);
     model.weights.free();
   }));
+
+test('bf16 training keeps only the f32 masters during a step (bf16 copies made per layer), with or without gradient checkpointing, with bit-identical results', async () =>
+  withSeed(async (rng) => {
+    const seed = rng.int(0, 1e9);
+    const data = pairs(rng, 12);
+    for (const optim of [{ type: 'rmsprop' as const }, { type: 'adamw' as const, weightDecay: 0.01 }]) {
+      const cfg = loop({ optim, gradientAccumulationSteps: 2, maxGradNorm: rng.next() < 0.5 ? 0.5 : null, learningRate: 1e-3 });
+      // a parameter hook of its own (here: one that does nothing) keeps the full bf16 copies resident
+      const full = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype: 'bf16' });
+      full.paramHook = { acquire: () => {}, release: () => {} };
+      const fullLogs = await spinRun(full, data, cfg);
+      const lean = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype: 'bf16' });
+      const total = lean.weights.params.size;
+      const ref = await referenceLogps(lean, data, { microBatchSize: cfg.microBatchSize, seed: cfg.seed, eosId: EOS, padId: 0 });
+      const inner = new SpinObjective(lean, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
+      const resident: number[] = [];
+      const obj = Object.create(inner) as SpinObjective;
+      obj.microStep = (idx, w, m) => {
+        resident.push(lean.weights.params.size);
+        return inner.microStep(idx, w, m);
+      };
+      const leanLogs: StepLog[] = [];
+      // gradient checkpointing (AdamW case) recomputes the same activations: still bit-identical
+      const checkpointing = optim.type === 'adamw';
+      await runTrainingLoop(lean, data.length, obj, { ...cfg, gradientCheckpointing: checkpointing }, { onStep: (l) => void leanLogs.push(l) });
+      assert.equal(lean.recompute, checkpointing);
+      assert.ok(resident.length > 0 && resident.every((n) => n === 0), `bf16 copies resident at micro-step starts: ${resident.join(', ')} (of ${total})`);
+      assert.equal(lean.paramHook, null);
+      assert.deepEqual([...lean.weights.params.keys()], [...full.weights.params.keys()], 'every parameter is back after training, in order');
+      for (const [name, t] of full.weights.params) assert.deepEqual(await ops.read(lean.weights.get(name)), await ops.read(t), `${optim.type}: ${name}`);
+      for (const [name, t] of full.weights.masters) assert.deepEqual(await ops.read(lean.weights.masters.get(name)!), await ops.read(t), `${optim.type}: master ${name}`);
+      const strip = (l: StepLog[]) => l.map(({ tokens_per_s: _, ...rest }) => rest);
+      assert.deepEqual(strip(leanLogs), strip(fullLogs));
+      full.weights.free();
+      lean.weights.free();
+    }
+  }));

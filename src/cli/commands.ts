@@ -107,7 +107,7 @@ const score: Command = {
 const generate: Command = {
   name: 'generate',
   summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
-  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (the same seed gives the same text whatever the batch size)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), nprocOption, quietOption],
+  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (each prompt samples from its own stream of it, so a resumed run writes the same text)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), nprocOption, quietOption],
   async run(o) {
     await checkFileOut('generate', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);

@@ -96,6 +96,7 @@ export function loop(o: Parsed, learningRate: number): LoopConfig {
     maxGradNorm: Number(o.max_grad_norm) > 0 ? Number(o.max_grad_norm) : null,
     seed: Number(o.seed),
     saveSteps: Number(o.save_steps),
+    gradientCheckpointing: Boolean(o.gradient_checkpointing),
     dist: launchedByMpi() ? { group: processGroup(), zeroStage: Number(o.zero_stage ?? 0) as ZeroStage } : undefined,
   };
 }

@@ -50,6 +50,7 @@ export const loopOptions = (defaults: { lr: number[]; optim: string; epochs: num
   { name: 'max_grad_norm', type: 'number', default: 1.0, check: nonNegative, help: 'clip the global gradient norm (0 = off)' },
   { name: 'seed', type: 'int', default: 42, help: 'seed of data order and sampling' },
   { name: 'save_steps', type: 'int', default: 50, check: nonNegative, help: 'resumable checkpoint every N optimizer steps (0: per epoch)' },
+  { name: 'gradient_checkpointing', type: 'bool', default: false, help: 'keep only each layer\'s input and recompute its activations in the backward: less memory, ~1/3 more compute, same results (docs/memory.md)' },
 ];
 
 export const spinOptions: OptionSpec[] = [

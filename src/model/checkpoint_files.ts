@@ -136,6 +136,13 @@ export class CheckpointTensors {
     return f.readTensor(name, opts);
   }
 
+  /** Streams a float tensor in converted chunks (SafetensorsFile.readTensorChunks). */
+  async readTensorChunks(name: string, dtype: 'bf16' | 'f32', chunkElements: number, onChunk: (data: Uint16Array | Float32Array, elementOffset: number) => void | Promise<void>): Promise<void> {
+    const f = this.where.get(name);
+    if (!f) throw new SafetensorsError(this.dir, name, 'not in this checkpoint');
+    return f.readTensorChunks(name, dtype, chunkElements, onChunk);
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.files.values()].map((f) => f.close()));
   }

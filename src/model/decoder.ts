@@ -1,5 +1,5 @@
-// Batched inference with a KV cache for generation: prefill the prompts (ragged lengths, right
-// padded), then decode one token per sequence per step. Implements src/generate's DecoderModel
+// Batched inference with a KV cache for generation: prefill the prompts (each alone, so its numbers
+// never depend on its batch), then decode one token per sequence per step. Implements src/generate's DecoderModel
 // structurally (the model layer does not import generate). Logits stay on the device (f32 [B, V]);
 // the caller samples them there and reads only the token ids.
 //
@@ -90,38 +90,67 @@ export class LlamaKvCache {
 
   /** Feeds each row's prompt; returns f32 [B, V] logits at each row's last prompt position. */
   prefill(prompts: readonly (readonly number[])[]): Tensor<'f32'> {
+    if (prompts.length !== this.batch) throw new RangeError(`prefill got ${prompts.length} prompts for a cache of ${this.batch}`);
+    return this.prefillSlots(prompts.map((_, b) => b), prompts);
+  }
+
+  /**
+   * Feeds prompts[r] into slot slots[r] (the slot's earlier sequence is dropped; other slots are
+   * untouched), for continuous batching: returns f32 [R, V] logits at each prompt's last position.
+   * Each prompt runs alone (its own [L, H] rows, no padding, an LM head of one row), so its numbers
+   * depend on the prompt only, never on which prompts share the call: BLAS picks its kernel (and so
+   * its summation order) from the matrix sizes, and attention's query blocks depend on the length.
+   */
+  prefillSlots(slots: readonly number[], prompts: readonly (readonly number[])[]): Tensor<'f32'> {
+    const be = this.model.backend;
+    const R = prompts.length;
+    if (slots.length !== R || R === 0) throw new RangeError(`prefillSlots got ${slots.length} slots for ${R} prompts (at least one)`);
+    const seen = new Set<number>();
+    for (const s of slots) {
+      if (!Number.isSafeInteger(s) || s < 0 || s >= this.batch || seen.has(s)) throw new RangeError(`prefillSlots: slot ${s} is not a distinct slot in [0, ${this.batch})`);
+      seen.add(s);
+    }
+    for (const p of prompts) {
+      if (p.length === 0) throw new RangeError('prefill: every prompt needs at least one token');
+      if (p.length > this.maxLen) throw new RangeError(`a prompt of ${p.length} tokens does not fit a cache of ${this.maxLen}`);
+      checkTokenIds(Int32Array.from(p), this.model.cfg.vocabSize, 'prompt');
+    }
+    if (R === 1) return this.prefillOne(slots[0], prompts[0]);
+    const out = ops.empty(be, 'f32', [R, this.vocabSize]);
+    prompts.forEach((p, r) => {
+      const one = this.prefillOne(slots[r], p);
+      const at = ops.upload(be, { dtype: 'i32', data: Int32Array.of(r) }, [1]);
+      ops.scatterRows(one, at, out);
+      for (const t of [one, at]) t.free();
+    });
+    return out;
+  }
+
+  private get vocabSize(): number {
+    return this.model.cfg.vocabSize;
+  }
+
+  /** One prompt (checked) into one slot -> f32 [1, V] logits of its last position. */
+  private prefillOne(slot: number, p: readonly number[]): Tensor<'f32'> {
     const be = this.model.backend;
     const c = this.model.cfg;
-    const B = this.batch;
-    if (prompts.length !== B) throw new RangeError(`prefill got ${prompts.length} prompts for a cache of ${B}`);
-    const L = Math.max(...prompts.map((p) => p.length));
-    if (prompts.some((p) => p.length === 0)) throw new RangeError('prefill: every prompt needs at least one token');
-    if (L > this.maxLen) throw new RangeError(`a prompt of ${L} tokens does not fit a cache of ${this.maxLen}`);
+    const L = p.length;
     const nkv = c.numKvHeads;
-    const ids = new Int32Array(B * L), pos = new Int32Array(B * L), mask = new Int32Array(B * L), rows = new Int32Array(B * L * nkv), last = new Int32Array(B);
-    prompts.forEach((p, b) => {
-      for (let t = 0; t < L; t++) {
-        ids[b * L + t] = t < p.length ? p[t] : 0;
-        pos[b * L + t] = t;
-        mask[b * L + t] = t < p.length ? 1 : 0;
-        for (let h = 0; h < nkv; h++) rows[(b * L + t) * nkv + h] = (b * nkv + h) * this.maxLen + t;
-      }
-      last[b] = b * L + p.length - 1;
-      this.lengths[b] = p.length;
-    });
-    checkTokenIds(ids, c.vocabSize, 'prompt');
-    const tIds = ops.upload(be, { dtype: 'i32', data: ids }, [B * L]);
-    const tPos = ops.upload(be, { dtype: 'i32', data: pos }, [B * L]);
-    const tMask = ops.upload(be, { dtype: 'i32', data: mask }, [B, L]);
-    const tRows = ops.upload(be, { dtype: 'i32', data: rows }, [B * L * nkv]);
+    const rows = new Int32Array(L * nkv);
+    for (let t = 0; t < L; t++) for (let h = 0; h < nkv; h++) rows[t * nkv + h] = (slot * nkv + h) * this.maxLen + t;
+    this.lengths[slot] = L;
+    const tIds = ops.upload(be, { dtype: 'i32', data: Int32Array.from(p) }, [L]);
+    const tPos = ops.upload(be, { dtype: 'i32', data: Int32Array.from({ length: L }, (_, t) => t) }, [L]);
+    const tMask = ops.upload(be, { dtype: 'i32', data: new Int32Array(L).fill(1) }, [1, L]);
+    const tRows = ops.upload(be, { dtype: 'i32', data: rows }, [L * nkv]);
     const x = ops.embedding(tIds, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (_i, q, k, v) => {
-      const { out, lse } = ops.attention(q.reshape([B, L, c.numHeads, c.headDim]), k.reshape([B, L, c.numKvHeads, c.headDim]), v.reshape([B, L, c.numKvHeads, c.headDim]), tMask);
+      const { out, lse } = ops.attention(q.reshape([1, L, c.numHeads, c.headDim]), k.reshape([1, L, c.numKvHeads, c.headDim]), v.reshape([1, L, c.numKvHeads, c.headDim]), tMask);
       lse.free();
       return out;
     });
-    // keep only each row's last prompt position (a row gather is an embedding lookup)
-    const tLast = ops.upload(be, { dtype: 'i32', data: last }, [B]);
+    // keep only the last prompt position (a row gather is an embedding lookup)
+    const tLast = ops.upload(be, { dtype: 'i32', data: Int32Array.of(L - 1) }, [1]);
     const hLast = ops.embedding(tLast, h);
     for (const t of [tIds, tPos, tMask, tRows, tLast, h]) t.free();
     const out = this.logits(hLast);
@@ -132,7 +161,7 @@ export class LlamaKvCache {
   /**
    * Appends one token per row (tokens i32 [B] on the device, e.g. sampleTokens' output); rows with
    * active[b] = 0 are computed but not advanced. Returns f32 [B, V]. Each sequence's keys are exactly
-   * its positions [0, length) (prompts are right-padded and decode appends at the length), so the
+   * its positions [0, length) (prefill writes [0, prompt length) and decode appends at the length), so the
    * attention needs the lengths only, no key mask.
    */
   decode(tokens: Tensor<'i32'>, active: Uint8Array): Tensor<'f32'> {

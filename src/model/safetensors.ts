@@ -323,6 +323,44 @@ export class SafetensorsFile {
     return out;
   }
 
+  /**
+   * Streams a float tensor (BF16, F16, F32) in chunks of at most `chunkElements` elements, converted
+   * to `dtype` exactly as readTensor converts: `onChunk(data, elementOffset)` gets a host array that is
+   * reused for the next chunk (copy it out before returning). Host memory: one or two chunk buffers,
+   * never the whole tensor, so a loader can fill device tensors without a second full copy.
+   */
+  async readTensorChunks(
+    name: string, dtype: 'bf16' | 'f32', chunkElements: number,
+    onChunk: (data: Uint16Array | Float32Array, elementOffset: number) => void | Promise<void>,
+  ): Promise<void> {
+    const t = this.info(name);
+    if (t.dtype !== 'BF16' && t.dtype !== 'F16' && t.dtype !== 'F32') throw new SafetensorsError(this.path, name, `dtype ${t.dtype} is not a float dtype`);
+    if (!Number.isSafeInteger(chunkElements) || chunkElements < 1) throw new RangeError(`chunkElements must be a positive integer, got ${chunkElements}`);
+    const width = ST_DTYPE_BYTES[t.dtype];
+    const numel = (t.end - t.begin) / width;
+    const n = Math.min(chunkElements, Math.max(1, numel));
+    const raw = new Uint8Array(new ArrayBuffer(n * width));
+    const out: Float32Array<ArrayBuffer> | Uint16Array<ArrayBuffer> | null = dtype === 'f32' ? (t.dtype === 'F32' ? null : new Float32Array(n)) : t.dtype === 'BF16' ? null : new Uint16Array(n);
+    const f32: Float32Array<ArrayBuffer> | null = t.dtype === 'F16' && dtype === 'bf16' ? new Float32Array(n) : null;
+    for (let off = 0; off < numel; off += n) {
+      const m = Math.min(n, numel - off);
+      const bytes = raw.subarray(0, m * width);
+      await readExactly(this.fh, bytes, t.begin + off * width, this.path, name);
+      let data: Uint16Array | Float32Array;
+      if (t.dtype === 'F32') {
+        const src = new Float32Array(raw.buffer, 0, m);
+        data = dtype === 'f32' ? src : f32ArrayToBf16(src, (out as Uint16Array<ArrayBuffer>).subarray(0, m));
+      } else if (t.dtype === 'BF16') {
+        const src = new Uint16Array(raw.buffer, 0, m);
+        data = dtype === 'bf16' ? src : bf16ArrayToF32(src, (out as Float32Array<ArrayBuffer>).subarray(0, m));
+      } else {
+        const src = new Uint16Array(raw.buffer, 0, m);
+        data = dtype === 'f32' ? f16ArrayToF32(src, (out as Float32Array<ArrayBuffer>).subarray(0, m)) : f32ArrayToBf16(f16ArrayToF32(src, f32!.subarray(0, m)), (out as Uint16Array<ArrayBuffer>).subarray(0, m));
+      }
+      await onChunk(data, off);
+    }
+  }
+
   /** Reads one tensor into host memory (BF16 -> bf16, F32 and F16 -> f32, I32/I64 -> i32), converting if asked. */
   async readTensor(name: string, opts: ReadOptions = {}): Promise<HostTensor> {
     const t = this.info(name);

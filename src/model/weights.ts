@@ -9,6 +9,9 @@ import * as ops from '../ops/index.js';
 
 export type ParamDType = 'f32' | 'bf16';
 
+/** Elements per chunk when loading (4 MiB of f32, 2 MiB of bf16; view offsets stay 256-byte aligned). */
+export const LOAD_CHUNK_ELEMENTS = 1 << 20;
+
 /** Index of the first NaN or ±Inf in f32 data or bf16 bit patterns (exponent bits all ones), -1 if none. */
 export function firstNonFinite(data: ArrayLike<number> & { BYTES_PER_ELEMENT: number }): number {
   if (data instanceof Uint16Array) {
@@ -106,12 +109,18 @@ export class Weights {
         if (info.shape.length !== s.shape.length || info.shape.some((d, i) => d !== s.shape[i])) {
           throw new SafetensorsError(files.dir, s.name, `has shape [${info.shape.join(', ')}], config.json implies [${s.shape.join(', ')}]`);
         }
-        const host = await files.readTensor(s.name, { dtype });
-        const bad = firstNonFinite(host.data);
-        if (bad >= 0) {
-          throw new SafetensorsError(files.dir, s.name, `element ${bad} is ${nonFiniteValue(host.data, bad)}: the weights hold NaN or Inf (a diverged or damaged checkpoint), so every result would be NaN`);
-        }
-        w.params.set(s.name, ops.upload(backend, host, s.shape));
+        // streamed in chunks straight into the device tensor: no host copy of the whole model
+        const t = ops.empty(backend, dtype, s.shape);
+        w.params.set(s.name, t);
+        await files.readTensorChunks(s.name, dtype, LOAD_CHUNK_ELEMENTS, (data, offset) => {
+          const bad = firstNonFinite(data);
+          if (bad >= 0) {
+            throw new SafetensorsError(files.dir, s.name, `element ${offset + bad} is ${nonFiniteValue(data, bad)}: the weights hold NaN or Inf (a diverged or damaged checkpoint), so every result would be NaN`);
+          }
+          const part = data.length === t.numel ? t : t.view(offset, [data.length]);
+          if (dtype === 'bf16') ops.write(part as Tensor<'bf16'>, { dtype, data: data as Uint16Array });
+          else ops.write(part as Tensor<'f32'>, { dtype, data: data as Float32Array });
+        });
       }
     } catch (e) {
       w.free();

@@ -13,6 +13,7 @@ import { lrMultiplier, type ScheduleType, warmupSteps } from './schedule.js';
 import * as ops from '../ops/index.js';
 import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
+import { MasterBackedParams } from '../model/master_params.js';
 
 export interface LoopConfig {
   learningRate: number;
@@ -28,6 +29,12 @@ export interface LoopConfig {
   seed: number;
   /** Write a resumable checkpoint every this many optimizer steps (0: only at the end of an epoch). */
   saveSteps: number;
+  /**
+   * Gradient checkpointing: each layer keeps only its input during the forward and reruns its
+   * forward in the backward (docs/memory.md: activations ~H instead of ~6H + 3I floats per token
+   * and layer, for ~1/3 more compute). Same results bit for bit. Absent: the model's own setting.
+   */
+  gradientCheckpointing?: boolean;
   /**
    * Data parallelism (docs/distributed.md): a step's window is micro x accumulation x group.size
    * items, rank r takes micro-batches [r * accumulation, (r + 1) * accumulation) of it; ZeRO stage
@@ -107,16 +114,33 @@ interface TrainerState {
   zeroStage?: number;
 }
 
+/** A master rounded to bf16 (as the optimizer rounds the parameter), read to the host. */
+async function readRounded(master: Tensor<'f32'>): Promise<Uint16Array> {
+  const t = ops.cast(master, 'bf16');
+  try {
+    return await ops.read(t);
+  } finally {
+    t.free();
+  }
+}
+
 const STATE_FILE = 'trainer_state.json';
 const TENSORS_FILE = 'state.safetensors';
 
 /** Saves parameters (f32 masters where they exist), optimizer state and the step, atomically (temp dir + rename). */
-async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, state: TrainerState): Promise<void> {
+async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, state: TrainerState, lean: MasterBackedParams | null): Promise<void> {
   const tmp = `${dir}.tmp`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
+  // with only the masters resident (lean), a bf16 parameter is written from its master, one at a time
+  const params = lean ? lean.names() : [...model.weights.params.keys()];
   const tensors = [
-    ...[...model.weights.params].map(([name, t]) => ({ name: `param.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
+    ...params.map((name) => {
+      const t = model.weights.params.get(name);
+      const m = model.weights.masters.get(name);
+      if (t || !m) return { name: `param.${name}`, dtype: t!.dtype, shape: t!.shape, data: () => ops.read(t!) };
+      return { name: `param.${name}`, dtype: 'bf16' as const, shape: m.shape, data: () => readRounded(m) };
+    }),
     ...[...model.weights.masters].map(([name, t]) => ({ name: `master.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
     ...opt.stateTensors().map(({ name, tensor }) => ({ name: `optim.${name}`, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) })),
   ];
@@ -200,9 +224,16 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
   if (n < 1) throw new RangeError('nothing to train on: the data set is empty');
   const be = model.backend;
   model.weights.enableTraining();
+  if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
   const dist = cfg.dist;
   const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim, { overlap: dist.overlap }) : null;
-  const params: Parameter[] = engine ? [] : [...model.weights.params].map(([name, param]) => ({ name, param, master: model.weights.masters.get(name), grad: model.weights.grad(name) }));
+  // one process with bf16 parameters: only the f32 masters stay resident while training (master_params.ts);
+  // the optimizer updates the masters in place (the same arithmetic) and end() rounds them to bf16
+  const lean = !engine && model.paramHook === null && model.weights.masters.size > 0 ? new MasterBackedParams(model) : null;
+  const params: Parameter[] = engine ? [] : [...model.weights.params].map(([name, param]) => {
+    const master = model.weights.masters.get(name);
+    return lean && master ? { name, param: master, grad: model.weights.grad(name) } : { name, param, master, grad: model.weights.grad(name) };
+  });
   const opt = engine ? engine.opt : new Optimizer(be, params, cfg.optim);
   const perEpoch = stepsPerEpoch(n, cfg);
   const totalSteps = perEpoch * cfg.numTrainEpochs;
@@ -220,6 +251,9 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       step = resumed.step;
     }
   }
+  // from here to the end of training only the masters of bf16 parameters are resident (the model
+  // acquires each layer's bf16 copy while it runs); the finally block rebuilds them
+  lean?.begin();
   // A step's metrics and gradient norm stay on the device; their reads are issued when the step has
   // been issued and awaited one step later (or at a checkpoint / the end), so the host never waits
   // for the device inside a step and a GPU is never idle between steps.
@@ -282,7 +316,7 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       if (checkpoint) {
         const state = { step, totalSteps, optimizerSteps: opt.stepCount, items: n };
         if (engine && dist) await saveDistCheckpoint(hooks.checkpointDir!, engine, { ...state, world, zeroStage: dist.zeroStage });
-        else await saveCheckpoint(hooks.checkpointDir!, model, opt, state);
+        else await saveCheckpoint(hooks.checkpointDir!, model, opt, state, lean);
       }
       hooks.afterStep?.(step);
     }
@@ -293,6 +327,8 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
   } finally {
     if (engine && !finished) engine.free();
     else if (!engine) opt.free();
+    // after the optimizer state is gone, so the rebuilt bf16 parameters never sit beside it
+    lean?.end();
   }
   return { steps: totalSteps };
 }

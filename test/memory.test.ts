@@ -1,0 +1,42 @@
+// The CPU backend's recycling of big host buffers (native/cpu/memory.cc): a freed block is kept for
+// a request of the same size, but the kept blocks never raise the footprint above the peak of live
+// buffers (docs/memory.md): on a miss, cached blocks are given back first.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import * as ops from '../src/ops/index.js';
+import { withSeed } from './helpers/random.js';
+
+const MiB = 2 ** 20;
+
+test('freed big buffers are reused for the same size, and given back before the footprint would grow', async () =>
+  withSeed(async (rng) => {
+    const be = new CpuBackend();
+    const n = be.native;
+    const start = n.cachedBytes();
+    // a big buffer, freed: kept
+    const bigMiB = rng.int(24, 64);
+    const big = ops.empty(be, 'f32', [bigMiB * MiB / 4]);
+    ops.fill(big, rng.normal());
+    big.free();
+    const afterFree = n.cachedBytes();
+    assert.ok(afterFree - start >= bigMiB * MiB, `a freed ${bigMiB} MiB buffer is cached (${afterFree - start} bytes)`);
+    // the same size again: the cached block, nothing else changes
+    const again = ops.empty(be, 'f32', [bigMiB * MiB / 4]);
+    assert.equal(n.cachedBytes(), start, 'the same block again');
+    again.free();
+    assert.equal(n.cachedBytes(), afterFree);
+    // a smaller, different size: keeping the big block beside it would exceed the peak, so it goes
+    const smallMiB = rng.int(5, 12);
+    const small = ops.empty(be, 'f32', [smallMiB * MiB / 4]);
+    assert.ok(n.cachedBytes() <= afterFree - bigMiB * MiB, `the ${bigMiB} MiB block was given back (cached ${n.cachedBytes()} bytes)`);
+    small.free();
+    const kept = n.cachedBytes();
+    // a repeating pattern still hits the cache
+    for (let i = 0; i < 3; i++) {
+      const t = ops.empty(be, 'f32', [smallMiB * MiB / 4]);
+      assert.equal(n.cachedBytes(), kept - Math.ceil(smallMiB / 2) * 2 * MiB, 'the same block again');
+      t.free();
+      assert.equal(n.cachedBytes(), kept);
+    }
+  }));
