@@ -630,6 +630,8 @@ describe('fuzz', () => {
     }));
 });
 
+const loadBackends = await testBackends();
+
 describe('streamed loading', () => {
   test('readTensorChunks in chunks of any size gives readTensor\'s converted data (bf16 and f32 files, both targets)', () =>
     withSeed(async (rng) => {
@@ -664,7 +666,7 @@ describe('streamed loading', () => {
       }
     }));
 
-  for (const be of testBackends()) {
+  for (const be of loadBackends) {
     test(`Weights.load streams tensors larger than a chunk into the device bit-exactly, and names a NaN's element (${be.name})`, () =>
       withSeed(async (rng) => {
         // vocab x hidden > LOAD_CHUNK_ELEMENTS: the embedding and the LM head span two chunks
