@@ -26,10 +26,20 @@ if (!status.available) {
 type Row = Record<string, number | string>;
 const lastJson = (out: string): Row => JSON.parse(out.trim().split('\n').pop() ?? '{}');
 const ours = (mode: string): Row =>
-  lastJson(execFileSync(process.execPath, ['--import', 'tsx', new URL('./gpu_probe.ts', import.meta.url).pathname, mode, String(args.steps)], { encoding: 'utf8', maxBuffer: 1 << 24 }));
+  lastJson(
+    execFileSync(process.execPath, ['--import', 'tsx', new URL('./gpu_probe.ts', import.meta.url).pathname, mode, String(args.steps)], {
+      encoding: 'utf8',
+      maxBuffer: 1 << 24,
+    }),
+  );
 const torch = (mode: string): Row => {
   try {
-    return lastJson(execFileSync(PYTHON, [new URL('./peer/torch_gpu.py', import.meta.url).pathname, '--mode', mode, '--steps', String(args.steps)], { encoding: 'utf8', maxBuffer: 1 << 24 }));
+    return lastJson(
+      execFileSync(PYTHON, [new URL('./peer/torch_gpu.py', import.meta.url).pathname, '--mode', mode, '--steps', String(args.steps)], {
+        encoding: 'utf8',
+        maxBuffer: 1 << 24,
+      }),
+    );
   } catch (err) {
     return { skipped: `torch peer failed: ${(err as Error).message.split('\n')[0]}` };
   }
@@ -41,21 +51,66 @@ const gib = (x: unknown) => num(x) / 2 ** 30;
 const results: Record<string, { spinlm: Row; torch: Row }> = {};
 const rows: (string | number)[][] = [];
 for (const mode of String(args.modes).split(',')) {
-  const a = ours(mode), p = torch(mode);
+  const a = ours(mode),
+    p = torch(mode);
   results[mode] = { spinlm: a, torch: p };
   if (mode === 'loss') {
     rows.push(['device-to-device copy', 'GB/s (read + write)', num(a.copy_rw_gbs), '', '', '']);
-    rows.push(['logprobGather bf16 8192 x 128256', 'GB/s (logits read once)', num(a.gather_gbs), num(p.eager_gbs), ratio(p.eager_ms, a.gather_ms), `${(100 * num(a.gather_of_copy)).toFixed(0)}% of copy (goal 80%)`]);
-    rows.push(['  vs torch.compile', 'GB/s', num(a.gather_gbs), p.compiled_gbs ?? String(p.compiled_error ?? 'n/a'), ratio(p.compiled_ms, a.gather_ms), 'goal 1.5x']);
-    rows.push(['logprobGather backward, in place', 'GB/s (read + write)', num(a.backward_rw_gbs), '', '', `${(100 * num(a.backward_of_copy)).toFixed(0)}% of copy (goal 80%)`]);
+    rows.push([
+      'logprobGather bf16 8192 x 128256',
+      'GB/s (logits read once)',
+      num(a.gather_gbs),
+      num(p.eager_gbs),
+      ratio(p.eager_ms, a.gather_ms),
+      `${(100 * num(a.gather_of_copy)).toFixed(0)}% of copy (goal 80%)`,
+    ]);
+    rows.push([
+      '  vs torch.compile',
+      'GB/s',
+      num(a.gather_gbs),
+      p.compiled_gbs ?? String(p.compiled_error ?? 'n/a'),
+      ratio(p.compiled_ms, a.gather_ms),
+      'goal 1.5x',
+    ]);
+    rows.push([
+      'logprobGather backward, in place',
+      'GB/s (read + write)',
+      num(a.backward_rw_gbs),
+      '',
+      '',
+      `${(100 * num(a.backward_of_copy)).toFixed(0)}% of copy (goal 80%)`,
+    ]);
   } else if (mode === 'spin') {
-    rows.push(['SPIN step 1.1B, 8 pairs x 1024', 'tokens/s', num(a.tokens_per_s), num(p.tokens_per_s), ratio(a.tokens_per_s, p.tokens_per_s), 'goal 1.2x']);
-    rows.push(['  peak device memory', 'GiB (spinlm reserved / torch reserved)', gib(a.peak_reserved_bytes), gib(p.peak_reserved_bytes), ratio(a.peak_reserved_bytes, p.peak_reserved_bytes), 'goal <= 0.8x']);
+    rows.push([
+      'SPIN step 1.1B, 8 pairs x 1024',
+      'tokens/s',
+      num(a.tokens_per_s),
+      num(p.tokens_per_s),
+      ratio(a.tokens_per_s, p.tokens_per_s),
+      'goal 1.2x',
+    ]);
+    rows.push([
+      '  peak device memory',
+      'GiB (spinlm reserved / torch reserved)',
+      gib(a.peak_reserved_bytes),
+      gib(p.peak_reserved_bytes),
+      ratio(a.peak_reserved_bytes, p.peak_reserved_bytes),
+      'goal <= 0.8x',
+    ]);
   } else if (mode === 'generate') {
-    rows.push(['generate 64 x 128 + 256 greedy', 'tokens/s', num(a.tokens_per_s), num(p.tokens_per_s), ratio(a.tokens_per_s, p.tokens_per_s), 'goal 2x']);
+    rows.push([
+      'generate 64 x 128 + 256 greedy',
+      'tokens/s',
+      num(a.tokens_per_s),
+      num(p.tokens_per_s),
+      ratio(a.tokens_per_s, p.tokens_per_s),
+      'goal 2x',
+    ]);
   }
 }
-console.log(`GPU: ${String(results[Object.keys(results)[0]]?.spinlm.device ?? '')}; spinlm GEMM: ${String(results[Object.keys(results)[0]]?.spinlm.gemm ?? '')}`);
+console.log(
+  `GPU: ${String(results[Object.keys(results)[0]]?.spinlm.device ?? '')}; spinlm GEMM: ${String(results[Object.keys(results)[0]]?.spinlm.gemm ?? '')}`,
+);
 console.log(table(['measurement', 'unit', 'spinlm', 'PyTorch', 'spinlm / PyTorch', 'note'], rows));
 for (const [mode, r] of Object.entries(results)) if (r.torch.skipped) console.log(`${mode}: PyTorch ${String(r.torch.skipped)}`);
 if (args.json) writeFileSync(args.json, JSON.stringify(results, null, 2));

@@ -42,15 +42,29 @@ const peaks = () => {
 };
 // TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 kv heads, intermediate 5632, vocab 32000.
 const LLAMA_1B = {
-  model_type: 'llama', hidden_size: 2048, intermediate_size: 5632, num_hidden_layers: 22, num_attention_heads: 32, num_key_value_heads: 4,
-  rms_norm_eps: 1e-5, vocab_size: 32000, max_position_embeddings: 2048, tie_word_embeddings: false, eos_token_id: 2,
+  model_type: 'llama',
+  hidden_size: 2048,
+  intermediate_size: 5632,
+  num_hidden_layers: 22,
+  num_attention_heads: 32,
+  num_key_value_heads: 4,
+  rms_norm_eps: 1e-5,
+  vocab_size: 32000,
+  max_position_embeddings: 2048,
+  tie_word_embeddings: false,
+  eos_token_id: 2,
 };
 
 if (mode === 'loss') {
-  const n = 8192, v = 128256, bytes = n * v * 2;
+  const n = 8192,
+    v = 128256,
+    bytes = n * v * 2;
   // Random rows: 64 uploaded, then copied over the whole buffer (rows are 256-byte aligned views).
   const logits = ops.empty(be, 'bf16', [n, v]);
-  const seed = ops.cast(ops.upload(be, { dtype: 'f32', data: Float32Array.from({ length: 64 * v }, () => 3 * rng.normal()) }, [64, v]), 'bf16');
+  const seed = ops.cast(
+    ops.upload(be, { dtype: 'f32', data: Float32Array.from({ length: 64 * v }, () => 3 * rng.normal()) }, [64, v]),
+    'bf16',
+  );
   for (let r = 0; r < n; r += 64) be.cast(seed, logits.view(r * v, [64, v]));
   const targets = ops.upload(be, { dtype: 'i32', data: Int32Array.from({ length: n }, () => rng.int(0, v - 1)) }, [n]);
   const copy = ops.empty(be, 'bf16', [n, v]);
@@ -66,44 +80,83 @@ if (mode === 'loss') {
   const dlogp = ops.upload(be, { dtype: 'f32', data: Float32Array.from({ length: n }, () => rng.normal()) }, [n]);
   const bwdMs = await timeMs(() => ops.logprobGatherBackward(logits, targets, lse!, dlogp, { out: logits }), 10);
   const copyGBs = (2 * bytes) / (copyMs * 1e6);
-  console.log(JSON.stringify({
-    n, v, logits_bytes: bytes, copy_ms: copyMs, copy_rw_gbs: copyGBs, gather_ms: fwdMs, gather_gbs: bytes / (fwdMs * 1e6),
-    gather_of_copy: bytes / (fwdMs * 1e6) / copyGBs, backward_ms: bwdMs, backward_rw_gbs: (2 * bytes) / (bwdMs * 1e6),
-    backward_of_copy: (2 * bytes) / (bwdMs * 1e6) / copyGBs, ...peaks(),
-  }));
+  console.log(
+    JSON.stringify({
+      n,
+      v,
+      logits_bytes: bytes,
+      copy_ms: copyMs,
+      copy_rw_gbs: copyGBs,
+      gather_ms: fwdMs,
+      gather_gbs: bytes / (fwdMs * 1e6),
+      gather_of_copy: bytes / (fwdMs * 1e6) / copyGBs,
+      backward_ms: bwdMs,
+      backward_rw_gbs: (2 * bytes) / (bwdMs * 1e6),
+      backward_of_copy: (2 * bytes) / (bwdMs * 1e6) / copyGBs,
+      ...peaks(),
+    }),
+  );
 } else if (mode === 'spin') {
   const cfg = parseConfig(LLAMA_1B, 'bench config');
   const model = initLlama(be, cfg, { seed: 1, dtype: 'bf16' });
-  const B = 8, L = 1024, P = 128;
+  const B = 8,
+    L = 1024,
+    P = 128;
   const tokens = (k: number) => Array.from({ length: k }, () => rng.int(3, cfg.vocabSize - 1));
   const pairs = Array.from({ length: B * (steps + 1) }, () => {
     const prompt = tokens(P);
     return { real: { prompt, answer: tokens(L - P) }, generated: { prompt, answer: tokens(L - P) } };
   });
   const ref = new Float32Array(2 * pairs.length).map(() => -9000 + rng.normal());
-  const obj = new SpinObjective(model, pairs, ref, { beta: 0.1, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: 2, padId: 0 });
+  const obj = new SpinObjective(model, pairs, ref, {
+    beta: 0.1,
+    lossType: 'sigmoid',
+    nllAlpha: 0,
+    dropIdentical: false,
+    eosId: 2,
+    padId: 0,
+  });
   const times: number[] = [];
   let last = performance.now();
-  await runTrainingLoop(model, pairs.length, obj, {
-    learningRate: 5e-7, optim: { type: 'rmsprop' }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: B, gradientAccumulationSteps: 1,
-    numTrainEpochs: 1, maxGradNorm: 1, seed: 1, saveSteps: 0,
-  }, {
-    onStep: () => {
-      const now = performance.now();
-      times.push(now - last);
-      last = now;
+  await runTrainingLoop(
+    model,
+    pairs.length,
+    obj,
+    {
+      learningRate: 5e-7,
+      optim: { type: 'rmsprop' },
+      lrSchedulerType: 'linear',
+      warmupRatio: 0.1,
+      microBatchSize: B,
+      gradientAccumulationSteps: 1,
+      numTrainEpochs: 1,
+      maxGradNorm: 1,
+      seed: 1,
+      saveSteps: 0,
     },
-  });
+    {
+      onStep: () => {
+        const now = performance.now();
+        times.push(now - last);
+        last = now;
+      },
+    },
+  );
   const sorted = times.slice(1).sort((a, b) => a - b);
   const ms = sorted[Math.floor(sorted.length / 2)];
   console.log(JSON.stringify({ params: model.weights.count(), ms_per_step: ms, tokens_per_s: (2 * B * L) / (ms / 1000), ...peaks() }));
 } else if (mode === 'generate') {
   const cfg = parseConfig(LLAMA_1B, 'bench config');
   const model = initLlama(be, cfg, { seed: 1, dtype: 'bf16' });
-  const B = 64, P = 128, N = 256;
+  const B = 64,
+    P = 128,
+    N = 256;
   const prompts = Array.from({ length: B }, () => Array.from({ length: P }, () => rng.int(3, cfg.vocabSize - 1)));
   const dec = new LlamaDecoder(model);
-  const ms = await timeMs(() => generate(dec, prompts, { temperature: 0, topK: 0, topP: 1, maxNewTokens: N, eosIds: [], seed: 0, batchSize: B }), Math.max(1, Math.min(steps, 2)));
+  const ms = await timeMs(
+    () => generate(dec, prompts, { temperature: 0, topK: 0, topP: 1, maxNewTokens: N, eosIds: [], seed: 0, batchSize: B }),
+    Math.max(1, Math.min(steps, 2)),
+  );
   console.log(JSON.stringify({ ms_total: ms, tokens_per_s: (B * N) / (ms / 1000), ...peaks() }));
 } else {
   console.error(`gpu_probe: unknown mode ${String(mode)} (loss, spin or generate)`);

@@ -33,7 +33,8 @@ export function peakRss(): number {
 }
 
 export function table(headers: string[], rows: (string | number)[][]): string {
-  const fmt = (x: string | number) => (typeof x === 'number' ? (Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2)) : x);
+  const fmt = (x: string | number) =>
+    typeof x === 'number' ? (Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2)) : x;
   const lines = [`| ${headers.join(' | ')} |`, `| ${headers.map(() => '---').join(' | ')} |`];
   for (const r of rows) lines.push(`| ${r.map(fmt).join(' | ')} |`);
   return lines.join('\n');

@@ -16,7 +16,8 @@ async function pass(check: boolean): Promise<number> {
   const t0 = performance.now();
   const files = await openCheckpointTensors(dir);
   let bad = 0;
-  for (const name of files.names()) await files.readTensorChunks(name, dtype, LOAD_CHUNK_ELEMENTS, (data) => void (check && firstNonFinite(data) >= 0 && bad++));
+  for (const name of files.names())
+    await files.readTensorChunks(name, dtype, LOAD_CHUNK_ELEMENTS, (data) => void (check && firstNonFinite(data) >= 0 && bad++));
   await files.close();
   if (bad) throw new Error('non-finite weights');
   return (performance.now() - t0) / 1000;
@@ -27,4 +28,13 @@ const readCheckS = await pass(true);
 const t0 = performance.now();
 const model = await LlamaModel.load(be, dir, { dtype });
 const loadS = (performance.now() - t0) / 1000;
-console.log(JSON.stringify({ params: model.weights.count(), dtype, read_s: readS, read_check_s: readCheckS, load_s: loadS, peak_rss_mb: peakRss() / 2 ** 20 }));
+console.log(
+  JSON.stringify({
+    params: model.weights.count(),
+    dtype,
+    read_s: readS,
+    read_check_s: readCheckS,
+    load_s: loadS,
+    peak_rss_mb: peakRss() / 2 ** 20,
+  }),
+);

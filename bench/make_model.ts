@@ -20,22 +20,40 @@ export async function makeRandomModel(shape: keyof typeof SHAPES, dir = join(tmp
   if (existsSync(join(dir, 'model.safetensors'))) return dir;
   mkdirSync(dir, { recursive: true });
   const raw = {
-    architectures: ['LlamaForCausalLM'], model_type: 'llama', ...SHAPES[shape], hidden_act: 'silu', rms_norm_eps: 1e-5, rope_theta: 10000, rope_scaling: null,
-    vocab_size: 32000, max_position_embeddings: 2048, tie_word_embeddings: false, bos_token_id: 1, eos_token_id: 2, torch_dtype: 'bfloat16', attention_bias: false, mlp_bias: false,
+    architectures: ['LlamaForCausalLM'],
+    model_type: 'llama',
+    ...SHAPES[shape],
+    hidden_act: 'silu',
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+    rope_scaling: null,
+    vocab_size: 32000,
+    max_position_embeddings: 2048,
+    tie_word_embeddings: false,
+    bos_token_id: 1,
+    eos_token_id: 2,
+    torch_dtype: 'bfloat16',
+    attention_bias: false,
+    mlp_bias: false,
   };
   const cfg = parseConfig(raw, 'random model config');
   let state = 0x9e3779b9;
   const tensors = expectedTensors(cfg).map((s) => ({
-    name: s.name, dtype: 'bf16' as const, shape: s.shape,
+    name: s.name,
+    dtype: 'bf16' as const,
+    shape: s.shape,
     data: () => {
       const n = s.shape.reduce((a, b) => a * b, 1);
       const out = new Uint16Array(n);
       if (s.shape.length === 1) return out.fill(0x3f80); // norm weights: 1.0
       // uniform with std 0.02 (xorshift32), rounded to bf16 by truncation
-      const f = new Float32Array(1), u = new Uint32Array(f.buffer);
-      const a = 0.02 * Math.sqrt(3) * 2 / 4294967296;
+      const f = new Float32Array(1),
+        u = new Uint32Array(f.buffer);
+      const a = (0.02 * Math.sqrt(3) * 2) / 4294967296;
       for (let i = 0; i < n; i++) {
-        state ^= state << 13; state ^= state >>> 17; state ^= state << 5;
+        state ^= state << 13;
+        state ^= state >>> 17;
+        state ^= state << 5;
         f[0] = (state >>> 0) * a - 0.02 * Math.sqrt(3);
         out[i] = u[0] >>> 16;
       }

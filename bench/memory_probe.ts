@@ -27,4 +27,6 @@ const ctx = spinLossForward(z, targets, segments, ref, 1, { beta: 0.1, lossType:
 spinLossBackward(ctx, { inPlace: true });
 freeSpinLossContext(ctx);
 const afterBackward = peak();
-console.log(JSON.stringify({ n, v, dtype, logitsBytes: z.byteLength, gatherGrowth: afterGather - base, forwardBackwardGrowth: afterBackward - base }));
+console.log(
+  JSON.stringify({ n, v, dtype, logitsBytes: z.byteLength, gatherGrowth: afterGather - base, forwardBackwardGrowth: afterBackward - base }),
+);

@@ -26,7 +26,10 @@ const modes = String(args.modes).split(',');
 const steps = String(args.steps);
 
 function ours(mode: string): Record<string, number> {
-  const out = execFileSync(process.execPath, ['--import', 'tsx', new URL('./model_probe.ts', import.meta.url).pathname, mode, steps], { encoding: 'utf8', maxBuffer: 1 << 24 });
+  const out = execFileSync(process.execPath, ['--import', 'tsx', new URL('./model_probe.ts', import.meta.url).pathname, mode, steps], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 24,
+  });
   return JSON.parse(out.trim().split('\n').pop() ?? '{}');
 }
 
@@ -37,16 +40,61 @@ for (const mode of modes) {
   const a = ours(mode);
   if (mode === 'generate-mixed') {
     results[mode] = { spinlm: a };
-    rows.push([`${mode} (continuous)`, 'tokens_per_s', a.tokens_per_s, '', `${a.speedup.toFixed(2)}x static`, a.gflops, `${((100 * a.gflops) / gemm.gflops).toFixed(0)}%`, a.peak_rss_mb, '']);
+    rows.push([
+      `${mode} (continuous)`,
+      'tokens_per_s',
+      a.tokens_per_s,
+      '',
+      `${a.speedup.toFixed(2)}x static`,
+      a.gflops,
+      `${((100 * a.gflops) / gemm.gflops).toFixed(0)}%`,
+      a.peak_rss_mb,
+      '',
+    ]);
     rows.push([`${mode} (static)`, 'tokens_per_s', a.tokens_per_s_static, '', '', '', '', '', '']);
     continue;
   }
-  const peer = runPeer(new URL('./peer/torch_llama_peer.py', import.meta.url).pathname, ['--threads', String(args['torch-threads']), '--mode', mode, '--steps', steps, '--json']);
+  const peer = runPeer(new URL('./peer/torch_llama_peer.py', import.meta.url).pathname, [
+    '--threads',
+    String(args['torch-threads']),
+    '--mode',
+    mode,
+    '--steps',
+    steps,
+    '--json',
+  ]);
   results[mode] = { spinlm: a, torch: peer };
   const metric = mode === 'spin' ? 'steps_per_s' : 'tokens_per_s';
   const ratio = a[metric] / Number(peer[metric]);
-  rows.push([mode, metric, a[metric], Number(peer[metric]), `${ratio.toFixed(2)}x`, a.gflops ?? '', a.gflops ? `${((100 * a.gflops) / gemm.gflops).toFixed(0)}%` : '', a.peak_rss_mb, Number(peer.peak_rss_bytes) / 2 ** 20]);
+  rows.push([
+    mode,
+    metric,
+    a[metric],
+    Number(peer[metric]),
+    `${ratio.toFixed(2)}x`,
+    a.gflops ?? '',
+    a.gflops ? `${((100 * a.gflops) / gemm.gflops).toFixed(0)}%` : '',
+    a.peak_rss_mb,
+    Number(peer.peak_rss_bytes) / 2 ** 20,
+  ]);
 }
-console.log(`\nsgemm rate measured here (2048^3, OpenBLAS through spinlm's matmul): ${gemm.gflops.toFixed(0)} GFLOP/s; PyTorch on ${args['torch-threads']} thread(s)\n`);
-console.log(table(['mode', 'metric', 'spinlm', 'PyTorch', 'spinlm / PyTorch', 'spinlm GFLOP/s', 'of sgemm rate', 'spinlm peak RSS MiB', 'PyTorch peak RSS MiB'], rows));
+console.log(
+  `\nsgemm rate measured here (2048^3, OpenBLAS through spinlm's matmul): ${gemm.gflops.toFixed(0)} GFLOP/s; PyTorch on ${args['torch-threads']} thread(s)\n`,
+);
+console.log(
+  table(
+    [
+      'mode',
+      'metric',
+      'spinlm',
+      'PyTorch',
+      'spinlm / PyTorch',
+      'spinlm GFLOP/s',
+      'of sgemm rate',
+      'spinlm peak RSS MiB',
+      'PyTorch peak RSS MiB',
+    ],
+    rows,
+  ),
+);
 if (args.json) writeFileSync(args.json, JSON.stringify(results, null, 2));

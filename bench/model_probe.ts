@@ -16,8 +16,17 @@ const mode = process.argv[2];
 const steps = Number(process.argv[3] ?? 5);
 const be = new CpuBackend();
 export const BENCH_CONFIG = {
-  model_type: 'llama', hidden_size: 512, intermediate_size: 1408, num_hidden_layers: 8, num_attention_heads: 8, num_key_value_heads: 4,
-  rms_norm_eps: 1e-5, vocab_size: 8000, max_position_embeddings: 2048, tie_word_embeddings: false, eos_token_id: 2,
+  model_type: 'llama',
+  hidden_size: 512,
+  intermediate_size: 1408,
+  num_hidden_layers: 8,
+  num_attention_heads: 8,
+  num_key_value_heads: 4,
+  rms_norm_eps: 1e-5,
+  vocab_size: 8000,
+  max_position_embeddings: 2048,
+  tie_word_embeddings: false,
+  eos_token_id: 2,
 };
 const cfg = parseConfig(BENCH_CONFIG, 'bench config');
 const rng = new Rng(5);
@@ -28,37 +37,64 @@ const report = (o: Record<string, number>) => console.log(JSON.stringify({ ...o,
 
 if (mode === 'gemm') {
   const n = 2048;
-  const a = ops.empty(be, 'f32', [n, n]), b = ops.empty(be, 'f32', [n, n]), c = ops.empty(be, 'f32', [n, n]);
+  const a = ops.empty(be, 'f32', [n, n]),
+    b = ops.empty(be, 'f32', [n, n]),
+    c = ops.empty(be, 'f32', [n, n]);
   ops.fill(a, 0.5);
   ops.fill(b, 0.25);
   const ms = await medianMs('sgemm', () => ops.matmul(a, b, { transB: true, out: c }), 5, 2);
   report({ gflops: (2 * n ** 3) / (ms * 1e6) });
 } else if (mode === 'train') {
-  const R = 8, L = 256, T = R * L;
+  const R = 8,
+    L = 256,
+    T = R * L;
   model.weights.enableTraining();
-  const input = uploadInput(be, { rows: R, length: L, inputIds: Int32Array.from(tokens(T)), positions: Int32Array.from({ length: T }, (_, i) => i % L), attentionMask: new Int32Array(T).fill(1) }, cfg.vocabSize);
-  const ms = await medianMs('fwd+bwd', () => {
-    const { logits, state } = model.forward(input, { train: true });
-    ops.fill(logits, 1e-4); // stands in for d(loss)/d(logits): the loss kernels are benchmarked in loss.bench.ts
-    model.backward(state!, logits);
-    logits.free();
-  }, steps, 1);
+  const input = uploadInput(
+    be,
+    {
+      rows: R,
+      length: L,
+      inputIds: Int32Array.from(tokens(T)),
+      positions: Int32Array.from({ length: T }, (_, i) => i % L),
+      attentionMask: new Int32Array(T).fill(1),
+    },
+    cfg.vocabSize,
+  );
+  const ms = await medianMs(
+    'fwd+bwd',
+    () => {
+      const { logits, state } = model.forward(input, { train: true });
+      ops.fill(logits, 1e-4); // stands in for d(loss)/d(logits): the loss kernels are benchmarked in loss.bench.ts
+      model.backward(state!, logits);
+      logits.free();
+    },
+    steps,
+    1,
+  );
   report({ tokens_per_s: T / (ms / 1000), gflops: (6 * nonEmbedding() * T) / (ms * 1e6), ms_per_step: ms });
 } else if (mode === 'generate') {
-  const B = 32, P = 64, N = 128;
+  const B = 32,
+    P = 64,
+    N = 128;
   const dec = new LlamaDecoder(model);
   const prompts = Array.from({ length: B }, () => tokens(P));
   // the real generation path: device-side greedy sampling, B token ids read per step
-  const ms = await medianMs('generate', async () => {
-    await generate(dec, prompts, { temperature: 0, topK: 0, topP: 1, maxNewTokens: N, eosIds: [], seed: 0, batchSize: B });
-  }, Math.max(1, Math.min(steps, 3)), 1);
+  const ms = await medianMs(
+    'generate',
+    async () => {
+      await generate(dec, prompts, { temperature: 0, topK: 0, topP: 1, maxNewTokens: N, eosIds: [], seed: 0, batchSize: B });
+    },
+    Math.max(1, Math.min(steps, 3)),
+    1,
+  );
   const decodeFlops = 2 * nonEmbedding() * B * N;
   report({ tokens_per_s: (B * N) / (ms / 1000), gflops: decodeFlops / (ms * 1e6), ms_total: ms });
 } else if (mode === 'generate-mixed') {
   // mixed answer lengths: 128 prompts of 16-96 tokens, temperature 1 on the near-uniform logits of the
   // random model, 200 of the 8000 ids end an answer: lengths ~geometric (mean ~40, most short, a few
   // reach max_new_tokens 256). 32 slots; both schedules in this process, outputs checked equal.
-  const B = 32, N = 256;
+  const B = 32,
+    N = 256;
   const dec = new LlamaDecoder(model);
   const prompts = Array.from({ length: 128 }, () => tokens(rng.int(16, 96)));
   const eosIds = Array.from({ length: 200 }, (_, i) => 3 + i * 39);
@@ -75,29 +111,65 @@ if (mode === 'gemm') {
   const lens = co.gens.map((g) => g.tokens.length).sort((a, b) => a - b);
   const total = lens.reduce((a, b) => a + b, 0);
   report({
-    tokens_per_s: total / (co.ms / 1000), tokens_per_s_static: total / (st.ms / 1000), speedup: st.ms / co.ms,
-    gflops: (2 * nonEmbedding() * total) / (co.ms * 1e6), tokens: total, median_len: lens[lens.length >> 1], max_len: lens[lens.length - 1],
+    tokens_per_s: total / (co.ms / 1000),
+    tokens_per_s_static: total / (st.ms / 1000),
+    speedup: st.ms / co.ms,
+    gflops: (2 * nonEmbedding() * total) / (co.ms * 1e6),
+    tokens: total,
+    median_len: lens[lens.length >> 1],
+    max_len: lens[lens.length - 1],
   });
 } else if (mode === 'spin') {
-  const B = 8, L = 256, P = 64;
+  const B = 8,
+    L = 256,
+    P = 64;
   const pairs = Array.from({ length: B * (steps + 1) }, () => {
     const prompt = tokens(P);
     return { real: { prompt, answer: tokens(L - P) }, generated: { prompt, answer: tokens(L - P) } };
   });
   const ref = new Float32Array(2 * pairs.length).map(() => -2000 + rng.normal());
-  const obj = new SpinObjective(model, pairs, ref, { beta: 0.1, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: 2, padId: 0 });
+  const obj = new SpinObjective(model, pairs, ref, {
+    beta: 0.1,
+    lossType: 'sigmoid',
+    nllAlpha: 0,
+    dropIdentical: false,
+    eosId: 2,
+    padId: 0,
+  });
   const times: number[] = [];
   let last = performance.now();
-  await runTrainingLoop(model, pairs.length, obj, { learningRate: 5e-7, optim: { type: 'rmsprop' }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: B, gradientAccumulationSteps: 1, numTrainEpochs: 1, maxGradNorm: 1, seed: 1, saveSteps: 0 }, {
-    onStep: () => {
-      const now = performance.now();
-      times.push(now - last);
-      last = now;
+  await runTrainingLoop(
+    model,
+    pairs.length,
+    obj,
+    {
+      learningRate: 5e-7,
+      optim: { type: 'rmsprop' },
+      lrSchedulerType: 'linear',
+      warmupRatio: 0.1,
+      microBatchSize: B,
+      gradientAccumulationSteps: 1,
+      numTrainEpochs: 1,
+      maxGradNorm: 1,
+      seed: 1,
+      saveSteps: 0,
     },
-  });
+    {
+      onStep: () => {
+        const now = performance.now();
+        times.push(now - last);
+        last = now;
+      },
+    },
+  );
   const sorted = times.slice(1).sort((a, b) => a - b);
   const ms = sorted[Math.floor(sorted.length / 2)];
-  report({ steps_per_s: 1000 / ms, tokens_per_s: (2 * B * L) / (ms / 1000), gflops: (6 * nonEmbedding() * 2 * B * L) / (ms * 1e6), ms_per_step: ms });
+  report({
+    steps_per_s: 1000 / ms,
+    tokens_per_s: (2 * B * L) / (ms / 1000),
+    gflops: (6 * nonEmbedding() * 2 * B * L) / (ms * 1e6),
+    ms_per_step: ms,
+  });
 } else {
   throw new Error(`unknown mode ${mode}`);
 }

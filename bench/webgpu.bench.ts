@@ -64,28 +64,43 @@ async function benchBackend(be: Backend): Promise<Row[]> {
   {
     const a = ops.upload(be, { dtype: 'f32', data: logits32 }, [n, v]);
     const out = ops.empty(be, 'f32', [n, v]);
-    const ms = await medianMs('copy', async () => {
-      be.cast(a, out);
-      await sync(out);
-    }, S.iters);
+    const ms = await medianMs(
+      'copy',
+      async () => {
+        be.cast(a, out);
+        await sync(out);
+      },
+      S.iters,
+    );
     add('copy (f32)', `[${n}, ${v}]`, ms, gb(2 * n * v * 4, ms), 'GB/s');
     a.free();
     out.free();
   }
   for (const dtype of ['f32', 'bf16'] as const) {
-    const z = dtype === 'f32' ? ops.upload(be, { dtype, data: logits32 }, [n, v]) : ops.upload(be, { dtype, data: f32ArrayToBf16(logits32) }, [n, v]);
+    const z =
+      dtype === 'f32'
+        ? ops.upload(be, { dtype, data: logits32 }, [n, v])
+        : ops.upload(be, { dtype, data: f32ArrayToBf16(logits32) }, [n, v]);
     const bytes = n * v * (dtype === 'f32' ? 4 : 2);
     let lse: Tensor<'f32'> | null = null;
-    const fwd = await medianMs(`gather ${dtype}`, async () => {
-      const g = ops.logprobGather(z, targets);
-      lse = g.lse;
-      await sync(g.logp);
-    }, S.iters);
+    const fwd = await medianMs(
+      `gather ${dtype}`,
+      async () => {
+        const g = ops.logprobGather(z, targets);
+        lse = g.lse;
+        await sync(g.logp);
+      },
+      S.iters,
+    );
     add(`logprobGather (${dtype})`, `[${n}, ${v}]`, fwd, gb(bytes, fwd), 'GB/s');
-    const bwd = await medianMs(`backward ${dtype}`, async () => {
-      ops.logprobGatherBackward(z, targets, lse!, dlogp, { out: z });
-      await sync(lse!);
-    }, S.iters);
+    const bwd = await medianMs(
+      `backward ${dtype}`,
+      async () => {
+        ops.logprobGatherBackward(z, targets, lse!, dlogp, { out: z });
+        await sync(lse!);
+      },
+      S.iters,
+    );
     add(`logprobGatherBackward in place (${dtype})`, `[${n}, ${v}]`, bwd, gb(2 * bytes, bwd), 'GB/s');
     z.free();
   }
@@ -93,12 +108,19 @@ async function benchBackend(be: Backend): Promise<Row[]> {
     const { m, gn, gk } = S;
     const a = ops.upload(be, { dtype: 'f32', data: randn(m * gk) }, [m, gk]);
     const wf = randn(gn * gk, 0.05);
-    const w = wdt === 'f32' ? ops.upload(be, { dtype: 'f32', data: wf }, [gn, gk]) : ops.upload(be, { dtype: 'bf16', data: f32ArrayToBf16(wf) }, [gn, gk]);
+    const w =
+      wdt === 'f32'
+        ? ops.upload(be, { dtype: 'f32', data: wf }, [gn, gk])
+        : ops.upload(be, { dtype: 'bf16', data: f32ArrayToBf16(wf) }, [gn, gk]);
     const out = ops.empty(be, 'f32', [m, gn]);
-    const ms = await medianMs(`gemm ${wdt}`, async () => {
-      ops.matmul(a, w, { transB: true, out });
-      await sync(out);
-    }, S.iters);
+    const ms = await medianMs(
+      `gemm ${wdt}`,
+      async () => {
+        ops.matmul(a, w, { transB: true, out });
+        await sync(out);
+      },
+      S.iters,
+    );
     add(`matmul x W^T (${wdt} W)`, `${m}x${gk} . ${gn}x${gk}`, ms, (2 * m * gn * gk) / (ms * 1e6), 'GFLOP/s');
   }
   {
@@ -110,15 +132,23 @@ async function benchBackend(be: Backend): Promise<Row[]> {
     const dout = ops.upload(be, { dtype: 'f32', data: randn(b * l * nh * hd) }, [b, l, nh, hd]);
     const causal = (b * nh * l * (l + 1)) / 2; // query-key pairs
     let res = ops.attention(q, k, vv, mask);
-    const f = await medianMs('attention', async () => {
-      res = ops.attention(q, k, vv, mask);
-      await sync(res.out);
-    }, S.iters);
+    const f = await medianMs(
+      'attention',
+      async () => {
+        res = ops.attention(q, k, vv, mask);
+        await sync(res.out);
+      },
+      S.iters,
+    );
     add('attention forward', `B${b} L${l} H${nh}/${nkv} d${hd}`, f, (4 * causal * hd) / (f * 1e6), 'GFLOP/s');
-    const bw = await medianMs('attention backward', async () => {
-      const g = ops.attentionBackward(q, k, vv, mask, res.out, res.lse, dout);
-      await sync(g.dk);
-    }, S.iters);
+    const bw = await medianMs(
+      'attention backward',
+      async () => {
+        const g = ops.attentionBackward(q, k, vv, mask, res.out, res.lse, dout);
+        await sync(g.dk);
+      },
+      S.iters,
+    );
     add('attention backward', `B${b} L${l} H${nh}/${nkv} d${hd}`, bw, (10 * causal * hd) / (bw * 1e6), 'GFLOP/s');
   }
   return rows;
@@ -144,7 +174,9 @@ console.log(table(header, body));
 if (gpu) {
   const copy = all.find((r) => r.backend === 'webgpu' && r.op === 'copy (f32)')!.rate;
   const g32 = all.find((r) => r.backend === 'webgpu' && r.op === 'logprobGather (f32)')!.rate;
-  console.log(`webgpu logprobGather (f32) reaches ${((100 * g32) / copy).toFixed(0)}% of the measured copy bandwidth (${copy.toFixed(1)} GB/s)`);
+  console.log(
+    `webgpu logprobGather (f32) reaches ${((100 * g32) / copy).toFixed(0)}% of the measured copy bandwidth (${copy.toFixed(1)} GB/s)`,
+  );
 }
 if (json) writeFileSync(json, JSON.stringify({ size, device: gpu?.info().device, rows: all }, null, 2));
 for (const b of backends) if (b instanceof WebGpuBackend) b.destroy();

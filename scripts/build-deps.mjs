@@ -33,7 +33,11 @@ function pkgConfig(...args) {
 
 /** What is missing to find OpenBLAS: [] when pkg-config finds openblas.pc. Entries: [what, Debian package]. */
 function missingOpenBlas() {
-  if (!onPath('pkg-config')) return [['pkg-config', 'pkg-config'], ['OpenBLAS', 'libopenblas-dev']];
+  if (!onPath('pkg-config'))
+    return [
+      ['pkg-config', 'pkg-config'],
+      ['OpenBLAS', 'libopenblas-dev'],
+    ];
   if (pkgConfig('--exists', 'openblas') === undefined) return [['OpenBLAS (pkg-config finds no openblas.pc)', 'libopenblas-dev']];
   return [];
 }

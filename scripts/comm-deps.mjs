@@ -10,7 +10,10 @@ import { execFileSync } from 'node:child_process';
 
 function showme(what) {
   try {
-    return execFileSync(process.env.MPICC ?? 'mpicc', [`--showme:${what}`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return execFileSync(process.env.MPICC ?? 'mpicc', [`--showme:${what}`], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
   } catch {
     return undefined;
   }

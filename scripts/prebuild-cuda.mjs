@@ -31,7 +31,20 @@ if (files.length !== 1) {
 }
 const out = join(root, 'build-prebuild');
 const env = { ...process.env, PATH: `${process.env.PATH}:/usr/local/cuda/bin` };
-execFileSync(process.execPath, [join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js'), 'rebuild', '--out', out, '--CDSPINLM_OPENBLAS=static',
-  '--CDSPINLM_CUDA_EMU_ADDON=OFF', '--CDSPINLM_HIDDEN=ON'], { cwd: root, env, stdio: ['ignore', 'inherit', 'inherit'] });
+execFileSync(
+  process.execPath,
+  [
+    join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js'),
+    'rebuild',
+    '--out',
+    out,
+    '--CDSPINLM_OPENBLAS=static',
+    '--CDSPINLM_CUDA_EMU_ADDON=OFF',
+    '--CDSPINLM_HIDDEN=ON',
+  ],
+  { cwd: root, env, stdio: ['ignore', 'inherit', 'inherit'] },
+);
 execFileSync('strip', ['--strip-unneeded', '-o', join(dir, files[0]), join(out, 'Release', 'spinlm.node')], { stdio: 'inherit' });
-console.log(`spinlm prebuild: ${join('prebuilds', 'linux-x64', files[0])} now holds the CUDA kernels (cmake-js, cudart and OpenBLAS static)`);
+console.log(
+  `spinlm prebuild: ${join('prebuilds', 'linux-x64', files[0])} now holds the CUDA kernels (cmake-js, cudart and OpenBLAS static)`,
+);

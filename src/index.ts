@@ -23,8 +23,13 @@ export { generate, type GenerateOptions } from './generate/generate.js';
 export { answerPrompts } from './generate/answers.js';
 // SPIN
 export {
-  freeSpinLossContext, type SpinLossContext, type SpinLossOptions, type SpinMetrics,
-  spinLossBackward, spinLossForward, spinLossMetrics,
+  freeSpinLossContext,
+  type SpinLossContext,
+  type SpinLossOptions,
+  type SpinMetrics,
+  spinLossBackward,
+  spinLossForward,
+  spinLossMetrics,
 } from './spin/loss.js';
 export { Optimizer, type OptimizerConfig } from './spin/optimizer.js';
 export { runTrainingLoop, type LoopConfig } from './spin/train_loop.js';

@@ -31,7 +31,14 @@ test('still too long: both answers are cut to max_length - max_prompt_length', (
 });
 
 test('collation: right padding, shifted targets, segments = rows, EOS in text not attended', () => {
-  const b = collateSequences([{ prompt: ids('ab'), answer: [...ids('c'), EOS] }, { prompt: ids('a#'), answer: [...ids('xy'), EOS] }], EOS, 0);
+  const b = collateSequences(
+    [
+      { prompt: ids('ab'), answer: [...ids('c'), EOS] },
+      { prompt: ids('a#'), answer: [...ids('xy'), EOS] },
+    ],
+    EOS,
+    0,
+  );
   assert.equal(b.length, 5);
   assert.deepEqual([...b.inputIds], [...ids('abc'), EOS, 0, ...ids('a#xy'), EOS]);
   assert.deepEqual([...b.attentionMask], [1, 1, 1, 1, 0, 1, 0, 1, 1, 1]);
@@ -43,13 +50,24 @@ test('collation: right padding, shifted targets, segments = rows, EOS in text no
 });
 
 test('SPIN batch: real rows then generated rows; identical pairs dropped only when asked', () => {
-  const pairs = [tokenizePair(tok, 'p', 'same', 'same', { maxLength: 20, maxPromptLength: 5 }), tokenizePair(tok, 'q', 'a', 'bb', { maxLength: 20, maxPromptLength: 5 })];
+  const pairs = [
+    tokenizePair(tok, 'p', 'same', 'same', { maxLength: 20, maxPromptLength: 5 }),
+    tokenizePair(tok, 'q', 'a', 'bb', { maxLength: 20, maxPromptLength: 5 }),
+  ];
   const kept = collateSpinBatch(pairs, EOS, 0);
   assert.equal(kept.rows, 4);
   assert.equal(kept.pairs, 2);
   assert.deepEqual([...kept.pairMask], [1, 1]);
-  assert.deepEqual([...kept.inputIds.subarray(kept.length, 2 * kept.length)].slice(0, 3), [...ids('qa'), EOS], 'row 1 = real answer of pair 1');
-  assert.deepEqual([...kept.inputIds.subarray(3 * kept.length, 4 * kept.length)].slice(0, 4), [...ids('qbb'), EOS], 'row 3 = generated answer of pair 1');
+  assert.deepEqual(
+    [...kept.inputIds.subarray(kept.length, 2 * kept.length)].slice(0, 3),
+    [...ids('qa'), EOS],
+    'row 1 = real answer of pair 1',
+  );
+  assert.deepEqual(
+    [...kept.inputIds.subarray(3 * kept.length, 4 * kept.length)].slice(0, 4),
+    [...ids('qbb'), EOS],
+    'row 3 = generated answer of pair 1',
+  );
   const dropped = collateSpinBatch(pairs, EOS, 0, { dropIdentical: true });
   assert.deepEqual([...dropped.pairMask], [0, 1]);
 });

@@ -29,7 +29,8 @@ function roundRef(x: number): number {
   const vd = bf16Value(down);
   // Past the largest finite bf16, IEEE rounding measures distance to 2^128 (where Inf "sits").
   const vu = (up & 0x7fff) === 0x7f80 ? Math.sign(x) * 2 ** 128 : bf16Value(up);
-  const dd = Math.abs(x - vd), du = Math.abs(vu - x);
+  const dd = Math.abs(x - vd),
+    du = Math.abs(vu - x);
   if (!Number.isFinite(x)) return down;
   if (dd < du) return down;
   if (du < dd) return up;
@@ -52,51 +53,53 @@ test('every bf16 pattern: bf16 -> f32 is exact and f32 -> bf16 gives it back (Na
   assert.equal(f32ToBf16(3.4e38), 0x7f80, 'past the largest bf16 rounds to +Inf');
 });
 
-for (const be of await testBackends()) describe(`device conversions on backend ${be.name}`, () => {
-test('native cast agrees with TypeScript on all 65536 patterns, both directions', async () => {
-  const all = new Uint16Array(65536).map((_, i) => i);
-  const t = ops.upload(be, { dtype: 'bf16', data: all }, [65536]);
-  const f = await ops.read(ops.cast(t, 'f32'));
-  const back = await ops.read(ops.cast(ops.cast(t, 'f32'), 'bf16'));
-  for (let h = 0; h < 65536; h++) {
-    assert.ok(Object.is(f[h], Math.fround(bf16ToF32(h))) || (Number.isNaN(f[h]) && isNanBits(h)), `f32 of ${h.toString(16)}`);
-    assert.equal(back[h], f32ToBf16(bf16ToF32(h)), `round trip of ${h.toString(16)}`);
-  }
-});
-
-test('f32 -> bf16 rounds to nearest even: random values, exact ties and near-ties (TS and native)', async () =>
-  withSeed(async (rng) => {
-    const n = 200000;
-    const bits = new Uint32Array(n);
-    for (let i = 0; i < n; i++) {
-      const r = rng.nextU32();
-      // a third exact ties (low 16 bits 0x8000), a third near-ties, a third anything
-      bits[i] = i % 3 === 0 ? (r & 0xffff0000) | 0x8000 : i % 3 === 1 ? (r & 0xffff0000) | (0x7ffe + (r & 3)) : r;
-    }
-    const values = new Float32Array(bits.buffer);
-    const native = await ops.read(ops.cast(ops.upload(be, { dtype: 'f32', data: values }, [n]), 'bf16'));
-    for (let i = 0; i < n; i++) {
-      const x = values[i];
-      const want = roundRef(x);
-      const ts = f32ToBf16(x);
-      if (want < 0) {
-        assert.ok(isNanBits(ts) && isNanBits(native[i]), `NaN ${bits[i].toString(16)} must stay NaN`);
-        continue;
+for (const be of await testBackends())
+  describe(`device conversions on backend ${be.name}`, () => {
+    test('native cast agrees with TypeScript on all 65536 patterns, both directions', async () => {
+      const all = new Uint16Array(65536).map((_, i) => i);
+      const t = ops.upload(be, { dtype: 'bf16', data: all }, [65536]);
+      const f = await ops.read(ops.cast(t, 'f32'));
+      const back = await ops.read(ops.cast(ops.cast(t, 'f32'), 'bf16'));
+      for (let h = 0; h < 65536; h++) {
+        assert.ok(Object.is(f[h], Math.fround(bf16ToF32(h))) || (Number.isNaN(f[h]) && isNanBits(h)), `f32 of ${h.toString(16)}`);
+        assert.equal(back[h], f32ToBf16(bf16ToF32(h)), `round trip of ${h.toString(16)}`);
       }
-      assert.equal(ts, want, `TS rounding of bits ${bits[i].toString(16)}`);
-      assert.equal(native[i], want, `native rounding of bits ${bits[i].toString(16)}`);
-    }
-  }));
+    });
 
-test('the vector bf16 store of the kernels rounds exactly like the scalar conversion', async () =>
-  withSeed(async (rng) => {
-    const n = 23, v = 1001;
-    const z = ops.upload(be, { dtype: 'f32', data: randn(rng, n * v, 3) }, [n, v]);
-    const y = ops.upload(be, { dtype: 'i32', data: new Int32Array(n).map(() => rng.int(0, v - 1)) }, [n]);
-    const { lse } = ops.logprobGather(z, y);
-    const d = ops.upload(be, { dtype: 'f32', data: randn(rng, n) }, [n]);
-    const f32 = await ops.read(ops.logprobGatherBackward(z, y, lse, d, { dtype: 'f32' }));
-    const b16 = await ops.read(ops.logprobGatherBackward(z, y, lse, d, { dtype: 'bf16' }));
-    for (let i = 0; i < f32.length; i++) assert.equal(b16[i], f32ToBf16(f32[i]), `element ${i}`);
-  }));
-});
+    test('f32 -> bf16 rounds to nearest even: random values, exact ties and near-ties (TS and native)', async () =>
+      withSeed(async (rng) => {
+        const n = 200000;
+        const bits = new Uint32Array(n);
+        for (let i = 0; i < n; i++) {
+          const r = rng.nextU32();
+          // a third exact ties (low 16 bits 0x8000), a third near-ties, a third anything
+          bits[i] = i % 3 === 0 ? (r & 0xffff0000) | 0x8000 : i % 3 === 1 ? (r & 0xffff0000) | (0x7ffe + (r & 3)) : r;
+        }
+        const values = new Float32Array(bits.buffer);
+        const native = await ops.read(ops.cast(ops.upload(be, { dtype: 'f32', data: values }, [n]), 'bf16'));
+        for (let i = 0; i < n; i++) {
+          const x = values[i];
+          const want = roundRef(x);
+          const ts = f32ToBf16(x);
+          if (want < 0) {
+            assert.ok(isNanBits(ts) && isNanBits(native[i]), `NaN ${bits[i].toString(16)} must stay NaN`);
+            continue;
+          }
+          assert.equal(ts, want, `TS rounding of bits ${bits[i].toString(16)}`);
+          assert.equal(native[i], want, `native rounding of bits ${bits[i].toString(16)}`);
+        }
+      }));
+
+    test('the vector bf16 store of the kernels rounds exactly like the scalar conversion', async () =>
+      withSeed(async (rng) => {
+        const n = 23,
+          v = 1001;
+        const z = ops.upload(be, { dtype: 'f32', data: randn(rng, n * v, 3) }, [n, v]);
+        const y = ops.upload(be, { dtype: 'i32', data: new Int32Array(n).map(() => rng.int(0, v - 1)) }, [n]);
+        const { lse } = ops.logprobGather(z, y);
+        const d = ops.upload(be, { dtype: 'f32', data: randn(rng, n) }, [n]);
+        const f32 = await ops.read(ops.logprobGatherBackward(z, y, lse, d, { dtype: 'f32' }));
+        const b16 = await ops.read(ops.logprobGatherBackward(z, y, lse, d, { dtype: 'bf16' }));
+        for (let i = 0; i < f32.length; i++) assert.equal(b16[i], f32ToBf16(f32[i]), `element ${i}`);
+      }));
+  });

@@ -13,7 +13,8 @@ import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
-const spinlm = (args: string[], cwd: string) => spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2' } });
+const spinlm = (args: string[], cwd: string) =>
+  spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2' } });
 
 describe('options', () => {
   const specs: OptionSpec[] = [
@@ -24,13 +25,29 @@ describe('options', () => {
     { name: 'model', type: 'string', required: true, help: 'm' },
   ];
   test('snake and kebab case, = and space, lists, booleans, defaults', () => {
-    const o = parseOptions(['--model', 'm', '--learning-rate=1e-4,2e-5', '--per_device_train_batch_size', '4', '--drop-identical-pairs'], specs, 't');
-    assert.deepEqual(o, { model: 'm', learning_rate: [1e-4, 2e-5], per_device_train_batch_size: 4, loss_type: 'sigmoid', drop_identical_pairs: true });
+    const o = parseOptions(
+      ['--model', 'm', '--learning-rate=1e-4,2e-5', '--per_device_train_batch_size', '4', '--drop-identical-pairs'],
+      specs,
+      't',
+    );
+    assert.deepEqual(o, {
+      model: 'm',
+      learning_rate: [1e-4, 2e-5],
+      per_device_train_batch_size: 4,
+      loss_type: 'sigmoid',
+      drop_identical_pairs: true,
+    });
     assert.equal(parseOptions(['--model', 'm', '--no-drop-identical-pairs'], specs, 't').drop_identical_pairs, false);
   });
   test('errors name the flag, the value and what was expected', () => {
-    assert.throws(() => parseOptions(['--model', 'm', '--learning_rat', '1'], specs, 't'), (e: Error) => e instanceof UsageError && /unknown option --learning_rat\. Did you mean --learning_rate\?/.test(e.message));
-    assert.throws(() => parseOptions(['--model', 'm', '--per_device_train_batch_size', '2.5'], specs, 't'), /--per_device_train_batch_size: got "2.5", expected an integer/);
+    assert.throws(
+      () => parseOptions(['--model', 'm', '--learning_rat', '1'], specs, 't'),
+      (e: Error) => e instanceof UsageError && /unknown option --learning_rat\. Did you mean --learning_rate\?/.test(e.message),
+    );
+    assert.throws(
+      () => parseOptions(['--model', 'm', '--per_device_train_batch_size', '2.5'], specs, 't'),
+      /--per_device_train_batch_size: got "2.5", expected an integer/,
+    );
     assert.throws(() => parseOptions(['--model', 'm', '--per_device_train_batch_size', '0'], specs, 't'), /must be positive/);
     assert.throws(() => parseOptions(['--model', 'm', '--loss_type', 'ipo'], specs, 't'), /expected one of sigmoid, hinge/);
     assert.throws(() => parseOptions([], specs, 't'), /--model is required/);
@@ -45,7 +62,10 @@ describe('options', () => {
       writeFileSync(join(dir, 'bad.json'), JSON.stringify({ model: 'x', betta: 1 }));
       assert.throws(() => parseOptions(['--config', join(dir, 'bad.json')], specs, 't'), /bad\.json: unknown key 'betta'/);
       writeFileSync(join(dir, 'type.json'), JSON.stringify({ model: 'x', per_device_train_batch_size: 'many' }));
-      assert.throws(() => parseOptions(['--config', join(dir, 'type.json')], specs, 't'), /type\.json --per_device_train_batch_size: got "many"/);
+      assert.throws(
+        () => parseOptions(['--config', join(dir, 'type.json')], specs, 't'),
+        /type\.json --per_device_train_batch_size: got "many"/,
+      );
       assert.throws(() => parseOptions(['--config', join(dir, 'missing.yaml')], specs, 't'), /cannot read it/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -71,29 +91,72 @@ describe('commands end to end', () => {
   after(() => rmSync(dir, { recursive: true, force: true }));
 
   const text = ['--max_length', '96', '--max_prompt_length', '64'];
-  const small = ['--per_device_train_batch_size', '4', '--gradient_accumulation_steps', '1', '--num_train_epochs', '1', '--learning_rate', '1e-3', '--quiet'];
+  const small = [
+    '--per_device_train_batch_size',
+    '4',
+    '--gradient_accumulation_steps',
+    '1',
+    '--num_train_epochs',
+    '1',
+    '--learning_rate',
+    '1e-3',
+    '--quiet',
+  ];
 
   test('synthetic -> generate -> score -> train -> eval', () => {
     let r = spinlm(['synthetic', '--out', 'tasks.jsonl', '--size', '12', '--families', 'minutes,date'], dir);
     assert.equal(r.status, 0, r.stderr);
-    r = spinlm(['generate', '--model', model, '--data', 'tasks.jsonl', '--out', 'pairs.jsonl', '--max_new_tokens', '8', '--temperature', '1', '--quiet'], dir);
+    r = spinlm(
+      [
+        'generate',
+        '--model',
+        model,
+        '--data',
+        'tasks.jsonl',
+        '--out',
+        'pairs.jsonl',
+        '--max_new_tokens',
+        '8',
+        '--temperature',
+        '1',
+        '--quiet',
+      ],
+      dir,
+    );
     assert.equal(r.status, 0, r.stderr);
-    const rows = readFileSync(join(dir, 'pairs.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const rows = readFileSync(join(dir, 'pairs.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     assert.equal(rows.length, 12);
     assert.ok(rows.every((x) => x.real[1].role === 'assistant' && typeof x.generated[1].content === 'string'));
     assert.ok(!existsSync(join(dir, 'pairs.jsonl.partial.jsonl')), 'the journal is removed once the output is complete');
     r = spinlm(['score', '--model', model, '--data', 'pairs.jsonl', '--out', 'scores.jsonl', ...text, '--quiet'], dir);
     assert.equal(r.status, 0, r.stderr);
-    const scores = readFileSync(join(dir, 'scores.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const scores = readFileSync(join(dir, 'scores.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     assert.ok(scores.every((s) => s.logps_real < 0 && s.tokens_real >= 1));
     // the same pairs as plain {prompt, real, generated} strings score the same
-    writeFileSync(join(dir, 'strings.jsonl'), rows.map((x) => JSON.stringify({ prompt: x.prompt, real: x.real[1].content, generated: x.generated[1].content })).join('\n'));
+    writeFileSync(
+      join(dir, 'strings.jsonl'),
+      rows.map((x) => JSON.stringify({ prompt: x.prompt, real: x.real[1].content, generated: x.generated[1].content })).join('\n'),
+    );
     r = spinlm(['score', '--model', model, '--data', 'strings.jsonl', '--out', 'scores2.jsonl', ...text, '--quiet'], dir);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(readFileSync(join(dir, 'scores2.jsonl'), 'utf8'), readFileSync(join(dir, 'scores.jsonl'), 'utf8'));
     r = spinlm(['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'trained', ...text, ...small], dir);
     assert.equal(r.status, 0, r.stderr);
-    for (const f of ['model/config.json', 'model/model.safetensors', 'model/tokenizer.json', 'metrics.jsonl', 'report.html', 'train.resolved.json']) assert.ok(existsSync(join(dir, 'trained', f)), f);
+    for (const f of [
+      'model/config.json',
+      'model/model.safetensors',
+      'model/tokenizer.json',
+      'metrics.jsonl',
+      'report.html',
+      'train.resolved.json',
+    ])
+      assert.ok(existsSync(join(dir, 'trained', f)), f);
     const first = JSON.parse(readFileSync(join(dir, 'trained', 'metrics.jsonl'), 'utf8').split('\n')[0]);
     assert.equal(first.loss, Math.fround(Math.LN2), 'step 0 of an iteration: loss log 2');
     r = spinlm(['eval', '--model', join(dir, 'trained', 'model'), '--data', 'tasks.jsonl', ...text, '--max_new_tokens', '8'], dir);
@@ -103,19 +166,55 @@ describe('commands end to end', () => {
   });
 
   test('run: killed mid-way (SIGKILL) and rerun resumes to the weights of an uninterrupted run', () => {
-    const args = (out: string) => ['run', '--model', model, '--data', 'tasks.jsonl', '--out', out, '--iterations', '2', '--max_new_tokens', '6', '--save_steps', '1', ...text, ...small];
+    const args = (out: string) => [
+      'run',
+      '--model',
+      model,
+      '--data',
+      'tasks.jsonl',
+      '--out',
+      out,
+      '--iterations',
+      '2',
+      '--max_new_tokens',
+      '6',
+      '--save_steps',
+      '1',
+      ...text,
+      ...small,
+    ];
     let r = spinlm(args('straight'), dir);
     assert.equal(r.status, 0, r.stderr);
     // `spinlm train` runs the same stages: on iteration 0's pairs it makes iteration 0's model, byte for byte
-    const tasks = readFileSync(join(dir, 'tasks.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    const tasks = readFileSync(join(dir, 'tasks.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     const answers: string[] = JSON.parse(readFileSync(join(dir, 'straight', 'iter-0', 'generated.json'), 'utf8'));
-    writeFileSync(join(dir, 'iter0-pairs.jsonl'), tasks.map((x, i) => JSON.stringify({ prompt: x.messages[0].content, real: x.messages[1].content, generated: answers[i] })).join('\n'));
-    r = spinlm(['train', '--model', model, '--data', 'iter0-pairs.jsonl', '--out', 'train-iter0', '--save_steps', '1', ...text, ...small], dir);
+    writeFileSync(
+      join(dir, 'iter0-pairs.jsonl'),
+      tasks.map((x, i) => JSON.stringify({ prompt: x.messages[0].content, real: x.messages[1].content, generated: answers[i] })).join('\n'),
+    );
+    r = spinlm(
+      ['train', '--model', model, '--data', 'iter0-pairs.jsonl', '--out', 'train-iter0', '--save_steps', '1', ...text, ...small],
+      dir,
+    );
     assert.equal(r.status, 0, r.stderr);
-    assert.deepEqual(readFileSync(join(dir, 'train-iter0', 'ref_logps.json')), readFileSync(join(dir, 'straight', 'iter-0', 'ref_logps.json')));
-    assert.ok(readFileSync(join(dir, 'train-iter0', 'model', 'model.safetensors')).equals(readFileSync(join(dir, 'straight', 'iter-0', 'model', 'model.safetensors'))));
+    assert.deepEqual(
+      readFileSync(join(dir, 'train-iter0', 'ref_logps.json')),
+      readFileSync(join(dir, 'straight', 'iter-0', 'ref_logps.json')),
+    );
+    assert.ok(
+      readFileSync(join(dir, 'train-iter0', 'model', 'model.safetensors')).equals(
+        readFileSync(join(dir, 'straight', 'iter-0', 'model', 'model.safetensors')),
+      ),
+    );
     // SIGKILL in the middle of iteration 1's training (after its step 2 and its checkpoint)
-    const killed = spawnSync(process.execPath, [BIN, ...args('resumed')], { cwd: dir, encoding: 'utf8', env: { ...process.env, SPINLM_KILL_AT: '1:2' } });
+    const killed = spawnSync(process.execPath, [BIN, ...args('resumed')], {
+      cwd: dir,
+      encoding: 'utf8',
+      env: { ...process.env, SPINLM_KILL_AT: '1:2' },
+    });
     assert.equal(killed.signal, 'SIGKILL');
     assert.ok(existsSync(join(dir, 'resumed', 'iter-1', 'checkpoint')) && !existsSync(join(dir, 'resumed', 'iter-1', 'model')));
     r = spinlm(args('resumed'), dir);

@@ -19,7 +19,8 @@ const command = (name: string): Command => {
   return c;
 };
 const canonical = (flag: string) => flag.replace(/-/g, '_');
-const specFor = (c: Command, flag: string): OptionSpec | undefined => c.options.find((s) => s.name === canonical(flag) || (s.aliases ?? []).includes(canonical(flag)));
+const specFor = (c: Command, flag: string): OptionSpec | undefined =>
+  c.options.find((s) => s.name === canonical(flag) || (s.aliases ?? []).includes(canonical(flag)));
 
 /** A value of the option's type that passes its check. */
 function sampleValue(s: OptionSpec): string {
@@ -71,7 +72,8 @@ describe('flag names', () => {
 
   test('the same meaning has the same name in every command', () => {
     const byName = new Map<string, Set<string>>();
-    for (const c of COMMANDS) for (const s of c.options) for (const a of s.aliases ?? []) (byName.get(a) ?? byName.set(a, new Set()).get(a)!).add(c.name);
+    for (const c of COMMANDS)
+      for (const s of c.options) for (const a of s.aliases ?? []) (byName.get(a) ?? byName.set(a, new Set()).get(a)!).add(c.name);
     for (const c of COMMANDS) {
       for (const s of c.options) {
         // a canonical name is never another command's alias (e.g. batch_size canonical here, alias there)
@@ -94,7 +96,8 @@ describe('flag names', () => {
         const o = parsesFor(c, [`--${flag}`, sampleValue(spec)], `${c.name} --help`);
         assert.notEqual(o[spec.name], undefined);
       }
-      for (const s of c.options) for (const a of s.aliases ?? []) assert.ok(r.stdout.includes(`--${a}`), `${c.name} --help names the alias --${a}`);
+      for (const s of c.options)
+        for (const a of s.aliases ?? []) assert.ok(r.stdout.includes(`--${a}`), `${c.name} --help names the alias --${a}`);
     }
   });
 
@@ -129,7 +132,11 @@ describe('flag names', () => {
       if (covered.has(m.index! + 1) || GLOBAL_FLAGS.has(m[1])) continue;
       const c = COMMANDS.find((x) => specFor(x, m[1]));
       assert.ok(c, `README.md mentions --${m[1]}, which no command takes`);
-      parsesFor(c, [`--${m[1]}`, ...(m[2] !== undefined ? [m[2]] : specFor(c, m[1])!.type === 'bool' ? [] : [sampleValue(specFor(c, m[1])!)])], 'README.md');
+      parsesFor(
+        c,
+        [`--${m[1]}`, ...(m[2] !== undefined ? [m[2]] : specFor(c, m[1])!.type === 'bool' ? [] : [sampleValue(specFor(c, m[1])!)])],
+        'README.md',
+      );
     }
   });
 });

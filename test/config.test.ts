@@ -74,7 +74,15 @@ describe('parseConfig: model types', () => {
       const j = randomJson(rng, 'llama');
       const eos = [rng.int(0, 299), rng.int(0, 299)];
       const c = parseConfig(
-        { ...j, attention_bias: true, rope_theta: 500000, rope_scaling: { type: 'linear', factor: 4 }, torch_dtype: 'bfloat16', eos_token_id: eos, num_key_value_heads: j.num_attention_heads },
+        {
+          ...j,
+          attention_bias: true,
+          rope_theta: 500000,
+          rope_scaling: { type: 'linear', factor: 4 },
+          torch_dtype: 'bfloat16',
+          eos_token_id: eos,
+          num_key_value_heads: j.num_attention_heads,
+        },
         FILE,
       );
       assert.equal(c.qkvBias, true);
@@ -85,7 +93,10 @@ describe('parseConfig: model types', () => {
       assert.deepEqual(c.eosTokenIds, eos);
       assert.equal(c.numKvHeads, c.numHeads);
       // rope_type spelling, "default" meaning none, newer "dtype" key, null head_dim = absent
-      assert.deepEqual(parseConfig({ ...j, rope_scaling: { rope_type: 'linear', factor: 2.5 } }, FILE).ropeScaling, { type: 'linear', factor: 2.5 });
+      assert.deepEqual(parseConfig({ ...j, rope_scaling: { rope_type: 'linear', factor: 2.5 } }, FILE).ropeScaling, {
+        type: 'linear',
+        factor: 2.5,
+      });
       assert.equal(parseConfig({ ...j, rope_scaling: { rope_type: 'default' } }, FILE).ropeScaling, null);
       assert.equal(parseConfig({ ...j, dtype: 'float16' }, FILE).torchDtype, 'float16');
       assert.equal(parseConfig({ ...j, head_dim: null }, FILE).headDim, c.headDim);
@@ -100,7 +111,10 @@ describe('parseConfig: model types', () => {
       const maxPos = j.max_position_embeddings as number;
       const hd = 2 * rng.int(2, 40);
       const window = rng.int(1, maxPos - 1);
-      const c = parseConfig({ ...j, head_dim: hd, hidden_size: (j.hidden_size as number) + 2, sliding_window: window, attention_bias: true }, FILE);
+      const c = parseConfig(
+        { ...j, head_dim: hd, hidden_size: (j.hidden_size as number) + 2, sliding_window: window, attention_bias: true },
+        FILE,
+      );
       assert.equal(c.headDim, hd);
       assert.equal(c.slidingWindow, window);
       assert.equal(c.firstSlidingLayer, 0);
@@ -115,7 +129,10 @@ describe('parseConfig: model types', () => {
       const j = randomJson(rng, 'qwen2');
       const maxPos = j.max_position_embeddings as number;
       const window = rng.int(1, maxPos - 1);
-      const c = parseConfig({ ...j, tie_word_embeddings: true, sliding_window: window, use_sliding_window: false, max_window_layers: 3 }, FILE);
+      const c = parseConfig(
+        { ...j, tie_word_embeddings: true, sliding_window: window, use_sliding_window: false, max_window_layers: 3 },
+        FILE,
+      );
       assert.equal(c.qkvBias, true);
       assert.equal(c.oBias, false);
       assert.equal(c.tieWordEmbeddings, true);
@@ -133,9 +150,22 @@ describe('configToJson / writeConfig / loadConfig', () => {
       try {
         const variants: Record<string, unknown>[] = [
           randomJson(rng, 'llama'),
-          { ...randomJson(rng, 'llama'), attention_bias: true, tie_word_embeddings: true, rope_scaling: { type: 'linear', factor: 8 }, torch_dtype: 'float32' },
+          {
+            ...randomJson(rng, 'llama'),
+            attention_bias: true,
+            tie_word_embeddings: true,
+            rope_scaling: { type: 'linear', factor: 8 },
+            torch_dtype: 'float32',
+          },
           { ...randomJson(rng, 'mistral'), sliding_window: 32, max_position_embeddings: 4096, torch_dtype: 'bfloat16' },
-          { ...randomJson(rng, 'qwen2'), use_sliding_window: true, sliding_window: 16, max_position_embeddings: 2048, max_window_layers: 1, eos_token_id: [5, 7] },
+          {
+            ...randomJson(rng, 'qwen2'),
+            use_sliding_window: true,
+            sliding_window: 16,
+            max_position_embeddings: 2048,
+            max_window_layers: 1,
+            eos_token_id: [5, 7],
+          },
           { ...randomJson(rng, 'qwen2'), eos_token_id: null, bos_token_id: null },
         ];
         const arch = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' } as const;
@@ -157,9 +187,15 @@ describe('configToJson / writeConfig / loadConfig', () => {
     const dir = await mkdtemp(join(tmpdir(), 'spinlm-config-'));
     try {
       const file = join(dir, 'config.json');
-      await assert.rejects(loadConfig(dir), (e: Error) => e instanceof ConfigError && e.message.includes(file) && /not found/.test(e.message));
+      await assert.rejects(
+        loadConfig(dir),
+        (e: Error) => e instanceof ConfigError && e.message.includes(file) && /not found/.test(e.message),
+      );
       await writeFile(file, '{"model_type": "llama",');
-      await assert.rejects(loadConfig(dir), (e: Error) => e instanceof ConfigError && e.message.includes(file) && /not valid JSON/.test(e.message));
+      await assert.rejects(
+        loadConfig(dir),
+        (e: Error) => e instanceof ConfigError && e.message.includes(file) && /not valid JSON/.test(e.message),
+      );
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
@@ -213,7 +249,15 @@ describe('parseConfig: errors name the file and field', () => {
       expectError(() => parseConfig([], FILE), null, /expected a JSON object/);
       expectError(() => parseConfig({ ...j, model_type: 'gpt2' }, FILE), 'model_type', /"gpt2"/);
       expectError(() => parseConfig({ ...j, model_type: undefined }, FILE), 'model_type', /got nothing/);
-      for (const field of ['hidden_size', 'intermediate_size', 'num_hidden_layers', 'num_attention_heads', 'vocab_size', 'max_position_embeddings', 'rms_norm_eps']) {
+      for (const field of [
+        'hidden_size',
+        'intermediate_size',
+        'num_hidden_layers',
+        'num_attention_heads',
+        'vocab_size',
+        'max_position_embeddings',
+        'rms_norm_eps',
+      ]) {
         expectError(() => parseConfig({ ...j, [field]: undefined }, FILE), field, /missing/);
         expectError(() => parseConfig({ ...j, [field]: '64' }, FILE), field, /expected a positive/);
         expectError(() => parseConfig({ ...j, [field]: 0 }, FILE), field, /expected a positive/);
@@ -222,12 +266,28 @@ describe('parseConfig: errors name the file and field', () => {
       expectError(() => parseConfig({ ...j, hidden_size: 64.5 }, FILE), 'hidden_size', /positive integer/);
       expectError(() => parseConfig({ ...j, num_key_value_heads: 0 }, FILE), 'num_key_value_heads', /positive integer/);
       expectError(() => parseConfig({ ...j, head_dim: -2 }, FILE), 'head_dim', /positive integer/);
-      expectError(() => parseConfig({ ...j, num_attention_heads: nH + 1, num_key_value_heads: nH + 1, hidden_size: (nH + 1) * 8 + 1 }, FILE), 'num_attention_heads', /does not divide hidden_size/);
-      expectError(() => parseConfig({ ...j, num_attention_heads: 6, num_key_value_heads: 4, hidden_size: 48 }, FILE), 'num_key_value_heads', /does not divide num_attention_heads/);
+      expectError(
+        () => parseConfig({ ...j, num_attention_heads: nH + 1, num_key_value_heads: nH + 1, hidden_size: (nH + 1) * 8 + 1 }, FILE),
+        'num_attention_heads',
+        /does not divide hidden_size/,
+      );
+      expectError(
+        () => parseConfig({ ...j, num_attention_heads: 6, num_key_value_heads: 4, hidden_size: 48 }, FILE),
+        'num_key_value_heads',
+        /does not divide num_attention_heads/,
+      );
       expectError(() => parseConfig({ ...j, head_dim: 7 }, FILE), 'head_dim', /even/);
       expectError(() => parseConfig({ ...j, rope_theta: 'big' }, FILE), 'rope_theta', /positive number/);
-      expectError(() => parseConfig({ ...j, rope_scaling: { type: 'dynamic', factor: 2 } }, FILE), 'rope_scaling', /"dynamic" is not supported/);
-      expectError(() => parseConfig({ ...j, rope_scaling: { rope_type: 'llama3', factor: 8 } }, FILE), 'rope_scaling', /"llama3" is not supported/);
+      expectError(
+        () => parseConfig({ ...j, rope_scaling: { type: 'dynamic', factor: 2 } }, FILE),
+        'rope_scaling',
+        /"dynamic" is not supported/,
+      );
+      expectError(
+        () => parseConfig({ ...j, rope_scaling: { rope_type: 'llama3', factor: 8 } }, FILE),
+        'rope_scaling',
+        /"llama3" is not supported/,
+      );
       expectError(() => parseConfig({ ...j, rope_scaling: { type: 'linear' } }, FILE), 'rope_scaling.factor', /positive number/);
       expectError(() => parseConfig({ ...j, rope_scaling: 'linear' }, FILE), 'rope_scaling', /null or an object/);
       expectError(() => parseConfig({ ...j, tie_word_embeddings: 'yes' }, FILE), 'tie_word_embeddings', /true or false/);
@@ -240,6 +300,10 @@ describe('parseConfig: errors name the file and field', () => {
       expectError(() => parseConfig({ ...j, torch_dtype: 'float64' }, FILE), 'torch_dtype', /"float64"/);
       expectError(() => parseConfig({ ...j, model_type: 'mistral', sliding_window: 0 }, FILE), 'sliding_window', /positive integer/);
       expectError(() => parseConfig({ ...j, model_type: 'qwen2', use_sliding_window: 'no' }, FILE), 'use_sliding_window', /true or false/);
-      expectError(() => parseConfig({ ...j, model_type: 'qwen2', max_window_layers: -1 }, FILE), 'max_window_layers', /non-negative integer/);
+      expectError(
+        () => parseConfig({ ...j, model_type: 'qwen2', max_window_layers: -1 }, FILE),
+        'max_window_layers',
+        /non-negative integer/,
+      );
     }));
 });

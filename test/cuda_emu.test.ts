@@ -24,7 +24,8 @@ const cpu = cpuReference();
 function close(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = 2e-5) {
   assert.equal(got.length, want.length, `${name}: length`);
   for (let i = 0; i < got.length; ++i) {
-    const g = got[i], w = want[i];
+    const g = got[i],
+      w = want[i];
     if (Number.isNaN(w) || !Number.isFinite(w)) {
       assert.ok(Object.is(g, w) || (Number.isNaN(g) && Number.isNaN(w)), `${name}[${i}]: ${g} vs ${w}`);
       continue;
@@ -39,7 +40,10 @@ const i32 = (be: Backend, data: Int32Array, shape: number[]) => ops.upload(be, {
 describe('the emulator catches kernel faults', () => {
   const selfTest = (createRequire(import.meta.url)(emulatorPath()) as { emuSelfTest(name: string): string }).emuSelfTest;
   const faults: [string, RegExp][] = [
-    ['globalOverrun', /global_overrun block \(3,0,0\) thread \(4,0,0\): out-of-bounds global access: 4 bytes at offset 400 of an allocation of 400 bytes/],
+    [
+      'globalOverrun',
+      /global_overrun block \(3,0,0\) thread \(4,0,0\): out-of-bounds global access: 4 bytes at offset 400 of an allocation of 400 bytes/,
+    ],
     ['sharedOverrun', /shared_overrun .*thread \(32,0,0\): out-of-bounds shared access: index 32 of a shared array of 32/],
     ['dynamicSharedOverrun', /dynamic_shared_overrun .*thread \(63,0,0\): out-of-bounds dynamic shared access/],
     ['barrierAfterExit', /barrier_after_exit: barrier divergence: thread 0 waits at __syncthreads\(\) .* but thread 16 has exited/],
@@ -78,7 +82,11 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
     }));
 
   test('all rows ignored and N = 0', async () => {
-    const logits = f32(emu, Float32Array.from({ length: 12 }, (_, i) => i - 5), [3, 4]);
+    const logits = f32(
+      emu,
+      Float32Array.from({ length: 12 }, (_, i) => i - 5),
+      [3, 4],
+    );
     const { logp, lse } = ops.logprobGather(logits, i32(emu, new Int32Array(3).fill(-100), [3]));
     assert.deepEqual([...(await ops.read(logp))], [0, 0, 0]);
     assert.deepEqual([...(await ops.read(lse))], [0, 0, 0]);
@@ -88,10 +96,17 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
 
   test('attention forward/backward: GQA ratios 1/2/4, L not a multiple of the tiles, padded keys; decode with lengths 0..Lmax', () =>
     withSeed(async (rng) => {
-      for (const [nh, nkv] of [[2, 2], [4, 2], [4, 1]]) {
+      for (const [nh, nkv] of [
+        [2, 2],
+        [4, 2],
+        [4, 1],
+      ]) {
         for (const l of [1, 17, 40]) {
-          const b = 2, hd = 8;
-          const q = randn(rng, b * l * nh * hd), k = randn(rng, b * l * nkv * hd), v = randn(rng, b * l * nkv * hd);
+          const b = 2,
+            hd = 8;
+          const q = randn(rng, b * l * nh * hd),
+            k = randn(rng, b * l * nkv * hd),
+            v = randn(rng, b * l * nkv * hd);
           const dout = randn(rng, b * l * nh * hd);
           // sequence 1 is left-padded: its first 3 keys are masked
           const mask = Int32Array.from({ length: b * l }, (_, i) => (i >= l && i - l < 3 ? 0 : 1));
@@ -105,25 +120,45 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
           const [a, c] = [await run(emu), await run(cpu)];
           for (const [i, name] of ['out', 'dq', 'dk', 'dv'].entries()) close(`${name} nh=${nh} nkv=${nkv} l=${l}`, a[i], c[i], 1e-4);
         }
-        const b = 3, lmax = 37, hd = 16;
-        const q = randn(rng, b * nh * hd), kc = randn(rng, b * nkv * lmax * hd), vc = randn(rng, b * nkv * lmax * hd);
+        const b = 3,
+          lmax = 37,
+          hd = 16;
+        const q = randn(rng, b * nh * hd),
+          kc = randn(rng, b * nkv * lmax * hd),
+          vc = randn(rng, b * nkv * lmax * hd);
         const lengths = Int32Array.from([0, 1, lmax]);
         const mask = Int32Array.from({ length: b * lmax }, (_, i) => (i % lmax === 2 ? 0 : 1));
         const run = async (be: Backend) =>
-          ops.read(ops.attentionDecode(f32(be, q, [b, nh, hd]), f32(be, kc, [b, nkv, lmax, hd]), f32(be, vc, [b, nkv, lmax, hd]),
-            i32(be, lengths, [b]), i32(be, mask, [b, lmax])));
+          ops.read(
+            ops.attentionDecode(
+              f32(be, q, [b, nh, hd]),
+              f32(be, kc, [b, nkv, lmax, hd]),
+              f32(be, vc, [b, nkv, lmax, hd]),
+              i32(be, lengths, [b]),
+              i32(be, mask, [b, lmax]),
+            ),
+          );
         close(`decode nh=${nh} nkv=${nkv}`, await run(emu), await run(cpu), 1e-4);
       }
     }));
 
   test('deterministic: the same inputs give bit-identical loss, attention and sum-of-squares results', () =>
     withSeed(async (rng) => {
-      const n = 6, v = 300, l = 33, nh = 4, nkv = 2, hd = 8;
-      const z = randn(rng, n * v, 2), t = Int32Array.from({ length: n }, () => Math.floor(rng.next() * v));
-      const q = randn(rng, l * nh * hd), k = randn(rng, l * nkv * hd), dout = randn(rng, l * nh * hd);
+      const n = 6,
+        v = 300,
+        l = 33,
+        nh = 4,
+        nkv = 2,
+        hd = 8;
+      const z = randn(rng, n * v, 2),
+        t = Int32Array.from({ length: n }, () => Math.floor(rng.next() * v));
+      const q = randn(rng, l * nh * hd),
+        k = randn(rng, l * nkv * hd),
+        dout = randn(rng, l * nh * hd);
       const once = async () => {
         const { logp, lse } = ops.logprobGather(f32(emu, z, [n, v]), i32(emu, t, [n]));
-        const tq = f32(emu, q, [1, l, nh, hd]), tk = f32(emu, k, [1, l, nkv, hd]);
+        const tq = f32(emu, q, [1, l, nh, hd]),
+          tk = f32(emu, k, [1, l, nkv, hd]);
         const tm = i32(emu, new Int32Array(l).fill(1), [1, l]);
         const a = ops.attention(tq, tk, tk, tm);
         const g = ops.attentionBackward(tq, tk, tk, tm, a.out, a.lse, f32(emu, dout, [1, l, nh, hd]));
@@ -133,13 +168,17 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
         return Promise.all(parts.map((p) => ops.read(p as Tensor<'f32'>)));
       };
       const [a, b] = [await once(), await once()];
-      for (let i = 0; i < a.length; ++i) assert.deepEqual(Buffer.from(a[i].buffer), Buffer.from(b[i].buffer), `output ${i} differs between runs`);
+      for (let i = 0; i < a.length; ++i)
+        assert.deepEqual(Buffer.from(a[i].buffer), Buffer.from(b[i].buffer), `output ${i} differs between runs`);
     }));
 
   test('device memory: free() returns the buffer; a request past the device is one clear error naming the op', () => {
     const t = ops.empty(emu, 'f32', [1000]);
     emu.free(t);
-    assert.throws(() => ops.empty(emu, 'f32', [2 ** 40]), (e: Error) => /empty: out of device memory: a request of 4398046511104 bytes failed with \d+ bytes free of \d+/.test(e.message));
+    assert.throws(
+      () => ops.empty(emu, 'f32', [2 ** 40]),
+      (e: Error) => /empty: out of device memory: a request of 4398046511104 bytes failed with \d+ bytes free of \d+/.test(e.message),
+    );
   });
 });
 
@@ -147,29 +186,57 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
 interface EmuHooks {
   cublasSearch(env: Record<string, string>): string[];
   cublasLoad(paths: string[]): { path?: string; error?: string };
-  gemmPlanReference(ta: boolean, tb: boolean, m: number, n: number, k: number, alpha: number, a: Float32Array, lda: number,
-    b: Float32Array, ldb: number, beta: number, c: Float32Array, ldc: number): void;
+  gemmPlanReference(
+    ta: boolean,
+    tb: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: Float32Array,
+    lda: number,
+    b: Float32Array,
+    ldb: number,
+    beta: number,
+    c: Float32Array,
+    ldc: number,
+  ): void;
   gatherPlan(n: number, v: number, sms?: number): { splits: number; chunk: number };
 }
 const hooks = createRequire(import.meta.url)(emulatorPath()) as EmuHooks;
 
 describe('logprobGather for few rows with a huge vocabulary: the vocabulary split across blocks', () => {
   test('the launch plan splits few long rows and covers each row exactly', () => {
-    for (const [n, v, sms] of [[1, 262144, 132], [8, 128256, 132], [3, 50000, 1], [40, 128256, 16], [2, 131075, 1]]) {
+    for (const [n, v, sms] of [
+      [1, 262144, 132],
+      [8, 128256, 132],
+      [3, 50000, 1],
+      [40, 128256, 16],
+      [2, 131075, 1],
+    ]) {
       const p = hooks.gatherPlan(n, v, sms);
       assert.ok(p.splits > 1, `n=${n} v=${v} sms=${sms}: ${JSON.stringify(p)} is not split`);
       assert.equal(p.chunk % 64, 0, `chunk ${p.chunk} is not a multiple of 64`);
       assert.ok(p.chunk * p.splits >= v && p.chunk * (p.splits - 1) < v, `n=${n} v=${v}: ${JSON.stringify(p)} does not tile the row`);
     }
     // enough rows to fill the device, or a short row: one block per row
-    for (const [n, v, sms] of [[8192, 128256, 132], [528, 128256, 132], [2, 4096, 132], [4, 262144, 1]]) {
+    for (const [n, v, sms] of [
+      [8192, 128256, 132],
+      [528, 128256, 132],
+      [2, 4096, 132],
+      [4, 262144, 1],
+    ]) {
       assert.deepEqual(hooks.gatherPlan(n, v, sms), { splits: 1, chunk: v }, `n=${n} v=${v} sms=${sms}`);
     }
   });
 
   test('split rows (V up to 256k, N = 1..3, f32 and bf16, an ignored row, odd V) equal the CPU backend, forward and in-place backward', () =>
     withSeed(async (rng) => {
-      for (const [n, v] of [[1, 262144], [2, 131075], [3, 8199]]) {
+      for (const [n, v] of [
+        [1, 262144],
+        [2, 131075],
+        [3, 8199],
+      ]) {
         assert.ok(hooks.gatherPlan(n, v).splits > 1, `the emulated device does not split n=${n} v=${v}`);
         for (const dtype of ['f32', 'bf16'] as const) {
           const z = randn(rng, n * v, 4);
@@ -192,9 +259,10 @@ describe('logprobGather for few rows with a huge vocabulary: the vocabulary spli
       }
     }));
 
-  test('a bad target in a split row poisons that row only and raises the op\'s error', () =>
+  test("a bad target in a split row poisons that row only and raises the op's error", () =>
     withSeed(async (rng) => {
-      const n = 2, v = 20000;
+      const n = 2,
+        v = 20000;
       assert.ok(hooks.gatherPlan(n, v).splits > 1);
       const logits = f32(emu, randn(rng, n * v), [n, v]);
       const { logp, lse } = ops.logprobGather(logits, i32(emu, Int32Array.from([Math.floor(rng.next() * v), v]), [n]));
@@ -212,10 +280,16 @@ describe('cuBLAS through dlopen: the search, the loading and the argument mappin
     assert.deepEqual(hooks.cublasSearch({ SPINLM_CUBLAS: '/opt/x/libcublas.so.12', CUDA_HOME: '/opt/cuda' }), ['/opt/x/libcublas.so.12']);
     const root = mkdtempSync(join(tmpdir(), 'spinlm-cublas-'));
     try {
-      const venv = join(root, 'venv'), site = join(venv, 'lib', 'python3.12', 'site-packages');
+      const venv = join(root, 'venv'),
+        site = join(venv, 'lib', 'python3.12', 'site-packages');
       mkdirSync(site, { recursive: true });
       const paths = hooks.cublasSearch({ CUDA_HOME: '/opt/cuda', VIRTUAL_ENV: venv, PYTHONPATH: `${root}/a:${root}/b` });
-      assert.deepEqual(paths.slice(0, 4), ['libcublas.so.13', 'libcublas.so.12', '/opt/cuda/lib64/libcublas.so.13', '/opt/cuda/lib64/libcublas.so.12']);
+      assert.deepEqual(paths.slice(0, 4), [
+        'libcublas.so.13',
+        'libcublas.so.12',
+        '/opt/cuda/lib64/libcublas.so.13',
+        '/opt/cuda/lib64/libcublas.so.12',
+      ]);
       const at = (p: string) => {
         const i = paths.indexOf(p);
         assert.ok(i >= 0, `${p} is not searched: ${paths.join(', ')}`);
@@ -251,13 +325,24 @@ describe('cuBLAS through dlopen: the search, the loading and the argument mappin
   test('a wheel-layout cuBLAS (with libcublasLt beside it) is found and loaded', () => {
     const root = mkdtempSync(join(tmpdir(), 'spinlm-cublas-'));
     try {
-      const site = join(root, 'lib', 'python3.11', 'site-packages'), lib = join(site, 'nvidia', 'cublas', 'lib');
+      const site = join(root, 'lib', 'python3.11', 'site-packages'),
+        lib = join(site, 'nvidia', 'cublas', 'lib');
       mkdirSync(lib, { recursive: true });
       // A stand-in with cuBLAS's entry points; it needs a symbol from libcublasLt.so.12, which only
       // the loader's preload of the library beside it can provide.
       writeFileSync(join(root, 'lt.c'), 'int spinlm_lt_marker(void) { return 7; }\n');
-      const names = ['cublasCreate_v2', 'cublasDestroy_v2', 'cublasSetStream_v2', 'cublasSetMathMode', 'cublasGetVersion_v2', 'cublasGemmEx'];
-      writeFileSync(join(root, 'blas.c'), `int spinlm_lt_marker(void);\n${names.map((f) => `int ${f}(void) { return spinlm_lt_marker(); }`).join('\n')}\n`);
+      const names = [
+        'cublasCreate_v2',
+        'cublasDestroy_v2',
+        'cublasSetStream_v2',
+        'cublasSetMathMode',
+        'cublasGetVersion_v2',
+        'cublasGemmEx',
+      ];
+      writeFileSync(
+        join(root, 'blas.c'),
+        `int spinlm_lt_marker(void);\n${names.map((f) => `int ${f}(void) { return spinlm_lt_marker(); }`).join('\n')}\n`,
+      );
       execFileSync('cc', ['-shared', '-fPIC', '-o', join(lib, 'libcublasLt.so.12'), join(root, 'lt.c')]);
       execFileSync('cc', ['-shared', '-fPIC', '-o', join(lib, 'libcublas.so.12'), join(root, 'blas.c')]);
       const paths = hooks.cublasSearch({ CONDA_PREFIX: root }).filter((p) => p.startsWith(root));
@@ -282,12 +367,19 @@ describe('cuBLAS through dlopen: the search, the loading and the argument mappin
       };
       const dims = [1, 3, 32, 45];
       for (let trial = 0; trial < 16; ++trial) {
-        const ta = (trial & 1) === 1, tb = (trial & 2) === 2;
+        const ta = (trial & 1) === 1,
+          tb = (trial & 2) === 2;
         const [m, n, k] = [0, 0, 0].map(() => dims[Math.floor(rng.next() * dims.length)]);
-        const [ar, ac] = ta ? [k, m] : [m, k], [br, bc] = tb ? [n, k] : [k, n];
-        const lda = ac + Math.floor(rng.next() * 4), ldb = bc + Math.floor(rng.next() * 4), ldc = n + Math.floor(rng.next() * 4);
-        const a = randn(rng, (ar - 1) * lda + ac), b = randn(rng, (br - 1) * ldb + bc), c0 = randn(rng, (m - 1) * ldc + n);
-        const alpha = 0.5 + rng.next(), beta = trial < 8 ? 0 : 1;
+        const [ar, ac] = ta ? [k, m] : [m, k],
+          [br, bc] = tb ? [n, k] : [k, n];
+        const lda = ac + Math.floor(rng.next() * 4),
+          ldb = bc + Math.floor(rng.next() * 4),
+          ldc = n + Math.floor(rng.next() * 4);
+        const a = randn(rng, (ar - 1) * lda + ac),
+          b = randn(rng, (br - 1) * ldb + bc),
+          c0 = randn(rng, (m - 1) * ldc + n);
+        const alpha = 0.5 + rng.next(),
+          beta = trial < 8 ? 0 : 1;
         // float64 row-major reference
         const want = Float64Array.from(c0);
         for (let i = 0; i < m; ++i) {

@@ -30,7 +30,8 @@ function ultraChatRows(rng: Rng, n: number): { rows: ChatRow[]; expected: SftPai
       { role: 'user', content: prompt },
       { role: 'assistant', content: real },
     ];
-    for (let k = rng.int(0, 2); k > 0; k--) messages.push({ role: 'user', content: randomText(rng) }, { role: 'assistant', content: randomText(rng) });
+    for (let k = rng.int(0, 2); k > 0; k--)
+      messages.push({ role: 'user', content: randomText(rng) }, { role: 'assistant', content: randomText(rng) });
     rows.push({ prompt, messages });
     expected.push({ prompt, real });
   }
@@ -61,7 +62,8 @@ describe('SFT pairs from JSONL and JSON', () => {
         const got = await loadSftPairs(file);
         assert.equal(got.skipped, 0);
         assert.deepEqual(got.pairs, expected);
-      })));
+      }),
+    ));
 
   test('plain layouts: prompt+completion, prompt+response, instruction+output(+input); task labels kept', () =>
     withTempDir(async (dir) => {
@@ -89,19 +91,30 @@ describe('SFT pairs from JSONL and JSON', () => {
   test('SPIN pair files of either layout serve as SFT data (prompt + real answer), JSONL and Parquet', () =>
     withSeed(async (rng) =>
       withTempDir(async (dir) => {
-        const pairs = Array.from({ length: rng.int(2, 20) }, () => ({ prompt: randomText(rng), real: randomText(rng), generated: randomText(rng) }));
+        const pairs = Array.from({ length: rng.int(2, 20) }, () => ({
+          prompt: randomText(rng),
+          real: randomText(rng),
+          generated: randomText(rng),
+        }));
         const expected = pairs.map((p) => ({ prompt: p.prompt, real: p.real }));
         const strings = join(dir, 'strings.jsonl');
         await writeFile(strings, jsonl(pairs));
         assert.deepEqual((await loadSftPairs(strings)).pairs, expected);
         const pq = join(dir, 'strings.parquet');
         const columns = (['real', 'generated', 'prompt'] as const).map((k) => ({ name: k, data: pairs.map((p) => p[k]) }));
-        await writeFile(pq, encodeParquet(columns, columns.map((c) => stringColumnSchema(c.name))));
+        await writeFile(
+          pq,
+          encodeParquet(
+            columns,
+            columns.map((c) => stringColumnSchema(c.name)),
+          ),
+        );
         assert.deepEqual((await loadSftPairs(pq)).pairs, expected);
         const official = join(dir, 'official.parquet');
         await writeSpinPairs(official, pairs);
         assert.deepEqual((await loadSftPairs(official)).pairs, expected);
-      })));
+      }),
+    ));
 
   test('a JSON array file, CRLF line ends and a BOM are read', () =>
     withSeed(async (rng) =>
@@ -116,7 +129,8 @@ describe('SFT pairs from JSONL and JSON', () => {
         const noExt = join(dir, 'data.txt');
         await writeFile(noExt, jsonl(rows));
         assert.deepEqual((await loadSftPairs(noExt)).pairs, expected);
-      })));
+      }),
+    ));
 });
 
 describe('SFT pairs from Parquet', () => {
@@ -131,7 +145,8 @@ describe('SFT pairs from Parquet', () => {
         assert.equal(meta.row_groups.length, Math.ceil(rows.length / 7));
         const got = await loadSftPairs(file);
         assert.deepEqual(got.pairs, expected);
-      })));
+      }),
+    ));
 
   test('gzip and zstd pages decode (hyparquet-compressors)', () =>
     withSeed(async (rng) =>
@@ -151,7 +166,8 @@ describe('SFT pairs from Parquet', () => {
         await writeFile(zst, new Uint8Array(buf));
         assert.deepEqual(new Set(await parquetCodecs(zst)), new Set(['ZSTD']));
         assert.deepEqual((await loadSftPairs(zst)).pairs, expected);
-      })));
+      }),
+    ));
 
   test('flat columns: prompt+response and instruction+output; extra columns ignored', () =>
     withTempDir(async (dir) => {
@@ -190,17 +206,46 @@ describe('SFT pairs from Parquet', () => {
 describe('malformed input', () => {
   test('bad JSON, wrong types, missing turns, wrong layouts: file and line in the error', () =>
     withTempDir(async (dir) => {
-      const good = { messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'yo' }] };
+      const good = {
+        messages: [
+          { role: 'user', content: 'hi' },
+          { role: 'assistant', content: 'yo' },
+        ],
+      };
       const cases: [unknown | string, RegExp][] = [
         ['{"messages": [', /line 3: not valid JSON/],
         [{ messages: 'hello' }, /line 3: "messages" must be a list/],
-        [{ messages: [{ role: 'user', content: 5 }, { role: 'assistant', content: 'a' }] }, /line 3: "messages"\[0\]\.content must be a string/],
+        [
+          {
+            messages: [
+              { role: 'user', content: 5 },
+              { role: 'assistant', content: 'a' },
+            ],
+          },
+          /line 3: "messages"\[0\]\.content must be a string/,
+        ],
         [{ messages: [{ role: 'user' }] }, /content must be a string/],
         [{ messages: [null] }, /"messages"\[0\] must be an object/],
         [{ messages: [{ role: 'assistant', content: 'a' }] }, /line 3: "messages" has no user turn/],
         [{ messages: [{ role: 'user', content: 'q' }] }, /line 3: "messages" has no assistant turn/],
-        [{ messages: [{ role: 'assistant', content: 'a' }, { role: 'user', content: 'q' }] }, /no assistant turn after/],
-        [{ messages: [{ role: 'user', content: '  ' }, { role: 'assistant', content: 'a' }] }, /first user turn\) is empty/],
+        [
+          {
+            messages: [
+              { role: 'assistant', content: 'a' },
+              { role: 'user', content: 'q' },
+            ],
+          },
+          /no assistant turn after/,
+        ],
+        [
+          {
+            messages: [
+              { role: 'user', content: '  ' },
+              { role: 'assistant', content: 'a' },
+            ],
+          },
+          /first user turn\) is empty/,
+        ],
         [{ prompt: 'p', completion: 7 }, /"completion" must be a string/],
         [{ prompt: 'p' }, /none of the layouts.*keys: prompt/],
         [{ text: 'x' }, /none of the layouts/],
@@ -249,7 +294,13 @@ describe('malformed input', () => {
       await rejects(loadSftPairs(noCols), noCols, /missing columns: expected messages.*the file has columns text/);
       const rows: ChatRow[] = Array.from({ length: 20 }, (_, i) => ({
         prompt: `p${i}`,
-        messages: i === 13 ? [{ role: 'user', content: `p${i}` }] : [{ role: 'user', content: `p${i}` }, { role: 'assistant', content: `a${i}` }],
+        messages:
+          i === 13
+            ? [{ role: 'user', content: `p${i}` }]
+            : [
+                { role: 'user', content: `p${i}` },
+                { role: 'assistant', content: `a${i}` },
+              ],
       }));
       const bad = join(dir, 'bad.parquet');
       await writeChatRows(bad, rows, { rowGroupSize: 6 });
@@ -293,7 +344,8 @@ describe('malformed input', () => {
         const allBad = join(dir, 'allbad.jsonl');
         await writeFile(allBad, '{oops\n[]\n');
         await rejects(loadSftPairs(allBad, { skipInvalid: true }), allBad, /no valid rows \(2 skipped/);
-      })));
+      }),
+    ));
 });
 
 describe('sampling and splits', () => {
@@ -324,9 +376,20 @@ describe('sampling and splits', () => {
         await assert.rejects(loadSftPairs(file, { n: 0 }), /positive integer/);
         // Parquet: same pairs, same sample
         const pq = join(dir, 'all.parquet');
-        await writeChatRows(pq, all.map((p) => ({ prompt: p.prompt, messages: [{ role: 'user', content: p.prompt }, { role: 'assistant', content: p.real }] })), { rowGroupSize: 16 });
+        await writeChatRows(
+          pq,
+          all.map((p) => ({
+            prompt: p.prompt,
+            messages: [
+              { role: 'user', content: p.prompt },
+              { role: 'assistant', content: p.real },
+            ],
+          })),
+          { rowGroupSize: 16 },
+        );
         assert.deepEqual((await loadSftPairs(pq, { n, seed })).pairs, a);
-      })));
+      }),
+    ));
 
   test('sampleItems is uniform: each item is chosen with probability n/N', () =>
     withSeed((rng) => {
@@ -350,7 +413,10 @@ describe('sampling and splits', () => {
       const a = shuffled(xs, seed);
       assert.deepEqual(shuffled(xs, seed), a);
       assert.notDeepEqual(a, xs);
-      assert.deepEqual(a.slice().sort((p, q) => p - q), xs);
+      assert.deepEqual(
+        a.slice().sort((p, q) => p - q),
+        xs,
+      );
       assert.notDeepEqual(shuffled(xs, seed + 1), a);
     }));
 
@@ -365,10 +431,14 @@ describe('sampling and splits', () => {
       assert.equal(train.length + held.length, len);
       const inTest = new Set(held);
       assert.equal(inTest.size, held.length);
-      assert.ok(train.every((x) => !inTest.has(x)), 'train and test overlap');
+      assert.ok(
+        train.every((x) => !inTest.has(x)),
+        'train and test overlap',
+      );
       assert.deepEqual([...train, ...held].sort(), items.slice().sort());
       const index = (x: string) => Number(x.slice(4));
-      for (const part of [train, held]) for (let i = 1; i < part.length; i++) assert.ok(index(part[i - 1]) < index(part[i]), 'input order not kept');
+      for (const part of [train, held])
+        for (let i = 1; i < part.length; i++) assert.ok(index(part[i - 1]) < index(part[i]), 'input order not kept');
       assert.deepEqual(splitTrainTest(items, { seed, testFraction: frac }), { train, test: held });
       assert.notDeepEqual(splitTrainTest(items, { seed: seed + 1, testFraction: frac }).test, held);
       const k = rng.int(1, len - 1);
@@ -384,7 +454,11 @@ describe('sampling and splits', () => {
 
 describe('SPIN pair files', () => {
   function randomPairs(rng: Rng, n: number): SpinPair[] {
-    return Array.from({ length: n }, () => ({ prompt: randomText(rng), real: randomText(rng), generated: rng.int(0, 5) === 0 ? '' : randomText(rng) }));
+    return Array.from({ length: n }, () => ({
+      prompt: randomText(rng),
+      real: randomText(rng),
+      generated: rng.int(0, 5) === 0 ? '' : randomText(rng),
+    }));
   }
 
   test('round trip through JSONL and Parquet (snappy), no temp files left, overwrite works', () =>
@@ -402,7 +476,8 @@ describe('SPIN pair files', () => {
         const forced = join(dir, 'pairs.bin');
         await writeSpinPairs(forced, pairs, { format: 'parquet' });
         assert.deepEqual(await readSpinPairs(forced), pairs);
-      })));
+      }),
+    ));
 
   test('the written layout is the official one: real / generated = [user, assistant] (+ prompt)', () =>
     withSeed(async (rng) =>
@@ -411,20 +486,36 @@ describe('SPIN pair files', () => {
         const file = join(dir, 'p.jsonl');
         await writeSpinPairs(file, pairs);
         const { readFile } = await import('node:fs/promises');
-        const rows = (await readFile(file, 'utf8')).trimEnd().split('\n').map((l) => JSON.parse(l));
+        const rows = (await readFile(file, 'utf8'))
+          .trimEnd()
+          .split('\n')
+          .map((l) => JSON.parse(l));
         assert.deepEqual(rows[1], {
-          real: [{ role: 'user', content: pairs[1].prompt }, { role: 'assistant', content: pairs[1].real }],
-          generated: [{ role: 'user', content: pairs[1].prompt }, { role: 'assistant', content: pairs[1].generated }],
+          real: [
+            { role: 'user', content: pairs[1].prompt },
+            { role: 'assistant', content: pairs[1].real },
+          ],
+          generated: [
+            { role: 'user', content: pairs[1].prompt },
+            { role: 'assistant', content: pairs[1].generated },
+          ],
           prompt: pairs[1].prompt,
         });
         const pq = join(dir, 'p.parquet');
         await writeSpinPairs(pq, pairs);
         const schema = parquetSchema(await parquetMetadataAsync(await asyncBufferFromFile(pq)));
-        assert.deepEqual(schema.children.map((c) => c.element.name), ['real', 'generated', 'prompt']);
+        assert.deepEqual(
+          schema.children.map((c) => c.element.name),
+          ['real', 'generated', 'prompt'],
+        );
         const real = schema.children[0];
         assert.equal(real.element.converted_type, 'LIST');
-        assert.deepEqual(real.children[0].children[0].children.map((c) => c.element.name), ['content', 'role']);
-      })));
+        assert.deepEqual(
+          real.children[0].children[0].children.map((c) => c.element.name),
+          ['content', 'role'],
+        );
+      }),
+    ));
 
   test('official rows without "prompt", and the older chosen/rejected keys, are read', () =>
     withTempDir(async (dir) => {
@@ -432,8 +523,26 @@ describe('SPIN pair files', () => {
       await writeFile(
         file,
         jsonl([
-          { real: [{ role: 'user', content: 'p' }, { role: 'assistant', content: 'y' }], generated: [{ role: 'user', content: 'p' }, { role: 'assistant', content: "y'" }] },
-          { chosen: [{ role: 'user', content: 'q' }, { role: 'assistant', content: 'z' }], rejected: [{ role: 'user', content: 'q' }, { role: 'assistant', content: '' }] },
+          {
+            real: [
+              { role: 'user', content: 'p' },
+              { role: 'assistant', content: 'y' },
+            ],
+            generated: [
+              { role: 'user', content: 'p' },
+              { role: 'assistant', content: "y'" },
+            ],
+          },
+          {
+            chosen: [
+              { role: 'user', content: 'q' },
+              { role: 'assistant', content: 'z' },
+            ],
+            rejected: [
+              { role: 'user', content: 'q' },
+              { role: 'assistant', content: '' },
+            ],
+          },
         ]),
       );
       assert.deepEqual(await readSpinPairs(file), [
@@ -441,7 +550,25 @@ describe('SPIN pair files', () => {
         { prompt: 'q', real: 'z', generated: '' },
       ]);
       const arr = join(dir, 'synthetic_train.json');
-      await writeFile(arr, JSON.stringify([{ real: [{ role: 'user', content: 'p' }, { role: 'assistant', content: 'y' }], generated: [{ role: 'user', content: 'p' }, { role: 'assistant', content: 'g' }] }], null, 4));
+      await writeFile(
+        arr,
+        JSON.stringify(
+          [
+            {
+              real: [
+                { role: 'user', content: 'p' },
+                { role: 'assistant', content: 'y' },
+              ],
+              generated: [
+                { role: 'user', content: 'p' },
+                { role: 'assistant', content: 'g' },
+              ],
+            },
+          ],
+          null,
+          4,
+        ),
+      );
       assert.deepEqual(await readSpinPairs(arr), [{ prompt: 'p', real: 'y', generated: 'g' }]);
     }));
 
@@ -457,9 +584,17 @@ describe('SPIN pair files', () => {
         assert.deepEqual(await readSpinPairs(arr), pairs);
         const pq = join(dir, 'strings.parquet');
         const columns = (['prompt', 'real', 'generated'] as const).map((k) => ({ name: k, data: pairs.map((p) => p[k]) }));
-        await writeFile(pq, encodeParquet(columns, columns.map((c) => stringColumnSchema(c.name)), { rowGroupSize: rng.int(1, 7) }));
+        await writeFile(
+          pq,
+          encodeParquet(
+            columns,
+            columns.map((c) => stringColumnSchema(c.name)),
+            { rowGroupSize: rng.int(1, 7) },
+          ),
+        );
         assert.deepEqual(await readSpinPairs(pq), pairs);
-      })));
+      }),
+    ));
 
   test('a file mixing the two layouts is an error naming the first row of the other layout', () =>
     withSeed(async (rng) =>
@@ -467,12 +602,28 @@ describe('SPIN pair files', () => {
         const pairs = randomPairs(rng, rng.int(3, 30));
         const k = rng.int(1, pairs.length - 1);
         const asStrings = (p: SpinPair) => ({ prompt: p.prompt, real: p.real, generated: p.generated });
-        const asMessages = (p: SpinPair) => ({ real: [{ role: 'user', content: p.prompt }, { role: 'assistant', content: p.real }], generated: [{ role: 'user', content: p.prompt }, { role: 'assistant', content: p.generated }] });
-        for (const [first, other] of [[asStrings, asMessages], [asMessages, asStrings]] as const) {
+        const asMessages = (p: SpinPair) => ({
+          real: [
+            { role: 'user', content: p.prompt },
+            { role: 'assistant', content: p.real },
+          ],
+          generated: [
+            { role: 'user', content: p.prompt },
+            { role: 'assistant', content: p.generated },
+          ],
+        });
+        for (const [first, other] of [
+          [asStrings, asMessages],
+          [asMessages, asStrings],
+        ] as const) {
           const rows = pairs.map((p, i) => (i === k ? other(p) : first(p)));
           const file = join(dir, 'mixed.jsonl');
           await writeFile(file, jsonl(rows));
-          await rejects(readSpinPairs(file), file, new RegExp(`line ${k + 1}: this row uses .* but the file's first row \\(line 1\\) uses .*one layout per file`));
+          await rejects(
+            readSpinPairs(file),
+            file,
+            new RegExp(`line ${k + 1}: this row uses .* but the file's first row \\(line 1\\) uses .*one layout per file`),
+          );
           const arr = join(dir, 'mixed.json');
           await writeFile(arr, JSON.stringify(rows));
           await rejects(readSpinPairs(arr), arr, new RegExp(`row index ${k}: this row uses`));
@@ -480,7 +631,8 @@ describe('SPIN pair files', () => {
         const noPrompt = join(dir, 'noprompt.jsonl');
         await writeFile(noPrompt, jsonl([{ real: pairs[0].real, generated: pairs[0].generated }]));
         await rejects(readSpinPairs(noPrompt), noPrompt, /line 1: "prompt" must be a string/);
-      })));
+      }),
+    ));
 
   test('inconsistent or incomplete pair rows are errors naming file and line', () =>
     withTempDir(async (dir) => {
@@ -503,8 +655,14 @@ describe('SPIN pair files', () => {
       await writeFile(pq, encodeParquet([{ name: 'prompt', data: ['p'] }], [stringColumnSchema('prompt')]));
       await rejects(readSpinPairs(pq), pq, /needs "real" and "generated"; the file has prompt/);
       await assert.rejects(writeSpinPairs(join(dir, 'none.jsonl'), []), /no SPIN pairs/);
-      await assert.rejects(writeSpinPairs(join(dir, 'bad.jsonl'), [{ prompt: 'p', real: 'r', generated: 3 as never }]), /pair 0: "generated" must be a string/);
-      await assert.rejects(writeSpinPairs(join(dir, 'bad.jsonl'), [{ real: [u('p'), a('y')], generated: [u('q'), a('g')] }]), /pair 0: .*different user prompts/);
+      await assert.rejects(
+        writeSpinPairs(join(dir, 'bad.jsonl'), [{ prompt: 'p', real: 'r', generated: 3 as never }]),
+        /pair 0: "generated" must be a string/,
+      );
+      await assert.rejects(
+        writeSpinPairs(join(dir, 'bad.jsonl'), [{ real: [u('p'), a('y')], generated: [u('q'), a('g')] }]),
+        /pair 0: .*different user prompts/,
+      );
       const fromRows = join(dir, 'rows.parquet');
       await writeSpinPairs(fromRows, [{ real: [u('p'), a('y')], generated: [u('p'), a('')] }]);
       assert.deepEqual(await readSpinPairs(fromRows), [{ prompt: 'p', real: 'y', generated: '' }]);

@@ -11,85 +11,112 @@ import { tinyConfig } from './helpers/tiny_model.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
-
-/** Logits of the last position of one sequence, by a full forward pass. */
-async function fullLogits(model: LlamaModel, ids: number[]): Promise<Float32Array> {
-  const L = ids.length;
-  const input = uploadInput(be, { rows: 1, length: L, inputIds: Int32Array.from(ids), positions: Int32Array.from({ length: L }, (_, i) => i), attentionMask: new Int32Array(L).fill(1) }, model.cfg.vocabSize);
-  const { logits } = model.forward(input);
-  const all = await ops.read(logits);
-  logits.free();
-  freeInput(input);
-  const V = model.cfg.vocabSize;
-  return all.slice((L - 1) * V, L * V);
-}
-
-for (const opts of [{}, { modelType: 'qwen2' as const, kvHeads: 1, tie: true, ropeScaling: 2 }]) {
-  test(`prefill + decode equal full recompute (ragged prompts, a finished row) ${JSON.stringify(opts)}`, async () =>
-    withSeed(async (rng) => {
-      const model = initLlama(be, tinyConfig(opts), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true });
-      const dec = new LlamaDecoder(model);
+for (const be of await testBackends())
+  describe(`on backend ${be.name}`, () => {
+    /** Logits of the last position of one sequence, by a full forward pass. */
+    async function fullLogits(model: LlamaModel, ids: number[]): Promise<Float32Array> {
+      const L = ids.length;
+      const input = uploadInput(
+        be,
+        {
+          rows: 1,
+          length: L,
+          inputIds: Int32Array.from(ids),
+          positions: Int32Array.from({ length: L }, (_, i) => i),
+          attentionMask: new Int32Array(L).fill(1),
+        },
+        model.cfg.vocabSize,
+      );
+      const { logits } = model.forward(input);
+      const all = await ops.read(logits);
+      logits.free();
+      freeInput(input);
       const V = model.cfg.vocabSize;
-      const prompts = [5, 1, 9].map((n) => Array.from({ length: n }, () => rng.int(3, V - 1)));
-      const cache = dec.newCache(3, 16);
-      const seqs = prompts.map((p) => [...p]);
-      let logits = cache.prefill(prompts);
-      for (let step = 0; step < 5; step++) {
-        const host = await ops.read(logits);
-        logits.free();
-        for (let b = 0; b < 3; b++) {
-          if (step > 2 && b === 1) continue; // row 1 finished after 3 steps
-          const want = await fullLogits(model, seqs[b]);
-          const e = relErr(host.subarray(b * V, (b + 1) * V), want);
-          assert.ok(e <= 1e-5, `step ${step} row ${b}: relative error ${e}`);
-        }
-        const next = Int32Array.from({ length: 3 }, () => rng.int(3, V - 1));
-        const active = Uint8Array.from([1, step < 2 ? 1 : 0, 1]);
-        next.forEach((t, b) => { if (active[b]) seqs[b].push(t); });
-        const tokens = ops.upload(be, { dtype: 'i32', data: next }, [3]);
-        logits = cache.decode(tokens, active);
-        tokens.free();
-      }
-      assert.deepEqual(Array.from(cache.lengths), seqs.map((s) => s.length));
-      cache.free();
-      model.weights.free();
-    }));
-}
-
-test('a prompt prefilled into any slot, alone or with others, gives bit-identical logits and cache (batch invariance)', async () =>
-  withSeed(async (rng) => {
-    // wide and long enough that BLAS and the attention's query blocks take size-dependent paths
-    const model = initLlama(be, tinyConfig({ vocab: 300, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), { seed: rng.int(0, 1e9), std: 0.05, randomizeAll: true });
-    const dec = new LlamaDecoder(model);
-    const V = model.cfg.vocabSize;
-    try {
-      for (let trial = 0; trial < 3; trial++) {
-        const R = rng.int(2, 6);
-        const prompts = Array.from({ length: R }, () => Array.from({ length: rng.int(1, 150) }, () => rng.int(3, V - 1)));
-        const cache = dec.newCache(R + 1, 160);
-        const slots = Array.from({ length: R }, (_, r) => (r + 1) % (R + 1));
-        const together = await ops.read(cache.prefillSlots(slots, prompts));
-        // one decode step of all slots after the batched prefill
-        const next = Int32Array.from({ length: R + 1 }, () => rng.int(3, V - 1));
-        const tokens = ops.upload(be, { dtype: 'i32', data: next }, [R + 1]);
-        const active = Uint8Array.from({ length: R + 1 }, (_, s) => (slots.includes(s) ? 1 : 0));
-        const stepAll = await ops.read(cache.decode(tokens, active));
-        for (let r = 0; r < R; r++) {
-          const solo = dec.newCache(R + 1, 160);
-          const alone = await ops.read(solo.prefillSlots([slots[r]], [prompts[r]]));
-          assert.deepEqual(alone, together.slice(r * V, (r + 1) * V), `trial ${trial}: prompt ${r} (${prompts[r].length} tokens) alone vs with ${R - 1} others`);
-          const only = Uint8Array.from({ length: R + 1 }, (_, s) => (s === slots[r] ? 1 : 0));
-          const stepOne = await ops.read(solo.decode(tokens, only));
-          const s = slots[r];
-          assert.deepEqual(stepOne.slice(s * V, (s + 1) * V), stepAll.slice(s * V, (s + 1) * V), `trial ${trial}: decode after prompt ${r}`);
-          solo.free();
-        }
-        tokens.free();
-        cache.free();
-      }
-    } finally {
-      model.weights.free();
+      return all.slice((L - 1) * V, L * V);
     }
-  }));
-});
+
+    for (const opts of [{}, { modelType: 'qwen2' as const, kvHeads: 1, tie: true, ropeScaling: 2 }]) {
+      test(`prefill + decode equal full recompute (ragged prompts, a finished row) ${JSON.stringify(opts)}`, async () =>
+        withSeed(async (rng) => {
+          const model = initLlama(be, tinyConfig(opts), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true });
+          const dec = new LlamaDecoder(model);
+          const V = model.cfg.vocabSize;
+          const prompts = [5, 1, 9].map((n) => Array.from({ length: n }, () => rng.int(3, V - 1)));
+          const cache = dec.newCache(3, 16);
+          const seqs = prompts.map((p) => [...p]);
+          let logits = cache.prefill(prompts);
+          for (let step = 0; step < 5; step++) {
+            const host = await ops.read(logits);
+            logits.free();
+            for (let b = 0; b < 3; b++) {
+              if (step > 2 && b === 1) continue; // row 1 finished after 3 steps
+              const want = await fullLogits(model, seqs[b]);
+              const e = relErr(host.subarray(b * V, (b + 1) * V), want);
+              assert.ok(e <= 1e-5, `step ${step} row ${b}: relative error ${e}`);
+            }
+            const next = Int32Array.from({ length: 3 }, () => rng.int(3, V - 1));
+            const active = Uint8Array.from([1, step < 2 ? 1 : 0, 1]);
+            next.forEach((t, b) => {
+              if (active[b]) seqs[b].push(t);
+            });
+            const tokens = ops.upload(be, { dtype: 'i32', data: next }, [3]);
+            logits = cache.decode(tokens, active);
+            tokens.free();
+          }
+          assert.deepEqual(
+            Array.from(cache.lengths),
+            seqs.map((s) => s.length),
+          );
+          cache.free();
+          model.weights.free();
+        }));
+    }
+
+    test('a prompt prefilled into any slot, alone or with others, gives bit-identical logits and cache (batch invariance)', async () =>
+      withSeed(async (rng) => {
+        // wide and long enough that BLAS and the attention's query blocks take size-dependent paths
+        const model = initLlama(be, tinyConfig({ vocab: 300, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), {
+          seed: rng.int(0, 1e9),
+          std: 0.05,
+          randomizeAll: true,
+        });
+        const dec = new LlamaDecoder(model);
+        const V = model.cfg.vocabSize;
+        try {
+          for (let trial = 0; trial < 3; trial++) {
+            const R = rng.int(2, 6);
+            const prompts = Array.from({ length: R }, () => Array.from({ length: rng.int(1, 150) }, () => rng.int(3, V - 1)));
+            const cache = dec.newCache(R + 1, 160);
+            const slots = Array.from({ length: R }, (_, r) => (r + 1) % (R + 1));
+            const together = await ops.read(cache.prefillSlots(slots, prompts));
+            // one decode step of all slots after the batched prefill
+            const next = Int32Array.from({ length: R + 1 }, () => rng.int(3, V - 1));
+            const tokens = ops.upload(be, { dtype: 'i32', data: next }, [R + 1]);
+            const active = Uint8Array.from({ length: R + 1 }, (_, s) => (slots.includes(s) ? 1 : 0));
+            const stepAll = await ops.read(cache.decode(tokens, active));
+            for (let r = 0; r < R; r++) {
+              const solo = dec.newCache(R + 1, 160);
+              const alone = await ops.read(solo.prefillSlots([slots[r]], [prompts[r]]));
+              assert.deepEqual(
+                alone,
+                together.slice(r * V, (r + 1) * V),
+                `trial ${trial}: prompt ${r} (${prompts[r].length} tokens) alone vs with ${R - 1} others`,
+              );
+              const only = Uint8Array.from({ length: R + 1 }, (_, s) => (s === slots[r] ? 1 : 0));
+              const stepOne = await ops.read(solo.decode(tokens, only));
+              const s = slots[r];
+              assert.deepEqual(
+                stepOne.slice(s * V, (s + 1) * V),
+                stepAll.slice(s * V, (s + 1) * V),
+                `trial ${trial}: decode after prompt ${r}`,
+              );
+              solo.free();
+            }
+            tokens.free();
+            cache.free();
+          }
+        } finally {
+          model.weights.free();
+        }
+      }));
+  });

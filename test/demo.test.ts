@@ -11,7 +11,20 @@ const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
 test('spinlm demo --quick: table of three arms per iteration, report with plots, resumable', () => {
   const dir = mkdtempSync(join(tmpdir(), 'spinlm-demo-'));
   try {
-    const args = [BIN, 'demo', '--quick', '--prompts', '32', '--eval_tasks', '24', '--iterations', '2', '--out', join(dir, 'demo'), '--quiet'];
+    const args = [
+      BIN,
+      'demo',
+      '--quick',
+      '--prompts',
+      '32',
+      '--eval_tasks',
+      '24',
+      '--iterations',
+      '2',
+      '--out',
+      join(dir, 'demo'),
+      '--quiet',
+    ];
     const r = spawnSync(process.execPath, args, { encoding: 'utf8' });
     assert.equal(r.status, 0, r.stderr);
     const table = readFileSync(join(dir, 'demo', 'table.md'), 'utf8');
@@ -20,7 +33,8 @@ test('spinlm demo --quick: table of three arms per iteration, report with plots,
     assert.ok(r.stdout.includes(table.trim().split('\n')[2]), 'the table is printed');
     const html = readFileSync(join(dir, 'demo', 'report.html'), 'utf8');
     assert.ok((html.match(/<svg/g) ?? []).length >= 5, 'loss, margins, accuracies and two evaluation plots');
-    for (const arm of ['spin', 'spin+nll', 'sft']) assert.ok(existsSync(join(dir, 'demo', arm, 'iter-1', 'model', 'model.safetensors')), arm);
+    for (const arm of ['spin', 'spin+nll', 'sft'])
+      assert.ok(existsSync(join(dir, 'demo', arm, 'iter-1', 'model', 'model.safetensors')), arm);
     // a rerun finds everything done and only re-prints
     const again = spawnSync(process.execPath, args, { encoding: 'utf8' });
     assert.equal(again.status, 0, again.stderr);

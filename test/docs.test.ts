@@ -27,7 +27,8 @@ test('no citation of notes outside the repository; every cited docs/ file exists
     const text = readFileSync(file, 'utf8');
     text.split('\n').forEach((line, i) => {
       if (outside.test(line)) bad.push(`${relative(ROOT, file)}:${i + 1}: ${line.trim()}`);
-      for (const m of line.matchAll(/\bdocs\/([a-z_]+\.md)/g)) if (!existsSync(join(ROOT, 'docs', m[1]))) missing.push(`${relative(ROOT, file)}:${i + 1}: docs/${m[1]}`);
+      for (const m of line.matchAll(/\bdocs\/([a-z_]+\.md)/g))
+        if (!existsSync(join(ROOT, 'docs', m[1]))) missing.push(`${relative(ROOT, file)}:${i + 1}: docs/${m[1]}`);
     });
   }
   assert.ok(scanned > 50, `scanned ${scanned} files`);

@@ -30,7 +30,12 @@ class BigramModel implements DecoderModel {
   /** Without prefillSlots its caches force the static schedule. */
   slotted = true;
   private readonly tableT: Tensor<'f32'>;
-  constructor(readonly backend: Backend, readonly table: Float32Array, readonly vocabSize: number, readonly maxPositions = 64) {
+  constructor(
+    readonly backend: Backend,
+    readonly table: Float32Array,
+    readonly vocabSize: number,
+    readonly maxPositions = 64,
+  ) {
     this.tableT = ops.upload(backend, { dtype: 'f32', data: table }, [vocabSize, vocabSize]);
   }
   newCache(): DecoderCache {
@@ -55,7 +60,16 @@ class BigramModel implements DecoderModel {
   }
 }
 
-const opts = (o: Partial<GenerateOptions> = {}): GenerateOptions => ({ temperature: 1, topK: 0, topP: 1, maxNewTokens: 12, eosIds: [0], seed: 11, batchSize: 4, ...o });
+const opts = (o: Partial<GenerateOptions> = {}): GenerateOptions => ({
+  temperature: 1,
+  topK: 0,
+  topP: 1,
+  maxNewTokens: 12,
+  eosIds: [0],
+  seed: 11,
+  batchSize: 4,
+  ...o,
+});
 
 describe('sampler', () => {
   test('greedy: argmax with ties to the lowest id; top_k = 1 and temperature 0 are greedy', async () =>
@@ -96,198 +110,268 @@ describe('sampler', () => {
     }));
 });
 
-for (const be of await testBackends()) describe(`generate on backend ${be.name}`, () => {
-  function bigram(rng: Rng, v = 9) {
-    return new BigramModel(be, Float32Array.from({ length: v * v }, () => rng.normal() * 2), v);
-  }
+for (const be of await testBackends())
+  describe(`generate on backend ${be.name}`, () => {
+    function bigram(rng: Rng, v = 9) {
+      return new BigramModel(
+        be,
+        Float32Array.from({ length: v * v }, () => rng.normal() * 2),
+        v,
+      );
+    }
 
-  test('device sampling equals the host sampler row by row, with the same RNG streams (many options)', async () =>
-    withSeed(async (rng) => {
-      for (let trial = 0; trial < 30; trial++) {
-        const b = rng.int(1, 9), v = rng.int(1, 300);
-        const o = { temperature: [0, 0.7, 1, 1.5][rng.int(0, 3)], topK: [0, 1, 5, 1000][rng.int(0, 3)], topP: [1, 0.9, 0.3][rng.int(0, 2)] };
-        const rows = Float32Array.from({ length: b * v }, () => rng.normal() * [0.5, 4][rng.int(0, 1)]);
-        for (let i = 0; i < b * v; i++) if (rng.next() < 0.05) rows[i] = -Infinity; // masked logits
-        for (let i = 0; i < b * v; i++) if (rng.next() < 0.05) rows[i] = rows[i - (i % v)]; // ties
-        const streams = Array.from({ length: b }, (_, k) => new Rng(rng.nextU32()).fork(k));
-        const words = new Uint32Array(4 * b);
-        streams.forEach((r, k) => words.set(r.getState().s, 4 * k));
-        const active = Int32Array.from({ length: b }, () => (rng.next() < 0.8 ? 1 : 0));
-        const logits = ops.upload(be, { dtype: 'f32', data: rows }, [b, v]);
-        const state = ops.upload(be, { dtype: 'i32', data: new Int32Array(words.buffer) }, [b, 4]);
-        const activeT = ops.upload(be, { dtype: 'i32', data: active }, [b]);
-        for (let step = 0; step < 3; step++) {
-          const got = await ops.read(ops.sampleTokens(logits, state, activeT, o));
-          for (let k = 0; k < b; k++) {
-            const want = active[k] ? sampleToken(rows.subarray(k * v, (k + 1) * v), o, streams[k]) : 0;
-            assert.equal(got[k], want, `trial ${trial} step ${step} row ${k} (v ${v}, ${JSON.stringify(o)})`);
+    test('device sampling equals the host sampler row by row, with the same RNG streams (many options)', async () =>
+      withSeed(async (rng) => {
+        for (let trial = 0; trial < 30; trial++) {
+          const b = rng.int(1, 9),
+            v = rng.int(1, 300);
+          const o = {
+            temperature: [0, 0.7, 1, 1.5][rng.int(0, 3)],
+            topK: [0, 1, 5, 1000][rng.int(0, 3)],
+            topP: [1, 0.9, 0.3][rng.int(0, 2)],
+          };
+          const rows = Float32Array.from({ length: b * v }, () => rng.normal() * [0.5, 4][rng.int(0, 1)]);
+          for (let i = 0; i < b * v; i++) if (rng.next() < 0.05) rows[i] = -Infinity; // masked logits
+          for (let i = 0; i < b * v; i++) if (rng.next() < 0.05) rows[i] = rows[i - (i % v)]; // ties
+          const streams = Array.from({ length: b }, (_, k) => new Rng(rng.nextU32()).fork(k));
+          const words = new Uint32Array(4 * b);
+          streams.forEach((r, k) => words.set(r.getState().s, 4 * k));
+          const active = Int32Array.from({ length: b }, () => (rng.next() < 0.8 ? 1 : 0));
+          const logits = ops.upload(be, { dtype: 'f32', data: rows }, [b, v]);
+          const state = ops.upload(be, { dtype: 'i32', data: new Int32Array(words.buffer) }, [b, 4]);
+          const activeT = ops.upload(be, { dtype: 'i32', data: active }, [b]);
+          for (let step = 0; step < 3; step++) {
+            const got = await ops.read(ops.sampleTokens(logits, state, activeT, o));
+            for (let k = 0; k < b; k++) {
+              const want = active[k] ? sampleToken(rows.subarray(k * v, (k + 1) * v), o, streams[k]) : 0;
+              assert.equal(got[k], want, `trial ${trial} step ${step} row ${k} (v ${v}, ${JSON.stringify(o)})`);
+            }
           }
+          // the device states advanced exactly as the host streams did
+          const after = new Uint32Array((await ops.read(state)).buffer);
+          streams.forEach((r, k) => assert.deepEqual(Array.from(after.subarray(4 * k, 4 * k + 4)), r.getState().s, `state of row ${k}`));
         }
-        // the device states advanced exactly as the host streams did
-        const after = new Uint32Array((await ops.read(state)).buffer);
-        streams.forEach((r, k) => assert.deepEqual(Array.from(after.subarray(4 * k, 4 * k + 4)), r.getState().s, `state of row ${k}`));
-      }
-    }));
+      }));
 
-  test('the same seed gives the same outputs for batch sizes 1, 3 and 8, in input order', async () =>
-    withSeed(async (rng) => {
-      const model = bigram(rng);
-      const prompts = Array.from({ length: 11 }, () => Array.from({ length: rng.int(1, 6) }, () => rng.int(1, 8)));
-      const runs = [];
-      for (const batchSize of [1, 3, 8]) runs.push(await generate(model, prompts, opts({ batchSize })));
-      assert.deepEqual(runs[1], runs[0]);
-      assert.deepEqual(runs[2], runs[0]);
-      const again = await generate(model, prompts, opts({ batchSize: 8, seed: 12 }));
-      assert.notDeepEqual(again, runs[0], 'another seed gives other samples');
-    }));
+    test('the same seed gives the same outputs for batch sizes 1, 3 and 8, in input order', async () =>
+      withSeed(async (rng) => {
+        const model = bigram(rng);
+        const prompts = Array.from({ length: 11 }, () => Array.from({ length: rng.int(1, 6) }, () => rng.int(1, 8)));
+        const runs = [];
+        for (const batchSize of [1, 3, 8]) runs.push(await generate(model, prompts, opts({ batchSize })));
+        assert.deepEqual(runs[1], runs[0]);
+        assert.deepEqual(runs[2], runs[0]);
+        const again = await generate(model, prompts, opts({ batchSize: 8, seed: 12 }));
+        assert.notDeepEqual(again, runs[0], 'another seed gives other samples');
+      }));
 
-  test("continuous batching gives the static schedule's outputs (many seeds, batch sizes, lengths, options) and refills slots", async () =>
-    withSeed(async (rng) => {
-      for (let trial = 0; trial < 40; trial++) {
-        const model = bigram(rng, rng.int(3, 12));
-        const v = model.vocabSize;
-        const prompts = Array.from({ length: rng.int(1, 25) }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(1, v - 1)));
-        const o = opts({
-          seed: rng.int(0, 1e6), batchSize: rng.int(1, 9), maxNewTokens: rng.int(1, 40),
-          temperature: [0, 0.7, 1, 1.5][rng.int(0, 3)], topK: [0, 1, 3][rng.int(0, 2)], topP: [1, 0.8][rng.int(0, 1)],
-          eosIds: rng.next() < 0.2 ? [] : [0], stopSequences: rng.next() < 0.3 ? [[rng.int(1, v - 1), rng.int(1, v - 1)]] : undefined,
+    test("continuous batching gives the static schedule's outputs (many seeds, batch sizes, lengths, options) and refills slots", async () =>
+      withSeed(async (rng) => {
+        for (let trial = 0; trial < 40; trial++) {
+          const model = bigram(rng, rng.int(3, 12));
+          const v = model.vocabSize;
+          const prompts = Array.from({ length: rng.int(1, 25) }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(1, v - 1)));
+          const o = opts({
+            seed: rng.int(0, 1e6),
+            batchSize: rng.int(1, 9),
+            maxNewTokens: rng.int(1, 40),
+            temperature: [0, 0.7, 1, 1.5][rng.int(0, 3)],
+            topK: [0, 1, 3][rng.int(0, 2)],
+            topP: [1, 0.8][rng.int(0, 1)],
+            eosIds: rng.next() < 0.2 ? [] : [0],
+            stopSequences: rng.next() < 0.3 ? [[rng.int(1, v - 1), rng.int(1, v - 1)]] : undefined,
+          });
+          const want = await generate(model, prompts, { ...o, schedule: 'static' });
+          const got = await generate(model, prompts, o);
+          assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, n: prompts.length })}`);
+        }
+        // a chain 1 -> 2 -> ... -> 8 -> EOS: a prompt ending in t gets 8 - t tokens. One long answer
+        // among short ones: the static schedule decodes each pair to its longest answer, continuous
+        // batching refills the slot of each short one at once.
+        const chain = new Float32Array(81).fill(-5);
+        for (let t = 1; t < 8; t++) chain[t * 9 + t + 1] = 5;
+        chain[8 * 9] = 5;
+        const prompts = [[1], [7], [1], [7], [7], [7], [7], [7]];
+        const steps = async (schedule: 'static' | 'continuous') => {
+          const m = new BigramModel(be, chain, 9);
+          const gens = await generate(m, prompts, opts({ temperature: 0, batchSize: 2, schedule }));
+          return { gens, decodes: m.decodes };
+        };
+        const st = await steps('static'),
+          co = await steps('continuous');
+        assert.deepEqual(co.gens, st.gens);
+        assert.deepEqual(co.gens[0].tokens, [2, 3, 4, 5, 6, 7, 8]);
+        assert.ok(co.decodes < st.decodes, `continuous made ${co.decodes} decode calls, static ${st.decodes}`);
+        // a model without prefillSlots falls back to the static schedule
+        const plain = new BigramModel(be, chain, 9);
+        plain.slotted = false;
+        assert.deepEqual(await generate(plain, prompts, opts({ temperature: 0, batchSize: 2 })), st.gens);
+        assert.equal(plain.decodes, st.decodes);
+        await assert.rejects(generate(plain, prompts, opts({ schedule: 'eager' as 'static' })), /schedule must be/);
+      }));
+
+    test('greedy equals a step-by-step argmax loop; finish reasons eos / stop / length', async () =>
+      withSeed(async (rng) => {
+        const model = bigram(rng);
+        const prompts = [[3], [5, 2], [7]];
+        const gens = await generate(model, prompts, opts({ temperature: 0, maxNewTokens: 6 }));
+        prompts.forEach((p, i) => {
+          const want: number[] = [];
+          let last = p[p.length - 1];
+          let reason = 'length';
+          for (let s = 0; s < 6; s++) {
+            const next = argmax(model.table.subarray(last * 9, last * 9 + 9));
+            if (next === 0) {
+              reason = 'eos';
+              break;
+            }
+            want.push(next);
+            last = next;
+          }
+          assert.deepEqual(gens[i], { tokens: want, finishReason: reason });
         });
-        const want = await generate(model, prompts, { ...o, schedule: 'static' });
-        const got = await generate(model, prompts, o);
-        assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, n: prompts.length })}`);
-      }
-      // a chain 1 -> 2 -> ... -> 8 -> EOS: a prompt ending in t gets 8 - t tokens. One long answer
-      // among short ones: the static schedule decodes each pair to its longest answer, continuous
-      // batching refills the slot of each short one at once.
-      const chain = new Float32Array(81).fill(-5);
-      for (let t = 1; t < 8; t++) chain[t * 9 + t + 1] = 5;
-      chain[8 * 9] = 5;
-      const prompts = [[1], [7], [1], [7], [7], [7], [7], [7]];
-      const steps = async (schedule: 'static' | 'continuous') => {
-        const m = new BigramModel(be, chain, 9);
-        const gens = await generate(m, prompts, opts({ temperature: 0, batchSize: 2, schedule }));
-        return { gens, decodes: m.decodes };
-      };
-      const st = await steps('static'), co = await steps('continuous');
-      assert.deepEqual(co.gens, st.gens);
-      assert.deepEqual(co.gens[0].tokens, [2, 3, 4, 5, 6, 7, 8]);
-      assert.ok(co.decodes < st.decodes, `continuous made ${co.decodes} decode calls, static ${st.decodes}`);
-      // a model without prefillSlots falls back to the static schedule
-      const plain = new BigramModel(be, chain, 9);
-      plain.slotted = false;
-      assert.deepEqual(await generate(plain, prompts, opts({ temperature: 0, batchSize: 2 })), st.gens);
-      assert.equal(plain.decodes, st.decodes);
-      await assert.rejects(generate(plain, prompts, opts({ schedule: 'eager' as 'static' })), /schedule must be/);
-    }));
-
-  test('greedy equals a step-by-step argmax loop; finish reasons eos / stop / length', async () =>
-    withSeed(async (rng) => {
-      const model = bigram(rng);
-      const prompts = [[3], [5, 2], [7]];
-      const gens = await generate(model, prompts, opts({ temperature: 0, maxNewTokens: 6 }));
-      prompts.forEach((p, i) => {
-        const want: number[] = [];
-        let last = p[p.length - 1];
-        let reason = 'length';
-        for (let s = 0; s < 6; s++) {
-          const next = argmax(model.table.subarray(last * 9, last * 9 + 9));
-          if (next === 0) { reason = 'eos'; break; }
-          want.push(next);
-          last = next;
+        // a stop sequence made of the first two greedy tokens of prompt 0, when there are two
+        const first = gens[0].tokens.slice(0, 2);
+        if (first.length === 2) {
+          const [g] = await generate(model, [prompts[0]], opts({ temperature: 0, stopSequences: [first] }));
+          assert.deepEqual(g, { tokens: [], finishReason: 'stop' });
         }
-        assert.deepEqual(gens[i], { tokens: want, finishReason: reason });
-      });
-      // a stop sequence made of the first two greedy tokens of prompt 0, when there are two
-      const first = gens[0].tokens.slice(0, 2);
-      if (first.length === 2) {
-        const [g] = await generate(model, [prompts[0]], opts({ temperature: 0, stopSequences: [first] }));
-        assert.deepEqual(g, { tokens: [], finishReason: 'stop' });
-      }
-      const short = await generate(model, [[1, 2, 3, 4]], opts({ maxNewTokens: 5, eosIds: [], temperature: 1 }));
-      assert.equal(short[0].tokens.length, 5);
-      assert.equal(short[0].finishReason, 'length');
-      await assert.rejects(generate(model, [[1]], opts({ topP: 0 })), /top_p/);
-    }));
+        const short = await generate(model, [[1, 2, 3, 4]], opts({ maxNewTokens: 5, eosIds: [], temperature: 1 }));
+        assert.equal(short[0].tokens.length, 5);
+        assert.equal(short[0].finishReason, 'length');
+        await assert.rejects(generate(model, [[1]], opts({ topP: 0 })), /top_p/);
+      }));
 
-  test('the model position limit is respected, per prompt, in both schedules', async () =>
-    withSeed(async (rng) => {
-      const model = new BigramModel(be, bigram(rng).table, 9, 8);
-      for (const schedule of ['static', 'continuous'] as const) {
-        const [g] = await generate(model, [[1, 2, 3, 4, 5]], opts({ eosIds: [], maxNewTokens: 50, schedule }));
-        assert.equal(g.tokens.length, 3);
-        // a short prompt batched with a long one gets its own room (8 - 2 positions), not the long one's
-        const gens = await generate(model, [[1, 2], [1, 2, 3, 4, 5, 6]], opts({ eosIds: [], maxNewTokens: 50, batchSize: 2, schedule }));
-        assert.deepEqual(gens.map((x) => x.tokens.length), [6, 2], schedule);
-      }
-    }));
-
-  test('the real model: continuous batching gives the static outputs (greedy and sampled, mixed lengths, many seeds)', async () =>
-    withSeed(async (rng) => {
-      // wide enough that BLAS and attention take size-dependent paths (a batched, padded prefill fails here)
-      const vocab = 40;
-      const model = initLlama(be, tinyConfig({ vocab, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), { seed: rng.int(0, 1e9), std: 0.1, randomizeAll: true });
-      const dec = new LlamaDecoder(model);
-      try {
-        for (let trial = 0; trial < 8; trial++) {
-          const prompts = Array.from({ length: rng.int(3, 14) }, () => Array.from({ length: rng.int(1, 90) }, () => rng.int(3, vocab - 1)));
-          // a few EOS ids among 40 tokens: answers from 1 token to max_new_tokens
-          const eosIds = Array.from({ length: rng.int(1, 3) }, () => rng.int(3, vocab - 1));
-          const o = opts({ seed: rng.int(0, 1e6), batchSize: rng.int(1, 6), maxNewTokens: rng.int(4, 24), eosIds, temperature: trial % 2 ? 0 : [0.8, 1.2][rng.int(0, 1)], topK: [0, 7][rng.int(0, 1)], topP: [1, 0.9][rng.int(0, 1)] });
-          const want = await generate(dec, prompts, { ...o, schedule: 'static' });
-          const got = await generate(dec, prompts, o);
-          assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, lengths: prompts.map((p) => p.length) })}`);
+    test('the model position limit is respected, per prompt, in both schedules', async () =>
+      withSeed(async (rng) => {
+        const model = new BigramModel(be, bigram(rng).table, 9, 8);
+        for (const schedule of ['static', 'continuous'] as const) {
+          const [g] = await generate(model, [[1, 2, 3, 4, 5]], opts({ eosIds: [], maxNewTokens: 50, schedule }));
+          assert.equal(g.tokens.length, 3);
+          // a short prompt batched with a long one gets its own room (8 - 2 positions), not the long one's
+          const gens = await generate(
+            model,
+            [
+              [1, 2],
+              [1, 2, 3, 4, 5, 6],
+            ],
+            opts({ eosIds: [], maxNewTokens: 50, batchSize: 2, schedule }),
+          );
+          assert.deepEqual(
+            gens.map((x) => x.tokens.length),
+            [6, 2],
+            schedule,
+          );
         }
-      } finally {
+      }));
+
+    test('the real model: continuous batching gives the static outputs (greedy and sampled, mixed lengths, many seeds)', async () =>
+      withSeed(async (rng) => {
+        // wide enough that BLAS and attention take size-dependent paths (a batched, padded prefill fails here)
+        const vocab = 40;
+        const model = initLlama(be, tinyConfig({ vocab, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), {
+          seed: rng.int(0, 1e9),
+          std: 0.1,
+          randomizeAll: true,
+        });
+        const dec = new LlamaDecoder(model);
+        try {
+          for (let trial = 0; trial < 8; trial++) {
+            const prompts = Array.from({ length: rng.int(3, 14) }, () =>
+              Array.from({ length: rng.int(1, 90) }, () => rng.int(3, vocab - 1)),
+            );
+            // a few EOS ids among 40 tokens: answers from 1 token to max_new_tokens
+            const eosIds = Array.from({ length: rng.int(1, 3) }, () => rng.int(3, vocab - 1));
+            const o = opts({
+              seed: rng.int(0, 1e6),
+              batchSize: rng.int(1, 6),
+              maxNewTokens: rng.int(4, 24),
+              eosIds,
+              temperature: trial % 2 ? 0 : [0.8, 1.2][rng.int(0, 1)],
+              topK: [0, 7][rng.int(0, 1)],
+              topP: [1, 0.9][rng.int(0, 1)],
+            });
+            const want = await generate(dec, prompts, { ...o, schedule: 'static' });
+            const got = await generate(dec, prompts, o);
+            assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, lengths: prompts.map((p) => p.length) })}`);
+          }
+        } finally {
+          model.weights.free();
+        }
+      }));
+
+    test('the real model: KV-cache greedy generation equals greedy by full recompute', async () =>
+      withSeed(async (rng) => {
+        const model = initLlama(be, tinyConfig({ vocab: 50 }), { seed: rng.int(0, 1e9), std: 0.3, randomizeAll: true });
+        const prompts = [[5, 6, 7], [9], [11, 12, 13, 14, 15]];
+        const gens = await generate(new LlamaDecoder(model), prompts, opts({ temperature: 0, maxNewTokens: 8, eosIds: [2], batchSize: 3 }));
+        for (const [i, p] of prompts.entries()) {
+          const seq = [...p];
+          const want: number[] = [];
+          for (let s = 0; s < 8; s++) {
+            const L = seq.length;
+            const input = uploadInput(
+              be,
+              {
+                rows: 1,
+                length: L,
+                inputIds: Int32Array.from(seq),
+                positions: Int32Array.from({ length: L }, (_, j) => j),
+                attentionMask: new Int32Array(L).fill(1),
+              },
+              50,
+            );
+            const { logits } = model.forward(input);
+            const next = argmax((await ops.read(logits)).subarray((L - 1) * 50, L * 50));
+            logits.free();
+            freeInput(input);
+            if (next === 2) break;
+            want.push(next);
+            seq.push(next);
+          }
+          assert.deepEqual(gens[i].tokens, want, `prompt ${i}`);
+        }
         model.weights.free();
-      }
-    }));
+      }));
 
-  test('the real model: KV-cache greedy generation equals greedy by full recompute', async () =>
-    withSeed(async (rng) => {
-      const model = initLlama(be, tinyConfig({ vocab: 50 }), { seed: rng.int(0, 1e9), std: 0.3, randomizeAll: true });
-      const prompts = [[5, 6, 7], [9], [11, 12, 13, 14, 15]];
-      const gens = await generate(new LlamaDecoder(model), prompts, opts({ temperature: 0, maxNewTokens: 8, eosIds: [2], batchSize: 3 }));
-      for (const [i, p] of prompts.entries()) {
-        const seq = [...p];
-        const want: number[] = [];
-        for (let s = 0; s < 8; s++) {
-          const L = seq.length;
-          const input = uploadInput(be, { rows: 1, length: L, inputIds: Int32Array.from(seq), positions: Int32Array.from({ length: L }, (_, j) => j), attentionMask: new Int32Array(L).fill(1) }, 50);
-          const { logits } = model.forward(input);
-          const next = argmax((await ops.read(logits)).subarray((L - 1) * 50, L * 50));
-          logits.free();
-          freeInput(input);
-          if (next === 2) break;
-          want.push(next);
-          seq.push(next);
+    test('answers are journaled: a run killed after a batch resumes to the same answers without redoing finished prompts', async () =>
+      withSeed(async (rng) => {
+        const dir = mkdtempSync(join(tmpdir(), 'spinlm-answers-'));
+        try {
+          const model = new BigramModel(
+            be,
+            Float32Array.from({ length: 81 }, () => rng.normal() * 2),
+            9,
+          );
+          // characters '1'..'8' are tokens 1..8; token 0 is EOS
+          const tok = { eosId: 0, encode: (s: string) => [...s].map(Number), decode: (ids: readonly number[]) => ` ${ids.join('')} ` };
+          const prompts = Array.from({ length: 10 }, () => Array.from({ length: rng.int(1, 4) }, () => rng.int(1, 8)).join(''));
+          const o = { temperature: 1, topK: 0, topP: 1, maxNewTokens: 6, seed: 5, batchSize: 3 };
+          const straight = await answerPrompts(model, tok, prompts, o);
+          assert.ok(
+            straight.every((a) => a === a.trim()),
+            'answers are stripped',
+          );
+          const journal = join(dir, 'answers.partial');
+          let batches = 0;
+          await assert.rejects(
+            answerPrompts(model, tok, prompts, {
+              ...o,
+              journal,
+              onProgress: () => {
+                if (++batches === 2) throw new Error('killed');
+              },
+            }),
+            /killed/,
+          );
+          model.calls = 0;
+          const resumed = await answerPrompts(model, tok, prompts, { ...o, journal });
+          assert.deepEqual(resumed, straight);
+          const fresh = new BigramModel(be, model.table, 9);
+          await answerPrompts(fresh, tok, prompts, o);
+          assert.ok(model.calls < fresh.calls, `resumed run made ${model.calls} model calls, a fresh one ${fresh.calls}`);
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
         }
-        assert.deepEqual(gens[i].tokens, want, `prompt ${i}`);
-      }
-      model.weights.free();
-    }));
-
-  test('answers are journaled: a run killed after a batch resumes to the same answers without redoing finished prompts', async () =>
-    withSeed(async (rng) => {
-      const dir = mkdtempSync(join(tmpdir(), 'spinlm-answers-'));
-      try {
-        const model = new BigramModel(be, Float32Array.from({ length: 81 }, () => rng.normal() * 2), 9);
-        // characters '1'..'8' are tokens 1..8; token 0 is EOS
-        const tok = { eosId: 0, encode: (s: string) => [...s].map(Number), decode: (ids: readonly number[]) => ` ${ids.join('')} ` };
-        const prompts = Array.from({ length: 10 }, () => Array.from({ length: rng.int(1, 4) }, () => rng.int(1, 8)).join(''));
-        const o = { temperature: 1, topK: 0, topP: 1, maxNewTokens: 6, seed: 5, batchSize: 3 };
-        const straight = await answerPrompts(model, tok, prompts, o);
-        assert.ok(straight.every((a) => a === a.trim()), 'answers are stripped');
-        const journal = join(dir, 'answers.partial');
-        let batches = 0;
-        await assert.rejects(answerPrompts(model, tok, prompts, { ...o, journal, onProgress: () => { if (++batches === 2) throw new Error('killed'); } }), /killed/);
-        model.calls = 0;
-        const resumed = await answerPrompts(model, tok, prompts, { ...o, journal });
-        assert.deepEqual(resumed, straight);
-        const fresh = new BigramModel(be, model.table, 9);
-        await answerPrompts(fresh, tok, prompts, o);
-        assert.ok(model.calls < fresh.calls, `resumed run made ${model.calls} model calls, a fresh one ${fresh.calls}`);
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    }));
-});
+      }));
+  });

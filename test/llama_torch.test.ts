@@ -21,204 +21,323 @@ import * as ops from '../src/ops/index.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
-const ORACLE = new URL('./oracle/llama_torch.py', import.meta.url).pathname;
-const EOS = 2;
+for (const be of await testBackends())
+  describe(`on backend ${be.name}`, () => {
+    const ORACLE = new URL('./oracle/llama_torch.py', import.meta.url).pathname;
+    const EOS = 2;
 
-interface Case {
-  name: string;
-  config: Record<string, unknown>;
-  dtype: 'f32' | 'bf16';
-  writer: 'torch' | 'spinlm';
-}
+    interface Case {
+      name: string;
+      config: Record<string, unknown>;
+      dtype: 'f32' | 'bf16';
+      writer: 'torch' | 'spinlm';
+    }
 
-const base = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4, rms_norm_eps: 1e-5, vocab_size: 97, max_position_embeddings: 256, bos_token_id: 1, eos_token_id: 2, hidden_act: 'silu' };
-const CASES: Case[] = [
-  { name: 'llama, untied, GQA 4/2, f32, written by torch', config: { ...base, model_type: 'llama', num_key_value_heads: 2, tie_word_embeddings: false }, dtype: 'f32', writer: 'torch' },
-  { name: 'qwen2, tied, q/k/v biases, GQA 1, rope_theta 1e6, written by spinlm', config: { ...base, model_type: 'qwen2', num_key_value_heads: 4, tie_word_embeddings: true, rope_theta: 1e6 }, dtype: 'f32', writer: 'spinlm' },
-  { name: 'mistral, GQA 4/1, linear rope scaling 2, bf16 weights, written by torch', config: { ...base, model_type: 'mistral', num_key_value_heads: 1, tie_word_embeddings: false, rope_scaling: { type: 'linear', factor: 2 }, sliding_window: null }, dtype: 'bf16', writer: 'torch' },
-  { name: 'llama with attention_bias (q/k/v/o biases), written by spinlm', config: { ...base, model_type: 'llama', num_key_value_heads: 2, attention_bias: true }, dtype: 'f32', writer: 'spinlm' },
-];
+    const base = {
+      hidden_size: 64,
+      intermediate_size: 96,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      rms_norm_eps: 1e-5,
+      vocab_size: 97,
+      max_position_embeddings: 256,
+      bos_token_id: 1,
+      eos_token_id: 2,
+      hidden_act: 'silu',
+    };
+    const CASES: Case[] = [
+      {
+        name: 'llama, untied, GQA 4/2, f32, written by torch',
+        config: { ...base, model_type: 'llama', num_key_value_heads: 2, tie_word_embeddings: false },
+        dtype: 'f32',
+        writer: 'torch',
+      },
+      {
+        name: 'qwen2, tied, q/k/v biases, GQA 1, rope_theta 1e6, written by spinlm',
+        config: { ...base, model_type: 'qwen2', num_key_value_heads: 4, tie_word_embeddings: true, rope_theta: 1e6 },
+        dtype: 'f32',
+        writer: 'spinlm',
+      },
+      {
+        name: 'mistral, GQA 4/1, linear rope scaling 2, bf16 weights, written by torch',
+        config: {
+          ...base,
+          model_type: 'mistral',
+          num_key_value_heads: 1,
+          tie_word_embeddings: false,
+          rope_scaling: { type: 'linear', factor: 2 },
+          sliding_window: null,
+        },
+        dtype: 'bf16',
+        writer: 'torch',
+      },
+      {
+        name: 'llama with attention_bias (q/k/v/o biases), written by spinlm',
+        config: { ...base, model_type: 'llama', num_key_value_heads: 2, attention_bias: true },
+        dtype: 'f32',
+        writer: 'spinlm',
+      },
+    ];
 
-/** Writes a request for `llama_torch.py run`: the batch's token arrays, the reference log-probs, the settings. */
-function writeRequest(dir: string, batch: SpinBatch, ref: Float32Array, settings: Record<string, unknown>): string {
-  const req = join(dir, 'req');
-  mkdirSync(req);
-  const put = (name: string, a: Int32Array | Float32Array) => writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-  put('input_ids', batch.inputIds);
-  put('positions', batch.positions);
-  put('attention_mask', batch.attentionMask);
-  put('targets', batch.targets);
-  put('segments', batch.segments);
-  put('ref', ref);
-  writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: batch.rows, length: batch.length, ...settings }));
-  return req;
-}
-
-/** Pairs with long prompts, so truncation (keep_end) cuts some of them. */
-function pairs(rng: Rng, n: number) {
-  const tok = { eosId: EOS, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
-  const text = (k: number) => Array.from({ length: k }, () => String.fromCharCode(97 + rng.int(0, 25))).join('');
-  // the first prompt is always long enough to be cut
-  return Array.from({ length: n }, (_, i) => tokenizePair(tok, text(i === 0 ? 60 : rng.int(3, 60)), text(rng.int(1, 12)), text(rng.int(1, 12)), { maxLength: 48, maxPromptLength: 32 }));
-}
-
-for (const c of CASES) {
-  test(`matches PyTorch: ${c.name}`, async () =>
-    withSeed(async (rng) => {
-      const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-torch-'));
-      try {
-        const modelDir = join(dir, 'model');
-        mkdirSync(modelDir);
-        if (c.writer === 'torch') runPython(ORACLE, ['make', modelDir, JSON.stringify(c.config), String(rng.int(0, 1e6)), c.dtype]);
-        else {
-          const { parseConfig } = await import('../src/model/config.js');
-          await initLlama(be, parseConfig(c.config, 'case'), { seed: rng.int(0, 1e9), std: 0.2, dtype: c.dtype, randomizeAll: true }).save(modelDir);
-        }
-        const model = await LlamaModel.load(be, modelDir);
-        assert.equal(model.weights.dtype, c.dtype);
-        model.weights.enableTraining();
-        const ps = pairs(rng, 3);
-        assert.ok(ps.some((p) => p.real.prompt.length === 32), 'some prompts were truncated to max_prompt_length');
-        const batch = collateSpinBatch(ps, EOS, 0);
-        const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
-        const beta = 0.3;
-        const input = uploadInput(be, batch, model.cfg.vocabSize);
-        const { logits, state } = model.forward(input, { train: true });
-        const logitsHost = Float32Array.from(await ops.read(logits) as Float32Array);
-        const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-        const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
-        const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [6]), 3, { beta, lossType: 'sigmoid' });
-        const metrics = await spinLossMetrics(ctx);
-        const seq = Float32Array.from(await ops.read(ctx.seqLogps) as Float32Array);
-        model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
-        freeSpinLossContext(ctx);
-        freeInput(input);
-
-        const req = writeRequest(dir, batch, ref, { beta, loss_type: 'sigmoid', pairs: 3 });
-        runPython(ORACLE, ['run', modelDir, req]);
-        const read = (p: string) => {
-          const b = readFileSync(join(req, p));
-          return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-        };
-        const tol = c.dtype === 'f32' ? 1e-4 : 2e-2;
-        const check = (what: string, got: ArrayLike<number>, want: ArrayLike<number>) => {
-          const e = relErr(got, want);
-          assert.ok(e <= tol, `${what}: relative error ${e} > ${tol}`);
-        };
-        check('logits', logitsHost, read('logits.out.bin'));
-        check('S(theta, y) of each sequence', seq, read('seq.out.bin'));
-        const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss;
-        assert.ok(Math.abs(metrics.loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${metrics.loss} vs torch ${torchLoss}`);
-        for (const [name, g] of model.weights.grads) check(`grad ${name}`, await ops.read(g) as Float32Array, read(join('grad', `${name}.bin`)));
-        model.weights.free();
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
-      }
-    }));
-}
-
-test('greedy generation with the KV cache equals PyTorch greedy decoding by full recompute', async () =>
-  withSeed(async (rng) => {
-    const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
-    try {
-      const modelDir = join(dir, 'model');
-      mkdirSync(modelDir);
-      runPython(ORACLE, ['make', modelDir, JSON.stringify({ ...base, model_type: 'llama', num_key_value_heads: 2 }), String(rng.int(0, 1e6)), 'f32']);
-      const model = await LlamaModel.load(be, modelDir);
-      const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
-      const { generate } = await import('../src/generate/generate.js');
-      const { LlamaDecoder } = await import('../src/model/decoder.js');
-      const gens = await generate(new LlamaDecoder(model), prompts, { temperature: 0, topK: 0, topP: 1, maxNewTokens: 12, eosIds: [EOS], seed: 0, batchSize: 3 });
+    /** Writes a request for `llama_torch.py run`: the batch's token arrays, the reference log-probs, the settings. */
+    function writeRequest(dir: string, batch: SpinBatch, ref: Float32Array, settings: Record<string, unknown>): string {
       const req = join(dir, 'req');
       mkdirSync(req);
-      writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
-      runPython(ORACLE, ['greedy', modelDir, req]);
-      const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
-      assert.deepEqual(gens.map((g) => g.tokens), want);
-      model.weights.free();
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
+      const put = (name: string, a: Int32Array | Float32Array) =>
+        writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+      put('input_ids', batch.inputIds);
+      put('positions', batch.positions);
+      put('attention_mask', batch.attentionMask);
+      put('targets', batch.targets);
+      put('segments', batch.segments);
+      put('ref', ref);
+      writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: batch.rows, length: batch.length, ...settings }));
+      return req;
     }
-  }));
 
-/**
- * One adaptive optimizer step's update (new - old) per element against torch's, within what the gradient
- * error allows: |ours - torch| <= lr eps / (c|g| + eps)^2 x gradTol + 1e-6 |update| + 4 x 2^-23 |p| (the step's
- * f32 arithmetic against torch's float64: the f32 decay factor 1 - lr wd, p x decay, p - step, and the final
- * rounding of both sides), where g is
- * torch's (clipped) gradient and gradTol = 1e-4 x max |g| of the tensor (the gradient tolerance of the
- * model test above). Elements with |g| >> eps are held to ~1e-4 of their update; noise-level ones are
- * free, as they should be.
- */
-function checkUpdate(name: string, old: Float32Array, got: Float32Array, want: Float32Array, g: Float32Array, o: { lr: number; eps: number; c: number }): void {
-  let gmax = 0;
-  for (const x of g) gmax = Math.max(gmax, Math.abs(x));
-  const gradTol = 1e-4 * gmax;
-  let worst = 0;
-  for (let j = 0; j < got.length; j++) {
-    const ours = got[j] - old[j], theirs = want[j] - old[j];
-    const sens = (o.lr * o.eps) / (o.c * Math.abs(g[j]) + o.eps) ** 2;
-    const allowed = sens * gradTol + 1e-6 * Math.abs(theirs) + 4 * 2 ** -23 * Math.max(Math.abs(old[j]), Math.abs(want[j]));
-    worst = Math.max(worst, Math.abs(ours - theirs) / allowed);
-    assert.ok(Math.abs(ours - theirs) <= allowed, `${name}[${j}]: update ${ours} vs torch ${theirs} (|g| ${Math.abs(g[j])}, allowed ${allowed})`);
-  }
-  assert.ok(worst <= 1, `${name}: worst update error ${worst} of its allowance`);
-}
+    /** Pairs with long prompts, so truncation (keep_end) cuts some of them. */
+    function pairs(rng: Rng, n: number) {
+      const tok = { eosId: EOS, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
+      const text = (k: number) => Array.from({ length: k }, () => String.fromCharCode(97 + rng.int(0, 25))).join('');
+      // the first prompt is always long enough to be cut
+      return Array.from({ length: n }, (_, i) =>
+        tokenizePair(tok, text(i === 0 ? 60 : rng.int(3, 60)), text(rng.int(1, 12)), text(rng.int(1, 12)), {
+          maxLength: 48,
+          maxPromptLength: 32,
+        }),
+      );
+    }
 
-for (const optim of ['rmsprop', 'adamw'] as const) {
-  test(`one SPIN optimizer step (${optim}, clipping 0.5) on the model matches torch.optim`, async () =>
-    withSeed(async (rng) => {
-      const dir = mkdtempSync(join(tmpdir(), 'spinlm-step-torch-'));
-      try {
-        const modelDir = join(dir, 'model');
-        mkdirSync(modelDir);
-        runPython(ORACLE, ['make', modelDir, JSON.stringify({ ...base, model_type: 'qwen2', num_key_value_heads: 2 }), String(rng.int(0, 1e6)), 'f32']);
-        const model = await LlamaModel.load(be, modelDir);
-        const ps = pairs(rng, 3);
-        const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
-        const before = new Map<string, Float32Array>();
-        for (const [n, t] of model.weights.params) before.set(n, Float32Array.from((await ops.read(t)) as Float32Array));
-        const { SpinObjective } = await import('../src/spin/objectives.js');
-        const { runTrainingLoop } = await import('../src/spin/train_loop.js');
-        // The optimizer's own defaults (eps 1e-8). An adaptive first step moves an element by
-        // ~lr g / (c|g| + eps) (AdamW: c = 1; RMSprop: c = sqrt(1 - alpha)), so an element whose gradient
-        // sits at f32 noise level can move anywhere in [-lr/c, lr/c] on either side: its update is not
-        // determined by a correct gradient. What the step must get right is therefore measured against
-        // its sensitivity to the gradient: each element's update may differ from torch's by at most
-        // d(update)/dg x (the gradient error the model test allows) + rounding (checkUpdate below).
-        const lr = 1e-4;
-        const eps = 1e-8;
-        const hyper = optim === 'rmsprop' ? { type: 'rmsprop' as const, alpha: 0.99, eps, weightDecay: 0 } : { type: 'adamw' as const, beta1: 0.9, beta2: 0.999, eps, weightDecay: 0.01 };
-        // one step over the 3 pairs in one micro-batch; torch is then given them in the order the loop used
-        const obj = new SpinObjective(model, ps, ref, { beta: 0.3, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
-        const order: number[][] = [];
-        const spy = {
-          metricNames: obj.metricNames,
-          microStep: (idx: readonly number[], weight: number, metrics: Tensor<'f32'>) => {
-            order.push([...idx]);
-            return obj.microStep(idx, weight, metrics);
-          },
-        };
-        await runTrainingLoop(model, 3, spy, { learningRate: lr, optim: hyper, lrSchedulerType: 'constant', warmupRatio: 0, microBatchSize: 3, gradientAccumulationSteps: 1, numTrainEpochs: 1, maxGradNorm: 0.5, seed: 1, saveSteps: 0 });
-        // torch gets the same pairs in the order the loop used
-        const ordered = order[0].map((i) => ps[i]);
-        const b2 = collateSpinBatch(ordered, EOS, 0);
-        const ref2 = new Float32Array([...order[0].map((i) => ref[i]), ...order[0].map((i) => ref[3 + i])]);
-        const o = optim === 'rmsprop' ? { type: 'rmsprop', lr, alpha: 0.99, eps, weight_decay: 0, clip: 0.5 } : { type: 'adamw', lr, beta1: 0.9, beta2: 0.999, eps, weight_decay: 0.01, clip: 0.5 };
-        const req = writeRequest(dir, b2, ref2, { beta: 0.3, loss_type: 'sigmoid', pairs: 3, optimizer: o });
-        runPython(ORACLE, ['run', modelDir, req]);
-        for (const [name, t] of model.weights.params) {
-          const b = readFileSync(join(req, 'updated', `${name}.bin`));
-          const want = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-          const got = await ops.read(t) as Float32Array;
-          const gb = readFileSync(join(req, 'grad', `${name}.bin`));
-          checkUpdate(name, before.get(name)!, got, want, new Float32Array(gb.buffer, gb.byteOffset, gb.byteLength / 4), { lr, eps, c: optim === 'rmsprop' ? Math.sqrt(1 - 0.99) : 1 });
+    for (const c of CASES) {
+      test(`matches PyTorch: ${c.name}`, async () =>
+        withSeed(async (rng) => {
+          const dir = mkdtempSync(join(tmpdir(), 'spinlm-llama-torch-'));
+          try {
+            const modelDir = join(dir, 'model');
+            mkdirSync(modelDir);
+            if (c.writer === 'torch') runPython(ORACLE, ['make', modelDir, JSON.stringify(c.config), String(rng.int(0, 1e6)), c.dtype]);
+            else {
+              const { parseConfig } = await import('../src/model/config.js');
+              await initLlama(be, parseConfig(c.config, 'case'), {
+                seed: rng.int(0, 1e9),
+                std: 0.2,
+                dtype: c.dtype,
+                randomizeAll: true,
+              }).save(modelDir);
+            }
+            const model = await LlamaModel.load(be, modelDir);
+            assert.equal(model.weights.dtype, c.dtype);
+            model.weights.enableTraining();
+            const ps = pairs(rng, 3);
+            assert.ok(
+              ps.some((p) => p.real.prompt.length === 32),
+              'some prompts were truncated to max_prompt_length',
+            );
+            const batch = collateSpinBatch(ps, EOS, 0);
+            const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
+            const beta = 0.3;
+            const input = uploadInput(be, batch, model.cfg.vocabSize);
+            const { logits, state } = model.forward(input, { train: true });
+            const logitsHost = Float32Array.from((await ops.read(logits)) as Float32Array);
+            const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+            const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+            const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [6]), 3, {
+              beta,
+              lossType: 'sigmoid',
+            });
+            const metrics = await spinLossMetrics(ctx);
+            const seq = Float32Array.from((await ops.read(ctx.seqLogps)) as Float32Array);
+            model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
+            freeSpinLossContext(ctx);
+            freeInput(input);
+
+            const req = writeRequest(dir, batch, ref, { beta, loss_type: 'sigmoid', pairs: 3 });
+            runPython(ORACLE, ['run', modelDir, req]);
+            const read = (p: string) => {
+              const b = readFileSync(join(req, p));
+              return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+            };
+            const tol = c.dtype === 'f32' ? 1e-4 : 2e-2;
+            const check = (what: string, got: ArrayLike<number>, want: ArrayLike<number>) => {
+              const e = relErr(got, want);
+              assert.ok(e <= tol, `${what}: relative error ${e} > ${tol}`);
+            };
+            check('logits', logitsHost, read('logits.out.bin'));
+            check('S(theta, y) of each sequence', seq, read('seq.out.bin'));
+            const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss;
+            assert.ok(Math.abs(metrics.loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${metrics.loss} vs torch ${torchLoss}`);
+            for (const [name, g] of model.weights.grads)
+              check(`grad ${name}`, (await ops.read(g)) as Float32Array, read(join('grad', `${name}.bin`)));
+            model.weights.free();
+          } finally {
+            rmSync(dir, { recursive: true, force: true });
+          }
+        }));
+    }
+
+    test('greedy generation with the KV cache equals PyTorch greedy decoding by full recompute', async () =>
+      withSeed(async (rng) => {
+        const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
+        try {
+          const modelDir = join(dir, 'model');
+          mkdirSync(modelDir);
+          runPython(ORACLE, [
+            'make',
+            modelDir,
+            JSON.stringify({ ...base, model_type: 'llama', num_key_value_heads: 2 }),
+            String(rng.int(0, 1e6)),
+            'f32',
+          ]);
+          const model = await LlamaModel.load(be, modelDir);
+          const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
+          const { generate } = await import('../src/generate/generate.js');
+          const { LlamaDecoder } = await import('../src/model/decoder.js');
+          const gens = await generate(new LlamaDecoder(model), prompts, {
+            temperature: 0,
+            topK: 0,
+            topP: 1,
+            maxNewTokens: 12,
+            eosIds: [EOS],
+            seed: 0,
+            batchSize: 3,
+          });
+          const req = join(dir, 'req');
+          mkdirSync(req);
+          writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
+          runPython(ORACLE, ['greedy', modelDir, req]);
+          const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
+          assert.deepEqual(
+            gens.map((g) => g.tokens),
+            want,
+          );
+          model.weights.free();
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
         }
-        model.weights.free();
-      } finally {
-        rmSync(dir, { recursive: true, force: true });
+      }));
+
+    /**
+     * One adaptive optimizer step's update (new - old) per element against torch's, within what the gradient
+     * error allows: |ours - torch| <= lr eps / (c|g| + eps)^2 x gradTol + 1e-6 |update| + 4 x 2^-23 |p| (the step's
+     * f32 arithmetic against torch's float64: the f32 decay factor 1 - lr wd, p x decay, p - step, and the final
+     * rounding of both sides), where g is
+     * torch's (clipped) gradient and gradTol = 1e-4 x max |g| of the tensor (the gradient tolerance of the
+     * model test above). Elements with |g| >> eps are held to ~1e-4 of their update; noise-level ones are
+     * free, as they should be.
+     */
+    function checkUpdate(
+      name: string,
+      old: Float32Array,
+      got: Float32Array,
+      want: Float32Array,
+      g: Float32Array,
+      o: { lr: number; eps: number; c: number },
+    ): void {
+      let gmax = 0;
+      for (const x of g) gmax = Math.max(gmax, Math.abs(x));
+      const gradTol = 1e-4 * gmax;
+      let worst = 0;
+      for (let j = 0; j < got.length; j++) {
+        const ours = got[j] - old[j],
+          theirs = want[j] - old[j];
+        const sens = (o.lr * o.eps) / (o.c * Math.abs(g[j]) + o.eps) ** 2;
+        const allowed = sens * gradTol + 1e-6 * Math.abs(theirs) + 4 * 2 ** -23 * Math.max(Math.abs(old[j]), Math.abs(want[j]));
+        worst = Math.max(worst, Math.abs(ours - theirs) / allowed);
+        assert.ok(
+          Math.abs(ours - theirs) <= allowed,
+          `${name}[${j}]: update ${ours} vs torch ${theirs} (|g| ${Math.abs(g[j])}, allowed ${allowed})`,
+        );
       }
-    }));
-}
-});
+      assert.ok(worst <= 1, `${name}: worst update error ${worst} of its allowance`);
+    }
+
+    for (const optim of ['rmsprop', 'adamw'] as const) {
+      test(`one SPIN optimizer step (${optim}, clipping 0.5) on the model matches torch.optim`, async () =>
+        withSeed(async (rng) => {
+          const dir = mkdtempSync(join(tmpdir(), 'spinlm-step-torch-'));
+          try {
+            const modelDir = join(dir, 'model');
+            mkdirSync(modelDir);
+            runPython(ORACLE, [
+              'make',
+              modelDir,
+              JSON.stringify({ ...base, model_type: 'qwen2', num_key_value_heads: 2 }),
+              String(rng.int(0, 1e6)),
+              'f32',
+            ]);
+            const model = await LlamaModel.load(be, modelDir);
+            const ps = pairs(rng, 3);
+            const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
+            const before = new Map<string, Float32Array>();
+            for (const [n, t] of model.weights.params) before.set(n, Float32Array.from((await ops.read(t)) as Float32Array));
+            const { SpinObjective } = await import('../src/spin/objectives.js');
+            const { runTrainingLoop } = await import('../src/spin/train_loop.js');
+            // The optimizer's own defaults (eps 1e-8). An adaptive first step moves an element by
+            // ~lr g / (c|g| + eps) (AdamW: c = 1; RMSprop: c = sqrt(1 - alpha)), so an element whose gradient
+            // sits at f32 noise level can move anywhere in [-lr/c, lr/c] on either side: its update is not
+            // determined by a correct gradient. What the step must get right is therefore measured against
+            // its sensitivity to the gradient: each element's update may differ from torch's by at most
+            // d(update)/dg x (the gradient error the model test allows) + rounding (checkUpdate below).
+            const lr = 1e-4;
+            const eps = 1e-8;
+            const hyper =
+              optim === 'rmsprop'
+                ? { type: 'rmsprop' as const, alpha: 0.99, eps, weightDecay: 0 }
+                : { type: 'adamw' as const, beta1: 0.9, beta2: 0.999, eps, weightDecay: 0.01 };
+            // one step over the 3 pairs in one micro-batch; torch is then given them in the order the loop used
+            const obj = new SpinObjective(model, ps, ref, {
+              beta: 0.3,
+              lossType: 'sigmoid',
+              nllAlpha: 0,
+              dropIdentical: false,
+              eosId: EOS,
+              padId: 0,
+            });
+            const order: number[][] = [];
+            const spy = {
+              metricNames: obj.metricNames,
+              microStep: (idx: readonly number[], weight: number, metrics: Tensor<'f32'>) => {
+                order.push([...idx]);
+                return obj.microStep(idx, weight, metrics);
+              },
+            };
+            await runTrainingLoop(model, 3, spy, {
+              learningRate: lr,
+              optim: hyper,
+              lrSchedulerType: 'constant',
+              warmupRatio: 0,
+              microBatchSize: 3,
+              gradientAccumulationSteps: 1,
+              numTrainEpochs: 1,
+              maxGradNorm: 0.5,
+              seed: 1,
+              saveSteps: 0,
+            });
+            // torch gets the same pairs in the order the loop used
+            const ordered = order[0].map((i) => ps[i]);
+            const b2 = collateSpinBatch(ordered, EOS, 0);
+            const ref2 = new Float32Array([...order[0].map((i) => ref[i]), ...order[0].map((i) => ref[3 + i])]);
+            const o =
+              optim === 'rmsprop'
+                ? { type: 'rmsprop', lr, alpha: 0.99, eps, weight_decay: 0, clip: 0.5 }
+                : { type: 'adamw', lr, beta1: 0.9, beta2: 0.999, eps, weight_decay: 0.01, clip: 0.5 };
+            const req = writeRequest(dir, b2, ref2, { beta: 0.3, loss_type: 'sigmoid', pairs: 3, optimizer: o });
+            runPython(ORACLE, ['run', modelDir, req]);
+            for (const [name, t] of model.weights.params) {
+              const b = readFileSync(join(req, 'updated', `${name}.bin`));
+              const want = new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+              const got = (await ops.read(t)) as Float32Array;
+              const gb = readFileSync(join(req, 'grad', `${name}.bin`));
+              checkUpdate(name, before.get(name)!, got, want, new Float32Array(gb.buffer, gb.byteOffset, gb.byteLength / 4), {
+                lr,
+                eps,
+                c: optim === 'rmsprop' ? Math.sqrt(1 - 0.99) : 1,
+              });
+            }
+            model.weights.free();
+          } finally {
+            rmSync(dir, { recursive: true, force: true });
+          }
+        }));
+    }
+  });

@@ -12,9 +12,7 @@ import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import type { Rng } from '../src/util/rng.js';
-import {
-  IGNORE, logprobGatherBackwardRef, logprobGatherRef, relErr, sequenceLogprobRef, spinLossRef,
-} from './helpers/loss_ref.js';
+import { IGNORE, logprobGatherBackwardRef, logprobGatherRef, relErr, sequenceLogprobRef, spinLossRef } from './helpers/loss_ref.js';
 import { testBackends } from './helpers/backends.js';
 import { randn, withSeed } from './helpers/random.js';
 
@@ -26,382 +24,483 @@ type LogitsDType = 'f32' | 'bf16';
 const otherBackend = new CpuBackend();
 
 for (const be of await testBackends()) {
-const cpu = be instanceof CpuBackend ? be : null;
-/** Random logits [n, v] and their exact f32 values (bf16 logits are rounded first). */
-function makeLogits(rng: Rng, n: number, v: number, dtype: LogitsDType, scale: number) {
-  const f = randn(rng, n * v, scale);
-  if (dtype === 'f32') return { t: ops.upload(be, { dtype: 'f32', data: f }, [n, v]) as Tensor, values: f };
-  const h = f32ArrayToBf16(f);
-  return { t: ops.upload(be, { dtype: 'bf16', data: h }, [n, v]) as Tensor, values: bf16ArrayToF32(h) };
-}
-
-function makeTargets(rng: Rng, n: number, v: number, ignoreFraction: number) {
-  const y = new Int32Array(n);
-  for (let i = 0; i < n; i++) y[i] = rng.next() < ignoreFraction ? IGNORE : rng.int(0, v - 1);
-  return { t: ops.upload(be, { dtype: 'i32', data: y }, [n]), values: y };
-}
-
-/** Host values of a tensor as f32 (bf16 widened). */
-async function host(t: Tensor): Promise<Float32Array> {
-  const d = await ops.read(t);
-  return d instanceof Uint16Array ? bf16ArrayToF32(d) : Float32Array.from(d);
-}
-
-function randomShape(rng: Rng) {
-  // V deliberately not a multiple of the 16-lane vectors in most draws; occasionally tiny.
-  const n = rng.int(1, 48);
-  const v = rng.next() < 0.15 ? rng.int(1, 20) : rng.int(17, 3000);
-  const scale = [0.5, 3, 30][rng.int(0, 2)];
-  return { n, v, scale };
-}
-
-describe('logprobGather', () => {
-  for (const dtype of ['f32', 'bf16'] as const) {
-    test(`${dtype} logits: logp and lse match float64 (10 random shapes)`, () =>
-      withSeed(async (rng) => {
-        const tol = dtype === 'f32' ? 1e-6 : 1e-5;
-        for (let k = 0; k < 10; k++) {
-          const { n, v, scale } = randomShape(rng);
-          const z = makeLogits(rng, n, v, dtype, scale);
-          const y = makeTargets(rng, n, v, 0.2);
-          const { logp, lse } = ops.logprobGather(z.t, y.t);
-          const ref = logprobGatherRef(z.values, n, v, y.values);
-          const ctx = `n=${n} v=${v} scale=${scale}`;
-          assert.ok(relErr(await host(logp), ref.logp) <= tol, `logp ${ctx}: err ${relErr(await host(logp), ref.logp)}`);
-          assert.ok(relErr(await host(lse), ref.lse) <= tol, `lse ${ctx}: err ${relErr(await host(lse), ref.lse)}`);
-        }
-      }));
+  const cpu = be instanceof CpuBackend ? be : null;
+  /** Random logits [n, v] and their exact f32 values (bf16 logits are rounded first). */
+  function makeLogits(rng: Rng, n: number, v: number, dtype: LogitsDType, scale: number) {
+    const f = randn(rng, n * v, scale);
+    if (dtype === 'f32') return { t: ops.upload(be, { dtype: 'f32', data: f }, [n, v]) as Tensor, values: f };
+    const h = f32ArrayToBf16(f);
+    return { t: ops.upload(be, { dtype: 'bf16', data: h }, [n, v]) as Tensor, values: bf16ArrayToF32(h) };
   }
 
-  if (cpu) test('same result on 1 and 2 threads, bit for bit (CPU)', () =>
-    withSeed(async (rng) => {
-      const be = cpu;
-      const z = makeLogits(rng, 33, 1000, 'f32', 4);
-      const y = makeTargets(rng, 33, 1000, 0.1);
-      const saved = be.threads;
-      try {
-        be.threads = 1;
-        const a = ops.logprobGather(z.t, y.t);
-        be.threads = 2;
-        const b = ops.logprobGather(z.t, y.t);
-        assert.deepEqual(await ops.read(a.logp), await ops.read(b.logp));
-        assert.deepEqual(await ops.read(a.lse), await ops.read(b.lse));
-      } finally {
-        be.threads = saved;
-      }
-    }));
+  function makeTargets(rng: Rng, n: number, v: number, ignoreFraction: number) {
+    const y = new Int32Array(n);
+    for (let i = 0; i < n; i++) y[i] = rng.next() < ignoreFraction ? IGNORE : rng.int(0, v - 1);
+    return { t: ops.upload(be, { dtype: 'i32', data: y }, [n]), values: y };
+  }
 
-  test('extreme logits: +-1e4 and -inf entries', () =>
-    withSeed(async (rng) => {
-      const n = 6, v = 37;
-      const f = randn(rng, n * v, 2);
-      for (let j = 0; j < v; j += 3) f[0 * v + j] = -Infinity; // row 0: many -inf
-      f[1 * v + 5] = 1e4; // row 1: one dominant logit
-      f[2 * v + 7] = -1e4; // row 2: target is extremely unlikely
-      for (let j = 0; j < v; j++) f[3 * v + j] = j % 2 ? 1e4 : -1e4; // row 3: half +1e4
-      f[4 * v + 9] = -Infinity; // row 4: target is -inf
-      const y = new Int32Array([1, 5, 7, 2, 9, 0]);
-      const z = ops.upload(be, { dtype: 'f32', data: f }, [n, v]);
-      const { logp, lse } = ops.logprobGather(z, ops.upload(be, { dtype: 'i32', data: y }, [n]));
-      const ref = logprobGatherRef(f, n, v, y);
-      const got = await host(logp);
-      assert.equal(got[4], -Infinity);
-      assert.equal(ref.logp[4], -Infinity);
-      assert.ok(got.every((x, i) => i === 4 || Number.isFinite(x)), `finite except row 4: ${got}`);
-      assert.ok(relErr(got, ref.logp) <= 1e-6, `logp err ${relErr(got, ref.logp)}`);
-      assert.ok(relErr(await host(lse), ref.lse) <= 1e-6);
-    }));
+  /** Host values of a tensor as f32 (bf16 widened). */
+  async function host(t: Tensor): Promise<Float32Array> {
+    const d = await ops.read(t);
+    return d instanceof Uint16Array ? bf16ArrayToF32(d) : Float32Array.from(d);
+  }
 
-  test('V = 1 gives logp = 0 exactly', async () => {
-    const z = ops.upload(be, { dtype: 'f32', data: new Float32Array([3.5, -2, 40]) }, [3, 1]);
-    const { logp, lse } = ops.logprobGather(z, ops.upload(be, { dtype: 'i32', data: new Int32Array([0, 0, 0]) }, [3]));
-    assert.deepEqual(Array.from(await host(logp)), [0, 0, 0]);
-    assert.deepEqual(Array.from(await host(lse)), [3.5, -2, 40]);
-  });
+  function randomShape(rng: Rng) {
+    // V deliberately not a multiple of the 16-lane vectors in most draws; occasionally tiny.
+    const n = rng.int(1, 48);
+    const v = rng.next() < 0.15 ? rng.int(1, 20) : rng.int(17, 3000);
+    const scale = [0.5, 3, 30][rng.int(0, 2)];
+    return { n, v, scale };
+  }
 
-  test('N = 0 gives empty outputs', async () => {
-    const { logp, lse } = ops.logprobGather(ops.empty(be, 'bf16', [0, 32000]), ops.empty(be, 'i32', [0]));
-    assert.equal(logp.numel, 0);
-    assert.equal(lse.numel, 0);
-  });
-
-  test('out-of-range targets on the device: outputs poisoned, the next read throws naming the op', async () => {
-    const z = ops.upload(be, { dtype: 'f32', data: new Float32Array(12).map((_, i) => Math.sin(i)) }, [3, 4]);
-    const t = (vals: number[]) => ops.upload(be, { dtype: 'i32', data: new Int32Array(vals) }, [vals.length]);
-    for (const bad of [[0, 4, 1], [0, -1, 1], [2 ** 31 - 1, 0, 0], [-(2 ** 31), 0, 0]]) {
-      const { logp } = ops.logprobGather(z, t(bad));
-      await assert.rejects(ops.read(logp), /logprobGather\/logprobGatherBackward: a target is outside \[0, vocab\)/);
-      // the error word was cleared by that read: good data reads fine again
-      assert.ok((await ops.read(ops.logprobGather(z, t([0, 1, 2])).logp)).every(Number.isFinite));
-    }
-    const lse = ops.logprobGather(z, t([0, 1, 2])).lse;
-    const d = ops.upload(be, { dtype: 'f32', data: new Float32Array([1, 1, 1]) }, [3]);
-    const g = ops.logprobGatherBackward(z, t([0, 9, 2]), lse, d, { dtype: 'f32' });
-    await assert.rejects(ops.read(g), /a target is outside/);
-  });
-
-  test('bad shapes and handles are clear errors, not crashes', async () => {
-    const z = ops.upload(be, { dtype: 'f32', data: new Float32Array(12) }, [3, 4]);
-    const t = (vals: number[]) => ops.upload(be, { dtype: 'i32', data: new Int32Array(vals) }, [vals.length]);
-    assert.throws(() => ops.logprobGather(z, t([0, 1])), /one entry per logits row \(3\)/);
-    assert.throws(() => ops.logprobGather(z, z as never), /targets must have dtype i32/);
-    assert.throws(() => ops.logprobGather(z.reshape([12]), t([0])), /logits must have 2 dimension/);
-    assert.throws(() => ops.logprobGather({} as never, t([0])), /logits must be a Tensor/);
-    assert.throws(() => ops.logprobGather(z, ops.upload(otherBackend, { dtype: 'i32', data: new Int32Array(3) }, [3])), /lives on backend/);
-    if (!cpu) return;
-    const freed = ops.upload(be, { dtype: 'f32', data: new Float32Array(4) }, [1, 4]);
-    freed.free();
-    assert.throws(() => ops.logprobGather(freed, t([0])), /used after free/);
-    assert.throws(() => cpu.native.logprobGather({ handle: {}, byteOffset: 0 }, 'f32', 1, 4, t([0]), z, z), /not a spinlm buffer handle/);
-    assert.throws(() => cpu.native.logprobGather(z, 'f32', 4, 4, t([0, 0, 0, 0]), z, z), /overrun its buffer/);
-  });
-
-  if (cpu) test('element offsets past 2^31 are computed in 64 bits (CPU)', async () => {
-    const be = cpu;
-    // 70000 rows x 152064 vocab: the last row starts at 10,644,328,064 elements, far past 2^31 and 2^32.
-    assert.equal(be.native.rowOffset(69999, 152064), 69999n * 152064n);
-    assert.equal(be.native.rowOffset(2 ** 31, 3), BigInt(2 ** 31) * 3n);
-    assert.throws(() => be.native.logprobGather(ops.empty(be, 'f32', [1]), 'f32', 2 ** 40, 2 ** 30, ops.empty(be, 'i32', [1]), ops.empty(be, 'f32', [1]), ops.empty(be, 'f32', [1])), /overflows 64 bits|overrun/);
-  });
-});
-
-describe('logprobGatherBackward', () => {
-  for (const inDt of ['f32', 'bf16'] as const) {
-    for (const outDt of ['f32', 'bf16'] as const) {
-      test(`${inDt} logits -> ${outDt} dlogits match float64`, () =>
+  describe('logprobGather', () => {
+    for (const dtype of ['f32', 'bf16'] as const) {
+      test(`${dtype} logits: logp and lse match float64 (10 random shapes)`, () =>
         withSeed(async (rng) => {
-          for (let k = 0; k < 6; k++) {
+          const tol = dtype === 'f32' ? 1e-6 : 1e-5;
+          for (let k = 0; k < 10; k++) {
             const { n, v, scale } = randomShape(rng);
-            const z = makeLogits(rng, n, v, inDt, scale);
-            const y = makeTargets(rng, n, v, 0.25);
-            const dlogp = randn(rng, n, 0.7);
-            const { lse } = ops.logprobGather(z.t, y.t);
-            const d = ops.upload(be, { dtype: 'f32', data: dlogp }, [n]);
-            const got = await host(ops.logprobGatherBackward(z.t, y.t, lse, d, { dtype: outDt }));
-            const ref = logprobGatherBackwardRef(z.values, n, v, y.values, dlogp);
-            const tol = outDt === 'f32' ? 1e-5 : BF16_EPS;
-            assert.ok(relErr(got, ref) <= tol, `n=${n} v=${v} scale=${scale}: err ${relErr(got, ref)}`);
-            for (let r = 0; r < n; r++) {
-              if (y.values[r] !== IGNORE) continue;
-              for (let j = 0; j < v; j++) assert.ok(Object.is(got[r * v + j], 0), `ignored row ${r} not +0 at ${j}`);
-            }
+            const z = makeLogits(rng, n, v, dtype, scale);
+            const y = makeTargets(rng, n, v, 0.2);
+            const { logp, lse } = ops.logprobGather(z.t, y.t);
+            const ref = logprobGatherRef(z.values, n, v, y.values);
+            const ctx = `n=${n} v=${v} scale=${scale}`;
+            assert.ok(relErr(await host(logp), ref.logp) <= tol, `logp ${ctx}: err ${relErr(await host(logp), ref.logp)}`);
+            assert.ok(relErr(await host(lse), ref.lse) <= tol, `lse ${ctx}: err ${relErr(await host(lse), ref.lse)}`);
           }
         }));
     }
-    test(`${inDt}: in place over the logits equals out of place`, () =>
+
+    if (cpu)
+      test('same result on 1 and 2 threads, bit for bit (CPU)', () =>
+        withSeed(async (rng) => {
+          const be = cpu;
+          const z = makeLogits(rng, 33, 1000, 'f32', 4);
+          const y = makeTargets(rng, 33, 1000, 0.1);
+          const saved = be.threads;
+          try {
+            be.threads = 1;
+            const a = ops.logprobGather(z.t, y.t);
+            be.threads = 2;
+            const b = ops.logprobGather(z.t, y.t);
+            assert.deepEqual(await ops.read(a.logp), await ops.read(b.logp));
+            assert.deepEqual(await ops.read(a.lse), await ops.read(b.lse));
+          } finally {
+            be.threads = saved;
+          }
+        }));
+
+    test('extreme logits: +-1e4 and -inf entries', () =>
       withSeed(async (rng) => {
-        const n = 19, v = 517;
-        const z = makeLogits(rng, n, v, inDt, 3);
-        const y = makeTargets(rng, n, v, 0.2);
-        const d = ops.upload(be, { dtype: 'f32', data: randn(rng, n) }, [n]);
-        const { lse } = ops.logprobGather(z.t, y.t);
-        const separate = await ops.read(ops.logprobGatherBackward(z.t, y.t, lse, d));
-        const same = ops.logprobGatherBackward(z.t, y.t, lse, d, { out: z.t });
-        assert.equal(same, z.t);
-        assert.deepEqual(await ops.read(same), separate);
+        const n = 6,
+          v = 37;
+        const f = randn(rng, n * v, 2);
+        for (let j = 0; j < v; j += 3) f[0 * v + j] = -Infinity; // row 0: many -inf
+        f[1 * v + 5] = 1e4; // row 1: one dominant logit
+        f[2 * v + 7] = -1e4; // row 2: target is extremely unlikely
+        for (let j = 0; j < v; j++) f[3 * v + j] = j % 2 ? 1e4 : -1e4; // row 3: half +1e4
+        f[4 * v + 9] = -Infinity; // row 4: target is -inf
+        const y = new Int32Array([1, 5, 7, 2, 9, 0]);
+        const z = ops.upload(be, { dtype: 'f32', data: f }, [n, v]);
+        const { logp, lse } = ops.logprobGather(z, ops.upload(be, { dtype: 'i32', data: y }, [n]));
+        const ref = logprobGatherRef(f, n, v, y);
+        const got = await host(logp);
+        assert.equal(got[4], -Infinity);
+        assert.equal(ref.logp[4], -Infinity);
+        assert.ok(
+          got.every((x, i) => i === 4 || Number.isFinite(x)),
+          `finite except row 4: ${got}`,
+        );
+        assert.ok(relErr(got, ref.logp) <= 1e-6, `logp err ${relErr(got, ref.logp)}`);
+        assert.ok(relErr(await host(lse), ref.lse) <= 1e-6);
       }));
-  }
 
-  test('target column when p_y is close to 1 (1 - p_y as -expm1(logp_y))', async () => {
-    // Row 0: 1 - p_y = 1.8e-5, where 1 - exp(logp) in fp32 would lose about 3 digits.
-    const f = new Float32Array([0, -12, -12, -12, 5, 0, 0, 0]);
-    const z = ops.upload(be, { dtype: 'f32', data: f }, [2, 4]);
-    const y = ops.upload(be, { dtype: 'i32', data: new Int32Array([0, 1]) }, [2]);
-    const { lse } = ops.logprobGather(z, y);
-    const got = await host(ops.logprobGatherBackward(z, y, lse, ops.upload(be, { dtype: 'f32', data: new Float32Array([1, 1]) }, [2])));
-    const ref = logprobGatherBackwardRef(f, 2, 4, [0, 1], [1, 1]);
-    assert.ok(Math.abs(got[0] - ref[0]) <= 1e-2 * Math.abs(ref[0]), `${got[0]} vs ${ref[0]}`);
-    assert.ok(relErr(got, ref) <= 1e-6);
-  });
+    test('V = 1 gives logp = 0 exactly', async () => {
+      const z = ops.upload(be, { dtype: 'f32', data: new Float32Array([3.5, -2, 40]) }, [3, 1]);
+      const { logp, lse } = ops.logprobGather(z, ops.upload(be, { dtype: 'i32', data: new Int32Array([0, 0, 0]) }, [3]));
+      assert.deepEqual(Array.from(await host(logp)), [0, 0, 0]);
+      assert.deepEqual(Array.from(await host(lse)), [3.5, -2, 40]);
+    });
 
-  test('every row ignored: zero gradient, no NaN', async () => {
-    const z = ops.upload(be, { dtype: 'bf16', data: f32ArrayToBf16(new Float32Array(5 * 40).map((_, i) => Math.sin(i) * 9)) }, [5, 40]);
-    const y = ops.upload(be, { dtype: 'i32', data: new Int32Array(5).fill(IGNORE) }, [5]);
-    const { logp, lse } = ops.logprobGather(z, y);
-    assert.deepEqual(Array.from(await host(logp)), [0, 0, 0, 0, 0]);
-    const g = await host(ops.logprobGatherBackward(z, y, lse, ops.upload(be, { dtype: 'f32', data: new Float32Array(5).fill(3) }, [5]), { dtype: 'f32' }));
-    assert.ok(g.every((x) => x === 0));
-  });
+    test('N = 0 gives empty outputs', async () => {
+      const { logp, lse } = ops.logprobGather(ops.empty(be, 'bf16', [0, 32000]), ops.empty(be, 'i32', [0]));
+      assert.equal(logp.numel, 0);
+      assert.equal(lse.numel, 0);
+    });
 
-  test('overlapping but not in-place output is refused', async () => {
-    // 64 f32 = 256 bytes: the smallest shift a view may take (VIEW_ALIGNMENT)
-    const big = ops.upload(be, { dtype: 'f32', data: new Float32Array(20 * 8).fill(1) }, [20, 8]);
-    const z = big.view(0, [9, 8]);
-    const y = ops.upload(be, { dtype: 'i32', data: new Int32Array(9).fill(2) }, [9]);
-    const { lse } = ops.logprobGather(z, y);
-    const d = ops.upload(be, { dtype: 'f32', data: new Float32Array(9).fill(1) }, [9]);
-    assert.throws(() => ops.logprobGatherBackward(z, y, lse, d, { out: big.view(64, [9, 8]) }), /overlaps logits without being exactly in place/);
-    assert.throws(() => ops.logprobGatherBackward(z, y, lse, d, { out: ops.empty(be, 'f32', [9, 7]) }), /out must have shape \[9, 8\]/);
-    assert.throws(() => big.view(1, [8]), /views must start at multiples of 256 bytes/);
-  });
-});
-
-describe('sequenceLogprob and spinLoss', () => {
-  test('sequence sums match float64 and the backward scatters', () =>
-    withSeed(async (rng) => {
-      const n = 500, s = 13;
-      const logp = randn(rng, n, 2);
-      const seg = new Int32Array(n).map(() => rng.int(-1, s - 1));
-      const got = await host(ops.sequenceLogprob(ops.upload(be, { dtype: 'f32', data: logp }, [n]), ops.upload(be, { dtype: 'i32', data: seg }, [n]), s));
-      assert.ok(relErr(got, sequenceLogprobRef(logp, seg, s)) <= 1e-6);
-      const dseq = randn(rng, s);
-      const back = await host(ops.sequenceLogprobBackward(ops.upload(be, { dtype: 'f32', data: dseq }, [s]), ops.upload(be, { dtype: 'i32', data: seg }, [n])));
-      for (let r = 0; r < n; r++) assert.equal(back[r], seg[r] >= 0 ? dseq[seg[r]] : 0);
-      const bad = ops.sequenceLogprob(ops.upload(be, { dtype: 'f32', data: logp }, [n]), ops.upload(be, { dtype: 'i32', data: seg.map(() => s) }, [n]), s);
-      await assert.rejects(ops.read(bad), /sequenceLogprob\/sequenceLogprobBackward: a segment id is outside \[-1, numSeqs\)/);
-      const badBack = ops.sequenceLogprobBackward(ops.upload(be, { dtype: 'f32', data: dseq }, [s]), ops.upload(be, { dtype: 'i32', data: seg.map(() => -2) }, [n]));
-      await assert.rejects(ops.read(badBack), /a segment id is outside/);
-    }));
-
-  /** spinLoss on host arrays (each [B]) -> its three outputs on the host. */
-  async function spin(pr: Float32Array, pg: Float32Array, rr: Float32Array, rg: Float32Array, opts: { beta: number; lossType: 'sigmoid' | 'hinge'; mask?: Float32Array; nllAlpha?: number; answerTokens?: Float32Array; gradScale?: number }) {
-    const b = pr.length;
-    const cat = (x: Float32Array, y: Float32Array) => ops.upload(be, { dtype: 'f32', data: Float32Array.from([...x, ...y]) }, [2 * b]);
-    const one = (x: Float32Array | undefined) => (x ? ops.upload(be, { dtype: 'f32', data: x }, [b]) : undefined);
-    const out = ops.spinLoss(cat(pr, pg), cat(rr, rg), { beta: opts.beta, lossType: opts.lossType, pairMask: one(opts.mask), nllAlpha: opts.nllAlpha, answerTokens: one(opts.answerTokens), gradScale: opts.gradScale });
-    return { perPair: await host(out.perPair), means: await host(out.means), dseq: await host(out.dseq) };
-  }
-
-  /** Per-pair rows, means over counted pairs and dseq (times gradScale) against the float64 reference. */
-  function checkSpin(got: Awaited<ReturnType<typeof spin>>, ref: ReturnType<typeof spinLossRef>, b: number, gradScale = 1, what = '') {
-    for (const [k, name] of SPIN_LOSS_ROWS.entries()) {
-      const row = got.perPair.subarray(k * b, (k + 1) * b);
-      const want = ref.perPair.map((p) => p[name]);
-      assert.ok(relErr(row, want) <= 1e-6, `${name} ${what}: err ${relErr(row, want)}`);
-      const mean = ref.count ? want.reduce((x, y) => x + y, 0) / ref.count : 0;
-      assert.ok(Math.abs(got.means[k] - mean) <= 1e-6 * Math.max(1, Math.abs(mean)) + 1e-6 * Math.max(...want.map(Math.abs)), `mean ${SPIN_LOSS_MEANS[k]} ${what}: ${got.means[k]} vs ${mean}`);
-    }
-    assert.ok(Math.abs(got.means[7] - ref.count / b) <= 1e-7, `pairs/counted ${got.means[7]} vs ${ref.count / b}`);
-    const dWant = [...ref.perPair.map((p) => p.dReal * gradScale), ...ref.perPair.map((p) => p.dGenerated * gradScale)];
-    assert.ok(relErr(got.dseq, dWant) <= 1e-6, `dseq ${what}: err ${relErr(got.dseq, dWant)}`);
-  }
-
-  for (const lossType of ['sigmoid', 'hinge'] as const) {
-    test(`${lossType}: per-pair rows, means over counted pairs and dseq match float64`, () =>
-      withSeed(async (rng) => {
-        const b = rng.int(1, 70);
-        const beta = [0.1, 1, 5][rng.int(0, 2)];
-        const gradScale = [1, 0.25, rng.next()][rng.int(0, 2)];
-        const pr = randn(rng, b, 50).map((x) => x - 200);
-        const pg = randn(rng, b, 50).map((x) => x - 200);
-        const rr = pr.map((x) => x + rng.normal() * 3);
-        const rg = pg.map((x) => x + rng.normal() * 3);
-        const mask = new Float32Array(b).map(() => (rng.next() < 0.2 ? 0 : 1));
-        const got = await spin(pr, pg, rr, rg, { beta, lossType, mask, gradScale });
-        checkSpin(got, spinLossRef(pr, pg, rr, rg, beta, lossType, mask), b, gradScale, `(b ${b}, beta ${beta}, scale ${gradScale})`);
-      }));
-  }
-
-  test('NLL term on the real answer: loss and dReal match float64', () =>
-    withSeed(async (rng) => {
-      const b = 11, beta = 0.2, alpha = 0.7;
-      const pr = randn(rng, b, 20).map((x) => x - 100);
-      const pg = randn(rng, b, 20).map((x) => x - 100);
-      const rr = pr.map((x) => x + rng.normal());
-      const rg = pg.map((x) => x + rng.normal());
-      const n = new Float32Array(b).map(() => rng.int(1, 80));
-      const mask = new Float32Array(b).map((_, i) => (i % 4 === 3 ? 0 : 1));
-      const got = await spin(pr, pg, rr, rg, { beta, lossType: 'sigmoid', mask, nllAlpha: alpha, answerTokens: n });
-      checkSpin(got, spinLossRef(pr, pg, rr, rg, beta, 'sigmoid', mask, { alpha, realTokens: n }), b);
-      const x = ops.upload(be, { dtype: 'f32', data: Float32Array.from([...pr, ...pg]) }, [2 * b]);
-      assert.throws(() => ops.spinLoss(x, x, { beta, lossType: 'sigmoid', nllAlpha: 1 }), /needs answerTokens/);
-    }));
-
-  test('u = 0 when policy equals reference: loss is log 2, rewards 0', async () => {
-    const x = new Float32Array([-120.25, -3, -77]);
-    const y = new Float32Array([-99, -4.5, -1]);
-    const got = await spin(x, y, x, y, { beta: 0.1, lossType: 'sigmoid' });
-    assert.deepEqual(Array.from(got.perPair.subarray(0, 3)), Array(3).fill(Math.fround(Math.LN2)));
-    assert.ok(got.perPair.subarray(3, 15).every((v) => v === 0), 'rewards, margins and accuracies are 0 (ties are misses)');
-    assert.equal(got.means[0], Math.fround(Math.LN2));
-  });
-
-  test('no counted pair: zero loss, zero means and zero gradients', async () => {
-    const x = new Float32Array([-1, -2]);
-    const got = await spin(x, x, x, x, { beta: 0.1, lossType: 'sigmoid', mask: new Float32Array(2) });
-    for (const out of [got.perPair, got.means, got.dseq]) assert.ok(out.every((v) => Object.is(v, 0)), `${out}`);
-  });
-
-  test('bad spinLoss arguments', async () => {
-    const x = ops.upload(be, { dtype: 'f32', data: new Float32Array(6) }, [6]);
-    const y = ops.upload(be, { dtype: 'f32', data: new Float32Array(4) }, [4]);
-    assert.throws(() => ops.spinLoss(x, y, { beta: 0.1, lossType: 'sigmoid' }), /ref must have shape \[6\]/);
-    assert.throws(() => ops.spinLoss(ops.upload(be, { dtype: 'f32', data: new Float32Array(3) }, [3]), y, { beta: 0.1, lossType: 'sigmoid' }), /must hold 2 x B/);
-    assert.throws(() => ops.spinLoss(x, x, { beta: NaN, lossType: 'sigmoid' }), /beta must be a finite number/);
-    assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'ipo' as never }), /lossType must be 'sigmoid' or 'hinge'/);
-    assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'sigmoid', gradScale: Infinity }), /gradScale must be a finite number/);
-    assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'sigmoid', pairMask: y }), /pairMask must have shape \[3\]/);
-  });
-});
-
-describe('the fused SPIN loss over a batch (src/spin/loss.ts)', () => {
-  /** A batch of b pairs: each answer is a run of tokens in one sequence, prompts and padding in none. */
-  function makeBatch(rng: Rng, b: number, v: number, dtype: LogitsDType) {
-    const segs: number[] = [];
-    const targets: number[] = [];
-    for (let s = 0; s < 2 * b; s++) {
-      const prompt = rng.int(0, 6);
-      for (let i = 0; i < prompt; i++) { segs.push(-1); targets.push(IGNORE); }
-      const len = rng.int(1, 12);
-      for (let i = 0; i < len; i++) { segs.push(s); targets.push(rng.int(0, v - 1)); }
-    }
-    const n = segs.length;
-    const z = makeLogits(rng, n, v, dtype, 2);
-    return {
-      n, z,
-      targets: ops.upload(be, { dtype: 'i32', data: Int32Array.from(targets) }, [n]),
-      segments: ops.upload(be, { dtype: 'i32', data: Int32Array.from(segs) }, [n]),
-      targetValues: targets, segValues: segs,
-    };
-  }
-
-  for (const dtype of ['f32', 'bf16'] as const) {
-    test(`${dtype}: loss, metrics and dlogits of the whole chain match float64`, () =>
-      withSeed(async (rng) => {
-        const b = 6, v = 301, beta = 0.5;
-        const batch = makeBatch(rng, b, v, dtype);
-        const refLp = logprobGatherRef(batch.z.values, batch.n, v, batch.targetValues);
-        const S = sequenceLogprobRef(refLp.logp, batch.segValues, 2 * b);
-        const refS = Float32Array.from(S, (x) => x + rng.normal());
-        const ctx = spinLossForward(batch.z.t, batch.targets, batch.segments, ops.upload(be, { dtype: 'f32', data: refS }, [2 * b]), b, { beta, lossType: 'sigmoid' });
-        const m = await spinLossMetrics(ctx);
-        const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid');
-        const tol = dtype === 'f32' ? 1e-6 : 1e-5;
-        assert.ok(Math.abs(m.loss - ref.loss) <= tol * Math.abs(ref.loss), `loss ${m.loss} vs ${ref.loss}`);
-        assert.ok(Math.abs(m['logps/real'] - [...S.subarray(0, b)].reduce((a, c) => a + c) / b) <= tol * 100);
-        assert.equal(m['pairs/counted'], 1);
-        const dseqRef = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
-        const dlogpRef = batch.segValues.map((s) => (s >= 0 ? dseqRef[s] : 0));
-        const dzRef = logprobGatherBackwardRef(batch.z.values, batch.n, v, batch.targetValues, dlogpRef);
-        const dz = await host(spinLossBackward(ctx, { dtype: 'f32' }));
-        assert.ok(relErr(dz, dzRef) <= 1e-5, `dlogits err ${relErr(dz, dzRef)}`);
-        freeSpinLossContext(ctx);
-      }));
-  }
-
-  test('the float64 reference gradient agrees with central finite differences', () =>
-    withSeed(async (rng) => {
-      const b = 2, v = 7, beta = 0.7;
-      const batch = makeBatch(rng, b, v, 'f32');
-      const z = Float64Array.from(batch.z.values);
-      const refS = Float64Array.from({ length: 2 * b }, () => -10 + rng.normal());
-      const lossOf = (zz: Float64Array) => {
-        const S = sequenceLogprobRef(logprobGatherRef(zz, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
-        return spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid').loss;
-      };
-      const S = sequenceLogprobRef(logprobGatherRef(z, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
-      const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid');
-      const dseq = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
-      const dz = logprobGatherBackwardRef(z, batch.n, v, batch.targetValues, batch.segValues.map((s) => (s >= 0 ? dseq[s] : 0)));
-      const h = 1e-6;
-      for (let k = 0; k < 40; k++) {
-        const i = rng.int(0, z.length - 1);
-        const zp = Float64Array.from(z), zm = Float64Array.from(z);
-        zp[i] += h;
-        zm[i] -= h;
-        const fd = (lossOf(zp) - lossOf(zm)) / (2 * h);
-        assert.ok(Math.abs(fd - dz[i]) <= 1e-7 + 1e-5 * Math.abs(dz[i]), `element ${i}: fd ${fd} vs analytic ${dz[i]}`);
+    test('out-of-range targets on the device: outputs poisoned, the next read throws naming the op', async () => {
+      const z = ops.upload(be, { dtype: 'f32', data: new Float32Array(12).map((_, i) => Math.sin(i)) }, [3, 4]);
+      const t = (vals: number[]) => ops.upload(be, { dtype: 'i32', data: new Int32Array(vals) }, [vals.length]);
+      for (const bad of [
+        [0, 4, 1],
+        [0, -1, 1],
+        [2 ** 31 - 1, 0, 0],
+        [-(2 ** 31), 0, 0],
+      ]) {
+        const { logp } = ops.logprobGather(z, t(bad));
+        await assert.rejects(ops.read(logp), /logprobGather\/logprobGatherBackward: a target is outside \[0, vocab\)/);
+        // the error word was cleared by that read: good data reads fine again
+        assert.ok((await ops.read(ops.logprobGather(z, t([0, 1, 2])).logp)).every(Number.isFinite));
       }
-    }));
-});
+      const lse = ops.logprobGather(z, t([0, 1, 2])).lse;
+      const d = ops.upload(be, { dtype: 'f32', data: new Float32Array([1, 1, 1]) }, [3]);
+      const g = ops.logprobGatherBackward(z, t([0, 9, 2]), lse, d, { dtype: 'f32' });
+      await assert.rejects(ops.read(g), /a target is outside/);
+    });
+
+    test('bad shapes and handles are clear errors, not crashes', async () => {
+      const z = ops.upload(be, { dtype: 'f32', data: new Float32Array(12) }, [3, 4]);
+      const t = (vals: number[]) => ops.upload(be, { dtype: 'i32', data: new Int32Array(vals) }, [vals.length]);
+      assert.throws(() => ops.logprobGather(z, t([0, 1])), /one entry per logits row \(3\)/);
+      assert.throws(() => ops.logprobGather(z, z as never), /targets must have dtype i32/);
+      assert.throws(() => ops.logprobGather(z.reshape([12]), t([0])), /logits must have 2 dimension/);
+      assert.throws(() => ops.logprobGather({} as never, t([0])), /logits must be a Tensor/);
+      assert.throws(
+        () => ops.logprobGather(z, ops.upload(otherBackend, { dtype: 'i32', data: new Int32Array(3) }, [3])),
+        /lives on backend/,
+      );
+      if (!cpu) return;
+      const freed = ops.upload(be, { dtype: 'f32', data: new Float32Array(4) }, [1, 4]);
+      freed.free();
+      assert.throws(() => ops.logprobGather(freed, t([0])), /used after free/);
+      assert.throws(() => cpu.native.logprobGather({ handle: {}, byteOffset: 0 }, 'f32', 1, 4, t([0]), z, z), /not a spinlm buffer handle/);
+      assert.throws(() => cpu.native.logprobGather(z, 'f32', 4, 4, t([0, 0, 0, 0]), z, z), /overrun its buffer/);
+    });
+
+    if (cpu)
+      test('element offsets past 2^31 are computed in 64 bits (CPU)', async () => {
+        const be = cpu;
+        // 70000 rows x 152064 vocab: the last row starts at 10,644,328,064 elements, far past 2^31 and 2^32.
+        assert.equal(be.native.rowOffset(69999, 152064), 69999n * 152064n);
+        assert.equal(be.native.rowOffset(2 ** 31, 3), BigInt(2 ** 31) * 3n);
+        assert.throws(
+          () =>
+            be.native.logprobGather(
+              ops.empty(be, 'f32', [1]),
+              'f32',
+              2 ** 40,
+              2 ** 30,
+              ops.empty(be, 'i32', [1]),
+              ops.empty(be, 'f32', [1]),
+              ops.empty(be, 'f32', [1]),
+            ),
+          /overflows 64 bits|overrun/,
+        );
+      });
+  });
+
+  describe('logprobGatherBackward', () => {
+    for (const inDt of ['f32', 'bf16'] as const) {
+      for (const outDt of ['f32', 'bf16'] as const) {
+        test(`${inDt} logits -> ${outDt} dlogits match float64`, () =>
+          withSeed(async (rng) => {
+            for (let k = 0; k < 6; k++) {
+              const { n, v, scale } = randomShape(rng);
+              const z = makeLogits(rng, n, v, inDt, scale);
+              const y = makeTargets(rng, n, v, 0.25);
+              const dlogp = randn(rng, n, 0.7);
+              const { lse } = ops.logprobGather(z.t, y.t);
+              const d = ops.upload(be, { dtype: 'f32', data: dlogp }, [n]);
+              const got = await host(ops.logprobGatherBackward(z.t, y.t, lse, d, { dtype: outDt }));
+              const ref = logprobGatherBackwardRef(z.values, n, v, y.values, dlogp);
+              const tol = outDt === 'f32' ? 1e-5 : BF16_EPS;
+              assert.ok(relErr(got, ref) <= tol, `n=${n} v=${v} scale=${scale}: err ${relErr(got, ref)}`);
+              for (let r = 0; r < n; r++) {
+                if (y.values[r] !== IGNORE) continue;
+                for (let j = 0; j < v; j++) assert.ok(Object.is(got[r * v + j], 0), `ignored row ${r} not +0 at ${j}`);
+              }
+            }
+          }));
+      }
+      test(`${inDt}: in place over the logits equals out of place`, () =>
+        withSeed(async (rng) => {
+          const n = 19,
+            v = 517;
+          const z = makeLogits(rng, n, v, inDt, 3);
+          const y = makeTargets(rng, n, v, 0.2);
+          const d = ops.upload(be, { dtype: 'f32', data: randn(rng, n) }, [n]);
+          const { lse } = ops.logprobGather(z.t, y.t);
+          const separate = await ops.read(ops.logprobGatherBackward(z.t, y.t, lse, d));
+          const same = ops.logprobGatherBackward(z.t, y.t, lse, d, { out: z.t });
+          assert.equal(same, z.t);
+          assert.deepEqual(await ops.read(same), separate);
+        }));
+    }
+
+    test('target column when p_y is close to 1 (1 - p_y as -expm1(logp_y))', async () => {
+      // Row 0: 1 - p_y = 1.8e-5, where 1 - exp(logp) in fp32 would lose about 3 digits.
+      const f = new Float32Array([0, -12, -12, -12, 5, 0, 0, 0]);
+      const z = ops.upload(be, { dtype: 'f32', data: f }, [2, 4]);
+      const y = ops.upload(be, { dtype: 'i32', data: new Int32Array([0, 1]) }, [2]);
+      const { lse } = ops.logprobGather(z, y);
+      const got = await host(ops.logprobGatherBackward(z, y, lse, ops.upload(be, { dtype: 'f32', data: new Float32Array([1, 1]) }, [2])));
+      const ref = logprobGatherBackwardRef(f, 2, 4, [0, 1], [1, 1]);
+      assert.ok(Math.abs(got[0] - ref[0]) <= 1e-2 * Math.abs(ref[0]), `${got[0]} vs ${ref[0]}`);
+      assert.ok(relErr(got, ref) <= 1e-6);
+    });
+
+    test('every row ignored: zero gradient, no NaN', async () => {
+      const z = ops.upload(be, { dtype: 'bf16', data: f32ArrayToBf16(new Float32Array(5 * 40).map((_, i) => Math.sin(i) * 9)) }, [5, 40]);
+      const y = ops.upload(be, { dtype: 'i32', data: new Int32Array(5).fill(IGNORE) }, [5]);
+      const { logp, lse } = ops.logprobGather(z, y);
+      assert.deepEqual(Array.from(await host(logp)), [0, 0, 0, 0, 0]);
+      const g = await host(
+        ops.logprobGatherBackward(z, y, lse, ops.upload(be, { dtype: 'f32', data: new Float32Array(5).fill(3) }, [5]), { dtype: 'f32' }),
+      );
+      assert.ok(g.every((x) => x === 0));
+    });
+
+    test('overlapping but not in-place output is refused', async () => {
+      // 64 f32 = 256 bytes: the smallest shift a view may take (VIEW_ALIGNMENT)
+      const big = ops.upload(be, { dtype: 'f32', data: new Float32Array(20 * 8).fill(1) }, [20, 8]);
+      const z = big.view(0, [9, 8]);
+      const y = ops.upload(be, { dtype: 'i32', data: new Int32Array(9).fill(2) }, [9]);
+      const { lse } = ops.logprobGather(z, y);
+      const d = ops.upload(be, { dtype: 'f32', data: new Float32Array(9).fill(1) }, [9]);
+      assert.throws(
+        () => ops.logprobGatherBackward(z, y, lse, d, { out: big.view(64, [9, 8]) }),
+        /overlaps logits without being exactly in place/,
+      );
+      assert.throws(() => ops.logprobGatherBackward(z, y, lse, d, { out: ops.empty(be, 'f32', [9, 7]) }), /out must have shape \[9, 8\]/);
+      assert.throws(() => big.view(1, [8]), /views must start at multiples of 256 bytes/);
+    });
+  });
+
+  describe('sequenceLogprob and spinLoss', () => {
+    test('sequence sums match float64 and the backward scatters', () =>
+      withSeed(async (rng) => {
+        const n = 500,
+          s = 13;
+        const logp = randn(rng, n, 2);
+        const seg = new Int32Array(n).map(() => rng.int(-1, s - 1));
+        const got = await host(
+          ops.sequenceLogprob(ops.upload(be, { dtype: 'f32', data: logp }, [n]), ops.upload(be, { dtype: 'i32', data: seg }, [n]), s),
+        );
+        assert.ok(relErr(got, sequenceLogprobRef(logp, seg, s)) <= 1e-6);
+        const dseq = randn(rng, s);
+        const back = await host(
+          ops.sequenceLogprobBackward(ops.upload(be, { dtype: 'f32', data: dseq }, [s]), ops.upload(be, { dtype: 'i32', data: seg }, [n])),
+        );
+        for (let r = 0; r < n; r++) assert.equal(back[r], seg[r] >= 0 ? dseq[seg[r]] : 0);
+        const bad = ops.sequenceLogprob(
+          ops.upload(be, { dtype: 'f32', data: logp }, [n]),
+          ops.upload(be, { dtype: 'i32', data: seg.map(() => s) }, [n]),
+          s,
+        );
+        await assert.rejects(ops.read(bad), /sequenceLogprob\/sequenceLogprobBackward: a segment id is outside \[-1, numSeqs\)/);
+        const badBack = ops.sequenceLogprobBackward(
+          ops.upload(be, { dtype: 'f32', data: dseq }, [s]),
+          ops.upload(be, { dtype: 'i32', data: seg.map(() => -2) }, [n]),
+        );
+        await assert.rejects(ops.read(badBack), /a segment id is outside/);
+      }));
+
+    /** spinLoss on host arrays (each [B]) -> its three outputs on the host. */
+    async function spin(
+      pr: Float32Array,
+      pg: Float32Array,
+      rr: Float32Array,
+      rg: Float32Array,
+      opts: {
+        beta: number;
+        lossType: 'sigmoid' | 'hinge';
+        mask?: Float32Array;
+        nllAlpha?: number;
+        answerTokens?: Float32Array;
+        gradScale?: number;
+      },
+    ) {
+      const b = pr.length;
+      const cat = (x: Float32Array, y: Float32Array) => ops.upload(be, { dtype: 'f32', data: Float32Array.from([...x, ...y]) }, [2 * b]);
+      const one = (x: Float32Array | undefined) => (x ? ops.upload(be, { dtype: 'f32', data: x }, [b]) : undefined);
+      const out = ops.spinLoss(cat(pr, pg), cat(rr, rg), {
+        beta: opts.beta,
+        lossType: opts.lossType,
+        pairMask: one(opts.mask),
+        nllAlpha: opts.nllAlpha,
+        answerTokens: one(opts.answerTokens),
+        gradScale: opts.gradScale,
+      });
+      return { perPair: await host(out.perPair), means: await host(out.means), dseq: await host(out.dseq) };
+    }
+
+    /** Per-pair rows, means over counted pairs and dseq (times gradScale) against the float64 reference. */
+    function checkSpin(got: Awaited<ReturnType<typeof spin>>, ref: ReturnType<typeof spinLossRef>, b: number, gradScale = 1, what = '') {
+      for (const [k, name] of SPIN_LOSS_ROWS.entries()) {
+        const row = got.perPair.subarray(k * b, (k + 1) * b);
+        const want = ref.perPair.map((p) => p[name]);
+        assert.ok(relErr(row, want) <= 1e-6, `${name} ${what}: err ${relErr(row, want)}`);
+        const mean = ref.count ? want.reduce((x, y) => x + y, 0) / ref.count : 0;
+        assert.ok(
+          Math.abs(got.means[k] - mean) <= 1e-6 * Math.max(1, Math.abs(mean)) + 1e-6 * Math.max(...want.map(Math.abs)),
+          `mean ${SPIN_LOSS_MEANS[k]} ${what}: ${got.means[k]} vs ${mean}`,
+        );
+      }
+      assert.ok(Math.abs(got.means[7] - ref.count / b) <= 1e-7, `pairs/counted ${got.means[7]} vs ${ref.count / b}`);
+      const dWant = [...ref.perPair.map((p) => p.dReal * gradScale), ...ref.perPair.map((p) => p.dGenerated * gradScale)];
+      assert.ok(relErr(got.dseq, dWant) <= 1e-6, `dseq ${what}: err ${relErr(got.dseq, dWant)}`);
+    }
+
+    for (const lossType of ['sigmoid', 'hinge'] as const) {
+      test(`${lossType}: per-pair rows, means over counted pairs and dseq match float64`, () =>
+        withSeed(async (rng) => {
+          const b = rng.int(1, 70);
+          const beta = [0.1, 1, 5][rng.int(0, 2)];
+          const gradScale = [1, 0.25, rng.next()][rng.int(0, 2)];
+          const pr = randn(rng, b, 50).map((x) => x - 200);
+          const pg = randn(rng, b, 50).map((x) => x - 200);
+          const rr = pr.map((x) => x + rng.normal() * 3);
+          const rg = pg.map((x) => x + rng.normal() * 3);
+          const mask = new Float32Array(b).map(() => (rng.next() < 0.2 ? 0 : 1));
+          const got = await spin(pr, pg, rr, rg, { beta, lossType, mask, gradScale });
+          checkSpin(got, spinLossRef(pr, pg, rr, rg, beta, lossType, mask), b, gradScale, `(b ${b}, beta ${beta}, scale ${gradScale})`);
+        }));
+    }
+
+    test('NLL term on the real answer: loss and dReal match float64', () =>
+      withSeed(async (rng) => {
+        const b = 11,
+          beta = 0.2,
+          alpha = 0.7;
+        const pr = randn(rng, b, 20).map((x) => x - 100);
+        const pg = randn(rng, b, 20).map((x) => x - 100);
+        const rr = pr.map((x) => x + rng.normal());
+        const rg = pg.map((x) => x + rng.normal());
+        const n = new Float32Array(b).map(() => rng.int(1, 80));
+        const mask = new Float32Array(b).map((_, i) => (i % 4 === 3 ? 0 : 1));
+        const got = await spin(pr, pg, rr, rg, { beta, lossType: 'sigmoid', mask, nllAlpha: alpha, answerTokens: n });
+        checkSpin(got, spinLossRef(pr, pg, rr, rg, beta, 'sigmoid', mask, { alpha, realTokens: n }), b);
+        const x = ops.upload(be, { dtype: 'f32', data: Float32Array.from([...pr, ...pg]) }, [2 * b]);
+        assert.throws(() => ops.spinLoss(x, x, { beta, lossType: 'sigmoid', nllAlpha: 1 }), /needs answerTokens/);
+      }));
+
+    test('u = 0 when policy equals reference: loss is log 2, rewards 0', async () => {
+      const x = new Float32Array([-120.25, -3, -77]);
+      const y = new Float32Array([-99, -4.5, -1]);
+      const got = await spin(x, y, x, y, { beta: 0.1, lossType: 'sigmoid' });
+      assert.deepEqual(Array.from(got.perPair.subarray(0, 3)), Array(3).fill(Math.fround(Math.LN2)));
+      assert.ok(
+        got.perPair.subarray(3, 15).every((v) => v === 0),
+        'rewards, margins and accuracies are 0 (ties are misses)',
+      );
+      assert.equal(got.means[0], Math.fround(Math.LN2));
+    });
+
+    test('no counted pair: zero loss, zero means and zero gradients', async () => {
+      const x = new Float32Array([-1, -2]);
+      const got = await spin(x, x, x, x, { beta: 0.1, lossType: 'sigmoid', mask: new Float32Array(2) });
+      for (const out of [got.perPair, got.means, got.dseq])
+        assert.ok(
+          out.every((v) => Object.is(v, 0)),
+          `${out}`,
+        );
+    });
+
+    test('bad spinLoss arguments', async () => {
+      const x = ops.upload(be, { dtype: 'f32', data: new Float32Array(6) }, [6]);
+      const y = ops.upload(be, { dtype: 'f32', data: new Float32Array(4) }, [4]);
+      assert.throws(() => ops.spinLoss(x, y, { beta: 0.1, lossType: 'sigmoid' }), /ref must have shape \[6\]/);
+      assert.throws(
+        () => ops.spinLoss(ops.upload(be, { dtype: 'f32', data: new Float32Array(3) }, [3]), y, { beta: 0.1, lossType: 'sigmoid' }),
+        /must hold 2 x B/,
+      );
+      assert.throws(() => ops.spinLoss(x, x, { beta: NaN, lossType: 'sigmoid' }), /beta must be a finite number/);
+      assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'ipo' as never }), /lossType must be 'sigmoid' or 'hinge'/);
+      assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'sigmoid', gradScale: Infinity }), /gradScale must be a finite number/);
+      assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'sigmoid', pairMask: y }), /pairMask must have shape \[3\]/);
+    });
+  });
+
+  describe('the fused SPIN loss over a batch (src/spin/loss.ts)', () => {
+    /** A batch of b pairs: each answer is a run of tokens in one sequence, prompts and padding in none. */
+    function makeBatch(rng: Rng, b: number, v: number, dtype: LogitsDType) {
+      const segs: number[] = [];
+      const targets: number[] = [];
+      for (let s = 0; s < 2 * b; s++) {
+        const prompt = rng.int(0, 6);
+        for (let i = 0; i < prompt; i++) {
+          segs.push(-1);
+          targets.push(IGNORE);
+        }
+        const len = rng.int(1, 12);
+        for (let i = 0; i < len; i++) {
+          segs.push(s);
+          targets.push(rng.int(0, v - 1));
+        }
+      }
+      const n = segs.length;
+      const z = makeLogits(rng, n, v, dtype, 2);
+      return {
+        n,
+        z,
+        targets: ops.upload(be, { dtype: 'i32', data: Int32Array.from(targets) }, [n]),
+        segments: ops.upload(be, { dtype: 'i32', data: Int32Array.from(segs) }, [n]),
+        targetValues: targets,
+        segValues: segs,
+      };
+    }
+
+    for (const dtype of ['f32', 'bf16'] as const) {
+      test(`${dtype}: loss, metrics and dlogits of the whole chain match float64`, () =>
+        withSeed(async (rng) => {
+          const b = 6,
+            v = 301,
+            beta = 0.5;
+          const batch = makeBatch(rng, b, v, dtype);
+          const refLp = logprobGatherRef(batch.z.values, batch.n, v, batch.targetValues);
+          const S = sequenceLogprobRef(refLp.logp, batch.segValues, 2 * b);
+          const refS = Float32Array.from(S, (x) => x + rng.normal());
+          const ctx = spinLossForward(batch.z.t, batch.targets, batch.segments, ops.upload(be, { dtype: 'f32', data: refS }, [2 * b]), b, {
+            beta,
+            lossType: 'sigmoid',
+          });
+          const m = await spinLossMetrics(ctx);
+          const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid');
+          const tol = dtype === 'f32' ? 1e-6 : 1e-5;
+          assert.ok(Math.abs(m.loss - ref.loss) <= tol * Math.abs(ref.loss), `loss ${m.loss} vs ${ref.loss}`);
+          assert.ok(Math.abs(m['logps/real'] - [...S.subarray(0, b)].reduce((a, c) => a + c) / b) <= tol * 100);
+          assert.equal(m['pairs/counted'], 1);
+          const dseqRef = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
+          const dlogpRef = batch.segValues.map((s) => (s >= 0 ? dseqRef[s] : 0));
+          const dzRef = logprobGatherBackwardRef(batch.z.values, batch.n, v, batch.targetValues, dlogpRef);
+          const dz = await host(spinLossBackward(ctx, { dtype: 'f32' }));
+          assert.ok(relErr(dz, dzRef) <= 1e-5, `dlogits err ${relErr(dz, dzRef)}`);
+          freeSpinLossContext(ctx);
+        }));
+    }
+
+    test('the float64 reference gradient agrees with central finite differences', () =>
+      withSeed(async (rng) => {
+        const b = 2,
+          v = 7,
+          beta = 0.7;
+        const batch = makeBatch(rng, b, v, 'f32');
+        const z = Float64Array.from(batch.z.values);
+        const refS = Float64Array.from({ length: 2 * b }, () => -10 + rng.normal());
+        const lossOf = (zz: Float64Array) => {
+          const S = sequenceLogprobRef(logprobGatherRef(zz, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
+          return spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid').loss;
+        };
+        const S = sequenceLogprobRef(logprobGatherRef(z, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
+        const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid');
+        const dseq = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
+        const dz = logprobGatherBackwardRef(
+          z,
+          batch.n,
+          v,
+          batch.targetValues,
+          batch.segValues.map((s) => (s >= 0 ? dseq[s] : 0)),
+        );
+        const h = 1e-6;
+        for (let k = 0; k < 40; k++) {
+          const i = rng.int(0, z.length - 1);
+          const zp = Float64Array.from(z),
+            zm = Float64Array.from(z);
+          zp[i] += h;
+          zm[i] -= h;
+          const fd = (lossOf(zp) - lossOf(zm)) / (2 * h);
+          assert.ok(Math.abs(fd - dz[i]) <= 1e-7 + 1e-5 * Math.abs(dz[i]), `element ${i}: fd ${fd} vs analytic ${dz[i]}`);
+        }
+      }));
+  });
 }

@@ -16,25 +16,25 @@ test('freed big buffers are reused for the same size, and given back before the 
     const start = n.cachedBytes();
     // a big buffer, freed: kept
     const bigMiB = rng.int(24, 64);
-    const big = ops.empty(be, 'f32', [bigMiB * MiB / 4]);
+    const big = ops.empty(be, 'f32', [(bigMiB * MiB) / 4]);
     ops.fill(big, rng.normal());
     big.free();
     const afterFree = n.cachedBytes();
     assert.ok(afterFree - start >= bigMiB * MiB, `a freed ${bigMiB} MiB buffer is cached (${afterFree - start} bytes)`);
     // the same size again: the cached block, nothing else changes
-    const again = ops.empty(be, 'f32', [bigMiB * MiB / 4]);
+    const again = ops.empty(be, 'f32', [(bigMiB * MiB) / 4]);
     assert.equal(n.cachedBytes(), start, 'the same block again');
     again.free();
     assert.equal(n.cachedBytes(), afterFree);
     // a smaller, different size: keeping the big block beside it would exceed the peak, so it goes
     const smallMiB = rng.int(5, 12);
-    const small = ops.empty(be, 'f32', [smallMiB * MiB / 4]);
+    const small = ops.empty(be, 'f32', [(smallMiB * MiB) / 4]);
     assert.ok(n.cachedBytes() <= afterFree - bigMiB * MiB, `the ${bigMiB} MiB block was given back (cached ${n.cachedBytes()} bytes)`);
     small.free();
     const kept = n.cachedBytes();
     // a repeating pattern still hits the cache
     for (let i = 0; i < 3; i++) {
-      const t = ops.empty(be, 'f32', [smallMiB * MiB / 4]);
+      const t = ops.empty(be, 'f32', [(smallMiB * MiB) / 4]);
       assert.equal(n.cachedBytes(), kept - Math.ceil(smallMiB / 2) * 2 * MiB, 'the same block again');
       t.free();
       assert.equal(n.cachedBytes(), kept);

@@ -13,334 +13,491 @@ import type { Tensor } from '../src/tensor/tensor.js';
 import type { Rng } from '../src/util/rng.js';
 import { relErr } from './helpers/loss_ref.js';
 import {
-  attentionBackwardRef, attentionRef, matmulRef, rmsnormBackwardRef, rmsnormRef, ropeRef, swigluBackwardRef, swigluRef,
+  attentionBackwardRef,
+  attentionRef,
+  matmulRef,
+  rmsnormBackwardRef,
+  rmsnormRef,
+  ropeRef,
+  swigluBackwardRef,
+  swigluRef,
 } from './helpers/model_ref.js';
 import { runPython } from './helpers/python.js';
 import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 
-for (const be of await testBackends()) describe(`on backend ${be.name}`, () => {
-const TOL = 1e-5;
-const f32 = (x: Float32Array, shape: number[]) => ops.upload(be, { dtype: 'f32', data: x }, shape);
-const i32 = (x: Int32Array | number[], shape: number[]) => ops.upload(be, { dtype: 'i32', data: Int32Array.from(x) }, shape);
-const host = async (t: Tensor) => (await ops.read(t)) as Float32Array;
+for (const be of await testBackends())
+  describe(`on backend ${be.name}`, () => {
+    const TOL = 1e-5;
+    const f32 = (x: Float32Array, shape: number[]) => ops.upload(be, { dtype: 'f32', data: x }, shape);
+    const i32 = (x: Int32Array | number[], shape: number[]) => ops.upload(be, { dtype: 'i32', data: Int32Array.from(x) }, shape);
+    const host = async (t: Tensor) => (await ops.read(t)) as Float32Array;
 
-/** A weight as f32 or bf16, with the exact values the kernel sees. */
-function weight(rng: Rng, n: number, shape: number[], dtype: 'f32' | 'bf16', scale = 1, offset = 0) {
-  const f = randn(rng, n, scale).map((x) => x + offset);
-  if (dtype === 'f32') return { t: f32(f, shape) as Tensor, values: f };
-  const h = f32ArrayToBf16(f);
-  return { t: ops.upload(be, { dtype: 'bf16', data: h }, shape) as Tensor, values: bf16ArrayToF32(h) };
-}
+    /** A weight as f32 or bf16, with the exact values the kernel sees. */
+    function weight(rng: Rng, n: number, shape: number[], dtype: 'f32' | 'bf16', scale = 1, offset = 0) {
+      const f = randn(rng, n, scale).map((x) => x + offset);
+      if (dtype === 'f32') return { t: f32(f, shape) as Tensor, values: f };
+      const h = f32ArrayToBf16(f);
+      return { t: ops.upload(be, { dtype: 'bf16', data: h }, shape) as Tensor, values: bf16ArrayToF32(h) };
+    }
 
-function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = TOL) {
-  const e = relErr(got, want);
-  assert.ok(e <= tol, `${name}: relative error ${e} > ${tol}`);
-}
+    function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>, tol = TOL) {
+      const e = relErr(got, want);
+      assert.ok(e <= tol, `${name}: relative error ${e} > ${tol}`);
+    }
 
-describe('model ops against float64', () => {
-  for (const dtype of ['f32', 'bf16'] as const) {
-    test(`matmul, all transposes, ${dtype} B, accumulate`, async () =>
-      withSeed(async (rng) => {
-        for (const [ta, tb] of [[false, false], [false, true], [true, false], [true, true]] as const) {
-          const m = rng.int(1, 40), n = rng.int(1, 40), k = rng.int(1, 70);
-          const a = randn(rng, m * k);
-          const b = weight(rng, k * n, tb ? [n, k] : [k, n], dtype);
-          const got = ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb });
-          check(`matmul ta=${ta} tb=${tb}`, await host(got), matmulRef(a, b.values, m, n, k, ta, tb));
-          const base = randn(rng, m * n);
-          const acc = f32(base.slice(), [m, n]);
-          ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb, out: acc, accumulate: true, alpha: 0.5 });
-          const want = matmulRef(a, b.values, m, n, k, ta, tb).map((x, i) => 0.5 * x + base[i]);
-          check('matmul accumulate', await host(acc), want);
-        }
-      }));
+    describe('model ops against float64', () => {
+      for (const dtype of ['f32', 'bf16'] as const) {
+        test(`matmul, all transposes, ${dtype} B, accumulate`, async () =>
+          withSeed(async (rng) => {
+            for (const [ta, tb] of [
+              [false, false],
+              [false, true],
+              [true, false],
+              [true, true],
+            ] as const) {
+              const m = rng.int(1, 40),
+                n = rng.int(1, 40),
+                k = rng.int(1, 70);
+              const a = randn(rng, m * k);
+              const b = weight(rng, k * n, tb ? [n, k] : [k, n], dtype);
+              const got = ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb });
+              check(`matmul ta=${ta} tb=${tb}`, await host(got), matmulRef(a, b.values, m, n, k, ta, tb));
+              const base = randn(rng, m * n);
+              const acc = f32(base.slice(), [m, n]);
+              ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb, out: acc, accumulate: true, alpha: 0.5 });
+              const want = matmulRef(a, b.values, m, n, k, ta, tb).map((x, i) => 0.5 * x + base[i]);
+              check('matmul accumulate', await host(acc), want);
+            }
+          }));
 
-    test(`rmsnorm forward and backward, ${dtype} weight`, async () =>
-      withSeed(async (rng) => {
-        const t = rng.int(1, 50), h = rng.int(2, 300), eps = 1e-5;
-        const x = randn(rng, t * h, 2);
-        const w = weight(rng, h, [h], dtype, 0.2, 1);
-        const { y, rstd } = ops.rmsnorm(f32(x, [t, h]), w.t, eps);
-        const ref = rmsnormRef(x, w.values, t, h, eps);
-        check('y', await host(y), ref.y);
-        check('rstd', await host(rstd), ref.rstd);
-        const dy = randn(rng, t * h);
-        const dwBase = randn(rng, h);
-        const dw = f32(dwBase.slice(), [h]);
-        const dx = ops.rmsnormBackward(f32(x, [t, h]), w.t, rstd, f32(dy, [t, h]), dw);
-        const rb = rmsnormBackwardRef(x, w.values, dy, t, h, eps);
-        check('dx', await host(dx), rb.dx);
-        check('dw (accumulated)', await host(dw), rb.dw.map((v, j) => v + dwBase[j]));
-      }));
+        test(`rmsnorm forward and backward, ${dtype} weight`, async () =>
+          withSeed(async (rng) => {
+            const t = rng.int(1, 50),
+              h = rng.int(2, 300),
+              eps = 1e-5;
+            const x = randn(rng, t * h, 2);
+            const w = weight(rng, h, [h], dtype, 0.2, 1);
+            const { y, rstd } = ops.rmsnorm(f32(x, [t, h]), w.t, eps);
+            const ref = rmsnormRef(x, w.values, t, h, eps);
+            check('y', await host(y), ref.y);
+            check('rstd', await host(rstd), ref.rstd);
+            const dy = randn(rng, t * h);
+            const dwBase = randn(rng, h);
+            const dw = f32(dwBase.slice(), [h]);
+            const dx = ops.rmsnormBackward(f32(x, [t, h]), w.t, rstd, f32(dy, [t, h]), dw);
+            const rb = rmsnormBackwardRef(x, w.values, dy, t, h, eps);
+            check('dx', await host(dx), rb.dx);
+            check(
+              'dw (accumulated)',
+              await host(dw),
+              rb.dw.map((v, j) => v + dwBase[j]),
+            );
+          }));
 
-    test(`embedding forward and backward, ${dtype} table`, async () =>
-      withSeed(async (rng) => {
-        const v = rng.int(2, 60), h = rng.int(1, 90), t = rng.int(1, 100);
-        const table = weight(rng, v * h, [v, h], dtype);
-        const ids = Array.from({ length: t }, () => rng.int(0, v - 1));
-        const out = await host(ops.embedding(i32(ids, [t]), table.t));
-        ids.forEach((id, r) => check(`row ${r}`, out.subarray(r * h, (r + 1) * h), table.values.subarray(id * h, (id + 1) * h), 0));
-        const dout = randn(rng, t * h);
-        const dtable = f32(new Float32Array(v * h), [v, h]);
-        ops.embeddingBackward(i32(ids, [t]), f32(dout, [t, h]), dtable);
-        const want = new Float64Array(v * h);
-        ids.forEach((id, r) => { for (let j = 0; j < h; j++) want[id * h + j] += dout[r * h + j]; });
-        check('dtable', await host(dtable), want);
-        await assert.rejects(host(ops.embedding(i32([v], [1]), table.t)), /a token id is outside \[0, rows of the table\)/);
-      }));
-  }
-
-  test('rope forward, inverse round trip, positions past 2^15, linear scaling', async () =>
-    withSeed(async (rng) => {
-      for (const hd of [16, 32, 64]) {
-        const t = rng.int(1, 20), heads = rng.int(1, 4);
-        const x = randn(rng, t * heads * hd);
-        const pos = Array.from({ length: t }, () => (rng.next() < 0.5 ? rng.int(0, 300) : rng.int(32768, 40000)));
-        for (const [theta, scale] of [[10000, 1], [1e6, 1], [10000, 4]]) {
-          const tx = f32(x.slice(), [t, heads, hd]);
-          ops.rope(tx, i32(pos, [t]), { theta, scale });
-          check(`rope hd=${hd} theta=${theta} scale=${scale}`, await host(tx), ropeRef(x, pos, t, heads, hd, theta, scale));
-          ops.rope(tx, i32(pos, [t]), { theta, scale, inverse: true });
-          check('inverse round trip', await host(tx), x);
-        }
+        test(`embedding forward and backward, ${dtype} table`, async () =>
+          withSeed(async (rng) => {
+            const v = rng.int(2, 60),
+              h = rng.int(1, 90),
+              t = rng.int(1, 100);
+            const table = weight(rng, v * h, [v, h], dtype);
+            const ids = Array.from({ length: t }, () => rng.int(0, v - 1));
+            const out = await host(ops.embedding(i32(ids, [t]), table.t));
+            ids.forEach((id, r) => check(`row ${r}`, out.subarray(r * h, (r + 1) * h), table.values.subarray(id * h, (id + 1) * h), 0));
+            const dout = randn(rng, t * h);
+            const dtable = f32(new Float32Array(v * h), [v, h]);
+            ops.embeddingBackward(i32(ids, [t]), f32(dout, [t, h]), dtable);
+            const want = new Float64Array(v * h);
+            ids.forEach((id, r) => {
+              for (let j = 0; j < h; j++) want[id * h + j] += dout[r * h + j];
+            });
+            check('dtable', await host(dtable), want);
+            await assert.rejects(host(ops.embedding(i32([v], [1]), table.t)), /a token id is outside \[0, rows of the table\)/);
+          }));
       }
-    }));
 
-  for (const [nh, nkv] of [[4, 4], [4, 2], [6, 1]]) {
-    test(`attention forward and backward, ${nh} heads / ${nkv} kv heads, padding masks`, async () =>
+      test('rope forward, inverse round trip, positions past 2^15, linear scaling', async () =>
+        withSeed(async (rng) => {
+          for (const hd of [16, 32, 64]) {
+            const t = rng.int(1, 20),
+              heads = rng.int(1, 4);
+            const x = randn(rng, t * heads * hd);
+            const pos = Array.from({ length: t }, () => (rng.next() < 0.5 ? rng.int(0, 300) : rng.int(32768, 40000)));
+            for (const [theta, scale] of [
+              [10000, 1],
+              [1e6, 1],
+              [10000, 4],
+            ]) {
+              const tx = f32(x.slice(), [t, heads, hd]);
+              ops.rope(tx, i32(pos, [t]), { theta, scale });
+              check(`rope hd=${hd} theta=${theta} scale=${scale}`, await host(tx), ropeRef(x, pos, t, heads, hd, theta, scale));
+              ops.rope(tx, i32(pos, [t]), { theta, scale, inverse: true });
+              check('inverse round trip', await host(tx), x);
+            }
+          }
+        }));
+
+      for (const [nh, nkv] of [
+        [4, 4],
+        [4, 2],
+        [6, 1],
+      ]) {
+        test(`attention forward and backward, ${nh} heads / ${nkv} kv heads, padding masks`, async () =>
+          withSeed(async (rng) => {
+            // lengths across the kernels' 64-row query blocks too
+            const b = 3,
+              l = rng.next() < 0.5 ? rng.int(5, 37) : rng.int(65, 150),
+              hd = [16, 32][rng.int(0, 1)];
+            const q = randn(rng, b * l * nh * hd),
+              k = randn(rng, b * l * nkv * hd),
+              v = randn(rng, b * l * nkv * hd);
+            // row 0: no padding; row 1: right padding; row 2: left padding + a hole (the first query sees no key)
+            const mask = new Int32Array(b * l).fill(1);
+            for (let j = l - 3; j < l; j++) mask[l + j] = 0;
+            if (l > 64) mask[l + 64] = 0; // a hole right at a block boundary
+            mask[2 * l] = 0;
+            mask[2 * l + 1] = 0;
+            mask[2 * l + 4] = 0;
+            const shape = { b, l, nh, nkv, hd };
+            const scale = 1 / Math.sqrt(hd);
+            const tq = f32(q, [b, l, nh, hd]),
+              tk = f32(k, [b, l, nkv, hd]),
+              tv = f32(v, [b, l, nkv, hd]),
+              tm = i32(mask, [b, l]);
+            const { out, lse } = ops.attention(tq, tk, tv, tm);
+            const ref = attentionRef(q, k, v, mask, shape, scale);
+            const got = await host(out);
+            assert.ok(got.every(Number.isFinite), 'no NaN or Inf in the output');
+            check('out', got, ref.out);
+            check('lse', await host(lse), ref.lse);
+            assert.ok(
+              got.subarray(2 * l * nh * hd, (2 * l + 2) * nh * hd).every((x) => x === 0),
+              'queries with no visible key give exact zeros',
+            );
+            const dout = randn(rng, b * l * nh * hd);
+            const g = ops.attentionBackward(tq, tk, tv, tm, out, lse, f32(dout, [b, l, nh, hd]));
+            const rb = attentionBackwardRef(q, k, v, mask, dout, shape, scale);
+            check('dq', await host(g.dq), rb.dq);
+            check('dk', await host(g.dk), rb.dk);
+            check('dv', await host(g.dv), rb.dv);
+          }));
+      }
+
+      test('decode attention over a KV cache equals the last row of full attention', async () =>
+        withSeed(async (rng) => {
+          const b = 3,
+            l = 13,
+            nh = 4,
+            nkv = 2,
+            hd = 16,
+            lmax = 20;
+          const q = randn(rng, b * l * nh * hd),
+            k = randn(rng, b * l * nkv * hd),
+            v = randn(rng, b * l * nkv * hd);
+          const mask = new Int32Array(b * l).fill(1);
+          mask[l + 2] = 0;
+          const full = await host(
+            ops.attention(f32(q, [b, l, nh, hd]), f32(k, [b, l, nkv, hd]), f32(v, [b, l, nkv, hd]), i32(mask, [b, l])).out,
+          );
+          // caches [b, nkv, lmax, hd] filled through scatterRows (one row per token and kv head), as generation writes them
+          const kc = ops.empty(be, 'f32', [b * nkv * lmax, hd]),
+            vc = ops.empty(be, 'f32', [b * nkv * lmax, hd]);
+          ops.fill(kc, 0);
+          ops.fill(vc, 0);
+          const rows = Array.from({ length: b * l * nkv }, (_, r) => {
+            const token = Math.floor(r / nkv),
+              h = r % nkv;
+            return (Math.floor(token / l) * nkv + h) * lmax + (token % l);
+          });
+          ops.scatterRows(f32(k, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), kc);
+          ops.scatterRows(f32(v, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), vc);
+          const cacheMask = new Int32Array(b * lmax).fill(1);
+          cacheMask[lmax + 2] = 0;
+          const lastQ = new Float32Array(b * nh * hd);
+          for (let bi = 0; bi < b; bi++) lastQ.set(q.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
+          const out = await host(
+            ops.attentionDecode(
+              f32(lastQ, [b, nh, hd]),
+              kc.reshape([b, nkv, lmax, hd]),
+              vc.reshape([b, nkv, lmax, hd]),
+              i32([l, l, l], [b]),
+              i32(cacheMask, [b, lmax]),
+            ),
+          );
+          const want = new Float32Array(b * nh * hd);
+          for (let bi = 0; bi < b; bi++) want.set(full.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
+          check('decode', out, want);
+        }));
+
+      test('swiglu forward and backward; add; bias', async () =>
+        withSeed(async (rng) => {
+          const n = rng.int(1, 5000);
+          const g = randn(rng, n, 3),
+            u = randn(rng, n),
+            d = randn(rng, n);
+          check('swiglu', await host(ops.swiglu(f32(g, [n]), f32(u, [n]))), swigluRef(g, u));
+          const r = ops.swigluBackward(f32(g, [n]), f32(u, [n]), f32(d, [n]));
+          const rr = swigluBackwardRef(g, u, d);
+          check('dgate', await host(r.dgate), rr.dgate);
+          check('dup', await host(r.dup), rr.dup);
+          const a = f32(g.slice(), [n]);
+          ops.add(a, f32(u, [n]), a);
+          check(
+            'add in place',
+            await host(a),
+            Float64Array.from(g, (x, i) => x + u[i]),
+          );
+          const t = 7,
+            m = 11;
+          const x = randn(rng, t * m),
+            bias = randn(rng, m);
+          const tx = f32(x.slice(), [t, m]);
+          ops.addBias(tx, f32(bias, [m]));
+          check(
+            'addBias',
+            await host(tx),
+            Float64Array.from(x, (v, i) => v + bias[i % m]),
+          );
+          const db = f32(new Float32Array(m).fill(1), [m]);
+          ops.biasBackward(f32(x, [t, m]), db);
+          const colsum = new Float64Array(m).fill(1);
+          x.forEach((v, i) => (colsum[i % m] += v));
+          check('biasBackward', await host(db), colsum);
+        }));
+
+      const cpu = be instanceof CpuBackend ? be : null;
+      if (cpu)
+        test('column reductions are the same on 1 and 2 threads (CPU)', async () =>
+          withSeed(async (rng) => {
+            const t = 777,
+              h = 129;
+            const x = f32(randn(rng, t * h), [t, h]);
+            const saved = cpu.threads;
+            const run = async (threads: number) => {
+              cpu.threads = threads;
+              const dw = f32(new Float32Array(h), [h]);
+              const { rstd } = ops.rmsnorm(x, f32(new Float32Array(h).fill(1), [h]), 1e-6);
+              ops.rmsnormBackward(x, f32(new Float32Array(h).fill(1), [h]), rstd, x, dw);
+              return await host(dw);
+            };
+            try {
+              assert.deepEqual(await run(1), await run(2));
+            } finally {
+              cpu.threads = saved;
+            }
+          }));
+
+      test('indices outside their range never touch memory: the next read throws naming the op', async () => {
+        const table = f32(new Float32Array(5 * 4).fill(1), [5, 4]);
+        for (const bad of [5, -1, 2 ** 31 - 1]) {
+          await assert.rejects(host(ops.embedding(i32([0, bad, 2], [3]), table)), /embedding\/embeddingBackward: a token id is outside/);
+          const dt = f32(new Float32Array(5 * 4), [5, 4]);
+          ops.embeddingBackward(i32([bad], [1]), f32(new Float32Array(4).fill(1), [1, 4]), dt);
+          await assert.rejects(host(dt), /a token id is outside/);
+          const dst = f32(new Float32Array(5 * 4), [5, 4]);
+          ops.scatterRows(f32(new Float32Array(8).fill(2), [2, 4]), i32([1, bad], [2]), dst);
+          await assert.rejects(host(dst), /scatterRows: an index is outside/);
+        }
+        const x = f32(new Float32Array(2 * 1 * 4).fill(1), [2, 1, 4]);
+        ops.rope(x, i32([3, -7], [2]), { theta: 10000 });
+        await assert.rejects(host(x), /rope: a position is negative/);
+        const cache = f32(new Float32Array(2 * 1 * 3 * 4).fill(1), [2, 1, 3, 4]);
+        for (const len of [4, -1]) {
+          await assert.rejects(
+            host(ops.attentionDecode(f32(new Float32Array(8).fill(1), [2, 1, 4]), cache, cache, i32([1, len], [2]))),
+            /attentionDecode: a length is outside/,
+          );
+        }
+        // after each failed read the word is clear: valid inputs read fine
+        assert.deepEqual(Array.from(await host(ops.embedding(i32([4, 0], [2]), table))), Array(8).fill(1));
+      });
+    });
+
+    test('attention across several query blocks (L = 200) equals float64, forward and backward', async () =>
       withSeed(async (rng) => {
-        // lengths across the kernels' 64-row query blocks too
-        const b = 3, l = rng.next() < 0.5 ? rng.int(5, 37) : rng.int(65, 150), hd = [16, 32][rng.int(0, 1)];
-        const q = randn(rng, b * l * nh * hd), k = randn(rng, b * l * nkv * hd), v = randn(rng, b * l * nkv * hd);
-        // row 0: no padding; row 1: right padding; row 2: left padding + a hole (the first query sees no key)
+        const b = 2,
+          l = 200,
+          nh = 4,
+          nkv = 2,
+          hd = 16;
+        const q = randn(rng, b * l * nh * hd),
+          k = randn(rng, b * l * nkv * hd),
+          v = randn(rng, b * l * nkv * hd);
         const mask = new Int32Array(b * l).fill(1);
-        for (let j = l - 3; j < l; j++) mask[l + j] = 0;
-        if (l > 64) mask[l + 64] = 0; // a hole right at a block boundary
-        mask[2 * l] = 0;
-        mask[2 * l + 1] = 0;
-        mask[2 * l + 4] = 0;
+        for (let j = 180; j < l; j++) mask[l + j] = 0;
+        mask[l + 127] = 0;
         const shape = { b, l, nh, nkv, hd };
-        const scale = 1 / Math.sqrt(hd);
-        const tq = f32(q, [b, l, nh, hd]), tk = f32(k, [b, l, nkv, hd]), tv = f32(v, [b, l, nkv, hd]), tm = i32(mask, [b, l]);
+        const tq = f32(q, [b, l, nh, hd]),
+          tk = f32(k, [b, l, nkv, hd]),
+          tv = f32(v, [b, l, nkv, hd]),
+          tm = i32(mask, [b, l]);
         const { out, lse } = ops.attention(tq, tk, tv, tm);
-        const ref = attentionRef(q, k, v, mask, shape, scale);
-        const got = await host(out);
-        assert.ok(got.every(Number.isFinite), 'no NaN or Inf in the output');
-        check('out', got, ref.out);
+        const ref = attentionRef(q, k, v, mask, shape, 1 / Math.sqrt(hd));
+        check('out', await host(out), ref.out);
         check('lse', await host(lse), ref.lse);
-        assert.ok(got.subarray(2 * l * nh * hd, (2 * l + 2) * nh * hd).every((x) => x === 0), 'queries with no visible key give exact zeros');
         const dout = randn(rng, b * l * nh * hd);
         const g = ops.attentionBackward(tq, tk, tv, tm, out, lse, f32(dout, [b, l, nh, hd]));
-        const rb = attentionBackwardRef(q, k, v, mask, dout, shape, scale);
+        const rb = attentionBackwardRef(q, k, v, mask, dout, shape, 1 / Math.sqrt(hd));
         check('dq', await host(g.dq), rb.dq);
         check('dk', await host(g.dk), rb.dk);
         check('dv', await host(g.dv), rb.dv);
       }));
-  }
 
-  test('decode attention over a KV cache equals the last row of full attention', async () =>
-    withSeed(async (rng) => {
-      const b = 3, l = 13, nh = 4, nkv = 2, hd = 16, lmax = 20;
-      const q = randn(rng, b * l * nh * hd), k = randn(rng, b * l * nkv * hd), v = randn(rng, b * l * nkv * hd);
-      const mask = new Int32Array(b * l).fill(1);
-      mask[l + 2] = 0;
-      const full = await host(ops.attention(f32(q, [b, l, nh, hd]), f32(k, [b, l, nkv, hd]), f32(v, [b, l, nkv, hd]), i32(mask, [b, l])).out);
-      // caches [b, nkv, lmax, hd] filled through scatterRows (one row per token and kv head), as generation writes them
-      const kc = ops.empty(be, 'f32', [b * nkv * lmax, hd]), vc = ops.empty(be, 'f32', [b * nkv * lmax, hd]);
-      ops.fill(kc, 0);
-      ops.fill(vc, 0);
-      const rows = Array.from({ length: b * l * nkv }, (_, r) => {
-        const token = Math.floor(r / nkv), h = r % nkv;
-        return (Math.floor(token / l) * nkv + h) * lmax + (token % l);
-      });
-      ops.scatterRows(f32(k, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), kc);
-      ops.scatterRows(f32(v, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), vc);
-      const cacheMask = new Int32Array(b * lmax).fill(1);
-      cacheMask[lmax + 2] = 0;
-      const lastQ = new Float32Array(b * nh * hd);
-      for (let bi = 0; bi < b; bi++) lastQ.set(q.subarray(((bi * l + l - 1) * nh) * hd, ((bi * l + l) * nh) * hd), bi * nh * hd);
-      const out = await host(ops.attentionDecode(f32(lastQ, [b, nh, hd]), kc.reshape([b, nkv, lmax, hd]), vc.reshape([b, nkv, lmax, hd]), i32([l, l, l], [b]), i32(cacheMask, [b, lmax])));
-      const want = new Float32Array(b * nh * hd);
-      for (let bi = 0; bi < b; bi++) want.set(full.subarray(((bi * l + l - 1) * nh) * hd, ((bi * l + l) * nh) * hd), bi * nh * hd);
-      check('decode', out, want);
-    }));
+    test('model ops equal PyTorch autograd (float64 torch)', async () =>
+      withSeed(async (rng) => {
+        const dir = mkdtempSync(join(tmpdir(), 'spinlm-ops-torch-'));
+        try {
+          const specs: { name: string; op: string; shapes: Record<string, number[]>; params: Record<string, unknown> }[] = [];
+          const put = (name: string, data: Float32Array | Int32Array) =>
+            writeFileSync(join(dir, `${name}.bin`), new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+          const read = (name: string) => {
+            const b = readFileSync(join(dir, `${name}.bin`));
+            return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+          };
+          const results: [string, () => Promise<Float32Array>, string][] = [];
 
-  test('swiglu forward and backward; add; bias', async () =>
-    withSeed(async (rng) => {
-      const n = rng.int(1, 5000);
-      const g = randn(rng, n, 3), u = randn(rng, n), d = randn(rng, n);
-      check('swiglu', await host(ops.swiglu(f32(g, [n]), f32(u, [n]))), swigluRef(g, u));
-      const r = ops.swigluBackward(f32(g, [n]), f32(u, [n]), f32(d, [n]));
-      const rr = swigluBackwardRef(g, u, d);
-      check('dgate', await host(r.dgate), rr.dgate);
-      check('dup', await host(r.dup), rr.dup);
-      const a = f32(g.slice(), [n]);
-      ops.add(a, f32(u, [n]), a);
-      check('add in place', await host(a), Float64Array.from(g, (x, i) => x + u[i]));
-      const t = 7, m = 11;
-      const x = randn(rng, t * m), bias = randn(rng, m);
-      const tx = f32(x.slice(), [t, m]);
-      ops.addBias(tx, f32(bias, [m]));
-      check('addBias', await host(tx), Float64Array.from(x, (v, i) => v + bias[i % m]));
-      const db = f32(new Float32Array(m).fill(1), [m]);
-      ops.biasBackward(f32(x, [t, m]), db);
-      const colsum = new Float64Array(m).fill(1);
-      x.forEach((v, i) => (colsum[i % m] += v));
-      check('biasBackward', await host(db), colsum);
-    }));
-
-  const cpu = be instanceof CpuBackend ? be : null;
-  if (cpu) test('column reductions are the same on 1 and 2 threads (CPU)', async () =>
-    withSeed(async (rng) => {
-      const t = 777, h = 129;
-      const x = f32(randn(rng, t * h), [t, h]);
-      const saved = cpu.threads;
-      const run = async (threads: number) => {
-        cpu.threads = threads;
-        const dw = f32(new Float32Array(h), [h]);
-        const { rstd } = ops.rmsnorm(x, f32(new Float32Array(h).fill(1), [h]), 1e-6);
-        ops.rmsnormBackward(x, f32(new Float32Array(h).fill(1), [h]), rstd, x, dw);
-        return await host(dw);
-      };
-      try {
-        assert.deepEqual(await run(1), await run(2));
-      } finally {
-        cpu.threads = saved;
-      }
-    }));
-
-  test('indices outside their range never touch memory: the next read throws naming the op', async () => {
-    const table = f32(new Float32Array(5 * 4).fill(1), [5, 4]);
-    for (const bad of [5, -1, 2 ** 31 - 1]) {
-      await assert.rejects(host(ops.embedding(i32([0, bad, 2], [3]), table)), /embedding\/embeddingBackward: a token id is outside/);
-      const dt = f32(new Float32Array(5 * 4), [5, 4]);
-      ops.embeddingBackward(i32([bad], [1]), f32(new Float32Array(4).fill(1), [1, 4]), dt);
-      await assert.rejects(host(dt), /a token id is outside/);
-      const dst = f32(new Float32Array(5 * 4), [5, 4]);
-      ops.scatterRows(f32(new Float32Array(8).fill(2), [2, 4]), i32([1, bad], [2]), dst);
-      await assert.rejects(host(dst), /scatterRows: an index is outside/);
-    }
-    const x = f32(new Float32Array(2 * 1 * 4).fill(1), [2, 1, 4]);
-    ops.rope(x, i32([3, -7], [2]), { theta: 10000 });
-    await assert.rejects(host(x), /rope: a position is negative/);
-    const cache = f32(new Float32Array(2 * 1 * 3 * 4).fill(1), [2, 1, 3, 4]);
-    for (const len of [4, -1]) {
-      await assert.rejects(host(ops.attentionDecode(f32(new Float32Array(8).fill(1), [2, 1, 4]), cache, cache, i32([1, len], [2]))), /attentionDecode: a length is outside/);
-    }
-    // after each failed read the word is clear: valid inputs read fine
-    assert.deepEqual(Array.from(await host(ops.embedding(i32([4, 0], [2]), table))), Array(8).fill(1));
+          // rmsnorm
+          {
+            const t = 9,
+              h = 40;
+            const x = randn(rng, t * h),
+              w = randn(rng, h, 0.3).map((v) => v + 1),
+              dy = randn(rng, t * h);
+            put('rms.x', x);
+            put('rms.w', w);
+            put('rms.dout', dy);
+            specs.push({ name: 'rms', op: 'rmsnorm', shapes: { x: [t, h], w: [h] }, params: { eps: 1e-6 } });
+            const { y, rstd } = ops.rmsnorm(f32(x, [t, h]), f32(w, [h]), 1e-6);
+            const dw = f32(new Float32Array(h), [h]);
+            const dx = ops.rmsnormBackward(f32(x, [t, h]), f32(w, [h]), rstd, f32(dy, [t, h]), dw);
+            results.push(
+              ['rms.y', () => host(y), 'rmsnorm y'],
+              ['rms.dx', () => host(dx), 'rmsnorm dx'],
+              ['rms.dw', () => host(dw), 'rmsnorm dw'],
+            );
+          }
+          // rope
+          {
+            const t = 6,
+              heads = 3,
+              hd = 32;
+            const x = randn(rng, t * heads * hd),
+              pos = Int32Array.from({ length: t }, () => rng.int(0, 5000)),
+              dy = randn(rng, t * heads * hd);
+            put('rope.x', x);
+            put('rope.pos', pos);
+            put('rope.dout', dy);
+            specs.push({ name: 'rope', op: 'rope', shapes: { x: [t, heads, hd], pos: [t] }, params: { theta: 500000, scale: 2 } });
+            const tx = f32(x.slice(), [t, heads, hd]);
+            ops.rope(tx, i32(pos, [t]), { theta: 500000, scale: 2 });
+            const td = f32(dy.slice(), [t, heads, hd]);
+            ops.rope(td, i32(pos, [t]), { theta: 500000, scale: 2, inverse: true });
+            results.push(['rope.y', () => host(tx), 'rope y'], ['rope.dx', () => host(td), 'rope dx']);
+          }
+          // attention (GQA 4/2, a padded sequence)
+          {
+            const b = 2,
+              l = 11,
+              nh = 4,
+              nkv = 2,
+              hd = 16;
+            const q = randn(rng, b * l * nh * hd),
+              k = randn(rng, b * l * nkv * hd),
+              v = randn(rng, b * l * nkv * hd),
+              dout = randn(rng, b * l * nh * hd);
+            const mask = new Int32Array(b * l).fill(1);
+            mask[l + l - 1] = 0;
+            mask[l + l - 2] = 0;
+            mask[l + 3] = 0;
+            put('att.q', q);
+            put('att.k', k);
+            put('att.v', v);
+            put('att.mask', mask);
+            put('att.dout', dout);
+            specs.push({
+              name: 'att',
+              op: 'attention',
+              shapes: { q: [b, l, nh, hd], k: [b, l, nkv, hd], v: [b, l, nkv, hd], mask: [b, l] },
+              params: {},
+            });
+            const tq = f32(q, [b, l, nh, hd]),
+              tk = f32(k, [b, l, nkv, hd]),
+              tv = f32(v, [b, l, nkv, hd]),
+              tm = i32(mask, [b, l]);
+            const { out, lse } = ops.attention(tq, tk, tv, tm);
+            const g = ops.attentionBackward(tq, tk, tv, tm, out, lse, f32(dout, [b, l, nh, hd]));
+            results.push(
+              ['att.y', () => host(out), 'attention out'],
+              ['att.dq', () => host(g.dq), 'attention dq'],
+              ['att.dk', () => host(g.dk), 'attention dk'],
+              ['att.dv', () => host(g.dv), 'attention dv'],
+            );
+          }
+          // swiglu
+          {
+            const n = 300;
+            const gg = randn(rng, n, 2),
+              u = randn(rng, n),
+              d = randn(rng, n);
+            put('sw.g', gg);
+            put('sw.u', u);
+            put('sw.dout', d);
+            specs.push({ name: 'sw', op: 'swiglu', shapes: { g: [n], u: [n] }, params: {} });
+            const y = ops.swiglu(f32(gg, [n]), f32(u, [n]));
+            const r = ops.swigluBackward(f32(gg, [n]), f32(u, [n]), f32(d, [n]));
+            results.push(
+              ['sw.y', () => host(y), 'swiglu y'],
+              ['sw.dg', () => host(r.dgate), 'swiglu dgate'],
+              ['sw.du', () => host(r.dup), 'swiglu dup'],
+            );
+          }
+          // embedding
+          {
+            const v = 17,
+              h = 8,
+              t = 30;
+            const table = randn(rng, v * h),
+              ids = Int32Array.from({ length: t }, () => rng.int(0, v - 1)),
+              d = randn(rng, t * h);
+            put('emb.table', table);
+            put('emb.ids', ids);
+            put('emb.dout', d);
+            specs.push({ name: 'emb', op: 'embedding', shapes: { table: [v, h], ids: [t] }, params: {} });
+            const y = ops.embedding(i32(ids, [t]), f32(table, [v, h]));
+            const dt = f32(new Float32Array(v * h), [v, h]);
+            ops.embeddingBackward(i32(ids, [t]), f32(d, [t, h]), dt);
+            results.push(['emb.y', () => host(y), 'embedding y'], ['emb.dtable', () => host(dt), 'embedding dtable']);
+          }
+          // matmul (the linear layer form y = x W^T and its gradients)
+          {
+            const m = 13,
+              k = 29,
+              n = 7;
+            const a = randn(rng, m * k),
+              w = randn(rng, n * k),
+              d = randn(rng, m * n);
+            put('mm.a', a);
+            put('mm.b', w);
+            put('mm.dout', d);
+            specs.push({ name: 'mm', op: 'matmul', shapes: { a: [m, k], b: [n, k] }, params: { transA: false, transB: true } });
+            const ta = f32(a, [m, k]),
+              tw = f32(w, [n, k]),
+              td = f32(d, [m, n]);
+            const y = ops.matmul(ta, tw, { transB: true });
+            const da = ops.matmul(td, tw); // dY W
+            const dw = ops.matmul(td, ta, { transA: true }); // dY^T X
+            results.push(
+              ['mm.y', () => host(y), 'matmul y'],
+              ['mm.da', () => host(da), 'matmul da'],
+              ['mm.db', () => host(dw), 'matmul dW'],
+            );
+          }
+          writeFileSync(join(dir, 'spec.json'), JSON.stringify({ ops: specs }));
+          runPython(new URL('./oracle/model_ops_torch.py', import.meta.url).pathname, [dir]);
+          for (const [file, got, what] of results) check(`${what} vs torch`, await got(), read(file));
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      }));
   });
-});
-
-test('attention across several query blocks (L = 200) equals float64, forward and backward', async () =>
-  withSeed(async (rng) => {
-    const b = 2, l = 200, nh = 4, nkv = 2, hd = 16;
-    const q = randn(rng, b * l * nh * hd), k = randn(rng, b * l * nkv * hd), v = randn(rng, b * l * nkv * hd);
-    const mask = new Int32Array(b * l).fill(1);
-    for (let j = 180; j < l; j++) mask[l + j] = 0;
-    mask[l + 127] = 0;
-    const shape = { b, l, nh, nkv, hd };
-    const tq = f32(q, [b, l, nh, hd]), tk = f32(k, [b, l, nkv, hd]), tv = f32(v, [b, l, nkv, hd]), tm = i32(mask, [b, l]);
-    const { out, lse } = ops.attention(tq, tk, tv, tm);
-    const ref = attentionRef(q, k, v, mask, shape, 1 / Math.sqrt(hd));
-    check('out', await host(out), ref.out);
-    check('lse', await host(lse), ref.lse);
-    const dout = randn(rng, b * l * nh * hd);
-    const g = ops.attentionBackward(tq, tk, tv, tm, out, lse, f32(dout, [b, l, nh, hd]));
-    const rb = attentionBackwardRef(q, k, v, mask, dout, shape, 1 / Math.sqrt(hd));
-    check('dq', await host(g.dq), rb.dq);
-    check('dk', await host(g.dk), rb.dk);
-    check('dv', await host(g.dv), rb.dv);
-  }));
-
-test('model ops equal PyTorch autograd (float64 torch)', async () =>
-  withSeed(async (rng) => {
-    const dir = mkdtempSync(join(tmpdir(), 'spinlm-ops-torch-'));
-    try {
-      const specs: { name: string; op: string; shapes: Record<string, number[]>; params: Record<string, unknown> }[] = [];
-      const put = (name: string, data: Float32Array | Int32Array) => writeFileSync(join(dir, `${name}.bin`), new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
-      const read = (name: string) => {
-        const b = readFileSync(join(dir, `${name}.bin`));
-        return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
-      };
-      const results: [string, () => Promise<Float32Array>, string][] = [];
-
-      // rmsnorm
-      {
-        const t = 9, h = 40;
-        const x = randn(rng, t * h), w = randn(rng, h, 0.3).map((v) => v + 1), dy = randn(rng, t * h);
-        put('rms.x', x); put('rms.w', w); put('rms.dout', dy);
-        specs.push({ name: 'rms', op: 'rmsnorm', shapes: { x: [t, h], w: [h] }, params: { eps: 1e-6 } });
-        const { y, rstd } = ops.rmsnorm(f32(x, [t, h]), f32(w, [h]), 1e-6);
-        const dw = f32(new Float32Array(h), [h]);
-        const dx = ops.rmsnormBackward(f32(x, [t, h]), f32(w, [h]), rstd, f32(dy, [t, h]), dw);
-        results.push(['rms.y', () => host(y), 'rmsnorm y'], ['rms.dx', () => host(dx), 'rmsnorm dx'], ['rms.dw', () => host(dw), 'rmsnorm dw']);
-      }
-      // rope
-      {
-        const t = 6, heads = 3, hd = 32;
-        const x = randn(rng, t * heads * hd), pos = Int32Array.from({ length: t }, () => rng.int(0, 5000)), dy = randn(rng, t * heads * hd);
-        put('rope.x', x); put('rope.pos', pos); put('rope.dout', dy);
-        specs.push({ name: 'rope', op: 'rope', shapes: { x: [t, heads, hd], pos: [t] }, params: { theta: 500000, scale: 2 } });
-        const tx = f32(x.slice(), [t, heads, hd]);
-        ops.rope(tx, i32(pos, [t]), { theta: 500000, scale: 2 });
-        const td = f32(dy.slice(), [t, heads, hd]);
-        ops.rope(td, i32(pos, [t]), { theta: 500000, scale: 2, inverse: true });
-        results.push(['rope.y', () => host(tx), 'rope y'], ['rope.dx', () => host(td), 'rope dx']);
-      }
-      // attention (GQA 4/2, a padded sequence)
-      {
-        const b = 2, l = 11, nh = 4, nkv = 2, hd = 16;
-        const q = randn(rng, b * l * nh * hd), k = randn(rng, b * l * nkv * hd), v = randn(rng, b * l * nkv * hd), dout = randn(rng, b * l * nh * hd);
-        const mask = new Int32Array(b * l).fill(1);
-        mask[l + l - 1] = 0; mask[l + l - 2] = 0; mask[l + 3] = 0;
-        put('att.q', q); put('att.k', k); put('att.v', v); put('att.mask', mask); put('att.dout', dout);
-        specs.push({ name: 'att', op: 'attention', shapes: { q: [b, l, nh, hd], k: [b, l, nkv, hd], v: [b, l, nkv, hd], mask: [b, l] }, params: {} });
-        const tq = f32(q, [b, l, nh, hd]), tk = f32(k, [b, l, nkv, hd]), tv = f32(v, [b, l, nkv, hd]), tm = i32(mask, [b, l]);
-        const { out, lse } = ops.attention(tq, tk, tv, tm);
-        const g = ops.attentionBackward(tq, tk, tv, tm, out, lse, f32(dout, [b, l, nh, hd]));
-        results.push(['att.y', () => host(out), 'attention out'], ['att.dq', () => host(g.dq), 'attention dq'], ['att.dk', () => host(g.dk), 'attention dk'], ['att.dv', () => host(g.dv), 'attention dv']);
-      }
-      // swiglu
-      {
-        const n = 300;
-        const gg = randn(rng, n, 2), u = randn(rng, n), d = randn(rng, n);
-        put('sw.g', gg); put('sw.u', u); put('sw.dout', d);
-        specs.push({ name: 'sw', op: 'swiglu', shapes: { g: [n], u: [n] }, params: {} });
-        const y = ops.swiglu(f32(gg, [n]), f32(u, [n]));
-        const r = ops.swigluBackward(f32(gg, [n]), f32(u, [n]), f32(d, [n]));
-        results.push(['sw.y', () => host(y), 'swiglu y'], ['sw.dg', () => host(r.dgate), 'swiglu dgate'], ['sw.du', () => host(r.dup), 'swiglu dup']);
-      }
-      // embedding
-      {
-        const v = 17, h = 8, t = 30;
-        const table = randn(rng, v * h), ids = Int32Array.from({ length: t }, () => rng.int(0, v - 1)), d = randn(rng, t * h);
-        put('emb.table', table); put('emb.ids', ids); put('emb.dout', d);
-        specs.push({ name: 'emb', op: 'embedding', shapes: { table: [v, h], ids: [t] }, params: {} });
-        const y = ops.embedding(i32(ids, [t]), f32(table, [v, h]));
-        const dt = f32(new Float32Array(v * h), [v, h]);
-        ops.embeddingBackward(i32(ids, [t]), f32(d, [t, h]), dt);
-        results.push(['emb.y', () => host(y), 'embedding y'], ['emb.dtable', () => host(dt), 'embedding dtable']);
-      }
-      // matmul (the linear layer form y = x W^T and its gradients)
-      {
-        const m = 13, k = 29, n = 7;
-        const a = randn(rng, m * k), w = randn(rng, n * k), d = randn(rng, m * n);
-        put('mm.a', a); put('mm.b', w); put('mm.dout', d);
-        specs.push({ name: 'mm', op: 'matmul', shapes: { a: [m, k], b: [n, k] }, params: { transA: false, transB: true } });
-        const ta = f32(a, [m, k]), tw = f32(w, [n, k]), td = f32(d, [m, n]);
-        const y = ops.matmul(ta, tw, { transB: true });
-        const da = ops.matmul(td, tw); // dY W
-        const dw = ops.matmul(td, ta, { transA: true }); // dY^T X
-        results.push(['mm.y', () => host(y), 'matmul y'], ['mm.da', () => host(da), 'matmul da'], ['mm.db', () => host(dw), 'matmul dW']);
-      }
-      writeFileSync(join(dir, 'spec.json'), JSON.stringify({ ops: specs }));
-      runPython(new URL('./oracle/model_ops_torch.py', import.meta.url).pathname, [dir]);
-      for (const [file, got, what] of results) check(`${what} vs torch`, await got(), read(file));
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  }));
-});

@@ -41,7 +41,11 @@ describe('native errors: TypeError for arguments of the wrong kind', () => {
       throwsKind(() => native.write({ handle: {}, byteOffset: 0 }, new Float32Array(n)), 'TypeError', /not a spinlm buffer handle/);
       throwsKind(() => native.write(7 as never, new Float32Array(n)), 'TypeError', /must be a tensor view/);
       throwsKind(() => native.write(x, Array.from({ length: n }, () => 1) as never), 'TypeError', /host data must be a TypedArray/);
-      throwsKind(() => native.read({ handle: x.handle, byteOffset: '0' as never }, new Float32Array(n)), 'TypeError', /byteOffset must be a number/);
+      throwsKind(
+        () => native.read({ handle: x.handle, byteOffset: '0' as never }, new Float32Array(n)),
+        'TypeError',
+        /byteOffset must be a number/,
+      );
       throwsKind(() => native.fill(x, n, 4, null as never), 'TypeError', /pattern must be a number/);
       native.free(x.handle);
     });
@@ -49,41 +53,92 @@ describe('native errors: TypeError for arguments of the wrong kind', () => {
 
   test('dtypes: unknown names and dtypes an op does not take', () => {
     return withSeed((rng) => {
-      const n = rng.int(2, 16), v = rng.int(2, 16);
-      const z = buffer(n * v), y = buffer(n, Array.from({ length: n }, () => rng.int(0, v - 1)), true);
-      const logp = buffer(n), lse = buffer(n);
+      const n = rng.int(2, 16),
+        v = rng.int(2, 16);
+      const z = buffer(n * v),
+        y = buffer(
+          n,
+          Array.from({ length: n }, () => rng.int(0, v - 1)),
+          true,
+        );
+      const logp = buffer(n),
+        lse = buffer(n);
       throwsKind(() => native.cast(z, 'f64', buffer(n * v), 'f32', n * v), 'TypeError', /source dtype must be 'f32', 'bf16' or 'i32'/);
       throwsKind(() => native.cast(z, 'f32', buffer(n * v), 3 as never, n * v), 'TypeError', /destination dtype must be/);
       throwsKind(() => native.cast(z, 'f32', buffer(n * v), 'i32', n * v), 'TypeError', /cannot cast between i32 and floats/);
       throwsKind(() => native.logprobGather(z, 'i32', n, v, y, logp, lse), 'TypeError', /logits must be f32 or bf16/);
-      throwsKind(() => native.logprobGatherBackward(z, 'f32', n, v, y, lse, logp, buffer(n * v), 'i32'), 'TypeError', /logits and dlogits must be f32 or bf16/);
-      throwsKind(() => native.rmsnorm(z, buffer(v), 'i32', n, v, 1e-5, buffer(n * v), buffer(n)), 'TypeError', /weight dtype must be f32 or bf16/);
+      throwsKind(
+        () => native.logprobGatherBackward(z, 'f32', n, v, y, lse, logp, buffer(n * v), 'i32'),
+        'TypeError',
+        /logits and dlogits must be f32 or bf16/,
+      );
+      throwsKind(
+        () => native.rmsnorm(z, buffer(v), 'i32', n, v, 1e-5, buffer(n * v), buffer(n)),
+        'TypeError',
+        /weight dtype must be f32 or bf16/,
+      );
       const g = buffer(n);
       const h = { lr: 1e-3, alpha: 0.99, eps: 1e-8, weightDecay: 0 };
       throwsKind(() => native.rmspropStep(buffer(n), 'i32', null, g, n, buffer(n), h, null), 'TypeError', /parameters must be f32 or bf16/);
-      throwsKind(() => native.rmspropStep(buffer(n), 'bf16', null, g, n, buffer(n), h, null), 'TypeError', /bf16 parameter needs an f32 master copy/);
+      throwsKind(
+        () => native.rmspropStep(buffer(n), 'bf16', null, g, n, buffer(n), h, null),
+        'TypeError',
+        /bf16 parameter needs an f32 master copy/,
+      );
     });
   });
 
   test('numbers, options objects and enum names', () => {
     return withSeed((rng) => {
       const b = rng.int(1, 9);
-      const both = () => buffer(2 * b, Array.from({ length: 2 * b }, () => -1 - 10 * rng.next()));
+      const both = () =>
+        buffer(
+          2 * b,
+          Array.from({ length: 2 * b }, () => -1 - 10 * rng.next()),
+        );
       const outs = [buffer(7 * b), buffer(8), buffer(2 * b)] as const;
-      throwsKind(() => native.spinLoss(both(), both(), null, b, '0.1' as never, 'sigmoid', 0, null, 1, ...outs), 'TypeError', /beta must be a number/);
-      throwsKind(() => native.spinLoss(both(), both(), null, b, 0.1, 'ipo', 0, null, 1, ...outs), 'TypeError', /loss type must be 'sigmoid' or 'hinge'/);
-      throwsKind(() => native.spinLoss(both(), both(), null, b, 0.1, 'sigmoid', 0, null, 'x' as never, ...outs), 'TypeError', /gradScale must be a number/);
+      throwsKind(
+        () => native.spinLoss(both(), both(), null, b, '0.1' as never, 'sigmoid', 0, null, 1, ...outs),
+        'TypeError',
+        /beta must be a number/,
+      );
+      throwsKind(
+        () => native.spinLoss(both(), both(), null, b, 0.1, 'ipo', 0, null, 1, ...outs),
+        'TypeError',
+        /loss type must be 'sigmoid' or 'hinge'/,
+      );
+      throwsKind(
+        () => native.spinLoss(both(), both(), null, b, 0.1, 'sigmoid', 0, null, 'x' as never, ...outs),
+        'TypeError',
+        /gradScale must be a number/,
+      );
       const n = rng.int(2, 30);
-      const p = buffer(n), g = buffer(n), m = buffer(n), s = buffer(n);
-      throwsKind(() => native.rmspropStep(p, 'f32', null, g, n, s, 0.01 as never, null), 'TypeError', /rmsprop hyperparameters must be an object/);
-      throwsKind(() => native.adamwStep(p, 'f32', null, g, n, m, s, null as never, null), 'TypeError', /adamw hyperparameters must be an object/);
+      const p = buffer(n),
+        g = buffer(n),
+        m = buffer(n),
+        s = buffer(n);
+      throwsKind(
+        () => native.rmspropStep(p, 'f32', null, g, n, s, 0.01 as never, null),
+        'TypeError',
+        /rmsprop hyperparameters must be an object/,
+      );
+      throwsKind(
+        () => native.adamwStep(p, 'f32', null, g, n, m, s, null as never, null),
+        'TypeError',
+        /adamw hyperparameters must be an object/,
+      );
       throwsKind(
         () => native.rmspropStep(p, 'f32', null, g, n, s, { lr: '1e-3', alpha: 0.99, eps: 1e-8, weightDecay: 0 } as never, null),
-        'TypeError', /optimizer hyperparameter 'lr' must be a number/,
+        'TypeError',
+        /optimizer hyperparameter 'lr' must be a number/,
       );
       throwsKind(() => native.clipCoefficient(buffer(1), 1, 'inf' as never, buffer(2)), 'TypeError', /maxNorm must be a number/);
       throwsKind(() => native.scaleInPlace(p, n, undefined as never), 'TypeError', /scale must be a number/);
-      throwsKind(() => native.rope(buffer(4 * n), buffer(n, new Int32Array(n), true), n, 1, 4, '1e4' as never, 1, false), 'TypeError', /theta must be a number/);
+      throwsKind(
+        () => native.rope(buffer(4 * n), buffer(n, new Int32Array(n), true), n, 1, 4, '1e4' as never, 1, false),
+        'TypeError',
+        /theta must be a number/,
+      );
     });
   });
 });
@@ -103,7 +158,8 @@ describe('native errors: RangeError for values out of range', () => {
 
   test('indices and numeric values', () => {
     return withSeed((rng) => {
-      const n = rng.int(2, 16), v = rng.int(2, 16);
+      const n = rng.int(2, 16),
+        v = rng.int(2, 16);
       const bad = rng.int(0, n - 1);
       const ids = Array.from({ length: n }, (_, i) => (i === bad ? v + rng.int(0, 5) : rng.int(0, v - 1)));
       // an index out of range is device data, not an argument: no throw, the error word gets its bit
@@ -116,13 +172,34 @@ describe('native errors: RangeError for values out of range', () => {
       native.read(logp, host);
       assert.ok(host.every(Number.isNaN));
       const b = rng.int(1, 9);
-      const both = () => buffer(2 * b, Array.from({ length: 2 * b }, () => -1 - 10 * rng.next()));
-      throwsKind(() => native.spinLoss(both(), both(), null, b, 0.1, 'sigmoid', -rng.next() - 0.1, null, 1, buffer(7 * b), buffer(8), buffer(2 * b)), 'RangeError', /nllAlpha must be a finite number >= 0/);
-      const p = buffer(n), g = buffer(n);
+      const both = () =>
+        buffer(
+          2 * b,
+          Array.from({ length: 2 * b }, () => -1 - 10 * rng.next()),
+        );
+      throwsKind(
+        () => native.spinLoss(both(), both(), null, b, 0.1, 'sigmoid', -rng.next() - 0.1, null, 1, buffer(7 * b), buffer(8), buffer(2 * b)),
+        'RangeError',
+        /nllAlpha must be a finite number >= 0/,
+      );
+      const p = buffer(n),
+        g = buffer(n);
       const h = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0, step: 0 };
-      throwsKind(() => native.adamwStep(p, 'f32', null, g, n, buffer(n), buffer(n), h, null), 'RangeError', /adamw 'step' must be an integer >= 1/);
-      throwsKind(() => native.rmspropStep(p, 'f32', null, g, n, buffer(n), { lr: Number.NaN, alpha: 0.99, eps: 1e-8, weightDecay: 0 }, null), 'RangeError', /'lr' must be finite/);
-      throwsKind(() => native.rope(buffer(3 * n), buffer(n, new Int32Array(n), true), n, 1, 3, 1e4, 1, false), 'RangeError', /even head dimension/);
+      throwsKind(
+        () => native.adamwStep(p, 'f32', null, g, n, buffer(n), buffer(n), h, null),
+        'RangeError',
+        /adamw 'step' must be an integer >= 1/,
+      );
+      throwsKind(
+        () => native.rmspropStep(p, 'f32', null, g, n, buffer(n), { lr: Number.NaN, alpha: 0.99, eps: 1e-8, weightDecay: 0 }, null),
+        'RangeError',
+        /'lr' must be finite/,
+      );
+      throwsKind(
+        () => native.rope(buffer(3 * n), buffer(n, new Int32Array(n), true), n, 1, 3, 1e4, 1, false),
+        'RangeError',
+        /even head dimension/,
+      );
     });
   });
 });

@@ -6,7 +6,18 @@
 // install. Works in copies of the package so the repo's own build/ is never touched while tests use it.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -27,7 +38,8 @@ const seed = testSeed();
 let tarball = '';
 
 /** Libraries every Linux machine with Node has: glibc's parts and the dynamic loader, libstdc++, libgcc_s. */
-const BASE_LIBS = /^(?:libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|ld-linux-x86-64\.so\.2|libstdc\+\+\.so\.6|libgcc_s\.so\.1)$/;
+const BASE_LIBS =
+  /^(?:libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1|ld-linux-x86-64\.so\.2|libstdc\+\+\.so\.6|libgcc_s\.so\.1)$/;
 
 /** A PATH holding only node, npm, npx and sh (npm runs install scripts with it): no python, make, cc, g++ or pkg-config. */
 function compilerFreePath(): string {
@@ -72,8 +84,14 @@ function appLockfile(tgz: string): object {
   const packages: Record<string, unknown> = {
     '': { name: 'app', version: '1.0.0', dependencies: { spinlm: `file:${tgz}` } },
     'node_modules/spinlm': {
-      version: root.version, resolved: `file:${tgz}`, hasInstallScript: true, license: root.license,
-      dependencies: root.dependencies, optionalDependencies: root.optionalDependencies, bin: root.bin, engines: root.engines,
+      version: root.version,
+      resolved: `file:${tgz}`,
+      hasInstallScript: true,
+      license: root.license,
+      dependencies: root.dependencies,
+      optionalDependencies: root.optionalDependencies,
+      bin: root.bin,
+      engines: root.engines,
     },
   };
   // what an install of spinlm needs: the closure of its dependencies and optional dependencies (an
@@ -89,7 +107,8 @@ function appLockfile(tgz: string): object {
   }
   // packages nested under an included one (a second version of a dependency) come with it
   for (const [path, entry] of Object.entries(all)) {
-    if (!packages[path] && Object.keys(packages).some((p) => p.startsWith('node_modules/') && path.startsWith(`${p}/node_modules/`))) packages[path] = entry;
+    if (!packages[path] && Object.keys(packages).some((p) => p.startsWith('node_modules/') && path.startsWith(`${p}/node_modules/`)))
+      packages[path] = entry;
   }
   return { name: 'app', version: '1.0.0', lockfileVersion: 3, requires: true, packages };
 }
@@ -97,11 +116,25 @@ function appLockfile(tgz: string): object {
 /** Random printable text: prompts and answers of the pair file. */
 function words(rng: Rng, n: number): string {
   const alphabet = 'abcdefghijklmnopqrstuvwxyz0123456789';
-  return Array.from({ length: n }, () => Array.from({ length: rng.int(1, 6) }, () => alphabet[rng.int(0, alphabet.length - 1)]).join('')).join(' ');
+  return Array.from({ length: n }, () =>
+    Array.from({ length: rng.int(1, 6) }, () => alphabet[rng.int(0, alphabet.length - 1)]).join(''),
+  ).join(' ');
 }
 
 before(async () => {
-  for (const entry of ['package.json', 'package-lock.json', 'binding.gyp', 'CMakeLists.txt', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'bin', 'native', 'scripts', 'src']) {
+  for (const entry of [
+    'package.json',
+    'package-lock.json',
+    'binding.gyp',
+    'CMakeLists.txt',
+    'tsconfig.json',
+    'tsconfig.build.json',
+    'README.md',
+    'bin',
+    'native',
+    'scripts',
+    'src',
+  ]) {
     cpSync(join(packageRoot, entry), join(pkg, entry), { recursive: true });
   }
   symlinkSync(join(packageRoot, 'node_modules'), join(pkg, 'node_modules'));
@@ -116,7 +149,10 @@ before(async () => {
   const rng = new Rng(seed);
   const rows = Array.from({ length: rng.int(3, 7) }, () => {
     const prompt = words(rng, rng.int(2, 8));
-    const turn = (answer: string) => [{ role: 'user', content: prompt }, { role: 'assistant', content: answer }];
+    const turn = (answer: string) => [
+      { role: 'user', content: prompt },
+      { role: 'assistant', content: answer },
+    ];
     return JSON.stringify({ real: turn(words(rng, rng.int(1, 8))), generated: turn(words(rng, rng.int(1, 8))) });
   });
   writeFileSync(join(work, 'pairs.jsonl'), `${rows.join('\n')}\n`);
@@ -126,7 +162,15 @@ after(() => rmSync(work, { recursive: true, force: true }));
 
 test('the tarball carries the prebuilt binary, the compiled library and the sources to rebuild', () => {
   const list = run('tar', ['-tzf', join(work, tarball)], work);
-  for (const f of ['package/prebuilds/linux-x64/', 'package/dist/index.js', 'package/dist/backend/cpu/cpu_backend.js', 'package/bin/spinlm.js', 'package/binding.gyp', 'package/native/addon.cc', 'package/scripts/build-deps.mjs']) {
+  for (const f of [
+    'package/prebuilds/linux-x64/',
+    'package/dist/index.js',
+    'package/dist/backend/cpu/cpu_backend.js',
+    'package/bin/spinlm.js',
+    'package/binding.gyp',
+    'package/native/addon.cc',
+    'package/scripts/build-deps.mjs',
+  ]) {
     assert.ok(list.includes(f), `${f} missing from the tarball:\n${list}`);
   }
   assert.ok(!list.includes('package/build/'), 'build outputs must not ship');
@@ -138,19 +182,28 @@ test('the prebuilt binary links OpenBLAS statically: it needs only glibc, libstd
   const binary = prebuiltBinary(pkg);
   const needed = neededLibraries(binary);
   assert.ok(needed.includes('libc.so.6'), `readelf found no NEEDED entries: ${needed.join(', ')}`);
-  assert.deepEqual(needed.filter((lib) => /cuda|cublas/i.test(lib)), [], 'cudart is linked statically and cuBLAS opened at run time');
+  assert.deepEqual(
+    needed.filter((lib) => /cuda|cublas/i.test(lib)),
+    [],
+    'cudart is linked statically and cuBLAS opened at run time',
+  );
   const extra = needed.filter((lib) => !BASE_LIBS.test(lib));
   assert.deepEqual(extra, [], `the prebuilt binary needs libraries a clean machine lacks: ${extra.join(', ')}`);
   const exported = run('nm', ['-D', '--defined-only', binary], work).split('\n');
   const blas = exported.filter((line) => /blas|sgemm|gotoblas/i.test(line));
   assert.deepEqual(blas, [], 'OpenBLAS symbols must stay local to the addon');
-  t.diagnostic(`prebuilt binary: ${statSync(binary).size} bytes, tarball: ${statSync(join(work, tarball)).size} bytes, NEEDED: ${needed.join(' ')}`);
+  t.diagnostic(
+    `prebuilt binary: ${statSync(binary).size} bytes, tarball: ${statSync(join(work, tarball)).size} bytes, NEEDED: ${needed.join(' ')}`,
+  );
 });
 
 test('installs into an empty directory with no compiler and runs spinlm info and spinlm score there', () => {
   mkdirSync(app, { recursive: true });
   cpSync(join(work, tarball), join(app, tarball));
-  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', type: 'module', private: true, dependencies: { spinlm: `file:${tarball}` } }));
+  writeFileSync(
+    join(app, 'package.json'),
+    JSON.stringify({ name: 'app', version: '1.0.0', type: 'module', private: true, dependencies: { spinlm: `file:${tarball}` } }),
+  );
   writeFileSync(join(app, 'package-lock.json'), JSON.stringify(appLockfile(tarball), null, 2));
   const env = { ...process.env, PATH: compilerFreePath(), npm_config_nodedir: undefined, SPINLM_NUM_THREADS: '2' };
   run('npm', ['ci', '--prefer-offline', '--no-audit', '--no-fund'], app, env);
@@ -182,10 +235,30 @@ test('installs into an empty directory with no compiler and runs spinlm info and
   else assert.match(cudaLine, /^cuda: not available: not compiled in/, info);
 
   // The installed package scores the tiny model as the checkout does.
-  const args = (out: string) => ['score', '--model', model, '--data', join(work, 'pairs.jsonl'), '--out', out, '--max_length', '96', '--max_prompt_length', '64', '--quiet'];
+  const args = (out: string) => [
+    'score',
+    '--model',
+    model,
+    '--data',
+    join(work, 'pairs.jsonl'),
+    '--out',
+    out,
+    '--max_length',
+    '96',
+    '--max_prompt_length',
+    '64',
+    '--quiet',
+  ];
   run(spinlm, args(join(app, 'scores.jsonl')), app, env);
-  run(process.execPath, [join(packageRoot, 'bin', 'spinlm.js'), ...args(join(work, 'scores.checkout.jsonl'))], work, { ...process.env, SPINLM_NUM_THREADS: '2' });
-  const read = (f: string) => readFileSync(f, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  run(process.execPath, [join(packageRoot, 'bin', 'spinlm.js'), ...args(join(work, 'scores.checkout.jsonl'))], work, {
+    ...process.env,
+    SPINLM_NUM_THREADS: '2',
+  });
+  const read = (f: string) =>
+    readFileSync(f, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
   const got = read(join(app, 'scores.jsonl'));
   const want = read(join(work, 'scores.checkout.jsonl'));
   assert.equal(got.length, readFileSync(join(work, 'pairs.jsonl'), 'utf8').trim().split('\n').length);
@@ -196,7 +269,10 @@ test('installs into an empty directory with no compiler and runs spinlm info and
     for (const [key, value] of Object.entries(want[i])) {
       if (typeof value === 'number') {
         const g = got[i][key] as number;
-        assert.ok(Math.abs(g - value) <= 1e-5 * Math.max(1, Math.abs(value)), `row ${i} ${key}: installed ${g}, checkout ${value} (seed ${seed})`);
+        assert.ok(
+          Math.abs(g - value) <= 1e-5 * Math.max(1, Math.abs(value)),
+          `row ${i} ${key}: installed ${g}, checkout ${value} (seed ${seed})`,
+        );
       } else {
         assert.deepEqual(got[i][key], value, `row ${i} ${key}`);
       }
@@ -221,7 +297,11 @@ test('a binary that needs a library the machine lacks: the load error names the 
   try {
     assert.ok(neededLibraries(binary).includes(bogus));
     writeFileSync(join(app, 'missing.mjs'), `import { cpuBackend } from 'spinlm'; cpuBackend();`);
-    const r = spawnSync(process.execPath, ['missing.mjs'], { cwd: app, encoding: 'utf8', env: { ...process.env, PATH: compilerFreePath() } });
+    const r = spawnSync(process.execPath, ['missing.mjs'], {
+      cwd: app,
+      encoding: 'utf8',
+      env: { ...process.env, PATH: compilerFreePath() },
+    });
     assert.notEqual(r.status, 0);
     assert.match(r.stderr, /could not load its native addon/);
     assert.ok(r.stderr.includes(`Missing shared library: ${bogus};`), r.stderr);
@@ -234,8 +314,14 @@ test('a binary that needs a library the machine lacks: the load error names the 
 test('dlopen messages: missing libraries, library versions and symbols are named; other failures add nothing', () => {
   const rng = new Rng(seed);
   const lib = `lib${words(rng, 1).replace(/\W/g, '')}.so.${rng.int(0, 9)}`;
-  assert.match(describeDlopenError(`${lib}: cannot open shared object file: No such file or directory`) ?? '', new RegExp(`^Missing shared library: ${lib.replace(/\./g, '\\.')};`));
-  assert.match(describeDlopenError('libopenblas.so.0: cannot open shared object file: No such file or directory') ?? '', /sudo apt-get install libopenblas0/);
+  assert.match(
+    describeDlopenError(`${lib}: cannot open shared object file: No such file or directory`) ?? '',
+    new RegExp(`^Missing shared library: ${lib.replace(/\./g, '\\.')};`),
+  );
+  assert.match(
+    describeDlopenError('libopenblas.so.0: cannot open shared object file: No such file or directory') ?? '',
+    /sudo apt-get install libopenblas0/,
+  );
   const glibc = `GLIBC_2.${rng.int(30, 60)}`;
   assert.match(
     describeDlopenError(`/lib/x86_64-linux-gnu/libc.so.6: version \`${glibc}' not found (required by /x/spinlm.node)`) ?? '',
@@ -269,7 +355,8 @@ test('with no loadable binary, one error names what was looked for, what was fou
 test('building without OpenBLAS or the build tools stops with one line that says what to install', () => {
   const empty = join(work, 'no-pkgconfig');
   mkdirSync(empty, { recursive: true });
-  const check = (env: NodeJS.ProcessEnv) => spawnSync(process.execPath, [join(packageRoot, 'scripts', 'build-deps.mjs')], { cwd: work, encoding: 'utf8', env });
+  const check = (env: NodeJS.ProcessEnv) =>
+    spawnSync(process.execPath, [join(packageRoot, 'scripts', 'build-deps.mjs')], { cwd: work, encoding: 'utf8', env });
   const ok = check(process.env);
   assert.equal(ok.status, 0, ok.stderr);
 
@@ -290,7 +377,10 @@ test('building without OpenBLAS or the build tools stops with one line that says
     cpSync(join(packageRoot, entry), join(checkout, entry), { recursive: true });
   }
   const ci = spawnSync('npm', ['ci', '--prefer-offline', '--no-audit', '--no-fund'], {
-    cwd: checkout, encoding: 'utf8', env: { ...process.env, PKG_CONFIG_LIBDIR: empty, PKG_CONFIG_PATH: '' }, timeout: 600_000,
+    cwd: checkout,
+    encoding: 'utf8',
+    env: { ...process.env, PKG_CONFIG_LIBDIR: empty, PKG_CONFIG_PATH: '' },
+    timeout: 600_000,
   });
   const output = `${ci.stdout}\n${ci.stderr}`;
   assert.notEqual(ci.status, 0, output);

@@ -3,7 +3,20 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { cpSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -49,7 +62,10 @@ before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'spinlm-reliab-'));
   model = join(dir, 'model');
   small = join(dir, 'small');
-  for (const [d, ctx] of [[model, 512], [small, 64]] as const) {
+  for (const [d, ctx] of [
+    [model, 512],
+    [small, 64],
+  ] as const) {
     mkdirSync(d);
     await writeByteTokenizer(d);
     const m = initLlama(be, { ...tinyConfig({ vocab: 260 }), maxPositionEmbeddings: ctx }, { seed: randomInt(1000), std: 0.05 });
@@ -57,13 +73,54 @@ before(async () => {
     m.weights.free();
   }
   writeFileSync(join(dir, 'sft.jsonl'), jsonl(sftRows(8)));
-  const chat = (p: string, a: string) => [{ role: 'user', content: p }, { role: 'assistant', content: a }];
-  writeFileSync(join(dir, 'pairs.jsonl'), jsonl(Array.from({ length: 4 }, () => { const p = word(); return { prompt: p, real: chat(p, word()), generated: chat(p, word()) }; })));
+  const chat = (p: string, a: string) => [
+    { role: 'user', content: p },
+    { role: 'assistant', content: a },
+  ];
+  writeFileSync(
+    join(dir, 'pairs.jsonl'),
+    jsonl(
+      Array.from({ length: 4 }, () => {
+        const p = word();
+        return { prompt: p, real: chat(p, word()), generated: chat(p, word()) };
+      }),
+    ),
+  );
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-const quick = ['--per_device_train_batch_size', '4', '--gradient_accumulation_steps', '1', '--num_train_epochs', '1', '--learning_rate', '1e-3', '--max_length', '64', '--max_prompt_length', '32', '--quiet'];
-const runArgs = (out: string, extra: string[] = []) => ['run', '--model', model, '--data', 'sft.jsonl', '--out', out, '--iterations', '2', '--max_new_tokens', '6', '--save_steps', '2', ...quick, ...extra];
+const quick = [
+  '--per_device_train_batch_size',
+  '4',
+  '--gradient_accumulation_steps',
+  '1',
+  '--num_train_epochs',
+  '1',
+  '--learning_rate',
+  '1e-3',
+  '--max_length',
+  '64',
+  '--max_prompt_length',
+  '32',
+  '--quiet',
+];
+const runArgs = (out: string, extra: string[] = []) => [
+  'run',
+  '--model',
+  model,
+  '--data',
+  'sft.jsonl',
+  '--out',
+  out,
+  '--iterations',
+  '2',
+  '--max_new_tokens',
+  '6',
+  '--save_steps',
+  '2',
+  ...quick,
+  ...extra,
+];
 
 describe('1. --out writes through what it points to', () => {
   test('a regular file is replaced whole or not at all: a failed write leaves the old file and no temp file', async () => {
@@ -121,7 +178,12 @@ describe('1. --out writes through what it points to', () => {
     r = spinlm(['synthetic', '--out', '/proc/self/fd/1', '--size', '5'], dir);
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout.trim().split('\n').length, 5);
-    assert.ok(r.stdout.trim().split('\n').every((l) => JSON.parse(l).messages.length === 2));
+    assert.ok(
+      r.stdout
+        .trim()
+        .split('\n')
+        .every((l) => JSON.parse(l).messages.length === 2),
+    );
     const d = join(dir, `adir-${word()}`);
     mkdirSync(d);
     r = spinlm(['score', '--model', model, '--data', 'pairs.jsonl', '--out', d, '--quiet'], dir);
@@ -185,7 +247,12 @@ describe('2. an output that is also an input is refused before any work', () => 
 });
 
 const stepRows = (out: string) =>
-  readFileSync(join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((x) => x.kind === 'step').map((x) => `${x.iteration}:${x.step}`);
+  readFileSync(join(out, 'metrics.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((x) => x.kind === 'step')
+    .map((x) => `${x.iteration}:${x.step}`);
 
 describe('3. a resume must be the same run', () => {
   let straight = '';
@@ -225,7 +292,10 @@ describe('3. a resume must be the same run', () => {
     let r = spinlm(runArgs(straight, ['--n', '4']), dir);
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /--n \(was \(not set\), now 4\)/);
-    r = spinlm(runArgs(straight).map((a) => (a === model ? small : a)), dir);
+    r = spinlm(
+      runArgs(straight).map((a) => (a === model ? small : a)),
+      dir,
+    );
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /--model \(files differ: config\.json, model\.safetensors\)/);
     assert.equal(readFileSync(join(dir, straight, 'run.resolved.json'), 'utf8'), resolved);
@@ -236,7 +306,7 @@ describe('3. a resume must be the same run', () => {
 });
 
 describe('4. one process per run directory', () => {
-  test('a second run on a busy directory is refused naming the holder pid; a killed holder\'s lock is taken over', async () => {
+  test("a second run on a busy directory is refused naming the holder pid; a killed holder's lock is taken over", async () => {
     const out = `busy-${word()}`;
     const a = spawn(process.execPath, [BIN, ...runArgs(out)], { cwd: dir, env: { ...process.env, SPINLM_NUM_THREADS: '1' } });
     let errA = '';
@@ -273,7 +343,12 @@ describe('4. one process per run directory', () => {
 describe('5. --out under /proc fails at once', () => {
   for (const cmd of ['run', 'sft', 'train', 'demo']) {
     test(cmd, () => {
-      const args = cmd === 'demo' ? ['demo', '--out', '/proc/x/y', '--quiet'] : cmd === 'train' ? ['train', '--model', model, '--data', 'pairs.jsonl', '--out', '/proc/x/y', ...quick] : [cmd, '--model', model, '--data', 'sft.jsonl', '--out', '/proc/x/y', ...quick];
+      const args =
+        cmd === 'demo'
+          ? ['demo', '--out', '/proc/x/y', '--quiet']
+          : cmd === 'train'
+            ? ['train', '--model', model, '--data', 'pairs.jsonl', '--out', '/proc/x/y', ...quick]
+            : [cmd, '--model', model, '--data', 'sft.jsonl', '--out', '/proc/x/y', ...quick];
       const r = spinlm(args, dir, {}, 20_000);
       assert.notEqual(r.signal, 'SIGTERM', 'it hung');
       assert.equal(r.status, 2, r.stderr);
@@ -309,7 +384,11 @@ describe('6. limits on input size and length', () => {
 
   test('texts are cut to the character cap before tokenizing, and the tokens kept are the same', () => {
     const seen: number[] = [];
-    const tok = { eosId: 2, maxTokenChars: 1 + randomInt(3), encode: (s: string) => (seen.push(s.length), Array.from(s, (c) => c.charCodeAt(0) % 200 + 4)) };
+    const tok = {
+      eosId: 2,
+      maxTokenChars: 1 + randomInt(3),
+      encode: (s: string) => (seen.push(s.length), Array.from(s, (c) => (c.charCodeAt(0) % 200) + 4)),
+    };
     const t = { maxLength: 32 + randomInt(32), maxPromptLength: 16 };
     const long = Array.from({ length: 200_000 }, () => String.fromCharCode(97 + randomInt(26))).join('');
     const p = tokenizePair(tok, long, long, 'short', t);
@@ -321,7 +400,18 @@ describe('6. limits on input size and length', () => {
   test('--max_length defaults to the model context; a larger one is refused up front', () => {
     // answers of 300 characters: over the small model's 64-token context
     writeFileSync(join(dir, 'long.jsonl'), jsonl(Array.from({ length: 4 }, () => ({ prompt: word(), completion: 'z'.repeat(300) }))));
-    const args = ['sft', '--model', small, '--data', 'long.jsonl', '--per_device_train_batch_size', '2', '--num_train_epochs', '1', '--quiet'];
+    const args = [
+      'sft',
+      '--model',
+      small,
+      '--data',
+      'long.jsonl',
+      '--per_device_train_batch_size',
+      '2',
+      '--num_train_epochs',
+      '1',
+      '--quiet',
+    ];
     let r = spinlm([...args, '--out', `ctx-${word()}`], dir);
     assert.equal(r.status, 0, r.stderr);
     r = spinlm([...args, '--out', `ctx-${word()}`, '--max_length', '1024'], dir);
@@ -341,7 +431,22 @@ describe('6. limits on input size and length', () => {
     oneLine(r.stderr);
     assert.match(r.stderr, new RegExp(`longp\\.jsonl: line ${bad + 1}: the prompt is \\d+ tokens .* context of 64 tokens`));
     assert.ok(!existsSync(join(dir, out, 'iter-0', 'generated.json')), 'no stage started');
-    r = spinlm(['generate', '--model', small, '--data', 'longp.jsonl', '--out', `g-${word()}.jsonl`, '--max_new_tokens', '4', '--skip_invalid', '--quiet'], dir);
+    r = spinlm(
+      [
+        'generate',
+        '--model',
+        small,
+        '--data',
+        'longp.jsonl',
+        '--out',
+        `g-${word()}.jsonl`,
+        '--max_new_tokens',
+        '4',
+        '--skip_invalid',
+        '--quiet',
+      ],
+      dir,
+    );
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /skipped 1 malformed rows/);
   });
@@ -359,12 +464,16 @@ describe('7. silently wrong results are refused', () => {
       const p = m.weights.get(name);
       const host = await be.read(p);
       const at = randomInt(host.length);
-      if (dtype === 'bf16') (host as Uint16Array)[at] = 0x7f80; // +Inf
+      if (dtype === 'bf16')
+        (host as Uint16Array)[at] = 0x7f80; // +Inf
       else (host as Float32Array)[at] = NaN;
       be.write(p, { dtype: p.dtype, shape: p.shape, data: host } as never);
       await m.save(d);
       m.weights.free();
-      await assert.rejects(LlamaModel.load(be, d), (e: Error) => e.message.includes(name) && new RegExp(`element ${at} is ${dtype === 'bf16' ? 'Inf' : 'NaN'}`).test(e.message));
+      await assert.rejects(
+        LlamaModel.load(be, d),
+        (e: Error) => e.message.includes(name) && new RegExp(`element ${at} is ${dtype === 'bf16' ? 'Inf' : 'NaN'}`).test(e.message),
+      );
       if (dtype === 'f32') {
         const r = spinlm(['score', '--model', d, '--data', 'pairs.jsonl', '--out', `s-${word()}.jsonl`, '--quiet'], dir);
         assert.equal(r.status, 1, r.stderr);
@@ -377,7 +486,18 @@ describe('7. silently wrong results are refused', () => {
   const writeTok = (d: string, model: unknown, added: { id: number; content: string }[]) => {
     mkdirSync(d, { recursive: true });
     const addedTokens = added.map((a) => ({ ...a, special: true, single_word: false, lstrip: false, rstrip: false, normalized: false }));
-    writeFileSync(join(d, 'tokenizer.json'), JSON.stringify({ version: '1.0', added_tokens: addedTokens, normalizer: null, pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: true }, post_processor: null, decoder: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: true }, model }));
+    writeFileSync(
+      join(d, 'tokenizer.json'),
+      JSON.stringify({
+        version: '1.0',
+        added_tokens: addedTokens,
+        normalizer: null,
+        pre_tokenizer: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: true },
+        post_processor: null,
+        decoder: { type: 'Metaspace', replacement: '▁', prepend_scheme: 'always', split: true },
+        model,
+      }),
+    );
     writeFileSync(join(d, 'tokenizer_config.json'), JSON.stringify({ eos_token: '</s>' }));
   };
 
@@ -391,7 +511,10 @@ describe('7. silently wrong results are refused', () => {
     const pieces = ['a', 'b', 'c', 'd', 'e'];
     const vocab = [['<unk>', 0], ['</s>', 0], ['▁', -2], ...pieces.map((p) => [p, -3 - Math.random()]), ['▁ab', -1], ['cd', -1.5]];
     const d = join(dir, `unigram-${word()}`);
-    writeTok(d, { type: 'Unigram', unk_id: 0, vocab, byte_fallback: false }, [{ id: 0, content: '<unk>' }, { id: 1, content: '</s>' }]);
+    writeTok(d, { type: 'Unigram', unk_id: 0, vocab, byte_fallback: false }, [
+      { id: 0, content: '<unk>' },
+      { id: 1, content: '</s>' },
+    ]);
     const tok = await loadTokenizer(d);
     const text = Array.from({ length: 5 }, () => Array.from({ length: 1 + randomInt(4) }, () => pieces[randomInt(5)]).join('')).join(' ');
     assert.equal(tok.decode(tok.encode(text)), text);
@@ -403,7 +526,23 @@ describe('7. silently wrong results are refused', () => {
 
   test('sft --model with --init_config is refused', () => {
     writeFileSync(join(dir, 'init.json'), readFileSync(join(model, 'config.json')));
-    const r = spinlm(['sft', '--model', model, '--init_config', 'init.json', '--tokenizer', model, '--data', 'sft.jsonl', '--out', `both-${word()}`, ...quick], dir);
+    const r = spinlm(
+      [
+        'sft',
+        '--model',
+        model,
+        '--init_config',
+        'init.json',
+        '--tokenizer',
+        model,
+        '--data',
+        'sft.jsonl',
+        '--out',
+        `both-${word()}`,
+        ...quick,
+      ],
+      dir,
+    );
     assert.equal(r.status, 2, r.stderr);
     oneLine(r.stderr);
     assert.match(r.stderr, /either --model DIR .* or --init_config/);
@@ -431,12 +570,44 @@ describe('8. messages name the thing', () => {
   });
 
   const table: { name: string; args: () => string[]; env?: Env; status: number; message: RegExp; after?: () => void }[] = [
-    { name: '--out an existing file where a directory goes', args: () => (writeFileSync(join(dir, 'afile'), 'keep'), ['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'afile', ...quick]), status: 2, message: /--out afile: exists and is not a directory/, after: () => assert.equal(readFileSync(join(dir, 'afile'), 'utf8'), 'keep') },
-    { name: "--out ''", args: () => ['score', '--model', model, '--data', 'pairs.jsonl', '--out', ''], status: 2, message: /--out: must not be empty/ },
-    { name: "--stop '' before anything starts", args: () => ['run', '--model', model, '--data', 'sft.jsonl', '--out', 'stop-run', '--stop', ''], status: 2, message: /--stop: must not be empty/, after: () => assert.ok(!existsSync(join(dir, 'stop-run'))) },
+    {
+      name: '--out an existing file where a directory goes',
+      args: () => (
+        writeFileSync(join(dir, 'afile'), 'keep'),
+        ['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'afile', ...quick]
+      ),
+      status: 2,
+      message: /--out afile: exists and is not a directory/,
+      after: () => assert.equal(readFileSync(join(dir, 'afile'), 'utf8'), 'keep'),
+    },
+    {
+      name: "--out ''",
+      args: () => ['score', '--model', model, '--data', 'pairs.jsonl', '--out', ''],
+      status: 2,
+      message: /--out: must not be empty/,
+    },
+    {
+      name: "--stop '' before anything starts",
+      args: () => ['run', '--model', model, '--data', 'sft.jsonl', '--out', 'stop-run', '--stop', ''],
+      status: 2,
+      message: /--stop: must not be empty/,
+      after: () => assert.ok(!existsSync(join(dir, 'stop-run'))),
+    },
     { name: 'info --bogus', args: () => ['info', '--bogus'], status: 2, message: /unknown option --bogus/ },
-    { name: 'SPINLM_NUM_THREADS=abc', args: () => ['info'], env: { SPINLM_NUM_THREADS: 'abc' }, status: 2, message: /SPINLM_NUM_THREADS="abc" is not a thread count/ },
-    { name: 'SPINLM_NUM_THREADS=10000', args: () => ['info'], env: { SPINLM_NUM_THREADS: '10000' }, status: 2, message: /expected an integer from 1 to 1024/ },
+    {
+      name: 'SPINLM_NUM_THREADS=abc',
+      args: () => ['info'],
+      env: { SPINLM_NUM_THREADS: 'abc' },
+      status: 2,
+      message: /SPINLM_NUM_THREADS="abc" is not a thread count/,
+    },
+    {
+      name: 'SPINLM_NUM_THREADS=10000',
+      args: () => ['info'],
+      env: { SPINLM_NUM_THREADS: '10000' },
+      status: 2,
+      message: /expected an integer from 1 to 1024/,
+    },
   ];
   for (const c of table) {
     test(c.name, () => {

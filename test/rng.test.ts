@@ -100,8 +100,14 @@ describe('rng', () => {
       const b = new Rng(seed);
       const c = new Rng(seed + 1);
       const xa = Array.from({ length: 100 }, () => a.next());
-      assert.deepEqual(Array.from({ length: 100 }, () => b.next()), xa);
-      assert.notDeepEqual(Array.from({ length: 100 }, () => c.next()), xa);
+      assert.deepEqual(
+        Array.from({ length: 100 }, () => b.next()),
+        xa,
+      );
+      assert.notDeepEqual(
+        Array.from({ length: 100 }, () => c.next()),
+        xa,
+      );
       assert.equal(new Rng(BigInt(seed)).nextU32(), new Rng(seed).nextU32());
       assert.notEqual(new Rng(`s${seed}`).nextU32(), new Rng(`t${seed}`).nextU32());
     }));
@@ -179,7 +185,7 @@ describe('rng', () => {
       assert.ok(Math.abs(beyond2 - 0.0455 * n) < 400, `|z|>2 count ${beyond2}`);
       const shifted = Array.from({ length: 20000 }, () => rng.normal(5, 0.5));
       const m = shifted.reduce((a, b) => a + b) / shifted.length;
-      assert.ok(Math.abs(m - 5) < 6 * 0.5 / Math.sqrt(20000), `normal(5, 0.5) mean ${m}`);
+      assert.ok(Math.abs(m - 5) < (6 * 0.5) / Math.sqrt(20000), `normal(5, 0.5) mean ${m}`);
     }));
 
   test('shuffle: a permutation, all 24 orders of 4 items equally likely', () =>
@@ -195,7 +201,10 @@ describe('rng', () => {
       assert.ok(stat < chi2Critical(23), `chi2 ${stat.toFixed(1)}`);
       const xs = Array.from({ length: 100 }, (_, i) => i * 3);
       const ys = rng.shuffle(xs.slice());
-      assert.deepEqual(ys.slice().sort((a, b) => a - b), xs);
+      assert.deepEqual(
+        ys.slice().sort((a, b) => a - b),
+        xs,
+      );
       assert.notDeepEqual(ys, xs);
     }));
 
@@ -207,8 +216,14 @@ describe('rng', () => {
       for (let i = 0; i < 57; i++) parent.next(); // drawing from the parent does not move its forks
       const f2 = parent.fork(3);
       const a = Array.from({ length: 50 }, () => f1.nextU32());
-      assert.deepEqual(Array.from({ length: 50 }, () => f2.nextU32()), a);
-      assert.notDeepEqual(Array.from({ length: 50 }, () => parent.fork(4).nextU32()), a);
+      assert.deepEqual(
+        Array.from({ length: 50 }, () => f2.nextU32()),
+        a,
+      );
+      assert.notDeepEqual(
+        Array.from({ length: 50 }, () => parent.fork(4).nextU32()),
+        a,
+      );
       assert.notEqual(parent.fork(3).nextU32(), parent.fork('3').nextU32());
       assert.notEqual(parent.fork('x').fork(1).nextU32(), parent.fork(1).fork('x').nextU32());
       assert.notEqual(new Rng(seed + 1).fork(3).nextU32(), new Rng(seed).fork(3).nextU32());

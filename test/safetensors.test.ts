@@ -8,7 +8,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { INDEX_FILE, SINGLE_FILE, openCheckpointTensors, writeCheckpointTensors } from '../src/model/checkpoint_files.js';
-import { MAX_HEADER_BYTES, SafetensorsError, type TensorToWrite, f16ArrayToF32, f16ToF32, openSafetensors, writeSafetensors } from '../src/model/safetensors.js';
+import {
+  MAX_HEADER_BYTES,
+  SafetensorsError,
+  type TensorToWrite,
+  f16ArrayToF32,
+  f16ToF32,
+  openSafetensors,
+  writeSafetensors,
+} from '../src/model/safetensors.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import type { DType, HostArray } from '../src/tensor/dtype.js';
 import type { Rng } from '../src/util/rng.js';
@@ -48,7 +56,16 @@ function randomTensors(rng: Rng, count: number, prefix = 't'): TensorToWrite[] {
   return Array.from({ length: count }, (_, i) => {
     const dtype = dtypes[rng.int(0, 2)];
     const shape = randomShape(rng);
-    return { name: `${prefix}.${i}.${rng.int(0, 999)}`, dtype, shape, data: randomBits(rng, dtype, shape.reduce((a, b) => a * b, 1)) };
+    return {
+      name: `${prefix}.${i}.${rng.int(0, 999)}`,
+      dtype,
+      shape,
+      data: randomBits(
+        rng,
+        dtype,
+        shape.reduce((a, b) => a * b, 1),
+      ),
+    };
   });
 }
 
@@ -90,7 +107,10 @@ async function openAndReadAll(path: string): Promise<number> {
     let n = 0;
     for (const name of f.names()) {
       const t = await f.readTensor(name);
-      assert.equal(t.data.length, t.shape.reduce((a, b) => a * b, 1));
+      assert.equal(
+        t.data.length,
+        t.shape.reduce((a, b) => a * b, 1),
+      );
       n++;
     }
     return n;
@@ -163,7 +183,10 @@ describe('writeSafetensors / openSafetensors', () => {
       ];
       for (const [tensors, re, metadata] of bad) {
         await expectStError(writeSafetensors(path, tensors, metadata), path, re);
-        assert.deepEqual((await readdir(dir)).filter((f) => f.startsWith('refused') || f.includes('.tmp-')), []);
+        assert.deepEqual(
+          (await readdir(dir)).filter((f) => f.startsWith('refused') || f.includes('.tmp-')),
+          [],
+        );
       }
     }));
 
@@ -277,7 +300,13 @@ describe('PyTorch interop', () => {
         { name: 'c.i32', dtype: 'i32', shape: [2, 2], data: Int32Array.from({ length: 4 }, () => rng.int(-1e9, 1e9)) },
       ];
       await writeSafetensors(join(dir, 'ours.safetensors'), ours, { format: 'pt' });
-      const out = JSON.parse(execFileSync(PYTHON, ['-c', TORCH_SCRIPT, String(seed), dir], { encoding: 'utf8', env: { ...process.env, OMP_NUM_THREADS: '1' }, timeout: 120_000 }));
+      const out = JSON.parse(
+        execFileSync(PYTHON, ['-c', TORCH_SCRIPT, String(seed), dir], {
+          encoding: 'utf8',
+          env: { ...process.env, OMP_NUM_THREADS: '1' },
+          timeout: 120_000,
+        }),
+      );
 
       // torch -> spinlm
       const path = join(dir, 'torch.safetensors');
@@ -285,7 +314,9 @@ describe('PyTorch interop', () => {
       try {
         assert.deepEqual(f.metadata, { format: 'pt', seed: String(seed) });
         assert.deepEqual(f.names(), ['x.f32', 'w.bf16', 'ids.i64', 'h.f16', 'scalar', 'empty', 'ids.i32']);
-        for (const [name, e] of Object.entries(out.expected as Record<string, { shape: number[]; f32hex?: string; ints?: string[]; bits?: number[] }>)) {
+        for (const [name, e] of Object.entries(
+          out.expected as Record<string, { shape: number[]; f32hex?: string; ints?: string[]; bits?: number[] }>,
+        )) {
           const t = await f.readTensor(name);
           assert.deepEqual(t.shape, e.shape, name);
           if (e.ints) {
@@ -295,7 +326,12 @@ describe('PyTorch interop', () => {
             const asF32 = await f.readTensor(name, { dtype: 'f32' });
             assert.equal(Buffer.from(bytesOf(asF32.data)).toString('hex'), e.f32hex, `${name} as f32`);
           }
-          if (e.bits) assert.deepEqual(Array.from(t.data as Uint16Array), e.bits.map((b) => b & 0xffff), `${name} raw bf16`);
+          if (e.bits)
+            assert.deepEqual(
+              Array.from(t.data as Uint16Array),
+              e.bits.map((b) => b & 0xffff),
+              `${name} raw bf16`,
+            );
         }
         assert.equal((await f.readTensor('h.f16')).dtype, 'f32', 'F16 arrives as f32');
         // streamed reads (the loader's path) convert F16 / BF16 / F32 as readTensor does
@@ -414,16 +450,32 @@ describe('header validation', () => {
   });
 
   test('overlaps, gaps and trailing bytes', async () => {
-    const p1 = await rawFile('overlap.safetensors', JSON.stringify({ a: entry('F32', [2], [0, 8]), b: entry('F32', [2], [4, 12]) }), f32Data(3));
+    const p1 = await rawFile(
+      'overlap.safetensors',
+      JSON.stringify({ a: entry('F32', [2], [0, 8]), b: entry('F32', [2], [4, 12]) }),
+      f32Data(3),
+    );
     await expectStError(openSafetensors(p1), p1, /overlaps tensor "a"/, 'b');
-    const p2 = await rawFile('same.safetensors', JSON.stringify({ a: entry('F32', [1], [0, 4]), b: entry('F32', [1], [0, 4]) }), f32Data(1));
+    const p2 = await rawFile(
+      'same.safetensors',
+      JSON.stringify({ a: entry('F32', [1], [0, 4]), b: entry('F32', [1], [0, 4]) }),
+      f32Data(1),
+    );
     await expectStError(openSafetensors(p2), p2, /overlaps/);
-    const p3 = await rawFile('gap.safetensors', JSON.stringify({ a: entry('F32', [1], [0, 4]), b: entry('F32', [1], [8, 12]) }), f32Data(3));
+    const p3 = await rawFile(
+      'gap.safetensors',
+      JSON.stringify({ a: entry('F32', [1], [0, 4]), b: entry('F32', [1], [8, 12]) }),
+      f32Data(3),
+    );
     await expectStError(openSafetensors(p3), p3, /bytes 4\.\.8 of the data section belong to no tensor/);
     const p4 = await rawFile('trailing.safetensors', JSON.stringify({ a: entry('F32', [1], [0, 4]) }), f32Data(2));
     await expectStError(openSafetensors(p4), p4, /last 4 bytes of the data section belong to no tensor/);
     // zero-size tensors may sit anywhere on a boundary
-    const p5 = await rawFile('zero.safetensors', JSON.stringify({ z: entry('F32', [0, 2 ** 52], [4, 4]), a: entry('F32', [1], [0, 4]) }), f32Data(1));
+    const p5 = await rawFile(
+      'zero.safetensors',
+      JSON.stringify({ z: entry('F32', [0, 2 ** 52], [4, 4]), a: entry('F32', [1], [0, 4]) }),
+      f32Data(1),
+    );
     assert.equal(await openAndReadAll(p5), 2);
   });
 
@@ -431,7 +483,11 @@ describe('header validation', () => {
     const e = JSON.stringify(entry('F32', [1], [0, 4]));
     const p1 = await rawFile('dup.safetensors', `{"a": ${e}, "\\u0061": ${e}}`, f32Data(1));
     await expectStError(openSafetensors(p1), p1, /names tensor "a" twice/);
-    const p2 = await rawFile('dupfield.safetensors', '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "shape": [1]}}', f32Data(1));
+    const p2 = await rawFile(
+      'dupfield.safetensors',
+      '{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "shape": [1]}}',
+      f32Data(1),
+    );
     await expectStError(openSafetensors(p2), p2, /repeats the key "shape"/);
     // the same key in different objects is fine
     const p3 = await rawFile('nodup.safetensors', `{"__metadata__": {"a": "x"}, "a": ${e}}`, f32Data(1));
@@ -480,7 +536,10 @@ describe('sharded checkpoints', () => {
       const written = await writeCheckpointTensors(ckpt, tensors, { maxShardBytes: max });
       assert.ok(written.length >= 3, `expected at least 2 shards, got ${written.join(', ')}`);
       const n = written.length - 1;
-      assert.deepEqual(written, [...Array.from({ length: n }, (_, i) => `model-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`), INDEX_FILE]);
+      assert.deepEqual(written, [
+        ...Array.from({ length: n }, (_, i) => `model-${String(i + 1).padStart(5, '0')}-of-${String(n).padStart(5, '0')}.safetensors`),
+        INDEX_FILE,
+      ]);
       const index = JSON.parse(await readFile(join(ckpt, INDEX_FILE), 'utf8'));
       assert.equal(index.metadata.total_size, total);
       const keys = Object.keys(index.weight_map);
@@ -547,17 +606,22 @@ describe('fuzz', () => {
   test('hundreds of mutated files each parse to a valid result or throw a SafetensorsError, quickly', () =>
     withSeed(async (rng) => {
       const base = join(dir, 'fuzz-base.safetensors');
-      await writeSafetensors(base, [
-        { name: 'w', dtype: 'bf16', shape: [3, 4], data: randomBits(rng, 'bf16', 12) },
-        { name: 'b', dtype: 'f32', shape: [5], data: randomBits(rng, 'f32', 5) },
-        { name: 'ids', dtype: 'i32', shape: [2, 2], data: randomBits(rng, 'i32', 4) },
-      ], { format: 'pt' });
+      await writeSafetensors(
+        base,
+        [
+          { name: 'w', dtype: 'bf16', shape: [3, 4], data: randomBits(rng, 'bf16', 12) },
+          { name: 'b', dtype: 'f32', shape: [5], data: randomBits(rng, 'f32', 5) },
+          { name: 'ids', dtype: 'i32', shape: [2, 2], data: randomBits(rng, 'i32', 4) },
+        ],
+        { format: 'pt' },
+      );
       const orig = new Uint8Array(await readFile(base));
       const headerLen = Number(new DataView(orig.buffer).getBigUint64(0, true));
       const headerText = new TextDecoder().decode(orig.subarray(8, 8 + headerLen));
       const data = orig.subarray(8 + headerLen);
       const path = join(dir, 'fuzz.safetensors');
-      const randInt = () => [rng.int(-3, 3), rng.int(0, 200), rng.int(0, 2 ** 40), -rng.int(1, 100), rng.next() * 50, 2 ** 53 + rng.int(0, 9)][rng.int(0, 5)];
+      const randInt = () =>
+        [rng.int(-3, 3), rng.int(0, 200), rng.int(0, 2 ** 40), -rng.int(1, 100), rng.next() * 50, 2 ** 53 + rng.int(0, 9)][rng.int(0, 5)];
       const kinds = [0, 0, 0, 0, 0, 0];
       let ok = 0;
       let worstMs = 0;
@@ -573,7 +637,13 @@ describe('fuzz', () => {
         } else if (kind === 1) {
           // a wrong header length
           bytes = orig.slice();
-          const choices = [0n, BigInt(rng.int(0, orig.length)), BigInt(headerLen + rng.int(-9, 9)), BigInt(rng.nextU32()) * BigInt(rng.nextU32()), 2n ** 64n - 1n];
+          const choices = [
+            0n,
+            BigInt(rng.int(0, orig.length)),
+            BigInt(headerLen + rng.int(-9, 9)),
+            BigInt(rng.nextU32()) * BigInt(rng.nextU32()),
+            2n ** 64n - 1n,
+          ];
           new DataView(bytes.buffer).setBigUint64(0, BigInt.asUintN(64, choices[rng.int(0, choices.length - 1)]), true);
         } else if (kind === 2) {
           // truncated
@@ -593,7 +663,8 @@ describe('fuzz', () => {
             randInt(),
           ];
           h[name] = { ...(h[name] as object), [field]: values[rng.int(0, values.length - 1)] };
-          if (rng.int(0, 4) === 0) h[`n${rng.int(0, 9)}`] = { dtype: 'U8', shape: [rng.int(0, 8)], data_offsets: [rng.int(0, 60), rng.int(0, 60)] };
+          if (rng.int(0, 4) === 0)
+            h[`n${rng.int(0, 9)}`] = { dtype: 'U8', shape: [rng.int(0, 8)], data_offsets: [rng.int(0, 60), rng.int(0, 60)] };
           const text = new TextEncoder().encode(JSON.stringify(h));
           bytes = new Uint8Array(8 + text.length + data.length);
           new DataView(bytes.buffer).setBigUint64(0, BigInt(text.length), true);
@@ -609,7 +680,8 @@ describe('fuzz', () => {
           bytes = orig.slice();
           const start = rng.int(8, 8 + headerLen - 1);
           const alphabet = '{}[]":,0123456789-.eE \\ux';
-          for (let i = start; i < Math.min(8 + headerLen, start + rng.int(1, 12)); i++) bytes[i] = alphabet.charCodeAt(rng.int(0, alphabet.length - 1));
+          for (let i = start; i < Math.min(8 + headerLen, start + rng.int(1, 12)); i++)
+            bytes[i] = alphabet.charCodeAt(rng.int(0, alphabet.length - 1));
         }
         await writeFile(path, bytes);
         const t0 = performance.now();
@@ -626,14 +698,17 @@ describe('fuzz', () => {
       }
       assert.ok(worstMs < 1000, `slowest mutation took ${worstMs.toFixed(1)} ms`);
       assert.ok(ok < 300, 'some mutations must be rejected');
-      assert.ok(kinds.every((k) => k > 0), `every mutation kind ran: ${kinds.join(', ')}`);
+      assert.ok(
+        kinds.every((k) => k > 0),
+        `every mutation kind ran: ${kinds.join(', ')}`,
+      );
     }));
 });
 
 const loadBackends = await testBackends();
 
 describe('streamed loading', () => {
-  test('readTensorChunks in chunks of any size gives readTensor\'s converted data (bf16 and f32 files, both targets)', () =>
+  test("readTensorChunks in chunks of any size gives readTensor's converted data (bf16 and f32 files, both targets)", () =>
     withSeed(async (rng) => {
       const tensors = Array.from({ length: 8 }, (_, i) => {
         const dtype: DType = i % 2 ? 'f32' : 'bf16';
@@ -660,7 +735,10 @@ describe('streamed loading', () => {
             assertSameBits(got, want, `${t.name} as ${target} in chunks of ${chunk}`);
           }
         }
-        await assert.rejects(f.readTensorChunks('c.0', 'f32', 0, () => {}), RangeError);
+        await assert.rejects(
+          f.readTensorChunks('c.0', 'f32', 0, () => {}),
+          RangeError,
+        );
       } finally {
         await f.close();
       }
@@ -677,7 +755,10 @@ describe('streamed loading', () => {
         const src = specs.map((s, i) => {
           const n = s.shape.reduce((a, b) => a * b, 1);
           const dtype: DType = i % 3 === 0 ? 'f32' : 'bf16';
-          const data = dtype === 'f32' ? Float32Array.from({ length: n }, () => rng.normal()) : f32ArrayToBf16(Float32Array.from({ length: n }, () => rng.normal()));
+          const data =
+            dtype === 'f32'
+              ? Float32Array.from({ length: n }, () => rng.normal())
+              : f32ArrayToBf16(Float32Array.from({ length: n }, () => rng.normal()));
           return { name: s.name, dtype, shape: s.shape, data };
         });
         await writeSafetensors(join(model, SINGLE_FILE), src);

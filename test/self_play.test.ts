@@ -18,9 +18,28 @@ import * as ops from '../src/ops/index.js';
 const be = new CpuBackend();
 
 const options = (outDir: string, arm: 'spin' | 'sft' = 'spin'): SelfPlayOptions => ({
-  outDir, iterations: 2, arm, learningRates: [2e-3, 1e-3], betas: [0.5], lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, mixPrevious: true,
-  loop: { optim: { type: 'rmsprop' }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: 4, gradientAccumulationSteps: 1, numTrainEpochs: 1, maxGradNorm: 1, seed: 3, saveSteps: 1 },
-  truncation: { maxLength: 64, maxPromptLength: 40 }, template: 'instruction',
+  outDir,
+  iterations: 2,
+  arm,
+  learningRates: [2e-3, 1e-3],
+  betas: [0.5],
+  lossType: 'sigmoid',
+  nllAlpha: 0,
+  dropIdentical: false,
+  mixPrevious: true,
+  loop: {
+    optim: { type: 'rmsprop' },
+    lrSchedulerType: 'linear',
+    warmupRatio: 0.1,
+    microBatchSize: 4,
+    gradientAccumulationSteps: 1,
+    numTrainEpochs: 1,
+    maxGradNorm: 1,
+    seed: 3,
+    saveSteps: 1,
+  },
+  truncation: { maxLength: 64, maxPromptLength: 40 },
+  template: 'instruction',
 });
 
 /** A stand-in opponent for the test: answers depend on the prompt and the iteration only. */
@@ -52,9 +71,19 @@ test('killed at generation, mid-training and between iterations: resumes to the 
     try {
       const { init, tok } = await setup(root, rng.int(0, 1e9));
       const straightCalls: string[] = [];
-      const straight = await runSelfPlay(be, init, tok, sft, options(join(root, 'a')), { generate: fakeGenerate(straightCalls), evaluate: async () => ({ ok: 1 }) });
+      const straight = await runSelfPlay(be, init, tok, sft, options(join(root, 'a')), {
+        generate: fakeGenerate(straightCalls),
+        evaluate: async () => ({ ok: 1 }),
+      });
       assert.deepEqual(straightCalls, ['gen-0', 'gen-1']);
-      for (const f of ['generated.json', 'ref_logps.json', 'model/config.json', 'model/model.safetensors', 'model/tokenizer.json', 'eval.json']) {
+      for (const f of [
+        'generated.json',
+        'ref_logps.json',
+        'model/config.json',
+        'model/model.safetensors',
+        'model/tokenizer.json',
+        'eval.json',
+      ]) {
         assert.ok(existsSync(join(root, 'a', 'iter-0', f)), f);
       }
       assert.ok(!existsSync(join(root, 'a', 'iter-0', 'checkpoint')), 'step checkpoints are removed once the model is saved');
@@ -92,7 +121,10 @@ test('the continued-SFT arm takes as many optimizer steps as SPIN on the same da
       const { init, tok } = await setup(root, rng.int(0, 1e9));
       const steps = { spin: [0, 0], sft: [0, 0] };
       for (const arm of ['spin', 'sft'] as const) {
-        await runSelfPlay(be, init, tok, sft, options(join(root, arm), arm), { generate: fakeGenerate([]), onStep: (t) => void steps[arm][t]++ });
+        await runSelfPlay(be, init, tok, sft, options(join(root, arm), arm), {
+          generate: fakeGenerate([]),
+          onStep: (t) => void steps[arm][t]++,
+        });
       }
       assert.deepEqual(steps.sft, steps.spin);
       assert.deepEqual(steps.spin, [3, 5], '10 pairs, then 20 with the previous iteration mixed in, 4 per step');

@@ -239,7 +239,10 @@ describe('exact match scoring', () => {
     }));
 
   test('pairs without a task label count as "unlabeled"; bad calls throw', () => {
-    const pairs: SftPair[] = [{ prompt: 'p', real: 'a' }, { prompt: 'q', real: 'b', task: 'x' }];
+    const pairs: SftPair[] = [
+      { prompt: 'p', real: 'a' },
+      { prompt: 'q', real: 'b', task: 'x' },
+    ];
     const s = scoreExactMatch(pairs, ['a', 'c']);
     assert.deepEqual(s.byTask, { unlabeled: { n: 1, correct: 1, accuracy: 1 }, x: { n: 1, correct: 0, accuracy: 0 } });
     assert.throws(() => scoreExactMatch([t], []), /1 pairs but 0 answers/);
@@ -269,7 +272,14 @@ describe('UltraChat layout', () => {
           const { pairs, skipped } = await loadSftPairs(file);
           assert.equal(skipped, 0);
           assert.deepEqual(pairs, expected);
-          assert.equal(scoreExactMatch(pairs, tasks.map((x) => x.answer)).accuracy, 1);
+          assert.equal(
+            scoreExactMatch(
+              pairs,
+              tasks.map((x) => x.answer),
+            ).accuracy,
+            1,
+          );
         }
-      })));
+      }),
+    ));
 });

@@ -29,7 +29,14 @@ async function freshDir(): Promise<string> {
 // Code point ranges: controls and ASCII, Latin-1, combining marks, Greek/Cyrillic, CJK, the BMP's
 // private use area and specials, emoji and other astral planes (surrogates excluded: not UTF-8).
 const RANGES: [number, number][] = [
-  [0x00, 0x7f], [0x80, 0xff], [0x300, 0x36f], [0x370, 0x4ff], [0x4e00, 0x9fff], [0xe000, 0xfffd], [0x1f300, 0x1faff], [0x10000, 0x10ffff],
+  [0x00, 0x7f],
+  [0x80, 0xff],
+  [0x300, 0x36f],
+  [0x370, 0x4ff],
+  [0x4e00, 0x9fff],
+  [0xe000, 0xfffd],
+  [0x1f300, 0x1faff],
+  [0x10000, 0x10ffff],
 ];
 
 function randomUnicode(rng: Rng, maxLen: number): string {
@@ -62,7 +69,11 @@ describe('loadTokenizer over a byte-level tokenizer', () => {
         const s = randomUnicode(rng, 40);
         const ids = tok.encode(s);
         const bytes = enc.encode(s);
-        assert.deepEqual(ids, Array.from(bytes, (b) => BYTE_OFFSET + b), `ids of ${JSON.stringify(s)}`);
+        assert.deepEqual(
+          ids,
+          Array.from(bytes, (b) => BYTE_OFFSET + b),
+          `ids of ${JSON.stringify(s)}`,
+        );
         assert.ok(ids.every((id) => id >= 0 && id < tok.vocabSize));
         assert.equal(tok.decode(ids), s);
       }
@@ -99,7 +110,10 @@ describe('loadTokenizer over a byte-level tokenizer', () => {
       const tok = await loadTokenizer(dir);
       const file = join(dir, 'tokenizer.json');
       for (const bad of [BYTE_VOCAB_SIZE + rng.int(0, 1000), -1, 1.5]) {
-        assert.throws(() => tok.decode([BYTE_OFFSET + 65, bad]), (e: Error) => e instanceof TokenizerError && e.message.includes(file) && /ids\[1\]/.test(e.message));
+        assert.throws(
+          () => tok.decode([BYTE_OFFSET + 65, bad]),
+          (e: Error) => e instanceof TokenizerError && e.message.includes(file) && /ids\[1\]/.test(e.message),
+        );
       }
     }));
 
@@ -150,7 +164,10 @@ describe('templates', () => {
         const p = randomUnicode(rng, 30);
         const prompt = instructionPrompt(p);
         assert.equal(prompt, `### Instruction: ${p}\n\n### Response: `);
-        assert.equal(prompt, SPIN_INSTRUCTION_TEMPLATE.replace('{prompt}', () => p));
+        assert.equal(
+          prompt,
+          SPIN_INSTRUCTION_TEMPLATE.replace('{prompt}', () => p),
+        );
         assert.equal(tok.decode(tok.encode(prompt)), prompt);
       }
     }));
@@ -174,21 +191,33 @@ describe('templates', () => {
         { role: 'user', content: user },
         { role: 'assistant', content: a },
       ];
-      assert.equal(renderChatTemplate(ZEPHYR_CHAT_TEMPLATE, convo, { eosToken: '</s>' }), `<|system|>\n${sys}</s>\n<|user|>\n${user}</s>\n<|assistant|>\n${a}</s>\n`);
+      assert.equal(
+        renderChatTemplate(ZEPHYR_CHAT_TEMPLATE, convo, { eosToken: '</s>' }),
+        `<|system|>\n${sys}</s>\n<|user|>\n${user}</s>\n<|assistant|>\n${a}</s>\n`,
+      );
     }));
 
   test('bos_token variable, chat_template.jinja override, named template list, errors', () =>
     withSeed(async (rng) => {
-      const llamaLike = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] | trim }} [/INST]{% endif %}{% endfor %}";
+      const llamaLike =
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] | trim }} [/INST]{% endif %}{% endfor %}";
       const dir = await freshDir();
-      await writeByteTokenizer(dir, { chatTemplate: [{ name: 'tool_use', template: 'x' }, { name: 'default', template: llamaLike }] as unknown as string });
+      await writeByteTokenizer(dir, {
+        chatTemplate: [
+          { name: 'tool_use', template: 'x' },
+          { name: 'default', template: llamaLike },
+        ] as unknown as string,
+      });
       const tok = await loadTokenizer(dir);
       const user = `hi ${rng.int(0, 1e6)}`;
       const prompt = chatGenerationPrompt(tok, `  ${user} `);
       assert.equal(prompt, `<s>[INST] ${user} [/INST]`);
       assert.equal(tok.encode(prompt)[0], BOS_ID);
 
-      await writeFile(join(dir, 'chat_template.jinja'), '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<bot>{% endif %}');
+      await writeFile(
+        join(dir, 'chat_template.jinja'),
+        '{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<bot>{% endif %}',
+      );
       const tok2 = await loadTokenizer(dir);
       assert.equal(chatGenerationPrompt(tok2, user), `<user>${user}<bot>`);
 
@@ -196,9 +225,13 @@ describe('templates', () => {
       await writeByteTokenizer(plain);
       const noTemplate = await loadTokenizer(plain);
       assert.throws(() => chatGenerationPrompt(noTemplate, 'x'), /has no chat_template; use the instruction template/);
-      assert.throws(() => renderChatTemplate('{% for m in messages %}', [{ role: 'user', content: 'x' }], { source: 'bad.json' }), /^Error: bad.json: cannot render the chat template/);
       assert.throws(
-        () => renderChatTemplate("{{ raise_exception('roles must alternate') }}", [{ role: 'user', content: 'x' }], { source: 'strict.json' }),
+        () => renderChatTemplate('{% for m in messages %}', [{ role: 'user', content: 'x' }], { source: 'bad.json' }),
+        /^Error: bad.json: cannot render the chat template/,
+      );
+      assert.throws(
+        () =>
+          renderChatTemplate("{{ raise_exception('roles must alternate') }}", [{ role: 'user', content: 'x' }], { source: 'strict.json' }),
         /strict.json: .*roles must alternate/,
       );
     }));

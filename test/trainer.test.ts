@@ -28,14 +28,30 @@ function pairs(rng: Rng, n: number): TokenizedPair[] {
 }
 
 const loop = (o: Partial<LoopConfig> = {}): LoopConfig => ({
-  learningRate: 3e-3, optim: { type: 'adamw' }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: 3,
-  gradientAccumulationSteps: 2, numTrainEpochs: 2, maxGradNorm: 1.0, seed: 7, saveSteps: 0, ...o,
+  learningRate: 3e-3,
+  optim: { type: 'adamw' },
+  lrSchedulerType: 'linear',
+  warmupRatio: 0.1,
+  microBatchSize: 3,
+  gradientAccumulationSteps: 2,
+  numTrainEpochs: 2,
+  maxGradNorm: 1.0,
+  seed: 7,
+  saveSteps: 0,
+  ...o,
 });
 
 async function spinRun(model: LlamaModel, data: TokenizedPair[], cfg: LoopConfig, hooks = {}) {
   const ref = await referenceLogps(model, data, { microBatchSize: cfg.microBatchSize, seed: cfg.seed, eosId: EOS, padId: 0 });
   const logs: StepLog[] = [];
-  const obj = new SpinObjective(model, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
+  const obj = new SpinObjective(model, data, ref, {
+    beta: 0.5,
+    lossType: 'sigmoid',
+    nllAlpha: 0,
+    dropIdentical: false,
+    eosId: EOS,
+    padId: 0,
+  });
   await runTrainingLoop(model, data.length, obj, cfg, { onStep: (l) => void logs.push(l), ...hooks });
   return logs;
 }
@@ -69,7 +85,15 @@ test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identi
     try {
       const crashed = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype: 'bf16' });
       const ckpt = join(dir, 'checkpoint');
-      await assert.rejects(spinRun(crashed, data, cfg, { checkpointDir: ckpt, afterStep: (s: number) => { if (s === 3) throw new Error('injected crash'); } }), /injected crash/);
+      await assert.rejects(
+        spinRun(crashed, data, cfg, {
+          checkpointDir: ckpt,
+          afterStep: (s: number) => {
+            if (s === 3) throw new Error('injected crash');
+          },
+        }),
+        /injected crash/,
+      );
       crashed.weights.free();
       // a fresh process would reload the model from its iteration start; the checkpoint restores the rest
       // a crash in the middle of writing the next checkpoint leaves a torn temp dir: it must be ignored
@@ -80,7 +104,8 @@ test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identi
       const logs = await spinRun(resumed, data, cfg, { checkpointDir: ckpt });
       assert.equal(logs[0].step, 4, 'resumes after the last checkpointed step');
       for (const [name, t] of straight.weights.params) assert.deepEqual(await ops.read(resumed.weights.get(name)), await ops.read(t), name);
-      for (const [name, t] of straight.weights.masters) assert.deepEqual(await ops.read(resumed.weights.masters.get(name)!), await ops.read(t), name);
+      for (const [name, t] of straight.weights.masters)
+        assert.deepEqual(await ops.read(resumed.weights.masters.get(name)!), await ops.read(t), name);
       resumed.weights.free();
     } finally {
       rmSync(dir, { recursive: true, force: true });
@@ -97,7 +122,9 @@ test('SFT lowers the answer NLL', async () =>
       return { prompt: p, answer: [...p, EOS] };
     });
     const logs: StepLog[] = [];
-    await runTrainingLoop(model, seqs.length, new SftObjective(model, seqs, EOS, 0), loop({ numTrainEpochs: 6, microBatchSize: 4 }), { onStep: (l) => void logs.push(l) });
+    await runTrainingLoop(model, seqs.length, new SftObjective(model, seqs, EOS, 0), loop({ numTrainEpochs: 6, microBatchSize: 4 }), {
+      onStep: (l) => void logs.push(l),
+    });
     assert.ok(logs[logs.length - 1].loss < logs[0].loss - 0.3, `NLL ${logs[0].loss} -> ${logs[logs.length - 1].loss}`);
     model.weights.free();
   }));
@@ -115,7 +142,14 @@ test('bf16 training keeps only the f32 masters during a step (bf16 copies made p
       const lean = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype: 'bf16' });
       const total = lean.weights.params.size;
       const ref = await referenceLogps(lean, data, { microBatchSize: cfg.microBatchSize, seed: cfg.seed, eosId: EOS, padId: 0 });
-      const inner = new SpinObjective(lean, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
+      const inner = new SpinObjective(lean, data, ref, {
+        beta: 0.5,
+        lossType: 'sigmoid',
+        nllAlpha: 0,
+        dropIdentical: false,
+        eosId: EOS,
+        padId: 0,
+      });
       const resident: number[] = [];
       const obj = Object.create(inner) as SpinObjective;
       obj.microStep = (idx, w, m) => {
@@ -125,13 +159,28 @@ test('bf16 training keeps only the f32 masters during a step (bf16 copies made p
       const leanLogs: StepLog[] = [];
       // gradient checkpointing (AdamW case) recomputes the same activations: still bit-identical
       const checkpointing = optim.type === 'adamw';
-      await runTrainingLoop(lean, data.length, obj, { ...cfg, gradientCheckpointing: checkpointing }, { onStep: (l) => void leanLogs.push(l) });
+      await runTrainingLoop(
+        lean,
+        data.length,
+        obj,
+        { ...cfg, gradientCheckpointing: checkpointing },
+        { onStep: (l) => void leanLogs.push(l) },
+      );
       assert.equal(lean.recompute, checkpointing);
-      assert.ok(resident.length > 0 && resident.every((n) => n === 0), `bf16 copies resident at micro-step starts: ${resident.join(', ')} (of ${total})`);
+      assert.ok(
+        resident.length > 0 && resident.every((n) => n === 0),
+        `bf16 copies resident at micro-step starts: ${resident.join(', ')} (of ${total})`,
+      );
       assert.equal(lean.paramHook, null);
-      assert.deepEqual([...lean.weights.params.keys()], [...full.weights.params.keys()], 'every parameter is back after training, in order');
-      for (const [name, t] of full.weights.params) assert.deepEqual(await ops.read(lean.weights.get(name)), await ops.read(t), `${optim.type}: ${name}`);
-      for (const [name, t] of full.weights.masters) assert.deepEqual(await ops.read(lean.weights.masters.get(name)!), await ops.read(t), `${optim.type}: master ${name}`);
+      assert.deepEqual(
+        [...lean.weights.params.keys()],
+        [...full.weights.params.keys()],
+        'every parameter is back after training, in order',
+      );
+      for (const [name, t] of full.weights.params)
+        assert.deepEqual(await ops.read(lean.weights.get(name)), await ops.read(t), `${optim.type}: ${name}`);
+      for (const [name, t] of full.weights.masters)
+        assert.deepEqual(await ops.read(lean.weights.masters.get(name)!), await ops.read(t), `${optim.type}: master ${name}`);
       const strip = (l: StepLog[]) => l.map(({ tokens_per_s: _, ...rest }) => rest);
       assert.deepEqual(strip(leanLogs), strip(fullLogs));
       full.weights.free();

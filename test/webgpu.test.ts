@@ -41,7 +41,12 @@ function close(got: Float32Array, want: Float32Array, tol: number, what: string)
 }
 
 /** The same host data on the backend under test and on the CPU. */
-function both<D extends 'f32' | 'bf16' | 'i32'>(be: Backend, dtype: D, data: D extends 'f32' ? Float32Array : D extends 'bf16' ? Uint16Array : Int32Array, shape: number[]) {
+function both<D extends 'f32' | 'bf16' | 'i32'>(
+  be: Backend,
+  dtype: D,
+  data: D extends 'f32' ? Float32Array : D extends 'bf16' ? Uint16Array : Int32Array,
+  shape: number[],
+) {
   const h = { dtype, data } as never;
   return [ops.upload(be, h, shape), ops.upload(cpu, h, shape)] as [Tensor<D>, Tensor<D>];
 }
@@ -163,18 +168,22 @@ for (const be of await testBackends()) {
   describe('webgpu GEMM variants', () => {
     test('every transpose pair, f32 and bf16 B, K a multiple of 4 (vec4 loads) or not, edge tiles, alpha and accumulate', async () =>
       withSeed(async (rng) => {
-        for (const ta of [false, true]) for (const tb of [false, true]) for (const bdt of ['f32', 'bf16'] as const) for (const k of [48, 50]) {
-          const m = rng.int(1, 130);
-          const n = rng.int(1, 130);
-          const [a, ac] = both(be, 'f32', randn(rng, m * k), ta ? [k, m] : [m, k]);
-          const bf = randn(rng, n * k);
-          const [b, bc] = bdt === 'f32' ? both(be, 'f32', bf, tb ? [n, k] : [k, n]) : both(be, 'bf16', f32ArrayToBf16(bf), tb ? [n, k] : [k, n]);
-          const [o, oc] = both(be, 'f32', randn(rng, m * n), [m, n]);
-          const alpha = rng.normal();
-          ops.matmul(a, b, { transA: ta, transB: tb, alpha, out: o, accumulate: true });
-          ops.matmul(ac, bc, { transA: ta, transB: tb, alpha, out: oc, accumulate: true });
-          close(await host(o), await host(oc), 1e-5, `matmul transA ${ta} transB ${tb} ${bdt} B, [${m}, ${k}] x [${k}, ${n}]`);
-        }
+        for (const ta of [false, true])
+          for (const tb of [false, true])
+            for (const bdt of ['f32', 'bf16'] as const)
+              for (const k of [48, 50]) {
+                const m = rng.int(1, 130);
+                const n = rng.int(1, 130);
+                const [a, ac] = both(be, 'f32', randn(rng, m * k), ta ? [k, m] : [m, k]);
+                const bf = randn(rng, n * k);
+                const [b, bc] =
+                  bdt === 'f32' ? both(be, 'f32', bf, tb ? [n, k] : [k, n]) : both(be, 'bf16', f32ArrayToBf16(bf), tb ? [n, k] : [k, n]);
+                const [o, oc] = both(be, 'f32', randn(rng, m * n), [m, n]);
+                const alpha = rng.normal();
+                ops.matmul(a, b, { transA: ta, transB: tb, alpha, out: o, accumulate: true });
+                ops.matmul(ac, bc, { transA: ta, transB: tb, alpha, out: oc, accumulate: true });
+                close(await host(o), await host(oc), 1e-5, `matmul transA ${ta} transB ${tb} ${bdt} B, [${m}, ${k}] x [${k}, ${n}]`);
+              }
       }));
   });
 

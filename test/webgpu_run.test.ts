@@ -15,7 +15,8 @@ import { testBackends } from './helpers/backends.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
-const spinlm = (args: string[], cwd: string) => spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2' } });
+const spinlm = (args: string[], cwd: string) =>
+  spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2' } });
 
 if ((await testBackends()).some((b) => b instanceof WebGpuBackend)) {
   describe('spinlm run --device webgpu', () => {
@@ -31,21 +32,53 @@ if ((await testBackends()).some((b) => b instanceof WebGpuBackend)) {
 
     test('one iteration: the greedy pairs, reference log-probs and per-step metrics of --device cpu', () => {
       const args = (device: string) => [
-        'run', '--device', device, '--model', 'model', '--data', 'tasks.jsonl', '--out', `run-${device}`, '--iterations', '1', '--max_new_tokens', '6',
-        '--max_length', '96', '--max_prompt_length', '64', '--per_device_train_batch_size', '4', '--gradient_accumulation_steps', '1',
-        '--num_train_epochs', '1', '--learning_rate', '1e-3', '--quiet',
+        'run',
+        '--device',
+        device,
+        '--model',
+        'model',
+        '--data',
+        'tasks.jsonl',
+        '--out',
+        `run-${device}`,
+        '--iterations',
+        '1',
+        '--max_new_tokens',
+        '6',
+        '--max_length',
+        '96',
+        '--max_prompt_length',
+        '64',
+        '--per_device_train_batch_size',
+        '4',
+        '--gradient_accumulation_steps',
+        '1',
+        '--num_train_epochs',
+        '1',
+        '--learning_rate',
+        '1e-3',
+        '--quiet',
       ];
       for (const d of ['cpu', 'webgpu']) {
         const r = spinlm(args(d), dir);
         assert.equal(r.status, 0, `${d}: ${r.stderr}`);
       }
       const file = (d: string, f: string) => readFileSync(join(dir, `run-${d}`, f), 'utf8');
-      assert.deepEqual(JSON.parse(file('webgpu', 'iter-0/generated.json')), JSON.parse(file('cpu', 'iter-0/generated.json')), 'greedy answers');
+      assert.deepEqual(
+        JSON.parse(file('webgpu', 'iter-0/generated.json')),
+        JSON.parse(file('cpu', 'iter-0/generated.json')),
+        'greedy answers',
+      );
       const refW: number[] = JSON.parse(file('webgpu', 'iter-0/ref_logps.json'));
       const refC: number[] = JSON.parse(file('cpu', 'iter-0/ref_logps.json'));
       assert.equal(refW.length, refC.length);
       refW.forEach((x, i) => assert.ok(Math.abs(x - refC[i]) <= 1e-5 * Math.abs(refC[i]), `ref log-prob ${i}: ${x} vs ${refC[i]}`));
-      const steps = (d: string) => file(d, 'metrics.jsonl').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.kind === 'step');
+      const steps = (d: string) =>
+        file(d, 'metrics.jsonl')
+          .trim()
+          .split('\n')
+          .map((l) => JSON.parse(l))
+          .filter((m) => m.kind === 'step');
       const mw = steps('webgpu');
       const mc = steps('cpu');
       assert.ok(mc.length >= 2);

@@ -229,14 +229,30 @@ export interface Backend {
   /** Rotary embedding in place on x [T, heads, hd] at positions [T] (HF rotate_half; inverse: the backward). */
   rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void;
   /** Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] -> out [B, L, nH, hd], lse [B, nH, L]. */
-  attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts?: { scale?: number }): { out: Tensor<'f32'>; lse: Tensor<'f32'> };
+  attention(
+    q: Tensor<'f32'>,
+    k: Tensor<'f32'>,
+    v: Tensor<'f32'>,
+    keyMask: Tensor<'i32'>,
+    opts?: { scale?: number },
+  ): { out: Tensor<'f32'>; lse: Tensor<'f32'> };
   attentionBackward(
-    q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+    q: Tensor<'f32'>,
+    k: Tensor<'f32'>,
+    v: Tensor<'f32'>,
+    keyMask: Tensor<'i32'>,
+    out: Tensor<'f32'>,
+    lse: Tensor<'f32'>,
+    dout: Tensor<'f32'>,
     opts?: { scale?: number },
   ): { dq: Tensor<'f32'>; dk: Tensor<'f32'>; dv: Tensor<'f32'> };
   /** One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd], lengths i32 [B], keyMask i32 [B, Lmax]. */
   attentionDecode(
-    q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+    q: Tensor<'f32'>,
+    kCache: Tensor<'f32'>,
+    vCache: Tensor<'f32'>,
+    lengths: Tensor<'i32'>,
+    keyMask?: Tensor<'i32'>,
     opts?: { scale?: number },
   ): Tensor<'f32'>;
   /** dst[index[r], :] = src[r, :] (src [R, C], dst [*, C]). */

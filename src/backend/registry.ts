@@ -55,7 +55,11 @@ async function statusOf(name: DeviceName): Promise<BackendStatus> {
     const cuda = cudaStatus();
     if (cuda.available) return { name: 'cuda', available: true, info: cuda.info };
     const driver = nvidiaDriver();
-    return { name: 'cuda', available: false, reason: `${cuda.reason}${cuda.reason.startsWith('not compiled in') && driver ? ` (${driver})` : ''}` };
+    return {
+      name: 'cuda',
+      available: false,
+      reason: `${cuda.reason}${cuda.reason.startsWith('not compiled in') && driver ? ` (${driver})` : ''}`,
+    };
   }
   return webgpuStatus();
 }
@@ -94,11 +98,19 @@ function gpuLikely(): boolean {
 /** What `auto` considers for WebGPU: a real GPU only (a fallback/CPU adapter is slower than --device cpu). */
 async function webgpuForAuto(): Promise<BackendStatus> {
   if (!gpuLikely()) {
-    return { name: 'webgpu', available: false, reason: 'auto passes over it: no GPU device here (no /dev/dri render node or NVIDIA driver); --device webgpu asks for it anyway' };
+    return {
+      name: 'webgpu',
+      available: false,
+      reason: 'auto passes over it: no GPU device here (no /dev/dri render node or NVIDIA driver); --device webgpu asks for it anyway',
+    };
   }
   const probe = await probeAdapter();
   if (probe.ok && probe.adapter.info.isFallbackAdapter) {
-    return { name: 'webgpu', available: false, reason: `auto passes over it: the adapter (${probe.adapter.info.description || probe.adapter.info.vendor}) is a fallback/CPU adapter, slower than --device cpu; --device webgpu asks for it anyway` };
+    return {
+      name: 'webgpu',
+      available: false,
+      reason: `auto passes over it: the adapter (${probe.adapter.info.description || probe.adapter.info.vendor}) is a fallback/CPU adapter, slower than --device cpu; --device webgpu asks for it anyway`,
+    };
   }
   return webgpuStatus();
 }
@@ -122,6 +134,8 @@ export async function createBackend(choice: DeviceChoice): Promise<{ backend: Ba
   }
   const s = all.find((x) => x.name === order[0])!;
   throw new DeviceUnavailableError(
-    choice === 'auto' ? `no backend is available: ${all.map((x) => `${x.name}: ${x.reason}`).join('; ')}` : `--device ${choice} is not available: ${s.reason}. Use --device cpu (or auto).`,
+    choice === 'auto'
+      ? `no backend is available: ${all.map((x) => `${x.name}: ${x.reason}`).join('; ')}`
+      : `--device ${choice} is not available: ${s.reason}. Use --device cpu (or auto).`,
   );
 }

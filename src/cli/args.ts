@@ -26,7 +26,8 @@ function levenshtein(a: string, b: string): number {
   const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array(b.length).fill(0)]);
   for (let j = 1; j <= b.length; j++) d[0][j] = j;
   for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++) d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
+    for (let j = 1; j <= b.length; j++)
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1));
   return d[a.length][b.length];
 }
 
@@ -37,7 +38,9 @@ export function suggest(name: string, known: readonly string[]): string {
 
 function describeType(t: OptionType): string {
   if (typeof t === 'object') return `one of ${t.oneOf.join(', ')}`;
-  return { string: 'a string', number: 'a number', int: 'an integer', bool: 'true or false', numbers: 'a comma-separated list of numbers' }[t];
+  return { string: 'a string', number: 'a number', int: 'an integer', bool: 'true or false', numbers: 'a comma-separated list of numbers' }[
+    t
+  ];
 }
 
 /** Converts a raw value (CLI string, or a config-file value) to the option's type. */
@@ -87,7 +90,8 @@ export function readConfigFile(file: string): Record<string, unknown> {
   } catch (e) {
     throw new UsageError(`--config ${file}: not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${(e as Error).message.split('\n')[0]}`);
   }
-  if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) throw new UsageError(`--config ${file}: expected a mapping of option names to values`);
+  if (doc === null || typeof doc !== 'object' || Array.isArray(doc))
+    throw new UsageError(`--config ${file}: expected a mapping of option names to values`);
   return doc as Record<string, unknown>;
 }
 
@@ -116,7 +120,8 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
       fromFlags[negated.name] = false;
       continue;
     }
-    if (!spec) throw new UsageError(`spinlm ${command}: unknown option --${flag}.${suggest(flag, names)} See \`spinlm ${command} --help\`.`);
+    if (!spec)
+      throw new UsageError(`spinlm ${command}: unknown option --${flag}.${suggest(flag, names)} See \`spinlm ${command} --help\`.`);
     if (value === undefined) {
       if (spec.type === 'bool' && (i + 1 >= argv.length || argv[i + 1].startsWith('--'))) value = 'true';
       else value = argv[++i];
@@ -127,7 +132,8 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
   const out: Parsed = {};
   const fromFile = configFile ? readConfigFile(configFile) : {};
   for (const key of Object.keys(fromFile)) {
-    if (!byName.has(canonical(key))) throw new UsageError(`${configFile}: unknown key '${key}'.${suggest(canonical(key), names).replace('--', '')}`);
+    if (!byName.has(canonical(key)))
+      throw new UsageError(`${configFile}: unknown key '${key}'.${suggest(canonical(key), names).replace('--', '')}`);
   }
   const fileValues = new Map<string, unknown>();
   for (const [key, v] of Object.entries(fromFile)) if (v !== undefined) fileValues.set(byName.get(canonical(key))!.name, v);
@@ -142,10 +148,21 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
 }
 
 export function helpText(command: string, summary: string, specs: readonly OptionSpec[]): string {
-  const lines = [`Usage: spinlm ${command} [options]`, '', summary, '', 'Options (snake_case or kebab-case; --config FILE reads them from YAML/JSON, flags win):'];
+  const lines = [
+    `Usage: spinlm ${command} [options]`,
+    '',
+    summary,
+    '',
+    'Options (snake_case or kebab-case; --config FILE reads them from YAML/JSON, flags win):',
+  ];
   const width = Math.min(34, Math.max(...specs.map((s) => s.name.length + 4)));
   for (const s of specs) {
-    const def = s.default !== undefined ? ` (default: ${Array.isArray(s.default) ? s.default.join(',') : String(s.default)})` : s.required ? ' (required)' : '';
+    const def =
+      s.default !== undefined
+        ? ` (default: ${Array.isArray(s.default) ? s.default.join(',') : String(s.default)})`
+        : s.required
+          ? ' (required)'
+          : '';
     const type = typeof s.type === 'object' ? ` {${s.type.oneOf.join('|')}}` : '';
     const aliases = s.aliases?.length ? ` (also: ${s.aliases.map((a) => `--${a}`).join(', ')})` : '';
     lines.push(`  --${s.name.padEnd(width)} ${s.help}${type}${def}${aliases}`);

@@ -26,9 +26,32 @@ import { formatPrompt, type PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { makeDirs, OutputError, resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
-import { backend, barrier, fmt, isMain, loadModelAndTokenizer, loop, prepareOut, resolveTemplate, stopSequences, truncation } from './common.js';
+import {
+  backend,
+  barrier,
+  fmt,
+  isMain,
+  loadModelAndTokenizer,
+  loop,
+  prepareOut,
+  resolveTemplate,
+  stopSequences,
+  truncation,
+} from './common.js';
 import { checkOverlap, lockDir } from './run_dir.js';
-import { dataOption, deviceOption, distOptions, evalBatchOption, generationOptions, loopOptions, modelOption, nprocOption, outOption, spinOptions, textOptions } from './options.js';
+import {
+  dataOption,
+  deviceOption,
+  distOptions,
+  evalBatchOption,
+  generationOptions,
+  loopOptions,
+  modelOption,
+  nprocOption,
+  outOption,
+  spinOptions,
+  textOptions,
+} from './options.js';
 import type { LlamaModel } from '../model/llama.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
@@ -45,13 +68,27 @@ export interface Command {
 
 const quietOption: OptionSpec = { name: 'quiet', type: 'bool', default: false, help: 'no progress bars' };
 const nOption: OptionSpec = { name: 'n', type: 'int', check: positive, help: 'use n prompts (a seeded random sample; default all)' };
-const skipInvalid: OptionSpec = { name: 'skip_invalid', type: 'bool', default: false, help: 'skip malformed rows (and report how many) instead of stopping at the first' };
-const overwriteOption: OptionSpec = { name: 'overwrite_output_dir', type: 'bool', default: false, help: 'start over: clear what an earlier run left in --out instead of resuming it (needed when the settings differ)' };
+const skipInvalid: OptionSpec = {
+  name: 'skip_invalid',
+  type: 'bool',
+  default: false,
+  help: 'skip malformed rows (and report how many) instead of stopping at the first',
+};
+const overwriteOption: OptionSpec = {
+  name: 'overwrite_output_dir',
+  type: 'bool',
+  default: false,
+  help: 'start over: clear what an earlier run left in --out instead of resuming it (needed when the settings differ)',
+};
 
 /** Refuses a file output (--out) that is an input or replaces a file inside one; and an output that cannot be written. */
 async function checkFileOut(command: string, o: Parsed, inputs: string[]): Promise<void> {
   if (o.out === undefined) return;
-  checkOverlap(command, { flag: 'out', path: String(o.out), kind: 'file' }, inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: k, path: String(o[k]) })));
+  checkOverlap(
+    command,
+    { flag: 'out', path: String(o.out), kind: 'file' },
+    inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: k, path: String(o[k]) })),
+  );
   try {
     await resolveOutput(String(o.out));
   } catch (e) {
@@ -82,7 +119,12 @@ function stepLine(prefix: string, l: StepLog): string {
 }
 
 async function sftData(o: Parsed, check?: (p: { prompt: string }) => string | null) {
-  const r = await loadSftPairs(String(o.data), { n: o.n as number | undefined, seed: o.n ? Number(o.seed) : undefined, skipInvalid: Boolean(o.skip_invalid), check });
+  const r = await loadSftPairs(String(o.data), {
+    n: o.n as number | undefined,
+    seed: o.n ? Number(o.seed) : undefined,
+    skipInvalid: Boolean(o.skip_invalid),
+    check,
+  });
   if (r.skipped) process.stderr.write(`spinlm: skipped ${r.skipped} malformed rows of ${o.data}, e.g. ${r.problems[0]}\n`);
   return r.pairs;
 }
@@ -90,14 +132,27 @@ async function sftData(o: Parsed, check?: (p: { prompt: string }) => string | nu
 const score: Command = {
   name: 'score',
   summary: 'S(theta, y) of (prompt, real, generated) pairs: the summed log-prob of each answer and its EOS.',
-  options: [modelOption, { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' }, outOption('scores JSONL, one row per pair in input order'), evalBatchOption(8, 'pairs per forward pass'), ...textOptions, quietOption],
+  options: [
+    modelOption,
+    { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' },
+    outOption('scores JSONL, one row per pair in input order'),
+    evalBatchOption(8, 'pairs per forward pass'),
+    ...textOptions,
+    quietOption,
+  ],
   async run(o) {
     await checkFileOut('score', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
     const pairs = await readSpinPairs(String(o.data));
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
-    const scores = await scorePairs(model, tok, pairs, { ...trunc, template, batchSize: Number(o.per_device_eval_batch_size), padId: padIdOf(tok), onProgress: (d) => bar.update(d) });
+    const scores = await scorePairs(model, tok, pairs, {
+      ...trunc,
+      template,
+      batchSize: Number(o.per_device_eval_batch_size),
+      padId: padIdOf(tok),
+      onProgress: (d) => bar.update(d),
+    });
     bar.stop();
     await writeFileAtomic(String(o.out), scores.map((s) => JSON.stringify(s)).join('\n') + '\n');
     process.stderr.write(`spinlm: scored ${pairs.length} pairs -> ${o.out}\n`);
@@ -107,7 +162,23 @@ const score: Command = {
 const generate: Command = {
   name: 'generate',
   summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
-  options: [modelOption, dataOption, outOption('pair file (.jsonl or .parquet)'), nOption, skipInvalid, ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)), { name: 'seed', type: 'int', default: 42, help: 'sampling seed (each prompt samples from its own stream of it, so a resumed run writes the same text)' }, ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'), nprocOption, quietOption],
+  options: [
+    modelOption,
+    dataOption,
+    outOption('pair file (.jsonl or .parquet)'),
+    nOption,
+    skipInvalid,
+    ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)),
+    {
+      name: 'seed',
+      type: 'int',
+      default: 42,
+      help: 'sampling seed (each prompt samples from its own stream of it, so a resumed run writes the same text)',
+    },
+    ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'),
+    nprocOption,
+    quietOption,
+  ],
   async run(o) {
     await checkFileOut('generate', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);
@@ -116,30 +187,61 @@ const generate: Command = {
     // the resume journal sits beside a file output; a stream output (FIFO, /dev/stdout) has none
     const group = launchedByMpi() ? processGroup() : null;
     // data parallel: prompts sharded by index across the ranks (one journal each), merged in input order
-    const journal = (await resolveOutput(String(o.out))).kind === 'file' ? (group ? `${o.out}.partial.rank-${group.rank}-of-${group.size}.jsonl` : `${o.out}.partial.jsonl`) : undefined;
+    const journal =
+      (await resolveOutput(String(o.out))).kind === 'file'
+        ? group
+          ? `${o.out}.partial.rank-${group.rank}-of-${group.size}.jsonl`
+          : `${o.out}.partial.jsonl`
+        : undefined;
     const prompts = pairs.map((p) => formatPrompt(tok, template, p.prompt));
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
     const t0 = Date.now();
-    const answerMine = (mine: string[]) => answerPrompts(new LlamaDecoder(model), tok, mine, {
-      temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed), batchSize: Number(o.generation_batch_size),
-      stopSequences: stopSequences(o, tok), journal,
-      onProgress: (d, _t, toks) => bar.update(d, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
-    });
+    const answerMine = (mine: string[]) =>
+      answerPrompts(new LlamaDecoder(model), tok, mine, {
+        temperature: Number(o.temperature),
+        topP: Number(o.top_p),
+        topK: Number(o.top_k),
+        maxNewTokens: Number(o.max_new_tokens),
+        seed: Number(o.seed),
+        batchSize: Number(o.generation_batch_size),
+        stopSequences: stopSequences(o, tok),
+        journal,
+        onProgress: (d, _t, toks) => bar.update(d, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
+      });
     const answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
     bar.stop();
-    if (isMain()) await writeSpinPairs(String(o.out), pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })));
+    if (isMain())
+      await writeSpinPairs(
+        String(o.out),
+        pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })),
+      );
     barrier();
     if (journal) await rm(journal, { force: true });
     process.stderr.write(`spinlm: wrote ${pairs.length} pairs -> ${o.out}\n`);
   },
 };
 
-const trainOptions = [...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }), ...spinOptions, ...textOptions, ...distOptions];
+const trainOptions = [
+  ...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }),
+  ...spinOptions,
+  ...textOptions,
+  ...distOptions,
+];
 
 const train: Command = {
   name: 'train',
   summary: 'One SPIN iteration from a pair file: reference log-probs of --model, then train; writes the new model (HF format) and metrics.',
-  options: [modelOption, { ...dataOption, help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings' }, outOption('output directory (model/, metrics.jsonl, checkpoint/)'), ...trainOptions, overwriteOption, quietOption],
+  options: [
+    modelOption,
+    {
+      ...dataOption,
+      help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings',
+    },
+    outOption('output directory (model/, metrics.jsonl, checkpoint/)'),
+    ...trainOptions,
+    overwriteOption,
+    quietOption,
+  ],
   async run(o) {
     const out = String(o.out);
     await prepareOut('train', o, ['model', 'data'], 'single');
@@ -154,7 +256,12 @@ const train: Command = {
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const total = stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs;
     const bar = progressBar('training', total, 'steps', { quiet: Boolean(o.quiet) });
-    const spin = { beta: (o.beta as number[])[0], lossType: o.loss_type as SpinLossType, nllAlpha: Number(o.nll_alpha), dropIdentical: Boolean(o.drop_identical_pairs) };
+    const spin = {
+      beta: (o.beta as number[])[0],
+      lossType: o.loss_type as SpinLossType,
+      nllAlpha: Number(o.nll_alpha),
+      dropIdentical: Boolean(o.drop_identical_pairs),
+    };
     await spinTrainStage(model, tokenized, ref, tok, spin, cfg, join(out, 'checkpoint'), {
       onStep: (l) => {
         metrics.write({ kind: 'step', iteration: 0, ...l });
@@ -174,13 +281,21 @@ const train: Command = {
 
 const run: Command = {
   name: 'run',
-  summary: 'Self-play: per iteration generate -> reference log-probs -> train -> checkpoint -> evaluate; the new model is the next opponent. Killed runs resume.',
+  summary:
+    'Self-play: per iteration generate -> reference log-probs -> train -> checkpoint -> evaluate; the new model is the next opponent. Killed runs resume.',
   options: [
-    modelOption, dataOption, outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
+    modelOption,
+    dataOption,
+    outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
-    { name: 'mix_previous_iteration', type: 'bool', default: true, help: "train iteration t >= 1 on the answers of t-1 and t (official)" },
+    { name: 'mix_previous_iteration', type: 'bool', default: true, help: 'train iteration t >= 1 on the answers of t-1 and t (official)' },
     { name: 'eval_data', type: 'string', help: 'held-out file for the per-iteration evaluation (mean real-answer log-prob per token)' },
-    nOption, skipInvalid, ...trainOptions, ...generationOptions, overwriteOption, quietOption,
+    nOption,
+    skipInvalid,
+    ...trainOptions,
+    ...generationOptions,
+    overwriteOption,
+    quietOption,
   ],
   async run(o) {
     const out = String(o.out);
@@ -195,37 +310,80 @@ const run: Command = {
     const heldout = o.eval_data ? (await loadSftPairs(String(o.eval_data), { check: fits })).pairs : null;
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const base = loop(o, 0);
-    const final = await runSelfPlay(backend(), String(o.model), tok, sft, {
-      outDir: out, iterations: Number(o.iterations), arm: 'spin', learningRates: o.learning_rate as number[], betas: o.beta as number[], lossType: o.loss_type as 'sigmoid',
-      nllAlpha: Number(o.nll_alpha), dropIdentical: Boolean(o.drop_identical_pairs), mixPrevious: Boolean(o.mix_previous_iteration), loop: base, truncation: trunc, template,
-    }, {
-      generate: (m, prompts, t, file) => {
-        const bar = progressBar(`iter ${t} generating`, prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
-        return answerPrompts(new LlamaDecoder(m), tok, prompts, { temperature: Number(o.temperature), topP: Number(o.top_p), topK: Number(o.top_k), maxNewTokens: Number(o.max_new_tokens), seed: Number(o.seed) + t, batchSize: Number(o.generation_batch_size), stopSequences: stopSequences(o, tok), journal: file, onProgress: (d) => bar.update(d) }).finally(() => bar.stop());
+    const final = await runSelfPlay(
+      backend(),
+      String(o.model),
+      tok,
+      sft,
+      {
+        outDir: out,
+        iterations: Number(o.iterations),
+        arm: 'spin',
+        learningRates: o.learning_rate as number[],
+        betas: o.beta as number[],
+        lossType: o.loss_type as 'sigmoid',
+        nllAlpha: Number(o.nll_alpha),
+        dropIdentical: Boolean(o.drop_identical_pairs),
+        mixPrevious: Boolean(o.mix_previous_iteration),
+        loop: base,
+        truncation: trunc,
+        template,
       },
-      evaluate: heldout ? async (m, t) => {
-        const r: Record<string, unknown> = { heldout_logp: await heldoutLogp(m, tok, heldout, { ...trunc, template, batchSize: Number(o.per_device_train_batch_size) }) };
-        // synthetic tasks (rows with a "task" field) are also scored by exact match of greedy answers
-        if (heldout.every((p) => typeof (p as { task?: string }).task === 'string')) {
-          const tasks = heldout.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real }));
-          const em = await exactMatchEval(m, tok, tasks, { template, batchSize: Number(o.generation_batch_size), maxNewTokens: Number(o.max_new_tokens) });
-          r.exact_match = em.accuracy;
-        }
-        if (isMain()) metrics.write({ kind: 'eval', iteration: t + 1, ...r });
-        process.stderr.write(`iteration ${t}: ${Object.entries(r).map(([k, v]) => `${k} ${fmt(Number(v))}`).join(', ')}\n`);
-        return r;
-      } : undefined,
-      onStep: (t, l) => {
-        metrics.write({ kind: 'step', iteration: t, ...l });
-        if (!o.quiet && l.step % 10 === 0) process.stderr.write(`${stepLine(`iter ${t}`, l)}\n`);
+      {
+        generate: (m, prompts, t, file) => {
+          const bar = progressBar(`iter ${t} generating`, prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
+          return answerPrompts(new LlamaDecoder(m), tok, prompts, {
+            temperature: Number(o.temperature),
+            topP: Number(o.top_p),
+            topK: Number(o.top_k),
+            maxNewTokens: Number(o.max_new_tokens),
+            seed: Number(o.seed) + t,
+            batchSize: Number(o.generation_batch_size),
+            stopSequences: stopSequences(o, tok),
+            journal: file,
+            onProgress: (d) => bar.update(d),
+          }).finally(() => bar.stop());
+        },
+        evaluate: heldout
+          ? async (m, t) => {
+              const r: Record<string, unknown> = {
+                heldout_logp: await heldoutLogp(m, tok, heldout, { ...trunc, template, batchSize: Number(o.per_device_train_batch_size) }),
+              };
+              // synthetic tasks (rows with a "task" field) are also scored by exact match of greedy answers
+              if (heldout.every((p) => typeof (p as { task?: string }).task === 'string')) {
+                const tasks = heldout.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real }));
+                const em = await exactMatchEval(m, tok, tasks, {
+                  template,
+                  batchSize: Number(o.generation_batch_size),
+                  maxNewTokens: Number(o.max_new_tokens),
+                });
+                r.exact_match = em.accuracy;
+              }
+              if (isMain()) metrics.write({ kind: 'eval', iteration: t + 1, ...r });
+              process.stderr.write(
+                `iteration ${t}: ${Object.entries(r)
+                  .map(([k, v]) => `${k} ${fmt(Number(v))}`)
+                  .join(', ')}\n`,
+              );
+              return r;
+            }
+          : undefined,
+        onStep: (t, l) => {
+          metrics.write({ kind: 'step', iteration: t, ...l });
+          if (!o.quiet && l.step % 10 === 0) process.stderr.write(`${stepLine(`iter ${t}`, l)}\n`);
+        },
+        onStage: (t, s) => process.stderr.write(`iteration ${t}: ${s}\n`),
+        // fault injection for the resume tests: SPINLM_KILL_AT=iteration:step kills this process (SIGKILL)
+        afterStep: (t, s) => {
+          if (process.env.SPINLM_KILL_AT === `${t}:${s}`) process.kill(process.pid, 'SIGKILL');
+        },
       },
-      onStage: (t, s) => process.stderr.write(`iteration ${t}: ${s}\n`),
-      // fault injection for the resume tests: SPINLM_KILL_AT=iteration:step kills this process (SIGKILL)
-      afterStep: (t, s) => {
-        if (process.env.SPINLM_KILL_AT === `${t}:${s}`) process.kill(process.pid, 'SIGKILL');
-      },
-    });
-    const evalColumns = heldout ? (heldout.every((p) => typeof (p as { task?: string }).task === 'string') ? ['exact_match', 'heldout_logp'] : ['heldout_logp']) : [];
+    );
+    const evalColumns = heldout
+      ? heldout.every((p) => typeof (p as { task?: string }).task === 'string')
+        ? ['exact_match', 'heldout_logp']
+        : ['heldout_logp']
+      : [];
     if (isMain()) await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm run', evalColumns });
     process.stderr.write(`spinlm: final model ${final}; report ${join(out, 'report.html')}\n`);
   },
@@ -238,20 +396,32 @@ const sftCmd: Command = {
     { ...modelOption, help: 'start from this HF model directory (or give --init_config)', required: false },
     { name: 'init_config', type: 'string', help: 'train from scratch: a config.json for a fresh model (needs --tokenizer)' },
     { name: 'tokenizer', type: 'string', help: 'directory with tokenizer.json (with --init_config)' },
-    dataOption, outOption('output model directory (HF format), with metrics.jsonl and report.html'), nOption, skipInvalid,
-    ...loopOptions({ lr: [2e-5], optim: 'adamw', epochs: 3, batch: 16, accum: 1 }), ...textOptions, ...distOptions, overwriteOption, quietOption,
+    dataOption,
+    outOption('output model directory (HF format), with metrics.jsonl and report.html'),
+    nOption,
+    skipInvalid,
+    ...loopOptions({ lr: [2e-5], optim: 'adamw', epochs: 3, batch: 16, accum: 1 }),
+    ...textOptions,
+    ...distOptions,
+    overwriteOption,
+    quietOption,
   ],
   async run(o) {
     const out = String(o.out);
-    if (o.init_config && o.model) throw new UsageError('spinlm sft: give either --model DIR (fine-tune it) or --init_config config.json (a fresh model), not both');
-    if (o.tokenizer && o.model) throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
+    if (o.init_config && o.model)
+      throw new UsageError('spinlm sft: give either --model DIR (fine-tune it) or --init_config config.json (a fresh model), not both');
+    if (o.tokenizer && o.model)
+      throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
     if (!o.init_config && !o.model) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
     await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
     let model, tok, template;
     if (o.init_config) {
       if (!o.tokenizer) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
       tok = await loadTokenizer(String(o.tokenizer));
-      model = initLlama(backend(), parseConfig(JSON.parse(await readFile(String(o.init_config), 'utf8')), String(o.init_config)), { seed: Number(o.seed), dtype: o.dtype === 'bf16' ? 'bf16' : 'f32' });
+      model = initLlama(backend(), parseConfig(JSON.parse(await readFile(String(o.init_config), 'utf8')), String(o.init_config)), {
+        seed: Number(o.seed),
+        dtype: o.dtype === 'bf16' ? 'bf16' : 'f32',
+      });
       template = resolveTemplate(o, tok);
     } else if (o.model) ({ model, tok, template } = await loadModelAndTokenizer(o));
     else throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
@@ -260,13 +430,19 @@ const sftCmd: Command = {
     const cfg = loop(o, (o.learning_rate as number[])[0]);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: Boolean(o.quiet) });
-    await runSft(model, tok, pairs, { loop: cfg, truncation: trunc, template }, {
-      checkpointDir: join(out, 'checkpoint'),
-      onStep: (l) => {
-        metrics.write({ kind: 'step', iteration: 0, ...l });
-        bar.update(l.step, { loss: fmt(l.loss) });
+    await runSft(
+      model,
+      tok,
+      pairs,
+      { loop: cfg, truncation: trunc, template },
+      {
+        checkpointDir: join(out, 'checkpoint'),
+        onStep: (l) => {
+          metrics.write({ kind: 'step', iteration: 0, ...l });
+          bar.update(l.step, { loss: fmt(l.loss) });
+        },
       },
-    });
+    );
     bar.stop();
     if (isMain()) {
       await model.save(out);
@@ -282,8 +458,25 @@ const sftCmd: Command = {
 
 const evalCmd: Command = {
   name: 'eval',
-  summary: 'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
-  options: [modelOption, dataOption, nOption, skipInvalid, evalBatchOption(32, 'prompts per batch'), { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' }, { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' }, ...textOptions, { name: 'out', type: 'string', check: (v: string) => (v === '' ? 'must not be empty' : null), help: 'also write the results as JSON here' }, quietOption],
+  summary:
+    'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
+  options: [
+    modelOption,
+    dataOption,
+    nOption,
+    skipInvalid,
+    evalBatchOption(32, 'prompts per batch'),
+    { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' },
+    { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' },
+    ...textOptions,
+    {
+      name: 'out',
+      type: 'string',
+      check: (v: string) => (v === '' ? 'must not be empty' : null),
+      help: 'also write the results as JSON here',
+    },
+    quietOption,
+  ],
   async run(o) {
     await checkFileOut('eval', o, ['model', 'data']);
     const { model, tok, template } = await loadModelAndTokenizer(o);
@@ -293,7 +486,12 @@ const evalCmd: Command = {
     result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...trunc, template, batchSize: Number(o.per_device_eval_batch_size) });
     const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
     if (tasks.length === pairs.length) {
-      const em = await exactMatchEval(model, tok, pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[], { template, batchSize: Number(o.per_device_eval_batch_size), maxNewTokens: Number(o.max_new_tokens) });
+      const em = await exactMatchEval(
+        model,
+        tok,
+        pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[],
+        { template, batchSize: Number(o.per_device_eval_batch_size), maxNewTokens: Number(o.max_new_tokens) },
+      );
       result.exact_match = em.accuracy;
       result.by_task = em.byTask;
     }
@@ -305,10 +503,19 @@ const evalCmd: Command = {
 const synth: Command = {
   name: 'synthetic',
   summary: 'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval.',
-  options: [outOption('JSONL or Parquet file'), { name: 'size', type: 'int', default: 1000, check: positive, help: 'tasks' }, { name: 'seed', type: 'int', default: 1, help: 'seed' }, { name: 'families', type: 'string', help: 'comma-separated subset of task families (default all)' }],
+  options: [
+    outOption('JSONL or Parquet file'),
+    { name: 'size', type: 'int', default: 1000, check: positive, help: 'tasks' },
+    { name: 'seed', type: 'int', default: 1, help: 'seed' },
+    { name: 'families', type: 'string', help: 'comma-separated subset of task families (default all)' },
+  ],
   async run(o) {
     await checkFileOut('synthetic', o, []);
-    const tasks = generateSyntheticTasks({ seed: Number(o.seed), size: Number(o.size), families: o.families ? String(o.families).split(',') : undefined });
+    const tasks = generateSyntheticTasks({
+      seed: Number(o.seed),
+      size: Number(o.size),
+      families: o.families ? String(o.families).split(',') : undefined,
+    });
     await writeChatRows(String(o.out), syntheticChatRows(tasks));
     process.stderr.write(`spinlm: wrote ${tasks.length} tasks -> ${o.out}\n`);
   },
@@ -316,7 +523,8 @@ const synth: Command = {
 
 const demo: Command = {
   name: 'demo',
-  summary: "The embedded default: from a shipped weak model θ0, 3 SPIN iterations, SPIN + NLL, and continued SFT on synthetic tasks; a table and a report. No downloads.",
+  summary:
+    'The embedded default: from a shipped weak model θ0, 3 SPIN iterations, SPIN + NLL, and continued SFT on synthetic tasks; a table and a report. No downloads.',
   options: [
     { name: 'out', type: 'string', default: 'spinlm-demo', help: 'output directory (resumable)' },
     { name: 'from_scratch', type: 'bool', default: false, help: 'retrain θ0 with the documented SFT recipe instead of the shipped one' },
@@ -338,27 +546,65 @@ const demo: Command = {
       throw e;
     }
     await lockDir('demo', out);
-    const rows = await runDemo(backend(), {
-      outDir: out, theta0Dir: join(packageRoot, 'assets', 'theta0'), fromScratch: Boolean(o.from_scratch), iterations: Number(o.iterations), prompts: Number(o.prompts), evalTasks: Number(o.eval_tasks), quick: Boolean(o.quick),
-    }, {
-      onStage: (arm, t, s) => { if (!o.quiet) process.stderr.write(`[${secs()}] ${arm} iteration ${t}: ${s}\n`); },
-      onStep: (arm, t, l) => {
-        metrics.write({ kind: 'step', arm, iteration: t, ...l });
-        if (!o.quiet && l.step % 10 === 0) process.stderr.write(`[${secs()}] ${stepLine(`${arm} iter ${t}`, l)}\n`);
+    const rows = await runDemo(
+      backend(),
+      {
+        outDir: out,
+        theta0Dir: join(packageRoot, 'assets', 'theta0'),
+        fromScratch: Boolean(o.from_scratch),
+        iterations: Number(o.iterations),
+        prompts: Number(o.prompts),
+        evalTasks: Number(o.eval_tasks),
+        quick: Boolean(o.quick),
       },
-      onSftStep: (l) => { if (!o.quiet && l.step % 50 === 0) process.stderr.write(`[${secs()}] θ0 sft step ${l.step} loss ${fmt(l.loss)}\n`); },
-      onRow: (r) => {
-        metrics.write({ kind: 'eval', arm: r.arm, iteration: r.iteration, exact_match: r.exactMatch, heldout_logp: r.heldoutLogp, by_task: r.byTask });
-        process.stderr.write(`[${secs()}] ${r.arm} after iteration ${r.iteration}: exact match ${fmt(r.exactMatch, 3)}, held-out log-prob/token ${fmt(r.heldoutLogp)}\n`);
+      {
+        onStage: (arm, t, s) => {
+          if (!o.quiet) process.stderr.write(`[${secs()}] ${arm} iteration ${t}: ${s}\n`);
+        },
+        onStep: (arm, t, l) => {
+          metrics.write({ kind: 'step', arm, iteration: t, ...l });
+          if (!o.quiet && l.step % 10 === 0) process.stderr.write(`[${secs()}] ${stepLine(`${arm} iter ${t}`, l)}\n`);
+        },
+        onSftStep: (l) => {
+          if (!o.quiet && l.step % 50 === 0) process.stderr.write(`[${secs()}] θ0 sft step ${l.step} loss ${fmt(l.loss)}\n`);
+        },
+        onRow: (r) => {
+          metrics.write({
+            kind: 'eval',
+            arm: r.arm,
+            iteration: r.iteration,
+            exact_match: r.exactMatch,
+            heldout_logp: r.heldoutLogp,
+            by_task: r.byTask,
+          });
+          process.stderr.write(
+            `[${secs()}] ${r.arm} after iteration ${r.iteration}: exact match ${fmt(r.exactMatch, 3)}, held-out log-prob/token ${fmt(r.heldoutLogp)}\n`,
+          );
+        },
       },
-    });
-    const lines = ['| iteration | ' + DEMO_ARMS.map((a) => `${a.name} exact match | ${a.name} log-prob/token`).join(' | ') + ' |', '| --- |' + DEMO_ARMS.map(() => ' --- | --- |').join('')];
+    );
+    const lines = [
+      '| iteration | ' + DEMO_ARMS.map((a) => `${a.name} exact match | ${a.name} log-prob/token`).join(' | ') + ' |',
+      '| --- |' + DEMO_ARMS.map(() => ' --- | --- |').join(''),
+    ];
     const iters = [...new Set(rows.map((r) => r.iteration))].sort((a, b) => a - b);
-    for (const it of iters) lines.push(`| ${it} | ` + DEMO_ARMS.map((a) => { const r = rows.find((x) => x.arm === a.name && x.iteration === it); return r ? `${fmt(r.exactMatch, 3)} | ${fmt(r.heldoutLogp)}` : ' | '; }).join(' | ') + ' |');
+    for (const it of iters)
+      lines.push(
+        `| ${it} | ` +
+          DEMO_ARMS.map((a) => {
+            const r = rows.find((x) => x.arm === a.name && x.iteration === it);
+            return r ? `${fmt(r.exactMatch, 3)} | ${fmt(r.heldoutLogp)}` : ' | ';
+          }).join(' | ') +
+          ' |',
+      );
     const table = lines.join('\n');
     const notes = `Held-out: ${o.eval_tasks} synthetic tasks never trained on. Arms: ${DEMO_ARMS.map((a) => `${a.name} = ${a.description}`).join('; ')}. Iteration 0 is θ0.`;
     const { rows: mrows } = readMetrics(join(out, 'metrics.jsonl'));
-    await writeReport(out, mrows, { title: 'spinlm demo: SPIN vs SPIN+NLL vs continued SFT', evalColumns: ['exact_match', 'heldout_logp'], notes });
+    await writeReport(out, mrows, {
+      title: 'spinlm demo: SPIN vs SPIN+NLL vs continued SFT',
+      evalColumns: ['exact_match', 'heldout_logp'],
+      notes,
+    });
     writeFileSync(join(out, 'table.md'), `${table}\n`);
     console.log(`\n${table}\n\n${notes}\nReport: ${join(out, 'report.html')} (plots), ${join(out, 'report.md')}; total ${secs()}.`);
   },

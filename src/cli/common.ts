@@ -48,7 +48,8 @@ export function backend(): Backend {
 
 export async function loadModelAndTokenizer(o: Parsed): Promise<{ model: LlamaModel; tok: HfTokenizer; template: PromptTemplate }> {
   const dir = String(o.model);
-  if (!existsSync(join(dir, 'config.json'))) throw new UsageError(`--model ${dir}: no config.json there (expected a Hugging Face model directory)`);
+  if (!existsSync(join(dir, 'config.json')))
+    throw new UsageError(`--model ${dir}: no config.json there (expected a Hugging Face model directory)`);
   const tok = await loadTokenizer(dir);
   const dtype = o.dtype === 'auto' || o.dtype === undefined ? undefined : (o.dtype as 'f32' | 'bf16');
   const model = await LlamaModel.load(backend(), dir, { dtype });
@@ -58,7 +59,8 @@ export async function loadModelAndTokenizer(o: Parsed): Promise<{ model: LlamaMo
 export function resolveTemplate(o: Parsed, tok: HfTokenizer): PromptTemplate {
   const t = (o.template ?? 'auto') as string;
   if (t === 'auto') return defaultTemplate(tok);
-  if (t === 'chat' && tok.chatTemplate === null) throw new UsageError(`--template chat: the tokenizer in ${tok.dir} has no chat_template; use --template instruction`);
+  if (t === 'chat' && tok.chatTemplate === null)
+    throw new UsageError(`--template chat: the tokenizer in ${tok.dir} has no chat_template; use --template instruction`);
   return t as PromptTemplate;
 }
 
@@ -68,19 +70,27 @@ export function resolveTemplate(o: Parsed, tok: HfTokenizer): PromptTemplate {
  * min(512, max_length / 2).
  */
 export function truncation(o: Parsed, context?: number): TruncationOptions {
-  const maxLength = o.max_length === undefined ? context ?? 1024 : Number(o.max_length);
+  const maxLength = o.max_length === undefined ? (context ?? 1024) : Number(o.max_length);
   if (context !== undefined && maxLength > context) {
-    throw new UsageError(`--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json); give --max_length ${context} or less`);
+    throw new UsageError(
+      `--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json); give --max_length ${context} or less`,
+    );
   }
   const maxPromptLength = o.max_prompt_length === undefined ? Math.min(512, Math.floor(maxLength / 2)) : Number(o.max_prompt_length);
-  if (maxPromptLength >= maxLength) throw new UsageError(`--max_prompt_length ${maxPromptLength} must be smaller than --max_length ${maxLength}`);
+  if (maxPromptLength >= maxLength)
+    throw new UsageError(`--max_prompt_length ${maxPromptLength} must be smaller than --max_length ${maxLength}`);
   return { maxLength, maxPromptLength, truncationMode: o.truncation_mode as 'keep_end' | 'keep_start' };
 }
 
-
 export function optimizer(o: Parsed): OptimizerConfig {
   return o.optim === 'adamw'
-    ? { type: 'adamw', beta1: Number(o.adam_beta1), beta2: Number(o.adam_beta2), eps: Number(o.adam_epsilon), weightDecay: Number(o.weight_decay) }
+    ? {
+        type: 'adamw',
+        beta1: Number(o.adam_beta1),
+        beta2: Number(o.adam_beta2),
+        eps: Number(o.adam_epsilon),
+        weightDecay: Number(o.weight_decay),
+      }
     : { type: 'rmsprop', alpha: Number(o.rmsprop_alpha), eps: Number(o.adam_epsilon), weightDecay: Number(o.weight_decay) };
 }
 

@@ -70,7 +70,9 @@ export async function main(argv: string[]): Promise<number> {
   }
   const cmd = COMMANDS.find((c) => c.name === name);
   if (!cmd) {
-    console.error(`spinlm: unknown command '${name}'.${suggest(name, [...COMMANDS.map((c) => c.name), 'info']).replace('--', '')}\n\n${usage()}`);
+    console.error(
+      `spinlm: unknown command '${name}'.${suggest(name, [...COMMANDS.map((c) => c.name), 'info']).replace('--', '')}\n\n${usage()}`,
+    );
     return 2;
   }
   if (rest.includes('--help') || rest.includes('-h')) {
@@ -84,7 +86,8 @@ export async function main(argv: string[]): Promise<number> {
   try {
     const o = parseOptions(rest, cmd.options, cmd.name);
     const nproc = Number(o.nproc ?? 1);
-    if (nproc > 1 && !launchedByMpi()) return await launch(nproc, process.argv[1] ?? fileURLToPath(import.meta.url), [name, ...withoutNproc(rest)]);
+    if (nproc > 1 && !launchedByMpi())
+      return await launch(nproc, process.argv[1] ?? fileURLToPath(import.meta.url), [name, ...withoutNproc(rest)]);
     if (launchedByMpi() && rank !== 0) {
       process.stderr.write = (() => true) as typeof process.stderr.write;
       o.quiet = true;

@@ -12,11 +12,25 @@ const stopCheck = (v: string): string | null => {
   } catch {
     return 'not a JSON list of strings';
   }
-  return Array.isArray(list) && list.length > 0 && list.every((x) => typeof x === 'string' && x.length > 0) ? null : 'expected a non-empty JSON list of non-empty strings';
+  return Array.isArray(list) && list.length > 0 && list.every((x) => typeof x === 'string' && x.length > 0)
+    ? null
+    : 'expected a non-empty JSON list of non-empty strings';
 };
 
-export const modelOption: OptionSpec = { name: 'model', type: 'string', required: true, check: nonEmpty, help: 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)' };
-export const dataOption: OptionSpec = { name: 'data', type: 'string', required: true, check: nonEmpty, help: 'data file: JSONL or Parquet (UltraChat messages, {prompt, completion}, or SPIN pair rows)' };
+export const modelOption: OptionSpec = {
+  name: 'model',
+  type: 'string',
+  required: true,
+  check: nonEmpty,
+  help: 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)',
+};
+export const dataOption: OptionSpec = {
+  name: 'data',
+  type: 'string',
+  required: true,
+  check: nonEmpty,
+  help: 'data file: JSONL or Parquet (UltraChat messages, {prompt, completion}, or SPIN pair rows)',
+};
 export const outOption = (help: string): OptionSpec => ({ name: 'out', type: 'string', required: true, check: nonEmpty, help });
 
 export const deviceOption: OptionSpec = {
@@ -27,54 +41,156 @@ export const deviceOption: OptionSpec = {
 };
 
 export const textOptions: OptionSpec[] = [
-  { name: 'template', type: { oneOf: ['auto', 'instruction', 'chat'] }, default: 'auto', help: "prompt format: the official '### Instruction: {prompt}\\n\\n### Response: ', the tokenizer's chat template, or auto (chat when the tokenizer has one)" },
-  { name: 'max_length', type: 'int', check: positive, help: "longest prompt + answer in tokens (default: the model's context, max_position_embeddings; at most that)" },
-  { name: 'max_prompt_length', type: 'int', check: positive, help: 'prompt tokens kept (the last ones) when a sequence is too long (default: min(512, max_length / 2))' },
+  {
+    name: 'template',
+    type: { oneOf: ['auto', 'instruction', 'chat'] },
+    default: 'auto',
+    help: "prompt format: the official '### Instruction: {prompt}\\n\\n### Response: ', the tokenizer's chat template, or auto (chat when the tokenizer has one)",
+  },
+  {
+    name: 'max_length',
+    type: 'int',
+    check: positive,
+    help: "longest prompt + answer in tokens (default: the model's context, max_position_embeddings; at most that)",
+  },
+  {
+    name: 'max_prompt_length',
+    type: 'int',
+    check: positive,
+    help: 'prompt tokens kept (the last ones) when a sequence is too long (default: min(512, max_length / 2))',
+  },
   { name: 'truncation_mode', type: { oneOf: ['keep_end', 'keep_start'] }, default: 'keep_end', help: 'which prompt tokens to keep' },
-  { name: 'dtype', type: { oneOf: ['auto', 'bf16', 'f32'] }, default: 'auto', help: 'parameter dtype (compute is fp32 on the CPU); auto = as stored' },
+  {
+    name: 'dtype',
+    type: { oneOf: ['auto', 'bf16', 'f32'] },
+    default: 'auto',
+    help: 'parameter dtype (compute is fp32 on the CPU); auto = as stored',
+  },
 ];
 
 export const loopOptions = (defaults: { lr: number[]; optim: string; epochs: number; batch: number; accum: number }): OptionSpec[] => [
-  { name: 'learning_rate', type: 'numbers', default: defaults.lr, check: (v: number[]) => (v.every((x) => x >= 0) ? null : 'must be >= 0'), help: 'learning rate; a comma-separated list gives one per iteration (last repeats)' },
-  { name: 'optim', type: { oneOf: ['rmsprop', 'adamw'] }, default: defaults.optim, help: 'optimizer (RMSProp is the paper\'s)' },
+  {
+    name: 'learning_rate',
+    type: 'numbers',
+    default: defaults.lr,
+    check: (v: number[]) => (v.every((x) => x >= 0) ? null : 'must be >= 0'),
+    help: 'learning rate; a comma-separated list gives one per iteration (last repeats)',
+  },
+  { name: 'optim', type: { oneOf: ['rmsprop', 'adamw'] }, default: defaults.optim, help: "optimizer (RMSProp is the paper's)" },
   { name: 'rmsprop_alpha', type: 'number', default: 0.99, check: unitInterval, help: 'RMSProp smoothing constant' },
   { name: 'adam_beta1', type: 'number', default: 0.9, check: unitInterval, help: 'AdamW beta1' },
   { name: 'adam_beta2', type: 'number', default: 0.999, check: unitInterval, help: 'AdamW beta2' },
   { name: 'adam_epsilon', type: 'number', default: 1e-8, check: positive, help: 'epsilon of RMSProp / AdamW' },
   { name: 'weight_decay', type: 'number', default: 0, check: nonNegative, help: 'decoupled (AdamW) or L2 (RMSProp) weight decay' },
-  { name: 'lr_scheduler_type', type: { oneOf: ['linear', 'cosine', 'constant'] }, default: 'linear', help: 'learning-rate schedule after warm-up' },
+  {
+    name: 'lr_scheduler_type',
+    type: { oneOf: ['linear', 'cosine', 'constant'] },
+    default: 'linear',
+    help: 'learning-rate schedule after warm-up',
+  },
   { name: 'warmup_ratio', type: 'number', default: 0.1, check: unitInterval, help: 'fraction of steps warming up linearly' },
-  { name: 'per_device_train_batch_size', type: 'int', default: defaults.batch, check: positive, help: 'pairs (or sequences) per micro-batch' },
-  { name: 'gradient_accumulation_steps', type: 'int', default: defaults.accum, check: positive, help: 'micro-batches per optimizer step (global batch = micro x accumulation)' },
+  {
+    name: 'per_device_train_batch_size',
+    type: 'int',
+    default: defaults.batch,
+    check: positive,
+    help: 'pairs (or sequences) per micro-batch',
+  },
+  {
+    name: 'gradient_accumulation_steps',
+    type: 'int',
+    default: defaults.accum,
+    check: positive,
+    help: 'micro-batches per optimizer step (global batch = micro x accumulation)',
+  },
   { name: 'num_train_epochs', type: 'int', default: defaults.epochs, check: positive, help: 'passes over the data per iteration' },
   { name: 'max_grad_norm', type: 'number', default: 1.0, check: nonNegative, help: 'clip the global gradient norm (0 = off)' },
   { name: 'seed', type: 'int', default: 42, help: 'seed of data order and sampling' },
   { name: 'save_steps', type: 'int', default: 50, check: nonNegative, help: 'resumable checkpoint every N optimizer steps (0: per epoch)' },
-  { name: 'gradient_checkpointing', type: 'bool', default: false, help: 'keep only each layer\'s input and recompute its activations in the backward: less memory, ~1/3 more compute, same results (docs/memory.md)' },
+  {
+    name: 'gradient_checkpointing',
+    type: 'bool',
+    default: false,
+    help: "keep only each layer's input and recompute its activations in the backward: less memory, ~1/3 more compute, same results (docs/memory.md)",
+  },
 ];
 
 export const spinOptions: OptionSpec[] = [
-  { name: 'beta', type: 'numbers', default: [0.1], check: (v: number[]) => (v.every((x) => x > 0) ? null : 'must be > 0'), help: 'SPIN beta; a list gives one per iteration (paper: 0.1,0.1,0.1,5.0)' },
+  {
+    name: 'beta',
+    type: 'numbers',
+    default: [0.1],
+    check: (v: number[]) => (v.every((x) => x > 0) ? null : 'must be > 0'),
+    help: 'SPIN beta; a list gives one per iteration (paper: 0.1,0.1,0.1,5.0)',
+  },
   { name: 'loss_type', type: { oneOf: ['sigmoid', 'hinge'] }, default: 'sigmoid', help: 'SPIN loss' },
-  { name: 'nll_alpha', type: 'number', default: 0, check: nonNegative, help: 'weight of an NLL term on the real answer (0 = the official loss)' },
+  {
+    name: 'nll_alpha',
+    type: 'number',
+    default: 0,
+    check: nonNegative,
+    help: 'weight of an NLL term on the real answer (0 = the official loss)',
+  },
   { name: 'drop_identical_pairs', type: 'bool', default: false, help: 'give pairs whose generated answer equals the real one no weight' },
 ];
 
 export const generationOptions: OptionSpec[] = [
   { name: 'max_new_tokens', type: 'int', default: 256, check: positive, help: 'longest answer' },
-  { name: 'temperature', type: 'number', default: 0, check: nonNegative, help: 'sampling temperature (0 = greedy, the paper\'s HF path; 1.0 its vLLM path)' },
-  { name: 'top_p', type: 'number', default: 1, check: (v: number) => (v > 0 && v <= 1 ? null : 'must be in (0, 1]'), help: 'nucleus sampling' },
+  {
+    name: 'temperature',
+    type: 'number',
+    default: 0,
+    check: nonNegative,
+    help: "sampling temperature (0 = greedy, the paper's HF path; 1.0 its vLLM path)",
+  },
+  {
+    name: 'top_p',
+    type: 'number',
+    default: 1,
+    check: (v: number) => (v > 0 && v <= 1 ? null : 'must be in (0, 1]'),
+    help: 'nucleus sampling',
+  },
   { name: 'top_k', type: 'int', default: 0, check: nonNegative, help: 'top-k sampling (0 = off)' },
-  { name: 'generation_batch_size', aliases: ['gen_batch_size'], type: 'int', default: 32, check: positive, help: 'prompts decoded together' },
-  { name: 'stop', type: 'string', check: stopCheck, help: 'stop string(s) that end an answer (excluded): one string, or a JSON list of strings' },
+  {
+    name: 'generation_batch_size',
+    aliases: ['gen_batch_size'],
+    type: 'int',
+    default: 32,
+    check: positive,
+    help: 'prompts decoded together',
+  },
+  {
+    name: 'stop',
+    type: 'string',
+    check: stopCheck,
+    help: 'stop string(s) that end an answer (excluded): one string, or a JSON list of strings',
+  },
 ];
 
 /** Sequences per forward pass when scoring or evaluating (HF's per_device_eval_batch_size). */
-export const evalBatchOption = (defaultSize: number, help: string): OptionSpec => ({ name: 'per_device_eval_batch_size', aliases: ['batch_size'], type: 'int', default: defaultSize, check: positive, help });
+export const evalBatchOption = (defaultSize: number, help: string): OptionSpec => ({
+  name: 'per_device_eval_batch_size',
+  aliases: ['batch_size'],
+  type: 'int',
+  default: defaultSize,
+  check: positive,
+  help,
+});
 
 /** Data parallelism (docs/distributed.md): --nproc starts mpirun; under an existing mpirun the ranks come from it. */
-export const nprocOption: OptionSpec = { name: 'nproc', type: 'int', default: 1, check: positive, help: 'processes (data parallel, through mpirun; needs Open MPI); under an existing mpirun its ranks are used' };
+export const nprocOption: OptionSpec = {
+  name: 'nproc',
+  type: 'int',
+  default: 1,
+  check: positive,
+  help: 'processes (data parallel, through mpirun; needs Open MPI); under an existing mpirun its ranks are used',
+};
 export const distOptions: OptionSpec[] = [
   nprocOption,
-  { name: 'zero_stage', type: { oneOf: ['0', '1', '2', '3'] }, default: '0', help: "ZeRO sharding across processes (DeepSpeed's stages): 1 optimizer state + fp32 masters, 2 also gradients, 3 also parameters" },
+  {
+    name: 'zero_stage',
+    type: { oneOf: ['0', '1', '2', '3'] },
+    default: '0',
+    help: "ZeRO sharding across processes (DeepSpeed's stages): 1 optimizer state + fp32 masters, 2 also gradients, 3 also parameters",
+  },
 ];

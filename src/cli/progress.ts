@@ -11,13 +11,25 @@ export function progressBar(label: string, total: number, unit: string, opts: { 
   if (opts.quiet) return { update: () => {}, stop: () => {} };
   if (process.stderr.isTTY) {
     const bar = new cliProgress.SingleBar(
-      { format: `${label.padEnd(22)} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted} {info}`, stream: process.stderr, hideCursor: true, etaBuffer: 20 },
+      {
+        format: `${label.padEnd(22)} [{bar}] {value}/{total} ${unit} | {rate}/s | ETA {eta_formatted} {info}`,
+        stream: process.stderr,
+        hideCursor: true,
+        etaBuffer: 20,
+      },
       cliProgress.Presets.shades_classic,
     );
     const t0 = Date.now();
     bar.start(total, 0, { rate: '-', info: '' });
     return {
-      update: (done, extra = {}) => bar.update(done, { rate: (done / Math.max(1e-3, (Date.now() - t0) / 1000)).toFixed(1), info: Object.entries(extra).map(([k, v]) => `${k} ${v}`).join(' '), ...extra }),
+      update: (done, extra = {}) =>
+        bar.update(done, {
+          rate: (done / Math.max(1e-3, (Date.now() - t0) / 1000)).toFixed(1),
+          info: Object.entries(extra)
+            .map(([k, v]) => `${k} ${v}`)
+            .join(' '),
+          ...extra,
+        }),
       stop: () => bar.stop(),
     };
   }
@@ -30,8 +42,12 @@ export function progressBar(label: string, total: number, unit: string, opts: { 
       last = now;
       const s = (now - t0) / 1000;
       const eta = done > 0 ? ((total - done) * s) / done : NaN;
-      const info = Object.entries(extra).map(([k, v]) => `${k} ${v}`).join(' ');
-      process.stderr.write(`${label}: ${done}/${total} ${unit} (${(done / Math.max(s, 1e-3)).toFixed(1)}/s, ETA ${Number.isFinite(eta) ? eta.toFixed(0) : '?'} s) ${info}\n`);
+      const info = Object.entries(extra)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(' ');
+      process.stderr.write(
+        `${label}: ${done}/${total} ${unit} (${(done / Math.max(s, 1e-3)).toFixed(1)}/s, ETA ${Number.isFinite(eta) ? eta.toFixed(0) : '?'} s) ${info}\n`,
+      );
     },
     stop: () => {},
   };

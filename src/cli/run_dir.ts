@@ -38,25 +38,38 @@ function realish(p: string): string {
   }
 }
 
-const inside = (child: string, parent: string) => child !== parent && (child + sep).startsWith(parent.endsWith(sep) ? parent : parent + sep);
+const inside = (child: string, parent: string) =>
+  child !== parent && (child + sep).startsWith(parent.endsWith(sep) ? parent : parent + sep);
 
 /**
  * Refuses (UsageError, one line) an output that would destroy an input: the same path (after
  * symlinks), an output directory that holds an input, or an output file replacing a file inside an
  * input directory (e.g. a model's model.safetensors).
  */
-export function checkOverlap(command: string, out: { flag: string; path: string; kind: 'dir' | 'file'; clears?: boolean }, inputs: readonly Input[]): void {
+export function checkOverlap(
+  command: string,
+  out: { flag: string; path: string; kind: 'dir' | 'file'; clears?: boolean },
+  inputs: readonly Input[],
+): void {
   const o = realish(out.path);
   for (const input of inputs) {
     if (!existsSync(input.path)) continue; // the command reports a missing input itself
     const i = realish(input.path);
     const fix = `choose another --${out.flag}`;
-    if (o === i) throw new UsageError(`spinlm ${command}: --${out.flag} ${out.path} is the same path as --${input.flag} ${input.path}; writing it would destroy the input: ${fix}`);
+    if (o === i)
+      throw new UsageError(
+        `spinlm ${command}: --${out.flag} ${out.path} is the same path as --${input.flag} ${input.path}; writing it would destroy the input: ${fix}`,
+      );
     // a model directory inside the output directory is written over; a data file there only when the directory is cleared
     if (out.kind === 'dir' && inside(i, o) && (out.clears || statSync(i).isDirectory())) {
-      throw new UsageError(`spinlm ${command}: --${input.flag} ${input.path} lies inside --${out.flag} ${out.path}, which this command ${out.clears ? 'clears (--overwrite_output_dir)' : 'writes'}: ${fix}`);
+      throw new UsageError(
+        `spinlm ${command}: --${input.flag} ${input.path} lies inside --${out.flag} ${out.path}, which this command ${out.clears ? 'clears (--overwrite_output_dir)' : 'writes'}: ${fix}`,
+      );
     }
-    if (out.kind === 'file' && inside(o, i) && existsSync(o)) throw new UsageError(`spinlm ${command}: --${out.flag} ${out.path} would replace a file inside --${input.flag} ${input.path}: ${fix}`);
+    if (out.kind === 'file' && inside(o, i) && existsSync(o))
+      throw new UsageError(
+        `spinlm ${command}: --${out.flag} ${out.path} would replace a file inside --${input.flag} ${input.path}: ${fix}`,
+      );
   }
 }
 
@@ -97,7 +110,8 @@ export async function lockDir(command: string, dir: string): Promise<void> {
     update: 10_000,
     retries: 0,
     // a long synchronous kernel call can delay the refresh; warn, do not crash the run
-    onCompromised: (err: Error) => process.stderr.write(`spinlm ${command}: warning: the lock of ${dir} could not be refreshed (${err.message})\n`),
+    onCompromised: (err: Error) =>
+      process.stderr.write(`spinlm ${command}: warning: the lock of ${dir} could not be refreshed (${err.message})\n`),
   };
   for (let attempt = 0; ; attempt++) {
     try {
@@ -120,7 +134,9 @@ export async function lockDir(command: string, dir: string): Promise<void> {
         await new Promise((r) => setTimeout(r, 200)); // the holder is between taking the lock and writing its pid
         continue;
       }
-      throw new UsageError(`spinlm ${command}: ${dir} is in use by another spinlm process (pid ${h ? h.pid : 'unknown'}${h && h.host !== hostname() ? ` on ${h.host}` : ''}); wait for it to finish or stop it, or choose another --out`);
+      throw new UsageError(
+        `spinlm ${command}: ${dir} is in use by another spinlm process (pid ${h ? h.pid : 'unknown'}${h && h.host !== hostname() ? ` on ${h.host}` : ''}); wait for it to finish or stop it, or choose another --out`,
+      );
     }
   }
 }
@@ -177,10 +193,12 @@ export function fingerprintDiff(was: Fingerprint, now: Fingerprint): string[] {
   const diffs: string[] = [];
   if (was.command !== now.command) diffs.push(`command (was ${was.command}, now ${now.command})`);
   for (const k of [...new Set([...Object.keys(was.options), ...Object.keys(now.options)])].sort()) {
-    if (JSON.stringify(was.options[k]) !== JSON.stringify(now.options[k])) diffs.push(`--${k} (was ${show(was.options[k])}, now ${show(now.options[k])})`);
+    if (JSON.stringify(was.options[k]) !== JSON.stringify(now.options[k]))
+      diffs.push(`--${k} (was ${show(was.options[k])}, now ${show(now.options[k])})`);
   }
   for (const k of [...new Set([...Object.keys(was.inputs), ...Object.keys(now.inputs)])].sort()) {
-    const a = was.inputs[k], b = now.inputs[k];
+    const a = was.inputs[k],
+      b = now.inputs[k];
     if (JSON.stringify(a) === JSON.stringify(b)) continue;
     if (a && b && typeof a === 'object' && typeof b === 'object') {
       const files = [...new Set([...Object.keys(a), ...Object.keys(b)])].filter((f) => a[f] !== b[f]).sort();
@@ -215,7 +233,9 @@ function checkpointStep(dir: string): number {
 export async function truncateMetrics(dir: string, layout: 'run' | 'single'): Promise<number> {
   const file = join(dir, 'metrics.jsonl');
   if (!existsSync(file)) return 0;
-  const lines = readFileSync(file, 'utf8').split('\n').filter((l) => l.trim() !== '');
+  const lines = readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '');
   const keep = (row: { kind?: string; iteration?: number; step?: number }): boolean => {
     if (layout === 'single') return row.kind === 'step' && typeof row.step === 'number' && row.step <= checkpointStep(dir);
     const t = row.kind === 'eval' ? Number(row.iteration) - 1 : Number(row.iteration);
@@ -251,7 +271,8 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
   try {
     await makeDirs(dir);
   } catch (e) {
-    if (e instanceof OutputError) throw new UsageError(`spinlm ${command}: --out ${dir}: ${e.path === resolve(dir) ? e.message.slice(e.path.length + 2) : e.message}`);
+    if (e instanceof OutputError)
+      throw new UsageError(`spinlm ${command}: --out ${dir}: ${e.path === resolve(dir) ? e.message.slice(e.path.length + 2) : e.message}`);
     throw e;
   }
   await lockDir(command, dir);
@@ -270,7 +291,9 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
     }
     const diffs = was ? fingerprintDiff(was, now) : ['fingerprint.json is unreadable'];
     if (diffs.length) {
-      throw new UsageError(`spinlm ${command}: ${dir} holds a ${was?.command ?? 'previous'} run with other settings: ${diffs.join('; ')}. Rerun with the same settings to resume, choose another --out, or add --overwrite_output_dir to start over`);
+      throw new UsageError(
+        `spinlm ${command}: ${dir} holds a ${was?.command ?? 'previous'} run with other settings: ${diffs.join('; ')}. Rerun with the same settings to resume, choose another --out, or add --overwrite_output_dir to start over`,
+      );
     }
   }
   await truncateMetrics(dir, layout);

@@ -25,7 +25,7 @@ export class RowProblem extends Error {
 export function preview(value: unknown, max = 60): string {
   let s: string;
   try {
-    s = value === undefined ? 'undefined' : JSON.stringify(value) ?? String(value);
+    s = value === undefined ? 'undefined' : (JSON.stringify(value) ?? String(value));
   } catch {
     s = String(value);
   }

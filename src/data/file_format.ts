@@ -41,7 +41,8 @@ async function firstBytes(file: string, n: number): Promise<Buffer> {
  * decides: "PAR1" magic -> parquet, first non-blank character `[` -> json array, `{` -> jsonl.
  */
 export async function detectFormat(file: string, requested: FormatOption = 'auto'): Promise<DataFormat> {
-  if (!FORMATS.includes(requested)) throw new DataError(file, null, `unknown format '${requested}' (expected one of ${FORMATS.join(', ')})`);
+  if (!FORMATS.includes(requested))
+    throw new DataError(file, null, `unknown format '${requested}' (expected one of ${FORMATS.join(', ')})`);
   await expectDataFile(file);
   if (requested !== 'auto') return requested;
   const ext = extname(file).toLowerCase();
@@ -49,9 +50,16 @@ export async function detectFormat(file: string, requested: FormatOption = 'auto
   if (ext === '.jsonl' || ext === '.ndjson') return 'jsonl';
   const head = await firstBytes(file, 4096);
   if (head.subarray(0, 4).toString('latin1') === 'PAR1') return 'parquet';
-  const text = head.toString('utf8').replace(/^\uFEFF/, '').trimStart();
+  const text = head
+    .toString('utf8')
+    .replace(/^\uFEFF/, '')
+    .trimStart();
   if (text.startsWith('[')) return 'json';
   if (text.startsWith('{')) return 'jsonl';
   if (text === '' && head.length < 4096) throw new DataError(file, null, 'file is empty (only whitespace)');
-  throw new DataError(file, null, `cannot tell the format (not Parquet, and text starting with ${JSON.stringify(text.slice(0, 12))} is neither a JSON array nor JSON lines); pass format 'jsonl', 'json' or 'parquet'`);
+  throw new DataError(
+    file,
+    null,
+    `cannot tell the format (not Parquet, and text starting with ${JSON.stringify(text.slice(0, 12))} is neither a JSON array nor JSON lines); pass format 'jsonl', 'json' or 'parquet'`,
+  );
 }

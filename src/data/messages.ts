@@ -27,7 +27,8 @@ export function firstRound(messages: ChatMessage[], field: string, allowEmptyAns
   const u = messages.findIndex((m) => m.role === 'user');
   if (u < 0) throw new RowProblem(`"${field}" has no user turn (roles: ${preview(messages.map((m) => m.role))})`);
   const a = messages.findIndex((m, i) => i > u && m.role === 'assistant');
-  if (a < 0) throw new RowProblem(`"${field}" has no assistant turn after the first user turn (roles: ${preview(messages.map((m) => m.role))})`);
+  if (a < 0)
+    throw new RowProblem(`"${field}" has no assistant turn after the first user turn (roles: ${preview(messages.map((m) => m.role))})`);
   const prompt = messages[u].content;
   const real = messages[a].content;
   if (prompt.trim() === '') throw new RowProblem(`"${field}"[${u}] (the first user turn) is empty`);

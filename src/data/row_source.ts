@@ -20,7 +20,8 @@ export async function openRows(
 /** Writing: `.parquet` -> parquet, anything else -> JSON lines, unless a format is given. */
 export function writeFormat(file: string, format?: 'jsonl' | 'parquet'): 'jsonl' | 'parquet' {
   if (format !== undefined) {
-    if (format !== 'jsonl' && format !== 'parquet') throw new Error(`${file}: unknown write format '${format}' (expected 'jsonl' or 'parquet')`);
+    if (format !== 'jsonl' && format !== 'parquet')
+      throw new Error(`${file}: unknown write format '${format}' (expected 'jsonl' or 'parquet')`);
     return format;
   }
   return file.toLowerCase().endsWith('.parquet') ? 'parquet' : 'jsonl';

@@ -75,7 +75,9 @@ export function splitTrainTest<T>(items: readonly T[], opts: SplitOptions): { tr
     if (!Number.isSafeInteger(k)) throw new RangeError(`testCount must be an integer, got ${k}`);
   }
   if (k < 1 || k > len - 1) {
-    throw new RangeError(`split of ${len} items would leave an empty train or test set (test size ${k}); need 1 <= test size <= ${len - 1}`);
+    throw new RangeError(
+      `split of ${len} items would leave an empty train or test set (test size ${k}); need 1 <= test size <= ${len - 1}`,
+    );
   }
   const order = new Rng(opts.seed).fork('split').shuffle(Array.from({ length: len }, (_, i) => i));
   const isTest = new Uint8Array(len);

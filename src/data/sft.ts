@@ -15,7 +15,8 @@ export interface SftPair {
   task?: string; // family label, when the row has a string "task" (synthetic data)
 }
 
-const LAYOUTS = 'messages (UltraChat), real (SPIN pair: messages, or a string with prompt), prompt+completion, prompt+response or instruction+output';
+const LAYOUTS =
+  'messages (UltraChat), real (SPIN pair: messages, or a string with prompt), prompt+completion, prompt+response or instruction+output';
 
 /**
  * One row -> a pair. Layouts, first match wins: `messages` [{role, content}] (first round),

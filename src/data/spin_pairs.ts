@@ -44,7 +44,9 @@ function pairKeys(r: Record<string, unknown>): { realKey: string; genKey: string
   const realKey = r.real !== undefined ? 'real' : r.chosen !== undefined ? 'chosen' : null;
   const genKey = r.generated !== undefined ? 'generated' : r.rejected !== undefined ? 'rejected' : null;
   if (realKey === null || genKey === null) {
-    throw new RowProblem(`a SPIN pair row needs "real" and "generated" (message lists, or strings with "prompt") (keys: ${Object.keys(r).join(', ') || 'none'})`);
+    throw new RowProblem(
+      `a SPIN pair row needs "real" and "generated" (message lists, or strings with "prompt") (keys: ${Object.keys(r).join(', ') || 'none'})`,
+    );
   }
   return { realKey, genKey };
 }
@@ -76,7 +78,9 @@ export function spinPairFromRow(row: unknown): SpinPair {
   const real = firstRound(parseMessages(r[realKey], realKey), realKey);
   const gen = firstRound(parseMessages(r[genKey], genKey), genKey, true);
   if (gen.prompt !== real.prompt) {
-    throw new RowProblem(`"${genKey}" and "${realKey}" have different user prompts (${preview(gen.prompt, 40)} vs ${preview(real.prompt, 40)})`);
+    throw new RowProblem(
+      `"${genKey}" and "${realKey}" have different user prompts (${preview(gen.prompt, 40)} vs ${preview(real.prompt, 40)})`,
+    );
   }
   if (r.prompt !== undefined && r.prompt !== null) {
     if (typeof r.prompt !== 'string') throw new RowProblem(`"prompt" must be a string, got ${preview(r.prompt)}`);
@@ -109,7 +113,9 @@ export async function readSpinPairs(path: string, opts: { format?: FormatOption 
       const kind = spinPairLayout(raw.value)!;
       if (layout === null) layout = { kind, where: raw.where };
       else if (kind !== layout.kind) {
-        throw new RowProblem(`this row uses ${LAYOUT_NAMES[kind]} but the file's first row (${layout.where}) uses ${LAYOUT_NAMES[layout.kind]}; use one layout per file`);
+        throw new RowProblem(
+          `this row uses ${LAYOUT_NAMES[kind]} but the file's first row (${layout.where}) uses ${LAYOUT_NAMES[layout.kind]}; use one layout per file`,
+        );
       }
       pairs.push(pair);
     } catch (err) {
@@ -155,5 +161,8 @@ export async function writeSpinPairs(
     { name: 'generated', data: rows.map((r) => r.generated) },
     { name: 'prompt', data: rows.map((r) => r.prompt) },
   ];
-  await writeFileAtomic(path, encodeParquet(columns, [chatListSchema('real'), chatListSchema('generated'), stringColumnSchema('prompt')], opts));
+  await writeFileAtomic(
+    path,
+    encodeParquet(columns, [chatListSchema('real'), chatListSchema('generated'), stringColumnSchema('prompt')], opts),
+  );
 }

@@ -97,7 +97,13 @@ const FAMILIES: readonly Family[] = [
     description: 'sort 4-8 integers in 0-99 into ascending numeric order, space separated',
     make(rng) {
       const xs = numbers(rng, rng.int(4, 8), 99);
-      return { prompt: `Sort ascending: ${xs.join(' ')}`, answer: xs.slice().sort((p, q) => p - q).join(' ') };
+      return {
+        prompt: `Sort ascending: ${xs.join(' ')}`,
+        answer: xs
+          .slice()
+          .sort((p, q) => p - q)
+          .join(' '),
+      };
     },
   },
   {
@@ -196,7 +202,10 @@ const FAMILIES: readonly Family[] = [
 ];
 
 /** Every family with a one-line description. */
-export const SYNTHETIC_FAMILIES: readonly { name: string; description: string }[] = FAMILIES.map(({ name, description }) => ({ name, description }));
+export const SYNTHETIC_FAMILIES: readonly { name: string; description: string }[] = FAMILIES.map(({ name, description }) => ({
+  name,
+  description,
+}));
 
 export interface SyntheticOptions {
   seed: Seed;
@@ -239,7 +248,10 @@ export function generateSyntheticTasks(opts: SyntheticOptions): SyntheticTask[] 
         break;
       }
     }
-    if (t === null) throw new RangeError(`could not draw a new '${family.name}' prompt after ${MAX_ATTEMPTS} tries: size ${size} is too large for unique prompts`);
+    if (t === null)
+      throw new RangeError(
+        `could not draw a new '${family.name}' prompt after ${MAX_ATTEMPTS} tries: size ${size} is too large for unique prompts`,
+      );
     if (t.prompt.length > MAX_PROMPT_CHARS || t.answer.length > MAX_ANSWER_CHARS) {
       throw new Error(`synthetic family '${family.name}' made an over-long task: ${JSON.stringify(t)}`);
     }
@@ -294,6 +306,10 @@ export function scoreExactMatch(
     }
   });
   for (const m of Object.values(byTask)) m.accuracy = m.correct / m.n;
-  const sorted = Object.fromEntries(Object.keys(byTask).sort().map((k) => [k, byTask[k]]));
+  const sorted = Object.fromEntries(
+    Object.keys(byTask)
+      .sort()
+      .map((k) => [k, byTask[k]]),
+  );
   return { n: pairs.length, correct, accuracy: correct / pairs.length, byTask: sorted };
 }

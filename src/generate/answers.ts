@@ -33,24 +33,33 @@ export function readJournal(file: string): Map<number, string> {
 }
 
 /** Answers (decoded, surrounding whitespace stripped as the official generate.py does), in prompt order. */
-export async function answerPrompts(model: DecoderModel, tok: AnswerTokenizer, prompts: readonly string[], o: AnswerOptions): Promise<string[]> {
+export async function answerPrompts(
+  model: DecoderModel,
+  tok: AnswerTokenizer,
+  prompts: readonly string[],
+  o: AnswerOptions,
+): Promise<string[]> {
   const texts = o.journal ? readJournal(o.journal) : new Map<number, string>();
   const todo = prompts.map((_, i) => i).filter((i) => !texts.has(i));
   let tokens = 0;
-  await generate(model, todo.map((i) => tok.encode(prompts[i])), {
-    ...o,
-    eosIds: [tok.eosId],
-    streamIds: todo,
-    onBatch: (idx, gens) => {
-      const lines = idx.map((j, k) => {
-        const text = tok.decode(gens[k].tokens, { skipSpecialTokens: true }).trim();
-        texts.set(todo[j], text);
-        tokens += gens[k].tokens.length;
-        return JSON.stringify({ i: todo[j], text });
-      });
-      if (o.journal) appendFileSync(o.journal, `${lines.join('\n')}\n`);
+  await generate(
+    model,
+    todo.map((i) => tok.encode(prompts[i])),
+    {
+      ...o,
+      eosIds: [tok.eosId],
+      streamIds: todo,
+      onBatch: (idx, gens) => {
+        const lines = idx.map((j, k) => {
+          const text = tok.decode(gens[k].tokens, { skipSpecialTokens: true }).trim();
+          texts.set(todo[j], text);
+          tokens += gens[k].tokens.length;
+          return JSON.stringify({ i: todo[j], text });
+        });
+        if (o.journal) appendFileSync(o.journal, `${lines.join('\n')}\n`);
+      },
+      onProgress: () => o.onProgress?.(texts.size, prompts.length, tokens),
     },
-    onProgress: () => o.onProgress?.(texts.size, prompts.length, tokens),
-  });
+  );
   return prompts.map((_, i) => texts.get(i)!);
 }

@@ -102,7 +102,13 @@ function rngStates(be: Backend, rngs: readonly Rng[]): Tensor<'i32'> {
  * (BLAS kernels, and so their rounding, depend on the sizes). Models without prefillSlots get a cache
  * of the batch's own size.
  */
-async function generateBatch(model: DecoderModel, prompts: readonly (readonly number[])[], index: readonly number[], o: GenerateOptions, slots: number): Promise<Generation[]> {
+async function generateBatch(
+  model: DecoderModel,
+  prompts: readonly (readonly number[])[],
+  index: readonly number[],
+  o: GenerateOptions,
+  slots: number,
+): Promise<Generation[]> {
   const be = model.backend;
   const budgets = prompts.map((p) => rowBudget(model, p, o));
   const budget = Math.max(...budgets);
@@ -113,7 +119,10 @@ async function generateBatch(model: DecoderModel, prompts: readonly (readonly nu
   }
   const S = cache.prefillSlots ? slots : prompts.length;
   const B = prompts.length;
-  const rng = rngStates(be, Array.from({ length: S }, (_, b) => new Rng(o.seed).fork(b < B ? (o.streamIds ? o.streamIds[index[b]] : index[b]) : 0)));
+  const rng = rngStates(
+    be,
+    Array.from({ length: S }, (_, b) => new Rng(o.seed).fork(b < B ? (o.streamIds ? o.streamIds[index[b]] : index[b]) : 0)),
+  );
   const out: Generation[] = prompts.map(() => ({ tokens: [], finishReason: 'length' }));
   const active = new Uint8Array(S).fill(1, 0, B);
   const sampling = { temperature: o.temperature, topK: o.topK, topP: o.topP };
@@ -122,7 +131,10 @@ async function generateBatch(model: DecoderModel, prompts: readonly (readonly nu
   try {
     if (S === B) logits = cache.prefill(prompts);
     else {
-      const pre = cache.prefillSlots!(prompts.map((_, b) => b), prompts);
+      const pre = cache.prefillSlots!(
+        prompts.map((_, b) => b),
+        prompts,
+      );
       logits = ops.empty(be, 'f32', [S, model.vocabSize]);
       const at = ops.upload(be, { dtype: 'i32', data: Int32Array.from(prompts, (_, b) => b) }, [B]);
       ops.scatterRows(pre, at, logits);
@@ -162,7 +174,12 @@ async function generateBatch(model: DecoderModel, prompts: readonly (readonly nu
  * sampler draws exactly one Rng.next() per active row when not greedy), so a refill uploads the slot
  * states without reading them back. Returns undefined (nothing done) when the cache has no prefillSlots.
  */
-async function generateContinuous(model: DecoderModel, prompts: readonly (readonly number[])[], order: readonly number[], o: GenerateOptions): Promise<Generation[] | undefined> {
+async function generateContinuous(
+  model: DecoderModel,
+  prompts: readonly (readonly number[])[],
+  order: readonly number[],
+  o: GenerateOptions,
+): Promise<Generation[] | undefined> {
   const be = model.backend;
   const S = Math.min(o.batchSize, order.length);
   const budgets = prompts.map((p) => rowBudget(model, p, o));
@@ -192,8 +209,14 @@ async function generateContinuous(model: DecoderModel, prompts: readonly (readon
       return i;
     });
     rng?.free();
-    rng = rngStates(be, streams.map((r) => r ?? new Rng(0)));
-    const pre = cache.prefillSlots!(free, idx.map((i) => prompts[i]));
+    rng = rngStates(
+      be,
+      streams.map((r) => r ?? new Rng(0)),
+    );
+    const pre = cache.prefillSlots!(
+      free,
+      idx.map((i) => prompts[i]),
+    );
     if (!into && free.length === S && free.every((s, k) => s === k)) return pre;
     const out = into ?? ops.empty(be, 'f32', [S, model.vocabSize]);
     const at = ops.upload(be, { dtype: 'i32', data: Int32Array.from(free) }, [free.length]);
@@ -203,7 +226,10 @@ async function generateContinuous(model: DecoderModel, prompts: readonly (readon
     return out;
   };
   try {
-    logits = refill(Array.from({ length: S }, (_, s) => s), undefined);
+    logits = refill(
+      Array.from({ length: S }, (_, s) => s),
+      undefined,
+    );
     for (;;) {
       const active = Uint8Array.from(slot, (i) => (i >= 0 ? 1 : 0));
       const activeT = ops.upload(be, { dtype: 'i32', data: Int32Array.from(active) }, [S]);
@@ -231,7 +257,10 @@ async function generateContinuous(model: DecoderModel, prompts: readonly (readon
       if (free.length > 0) logits = refill(free, logits);
       if (finished.length > 0) {
         done += finished.length;
-        await o.onBatch?.(finished, finished.map((i) => results[i]));
+        await o.onBatch?.(
+          finished,
+          finished.map((i) => results[i]),
+        );
         await o.onProgress?.(done, generated);
       }
       if (!logits) break;
@@ -247,13 +276,18 @@ async function generateContinuous(model: DecoderModel, prompts: readonly (readon
 
 export async function generate(model: DecoderModel, prompts: readonly (readonly number[])[], o: GenerateOptions): Promise<Generation[]> {
   checkSampling(o);
-  if (!Number.isSafeInteger(o.maxNewTokens) || o.maxNewTokens < 1) throw new RangeError(`max_new_tokens must be a positive integer, got ${o.maxNewTokens}`);
-  if (!Number.isSafeInteger(o.batchSize) || o.batchSize < 1) throw new RangeError(`batch size must be a positive integer, got ${o.batchSize}`);
-  if (o.schedule !== undefined && o.schedule !== 'static' && o.schedule !== 'continuous') throw new RangeError(`schedule must be 'continuous' or 'static', got ${String(o.schedule)}`);
-  if (o.streamIds && o.streamIds.length !== prompts.length) throw new RangeError(`streamIds has ${o.streamIds.length} entries for ${prompts.length} prompts`);
+  if (!Number.isSafeInteger(o.maxNewTokens) || o.maxNewTokens < 1)
+    throw new RangeError(`max_new_tokens must be a positive integer, got ${o.maxNewTokens}`);
+  if (!Number.isSafeInteger(o.batchSize) || o.batchSize < 1)
+    throw new RangeError(`batch size must be a positive integer, got ${o.batchSize}`);
+  if (o.schedule !== undefined && o.schedule !== 'static' && o.schedule !== 'continuous')
+    throw new RangeError(`schedule must be 'continuous' or 'static', got ${String(o.schedule)}`);
+  if (o.streamIds && o.streamIds.length !== prompts.length)
+    throw new RangeError(`streamIds has ${o.streamIds.length} entries for ${prompts.length} prompts`);
   prompts.forEach((p, i) => {
     if (p.length === 0) throw new RangeError(`prompt ${i} is empty`);
-    if (p.length >= model.maxPositions) throw new RangeError(`prompt ${i} has ${p.length} tokens: no room to generate within ${model.maxPositions} positions`);
+    if (p.length >= model.maxPositions)
+      throw new RangeError(`prompt ${i} has ${p.length} tokens: no room to generate within ${model.maxPositions} positions`);
   });
   const order = prompts.map((_, i) => i).sort((a, b) => prompts[a].length - prompts[b].length || a - b);
   if (prompts.length > 0 && (o.schedule ?? 'continuous') === 'continuous') {
@@ -265,7 +299,13 @@ export async function generate(model: DecoderModel, prompts: readonly (readonly 
   let generated = 0;
   for (let i = 0; i < order.length; i += o.batchSize) {
     const idx = order.slice(i, i + o.batchSize);
-    const gens = await generateBatch(model, idx.map((j) => prompts[j]), idx, o, Math.min(o.batchSize, prompts.length));
+    const gens = await generateBatch(
+      model,
+      idx.map((j) => prompts[j]),
+      idx,
+      o,
+      Math.min(o.batchSize, prompts.length),
+    );
     idx.forEach((j, k) => {
       results[j] = gens[k];
       generated += gens[k].tokens.length;

@@ -15,7 +15,8 @@ export interface SamplingOptions {
 export const GREEDY: SamplingOptions = { temperature: 0, topK: 0, topP: 1 };
 
 export function checkSampling(o: SamplingOptions): void {
-  if (!(o.temperature >= 0) || !Number.isFinite(o.temperature)) throw new RangeError(`temperature must be a finite number >= 0, got ${o.temperature}`);
+  if (!(o.temperature >= 0) || !Number.isFinite(o.temperature))
+    throw new RangeError(`temperature must be a finite number >= 0, got ${o.temperature}`);
   if (!Number.isSafeInteger(o.topK) || o.topK < 0) throw new RangeError(`top_k must be an integer >= 0, got ${o.topK}`);
   if (!(o.topP > 0 && o.topP <= 1)) throw new RangeError(`top_p must be in (0, 1], got ${o.topP}`);
 }

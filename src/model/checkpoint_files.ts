@@ -33,7 +33,8 @@ export function parseShardIndex(json: unknown, file: string): ShardIndex {
   if (typeof json !== 'object' || json === null || Array.isArray(json)) throw err('expected a JSON object with "weight_map"');
   const { metadata = {}, weight_map: map } = json as Record<string, unknown>;
   if (typeof metadata !== 'object' || metadata === null || Array.isArray(metadata)) throw err('"metadata" must be an object');
-  if (typeof map !== 'object' || map === null || Array.isArray(map)) throw err('"weight_map" must be an object of tensor name -> file name');
+  if (typeof map !== 'object' || map === null || Array.isArray(map))
+    throw err('"weight_map" must be an object of tensor name -> file name');
   const weightMap = new Map<string, string>();
   for (const [name, shard] of Object.entries(map)) {
     if (typeof shard !== 'string' || shard === '' || shard !== basename(shard) || shard === '.' || shard === '..' || shard.includes('\\')) {
@@ -98,7 +99,8 @@ export class CheckpointTensors {
     try {
       for (const shard of new Set(index.weightMap.values())) {
         const path = join(dir, shard);
-        if (!(await exists(path))) throw new SafetensorsError(indexPath, null, `names shard ${JSON.stringify(shard)}, which does not exist`);
+        if (!(await exists(path)))
+          throw new SafetensorsError(indexPath, null, `names shard ${JSON.stringify(shard)}, which does not exist`);
         files.set(shard, await openSafetensors(path));
       }
       const where = new Map<string, SafetensorsFile>();
@@ -137,7 +139,12 @@ export class CheckpointTensors {
   }
 
   /** Streams a float tensor in converted chunks (SafetensorsFile.readTensorChunks). */
-  async readTensorChunks(name: string, dtype: 'bf16' | 'f32', chunkElements: number, onChunk: (data: Uint16Array | Float32Array, elementOffset: number) => void | Promise<void>): Promise<void> {
+  async readTensorChunks(
+    name: string,
+    dtype: 'bf16' | 'f32',
+    chunkElements: number,
+    onChunk: (data: Uint16Array | Float32Array, elementOffset: number) => void | Promise<void>,
+  ): Promise<void> {
     const f = this.where.get(name);
     if (!f) throw new SafetensorsError(this.dir, name, 'not in this checkpoint');
     return f.readTensorChunks(name, dtype, chunkElements, onChunk);
@@ -166,7 +173,11 @@ export interface WriteCheckpointOptions {
  * atomically; afterwards files of the other layout or stale shards that would shadow or confuse
  * the new one are removed. Returns the file names written.
  */
-export async function writeCheckpointTensors(dir: string, tensors: readonly TensorToWrite[], opts: WriteCheckpointOptions = {}): Promise<string[]> {
+export async function writeCheckpointTensors(
+  dir: string,
+  tensors: readonly TensorToWrite[],
+  opts: WriteCheckpointOptions = {},
+): Promise<string[]> {
   const max = opts.maxShardBytes ?? Infinity;
   if (!(max > 0)) throw new RangeError(`maxShardBytes must be positive, got ${max}`);
   const metadata = opts.metadata ?? { format: 'pt' };

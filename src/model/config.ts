@@ -120,14 +120,16 @@ class Fields {
       throw this.error(field, 'missing (expected a positive integer)');
     }
     const v = this.json[field];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) throw this.error(field, `expected a positive integer, got ${describe(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0)
+      throw this.error(field, `expected a positive integer, got ${describe(v)}`);
     return v;
   }
 
   nonNegInt(field: string, dflt: number): number {
     if (!this.has(field)) return dflt;
     const v = this.json[field];
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw this.error(field, `expected a non-negative integer, got ${describe(v)}`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0)
+      throw this.error(field, `expected a non-negative integer, got ${describe(v)}`);
     return v;
   }
 
@@ -219,7 +221,9 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
     ropeTheta = f.posNumber('rope_theta', 10000);
   }
   const rpScaling = rp && (rp.rope_type !== undefined || rp.type !== undefined) ? rp : null; // no type: no scaling
-  const ropeScaling = f.has('rope_scaling') ? parseRopeScaling(f, 'rope_scaling', f.json.rope_scaling) : parseRopeScaling(f, 'rope_parameters', rpScaling);
+  const ropeScaling = f.has('rope_scaling')
+    ? parseRopeScaling(f, 'rope_scaling', f.json.rope_scaling)
+    : parseRopeScaling(f, 'rope_parameters', rpScaling);
 
   const act = f.json.hidden_act;
   if (act !== undefined && act !== 'silu') throw f.error('hidden_act', `only "silu" is supported, got ${describe(act)}`);
@@ -242,7 +246,9 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
   let eosTokenIds: number[] = [];
   if (f.has('eos_token_id')) {
     const eos = f.json.eos_token_id;
-    eosTokenIds = Array.isArray(eos) ? eos.map((v, i) => tokenId(f, `eos_token_id[${i}]`, v, vocabSize)) : [tokenId(f, 'eos_token_id', eos, vocabSize)];
+    eosTokenIds = Array.isArray(eos)
+      ? eos.map((v, i) => tokenId(f, `eos_token_id[${i}]`, v, vocabSize))
+      : [tokenId(f, 'eos_token_id', eos, vocabSize)];
   }
 
   const dtypeField = f.has('torch_dtype') ? 'torch_dtype' : 'dtype';
@@ -287,7 +293,13 @@ export async function loadConfig(dir: string): Promise<LlamaConfig> {
     text = await readFile(file, 'utf8');
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    throw new ConfigError(file, null, code === 'ENOENT' ? 'not found (a Hugging Face model directory needs config.json)' : `cannot read (${code ?? (err as Error).message})`);
+    throw new ConfigError(
+      file,
+      null,
+      code === 'ENOENT'
+        ? 'not found (a Hugging Face model directory needs config.json)'
+        : `cannot read (${code ?? (err as Error).message})`,
+    );
   }
   let json: unknown;
   try {
@@ -324,7 +336,8 @@ export function configToJson(cfg: LlamaConfig): Record<string, unknown> {
   if (cfg.torchDtype !== null) out.torch_dtype = cfg.torchDtype;
   switch (cfg.modelType) {
     case 'llama':
-      if (cfg.qkvBias !== cfg.oBias) throw new Error(`configToJson: llama has one attention_bias flag for q/k/v/o, got qkvBias ${cfg.qkvBias}, oBias ${cfg.oBias}`);
+      if (cfg.qkvBias !== cfg.oBias)
+        throw new Error(`configToJson: llama has one attention_bias flag for q/k/v/o, got qkvBias ${cfg.qkvBias}, oBias ${cfg.oBias}`);
       out.attention_bias = cfg.qkvBias;
       out.mlp_bias = false;
       break;

@@ -64,7 +64,12 @@ export class LlamaKvCache {
    * and kv head h to cache row `cacheRows[r * nKV + h]`; `attend(i, q, k, v)` is the step's attention (full causal for the
    * prefill, over the cache for decode). Returns the final hidden states [T, H] (before the final norm).
    */
-  private layers(x: Tensor<'f32'>, positions: Tensor<'i32'>, cacheRows: Tensor<'i32'>, attend: (i: number, q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => Tensor<'f32'>): Tensor<'f32'> {
+  private layers(
+    x: Tensor<'f32'>,
+    positions: Tensor<'i32'>,
+    cacheRows: Tensor<'i32'>,
+    attend: (i: number, q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => Tensor<'f32'>,
+  ): Tensor<'f32'> {
     const c = this.model.cfg;
     for (let i = 0; i < c.numLayers; i++) {
       const { out } = this.model.layer(i, x, positions, false, (q, k, v) => {
@@ -91,7 +96,10 @@ export class LlamaKvCache {
   /** Feeds each row's prompt; returns f32 [B, V] logits at each row's last prompt position. */
   prefill(prompts: readonly (readonly number[])[]): Tensor<'f32'> {
     if (prompts.length !== this.batch) throw new RangeError(`prefill got ${prompts.length} prompts for a cache of ${this.batch}`);
-    return this.prefillSlots(prompts.map((_, b) => b), prompts);
+    return this.prefillSlots(
+      prompts.map((_, b) => b),
+      prompts,
+    );
   }
 
   /**
@@ -107,7 +115,8 @@ export class LlamaKvCache {
     if (slots.length !== R || R === 0) throw new RangeError(`prefillSlots got ${slots.length} slots for ${R} prompts (at least one)`);
     const seen = new Set<number>();
     for (const s of slots) {
-      if (!Number.isSafeInteger(s) || s < 0 || s >= this.batch || seen.has(s)) throw new RangeError(`prefillSlots: slot ${s} is not a distinct slot in [0, ${this.batch})`);
+      if (!Number.isSafeInteger(s) || s < 0 || s >= this.batch || seen.has(s))
+        throw new RangeError(`prefillSlots: slot ${s} is not a distinct slot in [0, ${this.batch})`);
       seen.add(s);
     }
     for (const p of prompts) {
@@ -145,7 +154,12 @@ export class LlamaKvCache {
     const tRows = ops.upload(be, { dtype: 'i32', data: rows }, [L * nkv]);
     const x = ops.embedding(tIds, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (_i, q, k, v) => {
-      const { out, lse } = ops.attention(q.reshape([1, L, c.numHeads, c.headDim]), k.reshape([1, L, c.numKvHeads, c.headDim]), v.reshape([1, L, c.numKvHeads, c.headDim]), tMask);
+      const { out, lse } = ops.attention(
+        q.reshape([1, L, c.numHeads, c.headDim]),
+        k.reshape([1, L, c.numKvHeads, c.headDim]),
+        v.reshape([1, L, c.numKvHeads, c.headDim]),
+        tMask,
+      );
       lse.free();
       return out;
     });
@@ -170,7 +184,9 @@ export class LlamaKvCache {
     const B = this.batch;
     if (tokens.numel !== B || active.length !== B) throw new RangeError(`decode needs ${B} tokens and flags`);
     const nkv = c.numKvHeads;
-    const rows = new Int32Array(B * nkv), pos = new Int32Array(B), lens = new Int32Array(B);
+    const rows = new Int32Array(B * nkv),
+      pos = new Int32Array(B),
+      lens = new Int32Array(B);
     for (let b = 0; b < B; b++) {
       const live = active[b] && this.lengths[b] < this.maxLen;
       if (active[b] && !live) throw new RangeError(`sequence ${b} is full (${this.maxLen} tokens)`);

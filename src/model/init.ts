@@ -34,7 +34,12 @@ export function initLlama(backend: Backend, cfg: LlamaConfig, opts: InitOptions)
       else if (isBias) data[i] = opts.randomizeAll ? 0.1 * r.normal() : 0;
       else data[i] = std * r.normal();
     }
-    w.params.set(spec.name, dtype === 'bf16' ? ops.upload(backend, { dtype: 'bf16', data: f32ArrayToBf16(data) }, spec.shape) : ops.upload(backend, { dtype: 'f32', data }, spec.shape));
+    w.params.set(
+      spec.name,
+      dtype === 'bf16'
+        ? ops.upload(backend, { dtype: 'bf16', data: f32ArrayToBf16(data) }, spec.shape)
+        : ops.upload(backend, { dtype: 'f32', data }, spec.shape),
+    );
   }
   return new LlamaModel(cfg, w);
 }

@@ -20,7 +20,9 @@ export interface HostTokens {
 export function checkTokenIds(ids: Int32Array, vocabSize: number, what = 'input'): void {
   for (let i = 0; i < ids.length; i++) {
     if (ids[i] < 0 || ids[i] >= vocabSize) {
-      throw new RangeError(`${what}: token id ${ids[i]} at position ${i} is outside the model's vocabulary [0, ${vocabSize}): is the tokenizer the model's own?`);
+      throw new RangeError(
+        `${what}: token id ${ids[i]} at position ${i} is outside the model's vocabulary [0, ${vocabSize}): is the tokenizer the model's own?`,
+      );
     }
   }
 }

@@ -116,10 +116,13 @@ export class LlamaModel {
 
   private checkInput(input: ModelInput): void {
     const { rows, length } = input;
-    if (input.inputIds.numel !== rows * length) throw new RangeError(`inputIds hold ${input.inputIds.numel} tokens, expected ${rows} x ${length}`);
-    if (length > this.cfg.maxPositionEmbeddings) throw new RangeError(`sequence length ${length} exceeds max_position_embeddings ${this.cfg.maxPositionEmbeddings}`);
+    if (input.inputIds.numel !== rows * length)
+      throw new RangeError(`inputIds hold ${input.inputIds.numel} tokens, expected ${rows} x ${length}`);
+    if (length > this.cfg.maxPositionEmbeddings)
+      throw new RangeError(`sequence length ${length} exceeds max_position_embeddings ${this.cfg.maxPositionEmbeddings}`);
     const w = this.cfg.slidingWindow;
-    if (w !== null && length > w) throw new RangeError(`sequence length ${length} exceeds the sliding window ${w}, which spinlm does not implement yet`);
+    if (w !== null && length > w)
+      throw new RangeError(`sequence length ${length} exceeds the sliding window ${w}, which spinlm does not implement yet`);
   }
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
@@ -145,7 +148,10 @@ export class LlamaModel {
    * attention) and generation (a KV cache). With `keep`, returns what the backward needs.
    */
   layer(
-    i: number, x: Tensor<'f32'>, positions: Tensor<'i32'>, keep: boolean,
+    i: number,
+    x: Tensor<'f32'>,
+    positions: Tensor<'i32'>,
+    keep: boolean,
     attend: (q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => { att: Tensor<'f32'>; lse?: Tensor<'f32'> },
   ): { out: Tensor<'f32'>; saved: LayerSaved } {
     const c = this.cfg;
@@ -160,7 +166,11 @@ export class LlamaModel {
     ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
     ops.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
     const { att, lse } = attend(q, k, v);
-    const o = this.linear(att.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
+    const o = this.linear(
+      att.reshape([T, c.numHeads * c.headDim]),
+      `${pre}.self_attn.o_proj.weight`,
+      c.oBias ? `${pre}.self_attn.o_proj.bias` : null,
+    );
     const x2 = ops.add(x, o, o);
     const { y: h2, rstd: rstd2 } = ops.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
     const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null);
@@ -178,7 +188,9 @@ export class LlamaModel {
     const { rows: R, length: L } = input;
     return this.layer(i, x, input.positions, keep, (q, k, v) => {
       const { out, lse } = ops.attention(
-        q.reshape([R, L, c.numHeads, c.headDim]), k.reshape([R, L, c.numKvHeads, c.headDim]), v.reshape([R, L, c.numKvHeads, c.headDim]),
+        q.reshape([R, L, c.numHeads, c.headDim]),
+        k.reshape([R, L, c.numKvHeads, c.headDim]),
+        v.reshape([R, L, c.numKvHeads, c.headDim]),
         input.attentionMask,
       );
       return { att: out, lse };
@@ -202,10 +214,21 @@ export class LlamaModel {
     const dx2 = ops.add(dout, dx2n, dx2n);
     dh2.free();
     // attention: x2 = x + o_proj(attention(rope(q), rope(k), v))
-    const datt = this.linearBackward(dx2, s.att!.reshape([T, c.numHeads * c.headDim]), `${pre}.self_attn.o_proj.weight`, c.oBias ? `${pre}.self_attn.o_proj.bias` : null);
-    const shapeQ = [R, L, c.numHeads, c.headDim], shapeKv = [R, L, c.numKvHeads, c.headDim];
+    const datt = this.linearBackward(
+      dx2,
+      s.att!.reshape([T, c.numHeads * c.headDim]),
+      `${pre}.self_attn.o_proj.weight`,
+      c.oBias ? `${pre}.self_attn.o_proj.bias` : null,
+    );
+    const shapeQ = [R, L, c.numHeads, c.headDim],
+      shapeKv = [R, L, c.numKvHeads, c.headDim];
     const { dq, dk, dv } = ops.attentionBackward(
-      s.q!.reshape(shapeQ), s.k!.reshape(shapeKv), s.v!.reshape(shapeKv), input.attentionMask, s.att!, s.lse!,
+      s.q!.reshape(shapeQ),
+      s.k!.reshape(shapeKv),
+      s.v!.reshape(shapeKv),
+      input.attentionMask,
+      s.att!,
+      s.lse!,
       datt.reshape(shapeQ),
     );
     datt.free();
@@ -213,7 +236,9 @@ export class LlamaModel {
     ops.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
     ops.rope(dk.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
-    const dq2 = dq.reshape([T, c.numHeads * c.headDim]), dk2 = dk.reshape([T, c.numKvHeads * c.headDim]), dv2 = dv.reshape([T, c.numKvHeads * c.headDim]);
+    const dq2 = dq.reshape([T, c.numHeads * c.headDim]),
+      dk2 = dk.reshape([T, c.numKvHeads * c.headDim]),
+      dv2 = dv.reshape([T, c.numKvHeads * c.headDim]);
     const dh1 = this.linearBackward(dq2, s.h1!, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
     this.linearBackward(dk2, s.h1!, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), dh1);
     this.linearBackward(dv2, s.h1!, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), dh1);

@@ -29,10 +29,21 @@ export const MAX_HEADER_BYTES = 100_000_000;
 
 /** Bytes per element of each dtype the safetensors format defines (sub-byte types are refused). */
 const ST_DTYPE_BYTES = {
-  BOOL: 1, U8: 1, I8: 1, F8_E5M2: 1, F8_E4M3: 1,
-  I16: 2, U16: 2, F16: 2, BF16: 2,
-  I32: 4, U32: 4, F32: 4,
-  I64: 8, U64: 8, F64: 8,
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  I64: 8,
+  U64: 8,
+  F64: 8,
 } as const;
 
 /** A dtype name as written in safetensors headers. */
@@ -178,7 +189,9 @@ export function parseHeader(
     throw new SafetensorsError(
       file,
       null,
-      dup.depth === 1 ? `header names tensor ${JSON.stringify(dup.key)} twice` : `header repeats the key ${JSON.stringify(dup.key)} inside one entry`,
+      dup.depth === 1
+        ? `header names tensor ${JSON.stringify(dup.key)} twice`
+        : `header repeats the key ${JSON.stringify(dup.key)} inside one entry`,
     );
   }
 
@@ -189,7 +202,11 @@ export function parseHeader(
       if (!isPlainObject(entry)) throw new SafetensorsError(file, null, '__metadata__ must be an object of strings');
       for (const [k, v] of Object.entries(entry)) {
         if (typeof v !== 'string') {
-          throw new SafetensorsError(file, null, `__metadata__[${JSON.stringify(k)}] must be a string, got ${JSON.stringify(v).slice(0, 40)}`);
+          throw new SafetensorsError(
+            file,
+            null,
+            `__metadata__[${JSON.stringify(k)}] must be a string, got ${JSON.stringify(v).slice(0, 40)}`,
+          );
         }
       }
       metadata = Object.fromEntries(Object.entries(entry)) as Record<string, string>; // own keys, even "__proto__"
@@ -224,7 +241,11 @@ export function parseHeader(
   let prev: TensorInfo | null = null;
   for (const t of sorted) {
     if (t.begin < at) {
-      throw new SafetensorsError(file, t.name, `data overlaps tensor ${JSON.stringify(prev?.name)} (bytes ${t.begin - dataStart}..${at - dataStart} of the data section)`);
+      throw new SafetensorsError(
+        file,
+        t.name,
+        `data overlaps tensor ${JSON.stringify(prev?.name)} (bytes ${t.begin - dataStart}..${at - dataStart} of the data section)`,
+      );
     }
     if (t.begin > at) {
       throw new SafetensorsError(file, null, `bytes ${at - dataStart}..${t.begin - dataStart} of the data section belong to no tensor`);
@@ -247,7 +268,11 @@ async function readExactly(fh: FileHandle, into: Uint8Array, position: number, f
   while (done < into.length) {
     const { bytesRead } = await fh.read(into, done, Math.min(IO_CHUNK, into.length - done), position + done);
     if (bytesRead === 0) {
-      throw new SafetensorsError(file, tensor, `file ended at byte ${position + done} while reading ${into.length} bytes from byte ${position}`);
+      throw new SafetensorsError(
+        file,
+        tensor,
+        `file ended at byte ${position + done} while reading ${into.length} bytes from byte ${position}`,
+      );
     }
     done += bytesRead;
   }
@@ -330,17 +355,22 @@ export class SafetensorsFile {
    * never the whole tensor, so a loader can fill device tensors without a second full copy.
    */
   async readTensorChunks(
-    name: string, dtype: 'bf16' | 'f32', chunkElements: number,
+    name: string,
+    dtype: 'bf16' | 'f32',
+    chunkElements: number,
     onChunk: (data: Uint16Array | Float32Array, elementOffset: number) => void | Promise<void>,
   ): Promise<void> {
     const t = this.info(name);
-    if (t.dtype !== 'BF16' && t.dtype !== 'F16' && t.dtype !== 'F32') throw new SafetensorsError(this.path, name, `dtype ${t.dtype} is not a float dtype`);
-    if (!Number.isSafeInteger(chunkElements) || chunkElements < 1) throw new RangeError(`chunkElements must be a positive integer, got ${chunkElements}`);
+    if (t.dtype !== 'BF16' && t.dtype !== 'F16' && t.dtype !== 'F32')
+      throw new SafetensorsError(this.path, name, `dtype ${t.dtype} is not a float dtype`);
+    if (!Number.isSafeInteger(chunkElements) || chunkElements < 1)
+      throw new RangeError(`chunkElements must be a positive integer, got ${chunkElements}`);
     const width = ST_DTYPE_BYTES[t.dtype];
     const numel = (t.end - t.begin) / width;
     const n = Math.min(chunkElements, Math.max(1, numel));
     const raw = new Uint8Array(new ArrayBuffer(n * width));
-    const out: Float32Array<ArrayBuffer> | Uint16Array<ArrayBuffer> | null = dtype === 'f32' ? (t.dtype === 'F32' ? null : new Float32Array(n)) : t.dtype === 'BF16' ? null : new Uint16Array(n);
+    const out: Float32Array<ArrayBuffer> | Uint16Array<ArrayBuffer> | null =
+      dtype === 'f32' ? (t.dtype === 'F32' ? null : new Float32Array(n)) : t.dtype === 'BF16' ? null : new Uint16Array(n);
     const f32: Float32Array<ArrayBuffer> | null = t.dtype === 'F16' && dtype === 'bf16' ? new Float32Array(n) : null;
     for (let off = 0; off < numel; off += n) {
       const m = Math.min(n, numel - off);
@@ -355,7 +385,10 @@ export class SafetensorsFile {
         data = dtype === 'bf16' ? src : bf16ArrayToF32(src, (out as Float32Array<ArrayBuffer>).subarray(0, m));
       } else {
         const src = new Uint16Array(raw.buffer, 0, m);
-        data = dtype === 'f32' ? f16ArrayToF32(src, (out as Float32Array<ArrayBuffer>).subarray(0, m)) : f32ArrayToBf16(f16ArrayToF32(src, f32!.subarray(0, m)), (out as Uint16Array<ArrayBuffer>).subarray(0, m));
+        data =
+          dtype === 'f32'
+            ? f16ArrayToF32(src, (out as Float32Array<ArrayBuffer>).subarray(0, m))
+            : f32ArrayToBf16(f16ArrayToF32(src, f32!.subarray(0, m)), (out as Uint16Array<ArrayBuffer>).subarray(0, m));
       }
       await onChunk(data, off);
     }
@@ -439,7 +472,8 @@ function planWrite(path: string, tensors: readonly TensorToWrite[], metadata: Re
     if (t.name === '__metadata__') throw new SafetensorsError(path, t.name, 'name is reserved for the metadata');
     if (seen.has(t.name)) throw new SafetensorsError(path, t.name, 'given twice');
     seen.add(t.name);
-    if (t.dtype !== 'f32' && t.dtype !== 'bf16' && t.dtype !== 'i32') throw new SafetensorsError(path, t.name, `unknown dtype ${String(t.dtype)}`);
+    if (t.dtype !== 'f32' && t.dtype !== 'bf16' && t.dtype !== 'i32')
+      throw new SafetensorsError(path, t.name, `unknown dtype ${String(t.dtype)}`);
     try {
       numelOf(t.shape);
     } catch (err) {
@@ -473,7 +507,7 @@ function encodeHeader(plan: { t: TensorToWrite; bytes: number }[], metadata: Rec
 }
 
 async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length; ) {
+  for (let done = 0; done < bytes.length;) {
     const { bytesWritten } = await fh.write(bytes, done, Math.min(IO_CHUNK, bytes.length - done));
     done += bytesWritten;
   }
@@ -484,7 +518,11 @@ async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
  * tensors contiguous in layoutOrder(). Written to a temp name and renamed, so a failure leaves any
  * old file untouched. Returns the file's size in bytes.
  */
-export async function writeSafetensors(path: string, tensors: readonly TensorToWrite[], metadata?: Record<string, string>): Promise<number> {
+export async function writeSafetensors(
+  path: string,
+  tensors: readonly TensorToWrite[],
+  metadata?: Record<string, string>,
+): Promise<number> {
   if (endianness() !== 'LE') throw new SafetensorsError(path, null, 'writing safetensors needs a little-endian host');
   const plan = planWrite(path, tensors, metadata);
   const header = encodeHeader(plan, metadata);
@@ -498,7 +536,11 @@ export async function writeSafetensors(path: string, tensors: readonly TensorToW
         throw new SafetensorsError(path, t.name, (err as Error).message);
       }
       if (data.byteLength !== bytes) {
-        throw new SafetensorsError(path, t.name, `shape [${t.shape.join(', ')}] needs ${bytes / dtypeSize(t.dtype)} elements, data has ${data.length}`);
+        throw new SafetensorsError(
+          path,
+          t.name,
+          `shape [${t.shape.join(', ')}] needs ${bytes / dtypeSize(t.dtype)} elements, data has ${data.length}`,
+        );
       }
       await writeAll(fh, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
     }

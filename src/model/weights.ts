@@ -97,17 +97,32 @@ export class Weights {
     const wanted = new Set(specs.map((s) => s.name));
     const missing = specs.filter((s) => !files.has(s.name)).map((s) => s.name);
     if (missing.length) {
-      throw new SafetensorsError(files.dir, missing[0], `is missing from the checkpoint (${missing.length} missing: ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ', ...' : ''}); config.json and the weights disagree`);
+      throw new SafetensorsError(
+        files.dir,
+        missing[0],
+        `is missing from the checkpoint (${missing.length} missing: ${missing.slice(0, 4).join(', ')}${missing.length > 4 ? ', ...' : ''}); config.json and the weights disagree`,
+      );
     }
     // rotary inv_freq buffers are derived, not weights; anything else unexpected means a different architecture
-    const extra = files.names().filter((n) => !wanted.has(n) && !n.endsWith('rotary_emb.inv_freq') && !(cfg.tieWordEmbeddings && n === 'lm_head.weight'));
-    if (extra.length) throw new SafetensorsError(files.dir, extra[0], `is not a tensor of a ${cfg.modelType} model with this config.json (${extra.length} unexpected)`);
+    const extra = files
+      .names()
+      .filter((n) => !wanted.has(n) && !n.endsWith('rotary_emb.inv_freq') && !(cfg.tieWordEmbeddings && n === 'lm_head.weight'));
+    if (extra.length)
+      throw new SafetensorsError(
+        files.dir,
+        extra[0],
+        `is not a tensor of a ${cfg.modelType} model with this config.json (${extra.length} unexpected)`,
+      );
     const w = new Weights(backend, dtype);
     try {
       for (const s of specs) {
         const info = files.info(s.name);
         if (info.shape.length !== s.shape.length || info.shape.some((d, i) => d !== s.shape[i])) {
-          throw new SafetensorsError(files.dir, s.name, `has shape [${info.shape.join(', ')}], config.json implies [${s.shape.join(', ')}]`);
+          throw new SafetensorsError(
+            files.dir,
+            s.name,
+            `has shape [${info.shape.join(', ')}], config.json implies [${s.shape.join(', ')}]`,
+          );
         }
         // streamed in chunks straight into the device tensor: no host copy of the whole model
         const t = ops.empty(backend, dtype, s.shape);
@@ -115,7 +130,11 @@ export class Weights {
         await files.readTensorChunks(s.name, dtype, LOAD_CHUNK_ELEMENTS, (data, offset) => {
           const bad = firstNonFinite(data);
           if (bad >= 0) {
-            throw new SafetensorsError(files.dir, s.name, `element ${offset + bad} is ${nonFiniteValue(data, bad)}: the weights hold NaN or Inf (a diverged or damaged checkpoint), so every result would be NaN`);
+            throw new SafetensorsError(
+              files.dir,
+              s.name,
+              `element ${offset + bad} is ${nonFiniteValue(data, bad)}: the weights hold NaN or Inf (a diverged or damaged checkpoint), so every result would be NaN`,
+            );
           }
           const part = data.length === t.numel ? t : t.view(offset, [data.length]);
           if (dtype === 'bf16') ops.write(part as Tensor<'bf16'>, { dtype, data: data as Uint16Array });

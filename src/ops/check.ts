@@ -61,6 +61,9 @@ export function checkCount(x: number, what: string, min = 0): void {
 /** Two tensors that must not share memory (an op reads one while writing the other). */
 export function expectDisjoint(a: Tensor, b: Tensor, what: string): void {
   if (a.handle !== b.handle) return;
-  const a0 = a.byteOffset, a1 = a0 + a.byteLength, b0 = b.byteOffset, b1 = b0 + b.byteLength;
+  const a0 = a.byteOffset,
+    a1 = a0 + a.byteLength,
+    b0 = b.byteOffset,
+    b1 = b0 + b.byteLength;
   if (a0 < b1 && b0 < a1) throw new RangeError(`${what}: the tensors overlap in memory`);
 }

@@ -44,12 +44,16 @@ export function logprobGatherBackward(
   let out = opts.out;
   if (out) {
     expectArg(be, out, 'out', ['f32', 'bf16'], [n, v]);
-    const overlaps = out.handle === logits.handle && out.byteOffset < logits.byteOffset + logits.byteLength && logits.byteOffset < out.byteOffset + out.byteLength;
+    const overlaps =
+      out.handle === logits.handle &&
+      out.byteOffset < logits.byteOffset + logits.byteLength &&
+      logits.byteOffset < out.byteOffset + out.byteLength;
     if (overlaps && (out.byteOffset !== logits.byteOffset || out.dtype !== logits.dtype)) {
       throw new RangeError('logprobGatherBackward: out overlaps logits without being exactly in place with the same dtype');
     }
   } else {
-    if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16') throw new TypeError(`dtype must be 'f32' or 'bf16', got ${String(opts.dtype)}`);
+    if (opts.dtype !== undefined && opts.dtype !== 'f32' && opts.dtype !== 'bf16')
+      throw new TypeError(`dtype must be 'f32' or 'bf16', got ${String(opts.dtype)}`);
     out = be.empty(opts.dtype ?? (logits.dtype as 'f32' | 'bf16'), [n, v]);
   }
   be.logprobGatherBackward(logits, targets, lse, dlogp, out);

@@ -65,7 +65,8 @@ export function fill(t: Tensor, value: number): void {
   let bits: number;
   if (t.dtype === 'i32') {
     checkFinite(value, 'fill value');
-    if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31) throw new RangeError(`an i32 fill value must be a 32-bit integer, got ${value}`);
+    if (!Number.isInteger(value) || value < -(2 ** 31) || value >= 2 ** 31)
+      throw new RangeError(`an i32 fill value must be a 32-bit integer, got ${value}`);
     bits = value >>> 0;
   } else if (t.dtype === 'bf16') {
     bits = f32ToBf16(value);

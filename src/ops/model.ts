@@ -79,7 +79,11 @@ export function rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts)
 
 function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
   const be = expectTensor(q, 'q');
-  for (const [t, what] of [[q, 'q'], [k, 'k'], [v, 'v']] as const) {
+  for (const [t, what] of [
+    [q, 'q'],
+    [k, 'k'],
+    [v, 'v'],
+  ] as const) {
     expectArg(be, t, what, ['f32']);
     expectRank(t, 4, what);
   }
@@ -104,7 +108,13 @@ export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, 
 }
 
 export function attentionBackward(
-  q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+  q: Tensor<'f32'>,
+  k: Tensor<'f32'>,
+  v: Tensor<'f32'>,
+  keyMask: Tensor<'i32'>,
+  out: Tensor<'f32'>,
+  lse: Tensor<'f32'>,
+  dout: Tensor<'f32'>,
   opts: { scale?: number } = {},
 ) {
   const d = attnDims(q, k, v, keyMask);
@@ -121,7 +131,11 @@ export function attentionBackward(
  * i32 [B, Lmax] optional (0 = skip that position).
  */
 export function attentionDecode(
-  q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+  q: Tensor<'f32'>,
+  kCache: Tensor<'f32'>,
+  vCache: Tensor<'f32'>,
+  lengths: Tensor<'i32'>,
+  keyMask?: Tensor<'i32'>,
   opts: { scale?: number } = {},
 ): Tensor<'f32'> {
   const be = expectTensor(q, 'q');

@@ -145,7 +145,12 @@ export interface SpinBatch extends TokenBatch {
  * generated answer equals the real one token for token gets pairMask 0 (it carries no gradient in
  * the official loss, only dilutes the mean).
  */
-export function collateSpinBatch(pairs: readonly TokenizedPair[], eosId: number, padId: number, opts: { dropIdentical?: boolean; padTo?: number } = {}): SpinBatch {
+export function collateSpinBatch(
+  pairs: readonly TokenizedPair[],
+  eosId: number,
+  padId: number,
+  opts: { dropIdentical?: boolean; padTo?: number } = {},
+): SpinBatch {
   const batch = collateSequences([...pairs.map((p) => p.real), ...pairs.map((p) => p.generated)], eosId, padId, opts.padTo);
   const pairMask = new Float32Array(pairs.length).map((_, i) => {
     const { real, generated } = pairs[i];

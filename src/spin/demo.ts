@@ -97,8 +97,17 @@ export function demoSelfPlayOptions(outDir: string, iterations: number, quick: b
 async function evaluateModel(model: LlamaModel, dir: string, test: readonly SyntheticTask[]) {
   const tok = await loadTokenizer(dir);
   const em = await exactMatchEval(model, tok, test, { template: 'instruction', batchSize: 64, maxNewTokens: 32 });
-  const lp = await heldoutLogp(model, tok, test.map((t) => ({ prompt: t.prompt, real: t.answer })), { ...DEMO_TRUNCATION, template: 'instruction', batchSize: 64 });
-  return { exactMatch: em.accuracy, heldoutLogp: lp, byTask: Object.fromEntries(Object.entries(em.byTask).map(([k, v]) => [k, v.accuracy])) };
+  const lp = await heldoutLogp(
+    model,
+    tok,
+    test.map((t) => ({ prompt: t.prompt, real: t.answer })),
+    { ...DEMO_TRUNCATION, template: 'instruction', batchSize: 64 },
+  );
+  return {
+    exactMatch: em.accuracy,
+    heldoutLogp: lp,
+    byTask: Object.fromEntries(Object.entries(em.byTask).map(([k, v]) => [k, v.accuracy])),
+  };
 }
 
 /** Trains θ0 from scratch with the demo recipe (what `spinlm demo --from-scratch` and the shipped θ0 come from). */
@@ -113,7 +122,13 @@ export async function trainTheta0(be: Backend, dir: string, hooks: LoopHooks = {
     const { train } = demoTasks();
     const loop = opts.quick ? { ...DEMO_SFT_LOOP, numTrainEpochs: 1 } : DEMO_SFT_LOOP;
     const data = (opts.quick ? train.slice(0, 2000) : train).map((t) => ({ prompt: t.prompt, real: t.answer }));
-    await runSft(model, tok, data, { loop, truncation: DEMO_TRUNCATION, template: 'instruction' }, { ...hooks, checkpointDir: join(tmp, 'checkpoint') });
+    await runSft(
+      model,
+      tok,
+      data,
+      { loop, truncation: DEMO_TRUNCATION, template: 'instruction' },
+      { ...hooks, checkpointDir: join(tmp, 'checkpoint') },
+    );
     await model.save(tmp);
     await rm(join(tmp, 'checkpoint'), { recursive: true, force: true });
     await rm(dir, { recursive: true, force: true });
@@ -156,7 +171,8 @@ export async function runDemo(be: Backend, opts: DemoOptions, hooks: DemoHooks =
     const armDir = join(opts.outDir, arm.name);
     const spOpts = { ...demoSelfPlayOptions(armDir, opts.iterations, opts.quick), ...arm.overrides };
     await runSelfPlay(be, theta0, tok, sft, spOpts, {
-      generate: (model, prompts, _t, file) => answerPrompts(new LlamaDecoder(model), tok, prompts, { ...GREEDY, maxNewTokens: 32, seed: 0, batchSize: 64, journal: file }),
+      generate: (model, prompts, _t, file) =>
+        answerPrompts(new LlamaDecoder(model), tok, prompts, { ...GREEDY, maxNewTokens: 32, seed: 0, batchSize: 64, journal: file }),
       evaluate: async (model, t) => {
         const r = await evaluateModel(model, theta0, heldout);
         const row = { arm: arm.name, iteration: t + 1, ...r };
@@ -175,7 +191,9 @@ export async function runDemo(be: Backend, opts: DemoOptions, hooks: DemoHooks =
       rows.push({ arm: arm.name, iteration: t + 1, ...e });
     }
   }
-  rows.sort((a, b) => DEMO_ARMS.findIndex((x) => x.name === a.arm) - DEMO_ARMS.findIndex((x) => x.name === b.arm) || a.iteration - b.iteration);
+  rows.sort(
+    (a, b) => DEMO_ARMS.findIndex((x) => x.name === a.arm) - DEMO_ARMS.findIndex((x) => x.name === b.arm) || a.iteration - b.iteration,
+  );
   await writeFileAtomic(join(opts.outDir, 'demo_results.json'), JSON.stringify(rows, null, 2));
   return rows;
 }

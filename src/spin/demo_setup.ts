@@ -20,7 +20,9 @@ export const DEMO_TEST_SIZE = 300;
 export function demoTasks(seed = 2024): { train: SyntheticTask[]; test: SyntheticTask[] } {
   const test = generateSyntheticTasks({ seed, size: DEMO_TEST_SIZE, families: [...DEMO_FAMILIES] });
   const held = new Set(test.map((t) => t.prompt));
-  const train = generateSyntheticTasks({ seed: seed + 1, size: DEMO_TRAIN_SIZE, families: [...DEMO_FAMILIES], unique: false }).filter((t) => !held.has(t.prompt));
+  const train = generateSyntheticTasks({ seed: seed + 1, size: DEMO_TRAIN_SIZE, families: [...DEMO_FAMILIES], unique: false }).filter(
+    (t) => !held.has(t.prompt),
+  );
   return { train, test };
 }
 

@@ -12,8 +12,18 @@ import { scorePairs } from './score.js';
 import { padIdOf } from './sft.js';
 
 /** Sum of real-answer log-probs over all held-out pairs divided by their token count (answer + EOS). */
-export async function heldoutLogp(model: LlamaModel, tok: HfTokenizer, pairs: readonly { prompt: string; real: string }[], opts: TruncationOptions & { template: PromptTemplate; batchSize: number }): Promise<number> {
-  const scores = await scorePairs(model, tok, pairs.map((p) => ({ prompt: p.prompt, real: p.real, generated: '' })), { ...opts, padId: padIdOf(tok) });
+export async function heldoutLogp(
+  model: LlamaModel,
+  tok: HfTokenizer,
+  pairs: readonly { prompt: string; real: string }[],
+  opts: TruncationOptions & { template: PromptTemplate; batchSize: number },
+): Promise<number> {
+  const scores = await scorePairs(
+    model,
+    tok,
+    pairs.map((p) => ({ prompt: p.prompt, real: p.real, generated: '' })),
+    { ...opts, padId: padIdOf(tok) },
+  );
   let lp = 0;
   let n = 0;
   for (const s of scores) {
@@ -24,8 +34,18 @@ export async function heldoutLogp(model: LlamaModel, tok: HfTokenizer, pairs: re
 }
 
 /** Greedy answers to held-out synthetic tasks, scored by exact match (overall and per family). */
-export async function exactMatchEval(model: LlamaModel, tok: HfTokenizer, tasks: readonly SyntheticTask[], opts: { template: PromptTemplate; batchSize: number; maxNewTokens: number }): Promise<ExactMatchScore> {
+export async function exactMatchEval(
+  model: LlamaModel,
+  tok: HfTokenizer,
+  tasks: readonly SyntheticTask[],
+  opts: { template: PromptTemplate; batchSize: number; maxNewTokens: number },
+): Promise<ExactMatchScore> {
   const prompts = tasks.map((t) => formatPrompt(tok, opts.template, t.prompt));
-  const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, { ...GREEDY, maxNewTokens: opts.maxNewTokens, seed: 0, batchSize: opts.batchSize });
+  const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
+    ...GREEDY,
+    maxNewTokens: opts.maxNewTokens,
+    seed: 0,
+    batchSize: opts.batchSize,
+  });
   return scoreExactMatch(tasks, answers);
 }

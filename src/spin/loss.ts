@@ -70,7 +70,13 @@ export async function spinLossMetrics(ctx: SpinLossContext): Promise<SpinMetrics
  */
 export function spinLossBackward(ctx: SpinLossContext, opts: { inPlace?: boolean; dtype?: 'f32' | 'bf16' } = {}): Tensor {
   const dlogp = ops.sequenceLogprobBackward(ctx.dseq, ctx.segments);
-  const dlogits = ops.logprobGatherBackward(ctx.logits, ctx.targets, ctx.lse, dlogp, opts.inPlace ? { out: ctx.logits } : { dtype: opts.dtype });
+  const dlogits = ops.logprobGatherBackward(
+    ctx.logits,
+    ctx.targets,
+    ctx.lse,
+    dlogp,
+    opts.inPlace ? { out: ctx.logits } : { dtype: opts.dtype },
+  );
   dlogp.free();
   return dlogits;
 }

@@ -49,7 +49,14 @@ function nonPaddingTokens(b: TokenBatch): number {
 export async function referenceLogps(
   model: LlamaModel,
   pairs: readonly TokenizedPair[],
-  opts: { microBatchSize: number; seed: number; eosId: number; padId: number; onProgress?: (done: number, total: number) => void; group?: ProcessGroup },
+  opts: {
+    microBatchSize: number;
+    seed: number;
+    eosId: number;
+    padId: number;
+    onProgress?: (done: number, total: number) => void;
+    group?: ProcessGroup;
+  },
 ): Promise<Float32Array> {
   const n = pairs.length;
   const out = new Float32Array(2 * n);
@@ -62,7 +69,14 @@ export async function referenceLogps(
   const score = async (mine: number[][]): Promise<string[]> => {
     const res: string[] = [];
     for (const idx of mine) {
-      const s = await scoreBatch(model, collateSpinBatch(idx.map((j) => pairs[j]), opts.eosId, opts.padId));
+      const s = await scoreBatch(
+        model,
+        collateSpinBatch(
+          idx.map((j) => pairs[j]),
+          opts.eosId,
+          opts.padId,
+        ),
+      );
       res.push(Buffer.from(s.buffer, s.byteOffset, s.byteLength).toString('base64'));
       // this rank's share of the work, scaled to the whole (every rank scores about 1/N of it)
       done += idx.length;
@@ -100,7 +114,12 @@ export class SpinObjective implements Objective {
     const be = this.model.backend;
     const n = this.pairs.length;
     const b = indices.length;
-    const batch = collateSpinBatch(indices.map((i) => this.pairs[i]), this.cfg.eosId, this.cfg.padId, { dropIdentical: this.cfg.dropIdentical });
+    const batch = collateSpinBatch(
+      indices.map((i) => this.pairs[i]),
+      this.cfg.eosId,
+      this.cfg.padId,
+      { dropIdentical: this.cfg.dropIdentical },
+    );
     const input = uploadInput(be, batch, this.model.cfg.vocabSize);
     const { targets, segments } = uploadTargets(be, batch);
     const refHost = new Float32Array(2 * b);
@@ -113,7 +132,12 @@ export class SpinObjective implements Objective {
     const answerTokens = ops.upload(be, { dtype: 'f32', data: batch.targetCounts.slice(0, b) }, [b]);
     const { logits, state } = this.model.forward(input, { train: true });
     const ctx = spinLossForward(logits, targets, segments, ref, b, {
-      beta: this.cfg.beta, lossType: this.cfg.lossType, pairMask, nllAlpha: this.cfg.nllAlpha, answerTokens, gradScale: weight,
+      beta: this.cfg.beta,
+      lossType: this.cfg.lossType,
+      pairMask,
+      nllAlpha: this.cfg.nllAlpha,
+      answerTokens,
+      gradScale: weight,
     });
     ops.accumulate(metrics, ctx.means, weight);
     const dlogits = spinLossBackward(ctx, { inPlace: true });
@@ -138,7 +162,11 @@ export class SftObjective implements Objective {
 
   microStep(indices: readonly number[], weight: number, metrics: Tensor<'f32'>): number {
     const be = this.model.backend;
-    const batch = collateSequences(indices.map((i) => this.seqs[i]), this.eosId, this.padId);
+    const batch = collateSequences(
+      indices.map((i) => this.seqs[i]),
+      this.eosId,
+      this.padId,
+    );
     const input = uploadInput(be, batch, this.model.cfg.vocabSize);
     const n = batch.targets.length;
     const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [n]);

@@ -76,7 +76,11 @@ export class Optimizer {
     const c = this.config;
     for (const { p, states } of this.slots) {
       if (c.type === 'rmsprop') {
-        ops.rmspropStep({ ...p, squareAvg: states[0] }, { lr, alpha: c.alpha ?? 0.99, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0 }, clip);
+        ops.rmspropStep(
+          { ...p, squareAvg: states[0] },
+          { lr, alpha: c.alpha ?? 0.99, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0 },
+          clip,
+        );
       } else {
         ops.adamwStep(
           { ...p, expAvg: states[0], expAvgSq: states[1] },

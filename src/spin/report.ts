@@ -24,10 +24,21 @@ export interface Series {
 }
 
 /** One line chart as an SVG string. */
-export function lineChart(title: string, xLabel: string, series: Series[], opts: { marks?: number[]; width?: number; height?: number } = {}): string {
-  const W = opts.width ?? 560, H = opts.height ?? 300, L = 64, R = 130, T = 30, B = 44;
+export function lineChart(
+  title: string,
+  xLabel: string,
+  series: Series[],
+  opts: { marks?: number[]; width?: number; height?: number } = {},
+): string {
+  const W = opts.width ?? 560,
+    H = opts.height ?? 300,
+    L = 64,
+    R = 130,
+    T = 30,
+    B = 44;
   const pts = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
-  if (pts.length === 0) return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"><text x="10" y="20">${esc(title)}: no data</text></svg>`;
+  if (pts.length === 0)
+    return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"><text x="10" y="20">${esc(title)}: no data</text></svg>`;
   const x0 = Math.min(...pts.map((p) => p[0]));
   let x1 = Math.max(...pts.map((p) => p[0]));
   let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
@@ -38,19 +49,34 @@ export function lineChart(title: string, xLabel: string, series: Series[], opts:
   y1 += pad;
   const sx = (x: number) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y: number) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">`, `<text x="${L}" y="18" font-size="13" font-weight="bold">${esc(title)}</text>`];
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">`,
+    `<text x="${L}" y="18" font-size="13" font-weight="bold">${esc(title)}</text>`,
+  ];
   parts.push(`<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" fill="none" stroke="#999"/>`);
-  for (const t of niceTicks(y0, y1)) parts.push(`<line x1="${L - 4}" x2="${W - R}" y1="${sy(t)}" y2="${sy(t)}" stroke="#eee"/><text x="${L - 6}" y="${sy(t) + 4}" text-anchor="end">${t}</text>`);
-  for (const t of niceTicks(x0, x1)) parts.push(`<line x1="${sx(t)}" x2="${sx(t)}" y1="${H - B}" y2="${H - B + 4}" stroke="#999"/><text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${t}</text>`);
+  for (const t of niceTicks(y0, y1))
+    parts.push(
+      `<line x1="${L - 4}" x2="${W - R}" y1="${sy(t)}" y2="${sy(t)}" stroke="#eee"/><text x="${L - 6}" y="${sy(t) + 4}" text-anchor="end">${t}</text>`,
+    );
+  for (const t of niceTicks(x0, x1))
+    parts.push(
+      `<line x1="${sx(t)}" x2="${sx(t)}" y1="${H - B}" y2="${H - B + 4}" stroke="#999"/><text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${t}</text>`,
+    );
   parts.push(`<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">${esc(xLabel)}</text>`);
-  for (const m of opts.marks ?? []) if (m > x0 && m < x1) parts.push(`<line x1="${sx(m)}" x2="${sx(m)}" y1="${T}" y2="${H - B}" stroke="#bbb" stroke-dasharray="4 3"/>`);
+  for (const m of opts.marks ?? [])
+    if (m > x0 && m < x1) parts.push(`<line x1="${sx(m)}" x2="${sx(m)}" y1="${T}" y2="${H - B}" stroke="#bbb" stroke-dasharray="4 3"/>`);
   series.forEach((s, i) => {
     const c = COLORS[i % COLORS.length];
     const good = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
     if (good.length === 0) return;
-    parts.push(`<polyline fill="none" stroke="${c}" stroke-width="1.6" points="${good.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`);
-    if (good.length <= 12) for (const [x, y] of good) parts.push(`<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3" fill="${c}"/>`);
-    parts.push(`<line x1="${W - R + 10}" x2="${W - R + 28}" y1="${T + 10 + i * 16}" y2="${T + 10 + i * 16}" stroke="${c}" stroke-width="2"/><text x="${W - R + 32}" y="${T + 14 + i * 16}">${esc(s.name)}</text>`);
+    parts.push(
+      `<polyline fill="none" stroke="${c}" stroke-width="1.6" points="${good.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`,
+    );
+    if (good.length <= 12)
+      for (const [x, y] of good) parts.push(`<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3" fill="${c}"/>`);
+    parts.push(
+      `<line x1="${W - R + 10}" x2="${W - R + 28}" y1="${T + 10 + i * 16}" y2="${T + 10 + i * 16}" stroke="${c}" stroke-width="2"/><text x="${W - R + 32}" y="${T + 14 + i * 16}">${esc(s.name)}</text>`,
+    );
   });
   parts.push('</svg>');
   return parts.join('\n');
@@ -64,18 +90,24 @@ export function evalTable(rows: readonly MetricsRow[], columns: readonly string[
   const head = ['iteration', ...arms.flatMap((a) => columns.map((c) => `${a} ${c}`))];
   const lines = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
   for (const it of iters) {
-    const cells = arms.flatMap((a) => columns.map((c) => {
-      const r = evals.find((e) => (e.arm ?? 'run') === a && e.iteration === it);
-      const v = r?.[c];
-      return typeof v === 'number' ? v.toFixed(4) : '';
-    }));
+    const cells = arms.flatMap((a) =>
+      columns.map((c) => {
+        const r = evals.find((e) => (e.arm ?? 'run') === a && e.iteration === it);
+        const v = r?.[c];
+        return typeof v === 'number' ? v.toFixed(4) : '';
+      }),
+    );
     lines.push(`| ${it} | ${cells.join(' | ')} |`);
   }
   return lines.join('\n');
 }
 
 /** Writes report.html and report.md for the metrics of a run (one or several arms). */
-export async function writeReport(dir: string, rows: readonly MetricsRow[], opts: { title: string; evalColumns: string[]; notes?: string }): Promise<void> {
+export async function writeReport(
+  dir: string,
+  rows: readonly MetricsRow[],
+  opts: { title: string; evalColumns: string[]; notes?: string },
+): Promise<void> {
   const steps = rows.filter((r) => r.kind === 'step');
   const arms = [...new Set(steps.map((r) => r.arm ?? 'run'))];
   // a global step axis per arm: iterations laid end to end
@@ -95,10 +127,22 @@ export async function writeReport(dir: string, rows: readonly MetricsRow[], opts
       xOf.set(r, offset + Number(r.step));
     }
   }
-  const stepSeries = (key: string) => arms.map((a) => ({ name: a, points: steps.filter((r) => (r.arm ?? 'run') === a && typeof r[key] === 'number').map((r) => [xOf.get(r)!, r[key] as number] as [number, number]) }));
+  const stepSeries = (key: string) =>
+    arms.map((a) => ({
+      name: a,
+      points: steps
+        .filter((r) => (r.arm ?? 'run') === a && typeof r[key] === 'number')
+        .map((r) => [xOf.get(r)!, r[key] as number] as [number, number]),
+    }));
   const evals = rows.filter((r) => r.kind === 'eval');
   const evalArms = [...new Set(evals.map((r) => r.arm ?? 'run'))];
-  const evalSeries = (key: string) => evalArms.map((a) => ({ name: a, points: evals.filter((r) => (r.arm ?? 'run') === a && typeof r[key] === 'number').map((r) => [r.iteration, r[key] as number] as [number, number]) }));
+  const evalSeries = (key: string) =>
+    evalArms.map((a) => ({
+      name: a,
+      points: evals
+        .filter((r) => (r.arm ?? 'run') === a && typeof r[key] === 'number')
+        .map((r) => [r.iteration, r[key] as number] as [number, number]),
+    }));
   const charts = [
     lineChart('Training loss', 'optimizer step (iterations end to end)', stepSeries('loss'), { marks: [...marks] }),
     lineChart('rewards/margins', 'optimizer step', stepSeries('rewards/margins'), { marks: [...marks] }),
@@ -124,7 +168,20 @@ export async function writeReport(dir: string, rows: readonly MetricsRow[], opts
 
 function markdownTableToHtml(md: string): string {
   const lines = md.split('\n').filter((l) => l.startsWith('|'));
-  const cells = (l: string) => l.slice(1, -1).split('|').map((c) => esc(c.trim()));
+  const cells = (l: string) =>
+    l
+      .slice(1, -1)
+      .split('|')
+      .map((c) => esc(c.trim()));
   const [head, , ...body] = lines;
-  return `<table><tr>${cells(head).map((c) => `<th>${c}</th>`).join('')}</tr>${body.map((l) => `<tr>${cells(l).map((c) => `<td>${c}</td>`).join('')}</tr>`).join('')}</table>`;
+  return `<table><tr>${cells(head)
+    .map((c) => `<th>${c}</th>`)
+    .join('')}</tr>${body
+    .map(
+      (l) =>
+        `<tr>${cells(l)
+          .map((c) => `<td>${c}</td>`)
+          .join('')}</tr>`,
+    )
+    .join('')}</table>`;
 }

@@ -57,8 +57,14 @@ export async function scoreBatch(model: LlamaModel, batch: SpinBatch): Promise<F
   }
 }
 
-export async function scorePairs(model: LlamaModel, tok: TextTokenizer & ChatTemplateSource, pairs: readonly PairText[], opts: ScoreOptions): Promise<PairScore[]> {
-  if (!Number.isSafeInteger(opts.batchSize) || opts.batchSize < 1) throw new RangeError(`batch size must be a positive integer, got ${opts.batchSize}`);
+export async function scorePairs(
+  model: LlamaModel,
+  tok: TextTokenizer & ChatTemplateSource,
+  pairs: readonly PairText[],
+  opts: ScoreOptions,
+): Promise<PairScore[]> {
+  if (!Number.isSafeInteger(opts.batchSize) || opts.batchSize < 1)
+    throw new RangeError(`batch size must be a positive integer, got ${opts.batchSize}`);
   const tokenized = tokenizePairs(tok, pairs, opts);
   const out: PairScore[] = [];
   for (let i = 0; i < tokenized.length; i += opts.batchSize) {
@@ -67,7 +73,12 @@ export async function scorePairs(model: LlamaModel, tok: TextTokenizer & ChatTem
     const s = await scoreBatch(model, batch);
     const b = chunk.length;
     for (let j = 0; j < b; j++) {
-      out.push({ logps_real: s[j], logps_generated: s[b + j], tokens_real: batch.targetCounts[j], tokens_generated: batch.targetCounts[b + j] });
+      out.push({
+        logps_real: s[j],
+        logps_generated: s[b + j],
+        tokens_real: batch.targetCounts[j],
+        tokens_generated: batch.targetCounts[b + j],
+      });
     }
     opts.onProgress?.(Math.min(i + b, tokenized.length), tokenized.length);
   }

@@ -104,10 +104,20 @@ export async function referenceStage(
   if (group && group.size > 1) group.allReduceHost(have, 'min');
   if (have[0]) {
     const ref = Float32Array.from(await readJson<number[]>(file));
-    if (ref.length !== 2 * pairs.length) throw new Error(`${file}: holds ${ref.length} log-probs but there are ${pairs.length} pairs (${2 * pairs.length} expected); remove it to recompute`);
+    if (ref.length !== 2 * pairs.length)
+      throw new Error(
+        `${file}: holds ${ref.length} log-probs but there are ${pairs.length} pairs (${2 * pairs.length} expected); remove it to recompute`,
+      );
     return ref;
   }
-  const ref = await referenceLogps(model, pairs, { microBatchSize: loop.microBatchSize, seed: loop.seed, eosId: tok.eosId, padId: padIdOf(tok), onProgress, group });
+  const ref = await referenceLogps(model, pairs, {
+    microBatchSize: loop.microBatchSize,
+    seed: loop.seed,
+    eosId: tok.eosId,
+    padId: padIdOf(tok),
+    onProgress,
+    group,
+  });
   if (!group || group.isMain) await writeFileAtomic(file, JSON.stringify(Array.from(ref)));
   group?.barrier();
   return ref;
@@ -138,16 +148,25 @@ export async function saveModelStage(model: LlamaModel, modelDir: string, tokeni
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
   await model.save(tmp);
-  for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokenizerFrom, f))) await cp(join(tokenizerFrom, f), join(tmp, f));
+  for (const f of ['tokenizer.json', 'tokenizer_config.json'])
+    if (existsSync(join(tokenizerFrom, f))) await cp(join(tokenizerFrom, f), join(tmp, f));
   await rm(modelDir, { recursive: true, force: true });
   await rename(tmp, modelDir);
   await rm(checkpointDir, { recursive: true, force: true });
 }
 
 /** Runs (or resumes) the iterations; returns the directory of the final model. */
-export async function runSelfPlay(be: Backend, initialModel: string, tok: HfTokenizer, sft: readonly { prompt: string; real: string }[], opts: SelfPlayOptions, hooks: SelfPlayHooks): Promise<string> {
+export async function runSelfPlay(
+  be: Backend,
+  initialModel: string,
+  tok: HfTokenizer,
+  sft: readonly { prompt: string; real: string }[],
+  opts: SelfPlayOptions,
+  hooks: SelfPlayHooks,
+): Promise<string> {
   checkTruncation(opts.truncation);
-  if (!Number.isSafeInteger(opts.iterations) || opts.iterations < 1) throw new RangeError(`iterations must be a positive integer, got ${opts.iterations}`);
+  if (!Number.isSafeInteger(opts.iterations) || opts.iterations < 1)
+    throw new RangeError(`iterations must be a positive integer, got ${opts.iterations}`);
   if (sft.length === 0) throw new RangeError('no SFT pairs to play on');
   const padId = padIdOf(tok);
   const prompts = sft.map((p) => formatPrompt(tok, opts.template, p.prompt));
@@ -189,12 +208,24 @@ export async function runSelfPlay(be: Backend, initialModel: string, tok: HfToke
           if (!existsSync(refFile)) hooks.onStage?.(t, 'reference');
           const ref = await referenceStage(opponent, pairs, tok, loop, refFile);
           hooks.onStage?.(t, 'train');
-          const spin = { beta: pick(opts.betas, t, 'beta'), lossType: opts.lossType, nllAlpha: opts.nllAlpha, dropIdentical: opts.dropIdentical };
-          await spinTrainStage(opponent, pairs, ref, tok, spin, loop, join(dir, 'checkpoint'), { onStep: (l) => hooks.onStep?.(t, l), afterStep: (s) => hooks.afterStep?.(t, s) });
+          const spin = {
+            beta: pick(opts.betas, t, 'beta'),
+            lossType: opts.lossType,
+            nllAlpha: opts.nllAlpha,
+            dropIdentical: opts.dropIdentical,
+          };
+          await spinTrainStage(opponent, pairs, ref, tok, spin, loop, join(dir, 'checkpoint'), {
+            onStep: (l) => hooks.onStep?.(t, l),
+            afterStep: (s) => hooks.afterStep?.(t, s),
+          });
         } else {
           const seqs = rows.map((r, i) => tokenizeSft(tok, prompts[i % sft.length], r.real, opts.truncation));
           hooks.onStage?.(t, 'train');
-          await runTrainingLoop(opponent, seqs.length, new SftObjective(opponent, seqs, tok.eosId, padId), loop, { checkpointDir: join(dir, 'checkpoint'), onStep: (l) => hooks.onStep?.(t, l), afterStep: (s) => hooks.afterStep?.(t, s) });
+          await runTrainingLoop(opponent, seqs.length, new SftObjective(opponent, seqs, tok.eosId, padId), loop, {
+            checkpointDir: join(dir, 'checkpoint'),
+            onStep: (l) => hooks.onStep?.(t, l),
+            afterStep: (s) => hooks.afterStep?.(t, s),
+          });
         }
         // 4. θ_{t+1}, complete or not at all
         hooks.onStage?.(t, 'save');

@@ -13,7 +13,13 @@ export interface SftConfig {
   template: PromptTemplate;
 }
 
-export async function runSft(model: LlamaModel, tok: HfTokenizer, pairs: readonly { prompt: string; real: string }[], cfg: SftConfig, hooks: LoopHooks = {}): Promise<void> {
+export async function runSft(
+  model: LlamaModel,
+  tok: HfTokenizer,
+  pairs: readonly { prompt: string; real: string }[],
+  cfg: SftConfig,
+  hooks: LoopHooks = {},
+): Promise<void> {
   checkTruncation(cfg.truncation);
   const seqs = pairs.map((p) => tokenizeSft(tok, formatPrompt(tok, cfg.template, p.prompt), p.real, cfg.truncation));
   await runTrainingLoop(model, seqs.length, new SftObjective(model, seqs, tok.eosId, padIdOf(tok)), cfg.loop, hooks);

@@ -91,9 +91,12 @@ export function checkLoopConfig(cfg: LoopConfig): void {
   posInt(cfg.microBatchSize, 'per_device_train_batch_size');
   posInt(cfg.gradientAccumulationSteps, 'gradient_accumulation_steps');
   posInt(cfg.numTrainEpochs, 'num_train_epochs');
-  if (!(cfg.learningRate >= 0) || !Number.isFinite(cfg.learningRate)) throw new RangeError(`learning_rate must be a finite number >= 0, got ${cfg.learningRate}`);
-  if (cfg.maxGradNorm !== null && !(cfg.maxGradNorm > 0)) throw new RangeError(`max_grad_norm must be positive (or off), got ${cfg.maxGradNorm}`);
-  if (!Number.isSafeInteger(cfg.saveSteps) || cfg.saveSteps < 0) throw new RangeError(`save_steps must be an integer >= 0, got ${cfg.saveSteps}`);
+  if (!(cfg.learningRate >= 0) || !Number.isFinite(cfg.learningRate))
+    throw new RangeError(`learning_rate must be a finite number >= 0, got ${cfg.learningRate}`);
+  if (cfg.maxGradNorm !== null && !(cfg.maxGradNorm > 0))
+    throw new RangeError(`max_grad_norm must be positive (or off), got ${cfg.maxGradNorm}`);
+  if (!Number.isSafeInteger(cfg.saveSteps) || cfg.saveSteps < 0)
+    throw new RangeError(`save_steps must be an integer >= 0, got ${cfg.saveSteps}`);
 }
 
 /** A step whose metrics are still being read from the device. */
@@ -128,7 +131,13 @@ const STATE_FILE = 'trainer_state.json';
 const TENSORS_FILE = 'state.safetensors';
 
 /** Saves parameters (f32 masters where they exist), optimizer state and the step, atomically (temp dir + rename). */
-async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, state: TrainerState, lean: MasterBackedParams | null): Promise<void> {
+async function saveCheckpoint(
+  dir: string,
+  model: LlamaModel,
+  opt: Optimizer,
+  state: TrainerState,
+  lean: MasterBackedParams | null,
+): Promise<void> {
   const tmp = `${dir}.tmp`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
@@ -142,7 +151,9 @@ async function saveCheckpoint(dir: string, model: LlamaModel, opt: Optimizer, st
       return { name: `param.${name}`, dtype: 'bf16' as const, shape: m.shape, data: () => readRounded(m) };
     }),
     ...[...model.weights.masters].map(([name, t]) => ({ name: `master.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
-    ...opt.stateTensors().map(({ name, tensor }) => ({ name: `optim.${name}`, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) })),
+    ...opt
+      .stateTensors()
+      .map(({ name, tensor }) => ({ name: `optim.${name}`, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) })),
   ];
   await writeSafetensors(join(tmp, TENSORS_FILE), tensors);
   await writeFileAtomic(join(tmp, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
@@ -182,7 +193,9 @@ async function saveDistCheckpoint(dir: string, engine: ZeroEngine, state: Traine
     await mkdir(tmp, { recursive: true });
   }
   group.barrier();
-  const tensors = engine.stateTensors().map(({ name, tensor }) => ({ name, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) }));
+  const tensors = engine
+    .stateTensors()
+    .map(({ name, tensor }) => ({ name, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) }));
   await writeSafetensors(join(tmp, rankFile(group.rank, group.size)), tensors);
   group.barrier();
   if (group.isMain) {
@@ -202,11 +215,13 @@ async function loadDistCheckpoint(dir: string, engine: ZeroEngine): Promise<Trai
     return null;
   }
   if (state.world !== group.size || state.zeroStage !== engine.stage) {
-    throw new Error(`checkpoint ${dir} was written by ${state.world ?? 1} process(es) at zero_stage ${state.zeroStage ?? 'none'}, this run has ${group.size} at zero_stage ${engine.stage}: resume with the same --nproc and --zero_stage, or remove it to start over`);
+    throw new Error(
+      `checkpoint ${dir} was written by ${state.world ?? 1} process(es) at zero_stage ${state.zeroStage ?? 'none'}, this run has ${group.size} at zero_stage ${engine.stage}: resume with the same --nproc and --zero_stage, or remove it to start over`,
+    );
   }
   const f = await openSafetensors(join(dir, rankFile(group.rank, group.size)));
   try {
-    for (const { name, tensor } of engine.stateTensors()) ops.write(tensor, await f.readTensor(name) as never);
+    for (const { name, tensor } of engine.stateTensors()) ops.write(tensor, (await f.readTensor(name)) as never);
   } finally {
     await f.close();
   }
@@ -219,7 +234,13 @@ async function loadDistCheckpoint(dir: string, engine: ZeroEngine): Promise<Trai
  * Trains `model` on `n` items. Returns when every epoch is done; with hooks.checkpointDir a rerun
  * after a crash resumes from the last checkpoint and reaches the same final weights.
  */
-export async function runTrainingLoop(model: LlamaModel, n: number, objective: Objective, cfg: LoopConfig, hooks: LoopHooks = {}): Promise<{ steps: number }> {
+export async function runTrainingLoop(
+  model: LlamaModel,
+  n: number,
+  objective: Objective,
+  cfg: LoopConfig,
+  hooks: LoopHooks = {},
+): Promise<{ steps: number }> {
   checkLoopConfig(cfg);
   if (n < 1) throw new RangeError('nothing to train on: the data set is empty');
   const be = model.backend;
@@ -230,10 +251,14 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
   // one process with bf16 parameters: only the f32 masters stay resident while training (master_params.ts);
   // the optimizer updates the masters in place (the same arithmetic) and end() rounds them to bf16
   const lean = !engine && model.paramHook === null && model.weights.masters.size > 0 ? new MasterBackedParams(model) : null;
-  const params: Parameter[] = engine ? [] : [...model.weights.params].map(([name, param]) => {
-    const master = model.weights.masters.get(name);
-    return lean && master ? { name, param: master, grad: model.weights.grad(name) } : { name, param, master, grad: model.weights.grad(name) };
-  });
+  const params: Parameter[] = engine
+    ? []
+    : [...model.weights.params].map(([name, param]) => {
+        const master = model.weights.masters.get(name);
+        return lean && master
+          ? { name, param: master, grad: model.weights.grad(name) }
+          : { name, param, master, grad: model.weights.grad(name) };
+      });
   const opt = engine ? engine.opt : new Optimizer(be, params, cfg.optim);
   const perEpoch = stepsPerEpoch(n, cfg);
   const totalSteps = perEpoch * cfg.numTrainEpochs;
@@ -246,7 +271,9 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
     const resumed = engine ? await loadDistCheckpoint(hooks.checkpointDir, engine) : await loadCheckpoint(hooks.checkpointDir, model, opt);
     if (resumed) {
       if (resumed.totalSteps !== totalSteps || resumed.items !== n) {
-        throw new Error(`checkpoint ${hooks.checkpointDir} is from a run with ${resumed.items} items / ${resumed.totalSteps} steps, this run has ${n} / ${totalSteps}: remove it to start over`);
+        throw new Error(
+          `checkpoint ${hooks.checkpointDir} is from a run with ${resumed.items} items / ${resumed.totalSteps} steps, this run has ${n} / ${totalSteps}: remove it to start over`,
+        );
       }
       step = resumed.step;
     }
@@ -264,7 +291,14 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       const p = pending.shift()!;
       const { metrics, norm, done } = await p.values;
       const sums = Object.fromEntries(objective.metricNames.map((k, i) => [k, metrics[i]]));
-      const log: StepLog = { step: p.step, epoch: p.step / perEpoch, ...sums, learning_rate: p.lr, grad_norm: norm[0], tokens_per_s: p.tokens / (Math.max(1e-6, done - lastDone) / 1000) };
+      const log: StepLog = {
+        step: p.step,
+        epoch: p.step / perEpoch,
+        ...sums,
+        learning_rate: p.lr,
+        grad_norm: norm[0],
+        tokens_per_s: p.tokens / (Math.max(1e-6, done - lastDone) / 1000),
+      };
       lastDone = done;
       if (!dist || dist.group.isMain) await hooks.onStep?.(log);
     }
@@ -305,10 +339,12 @@ export async function runTrainingLoop(model: LlamaModel, n: number, objective: O
       }
       step++;
       const values = Promise.all([ops.read(metrics), ops.read(norm)]).then(([m, g]) => ({ metrics: m, norm: g, done: performance.now() }));
-      values.finally(() => {
-        metrics.free();
-        norm.free();
-      }).catch(() => {});
+      values
+        .finally(() => {
+          metrics.free();
+          norm.free();
+        })
+        .catch(() => {});
       pending.push({ step, lr, tokens, values });
       const atEpochEnd = step % perEpoch === 0;
       const checkpoint = hooks.checkpointDir && (step === totalSteps || atEpochEnd || (cfg.saveSteps > 0 && step % cfg.saveSteps === 0));

@@ -9,11 +9,7 @@ export function dtypeSize(dtype: DType): number {
 }
 
 /** The typed array that stores each dtype on the host (bf16 as raw 16-bit patterns). */
-export type HostArrayOf<D extends DType> = D extends 'f32'
-  ? Float32Array
-  : D extends 'bf16'
-    ? Uint16Array
-    : Int32Array;
+export type HostArrayOf<D extends DType> = D extends 'f32' ? Float32Array : D extends 'bf16' ? Uint16Array : Int32Array;
 
 export type HostArray = Float32Array | Uint16Array | Int32Array;
 

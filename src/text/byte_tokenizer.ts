@@ -41,7 +41,15 @@ export async function writeByteTokenizer(dir: string, opts: ByteTokenizerOptions
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: SPECIALS.map((content, id) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true })),
+    added_tokens: SPECIALS.map((content, id) => ({
+      id,
+      content,
+      single_word: false,
+      lstrip: false,
+      rstrip: false,
+      normalized: false,
+      special: true,
+    })),
     normalizer: null,
     pre_tokenizer: { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
     post_processor: null,
@@ -59,7 +67,8 @@ export async function writeByteTokenizer(dir: string, opts: ByteTokenizerOptions
       merges: [],
     },
   };
-  const tok = (content: string) => (opts.tokenObjects ? { __type: 'AddedToken', content, lstrip: false, normalized: false, rstrip: false, single_word: false } : content);
+  const tok = (content: string) =>
+    opts.tokenObjects ? { __type: 'AddedToken', content, lstrip: false, normalized: false, rstrip: false, single_word: false } : content;
   const config: Record<string, unknown> = {
     tokenizer_class: 'PreTrainedTokenizerFast',
     bos_token: tok('<s>'),

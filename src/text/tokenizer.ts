@@ -41,7 +41,8 @@ async function readJsonObject(file: string): Promise<Record<string, unknown>> {
 function tokenString(v: unknown, file: string, field: string): string | null {
   if (v === undefined || v === null) return null;
   if (typeof v === 'string') return v;
-  if (typeof v === 'object' && !Array.isArray(v) && typeof (v as { content?: unknown }).content === 'string') return (v as { content: string }).content;
+  if (typeof v === 'object' && !Array.isArray(v) && typeof (v as { content?: unknown }).content === 'string')
+    return (v as { content: string }).content;
   throw new TokenizerError(file, `"${field}" must be a string, {"content": string} or null`);
 }
 
@@ -94,7 +95,10 @@ export class HfTokenizer {
     const configFile = join(dir, 'tokenizer_config.json');
     // an empty vocabulary (or one of added/special tokens only) would score every text as 0 tokens
     if (tok.get_vocab(false).size === 0) {
-      throw new TokenizerError(join(dir, 'tokenizer.json'), `the vocabulary is empty (${vocab.size === 0 ? 'no tokens' : `only the added tokens ${[...vocab.keys()].slice(0, 4).join(', ')}`}): every text would be 0 tokens`);
+      throw new TokenizerError(
+        join(dir, 'tokenizer.json'),
+        `the vocabulary is empty (${vocab.size === 0 ? 'no tokens' : `only the added tokens ${[...vocab.keys()].slice(0, 4).join(', ')}`}): every text would be 0 tokens`,
+      );
     }
     const eosId = tok.token_to_id(eosToken);
     if (eosId === undefined) throw new TokenizerError(configFile, `eos_token ${JSON.stringify(eosToken)} is not in the vocabulary`);
@@ -131,7 +135,9 @@ export class HfTokenizer {
       libConfig[k] = tokenString(cfg[k], cfgFile, k) ?? undefined;
     }
     const extra = cfg.additional_special_tokens;
-    libConfig.additional_special_tokens = Array.isArray(extra) ? extra.map((t, i) => tokenString(t, cfgFile, `additional_special_tokens[${i}]`)).filter((t) => t !== null) : [];
+    libConfig.additional_special_tokens = Array.isArray(extra)
+      ? extra.map((t, i) => tokenString(t, cfgFile, `additional_special_tokens[${i}]`)).filter((t) => t !== null)
+      : [];
 
     // The library guesses a model type when the stated one is unknown; an unknown type is an error here.
     const model = tokJson.model;
@@ -156,7 +162,10 @@ export class HfTokenizer {
     const ids = this.tok.encode(text, { add_special_tokens: false }).ids;
     for (const id of ids) {
       if (!Number.isInteger(id)) {
-        throw new TokenizerError(join(this.dir, 'tokenizer.json'), `encode: the text has characters the vocabulary cannot represent and the model has no unknown token (unk_id / unk_token): ${JSON.stringify(text.slice(0, 40))}`);
+        throw new TokenizerError(
+          join(this.dir, 'tokenizer.json'),
+          `encode: the text has characters the vocabulary cannot represent and the model has no unknown token (unk_id / unk_token): ${JSON.stringify(text.slice(0, 40))}`,
+        );
       }
     }
     return ids;
@@ -168,11 +177,17 @@ export class HfTokenizer {
     for (let i = 0; i < list.length; i++) {
       const id = list[i];
       if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize || this.tok.id_to_token(id) === undefined) {
-        throw new TokenizerError(join(this.dir, 'tokenizer.json'), `decode: ids[${i}] = ${id} is not a token id (vocabulary has ${this.vocabSize})`);
+        throw new TokenizerError(
+          join(this.dir, 'tokenizer.json'),
+          `decode: ids[${i}] = ${id} is not a token id (vocabulary has ${this.vocabSize})`,
+        );
       }
     }
     if (list.length === 0) return '';
-    return this.tok.decode(list, { skip_special_tokens: opts.skipSpecialTokens ?? false, clean_up_tokenization_spaces: this.cleanUpSpaces });
+    return this.tok.decode(list, {
+      skip_special_tokens: opts.skipSpecialTokens ?? false,
+      clean_up_tokenization_spaces: this.cleanUpSpaces,
+    });
   }
 
   tokenToId(token: string): number | undefined {

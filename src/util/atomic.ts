@@ -50,7 +50,8 @@ function ownDescriptor(abs: string): number | null {
 /** Writes data to one of this process's descriptors (stdout/stderr through their streams), in order, waiting for it to drain. */
 async function writeToDescriptor(fd: number, data: FileData): Promise<void> {
   const out: Writable = fd === 1 ? process.stdout : fd === 2 ? process.stderr : createWriteStream('', { fd, autoClose: false });
-  const chunks: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array> = typeof data === 'string' || data instanceof Uint8Array ? [data] : data;
+  const chunks: AsyncIterable<string | Uint8Array> | Iterable<string | Uint8Array> =
+    typeof data === 'string' || data instanceof Uint8Array ? [data] : data;
   for await (const chunk of chunks) {
     await new Promise<void>((res, rej) => {
       out.write(chunk, (err) => (err ? rej(err) : res()));
@@ -84,7 +85,10 @@ export async function resolveOutput(path: string): Promise<OutputTarget> {
     if (st.isFIFO() || st.isCharacterDevice()) return { kind: 'stream', path };
     if (st.isDirectory()) throw new OutputError(path, 'is a directory; give a file name for this output', 'EISDIR');
     const what = st.isSocket() ? 'a socket' : st.isBlockDevice() ? 'a block device' : 'not a regular file';
-    throw new OutputError(path, `is ${what}; spinlm writes outputs only to regular files (replaced atomically), FIFOs and character devices such as /dev/stdout (streamed)`);
+    throw new OutputError(
+      path,
+      `is ${what}; spinlm writes outputs only to regular files (replaced atomically), FIFOs and character devices such as /dev/stdout (streamed)`,
+    );
   }
   throw new OutputError(path, 'too many levels of symbolic links', 'ELOOP');
 }
@@ -188,6 +192,7 @@ export async function makeDirs(dir: string): Promise<void> {
     p = dirname(p);
   }
   for (const d of missing.reverse()) {
-    if ((await attempt(d)) === 'missing-parent') throw new OutputError(d, 'cannot create the directory here (the file system refused it: ENOENT)', 'ENOENT');
+    if ((await attempt(d)) === 'missing-parent')
+      throw new OutputError(d, 'cannot create the directory here (the file system refused it: ENOENT)', 'ENOENT');
   }
 }

@@ -158,11 +158,19 @@ export class Rng {
 
   static fromState(state: RngState): Rng {
     const ok =
-      state !== null && typeof state === 'object' && typeof state.key === 'string' && /^[0-9]+$/.test(state.key) &&
-      Array.isArray(state.s) && state.s.length === 4 &&
-      state.s.every((w) => Number.isInteger(w) && w >= 0 && w < TWO_POW_32) && state.s.some((w) => w !== 0) &&
+      state !== null &&
+      typeof state === 'object' &&
+      typeof state.key === 'string' &&
+      /^[0-9]+$/.test(state.key) &&
+      Array.isArray(state.s) &&
+      state.s.length === 4 &&
+      state.s.every((w) => Number.isInteger(w) && w >= 0 && w < TWO_POW_32) &&
+      state.s.some((w) => w !== 0) &&
       (state.spare === null || Number.isFinite(state.spare));
-    if (!ok) throw new TypeError(`rng state must be {key: decimal string, s: 4 uint32 (not all 0), spare: number|null}, got ${JSON.stringify(state)}`);
+    if (!ok)
+      throw new TypeError(
+        `rng state must be {key: decimal string, s: 4 uint32 (not all 0), spare: number|null}, got ${JSON.stringify(state)}`,
+      );
     const rng = new Rng(BigInt(state.key));
     [rng.s0, rng.s1, rng.s2, rng.s3] = state.s;
     rng.spare = state.spare;

@@ -31,7 +31,8 @@ export async function testBackends(): Promise<Backend[]> {
   if (env) {
     names = env.split(',').map((s) => s.trim()) as TestBackendName[];
     const known: readonly string[] = [...DEVICES, ...TEST_ONLY];
-    for (const n of names) if (!known.includes(n)) throw new Error(`SPINLM_TEST_BACKENDS: unknown backend '${n}' (known: ${known.join(', ')})`);
+    for (const n of names)
+      if (!known.includes(n)) throw new Error(`SPINLM_TEST_BACKENDS: unknown backend '${n}' (known: ${known.join(', ')})`);
   } else {
     names = (await backendStatus()).filter((s) => s.available).map((s) => s.name);
   }

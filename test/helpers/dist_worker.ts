@@ -63,7 +63,11 @@ async function hostWeights(model: LlamaModel): Promise<{ weights: Record<string,
     const t = model.weights.get(name);
     const host = await ops.read(t);
     hash.update(new Uint8Array(host.buffer, host.byteOffset, host.byteLength));
-    weights[name] = Array.from(t.dtype === 'bf16' ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer) : (host as Float32Array));
+    weights[name] = Array.from(
+      t.dtype === 'bf16'
+        ? new Float32Array(new Uint32Array(Array.from(host as Uint16Array, (b) => b << 16)).buffer)
+        : (host as Float32Array),
+    );
   }
   return { weights, hash: hash.digest('hex') };
 }
@@ -93,19 +97,41 @@ async function main() {
   const init = job.mode === 'train' && rank === 0 ? (await hostWeights(model)).weights : null;
   const data = pairs(new Rng(job.seed).fork('data'), job.items);
   const loop: LoopConfig = {
-    learningRate: 2e-3, optim: { type: job.optim }, lrSchedulerType: 'linear', warmupRatio: 0.1, microBatchSize: job.micro,
-    gradientAccumulationSteps: group ? job.accum : job.accum * job.world, numTrainEpochs: job.epochs, maxGradNorm: 0.5,
-    seed: 11, saveSteps: job.saveSteps ?? 0, dist: group ? { group, zeroStage: job.stage!, overlap: job.overlap } : undefined,
+    learningRate: 2e-3,
+    optim: { type: job.optim },
+    lrSchedulerType: 'linear',
+    warmupRatio: 0.1,
+    microBatchSize: job.micro,
+    gradientAccumulationSteps: group ? job.accum : job.accum * job.world,
+    numTrainEpochs: job.epochs,
+    maxGradNorm: 0.5,
+    seed: 11,
+    saveSteps: job.saveSteps ?? 0,
+    dist: group ? { group, zeroStage: job.stage!, overlap: job.overlap } : undefined,
   };
   let scored = 0;
-  const ref = await referenceLogps(model, data, { microBatchSize: job.micro, seed: loop.seed, eosId: EOS, padId: 0, group: group ?? undefined, onProgress: () => void scored++ });
+  const ref = await referenceLogps(model, data, {
+    microBatchSize: job.micro,
+    seed: loop.seed,
+    eosId: EOS,
+    padId: 0,
+    group: group ?? undefined,
+    onProgress: () => void scored++,
+  });
   if (job.mode === 'reference') {
     writeFileSync(`${job.out}.rank${rank}.json`, JSON.stringify({ ref: Buffer.from(ref.buffer).toString('base64'), scored: scored - 1 }));
     model.weights.free();
     closeProcessGroup();
     return;
   }
-  const obj = new SpinObjective(model, data, ref, { beta: 0.5, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: EOS, padId: 0 });
+  const obj = new SpinObjective(model, data, ref, {
+    beta: 0.5,
+    lossType: 'sigmoid',
+    nllAlpha: 0,
+    dropIdentical: false,
+    eosId: EOS,
+    padId: 0,
+  });
   const logs: StepLog[] = [];
   const bytes0 = group ? { ...group.bytes } : null;
   const t0 = performance.now();
@@ -120,7 +146,10 @@ async function main() {
     },
   });
   const seconds = (performance.now() - t0) / 1000;
-  const sent = group && bytes0 ? Object.fromEntries(Object.entries(group.bytes).map(([k, v]) => [k, v - (bytes0 as Record<string, number>)[k]])) : null;
+  const sent =
+    group && bytes0
+      ? Object.fromEntries(Object.entries(group.bytes).map(([k, v]) => [k, v - (bytes0 as Record<string, number>)[k]]))
+      : null;
   const { weights, hash } = await hostWeights(model);
   writeFileSync(`${job.out}.rank${rank}.hash`, hash);
   if (rank === 0) writeFileSync(`${job.out}.json`, JSON.stringify({ logs, weights, init, seconds, sent, params: model.weights.count() }));

@@ -43,15 +43,27 @@ export interface SpinRef {
   loss: number; // mean over counted pairs
   count: number; // counted pairs
   perPair: {
-    loss: number; rewardsReal: number; rewardsGenerated: number; margins: number; accuracies: number; logpsReal: number; logpsGenerated: number;
-    dReal: number; dGenerated: number;
+    loss: number;
+    rewardsReal: number;
+    rewardsGenerated: number;
+    margins: number;
+    accuracies: number;
+    logpsReal: number;
+    logpsGenerated: number;
+    dReal: number;
+    dGenerated: number;
   }[];
 }
 
 /** The official SPIN loss: u = beta * ((pr - rr) - (pg - rg)); sigmoid -log(sigmoid(u)) or hinge relu(1 - u). */
 export function spinLossRef(
-  pr: ArrayLike<number>, pg: ArrayLike<number>, rr: ArrayLike<number>, rg: ArrayLike<number>,
-  beta: number, lossType: 'sigmoid' | 'hinge', mask?: ArrayLike<number>,
+  pr: ArrayLike<number>,
+  pg: ArrayLike<number>,
+  rr: ArrayLike<number>,
+  rg: ArrayLike<number>,
+  beta: number,
+  lossType: 'sigmoid' | 'hinge',
+  mask?: ArrayLike<number>,
   nll?: { alpha: number; realTokens: ArrayLike<number> },
 ): SpinRef {
   const b = pr.length;
@@ -61,10 +73,20 @@ export function spinLossRef(
   let total = 0;
   for (let i = 0; i < b; i++) {
     if (mask && mask[i] === 0) {
-      perPair.push({ loss: 0, rewardsReal: 0, rewardsGenerated: 0, margins: 0, accuracies: 0, logpsReal: 0, logpsGenerated: 0, dReal: 0, dGenerated: 0 });
+      perPair.push({
+        loss: 0,
+        rewardsReal: 0,
+        rewardsGenerated: 0,
+        margins: 0,
+        accuracies: 0,
+        logpsReal: 0,
+        logpsGenerated: 0,
+        dReal: 0,
+        dGenerated: 0,
+      });
       continue;
     }
-    const u = beta * ((pr[i] - rr[i]) - (pg[i] - rg[i]));
+    const u = beta * (pr[i] - rr[i] - (pg[i] - rg[i]));
     // -log(sigmoid(u)) = log(1 + exp(-u)); derivative d/du = -1 / (1 + exp(u))
     const loss = lossType === 'sigmoid' ? (u > 0 ? Math.log1p(Math.exp(-u)) : -u + Math.log1p(Math.exp(u))) : Math.max(0, 1 - u);
     const dldu = lossType === 'sigmoid' ? -1 / (1 + Math.exp(u)) : u < 1 ? -1 : 0;

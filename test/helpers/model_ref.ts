@@ -1,7 +1,15 @@
 // Float64 references of the model ops (written from the formulas; no code shared with the kernels).
 // Arrays are flat row-major; shapes are passed alongside.
 
-export function matmulRef(a: ArrayLike<number>, b: ArrayLike<number>, m: number, n: number, k: number, transA: boolean, transB: boolean): Float64Array {
+export function matmulRef(
+  a: ArrayLike<number>,
+  b: ArrayLike<number>,
+  m: number,
+  n: number,
+  k: number,
+  transA: boolean,
+  transB: boolean,
+): Float64Array {
   const c = new Float64Array(m * n);
   for (let i = 0; i < m; i++)
     for (let j = 0; j < n; j++) {
@@ -42,7 +50,16 @@ export function rmsnormBackwardRef(x: ArrayLike<number>, w: ArrayLike<number>, d
 }
 
 /** HF rotate_half RoPE; the angle is formed in fp32 exactly as HF does (pos * inv_freq, both fp32). */
-export function ropeRef(x: ArrayLike<number>, pos: ArrayLike<number>, t: number, heads: number, hd: number, theta: number, scale = 1, inverse = false) {
+export function ropeRef(
+  x: ArrayLike<number>,
+  pos: ArrayLike<number>,
+  t: number,
+  heads: number,
+  hd: number,
+  theta: number,
+  scale = 1,
+  inverse = false,
+) {
   const half = hd / 2;
   const out = Float64Array.from(x as ArrayLike<number>);
   for (let r = 0; r < t; r++)
@@ -50,10 +67,12 @@ export function ropeRef(x: ArrayLike<number>, pos: ArrayLike<number>, t: number,
       let inv = Math.fround(1 / Math.fround(Math.fround(theta) ** Math.fround((2 * i) / hd)));
       if (scale !== 1) inv = Math.fround(inv / scale);
       const angle = Math.fround(pos[r] * inv);
-      const c = Math.cos(angle), s = inverse ? -Math.sin(angle) : Math.sin(angle);
+      const c = Math.cos(angle),
+        s = inverse ? -Math.sin(angle) : Math.sin(angle);
       for (let h = 0; h < heads; h++) {
         const o = (r * heads + h) * hd;
-        const a = x[o + i], b = x[o + half + i];
+        const a = x[o + i],
+          b = x[o + half + i];
         out[o + i] = a * c - b * s;
         out[o + half + i] = b * c + a * s;
       }
@@ -61,10 +80,23 @@ export function ropeRef(x: ArrayLike<number>, pos: ArrayLike<number>, t: number,
   return out;
 }
 
-export interface AttnShape { b: number; l: number; nh: number; nkv: number; hd: number }
+export interface AttnShape {
+  b: number;
+  l: number;
+  nh: number;
+  nkv: number;
+  hd: number;
+}
 
 /** Causal GQA with key mask; returns out [B, L, nH, hd] and lse [B, nH, L] (-inf where no key is visible). */
-export function attentionRef(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, mask: ArrayLike<number>, s: AttnShape, scale: number) {
+export function attentionRef(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  mask: ArrayLike<number>,
+  s: AttnShape,
+  scale: number,
+) {
   const { b, l, nh, nkv, hd } = s;
   const out = new Float64Array(b * l * nh * hd);
   const lse = new Float64Array(b * nh * l);
@@ -102,10 +134,20 @@ export function attentionRef(q: ArrayLike<number>, k: ArrayLike<number>, v: Arra
   return { out, lse, probs };
 }
 
-export function attentionBackwardRef(q: ArrayLike<number>, k: ArrayLike<number>, v: ArrayLike<number>, mask: ArrayLike<number>, dout: ArrayLike<number>, s: AttnShape, scale: number) {
+export function attentionBackwardRef(
+  q: ArrayLike<number>,
+  k: ArrayLike<number>,
+  v: ArrayLike<number>,
+  mask: ArrayLike<number>,
+  dout: ArrayLike<number>,
+  s: AttnShape,
+  scale: number,
+) {
   const { b, l, nh, nkv, hd } = s;
   const { probs } = attentionRef(q, k, v, mask, s, scale);
-  const dq = new Float64Array(q.length), dk = new Float64Array(k.length), dv = new Float64Array(v.length);
+  const dq = new Float64Array(q.length),
+    dk = new Float64Array(k.length),
+    dv = new Float64Array(v.length);
   for (let bi = 0; bi < b; bi++)
     for (let h = 0; h < nh; h++) {
       const kvh = Math.floor(h / (nh / nkv));
@@ -143,7 +185,8 @@ export function swigluRef(g: ArrayLike<number>, u: ArrayLike<number>) {
 }
 
 export function swigluBackwardRef(g: ArrayLike<number>, u: ArrayLike<number>, d: ArrayLike<number>) {
-  const dgate = new Float64Array(g.length), dup = new Float64Array(g.length);
+  const dgate = new Float64Array(g.length),
+    dup = new Float64Array(g.length);
   for (let i = 0; i < g.length; i++) {
     const s = sigmoid(g[i]);
     dup[i] = d[i] * g[i] * s;

@@ -9,7 +9,12 @@ export function runPython(script: string, args: string[], opts: { threads?: numb
   const env = { ...process.env };
   if (opts.threads) env.OMP_NUM_THREADS = String(opts.threads);
   try {
-    return execFileSync(PYTHON, [script, ...args], { env, encoding: 'utf8', timeout: opts.timeoutMs ?? 120_000, stdio: ['ignore', 'pipe', 'pipe'] });
+    return execFileSync(PYTHON, [script, ...args], {
+      env,
+      encoding: 'utf8',
+      timeout: opts.timeoutMs ?? 120_000,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
   } catch (err) {
     const e = err as { stderr?: string; message: string };
     throw new Error(`${PYTHON} ${script} failed: ${e.stderr || e.message}`, { cause: err });

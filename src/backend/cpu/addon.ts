@@ -25,54 +25,145 @@ export interface NativeAddon {
   cast(src: NativeView, srcDtype: string, dst: NativeView, dstDtype: string, count: number): void;
   logprobGather(logits: NativeView, dtype: string, n: number, v: number, targets: NativeView, logp: NativeView, lse: NativeView): void;
   logprobGatherBackward(
-    logits: NativeView, dtype: string, n: number, v: number, targets: NativeView,
-    lse: NativeView, dlogp: NativeView, dlogits: NativeView, outDtype: string,
+    logits: NativeView,
+    dtype: string,
+    n: number,
+    v: number,
+    targets: NativeView,
+    lse: NativeView,
+    dlogp: NativeView,
+    dlogits: NativeView,
+    outDtype: string,
   ): void;
   sequenceLogprob(logp: NativeView, segments: NativeView, n: number, numSeqs: number, out: NativeView): void;
   sequenceLogprobBackward(dseq: NativeView, segments: NativeView, n: number, numSeqs: number, dlogp: NativeView): void;
   spinLoss(
-    policy: NativeView, ref: NativeView, pairMask: NativeView | null, b: number, beta: number, lossType: string,
-    nllAlpha: number, answerTokens: NativeView | null, gradScale: number, perPair: NativeView, means: NativeView, dseq: NativeView,
+    policy: NativeView,
+    ref: NativeView,
+    pairMask: NativeView | null,
+    b: number,
+    beta: number,
+    lossType: string,
+    nllAlpha: number,
+    answerTokens: NativeView | null,
+    gradScale: number,
+    perPair: NativeView,
+    means: NativeView,
+    dseq: NativeView,
   ): void;
   takeErrors(): number;
   accumulate(acc: NativeView, x: NativeView, n: number, alpha: number): void;
   sampleTokens(
-    logits: NativeView, b: number, v: number, rng: NativeView, active: NativeView, temperature: number, topK: number, topP: number, out: NativeView,
+    logits: NativeView,
+    b: number,
+    v: number,
+    rng: NativeView,
+    active: NativeView,
+    temperature: number,
+    topK: number,
+    topP: number,
+    out: NativeView,
   ): void;
   rmspropStep(
-    param: NativeView, dtype: string, master: NativeView | null, grad: NativeView, n: number,
-    squareAvg: NativeView, h: { lr: number; alpha: number; eps: number; weightDecay: number }, clip: NativeView | null,
+    param: NativeView,
+    dtype: string,
+    master: NativeView | null,
+    grad: NativeView,
+    n: number,
+    squareAvg: NativeView,
+    h: { lr: number; alpha: number; eps: number; weightDecay: number },
+    clip: NativeView | null,
   ): void;
   adamwStep(
-    param: NativeView, dtype: string, master: NativeView | null, grad: NativeView, n: number, expAvg: NativeView,
-    expAvgSq: NativeView, h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
+    param: NativeView,
+    dtype: string,
+    master: NativeView | null,
+    grad: NativeView,
+    n: number,
+    expAvg: NativeView,
+    expAvgSq: NativeView,
+    h: { lr: number; beta1: number; beta2: number; eps: number; weightDecay: number; step: number },
     clip: NativeView | null,
   ): void;
   sumSquares(x: NativeView, n: number, out: NativeView, index: number): void;
   clipCoefficient(sumsq: NativeView, count: number, maxNorm: number, out: NativeView): void;
   scaleInPlace(y: NativeView, n: number, a: number): void;
   matmul(
-    transA: boolean, transB: boolean, m: number, n: number, k: number, alpha: number, a: NativeView, lda: number,
-    b: NativeView, bDtype: string, ldb: number, beta: number, c: NativeView, ldc: number,
+    transA: boolean,
+    transB: boolean,
+    m: number,
+    n: number,
+    k: number,
+    alpha: number,
+    a: NativeView,
+    lda: number,
+    b: NativeView,
+    bDtype: string,
+    ldb: number,
+    beta: number,
+    c: NativeView,
+    ldc: number,
   ): void;
   embedding(ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView): void;
   embeddingBackward(ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView): void;
   rmsnorm(x: NativeView, w: NativeView, wDtype: string, t: number, h: number, eps: number, y: NativeView, rstd: NativeView): void;
   rmsnormBackward(
-    x: NativeView, w: NativeView, wDtype: string, rstd: NativeView, dy: NativeView, t: number, h: number, dx: NativeView, dw: NativeView | null,
+    x: NativeView,
+    w: NativeView,
+    wDtype: string,
+    rstd: NativeView,
+    dy: NativeView,
+    t: number,
+    h: number,
+    dx: NativeView,
+    dw: NativeView | null,
   ): void;
   rope(x: NativeView, positions: NativeView, t: number, heads: number, hd: number, theta: number, scale: number, inverse: boolean): void;
   attention(
-    q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, b: number, l: number, nh: number, nkv: number, hd: number,
-    scale: number, out: NativeView, lse: NativeView,
+    q: NativeView,
+    k: NativeView,
+    v: NativeView,
+    keyMask: NativeView,
+    b: number,
+    l: number,
+    nh: number,
+    nkv: number,
+    hd: number,
+    scale: number,
+    out: NativeView,
+    lse: NativeView,
   ): void;
   attentionBackward(
-    q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, out: NativeView, lse: NativeView, dout: NativeView,
-    b: number, l: number, nh: number, nkv: number, hd: number, scale: number, dq: NativeView, dk: NativeView, dv: NativeView,
+    q: NativeView,
+    k: NativeView,
+    v: NativeView,
+    keyMask: NativeView,
+    out: NativeView,
+    lse: NativeView,
+    dout: NativeView,
+    b: number,
+    l: number,
+    nh: number,
+    nkv: number,
+    hd: number,
+    scale: number,
+    dq: NativeView,
+    dk: NativeView,
+    dv: NativeView,
   ): void;
   attentionDecode(
-    q: NativeView, kCache: NativeView, vCache: NativeView, lengths: NativeView, keyMask: NativeView | null, b: number, lmax: number,
-    nh: number, nkv: number, hd: number, scale: number, out: NativeView,
+    q: NativeView,
+    kCache: NativeView,
+    vCache: NativeView,
+    lengths: NativeView,
+    keyMask: NativeView | null,
+    b: number,
+    lmax: number,
+    nh: number,
+    nkv: number,
+    hd: number,
+    scale: number,
+    out: NativeView,
   ): void;
   scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstRows: number): void;
   swiglu(gate: NativeView, up: NativeView, n: number, out: NativeView): void;

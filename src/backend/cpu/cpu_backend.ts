@@ -5,7 +5,16 @@ import { availableParallelism } from 'node:os';
 import { allocHost, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
 import type {
-  AdamwHyper, Backend, BackendInfo, MatmulOpts, OptimTensors, RmspropHyper, RopeOpts, SampleOpts, SpinLossOpts, SpinLossOutputs,
+  AdamwHyper,
+  Backend,
+  BackendInfo,
+  MatmulOpts,
+  OptimTensors,
+  RmspropHyper,
+  RopeOpts,
+  SampleOpts,
+  SpinLossOpts,
+  SpinLossOutputs,
 } from '../backend.js';
 import { loadAddon, type NativeAddon } from './addon.js';
 
@@ -104,8 +113,18 @@ export class CpuBackend implements Backend {
     const means = this.empty('f32', [8]);
     const dseq = this.empty('f32', [2 * b]);
     this.native.spinLoss(
-      policy, ref, opts.pairMask ?? null, b, opts.beta, opts.lossType, opts.nllAlpha ?? 0, opts.answerTokens ?? null,
-      opts.gradScale ?? 1, perPair, means, dseq,
+      policy,
+      ref,
+      opts.pairMask ?? null,
+      b,
+      opts.beta,
+      opts.lossType,
+      opts.nllAlpha ?? 0,
+      opts.answerTokens ?? null,
+      opts.gradScale ?? 1,
+      perPair,
+      means,
+      dseq,
     );
     return { perPair, means, dseq };
   }
@@ -197,7 +216,13 @@ export class CpuBackend implements Backend {
   }
 
   attentionBackward(
-    q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+    q: Tensor<'f32'>,
+    k: Tensor<'f32'>,
+    v: Tensor<'f32'>,
+    keyMask: Tensor<'i32'>,
+    out: Tensor<'f32'>,
+    lse: Tensor<'f32'>,
+    dout: Tensor<'f32'>,
     opts: { scale?: number } = {},
   ) {
     const [b, l, nh, hd] = q.shape;
@@ -210,7 +235,11 @@ export class CpuBackend implements Backend {
   }
 
   attentionDecode(
-    q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+    q: Tensor<'f32'>,
+    kCache: Tensor<'f32'>,
+    vCache: Tensor<'f32'>,
+    lengths: Tensor<'i32'>,
+    keyMask?: Tensor<'i32'>,
     opts: { scale?: number } = {},
   ): Tensor<'f32'> {
     const [b, nh, hd] = q.shape;

@@ -6,7 +6,16 @@
 import { allocHost, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
 import type {
-  AdamwHyper, Backend, BackendInfo, MatmulOpts, OptimTensors, RmspropHyper, RopeOpts, SampleOpts, SpinLossOpts, SpinLossOutputs,
+  AdamwHyper,
+  Backend,
+  BackendInfo,
+  MatmulOpts,
+  OptimTensors,
+  RmspropHyper,
+  RopeOpts,
+  SampleOpts,
+  SpinLossOpts,
+  SpinLossOutputs,
 } from '../backend.js';
 import { POISON_BITS } from '../cpu/cpu_backend.js';
 import { cudaEmulatorNative, cudaNative, type CudaNative } from './native.js';
@@ -110,8 +119,18 @@ export class CudaBackend implements Backend {
     const means = this.alloc('f32', [8], 'spinLoss');
     const dseq = this.alloc('f32', [2 * b], 'spinLoss');
     this.native.spinLoss(
-      policy, ref, opts.pairMask ?? null, b, opts.beta, opts.lossType, opts.nllAlpha ?? 0, opts.answerTokens ?? null,
-      opts.gradScale ?? 1, perPair, means, dseq,
+      policy,
+      ref,
+      opts.pairMask ?? null,
+      b,
+      opts.beta,
+      opts.lossType,
+      opts.nllAlpha ?? 0,
+      opts.answerTokens ?? null,
+      opts.gradScale ?? 1,
+      perPair,
+      means,
+      dseq,
     );
     return { perPair, means, dseq };
   }
@@ -203,7 +222,13 @@ export class CudaBackend implements Backend {
   }
 
   attentionBackward(
-    q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+    q: Tensor<'f32'>,
+    k: Tensor<'f32'>,
+    v: Tensor<'f32'>,
+    keyMask: Tensor<'i32'>,
+    out: Tensor<'f32'>,
+    lse: Tensor<'f32'>,
+    dout: Tensor<'f32'>,
     opts: { scale?: number } = {},
   ) {
     const [b, l, nh, hd] = q.shape;
@@ -216,7 +241,11 @@ export class CudaBackend implements Backend {
   }
 
   attentionDecode(
-    q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+    q: Tensor<'f32'>,
+    kCache: Tensor<'f32'>,
+    vCache: Tensor<'f32'>,
+    lengths: Tensor<'i32'>,
+    keyMask?: Tensor<'i32'>,
     opts: { scale?: number } = {},
   ): Tensor<'f32'> {
     const [b, nh, hd] = q.shape;

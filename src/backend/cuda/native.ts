@@ -25,10 +25,37 @@ export interface CudaDeviceInfo {
 }
 
 type KernelNames =
-  | 'fill' | 'cast' | 'logprobGather' | 'logprobGatherBackward' | 'sequenceLogprob' | 'sequenceLogprobBackward' | 'spinLoss'
-  | 'accumulate' | 'sampleTokens' | 'rmspropStep' | 'adamwStep' | 'sumSquares' | 'clipCoefficient' | 'scaleInPlace' | 'matmul'
-  | 'embedding' | 'embeddingBackward' | 'rmsnorm' | 'rmsnormBackward' | 'rope' | 'attention' | 'attentionBackward'
-  | 'attentionDecode' | 'scatterRows' | 'swiglu' | 'swigluBackward' | 'add' | 'addBias' | 'biasBackward' | 'write' | 'free';
+  | 'fill'
+  | 'cast'
+  | 'logprobGather'
+  | 'logprobGatherBackward'
+  | 'sequenceLogprob'
+  | 'sequenceLogprobBackward'
+  | 'spinLoss'
+  | 'accumulate'
+  | 'sampleTokens'
+  | 'rmspropStep'
+  | 'adamwStep'
+  | 'sumSquares'
+  | 'clipCoefficient'
+  | 'scaleInPlace'
+  | 'matmul'
+  | 'embedding'
+  | 'embeddingBackward'
+  | 'rmsnorm'
+  | 'rmsnormBackward'
+  | 'rope'
+  | 'attention'
+  | 'attentionBackward'
+  | 'attentionDecode'
+  | 'scatterRows'
+  | 'swiglu'
+  | 'swigluBackward'
+  | 'add'
+  | 'addBias'
+  | 'biasBackward'
+  | 'write'
+  | 'free';
 
 /** Same kernel functions and arguments as the CPU addon; memory and completion differ. */
 export type CudaNative = Pick<NativeAddon, KernelNames> & {
@@ -47,7 +74,9 @@ const CUDA_ABI_VERSION = 1;
 
 function checkAbi(n: CudaNative, from: string): CudaNative {
   if (n.abiVersion !== CUDA_ABI_VERSION) {
-    throw new Error(`spinlm: ${from} speaks CUDA ABI ${n.abiVersion}, this code expects ${CUDA_ABI_VERSION}: rebuild it with \`npx cmake-js rebuild --out build-cmake\``);
+    throw new Error(
+      `spinlm: ${from} speaks CUDA ABI ${n.abiVersion}, this code expects ${CUDA_ABI_VERSION}: rebuild it with \`npx cmake-js rebuild --out build-cmake\``,
+    );
   }
   return n;
 }
@@ -61,7 +90,9 @@ export function cudaNative(): CudaNative | null {
 let emu: CudaNative | undefined;
 /** Where the emulator addon is looked for (SPINLM_CUDA_EMU_ADDON overrides). */
 export function emulatorPath(): string {
-  return process.env.SPINLM_CUDA_EMU_ADDON ? resolve(process.env.SPINLM_CUDA_EMU_ADDON) : join(packageRoot, 'build-cmake', 'Release', 'spinlm_cuda_emu.node');
+  return process.env.SPINLM_CUDA_EMU_ADDON
+    ? resolve(process.env.SPINLM_CUDA_EMU_ADDON)
+    : join(packageRoot, 'build-cmake', 'Release', 'spinlm_cuda_emu.node');
 }
 /** Whether the emulator addon has been built. */
 export function emulatorBuilt(): boolean {
@@ -72,7 +103,9 @@ export function cudaEmulatorNative(): CudaNative {
   if (emu) return emu;
   const path = emulatorPath();
   if (!existsSync(path)) {
-    throw new Error(`the CUDA emulator addon is not built (${path} is missing): install libboost-context-dev and run \`npx cmake-js rebuild --out build-cmake\``);
+    throw new Error(
+      `the CUDA emulator addon is not built (${path} is missing): install libboost-context-dev and run \`npx cmake-js rebuild --out build-cmake\``,
+    );
   }
   emu = checkAbi(createRequire(import.meta.url)(path) as CudaNative, path);
   return emu;

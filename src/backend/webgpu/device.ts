@@ -30,16 +30,16 @@ async function loadGpu(): Promise<GPU | null> {
 
 /** A fresh adapter (a WebGPU adapter makes one device only), or why there is none. */
 export async function requestAdapter(): Promise<Probe> {
-    const g = await loadGpu();
-    if (!g) return { ok: false, reason: loadFailure };
-    const adapter = await g.requestAdapter({ powerPreference: 'high-performance' });
-    if (!adapter) {
-      return {
-        ok: false,
-        reason: 'no adapter: Dawn found no Vulkan/Metal/D3D12 device (on Debian 12 install Mesa 25 lavapipe, scripts/install-test-deps.sh)',
-      };
-    }
-    return { ok: true, adapter };
+  const g = await loadGpu();
+  if (!g) return { ok: false, reason: loadFailure };
+  const adapter = await g.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) {
+    return {
+      ok: false,
+      reason: 'no adapter: Dawn found no Vulkan/Metal/D3D12 device (on Debian 12 install Mesa 25 lavapipe, scripts/install-test-deps.sh)',
+    };
+  }
+  return { ok: true, adapter };
 }
 
 /** The first probe's answer, cached: whether WebGPU can run here (spinlm info, --device auto). */

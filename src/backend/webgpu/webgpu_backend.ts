@@ -7,7 +7,16 @@
 import { allocHost, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
 import type {
-  AdamwHyper, Backend, BackendInfo, MatmulOpts, OptimTensors, RmspropHyper, RopeOpts, SampleOpts, SpinLossOpts, SpinLossOutputs,
+  AdamwHyper,
+  Backend,
+  BackendInfo,
+  MatmulOpts,
+  OptimTensors,
+  RmspropHyper,
+  RopeOpts,
+  SampleOpts,
+  SpinLossOpts,
+  SpinLossOutputs,
 } from '../backend.js';
 import { requestAdapter } from './device.js';
 import { type Defines, FAMILY_DEFAULTS, type KernelFamily, moduleSource } from './kernels.js';
@@ -93,7 +102,9 @@ export class WebGpuBackend implements Backend {
     this.poison = opts.poison ?? false;
     const lim = limits.maxStorageBufferBindingSize;
     if (opts.maxBindingBytes !== undefined && (!(opts.maxBindingBytes >= 2 ** 21) || opts.maxBindingBytes > lim)) {
-      throw new RangeError(`maxBindingBytes must be in [2 MiB, ${lim}] (the device's maxStorageBufferBindingSize), got ${opts.maxBindingBytes}`);
+      throw new RangeError(
+        `maxBindingBytes must be in [2 MiB, ${lim}] (the device's maxStorageBufferBindingSize), got ${opts.maxBindingBytes}`,
+      );
     }
     this.maxBinding = Math.floor((opts.maxBindingBytes ?? lim) / 256) * 256;
     this.arena = device.createBuffer({ size: SLOT * ARENA_SLOTS, usage: UNIFORM | COPY_DST });
@@ -200,10 +211,11 @@ export class WebGpuBackend implements Backend {
   /** Destroys the recycled buffers (tests: nothing is left behind). */
   trim(): void {
     this.flush();
-    for (const list of this.pool.values()) for (const b of list) {
-      b.destroy();
-      this.liveBuffers--;
-    }
+    for (const list of this.pool.values())
+      for (const b of list) {
+        b.destroy();
+        this.liveBuffers--;
+      }
     this.pool.clear();
     this.pooledBytes = 0;
   }
@@ -323,7 +335,8 @@ export class WebGpuBackend implements Backend {
 
   /** Elements [e0, e0 + cnt) of a tensor (or raw binding of 4-byte elements) as a binding. */
   private sub(t: Bindable, e0: number, cnt: number): Binding {
-    if (!(t instanceof Tensor)) return { buffer: t.buffer, offset: t.offset + e0 * 4, size: Math.max(4, round4(Math.min(cnt * 4, t.size - e0 * 4))) };
+    if (!(t instanceof Tensor))
+      return { buffer: t.buffer, offset: t.offset + e0 * 4, size: Math.max(4, round4(Math.min(cnt * 4, t.size - e0 * 4))) };
     const es = dtypeSize(t.dtype);
     return { buffer: t.handle as GPUBuffer, offset: t.byteOffset + e0 * es, size: Math.max(4, round4(cnt * es)) };
   }
@@ -398,7 +411,14 @@ export class WebGpuBackend implements Backend {
    * Records one dispatch: params (binding 0, a uniform struct of 4-byte fields), then the bindings
    * 1, 2, ... in order; `groups` workgroups (or an explicit [x, y] grid).
    */
-  private dispatch(family: KernelFamily, defines: Defines, entry: string, params: Param[], bindings: Slot[], groups: number | [number, number]): void {
+  private dispatch(
+    family: KernelFamily,
+    defines: Defines,
+    entry: string,
+    params: Param[],
+    bindings: Slot[],
+    groups: number | [number, number],
+  ): void {
     if (this.destroyed) throw new Error('webgpu: the backend was destroyed');
     const [gx, gy] = typeof groups === 'number' ? this.grid(groups) : groups;
     if (gx === 0 || gy === 0) return;
@@ -413,12 +433,17 @@ export class WebGpuBackend implements Backend {
       else view.setUint32(i * 4, v >>> 0, true);
     });
     this.arenaUsed += SLOT;
-    const entries: GPUBindGroupEntry[] = [{ binding: 0, resource: { buffer: this.arena, offset: off, size: Math.max(16, Math.ceil((params.length * 4) / 16) * 16) } }];
+    const entries: GPUBindGroupEntry[] = [
+      { binding: 0, resource: { buffer: this.arena, offset: off, size: Math.max(16, Math.ceil((params.length * 4) / 16) * 16) } },
+    ];
     bindings.forEach((b, i) => {
       if (b === null) return;
       const x = this.binding(b);
       // every binding, chunks included, within the limit (a forced small limit makes this a test of the chunking)
-      if (x.size > this.maxBinding) throw new RangeError(`webgpu: ${entry} binds ${x.size} bytes at binding ${i + 1}, more than one storage binding may hold (${this.maxBinding})`);
+      if (x.size > this.maxBinding)
+        throw new RangeError(
+          `webgpu: ${entry} binds ${x.size} bytes at binding ${i + 1}, more than one storage binding may hold (${this.maxBinding})`,
+        );
       entries.push({ binding: i + 1, resource: { buffer: x.buffer, offset: x.offset, size: x.size } });
     });
     const group = this.device.createBindGroup({ layout: pipe.getBindGroupLayout(0), entries });
@@ -504,7 +529,14 @@ export class WebGpuBackend implements Backend {
       const z = inPlace ? this.none : this.rowsOf(logits, r0, rows, v);
       const o = this.rowsOf(out, r0, rows, v);
       const inv = ob ? Math.ceil(cnt / 2) : cnt;
-      this.dispatch('loss', { Z_BF16: zb, OUT_BF16: ob, IN_PLACE: inPlace }, 'backward', [rows, v, r0, 1, cnt], [z, targets, lse, dlogp, this.err, o], Math.ceil(inv / 256));
+      this.dispatch(
+        'loss',
+        { Z_BF16: zb, OUT_BF16: ob, IN_PLACE: inPlace },
+        'backward',
+        [rows, v, r0, 1, cnt],
+        [z, targets, lse, dlogp, this.err, o],
+        Math.ceil(inv / 256),
+      );
     }
   }
 
@@ -529,14 +561,35 @@ export class WebGpuBackend implements Backend {
     const means = this.empty('f32', [8]);
     const dseq = this.empty('f32', [2 * b]);
     const params: Param[] = [
-      b, opts.lossType === 'hinge' ? 1 : 0, opts.pairMask ? 1 : 0, [opts.beta, 'f'], [opts.nllAlpha ?? 0, 'f'], [opts.gradScale ?? 1, 'f'], 0, 0,
+      b,
+      opts.lossType === 'hinge' ? 1 : 0,
+      opts.pairMask ? 1 : 0,
+      [opts.beta, 'f'],
+      [opts.nllAlpha ?? 0, 'f'],
+      [opts.gradScale ?? 1, 'f'],
+      0,
+      0,
     ];
-    this.dispatch('loss', {}, 'spin_loss', params, [policy, ref, opts.pairMask ?? this.none, opts.answerTokens ?? this.none, perPair, means, dseq], 1);
+    this.dispatch(
+      'loss',
+      {},
+      'spin_loss',
+      params,
+      [policy, ref, opts.pairMask ?? this.none, opts.answerTokens ?? this.none, perPair, means, dseq],
+      1,
+    );
     return { perPair, means, dseq };
   }
 
   // ---- optimizer ops -------------------------------------------------------------------------
-  private optim(entry: 'rmsprop' | 'adamw', p: OptimTensors, s1: Tensor<'f32'>, s2: Tensor<'f32'> | null, hyper: number[], clip?: Tensor<'f32'>): void {
+  private optim(
+    entry: 'rmsprop' | 'adamw',
+    p: OptimTensors,
+    s1: Tensor<'f32'>,
+    s2: Tensor<'f32'> | null,
+    hyper: number[],
+    clip?: Tensor<'f32'>,
+  ): void {
     const n = p.param.numel;
     if (n === 0) return;
     const pb = p.param.dtype === 'bf16';
@@ -548,8 +601,12 @@ export class WebGpuBackend implements Backend {
       const params: Param[] = [cnt, 0, 0, 0, ...hyper.map((x): Param => [x, 'f'])];
       const inv = pb ? Math.ceil(cnt / 2) : cnt;
       const bs: Slot[] = [
-        this.sub(p.param, e0, cnt), p.master ? this.sub(p.master, e0, cnt) : this.noneRw, this.sub(p.grad, e0, cnt), this.sub(s1, e0, cnt),
-        s2 ? this.sub(s2, e0, cnt) : null, clip ?? this.none,
+        this.sub(p.param, e0, cnt),
+        p.master ? this.sub(p.master, e0, cnt) : this.noneRw,
+        this.sub(p.grad, e0, cnt),
+        this.sub(s1, e0, cnt),
+        s2 ? this.sub(s2, e0, cnt) : null,
+        clip ?? this.none,
       ];
       this.dispatch('optim', defines, entry, params, bs, Math.ceil(inv / 256));
     }
@@ -562,7 +619,14 @@ export class WebGpuBackend implements Backend {
   adamwStep(p: OptimTensors & { expAvg: Tensor<'f32'>; expAvgSq: Tensor<'f32'> }, h: AdamwHyper, clip?: Tensor<'f32'>): void {
     const bc1 = 1 - h.beta1 ** h.step;
     const bc2 = 1 - h.beta2 ** h.step;
-    this.optim('adamw', p, p.expAvg, p.expAvgSq, [h.lr, 0, h.eps, h.weightDecay, h.beta1, h.beta2, h.lr / bc1, Math.sqrt(bc2), 1 - h.lr * h.weightDecay, 0, 1 - h.beta1, 1 - h.beta2], clip);
+    this.optim(
+      'adamw',
+      p,
+      p.expAvg,
+      p.expAvgSq,
+      [h.lr, 0, h.eps, h.weightDecay, h.beta1, h.beta2, h.lr / bc1, Math.sqrt(bc2), 1 - h.lr * h.weightDecay, 0, 1 - h.beta1, 1 - h.beta2],
+      clip,
+    );
   }
 
   sumSquares(x: Tensor<'f32'>, out: Tensor<'f32'>, index: number): void {
@@ -596,7 +660,14 @@ export class WebGpuBackend implements Backend {
     const chunk = Math.max(128, Math.floor(this.maxBinding / 4 / 128) * 128);
     for (let e0 = 0; e0 < n; e0 += chunk) {
       const cnt = Math.min(chunk, n - e0);
-      this.dispatch('elementwise', defines, entry, [cnt, 0, 0, 0, [a, 'f'], [b, 'f'], 0, 0], ts.map((t) => this.sub(t, e0, cnt)), Math.ceil(cnt / 256));
+      this.dispatch(
+        'elementwise',
+        defines,
+        entry,
+        [cnt, 0, 0, 0, [a, 'f'], [b, 'f'], 0, 0],
+        ts.map((t) => this.sub(t, e0, cnt)),
+        Math.ceil(cnt / 256),
+      );
     }
   }
 
@@ -622,7 +693,12 @@ export class WebGpuBackend implements Backend {
       const rows = Math.min(chunk, b - r0);
       const params: Param[] = [rows, v, greedy ? 1 : 0, o.topK, [o.temperature, 'f'], [o.topP, 'f'], 0, 0];
       // the small per-row tensors are bound at the chunk's row too: chunks are multiples of 64 rows
-      const bs: Bindable[] = [this.rowsOf(logits, r0, rows, v), this.rowsOf(rng, r0, rows, 4), this.rowsOf(active, r0, rows, 1), this.rowsOf(out, r0, rows, 1)];
+      const bs: Bindable[] = [
+        this.rowsOf(logits, r0, rows, v),
+        this.rowsOf(rng, r0, rows, 4),
+        this.rowsOf(active, r0, rows, 1),
+        this.rowsOf(out, r0, rows, 1),
+      ];
       if (greedy) this.dispatch('sample', {}, 'argmax', params, [bs[0], null, bs[2], bs[3]], rows);
       else this.dispatch('sample', {}, 'sample', params, bs, Math.ceil(rows / 64));
     }
@@ -650,10 +726,18 @@ export class WebGpuBackend implements Backend {
     const chunk = this.rowChunk(m, Math.max(ta ? 4 : ac * 4, n * 4), 'matmul operand');
     for (let r0 = 0; r0 < m; r0 += chunk) {
       const rows = Math.min(chunk, m - r0);
-      if (ta && r0 > 0) throw new RangeError(`webgpu: matmul with transA whose output (${m} x ${n}) is larger than one binding is not supported`);
+      if (ta && r0 > 0)
+        throw new RangeError(`webgpu: matmul with transA whose output (${m} x ${n}) is larger than one binding is not supported`);
       const abind: Bindable = ta ? a : this.rowsOf(a, r0, rows, ac);
       const params: Param[] = [rows, n, k, ac, bc, n, 0, ta ? 1 : 0, tb ? 1 : 0, acc, [opts.alpha ?? 1, 'f'], 0];
-      this.dispatch('gemm', gemmDefines, 'gemm', params, [abind, b, this.rowsOf(out, r0, rows, n)], [Math.ceil(n / 64), Math.ceil(rows / 64)]);
+      this.dispatch(
+        'gemm',
+        gemmDefines,
+        'gemm',
+        params,
+        [abind, b, this.rowsOf(out, r0, rows, n)],
+        [Math.ceil(n / 64), Math.ceil(rows / 64)],
+      );
     }
     return out;
   }
@@ -663,7 +747,14 @@ export class WebGpuBackend implements Backend {
     const t = ids.numel;
     const out = this.empty('f32', [t, h]);
     if (t * h === 0) return out;
-    this.dispatch('elementwise', { W_BF16: table.dtype === 'bf16' }, 'embedding', [t * h, h, v, 0, [0, 'f'], [0, 'f'], 0, 0], [ids, table, out, this.err], Math.ceil((t * h) / 256));
+    this.dispatch(
+      'elementwise',
+      { W_BF16: table.dtype === 'bf16' },
+      'embedding',
+      [t * h, h, v, 0, [0, 'f'], [0, 'f'], 0, 0],
+      [ids, table, out, this.err],
+      Math.ceil((t * h) / 256),
+    );
     return out;
   }
 
@@ -671,7 +762,14 @@ export class WebGpuBackend implements Backend {
     const [v, h] = dtable.shape;
     const t = ids.numel;
     if (t === 0 || h === 0) return;
-    this.dispatch('elementwise', {}, 'embedding_backward', [t, h, v, 0, [0, 'f'], [0, 'f'], 0, 0], [ids, dout, dtable, this.err], Math.ceil(h / 64));
+    this.dispatch(
+      'elementwise',
+      {},
+      'embedding_backward',
+      [t, h, v, 0, [0, 'f'], [0, 'f'], 0, 0],
+      [ids, dout, dtable, this.err],
+      Math.ceil(h / 64),
+    );
   }
 
   rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
@@ -712,7 +810,14 @@ export class WebGpuBackend implements Backend {
     this.flush();
     this.device.queue.writeBuffer(fb.buffer, 0, freq.buffer, 0, freq.byteLength);
     const n = t * heads * half;
-    this.dispatch('elementwise', {}, 'rope', [n, hd, heads, opts.inverse ? 1 : 0, [0, 'f'], [0, 'f'], 0, 0], [positions, fb, x, this.err], Math.ceil(n / 256));
+    this.dispatch(
+      'elementwise',
+      {},
+      'rope',
+      [n, hd, heads, opts.inverse ? 1 : 0, [0, 'f'], [0, 'f'], 0, 0],
+      [positions, fb, x, this.err],
+      Math.ceil(n / 256),
+    );
     this.releaseBuffer(fb.buffer);
   }
 
@@ -734,7 +839,13 @@ export class WebGpuBackend implements Backend {
   }
 
   attentionBackward(
-    q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, out: Tensor<'f32'>, lse: Tensor<'f32'>, dout: Tensor<'f32'>,
+    q: Tensor<'f32'>,
+    k: Tensor<'f32'>,
+    v: Tensor<'f32'>,
+    keyMask: Tensor<'i32'>,
+    out: Tensor<'f32'>,
+    lse: Tensor<'f32'>,
+    dout: Tensor<'f32'>,
     opts: { scale?: number } = {},
   ) {
     const [b, l, nh, hd] = q.shape;
@@ -755,7 +866,11 @@ export class WebGpuBackend implements Backend {
   }
 
   attentionDecode(
-    q: Tensor<'f32'>, kCache: Tensor<'f32'>, vCache: Tensor<'f32'>, lengths: Tensor<'i32'>, keyMask?: Tensor<'i32'>,
+    q: Tensor<'f32'>,
+    kCache: Tensor<'f32'>,
+    vCache: Tensor<'f32'>,
+    lengths: Tensor<'i32'>,
+    keyMask?: Tensor<'i32'>,
     opts: { scale?: number } = {},
   ): Tensor<'f32'> {
     const [b, nh, hd] = q.shape;
@@ -763,14 +878,28 @@ export class WebGpuBackend implements Backend {
     const out = this.empty('f32', q.shape);
     if (b * nh === 0) return out;
     const params: Param[] = [b, lmax, nh, nkv, 1, keyMask ? 1 : 0, 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
-    this.dispatch('attention', { HD: hd, KT: this.attnTile(hd) }, 'decode', params, [q, kCache, vCache, keyMask ?? this.none, lengths, out, this.err], Math.ceil((b * nh) / 64));
+    this.dispatch(
+      'attention',
+      { HD: hd, KT: this.attnTile(hd) },
+      'decode',
+      params,
+      [q, kCache, vCache, keyMask ?? this.none, lengths, out, this.err],
+      Math.ceil((b * nh) / 64),
+    );
     return out;
   }
 
   scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void {
     const [rows, cols] = src.shape;
     if (rows * cols === 0) return;
-    this.dispatch('elementwise', {}, 'scatter_rows', [rows * cols, cols, dst.shape[0], 0, [0, 'f'], [0, 'f'], 0, 0], [index, src, dst, this.err], Math.ceil((rows * cols) / 256));
+    this.dispatch(
+      'elementwise',
+      {},
+      'scatter_rows',
+      [rows * cols, cols, dst.shape[0], 0, [0, 'f'], [0, 'f'], 0, 0],
+      [index, src, dst, this.err],
+      Math.ceil((rows * cols) / 256),
+    );
   }
 
   swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
@@ -798,7 +927,14 @@ export class WebGpuBackend implements Backend {
   addBias(x: Tensor<'f32'>, bias: Tensor): void {
     const [t, n] = x.shape;
     if (t * n === 0) return;
-    this.dispatch('elementwise', { W_BF16: bias.dtype === 'bf16' }, 'add_bias', [t * n, n, t, 0, [0, 'f'], [0, 'f'], 0, 0], [x, bias], Math.ceil((t * n) / 256));
+    this.dispatch(
+      'elementwise',
+      { W_BF16: bias.dtype === 'bf16' },
+      'add_bias',
+      [t * n, n, t, 0, [0, 'f'], [0, 'f'], 0, 0],
+      [x, bias],
+      Math.ceil((t * n) / 256),
+    );
   }
 
   biasBackward(dy: Tensor<'f32'>, dbias: Tensor<'f32'>): void {
