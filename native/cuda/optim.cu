@@ -25,13 +25,13 @@ __device__ __forceinline__ void store_param(SPIN_GP(void) param, int is_bf16, in
 }
 
 __global__ void rmsprop_kernel(SPIN_GA(void) param, int is_bf16, SPIN_GA(float) w, SPIN_GP(const float) grad,
-                               SPIN_GP(float) square_avg, int64_t n, float lr, float alpha, float eps, float wd,
-                               SPIN_GP(const float) clip, int has_master) {
+                               SPIN_GP(float) square_avg, int64_t n, float lr, float alpha, float one_minus_alpha, float eps,
+                               float wd, SPIN_GP(const float) clip, int has_master) {
   const float scale = clip ? clip[1] : 1.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * kThreads) {
     float g = grad[i] * scale;
     if (wd != 0.0f) g += wd * w[i];
-    const float v = alpha * square_avg[i] + (1.0f - alpha) * g * g;
+    const float v = alpha * square_avg[i] + one_minus_alpha * g * g;
     square_avg[i] = v;
     const float nw = w[i] - lr * (g / (sqrtf(v) + eps));
     w[i] = nw;
@@ -41,12 +41,13 @@ __global__ void rmsprop_kernel(SPIN_GA(void) param, int is_bf16, SPIN_GA(float) 
 
 __global__ void adamw_kernel(SPIN_GA(void) param, int is_bf16, SPIN_GA(float) w, SPIN_GP(const float) grad,
                              SPIN_GP(float) exp_avg, SPIN_GP(float) exp_avg_sq, int64_t n, float step_size, float bc2_sqrt,
-                             float decay, float b1, float b2, float eps, SPIN_GP(const float) clip, int has_master) {
+                             float decay, float b1, float b2, float one_minus_b1, float one_minus_b2, float eps,
+                             SPIN_GP(const float) clip, int has_master) {
   const float scale = clip ? clip[1] : 1.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * kThreads) {
     const float g = grad[i] * scale;
-    const float m = b1 * exp_avg[i] + (1.0f - b1) * g;
-    const float v = b2 * exp_avg_sq[i] + (1.0f - b2) * g * g;
+    const float m = b1 * exp_avg[i] + one_minus_b1 * g;
+    const float v = b2 * exp_avg_sq[i] + one_minus_b2 * g * g;
     exp_avg[i] = m;
     exp_avg_sq[i] = v;
     const float p = w[i] * decay;
@@ -107,7 +108,9 @@ void rmsprop_step(void* param, DType dt, float* master, const float* grad, float
   if (n == 0) return;
   float* w = master ? master : static_cast<float*>(param);
   SPIN_LAUNCH(rmsprop_kernel, dim3(elementwise_blocks(n, kThreads)), dim3(kThreads), 0, stream(), param, dt == DType::kBF16 ? 1 : 0, w,
-              grad, square_avg, n, static_cast<float>(h.lr), static_cast<float>(h.alpha), static_cast<float>(h.eps),
+              // 1 - alpha formed in double, as the CPU kernels and torch do (1 - float(alpha) is off by ~1e-6)
+              grad, square_avg, n, static_cast<float>(h.lr), static_cast<float>(h.alpha), static_cast<float>(1.0 - h.alpha),
+              static_cast<float>(h.eps),
               static_cast<float>(h.weight_decay), grad_scale ? grad_scale - 1 : nullptr, master ? 1 : 0);
   check_launch("rmspropStep");
 }
@@ -121,7 +124,8 @@ void adamw_step(void* param, DType dt, float* master, const float* grad, float* 
   SPIN_LAUNCH(adamw_kernel, dim3(elementwise_blocks(n, kThreads)), dim3(kThreads), 0, stream(), param, dt == DType::kBF16 ? 1 : 0, w,
               grad, exp_avg, exp_avg_sq, n, static_cast<float>(h.lr / bc1), static_cast<float>(std::sqrt(bc2)),
               static_cast<float>(1.0 - h.lr * h.weight_decay), static_cast<float>(h.beta1), static_cast<float>(h.beta2),
-              static_cast<float>(h.eps), grad_scale ? grad_scale - 1 : nullptr, master ? 1 : 0);
+              // 1 - beta formed in double (1 - float(0.999) is off by 1.3e-5 relative: native/cpu/optim.cc)
+              static_cast<float>(1.0 - h.beta1), static_cast<float>(1.0 - h.beta2), static_cast<float>(h.eps), grad_scale ? grad_scale - 1 : nullptr, master ? 1 : 0);
   check_launch("adamwStep");
 }
 
