@@ -1,0 +1,236 @@
+// The Backend math shared by the backends whose native addon exposes the CPU addon's kernel functions
+// (the CPU addon, and the CUDA addon and its emulator, which keep the same names and arguments): one
+// copy of the glue from tensors to kernel calls. A subclass owns memory and says how an op's outputs
+// are allocated (`output`: the CUDA backend names the op in out-of-memory errors).
+import type { AdamwHyper, MatmulOpts, OptimTensors, RmspropHyper, RopeOpts, SampleOpts, SpinLossOpts, SpinLossOutputs } from './backend.js';
+import type { NativeAddon } from './cpu/addon.js';
+import type { DType } from '../tensor/dtype.js';
+import type { Tensor } from '../tensor/tensor.js';
+
+/** The kernel functions of native/addon.cc (and of the CUDA addon, which mirrors them). */
+export type KernelFunctions = Omit<
+  NativeAddon,
+  | 'abiVersion'
+  | 'alloc'
+  | 'free'
+  | 'write'
+  | 'read'
+  | 'fill'
+  | 'streamRead'
+  | 'expThroughput'
+  | 'rowOffset'
+  | 'cachedBytes'
+  | 'liveBytes'
+  | 'numThreads'
+  | 'setNumThreads'
+  | 'takeErrors'
+>;
+
+export abstract class NativeKernels {
+  abstract readonly native: KernelFunctions;
+
+  /** A new tensor for an output of `op`. */
+  protected abstract output<D extends DType>(dtype: D, shape: readonly number[], op: string): Tensor<D>;
+
+  // ---- the loss family -------------------------------------------------------------------------
+  logprobGather(logits: Tensor, targets: Tensor<'i32'>): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
+    const [n, v] = logits.shape;
+    const logp = this.output('f32', [n], 'logprobGather');
+    const lse = this.output('f32', [n], 'logprobGather');
+    this.native.logprobGather(logits, logits.dtype, n, v, targets, logp, lse);
+    return { logp, lse };
+  }
+
+  logprobGatherBackward(logits: Tensor, targets: Tensor<'i32'>, lse: Tensor<'f32'>, dlogp: Tensor<'f32'>, out: Tensor): void {
+    const [n, v] = logits.shape;
+    this.native.logprobGatherBackward(logits, logits.dtype, n, v, targets, lse, dlogp, out, out.dtype);
+  }
+
+  sequenceLogprob(logp: Tensor<'f32'>, segments: Tensor<'i32'>, numSeqs: number): Tensor<'f32'> {
+    const out = this.output('f32', [numSeqs], 'sequenceLogprob');
+    this.native.sequenceLogprob(logp, segments, logp.numel, numSeqs, out);
+    return out;
+  }
+
+  sequenceLogprobBackward(dseq: Tensor<'f32'>, segments: Tensor<'i32'>): Tensor<'f32'> {
+    const out = this.output('f32', [segments.numel], 'sequenceLogprobBackward');
+    this.native.sequenceLogprobBackward(dseq, segments, segments.numel, dseq.numel, out);
+    return out;
+  }
+
+  spinLoss(policy: Tensor<'f32'>, ref: Tensor<'f32'>, opts: SpinLossOpts): SpinLossOutputs {
+    const b = policy.numel / 2;
+    const perPair = this.output('f32', [7, b], 'spinLoss');
+    const means = this.output('f32', [8], 'spinLoss');
+    const dseq = this.output('f32', [2 * b], 'spinLoss');
+    this.native.spinLoss(
+      policy,
+      ref,
+      opts.pairMask ?? null,
+      b,
+      opts.beta,
+      opts.lossType,
+      opts.nllAlpha ?? 0,
+      opts.answerTokens ?? null,
+      opts.gradScale ?? 1,
+      perPair,
+      means,
+      dseq,
+    );
+    return { perPair, means, dseq };
+  }
+
+  // ---- optimizer ops -------------------------------------------------------------------------
+  rmspropStep(p: OptimTensors & { squareAvg: Tensor<'f32'> }, h: RmspropHyper, clip?: Tensor<'f32'>): void {
+    this.native.rmspropStep(p.param, p.param.dtype, p.master ?? null, p.grad, p.param.numel, p.squareAvg, h, clip ?? null);
+  }
+
+  adamwStep(p: OptimTensors & { expAvg: Tensor<'f32'>; expAvgSq: Tensor<'f32'> }, h: AdamwHyper, clip?: Tensor<'f32'>): void {
+    this.native.adamwStep(p.param, p.param.dtype, p.master ?? null, p.grad, p.param.numel, p.expAvg, p.expAvgSq, h, clip ?? null);
+  }
+
+  sumSquares(x: Tensor<'f32'>, out: Tensor<'f32'>, index: number): void {
+    this.native.sumSquares(x, x.numel, out, index);
+  }
+
+  clipCoefficient(sumsq: Tensor<'f32'>, maxNorm: number): Tensor<'f32'> {
+    const out = this.output('f32', [2], 'clipCoefficient');
+    this.native.clipCoefficient(sumsq, sumsq.numel, maxNorm, out);
+    return out;
+  }
+
+  scaleInPlace(x: Tensor<'f32'>, a: number): void {
+    this.native.scaleInPlace(x, x.numel, a);
+  }
+
+  accumulate(acc: Tensor<'f32'>, x: Tensor<'f32'>, alpha: number): void {
+    this.native.accumulate(acc, x, acc.numel, alpha);
+  }
+
+  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, o: SampleOpts): Tensor<'i32'> {
+    const [b, v] = logits.shape;
+    const out = this.output('i32', [b], 'sampleTokens');
+    this.native.sampleTokens(logits, b, v, rng, active, o.temperature, o.topK, o.topP, out);
+    return out;
+  }
+
+  // ---- model ops -----------------------------------------------------------------------------
+  matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+    const [ar, ac] = a.shape;
+    const [br, bc] = b.shape;
+    const [m, k] = opts.transA ? [ac, ar] : [ar, ac];
+    const n = opts.transB ? br : bc;
+    const out = opts.out ?? this.output('f32', [m, n], 'matmul');
+    this.native.matmul(!!opts.transA, !!opts.transB, m, n, k, opts.alpha ?? 1, a, ac, b, b.dtype, bc, opts.accumulate ? 1 : 0, out, n);
+    return out;
+  }
+
+  embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'> {
+    const [v, h] = table.shape;
+    const out = this.output('f32', [ids.numel, h], 'embedding');
+    this.native.embedding(ids, ids.numel, table, table.dtype, v, h, out);
+    return out;
+  }
+
+  embeddingBackward(ids: Tensor<'i32'>, dout: Tensor<'f32'>, dtable: Tensor<'f32'>): void {
+    const [v, h] = dtable.shape;
+    this.native.embeddingBackward(ids, ids.numel, dout, v, h, dtable);
+  }
+
+  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
+    const [t, h] = x.shape;
+    const y = this.output('f32', x.shape, 'rmsnorm');
+    const rstd = this.output('f32', [t], 'rmsnorm');
+    this.native.rmsnorm(x, w, w.dtype, t, h, eps, y, rstd);
+    return { y, rstd };
+  }
+
+  rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'> {
+    const [t, h] = x.shape;
+    const dx = this.output('f32', x.shape, 'rmsnormBackward');
+    this.native.rmsnormBackward(x, w, w.dtype, rstd, dy, t, h, dx, dw ?? null);
+    return dx;
+  }
+
+  rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
+    const [t, heads, hd] = x.shape;
+    this.native.rope(x, positions, t, heads, hd, opts.theta, opts.scale ?? 1, !!opts.inverse);
+  }
+
+  attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: { scale?: number } = {}) {
+    const [b, l, nh, hd] = q.shape;
+    const nkv = k.shape[2];
+    const out = this.output('f32', q.shape, 'attention');
+    const lse = this.output('f32', [b, nh, l], 'attention');
+    this.native.attention(q, k, v, keyMask, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out, lse);
+    return { out, lse };
+  }
+
+  attentionBackward(
+    q: Tensor<'f32'>,
+    k: Tensor<'f32'>,
+    v: Tensor<'f32'>,
+    keyMask: Tensor<'i32'>,
+    out: Tensor<'f32'>,
+    lse: Tensor<'f32'>,
+    dout: Tensor<'f32'>,
+    opts: { scale?: number } = {},
+  ) {
+    const [b, l, nh, hd] = q.shape;
+    const nkv = k.shape[2];
+    const dq = this.output('f32', q.shape, 'attentionBackward');
+    const dk = this.output('f32', k.shape, 'attentionBackward');
+    const dv = this.output('f32', v.shape, 'attentionBackward');
+    this.native.attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), dq, dk, dv);
+    return { dq, dk, dv };
+  }
+
+  attentionDecode(
+    q: Tensor<'f32'>,
+    kCache: Tensor<'f32'>,
+    vCache: Tensor<'f32'>,
+    lengths: Tensor<'i32'>,
+    keyMask?: Tensor<'i32'>,
+    opts: { scale?: number } = {},
+  ): Tensor<'f32'> {
+    const [b, nh, hd] = q.shape;
+    const [, nkv, lmax] = kCache.shape;
+    const out = this.output('f32', q.shape, 'attentionDecode');
+    this.native.attentionDecode(q, kCache, vCache, lengths, keyMask ?? null, b, lmax, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out);
+    return out;
+  }
+
+  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void {
+    const [rows, cols] = src.shape;
+    this.native.scatterRows(src, index, rows, cols, dst, dst.shape[0]);
+  }
+
+  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
+    const out = this.output('f32', gate.shape, 'swiglu');
+    this.native.swiglu(gate, up, gate.numel, out);
+    return out;
+  }
+
+  swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
+    const dgate = this.output('f32', gate.shape, 'swigluBackward');
+    const dup = this.output('f32', gate.shape, 'swigluBackward');
+    this.native.swigluBackward(gate, up, dout, gate.numel, dgate, dup);
+    return { dgate, dup };
+  }
+
+  add(a: Tensor<'f32'>, b: Tensor<'f32'>, out?: Tensor<'f32'>): Tensor<'f32'> {
+    const y = out ?? this.output('f32', a.shape, 'add');
+    this.native.add(a, b, a.numel, y);
+    return y;
+  }
+
+  addBias(x: Tensor<'f32'>, bias: Tensor): void {
+    const [t, n] = x.shape;
+    this.native.addBias(x, bias, bias.dtype, t, n);
+  }
+
+  biasBackward(dy: Tensor<'f32'>, dbias: Tensor<'f32'>): void {
+    const [t, n] = dy.shape;
+    this.native.biasBackward(dy, t, n, dbias);
+  }
+}
