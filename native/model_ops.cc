@@ -28,7 +28,8 @@ void CheckBlasDim(Napi::Env env, int64_t x, const char* what) {
   if (x > std::numeric_limits<int>::max()) Throw(env, std::string(what) + " is too large for BLAS (> 2^31 - 1)");
 }
 
-// matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc)
+// matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc, rowInvariant)
+// rowInvariant (A not transposed, B transposed) takes matmul_rows: rows independent of M.
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const bool ta = info[0].ToBoolean(), tb = info[1].ToBoolean();
@@ -46,7 +47,12 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const float* a = View<float>(info[6], "a", bytes(a_rows, lda, a_cols, 4));
   const void* b = View(info[8], "b", bytes(b_rows, ldb, b_cols, dtype_size(bdt)));
   float* c = View<float>(info[12], "c", bytes(m, ldc, n, 4));
-  matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc);
+  if (info[14].ToBoolean()) {
+    if (ta || !tb) Throw(env, "matmul: rowInvariant needs op(a) = a and op(b) = b^T (a linear layer)");
+    matmul_rows(m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc);
+  } else {
+    matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc);
+  }
   return env.Undefined();
 }
 

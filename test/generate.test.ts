@@ -265,9 +265,9 @@ for (const be of await testBackends())
         }
       }));
 
-    test('the real model: continuous batching gives the static outputs (greedy and sampled, mixed lengths, many seeds)', async () =>
+    test('the real model: continuous batching and other batch sizes give the static outputs (greedy and sampled, mixed lengths, many seeds)', async () =>
       withSeed(async (rng) => {
-        // wide enough that BLAS and attention take size-dependent paths (a batched, padded prefill fails here)
+        // wide enough that BLAS would take size-dependent paths (a batched prefill through BLAS fails here)
         const vocab = 40;
         const model = initLlama(be, tinyConfig({ vocab, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), {
           seed: rng.int(0, 1e9),
@@ -294,6 +294,10 @@ for (const be of await testBackends())
             const want = await generate(dec, prompts, { ...o, schedule: 'static' });
             const got = await generate(dec, prompts, o);
             assert.deepEqual(got, want, `trial ${trial}: ${JSON.stringify({ ...o, lengths: prompts.map((p) => p.length) })}`);
+            // and another batch size (other row counts in every prefill and decode step)
+            const batchSize = rng.int(1, 9);
+            const other = await generate(dec, prompts, { ...o, batchSize });
+            assert.deepEqual(other, want, `trial ${trial}: batch size ${batchSize} vs ${o.batchSize}`);
           }
         } finally {
           model.weights.free();

@@ -72,6 +72,45 @@ for (const be of await testBackends())
             }
           }));
 
+        test(`row-invariant matmul (linear layer form), ${dtype} B: float64, and rows independent of M and threads`, async () =>
+          withSeed(async (rng) => {
+            const cpu = be instanceof CpuBackend ? be : null;
+            for (let trial = 0; trial < 5; trial++) {
+              // K across the 16-lane blocks and their tail; N across the 6-row register tiles; the
+              // last trial large enough that the CPU splits it over threads and A into row blocks
+              const big = trial === 4;
+              const m = big ? rng.int(260, 400) : rng.int(1, 70),
+                n = big ? rng.int(100, 200) : rng.int(1, 60),
+                k = big ? rng.int(512, 530) : rng.int(1, 300);
+              const a = randn(rng, m * k);
+              const b = weight(rng, n * k, [n, k], dtype);
+              const all = await host(ops.matmul(f32(a, [m, k]), b.t, { transB: true, rowInvariant: true }));
+              check(`rowInvariant m=${m} n=${n} k=${k}`, all, matmulRef(a, b.values, m, n, k, false, true));
+              // any row range alone (another M, another row position) gives the same bits
+              const r0 = rng.int(0, m - 1),
+                r1 = rng.int(r0 + 1, m);
+              const saved = cpu?.threads;
+              try {
+                if (cpu) cpu.threads = rng.int(1, 2);
+                const part = await host(ops.matmul(f32(a.slice(r0 * k, r1 * k), [r1 - r0, k]), b.t, { transB: true, rowInvariant: true }));
+                assert.deepEqual(part, all.slice(r0 * n, r1 * n), `rows ${r0}..${r1} of ${m} (n=${n} k=${k})`);
+              } finally {
+                if (cpu) cpu.threads = saved!;
+              }
+              const base = randn(rng, m * n);
+              const acc = f32(base.slice(), [m, n]);
+              ops.matmul(f32(a, [m, k]), b.t, { transB: true, rowInvariant: true, out: acc, accumulate: true, alpha: -0.5 });
+              check(
+                'rowInvariant accumulate',
+                await host(acc),
+                matmulRef(a, b.values, m, n, k, false, true).map((x, i) => -0.5 * x + base[i]),
+              );
+            }
+            const x = f32(randn(rng, 16), [4, 4]);
+            assert.throws(() => ops.matmul(x, x, { rowInvariant: true }), /rowInvariant is for linear layers/);
+            assert.throws(() => ops.matmul(x, x, { transA: true, transB: true, rowInvariant: true }), /rowInvariant is for linear layers/);
+          }));
+
         test(`rmsnorm forward and backward, ${dtype} weight`, async () =>
           withSeed(async (rng) => {
             const t = rng.int(1, 50),

@@ -12,6 +12,11 @@ namespace spinlm {
 // f32 or bf16 (bf16 is widened into a reused f32 scratch first). lda/ldb/ldc are row strides.
 void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
             int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc);
+// C[M, N] = alpha * A[M, K] B[N, K]^T + beta * C with each element summed in one fixed order, so a
+// row of C depends only on its row of A and on B (never on M or the thread count): the linear layers
+// of generation (gemm_rows.cc). B f32 or bf16, read in place.
+void matmul_rows(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b, DType b_dt, int64_t ldb,
+                 float beta, float* c, int64_t ldc);
 
 // out[t, :] = table[ids[t], :] (table [V, H] f32 or bf16).
 void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t h, float* out);

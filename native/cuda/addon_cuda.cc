@@ -459,7 +459,9 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const float* a = View<float>(info[6], "a", bytes(a_rows, lda, a_cols, 4));
   const void* b = View(info[8], "b", bytes(b_rows, ldb, b_cols, dtype_size(bdt)));
   float* c = View<float>(info[12], "c", bytes(m, ldc, n, 4));
-  return Guard(info, [&] { spinlm::cuda::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc); });
+  const bool row_invariant = info[14].ToBoolean();
+  if (row_invariant && (ta || !tb)) Throw(env, "matmul: rowInvariant needs op(a) = a and op(b) = b^T (a linear layer)");
+  return Guard(info, [&] { spinlm::cuda::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, row_invariant); });
 }
 
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
@@ -633,7 +635,7 @@ Napi::Value BiasBackward(const Napi::CallbackInfo& info) {
 // The `cuda` object: the kernels as functions with the CPU addon's names and arguments.
 Napi::Object Exports(Napi::Env env) {
   Napi::Object o = Napi::Object::New(env);
-  o.Set("abiVersion", Napi::Number::New(env, 1));  // src/backend/cuda/native.ts CUDA_ABI_VERSION
+  o.Set("abiVersion", Napi::Number::New(env, 2));  // src/backend/cuda/native.ts CUDA_ABI_VERSION
   o.Set("unavailable", Napi::Function::New(env, Unavailable));
   o.Set("info", Napi::Function::New(env, Info));
   o.Set("alloc", Napi::Function::New(env, Alloc));

@@ -2,7 +2,8 @@
 // B f32 or bf16, f32 accumulation. On a GPU: cublasGemmEx through dlopen (cublas.h; the mode comes
 // from SPINLM_CUDA_GEMM). The 32 x 32 shared-memory tiled kernel here (each of 256 threads computes
 // 4 outputs of a tile) is the emulator's GEMM, SPINLM_CUDA_GEMM=tiled's, and the fallback for
-// dimensions past cuBLAS's 32-bit int arguments.
+// dimensions past cuBLAS's 32-bit int arguments, and the row-invariant matmul of generation (rows
+// independent of M: each output is one thread's sum over k in order).
 #include <climits>
 #include <initializer_list>
 #include <stdexcept>
@@ -112,10 +113,10 @@ void matmul_cublas(const blas::GemmCall& g, bool trans_a, bool trans_b, int64_t 
 }  // namespace
 
 void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b,
-            DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc) {
+            DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant) {
   if (m == 0 || n == 0) return;
 #ifndef SPINLM_CUDA_EMU
-  if (gemm_mode() != blas::GemmMode::kTiled && k > 0) {
+  if (gemm_mode() != blas::GemmMode::kTiled && k > 0 && !row_invariant) {
     const blas::GemmCall g = blas::plan(trans_a, trans_b, m, n, k, lda, ldb, ldc);
     if (fits_int({g.m, g.n, g.k, g.lda, g.ldb, g.ldc})) {
       matmul_cublas(g, trans_a, trans_b, m, n, k, alpha, a, lda, b, b_dt, ldb, beta, c);

@@ -7,8 +7,10 @@
 
 namespace spinlm::cuda {
 
+// row_invariant: the tiled kernel even where cuBLAS would run (cuBLAS picks its algorithm, and so its
+// summation order, by shape; the tiled kernel sums every element over k in order, whatever M is).
 void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-            int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc);
+            int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant = false);
 // Here the vocabulary size is an argument too: ids are checked on the device.
 void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t vocab, int64_t h, float* out);
 void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t vocab, int64_t h, float* dtable);

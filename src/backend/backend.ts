@@ -87,6 +87,13 @@ export interface MatmulOpts {
   /** Write here instead of a new tensor; with `accumulate`, add to it. */
   out?: Tensor<'f32'>;
   accumulate?: boolean;
+  /**
+   * Each row of the result depends only on its row of a and on b, never on M, the other rows or the
+   * thread count (BLAS libraries pick kernels, and so summation orders, by shape). Needs the linear
+   * layer form (transB, not transA). Generation uses it so a prompt's numbers do not depend on its
+   * batch (docs/ops.md "Row-invariant matmul").
+   */
+  rowInvariant?: boolean;
 }
 
 export interface RopeOpts {

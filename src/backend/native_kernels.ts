@@ -121,7 +121,8 @@ export abstract class NativeKernels {
     const [m, k] = opts.transA ? [ac, ar] : [ar, ac];
     const n = opts.transB ? br : bc;
     const out = opts.out ?? this.output('f32', [m, n], 'matmul');
-    this.native.matmul(!!opts.transA, !!opts.transB, m, n, k, opts.alpha ?? 1, a, ac, b, b.dtype, bc, opts.accumulate ? 1 : 0, out, n);
+    const acc = opts.accumulate ? 1 : 0;
+    this.native.matmul(!!opts.transA, !!opts.transB, m, n, k, opts.alpha ?? 1, a, ac, b, b.dtype, bc, acc, out, n, !!opts.rowInvariant);
     return out;
   }
 

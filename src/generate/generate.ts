@@ -1,7 +1,6 @@
 // Batched generation with a KV cache, one RNG stream per prompt (Rng(seed).fork(stream id)), so the
-// same seed gives the same text in either schedule below (every prompt is prefilled alone and every
-// decode step has batchSize rows, so each row sees the same matrix sizes; across batch sizes the text
-// is the same as far as the backend's kernels round a row alike at every row count); stop at EOS / a stop sequence /
+// same seed gives the same text in either schedule below and at any batch size (the decoder rounds a
+// prompt's rows the same whatever shares its batch: docs/ops.md "Row-invariant matmul"); stop at EOS / a stop sequence /
 // max_new_tokens / the model's positions (each prompt: min(max_new_tokens, positions - its length)).
 // Two schedules over prompts sorted by length (neighbours share a prefill, less padding):
 // - continuous (default, vLLM-style): batchSize sequence slots decode together; a slot whose sequence

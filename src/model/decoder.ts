@@ -1,5 +1,8 @@
-// Batched inference with a KV cache for generation: prefill the prompts (each alone, so its numbers
-// never depend on its batch), then decode one token per sequence per step. Implements src/generate's DecoderModel
+// Batched inference with a KV cache for generation: prefill the prompts (their rows together, each
+// prompt's attention alone), then decode one token per sequence per step. A prompt's numbers never
+// depend on its batch: the linear layers use the row-invariant matmul (each output row depends on
+// its input row only), every other op works row by row, and attention sees one prompt (or prompts of
+// one length, computed sequence by sequence). Implements src/generate's DecoderModel
 // structurally (the model layer does not import generate). Logits stay on the device (f32 [B, V]);
 // the caller samples them there and reads only the token ids.
 //
@@ -72,12 +75,19 @@ export class LlamaKvCache {
   ): Tensor<'f32'> {
     const c = this.model.cfg;
     for (let i = 0; i < c.numLayers; i++) {
-      const { out } = this.model.layer(i, x, positions, false, (q, k, v) => {
-        // one cache row per (token, kv head)
-        ops.scatterRows(k.reshape([cacheRows.numel, c.headDim]), cacheRows, this.k[i]);
-        ops.scatterRows(v.reshape([cacheRows.numel, c.headDim]), cacheRows, this.v[i]);
-        return { att: attend(i, q, k, v) };
-      });
+      const { out } = this.model.layer(
+        i,
+        x,
+        positions,
+        false,
+        (q, k, v) => {
+          // one cache row per (token, kv head)
+          ops.scatterRows(k.reshape([cacheRows.numel, c.headDim]), cacheRows, this.k[i]);
+          ops.scatterRows(v.reshape([cacheRows.numel, c.headDim]), cacheRows, this.v[i]);
+          return { att: attend(i, q, k, v) };
+        },
+        true,
+      );
       x.free();
       x = out;
     }
@@ -88,7 +98,8 @@ export class LlamaKvCache {
   private logits(h: Tensor<'f32'>): Tensor<'f32'> {
     const c = this.model.cfg;
     const { y, rstd } = ops.rmsnorm(h, this.p('model.norm.weight'), c.rmsNormEps);
-    const logits = ops.matmul(y, this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), { transB: true });
+    const head = this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
+    const logits = ops.matmul(y, head, { transB: true, rowInvariant: true });
     for (const t of [y, rstd]) t.free();
     return logits;
   }
@@ -105,12 +116,13 @@ export class LlamaKvCache {
   /**
    * Feeds prompts[r] into slot slots[r] (the slot's earlier sequence is dropped; other slots are
    * untouched), for continuous batching: returns f32 [R, V] logits at each prompt's last position.
-   * Each prompt runs alone (its own [L, H] rows, no padding, an LM head of one row), so its numbers
-   * depend on the prompt only, never on which prompts share the call: BLAS picks its kernel (and so
-   * its summation order) from the matrix sizes, and attention's query blocks depend on the length.
+   * All prompts' tokens go through the layers as one [sum of lengths, H] batch; attention runs per
+   * run of consecutive prompts of one length ([G, L] sequences, no padding). Each prompt's numbers
+   * are those it would get alone (row-invariant matmul, row-wise ops, attention per sequence).
    */
   prefillSlots(slots: readonly number[], prompts: readonly (readonly number[])[]): Tensor<'f32'> {
     const be = this.model.backend;
+    const c = this.model.cfg;
     const R = prompts.length;
     if (slots.length !== R || R === 0) throw new RangeError(`prefillSlots got ${slots.length} slots for ${R} prompts (at least one)`);
     const seen = new Set<number>();
@@ -122,51 +134,82 @@ export class LlamaKvCache {
     for (const p of prompts) {
       if (p.length === 0) throw new RangeError('prefill: every prompt needs at least one token');
       if (p.length > this.maxLen) throw new RangeError(`a prompt of ${p.length} tokens does not fit a cache of ${this.maxLen}`);
-      checkTokenIds(Int32Array.from(p), this.model.cfg.vocabSize, 'prompt');
+      checkTokenIds(Int32Array.from(p), c.vocabSize, 'prompt');
     }
-    if (R === 1) return this.prefillOne(slots[0], prompts[0]);
-    const out = ops.empty(be, 'f32', [R, this.vocabSize]);
-    prompts.forEach((p, r) => {
-      const one = this.prefillOne(slots[r], p);
-      const at = ops.upload(be, { dtype: 'i32', data: Int32Array.of(r) }, [1]);
-      ops.scatterRows(one, at, out);
-      for (const t of [one, at]) t.free();
-    });
-    return out;
-  }
-
-  private get vocabSize(): number {
-    return this.model.cfg.vocabSize;
-  }
-
-  /** One prompt (checked) into one slot -> f32 [1, V] logits of its last position. */
-  private prefillOne(slot: number, p: readonly number[]): Tensor<'f32'> {
-    const be = this.model.backend;
-    const c = this.model.cfg;
-    const L = p.length;
+    // rows: prompt r's tokens at [start[r], start[r] + length)
+    const start: number[] = [];
+    let T = 0;
+    for (const p of prompts) {
+      start.push(T);
+      T += p.length;
+    }
     const nkv = c.numKvHeads;
-    const rows = new Int32Array(L * nkv);
-    for (let t = 0; t < L; t++) for (let h = 0; h < nkv; h++) rows[t * nkv + h] = (slot * nkv + h) * this.maxLen + t;
-    this.lengths[slot] = L;
-    const tIds = ops.upload(be, { dtype: 'i32', data: Int32Array.from(p) }, [L]);
-    const tPos = ops.upload(be, { dtype: 'i32', data: Int32Array.from({ length: L }, (_, t) => t) }, [L]);
-    const tMask = ops.upload(be, { dtype: 'i32', data: new Int32Array(L).fill(1) }, [1, L]);
-    const tRows = ops.upload(be, { dtype: 'i32', data: rows }, [L * nkv]);
+    const ids = new Int32Array(T),
+      pos = new Int32Array(T),
+      rows = new Int32Array(T * nkv);
+    prompts.forEach((p, r) => {
+      const slot = slots[r];
+      for (let t = 0; t < p.length; t++) {
+        ids[start[r] + t] = p[t];
+        pos[start[r] + t] = t;
+        for (let h = 0; h < nkv; h++) rows[(start[r] + t) * nkv + h] = (slot * nkv + h) * this.maxLen + t;
+      }
+      this.lengths[slot] = p.length;
+    });
+    // runs of consecutive prompts of one length: each is one attention call over [G, L] sequences
+    const runs: { first: number; count: number; length: number }[] = [];
+    prompts.forEach((p, r) => {
+      const last = runs[runs.length - 1];
+      if (last && last.length === p.length) last.count++;
+      else runs.push({ first: r, count: 1, length: p.length });
+    });
+    const up = (data: Int32Array, shape: number[]) => ops.upload(be, { dtype: 'i32', data }, shape);
+    const tIds = up(ids, [T]),
+      tPos = up(pos, [T]),
+      tRows = up(rows, [T * nkv]);
+    const runRows = runs.map((g) =>
+      runs.length === 1
+        ? null
+        : up(
+            Int32Array.from({ length: g.count * g.length }, (_, i) => start[g.first] + i),
+            [g.count * g.length],
+          ),
+    );
+    const masks = runs.map((g) => up(new Int32Array(g.count * g.length).fill(1), [g.count, g.length]));
     const x = ops.embedding(tIds, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (_i, q, k, v) => {
-      const { out, lse } = ops.attention(
-        q.reshape([1, L, c.numHeads, c.headDim]),
-        k.reshape([1, L, c.numKvHeads, c.headDim]),
-        v.reshape([1, L, c.numKvHeads, c.headDim]),
-        tMask,
-      );
-      lse.free();
-      return out;
+      const qd = c.numHeads * c.headDim,
+        kd = nkv * c.headDim;
+      const att = runs.length === 1 ? null : ops.empty(be, 'f32', [T, qd]);
+      let single: Tensor<'f32'> | null = null;
+      runs.forEach((g, j) => {
+        const sel = runRows[j];
+        // a run's rows of q, k, v (a row gather), or the whole tensors when there is one run
+        const [qr, kr, vr] = sel
+          ? [ops.embedding(sel, q), ops.embedding(sel, k.reshape([T, kd])), ops.embedding(sel, v.reshape([T, kd]))]
+          : [q, k, v];
+        const { out, lse } = ops.attention(
+          qr.reshape([g.count, g.length, c.numHeads, c.headDim]),
+          kr.reshape([g.count, g.length, nkv, c.headDim]),
+          vr.reshape([g.count, g.length, nkv, c.headDim]),
+          masks[j],
+        );
+        lse.free();
+        if (sel) {
+          ops.scatterRows(out.reshape([g.count * g.length, qd]), sel, att!);
+          for (const t of [qr, kr, vr, out]) t.free();
+        } else single = out;
+      });
+      return (att ?? single)!;
     });
-    // keep only the last prompt position (a row gather is an embedding lookup)
-    const tLast = ops.upload(be, { dtype: 'i32', data: Int32Array.of(L - 1) }, [1]);
+    // keep each prompt's last position (a row gather is an embedding lookup)
+    const tLast = up(
+      Int32Array.from(prompts, (p, r) => start[r] + p.length - 1),
+      [R],
+    );
     const hLast = ops.embedding(tLast, h);
-    for (const t of [tIds, tPos, tMask, tRows, tLast, h]) t.free();
+    for (const t of [tIds, tPos, tRows, tLast, h, ...masks]) t.free();
+    for (const t of runRows) t?.free();
     const out = this.logits(hLast);
     hLast.free();
     return out;

@@ -126,8 +126,8 @@ export class LlamaModel {
   }
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
-  private linear(x: Tensor<'f32'>, weight: string, bias: string | null): Tensor<'f32'> {
-    const y = ops.matmul(x, this.p(weight), { transB: true });
+  private linear(x: Tensor<'f32'>, weight: string, bias: string | null, rowInvariant = false): Tensor<'f32'> {
+    const y = ops.matmul(x, this.p(weight), { transB: true, rowInvariant });
     if (bias) ops.addBias(y, this.p(bias));
     return y;
   }
@@ -145,7 +145,9 @@ export class LlamaModel {
    * One decoder layer on x [T, H] at `positions` [T]. `attend` gets q [T, nH * hd] and k, v
    * [T, nKV * hd] after RoPE and returns the attention output (T x nH x hd values, any shape) and,
    * for the backward, its lse; it is the only part that differs between training (full causal
-   * attention) and generation (a KV cache). With `keep`, returns what the backward needs.
+   * attention) and generation (a KV cache). With `keep`, returns what the backward needs. With
+   * `rowInvariant`, the linear layers use the row-invariant matmul: each output row depends on its
+   * input row only (generation: docs/ops.md "Row-invariant matmul").
    */
   layer(
     i: number,
@@ -153,15 +155,16 @@ export class LlamaModel {
     positions: Tensor<'i32'>,
     keep: boolean,
     attend: (q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => { att: Tensor<'f32'>; lse?: Tensor<'f32'> },
+    rowInvariant = false,
   ): { out: Tensor<'f32'>; saved: LayerSaved } {
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const T = x.shape[0];
     const { y: h1, rstd: rstd1 } = ops.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
-    const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
-    const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'));
-    const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'));
+    const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'), rowInvariant);
+    const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), rowInvariant);
+    const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), rowInvariant);
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
     ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
     ops.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
@@ -170,13 +173,14 @@ export class LlamaModel {
       att.reshape([T, c.numHeads * c.headDim]),
       `${pre}.self_attn.o_proj.weight`,
       c.oBias ? `${pre}.self_attn.o_proj.bias` : null,
+      rowInvariant,
     );
     const x2 = ops.add(x, o, o);
     const { y: h2, rstd: rstd2 } = ops.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
-    const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null);
-    const up = this.linear(h2, `${pre}.mlp.up_proj.weight`, null);
+    const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null, rowInvariant);
+    const up = this.linear(h2, `${pre}.mlp.up_proj.weight`, null, rowInvariant);
     const act = ops.swiglu(gate, up);
-    const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null);
+    const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null, rowInvariant);
     const out = ops.add(x2, d, d);
     if (keep) return { out, saved: { x, h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act } };
     freeAll(h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act);

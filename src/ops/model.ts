@@ -6,7 +6,8 @@ import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTens
 
 /**
  * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D; b f32 or bf16 2-D; op = transpose
- * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }).
+ * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }); with rowInvariant
+ * each row of y depends on its row of x only (generation: docs/ops.md "Row-invariant matmul").
  */
 export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
   const be = expectTensor(a, 'a');
@@ -22,6 +23,8 @@ export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tens
   if (opts.out) expectArg(be, opts.out, 'out', ['f32'], [m, n]);
   else if (opts.accumulate) throw new TypeError('matmul: accumulate needs an out tensor');
   checkFinite(opts.alpha ?? 1, 'alpha');
+  if (opts.rowInvariant && (opts.transA || !opts.transB))
+    throw new TypeError('matmul: rowInvariant is for linear layers: transB without transA');
   return be.matmul(a, b, opts);
 }
 

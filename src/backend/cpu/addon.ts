@@ -103,6 +103,7 @@ export interface NativeAddon {
     beta: number,
     c: NativeView,
     ldc: number,
+    rowInvariant: boolean,
   ): void;
   embedding(ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView): void;
   embeddingBackward(ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView): void;
@@ -187,7 +188,7 @@ export interface NativeAddon {
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
-const ABI_VERSION = 2;
+const ABI_VERSION = 3;
 
 let cached: NativeAddon | undefined;
 

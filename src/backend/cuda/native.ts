@@ -70,7 +70,7 @@ export type CudaNative = Pick<NativeAddon, KernelNames> & {
 };
 
 /** Bumped whenever a binding's arguments change (native/cuda/addon_cuda.cc exports the same number). */
-const CUDA_ABI_VERSION = 1;
+const CUDA_ABI_VERSION = 2;
 
 function checkAbi(n: CudaNative, from: string): CudaNative {
   if (n.abiVersion !== CUDA_ABI_VERSION) {

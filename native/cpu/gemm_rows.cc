@@ -1,0 +1,152 @@
+// The row-invariant linear layer: C[M, N] = alpha * A[M, K] B[N, K]^T + beta * C, where every element
+// is summed in one fixed order, so a row of C depends only on its row of A and on B: never on M, on
+// the other rows, on where the row sits, or on the thread count. OpenBLAS does not promise that (it
+// takes a different kernel for small M * N * K, with another summation order), and generation needs
+// it: a prompt's logits must not depend on which prompts share its prefill or decode step
+// (docs/ops.md, "Row-invariant matmul").
+//
+// The order of one element: 16 lane-wise partial sums, lane l adding a[p] * b[p] for p = l, l + 16, ...
+// (k rounded down to a multiple of 16) in increasing p, then simd::hsum's fixed tree, then the tail
+// p >= k - k % 16 one by one. Tiles of 4 rows of A x 6 rows of B keep 24 accumulators in registers:
+// each step loads 10 vectors for 24 vector multiply-adds. B is f32 or bf16 (widened in registers, so
+// bf16 weights are read at half the bytes and never copied).
+//
+// Blocking: rows of A go in blocks of mc (the block, mc x K floats, stays in L2 while every 6-row tile
+// of B passes over it); within a block, threads split the tiles of B, so each reads its share of B
+// from memory once per block. Decode (M = a few dozen rows) is one block: B is streamed exactly once.
+#include <algorithm>
+
+#include "../include/bf16.h"
+#include "model_kernels.h"
+#include "simd.h"
+#include "threadpool.h"
+
+namespace spinlm {
+namespace {
+
+using simd::kLanes;
+using simd::vf;
+
+constexpr int kMr = 4;  // rows of A per register tile
+constexpr int kNr = 6;  // rows of B per register tile: 24 accumulators, 10 loads per 24 multiply-adds
+
+SPINLM_INLINE float widen(float x) { return x; }
+SPINLM_INLINE float widen(uint16_t x) { return bf16_to_f32(x); }
+
+// simd::hsum of four vectors at once, bit for bit the same additions (lane i + lane i + 8, then
+// i + 4, then (0 + 2) + (1 + 3)), done in vector lanes: the register tile's epilogue would otherwise
+// cost a large share of its time at K = 512.
+SPINLM_INLINE void hsum4(vf x0, vf x1, vf x2, vf x3, float* out) {
+  const vf s01 = __builtin_shufflevector(x0, x1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(x0, x1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const vf s23 = __builtin_shufflevector(x2, x3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(x2, x3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  // lanes 4j .. 4j + 3: the four partial sums of x_j
+  const vf s4 = __builtin_shufflevector(s01, s23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                __builtin_shufflevector(s01, s23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  // lanes 2j, 2j + 1: s4_j[0] + s4_j[2], s4_j[1] + s4_j[3]
+  const vf u = __builtin_shufflevector(s4, s4, 0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13) +
+               __builtin_shufflevector(s4, s4, 2, 3, 6, 7, 10, 11, 14, 15, 2, 3, 6, 7, 10, 11, 14, 15);
+  const vf r = __builtin_shufflevector(u, u, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6) +
+               __builtin_shufflevector(u, u, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7);
+  for (int j = 0; j < 4; ++j) out[j] = r[j];
+}
+
+// One MR x NR tile of C from MR rows of A and NR rows of B, in the order described above.
+template <int MR, int NR, typename TB>
+SPINLM_INLINE void tile(const float* a, int64_t lda, const TB* b, int64_t ldb, int64_t k, float alpha, float beta, float* c,
+                        int64_t ldc) {
+  vf acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = simd::splat(0.0f);
+  int64_t p = 0;
+  for (; p + kLanes <= k; p += kLanes) {
+    vf av[MR];
+    for (int i = 0; i < MR; ++i) av[i] = simd::load(a + i * lda + p);
+    for (int j = 0; j < NR; ++j) {
+      const vf bv = simd::load(b + j * ldb + p);
+      for (int i = 0; i < MR; ++i) acc[i][j] += av[i] * bv;
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float s[NR];
+    int j0 = 0;
+    if constexpr (NR >= 4) {
+      hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], s);
+      j0 = 4;
+    }
+    for (int j = j0; j < NR; ++j) s[j] = simd::hsum(acc[i][j]);
+    for (int j = 0; j < NR; ++j) {
+      for (int64_t q = p; q < k; ++q) s[j] += a[i * lda + q] * widen(b[j * ldb + q]);
+      float* out = c + i * ldc + j;
+      *out = beta == 0.0f ? alpha * s[j] : alpha * s[j] + beta * *out;
+    }
+  }
+}
+
+template <int MR, typename TB>
+SPINLM_INLINE void tile_cols(int nr, const float* a, int64_t lda, const TB* b, int64_t ldb, int64_t k, float alpha, float beta,
+                             float* c, int64_t ldc) {
+  switch (nr) {
+    case 6: tile<MR, 6>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 5: tile<MR, 5>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 4: tile<MR, 4>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 3: tile<MR, 3>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 2: tile<MR, 2>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    default: tile<MR, 1>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+  }
+}
+
+// Rows [i0, i1) of C against the B tiles [t0, t1) (tile t = rows 6t .. 6t + 5 of B, the last may be short).
+template <typename TB>
+SPINLM_INLINE void block(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const float* a,
+                         int64_t lda, const TB* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t j = kNr * t;
+    const int nr = static_cast<int>(std::min<int64_t>(kNr, n - j));
+    for (int64_t i = i0; i < i1; i += kMr) {
+      const float* ai = a + i * lda;
+      const TB* bj = b + j * ldb;
+      float* cij = c + i * ldc + j;
+      switch (std::min<int64_t>(kMr, i1 - i)) {
+        case 4: tile_cols<4>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+        case 3: tile_cols<3>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+        case 2: tile_cols<2>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+        default: tile_cols<1>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+      }
+    }
+  }
+}
+
+SPINLM_CLONES void block_f32(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const float* a,
+                             int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+SPINLM_CLONES void block_bf16(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const float* a,
+                              int64_t lda, const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+}  // namespace
+
+void matmul_rows(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b, DType b_dt, int64_t ldb,
+                 float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  // An A block of about 1 MiB (L2 on current x86 server cores), at least 64 rows, at most 256.
+  const int64_t mc = std::clamp<int64_t>((int64_t{1} << 20) / (4 * std::max<int64_t>(k, 1)) / 4 * 4, 64, 256);
+  const int64_t tiles = (n + kNr - 1) / kNr;
+  for (int64_t i0 = 0; i0 < m; i0 += mc) {
+    const int64_t i1 = std::min(m, i0 + mc);
+    // at least ~4M multiply-adds (~25 us) per range: waking a pool thread costs tens of microseconds
+    const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, kNr * k * (i1 - i0)));
+    parallel_for(tiles, grain, [&](int64_t t0, int64_t t1) {
+      if (b_dt == DType::kBF16)
+        block_bf16(i0, i1, t0, t1, n, k, alpha, a, lda, static_cast<const uint16_t*>(b), ldb, beta, c, ldc);
+      else
+        block_f32(i0, i1, t0, t1, n, k, alpha, a, lda, static_cast<const float*>(b), ldb, beta, c, ldc);
+    });
+  }
+}
+
+}  // namespace spinlm
