@@ -706,6 +706,8 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- model ops -----------------------------------------------------------------------------
+  // opts.rowInvariant needs nothing here: gemm.wgsl sums each output over k in order and its variants
+  // depend on K only, so a row never depends on M (test/model_ops.test.ts checks it on this backend).
   matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
     const [ar, ac] = a.shape;
     const [br, bc] = b.shape;
