@@ -111,6 +111,28 @@ for (const be of await testBackends())
             assert.throws(() => ops.matmul(x, x, { transA: true, transB: true, rowInvariant: true }), /rowInvariant is for linear layers/);
           }));
 
+        test(`readChunks returns a ${dtype} tensor in consecutive aligned chunks`, async () =>
+          withSeed(async (rng) => {
+            const perChunk = dtype === 'f32' ? 64 : 128; // 256 bytes, the smallest aligned chunk
+            for (const n of [1, perChunk - 1, perChunk, perChunk + 1, rng.int(2, 9) * perChunk + rng.int(0, perChunk - 1)]) {
+              const w = weight(rng, n, [n], dtype);
+              const parts: number[] = [];
+              const got: number[] = [];
+              for await (const c of ops.readChunks(w.t, perChunk)) {
+                parts.push(c.length);
+                got.push(...(c instanceof Uint16Array ? bf16ArrayToF32(c) : c));
+              }
+              assert.deepEqual(got, Array.from(w.values), `n=${n}`);
+              assert.deepEqual(
+                parts,
+                Array.from({ length: Math.ceil(n / perChunk) }, (_, i) => Math.min(perChunk, n - i * perChunk)),
+              );
+            }
+            await assert.rejects(async () => {
+              for await (const _ of ops.readChunks(weight(rng, 8, [8], dtype).t, 3)) void _;
+            }, /multiple of 256 bytes/);
+          }));
+
         test(`rmsnorm forward and backward, ${dtype} weight`, async () =>
           withSeed(async (rng) => {
             const t = rng.int(1, 50),

@@ -121,6 +121,11 @@ async function openAndReadAll(path: string): Promise<number> {
 
 // ---- round trips ----
 
+/** Consecutive pieces of `n` elements (the last shorter), as an async iterable. */
+async function* chunksOf(a: HostArray, n: number): AsyncGenerator<HostArray> {
+  for (let i = 0; i < a.length; i += n) yield a.subarray(i, i + n);
+}
+
 describe('writeSafetensors / openSafetensors', () => {
   test('round trip is bit-exact for random bf16, f32 and i32 tensors, with layout checks', () =>
     withSeed(async (rng) => {
@@ -149,7 +154,7 @@ describe('writeSafetensors / openSafetensors', () => {
           const got = await f.readTensor(t.name);
           assert.equal(got.dtype, t.dtype);
           assert.deepEqual(got.shape, t.shape);
-          const want = typeof t.data === 'function' ? await t.data() : t.data;
+          const want = (typeof t.data === 'function' ? await t.data() : t.data) as HostArray;
           assertSameBits(got.data, want, t.name);
           if (t.dtype === 'bf16') {
             const asF32 = await f.readTensor(t.name, { dtype: 'f32' });
@@ -169,6 +174,20 @@ describe('writeSafetensors / openSafetensors', () => {
       }
     }));
 
+  test('tensors given as chunks (ops.readChunks) make the same file as whole arrays', () =>
+    withSeed(async (rng) => {
+      const tensors = randomTensors(rng, 6);
+      const whole = join(dir, 'whole.safetensors');
+      const chunked = join(dir, 'chunked.safetensors');
+      await writeSafetensors(whole, tensors, { format: 'pt' });
+      await writeSafetensors(
+        chunked,
+        tensors.map((t) => ({ ...t, data: () => chunksOf(t.data as HostArray, rng.int(1, 40)) })),
+        { format: 'pt' },
+      );
+      assert.deepEqual(await readFile(chunked), await readFile(whole));
+    }));
+
   test('writer refuses bad input, leaving no file and no temp file', () =>
     withSeed(async (rng) => {
       const path = join(dir, 'refused.safetensors');
@@ -179,6 +198,12 @@ describe('writeSafetensors / openSafetensors', () => {
         [[{ name: 'short', dtype: 'f32', shape: [2, 3], data: new Float32Array(5) }], /needs 6 elements/],
         [[{ name: 'type', dtype: 'bf16', shape: [2], data: new Float32Array(2) }], /Uint16Array/],
         [[{ name: 'neg', dtype: 'f32', shape: [-1], data: new Float32Array(0) }], /non-negative/],
+        // chunked data: too few or too many elements in all
+        [[{ name: 'few', dtype: 'f32', shape: [4], data: () => chunksOf(new Float32Array(3), 2) }], /needs 4 elements, data has 3/],
+        [
+          [{ name: 'many', dtype: 'f32', shape: [4], data: () => chunksOf(new Float32Array(5), 2) }],
+          /needs 4 elements, data has more than 4/,
+        ],
         [good, /must be a string/, { a: 1 as unknown as string }],
       ];
       for (const [tensors, re, metadata] of bad) {

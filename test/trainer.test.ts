@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { initLlama } from '../src/model/init.js';
+import { openSafetensors } from '../src/model/safetensors.js';
 import type { LlamaModel } from '../src/model/llama.js';
 import type { TokenizedPair } from '../src/spin/batch.js';
 import { referenceLogps, SftObjective, SpinObjective } from '../src/spin/objectives.js';
@@ -100,6 +101,18 @@ test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identi
       const { mkdirSync, writeFileSync } = await import('node:fs');
       mkdirSync(`${ckpt}.tmp`, { recursive: true });
       writeFileSync(join(`${ckpt}.tmp`, 'state.safetensors'), 'torn');
+      // the checkpoint holds each bf16 parameter as its f32 master only (the parameter is the master rounded)
+      const f = await openSafetensors(join(ckpt, 'state.safetensors'));
+      try {
+        const names = f.names();
+        assert.ok(names.some((n) => n.startsWith('master.')) && names.some((n) => n.startsWith('optim.')));
+        assert.deepEqual(
+          names.filter((n) => n.startsWith('param.')),
+          [],
+        );
+      } finally {
+        await f.close();
+      }
       const resumed = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype: 'bf16' });
       const logs = await spinRun(resumed, data, cfg, { checkpointDir: ckpt });
       assert.equal(logs[0].step, 4, 'resumes after the last checkpointed step');

@@ -102,7 +102,8 @@ export class LlamaModel {
   async save(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
     await makeDirs(dir);
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
-    const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) }));
+    // each tensor reaches the host in 4 MiB chunks: saving holds no whole-tensor copy (docs/memory.md)
+    const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.readChunks(t) }));
     await writeCheckpointTensors(dir, tensors, { maxShardBytes: opts.maxShardBytes });
   }
 

@@ -448,12 +448,20 @@ export function openSafetensors(path: string): Promise<SafetensorsFile> {
 
 // ---- writing ----
 
-/** A tensor to write; `data` may be a function so big checkpoints are pulled to the host one tensor at a time. */
+/**
+ * A tensor to write; `data` may be a function so big checkpoints are pulled to the host one tensor at
+ * a time, or return the tensor in consecutive chunks (ops.readChunks) so no whole tensor is ever
+ * on the host.
+ */
 export interface TensorToWrite {
   readonly name: string;
   readonly dtype: DType;
   readonly shape: readonly number[];
-  readonly data: HostArray | (() => HostArray | Promise<HostArray>);
+  readonly data: HostArray | (() => HostArray | Promise<HostArray> | AsyncIterable<HostArray>);
+}
+
+function isAsyncIterable(x: unknown): x is AsyncIterable<HostArray> {
+  return typeof x === 'object' && x !== null && Symbol.asyncIterator in x;
 }
 
 /**
@@ -530,19 +538,22 @@ export async function writeSafetensors(
     await writeAll(fh, header);
     for (const { t, bytes } of plan) {
       const data = typeof t.data === 'function' ? await t.data() : t.data;
-      try {
-        checkHostArray(t.dtype, data, 'data');
-      } catch (err) {
-        throw new SafetensorsError(path, t.name, (err as Error).message);
+      const chunks = isAsyncIterable(data) ? data : [data];
+      const size = dtypeSize(t.dtype);
+      const wrongSize = (elements: number | string) =>
+        new SafetensorsError(path, t.name, `shape [${t.shape.join(', ')}] needs ${bytes / size} elements, data has ${elements}`);
+      let written = 0;
+      for await (const chunk of chunks) {
+        try {
+          checkHostArray(t.dtype, chunk, 'data');
+        } catch (err) {
+          throw new SafetensorsError(path, t.name, (err as Error).message);
+        }
+        if (written + chunk.byteLength > bytes) throw wrongSize(`more than ${bytes / size}`);
+        await writeAll(fh, new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength));
+        written += chunk.byteLength;
       }
-      if (data.byteLength !== bytes) {
-        throw new SafetensorsError(
-          path,
-          t.name,
-          `shape [${t.shape.join(', ')}] needs ${bytes / dtypeSize(t.dtype)} elements, data has ${data.length}`,
-        );
-      }
-      await writeAll(fh, new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+      if (written !== bytes) throw wrongSize(written / size);
     }
   });
   return header.length + plan.reduce((s, p) => s + p.bytes, 0);

@@ -2,7 +2,7 @@
 // where device results reach the host, so it is also where device-side index errors surface.
 import type { Backend } from '../backend/backend.js';
 import { f32ToBf16 } from '../tensor/bf16.js';
-import { checkHostArray, type DType, type HostArrayOf, type HostData, numelOf } from '../tensor/dtype.js';
+import { checkHostArray, type DType, dtypeSize, type HostArrayOf, type HostData, numelOf } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkFinite, expectTensor } from './check.js';
 import { deviceError } from './errors.js';
@@ -56,6 +56,26 @@ export async function read<D extends DType>(t: Tensor<D>): Promise<HostArrayOf<D
   const [data, bits] = await Promise.all([be.read(t), be.takeErrors()]);
   if (bits !== 0) throw deviceError(bits);
   return data;
+}
+
+/** Elements per chunk of readChunks: 4 MiB of f32, a multiple of every dtype's 256-byte view alignment. */
+export const READ_CHUNK_ELEMENTS = 1 << 20;
+
+/**
+ * A tensor's contents on the host in consecutive chunks of `chunkElements` (the last may be shorter),
+ * read one at a time through views: writing a checkpoint never holds a whole tensor on the host.
+ */
+export async function* readChunks<D extends DType>(
+  t: Tensor<D>,
+  chunkElements: number = READ_CHUNK_ELEMENTS,
+): AsyncGenerator<HostArrayOf<D>, void, undefined> {
+  expectTensor(t, 'tensor');
+  if (!Number.isSafeInteger(chunkElements) || chunkElements < 1 || (chunkElements * dtypeSize(t.dtype)) % 256 !== 0)
+    throw new RangeError(`readChunks: chunk of ${chunkElements} elements is not a positive multiple of 256 bytes`);
+  for (let off = 0; off < t.numel; off += chunkElements) {
+    const n = Math.min(chunkElements, t.numel - off);
+    yield await read(off === 0 && n === t.numel ? t : t.view(off, [n]));
+  }
 }
 
 /** Sets every element to `value`, rounded to the dtype (bf16: nearest even; i32: must be an integer). */

@@ -117,20 +117,28 @@ interface TrainerState {
   zeroStage?: number;
 }
 
-/** A master rounded to bf16 (as the optimizer rounds the parameter), read to the host. */
-async function readRounded(master: Tensor<'f32'>): Promise<Uint16Array> {
-  const t = ops.cast(master, 'bf16');
-  try {
-    return await ops.read(t);
-  } finally {
-    t.free();
+/** param = its master rounded to bf16 (as the optimizer writes it), chunk by chunk. */
+async function roundInto(master: Tensor<'f32'>, param: Tensor<'bf16'>): Promise<void> {
+  for (let off = 0; off < master.numel; off += ops.READ_CHUNK_ELEMENTS) {
+    const n = Math.min(ops.READ_CHUNK_ELEMENTS, master.numel - off);
+    const r = ops.cast(master.view(off, [n]), 'bf16');
+    try {
+      ops.write(param.view(off, [n]), { dtype: 'bf16', data: await ops.read(r) });
+    } finally {
+      r.free();
+    }
   }
 }
 
 const STATE_FILE = 'trainer_state.json';
 const TENSORS_FILE = 'state.safetensors';
 
-/** Saves parameters (f32 masters where they exist), optimizer state and the step, atomically (temp dir + rename). */
+/**
+ * Saves the parameters, optimizer state and the step, atomically (temp dir + rename). A parameter with
+ * an f32 master is saved as its master only (its bf16 copy is the master rounded: loadCheckpoint
+ * rebuilds it), and every tensor is read to the host in 4 MiB chunks (ops.readChunks), so writing a
+ * checkpoint adds no whole-tensor host copies to the step's memory (docs/memory.md).
+ */
 async function saveCheckpoint(
   dir: string,
   model: LlamaModel,
@@ -141,19 +149,13 @@ async function saveCheckpoint(
   const tmp = `${dir}.tmp`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
-  // with only the masters resident (lean), a bf16 parameter is written from its master, one at a time
-  const params = lean ? lean.names() : [...model.weights.params.keys()];
+  // with only the masters resident (lean), params holds no bf16 copy of the parameters with masters
+  const names = lean ? lean.names() : [...model.weights.params.keys()];
+  const chunked = (name: string, t: Tensor) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.readChunks(t) });
   const tensors = [
-    ...params.map((name) => {
-      const t = model.weights.params.get(name);
-      const m = model.weights.masters.get(name);
-      if (t || !m) return { name: `param.${name}`, dtype: t!.dtype, shape: t!.shape, data: () => ops.read(t!) };
-      return { name: `param.${name}`, dtype: 'bf16' as const, shape: m.shape, data: () => readRounded(m) };
-    }),
-    ...[...model.weights.masters].map(([name, t]) => ({ name: `master.${name}`, dtype: t.dtype, shape: t.shape, data: () => ops.read(t) })),
-    ...opt
-      .stateTensors()
-      .map(({ name, tensor }) => ({ name: `optim.${name}`, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) })),
+    ...names.filter((name) => !model.weights.masters.has(name)).map((name) => chunked(`param.${name}`, model.weights.params.get(name)!)),
+    ...[...model.weights.masters].map(([name, t]) => chunked(`master.${name}`, t)),
+    ...opt.stateTensors().map(({ name, tensor }) => chunked(`optim.${name}`, tensor)),
   ];
   await writeSafetensors(join(tmp, TENSORS_FILE), tensors);
   await writeFileAtomic(join(tmp, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
@@ -172,8 +174,13 @@ async function loadCheckpoint(dir: string, model: LlamaModel, opt: Optimizer): P
   const f = await openSafetensors(join(dir, TENSORS_FILE));
   try {
     const load = async (name: string, t: Tensor) => ops.write(t, await f.readTensor(name));
-    for (const [name, t] of model.weights.params) await load(`param.${name}`, t);
     for (const [name, t] of model.weights.masters) await load(`master.${name}`, t);
+    for (const [name, t] of model.weights.params) {
+      const master = model.weights.masters.get(name);
+      // a parameter with a master is its master rounded (checkpoints before this change stored both)
+      if (master && t.dtype === 'bf16' && !f.has(`param.${name}`)) await roundInto(master, t as Tensor<'bf16'>);
+      else await load(`param.${name}`, t);
+    }
     for (const { name, tensor } of opt.stateTensors()) await load(`optim.${name}`, tensor);
   } finally {
     await f.close();
@@ -195,7 +202,7 @@ async function saveDistCheckpoint(dir: string, engine: ZeroEngine, state: Traine
   group.barrier();
   const tensors = engine
     .stateTensors()
-    .map(({ name, tensor }) => ({ name, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.read(tensor) }));
+    .map(({ name, tensor }) => ({ name, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.readChunks(tensor) }));
   await writeSafetensors(join(tmp, rankFile(group.rank, group.size)), tensors);
   group.barrier();
   if (group.isMain) {
