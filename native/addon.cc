@@ -178,7 +178,9 @@ Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   if (!info[4].IsNumber()) ThrowType(env, "beta must be a number");
   const double beta = info[4].As<Napi::Number>().DoubleValue();
   const std::string type = info[5].IsString() ? info[5].As<Napi::String>().Utf8Value() : "";
-  if (type != "sigmoid" && type != "hinge") ThrowType(env, "loss type must be 'sigmoid' or 'hinge'");
+  spinlm::SpinLossType loss_type;
+  if (!spinlm::parse_spin_loss_type(type.c_str(), &loss_type))
+    ThrowType(env, std::string("loss type must be ") + spinlm::kSpinLossNamesList);
   const float* policy = View<float>(info[0], "policy", b * 8);
   const float* ref = View<float>(info[1], "ref", b * 8);
   const float* mask = info[2].IsNull() ? nullptr : View<float>(info[2], "pairMask", b * 4);
@@ -191,9 +193,8 @@ Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   float* per_pair = View<float>(info[9], "perPair", b * 7 * 4);
   float* means = View<float>(info[10], "means", 8 * 4);
   float* dseq = View<float>(info[11], "dseq", b * 8);
-  spinlm::spin_loss(policy, ref, mask, b, beta,
-                    type == "hinge" ? spinlm::SpinLossType::kHinge : spinlm::SpinLossType::kSigmoid,
-                    nll_alpha, answer_tokens, grad_scale, per_pair, means, dseq);
+  spinlm::spin_loss(policy, ref, mask, b, beta, loss_type, nll_alpha, answer_tokens, grad_scale, per_pair, means,
+                    dseq);
   return env.Undefined();
 }
 

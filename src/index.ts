@@ -1,5 +1,13 @@
 // The spinlm library. See README.md and docs/ for the map.
-export { type Backend, type BackendInfo, SPIN_LOSS_MEANS, SPIN_LOSS_ROWS, type SpinLossRow, type SpinLossType } from './backend/backend.js';
+export {
+  type Backend,
+  type BackendInfo,
+  SPIN_LOSS_MEANS,
+  SPIN_LOSS_ROWS,
+  SPIN_LOSS_TYPES,
+  type SpinLossRow,
+  type SpinLossType,
+} from './backend/backend.js';
 export { CpuBackend, cpuBackend } from './backend/cpu/cpu_backend.js';
 export { backendStatus, type BackendStatus, createBackend, type DeviceChoice, DEVICES } from './backend/registry.js';
 /** The op layer: every op, checked once, on the backend its tensors live on. */

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { type OptionSpec, parseOptions, UsageError } from '../src/cli/args.js';
 import { COMMANDS, type Command } from '../src/cli/commands.js';
+import { SPIN_LOSS_TYPES } from '../src/backend/backend.js';
 
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
 const README = new URL('../README.md', import.meta.url).pathname;
@@ -82,6 +83,37 @@ describe('flag names', () => {
     }
     for (const name of ['score', 'eval']) assert.ok(specFor(command(name), 'per_device_eval_batch_size'));
     for (const name of ['generate', 'run']) assert.ok(specFor(command(name), 'generation_batch_size'));
+  });
+
+  test('--loss_type takes every loss type in run and train (flag and config file); an unknown one is one line, exit 2', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-loss-type-'));
+    try {
+      for (const name of ['run', 'train']) {
+        const c = command(name);
+        assert.equal(parsesFor(c, [], name).loss_type, 'sigmoid', `${name}: the default is the official loss`);
+        for (const t of SPIN_LOSS_TYPES) {
+          assert.equal(parsesFor(c, ['--loss_type', t], name).loss_type, t, `${name} --loss_type ${t}`);
+          assert.equal(parsesFor(c, [`--loss-type=${t}`], name).loss_type, t, `${name} --loss-type=${t}`);
+          const file = join(dir, `${name}-${t}.yaml`);
+          writeFileSync(file, `loss_type: ${t}\n`);
+          assert.equal(parsesFor(c, ['--config', file], name).loss_type, t, `${name}: config loss_type ${t}`);
+        }
+        const help = spawnSync(process.execPath, [BIN, name, '--help'], { encoding: 'utf8' });
+        assert.match(help.stdout, /--loss_type .*\{sigmoid\|hinge\|ipo\|sppo_hard\}/, `${name} --help lists the loss types`);
+        // unknown names fail in the parser, before any file is read
+        const bad = spawnSync(
+          process.execPath,
+          [BIN, name, '--loss_type', 'dpo', '--model', join(dir, 'm'), '--data', join(dir, 'd.jsonl'), '--out', join(dir, 'o')],
+          { encoding: 'utf8' },
+        );
+        assert.equal(bad.status, 2, bad.stderr);
+        const lines = bad.stderr.trim().split('\n');
+        assert.equal(lines.length, 1, `one line: ${bad.stderr}`);
+        assert.match(lines[0], /--loss_type: got "dpo", expected one of sigmoid, hinge, ipo, sppo_hard/);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test("every flag in each command's --help parses for that command; aliases are listed", () => {

@@ -6,7 +6,7 @@
 // (f32 outputs), one bf16 rounding (2^-8) for bf16 outputs.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { SPIN_LOSS_MEANS, SPIN_LOSS_ROWS } from '../src/backend/backend.js';
+import { SPIN_LOSS_MEANS, SPIN_LOSS_ROWS, SPIN_LOSS_TYPES, type SpinLossType } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import * as ops from '../src/ops/index.js';
 import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
@@ -309,7 +309,7 @@ for (const be of await testBackends()) {
       rg: Float32Array,
       opts: {
         beta: number;
-        lossType: 'sigmoid' | 'hinge';
+        lossType: SpinLossType;
         mask?: Float32Array;
         nllAlpha?: number;
         answerTokens?: Float32Array;
@@ -347,7 +347,7 @@ for (const be of await testBackends()) {
       assert.ok(relErr(got.dseq, dWant) <= 1e-6, `dseq ${what}: err ${relErr(got.dseq, dWant)}`);
     }
 
-    for (const lossType of ['sigmoid', 'hinge'] as const) {
+    for (const lossType of SPIN_LOSS_TYPES) {
       test(`${lossType}: per-pair rows, means over counted pairs and dseq match float64`, () =>
         withSeed(async (rng) => {
           const b = rng.int(1, 70);
@@ -363,22 +363,23 @@ for (const be of await testBackends()) {
         }));
     }
 
-    test('NLL term on the real answer: loss and dReal match float64', () =>
-      withSeed(async (rng) => {
-        const b = 11,
-          beta = 0.2,
-          alpha = 0.7;
-        const pr = randn(rng, b, 20).map((x) => x - 100);
-        const pg = randn(rng, b, 20).map((x) => x - 100);
-        const rr = pr.map((x) => x + rng.normal());
-        const rg = pg.map((x) => x + rng.normal());
-        const n = new Float32Array(b).map(() => rng.int(1, 80));
-        const mask = new Float32Array(b).map((_, i) => (i % 4 === 3 ? 0 : 1));
-        const got = await spin(pr, pg, rr, rg, { beta, lossType: 'sigmoid', mask, nllAlpha: alpha, answerTokens: n });
-        checkSpin(got, spinLossRef(pr, pg, rr, rg, beta, 'sigmoid', mask, { alpha, realTokens: n }), b);
-        const x = ops.upload(be, { dtype: 'f32', data: Float32Array.from([...pr, ...pg]) }, [2 * b]);
-        assert.throws(() => ops.spinLoss(x, x, { beta, lossType: 'sigmoid', nllAlpha: 1 }), /needs answerTokens/);
-      }));
+    for (const lossType of SPIN_LOSS_TYPES)
+      test(`${lossType} + NLL term on the real answer: loss and dReal match float64`, () =>
+        withSeed(async (rng) => {
+          const b = 11,
+            beta = 0.2,
+            alpha = 0.7;
+          const pr = randn(rng, b, 20).map((x) => x - 100);
+          const pg = randn(rng, b, 20).map((x) => x - 100);
+          const rr = pr.map((x) => x + rng.normal());
+          const rg = pg.map((x) => x + rng.normal());
+          const n = new Float32Array(b).map(() => rng.int(1, 80));
+          const mask = new Float32Array(b).map((_, i) => (i % 4 === 3 ? 0 : 1));
+          const got = await spin(pr, pg, rr, rg, { beta, lossType, mask, nllAlpha: alpha, answerTokens: n });
+          checkSpin(got, spinLossRef(pr, pg, rr, rg, beta, lossType, mask, { alpha, realTokens: n }), b);
+          const x = ops.upload(be, { dtype: 'f32', data: Float32Array.from([...pr, ...pg]) }, [2 * b]);
+          assert.throws(() => ops.spinLoss(x, x, { beta, lossType, nllAlpha: 1 }), /needs answerTokens/);
+        }));
 
     test('u = 0 when policy equals reference: loss is log 2, rewards 0', async () => {
       const x = new Float32Array([-120.25, -3, -77]);
@@ -392,15 +393,117 @@ for (const be of await testBackends()) {
       assert.equal(got.means[0], Math.fround(Math.LN2));
     });
 
-    test('no counted pair: zero loss, zero means and zero gradients', async () => {
-      const x = new Float32Array([-1, -2]);
-      const got = await spin(x, x, x, x, { beta: 0.1, lossType: 'sigmoid', mask: new Float32Array(2) });
-      for (const out of [got.perPair, got.means, got.dseq])
-        assert.ok(
-          out.every((v) => Object.is(v, 0)),
-          `${out}`,
+    for (const lossType of SPIN_LOSS_TYPES)
+      test(`${lossType}: no counted pair gives zero loss, zero means and zero gradients`, async () => {
+        const x = new Float32Array([-1, -2]);
+        const got = await spin(x, x, x, x, { beta: 0.1, lossType, mask: new Float32Array(2) });
+        for (const out of [got.perPair, got.means, got.dseq])
+          assert.ok(
+            out.every((v) => Object.is(v, 0)),
+            `${out}`,
+          );
+      });
+
+    test('ipo and sppo_hard when policy equals reference: losses 1/(4 beta^2) and 1/(2 beta^2), zero rewards, dS = -+1/(beta B)', () =>
+      withSeed(async (rng) => {
+        const b = rng.int(1, 9);
+        const beta = [0.1, 0.5, 3][rng.int(0, 2)];
+        const x = randn(rng, b, 30).map((v) => v - 100);
+        const y = randn(rng, b, 30).map((v) => v - 100);
+        for (const lossType of ['ipo', 'sppo_hard'] as const) {
+          const got = await spin(x, y, x, y, { beta, lossType });
+          // r_w = r_l = 0: ipo (0 - 1/(2 beta))^2; sppo_hard (-1/(2 beta))^2 + (1/(2 beta))^2; both have
+          // d/dr_w = -1/beta and d/dr_l = +1/beta, divided by the B pairs
+          const want = lossType === 'ipo' ? 1 / (4 * beta ** 2) : 1 / (2 * beta ** 2);
+          const what = `${lossType} b=${b} beta=${beta}`;
+          for (let i = 0; i < b; i++) {
+            assert.ok(Math.abs(got.perPair[i] - want) <= 1e-6 * want, `${what}: loss ${got.perPair[i]} vs ${want}`);
+            assert.ok(Math.abs(got.dseq[i] + 1 / (beta * b)) <= 1e-6 / (beta * b), `${what}: dReal ${got.dseq[i]}`);
+            assert.ok(Math.abs(got.dseq[b + i] - 1 / (beta * b)) <= 1e-6 / (beta * b), `${what}: dGenerated ${got.dseq[b + i]}`);
+          }
+          assert.ok(
+            got.perPair.subarray(b, 5 * b).every((v) => v === 0),
+            `${what}: rewards, margins and accuracies are 0 (ties are misses)`,
+          );
+          assert.ok(Math.abs(got.means[0] - want) <= 1e-6 * want, `${what}: mean loss ${got.means[0]}`);
+          checkSpin(got, spinLossRef(x, y, x, y, beta, lossType), b, 1, what);
+        }
+      }));
+
+    test('ipo and sppo_hard: zero loss and gradient at their targets; past the target the gradient turns', () =>
+      withSeed(async (rng) => {
+        // integer log-probs and beta = 2^-k keep every difference exact in f32
+        const b = rng.int(2, 12);
+        const beta = 2 ** -rng.int(1, 4);
+        const target = 1 / (2 * beta);
+        const int = (n: number) => new Float32Array(n).map(() => Math.round(rng.normal() * 50) - 200);
+        const pr = int(b),
+          pg = int(b),
+          d = int(b);
+        // ipo's optimum: r_w - r_l = 1/(2 beta), whatever each log-ratio is
+        const ipo = await spin(
+          pr,
+          pg,
+          pr.map((v, i) => v - d[i] - target),
+          pg.map((v, i) => v - d[i]),
+          { beta, lossType: 'ipo' },
         );
-    });
+        // sppo_hard's optimum: r_w = 1/(2 beta), r_l = -1/(2 beta)
+        const sppo = await spin(
+          pr,
+          pg,
+          pr.map((v) => v - target),
+          pg.map((v) => v + target),
+          { beta, lossType: 'sppo_hard' },
+        );
+        for (const [name, got] of [
+          ['ipo', ipo],
+          ['sppo_hard', sppo],
+        ] as const) {
+          assert.ok(
+            got.perPair.subarray(0, b).every((v) => v === 0),
+            `${name} beta=${beta}: loss at the target ${got.perPair.subarray(0, b)}`,
+          );
+          assert.ok(
+            got.dseq.every((v) => v === 0),
+            `${name} beta=${beta}: gradient at the target ${got.dseq}`,
+          );
+          // the margin u = beta (r_w - r_l) at the target: 1/2 (ipo), 1 (sppo_hard)
+          const margin = name === 'ipo' ? 0.5 : 1;
+          assert.ok(
+            got.perPair.subarray(3 * b, 4 * b).every((v) => Math.abs(v - margin) <= 1e-6),
+            `${name}: margins ${got.perPair.subarray(3 * b, 4 * b)}, want ${margin}`,
+          );
+        }
+        // ipo one nat past its target: loss 1, and the gradient now lowers the real answer (dS_real = +2/B)
+        // while the margin and the accuracy say the pair is won: unlike sigmoid, ipo does not reward a larger margin
+        const past = await spin(
+          pr,
+          pg,
+          pr.map((v) => v - target - 1),
+          pg,
+          { beta, lossType: 'ipo' },
+        );
+        for (let i = 0; i < b; i++) {
+          assert.equal(past.perPair[i], 1);
+          assert.ok(Math.abs(past.dseq[i] - 2 / b) <= 1e-6 * (2 / b), `dReal ${past.dseq[i]}`);
+          assert.ok(Math.abs(past.dseq[b + i] + 2 / b) <= 1e-6 * (2 / b), `dGenerated ${past.dseq[b + i]}`);
+          assert.equal(past.perPair[4 * b + i], 1, 'accuracy');
+        }
+      }));
+
+    for (const lossType of SPIN_LOSS_TYPES)
+      test(`${lossType}: large log-ratios and a small beta match float64`, () =>
+        withSeed(async (rng) => {
+          const b = rng.int(1, 40);
+          const beta = [0.01, 0.02][rng.int(0, 1)];
+          const pr = randn(rng, b, 300).map((x) => x - 3000);
+          const pg = randn(rng, b, 300).map((x) => x - 3000);
+          const rr = pr.map((x) => x + rng.normal() * 400);
+          const rg = pg.map((x) => x + rng.normal() * 400);
+          const got = await spin(pr, pg, rr, rg, { beta, lossType });
+          checkSpin(got, spinLossRef(pr, pg, rr, rg, beta, lossType), b, 1, `(b ${b}, beta ${beta})`);
+        }));
 
     test('bad spinLoss arguments', async () => {
       const x = ops.upload(be, { dtype: 'f32', data: new Float32Array(6) }, [6]);
@@ -411,7 +514,13 @@ for (const be of await testBackends()) {
         /must hold 2 x B/,
       );
       assert.throws(() => ops.spinLoss(x, x, { beta: NaN, lossType: 'sigmoid' }), /beta must be a finite number/);
-      assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'ipo' as never }), /lossType must be 'sigmoid' or 'hinge'/);
+      assert.throws(
+        () => ops.spinLoss(x, x, { beta: 1, lossType: 'dpo' as never }),
+        /lossType must be one of 'sigmoid', 'hinge', 'ipo', 'sppo_hard', got 'dpo'/,
+      );
+      for (const lossType of ['ipo', 'sppo_hard'] as const)
+        for (const beta of [0, -0.5])
+          assert.throws(() => ops.spinLoss(x, x, { beta, lossType }), /beta must be > 0 for lossType '(ipo|sppo_hard)'/);
       assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'sigmoid', gradScale: Infinity }), /gradScale must be a finite number/);
       assert.throws(() => ops.spinLoss(x, x, { beta: 1, lossType: 'sigmoid', pairMask: y }), /pairMask must have shape \[3\]/);
     });
@@ -447,66 +556,86 @@ for (const be of await testBackends()) {
     }
 
     for (const dtype of ['f32', 'bf16'] as const) {
-      test(`${dtype}: loss, metrics and dlogits of the whole chain match float64`, () =>
-        withSeed(async (rng) => {
-          const b = 6,
-            v = 301,
-            beta = 0.5;
-          const batch = makeBatch(rng, b, v, dtype);
-          const refLp = logprobGatherRef(batch.z.values, batch.n, v, batch.targetValues);
-          const S = sequenceLogprobRef(refLp.logp, batch.segValues, 2 * b);
-          const refS = Float32Array.from(S, (x) => x + rng.normal());
-          const ctx = spinLossForward(batch.z.t, batch.targets, batch.segments, ops.upload(be, { dtype: 'f32', data: refS }, [2 * b]), b, {
-            beta,
-            lossType: 'sigmoid',
-          });
-          const m = await spinLossMetrics(ctx);
-          const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid');
-          const tol = dtype === 'f32' ? 1e-6 : 1e-5;
-          assert.ok(Math.abs(m.loss - ref.loss) <= tol * Math.abs(ref.loss), `loss ${m.loss} vs ${ref.loss}`);
-          assert.ok(Math.abs(m['logps/real'] - [...S.subarray(0, b)].reduce((a, c) => a + c) / b) <= tol * 100);
-          assert.equal(m['pairs/counted'], 1);
-          const dseqRef = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
-          const dlogpRef = batch.segValues.map((s) => (s >= 0 ? dseqRef[s] : 0));
-          const dzRef = logprobGatherBackwardRef(batch.z.values, batch.n, v, batch.targetValues, dlogpRef);
-          const dz = await host(spinLossBackward(ctx, { dtype: 'f32' }));
-          assert.ok(relErr(dz, dzRef) <= 1e-5, `dlogits err ${relErr(dz, dzRef)}`);
-          freeSpinLossContext(ctx);
-        }));
+      for (const lossType of SPIN_LOSS_TYPES)
+        test(`${dtype}, ${lossType}: loss, metrics and dlogits of the whole chain match float64`, () =>
+          withSeed(async (rng) => {
+            const b = 6,
+              v = 301,
+              beta = 0.5;
+            const batch = makeBatch(rng, b, v, dtype);
+            const refLp = logprobGatherRef(batch.z.values, batch.n, v, batch.targetValues);
+            const S = sequenceLogprobRef(refLp.logp, batch.segValues, 2 * b);
+            const refS = Float32Array.from(S, (x) => x + rng.normal());
+            const ctx = spinLossForward(
+              batch.z.t,
+              batch.targets,
+              batch.segments,
+              ops.upload(be, { dtype: 'f32', data: refS }, [2 * b]),
+              b,
+              {
+                beta,
+                lossType,
+              },
+            );
+            const m = await spinLossMetrics(ctx);
+            const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, lossType);
+            const tol = dtype === 'f32' ? 1e-6 : 1e-5;
+            const dseqRef = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
+            // The f32 sums S carry a relative error (storing S ~ -35 in f32 alone rounds it by up to 2e-6),
+            // which reaches the loss times |dloss/dS|: the loss's error is relative to
+            // sum_s |dloss/dS_s| |S_s| (first-order propagation), not to the loss itself (seed 868339421:
+            // hinge, 1.0067896 vs 1.0067907; the squared losses are 0 at their targets).
+            const lossScale = Math.max(
+              Math.abs(ref.loss),
+              dseqRef.reduce((a, d, s) => a + Math.abs(d * S[s]), 0),
+            );
+            assert.ok(Math.abs(m.loss - ref.loss) <= tol * lossScale, `loss ${m.loss} vs ${ref.loss} (scale ${lossScale})`);
+            assert.ok(Math.abs(m['logps/real'] - [...S.subarray(0, b)].reduce((a, c) => a + c) / b) <= tol * 100);
+            assert.equal(m['pairs/counted'], 1);
+            const dlogpRef = batch.segValues.map((s) => (s >= 0 ? dseqRef[s] : 0));
+            const dzRef = logprobGatherBackwardRef(batch.z.values, batch.n, v, batch.targetValues, dlogpRef);
+            const dz = await host(spinLossBackward(ctx, { dtype: 'f32' }));
+            assert.ok(relErr(dz, dzRef) <= 1e-5, `dlogits err ${relErr(dz, dzRef)}`);
+            freeSpinLossContext(ctx);
+          }));
     }
 
-    test('the float64 reference gradient agrees with central finite differences', () =>
-      withSeed(async (rng) => {
-        const b = 2,
-          v = 7,
-          beta = 0.7;
-        const batch = makeBatch(rng, b, v, 'f32');
-        const z = Float64Array.from(batch.z.values);
-        const refS = Float64Array.from({ length: 2 * b }, () => -10 + rng.normal());
-        const lossOf = (zz: Float64Array) => {
-          const S = sequenceLogprobRef(logprobGatherRef(zz, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
-          return spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid').loss;
-        };
-        const S = sequenceLogprobRef(logprobGatherRef(z, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
-        const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, 'sigmoid');
-        const dseq = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
-        const dz = logprobGatherBackwardRef(
-          z,
-          batch.n,
-          v,
-          batch.targetValues,
-          batch.segValues.map((s) => (s >= 0 ? dseq[s] : 0)),
-        );
-        const h = 1e-6;
-        for (let k = 0; k < 40; k++) {
-          const i = rng.int(0, z.length - 1);
-          const zp = Float64Array.from(z),
-            zm = Float64Array.from(z);
-          zp[i] += h;
-          zm[i] -= h;
-          const fd = (lossOf(zp) - lossOf(zm)) / (2 * h);
-          assert.ok(Math.abs(fd - dz[i]) <= 1e-7 + 1e-5 * Math.abs(dz[i]), `element ${i}: fd ${fd} vs analytic ${dz[i]}`);
-        }
-      }));
+    for (const lossType of SPIN_LOSS_TYPES)
+      test(`${lossType}: the float64 reference gradient agrees with central finite differences`, () =>
+        withSeed(async (rng) => {
+          const b = 2,
+            v = 7,
+            beta = 0.7;
+          const batch = makeBatch(rng, b, v, 'f32');
+          const z = Float64Array.from(batch.z.values);
+          const S = sequenceLogprobRef(logprobGatherRef(z, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
+          // reference log-probs near the policy's: log-ratios of order 1, where every loss is curved (the
+          // rounding noise of a difference quotient grows with the loss, which the squared losses make large
+          // for large log-ratios)
+          const refS = Float64Array.from(S, (x) => x + rng.normal());
+          const lossOf = (zz: Float64Array) => {
+            const S = sequenceLogprobRef(logprobGatherRef(zz, batch.n, v, batch.targetValues).logp, batch.segValues, 2 * b);
+            return spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, lossType).loss;
+          };
+          const ref = spinLossRef(S.subarray(0, b), S.subarray(b), refS.subarray(0, b), refS.subarray(b), beta, lossType);
+          const dseq = Float64Array.from({ length: 2 * b }, (_, s) => (s < b ? ref.perPair[s].dReal : ref.perPair[s - b].dGenerated));
+          const dz = logprobGatherBackwardRef(
+            z,
+            batch.n,
+            v,
+            batch.targetValues,
+            batch.segValues.map((s) => (s >= 0 ? dseq[s] : 0)),
+          );
+          const h = 1e-6;
+          for (let k = 0; k < 40; k++) {
+            const i = rng.int(0, z.length - 1);
+            const zp = Float64Array.from(z),
+              zm = Float64Array.from(z);
+            zp[i] += h;
+            zm[i] -= h;
+            const fd = (lossOf(zp) - lossOf(zm)) / (2 * h);
+            assert.ok(Math.abs(fd - dz[i]) <= 1e-7 + 1e-5 * Math.abs(dz[i]), `element ${i}: fd ${fd} vs analytic ${dz[i]}`);
+          }
+        }));
   });
 }

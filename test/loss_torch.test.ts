@@ -1,11 +1,12 @@
-// The fused SPIN loss against PyTorch autograd (test/oracle/spin_loss_torch.py): same inputs, loss,
-// metrics and dlogits. Tolerances: loss/metrics 1e-6 relative (f32 logits), 1e-5 (bf16 logits);
-// dlogits 1e-5 normwise (max abs error / max abs value).
+// The fused SPIN loss against PyTorch autograd in float64 (test/oracle/spin_loss_torch.py): same inputs,
+// loss, metrics and dlogits, for every loss type. Tolerances: loss/metrics 1e-6 relative (f32 logits),
+// 1e-5 (bf16 logits); dlogits 1e-5 normwise (max abs error / max abs value).
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { SPIN_LOSS_TYPES } from '../src/backend/backend.js';
 import { spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
 import { f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import { IGNORE, relErr } from './helpers/loss_ref.js';
@@ -19,12 +20,12 @@ for (const be of await testBackends())
     const ORACLE = new URL('./oracle/spin_loss_torch.py', import.meta.url).pathname;
 
     for (const dtype of ['f32', 'bf16'] as const) {
-      for (const lossType of ['sigmoid', 'hinge'] as const) {
+      for (const lossType of SPIN_LOSS_TYPES) {
         test(`${dtype} logits, ${lossType} loss: loss, metrics and dlogits equal torch autograd`, async () =>
           withSeed(async (rng) => {
             const b = 5,
               v = 1234;
-            const beta = lossType === 'hinge' ? 0.05 : 0.3;
+            const beta = { sigmoid: 0.3, hinge: 0.05, ipo: 0.1, sppo_hard: 0.1 }[lossType];
             const segs: number[] = [];
             const targets: number[] = [];
             for (let s = 0; s < 2 * b; s++) {
@@ -76,8 +77,15 @@ for (const be of await testBackends())
                 // rewards (and the loss, a function of u with |dloss/du| <= 1) are beta x a difference of sums
                 // of ~10 log-probs: their f32 error scales with the sums' size, not with their own value
                 // (seed 51940: loss 0.2068109 vs 0.2068119 from sums of ~-150)
+                // The squared losses (ipo, sppo_hard) pass the sums' error on times |dloss/dS| = 2|e| per
+                // pair and answer, e the distance from the target; mean |e| <= sqrt(mean e^2) <= sqrt(loss),
+                // so their loss's error is at most 4 sqrt(loss) max|S| x the sums' relative error.
                 const fromSums = name === 'loss' || (name.startsWith('rewards/') && name !== 'rewards/accuracies');
-                const scale = fromSums ? Math.max(Math.abs(theirs), beta * Math.abs(torchOut.logps_real)) : Math.abs(theirs);
+                const squared = name === 'loss' && (lossType === 'ipo' || lossType === 'sppo_hard');
+                const sumsScale = squared
+                  ? 4 * Math.sqrt(Math.abs(theirs)) * Math.max(Math.abs(torchOut.logps_real), Math.abs(torchOut.logps_generated))
+                  : beta * Math.abs(torchOut.logps_real);
+                const scale = fromSums ? Math.max(Math.abs(theirs), sumsScale) : Math.abs(theirs);
                 assert.ok(Math.abs(ours - theirs) <= tol * Math.max(scale, 1e-3), `${name}: spinlm ${ours} vs torch ${theirs}`);
               }
               assert.ok(relErr(dz, torchDz) <= 1e-5, `dlogits err ${relErr(dz, torchDz)}`);

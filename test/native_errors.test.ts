@@ -103,9 +103,9 @@ describe('native errors: TypeError for arguments of the wrong kind', () => {
         /beta must be a number/,
       );
       throwsKind(
-        () => native.spinLoss(both(), both(), null, b, 0.1, 'ipo', 0, null, 1, ...outs),
+        () => native.spinLoss(both(), both(), null, b, 0.1, 'dpo', 0, null, 1, ...outs),
         'TypeError',
-        /loss type must be 'sigmoid' or 'hinge'/,
+        /loss type must be 'sigmoid', 'hinge', 'ipo' or 'sppo_hard'/,
       );
       throwsKind(
         () => native.spinLoss(both(), both(), null, b, 0.1, 'sigmoid', 0, null, 'x' as never, ...outs),

@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
+import type { SpinLossType } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { initLlama } from '../src/model/init.js';
 import { openSafetensors } from '../src/model/safetensors.js';
@@ -42,12 +43,12 @@ const loop = (o: Partial<LoopConfig> = {}): LoopConfig => ({
   ...o,
 });
 
-async function spinRun(model: LlamaModel, data: TokenizedPair[], cfg: LoopConfig, hooks = {}) {
+async function spinRun(model: LlamaModel, data: TokenizedPair[], cfg: LoopConfig, hooks = {}, lossType: SpinLossType = 'sigmoid') {
   const ref = await referenceLogps(model, data, { microBatchSize: cfg.microBatchSize, seed: cfg.seed, eosId: EOS, padId: 0 });
   const logs: StepLog[] = [];
   const obj = new SpinObjective(model, data, ref, {
     beta: 0.5,
-    lossType: 'sigmoid',
+    lossType,
     nllAlpha: 0,
     dropIdentical: false,
     eosId: EOS,
@@ -74,6 +75,37 @@ test('SPIN step 0: u = 0 exactly (loss log 2, zero rewards and margins); trainin
     assert.ok(logs.every((l) => Number.isFinite(l.grad_norm) && l.grad_norm > 0));
     model.weights.free();
   }));
+
+for (const lossType of ['ipo', 'sppo_hard'] as const)
+  test(`${lossType}: step 0 loss is exactly ${lossType === 'ipo' ? '1/(4 beta^2)' : '1/(2 beta^2)'} (u = 0); training lowers it and brings the margins to the target`, async () =>
+    withSeed(async (rng) => {
+      const model = initLlama(be, tinyConfig({ vocab: 48 }), { seed: rng.int(0, 1e9), std: 0.1 });
+      const data = pairs(rng, 12);
+      // a smaller learning rate than the sigmoid test's: AdamW's first steps at 3e-3 throw the margins
+      // far past the squared losses' targets (the loss then rises before it falls)
+      const cfg = loop({ learningRate: 1e-4, gradientAccumulationSteps: 1, microBatchSize: 4, numTrainEpochs: 6 });
+      const logs = await spinRun(model, data, cfg, {}, lossType);
+      // beta = 0.5: the target 1/(2 beta) is 1, so the losses start at 1 (ipo) and 2 (sppo_hard), exactly
+      assert.equal(logs[0].loss, lossType === 'ipo' ? 1 : 2);
+      assert.equal(logs[0]['rewards/margins'], 0);
+      assert.equal(logs.length, 18);
+      assert.ok(logs.every((l) => Number.isFinite(l.grad_norm) && l.grad_norm > 0));
+      // the last epoch (3 steps, every pair once): the optimum is margin 1/2 (ipo) or rewards +-1/2, margin 1 (sppo_hard)
+      const lastEpoch = logs.slice(-3);
+      const mean = (k: keyof StepLog) => lastEpoch.reduce((a, l) => a + (l[k] as number), 0) / lastEpoch.length;
+      const [loss, margin] = [mean('loss'), mean('rewards/margins')];
+      const what = `loss ${logs[0].loss} -> ${loss}, margins ${margin}`;
+      assert.ok(loss < 0.25 * logs[0].loss, what);
+      if (lossType === 'ipo') assert.ok(Math.abs(margin - 0.5) < 0.25, what);
+      else {
+        assert.ok(Math.abs(margin - 1) < 0.5, what);
+        assert.ok(
+          mean('rewards/real') > 0 && mean('rewards/generated') < 0,
+          `${what}, rewards ${mean('rewards/real')} ${mean('rewards/generated')}`,
+        );
+      }
+      model.weights.free();
+    }));
 
 test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identical final weights', async () =>
   withSeed(async (rng) => {

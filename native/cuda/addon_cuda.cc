@@ -327,7 +327,9 @@ Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   const int64_t b = ToInt(info[3], "batch");
   const double beta = ToDouble(info[4], "beta");
   const std::string type = info[5].IsString() ? info[5].As<Napi::String>().Utf8Value() : "";
-  if (type != "sigmoid" && type != "hinge") ThrowType(env, "loss type must be 'sigmoid' or 'hinge'");
+  SpinLossType loss_type;
+  if (!spinlm::parse_spin_loss_type(type.c_str(), &loss_type))
+    ThrowType(env, std::string("loss type must be ") + spinlm::kSpinLossNamesList);
   const float* policy = View<float>(info[0], "policy", b * 8);
   const float* ref = View<float>(info[1], "ref", b * 8);
   const float* mask = OptView<float>(info[2], "pairMask", b * 4);
@@ -340,8 +342,7 @@ Napi::Value SpinLoss(const Napi::CallbackInfo& info) {
   float* means = View<float>(info[10], "means", 8 * 4);
   float* dseq = View<float>(info[11], "dseq", b * 8);
   return Guard(info, [&] {
-    spinlm::cuda::spin_loss(policy, ref, mask, b, beta, type == "hinge" ? SpinLossType::kHinge : SpinLossType::kSigmoid, nll_alpha, answer_tokens,
-              grad_scale, per_pair, means, dseq);
+    spinlm::cuda::spin_loss(policy, ref, mask, b, beta, loss_type, nll_alpha, answer_tokens, grad_scale, per_pair, means, dseq);
   });
 }
 

@@ -7,11 +7,19 @@
 import type { DType, HostArrayOf, HostData } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 
-export type SpinLossType = 'sigmoid' | 'hinge';
+/**
+ * The losses of a pair (docs/algorithm.md), in the order of the kernels' enum (native/include/spin_math.h).
+ * With r_w = S(theta, y) - S(ref, y), r_l = S(theta, y') - S(ref, y') and u = beta (r_w - r_l):
+ * sigmoid softplus(-u) and hinge max(0, 1 - u) (SPIN), ipo (r_w - r_l - 1/(2 beta))^2 (IPO, Azar et al.
+ * 2023) and sppo_hard (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2 (SPPO with the real answer always
+ * winning, Wu et al. 2024).
+ */
+export const SPIN_LOSS_TYPES = ['sigmoid', 'hinge', 'ipo', 'sppo_hard'] as const;
+export type SpinLossType = (typeof SPIN_LOSS_TYPES)[number];
 
 /** Rows of spinLoss's per-pair output [7, B], in order (TypeScript names; the logged names are SPIN_LOSS_MEANS). */
 export const SPIN_LOSS_ROWS = [
-  'loss', // softplus(-u) (sigmoid) or max(0, 1 - u) (hinge), plus the NLL term when nllAlpha > 0
+  'loss', // the pair's loss (SPIN_LOSS_TYPES), plus the NLL term when nllAlpha > 0
   'rewardsReal', // beta * (S(theta, y) - S(ref, y))
   'rewardsGenerated', // beta * (S(theta, y') - S(ref, y'))
   'margins', // rewardsReal - rewardsGenerated = u
@@ -37,6 +45,7 @@ export const SPIN_LOSS_MEANS = [
 ] as const;
 
 export interface SpinLossOpts {
+  /** > 0 for ipo and sppo_hard (their target is 1 / (2 beta)). */
   beta: number;
   lossType: SpinLossType;
   /** f32 [B]: 1 = the pair counts, 0 = it does not. */

@@ -321,7 +321,7 @@ const run: Command = {
         arm: 'spin',
         learningRates: o.learning_rate as number[],
         betas: o.beta as number[],
-        lossType: o.loss_type as 'sigmoid',
+        lossType: o.loss_type as SpinLossType,
         nllAlpha: Number(o.nll_alpha),
         dropIdentical: Boolean(o.drop_identical_pairs),
         mixPrevious: Boolean(o.mix_previous_iteration),

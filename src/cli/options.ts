@@ -1,5 +1,6 @@
 // Option groups shared by the commands (names as TRL / HF TrainingArguments / the official SPIN code).
 import { nonNegative, type OptionSpec, positive, unitInterval } from './args.js';
+import { SPIN_LOSS_TYPES } from '../backend/backend.js';
 
 const nonEmpty = (v: string) => (v === '' ? 'must not be empty' : null);
 
@@ -123,7 +124,12 @@ export const spinOptions: OptionSpec[] = [
     check: (v: number[]) => (v.every((x) => x > 0) ? null : 'must be > 0'),
     help: 'SPIN beta; a list gives one per iteration (paper: 0.1,0.1,0.1,5.0)',
   },
-  { name: 'loss_type', type: { oneOf: ['sigmoid', 'hinge'] }, default: 'sigmoid', help: 'SPIN loss' },
+  {
+    name: 'loss_type',
+    type: { oneOf: SPIN_LOSS_TYPES },
+    default: 'sigmoid',
+    help: "loss of a pair (docs/algorithm.md): SPIN's sigmoid or hinge; ipo (IPO) or sppo_hard (SPPO, real answer always wins)",
+  },
   {
     name: 'nll_alpha',
     type: 'number',

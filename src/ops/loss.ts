@@ -1,5 +1,5 @@
 // The log-prob / SPIN loss ops (docs/algorithm.md): argument checks, then the backend's kernel.
-import type { SpinLossOpts, SpinLossOutputs } from '../backend/backend.js';
+import { SPIN_LOSS_TYPES, type SpinLossOpts, type SpinLossOutputs } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkCount, checkFinite, describe, expectArg, expectDType, expectRank, expectTensor } from './check.js';
 
@@ -100,8 +100,11 @@ export function spinLoss(policy: Tensor<'f32'>, ref: Tensor<'f32'>, opts: SpinLo
   if (nllAlpha > 0 && !opts.answerTokens) throw new TypeError("nllAlpha > 0 needs answerTokens (the real answers' token counts)");
   checkFinite(opts.beta, 'beta');
   checkFinite(opts.gradScale ?? 1, 'gradScale');
-  if (opts.lossType !== 'sigmoid' && opts.lossType !== 'hinge') {
-    throw new RangeError(`lossType must be 'sigmoid' or 'hinge', got '${String(opts.lossType)}'`);
+  if (!(SPIN_LOSS_TYPES as readonly string[]).includes(opts.lossType)) {
+    throw new RangeError(`lossType must be one of ${SPIN_LOSS_TYPES.map((t) => `'${t}'`).join(', ')}, got '${String(opts.lossType)}'`);
+  }
+  if ((opts.lossType === 'ipo' || opts.lossType === 'sppo_hard') && !(opts.beta > 0)) {
+    throw new RangeError(`beta must be > 0 for lossType '${opts.lossType}' (its target is 1 / (2 beta)), got ${opts.beta}`);
   }
   return be.spinLoss(policy, ref, opts);
 }

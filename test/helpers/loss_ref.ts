@@ -55,14 +55,52 @@ export interface SpinRef {
   }[];
 }
 
-/** The official SPIN loss: u = beta * ((pr - rr) - (pg - rg)); sigmoid -log(sigmoid(u)) or hinge relu(1 - u). */
+export type LossTypeRef = 'sigmoid' | 'hinge' | 'ipo' | 'sppo_hard';
+
+/**
+ * One pair's loss and its derivatives with respect to the two log-ratios a = pr - rr (real answer) and
+ * b = pg - rg (generated answer), written from the papers' formulas:
+ *   sigmoid  -log(sigmoid(u)), u = beta (a - b)                    (SPIN, DPO)
+ *   hinge    max(0, 1 - u)                                         (SPIN's hinge option)
+ *   ipo      (a - b - 1/(2 beta))^2                                (IPO, Azar et al. 2023, eq. 17)
+ *   sppo_hard (a - 1/(2 beta))^2 + (b + 1/(2 beta))^2              (SPPO, Wu et al. 2024, P(real wins) = 1)
+ */
+export function pairLossRef(a: number, b: number, beta: number, lossType: LossTypeRef): { loss: number; da: number; db: number } {
+  const u = beta * (a - b);
+  switch (lossType) {
+    case 'sigmoid': {
+      // -log(sigmoid(u)) = log(1 + exp(-u)); derivative d/du = -1 / (1 + exp(u))
+      const loss = u > 0 ? Math.log1p(Math.exp(-u)) : -u + Math.log1p(Math.exp(u));
+      const dldu = -1 / (1 + Math.exp(u));
+      return { loss, da: beta * dldu, db: -beta * dldu };
+    }
+    case 'hinge': {
+      const dldu = u < 1 ? -1 : 0;
+      return { loss: Math.max(0, 1 - u), da: beta * dldu, db: -beta * dldu };
+    }
+    case 'ipo': {
+      const target = 1 / (2 * beta);
+      const e = a - b - target;
+      return { loss: e ** 2, da: 2 * e, db: -2 * e };
+    }
+    case 'sppo_hard': {
+      const target = 1 / (2 * beta);
+      return { loss: (a - target) ** 2 + (b + target) ** 2, da: 2 * (a - target), db: 2 * (b + target) };
+    }
+  }
+}
+
+/**
+ * The SPIN loss family over a batch: each pair's loss (pairLossRef) of the log-ratios pr - rr and
+ * pg - rg, averaged over the counted pairs; metrics as the official trainer logs them.
+ */
 export function spinLossRef(
   pr: ArrayLike<number>,
   pg: ArrayLike<number>,
   rr: ArrayLike<number>,
   rg: ArrayLike<number>,
   beta: number,
-  lossType: 'sigmoid' | 'hinge',
+  lossType: LossTypeRef,
   mask?: ArrayLike<number>,
   nll?: { alpha: number; realTokens: ArrayLike<number> },
 ): SpinRef {
@@ -87,9 +125,7 @@ export function spinLossRef(
       continue;
     }
     const u = beta * (pr[i] - rr[i] - (pg[i] - rg[i]));
-    // -log(sigmoid(u)) = log(1 + exp(-u)); derivative d/du = -1 / (1 + exp(u))
-    const loss = lossType === 'sigmoid' ? (u > 0 ? Math.log1p(Math.exp(-u)) : -u + Math.log1p(Math.exp(u))) : Math.max(0, 1 - u);
-    const dldu = lossType === 'sigmoid' ? -1 / (1 + Math.exp(u)) : u < 1 ? -1 : 0;
+    const { loss, da, db } = pairLossRef(pr[i] - rr[i], pg[i] - rg[i], beta, lossType);
     // NLL term: alpha * (-pr / n) added to the pair's loss; its derivative w.r.t. pr is -alpha / n
     const nllLoss = nll ? (nll.alpha * -pr[i]) / nll.realTokens[i] : 0;
     const nllGrad = nll ? -nll.alpha / nll.realTokens[i] : 0;
@@ -102,8 +138,8 @@ export function spinLossRef(
       accuracies: beta * (pr[i] - rr[i]) > beta * (pg[i] - rg[i]) ? 1 : 0,
       logpsReal: pr[i],
       logpsGenerated: pg[i],
-      dReal: (beta * dldu + nllGrad) / count,
-      dGenerated: (-beta * dldu) / count,
+      dReal: (da + nllGrad) / count,
+      dGenerated: db / count,
     });
   }
   return { loss: count ? total / count : 0, count, perPair };

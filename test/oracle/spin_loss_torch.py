@@ -1,12 +1,14 @@
-"""PyTorch oracle of the SPIN loss (docs/algorithm.md), written with torch autograd only.
+"""PyTorch oracle of the SPIN loss family (docs/algorithm.md), written with torch autograd only, in float64.
 
 Usage: /usr/bin/python3 spin_loss_torch.py DIR
-DIR holds params.json {n, v, b, dtype, beta, loss_type} and raw little-endian arrays:
+DIR holds params.json {n, v, b, dtype, beta, loss_type} (loss_type: sigmoid, hinge, ipo or sppo_hard) and raw
+little-endian arrays:
   logits.bin  [n, v] f32, or bf16 bit patterns (uint16) when dtype is bf16
   targets.bin [n] int32 (-100 = no loss)   segments.bin [n] int32 (-1 = none; real i -> i, generated i -> b+i)
   ref.bin     [2b] f32 reference log-probs (real then generated)
 Writes out.json {loss, rewards_real, rewards_generated, margins, accuracies, logps_real,
-logps_generated} (batch means) and dlogits.bin [n, v] f32 (gradient w.r.t. the fp32 logits).
+logps_generated} (batch means) and dlogits.bin [n, v] f32 (gradient w.r.t. the logits, rounded to f32).
+The f32 (or bf16) inputs are widened exactly to float64 and every step runs in float64.
 """
 import json
 import os
@@ -23,24 +25,32 @@ def main(d):
     z = torch.from_numpy(raw.copy()).reshape(n, v)
     if p["dtype"] == "bf16":
         z = z.view(torch.bfloat16)
-    z = z.float().requires_grad_(True)  # the loss is computed from fp32 logits
+    z = z.double().requires_grad_(True)  # exact widening of the fp32 / bf16 logits
     targets = torch.from_numpy(np.fromfile(os.path.join(d, "targets.bin"), dtype=np.int32).astype(np.int64))
     segments = torch.from_numpy(np.fromfile(os.path.join(d, "segments.bin"), dtype=np.int32).astype(np.int64))
-    ref = torch.from_numpy(np.fromfile(os.path.join(d, "ref.bin"), dtype=np.float32))
+    ref = torch.from_numpy(np.fromfile(os.path.join(d, "ref.bin"), dtype=np.float32)).double()
 
     mask = targets != -100
     logp = torch.log_softmax(z, dim=-1).gather(1, torch.where(mask, targets, 0).unsqueeze(1)).squeeze(1)
     logp = logp * mask
     in_seq = segments >= 0
-    seq = torch.zeros(2 * b, dtype=torch.float32).index_add(0, segments[in_seq], logp[in_seq])
+    seq = torch.zeros(2 * b, dtype=torch.float64).index_add(0, segments[in_seq], logp[in_seq])
     real, gen = seq[:b], seq[b:]
     ref_real, ref_gen = ref[:b], ref[b:]
     beta = p["beta"]
-    u = beta * ((real - ref_real) - (gen - ref_gen))
-    if p["loss_type"] == "sigmoid":
+    r_w, r_l = real - ref_real, gen - ref_gen  # log-ratios of the real (winning) and generated answers
+    u = beta * (r_w - r_l)
+    kind = p["loss_type"]
+    if kind == "sigmoid":
         losses = -torch.nn.functional.logsigmoid(u)
-    else:
+    elif kind == "hinge":
         losses = torch.relu(1 - u)
+    elif kind == "ipo":  # IPO (Azar et al. 2023, eq. 17), on summed log-probs
+        losses = (r_w - r_l - 1 / (2 * beta)) ** 2
+    elif kind == "sppo_hard":  # SPPO (Wu et al. 2024) with P(real answer wins) = 1
+        losses = (r_w - 0.5 / beta) ** 2 + (r_l + 0.5 / beta) ** 2
+    else:
+        raise ValueError(f"unknown loss_type {kind}")
     loss = losses.mean()
     loss.backward()
     rewards_real = beta * (real - ref_real).detach()

@@ -249,7 +249,7 @@ fn sequence_backward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups)
 }
 
 // ---- the SPIN loss (B pairs, one invocation: B is small) ---------------------------------------------
-struct SpinParams { b: u32, hinge: u32, has_mask: u32, beta: f32, nll_alpha: f32, grad_scale: f32, _a: u32, _b: u32 }
+struct SpinParams { b: u32, kind: u32, has_mask: u32, beta: f32, nll_alpha: f32, grad_scale: f32, _a: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> spp: SpinParams;
 @group(0) @binding(1) var<storage, read> sp_policy: array<f32>;
 @group(0) @binding(2) var<storage, read> sp_ref: array<f32>;
@@ -280,20 +280,39 @@ fn spin_loss() {
       sp_dseq[b + i] = 0.0;
       continue;
     }
-    let rr = spp.beta * (sp_policy[i] - sp_ref[i]);
-    let rg = spp.beta * (sp_policy[b + i] - sp_ref[b + i]);
+    let lr_real = sp_policy[i] - sp_ref[i];  // log-ratios r_w, r_l
+    let lr_gen = sp_policy[b + i] - sp_ref[b + i];
+    let rr = spp.beta * lr_real;
+    let rg = spp.beta * lr_gen;
     let u = rr - rg;
     var loss: f32;
-    var dl: f32;
-    if (spp.hinge == 1u) {
-      loss = select(0.0, 1.0 - u, u < 1.0);
-      dl = select(0.0, -1.0, u < 1.0);
+    var g_real: f32;  // d loss / dS(theta, y) and d loss / dS(theta, y') of this pair
+    var g_gen: f32;
+    if (spp.kind == 2u) {  // ipo: (r_w - r_l - 1/(2 beta))^2
+      let e = (lr_real - lr_gen) - 0.5 / spp.beta;
+      loss = e * e;
+      g_real = 2.0 * e;
+      g_gen = -2.0 * e;
+    } else if (spp.kind == 3u) {  // sppo_hard: (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2
+      let e_real = lr_real - 0.5 / spp.beta;
+      let e_gen = lr_gen + 0.5 / spp.beta;
+      loss = e_real * e_real + e_gen * e_gen;
+      g_real = 2.0 * e_real;
+      g_gen = 2.0 * e_gen;
     } else {
-      loss = softplus_f(-u);
-      dl = -sigmoid_l(-u);
+      var dl: f32;
+      if (spp.kind == 1u) {  // hinge
+        loss = select(0.0, 1.0 - u, u < 1.0);
+        dl = select(0.0, -1.0, u < 1.0);
+      } else {  // sigmoid
+        loss = softplus_f(-u);
+        dl = -sigmoid_l(-u);
+      }
+      g_real = spp.beta * dl;
+      g_gen = -spp.beta * dl;
     }
-    var d_real = spp.beta * dl * inv;
-    let d_gen = -spp.beta * dl * inv;
+    var d_real = g_real * inv;
+    let d_gen = g_gen * inv;
     if (spp.nll_alpha != 0.0 && sp_tokens[i] > 0.0) {
       loss += spp.nll_alpha * -sp_policy[i] / sp_tokens[i];
       d_real += -spp.nll_alpha / sp_tokens[i] * inv;

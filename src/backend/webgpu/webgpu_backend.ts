@@ -18,6 +18,7 @@ import type {
   SpinLossOpts,
   SpinLossOutputs,
 } from '../backend.js';
+import { SPIN_LOSS_TYPES } from '../backend.js';
 import { requestAdapter } from './device.js';
 import { type Defines, FAMILY_DEFAULTS, type KernelFamily, moduleSource } from './kernels.js';
 
@@ -562,7 +563,7 @@ export class WebGpuBackend implements Backend {
     const dseq = this.empty('f32', [2 * b]);
     const params: Param[] = [
       b,
-      opts.lossType === 'hinge' ? 1 : 0,
+      SPIN_LOSS_TYPES.indexOf(opts.lossType),
       opts.pairMask ? 1 : 0,
       [opts.beta, 'f'],
       [opts.nllAlpha ?? 0, 'f'],
