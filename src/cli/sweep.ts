@@ -350,7 +350,7 @@ async function evaluate(model: LlamaModel, tok: HfTokenizer, tasks: readonly Syn
 }
 
 /** Checks a directory's fingerprint (or writes it); a different one is refused like `spinlm run`'s resume check. */
-async function checkFingerprint(dir: string, now: Fingerprint, what: string, out: string): Promise<void> {
+async function checkFingerprint(dir: string, now: Fingerprint, what: string): Promise<void> {
   const fp = join(dir, 'fingerprint.json');
   if (existsSync(fp)) {
     let was: Fingerprint | null;
@@ -362,7 +362,7 @@ async function checkFingerprint(dir: string, now: Fingerprint, what: string, out
     const diffs = was ? fingerprintDiff(was, now).map((d) => d.replace(/^--/, '')) : ['fingerprint.json is unreadable'];
     if (diffs.length)
       throw new UsageError(
-        `spinlm sweep: ${dir} holds ${what} run with other settings: ${diffs.join('; ')}. Rerun with the same config to resume, choose another --out, or add --overwrite_output_dir to start over (${out})`,
+        `spinlm sweep: ${dir} holds ${what} run with other settings: ${diffs.join('; ')}. Rerun with the same config to resume, choose another --out, or add --overwrite_output_dir to start over`,
       );
   }
   await writeFileAtomic(fp, `${JSON.stringify(now, null, 2)}\n`);
@@ -452,10 +452,10 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
     },
     [{ flag: 'model', path: modelDir }, ...inputs.filter((i) => i.flag === 'data' || i.flag === 'eval_data')],
   );
-  await checkFingerprint(o.out, baseFp, 'a sweep', o.out);
+  await checkFingerprint(o.out, baseFp, 'a sweep');
   for (const arm of arms) {
     await makeDirs(join(o.out, arm.name));
-    await checkFingerprint(join(o.out, arm.name), await fingerprintOf('sweep', arm.options, []), `arm '${arm.name}' of a sweep`, o.out);
+    await checkFingerprint(join(o.out, arm.name), await fingerprintOf('sweep', arm.options, []), `arm '${arm.name}' of a sweep`);
   }
   await writeFileAtomic(
     join(o.out, 'sweep.resolved.json'),
