@@ -270,7 +270,10 @@ describe('a real sweep', () => {
     // killed in iteration 1 of (spin, seed 2): seed 1's runs are finished, and stay untouched
     const killed = sweep('resumed', { SPINLM_KILL_AT: 'spin/seed-2:1:1' });
     assert.equal(killed.signal, 'SIGKILL', killed.stderr);
-    assert.ok(!existsSync(join(dir, 'resumed', 'sweep.json')));
+    // the table so far: seed 1's runs (it is rewritten after every finished run)
+    const partial = JSON.parse(readFileSync(join(dir, 'resumed', 'sweep.json'), 'utf8'));
+    assert.equal(partial.rows.length, 2 * 2);
+    for (const row of partial.rows) assert.deepEqual(Object.keys(row.exactMatch.values), ['1'], `${row.arm} ${row.iteration}`);
     const done = join(dir, 'resumed', 'spin', 'seed-1', 'iter-1', 'eval.json');
     const mtime = statSync(done).mtimeMs;
     assert.ok(existsSync(join(dir, 'resumed', 'spin', 'seed-2', 'iter-1', 'checkpoint')));

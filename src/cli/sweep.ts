@@ -480,6 +480,28 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
   const theta0: SweepEval = JSON.parse(await readFile(theta0File, 'utf8'));
   say(`θ0: exact match ${fmt(theta0.exactMatch, 3)}, held-out log-prob/token ${fmt(theta0.heldoutLogp)}`);
 
+  // the table, from the eval.json files on disk: rewritten after every finished run, so that a long sweep
+  // always has one for what is done (the `seeds` column says how many seeds each row has)
+  const writeTable = async () => {
+    const records = await readSweepRecords(
+      o.out,
+      arms.map((a) => a.name),
+      cfg.seeds,
+      cfg.iterations,
+    );
+    const s = summarizeSweep({
+      title: `spinlm sweep: ${basename(cfg.file)}`,
+      arms,
+      seeds: cfg.seeds,
+      baseline: cfg.baseline,
+      heldoutTasks: heldout.length,
+      theta0,
+      records,
+    });
+    await writeSweepOutputs(o.out, s);
+    return s;
+  };
+
   // 4. every (seed, arm): seed by seed, so that the finished seeds are complete pairs
   for (const seed of cfg.seeds) {
     for (const arm of arms) {
@@ -534,26 +556,12 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
           },
         },
       );
+      await writeTable();
     }
   }
 
   // 5. the table, from the eval.json files
-  const records = await readSweepRecords(
-    o.out,
-    arms.map((a) => a.name),
-    cfg.seeds,
-    cfg.iterations,
-  );
-  const summary = summarizeSweep({
-    title: `spinlm sweep: ${basename(cfg.file)}`,
-    arms,
-    seeds: cfg.seeds,
-    baseline: cfg.baseline,
-    heldoutTasks: heldout.length,
-    theta0,
-    records,
-  });
-  await writeSweepOutputs(o.out, summary);
+  const summary = await writeTable();
   return sweepTable(summary);
 }
 
