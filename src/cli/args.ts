@@ -44,8 +44,8 @@ function describeType(t: OptionType): string {
 }
 
 /** Converts a raw value (CLI string, or a config-file value) to the option's type. */
-function convert(spec: OptionSpec, raw: unknown, where: string): unknown {
-  const bad = () => new UsageError(`${where} --${spec.name}: got ${JSON.stringify(raw)}, expected ${describeType(spec.type)}`);
+function convert(spec: OptionSpec, raw: unknown, where: string, label = `--${spec.name}`): unknown {
+  const bad = () => new UsageError(`${where} ${label}: got ${JSON.stringify(raw)}, expected ${describeType(spec.type)}`);
   const t = spec.type;
   let v: unknown;
   if (typeof t === 'object') {
@@ -70,7 +70,7 @@ function convert(spec: OptionSpec, raw: unknown, where: string): unknown {
     v = n;
   }
   const msg = spec.check?.(v as never);
-  if (msg) throw new UsageError(`${where} --${spec.name}: ${msg} (got ${JSON.stringify(raw)})`);
+  if (msg) throw new UsageError(`${where} ${label}: ${msg} (got ${JSON.stringify(raw)})`);
   return v;
 }
 
@@ -93,6 +93,34 @@ export function readConfigFile(file: string): Record<string, unknown> {
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc))
     throw new UsageError(`--config ${file}: expected a mapping of option names to values`);
   return doc as Record<string, unknown>;
+}
+
+/**
+ * Option values given as a mapping (a config file's, or a section of one), checked and converted as
+ * the flags are: an unknown key is named with a suggestion, a bad value with the expected type. Keys
+ * may be snake_case or kebab-case (or an alias); the result has the canonical names and the specs'
+ * defaults for what is not given. Errors read `${where} ${keyPrefix}${key}: ...`.
+ */
+export function resolveValues(values: Record<string, unknown>, specs: readonly OptionSpec[], where: string, keyPrefix = ''): Parsed {
+  const byName = new Map(specs.flatMap((s) => [s.name, ...(s.aliases ?? [])].map((n) => [n, s] as const)));
+  const given = new Map<string, unknown>();
+  for (const [key, v] of Object.entries(values)) {
+    const spec = byName.get(canonical(key));
+    if (!spec)
+      throw new UsageError(
+        `${where}: unknown key '${keyPrefix}${key}'.${suggest(
+          canonical(key),
+          specs.map((s) => s.name),
+        ).replace('--', '')}`,
+      );
+    if (v !== undefined) given.set(spec.name, convert(spec, v, where, `${keyPrefix}${spec.name}`));
+  }
+  const out: Parsed = {};
+  for (const s of specs) {
+    if (given.has(s.name)) out[s.name] = given.get(s.name);
+    else if (s.default !== undefined) out[s.name] = s.default;
+  }
+  return out;
 }
 
 /**
@@ -147,9 +175,9 @@ export function parseOptions(argv: readonly string[], specs: readonly OptionSpec
   return out;
 }
 
-export function helpText(command: string, summary: string, specs: readonly OptionSpec[]): string {
+export function helpText(command: string, summary: string, specs: readonly OptionSpec[], positional?: string): string {
   const lines = [
-    `Usage: spinlm ${command} [options]`,
+    `Usage: spinlm ${command}${positional ? ` ${positional}` : ''} [options]`,
     '',
     summary,
     '',

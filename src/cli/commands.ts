@@ -46,16 +46,18 @@ import {
   evalBatchOption,
   generationOptions,
   loopOptions,
+  mixPreviousOption,
   modelOption,
   nprocOption,
   outOption,
-  spinOptions,
   textOptions,
+  trainOptions,
 } from './options.js';
 import type { LlamaModel } from '../model/llama.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
 import { progressBar } from './progress.js';
+import { defaultSweepOut, readSweepConfig, sweepCommand } from './sweep.js';
 
 export interface Command {
   name: string;
@@ -63,6 +65,8 @@ export interface Command {
   options: OptionSpec[];
   /** Picks a backend from --device before it runs. */
   usesDevice?: boolean;
+  /** A first argument that is not an option (e.g. sweep's CONFIG.yaml), stored in the options under `name`. */
+  positional?: { name: string; usage: string };
   run(o: Parsed): Promise<void>;
 }
 
@@ -221,13 +225,6 @@ const generate: Command = {
   },
 };
 
-const trainOptions = [
-  ...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }),
-  ...spinOptions,
-  ...textOptions,
-  ...distOptions,
-];
-
 const train: Command = {
   name: 'train',
   summary: 'One SPIN iteration from a pair file: reference log-probs of --model, then train; writes the new model (HF format) and metrics.',
@@ -288,7 +285,7 @@ const run: Command = {
     dataOption,
     outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
-    { name: 'mix_previous_iteration', type: 'bool', default: true, help: 'train iteration t >= 1 on the answers of t-1 and t (official)' },
+    mixPreviousOption,
     { name: 'eval_data', type: 'string', help: 'held-out file for the per-iteration evaluation (mean real-answer log-prob per token)' },
     nOption,
     skipInvalid,
@@ -610,10 +607,42 @@ const demo: Command = {
   },
 };
 
+const sweep: Command = {
+  name: 'sweep',
+  summary:
+    'A grid of self-play arms x seeds from a YAML config (docs/science.md); resumable; writes sweep.md / sweep.json / sweep.svg with paired standard errors against a baseline arm.',
+  positional: { name: 'sweep_config', usage: 'CONFIG.yaml' },
+  options: [
+    {
+      name: 'out',
+      type: 'string',
+      check: (v: string) => (v === '' ? 'must not be empty' : null),
+      help: "output directory (default: the config's name, e.g. sweep-demo for sweep-demo.yaml)",
+    },
+    overwriteOption,
+    quietOption,
+  ],
+  async run(o) {
+    const file = String(o.sweep_config);
+    const cfg = readSweepConfig(file);
+    const out = o.out === undefined ? defaultSweepOut(file) : String(o.out);
+    const t0 = Date.now();
+    const table = await sweepCommand(cfg, {
+      out,
+      overwrite: Boolean(o.overwrite_output_dir),
+      device: String(o.device ?? 'auto'),
+      quiet: Boolean(o.quiet),
+    });
+    console.log(
+      `\n${table}\n\nΔ: mean paired difference in exact match vs ${cfg.baseline} (same seed, iteration and tasks); paired SE = sd/sqrt(n) over the ${cfg.seeds.length} seeds.\nTables: ${join(out, 'sweep.md')} (per task family too), ${join(out, 'sweep.json')}; plot: ${join(out, 'sweep.svg')}; total ${((Date.now() - t0) / 1000).toFixed(0)}s.`,
+    );
+  },
+};
+
 /** Commands that compute take --device (synthetic only writes data). */
-for (const c of [demo, run, train, sftCmd, generate, score, evalCmd]) {
+for (const c of [demo, run, train, sftCmd, generate, score, evalCmd, sweep]) {
   c.options = [...c.options, deviceOption];
   c.usesDevice = true;
 }
 
-export const COMMANDS: Command[] = [demo, run, train, sftCmd, generate, score, evalCmd, synth];
+export const COMMANDS: Command[] = [demo, run, sweep, train, sftCmd, generate, score, evalCmd, synth];

@@ -76,7 +76,7 @@ export async function main(argv: string[]): Promise<number> {
     return 2;
   }
   if (rest.includes('--help') || rest.includes('-h')) {
-    console.log(helpText(cmd.name, cmd.summary, cmd.options));
+    console.log(helpText(cmd.name, cmd.summary, cmd.options, cmd.positional?.usage));
     return 0;
   }
   // data parallel: rank 0 alone prints; the others only report their own errors (prefixed with the rank)
@@ -84,7 +84,17 @@ export async function main(argv: string[]): Promise<number> {
   const write = process.stderr.write.bind(process.stderr);
   const report = (line: string) => write(`${launchedByMpi() && rank !== 0 ? `[rank ${rank}] ` : ''}${line}\n`);
   try {
-    const o = parseOptions(rest, cmd.options, cmd.name);
+    let args = rest;
+    let positional: string | undefined;
+    if (cmd.positional) {
+      if (rest.length === 0 || rest[0].startsWith('--'))
+        throw new UsageError(
+          `spinlm ${cmd.name}: give ${cmd.positional.usage} first: spinlm ${cmd.name} ${cmd.positional.usage} [options]`,
+        );
+      [positional, ...args] = rest;
+    }
+    const o = parseOptions(args, cmd.options, cmd.name);
+    if (cmd.positional) o[cmd.positional.name] = positional;
     const nproc = Number(o.nproc ?? 1);
     if (nproc > 1 && !launchedByMpi())
       return await launch(nproc, process.argv[1] ?? fileURLToPath(import.meta.url), [name, ...withoutNproc(rest)]);

@@ -173,6 +173,14 @@ export const generationOptions: OptionSpec[] = [
   },
 ];
 
+/** `spinlm run`'s official mixing of iterations. */
+export const mixPreviousOption: OptionSpec = {
+  name: 'mix_previous_iteration',
+  type: 'bool',
+  default: true,
+  help: 'train iteration t >= 1 on the answers of t-1 and t (official)',
+};
+
 /** Sequences per forward pass when scoring or evaluating (HF's per_device_eval_batch_size). */
 export const evalBatchOption = (defaultSize: number, help: string): OptionSpec => ({
   name: 'per_device_eval_batch_size',
@@ -199,4 +207,12 @@ export const distOptions: OptionSpec[] = [
     default: '0',
     help: "ZeRO sharding across processes (DeepSpeed's stages): 1 optimizer state + fp32 masters, 2 also gradients, 3 also parameters",
   },
+];
+
+/** The training options of `spinlm train` and `spinlm run` (and, less the process options, of a sweep's arms). */
+export const trainOptions: OptionSpec[] = [
+  ...loopOptions({ lr: [5e-7], optim: 'rmsprop', epochs: 2, batch: 8, accum: 8 }),
+  ...spinOptions,
+  ...textOptions,
+  ...distOptions,
 ];

@@ -209,7 +209,7 @@ export function fingerprintDiff(was: Fingerprint, now: Fingerprint): string[] {
 }
 
 /** Removes what a previous run left in `dir` (all but the lock), for --overwrite_output_dir. */
-function clearDir(dir: string): void {
+export function clearDir(dir: string): void {
   for (const f of readdirSync(dir)) if (f !== LOCK && f !== PID_FILE) rmSync(join(dir, f), { recursive: true, force: true });
 }
 

@@ -21,6 +21,8 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
 export interface Series {
   name: string;
   points: [number, number][];
+  /** Error bars: half-widths, one per point (drawn as y +- e; a missing or non-finite one draws none). */
+  errors?: number[];
 }
 
 /** One line chart as an SVG string. */
@@ -36,7 +38,10 @@ export function lineChart(
     R = 130,
     T = 30,
     B = 44;
-  const pts = series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+  const bar = (s: Series, i: number) => (Number.isFinite(s.errors?.[i]) ? Math.abs(s.errors![i]) : 0);
+  const pts = series
+    .flatMap((s) => s.points.flatMap(([x, y], i) => [[x, y - bar(s, i)] as const, [x, y + bar(s, i)] as const]))
+    .filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
   if (pts.length === 0)
     return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}"><text x="10" y="20">${esc(title)}: no data</text></svg>`;
   const x0 = Math.min(...pts.map((p) => p[0]));
@@ -69,6 +74,15 @@ export function lineChart(
     const c = COLORS[i % COLORS.length];
     const good = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
     if (good.length === 0) return;
+    s.points.forEach(([x, y], k) => {
+      const e = bar(s, k);
+      if (e > 0 && Number.isFinite(x) && Number.isFinite(y)) {
+        const [px, lo, hi] = [sx(x).toFixed(1), sy(y - e).toFixed(1), sy(y + e).toFixed(1)];
+        parts.push(
+          `<path d="M${px},${lo}V${hi}M${(sx(x) - 3).toFixed(1)},${lo}h6M${(sx(x) - 3).toFixed(1)},${hi}h6" stroke="${c}" stroke-width="1.2" fill="none"/>`,
+        );
+      }
+    });
     parts.push(
       `<polyline fill="none" stroke="${c}" stroke-width="1.6" points="${good.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`,
     );

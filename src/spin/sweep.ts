@@ -1,0 +1,304 @@
+// The summary of a sweep (`spinlm sweep`, docs/science.md): arms x seeds of self-play from one θ0,
+// each evaluated after every iteration on the same held-out tasks. Per arm and iteration: the mean over
+// seeds of held-out exact match, and the mean PAIRED difference to the baseline arm (same seed, same
+// iteration, same tasks) with its standard error sd(d) / sqrt(n) over the seeds; per task family for
+// the last iteration. Written as sweep.md, sweep.json and sweep.svg (exact match per iteration, one
+// line per arm, error bars = SE over seeds). Everything here is computed from the evaluation records,
+// so a table can always be rebuilt from the files of the runs.
+import { join } from 'node:path';
+import { writeFileAtomic } from '../util/atomic.js';
+import { lineChart } from './report.js';
+
+/** What a run records after each iteration (its eval.json) and θ0's (theta0/eval.json). */
+export interface SweepEval {
+  exactMatch: number;
+  heldoutLogp: number;
+  /** Exact match per task family. */
+  byTask: Record<string, number>;
+  /** Fraction of the opponent's answers to the iteration's prompts equal to the real answer (null: no opponent, the sft objective). */
+  generatedEqualsReal?: number | null;
+  /** Mean over the iteration's optimizer steps of rewards/real and rewards/generated (null: the sft objective). */
+  rewardsReal?: number | null;
+  rewardsGenerated?: number | null;
+}
+
+export interface SweepRecord {
+  arm: string;
+  seed: number;
+  /** 1-based: the model after self-play iteration `iteration - 1` (0 is θ0). */
+  iteration: number;
+  eval: SweepEval;
+}
+
+/** A mean over seeds with its standard error (sd with n - 1 over sqrt(n); null for fewer than 2 values). */
+export interface MeanSe {
+  mean: number;
+  se: number | null;
+  n: number;
+  /** The values, by seed. */
+  values: Record<string, number>;
+}
+
+export function meanSe(values: Record<string, number>): MeanSe {
+  const xs = Object.values(values);
+  const n = xs.length;
+  if (n === 0) throw new RangeError('meanSe: no values');
+  const mean = xs.reduce((a, b) => a + b, 0) / n;
+  if (n < 2) return { mean, se: null, n, values };
+  const variance = xs.reduce((a, x) => a + (x - mean) ** 2, 0) / (n - 1);
+  return { mean, se: Math.sqrt(variance / n), n, values };
+}
+
+/** Per-seed differences a - b over the seeds both have, and their mean and standard error. */
+export function pairedDifference(a: Record<string, number>, b: Record<string, number>): MeanSe | null {
+  const d: Record<string, number> = {};
+  for (const s of Object.keys(a)) if (s in b) d[s] = a[s] - b[s];
+  return Object.keys(d).length > 0 ? meanSe(d) : null;
+}
+
+export interface SweepRow {
+  arm: string;
+  iteration: number;
+  exactMatch: MeanSe;
+  /** Exact match minus the baseline's, paired by seed (null for the baseline itself). */
+  diff: MeanSe | null;
+  heldoutLogp: MeanSe;
+  generatedEqualsReal: MeanSe | null;
+  rewardsReal: MeanSe | null;
+  rewardsGenerated: MeanSe | null;
+}
+
+export interface SweepTaskRow {
+  arm: string;
+  family: string;
+  theta0: number;
+  exactMatch: MeanSe;
+  diff: MeanSe | null;
+}
+
+export interface SweepSummary {
+  title: string;
+  seeds: number[];
+  baseline: string;
+  arms: { name: string; description: string }[];
+  heldoutTasks: number;
+  theta0: SweepEval;
+  rows: SweepRow[];
+  /** The iteration of the per-family breakdown: the last one every arm has for some seed. */
+  lastIteration: number;
+  byTask: SweepTaskRow[];
+}
+
+const bySeed = (records: readonly SweepRecord[], pick: (e: SweepEval) => number | null | undefined): Record<string, number> => {
+  const out: Record<string, number> = {};
+  for (const r of records) {
+    const v = pick(r.eval);
+    if (typeof v === 'number' && Number.isFinite(v)) out[String(r.seed)] = v;
+  }
+  return out;
+};
+
+const orNull = (values: Record<string, number>) => (Object.keys(values).length > 0 ? meanSe(values) : null);
+
+/** The table of a sweep from its records: arms in the given order, iterations 1.. in order. */
+export function summarizeSweep(input: {
+  title: string;
+  arms: readonly { name: string; description: string }[];
+  seeds: readonly number[];
+  baseline: string;
+  heldoutTasks: number;
+  theta0: SweepEval;
+  records: readonly SweepRecord[];
+}): SweepSummary {
+  const { records, baseline } = input;
+  if (!input.arms.some((a) => a.name === baseline)) throw new RangeError(`baseline '${baseline}' is not one of the arms`);
+  const of = (arm: string, iteration: number) => records.filter((r) => r.arm === arm && r.iteration === iteration);
+  const iterations = [...new Set(records.map((r) => r.iteration))].sort((a, b) => a - b);
+  const rows: SweepRow[] = [];
+  for (const arm of input.arms) {
+    for (const it of iterations) {
+      const mine = of(arm.name, it);
+      if (mine.length === 0) continue;
+      const em = bySeed(mine, (e) => e.exactMatch);
+      rows.push({
+        arm: arm.name,
+        iteration: it,
+        exactMatch: meanSe(em),
+        diff:
+          arm.name === baseline
+            ? null
+            : pairedDifference(
+                em,
+                bySeed(of(baseline, it), (e) => e.exactMatch),
+              ),
+        heldoutLogp: meanSe(bySeed(mine, (e) => e.heldoutLogp)),
+        generatedEqualsReal: orNull(bySeed(mine, (e) => e.generatedEqualsReal)),
+        rewardsReal: orNull(bySeed(mine, (e) => e.rewardsReal)),
+        rewardsGenerated: orNull(bySeed(mine, (e) => e.rewardsGenerated)),
+      });
+    }
+  }
+  const complete = iterations.filter((it) => input.arms.every((a) => of(a.name, it).length > 0));
+  const lastIteration = complete.length > 0 ? complete[complete.length - 1] : 0;
+  const byTask: SweepTaskRow[] = [];
+  if (lastIteration > 0) {
+    const families = [...new Set([...Object.keys(input.theta0.byTask), ...records.flatMap((r) => Object.keys(r.eval.byTask))])].sort();
+    for (const arm of input.arms) {
+      for (const family of families) {
+        const em = bySeed(of(arm.name, lastIteration), (e) => e.byTask[family]);
+        if (Object.keys(em).length === 0) continue;
+        byTask.push({
+          arm: arm.name,
+          family,
+          theta0: input.theta0.byTask[family] ?? NaN,
+          exactMatch: meanSe(em),
+          diff:
+            arm.name === baseline
+              ? null
+              : pairedDifference(
+                  em,
+                  bySeed(of(baseline, lastIteration), (e) => e.byTask[family]),
+                ),
+        });
+      }
+    }
+  }
+  return {
+    title: input.title,
+    seeds: [...input.seeds],
+    baseline,
+    arms: input.arms.map((a) => ({ name: a.name, description: a.description })),
+    heldoutTasks: input.heldoutTasks,
+    theta0: input.theta0,
+    rows,
+    lastIteration,
+    byTask,
+  };
+}
+
+const f = (x: number | null | undefined, d = 4) => (typeof x === 'number' && Number.isFinite(x) ? x.toFixed(d) : '-');
+const signed = (x: number | null | undefined, d = 4) =>
+  typeof x === 'number' && Number.isFinite(x) ? `${x >= 0 ? '+' : ''}${x.toFixed(d)}` : '-';
+
+/** The main table: per arm and iteration (θ0 first). */
+export function sweepTable(s: SweepSummary): string {
+  const head = [
+    'arm',
+    'iteration',
+    'seeds',
+    'exact match',
+    'SE',
+    `Δ vs ${s.baseline}`,
+    'paired SE',
+    'log-prob/token',
+    'generated = real',
+    'rewards/real',
+    'rewards/generated',
+  ];
+  const lines = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
+  lines.push(`| θ0 | 0 | - | ${f(s.theta0.exactMatch)} | - | - | - | ${f(s.theta0.heldoutLogp)} | - | - | - |`);
+  for (const r of s.rows) {
+    lines.push(
+      `| ${[
+        r.arm,
+        r.iteration,
+        r.exactMatch.n,
+        f(r.exactMatch.mean),
+        f(r.exactMatch.se),
+        r.diff ? signed(r.diff.mean) : '(baseline)',
+        r.diff ? f(r.diff.se) : '-',
+        f(r.heldoutLogp.mean),
+        f(r.generatedEqualsReal?.mean, 3),
+        f(r.rewardsReal?.mean),
+        f(r.rewardsGenerated?.mean),
+      ].join(' | ')} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+/** Per task family at the last iteration: θ0, then each arm's mean and its paired difference ± SE. */
+export function sweepTaskTable(s: SweepSummary): string {
+  const families = [...new Set(s.byTask.map((r) => r.family))];
+  const head = ['family', 'θ0', ...s.arms.map((a) => (a.name === s.baseline ? `${a.name} (baseline)` : `${a.name} (Δ ± paired SE)`))];
+  const lines = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
+  for (const family of families) {
+    const cells = s.arms.map((a) => {
+      const r = s.byTask.find((x) => x.arm === a.name && x.family === family);
+      if (!r) return '-';
+      return r.diff ? `${f(r.exactMatch.mean, 3)} (${signed(r.diff.mean, 3)} ± ${f(r.diff.se, 3)})` : f(r.exactMatch.mean, 3);
+    });
+    lines.push(`| ${family} | ${f(s.theta0.byTask[family], 3)} | ${cells.join(' | ')} |`);
+  }
+  return lines.join('\n');
+}
+
+/** Exact match per iteration, one line per arm from θ0 (iteration 0), error bars = SE over seeds. */
+export function sweepChart(s: SweepSummary): string {
+  const k = s.arms.length;
+  const series = s.arms.map((a, i) => {
+    const rows = s.rows.filter((r) => r.arm === a.name);
+    // arms side by side around each iteration, so that their error bars do not cover each other
+    const dx = k > 1 ? (i - (k - 1) / 2) * Math.min(0.04, 0.3 / k) : 0;
+    return {
+      name: a.name,
+      points: [[0, s.theta0.exactMatch] as [number, number], ...rows.map((r) => [r.iteration + dx, r.exactMatch.mean] as [number, number])],
+      errors: [0, ...rows.map((r) => r.exactMatch.se ?? 0)],
+    };
+  });
+  return lineChart(`Held-out exact match (mean of ${s.seeds.length} seeds; bars: SE over seeds)`, 'iteration', series, {
+    width: 640,
+    height: 340,
+  });
+}
+
+export function sweepMarkdown(s: SweepSummary): string {
+  const n = s.seeds.length;
+  return [
+    `# ${s.title}`,
+    '',
+    `Seeds: ${s.seeds.join(', ')}. Held-out: ${s.heldoutTasks} tasks, the same for every run. Baseline: ${s.baseline}.`,
+    '',
+    'Arms:',
+    ...s.arms.map((a) => `- ${a.name}: ${a.description || '(no description)'}`),
+    '',
+    '## Held-out exact match per arm and iteration',
+    '',
+    sweepTable(s),
+    '',
+    `- exact match: mean over the seeds; SE: their standard error (sd / sqrt(n), sd with n - 1).`,
+    `- Δ vs ${s.baseline}: the mean over seeds of (arm - ${s.baseline}) at the same seed and iteration, on the same held-out tasks;`,
+    `  paired SE = sd(Δ_seed) / sqrt(n), the standard error of the per-seed differences (sd with n - 1). With n = ${n}`,
+    `  seeds, a 95% interval is about Δ ± ${n >= 2 ? tQuantile975(n - 1).toFixed(2) : '?'} paired SE (Student's t with n - 1 degrees of freedom).`,
+    '- log-prob/token: mean held-out log-prob per token of the real answers (answer + EOS).',
+    "- iteration k: the model after k self-play iterations. Its row's generated = real, rewards/real and rewards/generated",
+    '  describe the training that made it, against the opponent of the row above (θ0 for iteration 1):',
+    "- generated = real: fraction of the opponent's answers to the training prompts that equal the real answer",
+    '  (after trimming whitespace); such pairs carry no gradient in the SPIN loss. "-": the arm has no opponent (sft).',
+    '- rewards/real, rewards/generated: beta (S(θ, y) - S(ref, y)) of the real and the generated answers, averaged over',
+    "  the iteration's optimizer steps as the trainer logs them.",
+    '',
+    `## Per task family after iteration ${s.lastIteration}`,
+    '',
+    s.lastIteration > 0 ? sweepTaskTable(s) : '(no iteration that every arm finished)',
+    '',
+  ].join('\n');
+}
+
+/** Two-sided 95% quantile of Student's t with `df` degrees of freedom (table, then the normal limit). */
+export function tQuantile975(df: number): number {
+  const table = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131];
+  if (df >= 1 && df <= table.length) return table[df - 1];
+  if (df <= 30) return 2.042 + ((30 - df) / 15) * (2.131 - 2.042);
+  return 1.96;
+}
+
+/** Writes sweep.md, sweep.json and sweep.svg into `dir`, each atomically. */
+export async function writeSweepOutputs(dir: string, s: SweepSummary): Promise<void> {
+  await writeFileAtomic(join(dir, 'sweep.json'), `${JSON.stringify(s, null, 2)}\n`);
+  await writeFileAtomic(join(dir, 'sweep.svg'), `${sweepChart(s)}\n`);
+  await writeFileAtomic(
+    join(dir, 'sweep.md'),
+    `${sweepMarkdown(s)}\nPlot: sweep.svg (exact match per iteration, error bars = SE over seeds).\n`,
+  );
+}
