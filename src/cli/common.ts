@@ -1,7 +1,7 @@
 // Pieces the commands share: loading model + tokenizer, turning parsed options into library configs.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Backend } from '../backend/backend.js';
+import type { Backend, SpinLossType } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu/cpu_backend.js';
 import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { LlamaModel } from '../model/llama.js';
@@ -92,6 +92,18 @@ export function optimizer(o: Parsed): OptimizerConfig {
         weightDecay: Number(o.weight_decay),
       }
     : { type: 'rmsprop', alpha: Number(o.rmsprop_alpha), eps: Number(o.adam_epsilon), weightDecay: Number(o.weight_decay) };
+}
+
+/** The self-play settings `spinlm run` and each arm of `spinlm sweep` take from the same flags. */
+export function selfPlayFlags(o: Parsed) {
+  return {
+    learningRates: o.learning_rate as number[],
+    betas: o.beta as number[],
+    lossType: o.loss_type as SpinLossType,
+    nllAlpha: Number(o.nll_alpha),
+    dropIdentical: Boolean(o.drop_identical_pairs),
+    mixPrevious: Boolean(o.mix_previous_iteration),
+  };
 }
 
 export function loop(o: Parsed, learningRate: number): LoopConfig {

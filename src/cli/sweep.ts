@@ -26,7 +26,7 @@ import type { PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, resolveValues, suggest, UsageError } from './args.js';
-import { backend, fmt, loop, resolveTemplate, stopSequences, truncation } from './common.js';
+import { backend, fmt, loop, resolveTemplate, selfPlayFlags, stopSequences, truncation } from './common.js';
 import { generationOptions, mixPreviousOption, trainOptions } from './options.js';
 import { checkOverlap, clearDir, fingerprintDiff, fingerprintOf, type Fingerprint, lockDir, truncateMetrics } from './run_dir.js';
 
@@ -304,12 +304,7 @@ function planArm(file: string, i: number, arm: SweepConfigArm, tok: HfTokenizer,
     options: o,
     selfPlay: {
       arm: o.objective === 'sft' ? 'sft' : 'spin',
-      learningRates: o.learning_rate as number[],
-      betas: o.beta as number[],
-      lossType: o.loss_type as SelfPlayOptions['lossType'],
-      nllAlpha: Number(o.nll_alpha),
-      dropIdentical: Boolean(o.drop_identical_pairs),
-      mixPrevious: Boolean(o.mix_previous_iteration),
+      ...selfPlayFlags(o as Parsed),
       loop: base,
       truncation: trunc,
       template,
