@@ -266,7 +266,18 @@ export async function runTrainingLoop(
           ? { name, param: master, grad: model.weights.grad(name) }
           : { name, param, master, grad: model.weights.grad(name) };
       });
-  const opt = engine ? engine.opt : new Optimizer(be, params, cfg.optim);
+  // from here to the end of training only the masters of bf16 parameters are resident (the model
+  // acquires each layer's bf16 copy while it runs); dropped before the optimizer state exists, so the
+  // bf16 copies never sit beside masters, gradients and state together (the 1.1B step's peak did:
+  // docs/memory.md); the finally block below (or the catch before it) rebuilds them
+  lean?.begin();
+  let opt: Optimizer;
+  try {
+    opt = engine ? engine.opt : new Optimizer(be, params, cfg.optim);
+  } catch (err) {
+    lean?.end();
+    throw err;
+  }
   const perEpoch = stepsPerEpoch(n, cfg);
   const totalSteps = perEpoch * cfg.numTrainEpochs;
   const warmup = warmupSteps(totalSteps, cfg.warmupRatio);
@@ -275,19 +286,24 @@ export async function runTrainingLoop(
   let step = 0;
   let finished = false;
   if (hooks.checkpointDir) {
-    const resumed = engine ? await loadDistCheckpoint(hooks.checkpointDir, engine) : await loadCheckpoint(hooks.checkpointDir, model, opt);
-    if (resumed) {
-      if (resumed.totalSteps !== totalSteps || resumed.items !== n) {
-        throw new Error(
-          `checkpoint ${hooks.checkpointDir} is from a run with ${resumed.items} items / ${resumed.totalSteps} steps, this run has ${n} / ${totalSteps}: remove it to start over`,
-        );
+    try {
+      const resumed = engine
+        ? await loadDistCheckpoint(hooks.checkpointDir, engine)
+        : await loadCheckpoint(hooks.checkpointDir, model, opt);
+      if (resumed) {
+        if (resumed.totalSteps !== totalSteps || resumed.items !== n) {
+          throw new Error(
+            `checkpoint ${hooks.checkpointDir} is from a run with ${resumed.items} items / ${resumed.totalSteps} steps, this run has ${n} / ${totalSteps}: remove it to start over`,
+          );
+        }
+        step = resumed.step;
       }
-      step = resumed.step;
+    } catch (err) {
+      if (!engine) opt.free();
+      lean?.end();
+      throw err;
     }
   }
-  // from here to the end of training only the masters of bf16 parameters are resident (the model
-  // acquires each layer's bf16 copy while it runs); the finally block rebuilds them
-  lean?.begin();
   // A step's metrics and gradient norm stay on the device; their reads are issued when the step has
   // been issued and awaited one step later (or at a checkpoint / the end), so the host never waits
   // for the device inside a step and a GPU is never idle between steps.
