@@ -116,6 +116,28 @@ describe('flag names', () => {
     }
   });
 
+  test('--opponent_samples > 1 needs sampling: with greedy answers it is one line, exit 2, before anything is written', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-opponent-samples-'));
+    try {
+      const base = ['run', '--device', 'cpu', '--model', join(dir, 'm'), '--data', join(dir, 'd.jsonl'), '--out', join(dir, 'o')];
+      const r = spawnSync(process.execPath, [BIN, ...base, '--opponent_samples', '4'], { encoding: 'utf8' });
+      assert.equal(r.status, 2, r.stderr);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+      assert.match(r.stderr, /--opponent_samples 4 needs sampled answers.*--temperature/);
+      assert.equal(parsesFor(command('run'), ['--opponent_samples', '4', '--temperature', '1'], 'run').opponent_samples, 4);
+      const yaml = join(dir, 'sweep.yaml');
+      writeFileSync(
+        yaml,
+        'arms:\n  - name: sft\n    options: { objective: sft }\n  - name: k4\n    options: { opponent_samples: 4 }\nbaseline: sft\n',
+      );
+      const s = spawnSync(process.execPath, [BIN, 'sweep', yaml, '--device', 'cpu', '--out', join(dir, 's')], { encoding: 'utf8' });
+      assert.equal(s.status, 2, s.stderr);
+      assert.match(s.stderr, /arms\[1\] \(k4\): options.opponent_samples 4 needs sampled answers/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   test("every flag in each command's --help parses for that command; aliases are listed", () => {
     for (const c of COMMANDS) {
       const r = spawnSync(process.execPath, [BIN, c.name, '--help'], { encoding: 'utf8' });

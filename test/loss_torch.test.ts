@@ -19,9 +19,13 @@ for (const be of await testBackends())
   describe(`on backend ${be.name}`, () => {
     const ORACLE = new URL('./oracle/spin_loss_torch.py', import.meta.url).pathname;
 
-    for (const dtype of ['f32', 'bf16'] as const) {
+    const cases = [
+      ...(['f32', 'bf16'] as const).map((dtype) => ({ dtype, norm: false })),
+      { dtype: 'f32' as const, norm: true }, // length-normalized log-probs (--length_normalized)
+    ];
+    for (const { dtype, norm } of cases) {
       for (const lossType of SPIN_LOSS_TYPES) {
-        test(`${dtype} logits, ${lossType} loss: loss, metrics and dlogits equal torch autograd`, async () =>
+        test(`${dtype} logits, ${lossType} loss${norm ? ', length-normalized' : ''}: loss, metrics and dlogits equal torch autograd`, async () =>
           withSeed(async (rng) => {
             const b = 5,
               v = 1234;
@@ -48,13 +52,28 @@ for (const be of await testBackends())
             const ref = randn(rng, 2 * b, 1).map((x) => x * 20 - 150);
             const t = ops.upload(be, { dtype: 'i32', data: Int32Array.from(targets) }, [n]);
             const sg = ops.upload(be, { dtype: 'i32', data: Int32Array.from(segs) }, [n]);
-            const ctx = spinLossForward(logits, t, sg, ops.upload(be, { dtype: 'f32', data: ref }, [2 * b]), b, { beta, lossType });
+            // length normalization as SpinObjective does it: c = 1 / target tokens per sequence, the
+            // reference scaled on the host, the policy's sums through the diagonal seqScale
+            const c = new Float64Array(2 * b);
+            for (const s of segs) if (s >= 0) c[s]++;
+            const diag = new Float32Array(4 * b * b);
+            for (let i = 0; i < 2 * b; i++) diag[i * 2 * b + i] = 1 / Math.max(1, c[i]);
+            const seqScale = norm ? ops.upload(be, { dtype: 'f32', data: diag }, [2 * b, 2 * b]) : undefined;
+            const refIn = norm ? ref.map((x, i) => x / Math.max(1, c[i])) : ref;
+            const ctx = spinLossForward(logits, t, sg, ops.upload(be, { dtype: 'f32', data: refIn }, [2 * b]), b, {
+              beta,
+              lossType,
+              seqScale,
+            });
             const m = await spinLossMetrics(ctx);
             const dz = (await ops.read(spinLossBackward(ctx, { dtype: 'f32' }))) as Float32Array;
 
             const dir = mkdtempSync(join(tmpdir(), 'spinlm-loss-torch-'));
             try {
-              writeFileSync(join(dir, 'params.json'), JSON.stringify({ n, v, b, dtype, beta, loss_type: lossType }));
+              writeFileSync(
+                join(dir, 'params.json'),
+                JSON.stringify({ n, v, b, dtype, beta, loss_type: lossType, length_normalized: norm }),
+              );
               writeFileSync(join(dir, 'logits.bin'), new Uint8Array(zdata.buffer));
               writeFileSync(join(dir, 'targets.bin'), new Uint8Array(Int32Array.from(targets).buffer));
               writeFileSync(join(dir, 'segments.bin'), new Uint8Array(Int32Array.from(segs).buffer));

@@ -1,14 +1,18 @@
 // The self-play driver: stages leave files, a run killed at generation, mid-training or between
 // iterations resumes without redoing finished work, and ends with the weights of an uninterrupted run.
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
-import { type SelfPlayHooks, type SelfPlayOptions, runSelfPlay } from '../src/spin/self_play.js';
+import { tokenizePair } from '../src/spin/batch.js';
+import { referenceLogps } from '../src/spin/objectives.js';
+import { chooseOpponentAnswers, type SelfPlayHooks, type SelfPlayOptions, runSelfPlay } from '../src/spin/self_play.js';
+import { padIdOf } from '../src/spin/sft.js';
+import { formatPrompt } from '../src/text/templates.js';
 import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { loadTokenizer } from '../src/text/tokenizer.js';
 import { withSeed } from './helpers/random.js';
@@ -26,7 +30,10 @@ const options = (outDir: string, arm: 'spin' | 'sft' = 'spin'): SelfPlayOptions 
   lossType: 'sigmoid',
   nllAlpha: 0,
   dropIdentical: false,
+  lengthNormalized: false,
   mixPrevious: true,
+  referenceModel: 'previous',
+  opponentSamples: 1,
   loop: {
     optim: { type: 'rmsprop' },
     lrSchedulerType: 'linear',
@@ -128,6 +135,101 @@ test('the continued-SFT arm takes as many optimizer steps as SPIN on the same da
       }
       assert.deepEqual(steps.sft, steps.spin);
       assert.deepEqual(steps.spin, [3, 5], '10 pairs, then 20 with the previous iteration mixed in, 4 per step');
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  }));
+
+test('opponent_samples: each draw has its own journal and streams; the first draw that differs from the real answer is chosen', async () =>
+  withSeed(async (rng) => {
+    const root = mkdtempSync(join(tmpdir(), 'spinlm-selfplay-'));
+    try {
+      const { init, tok } = await setup(root, rng.int(0, 1e9));
+      const k = 3;
+      const shift = rng.int(0, 3);
+      // draw s differs from the real answer exactly for the prompts with (i + shift) % 4 === s: prompts
+      // with (i + shift) % 4 === 3 get the real answer in every draw, and then draw 0 is kept
+      const differs = (i: number, s: number) => (i + shift) % 4 === s;
+      const seen: { t: number; sample: number; file: string; n: number }[] = [];
+      const out = join(root, 'k');
+      await runSelfPlay(
+        be,
+        init,
+        tok,
+        sft,
+        { ...options(out), opponentSamples: k },
+        {
+          generate: async (_m, prompts, t, file, sample) => {
+            seen.push({ t, sample, file, n: prompts.length });
+            return prompts.map((_, i) => (differs(i, sample) ? `d${sample}-${i}-${t}` : sft[i].real));
+          },
+        },
+      );
+      assert.deepEqual(
+        seen.map((c) => [c.t, c.sample, c.n]),
+        [0, 1].flatMap((t) => [0, 1, 2].map((s) => [t, s, sft.length])),
+      );
+      const files = seen.map((c) => c.file);
+      assert.equal(new Set(files).size, files.length, 'every draw of every iteration journals to its own file');
+      for (const t of [0, 1]) {
+        const chosen = JSON.parse(readFileSync(join(out, `iter-${t}`, 'generated.json'), 'utf8')) as string[];
+        const expected = sft.map((p, i) => {
+          const s = [0, 1, 2].find((d) => differs(i, d));
+          return s === undefined ? p.real : `d${s}-${i}-${t}`;
+        });
+        assert.deepEqual(chosen, expected);
+      }
+      for (const f of files) assert.ok(!existsSync(f), `${f}: journals are removed once generated.json is written`);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  }));
+
+test('chooseOpponentAnswers: first differing draw, else draw 0', () => {
+  const reals = ['a', 'b', 'c'];
+  assert.deepEqual(
+    chooseOpponentAnswers(
+      [
+        ['a', 'x', 'c'],
+        ['y', 'z', 'c'],
+      ],
+      reals,
+    ),
+    ['y', 'x', 'c'],
+  );
+  assert.deepEqual(chooseOpponentAnswers([['q', 'b', 'r']], reals), ['q', 'b', 'r']);
+});
+
+test('reference_model initial: every iteration is scored by θ0; previous (the paper) scores by the opponent θ_t', async () =>
+  withSeed(async (rng) => {
+    const root = mkdtempSync(join(tmpdir(), 'spinlm-selfplay-'));
+    try {
+      const { init, tok } = await setup(root, rng.int(0, 1e9));
+      const refs: Record<string, Float32Array[]> = {};
+      for (const mode of ['previous', 'initial'] as const) {
+        const out = join(root, mode);
+        await runSelfPlay(be, init, tok, sft, { ...options(out), referenceModel: mode }, { generate: fakeGenerate([]) });
+        refs[mode] = [0, 1].map((t) => Float32Array.from(JSON.parse(readFileSync(join(out, `iter-${t}`, 'ref_logps.json'), 'utf8'))));
+      }
+      // iteration 0: the opponent is θ0 either way
+      assert.deepEqual(refs.initial[0], refs.previous[0]);
+      // iteration 1 (10 pairs of its own answers, then 10 of iteration 0's: mixing): θ0's scores, recomputed here
+      const o = options('');
+      const prompts = sft.map((p) => formatPrompt(tok, o.template, p.prompt));
+      const answers = [0, 1].map((t) => JSON.parse(readFileSync(join(root, 'initial', `iter-${t}`, 'generated.json'), 'utf8')) as string[]);
+      const pairs = [...answers[1], ...answers[0]].map((g, j) =>
+        tokenizePair(tok, prompts[j % sft.length], sft[j % sft.length].real, g, o.truncation),
+      );
+      const theta0 = await LlamaModel.load(be, init);
+      const expected = await referenceLogps(theta0, pairs, {
+        microBatchSize: o.loop.microBatchSize,
+        seed: o.loop.seed + 1,
+        eosId: tok.eosId,
+        padId: padIdOf(tok),
+      });
+      theta0.weights.free();
+      assert.deepEqual(refs.initial[1], expected);
+      assert.notDeepEqual(refs.previous[1], expected, 'the refreshed reference is θ1, which training moved away from θ0');
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

@@ -47,7 +47,7 @@ import {
   evalBatchOption,
   generationOptions,
   loopOptions,
-  mixPreviousOption,
+  selfPlayLoopOptions,
   modelOption,
   nprocOption,
   outOption,
@@ -259,6 +259,7 @@ const train: Command = {
       lossType: o.loss_type as SpinLossType,
       nllAlpha: Number(o.nll_alpha),
       dropIdentical: Boolean(o.drop_identical_pairs),
+      lengthNormalized: Boolean(o.length_normalized),
     };
     await spinTrainStage(model, tokenized, ref, tok, spin, cfg, join(out, 'checkpoint'), {
       onStep: (l) => {
@@ -286,7 +287,7 @@ const run: Command = {
     dataOption,
     outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
-    mixPreviousOption,
+    ...selfPlayLoopOptions,
     { name: 'eval_data', type: 'string', help: 'held-out file for the per-iteration evaluation (mean real-answer log-prob per token)' },
     nOption,
     skipInvalid,
@@ -297,6 +298,7 @@ const run: Command = {
   ],
   async run(o) {
     const out = String(o.out);
+    const flags = selfPlayFlags(o); // checked before anything is written
     await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
@@ -317,20 +319,23 @@ const run: Command = {
         outDir: out,
         iterations: Number(o.iterations),
         arm: 'spin',
-        ...selfPlayFlags(o),
+        ...flags,
         loop: base,
         truncation: trunc,
         template,
       },
       {
-        generate: (m, prompts, t, file) => {
-          const bar = progressBar(`iter ${t} generating`, prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
+        generate: (m, prompts, t, file, sample) => {
+          const bar = progressBar(`iter ${t} generating${sample > 0 ? ` (draw ${sample + 1})` : ''}`, prompts.length, 'prompts', {
+            quiet: Boolean(o.quiet),
+          });
           return answerPrompts(new LlamaDecoder(m), tok, prompts, {
             temperature: Number(o.temperature),
             topP: Number(o.top_p),
             topK: Number(o.top_k),
             maxNewTokens: Number(o.max_new_tokens),
             seed: Number(o.seed) + t,
+            streamOffset: sample * prompts.length,
             batchSize: Number(o.generation_batch_size),
             stopSequences: stopSequences(o, tok),
             journal: file,

@@ -96,13 +96,21 @@ export function optimizer(o: Parsed): OptimizerConfig {
 
 /** The self-play settings `spinlm run` and each arm of `spinlm sweep` take from the same flags. */
 export function selfPlayFlags(o: Parsed) {
+  const samples = Number(o.opponent_samples ?? 1);
+  if (samples > 1 && !(Number(o.temperature) > 0))
+    throw new UsageError(
+      `--opponent_samples ${samples} needs sampled answers: greedy answers (--temperature 0) are all the same; give --temperature 0.7 or 1.0`,
+    );
   return {
     learningRates: o.learning_rate as number[],
     betas: o.beta as number[],
     lossType: o.loss_type as SpinLossType,
     nllAlpha: Number(o.nll_alpha),
     dropIdentical: Boolean(o.drop_identical_pairs),
+    lengthNormalized: Boolean(o.length_normalized),
     mixPrevious: Boolean(o.mix_previous_iteration),
+    referenceModel: (o.reference_model ?? 'previous') as 'previous' | 'initial',
+    opponentSamples: samples,
   };
 }
 

@@ -138,6 +138,12 @@ export const spinOptions: OptionSpec[] = [
     help: 'weight of an NLL term on the real answer (0 = the official loss)',
   },
   { name: 'drop_identical_pairs', type: 'bool', default: false, help: 'give pairs whose generated answer equals the real one no weight' },
+  {
+    name: 'length_normalized',
+    type: 'bool',
+    default: false,
+    help: "divide each answer's log-prob (policy and reference) by its token count: the margin becomes per token (docs/algorithm.md)",
+  },
 ];
 
 export const generationOptions: OptionSpec[] = [
@@ -180,6 +186,24 @@ export const mixPreviousOption: OptionSpec = {
   default: true,
   help: 'train iteration t >= 1 on the answers of t-1 and t (official)',
 };
+
+/** The self-play loop's own options (`spinlm run` and a sweep's arms): mixing, the reference, the opponent's choice. */
+export const selfPlayLoopOptions: OptionSpec[] = [
+  mixPreviousOption,
+  {
+    name: 'reference_model',
+    type: { oneOf: ['previous', 'initial'] },
+    default: 'previous',
+    help: 'reference of iteration t: previous = the opponent θ_t (the paper), initial = θ0 in every iteration (fixed)',
+  },
+  {
+    name: 'opponent_samples',
+    type: 'int',
+    default: 1,
+    check: positive,
+    help: "answers sampled per prompt (needs --temperature > 0); the opponent's answer is the first that differs from the real one",
+  },
+];
 
 /** Sequences per forward pass when scoring or evaluating (HF's per_device_eval_batch_size). */
 export const evalBatchOption = (defaultSize: number, help: string): OptionSpec => ({

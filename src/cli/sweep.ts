@@ -17,7 +17,7 @@ import { LlamaDecoder } from '../model/decoder.js';
 import { LlamaModel } from '../model/llama.js';
 import type { TruncationOptions } from '../spin/batch.js';
 import { demoSelfPlayOptions } from '../spin/demo.js';
-import { demoTasks } from '../spin/demo_setup.js';
+import { demoHeldoutPool, demoTasks } from '../spin/demo_setup.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
 import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { iterationDir, runSelfPlay, type SelfPlayOptions } from '../spin/self_play.js';
@@ -27,7 +27,7 @@ import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, positive, resolveValues, suggest, UsageError } from './args.js';
 import { backend, fmt, loop, resolveTemplate, selfPlayFlags, stopSequences, truncation } from './common.js';
-import { generationOptions, mixPreviousOption, trainOptions } from './options.js';
+import { generationOptions, selfPlayLoopOptions, trainOptions } from './options.js';
 import { checkOverlap, clearDir, fingerprintDiff, fingerprintOf, type Fingerprint, lockDir, truncateMetrics } from './run_dir.js';
 
 /** Which objective an arm trains with: the SPIN loss (loss_type, beta, nll_alpha...) or continued SFT on the real answers. */
@@ -45,7 +45,7 @@ const NOT_ARM_OPTIONS = new Set(['seed', 'dtype', 'nproc', 'zero_stage']);
 export const ARM_OPTIONS: OptionSpec[] = [
   objectiveOption,
   ...trainOptions.filter((s) => !NOT_ARM_OPTIONS.has(s.name)),
-  mixPreviousOption,
+  ...selfPlayLoopOptions,
   ...generationOptions,
 ];
 
@@ -304,7 +304,7 @@ function planArm(file: string, i: number, arm: SweepConfigArm, tok: HfTokenizer,
     options: o,
     selfPlay: {
       arm: o.objective === 'sft' ? 'sft' : 'spin',
-      ...selfPlayFlags(o as Parsed),
+      ...scoped(() => selfPlayFlags(o as Parsed)),
       loop: base,
       truncation: trunc,
       template,
@@ -396,9 +396,8 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
   let sft: { prompt: string; real: string }[];
   let heldoutAll: SyntheticTask[];
   if (cfg.model === null) {
-    const { train, test } = demoTasks();
-    sft = train.map((t) => ({ prompt: t.prompt, real: t.answer }));
-    heldoutAll = test;
+    sft = demoTasks().train.map((t) => ({ prompt: t.prompt, real: t.answer }));
+    heldoutAll = demoHeldoutPool();
   } else {
     sft = (await loadSftPairs(cfg.data!)).pairs;
     const rows = (await loadSftPairs(cfg.evalData!)).pairs;
@@ -513,8 +512,13 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
         sft,
         { ...arm.selfPlay, outDir: dir, iterations: cfg.iterations, loop: { ...arm.selfPlay.loop, seed } },
         {
-          generate: (m, prompts, t, file) =>
-            answerPrompts(new LlamaDecoder(m), tok, prompts, { ...arm.generation, seed: seed + t, journal: file }),
+          generate: (m, prompts, t, file, sample) =>
+            answerPrompts(new LlamaDecoder(m), tok, prompts, {
+              ...arm.generation,
+              seed: seed + t,
+              streamOffset: sample * prompts.length,
+              journal: file,
+            }),
           evaluate: async (m, t) => {
             const e = await evaluate(m, tok, heldout, arm);
             const genFile = join(iterationDir(dir, t), 'generated.json');

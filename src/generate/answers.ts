@@ -13,6 +13,8 @@ export interface AnswerTokenizer {
 export interface AnswerOptions extends Omit<GenerateOptions, 'eosIds' | 'onProgress' | 'onBatch' | 'streamIds'> {
   /** JSONL journal of finished answers ({"i", "text"} per line), appended per batch. */
   journal?: string;
+  /** Added to every prompt's stream id: draw s of the same prompts uses offset s x prompts.length. */
+  streamOffset?: number;
   onProgress?: (done: number, total: number, tokens: number) => void | Promise<void>;
 }
 
@@ -48,7 +50,7 @@ export async function answerPrompts(
     {
       ...o,
       eosIds: [tok.eosId],
-      streamIds: todo,
+      streamIds: todo.map((i) => i + (o.streamOffset ?? 0)),
       onBatch: (idx, gens) => {
         const lines = idx.map((j, k) => {
           const text = tok.decode(gens[k].tokens, { skipSpecialTokens: true }).trim();

@@ -77,7 +77,10 @@ export function demoSelfPlayOptions(outDir: string, iterations: number, quick: b
     lossType: 'sigmoid',
     nllAlpha: 0,
     dropIdentical: false,
+    lengthNormalized: false,
     mixPrevious: true,
+    referenceModel: 'previous',
+    opponentSamples: 1,
     loop: {
       optim: { type: 'rmsprop', alpha: 0.99, eps: 1e-8, weightDecay: 0 },
       lrSchedulerType: 'linear',

@@ -26,6 +26,23 @@ export function demoTasks(seed = 2024): { train: SyntheticTask[]; test: Syntheti
   return { train, test };
 }
 
+/**
+ * The held-out pool of a sweep from the shipped θ0 (docs/science.md): the demo's 300 held-out tasks,
+ * then tasks of another stream (seed + 2) whose prompts θ0 never trained on, taken family by family
+ * in turn so that any prefix is as balanced as the families allow (`minutes` has few prompts that
+ * are not in the training set, so it runs out first). About 3,600 tasks; the first 300 are
+ * `demoTasks().test`, so eval_tasks <= 300 measures what it always did.
+ */
+export function demoHeldoutPool(seed = 2024): SyntheticTask[] {
+  const { train, test } = demoTasks(seed);
+  const seen = new Set([...train, ...test].map((t) => t.prompt));
+  const extra = generateSyntheticTasks({ seed: seed + 2, size: 4000, families: [...DEMO_FAMILIES] }).filter((t) => !seen.has(t.prompt));
+  const byFamily = DEMO_FAMILIES.map((f) => extra.filter((t) => t.task === f));
+  const out = [...test];
+  for (let k = 0; byFamily.some((xs) => k < xs.length); k++) for (const xs of byFamily) if (k < xs.length) out.push(xs[k]);
+  return out;
+}
+
 /** config.json of θ0: a Llama with the byte tokenizer's 260 ids. */
 export const DEMO_MODEL_CONFIG = {
   architectures: ['LlamaForCausalLM'],

@@ -10,8 +10,12 @@ import { SPIN_LOSS_MEANS, type SpinLossOpts } from '../backend/backend.js';
 import * as ops from '../ops/index.js';
 import type { Tensor } from '../tensor/tensor.js';
 
-/** beta, lossType, and optionally pairMask, nllAlpha + answerTokens, gradScale (see Backend.spinLoss). */
-export type SpinLossOptions = SpinLossOpts;
+/**
+ * beta, lossType, and optionally pairMask, nllAlpha + answerTokens, gradScale (see Backend.spinLoss);
+ * seqScale: f32 [2B, 2B] diagonal, c_i on the diagonal: the loss is computed on c_i S_i (length
+ * normalization, c_i = 1 / tokens of answer i; refLogps must then hold c_i R_i).
+ */
+export type SpinLossOptions = SpinLossOpts & { seqScale?: Tensor<'f32'> };
 
 /** Means over the counted pairs, named as the official SPIN trainer logs them (SPIN_LOSS_MEANS). */
 export type SpinMetrics = Record<(typeof SPIN_LOSS_MEANS)[number], number>;
@@ -54,7 +58,21 @@ export function spinLossForward(
   const { logp, lse } = ops.logprobGather(logits, targets);
   const seqLogps = ops.sequenceLogprob(logp, segments, 2 * b);
   logp.free();
-  const { perPair, means, dseq } = ops.spinLoss(seqLogps, refLogps, opts);
+  if (!opts.seqScale) {
+    const { perPair, means, dseq } = ops.spinLoss(seqLogps, refLogps, opts);
+    return { logits, targets, segments, numPairs: b, lse, seqLogps, perPair, means, dseq };
+  }
+  // length-normalized: the loss sees c_i S_i (refLogps come scaled by the caller), so
+  // dL/dS_i = c_i dL/d(c_i S_i). Both scalings are [1, 2B] x diag(c) [2B, 2B]: one tiny matmul on
+  // the device (a diagonal product is exact: every other term is 0 x a finite value).
+  const diag = opts.seqScale;
+  const row = (t: Tensor<'f32'>) => t.reshape([1, 2 * b]);
+  const scaled = ops.matmul(row(seqLogps), diag);
+  const { perPair, means, dseq: dscaled } = ops.spinLoss(scaled.reshape([2 * b]), refLogps, opts);
+  const dseq = ops.empty(logits.backend, 'f32', [2 * b]);
+  ops.matmul(row(dscaled), diag, { out: row(dseq) });
+  scaled.free();
+  dscaled.free();
   return { logits, targets, segments, numPairs: b, lse, seqLogps, perPair, means, dseq };
 }
 

@@ -19,6 +19,8 @@ export interface SpinObjectiveConfig {
   nllAlpha: number;
   /** Give pairs whose generated answer equals the real one no weight. */
   dropIdentical: boolean;
+  /** Divide each answer's log-prob (policy and reference) by its token count. */
+  lengthNormalized?: boolean;
   eosId: number;
   padId: number;
 }
@@ -122,14 +124,22 @@ export class SpinObjective implements Objective {
     );
     const input = uploadInput(be, batch, this.model.cfg.vocabSize);
     const { targets, segments } = uploadTargets(be, batch);
+    // length-normalized: c = 1 / answer tokens per sequence [2B] (an empty answer counts as 1 token)
+    const norm = this.cfg.lengthNormalized ?? false;
+    const c = Float32Array.from(batch.targetCounts.subarray(0, 2 * b), (x) => (norm ? 1 / Math.max(1, x) : 1));
     const refHost = new Float32Array(2 * b);
     indices.forEach((i, k) => {
-      refHost[k] = this.ref[i];
-      refHost[b + k] = this.ref[n + i];
+      refHost[k] = this.ref[i] * c[k];
+      refHost[b + k] = this.ref[n + i] * c[b + k];
     });
     const ref = ops.upload(be, { dtype: 'f32', data: refHost }, [2 * b]);
     const pairMask = ops.upload(be, { dtype: 'f32', data: batch.pairMask }, [b]);
-    const answerTokens = ops.upload(be, { dtype: 'f32', data: batch.targetCounts.slice(0, b) }, [b]);
+    // the NLL term is -S_real / tokens: a normalized S_real already is per token
+    const counts = norm ? new Float32Array(b).fill(1) : batch.targetCounts.slice(0, b);
+    const answerTokens = ops.upload(be, { dtype: 'f32', data: counts }, [b]);
+    const diag = new Float32Array(4 * b * b);
+    for (let i = 0; i < 2 * b; i++) diag[i * 2 * b + i] = c[i];
+    const seqScale = norm ? ops.upload(be, { dtype: 'f32', data: diag }, [2 * b, 2 * b]) : undefined;
     const { logits, state } = this.model.forward(input, { train: true });
     const ctx = spinLossForward(logits, targets, segments, ref, b, {
       beta: this.cfg.beta,
@@ -138,12 +148,13 @@ export class SpinObjective implements Objective {
       nllAlpha: this.cfg.nllAlpha,
       answerTokens,
       gradScale: weight,
+      seqScale,
     });
     ops.accumulate(metrics, ctx.means, weight);
     const dlogits = spinLossBackward(ctx, { inPlace: true });
     this.model.backward(state!, dlogits as never);
     freeSpinLossContext(ctx);
-    for (const t of [logits, targets, segments, ref, pairMask, answerTokens]) t.free();
+    for (const t of [logits, targets, segments, ref, pairMask, answerTokens, seqScale]) t?.free();
     freeInput(input);
     return nonPaddingTokens(batch);
   }

@@ -37,16 +37,29 @@ export interface SelfPlayOptions {
   lossType: SpinLossType;
   nllAlpha: number;
   dropIdentical: boolean;
+  /** Log-probs divided by the answer's token count (policy and reference). */
+  lengthNormalized: boolean;
   /** Train iteration t >= 1 on the generated data of t-1 and t (official). */
   mixPrevious: boolean;
+  /** Reference of iteration t: 'previous' = the opponent θ_t (the paper), 'initial' = θ0 in every iteration. */
+  referenceModel: 'previous' | 'initial';
+  /**
+   * Answers sampled per prompt (k >= 1): the opponent's answer is the first of the k that differs
+   * from the real answer (the first sample when all equal it). k > 1 needs sampling, not greedy.
+   */
+  opponentSamples: number;
   loop: Omit<LoopConfig, 'learningRate'>;
   truncation: TruncationOptions;
   template: PromptTemplate;
 }
 
 export interface SelfPlayHooks {
-  /** The opponent's answers to `prompts` (templated text in, answer text out), written resumably to `file`. */
-  generate(model: LlamaModel, prompts: readonly string[], iteration: number, file: string): Promise<string[]>;
+  /**
+   * The opponent's answers to `prompts` (templated text in, answer text out), written resumably to
+   * `file`. `sample` (0 .. opponentSamples-1) numbers the independent draws of one iteration: draw
+   * s must use its own random streams (answerPrompts' streamOffset = s x prompts.length).
+   */
+  generate(model: LlamaModel, prompts: readonly string[], iteration: number, file: string, sample: number): Promise<string[]>;
   /** Evaluation of a freshly trained model (e.g. held-out exact match and log-prob). */
   evaluate?(model: LlamaModel, iteration: number): Promise<Record<string, unknown>>;
   onStep?(iteration: number, log: StepLog): void | Promise<void>;
@@ -83,6 +96,16 @@ export interface SpinStageOptions {
   lossType: SpinLossType;
   nllAlpha: number;
   dropIdentical: boolean;
+  lengthNormalized: boolean;
+}
+
+/**
+ * The opponent's answer per prompt from k draws (samples[s][i]: draw s for prompt i): the first draw
+ * that differs from the real answer, else draw 0. A pair whose two sides are equal carries no
+ * gradient in the SPIN loss, so choosing a differing draw keeps the prompt in play.
+ */
+export function chooseOpponentAnswers(samples: readonly (readonly string[])[], reals: readonly string[]): string[] {
+  return reals.map((real, i) => samples.find((draw) => draw[i] !== real)?.[i] ?? samples[0][i]);
 }
 
 /**
@@ -187,13 +210,27 @@ export async function runSelfPlay(
       else if (opts.arm === 'sft') generated[t] = sft.map(() => '');
       else {
         hooks.onStage?.(t, 'generate');
-        const partial = join(dir, 'generated.partial');
-        generated[t] = group
-          ? await shardByItem(group, prompts, (mine) => hooks.generate(opponent, mine, t, `${partial}.rank-${group.rank}-of-${group.size}`))
-          : await hooks.generate(opponent, prompts, t, partial);
+        // one journal per draw (and per rank): generated.partial, generated.partial.s1, ...
+        const journal = (s: number) => {
+          const f = join(dir, s === 0 ? 'generated.partial' : `generated.partial.s${s}`);
+          return group ? `${f}.rank-${group.rank}-of-${group.size}` : f;
+        };
+        const draws: string[][] = [];
+        for (let s = 0; s < opts.opponentSamples; s++)
+          draws.push(
+            group
+              ? await shardByItem(group, prompts, (mine) => hooks.generate(opponent, mine, t, journal(s), s))
+              : await hooks.generate(opponent, prompts, t, journal(s), s),
+          );
+        generated[t] =
+          draws.length === 1
+            ? draws[0]
+            : chooseOpponentAnswers(
+                draws,
+                sft.map((p) => p.real),
+              );
         await writeFileAtomic(genFile, JSON.stringify(generated[t]));
-        await rm(join(dir, 'generated.partial'), { force: true });
-        if (group) await rm(`${join(dir, 'generated.partial')}.rank-${group.rank}-of-${group.size}`, { force: true });
+        for (let s = 0; s < opts.opponentSamples; s++) await rm(journal(s), { force: true });
       }
       if (!done) {
         // the training pairs of iteration t: this iteration's answers, plus the previous ones (official mixing)
@@ -203,16 +240,24 @@ export async function runSelfPlay(
         opponent.weights.enableTraining();
         if (opts.arm === 'spin') {
           const pairs = rows.map((r, i) => tokenizePair(tok, prompts[i % sft.length], r.real, r.generated, opts.truncation));
-          // 2. reference log-probs of θ_t, once
+          // 2. reference log-probs, once: of θ_t (the paper), or of θ0 with a fixed reference
           const refFile = join(dir, 'ref_logps.json');
           if (!existsSync(refFile)) hooks.onStage?.(t, 'reference');
-          const ref = await referenceStage(opponent, pairs, tok, loop, refFile);
+          const fixed = opts.referenceModel === 'initial' && t > 0 && !existsSync(refFile);
+          const refModel = fixed ? await LlamaModel.load(be, initialModel) : opponent;
+          let ref: Float32Array;
+          try {
+            ref = await referenceStage(refModel, pairs, tok, loop, refFile);
+          } finally {
+            if (fixed) refModel.weights.free();
+          }
           hooks.onStage?.(t, 'train');
           const spin = {
             beta: pick(opts.betas, t, 'beta'),
             lossType: opts.lossType,
             nllAlpha: opts.nllAlpha,
             dropIdentical: opts.dropIdentical,
+            lengthNormalized: opts.lengthNormalized,
           };
           await spinTrainStage(opponent, pairs, ref, tok, spin, loop, join(dir, 'checkpoint'), {
             onStep: (l) => hooks.onStep?.(t, l),

@@ -1,7 +1,9 @@
 """PyTorch oracle of the SPIN loss family (docs/algorithm.md), written with torch autograd only, in float64.
 
 Usage: /usr/bin/python3 spin_loss_torch.py DIR
-DIR holds params.json {n, v, b, dtype, beta, loss_type} (loss_type: sigmoid, hinge, ipo or sppo_hard) and raw
+DIR holds params.json {n, v, b, dtype, beta, loss_type[, length_normalized]} (loss_type: sigmoid, hinge,
+ipo or sppo_hard; length_normalized: every sequence's log-prob and reference divided by its count of
+target tokens) and raw
 little-endian arrays:
   logits.bin  [n, v] f32, or bf16 bit patterns (uint16) when dtype is bf16
   targets.bin [n] int32 (-100 = no loss)   segments.bin [n] int32 (-1 = none; real i -> i, generated i -> b+i)
@@ -35,6 +37,10 @@ def main(d):
     logp = logp * mask
     in_seq = segments >= 0
     seq = torch.zeros(2 * b, dtype=torch.float64).index_add(0, segments[in_seq], logp[in_seq])
+    if p.get("length_normalized"):
+        counts = torch.zeros(2 * b, dtype=torch.float64).index_add(0, segments[in_seq], mask[in_seq].double())
+        counts = counts.clamp(min=1)
+        seq, ref = seq / counts, ref / counts
     real, gen = seq[:b], seq[b:]
     ref_real, ref_gen = ref[:b], ref[b:]
     beta = p["beta"]
