@@ -1,6 +1,6 @@
 // A random-weight Llama model directory (config.json, bf16 model.safetensors, the byte tokenizer) for
 // memory and speed measurements at real sizes; written once and reused (cached under a temp dir).
-// Usage: node --import tsx bench/make_model.ts tinyllama|350m [DIR]   -> prints the directory
+// Usage: node --import tsx bench/make_model.ts tinyllama|350m|32m [DIR]   -> prints the directory
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -9,6 +9,15 @@ import { writeSafetensors } from '../src/model/safetensors.js';
 import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 
 export const SHAPES = {
+  // the 32M benchmark config of bench/model.bench.ts (vocab 8000)
+  '32m': {
+    hidden_size: 512,
+    intermediate_size: 1408,
+    num_hidden_layers: 8,
+    num_attention_heads: 8,
+    num_key_value_heads: 4,
+    vocab_size: 8000,
+  },
   // TinyLlama-1.1B's shape: ~1.10e9 parameters
   tinyllama: { hidden_size: 2048, intermediate_size: 5632, num_hidden_layers: 22, num_attention_heads: 32, num_key_value_heads: 4 },
   // ~350M parameters
@@ -22,12 +31,12 @@ export async function makeRandomModel(shape: keyof typeof SHAPES, dir = join(tmp
   const raw = {
     architectures: ['LlamaForCausalLM'],
     model_type: 'llama',
+    vocab_size: 32000,
     ...SHAPES[shape],
     hidden_act: 'silu',
     rms_norm_eps: 1e-5,
     rope_theta: 10000,
     rope_scaling: null,
-    vocab_size: 32000,
     max_position_embeddings: 2048,
     tie_word_embeddings: false,
     bos_token_id: 1,

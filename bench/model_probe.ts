@@ -1,15 +1,21 @@
-// One spinlm model measurement in a fresh process (bench/model.bench.ts runs it); prints one JSON line.
-// Usage: node --import tsx bench/model_probe.ts train|generate|spin|gemm STEPS
+// One spinlm model measurement in a fresh process (bench/model.bench.ts and bench/matrix.bench.ts run
+// it); prints one JSON line.
+// Usage: node --import tsx bench/model_probe.ts score|train|generate|generate-mixed|spin|gemm STEPS [MODEL_DIR [WORK_JSON]]
+//   MODEL_DIR: a Hugging Face model directory, loaded as stored (bench/make_model.ts makes random ones);
+//              without it, the 32M benchmark config with random f32 weights
+//   WORK_JSON: the workload's sizes, overriding DEFAULT_WORK (e.g. '{"rows":1,"pairs":1}' for a 1.1B model)
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { parseConfig } from '../src/model/config.js';
 import { generate } from '../src/generate/generate.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
 import { initLlama } from '../src/model/init.js';
+import { LlamaModel } from '../src/model/llama.js';
 import { uploadInput } from '../src/model/input.js';
 import { SpinObjective } from '../src/spin/objectives.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import { Rng } from '../src/util/rng.js';
 import { medianMs, peakRss } from './harness.js';
+import { DEFAULT_WORK } from './model_probe_work.js';
 import * as ops from '../src/ops/index.js';
 
 const mode = process.argv[2];
@@ -28,11 +34,15 @@ export const BENCH_CONFIG = {
   tie_word_embeddings: false,
   eos_token_id: 2,
 };
-const cfg = parseConfig(BENCH_CONFIG, 'bench config');
+const work = { ...DEFAULT_WORK, ...(process.argv[5] ? (JSON.parse(process.argv[5]) as Partial<typeof DEFAULT_WORK>) : {}) };
+const model = process.argv[4]
+  ? await LlamaModel.load(be, process.argv[4])
+  : initLlama(be, parseConfig(BENCH_CONFIG, 'bench config'), { seed: 1 });
+const cfg = model.cfg;
 const rng = new Rng(5);
 const tokens = (n: number) => Array.from({ length: n }, () => rng.int(3, cfg.vocabSize - 1));
+// FLOPs count the matmuls of every weight but the input embedding (a gather, no FLOPs)
 const nonEmbedding = () => model.weights.count() - cfg.vocabSize * cfg.hiddenSize;
-const model = initLlama(be, cfg, { seed: 1 });
 const report = (o: Record<string, number>) => console.log(JSON.stringify({ ...o, peak_rss_mb: peakRss() / 2 ** 20 }));
 
 if (mode === 'gemm') {
@@ -44,11 +54,11 @@ if (mode === 'gemm') {
   ops.fill(b, 0.25);
   const ms = await medianMs('sgemm', () => ops.matmul(a, b, { transB: true, out: c }), 5, 2);
   report({ gflops: (2 * n ** 3) / (ms * 1e6) });
-} else if (mode === 'train') {
-  const R = 8,
-    L = 256,
+} else if (mode === 'score' || mode === 'train') {
+  const R = work.rows,
+    L = work.len,
     T = R * L;
-  model.weights.enableTraining();
+  if (mode === 'train') model.weights.enableTraining();
   const input = uploadInput(
     be,
     {
@@ -60,6 +70,12 @@ if (mode === 'gemm') {
     },
     cfg.vocabSize,
   );
+  if (mode === 'score') {
+    // forward only (what `spinlm score` and the reference log-probs run): logits of every position
+    const ms = await medianMs('forward', () => model.forward(input).logits.free(), steps, 1);
+    report({ tokens_per_s: T / (ms / 1000), gflops: (2 * nonEmbedding() * T) / (ms * 1e6), ms_per_step: ms });
+    process.exit(0);
+  }
   const ms = await medianMs(
     'fwd+bwd',
     () => {
@@ -73,9 +89,9 @@ if (mode === 'gemm') {
   );
   report({ tokens_per_s: T / (ms / 1000), gflops: (6 * nonEmbedding() * T) / (ms * 1e6), ms_per_step: ms });
 } else if (mode === 'generate') {
-  const B = 32,
-    P = 64,
-    N = 128;
+  const B = work.genBatch,
+    P = work.genPrompt,
+    N = work.genNew;
   const dec = new LlamaDecoder(model);
   const prompts = Array.from({ length: B }, () => tokens(P));
   // the real generation path: device-side greedy sampling, B token ids read per step
@@ -120,14 +136,14 @@ if (mode === 'gemm') {
     max_len: lens[lens.length - 1],
   });
 } else if (mode === 'spin') {
-  const B = 8,
-    L = 256,
-    P = 64;
+  const B = work.pairs,
+    L = work.len,
+    P = work.prompt;
   const pairs = Array.from({ length: B * (steps + 1) }, () => {
     const prompt = tokens(P);
     return { real: { prompt, answer: tokens(L - P) }, generated: { prompt, answer: tokens(L - P) } };
   });
-  const ref = new Float32Array(2 * pairs.length).map(() => -2000 + rng.normal());
+  const ref = new Float32Array(2 * pairs.length).map(() => -(L - P) * Math.log(cfg.vocabSize) + rng.normal());
   const obj = new SpinObjective(model, pairs, ref, {
     beta: 0.1,
     lossType: 'sigmoid',

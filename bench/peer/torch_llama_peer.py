@@ -1,8 +1,14 @@
 """PyTorch eager peer of bench/model.bench.ts: the same Llama (hidden 512, 8 layers, 8 heads, 4 kv heads,
 intermediate 1408, vocab 8000, untied; ~32M parameters) written the usual way (nn.Linear, autograd, f32).
 
-  /usr/bin/python3 bench/peer/torch_llama_peer.py --mode train|generate|spin --threads 1 --steps 5 --json
+  /usr/bin/python3 bench/peer/torch_llama_peer.py --mode score|train|generate|spin --threads 1 --steps 5 --json
+      [--config config.json] [--work '{"rows": 1, ...}'] [--dtype f32|bf16]
 
+--config: a Hugging Face config.json (bench/make_model.ts's random models) instead of the 32M shape;
+--work: the workload sizes (bench/model_probe.ts's DEFAULT_WORK keys), the defaults below otherwise;
+--dtype bf16: parameters and activations in bfloat16 (score and generate only: PyTorch's CPU
+training in bf16 has no fp32 masters to compare with ours).
+score:    forward of 8 x 256 tokens, no autograd -> tokens/s
 train:    forward + backward of 8 x 256 tokens (loss: sum of token log-probs) -> tokens/s
 generate: 32 prompts of 64 tokens, 128 new tokens each, greedy, with a KV cache -> generated tokens/s
 spin:     SPIN optimizer steps with precomputed reference log-probs: 8 pairs of 256-token sequences
@@ -20,6 +26,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CFG = dict(hidden=512, layers=8, heads=8, kv=4, inter=1408, vocab=8000, theta=10000.0, eps=1e-5)
+WORK = dict(rows=8, len=256, genBatch=32, genPrompt=64, genNew=128, pairs=8, prompt=64)
+
+
+def hf_config(path):
+    c = json.load(open(path))
+    return dict(
+        hidden=c["hidden_size"],
+        layers=c["num_hidden_layers"],
+        heads=c["num_attention_heads"],
+        kv=c.get("num_key_value_heads", c["num_attention_heads"]),
+        inter=c["intermediate_size"],
+        vocab=c["vocab_size"],
+        theta=float(c.get("rope_theta", 10000.0)),
+        eps=float(c.get("rms_norm_eps", 1e-6)),
+    )
 
 
 def vmhwm():
@@ -96,8 +117,8 @@ class Llama(nn.Module):
         T = ids.shape[1]
         f = torch.arange(start, start + T).float()[:, None] * self.inv_freq[None]
         emb = torch.cat((f, f), -1)
-        cos, sin = emb.cos(), emb.sin()
         x = self.emb(ids)
+        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, None if caches is None else caches[i])
         return self.head(self.norm(x))
@@ -105,21 +126,42 @@ class Llama(nn.Module):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--mode", choices=["train", "generate", "spin"], required=True)
+    ap.add_argument("--mode", choices=["score", "train", "generate", "spin"], required=True)
+    ap.add_argument("--config")
+    ap.add_argument("--work", default="{}")
+    ap.add_argument("--dtype", choices=["f32", "bf16"], default="f32")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    m = Llama(CFG)
+    cfg = hf_config(a.config) if a.config else CFG
+    w = {**WORK, **json.loads(a.work)}
+    m = Llama(cfg)
     for p in m.parameters():
         if p.dim() == 2:
             nn.init.normal_(p, std=0.02)
-    V = CFG["vocab"]
+    if a.dtype == "bf16":
+        if a.mode in ("train", "spin"):
+            raise SystemExit("--dtype bf16 is for score and generate")
+        m = m.to(torch.bfloat16)
+        m.inv_freq = m.inv_freq.float()
+    V = cfg["vocab"]
     times = []
-    if a.mode == "train":
-        ids = torch.randint(3, V, (8, 256))
+    if a.mode == "score":
+        R, L = w["rows"], w["len"]
+        ids = torch.randint(3, V, (R, L))
+        with torch.inference_mode():
+            for _ in range(a.steps + 1):
+                t0 = time.perf_counter()
+                m(ids)
+                times.append(time.perf_counter() - t0)
+        t = statistics.median(times[1:])
+        out = {"tokens_per_s": R * L / t}
+    elif a.mode == "train":
+        R, L = w["rows"], w["len"]
+        ids = torch.randint(3, V, (R, L + 1))
         for _ in range(a.steps + 1):
             t0 = time.perf_counter()
             logp = torch.log_softmax(m(ids[:, :-1]), -1).gather(-1, ids[:, 1:, None]).sum()
@@ -127,29 +169,30 @@ def main():
             m.zero_grad(set_to_none=True)
             times.append(time.perf_counter() - t0)
         t = statistics.median(times[1:])
-        out = {"tokens_per_s": 8 * 256 / t}
+        out = {"tokens_per_s": R * L / t}
     elif a.mode == "generate":
-        prompts = torch.randint(3, V, (32, 64))
+        B, P, N = w["genBatch"], w["genPrompt"], w["genNew"]
+        prompts = torch.randint(3, V, (B, P))
         with torch.inference_mode():
             for _ in range(min(a.steps, 3) + 1):
                 t0 = time.perf_counter()
-                caches = [dict() for _ in range(CFG["layers"])]
+                caches = [dict() for _ in range(cfg["layers"])]
                 logits = m(prompts, 0, caches)
                 nxt = logits[:, -1].argmax(-1, keepdim=True)
-                for s in range(127):
-                    logits = m(nxt, 64 + s, caches)
+                for s in range(N - 1):
+                    logits = m(nxt, P + s, caches)
                     nxt = logits[:, -1].argmax(-1, keepdim=True)
                 times.append(time.perf_counter() - t0)
         t = statistics.median(times[1:])
-        out = {"tokens_per_s": 32 * 128 / t}
+        out = {"tokens_per_s": B * N / t}
     else:
-        B, L, P = 8, 256, 64
+        B, L, P = w["pairs"], w["len"], w["prompt"]
         opt = torch.optim.RMSprop(m.parameters(), lr=5e-7, alpha=0.99, eps=1e-8)
         for _ in range(a.steps + 1):
             ids = torch.randint(3, V, (2 * B, L))
             labels = ids[:, 1:].clone()
             labels[:, : P - 1] = -100
-            ref = torch.randn(2 * B) - 2000
+            ref = torch.randn(2 * B) - (L - P) * math.log(V)
             t0 = time.perf_counter()
             logits = m(ids[:, :-1])
             logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1) * (labels != -100)
@@ -163,7 +206,7 @@ def main():
             times.append(time.perf_counter() - t0)
         t = statistics.median(times[1:])
         out = {"steps_per_s": 1 / t, "tokens_per_s": 2 * B * L / t}
-    out.update(mode=a.mode, threads=torch.get_num_threads(), peak_rss_bytes=vmhwm(), torch=torch.__version__)
+    out.update(mode=a.mode, dtype=a.dtype, threads=torch.get_num_threads(), peak_rss_bytes=vmhwm(), torch=torch.__version__)
     print(json.dumps(out))
 
 
