@@ -11,7 +11,8 @@ import YAML from 'yaml';
 import { UsageError } from '../src/cli/args.js';
 import { ARM_OPTIONS, demoArmDefaults, readSweepConfig } from '../src/cli/sweep.js';
 import { trainOptions } from '../src/cli/options.js';
-import { demoTasks } from '../src/spin/demo_setup.js';
+import { demoHeldoutPool, demoTasks } from '../src/spin/demo_setup.js';
+import { forestChart } from '../src/spin/report.js';
 import { meanSe, pairedDifference, summarizeSweep, type SweepEval, type SweepRecord, sweepChart } from '../src/spin/sweep.js';
 
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
@@ -232,6 +233,7 @@ describe('a real sweep', () => {
     assert.equal(summary.rows.length, 2 * 2, 'arms x iterations');
     assert.ok(readFileSync(join(dir, 'straight', 'sweep.md'), 'utf8').includes('paired SE'));
     assert.ok(readFileSync(join(dir, 'straight', 'sweep.svg'), 'utf8').startsWith('<svg'));
+    assert.ok(readFileSync(join(dir, 'straight', 'sweep-delta.svg'), 'utf8').startsWith('<svg'));
     assert.ok(straight.stdout.includes('| spin | 2 | 2 |'), straight.stdout);
 
     // the table recomputed from the per-run eval files
@@ -297,4 +299,29 @@ describe('a real sweep', () => {
     assert.match(refused.stderr, /--overwrite_output_dir/);
     process.stderr.write(`# straight sweep: ${straightSecs.toFixed(1)} s\n`);
   });
+});
+
+test('forestChart: one row per estimate, green when the interval clears 0 upward, red downward, grey across it', () => {
+  const svg = forestChart('t', 'x', [
+    { name: 'up', value: 0.03, halfWidth: 0.01 },
+    { name: 'down', value: -0.2, halfWidth: 0.05 },
+    { name: 'across', value: 0.01, halfWidth: 0.02 },
+    { name: 'one seed', value: 0.02, halfWidth: Number.NaN },
+  ]);
+  const dots = [...svg.matchAll(/<circle [^>]*fill="(#[0-9a-f]+)"/g)].map((m) => m[1]);
+  assert.deepEqual(dots, ['#2ca02c', '#d62728', '#7f7f7f', '#2ca02c']);
+  for (const n of ['up', 'down', 'across', 'one seed']) assert.ok(svg.includes(`>${n}</text>`), n);
+});
+
+test('the held-out pool of the shipped θ0: the demo test set first, then unseen tasks of every family', () => {
+  const pool = demoHeldoutPool();
+  const { train, test: heldout } = demoTasks();
+  assert.deepEqual(pool.slice(0, heldout.length), heldout);
+  assert.ok(pool.length >= 2000, `${pool.length} tasks`);
+  assert.equal(new Set(pool.map((t) => t.prompt)).size, pool.length, 'prompts are unique');
+  const trained = new Set(train.map((t) => t.prompt));
+  assert.equal(pool.filter((t) => trained.has(t.prompt)).length, 0, 'no prompt of the SFT set');
+  const first2000 = new Map<string, number>();
+  for (const t of pool.slice(0, 2000)) first2000.set(t.task, (first2000.get(t.task) ?? 0) + 1);
+  assert.equal(first2000.size, 6, 'all six families in the first 2000');
 });

@@ -4,7 +4,9 @@
 import { writeFileAtomic } from '../util/atomic.js';
 import type { MetricsRow } from './metrics.js';
 
-const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b'];
+const COLORS = ['#1f77b4', '#d62728', '#2ca02c', '#9467bd', '#ff7f0e', '#8c564b', '#e377c2', '#7f7f7f', '#bcbd22', '#17becf'];
+/** Series past the palette repeat its colors with dashes (then dots), so up to 30 stay apart. */
+const dashOf = (i: number) => ['', ' stroke-dasharray="6 3"', ' stroke-dasharray="2 2"'][Math.floor(i / COLORS.length) % 3];
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
@@ -84,13 +86,69 @@ export function lineChart(
       }
     });
     parts.push(
-      `<polyline fill="none" stroke="${c}" stroke-width="1.6" points="${good.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`,
+      `<polyline fill="none" stroke="${c}" stroke-width="1.6"${dashOf(i)} points="${good.map(([x, y]) => `${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join(' ')}"/>`,
     );
     if (good.length <= 12)
       for (const [x, y] of good) parts.push(`<circle cx="${sx(x).toFixed(1)}" cy="${sy(y).toFixed(1)}" r="3" fill="${c}"/>`);
     parts.push(
-      `<line x1="${W - R + 10}" x2="${W - R + 28}" y1="${T + 10 + i * 16}" y2="${T + 10 + i * 16}" stroke="${c}" stroke-width="2"/><text x="${W - R + 32}" y="${T + 14 + i * 16}">${esc(s.name)}</text>`,
+      `<line x1="${W - R + 10}" x2="${W - R + 28}" y1="${T + 10 + i * 16}" y2="${T + 10 + i * 16}" stroke="${c}" stroke-width="2"${dashOf(i)}/><text x="${W - R + 32}" y="${T + 14 + i * 16}">${esc(s.name)}</text>`,
     );
+  });
+  parts.push('</svg>');
+  return parts.join('\n');
+}
+
+/** A row of a forest plot: an estimate with its interval. */
+export interface Estimate {
+  name: string;
+  value: number;
+  /** Half-width of the interval drawn around value (not drawn when not finite). */
+  halfWidth: number;
+}
+
+/**
+ * A forest plot as an SVG string: one row per estimate (a dot and its interval), a vertical line at
+ * 0; rows whose interval lies wholly right of 0 are green, wholly left red, across 0 grey.
+ */
+export function forestChart(title: string, xLabel: string, rows: readonly Estimate[], opts: { width?: number } = {}): string {
+  const W = opts.width ?? 640,
+    L = 150,
+    R = 20,
+    T = 30,
+    B = 44,
+    rowH = 18;
+  const H = T + B + Math.max(1, rows.length) * rowH;
+  const ends = rows.flatMap((r) => {
+    const h = Number.isFinite(r.halfWidth) ? r.halfWidth : 0;
+    return [r.value - h, r.value + h];
+  });
+  let [x0, x1] = [Math.min(0, ...ends), Math.max(0, ...ends)];
+  if (x1 === x0) [x0, x1] = [x0 - 1, x1 + 1];
+  const pad = (x1 - x0) * 0.05;
+  x0 -= pad;
+  x1 += pad;
+  const sx = (x: number) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="11">`,
+    `<text x="10" y="18" font-size="13" font-weight="bold">${esc(title)}</text>`,
+    `<rect x="${L}" y="${T}" width="${W - L - R}" height="${H - T - B}" fill="none" stroke="#999"/>`,
+  ];
+  for (const t of niceTicks(x0, x1))
+    parts.push(
+      `<line x1="${sx(t)}" x2="${sx(t)}" y1="${T}" y2="${H - B + 4}" stroke="#eee"/><text x="${sx(t)}" y="${H - B + 16}" text-anchor="middle">${t}</text>`,
+    );
+  parts.push(`<line x1="${sx(0)}" x2="${sx(0)}" y1="${T}" y2="${H - B}" stroke="#555"/>`);
+  parts.push(`<text x="${(L + W - R) / 2}" y="${H - 8}" text-anchor="middle">${esc(xLabel)}</text>`);
+  rows.forEach((r, i) => {
+    const y = T + (i + 0.5) * rowH;
+    const h = Number.isFinite(r.halfWidth) ? r.halfWidth : 0;
+    const c = r.value - h > 0 ? '#2ca02c' : r.value + h < 0 ? '#d62728' : '#7f7f7f';
+    parts.push(`<text x="${L - 6}" y="${y + 4}" text-anchor="end">${esc(r.name)}</text>`);
+    if (h > 0)
+      parts.push(
+        `<line x1="${sx(r.value - h).toFixed(1)}" x2="${sx(r.value + h).toFixed(1)}" y1="${y}" y2="${y}" stroke="${c}" stroke-width="2"/>`,
+      );
+    parts.push(`<circle cx="${sx(r.value).toFixed(1)}" cy="${y}" r="3.5" fill="${c}"/>`);
   });
   parts.push('</svg>');
   return parts.join('\n');

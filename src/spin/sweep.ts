@@ -7,7 +7,7 @@
 // so a table can always be rebuilt from the files of the runs.
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
-import { lineChart } from './report.js';
+import { forestChart, lineChart } from './report.js';
 
 /** What a run records after each iteration (its eval.json) and θ0's (theta0/eval.json). */
 export interface SweepEval {
@@ -248,8 +248,25 @@ export function sweepChart(s: SweepSummary): string {
   });
   return lineChart(`Held-out exact match (mean of ${s.seeds.length} seeds; bars: SE over seeds)`, 'iteration', series, {
     width: 640,
-    height: 340,
+    height: Math.max(340, 90 + 16 * k), // room for the legend
   });
+}
+
+/**
+ * Δ exact match vs the baseline after the last iteration every arm finished, one row per arm (best
+ * first), with ± 2 paired SE: an arm whose bar clears 0 differs from the baseline by more than two
+ * paired standard errors.
+ */
+export function sweepDeltaChart(s: SweepSummary): string {
+  const rows = s.rows
+    .filter((r) => r.iteration === s.lastIteration && r.diff)
+    .map((r) => ({ name: r.arm, value: r.diff!.mean, halfWidth: 2 * (r.diff!.se ?? Number.NaN) }))
+    .sort((a, b) => b.value - a.value);
+  return forestChart(
+    `Δ held-out exact match vs ${s.baseline} after iteration ${s.lastIteration} (${s.seeds.length} seeds; bars: ± 2 paired SE)`,
+    `exact match minus ${s.baseline}'s, same seed and tasks`,
+    rows,
+  );
 }
 
 export function sweepMarkdown(s: SweepSummary): string {
@@ -297,8 +314,9 @@ export function tQuantile975(df: number): number {
 export async function writeSweepOutputs(dir: string, s: SweepSummary): Promise<void> {
   await writeFileAtomic(join(dir, 'sweep.json'), `${JSON.stringify(s, null, 2)}\n`);
   await writeFileAtomic(join(dir, 'sweep.svg'), `${sweepChart(s)}\n`);
+  await writeFileAtomic(join(dir, 'sweep-delta.svg'), `${sweepDeltaChart(s)}\n`);
   await writeFileAtomic(
     join(dir, 'sweep.md'),
-    `${sweepMarkdown(s)}\nPlot: sweep.svg (exact match per iteration, error bars = SE over seeds).\n`,
+    `${sweepMarkdown(s)}\nPlots: sweep.svg (exact match per iteration, error bars = SE over seeds), sweep-delta.svg (Δ vs ${s.baseline} after the last iteration, ± 2 paired SE).\n`,
   );
 }
