@@ -2,7 +2,7 @@
 // README.md or a command's --help shows parses for the command it is shown with.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -133,6 +133,25 @@ describe('flag names', () => {
       const s = spawnSync(process.execPath, [BIN, 'sweep', yaml, '--device', 'cpu', '--out', join(dir, 's')], { encoding: 'utf8' });
       assert.equal(s.status, 2, s.stderr);
       assert.match(s.stderr, /arms\[1\] \(k4\): options.opponent_samples 4 needs sampled answers/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('--fused_update with clipping or accumulation is one line naming each conflict, exit 2, before anything is written', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-fused-'));
+    try {
+      for (const name of ['train', 'run', 'sft']) {
+        const args = [BIN, name, '--device', 'cpu', '--model', join(dir, 'm'), '--data', join(dir, 'd.jsonl'), '--out', join(dir, 'o')];
+        const r = spawnSync(process.execPath, [...args, '--fused_update', '--gradient_accumulation_steps', '2'], { encoding: 'utf8' });
+        assert.equal(r.status, 2, r.stderr);
+        assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+        assert.match(
+          r.stderr,
+          /--fused_update cannot go with --max_grad_norm 1 .*give --max_grad_norm 0.*; nor with --gradient_accumulation_steps 2/,
+        );
+        assert.ok(!existsSync(join(dir, 'o')), `${name}: nothing written`);
+      }
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

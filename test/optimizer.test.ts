@@ -65,9 +65,9 @@ for (const be of await testBackends())
                 const norms: number[] = [];
                 for (let k = 0; k < STEPS; k++) {
                   SHAPES.forEach((_, i) => {
-                    const g = randn(rng, params[i].grad.numel, 0.3);
+                    const g = randn(rng, params[i].grad!.numel, 0.3);
                     writeFileSync(join(dir, `g${i}_${k}.bin`), new Uint8Array(g.buffer));
-                    ops.write(params[i].grad, { dtype: 'f32', data: g });
+                    ops.write(params[i].grad!, { dtype: 'f32', data: g });
                   });
                   const norm = opt.step(lrs[k], clip);
                   norms.push((await ops.read(norm))[0]);

@@ -232,3 +232,58 @@ test('bf16 training keeps only the f32 masters during a step (bf16 copies made p
       lean.weights.free();
     }
   }));
+
+test('fused updates (LOMO-style): no gradients resident between steps, and the same weights and logs as unfused steps without clipping', async () =>
+  withSeed(async (rng) => {
+    const seed = rng.int(0, 1e9);
+    const data = pairs(rng, 10);
+    const cases = [
+      { optim: { type: 'rmsprop' as const }, dtype: 'bf16' as const, checkpointing: false },
+      { optim: { type: 'adamw' as const, weightDecay: 0.01 }, dtype: 'bf16' as const, checkpointing: true },
+      { optim: { type: 'adamw' as const }, dtype: 'f32' as const, checkpointing: rng.next() < 0.5 },
+    ];
+    for (const { optim, dtype, checkpointing } of cases) {
+      const what = `${optim.type}, ${dtype}, checkpointing ${checkpointing}`;
+      const cfg = loop({
+        optim,
+        gradientAccumulationSteps: 1,
+        maxGradNorm: null,
+        learningRate: 1e-3,
+        gradientCheckpointing: checkpointing,
+      });
+      const plain = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype });
+      const plainLogs = await spinRun(plain, data, cfg);
+      const fused = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype });
+      const gradsAtStep: number[] = [];
+      const fusedLogs = await spinRun(
+        fused,
+        data,
+        { ...cfg, fusedUpdate: true },
+        { afterStep: () => gradsAtStep.push(fused.weights.grads.size) },
+      );
+      assert.ok(
+        gradsAtStep.length === plainLogs.length && gradsAtStep.every((n) => n === 0),
+        `${what}: gradients resident after steps: ${gradsAtStep}`,
+      );
+      assert.equal(fused.paramHook, null, `${what}: the hooks are removed`);
+      for (const [name, t] of plain.weights.params)
+        assert.deepEqual(await ops.read(fused.weights.get(name)), await ops.read(t), `${what}: ${name}`);
+      for (const [name, t] of plain.weights.masters)
+        assert.deepEqual(await ops.read(fused.weights.masters.get(name)!), await ops.read(t), `${what}: master ${name}`);
+      const strip = (l: StepLog[]) => l.map(({ tokens_per_s: _, ...rest }) => rest);
+      assert.deepEqual(strip(fusedLogs), strip(plainLogs), `${what}: the same losses, metrics and gradient norms`);
+      plain.weights.free();
+      fused.weights.free();
+    }
+  }));
+
+test('fused updates refuse clipping and gradient accumulation', async () => {
+  const model = initLlama(be, tinyConfig({ vocab: 48 }), { seed: 1, std: 0.1 });
+  const obj = { metricNames: ['loss'], microStep: () => 0 };
+  await assert.rejects(
+    runTrainingLoop(model, 4, obj, loop({ fusedUpdate: true, gradientAccumulationSteps: 1 })),
+    /cannot clip.*max_grad_norm 0/,
+  );
+  await assert.rejects(runTrainingLoop(model, 4, obj, loop({ fusedUpdate: true, maxGradNorm: null })), /one micro-batch per step/);
+  model.weights.free();
+});

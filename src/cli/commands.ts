@@ -242,11 +242,11 @@ const train: Command = {
   ],
   async run(o) {
     const out = String(o.out);
+    const cfg = loop(o, (o.learning_rate as number[])[0]); // checked before anything is written
     await prepareOut('train', o, ['model', 'data'], 'single');
     const pairs = await readSpinPairs(String(o.data));
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
-    const cfg = loop(o, (o.learning_rate as number[])[0]);
     const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet: Boolean(o.quiet) });
     const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
@@ -299,6 +299,7 @@ const run: Command = {
   async run(o) {
     const out = String(o.out);
     const flags = selfPlayFlags(o); // checked before anything is written
+    const base = loop(o, 0);
     await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
@@ -309,7 +310,6 @@ const run: Command = {
     const sft = await sftData(o, fits);
     const heldout = o.eval_data ? (await loadSftPairs(String(o.eval_data), { check: fits })).pairs : null;
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
-    const base = loop(o, 0);
     const final = await runSelfPlay(
       backend(),
       String(o.model),
@@ -411,6 +411,7 @@ const sftCmd: Command = {
     if (o.tokenizer && o.model)
       throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
     if (!o.init_config && !o.model) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
+    const cfg = loop(o, (o.learning_rate as number[])[0]);
     await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
     let model, tok, template;
     if (o.init_config) {
@@ -425,7 +426,6 @@ const sftCmd: Command = {
     else throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
     const pairs = await sftData(o);
     const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
-    const cfg = loop(o, (o.learning_rate as number[])[0]);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: Boolean(o.quiet) });
     await runSft(

@@ -115,6 +115,16 @@ export function selfPlayFlags(o: Parsed) {
 }
 
 export function loop(o: Parsed, learningRate: number): LoopConfig {
+  if (o.fused_update) {
+    const bad = [
+      Number(o.max_grad_norm) > 0 &&
+        `--max_grad_norm ${o.max_grad_norm} (clipping needs the global norm, known only after the whole backward: give --max_grad_norm 0)`,
+      Number(o.gradient_accumulation_steps) !== 1 &&
+        `--gradient_accumulation_steps ${o.gradient_accumulation_steps} (an update cannot wait for more micro-batches: give 1, and a larger --per_device_train_batch_size instead)`,
+      (launchedByMpi() || Number(o.nproc ?? 1) > 1) && 'data parallelism (ZeRO shards the gradients instead: --zero_stage 2)',
+    ].filter(Boolean);
+    if (bad.length) throw new UsageError(`--fused_update cannot go with ${bad.join('; nor with ')}`);
+  }
   return {
     learningRate,
     optim: optimizer(o),
@@ -127,6 +137,7 @@ export function loop(o: Parsed, learningRate: number): LoopConfig {
     seed: Number(o.seed),
     saveSteps: Number(o.save_steps),
     gradientCheckpointing: Boolean(o.gradient_checkpointing),
+    fusedUpdate: Boolean(o.fused_update),
     dist: launchedByMpi() ? { group: processGroup(), zeroStage: Number(o.zero_stage ?? 0) as ZeroStage } : undefined,
   };
 }

@@ -114,6 +114,12 @@ export const loopOptions = (defaults: { lr: number[]; optim: string; epochs: num
     default: false,
     help: "keep only each layer's input and recompute its activations in the backward: less memory, ~1/3 more compute, same results (docs/memory.md)",
   },
+  {
+    name: 'fused_update',
+    type: 'bool',
+    default: false,
+    help: 'update each layer as soon as its gradient is complete, never holding all gradients (LOMO-style; needs --max_grad_norm 0, --gradient_accumulation_steps 1, one process): same results, 4 bytes/parameter less (docs/memory.md)',
+  },
 ];
 
 export const spinOptions: OptionSpec[] = [

@@ -296,7 +296,7 @@ function planArm(file: string, i: number, arm: SweepConfigArm, tok: HfTokenizer,
   const trunc = scoped(() => truncation(o, context));
   const template = scoped(() => resolveTemplate(o, tok));
   const stops = scoped(() => stopSequences(o, tok));
-  const base = loop({ ...o, seed: 0, zero_stage: 0 }, 0);
+  const base = scoped(() => loop({ ...o, seed: 0, zero_stage: 0 }, 0));
   delete base.dist; // one process
   return {
     name: arm.name,

@@ -57,20 +57,33 @@ export class Weights {
    * runs: training even when no gradient is allocated at this moment.
    */
   sharded = false;
+  /**
+   * Fused updates (src/spin/fused_update.ts): a unit's gradients exist only from its backward to its
+   * update, so training holds none between steps.
+   */
+  gradsOnDemand = false;
 
   get training(): boolean {
-    return this.sharded || this.grads.size > 0;
+    return this.sharded || this.gradsOnDemand || this.grads.size > 0;
   }
 
-  /** Allocates zeroed gradients and, for bf16 parameters, f32 masters (exact copies of the bf16 values). */
-  enableTraining(): void {
+  /**
+   * Allocates zeroed gradients and, for bf16 parameters, f32 masters (exact copies of the bf16
+   * values). With `grads: false` only the masters: the gradients are allocated per unit while it
+   * trains (fused updates), never all at once.
+   */
+  enableTraining(opts: { grads?: boolean } = {}): void {
     if (this.training) return;
+    const grads = opts.grads ?? true;
     for (const [name, p] of this.params) {
-      const g = ops.empty(this.backend, 'f32', p.shape);
-      ops.fill(g, 0);
-      this.grads.set(name, g);
+      if (grads) {
+        const g = ops.empty(this.backend, 'f32', p.shape);
+        ops.fill(g, 0);
+        this.grads.set(name, g);
+      }
       if (p.dtype === 'bf16') this.masters.set(name, ops.cast(p, 'f32'));
     }
+    if (!grads) this.gradsOnDemand = true;
   }
 
   zeroGrad(): void {

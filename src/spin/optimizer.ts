@@ -16,13 +16,18 @@ export interface Parameter {
   name: string;
   param: Tensor;
   master?: Tensor<'f32'>;
-  grad: Tensor<'f32'>;
+  /** Absent with fused updates (updateOne gets each gradient as it completes). */
+  grad?: Tensor<'f32'>;
 }
 
 interface SlotState {
   p: Parameter;
   /** RMSprop: [square_avg]; AdamW: [exp_avg, exp_avg_sq]. */
   states: Tensor<'f32'>[];
+}
+
+function checkLr(lr: number): void {
+  if (!(lr >= 0) || !Number.isFinite(lr)) throw new RangeError(`learning rate must be a finite number >= 0, got ${lr}`);
 }
 
 export class Optimizer {
@@ -53,7 +58,10 @@ export class Optimizer {
       states: Array.from({ length: nStates }, () => ops.zeros(backend, 'f32', p.param.shape)),
     }));
     this.sumsq = ops.empty(backend, 'f32', [params.length]);
+    this.index = new Map(params.map((p, i) => [p.name, i]));
   }
+
+  private readonly index: Map<string, number>;
 
   /** State tensor names as torch.optim names them (for checkpoints): `<param>.square_avg`, `.exp_avg`, `.exp_avg_sq`. */
   stateTensors(): { name: string; tensor: Tensor<'f32'> }[] {
@@ -67,29 +75,59 @@ export class Optimizer {
    * coefficient applied]; the caller frees it. Gradients are left as they were (zero them yourself).
    */
   step(lr: number, maxGradNorm: number | null): Tensor<'f32'> {
-    if (!(lr >= 0) || !Number.isFinite(lr)) throw new RangeError(`learning rate must be a finite number >= 0, got ${lr}`);
-    this.slots.forEach((s, i) => ops.sumSquares(s.p.grad, this.sumsq, i));
+    checkLr(lr);
+    const grads = this.slots.map((s) => {
+      if (!s.p.grad) throw new Error(`parameter '${s.p.name}' has no gradient: fused updates step it with updateOne`);
+      return s.p.grad;
+    });
+    grads.forEach((g, i) => ops.sumSquares(g, this.sumsq, i));
     this.reduceSumSquares?.(this.sumsq);
     const norm = ops.clipCoefficient(this.sumsq, maxGradNorm ?? Infinity);
     const clip = maxGradNorm === null ? undefined : norm;
     this.stepCount++;
-    const c = this.config;
-    for (const { p, states } of this.slots) {
-      if (c.type === 'rmsprop') {
-        ops.rmspropStep(
-          { ...p, squareAvg: states[0] },
-          { lr, alpha: c.alpha ?? 0.99, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0 },
-          clip,
-        );
-      } else {
-        ops.adamwStep(
-          { ...p, expAvg: states[0], expAvgSq: states[1] },
-          { lr, beta1: c.beta1 ?? 0.9, beta2: c.beta2 ?? 0.999, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0, step: this.stepCount },
-          clip,
-        );
-      }
-    }
+    this.slots.forEach((s, i) => this.apply(s, grads[i], lr, clip));
     return norm;
+  }
+
+  /**
+   * Fused updates (LOMO-style, src/spin/fused_update.ts): one optimizer step issued parameter by
+   * parameter while the backward runs, without clipping. beginFusedStep() counts the step,
+   * updateOne() updates one parameter from its just-completed gradient (the same arithmetic as
+   * step(lr, null)) and records its sum of squares, endFusedStep() returns [gradient norm, 1] as
+   * step() does (the caller frees it).
+   */
+  beginFusedStep(): void {
+    this.stepCount++;
+    ops.fill(this.sumsq, 0);
+  }
+
+  updateOne(name: string, grad: Tensor<'f32'>, lr: number): void {
+    checkLr(lr);
+    const i = this.index.get(name);
+    if (i === undefined) throw new Error(`the optimizer has no parameter '${name}'`);
+    ops.sumSquares(grad, this.sumsq, i);
+    this.apply(this.slots[i], grad, lr, undefined);
+  }
+
+  endFusedStep(): Tensor<'f32'> {
+    return ops.clipCoefficient(this.sumsq, Infinity);
+  }
+
+  private apply({ p, states }: SlotState, grad: Tensor<'f32'>, lr: number, clip: Tensor<'f32'> | undefined): void {
+    const c = this.config;
+    if (c.type === 'rmsprop') {
+      ops.rmspropStep(
+        { ...p, grad, squareAvg: states[0] },
+        { lr, alpha: c.alpha ?? 0.99, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0 },
+        clip,
+      );
+    } else {
+      ops.adamwStep(
+        { ...p, grad, expAvg: states[0], expAvgSq: states[1] },
+        { lr, beta1: c.beta1 ?? 0.9, beta2: c.beta2 ?? 0.999, eps: c.eps ?? 1e-8, weightDecay: c.weightDecay ?? 0, step: this.stepCount },
+        clip,
+      );
+    }
   }
 
   free(): void {

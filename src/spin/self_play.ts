@@ -237,7 +237,6 @@ export async function runSelfPlay(
         const rows = sft.map((p, i) => ({ ...p, generated: generated[t][i] }));
         if (t > 0 && opts.mixPrevious) rows.push(...sft.map((p, i) => ({ ...p, generated: generated[t - 1][i] })));
         const loop: LoopConfig = { ...opts.loop, learningRate: pick(opts.learningRates, t, 'learning_rate'), seed: opts.loop.seed + t };
-        opponent.weights.enableTraining();
         if (opts.arm === 'spin') {
           const pairs = rows.map((r, i) => tokenizePair(tok, prompts[i % sft.length], r.real, r.generated, opts.truncation));
           // 2. reference log-probs, once: of θ_t (the paper), or of θ0 with a fixed reference

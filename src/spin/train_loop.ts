@@ -14,6 +14,7 @@ import * as ops from '../ops/index.js';
 import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
 import { MasterBackedParams } from '../model/master_params.js';
+import { FusedUpdate } from './fused_update.js';
 
 export interface LoopConfig {
   learningRate: number;
@@ -35,6 +36,13 @@ export interface LoopConfig {
    * and layer, for ~1/3 more compute). Same results bit for bit. Absent: the model's own setting.
    */
   gradientCheckpointing?: boolean;
+  /**
+   * Fused updates (LOMO-style, src/spin/fused_update.ts): each unit of parameters is updated as soon
+   * as the backward has its gradient, which is then freed, so no full set of gradients is resident.
+   * The same weights as an unfused step; needs maxGradNorm null, one micro-batch per step and one
+   * process.
+   */
+  fusedUpdate?: boolean;
   /**
    * Data parallelism (docs/distributed.md): a step's window is micro x accumulation x group.size
    * items, rank r takes micro-batches [r * accumulation, (r + 1) * accumulation) of it; ZeRO stage
@@ -97,6 +105,14 @@ export function checkLoopConfig(cfg: LoopConfig): void {
     throw new RangeError(`max_grad_norm must be positive (or off), got ${cfg.maxGradNorm}`);
   if (!Number.isSafeInteger(cfg.saveSteps) || cfg.saveSteps < 0)
     throw new RangeError(`save_steps must be an integer >= 0, got ${cfg.saveSteps}`);
+  if (cfg.fusedUpdate) {
+    // the global norm is known only after the whole backward, and an update cannot wait for more micro-batches
+    if (cfg.maxGradNorm !== null)
+      throw new RangeError('fused updates cannot clip by the global gradient norm: turn clipping off (max_grad_norm 0)');
+    if (cfg.gradientAccumulationSteps !== 1)
+      throw new RangeError('fused updates take one micro-batch per step: set gradient_accumulation_steps 1');
+    if (cfg.dist) throw new RangeError('fused updates are for one process (with data parallelism ZeRO shards the gradients instead)');
+  }
 }
 
 /** A step whose metrics are still being read from the device. */
@@ -251,7 +267,8 @@ export async function runTrainingLoop(
   checkLoopConfig(cfg);
   if (n < 1) throw new RangeError('nothing to train on: the data set is empty');
   const be = model.backend;
-  model.weights.enableTraining();
+  // with fused updates no full set of gradients is ever allocated (each unit's exists while it trains)
+  model.weights.enableTraining({ grads: !cfg.fusedUpdate });
   if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
   const dist = cfg.dist;
   const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim, { overlap: dist.overlap }) : null;
@@ -262,9 +279,8 @@ export async function runTrainingLoop(
     ? []
     : [...model.weights.params].map(([name, param]) => {
         const master = model.weights.masters.get(name);
-        return lean && master
-          ? { name, param: master, grad: model.weights.grad(name) }
-          : { name, param, master, grad: model.weights.grad(name) };
+        const grad = cfg.fusedUpdate ? undefined : model.weights.grad(name);
+        return lean && master ? { name, param: master, grad } : { name, param, master, grad };
       });
   // from here to the end of training only the masters of bf16 parameters are resident (the model
   // acquires each layer's bf16 copy while it runs); dropped before the optimizer state exists, so the
@@ -278,6 +294,14 @@ export async function runTrainingLoop(
     lean?.end();
     throw err;
   }
+  // wraps the masters' hook (installed by lean.begin() above); removed before lean.end()
+  const fused = cfg.fusedUpdate
+    ? new FusedUpdate(
+        model,
+        opt,
+        params.map((p) => ({ name: p.name, shape: p.param.shape })),
+      )
+    : null;
   const perEpoch = stepsPerEpoch(n, cfg);
   const totalSteps = perEpoch * cfg.numTrainEpochs;
   const warmup = warmupSteps(totalSteps, cfg.warmupRatio);
@@ -300,6 +324,7 @@ export async function runTrainingLoop(
       }
     } catch (err) {
       if (!engine) opt.free();
+      fused?.end();
       lean?.end();
       throw err;
     }
@@ -338,7 +363,12 @@ export async function runTrainingLoop(
       // data parallel: rank r takes the r-th run of `accum` micro-batches of the window (fixed order)
       const mine = dist ? micro.slice(dist.group.rank * accum, (dist.group.rank + 1) * accum) : micro;
       if (engine) engine.zeroGrad();
-      else model.weights.zeroGrad();
+      else model.weights.zeroGrad(); // (fused updates: no gradients between steps, each unit's starts at zero)
+      const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
+      if (fused) {
+        fused.lr = lr;
+        opt.beginFusedStep();
+      }
       const metrics = ops.zeros(be, 'f32', [objective.metricNames.length]);
       let tokens = 0;
       // each micro-batch's mean is weighted by its share of the (global) window's items
@@ -347,7 +377,6 @@ export async function runTrainingLoop(
         tokens += objective.microStep(indices, indices.length / window.length, metrics);
       });
       let norm: Tensor<'f32'>;
-      const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
       if (engine && dist) {
         // ZeRO-3 ranks with fewer micro-batches (the last window of an epoch) still join every gather
         for (let k = mine.length; k < Math.min(accum, micro.length); k++) engine.idleMicroStep();
@@ -358,7 +387,7 @@ export async function runTrainingLoop(
         dist.group.allReduceHost(t, 'sum');
         tokens = t[0];
       } else {
-        norm = opt.step(lr, cfg.maxGradNorm);
+        norm = fused ? opt.endFusedStep() : opt.step(lr, cfg.maxGradNorm);
       }
       step++;
       const values = Promise.all([ops.read(metrics), ops.read(norm)]).then(([m, g]) => ({ metrics: m, norm: g, done: performance.now() }));
@@ -386,6 +415,7 @@ export async function runTrainingLoop(
   } finally {
     if (engine && !finished) engine.free();
     else if (!engine) opt.free();
+    fused?.end();
     // after the optimizer state is gone, so the rebuilt bf16 parameters never sit beside it
     lean?.end();
   }

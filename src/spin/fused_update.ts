@@ -1,0 +1,74 @@
+// Fused updates (LOMO-style; Lv et al. 2023, "Full Parameter Fine-tuning for Large Language Models with
+// Limited Resources"): the optimizer updates each unit of parameters (a decoder layer, or the embedding,
+// final norm and LM head) as soon as the backward has finished its gradient, and the gradient is freed
+// right after. No full set of gradients is ever resident (1.1B: 4.4 GB less; docs/memory.md).
+//
+// The arithmetic is that of an ordinary step without clipping: a unit's backward has used its
+// weights (to pass the gradient down) before the unit is updated, so every gradient is the one the
+// unfused step would compute, and each parameter gets the same update (test/trainer.test.ts checks
+// the weights bit for bit). What it cannot do: clip by the global norm (known only after the whole
+// backward) or accumulate gradients over micro-batches; runTrainingLoop refuses both.
+//
+// Through the model's ParamHook: acquire(unit, 'backward') allocates the unit's zeroed gradients,
+// release(unit, 'backward') updates the unit and frees them. It wraps the hook already installed
+// (the bf16 copies made from masters, src/model/master_params.ts), which sees every call first.
+import type { LlamaModel, ParamHook } from '../model/llama.js';
+import { unitOf } from '../model/master_params.js';
+import type { Optimizer } from './optimizer.js';
+import * as ops from '../ops/index.js';
+
+export class FusedUpdate implements ParamHook {
+  /** Learning rate of the step being taken (set by the training loop before each step). */
+  lr = 0;
+  private readonly units = new Map<number, { name: string; shape: readonly number[] }[]>();
+  private readonly held = new Map<number, number>();
+  private readonly inner: ParamHook | null;
+
+  /** `params`: every trainable tensor's name and shape (what the optimizer was built with). */
+  constructor(
+    readonly model: LlamaModel,
+    readonly opt: Optimizer,
+    params: readonly { name: string; shape: readonly number[] }[],
+  ) {
+    for (const p of params) {
+      const u = unitOf(p.name);
+      if (!this.units.has(u)) this.units.set(u, []);
+      this.units.get(u)!.push(p);
+    }
+    this.inner = model.paramHook;
+    model.paramHook = this;
+  }
+
+  acquire(unit: number, phase: 'forward' | 'backward'): void {
+    this.inner?.acquire(unit, phase);
+    if (phase !== 'backward') return;
+    const n = (this.held.get(unit) ?? 0) + 1;
+    this.held.set(unit, n);
+    if (n > 1) return;
+    const w = this.model.weights;
+    for (const { name, shape } of this.units.get(unit) ?? []) w.grads.set(name, ops.zeros(this.model.backend, 'f32', shape));
+  }
+
+  release(unit: number, phase: 'forward' | 'backward'): void {
+    if (phase === 'backward') {
+      const n = (this.held.get(unit) ?? 0) - 1;
+      if (n < 0) throw new Error(`parameter unit ${unit} released more often than acquired`);
+      this.held.set(unit, n);
+      if (n === 0) {
+        const w = this.model.weights;
+        for (const { name } of this.units.get(unit) ?? []) {
+          const g = w.grads.get(name)!;
+          this.opt.updateOne(name, g, this.lr);
+          g.free();
+          w.grads.delete(name);
+        }
+      }
+    }
+    this.inner?.release(unit, phase);
+  }
+
+  /** Puts the wrapped hook back. */
+  end(): void {
+    if (this.model.paramHook === this) this.model.paramHook = this.inner;
+  }
+}
