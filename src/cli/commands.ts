@@ -620,6 +620,13 @@ const sweep: Command = {
       check: (v: string) => (v === '' ? 'must not be empty' : null),
       help: "output directory (default: the config's name, e.g. sweep-demo for sweep-demo.yaml)",
     },
+    {
+      name: 'jobs',
+      type: 'int',
+      default: 1,
+      check: positive,
+      help: 'runs at a time, each in its own process on cores / jobs threads (small models run faster side by side than on more threads)',
+    },
     overwriteOption,
     quietOption,
   ],
@@ -633,7 +640,9 @@ const sweep: Command = {
       overwrite: Boolean(o.overwrite_output_dir),
       device: String(o.device ?? 'auto'),
       quiet: Boolean(o.quiet),
+      jobs: Number(o.jobs),
     });
+    if (process.env.SPINLM_SWEEP_WORKER) return; // a --jobs worker: the parent prints the table
     console.log(
       `\n${table}\n\nΔ: mean paired difference in exact match vs ${cfg.baseline} (same seed, iteration and tasks); paired SE = sd/sqrt(n) over the ${cfg.seeds.length} seeds.\nTables: ${join(out, 'sweep.md')} (per task family too), ${join(out, 'sweep.json')}; plot: ${join(out, 'sweep.svg')}; total ${((Date.now() - t0) / 1000).toFixed(0)}s.`,
     );

@@ -3,9 +3,12 @@
 // arms, whose options are `spinlm run`'s flags (the same specs and checks). Each (arm, seed) runs in
 // OUT/ARM/seed-S/ with runSelfPlay's resumable layout; the table, its JSON and the plot are rebuilt
 // from the runs' eval.json files at the end (src/spin/sweep.ts).
+import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { basename, extname, join } from 'node:path';
+import { createInterface } from 'node:readline';
 import YAML from 'yaml';
 import { packageRoot } from '../backend/cpu/addon.js';
 import { sampleItems } from '../data/sample.js';
@@ -368,7 +371,26 @@ export interface SweepCommandOptions {
   overwrite: boolean;
   device: string;
   quiet: boolean;
+  /** (arm, seed) runs at a time, each in its own process (default 1: in this process). */
+  jobs?: number;
 }
+
+/**
+ * A worker of `--jobs N` (set by the parent in SPINLM_SWEEP_WORKER as "k/N"): it runs the runs whose
+ * index in the seed-major order is k mod N and nothing else (the parent holds the lock, writes the
+ * fingerprints, evaluates θ0 and writes the tables).
+ */
+function workerSlot(): { k: number; n: number } | null {
+  const v = process.env.SPINLM_SWEEP_WORKER;
+  if (!v) return null;
+  const m = /^(\d+)\/(\d+)$/.exec(v);
+  if (!m || Number(m[1]) >= Number(m[2]))
+    throw new Error(`SPINLM_SWEEP_WORKER=${v}: expected k/N with k < N (set by spinlm sweep --jobs, not by hand)`);
+  return { k: Number(m[1]), n: Number(m[2]) };
+}
+
+/** The line a worker prints on stdout after each finished run (the parent rebuilds the table on it). */
+const RUN_DONE = 'spinlm-sweep-run-done';
 
 /** The whole `spinlm sweep`: check, prepare OUT, run every (arm, seed) not yet done, write the table. */
 export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Promise<string> {
@@ -417,50 +439,54 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
   sft = sft.slice(0, cfg.prompts);
   const heldout = cfg.evalSeed === null ? heldoutAll.slice(0, cfg.evalTasks) : sampleItems(heldoutAll, cfg.evalTasks, cfg.evalSeed);
 
-  // 2. OUT: overlap, directory, lock, fingerprints (the base's in OUT, each arm's in OUT/ARM)
-  const inputs = [
-    { flag: 'config', path: cfg.file },
-    ...(cfg.model !== null ? [{ flag: 'model', path: cfg.model }] : []),
-    ...(cfg.data !== null ? [{ flag: 'data', path: cfg.data }] : []),
-    ...(cfg.evalData !== null ? [{ flag: 'eval_data', path: cfg.evalData }] : []),
-  ];
-  checkOverlap('sweep', { flag: 'out', path: o.out, kind: 'dir', clears: o.overwrite }, inputs);
-  try {
-    await makeDirs(o.out);
-  } catch (e) {
-    if (e instanceof OutputError) throw new UsageError(`spinlm sweep: --out ${e.message}`);
-    throw e;
+  const worker = workerSlot();
+  const jobs = worker ? 1 : (o.jobs ?? 1);
+  if (!worker) {
+    // 2. OUT: overlap, directory, lock, fingerprints (the base's in OUT, each arm's in OUT/ARM)
+    const inputs = [
+      { flag: 'config', path: cfg.file },
+      ...(cfg.model !== null ? [{ flag: 'model', path: cfg.model }] : []),
+      ...(cfg.data !== null ? [{ flag: 'data', path: cfg.data }] : []),
+      ...(cfg.evalData !== null ? [{ flag: 'eval_data', path: cfg.evalData }] : []),
+    ];
+    checkOverlap('sweep', { flag: 'out', path: o.out, kind: 'dir', clears: o.overwrite }, inputs);
+    try {
+      await makeDirs(o.out);
+    } catch (e) {
+      if (e instanceof OutputError) throw new UsageError(`spinlm sweep: --out ${e.message}`);
+      throw e;
+    }
+    await lockDir('sweep', o.out);
+    if (o.overwrite && (existsSync(join(o.out, 'fingerprint.json')) || existsSync(join(o.out, 'sweep.resolved.json')))) clearDir(o.out);
+    const baseFp = await fingerprintOf(
+      'sweep',
+      {
+        model: modelDir,
+        data: cfg.data ?? undefined,
+        eval_data: cfg.evalData ?? undefined,
+        prompts: cfg.prompts,
+        eval_tasks: cfg.evalTasks,
+        eval_seed: cfg.evalSeed ?? undefined,
+        device: o.device,
+      },
+      [{ flag: 'model', path: modelDir }, ...inputs.filter((i) => i.flag === 'data' || i.flag === 'eval_data')],
+    );
+    await checkFingerprint(o.out, baseFp, 'a sweep');
+    for (const arm of arms) {
+      await makeDirs(join(o.out, arm.name));
+      await checkFingerprint(join(o.out, arm.name), await fingerprintOf('sweep', arm.options, []), `arm '${arm.name}' of a sweep`);
+    }
+    await writeFileAtomic(
+      join(o.out, 'sweep.resolved.json'),
+      `${JSON.stringify({ command: 'sweep', ...cfg, model: modelDir, device: o.device }, null, 2)}\n`,
+    );
   }
-  await lockDir('sweep', o.out);
-  if (o.overwrite && (existsSync(join(o.out, 'fingerprint.json')) || existsSync(join(o.out, 'sweep.resolved.json')))) clearDir(o.out);
-  const baseFp = await fingerprintOf(
-    'sweep',
-    {
-      model: modelDir,
-      data: cfg.data ?? undefined,
-      eval_data: cfg.evalData ?? undefined,
-      prompts: cfg.prompts,
-      eval_tasks: cfg.evalTasks,
-      eval_seed: cfg.evalSeed ?? undefined,
-      device: o.device,
-    },
-    [{ flag: 'model', path: modelDir }, ...inputs.filter((i) => i.flag === 'data' || i.flag === 'eval_data')],
-  );
-  await checkFingerprint(o.out, baseFp, 'a sweep');
-  for (const arm of arms) {
-    await makeDirs(join(o.out, arm.name));
-    await checkFingerprint(join(o.out, arm.name), await fingerprintOf('sweep', arm.options, []), `arm '${arm.name}' of a sweep`);
-  }
-  await writeFileAtomic(
-    join(o.out, 'sweep.resolved.json'),
-    `${JSON.stringify({ command: 'sweep', ...cfg, model: modelDir, device: o.device }, null, 2)}\n`,
-  );
 
-  // 3. θ0, once (with the baseline's evaluation settings)
+  // 3. θ0, once (with the baseline's evaluation settings; by the parent of --jobs workers)
   const be = backend();
   const baselineArm = arms.find((a) => a.name === cfg.baseline)!;
   const theta0File = join(o.out, 'theta0', 'eval.json');
-  if (!existsSync(theta0File)) {
+  if (!existsSync(theta0File) && !worker) {
     say('θ0: evaluate');
     const m = await LlamaModel.load(be, modelDir);
     try {
@@ -471,12 +497,13 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
       m.weights.free();
     }
   }
-  const theta0: SweepEval = JSON.parse(await readFile(theta0File, 'utf8'));
-  say(`θ0: exact match ${fmt(theta0.exactMatch, 3)}, held-out log-prob/token ${fmt(theta0.heldoutLogp)}`);
+  const theta0: SweepEval | null = worker ? null : JSON.parse(await readFile(theta0File, 'utf8'));
+  if (theta0) say(`θ0: exact match ${fmt(theta0.exactMatch, 3)}, held-out log-prob/token ${fmt(theta0.heldoutLogp)}`);
 
   // the table, from the eval.json files on disk: rewritten after every finished run, so that a long sweep
   // always has one for what is done (the `seeds` column says how many seeds each row has)
   const writeTable = async () => {
+    if (!theta0) throw new Error('a --jobs worker writes no table');
     const records = await readSweepRecords(
       o.out,
       arms.map((a) => a.name),
@@ -497,8 +524,9 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
   };
 
   // 4. every (seed, arm): seed by seed, so that the finished seeds are complete pairs
-  for (const seed of cfg.seeds) {
-    for (const arm of arms) {
+  const runs = cfg.seeds.flatMap((seed) => arms.map((arm) => ({ seed, arm })));
+  const runOne = async ({ seed, arm }: (typeof runs)[number]) => {
+    {
       const dir = runDirOf(o.out, arm.name, seed);
       const label = `${arm.name} seed ${seed}`;
       await makeDirs(dir);
@@ -555,13 +583,92 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
           },
         },
       );
+    }
+  };
+  if (worker) {
+    for (const [i, r] of runs.entries())
+      if (i % worker.n === worker.k) {
+        await runOne(r);
+        process.stdout.write(`${RUN_DONE} ${r.arm.name} ${r.seed}\n`);
+      }
+    return '';
+  }
+  if (jobs > 1) await runWorkers(cfg, o, jobs, say, writeTable);
+  else
+    for (const r of runs) {
+      await runOne(r);
       await writeTable();
     }
-  }
 
   // 5. the table, from the eval.json files
   const summary = await writeTable();
   return sweepTable(summary);
+}
+
+/**
+ * `--jobs N`: N worker processes (this command again, SPINLM_SWEEP_WORKER=k/N) run the (arm, seed)
+ * runs k, k + N, ... of the seed-major order, each on cores / N threads (SPINLM_NUM_THREADS and
+ * OPENBLAS_NUM_THREADS, unless set); the table is rebuilt after every finished run. A failed
+ * worker stops the others; a rerun resumes every run where it stopped, as without --jobs.
+ */
+async function runWorkers(
+  cfg: SweepConfig,
+  o: SweepCommandOptions,
+  jobs: number,
+  say: (line: string) => void,
+  writeTable: () => Promise<unknown>,
+): Promise<void> {
+  const threads = String(Math.max(1, Math.floor(availableParallelism() / jobs)));
+  const args = [
+    join(packageRoot, 'bin', 'spinlm.js'),
+    'sweep',
+    cfg.file,
+    '--out',
+    o.out,
+    '--device',
+    o.device,
+    ...(o.quiet ? ['--quiet'] : []),
+  ];
+  say(`${jobs} workers, ${process.env.SPINLM_NUM_THREADS ?? threads} kernel thread(s) each`);
+  let tables = Promise.resolve();
+  const children = Array.from({ length: jobs }, (_, k) =>
+    spawn(process.execPath, [...process.execArgv, ...args], {
+      env: {
+        ...process.env,
+        SPINLM_SWEEP_WORKER: `${k}/${jobs}`,
+        SPINLM_NUM_THREADS: process.env.SPINLM_NUM_THREADS ?? threads,
+        OPENBLAS_NUM_THREADS: process.env.OPENBLAS_NUM_THREADS ?? process.env.SPINLM_NUM_THREADS ?? threads,
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    }),
+  );
+  const exits = children.map(
+    (child, k) =>
+      new Promise<void>((resolve, reject) => {
+        createInterface({ input: child.stdout! }).on('line', (line) => {
+          if (line.startsWith(RUN_DONE)) tables = tables.then(() => writeTable()).then(() => undefined);
+        });
+        child.on('error', reject);
+        child.on('exit', (code, signal) => {
+          if (code === 0) resolve();
+          else
+            reject(
+              new Error(
+                `spinlm sweep: worker ${k + 1} of ${jobs} stopped (${signal ?? `exit code ${code}`}); rerun the same command to resume`,
+              ),
+            );
+        });
+      }),
+  );
+  try {
+    await Promise.all(exits);
+  } catch (err) {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+    await Promise.allSettled(exits);
+    throw err;
+  } finally {
+    await tables;
+  }
 }
 
 /** The evaluation records of a sweep directory: OUT/ARM/seed-S/iter-t/eval.json for every one that exists. */
