@@ -654,7 +654,7 @@ async function runWorkers(
           else
             reject(
               new Error(
-                `spinlm sweep: worker ${k + 1} of ${jobs} stopped (${signal ?? `exit code ${code}`}); rerun the same command to resume`,
+                `worker ${k + 1} of ${jobs} stopped (${signal ?? `exit code ${code}`}); rerun the same command to resume`,
               ),
             );
         });
