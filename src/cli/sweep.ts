@@ -651,12 +651,7 @@ async function runWorkers(
         child.on('error', reject);
         child.on('exit', (code, signal) => {
           if (code === 0) resolve();
-          else
-            reject(
-              new Error(
-                `worker ${k + 1} of ${jobs} stopped (${signal ?? `exit code ${code}`}); rerun the same command to resume`,
-              ),
-            );
+          else reject(new Error(`worker ${k + 1} of ${jobs} stopped (${signal ?? `exit code ${code}`}); rerun the same command to resume`));
         });
       }),
   );
