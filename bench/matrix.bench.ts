@@ -29,10 +29,12 @@ const { values: args } = parseArgs({
 
 type Work = typeof DEFAULT_WORK;
 /** Per size: timed repetitions (after one warm-up) and the workload. */
-const PLAN: Record<string, { label: string; steps: number; work: Partial<Work> }> = {
+// The 1.1B row runs PyTorch at 2 threads only (each of its cells takes minutes; the smaller rows
+// show which thread count wins at large GEMMs).
+const PLAN: Record<string, { label: string; steps: number; work: Partial<Work>; torchThreads?: number[] }> = {
   '32m': { label: '32M', steps: 3, work: {} },
   '350m': { label: '350M', steps: 2, work: { rows: 2, genBatch: 8, genNew: 32, pairs: 2 } },
-  tinyllama: { label: '1.1B', steps: 1, work: { rows: 1, genBatch: 4, genNew: 16, pairs: 1 } },
+  tinyllama: { label: '1.1B', steps: 1, work: { rows: 1, genBatch: 4, genNew: 16, pairs: 1 }, torchThreads: [2] },
 };
 const sizes = String(args.sizes).split(',');
 for (const s of sizes)
@@ -66,7 +68,7 @@ for (const size of sizes) {
   const work = { ...DEFAULT_WORK, ...plan.work };
   for (const mode of modes) {
     const ours = probe(mode, plan.steps, dir, plan.work);
-    const peers = threads.map((n) =>
+    const peers = (plan.torchThreads ?? threads).map((n) =>
       runPeer(new URL('./peer/torch_llama_peer.py', import.meta.url).pathname, [
         '--mode',
         mode,
