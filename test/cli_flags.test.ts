@@ -213,3 +213,17 @@ describe('flag names', () => {
     }
   });
 });
+
+test('resuming after an upgrade: an option the run predates counts as its default; any other change is named', async () => {
+  await import('../src/cli/commands.js'); // registers every command's option defaults
+  const { fingerprintDiff } = await import('../src/cli/run_dir.js');
+  const now = { command: 'run', options: { beta: [0.1], fused_update: false, opponent_samples: 1 }, inputs: {} };
+  const old = { command: 'run', options: { beta: [0.1] }, inputs: {} };
+  assert.deepEqual(fingerprintDiff(old, now), []);
+  assert.deepEqual(fingerprintDiff(old, { ...now, options: { ...now.options, opponent_samples: 4 } }), [
+    '--opponent_samples (was 1, now 4)',
+  ]);
+  assert.deepEqual(fingerprintDiff({ ...old, options: { beta: [0.5] } }, now), ['--beta (was 0.5, now 0.1)']);
+  // an explicit table of defaults (a sweep's arm options) wins over the command's
+  assert.deepEqual(fingerprintDiff(old, now, { fused_update: true, opponent_samples: 1 }), ['--fused_update (was true, now false)']);
+});

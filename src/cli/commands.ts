@@ -39,7 +39,7 @@ import {
   stopSequences,
   truncation,
 } from './common.js';
-import { checkOverlap, lockDir } from './run_dir.js';
+import { checkOverlap, lockDir, registerOptionDefaults } from './run_dir.js';
 import {
   dataOption,
   deviceOption,
@@ -656,3 +656,6 @@ for (const c of [demo, run, train, sftCmd, generate, score, evalCmd, sweep]) {
 }
 
 export const COMMANDS: Command[] = [demo, run, sweep, train, sftCmd, generate, score, evalCmd, synth];
+
+// what an option that a run directory predates meant (run_dir.ts fingerprintDiff)
+for (const c of COMMANDS) registerOptionDefaults(c.name, Object.fromEntries(c.options.map((s) => [s.name, s.default])));

@@ -188,13 +188,23 @@ export async function fingerprintOf(command: string, o: Parsed, inputs: readonly
 
 const show = (v: unknown) => (v === undefined ? '(not set)' : Array.isArray(v) ? v.join(',') : String(v));
 
-/** The settings in which two fingerprints differ, one phrase each. */
-export function fingerprintDiff(was: Fingerprint, now: Fingerprint): string[] {
+/** Each command's option defaults (commands.ts registers them): what an option a run predates meant. */
+const optionDefaults = new Map<string, Record<string, unknown>>();
+export function registerOptionDefaults(command: string, defaults: Record<string, unknown>): void {
+  optionDefaults.set(command, defaults);
+}
+
+/**
+ * The settings in which two fingerprints differ, one phrase each. An option missing from `was` (a run
+ * written by a spinlm that did not have it yet) counts as its default, `defaults[k]` (by default the
+ * registered defaults of was's command), so upgrading spinlm does not invalidate a resumable run.
+ */
+export function fingerprintDiff(was: Fingerprint, now: Fingerprint, defaults = optionDefaults.get(was.command) ?? {}): string[] {
   const diffs: string[] = [];
   if (was.command !== now.command) diffs.push(`command (was ${was.command}, now ${now.command})`);
   for (const k of [...new Set([...Object.keys(was.options), ...Object.keys(now.options)])].sort()) {
-    if (JSON.stringify(was.options[k]) !== JSON.stringify(now.options[k]))
-      diffs.push(`--${k} (was ${show(was.options[k])}, now ${show(now.options[k])})`);
+    const before = k in was.options ? was.options[k] : defaults[k];
+    if (JSON.stringify(before) !== JSON.stringify(now.options[k])) diffs.push(`--${k} (was ${show(before)}, now ${show(now.options[k])})`);
   }
   for (const k of [...new Set([...Object.keys(was.inputs), ...Object.keys(now.inputs)])].sort()) {
     const a = was.inputs[k],

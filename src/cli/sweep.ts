@@ -357,7 +357,9 @@ async function checkFingerprint(dir: string, now: Fingerprint, what: string): Pr
     } catch {
       was = null;
     }
-    const diffs = was ? fingerprintDiff(was, now).map((d) => d.replace(/^--/, '')) : ['fingerprint.json is unreadable'];
+    // an arm option newer than the sweep's runs counts as its default
+    const defaults = Object.fromEntries(ARM_OPTIONS.map((s) => [s.name, s.default]));
+    const diffs = was ? fingerprintDiff(was, now, defaults).map((d) => d.replace(/^--/, '')) : ['fingerprint.json is unreadable'];
     if (diffs.length)
       throw new UsageError(
         `spinlm sweep: ${dir} holds ${what} run with other settings: ${diffs.join('; ')}. Rerun with the same config to resume, choose another --out, or add --overwrite_output_dir to start over`,
