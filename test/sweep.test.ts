@@ -339,6 +339,8 @@ test('forestChart: one row per estimate, green when the interval clears 0 upward
   const dots = [...svg.matchAll(/<circle [^>]*fill="(#[0-9a-f]+)"/g)].map((m) => m[1]);
   assert.deepEqual(dots, ['#2ca02c', '#d62728', '#7f7f7f', '#2ca02c']);
   for (const n of ['up', 'down', 'across', 'one seed']) assert.ok(svg.includes(`>${n}</text>`), n);
+  const ticks = [...svg.matchAll(/text-anchor="middle">([^<]+)</g)].map((m) => m[1]);
+  assert.ok(ticks.includes('0') && !ticks.some((t) => /e-/.test(t)), `tick labels: ${ticks.join(' ')}`);
 });
 
 test('the held-out pool of the shipped θ0: the demo test set first, then unseen tasks of every family', () => {

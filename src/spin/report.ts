@@ -16,7 +16,8 @@ function niceTicks(lo: number, hi: number, n = 5): number[] {
   const mag = 10 ** Math.floor(Math.log10(step0));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= step0) ?? step0;
   const out: number[] = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + 1e-12; v += step) out.push(Number(v.toPrecision(6)));
+  // by index, not by repeated addition (which leaves -2.8e-17 where 0 belongs)
+  for (let i = Math.ceil(lo / step); i * step <= hi + 1e-12; i++) out.push(i === 0 ? 0 : Number((i * step).toPrecision(6)));
   return out;
 }
 
