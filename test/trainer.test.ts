@@ -237,13 +237,15 @@ test('fused updates (LOMO-style): no gradients resident between steps, and the s
   withSeed(async (rng) => {
     const seed = rng.int(0, 1e9);
     const data = pairs(rng, 10);
+    // untied: the LM head and final norm are updated right after the first backward matmuls (gradReady);
+    // tied: the shared embedding waits for the end of the backward
     const cases = [
-      { optim: { type: 'rmsprop' as const }, dtype: 'bf16' as const, checkpointing: false },
-      { optim: { type: 'adamw' as const, weightDecay: 0.01 }, dtype: 'bf16' as const, checkpointing: true },
-      { optim: { type: 'adamw' as const }, dtype: 'f32' as const, checkpointing: rng.next() < 0.5 },
+      { optim: { type: 'rmsprop' as const }, dtype: 'bf16' as const, checkpointing: false, tie: false },
+      { optim: { type: 'adamw' as const, weightDecay: 0.01 }, dtype: 'bf16' as const, checkpointing: true, tie: true },
+      { optim: { type: 'adamw' as const }, dtype: 'f32' as const, checkpointing: rng.next() < 0.5, tie: rng.next() < 0.5 },
     ];
-    for (const { optim, dtype, checkpointing } of cases) {
-      const what = `${optim.type}, ${dtype}, checkpointing ${checkpointing}`;
+    for (const { optim, dtype, checkpointing, tie } of cases) {
+      const what = `${optim.type}, ${dtype}, checkpointing ${checkpointing}, tied ${tie}`;
       const cfg = loop({
         optim,
         gradientAccumulationSteps: 1,
@@ -251,10 +253,17 @@ test('fused updates (LOMO-style): no gradients resident between steps, and the s
         learningRate: 1e-3,
         gradientCheckpointing: checkpointing,
       });
-      const plain = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype });
+      const plain = initLlama(be, tinyConfig({ vocab: 48, tie }), { seed, std: 0.1, dtype });
       const plainLogs = await spinRun(plain, data, cfg);
-      const fused = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1, dtype });
+      const fused = initLlama(be, tinyConfig({ vocab: 48, tie }), { seed, std: 0.1, dtype });
       const gradsAtStep: number[] = [];
+      // what is resident when the embedding's gradient appears (the end of the backward)
+      const withEmbedding: string[][] = [];
+      const set = fused.weights.grads.set.bind(fused.weights.grads);
+      fused.weights.grads.set = (name, g) => {
+        if (name === 'model.embed_tokens.weight') withEmbedding.push([...fused.weights.grads.keys()]);
+        return set(name, g);
+      };
       const fusedLogs = await spinRun(
         fused,
         data,
@@ -266,6 +275,12 @@ test('fused updates (LOMO-style): no gradients resident between steps, and the s
         `${what}: gradients resident after steps: ${gradsAtStep}`,
       );
       assert.equal(fused.paramHook, null, `${what}: the hooks are removed`);
+      assert.ok(withEmbedding.length > 0, `${what}: the embedding's gradient appears once per backward`);
+      if (!tie)
+        assert.ok(
+          withEmbedding.every((names) => names.length === 0),
+          `${what}: when the embedding's gradient appears, every other one is applied and freed: ${withEmbedding.find((n) => n.length)}`,
+        );
       for (const [name, t] of plain.weights.params)
         assert.deepEqual(await ops.read(fused.weights.get(name)), await ops.read(t), `${what}: ${name}`);
       for (const [name, t] of plain.weights.masters)

@@ -69,6 +69,12 @@ function freeAll(...ts: (Tensor | undefined)[]): void {
 export interface ParamHook {
   acquire(unit: number, phase: 'forward' | 'backward'): void;
   release(unit: number, phase: 'forward' | 'backward'): void;
+  /**
+   * Optional: the gradient of `name` is complete and this backward reads the parameter no more (the
+   * untied LM head and the final norm, long before their unit is released): fused updates apply it
+   * and free the gradient here.
+   */
+  gradReady?(name: string): void;
 }
 
 export class LlamaModel {
@@ -293,7 +299,9 @@ export class LlamaModel {
     const lmName = this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
     ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
+    if (!this.cfg.tieWordEmbeddings) hook?.gradReady?.(lmName); // (tied: the embedding's gradient comes last)
     let dx = ops.rmsnormBackward(state.xFinal, this.p('model.norm.weight'), state.rstdFinal, dh, this.weights.grad('model.norm.weight'));
+    hook?.gradReady?.('model.norm.weight');
     freeAll(dh, state.hFinal, state.rstdFinal, state.xFinal);
     for (let i = this.cfg.numLayers - 1; i >= 0; i--) {
       let saved = state.layers[i];

@@ -47,7 +47,14 @@ export class Weights {
   }
 
   grad(name: string): Tensor<'f32'> {
-    const g = this.grads.get(name);
+    let g = this.grads.get(name);
+    if (!g && this.gradsOnDemand) {
+      // fused updates: a gradient exists from its first use in the backward to its update
+      const p = this.masters.get(name) ?? this.params.get(name);
+      if (!p) throw new Error(`model has no parameter ${name}`);
+      g = ops.zeros(this.backend, 'f32', p.shape);
+      this.grads.set(name, g);
+    }
     if (!g) throw new Error(`no gradient for ${name}: call enableTraining() first`);
     return g;
   }

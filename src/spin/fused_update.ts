@@ -9,9 +9,13 @@
 // the weights bit for bit). What it cannot do: clip by the global norm (known only after the whole
 // backward) or accumulate gradients over micro-batches; runTrainingLoop refuses both.
 //
-// Through the model's ParamHook: acquire(unit, 'backward') allocates the unit's zeroed gradients,
-// release(unit, 'backward') updates the unit and frees them. It wraps the hook already installed
-// (the bf16 copies made from masters, src/model/master_params.ts), which sees every call first.
+// Gradients are allocated when the backward first writes them (Weights.grad with gradsOnDemand), so
+// the embedding's exists only at the very end of the backward. Through the model's ParamHook:
+// gradReady(name) updates a parameter whose gradient is complete long before its unit ends (the
+// untied LM head and the final norm, right after the first backward matmuls), release(unit,
+// 'backward') updates the rest of the unit; each gradient is freed right after its update. It wraps
+// the hook already installed (the bf16 copies made from masters, src/model/master_params.ts), which
+// sees every acquire and release first.
 import type { LlamaModel, ParamHook } from '../model/llama.js';
 import { unitOf } from '../model/master_params.js';
 import type { Optimizer } from './optimizer.js';
@@ -44,9 +48,12 @@ export class FusedUpdate implements ParamHook {
     if (phase !== 'backward') return;
     const n = (this.held.get(unit) ?? 0) + 1;
     this.held.set(unit, n);
-    if (n > 1) return;
-    const w = this.model.weights;
-    for (const { name, shape } of this.units.get(unit) ?? []) w.grads.set(name, ops.zeros(this.model.backend, 'f32', shape));
+    if (n === 1) for (const { name } of this.units.get(unit) ?? []) this.updated.delete(name);
+  }
+
+  gradReady(name: string): void {
+    this.inner?.gradReady?.(name);
+    this.update(name);
   }
 
   release(unit: number, phase: 'forward' | 'backward'): void {
@@ -54,17 +61,22 @@ export class FusedUpdate implements ParamHook {
       const n = (this.held.get(unit) ?? 0) - 1;
       if (n < 0) throw new Error(`parameter unit ${unit} released more often than acquired`);
       this.held.set(unit, n);
-      if (n === 0) {
-        const w = this.model.weights;
-        for (const { name } of this.units.get(unit) ?? []) {
-          const g = w.grads.get(name)!;
-          this.opt.updateOne(name, g, this.lr);
-          g.free();
-          w.grads.delete(name);
-        }
-      }
+      if (n === 0) for (const { name } of this.units.get(unit) ?? []) this.update(name);
     }
     this.inner?.release(unit, phase);
+  }
+
+  private readonly updated = new Set<string>();
+
+  /** One parameter's update from its gradient (zeros if the backward never wrote one), then the gradient is freed. */
+  private update(name: string): void {
+    if (this.updated.has(name)) return;
+    this.updated.add(name);
+    const w = this.model.weights;
+    const g = w.grad(name); // allocated (zeroed) here if this backward did not touch the parameter
+    this.opt.updateOne(name, g, this.lr);
+    g.free();
+    w.grads.delete(name);
   }
 
   /** Puts the wrapped hook back. */
