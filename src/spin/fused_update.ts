@@ -19,7 +19,6 @@
 import type { LlamaModel, ParamHook } from '../model/llama.js';
 import { unitOf } from '../model/master_params.js';
 import type { Optimizer } from './optimizer.js';
-import * as ops from '../ops/index.js';
 
 export class FusedUpdate implements ParamHook {
   /** Learning rate of the step being taken (set by the training loop before each step). */
