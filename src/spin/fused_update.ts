@@ -23,20 +23,20 @@ import type { Optimizer } from './optimizer.js';
 export class FusedUpdate implements ParamHook {
   /** Learning rate of the step being taken (set by the training loop before each step). */
   lr = 0;
-  private readonly units = new Map<number, { name: string; shape: readonly number[] }[]>();
+  private readonly units = new Map<number, string[]>();
   private readonly held = new Map<number, number>();
   private readonly inner: ParamHook | null;
 
-  /** `params`: every trainable tensor's name and shape (what the optimizer was built with). */
+  /** `names`: every trainable tensor (what the optimizer was built with). */
   constructor(
     readonly model: LlamaModel,
     readonly opt: Optimizer,
-    params: readonly { name: string; shape: readonly number[] }[],
+    names: readonly string[],
   ) {
-    for (const p of params) {
-      const u = unitOf(p.name);
+    for (const name of names) {
+      const u = unitOf(name);
       if (!this.units.has(u)) this.units.set(u, []);
-      this.units.get(u)!.push(p);
+      this.units.get(u)!.push(name);
     }
     this.inner = model.paramHook;
     model.paramHook = this;
@@ -47,7 +47,7 @@ export class FusedUpdate implements ParamHook {
     if (phase !== 'backward') return;
     const n = (this.held.get(unit) ?? 0) + 1;
     this.held.set(unit, n);
-    if (n === 1) for (const { name } of this.units.get(unit) ?? []) this.updated.delete(name);
+    if (n === 1) for (const name of this.units.get(unit) ?? []) this.updated.delete(name);
   }
 
   gradReady(name: string): void {
@@ -60,7 +60,7 @@ export class FusedUpdate implements ParamHook {
       const n = (this.held.get(unit) ?? 0) - 1;
       if (n < 0) throw new Error(`parameter unit ${unit} released more often than acquired`);
       this.held.set(unit, n);
-      if (n === 0) for (const { name } of this.units.get(unit) ?? []) this.update(name);
+      if (n === 0) for (const name of this.units.get(unit) ?? []) this.update(name);
     }
     this.inner?.release(unit, phase);
   }
