@@ -299,7 +299,7 @@ export async function runTrainingLoop(
     ? new FusedUpdate(
         model,
         opt,
-        params.map((p) => ({ name: p.name, shape: p.param.shape })),
+        params.map((p) => p.name),
       )
     : null;
   const perEpoch = stepsPerEpoch(n, cfg);
