@@ -4,8 +4,8 @@
 //          bench/make_model.ts (cached under the temp dir: made once, ~2.2 GB for 1.1B)
 //   spinlm: every cell in a fresh process (bench/model_probe.ts with the model directory: bf16
 //          parameters as stored, fp32 compute, fp32 masters when training), so peak RSS is its own
-//   PyTorch: bench/peer/torch_llama_peer.py with the same config and workload, fp32 (its fast path on
-//          this CPU), at each thread count of --torch-threads; the best is reported
+//   PyTorch: bench/peer/torch_llama_peer.py with the same config and workload, at each thread count of
+//          --torch-threads, in fp32 and (score, generate) bf16; the best is reported
 // Workloads shrink with the model so the matrix finishes in ~15-20 minutes on 2 cores; the sizes are
 // in the table. GFLOP/s count 2 (forward) or 6 (forward + backward) x non-embedding parameters x tokens.
 // Usage: node --import tsx bench/matrix.bench.ts [--sizes 32m,350m,tinyllama] [--modes score,generate,train,spin]
@@ -68,10 +68,15 @@ for (const size of sizes) {
   const work = { ...DEFAULT_WORK, ...plan.work };
   for (const mode of modes) {
     const ours = probe(mode, plan.steps, dir, plan.work);
-    const peers = (plan.torchThreads ?? threads).map((n) =>
+    // PyTorch in fp32 and, where its CPU path has bf16 (score, generate: no autograd), in bf16 too
+    const dtypes = mode === 'score' || mode === 'generate' ? ['f32', 'bf16'] : ['f32'];
+    const settings = (plan.torchThreads ?? threads).flatMap((n) => dtypes.map((dtype) => ({ n, dtype })));
+    const peers = settings.map(({ n, dtype }) =>
       runPeer(new URL('./peer/torch_llama_peer.py', import.meta.url).pathname, [
         '--mode',
         mode,
+        '--dtype',
+        dtype,
         '--threads',
         String(n),
         '--steps',
@@ -94,7 +99,7 @@ for (const size of sizes) {
       ours[metric].toPrecision(3),
       Number(best[metric]).toPrecision(3),
       `${(ours[metric] / Number(best[metric])).toFixed(2)}x`,
-      String(best.threads),
+      `${best.threads}, ${best.dtype}`,
       ours.gflops,
       `${((100 * ours.gflops) / gemm.gflops).toFixed(0)}%`,
       ours.peak_rss_mb,
@@ -119,7 +124,7 @@ console.log(
       'spinlm',
       'PyTorch',
       'spinlm / PyTorch',
-      'PyTorch threads',
+      'PyTorch threads, dtype',
       'spinlm GFLOP/s',
       'of sgemm',
       'spinlm peak RSS MiB',
