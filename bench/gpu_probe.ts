@@ -15,6 +15,7 @@ import { SpinObjective } from '../src/spin/objectives.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
+import { spinBenchLoop } from './model_probe_work.js';
 
 const mode = process.argv[2];
 const steps = Number(process.argv[3] ?? 3);
@@ -118,30 +119,13 @@ if (mode === 'loss') {
   });
   const times: number[] = [];
   let last = performance.now();
-  await runTrainingLoop(
-    model,
-    pairs.length,
-    obj,
-    {
-      learningRate: 5e-7,
-      optim: { type: 'rmsprop' },
-      lrSchedulerType: 'linear',
-      warmupRatio: 0.1,
-      microBatchSize: B,
-      gradientAccumulationSteps: 1,
-      numTrainEpochs: 1,
-      maxGradNorm: 1,
-      seed: 1,
-      saveSteps: 0,
+  await runTrainingLoop(model, pairs.length, obj, spinBenchLoop(B), {
+    onStep: () => {
+      const now = performance.now();
+      times.push(now - last);
+      last = now;
     },
-    {
-      onStep: () => {
-        const now = performance.now();
-        times.push(now - last);
-        last = now;
-      },
-    },
-  );
+  });
   const sorted = times.slice(1).sort((a, b) => a - b);
   const ms = sorted[Math.floor(sorted.length / 2)];
   console.log(JSON.stringify({ params: model.weights.count(), ms_per_step: ms, tokens_per_s: (2 * B * L) / (ms / 1000), ...peaks() }));

@@ -15,7 +15,7 @@ import { SpinObjective } from '../src/spin/objectives.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import { Rng } from '../src/util/rng.js';
 import { medianMs, peakRss } from './harness.js';
-import { DEFAULT_WORK } from './model_probe_work.js';
+import { DEFAULT_WORK, spinBenchLoop } from './model_probe_work.js';
 import * as ops from '../src/ops/index.js';
 
 const mode = process.argv[2];
@@ -144,18 +144,7 @@ if (mode === 'gemm') {
       const prompt = tokens(P);
       return { real: { prompt, answer: tokens(L - P) }, generated: { prompt, answer: tokens(L - P) } };
     });
-  const loop = {
-    learningRate: 5e-7,
-    optim: { type: 'rmsprop' as const },
-    lrSchedulerType: 'linear' as const,
-    warmupRatio: 0.1,
-    microBatchSize: B,
-    gradientAccumulationSteps: 1,
-    numTrainEpochs: 1,
-    maxGradNorm: 1,
-    seed: 1,
-    saveSteps: 0,
-  };
+  const loop = spinBenchLoop(B);
   // one loop of `n` steps of B pairs each; returns its wall time (the loop's own step logs arrive a
   // step late, so per-step times from them are not reliable for 1-2 steps)
   const run = async (n: number) => {

@@ -528,64 +528,62 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
   // 4. every (seed, arm): seed by seed, so that the finished seeds are complete pairs
   const runs = cfg.seeds.flatMap((seed) => arms.map((arm) => ({ seed, arm })));
   const runOne = async ({ seed, arm }: (typeof runs)[number]) => {
-    {
-      const dir = runDirOf(o.out, arm.name, seed);
-      const label = `${arm.name} seed ${seed}`;
-      await makeDirs(dir);
-      await truncateMetrics(dir, 'run');
-      const metricsFile = join(dir, 'metrics.jsonl');
-      const metrics = new MetricsWriter(metricsFile);
-      await runSelfPlay(
-        be,
-        modelDir,
-        tok,
-        sft,
-        { ...arm.selfPlay, outDir: dir, iterations: cfg.iterations, loop: { ...arm.selfPlay.loop, seed } },
-        {
-          generate: (m, prompts, t, file, sample) =>
-            answerPrompts(new LlamaDecoder(m), tok, prompts, {
-              ...arm.generation,
-              seed: seed + t,
-              streamOffset: sample * prompts.length,
-              journal: file,
-            }),
-          evaluate: async (m, t) => {
-            const e = await evaluate(m, tok, heldout, arm);
-            const genFile = join(iterationDir(dir, t), 'generated.json');
-            if (arm.selfPlay.arm === 'spin' && existsSync(genFile)) {
-              const answers: string[] = JSON.parse(await readFile(genFile, 'utf8'));
-              e.generatedEqualsReal = answers.filter((a, i) => exactMatch(sft[i], a)).length / answers.length;
-              const steps = readMetrics(metricsFile).rows.filter((r) => r.kind === 'step' && r.iteration === t);
-              const mean = (k: string) => {
-                const xs = steps.map((r) => r[k]).filter((v): v is number => typeof v === 'number');
-                return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
-              };
-              e.rewardsReal = mean('rewards/real');
-              e.rewardsGenerated = mean('rewards/generated');
-            } else {
-              e.generatedEqualsReal = null;
-              e.rewardsReal = null;
-              e.rewardsGenerated = null;
-            }
-            metrics.write({ kind: 'eval', arm: arm.name, iteration: t + 1, seed, exact_match: e.exactMatch, heldout_logp: e.heldoutLogp });
-            say(`${label} after iteration ${t + 1}: exact match ${fmt(e.exactMatch, 3)}, held-out log-prob/token ${fmt(e.heldoutLogp)}`);
-            return e as unknown as Record<string, unknown>;
-          },
-          onStep: (t, l) => {
-            metrics.write({ kind: 'step', arm: arm.name, seed, iteration: t, ...l });
-            if (l.step % 10 === 0)
-              say(
-                `${label} iter ${t} step ${l.step} loss ${fmt(l.loss)}${typeof l['rewards/margins'] === 'number' ? ` margin ${fmt(l['rewards/margins'], 3)}` : ''}`,
-              );
-          },
-          onStage: (t, s) => say(`${label} iteration ${t}: ${s}`),
-          // fault injection for the resume test: SPINLM_KILL_AT=ARM/seed-S:iteration:step kills this process
-          afterStep: (t, s) => {
-            if (process.env.SPINLM_KILL_AT === `${arm.name}/seed-${seed}:${t}:${s}`) process.kill(process.pid, 'SIGKILL');
-          },
+    const dir = runDirOf(o.out, arm.name, seed);
+    const label = `${arm.name} seed ${seed}`;
+    await makeDirs(dir);
+    await truncateMetrics(dir, 'run');
+    const metricsFile = join(dir, 'metrics.jsonl');
+    const metrics = new MetricsWriter(metricsFile);
+    await runSelfPlay(
+      be,
+      modelDir,
+      tok,
+      sft,
+      { ...arm.selfPlay, outDir: dir, iterations: cfg.iterations, loop: { ...arm.selfPlay.loop, seed } },
+      {
+        generate: (m, prompts, t, file, sample) =>
+          answerPrompts(new LlamaDecoder(m), tok, prompts, {
+            ...arm.generation,
+            seed: seed + t,
+            streamOffset: sample * prompts.length,
+            journal: file,
+          }),
+        evaluate: async (m, t) => {
+          const e = await evaluate(m, tok, heldout, arm);
+          const genFile = join(iterationDir(dir, t), 'generated.json');
+          if (arm.selfPlay.arm === 'spin' && existsSync(genFile)) {
+            const answers: string[] = JSON.parse(await readFile(genFile, 'utf8'));
+            e.generatedEqualsReal = answers.filter((a, i) => exactMatch(sft[i], a)).length / answers.length;
+            const steps = readMetrics(metricsFile).rows.filter((r) => r.kind === 'step' && r.iteration === t);
+            const mean = (k: string) => {
+              const xs = steps.map((r) => r[k]).filter((v): v is number => typeof v === 'number');
+              return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+            };
+            e.rewardsReal = mean('rewards/real');
+            e.rewardsGenerated = mean('rewards/generated');
+          } else {
+            e.generatedEqualsReal = null;
+            e.rewardsReal = null;
+            e.rewardsGenerated = null;
+          }
+          metrics.write({ kind: 'eval', arm: arm.name, iteration: t + 1, seed, exact_match: e.exactMatch, heldout_logp: e.heldoutLogp });
+          say(`${label} after iteration ${t + 1}: exact match ${fmt(e.exactMatch, 3)}, held-out log-prob/token ${fmt(e.heldoutLogp)}`);
+          return e as unknown as Record<string, unknown>;
         },
-      );
-    }
+        onStep: (t, l) => {
+          metrics.write({ kind: 'step', arm: arm.name, seed, iteration: t, ...l });
+          if (l.step % 10 === 0)
+            say(
+              `${label} iter ${t} step ${l.step} loss ${fmt(l.loss)}${typeof l['rewards/margins'] === 'number' ? ` margin ${fmt(l['rewards/margins'], 3)}` : ''}`,
+            );
+        },
+        onStage: (t, s) => say(`${label} iteration ${t}: ${s}`),
+        // fault injection for the resume test: SPINLM_KILL_AT=ARM/seed-S:iteration:step kills this process
+        afterStep: (t, s) => {
+          if (process.env.SPINLM_KILL_AT === `${arm.name}/seed-${seed}:${t}:${s}`) process.kill(process.pid, 'SIGKILL');
+        },
+      },
+    );
   };
   if (worker) {
     for (const [i, r] of runs.entries())

@@ -137,9 +137,12 @@ export class SpinObjective implements Objective {
     // the NLL term is -S_real / tokens: a normalized S_real already is per token
     const counts = norm ? new Float32Array(b).fill(1) : batch.targetCounts.slice(0, b);
     const answerTokens = ops.upload(be, { dtype: 'f32', data: counts }, [b]);
-    const diag = new Float32Array(4 * b * b);
-    for (let i = 0; i < 2 * b; i++) diag[i * 2 * b + i] = c[i];
-    const seqScale = norm ? ops.upload(be, { dtype: 'f32', data: diag }, [2 * b, 2 * b]) : undefined;
+    let seqScale: Tensor<'f32'> | undefined;
+    if (norm) {
+      const diag = new Float32Array(4 * b * b); // diag(c), [2B, 2B]
+      for (let i = 0; i < 2 * b; i++) diag[i * 2 * b + i] = c[i];
+      seqScale = ops.upload(be, { dtype: 'f32', data: diag }, [2 * b, 2 * b]);
+    }
     const { logits, state } = this.model.forward(input, { train: true });
     const ctx = spinLossForward(logits, targets, segments, ref, b, {
       beta: this.cfg.beta,

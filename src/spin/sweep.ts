@@ -113,6 +113,9 @@ export function summarizeSweep(input: {
   const { records, baseline } = input;
   if (!input.arms.some((a) => a.name === baseline)) throw new RangeError(`baseline '${baseline}' is not one of the arms`);
   const of = (arm: string, iteration: number) => records.filter((r) => r.arm === arm && r.iteration === iteration);
+  /** Paired difference of an arm's per-seed values to the baseline's at the same iteration (null for the baseline). */
+  const vsBaseline = (arm: string, iteration: number, values: Record<string, number>, pick: (e: SweepEval) => number | null | undefined) =>
+    arm === baseline ? null : pairedDifference(values, bySeed(of(baseline, iteration), pick));
   const iterations = [...new Set(records.map((r) => r.iteration))].sort((a, b) => a - b);
   const rows: SweepRow[] = [];
   for (const arm of input.arms) {
@@ -124,13 +127,7 @@ export function summarizeSweep(input: {
         arm: arm.name,
         iteration: it,
         exactMatch: meanSe(em),
-        diff:
-          arm.name === baseline
-            ? null
-            : pairedDifference(
-                em,
-                bySeed(of(baseline, it), (e) => e.exactMatch),
-              ),
+        diff: vsBaseline(arm.name, it, em, (e) => e.exactMatch),
         heldoutLogp: meanSe(bySeed(mine, (e) => e.heldoutLogp)),
         generatedEqualsReal: orNull(bySeed(mine, (e) => e.generatedEqualsReal)),
         rewardsReal: orNull(bySeed(mine, (e) => e.rewardsReal)),
@@ -152,13 +149,7 @@ export function summarizeSweep(input: {
           family,
           theta0: input.theta0.byTask[family] ?? NaN,
           exactMatch: meanSe(em),
-          diff:
-            arm.name === baseline
-              ? null
-              : pairedDifference(
-                  em,
-                  bySeed(of(baseline, lastIteration), (e) => e.byTask[family]),
-                ),
+          diff: vsBaseline(arm.name, lastIteration, em, (e) => e.byTask[family]),
         });
       }
     }
