@@ -11,11 +11,10 @@ import { generate } from '../src/generate/generate.js';
 import { parseConfig } from '../src/model/config.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
 import { initLlama } from '../src/model/init.js';
-import { SpinObjective } from '../src/spin/objectives.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
-import { spinBenchLoop } from './model_probe_work.js';
+import { spinBenchLoop, spinBenchObjective } from './model_probe_work.js';
 
 const mode = process.argv[2];
 const steps = Number(process.argv[3] ?? 3);
@@ -109,14 +108,7 @@ if (mode === 'loss') {
     return { real: { prompt, answer: tokens(L - P) }, generated: { prompt, answer: tokens(L - P) } };
   });
   const ref = new Float32Array(2 * pairs.length).map(() => -9000 + rng.normal());
-  const obj = new SpinObjective(model, pairs, ref, {
-    beta: 0.1,
-    lossType: 'sigmoid',
-    nllAlpha: 0,
-    dropIdentical: false,
-    eosId: 2,
-    padId: 0,
-  });
+  const obj = spinBenchObjective(model, pairs, ref);
   const times: number[] = [];
   let last = performance.now();
   await runTrainingLoop(model, pairs.length, obj, spinBenchLoop(B), {

@@ -2,7 +2,8 @@
 //   - the naive TypeScript version (two passes, Math.exp, float64),
 //   - PyTorch: torch.log_softmax(x.float(), -1).gather(...) and autograd of the same SPIN loss,
 //   - the machine's floors: a parallel streaming read of the same buffer, and the arithmetic floor of
-//     one vector exp per logit (native expThroughput on L1-resident data).
+//     one vector exp per logit (native expThroughput on L1-resident data): the loss kernels' exp, and
+//     the Cephes exp they used before (issue 13's reference floor).
 // Usage: node --import tsx bench/loss.bench.ts [--n 4096] [--v 32000] [--torch-threads 2] [--json out.json]
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
@@ -41,9 +42,10 @@ const ref = ops.upload(be, { dtype: 'f32', data: new Float32Array(2 * B).map(() 
 
 const floorRead: Record<string, number> = {};
 const expFloorMs = await medianMs('exp floor', () => be.native.expThroughput(N * V), 10);
+const cephesFloorMs = await medianMs('Cephes exp floor', () => be.native.expThroughput(N * V, 'cephes'), 10);
 const rows: (string | number)[][] = [];
 const memRows: (string | number)[][] = [];
-const out: Record<string, unknown> = { n: N, v: V, threads: be.threads, expFloorMs };
+const out: Record<string, unknown> = { n: N, v: V, threads: be.threads, expFloorMs, cephesFloorMs };
 
 for (const dtype of ['bf16', 'f32'] as const) {
   const z = logits[dtype];
@@ -118,6 +120,7 @@ for (const dtype of ['bf16', 'f32'] as const) {
     floorRead[dtype],
     `${(ours / floorRead[dtype]).toFixed(2)}x`,
     `${(ours / expFloorMs).toFixed(2)}x`,
+    `${(ours / cephesFloorMs).toFixed(2)}x`,
     naive,
     `${(naive / ours).toFixed(0)}x`,
     tg,
@@ -130,6 +133,7 @@ for (const dtype of ['bf16', 'f32'] as const) {
     floorRead[dtype],
     `${(fwd / floorRead[dtype]).toFixed(2)}x`,
     `${(fwd / expFloorMs).toFixed(2)}x`,
+    `${(fwd / cephesFloorMs).toFixed(2)}x`,
     '',
     '',
     tf,
@@ -142,6 +146,7 @@ for (const dtype of ['bf16', 'f32'] as const) {
     2 * floorRead[dtype],
     `${(bwd / (2 * floorRead[dtype])).toFixed(2)}x`,
     `${(bwd / expFloorMs).toFixed(2)}x`,
+    `${(bwd / cephesFloorMs).toFixed(2)}x`,
     '',
     '',
     tb,
@@ -154,6 +159,7 @@ for (const dtype of ['bf16', 'f32'] as const) {
     2 * floorRead[dtype],
     `${(bwdNew / (2 * floorRead[dtype])).toFixed(2)}x`,
     `${(bwdNew / expFloorMs).toFixed(2)}x`,
+    `${(bwdNew / cephesFloorMs).toFixed(2)}x`,
     '',
     '',
     tb,
@@ -170,7 +176,7 @@ for (const dtype of ['bf16', 'f32'] as const) {
 }
 
 console.log(
-  `\nN = ${N}, V = ${V}; spinlm on ${be.threads} threads, PyTorch on ${args['torch-threads']}; times are medians in ms; exp floor ${expFloorMs.toFixed(1)} ms\n`,
+  `\nN = ${N}, V = ${V}; spinlm on ${be.threads} threads, PyTorch on ${args['torch-threads']}; times are medians in ms; exp floor ${expFloorMs.toFixed(1)} ms, Cephes exp floor ${cephesFloorMs.toFixed(1)} ms\n`,
 );
 console.log(
   table(
@@ -181,6 +187,7 @@ console.log(
       'read floor ms',
       'vs read floor',
       'vs exp floor',
+      'vs Cephes exp floor',
       'naive TS ms',
       'naive / spinlm',
       'PyTorch ms',

@@ -11,11 +11,10 @@ import { LlamaDecoder } from '../src/model/decoder.js';
 import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { uploadInput } from '../src/model/input.js';
-import { SpinObjective } from '../src/spin/objectives.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import { Rng } from '../src/util/rng.js';
 import { medianMs, peakRss } from './harness.js';
-import { DEFAULT_WORK, spinBenchLoop } from './model_probe_work.js';
+import { DEFAULT_WORK, spinBenchLoop, spinBenchObjective } from './model_probe_work.js';
 import * as ops from '../src/ops/index.js';
 
 const mode = process.argv[2];
@@ -81,8 +80,7 @@ if (mode === 'gemm') {
     () => {
       const { logits, state } = model.forward(input, { train: true });
       ops.fill(logits, 1e-4); // stands in for d(loss)/d(logits): the loss kernels are benchmarked in loss.bench.ts
-      model.backward(state!, logits);
-      logits.free();
+      model.backward(state!, logits); // (frees them)
     },
     steps,
     1,
@@ -150,14 +148,7 @@ if (mode === 'gemm') {
   const run = async (n: number) => {
     const pairs = makePairs(B * n);
     const ref = new Float32Array(2 * pairs.length).map(() => -(L - P) * Math.log(cfg.vocabSize) + rng.normal());
-    const obj = new SpinObjective(model, pairs, ref, {
-      beta: 0.1,
-      lossType: 'sigmoid',
-      nllAlpha: 0,
-      dropIdentical: false,
-      eosId: 2,
-      padId: 0,
-    });
+    const obj = spinBenchObjective(model, pairs, ref);
     const t0 = performance.now();
     await runTrainingLoop(model, pairs.length, obj, loop);
     return performance.now() - t0;

@@ -1,5 +1,8 @@
 // Workload sizes and the SPIN loop of bench/model_probe.ts (its own module: importing the probe would
 // run it); bench/gpu_probe.ts uses the same loop.
+import type { LlamaModel } from '../src/model/llama.js';
+import type { TokenizedPair } from '../src/spin/batch.js';
+import { SpinObjective } from '../src/spin/objectives.js';
 /** score/train: rows x len tokens; generate: genBatch prompts of genPrompt tokens, genNew new; spin: pairs of len (prompt). */
 export const DEFAULT_WORK = { rows: 8, len: 256, genBatch: 32, genPrompt: 64, genNew: 128, pairs: 8, prompt: 64 };
 
@@ -16,3 +19,7 @@ export const spinBenchLoop = (pairsPerStep: number) => ({
   seed: 1,
   saveSteps: 0,
 });
+
+/** The benchmarked SPIN objective: the official loss (sigmoid, beta 0.1), no NLL term, every pair counted. */
+export const spinBenchObjective = (model: LlamaModel, pairs: readonly TokenizedPair[], ref: Float32Array) =>
+  new SpinObjective(model, pairs, ref, { beta: 0.1, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: 2, padId: 0 });

@@ -204,8 +204,11 @@ Napi::Value StreamRead(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), spinlm::stream_read(p, bytes));
 }
 
+// expThroughput(count, exp = 'loss'): 'loss' is the loss kernels' exp, 'cephes' the one they used before.
 Napi::Value ExpThroughput(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), spinlm::exp_throughput(ToInt(info[0], "count")));
+  const std::string exp = info[1].IsUndefined() ? "loss" : info[1].IsString() ? info[1].As<Napi::String>().Utf8Value() : "";
+  if (exp != "loss" && exp != "cephes") ThrowType(info.Env(), "exp must be 'loss' or 'cephes'");
+  return Napi::Number::New(info.Env(), spinlm::exp_throughput(ToInt(info[0], "count"), exp == "cephes"));
 }
 
 // rowOffset(row, cols) -> BigInt: the kernels' element-offset math, exposed so tests can check it
@@ -219,10 +222,23 @@ Napi::Value CachedBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(spinlm::host_cached_bytes()));
 }
 
+// releaseCached(): gives the blocks held for reuse back to the system.
+Napi::Value ReleaseCached(const Napi::CallbackInfo& info) {
+  spinlm::host_release_cached();
+  return info.Env().Undefined();
+}
+
 // liveBytes(): bytes of the tensors allocated and not yet freed (the allocator's counter; per-rank
 // memory tests and spinlm's ZeRO memory report read it).
 Napi::Value LiveBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(spinlm::host_live_bytes()));
+}
+
+// peakLiveBytes(reset) -> the most liveBytes() has been since the last reset; with `reset`, starts
+// again from the bytes live now (memory probes find which phase of a step holds the peak).
+Napi::Value PeakLiveBytes(const Napi::CallbackInfo& info) {
+  const bool reset = info.Length() > 0 && info[0].ToBoolean().Value();
+  return Napi::Number::New(info.Env(), static_cast<double>(spinlm::host_peak_live_bytes(reset)));
 }
 
 Napi::Value NumThreads(const Napi::CallbackInfo& info) {
@@ -234,7 +250,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("abiVersion", Napi::Number::New(env, 3));  // src/backend/cpu/addon.ts ABI_VERSION
+  exports.Set("abiVersion", Napi::Number::New(env, 4));  // src/backend/cpu/addon.ts ABI_VERSION
   exports.Set("alloc", Napi::Function::New(env, Alloc));
   exports.Set("free", Napi::Function::New(env, Free));
   exports.Set("write", Napi::Function::New(env, Write));
@@ -252,6 +268,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("rowOffset", Napi::Function::New(env, RowOffset));
   exports.Set("cachedBytes", Napi::Function::New(env, CachedBytes));
   exports.Set("liveBytes", Napi::Function::New(env, LiveBytes));
+  exports.Set("releaseCached", Napi::Function::New(env, ReleaseCached));
+  exports.Set("peakLiveBytes", Napi::Function::New(env, PeakLiveBytes));
   exports.Set("numThreads", Napi::Function::New(env, NumThreads));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
   for (RegisterFn fn : op_registry()) fn(env, exports);

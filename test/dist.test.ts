@@ -158,6 +158,7 @@ for (const np of [2, 3]) {
         dtype: rng.int(0, 1) ? 'bf16' : 'f32',
         optim: rng.int(0, 1) ? 'adamw' : 'rmsprop',
         layers: rng.int(1, 3),
+        tie: np === 3, // tied: the embedding's unit is held from the head to its backward
       });
       const ref = join(dir, `ref-${np}`);
       solo({ ...job, out: ref });
@@ -193,6 +194,7 @@ test('overlap (gradient reductions issued during the backward, ZeRO-3 prefetch) 
       dtype: rng.int(0, 1) ? 'bf16' : 'f32',
       optim: rng.int(0, 1) ? 'adamw' : 'rmsprop',
       layers: rng.int(2, 3),
+      tie: rng.int(0, 1) === 1,
     });
     for (const stage of [0, 1, 2, 3] as const) {
       const outs = [true, false].map((overlap) => {
@@ -332,6 +334,14 @@ test('a rank killed mid-run stops the job within the bound with an error naming 
     assert.equal(resumed.status, 0, resumed.output);
     assert.deepEqual(hashes(out, 2), hashes(straight, 2));
     assert.deepEqual(result(out).logs.length, result(straight).logs.length - 3);
+    // a checkpoint of another parameter layout is refused in one clear line, not read
+    const other = mpirun(2, { ...job, layers: job.layers + 1, out: join(dir, 'kill-other'), checkpointDir: ckpt });
+    assert.notEqual(other.status, 0);
+    assert.match(
+      other.output,
+      /does not match this run's sharded state \(unit\d+\.param: missing\).*remove it to start over/,
+      other.output,
+    );
   }));
 
 test('a hung rank: the others fail within SPINLM_COMM_TIMEOUT with one error naming the collective, and the job ends', async () =>

@@ -121,6 +121,72 @@ for (const be of await testBackends()) {
         assert.ok(relErr(await host(lse), ref.lse) <= 1e-6);
       }));
 
+    test('long rows (several 2048-logit chunks): the max anywhere, -inf stretches, NaN and +inf; backward -inf -> 0', () =>
+      withSeed(async (rng) => {
+        // The CPU forward takes each row in chunks of 2048 logits with a running max per lane (native/cpu/loss.cc):
+        // rows whose max grows chunk after chunk, sits in the last partial block, or follows chunks of -inf.
+        const v = 5 * 2048 + 37;
+        const rows: ((j: number) => number)[] = [
+          () => rng.normal() * 3,
+          (j) => j * 0.01 + rng.normal(), // rising: every chunk raises every lane's max
+          (j) => -j * 0.01 + rng.normal(), // falling
+          (j) => (j < 3 * 2048 ? -Infinity : rng.normal() * 4), // lanes that see only -inf for three chunks
+          (j) => (j >= v - 20 ? 30 + rng.normal() : rng.normal()), // the max in the partial block at the end
+          (j) => (j === 3 * 2048 + 5 ? 1e4 : rng.normal() * 3), // one dominant logit
+          (j) => (j % 3 === 0 ? -Infinity : rng.normal() * 30), // -inf interleaved, wide spread
+        ];
+        const finite = rows.map((_, r) => r);
+        // Rows whose lse is NaN, as in the float64 reference: the CPU kernels' contract (the other backends
+        // differ here: WebGPU loses a NaN among -inf; CUDA (emulated) and WebGPU give -inf for a row of -inf).
+        const special = cpu
+          ? [
+              (j: number) => (j < 2048 ? (j === 7 ? NaN : -Infinity) : rng.normal()), // NaN among -inf, finite later
+              (j: number) => (j === 2 * 2048 + 1 ? Infinity : rng.normal()), // +inf (inf - inf)
+              () => -Infinity, // all -inf
+            ]
+          : [];
+        const nanRows = special.map((_, k) => rows.length + k);
+        rows.push(...special);
+        const n = rows.length;
+        const f = new Float32Array(n * v);
+        rows.forEach((row, r) => {
+          for (let j = 0; j < v; j++) f[r * v + j] = row(j);
+        });
+        const y = new Int32Array(n).map(() => rng.int(0, v - 1));
+        y[3] = 3 * 2048 + rng.int(0, 2047); // a finite target where there are finite logits
+        y[6] = 3 * rng.int(0, (v - 2) / 3) + 1;
+        for (const dtype of ['f32', 'bf16'] as const) {
+          const h = dtype === 'f32' ? f : f32ArrayToBf16(f);
+          const values = dtype === 'f32' ? f : bf16ArrayToF32(h as Uint16Array);
+          const z = ops.upload(be, { dtype, data: h } as never, [n, v]) as Tensor;
+          const t = ops.upload(be, { dtype: 'i32', data: y }, [n]);
+          const { logp, lse } = ops.logprobGather(z, t);
+          const ref = logprobGatherRef(values, n, v, y);
+          const gotLse = await host(lse),
+            gotLogp = await host(logp);
+          for (const r of nanRows) {
+            assert.ok(Number.isNaN(ref.lse[r]), `reference row ${r}`);
+            assert.ok(Number.isNaN(gotLse[r]), `${dtype} row ${r}: lse ${gotLse[r]}, want NaN`);
+          }
+          const tol = dtype === 'f32' ? 1e-6 : 1e-5;
+          const pick = (a: ArrayLike<number>) => finite.map((r) => a[r]);
+          const lseScale = Math.max(...pick(ref.lse).map(Math.abs));
+          assert.ok(relErr(pick(gotLse), pick(ref.lse)) <= tol, `${dtype} lse err ${relErr(pick(gotLse), pick(ref.lse))}`);
+          assert.ok(relErr(pick(gotLogp), pick(ref.logp), lseScale) <= tol, `${dtype} logp err`);
+          // the backward of the finite rows: -inf logits get exactly 0, the rest match float64
+          const dl = randn(rng, n);
+          for (const r of nanRows) dl[r] = 0;
+          const dz = await host(ops.logprobGatherBackward(z, t, lse, ops.upload(be, { dtype: 'f32', data: dl }, [n]), { dtype: 'f32' }));
+          const dzRef = logprobGatherBackwardRef(values, n, v, y, dl);
+          const rowsOf = (a: ArrayLike<number>) => finite.flatMap((r) => Array.from({ length: v }, (_, j) => a[r * v + j]));
+          assert.ok(relErr(rowsOf(dz), rowsOf(dzRef)) <= 1e-5, `${dtype} dlogits err ${relErr(rowsOf(dz), rowsOf(dzRef))}`);
+          for (const r of finite)
+            for (let j = 0; j < v; j++)
+              if (values[r * v + j] === -Infinity && j !== y[r])
+                assert.ok(dz[r * v + j] === 0, `${dtype} row ${r} col ${j}: ${dz[r * v + j]}`); // +0 or -0 (-dlogp * 0)
+        }
+      }));
+
     test('V = 1 gives logp = 0 exactly', async () => {
       const z = ops.upload(be, { dtype: 'f32', data: new Float32Array([3.5, -2, 40]) }, [3, 1]);
       const { logp, lse } = ops.logprobGather(z, ops.upload(be, { dtype: 'i32', data: new Int32Array([0, 0, 0]) }, [3]));
@@ -232,6 +298,35 @@ for (const be of await testBackends()) {
           assert.deepEqual(await ops.read(same), separate);
         }));
     }
+
+    if (cpu)
+      test('bf16 dlogits are the f32 dlogits rounded, bit for bit, NaN payloads included (CPU)', () =>
+        withSeed(async (rng) => {
+          // The CPU backward rounds its f32 values in blocks of 32 (bf16 logits split into even/odd halves
+          // and put back in order). Reference: bf16.h's f32_to_bf16 on the bits of the f32 output (NaN:
+          // quieted, never rounded, so a payload 0x7fffffff does not carry into the sign).
+          const toBf16 = (u: number) =>
+            (u & 0x7fffffff) > 0x7f800000 ? ((u >>> 16) | 0x40) & 0xffff : ((u + 0x7fff + ((u >>> 16) & 1)) >>> 16) & 0xffff;
+          const n = 4,
+            v = 32 * 40 + 13;
+          for (const inDt of ['f32', 'bf16'] as const) {
+            const z = makeLogits(rng, n, v, inDt, 3);
+            if (inDt === 'f32') {
+              const bits = new Uint32Array(n * v);
+              new Float32Array(bits.buffer).set(z.values);
+              bits[v + 5] = 0x7fffffff; // row 1: a NaN logit whose payload would round into the sign
+              z.t = ops.upload(be, { dtype: 'f32', data: new Float32Array(bits.buffer) }, [n, v]);
+            }
+            const y = makeTargets(rng, n, v, 0);
+            const { lse } = ops.logprobGather(z.t, y.t);
+            const d = ops.upload(be, { dtype: 'f32', data: randn(rng, n) }, [n]);
+            const f = (await ops.read(ops.logprobGatherBackward(z.t, y.t, lse, d, { dtype: 'f32' }))) as Float32Array;
+            const h = (await ops.read(ops.logprobGatherBackward(z.t, y.t, lse, d, { dtype: 'bf16' }))) as Uint16Array;
+            const fb = new Uint32Array(f.buffer, f.byteOffset, f.length);
+            if (inDt === 'f32') assert.equal(fb[v + 5], 0x7fffffff, 'the payload reaches the output');
+            assert.deepEqual(Array.from(h), Array.from(fb, toBf16), `${inDt} logits`);
+          }
+        }));
 
     test('target column when p_y is close to 1 (1 - p_y as -expm1(logp_y))', async () => {
       // Row 0: 1 - p_y = 1.8e-5, where 1 - exp(logp) in fp32 would lose about 3 digits.

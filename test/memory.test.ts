@@ -40,3 +40,30 @@ test('freed big buffers are reused for the same size, and given back before the 
       assert.equal(n.cachedBytes(), kept);
     }
   }));
+
+test('releaseCached gives every kept block back; peakLiveBytes tracks the most live bytes since its reset', async () =>
+  withSeed(async (rng) => {
+    const be = new CpuBackend();
+    const n = be.native;
+    const live0 = n.liveBytes();
+    n.peakLiveBytes(true);
+    const mib = rng.int(8, 40);
+    const a = ops.empty(be, 'f32', [(mib * MiB) / 4]);
+    const b = ops.empty(be, 'bf16', [(mib * MiB) / 2]);
+    ops.fill(a, rng.normal());
+    ops.fill(b, rng.normal());
+    assert.equal(n.liveBytes() - live0, 2 * mib * MiB);
+    a.free();
+    b.free();
+    assert.ok(n.cachedBytes() >= 2 * mib * MiB, 'both freed blocks are kept for reuse');
+    assert.equal(n.peakLiveBytes(false) - live0, 2 * mib * MiB, 'the peak saw both buffers at once');
+    assert.equal(n.peakLiveBytes(true) - live0, 2 * mib * MiB, 'reading with reset returns the old peak');
+    assert.equal(n.peakLiveBytes(false), n.liveBytes(), 'after a reset the peak starts from the live bytes');
+    be.releaseCached();
+    assert.equal(n.cachedBytes(), 0, 'nothing kept after releaseCached');
+    assert.equal(n.liveBytes(), live0, 'live tensors are not touched');
+    // a released block is mapped afresh and works
+    const c = ops.upload(be, { dtype: 'f32', data: new Float32Array((mib * MiB) / 4).fill(3) }, [(mib * MiB) / 4]);
+    assert.equal((await ops.read(c))[(mib * MiB) / 4 - 1], 3);
+    c.free();
+  }));

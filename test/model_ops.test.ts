@@ -49,28 +49,61 @@ for (const be of await testBackends())
 
     describe('model ops against float64', () => {
       for (const dtype of ['f32', 'bf16'] as const) {
+        /**
+         * C = op(A) op(B) (into a NaN-poisoned `out` when `poison`, else a new tensor), then
+         * acc = alpha op(A) op(B) + acc, both against float64, for every combination of transposes.
+         */
+        async function checkMatmuls(
+          rng: Rng,
+          dims: (tb: boolean) => [number, number, number],
+          alpha: number,
+          poison: boolean,
+          label: string,
+        ) {
+          for (const [ta, tb] of [
+            [false, false],
+            [false, true],
+            [true, false],
+            [true, true],
+          ] as const) {
+            const [m, n, k] = dims(tb);
+            const a = randn(rng, m * k);
+            const b = weight(rng, k * n, tb ? [n, k] : [k, n], dtype);
+            const ref = matmulRef(a, b.values, m, n, k, ta, tb);
+            const out = poison ? f32(new Float32Array(m * n).fill(NaN), [m, n]) : undefined;
+            const got = ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb, out });
+            check(`${label} ta=${ta} tb=${tb} n=${n} k=${k}`, await host(got), ref);
+            const base = randn(rng, m * n);
+            const acc = f32(base.slice(), [m, n]);
+            ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb, out: acc, accumulate: true, alpha });
+            check(
+              `${label} accumulate`,
+              await host(acc),
+              ref.map((x, i) => alpha * x + base[i]),
+            );
+            for (const t of [got, acc, b.t]) t.free();
+          }
+        }
+
         test(`matmul, all transposes, ${dtype} B, accumulate`, async () =>
-          withSeed(async (rng) => {
-            for (const [ta, tb] of [
-              [false, false],
-              [false, true],
-              [true, false],
-              [true, true],
-            ] as const) {
-              const m = rng.int(1, 40),
-                n = rng.int(1, 40),
-                k = rng.int(1, 70);
-              const a = randn(rng, m * k);
-              const b = weight(rng, k * n, tb ? [n, k] : [k, n], dtype);
-              const got = ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb });
-              check(`matmul ta=${ta} tb=${tb}`, await host(got), matmulRef(a, b.values, m, n, k, ta, tb));
-              const base = randn(rng, m * n);
-              const acc = f32(base.slice(), [m, n]);
-              ops.matmul(f32(a, ta ? [k, m] : [m, k]), b.t, { transA: ta, transB: tb, out: acc, accumulate: true, alpha: 0.5 });
-              const want = matmulRef(a, b.values, m, n, k, ta, tb).map((x, i) => 0.5 * x + base[i]);
-              check('matmul accumulate', await host(acc), want);
-            }
-          }));
+          withSeed((rng) => checkMatmuls(rng, () => [rng.int(1, 40), rng.int(1, 40), rng.int(1, 70)], 0.5, false, 'matmul')));
+
+        test(`matmul, ${dtype} B of more than 2 Mi elements (the CPU widens bf16 in panels of 2 Mi), output poisoned`, async () =>
+          withSeed((rng) =>
+            // 2-3 panels of 2 Mi elements, the last one partial: whole rows of B ([n, k] with transB,
+            // else [k, n]) per panel
+            checkMatmuls(
+              rng,
+              (tb) => {
+                const inner = rng.int(600, 1300);
+                const outer = Math.ceil((2.1 * 2 ** 20) / inner) + rng.int(0, Math.floor(2 ** 21 / inner));
+                return tb ? [rng.int(1, 4), outer, inner] : [rng.int(1, 4), inner, outer];
+              },
+              -0.5,
+              true,
+              'big matmul',
+            ),
+          ));
 
         test(`row-invariant matmul (linear layer form), ${dtype} B: float64, and rows independent of M and threads`, async () =>
           withSeed(async (rng) => {

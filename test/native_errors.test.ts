@@ -47,6 +47,8 @@ describe('native errors: TypeError for arguments of the wrong kind', () => {
         /byteOffset must be a number/,
       );
       throwsKind(() => native.fill(x, n, 4, null as never), 'TypeError', /pattern must be a number/);
+      throwsKind(() => native.expThroughput(1024, 'exp2' as never), 'TypeError', /exp must be 'loss' or 'cephes'/);
+      throwsKind(() => native.expThroughput(1024, 1 as never), 'TypeError', /exp must be 'loss' or 'cephes'/);
       native.free(x.handle);
     });
   });

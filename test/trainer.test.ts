@@ -196,10 +196,29 @@ test('bf16 training keeps only the f32 masters during a step (bf16 copies made p
         padId: 0,
       });
       const resident: number[] = [];
+      // the embedding's and the head's bf16 copies are made around their own uses only: none is
+      // resident while a layer runs (untied; src/model/master_params.ts unitOf)
+      const outer = ['model.embed_tokens.weight', 'model.norm.weight', 'lm_head.weight'];
+      let layerUses = 0;
+      const outerInLayers: string[] = [];
       const obj = Object.create(inner) as SpinObjective;
       obj.microStep = (idx, w, m) => {
         resident.push(lean.weights.params.size);
-        return inner.microStep(idx, w, m);
+        const hook = lean.paramHook!;
+        lean.paramHook = {
+          acquire: (u, phase) => {
+            hook.acquire(u, phase);
+            if (u < 0) return;
+            layerUses++;
+            outerInLayers.push(...outer.filter((n) => lean.weights.params.has(n)));
+          },
+          release: (u, phase) => hook.release(u, phase),
+        };
+        try {
+          return inner.microStep(idx, w, m);
+        } finally {
+          lean.paramHook = hook;
+        }
       };
       const leanLogs: StepLog[] = [];
       // gradient checkpointing (AdamW case) recomputes the same activations: still bit-identical
@@ -212,6 +231,10 @@ test('bf16 training keeps only the f32 masters during a step (bf16 copies made p
         { onStep: (l) => void leanLogs.push(l) },
       );
       assert.equal(lean.recompute, checkpointing);
+      assert.ok(
+        layerUses > 0 && outerInLayers.length === 0,
+        `bf16 copies resident during layers: ${[...new Set(outerInLayers)].join(', ')}`,
+      );
       assert.ok(
         resident.length > 0 && resident.every((n) => n === 0),
         `bf16 copies resident at micro-step starts: ${resident.join(', ')} (of ${total})`,
@@ -237,8 +260,8 @@ test('fused updates (LOMO-style): no gradients resident between steps, and the s
   withSeed(async (rng) => {
     const seed = rng.int(0, 1e9);
     const data = pairs(rng, 10);
-    // untied: the LM head and final norm are updated right after the first backward matmuls (gradReady);
-    // tied: the shared embedding waits for the end of the backward
+    // untied: the LM head and final norm are updated right after the first backward matmuls (their
+    // unit is released there); tied: the shared embedding waits for the end of the backward
     const cases = [
       { optim: { type: 'rmsprop' as const }, dtype: 'bf16' as const, checkpointing: false, tie: false },
       { optim: { type: 'adamw' as const, weightDecay: 0.01 }, dtype: 'bf16' as const, checkpointing: true, tie: true },

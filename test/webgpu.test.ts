@@ -208,7 +208,7 @@ for (const be of await testBackends()) {
         const s = ops.add(ts[0], ts[1]);
         assert.equal((await ops.read(s))[5], 2);
         for (const t of [...ts, s]) t.free();
-        b.trim();
+        b.releaseCached();
         assert.equal(b.liveBuffers, 0, 'every buffer the backend made is released');
         b.destroy();
       };

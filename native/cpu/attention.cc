@@ -1,7 +1,8 @@
 // Causal grouped-query attention on the CPU. Per (sequence, head): S = scale Q K^T and O = P V, and in
-// the backward dV, dP, dQ, dK, as strided cblas_sgemm calls on the calling thread (OpenBLAS threads
-// them); the row softmax between them runs on our pool. Heads sharing a kv head accumulate their dK/dV
-// in head order, so results are deterministic.
+// the backward dV, dP, dQ, dK, as strided cblas_sgemm calls with the row softmax between them. The
+// (sequence, head) pairs are tasks on our pool, OpenBLAS on one thread meanwhile (BlasOnOneThread);
+// heads sharing a kv head accumulate their dK/dV in head order within one task, so results are
+// deterministic and independent of the thread count.
 #include <cblas.h>
 
 #include <algorithm>
@@ -145,47 +146,99 @@ SPINLM_CLONES void decode_group(const float* q, const float* k_cache, const floa
   }
 }
 
-// 0 for keys to attend to, -inf for masked ones.
-std::vector<float> key_bias(const int32_t* mask, int64_t l) {
-  std::vector<float> b(static_cast<size_t>(l));
-  for (int64_t j = 0; j < l; ++j) b[j] = mask[j] ? 0.0f : -INFINITY;
-  return b;
-}
-
-// Rows per task of the row-wise softmax steps: at least ~32K score entries (tens of microseconds), so a
-// short sequence's block runs on the calling thread instead of paying a pool wake-up per block (a
-// prefill of 64-token prompts spent 3/4 of its attention time waking threads).
-int64_t softmax_grain(int64_t keys) { return std::max<int64_t>(16, (int64_t{1} << 15) / std::max<int64_t>(1, keys)); }
-
 }  // namespace
 
 // Queries go in blocks of kRowBlock rows: a block's rows see only the keys before its end, so the
 // score products skip the upper triangle (5/8 of the full L x L work at L = 4 blocks).
 constexpr int64_t kRowBlock = 64;
 
+namespace {
+
+// OpenBLAS on one thread while our pool runs the (sequence, head) tasks, each task's products on the
+// task's own thread. A block's products are small (64 rows against at most L keys, hd deep): threading
+// each call inside OpenBLAS cost more than the call (attention ran at ~5 GFLOP/s, bench/RESULTS.md);
+// tasks over (sequence, head) keep both cores busy with no wake-up per call. Restored on exit.
+class BlasOnOneThread {
+ public:
+  BlasOnOneThread() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~BlasOnOneThread() { openblas_set_num_threads(prev_); }
+  BlasOnOneThread(const BlasOnOneThread&) = delete;
+  BlasOnOneThread& operator=(const BlasOnOneThread&) = delete;
+
+ private:
+  int prev_;
+};
+
+// One (sequence, head) of the forward: out rows and lse of head h of sequence bi. s: scratch [l, l].
+void attention_head(const Geometry& g, const float* q, const float* k, const float* v, const float* bias, int64_t bi,
+                    int64_t h, float scale, float* s, float* out, float* lse) {
+  const int64_t l = g.l, qs = g.q_stride(), ks = g.kv_stride();
+  const float* qbh = q + g.q_offset(bi, h);
+  const float* kbh = k + g.kv_offset(bi, h);
+  const float* vbh = v + g.kv_offset(bi, h);
+  float* lse_bh = lse + (bi * g.nh + h) * l;
+  for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
+    const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
+    float* sb = s + r0 * l;
+    gemm(false, true, rows, keys, g.hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, sb, l);
+    for (int64_t i = r0; i < r1; ++i) lse_bh[i] = softmax_row(s + i * l, bias, i + 1, keys);
+    gemm(false, false, rows, g.hd, keys, 1.0f, sb, l, vbh, ks, 0.0f, out + g.q_offset(bi, h) + r0 * qs, qs);
+  }
+}
+
+// One (sequence, head) of the backward: dq rows of head h; adds this head's part of dK and dV to its
+// kv head's rows. p, dp: scratch [l, l]; delta: scratch [l].
+void attention_head_backward(const Geometry& g, const float* q, const float* k, const float* v, const float* out,
+                             const float* lse, const float* dout, const float* bias, int64_t bi, int64_t h, float scale,
+                             float* p, float* dp, float* delta, float* dq, float* dk, float* dv) {
+  const int64_t l = g.l, hd = g.hd, qs = g.q_stride(), ks = g.kv_stride();
+  const float* qbh = q + g.q_offset(bi, h);
+  const float* kbh = k + g.kv_offset(bi, h);
+  const float* vbh = v + g.kv_offset(bi, h);
+  const float* obh = out + g.q_offset(bi, h);
+  const float* dobh = dout + g.q_offset(bi, h);
+  const float* lse_bh = lse + (bi * g.nh + h) * l;
+  float* dkb = dk + g.kv_offset(bi, h);
+  float* dvb = dv + g.kv_offset(bi, h);
+  for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
+    const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
+    float* pb = p + r0 * l;
+    float* dpb = dp + r0 * l;
+    // P = softmax(scale Q K^T) of the block, recomputed from the saved lse
+    gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, pb, l);
+    for (int64_t i = r0; i < r1; ++i) {
+      probs_row(p + i * l, bias, i + 1, keys, lse_bh[i]);
+      double d = 0;  // delta_i = dO_i . O_i
+      for (int64_t c = 0; c < hd; ++c) d += static_cast<double>(dobh[i * qs + c]) * obh[i * qs + c];
+      delta[i] = static_cast<float>(d);
+    }
+    // dV[:keys] += P^T dO; dP = dO V[:keys]^T
+    gemm(true, false, keys, hd, rows, 1.0f, pb, l, dobh + r0 * qs, qs, 1.0f, dvb, ks);
+    gemm(false, true, rows, keys, hd, 1.0f, dobh + r0 * qs, qs, vbh, ks, 0.0f, dpb, l);
+    // dS = P * (dP - delta)
+    for (int64_t i = r0; i < r1; ++i) ds_row(dp + i * l, p + i * l, delta[i], keys);
+    // dQ = scale dS K[:keys]; dK[:keys] += scale dS^T Q
+    gemm(false, false, rows, hd, keys, scale, dpb, l, kbh, ks, 0.0f, dq + g.q_offset(bi, h) + r0 * qs, qs);
+    gemm(true, false, keys, hd, rows, scale, dpb, l, qbh + r0 * qs, qs, 1.0f, dkb, ks);
+  }
+}
+
+}  // namespace
+
+// Both passes run tasks on the pool (BlasOnOneThread): the forward one per (sequence, head), the
+// backward one per (sequence, kv head), whose query heads add to its dK and dV in head order. Each
+// task is sequential, so no number depends on the thread count.
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
                int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out, float* lse) {
   const Geometry g{l, nh, nkv, hd};
-  const int64_t qs = g.q_stride(), ks = g.kv_stride();
-  std::vector<float> s(static_cast<size_t>(l * l));
-  for (int64_t bi = 0; bi < b; ++bi) {
-    const std::vector<float> bias = key_bias(key_mask + bi * l, l);
-    for (int64_t h = 0; h < nh; ++h) {
-      const float* qbh = q + g.q_offset(bi, h);
-      const float* kbh = k + g.kv_offset(bi, h);
-      const float* vbh = v + g.kv_offset(bi, h);
-      float* lse_bh = lse + (bi * nh + h) * l;
-      for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
-        const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
-        float* sb = s.data() + r0 * l;
-        gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, sb, l);
-        parallel_for(rows, softmax_grain(keys), [&](int64_t a0, int64_t a1) {
-          for (int64_t i = r0 + a0; i < r0 + a1; ++i) lse_bh[i] = softmax_row(s.data() + i * l, bias.data(), i + 1, keys);
-        });
-        gemm(false, false, rows, hd, keys, 1.0f, sb, l, vbh, ks, 0.0f, out + g.q_offset(bi, h) + r0 * qs, qs);
-      }
-    }
-  }
+  std::vector<float> bias(static_cast<size_t>(b * l));
+  for (int64_t i = 0; i < b * l; ++i) bias[i] = key_mask[i] ? 0.0f : -INFINITY;
+  const BlasOnOneThread one;
+  parallel_for(b * nh, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> s(static_cast<size_t>(l * l));
+    for (int64_t t = t0; t < t1; ++t)
+      attention_head(g, q, k, v, bias.data() + (t / nh) * l, t / nh, t % nh, scale, s.data(), out, lse);
+  });
 }
 
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
@@ -193,49 +246,23 @@ void attention_backward(const float* q, const float* k, const float* v, const in
                         int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk,
                         float* dv) {
   const Geometry g{l, nh, nkv, hd};
-  const int64_t qs = g.q_stride(), ks = g.kv_stride();
+  std::vector<float> bias(static_cast<size_t>(b * l));
+  for (int64_t i = 0; i < b * l; ++i) bias[i] = key_mask[i] ? 0.0f : -INFINITY;
   std::memset(dk, 0, sizeof(float) * b * l * nkv * hd);
   std::memset(dv, 0, sizeof(float) * b * l * nkv * hd);
-  std::vector<float> p(static_cast<size_t>(l * l)), dp(static_cast<size_t>(l * l));
-  std::vector<float> delta(static_cast<size_t>(l));
-  for (int64_t bi = 0; bi < b; ++bi) {
-    const std::vector<float> bias = key_bias(key_mask + bi * l, l);
-    for (int64_t h = 0; h < nh; ++h) {
-      const float* qbh = q + g.q_offset(bi, h);
-      const float* kbh = k + g.kv_offset(bi, h);
-      const float* vbh = v + g.kv_offset(bi, h);
-      const float* obh = out + g.q_offset(bi, h);
-      const float* dobh = dout + g.q_offset(bi, h);
-      const float* lse_bh = lse + (bi * nh + h) * l;
-      float* dkb = dk + g.kv_offset(bi, h);
-      float* dvb = dv + g.kv_offset(bi, h);
-      for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
-        const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
-        float* pb = p.data() + r0 * l;
-        float* dpb = dp.data() + r0 * l;
-        // P = softmax(scale Q K^T) of the block, recomputed from the saved lse
-        gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, pb, l);
-        parallel_for(rows, softmax_grain(keys), [&](int64_t a0, int64_t a1) {
-          for (int64_t i = r0 + a0; i < r0 + a1; ++i) {
-            probs_row(p.data() + i * l, bias.data(), i + 1, keys, lse_bh[i]);
-            double d = 0;  // delta_i = dO_i . O_i
-            for (int64_t c = 0; c < hd; ++c) d += static_cast<double>(dobh[i * qs + c]) * obh[i * qs + c];
-            delta[i] = static_cast<float>(d);
-          }
-        });
-        // dV[:keys] += P^T dO; dP = dO V[:keys]^T
-        gemm(true, false, keys, hd, rows, 1.0f, pb, l, dobh + r0 * qs, qs, 1.0f, dvb, ks);
-        gemm(false, true, rows, keys, hd, 1.0f, dobh + r0 * qs, qs, vbh, ks, 0.0f, dpb, l);
-        // dS = P * (dP - delta)
-        parallel_for(rows, softmax_grain(keys), [&](int64_t a0, int64_t a1) {
-          for (int64_t i = r0 + a0; i < r0 + a1; ++i) ds_row(dp.data() + i * l, p.data() + i * l, delta[i], keys);
-        });
-        // dQ = scale dS K[:keys]; dK[:keys] += scale dS^T Q
-        gemm(false, false, rows, hd, keys, scale, dpb, l, kbh, ks, 0.0f, dq + g.q_offset(bi, h) + r0 * qs, qs);
-        gemm(true, false, keys, hd, rows, scale, dpb, l, qbh + r0 * qs, qs, 1.0f, dkb, ks);
-      }
+  // one task per (sequence, kv head): its query heads in head order, each adding to the kv head's dK
+  // and dV rows (no other task touches them)
+  const int64_t group = nh / nkv;
+  const BlasOnOneThread one;
+  parallel_for(b * nkv, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> p(static_cast<size_t>(l * l)), dp(static_cast<size_t>(l * l)), delta(static_cast<size_t>(l));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t bi = t / nkv;
+      for (int64_t h = (t % nkv) * group; h < (t % nkv + 1) * group; ++h)
+        attention_head_backward(g, q, k, v, out, lse, dout, bias.data() + bi * l, bi, h, scale, p.data(), dp.data(),
+                                delta.data(), dq, dk, dv);
     }
-  }
+  });
 }
 
 void attention_decode(const float* q, const float* k_cache, const float* v_cache,

@@ -13,7 +13,8 @@ inline int64_t dtype_size(DType d) { return d == DType::kBF16 ? 2 : 4; }
 
 // Index of the first target outside [0, v) other than kIgnoreIndex, or -1 if all are valid.
 // logits [n, v] (f32 or bf16), targets [n] -> logp[r] = z[r, y_r] - lse[r], lse[r] = logsumexp(z[r, :]).
-// One read of each row from memory (max then sum of exp from cache). Ignored rows: logp = lse = 0.
+// One read of each row from memory (a running max and sum per lane over L1-sized chunks). Ignored
+// rows: logp = lse = 0.
 void logprob_gather(const void* logits, DType dt, int64_t n, int64_t v, const int32_t* targets,
                     float* logp, float* lse);
 
@@ -67,8 +68,9 @@ void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, cons
 
 double stream_read(const void* data, int64_t bytes);
 
-// Compute probe for benchmarks: `count` evaluations of the kernels' vector exp on L1-resident data,
-// on all threads (the arithmetic floor of logprob_gather: one exp per logit).
-double exp_throughput(int64_t count);
+// Compute probe for benchmarks: `count` evaluations of the loss kernels' vector exp on L1-resident
+// data, on all threads (the arithmetic floor of logprob_gather: one exp per logit). cephes = true
+// measures simd::exp_neg instead, the exp the loss kernels used before (issue 13's reference floor).
+double exp_throughput(int64_t count, bool cephes = false);
 
 }  // namespace spinlm

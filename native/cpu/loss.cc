@@ -1,5 +1,7 @@
 // Fused log-prob kernels of the SPIN loss (docs/algorithm.md, docs/numerics.md) on the CPU.
+#include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "../include/bf16.h"
@@ -18,55 +20,179 @@ SPINLM_INLINE float to_f32(uint16_t x) { return bf16_to_f32(x); }
 SPINLM_INLINE void from_f32(float* p, float x) { *p = x; }
 SPINLM_INLINE void from_f32(uint16_t* p, float x) { *p = f32_to_bf16(x); }
 
-// A partial vector at the end of a row: the remaining elements, padded with -inf (bf16 0xFF80).
-template <class T>
-SPINLM_INLINE vf load_tail(const T* z, int64_t count) {
-  T buf[kLanes];
-  for (int i = 0; i < kLanes; ++i) from_f32(&buf[i], -INFINITY);
-  for (int64_t i = 0; i < count; ++i) buf[i] = z[i];
-  return simd::load(buf);
+// The loss kernels' exp: cheaper than exp_neg, used only here (simd.h says why two exps exist).
+SPINLM_INLINE vf exp_loss(vf x) { return simd::exp_neg_deg5(x); }
+
+constexpr int64_t kBlock = 2 * kLanes;  // 32 logits: the step of every loop below
+
+// 32 consecutive logits as two 16-lane vectors. f32: in order. bf16: one 64-byte load split into the
+// even-indexed elements (each 32-bit word's low half, shifted up) and the odd-indexed ones (the high
+// half, masked): one instruction per 16 lanes, against a widening shuffle plus a shift.
+SPINLM_INLINE void load_block(const float* p, vf& a, vf& b) {
+  a = simd::load(p);
+  b = simd::load(p + kLanes);
+}
+SPINLM_INLINE void load_block(const uint16_t* p, vf& a, vf& b) {
+  simd::vu w;
+  memcpy(&w, p, sizeof w);
+  const simd::vu even = w << 16, odd = w & 0xFFFF0000u;
+  memcpy(&a, &even, sizeof a);
+  memcpy(&b, &odd, sizeof b);
 }
 
-// A hint to bring the cache lines of next[i, i + 2 kLanes) into L2 (one per 64-byte line).
+// The last v % 32 logits of a row, widened, in order, padded with -inf to a whole block.
 template <class T>
-SPINLM_INLINE void prefetch_span(const T* next, int64_t i) {
+SPINLM_INLINE void load_tail(const T* z, int64_t count, float* block) {
+  for (int64_t i = 0; i < kBlock; ++i) block[i] = i < count ? to_f32(z[i]) : -INFINITY;
+}
+
+// Forward: logsumexp of a row in one read. The row goes in chunks of kChunk logits, and each lane
+// keeps its own running max M and its sum s of exp(z - M) (an online max: when a chunk raises a lane's
+// max, that lane's sum is scaled by exp(M_old - M_new)); the lanes are combined at the end. The exp
+// pass over chunk k runs on L1-resident data, and the same loop reads chunk k + 1 (taking its lane max;
+// bf16: widening it into the other half of a double buffer) and prefetches 2 KiB beyond that read
+// (the stream continues into the next row of the task, up to `end`). So the max costs one vmaxps per
+// 16 logits inside a compute-bound loop instead of a second sweep, and bf16 is widened once.
+// Chunk size and prefetch distance as measured: docs/performance.md.
+constexpr int64_t kChunk = 2048;
+template <class T>
+constexpr int64_t kAhead = kChunk + 2048 / static_cast<int64_t>(sizeof(T));
+
+// A new lane max m: scales the sums where a lane's max grew, and returns the value each lane subtracts
+// before its exp (its max, or 0 while it has seen only -inf: exp(-inf - 0) = 0, and a NaN stays NaN).
+SPINLM_INLINE vf raise_max(vf& M, vf m, vf& s0, vf& s1) {
+  const vf grown = simd::vmax(M, m);
+  const vf f = exp_loss(M - grown);  // -inf - -inf is NaN: those lanes (and equal ones) keep factor 1
+  const vf one = simd::splat(1.0f);
+  const vf factor = grown == M ? one : f;
+  s0 *= factor;
+  s1 *= factor;
+  M = grown;
+  return M == simd::splat(-INFINITY) ? simd::splat(0.0f) : M;
+}
+
+SPINLM_INLINE void exp_block(const float* x, vf ref, vf& s0, vf& s1) {
+  s0 += exp_loss(simd::load(x) - ref);
+  s1 += exp_loss(simd::load(x + kLanes) - ref);
+}
+
+// A hint to bring the lines of p[ahead, ahead + kBlock) into L1, those of them before p[avail] (the
+// end of the task's rows): a prefetch never faults, but its addresses stay inside the buffer.
+template <bool kWrite = false, class T>
+SPINLM_INLINE void prefetch_block(const T* p, int64_t ahead, int64_t avail) {
   constexpr int64_t kPerLine = 64 / static_cast<int64_t>(sizeof(T));
-  for (int64_t k = 0; k < 2 * kLanes; k += kPerLine) __builtin_prefetch(next + i + k, 0, 2);
+  for (int64_t k = 0; k < kBlock; k += kPerLine)
+    if (__builtin_expect(ahead + k < avail, 1)) __builtin_prefetch(p + ahead + k, kWrite, 3);
 }
 
-// Row max then row sum of exp(z - max), both in 16-lane fp32. Returns logsumexp of the row. The exp
-// pass is compute-bound on data the max pass left in cache, so it also prefetches `next` (the next
-// row of this task, or null): the next row's max pass then reads L2, not memory (10-20% off the
-// forward, bench/RESULTS.md; the same arithmetic, so the same results). A prefetch never faults,
-// and its addresses stay inside the next row.
-template <class T>
-SPINLM_INLINE float row_lse(const T* z, int64_t v, const T* next) {
-  const int64_t full = v - v % kLanes;
-  vf m0 = simd::splat(-INFINITY), m1 = m0;
+// Lane maxima of x[0, len) (len a multiple of kBlock), four chains.
+SPINLM_INLINE vf max_blocks(const float* x, int64_t len) {
+  vf m0 = simd::splat(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
   int64_t i = 0;
-  for (; i + 2 * kLanes <= full; i += 2 * kLanes) {
-    m0 = simd::vmax(m0, simd::load(z + i));
-    m1 = simd::vmax(m1, simd::load(z + i + kLanes));
+  for (; i + 2 * kBlock <= len; i += 2 * kBlock) {
+    m0 = simd::vmax(m0, simd::load(x + i));
+    m1 = simd::vmax(m1, simd::load(x + i + kLanes));
+    m2 = simd::vmax(m2, simd::load(x + i + 2 * kLanes));
+    m3 = simd::vmax(m3, simd::load(x + i + 3 * kLanes));
   }
-  for (; i < full; i += kLanes) m0 = simd::vmax(m0, simd::load(z + i));
-  if (full < v) m1 = simd::vmax(m1, load_tail(z + full, v - full));
-  const float mx = simd::hmax(simd::vmax(m0, m1));
-  const vf vmx = simd::splat(mx);
-  vf s0 = simd::splat(0.0f), s1 = s0;
-  for (i = 0; i + 2 * kLanes <= full; i += 2 * kLanes) {
-    if (next) prefetch_span(next, i);
-    s0 += simd::exp_neg(simd::load(z + i) - vmx);
-    s1 += simd::exp_neg(simd::load(z + i + kLanes) - vmx);
+  for (; i < len; i += kBlock) {
+    m0 = simd::vmax(m0, simd::load(x + i));
+    m1 = simd::vmax(m1, simd::load(x + i + kLanes));
   }
-  for (; i < full; i += kLanes) s0 += simd::exp_neg(simd::load(z + i) - vmx);
-  if (full < v) s1 += simd::exp_neg(load_tail(z + full, v - full) - vmx);
-  // A NaN anywhere makes the sum NaN (vmax may have skipped it, exp does not).
-  return mx + std::log(simd::hsum(s0 + s1));
+  return simd::vmax(simd::vmax(m0, m1), simd::vmax(m2, m3));
+}
+
+// Where chunk k's f32 values are read from: the logits themselves (f32), or a widened copy (bf16).
+struct F32Chunks {
+  const float* z;
+  const float* chunk(int64_t c0, int64_t) const { return z + c0; }
+  // lane max of chunk [c0, c0 + len) before the loop (the row's first chunk)
+  vf stage(int64_t c0, int64_t len, int64_t) const { return max_blocks(z + c0, len); }
+  // block i of chunk [c0, ...): lane max into ma, mb
+  SPINLM_INLINE void stage_block(int64_t c0, int64_t i, int64_t, vf& ma, vf& mb) const {
+    ma = simd::vmax(ma, simd::load(z + c0 + i));
+    mb = simd::vmax(mb, simd::load(z + c0 + i + kLanes));
+  }
+};
+struct BF16Chunks {
+  const uint16_t* z;
+  float* buf[2];  // chunk k widens into buf[k % 2]
+  const float* chunk(int64_t, int64_t k) const { return buf[k & 1]; }
+  vf stage(int64_t c0, int64_t len, int64_t k) const {
+    for (int64_t i = 0; i < len; i += kBlock) {
+      vf a, b;
+      load_block(z + c0 + i, a, b);
+      simd::store(buf[k & 1] + i, a);
+      simd::store(buf[k & 1] + i + kLanes, b);
+    }
+    return max_blocks(buf[k & 1], len);
+  }
+  SPINLM_INLINE void stage_block(int64_t c0, int64_t i, int64_t k, vf& ma, vf& mb) const {
+    vf a, b;
+    load_block(z + c0 + i, a, b);
+    simd::store(buf[k & 1] + i, a);
+    simd::store(buf[k & 1] + i + kLanes, b);
+    ma = simd::vmax(ma, a);
+    mb = simd::vmax(mb, b);
+  }
+};
+
+template <class T, class Chunks>
+SPINLM_INLINE float row_lse(const T* z, int64_t v, const T* end, const Chunks& src) {
+  const int64_t body = v - v % kBlock, nchunks = (body + kChunk - 1) / kChunk;
+  alignas(64) float tail[kBlock];
+  vf mtail = simd::splat(-INFINITY);
+  if (body < v) {
+    load_tail(z + body, v - body, tail);
+    mtail = simd::vmax(simd::load(tail), simd::load(tail + kLanes));
+  }
+  vf M = simd::splat(-INFINITY), s0 = simd::splat(0.0f), s1 = s0;
+  vf mnext = nchunks > 0 ? src.stage(0, std::min(kChunk, body), 0) : mtail;
+  if (nchunks == 1) mnext = simd::vmax(mnext, mtail);
+  vf ref = raise_max(M, mnext, s0, s1);
+  for (int64_t k = 0; k < nchunks; ++k) {
+    const int64_t c0 = k * kChunk, len = std::min(kChunk, body - c0);
+    const int64_t nlen = k + 1 < nchunks ? std::min(kChunk, body - c0 - kChunk) : 0;
+    const float* x = src.chunk(c0, k);
+    vf ma = simd::splat(-INFINITY), mb = ma;
+    int64_t i = 0;
+    const int64_t avail = end - (z + c0);
+    for (; i < nlen; i += kBlock) {  // exp of chunk k, max (and widening) of chunk k + 1
+      prefetch_block(z + c0 + i, kAhead<T>, avail - i);
+      src.stage_block(c0 + kChunk, i, k + 1, ma, mb);
+      exp_block(x + i, ref, s0, s1);
+    }
+    for (; i < len; i += kBlock) {
+      prefetch_block(z + c0 + i, kAhead<T>, avail - i);
+      exp_block(x + i, ref, s0, s1);
+    }
+    if (k + 1 < nchunks) {
+      vf m = simd::vmax(ma, mb);
+      if (k + 2 == nchunks) m = simd::vmax(m, mtail);
+      ref = raise_max(M, m, s0, s1);
+    }
+  }
+  if (body < v) exp_block(tail, ref, s0, s1);
+  // lse = mx + log(sum over lanes of s_j exp(M_j - mx))
+  const float mx = simd::hmax(M);
+  if (mx == -INFINITY) return NAN;  // a row of -inf: NaN, as the float64 reference gives
+  const vf w = exp_loss(M - simd::splat(mx));
+  // A NaN anywhere makes its lane's sum NaN (the max may have skipped it, the exp does not).
+  return mx + std::log(simd::hsum((s0 + s1) * w));
+}
+
+SPINLM_INLINE float row_lse(const float* z, int64_t v, const float* end) {
+  return row_lse(z, v, end, F32Chunks{z});
+}
+SPINLM_INLINE float row_lse(const uint16_t* z, int64_t v, const uint16_t* end) {
+  alignas(64) float buf[2][kChunk];
+  return row_lse(z, v, end, BF16Chunks{z, {buf[0], buf[1]}});
 }
 
 template <class T>
 SPINLM_INLINE void gather_rows(const T* logits, int64_t v, const int32_t* targets, float* logp,
                                float* lse, int64_t r0, int64_t r1) {
+  const T* end = logits + row_offset(r1, v);
   for (int64_t r = r0; r < r1; ++r) {
     const int32_t y = targets[r];
     if (y == kIgnoreIndex) {
@@ -75,7 +201,7 @@ SPINLM_INLINE void gather_rows(const T* logits, int64_t v, const int32_t* target
       continue;
     }
     const T* z = logits + row_offset(r, v);
-    const float l = row_lse(z, v, r + 1 < r1 ? z + v : nullptr);
+    const float l = row_lse(z, v, end);
     lse[r] = l;
     logp[r] = to_f32(z[y]) - l;
   }
@@ -90,11 +216,62 @@ SPINLM_CLONES void gather_rows_bf16(const uint16_t* z, int64_t v, const int32_t*
   gather_rows(z, v, y, logp, lse, r0, r1);
 }
 
+// Backward stores. bf16 is rounded to nearest even into the high half of each 32-bit lane, NaN
+// quieted: the bits of simd::store's bf16 form (bf16.h's f32_to_bf16), whose narrowing is left to
+// the caller (NaN found by x != x: one compare where the integer test takes two).
+SPINLM_INLINE simd::vu round_bf16_high(vf x) {
+  simd::vu u;
+  memcpy(&u, &x, sizeof u);
+  const simd::vi is_nan = x != x;
+  const simd::vu rounded = u + (0x7fffu + ((u >> 16) & 1u));
+  return is_nan ? (u | 0x00400000u) : rounded;
+}
+typedef uint16_t vh32 __attribute__((vector_size(64)));
+// Writes the 32 values of one block: in order (a = elements 0-15, b = 16-31), or as load_block's
+// bf16 split left them (a = even-indexed, b = odd-indexed elements): then put back in order.
+SPINLM_INLINE void store_block(float* p, vf a, vf b, bool split) {
+  if (!split) {
+    simd::store(p, a);
+    simd::store(p + kLanes, b);
+    return;
+  }
+  const simd::vi lo = {0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23};
+  const simd::vi hi = {8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  simd::store(p, __builtin_shuffle(a, b, lo));
+  simd::store(p + kLanes, __builtin_shuffle(a, b, hi));
+}
+SPINLM_INLINE void store_block(uint16_t* p, vf a, vf b, bool split) {
+  const simd::vu ra = round_bf16_high(a), rb = round_bf16_high(b);
+  if (split) {  // word i of the block holds elements 2i (low half) and 2i + 1 (high half)
+    const simd::vu w = (rb & 0xFFFF0000u) | (ra >> 16);
+    memcpy(p, &w, sizeof w);
+    return;
+  }
+  vh32 ha, hb;
+  memcpy(&ha, &ra, sizeof ha);
+  memcpy(&hb, &rb, sizeof hb);
+  const vh32 high_halves = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+                            33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const vh32 h = __builtin_shuffle(ha, hb, high_halves);
+  memcpy(p, &h, sizeof h);
+}
+
+// Backward: one pass that reads z and writes dz. It is bound by memory (f32) or by the exp and the
+// bf16 conversions (bf16), and it prefetches the logits 4 KiB on (into a separate output, that
+// output's lines too: a plain prefetch, as x86-64-v4 has no PREFETCHW): without it the loop
+// stalled on its reads, in place most of all (docs/performance.md). Each element's arithmetic is
+// that of the element-by-element loop; bf16 logits are split into even/odd halves and put back in
+// order by store_block.
+template <class T>
+constexpr int64_t kBackAhead = 4096 / static_cast<int64_t>(sizeof(T));  // 4 KiB on
 template <class T, class O>
 SPINLM_INLINE void backward_rows(const T* logits, int64_t v, const int32_t* targets,
                                  const float* lse, const float* dlogp, O* dlogits, int64_t r0,
                                  int64_t r1) {
-  const int64_t full = v - v % kLanes;
+  constexpr bool split = sizeof(T) == 2;  // bf16 logits come as even/odd halves
+  const int64_t full = v - v % kBlock;
+  const T* z_end = logits + row_offset(r1, v);
+  const bool in_place = static_cast<const void*>(logits) == static_cast<const void*>(dlogits);
   for (int64_t r = r0; r < r1; ++r) {
     const T* z = logits + row_offset(r, v);
     O* dz = dlogits + row_offset(r, v);
@@ -106,9 +283,14 @@ SPINLM_INLINE void backward_rows(const T* logits, int64_t v, const int32_t* targ
     const float zy = to_f32(z[y]);  // read before an in-place write overwrites it
     const float l = lse[r], g = dlogp[r];
     const vf vl = simd::splat(l), vng = simd::splat(-g);
-    // (no prefetch in this single pass: the next row's lines measured the same for bf16, ~5% slower for f32)
-    for (int64_t j = 0; j < full; j += kLanes)
-      simd::store(dz + j, vng * simd::exp_neg(simd::load(z + j) - vl));
+    const int64_t avail = z_end - z;  // the same count for dz
+    for (int64_t j = 0; j < full; j += kBlock) {
+      prefetch_block(z + j, kBackAhead<T>, avail - j);
+      if (!in_place) prefetch_block<true>(dz + j, kBackAhead<T>, avail - j);
+      vf a, b;
+      load_block(z + j, a, b);
+      store_block(dz + j, vng * exp_loss(a - vl), vng * exp_loss(b - vl), split);
+    }
     for (int64_t j = full; j < v; ++j) {
       const float p = std::exp(to_f32(z[j]) - l);
       from_f32(&dz[j], -g * p);
@@ -239,24 +421,32 @@ double stream_read(const void* data, int64_t bytes) {
   return s;
 }
 
-SPINLM_CLONES static float exp_sum_l1(int64_t count) {
+// The exp floor: `count` exps of L1-resident values in [-24.5, -0.5], summed (the forward's inner loop
+// without its loads from memory). Cephes = simd::exp_neg, the exp these kernels used before
+// exp_neg_deg5 (issue 13's reference floor), kept measurable for the ratio against it.
+template <bool kCephes>
+SPINLM_INLINE float exp_sum_l1(int64_t count) {
   alignas(64) float buf[1024];
   for (int i = 0; i < 1024; ++i) buf[i] = -static_cast<float>(i % 97) * 0.25f;
   vf s0 = simd::splat(0.0f), s1 = s0;
   const vf shift = simd::splat(-0.5f);
   for (int64_t done = 0; done < count; done += 1024)
     for (int i = 0; i < 1024; i += 2 * kLanes) {
-      s0 += simd::exp_neg(simd::load(buf + i) + shift);
-      s1 += simd::exp_neg(simd::load(buf + i + kLanes) + shift);
+      const vf x0 = simd::load(buf + i) + shift, x1 = simd::load(buf + i + kLanes) + shift;
+      s0 += kCephes ? simd::exp_neg(x0) : exp_loss(x0);
+      s1 += kCephes ? simd::exp_neg(x1) : exp_loss(x1);
     }
   return simd::hsum(s0 + s1);
 }
+SPINLM_CLONES static float exp_sum_l1_loss(int64_t count) { return exp_sum_l1<false>(count); }
+SPINLM_CLONES static float exp_sum_l1_cephes(int64_t count) { return exp_sum_l1<true>(count); }
 
-double exp_throughput(int64_t count) {
+double exp_throughput(int64_t count, bool cephes) {
   const int parts = num_threads();
   std::vector<double> partial(parts, 0.0);
   parallel_for(parts, 1, [&](int64_t k0, int64_t k1) {
-    for (int64_t k = k0; k < k1; ++k) partial[k] = exp_sum_l1(count / parts);
+    for (int64_t k = k0; k < k1; ++k)
+      partial[k] = cephes ? exp_sum_l1_cephes(count / parts) : exp_sum_l1_loss(count / parts);
   });
   double s = 0;
   for (double x : partial) s += x;

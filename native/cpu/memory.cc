@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <algorithm>
 #include <iterator>
@@ -21,6 +22,7 @@ std::mutex mu;
 std::multimap<int64_t, void*> cache;  // rounded size -> free block
 int64_t cached = 0;
 std::atomic<int64_t> live{0};  // bytes of the tensors alive now (as requested, not rounded)
+std::atomic<int64_t> live_peak{0};  // the most `live` has been since the last reset
 int64_t big_live = 0;          // rounded bytes of the live big blocks (under mu)
 int64_t big_peak = 0;          // the most big_live has been (under mu)
 
@@ -31,11 +33,36 @@ int64_t rounded_size(int64_t bytes) {
 void* host_alloc_block(int64_t bytes);
 void host_free_block(void* p, int64_t bytes);
 
+// A big block straight from the kernel, 2 MiB aligned (map size + 2 MiB, unmap the slack on both
+// sides), and back with munmap. Not through malloc: glibc serves blocks under its dynamic mmap
+// threshold (raised to 32 MiB by the first big free) from the brk heap, which a free does not shrink,
+// so freed activations stayed resident there (0.47 GB of heap beside 2.2 GB of live tensors in a
+// 2-layer 1.1B-shape step, docs/memory.md).
+void* map_big(int64_t size) {
+  const size_t span = static_cast<size_t>(size + kHuge);
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (start + kHuge - 1) / kHuge * kHuge;
+  if (aligned > start) munmap(raw, aligned - start);
+  const uintptr_t end = start + span, used = aligned + static_cast<uintptr_t>(size);
+  if (end > used) munmap(reinterpret_cast<void*>(used), end - used);
+  void* p = reinterpret_cast<void*>(aligned);
+  madvise(p, static_cast<size_t>(size), MADV_HUGEPAGE);
+  return p;
+}
+
+void unmap_big(void* p, int64_t size) { munmap(p, static_cast<size_t>(size)); }
+
 }  // namespace
 
 void* host_alloc(int64_t bytes) {
   void* p = host_alloc_block(bytes);
-  if (p) live += bytes;
+  if (!p) return p;
+  const int64_t now = live += bytes;
+  int64_t peak = live_peak.load();
+  while (now > peak && !live_peak.compare_exchange_weak(peak, now)) {
+  }
   return p;
 }
 
@@ -47,6 +74,8 @@ void host_free(void* p, int64_t bytes) {
 
 int64_t host_live_bytes() { return live.load(); }
 
+int64_t host_peak_live_bytes(bool reset) { return reset ? live_peak.exchange(live.load()) : live_peak.load(); }
+
 namespace {
 
 // The cache must never raise the footprint: on a miss, cached blocks (largest first) are returned
@@ -57,7 +86,7 @@ namespace {
 void* host_alloc_block(int64_t bytes) {
   const int64_t size = rounded_size(bytes);
   if (bytes < kBig) return std::aligned_alloc(64, static_cast<size_t>(size));
-  std::vector<void*> release;
+  std::vector<std::pair<void*, int64_t>> release;
   {
     std::lock_guard<std::mutex> lock(mu);
     auto it = cache.find(size);
@@ -73,16 +102,15 @@ void* host_alloc_block(int64_t bytes) {
     while (!cache.empty() && big_live + cached + size > limit) {
       auto last = std::prev(cache.end());
       cached -= last->first;
-      release.push_back(last->second);
+      release.emplace_back(last->second, last->first);
       cache.erase(last);
     }
     big_live += size;
     big_peak = std::max(big_peak, big_live);
   }
-  for (void* q : release) std::free(q);
-  void* p = std::aligned_alloc(kHuge, static_cast<size_t>(size));
-  if (p) madvise(p, static_cast<size_t>(size), MADV_HUGEPAGE);
-  else {
+  for (const auto& [q, qsize] : release) unmap_big(q, qsize);
+  void* p = map_big(size);
+  if (!p) {
     std::lock_guard<std::mutex> lock(mu);
     big_live -= size;
   }
@@ -91,7 +119,11 @@ void* host_alloc_block(int64_t bytes) {
 
 void host_free_block(void* p, int64_t bytes) {
   const int64_t size = rounded_size(bytes);
-  if (bytes >= kBig) {
+  if (bytes < kBig) {
+    std::free(p);
+    return;
+  }
+  {
     std::lock_guard<std::mutex> lock(mu);
     big_live -= size;
     if (cached + size <= kCacheCap) {
@@ -100,10 +132,21 @@ void host_free_block(void* p, int64_t bytes) {
       return;
     }
   }
-  std::free(p);
+  unmap_big(p, size);
 }
 
 }  // namespace
+
+void host_release_cached() {
+  std::vector<std::pair<void*, int64_t>> release;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [size, p] : cache) release.emplace_back(p, size);
+    cache.clear();
+    cached = 0;
+  }
+  for (const auto& [p, size] : release) unmap_big(p, size);
+}
 
 int64_t host_cached_bytes() {
   std::lock_guard<std::mutex> lock(mu);

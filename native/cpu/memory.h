@@ -17,6 +17,9 @@ struct HostBuffer {
 void* host_alloc(int64_t bytes);                 // nullptr when out of memory
 void host_free(void* p, int64_t bytes);          // `bytes` as passed to host_alloc
 int64_t host_cached_bytes();                     // bytes held for recycling
+void host_release_cached();                      // gives every block held for recycling back
 int64_t host_live_bytes();                       // bytes of the buffers allocated and not yet freed
+int64_t host_peak_live_bytes(bool reset);        // the most host_live_bytes() has been since the
+                                                 // last reset (reset: start again from the live bytes)
 
 }  // namespace spinlm

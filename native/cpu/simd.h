@@ -98,4 +98,57 @@ SPINLM_INLINE vf exp_neg(vf x) {
   return y;
 }
 
+// A float the compiler cannot treat as a constant (x86: passed through an empty asm in an SSE
+// register; the asm is pure, so it is hoisted out of loops). GCC compiles `x < c ? c : x` against a
+// literal splat to a compare plus a blend; against an opaque value, to one vmaxps.
+SPINLM_INLINE float opaque(float c) {
+#if defined(__x86_64__) || defined(__i386__)
+  __asm__("" : "+x"(c));
+#endif
+  return c;
+}
+
+// e^x for x <= 0: the loss kernels' exp (native/cpu/loss.cc: log-probs and their backward).
+// Why two exps: this one is 11 vector instructions plus the final multiply against exp_neg's ~19
+// (the exp floor, exp_throughput, runs ~1.7x faster), at up to 2 ulp instead of 1. exp_neg stays
+// as it is for attention's softmax and SwiGLU (attention.cc, layers.cc), whose outputs feed
+// generated text: this change leaves every generated token of a seed as it was. The loss only sums
+// these values (lse) or scales them by dlogp (the backward), where 2 ulp is far below its tolerances.
+// Same reduction as exp_neg (Cody-Waite: n = round(x log2 e), r = x - n ln2 with ln2 in two parts, so
+// r is accurate without FMA, which the default clone lacks). Then:
+//   - e^r by a degree-5 polynomial: minimax for relative error on |r| <= ln2/2 with p(0) = 1 exactly
+//     (so e^0 = 1 exactly), float32 coefficients (bench/exp_fit.py: Lawson's iteration, then a search
+//     over float32 neighbours; max relative error 9.2e-8 in exact arithmetic, 1.5e-7 in float32 Horner);
+//   - 2^n straight from the rounding sum: tm = x log2 e + (1.5 2^23 + 127) holds n + 127 in its low
+//     mantissa bits, so one shift by 23 makes the float 2^n;
+//   - no underflow mask: x is clamped at -88, where n = -127 and the scale's bits are all 0 (+0). So
+//     -inf (and any x < -87.68) gives exactly 0, and NaN propagates (the clamp keeps it, the product
+//     passes it on).
+// Measured against double exp over every float in [-87.34, 0] (1.12e9 inputs, bench/exp_error.cc):
+// max relative error 1.63e-7 (2.0 ulp) built for x86-64-v4 or v3 (FMA), 1.85e-7 (2.3 ulp) for
+// x86-64 (no FMA); exp_neg: 8.5e-8 (1.0 ulp).
+// Unlike exp_neg, which returns 0 below -87.34 (2^-126), results for x in [-87.68, -87.34) are
+// subnormal (from the final product), not 0.
+SPINLM_INLINE vf exp_neg_deg5(vf x) {
+  const vf lo = splat(opaque(-88.0f));
+  const vf xc = x < lo ? lo : x;        // NaN compares false: kept
+  const vf magic = splat(12583039.0f);  // 1.5 * 2^23 + 127
+  const vf tm = xc * splat(1.44269504088896341f) + magic;
+  const vf n = tm - magic;
+  vf r = xc - n * splat(0.693359375f);
+  r = r - n * splat(-2.12194440e-4f);
+  vf p = splat(8.290272206e-3f);
+  p = p * r + splat(4.189816117e-2f);
+  p = p * r + splat(1.666763872e-1f);
+  p = p * r + splat(4.999914765e-1f);
+  p = p * r + splat(9.999997020e-1f);
+  p = p * r + splat(1.0f);
+  vu bits;
+  memcpy(&bits, &tm, sizeof bits);
+  bits <<= 23;  // n + 127 into the exponent field; tm's high bits shift out
+  vf scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
 }  // namespace spinlm::simd

@@ -170,6 +170,11 @@ export interface Backend {
   takeErrors(): Promise<number>;
   /** Releases a tensor's buffer now (t owns its buffer). */
   free(t: Tensor): void;
+  /**
+   * Optional: gives the memory of freed buffers kept for reuse back to the system, before work that
+   * allocates outside the tensors (a checkpoint write) or after a phase that will not run again.
+   */
+  releaseCached?(): void;
   /** Writes a raw bit pattern (16-bit for bf16, else 32-bit) into every element. */
   fillBits(t: Tensor, bits: number): void;
   /** out = t converted to out's dtype (f32 <-> bf16 rounds to nearest even; same dtype: a copy). */

@@ -1,8 +1,9 @@
 // Data-parallel optimizer steps with ZeRO-style sharding (DeepSpeed's stage numbers), over a
-// ProcessGroup. The parameters are grouped into units: one per decoder layer, plus the "outer" unit
-// (embedding, final norm, untied head). A unit's tensors sit in one buffer (each at a multiple of 128
-// elements: 256-byte views for bf16 and f32), padded to a multiple of 128 x N elements, so the unit
-// splits into N equal parts; rank r owns part r of every unit. Units are the communication buckets.
+// ProcessGroup. The parameters are grouped into units (src/model/master_params.ts unitOf): one per
+// decoder layer, the embedding, and the head (final norm, untied LM head). A unit's tensors sit in
+// one buffer (each at a multiple of 128 elements: 256-byte views for bf16 and f32), padded to a
+// multiple of 128 x N elements, so the unit splits into N equal parts; rank r owns part r of every
+// unit. Units are the communication buckets.
 //
 //   stage 0  every rank holds everything; gradients all-reduced per unit; every rank steps all.
 //   stage 1  f32 masters and optimizer state exist only for the own part; gradients reduce-scattered
@@ -26,6 +27,7 @@
 // ZeRO's analysis: stages 0-2 send 2Ψ·(N-1)/N elements per rank (all-reduce = reduce-scatter +
 // all-gather), stage 3 3Ψ·(N-1)/N (two all-gathers and one reduce-scatter). Gradients are f32 here.
 import type { LlamaModel, ParamHook } from '../model/llama.js';
+import { EMBED_UNIT, HEAD_UNIT, unitOf } from '../model/master_params.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { dtypeSize } from '../tensor/dtype.js';
 import { Optimizer, type OptimizerConfig, type Parameter } from '../spin/optimizer.js';
@@ -39,7 +41,7 @@ export const ZERO_STAGES: readonly ZeroStage[] = [0, 1, 2, 3];
 const ALIGN = 128;
 
 interface Unit {
-  /** Layer index, or -1 for the outer unit. */
+  /** Layer index, EMBED_UNIT or HEAD_UNIT (src/model/master_params.ts). */
   index: number;
   names: string[];
   shapes: (readonly number[])[];
@@ -155,13 +157,13 @@ export class ZeroEngine implements ParamHook {
     const N = group.size;
     const byUnit = new Map<number, string[]>();
     for (const name of w.params.keys()) {
-      const m = /^model\.layers\.(\d+)\./.exec(name);
-      const idx = m ? Number(m[1]) : -1;
+      const idx = unitOf(name);
       if (!byUnit.has(idx)) byUnit.set(idx, []);
       byUnit.get(idx)!.push(name);
     }
-    // backward order: the layers from the last, then the outer unit
-    const order = [...byUnit.keys()].sort((a, b) => (a === -1 ? 1 : b === -1 ? -1 : b - a));
+    // backward order: the head, the layers from the last, the embedding
+    const rank = (u: number) => (u === HEAD_UNIT ? -Infinity : u === EMBED_UNIT ? Infinity : -u);
+    const order = [...byUnit.keys()].sort((a, b) => rank(a) - rank(b));
     const units: Unit[] = [];
     let hash = 0x811c9dc5;
     const mix = (bytes: Uint8Array) => {
@@ -237,8 +239,14 @@ export class ZeroEngine implements ParamHook {
   /** The unit acquired after (index, phase) in a forward + backward (LlamaModel's order), or null. */
   private nextUnit(index: number, phase: 'forward' | 'backward'): number | null {
     const L = this.layers;
-    if (phase === 'forward') return index === -1 ? (L > 0 ? 0 : null) : index < L - 1 ? index + 1 : -1;
-    return index === -1 ? (L > 0 ? L - 1 : null) : index > 0 ? index - 1 : null;
+    if (phase === 'forward') {
+      if (index === HEAD_UNIT) return null;
+      const next = index === EMBED_UNIT ? 0 : index + 1;
+      return next < L ? next : HEAD_UNIT;
+    }
+    if (index === EMBED_UNIT) return null;
+    const next = index === HEAD_UNIT ? L - 1 : index - 1;
+    return next >= 0 ? next : EMBED_UNIT;
   }
 
   /** Stages 0-2: issues unit u's gradient reduction (non-blocking). */
@@ -279,7 +287,8 @@ export class ZeroEngine implements ParamHook {
     if (phase === 'backward' && !u.grads) u.grads = ops.zeros(this.model.backend, 'f32', [u.size]);
     this.bind(u);
     const next = this.overlap ? this.nextUnit(index, phase) : null;
-    if (next !== null && !this.prefetched.has(next)) {
+    // (a unit still held needs no gather: the tied embedding is held from the head to its backward)
+    if (next !== null && !this.prefetched.has(next) && this.unit(next).held === 0) {
       const v = this.unit(next);
       const buf = ops.empty(this.model.backend, this.dtype, [v.size]);
       this.prefetched.set(next, { buf, work: this.group.allGatherAsync(buf, v.paramPart!) });
@@ -324,18 +333,26 @@ export class ZeroEngine implements ParamHook {
   idleMicroStep(): void {
     if (this.stage !== 3) return;
     const layers = this.units.filter((u) => u.index >= 0).map((u) => u.index).sort((a, b) => a - b);
-    this.acquire(-1, 'forward');
+    // LlamaModel.forward and backward's calls, in their order (ParamHook's comment)
+    const tied = this.model.cfg.tieWordEmbeddings;
+    this.acquire(EMBED_UNIT, 'forward');
+    if (!tied) this.release(EMBED_UNIT, 'forward');
     for (const i of layers) {
       this.acquire(i, 'forward');
       this.release(i, 'forward');
     }
-    this.release(-1, 'forward');
-    this.acquire(-1, 'backward');
+    this.acquire(HEAD_UNIT, 'forward');
+    this.release(HEAD_UNIT, 'forward');
+    if (tied) this.release(EMBED_UNIT, 'forward');
+    this.acquire(HEAD_UNIT, 'backward');
+    if (tied) this.acquire(EMBED_UNIT, 'backward');
+    this.release(HEAD_UNIT, 'backward');
     for (const i of [...layers].reverse()) {
       this.acquire(i, 'backward');
       this.release(i, 'backward');
     }
-    this.release(-1, 'backward');
+    if (!tied) this.acquire(EMBED_UNIT, 'backward');
+    this.release(EMBED_UNIT, 'backward');
   }
 
   // ---- the optimizer step ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ import { makeDirs } from '../util/atomic.js';
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
+import { EMBED_UNIT, HEAD_UNIT } from './master_params.js';
 import { type LlamaConfig, loadConfig, writeConfig } from './config.js';
 import { type ParamDType, Weights } from './weights.js';
 import * as ops from '../ops/index.js';
@@ -60,21 +61,26 @@ function freeAll(...ts: (Tensor | undefined)[]): void {
   for (const t of ts) t?.free();
 }
 
+/** Frees saved activations the backward has used for the last time (and forgets them). */
+function drop(s: LayerSaved, ...keys: (keyof LayerSaved)[]): void {
+  for (const k of keys) {
+    s[k]?.free();
+    delete s[k];
+  }
+}
+
 /**
  * ZeRO stage 3 (src/dist/zero.ts) keeps only a shard of each layer's parameters: `acquire` gathers
- * unit `unit`'s parameters (a layer index, or -1 for the embedding, final norm and head) into
- * `weights` just before the model uses them (and, in the backward, their gradients), `release` frees
- * them after (reducing the gradients first). Both are called in the same order on every rank.
+ * unit `unit`'s parameters (a layer index, EMBED_UNIT or HEAD_UNIT: src/model/master_params.ts)
+ * into `weights` just before the model uses them (and, in the backward, their gradients), `release`
+ * frees them after (reducing the gradients first). Both are called in the same order on every rank:
+ * forward EMBED_UNIT, layers 0.., HEAD_UNIT; backward HEAD_UNIT, layers ..0, EMBED_UNIT. With tied
+ * embeddings the table is also the head, so EMBED_UNIT stays held from the embedding to the head in
+ * the forward, and from the head to the embedding in the backward (its gradient has two parts).
  */
 export interface ParamHook {
   acquire(unit: number, phase: 'forward' | 'backward'): void;
   release(unit: number, phase: 'forward' | 'backward'): void;
-  /**
-   * Optional: the gradient of `name` is complete and this backward reads the parameter no more (the
-   * untied LM head and the final norm, long before their unit is released): fused updates apply it
-   * and free the gradient here.
-   */
-  gradReady?(name: string): void;
 }
 
 export class LlamaModel {
@@ -214,14 +220,22 @@ export class LlamaModel {
     const { rows: R, length: L } = input;
     const T = R * L;
     const g = (n: string) => this.weights.grad(n);
+    // Each saved activation is freed right after its last use (drop): the MLP's [T, I] tensors are
+    // gone before the attention's backward runs (1.1B, 2 pairs: ~0.1 GB off the step's peak).
     // MLP: out = x2 + down(silu(gate) * up)
     const dact = this.linearBackward(dout, s.act!, `${pre}.mlp.down_proj.weight`, null);
+    drop(s, 'act');
     const { dgate, dup } = ops.swigluBackward(s.gate!, s.up!, dact);
+    drop(s, 'gate', 'up');
+    dact.free();
     const dh2 = this.linearBackward(dgate, s.h2!, `${pre}.mlp.gate_proj.weight`, null);
+    dgate.free();
     this.linearBackward(dup, s.h2!, `${pre}.mlp.up_proj.weight`, null, dh2);
-    freeAll(dact, dgate, dup);
+    drop(s, 'h2');
+    dup.free();
     const postW = `${pre}.post_attention_layernorm.weight`;
     const dx2n = ops.rmsnormBackward(s.x2!, this.p(postW), s.rstd2!, dh2, this.weights.training ? g(postW) : undefined);
+    drop(s, 'x2', 'rstd2');
     const dx2 = ops.add(dout, dx2n, dx2n);
     dh2.free();
     // attention: x2 = x + o_proj(attention(rope(q), rope(k), v))
@@ -242,6 +256,7 @@ export class LlamaModel {
       s.lse!,
       datt.reshape(shapeQ),
     );
+    drop(s, 'q', 'k', 'v', 'att', 'lse');
     datt.free();
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1, inverse: true };
     ops.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
@@ -253,9 +268,11 @@ export class LlamaModel {
     const dh1 = this.linearBackward(dq2, s.h1!, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
     this.linearBackward(dk2, s.h1!, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), dh1);
     this.linearBackward(dv2, s.h1!, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), dh1);
+    drop(s, 'h1');
     freeAll(dq, dk, dv);
     const inW = `${pre}.input_layernorm.weight`;
     const dxn = ops.rmsnormBackward(s.x, this.p(inW), s.rstd1!, dh1, this.weights.training ? g(inW) : undefined);
+    drop(s, 'rstd1');
     const dx = ops.add(dx2, dxn, dxn);
     freeAll(dh1, dx2);
     return dx;
@@ -269,8 +286,10 @@ export class LlamaModel {
     this.checkInput(input);
     const train = !!opts.train;
     const hook = this.paramHook;
-    hook?.acquire(-1, 'forward');
+    const tied = this.cfg.tieWordEmbeddings;
+    hook?.acquire(EMBED_UNIT, 'forward');
     let x = ops.embedding(input.inputIds, this.p('model.embed_tokens.weight'));
+    if (!tied) hook?.release(EMBED_UNIT, 'forward');
     const layers: LayerSaved[] = [];
     for (let i = 0; i < this.cfg.numLayers; i++) {
       hook?.acquire(i, 'forward');
@@ -280,9 +299,11 @@ export class LlamaModel {
       else x.free();
       x = out;
     }
+    hook?.acquire(HEAD_UNIT, 'forward');
     const { y: hFinal, rstd: rstdFinal } = ops.rmsnorm(x, this.p('model.norm.weight'), this.cfg.rmsNormEps);
     const logits = ops.matmul(hFinal, this.lmHead(), { transB: true });
-    hook?.release(-1, 'forward');
+    hook?.release(HEAD_UNIT, 'forward');
+    if (tied) hook?.release(EMBED_UNIT, 'forward');
     if (!train) {
       freeAll(x, hFinal, rstdFinal);
       return { logits, state: null };
@@ -290,18 +311,24 @@ export class LlamaModel {
     return { logits, state: { input, layers, xFinal: x, hFinal, rstdFinal } };
   }
 
-  /** Backward from dlogits f32 [T, V]: accumulates every parameter's gradient; frees the state. */
+  /**
+   * Backward from dlogits f32 [T, V]: accumulates every parameter's gradient; frees the state, and
+   * dlogits as soon as the LM head's two products have read it (T x V x 4 bytes that would otherwise
+   * sit through the whole backward: docs/memory.md).
+   */
   backward(state: ForwardState, dlogits: Tensor<'f32'>): void {
     if (!this.weights.training) throw new Error('backward needs gradients: call model.weights.enableTraining() first');
     const { input } = state;
     const hook = this.paramHook;
-    hook?.acquire(-1, 'backward');
-    const lmName = this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    const tied = this.cfg.tieWordEmbeddings;
+    hook?.acquire(HEAD_UNIT, 'backward');
+    if (tied) hook?.acquire(EMBED_UNIT, 'backward');
+    const lmName = tied ? 'model.embed_tokens.weight' : 'lm_head.weight';
     ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
-    if (!this.cfg.tieWordEmbeddings) hook?.gradReady?.(lmName); // (tied: the embedding's gradient comes last)
+    dlogits.free();
     let dx = ops.rmsnormBackward(state.xFinal, this.p('model.norm.weight'), state.rstdFinal, dh, this.weights.grad('model.norm.weight'));
-    hook?.gradReady?.('model.norm.weight');
+    hook?.release(HEAD_UNIT, 'backward');
     freeAll(dh, state.hFinal, state.rstdFinal, state.xFinal);
     for (let i = this.cfg.numLayers - 1; i >= 0; i--) {
       let saved = state.layers[i];
@@ -317,8 +344,9 @@ export class LlamaModel {
       freeAll(...Object.values(saved)); // the layer input x included: nothing reads it any more
       dx = next;
     }
+    if (!tied) hook?.acquire(EMBED_UNIT, 'backward');
     ops.embeddingBackward(input.inputIds, dx, this.weights.grad('model.embed_tokens.weight'));
-    hook?.release(-1, 'backward');
+    hook?.release(EMBED_UNIT, 'backward');
     dx.free();
     state.layers.length = 0;
   }

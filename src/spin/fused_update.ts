@@ -1,7 +1,7 @@
 // Fused updates (LOMO-style; Lv et al. 2023, "Full Parameter Fine-tuning for Large Language Models with
-// Limited Resources"): the optimizer updates each unit of parameters (a decoder layer, or the embedding,
-// final norm and LM head) as soon as the backward has finished its gradient, and the gradient is freed
-// right after. No full set of gradients is ever resident (1.1B: 4.4 GB less; docs/memory.md).
+// Limited Resources"): the optimizer updates each unit of parameters (a decoder layer, the final norm
+// and LM head, or the embedding) as soon as the backward has finished its gradient, and the gradient is
+// freed right after. No full set of gradients is ever resident (1.1B: 4.4 GB less; docs/memory.md).
 //
 // The arithmetic is that of an ordinary step without clipping: a unit's backward has used its
 // weights (to pass the gradient down) before the unit is updated, so every gradient is the one the
@@ -11,11 +11,10 @@
 //
 // Gradients are allocated when the backward first writes them (Weights.grad with gradsOnDemand), so
 // the embedding's exists only at the very end of the backward. Through the model's ParamHook:
-// gradReady(name) updates a parameter whose gradient is complete long before its unit ends (the
-// untied LM head and the final norm, right after the first backward matmuls), release(unit,
-// 'backward') updates the rest of the unit; each gradient is freed right after its update. It wraps
-// the hook already installed (the bf16 copies made from masters, src/model/master_params.ts), which
-// sees every acquire and release first.
+// release(unit, 'backward') updates the unit's parameters and frees each gradient right after its
+// update (the head unit, the untied LM head and the final norm, right after the first backward
+// matmuls). It wraps the hook already installed (the bf16 copies made from masters,
+// src/model/master_params.ts), which sees every acquire and release first.
 import type { LlamaModel, ParamHook } from '../model/llama.js';
 import { unitOf } from '../model/master_params.js';
 import type { Optimizer } from './optimizer.js';
@@ -48,11 +47,6 @@ export class FusedUpdate implements ParamHook {
     const n = (this.held.get(unit) ?? 0) + 1;
     this.held.set(unit, n);
     if (n === 1) for (const name of this.units.get(unit) ?? []) this.updated.delete(name);
-  }
-
-  gradReady(name: string): void {
-    this.inner?.gradReady?.(name);
-    this.update(name);
   }
 
   release(unit: number, phase: 'forward' | 'backward'): void {

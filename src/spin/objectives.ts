@@ -154,10 +154,10 @@ export class SpinObjective implements Objective {
       seqScale,
     });
     ops.accumulate(metrics, ctx.means, weight);
-    const dlogits = spinLossBackward(ctx, { inPlace: true });
+    const dlogits = spinLossBackward(ctx, { inPlace: true }); // the logits' buffer: backward frees it
     this.model.backward(state!, dlogits as never);
     freeSpinLossContext(ctx);
-    for (const t of [logits, targets, segments, ref, pairMask, answerTokens, seqScale]) t?.free();
+    for (const t of [targets, segments, ref, pairMask, answerTokens, seqScale]) t?.free();
     freeInput(input);
     return nonPaddingTokens(batch);
   }
@@ -196,8 +196,8 @@ export class SftObjective implements Objective {
     const sum = ops.sequenceLogprob(logp, whole, 1);
     if (count > 0) ops.accumulate(metrics, sum, -weight / count);
     ops.logprobGatherBackward(logits, targets, lse, dlogp, { out: logits });
-    this.model.backward(state!, logits);
-    for (const t of [logits, targets, whole, dlogp, logp, lse, sum]) t.free();
+    this.model.backward(state!, logits); // (frees the logits)
+    for (const t of [targets, whole, dlogp, logp, lse, sum]) t.free();
     freeInput(input);
     return nonPaddingTokens(batch);
   }

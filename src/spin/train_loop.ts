@@ -244,7 +244,15 @@ async function loadDistCheckpoint(dir: string, engine: ZeroEngine): Promise<Trai
   }
   const f = await openSafetensors(join(dir, rankFile(group.rank, group.size)));
   try {
-    for (const { name, tensor } of engine.stateTensors()) ops.write(tensor, (await f.readTensor(name)) as never);
+    const wanted = engine.stateTensors();
+    // a checkpoint of another parameter layout (spinlm before the embedding and the head were separate
+    // units, or another model) has other names or sizes: say so before reading anything
+    const bad = wanted.find(({ name, tensor }) => !f.has(name) || f.info(name).shape.reduce((a, b) => a * b, 1) !== tensor.numel);
+    if (bad)
+      throw new Error(
+        `checkpoint ${dir} does not match this run's sharded state (${bad.name}: ${f.has(bad.name) ? 'another size' : 'missing'}); it was written by another model or by an older spinlm with another parameter layout: remove it to start over`,
+      );
+    for (const { name, tensor } of wanted) ops.write(tensor, (await f.readTensor(name)) as never);
   } finally {
     await f.close();
   }
@@ -402,6 +410,9 @@ export async function runTrainingLoop(
       const checkpoint = hooks.checkpointDir && (step === totalSteps || atEpochEnd || (cfg.saveSteps > 0 && step % cfg.saveSteps === 0));
       await flush(checkpoint ? 0 : 1);
       if (checkpoint) {
+        // the writer's host buffers are not tensors: give the step's recycled blocks back first, so the
+        // two never add up above the step's peak (the next step maps them again: rare, and cheap)
+        model.backend.releaseCached?.();
         const state = { step, totalSteps, optimizerSteps: opt.stepCount, items: n };
         if (engine && dist) await saveDistCheckpoint(hooks.checkpointDir!, engine, { ...state, world, zeroStage: dist.zeroStage });
         else await saveCheckpoint(hooks.checkpointDir!, model, opt, state, lean);

@@ -43,6 +43,8 @@ export interface DistJob {
   hang?: boolean;
   /** Overlap communication with computation (ZeroEngine; default on). */
   overlap?: boolean;
+  /** Tied embeddings (the table is also the LM head: its unit is held from the head to the embedding). */
+  tie?: boolean;
 }
 
 const EOS = 2;
@@ -77,7 +79,7 @@ async function main() {
   const be = new CpuBackend();
   const group = job.stage === null ? null : processGroup();
   const rank = group?.rank ?? 0;
-  const cfg = tinyConfig({ vocab: 48, layers: job.layers, hidden: job.hidden, intermediate: job.hidden * 2 });
+  const cfg = tinyConfig({ vocab: 48, layers: job.layers, hidden: job.hidden, intermediate: job.hidden * 2, tie: job.tie });
   const live0 = be.native.liveBytes();
   const model = initLlama(be, cfg, { seed: job.seed, std: 0.1, dtype: job.dtype, randomizeAll: true });
   if (job.mode === 'memory') {

@@ -172,14 +172,21 @@ export interface NativeAddon {
   add(a: NativeView, b: NativeView, n: number, y: NativeView): void;
   addBias(x: NativeView, bias: NativeView, biasDtype: string, t: number, n: number): void;
   biasBackward(dy: NativeView, t: number, n: number, dbias: NativeView): void;
-  /** Benchmark probes: read `bytes` bytes on all threads; evaluate `count` vector exps on all threads. */
+  /**
+   * Benchmark probes: read `bytes` bytes on all threads; evaluate `count` vector exps on all threads
+   * ('loss': the loss kernels' exp, the default; 'cephes': simd::exp_neg, the one they used before).
+   */
   streamRead(t: NativeView, bytes: number): number;
-  expThroughput(count: number): number;
+  expThroughput(count: number, exp?: 'loss' | 'cephes'): number;
   rowOffset(row: number, cols: number): bigint;
   /** Big freed blocks are recycled (native/cpu/memory.h): how many bytes are held for reuse. */
   cachedBytes(): number;
+  /** Gives the blocks held for reuse back to the system. */
+  releaseCached(): void;
   /** Bytes of the tensors allocated and not yet freed (native/cpu/memory.cc's counter). */
   liveBytes(): number;
+  /** The most liveBytes() has been since the last reset; `reset` starts again from the live bytes. */
+  peakLiveBytes(reset?: boolean): number;
   numThreads(): number;
   setNumThreads(n: number): void;
 }
@@ -188,7 +195,7 @@ export interface NativeAddon {
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
-const ABI_VERSION = 3;
+const ABI_VERSION = 4;
 
 let cached: NativeAddon | undefined;
 

@@ -68,6 +68,10 @@ export class CpuBackend extends NativeKernels implements Backend {
     this.native.free(t.handle);
   }
 
+  releaseCached(): void {
+    this.native.releaseCached();
+  }
+
   fillBits(t: Tensor, bits: number): void {
     this.native.fill(t, t.numel, dtypeSize(t.dtype) as 2 | 4, bits >>> 0);
   }

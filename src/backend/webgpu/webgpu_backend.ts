@@ -209,8 +209,8 @@ export class WebGpuBackend implements Backend {
     }
   }
 
-  /** Destroys the recycled buffers (tests: nothing is left behind). */
-  trim(): void {
+  /** Destroys the recycled buffers. */
+  releaseCached(): void {
     this.flush();
     for (const list of this.pool.values())
       for (const b of list) {
