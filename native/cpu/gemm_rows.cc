@@ -8,13 +8,16 @@
 // The order of one element: 16 lane-wise partial sums, lane l adding a[p] * b[p] for p = l, l + 16, ...
 // (k rounded down to a multiple of 16) in increasing p, then simd::hsum's fixed tree, then the tail
 // p >= k - k % 16 one by one. Tiles of 4 rows of A x 6 rows of B keep 24 accumulators in registers:
-// each step loads 10 vectors for 24 vector multiply-adds. B is f32 or bf16 (widened in registers, so
-// bf16 weights are read at half the bytes and never copied).
+// each step loads 10 vectors for 24 vector multiply-adds. B is f32 or bf16: bf16 weights are read from
+// memory at half the bytes; a tile of them that several row tiles use is widened once into a small
+// per-thread buffer (below), a tile used once is widened in registers.
 //
 // Blocking: rows of A go in blocks of mc (the block, mc x K floats, stays in L2 while every 6-row tile
 // of B passes over it); within a block, threads split the tiles of B, so each reads its share of B
 // from memory once per block. Decode (M = a few dozen rows) is one block: B is streamed exactly once.
 #include <algorithm>
+#include <type_traits>
+#include <vector>
 
 #include "../include/bf16.h"
 #include "model_kernels.h"
@@ -77,7 +80,10 @@ SPINLM_INLINE void tile(const float* a, int64_t lda, const TB* b, int64_t ldb, i
     }
     for (int j = j0; j < NR; ++j) s[j] = simd::hsum(acc[i][j]);
     for (int j = 0; j < NR; ++j) {
-      for (int64_t q = p; q < k; ++q) s[j] += a[i * lda + q] * widen(b[j * ldb + q]);
+      // an explicit fused multiply-add: left to the compiler, the bf16 and f32 instantiations of this
+      // loop were contracted differently (a bf16 tile widened in registers and the same tile widened
+      // into the buffer gave different last bits)
+      for (int64_t q = p; q < k; ++q) s[j] = __builtin_fmaf(a[i * lda + q], widen(b[j * ldb + q]), s[j]);
       float* out = c + i * ldc + j;
       *out = beta == 0.0f ? alpha * s[j] : alpha * s[j] + beta * *out;
     }
@@ -97,13 +103,41 @@ SPINLM_INLINE void tile_cols(int nr, const float* a, int64_t lda, const TB* b, i
   }
 }
 
+// Rows nr x k of bf16 B widened to f32 (exact), rows of ldw floats: what the tiles read instead of B.
+SPINLM_INLINE void widen_rows(int nr, int64_t k, const uint16_t* b, int64_t ldb, float* w, int64_t ldw) {
+  for (int j = 0; j < nr; ++j) {
+    int64_t p = 0;
+    for (; p + kLanes <= k; p += kLanes) simd::store(w + j * ldw + p, simd::load(b + j * ldb + p));
+    for (; p < k; ++p) w[j * ldw + p] = bf16_to_f32(b[j * ldb + p]);
+  }
+}
+
 // Rows [i0, i1) of C against the B tiles [t0, t1) (tile t = rows 6t .. 6t + 5 of B, the last may be short).
+// A bf16 tile that more than one row tile uses is widened once into `wide` (kNr x k floats), so the
+// inner loop is loads and multiply-adds only: widening in registers costs two more vector operations
+// per row of B per step, on the ports the multiply-adds need. The sums are the same either way.
 template <typename TB>
 SPINLM_INLINE void block(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const float* a,
-                         int64_t lda, const TB* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+                         int64_t lda, const TB* b, int64_t ldb, float beta, float* c, int64_t ldc, float* wide) {
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t j = kNr * t;
     const int nr = static_cast<int>(std::min<int64_t>(kNr, n - j));
+    if constexpr (std::is_same_v<TB, uint16_t>) {
+      if (wide != nullptr) {
+        widen_rows(nr, k, b + j * ldb, ldb, wide, k);
+        // The next tile's rows, fetched from memory while this tile's row tiles run: decode streams
+        // every weight once per step, and rows of <= 1.5 KiB are too short for the hardware
+        // prefetcher to ramp up (+20-25% at decode's shapes; no gain for the longer rows of the
+        // in-register path: docs/performance.md).
+        if (t + 1 < t1) {
+          const int nr1 = static_cast<int>(std::min<int64_t>(kNr, n - j - kNr));
+          for (int r = 0; r < nr1; ++r)
+            for (int64_t q = 0; q < k; q += 32) __builtin_prefetch(b + (j + kNr + r) * ldb + q, 0, 2);
+        }
+        block<float>(i0, i1, 0, 1, nr, k, alpha, a, lda, wide, k, beta, c + j, ldc, nullptr);
+        continue;
+      }
+    }
     for (int64_t i = i0; i < i1; i += kMr) {
       const float* ai = a + i * lda;
       const TB* bj = b + j * ldb;
@@ -120,12 +154,18 @@ SPINLM_INLINE void block(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t
 
 SPINLM_CLONES void block_f32(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const float* a,
                              int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc, nullptr);
 }
 
 SPINLM_CLONES void block_bf16(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const float* a,
                               int64_t lda, const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  // One thread's widened tile, kept between calls (kNr x k floats: 12 KiB at k = 512, 132 KiB at 5632).
+  thread_local std::vector<float> wide;
+  // Only where the widened tile and a row tile of A stay in L1 together (k = 768: 18 + 12 KiB); at
+  // k = 2048 the widened tile spills to L2 and a tile read from there costs more than widening it.
+  const bool reuse = i1 - i0 > kMr && k <= 768;
+  if (reuse && wide.size() < static_cast<size_t>(kNr * k)) wide.resize(static_cast<size_t>(kNr * k));
+  block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc, reuse ? wide.data() : nullptr);
 }
 
 }  // namespace
