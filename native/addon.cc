@@ -250,7 +250,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("abiVersion", Napi::Number::New(env, 4));  // src/backend/cpu/addon.ts ABI_VERSION
+  exports.Set("abiVersion", Napi::Number::New(env, 5));  // src/backend/cpu/addon.ts ABI_VERSION
   exports.Set("alloc", Napi::Function::New(env, Alloc));
   exports.Set("free", Napi::Function::New(env, Free));
   exports.Set("write", Napi::Function::New(env, Write));

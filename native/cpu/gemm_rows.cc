@@ -159,7 +159,7 @@ SPINLM_CLONES void block_f32(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int
 
 SPINLM_CLONES void block_bf16(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const float* a,
                               int64_t lda, const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  // One thread's widened tile, kept between calls (kNr x k floats: 12 KiB at k = 512, 132 KiB at 5632).
+  // One thread's widened tile, kept between calls (kNr x k floats: at most 18 KiB).
   thread_local std::vector<float> wide;
   // Only where the widened tile and a row tile of A stay in L1 together (k = 768: 18 + 12 KiB); at
   // k = 2048 the widened tile spills to L2 and a tile read from there costs more than widening it.
@@ -168,25 +168,43 @@ SPINLM_CLONES void block_bf16(int64_t i0, int64_t i1, int64_t t0, int64_t t1, in
   block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc, reuse ? wide.data() : nullptr);
 }
 
-}  // namespace
-
-void matmul_rows(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b, DType b_dt, int64_t ldb,
-                 float beta, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
+// One parallel region over the tiles of every job; a thread's range may span jobs.
+void rows_jobs(int64_t m, int64_t k, float alpha, const float* a, int64_t lda, const RowsJob* jobs, int count, float beta) {
+  if (m == 0 || count == 0) return;
+  std::vector<int64_t> first(static_cast<size_t>(count) + 1, 0);  // job j owns tiles [first[j], first[j + 1])
+  for (int j = 0; j < count; ++j) first[j + 1] = first[j] + (jobs[j].n + kNr - 1) / kNr;
+  const int64_t tiles = first[count];
+  if (tiles == 0) return;
   // An A block of about 1 MiB (L2 on current x86 server cores), at least 64 rows, at most 256.
   const int64_t mc = std::clamp<int64_t>((int64_t{1} << 20) / (4 * std::max<int64_t>(k, 1)) / 4 * 4, 64, 256);
-  const int64_t tiles = (n + kNr - 1) / kNr;
   for (int64_t i0 = 0; i0 < m; i0 += mc) {
     const int64_t i1 = std::min(m, i0 + mc);
     // at least ~4M multiply-adds (~25 us) per range: waking a pool thread costs tens of microseconds
     const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 22) / std::max<int64_t>(1, kNr * k * (i1 - i0)));
     parallel_for(tiles, grain, [&](int64_t t0, int64_t t1) {
-      if (b_dt == DType::kBF16)
-        block_bf16(i0, i1, t0, t1, n, k, alpha, a, lda, static_cast<const uint16_t*>(b), ldb, beta, c, ldc);
-      else
-        block_f32(i0, i1, t0, t1, n, k, alpha, a, lda, static_cast<const float*>(b), ldb, beta, c, ldc);
+      for (int j = 0; j < count; ++j) {
+        const int64_t lo = std::max(t0, first[j]) - first[j], hi = std::min(t1, first[j + 1]) - first[j];
+        if (lo >= hi) continue;
+        const RowsJob& job = jobs[j];
+        if (job.b_dt == DType::kBF16)
+          block_bf16(i0, i1, lo, hi, job.n, k, alpha, a, lda, static_cast<const uint16_t*>(job.b), job.ldb, beta, job.c, job.ldc);
+        else
+          block_f32(i0, i1, lo, hi, job.n, k, alpha, a, lda, static_cast<const float*>(job.b), job.ldb, beta, job.c, job.ldc);
+      }
     });
   }
+}
+
+}  // namespace
+
+void matmul_rows(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b, DType b_dt, int64_t ldb,
+                 float beta, float* c, int64_t ldc) {
+  const RowsJob job{b, b_dt, n, ldb, c, ldc};
+  rows_jobs(m, k, alpha, a, lda, &job, 1, beta);
+}
+
+void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count) {
+  rows_jobs(m, k, 1.0f, a, lda, jobs, count, 0.0f);
 }
 
 }  // namespace spinlm

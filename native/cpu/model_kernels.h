@@ -17,6 +17,17 @@ void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float a
 // of generation (gemm_rows.cc). B f32 or bf16, read in place.
 void matmul_rows(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b, DType b_dt, int64_t ldb,
                  float beta, float* c, int64_t ldc);
+// One B and its C for matmul_rows_many: C[M, n] = A B[n, K]^T.
+struct RowsJob {
+  const void* b;
+  DType b_dt;
+  int64_t n, ldb;
+  float* c;
+  int64_t ldc;
+};
+// matmul_rows for several B on one A (alpha 1, beta 0), in one parallel region: the fused q/k/v and
+// gate/up projections of generation. Each C is bit for bit what matmul_rows gives it alone.
+void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count);
 
 // out[t, :] = table[ids[t], :] (table [V, H] f32 or bf16).
 void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t h, float* out);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <limits>
 #include <string>
+#include <vector>
 
 #include "../napi_util.h"
 #include "kernels.h"
@@ -465,6 +466,37 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   return Guard(info, [&] { spinlm::cuda::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, row_invariant); });
 }
 
+// matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs): the CPU addon's fused linear layers, here one
+// row-invariant tiled GEMM launch per weight on the stream.
+Napi::Value MatmulRowsMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t m = ToInt(info[0], "m"), k = ToInt(info[1], "k"), lda = ToInt(info[3], "lda");
+  if (lda < std::max<int64_t>(1, k)) Throw(env, "matmulRowsMany: lda is smaller than a row of a");
+  for (int i = 4; i < 8; ++i)
+    if (!info[i].IsArray()) ThrowType(env, "matmulRowsMany: bs, bDtypes, ns and outs must be arrays");
+  const Napi::Array bs = info[4].As<Napi::Array>(), dts = info[5].As<Napi::Array>(), ns = info[6].As<Napi::Array>(),
+                    outs = info[7].As<Napi::Array>();
+  const uint32_t count = bs.Length();
+  if (count == 0 || count > 16 || dts.Length() != count || ns.Length() != count || outs.Length() != count)
+    Throw(env, "matmulRowsMany: bs, bDtypes, ns and outs need the same length, 1 to 16");
+  const float* a = View<float>(info[2], "a", m == 0 ? 0 : ((m - 1) * lda + k) * 4);
+  struct Job {
+    const void* b;
+    DType dt;
+    int64_t n;
+    float* c;
+  };
+  std::vector<Job> jobs(count);
+  for (uint32_t i = 0; i < count; ++i) {
+    const DType dt = FloatDType(dts.Get(i), "b dtype");
+    const int64_t n = ToInt(ns.Get(i), "n");
+    jobs[i] = Job{View(bs.Get(i), "b", n * k * dtype_size(dt)), dt, n, View<float>(outs.Get(i), "out", m * n * 4)};
+  }
+  return Guard(info, [&] {
+    for (const Job& j : jobs) spinlm::cuda::matmul(false, true, m, j.n, k, 1.0f, a, lda, j.b, j.dt, k, 0.0f, j.c, j.n, true);
+  });
+}
+
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t t = ToInt(info[1], "t"), v = ToInt(info[4], "vocab"), h = ToInt(info[5], "hidden");
@@ -636,7 +668,7 @@ Napi::Value BiasBackward(const Napi::CallbackInfo& info) {
 // The `cuda` object: the kernels as functions with the CPU addon's names and arguments.
 Napi::Object Exports(Napi::Env env) {
   Napi::Object o = Napi::Object::New(env);
-  o.Set("abiVersion", Napi::Number::New(env, 2));  // src/backend/cuda/native.ts CUDA_ABI_VERSION
+  o.Set("abiVersion", Napi::Number::New(env, 3));  // src/backend/cuda/native.ts CUDA_ABI_VERSION
   o.Set("unavailable", Napi::Function::New(env, Unavailable));
   o.Set("info", Napi::Function::New(env, Info));
   o.Set("alloc", Napi::Function::New(env, Alloc));
@@ -659,6 +691,7 @@ Napi::Object Exports(Napi::Env env) {
   o.Set("accumulate", Napi::Function::New(env, Accumulate));
   o.Set("sampleTokens", Napi::Function::New(env, SampleTokens));
   o.Set("matmul", Napi::Function::New(env, Matmul));
+  o.Set("matmulRowsMany", Napi::Function::New(env, MatmulRowsMany));
   o.Set("embedding", Napi::Function::New(env, Embedding));
   o.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
   o.Set("rmsnorm", Napi::Function::New(env, Rmsnorm));

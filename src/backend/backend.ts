@@ -239,6 +239,12 @@ export interface Backend {
    * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }).
    */
   matmul(a: Tensor<'f32'>, b: Tensor, opts?: MatmulOpts): Tensor<'f32'>;
+  /**
+   * Several linear layers on one input: y_i = x W_i^T (x f32 [T, K], W_i f32 or bf16 [N_i, K]) ->
+   * f32 [T, N_i] each, every y_i equal to matmul(x, W_i, { transB: true, rowInvariant }). The fused
+   * q/k/v and gate/up projections: a backend may run them as one kernel (the CPU does, row-invariant).
+   */
+  linears(x: Tensor<'f32'>, weights: readonly Tensor[], rowInvariant: boolean): Tensor<'f32'>[];
   /** Rows of a table: ids i32 [T], table [V, H] -> f32 [T, H]. */
   embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'>;
   /** dtable[ids[t]] += dout[t], tokens in order. */

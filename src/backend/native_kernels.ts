@@ -128,6 +128,23 @@ export abstract class NativeKernels {
     return out;
   }
 
+  linears(x: Tensor<'f32'>, weights: readonly Tensor[], rowInvariant: boolean): Tensor<'f32'>[] {
+    if (!rowInvariant) return weights.map((w) => this.matmul(x, w, { transB: true }));
+    const [m, k] = x.shape;
+    const outs = weights.map((w) => this.output('f32', [m, w.shape[0]], 'linears'));
+    this.native.matmulRowsMany(
+      m,
+      k,
+      x,
+      k,
+      [...weights],
+      weights.map((w) => w.dtype),
+      weights.map((w) => w.shape[0]),
+      outs,
+    );
+    return outs;
+  }
+
   embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'> {
     const [v, h] = table.shape;
     const out = this.output('f32', [ids.numel, h], 'embedding');

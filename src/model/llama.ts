@@ -145,6 +145,20 @@ export class LlamaModel {
     return y;
   }
 
+  /** Linear layers on one input as one op (fused q/k/v, gate/up): [x W_i^T (+ b_i)]. */
+  private linears(x: Tensor<'f32'>, weights: readonly string[], biases: readonly (string | null)[], rowInvariant: boolean): Tensor<'f32'>[] {
+    const ys = ops.linears(
+      x,
+      weights.map((w) => this.p(w)),
+      { rowInvariant },
+    );
+    ys.forEach((y, i) => {
+      const b = biases[i];
+      if (b) ops.addBias(y, this.p(b));
+    });
+    return ys;
+  }
+
   /** Backward of linear: returns dx = dy W and accumulates dW += dy^T x (and db += colsum dy). */
   private linearBackward(dy: Tensor<'f32'>, x: Tensor<'f32'>, weight: string, bias: string | null, dxOut?: Tensor<'f32'>): Tensor<'f32'> {
     if (this.weights.training) {
@@ -175,9 +189,12 @@ export class LlamaModel {
     const T = x.shape[0];
     const { y: h1, rstd: rstd1 } = ops.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
-    const q = this.linear(h1, `${pre}.self_attn.q_proj.weight`, bias('q_proj'), rowInvariant);
-    const k = this.linear(h1, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), rowInvariant);
-    const v = this.linear(h1, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), rowInvariant);
+    const [q, k, v] = this.linears(
+      h1,
+      ['q_proj', 'k_proj', 'v_proj'].map((n) => `${pre}.self_attn.${n}.weight`),
+      ['q_proj', 'k_proj', 'v_proj'].map(bias),
+      rowInvariant,
+    );
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
     ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
     ops.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
@@ -190,8 +207,7 @@ export class LlamaModel {
     );
     const x2 = ops.add(x, o, o);
     const { y: h2, rstd: rstd2 } = ops.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
-    const gate = this.linear(h2, `${pre}.mlp.gate_proj.weight`, null, rowInvariant);
-    const up = this.linear(h2, `${pre}.mlp.up_proj.weight`, null, rowInvariant);
+    const [gate, up] = this.linears(h2, [`${pre}.mlp.gate_proj.weight`, `${pre}.mlp.up_proj.weight`], [null, null], rowInvariant);
     const act = ops.swiglu(gate, up);
     const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null, rowInvariant);
     const out = ops.add(x2, d, d);

@@ -28,6 +28,26 @@ export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tens
   return be.matmul(a, b, opts);
 }
 
+/**
+ * Several linear layers on one input, as one op: y_i = x W_i^T for x f32 [T, K] and each W_i f32 or
+ * bf16 [N_i, K] -> f32 [T, N_i]. Each y_i equals matmul(x, W_i, { transB: true, rowInvariant }) bit for
+ * bit; the CPU runs the row-invariant case as one kernel over every weight (the fused q/k/v and
+ * gate/up projections of generation: docs/ops.md "Row-invariant matmul").
+ */
+export function linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: { rowInvariant?: boolean } = {}): Tensor<'f32'>[] {
+  const be = expectTensor(x, 'x');
+  expectArg(be, x, 'x', ['f32']);
+  expectRank(x, 2, 'x');
+  if (weights.length === 0 || weights.length > 16) throw new RangeError(`linears takes 1 to 16 weights, got ${weights.length}`);
+  weights.forEach((w, i) => {
+    expectArg(be, w, `weights[${i}]`, ['f32', 'bf16']);
+    expectRank(w, 2, `weights[${i}]`);
+    if (w.shape[1] !== x.shape[1])
+      throw new RangeError(`linears: weights[${i}] is [${w.shape.join(', ')}], its rows need the ${x.shape[1]} values of a row of x`);
+  });
+  return be.linears(x, weights, !!opts.rowInvariant);
+}
+
 /** Rows of a table: ids i32 [T], table [V, H] -> f32 [T, H]. Ids outside [0, V) raise a device error. */
 export function embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'> {
   const be = expectTensor(table, 'table');

@@ -105,6 +105,8 @@ export interface NativeAddon {
     ldc: number,
     rowInvariant: boolean,
   ): void;
+  /** outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T, row-invariant; every b and out contiguous. */
+  matmulRowsMany(m: number, k: number, a: NativeView, lda: number, bs: NativeView[], bDtypes: string[], ns: number[], outs: NativeView[]): void;
   embedding(ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView): void;
   embeddingBackward(ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView): void;
   rmsnorm(x: NativeView, w: NativeView, wDtype: string, t: number, h: number, eps: number, y: NativeView, rstd: NativeView): void;
@@ -195,7 +197,7 @@ export interface NativeAddon {
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
-const ABI_VERSION = 4;
+const ABI_VERSION = 5;
 
 let cached: NativeAddon | undefined;
 

@@ -40,6 +40,7 @@ type KernelNames =
   | 'clipCoefficient'
   | 'scaleInPlace'
   | 'matmul'
+  | 'matmulRowsMany'
   | 'embedding'
   | 'embeddingBackward'
   | 'rmsnorm'
@@ -70,7 +71,7 @@ export type CudaNative = Pick<NativeAddon, KernelNames> & {
 };
 
 /** Bumped whenever a binding's arguments change (native/cuda/addon_cuda.cc exports the same number). */
-const CUDA_ABI_VERSION = 2;
+const CUDA_ABI_VERSION = 3;
 
 function checkAbi(n: CudaNative, from: string): CudaNative {
   if (n.abiVersion !== CUDA_ABI_VERSION) {

@@ -707,6 +707,12 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- model ops -----------------------------------------------------------------------------
+  // One GEMM dispatch per weight: the submits are batched already, and a fused kernel would need the
+  // weights' rows in one binding.
+  linears(x: Tensor<'f32'>, weights: readonly Tensor[], rowInvariant: boolean): Tensor<'f32'>[] {
+    return weights.map((w) => this.matmul(x, w, { transB: true, rowInvariant }));
+  }
+
   // opts.rowInvariant needs nothing here: gemm.wgsl sums each output over k in order and its variants
   // depend on K only, so a row never depends on M (test/model_ops.test.ts checks it on this backend).
   matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
