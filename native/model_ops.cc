@@ -191,20 +191,21 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// attentionDecode(q, kCache, vCache, lengths, keyMask|null, b, lmax, nh, nkv, hd, scale, out)
+// attentionDecode(q, kCache, vCache, cacheDtype, lengths, keyMask|null, b, lmax, nh, nkv, hd, scale, out)
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const AttnDims d = ReadAttnDims(info, 5);  // l = lmax
-  const int64_t qb = d.b * d.nh * d.hd * 4, cb = CheckedMul(env, d.b * d.l, d.nkv * d.hd * 4, "cache bytes");
-  const int32_t* lengths = View<int32_t>(info[3], "lengths", d.b * 4);
-  const int32_t* mask = info[4].IsNull() ? nullptr : View<int32_t>(info[4], "keyMask", d.b * d.l * 4);
-  float* out = View<float>(info[11], "out", qb);
+  const AttnDims d = ReadAttnDims(info, 6);  // l = lmax
+  const DType cdt = FloatDType(info[3], "cache dtype");
+  const int64_t qb = d.b * d.nh * d.hd * 4, cb = CheckedMul(env, d.b * d.l, d.nkv * d.hd * dtype_size(cdt), "cache bytes");
+  const int32_t* lengths = View<int32_t>(info[4], "lengths", d.b * 4);
+  const int32_t* mask = info[5].IsNull() ? nullptr : View<int32_t>(info[5], "keyMask", d.b * d.l * 4);
+  float* out = View<float>(info[12], "out", qb);
   if (IndicesOutside(lengths, d.b, 0, d.l + 1, kNoException, kErrDecodeLengths)) {
     PoisonF32(out, d.b * d.nh * d.hd);
     return env.Undefined();
   }
-  attention_decode(View<float>(info[0], "q", qb), View<float>(info[1], "kCache", cb), View<float>(info[2], "vCache", cb),
-                   lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out);
+  attention_decode(View<float>(info[0], "q", qb), View(info[1], "kCache", cb), View(info[2], "vCache", cb), cdt, lengths, mask, d.b,
+                   d.l, d.nh, d.nkv, d.hd, d.scale, out);
   return env.Undefined();
 }
 
@@ -221,14 +222,15 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// scatterRows(src, index, rows, cols, dst, dstRows): dst[index[r]] = src[r]
+// scatterRows(src, index, rows, cols, dst, dstDtype, dstRows): dst[index[r]] = src[r] (bf16 dst: rounded)
 Napi::Value ScatterRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t rows = ToInt(info[2], "rows"), cols = ToInt(info[3], "cols"), dst_rows = ToInt(info[5], "dstRows");
+  const int64_t rows = ToInt(info[2], "rows"), cols = ToInt(info[3], "cols"), dst_rows = ToInt(info[6], "dstRows");
+  const DType ddt = FloatDType(info[5], "dst dtype");
   const int32_t* index = View<int32_t>(info[1], "index", rows * 4);
   if (IndicesOutside(index, rows, 0, dst_rows, kNoException, kErrScatterIndex)) return env.Undefined();
   scatter_rows(View<float>(info[0], "src", CheckedMul(env, rows, cols * 4, "src bytes")), index, rows, cols,
-               View<float>(info[4], "dst", CheckedMul(env, dst_rows, cols * 4, "dst bytes")));
+               View(info[4], "dst", CheckedMul(env, dst_rows, cols * dtype_size(ddt), "dst bytes")), ddt);
   return env.Undefined();
 }
 

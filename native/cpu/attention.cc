@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "../include/bf16.h"
 #include "model_kernels.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -98,30 +99,38 @@ SPINLM_CLONES void ds_row(float* dp, const float* p, float delta, int64_t l) {
   for (int64_t j = 0; j < l; ++j) dp[j] = p[j] * (dp[j] - delta);
 }
 
-SPINLM_INLINE float dot(const float* a, const float* b, int64_t n) {
+SPINLM_INLINE float widen(float x) { return x; }
+SPINLM_INLINE float widen(uint16_t x) { return bf16_to_f32(x); }
+
+// b (and x below) f32, or bf16 widened as it is read (a bf16 KV cache)
+template <typename T>
+SPINLM_INLINE float dot(const float* a, const T* b, int64_t n) {
   vf acc = simd::splat(0.0f);
   int64_t c = 0;
   for (; c + kLanes <= n; c += kLanes) acc += simd::load(a + c) * simd::load(b + c);
   float d = simd::hsum(acc);
-  for (; c < n; ++c) d += a[c] * b[c];
+  for (; c < n; ++c) d += a[c] * widen(b[c]);
   return d;
 }
 
-SPINLM_INLINE void axpy(float* y, float a, const float* x, int64_t n) {
+template <typename T>
+SPINLM_INLINE void axpy(float* y, float a, const T* x, int64_t n) {
   int64_t c = 0;
   const vf va = simd::splat(a);
   for (; c + kLanes <= n; c += kLanes) simd::store(y + c, simd::load(y + c) + va * simd::load(x + c));
-  for (; c < n; ++c) y[c] += a * x[c];
+  for (; c < n; ++c) y[c] += a * widen(x[c]);
 }
 
 // One (sequence, kv head) of decode attention for its `group` query heads at once, so each cached key
 // and value row is read from memory once: scores over the first len keys, softmax, weighted values.
 // q and o hold the group's heads back to back ([group, hd]); sc is scratch [group, len].
-SPINLM_CLONES void decode_group(const float* q, const float* k_cache, const float* v_cache, const int32_t* mask, int64_t len,
+// The cache is f32 or bf16 (T).
+template <typename T>
+SPINLM_INLINE void decode_group(const float* q, const T* k_cache, const T* v_cache, const int32_t* mask, int64_t len,
                                 int64_t stride, int64_t hd, int64_t group, float scale, float* sc, float* o) {
   for (int64_t j = 0; j < len; ++j) {
     const bool off = mask && !mask[j];
-    const float* kr = k_cache + j * stride;
+    const T* kr = k_cache + j * stride;
     for (int64_t g = 0; g < group; ++g) sc[g * len + j] = off ? -INFINITY : dot(q + g * hd, kr, hd) * scale;
   }
   std::vector<float> inv(static_cast<size_t>(group));
@@ -138,12 +147,22 @@ SPINLM_CLONES void decode_group(const float* q, const float* k_cache, const floa
     inv[g] = static_cast<float>(1.0 / exp_row(row, len, m));
   }
   for (int64_t j = 0; j < len; ++j) {
-    const float* vr = v_cache + j * stride;
+    const T* vr = v_cache + j * stride;
     for (int64_t g = 0; g < group; ++g) {
       const float p = sc[g * len + j];
       if (p != 0.0f) axpy(o + g * hd, p * inv[g], vr, hd);
     }
   }
+}
+
+SPINLM_CLONES void decode_group_f32(const float* q, const float* k, const float* v, const int32_t* mask, int64_t len, int64_t stride,
+                                    int64_t hd, int64_t group, float scale, float* sc, float* o) {
+  decode_group(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+}
+
+SPINLM_CLONES void decode_group_bf16(const float* q, const uint16_t* k, const uint16_t* v, const int32_t* mask, int64_t len,
+                                     int64_t stride, int64_t hd, int64_t group, float scale, float* sc, float* o) {
+  decode_group(q, k, v, mask, len, stride, hd, group, scale, sc, o);
 }
 
 }  // namespace
@@ -265,7 +284,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
   });
 }
 
-void attention_decode(const float* q, const float* k_cache, const float* v_cache,
+void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt,
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
                       int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
   const int64_t group = nh / nkv;
@@ -276,8 +295,13 @@ void attention_decode(const float* q, const float* k_cache, const float* v_cache
       const int64_t bi = w / nkv, kvh = w % nkv;
       const int64_t base = (bi * nkv + kvh) * lmax * hd;  // position 0 of this sequence and kv head
       const int64_t qoff = (bi * nh + kvh * group) * hd;
-      decode_group(q + qoff, k_cache + base, v_cache + base, key_mask ? key_mask + bi * lmax : nullptr, lengths[bi],
-                   hd, hd, group, scale, sc.data(), out + qoff);
+      const int32_t* mask = key_mask ? key_mask + bi * lmax : nullptr;
+      if (cache_dt == DType::kBF16)
+        decode_group_bf16(q + qoff, static_cast<const uint16_t*>(k_cache) + base, static_cast<const uint16_t*>(v_cache) + base, mask,
+                          lengths[bi], hd, hd, group, scale, sc.data(), out + qoff);
+      else
+        decode_group_f32(q + qoff, static_cast<const float*>(k_cache) + base, static_cast<const float*>(v_cache) + base, mask,
+                         lengths[bi], hd, hd, group, scale, sc.data(), out + qoff);
     }
   });
 }

@@ -60,7 +60,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
 // One new query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (each kv
 // head's positions contiguous, so a head's keys stream from memory in order); sequence b
 // attends to its first lengths[b] cached positions whose key_mask (may be null) is 1. out [B, nH, hd].
-void attention_decode(const float* q, const float* k_cache, const float* v_cache,
+void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt,
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
                       int64_t nh, int64_t nkv, int64_t hd, float scale, float* out);
 
@@ -70,7 +70,7 @@ void swiglu_backward(const float* gate, const float* up, const float* dout, int6
                      float* dup);
 
 // dst[index[r], :] = src[r, :] for r < rows (dst rows of `cols` f32): writes new keys/values into a KV cache.
-void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst);
+void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, void* dst, DType dst_dt);
 
 // y[i] = a[i] + b[i] (y may alias a or b).
 void add(const float* a, const float* b, int64_t n, float* y);

@@ -599,17 +599,19 @@ Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
   return Guard(info, [&] { spinlm::cuda::attention_backward(q, k, v, mask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, dq, dk, dv); });
 }
 
+// attentionDecode(q, kCache, vCache, cacheDtype, lengths, keyMask | null, b, lmax, nh, nkv, hd, scale, out)
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const AttnDims d = ReadAttnDims(info, 5);  // l = lmax
-  const int64_t qb = d.b * d.nh * d.hd * 4, cb = CheckedMul(env, d.b * d.l, d.nkv * d.hd * 4, "cache bytes");
+  const DType cdt = FloatDType(info[3], "cache dtype");
+  const AttnDims d = ReadAttnDims(info, 6);  // l = lmax
+  const int64_t qb = d.b * d.nh * d.hd * 4, cb = CheckedMul(env, d.b * d.l, d.nkv * d.hd * dtype_size(cdt), "cache bytes");
   const float* q = View<float>(info[0], "q", qb);
-  const float* kc = View<float>(info[1], "kCache", cb);
-  const float* vc = View<float>(info[2], "vCache", cb);
-  const int32_t* lengths = View<int32_t>(info[3], "lengths", d.b * 4);
-  const int32_t* mask = OptView<int32_t>(info[4], "keyMask", d.b * d.l * 4);
-  float* out = View<float>(info[11], "out", qb);
-  return Guard(info, [&] { spinlm::cuda::attention_decode(q, kc, vc, lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out); });
+  const void* kc = View(info[1], "kCache", cb);
+  const void* vc = View(info[2], "vCache", cb);
+  const int32_t* lengths = View<int32_t>(info[4], "lengths", d.b * 4);
+  const int32_t* mask = OptView<int32_t>(info[5], "keyMask", d.b * d.l * 4);
+  float* out = View<float>(info[12], "out", qb);
+  return Guard(info, [&] { spinlm::cuda::attention_decode(q, kc, vc, cdt, lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out); });
 }
 
 Napi::Value Swiglu(const Napi::CallbackInfo& info) {
@@ -629,13 +631,15 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   return Guard(info, [&] { spinlm::cuda::swiglu_backward(g, u, d, n, dg, du); });
 }
 
+// scatterRows(src, index, rows, cols, dst, dstDtype, dstRows)
 Napi::Value ScatterRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t rows = ToInt(info[2], "rows"), cols = ToInt(info[3], "cols"), dst_rows = ToInt(info[5], "dstRows");
+  const int64_t rows = ToInt(info[2], "rows"), cols = ToInt(info[3], "cols"), dst_rows = ToInt(info[6], "dstRows");
+  const DType ddt = FloatDType(info[5], "dst dtype");
   const int32_t* index = View<int32_t>(info[1], "index", rows * 4);
   const float* src = View<float>(info[0], "src", CheckedMul(env, rows, cols * 4, "src bytes"));
-  float* dst = View<float>(info[4], "dst", CheckedMul(env, dst_rows, cols * 4, "dst bytes"));
-  return Guard(info, [&] { spinlm::cuda::scatter_rows(src, index, rows, cols, dst, dst_rows); });
+  void* dst = View(info[4], "dst", CheckedMul(env, dst_rows, cols * dtype_size(ddt), "dst bytes"));
+  return Guard(info, [&] { spinlm::cuda::scatter_rows(src, index, rows, cols, dst, ddt, dst_rows); });
 }
 
 Napi::Value Add(const Napi::CallbackInfo& info) {

@@ -273,9 +273,11 @@ __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
   }
 }
 
-// One query per (sequence, head) against the cache; warps take every 4th tile of 32 keys.
+// One query per (sequence, head) against the cache; warps take every 4th tile of 32 keys. T: the
+// caches' storage (float, or uint16_t bf16 bits widened exactly to f32 as read).
+template <class T>
 __global__ void __launch_bounds__(kThreads) attention_decode_kernel(
-    SPIN_GP(const float) q, SPIN_GP(const float) kc, SPIN_GP(const float) vc, SPIN_GP(const int32_t) lengths,
+    SPIN_GP(const float) q, SPIN_GP(const T) kc, SPIN_GP(const T) vc, SPIN_GP(const int32_t) lengths,
     SPIN_GP(const int32_t) key_mask, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, SPIN_GP(float) out,
     SPIN_GP(uint32_t) err) {
   SPIN_SHARED(float, qs, kMaxHeadDim);
@@ -304,7 +306,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(
     float s = -INFINITY;
     if (j < len && (!key_mask || key_mask[bb * lmax + j] != 0)) {
       float dot = 0.0f;
-      for (int64_t d = 0; d < hd; ++d) dot += qs[d] * kbase[j * hd + d];
+      for (int64_t d = 0; d < hd; ++d) dot += qs[d] * to_f32(kbase[j * hd + d]);
       s = dot * scale;
     }
     const float mn = fmaxf(m, warp_max(s));
@@ -319,7 +321,7 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(
       if (t0 + jj >= len) continue;  // uniform across the warp
       for (int c = 0; c < nd; ++c) {
         const int64_t d = lane + 32 * c;
-        if (d < hd) o[c] += pj * vbase[(t0 + jj) * hd + d];
+        if (d < hd) o[c] += pj * to_f32(vbase[(t0 + jj) * hd + d]);
       }
     }
   }
@@ -360,6 +362,15 @@ void allow_smem(const void* kernel, size_t bytes) {
   if (bytes > 48 * 1024) check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)), "attention shared memory");
 }
 
+template <class T>
+void launch_decode(const float* q, const void* k_cache, const void* v_cache, const int32_t* lengths, const int32_t* key_mask,
+                   int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
+  const T* kc = lmax ? static_cast<const T*>(k_cache) : nullptr;
+  const T* vc = lmax ? static_cast<const T*>(v_cache) : nullptr;
+  SPIN_LAUNCH(attention_decode_kernel<T>, dim3(static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), q,
+              kc, vc, lengths, lmax ? key_mask : nullptr, lmax, nh, nkv, hd, scale, out, error_word());
+}
+
 }  // namespace
 
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b, int64_t l, int64_t nh,
@@ -387,12 +398,13 @@ void attention_backward(const float* q, const float* k, const float* v, const in
   check_launch("attentionBackward");
 }
 
-void attention_decode(const float* q, const float* k_cache, const float* v_cache, const int32_t* lengths, const int32_t* key_mask,
-                      int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
+void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
+                      const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
   if (b * nh == 0) return;
-  SPIN_LAUNCH(attention_decode_kernel, dim3(static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), q,
-              lmax ? k_cache : nullptr, lmax ? v_cache : nullptr, lengths, lmax ? key_mask : nullptr, lmax, nh, nkv, hd, scale, out,
-              error_word());
+  if (cache_dt == DType::kBF16)
+    launch_decode<uint16_t>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, out);
+  else
+    launch_decode<float>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, out);
   check_launch("attentionDecode");
 }
 

@@ -150,9 +150,11 @@ __global__ void swiglu_backward_kernel(SPIN_GP(const float) gate, SPIN_GP(const 
   }
 }
 
-// dst rows by index; a bad index skips its row and raises the bit.
+// dst rows by index (T: float, or uint16_t bf16 rounded to nearest even as cast rounds); a bad index
+// skips its row and raises the bit.
+template <class T>
 __global__ void scatter_rows_kernel(SPIN_GP(const float) src, SPIN_GP(const int32_t) index, int64_t rows, int64_t cols,
-                                    SPIN_GP(float) dst, int64_t dst_rows, SPIN_GP(uint32_t) err) {
+                                    SPIN_GP(T) dst, int64_t dst_rows, SPIN_GP(uint32_t) err) {
   SPIN_GRID_STRIDE(i, rows * cols) {
     const int64_t r = i / cols, j = i - r * cols;
     const int32_t d = index[r];
@@ -160,7 +162,7 @@ __global__ void scatter_rows_kernel(SPIN_GP(const float) src, SPIN_GP(const int3
       if (j == 0) atomicOr(err, static_cast<uint32_t>(kErrScatterIndex));
       continue;
     }
-    dst[row_offset(d, cols) + j] = src[i];
+    dst[row_offset(d, cols) + j] = from_f32<T>(src[i]);
   }
 }
 
@@ -237,10 +239,14 @@ void swiglu_backward(const float* gate, const float* up, const float* dout, int6
   check_launch("swigluBackward");
 }
 
-void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst, int64_t dst_rows) {
+void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, void* dst, DType dst_dt, int64_t dst_rows) {
   if (rows * cols == 0) return;
-  SPIN_LAUNCH(scatter_rows_kernel, grid_for(rows * cols), dim3(kThreads), 0, stream(), src, index, rows, cols, dst, dst_rows,
-              error_word());
+  if (dst_dt == DType::kBF16)
+    SPIN_LAUNCH(scatter_rows_kernel<uint16_t>, grid_for(rows * cols), dim3(kThreads), 0, stream(), src, index, rows, cols,
+                static_cast<uint16_t*>(dst), dst_rows, error_word());
+  else
+    SPIN_LAUNCH(scatter_rows_kernel<float>, grid_for(rows * cols), dim3(kThreads), 0, stream(), src, index, rows, cols,
+                static_cast<float*>(dst), dst_rows, error_word());
   check_launch("scatterRows");
 }
 

@@ -23,13 +23,15 @@ void attention(const float* q, const float* k, const float* v, const int32_t* ke
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
                         const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk, float* dv);
-void attention_decode(const float* q, const float* k_cache, const float* v_cache, const int32_t* lengths,
+// Both caches hold cache_dt (f32 or bf16, widened to f32 as read: the math is f32 either way).
+void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
                       const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd,
                       float scale, float* out);
 void swiglu(const float* gate, const float* up, int64_t n, float* out);
 void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup);
-// Here the destination's row count is an argument too: indices are checked on the device.
-void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, float* dst, int64_t dst_rows);
+// Here the destination's row count is an argument too: indices are checked on the device. A bf16
+// destination gets the values rounded to nearest even (as cast_values rounds them).
+void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, void* dst, DType dst_dt, int64_t dst_rows);
 void add(const float* a, const float* b, int64_t n, float* y);
 void add_bias(float* x, const void* bias, DType dt, int64_t t, int64_t n);
 void bias_backward(const float* dy, int64_t t, int64_t n, float* dbias);

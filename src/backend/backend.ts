@@ -273,17 +273,20 @@ export interface Backend {
     dout: Tensor<'f32'>,
     opts?: { scale?: number },
   ): { dq: Tensor<'f32'>; dk: Tensor<'f32'>; dv: Tensor<'f32'> };
-  /** One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd], lengths i32 [B], keyMask i32 [B, Lmax]. */
+  /**
+   * One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (both f32 or
+   * both bf16, widened to f32: the math is f32 either way), lengths i32 [B], keyMask i32 [B, Lmax].
+   */
   attentionDecode(
     q: Tensor<'f32'>,
-    kCache: Tensor<'f32'>,
-    vCache: Tensor<'f32'>,
+    kCache: Tensor,
+    vCache: Tensor,
     lengths: Tensor<'i32'>,
     keyMask?: Tensor<'i32'>,
     opts?: { scale?: number },
   ): Tensor<'f32'>;
-  /** dst[index[r], :] = src[r, :] (src [R, C], dst [*, C]). */
-  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void;
+  /** dst[index[r], :] = src[r, :] (src f32 [R, C], dst f32 or bf16 [*, C]; bf16 rounds to nearest even, as cast does). */
+  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor): void;
   /** silu(gate) * up. */
   swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'>;
   swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> };

@@ -207,8 +207,8 @@ export abstract class NativeKernels {
 
   attentionDecode(
     q: Tensor<'f32'>,
-    kCache: Tensor<'f32'>,
-    vCache: Tensor<'f32'>,
+    kCache: Tensor,
+    vCache: Tensor,
     lengths: Tensor<'i32'>,
     keyMask?: Tensor<'i32'>,
     opts: { scale?: number } = {},
@@ -216,13 +216,13 @@ export abstract class NativeKernels {
     const [b, nh, hd] = q.shape;
     const [, nkv, lmax] = kCache.shape;
     const out = this.output('f32', q.shape, 'attentionDecode');
-    this.native.attentionDecode(q, kCache, vCache, lengths, keyMask ?? null, b, lmax, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out);
+    this.native.attentionDecode(q, kCache, vCache, kCache.dtype, lengths, keyMask ?? null, b, lmax, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out);
     return out;
   }
 
-  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void {
+  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor): void {
     const [rows, cols] = src.shape;
-    this.native.scatterRows(src, index, rows, cols, dst, dst.shape[0]);
+    this.native.scatterRows(src, index, rows, cols, dst, dst.dtype, dst.shape[0]);
   }
 
   swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {

@@ -11,7 +11,7 @@ import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
 import { answerPrompts } from '../generate/answers.js';
 import { parseConfig } from '../model/config.js';
-import { LlamaDecoder } from '../model/decoder.js';
+import { type KvCacheDtype, LlamaDecoder } from '../model/decoder.js';
 import { initLlama } from '../model/init.js';
 import { tokenizePair } from '../spin/batch.js';
 import { DEMO_ARMS, runDemo } from '../spin/demo.js';
@@ -202,7 +202,7 @@ const generate: Command = {
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
     const t0 = Date.now();
     const answerMine = (mine: string[]) =>
-      answerPrompts(new LlamaDecoder(model), tok, mine, {
+      answerPrompts(new LlamaDecoder(model, o.kv_cache_dtype as KvCacheDtype), tok, mine, {
         temperature: Number(o.temperature),
         topP: Number(o.top_p),
         topK: Number(o.top_k),
@@ -329,7 +329,7 @@ const run: Command = {
           const bar = progressBar(`iter ${t} generating${sample > 0 ? ` (draw ${sample + 1})` : ''}`, prompts.length, 'prompts', {
             quiet: Boolean(o.quiet),
           });
-          return answerPrompts(new LlamaDecoder(m), tok, prompts, {
+          return answerPrompts(new LlamaDecoder(m, o.kv_cache_dtype as KvCacheDtype), tok, prompts, {
             temperature: Number(o.temperature),
             topP: Number(o.top_p),
             topK: Number(o.top_k),

@@ -178,6 +178,12 @@ export const generationOptions: OptionSpec[] = [
     help: 'prompts decoded together',
   },
   {
+    name: 'kv_cache_dtype',
+    type: { oneOf: ['auto', 'bf16', 'f32'] },
+    default: 'auto',
+    help: "KV cache of generation: auto = the parameters' dtype (bf16 halves decode attention's reads; the math is fp32 either way)",
+  },
+  {
     name: 'stop',
     type: 'string',
     check: stopCheck,

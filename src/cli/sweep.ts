@@ -16,7 +16,7 @@ import { loadSftPairs } from '../data/sft.js';
 import { exactMatch, type SyntheticTask } from '../data/synthetic.js';
 import { answerPrompts } from '../generate/answers.js';
 import { parseConfig } from '../model/config.js';
-import { LlamaDecoder } from '../model/decoder.js';
+import { type KvCacheDtype, LlamaDecoder } from '../model/decoder.js';
 import { LlamaModel } from '../model/llama.js';
 import type { TruncationOptions } from '../spin/batch.js';
 import { demoSelfPlayOptions } from '../spin/demo.js';
@@ -271,6 +271,7 @@ interface GenerationSettings {
   maxNewTokens: number;
   batchSize: number;
   stopSequences?: number[][];
+  kvCacheDtype: KvCacheDtype;
 }
 
 /** An arm ready to run: its SelfPlayOptions (less outDir, iterations and seed) and its generation settings. */
@@ -319,6 +320,7 @@ function planArm(file: string, i: number, arm: SweepConfigArm, tok: HfTokenizer,
       maxNewTokens: Number(o.max_new_tokens),
       batchSize: Number(o.generation_batch_size),
       stopSequences: stops,
+      kvCacheDtype: o.kv_cache_dtype as KvCacheDtype,
     },
     template,
     truncation: trunc,
@@ -542,7 +544,7 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
       { ...arm.selfPlay, outDir: dir, iterations: cfg.iterations, loop: { ...arm.selfPlay.loop, seed } },
       {
         generate: (m, prompts, t, file, sample) =>
-          answerPrompts(new LlamaDecoder(m), tok, prompts, {
+          answerPrompts(new LlamaDecoder(m, arm.generation.kvCacheDtype), tok, prompts, {
             ...arm.generation,
             seed: seed + t,
             streamOffset: sample * prompts.length,

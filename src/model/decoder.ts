@@ -6,16 +6,30 @@
 // structurally (the model layer does not import generate). Logits stay on the device (f32 [B, V]);
 // the caller samples them there and reads only the token ids.
 //
-// Cache layout per layer: K and V f32 [B * nKV * Lmax + nKV, hd]; row (b * nKV + h) * Lmax + t holds
+// Cache layout per layer: K and V [B * nKV * Lmax + nKV, hd]; row (b * nKV + h) * Lmax + t holds
 // kv head h at position t of sequence b, so decode attention streams each head's positions in order;
 // the last nKV rows absorb writes of finished sequences. Appending a step is one scatterRows per tensor.
+// The cache is f32 or bf16 (`kvCacheDtype`; 'auto' = the parameters' dtype, as vLLM's default): bf16
+// halves decode attention's reads, the math stays f32; a prompt's own tokens attend to each other in
+// f32 during its prefill and to the rounded cache from its first decode step on (docs/numerics.md).
 import type { Tensor } from '../tensor/tensor.js';
 import { checkTokenIds } from './input.js';
 import type { LlamaModel } from './llama.js';
 import * as ops from '../ops/index.js';
 
+/** The KV cache's element type: 'auto' = the parameters' dtype. */
+export type KvCacheDtype = 'auto' | 'f32' | 'bf16';
+
 export class LlamaDecoder {
-  constructor(readonly model: LlamaModel) {}
+  /** The dtype every cache of this decoder holds K and V in. */
+  readonly cacheDtype: 'f32' | 'bf16';
+
+  constructor(
+    readonly model: LlamaModel,
+    kvCacheDtype: KvCacheDtype = 'auto',
+  ) {
+    this.cacheDtype = kvCacheDtype === 'auto' ? model.weights.dtype : kvCacheDtype;
+  }
 
   get backend() {
     return this.model.backend;
@@ -34,26 +48,27 @@ export class LlamaDecoder {
     if (!Number.isSafeInteger(maxLen) || maxLen < 1 || maxLen > this.maxPositions) {
       throw new RangeError(`cache length ${maxLen} must be in [1, max_position_embeddings = ${this.maxPositions}]`);
     }
-    return new LlamaKvCache(this.model, batch, maxLen);
+    return new LlamaKvCache(this.model, batch, maxLen, this.cacheDtype);
   }
 }
 
 export class LlamaKvCache {
   /** Tokens held per sequence. */
   readonly lengths: Int32Array;
-  private readonly k: Tensor<'f32'>[] = [];
-  private readonly v: Tensor<'f32'>[] = [];
+  private readonly k: Tensor[] = [];
+  private readonly v: Tensor[] = [];
 
   constructor(
     readonly model: LlamaModel,
     readonly batch: number,
     readonly maxLen: number,
+    readonly dtype: 'f32' | 'bf16' = 'f32',
   ) {
     const c = model.cfg;
     const be = model.backend;
     for (let i = 0; i < c.numLayers; i++) {
-      this.k.push(ops.empty(be, 'f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
-      this.v.push(ops.empty(be, 'f32', [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
+      this.k.push(ops.empty(be, dtype, [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
+      this.v.push(ops.empty(be, dtype, [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
     }
     this.lengths = new Int32Array(batch);
   }
@@ -243,7 +258,7 @@ export class LlamaKvCache {
     const tLens = ops.upload(be, { dtype: 'i32', data: lens }, [B]);
     const x = ops.embedding(tokens, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (i, q) => {
-      const cache = (t: Tensor<'f32'>) => t.view(0, [B, c.numKvHeads, this.maxLen, c.headDim]);
+      const cache = (t: Tensor) => t.view(0, [B, c.numKvHeads, this.maxLen, c.headDim]);
       return ops.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens);
     });
     for (const t of [tPos, tRows, tLens]) t.free();

@@ -149,14 +149,15 @@ export function attentionBackward(
 }
 
 /**
- * One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd], lengths i32 [B]
+ * One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (both f32 or both
+ * bf16: a bf16 cache is widened as it is read, the math is f32), lengths i32 [B]
  * (positions [0, lengths[b]) are attended; a length outside [0, Lmax] raises a device error), keyMask
  * i32 [B, Lmax] optional (0 = skip that position).
  */
 export function attentionDecode(
   q: Tensor<'f32'>,
-  kCache: Tensor<'f32'>,
-  vCache: Tensor<'f32'>,
+  kCache: Tensor,
+  vCache: Tensor,
   lengths: Tensor<'i32'>,
   keyMask?: Tensor<'i32'>,
   opts: { scale?: number } = {},
@@ -165,23 +166,28 @@ export function attentionDecode(
   expectArg(be, q, 'q', ['f32']);
   expectRank(q, 3, 'q');
   const [b, nh, hd] = q.shape;
-  expectArg(be, kCache, 'kCache', ['f32']);
+  expectArg(be, kCache, 'kCache', ['f32', 'bf16']);
   expectRank(kCache, 4, 'kCache');
   const [cb, nkv, lmax, chd] = kCache.shape;
   if (cb !== b || chd !== hd) throw new RangeError(`kCache ${kCache} does not match q ${q}`);
   if (nkv < 1 || nh % nkv !== 0) throw new RangeError(`attentionDecode: ${nh} query heads are not a multiple of ${nkv} key-value heads`);
-  expectArg(be, vCache, 'vCache', ['f32'], kCache.shape);
+  expectArg(be, vCache, 'vCache', [kCache.dtype], kCache.shape);
   expectArg(be, lengths, 'lengths', ['i32'], [b]);
   if (keyMask) expectArg(be, keyMask, 'keyMask', ['i32'], [b, lmax]);
   checkScale(opts);
   return be.attentionDecode(q, kCache, vCache, lengths, keyMask, opts);
 }
 
-/** dst[index[r], :] = src[r, :] (src [R, C], dst [*, C]); an index outside dst raises a device error. */
-export function scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void {
+/**
+ * dst[index[r], :] = src[r, :] (src f32 [R, C], dst f32 or bf16 [*, C]: a bf16 KV cache, values rounded
+ * to nearest even as cast rounds them); an index outside dst raises a device error.
+ */
+export function scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor): void {
   const be = expectTensor(src, 'src');
   const [rows, cols] = expectRows(be, src, 'src');
-  const [, dstCols] = expectRows(be, dst, 'dst');
+  expectArg(be, dst, 'dst', ['f32', 'bf16']);
+  expectRank(dst, 2, 'dst');
+  const dstCols = dst.shape[1];
   if (dstCols !== cols) throw new RangeError(`scatterRows: src rows have ${cols} values, dst rows ${dstCols}`);
   expectArg(be, index, 'index', ['i32'], [rows]);
   be.scatterRows(src, index, dst);

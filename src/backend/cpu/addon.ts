@@ -158,6 +158,7 @@ export interface NativeAddon {
     q: NativeView,
     kCache: NativeView,
     vCache: NativeView,
+    cacheDtype: string,
     lengths: NativeView,
     keyMask: NativeView | null,
     b: number,
@@ -168,7 +169,7 @@ export interface NativeAddon {
     scale: number,
     out: NativeView,
   ): void;
-  scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstRows: number): void;
+  scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number): void;
   swiglu(gate: NativeView, up: NativeView, n: number, out: NativeView): void;
   swigluBackward(gate: NativeView, up: NativeView, dout: NativeView, n: number, dgate: NativeView, dup: NativeView): void;
   add(a: NativeView, b: NativeView, n: number, y: NativeView): void;

@@ -202,9 +202,20 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg
 }
 
 // ---- decode: one query per sequence against a KV cache [B, nKV, Lmax, HD]; ap.l = Lmax -------------
+// KV_BF16 (a variant given only by decode; absent = false): both caches hold bf16 pairs, widened
+// exactly to f32 as they are read (the math is f32 either way).
 @group(0) @binding(5) var<storage, read> dc_len: array<i32>;
 @group(0) @binding(6) var<storage, read_write> dc_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dc_err: atomic<u32>;
+//#if KV_BF16
+@group(0) @binding(2) var<storage, read> dc_k16: array<u32>;
+@group(0) @binding(3) var<storage, read> dc_v16: array<u32>;
+fn dc_k(i: u32) -> f32 { return bf16_half(dc_k16[i >> 1u], (i & 1u) == 1u); }
+fn dc_v(i: u32) -> f32 { return bf16_half(dc_v16[i >> 1u], (i & 1u) == 1u); }
+//#else
+fn dc_k(i: u32) -> f32 { return a_k[i]; }
+fn dc_v(i: u32) -> f32 { return a_v[i]; }
+//#endif
 
 /** One invocation per (sequence, head); q and out [B, nH, HD]. */
 @compute @workgroup_size(64)
@@ -229,17 +240,17 @@ fn decode(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   for (var j = 0u; j < u32(len); j++) {
     if (ap.has_mask == 1u && a_mask[b * ap.l + j] == 0) { continue; }
     var s = 0.0;
-    for (var c = 0u; c < HD; c++) { s += q[c] * a_k[(base + j) * HD + c]; }
+    for (var c = 0u; c < HD; c++) { s += q[c] * dc_k((base + j) * HD + c); }
     s *= ap.scale;
     if (s > m) {
       let corr = exp(m - s);
       l = l * corr + 1.0;
-      for (var c = 0u; c < HD; c++) { acc[c] = acc[c] * corr + a_v[(base + j) * HD + c]; }
+      for (var c = 0u; c < HD; c++) { acc[c] = acc[c] * corr + dc_v((base + j) * HD + c); }
       m = s;
     } else {
       let p = exp(s - m);
       l += p;
-      for (var c = 0u; c < HD; c++) { acc[c] += p * a_v[(base + j) * HD + c]; }
+      for (var c = 0u; c < HD; c++) { acc[c] += p * dc_v((base + j) * HD + c); }
     }
   }
   let inv = select(0.0, 1.0 / l, m != neg_inf());

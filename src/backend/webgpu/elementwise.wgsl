@@ -171,6 +171,47 @@ fn scatter_rows(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg:
 }
 
 /**
+ * scatter_rows into a bf16 dst (pairs in u32 words), values rounded as cast rounds them (bf16_bits of
+ * the f32 bits). One invocation per (row r, word of dst row index[r]): ep.n = R * ceil(cols / 2). A
+ * word inside the row is stored whole, so no two invocations of one row share a word. With odd cols a
+ * row starts or ends in a word shared with the neighbouring dst row (which another invocation may be
+ * writing, or which is not written at all): that half alone is replaced, by a compare-exchange loop.
+ */
+@group(0) @binding(2) var<storage, read> sc_src_bits: array<u32>;
+@group(0) @binding(3) var<storage, read_write> sc_out16: array<atomic<u32>>;
+@compute @workgroup_size(256)
+fn scatter_rows_bf16(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let i = gid(wid, nwg, lid);
+  if (i >= ep.n) { return; }
+  let wpr = (ep.cols + 1u) / 2u;  // words per row
+  let r = i / wpr;
+  let k = i % wpr;
+  let d = ix_ids[r];
+  if (d < 0 || u32(d) >= ep.rows) {
+    if (k == 0u) { atomicOr(&ix_err, ERR_SCATTER_INDEX); }
+    return;
+  }
+  let e0 = u32(d) * ep.cols;  // the dst row's first element
+  let w = (e0 >> 1u) + k;     // the word written: elements 2w (low half) and 2w + 1 (high half)
+  let lo = 2u * w;            // lo <= e0 + cols - 1 always; lo < e0 only for k = 0 with e0 odd
+  let has_lo = lo >= e0;
+  let has_hi = lo + 1u < e0 + ep.cols;
+  let s0 = r * ep.cols;
+  var bits = 0u;
+  if (has_lo) { bits = bf16_bits(bitcast<f32>(sc_src_bits[s0 + lo - e0])); }
+  if (has_hi) { bits = bits | (bf16_bits(bitcast<f32>(sc_src_bits[s0 + lo + 1u - e0])) << 16u); }
+  if (has_lo && has_hi) {
+    atomicStore(&sc_out16[w], bits);
+    return;
+  }
+  let keep = select(0xffff0000u, 0x0000ffffu, has_hi);  // the neighbour's half
+  loop {
+    let old = atomicLoad(&sc_out16[w]);
+    if (atomicCompareExchangeWeak(&sc_out16[w], old, (old & keep) | bits).exchanged) { break; }
+  }
+}
+
+/**
  * RoPE in place on x [T, heads, hd] (ix_out) at positions ix_ids [T]; inverse frequencies (f32, as HF
  * computes them) in rp_freq; ep.extra = 1 for the inverse rotation. One invocation per (t, head, i < hd/2).
  */

@@ -876,8 +876,8 @@ export class WebGpuBackend implements Backend {
 
   attentionDecode(
     q: Tensor<'f32'>,
-    kCache: Tensor<'f32'>,
-    vCache: Tensor<'f32'>,
+    kCache: Tensor,
+    vCache: Tensor,
     lengths: Tensor<'i32'>,
     keyMask?: Tensor<'i32'>,
     opts: { scale?: number } = {},
@@ -887,9 +887,11 @@ export class WebGpuBackend implements Backend {
     const out = this.empty('f32', q.shape);
     if (b * nh === 0) return out;
     const params: Param[] = [b, lmax, nh, nkv, 1, keyMask ? 1 : 0, 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
+    const defines: Defines = { HD: hd, KT: this.attnTile(hd) };
+    if (kCache.dtype === 'bf16') defines.KV_BF16 = true; // set only where true: an f32 decode shares the forward's module
     this.dispatch(
       'attention',
-      { HD: hd, KT: this.attnTile(hd) },
+      defines,
       'decode',
       params,
       [q, kCache, vCache, keyMask ?? this.none, lengths, out, this.err],
@@ -898,9 +900,22 @@ export class WebGpuBackend implements Backend {
     return out;
   }
 
-  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor<'f32'>): void {
+  scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor): void {
     const [rows, cols] = src.shape;
     if (rows * cols === 0) return;
+    if (dst.dtype === 'bf16') {
+      // one invocation per (row, 32-bit word of its dst row): a bf16 pair is written whole
+      const n = rows * Math.ceil(cols / 2);
+      this.dispatch(
+        'elementwise',
+        {},
+        'scatter_rows_bf16',
+        [n, cols, dst.shape[0], 0, [0, 'f'], [0, 'f'], 0, 0],
+        [index, src, dst, this.err],
+        Math.ceil(n / 256),
+      );
+      return;
+    }
     this.dispatch(
       'elementwise',
       {},
