@@ -1,10 +1,23 @@
 // Workload sizes and the SPIN loop of bench/model_probe.ts (its own module: importing the probe would
 // run it); bench/gpu_probe.ts uses the same loop.
+import type { KvCacheDtype } from '../src/model/decoder.js';
 import type { LlamaModel } from '../src/model/llama.js';
 import type { TokenizedPair } from '../src/spin/batch.js';
 import { SpinObjective } from '../src/spin/objectives.js';
-/** score/train: rows x len tokens; generate: genBatch prompts of genPrompt tokens, genNew new; spin: pairs of len (prompt). */
-export const DEFAULT_WORK = { rows: 8, len: 256, genBatch: 32, genPrompt: 64, genNew: 128, pairs: 8, prompt: 64 };
+/**
+ * score/train: rows x len tokens; generate: genBatch prompts of genPrompt tokens, genNew new, the KV
+ * cache in kvCache ('auto' = the parameters' dtype); spin: pairs of len (prompt).
+ */
+export const DEFAULT_WORK = {
+  rows: 8,
+  len: 256,
+  genBatch: 32,
+  genPrompt: 64,
+  genNew: 128,
+  kvCache: 'auto' as KvCacheDtype,
+  pairs: 8,
+  prompt: 64,
+};
 
 /** The optimizer loop of a benchmarked SPIN step (the paper's RMSProp, lr 5e-7, clipping 1.0), B pairs per step. */
 export const spinBenchLoop = (pairsPerStep: number) => ({

@@ -177,13 +177,21 @@ void swiglu_backward(const float* gate, const float* up, const float* dout, int6
   parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) { swiglu_backward_range(gate, up, dout, dgate, dup, i0, i1); });
 }
 
+namespace {
+// 16 values at a time through simd::store's rounding: the bits of f32_to_bf16 (the cast op's).
+SPINLM_CLONES void to_bf16_row(const float* s, uint16_t* d, int64_t n) {
+  int64_t c = 0;
+  for (; c + simd::kLanes <= n; c += simd::kLanes) simd::store(d + c, simd::load(s + c));
+  for (; c < n; ++c) d[c] = f32_to_bf16(s[c]);
+}
+}  // namespace
+
 void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, void* dst, DType dst_dt) {
   parallel_for(rows, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, cols)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* s = src + row_offset(r, cols);
       if (dst_dt == DType::kBF16) {
-        uint16_t* d = static_cast<uint16_t*>(dst) + row_offset(index[r], cols);
-        for (int64_t c = 0; c < cols; ++c) d[c] = f32_to_bf16(s[c]);
+        to_bf16_row(s, static_cast<uint16_t*>(dst) + row_offset(index[r], cols), cols);
       } else {
         std::copy(s, s + cols, static_cast<float*>(dst) + row_offset(index[r], cols));
       }

@@ -216,7 +216,21 @@ export abstract class NativeKernels {
     const [b, nh, hd] = q.shape;
     const [, nkv, lmax] = kCache.shape;
     const out = this.output('f32', q.shape, 'attentionDecode');
-    this.native.attentionDecode(q, kCache, vCache, kCache.dtype, lengths, keyMask ?? null, b, lmax, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out);
+    this.native.attentionDecode(
+      q,
+      kCache,
+      vCache,
+      kCache.dtype,
+      lengths,
+      keyMask ?? null,
+      b,
+      lmax,
+      nh,
+      nkv,
+      hd,
+      opts.scale ?? 1 / Math.sqrt(hd),
+      out,
+    );
     return out;
   }
 

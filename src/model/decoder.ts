@@ -12,7 +12,7 @@
 // The cache is f32 or bf16 (`kvCacheDtype`; 'auto' = the parameters' dtype, as vLLM's default): bf16
 // halves decode attention's reads, the math stays f32; a prompt's own tokens attend to each other in
 // f32 during its prefill and to the rounded cache from its first decode step on (docs/numerics.md).
-import type { Tensor } from '../tensor/tensor.js';
+import { type Tensor, VIEW_ALIGNMENT } from '../tensor/tensor.js';
 import { checkTokenIds } from './input.js';
 import type { LlamaModel } from './llama.js';
 import * as ops from '../ops/index.js';
@@ -55,6 +55,10 @@ export class LlamaDecoder {
 export class LlamaKvCache {
   /** Tokens held per sequence. */
   readonly lengths: Int32Array;
+  /** One block per layer holding its K and V (views): half as many allocations, and blocks big enough
+   * for the CPU allocator to recycle between runs (3 MiB blocks came fresh from the kernel each time,
+   * their page faults billed to the first writes: docs/performance.md). */
+  private readonly blocks: Tensor[] = [];
   private readonly k: Tensor[] = [];
   private readonly v: Tensor[] = [];
 
@@ -66,9 +70,15 @@ export class LlamaKvCache {
   ) {
     const c = model.cfg;
     const be = model.backend;
+    const rows = (batch * maxLen + 1) * c.numKvHeads;
+    // V starts at a view-aligned element offset after K
+    const align = VIEW_ALIGNMENT / (dtype === 'bf16' ? 2 : 4);
+    const vAt = Math.ceil((rows * c.headDim) / align) * align;
     for (let i = 0; i < c.numLayers; i++) {
-      this.k.push(ops.empty(be, dtype, [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
-      this.v.push(ops.empty(be, dtype, [(batch * maxLen + 1) * c.numKvHeads, c.headDim]));
+      const block = ops.empty(be, dtype, [vAt + rows * c.headDim]);
+      this.blocks.push(block);
+      this.k.push(block.view(0, [rows, c.headDim]));
+      this.v.push(block.view(vAt, [rows, c.headDim]));
     }
     this.lengths = new Int32Array(batch);
   }
@@ -269,7 +279,8 @@ export class LlamaKvCache {
   }
 
   free(): void {
-    for (const t of [...this.k, ...this.v]) t.free();
+    for (const t of this.blocks) t.free();
+    this.blocks.length = 0;
     this.k.length = 0;
     this.v.length = 0;
   }

@@ -146,7 +146,12 @@ export class LlamaModel {
   }
 
   /** Linear layers on one input as one op (fused q/k/v, gate/up): [x W_i^T (+ b_i)]. */
-  private linears(x: Tensor<'f32'>, weights: readonly string[], biases: readonly (string | null)[], rowInvariant: boolean): Tensor<'f32'>[] {
+  private linears(
+    x: Tensor<'f32'>,
+    weights: readonly string[],
+    biases: readonly (string | null)[],
+    rowInvariant: boolean,
+  ): Tensor<'f32'>[] {
     const ys = ops.linears(
       x,
       weights.map((w) => this.p(w)),

@@ -106,7 +106,16 @@ export interface NativeAddon {
     rowInvariant: boolean,
   ): void;
   /** outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T, row-invariant; every b and out contiguous. */
-  matmulRowsMany(m: number, k: number, a: NativeView, lda: number, bs: NativeView[], bDtypes: string[], ns: number[], outs: NativeView[]): void;
+  matmulRowsMany(
+    m: number,
+    k: number,
+    a: NativeView,
+    lda: number,
+    bs: NativeView[],
+    bDtypes: string[],
+    ns: number[],
+    outs: NativeView[],
+  ): void;
   embedding(ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView): void;
   embeddingBackward(ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView): void;
   rmsnorm(x: NativeView, w: NativeView, wDtype: string, t: number, h: number, eps: number, y: NativeView, rstd: NativeView): void;
