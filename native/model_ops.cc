@@ -60,25 +60,11 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
 // matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs): outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T,
 // row-invariant, every B and C contiguous (the fused projections of generation).
 Napi::Value MatmulRowsMany(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const int64_t m = ToInt(info[0], "m"), k = ToInt(info[1], "k"), lda = ToInt(info[3], "lda");
-  if (lda < std::max<int64_t>(1, k)) Throw(env, "matmulRowsMany: lda is smaller than a row of a");
-  for (int i = 4; i < 8; ++i)
-    if (!info[i].IsArray()) ThrowType(env, "matmulRowsMany: bs, bDtypes, ns and outs must be arrays");
-  const Napi::Array bs = info[4].As<Napi::Array>(), dts = info[5].As<Napi::Array>(), ns = info[6].As<Napi::Array>(),
-                    outs = info[7].As<Napi::Array>();
-  const uint32_t count = bs.Length();
-  if (count == 0 || count > 16 || dts.Length() != count || ns.Length() != count || outs.Length() != count)
-    Throw(env, "matmulRowsMany: bs, bDtypes, ns and outs need the same length, 1 to 16");
-  const float* a = View<float>(info[2], "a", m == 0 ? 0 : ((m - 1) * lda + k) * 4);
-  std::vector<RowsJob> jobs(count);
-  for (uint32_t i = 0; i < count; ++i) {
-    const DType dt = FloatDType(dts.Get(i), "b dtype");
-    const int64_t n = ToInt(ns.Get(i), "n");
-    jobs[i] = RowsJob{View(bs.Get(i), "b", n * k * dtype_size(dt)), dt, n, k, View<float>(outs.Get(i), "out", m * n * 4), n};
-  }
-  matmul_rows_many(m, k, a, lda, jobs.data(), static_cast<int>(count));
-  return env.Undefined();
+  const RowsManyArgs r = ParseRowsMany(info, [](Napi::Value v, const char* what, int64_t bytes) { return View(v, what, bytes); });
+  std::vector<RowsJob> jobs;
+  for (const RowsManyJob& j : r.jobs) jobs.push_back(RowsJob{j.b, j.dt, j.n, r.k, j.out, j.n});
+  matmul_rows_many(r.m, r.k, r.a, r.lda, jobs.data(), static_cast<int>(jobs.size()));
+  return info.Env().Undefined();
 }
 
 // embedding(ids, t, table, dtype, v, h, out)

@@ -4,6 +4,7 @@
 #pragma once
 #include <napi.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -85,6 +86,43 @@ T* View(Napi::Value v, const char* what, int64_t bytes) {
 inline int64_t CheckedMul(Napi::Env env, int64_t a, int64_t b, const char* what) {
   if (a != 0 && b > INT64_MAX / a) Throw(env, std::string(what) + " overflows 64 bits");
   return a * b;
+}
+
+// The arguments of matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs) (the fused linear layers),
+// parsed the same way by the CPU and the CUDA addon; `view(value, what, bytes)` resolves a tensor
+// view of that addon's buffers and checks its bytes. Every B is [n, k] and every out [m, n], contiguous.
+struct RowsManyJob {
+  const void* b;
+  DType dt;
+  int64_t n;
+  float* out;
+};
+struct RowsManyArgs {
+  int64_t m, k, lda;
+  const float* a;
+  std::vector<RowsManyJob> jobs;
+};
+template <class ViewFn>
+RowsManyArgs ParseRowsMany(const Napi::CallbackInfo& info, ViewFn view) {
+  Napi::Env env = info.Env();
+  RowsManyArgs r{ToInt(info[0], "m"), ToInt(info[1], "k"), ToInt(info[3], "lda"), nullptr, {}};
+  if (r.lda < std::max<int64_t>(1, r.k)) Throw(env, "matmulRowsMany: lda is smaller than a row of a");
+  for (int i = 4; i < 8; ++i)
+    if (!info[i].IsArray()) ThrowType(env, "matmulRowsMany: bs, bDtypes, ns and outs must be arrays");
+  const Napi::Array bs = info[4].As<Napi::Array>(), dts = info[5].As<Napi::Array>(), ns = info[6].As<Napi::Array>(),
+                    outs = info[7].As<Napi::Array>();
+  const uint32_t count = bs.Length();
+  if (count == 0 || count > 16 || dts.Length() != count || ns.Length() != count || outs.Length() != count)
+    Throw(env, "matmulRowsMany: bs, bDtypes, ns and outs need the same length, 1 to 16");
+  r.a = static_cast<const float*>(view(info[2], "a", r.m == 0 ? 0 : CheckedMul(env, r.m - 1, r.lda, "a bytes") * 4 + r.k * 4));
+  for (uint32_t i = 0; i < count; ++i) {
+    const DType dt = ToDType(dts.Get(i), "b dtype");
+    if (dt == DType::kI32) ThrowType(env, "b dtype must be f32 or bf16");
+    const int64_t n = ToInt(ns.Get(i), "n");
+    r.jobs.push_back({view(bs.Get(i), "b", CheckedMul(env, n, r.k * dtype_size(dt), "b bytes")), dt, n,
+                      static_cast<float*>(view(outs.Get(i), "out", CheckedMul(env, r.m, n * 4, "out bytes")))});
+  }
+  return r;
 }
 
 using RegisterFn = void (*)(Napi::Env env, Napi::Object exports);

@@ -469,31 +469,10 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
 // matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs): the CPU addon's fused linear layers, here one
 // row-invariant tiled GEMM launch per weight on the stream.
 Napi::Value MatmulRowsMany(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const int64_t m = ToInt(info[0], "m"), k = ToInt(info[1], "k"), lda = ToInt(info[3], "lda");
-  if (lda < std::max<int64_t>(1, k)) Throw(env, "matmulRowsMany: lda is smaller than a row of a");
-  for (int i = 4; i < 8; ++i)
-    if (!info[i].IsArray()) ThrowType(env, "matmulRowsMany: bs, bDtypes, ns and outs must be arrays");
-  const Napi::Array bs = info[4].As<Napi::Array>(), dts = info[5].As<Napi::Array>(), ns = info[6].As<Napi::Array>(),
-                    outs = info[7].As<Napi::Array>();
-  const uint32_t count = bs.Length();
-  if (count == 0 || count > 16 || dts.Length() != count || ns.Length() != count || outs.Length() != count)
-    Throw(env, "matmulRowsMany: bs, bDtypes, ns and outs need the same length, 1 to 16");
-  const float* a = View<float>(info[2], "a", m == 0 ? 0 : ((m - 1) * lda + k) * 4);
-  struct Job {
-    const void* b;
-    DType dt;
-    int64_t n;
-    float* c;
-  };
-  std::vector<Job> jobs(count);
-  for (uint32_t i = 0; i < count; ++i) {
-    const DType dt = FloatDType(dts.Get(i), "b dtype");
-    const int64_t n = ToInt(ns.Get(i), "n");
-    jobs[i] = Job{View(bs.Get(i), "b", n * k * dtype_size(dt)), dt, n, View<float>(outs.Get(i), "out", m * n * 4)};
-  }
+  const spinlm::napi::RowsManyArgs r =
+      spinlm::napi::ParseRowsMany(info, [](Napi::Value v, const char* what, int64_t bytes) { return View(v, what, bytes); });
   return Guard(info, [&] {
-    for (const Job& j : jobs) spinlm::cuda::matmul(false, true, m, j.n, k, 1.0f, a, lda, j.b, j.dt, k, 0.0f, j.c, j.n, true);
+    for (const auto& j : r.jobs) spinlm::cuda::matmul(false, true, r.m, j.n, r.k, 1.0f, r.a, r.lda, j.b, j.dt, r.k, 0.0f, j.out, j.n, true);
   });
 }
 
