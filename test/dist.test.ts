@@ -30,6 +30,10 @@ const ENV = {
   OMPI_ALLOW_RUN_AS_ROOT: '1',
   OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1',
   SPINLM_NUM_THREADS: '1',
+  // OpenBLAS on one thread in every process too: mpirun binds each rank to one core, so a rank's
+  // OpenBLAS ran on one thread while the one-process run used every core, and on some CPUs (a Zen 5
+  // here) OpenBLAS's results differ in the last bits between thread counts (docs/distributed.md)
+  OPENBLAS_NUM_THREADS: '1',
   OMPI_MCA_rmaps_base_oversubscribe: '1',
 };
 
