@@ -140,9 +140,7 @@ export class LlamaModel {
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
   private linear(x: Tensor<'f32'>, weight: string, bias: string | null, rowInvariant = false): Tensor<'f32'> {
-    const y = ops.matmul(x, this.p(weight), { transB: true, rowInvariant });
-    if (bias) ops.addBias(y, this.p(bias));
-    return y;
+    return this.linears(x, [weight], [bias], rowInvariant)[0];
   }
 
   /** Linear layers on one input as one op (fused q/k/v, gate/up): [x W_i^T (+ b_i)]. */
