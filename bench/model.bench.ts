@@ -79,7 +79,7 @@ for (const mode of modes) {
   ]);
 }
 console.log(
-  `\nsgemm rate measured here (2048^3, OpenBLAS through spinlm's matmul): ${gemm.gflops.toFixed(0)} GFLOP/s; PyTorch on ${args['torch-threads']} thread(s)\n`,
+  `\nsgemm rate measured here (2048^3, OpenBLAS's ${gemm.blas_core} kernels through spinlm's matmul): ${gemm.gflops.toFixed(0)} GFLOP/s; PyTorch on ${args['torch-threads']} thread(s)\n`,
 );
 console.log(
   table(

@@ -42,7 +42,7 @@ const rng = new Rng(5);
 const tokens = (n: number) => Array.from({ length: n }, () => rng.int(3, cfg.vocabSize - 1));
 // FLOPs count the matmuls of every weight but the input embedding (a gather, no FLOPs)
 const nonEmbedding = () => model.weights.count() - cfg.vocabSize * cfg.hiddenSize;
-const report = (o: Record<string, number>) => console.log(JSON.stringify({ ...o, peak_rss_mb: peakRss() / 2 ** 20 }));
+const report = (o: Record<string, number | string>) => console.log(JSON.stringify({ ...o, peak_rss_mb: peakRss() / 2 ** 20 }));
 
 if (mode === 'gemm') {
   const n = 2048;
@@ -52,7 +52,9 @@ if (mode === 'gemm') {
   ops.fill(a, 0.5);
   ops.fill(b, 0.25);
   const ms = await medianMs('sgemm', () => ops.matmul(a, b, { transB: true, out: c }), 5, 2);
-  report({ gflops: (2 * n ** 3) / (ms * 1e6) });
+  // blas_core: OpenBLAS's kernel set (OPENBLAS_CORETYPE overrides its choice: on an AVX-512 CPU,
+  // Haswell's AVX2 kernels run at about half the rate of SkylakeX's)
+  report({ gflops: (2 * n ** 3) / (ms * 1e6), blas_core: be.blasCore() });
 } else if (mode === 'score' || mode === 'train') {
   const R = work.rows,
     L = work.len,

@@ -2,6 +2,7 @@
 // owned by an External handle (freed explicitly by free() or by the GC finalizer). Kernels take
 // tensors as JS objects { handle, byteOffset }; every call checks handles, sizes, bounds and
 // targets here, so a bad call from JS throws a clear error instead of crashing the process.
+#include <cblas.h>
 #include <napi.h>
 
 #include <cmath>
@@ -249,8 +250,11 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The kernel set OpenBLAS picked when it loaded (OPENBLAS_CORETYPE overrides it; the benchmarks report it).
+Napi::Value BlasCore(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), openblas_get_corename()); }
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("abiVersion", Napi::Number::New(env, 5));  // src/backend/cpu/addon.ts ABI_VERSION
+  exports.Set("abiVersion", Napi::Number::New(env, 6));  // src/backend/cpu/addon.ts ABI_VERSION
   exports.Set("alloc", Napi::Function::New(env, Alloc));
   exports.Set("free", Napi::Function::New(env, Free));
   exports.Set("write", Napi::Function::New(env, Write));
@@ -272,6 +276,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("peakLiveBytes", Napi::Function::New(env, PeakLiveBytes));
   exports.Set("numThreads", Napi::Function::New(env, NumThreads));
   exports.Set("setNumThreads", Napi::Function::New(env, SetNumThreads));
+  exports.Set("blasCore", Napi::Function::New(env, BlasCore));
   for (RegisterFn fn : op_registry()) fn(env, exports);
   return exports;
 }

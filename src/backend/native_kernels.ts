@@ -25,6 +25,7 @@ export type KernelFunctions = Omit<
   | 'peakLiveBytes'
   | 'numThreads'
   | 'setNumThreads'
+  | 'blasCore'
   | 'takeErrors'
 >;
 

@@ -201,13 +201,18 @@ export interface NativeAddon {
   peakLiveBytes(reset?: boolean): number;
   numThreads(): number;
   setNumThreads(n: number): void;
+  /**
+   * The kernel set OpenBLAS picked when it loaded (openblas_get_corename: "SkylakeX", "Haswell", ...):
+   * OPENBLAS_CORETYPE in the environment overrides its choice, and the benchmarks report it.
+   */
+  blasCore(): string;
 }
 
 /** The package root: two levels above src/backend/cpu or dist/backend/cpu. */
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
-const ABI_VERSION = 5;
+const ABI_VERSION = 6;
 
 let cached: NativeAddon | undefined;
 

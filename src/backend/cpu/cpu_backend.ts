@@ -31,6 +31,11 @@ export class CpuBackend extends NativeKernels implements Backend {
     this.native.setNumThreads(n);
   }
 
+  /** OpenBLAS's kernel set ("SkylakeX", "Haswell", ...): picked from the CPU at load, or OPENBLAS_CORETYPE. */
+  blasCore(): string {
+    return this.native.blasCore();
+  }
+
   info(): BackendInfo {
     return {
       name: this.name,
