@@ -316,77 +316,88 @@ for (const be of await testBackends())
       for (const cdt of ['f32', 'bf16'] as const)
         test(`decode attention over a ${cdt} KV cache equals the last row of full attention (bf16: on the rounded keys and values)`, async () =>
           withSeed(async (rng) => {
-            const b = 3,
-              l = 13,
-              nh = 4,
-              nkv = 2,
-              hd = 2 * rng.int(1, 40),
-              lmax = 20;
-            const q = randn(rng, b * l * nh * hd),
-              k = randn(rng, b * l * nkv * hd),
-              v = randn(rng, b * l * nkv * hd);
-            // what a bf16 cache holds: each value rounded to nearest even
-            const held = (x: Float32Array) => (cdt === 'bf16' ? bf16ArrayToF32(f32ArrayToBf16(x)) : x);
-            const mask = new Int32Array(b * l).fill(1);
-            mask[l + 2] = 0;
-            const full = await host(
-              ops.attention(f32(q, [b, l, nh, hd]), f32(held(k), [b, l, nkv, hd]), f32(held(v), [b, l, nkv, hd]), i32(mask, [b, l])).out,
-            );
-            // caches [b, nkv, lmax, hd] filled through scatterRows (one row per token and kv head), as generation
-            // writes them; the rows past each length poisoned with NaN (never read)
-            const kc = ops.empty(be, cdt, [b * nkv * lmax, hd]),
-              vc = ops.empty(be, cdt, [b * nkv * lmax, hd]);
-            ops.fill(kc, NaN);
-            ops.fill(vc, NaN);
-            const rows = Array.from({ length: b * l * nkv }, (_, r) => {
-              const token = Math.floor(r / nkv),
-                h = r % nkv;
-              return (Math.floor(token / l) * nkv + h) * lmax + (token % l);
-            });
-            ops.scatterRows(f32(k, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), kc);
-            ops.scatterRows(f32(v, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), vc);
-            // the scattered rows hold exactly the rounded values (bit for bit: the cast op's rounding)
-            const kHeld = await ops.read(kc);
-            const want16 = cdt === 'bf16' ? f32ArrayToBf16(k) : k;
-            rows.forEach((row, r) =>
-              assert.deepEqual(kHeld.slice(row * hd, (row + 1) * hd), want16.slice(r * hd, (r + 1) * hd), `cache row ${row} (token ${r})`),
-            );
-            if (cdt === 'bf16') {
-              // rounding's edge cases scatter to the bits cast gives them: ties to even, NaN, infinities, -0, overflow
-              const edge = Float32Array.from([NaN, Infinity, -Infinity, -0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 3.4e38, -1e-40, 0.1, -7.5]);
-              const dst = ops.empty(be, 'bf16', [3, edge.length]);
-              ops.fill(dst, 0);
-              ops.scatterRows(f32(edge, [1, edge.length]), i32([1], [1]), dst);
-              const got16 = (await ops.read(dst)).slice(edge.length, 2 * edge.length);
-              assert.deepEqual(got16, await ops.read(ops.cast(f32(edge, [edge.length]), 'bf16')), 'edge values');
-            }
-            const cacheMask = new Int32Array(b * lmax).fill(1);
-            cacheMask[lmax + 2] = 0;
-            const lastQ = new Float32Array(b * nh * hd);
-            for (let bi = 0; bi < b; bi++) lastQ.set(q.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
-            const out = await host(
-              ops.attentionDecode(
-                f32(lastQ, [b, nh, hd]),
-                kc.reshape([b, nkv, lmax, hd]),
-                vc.reshape([b, nkv, lmax, hd]),
-                i32([l, l, l], [b]),
-                i32(cacheMask, [b, lmax]),
-              ),
-            );
-            const want = new Float32Array(b * nh * hd);
-            for (let bi = 0; bi < b; bi++) want.set(full.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
-            check('decode', out, want);
-            const other = cdt === 'bf16' ? 'f32' : 'bf16';
-            assert.throws(
-              () =>
+            // a random even head size, and 64 and 128 (the CPU kernel's register-blocked paths); query
+            // heads per kv head 1, 2, 3 or 4 (pairs of heads and an odd one); lengths not a multiple of 4
+            for (const hd of [2 * rng.int(1, 40), 64, 128]) {
+              const [nh, nkv] = [
+                [4, 2],
+                [4, 4],
+                [6, 2],
+                [8, 2],
+              ][rng.int(0, 3)];
+              const b = 3,
+                l = rng.int(5, 20),
+                lmax = 20;
+              const q = randn(rng, b * l * nh * hd),
+                k = randn(rng, b * l * nkv * hd),
+                v = randn(rng, b * l * nkv * hd);
+              // what a bf16 cache holds: each value rounded to nearest even
+              const held = (x: Float32Array) => (cdt === 'bf16' ? bf16ArrayToF32(f32ArrayToBf16(x)) : x);
+              const mask = new Int32Array(b * l).fill(1);
+              mask[l + 2] = 0;
+              const full = await host(
+                ops.attention(f32(q, [b, l, nh, hd]), f32(held(k), [b, l, nkv, hd]), f32(held(v), [b, l, nkv, hd]), i32(mask, [b, l])).out,
+              );
+              // caches [b, nkv, lmax, hd] filled through scatterRows (one row per token and kv head), as generation
+              // writes them; the rows past each length poisoned with NaN (never read)
+              const kc = ops.empty(be, cdt, [b * nkv * lmax, hd]),
+                vc = ops.empty(be, cdt, [b * nkv * lmax, hd]);
+              ops.fill(kc, NaN);
+              ops.fill(vc, NaN);
+              const rows = Array.from({ length: b * l * nkv }, (_, r) => {
+                const token = Math.floor(r / nkv),
+                  h = r % nkv;
+                return (Math.floor(token / l) * nkv + h) * lmax + (token % l);
+              });
+              ops.scatterRows(f32(k, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), kc);
+              ops.scatterRows(f32(v, [b * l * nkv, hd]), i32(rows, [b * l * nkv]), vc);
+              // the scattered rows hold exactly the rounded values (bit for bit: the cast op's rounding)
+              const kHeld = await ops.read(kc);
+              const want16 = cdt === 'bf16' ? f32ArrayToBf16(k) : k;
+              rows.forEach((row, r) =>
+                assert.deepEqual(
+                  kHeld.slice(row * hd, (row + 1) * hd),
+                  want16.slice(r * hd, (r + 1) * hd),
+                  `cache row ${row} (token ${r})`,
+                ),
+              );
+              if (cdt === 'bf16') {
+                // rounding's edge cases scatter to the bits cast gives them: ties to even, NaN, infinities, -0, overflow
+                const edge = Float32Array.from([NaN, Infinity, -Infinity, -0, 1 + 2 ** -8, 1 + 3 * 2 ** -8, 3.4e38, -1e-40, 0.1, -7.5]);
+                const dst = ops.empty(be, 'bf16', [3, edge.length]);
+                ops.fill(dst, 0);
+                ops.scatterRows(f32(edge, [1, edge.length]), i32([1], [1]), dst);
+                const got16 = (await ops.read(dst)).slice(edge.length, 2 * edge.length);
+                assert.deepEqual(got16, await ops.read(ops.cast(f32(edge, [edge.length]), 'bf16')), 'edge values');
+              }
+              const cacheMask = new Int32Array(b * lmax).fill(1);
+              cacheMask[lmax + 2] = 0;
+              const lastQ = new Float32Array(b * nh * hd);
+              for (let bi = 0; bi < b; bi++) lastQ.set(q.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
+              const out = await host(
                 ops.attentionDecode(
                   f32(lastQ, [b, nh, hd]),
                   kc.reshape([b, nkv, lmax, hd]),
-                  ops.empty(be, other, [b, nkv, lmax, hd]),
+                  vc.reshape([b, nkv, lmax, hd]),
                   i32([l, l, l], [b]),
+                  i32(cacheMask, [b, lmax]),
                 ),
-              /vCache/,
-            );
+              );
+              const want = new Float32Array(b * nh * hd);
+              for (let bi = 0; bi < b; bi++) want.set(full.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
+              check('decode', out, want);
+              const other = cdt === 'bf16' ? 'f32' : 'bf16';
+              assert.throws(
+                () =>
+                  ops.attentionDecode(
+                    f32(lastQ, [b, nh, hd]),
+                    kc.reshape([b, nkv, lmax, hd]),
+                    ops.empty(be, other, [b, nkv, lmax, hd]),
+                    i32([l, l, l], [b]),
+                  ),
+                /vCache/,
+              );
+            }
           }));
 
       test('swiglu forward and backward; add; bias', async () =>

@@ -121,14 +121,61 @@ SPINLM_INLINE void axpy(float* y, float a, const T* x, int64_t n) {
   for (; c < n; ++c) y[c] += a * widen(x[c]);
 }
 
+// Scores of one query head against keys [j, j + 4): four dots of hd = 16 NV values, each summed as
+// dot() sums it (lane-wise in c order, then hsum's tree, then the scalar tail none here), so the
+// scores are bit for bit dot()'s; the four reductions share one hsum4.
+template <int NV, typename T>
+SPINLM_INLINE void dot4(const vf* qv, const T* k0, int64_t stride, float* out) {
+  vf acc[4];
+  for (int r = 0; r < 4; ++r) acc[r] = simd::splat(0.0f);
+  for (int c = 0; c < NV; ++c)
+    for (int r = 0; r < 4; ++r) acc[r] += qv[c] * simd::load(k0 + r * stride + c * kLanes);
+  simd::hsum4(acc[0], acc[1], acc[2], acc[3], out);
+}
+
+// o[g] (hd = 16 NV values, g in [g0, g0 + G)) = sum over keys j of p[g, j] inv[g] v[j], the sums kept in
+// registers across the keys: the same additions, in the same order, as axpy() into o (keys with p = 0
+// skipped, as there).
+template <int NV, int G, typename T>
+SPINLM_INLINE void weighted_values(const float* sc, const float* inv, const T* v, int64_t stride, int64_t len, int64_t g0, float* o,
+                                   int64_t hd) {
+  vf acc[G][NV];
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < NV; ++c) acc[g][c] = simd::splat(0.0f);
+  for (int64_t j = 0; j < len; ++j) {
+    const T* vr = v + j * stride;
+    for (int g = 0; g < G; ++g) {
+      const float p = sc[(g0 + g) * len + j];
+      if (p == 0.0f) continue;
+      const vf va = simd::splat(p * inv[g0 + g]);
+      for (int c = 0; c < NV; ++c) acc[g][c] = acc[g][c] + va * simd::load(vr + c * kLanes);
+    }
+  }
+  for (int g = 0; g < G; ++g)
+    for (int c = 0; c < NV; ++c) simd::store(o + (g0 + g) * hd + c * kLanes, acc[g][c]);
+}
+
 // One (sequence, kv head) of decode attention for its `group` query heads at once, so each cached key
 // and value row is read from memory once: scores over the first len keys, softmax, weighted values.
 // q and o hold the group's heads back to back ([group, hd]); sc is scratch [group, len].
-// The cache is f32 or bf16 (T).
-template <typename T>
+// The cache is f32 or bf16 (T). NV = hd / 16 for the register-blocked paths (hd = 64, 128), 0 for any
+// hd (one dot and one axpy per key and head); both give the same bits.
+template <int NV, typename T>
 SPINLM_INLINE void decode_group(const float* q, const T* k_cache, const T* v_cache, const int32_t* mask, int64_t len,
                                 int64_t stride, int64_t hd, int64_t group, float scale, float* sc, float* o) {
-  for (int64_t j = 0; j < len; ++j) {
+  int64_t j = 0;
+  if constexpr (NV > 0) {
+    for (int64_t g = 0; g < group; ++g) {
+      vf qv[NV];
+      for (int c = 0; c < NV; ++c) qv[c] = simd::load(q + g * hd + c * kLanes);
+      float* row = sc + g * len;
+      for (j = 0; j + 4 <= len; j += 4) {
+        dot4<NV>(qv, k_cache + j * stride, stride, row + j);
+        for (int r = 0; r < 4; ++r) row[j + r] = mask && !mask[j + r] ? -INFINITY : row[j + r] * scale;
+      }
+    }
+  }
+  for (; j < len; ++j) {
     const bool off = mask && !mask[j];
     const T* kr = k_cache + j * stride;
     for (int64_t g = 0; g < group; ++g) sc[g * len + j] = off ? -INFINITY : dot(q + g * hd, kr, hd) * scale;
@@ -138,31 +185,49 @@ SPINLM_INLINE void decode_group(const float* q, const T* k_cache, const T* v_cac
     float* row = sc + g * len;
     for (int64_t c = 0; c < hd; ++c) o[g * hd + c] = 0.0f;
     float m = -INFINITY;
-    for (int64_t j = 0; j < len; ++j) m = row[j] > m ? row[j] : m;
+    for (int64_t jj = 0; jj < len; ++jj) m = row[jj] > m ? row[jj] : m;
     if (m == -INFINITY) {
-      for (int64_t j = 0; j < len; ++j) row[j] = 0.0f;
+      for (int64_t jj = 0; jj < len; ++jj) row[jj] = 0.0f;
       inv[g] = 0.0f;
       continue;
     }
     inv[g] = static_cast<float>(1.0 / exp_row(row, len, m));
   }
-  for (int64_t j = 0; j < len; ++j) {
-    const T* vr = v_cache + j * stride;
-    for (int64_t g = 0; g < group; ++g) {
-      const float p = sc[g * len + j];
-      if (p != 0.0f) axpy(o + g * hd, p * inv[g], vr, hd);
+  if constexpr (NV > 0) {
+    // heads in pairs (16 accumulators at hd = 128), an odd one alone
+    int64_t g0 = 0;
+    for (; g0 + 2 <= group; g0 += 2) weighted_values<NV, 2>(sc, inv.data(), v_cache, stride, len, g0, o, hd);
+    if (g0 < group) weighted_values<NV, 1>(sc, inv.data(), v_cache, stride, len, g0, o, hd);
+  } else {
+    for (int64_t jj = 0; jj < len; ++jj) {
+      const T* vr = v_cache + jj * stride;
+      for (int64_t g = 0; g < group; ++g) {
+        const float p = sc[g * len + jj];
+        if (p != 0.0f) axpy(o + g * hd, p * inv[g], vr, hd);
+      }
     }
   }
 }
 
+template <typename T>
+SPINLM_INLINE void decode_group_any(const float* q, const T* k, const T* v, const int32_t* mask, int64_t len, int64_t stride,
+                                    int64_t hd, int64_t group, float scale, float* sc, float* o) {
+  if (hd == 64)
+    decode_group<4>(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+  else if (hd == 128)
+    decode_group<8>(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+  else
+    decode_group<0>(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+}
+
 SPINLM_CLONES void decode_group_f32(const float* q, const float* k, const float* v, const int32_t* mask, int64_t len, int64_t stride,
                                     int64_t hd, int64_t group, float scale, float* sc, float* o) {
-  decode_group(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+  decode_group_any(q, k, v, mask, len, stride, hd, group, scale, sc, o);
 }
 
 SPINLM_CLONES void decode_group_bf16(const float* q, const uint16_t* k, const uint16_t* v, const int32_t* mask, int64_t len,
                                      int64_t stride, int64_t hd, int64_t group, float scale, float* sc, float* o) {
-  decode_group(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+  decode_group_any(q, k, v, mask, len, stride, hd, group, scale, sc, o);
 }
 
 }  // namespace

@@ -36,25 +36,6 @@ constexpr int kNr = 6;  // rows of B per register tile: 24 accumulators, 10 load
 SPINLM_INLINE float widen(float x) { return x; }
 SPINLM_INLINE float widen(uint16_t x) { return bf16_to_f32(x); }
 
-// simd::hsum of four vectors at once, bit for bit the same additions (lane i + lane i + 8, then
-// i + 4, then (0 + 2) + (1 + 3)), done in vector lanes: the register tile's epilogue would otherwise
-// cost a large share of its time at K = 512.
-SPINLM_INLINE void hsum4(vf x0, vf x1, vf x2, vf x3, float* out) {
-  const vf s01 = __builtin_shufflevector(x0, x1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                 __builtin_shufflevector(x0, x1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  const vf s23 = __builtin_shufflevector(x2, x3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                 __builtin_shufflevector(x2, x3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  // lanes 4j .. 4j + 3: the four partial sums of x_j
-  const vf s4 = __builtin_shufflevector(s01, s23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-                __builtin_shufflevector(s01, s23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-  // lanes 2j, 2j + 1: s4_j[0] + s4_j[2], s4_j[1] + s4_j[3]
-  const vf u = __builtin_shufflevector(s4, s4, 0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13) +
-               __builtin_shufflevector(s4, s4, 2, 3, 6, 7, 10, 11, 14, 15, 2, 3, 6, 7, 10, 11, 14, 15);
-  const vf r = __builtin_shufflevector(u, u, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6) +
-               __builtin_shufflevector(u, u, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7);
-  for (int j = 0; j < 4; ++j) out[j] = r[j];
-}
-
 // One MR x NR tile of C from MR rows of A and NR rows of B, in the order described above.
 template <int MR, int NR, typename TB>
 SPINLM_INLINE void tile(const float* a, int64_t lda, const TB* b, int64_t ldb, int64_t k, float alpha, float beta, float* c,
@@ -75,7 +56,7 @@ SPINLM_INLINE void tile(const float* a, int64_t lda, const TB* b, int64_t ldb, i
     float s[NR];
     int j0 = 0;
     if constexpr (NR >= 4) {
-      hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], s);
+      simd::hsum4(acc[i][0], acc[i][1], acc[i][2], acc[i][3], s);
       j0 = 4;
     }
     for (int j = j0; j < NR; ++j) s[j] = simd::hsum(acc[i][j]);

@@ -66,6 +66,25 @@ SPINLM_INLINE float hsum(vf v) {
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
 
+// hsum of four vectors at once, bit for bit the same additions (lane i + lane i + 8, then i + 4, then
+// (0 + 2) + (1 + 3)), done in vector lanes: short dot products (a row-invariant tile at K = 512, decode
+// attention's scores) would otherwise spend a large share of their time in the reduction.
+SPINLM_INLINE void hsum4(vf x0, vf x1, vf x2, vf x3, float* out) {
+  const vf s01 = __builtin_shufflevector(x0, x1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(x0, x1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  const vf s23 = __builtin_shufflevector(x2, x3, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                 __builtin_shufflevector(x2, x3, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  // lanes 4j .. 4j + 3: the four partial sums of x_j
+  const vf s4 = __builtin_shufflevector(s01, s23, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                __builtin_shufflevector(s01, s23, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+  // lanes 2j, 2j + 1: s4_j[0] + s4_j[2], s4_j[1] + s4_j[3]
+  const vf u = __builtin_shufflevector(s4, s4, 0, 1, 4, 5, 8, 9, 12, 13, 0, 1, 4, 5, 8, 9, 12, 13) +
+               __builtin_shufflevector(s4, s4, 2, 3, 6, 7, 10, 11, 14, 15, 2, 3, 6, 7, 10, 11, 14, 15);
+  const vf r = __builtin_shufflevector(u, u, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6, 0, 2, 4, 6) +
+               __builtin_shufflevector(u, u, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7, 1, 3, 5, 7);
+  for (int j = 0; j < 4; ++j) out[j] = r[j];
+}
+
 // e^x for x <= 0 (callers pass x - max). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, then a
 // degree-6 polynomial for e^r (Cephes expf coefficients; about 1 ulp). Below -87.3 the result is 0
 // (e^x would be subnormal), so -inf inputs contribute exactly 0. NaN propagates.
