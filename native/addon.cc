@@ -254,7 +254,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 Napi::Value BlasCore(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), openblas_get_corename()); }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("abiVersion", Napi::Number::New(env, 6));  // src/backend/cpu/addon.ts ABI_VERSION
+  exports.Set("abiVersion", Napi::Number::New(env, 7));  // src/backend/cpu/addon.ts ABI_VERSION
   exports.Set("alloc", Napi::Function::New(env, Alloc));
   exports.Set("free", Napi::Function::New(env, Free));
   exports.Set("write", Napi::Function::New(env, Write));

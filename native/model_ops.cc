@@ -29,8 +29,9 @@ void CheckBlasDim(Napi::Env env, int64_t x, const char* what) {
   if (x > std::numeric_limits<int>::max()) Throw(env, std::string(what) + " is too large for BLAS (> 2^31 - 1)");
 }
 
-// matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc, rowInvariant)
-// rowInvariant (A not transposed, B transposed) takes matmul_rows: rows independent of M.
+// matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc, rowInvariant, computeBf16)
+// rowInvariant (A not transposed, B transposed) takes matmul_rows: rows independent of M. computeBf16
+// (the same layout, B bf16) rounds A to bf16 and sums exact bf16 products in f32, also row-invariant.
 Napi::Value Matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const bool ta = info[0].ToBoolean(), tb = info[1].ToBoolean();
@@ -48,22 +49,28 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const float* a = View<float>(info[6], "a", bytes(a_rows, lda, a_cols, 4));
   const void* b = View(info[8], "b", bytes(b_rows, ldb, b_cols, dtype_size(bdt)));
   float* c = View<float>(info[12], "c", bytes(m, ldc, n, 4));
-  if (info[14].ToBoolean()) {
+  const bool bf16 = info[15].ToBoolean();
+  if (bf16 && (ta || !tb || bdt != DType::kBF16)) Throw(env, "matmul: computeBf16 needs op(a) = a, op(b) = b^T and a bf16 b");
+  if (info[14].ToBoolean() || bf16) {
     if (ta || !tb) Throw(env, "matmul: rowInvariant needs op(a) = a and op(b) = b^T (a linear layer)");
-    matmul_rows(m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc);
+    matmul_rows(m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, bf16);
   } else {
     matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc);
   }
   return env.Undefined();
 }
 
-// matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs): outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T,
-// row-invariant, every B and C contiguous (the fused projections of generation).
+// matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs, computeBf16): outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T,
+// row-invariant, every B and C contiguous (the fused projections of generation); computeBf16 as matmul's.
 Napi::Value MatmulRowsMany(const Napi::CallbackInfo& info) {
   const RowsManyArgs r = ParseRowsMany(info, [](Napi::Value v, const char* what, int64_t bytes) { return View(v, what, bytes); });
+  const bool bf16 = info[8].ToBoolean();
   std::vector<RowsJob> jobs;
-  for (const RowsManyJob& j : r.jobs) jobs.push_back(RowsJob{j.b, j.dt, j.n, r.k, j.out, j.n});
-  matmul_rows_many(r.m, r.k, r.a, r.lda, jobs.data(), static_cast<int>(jobs.size()));
+  for (const RowsManyJob& j : r.jobs) {
+    if (bf16 && j.dt != DType::kBF16) Throw(info.Env(), "matmulRowsMany: computeBf16 needs bf16 weights");
+    jobs.push_back(RowsJob{j.b, j.dt, j.n, r.k, j.out, j.n});
+  }
+  matmul_rows_many(r.m, r.k, r.a, r.lda, jobs.data(), static_cast<int>(jobs.size()), bf16);
   return info.Env().Undefined();
 }
 

@@ -14,7 +14,7 @@ import { testBackends } from './helpers/backends.js';
 for (const be of await testBackends())
   describe(`on backend ${be.name}`, () => {
     /** Logits of the last position of one sequence, by a full forward pass. */
-    async function fullLogits(model: LlamaModel, ids: number[]): Promise<Float32Array> {
+    async function fullLogits(model: LlamaModel, ids: number[], computeDtype: 'f32' | 'bf16' = 'f32'): Promise<Float32Array> {
       const L = ids.length;
       const input = uploadInput(
         be,
@@ -27,7 +27,7 @@ for (const be of await testBackends())
         },
         model.cfg.vocabSize,
       );
-      const { logits } = model.forward(input);
+      const { logits } = model.forward(input, { computeDtype });
       const all = await ops.read(logits);
       logits.free();
       freeInput(input);
@@ -89,16 +89,64 @@ for (const be of await testBackends())
         }));
     }
 
-    for (const cdt of ['f32', 'bf16'] as const)
-      test(`a prompt prefilled into any slot, alone or with others, gives bit-identical logits and cache (batch invariance, ${cdt} cache)`, async () =>
+    // bf16 compute: the decoder and the full forward round the same linear layers' inputs, but their
+    // attention sums in different orders, so an input near a bf16 rounding boundary can round the other
+    // way (a 2^-8 relative step in that one value)
+    test('prefill + decode with bf16 compute equal a full recompute with bf16 compute, and differ from f32 compute', async () =>
+      withSeed(async (rng) => {
+        const model = initLlama(be, tinyConfig({}), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true, dtype: 'bf16' });
+        assert.throws(
+          () => new LlamaDecoder(initLlama(be, tinyConfig({}), { seed: 1 }), 'auto', 'bf16'),
+          /computeDtype 'bf16' needs bf16 parameters; this model's are f32/,
+        );
+        const dec = new LlamaDecoder(model, 'f32', 'bf16');
+        const V = model.cfg.vocabSize;
+        const prompts = [6, 2, 9].map((n) => Array.from({ length: n }, () => rng.int(3, V - 1)));
+        const cache = dec.newCache(3, 16);
+        const seqs = prompts.map((p) => [...p]);
+        let logits = cache.prefill(prompts);
+        let worst = 0,
+          fromF32 = 0;
+        for (let step = 0; step < 4; step++) {
+          const host = await ops.read(logits);
+          logits.free();
+          for (let b = 0; b < 3; b++) {
+            const got = host.subarray(b * V, (b + 1) * V);
+            const e = relErr(got, await fullLogits(model, seqs[b], 'bf16'));
+            worst = Math.max(worst, e);
+            assert.ok(e <= 1e-2, `step ${step} row ${b}: relative error ${e} against the bf16-compute recompute`);
+            fromF32 = Math.max(fromF32, relErr(got, await fullLogits(model, seqs[b], 'f32')));
+          }
+          const next = Int32Array.from({ length: 3 }, () => rng.int(3, V - 1));
+          next.forEach((t, b) => seqs[b].push(t));
+          const tokens = ops.upload(be, { dtype: 'i32', data: next }, [3]);
+          logits = cache.decode(tokens, Uint8Array.from([1, 1, 1]));
+          tokens.free();
+        }
+        logits.free();
+        // bf16 compute really rounds: its logits move away from f32 compute's by more than they differ
+        // from the recompute in the same arithmetic
+        assert.ok(fromF32 > 1e-4 && fromF32 > worst, `bf16 compute vs f32 compute ${fromF32}, vs its recompute ${worst}`);
+        if (process.env.SPINLM_TEST_VERBOSE) console.log(`bf16 compute: vs recompute ${worst}, vs f32 compute ${fromF32}`);
+        cache.free();
+        model.weights.free();
+      }));
+
+    for (const [cdt, compute] of [
+      ['f32', 'f32'],
+      ['bf16', 'f32'],
+      ['bf16', 'bf16'],
+    ] as const)
+      test(`a prompt prefilled into any slot, alone or with others, gives bit-identical logits and cache (batch invariance, ${cdt} cache, ${compute} compute)`, async () =>
         withSeed(async (rng) => {
           // wide and long enough that BLAS and the attention's query blocks take size-dependent paths
           const model = initLlama(be, tinyConfig({ vocab: 300, hidden: 256, heads: 4, kvHeads: 2, intermediate: 384 }), {
             seed: rng.int(0, 1e9),
             std: 0.05,
             randomizeAll: true,
+            dtype: compute === 'bf16' ? 'bf16' : 'f32',
           });
-          const dec = new LlamaDecoder(model, cdt);
+          const dec = new LlamaDecoder(model, cdt, compute);
           const V = model.cfg.vocabSize;
           try {
             for (let trial = 0; trial < 3; trial++) {

@@ -246,6 +246,65 @@ for (const be of await testBackends())
           }));
       }
 
+      test('bf16 compute (matmul and linears): float64 on the bf16-rounded inputs, rows independent of M and threads', async () =>
+        withSeed(async (rng) => {
+          const cpu = be instanceof CpuBackend ? be : null;
+          const rounded = (x: Float32Array) => bf16ArrayToF32(f32ArrayToBf16(x));
+          for (let trial = 0; trial < 5; trial++) {
+            // K across the 32-value steps of vdpbf16ps and their masked tail; the last trial split over
+            // threads and row blocks
+            const big = trial === 4;
+            const m = big ? rng.int(260, 400) : rng.int(1, 70),
+              n = big ? rng.int(100, 200) : rng.int(1, 60),
+              k = big ? rng.int(500, 1100) : rng.int(1, 300);
+            const a = randn(rng, m * k);
+            const b = weight(rng, n * k, [n, k], 'bf16');
+            // into a NaN-poisoned out: every element written
+            const out = ops.empty(be, 'f32', [m, n]);
+            ops.fill(out, NaN);
+            ops.matmul(f32(a, [m, k]), b.t, { transB: true, computeDtype: 'bf16', out });
+            const all = await host(out);
+            const want = matmulRef(rounded(a), b.values, m, n, k, false, true);
+            check(`bf16 compute m=${m} n=${n} k=${k}`, all, want);
+            // the rounding is what makes the difference: the f32 result on a differs from it by far more
+            // than the tolerance (so the test would see a kernel that skips the rounding)
+            assert.ok(relErr(matmulRef(a, b.values, m, n, k, false, true), want) > 1e-4, 'a was not rounded');
+            const r0 = rng.int(0, m - 1),
+              r1 = rng.int(r0 + 1, m);
+            const saved = cpu?.threads;
+            try {
+              if (cpu) cpu.threads = rng.int(1, 2);
+              const part = await host(ops.matmul(f32(a.slice(r0 * k, r1 * k), [r1 - r0, k]), b.t, { transB: true, computeDtype: 'bf16' }));
+              assert.deepEqual(part, all.slice(r0 * n, r1 * n), `rows ${r0}..${r1} of ${m} (n=${n} k=${k})`);
+            } finally {
+              if (cpu) cpu.threads = saved!;
+            }
+            const base = randn(rng, m * n);
+            const acc = f32(base.slice(), [m, n]);
+            ops.matmul(f32(a, [m, k]), b.t, { transB: true, computeDtype: 'bf16', out: acc, accumulate: true, alpha: -0.5 });
+            check(
+              'bf16 compute accumulate',
+              await host(acc),
+              want.map((x, i) => -0.5 * x + base[i]),
+            );
+            // linears: each output its matmul's bits
+            const w2 = weight(rng, 7 * k, [7, k], 'bf16');
+            const got = ops.linears(f32(a, [m, k]), [b.t, w2.t], { rowInvariant: true, computeDtype: 'bf16' });
+            assert.deepEqual(await host(got[0]), all, 'linears output 0');
+            assert.deepEqual(
+              await host(got[1]),
+              await host(ops.matmul(f32(a, [m, k]), w2.t, { transB: true, rowInvariant: true, computeDtype: 'bf16' })),
+              'linears output 1',
+            );
+          }
+          const x = f32(randn(rng, 16), [4, 4]);
+          const x16 = weight(rng, 16, [4, 4], 'bf16').t;
+          assert.throws(() => ops.matmul(x, x, { transB: true, computeDtype: 'bf16' }), /needs bf16 weights, got f32/);
+          assert.throws(() => ops.matmul(x, x16, { computeDtype: 'bf16' }), /computeDtype 'bf16' is for linear layers/);
+          assert.throws(() => ops.linears(x, [x16, x], { computeDtype: 'bf16' }), /needs bf16 weights, got f32/);
+          assert.throws(() => ops.matmul(x, x16, { transB: true, computeDtype: 'f16' as 'bf16' }), /must be 'f32' or 'bf16'/);
+        }));
+
       test('rope forward, inverse round trip, positions past 2^15, linear scaling', async () =>
         withSeed(async (rng) => {
           for (const hd of [16, 32, 64]) {

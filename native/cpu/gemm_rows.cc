@@ -19,6 +19,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "../include/bf16.h"
 #include "model_kernels.h"
 #include "simd.h"
@@ -149,9 +153,148 @@ SPINLM_CLONES void block_bf16(int64_t i0, int64_t i1, int64_t t0, int64_t t1, in
   block(i0, i1, t0, t1, n, k, alpha, a, lda, b, ldb, beta, c, ldc, reuse ? wide.data() : nullptr);
 }
 
+// ---- bf16 compute (compute_bf16): C = alpha * bf16(A) B^T + beta * C, B bf16 ---------------------------
+// A is rounded to bf16 once per call (to nearest even: the cast op's bits), so every product is of two
+// bf16 values, exact in f32, and the sums are f32 (docs/ops.md, "bf16 compute"). With AVX512-BF16 a
+// tile runs on vdpbf16ps: 32 products per instruction, twice the multiply-adds of f32 FMA, and bf16 B
+// is read as stored, never widened. The order of one element: lane l of 16 adds the products of
+// p = 2l + 32s and 2l + 1 + 32s for s = 0, 1, ... (the last step's missing values read as zeros), then
+// simd::hsum's tree. Like the f32 path it does not depend on M, on the other rows or on threads.
+// The instruction treats bf16 subnormals as zero and flushes subnormal sums (Intel's definition).
+// Without AVX512-BF16 the rounded A is widened back and the f32 path runs: the same products, summed
+// in its order.
+#if defined(__x86_64__)
+#define SPINLM_DP_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+
+template <int MR, int NR>
+SPINLM_DP_TARGET SPINLM_INLINE void tile_dp(const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t k, float alpha,
+                                            float beta, float* c, int64_t ldc) {
+  __m512 acc[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_ps();
+  int64_t p = 0;
+  for (; p + 32 <= k; p += 32) {
+    __m512bh av[MR];
+    for (int i = 0; i < MR; ++i) av[i] = (__m512bh)_mm512_loadu_si512(a + i * lda + p);
+    for (int j = 0; j < NR; ++j) {
+      const __m512bh bv = (__m512bh)_mm512_loadu_si512(b + j * ldb + p);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av[i], bv);
+    }
+  }
+  if (p < k) {  // the last k % 32 values; the masked loads read nothing past them
+    const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (k - p)) - 1);
+    __m512bh av[MR];
+    for (int i = 0; i < MR; ++i) av[i] = (__m512bh)_mm512_maskz_loadu_epi16(mask, a + i * lda + p);
+    for (int j = 0; j < NR; ++j) {
+      const __m512bh bv = (__m512bh)_mm512_maskz_loadu_epi16(mask, b + j * ldb + p);
+      for (int i = 0; i < MR; ++i) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], av[i], bv);
+    }
+  }
+  for (int i = 0; i < MR; ++i) {
+    float s[NR];
+    int j0 = 0;
+    if constexpr (NR >= 4) {
+      simd::hsum4(vf(acc[i][0]), vf(acc[i][1]), vf(acc[i][2]), vf(acc[i][3]), s);
+      j0 = 4;
+    }
+    for (int j = j0; j < NR; ++j) s[j] = simd::hsum(vf(acc[i][j]));
+    for (int j = 0; j < NR; ++j) {
+      float* out = c + i * ldc + j;
+      *out = beta == 0.0f ? alpha * s[j] : alpha * s[j] + beta * *out;
+    }
+  }
+}
+
+template <int MR>
+SPINLM_DP_TARGET SPINLM_INLINE void tile_dp_cols(int nr, const uint16_t* a, int64_t lda, const uint16_t* b, int64_t ldb, int64_t k,
+                                                 float alpha, float beta, float* c, int64_t ldc) {
+  switch (nr) {
+    case 6: tile_dp<MR, 6>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 5: tile_dp<MR, 5>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 4: tile_dp<MR, 4>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 3: tile_dp<MR, 3>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    case 2: tile_dp<MR, 2>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+    default: tile_dp<MR, 1>(a, lda, b, ldb, k, alpha, beta, c, ldc); break;
+  }
+}
+
+// Rows [i0, i1) of C against the B tiles [t0, t1), A already bf16 (rows of lda values).
+SPINLM_DP_TARGET void block_dp(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t n, int64_t k, float alpha, const uint16_t* a,
+                               int64_t lda, const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t j = kNr * t;
+    const int nr = static_cast<int>(std::min<int64_t>(kNr, n - j));
+    // the next tile's rows, fetched while this one's row tiles run (as the widened f32 path does)
+    if (t + 1 < t1) {
+      const int nr1 = static_cast<int>(std::min<int64_t>(kNr, n - j - kNr));
+      for (int r = 0; r < nr1; ++r)
+        for (int64_t q = 0; q < k; q += 32) __builtin_prefetch(b + (j + kNr + r) * ldb + q, 0, 2);
+    }
+    for (int64_t i = i0; i < i1; i += kMr) {
+      const uint16_t* ai = a + i * lda;
+      const uint16_t* bj = b + j * ldb;
+      float* cij = c + i * ldc + j;
+      switch (std::min<int64_t>(kMr, i1 - i)) {
+        case 4: tile_dp_cols<4>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+        case 3: tile_dp_cols<3>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+        case 2: tile_dp_cols<2>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+        default: tile_dp_cols<1>(nr, ai, lda, bj, ldb, k, alpha, beta, cij, ldc); break;
+      }
+    }
+  }
+}
+
+bool have_avx512_bf16() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                          __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+#else
+bool have_avx512_bf16() { return false; }
+void block_dp(int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float, const uint16_t*, int64_t, const uint16_t*, int64_t, float,
+              float*, int64_t) {}
+#endif
+
+// A [m, k] (rows lda apart) rounded to bf16, rows k apart; and, for the fallback, widened back to f32.
+SPINLM_CLONES void round_rows_bf16(int64_t r0, int64_t r1, int64_t k, const float* a, int64_t lda, uint16_t* a16) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* s = a + r * lda;
+    uint16_t* d = a16 + r * k;
+    int64_t c = 0;
+    for (; c + kLanes <= k; c += kLanes) simd::store(d + c, simd::load(s + c));
+    for (; c < k; ++c) d[c] = f32_to_bf16(s[c]);
+  }
+}
+SPINLM_CLONES void widen_rows_f32(int64_t r0, int64_t r1, int64_t k, const uint16_t* a16, float* a32) {
+  for (int64_t r = r0; r < r1; ++r) {
+    int64_t c = 0;
+    for (; c + kLanes <= k; c += kLanes) simd::store(a32 + r * k + c, simd::load(a16 + r * k + c));
+    for (; c < k; ++c) a32[r * k + c] = bf16_to_f32(a16[r * k + c]);
+  }
+}
+
 // One parallel region over the tiles of every job; a thread's range may span jobs.
-void rows_jobs(int64_t m, int64_t k, float alpha, const float* a, int64_t lda, const RowsJob* jobs, int count, float beta) {
+void rows_jobs(int64_t m, int64_t k, float alpha, const float* a, int64_t lda, const RowsJob* jobs, int count, float beta,
+               bool compute_bf16) {
   if (m == 0 || count == 0) return;
+  // bf16 compute: A rounded once (by rows, on the pool); then vdpbf16ps tiles, or the f32 path on the
+  // rounded values where the CPU lacks AVX512-BF16
+  std::vector<uint16_t> a16;
+  std::vector<float> a32;
+  const bool dp = compute_bf16 && have_avx512_bf16();
+  if (compute_bf16) {
+    a16.resize(static_cast<size_t>(m * k));
+    parallel_for(m, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, k)),
+                 [&](int64_t r0, int64_t r1) { round_rows_bf16(r0, r1, k, a, lda, a16.data()); });
+    if (!dp) {
+      a32.resize(static_cast<size_t>(m * k));
+      parallel_for(m, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, k)),
+                   [&](int64_t r0, int64_t r1) { widen_rows_f32(r0, r1, k, a16.data(), a32.data()); });
+      a = a32.data();
+      lda = k;
+    }
+  }
   std::vector<int64_t> first(static_cast<size_t>(count) + 1, 0);  // job j owns tiles [first[j], first[j + 1])
   for (int j = 0; j < count; ++j) first[j + 1] = first[j] + (jobs[j].n + kNr - 1) / kNr;
   const int64_t tiles = first[count];
@@ -167,7 +310,9 @@ void rows_jobs(int64_t m, int64_t k, float alpha, const float* a, int64_t lda, c
         const int64_t lo = std::max(t0, first[j]) - first[j], hi = std::min(t1, first[j + 1]) - first[j];
         if (lo >= hi) continue;
         const RowsJob& job = jobs[j];
-        if (job.b_dt == DType::kBF16)
+        if (dp)
+          block_dp(i0, i1, lo, hi, job.n, k, alpha, a16.data(), k, static_cast<const uint16_t*>(job.b), job.ldb, beta, job.c, job.ldc);
+        else if (job.b_dt == DType::kBF16)
           block_bf16(i0, i1, lo, hi, job.n, k, alpha, a, lda, static_cast<const uint16_t*>(job.b), job.ldb, beta, job.c, job.ldc);
         else
           block_f32(i0, i1, lo, hi, job.n, k, alpha, a, lda, static_cast<const float*>(job.b), job.ldb, beta, job.c, job.ldc);
@@ -179,13 +324,13 @@ void rows_jobs(int64_t m, int64_t k, float alpha, const float* a, int64_t lda, c
 }  // namespace
 
 void matmul_rows(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b, DType b_dt, int64_t ldb,
-                 float beta, float* c, int64_t ldc) {
+                 float beta, float* c, int64_t ldc, bool compute_bf16) {
   const RowsJob job{b, b_dt, n, ldb, c, ldc};
-  rows_jobs(m, k, alpha, a, lda, &job, 1, beta);
+  rows_jobs(m, k, alpha, a, lda, &job, 1, beta, compute_bf16);
 }
 
-void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count) {
-  rows_jobs(m, k, 1.0f, a, lda, jobs, count, 0.0f);
+void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count, bool compute_bf16) {
+  rows_jobs(m, k, 1.0f, a, lda, jobs, count, 0.0f, compute_bf16);
 }
 
 }  // namespace spinlm

@@ -14,9 +14,10 @@ void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float a
             int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc);
 // C[M, N] = alpha * A[M, K] B[N, K]^T + beta * C with each element summed in one fixed order, so a
 // row of C depends only on its row of A and on B (never on M or the thread count): the linear layers
-// of generation (gemm_rows.cc). B f32 or bf16, read in place.
+// of generation (gemm_rows.cc). B f32 or bf16, read in place. compute_bf16 (B must be bf16): A is
+// rounded to bf16 first and the exact bf16 products are summed in f32 (vdpbf16ps where the CPU has it).
 void matmul_rows(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const void* b, DType b_dt, int64_t ldb,
-                 float beta, float* c, int64_t ldc);
+                 float beta, float* c, int64_t ldc, bool compute_bf16 = false);
 // One B and its C for matmul_rows_many: C[M, n] = A B[n, K]^T.
 struct RowsJob {
   const void* b;
@@ -27,7 +28,7 @@ struct RowsJob {
 };
 // matmul_rows for several B on one A (alpha 1, beta 0), in one parallel region: the fused q/k/v and
 // gate/up projections of generation. Each C is bit for bit what matmul_rows gives it alone.
-void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count);
+void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count, bool compute_bf16 = false);
 
 // out[t, :] = table[ids[t], :] (table [V, H] f32 or bf16).
 void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t h, float* out);

@@ -103,6 +103,21 @@ export interface MatmulOpts {
    * batch (docs/ops.md "Row-invariant matmul").
    */
   rowInvariant?: boolean;
+  /**
+   * 'bf16': a is rounded to bf16 and the (exact) products of bf16 values are summed in f32, as a bf16
+   * GEMM with f32 accumulation (b must be bf16, the linear layer form). Row-invariant too. 'f32' (the
+   * default): a as it is. docs/ops.md "bf16 compute".
+   */
+  computeDtype?: ComputeDtype;
+}
+
+/** The arithmetic of a linear layer: f32, or bf16 inputs with f32 sums (MatmulOpts.computeDtype). */
+export type ComputeDtype = 'f32' | 'bf16';
+
+/** Backend.linears's options: what matmul takes for a linear layer. */
+export interface LinearsOpts {
+  rowInvariant: boolean;
+  computeDtype: ComputeDtype;
 }
 
 export interface RopeOpts {
@@ -241,10 +256,10 @@ export interface Backend {
   matmul(a: Tensor<'f32'>, b: Tensor, opts?: MatmulOpts): Tensor<'f32'>;
   /**
    * Several linear layers on one input: y_i = x W_i^T (x f32 [T, K], W_i f32 or bf16 [N_i, K]) ->
-   * f32 [T, N_i] each, every y_i equal to matmul(x, W_i, { transB: true, rowInvariant }). The fused
+   * f32 [T, N_i] each, every y_i equal to matmul(x, W_i, { transB: true, ...opts }). The fused
    * q/k/v and gate/up projections: a backend may run them as one kernel (the CPU does, row-invariant).
    */
-  linears(x: Tensor<'f32'>, weights: readonly Tensor[], rowInvariant: boolean): Tensor<'f32'>[];
+  linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[];
   /** Rows of a table: ids i32 [T], table [V, H] -> f32 [T, H]. */
   embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'>;
   /** dtable[ids[t]] += dout[t], tokens in order. */

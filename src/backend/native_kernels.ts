@@ -2,7 +2,18 @@
 // (the CPU addon, and the CUDA addon and its emulator, which keep the same names and arguments): one
 // copy of the glue from tensors to kernel calls. A subclass owns memory and says how an op's outputs
 // are allocated (`output`: the CUDA backend names the op in out-of-memory errors).
-import type { AdamwHyper, MatmulOpts, OptimTensors, RmspropHyper, RopeOpts, SampleOpts, SpinLossOpts, SpinLossOutputs } from './backend.js';
+import type {
+  AdamwHyper,
+  LinearsOpts,
+  MatmulOpts,
+  OptimTensors,
+  RmspropHyper,
+  RopeOpts,
+  SampleOpts,
+  SpinLossOpts,
+  SpinLossOutputs,
+} from './backend.js';
+import { roundedToBf16 } from './bf16_compute.js';
 import type { NativeAddon } from './cpu/addon.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -31,6 +42,12 @@ export type KernelFunctions = Omit<
 
 export abstract class NativeKernels {
   abstract readonly native: KernelFunctions;
+  /** Whether the addon's matmul takes computeBf16 itself (the CPU's); otherwise bf16_compute.ts's rounding. */
+  protected abstract readonly nativeBf16Compute: boolean;
+
+  abstract empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
+  abstract cast(t: Tensor, out: Tensor): void;
+  abstract free(t: Tensor): void;
 
   /** A new tensor for an output of `op`. */
   protected abstract output<D extends DType>(dtype: D, shape: readonly number[], op: string): Tensor<D>;
@@ -119,18 +136,44 @@ export abstract class NativeKernels {
 
   // ---- model ops -----------------------------------------------------------------------------
   matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+    const bf16 = opts.computeDtype === 'bf16';
+    if (bf16 && !this.nativeBf16Compute) {
+      const r = roundedToBf16(this, a);
+      const y = this.matmul(r, b, { ...opts, computeDtype: 'f32', rowInvariant: true });
+      this.free(r);
+      return y;
+    }
     const [ar, ac] = a.shape;
     const [br, bc] = b.shape;
     const [m, k] = opts.transA ? [ac, ar] : [ar, ac];
     const n = opts.transB ? br : bc;
     const out = opts.out ?? this.output('f32', [m, n], 'matmul');
     const acc = opts.accumulate ? 1 : 0;
-    this.native.matmul(!!opts.transA, !!opts.transB, m, n, k, opts.alpha ?? 1, a, ac, b, b.dtype, bc, acc, out, n, !!opts.rowInvariant);
+    this.native.matmul(
+      !!opts.transA,
+      !!opts.transB,
+      m,
+      n,
+      k,
+      opts.alpha ?? 1,
+      a,
+      ac,
+      b,
+      b.dtype,
+      bc,
+      acc,
+      out,
+      n,
+      !!opts.rowInvariant,
+      bf16,
+    );
     return out;
   }
 
-  linears(x: Tensor<'f32'>, weights: readonly Tensor[], rowInvariant: boolean): Tensor<'f32'>[] {
-    if (!rowInvariant) return weights.map((w) => this.matmul(x, w, { transB: true }));
+  linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
+    const bf16 = opts.computeDtype === 'bf16';
+    if (!(opts.rowInvariant || bf16) || (bf16 && !this.nativeBf16Compute))
+      return weights.map((w) => this.matmul(x, w, { transB: true, ...opts }));
     const [m, k] = x.shape;
     const outs = weights.map((w) => this.output('f32', [m, w.shape[0]], 'linears'));
     this.native.matmulRowsMany(
@@ -142,6 +185,7 @@ export abstract class NativeKernels {
       weights.map((w) => w.dtype),
       weights.map((w) => w.shape[0]),
       outs,
+      bf16,
     );
     return outs;
   }

@@ -11,7 +11,6 @@ import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
 import { answerPrompts } from '../generate/answers.js';
 import { parseConfig } from '../model/config.js';
-import { type KvCacheDtype, LlamaDecoder } from '../model/decoder.js';
 import { initLlama } from '../model/init.js';
 import { tokenizePair } from '../spin/batch.js';
 import { DEMO_ARMS, runDemo } from '../spin/demo.js';
@@ -29,6 +28,8 @@ import { type OptionSpec, type Parsed, positive, UsageError } from './args.js';
 import {
   backend,
   barrier,
+  computeDtypeOf,
+  decoderFor,
   fmt,
   isMain,
   loadModelAndTokenizer,
@@ -41,6 +42,7 @@ import {
 } from './common.js';
 import { checkOverlap, lockDir, registerOptionDefaults } from './run_dir.js';
 import {
+  computeDtypeOption,
   dataOption,
   deviceOption,
   distOptions,
@@ -142,6 +144,7 @@ const score: Command = {
     { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' },
     outOption('scores JSONL, one row per pair in input order'),
     evalBatchOption(8, 'pairs per forward pass'),
+    computeDtypeOption,
     ...textOptions,
     quietOption,
   ],
@@ -156,6 +159,7 @@ const score: Command = {
       template,
       batchSize: Number(o.per_device_eval_batch_size),
       padId: padIdOf(tok),
+      computeDtype: computeDtypeOf(o, model),
       onProgress: (d) => bar.update(d),
     });
     bar.stop();
@@ -202,7 +206,7 @@ const generate: Command = {
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: Boolean(o.quiet) });
     const t0 = Date.now();
     const answerMine = (mine: string[]) =>
-      answerPrompts(new LlamaDecoder(model, o.kv_cache_dtype as KvCacheDtype), tok, mine, {
+      answerPrompts(decoderFor(o, model), tok, mine, {
         temperature: Number(o.temperature),
         topP: Number(o.top_p),
         topK: Number(o.top_k),
@@ -304,6 +308,7 @@ const run: Command = {
     const { model, tok, template } = await loadModelAndTokenizer(o);
     const trunc = truncation(o, model.cfg.maxPositionEmbeddings);
     stopSequences(o, tok);
+    computeDtypeOf(o, model);
     // every row's length is checked here, before the first stage, naming the file and row
     const fits = promptFits(model, tok, template);
     model.weights.free();
@@ -329,7 +334,7 @@ const run: Command = {
           const bar = progressBar(`iter ${t} generating${sample > 0 ? ` (draw ${sample + 1})` : ''}`, prompts.length, 'prompts', {
             quiet: Boolean(o.quiet),
           });
-          return answerPrompts(new LlamaDecoder(m, o.kv_cache_dtype as KvCacheDtype), tok, prompts, {
+          return answerPrompts(decoderFor(o, m), tok, prompts, {
             temperature: Number(o.temperature),
             topP: Number(o.top_p),
             topK: Number(o.top_k),

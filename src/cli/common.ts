@@ -1,9 +1,10 @@
 // Pieces the commands share: loading model + tokenizer, turning parsed options into library configs.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Backend, SpinLossType } from '../backend/backend.js';
+import type { Backend, ComputeDtype, SpinLossType } from '../backend/backend.js';
 import { cpuBackend } from '../backend/cpu/cpu_backend.js';
 import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
+import { type KvCacheDtype, LlamaDecoder } from '../model/decoder.js';
 import { LlamaModel } from '../model/llama.js';
 import type { TruncationOptions } from '../spin/batch.js';
 import type { OptimizerConfig } from '../spin/optimizer.js';
@@ -54,6 +55,21 @@ export async function loadModelAndTokenizer(o: Parsed): Promise<{ model: LlamaMo
   const dtype = o.dtype === 'auto' || o.dtype === undefined ? undefined : (o.dtype as 'f32' | 'bf16');
   const model = await LlamaModel.load(backend(), dir, { dtype });
   return { model, tok, template: resolveTemplate(o, tok) };
+}
+
+/** --compute_dtype, checked against the model's parameters: bf16 compute needs bf16 parameters. */
+export function computeDtypeOf(o: Parsed, model: LlamaModel): ComputeDtype {
+  const c = (o.compute_dtype ?? 'f32') as ComputeDtype;
+  if (c === 'bf16' && model.weights.dtype !== 'bf16')
+    throw new UsageError(
+      `--compute_dtype bf16 needs bf16 parameters and ${String(o.model)} is loaded as ${model.weights.dtype}: add --dtype bf16, or leave --compute_dtype at f32`,
+    );
+  return c;
+}
+
+/** Generation's decoder: --kv_cache_dtype and --compute_dtype. */
+export function decoderFor(o: Parsed, model: LlamaModel): LlamaDecoder {
+  return new LlamaDecoder(model, o.kv_cache_dtype as KvCacheDtype, computeDtypeOf(o, model));
 }
 
 export function resolveTemplate(o: Parsed, tok: HfTokenizer): PromptTemplate {

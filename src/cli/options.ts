@@ -152,6 +152,14 @@ export const spinOptions: OptionSpec[] = [
   },
 ];
 
+/** Generation's and scoring's arithmetic (docs/ops.md "bf16 compute"); training is f32 whatever it says. */
+export const computeDtypeOption: OptionSpec = {
+  name: 'compute_dtype',
+  type: { oneOf: ['f32', 'bf16'] },
+  default: 'f32',
+  help: "linear layers' arithmetic when generating or scoring: bf16 rounds their inputs to bf16 (exact products, f32 sums; faster where the CPU has AVX512-BF16); needs bf16 parameters; training is f32",
+};
+
 export const generationOptions: OptionSpec[] = [
   { name: 'max_new_tokens', type: 'int', default: 256, check: positive, help: 'longest answer' },
   {
@@ -183,6 +191,7 @@ export const generationOptions: OptionSpec[] = [
     default: 'auto',
     help: "KV cache of generation: auto = the parameters' dtype (bf16 halves decode attention's reads; the math is fp32 either way)",
   },
+  computeDtypeOption,
   {
     name: 'stop',
     type: 'string',

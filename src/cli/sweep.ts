@@ -10,6 +10,7 @@ import { availableParallelism } from 'node:os';
 import { basename, extname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import YAML from 'yaml';
+import type { ComputeDtype } from '../backend/backend.js';
 import { packageRoot } from '../backend/cpu/addon.js';
 import { sampleItems } from '../data/sample.js';
 import { loadSftPairs } from '../data/sft.js';
@@ -272,6 +273,7 @@ interface GenerationSettings {
   batchSize: number;
   stopSequences?: number[][];
   kvCacheDtype: KvCacheDtype;
+  computeDtype: ComputeDtype;
 }
 
 /** An arm ready to run: its SelfPlayOptions (less outDir, iterations and seed) and its generation settings. */
@@ -321,6 +323,7 @@ function planArm(file: string, i: number, arm: SweepConfigArm, tok: HfTokenizer,
       batchSize: Number(o.generation_batch_size),
       stopSequences: stops,
       kvCacheDtype: o.kv_cache_dtype as KvCacheDtype,
+      computeDtype: o.compute_dtype as ComputeDtype,
     },
     template,
     truncation: trunc,
@@ -544,7 +547,7 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
       { ...arm.selfPlay, outDir: dir, iterations: cfg.iterations, loop: { ...arm.selfPlay.loop, seed } },
       {
         generate: (m, prompts, t, file, sample) =>
-          answerPrompts(new LlamaDecoder(m, arm.generation.kvCacheDtype), tok, prompts, {
+          answerPrompts(new LlamaDecoder(m, arm.generation.kvCacheDtype, arm.generation.computeDtype), tok, prompts, {
             ...arm.generation,
             seed: seed + t,
             streamOffset: sample * prompts.length,

@@ -12,6 +12,7 @@
 // The cache is f32 or bf16 (`kvCacheDtype`; 'auto' = the parameters' dtype, as vLLM's default): bf16
 // halves decode attention's reads, the math stays f32; a prompt's own tokens attend to each other in
 // f32 during its prefill and to the rounded cache from its first decode step on (docs/numerics.md).
+import type { ComputeDtype } from '../backend/backend.js';
 import { type Tensor, VIEW_ALIGNMENT } from '../tensor/tensor.js';
 import { checkTokenIds } from './input.js';
 import type { LlamaModel } from './llama.js';
@@ -24,11 +25,18 @@ export class LlamaDecoder {
   /** The dtype every cache of this decoder holds K and V in. */
   readonly cacheDtype: 'f32' | 'bf16';
 
+  /**
+   * `computeDtype` 'bf16' rounds the linear layers' inputs to bf16 (exact bf16 products, f32 sums:
+   * docs/ops.md "bf16 compute"); it needs bf16 parameters.
+   */
   constructor(
     readonly model: LlamaModel,
     kvCacheDtype: KvCacheDtype = 'auto',
+    readonly computeDtype: ComputeDtype = 'f32',
   ) {
     this.cacheDtype = kvCacheDtype === 'auto' ? model.weights.dtype : kvCacheDtype;
+    if (computeDtype === 'bf16' && model.weights.dtype !== 'bf16')
+      throw new TypeError(`computeDtype 'bf16' needs bf16 parameters; this model's are ${model.weights.dtype}`);
   }
 
   get backend() {
@@ -48,7 +56,7 @@ export class LlamaDecoder {
     if (!Number.isSafeInteger(maxLen) || maxLen < 1 || maxLen > this.maxPositions) {
       throw new RangeError(`cache length ${maxLen} must be in [1, max_position_embeddings = ${this.maxPositions}]`);
     }
-    return new LlamaKvCache(this.model, batch, maxLen, this.cacheDtype);
+    return new LlamaKvCache(this.model, batch, maxLen, this.cacheDtype, this.computeDtype);
   }
 }
 
@@ -67,6 +75,8 @@ export class LlamaKvCache {
     readonly batch: number,
     readonly maxLen: number,
     readonly dtype: 'f32' | 'bf16' = 'f32',
+    /** the linear layers' arithmetic (LlamaDecoder's computeDtype) */
+    readonly computeDtype: ComputeDtype = 'f32',
   ) {
     const c = model.cfg;
     const be = model.backend;
@@ -111,7 +121,7 @@ export class LlamaKvCache {
           ops.scatterRows(v.reshape([cacheRows.numel, c.headDim]), cacheRows, this.v[i]);
           return { att: attend(i, q, k, v) };
         },
-        true,
+        { rowInvariant: true, computeDtype: this.computeDtype },
       );
       x.free();
       x = out;
@@ -124,7 +134,7 @@ export class LlamaKvCache {
     const c = this.model.cfg;
     const { y, rstd } = ops.rmsnorm(h, this.p('model.norm.weight'), c.rmsNormEps);
     const head = this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
-    const logits = ops.matmul(y, head, { transB: true, rowInvariant: true });
+    const logits = ops.matmul(y, head, { transB: true, rowInvariant: true, computeDtype: this.computeDtype });
     for (const t of [y, rstd]) t.free();
     return logits;
   }

@@ -5,7 +5,7 @@
 // Shapes: R rows (sequences) of L positions, T = R * L tokens; H hidden, nH / nKV heads, hd head dim,
 // I intermediate, V vocabulary. Activations are f32 [T, *]; weights f32 or bf16 (HF names).
 import { makeDirs } from '../util/atomic.js';
-import type { Backend } from '../backend/backend.js';
+import type { Backend, ComputeDtype } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
 import { EMBED_UNIT, HEAD_UNIT } from './master_params.js';
@@ -26,6 +26,12 @@ export interface ModelInput {
 }
 
 /** What one layer's backward needs. In recompute mode only `x` is kept. */
+/** How a layer's linear layers run: row-invariant (generation) and in which arithmetic (ops.linears). */
+export interface LinearMode {
+  rowInvariant?: boolean;
+  computeDtype?: ComputeDtype;
+}
+
 interface LayerSaved {
   x: Tensor<'f32'>; // [T, H] layer input
   h1?: Tensor<'f32'>; // [T, H] input RMSNorm output
@@ -139,21 +145,16 @@ export class LlamaModel {
   }
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
-  private linear(x: Tensor<'f32'>, weight: string, bias: string | null, rowInvariant = false): Tensor<'f32'> {
-    return this.linears(x, [weight], [bias], rowInvariant)[0];
+  private linear(x: Tensor<'f32'>, weight: string, bias: string | null, lin: LinearMode = {}): Tensor<'f32'> {
+    return this.linears(x, [weight], [bias], lin)[0];
   }
 
   /** Linear layers on one input as one op (fused q/k/v, gate/up): [x W_i^T (+ b_i)]. */
-  private linears(
-    x: Tensor<'f32'>,
-    weights: readonly string[],
-    biases: readonly (string | null)[],
-    rowInvariant: boolean,
-  ): Tensor<'f32'>[] {
+  private linears(x: Tensor<'f32'>, weights: readonly string[], biases: readonly (string | null)[], lin: LinearMode): Tensor<'f32'>[] {
     const ys = ops.linears(
       x,
       weights.map((w) => this.p(w)),
-      { rowInvariant },
+      lin,
     );
     ys.forEach((y, i) => {
       const b = biases[i];
@@ -176,8 +177,9 @@ export class LlamaModel {
    * [T, nKV * hd] after RoPE and returns the attention output (T x nH x hd values, any shape) and,
    * for the backward, its lse; it is the only part that differs between training (full causal
    * attention) and generation (a KV cache). With `keep`, returns what the backward needs. With
-   * `rowInvariant`, the linear layers use the row-invariant matmul: each output row depends on its
-   * input row only (generation: docs/ops.md "Row-invariant matmul").
+   * `lin.rowInvariant`, the linear layers use the row-invariant matmul: each output row depends on its
+   * input row only (generation: docs/ops.md "Row-invariant matmul"); `lin.computeDtype` 'bf16' rounds
+   * their inputs to bf16 (inference only: docs/ops.md "bf16 compute").
    */
   layer(
     i: number,
@@ -185,7 +187,7 @@ export class LlamaModel {
     positions: Tensor<'i32'>,
     keep: boolean,
     attend: (q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>) => { att: Tensor<'f32'>; lse?: Tensor<'f32'> },
-    rowInvariant = false,
+    lin: LinearMode = {},
   ): { out: Tensor<'f32'>; saved: LayerSaved } {
     const c = this.cfg;
     const pre = `model.layers.${i}`;
@@ -196,7 +198,7 @@ export class LlamaModel {
       h1,
       ['q_proj', 'k_proj', 'v_proj'].map((n) => `${pre}.self_attn.${n}.weight`),
       ['q_proj', 'k_proj', 'v_proj'].map(bias),
-      rowInvariant,
+      lin,
     );
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
     ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
@@ -206,31 +208,44 @@ export class LlamaModel {
       att.reshape([T, c.numHeads * c.headDim]),
       `${pre}.self_attn.o_proj.weight`,
       c.oBias ? `${pre}.self_attn.o_proj.bias` : null,
-      rowInvariant,
+      lin,
     );
     const x2 = ops.add(x, o, o);
     const { y: h2, rstd: rstd2 } = ops.rmsnorm(x2, this.p(`${pre}.post_attention_layernorm.weight`), c.rmsNormEps);
-    const [gate, up] = this.linears(h2, [`${pre}.mlp.gate_proj.weight`, `${pre}.mlp.up_proj.weight`], [null, null], rowInvariant);
+    const [gate, up] = this.linears(h2, [`${pre}.mlp.gate_proj.weight`, `${pre}.mlp.up_proj.weight`], [null, null], lin);
     const act = ops.swiglu(gate, up);
-    const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null, rowInvariant);
+    const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null, lin);
     const out = ops.add(x2, d, d);
     if (keep) return { out, saved: { x, h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act } };
     freeAll(h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act);
     return { out, saved: { x } };
   }
 
-  private layerForward(i: number, x: Tensor<'f32'>, input: ModelInput, keep: boolean): { out: Tensor<'f32'>; saved: LayerSaved } {
+  private layerForward(
+    i: number,
+    x: Tensor<'f32'>,
+    input: ModelInput,
+    keep: boolean,
+    computeDtype: ComputeDtype = 'f32',
+  ): { out: Tensor<'f32'>; saved: LayerSaved } {
     const c = this.cfg;
     const { rows: R, length: L } = input;
-    return this.layer(i, x, input.positions, keep, (q, k, v) => {
-      const { out, lse } = ops.attention(
-        q.reshape([R, L, c.numHeads, c.headDim]),
-        k.reshape([R, L, c.numKvHeads, c.headDim]),
-        v.reshape([R, L, c.numKvHeads, c.headDim]),
-        input.attentionMask,
-      );
-      return { att: out, lse };
-    });
+    return this.layer(
+      i,
+      x,
+      input.positions,
+      keep,
+      (q, k, v) => {
+        const { out, lse } = ops.attention(
+          q.reshape([R, L, c.numHeads, c.headDim]),
+          k.reshape([R, L, c.numKvHeads, c.headDim]),
+          v.reshape([R, L, c.numKvHeads, c.headDim]),
+          input.attentionMask,
+        );
+        return { att: out, lse };
+      },
+      { computeDtype },
+    );
   }
 
   private layerBackward(i: number, s: LayerSaved, dout: Tensor<'f32'>, input: ModelInput): Tensor<'f32'> {
@@ -299,11 +314,17 @@ export class LlamaModel {
 
   /**
    * Forward pass -> logits f32 [T, V]. With `train`, also the state backward() needs (else
-   * activations are freed layer by layer and `state` is null).
+   * activations are freed layer by layer and `state` is null). `computeDtype` 'bf16' (not with
+   * `train`: training computes in f32) rounds the linear layers' inputs to bf16 (docs/ops.md "bf16 compute").
    */
-  forward(input: ModelInput, opts: { train?: boolean } = {}): { logits: Tensor<'f32'>; state: ForwardState | null } {
+  forward(
+    input: ModelInput,
+    opts: { train?: boolean; computeDtype?: ComputeDtype } = {},
+  ): { logits: Tensor<'f32'>; state: ForwardState | null } {
     this.checkInput(input);
     const train = !!opts.train;
+    const computeDtype = opts.computeDtype ?? 'f32';
+    if (train && computeDtype !== 'f32') throw new TypeError(`forward: training computes in f32, got computeDtype ${computeDtype}`);
     const hook = this.paramHook;
     const tied = this.cfg.tieWordEmbeddings;
     hook?.acquire(EMBED_UNIT, 'forward');
@@ -312,7 +333,7 @@ export class LlamaModel {
     const layers: LayerSaved[] = [];
     for (let i = 0; i < this.cfg.numLayers; i++) {
       hook?.acquire(i, 'forward');
-      const { out, saved } = this.layerForward(i, x, input, train && !this.recompute);
+      const { out, saved } = this.layerForward(i, x, input, train && !this.recompute, computeDtype);
       hook?.release(i, 'forward');
       if (train) layers.push(saved);
       else x.free();
@@ -320,7 +341,7 @@ export class LlamaModel {
     }
     hook?.acquire(HEAD_UNIT, 'forward');
     const { y: hFinal, rstd: rstdFinal } = ops.rmsnorm(x, this.p('model.norm.weight'), this.cfg.rmsNormEps);
-    const logits = ops.matmul(hFinal, this.lmHead(), { transB: true });
+    const logits = ops.matmul(hFinal, this.lmHead(), { transB: true, computeDtype });
     hook?.release(HEAD_UNIT, 'forward');
     if (tied) hook?.release(EMBED_UNIT, 'forward');
     if (!train) {

@@ -1,6 +1,6 @@
 // The model ops (fp32 compute; weights f32 or bf16): argument checks, then the backend's kernel.
 // Shapes: T tokens, H hidden, B sequences of length L, nH query heads, nKV key-value heads, hd head dim.
-import type { MatmulOpts, RopeOpts } from '../backend/backend.js';
+import type { ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
 
@@ -25,16 +25,30 @@ export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tens
   checkFinite(opts.alpha ?? 1, 'alpha');
   if (opts.rowInvariant && (opts.transA || !opts.transB))
     throw new TypeError('matmul: rowInvariant is for linear layers: transB without transA');
+  checkCompute(opts.computeDtype, 'matmul', [b], !!opts.transA || !opts.transB);
   return be.matmul(a, b, opts);
+}
+
+// computeDtype: 'f32' or 'bf16'; 'bf16' needs the linear layer form and bf16 weights.
+function checkCompute(c: ComputeDtype | undefined, op: string, weights: readonly Tensor[], notLinear: boolean): void {
+  if (c === undefined || c === 'f32') return;
+  if (c !== 'bf16') throw new TypeError(`${op}: computeDtype must be 'f32' or 'bf16', got ${String(c)}`);
+  if (notLinear) throw new TypeError(`${op}: computeDtype 'bf16' is for linear layers: transB without transA`);
+  const f = weights.findIndex((w) => w.dtype !== 'bf16');
+  if (f >= 0) throw new TypeError(`${op}: computeDtype 'bf16' needs bf16 weights, got ${weights[f].dtype} (a model stored in bf16)`);
 }
 
 /**
  * Several linear layers on one input, as one op: y_i = x W_i^T for x f32 [T, K] and each W_i f32 or
  * bf16 [N_i, K] -> f32 [T, N_i]. Each y_i equals matmul(x, W_i, { transB: true, rowInvariant }) bit for
- * bit; the CPU runs the row-invariant case as one kernel over every weight (the fused q/k/v and
- * gate/up projections of generation: docs/ops.md "Row-invariant matmul").
+ * bit (and with computeDtype, matmul's); the CPU runs the row-invariant case as one kernel over every
+ * weight (the fused q/k/v and gate/up projections of generation: docs/ops.md "Row-invariant matmul").
  */
-export function linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: { rowInvariant?: boolean } = {}): Tensor<'f32'>[] {
+export function linears(
+  x: Tensor<'f32'>,
+  weights: readonly Tensor[],
+  opts: { rowInvariant?: boolean; computeDtype?: ComputeDtype } = {},
+): Tensor<'f32'>[] {
   const be = expectTensor(x, 'x');
   expectArg(be, x, 'x', ['f32']);
   expectRank(x, 2, 'x');
@@ -45,7 +59,8 @@ export function linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: { ro
     if (w.shape[1] !== x.shape[1])
       throw new RangeError(`linears: weights[${i}] is [${w.shape.join(', ')}], its rows need the ${x.shape[1]} values of a row of x`);
   });
-  return be.linears(x, weights, !!opts.rowInvariant);
+  checkCompute(opts.computeDtype, 'linears', weights, false);
+  return be.linears(x, weights, { rowInvariant: !!opts.rowInvariant, computeDtype: opts.computeDtype ?? 'f32' });
 }
 
 /** Rows of a table: ids i32 [T], table [V, H] -> f32 [T, H]. Ids outside [0, V) raise a device error. */

@@ -1,6 +1,7 @@
 // S(theta, y): the summed log-prob of an answer and its appended EOS given the prompt, for batches of
 // (prompt, real, generated) pairs, through the fused kernels (docs/algorithm.md). The reference
 // log-probs of an iteration and `spinlm score` both come from here.
+import type { ComputeDtype } from '../backend/backend.js';
 import type { LlamaModel } from '../model/llama.js';
 import { freeInput, uploadInput } from '../model/input.js';
 import { formatPrompt, type ChatTemplateSource, type PromptTemplate } from '../text/templates.js';
@@ -25,6 +26,8 @@ export interface ScoreOptions extends TruncationOptions {
   template: PromptTemplate;
   /** Pad token id (default 0; padding is never attended to or scored). */
   padId?: number;
+  /** The linear layers' arithmetic (default f32; 'bf16': docs/ops.md "bf16 compute"). */
+  computeDtype?: ComputeDtype;
   onProgress?: (done: number, total: number) => void;
 }
 
@@ -35,13 +38,13 @@ export function tokenizePairs(tok: TextTokenizer & ChatTemplateSource, pairs: re
 }
 
 /** Sequence log-probs [2B] (real then generated) of one collated batch: f32 on the host. */
-export async function scoreBatch(model: LlamaModel, batch: SpinBatch): Promise<Float32Array> {
+export async function scoreBatch(model: LlamaModel, batch: SpinBatch, computeDtype: ComputeDtype = 'f32'): Promise<Float32Array> {
   const be = model.backend;
   const input = uploadInput(be, batch, model.cfg.vocabSize);
   const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
   const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
   try {
-    const { logits } = model.forward(input);
+    const { logits } = model.forward(input, { computeDtype });
     const { logp, lse } = ops.logprobGather(logits, targets);
     logits.free();
     lse.free();
@@ -70,7 +73,7 @@ export async function scorePairs(
   for (let i = 0; i < tokenized.length; i += opts.batchSize) {
     const chunk = tokenized.slice(i, i + opts.batchSize);
     const batch = collateSpinBatch(chunk, tok.eosId, opts.padId ?? 0);
-    const s = await scoreBatch(model, batch);
+    const s = await scoreBatch(model, batch, opts.computeDtype);
     const b = chunk.length;
     for (let j = 0; j < b; j++) {
       out.push({

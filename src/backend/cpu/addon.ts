@@ -104,6 +104,8 @@ export interface NativeAddon {
     c: NativeView,
     ldc: number,
     rowInvariant: boolean,
+    /** a rounded to bf16, exact bf16 products summed in f32 (b bf16, a linear layer's layout) */
+    computeBf16: boolean,
   ): void;
   /** outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T, row-invariant; every b and out contiguous. */
   matmulRowsMany(
@@ -115,6 +117,7 @@ export interface NativeAddon {
     bDtypes: string[],
     ns: number[],
     outs: NativeView[],
+    computeBf16: boolean,
   ): void;
   embedding(ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView): void;
   embeddingBackward(ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView): void;
@@ -212,7 +215,7 @@ export interface NativeAddon {
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
-const ABI_VERSION = 6;
+const ABI_VERSION = 7;
 
 let cached: NativeAddon | undefined;
 

@@ -14,6 +14,7 @@ export const POISON_BITS = { f32: 0x7fc00000, bf16: 0x7fc0, i32: 0x7fc00000 } as
 export class CpuBackend extends NativeKernels implements Backend {
   readonly name = 'cpu';
   readonly native: NativeAddon;
+  protected readonly nativeBf16Compute = true;
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 

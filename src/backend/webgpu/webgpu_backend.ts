@@ -10,6 +10,7 @@ import type {
   AdamwHyper,
   Backend,
   BackendInfo,
+  LinearsOpts,
   MatmulOpts,
   OptimTensors,
   RmspropHyper,
@@ -19,6 +20,7 @@ import type {
   SpinLossOutputs,
 } from '../backend.js';
 import { SPIN_LOSS_TYPES } from '../backend.js';
+import { roundedToBf16 } from '../bf16_compute.js';
 import { requestAdapter } from './device.js';
 import { type Defines, FAMILY_DEFAULTS, type KernelFamily, moduleSource } from './kernels.js';
 
@@ -709,13 +711,20 @@ export class WebGpuBackend implements Backend {
   // ---- model ops -----------------------------------------------------------------------------
   // One GEMM dispatch per weight: the submits are batched already, and a fused kernel would need the
   // weights' rows in one binding.
-  linears(x: Tensor<'f32'>, weights: readonly Tensor[], rowInvariant: boolean): Tensor<'f32'>[] {
-    return weights.map((w) => this.matmul(x, w, { transB: true, rowInvariant }));
+  linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
+    return weights.map((w) => this.matmul(x, w, { transB: true, ...opts }));
   }
 
   // opts.rowInvariant needs nothing here: gemm.wgsl sums each output over k in order and its variants
   // depend on K only, so a row never depends on M (test/model_ops.test.ts checks it on this backend).
   matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+    if (opts.computeDtype === 'bf16') {
+      // a rounded to bf16 first (bf16_compute.ts), then this f32 GEMM: the same products
+      const r = roundedToBf16(this, a);
+      const y = this.matmul(r, b, { ...opts, computeDtype: 'f32' });
+      this.free(r);
+      return y;
+    }
     const [ar, ac] = a.shape;
     const [br, bc] = b.shape;
     const ta = !!opts.transA;
