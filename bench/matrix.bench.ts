@@ -3,13 +3,14 @@
 //   sizes: the 32M benchmark config, a ~350M and TinyLlama-1.1B's shape, random bf16 weights made by
 //          bench/make_model.ts (cached under the temp dir: made once, ~2.2 GB for 1.1B)
 //   spinlm: every cell in a fresh process (bench/model_probe.ts with the model directory: bf16
-//          parameters as stored, fp32 compute, fp32 masters when training), so peak RSS is its own
+//          parameters as stored, fp32 compute (--compute bf16: bf16 compute in score and generate),
+//          fp32 masters when training), so peak RSS is its own
 //   PyTorch: bench/peer/torch_llama_peer.py with the same config and workload, at each thread count of
 //          --torch-threads, in fp32 and (score, generate) bf16; the best is reported
 // Workloads shrink with the model so the matrix finishes in ~15-20 minutes on 2 cores; the sizes are
 // in the table. GFLOP/s count 2 (forward) or 6 (forward + backward) x non-embedding parameters x tokens.
 // Usage: node --import tsx bench/matrix.bench.ts [--sizes 32m,350m,tinyllama] [--modes score,generate,train,spin]
-//        [--torch-threads 1,2] [--json FILE]
+//        [--torch-threads 1,2] [--compute f32|bf16] [--json FILE]
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,6 +24,8 @@ const { values: args } = parseArgs({
     sizes: { type: 'string', default: '32m,350m,tinyllama' },
     modes: { type: 'string', default: 'score,generate,train,spin' },
     'torch-threads': { type: 'string', default: '1,2' },
+    // spinlm's arithmetic in score and generate: f32, or bf16 (--compute_dtype bf16; the models are bf16)
+    compute: { type: 'string', default: 'f32' },
     json: { type: 'string' },
   },
 });
@@ -41,6 +44,8 @@ for (const s of sizes)
   if (!(s in SHAPES) || !(s in PLAN)) throw new Error(`--sizes: unknown size ${s} (known: ${Object.keys(PLAN).join(', ')})`);
 const modes = String(args.modes).split(',');
 const threads = String(args['torch-threads']).split(',').map(Number);
+const compute = String(args.compute);
+if (compute !== 'f32' && compute !== 'bf16') throw new Error(`--compute: f32 or bf16, got ${compute}`);
 
 const probe = (mode: string, steps: number, dir = '', work: Partial<Work> = {}): Record<string, number> => {
   const out = execFileSync(
@@ -67,7 +72,8 @@ for (const size of sizes) {
   const dir = await makeRandomModel(size as keyof typeof SHAPES);
   const work = { ...DEFAULT_WORK, ...plan.work };
   for (const mode of modes) {
-    const ours = probe(mode, plan.steps, dir, plan.work);
+    const inference = mode === 'score' || mode === 'generate';
+    const ours = probe(mode, plan.steps, dir, inference ? { ...plan.work, compute: compute as Work['compute'] } : plan.work);
     // PyTorch in fp32 and, where its CPU path has bf16 (score, generate: no autograd), in bf16 too
     const dtypes = mode === 'score' || mode === 'generate' ? ['f32', 'bf16'] : ['f32'];
     const settings = (plan.torchThreads ?? threads).flatMap((n) => dtypes.map((dtype) => ({ n, dtype })));
@@ -112,7 +118,7 @@ for (const size of sizes) {
 }
 const minutes = (performance.now() - t0) / 60000;
 console.log(
-  `\nsgemm rate measured here (2048^3, OpenBLAS's ${gemm.blas_core} kernels through spinlm's matmul): ${gemm.gflops.toFixed(0)} GFLOP/s; matrix took ${minutes.toFixed(1)} min\n`,
+  `\nsgemm rate measured here (2048^3, OpenBLAS's ${gemm.blas_core} kernels through spinlm's matmul): ${gemm.gflops.toFixed(0)} GFLOP/s; spinlm's score and generate in ${compute} compute; matrix took ${minutes.toFixed(1)} min\n`,
 );
 console.log(
   table(

@@ -73,7 +73,7 @@ if (mode === 'gemm') {
   );
   if (mode === 'score') {
     // forward only (what `spinlm score` and the reference log-probs run): logits of every position
-    const ms = await medianMs('forward', () => model.forward(input).logits.free(), steps, 1);
+    const ms = await medianMs('forward', () => model.forward(input, { computeDtype: work.compute }).logits.free(), steps, 1);
     report({ tokens_per_s: T / (ms / 1000), gflops: (2 * nonEmbedding() * T) / (ms * 1e6), ms_per_step: ms });
     process.exit(0);
   }
@@ -92,7 +92,7 @@ if (mode === 'gemm') {
   const B = work.genBatch,
     P = work.genPrompt,
     N = work.genNew;
-  const dec = new LlamaDecoder(model, work.kvCache);
+  const dec = new LlamaDecoder(model, work.kvCache, work.compute);
   const prompts = Array.from({ length: B }, () => tokens(P));
   // the real generation path: device-side greedy sampling, B token ids read per step
   const ms = await medianMs(
@@ -119,7 +119,7 @@ if (mode === 'gemm') {
   // reach max_new_tokens 256). 32 slots; both schedules in this process, outputs checked equal.
   const B = 32,
     N = 256;
-  const dec = new LlamaDecoder(model, work.kvCache);
+  const dec = new LlamaDecoder(model, work.kvCache, work.compute);
   const prompts = Array.from({ length: 128 }, () => tokens(rng.int(16, 96)));
   const eosIds = Array.from({ length: 200 }, (_, i) => 3 + i * 39);
   const o = { temperature: 1, topK: 0, topP: 1, maxNewTokens: N, eosIds, seed: 3, batchSize: B };

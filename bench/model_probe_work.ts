@@ -1,12 +1,14 @@
 // Workload sizes and the SPIN loop of bench/model_probe.ts (its own module: importing the probe would
 // run it); bench/gpu_probe.ts uses the same loop.
+import type { ComputeDtype } from '../src/backend/backend.js';
 import type { KvCacheDtype } from '../src/model/decoder.js';
 import type { LlamaModel } from '../src/model/llama.js';
 import type { TokenizedPair } from '../src/spin/batch.js';
 import { SpinObjective } from '../src/spin/objectives.js';
 /**
  * score/train: rows x len tokens; generate: genBatch prompts of genPrompt tokens, genNew new, the KV
- * cache in kvCache ('auto' = the parameters' dtype); spin: pairs of len (prompt).
+ * cache in kvCache ('auto' = the parameters' dtype); spin: pairs of len (prompt). compute: the linear
+ * layers' arithmetic of score and generate ('bf16' needs a bf16 model).
  */
 export const DEFAULT_WORK = {
   rows: 8,
@@ -15,6 +17,7 @@ export const DEFAULT_WORK = {
   genPrompt: 64,
   genNew: 128,
   kvCache: 'auto' as KvCacheDtype,
+  compute: 'f32' as ComputeDtype,
   pairs: 8,
   prompt: 64,
 };

@@ -3,9 +3,11 @@
 // Tolerances: 1e-5 for fp32 compute against float64 (bf16 weights are compared with the reference
 // run on the same bf16-rounded values), 1e-5 against PyTorch (which runs in float64 here).
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { describe, test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
@@ -304,6 +306,22 @@ for (const be of await testBackends())
           assert.throws(() => ops.linears(x, [x16, x], { computeDtype: 'bf16' }), /needs bf16 weights, got f32/);
           assert.throws(() => ops.matmul(x, x16, { transB: true, computeDtype: 'f16' as 'bf16' }), /must be 'f32' or 'bf16'/);
         }));
+
+      // the CPU's fallback for CPUs without AVX512-BF16 (rounded rows through the f32 kernel), forced in a
+      // child process: the same test there
+      if (be.name === 'cpu' && !process.env.SPINLM_NO_AVX512_BF16)
+        test('bf16 compute without AVX512-BF16 (SPINLM_NO_AVX512_BF16=1, a child process): the same test passes', () => {
+          // a test run of its own (NODE_TEST_CONTEXT would make the child report to this runner instead)
+          const childEnv: NodeJS.ProcessEnv = { ...process.env, SPINLM_NO_AVX512_BF16: '1', SPINLM_TEST_BACKENDS: 'cpu' };
+          delete childEnv.NODE_TEST_CONTEXT;
+          const r = spawnSync(
+            process.execPath,
+            ['--import', 'tsx', '--test', '--test-name-pattern=bf16 compute \\(matmul and linears\\)', fileURLToPath(import.meta.url)],
+            { encoding: 'utf8', env: childEnv },
+          );
+          assert.equal(r.status, 0, `child failed:\n${r.stdout}\n${r.stderr}`);
+          assert.match(r.stdout, /# pass 1\n/, r.stdout);
+        });
 
       test('rope forward, inverse round trip, positions past 2^15, linear scaling', async () =>
         withSeed(async (rng) => {

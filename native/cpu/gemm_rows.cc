@@ -16,6 +16,7 @@
 // of B passes over it); within a block, threads split the tiles of B, so each reads its share of B
 // from memory once per block. Decode (M = a few dozen rows) is one block: B is streamed exactly once.
 #include <algorithm>
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -244,10 +245,11 @@ SPINLM_DP_TARGET void block_dp(int64_t i0, int64_t i1, int64_t t0, int64_t t1, i
   }
 }
 
+// SPINLM_NO_AVX512_BF16=1 takes the fallback on a CPU that has the instruction (its test runs it so).
 bool have_avx512_bf16() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                          __builtin_cpu_supports("avx512bf16");
+                          __builtin_cpu_supports("avx512bf16") && std::getenv("SPINLM_NO_AVX512_BF16") == nullptr;
   return yes;
 }
 #else
