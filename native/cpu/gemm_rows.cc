@@ -89,6 +89,13 @@ SPINLM_INLINE void tile_cols(int nr, const float* a, int64_t lda, const TB* b, i
   }
 }
 
+// Asks for the rows [j, j + kNr) of bf16 B (those below n), 64 bytes at a time, ahead of their use.
+SPINLM_INLINE void prefetch_tile(const uint16_t* b, int64_t j, int64_t n, int64_t ldb, int64_t k) {
+  const int nr = static_cast<int>(std::min<int64_t>(kNr, n - j));
+  for (int r = 0; r < nr; ++r)
+    for (int64_t q = 0; q < k; q += 32) __builtin_prefetch(b + (j + r) * ldb + q, 0, 2);
+}
+
 // Rows nr x k of bf16 B widened to f32 (exact), rows of ldw floats: what the tiles read instead of B.
 SPINLM_INLINE void widen_rows(int nr, int64_t k, const uint16_t* b, int64_t ldb, float* w, int64_t ldw) {
   for (int j = 0; j < nr; ++j) {
@@ -115,11 +122,7 @@ SPINLM_INLINE void block(int64_t i0, int64_t i1, int64_t t0, int64_t t1, int64_t
         // every weight once per step, and rows of <= 1.5 KiB are too short for the hardware
         // prefetcher to ramp up (+20-25% at decode's shapes; no gain for the longer rows of the
         // in-register path: docs/performance.md).
-        if (t + 1 < t1) {
-          const int nr1 = static_cast<int>(std::min<int64_t>(kNr, n - j - kNr));
-          for (int r = 0; r < nr1; ++r)
-            for (int64_t q = 0; q < k; q += 32) __builtin_prefetch(b + (j + kNr + r) * ldb + q, 0, 2);
-        }
+        if (t + 1 < t1) prefetch_tile(b, j + kNr, n, ldb, k);
         block<float>(i0, i1, 0, 1, nr, k, alpha, a, lda, wide, k, beta, c + j, ldc, nullptr);
         continue;
       }
@@ -226,11 +229,7 @@ SPINLM_DP_TARGET void block_dp(int64_t i0, int64_t i1, int64_t t0, int64_t t1, i
     const int64_t j = kNr * t;
     const int nr = static_cast<int>(std::min<int64_t>(kNr, n - j));
     // the next tile's rows, fetched while this one's row tiles run (as the widened f32 path does)
-    if (t + 1 < t1) {
-      const int nr1 = static_cast<int>(std::min<int64_t>(kNr, n - j - kNr));
-      for (int r = 0; r < nr1; ++r)
-        for (int64_t q = 0; q < k; q += 32) __builtin_prefetch(b + (j + kNr + r) * ldb + q, 0, 2);
-    }
+    if (t + 1 < t1) prefetch_tile(b, j + kNr, n, ldb, k);
     for (int64_t i = i0; i < i1; i += kMr) {
       const uint16_t* ai = a + i * lda;
       const uint16_t* bj = b + j * ldb;
