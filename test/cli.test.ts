@@ -146,6 +146,38 @@ describe('commands end to end', () => {
     r = spinlm(['score', '--model', model, '--data', 'strings.jsonl', '--out', 'scores2.jsonl', ...text, '--quiet'], dir);
     assert.equal(r.status, 0, r.stderr);
     assert.deepEqual(readFileSync(join(dir, 'scores2.jsonl'), 'utf8'), readFileSync(join(dir, 'scores.jsonl'), 'utf8'));
+    // bf16 compute: needs bf16 parameters (one line, exit 2, nothing written), then scores near the f32 ones
+    r = spinlm(['score', '--model', model, '--data', 'pairs.jsonl', '--out', 'scores3.jsonl', '--compute_dtype', 'bf16', ...text], dir);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /--compute_dtype bf16 needs bf16 parameters .* is loaded as f32: add --dtype bf16/);
+    assert.ok(!existsSync(join(dir, 'scores3.jsonl')));
+    r = spinlm(
+      [
+        'score',
+        '--model',
+        model,
+        '--data',
+        'pairs.jsonl',
+        '--out',
+        'scores3.jsonl',
+        '--compute_dtype',
+        'bf16',
+        '--dtype',
+        'bf16',
+        ...text,
+        '--quiet',
+      ],
+      dir,
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const bf = readFileSync(join(dir, 'scores3.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l));
+    bf.forEach((b, i) => {
+      const e = Math.abs(b.logps_real - scores[i].logps_real) / Math.abs(scores[i].logps_real);
+      assert.ok(e < 0.02 && b.tokens_real === scores[i].tokens_real, `pair ${i}: ${b.logps_real} vs ${scores[i].logps_real}`);
+    });
     r = spinlm(['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'trained', ...text, ...small], dir);
     assert.equal(r.status, 0, r.stderr);
     for (const f of [
