@@ -78,6 +78,13 @@ describe('options', () => {
   });
 });
 
+/** The rows of a JSONL file. */
+const readJsonl = (file: string) =>
+  readFileSync(file, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+
 describe('commands end to end', () => {
   let dir = '';
   let model = '';
@@ -124,19 +131,13 @@ describe('commands end to end', () => {
       dir,
     );
     assert.equal(r.status, 0, r.stderr);
-    const rows = readFileSync(join(dir, 'pairs.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l));
+    const rows = readJsonl(join(dir, 'pairs.jsonl'));
     assert.equal(rows.length, 12);
     assert.ok(rows.every((x) => x.real[1].role === 'assistant' && typeof x.generated[1].content === 'string'));
     assert.ok(!existsSync(join(dir, 'pairs.jsonl.partial.jsonl')), 'the journal is removed once the output is complete');
     r = spinlm(['score', '--model', model, '--data', 'pairs.jsonl', '--out', 'scores.jsonl', ...text, '--quiet'], dir);
     assert.equal(r.status, 0, r.stderr);
-    const scores = readFileSync(join(dir, 'scores.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l));
+    const scores = readJsonl(join(dir, 'scores.jsonl'));
     assert.ok(scores.every((s) => s.logps_real < 0 && s.tokens_real >= 1));
     // the same pairs as plain {prompt, real, generated} strings score the same
     writeFileSync(
@@ -170,10 +171,7 @@ describe('commands end to end', () => {
       dir,
     );
     assert.equal(r.status, 0, r.stderr);
-    const bf = readFileSync(join(dir, 'scores3.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l));
+    const bf = readJsonl(join(dir, 'scores3.jsonl'));
     bf.forEach((b, i) => {
       const e = Math.abs(b.logps_real - scores[i].logps_real) / Math.abs(scores[i].logps_real);
       assert.ok(e < 0.02 && b.tokens_real === scores[i].tokens_real, `pair ${i}: ${b.logps_real} vs ${scores[i].logps_real}`);
@@ -218,10 +216,7 @@ describe('commands end to end', () => {
     let r = spinlm(args('straight'), dir);
     assert.equal(r.status, 0, r.stderr);
     // `spinlm train` runs the same stages: on iteration 0's pairs it makes iteration 0's model, byte for byte
-    const tasks = readFileSync(join(dir, 'tasks.jsonl'), 'utf8')
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l));
+    const tasks = readJsonl(join(dir, 'tasks.jsonl'));
     const answers: string[] = JSON.parse(readFileSync(join(dir, 'straight', 'iter-0', 'generated.json'), 'utf8'));
     writeFileSync(
       join(dir, 'iter0-pairs.jsonl'),
