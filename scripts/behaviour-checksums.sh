@@ -44,7 +44,7 @@ strip() { node -e '
   const fs = require("fs");
   for (const l of fs.readFileSync(process.argv[1], "utf8").split("\n").filter(Boolean)) {
     const r = JSON.parse(l);
-    for (const k of Object.keys(r)) if (/time|sec|per_second|elapsed|tok\/s|date/i.test(k)) delete r[k];
+    for (const k of Object.keys(r)) if (/time|sec|per_s\b|per_s$|elapsed|tok\/s|date/i.test(k)) delete r[k];
     console.log(JSON.stringify(r));
   }' "$1" | sha256sum | cut -c1-16; }
 h() { sha256sum "$1" | cut -c1-16; }
@@ -54,10 +54,10 @@ echo "generate sampled $(h "$D/sampled.jsonl")"
 echo "score $(h "$D/scores.jsonl")"
 echo "train model $(h "$D/train/model/model.safetensors")"
 echo "train metrics $(strip "$D/train/metrics.jsonl")"
-for f in $(cd "$D/run" && find . -name model.safetensors -o -name '*.jsonl' -path '*iter*' | grep -v metrics | sort); do
+for f in $(cd "$D/run" && find . -name model.safetensors -o -name generated.json -o -name ref_logps.json | sort); do
   echo "run $f $(h "$D/run/$f")"
 done
 echo "run metrics $(strip "$D/run/metrics.jsonl")"
-for f in $(cd "$D/sweep" && find . -name model.safetensors -o -name 'eval.json' | sort); do
+for f in $(cd "$D/sweep" && find . -name model.safetensors -o -name eval.json -o -name generated.json | sort); do
   echo "sweep $f $(h "$D/sweep/$f")"
 done
