@@ -182,30 +182,14 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- attention (attention.ts) ------------------------------------------------------------------
-  attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: { scale?: number } = {}) {
-    return attn.attention(this.rt, q, k, v, keyMask, opts);
+  attention(...a: Parameters<Backend['attention']>): ReturnType<Backend['attention']> {
+    return attn.attention(this.rt, ...a);
   }
-  attentionBackward(
-    q: Tensor<'f32'>,
-    k: Tensor<'f32'>,
-    v: Tensor<'f32'>,
-    keyMask: Tensor<'i32'>,
-    out: Tensor<'f32'>,
-    lse: Tensor<'f32'>,
-    dout: Tensor<'f32'>,
-    opts: { scale?: number } = {},
-  ) {
-    return attn.attentionBackward(this.rt, q, k, v, keyMask, out, lse, dout, opts);
+  attentionBackward(...a: Parameters<Backend['attentionBackward']>): ReturnType<Backend['attentionBackward']> {
+    return attn.attentionBackward(this.rt, ...a);
   }
-  attentionDecode(
-    q: Tensor<'f32'>,
-    kCache: Tensor,
-    vCache: Tensor,
-    lengths: Tensor<'i32'>,
-    keyMask?: Tensor<'i32'>,
-    opts: { scale?: number } = {},
-  ): Tensor<'f32'> {
-    return attn.attentionDecode(this.rt, q, kCache, vCache, lengths, keyMask, opts);
+  attentionDecode(...a: Parameters<Backend['attentionDecode']>): Tensor<'f32'> {
+    return attn.attentionDecode(this.rt, ...a);
   }
 
   // ---- elementwise (elementwise.ts) --------------------------------------------------------------
