@@ -18,7 +18,7 @@
       "targets": [
         {
           "target_name": "spinlm_comm",
-          "sources": ["native/comm/comm.cc"],
+          "sources": ["native/comm/comm.cc", "native/comm/mpi.cc", "native/comm/nccl.cc"],
           "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")", "native"],
           "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
           "cflags!": ["-fno-exceptions"],

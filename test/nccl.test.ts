@@ -1,4 +1,4 @@
-// The NCCL process group (src/dist/nccl.ts, native/comm/comm.cc) without a GPU: NCCL is found at run
+// The NCCL process group (src/dist/nccl.ts, native/comm/nccl.cc) without a GPU: NCCL is found at run
 // time or the error says what to install; a stand-in libnccl (test/helpers/fake_nccl.c, built here
 // with cc) receives the calls with the right device pointers, counts, NCCL types, ops, roots and
 // stream; NCCL errors and asynchronous errors become one clear error. No GPU ran any of this.

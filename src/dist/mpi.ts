@@ -1,4 +1,4 @@
-// Loads spinlm_comm (native/comm/comm.cc), the optional MPI module, only when a process group is
+// Loads spinlm_comm (native/comm/: comm.cc, mpi.cc, nccl.cc), the optional MPI module, only when a process group is
 // created: build/Release/spinlm_comm.node, or SPINLM_COMM_ADDON=/path/to/spinlm_comm.node. When it is
 // missing (no MPI at build time, or the prebuilt binary, which never includes it) the error says how
 // to get it.

@@ -1,5 +1,5 @@
 // NCCL process group: the collectives of ProcessGroup on CUDA tensors, through NVIDIA's NCCL opened
-// with dlopen at run time (native/comm/comm.cc: no NCCL or CUDA at build time). MPI (or any
+// with dlopen at run time (native/comm/nccl.cc: no NCCL or CUDA at build time). MPI (or any
 // ProcessGroup) starts the job: it carries NCCL's unique id from rank 0 to the others, the barrier
 // and the small host-side exchanges; every tensor collective is an NCCL call enqueued on the CUDA
 // backend's stream, reading and writing device memory (no host copies). Stream order makes the

@@ -1,6 +1,6 @@
 // Process groups: the collectives data-parallel training uses (all-reduce, reduce-scatter, all-gather,
 // broadcast, barrier) over one tensor each, with a byte counter per collective. `MpiProcessGroup`
-// runs them through MPI on CPU-backend tensors (native/comm/comm.cc: MPI reads and writes the
+// runs them through MPI on CPU-backend tensors (native/comm/mpi.cc: MPI reads and writes the
 // tensors' own memory, no host copies); `SoloGroup` is the one-process group (every collective is
 // the identity), so code written for a group runs unchanged in one process.
 //

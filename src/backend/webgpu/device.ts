@@ -1,7 +1,7 @@
 // Finding a WebGPU adapter through the `webgpu` npm package (Dawn for Node). The package is an
 // optional dependency, imported on first use; the object from create() is kept in a module variable
 // for the life of the process, because Dawn aborts the process when that object is collected while a
-// device made from it is alive.
+// device made from it is alive. openDevice() asks it for the limits and optional features the kernels use.
 /// <reference types="@webgpu/types" />
 
 /** What a probe found: an adapter, or why there is none. */
@@ -46,4 +46,52 @@ export async function requestAdapter(): Promise<Probe> {
 export function probeAdapter(): Promise<Probe> {
   probe ??= requestAdapter();
   return probe;
+}
+
+/** A device on a fresh adapter, with the limits and optional features spinlm uses (throws a one-line Error when WebGPU cannot run here). */
+export async function openDevice(
+  noOptionalFeatures: boolean,
+): Promise<{ device: GPUDevice; adapterInfo: GPUAdapterInfo; features: string[] }> {
+  const probe = await requestAdapter();
+  if (!probe.ok) throw new Error(`webgpu is not available: ${probe.reason}`);
+  const adapter = probe.adapter;
+  const want = noOptionalFeatures ? [] : (['subgroups', 'shader-f16'] as GPUFeatureName[]).filter((f) => adapter.features.has(f));
+  const a = adapter.limits;
+  // the limits spinlm needs raised above the WebGPU defaults: ask for what the adapter has
+  const requiredLimits: Record<string, number> = {
+    maxStorageBufferBindingSize: a.maxStorageBufferBindingSize,
+    maxBufferSize: a.maxBufferSize,
+    maxStorageBuffersPerShaderStage: Math.min(a.maxStorageBuffersPerShaderStage, 10),
+    maxComputeWorkgroupStorageSize: a.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: Math.min(a.maxComputeInvocationsPerWorkgroup, 256),
+    maxComputeWorkgroupSizeX: Math.min(a.maxComputeWorkgroupSizeX, 256),
+  };
+  if (a.maxStorageBuffersPerShaderStage < 10 || a.maxComputeInvocationsPerWorkgroup < 256 || a.maxComputeWorkgroupStorageSize < 16384) {
+    throw new Error(
+      `webgpu: the adapter's limits are below what spinlm's kernels need (10 storage buffers per stage, 256 invocations and 16 KiB of workgroup memory per workgroup; it has ${a.maxStorageBuffersPerShaderStage}, ${a.maxComputeInvocationsPerWorkgroup}, ${a.maxComputeWorkgroupStorageSize})`,
+    );
+  }
+  const device = await adapter.requestDevice({ requiredFeatures: want, requiredLimits });
+  return { device, adapterInfo: adapter.info, features: want };
+}
+
+/** What `spinlm info` prints about a device: its name and the limits and features that matter. */
+export function describeDevice(
+  i: GPUAdapterInfo,
+  l: GPUSupportedLimits,
+  features: readonly string[],
+): { device: string; details: string[] } {
+  const name = i.description || [i.vendor, i.architecture, i.device].filter((x) => x).join(' ') || 'unknown adapter';
+  return {
+    device: `${name}${i.isFallbackAdapter ? ' (fallback/CPU adapter)' : ''}`,
+    details: [
+      `vendor ${i.vendor || '?'}`,
+      `fallback adapter: ${i.isFallbackAdapter ? 'yes' : 'no'}`,
+      `max storage binding ${(l.maxStorageBufferBindingSize / 2 ** 20).toFixed(0)} MiB`,
+      `max buffer ${(l.maxBufferSize / 2 ** 20).toFixed(0)} MiB`,
+      `workgroup memory ${l.maxComputeWorkgroupStorageSize / 1024} KiB`,
+      `workgroups per dimension ${l.maxComputeWorkgroupsPerDimension}`,
+      `features: ${features.length ? features.join(', ') : 'none used'}`,
+    ],
+  };
 }

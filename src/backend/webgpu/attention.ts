@@ -1,0 +1,86 @@
+// Causal grouped-query attention on the WebGPU device (attention.wgsl; native/cpu/attention.cc on the
+// CPU): the forward, the backward (delta, dQ, then dK/dV), and decode over the KV cache. Each module
+// is compiled for the head dim HD and the key tile KT that fits the adapter's workgroup memory.
+import type { Tensor } from '../../tensor/tensor.js';
+import type { Defines } from './kernels.js';
+import { empty } from './memory.js';
+import type { Param, WebGpuRuntime } from './runtime.js';
+
+/** Keys per attention tile: as many as fit half the workgroup memory for K and V together (max 32). */
+function attnTile(rt: WebGpuRuntime, hd: number): number {
+  return Math.max(1, Math.min(32, Math.floor((rt.limits.maxComputeWorkgroupStorageSize - 256) / (8 * hd))));
+}
+
+export function attention(
+  rt: WebGpuRuntime,
+  q: Tensor<'f32'>,
+  k: Tensor<'f32'>,
+  v: Tensor<'f32'>,
+  keyMask: Tensor<'i32'>,
+  opts: { scale?: number } = {},
+): { out: Tensor<'f32'>; lse: Tensor<'f32'> } {
+  const [b, l, nh, hd] = q.shape;
+  const nkv = k.shape[2];
+  const out = empty(rt, 'f32', q.shape);
+  const lse = empty(rt, 'f32', [b, nh, l]);
+  if (b * l * nh === 0) return { out, lse };
+  const blocks = Math.ceil(l / 64);
+  const params: Param[] = [b, l, nh, nkv, blocks, 1, 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
+  rt.dispatch('attention', { HD: hd, KT: attnTile(rt, hd) }, 'forward', params, [q, k, v, keyMask, out, lse], b * nh * blocks);
+  return { out, lse };
+}
+
+export function attentionBackward(
+  rt: WebGpuRuntime,
+  q: Tensor<'f32'>,
+  k: Tensor<'f32'>,
+  v: Tensor<'f32'>,
+  keyMask: Tensor<'i32'>,
+  out: Tensor<'f32'>,
+  lse: Tensor<'f32'>,
+  dout: Tensor<'f32'>,
+  opts: { scale?: number } = {},
+): { dq: Tensor<'f32'>; dk: Tensor<'f32'>; dv: Tensor<'f32'> } {
+  const [b, l, nh, hd] = q.shape;
+  const nkv = k.shape[2];
+  const dq = empty(rt, 'f32', q.shape);
+  const dk = empty(rt, 'f32', k.shape);
+  const dv = empty(rt, 'f32', v.shape);
+  if (b * l * nh === 0) return { dq, dk, dv };
+  const blocks = Math.ceil(l / 64);
+  const defines = { HD: hd, KT: attnTile(rt, hd) };
+  const params: Param[] = [b, l, nh, nkv, blocks, 1, 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
+  const delta = rt.temp(b * nh * l * 4);
+  rt.dispatch('attention', defines, 'delta', params, [out, dout, delta], Math.ceil((b * l * nh) / 64));
+  rt.dispatch('attention', defines, 'backward_dq', params, [q, k, v, keyMask, lse, delta, dout, dq], b * nh * blocks);
+  rt.dispatch('attention', defines, 'backward_dkdv', params, [q, k, v, keyMask, lse, delta, dout, dk, dv], b * nkv * blocks);
+  rt.releaseBuffer(delta.buffer);
+  return { dq, dk, dv };
+}
+
+export function attentionDecode(
+  rt: WebGpuRuntime,
+  q: Tensor<'f32'>,
+  kCache: Tensor,
+  vCache: Tensor,
+  lengths: Tensor<'i32'>,
+  keyMask?: Tensor<'i32'>,
+  opts: { scale?: number } = {},
+): Tensor<'f32'> {
+  const [b, nh, hd] = q.shape;
+  const [, nkv, lmax] = kCache.shape;
+  const out = empty(rt, 'f32', q.shape);
+  if (b * nh === 0) return out;
+  const params: Param[] = [b, lmax, nh, nkv, 1, keyMask ? 1 : 0, 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
+  const defines: Defines = { HD: hd, KT: attnTile(rt, hd) };
+  if (kCache.dtype === 'bf16') defines.KV_BF16 = true; // set only where true: an f32 decode shares the forward's module
+  rt.dispatch(
+    'attention',
+    defines,
+    'decode',
+    params,
+    [q, kCache, vCache, keyMask ?? rt.none, lengths, out, rt.err],
+    Math.ceil((b * nh) / 64),
+  );
+  return out;
+}
