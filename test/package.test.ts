@@ -170,6 +170,7 @@ test('the tarball carries the prebuilt binary, the compiled library and the sour
     'package/binding.gyp',
     'package/native/addon.cc',
     'package/scripts/build-deps.mjs',
+    'package/scripts/comm-deps.mjs', // binding.gyp runs it: a source build fails at configure without it
   ]) {
     assert.ok(list.includes(f), `${f} missing from the tarball:\n${list}`);
   }
