@@ -1,38 +1,34 @@
-// N-API bindings of the model kernels (native/cpu/model_kernels.h). Every view is bounds-checked and
-// every id range-checked here, so the kernels can assume valid input.
-#include <cmath>
-#include <limits>
+// N-API bindings of the model kernels, for both addons (native/op_binding.h). Every view is
+// bounds-checked here; index tensors are range-checked on the host (CPU) or by the kernels (CUDA).
+#include <algorithm>
+#include <utility>
 #include <vector>
 
-#include "cpu/model_kernels.h"
-#include "index_checks.h"
-#include "napi_util.h"
+#include "op_binding.h"
 
-namespace spinlm::napi {
+namespace SPINLM_BIND_NS {
 namespace {
 
-float ToFloat(Napi::Value v, const char* what) {
-  if (!v.IsNumber()) ThrowType(v.Env(), std::string(what) + " must be a number");
-  const double d = v.As<Napi::Number>().DoubleValue();
-  if (!std::isfinite(d)) Throw(v.Env(), std::string(what) + " must be finite");
-  return static_cast<float>(d);
-}
+struct AttnDims {
+  int64_t b, l, nh, nkv, hd;
+  float scale;
+};
 
-DType FloatDType(Napi::Value v, const char* what) {
-  const DType d = ToDType(v, what);
-  if (d == DType::kI32) ThrowType(v.Env(), std::string(what) + " must be f32 or bf16");
+AttnDims ReadAttnDims(const Napi::CallbackInfo& info, size_t at) {
+  Napi::Env env = info.Env();
+  AttnDims d{ToInt(info[at], "batch"),   ToInt(info[at + 1], "length"),  ToInt(info[at + 2], "heads"),
+             ToInt(info[at + 3], "kvHeads"), ToInt(info[at + 4], "headDim"), ToFloat(info[at + 5], "scale")};
+  if (d.nkv == 0 || d.nh % d.nkv) Throw(env, "attention heads must be a multiple of the key-value heads");
+  CheckAttentionLimits(env, d.b, d.l, d.nh, d.hd);
   return d;
 }
 
-// cblas takes int dimensions.
-void CheckBlasDim(Napi::Env env, int64_t x, const char* what) {
-  if (x > std::numeric_limits<int>::max()) Throw(env, std::string(what) + " is too large for BLAS (> 2^31 - 1)");
-}
+}  // namespace
 
 // matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc, rowInvariant, computeBf16)
-// rowInvariant (A not transposed, B transposed) takes matmul_rows: rows independent of M. computeBf16
-// (the same layout, B bf16) rounds A to bf16 and sums exact bf16 products in f32, also row-invariant.
-Napi::Value Matmul(const Napi::CallbackInfo& info) {
+// rowInvariant (A not transposed, B transposed): rows independent of M. computeBf16 (the same layout,
+// B bf16) rounds A to bf16 and sums exact bf16 products in f32, also row-invariant.
+Napi::Value js::matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const bool ta = info[0].ToBoolean(), tb = info[1].ToBoolean();
   const int64_t m = ToInt(info[2], "m"), n = ToInt(info[3], "n"), k = ToInt(info[4], "k");
@@ -40,7 +36,7 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const int64_t lda = ToInt(info[7], "lda"), ldb = ToInt(info[10], "ldb"), ldc = ToInt(info[13], "ldc");
   const DType bdt = FloatDType(info[9], "b dtype");
   const float beta = ToFloat(info[11], "beta");
-  for (auto [x, what] : {std::pair{m, "m"}, {n, "n"}, {k, "k"}, {lda, "lda"}, {ldb, "ldb"}, {ldc, "ldc"}}) CheckBlasDim(env, x, what);
+  for (auto [x, what] : {std::pair{m, "m"}, {n, "n"}, {k, "k"}, {lda, "lda"}, {ldb, "ldb"}, {ldc, "ldc"}}) CheckGemmDim(env, x, what);
   // A is stored [ta ? k : m, lda], B [tb ? n : k, ldb], C [m, ldc]
   const int64_t a_rows = ta ? k : m, a_cols = ta ? m : k, b_rows = tb ? n : k, b_cols = tb ? k : n;
   if (lda < std::max<int64_t>(1, a_cols) || ldb < std::max<int64_t>(1, b_cols) || ldc < std::max<int64_t>(1, n))
@@ -50,60 +46,70 @@ Napi::Value Matmul(const Napi::CallbackInfo& info) {
   const void* b = View(info[8], "b", bytes(b_rows, ldb, b_cols, dtype_size(bdt)));
   float* c = View<float>(info[12], "c", bytes(m, ldc, n, 4));
   const bool bf16 = info[15].ToBoolean();
+  if (bf16 && !kComputeBf16Kernel) Throw(env, "matmul: computeBf16 is not a kernel of this device (bf16_compute.ts rounds a first)");
   if (bf16 && (ta || !tb || bdt != DType::kBF16)) Throw(env, "matmul: computeBf16 needs op(a) = a, op(b) = b^T and a bf16 b");
-  if (info[14].ToBoolean() || bf16) {
-    if (ta || !tb) Throw(env, "matmul: rowInvariant needs op(a) = a and op(b) = b^T (a linear layer)");
-    matmul_rows(m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, bf16);
-  } else {
-    matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc);
-  }
-  return env.Undefined();
+  const bool row_invariant = info[14].ToBoolean() || bf16;
+  if (row_invariant && (ta || !tb)) Throw(env, "matmul: rowInvariant needs op(a) = a and op(b) = b^T (a linear layer)");
+  return Run(info, [&] { kern::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, row_invariant, bf16); });
 }
 
 // matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs, computeBf16): outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T,
-// row-invariant, every B and C contiguous (the fused projections of generation); computeBf16 as matmul's.
-Napi::Value MatmulRowsMany(const Napi::CallbackInfo& info) {
-  const RowsManyArgs r = ParseRowsMany(info, [](Napi::Value v, const char* what, int64_t bytes) { return View(v, what, bytes); });
+// row-invariant, every B [n, k] and C [m, n] contiguous (the fused projections of generation); computeBf16 as matmul's.
+Napi::Value js::matmulRowsMany(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t m = ToInt(info[0], "m"), k = ToInt(info[1], "k"), lda = ToInt(info[3], "lda");
+  if (lda < std::max<int64_t>(1, k)) Throw(env, "matmulRowsMany: lda is smaller than a row of a");
+  for (int i = 4; i < 8; ++i)
+    if (!info[i].IsArray()) ThrowType(env, "matmulRowsMany: bs, bDtypes, ns and outs must be arrays");
+  const Napi::Array bs = info[4].As<Napi::Array>(), dts = info[5].As<Napi::Array>(), ns = info[6].As<Napi::Array>(),
+                    outs = info[7].As<Napi::Array>();
+  const uint32_t count = bs.Length();
+  if (count == 0 || count > 16 || dts.Length() != count || ns.Length() != count || outs.Length() != count)
+    Throw(env, "matmulRowsMany: bs, bDtypes, ns and outs need the same length, 1 to 16");
+  const float* a = View<float>(info[2], "a", m == 0 ? 0 : CheckedMul(env, m - 1, lda, "a bytes") * 4 + k * 4);
   const bool bf16 = info[8].ToBoolean();
+  if (bf16 && !kComputeBf16Kernel) Throw(env, "matmul: computeBf16 is not a kernel of this device (bf16_compute.ts rounds a first)");
   std::vector<RowsJob> jobs;
-  for (const RowsManyJob& j : r.jobs) {
-    if (bf16 && j.dt != DType::kBF16) Throw(info.Env(), "matmulRowsMany: computeBf16 needs bf16 weights");
-    jobs.push_back(RowsJob{j.b, j.dt, j.n, r.k, j.out, j.n});
+  for (uint32_t i = 0; i < count; ++i) {
+    const DType dt = ToDType(dts.Get(i), "b dtype");
+    if (dt == DType::kI32) ThrowType(env, "b dtype must be f32 or bf16");
+    const int64_t n = ToInt(ns.Get(i), "n");
+    const void* b = View(bs.Get(i), "b", CheckedMul(env, n, k * dtype_size(dt), "b bytes"));
+    float* out = View<float>(outs.Get(i), "out", CheckedMul(env, m, n * 4, "out bytes"));
+    if (bf16 && dt != DType::kBF16) Throw(env, "matmulRowsMany: computeBf16 needs bf16 weights");
+    jobs.push_back(RowsJob{b, dt, n, k, out, n});
   }
-  matmul_rows_many(r.m, r.k, r.a, r.lda, jobs.data(), static_cast<int>(jobs.size()), bf16);
-  return info.Env().Undefined();
+  return Run(info, [&] { kern::matmul_rows_many(m, k, a, lda, jobs.data(), static_cast<int>(jobs.size()), bf16); });
 }
 
 // embedding(ids, t, table, dtype, v, h, out)
-Napi::Value Embedding(const Napi::CallbackInfo& info) {
+Napi::Value js::embedding(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t t = ToInt(info[1], "t"), v = ToInt(info[4], "vocab"), h = ToInt(info[5], "hidden");
   const DType dt = FloatDType(info[3], "table dtype");
   const int32_t* ids = View<int32_t>(info[0], "ids", t * 4);
   const void* table = View(info[2], "table", CheckedMul(env, v * h, dtype_size(dt), "table bytes"));
   float* out = View<float>(info[6], "out", CheckedMul(env, t, h * 4, "out bytes"));
-  if (IndicesOutside(ids, t, 0, v, kNoException, kErrTokenIds)) {
+  if (IndicesOutsideOnHost(ids, t, 0, v, kNoException, kErrTokenIds)) {
     PoisonF32(out, t * h);
     return env.Undefined();
   }
-  embedding(ids, t, table, dt, h, out);
-  return env.Undefined();
+  return Run(info, [&] { kern::embedding(ids, t, table, dt, v, h, out); });
 }
 
 // embeddingBackward(ids, t, dout, v, h, dtable)
-Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info) {
+Napi::Value js::embeddingBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t t = ToInt(info[1], "t"), v = ToInt(info[3], "vocab"), h = ToInt(info[4], "hidden");
   const int32_t* ids = View<int32_t>(info[0], "ids", t * 4);
   const float* dout = View<float>(info[2], "dout", CheckedMul(env, t, h * 4, "dout bytes"));
   float* dtable = View<float>(info[5], "dtable", CheckedMul(env, v, h * 4, "dtable bytes"));
-  if (IndicesOutside(ids, t, 0, v, kNoException, kErrTokenIds)) return env.Undefined();
-  embedding_backward(ids, t, dout, h, dtable);
-  return env.Undefined();
+  if (IndicesOutsideOnHost(ids, t, 0, v, kNoException, kErrTokenIds)) return env.Undefined();
+  return Run(info, [&] { kern::embedding_backward(ids, t, dout, v, h, dtable); });
 }
 
 // rmsnorm(x, w, wDtype, t, h, eps, y, rstd)
-Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
+Napi::Value js::rmsnorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType wdt = FloatDType(info[2], "weight dtype");
   const int64_t t = ToInt(info[3], "t"), h = ToInt(info[4], "hidden");
@@ -112,12 +118,11 @@ Napi::Value Rmsnorm(const Napi::CallbackInfo& info) {
   const void* w = View(info[1], "weight", h * dtype_size(wdt));
   float* y = View<float>(info[6], "y", t * h * 4);
   float* rstd = View<float>(info[7], "rstd", t * 4);
-  rmsnorm(x, w, wdt, t, h, eps, y, rstd);
-  return env.Undefined();
+  return Run(info, [&] { kern::rmsnorm(x, w, wdt, t, h, eps, y, rstd); });
 }
 
 // rmsnormBackward(x, w, wDtype, rstd, dy, t, h, dx, dw|null)
-Napi::Value RmsnormBackward(const Napi::CallbackInfo& info) {
+Napi::Value js::rmsnormBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType wdt = FloatDType(info[2], "weight dtype");
   const int64_t t = ToInt(info[5], "t"), h = ToInt(info[6], "hidden");
@@ -127,13 +132,12 @@ Napi::Value RmsnormBackward(const Napi::CallbackInfo& info) {
   const float* rstd = View<float>(info[3], "rstd", t * 4);
   const float* dy = View<float>(info[4], "dy", th);
   float* dx = View<float>(info[7], "dx", th);
-  float* dw = info[8].IsNull() ? nullptr : View<float>(info[8], "dw", h * 4);
-  rmsnorm_backward(x, w, wdt, rstd, dy, t, h, dx, dw);
-  return env.Undefined();
+  float* dw = OptView<float>(info[8], "dw", h * 4);
+  return Run(info, [&] { kern::rmsnorm_backward(x, w, wdt, rstd, dy, t, h, dx, dw); });
 }
 
 // rope(x, positions, t, heads, hd, theta, scale, inverse)
-Napi::Value Rope(const Napi::CallbackInfo& info) {
+Napi::Value js::rope(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t t = ToInt(info[2], "t"), heads = ToInt(info[3], "heads"), hd = ToInt(info[4], "headDim");
   if (hd % 2) Throw(env, "rope needs an even head dimension");
@@ -141,134 +145,122 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   if (!(theta > 0) || !(scale > 0)) Throw(env, "rope theta and scale must be positive");
   float* x = View<float>(info[0], "x", CheckedMul(env, t, heads * hd * 4, "x bytes"));
   const int32_t* pos = View<int32_t>(info[1], "positions", t * 4);
-  if (IndicesOutside(pos, t, 0, INT32_MAX + int64_t{1}, kNoException, kErrPositions)) return env.Undefined();
-  rope(x, pos, t, heads, hd, theta, scale, info[7].ToBoolean());
-  return env.Undefined();
-}
-
-struct AttnDims {
-  int64_t b, l, nh, nkv, hd;
-  float scale;
-};
-
-AttnDims ReadAttnDims(const Napi::CallbackInfo& info, size_t at) {
-  Napi::Env env = info.Env();
-  AttnDims d{ToInt(info[at], "batch"), ToInt(info[at + 1], "length"), ToInt(info[at + 2], "heads"),
-             ToInt(info[at + 3], "kvHeads"), ToInt(info[at + 4], "headDim"), ToFloat(info[at + 5], "scale")};
-  if (d.nkv == 0 || d.nh % d.nkv) Throw(env, "attention heads must be a multiple of the key-value heads");
-  CheckBlasDim(env, d.l * d.nh * d.hd, "length x heads x headDim");
-  return d;
+  const bool inverse = info[7].ToBoolean();
+  if (IndicesOutsideOnHost(pos, t, 0, INT32_MAX + int64_t{1}, kNoException, kErrPositions)) return env.Undefined();
+  return Run(info, [&] { kern::rope(x, pos, t, heads, hd, theta, scale, inverse); });
 }
 
 // attention(q, k, v, keyMask, b, l, nh, nkv, hd, scale, out, lse)
-Napi::Value Attention(const Napi::CallbackInfo& info) {
+Napi::Value js::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 4);
   const int64_t qb = CheckedMul(env, d.b * d.l, d.nh * d.hd * 4, "q bytes"), kb = d.b * d.l * d.nkv * d.hd * 4;
-  attention(View<float>(info[0], "q", qb), View<float>(info[1], "k", kb), View<float>(info[2], "v", kb),
-            View<int32_t>(info[3], "keyMask", d.b * d.l * 4), d.b, d.l, d.nh, d.nkv, d.hd, d.scale,
-            View<float>(info[10], "out", qb), View<float>(info[11], "lse", d.b * d.nh * d.l * 4));
-  return env.Undefined();
+  const float* q = View<float>(info[0], "q", qb);
+  const float* k = View<float>(info[1], "k", kb);
+  const float* v = View<float>(info[2], "v", kb);
+  const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
+  float* out = View<float>(info[10], "out", qb);
+  float* lse = View<float>(info[11], "lse", d.b * d.nh * d.l * 4);
+  return Run(info, [&] { kern::attention(q, k, v, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out, lse); });
 }
 
 // attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, scale, dq, dk, dv)
-Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
+Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 7);
   const int64_t qb = CheckedMul(env, d.b * d.l, d.nh * d.hd * 4, "q bytes"), kb = d.b * d.l * d.nkv * d.hd * 4;
-  attention_backward(View<float>(info[0], "q", qb), View<float>(info[1], "k", kb), View<float>(info[2], "v", kb),
-                     View<int32_t>(info[3], "keyMask", d.b * d.l * 4), View<float>(info[4], "out", qb),
-                     View<float>(info[5], "lse", d.b * d.nh * d.l * 4), View<float>(info[6], "dout", qb),
-                     d.b, d.l, d.nh, d.nkv, d.hd, d.scale, View<float>(info[13], "dq", qb),
-                     View<float>(info[14], "dk", kb), View<float>(info[15], "dv", kb));
-  return env.Undefined();
+  const float* q = View<float>(info[0], "q", qb);
+  const float* k = View<float>(info[1], "k", kb);
+  const float* v = View<float>(info[2], "v", kb);
+  const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
+  const float* out = View<float>(info[4], "out", qb);
+  const float* lse = View<float>(info[5], "lse", d.b * d.nh * d.l * 4);
+  const float* dout = View<float>(info[6], "dout", qb);
+  float* dq = View<float>(info[13], "dq", qb);
+  float* dk = View<float>(info[14], "dk", kb);
+  float* dv = View<float>(info[15], "dv", kb);
+  return Run(info, [&] {
+    kern::attention_backward(q, k, v, mask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, dq, dk, dv);
+  });
 }
 
 // attentionDecode(q, kCache, vCache, cacheDtype, lengths, keyMask|null, b, lmax, nh, nkv, hd, scale, out)
-Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
+Napi::Value js::attentionDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 6);  // l = lmax
   const DType cdt = FloatDType(info[3], "cache dtype");
   const int64_t qb = d.b * d.nh * d.hd * 4, cb = CheckedMul(env, d.b * d.l, d.nkv * d.hd * dtype_size(cdt), "cache bytes");
+  const float* q = View<float>(info[0], "q", qb);
+  const void* kc = View(info[1], "kCache", cb);
+  const void* vc = View(info[2], "vCache", cb);
   const int32_t* lengths = View<int32_t>(info[4], "lengths", d.b * 4);
-  const int32_t* mask = info[5].IsNull() ? nullptr : View<int32_t>(info[5], "keyMask", d.b * d.l * 4);
+  const int32_t* mask = OptView<int32_t>(info[5], "keyMask", d.b * d.l * 4);
   float* out = View<float>(info[12], "out", qb);
-  if (IndicesOutside(lengths, d.b, 0, d.l + 1, kNoException, kErrDecodeLengths)) {
+  if (IndicesOutsideOnHost(lengths, d.b, 0, d.l + 1, kNoException, kErrDecodeLengths)) {
     PoisonF32(out, d.b * d.nh * d.hd);
     return env.Undefined();
   }
-  attention_decode(View<float>(info[0], "q", qb), View(info[1], "kCache", cb), View(info[2], "vCache", cb), cdt, lengths, mask, d.b,
-                   d.l, d.nh, d.nkv, d.hd, d.scale, out);
-  return env.Undefined();
+  return Run(info, [&] { kern::attention_decode(q, kc, vc, cdt, lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out); });
 }
 
-// swiglu(gate, up, n, out); swigluBackward(gate, up, dout, n, dgate, dup)
-Napi::Value Swiglu(const Napi::CallbackInfo& info) {
+// swiglu(gate, up, n, out)
+Napi::Value js::swiglu(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[2], "n");
-  swiglu(View<float>(info[0], "gate", n * 4), View<float>(info[1], "up", n * 4), n, View<float>(info[3], "out", n * 4));
-  return info.Env().Undefined();
+  const float* g = View<float>(info[0], "gate", n * 4);
+  const float* u = View<float>(info[1], "up", n * 4);
+  float* out = View<float>(info[3], "out", n * 4);
+  return Run(info, [&] { kern::swiglu(g, u, n, out); });
 }
-Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
+
+// swigluBackward(gate, up, dout, n, dgate, dup)
+Napi::Value js::swigluBackward(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[3], "n");
-  swiglu_backward(View<float>(info[0], "gate", n * 4), View<float>(info[1], "up", n * 4), View<float>(info[2], "dout", n * 4), n,
-                  View<float>(info[4], "dgate", n * 4), View<float>(info[5], "dup", n * 4));
-  return info.Env().Undefined();
+  const float* g = View<float>(info[0], "gate", n * 4);
+  const float* u = View<float>(info[1], "up", n * 4);
+  const float* dout = View<float>(info[2], "dout", n * 4);
+  float* dg = View<float>(info[4], "dgate", n * 4);
+  float* du = View<float>(info[5], "dup", n * 4);
+  return Run(info, [&] { kern::swiglu_backward(g, u, dout, n, dg, du); });
 }
 
 // scatterRows(src, index, rows, cols, dst, dstDtype, dstRows): dst[index[r]] = src[r] (bf16 dst: rounded)
-Napi::Value ScatterRows(const Napi::CallbackInfo& info) {
+Napi::Value js::scatterRows(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t rows = ToInt(info[2], "rows"), cols = ToInt(info[3], "cols"), dst_rows = ToInt(info[6], "dstRows");
   const DType ddt = FloatDType(info[5], "dst dtype");
   const int32_t* index = View<int32_t>(info[1], "index", rows * 4);
-  if (IndicesOutside(index, rows, 0, dst_rows, kNoException, kErrScatterIndex)) return env.Undefined();
-  scatter_rows(View<float>(info[0], "src", CheckedMul(env, rows, cols * 4, "src bytes")), index, rows, cols,
-               View(info[4], "dst", CheckedMul(env, dst_rows, cols * dtype_size(ddt), "dst bytes")), ddt);
-  return env.Undefined();
+  if (IndicesOutsideOnHost(index, rows, 0, dst_rows, kNoException, kErrScatterIndex)) return env.Undefined();
+  const float* src = View<float>(info[0], "src", CheckedMul(env, rows, cols * 4, "src bytes"));
+  void* dst = View(info[4], "dst", CheckedMul(env, dst_rows, cols * dtype_size(ddt), "dst bytes"));
+  return Run(info, [&] { kern::scatter_rows(src, index, rows, cols, dst, ddt, dst_rows); });
 }
 
 // add(a, b, n, y)
-Napi::Value Add(const Napi::CallbackInfo& info) {
+Napi::Value js::add(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[2], "n");
-  add(View<float>(info[0], "a", n * 4), View<float>(info[1], "b", n * 4), n, View<float>(info[3], "y", n * 4));
-  return info.Env().Undefined();
+  const float* a = View<float>(info[0], "a", n * 4);
+  const float* b = View<float>(info[1], "b", n * 4);
+  float* y = View<float>(info[3], "y", n * 4);
+  return Run(info, [&] { kern::add(a, b, n, y); });
 }
 
-// addBias(x, bias, biasDtype, t, n); biasBackward(dy, t, n, dbias)
-Napi::Value AddBias(const Napi::CallbackInfo& info) {
+// addBias(x, bias, biasDtype, t, n)
+Napi::Value js::addBias(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType dt = FloatDType(info[2], "bias dtype");
   const int64_t t = ToInt(info[3], "t"), n = ToInt(info[4], "n");
-  add_bias(View<float>(info[0], "x", CheckedMul(env, t, n * 4, "x bytes")), View(info[1], "bias", n * dtype_size(dt)), dt, t, n);
-  return env.Undefined();
+  float* x = View<float>(info[0], "x", CheckedMul(env, t, n * 4, "x bytes"));
+  const void* bias = View(info[1], "bias", n * dtype_size(dt));
+  return Run(info, [&] { kern::add_bias(x, bias, dt, t, n); });
 }
-Napi::Value BiasBackward(const Napi::CallbackInfo& info) {
+
+// biasBackward(dy, t, n, dbias): dbias += column sums of dy
+Napi::Value js::biasBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t t = ToInt(info[1], "t"), n = ToInt(info[2], "n");
-  bias_backward(View<float>(info[0], "dy", CheckedMul(env, t, n * 4, "dy bytes")), t, n, View<float>(info[3], "dbias", n * 4));
-  return env.Undefined();
+  const float* dy = View<float>(info[0], "dy", CheckedMul(env, t, n * 4, "dy bytes"));
+  float* db = View<float>(info[3], "dbias", n * 4);
+  return Run(info, [&] { kern::bias_backward(dy, t, n, db); });
 }
 
-void RegisterModelOps(Napi::Env env, Napi::Object exports) {
-  exports.Set("matmul", Napi::Function::New(env, Matmul));
-  exports.Set("matmulRowsMany", Napi::Function::New(env, MatmulRowsMany));
-  exports.Set("embedding", Napi::Function::New(env, Embedding));
-  exports.Set("embeddingBackward", Napi::Function::New(env, EmbeddingBackward));
-  exports.Set("rmsnorm", Napi::Function::New(env, Rmsnorm));
-  exports.Set("rmsnormBackward", Napi::Function::New(env, RmsnormBackward));
-  exports.Set("rope", Napi::Function::New(env, Rope));
-  exports.Set("attention", Napi::Function::New(env, Attention));
-  exports.Set("attentionBackward", Napi::Function::New(env, AttentionBackward));
-  exports.Set("attentionDecode", Napi::Function::New(env, AttentionDecode));
-  exports.Set("swiglu", Napi::Function::New(env, Swiglu));
-  exports.Set("swigluBackward", Napi::Function::New(env, SwigluBackward));
-  exports.Set("scatterRows", Napi::Function::New(env, ScatterRows));
-  exports.Set("add", Napi::Function::New(env, Add));
-  exports.Set("addBias", Napi::Function::New(env, AddBias));
-  exports.Set("biasBackward", Napi::Function::New(env, BiasBackward));
-}
-
-OpRegistrar reg(RegisterModelOps);
-
-}  // namespace
-}  // namespace spinlm::napi
+}  // namespace SPINLM_BIND_NS

@@ -1,12 +1,14 @@
-// N-API helpers shared by every op file: buffer handles, argument conversion and bounds checks.
-// Each op file registers its functions at load time with a static OpRegistrar; addon.cc's Init
-// installs every registered family, so adding an op file never touches addon.cc.
+// N-API helpers: argument conversion and checks shared by both addons' bindings (native/op_binding.h),
+// and the CPU addon's buffer handles and views. A module compiled into spinlm.node beside the CPU
+// addon (the CUDA addon, when nvcc builds it) adds its exports with a static OpRegistrar.
 #pragma once
 #include <napi.h>
 
-#include <algorithm>
+#include <cmath>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/kernels.h"
@@ -68,61 +70,58 @@ inline DType ToDType(Napi::Value v, const char* what) {
   ThrowType(v.Env(), std::string(what) + " must be 'f32', 'bf16' or 'i32'");
 }
 
-// Resolves a tensor view { handle, byteOffset } and checks that `bytes` bytes fit in its buffer.
-template <class T = void>
-T* View(Napi::Value v, const char* what, int64_t bytes) {
+// Resolves a tensor view { handle, byteOffset } of either addon, whose handle `get_buffer` turns into
+// a buffer { ptr, bytes } (checking its tag and use after free), and checks that `bytes` bytes fit in
+// the buffer at that offset: no call from JS reaches memory outside a buffer.
+template <class T, class Buffer>
+T* ResolveView(Napi::Value v, const char* what, int64_t bytes, Buffer* (*get_buffer)(Napi::Env, Napi::Value, const char*)) {
   Napi::Env env = v.Env();
   if (!v.IsObject()) ThrowType(env, std::string(what) + " must be a tensor view { handle, byteOffset }");
   Napi::Object o = v.As<Napi::Object>();
-  HostBuffer* b = GetBuffer(env, o.Get("handle"), what);
+  Buffer* b = get_buffer(env, o.Get("handle"), what);
   const int64_t off = ToInt(o.Get("byteOffset"), "byteOffset");
   if (off > b->bytes || bytes > b->bytes - off)
-    Throw(env, std::string(what) + ": " + std::to_string(bytes) + " bytes at offset " +
-                   std::to_string(off) + " overrun its buffer of " + std::to_string(b->bytes) +
-                   " bytes");
+    Throw(env, std::string(what) + ": " + std::to_string(bytes) + " bytes at offset " + std::to_string(off) +
+                   " overrun its buffer of " + std::to_string(b->bytes) + " bytes");
   return reinterpret_cast<T*>(static_cast<char*>(b->ptr) + off);
+}
+
+// A view of a CPU buffer (host memory).
+template <class T = void>
+T* View(Napi::Value v, const char* what, int64_t bytes) {
+  return ResolveView<T>(v, what, bytes, GetBuffer);
+}
+
+// Sets named functions on an addon's exports object.
+using Binding = Napi::Value (*)(const Napi::CallbackInfo&);
+inline void SetFunctions(Napi::Env env, Napi::Object exports, std::initializer_list<std::pair<const char*, Binding>> fns) {
+  for (const auto& [name, fn] : fns) exports.Set(name, Napi::Function::New(env, fn));
+}
+
+// A finite number, as f32.
+inline float ToFloat(Napi::Value v, const char* what) {
+  if (!v.IsNumber()) ThrowType(v.Env(), std::string(what) + " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(d)) Throw(v.Env(), std::string(what) + " must be finite");
+  return static_cast<float>(d);
+}
+
+// Any number (NaN and infinities included: the kernel or the op layer decides).
+inline double ToDouble(Napi::Value v, const char* what) {
+  if (!v.IsNumber()) ThrowType(v.Env(), std::string(what) + " must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+// f32 or bf16.
+inline DType FloatDType(Napi::Value v, const char* what) {
+  const DType d = ToDType(v, what);
+  if (d == DType::kI32) ThrowType(v.Env(), std::string(what) + " must be f32 or bf16");
+  return d;
 }
 
 inline int64_t CheckedMul(Napi::Env env, int64_t a, int64_t b, const char* what) {
   if (a != 0 && b > INT64_MAX / a) Throw(env, std::string(what) + " overflows 64 bits");
   return a * b;
-}
-
-// The arguments of matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs) (the fused linear layers),
-// parsed the same way by the CPU and the CUDA addon; `view(value, what, bytes)` resolves a tensor
-// view of that addon's buffers and checks its bytes. Every B is [n, k] and every out [m, n], contiguous.
-struct RowsManyJob {
-  const void* b;
-  DType dt;
-  int64_t n;
-  float* out;
-};
-struct RowsManyArgs {
-  int64_t m, k, lda;
-  const float* a;
-  std::vector<RowsManyJob> jobs;
-};
-template <class ViewFn>
-RowsManyArgs ParseRowsMany(const Napi::CallbackInfo& info, ViewFn view) {
-  Napi::Env env = info.Env();
-  RowsManyArgs r{ToInt(info[0], "m"), ToInt(info[1], "k"), ToInt(info[3], "lda"), nullptr, {}};
-  if (r.lda < std::max<int64_t>(1, r.k)) Throw(env, "matmulRowsMany: lda is smaller than a row of a");
-  for (int i = 4; i < 8; ++i)
-    if (!info[i].IsArray()) ThrowType(env, "matmulRowsMany: bs, bDtypes, ns and outs must be arrays");
-  const Napi::Array bs = info[4].As<Napi::Array>(), dts = info[5].As<Napi::Array>(), ns = info[6].As<Napi::Array>(),
-                    outs = info[7].As<Napi::Array>();
-  const uint32_t count = bs.Length();
-  if (count == 0 || count > 16 || dts.Length() != count || ns.Length() != count || outs.Length() != count)
-    Throw(env, "matmulRowsMany: bs, bDtypes, ns and outs need the same length, 1 to 16");
-  r.a = static_cast<const float*>(view(info[2], "a", r.m == 0 ? 0 : CheckedMul(env, r.m - 1, r.lda, "a bytes") * 4 + r.k * 4));
-  for (uint32_t i = 0; i < count; ++i) {
-    const DType dt = ToDType(dts.Get(i), "b dtype");
-    if (dt == DType::kI32) ThrowType(env, "b dtype must be f32 or bf16");
-    const int64_t n = ToInt(ns.Get(i), "n");
-    r.jobs.push_back({view(bs.Get(i), "b", CheckedMul(env, n, r.k * dtype_size(dt), "b bytes")), dt, n,
-                      static_cast<float*>(view(outs.Get(i), "out", CheckedMul(env, r.m, n * 4, "out bytes")))});
-  }
-  return r;
 }
 
 using RegisterFn = void (*)(Napi::Env env, Napi::Object exports);

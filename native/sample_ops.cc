@@ -1,12 +1,10 @@
-// N-API binding of the sampling kernel (native/cpu/sample.cc).
-#include "cpu/kernels.h"
-#include "napi_util.h"
+// N-API binding of the sampling kernel, for both addons (native/op_binding.h).
+#include "op_binding.h"
 
-namespace spinlm::napi {
-namespace {
+namespace SPINLM_BIND_NS {
 
 // sampleTokens(logits f32 [b, v], b, v, rng i32 [b, 4], active i32 [b], temperature, topK, topP, out i32 [b])
-Napi::Value SampleTokens(const Napi::CallbackInfo& info) {
+Napi::Value js::sampleTokens(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const int64_t b = ToInt(info[1], "b"), v = ToInt(info[2], "v");
   if (b > 0 && v < 1) Throw(env, "sampling needs a vocabulary of at least 1");
@@ -18,15 +16,8 @@ Napi::Value SampleTokens(const Napi::CallbackInfo& info) {
   const double temperature = info[5].As<Napi::Number>().DoubleValue(), top_p = info[7].As<Napi::Number>().DoubleValue();
   const int64_t top_k = ToInt(info[6], "topK");
   if (!(temperature >= 0) || !(top_p > 0 && top_p <= 1)) Throw(env, "temperature must be >= 0 and top_p in (0, 1]");
-  sample_tokens(logits, b, v, rng, active, temperature, top_k, top_p, View<int32_t>(info[8], "out", b * 4));
-  return env.Undefined();
+  int32_t* out = View<int32_t>(info[8], "out", b * 4);
+  return Run(info, [&] { kern::sample_tokens(logits, b, v, rng, active, temperature, top_k, top_p, out); });
 }
 
-void RegisterSampleOps(Napi::Env env, Napi::Object exports) {
-  exports.Set("sampleTokens", Napi::Function::New(env, SampleTokens));
-}
-
-OpRegistrar reg(RegisterSampleOps);
-
-}  // namespace
-}  // namespace spinlm::napi
+}  // namespace SPINLM_BIND_NS

@@ -5,7 +5,7 @@
 // an object in the wrong state (a buffer used after free()). Every message starts "spinlm native: ".
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { loadAddon, type NativeView } from '../src/backend/cpu/addon.js';
+import { loadAddon, type NativeView } from '../src/backend/native/addon.js';
 import { withSeed } from './helpers/random.js';
 
 const native = loadAddon();

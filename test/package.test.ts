@@ -21,9 +21,9 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { packageRoot } from '../src/backend/cpu/addon.js';
+import { packageRoot } from '../src/backend/native/addon.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
-import { describeDlopenError } from '../src/backend/cpu/load_error.js';
+import { describeDlopenError } from '../src/backend/native/load_error.js';
 import { initLlama } from '../src/model/init.js';
 import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { Rng } from '../src/util/rng.js';

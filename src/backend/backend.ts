@@ -120,6 +120,12 @@ export interface LinearsOpts {
   computeDtype: ComputeDtype;
 }
 
+/** The options of attention, attentionBackward and attentionDecode (the same for all three). */
+export interface AttentionOpts {
+  /** Multiplies q . k before the softmax; default 1 / sqrt(headDim). Finite. */
+  scale?: number;
+}
+
 export interface RopeOpts {
   theta: number;
   /** Linear rope_scaling factor (1 = none). */
@@ -276,7 +282,7 @@ export interface Backend {
     k: Tensor<'f32'>,
     v: Tensor<'f32'>,
     keyMask: Tensor<'i32'>,
-    opts?: { scale?: number },
+    opts?: AttentionOpts,
   ): { out: Tensor<'f32'>; lse: Tensor<'f32'> };
   attentionBackward(
     q: Tensor<'f32'>,
@@ -286,7 +292,7 @@ export interface Backend {
     out: Tensor<'f32'>,
     lse: Tensor<'f32'>,
     dout: Tensor<'f32'>,
-    opts?: { scale?: number },
+    opts?: AttentionOpts,
   ): { dq: Tensor<'f32'>; dk: Tensor<'f32'>; dv: Tensor<'f32'> };
   /**
    * One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (both f32 or
@@ -298,7 +304,7 @@ export interface Backend {
     vCache: Tensor,
     lengths: Tensor<'i32'>,
     keyMask?: Tensor<'i32'>,
-    opts?: { scale?: number },
+    opts?: AttentionOpts,
   ): Tensor<'f32'>;
   /** dst[index[r], :] = src[r, :] (src f32 [R, C], dst f32 or bf16 [*, C]; bf16 rounds to nearest even, as cast does). */
   scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor): void;

@@ -4,6 +4,7 @@
 // are allocated (`output`: the CUDA backend names the op in out-of-memory errors).
 import type {
   AdamwHyper,
+  AttentionOpts,
   LinearsOpts,
   MatmulOpts,
   OptimTensors,
@@ -14,34 +15,13 @@ import type {
   SpinLossOutputs,
 } from './backend.js';
 import { roundedToBf16 } from './bf16_compute.js';
-import type { NativeAddon } from './cpu/addon.js';
+import type { NativeOps } from './native/op_list.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
 
-/** The kernel functions of native/addon.cc (and of the CUDA addon, which mirrors them). */
-export type KernelFunctions = Omit<
-  NativeAddon,
-  | 'abiVersion'
-  | 'alloc'
-  | 'free'
-  | 'write'
-  | 'read'
-  | 'fill'
-  | 'streamRead'
-  | 'expThroughput'
-  | 'rowOffset'
-  | 'cachedBytes'
-  | 'releaseCached'
-  | 'liveBytes'
-  | 'peakLiveBytes'
-  | 'numThreads'
-  | 'setNumThreads'
-  | 'blasCore'
-  | 'takeErrors'
->;
-
 export abstract class NativeKernels {
-  abstract readonly native: KernelFunctions;
+  /** The addon's ops: the op list (native/op_list.h), the same functions and arguments in both addons. */
+  abstract readonly native: NativeOps;
   /** Whether the addon's matmul takes computeBf16 itself (the CPU's); otherwise bf16_compute.ts's rounding. */
   protected abstract readonly nativeBf16Compute: boolean;
 
@@ -222,7 +202,7 @@ export abstract class NativeKernels {
     this.native.rope(x, positions, t, heads, hd, opts.theta, opts.scale ?? 1, !!opts.inverse);
   }
 
-  attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: { scale?: number } = {}) {
+  attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
     const [b, l, nh, hd] = q.shape;
     const nkv = k.shape[2];
     const out = this.output('f32', q.shape, 'attention');
@@ -239,7 +219,7 @@ export abstract class NativeKernels {
     out: Tensor<'f32'>,
     lse: Tensor<'f32'>,
     dout: Tensor<'f32'>,
-    opts: { scale?: number } = {},
+    opts: AttentionOpts = {},
   ) {
     const [b, l, nh, hd] = q.shape;
     const nkv = k.shape[2];
@@ -256,7 +236,7 @@ export abstract class NativeKernels {
     vCache: Tensor,
     lengths: Tensor<'i32'>,
     keyMask?: Tensor<'i32'>,
-    opts: { scale?: number } = {},
+    opts: AttentionOpts = {},
   ): Tensor<'f32'> {
     const [b, nh, hd] = q.shape;
     const [, nkv, lmax] = kCache.shape;

@@ -5,7 +5,7 @@ import { existsSync, writeFileSync } from 'node:fs';
 import { cp, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SpinLossType } from '../backend/backend.js';
-import { packageRoot } from '../backend/cpu/addon.js';
+import { packageRoot } from '../backend/native/addon.js';
 import { loadSftPairs, writeChatRows } from '../data/sft.js';
 import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';

@@ -2,7 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
-import { packageRoot } from '../backend/cpu/addon.js';
+import { packageRoot } from '../backend/native/addon.js';
 import { backendStatus } from '../backend/registry.js';
 import { helpText, parseOptions, suggest, UsageError } from './args.js';
 import { COMMANDS } from './commands.js';

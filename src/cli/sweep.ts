@@ -11,7 +11,7 @@ import { basename, extname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import YAML from 'yaml';
 import type { ComputeDtype } from '../backend/backend.js';
-import { packageRoot } from '../backend/cpu/addon.js';
+import { packageRoot } from '../backend/native/addon.js';
 import { sampleItems } from '../data/sample.js';
 import { loadSftPairs } from '../data/sft.js';
 import { exactMatch, type SyntheticTask } from '../data/synthetic.js';

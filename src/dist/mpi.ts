@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
-import { packageRoot } from '../backend/cpu/addon.js';
+import { packageRoot } from '../backend/native/addon.js';
 
 /** Buffers: a CPU tensor view { handle, byteOffset } or a TypedArray; null = in place. */
 type Buf = object | null;

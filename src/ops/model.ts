@@ -1,6 +1,6 @@
 // The model ops (fp32 compute; weights f32 or bf16): argument checks, then the backend's kernel.
 // Shapes: T tokens, H hidden, B sequences of length L, nH query heads, nKV key-value heads, hd head dim.
-import type { ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
+import type { AttentionOpts, ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
 
@@ -134,12 +134,12 @@ function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
   return { be, b, l, nh, nkv, hd };
 }
 
-function checkScale(opts: { scale?: number }): void {
+function checkScale(opts: AttentionOpts): void {
   if (opts.scale !== undefined) checkFinite(opts.scale, 'attention scale');
 }
 
 /** Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd], lse [B, nH, L]. */
-export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: { scale?: number } = {}) {
+export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
   const { be } = attnDims(q, k, v, keyMask);
   checkScale(opts);
   return be.attention(q, k, v, keyMask, opts);
@@ -153,7 +153,7 @@ export function attentionBackward(
   out: Tensor<'f32'>,
   lse: Tensor<'f32'>,
   dout: Tensor<'f32'>,
-  opts: { scale?: number } = {},
+  opts: AttentionOpts = {},
 ) {
   const d = attnDims(q, k, v, keyMask);
   expectArg(d.be, out, 'out', ['f32'], q.shape);
@@ -175,7 +175,7 @@ export function attentionDecode(
   vCache: Tensor,
   lengths: Tensor<'i32'>,
   keyMask?: Tensor<'i32'>,
-  opts: { scale?: number } = {},
+  opts: AttentionOpts = {},
 ): Tensor<'f32'> {
   const be = expectTensor(q, 'q');
   expectArg(be, q, 'q', ['f32']);

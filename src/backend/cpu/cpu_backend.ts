@@ -5,11 +5,8 @@ import { availableParallelism } from 'node:os';
 import { allocHost, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
 import type { Backend, BackendInfo } from '../backend.js';
+import { loadAddon, type NativeAddon, POISON_BITS } from '../native/addon.js';
 import { NativeKernels } from '../native_kernels.js';
-import { loadAddon, type NativeAddon } from './addon.js';
-
-/** NaN bit patterns written into fresh buffers by a poisoning backend. */
-export const POISON_BITS = { f32: 0x7fc00000, bf16: 0x7fc0, i32: 0x7fc00000 } as const;
 
 export class CpuBackend extends NativeKernels implements Backend {
   readonly name = 'cpu';

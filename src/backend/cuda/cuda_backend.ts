@@ -6,7 +6,7 @@
 import { allocHost, type DType, dtypeSize, type HostArrayOf, type HostData } from '../../tensor/dtype.js';
 import { Tensor } from '../../tensor/tensor.js';
 import type { Backend, BackendInfo } from '../backend.js';
-import { POISON_BITS } from '../cpu/cpu_backend.js';
+import { POISON_BITS } from '../native/addon.js';
 import { NativeKernels } from '../native_kernels.js';
 import { cudaEmulatorNative, cudaNative, type CudaNative } from './native.js';
 

@@ -1,10 +1,11 @@
-// The CUDA kernels as N-API functions (native/cuda/addon_cuda.cc): the `cuda` object of spinlm.node
+// The CUDA kernels as N-API functions (native/cuda/addon_cuda.cc; the ops bound by native/<family>_ops.cc): the `cuda` object of spinlm.node
 // when that build compiled them (cmake-js where nvcc exists), or spinlm_cuda_emu.node, the same
 // kernels run on the CPU by the emulator (tests: SPINLM_TEST_BACKENDS=cuda-emu).
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join, resolve } from 'node:path';
-import { loadAddon, type NativeAddon, type NativeView, packageRoot } from '../cpu/addon.js';
+import { loadAddon, type NativeAddon, type NativeView, packageRoot } from '../native/addon.js';
+import type { NativeOps } from '../native/op_list.js';
 
 /** The device facts native/cuda reports. */
 export interface CudaDeviceInfo {
@@ -24,51 +25,18 @@ export interface CudaDeviceInfo {
   emulated: boolean;
 }
 
-type KernelNames =
-  | 'fill'
-  | 'cast'
-  | 'logprobGather'
-  | 'logprobGatherBackward'
-  | 'sequenceLogprob'
-  | 'sequenceLogprobBackward'
-  | 'spinLoss'
-  | 'accumulate'
-  | 'sampleTokens'
-  | 'rmspropStep'
-  | 'adamwStep'
-  | 'sumSquares'
-  | 'clipCoefficient'
-  | 'scaleInPlace'
-  | 'matmul'
-  | 'matmulRowsMany'
-  | 'embedding'
-  | 'embeddingBackward'
-  | 'rmsnorm'
-  | 'rmsnormBackward'
-  | 'rope'
-  | 'attention'
-  | 'attentionBackward'
-  | 'attentionDecode'
-  | 'scatterRows'
-  | 'swiglu'
-  | 'swigluBackward'
-  | 'add'
-  | 'addBias'
-  | 'biasBackward'
-  | 'write'
-  | 'free';
-
-/** Same kernel functions and arguments as the CPU addon; memory and completion differ. */
-export type CudaNative = Pick<NativeAddon, KernelNames> & {
-  abiVersion: number;
-  /** '' when the device can run, else why not (no driver, no device, ...). */
-  unavailable(): string;
-  info(): CudaDeviceInfo;
-  /** A device buffer; `op` names the op in an out-of-memory error. */
-  alloc(bytes: number, op: string): unknown;
-  read<A extends ArrayBufferView>(src: NativeView, dst: A): Promise<A>;
-  takeErrors(): Promise<number>;
-};
+/** The ops of the op list with the CPU addon's arguments (the same bindings); memory and completion differ. */
+export type CudaNative = NativeOps &
+  Pick<NativeAddon, 'write' | 'free'> & {
+    abiVersion: number;
+    /** '' when the device can run, else why not (no driver, no device, ...). */
+    unavailable(): string;
+    info(): CudaDeviceInfo;
+    /** A device buffer; `op` names the op in an out-of-memory error. */
+    alloc(bytes: number, op: string): unknown;
+    read<A extends ArrayBufferView>(src: NativeView, dst: A): Promise<A>;
+    takeErrors(): Promise<number>;
+  };
 
 /** Bumped whenever a binding's arguments change (native/cuda/addon_cuda.cc exports the same number). */
 const CUDA_ABI_VERSION = 3;
