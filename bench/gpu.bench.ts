@@ -7,18 +7,30 @@
 //   generate: 64 prompts x 128, 256 new, greedy: tokens/s vs PyTorch eager with a KV cache (goal >= 2x)
 // Each measurement runs in a fresh process (bench/gpu_probe.ts, bench/peer/torch_gpu.py). Without a
 // CUDA device it prints why and exits 0: the emulator is not a performance measure.
-// Usage: node --import tsx bench/gpu.bench.ts [--modes loss,spin,generate] [--steps 3] [--json FILE]
+// Each mode's rows are printed, and appended to --jsonl FILE, the moment they are measured (the GPU kit
+// streams them into its results: a time-out loses only the mode it cut). --backend cuda-emu --size tiny
+// is the kit's dry run: the same code at tiny shapes on the emulator, no peer (not a measurement).
+// Usage: node --import tsx bench/gpu.bench.ts [--modes loss,spin,generate] [--steps 3] [--json FILE] [--jsonl FILE]
+//        [--backend cuda|cuda-emu] [--size full|tiny]
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { cudaStatus } from '../src/backend/cuda/cuda_backend.js';
 import { PYTHON, table } from './harness.js';
 
 const { values: args } = parseArgs({
-  options: { modes: { type: 'string', default: 'loss,spin,generate' }, steps: { type: 'string', default: '3' }, json: { type: 'string' } },
+  options: {
+    modes: { type: 'string', default: 'loss,spin,generate' },
+    steps: { type: 'string', default: '3' },
+    json: { type: 'string' },
+    jsonl: { type: 'string' },
+    backend: { type: 'string', default: 'cuda' },
+    size: { type: 'string', default: 'full' },
+  },
 });
+const dryRun = args.backend !== 'cuda';
 const status = cudaStatus();
-if (!status.available) {
+if (!dryRun && !status.available) {
   console.log(`gpu.bench: no GPU here (${status.reason}); nothing measured. The CUDA kernels are tested through the emulator instead.`);
   process.exit(0);
 }
@@ -30,9 +42,11 @@ const ours = (mode: string): Row =>
     execFileSync(process.execPath, ['--import', 'tsx', new URL('./gpu_probe.ts', import.meta.url).pathname, mode, String(args.steps)], {
       encoding: 'utf8',
       maxBuffer: 1 << 24,
+      env: { ...process.env, SPINLM_KIT_BACKEND: String(args.backend), SPINLM_KIT_SIZE: String(args.size) },
     }),
   );
 const torch = (mode: string): Row => {
+  if (dryRun) return { skipped: 'dry run on the emulator: no peer' };
   try {
     return lastJson(
       execFileSync(PYTHON, [new URL('./peer/torch_gpu.py', import.meta.url).pathname, '--mode', mode, '--steps', String(args.steps)], {
@@ -50,10 +64,14 @@ const gib = (x: unknown) => num(x) / 2 ** 30;
 
 const results: Record<string, { spinlm: Row; torch: Row }> = {};
 const rows: (string | number)[][] = [];
+const HEAD = ['measurement', 'unit', 'spinlm', 'PyTorch', 'spinlm / PyTorch', 'note'];
 for (const mode of String(args.modes).split(',')) {
+  const first = rows.length;
   const a = ours(mode),
     p = torch(mode);
   results[mode] = { spinlm: a, torch: p };
+  if (args.jsonl)
+    appendFileSync(args.jsonl, JSON.stringify({ step: 'bench', mode, backend: args.backend, size: args.size, spinlm: a, torch: p }) + '\n');
   if (mode === 'loss') {
     rows.push(['device-to-device copy', 'GB/s (read + write)', num(a.copy_rw_gbs), '', '', '']);
     rows.push([
@@ -107,10 +125,11 @@ for (const mode of String(args.modes).split(',')) {
       'goal 2x',
     ]);
   }
+  console.log(table(HEAD, rows.slice(first)));
 }
 console.log(
   `GPU: ${String(results[Object.keys(results)[0]]?.spinlm.device ?? '')}; spinlm GEMM: ${String(results[Object.keys(results)[0]]?.spinlm.gemm ?? '')}`,
 );
-console.log(table(['measurement', 'unit', 'spinlm', 'PyTorch', 'spinlm / PyTorch', 'note'], rows));
+console.log(table(HEAD, rows));
 for (const [mode, r] of Object.entries(results)) if (r.torch.skipped) console.log(`${mode}: PyTorch ${String(r.torch.skipped)}`);
 if (args.json) writeFileSync(args.json, JSON.stringify(results, null, 2));

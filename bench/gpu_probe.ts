@@ -6,7 +6,10 @@
 //             bf16 weights, 8 pairs x 1024 tokens -> tokens/s and peak device memory
 //   generate: 64 prompts x 128 tokens, 256 new tokens each, greedy, KV cache -> generated tokens/s
 // Without a usable CUDA device it prints {"skipped": why} and exits 0.
-import { cudaBackend, cudaStatus } from '../src/backend/cuda/cuda_backend.js';
+// SPINLM_KIT_BACKEND=cuda-emu with SPINLM_KIT_SIZE=tiny runs the same code at tiny shapes on the emulator
+// (the GPU kit's dry run: the plumbing, not a performance measure).
+import type { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import { cudaStatus } from '../src/backend/cuda/cuda_backend.js';
 import { generate } from '../src/generate/generate.js';
 import { parseConfig } from '../src/model/config.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
@@ -14,16 +17,19 @@ import { initLlama } from '../src/model/init.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
+import { kitBackend } from './kit_backend.js';
 import { spinBenchLoop, spinBenchObjective } from './model_probe_work.js';
 
 const mode = process.argv[2];
 const steps = Number(process.argv[3] ?? 3);
+const backendName = process.env.SPINLM_KIT_BACKEND ?? 'cuda';
+const tiny = process.env.SPINLM_KIT_SIZE === 'tiny';
 const status = cudaStatus();
-if (!status.available) {
+if (backendName === 'cuda' && !status.available) {
   console.log(JSON.stringify({ skipped: `no GPU: ${status.reason}` }));
   process.exit(0);
 }
-const be = cudaBackend();
+const be = (await kitBackend(backendName)) as CudaBackend;
 const rng = new Rng(7);
 /** Median wall milliseconds of `fn` (enqueued work, then a stream synchronization), after one warm-up. */
 async function timeMs(fn: () => unknown, iters: number): Promise<number> {
@@ -41,7 +47,7 @@ const peaks = () => {
   return { peak_allocated_bytes: d.peakAllocatedBytes, peak_reserved_bytes: d.peakReservedBytes, gemm: d.gemm, device: d.name };
 };
 // TinyLlama-1.1B's shape: hidden 2048, 22 layers, 32 heads, 4 kv heads, intermediate 5632, vocab 32000.
-const LLAMA_1B = {
+const LLAMA_1B_FULL = {
   model_type: 'llama',
   hidden_size: 2048,
   intermediate_size: 5632,
@@ -54,10 +60,21 @@ const LLAMA_1B = {
   tie_word_embeddings: false,
   eos_token_id: 2,
 };
+const LLAMA_1B = tiny
+  ? {
+      ...LLAMA_1B_FULL,
+      hidden_size: 64,
+      intermediate_size: 96,
+      num_hidden_layers: 2,
+      num_attention_heads: 4,
+      num_key_value_heads: 2,
+      vocab_size: 300,
+    }
+  : LLAMA_1B_FULL;
 
 if (mode === 'loss') {
-  const n = 8192,
-    v = 128256,
+  const n = tiny ? 128 : 8192,
+    v = tiny ? 1000 : 128256,
     bytes = n * v * 2;
   // Random rows: 64 uploaded, then copied over the whole buffer (rows are 256-byte aligned views).
   const logits = ops.empty(be, 'bf16', [n, v]);
@@ -99,9 +116,9 @@ if (mode === 'loss') {
 } else if (mode === 'spin') {
   const cfg = parseConfig(LLAMA_1B, 'bench config');
   const model = initLlama(be, cfg, { seed: 1, dtype: 'bf16' });
-  const B = 8,
-    L = 1024,
-    P = 128;
+  const B = tiny ? 2 : 8,
+    L = tiny ? 32 : 1024,
+    P = tiny ? 8 : 128;
   const tokens = (k: number) => Array.from({ length: k }, () => rng.int(3, cfg.vocabSize - 1));
   const pairs = Array.from({ length: B * (steps + 1) }, () => {
     const prompt = tokens(P);
@@ -124,9 +141,9 @@ if (mode === 'loss') {
 } else if (mode === 'generate') {
   const cfg = parseConfig(LLAMA_1B, 'bench config');
   const model = initLlama(be, cfg, { seed: 1, dtype: 'bf16' });
-  const B = 64,
-    P = 128,
-    N = 256;
+  const B = tiny ? 4 : 64,
+    P = tiny ? 8 : 128,
+    N = tiny ? 8 : 256;
   const prompts = Array.from({ length: B }, () => Array.from({ length: P }, () => rng.int(3, cfg.vocabSize - 1)));
   const dec = new LlamaDecoder(model);
   const ms = await timeMs(

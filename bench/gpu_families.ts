@@ -1,0 +1,217 @@
+// The GPU kit's step (c): every supported model family on the kit's device against Hugging Face
+// transformers' own modeling code (bench/peer/hf_families.py, float64), one line per family. spinlm
+// writes a tiny random-weight model of the family in HF format (published-shape config fields, layers
+// and widths shrunk), computes the logits of a SPIN batch (3 pairs, padded, truncated prompts), each
+// answer's S(theta, y), the SPIN loss and every parameter's gradient; transformers loads the same
+// directory and computes the same in float64. Where transformers is not installed (here: CI's dry run)
+// the float64 oracle written from the HF equations (test/oracle/llama_torch.py) stands in, and the line
+// says so. Tolerances (normwise relative, f32 weights): 1e-4, the oracle test's.
+// Usage: node --import tsx bench/gpu_families.ts [--backend cuda|cuda-emu|cpu] [--jsonl FILE]
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { parseConfig } from '../src/model/config.js';
+import { initLlama } from '../src/model/init.js';
+import { freeInput, uploadInput } from '../src/model/input.js';
+import { LlamaModel } from '../src/model/llama.js';
+import { collateSpinBatch, tokenizePair } from '../src/spin/batch.js';
+import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
+import * as ops from '../src/ops/index.js';
+import { Rng } from '../src/util/rng.js';
+import { kitBackend, PYTHON } from './kit_backend.js';
+
+const { values: args } = parseArgs({ options: { backend: { type: 'string', default: 'cuda' }, jsonl: { type: 'string' } } });
+const be = await kitBackend(String(args.backend));
+const HF = new URL('./peer/hf_families.py', import.meta.url).pathname;
+const ORACLE = new URL('../test/oracle/llama_torch.py', import.meta.url).pathname;
+const TOL = 1e-4;
+const EOS = 2;
+
+// Published config fields of each family (Llama-3-8B-like, Mistral-7B-v0.1, Qwen2.5-0.5B), shrunk.
+const small = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4, vocab_size: 97 };
+const FAMILIES: { name: string; config: Record<string, unknown> }[] = [
+  {
+    name: 'llama (GQA 4/2, untied, rope_theta 5e5)',
+    config: {
+      architectures: ['LlamaForCausalLM'],
+      model_type: 'llama',
+      ...small,
+      num_key_value_heads: 2,
+      rms_norm_eps: 1e-5,
+      rope_theta: 500000,
+      max_position_embeddings: 256,
+      bos_token_id: 1,
+      eos_token_id: EOS,
+      hidden_act: 'silu',
+      tie_word_embeddings: false,
+      attention_bias: false,
+      mlp_bias: false,
+    },
+  },
+  {
+    name: 'mistral (GQA 4/1, sliding_window null)',
+    config: {
+      architectures: ['MistralForCausalLM'],
+      model_type: 'mistral',
+      ...small,
+      num_key_value_heads: 1,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      max_position_embeddings: 256,
+      sliding_window: null,
+      bos_token_id: 1,
+      eos_token_id: EOS,
+      hidden_act: 'silu',
+      tie_word_embeddings: false,
+    },
+  },
+  {
+    name: 'qwen2 (tied, q/k/v biases, rope_theta 1e6)',
+    config: {
+      architectures: ['Qwen2ForCausalLM'],
+      model_type: 'qwen2',
+      ...small,
+      num_key_value_heads: 2,
+      rms_norm_eps: 1e-6,
+      rope_theta: 1000000,
+      max_position_embeddings: 256,
+      use_sliding_window: false,
+      bos_token_id: 1,
+      eos_token_id: EOS,
+      hidden_act: 'silu',
+      tie_word_embeddings: true,
+    },
+  },
+];
+
+function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  if (a.length !== b.length) return Infinity;
+  let num = 0,
+    den = 1e-30;
+  for (let i = 0; i < a.length; ++i) {
+    const d = Math.abs(a[i] - b[i]);
+    num = Number.isNaN(d) ? Infinity : Math.max(num, d);
+    den = Math.max(den, Math.abs(b[i]));
+  }
+  return num / den;
+}
+
+let failed = 0;
+const rng = new Rng(11);
+for (const fam of FAMILIES) {
+  const dir = mkdtempSync(join(tmpdir(), 'spinlm-kit-family-'));
+  const t0 = performance.now();
+  try {
+    const modelDir = join(dir, 'model');
+    mkdirSync(modelDir);
+    await initLlama(be, parseConfig(fam.config, fam.name), { seed: rng.int(0, 1e9), std: 0.2, dtype: 'f32', randomizeAll: true }).save(
+      modelDir,
+    );
+    // the published fields spinlm does not read still travel (transformers reads config.json as written)
+    const written = JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8'));
+    writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ ...fam.config, ...written }, null, 2));
+    const model = await LlamaModel.load(be, modelDir);
+    model.weights.enableTraining();
+    const tok = { eosId: EOS, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
+    const text = (k: number) => Array.from({ length: k }, () => String.fromCharCode(97 + rng.int(0, 25))).join('');
+    const pairs = Array.from({ length: 3 }, (_, i) =>
+      tokenizePair(tok, text(i === 0 ? 60 : rng.int(3, 60)), text(rng.int(1, 12)), text(rng.int(1, 12)), {
+        maxLength: 48,
+        maxPromptLength: 32,
+      }),
+    );
+    const batch = collateSpinBatch(pairs, EOS, 0);
+    const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
+    const beta = 0.3;
+    const input = uploadInput(be, batch, model.cfg.vocabSize);
+    const { logits, state } = model.forward(input, { train: true });
+    const logitsHost = Float32Array.from((await ops.read(logits)) as Float32Array);
+    const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+    const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+    const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [6]), 3, {
+      beta,
+      lossType: 'sigmoid',
+    });
+    const metrics = await spinLossMetrics(ctx);
+    const seq = Float32Array.from((await ops.read(ctx.seqLogps)) as Float32Array);
+    model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
+    freeSpinLossContext(ctx);
+    freeInput(input);
+
+    const req = join(dir, 'req');
+    mkdirSync(req);
+    const put = (name: string, a: Int32Array | Float32Array) =>
+      writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    put('input_ids', batch.inputIds);
+    put('positions', batch.positions);
+    put('attention_mask', batch.attentionMask);
+    put('targets', batch.targets);
+    put('segments', batch.segments);
+    put('ref', ref);
+    writeFileSync(
+      join(req, 'request.json'),
+      JSON.stringify({ rows: batch.rows, length: batch.length, beta, loss_type: 'sigmoid', pairs: 3 }),
+    );
+    let reference = 'transformers';
+    try {
+      execFileSync(PYTHON, [HF, 'run', modelDir, req], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
+    } catch (err) {
+      if ((err as { status?: number }).status !== 3) throw err;
+      reference = 'float64 oracle (transformers not installed)';
+      execFileSync(PYTHON, [ORACLE, 'run', modelDir, req], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
+    }
+    const read = (p: string) => {
+      const b = readFileSync(join(req, p));
+      return new Float32Array(b.buffer, b.byteOffset, b.byteLength / 4);
+    };
+    // logits where a query is real (transformers computes padded queries differently)
+    const want = read('logits.out.bin');
+    const v = model.cfg.vocabSize;
+    const keep = (a: Float32Array) => a.filter((_, i) => batch.attentionMask[Math.floor(i / v)] === 1);
+    const errs: Record<string, number> = { logits: relErr(keep(logitsHost), keep(want)), seq: relErr(seq, read('seq.out.bin')) };
+    const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss as number;
+    errs.loss = Math.abs(metrics.loss - torchLoss) / Math.max(1e-30, Math.abs(torchLoss));
+    const refGrads = new Set(readdirSync(join(req, 'grad')).map((f) => f.replace(/\.bin$/, '')));
+    let gradMax = 0,
+      gradWorst = '';
+    for (const [name, g] of model.weights.grads) {
+      if (!refGrads.has(name)) throw new Error(`the reference has no gradient for ${name} (names differ from HF's?)`);
+      const e = relErr((await ops.read(g)) as Float32Array, read(join('grad', `${name}.bin`)));
+      if (!(e <= gradMax)) [gradMax, gradWorst] = [e, name];
+    }
+    errs.grad = gradMax;
+    model.weights.free();
+    const ok = Object.values(errs).every((e) => e <= TOL);
+    if (!ok) failed++;
+    const row = {
+      step: 'families',
+      family: fam.name,
+      backend: be.name,
+      reference,
+      ok,
+      tol: TOL,
+      ...errs,
+      grad_worst: gradWorst,
+      ms: performance.now() - t0,
+    };
+    console.log(
+      `${ok ? 'ok  ' : 'FAIL'} ${fam.name} on ${be.name} vs ${reference}: logits ${errs.logits.toExponential(1)}, S ${errs.seq.toExponential(1)}, ` +
+        `loss ${errs.loss.toExponential(1)}, grads ${gradMax.toExponential(1)} (${gradWorst}); tolerance ${TOL}`,
+    );
+    if (args.jsonl) appendFileSync(String(args.jsonl), JSON.stringify(row) + '\n');
+  } catch (err) {
+    failed++;
+    console.log(`FAIL ${fam.name} on ${be.name}: ${(err as Error).message.split('\n').slice(0, 4).join(' | ')}`);
+    if (args.jsonl)
+      appendFileSync(
+        String(args.jsonl),
+        JSON.stringify({ step: 'families', family: fam.name, ok: false, error: (err as Error).message.slice(0, 500) }) + '\n',
+      );
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+console.log(`families: ${FAMILIES.length - failed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
