@@ -2,12 +2,13 @@
 // shapes, through the library's own paths (two SPIN steps with RMSProp, one with AdamW, sampled and
 // greedy generation with a bf16 KV cache and bf16 compute), each op's call counted. With
 // SPINLM_CUDA_SYNC=1 the CUDA runtime synchronizes after every op and names the kernel that faulted.
-// Prints one line per op family and the ops the run did not reach (read off the Backend interface in
-// src/backend/backend.ts), then `smoke: N ops reached, M not reached`; exits 1 on any error.
+// Prints one line per stage and the ops the run did not reach (the op list: native/op_list.h), then
+// `smoke: N ops reached, M not reached`; exits 1 on any error.
 // Usage: node --import tsx bench/gpu_smoke.ts [--backend cuda|cuda-emu|cpu] [--jsonl FILE]
-import { appendFileSync, readFileSync } from 'node:fs';
+import { appendFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import type { Backend } from '../src/backend/backend.js';
+import { NATIVE_OPS } from '../src/backend/native/op_list.js';
 import { generate } from '../src/generate/generate.js';
 import { parseConfig } from '../src/model/config.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
@@ -20,15 +21,8 @@ import { spinBenchLoop, spinBenchObjective } from './model_probe_work.js';
 
 const { values: args } = parseArgs({ options: { backend: { type: 'string', default: 'cuda' }, jsonl: { type: 'string' } } });
 
-/** The op names of the Backend interface, read off its source (one method a line). */
-function backendOps(): string[] {
-  const src = readFileSync(new URL('../src/backend/backend.ts', import.meta.url), 'utf8');
-  const body = src.slice(src.indexOf('export interface Backend '));
-  const end = body.indexOf('\n}');
-  const names = [...body.slice(0, end).matchAll(/^ {2}([a-zA-Z]+)\(/gm)].map((m) => m[1]);
-  const NOT_OPS = new Set(['info', 'takeErrors', 'free', 'read', 'alloc', 'upload', 'write', 'empty', 'dispose']);
-  return [...new Set(names)].filter((n) => !NOT_OPS.has(n));
-}
+/** The Backend methods of the one op list (native/op_list.h, generated into src/backend/native/op_list.ts). */
+const backendOps = (): string[] => [...new Set(NATIVE_OPS.map((o) => o.method as string))];
 
 /** Counts calls of each op method on this backend instance (wrapped on the instance, `this` unchanged). */
 function countCalls(be: Backend, names: string[]): Map<string, number> {
