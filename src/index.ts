@@ -39,7 +39,7 @@ export {
   spinLossForward,
   spinLossMetrics,
 } from './spin/loss.js';
-export { Optimizer, type OptimizerConfig } from './spin/optimizer.js';
+export { Optimizer, type OptimizerConfig } from './optim/optimizer.js';
 export { runTrainingLoop, type LoopConfig } from './spin/train_loop.js';
 export { referenceLogps, SftObjective, SpinObjective } from './spin/objectives.js';
 export { runSelfPlay, type SelfPlayOptions } from './spin/self_play.js';

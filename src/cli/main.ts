@@ -7,6 +7,7 @@ import { backendStatus } from '../backend/registry.js';
 import { helpText, parseOptions, suggest, UsageError } from './args.js';
 import { COMMANDS } from './commands.js';
 import { selectDevice } from './common.js';
+import { deviceConfig } from './config.js';
 import { CommError, environmentRank, launchedByMpi, processGroup, closeProcessGroup } from '../dist/process_group.js';
 import { launch, withoutNproc } from '../dist/launch.js';
 import { fileURLToPath } from 'node:url';
@@ -102,7 +103,10 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write = (() => true) as typeof process.stderr.write;
       o.quiet = true;
     }
-    if (cmd.usesDevice) await selectDevice(o);
+    if (cmd.usesDevice) {
+      const d = deviceConfig(o);
+      await selectDevice(d.device, d.quiet);
+    }
     await cmd.run(o);
     return 0;
   } catch (err) {
