@@ -7,6 +7,7 @@ import YAML from 'yaml';
 import { demoSelfPlayOptions } from '../spin/demo.js';
 import { DEMO_GENERATION } from '../spin/experiment.js';
 import { type OptionSpec, type Parsed, positive, resolveValues, suggest, UsageError } from './args.js';
+import { num, optNum, optStr } from './config.js';
 import { generationOptions, selfPlayLoopOptions, trainOptions } from './options.js';
 
 /** Which objective an arm trains with: the SPIN loss (loss_type, beta, nll_alpha...) or continued SFT on the real answers. */
@@ -228,12 +229,12 @@ export function readSweepConfig(file: string): SweepConfig {
   return {
     file,
     model,
-    data: (b.data as string | undefined) ?? null,
-    evalData: (b.eval_data as string | undefined) ?? null,
-    iterations: b.iterations as number,
-    prompts: b.prompts as number,
-    evalTasks: b.eval_tasks as number,
-    evalSeed: (b.eval_seed as number | undefined) ?? null,
+    data: optStr(b, 'data') ?? null,
+    evalData: optStr(b, 'eval_data') ?? null,
+    iterations: num(b, 'iterations'),
+    prompts: num(b, 'prompts'),
+    evalTasks: num(b, 'eval_tasks'),
+    evalSeed: optNum(b, 'eval_seed') ?? null,
     seeds,
     baseline: doc.baseline as string,
     arms,
