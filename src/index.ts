@@ -39,10 +39,19 @@ export {
   spinLossForward,
   spinLossMetrics,
 } from './spin/loss.js';
-export { Optimizer, type OptimizerConfig } from './spin/optimizer.js';
+export { Optimizer, type OptimizerConfig } from './optim/optimizer.js';
 export { runTrainingLoop, type LoopConfig } from './spin/train_loop.js';
 export { referenceLogps, SftObjective, SpinObjective } from './spin/objectives.js';
 export { runSelfPlay, type SelfPlayOptions } from './spin/self_play.js';
+export {
+  evaluateTheta0,
+  type Experiment,
+  type ExperimentEvents,
+  type ExperimentRun,
+  type GenerationSettings,
+  readRunEvals,
+  runExperiment,
+} from './spin/experiment.js';
 export { runSft } from './spin/sft.js';
 export { scorePairs } from './spin/score.js';
 export { runDemo } from './spin/demo.js';

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
-import { type OptimizerConfig, Optimizer, type Parameter } from '../src/spin/optimizer.js';
+import { type OptimizerConfig, Optimizer, type Parameter } from '../src/optim/optimizer.js';
 import { lrMultiplier, warmupSteps } from '../src/spin/schedule.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import { relErr } from './helpers/loss_ref.js';

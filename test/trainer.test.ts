@@ -197,7 +197,7 @@ test('bf16 training keeps only the f32 masters during a step (bf16 copies made p
       });
       const resident: number[] = [];
       // the embedding's and the head's bf16 copies are made around their own uses only: none is
-      // resident while a layer runs (untied; src/model/master_params.ts unitOf)
+      // resident while a layer runs (untied; src/model/param_units.ts unitOf)
       const outer = ['model.embed_tokens.weight', 'model.norm.weight', 'lm_head.weight'];
       let layerUses = 0;
       const outerInLayers: string[] = [];

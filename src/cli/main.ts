@@ -7,6 +7,7 @@ import { backendStatus } from '../backend/registry.js';
 import { helpText, parseOptions, suggest, UsageError } from './args.js';
 import { COMMANDS } from './commands.js';
 import { selectDevice } from './common.js';
+import { deviceConfig, optNum } from './config.js';
 import { CommError, environmentRank, launchedByMpi, processGroup, closeProcessGroup } from '../dist/process_group.js';
 import { launch, withoutNproc } from '../dist/launch.js';
 import { fileURLToPath } from 'node:url';
@@ -95,14 +96,17 @@ export async function main(argv: string[]): Promise<number> {
     }
     const o = parseOptions(args, cmd.options, cmd.name);
     if (cmd.positional) o[cmd.positional.name] = positional;
-    const nproc = Number(o.nproc ?? 1);
+    const nproc = optNum(o, 'nproc') ?? 1;
     if (nproc > 1 && !launchedByMpi())
       return await launch(nproc, process.argv[1] ?? fileURLToPath(import.meta.url), [name, ...withoutNproc(rest)]);
     if (launchedByMpi() && rank !== 0) {
       process.stderr.write = (() => true) as typeof process.stderr.write;
       o.quiet = true;
     }
-    if (cmd.usesDevice) await selectDevice(o);
+    if (cmd.usesDevice) {
+      const d = deviceConfig(o);
+      await selectDevice(d.device, d.quiet);
+    }
     await cmd.run(o);
     return 0;
   } catch (err) {

@@ -261,3 +261,18 @@ export const trainOptions: OptionSpec[] = [
   ...textOptions,
   ...distOptions,
 ];
+
+export const quietOption: OptionSpec = { name: 'quiet', type: 'bool', default: false, help: 'no progress bars' };
+export const nOption: OptionSpec = { name: 'n', type: 'int', check: positive, help: 'use n prompts (a seeded random sample; default all)' };
+export const skipInvalidOption: OptionSpec = {
+  name: 'skip_invalid',
+  type: 'bool',
+  default: false,
+  help: 'skip malformed rows (and report how many) instead of stopping at the first',
+};
+export const overwriteOption: OptionSpec = {
+  name: 'overwrite_output_dir',
+  type: 'bool',
+  default: false,
+  help: 'start over: clear what an earlier run left in --out instead of resuming it (needed when the settings differ)',
+};

@@ -15,6 +15,7 @@ import lockfile from 'proper-lockfile';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
+import { bool, str } from './config.js';
 
 export interface Input {
   /** The flag that named it, e.g. 'model'. */
@@ -275,9 +276,10 @@ export async function truncateMetrics(dir: string, layout: 'run' | 'single'): Pr
  * checkpoints, and the resolved options written beside the outputs.
  */
 export async function prepareRunDir(command: string, o: Parsed, inputs: readonly Input[], layout: 'run' | 'single'): Promise<void> {
-  const dir = String(o.out);
+  const dir = str(o, 'out');
+  const overwrite = bool(o, 'overwrite_output_dir');
   if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
-  checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: Boolean(o.overwrite_output_dir) }, inputs);
+  checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: overwrite }, inputs);
   try {
     await makeDirs(dir);
   } catch (e) {
@@ -289,7 +291,7 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
   const now = await fingerprintOf(command, o, inputs);
   const fpFile = join(dir, FINGERPRINT);
   const resolvedFile = join(dir, `${command}.resolved.json`);
-  if (o.overwrite_output_dir) {
+  if (overwrite) {
     // only a directory spinlm wrote is cleared, never an arbitrary one named by mistake
     if (existsSync(fpFile) || existsSync(resolvedFile)) clearDir(dir);
   } else if (existsSync(fpFile)) {

@@ -1,5 +1,5 @@
 // Data-parallel optimizer steps with ZeRO-style sharding (DeepSpeed's stage numbers), over a
-// ProcessGroup. The parameters are grouped into units (src/model/master_params.ts unitOf): one per
+// ProcessGroup. The parameters are grouped into units (src/model/param_units.ts unitOf): one per
 // decoder layer, the embedding, and the head (final norm, untied LM head). A unit's tensors sit in
 // one buffer (each at a multiple of 128 elements: 256-byte views for bf16 and f32), padded to a
 // multiple of 128 x N elements, so the unit splits into N equal parts; rank r owns part r of every
@@ -27,10 +27,10 @@
 // ZeRO's analysis: stages 0-2 send 2Ψ·(N-1)/N elements per rank (all-reduce = reduce-scatter +
 // all-gather), stage 3 3Ψ·(N-1)/N (two all-gathers and one reduce-scatter). Gradients are f32 here.
 import type { LlamaModel, ParamHook } from '../model/llama.js';
-import { EMBED_UNIT, HEAD_UNIT, unitOf } from '../model/master_params.js';
+import { EMBED_UNIT, HEAD_UNIT, unitOf } from '../model/param_units.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { dtypeSize } from '../tensor/dtype.js';
-import { Optimizer, type OptimizerConfig, type Parameter } from '../spin/optimizer.js';
+import { Optimizer, type OptimizerConfig, type Parameter } from '../optim/optimizer.js';
 import type { ProcessGroup, Work } from './process_group.js';
 import * as ops from '../ops/index.js';
 
@@ -41,7 +41,7 @@ export const ZERO_STAGES: readonly ZeroStage[] = [0, 1, 2, 3];
 const ALIGN = 128;
 
 interface Unit {
-  /** Layer index, EMBED_UNIT or HEAD_UNIT (src/model/master_params.ts). */
+  /** Layer index, EMBED_UNIT or HEAD_UNIT (src/model/param_units.ts). */
   index: number;
   names: string[];
   shapes: (readonly number[])[];

@@ -8,9 +8,11 @@ import { makeDirs } from '../util/atomic.js';
 import type { Backend, ComputeDtype } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
-import { EMBED_UNIT, HEAD_UNIT } from './master_params.js';
+import { EMBED_UNIT, HEAD_UNIT, type ParamHook } from './param_units.js';
 import { type LlamaConfig, loadConfig, writeConfig } from './config.js';
 import { type ParamDType, Weights } from './weights.js';
+
+export type { ParamHook } from './param_units.js';
 import * as ops from '../ops/index.js';
 
 /** The token tensors of one forward pass. */
@@ -73,20 +75,6 @@ function drop(s: LayerSaved, ...keys: (keyof LayerSaved)[]): void {
     s[k]?.free();
     delete s[k];
   }
-}
-
-/**
- * ZeRO stage 3 (src/dist/zero.ts) keeps only a shard of each layer's parameters: `acquire` gathers
- * unit `unit`'s parameters (a layer index, EMBED_UNIT or HEAD_UNIT: src/model/master_params.ts)
- * into `weights` just before the model uses them (and, in the backward, their gradients), `release`
- * frees them after (reducing the gradients first). Both are called in the same order on every rank:
- * forward EMBED_UNIT, layers 0.., HEAD_UNIT; backward HEAD_UNIT, layers ..0, EMBED_UNIT. With tied
- * embeddings the table is also the head, so EMBED_UNIT stays held from the embedding to the head in
- * the forward, and from the head to the embedding in the backward (its gradient has two parts).
- */
-export interface ParamHook {
-  acquire(unit: number, phase: 'forward' | 'backward'): void;
-  release(unit: number, phase: 'forward' | 'backward'): void;
 }
 
 export class LlamaModel {

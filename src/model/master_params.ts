@@ -9,24 +9,9 @@
 // parameter for the whole of training; costs one cast of the masters per forward and per backward
 // (memory-bound, ~1% of a step here).
 import type { Tensor } from '../tensor/tensor.js';
-import type { LlamaModel, ParamHook } from './llama.js';
+import type { LlamaModel } from './llama.js';
+import { type ParamHook, unitOf } from './param_units.js';
 import * as ops from '../ops/index.js';
-
-/** The parameter unit of the embedding table (with tied embeddings, also the LM head). */
-export const EMBED_UNIT = -1;
-/** The parameter unit of the final norm and the untied LM head. */
-export const HEAD_UNIT = -2;
-
-/**
- * The parameter unit of a name: its decoder layer, EMBED_UNIT or HEAD_UNIT. The embedding and the
- * head are apart because the model uses them at opposite ends of a pass: each is held (its bf16
- * copy, its ZeRO-3 gather) only around its own use, never through the layers (1.1B: 0.26 GB).
- */
-export function unitOf(name: string): number {
-  const m = /^model\.layers\.(\d+)\./.exec(name);
-  if (m) return Number(m[1]);
-  return name === 'model.embed_tokens.weight' ? EMBED_UNIT : HEAD_UNIT;
-}
 
 export class MasterBackedParams implements ParamHook {
   private readonly units = new Map<number, string[]>();

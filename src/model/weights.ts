@@ -65,7 +65,7 @@ export class Weights {
    */
   sharded = false;
   /**
-   * Fused updates (src/spin/fused_update.ts): a unit's gradients exist only from its backward to its
+   * Fused updates (src/optim/fused_update.ts): a unit's gradients exist only from its backward to its
    * update, so training holds none between steps.
    */
   gradsOnDemand = false;

@@ -4,22 +4,18 @@
 // real-answer log-prob per iteration for each. Which arm wins at this scale is a finding, not a given
 // (docs/demo.md).
 import { existsSync } from 'node:fs';
-import { cp, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { cp, mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
-import type { SyntheticTask } from '../data/synthetic.js';
-import { answerPrompts } from '../generate/answers.js';
-import { GREEDY } from '../generate/sampler.js';
 import { parseConfig } from '../model/config.js';
-import { LlamaDecoder } from '../model/decoder.js';
 import { initLlama } from '../model/init.js';
-import { LlamaModel } from '../model/llama.js';
 import { writeByteTokenizer } from '../text/byte_tokenizer.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { DEMO_MODEL_CONFIG, DEMO_SFT_LOOP, DEMO_TRUNCATION, demoTasks } from './demo_setup.js';
-import { exactMatchEval, heldoutLogp } from './evaluate.js';
-import { type SelfPlayOptions, runSelfPlay } from './self_play.js';
+import { type EvalSettings, evaluateTasks, type TaskEval } from './evaluate.js';
+import { DEMO_GENERATION, evaluateTheta0, type ExperimentRun, readRunEvals, runExperiment } from './experiment.js';
+import type { SelfPlayOptions } from './self_play.js';
 import { runSft } from './sft.js';
 import type { LoopHooks, StepLog } from './train_loop.js';
 
@@ -97,21 +93,14 @@ export function demoSelfPlayOptions(outDir: string, iterations: number, quick: b
   };
 }
 
-async function evaluateModel(model: LlamaModel, dir: string, test: readonly SyntheticTask[]) {
-  const tok = await loadTokenizer(dir);
-  const em = await exactMatchEval(model, tok, test, { template: 'instruction', batchSize: 64, maxNewTokens: 32 });
-  const lp = await heldoutLogp(
-    model,
-    tok,
-    test.map((t) => ({ prompt: t.prompt, real: t.answer })),
-    { ...DEMO_TRUNCATION, template: 'instruction', batchSize: 64 },
-  );
-  return {
-    exactMatch: em.accuracy,
-    heldoutLogp: lp,
-    byTask: Object.fromEntries(Object.entries(em.byTask).map(([k, v]) => [k, v.accuracy])),
-  };
-}
+/** The demo's evaluation: greedy answers of at most 32 tokens and log-probs, 64 at a time (docs/demo.md). */
+export const DEMO_EVAL: EvalSettings = {
+  template: 'instruction',
+  truncation: DEMO_TRUNCATION,
+  logpBatchSize: 64,
+  generationBatchSize: 64,
+  maxNewTokens: 32,
+};
 
 /** Trains θ0 from scratch with the demo recipe (what `spinlm demo --from-scratch` and the shipped θ0 come from). */
 export async function trainTheta0(be: Backend, dir: string, hooks: LoopHooks = {}, opts: { quick?: boolean } = {}): Promise<void> {
@@ -156,47 +145,46 @@ export async function runDemo(be: Backend, opts: DemoOptions, hooks: DemoHooks =
   const { train, test } = demoTasks();
   const heldout = test.slice(0, opts.evalTasks);
   const sft = train.slice(0, opts.prompts).map((t) => ({ prompt: t.prompt, real: t.answer }));
-  const rows: DemoRow[] = [];
-  const base = await LlamaModel.load(be, theta0);
-  try {
-    hooks.onStage?.('theta0', 0, 'evaluate');
-    const r0 = await evaluateModel(base, theta0, heldout);
-    for (const arm of DEMO_ARMS) {
-      const row = { arm: arm.name, iteration: 0, ...r0 };
-      rows.push(row);
-      hooks.onRow?.(row);
-    }
-  } finally {
-    base.weights.free();
-  }
   const tok = await loadTokenizer(theta0);
-  for (const arm of DEMO_ARMS) {
-    const armDir = join(opts.outDir, arm.name);
-    const spOpts = { ...demoSelfPlayOptions(armDir, opts.iterations, opts.quick), ...arm.overrides };
-    await runSelfPlay(be, theta0, tok, sft, spOpts, {
-      generate: (model, prompts, _t, file) =>
-        answerPrompts(new LlamaDecoder(model), tok, prompts, { ...GREEDY, maxNewTokens: 32, seed: 0, batchSize: 64, journal: file }),
-      evaluate: async (model, t) => {
-        const r = await evaluateModel(model, theta0, heldout);
-        const row = { arm: arm.name, iteration: t + 1, ...r };
-        hooks.onRow?.(row);
-        return r;
+  hooks.onStage?.('theta0', 0, 'evaluate');
+  const r0 = await evaluateTheta0(be, theta0, (m) => evaluateTasks(m, tok, heldout, DEMO_EVAL));
+  for (const arm of DEMO_ARMS) hooks.onRow?.({ arm: arm.name, iteration: 0, ...r0 });
+  const runs: ExperimentRun[] = DEMO_ARMS.map((arm) => {
+    const { outDir: _o, iterations: _i, ...selfPlay } = { ...demoSelfPlayOptions('', opts.iterations, opts.quick), ...arm.overrides };
+    return {
+      arm: arm.name,
+      seed: selfPlay.loop.seed,
+      dir: join(opts.outDir, arm.name),
+      selfPlay,
+      generation: DEMO_GENERATION,
+      generationSeed: 0,
+    };
+  });
+  await runExperiment(
+    {
+      backend: be,
+      theta0,
+      tokenizer: tok,
+      prompts: sft,
+      iterations: opts.iterations,
+      runs,
+      evaluate: async (model, run, t) => {
+        const r = await evaluateTasks(model, tok, heldout, DEMO_EVAL);
+        hooks.onRow?.({ arm: run.arm, iteration: t + 1, ...r });
+        return r as unknown as Record<string, unknown>;
       },
-      onStep: (t, l) => hooks.onStep?.(arm.name, t, l),
-      onStage: (t, s) => hooks.onStage?.(arm.name, t, s),
-    });
-  }
-  // rows of evaluations done by earlier (resumed) runs come from their eval.json files
-  for (const arm of DEMO_ARMS) {
-    for (let t = 0; t < opts.iterations; t++) {
-      if (rows.some((r) => r.arm === arm.name && r.iteration === t + 1)) continue;
-      const e = JSON.parse(await readFile(join(opts.outDir, arm.name, `iter-${t}`, 'eval.json'), 'utf8'));
-      rows.push({ arm: arm.name, iteration: t + 1, ...e });
-    }
-  }
-  rows.sort(
-    (a, b) => DEMO_ARMS.findIndex((x) => x.name === a.arm) - DEMO_ARMS.findIndex((x) => x.name === b.arm) || a.iteration - b.iteration,
+    },
+    {
+      onStep: (run, t, l) => hooks.onStep?.(run.arm, t, l),
+      onStage: (run, t, s) => hooks.onStage?.(run.arm, t, s),
+    },
   );
+  // per arm: θ0, then the iterations from their eval.json files (those of resumed runs included)
+  const rows: DemoRow[] = [];
+  for (const run of runs) {
+    rows.push({ arm: run.arm, iteration: 0, ...r0 });
+    (await readRunEvals<TaskEval>(run.dir, opts.iterations)).forEach((e, t) => rows.push({ arm: run.arm, iteration: t + 1, ...e! }));
+  }
   await writeFileAtomic(join(opts.outDir, 'demo_results.json'), JSON.stringify(rows, null, 2));
   return rows;
 }

@@ -49,3 +49,76 @@ export async function exactMatchEval(
   });
   return scoreExactMatch(tasks, answers);
 }
+
+/** How a model is evaluated on held-out data: prompt format, truncation, batch sizes, answer length. */
+export interface EvalSettings {
+  template: PromptTemplate;
+  truncation: TruncationOptions;
+  /** Pairs per forward pass of the log-prob evaluation. */
+  logpBatchSize: number;
+  /** Prompts per batch of greedy answers (exact match). */
+  generationBatchSize: number;
+  /** Longest greedy answer (exact match). */
+  maxNewTokens: number;
+}
+
+/** Held-out synthetic tasks: exact match (overall and per family), then real-answer log-prob per token (`spinlm demo` and `spinlm sweep`). */
+export interface TaskEval {
+  exactMatch: number;
+  heldoutLogp: number;
+  /** Exact match per task family. */
+  byTask: Record<string, number>;
+}
+
+export async function evaluateTasks(
+  model: LlamaModel,
+  tok: HfTokenizer,
+  tasks: readonly SyntheticTask[],
+  s: EvalSettings,
+): Promise<TaskEval> {
+  const em = await exactMatchEval(model, tok, tasks, {
+    template: s.template,
+    batchSize: s.generationBatchSize,
+    maxNewTokens: s.maxNewTokens,
+  });
+  const lp = await heldoutLogp(
+    model,
+    tok,
+    tasks.map((t) => ({ prompt: t.prompt, real: t.answer })),
+    { ...s.truncation, template: s.template, batchSize: s.logpBatchSize },
+  );
+  return {
+    exactMatch: em.accuracy,
+    heldoutLogp: lp,
+    byTask: Object.fromEntries(Object.entries(em.byTask).map(([k, v]) => [k, v.accuracy])),
+  };
+}
+
+/** True when every row is a synthetic task (has a "task" field), so exact match applies. */
+export const areTasks = (rows: readonly { prompt: string; real: string }[]): boolean =>
+  rows.every((p) => typeof (p as { task?: unknown }).task === 'string');
+
+/**
+ * Held-out pairs of any data (`spinlm run --eval_data`): `heldout_logp`, the mean real-answer log-prob
+ * per token, and for synthetic tasks (rows with a "task" field) `exact_match` of greedy answers.
+ */
+export async function evaluateHeldout(
+  model: LlamaModel,
+  tok: HfTokenizer,
+  pairs: readonly { prompt: string; real: string }[],
+  s: EvalSettings,
+): Promise<{ heldout_logp: number; exact_match?: number }> {
+  const r: { heldout_logp: number; exact_match?: number } = {
+    heldout_logp: await heldoutLogp(model, tok, pairs, { ...s.truncation, template: s.template, batchSize: s.logpBatchSize }),
+  };
+  if (areTasks(pairs)) {
+    const tasks = pairs.map((p) => ({ task: (p as { task: string } & typeof p).task, prompt: p.prompt, answer: p.real }));
+    const em = await exactMatchEval(model, tok, tasks, {
+      template: s.template,
+      batchSize: s.generationBatchSize,
+      maxNewTokens: s.maxNewTokens,
+    });
+    r.exact_match = em.accuracy;
+  }
+  return r;
+}

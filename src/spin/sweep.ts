@@ -5,9 +5,15 @@
 // the last iteration. Written as sweep.md, sweep.json and sweep.svg (exact match per iteration, one
 // line per arm, error bars = SE over seeds). Everything here is computed from the evaluation records,
 // so a table can always be rebuilt from the files of the runs.
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { exactMatch } from '../data/synthetic.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { readRunEvals, runDirOf } from './experiment.js';
+import { readMetrics } from './metrics.js';
 import { forestChart, lineChart } from './report.js';
+import { iterationDir } from './self_play.js';
 
 /** What a run records after each iteration (its eval.json) and θ0's (theta0/eval.json). */
 export interface SweepEval {
@@ -310,4 +316,47 @@ export async function writeSweepOutputs(dir: string, s: SweepSummary): Promise<v
     join(dir, 'sweep.md'),
     `${sweepMarkdown(s)}\nPlots: sweep.svg (exact match per iteration, error bars = SE over seeds), sweep-delta.svg (Δ vs ${s.baseline} after the last iteration, ± 2 paired SE).\n`,
   );
+}
+
+/** The evaluation records of a sweep directory: OUT/ARM/seed-S/iter-t/eval.json for every one that exists. */
+export async function readSweepRecords(
+  out: string,
+  arms: readonly string[],
+  seeds: readonly number[],
+  iterations: number,
+): Promise<SweepRecord[]> {
+  const records: SweepRecord[] = [];
+  for (const arm of arms)
+    for (const seed of seeds)
+      (await readRunEvals<SweepEval>(runDirOf(out, arm, seed), iterations)).forEach((e, t) => {
+        if (e) records.push({ arm, seed, iteration: t + 1, eval: e });
+      });
+  return records;
+}
+
+/**
+ * What a SPIN run's iteration t did besides its evaluation: the fraction of the opponent's answers
+ * (iter-t/generated.json) equal to the real answer, and the mean over the iteration's steps (in
+ * `metricsFile`) of rewards/real and rewards/generated; all null for the sft objective.
+ */
+export async function opponentStats(
+  dir: string,
+  t: number,
+  objective: 'spin' | 'sft',
+  prompts: readonly { real: string }[],
+  metricsFile: string,
+): Promise<Pick<SweepEval, 'generatedEqualsReal' | 'rewardsReal' | 'rewardsGenerated'>> {
+  const genFile = join(iterationDir(dir, t), 'generated.json');
+  if (objective !== 'spin' || !existsSync(genFile)) return { generatedEqualsReal: null, rewardsReal: null, rewardsGenerated: null };
+  const answers: string[] = JSON.parse(await readFile(genFile, 'utf8'));
+  const steps = readMetrics(metricsFile).rows.filter((r) => r.kind === 'step' && r.iteration === t);
+  const mean = (k: string) => {
+    const xs = steps.map((r) => r[k]).filter((v): v is number => typeof v === 'number');
+    return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : null;
+  };
+  return {
+    generatedEqualsReal: answers.filter((a, i) => exactMatch(prompts[i], a)).length / answers.length,
+    rewardsReal: mean('rewards/real'),
+    rewardsGenerated: mean('rewards/generated'),
+  };
 }

@@ -8,13 +8,13 @@ import { openSafetensors, writeSafetensors } from '../model/safetensors.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { Rng } from '../util/rng.js';
-import { Optimizer, type OptimizerConfig, type Parameter } from './optimizer.js';
+import { Optimizer, type OptimizerConfig, type Parameter } from '../optim/optimizer.js';
 import { lrMultiplier, type ScheduleType, warmupSteps } from './schedule.js';
 import * as ops from '../ops/index.js';
 import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
 import { MasterBackedParams } from '../model/master_params.js';
-import { FusedUpdate } from './fused_update.js';
+import { FusedUpdate } from '../optim/fused_update.js';
 
 export interface LoopConfig {
   learningRate: number;
@@ -37,7 +37,7 @@ export interface LoopConfig {
    */
   gradientCheckpointing?: boolean;
   /**
-   * Fused updates (LOMO-style, src/spin/fused_update.ts): each unit of parameters is updated as soon
+   * Fused updates (LOMO-style, src/optim/fused_update.ts): each unit of parameters is updated as soon
    * as the backward has its gradient, which is then freed, so no full set of gradients is resident.
    * The same weights as an unfused step; needs maxGradNorm null, one micro-batch per step and one
    * process.

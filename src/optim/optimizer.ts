@@ -90,7 +90,7 @@ export class Optimizer {
   }
 
   /**
-   * Fused updates (LOMO-style, src/spin/fused_update.ts): one optimizer step issued parameter by
+   * Fused updates (LOMO-style, src/optim/fused_update.ts): one optimizer step issued parameter by
    * parameter while the backward runs, without clipping. beginFusedStep() counts the step,
    * updateOne() updates one parameter from its just-completed gradient (the same arithmetic as
    * step(lr, null)) and records its sum of squares, endFusedStep() returns [gradient norm, 1] as

@@ -15,8 +15,8 @@
 // update (the head unit, the untied LM head and the final norm, right after the first backward
 // matmuls). It wraps the hook already installed (the bf16 copies made from masters,
 // src/model/master_params.ts), which sees every acquire and release first.
-import type { LlamaModel, ParamHook } from '../model/llama.js';
-import { unitOf } from '../model/master_params.js';
+import type { LlamaModel } from '../model/llama.js';
+import { type ParamHook, unitOf } from '../model/param_units.js';
 import type { Optimizer } from './optimizer.js';
 
 export class FusedUpdate implements ParamHook {

@@ -1,0 +1,242 @@
+// Parsed options (src/cli/args.ts: untyped, but each value already checked against its spec) turned
+// into the library's typed configs, once per command and option group. This is the only file that
+// reads option values by name; commands take the typed objects below.
+import { type ComputeDtype, SPIN_LOSS_TYPES } from '../backend/backend.js';
+import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import type { ZeroStage } from '../dist/zero.js';
+import type { KvCacheDtype } from '../model/decoder.js';
+import type { OptimizerConfig } from '../optim/optimizer.js';
+import type { TruncationOptions } from '../spin/batch.js';
+import type { GenerationSettings } from '../spin/experiment.js';
+import type { SelfPlayOptions, SpinStageOptions } from '../spin/self_play.js';
+import type { LoopConfig } from '../spin/train_loop.js';
+import { defaultTemplate, type PromptTemplate } from '../text/templates.js';
+import type { HfTokenizer } from '../text/tokenizer.js';
+import { DEVICES, type DeviceChoice } from '../backend/registry.js';
+import { type Parsed, UsageError } from './args.js';
+
+// ---- typed reads (a value of the wrong type is a bug in a spec, not a user error) ----
+
+function value<T>(o: Parsed, k: string, ok: (v: unknown) => boolean, what: string): T {
+  const v = o[k];
+  if (!ok(v)) throw new TypeError(`option ${k}: expected ${what}, got ${JSON.stringify(v)}`);
+  return v as T;
+}
+const isNum = (v: unknown) => typeof v === 'number';
+export const num = (o: Parsed, k: string): number => value<number>(o, k, isNum, 'a number');
+export const optNum = (o: Parsed, k: string): number | undefined => (o[k] === undefined ? undefined : num(o, k));
+export const str = (o: Parsed, k: string): string => value<string>(o, k, (v) => typeof v === 'string', 'a string');
+export const optStr = (o: Parsed, k: string): string | undefined => (o[k] === undefined ? undefined : str(o, k));
+export const bool = (o: Parsed, k: string): boolean => o[k] === true;
+export const nums = (o: Parsed, k: string): number[] =>
+  value<number[]>(o, k, (v) => Array.isArray(v) && v.every(isNum), 'a list of numbers');
+/** A choice option's value, one of `values` (its spec's oneOf). */
+export const choice = <T extends string>(o: Parsed, k: string, values: readonly T[], fallback?: T): T =>
+  o[k] === undefined && fallback !== undefined ? fallback : value<T>(o, k, (v) => values.includes(v as T), `one of ${values.join(', ')}`);
+
+// ---- option groups ----
+
+/** --data with --n (a seeded sample), --seed and --skip_invalid. */
+export interface DataConfig {
+  path: string;
+  n?: number;
+  /** The sample's seed (with n). */
+  seed?: number;
+  skipInvalid: boolean;
+}
+export function dataConfig(o: Parsed): DataConfig {
+  const n = optNum(o, 'n');
+  return { path: str(o, 'data'), n, seed: n ? num(o, 'seed') : undefined, skipInvalid: bool(o, 'skip_invalid') };
+}
+
+/** --model and the text options: where the model is, how it is loaded, how prompts are formatted and cut. */
+export interface ModelConfig {
+  dir: string;
+  /** Parameter dtype; undefined: as stored. */
+  dtype?: 'f32' | 'bf16';
+  template: 'auto' | PromptTemplate;
+  maxLength?: number;
+  maxPromptLength?: number;
+  truncationMode: 'keep_end' | 'keep_start';
+  computeDtype: ComputeDtype;
+}
+export function modelConfig(o: Parsed): ModelConfig {
+  const dtype = choice(o, 'dtype', ['auto', 'f32', 'bf16'] as const, 'auto');
+  return {
+    dir: optStr(o, 'model') ?? '',
+    dtype: dtype === 'auto' ? undefined : dtype,
+    template: choice(o, 'template', ['auto', 'instruction', 'chat'] as const, 'auto'),
+    maxLength: optNum(o, 'max_length'),
+    maxPromptLength: optNum(o, 'max_prompt_length'),
+    truncationMode: choice(o, 'truncation_mode', ['keep_end', 'keep_start'] as const, 'keep_end'),
+    computeDtype: choice(o, 'compute_dtype', ['f32', 'bf16'] as const, 'f32'),
+  };
+}
+
+export function templateOf(m: Pick<ModelConfig, 'template'>, tok: HfTokenizer): PromptTemplate {
+  if (m.template === 'auto') return defaultTemplate(tok);
+  if (m.template === 'chat' && tok.chatTemplate === null)
+    throw new UsageError(`--template chat: the tokenizer in ${tok.dir} has no chat_template; use --template instruction`);
+  return m.template;
+}
+
+/**
+ * Truncation from the options and the model's context (max_position_embeddings): --max_length
+ * defaults to the context and may not exceed it; --max_prompt_length defaults to
+ * min(512, max_length / 2).
+ */
+export function truncationOf(
+  m: Pick<ModelConfig, 'maxLength' | 'maxPromptLength' | 'truncationMode'>,
+  context?: number,
+): TruncationOptions {
+  const maxLength = m.maxLength ?? context ?? 1024;
+  if (context !== undefined && maxLength > context) {
+    throw new UsageError(
+      `--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json); give --max_length ${context} or less`,
+    );
+  }
+  const maxPromptLength = m.maxPromptLength ?? Math.min(512, Math.floor(maxLength / 2));
+  if (maxPromptLength >= maxLength)
+    throw new UsageError(`--max_prompt_length ${maxPromptLength} must be smaller than --max_length ${maxLength}`);
+  return { maxLength, maxPromptLength, truncationMode: m.truncationMode };
+}
+
+/** --compute_dtype, checked against the loaded parameters: bf16 compute needs bf16 parameters. */
+export function checkComputeDtype(m: Pick<ModelConfig, 'computeDtype' | 'dir'>, paramDtype: string): ComputeDtype {
+  if (m.computeDtype === 'bf16' && paramDtype !== 'bf16')
+    throw new UsageError(
+      `--compute_dtype bf16 needs bf16 parameters and ${m.dir} is loaded as ${paramDtype}: add --dtype bf16, or leave --compute_dtype at f32`,
+    );
+  return m.computeDtype;
+}
+
+/** The generation options (--temperature, --top_p, ...; --stop still as text: stopSequencesOf encodes it). */
+export interface GenerationConfig extends Omit<GenerationSettings, 'stopSequences'> {
+  stop?: string;
+}
+export function generationConfig(o: Parsed): GenerationConfig {
+  return {
+    temperature: num(o, 'temperature'),
+    topP: num(o, 'top_p'),
+    topK: num(o, 'top_k'),
+    maxNewTokens: num(o, 'max_new_tokens'),
+    batchSize: num(o, 'generation_batch_size'),
+    kvCacheDtype: choice(o, 'kv_cache_dtype', ['auto', 'f32', 'bf16'] as const satisfies readonly KvCacheDtype[], 'auto'),
+    computeDtype: choice(o, 'compute_dtype', ['f32', 'bf16'] as const, 'f32'),
+    stop: optStr(o, 'stop'),
+  };
+}
+
+/** --stop as token sequences: one string, or a JSON list of strings. */
+export function stopSequencesOf(stop: string | undefined, tok: { encode(s: string): number[] }): number[][] | undefined {
+  if (stop === undefined) return undefined;
+  let list: unknown = stop;
+  if (stop.trim().startsWith('[')) {
+    try {
+      list = JSON.parse(stop);
+    } catch {
+      throw new UsageError(`--stop: ${stop} is not a JSON list of strings`);
+    }
+  }
+  const strings = Array.isArray(list) ? list : [list];
+  if (strings.some((x) => typeof x !== 'string' || x.length === 0)) throw new UsageError('--stop: expected non-empty strings');
+  return (strings as string[]).map((x) => tok.encode(x));
+}
+
+/** The library's generation settings: --stop encoded with the tokenizer. */
+export function generationSettingsOf(g: GenerationConfig, tok: HfTokenizer): GenerationSettings {
+  const { stop, ...rest } = g;
+  return { ...rest, stopSequences: stopSequencesOf(stop, tok) };
+}
+
+export function optimizerConfig(o: Parsed): OptimizerConfig {
+  return choice(o, 'optim', ['rmsprop', 'adamw'] as const) === 'adamw'
+    ? {
+        type: 'adamw',
+        beta1: num(o, 'adam_beta1'),
+        beta2: num(o, 'adam_beta2'),
+        eps: num(o, 'adam_epsilon'),
+        weightDecay: num(o, 'weight_decay'),
+      }
+    : { type: 'rmsprop', alpha: num(o, 'rmsprop_alpha'), eps: num(o, 'adam_epsilon'), weightDecay: num(o, 'weight_decay') };
+}
+
+/** The training loop (learning rate aside: a list, one per iteration); --fused_update's limits are checked here. */
+export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi()): LoopConfig {
+  const maxGradNorm = num(o, 'max_grad_norm');
+  const accumulation = num(o, 'gradient_accumulation_steps');
+  const fusedUpdate = bool(o, 'fused_update');
+  if (fusedUpdate) {
+    const bad = [
+      maxGradNorm > 0 &&
+        `--max_grad_norm ${maxGradNorm} (clipping needs the global norm, known only after the whole backward: give --max_grad_norm 0)`,
+      accumulation !== 1 &&
+        `--gradient_accumulation_steps ${accumulation} (an update cannot wait for more micro-batches: give 1, and a larger --per_device_train_batch_size instead)`,
+      (dist || (optNum(o, 'nproc') ?? 1) > 1) && 'data parallelism (ZeRO shards the gradients instead: --zero_stage 2)',
+    ].filter(Boolean);
+    if (bad.length) throw new UsageError(`--fused_update cannot go with ${bad.join('; nor with ')}`);
+  }
+  return {
+    learningRate,
+    optim: optimizerConfig(o),
+    lrSchedulerType: choice(o, 'lr_scheduler_type', ['linear', 'cosine', 'constant'] as const),
+    warmupRatio: num(o, 'warmup_ratio'),
+    microBatchSize: num(o, 'per_device_train_batch_size'),
+    gradientAccumulationSteps: accumulation,
+    numTrainEpochs: num(o, 'num_train_epochs'),
+    maxGradNorm: maxGradNorm > 0 ? maxGradNorm : null,
+    seed: num(o, 'seed'),
+    saveSteps: num(o, 'save_steps'),
+    gradientCheckpointing: bool(o, 'gradient_checkpointing'),
+    fusedUpdate,
+    dist: dist ? { group: processGroup(), zeroStage: (optNum(o, 'zero_stage') ?? 0) as ZeroStage } : undefined,
+  };
+}
+
+/** The SPIN objective of one iteration (`spinlm train`: the first --beta). */
+export function spinStageConfig(o: Parsed): SpinStageOptions {
+  return {
+    beta: nums(o, 'beta')[0],
+    lossType: choice(o, 'loss_type', SPIN_LOSS_TYPES),
+    nllAlpha: num(o, 'nll_alpha'),
+    dropIdentical: bool(o, 'drop_identical_pairs'),
+    lengthNormalized: bool(o, 'length_normalized'),
+  };
+}
+
+/** The self-play settings `spinlm run` and each arm of `spinlm sweep` take from the same flags. */
+export type SelfPlayFlags = Pick<
+  SelfPlayOptions,
+  | 'learningRates'
+  | 'betas'
+  | 'lossType'
+  | 'nllAlpha'
+  | 'dropIdentical'
+  | 'lengthNormalized'
+  | 'mixPrevious'
+  | 'referenceModel'
+  | 'opponentSamples'
+>;
+export function selfPlayConfig(o: Parsed): SelfPlayFlags {
+  const samples = optNum(o, 'opponent_samples') ?? 1;
+  if (samples > 1 && !(num(o, 'temperature') > 0))
+    throw new UsageError(
+      `--opponent_samples ${samples} needs sampled answers: greedy answers (--temperature 0) are all the same; give --temperature 0.7 or 1.0`,
+    );
+  return {
+    learningRates: nums(o, 'learning_rate'),
+    betas: nums(o, 'beta'),
+    lossType: choice(o, 'loss_type', SPIN_LOSS_TYPES),
+    nllAlpha: num(o, 'nll_alpha'),
+    dropIdentical: bool(o, 'drop_identical_pairs'),
+    lengthNormalized: bool(o, 'length_normalized'),
+    mixPrevious: bool(o, 'mix_previous_iteration'),
+    referenceModel: choice(o, 'reference_model', ['previous', 'initial'] as const, 'previous'),
+    opponentSamples: samples,
+  };
+}
+
+/** --device and --quiet, read before a command runs. */
+export function deviceConfig(o: Parsed): { device: DeviceChoice; quiet: boolean } {
+  return { device: choice(o, 'device', ['auto', ...DEVICES] as const, 'auto'), quiet: bool(o, 'quiet') };
+}

@@ -1,0 +1,217 @@
+// The commands that read and write data files: `score` (log-probs of pairs), `generate` (the
+// opponent's answers), `eval` (held-out metrics) and `synthetic` (tasks with exact answers).
+import { rm } from 'node:fs/promises';
+import { writeChatRows } from '../data/sft.js';
+import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
+import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
+import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import { shardByItem } from '../dist/shard.js';
+import { answerPrompts } from '../generate/answers.js';
+import { LlamaDecoder } from '../model/decoder.js';
+import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
+import { scorePairs } from '../spin/score.js';
+import { padIdOf } from '../spin/sft.js';
+import { formatPrompt } from '../text/templates.js';
+import { resolveOutput, writeFileAtomic } from '../util/atomic.js';
+import { positive } from './args.js';
+import { checkFileOut, type Command, promptFits, sftData } from './command.js';
+import { barrier, isMain, loadModelAndTokenizer } from './common.js';
+import {
+  bool,
+  checkComputeDtype,
+  dataConfig,
+  generationConfig,
+  generationSettingsOf,
+  modelConfig,
+  num,
+  optStr,
+  str,
+  stopSequencesOf,
+  truncationOf,
+} from './config.js';
+import {
+  computeDtypeOption,
+  dataOption,
+  evalBatchOption,
+  generationOptions,
+  modelOption,
+  nOption,
+  nprocOption,
+  outOption,
+  quietOption,
+  skipInvalidOption,
+  textOptions,
+} from './options.js';
+import { progressBar } from './progress.js';
+
+export const score: Command = {
+  name: 'score',
+  summary: 'S(theta, y) of (prompt, real, generated) pairs: the summed log-prob of each answer and its EOS.',
+  options: [
+    modelOption,
+    { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' },
+    outOption('scores JSONL, one row per pair in input order'),
+    evalBatchOption(8, 'pairs per forward pass'),
+    computeDtypeOption,
+    ...textOptions,
+    quietOption,
+  ],
+  async run(o) {
+    const m = modelConfig(o);
+    const [data, out] = [str(o, 'data'), str(o, 'out')];
+    await checkFileOut('score', out, { model: m.dir, data });
+    const { model, tok, template } = await loadModelAndTokenizer(m);
+    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const pairs = await readSpinPairs(data);
+    const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: bool(o, 'quiet') });
+    const scores = await scorePairs(model, tok, pairs, {
+      ...trunc,
+      template,
+      batchSize: num(o, 'per_device_eval_batch_size'),
+      padId: padIdOf(tok),
+      computeDtype: checkComputeDtype(m, model.weights.dtype),
+      onProgress: (d) => bar.update(d),
+    });
+    bar.stop();
+    await writeFileAtomic(out, scores.map((s) => JSON.stringify(s)).join('\n') + '\n');
+    process.stderr.write(`spinlm: scored ${pairs.length} pairs -> ${out}\n`);
+  },
+};
+
+export const generate: Command = {
+  name: 'generate',
+  summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
+  options: [
+    modelOption,
+    dataOption,
+    outOption('pair file (.jsonl or .parquet)'),
+    nOption,
+    skipInvalidOption,
+    ...generationOptions.map((s) => (s.name === 'generation_batch_size' ? { ...s, aliases: [...(s.aliases ?? []), 'batch_size'] } : s)),
+    {
+      name: 'seed',
+      type: 'int',
+      default: 42,
+      help: 'sampling seed (each prompt samples from its own stream of it, so a resumed run writes the same text)',
+    },
+    ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'),
+    nprocOption,
+    quietOption,
+  ],
+  async run(o) {
+    const m = modelConfig(o);
+    const d = dataConfig(o);
+    const gen = generationConfig(o);
+    const [out, seed] = [str(o, 'out'), num(o, 'seed')];
+    await checkFileOut('generate', out, { model: m.dir, data: d.path });
+    const { model, tok, template } = await loadModelAndTokenizer(m);
+    const pairs = await sftData(d, promptFits(model, tok, template));
+    stopSequencesOf(gen.stop, tok);
+    // the resume journal sits beside a file output; a stream output (FIFO, /dev/stdout) has none
+    const group = launchedByMpi() ? processGroup() : null;
+    // data parallel: prompts sharded by index across the ranks (one journal each), merged in input order
+    const journal =
+      (await resolveOutput(out)).kind === 'file'
+        ? group
+          ? `${out}.partial.rank-${group.rank}-of-${group.size}.jsonl`
+          : `${out}.partial.jsonl`
+        : undefined;
+    const prompts = pairs.map((p) => formatPrompt(tok, template, p.prompt));
+    const bar = progressBar('generating', prompts.length, 'prompts', { quiet: bool(o, 'quiet') });
+    const t0 = Date.now();
+    const g = generationSettingsOf(gen, tok);
+    const answerMine = (mine: string[]) =>
+      answerPrompts(new LlamaDecoder(model, g.kvCacheDtype, checkComputeDtype(m, model.weights.dtype)), tok, mine, {
+        temperature: g.temperature,
+        topP: g.topP,
+        topK: g.topK,
+        maxNewTokens: g.maxNewTokens,
+        seed,
+        batchSize: g.batchSize,
+        stopSequences: g.stopSequences,
+        journal,
+        onProgress: (done, _t, toks) => bar.update(done, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
+      });
+    const answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
+    bar.stop();
+    if (isMain())
+      await writeSpinPairs(
+        out,
+        pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })),
+      );
+    barrier();
+    if (journal) await rm(journal, { force: true });
+    process.stderr.write(`spinlm: wrote ${pairs.length} pairs -> ${out}\n`);
+  },
+};
+
+export const evalCmd: Command = {
+  name: 'eval',
+  summary:
+    'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
+  options: [
+    modelOption,
+    dataOption,
+    nOption,
+    skipInvalidOption,
+    evalBatchOption(32, 'prompts per batch'),
+    { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' },
+    { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' },
+    ...textOptions,
+    {
+      name: 'out',
+      type: 'string',
+      check: (v: string) => (v === '' ? 'must not be empty' : null),
+      help: 'also write the results as JSON here',
+    },
+    quietOption,
+  ],
+  async run(o) {
+    const m = modelConfig(o);
+    const d = dataConfig(o);
+    const out = optStr(o, 'out');
+    const batchSize = num(o, 'per_device_eval_batch_size');
+    await checkFileOut('eval', out, { model: m.dir, data: d.path });
+    const { model, tok, template } = await loadModelAndTokenizer(m);
+    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const pairs = await sftData(d, promptFits(model, tok, template));
+    const result: Record<string, unknown> = { n: pairs.length };
+    result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...trunc, template, batchSize });
+    const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
+    if (tasks.length === pairs.length) {
+      const em = await exactMatchEval(
+        model,
+        tok,
+        pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[],
+        { template, batchSize, maxNewTokens: num(o, 'max_new_tokens') },
+      );
+      result.exact_match = em.accuracy;
+      result.by_task = em.byTask;
+    }
+    console.log(JSON.stringify(result, null, 2));
+    if (out) await writeFileAtomic(out, JSON.stringify(result, null, 2));
+  },
+};
+
+export const synth: Command = {
+  name: 'synthetic',
+  summary: 'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval.',
+  options: [
+    outOption('JSONL or Parquet file'),
+    { name: 'size', type: 'int', default: 1000, check: positive, help: 'tasks' },
+    { name: 'seed', type: 'int', default: 1, help: 'seed' },
+    { name: 'families', type: 'string', help: 'comma-separated subset of task families (default all)' },
+  ],
+  async run(o) {
+    const out = str(o, 'out');
+    await checkFileOut('synthetic', out, {});
+    const families = optStr(o, 'families');
+    const tasks = generateSyntheticTasks({
+      seed: num(o, 'seed'),
+      size: num(o, 'size'),
+      families: families ? families.split(',') : undefined,
+    });
+    await writeChatRows(out, syntheticChatRows(tasks));
+    process.stderr.write(`spinlm: wrote ${tasks.length} tasks -> ${out}\n`);
+  },
+};

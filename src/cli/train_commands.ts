@@ -1,0 +1,149 @@
+// The commands that train one model: `train` (one SPIN iteration from a pair file) and `sft`
+// (supervised fine-tuning, from a model or a fresh config).
+import { existsSync } from 'node:fs';
+import { cp, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { readSpinPairs } from '../data/spin_pairs.js';
+import { parseConfig } from '../model/config.js';
+import { initLlama } from '../model/init.js';
+import { tokenizePair } from '../spin/batch.js';
+import { MetricsWriter, readMetrics } from '../spin/metrics.js';
+import { writeReport } from '../spin/report.js';
+import { referenceStage, saveModelStage, spinTrainStage } from '../spin/self_play.js';
+import { runSft } from '../spin/sft.js';
+import { stepsPerEpoch } from '../spin/train_loop.js';
+import { formatPrompt } from '../text/templates.js';
+import { loadTokenizer } from '../text/tokenizer.js';
+import { UsageError } from './args.js';
+import { type Command, sftData } from './command.js';
+import { backend, barrier, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
+import { bool, dataConfig, loopConfig, modelConfig, nums, num, optStr, spinStageConfig, str, templateOf, truncationOf } from './config.js';
+import {
+  dataOption,
+  distOptions,
+  loopOptions,
+  modelOption,
+  nOption,
+  outOption,
+  overwriteOption,
+  quietOption,
+  skipInvalidOption,
+  textOptions,
+  trainOptions,
+} from './options.js';
+import { progressBar } from './progress.js';
+
+export const train: Command = {
+  name: 'train',
+  summary: 'One SPIN iteration from a pair file: reference log-probs of --model, then train; writes the new model (HF format) and metrics.',
+  options: [
+    modelOption,
+    {
+      ...dataOption,
+      help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings',
+    },
+    outOption('output directory (model/, metrics.jsonl, checkpoint/)'),
+    ...trainOptions,
+    overwriteOption,
+    quietOption,
+  ],
+  async run(o) {
+    const [out, data, quiet] = [str(o, 'out'), str(o, 'data'), bool(o, 'quiet')];
+    const m = modelConfig(o);
+    const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
+    const spin = spinStageConfig(o);
+    await prepareOut('train', o, ['model', 'data'], 'single');
+    const pairs = await readSpinPairs(data);
+    const { model, tok, template } = await loadModelAndTokenizer(m);
+    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
+    const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
+    const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
+    refBar.stop();
+    const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
+    const total = stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs;
+    const bar = progressBar('training', total, 'steps', { quiet });
+    await spinTrainStage(model, tokenized, ref, tok, spin, cfg, join(out, 'checkpoint'), {
+      onStep: (l) => {
+        metrics.write({ kind: 'step', iteration: 0, ...l });
+        bar.update(l.step, { loss: fmt(l.loss), margin: fmt(l['rewards/margins'] ?? 0, 3) });
+      },
+    });
+    bar.stop();
+    const modelDir = join(out, 'model');
+    if (isMain()) {
+      await saveModelStage(model, modelDir, m.dir, join(out, 'checkpoint'));
+      await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm train', evalColumns: [] });
+    }
+    barrier();
+    process.stderr.write(`spinlm: trained ${total} steps -> ${modelDir} (report: ${join(out, 'report.html')})\n`);
+  },
+};
+
+export const sftCmd: Command = {
+  name: 'sft',
+  summary: "Supervised fine-tuning on (prompt, answer) data: makes the demo's weak model and serves users without an SFT model.",
+  options: [
+    { ...modelOption, help: 'start from this HF model directory (or give --init_config)', required: false },
+    { name: 'init_config', type: 'string', help: 'train from scratch: a config.json for a fresh model (needs --tokenizer)' },
+    { name: 'tokenizer', type: 'string', help: 'directory with tokenizer.json (with --init_config)' },
+    dataOption,
+    outOption('output model directory (HF format), with metrics.jsonl and report.html'),
+    nOption,
+    skipInvalidOption,
+    ...loopOptions({ lr: [2e-5], optim: 'adamw', epochs: 3, batch: 16, accum: 1 }),
+    ...textOptions,
+    ...distOptions,
+    overwriteOption,
+    quietOption,
+  ],
+  async run(o) {
+    const out = str(o, 'out');
+    const m = modelConfig(o);
+    const [initConfig, tokenizerDir, modelDir] = [optStr(o, 'init_config'), optStr(o, 'tokenizer'), optStr(o, 'model')];
+    if (initConfig && modelDir)
+      throw new UsageError('spinlm sft: give either --model DIR (fine-tune it) or --init_config config.json (a fresh model), not both');
+    if (tokenizerDir && modelDir)
+      throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
+    if (!initConfig && !modelDir) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
+    const cfg = loopConfig(o, nums(o, 'learning_rate')[0]);
+    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
+    let model, tok, template;
+    if (initConfig) {
+      if (!tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
+      tok = await loadTokenizer(tokenizerDir);
+      model = initLlama(await backend(), parseConfig(JSON.parse(await readFile(initConfig, 'utf8')), initConfig), {
+        seed: num(o, 'seed'),
+        dtype: m.dtype === 'bf16' ? 'bf16' : 'f32',
+      });
+      template = templateOf(m, tok);
+    } else ({ model, tok, template } = await loadModelAndTokenizer(m));
+    const pairs = await sftData(dataConfig(o));
+    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
+    const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });
+    await runSft(
+      model,
+      tok,
+      pairs,
+      { loop: cfg, truncation: trunc, template },
+      {
+        checkpointDir: join(out, 'checkpoint'),
+        onStep: (l) => {
+          metrics.write({ kind: 'step', iteration: 0, ...l });
+          bar.update(l.step, { loss: fmt(l.loss) });
+        },
+      },
+    );
+    bar.stop();
+    if (isMain()) {
+      await model.save(out);
+      await rm(join(out, 'checkpoint'), { recursive: true, force: true });
+      const tokDir = initConfig ? tokenizerDir! : m.dir;
+      for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokDir, f))) await cp(join(tokDir, f), join(out, f));
+      await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm sft', evalColumns: [] });
+    }
+    barrier();
+    process.stderr.write(`spinlm: wrote ${out}\n`);
+  },
+};
