@@ -100,8 +100,7 @@ export function concreteBackendImports(g: Map<string, string[]>): string[] {
   const bad: string[] = [];
   for (const [f, targets] of g) {
     if (f.startsWith('backend/') || f === 'index.ts') continue;
-    for (const t of targets)
-      if (/^backend\/(cpu|cuda|webgpu)\//.test(t)) bad.push(`src/${f} imports src/${t}`);
+    for (const t of targets) if (/^backend\/(cpu|cuda|webgpu)\//.test(t)) bad.push(`src/${f} imports src/${t}`);
   }
   return bad;
 }
