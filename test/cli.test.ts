@@ -251,6 +251,36 @@ describe('commands end to end', () => {
     assert.ok(a.equals(b), 'final weights equal an uninterrupted run, byte for byte');
   });
 
+  test('run --dtype bf16 loads every model of the run in bf16 (an f32 θ0 too), so --compute_dtype bf16 generates', () => {
+    const r = spinlm(
+      [
+        'run',
+        '--model',
+        model,
+        '--data',
+        'tasks.jsonl',
+        '--out',
+        'bf16-run',
+        '--iterations',
+        '1',
+        '--max_new_tokens',
+        '4',
+        '--dtype',
+        'bf16',
+        '--compute_dtype',
+        'bf16',
+        ...text,
+        ...small,
+      ],
+      dir,
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const st = readFileSync(join(dir, 'bf16-run', 'iter-0', 'model', 'model.safetensors'));
+    const header = JSON.parse(st.subarray(8, 8 + Number(st.readBigUInt64LE(0))).toString('utf8')) as Record<string, { dtype?: string }>;
+    const dtypes = new Set(Object.entries(header).flatMap(([k, v]) => (k === '__metadata__' ? [] : [v.dtype])));
+    assert.deepEqual([...dtypes], ['BF16'], 'the trained model keeps the bf16 parameters it trained');
+  });
+
   test('bad input: missing files and flags give one clear line and exit code 2 or 1', () => {
     let r = spinlm(['train', '--data', 'x'], dir);
     assert.equal(r.status, 2);

@@ -88,7 +88,7 @@ export const run: Command = {
       arm: 'spin',
       seed: c.loop.seed,
       dir: c.out,
-      selfPlay: { arm: 'spin', ...c.selfPlay, loop: c.loop, truncation: trunc, template },
+      selfPlay: { arm: 'spin', ...c.selfPlay, loop: c.loop, truncation: trunc, template, paramDtype: c.model.dtype },
       generation,
       generationSeed: c.loop.seed,
     };

@@ -51,6 +51,8 @@ export interface SelfPlayOptions {
   loop: Omit<LoopConfig, 'learningRate'>;
   truncation: TruncationOptions;
   template: PromptTemplate;
+  /** Parameter dtype every model of the run is loaded in (--dtype); undefined: as stored. */
+  paramDtype?: 'f32' | 'bf16';
 }
 
 export interface SelfPlayHooks {
@@ -202,7 +204,7 @@ export async function runSelfPlay(
     await makeDirs(dir);
     const modelDir = join(dir, 'model');
     const done = existsSync(join(modelDir, 'config.json'));
-    const opponent = await LlamaModel.load(be, current);
+    const opponent = await LlamaModel.load(be, current, { dtype: opts.paramDtype });
     try {
       // 1. the opponent answers every prompt (the arm 'sft' needs no answers, but keeps the same data)
       const genFile = join(dir, 'generated.json');
@@ -243,7 +245,7 @@ export async function runSelfPlay(
           const refFile = join(dir, 'ref_logps.json');
           if (!existsSync(refFile)) hooks.onStage?.(t, 'reference');
           const fixed = opts.referenceModel === 'initial' && t > 0 && !existsSync(refFile);
-          const refModel = fixed ? await LlamaModel.load(be, initialModel) : opponent;
+          const refModel = fixed ? await LlamaModel.load(be, initialModel, { dtype: opts.paramDtype }) : opponent;
           let ref: Float32Array;
           try {
             ref = await referenceStage(refModel, pairs, tok, loop, refFile);
@@ -283,7 +285,7 @@ export async function runSelfPlay(
     const evalFile = join(dir, 'eval.json');
     if (hooks.evaluate && !existsSync(evalFile)) {
       hooks.onStage?.(t, 'evaluate');
-      const trained = await LlamaModel.load(be, modelDir);
+      const trained = await LlamaModel.load(be, modelDir, { dtype: opts.paramDtype });
       try {
         const r = await hooks.evaluate(trained, t);
         if (!group || group.isMain) await writeFileAtomic(evalFile, JSON.stringify(r, null, 2));
