@@ -14,12 +14,11 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { parseConfig } from '../src/model/config.js';
 import { initLlama } from '../src/model/init.js';
-import { freeInput, uploadInput } from '../src/model/input.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { collateSpinBatch, tokenizePair } from '../src/spin/batch.js';
-import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
 import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
+import { spinlmSpinCase, writeSpinRequest } from '../test/helpers/spin_oracle_case.js';
 import { kitBackend, PYTHON } from './kit_backend.js';
 
 const { values: args } = parseArgs({ options: { backend: { type: 'string', default: 'cuda' }, jsonl: { type: 'string' } } });
@@ -125,35 +124,8 @@ for (const fam of FAMILIES) {
     const batch = collateSpinBatch(pairs, EOS, 0);
     const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
     const beta = 0.3;
-    const input = uploadInput(be, batch, model.cfg.vocabSize);
-    const { logits, state } = model.forward(input, { train: true });
-    const logitsHost = Float32Array.from((await ops.read(logits)) as Float32Array);
-    const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-    const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
-    const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [6]), 3, {
-      beta,
-      lossType: 'sigmoid',
-    });
-    const metrics = await spinLossMetrics(ctx);
-    const seq = Float32Array.from((await ops.read(ctx.seqLogps)) as Float32Array);
-    model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
-    freeSpinLossContext(ctx);
-    freeInput(input);
-
-    const req = join(dir, 'req');
-    mkdirSync(req);
-    const put = (name: string, a: Int32Array | Float32Array) =>
-      writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-    put('input_ids', batch.inputIds);
-    put('positions', batch.positions);
-    put('attention_mask', batch.attentionMask);
-    put('targets', batch.targets);
-    put('segments', batch.segments);
-    put('ref', ref);
-    writeFileSync(
-      join(req, 'request.json'),
-      JSON.stringify({ rows: batch.rows, length: batch.length, beta, loss_type: 'sigmoid', pairs: 3 }),
-    );
+    const { logits: logitsHost, seq, loss } = await spinlmSpinCase(be, model, batch, ref, beta);
+    const req = writeSpinRequest(dir, batch, ref, { beta, loss_type: 'sigmoid', pairs: 3 });
     let reference = 'transformers';
     try {
       execFileSync(PYTHON, [HF, 'run', modelDir, req], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 120_000 });
@@ -172,7 +144,7 @@ for (const fam of FAMILIES) {
     const keep = (a: Float32Array) => a.filter((_, i) => batch.attentionMask[Math.floor(i / v)] === 1);
     const errs: Record<string, number> = { logits: relErr(keep(logitsHost), keep(want)), seq: relErr(seq, read('seq.out.bin')) };
     const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss as number;
-    errs.loss = Math.abs(metrics.loss - torchLoss) / Math.max(1e-30, Math.abs(torchLoss));
+    errs.loss = Math.abs(loss - torchLoss) / Math.max(1e-30, Math.abs(torchLoss));
     const refGrads = new Set(readdirSync(join(req, 'grad')).map((f) => f.replace(/\.bin$/, '')));
     let gradMax = 0,
       gradWorst = '';

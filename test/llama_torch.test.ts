@@ -9,12 +9,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { initLlama } from '../src/model/init.js';
-import { freeInput, uploadInput } from '../src/model/input.js';
 import { LlamaModel } from '../src/model/llama.js';
-import { collateSpinBatch, type SpinBatch, tokenizePair } from '../src/spin/batch.js';
-import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
+import { collateSpinBatch, tokenizePair } from '../src/spin/batch.js';
 import type { Rng } from '../src/util/rng.js';
 import { relErr } from './helpers/loss_ref.js';
+import { spinlmSpinCase, writeSpinRequest } from './helpers/spin_oracle_case.js';
 import { runPython } from './helpers/python.js';
 import { withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
@@ -79,22 +78,6 @@ for (const be of await testBackends())
       },
     ];
 
-    /** Writes a request for `llama_torch.py run`: the batch's token arrays, the reference log-probs, the settings. */
-    function writeRequest(dir: string, batch: SpinBatch, ref: Float32Array, settings: Record<string, unknown>): string {
-      const req = join(dir, 'req');
-      mkdirSync(req);
-      const put = (name: string, a: Int32Array | Float32Array) =>
-        writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
-      put('input_ids', batch.inputIds);
-      put('positions', batch.positions);
-      put('attention_mask', batch.attentionMask);
-      put('targets', batch.targets);
-      put('segments', batch.segments);
-      put('ref', ref);
-      writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: batch.rows, length: batch.length, ...settings }));
-      return req;
-    }
-
     /** Pairs with long prompts, so truncation (keep_end) cuts some of them. */
     function pairs(rng: Rng, n: number) {
       const tok = { eosId: EOS, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
@@ -136,22 +119,9 @@ for (const be of await testBackends())
             const batch = collateSpinBatch(ps, EOS, 0);
             const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
             const beta = 0.3;
-            const input = uploadInput(be, batch, model.cfg.vocabSize);
-            const { logits, state } = model.forward(input, { train: true });
-            const logitsHost = Float32Array.from((await ops.read(logits)) as Float32Array);
-            const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-            const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
-            const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [6]), 3, {
-              beta,
-              lossType: 'sigmoid',
-            });
-            const metrics = await spinLossMetrics(ctx);
-            const seq = Float32Array.from((await ops.read(ctx.seqLogps)) as Float32Array);
-            model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
-            freeSpinLossContext(ctx);
-            freeInput(input);
+            const { logits: logitsHost, seq, loss } = await spinlmSpinCase(be, model, batch, ref, beta);
 
-            const req = writeRequest(dir, batch, ref, { beta, loss_type: 'sigmoid', pairs: 3 });
+            const req = writeSpinRequest(dir, batch, ref, { beta, loss_type: 'sigmoid', pairs: 3 });
             runPython(ORACLE, ['run', modelDir, req]);
             const read = (p: string) => {
               const b = readFileSync(join(req, p));
@@ -165,7 +135,7 @@ for (const be of await testBackends())
             check('logits', logitsHost, read('logits.out.bin'));
             check('S(theta, y) of each sequence', seq, read('seq.out.bin'));
             const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss;
-            assert.ok(Math.abs(metrics.loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${metrics.loss} vs torch ${torchLoss}`);
+            assert.ok(Math.abs(loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${loss} vs torch ${torchLoss}`);
             for (const [name, g] of model.weights.grads)
               check(`grad ${name}`, (await ops.read(g)) as Float32Array, read(join('grad', `${name}.bin`)));
             model.weights.free();
@@ -321,7 +291,7 @@ for (const be of await testBackends())
               optim === 'rmsprop'
                 ? { type: 'rmsprop', lr, alpha: 0.99, eps, weight_decay: 0, clip: 0.5 }
                 : { type: 'adamw', lr, beta1: 0.9, beta2: 0.999, eps, weight_decay: 0.01, clip: 0.5 };
-            const req = writeRequest(dir, b2, ref2, { beta: 0.3, loss_type: 'sigmoid', pairs: 3, optimizer: o });
+            const req = writeSpinRequest(dir, b2, ref2, { beta: 0.3, loss_type: 'sigmoid', pairs: 3, optimizer: o });
             runPython(ORACLE, ['run', modelDir, req]);
             for (const [name, t] of model.weights.params) {
               const b = readFileSync(join(req, 'updated', `${name}.bin`));

@@ -5,6 +5,7 @@
 import type {
   AdamwHyper,
   AttentionOpts,
+  Backend,
   LinearsOpts,
   MatmulOpts,
   OptimTensors,
@@ -211,16 +212,7 @@ export abstract class NativeKernels {
     return { out, lse };
   }
 
-  attentionBackward(
-    q: Tensor<'f32'>,
-    k: Tensor<'f32'>,
-    v: Tensor<'f32'>,
-    keyMask: Tensor<'i32'>,
-    out: Tensor<'f32'>,
-    lse: Tensor<'f32'>,
-    dout: Tensor<'f32'>,
-    opts: AttentionOpts = {},
-  ) {
+  attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>) {
     const [b, l, nh, hd] = q.shape;
     const nkv = k.shape[2];
     const dq = this.output('f32', q.shape, 'attentionBackward');
@@ -230,14 +222,7 @@ export abstract class NativeKernels {
     return { dq, dk, dv };
   }
 
-  attentionDecode(
-    q: Tensor<'f32'>,
-    kCache: Tensor,
-    vCache: Tensor,
-    lengths: Tensor<'i32'>,
-    keyMask?: Tensor<'i32'>,
-    opts: AttentionOpts = {},
-  ): Tensor<'f32'> {
+  attentionDecode(...[q, kCache, vCache, lengths, keyMask, opts = {}]: Parameters<Backend['attentionDecode']>): Tensor<'f32'> {
     const [b, nh, hd] = q.shape;
     const [, nkv, lmax] = kCache.shape;
     const out = this.output('f32', q.shape, 'attentionDecode');

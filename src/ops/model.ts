@@ -1,6 +1,6 @@
 // The model ops (fp32 compute; weights f32 or bf16): argument checks, then the backend's kernel.
 // Shapes: T tokens, H hidden, B sequences of length L, nH query heads, nKV key-value heads, hd head dim.
-import type { AttentionOpts, ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
+import type { AttentionOpts, Backend, ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
 
@@ -145,16 +145,7 @@ export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, 
   return be.attention(q, k, v, keyMask, opts);
 }
 
-export function attentionBackward(
-  q: Tensor<'f32'>,
-  k: Tensor<'f32'>,
-  v: Tensor<'f32'>,
-  keyMask: Tensor<'i32'>,
-  out: Tensor<'f32'>,
-  lse: Tensor<'f32'>,
-  dout: Tensor<'f32'>,
-  opts: AttentionOpts = {},
-) {
+export function attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>) {
   const d = attnDims(q, k, v, keyMask);
   expectArg(d.be, out, 'out', ['f32'], q.shape);
   expectArg(d.be, dout, 'dout', ['f32'], q.shape);
@@ -170,12 +161,7 @@ export function attentionBackward(
  * i32 [B, Lmax] optional (0 = skip that position).
  */
 export function attentionDecode(
-  q: Tensor<'f32'>,
-  kCache: Tensor,
-  vCache: Tensor,
-  lengths: Tensor<'i32'>,
-  keyMask?: Tensor<'i32'>,
-  opts: AttentionOpts = {},
+  ...[q, kCache, vCache, lengths, keyMask, opts = {}]: Parameters<Backend['attentionDecode']>
 ): Tensor<'f32'> {
   const be = expectTensor(q, 'q');
   expectArg(be, q, 'q', ['f32']);

@@ -1,6 +1,7 @@
 // Causal grouped-query attention on the WebGPU device (attention.wgsl; native/cpu/attention.cc on the
 // CPU): the forward, the backward (delta, dQ, then dK/dV), and decode over the KV cache. Each module
 // is compiled for the head dim HD and the key tile KT that fits the adapter's workgroup memory.
+import type { Backend } from '../backend.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import type { Defines } from './kernels.js';
 import { empty } from './memory.js';
@@ -32,15 +33,8 @@ export function attention(
 
 export function attentionBackward(
   rt: WebGpuRuntime,
-  q: Tensor<'f32'>,
-  k: Tensor<'f32'>,
-  v: Tensor<'f32'>,
-  keyMask: Tensor<'i32'>,
-  out: Tensor<'f32'>,
-  lse: Tensor<'f32'>,
-  dout: Tensor<'f32'>,
-  opts: { scale?: number } = {},
-): { dq: Tensor<'f32'>; dk: Tensor<'f32'>; dv: Tensor<'f32'> } {
+  ...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>
+): ReturnType<Backend['attentionBackward']> {
   const [b, l, nh, hd] = q.shape;
   const nkv = k.shape[2];
   const dq = empty(rt, 'f32', q.shape);
@@ -60,12 +54,7 @@ export function attentionBackward(
 
 export function attentionDecode(
   rt: WebGpuRuntime,
-  q: Tensor<'f32'>,
-  kCache: Tensor,
-  vCache: Tensor,
-  lengths: Tensor<'i32'>,
-  keyMask?: Tensor<'i32'>,
-  opts: { scale?: number } = {},
+  ...[q, kCache, vCache, lengths, keyMask, opts = {}]: Parameters<Backend['attentionDecode']>
 ): Tensor<'f32'> {
   const [b, nh, hd] = q.shape;
   const [, nkv, lmax] = kCache.shape;

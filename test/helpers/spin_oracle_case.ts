@@ -1,0 +1,57 @@
+// One SPIN batch through spinlm and the request files a PyTorch reference reads (test/oracle/llama_torch.py
+// `run`, bench/peer/hf_families.py `run`): shared by test/llama_torch.test.ts and the GPU kit's family
+// check (bench/gpu_families.ts).
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Backend } from '../../src/backend/backend.js';
+import { freeInput, uploadInput } from '../../src/model/input.js';
+import type { LlamaModel } from '../../src/model/llama.js';
+import type { SpinBatch } from '../../src/spin/batch.js';
+import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../../src/spin/loss.js';
+import * as ops from '../../src/ops/index.js';
+
+/** Writes a request for a reference's `run`: the batch's token arrays, the reference log-probs, the settings. */
+export function writeSpinRequest(dir: string, batch: SpinBatch, ref: Float32Array, settings: Record<string, unknown>): string {
+  const req = join(dir, 'req');
+  mkdirSync(req);
+  const put = (name: string, a: Int32Array | Float32Array) =>
+    writeFileSync(join(req, `${name}.bin`), new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+  put('input_ids', batch.inputIds);
+  put('positions', batch.positions);
+  put('attention_mask', batch.attentionMask);
+  put('targets', batch.targets);
+  put('segments', batch.segments);
+  put('ref', ref);
+  writeFileSync(join(req, 'request.json'), JSON.stringify({ rows: batch.rows, length: batch.length, ...settings }));
+  return req;
+}
+
+/**
+ * spinlm's side of one SPIN step on `batch` (pairs = ref.length / 2, the sigmoid loss): the logits, each
+ * sequence's S(theta, y) and the loss, read to the host; the gradients stay in model.weights.grads
+ * (the model must have training enabled).
+ */
+export async function spinlmSpinCase(
+  be: Backend,
+  model: LlamaModel,
+  batch: SpinBatch,
+  ref: Float32Array,
+  beta: number,
+): Promise<{ logits: Float32Array; seq: Float32Array; loss: number }> {
+  const pairs = ref.length / 2;
+  const input = uploadInput(be, batch, model.cfg.vocabSize);
+  const { logits, state } = model.forward(input, { train: true });
+  const logitsHost = Float32Array.from((await ops.read(logits)) as Float32Array);
+  const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+  const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+  const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [ref.length]), pairs, {
+    beta,
+    lossType: 'sigmoid',
+  });
+  const metrics = await spinLossMetrics(ctx);
+  const seq = Float32Array.from((await ops.read(ctx.seqLogps)) as Float32Array);
+  model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
+  freeSpinLossContext(ctx);
+  freeInput(input);
+  return { logits: logitsHost, seq, loss: metrics.loss };
+}
