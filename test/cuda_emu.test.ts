@@ -56,12 +56,18 @@ describe('the emulator catches kernel faults', () => {
   // Each check below is proven by a kernel with the bug planted (native/cuda/emu/selftest_emu.cc).
   test('shared-memory races: a read, or a write, of a byte another thread wrote or read since the last barrier', () => {
     const race = (kernel: string, kind: string) =>
-      new RegExp(`${kernel} block \\(0,0,0\\) thread \\(\\d+,0,0\\): shared memory race: (read|write) of ${kind} byte \\d+ (written|read) by thread \\d+ in the same barrier interval \\(no __syncthreads\\(\\) between\\)`);
+      new RegExp(
+        `${kernel} block \\(0,0,0\\) thread \\(\\d+,0,0\\): shared memory race: (read|write) of ${kind} byte \\d+ (written|read) by thread \\d+ in the same barrier interval \\(no __syncthreads\\(\\) between\\)`,
+      );
     // writes then reads a neighbour's slot with no barrier between
     assert.match(selfTest('sharedRace'), race('shared_race_raw', 'shared'));
     // reads a neighbour's slot, then overwrites its own with no barrier between (the missing trailing barrier)
     assert.match(selfTest('sharedRaceWriteAfterRead'), race('shared_race_war', 'shared'));
     assert.match(selfTest('dynamicSharedRace'), race('dyn_shared_race', 'dynamic shared'));
+    // several threads storing the same 1 to one flag (sequence_logprob's old pattern): a write-write race
+    assert.match(selfTest('sharedFlagRace'), race('shared_flag_race', 'shared'));
+    // its fix: __syncthreads_or (and _and, _count) reduce over the block at the barrier
+    assert.equal(selfTest('barrierReduce'), '22110 110');
     // no false positive: lanes of one warp ordered by __syncwarp(), warps by __syncthreads()
     assert.equal(selfTest('warpOrderedShared'), '64 64 64');
   });
@@ -132,9 +138,13 @@ describe('the emulator catches kernel faults', () => {
     assert.equal(selfTest('smCount'), '132');
     assert.deepEqual(hooks.gatherPlan(8, 128256), hooks.gatherPlan(8, 128256, 132));
     const run = (env: Record<string, string>, name: string) =>
-      execFileSync(process.execPath, ['-e', `process.stdout.write(require(${JSON.stringify(emulatorPath())}).emuSelfTest(${JSON.stringify(name)}))`], {
-        env: { ...process.env, ...env },
-      }).toString();
+      execFileSync(
+        process.execPath,
+        ['-e', `process.stdout.write(require(${JSON.stringify(emulatorPath())}).emuSelfTest(${JSON.stringify(name)}))`],
+        {
+          env: { ...process.env, ...env },
+        },
+      ).toString();
     assert.equal(run({ SPINLM_CUDA_EMU_SMS: '16' }, 'smCount'), '16');
   });
 
@@ -144,9 +154,13 @@ describe('the emulator catches kernel faults', () => {
       const env = { ...process.env };
       if (seed === undefined) delete env.SPINLM_CUDA_EMU_SEED;
       else env.SPINLM_CUDA_EMU_SEED = seed;
-      return execFileSync(process.execPath, ['-e', `process.stdout.write(require(${JSON.stringify(emulatorPath())}).emuSelfTest('lastWriter'))`], {
-        env,
-      }).toString();
+      return execFileSync(
+        process.execPath,
+        ['-e', `process.stdout.write(require(${JSON.stringify(emulatorPath())}).emuSelfTest('lastWriter'))`],
+        {
+          env,
+        },
+      ).toString();
     };
     // seed 0: thread order, so the last of the 64 writers wins
     assert.equal(run('0'), '63');

@@ -140,9 +140,27 @@ struct ByteShadow {
 constexpr uint16_t kManyReaders = 0xffff;
 // Checks a read or write of `n` bytes at `addr` (shadow `sh`) by the running thread; faults on a race.
 void shared_access(ByteShadow* sh, size_t n, bool write, const char* kind, size_t offset);
-// Counts blocks run on this host thread (static shared arrays re-poison themselves on a new block).
-uint64_t block_generation();
-bool racecheck_enabled();
+// Counts blocks run (static shared arrays re-poison themselves on a new block); the race detector's
+// switch (SPINLM_CUDA_EMU_RACECHECK=0 turns it off).
+extern uint64_t g_block_gen;
+extern const bool g_racecheck;
+inline uint64_t block_generation() { return g_block_gen; }
+inline bool racecheck_enabled() { return g_racecheck; }
+// The running thread as the race detector sees it: barrier epoch, linear id, its warp's meetings.
+extern uint64_t g_epoch;
+extern uint16_t g_cur_tid;
+extern uint32_t g_cur_wsync;
+// A read whose every byte this thread (or several threads) already read in this interval and no
+// other thread wrote needs no shadow update: checked inline, the rest goes to shared_access.
+inline void shared_read(ByteShadow* sh, size_t n, const char* kind, size_t offset) {
+  for (size_t i = 0; i < n; ++i) {
+    const ByteShadow& b = sh[i];
+    const bool quiet = (b.w_epoch != g_epoch || b.w_tid == g_cur_tid) && b.r_epoch == g_epoch &&
+                       (b.r_tid == kManyReaders ||
+                        ((b.r_tid == g_cur_tid || b.r_tid == (0x8000 | (g_cur_tid >> 5))) && b.r_wsync == g_cur_wsync));
+    if (!quiet) return shared_access(sh, n, false, kind, offset);
+  }
+}
 
 template <class T>
 struct sptr;
@@ -157,7 +175,7 @@ struct sref {
   size_t offset;     // of this element in its region
   size_t span;       // the region's bytes
   operator std::remove_const_t<T>() const {
-    if (racecheck_enabled()) shared_access(sh, sizeof(T), false, kind, offset);
+    if (racecheck_enabled()) shared_read(sh, sizeof(T), kind, offset);
     return *p;
   }
   const sref& operator=(const std::remove_const_t<T>& v) const {
@@ -240,7 +258,8 @@ uint32_t warp_ballot(bool mine, const char* file, int line);
 // __syncthreads_or / _and / _count: a barrier that also reduces one int over the block.
 int block_barrier_reduce(int mine, int op, const char* file, int line);
 
-// A fixed-size shared array (one per block: static thread_local storage, the block's fibers share it).
+// A fixed-size shared array (one per kernel: static storage, the block's fibers share it; one launch
+// runs at a time).
 // Its bytes are 0xff (NaN) at the start of every block, as fresh shared memory holds garbage.
 template <class T, size_t N>
 struct SharedArray {
@@ -406,7 +425,7 @@ constexpr int cudaFuncAttributeMaxDynamicSharedMemorySize = 8;
 const char* cudaGetErrorString(cudaError_t e);
 
 #define SPIN_GP(T) ::emu::gptr<T>
-#define SPIN_SHARED(T, name, n) static thread_local ::emu::SharedArray<T, (n)> name
+#define SPIN_SHARED(T, name, n) static ::emu::SharedArray<T, (n)> name
 #define SPIN_DYN_SHARED(T, name) ::emu::sptr<T> name = ::emu::dynamic_shared<T>()
 namespace spinlm::cuda {
 void after_launch(const char* kernel);  // runtime.cc

@@ -59,8 +59,14 @@ std::map<const void*, int>& smem_optin() {
 }
 constexpr size_t kDefaultDynSmem = 48 * 1024, kMaxDynSmem = 227 * 1024;
 
-thread_local uint64_t t_block_gen = 0;  // blocks run on this host thread
-thread_local uint64_t t_epoch = 0;      // barrier intervals (and blocks) run on this host thread
+// One launch runs at a time (g_launch_mu), so the scheduler's state is plain globals: no TLS lookups on
+// the hot paths (every threadIdx and shared access).
+std::mutex g_launch_mu;
+}  // namespace
+uint64_t g_epoch = 0;  // barrier intervals (and blocks) run so far
+uint16_t g_cur_tid = 0;
+uint32_t g_cur_wsync = 0;
+namespace {
 uint64_t g_launches = 0;
 
 enum class Wait { kRunnable, kBlockBarrier, kWarpBarrier, kDone };
@@ -85,14 +91,14 @@ struct Launch {
   int bar_or = 0, bar_and = 0, bar_count = 0;  // the last block barrier's reductions
 };
 
-thread_local Launch* t_launch = nullptr;
-thread_local BlockState t_block;
-thread_local ThreadState t_host_thread{};
+Launch* t_launch = nullptr;
+BlockState t_block;
+ThreadState t_host_thread{};
 
 constexpr size_t kStackBytes = 256 * 1024;
 
 ctx::pooled_fixedsize_stack& stack_pool() {
-  static thread_local ctx::pooled_fixedsize_stack pool(kStackBytes);
+  static ctx::pooled_fixedsize_stack pool(kStackBytes);
   return pool;
 }
 
@@ -148,11 +154,8 @@ void reset_errors() {
   g_detail.clear();
 }
 
-uint64_t block_generation() { return t_block_gen; }
-bool racecheck_enabled() {
-  static const bool on = env_u64("SPINLM_CUDA_EMU_RACECHECK", 1) != 0;
-  return on;
-}
+uint64_t g_block_gen = 0;
+const bool g_racecheck = env_u64("SPINLM_CUDA_EMU_RACECHECK", 1) != 0;
 
 int declared_launch_bound(const void* fn) {
   const unsigned char* p = static_cast<const unsigned char*>(fn);
@@ -178,7 +181,7 @@ void shared_access(ByteShadow* sh, size_t n, bool write, const char* kind, size_
   if (!l || !l->running) return;
   const uint16_t tid = static_cast<uint16_t>(l->running->state.linear);
   const uint32_t ws = l->warp_sync[tid >> 5];
-  const uint64_t e = t_epoch;
+  const uint64_t e = g_epoch;
   // Ordered before this access: the same thread, or a lane of its warp before a shuffle/vote since.
   auto synced = [&](uint16_t other, uint32_t at) { return other == tid || ((other >> 5) == (tid >> 5) && ws > at); };
   auto race = [&](size_t i, const char* what, uint16_t other) {
@@ -276,7 +279,7 @@ std::string site(const Fiber& f) { return std::string(f.file ? f.file : "?") + "
 // Runs one block to completion; returns an error message ("" when clean).
 std::string run_block(Launch& l, Body body, void* cx, uint64_t rng) {
   const size_t n = l.fibers.size();
-  ++t_epoch;
+  ++g_epoch;
   std::fill(l.warp_sync.begin(), l.warp_sync.end(), 0u);
   // Threads run in a seeded random order between meetings (seed 0: in thread order).
   std::vector<size_t> order(n);
@@ -310,6 +313,8 @@ std::string run_block(Launch& l, Body body, void* cx, uint64_t rng) {
       Fiber& fb = l.fibers[i];
       if (fb.wait != Wait::kRunnable) continue;
       l.running = &fb;
+      g_cur_tid = static_cast<uint16_t>(fb.state.linear);
+      g_cur_wsync = l.warp_sync[fb.state.linear >> 5];
       fb.f = std::move(fb.f).resume();
       l.running = nullptr;
       progressed = true;
@@ -377,7 +382,7 @@ std::string run_block(Launch& l, Body body, void* cx, uint64_t rng) {
       l.bar_count += fb.bar_value != 0;
       fb.wait = Wait::kRunnable;
     }
-    ++t_epoch;  // a new barrier interval: earlier accesses are ordered before later ones
+    ++g_epoch;  // a new barrier interval: earlier accesses are ordered before later ones
     reshuffle();
   }
 }
@@ -403,6 +408,7 @@ void run_grid(const char* name, const void* fn, dim3 grid, dim3 block, size_t sm
                      std::string(name) + ": " + std::to_string(smem) + " bytes of dynamic shared memory exceed " +
                          (opt != smem_optin().end() ? "the " + std::to_string(smem_limit) + " bytes set by cudaFuncSetAttribute"
                                                     : std::string("48 KB without cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize)")));
+  std::lock_guard<std::mutex> one_launch_at_a_time(g_launch_mu);
   Launch l;
   l.name = name;
   l.fibers.resize(nthreads);
@@ -424,7 +430,7 @@ void run_grid(const char* name, const void* fn, dim3 grid, dim3 block, size_t sm
     for (unsigned by = 0; by < grid.y && err.empty(); ++by)
       for (unsigned bx = 0; bx < grid.x && err.empty(); ++bx) {
         t_block = BlockState{uint3{bx, by, bz}, block, grid, dyn.data(), smem, dyn_shadow.data()};
-        ++t_block_gen;
+        ++g_block_gen;
         // Fresh shared memory holds garbage on a GPU: NaN bytes here, so a read before a write shows.
         std::memset(dyn.data(), 0xff, dyn.size());
         uint64_t rng = seed() * 0x2545f4914f6cdd1dULL ^ launch_id * 0x9e3779b97f4a7c15ULL ^

@@ -74,6 +74,26 @@ __global__ void shared_race_war(SPIN_GP(float) x) {
   x[threadIdx.x] = buf[threadIdx.x];
 }
 
+// sequence_logprob_kernel's old flag (loss.cu before __syncthreads_or): every thread that sees a bad
+// value stores 1 to one shared int in the same barrier interval, a write-write race (benign on a GPU
+// only because every writer stores the same value; the race detector does not rely on that).
+__global__ void shared_flag_race(SPIN_GP(float) x) {
+  SPIN_SHARED(int, flag, 1);
+  if (threadIdx.x == 0) flag[0] = 0;
+  __syncthreads();
+  if (threadIdx.x % 3 == 0) flag[0] = 1;
+  __syncthreads();
+  x[threadIdx.x] = static_cast<float>(flag[0]);
+}
+
+// Correct: the same flag through __syncthreads_or.
+__global__ void barrier_or_flag(SPIN_GP(float) x) {
+  const int any = __syncthreads_or(threadIdx.x == 37);
+  const int all = __syncthreads_and(threadIdx.x < 64);
+  const int count = __syncthreads_count(threadIdx.x % 3 == 0);
+  x[threadIdx.x] = static_cast<float>(any * 100 + all * 10) + (threadIdx.x == 0 ? static_cast<float>(count) * 1000 : 0.0f);
+}
+
 // The same race in dynamic shared memory.
 __global__ void dyn_shared_race(SPIN_GP(float) x) {
   SPIN_DYN_SHARED(float, buf);
@@ -167,7 +187,11 @@ std::string RunCase(const std::string& name, float* x) {
   else if (name == "shuffleDivergence") SPIN_LAUNCH(shuffle_divergence, dim3(1), dim3(32), 0, stream(), x);
   else if (name == "sharedRace") SPIN_LAUNCH(shared_race_raw, dim3(1), dim3(64), 0, stream(), x);
   else if (name == "sharedRaceWriteAfterRead") SPIN_LAUNCH(shared_race_war, dim3(1), dim3(64), 0, stream(), x);
-  else if (name == "dynamicSharedRace") SPIN_LAUNCH(dyn_shared_race, dim3(1), dim3(64), 64 * sizeof(float), stream(), x);
+  else if (name == "sharedFlagRace") SPIN_LAUNCH(shared_flag_race, dim3(1), dim3(64), 0, stream(), x);
+  else if (name == "barrierReduce") {
+    SPIN_LAUNCH(barrier_or_flag, dim3(1), dim3(64), 0, stream(), x);
+    return read(2);
+  } else if (name == "dynamicSharedRace") SPIN_LAUNCH(dyn_shared_race, dim3(1), dim3(64), 64 * sizeof(float), stream(), x);
   else if (name == "warpOrderedShared") {
     SPIN_LAUNCH(warp_ordered_shared, dim3(1), dim3(64), 0, stream(), x);
     return read(3);
