@@ -155,7 +155,13 @@ size_t pinned_cached_bytes() {
 std::string unavailable_reason() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e == cudaErrorInsufficientDriver) return "no driver: the NVIDIA driver is missing or older than this build's CUDA runtime needs";
+  if (e == cudaErrorInsufficientDriver) {
+    cudaGetLastError();
+    const Versions v = versions();
+    auto cuda = [](int x) { return std::to_string(x / 1000) + "." + std::to_string(x % 1000 / 10); };
+    return "no driver: the NVIDIA driver is missing or older than this build's CUDA runtime needs (CUDA " + cuda(v.built_with) +
+           " needs driver " + v.min_driver + " or newer" + (v.driver > 0 ? "; the installed driver supports CUDA " + cuda(v.driver) : std::string()) + ")";
+  }
   if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0)) return "no device: the NVIDIA driver sees no GPU";
   if (e != cudaSuccess) return std::string("no usable device: ") + cudaGetErrorString(e);
   return "";
