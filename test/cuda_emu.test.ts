@@ -40,17 +40,135 @@ const i32 = (be: Backend, data: Int32Array, shape: number[]) => ops.upload(be, {
 describe('the emulator catches kernel faults', () => {
   const selfTest = (createRequire(import.meta.url)(emulatorPath()) as { emuSelfTest(name: string): string }).emuSelfTest;
   const faults: [string, RegExp][] = [
+    // threads run in a seeded random order, so the first thread to fault is any of the faulting ones
     [
       'globalOverrun',
-      /global_overrun block \(3,0,0\) thread \(4,0,0\): out-of-bounds global access: 4 bytes at offset 400 of an allocation of 400 bytes/,
+      /global_overrun block \(3,0,0\) thread \((\d+),0,0\): out-of-bounds global access: 4 bytes at offset (4\d\d) of an allocation of 400 bytes/,
     ],
-    ['sharedOverrun', /shared_overrun .*thread \(32,0,0\): out-of-bounds shared access: index 32 of a shared array of 32/],
+    ['sharedOverrun', /shared_overrun .*thread \((3[2-9]|[4-6]\d),0,0\): out-of-bounds shared access: index \1 of a shared array of 32/],
     ['dynamicSharedOverrun', /dynamic_shared_overrun .*thread \(63,0,0\): out-of-bounds dynamic shared access/],
     ['barrierAfterExit', /barrier_after_exit: barrier divergence: thread 0 waits at __syncthreads\(\) .* but thread 16 has exited/],
     ['barrierMismatch', /barrier_mismatch: barrier divergence: threads of one block wait at different __syncthreads\(\)/],
     ['shuffleDivergence', /shuffle_divergence: warp divergence: lane 15 waits at the shuffle\/vote .* while lane 16 has exited/],
   ];
   for (const [name, re] of faults) test(name, () => assert.match(selfTest(name), re));
+
+  // Each check below is proven by a kernel with the bug planted (native/cuda/emu/selftest_emu.cc).
+  test('shared-memory races: a read, or a write, of a byte another thread wrote or read since the last barrier', () => {
+    const race = (kernel: string, kind: string) =>
+      new RegExp(
+        `${kernel} block \\(0,0,0\\) thread \\(\\d+,0,0\\): shared memory race: (read|write) of ${kind} byte \\d+ (written|read) by thread \\d+ in the same barrier interval \\(no __syncthreads\\(\\) between\\)`,
+      );
+    // writes then reads a neighbour's slot with no barrier between
+    assert.match(selfTest('sharedRace'), race('shared_race_raw', 'shared'));
+    // reads a neighbour's slot, then overwrites its own with no barrier between (the missing trailing barrier)
+    assert.match(selfTest('sharedRaceWriteAfterRead'), race('shared_race_war', 'shared'));
+    assert.match(selfTest('dynamicSharedRace'), race('dyn_shared_race', 'dynamic shared'));
+    // several threads storing the same 1 to one flag (sequence_logprob's old pattern): a write-write race
+    assert.match(selfTest('sharedFlagRace'), race('shared_flag_race', 'shared'));
+    // its fix: __syncthreads_or (and _and, _count) reduce over the block at the barrier
+    assert.equal(selfTest('barrierReduce'), '22110 110');
+    // no false positive: lanes of one warp ordered by __syncwarp(), warps by __syncthreads()
+    assert.equal(selfTest('warpOrderedShared'), '64 64 64');
+  });
+
+  test('static shared memory is fresh garbage (NaN) in every block: a read before any write shows', () => {
+    assert.equal(selfTest('sharedReadBeforeWrite'), 'block 0: 1 1, block 1: nan nan');
+  });
+
+  test("a block past the kernel's __launch_bounds__ or past 1024 threads is a launch error naming the kernel", () => {
+    assert.equal(
+      selfTest('launchBounds'),
+      '64 ok; CUDA error in kernel bounded_kernel: too many resources requested for launch (bounded_kernel: a block of 96 threads ' +
+        "exceeds the kernel's __launch_bounds__(64)); CUDA error in kernel write_n: invalid configuration argument (write_n: invalid " +
+        'block size 2048 (1 to 1024 threads)); declared 64, none 0',
+    );
+    // a launch error is not sticky: cleared once reported, the next launch runs
+    assert.equal(selfTest('launchErrorIsNotSticky'), 'CUDA error in kernel bounded_kernel; then 0; 1');
+  });
+
+  test('more than 48 KB of dynamic shared memory needs cudaFuncSetAttribute(MaxDynamicSharedMemorySize), and no more than it set', () => {
+    assert.equal(
+      selfTest('dynamicSharedOptIn'),
+      'CUDA error in kernel big_dyn_shared: invalid argument (big_dyn_shared: 65536 bytes of dynamic shared memory exceed 48 KB ' +
+        'without cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize)); ran with it; CUDA error in kernel big_dyn_shared: ' +
+        'invalid argument (big_dyn_shared: 65540 bytes of dynamic shared memory exceed the 65536 bytes set by cudaFuncSetAttribute)',
+    );
+  });
+
+  test('a kernel fault is sticky: cudaGetLastError keeps returning it and every later copy and launch fails with it', () => {
+    const r = selfTest('stickyError');
+    assert.match(
+      r,
+      /^CUDA emulator; last 700 700 700; copy: CUDA error in read: an illegal memory access was encountered \(global_overrun .*\); launch: CUDA error in kernel bounded_kernel: an illegal memory access was encountered \(global_overrun .*\); after reset: 1$/,
+    );
+  });
+
+  test('SPINLM_CUDA_SYNC=1 synchronizes after each launch and names the kernel', () => {
+    assert.match(selfTest('syncNamesKernel'), /^CUDA error in kernel bounded_kernel \(SPINLM_CUDA_SYNC=1\): too many resources/);
+  });
+
+  test('the caching allocator runs under the emulator: bounds are the request, not the size class; a cached block is freed memory', () => {
+    // 1000 bytes in a 1024-byte size class: element 250 is past the tensor
+    assert.match(
+      selfTest('allocatorBounds'),
+      /^250 ok; CUDA emulator: write_n block \(0,0,0\) thread \(\d+,0,0\): out-of-bounds global access: 4 bytes at offset 1000 of an allocation of 1000 bytes; after free: a kernel argument points into freed device memory \(use after free\); reused yes, 250 ok$/,
+    );
+  });
+
+  test('out of memory: the cache is released and the request retried; a final failure names request, free and total and leaves no error behind', () => {
+    assert.match(
+      selfTest('allocRetry'),
+      /^cached 2097152; second ok, cache now 0, last error 0; third: out of device memory: a request of 5242880 bytes failed with \d+ bytes free of \d+ \(3145728 bytes held by spinlm tensors\), last error 0$/,
+    );
+    // scratch grows by allocating first: when that fails, the old buffer stays valid and usable
+    assert.match(
+      selfTest('scratchOom'),
+      /^testOp: out of device memory: a scratch request of 4194304 bytes failed with \d+ bytes free of \d+ \(\d+ bytes held by spinlm tensors\); last error 0; same buffer yes; usable$/,
+    );
+  });
+
+  test('pinned staging buffers are reused across reads', () => {
+    // five reads one after another share one buffer; two in flight at once need two
+    assert.equal(selfTest('pinnedReuse'), 'cudaMallocHost calls 2, cached 8192');
+    assert.equal(selfTest('versions'), 'driver 13000 runtime 13000 built 13000 needs 13000 min 580.65.06 ok');
+  });
+
+  test("the emulated device has an H100's 132 multiprocessors (SPINLM_CUDA_EMU_SMS), so launch plans match a GPU's", () => {
+    assert.equal(selfTest('smCount'), '132');
+    assert.deepEqual(hooks.gatherPlan(8, 128256), hooks.gatherPlan(8, 128256, 132));
+    const run = (env: Record<string, string>, name: string) =>
+      execFileSync(
+        process.execPath,
+        ['-e', `process.stdout.write(require(${JSON.stringify(emulatorPath())}).emuSelfTest(${JSON.stringify(name)}))`],
+        {
+          env: { ...process.env, ...env },
+        },
+      ).toString();
+    assert.equal(run({ SPINLM_CUDA_EMU_SMS: '16' }, 'smCount'), '16');
+  });
+
+  test('threads run in a seeded random order between barriers (SPINLM_CUDA_EMU_SEED): a global race gives a seed-dependent, reproducible result', () => {
+    // a fresh process per run: the order also depends on the launches before (the launch counter)
+    const run = (seed: string | undefined) => {
+      const env = { ...process.env };
+      if (seed === undefined) delete env.SPINLM_CUDA_EMU_SEED;
+      else env.SPINLM_CUDA_EMU_SEED = seed;
+      return execFileSync(
+        process.execPath,
+        ['-e', `process.stdout.write(require(${JSON.stringify(emulatorPath())}).emuSelfTest('lastWriter'))`],
+        {
+          env,
+        },
+      ).toString();
+    };
+    // seed 0: thread order, so the last of the 64 writers wins
+    assert.equal(run('0'), '63');
+    const seeded = ['1', '2', '3'].map(run);
+    assert.deepEqual(['1', '2', '3'].map(run), seeded, 'the same seed gives the same order');
+    assert.ok(new Set([...seeded, '63']).size > 1, `the seeds all gave thread order: ${seeded}`);
+    assert.equal(run(undefined), seeded[0], 'the default seed is 1');
+  });
   test('a correct kernel (shuffles, ballot, shared memory, barriers) runs and computes', () => {
     // blocks of 32 over 0..95: sums 496, 1520, 2544; ballot of odd lanes 0xaaaaaaaa
     assert.equal(selfTest('blockSum'), `sums ${496} ${496 + 32 * 32} ${496 + 64 * 32} ballot ${0xaaaaaaaa}`);

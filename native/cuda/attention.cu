@@ -387,7 +387,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
                         const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv, int64_t hd,
                         float scale, float* dq, float* dk, float* dv) {
   if (b * l == 0) return;
-  float* dsum = static_cast<float*>(scratch(static_cast<size_t>(b * nh * l) * 4));
+  float* dsum = static_cast<float*>(scratch(static_cast<size_t>(b * nh * l) * 4, "attentionBackward"));
   const size_t s1 = dq_smem(hd), s2 = dkv_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_dq_kernel), s1);
   allow_smem(reinterpret_cast<const void*>(&attention_dkv_kernel), s2);

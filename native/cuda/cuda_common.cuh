@@ -22,7 +22,8 @@
 #define SPIN_DYN_SHARED(T, name)                           \
   extern __shared__ __align__(16) unsigned char spin_dyn_smem_[]; \
   T* name = reinterpret_cast<T*>(spin_dyn_smem_)
-#define SPIN_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__)
+#define SPIN_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  (kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__), ::spinlm::cuda::after_launch(#kernel))
 #endif
 
 #include "../include/bf16.h"
@@ -31,6 +32,9 @@
 #include "../include/spin_math.h"
 
 namespace spinlm::cuda {
+
+// runtime.cc: called after every launch with the kernel's name (launch errors, SPINLM_CUDA_SYNC=1).
+void after_launch(const char* kernel);
 
 constexpr unsigned kFull = 0xffffffffu;
 

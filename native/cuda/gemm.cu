@@ -86,7 +86,7 @@ void matmul_cublas(const blas::GemmCall& g, bool trans_a, bool trans_b, int64_t 
   if (mode == blas::GemmMode::kBF16) {
     // Both operands as bf16 (an f32 B too), f32 compute: A lands at the scratch's start, B after it.
     const size_t a_bytes = (static_cast<size_t>(a_span) * 2 + 255) / 256 * 256;
-    char* s = static_cast<char*>(scratch(a_bytes + (b_dt == DType::kBF16 ? 0 : static_cast<size_t>(b_span) * 2)));
+    char* s = static_cast<char*>(scratch(a_bytes + (b_dt == DType::kBF16 ? 0 : static_cast<size_t>(b_span) * 2), "matmul"));
     spinlm::cuda::cast_values(a, DType::kF32, s, DType::kBF16, a_span);
     second = s;
     if (b_dt != DType::kBF16) {
@@ -97,16 +97,26 @@ void matmul_cublas(const blas::GemmCall& g, bool trans_a, bool trans_b, int64_t 
   } else if (b_dt == DType::kBF16) {
     // cublasGemmEx takes one input type: widen the bf16 B to f32 (exact), so the product is the f32
     // GEMM the CPU backend computes.
-    void* s = scratch(static_cast<size_t>(b_span) * 4);
+    void* s = scratch(static_cast<size_t>(b_span) * 4, "matmul");
     spinlm::cuda::cast_values(b, DType::kBF16, s, DType::kF32, b_span);
     first = s;
   }
   const blas::Api& api = blas_library().api;
-  const int st = api.gemm_ex(blas_handle(), g.transa, g.transb, static_cast<int>(g.m), static_cast<int>(g.n), static_cast<int>(g.k), &alpha,
-                             first, type, static_cast<int>(g.lda), second, type, static_cast<int>(g.ldb), &beta, c, kCudaR32F,
-                             static_cast<int>(g.ldc), mode == blas::GemmMode::kTF32 ? kComputeF32FastTF32 : kComputeF32, kGemmDefault);
-  if (st != 0)
+  auto call = [&] {
+    return api.gemm_ex(blas_handle(), g.transa, g.transb, static_cast<int>(g.m), static_cast<int>(g.n), static_cast<int>(g.k), &alpha,
+                       first, type, static_cast<int>(g.lda), second, type, static_cast<int>(g.ldb), &beta, c, kCudaR32F,
+                       static_cast<int>(g.ldc), mode == blas::GemmMode::kTF32 ? kComputeF32FastTF32 : kComputeF32, kGemmDefault);
+  };
+  int st = call();
+  constexpr int kStatusAllocFailed = 3;  // CUBLAS_STATUS_ALLOC_FAILED: cuBLAS could not get its workspace
+  if (st == kStatusAllocFailed) {
+    cudaGetLastError();
+    if (release_cache() > 0) st = call();
+  }
+  if (st != 0) {
+    cudaGetLastError();  // a CUDA error cuBLAS met must not be reported by the next op under its name
     throw std::runtime_error(std::string("cublasGemmEx failed in matmul: ") + (api.status_string ? api.status_string(st) : "status " + std::to_string(st)));
+  }
 }
 #endif
 

@@ -46,7 +46,9 @@ __global__ void embedding_backward_kernel(SPIN_GP(const int32_t) ids, int64_t t,
   }
 }
 
-__device__ __forceinline__ double block_sum_double(double x, double* part) {
+// `part` is the block's shared double[kThreads / 32] (a checked shared pointer under the emulator).
+template <class P>
+__device__ __forceinline__ double block_sum_double(double x, P part) {
   x = warp_sum(x);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   __syncthreads();  // part may still be read by an earlier call

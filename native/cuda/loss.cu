@@ -15,7 +15,9 @@ constexpr int kWarps = kRowThreads / 32;
 constexpr float kNaN = __builtin_nanf("");
 
 // Block-wide (max, sum) merge in a fixed order: lanes by shuffles, then warps 0..7 by warp 0.
-__device__ __forceinline__ LseAcc block_lse(LseAcc a, LseAcc* red) {
+// `red` is the block's shared LseAcc[kWarps] (a pointer; a checked shared pointer under the emulator).
+template <class R>
+__device__ __forceinline__ LseAcc block_lse(LseAcc a, R red) {
   a = warp_lse(a);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) red[warp] = a;
@@ -131,10 +133,7 @@ __global__ void __launch_bounds__(kSeqThreads) sequence_logprob_kernel(SPIN_GP(c
                                                                        int64_t n, int64_t num_seqs, SPIN_GP(float) out,
                                                                        SPIN_GP(uint32_t) err) {
   SPIN_SHARED(double, part, kSeqThreads / 32);
-  SPIN_SHARED(int, bad_any, 1);
   const int64_t s = blockIdx.x;
-  if (threadIdx.x == 0) bad_any[0] = 0;
-  __syncthreads();
   double acc = 0;
   bool bad = false;
   for (int64_t i = threadIdx.x; i < n; i += kSeqThreads) {
@@ -142,15 +141,14 @@ __global__ void __launch_bounds__(kSeqThreads) sequence_logprob_kernel(SPIN_GP(c
     if (k < -1 || k >= num_seqs) bad = true;
     else if (k == s) acc += static_cast<double>(logp[i]);
   }
-  if (bad) bad_any[0] = 1;  // benign race: every writer stores 1
   acc = warp_sum(acc);
   if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
-  __syncthreads();
+  const int bad_any = __syncthreads_or(bad);  // the barrier also ORs every thread's flag
   if (threadIdx.x == 0) {
     double t = 0;
     for (int w = 0; w < kSeqThreads / 32; ++w) t += part[w];
-    out[s] = bad_any[0] ? kNaN : static_cast<float>(t);
-    if (bad_any[0] && s == 0) atomicOr(err, static_cast<uint32_t>(kErrSegments));
+    out[s] = bad_any ? kNaN : static_cast<float>(t);
+    if (bad_any && s == 0) atomicOr(err, static_cast<uint32_t>(kErrSegments));
   }
 }
 
@@ -245,7 +243,7 @@ GatherPlan gather_plan(int64_t n, int64_t v, int sms) {
 
 template <class T>
 static void gather_split(const T* logits, int64_t n, int64_t v, GatherPlan p, const int32_t* targets, float* logp, float* lse) {
-  float* partial = static_cast<float*>(scratch(static_cast<size_t>(n * p.splits) * 2 * sizeof(float)));
+  float* partial = static_cast<float*>(scratch(static_cast<size_t>(n * p.splits) * 2 * sizeof(float), "logprobGather"));
   SPIN_LAUNCH(logprob_partial_kernel<T>, dim3(static_cast<unsigned>(n), static_cast<unsigned>(p.splits)), dim3(kRowThreads), 0, stream(),
               logits, v, p.chunk, targets, partial);
   SPIN_LAUNCH(logprob_merge_kernel<T>, dim3(elementwise_blocks(n, 128)), dim3(128), 0, stream(), logits, n, v, p.splits, targets,

@@ -29,23 +29,49 @@ size_t size_class(size_t bytes) {
   return c;
 }
 
-void release_cache() {
+// The emulator runs this same allocator; it is told what each block holds now, so its bounds checks
+// see the request (not the size class) and any use of a cached block is a use after free.
+void emu_note_alloc(void* p, size_t bytes) {
+#ifdef SPINLM_CUDA_EMU
+  emu::note_allocation(p, bytes);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+void emu_note_free(void* p) {
+#ifdef SPINLM_CUDA_EMU
+  emu::note_free(p);
+#else
+  (void)p;
+#endif
+}
+
+}  // namespace
+
+size_t release_cache() {
+  const size_t released = g_cached;
+  if (released == 0) return 0;
   cudaStreamSynchronize(stream());
   for (auto& [size, list] : g_free)
     for (void* p : list) cudaFree(p);
   g_free.clear();
   g_cached = 0;
+  cudaGetLastError();  // whatever cudaFree or the synchronization left is not the next op's error
+  return released;
 }
 
-}  // namespace
+std::string oom_message(size_t bytes, const char* what) {
+  size_t free_b = 0, total = 0;
+  cudaMemGetInfo(&free_b, &total);
+  cudaGetLastError();
+  return "out of device memory: " + std::string(what) + " of " + std::to_string(bytes) + " bytes failed with " +
+         std::to_string(free_b) + " bytes free of " + std::to_string(total) + " (" + std::to_string(g_allocated) +
+         " bytes held by spinlm tensors)";
+}
 
 AllocResult device_alloc(size_t bytes) {
-#ifdef SPINLM_CUDA_EMU
-  // Under the emulator every tensor is its own exact allocation, so the bounds checks see its extent.
-  const size_t c = bytes;
-#else
   const size_t c = size_class(bytes);
-#endif
   auto it = g_free.find(c);
   if (it != g_free.end() && !it->second.empty()) {
     void* p = it->second.back();
@@ -53,36 +79,29 @@ AllocResult device_alloc(size_t bytes) {
     g_cached -= c;
     g_allocated += c;
     note_peaks();
+    emu_note_alloc(p, bytes);
     return {p, ""};
   }
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, c);
   if (e != cudaSuccess) {
-    cudaGetLastError();
-    release_cache();
-    e = cudaMalloc(&p, c);
+    cudaGetLastError();  // a failed cudaMalloc sets the last error: clear it before the retry
+    if (release_cache() > 0) e = cudaMalloc(&p, c);
   }
   if (e != cudaSuccess) {
     cudaGetLastError();
-    size_t free_b = 0, total = 0;
-    cudaMemGetInfo(&free_b, &total);
-    return {nullptr, "out of device memory: a request of " + std::to_string(bytes) + " bytes failed with " +
-                         std::to_string(free_b) + " bytes free of " + std::to_string(total) + " (" +
-                         std::to_string(g_allocated) + " bytes held by spinlm tensors)"};
+    return {nullptr, oom_message(bytes)};
   }
   g_allocated += c;
   note_peaks();
+  emu_note_alloc(p, bytes);
   return {p, ""};
 }
 
 void device_free(void* p, size_t bytes) {
   if (!p) return;
-#ifdef SPINLM_CUDA_EMU
-  cudaFree(p);
-  g_allocated -= bytes;
-  return;
-#endif
   const size_t c = size_class(bytes);
+  emu_note_free(p);
   g_free[c].push_back(p);
   g_cached += c;
   g_allocated -= c;

@@ -130,7 +130,7 @@ void adamw_step(void* param, DType dt, float* master, const float* grad, float* 
 }
 
 void sum_squares_into(const float* x, int64_t n, float* out) {
-  double* partial = static_cast<double*>(scratch(kSumBlocks * sizeof(double)));
+  double* partial = static_cast<double*>(scratch(kSumBlocks * sizeof(double), "sumSquares"));
   SPIN_LAUNCH(sum_squares_partial_kernel, dim3(kSumBlocks), dim3(kThreads), 0, stream(), n ? x : nullptr, n, partial);
   SPIN_LAUNCH(sum_partials_kernel, dim3(1), dim3(32), 0, stream(), static_cast<const double*>(partial), out);
   check_launch("sumSquares");

@@ -1,8 +1,11 @@
 // The CUDA backend's device, stream, error word and scratch (runtime.h).
 #include "runtime.h"
 
+#include <cstdlib>
+#include <map>
 #include <mutex>
 #include <stdexcept>
+#include <vector>
 
 namespace spinlm::cuda {
 namespace {
@@ -18,6 +21,30 @@ blas::Library g_blas;
 blas::Handle g_blas_handle = nullptr;
 int g_blas_version = 0;
 int g_sms = 1;
+bool g_sync = false;  // SPINLM_CUDA_SYNC=1: synchronize after every launch
+
+// The emulator's detail of the last error (which kernel, which limit); empty on a GPU.
+std::string error_detail() {
+#ifdef SPINLM_CUDA_EMU
+  const std::string d = emu::last_error_detail();
+  return d.empty() ? "" : " (" + d + ")";
+#else
+  return "";
+#endif
+}
+
+// Pinned staging buffers: free ones by capacity; the capacity of each handed out.
+std::mutex g_pinned_mu;
+std::multimap<size_t, void*> g_pinned_free;
+std::map<void*, size_t> g_pinned_used;
+size_t g_pinned_cached = 0;
+constexpr size_t kPinnedCacheCap = size_t{256} << 20;
+
+size_t pinned_class(size_t bytes) {
+  size_t c = 4096;
+  while (c < bytes) c <<= 1;
+  return c;
+}
 
 // Opens cuBLAS on the backend's stream unless SPINLM_CUDA_GEMM=tiled (GPU builds only).
 void init_gemm() {
@@ -41,15 +68,100 @@ void init_gemm() {
 }  // namespace
 
 void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+  if (e == cudaSuccess) return;
+  const std::string detail = error_detail();
+  cudaGetLastError();  // clear it (a sticky error stays: the device is unusable after a kernel fault)
+  throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e) + detail);
 }
 
 void check_launch(const char* what) { check(cudaGetLastError(), what); }
 
+void set_sync_launches(bool on) { g_sync = on; }
+bool sync_launches() { return g_sync; }
+
+void after_launch(const char* kernel) {
+  cudaError_t e = cudaPeekAtLastError();
+  if (e == cudaSuccess && g_sync) {
+    e = cudaStreamSynchronize(g_stream);
+    if (e == cudaSuccess) e = cudaPeekAtLastError();
+  }
+  if (e != cudaSuccess) check(e, (std::string("kernel ") + kernel + (g_sync ? " (SPINLM_CUDA_SYNC=1)" : "")).c_str());
+}
+
+Versions versions() {
+  Versions v;
+  if (cudaDriverGetVersion(&v.driver) != cudaSuccess) v.driver = 0;
+  if (cudaRuntimeGetVersion(&v.runtime) != cudaSuccess) v.runtime = 0;
+  cudaGetLastError();
+  v.built_with = CUDART_VERSION;
+  v.driver_needed = CUDART_VERSION / 1000 * 1000;  // minor version compatibility: the same major suffices
+  // The Linux driver releases that first support each CUDA major (NVIDIA's compatibility table).
+  v.min_driver = CUDART_VERSION >= 13000 ? "580.65.06" : CUDART_VERSION >= 12000 ? "525.60.13" : "450.80.02";
+  v.driver_ok = v.driver >= v.driver_needed;
+  return v;
+}
+
+void* pinned_acquire(size_t bytes) {
+  const size_t c = pinned_class(bytes);
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  auto it = g_pinned_free.lower_bound(c);
+  if (it != g_pinned_free.end() && it->first <= 2 * c) {  // reuse, wasting at most half
+    void* p = it->second;
+    g_pinned_used[p] = it->first;
+    g_pinned_cached -= it->first;
+    g_pinned_free.erase(it);
+    return p;
+  }
+  void* p = nullptr;
+  cudaError_t e = cudaMallocHost(&p, c);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    for (auto& [size, q] : g_pinned_free) cudaFreeHost(q);
+    g_pinned_free.clear();
+    g_pinned_cached = 0;
+    e = cudaMallocHost(&p, c);
+  }
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    throw std::runtime_error("CUDA error in read staging: out of pinned host memory for " + std::to_string(bytes) + " bytes");
+  }
+  g_pinned_used[p] = c;
+  return p;
+}
+
+void pinned_release(void* p) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  auto it = g_pinned_used.find(p);
+  if (it == g_pinned_used.end()) {
+    cudaFreeHost(p);  // not from the pool
+    return;
+  }
+  const size_t c = it->second;
+  g_pinned_used.erase(it);
+  if (g_pinned_cached + c > kPinnedCacheCap) {
+    cudaFreeHost(p);
+    return;
+  }
+  g_pinned_free.emplace(c, p);
+  g_pinned_cached += c;
+}
+
+size_t pinned_cached_bytes() {
+  std::lock_guard<std::mutex> lock(g_pinned_mu);
+  return g_pinned_cached;
+}
+
 std::string unavailable_reason() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e == cudaErrorInsufficientDriver) return "no driver: the NVIDIA driver is missing or older than this build's CUDA runtime needs";
+  if (e == cudaErrorInsufficientDriver) {
+    cudaGetLastError();
+    const Versions v = versions();
+    auto cuda = [](int x) { return std::to_string(x / 1000) + "." + std::to_string(x % 1000 / 10); };
+    return "no driver: the NVIDIA driver is missing or older than this build's CUDA runtime needs (CUDA " + cuda(v.built_with) +
+           " needs driver " + v.min_driver + " or newer" + (v.driver > 0 ? "; the installed driver supports CUDA " + cuda(v.driver) : std::string()) + ")";
+  }
   if (e == cudaErrorNoDevice || (e == cudaSuccess && n == 0)) return "no device: the NVIDIA driver sees no GPU";
   if (e != cudaSuccess) return std::string("no usable device: ") + cudaGetErrorString(e);
   return "";
@@ -69,6 +181,8 @@ void init() {
       cudaDeviceProp prop;
       check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
       if (prop.multiProcessorCount > 0) g_sms = prop.multiProcessorCount;
+      const char* sync = std::getenv("SPINLM_CUDA_SYNC");
+      g_sync = sync && *sync && std::string(sync) != "0";
       init_gemm();
     } catch (const std::exception& e) {
       g_init_error = e.what();
@@ -100,16 +214,27 @@ uint32_t take_errors() {
   return bits;
 }
 
-void* scratch(size_t bytes) {
-  if (bytes > g_scratch_bytes) {
-    if (g_scratch) {
-      check(cudaStreamSynchronize(g_stream), "scratch");
-      check(cudaFree(g_scratch), "scratch");
-    }
-    const size_t want = bytes < 4096 ? 4096 : bytes;
-    check(cudaMalloc(&g_scratch, want), "cudaMalloc(scratch)");
-    g_scratch_bytes = want;
+void* scratch(size_t bytes, const char* op) {
+  if (bytes <= g_scratch_bytes) return g_scratch;
+  const size_t want = bytes < 4096 ? 4096 : bytes;
+  // The new buffer first: if it cannot be had, the old one (still in use by queued work) stays.
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, want);
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    if (release_cache() > 0) e = cudaMalloc(&p, want);
   }
+  if (e == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    throw std::runtime_error(std::string(op) + ": " + oom_message(want, "a scratch request"));
+  }
+  check(e, op);
+  if (g_scratch) {
+    check(cudaStreamSynchronize(g_stream), op);  // queued kernels may still use the old buffer
+    check(cudaFree(g_scratch), op);
+  }
+  g_scratch = p;
+  g_scratch_bytes = want;
   return g_scratch;
 }
 

@@ -28,11 +28,40 @@ uint32_t* error_word();
 // Reads and clears the word (synchronizes the stream).
 uint32_t take_errors();
 // Device scratch of at least `bytes` bytes, valid until the next call (single stream: ordered).
-void* scratch(size_t bytes);
-// Throws std::runtime_error("CUDA error in <what>: ...") when e is not cudaSuccess.
+// Grows by allocating the new buffer before freeing the old one: when even a retry after releasing
+// the allocator's cache fails, it throws "<op>: out of device memory: ..." and the old buffer (and
+// every other) stays valid.
+void* scratch(size_t bytes, const char* op = "scratch");
+// Throws std::runtime_error("CUDA error in <what>: ...") when e is not cudaSuccess, after clearing
+// the runtime's last error (so the next op does not report this one under its own name).
 void check(cudaError_t e, const char* what);
-// Checks the last launch.
+// Checks the last launch of op `what`.
 void check_launch(const char* what);
+// Called after every kernel launch (SPIN_LAUNCH, cuda_common.cuh) with the kernel's name: a launch
+// the device refused throws naming the kernel; with SPINLM_CUDA_SYNC=1 (or set_sync_launches(true))
+// it also synchronizes, so a fault in the kernel is reported naming it rather than at a later op.
+void after_launch(const char* kernel);
+void set_sync_launches(bool on);
+bool sync_launches();
+
+// The driver's and runtime's CUDA versions (1000 * major + 10 * minor; 0 when there is no driver) and
+// what this build needs: its CUDA runtime, the driver CUDA version that runs it (the same major), and
+// the minimum Linux driver release for that. Needs no device (for `spinlm info`).
+struct Versions {
+  int driver = 0, runtime = 0;
+  int built_with = 0;         // CUDART_VERSION this build was compiled against
+  int driver_needed = 0;      // the driver CUDA version the static runtime needs (major.0)
+  std::string min_driver;     // "580.65.06" for CUDA 13, "525.60.13" for CUDA 12
+  bool driver_ok = false;     // driver >= driver_needed
+};
+Versions versions();
+
+// Pinned host staging buffers for device-to-host reads, reused across calls: acquire() hands out a
+// buffer of at least `bytes` (from the pool, else cudaMallocHost; throws when out of pinned memory),
+// release() returns it to the pool (buffers past the pool's cap are freed). Thread-safe.
+void* pinned_acquire(size_t bytes);
+void pinned_release(void* p);
+size_t pinned_cached_bytes();
 
 // How matmul runs (cublas.h; SPINLM_CUDA_GEMM, read by init()): the emulator always uses the tiled
 // kernel; GPU builds open cuBLAS in init() unless the mode is `tiled`.
@@ -60,6 +89,11 @@ struct AllocResult {
 };
 AllocResult device_alloc(size_t bytes);
 void device_free(void* p, size_t bytes);
+// Synchronizes and frees every cached block (cudaFree); returns the bytes released.
+size_t release_cache();
+// "out of device memory: a request of N bytes failed with F bytes free of T (H bytes held by spinlm
+// tensors)" for a request that failed.
+std::string oom_message(size_t bytes, const char* what = "a request");
 size_t cached_bytes();
 size_t allocated_bytes();
 // High-water marks since the start: bytes held by live tensors, and those plus the cache (what

@@ -161,7 +161,7 @@ void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, cons
   int32_t* ids = nullptr;
   double* probs = nullptr;
   if (!greedy) {
-    char* s = static_cast<char*>(scratch(static_cast<size_t>(b * v) * 12 + 16));
+    char* s = static_cast<char*>(scratch(static_cast<size_t>(b * v) * 12 + 16, "sampleTokens"));
     probs = reinterpret_cast<double*>(s);
     ids = reinterpret_cast<int32_t*>(s + static_cast<size_t>(b * v) * 8);
   }
