@@ -53,6 +53,10 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("freeBytes", static_cast<double>(free_b));
   o.Set("driverVersion", d.driver);
   o.Set("runtimeVersion", d.runtime);
+  const Versions v = versions();
+  o.Set("builtWithRuntime", v.built_with);
+  o.Set("driverNeeded", v.driver_needed);
+  o.Set("minDriver", v.min_driver);
   o.Set("cachedBytes", static_cast<double>(cached_bytes()));
   o.Set("gemm", gemm_description());
   o.Set("peakAllocatedBytes", static_cast<double>(peak_allocated_bytes()));
@@ -115,7 +119,7 @@ class EventWaiter : public Napi::AsyncWorker {
         deferred_(Napi::Promise::Deferred::New(env)) {}
   ~EventWaiter() override {
     cudaEventDestroy(ev_);
-    cudaFreeHost(staging_);
+    pinned_release(staging_);
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
@@ -148,13 +152,13 @@ Napi::Value StartRead(Napi::Env env, const void* dev, size_t bytes, Napi::Value 
   cudaEvent_t ev = nullptr;
   try {
     init();
-    check(cudaMallocHost(&staging, bytes ? bytes : 4), "read staging");
+    staging = pinned_acquire(bytes ? bytes : 4);
     if (bytes) check(cudaMemcpyAsync(staging, dev, bytes, cudaMemcpyDeviceToHost, stream()), "read");
     if (clear_after) check(cudaMemsetAsync(const_cast<void*>(dev), 0, bytes, stream()), "takeErrors");
     check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "read event");
     check(cudaEventRecord(ev, stream()), "read event");
   } catch (const std::exception& e) {
-    if (staging) cudaFreeHost(staging);
+    if (staging) pinned_release(staging);
     ThrowState(env, e.what());
   }
   Napi::Reference<Napi::TypedArray> ref;

@@ -30,6 +30,7 @@ export class CudaBackend extends NativeKernels implements Backend {
   }
 
   info(): BackendInfo {
+    const cudaVersion = (v: number) => `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}`;
     const d = this.native.info();
     return {
       name: this.name,
@@ -37,7 +38,7 @@ export class CudaBackend extends NativeKernels implements Backend {
       memoryBytes: d.totalBytes,
       details: [
         `memory: ${(d.totalBytes / 2 ** 30).toFixed(1)} GiB, ${(d.freeBytes / 2 ** 30).toFixed(1)} GiB free`,
-        `driver ${d.driverVersion}, runtime ${d.runtimeVersion}`,
+        `CUDA driver ${cudaVersion(d.driverVersion)}, runtime ${cudaVersion(d.runtimeVersion)} (built with ${cudaVersion(d.builtWithRuntime)}: needs a CUDA ${cudaVersion(d.driverNeeded)} driver, Linux driver ${d.minDriver} or newer)`,
         `GEMM: ${d.gemm}`,
         `cached device memory: ${(d.cachedBytes / 2 ** 20).toFixed(0)} MiB`,
       ],

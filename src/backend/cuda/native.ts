@@ -14,8 +14,13 @@ export interface CudaDeviceInfo {
   multiprocessors: number;
   totalBytes: number;
   freeBytes: number;
+  /** CUDA versions as 1000 * major + 10 * minor: the driver's, the runtime's (linked statically). */
   driverVersion: number;
   runtimeVersion: number;
+  /** The CUDA runtime this build was compiled against, the driver CUDA version it needs, and the oldest Linux driver release for that. */
+  builtWithRuntime: number;
+  driverNeeded: number;
+  minDriver: string;
   cachedBytes: number;
   /** How matmul runs: cuBLAS (version, library path, input type) or the tiled kernel. */
   gemm: string;
