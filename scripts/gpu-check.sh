@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU kit: every check of the CUDA backend on a GPU box, in order of value, from a bundle brought
 # along (scripts/gpu-kit/pack.sh writes it in .gpu/: node, the node_modules the steps load, the addon
-# with sm_90 kernels + PTX). docs/cuda.md, "The GPU kit", says how to run it and what it writes.
+# with sm_90 kernels + PTX, each xz-compressed). docs/cuda.md, "The GPU kit", says how to run it and what it writes.
 #
 #   bash scripts/gpu-check.sh [--out DIR] [--only STEPS] [--plan] [--emu]
 #     --out DIR     results go to DIR (default: $OUT, else ./gpu-check): gpu-check.md (one results file),
@@ -59,10 +59,10 @@ bundle_report() {  # prints the bundle's files and sizes; returns 1 when somethi
   local ok=0 f tree
   tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
   echo "source tree (tracked files): $(human "$tree")"
-  for f in node.xz modules.tar.xz spinlm.node MANIFEST.json; do
+  for f in node.xz modules.tar.xz spinlm.node.xz MANIFEST.json; do
     if [ -f "$KIT/$f" ]; then echo "  $KIT/$f: $(human "$(stat -c %s "$KIT/$f")")"; else echo "  $KIT/$f: MISSING"; ok=1; fi
   done
-  local total=$((tree + $(cat "$KIT"/node.xz "$KIT"/modules.tar.xz "$KIT"/spinlm.node 2>/dev/null | wc -c)))
+  local total=$((tree + $(cat "$KIT"/node.xz "$KIT"/modules.tar.xz "$KIT"/spinlm.node.xz 2>/dev/null | wc -c)))
   echo "bundle + source tree: $(human "$total") (limit 60 MiB)"
   [ "$total" -le $((60 * 1024 * 1024)) ] || { echo "  over the 60 MiB limit"; ok=1; }
   if [ -f "$KIT/MANIFEST.json" ]; then
@@ -71,7 +71,7 @@ bundle_report() {  # prints the bundle's files and sizes; returns 1 when somethi
     have="$( (git ls-files -s native CMakeLists.txt; git diff HEAD -- native CMakeLists.txt; echo "arch $(node -p 'require(process.argv[1]).addon.arch' "$ROOT/$KIT/MANIFEST.json")") | sha256sum | cut -c1-16)"
     if [ "$want" = "$have" ]; then echo "  addon built from these native sources (commit $(node -p 'require(process.argv[1]).commit.slice(0,10)' "$ROOT/$KIT/MANIFEST.json"))"
     else echo "  addon STALE: native/ changed since it was built (bash scripts/gpu-kit/pack.sh)"; ok=1; fi
-    for f in node.xz modules.tar.xz spinlm.node; do
+    for f in node.xz modules.tar.xz spinlm.node.xz; do
       [ -f "$KIT/$f" ] || continue
       [ "$(sha256sum "$KIT/$f" | cut -c1-64)" = "$(node -p "require(process.argv[1])['${f%%.*}'.replace('spinlm','addon')].sha256" "$ROOT/$KIT/MANIFEST.json")" ] \
         || { echo "  $KIT/$f does not match MANIFEST.json"; ok=1; }
@@ -141,7 +141,8 @@ else
   export SPINLM_TEST_BACKENDS=cuda
   cuda_ok() { SPINLM_ADDON="$1" "$NODE" --import tsx -e "import('./src/backend/cuda/cuda_backend.ts').then(m=>process.exit(m.cudaStatus().available?0:1))" >/dev/null 2>&1; }
   if [ -n "${SPINLM_ADDON:-}" ] && cuda_ok "$SPINLM_ADDON"; then :
-  elif [ -f "$KIT/spinlm.node" ] && cuda_ok "$ROOT/$KIT/spinlm.node"; then export SPINLM_ADDON="$ROOT/$KIT/spinlm.node"
+  elif [ -f "$KIT/spinlm.node.xz" ] && xz -dc "$KIT/spinlm.node.xz" > "$WORK/spinlm.node" && cuda_ok "$WORK/spinlm.node"; then
+    export SPINLM_ADDON="$WORK/spinlm.node"
   else
     echo "gpu-check: the brought addon cannot run the GPU here; building one into build-gpu (cmake-js, CUDA_ARCH=${CUDA_ARCH:-90})" | tee -a "$RESULTS"
     timeout 300 "$NODE" node_modules/cmake-js/bin/cmake-js build --out build-gpu --CDCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}" \
