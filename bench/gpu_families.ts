@@ -15,10 +15,11 @@ import { parseArgs } from 'node:util';
 import { parseConfig } from '../src/model/config.js';
 import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
-import { collateSpinBatch, tokenizePair } from '../src/spin/batch.js';
+import { collateSpinBatch } from '../src/spin/batch.js';
 import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
-import { spinlmSpinCase, writeSpinRequest } from '../test/helpers/spin_oracle_case.js';
+import { relErr } from '../test/helpers/loss_ref.js';
+import { oraclePairs, spinlmSpinCase, writeSpinRequest } from '../test/helpers/spin_oracle_case.js';
 import { kitBackend, PYTHON } from './kit_backend.js';
 
 const { values: args } = parseArgs({ options: { backend: { type: 'string', default: 'cuda' }, jsonl: { type: 'string' } } });
@@ -85,18 +86,6 @@ const FAMILIES: { name: string; config: Record<string, unknown> }[] = [
   },
 ];
 
-function relErr(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  if (a.length !== b.length) return Infinity;
-  let num = 0,
-    den = 1e-30;
-  for (let i = 0; i < a.length; ++i) {
-    const d = Math.abs(a[i] - b[i]);
-    num = Number.isNaN(d) ? Infinity : Math.max(num, d);
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / den;
-}
-
 let failed = 0;
 const rng = new Rng(11);
 for (const fam of FAMILIES) {
@@ -113,14 +102,7 @@ for (const fam of FAMILIES) {
     writeFileSync(join(modelDir, 'config.json'), JSON.stringify({ ...fam.config, ...written }, null, 2));
     const model = await LlamaModel.load(be, modelDir);
     model.weights.enableTraining();
-    const tok = { eosId: EOS, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
-    const text = (k: number) => Array.from({ length: k }, () => String.fromCharCode(97 + rng.int(0, 25))).join('');
-    const pairs = Array.from({ length: 3 }, (_, i) =>
-      tokenizePair(tok, text(i === 0 ? 60 : rng.int(3, 60)), text(rng.int(1, 12)), text(rng.int(1, 12)), {
-        maxLength: 48,
-        maxPromptLength: 32,
-      }),
-    );
+    const pairs = oraclePairs(rng, 3, EOS);
     const batch = collateSpinBatch(pairs, EOS, 0);
     const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
     const beta = 0.3;

@@ -68,7 +68,7 @@ bundle_report() {  # prints the bundle's files and sizes; returns 1 when somethi
   if [ -f "$KIT/MANIFEST.json" ]; then
     local want have
     want=$(node -p 'require(process.argv[1]).addon.sources' "$ROOT/$KIT/MANIFEST.json" 2>/dev/null)
-    have="$( (git ls-files -s native CMakeLists.txt; git diff HEAD -- native CMakeLists.txt; echo "arch $(node -p 'require(process.argv[1]).addon.arch' "$ROOT/$KIT/MANIFEST.json")") | sha256sum | cut -c1-16)"
+    have="$(bash scripts/gpu-kit/sources-hash.sh "$(node -p 'require(process.argv[1]).addon.arch' "$ROOT/$KIT/MANIFEST.json")")"
     if [ "$want" = "$have" ]; then echo "  addon built from these native sources (commit $(node -p 'require(process.argv[1]).commit.slice(0,10)' "$ROOT/$KIT/MANIFEST.json"))"
     else echo "  addon STALE: native/ changed since it was built (bash scripts/gpu-kit/pack.sh)"; ok=1; fi
     for f in node.xz modules.tar.xz spinlm.node.xz; do

@@ -10,10 +10,9 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
-import { collateSpinBatch, tokenizePair } from '../src/spin/batch.js';
-import type { Rng } from '../src/util/rng.js';
+import { collateSpinBatch } from '../src/spin/batch.js';
 import { relErr } from './helpers/loss_ref.js';
-import { spinlmSpinCase, writeSpinRequest } from './helpers/spin_oracle_case.js';
+import { oraclePairs, spinlmSpinCase, writeSpinRequest } from './helpers/spin_oracle_case.js';
 import { runPython } from './helpers/python.js';
 import { withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
@@ -78,19 +77,6 @@ for (const be of await testBackends())
       },
     ];
 
-    /** Pairs with long prompts, so truncation (keep_end) cuts some of them. */
-    function pairs(rng: Rng, n: number) {
-      const tok = { eosId: EOS, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
-      const text = (k: number) => Array.from({ length: k }, () => String.fromCharCode(97 + rng.int(0, 25))).join('');
-      // the first prompt is always long enough to be cut
-      return Array.from({ length: n }, (_, i) =>
-        tokenizePair(tok, text(i === 0 ? 60 : rng.int(3, 60)), text(rng.int(1, 12)), text(rng.int(1, 12)), {
-          maxLength: 48,
-          maxPromptLength: 32,
-        }),
-      );
-    }
-
     for (const c of CASES) {
       test(`matches PyTorch: ${c.name}`, async () =>
         withSeed(async (rng) => {
@@ -111,7 +97,7 @@ for (const be of await testBackends())
             const model = await LlamaModel.load(be, modelDir);
             assert.equal(model.weights.dtype, c.dtype);
             model.weights.enableTraining();
-            const ps = pairs(rng, 3);
+            const ps = oraclePairs(rng, 3, EOS);
             assert.ok(
               ps.some((p) => p.real.prompt.length === 32),
               'some prompts were truncated to max_prompt_length',
@@ -236,7 +222,7 @@ for (const be of await testBackends())
               'f32',
             ]);
             const model = await LlamaModel.load(be, modelDir);
-            const ps = pairs(rng, 3);
+            const ps = oraclePairs(rng, 3, EOS);
             const ref = Float32Array.from({ length: 6 }, () => -60 + rng.normal() * 5);
             const before = new Map<string, Float32Array>();
             for (const [n, t] of model.weights.params) before.set(n, Float32Array.from((await ops.read(t)) as Float32Array));

@@ -18,7 +18,7 @@ mkdir -p "$K"
 ARCH="${CUDA_ARCH:-90}"
 NODE_BIN="$(command -v node)"
 manifest_get() { [ -f "$K/MANIFEST.json" ] && node -e 'const m=require(process.argv[1]);const v=process.argv[2].split(".").reduce((o,k)=>o?.[k],m);process.stdout.write(v===undefined?"":String(v))' "$PWD/$K/MANIFEST.json" "$1" || true; }
-src_hash="$( (git ls-files -s native CMakeLists.txt; git diff HEAD -- native CMakeLists.txt; echo "arch $ARCH") | sha256sum | cut -c1-16)"
+src_hash="$(bash scripts/gpu-kit/sources-hash.sh "$ARCH")"
 node_ver="$(node --version)"
 
 if [ "$(manifest_get node.version)" != "$node_ver" ] || [ ! -f "$K/node.xz" ]; then

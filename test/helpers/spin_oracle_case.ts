@@ -6,9 +6,10 @@ import { join } from 'node:path';
 import type { Backend } from '../../src/backend/backend.js';
 import { freeInput, uploadInput } from '../../src/model/input.js';
 import type { LlamaModel } from '../../src/model/llama.js';
-import type { SpinBatch } from '../../src/spin/batch.js';
+import { type SpinBatch, type TokenizedPair, tokenizePair } from '../../src/spin/batch.js';
 import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../../src/spin/loss.js';
 import * as ops from '../../src/ops/index.js';
+import type { Rng } from '../../src/util/rng.js';
 
 /** Writes a request for a reference's `run`: the batch's token arrays, the reference log-probs, the settings. */
 export function writeSpinRequest(dir: string, batch: SpinBatch, ref: Float32Array, settings: Record<string, unknown>): string {
@@ -54,4 +55,19 @@ export async function spinlmSpinCase(
   freeSpinLossContext(ctx);
   freeInput(input);
   return { logits: logitsHost, seq, loss: metrics.loss };
+}
+
+/**
+ * n random pairs over a character tokenizer (ids 3..96, EOS `eosId`), max_length 48 and
+ * max_prompt_length 32; the first prompt is always long enough to be cut (keep_end truncation).
+ */
+export function oraclePairs(rng: Rng, n: number, eosId: number): TokenizedPair[] {
+  const tok = { eosId, encode: (s: string) => [...s].map((c) => 3 + (c.charCodeAt(0) % 94)) };
+  const text = (k: number) => Array.from({ length: k }, () => String.fromCharCode(97 + rng.int(0, 25))).join('');
+  return Array.from({ length: n }, (_, i) =>
+    tokenizePair(tok, text(i === 0 ? 60 : rng.int(3, 60)), text(rng.int(1, 12)), text(rng.int(1, 12)), {
+      maxLength: 48,
+      maxPromptLength: 32,
+    }),
+  );
 }
