@@ -33,6 +33,23 @@ export function logprobGatherBackwardRef(z: ArrayLike<number>, n: number, v: num
   return dz;
 }
 
+/**
+ * relErr's floor for a dlogits check at tolerance tol. The lse a kernel is given is f32, rounded by up
+ * to |lse| * 2^-24, so where p_y is near 1 the target's 1 - p_y is known only to about
+ * |dlogp| * |lse| * 2^-24 whatever the kernel does (PyTorch's f32 backward gives 0 there too). When every
+ * counted row is like that (few rows, large logits, the target far above the rest), max |ref| is itself of
+ * that size and the plain norm would ask for more than f32 holds; the floor allows 4 such roundings.
+ */
+export function dlogitsFloor(n: number, v: number, z: ArrayLike<number>, targets: ArrayLike<number>, dlogp: ArrayLike<number>, tol: number) {
+  const { lse } = logprobGatherRef(z, n, v, targets);
+  let worst = 0;
+  for (let r = 0; r < n; r++) {
+    if (targets[r] === IGNORE || !Number.isFinite(lse[r])) continue;
+    worst = Math.max(worst, Math.abs(dlogp[r]) * Math.max(1, Math.abs(lse[r])) * 2 ** -24);
+  }
+  return (4 * worst) / tol || 1e-30;
+}
+
 export function sequenceLogprobRef(logp: ArrayLike<number>, segments: ArrayLike<number>, numSeqs: number) {
   const out = new Float64Array(numSeqs);
   for (let r = 0; r < segments.length; r++) if (segments[r] >= 0) out[segments[r]] += logp[r];
