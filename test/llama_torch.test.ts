@@ -11,12 +11,11 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { checkpointLayout } from '../src/model/config.js';
 import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { collateSpinBatch } from '../src/spin/batch.js';
 import { relErr } from './helpers/loss_ref.js';
-import { oraclePairs, spinlmSpinCase, writeSpinRequest } from './helpers/spin_oracle_case.js';
+import { checkpointGrads, oraclePairs, spinlmSpinCase, writeSpinRequest } from './helpers/spin_oracle_case.js';
 import { runPython } from './helpers/python.js';
 import { withSeed } from './helpers/random.js';
 import { PHI3_CONFIG, QWEN3_CONFIG } from './helpers/tiny_model.js';
@@ -152,12 +151,7 @@ for (const be of await testBackends())
             const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss;
             assert.ok(Math.abs(loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${loss} vs torch ${torchLoss}`);
             // per checkpoint tensor: a fused phi3 tensor's gradient is its parts' gradients stacked
-            for (const spec of checkpointLayout(model.cfg)) {
-              const parts = await Promise.all(spec.parts.map(async (p) => (await ops.read(model.weights.grad(p.name))) as Float32Array));
-              const got = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
-              parts.reduce((off, a) => (got.set(a, off), off + a.length), 0);
-              check(`grad ${spec.name}`, got, read(join('grad', `${spec.name}.bin`)));
-            }
+            for await (const { name, grad } of checkpointGrads(model)) check(`grad ${name}`, grad, read(join('grad', `${name}.bin`)));
             model.weights.free();
           } finally {
             rmSync(dir, { recursive: true, force: true });
