@@ -113,8 +113,6 @@ describe('1. spinlm writes only into a new or empty directory or one of its own'
     const out = join(dir, `owned-${word()}`);
     let r = spinlm(sftArgs(out), dir);
     assert.equal(r.status, 0, r.stderr);
-    assert.equal(ownerOf(out)?.command, 'sft');
-    assert.ok(existsSync(join(out, OWNER_FILE)));
     writeFileSync(join(out, 'NOTES.md'), 'kept\n');
     mkdirSync(join(out, 'data'));
     writeFileSync(join(out, 'data', 'x.jsonl'), '{}\n');
@@ -124,6 +122,8 @@ describe('1. spinlm writes only into a new or empty directory or one of its own'
     assert.equal(readFileSync(join(out, 'NOTES.md'), 'utf8'), 'kept\n');
     assert.ok(existsSync(join(out, 'data', 'x.jsonl')));
     assert.deepEqual(JSON.parse(readFileSync(join(out, 'sft.resolved.json'), 'utf8')).learning_rate, [2e-3]);
+    assert.ok(existsSync(join(out, OWNER_FILE)));
+    assert.equal(ownerOf(out)?.command, 'sft');
   });
 
   test('--overwrite_output_dir with a missing --data deletes nothing: inputs are checked first', () => {
@@ -148,7 +148,7 @@ describe('1. spinlm writes only into a new or empty directory or one of its own'
     const out = join(dir, `legacy-${word()}`);
     let r = spinlm(runArgs(out, ['--iterations', '1']), dir);
     assert.equal(r.status, 0, r.stderr);
-    rmSync(join(out, OWNER_FILE)); // as an earlier spinlm left it: fingerprint.json, run.resolved.json, iter-0/
+    rmSync(join(out, OWNER_FILE), { force: true }); // as an earlier spinlm left it: fingerprint.json, run.resolved.json, iter-0/
     const model0 = readFileSync(join(out, 'iter-0', 'model', 'model.safetensors'));
     r = spinlm(runArgs(out), dir); // one more iteration on the same run
     assert.equal(r.status, 0, r.stderr);
