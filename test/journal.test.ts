@@ -13,6 +13,9 @@ import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { answerPrompts, JournalMismatchError } from '../src/generate/answers.js';
 import { initLlama } from '../src/model/init.js';
 import { LlamaDecoder } from '../src/model/decoder.js';
+import { LlamaModel } from '../src/model/llama.js';
+import { tokenizePair } from '../src/spin/batch.js';
+import { referenceStage } from '../src/spin/self_play.js';
 import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { loadTokenizer } from '../src/text/tokenizer.js';
 import { withSeed } from './helpers/random.js';
@@ -120,7 +123,6 @@ describe('2. a journal is reused only by the run that wrote it', () => {
     withSeed(async (rng) => {
       const d = mkdtempSync(join(dir, 'answers-'));
       const tok = await loadTokenizer(join(dir, 'a'));
-      const { LlamaModel } = await import('../src/model/llama.js');
       const model = await LlamaModel.load(be, join(dir, 'a'));
       try {
         const prompts = Array.from({ length: 6 }, () => `q ${rng.int(0, 1000)}`);
@@ -137,6 +139,30 @@ describe('2. a journal is reused only by the run that wrote it', () => {
         writeFileSync(journal, lines(journal).slice(1).join('\n') + '\n');
         await refused(answerPrompts(new LlamaDecoder(model), tok, prompts, { ...o, journal }), /no fingerprint/);
         assert.deepEqual(await answerPrompts(new LlamaDecoder(model), tok, prompts, { ...o, journal, adoptUnmarkedJournal: true }), first);
+      } finally {
+        model.weights.free();
+      }
+    }));
+
+  test('reference log-probs: a file of other pairs is refused, naming them; the same pairs reuse it', () =>
+    withSeed(async (rng) => {
+      const d = mkdtempSync(join(dir, 'ref-'));
+      const tok = await loadTokenizer(join(dir, 'a'));
+      const model = await LlamaModel.load(be, join(dir, 'a'));
+      try {
+        const trunc = { maxLength: 48, maxPromptLength: 24 };
+        const rows = Array.from({ length: 4 }, () => [`q${rng.int(0, 99)}`, `r${rng.int(0, 99)}`, `g${rng.int(0, 99)}`]);
+        const pairs = rows.map(([p, r, g]) => tokenizePair(tok, p, r, g, trunc));
+        const loop = { microBatchSize: 2, seed: 1 };
+        const file = join(d, 'ref_logps.json');
+        const first = await referenceStage(model, pairs, tok, loop, file);
+        assert.ok(existsSync(join(d, 'ref_logps.fingerprint.json')));
+        assert.deepEqual(await referenceStage(model, pairs, tok, loop, file), first);
+        const swapped = rows.map(([p, r, g]) => tokenizePair(tok, p, g, r, trunc)); // real and generated exchanged
+        await assert.rejects(
+          referenceStage(model, swapped, tok, loop, file),
+          /ref_logps\.json: reference log-probs of another run: the pairs differ/,
+        );
       } finally {
         model.weights.free();
       }

@@ -18,7 +18,17 @@ const REPORT = ['metrics.jsonl', 'report.html', 'report.md'];
 /** The top-level names each directory-writing command writes (`*`: any run of characters). */
 const LAYOUT: Record<string, readonly string[]> = {
   run: ['iter-*', ...REPORT, 'fingerprint.json', 'run.resolved.json'],
-  train: ['model', 'model.tmp', 'checkpoint', 'checkpoint.tmp', 'ref_logps.json', ...REPORT, 'fingerprint.json', 'train.resolved.json'],
+  train: [
+    'model',
+    'model.tmp',
+    'checkpoint',
+    'checkpoint.tmp',
+    'ref_logps.json',
+    'ref_logps.fingerprint.json',
+    ...REPORT,
+    'fingerprint.json',
+    'train.resolved.json',
+  ],
   sft: [
     'config.json',
     'model.safetensors',
