@@ -177,3 +177,43 @@ for (const be of await testBackends())
         }
       }));
   });
+
+describe('longrope length limit', () => {
+  test('sequences past original_max_position_embeddings are refused by name in forward and generation', async () => {
+    const { CpuBackend } = await import('../src/backend/cpu/cpu_backend.js');
+    const { initLlama } = await import('../src/model/init.js');
+    const { LlamaDecoder } = await import('../src/model/decoder.js');
+    const { uploadInput, freeInput } = await import('../src/model/input.js');
+    const be = new CpuBackend();
+    const json = {
+      model_type: 'llama',
+      hidden_size: 32,
+      intermediate_size: 32,
+      num_hidden_layers: 1,
+      num_attention_heads: 2,
+      rms_norm_eps: 1e-5,
+      vocab_size: 16,
+      max_position_embeddings: 64,
+      original_max_position_embeddings: 8,
+      rope_scaling: { type: 'longrope', short_factor: Array(8).fill(1.5), long_factor: Array(8).fill(4) },
+    };
+    const model = initLlama(be, parseConfig(json, 'config.json'), { seed: 1, std: 0.2, dtype: 'f32' });
+    assert.equal(model.maxPositions, 8);
+    assert.equal(new LlamaDecoder(model).maxPositions, 8);
+    const tokens = (L: number) => ({
+      rows: 1,
+      length: L,
+      inputIds: new Int32Array(L).fill(3),
+      positions: Int32Array.from({ length: L }, (_, i) => i),
+      attentionMask: new Int32Array(L).fill(1),
+    });
+    const ok = uploadInput(be, tokens(8), 16);
+    model.forward(ok).logits.free();
+    freeInput(ok);
+    const long = uploadInput(be, tokens(9), 16);
+    assert.throws(() => model.forward(long), /sequence length 9 exceeds longrope's original_max_position_embeddings 8/);
+    freeInput(long);
+    assert.throws(() => new LlamaDecoder(model).newCache(1, 9), /cache length 9 must be in \[1, max_position_embeddings = 8\]/);
+    model.weights.free();
+  });
+});
