@@ -55,7 +55,7 @@ export const train: Command = {
     await prepareOut('train', o, ['model', 'data'], 'single');
     const pairs = await readSpinPairs(data);
     const { model, tok, template } = await loadModelAndTokenizer(m);
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
     const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
@@ -119,7 +119,7 @@ export const sftCmd: Command = {
       template = templateOf(m, tok);
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
     const pairs = await sftData(dataConfig(o));
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });
     await runSft(
