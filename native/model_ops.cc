@@ -1,6 +1,8 @@
 // N-API bindings of the model kernels, for both addons (native/op_binding.h). Every view is
 // bounds-checked here; index tensors are range-checked on the host (CPU) or by the kernels (CUDA).
 #include <algorithm>
+#include <cmath>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -136,18 +138,24 @@ Napi::Value js::rmsnormBackward(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::rmsnorm_backward(x, w, wdt, rstd, dy, t, h, dx, dw); });
 }
 
-// rope(x, positions, t, heads, hd, theta, scale, inverse)
+// rope(x, positions, invFreq, t, heads, hd, attnScale, inverse): invFreq is a host Float32Array [hd / 2]
 Napi::Value js::rope(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t t = ToInt(info[2], "t"), heads = ToInt(info[3], "heads"), hd = ToInt(info[4], "headDim");
+  const int64_t t = ToInt(info[3], "t"), heads = ToInt(info[4], "heads"), hd = ToInt(info[5], "headDim");
   if (hd % 2) Throw(env, "rope needs an even head dimension");
-  const double theta = ToFloat(info[5], "theta"), scale = ToFloat(info[6], "scale");
-  if (!(theta > 0) || !(scale > 0)) Throw(env, "rope theta and scale must be positive");
+  if (hd / 2 > kRopeMaxHalf) Throw(env, "rope supports head dimensions up to " + std::to_string(2 * kRopeMaxHalf));
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    ThrowType(env, "rope invFreq must be a Float32Array");
+  Napi::Float32Array fa = info[2].As<Napi::Float32Array>();
+  if (static_cast<int64_t>(fa.ElementLength()) != hd / 2) Throw(env, "rope invFreq must hold headDim / 2 values");
+  const float attn = static_cast<float>(ToFloat(info[6], "attnScale"));
+  if (!std::isfinite(attn)) Throw(env, "rope attnScale must be finite");
+  std::vector<float> inv_freq(fa.Data(), fa.Data() + hd / 2);
   float* x = View<float>(info[0], "x", CheckedMul(env, t, heads * hd * 4, "x bytes"));
   const int32_t* pos = View<int32_t>(info[1], "positions", t * 4);
   const bool inverse = info[7].ToBoolean();
   if (IndicesOutsideOnHost(pos, t, 0, INT32_MAX + int64_t{1}, kNoException, kErrPositions)) return env.Undefined();
-  return Run(info, [&] { kern::rope(x, pos, t, heads, hd, theta, scale, inverse); });
+  return Run(info, [&] { kern::rope(x, pos, t, heads, hd, inv_freq.data(), attn, inverse); });
 }
 
 // attention(q, k, v, keyMask, b, l, nh, nkv, hd, scale, out, lse)

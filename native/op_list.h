@@ -69,8 +69,8 @@ SPINLM_OP(rmsnormBackward, rmsnormBackward, model,
           "x: NativeView, w: NativeView, wDtype: string, rstd: NativeView, dy: NativeView, t: number, h: number, dx: NativeView, "
           "dw: NativeView | null")
 SPINLM_OP(rope, rope, model,
-          "x: NativeView, positions: NativeView, t: number, heads: number, hd: number, theta: number, scale: number, "
-          "inverse: boolean")
+          "x: NativeView, positions: NativeView, invFreq: Float32Array, t: number, heads: number, hd: number, "
+          "attnScale: number, inverse: boolean")
 SPINLM_OP(attention, attention, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, b: number, l: number, nh: number, nkv: number, "
           "hd: number, scale: number, out: NativeView, lse: NativeView")

@@ -42,11 +42,12 @@ void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, fl
 void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
                       int64_t t, int64_t h, float* dx, float* dw);
 
-// Rotary embedding in place on x [T, heads, hd] (HF rotate_half: pairs (i, i + hd/2)), angles as
-// Hugging Face computes them in fp32: inv_freq_i = 1 / theta^(2i/hd) / scale, angle = pos * inv_freq_i.
-// inverse = true rotates by the negative angle (the backward).
-void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta,
-          double scale, bool inverse);
+// Rotary embedding in place on x [T, heads, hd] (HF rotate_half: pairs (i, i + hd/2)) with the host
+// table inv_freq [hd/2] (as Hugging Face computes it for the rope type, src/model/rope.ts): angle =
+// pos * inv_freq_i in fp32, cos and sin times attn (HF attention_scaling). inverse = true applies the
+// transpose (angle -> -angle, still times attn): the backward.
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq,
+          float attn, bool inverse);
 
 // Causal grouped-query attention over B sequences of L positions: q [B, L, nH, hd], k/v [B, L, nKV, hd],
 // key_mask [B, L] (1 = a key to attend to). Query i attends to keys j <= i with mask 1. out [B, L, nH, hd];

@@ -17,7 +17,8 @@ void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_
 void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd);
 void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
                       int64_t t, int64_t h, float* dx, float* dw);
-void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta, double scale, bool inverse);
+// inv_freq: a host table [hd / 2 <= kRopeMaxHalf], passed to the kernel by value.
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq, float attn, bool inverse);
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
                int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out, float* lse);
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,

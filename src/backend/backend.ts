@@ -126,10 +126,13 @@ export interface AttentionOpts {
   scale?: number;
 }
 
+/** What the backends' rope takes: the table HF computes for the rope type (src/model/rope.ts). */
 export interface RopeOpts {
-  theta: number;
-  /** Linear rope_scaling factor (1 = none). */
-  scale?: number;
+  /** f32 inverse frequencies [hd / 2] (host array; hd <= 512). */
+  invFreq: Float32Array;
+  /** Multiplies cos and sin (HF attention_scaling: yarn, longrope); default 1. Finite. */
+  attentionScale?: number;
+  /** The transpose (angle -> -angle, still times attentionScale): the backward. */
   inverse?: boolean;
 }
 

@@ -200,7 +200,7 @@ export abstract class NativeKernels {
 
   rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
     const [t, heads, hd] = x.shape;
-    this.native.rope(x, positions, t, heads, hd, opts.theta, opts.scale ?? 1, !!opts.inverse);
+    this.native.rope(x, positions, opts.invFreq, t, heads, hd, opts.attentionScale ?? 1, !!opts.inverse);
   }
 
   attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {

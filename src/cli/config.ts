@@ -92,7 +92,7 @@ export function truncationOf(
   const maxLength = m.maxLength ?? context ?? 1024;
   if (context !== undefined && maxLength > context) {
     throw new UsageError(
-      `--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json); give --max_length ${context} or less`,
+      `--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json; longrope: original_max_position_embeddings); give --max_length ${context} or less`,
     );
   }
   const maxPromptLength = m.maxPromptLength ?? Math.min(512, Math.floor(maxLength / 2));

@@ -68,7 +68,7 @@ export const run: Command = {
   async run(o) {
     const c = runConfig(o); // checked before anything is written, like every input below
     const { model, tok, template } = await loadModelAndTokenizer(c.model);
-    const trunc = truncationOf(c.model, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(c.model, model.maxPositions);
     const generation = generationSettingsOf(c.generation, tok);
     generation.computeDtype = checkComputeDtype(c.model, model.weights.dtype);
     // every row's length is checked here, before the first stage, naming the file and row

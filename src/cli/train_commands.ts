@@ -55,7 +55,7 @@ export const train: Command = {
     // every input is read and checked before the output directory is touched
     const pairs = await readSpinPairs(data);
     const { model, tok, template } = await loadModelAndTokenizer(m);
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
     await prepareOut('train', o, ['model', 'data'], 'single');
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
@@ -121,7 +121,7 @@ export const sftCmd: Command = {
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
     const pairs = await sftData(dataConfig(o));
     await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });
     await runSft(

@@ -48,7 +48,7 @@ export class LlamaDecoder {
   }
 
   get maxPositions(): number {
-    return this.model.cfg.maxPositionEmbeddings;
+    return this.model.maxPositions; // longrope: original_max_position_embeddings
   }
 
   newCache(batch: number, maxLen: number): LlamaKvCache {

@@ -10,6 +10,7 @@ import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
 import { EMBED_UNIT, HEAD_UNIT, type ParamHook } from './param_units.js';
 import { checkpointLayout, type LlamaConfig, loadConfig, writeConfig } from './config.js';
+import { type RopeTable, ropePositionLimit, ropeTable } from './rope.js';
 import { type ParamDType, Weights } from './weights.js';
 
 export type { ParamHook } from './param_units.js';
@@ -101,6 +102,18 @@ export class LlamaModel {
     return this.weights.backend;
   }
 
+  private ropeCache: RopeTable | null = null;
+  /** RoPE's inverse frequencies and attention scale for this config, as HF computes them (rope.ts). */
+  get rope(): RopeTable {
+    this.ropeCache ??= ropeTable(this.cfg.ropeTheta, this.cfg.headDim, this.cfg.ropeScaling);
+    return this.ropeCache;
+  }
+
+  /** Longest sequence this model runs: max_position_embeddings (longrope: its original length). */
+  get maxPositions(): number {
+    return ropePositionLimit(this.cfg.maxPositionEmbeddings, this.cfg.ropeScaling);
+  }
+
   static async load(backend: Backend, dir: string, opts: LoadOptions = {}): Promise<LlamaModel> {
     const cfg = await loadConfig(dir);
     const files = await openCheckpointTensors(dir);
@@ -142,6 +155,10 @@ export class LlamaModel {
       throw new RangeError(`inputIds hold ${input.inputIds.numel} tokens, expected ${rows} x ${length}`);
     if (length > this.cfg.maxPositionEmbeddings)
       throw new RangeError(`sequence length ${length} exceeds max_position_embeddings ${this.cfg.maxPositionEmbeddings}`);
+    if (length > this.maxPositions)
+      throw new RangeError(
+        `sequence length ${length} exceeds longrope's original_max_position_embeddings ${this.maxPositions} (spinlm uses short_factor only)`,
+      );
     const w = this.cfg.slidingWindow;
     if (w !== null && length > w)
       throw new RangeError(`sequence length ${length} exceeds the sliding window ${w}, which spinlm does not implement yet`);
@@ -212,7 +229,7 @@ export class LlamaModel {
       ({ y: q, rstd: rstdQ } = this.headNorm(qRaw, `${pre}.self_attn.q_norm.weight`));
       ({ y: k, rstd: rstdK } = this.headNorm(kRaw, `${pre}.self_attn.k_norm.weight`));
     }
-    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
+    const rope = this.rope;
     ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
     ops.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
     // q, k as [T, heads * hd] whatever shape the q/k norms left them in
@@ -321,7 +338,7 @@ export class LlamaModel {
     );
     drop(s, 'q', 'k', 'v', 'att', 'lse');
     datt.free();
-    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1, inverse: true };
+    const rope = { ...this.rope, inverse: true };
     ops.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
     ops.rope(dk.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);

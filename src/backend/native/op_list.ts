@@ -153,7 +153,16 @@ export interface NativeOps {
     dx: NativeView,
     dw: NativeView | null,
   ): void;
-  rope(x: NativeView, positions: NativeView, t: number, heads: number, hd: number, theta: number, scale: number, inverse: boolean): void;
+  rope(
+    x: NativeView,
+    positions: NativeView,
+    invFreq: Float32Array,
+    t: number,
+    heads: number,
+    hd: number,
+    attnScale: number,
+    inverse: boolean,
+  ): void;
   attention(
     q: NativeView,
     k: NativeView,
