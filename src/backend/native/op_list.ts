@@ -165,6 +165,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     out: NativeView,
     lse: NativeView,
   ): void;
@@ -182,6 +183,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     dq: NativeView,
     dk: NativeView,
     dv: NativeView,
@@ -199,6 +201,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     out: NativeView,
   ): void;
   scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number): void;
