@@ -84,7 +84,10 @@ for (const be of await testBackends())
           const { out } = ops.attention(tq, tk, tv, tm, { window: 1 });
           const got = await host(out);
           const at = (i: number) => got.subarray((2 * l + i) * nh * hd, (2 * l + i + 1) * nh * hd);
-          assert.ok(at(4).every((x) => x === 0), 'window 1: a masked position sees no key, its output is 0');
+          assert.ok(
+            at(4).every((x) => x === 0),
+            'window 1: a masked position sees no key, its output is 0',
+          );
         }));
 
     for (const cdt of ['f32', 'bf16'] as const)

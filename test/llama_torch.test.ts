@@ -70,6 +70,28 @@ for (const be of await testBackends())
         writer: 'torch',
       },
       {
+        // sequences of up to 48 tokens: every query past position 6 loses keys to the window
+        name: 'mistral, sliding_window 7 (shorter than the sequences), GQA 4/2, written by torch',
+        config: { ...base, model_type: 'mistral', num_key_value_heads: 2, tie_word_embeddings: false, sliding_window: 7 },
+        dtype: 'f32',
+        writer: 'torch',
+      },
+      {
+        // layer 0 full attention, layer 1 a window of 5 (HF Qwen2's layer_types)
+        name: 'qwen2, use_sliding_window, sliding_window 5 from max_window_layers 1, written by spinlm',
+        config: {
+          ...base,
+          model_type: 'qwen2',
+          num_key_value_heads: 2,
+          tie_word_embeddings: false,
+          use_sliding_window: true,
+          sliding_window: 5,
+          max_window_layers: 1,
+        },
+        dtype: 'f32',
+        writer: 'spinlm',
+      },
+      {
         name: 'llama with attention_bias (q/k/v/o biases), written by spinlm',
         config: { ...base, model_type: 'llama', num_key_value_heads: 2, attention_bias: true },
         dtype: 'f32',
@@ -131,46 +153,46 @@ for (const be of await testBackends())
         }));
     }
 
-    test('greedy generation with the KV cache equals PyTorch greedy decoding by full recompute', async () =>
-      withSeed(async (rng) => {
-        const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
-        try {
-          const modelDir = join(dir, 'model');
-          mkdirSync(modelDir);
-          runPython(ORACLE, [
-            'make',
-            modelDir,
-            JSON.stringify({ ...base, model_type: 'llama', num_key_value_heads: 2 }),
-            String(rng.int(0, 1e6)),
-            'f32',
-          ]);
-          const model = await LlamaModel.load(be, modelDir);
-          const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
-          const { generate } = await import('../src/generate/generate.js');
-          const { LlamaDecoder } = await import('../src/model/decoder.js');
-          const gens = await generate(new LlamaDecoder(model), prompts, {
-            temperature: 0,
-            topK: 0,
-            topP: 1,
-            maxNewTokens: 12,
-            eosIds: [EOS],
-            seed: 0,
-            batchSize: 3,
-          });
-          const req = join(dir, 'req');
-          mkdirSync(req);
-          writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
-          runPython(ORACLE, ['greedy', modelDir, req]);
-          const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
-          assert.deepEqual(
-            gens.map((g) => g.tokens),
-            want,
-          );
-          model.weights.free();
-        } finally {
-          rmSync(dir, { recursive: true, force: true });
-        }
-      }));
+    for (const [what, config] of [
+      ['', { ...base, model_type: 'llama', num_key_value_heads: 2 }],
+      // prompts of 1-8 tokens + 12 new ones: decode runs past the window of 4 (continuous batching:
+      // 4 prompts in 3 slots)
+      [', mistral sliding_window 4', { ...base, model_type: 'mistral', num_key_value_heads: 2, sliding_window: 4 }],
+    ] as const)
+      test(`greedy generation with the KV cache equals PyTorch greedy decoding by full recompute${what}`, async () =>
+        withSeed(async (rng) => {
+          const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
+          try {
+            const modelDir = join(dir, 'model');
+            mkdirSync(modelDir);
+            runPython(ORACLE, ['make', modelDir, JSON.stringify(config), String(rng.int(0, 1e6)), 'f32']);
+            const model = await LlamaModel.load(be, modelDir);
+            const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
+            const { generate } = await import('../src/generate/generate.js');
+            const { LlamaDecoder } = await import('../src/model/decoder.js');
+            const gens = await generate(new LlamaDecoder(model), prompts, {
+              temperature: 0,
+              topK: 0,
+              topP: 1,
+              maxNewTokens: 12,
+              eosIds: [EOS],
+              seed: 0,
+              batchSize: 3,
+            });
+            const req = join(dir, 'req');
+            mkdirSync(req);
+            writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
+            runPython(ORACLE, ['greedy', modelDir, req]);
+            const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
+            assert.deepEqual(
+              gens.map((g) => g.tokens),
+              want,
+            );
+            model.weights.free();
+          } finally {
+            rmSync(dir, { recursive: true, force: true });
+          }
+        }));
 
     /**
      * One adaptive optimizer step's update (new - old) per element against torch's, within what the gradient

@@ -125,10 +125,22 @@ def forward(c, W, ids, pos, mask, rows, length):
     x = W["model.embed_tokens.weight"][ids]
     keymask = mask.reshape(rows, length).bool()
     causal = torch.ones(length, length, dtype=torch.bool).tril()
-    allowed = causal[None, None] & keymask[:, None, None, :]
-    has_key = allowed.any(-1, keepdim=True)
+    # Hugging Face's sliding window (masking_utils.sliding_window_overlay: kv_idx > q_idx - sliding_window,
+    # on indices in the sequence): mistral on every layer; qwen2 with use_sliding_window on the layers
+    # i >= max_window_layers (Qwen2Config's layer_types)
+    window = c.get("sliding_window")
+    idx = torch.arange(length)
+    in_window = (idx[:, None] - idx[None, :]) < (window or 0)
+
+    def allowed_at(i):
+        sliding = window is not None and (
+            c["model_type"] == "mistral" or (c["model_type"] == "qwen2" and c.get("use_sliding_window", False) and i >= c.get("max_window_layers", 28)))
+        a = (causal & in_window if sliding else causal)[None, None] & keymask[:, None, None, :]
+        return a, a.any(-1, keepdim=True)
+
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}"
+        allowed, has_key = allowed_at(i)
         h = rms(x, W[p + ".input_layernorm.weight"])
         q = lin(h, p + ".self_attn.q_proj", qkv_bias).reshape(T, nh, hd)
         k = lin(h, p + ".self_attn.k_proj", qkv_bias).reshape(T, nkv, hd)
