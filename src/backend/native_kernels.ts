@@ -218,7 +218,25 @@ export abstract class NativeKernels {
     const dq = this.output('f32', q.shape, 'attentionBackward');
     const dk = this.output('f32', k.shape, 'attentionBackward');
     const dv = this.output('f32', v.shape, 'attentionBackward');
-    this.native.attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), opts.window ?? 0, dq, dk, dv);
+    this.native.attentionBackward(
+      q,
+      k,
+      v,
+      keyMask,
+      out,
+      lse,
+      dout,
+      b,
+      l,
+      nh,
+      nkv,
+      hd,
+      opts.scale ?? 1 / Math.sqrt(hd),
+      opts.window ?? 0,
+      dq,
+      dk,
+      dv,
+    );
     return { dq, dk, dv };
   }
 
