@@ -109,16 +109,19 @@ for (const be of await testBackends())
               v = randn(rng, b * l * nkv * hd);
             const held = (x: Float32Array) => (cdt === 'bf16' ? bf16ArrayToF32(f32ArrayToBf16(x)) : x);
             const mask = new Int32Array(b * l).fill(1);
-            mask[l + l - 2] = 0; // a masked key inside row 1's window
+            mask[l + l - 4] = 0; // a masked key inside row 1's window (its query is position l - 3)
             // caches [b, nkv, lmax, hd] through scatterRows, as generation writes them; rows past each
             // length and before each window poisoned with NaN: a kernel that reads them fails
             const kc = ops.empty(be, cdt, [b * nkv * lmax, hd]),
               vc = ops.empty(be, cdt, [b * nkv * lmax, hd]);
-            const window = rng.int(1, l - 1);
+            // ragged lengths: row 0 all l positions, row 1 l - 2 (its query is position l - 3), row 2
+            // none (output 0); a window below l, or up to 3 past it
+            const lens = [l, l - 2, 0];
+            const window = rng.next() < 0.75 ? rng.int(1, l - 1) : rng.int(l, l + 3);
             const rows: number[] = [],
               src: number[] = [];
             for (let bi = 0; bi < b; bi++)
-              for (let t = l - window; t < l; t++)
+              for (let t = Math.max(0, lens[bi] - window); t < lens[bi]; t++)
                 for (let h = 0; h < nkv; h++) {
                   rows.push((bi * nkv + h) * lmax + t);
                   src.push((bi * l + t) * nkv + h);
@@ -133,23 +136,29 @@ for (const be of await testBackends())
             ops.scatterRows(f32(pick(k), [rows.length, hd]), i32(rows, [rows.length]), kc);
             ops.scatterRows(f32(pick(v), [rows.length, hd]), i32(rows, [rows.length]), vc);
             const cacheMask = new Int32Array(b * lmax).fill(1);
-            cacheMask[lmax + l - 2] = 0;
+            cacheMask[lmax + l - 4] = 0;
+            // each row's query: q at its position lens[b] - 1
+            const at = (bi: number) => (bi * l + Math.max(0, lens[bi] - 1)) * nh * hd;
             const lastQ = new Float32Array(b * nh * hd);
-            for (let bi = 0; bi < b; bi++) lastQ.set(q.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
+            for (let bi = 0; bi < b; bi++) lastQ.set(q.subarray(at(bi), at(bi) + nh * hd), bi * nh * hd);
             const got = await host(
               ops.attentionDecode(
                 f32(lastQ, [b, nh, hd]),
                 kc.reshape([b, nkv, lmax, hd]),
                 vc.reshape([b, nkv, lmax, hd]),
-                i32([l, l, l], [b]),
+                i32(lens, [b]),
                 i32(cacheMask, [b, lmax]),
                 { window },
               ),
             );
             const ref = attentionRef(q, held(k), held(v), mask, { b, l, nh, nkv, hd }, 1 / Math.sqrt(hd), window);
             const want = new Float64Array(b * nh * hd);
-            for (let bi = 0; bi < b; bi++) want.set(ref.out.subarray((bi * l + l - 1) * nh * hd, (bi * l + l) * nh * hd), bi * nh * hd);
+            for (let bi = 0; bi < 2; bi++) want.set(ref.out.subarray(at(bi), at(bi) + nh * hd), bi * nh * hd);
             check(`decode hd ${hd} l ${l} window ${window}`, got, want);
+            assert.ok(
+              got.subarray(2 * nh * hd).every((x) => x === 0),
+              'a sequence of length 0 gives exact zeros',
+            );
             for (const t of [kc, vc]) t.free();
           }
         }));
