@@ -6,14 +6,14 @@ import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
-import { answerPrompts } from '../generate/answers.js';
+import { answerPrompts, JournalMismatchError } from '../generate/answers.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
 import { scorePairs } from '../spin/score.js';
 import { padIdOf } from '../spin/sft.js';
 import { formatPrompt } from '../text/templates.js';
 import { resolveOutput, writeFileAtomic } from '../util/atomic.js';
-import { positive } from './args.js';
+import { positive, UsageError } from './args.js';
 import { checkFileOut, type Command, promptFits, sftData } from './command.js';
 import { barrier, isMain, loadModelAndTokenizer } from './common.js';
 import {
@@ -43,6 +43,7 @@ import {
   textOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
+import { type Fingerprint, fingerprintDiff, fingerprintOf } from './run_dir.js';
 
 export const score: Command = {
   name: 'score',
@@ -120,6 +121,12 @@ export const generate: Command = {
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: bool(o, 'quiet') });
     const t0 = Date.now();
     const g = generationSettingsOf(gen, tok);
+    // the journal's fingerprint: every option that changes the answers, the model's and the data's files
+    const produced = await fingerprintOf('generate', o, [
+      { flag: 'model', path: m.dir },
+      { flag: 'data', path: d.path },
+    ]);
+    const journalKey = { value: produced, diff: (was: unknown) => journalDiff(was, produced) };
     const answerMine = (mine: string[]) =>
       answerPrompts(new LlamaDecoder(model, g.kvCacheDtype, checkComputeDtype(m, model.weights.dtype)), tok, mine, {
         temperature: g.temperature,
@@ -130,9 +137,16 @@ export const generate: Command = {
         batchSize: g.batchSize,
         stopSequences: g.stopSequences,
         journal,
+        journalKey,
         onProgress: (done, _t, toks) => bar.update(done, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
       });
-    const answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
+    let answers: string[];
+    try {
+      answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
+    } catch (e) {
+      if (e instanceof JournalMismatchError) throw new UsageError(`spinlm generate: ${e.message}`);
+      throw e;
+    }
     bar.stop();
     if (isMain())
       await writeSpinPairs(
@@ -144,6 +158,14 @@ export const generate: Command = {
     process.stderr.write(`spinlm: wrote ${pairs.length} pairs -> ${out}\n`);
   },
 };
+
+/** The differences between a journal's recorded fingerprint and this run's (a fingerprint of another shape: all of it). */
+function journalDiff(was: unknown, now: Fingerprint): string[] {
+  const w = was as Fingerprint | undefined;
+  if (!w || typeof w !== 'object' || typeof w.options !== 'object' || typeof w.inputs !== 'object')
+    return ['the model and options are not recorded'];
+  return fingerprintDiff(w, now);
+}
 
 export const evalCmd: Command = {
   name: 'eval',

@@ -42,6 +42,7 @@ import {
   trainOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
+import { checkOwnership, claimDir } from './ownership.js';
 import { lockDir } from './run_dir.js';
 import { defaultSweepOut, sweepCommand } from './sweep.js';
 import { readSweepConfig } from './sweep_config.js';
@@ -65,8 +66,7 @@ export const run: Command = {
     quietOption,
   ],
   async run(o) {
-    const c = runConfig(o); // checked before anything is written
-    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
+    const c = runConfig(o); // checked before anything is written, like every input below
     const { model, tok, template } = await loadModelAndTokenizer(c.model);
     const trunc = truncationOf(c.model, model.cfg.maxPositionEmbeddings);
     const generation = generationSettingsOf(c.generation, tok);
@@ -76,6 +76,7 @@ export const run: Command = {
     model.weights.free();
     const sft = await sftData(c.data, fits);
     const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits })).pairs : null;
+    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
       template,
@@ -167,6 +168,7 @@ export const demo: Command = {
     const t0 = Date.now();
     const secs = () => `${((Date.now() - t0) / 1000).toFixed(0)}s`;
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
+    checkOwnership('demo', out);
     try {
       await makeDirs(out);
     } catch (e) {
@@ -174,6 +176,7 @@ export const demo: Command = {
       throw e;
     }
     await lockDir('demo', out);
+    await claimDir('demo', out);
     const opts: DemoOptions = {
       outDir: out,
       theta0Dir: join(packageRoot, 'assets', 'theta0'),

@@ -52,11 +52,12 @@ export const train: Command = {
     const m = modelConfig(o);
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
     const spin = spinStageConfig(o);
-    await prepareOut('train', o, ['model', 'data'], 'single');
+    // every input is read and checked before the output directory is touched
     const pairs = await readSpinPairs(data);
     const { model, tok, template } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
     const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
+    await prepareOut('train', o, ['model', 'data'], 'single');
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
     const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
     refBar.stop();
@@ -107,10 +108,10 @@ export const sftCmd: Command = {
       throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
     if (!initConfig && !modelDir) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]);
-    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
+    if (initConfig && !tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
+    // every input is read and checked before the output directory is touched
     let model, tok, template;
-    if (initConfig) {
-      if (!tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
+    if (initConfig && tokenizerDir) {
       tok = await loadTokenizer(tokenizerDir);
       model = initLlama(await backend(), parseConfig(JSON.parse(await readFile(initConfig, 'utf8')), initConfig), {
         seed: num(o, 'seed'),
@@ -119,6 +120,7 @@ export const sftCmd: Command = {
       template = templateOf(m, tok);
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
     const pairs = await sftData(dataConfig(o));
+    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });

@@ -115,6 +115,8 @@ export function opponentHook(
         batchSize: g.batchSize,
         stopSequences: g.stopSequences,
         journal: file,
+        // a journal of an earlier spinlm: the run directory's fingerprint vouches for it
+        adoptUnmarkedJournal: true,
         onProgress: bar ? (d) => bar.update(d) : undefined,
       });
     } finally {
