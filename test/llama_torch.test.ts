@@ -123,6 +123,28 @@ for (const be of await testBackends())
         writer: 'torch',
       },
       {
+        // sequences of up to 48 tokens: every query past position 6 loses keys to the window
+        name: 'mistral, sliding_window 7 (shorter than the sequences), GQA 4/2, written by torch',
+        config: { ...base, model_type: 'mistral', num_key_value_heads: 2, tie_word_embeddings: false, sliding_window: 7 },
+        dtype: 'f32',
+        writer: 'torch',
+      },
+      {
+        // layer 0 full attention, layer 1 a window of 5 (HF Qwen2's layer_types)
+        name: 'qwen2, use_sliding_window, sliding_window 5 from max_window_layers 1, written by spinlm',
+        config: {
+          ...base,
+          model_type: 'qwen2',
+          num_key_value_heads: 2,
+          tie_word_embeddings: false,
+          use_sliding_window: true,
+          sliding_window: 5,
+          max_window_layers: 1,
+        },
+        dtype: 'f32',
+        writer: 'spinlm',
+      },
+      {
         name: 'llama with attention_bias (q/k/v/o biases), written by spinlm',
         config: { ...base, model_type: 'llama', num_key_value_heads: 2, attention_bias: true },
         dtype: 'f32',
@@ -153,6 +175,12 @@ for (const be of await testBackends())
         writer: 'spinlm',
       },
       ...ROPE_CASES.map((r) => ({ name: r.name, config: r.config, dtype: 'f32' as const, writer: r.writer })),
+      {
+        name: 'phi3 with sliding_window 6 (shorter than the sequences), written by spinlm',
+        config: { ...PHI3_CONFIG, sliding_window: 6 },
+        dtype: 'f32',
+        writer: 'spinlm',
+      },
     ];
 
     for (const c of CASES) {
@@ -247,6 +275,10 @@ for (const be of await testBackends())
       ['llama', { ...base, model_type: 'llama', num_key_value_heads: 2 }],
       ['qwen3', QWEN3_CONFIG],
       ['phi3', PHI3_CONFIG],
+      // prompts of 1-8 tokens + 12 new ones: decode runs past the window of 4 (continuous batching:
+      // 4 prompts in 3 slots)
+      ['mistral, sliding_window 4', { ...base, model_type: 'mistral', num_key_value_heads: 2, sliding_window: 4 }],
+      ['phi3, sliding_window 5', { ...PHI3_CONFIG, sliding_window: 5 }],
     ];
     for (const [family, config] of GREEDY)
       test(`greedy generation with the KV cache equals PyTorch greedy decoding by full recompute: ${family}`, () => greedyTest(config));

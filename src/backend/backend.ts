@@ -124,6 +124,12 @@ export interface LinearsOpts {
 export interface AttentionOpts {
   /** Multiplies q . k before the softmax; default 1 / sqrt(headDim). Finite. */
   scale?: number;
+  /**
+   * Sliding window (Mistral's sliding_window): the query at position i sees the key at position j iff
+   * j <= i and i - j < window (positions are indices in the sequence or the cache, as Hugging Face's
+   * sliding_window_overlay; a decode query is position lengths[b] - 1). 0 or undefined: no window.
+   */
+  window?: number;
 }
 
 /** What the backends' rope takes: the table HF computes for the rope type (src/model/rope.ts). */

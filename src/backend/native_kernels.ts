@@ -208,7 +208,7 @@ export abstract class NativeKernels {
     const nkv = k.shape[2];
     const out = this.output('f32', q.shape, 'attention');
     const lse = this.output('f32', [b, nh, l], 'attention');
-    this.native.attention(q, k, v, keyMask, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out, lse);
+    this.native.attention(q, k, v, keyMask, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), opts.window ?? 0, out, lse);
     return { out, lse };
   }
 
@@ -218,7 +218,25 @@ export abstract class NativeKernels {
     const dq = this.output('f32', q.shape, 'attentionBackward');
     const dk = this.output('f32', k.shape, 'attentionBackward');
     const dv = this.output('f32', v.shape, 'attentionBackward');
-    this.native.attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), dq, dk, dv);
+    this.native.attentionBackward(
+      q,
+      k,
+      v,
+      keyMask,
+      out,
+      lse,
+      dout,
+      b,
+      l,
+      nh,
+      nkv,
+      hd,
+      opts.scale ?? 1 / Math.sqrt(hd),
+      opts.window ?? 0,
+      dq,
+      dk,
+      dv,
+    );
     return { dq, dk, dv };
   }
 
@@ -239,6 +257,7 @@ export abstract class NativeKernels {
       nkv,
       hd,
       opts.scale ?? 1 / Math.sqrt(hd),
+      opts.window ?? 0,
       out,
     );
     return out;

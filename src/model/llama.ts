@@ -159,9 +159,16 @@ export class LlamaModel {
       throw new RangeError(
         `sequence length ${length} exceeds longrope's original_max_position_embeddings ${this.maxPositions} (spinlm uses short_factor only)`,
       );
+  }
+
+  /**
+   * The sliding attention window of layer i (AttentionOpts.window), 0 for full causal attention: the
+   * config's slidingWindow on layers from firstSlidingLayer on (mistral, phi3: all; qwen2 / qwen3 with
+   * use_sliding_window: layers >= max_window_layers, as HF's layer_types), none elsewhere.
+   */
+  attentionWindow(i: number): number {
     const w = this.cfg.slidingWindow;
-    if (w !== null && length > w)
-      throw new RangeError(`sequence length ${length} exceeds the sliding window ${w}, which spinlm does not implement yet`);
+    return w !== null && i >= this.cfg.firstSlidingLayer ? w : 0;
   }
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
@@ -287,6 +294,7 @@ export class LlamaModel {
           k.reshape([R, L, c.numKvHeads, c.headDim]),
           v.reshape([R, L, c.numKvHeads, c.headDim]),
           input.attentionMask,
+          { window: this.attentionWindow(i) },
         );
         return { att: out, lse };
       },
@@ -335,6 +343,7 @@ export class LlamaModel {
       s.att!,
       s.lse!,
       datt.reshape(shapeQ),
+      { window: this.attentionWindow(i) },
     );
     drop(s, 'q', 'k', 'v', 'att', 'lse');
     datt.free();

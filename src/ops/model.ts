@@ -162,9 +162,15 @@ function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
 
 function checkScale(opts: AttentionOpts): void {
   if (opts.scale !== undefined) checkFinite(opts.scale, 'attention scale');
+  const w = opts.window;
+  if (w !== undefined && !(Number.isSafeInteger(w) && w >= 0 && w <= 0x7fffffff))
+    throw new RangeError(`attention window must be 0 (none) or a positive integer, got ${w}`);
 }
 
-/** Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd], lse [B, nH, L]. */
+/**
+ * Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd],
+ * lse [B, nH, L]. opts.window > 0: query i sees key j only when i - j < window (AttentionOpts.window).
+ */
 export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
   const { be } = attnDims(q, k, v, keyMask);
   checkScale(opts);
@@ -184,7 +190,8 @@ export function attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {
  * One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (both f32 or both
  * bf16: a bf16 cache is widened as it is read, the math is f32), lengths i32 [B]
  * (positions [0, lengths[b]) are attended; a length outside [0, Lmax] raises a device error), keyMask
- * i32 [B, Lmax] optional (0 = skip that position).
+ * i32 [B, Lmax] optional (0 = skip that position). opts.window > 0: only the last `window` of the
+ * lengths[b] positions (the query is position lengths[b] - 1).
  */
 export function attentionDecode(
   ...[q, kCache, vCache, lengths, keyMask, opts = {}]: Parameters<Backend['attentionDecode']>

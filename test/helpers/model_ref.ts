@@ -172,7 +172,10 @@ export interface AttnShape {
   hd: number;
 }
 
-/** Causal GQA with key mask; returns out [B, L, nH, hd] and lse [B, nH, L] (-inf where no key is visible). */
+/**
+ * Causal GQA with key mask; returns out [B, L, nH, hd] and lse [B, nH, L] (-inf where no key is visible).
+ * window > 0: query i sees key j only when i - j < window (Hugging Face's sliding_window_overlay).
+ */
 export function attentionRef(
   q: ArrayLike<number>,
   k: ArrayLike<number>,
@@ -180,6 +183,7 @@ export function attentionRef(
   mask: ArrayLike<number>,
   s: AttnShape,
   scale: number,
+  window = 0,
 ) {
   const { b, l, nh, nkv, hd } = s;
   const out = new Float64Array(b * l * nh * hd);
@@ -193,7 +197,7 @@ export function attentionRef(
         const sc: number[] = [];
         let m = -Infinity;
         for (let j = 0; j <= i; j++) {
-          if (!mask[bi * l + j]) continue;
+          if (!mask[bi * l + j] || (window > 0 && i - j >= window)) continue;
           let d = 0;
           for (let c = 0; c < hd; c++) d += q[((bi * l + i) * nh + h) * hd + c] * k[((bi * l + j) * nkv + kvh) * hd + c];
           sc[j] = d * scale;
@@ -226,9 +230,10 @@ export function attentionBackwardRef(
   dout: ArrayLike<number>,
   s: AttnShape,
   scale: number,
+  window = 0,
 ) {
   const { b, l, nh, nkv, hd } = s;
-  const { probs } = attentionRef(q, k, v, mask, s, scale);
+  const { probs } = attentionRef(q, k, v, mask, s, scale, window);
   const dq = new Float64Array(q.length),
     dk = new Float64Array(k.length),
     dv = new Float64Array(v.length);

@@ -213,10 +213,24 @@ def forward(c, W, ids, pos, mask, rows, length):
     x = W["model.embed_tokens.weight"][ids]
     keymask = mask.reshape(rows, length).bool()
     causal = torch.ones(length, length, dtype=torch.bool).tril()
-    allowed = causal[None, None] & keymask[:, None, None, :]
-    has_key = allowed.any(-1, keepdim=True)
+    # Hugging Face's sliding window (masking_utils.sliding_window_overlay: kv_idx > q_idx - sliding_window,
+    # on indices in the sequence): mistral and phi3 on every layer (create_sliding_window_causal_mask
+    # whenever sliding_window is set); qwen2 / qwen3 with use_sliding_window on the layers
+    # i >= max_window_layers (their configs' layer_types); llama never
+    window = c.get("sliding_window")
+    idx = torch.arange(length)
+    in_window = (idx[:, None] - idx[None, :]) < (window or 0)
+
+    def allowed_at(i):
+        mt = c["model_type"]
+        qwen = mt in ("qwen2", "qwen3") and c.get("use_sliding_window", False) and i >= c.get("max_window_layers", 28)
+        sliding = window is not None and (mt in ("mistral", "phi3") or qwen)
+        a = (causal & in_window if sliding else causal)[None, None] & keymask[:, None, None, :]
+        return a, a.any(-1, keepdim=True)
+
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}"
+        allowed, has_key = allowed_at(i)
         h = rms(x, W[p + ".input_layernorm.weight"])
         if c["model_type"] == "phi3":  # Phi3Attention: qkv[..., :nh hd], then nkv hd for k, the rest v
             qkv = lin(h, p + ".self_attn.qkv_proj", False)

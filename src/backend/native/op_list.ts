@@ -174,6 +174,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     out: NativeView,
     lse: NativeView,
   ): void;
@@ -191,6 +192,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     dq: NativeView,
     dk: NativeView,
     dv: NativeView,
@@ -208,6 +210,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     out: NativeView,
   ): void;
   scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number): void;
