@@ -207,10 +207,9 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
   ] as const)
     if (path !== null && !existsSync(path)) throw new UsageError(`${cfg.file}: base.${key} ${path}: no such file`);
   const tok = await loadTokenizer(modelDir);
-  const context = parseConfig(
-    JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')),
-    join(modelDir, 'config.json'),
-  ).maxPositionEmbeddings;
+  const modelCfg = parseConfig(JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')), join(modelDir, 'config.json'));
+  tok.checkModelVocab(modelCfg.vocabSize, join(modelDir, 'config.json'));
+  const context = modelCfg.maxPositionEmbeddings;
   const arms = cfg.arms.map((a, i) => planArm(cfg.file, i, a, tok, context));
   const { sft, heldout } = await sweepData(cfg);
 
