@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -249,5 +249,40 @@ describe('outputs carry the model side files (issue 23 item 4)', () => {
       SIDE_FILES.filter((f) => f !== 'generation_config.json'),
     );
     assert.ok(!existsSync(join(out, 'generation_config.json')));
+  });
+});
+
+describe('side files: the rule in pieces (src/model/side_files.ts)', () => {
+  test("config.json: transformers 5's dtype field, a config spinlm changed, symlinks, non-regular files", async () => {
+    const { copySideFiles, keepSourceConfig } = await import('../src/model/side_files.js');
+    const src = await makeModel(`rule-src-${word()}`, 260);
+    const cfg = JSON.parse(readFileSync(join(src, 'config.json'), 'utf8')) as Record<string, unknown>;
+    const { torch_dtype: _, ...noTorchDtype } = cfg;
+    // transformers 5 names the field dtype: it is the one updated, torch_dtype is not added
+    writeFileSync(join(src, 'config.json'), JSON.stringify({ ...noTorchDtype, dtype: 'bfloat16', pad_token_id: 0 }));
+    const out = await makeModel(`rule-out-${word()}`, 260);
+    assert.equal(await keepSourceConfig(out, join(src, 'config.json')), true);
+    assert.deepEqual(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')), { ...noTorchDtype, dtype: 'float32', pad_token_id: 0 });
+    // a source whose configuration differs from the saved model's (another hidden size): spinlm's own is kept
+    const other = await makeModel(`rule-other-${word()}`, 300);
+    const before = readFileSync(join(other, 'config.json'), 'utf8');
+    assert.equal(await keepSourceConfig(other, join(src, 'config.json')), false);
+    assert.equal(readFileSync(join(other, 'config.json'), 'utf8'), before);
+    // symlinked side files (a Hugging Face cache snapshot) are copied as files; a directory under a listed name is refused by name
+    const blob = join(dir, `blob-${word()}`);
+    writeFileSync(blob, randomBytes(100));
+    symlinkSync(blob, join(src, 'generation_config.json'));
+    const dst = mkdtempSync(join(dir, 'dst-'));
+    assert.deepEqual(await copySideFiles(src, dst), ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json']);
+    assert.ok(
+      lstatSync(join(dst, 'generation_config.json')).isFile() &&
+        readFileSync(join(dst, 'generation_config.json')).equals(readFileSync(blob)),
+    );
+    mkdirSync(join(src, 'tokenizer.model'));
+    await assert.rejects(
+      copySideFiles(src, dst),
+      (e: Error) => e.message.includes(join(src, 'tokenizer.model')) && /not a regular file/.test(e.message),
+    );
+    await assert.rejects(copySideFiles(src, dst, ['model.py']), /not on the side-file allow-list/);
   });
 });
