@@ -93,7 +93,8 @@ void sample_tokens(const float* logits, int64_t b, int64_t v, int64_t limit, int
       const float* row = logits + r * v;
       if (!active[r]) out[r] = 0;
       else if (greedy) out[r] = argmax_row(row, limit);
-      else out[r] = sample_row(row, limit, reinterpret_cast<uint32_t*>(rng + 4 * r), temperature, top_k, top_p, ids, probs);
+      else
+        out[r] = sample_row(row, limit, reinterpret_cast<uint32_t*>(rng + 4 * r), temperature, top_k, top_p, ids, probs);
     }
   });
 }

@@ -167,8 +167,8 @@ void sample_tokens(const float* logits, int64_t b, int64_t v, int64_t limit, int
     probs = reinterpret_cast<double*>(s);
     ids = reinterpret_cast<int32_t*>(s + static_cast<size_t>(b * v) * 8);
   }
-  SPIN_LAUNCH(sample_kernel, dim3(static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), logits, v, limit, rng, active, greedy ? 1 : 0,
-              temperature, top_k, top_p, out, ids, probs);
+  SPIN_LAUNCH(sample_kernel, dim3(static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), logits, v, limit, rng, active,
+              greedy ? 1 : 0, temperature, top_k, top_p, out, ids, probs);
   check_launch("sampleTokens");
 }
 

@@ -112,17 +112,14 @@ export class HfTokenizer {
     const configFile = join(dir, 'tokenizer_config.json');
     // an empty vocabulary (or one of added/special tokens only) would score every text as 0 tokens
     if (own === 0) {
-      throw new TokenizerError(
-        join(dir, 'tokenizer.json'),
-        `the vocabulary is empty (${
-          max < 0
-            ? 'no tokens'
-            : `only the added tokens ${[...added]
-                .slice(0, 4)
-                .map((id) => tok.id_to_token(id))
-                .join(', ')}`
-        }): every text would be 0 tokens`,
-      );
+      const what =
+        max < 0
+          ? 'no tokens'
+          : `only the added tokens ${[...added]
+              .slice(0, 4)
+              .map((id) => tok.id_to_token(id))
+              .join(', ')}`;
+      throw new TokenizerError(join(dir, 'tokenizer.json'), `the vocabulary is empty (${what}): every text would be 0 tokens`);
     }
     const eosId = tok.token_to_id(eosToken);
     if (eosId === undefined) throw new TokenizerError(configFile, `eos_token ${JSON.stringify(eosToken)} is not in the vocabulary`);
