@@ -45,9 +45,10 @@ SPINLM_OP(scaleInPlace, scaleInPlace, optim, "y: NativeView, n: number, a: numbe
 SPINLM_OP(accumulate, accumulate, optim, "acc: NativeView, x: NativeView, n: number, alpha: number")
 
 // ---- sample_ops.cc ----
+// Only ids < limit (1 <= limit <= v) are chosen, greedy too.
 SPINLM_OP(sampleTokens, sampleTokens, sample,
-          "logits: NativeView, b: number, v: number, rng: NativeView, active: NativeView, temperature: number, topK: number, "
-          "topP: number, out: NativeView")
+          "logits: NativeView, b: number, v: number, limit: number, rng: NativeView, active: NativeView, "
+          "temperature: number, topK: number, topP: number, out: NativeView")
 
 // ---- model_ops.cc ----
 // computeBf16: a rounded to bf16, exact bf16 products summed in f32 (b bf16, a linear layer's layout; the CPU only).

@@ -260,8 +260,10 @@ export interface Backend {
   /**
    * Next token of each row of logits f32 [B, V]: rng i32 [B, 4] holds each row's xoshiro128** state
    * (src/util/rng.ts) and is advanced in place; active i32 [B] (0 = skip: id 0, state untouched).
+   * Only ids < limit (1 <= limit <= V) are chosen, greedy too: a model's vocabulary padded past its
+   * tokenizer's ids is never sampled.
    */
-  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, opts: SampleOpts): Tensor<'i32'>;
+  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, opts: SampleOpts, limit: number): Tensor<'i32'>;
 
   // ---- model ops (fp32 compute; weights f32 or bf16) --------------------------------------------
   /**

@@ -108,10 +108,10 @@ export abstract class NativeKernels {
     this.native.accumulate(acc, x, acc.numel, alpha);
   }
 
-  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, o: SampleOpts): Tensor<'i32'> {
+  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, o: SampleOpts, limit: number): Tensor<'i32'> {
     const [b, v] = logits.shape;
     const out = this.output('i32', [b], 'sampleTokens');
-    this.native.sampleTokens(logits, b, v, rng, active, o.temperature, o.topK, o.topP, out);
+    this.native.sampleTokens(logits, b, v, limit, rng, active, o.temperature, o.topK, o.topP, out);
     return out;
   }
 

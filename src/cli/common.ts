@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import { loadConfig } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
 import type { PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
@@ -44,6 +45,7 @@ export async function loadModelAndTokenizer(m: ModelConfig): Promise<{ model: Ll
   if (!existsSync(join(m.dir, 'config.json')))
     throw new UsageError(`--model ${m.dir}: no config.json there (expected a Hugging Face model directory)`);
   const tok = await loadTokenizer(m.dir);
+  tok.checkModelVocab((await loadConfig(m.dir)).vocabSize, join(m.dir, 'config.json'));
   const model = await LlamaModel.load(await backend(), m.dir, { dtype: m.dtype });
   return { model, tok, template: templateOf(m, tok) };
 }

@@ -216,6 +216,7 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
     if (path !== null && !existsSync(path)) throw new UsageError(`${cfg.file}: base.${key} ${path}: no such file`);
   const tok = await loadTokenizer(modelDir);
   const mc = parseConfig(JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')), join(modelDir, 'config.json'));
+  tok.checkModelVocab(mc.vocabSize, join(modelDir, 'config.json'));
   const context = ropePositionLimit(mc.maxPositionEmbeddings, mc.ropeScaling); // longrope: original_max_position_embeddings
   const arms = cfg.arms.map((a, i) => planArm(cfg.file, i, a, tok, context));
   const { sft, heldout } = await sweepData(cfg);

@@ -66,6 +66,8 @@ function chatTemplateOf(v: unknown, file: string): string | null {
 export class HfTokenizer {
   /** Largest id + 1 over the vocabulary and added tokens (the model's vocab_size may be larger). */
   readonly vocabSize: number;
+  /** Ids below vocabSize with no token (gaps): never produced by encode, refused by decode, never sampled. */
+  readonly gapIds: readonly number[];
   /** Id of eos_token; SPIN appends it to every response. */
   readonly eosId: number;
   /** Id of bos_token, null when the tokenizer has none (e.g. Qwen2). */
@@ -83,22 +85,41 @@ export class HfTokenizer {
     readonly chatTemplate: string | null,
     private readonly cleanUpSpaces: boolean,
   ) {
-    const vocab = tok.get_vocab(true);
+    // Ids may have gaps (an added token at 5000 in a 260-token vocabulary, a vocabulary not starting
+    // at 0): the Rust tokenizers library, and so transformers, accepts them, never encodes to a gap
+    // and drops gap ids when decoding. Here they are counted (gapIds, never sampled) and decode
+    // refuses them. The library's get_vocab() lists a gap as an undefined token, so ids are walked here.
+    const added = new Set(tok.get_added_tokens_decoder().keys());
+    let span = 0;
+    for (const id of tok.get_vocab(true).values()) if (id >= span) span = id + 1;
     let max = -1;
     let longest = 1;
-    for (const [token, id] of vocab) {
-      if (id > max) max = id;
+    let own = 0;
+    const gaps: number[] = [];
+    for (let id = 0; id < span; id++) {
+      const token = tok.id_to_token(id);
+      if (typeof token !== 'string') {
+        gaps.push(id);
+        continue;
+      }
+      max = id;
       if (token.length > longest) longest = token.length;
+      if (!added.has(id)) own++;
     }
     this.vocabSize = max + 1;
+    this.gapIds = gaps.filter((id) => id < max);
     this.maxTokenChars = longest;
     const configFile = join(dir, 'tokenizer_config.json');
     // an empty vocabulary (or one of added/special tokens only) would score every text as 0 tokens
-    if (tok.get_vocab(false).size === 0) {
-      throw new TokenizerError(
-        join(dir, 'tokenizer.json'),
-        `the vocabulary is empty (${vocab.size === 0 ? 'no tokens' : `only the added tokens ${[...vocab.keys()].slice(0, 4).join(', ')}`}): every text would be 0 tokens`,
-      );
+    if (own === 0) {
+      const what =
+        max < 0
+          ? 'no tokens'
+          : `only the added tokens ${[...added]
+              .slice(0, 4)
+              .map((id) => tok.id_to_token(id))
+              .join(', ')}`;
+      throw new TokenizerError(join(dir, 'tokenizer.json'), `the vocabulary is empty (${what}): every text would be 0 tokens`);
     }
     const eosId = tok.token_to_id(eosToken);
     if (eosId === undefined) throw new TokenizerError(configFile, `eos_token ${JSON.stringify(eosToken)} is not in the vocabulary`);
@@ -188,6 +209,19 @@ export class HfTokenizer {
       skip_special_tokens: opts.skipSpecialTokens ?? false,
       clean_up_tokenization_spaces: this.cleanUpSpaces,
     });
+  }
+
+  /**
+   * Refuses a model whose vocabulary (config.json's vocab_size) is smaller than this tokenizer's ids,
+   * naming both files: its text could hold ids the model has no embedding row for. A larger
+   * vocab_size (padded, as Qwen2's) is fine: generation never samples past the tokenizer's ids.
+   */
+  checkModelVocab(vocabSize: number, configFile: string): void {
+    if (this.vocabSize <= vocabSize) return;
+    throw new TokenizerError(
+      join(this.dir, 'tokenizer.json'),
+      `has token ids up to ${this.vocabSize - 1}, but the model's vocab_size is ${vocabSize} (${configFile}): ids ${vocabSize}..${this.vocabSize - 1} have no embedding row (is the tokenizer the model's own? added tokens need the model's embeddings resized)`,
+    );
   }
 
   tokenToId(token: string): number | undefined {

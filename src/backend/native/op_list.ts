@@ -97,10 +97,12 @@ export interface NativeOps {
   clipCoefficient(sumsq: NativeView, count: number, maxNorm: number, out: NativeView): void;
   scaleInPlace(y: NativeView, n: number, a: number): void;
   accumulate(acc: NativeView, x: NativeView, n: number, alpha: number): void;
+  /** Only ids < limit (1 <= limit <= v) are chosen, greedy too. */
   sampleTokens(
     logits: NativeView,
     b: number,
     v: number,
+    limit: number,
     rng: NativeView,
     active: NativeView,
     temperature: number,
