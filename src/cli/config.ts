@@ -189,7 +189,7 @@ export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi
     saveSteps: num(o, 'save_steps'),
     gradientCheckpointing: bool(o, 'gradient_checkpointing'),
     fusedUpdate,
-    dist: dist ? { group: processGroup(), zeroStage: (optNum(o, 'zero_stage') ?? 0) as ZeroStage } : undefined,
+    dist: dist ? { group: processGroup(), zeroStage: Number(choice(o, 'zero_stage', ['0', '1', '2', '3'], '0')) as ZeroStage } : undefined,
   };
 }
 

@@ -11,6 +11,7 @@ import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_file
 import { EMBED_UNIT, HEAD_UNIT, type ParamHook } from './param_units.js';
 import { type LlamaConfig, loadConfig, writeConfig } from './config.js';
 import { type ParamDType, Weights } from './weights.js';
+import { finiteOrThrow } from './divergence.js';
 
 export type { ParamHook } from './param_units.js';
 import * as ops from '../ops/index.js';
@@ -109,7 +110,13 @@ export class LlamaModel {
     await makeDirs(dir);
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
     // each tensor reaches the host in 4 MiB chunks: saving holds no whole-tensor copy (docs/memory.md)
-    const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.readChunks(t) }));
+    // every element is checked on its way out: a diverged model (NaN / Inf) is never written (model/divergence.ts)
+    const tensors = [...this.weights.params].map(([name, t]) => ({
+      name,
+      dtype: t.dtype,
+      shape: t.shape,
+      data: () => finiteOrThrow(name, ops.readChunks(t)),
+    }));
     await writeCheckpointTensors(dir, tensors, { maxShardBytes: opts.maxShardBytes });
   }
 
