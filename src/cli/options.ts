@@ -247,6 +247,12 @@ export const nprocOption: OptionSpec = {
 export const distOptions: OptionSpec[] = [
   nprocOption,
   {
+    name: 'oversubscribe',
+    type: 'bool',
+    default: false,
+    help: 'allow --nproc above the number of cores (ranks then share cores: slow, for tests); without it a larger --nproc is refused',
+  },
+  {
     name: 'zero_stage',
     type: { oneOf: ['0', '1', '2', '3'] },
     default: '0',

@@ -19,7 +19,7 @@ const objectiveOption: OptionSpec = {
 };
 
 /** Set by the sweep, not per arm: the seed (by `seeds:`), and how models are loaded or processes started. */
-const NOT_ARM_OPTIONS = new Set(['seed', 'dtype', 'nproc', 'zero_stage']);
+const NOT_ARM_OPTIONS = new Set(['seed', 'dtype', 'nproc', 'zero_stage', 'oversubscribe']);
 
 /** An arm's options: `spinlm run`'s training and generation flags (the same specs), plus `objective`. */
 export const ARM_OPTIONS: OptionSpec[] = [
