@@ -40,6 +40,7 @@ import {
   outOption,
   quietOption,
   skipInvalidOption,
+  strictOption,
   textOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
@@ -50,6 +51,7 @@ export const score: Command = {
   options: [
     modelOption,
     { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' },
+    strictOption,
     outOption('scores JSONL, one row per pair in input order'),
     evalBatchOption(8, 'pairs per forward pass'),
     computeDtypeOption,
@@ -62,7 +64,7 @@ export const score: Command = {
     await checkFileOut('score', out, { model: m.dir, data });
     const { model, tok, template } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
-    const pairs = await readSpinPairs(data);
+    const pairs = await readSpinPairs(data, { strictUtf8: bool(o, 'strict') });
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: bool(o, 'quiet') });
     const scores = await scorePairs(model, tok, pairs, {
       ...trunc,
@@ -84,6 +86,7 @@ export const generate: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     outOption('pair file (.jsonl or .parquet)'),
     nOption,
     skipInvalidOption,
@@ -152,6 +155,7 @@ export const evalCmd: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     nOption,
     skipInvalidOption,
     evalBatchOption(32, 'prompts per batch'),

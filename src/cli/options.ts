@@ -276,6 +276,12 @@ export const skipInvalidOption: OptionSpec = {
   default: false,
   help: 'skip malformed rows (and report how many) instead of stopping at the first',
 };
+export const strictOption: OptionSpec = {
+  name: 'strict',
+  type: 'bool',
+  default: false,
+  help: 'refuse a data file with invalid UTF-8 (default: one warning per file, the bytes read as U+FFFD)',
+};
 export const overwriteOption: OptionSpec = {
   name: 'overwrite_output_dir',
   type: 'bool',

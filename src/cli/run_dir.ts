@@ -150,7 +150,7 @@ export async function releaseLocks(): Promise<void> {
 
 const FINGERPRINT = 'fingerprint.json';
 /** Options that do not change the result: where it goes, how it is shown, how far it goes. */
-const NOT_RESULT = new Set(['out', 'config', 'quiet', 'iterations', 'overwrite_output_dir', 'skip_invalid', 'oversubscribe']);
+const NOT_RESULT = new Set(['out', 'config', 'quiet', 'iterations', 'overwrite_output_dir', 'skip_invalid', 'oversubscribe', 'strict']);
 const HASH_LIMIT = 64 * 2 ** 20;
 
 async function fileDigest(file: string): Promise<string> {

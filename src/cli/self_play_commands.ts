@@ -39,6 +39,7 @@ import {
   quietOption,
   selfPlayLoopOptions,
   skipInvalidOption,
+  strictOption,
   trainOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
@@ -53,6 +54,7 @@ export const run: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
     ...selfPlayLoopOptions,
@@ -75,7 +77,7 @@ export const run: Command = {
     const fits = promptFits(model, tok, template);
     model.weights.free();
     const sft = await sftData(c.data, fits);
-    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits })).pairs : null;
+    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, strictUtf8: c.data.strict })).pairs : null;
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
       template,

@@ -28,6 +28,7 @@ import {
   overwriteOption,
   quietOption,
   skipInvalidOption,
+  strictOption,
   textOptions,
   trainOptions,
 } from './options.js';
@@ -42,6 +43,7 @@ export const train: Command = {
       ...dataOption,
       help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings',
     },
+    strictOption,
     outOption('output directory (model/, metrics.jsonl, checkpoint/)'),
     ...trainOptions,
     overwriteOption,
@@ -53,7 +55,7 @@ export const train: Command = {
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
     const spin = spinStageConfig(o);
     await prepareOut('train', o, ['model', 'data'], 'single');
-    const pairs = await readSpinPairs(data);
+    const pairs = await readSpinPairs(data, { strictUtf8: bool(o, 'strict') });
     const { model, tok, template } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
     const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
@@ -88,6 +90,7 @@ export const sftCmd: Command = {
     { name: 'init_config', type: 'string', help: 'train from scratch: a config.json for a fresh model (needs --tokenizer)' },
     { name: 'tokenizer', type: 'string', help: 'directory with tokenizer.json (with --init_config)' },
     dataOption,
+    strictOption,
     outOption('output model directory (HF format), with metrics.jsonl and report.html'),
     nOption,
     skipInvalidOption,
