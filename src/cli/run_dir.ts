@@ -13,6 +13,7 @@ import { hostname } from 'node:os';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import lockfile from 'proper-lockfile';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
+import { unreadableKind } from '../util/input_file.js';
 import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
 import { bool, str } from './config.js';
@@ -178,7 +179,16 @@ export interface Fingerprint {
   inputs: Record<string, string | Record<string, string>>;
 }
 
+/** Refuses (UsageError) an input flag naming a FIFO, a device or a socket: never read (or hashed) forever. */
+export function checkInputKinds(command: string, inputs: readonly Input[]): void {
+  for (const i of inputs) {
+    const why = unreadableKind(i.path);
+    if (why) throw new UsageError(`spinlm ${command}: --${i.flag} ${i.path} ${why}`);
+  }
+}
+
 export async function fingerprintOf(command: string, o: Parsed, inputs: readonly Input[]): Promise<Fingerprint> {
+  checkInputKinds(command, inputs);
   const inputFlags = new Set(inputs.map((i) => i.flag));
   const options: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(o)) if (!NOT_RESULT.has(k) && !inputFlags.has(k) && v !== undefined) options[k] = v;
@@ -279,6 +289,7 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
   const dir = str(o, 'out');
   const overwrite = bool(o, 'overwrite_output_dir');
   if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
+  checkInputKinds(command, inputs);
   checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: overwrite }, inputs);
   try {
     await makeDirs(dir);

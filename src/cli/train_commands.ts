@@ -1,7 +1,8 @@
 // The commands that train one model: `train` (one SPIN iteration from a pair file) and `sft`
 // (supervised fine-tuning, from a model or a fresh config).
 import { existsSync } from 'node:fs';
-import { cp, readFile, rm } from 'node:fs/promises';
+import { cp, rm } from 'node:fs/promises';
+import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { join } from 'node:path';
 import { readSpinPairs } from '../data/spin_pairs.js';
 import { parseConfig } from '../model/config.js';
@@ -115,7 +116,10 @@ export const sftCmd: Command = {
     if (initConfig) {
       if (!tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
       tok = await loadTokenizer(tokenizerDir);
-      model = initLlama(await backend(), parseConfig(JSON.parse(await readFile(initConfig, 'utf8')), initConfig), {
+      const text = await readInputFile(initConfig, INPUT_CAPS.config).catch((e: InputFileError) => {
+        throw new UsageError(`spinlm sft: --init_config ${initConfig}: ${e.code ? `cannot read it (${e.code})` : e.message}`);
+      });
+      model = initLlama(await backend(), parseConfig(JSON.parse(text), initConfig), {
         seed: num(o, 'seed'),
         dtype: m.dtype === 'bf16' ? 'bf16' : 'f32',
       });

@@ -1,7 +1,7 @@
 // Hugging Face config.json for the Llama family (llama, mistral, qwen2) <-> LlamaConfig.
 // The three share one architecture (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP); they differ
 // only in attention biases and sliding-window attention, which LlamaConfig records explicitly.
-import { readFile } from 'node:fs/promises';
+import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
 
@@ -290,15 +290,13 @@ export async function loadConfig(dir: string): Promise<LlamaConfig> {
   const file = join(dir, 'config.json');
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readInputFile(file, INPUT_CAPS.config);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
+    const { code, message } = err as InputFileError;
     throw new ConfigError(
       file,
       null,
-      code === 'ENOENT'
-        ? 'not found (a Hugging Face model directory needs config.json)'
-        : `cannot read (${code ?? (err as Error).message})`,
+      code === 'ENOENT' ? 'not found (a Hugging Face model directory needs config.json)' : code ? `cannot read (${code})` : message,
     );
   }
   let json: unknown;

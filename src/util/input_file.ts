@@ -3,7 +3,7 @@
 // symlinks), and no more than a cap is ever read. A FIFO, /dev/zero, /dev/stdin or a directory is
 // refused at once in one line (never read: /dev/zero would fill memory), and so is a file over the
 // cap, however it reports its size (/proc files say 0): the read stops one byte past the cap.
-import { closeSync, constants, fstatSync, openSync, readSync, type Stats } from 'node:fs';
+import { closeSync, constants, fstatSync, openSync, readSync, statSync, type Stats } from 'node:fs';
 import { open } from 'node:fs/promises';
 
 /** Caps, in bytes, by what the file is (docs/reliability.md, "Limits on input size"). */
@@ -37,6 +37,20 @@ function kindOf(st: Stats): string {
   if (st.isBlockDevice()) return 'a block device';
   if (st.isSocket()) return 'a socket';
   return 'not a regular file';
+}
+
+/**
+ * Why an existing input path cannot be read as a file or a model directory (a FIFO, a device, a
+ * socket), or null (a regular file, a directory, or nothing there: the reader names a missing one).
+ */
+export function unreadableKind(path: string): string | null {
+  let st: Stats;
+  try {
+    st = statSync(path);
+  } catch {
+    return null;
+  }
+  return st.isFile() || st.isDirectory() ? null : `is ${kindOf(st)}, not a regular file`;
 }
 
 function checkStat(file: string, st: Stats, maxBytes: number): void {
