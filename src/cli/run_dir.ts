@@ -8,11 +8,11 @@
 //  - metrics.jsonl cut back to the rows the checkpoints on disk account for, so a resumed run has no
 //    duplicate step rows.
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import lockfile from 'proper-lockfile';
-import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
+import { makeDirs, OutputError, writeFileAtomic, writeFileNamed } from '../util/atomic.js';
 import { unreadableKind } from '../util/input_file.js';
 import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
@@ -118,11 +118,11 @@ export async function lockDir(command: string, dir: string): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
       const release = await lockfile.lock(dir, opts);
-      writeFileSync(join(dir, PID_FILE), `${process.pid} ${hostname()}\n`);
       releases.push(async () => {
         rmSync(join(dir, PID_FILE), { force: true });
         await release().catch(() => {});
       });
+      writeFileNamed(join(dir, PID_FILE), `${process.pid} ${hostname()}\n`); // a write error names the file
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e;

@@ -1,7 +1,6 @@
 // The self-play commands: `run` (one self-play run), `demo` (the embedded default: three arms from the
 // shipped θ0) and `sweep` (arms x seeds from a config). Each parses its options into a typed config,
 // hands the work to the experiment runner (src/spin/experiment.ts) and prints what it reports.
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../backend/native/addon.js';
 import { loadSftPairs } from '../data/sft.js';
@@ -10,7 +9,7 @@ import { areTasks, type EvalSettings, evaluateHeldout } from '../spin/evaluate.j
 import { type ExperimentRun, runExperiment } from '../spin/experiment.js';
 import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { writeReport } from '../spin/report.js';
-import { makeDirs, OutputError } from '../util/atomic.js';
+import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import { type Parsed, positive, UsageError } from './args.js';
 import { type Command, promptFits, sftData, stepLine } from './command.js';
 import { backend, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
@@ -232,7 +231,7 @@ export const demo: Command = {
       evalColumns: ['exact_match', 'heldout_logp'],
       notes,
     });
-    writeFileSync(join(out, 'table.md'), `${table}\n`);
+    await writeFileAtomic(join(out, 'table.md'), `${table}\n`);
     console.log(`\n${table}\n\n${notes}\nReport: ${join(out, 'report.html')} (plots), ${join(out, 'report.md')}; total ${secs()}.`);
   },
 };

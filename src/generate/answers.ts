@@ -1,7 +1,8 @@
 // Text in, text out: the model's answers to templated prompts, optionally journaled so that a rerun
 // after a kill skips the prompts already answered. Each prompt samples from its own RNG stream (its
 // index in the full list), so a resumed run writes exactly what an uninterrupted one would.
-import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { appendFileNamed } from '../util/atomic.js';
 import { type DecoderModel, generate, type GenerateOptions } from './generate.js';
 
 export interface AnswerTokenizer {
@@ -58,7 +59,7 @@ export async function answerPrompts(
           tokens += gens[k].tokens.length;
           return JSON.stringify({ i: todo[j], text });
         });
-        if (o.journal) appendFileSync(o.journal, `${lines.join('\n')}\n`);
+        if (o.journal) appendFileNamed(o.journal, `${lines.join('\n')}\n`);
       },
       onProgress: () => o.onProgress?.(texts.size, prompts.length, tokens),
     },
