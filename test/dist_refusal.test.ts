@@ -36,7 +36,22 @@ const sft = (out: string, extra: string[] = []) => {
   const t0 = performance.now();
   const r = spawnSync(
     process.execPath,
-    [BIN, 'sft', '--model', 'model', '--data', 'sft.jsonl', '--out', out, '--num_train_epochs', '1', '--per_device_train_batch_size', '1', '--quiet', ...extra],
+    [
+      BIN,
+      'sft',
+      '--model',
+      'model',
+      '--data',
+      'sft.jsonl',
+      '--out',
+      out,
+      '--num_train_epochs',
+      '1',
+      '--per_device_train_batch_size',
+      '1',
+      '--quiet',
+      ...extra,
+    ],
     { cwd: dir, encoding: 'utf8', timeout: 180_000, env: ENV },
   );
   return { ...r, secs: (performance.now() - t0) / 1000 };
@@ -61,7 +76,10 @@ describe('4. a refusal under --nproc 2 ends every rank at once with its exit cod
   test('a run with other settings', () => {
     const first = sft('changed');
     assert.equal(first.status, 0, first.stderr);
-    refused(sft('changed', ['--nproc', '2', '--learning_rate', '0.5']), /holds a sft run with other settings: --learning_rate \(was 0\.00002, now 0\.5\)/);
+    refused(
+      sft('changed', ['--nproc', '2', '--learning_rate', '0.5']),
+      /holds a sft run with other settings: --learning_rate \(was 0\.00002, now 0\.5\)/,
+    );
   });
 
   test('--out under /proc', () => {
@@ -90,7 +108,12 @@ describe('6. --nproc is bounded by the cores unless --oversubscribe', () => {
 
 test("MpiOutputFilter drops Open MPI's boxes about a non-zero exit or MPI_Abort, keeps the rest", () => {
   const rule = '-'.repeat(74);
-  const exitBox = [rule, 'Primary job  terminated normally, but 1 process returned', 'a non-zero exit code. Per user-direction, the job has been aborted.', rule].join('\n');
+  const exitBox = [
+    rule,
+    'Primary job  terminated normally, but 1 process returned',
+    'a non-zero exit code. Per user-direction, the job has been aborted.',
+    rule,
+  ].join('\n');
   const otherBox = [rule, 'There are not enough slots available in the system', rule].join('\n');
   const f = new MpiOutputFilter();
   // fed in arbitrary pieces, as a pipe delivers them

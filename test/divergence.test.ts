@@ -158,7 +158,11 @@ describe('3. a sweep records a diverged run as failed and goes on', () => {
         ],
       }),
     );
-    const sweep = () => spawnSync(process.execPath, [BIN, 'sweep', cfg, '--out', join(dir, 'sw'), '--device', 'cpu', '--quiet'], { encoding: 'utf8', env: ENV });
+    const sweep = () =>
+      spawnSync(process.execPath, [BIN, 'sweep', cfg, '--out', join(dir, 'sw'), '--device', 'cpu', '--quiet'], {
+        encoding: 'utf8',
+        env: ENV,
+      });
     const r = sweep();
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stderr, /hot seed 1 iteration 0 failed: training diverged at step \d+/);

@@ -23,7 +23,12 @@ import { writeTinyModelDir } from './helpers/tiny_model.js';
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
 const spinlm = (args: string[], timeout = 60_000) => {
   const t0 = performance.now();
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: dir, encoding: 'utf8', timeout, env: { ...process.env, SPINLM_NUM_THREADS: '2' } });
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    cwd: dir,
+    encoding: 'utf8',
+    timeout,
+    env: { ...process.env, SPINLM_NUM_THREADS: '2' },
+  });
   return { ...r, secs: (performance.now() - t0) / 1000 };
 };
 /** Exit code, one line on stderr matching `pattern`, within `secs`. */
@@ -43,7 +48,19 @@ before(async () => {
 });
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-const sft = (out: string, ...extra: string[]) => ['sft', '--model', 'model', '--data', 'sft.jsonl', '--out', out, '--quiet', '--num_train_epochs', '1', ...extra];
+const sft = (out: string, ...extra: string[]) => [
+  'sft',
+  '--model',
+  'model',
+  '--data',
+  'sft.jsonl',
+  '--out',
+  out,
+  '--quiet',
+  '--num_train_epochs',
+  '1',
+  ...extra,
+];
 
 describe('5. file flags refuse non-regular files and cap sizes before reading', () => {
   test('--config /dev/zero, a FIFO, a file over the cap: one line at once (exit 2)', () => {
@@ -54,8 +71,16 @@ describe('5. file flags refuse non-regular files and cap sizes before reading', 
   });
 
   test('--init_config, --data, a sweep config, a model config.json, a tokenizer.json: the same refusal', () => {
-    refused(spinlm(['sft', '--init_config', '/dev/zero', '--tokenizer', 'model', '--data', 'sft.jsonl', '--out', 'c2', '--quiet']), 2, /--init_config \/dev\/zero is a character device/);
-    refused(spinlm(['sft', '--model', 'model', '--data', '/dev/zero', '--out', 'c3', '--quiet']), 2, /--data \/dev\/zero is a character device/);
+    refused(
+      spinlm(['sft', '--init_config', '/dev/zero', '--tokenizer', 'model', '--data', 'sft.jsonl', '--out', 'c2', '--quiet']),
+      2,
+      /--init_config \/dev\/zero is a character device/,
+    );
+    refused(
+      spinlm(['sft', '--model', 'model', '--data', '/dev/zero', '--out', 'c3', '--quiet']),
+      2,
+      /--data \/dev\/zero is a character device/,
+    );
     refused(spinlm(['sweep', '/dev/zero', '--out', 'c4', '--quiet']), 2, /the config \/dev\/zero is a character device/);
     for (const [file, pattern] of [
       ['config.json', /config\.json: is a character device/],
@@ -107,7 +132,10 @@ describe('10. write errors name the file', () => {
     } finally {
       model.weights.free();
     }
-    assert.throws(() => new MetricsWriter('/dev/full').write({ kind: 'step', iteration: 0 }), /\/dev\/full: cannot write it \(ENOSPC: no space left on device, write\)/);
+    assert.throws(
+      () => new MetricsWriter('/dev/full').write({ kind: 'step', iteration: 0 }),
+      /\/dev\/full: cannot write it \(ENOSPC: no space left on device, write\)/,
+    );
   });
 });
 
@@ -157,13 +185,22 @@ describe('12. invalid UTF-8 is warned about per file, refused with --strict', ()
         const parts: Buffer[] = [];
         for (let i = 0; i < n; i++) {
           const k = rng.int(0, 4);
-          parts.push(k === 0 ? Buffer.from([rng.int(0, 256)]) : Buffer.from(String.fromCodePoint(rng.int(0x20, k === 1 ? 0x80 : k === 2 ? 0x800 : 0x10000)).replace(/[\uD800-\uDFFF]/g, 'x')));
+          parts.push(
+            k === 0
+              ? Buffer.from([rng.int(0, 256)])
+              : Buffer.from(
+                  String.fromCodePoint(rng.int(0x20, k === 1 ? 0x80 : k === 2 ? 0x800 : 0x10000)).replace(/[\uD800-\uDFFF]/g, 'x'),
+                ),
+          );
         }
         return Buffer.concat(parts);
       });
       const py = spawnSync(
         PYTHON,
-        ['-c', "import sys,json\nfor h in json.load(sys.stdin):\n b=bytes.fromhex(h); print(len(b)-len(b.decode('utf-8','ignore').encode('utf-8')))"],
+        [
+          '-c',
+          "import sys,json\nfor h in json.load(sys.stdin):\n b=bytes.fromhex(h); print(len(b)-len(b.decode('utf-8','ignore').encode('utf-8')))",
+        ],
         { input: JSON.stringify(cases.map((c) => c.toString('hex'))), encoding: 'utf8' },
       );
       assert.equal(py.status, 0, py.stderr);
@@ -179,7 +216,10 @@ describe("12. Dawn's two limit warnings are not printed", () => {
     const info = spinlm(['info']);
     assert.equal(info.status, 0, info.stderr);
     assert.doesNotMatch(info.stderr + info.stdout, /artificially reduced/);
-    const gen = spinlm(['generate', '--model', 'model', '--data', 'sft.jsonl', '--out', 'w.jsonl', '--max_new_tokens', '2', '--device', 'webgpu', '--quiet'], 120_000);
+    const gen = spinlm(
+      ['generate', '--model', 'model', '--data', 'sft.jsonl', '--out', 'w.jsonl', '--max_new_tokens', '2', '--device', 'webgpu', '--quiet'],
+      120_000,
+    );
     assert.equal(gen.status, 0, gen.stderr);
     assert.doesNotMatch(gen.stderr, /artificially reduced|^Warning:/m);
   });

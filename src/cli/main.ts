@@ -119,7 +119,11 @@ export async function main(argv: string[]): Promise<number> {
     const code = exitCodeOf(err);
     if (err instanceof PeerRefusal) return code;
     if (!shared || rank === 0)
-      report(err instanceof UsageError ? err.message : `spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`);
+      report(
+        err instanceof UsageError
+          ? err.message
+          : `spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`,
+      );
     if (err instanceof CommError) processGroup().abort(3); // end the whole job, a hung peer included
     // an error of this rank alone: its peers may wait in a collective (and MPI_Finalize would wait for
     // them), so end the whole job now with this exit code

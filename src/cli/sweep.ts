@@ -15,7 +15,15 @@ import { parseConfig } from '../model/config.js';
 import { type EvalSettings, evaluateTasks } from '../spin/evaluate.js';
 import { evaluateTheta0, type Experiment, type ExperimentRun, runDirOf, runExperiment } from '../spin/experiment.js';
 import { MetricsWriter } from '../spin/metrics.js';
-import { opponentStats, readSweepFailures, readSweepRecords, summarizeSweep, type SweepEval, sweepTable, writeSweepOutputs } from '../spin/sweep.js';
+import {
+  opponentStats,
+  readSweepFailures,
+  readSweepRecords,
+  summarizeSweep,
+  type SweepEval,
+  sweepTable,
+  writeSweepOutputs,
+} from '../spin/sweep.js';
 import { demoHeldoutPool, demoTasks } from '../spin/demo_setup.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';

@@ -162,7 +162,9 @@ export function readSweepConfig(file: string): SweepConfig {
     text = readInputFileSync(file, INPUT_CAPS.config);
   } catch (e) {
     const err = e as InputFileError;
-    throw new UsageError(`spinlm sweep: ${err.code ? `cannot read the config ${file} (${err.code})` : `the config ${file} ${err.message}`}`);
+    throw new UsageError(
+      `spinlm sweep: ${err.code ? `cannot read the config ${file} (${err.code})` : `the config ${file} ${err.message}`}`,
+    );
   }
   let doc: unknown;
   try {

@@ -22,7 +22,8 @@ export function jsonDepth(value: unknown, limit = MAX_ROW_DEPTH): number {
     if (v === null || typeof v !== 'object') continue;
     deepest = Math.max(deepest, d);
     if (deepest > limit) return deepest;
-    for (const child of Array.isArray(v) ? v : Object.values(v)) if (child !== null && typeof child === 'object') stack.push([child, d + 1]);
+    for (const child of Array.isArray(v) ? v : Object.values(v))
+      if (child !== null && typeof child === 'object') stack.push([child, d + 1]);
   }
   return deepest;
 }
@@ -72,7 +73,11 @@ class Utf8Check {
     const bad = invalidUtf8Bytes(buf);
     if (bad > 0) {
       if (this.policy.strict)
-        throw new DataError(this.file, where, `${bad} byte(s) of invalid UTF-8 (--strict); fix the file's encoding (e.g. iconv -f latin1 -t utf-8), or drop --strict to read them as U+FFFD`);
+        throw new DataError(
+          this.file,
+          where,
+          `${bad} byte(s) of invalid UTF-8 (--strict); fix the file's encoding (e.g. iconv -f latin1 -t utf-8), or drop --strict to read them as U+FFFD`,
+        );
       this.rows++;
       this.bytes += bad;
     }

@@ -169,7 +169,12 @@ async function saveCheckpoint(
   // with only the masters resident (lean), params holds no bf16 copy of the parameters with masters
   const names = lean ? lean.names() : [...model.weights.params.keys()];
   // every element is checked on its way out: a checkpoint never holds NaN / Inf (model/divergence.ts)
-  const chunked = (name: string, t: Tensor) => ({ name, dtype: t.dtype, shape: t.shape, data: () => finiteOrThrow(name, ops.readChunks(t)) });
+  const chunked = (name: string, t: Tensor) => ({
+    name,
+    dtype: t.dtype,
+    shape: t.shape,
+    data: () => finiteOrThrow(name, ops.readChunks(t)),
+  });
   const tensors = [
     ...names.filter((name) => !model.weights.masters.has(name)).map((name) => chunked(`param.${name}`, model.weights.params.get(name)!)),
     ...[...model.weights.masters].map(([name, t]) => chunked(`master.${name}`, t)),

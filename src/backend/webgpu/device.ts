@@ -7,7 +7,8 @@
 import { loadAddon } from '../native/addon.js';
 
 /** Dawn's two warnings about limits spinlm never uses, printed with fprintf(stderr) when it enumerates adapters. */
-export const DAWN_NOISE = /^Warning: maxDynamic(?:Uniform|Storage)BuffersPerPipelineLayout artificially reduced from \d+ to \d+ to fit dynamic offset allocation limit\.\n?/gm;
+export const DAWN_NOISE =
+  /^Warning: maxDynamic(?:Uniform|Storage)BuffersPerPipelineLayout artificially reduced from \d+ to \d+ to fit dynamic offset allocation limit\.\n?/gm;
 
 type Capture = { stderrCaptureBegin?: () => unknown; stderrCaptureEnd?: (token: unknown) => string };
 
@@ -17,7 +18,7 @@ type Capture = { stderrCaptureBegin?: () => unknown; stderrCaptureEnd?: (token: 
  * addon (or its capture functions) `fn` just runs.
  */
 export function withoutDawnNoise<T>(fn: () => T): T {
-  let addon: Capture | null = null;
+  let addon: Capture | null;
   try {
     addon = loadAddon() as unknown as Capture;
   } catch {
