@@ -38,6 +38,7 @@ import {
   nOption,
   nprocOption,
   outOption,
+  oversubscribeOption,
   quietOption,
   skipInvalidOption,
   strictOption,
@@ -99,6 +100,7 @@ export const generate: Command = {
     },
     ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'),
     nprocOption,
+    oversubscribeOption,
     quietOption,
   ],
   async run(o) {

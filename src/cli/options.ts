@@ -244,14 +244,15 @@ export const nprocOption: OptionSpec = {
   check: positive,
   help: 'processes (data parallel, through mpirun; needs Open MPI); under an existing mpirun its ranks are used',
 };
+export const oversubscribeOption: OptionSpec = {
+  name: 'oversubscribe',
+  type: 'bool',
+  default: false,
+  help: 'allow --nproc above the number of cores (ranks then share cores: slow, for tests); without it a larger --nproc is refused',
+};
 export const distOptions: OptionSpec[] = [
   nprocOption,
-  {
-    name: 'oversubscribe',
-    type: 'bool',
-    default: false,
-    help: 'allow --nproc above the number of cores (ranks then share cores: slow, for tests); without it a larger --nproc is refused',
-  },
+  oversubscribeOption,
   {
     name: 'zero_stage',
     type: { oneOf: ['0', '1', '2', '3'] },
