@@ -115,7 +115,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     // a refusal shared by every rank (common.ts shareRefusal) or a divergence (every rank sees the same
     // all-reduced loss) is reported by rank 0 alone, and every rank ends normally with its exit code
-    const shared = isSharedRefusal(err) || err instanceof DivergenceError;
+    const shared = isSharedRefusal(err) || (err instanceof DivergenceError && err.everyRank);
     const code = exitCodeOf(err);
     if (err instanceof PeerRefusal) return code;
     if (!shared || rank === 0)

@@ -10,6 +10,13 @@ import { firstNonFinite } from './weights.js';
 /** Training produced a non-finite loss, gradient norm or weight: the run stops (exit 1), nothing diverged is saved. */
 export class DivergenceError extends Error {
   override name = 'DivergenceError';
+  constructor(
+    message: string,
+    /** Every rank of a process group throws it at the same point (all-reduced values, a shared verdict). */
+    readonly everyRank = false,
+  ) {
+    super(message);
+  }
 }
 
 const show = (x: number) => String(x).replace('Infinity', 'Inf');
@@ -21,6 +28,7 @@ export function checkStepFinite(step: number, loss: number | undefined, gradNorm
     `training diverged at step ${step}: the loss is ${loss === undefined ? '(none)' : show(loss)} and the gradient norm ${show(gradNorm)}; ` +
       `${lastCheckpoint ? `the last good checkpoint (${lastCheckpoint}) is kept and ` : ''}no model was written. ` +
       'Lower --learning_rate, or keep --max_grad_norm on (clipping)',
+    true, // the loss and the norm are all-reduced: every rank sees the same values
   );
 }
 

@@ -243,7 +243,7 @@ async function saveDistCheckpoint(dir: string, engine: ZeroEngine, state: Traine
   if (anyBad[0]) {
     if (group.isMain) await rm(tmp, { recursive: true, force: true });
     group.barrier();
-    throw new DivergenceError(`training diverged: ${bad ?? "another rank's shard holds NaN or Inf"}; not written`);
+    throw new DivergenceError(`training diverged: ${bad ?? "another rank's shard holds NaN or Inf"}; not written`, true);
   }
   group.barrier();
   if (group.isMain) {
@@ -450,7 +450,10 @@ export async function runTrainingLoop(
         } catch (err) {
           if (!(err instanceof DivergenceError)) throw err;
           const kept = lastSaved ? `the last good checkpoint (${lastSaved}) is kept` : 'no checkpoint was written';
-          throw new DivergenceError(`training diverged at step ${step}: ${err.message.replace(/^training diverged: /, '')}; ${kept}`);
+          throw new DivergenceError(
+            `training diverged at step ${step}: ${err.message.replace(/^training diverged: /, '')}; ${kept}`,
+            err.everyRank,
+          );
         }
         lastSaved = `${hooks.checkpointDir}, step ${step}`;
       }
