@@ -62,7 +62,7 @@ export function stepLine(prefix: string, l: StepLog): string {
 
 /** The SFT pairs of --data (a seeded sample with --n); skipped rows are reported on stderr. */
 export async function sftData(d: DataConfig, check?: (p: { prompt: string }) => string | null) {
-  const r = await loadSftPairs(d.path, { n: d.n, seed: d.seed, skipInvalid: d.skipInvalid, check });
+  const r = await loadSftPairs(d.path, { n: d.n, seed: d.seed, skipInvalid: d.skipInvalid, check, strictUtf8: d.strict });
   if (r.skipped) process.stderr.write(`spinlm: skipped ${r.skipped} malformed rows of ${d.path}, e.g. ${r.problems[0]}\n`);
   return r.pairs;
 }

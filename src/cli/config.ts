@@ -43,10 +43,12 @@ export interface DataConfig {
   /** The sample's seed (with n). */
   seed?: number;
   skipInvalid: boolean;
+  /** --strict: refuse invalid UTF-8 instead of warning. */
+  strict: boolean;
 }
 export function dataConfig(o: Parsed): DataConfig {
   const n = optNum(o, 'n');
-  return { path: str(o, 'data'), n, seed: n ? num(o, 'seed') : undefined, skipInvalid: bool(o, 'skip_invalid') };
+  return { path: str(o, 'data'), n, seed: n ? num(o, 'seed') : undefined, skipInvalid: bool(o, 'skip_invalid'), strict: bool(o, 'strict') };
 }
 
 /** --model and the text options: where the model is, how it is loaded, how prompts are formatted and cut. */
@@ -189,7 +191,9 @@ export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi
     saveSteps: num(o, 'save_steps'),
     gradientCheckpointing: bool(o, 'gradient_checkpointing'),
     fusedUpdate,
-    dist: dist ? { group: processGroup(), zeroStage: Number(choice(o, 'zero_stage', ['0', '1', '2', '3'] as const, '0')) as ZeroStage } : undefined,
+    dist: dist
+      ? { group: processGroup(), zeroStage: Number(choice(o, 'zero_stage', ['0', '1', '2', '3'] as const, '0')) as ZeroStage }
+      : undefined,
   };
 }
 

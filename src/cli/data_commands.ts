@@ -38,8 +38,10 @@ import {
   nOption,
   nprocOption,
   outOption,
+  oversubscribeOption,
   quietOption,
   skipInvalidOption,
+  strictOption,
   textOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
@@ -51,6 +53,7 @@ export const score: Command = {
   options: [
     modelOption,
     { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' },
+    strictOption,
     outOption('scores JSONL, one row per pair in input order'),
     evalBatchOption(8, 'pairs per forward pass'),
     computeDtypeOption,
@@ -63,7 +66,7 @@ export const score: Command = {
     await checkFileOut('score', out, { model: m.dir, data });
     const { model, tok, template } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.maxPositions);
-    const pairs = await readSpinPairs(data);
+    const pairs = await readSpinPairs(data, { strictUtf8: bool(o, 'strict') });
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: bool(o, 'quiet') });
     const scores = await scorePairs(model, tok, pairs, {
       ...trunc,
@@ -85,6 +88,7 @@ export const generate: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     outOption('pair file (.jsonl or .parquet)'),
     nOption,
     skipInvalidOption,
@@ -97,6 +101,7 @@ export const generate: Command = {
     },
     ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'),
     nprocOption,
+    oversubscribeOption,
     quietOption,
   ],
   async run(o) {
@@ -174,6 +179,7 @@ export const evalCmd: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     nOption,
     skipInvalidOption,
     evalBatchOption(32, 'prompts per batch'),

@@ -1,7 +1,6 @@
 // The self-play commands: `run` (one self-play run), `demo` (the embedded default: three arms from the
 // shipped θ0) and `sweep` (arms x seeds from a config). Each parses its options into a typed config,
 // hands the work to the experiment runner (src/spin/experiment.ts) and prints what it reports.
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../backend/native/addon.js';
 import { loadSftPairs } from '../data/sft.js';
@@ -10,7 +9,7 @@ import { areTasks, type EvalSettings, evaluateHeldout } from '../spin/evaluate.j
 import { type ExperimentRun, runExperiment } from '../spin/experiment.js';
 import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { writeReport } from '../spin/report.js';
-import { makeDirs, OutputError } from '../util/atomic.js';
+import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import { type Parsed, positive, UsageError } from './args.js';
 import { type Command, promptFits, sftData, stepLine } from './command.js';
 import { backend, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
@@ -39,6 +38,7 @@ import {
   quietOption,
   selfPlayLoopOptions,
   skipInvalidOption,
+  strictOption,
   trainOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
@@ -54,6 +54,7 @@ export const run: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
     ...selfPlayLoopOptions,
@@ -75,7 +76,7 @@ export const run: Command = {
     const fits = promptFits(model, tok, template);
     model.weights.free();
     const sft = await sftData(c.data, fits);
-    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits })).pairs : null;
+    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, strictUtf8: c.data.strict })).pairs : null;
     await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
@@ -233,7 +234,7 @@ export const demo: Command = {
       evalColumns: ['exact_match', 'heldout_logp'],
       notes,
     });
-    writeFileSync(join(out, 'table.md'), `${table}\n`);
+    await writeFileAtomic(join(out, 'table.md'), `${table}\n`);
     console.log(`\n${table}\n\n${notes}\nReport: ${join(out, 'report.html')} (plots), ${join(out, 'report.md')}; total ${secs()}.`);
   },
 };
