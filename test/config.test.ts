@@ -396,7 +396,12 @@ describe('parseConfig: errors name the file and field', () => {
         /must exceed low_freq_factor/,
       );
       expectError(
-        () => parseConfig({ ...j, rope_scaling: { type: 'longrope', short_factor: [1, 2], long_factor: [1, 2] } }, FILE),
+        () => {
+          // one factor too many, whatever head_dim this draw has
+          const half = parseConfig(j, FILE).headDim / 2;
+          const wrong = Array.from({ length: half + 1 }, () => 1);
+          return parseConfig({ ...j, rope_scaling: { type: 'longrope', short_factor: wrong, long_factor: wrong } }, FILE);
+        },
         'rope_scaling.short_factor',
         /list of \d+ positive numbers \(head_dim \/ 2\)/,
       );

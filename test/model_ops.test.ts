@@ -25,9 +25,13 @@ import {
   swigluRef,
 } from './helpers/model_ref.js';
 import { runPython } from './helpers/python.js';
+import { ropeTable } from '../src/model/rope.js';
 import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
+
+/** The rope op's table for theta and a linear factor (1: none), as a config gives it. */
+const thetaRope = (theta: number, hd: number, scale = 1) => ropeTable(theta, hd, scale === 1 ? null : { type: 'linear', factor: scale });
 
 for (const be of await testBackends())
   describe(`on backend ${be.name}`, () => {
@@ -336,9 +340,9 @@ for (const be of await testBackends())
               [10000, 4],
             ]) {
               const tx = f32(x.slice(), [t, heads, hd]);
-              ops.rope(tx, i32(pos, [t]), { theta, scale });
+              ops.rope(tx, i32(pos, [t]), thetaRope(theta, hd, scale));
               check(`rope hd=${hd} theta=${theta} scale=${scale}`, await host(tx), ropeRef(x, pos, t, heads, hd, theta, scale));
-              ops.rope(tx, i32(pos, [t]), { theta, scale, inverse: true });
+              ops.rope(tx, i32(pos, [t]), { ...thetaRope(theta, hd, scale), inverse: true });
               check('inverse round trip', await host(tx), x);
             }
           }
@@ -550,7 +554,7 @@ for (const be of await testBackends())
           }
         }
         const x = f32(new Float32Array(2 * 1 * 4).fill(1), [2, 1, 4]);
-        ops.rope(x, i32([3, -7], [2]), { theta: 10000 });
+        ops.rope(x, i32([3, -7], [2]), thetaRope(10000, 4));
         await assert.rejects(host(x), /rope: a position is negative/);
         for (const dtype of ['f32', 'bf16'] as const) {
           const cache = ops.empty(be, dtype, [2, 1, 3, 4]);
@@ -643,9 +647,9 @@ for (const be of await testBackends())
             put('rope.dout', dy);
             specs.push({ name: 'rope', op: 'rope', shapes: { x: [t, heads, hd], pos: [t] }, params: { theta: 500000, scale: 2 } });
             const tx = f32(x.slice(), [t, heads, hd]);
-            ops.rope(tx, i32(pos, [t]), { theta: 500000, scale: 2 });
+            ops.rope(tx, i32(pos, [t]), thetaRope(500000, hd, 2));
             const td = f32(dy.slice(), [t, heads, hd]);
-            ops.rope(td, i32(pos, [t]), { theta: 500000, scale: 2, inverse: true });
+            ops.rope(td, i32(pos, [t]), { ...thetaRope(500000, hd, 2), inverse: true });
             results.push(['rope.y', () => host(tx), 'rope y'], ['rope.dx', () => host(td), 'rope dx']);
           }
           // attention (GQA 4/2, a padded sequence)

@@ -10,7 +10,7 @@ import type { PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { type Parsed, UsageError } from './args.js';
 import { type ModelConfig, templateOf } from './config.js';
-import { type Input, prepareRunDir } from './run_dir.js';
+import { checkInputKinds, checkInputsExist, type Input, prepareRunDir } from './run_dir.js';
 
 let chosen: Backend | undefined;
 
@@ -65,8 +65,22 @@ export function barrier(): void {
  * the directory, checks the fingerprint of a run to resume, cuts metrics.jsonl back to the
  * checkpoints and writes the resolved options beside the outputs (src/cli/run_dir.ts).
  */
+const givenInputs = (o: Parsed, inputs: (keyof Parsed)[]): Input[] =>
+  inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: String(k), path: String(o[k]) }));
+
+/**
+ * The input flags that name a path: each exists and is a regular file or a directory (not a FIFO or a
+ * device), checked first of all, so a wrong path is one usage line (exit 2) before anything is read
+ * or written.
+ */
+export function checkInputPaths(command: string, o: Parsed, inputs: (keyof Parsed)[]): void {
+  const given = givenInputs(o, inputs);
+  checkInputsExist(command, given);
+  checkInputKinds(command, given);
+}
+
 export async function prepareOut(command: string, o: Parsed, inputs: (keyof Parsed)[], layout: 'run' | 'single'): Promise<void> {
-  const given: Input[] = inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: String(k), path: String(o[k]) }));
+  const given = givenInputs(o, inputs);
   if (!launchedByMpi()) return prepareRunDir(command, o, given, layout);
   // data parallel: rank 0 prepares (and locks) the directory; its verdict reaches every rank in the
   // first collective, so a refusal (busy directory, other settings, a bad --out) ends every rank at once

@@ -12,7 +12,7 @@ import { writeReport } from '../spin/report.js';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import { type Parsed, positive, UsageError } from './args.js';
 import { type Command, promptFits, sftData, stepLine } from './command.js';
-import { backend, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
+import { backend, checkInputPaths, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
 import {
   bool,
   checkComputeDtype,
@@ -68,6 +68,7 @@ export const run: Command = {
   ],
   async run(o) {
     const c = runConfig(o); // checked before anything is written, like every input below
+    checkInputPaths('run', o, ['model', 'data', 'eval_data']);
     const { model, tok, template } = await loadModelAndTokenizer(c.model);
     const trunc = truncationOf(c.model, model.maxPositions);
     const generation = generationSettingsOf(c.generation, tok);

@@ -17,7 +17,7 @@ import { formatPrompt } from '../text/templates.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { UsageError } from './args.js';
 import { type Command, sftData } from './command.js';
-import { backend, barrier, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
+import { backend, barrier, checkInputPaths, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
 import { bool, dataConfig, loopConfig, modelConfig, nums, num, optStr, spinStageConfig, str, templateOf, truncationOf } from './config.js';
 import {
   dataOption,
@@ -56,6 +56,7 @@ export const train: Command = {
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
     const spin = spinStageConfig(o);
     // every input is read and checked before the output directory is touched
+    checkInputPaths('train', o, ['model', 'data']);
     const pairs = await readSpinPairs(data, { strictUtf8: bool(o, 'strict') });
     const { model, tok, template } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.maxPositions);
@@ -114,11 +115,12 @@ export const sftCmd: Command = {
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]);
     if (initConfig && !tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
     // every input is read and checked before the output directory is touched
+    checkInputPaths('sft', o, ['model', 'data', 'init_config', 'tokenizer']);
     let model, tok, template;
     if (initConfig && tokenizerDir) {
       tok = await loadTokenizer(tokenizerDir);
       const text = await readInputFile(initConfig, INPUT_CAPS.config).catch((e: InputFileError) => {
-        throw new UsageError(`spinlm sft: --init_config ${initConfig}: ${e.code ? `cannot read it (${e.code})` : e.message}`);
+        throw new UsageError(`spinlm sft: --init_config ${initConfig} ${e.code ? `cannot be read (${e.code})` : e.message}`);
       });
       const fresh = parseConfig(JSON.parse(text), initConfig);
       tok.checkModelVocab(fresh.vocabSize, initConfig);

@@ -2,7 +2,6 @@
 // Shapes: T tokens, H hidden, B sequences of length L, nH query heads, nKV key-value heads, hd head dim.
 import type { AttentionOpts, Backend, ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { ropeTable } from '../model/rope.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
 
 /**
@@ -103,20 +102,12 @@ export function rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>
   return be.rmsnormBackward(x, w, rstd, dy, dw);
 }
 
-/** rope by theta (and a linear factor): the table of no scaling (scale 1) or linear scaling. */
-export interface RopeThetaOpts {
-  theta: number;
-  /** Linear rope_scaling factor (1 = none). */
-  scale?: number;
-  inverse?: boolean;
-}
-
 /**
  * Rotary embedding in place on x [T, heads, hd] at positions i32 [T] (HF rotate_half; inverse: the
  * transpose, i.e. the backward): with the inverse-frequency table of any rope type (src/model/rope.ts
- * ropeTable) and its attention scale, or with theta / a linear factor. hd <= 512.
+ * ropeTable, which computes it from a config's rope settings) and its attention scale. hd <= 512.
  */
-export function rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts | RopeThetaOpts): void {
+export function rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
   const be = expectTensor(x, 'x');
   expectArg(be, x, 'x', ['f32']);
   expectRank(x, 3, 'x');
@@ -124,21 +115,11 @@ export function rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts 
   if (hd % 2 !== 0) throw new RangeError(`rope needs an even head dimension, got x [${x.shape.join(', ')}]`);
   if (hd > 512) throw new RangeError(`rope supports head dimensions up to 512, got x [${x.shape.join(', ')}]`);
   expectArg(be, positions, 'positions', ['i32'], [x.shape[0]]);
-  let table: RopeOpts;
-  if ('invFreq' in opts) {
-    if (!(opts.invFreq instanceof Float32Array) || opts.invFreq.length !== hd / 2)
-      throw new RangeError(`rope invFreq must be a Float32Array of ${hd / 2} values (head dim / 2)`);
-    for (const v of opts.invFreq) checkFinite(v, 'rope invFreq');
-    checkFinite(opts.attentionScale ?? 1, 'rope attentionScale');
-    table = opts;
-  } else {
-    checkFinite(opts.theta, 'rope theta');
-    checkFinite(opts.scale ?? 1, 'rope scale');
-    if (!(opts.theta > 0) || !((opts.scale ?? 1) > 0)) throw new RangeError('rope theta and scale must be positive');
-    const scale = opts.scale ?? 1;
-    table = { ...ropeTable(opts.theta, hd, scale === 1 ? null : { type: 'linear', factor: scale }), inverse: opts.inverse };
-  }
-  be.rope(x, positions, table);
+  if (!(opts.invFreq instanceof Float32Array) || opts.invFreq.length !== hd / 2)
+    throw new RangeError(`rope invFreq must be a Float32Array of ${hd / 2} values (head dim / 2)`);
+  for (const v of opts.invFreq) checkFinite(v, 'rope invFreq');
+  checkFinite(opts.attentionScale ?? 1, 'rope attentionScale');
+  be.rope(x, positions, opts);
 }
 
 function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
