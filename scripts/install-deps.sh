@@ -5,6 +5,7 @@
 #   bash scripts/install-deps.sh --test   what only the tests and benchmarks add (scripts/install-test-deps.sh):
 #                                         Open MPI for the multi-process tests (spinlm_comm is built when mpicc is found),
 #                                         cmake for the cmake-js build, Boost.Context for the CUDA emulator, PyTorch and numpy as the test oracle
+#                                         (jinja2 renders chat templates as transformers does, the chat tests' oracle)
 #                                         and benchmark peer, the Vulkan loader and Mesa 25's lavapipe
 #                                         (bookworm-backports) on which the WebGPU tests run
 # Idempotent; run as root (or through sudo when available).
@@ -13,7 +14,7 @@ SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 case "${1:-}" in
   "") PART="runtime"; PKGS=(build-essential python3 pkg-config libopenblas-dev libopenblas0) ;;
-  --test) PART="test"; PKGS=(cmake libboost-context-dev python3-torch python3-numpy libopenmpi-dev openmpi-bin libvulkan1) ;;
+  --test) PART="test"; PKGS=(cmake libboost-context-dev python3-torch python3-numpy python3-jinja2 libopenmpi-dev openmpi-bin libvulkan1) ;;
   *) echo "install-deps: unknown argument $1 (expected nothing or --test)" >&2; exit 2 ;;
 esac
 missing=()
