@@ -5,8 +5,8 @@
 #   bash scripts/install-deps.sh --test   what only the tests and benchmarks add (scripts/install-test-deps.sh):
 #                                         Open MPI for the multi-process tests (spinlm_comm is built when mpicc is found),
 #                                         cmake for the cmake-js build, Boost.Context for the CUDA emulator, PyTorch and numpy as the test oracle
-#                                         (jinja2 renders chat templates as transformers does, the chat tests' oracle)
-#                                         and benchmark peer, the Vulkan loader and Mesa 25's lavapipe
+#                                         and benchmark peer, jinja2 (renders chat templates as transformers does: the chat
+#                                         tests' oracle), the Vulkan loader and Mesa 25's lavapipe
 #                                         (bookworm-backports) on which the WebGPU tests run
 # Idempotent; run as root (or through sudo when available).
 set -euo pipefail
