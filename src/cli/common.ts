@@ -5,11 +5,13 @@ import type { Backend } from '../backend/backend.js';
 import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { LlamaModel } from '../model/llama.js';
+import type { Rounds } from '../data/messages.js';
 import type { PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { type Parsed, UsageError } from './args.js';
-import { type ModelConfig, templateOf } from './config.js';
-import { type Input, prepareRunDir } from './run_dir.js';
+import { type ModelConfig, roundsOf, templateOf } from './config.js';
+import { type Input, prepareRunDir, runTemplateDate } from './run_dir.js';
+import { str } from './config.js';
 
 let chosen: Backend | undefined;
 
@@ -40,12 +42,15 @@ export async function backend(): Promise<Backend> {
   return chosen;
 }
 
-export async function loadModelAndTokenizer(m: ModelConfig): Promise<{ model: LlamaModel; tok: HfTokenizer; template: PromptTemplate }> {
+export async function loadModelAndTokenizer(
+  m: ModelConfig,
+): Promise<{ model: LlamaModel; tok: HfTokenizer; template: PromptTemplate; rounds: Rounds }> {
   if (!existsSync(join(m.dir, 'config.json')))
     throw new UsageError(`--model ${m.dir}: no config.json there (expected a Hugging Face model directory)`);
   const tok = await loadTokenizer(m.dir);
   const model = await LlamaModel.load(await backend(), m.dir, { dtype: m.dtype });
-  return { model, tok, template: templateOf(m, tok) };
+  const template = templateOf(m, tok);
+  return { model, tok, template, rounds: roundsOf(m, template) };
 }
 
 /** Rank 0 of a data-parallel run, or a single process: the one that writes outputs. */
@@ -63,11 +68,12 @@ export function barrier(): void {
  * the directory, checks the fingerprint of a run to resume, cuts metrics.jsonl back to the
  * checkpoints and writes the resolved options beside the outputs (src/cli/run_dir.ts).
  */
-export async function prepareOut(command: string, o: Parsed, inputs: (keyof Parsed)[], layout: 'run' | 'single'): Promise<void> {
+export async function prepareOut(command: string, o: Parsed, inputs: (keyof Parsed)[], layout: 'run' | 'single'): Promise<string> {
   const given: Input[] = inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: String(k), path: String(o[k]) }));
   // data parallel: rank 0 prepares (and locks) the directory, the others wait for it
   if (isMain()) await prepareRunDir(command, o, given, layout);
   barrier();
+  return runTemplateDate(str(o, 'out'), o);
 }
 
 export const fmt = (x: number, d = 4) => (Number.isFinite(x) ? x.toFixed(d) : String(x));

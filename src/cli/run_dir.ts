@@ -16,6 +16,7 @@ import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
 import { bool, str } from './config.js';
+import { todayUtc } from '../text/templates.js';
 
 export interface Input {
   /** The flag that named it, e.g. 'model'. */
@@ -148,6 +149,21 @@ export async function releaseLocks(): Promise<void> {
 
 // ---- the fingerprint ----
 
+function readFingerprint(file: string): Fingerprint | null {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as Fingerprint;
+  } catch {
+    return null;
+  }
+}
+
+/** The day a run directory's chat templates read: --template_date, else its fingerprint's, else today. */
+export function runTemplateDate(dir: string, o: Parsed): string {
+  if (typeof o.template_date === 'string') return o.template_date;
+  const d = readFingerprint(join(dir, FINGERPRINT))?.template_date;
+  return typeof d === 'string' ? d : todayUtc();
+}
+
 const FINGERPRINT = 'fingerprint.json';
 /** Options that do not change the result: where it goes, how it is shown, how far it goes. */
 const NOT_RESULT = new Set(['out', 'config', 'quiet', 'iterations', 'overwrite_output_dir', 'skip_invalid']);
@@ -176,6 +192,11 @@ export interface Fingerprint {
   command: string;
   options: Record<string, unknown>;
   inputs: Record<string, string | Record<string, string>>;
+  /**
+   * The day chat templates read (strftime_now): --template_date, else the day the run started, kept
+   * by every resume (never compared: a resume on another day renders the same prompts).
+   */
+  template_date?: string;
 }
 
 export async function fingerprintOf(command: string, o: Parsed, inputs: readonly Input[]): Promise<Fingerprint> {
@@ -309,6 +330,8 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
     }
   }
   await truncateMetrics(dir, layout);
+  const date = typeof o.template_date === 'string' ? o.template_date : overwrite ? undefined : readFingerprint(fpFile)?.template_date;
+  now.template_date = date ?? todayUtc();
   await writeFileAtomic(fpFile, `${JSON.stringify(now, null, 2)}\n`);
   await writeFileAtomic(resolvedFile, `${JSON.stringify({ command, ...o }, null, 2)}\n`);
 }

@@ -5,6 +5,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../backend/native/addon.js';
 import { loadSftPairs } from '../data/sft.js';
+import { stopIdsOf } from '../generate/stops.js';
 import { DEMO_ARMS, type DemoOptions, runDemo } from '../spin/demo.js';
 import { areTasks, type EvalSettings, evaluateHeldout } from '../spin/evaluate.js';
 import { type ExperimentRun, runExperiment } from '../spin/experiment.js';
@@ -66,16 +67,16 @@ export const run: Command = {
   ],
   async run(o) {
     const c = runConfig(o); // checked before anything is written
-    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
-    const { model, tok, template } = await loadModelAndTokenizer(c.model);
+    c.model.templateDate ??= await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
+    const { model, tok, template, rounds } = await loadModelAndTokenizer(c.model);
     const trunc = truncationOf(c.model, model.cfg.maxPositionEmbeddings);
-    const generation = generationSettingsOf(c.generation, tok);
+    const generation = generationSettingsOf(c.generation, tok, await stopIdsOf(c.model.dir, model.cfg.eosTokenIds, tok, template));
     generation.computeDtype = checkComputeDtype(c.model, model.weights.dtype);
     // every row's length is checked here, before the first stage, naming the file and row
     const fits = promptFits(model, tok, template);
     model.weights.free();
-    const sft = await sftData(c.data, fits);
-    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits })).pairs : null;
+    const sft = await sftData(c.data, fits, rounds);
+    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, rounds })).pairs : null;
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
       template,
@@ -83,6 +84,7 @@ export const run: Command = {
       logpBatchSize: c.loop.microBatchSize,
       generationBatchSize: generation.batchSize,
       maxNewTokens: generation.maxNewTokens,
+      stopIds: generation.stopIds,
     };
     const one: ExperimentRun = {
       arm: 'spin',

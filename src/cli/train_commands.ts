@@ -6,18 +6,30 @@ import { join } from 'node:path';
 import { readSpinPairs } from '../data/spin_pairs.js';
 import { parseConfig } from '../model/config.js';
 import { initLlama } from '../model/init.js';
-import { tokenizePair } from '../spin/batch.js';
 import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { writeReport } from '../spin/report.js';
 import { referenceStage, saveModelStage, spinTrainStage } from '../spin/self_play.js';
+import { tokenizePairs } from '../spin/score.js';
 import { runSft } from '../spin/sft.js';
 import { stepsPerEpoch } from '../spin/train_loop.js';
-import { formatPrompt } from '../text/templates.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { UsageError } from './args.js';
 import { type Command, sftData } from './command.js';
 import { backend, barrier, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
-import { bool, dataConfig, loopConfig, modelConfig, nums, num, optStr, spinStageConfig, str, templateOf, truncationOf } from './config.js';
+import {
+  bool,
+  dataConfig,
+  loopConfig,
+  modelConfig,
+  nums,
+  num,
+  optStr,
+  roundsOf,
+  spinStageConfig,
+  str,
+  templateOf,
+  truncationOf,
+} from './config.js';
 import {
   dataOption,
   distOptions,
@@ -52,11 +64,11 @@ export const train: Command = {
     const m = modelConfig(o);
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
     const spin = spinStageConfig(o);
-    await prepareOut('train', o, ['model', 'data'], 'single');
-    const pairs = await readSpinPairs(data);
-    const { model, tok, template } = await loadModelAndTokenizer(m);
+    m.templateDate ??= await prepareOut('train', o, ['model', 'data'], 'single');
+    const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
+    const pairs = await readSpinPairs(data, { rounds });
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
-    const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
+    const tokenized = tokenizePairs(tok, pairs, { ...trunc, template, batchSize: 1 });
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
     const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
     refBar.stop();
@@ -107,7 +119,7 @@ export const sftCmd: Command = {
       throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
     if (!initConfig && !modelDir) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]);
-    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
+    m.templateDate ??= await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
     let model, tok, template;
     if (initConfig) {
       if (!tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
@@ -118,7 +130,7 @@ export const sftCmd: Command = {
       });
       template = templateOf(m, tok);
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
-    const pairs = await sftData(dataConfig(o));
+    const pairs = await sftData(dataConfig(o), undefined, roundsOf(m, template));
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });

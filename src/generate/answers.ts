@@ -15,7 +15,25 @@ export interface AnswerOptions extends Omit<GenerateOptions, 'eosIds' | 'onProgr
   journal?: string;
   /** Added to every prompt's stream id: draw s of the same prompts uses offset s x prompts.length. */
   streamOffset?: number;
+  /** Ids that end an answer besides the tokenizer's EOS (stops.ts stopIdsOf: config eos ids, the template's end of turn). */
+  stopIds?: readonly number[];
   onProgress?: (done: number, total: number, tokens: number) => void | Promise<void>;
+}
+
+/** The day a journal's prompts were rendered with (its first line {"template_date"}), or undefined. */
+export function journalTemplateDate(file: string): string | undefined {
+  if (!existsSync(file)) return undefined;
+  try {
+    const d = (JSON.parse(readFileSync(file, 'utf8').split('\n', 1)[0]) as { template_date?: unknown }).template_date;
+    return typeof d === 'string' ? d : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Starts a journal with the day its prompts are rendered with (readJournal passes that line over). */
+export function startJournal(file: string, templateDate: string): void {
+  if (!existsSync(file)) appendFileSync(file, `${JSON.stringify({ template_date: templateDate })}\n`);
 }
 
 /** Answers already in a journal; a torn last line (a killed run) is ignored and regenerated. */
@@ -49,7 +67,7 @@ export async function answerPrompts(
     todo.map((i) => tok.encode(prompts[i])),
     {
       ...o,
-      eosIds: [tok.eosId],
+      eosIds: [...new Set([tok.eosId, ...(o.stopIds ?? [])])],
       streamIds: todo.map((i) => i + (o.streamOffset ?? 0)),
       onBatch: (idx, gens) => {
         const lines = idx.map((j, k) => {

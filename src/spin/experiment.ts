@@ -31,6 +31,8 @@ export interface GenerationSettings {
   /** Prompts decoded together. */
   batchSize: number;
   stopSequences?: number[][];
+  /** Ids that end an answer besides the tokenizer's EOS (src/generate/stops.ts). */
+  stopIds?: number[];
   kvCacheDtype: KvCacheDtype;
   computeDtype: ComputeDtype;
 }
@@ -114,6 +116,7 @@ export function opponentHook(
         streamOffset: sample * prompts.length,
         batchSize: g.batchSize,
         stopSequences: g.stopSequences,
+        stopIds: g.stopIds,
         journal: file,
         onProgress: bar ? (d) => bar.update(d) : undefined,
       });
