@@ -3,44 +3,11 @@
 // token the chat template writes after an assistant turn (<|eot_id|>, <|im_end|>, <end_of_turn>, ...).
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { chatSettings, type ChatTemplateSource, type PromptTemplate, renderChat } from '../text/templates.js';
+import { endOfTurnId, type EndOfTurnTokenizer, type PromptTemplate } from '../text/templates.js';
 
-export interface StopTokenizer extends ChatTemplateSource {
-  encode(text: string): number[];
-  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
+export interface StopTokenizer extends EndOfTurnTokenizer {
   readonly eosId: number;
   readonly vocabSize: number;
-}
-
-const SENTINEL = 'SPINLMANSWERSENTINEL';
-
-/**
- * The first special token the chat template writes after an assistant turn's content (its end of
- * turn), or null (no chat template, or none after the content).
- */
-export function endOfTurnId(tok: StopTokenizer, template: PromptTemplate): number | null {
-  const settings = chatSettings(template);
-  if (settings === null || tok.chatTemplate === null) return null;
-  let text: string;
-  try {
-    text = renderChat(
-      tok,
-      [
-        { role: 'user', content: 'Hi' },
-        { role: 'assistant', content: SENTINEL },
-      ],
-      false,
-      settings,
-    );
-  } catch {
-    return null; // a template that needs more than a user and an assistant turn says so when it renders the data
-  }
-  const at = text.lastIndexOf(SENTINEL);
-  if (at < 0) return null;
-  const tail = text.slice(at + SENTINEL.length);
-  if (tail.trim() === '') return null;
-  // a special token decodes to nothing when special tokens are skipped
-  return tok.encode(tail).find((id) => tok.decode([id], { skipSpecialTokens: true }) === '') ?? null;
 }
 
 /** eos_token_id of a JSON file's object (a number or a list), checked against the vocabulary; [] when absent. */

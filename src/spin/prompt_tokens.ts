@@ -11,6 +11,7 @@
 import {
   chatContext,
   chatSettings,
+  endOfTurnId,
   type ChatSettings,
   type ChatTemplateSource,
   formatPrompt,
@@ -44,19 +45,21 @@ export class ChatSplitError extends Error {
 const show = (s: string, n = 60) => JSON.stringify(s.length > n ? `${s.slice(0, n)}...` : s);
 
 /**
- * Index of the first token that is not wholly inside the first `chars` characters of the text `ids`
- * encode: the largest k whose decoded prefix is a prefix of `text` no longer than `chars`.
+ * Where the conversation's ids `ids` leave the prompt, whose own ids are `promptIds`: after the ids
+ * both share, then after each further id still wholly inside the prompt's text (compared decoded,
+ * as both go through the same decoder). A token that spans the boundary goes to the answer.
  */
-function splitIndex(tok: ChatTokenizer, ids: readonly number[], text: string, chars: number): number {
-  let lo = 0;
-  let hi = ids.length;
-  while (lo < hi) {
-    const mid = (lo + hi + 1) >> 1;
-    const head = tok.decode(ids.slice(0, mid), { cleanUpSpaces: false });
-    if (head.length <= chars && text.startsWith(head)) lo = mid;
-    else hi = mid - 1;
+function splitIndex(tok: ChatTokenizer, ids: readonly number[], promptIds: readonly number[]): number {
+  let k = 0;
+  while (k < promptIds.length && k < ids.length && promptIds[k] === ids[k]) k++;
+  if (k === promptIds.length) return k;
+  const target = tok.decode(promptIds, { cleanUpSpaces: false });
+  while (k < ids.length) {
+    const head = tok.decode(ids.slice(0, k + 1), { cleanUpSpaces: false });
+    if (head.length > target.length || !target.startsWith(head)) break;
+    k++;
   }
-  return lo;
+  return k;
 }
 
 /**
@@ -83,11 +86,24 @@ export function chatSequence(
   }
   const ids = tok.encode(fullText);
   const promptIds = tok.encode(promptText);
-  // the usual case: the template ends the prompt at a special token or a newline, and no token spans the boundary
-  let k = promptIds.length <= ids.length && promptIds.every((id, j) => id === ids[j]) ? promptIds.length : -1;
-  if (k < 0) k = splitIndex(tok, ids, fullText, promptText.length); // a merged token spans it: it goes to the answer
-  const answerIds = ids.slice(k);
-  if (tok.eosToken === null || !fullText.trimEnd().endsWith(tok.eosToken)) answerIds.push(tok.eosId);
+  // usually the prompt's own ids begin the conversation's (the template ends the prompt at a special
+  // token or a newline); when a merged token spans the boundary, it goes to the answer
+  const k = splitIndex(tok, ids, promptIds);
+  let answerIds = ids.slice(k);
+  // the assistant turn ends at its end-of-turn token and the whitespace after it; anything the
+  // template writes after that (e.g. an unconditional next assistant header) belongs to no answer
+  const eot = endOfTurnId(tok, settings);
+  const at = eot === null ? -1 : answerIds.indexOf(eot);
+  if (at >= 0) {
+    let end = at + 1;
+    while (end < answerIds.length && tok.decode([answerIds[end]]).trim() === '' && answerIds[end] !== tok.eosId) end++;
+    if (answerIds[end] === tok.eosId) end++;
+    answerIds = answerIds.slice(0, end);
+  }
+  // EOS only when the rendering does not already end with it (trailing whitespace aside)
+  let last = answerIds.length - 1;
+  while (last >= 0 && answerIds[last] !== tok.eosId && tok.decode([answerIds[last]]).trim() === '') last--;
+  if (last < 0 || answerIds[last] !== tok.eosId) answerIds.push(tok.eosId);
   return { prompt: ids.slice(0, k), answer: answerIds, attendEos: true };
 }
 

@@ -76,6 +76,49 @@ export function strftimeDay(day: string, format: string): string {
 
 const compiled = new Map<string, Template>();
 
+/**
+ * @huggingface/jinja 0.5's str.strip / lstrip / rstrip ignore their argument (Qwen3's template calls
+ * content.lstrip('\n'), which then also drops a leading space; found by the jinja2 oracle test).
+ * Python's semantics are installed on its string values once: with an argument, only those characters go.
+ */
+function patchStripMethods(): void {
+  const probe = new Environment().set('probe', '') as object;
+  const proto = Object.getPrototypeOf(probe) as object;
+  const desc = Object.getOwnPropertyDescriptor(proto, 'builtins');
+  if (!desc?.get || (proto as { spinlmStrip?: boolean }).spinlmStrip) return;
+  const original = desc.get;
+  type Fn = { value: (args: { value: unknown }[]) => unknown };
+  Object.defineProperty(proto, 'builtins', {
+    configurable: true,
+    get(this: { value: string }) {
+      const map = original.call(this) as Map<string, Fn>;
+      const upper = map.get('upper');
+      if (!upper || (map as { spinlmStrip?: boolean }).spinlmStrip) return map;
+      const FunctionValue = upper.constructor as new (fn: (args: { value: unknown }[]) => unknown) => Fn;
+      const StringValue = this.constructor as new (s: string) => unknown;
+      const strip = (start: boolean, end: boolean) =>
+        new FunctionValue((args) => {
+          const chars = args[0]?.value;
+          let s = this.value;
+          if (typeof chars !== 'string') return new StringValue(start && end ? s.trim() : start ? s.trimStart() : s.trimEnd());
+          let a = 0;
+          let b = s.length;
+          while (start && a < b && chars.includes(s[a])) a++;
+          while (end && b > a && chars.includes(s[b - 1])) b--;
+          s = s.slice(a, b);
+          return new StringValue(s);
+        });
+      map.set('strip', strip(true, true));
+      map.set('lstrip', strip(true, false));
+      map.set('rstrip', strip(false, true));
+      (map as { spinlmStrip?: boolean }).spinlmStrip = true;
+      return map;
+    },
+  });
+  (proto as { spinlmStrip?: boolean }).spinlmStrip = true;
+}
+patchStripMethods();
+
 /** Python's range(), as the library's global. */
 function pyRange(start: number, stop?: number, step = 1): number[] {
   if (stop === undefined) [start, stop] = [0, start];
@@ -222,4 +265,43 @@ export function formatPrompt(tok: ChatTemplateSource, template: PromptTemplate, 
   const settings = chatSettings(template);
   if (settings === null) return instructionPrompt(asSource(p).prompt);
   return chatGenerationPrompt(tok, p, settings);
+}
+
+/** What endOfTurnId needs: the chat template and encode / decode. */
+export interface EndOfTurnTokenizer extends ChatTemplateSource {
+  encode(text: string): number[];
+  decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
+}
+
+const SENTINEL = 'SPINLMANSWERSENTINEL';
+const endOfTurn = new WeakMap<object, Map<string, number | null>>();
+
+/**
+ * The first special token the chat template writes after an assistant turn's content (its end of
+ * turn: <|eot_id|>, <|im_end|>, <end_of_turn>, </s>, ...), or null (the instruction template, or
+ * none after the content).
+ */
+export function endOfTurnId(tok: EndOfTurnTokenizer, template: PromptTemplate): number | null {
+  const settings = chatSettings(template);
+  if (settings === null || tok.chatTemplate === null) return null;
+  let known = endOfTurn.get(tok);
+  if (!known) endOfTurn.set(tok, (known = new Map()));
+  const key = `${tok.chatTemplate}\u0000${settings.emptySystemTurn === true}`;
+  if (known.has(key)) return known.get(key)!;
+  let id: number | null = null;
+  try {
+    const turns = [
+      { role: 'user', content: 'Hi' },
+      { role: 'assistant', content: SENTINEL },
+    ];
+    const text = renderChat(tok, chatContext({ prompt: 'Hi', messages: turns }, settings), false, { ...settings, date: '2024-01-01' });
+    const at = text.lastIndexOf(SENTINEL);
+    const tail = at < 0 ? '' : text.slice(at + SENTINEL.length);
+    // a special token decodes to nothing when special tokens are skipped
+    if (tail.trim() !== '') id = tok.encode(tail).find((t) => tok.decode([t], { skipSpecialTokens: true }) === '') ?? null;
+  } catch {
+    id = null; // a template that needs more than a user and an assistant turn says so when it renders the data
+  }
+  known.set(key, id);
+  return id;
 }
