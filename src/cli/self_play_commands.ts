@@ -67,7 +67,8 @@ export const run: Command = {
   ],
   async run(o) {
     const c = runConfig(o); // checked before anything is written
-    c.model.templateDate ??= await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
+    const runDate = await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
+    c.model.templateDate ??= runDate;
     const { model, tok, template, rounds } = await loadModelAndTokenizer(c.model);
     const trunc = truncationOf(c.model, model.cfg.maxPositionEmbeddings);
     const generation = generationSettingsOf(c.generation, tok, await stopIdsOf(c.model.dir, model.cfg.eosTokenIds, tok, template));

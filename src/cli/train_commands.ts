@@ -64,7 +64,8 @@ export const train: Command = {
     const m = modelConfig(o);
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
     const spin = spinStageConfig(o);
-    m.templateDate ??= await prepareOut('train', o, ['model', 'data'], 'single');
+    const runDate = await prepareOut('train', o, ['model', 'data'], 'single');
+    m.templateDate ??= runDate;
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const pairs = await readSpinPairs(data, { rounds });
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
@@ -119,7 +120,8 @@ export const sftCmd: Command = {
       throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
     if (!initConfig && !modelDir) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]);
-    m.templateDate ??= await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
+    const runDate = await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
+    m.templateDate ??= runDate;
     let model, tok, template;
     if (initConfig) {
       if (!tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
