@@ -16,10 +16,10 @@ import { parseConfig } from '../src/model/config.js';
 import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { collateSpinBatch } from '../src/spin/batch.js';
-import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
 import { relErr } from '../test/helpers/loss_ref.js';
-import { oraclePairs, spinlmSpinCase, writeSpinRequest } from '../test/helpers/spin_oracle_case.js';
+import { checkpointGrads, oraclePairs, spinlmSpinCase, writeSpinRequest } from '../test/helpers/spin_oracle_case.js';
+import { PHI3_CONFIG, QWEN3_CONFIG } from '../test/helpers/tiny_model.js';
 import { kitBackend, PYTHON } from './kit_backend.js';
 
 const { values: args } = parseArgs({ options: { backend: { type: 'string', default: 'cuda' }, jsonl: { type: 'string' } } });
@@ -29,7 +29,8 @@ const ORACLE = new URL('../test/oracle/llama_torch.py', import.meta.url).pathnam
 const TOL = 1e-4;
 const EOS = 2;
 
-// Published config fields of each family (Llama-3-8B-like, Mistral-7B-v0.1, Qwen2.5-0.5B), shrunk.
+// Published config fields of each family (Llama-3-8B-like, Mistral-7B-v0.1, Qwen2.5-0.5B, Qwen3-0.6B,
+// Phi-3-mini-4k-instruct), shrunk.
 const small = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4, vocab_size: 97 };
 const FAMILIES: { name: string; config: Record<string, unknown> }[] = [
   {
@@ -84,6 +85,8 @@ const FAMILIES: { name: string; config: Record<string, unknown> }[] = [
       tie_word_embeddings: true,
     },
   },
+  { name: 'qwen3 (head_dim 32 != hidden/heads, q/k norms, tied, GQA 4/2)', config: { ...QWEN3_CONFIG, eos_token_id: EOS } },
+  { name: 'phi3 (fused qkv_proj / gate_up_proj, sliding_window 2047)', config: { ...PHI3_CONFIG, eos_token_id: EOS } },
 ];
 
 let failed = 0;
@@ -130,9 +133,10 @@ for (const fam of FAMILIES) {
     const refGrads = new Set(readdirSync(join(req, 'grad')).map((f) => f.replace(/\.bin$/, '')));
     let gradMax = 0,
       gradWorst = '';
-    for (const [name, g] of model.weights.grads) {
+    // per checkpoint tensor (phi3: qkv_proj and gate_up_proj, as transformers names its parameters)
+    for await (const { name, grad } of checkpointGrads(model)) {
       if (!refGrads.has(name)) throw new Error(`the reference has no gradient for ${name} (names differ from HF's?)`);
-      const e = relErr((await ops.read(g)) as Float32Array, read(join('grad', `${name}.bin`)));
+      const e = relErr(grad, read(join('grad', `${name}.bin`)));
       if (!(e <= gradMax)) [gradMax, gradWorst] = [e, name];
     }
     errs.grad = gradMax;

@@ -168,7 +168,13 @@ describe('configToJson / writeConfig / loadConfig', () => {
           },
           { ...randomJson(rng, 'qwen2'), eos_token_id: null, bos_token_id: null },
         ];
-        const arch = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' } as const;
+        const arch = {
+          llama: 'LlamaForCausalLM',
+          mistral: 'MistralForCausalLM',
+          qwen2: 'Qwen2ForCausalLM',
+          qwen3: 'Qwen3ForCausalLM',
+          phi3: 'Phi3ForCausalLM',
+        } as const;
         for (const v of variants) {
           const c = parseConfig(v, FILE);
           const out = configToJson(c);

@@ -185,6 +185,24 @@ for (const np of [2, 3]) {
     }));
 }
 
+test('qwen3 (q/k norms in the layer units) and phi3 (split q/k/v, gate/up) train under ZeRO stages 1 and 3 like one process', async () =>
+  withSeed(async (rng) => {
+    for (const [modelType, headDim] of [
+      ['qwen3', 32],
+      ['phi3', undefined],
+    ] as const) {
+      const job = base({ seed: rng.int(0, 1e9), items: 8, epochs: 1, dtype: 'bf16', modelType, headDim, tie: modelType === 'qwen3' });
+      const ref = join(dir, `ref-${modelType}`);
+      solo({ ...job, out: ref });
+      for (const stage of [1, 3] as const) {
+        const out = join(dir, `${modelType}-s${stage}`);
+        const r = mpirun(2, { ...job, stage, out });
+        assert.equal(r.status, 0, r.output);
+        assertClose(result(out), result(ref), job.dtype, `${modelType} stage ${stage}`);
+      }
+    }
+  }));
+
 test('overlap (gradient reductions issued during the backward, ZeRO-3 prefetch) is bit-identical to the blocking path', async () =>
   withSeed(async (rng) => {
     // np 3 with accumulation and an uneven last window: idle ranks and partial steps included

@@ -96,18 +96,24 @@ for (const be of await testBackends())
         }
       }));
 
-    test('recompute (activation checkpointing) gives bit-identical gradients', async () =>
+    test('recompute (activation checkpointing) gives bit-identical gradients (qwen2, qwen3 with q/k norms, phi3)', async () =>
       withSeed(async (rng) => {
-        const model = initLlama(be, tinyConfig({ modelType: 'qwen2' }), { seed: rng.int(0, 1e9), std: 0.1, randomizeAll: true });
-        model.weights.enableTraining();
-        const pairs = Array.from({ length: 3 }, () => randomPair(rng, 260));
-        const ref = new Float32Array(6).map(() => -40 + rng.normal() * 5);
-        const a = await lossAndGrads(model, pairs, ref);
-        model.recompute = true;
-        const b = await lossAndGrads(model, pairs, ref);
-        assert.equal(a.loss, b.loss);
-        for (const [name, g] of a.grads) assert.deepEqual(b.grads.get(name), g, name);
-        model.weights.free();
+        for (const opts of [
+          { modelType: 'qwen2' as const },
+          { modelType: 'qwen3' as const, headDim: 24 },
+          { modelType: 'phi3' as const },
+        ]) {
+          const model = initLlama(be, tinyConfig(opts), { seed: rng.int(0, 1e9), std: 0.1, randomizeAll: true });
+          model.weights.enableTraining();
+          const pairs = Array.from({ length: 3 }, () => randomPair(rng, 260));
+          const ref = new Float32Array(6).map(() => -40 + rng.normal() * 5);
+          const a = await lossAndGrads(model, pairs, ref);
+          model.recompute = true;
+          const b = await lossAndGrads(model, pairs, ref);
+          assert.equal(a.loss, b.loss);
+          for (const [name, g] of a.grads) assert.deepEqual(b.grads.get(name), g, name);
+          model.weights.free();
+        }
       }));
 
     test('parameter gradients of the SPIN loss match central finite differences', async () =>

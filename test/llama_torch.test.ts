@@ -2,7 +2,10 @@
 // logits, S(theta, y), the SPIN loss and the gradient of every parameter. Models come both ways: written
 // by the torch fixture script and read by spinlm, and written by spinlm and read by torch.
 // Tolerances (normwise relative): f32 weights 1e-4; bf16 weights 2e-2 (both compute from the same
-// bf16 values, so in practice far tighter).
+// bf16 values, so in practice far tighter). qwen3 and phi3 come with config.json files shaped as the
+// model cards publish them (Qwen3-0.6B, Phi-3-mini-4k-instruct; layers and widths shrunk): their
+// gradients are compared per checkpoint tensor (phi3's fused qkv_proj / gate_up_proj joined from the
+// model's split q/k/v and gate/up, as save writes them).
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -12,9 +15,10 @@ import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { collateSpinBatch } from '../src/spin/batch.js';
 import { relErr } from './helpers/loss_ref.js';
-import { oraclePairs, spinlmSpinCase, writeSpinRequest } from './helpers/spin_oracle_case.js';
+import { checkpointGrads, oraclePairs, spinlmSpinCase, writeSpinRequest } from './helpers/spin_oracle_case.js';
 import { runPython } from './helpers/python.js';
 import { withSeed } from './helpers/random.js';
+import { PHI3_CONFIG, QWEN3_CONFIG } from './helpers/tiny_model.js';
 import * as ops from '../src/ops/index.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { testBackends } from './helpers/backends.js';
@@ -75,6 +79,30 @@ for (const be of await testBackends())
         dtype: 'f32',
         writer: 'spinlm',
       },
+      {
+        name: 'qwen3 (Qwen3-0.6B shape: head_dim 32 != hidden/heads 16, q/k norms, tied, GQA 4/2), written by torch',
+        config: QWEN3_CONFIG,
+        dtype: 'f32',
+        writer: 'torch',
+      },
+      {
+        name: 'qwen3 with attention_bias, untied, bf16, written by spinlm',
+        config: { ...QWEN3_CONFIG, attention_bias: true, tie_word_embeddings: false },
+        dtype: 'bf16',
+        writer: 'spinlm',
+      },
+      {
+        name: 'phi3 (Phi-3-mini-4k shape: fused qkv_proj / gate_up_proj, sliding_window 2047), written by torch',
+        config: PHI3_CONFIG,
+        dtype: 'f32',
+        writer: 'torch',
+      },
+      {
+        name: 'phi3 with GQA 4/2, written by spinlm',
+        config: { ...PHI3_CONFIG, num_key_value_heads: 2 },
+        dtype: 'f32',
+        writer: 'spinlm',
+      },
     ];
 
     for (const c of CASES) {
@@ -122,8 +150,8 @@ for (const be of await testBackends())
             check('S(theta, y) of each sequence', seq, read('seq.out.bin'));
             const torchLoss = JSON.parse(readFileSync(join(req, 'loss.json'), 'utf8')).loss;
             assert.ok(Math.abs(loss - torchLoss) <= tol * Math.abs(torchLoss), `loss ${loss} vs torch ${torchLoss}`);
-            for (const [name, g] of model.weights.grads)
-              check(`grad ${name}`, (await ops.read(g)) as Float32Array, read(join('grad', `${name}.bin`)));
+            // per checkpoint tensor: a fused phi3 tensor's gradient is its parts' gradients stacked
+            for await (const { name, grad } of checkpointGrads(model)) check(`grad ${name}`, grad, read(join('grad', `${name}.bin`)));
             model.weights.free();
           } finally {
             rmSync(dir, { recursive: true, force: true });
@@ -131,46 +159,46 @@ for (const be of await testBackends())
         }));
     }
 
-    test('greedy generation with the KV cache equals PyTorch greedy decoding by full recompute', async () =>
-      withSeed(async (rng) => {
-        const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
-        try {
-          const modelDir = join(dir, 'model');
-          mkdirSync(modelDir);
-          runPython(ORACLE, [
-            'make',
-            modelDir,
-            JSON.stringify({ ...base, model_type: 'llama', num_key_value_heads: 2 }),
-            String(rng.int(0, 1e6)),
-            'f32',
-          ]);
-          const model = await LlamaModel.load(be, modelDir);
-          const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
-          const { generate } = await import('../src/generate/generate.js');
-          const { LlamaDecoder } = await import('../src/model/decoder.js');
-          const gens = await generate(new LlamaDecoder(model), prompts, {
-            temperature: 0,
-            topK: 0,
-            topP: 1,
-            maxNewTokens: 12,
-            eosIds: [EOS],
-            seed: 0,
-            batchSize: 3,
-          });
-          const req = join(dir, 'req');
-          mkdirSync(req);
-          writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
-          runPython(ORACLE, ['greedy', modelDir, req]);
-          const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
-          assert.deepEqual(
-            gens.map((g) => g.tokens),
-            want,
-          );
-          model.weights.free();
-        } finally {
-          rmSync(dir, { recursive: true, force: true });
-        }
-      }));
+    const GREEDY: [string, Record<string, unknown>][] = [
+      ['llama', { ...base, model_type: 'llama', num_key_value_heads: 2 }],
+      ['qwen3', QWEN3_CONFIG],
+      ['phi3', PHI3_CONFIG],
+    ];
+    for (const [family, config] of GREEDY)
+      test(`greedy generation with the KV cache equals PyTorch greedy decoding by full recompute: ${family}`, async () =>
+        withSeed(async (rng) => {
+          const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
+          try {
+            const modelDir = join(dir, 'model');
+            mkdirSync(modelDir);
+            runPython(ORACLE, ['make', modelDir, JSON.stringify(config), String(rng.int(0, 1e6)), 'f32']);
+            const model = await LlamaModel.load(be, modelDir);
+            const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
+            const { generate } = await import('../src/generate/generate.js');
+            const { LlamaDecoder } = await import('../src/model/decoder.js');
+            const gens = await generate(new LlamaDecoder(model), prompts, {
+              temperature: 0,
+              topK: 0,
+              topP: 1,
+              maxNewTokens: 12,
+              eosIds: [EOS],
+              seed: 0,
+              batchSize: 3,
+            });
+            const req = join(dir, 'req');
+            mkdirSync(req);
+            writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
+            runPython(ORACLE, ['greedy', modelDir, req]);
+            const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
+            assert.deepEqual(
+              gens.map((g) => g.tokens),
+              want,
+            );
+            model.weights.free();
+          } finally {
+            rmSync(dir, { recursive: true, force: true });
+          }
+        }));
 
     /**
      * One adaptive optimizer step's update (new - old) per element against torch's, within what the gradient

@@ -229,8 +229,10 @@ describe('2. an output that is also an input is refused before any work', () => 
     let r = spinlm(['sft', '--model', join(out, 'm'), '--data', 'sft.jsonl', '--out', out, ...quick], dir);
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /--model .* lies inside --out/);
+    // (a directory of the user's, not spinlm's: refused whatever it holds, issue 24; see ownership.test.ts)
     r = spinlm(['sft', '--model', model, '--data', join(out, 'd.jsonl'), '--out', out, ...quick], dir);
-    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.status, 2, r.stderr);
+    assert.match(r.stderr, /is not empty and was not written by spinlm/);
     r = spinlm(['sft', '--model', model, '--data', join(out, 'd.jsonl'), '--out', out, '--overwrite_output_dir', ...quick], dir);
     assert.equal(r.status, 2, r.stderr);
     assert.match(r.stderr, /--data .* lies inside --out .* clears/);

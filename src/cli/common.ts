@@ -68,11 +68,22 @@ export function barrier(): void {
  * the directory, checks the fingerprint of a run to resume, cuts metrics.jsonl back to the
  * checkpoints and writes the resolved options beside the outputs (src/cli/run_dir.ts).
  */
-export async function prepareOut(command: string, o: Parsed, inputs: (keyof Parsed)[], layout: 'run' | 'single'): Promise<string> {
+export async function prepareOut(
+  command: string,
+  o: Parsed,
+  inputs: (keyof Parsed)[],
+  layout: 'run' | 'single',
+  /** The day the run's chat templates saw (runTemplateDate before the inputs were read), for fingerprint.json. */
+  templateDate?: string,
+): Promise<void> {
   const given: Input[] = inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: String(k), path: String(o[k]) }));
   // data parallel: rank 0 prepares (and locks) the directory, the others wait for it
-  if (isMain()) await prepareRunDir(command, o, given, layout);
+  if (isMain()) await prepareRunDir(command, o, given, layout, templateDate);
   barrier();
+}
+
+/** The day a run directory's chat templates see (--template_date, a resumed run's, else today); reads only. */
+export function templateDateOf(o: Parsed): string {
   return runTemplateDate(str(o, 'out'), o);
 }
 

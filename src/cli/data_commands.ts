@@ -6,7 +6,7 @@ import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
-import { answerPrompts, journalTemplateDate, startJournal } from '../generate/answers.js';
+import { answerPrompts, JournalMismatchError, journalTemplateDate } from '../generate/answers.js';
 import { stopIdsOf } from '../generate/stops.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
@@ -14,7 +14,7 @@ import { scorePairs } from '../spin/score.js';
 import { padIdOf } from '../spin/sft.js';
 import { formatPrompt } from '../text/templates.js';
 import { resolveOutput, writeFileAtomic } from '../util/atomic.js';
-import { positive } from './args.js';
+import { positive, UsageError } from './args.js';
 import { checkFileOut, type Command, promptFits, sftData } from './command.js';
 import { barrier, isMain, loadModelAndTokenizer } from './common.js';
 import {
@@ -44,6 +44,7 @@ import {
   textOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
+import { type Fingerprint, fingerprintDiff, fingerprintOf } from './run_dir.js';
 
 export const score: Command = {
   name: 'score',
@@ -119,11 +120,18 @@ export const generate: Command = {
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const pairs = await sftData(d, promptFits(model, tok, template), rounds);
     stopSequencesOf(gen.stop, tok);
-    if (journal && typeof template === 'object') startJournal(journal, template.date!);
     const prompts = pairs.map((p) => formatPrompt(tok, template, p));
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: bool(o, 'quiet') });
     const t0 = Date.now();
     const g = generationSettingsOf(gen, tok, await stopIdsOf(m.dir, model.cfg.eosTokenIds, tok, template));
+    // the journal's fingerprint: every option that changes the answers, the model's and the data's files,
+    // and the day the chat template saw (kept, never compared: a resume renders the same prompts)
+    const produced = await fingerprintOf('generate', o, [
+      { flag: 'model', path: m.dir },
+      { flag: 'data', path: d.path },
+    ]);
+    if (typeof template === 'object' && template.date) produced.template_date = template.date;
+    const journalKey = { value: produced, diff: (was: unknown) => journalDiff(was, produced) };
     const answerMine = (mine: string[]) =>
       answerPrompts(new LlamaDecoder(model, g.kvCacheDtype, checkComputeDtype(m, model.weights.dtype)), tok, mine, {
         temperature: g.temperature,
@@ -135,9 +143,16 @@ export const generate: Command = {
         stopSequences: g.stopSequences,
         stopIds: g.stopIds,
         journal,
+        journalKey,
         onProgress: (done, _t, toks) => bar.update(done, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
       });
-    const answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
+    let answers: string[];
+    try {
+      answers = group ? await shardByItem(group, prompts, answerMine) : await answerMine(prompts);
+    } catch (e) {
+      if (e instanceof JournalMismatchError) throw new UsageError(`spinlm generate: ${e.message}`);
+      throw e;
+    }
     bar.stop();
     if (isMain())
       await writeSpinPairs(
@@ -149,6 +164,14 @@ export const generate: Command = {
     process.stderr.write(`spinlm: wrote ${pairs.length} pairs -> ${out}\n`);
   },
 };
+
+/** The differences between a journal's recorded fingerprint and this run's (a fingerprint of another shape: all of it). */
+function journalDiff(was: unknown, now: Fingerprint): string[] {
+  const w = was as Fingerprint | undefined;
+  if (!w || typeof w !== 'object' || typeof w.options !== 'object' || typeof w.inputs !== 'object')
+    return ['the model and options are not recorded'];
+  return fingerprintDiff(w, now);
+}
 
 export const evalCmd: Command = {
   name: 'eval',

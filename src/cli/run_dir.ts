@@ -17,6 +17,7 @@ import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
 import { bool, str } from './config.js';
 import { todayUtc } from '../text/templates.js';
+import { checkOwnership, claimDir, clearOwned } from './ownership.js';
 
 export interface Input {
   /** The flag that named it, e.g. 'model'. */
@@ -157,9 +158,13 @@ function readFingerprint(file: string): Fingerprint | null {
   }
 }
 
-/** The day a run directory's chat templates read: --template_date, else its fingerprint's, else today. */
+/**
+ * The day a run directory's chat templates read: --template_date, else its fingerprint's (a resume),
+ * else today (a new run, or --overwrite_output_dir). Reads only: prepareRunDir records it.
+ */
 export function runTemplateDate(dir: string, o: Parsed): string {
   if (typeof o.template_date === 'string') return o.template_date;
+  if (bool(o, 'overwrite_output_dir')) return todayUtc();
   const d = readFingerprint(join(dir, FINGERPRINT))?.template_date;
   return typeof d === 'string' ? d : todayUtc();
 }
@@ -240,11 +245,6 @@ export function fingerprintDiff(was: Fingerprint, now: Fingerprint, defaults = o
   return diffs;
 }
 
-/** Removes what a previous run left in `dir` (all but the lock), for --overwrite_output_dir. */
-export function clearDir(dir: string): void {
-  for (const f of readdirSync(dir)) if (f !== LOCK && f !== PID_FILE) rmSync(join(dir, f), { recursive: true, force: true });
-}
-
 // ---- metrics.jsonl vs the checkpoints on disk ----
 
 function checkpointStep(dir: string): number {
@@ -292,15 +292,36 @@ export async function truncateMetrics(dir: string, layout: 'run' | 'single'): Pr
 }
 
 /**
- * Everything a directory-writing command (run, train, sft) does before its work: overlap check,
- * directory, lock, fingerprint check (or --overwrite_output_dir), metrics cut back to the
- * checkpoints, and the resolved options written beside the outputs.
+ * Refuses (UsageError, one line) an input that is not there, before anything is written: a mistyped
+ * path must leave no trace (no directory, no fingerprint) that a corrected rerun would trip over.
  */
-export async function prepareRunDir(command: string, o: Parsed, inputs: readonly Input[], layout: 'run' | 'single'): Promise<void> {
+export function checkInputsExist(command: string, inputs: readonly Input[]): void {
+  for (const i of inputs)
+    if (!existsSync(i.path)) throw new UsageError(`spinlm ${command}: --${i.flag} ${i.path}: no such file or directory`);
+}
+
+/**
+ * Everything a directory-writing command (run, train, sft) does before its work, in this order, so
+ * that nothing is written or removed before every input is checked: inputs exist, overlap check,
+ * ownership (a non-empty directory not spinlm's is refused), directory, lock, the marker, the
+ * fingerprint check (or --overwrite_output_dir, which removes only what spinlm wrote), metrics.jsonl
+ * cut back to the checkpoints, and the resolved options written beside the outputs.
+ */
+export async function prepareRunDir(
+  command: string,
+  o: Parsed,
+  inputs: readonly Input[],
+  layout: 'run' | 'single',
+  /** The day the run's chat templates saw (runTemplateDate), recorded in fingerprint.json. */
+  templateDate?: string,
+): Promise<void> {
   const dir = str(o, 'out');
   const overwrite = bool(o, 'overwrite_output_dir');
   if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
+  checkInputsExist(command, inputs);
   checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: overwrite }, inputs);
+  checkOwnership(command, dir);
+  const now = await fingerprintOf(command, o, inputs);
   try {
     await makeDirs(dir);
   } catch (e) {
@@ -309,13 +330,10 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
     throw e;
   }
   await lockDir(command, dir);
-  const now = await fingerprintOf(command, o, inputs);
   const fpFile = join(dir, FINGERPRINT);
   const resolvedFile = join(dir, `${command}.resolved.json`);
-  if (overwrite) {
-    // only a directory spinlm wrote is cleared, never an arbitrary one named by mistake
-    if (existsSync(fpFile) || existsSync(resolvedFile)) clearDir(dir);
-  } else if (existsSync(fpFile)) {
+  if (overwrite) clearOwnedSaying(command, dir);
+  else if (existsSync(fpFile)) {
     let was: Fingerprint | null;
     try {
       was = JSON.parse(readFileSync(fpFile, 'utf8'));
@@ -329,9 +347,16 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
       );
     }
   }
+  await claimDir(command, dir);
   await truncateMetrics(dir, layout);
-  const date = typeof o.template_date === 'string' ? o.template_date : overwrite ? undefined : readFingerprint(fpFile)?.template_date;
-  now.template_date = date ?? todayUtc();
+  now.template_date = templateDate ?? runTemplateDate(dir, o);
   await writeFileAtomic(fpFile, `${JSON.stringify(now, null, 2)}\n`);
   await writeFileAtomic(resolvedFile, `${JSON.stringify({ command, ...o }, null, 2)}\n`);
+}
+
+/** --overwrite_output_dir: removes what spinlm wrote in `dir`, and says on stderr what it kept. */
+export function clearOwnedSaying(command: string, dir: string): void {
+  const kept = clearOwned(dir);
+  if (kept.length)
+    process.stderr.write(`spinlm ${command}: --overwrite_output_dir kept what spinlm did not write in ${dir}: ${kept.join(', ')}\n`);
 }

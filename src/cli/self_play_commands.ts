@@ -14,7 +14,7 @@ import { writeReport } from '../spin/report.js';
 import { makeDirs, OutputError } from '../util/atomic.js';
 import { type Parsed, positive, UsageError } from './args.js';
 import { type Command, promptFits, sftData, stepLine } from './command.js';
-import { backend, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
+import { backend, fmt, isMain, loadModelAndTokenizer, prepareOut, templateDateOf } from './common.js';
 import {
   bool,
   checkComputeDtype,
@@ -43,6 +43,7 @@ import {
   trainOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
+import { checkOwnership, claimDir } from './ownership.js';
 import { lockDir } from './run_dir.js';
 import { defaultSweepOut, sweepCommand } from './sweep.js';
 import { readSweepConfig } from './sweep_config.js';
@@ -66,9 +67,8 @@ export const run: Command = {
     quietOption,
   ],
   async run(o) {
-    const c = runConfig(o); // checked before anything is written
-    const runDate = await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
-    c.model.templateDate ??= runDate;
+    const c = runConfig(o); // checked before anything is written, like every input below
+    c.model.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(c.model);
     const trunc = truncationOf(c.model, model.cfg.maxPositionEmbeddings);
     const generation = generationSettingsOf(c.generation, tok, await stopIdsOf(c.model.dir, model.cfg.eosTokenIds, tok, template));
@@ -78,6 +78,7 @@ export const run: Command = {
     model.weights.free();
     const sft = await sftData(c.data, fits, rounds);
     const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, rounds })).pairs : null;
+    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run', c.model.templateDate);
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
       template,
@@ -170,6 +171,7 @@ export const demo: Command = {
     const t0 = Date.now();
     const secs = () => `${((Date.now() - t0) / 1000).toFixed(0)}s`;
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
+    checkOwnership('demo', out);
     try {
       await makeDirs(out);
     } catch (e) {
@@ -177,6 +179,7 @@ export const demo: Command = {
       throw e;
     }
     await lockDir('demo', out);
+    await claimDir('demo', out);
     const opts: DemoOptions = {
       outDir: out,
       theta0Dir: join(packageRoot, 'assets', 'theta0'),

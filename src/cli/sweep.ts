@@ -31,7 +31,8 @@ import {
   templateOf,
   truncationOf,
 } from './config.js';
-import { checkOverlap, clearDir, fingerprintDiff, fingerprintOf, type Fingerprint, lockDir, truncateMetrics } from './run_dir.js';
+import { checkOwnership, claimDir } from './ownership.js';
+import { checkOverlap, clearOwnedSaying, fingerprintDiff, fingerprintOf, type Fingerprint, lockDir, truncateMetrics } from './run_dir.js';
 import { ARM_OPTIONS, type SweepConfig, type SweepConfigArm } from './sweep_config.js';
 import { RUN_DONE, runWorkers, workerSlot } from './sweep_workers.js';
 
@@ -157,6 +158,7 @@ async function prepareSweepDir(cfg: SweepConfig, o: SweepCommandOptions, modelDi
     ...(cfg.evalData !== null ? [{ flag: 'eval_data', path: cfg.evalData }] : []),
   ];
   checkOverlap('sweep', { flag: 'out', path: o.out, kind: 'dir', clears: o.overwrite }, inputs);
+  checkOwnership('sweep', o.out);
   try {
     await makeDirs(o.out);
   } catch (e) {
@@ -164,7 +166,12 @@ async function prepareSweepDir(cfg: SweepConfig, o: SweepCommandOptions, modelDi
     throw e;
   }
   await lockDir('sweep', o.out);
-  if (o.overwrite && (existsSync(join(o.out, 'fingerprint.json')) || existsSync(join(o.out, 'sweep.resolved.json')))) clearDir(o.out);
+  if (o.overwrite) clearOwnedSaying('sweep', o.out);
+  await claimDir(
+    'sweep',
+    o.out,
+    arms.map((a) => a.name),
+  );
   const baseFp = await fingerprintOf(
     'sweep',
     {

@@ -15,7 +15,7 @@ import { stepsPerEpoch } from '../spin/train_loop.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { UsageError } from './args.js';
 import { type Command, sftData } from './command.js';
-import { backend, barrier, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
+import { backend, barrier, fmt, isMain, loadModelAndTokenizer, prepareOut, templateDateOf } from './common.js';
 import {
   bool,
   dataConfig,
@@ -64,12 +64,13 @@ export const train: Command = {
     const m = modelConfig(o);
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
     const spin = spinStageConfig(o);
-    const runDate = await prepareOut('train', o, ['model', 'data'], 'single');
-    m.templateDate ??= runDate;
+    // every input is read and checked before the output directory is touched
+    m.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const pairs = await readSpinPairs(data, { rounds });
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
     const tokenized = tokenizePairs(tok, pairs, { ...trunc, template, batchSize: 1 });
+    await prepareOut('train', o, ['model', 'data'], 'single', m.templateDate);
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
     const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
     refBar.stop();
@@ -120,11 +121,11 @@ export const sftCmd: Command = {
       throw new UsageError('spinlm sft: --tokenizer goes with --init_config; --model DIR brings its own tokenizer');
     if (!initConfig && !modelDir) throw new UsageError('spinlm sft: give --model DIR or --init_config config.json');
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]);
-    const runDate = await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
-    m.templateDate ??= runDate;
+    if (initConfig && !tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
+    // every input is read and checked before the output directory is touched
+    m.templateDate ??= templateDateOf(o);
     let model, tok, template;
-    if (initConfig) {
-      if (!tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
+    if (initConfig && tokenizerDir) {
       tok = await loadTokenizer(tokenizerDir);
       model = initLlama(await backend(), parseConfig(JSON.parse(await readFile(initConfig, 'utf8')), initConfig), {
         seed: num(o, 'seed'),
@@ -133,6 +134,7 @@ export const sftCmd: Command = {
       template = templateOf(m, tok);
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
     const pairs = await sftData(dataConfig(o), undefined, roundsOf(m, template));
+    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single', m.templateDate);
     const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });

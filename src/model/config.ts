@@ -1,6 +1,7 @@
-// Hugging Face config.json for the Llama family (llama, mistral, qwen2) <-> LlamaConfig.
-// The three share one architecture (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP); they differ
-// only in attention biases and sliding-window attention, which LlamaConfig records explicitly.
+// Hugging Face config.json for the Llama family (llama, mistral, qwen2, qwen3, phi3) <-> LlamaConfig.
+// They share one architecture (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP); they differ in
+// attention biases, sliding-window attention, qwen3's per-head q/k RMSNorm and phi3's fused qkv_proj /
+// gate_up_proj checkpoint tensors, which LlamaConfig and checkpointLayout record explicitly.
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
@@ -17,13 +18,16 @@ export class ConfigError extends Error {
   }
 }
 
-export type ModelType = 'llama' | 'mistral' | 'qwen2';
+export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3';
 
 const ARCHITECTURES: Record<ModelType, string> = {
   llama: 'LlamaForCausalLM',
   mistral: 'MistralForCausalLM',
   qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+  phi3: 'Phi3ForCausalLM',
 };
+const MODEL_TYPES = Object.keys(ARCHITECTURES) as ModelType[];
 
 export type TorchDtype = 'bfloat16' | 'float16' | 'float32';
 
@@ -60,17 +64,23 @@ export interface LlamaConfig {
   maxPositionEmbeddings: number;
   /** lm_head shares model.embed_tokens.weight (tie_word_embeddings; default false). */
   tieWordEmbeddings: boolean;
-  /** q_proj, k_proj and v_proj have biases (qwen2: always; llama: attention_bias; mistral: never). */
+  /** q_proj, k_proj and v_proj have biases (qwen2: always; llama, qwen3: attention_bias; mistral, phi3: never). */
   qkvBias: boolean;
-  /** o_proj has a bias (llama: attention_bias; qwen2, mistral: never). */
+  /** o_proj has a bias (llama, qwen3: attention_bias; qwen2, mistral, phi3: never). */
   oBias: boolean;
   /**
+   * qwen3: RMSNorm over each head of q and k (q_norm / k_norm, weight [hd], eps rms_norm_eps) after
+   * the projections, before RoPE. False for every other family.
+   */
+  qkNorm: boolean;
+  /**
    * Sliding attention window in tokens (each query sees at most this many keys, itself included),
-   * or null when no window applies: none configured, qwen2 with use_sliding_window false, or a
-   * window not smaller than max_position_embeddings.
+   * or null when no window applies: none configured, qwen2 / qwen3 with use_sliding_window false, or a
+   * window not smaller than max_position_embeddings. phi3's sliding_window (Phi-3-mini-4k: 2047) has
+   * the same meaning in transformers' masks and lands here too.
    */
   slidingWindow: number | null;
-  /** First layer index that uses slidingWindow (qwen2: max_window_layers; mistral, llama: 0). */
+  /** First layer index that uses slidingWindow (qwen2 / qwen3: max_window_layers; others: 0). */
   firstSlidingLayer: number;
   /** Id of the beginning-of-sequence token (bos_token_id), null when none. */
   bosTokenId: number | null;
@@ -167,6 +177,28 @@ function parseRopeScaling(f: Fields, field: string, v: unknown): RopeScaling | n
   return { type: 'linear', factor };
 }
 
+/**
+ * qwen3 / phi3 fields spinlm does not implement, refused by name: dropout during training (spinlm's
+ * passes are deterministic) and partial rotary embeddings (Phi-4-mini's partial_rotary_factor).
+ */
+function checkNoDropoutOrPartialRope(f: Fields, modelType: ModelType): void {
+  const dropouts = modelType === 'phi3' ? ['attention_dropout', 'resid_pdrop', 'embd_pdrop'] : ['attention_dropout'];
+  for (const field of dropouts) {
+    if (!f.has(field)) continue;
+    const v = f.json[field];
+    if (v !== 0) throw f.error(field, `dropout is not supported (expected 0, got ${describe(v)})`);
+  }
+  const rp = f.json.rope_parameters;
+  const nested = rp !== null && typeof rp === 'object' && !Array.isArray(rp) ? (rp as Json).partial_rotary_factor : undefined;
+  for (const [field, v] of [
+    ['partial_rotary_factor', f.json.partial_rotary_factor],
+    ['rope_parameters.partial_rotary_factor', nested],
+  ] as const) {
+    if (v !== undefined && v !== null && v !== 1)
+      throw f.error(field, `partial rotary embeddings are not supported (expected 1, got ${describe(v)})`);
+  }
+}
+
 function tokenId(f: Fields, field: string, v: unknown, vocabSize: number): number {
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= vocabSize) {
     throw f.error(field, `expected a token id in [0, ${vocabSize}), got ${describe(v)}`);
@@ -181,10 +213,14 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
   }
   const f = new Fields(json as Json, file);
   const mt = f.json.model_type;
-  if (mt !== 'llama' && mt !== 'mistral' && mt !== 'qwen2') {
-    throw f.error('model_type', `expected "llama", "mistral" or "qwen2", got ${mt === undefined ? 'nothing' : describe(mt)}`);
+  if (!MODEL_TYPES.includes(mt as ModelType)) {
+    const names = MODEL_TYPES.map((t) => `"${t}"`);
+    throw f.error(
+      'model_type',
+      `expected ${names.slice(0, -1).join(', ')} or ${names[names.length - 1]}, got ${mt === undefined ? 'nothing' : describe(mt)}`,
+    );
   }
-  const modelType: ModelType = mt;
+  const modelType = mt as ModelType;
 
   const hiddenSize = f.posInt('hidden_size');
   const intermediateSize = f.posInt('intermediate_size');
@@ -228,17 +264,21 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
   const act = f.json.hidden_act;
   if (act !== undefined && act !== 'silu') throw f.error('hidden_act', `only "silu" is supported, got ${describe(act)}`);
   if (modelType === 'llama' && f.bool('mlp_bias', false)) throw f.error('mlp_bias', 'MLP biases are not supported');
+  if (modelType === 'qwen3' || modelType === 'phi3') checkNoDropoutOrPartialRope(f, modelType);
   const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
-  const llamaBias = modelType === 'llama' ? f.bool('attention_bias', false) : false;
+  // phi3's attention has no biases whatever attention_bias says (HF's Phi3Attention ignores it)
+  const llamaBias = modelType === 'llama' || modelType === 'qwen3' ? f.bool('attention_bias', false) : false;
   const qkvBias = modelType === 'qwen2' || llamaBias;
   const oBias = llamaBias;
+  const qkNorm = modelType === 'qwen3';
 
   let slidingWindow: number | null = null;
   let firstSlidingLayer = 0;
-  if (modelType === 'mistral' || modelType === 'qwen2') {
+  if (modelType !== 'llama') {
     const window = f.has('sliding_window') ? f.posInt('sliding_window') : null;
-    const used = modelType === 'mistral' || f.bool('use_sliding_window', false);
-    if (modelType === 'qwen2') firstSlidingLayer = f.nonNegInt('max_window_layers', 28); // 28: HF Qwen2Config's default
+    const qwen = modelType === 'qwen2' || modelType === 'qwen3';
+    const used = !qwen || f.bool('use_sliding_window', false);
+    if (qwen) firstSlidingLayer = f.nonNegInt('max_window_layers', 28); // 28: HF Qwen2Config's and Qwen3Config's default
     if (used && window !== null && window < maxPositionEmbeddings) slidingWindow = window;
   }
 
@@ -277,6 +317,7 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
     tieWordEmbeddings,
     qkvBias,
     oBias,
+    qkNorm,
     slidingWindow,
     firstSlidingLayer,
     bosTokenId,
@@ -351,7 +392,21 @@ export function configToJson(cfg: LlamaConfig): Record<string, unknown> {
       out.sliding_window = cfg.slidingWindow;
       out.max_window_layers = cfg.firstSlidingLayer;
       break;
+    case 'qwen3':
+      if (cfg.qkvBias !== cfg.oBias)
+        throw new Error(`configToJson: qwen3 has one attention_bias flag for q/k/v/o, got qkvBias ${cfg.qkvBias}, oBias ${cfg.oBias}`);
+      out.attention_bias = cfg.qkvBias;
+      out.use_sliding_window = cfg.slidingWindow !== null;
+      out.sliding_window = cfg.slidingWindow;
+      out.max_window_layers = cfg.firstSlidingLayer;
+      break;
+    case 'phi3':
+      if (cfg.qkvBias || cfg.oBias) throw new Error('configToJson: phi3 has no attention biases');
+      out.sliding_window = cfg.slidingWindow;
+      break;
   }
+  if (cfg.qkNorm !== (cfg.modelType === 'qwen3'))
+    throw new Error(`configToJson: ${cfg.modelType} ${cfg.qkNorm ? 'has no' : 'needs'} q/k norms`);
   return out;
 }
 
@@ -360,7 +415,10 @@ export async function writeConfig(dir: string, cfg: LlamaConfig): Promise<void> 
   await writeFileAtomic(join(dir, 'config.json'), `${JSON.stringify(configToJson(cfg), null, 2)}\n`);
 }
 
-/** Every tensor of the model in HF naming, in model order. */
+/**
+ * Every tensor the model computes with, in model order, named as in HF's llama (phi3's fused
+ * checkpoint tensors appear split: q_proj, k_proj, v_proj, gate_proj, up_proj; checkpointLayout).
+ */
 export function expectedTensors(cfg: LlamaConfig): TensorSpec[] {
   const { hiddenSize: H, intermediateSize: I, vocabSize: V, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
   const out: TensorSpec[] = [{ name: 'model.embed_tokens.weight', shape: [V, H] }];
@@ -375,6 +433,10 @@ export function expectedTensors(cfg: LlamaConfig): TensorSpec[] {
     if (cfg.qkvBias) out.push({ name: `${p}.self_attn.v_proj.bias`, shape: [nKV * hd] });
     out.push({ name: `${p}.self_attn.o_proj.weight`, shape: [H, nH * hd] });
     if (cfg.oBias) out.push({ name: `${p}.self_attn.o_proj.bias`, shape: [H] });
+    if (cfg.qkNorm) {
+      out.push({ name: `${p}.self_attn.q_norm.weight`, shape: [hd] });
+      out.push({ name: `${p}.self_attn.k_norm.weight`, shape: [hd] });
+    }
     out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [H] });
     out.push({ name: `${p}.mlp.gate_proj.weight`, shape: [I, H] });
     out.push({ name: `${p}.mlp.up_proj.weight`, shape: [I, H] });
@@ -382,5 +444,45 @@ export function expectedTensors(cfg: LlamaConfig): TensorSpec[] {
   }
   out.push({ name: 'model.norm.weight', shape: [H] });
   if (!cfg.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [V, H] });
+  return out;
+}
+
+/** One tensor of the checkpoint file and the model tensors it holds, stacked along dim 0 in this order. */
+export interface CheckpointTensorSpec extends TensorSpec {
+  parts: TensorSpec[];
+}
+
+/**
+ * The checkpoint's tensors in HF naming and the model tensors each holds. Every family stores the
+ * model's tensors one to one, except phi3: `self_attn.qkv_proj.weight` [(nH + 2 nKV) hd, H] holds
+ * q_proj, k_proj, v_proj (rows in that order, as HF's Phi3Attention slices them) and
+ * `mlp.gate_up_proj.weight` [2 I, H] holds gate_proj then up_proj (HF's Phi3MLP: `gate, up =
+ * chunk(2)`). Loading splits them, saving joins them again.
+ */
+export function checkpointLayout(cfg: LlamaConfig): CheckpointTensorSpec[] {
+  const specs = expectedTensors(cfg);
+  if (cfg.modelType !== 'phi3') return specs.map((s) => ({ ...s, parts: [s] }));
+  const byName = new Map(specs.map((s) => [s.name, s]));
+  const fused = new Map<string, { name: string; parts: string[] }>();
+  for (let i = 0; i < cfg.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    fused.set(`${p}.self_attn.q_proj.weight`, {
+      name: `${p}.self_attn.qkv_proj.weight`,
+      parts: ['q_proj', 'k_proj', 'v_proj'].map((n) => `${p}.self_attn.${n}.weight`),
+    });
+    fused.set(`${p}.mlp.gate_proj.weight`, {
+      name: `${p}.mlp.gate_up_proj.weight`,
+      parts: [`${p}.mlp.gate_proj.weight`, `${p}.mlp.up_proj.weight`],
+    });
+  }
+  const inFused = new Set([...fused.values()].flatMap((f) => f.parts));
+  const out: CheckpointTensorSpec[] = [];
+  for (const s of specs) {
+    const f = fused.get(s.name);
+    if (f) {
+      const parts = f.parts.map((n) => byName.get(n)!);
+      out.push({ name: f.name, shape: [parts.reduce((a, t) => a + t.shape[0], 0), s.shape[1]], parts });
+    } else if (!inFused.has(s.name)) out.push({ ...s, parts: [s] });
+  }
   return out;
 }

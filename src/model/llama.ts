@@ -1,4 +1,4 @@
-// The Llama-family decoder (llama, mistral, qwen2) with explicit forward and backward per layer, in
+// The Llama-family decoder (llama, mistral, qwen2, qwen3, phi3) with explicit forward and backward per layer, in
 // the style of llm.c: every layer returns what its backward needs, and memory is visible. With
 // `recompute`, a layer keeps only its input and reruns its forward inside the backward.
 //
@@ -9,7 +9,7 @@ import type { Backend, ComputeDtype } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
 import { EMBED_UNIT, HEAD_UNIT, type ParamHook } from './param_units.js';
-import { type LlamaConfig, loadConfig, writeConfig } from './config.js';
+import { checkpointLayout, type LlamaConfig, loadConfig, writeConfig } from './config.js';
 import { type ParamDType, Weights } from './weights.js';
 
 export type { ParamHook } from './param_units.js';
@@ -38,6 +38,10 @@ interface LayerSaved {
   x: Tensor<'f32'>; // [T, H] layer input
   h1?: Tensor<'f32'>; // [T, H] input RMSNorm output
   rstd1?: Tensor<'f32'>; // [T]
+  qRaw?: Tensor<'f32'>; // [T, nH * hd] q_proj output before q_norm (qkNorm only)
+  kRaw?: Tensor<'f32'>; // [T, nKV * hd] k_proj output before k_norm (qkNorm only)
+  rstdQ?: Tensor<'f32'>; // [T * nH] q_norm's rstd per head (qkNorm only)
+  rstdK?: Tensor<'f32'>; // [T * nKV]
   q?: Tensor<'f32'>; // [T, nH * hd] after RoPE
   k?: Tensor<'f32'>; // [T, nKV * hd] after RoPE
   v?: Tensor<'f32'>; // [T, nKV * hd]
@@ -63,6 +67,11 @@ export interface ForwardState {
 export interface LoadOptions {
   /** Parameter dtype; default: bf16 if the file is bf16, else f32. */
   dtype?: ParamDType;
+}
+
+/** The parts' contents one after the other, in 4 MiB chunks (a fused checkpoint tensor). */
+async function* joinChunks(parts: readonly Tensor[]): AsyncGenerator<Float32Array | Uint16Array | Int32Array, void, undefined> {
+  for (const t of parts) yield* ops.readChunks(t);
 }
 
 function freeAll(...ts: (Tensor | undefined)[]): void {
@@ -104,12 +113,18 @@ export class LlamaModel {
     }
   }
 
-  /** Writes config.json and the weights (HF names, the parameters' dtype) into dir. */
+  /**
+   * Writes config.json and the weights (HF names and layout, the parameters' dtype) into dir; phi3's
+   * split q/k/v and gate/up are joined again into qkv_proj and gate_up_proj (checkpointLayout).
+   */
   async save(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
     await makeDirs(dir);
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
     // each tensor reaches the host in 4 MiB chunks: saving holds no whole-tensor copy (docs/memory.md)
-    const tensors = [...this.weights.params].map(([name, t]) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.readChunks(t) }));
+    const tensors = checkpointLayout(this.cfg).map((s) => {
+      const parts = s.parts.map((p) => this.weights.get(p.name));
+      return { name: s.name, dtype: parts[0].dtype, shape: s.shape, data: () => joinChunks(parts) };
+    });
     await writeCheckpointTensors(dir, tensors, { maxShardBytes: opts.maxShardBytes });
   }
 
@@ -182,16 +197,26 @@ export class LlamaModel {
     const T = x.shape[0];
     const { y: h1, rstd: rstd1 } = ops.rmsnorm(x, this.p(`${pre}.input_layernorm.weight`), c.rmsNormEps);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
-    const [q, k, v] = this.linears(
+    const [qProj, kProj, v] = this.linears(
       h1,
       ['q_proj', 'k_proj', 'v_proj'].map((n) => `${pre}.self_attn.${n}.weight`),
       ['q_proj', 'k_proj', 'v_proj'].map(bias),
       lin,
     );
+    let [q, k] = [qProj, kProj];
+    let qRaw: Tensor<'f32'> | undefined, kRaw: Tensor<'f32'> | undefined;
+    let rstdQ: Tensor<'f32'> | undefined, rstdK: Tensor<'f32'> | undefined;
+    if (c.qkNorm) {
+      // qwen3: RMSNorm over each head's hd values (rows [T * heads, hd]), before RoPE
+      [qRaw, kRaw] = [qProj, kProj];
+      ({ y: q, rstd: rstdQ } = this.headNorm(qRaw, `${pre}.self_attn.q_norm.weight`));
+      ({ y: k, rstd: rstdK } = this.headNorm(kRaw, `${pre}.self_attn.k_norm.weight`));
+    }
     const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
     ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
     ops.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
-    const { att, lse } = attend(q, k, v);
+    // q, k as [T, heads * hd] whatever shape the q/k norms left them in
+    const { att, lse } = attend(q.reshape([T, c.numHeads * c.headDim]), k.reshape([T, c.numKvHeads * c.headDim]), v);
     const o = this.linear(
       att.reshape([T, c.numHeads * c.headDim]),
       `${pre}.self_attn.o_proj.weight`,
@@ -204,9 +229,25 @@ export class LlamaModel {
     const act = ops.swiglu(gate, up);
     const d = this.linear(act, `${pre}.mlp.down_proj.weight`, null, lin);
     const out = ops.add(x2, d, d);
-    if (keep) return { out, saved: { x, h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act } };
-    freeAll(h1, rstd1, q, k, v, att, lse, x2, h2, rstd2, gate, up, act);
+    if (keep) return { out, saved: { x, h1, rstd1, qRaw, kRaw, rstdQ, rstdK, q, k, v, att, lse, x2, h2, rstd2, gate, up, act } };
+    freeAll(h1, rstd1, qRaw, kRaw, rstdQ, rstdK, q, k, v, att, lse, x2, h2, rstd2, gate, up, act);
     return { out, saved: { x } };
+  }
+
+  /**
+   * RMSNorm of each head of x (T x heads x hd values) with weight [hd]: y [T * heads, hd] (a new
+   * tensor; callers reshape it), rstd [T * heads]. The plain rmsnorm op over rows of hd values.
+   */
+  private headNorm(x: Tensor<'f32'>, weight: string): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
+    const hd = this.cfg.headDim;
+    return ops.rmsnorm(x.reshape([x.numel / hd, hd]), this.p(weight), this.cfg.rmsNormEps);
+  }
+
+  /** Backward of headNorm: dx [T * heads, hd]; accumulates the weight's gradient when training. */
+  private headNormBackward(x: Tensor<'f32'>, weight: string, rstd: Tensor<'f32'>, dy: Tensor<'f32'>): Tensor<'f32'> {
+    const hd = this.cfg.headDim;
+    const g = this.weights.training ? this.weights.grad(weight) : undefined;
+    return ops.rmsnormBackward(x.reshape([x.numel / hd, hd]), this.p(weight), rstd, dy.reshape([dy.numel / hd, hd]), g);
   }
 
   private layerForward(
@@ -284,14 +325,22 @@ export class LlamaModel {
     ops.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
     ops.rope(dk.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
-    const dq2 = dq.reshape([T, c.numHeads * c.headDim]),
-      dk2 = dk.reshape([T, c.numKvHeads * c.headDim]),
+    let [dqRaw, dkRaw] = [dq, dk];
+    if (c.qkNorm) {
+      // back through q_norm / k_norm: gradients of the projections' outputs
+      dqRaw = this.headNormBackward(s.qRaw!, `${pre}.self_attn.q_norm.weight`, s.rstdQ!, dq);
+      dkRaw = this.headNormBackward(s.kRaw!, `${pre}.self_attn.k_norm.weight`, s.rstdK!, dk);
+      drop(s, 'qRaw', 'kRaw', 'rstdQ', 'rstdK');
+      freeAll(dq, dk);
+    }
+    const dq2 = dqRaw.reshape([T, c.numHeads * c.headDim]),
+      dk2 = dkRaw.reshape([T, c.numKvHeads * c.headDim]),
       dv2 = dv.reshape([T, c.numKvHeads * c.headDim]);
     const dh1 = this.linearBackward(dq2, s.h1!, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
     this.linearBackward(dk2, s.h1!, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), dh1);
     this.linearBackward(dv2, s.h1!, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), dh1);
     drop(s, 'h1');
-    freeAll(dq, dk, dv);
+    freeAll(dqRaw, dkRaw, dv);
     const inW = `${pre}.input_layernorm.weight`;
     const dxn = ops.rmsnormBackward(s.x, this.p(inW), s.rstd1!, dh1, this.weights.training ? g(inW) : undefined);
     drop(s, 'rstd1');

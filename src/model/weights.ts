@@ -2,7 +2,7 @@
 // and for training their f32 master copies (bf16 parameters only) and f32 gradients.
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { expectedTensors, type LlamaConfig } from './config.js';
+import { checkpointLayout, type LlamaConfig } from './config.js';
 import type { CheckpointTensors } from './checkpoint_files.js';
 import { SafetensorsError } from './safetensors.js';
 import * as ops from '../ops/index.js';
@@ -111,9 +111,13 @@ export class Weights {
     }
   }
 
-  /** Reads every tensor the config needs from a checkpoint, checking names and shapes. */
+  /**
+   * Reads every tensor the config needs from a checkpoint, checking names and shapes. A fused
+   * checkpoint tensor (phi3's qkv_proj, gate_up_proj: checkpointLayout) is split into its parts as it
+   * streams in.
+   */
   static async load(backend: Backend, cfg: LlamaConfig, files: CheckpointTensors, dtype: ParamDType): Promise<Weights> {
-    const specs = expectedTensors(cfg);
+    const specs = checkpointLayout(cfg);
     const wanted = new Set(specs.map((s) => s.name));
     const missing = specs.filter((s) => !files.has(s.name)).map((s) => s.name);
     if (missing.length) {
@@ -144,9 +148,13 @@ export class Weights {
             `has shape [${info.shape.join(', ')}], config.json implies [${s.shape.join(', ')}]`,
           );
         }
-        // streamed in chunks straight into the device tensor: no host copy of the whole model
-        const t = ops.empty(backend, dtype, s.shape);
-        w.params.set(s.name, t);
+        // streamed in chunks straight into the device tensors: no host copy of the whole model
+        const sinks = s.parts.map((part) => {
+          const t = ops.empty(backend, dtype, part.shape);
+          w.params.set(part.name, t);
+          return new ChunkSink(t);
+        });
+        const ends = sinks.map((_, i) => sinks.slice(0, i + 1).reduce((a, k) => a + k.t.numel, 0));
         await files.readTensorChunks(s.name, dtype, LOAD_CHUNK_ELEMENTS, (data, offset) => {
           const bad = firstNonFinite(data);
           if (bad >= 0) {
@@ -156,15 +164,67 @@ export class Weights {
               `element ${offset + bad} is ${nonFiniteValue(data, bad)}: the weights hold NaN or Inf (a diverged or damaged checkpoint), so every result would be NaN`,
             );
           }
-          const part = data.length === t.numel ? t : t.view(offset, [data.length]);
-          if (dtype === 'bf16') ops.write(part as Tensor<'bf16'>, { dtype, data: data as Uint16Array });
-          else ops.write(part as Tensor<'f32'>, { dtype, data: data as Float32Array });
+          // the part(s) this chunk covers: [offset, offset + length) of the stacked parts
+          for (let i = 0, start = 0; i < sinks.length; start = ends[i], i++) {
+            const lo = Math.max(offset, start),
+              hi = Math.min(offset + data.length, ends[i]);
+            if (lo < hi) sinks[i].push(lo === offset && hi === offset + data.length ? data : data.subarray(lo - offset, hi - offset));
+          }
         });
+        for (const k of sinks) k.finish();
       }
     } catch (e) {
       w.free();
       throw e;
     }
     return w;
+  }
+}
+
+type HostChunk = Float32Array | Uint16Array;
+
+/**
+ * Writes consecutive pieces of a tensor's contents to the device in order. Pieces that start on a
+ * chunk boundary and fill the chunk (or end the tensor) go straight to a view; others (a fused
+ * tensor's split points fall anywhere) gather in one chunk-sized host buffer first, so every view
+ * starts at a multiple of LOAD_CHUNK_ELEMENTS (256-byte aligned).
+ */
+class ChunkSink {
+  private filled = 0;
+  private stage: HostChunk | null = null;
+  private staged = 0;
+
+  constructor(readonly t: Tensor) {}
+
+  push(data: HostChunk): void {
+    let at = 0;
+    while (at < data.length) {
+      const n = Math.min(LOAD_CHUNK_ELEMENTS, this.t.numel - this.filled);
+      const take = Math.min(n - this.staged, data.length - at);
+      if (this.staged === 0 && take === n) {
+        this.write(at === 0 && take === data.length ? data : data.subarray(at, at + take));
+      } else {
+        this.stage ??= data instanceof Uint16Array ? new Uint16Array(LOAD_CHUNK_ELEMENTS) : new Float32Array(LOAD_CHUNK_ELEMENTS);
+        this.stage.set(data.subarray(at, at + take), this.staged);
+        this.staged += take;
+        if (this.staged === n) {
+          this.staged = 0;
+          this.write(this.stage.subarray(0, n));
+        }
+      }
+      at += take;
+    }
+  }
+
+  finish(): void {
+    if (this.filled !== this.t.numel || this.staged !== 0)
+      throw new Error(`internal: ${this.filled} of ${this.t.numel} elements written (${this.staged} staged)`);
+  }
+
+  private write(data: HostChunk): void {
+    const part = data.length === this.t.numel ? this.t : this.t.view(this.filled, [data.length]);
+    if (data instanceof Uint16Array) ops.write(part as Tensor<'bf16'>, { dtype: 'bf16', data });
+    else ops.write(part as Tensor<'f32'>, { dtype: 'f32', data });
+    this.filled += data.length;
   }
 }

@@ -118,6 +118,8 @@ export function opponentHook(
         stopSequences: g.stopSequences,
         stopIds: g.stopIds,
         journal: file,
+        // a journal of an earlier spinlm: the run directory's fingerprint vouches for it
+        adoptUnmarkedJournal: true,
         onProgress: bar ? (d) => bar.update(d) : undefined,
       });
     } finally {

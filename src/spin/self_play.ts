@@ -5,10 +5,12 @@
 // weights as an uninterrupted run.
 //
 //   outDir/iter-t/generated.json   answers of θ_t to the prompts (stage 1)
-//   outDir/iter-t/ref_logps.json   S(θ_t, .) of the training pairs (stage 2)
+//   outDir/iter-t/ref_logps.json   S(θ_t, .) of the training pairs (stage 2), with
+//                 ref_logps.fingerprint.json: the pairs it scores (a digest of their token ids)
 //   outDir/iter-t/checkpoint/      step checkpoints while training (stage 3)
 //   outDir/iter-t/model/           θ_{t+1}, Hugging Face format, renamed into place when complete (stage 4)
 //   outDir/iter-t/eval.json        evaluation of θ_{t+1} (stage 5)
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { cp, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -128,7 +130,20 @@ export async function referenceStage(
   const group = loop.dist?.group;
   const have = new Int32Array([existsSync(file) ? 1 : 0]);
   if (group && group.size > 1) group.allReduceHost(have, 'min');
+  // the file's fingerprint beside it: the token ids of the pairs it scores, in order (a file without
+  // one, from an earlier spinlm, is vouched for by its directory's fingerprint)
+  const keyFile = `${file.replace(/\.json$/, '')}.fingerprint.json`;
+  const key = referenceKey(pairs, loop.microBatchSize);
   if (have[0]) {
+    if (existsSync(keyFile)) {
+      const was = await readJson<typeof key>(keyFile);
+      const diffs = [];
+      if (was.pairs !== key.pairs) diffs.push(`the pairs differ (${was.count} before, ${key.count} now)`);
+      if (was.micro_batch_size !== key.micro_batch_size)
+        diffs.push(`micro_batch_size (was ${was.micro_batch_size}, now ${key.micro_batch_size})`);
+      if (diffs.length)
+        throw new Error(`${file}: reference log-probs of another run: ${diffs.join('; ')}; delete it and ${keyFile} to recompute`);
+    }
     const ref = Float32Array.from(await readJson<number[]>(file));
     if (ref.length !== 2 * pairs.length)
       throw new Error(
@@ -144,9 +159,19 @@ export async function referenceStage(
     onProgress,
     group,
   });
-  if (!group || group.isMain) await writeFileAtomic(file, JSON.stringify(Array.from(ref)));
+  if (!group || group.isMain) {
+    await writeFileAtomic(keyFile, `${JSON.stringify(key)}\n`);
+    await writeFileAtomic(file, JSON.stringify(Array.from(ref)));
+  }
   group?.barrier();
   return ref;
+}
+
+/** What reference log-probs are of: a digest of the pairs' token ids (in order) and the micro-batch size. */
+function referenceKey(pairs: readonly TokenizedPair[], microBatchSize: number) {
+  const h = createHash('sha256');
+  for (const p of pairs) h.update(JSON.stringify([p.real.prompt, p.real.answer, p.generated.prompt, p.generated.answer]));
+  return { pairs: `sha256 ${h.digest('hex')}`, count: pairs.length, micro_batch_size: microBatchSize };
 }
 
 /** Stage 3 (SPIN): trains `model` in place on the pairs against the reference log-probs; resumes from `checkpointDir`. */

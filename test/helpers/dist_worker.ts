@@ -10,6 +10,7 @@ import { createHash } from 'node:crypto';
 import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import { closeProcessGroup, CommError, processGroup } from '../../src/dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../../src/dist/zero.js';
+import type { ModelType } from '../../src/model/config.js';
 import { initLlama } from '../../src/model/init.js';
 import type { LlamaModel } from '../../src/model/llama.js';
 import type { TokenizedPair } from '../../src/spin/batch.js';
@@ -45,6 +46,10 @@ export interface DistJob {
   overlap?: boolean;
   /** Tied embeddings (the table is also the LM head: its unit is held from the head to the embedding). */
   tie?: boolean;
+  /** The model family (default llama): qwen3 adds q/k norms to each layer's unit, phi3 trains split q/k/v and gate/up. */
+  modelType?: ModelType;
+  /** head_dim, when not hidden / heads. */
+  headDim?: number;
 }
 
 const EOS = 2;
@@ -79,7 +84,15 @@ async function main() {
   const be = new CpuBackend();
   const group = job.stage === null ? null : processGroup();
   const rank = group?.rank ?? 0;
-  const cfg = tinyConfig({ vocab: 48, layers: job.layers, hidden: job.hidden, intermediate: job.hidden * 2, tie: job.tie });
+  const cfg = tinyConfig({
+    vocab: 48,
+    layers: job.layers,
+    hidden: job.hidden,
+    intermediate: job.hidden * 2,
+    tie: job.tie,
+    modelType: job.modelType,
+    headDim: job.headDim,
+  });
   const live0 = be.native.liveBytes();
   const model = initLlama(be, cfg, { seed: job.seed, std: 0.1, dtype: job.dtype, randomizeAll: true });
   if (job.mode === 'memory') {

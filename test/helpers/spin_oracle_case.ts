@@ -5,6 +5,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../../src/backend/backend.js';
 import { freeInput, uploadInput } from '../../src/model/input.js';
+import { checkpointLayout } from '../../src/model/config.js';
 import type { LlamaModel } from '../../src/model/llama.js';
 import { type SpinBatch, type TokenizedPair, tokenizePair } from '../../src/spin/batch.js';
 import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../../src/spin/loss.js';
@@ -70,4 +71,17 @@ export function oraclePairs(rng: Rng, n: number, eosId: number): TokenizedPair[]
       maxPromptLength: 32,
     }),
   );
+}
+
+/**
+ * The model's gradients per checkpoint tensor, named as the HF file names them (what a reference that
+ * reads the file differentiates): a fused phi3 tensor's gradient is its parts' gradients stacked.
+ */
+export async function* checkpointGrads(model: LlamaModel): AsyncGenerator<{ name: string; grad: Float32Array }> {
+  for (const spec of checkpointLayout(model.cfg)) {
+    const parts = await Promise.all(spec.parts.map(async (p) => (await ops.read(model.weights.grad(p.name))) as Float32Array));
+    const grad = new Float32Array(parts.reduce((n, a) => n + a.length, 0));
+    parts.reduce((off, a) => (grad.set(a, off), off + a.length), 0);
+    yield { name: spec.name, grad };
+  }
 }

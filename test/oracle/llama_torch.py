@@ -1,4 +1,4 @@
-"""A plain PyTorch Llama-family model (llama, mistral, qwen2) and the SPIN loss: the independent oracle
+"""A plain PyTorch Llama-family model (llama, mistral, qwen2, qwen3, phi3) and the SPIN loss: the independent oracle
 of test/llama_torch.test.ts. Reads and writes Hugging Face directories (config.json + safetensors,
 parsed here by hand: no transformers or safetensors package is needed).
 
@@ -9,6 +9,10 @@ request.json: {rows, length, beta, loss_type, pairs}; int32 arrays input_ids, po
 targets (-100 = none), segments (-1 = none; real answer of pair i -> i, generated -> pairs + i) and f32
 ref [2 * pairs]. Writes (f32, raw) logits [T, V], seq [2 * pairs], loss.json, and grad/<name>.bin for
 every parameter (gradient of the mean SPIN loss). Computes in float64 from the stored (f32 or bf16) weights.
+Family differences, as in transformers' modeling files: qwen3 applies q_norm / k_norm (RMSNorm over each
+head's head_dim values) after the projections and before RoPE (modeling_qwen3.py Qwen3Attention); phi3
+stores q/k/v as one qkv_proj (rows: q, then k, then v) and gate/up as one gate_up_proj (gate first:
+`gate, up = chunk(2)`, modeling_phi3.py Phi3Attention / Phi3MLP); gradients are of the stored tensors.
 """
 import json
 import math
@@ -57,18 +61,39 @@ def write_safetensors(path, tensors):
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
+def biases(c):
+    """(q/k/v bias, o_proj bias): qwen2 has q/k/v biases; llama and qwen3 follow attention_bias for all four;
+    mistral and phi3 have none."""
+    mt = c["model_type"]
+    flag = mt in ("llama", "qwen3") and c.get("attention_bias", False)
+    return mt == "qwen2" or flag, flag
+
+
 def names_and_shapes(c):
     H, I, V, nh, nkv = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or H // nh
-    qkv_bias = c["model_type"] == "qwen2" or c.get("attention_bias", False)
+    qkv_bias, o_bias = biases(c)
     out = [("model.embed_tokens.weight", [V, H])]
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}"
-        out += [(f"{p}.input_layernorm.weight", [H]), (f"{p}.self_attn.q_proj.weight", [nh * hd, H]), (f"{p}.self_attn.k_proj.weight", [nkv * hd, H]),
-                (f"{p}.self_attn.v_proj.weight", [nkv * hd, H]), (f"{p}.self_attn.o_proj.weight", [H, nh * hd])]
+        out.append((f"{p}.input_layernorm.weight", [H]))
+        if c["model_type"] == "phi3":
+            out.append((f"{p}.self_attn.qkv_proj.weight", [(nh + 2 * nkv) * hd, H]))
+        else:
+            out += [(f"{p}.self_attn.q_proj.weight", [nh * hd, H]), (f"{p}.self_attn.k_proj.weight", [nkv * hd, H]), (f"{p}.self_attn.v_proj.weight", [nkv * hd, H])]
+        out.append((f"{p}.self_attn.o_proj.weight", [H, nh * hd]))
         if qkv_bias:
             out += [(f"{p}.self_attn.q_proj.bias", [nh * hd]), (f"{p}.self_attn.k_proj.bias", [nkv * hd]), (f"{p}.self_attn.v_proj.bias", [nkv * hd])]
-        out += [(f"{p}.post_attention_layernorm.weight", [H]), (f"{p}.mlp.gate_proj.weight", [I, H]), (f"{p}.mlp.up_proj.weight", [I, H]), (f"{p}.mlp.down_proj.weight", [H, I])]
+        if o_bias:
+            out.append((f"{p}.self_attn.o_proj.bias", [H]))
+        if c["model_type"] == "qwen3":
+            out += [(f"{p}.self_attn.q_norm.weight", [hd]), (f"{p}.self_attn.k_norm.weight", [hd])]
+        out.append((f"{p}.post_attention_layernorm.weight", [H]))
+        if c["model_type"] == "phi3":
+            out.append((f"{p}.mlp.gate_up_proj.weight", [2 * I, H]))
+        else:
+            out += [(f"{p}.mlp.gate_proj.weight", [I, H]), (f"{p}.mlp.up_proj.weight", [I, H])]
+        out.append((f"{p}.mlp.down_proj.weight", [H, I]))
     out.append(("model.norm.weight", [H]))
     if not c.get("tie_word_embeddings", False):
         out.append(("lm_head.weight", [V, H]))
@@ -105,8 +130,7 @@ def forward(c, W, ids, pos, mask, rows, length):
     theta = c.get("rope_theta", 10000.0)
     scaling = c.get("rope_scaling") or {}
     factor = scaling.get("factor", 1.0) if scaling.get("type", scaling.get("rope_type")) == "linear" else 1.0
-    qkv_bias = c["model_type"] == "qwen2" or c.get("attention_bias", False)
-    o_bias = c["model_type"] == "llama" and c.get("attention_bias", False)
+    qkv_bias, o_bias = biases(c)
 
     def rms(x, w):
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
@@ -114,6 +138,9 @@ def forward(c, W, ids, pos, mask, rows, length):
     def lin(x, name, bias):
         y = x @ W[name + ".weight"].t()
         return y + W[name + ".bias"] if bias else y
+
+    def rms_heads(x, w):  # qwen3's q_norm / k_norm: RMSNorm over the last (head_dim) axis
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
     # Hugging Face's rotary embedding: fp32 inv_freq, fp32 angles; linear scaling divides inv_freq
     inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
@@ -130,9 +157,17 @@ def forward(c, W, ids, pos, mask, rows, length):
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}"
         h = rms(x, W[p + ".input_layernorm.weight"])
-        q = lin(h, p + ".self_attn.q_proj", qkv_bias).reshape(T, nh, hd)
-        k = lin(h, p + ".self_attn.k_proj", qkv_bias).reshape(T, nkv, hd)
-        v = lin(h, p + ".self_attn.v_proj", qkv_bias).reshape(T, nkv, hd)
+        if c["model_type"] == "phi3":  # Phi3Attention: qkv[..., :nh hd], then nkv hd for k, the rest v
+            qkv = lin(h, p + ".self_attn.qkv_proj", False)
+            q, k, v = qkv[:, : nh * hd], qkv[:, nh * hd : (nh + nkv) * hd], qkv[:, (nh + nkv) * hd :]
+        else:
+            q = lin(h, p + ".self_attn.q_proj", qkv_bias)
+            k = lin(h, p + ".self_attn.k_proj", qkv_bias)
+            v = lin(h, p + ".self_attn.v_proj", qkv_bias)
+        q, k, v = q.reshape(T, nh, hd), k.reshape(T, nkv, hd), v.reshape(T, nkv, hd)
+        if c["model_type"] == "qwen3":  # Qwen3Attention: q_norm(q_proj(h).view(..., hd)) before RoPE
+            q = rms_heads(q, W[p + ".self_attn.q_norm.weight"])
+            k = rms_heads(k, W[p + ".self_attn.k_norm.weight"])
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
         q4, k4, v4 = (t.reshape(rows, length, -1, hd) for t in (q, k, v))
@@ -144,7 +179,11 @@ def forward(c, W, ids, pos, mask, rows, length):
         att = torch.einsum("bhij,bjhd->bihd", pr, v4).reshape(T, nh * hd)
         x = x + lin(att, p + ".self_attn.o_proj", o_bias)
         h2 = rms(x, W[p + ".post_attention_layernorm.weight"])
-        x = x + lin(torch.nn.functional.silu(lin(h2, p + ".mlp.gate_proj", False)) * lin(h2, p + ".mlp.up_proj", False), p + ".mlp.down_proj", False)
+        if c["model_type"] == "phi3":  # Phi3MLP: gate, up = gate_up_proj(h).chunk(2, dim=-1)
+            gate, up = lin(h2, p + ".mlp.gate_up_proj", False).chunk(2, dim=-1)
+        else:
+            gate, up = lin(h2, p + ".mlp.gate_proj", False), lin(h2, p + ".mlp.up_proj", False)
+        x = x + lin(torch.nn.functional.silu(gate) * up, p + ".mlp.down_proj", False)
     x = rms(x, W["model.norm.weight"])
     head = W["model.embed_tokens.weight"] if c.get("tie_word_embeddings", False) else W["lm_head.weight"]
     return x @ head.t()
