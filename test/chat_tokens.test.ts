@@ -3,10 +3,11 @@
 // answer's own end of turn, the one-tokenization boundary, refusals, the empty system turn, the
 // fixed template date, where the template comes from, and the ids that stop generation.
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { runTemplateDate } from '../src/cli/run_dir.js';
 import { readSpinPairs } from '../src/data/spin_pairs.js';
 import { stopIdsOf } from '../src/generate/stops.js';
 import { tokenizePairs } from '../src/spin/score.js';
@@ -272,6 +273,22 @@ describe('chat rows into prompt and answer tokens', () => {
     assert.ok(a.includes('Today Date: 03 Feb 2025\n'), a);
     assert.equal(formatPrompt(t, { kind: 'chat', date: '2025-02-03' }, 'Hi'), a);
     assert.ok(formatPrompt(t, { kind: 'chat', date: '2031-12-25' }, 'Hi').includes('Today Date: 25 Dec 2031\n'));
+  });
+});
+
+describe("the run's template day", () => {
+  test("--template_date wins; a resume takes fingerprint.json's day; a new run or --overwrite_output_dir takes today", async () => {
+    const dir = join(root, 'run-day');
+    await mkdir(dir, { recursive: true });
+    const today = new Date().toISOString().slice(0, 10);
+    assert.equal(runTemplateDate(dir, { out: dir }), today);
+    await writeFile(
+      join(dir, 'fingerprint.json'),
+      JSON.stringify({ command: 'run', options: {}, inputs: {}, template_date: '2024-07-26' }),
+    );
+    assert.equal(runTemplateDate(dir, { out: dir }), '2024-07-26');
+    assert.equal(runTemplateDate(dir, { out: dir, template_date: '2025-01-01' }), '2025-01-01');
+    assert.equal(runTemplateDate(dir, { out: dir, overwrite_output_dir: true }), today);
   });
 });
 

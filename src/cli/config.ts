@@ -67,6 +67,17 @@ export interface ModelConfig {
   truncationMode: 'keep_end' | 'keep_start';
   computeDtype: ComputeDtype;
 }
+/** --template_date checked as a day (YYYY-MM-DD). */
+function checkedDay(day: string | undefined): string | undefined {
+  if (day === undefined) return undefined;
+  try {
+    parseDay(day);
+  } catch (e) {
+    throw new UsageError(`--template_date: ${(e as Error).message}`);
+  }
+  return day;
+}
+
 export function modelConfig(o: Parsed): ModelConfig {
   const dtype = choice(o, 'dtype', ['auto', 'f32', 'bf16'] as const, 'auto');
   return {
@@ -75,7 +86,7 @@ export function modelConfig(o: Parsed): ModelConfig {
     template: choice(o, 'template', ['auto', 'instruction', 'chat'] as const, 'auto'),
     firstRoundOnly: bool(o, 'first_round_only'),
     emptySystemTurn: bool(o, 'empty_system_turn'),
-    templateDate: optStr(o, 'template_date'),
+    templateDate: checkedDay(optStr(o, 'template_date')),
     maxLength: optNum(o, 'max_length'),
     maxPromptLength: optNum(o, 'max_prompt_length'),
     truncationMode: choice(o, 'truncation_mode', ['keep_end', 'keep_start'] as const, 'keep_end'),
@@ -89,13 +100,7 @@ export function templateOf(m: Pick<ModelConfig, 'template' | 'emptySystemTurn' |
   if (kind === 'chat' && tok.chatTemplate === null)
     throw new UsageError(`--template chat: the tokenizer in ${tok.dir} has no chat_template; use --template instruction`);
   if (kind === 'instruction') return 'instruction';
-  const date = m.templateDate ?? todayUtc();
-  try {
-    parseDay(date);
-  } catch (e) {
-    throw new UsageError(`--template_date: ${(e as Error).message}`);
-  }
-  return { kind: 'chat', emptySystemTurn: m.emptySystemTurn, date };
+  return { kind: 'chat', emptySystemTurn: m.emptySystemTurn, date: m.templateDate ?? todayUtc() };
 }
 
 /** Which round of a conversation is the answer: the first under the instruction template or --first_round_only, else the last. */

@@ -63,7 +63,6 @@ export const textOptions: OptionSpec[] = [
   {
     name: 'template_date',
     type: 'string',
-    check: (v: string) => (/^\d{4}-\d{2}-\d{2}$/.test(v) ? null : 'must be a day as YYYY-MM-DD'),
     help: "the day chat templates read with strftime_now (Llama 3.2's 'Today Date'); default: the day a run started, kept in its fingerprint.json (generate: in its journal) so a resume renders the same prompts",
   },
   {
