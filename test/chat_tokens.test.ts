@@ -10,6 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import { runTemplateDate } from '../src/cli/run_dir.js';
 import { readSpinPairs } from '../src/data/spin_pairs.js';
 import { stopIdsOf } from '../src/generate/stops.js';
+import { collateSpinBatch } from '../src/spin/batch.js';
 import { tokenizePairs } from '../src/spin/score.js';
 import { type ChatMessage, formatPrompt, renderChatTemplate } from '../src/text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../src/text/tokenizer.js';
@@ -228,6 +229,32 @@ describe('chat rows into prompt and answer tokens', () => {
       assert.equal(t.decode(p.real.answer), 'Hi!</s>');
       assert.equal(p.real.prompt.filter((id) => id === t.bosId).length, 1);
     }));
+
+  test("EOS ids inside a chat row stay attended (Llama 3.1 Instruct's eos is every turn's <|eot_id|>); the instruction template keeps the official mask", () => {
+    const t = tok.llama3_1;
+    const pair = {
+      prompt: 'Q2',
+      messages: [
+        { role: 'system', content: 'S' },
+        { role: 'user', content: 'Q1' },
+        { role: 'assistant', content: 'A1' },
+        { role: 'user', content: 'Q2' },
+      ],
+      real: 'A2',
+      generated: 'B2',
+    };
+    const chat = collateSpinBatch(tokenizePairs(t, [pair], { ...TRUNC, template: 'chat' }), t.eosId, 0);
+    const row0 = [...chat.inputIds.subarray(0, chat.length)];
+    assert.ok(row0.filter((id) => id === t.eosId).length >= 4); // the turns' ends, in the prompt and the answer
+    for (let i = 0; i < chat.length; i++) if (row0[i] === t.eosId) assert.equal(chat.attentionMask[i], 1, `<|eot_id|> at ${i} masked`);
+    const official = collateSpinBatch(
+      tokenizePairs(t, [{ prompt: 'Q<|eot_id|>', real: 'A', generated: 'B' }], { ...TRUNC, template: 'instruction' }),
+      t.eosId,
+      0,
+    );
+    const inText = [...official.inputIds.subarray(0, official.length)].indexOf(t.eosId);
+    assert.equal(official.attentionMask[inText], 0);
+  });
 
   test('a template whose prompt is not a prefix of the conversation is refused, naming the row', async () => {
     const dir = await tokenizerDirWith(
