@@ -87,6 +87,24 @@ const FAMILIES: { name: string; config: Record<string, unknown> }[] = [
   },
   { name: 'qwen3 (head_dim 32 != hidden/heads, q/k norms, tied, GQA 4/2)', config: { ...QWEN3_CONFIG, eos_token_id: EOS } },
   { name: 'phi3 (fused qkv_proj / gate_up_proj, sliding_window 2047)', config: { ...PHI3_CONFIG, eos_token_id: EOS } },
+  {
+    // the batch's sequences (up to 48 tokens) run past the window: transformers' sliding-window mask
+    name: 'mistral (GQA 4/2, sliding_window 7, shorter than the sequences)',
+    config: {
+      architectures: ['MistralForCausalLM'],
+      model_type: 'mistral',
+      ...small,
+      num_key_value_heads: 2,
+      rms_norm_eps: 1e-5,
+      rope_theta: 10000,
+      max_position_embeddings: 256,
+      sliding_window: 7,
+      bos_token_id: 1,
+      eos_token_id: EOS,
+      hidden_act: 'silu',
+      tie_word_embeddings: false,
+    },
+  },
 ];
 
 let failed = 0;

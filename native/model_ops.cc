@@ -1,6 +1,8 @@
 // N-API bindings of the model kernels, for both addons (native/op_binding.h). Every view is
 // bounds-checked here; index tensors are range-checked on the host (CPU) or by the kernels (CUDA).
 #include <algorithm>
+#include <cmath>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -12,13 +14,16 @@ namespace {
 struct AttnDims {
   int64_t b, l, nh, nkv, hd;
   float scale;
+  int64_t window;  // sliding window (0 = none)
 };
 
 AttnDims ReadAttnDims(const Napi::CallbackInfo& info, size_t at) {
   Napi::Env env = info.Env();
-  AttnDims d{ToInt(info[at], "batch"),   ToInt(info[at + 1], "length"),  ToInt(info[at + 2], "heads"),
-             ToInt(info[at + 3], "kvHeads"), ToInt(info[at + 4], "headDim"), ToFloat(info[at + 5], "scale")};
+  AttnDims d{ToInt(info[at], "batch"),     ToInt(info[at + 1], "length"),  ToInt(info[at + 2], "heads"),
+             ToInt(info[at + 3], "kvHeads"), ToInt(info[at + 4], "headDim"), ToFloat(info[at + 5], "scale"),
+             ToInt(info[at + 6], "window")};
   if (d.nkv == 0 || d.nh % d.nkv) Throw(env, "attention heads must be a multiple of the key-value heads");
+  if (d.window < 0) Throw(env, "attention window must be 0 (none) or positive");
   CheckAttentionLimits(env, d.b, d.l, d.nh, d.hd);
   return d;
 }
@@ -136,21 +141,27 @@ Napi::Value js::rmsnormBackward(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::rmsnorm_backward(x, w, wdt, rstd, dy, t, h, dx, dw); });
 }
 
-// rope(x, positions, t, heads, hd, theta, scale, inverse)
+// rope(x, positions, invFreq, t, heads, hd, attnScale, inverse): invFreq is a host Float32Array [hd / 2]
 Napi::Value js::rope(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const int64_t t = ToInt(info[2], "t"), heads = ToInt(info[3], "heads"), hd = ToInt(info[4], "headDim");
+  const int64_t t = ToInt(info[3], "t"), heads = ToInt(info[4], "heads"), hd = ToInt(info[5], "headDim");
   if (hd % 2) Throw(env, "rope needs an even head dimension");
-  const double theta = ToFloat(info[5], "theta"), scale = ToFloat(info[6], "scale");
-  if (!(theta > 0) || !(scale > 0)) Throw(env, "rope theta and scale must be positive");
+  if (hd / 2 > kRopeMaxHalf) Throw(env, "rope supports head dimensions up to " + std::to_string(2 * kRopeMaxHalf));
+  if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    ThrowType(env, "rope invFreq must be a Float32Array");
+  Napi::Float32Array fa = info[2].As<Napi::Float32Array>();
+  if (static_cast<int64_t>(fa.ElementLength()) != hd / 2) Throw(env, "rope invFreq must hold headDim / 2 values");
+  const float attn = static_cast<float>(ToFloat(info[6], "attnScale"));
+  if (!std::isfinite(attn)) Throw(env, "rope attnScale must be finite");
+  std::vector<float> inv_freq(fa.Data(), fa.Data() + hd / 2);
   float* x = View<float>(info[0], "x", CheckedMul(env, t, heads * hd * 4, "x bytes"));
   const int32_t* pos = View<int32_t>(info[1], "positions", t * 4);
   const bool inverse = info[7].ToBoolean();
   if (IndicesOutsideOnHost(pos, t, 0, INT32_MAX + int64_t{1}, kNoException, kErrPositions)) return env.Undefined();
-  return Run(info, [&] { kern::rope(x, pos, t, heads, hd, theta, scale, inverse); });
+  return Run(info, [&] { kern::rope(x, pos, t, heads, hd, inv_freq.data(), attn, inverse); });
 }
 
-// attention(q, k, v, keyMask, b, l, nh, nkv, hd, scale, out, lse)
+// attention(q, k, v, keyMask, b, l, nh, nkv, hd, scale, window, out, lse)
 Napi::Value js::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 4);
@@ -159,12 +170,12 @@ Napi::Value js::attention(const Napi::CallbackInfo& info) {
   const float* k = View<float>(info[1], "k", kb);
   const float* v = View<float>(info[2], "v", kb);
   const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
-  float* out = View<float>(info[10], "out", qb);
-  float* lse = View<float>(info[11], "lse", d.b * d.nh * d.l * 4);
-  return Run(info, [&] { kern::attention(q, k, v, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out, lse); });
+  float* out = View<float>(info[11], "out", qb);
+  float* lse = View<float>(info[12], "lse", d.b * d.nh * d.l * 4);
+  return Run(info, [&] { kern::attention(q, k, v, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, out, lse); });
 }
 
-// attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, scale, dq, dk, dv)
+// attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, scale, window, dq, dk, dv)
 Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 7);
@@ -176,15 +187,15 @@ Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   const float* out = View<float>(info[4], "out", qb);
   const float* lse = View<float>(info[5], "lse", d.b * d.nh * d.l * 4);
   const float* dout = View<float>(info[6], "dout", qb);
-  float* dq = View<float>(info[13], "dq", qb);
-  float* dk = View<float>(info[14], "dk", kb);
-  float* dv = View<float>(info[15], "dv", kb);
+  float* dq = View<float>(info[14], "dq", qb);
+  float* dk = View<float>(info[15], "dk", kb);
+  float* dv = View<float>(info[16], "dv", kb);
   return Run(info, [&] {
-    kern::attention_backward(q, k, v, mask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, dq, dk, dv);
+    kern::attention_backward(q, k, v, mask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, dq, dk, dv);
   });
 }
 
-// attentionDecode(q, kCache, vCache, cacheDtype, lengths, keyMask|null, b, lmax, nh, nkv, hd, scale, out)
+// attentionDecode(q, kCache, vCache, cacheDtype, lengths, keyMask|null, b, lmax, nh, nkv, hd, scale, window, out)
 Napi::Value js::attentionDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 6);  // l = lmax
@@ -195,12 +206,13 @@ Napi::Value js::attentionDecode(const Napi::CallbackInfo& info) {
   const void* vc = View(info[2], "vCache", cb);
   const int32_t* lengths = View<int32_t>(info[4], "lengths", d.b * 4);
   const int32_t* mask = OptView<int32_t>(info[5], "keyMask", d.b * d.l * 4);
-  float* out = View<float>(info[12], "out", qb);
+  float* out = View<float>(info[13], "out", qb);
   if (IndicesOutsideOnHost(lengths, d.b, 0, d.l + 1, kNoException, kErrDecodeLengths)) {
     PoisonF32(out, d.b * d.nh * d.hd);
     return env.Undefined();
   }
-  return Run(info, [&] { kern::attention_decode(q, kc, vc, cdt, lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, out); });
+  return Run(info, [&] { kern::attention_decode(q, kc, vc, cdt, lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, out);
+  });
 }
 
 // swiglu(gate, up, n, out)

@@ -45,9 +45,10 @@ SPINLM_OP(scaleInPlace, scaleInPlace, optim, "y: NativeView, n: number, a: numbe
 SPINLM_OP(accumulate, accumulate, optim, "acc: NativeView, x: NativeView, n: number, alpha: number")
 
 // ---- sample_ops.cc ----
+// Only ids < limit (1 <= limit <= v) are chosen, greedy too.
 SPINLM_OP(sampleTokens, sampleTokens, sample,
-          "logits: NativeView, b: number, v: number, rng: NativeView, active: NativeView, temperature: number, topK: number, "
-          "topP: number, out: NativeView")
+          "logits: NativeView, b: number, v: number, limit: number, rng: NativeView, active: NativeView, "
+          "temperature: number, topK: number, topP: number, out: NativeView")
 
 // ---- model_ops.cc ----
 // computeBf16: a rounded to bf16, exact bf16 products summed in f32 (b bf16, a linear layer's layout; the CPU only).
@@ -69,17 +70,19 @@ SPINLM_OP(rmsnormBackward, rmsnormBackward, model,
           "x: NativeView, w: NativeView, wDtype: string, rstd: NativeView, dy: NativeView, t: number, h: number, dx: NativeView, "
           "dw: NativeView | null")
 SPINLM_OP(rope, rope, model,
-          "x: NativeView, positions: NativeView, t: number, heads: number, hd: number, theta: number, scale: number, "
-          "inverse: boolean")
+          "x: NativeView, positions: NativeView, invFreq: Float32Array, t: number, heads: number, hd: number, "
+          "attnScale: number, inverse: boolean")
 SPINLM_OP(attention, attention, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, b: number, l: number, nh: number, nkv: number, "
-          "hd: number, scale: number, out: NativeView, lse: NativeView")
+          "hd: number, scale: number, window: number, out: NativeView, lse: NativeView")
 SPINLM_OP(attentionBackward, attentionBackward, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, out: NativeView, lse: NativeView, dout: NativeView, "
-          "b: number, l: number, nh: number, nkv: number, hd: number, scale: number, dq: NativeView, dk: NativeView, dv: NativeView")
+          "b: number, l: number, nh: number, nkv: number, hd: number, scale: number, window: number, dq: NativeView, dk: NativeView, "
+          "dv: NativeView")
 SPINLM_OP(attentionDecode, attentionDecode, model,
           "q: NativeView, kCache: NativeView, vCache: NativeView, cacheDtype: string, lengths: NativeView, "
-          "keyMask: NativeView | null, b: number, lmax: number, nh: number, nkv: number, hd: number, scale: number, out: NativeView")
+          "keyMask: NativeView | null, b: number, lmax: number, nh: number, nkv: number, hd: number, scale: number, window: number, "
+          "out: NativeView")
 SPINLM_OP(scatterRows, scatterRows, model,
           "src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number")
 SPINLM_OP(swiglu, swiglu, model, "gate: NativeView, up: NativeView, n: number, out: NativeView")

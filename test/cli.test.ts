@@ -13,8 +13,8 @@ import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
-const spinlm = (args: string[], cwd: string) =>
-  spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2' } });
+const spinlm = (args: string[], cwd: string, env: Record<string, string> = {}) =>
+  spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2', ...env } });
 
 describe('options', () => {
   const specs: OptionSpec[] = [
@@ -189,6 +189,16 @@ describe('commands end to end', () => {
       assert.ok(existsSync(join(dir, 'trained', f)), f);
     const first = JSON.parse(readFileSync(join(dir, 'trained', 'metrics.jsonl'), 'utf8').split('\n')[0]);
     assert.equal(first.loss, Math.fround(Math.LN2), 'step 0 of an iteration: loss log 2');
+    // the same through --nproc 2 and ZeRO (the launcher's path: --zero_stage is a choice, read as a number)
+    const mpiEnv = { OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1', SPINLM_NUM_THREADS: '1' };
+    r = spinlm(
+      ['train', '--model', model, '--data', 'pairs.jsonl', '--out', 'trained-np2', '--nproc', '2', '--zero_stage', '1', ...text, ...small],
+      dir,
+      mpiEnv,
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const firstNp2 = JSON.parse(readFileSync(join(dir, 'trained-np2', 'metrics.jsonl'), 'utf8').split('\n')[0]);
+    assert.equal(firstNp2.loss, Math.fround(Math.LN2));
     r = spinlm(['eval', '--model', join(dir, 'trained', 'model'), '--data', 'tasks.jsonl', ...text, '--max_new_tokens', '8'], dir);
     assert.equal(r.status, 0, r.stderr);
     const ev = JSON.parse(r.stdout);

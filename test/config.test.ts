@@ -105,6 +105,83 @@ describe('parseConfig: model types', () => {
       assert.equal(rp.ropeScaling, null);
     }));
 
+  test('rope scaling types: llama3, yarn, longrope (and "su"), dynamic, partial_rotary_factor 1; written back unchanged', () =>
+    withSeed((rng) => {
+      const j = { ...randomJson(rng, 'llama'), hidden_size: 64, num_attention_heads: 4, num_key_value_heads: 2, head_dim: 16 };
+      // Llama 3.1 as its model card publishes it
+      const llama3 = {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192,
+        rope_type: 'llama3',
+      };
+      const c3 = parseConfig({ ...j, max_position_embeddings: 131072, rope_theta: 500000.0, rope_scaling: llama3 }, FILE);
+      assert.deepEqual(c3.ropeScaling, {
+        type: 'llama3',
+        factor: 8,
+        lowFreqFactor: 1,
+        highFreqFactor: 4,
+        originalMaxPositionEmbeddings: 8192,
+      });
+      // transformers 5 spelling: rope_parameters carries theta and the scaling
+      const c5 = parseConfig({ ...j, rope_parameters: { ...llama3, rope_theta: 500000.0 } }, FILE);
+      assert.equal(c5.ropeTheta, 500000);
+      assert.deepEqual(c5.ropeScaling, c3.ropeScaling);
+      // Qwen2.5's yarn block: HF defaults for beta_fast / beta_slow / truncate, attention factor from factor
+      const yarn = parseConfig(
+        { ...randomJson(rng, 'qwen2'), rope_scaling: { factor: 4.0, original_max_position_embeddings: 32768, type: 'yarn' } },
+        FILE,
+      );
+      assert.deepEqual(yarn.ropeScaling, {
+        type: 'yarn',
+        factor: 4,
+        originalMaxPositionEmbeddings: 32768,
+        attentionFactor: null,
+        betaFast: 32,
+        betaSlow: 1,
+        mscale: null,
+        mscaleAllDim: null,
+        truncate: true,
+      });
+      // Phi-3 128k: original_max_position_embeddings at the top level, factor = max / original
+      const short = Array.from({ length: 8 }, (_, i) => 1 + i / 10),
+        long = Array.from({ length: 8 }, (_, i) => 1 + i);
+      const phi = {
+        ...j,
+        max_position_embeddings: 131072,
+        original_max_position_embeddings: 4096,
+        rope_scaling: { type: 'longrope', short_factor: short, long_factor: long },
+      };
+      const lr = parseConfig(phi, FILE);
+      assert.deepEqual(lr.ropeScaling, {
+        type: 'longrope',
+        shortFactor: short,
+        longFactor: long,
+        factor: 32,
+        attentionFactor: null,
+        originalMaxPositionEmbeddings: 4096,
+      });
+      assert.deepEqual(parseConfig({ ...phi, rope_scaling: { ...phi.rope_scaling, type: 'su' } }, FILE).ropeScaling, lr.ropeScaling);
+      assert.deepEqual(parseConfig({ ...j, rope_scaling: { type: 'dynamic', factor: 2 } }, FILE).ropeScaling, {
+        type: 'dynamic',
+        factor: 2,
+      });
+      assert.equal(parseConfig({ ...j, partial_rotary_factor: 1.0 }, FILE).headDim, 16);
+      // written back as read: the same keys and values (and Phi-3's top-level original length)
+      for (const v of [
+        { ...j, rope_scaling: llama3 },
+        { ...j, rope_parameters: { ...llama3, rope_theta: 500000.0 } },
+        phi,
+        { ...j, rope_scaling: { type: 'yarn', factor: 2, beta_fast: 16, truncate: false, extra_key: 'kept' } },
+      ]) {
+        const out = configToJson(parseConfig(v, FILE));
+        for (const k of ['rope_scaling', 'rope_parameters', 'original_max_position_embeddings'] as const)
+          if (k in v) assert.deepEqual(out[k], (v as Record<string, unknown>)[k], k);
+        assert.deepEqual(parseConfig(JSON.parse(JSON.stringify(out)), FILE), parseConfig(v, FILE));
+      }
+    }));
+
   test('mistral: explicit head_dim, sliding window recorded only when smaller than max positions, no biases', () =>
     withSeed((rng) => {
       const j = randomJson(rng, 'mistral');
@@ -285,14 +362,53 @@ describe('parseConfig: errors name the file and field', () => {
       expectError(() => parseConfig({ ...j, head_dim: 7 }, FILE), 'head_dim', /even/);
       expectError(() => parseConfig({ ...j, rope_theta: 'big' }, FILE), 'rope_theta', /positive number/);
       expectError(
-        () => parseConfig({ ...j, rope_scaling: { type: 'dynamic', factor: 2 } }, FILE),
+        () => parseConfig({ ...j, rope_scaling: { rope_type: 'mrope', mrope_section: [2, 2] } }, FILE),
         'rope_scaling',
-        /"dynamic" is not supported/,
+        /"mrope" is not supported \(spinlm supports "default", "linear", "dynamic", "llama3", "yarn", "longrope"/,
       );
       expectError(
+        () => parseConfig({ ...j, rope_parameters: { rope_type: 'ntk', factor: 2 } }, FILE),
+        'rope_parameters',
+        /"ntk" is not supported/,
+      );
+      expectError(() => parseConfig({ ...j, rope_scaling: { factor: 2 } }, FILE), 'rope_scaling', /type nothing is not supported/);
+      expectError(
         () => parseConfig({ ...j, rope_scaling: { rope_type: 'llama3', factor: 8 } }, FILE),
-        'rope_scaling',
-        /"llama3" is not supported/,
+        'rope_scaling.low_freq_factor',
+        /positive number/,
+      );
+      expectError(
+        () =>
+          parseConfig(
+            {
+              ...j,
+              rope_scaling: {
+                rope_type: 'llama3',
+                factor: 8,
+                low_freq_factor: 4,
+                high_freq_factor: 1,
+                original_max_position_embeddings: 8192,
+              },
+            },
+            FILE,
+          ),
+        'rope_scaling.high_freq_factor',
+        /must exceed low_freq_factor/,
+      );
+      expectError(
+        () => parseConfig({ ...j, rope_scaling: { type: 'longrope', short_factor: [1, 2], long_factor: [1, 2] } }, FILE),
+        'rope_scaling.short_factor',
+        /list of \d+ positive numbers \(head_dim \/ 2\)/,
+      );
+      expectError(
+        () => parseConfig({ ...j, partial_rotary_factor: 0.75 }, FILE),
+        'partial_rotary_factor',
+        /partial rotary embeddings are not supported/,
+      );
+      expectError(
+        () => parseConfig({ ...j, rope_parameters: { rope_type: 'default', rope_theta: 1e4, partial_rotary_factor: 0.5 } }, FILE),
+        'rope_parameters.partial_rotary_factor',
+        /not supported/,
       );
       expectError(() => parseConfig({ ...j, rope_scaling: { type: 'linear' } }, FILE), 'rope_scaling.factor', /positive number/);
       expectError(() => parseConfig({ ...j, rope_scaling: 'linear' }, FILE), 'rope_scaling', /null or an object/);

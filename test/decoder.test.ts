@@ -41,6 +41,10 @@ for (const be of await testBackends())
       [{}, 'f32', 1e-5],
       [{ modelType: 'qwen2' as const, kvHeads: 1, tie: true, ropeScaling: 2 }, 'f32', 1e-5],
       [{}, 'bf16', 3e-2],
+      // sliding windows shorter than the sequences (up to 14 tokens): mistral on every layer, qwen2 on
+      // layer 1 only (max_window_layers 1)
+      [{ modelType: 'mistral' as const, slidingWindow: 4 }, 'f32', 1e-5],
+      [{ modelType: 'qwen2' as const, slidingWindow: 3, maxWindowLayers: 1 }, 'f32', 1e-5],
     ] as const) {
       test(`prefill + decode equal full recompute (ragged prompts, a finished row, ${cdt} cache) ${JSON.stringify(opts)}`, async () =>
         withSeed(async (rng) => {

@@ -156,6 +156,97 @@ for (const be of await testBackends())
         }
       }));
 
+    test('a vocabulary limit: only ids below it are sampled, greedy too, as the host sampler over the row cut there', async () =>
+      withSeed(async (rng) => {
+        for (let trial = 0; trial < 30; trial++) {
+          const b = rng.int(1, 9),
+            v = rng.int(2, 300),
+            limit = rng.int(1, v - 1);
+          const o = {
+            temperature: [0, 0.7, 1, 1.5][rng.int(0, 3)],
+            topK: [0, 1, 5, 1000][rng.int(0, 3)],
+            topP: [1, 0.9, 0.3][rng.int(0, 2)],
+          };
+          // the ids past the limit (a padded vocabulary) have the largest logits: an unmasked sampler picks them
+          const rows = Float32Array.from({ length: b * v }, (_, i) => (i % v >= limit ? 20 + rng.normal() : rng.normal() * 2));
+          for (let i = 0; i < b * v; i++) if (i % v < limit && rng.next() < 0.05) rows[i] = -Infinity;
+          const streams = Array.from({ length: b }, (_, k) => new Rng(rng.nextU32()).fork(k));
+          const words = new Uint32Array(4 * b);
+          streams.forEach((r, k) => words.set(r.getState().s, 4 * k));
+          const active = Int32Array.from({ length: b }, () => (rng.next() < 0.8 ? 1 : 0));
+          const logits = ops.upload(be, { dtype: 'f32', data: rows }, [b, v]);
+          const state = ops.upload(be, { dtype: 'i32', data: new Int32Array(words.buffer) }, [b, 4]);
+          const activeT = ops.upload(be, { dtype: 'i32', data: active }, [b]);
+          for (let step = 0; step < 2; step++) {
+            const got = await ops.read(ops.sampleTokens(logits, state, activeT, o, limit));
+            for (let k = 0; k < b; k++) {
+              const want = active[k] ? sampleToken(rows.subarray(k * v, k * v + limit), o, streams[k]) : 0;
+              assert.equal(got[k], want, `trial ${trial} step ${step} row ${k} (v ${v}, limit ${limit}, ${JSON.stringify(o)})`);
+            }
+          }
+          if (trial === 0) {
+            assert.throws(() => ops.sampleTokens(logits, state, activeT, o, 0), /limit must be an integer in \[1, /);
+            assert.throws(() => ops.sampleTokens(logits, state, activeT, o, v + 1), /limit must be an integer in \[1, /);
+          }
+          for (const t of [logits, state, activeT]) t.free();
+        }
+      }));
+
+    test('generation never samples at or past vocabLimit, nor an excluded id (a padded vocabulary, a tokenizer with gaps)', async () =>
+      withSeed(async (rng) => {
+        const V = 12,
+          limit = 9,
+          gap = 4;
+        // every row prefers the padding (9..11) and the gap id: masked, the best of the rest wins
+        const table = Float32Array.from({ length: V * V }, (_, i) => (i % V >= limit || i % V === gap ? 8 : 0) + rng.normal());
+        const model = new BigramModel(be, table, V);
+        const prompts = Array.from({ length: 7 }, () => Array.from({ length: rng.int(1, 4) }, () => rng.int(1, V - 1)));
+        for (const schedule of ['static', 'continuous'] as const)
+          for (const temperature of [0, 1]) {
+            const o = opts({ temperature, schedule, vocabLimit: limit, excludedIds: [gap, 10], eosIds: [], maxNewTokens: 10 });
+            const gens = await generate(model, prompts, o);
+            for (const g of gens)
+              assert.ok(
+                g.tokens.every((t) => t < limit && t !== gap),
+                `${schedule} T=${temperature}: ${g.tokens}`,
+              );
+            if (temperature === 0)
+              prompts.forEach((p, i) => {
+                let last = p[p.length - 1];
+                for (const t of gens[i].tokens) {
+                  const row = Array.from(table.subarray(last * V, last * V + limit), (x, j) => (j === gap ? -Infinity : x));
+                  assert.equal(t, argmax(row));
+                  last = t;
+                }
+              });
+          }
+        // answerPrompts takes the limit and the gaps from the tokenizer
+        const tok = {
+          eosId: 0,
+          vocabSize: limit,
+          gapIds: [gap],
+          encode: (s: string) => [...s].map(Number),
+          decode: (ids: readonly number[]) => {
+            if (ids.some((t) => t >= limit || t === gap)) throw new Error(`decode: ${ids} holds an id the tokenizer lacks`);
+            return ids.join('');
+          },
+        };
+        const answers = await answerPrompts(model, tok, ['12', '5', '87'], {
+          temperature: 1,
+          topK: 0,
+          topP: 1,
+          maxNewTokens: 8,
+          seed: 3,
+          batchSize: 2,
+        });
+        assert.equal(answers.length, 3);
+        await assert.rejects(generate(model, prompts, opts({ vocabLimit: 0 })), /vocabLimit must be a positive integer/);
+        await assert.rejects(
+          generate(model, prompts, opts({ vocabLimit: 2, excludedIds: [0, 1] })),
+          /leave no id below the vocabulary limit 2/,
+        );
+      }));
+
     test('the same seed gives the same outputs for batch sizes 1, 3 and 8, in input order', async () =>
       withSeed(async (rng) => {
         const model = bigram(rng);

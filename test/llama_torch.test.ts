@@ -47,6 +47,55 @@ for (const be of await testBackends())
       eos_token_id: 2,
       hidden_act: 'silu',
     };
+    // RoPE scaling as the model cards publish it (src/model/rope.ts; widths and layers shrunk)
+    const ROPE_CASES: { name: string; config: Record<string, unknown>; writer: 'torch' | 'spinlm' }[] = [
+      {
+        name: 'Llama 3.1 rope_scaling (llama3: factor 8, low/high 1/4, original 8192), written by torch',
+        config: {
+          ...base,
+          model_type: 'llama',
+          num_key_value_heads: 2,
+          max_position_embeddings: 131072,
+          rope_theta: 500000.0,
+          rope_scaling: {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+            rope_type: 'llama3',
+          },
+        },
+        writer: 'torch',
+      },
+      {
+        name: 'Qwen2.5 with yarn (factor 4, original 32768), written by spinlm',
+        config: {
+          ...base,
+          model_type: 'qwen2',
+          num_key_value_heads: 1,
+          max_position_embeddings: 32768,
+          rope_theta: 1000000.0,
+          rope_scaling: { factor: 4.0, original_max_position_embeddings: 32768, type: 'yarn' },
+        },
+        writer: 'spinlm',
+      },
+      {
+        name: 'Phi-3-128k-shaped longrope (short/long factors, original 4096 at the top level), written by torch',
+        config: {
+          ...base,
+          model_type: 'llama',
+          num_key_value_heads: 4,
+          max_position_embeddings: 131072,
+          original_max_position_embeddings: 4096,
+          rope_scaling: {
+            type: 'longrope',
+            short_factor: [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.0, 3.5],
+            long_factor: [1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 32.0, 48.0],
+          },
+        },
+        writer: 'torch',
+      },
+    ];
     const CASES: Case[] = [
       {
         name: 'llama, untied, GQA 4/2, f32, written by torch',
@@ -72,6 +121,28 @@ for (const be of await testBackends())
         },
         dtype: 'bf16',
         writer: 'torch',
+      },
+      {
+        // sequences of up to 48 tokens: every query past position 6 loses keys to the window
+        name: 'mistral, sliding_window 7 (shorter than the sequences), GQA 4/2, written by torch',
+        config: { ...base, model_type: 'mistral', num_key_value_heads: 2, tie_word_embeddings: false, sliding_window: 7 },
+        dtype: 'f32',
+        writer: 'torch',
+      },
+      {
+        // layer 0 full attention, layer 1 a window of 5 (HF Qwen2's layer_types)
+        name: 'qwen2, use_sliding_window, sliding_window 5 from max_window_layers 1, written by spinlm',
+        config: {
+          ...base,
+          model_type: 'qwen2',
+          num_key_value_heads: 2,
+          tie_word_embeddings: false,
+          use_sliding_window: true,
+          sliding_window: 5,
+          max_window_layers: 1,
+        },
+        dtype: 'f32',
+        writer: 'spinlm',
       },
       {
         name: 'llama with attention_bias (q/k/v/o biases), written by spinlm',
@@ -100,6 +171,13 @@ for (const be of await testBackends())
       {
         name: 'phi3 with GQA 4/2, written by spinlm',
         config: { ...PHI3_CONFIG, num_key_value_heads: 2 },
+        dtype: 'f32',
+        writer: 'spinlm',
+      },
+      ...ROPE_CASES.map((r) => ({ name: r.name, config: r.config, dtype: 'f32' as const, writer: r.writer })),
+      {
+        name: 'phi3 with sliding_window 6 (shorter than the sequences), written by spinlm',
+        config: { ...PHI3_CONFIG, sliding_window: 6 },
         dtype: 'f32',
         writer: 'spinlm',
       },
@@ -159,46 +237,52 @@ for (const be of await testBackends())
         }));
     }
 
+    const greedyTest = (config: Record<string, unknown>) =>
+      withSeed(async (rng) => {
+        const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
+        try {
+          const modelDir = join(dir, 'model');
+          mkdirSync(modelDir);
+          runPython(ORACLE, ['make', modelDir, JSON.stringify(config), String(rng.int(0, 1e6)), 'f32']);
+          const model = await LlamaModel.load(be, modelDir);
+          const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
+          const { generate } = await import('../src/generate/generate.js');
+          const { LlamaDecoder } = await import('../src/model/decoder.js');
+          const gens = await generate(new LlamaDecoder(model), prompts, {
+            temperature: 0,
+            topK: 0,
+            topP: 1,
+            maxNewTokens: 12,
+            eosIds: [EOS],
+            seed: 0,
+            batchSize: 3,
+          });
+          const req = join(dir, 'req');
+          mkdirSync(req);
+          writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
+          runPython(ORACLE, ['greedy', modelDir, req]);
+          const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
+          assert.deepEqual(
+            gens.map((g) => g.tokens),
+            want,
+          );
+          model.weights.free();
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+      });
     const GREEDY: [string, Record<string, unknown>][] = [
       ['llama', { ...base, model_type: 'llama', num_key_value_heads: 2 }],
       ['qwen3', QWEN3_CONFIG],
       ['phi3', PHI3_CONFIG],
+      // prompts of 1-8 tokens + 12 new ones: decode runs past the window of 4 (continuous batching:
+      // 4 prompts in 3 slots)
+      ['mistral, sliding_window 4', { ...base, model_type: 'mistral', num_key_value_heads: 2, sliding_window: 4 }],
+      ['phi3, sliding_window 5', { ...PHI3_CONFIG, sliding_window: 5 }],
     ];
     for (const [family, config] of GREEDY)
-      test(`greedy generation with the KV cache equals PyTorch greedy decoding by full recompute: ${family}`, async () =>
-        withSeed(async (rng) => {
-          const dir = mkdtempSync(join(tmpdir(), 'spinlm-greedy-torch-'));
-          try {
-            const modelDir = join(dir, 'model');
-            mkdirSync(modelDir);
-            runPython(ORACLE, ['make', modelDir, JSON.stringify(config), String(rng.int(0, 1e6)), 'f32']);
-            const model = await LlamaModel.load(be, modelDir);
-            const prompts = Array.from({ length: 4 }, () => Array.from({ length: rng.int(1, 9) }, () => rng.int(3, 96)));
-            const { generate } = await import('../src/generate/generate.js');
-            const { LlamaDecoder } = await import('../src/model/decoder.js');
-            const gens = await generate(new LlamaDecoder(model), prompts, {
-              temperature: 0,
-              topK: 0,
-              topP: 1,
-              maxNewTokens: 12,
-              eosIds: [EOS],
-              seed: 0,
-              batchSize: 3,
-            });
-            const req = join(dir, 'req');
-            mkdirSync(req);
-            writeFileSync(join(req, 'request.json'), JSON.stringify({ prompts, max_new_tokens: 12, eos_id: EOS }));
-            runPython(ORACLE, ['greedy', modelDir, req]);
-            const want: number[][] = JSON.parse(readFileSync(join(req, 'greedy.json'), 'utf8'));
-            assert.deepEqual(
-              gens.map((g) => g.tokens),
-              want,
-            );
-            model.weights.free();
-          } finally {
-            rmSync(dir, { recursive: true, force: true });
-          }
-        }));
+      test(`greedy generation with the KV cache equals PyTorch greedy decoding by full recompute: ${family}`, () => greedyTest(config));
+    for (const r of ROPE_CASES) test(`greedy generation with the KV cache equals PyTorch's: ${r.name}`, () => greedyTest(r.config));
 
     /**
      * One adaptive optimizer step's update (new - old) per element against torch's, within what the gradient

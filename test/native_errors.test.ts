@@ -137,9 +137,14 @@ describe('native errors: TypeError for arguments of the wrong kind', () => {
       throwsKind(() => native.clipCoefficient(buffer(1), 1, 'inf' as never, buffer(2)), 'TypeError', /maxNorm must be a number/);
       throwsKind(() => native.scaleInPlace(p, n, undefined as never), 'TypeError', /scale must be a number/);
       throwsKind(
-        () => native.rope(buffer(4 * n), buffer(n, new Int32Array(n), true), n, 1, 4, '1e4' as never, 1, false),
+        () => native.rope(buffer(4 * n), buffer(n, new Int32Array(n), true), new Float32Array(2), n, 1, 4, '1' as never, false),
         'TypeError',
-        /theta must be a number/,
+        /attnScale must be a number/,
+      );
+      throwsKind(
+        () => native.rope(buffer(4 * n), buffer(n, new Int32Array(n), true), [1, 1] as never, n, 1, 4, 1, false),
+        'TypeError',
+        /invFreq must be a Float32Array/,
       );
     });
   });
@@ -198,9 +203,14 @@ describe('native errors: RangeError for values out of range', () => {
         /'lr' must be finite/,
       );
       throwsKind(
-        () => native.rope(buffer(3 * n), buffer(n, new Int32Array(n), true), n, 1, 3, 1e4, 1, false),
+        () => native.rope(buffer(3 * n), buffer(n, new Int32Array(n), true), new Float32Array(1), n, 1, 3, 1, false),
         'RangeError',
         /even head dimension/,
+      );
+      throwsKind(
+        () => native.rope(buffer(4 * n), buffer(n, new Int32Array(n), true), new Float32Array(3), n, 1, 4, 1, false),
+        'RangeError',
+        /invFreq must hold headDim \/ 2 values/,
       );
     });
   });

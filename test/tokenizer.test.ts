@@ -117,6 +117,61 @@ describe('loadTokenizer over a byte-level tokenizer', () => {
       }
     }));
 
+  test('ids with gaps load as the tokenizers library takes them: encode unchanged, gap ids listed, refused by decode and by name', () =>
+    withSeed(async (rng) => {
+      // Rust tokenizers (so transformers) accepts any ids: a gap is never encoded, and its decode
+      // drops gap ids silently; spinlm lists them (gapIds, never sampled) and decode refuses them.
+      // Before: "Cannot read properties of undefined (reading 'length')" while loading, no file named.
+      const far = 300 + rng.int(0, 5000);
+      const shift = rng.int(1, 50);
+      const text = 'gaps & ids: ünï 字';
+      for (const kind of ['added token far out', 'vocabulary entry far out', 'vocabulary not starting at 0'] as const) {
+        const dir = await freshDir();
+        await writeByteTokenizer(dir);
+        const file = join(dir, 'tokenizer.json');
+        const tj = JSON.parse(await readFile(file, 'utf8'));
+        let gaps: number[];
+        if (kind === 'added token far out') {
+          tj.added_tokens.push({ ...tj.added_tokens[0], id: far, content: '<far>' });
+          gaps = Array.from({ length: far - BYTE_VOCAB_SIZE }, (_, i) => BYTE_VOCAB_SIZE + i);
+        } else if (kind === 'vocabulary entry far out') {
+          tj.model.vocab.farpiece = far;
+          gaps = Array.from({ length: far - BYTE_VOCAB_SIZE }, (_, i) => BYTE_VOCAB_SIZE + i);
+        } else {
+          tj.model.vocab = Object.fromEntries(Object.entries(tj.model.vocab as Record<string, number>).map(([k, id]) => [k, id + shift]));
+          tj.added_tokens = tj.added_tokens.map((t: { id: number }) => ({ ...t, id: t.id + shift }));
+          gaps = Array.from({ length: shift }, (_, i) => i);
+        }
+        await writeFile(file, JSON.stringify(tj));
+        const tok = await loadTokenizer(dir);
+        const top = kind === 'vocabulary not starting at 0' ? BYTE_VOCAB_SIZE + shift : far + 1;
+        assert.equal(tok.vocabSize, top, kind);
+        assert.deepEqual(tok.gapIds, gaps, kind);
+        const ids = tok.encode(text);
+        const off = kind === 'vocabulary not starting at 0' ? shift : 0;
+        assert.deepEqual(
+          ids,
+          Array.from(new TextEncoder().encode(text), (b) => BYTE_OFFSET + off + b),
+          kind,
+        );
+        assert.equal(tok.decode(ids), text);
+        if (kind === 'added token far out') assert.deepEqual(tok.encode('a<far>'), [BYTE_OFFSET + 97, far]);
+        assert.throws(
+          () => tok.decode([ids[0], gaps[rng.int(0, gaps.length - 1)]]),
+          (e: Error) => e instanceof TokenizerError && e.message.includes(file) && /ids\[1\] = \d+ is not a token id/.test(e.message),
+        );
+      }
+      // only added tokens, with gaps: refused as an empty vocabulary, naming the file
+      const dir = await freshDir();
+      await writeByteTokenizer(dir);
+      const file = join(dir, 'tokenizer.json');
+      const tj = JSON.parse(await readFile(file, 'utf8'));
+      tj.model.vocab = {};
+      tj.added_tokens = tj.added_tokens.map((t: { id: number }, i: number) => ({ ...t, id: 3 * i + 5 }));
+      await writeFile(file, JSON.stringify(tj));
+      await expectTokError(loadTokenizer(dir), file, /the vocabulary is empty \(only the added tokens <pad>, <s>, <\/s>, <unk>\)/);
+    }));
+
   test('missing or malformed files', async () => {
     const dir = await freshDir();
     const tokFile = join(dir, 'tokenizer.json');

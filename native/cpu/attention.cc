@@ -230,6 +230,15 @@ SPINLM_CLONES void decode_group_bf16(const float* q, const uint16_t* k, const ui
   decode_group_any(q, k, v, mask, len, stride, hd, group, scale, sc, o);
 }
 
+// The sliding window (0 = none): query i sees key j iff j <= i and i - j < window, so its first key is
+// max(0, i - window + 1) (Hugging Face's sliding_window_overlay, on positions in the sequence).
+SPINLM_INLINE int64_t first_key(int64_t i, int64_t window) { return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0; }
+
+// Keys before a row's window inside its block's columns: -inf, as a masked key's score.
+SPINLM_INLINE void hide_before(float* row, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) row[j] = -INFINITY;
+}
+
 }  // namespace
 
 // Queries go in blocks of kRowBlock rows: a block's rows see only the keys before its end, so the
@@ -255,18 +264,22 @@ class BlasOnOneThread {
 
 // One (sequence, head) of the forward: out rows and lse of head h of sequence bi. s: scratch [l, l].
 void attention_head(const Geometry& g, const float* q, const float* k, const float* v, const float* bias, int64_t bi,
-                    int64_t h, float scale, float* s, float* out, float* lse) {
+                    int64_t h, float scale, int64_t window, float* s, float* out, float* lse) {
   const int64_t l = g.l, qs = g.q_stride(), ks = g.kv_stride();
   const float* qbh = q + g.q_offset(bi, h);
   const float* kbh = k + g.kv_offset(bi, h);
   const float* vbh = v + g.kv_offset(bi, h);
   float* lse_bh = lse + (bi * g.nh + h) * l;
   for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
-    const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
+    // the block's keys [k0, r1): column c of its scores is key k0 + c
+    const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, k0 = first_key(r0, window), keys = r1 - k0;
     float* sb = s + r0 * l;
-    gemm(false, true, rows, keys, g.hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, sb, l);
-    for (int64_t i = r0; i < r1; ++i) lse_bh[i] = softmax_row(s + i * l, bias, i + 1, keys);
-    gemm(false, false, rows, g.hd, keys, 1.0f, sb, l, vbh, ks, 0.0f, out + g.q_offset(bi, h) + r0 * qs, qs);
+    gemm(false, true, rows, keys, g.hd, scale, qbh + r0 * qs, qs, kbh + k0 * ks, ks, 0.0f, sb, l);
+    for (int64_t i = r0; i < r1; ++i) {
+      hide_before(s + i * l, first_key(i, window) - k0);
+      lse_bh[i] = softmax_row(s + i * l, bias + k0, i + 1 - k0, keys);
+    }
+    gemm(false, false, rows, g.hd, keys, 1.0f, sb, l, vbh + k0 * ks, ks, 0.0f, out + g.q_offset(bi, h) + r0 * qs, qs);
   }
 }
 
@@ -274,7 +287,7 @@ void attention_head(const Geometry& g, const float* q, const float* k, const flo
 // kv head's rows. p, dp: scratch [l, l]; delta: scratch [l].
 void attention_head_backward(const Geometry& g, const float* q, const float* k, const float* v, const float* out,
                              const float* lse, const float* dout, const float* bias, int64_t bi, int64_t h, float scale,
-                             float* p, float* dp, float* delta, float* dq, float* dk, float* dv) {
+                             int64_t window, float* p, float* dp, float* delta, float* dq, float* dk, float* dv) {
   const int64_t l = g.l, hd = g.hd, qs = g.q_stride(), ks = g.kv_stride();
   const float* qbh = q + g.q_offset(bi, h);
   const float* kbh = k + g.kv_offset(bi, h);
@@ -285,25 +298,28 @@ void attention_head_backward(const Geometry& g, const float* q, const float* k, 
   float* dkb = dk + g.kv_offset(bi, h);
   float* dvb = dv + g.kv_offset(bi, h);
   for (int64_t r0 = 0; r0 < l; r0 += kRowBlock) {
-    const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, keys = r1;
+    const int64_t r1 = std::min(l, r0 + kRowBlock), rows = r1 - r0, k0 = first_key(r0, window), keys = r1 - k0;
     float* pb = p + r0 * l;
     float* dpb = dp + r0 * l;
-    // P = softmax(scale Q K^T) of the block, recomputed from the saved lse
-    gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kbh, ks, 0.0f, pb, l);
+    const float* kb0 = kbh + k0 * ks;
+    const float* vb0 = vbh + k0 * ks;
+    // P = softmax(scale Q K^T) of the block (keys [k0, r1)), recomputed from the saved lse
+    gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kb0, ks, 0.0f, pb, l);
     for (int64_t i = r0; i < r1; ++i) {
-      probs_row(p + i * l, bias, i + 1, keys, lse_bh[i]);
+      hide_before(p + i * l, first_key(i, window) - k0);
+      probs_row(p + i * l, bias + k0, i + 1 - k0, keys, lse_bh[i]);
       double d = 0;  // delta_i = dO_i . O_i
       for (int64_t c = 0; c < hd; ++c) d += static_cast<double>(dobh[i * qs + c]) * obh[i * qs + c];
       delta[i] = static_cast<float>(d);
     }
     // dV[:keys] += P^T dO; dP = dO V[:keys]^T
-    gemm(true, false, keys, hd, rows, 1.0f, pb, l, dobh + r0 * qs, qs, 1.0f, dvb, ks);
-    gemm(false, true, rows, keys, hd, 1.0f, dobh + r0 * qs, qs, vbh, ks, 0.0f, dpb, l);
+    gemm(true, false, keys, hd, rows, 1.0f, pb, l, dobh + r0 * qs, qs, 1.0f, dvb + k0 * ks, ks);
+    gemm(false, true, rows, keys, hd, 1.0f, dobh + r0 * qs, qs, vb0, ks, 0.0f, dpb, l);
     // dS = P * (dP - delta)
     for (int64_t i = r0; i < r1; ++i) ds_row(dp + i * l, p + i * l, delta[i], keys);
     // dQ = scale dS K[:keys]; dK[:keys] += scale dS^T Q
-    gemm(false, false, rows, hd, keys, scale, dpb, l, kbh, ks, 0.0f, dq + g.q_offset(bi, h) + r0 * qs, qs);
-    gemm(true, false, keys, hd, rows, scale, dpb, l, qbh + r0 * qs, qs, 1.0f, dkb, ks);
+    gemm(false, false, rows, hd, keys, scale, dpb, l, kb0, ks, 0.0f, dq + g.q_offset(bi, h) + r0 * qs, qs);
+    gemm(true, false, keys, hd, rows, scale, dpb, l, qbh + r0 * qs, qs, 1.0f, dkb + k0 * ks, ks);
   }
 }
 
@@ -313,7 +329,7 @@ void attention_head_backward(const Geometry& g, const float* q, const float* k, 
 // backward one per (sequence, kv head), whose query heads add to its dK and dV in head order. Each
 // task is sequential, so no number depends on the thread count.
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
-               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out, float* lse) {
+               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out, float* lse) {
   const Geometry g{l, nh, nkv, hd};
   std::vector<float> bias(static_cast<size_t>(b * l));
   for (int64_t i = 0; i < b * l; ++i) bias[i] = key_mask[i] ? 0.0f : -INFINITY;
@@ -321,13 +337,13 @@ void attention(const float* q, const float* k, const float* v, const int32_t* ke
   parallel_for(b * nh, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> s(static_cast<size_t>(l * l));
     for (int64_t t = t0; t < t1; ++t)
-      attention_head(g, q, k, v, bias.data() + (t / nh) * l, t / nh, t % nh, scale, s.data(), out, lse);
+      attention_head(g, q, k, v, bias.data() + (t / nh) * l, t / nh, t % nh, scale, window, s.data(), out, lse);
   });
 }
 
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
                         const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
-                        int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk,
+                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* dq, float* dk,
                         float* dv) {
   const Geometry g{l, nh, nkv, hd};
   std::vector<float> bias(static_cast<size_t>(b * l));
@@ -343,7 +359,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t bi = t / nkv;
       for (int64_t h = (t % nkv) * group; h < (t % nkv + 1) * group; ++h)
-        attention_head_backward(g, q, k, v, out, lse, dout, bias.data() + bi * l, bi, h, scale, p.data(), dp.data(),
+        attention_head_backward(g, q, k, v, out, lse, dout, bias.data() + bi * l, bi, h, scale, window, p.data(), dp.data(),
                                 delta.data(), dq, dk, dv);
     }
   });
@@ -351,7 +367,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
 
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt,
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
-                      int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
+                      int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out) {
   const int64_t group = nh / nkv;
   // one task per (sequence, kv head): its query heads h = kvh * group + g are contiguous in q and out
   parallel_for(b * nkv, 1, [&](int64_t w0, int64_t w1) {
@@ -360,13 +376,15 @@ void attention_decode(const float* q, const void* k_cache, const void* v_cache, 
       const int64_t bi = w / nkv, kvh = w % nkv;
       const int64_t base = (bi * nkv + kvh) * lmax * hd;  // position 0 of this sequence and kv head
       const int64_t qoff = (bi * nh + kvh * group) * hd;
-      const int32_t* mask = key_mask ? key_mask + bi * lmax : nullptr;
+      // the query is position len - 1: its window is the cached positions [lo, len)
+      const int64_t len = lengths[bi], lo = len > 0 ? first_key(len - 1, window) : 0, at = base + lo * hd;
+      const int32_t* mask = key_mask ? key_mask + bi * lmax + lo : nullptr;
       if (cache_dt == DType::kBF16)
-        decode_group_bf16(q + qoff, static_cast<const uint16_t*>(k_cache) + base, static_cast<const uint16_t*>(v_cache) + base, mask,
-                          lengths[bi], hd, hd, group, scale, sc.data(), out + qoff);
+        decode_group_bf16(q + qoff, static_cast<const uint16_t*>(k_cache) + at, static_cast<const uint16_t*>(v_cache) + at, mask,
+                          len - lo, hd, hd, group, scale, sc.data(), out + qoff);
       else
-        decode_group_f32(q + qoff, static_cast<const float*>(k_cache) + base, static_cast<const float*>(v_cache) + base, mask,
-                         lengths[bi], hd, hd, group, scale, sc.data(), out + qoff);
+        decode_group_f32(q + qoff, static_cast<const float*>(k_cache) + at, static_cast<const float*>(v_cache) + at, mask, len - lo,
+                         hd, hd, group, scale, sc.data(), out + qoff);
     }
   });
 }

@@ -62,8 +62,9 @@ uint32_t take_op_errors();
 // Next token of each active row of logits f32 [B, V] as src/generate/sampler.ts defines it (Hugging
 // Face order: temperature, top-k, top-p; float64 math; greedy = argmax, ties to the lowest id when
 // temperature == 0 or top_k == 1). rng i32 [B, 4] holds each row's xoshiro128** state and advances by
-// two draws per sampled (non-greedy, active) row. Inactive rows (active[b] == 0) get id 0.
-void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, const int32_t* active,
+// two draws per sampled (non-greedy, active) row. Inactive rows (active[b] == 0) get id 0. Only ids
+// < limit (1 <= limit <= V) are ever chosen, greedy too: a padded vocabulary's rows past the tokenizer.
+void sample_tokens(const float* logits, int64_t b, int64_t v, int64_t limit, int32_t* rng, const int32_t* active,
                    double temperature, int64_t top_k, double top_p, int32_t* out);
 
 double stream_read(const void* data, int64_t bytes);

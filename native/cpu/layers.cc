@@ -137,23 +137,16 @@ void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rs
   if (dw) column_reduce(t, h, dw, [&](int64_t r, int64_t j) { return static_cast<double>(dy[r * h + j]) * x[r * h + j] * rstd[r]; });
 }
 
-void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta,
-          double scale, bool inverse) {
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq,
+          float attn, bool inverse) {
   const int64_t half = hd / 2;
-  // inv_freq as HF computes it in fp32: 1 / theta^(2i / hd), then divided by the linear factor
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) {
-    const float expo = static_cast<float>(2 * i) / static_cast<float>(hd);
-    inv_freq[i] = 1.0f / std::pow(static_cast<float>(theta), expo);
-    if (scale != 1.0) inv_freq[i] = inv_freq[i] / static_cast<float>(scale);
-  }
   parallel_for(t, std::max<int64_t>(1, 1024 / std::max<int64_t>(1, heads * hd)), [&](int64_t r0, int64_t r1) {
     std::vector<float> cs(static_cast<size_t>(hd));
     for (int64_t r = r0; r < r1; ++r) {
       for (int64_t i = 0; i < half; ++i) {
         const float angle = static_cast<float>(pos[r]) * inv_freq[i];  // fp32 product, as HF
-        cs[i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-        const float s = static_cast<float>(std::sin(static_cast<double>(angle)));
+        cs[i] = static_cast<float>(std::cos(static_cast<double>(angle))) * attn;  // x 1 is exact
+        const float s = static_cast<float>(std::sin(static_cast<double>(angle))) * attn;
         cs[half + i] = inverse ? -s : s;
       }
       for (int64_t hh = 0; hh < heads; ++hh) {

@@ -42,28 +42,30 @@ void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, fl
 void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
                       int64_t t, int64_t h, float* dx, float* dw);
 
-// Rotary embedding in place on x [T, heads, hd] (HF rotate_half: pairs (i, i + hd/2)), angles as
-// Hugging Face computes them in fp32: inv_freq_i = 1 / theta^(2i/hd) / scale, angle = pos * inv_freq_i.
-// inverse = true rotates by the negative angle (the backward).
-void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta,
-          double scale, bool inverse);
+// Rotary embedding in place on x [T, heads, hd] (HF rotate_half: pairs (i, i + hd/2)) with the host
+// table inv_freq [hd/2] (as Hugging Face computes it for the rope type, src/model/rope.ts): angle =
+// pos * inv_freq_i in fp32, cos and sin times attn (HF attention_scaling). inverse = true applies the
+// transpose (angle -> -angle, still times attn): the backward.
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq,
+          float attn, bool inverse);
 
 // Causal grouped-query attention over B sequences of L positions: q [B, L, nH, hd], k/v [B, L, nKV, hd],
-// key_mask [B, L] (1 = a key to attend to). Query i attends to keys j <= i with mask 1. out [B, L, nH, hd];
-// lse [B, nH, L] (-inf for a query with no key: its output is 0).
+// key_mask [B, L] (1 = a key to attend to). Query i attends to keys j <= i with mask 1 and, with a sliding
+// window > 0, i - j < window. out [B, L, nH, hd]; lse [B, nH, L] (-inf for a query with no key: its output is 0).
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
-               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out, float* lse);
+               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out, float* lse);
 // Backward from the saved out and lse: dq (overwritten), dk and dv (overwritten; heads sharing a kv head
 // are summed in head order).
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
                         const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
-                        int64_t nh, int64_t nkv, int64_t hd, float scale, float* dq, float* dk, float* dv);
+                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* dq, float* dk, float* dv);
 // One new query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (each kv
 // head's positions contiguous, so a head's keys stream from memory in order); sequence b
-// attends to its first lengths[b] cached positions whose key_mask (may be null) is 1. out [B, nH, hd].
+// attends to its first lengths[b] cached positions whose key_mask (may be null) is 1 and, with a sliding
+// window > 0, only the last `window` of them (the query is position lengths[b] - 1). out [B, nH, hd].
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt,
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
-                      int64_t nh, int64_t nkv, int64_t hd, float scale, float* out);
+                      int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out);
 
 // SwiGLU: out = silu(gate) * up; backward: dgate, dup.
 void swiglu(const float* gate, const float* up, int64_t n, float* out);

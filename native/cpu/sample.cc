@@ -3,6 +3,8 @@
 // otherwise the finite-above--inf ids sorted by logit (ties by id), top-k, softmax of logit / T in
 // float64, top-p (keep ids while the mass before them is < top_p), renormalize, and one uniform draw
 // u in [0, 1) from the row's xoshiro128** stream (two 32-bit outputs: 27 + 26 bits, as Rng.next()).
+// Only the first `limit` ids of a row are candidates (rows are V apart): a model's padded vocabulary
+// past its tokenizer is never sampled.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -81,7 +83,7 @@ int32_t sample_row(const float* row, int64_t v, uint32_t* state, double temperat
 
 }  // namespace
 
-void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, const int32_t* active,
+void sample_tokens(const float* logits, int64_t b, int64_t v, int64_t limit, int32_t* rng, const int32_t* active,
                    double temperature, int64_t top_k, double top_p, int32_t* out) {
   const bool greedy = temperature == 0 || top_k == 1;
   parallel_for(b, 1, [&](int64_t r0, int64_t r1) {
@@ -90,8 +92,9 @@ void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, cons
     for (int64_t r = r0; r < r1; ++r) {
       const float* row = logits + r * v;
       if (!active[r]) out[r] = 0;
-      else if (greedy) out[r] = argmax_row(row, v);
-      else out[r] = sample_row(row, v, reinterpret_cast<uint32_t*>(rng + 4 * r), temperature, top_k, top_p, ids, probs);
+      else if (greedy) out[r] = argmax_row(row, limit);
+      else
+        out[r] = sample_row(row, limit, reinterpret_cast<uint32_t*>(rng + 4 * r), temperature, top_k, top_p, ids, probs);
     }
   });
 }

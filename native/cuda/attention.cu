@@ -5,7 +5,9 @@
 // one kernel recomputes scores per query tile for dq (and first D_i = dout_i . out_i); a second
 // takes 16 keys of one kv head and walks the heads of its group and the query tiles in order for
 // dk and dv. Decode: one block per (sequence, head), its 4 warps split the cached keys (split-K
-// within the block) and merge their partial softmax states in a fixed order.
+// within the block) and merge their partial softmax states in a fixed order. A sliding window (> 0):
+// query i sees key j only when i - j < window; key tiles wholly before a block's window (and, for dk/dv,
+// query tiles wholly after it) are not visited.
 #include <cmath>
 
 #include "cuda_common.cuh"
@@ -24,6 +26,15 @@ constexpr int kKB = 16;  // keys per dk/dv block
 constexpr int kKW = kKB / kWarps;
 constexpr int kMaxD = kMaxHeadDim / 32;  // dims per lane
 
+// Key kj is visible to query qi: causal, and inside the sliding window when there is one (window > 0).
+__device__ inline bool visible(int64_t qi, int64_t kj, int64_t window) { return kj <= qi && (window <= 0 || qi - kj < window); }
+
+// The first key tile (a multiple of kBK) that a query from q0 on may see.
+__device__ inline int64_t first_tile(int64_t q0, int64_t window) {
+  const int64_t first = window > 0 && q0 + 1 > window ? q0 + 1 - window : 0;
+  return first / kBK * kBK;
+}
+
 // Shared-memory floats of each kernel (rows padded to hd + 1 against bank conflicts).
 inline size_t fwd_smem(int64_t hd) { return static_cast<size_t>((kBQ + 2 * kBK) * (hd + 1) + kBK) * 4; }
 inline size_t dq_smem(int64_t hd) { return static_cast<size_t>((2 * kBQ + 2 * kBK) * (hd + 1) + kBK) * 4; }
@@ -31,7 +42,8 @@ inline size_t dkv_smem(int64_t hd) { return static_cast<size_t>((2 * kKB + 2 * k
 
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v,
                                                                  SPIN_GP(const int32_t) key_mask, int64_t l, int64_t nh, int64_t nkv,
-                                                                 int64_t hd, float scale, SPIN_GP(float) out, SPIN_GP(float) lse) {
+                                                                 int64_t hd, float scale, int64_t window, SPIN_GP(float) out,
+                                                                 SPIN_GP(float) lse) {
   SPIN_DYN_SHARED(float, sm);
   const int64_t hdp = hd + 1;
   auto qs = sm;
@@ -53,7 +65,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const f
     for (int c = 0; c < kMaxD; ++c) o[a][c] = 0.0f;
   }
   const int64_t last = q0 + kBQ - 1 < l - 1 ? q0 + kBQ - 1 : l - 1;
-  for (int64_t k0 = 0; k0 <= last; k0 += kBK) {
+  for (int64_t k0 = first_tile(q0, window); k0 <= last; k0 += kBK) {
     __syncthreads();  // the previous tile is consumed (and qs is written, the first time)
     for (int64_t e = threadIdx.x; e < kBK * hd; e += kThreads) {
       const int64_t j = e / hd, d = e - j * hd;
@@ -68,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const f
       const int64_t qi = q0 + warp * kQW + a;
       const int64_t kj = k0 + lane;
       float s = -INFINITY;
-      if (qi < l && kj <= qi && ok[lane] != 0.0f) {
+      if (qi < l && visible(qi, kj, window) && ok[lane] != 0.0f) {
         float dot = 0.0f;
         for (int64_t d = 0; d < hd; ++d) dot += qs[(warp * kQW + a) * hdp + d] * ks[lane * hdp + d];
         s = dot * scale;
@@ -106,7 +118,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const f
 __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
     SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v, SPIN_GP(const int32_t) key_mask,
     SPIN_GP(const float) out, SPIN_GP(const float) lse, SPIN_GP(const float) dout, int64_t l, int64_t nh, int64_t nkv,
-    int64_t hd, float scale, SPIN_GP(float) dq, SPIN_GP(float) dsum) {
+    int64_t hd, float scale, int64_t window, SPIN_GP(float) dq, SPIN_GP(float) dsum) {
   SPIN_DYN_SHARED(float, sm);
   const int64_t hdp = hd + 1;
   auto qs = sm;
@@ -142,7 +154,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
     for (int c = 0; c < kMaxD; ++c) acc[a][c] = 0.0f;
   }
   const int64_t last = q0 + kBQ - 1 < l - 1 ? q0 + kBQ - 1 : l - 1;
-  for (int64_t k0 = 0; k0 <= last; k0 += kBK) {
+  for (int64_t k0 = first_tile(q0, window); k0 <= last; k0 += kBK) {
     __syncthreads();
     for (int64_t e = threadIdx.x; e < kBK * hd; e += kThreads) {
       const int64_t j = e / hd, d = e - j * hd;
@@ -157,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
       const int64_t qi = q0 + warp * kQW + a, kj = k0 + lane;
       const int row = warp * kQW + a;
       float ds = 0.0f;
-      if (qi < l && kj <= qi && ok[lane] != 0.0f && lq[a] != -INFINITY) {
+      if (qi < l && visible(qi, kj, window) && ok[lane] != 0.0f && lq[a] != -INFINITY) {
         float s = 0.0f, dp = 0.0f;
         for (int64_t d = 0; d < hd; ++d) {
           s += qs[row * hdp + d] * ks[lane * hdp + d];
@@ -189,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
 __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
     SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v, SPIN_GP(const int32_t) key_mask,
     SPIN_GP(const float) lse, SPIN_GP(const float) dsum, SPIN_GP(const float) dout, int64_t l, int64_t nh, int64_t nkv,
-    int64_t hd, float scale, SPIN_GP(float) dk, SPIN_GP(float) dv) {
+    int64_t hd, float scale, int64_t window, SPIN_GP(float) dk, SPIN_GP(float) dv) {
   SPIN_DYN_SHARED(float, sm);
   const int64_t hdp = hd + 1;
   auto ks = sm;
@@ -215,8 +227,10 @@ __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
   float gk[kKW][kMaxD], gv[kKW][kMaxD];
   for (int a = 0; a < kKW; ++a)
     for (int c = 0; c < kMaxD; ++c) gk[a][c] = gv[a][c] = 0.0f;
+  // queries past k0 + kKB - 2 + window see none of the block's keys
+  const int64_t qend = window > 0 && k0 + kKB - 1 + window < l ? k0 + kKB - 1 + window : l;
   for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h) {
-    for (int64_t t0 = (k0 / kBK) * kBK; t0 < l; t0 += kBK) {
+    for (int64_t t0 = (k0 / kBK) * kBK; t0 < qend; t0 += kBK) {
       __syncthreads();
       for (int64_t e = threadIdx.x; e < kBK * hd; e += kThreads) {
         const int64_t i = e / hd, d = e - i * hd;
@@ -237,7 +251,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
         const int kr = warp * kKW + a;
         const int64_t kj = k0 + kr, qi = t0 + lane;
         float p = 0.0f, ds = 0.0f;
-        if (qok[lane] != 0.0f && kok[kr] != 0.0f && kj <= qi && lqs[lane] != -INFINITY) {
+        if (qok[lane] != 0.0f && kok[kr] != 0.0f && visible(qi, kj, window) && lqs[lane] != -INFINITY) {
           float s = 0.0f, dp = 0.0f;
           for (int64_t d = 0; d < hd; ++d) {
             s += qs[lane * hdp + d] * ks[kr * hdp + d];
@@ -278,8 +292,8 @@ __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
 template <class T>
 __global__ void __launch_bounds__(kThreads) attention_decode_kernel(
     SPIN_GP(const float) q, SPIN_GP(const T) kc, SPIN_GP(const T) vc, SPIN_GP(const int32_t) lengths,
-    SPIN_GP(const int32_t) key_mask, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, SPIN_GP(float) out,
-    SPIN_GP(uint32_t) err) {
+    SPIN_GP(const int32_t) key_mask, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window,
+    SPIN_GP(float) out, SPIN_GP(uint32_t) err) {
   SPIN_SHARED(float, qs, kMaxHeadDim);
   SPIN_SHARED(float, wm, kWarps);
   SPIN_SHARED(float, wl, kWarps);
@@ -301,7 +315,9 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(
   const auto vbase = vc + (bb * nkv + kvh) * lmax * hd;
   float m = -INFINITY, ls = 0.0f, o[kMaxD];
   for (int c = 0; c < kMaxD; ++c) o[c] = 0.0f;
-  for (int64_t t0 = static_cast<int64_t>(warp) * 32; t0 < len; t0 += kThreads) {
+  // the query is position len - 1: with a window, the last `window` cached positions only
+  const int64_t lo = window > 0 && len > window ? len - window : 0;
+  for (int64_t t0 = lo + static_cast<int64_t>(warp) * 32; t0 < len; t0 += kThreads) {
     const int64_t j = t0 + lane;
     float s = -INFINITY;
     if (j < len && (!key_mask || key_mask[bb * lmax + j] != 0)) {
@@ -364,47 +380,48 @@ void allow_smem(const void* kernel, size_t bytes) {
 
 template <class T>
 void launch_decode(const float* q, const void* k_cache, const void* v_cache, const int32_t* lengths, const int32_t* key_mask,
-                   int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
+                   int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out) {
   const T* kc = lmax ? static_cast<const T*>(k_cache) : nullptr;
   const T* vc = lmax ? static_cast<const T*>(v_cache) : nullptr;
   SPIN_LAUNCH(attention_decode_kernel<T>, dim3(static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), q,
-              kc, vc, lengths, lmax ? key_mask : nullptr, lmax, nh, nkv, hd, scale, out, error_word());
+              kc, vc, lengths, lmax ? key_mask : nullptr, lmax, nh, nkv, hd, scale, window, out, error_word());
 }
 
 }  // namespace
 
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b, int64_t l, int64_t nh,
-               int64_t nkv, int64_t hd, float scale, float* out, float* lse) {
+               int64_t nkv, int64_t hd, float scale, int64_t window, float* out, float* lse) {
   if (b * l * nh == 0) return;
   const size_t smem = fwd_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_fwd_kernel), smem);
   SPIN_LAUNCH(attention_fwd_kernel, dim3(tiles(l, kBQ), static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), smem,
-              stream(), q, k, v, key_mask, l, nh, nkv, hd, scale, out, lse);
+              stream(), q, k, v, key_mask, l, nh, nkv, hd, scale, window, out, lse);
   check_launch("attention");
 }
 
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const float* out,
                         const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv, int64_t hd,
-                        float scale, float* dq, float* dk, float* dv) {
+                        float scale, int64_t window, float* dq, float* dk, float* dv) {
   if (b * l == 0) return;
   float* dsum = static_cast<float*>(scratch(static_cast<size_t>(b * nh * l) * 4, "attentionBackward"));
   const size_t s1 = dq_smem(hd), s2 = dkv_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_dq_kernel), s1);
   allow_smem(reinterpret_cast<const void*>(&attention_dkv_kernel), s2);
   SPIN_LAUNCH(attention_dq_kernel, dim3(tiles(l, kBQ), static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), s1,
-              stream(), q, k, v, key_mask, out, lse, dout, l, nh, nkv, hd, scale, dq, dsum);
+              stream(), q, k, v, key_mask, out, lse, dout, l, nh, nkv, hd, scale, window, dq, dsum);
   SPIN_LAUNCH(attention_dkv_kernel, dim3(tiles(l, kKB), static_cast<unsigned>(nkv), static_cast<unsigned>(b)), dim3(kThreads), s2,
-              stream(), q, k, v, key_mask, lse, static_cast<const float*>(dsum), dout, l, nh, nkv, hd, scale, dk, dv);
+              stream(), q, k, v, key_mask, lse, static_cast<const float*>(dsum), dout, l, nh, nkv, hd, scale, window, dk, dv);
   check_launch("attentionBackward");
 }
 
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
-                      const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, float* out) {
+                      const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale,
+                      int64_t window, float* out) {
   if (b * nh == 0) return;
   if (cache_dt == DType::kBF16)
-    launch_decode<uint16_t>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, out);
+    launch_decode<uint16_t>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, window, out);
   else
-    launch_decode<float>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, out);
+    launch_decode<float>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, window, out);
   check_launch("attentionDecode");
 }
 

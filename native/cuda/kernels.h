@@ -36,7 +36,8 @@ void spin_loss(const float* policy, const float* ref, const float* pair_mask, in
 void fill_pattern(void* p, int64_t count, int elem_bytes, uint32_t pattern);
 void cast_values(const void* src, DType src_dt, void* dst, DType dst_dt, int64_t n);
 
-void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, const int32_t* active,
+// Only ids < limit (1 <= limit <= V) are chosen (native/cpu/kernels.h).
+void sample_tokens(const float* logits, int64_t b, int64_t v, int64_t limit, int32_t* rng, const int32_t* active,
                    double temperature, int64_t top_k, double top_p, int32_t* out);
 
 }  // namespace spinlm::cuda

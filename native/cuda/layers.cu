@@ -2,6 +2,7 @@
 // each thread owns a column and walks the tokens in order), RMSNorm (one block per row, double
 // sums), RoPE, SwiGLU, residual adds, biases, KV-cache scatter. Column reductions (weight and bias
 // gradients) sum rows in a fixed order: no atomics.
+#include <algorithm>
 #include <cmath>
 
 #include "cuda_common.cuh"
@@ -109,9 +110,14 @@ __global__ void bias_backward_kernel(SPIN_GP(const float) dy, int64_t t, int64_t
   }
 }
 
+// The inverse frequencies travel in the launch's parameters: no device buffer, no copy.
+struct RopeFreq {
+  float v[kRopeMaxHalf];
+};
+
 // One thread per (token, head, i < hd/2) pair of rotated values.
-__global__ void rope_kernel(SPIN_GP(float) x, SPIN_GP(const int32_t) pos, int64_t t, int64_t heads, int64_t hd, float theta,
-                            float scale, int inverse, SPIN_GP(uint32_t) err) {
+__global__ void rope_kernel(SPIN_GP(float) x, SPIN_GP(const int32_t) pos, int64_t t, int64_t heads, int64_t hd, RopeFreq freq,
+                            float attn, int inverse, SPIN_GP(uint32_t) err) {
   const int64_t half = hd / 2;
   SPIN_GRID_STRIDE(k, t * heads * half) {
     const int64_t i = k % half, rh = k / half, r = rh / heads;
@@ -120,12 +126,9 @@ __global__ void rope_kernel(SPIN_GP(float) x, SPIN_GP(const int32_t) pos, int64_
       if (i == 0 && rh % heads == 0) atomicOr(err, static_cast<uint32_t>(kErrPositions));
       continue;
     }
-    const float expo = static_cast<float>(2 * i) / static_cast<float>(hd);
-    float inv_freq = 1.0f / powf(theta, expo);
-    if (scale != 1.0f) inv_freq = inv_freq / scale;
-    const float angle = static_cast<float>(p) * inv_freq;
-    const float c = static_cast<float>(cos(static_cast<double>(angle)));
-    float s = static_cast<float>(sin(static_cast<double>(angle)));
+    const float angle = static_cast<float>(p) * freq.v[i];
+    const float c = static_cast<float>(cos(static_cast<double>(angle))) * attn;  // x 1 is exact
+    float s = static_cast<float>(sin(static_cast<double>(angle))) * attn;
     if (inverse) s = -s;
     auto v = x + rh * hd;
     const float a = v[i], b = v[half + i];
@@ -222,10 +225,12 @@ void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rs
   check_launch("rmsnormBackward");
 }
 
-void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, double theta, double scale, bool inverse) {
+void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq, float attn, bool inverse) {
   if (t * heads * hd == 0) return;
-  SPIN_LAUNCH(rope_kernel, grid_for(t * heads * (hd / 2)), dim3(kThreads), 0, stream(), x, pos, t, heads, hd,
-              static_cast<float>(theta), static_cast<float>(scale), inverse ? 1 : 0, error_word());
+  RopeFreq freq{};
+  std::copy(inv_freq, inv_freq + hd / 2, freq.v);  // hd / 2 <= kRopeMaxHalf: checked by the binding
+  SPIN_LAUNCH(rope_kernel, grid_for(t * heads * (hd / 2)), dim3(kThreads), 0, stream(), x, pos, t, heads, hd, freq, attn,
+              inverse ? 1 : 0, error_word());
   check_launch("rope");
 }
 

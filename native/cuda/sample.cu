@@ -2,7 +2,8 @@
 // one block per row. Greedy rows: a block-wide argmax (ties to the lowest id). Sampled rows: one
 // thread runs the exact host algorithm (a heap-based partial sort for top-k, float64 softmax and
 // top-p, one xoshiro128** draw) over a per-row scratch slice, so a seed gives the same tokens as
-// the CPU backend. Sampling is a per-token cost next to the model's forward pass.
+// the CPU backend. Sampling is a per-token cost next to the model's forward pass. Only the first
+// `limit` ids of a row (rows are v apart) are candidates: a padded vocabulary is never sampled.
 #include <cmath>
 
 #include "cuda_common.cuh"
@@ -50,7 +51,8 @@ __device__ void sift_down(P row, I ids, int64_t start, int64_t end) {
   }
 }
 
-__global__ void __launch_bounds__(kThreads) sample_kernel(SPIN_GP(const float) logits, int64_t v, SPIN_GP(int32_t) rng,
+__global__ void __launch_bounds__(kThreads) sample_kernel(SPIN_GP(const float) logits, int64_t v, int64_t limit,
+                                                         SPIN_GP(int32_t) rng,
                                                          SPIN_GP(const int32_t) active, int greedy, double temperature,
                                                          int64_t top_k, double top_p, SPIN_GP(int32_t) out,
                                                          SPIN_GP(int32_t) ids_all, SPIN_GP(double) probs_all) {
@@ -65,7 +67,7 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SPIN_GP(const float) l
   if (greedy) {
     float bv = -INFINITY;
     int32_t bi = -1;
-    for (int64_t j = threadIdx.x; j < v; j += kThreads) {
+    for (int64_t j = threadIdx.x; j < limit; j += kThreads) {
       const float x = row[j];
       if (bi < 0 || x > bv) {  // strictly greater: the lowest id of a tie within a thread
         bv = x;
@@ -96,11 +98,11 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SPIN_GP(const float) l
   auto ids = ids_all + row_offset(r, v);
   auto probs = probs_all + row_offset(r, v);
   int64_t n = 0;
-  for (int64_t i = 0; i < v; ++i)
+  for (int64_t i = 0; i < limit; ++i)
     if (row[i] > -INFINITY) ids[n++] = static_cast<int32_t>(i);
   if (n == 0) {
     int64_t best = 0;
-    for (int64_t i = 1; i < v; ++i)
+    for (int64_t i = 1; i < limit; ++i)
       if (row[i] > row[best]) best = i;
     ids[n++] = static_cast<int32_t>(best);
   }
@@ -154,8 +156,8 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SPIN_GP(const float) l
 
 }  // namespace
 
-void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, const int32_t* active, double temperature,
-                   int64_t top_k, double top_p, int32_t* out) {
+void sample_tokens(const float* logits, int64_t b, int64_t v, int64_t limit, int32_t* rng, const int32_t* active,
+                   double temperature, int64_t top_k, double top_p, int32_t* out) {
   if (b == 0) return;
   const bool greedy = temperature == 0 || top_k == 1;
   int32_t* ids = nullptr;
@@ -165,8 +167,8 @@ void sample_tokens(const float* logits, int64_t b, int64_t v, int32_t* rng, cons
     probs = reinterpret_cast<double*>(s);
     ids = reinterpret_cast<int32_t*>(s + static_cast<size_t>(b * v) * 8);
   }
-  SPIN_LAUNCH(sample_kernel, dim3(static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), logits, v, rng, active, greedy ? 1 : 0,
-              temperature, top_k, top_p, out, ids, probs);
+  SPIN_LAUNCH(sample_kernel, dim3(static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), logits, v, limit, rng, active,
+              greedy ? 1 : 0, temperature, top_k, top_p, out, ids, probs);
   check_launch("sampleTokens");
 }
 

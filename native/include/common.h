@@ -16,6 +16,9 @@ namespace spinlm {
 // Target value that marks a token as carrying no loss (PyTorch's ignore_index).
 constexpr int32_t kIgnoreIndex = -100;
 
+// Largest rope table (head_dim / 2): the CUDA kernel takes the inverse frequencies by value (1 KiB).
+constexpr int64_t kRopeMaxHalf = 256;
+
 // Element offset of row `row` in a row-major [rows, cols] matrix. Always 64-bit: at real sizes
 // rows * vocab passes 2^31 (4096 tokens x 152064 vocab = 6.2e8; 16k x 152064 = 2.5e9).
 SPINLM_HD int64_t row_offset(int64_t row, int64_t cols) { return row * cols; }

@@ -124,12 +124,21 @@ export interface LinearsOpts {
 export interface AttentionOpts {
   /** Multiplies q . k before the softmax; default 1 / sqrt(headDim). Finite. */
   scale?: number;
+  /**
+   * Sliding window (Mistral's sliding_window): the query at position i sees the key at position j iff
+   * j <= i and i - j < window (positions are indices in the sequence or the cache, as Hugging Face's
+   * sliding_window_overlay; a decode query is position lengths[b] - 1). 0 or undefined: no window.
+   */
+  window?: number;
 }
 
+/** What the backends' rope takes: the table HF computes for the rope type (src/model/rope.ts). */
 export interface RopeOpts {
-  theta: number;
-  /** Linear rope_scaling factor (1 = none). */
-  scale?: number;
+  /** f32 inverse frequencies [hd / 2] (host array; hd <= 512). */
+  invFreq: Float32Array;
+  /** Multiplies cos and sin (HF attention_scaling: yarn, longrope); default 1. Finite. */
+  attentionScale?: number;
+  /** The transpose (angle -> -angle, still times attentionScale): the backward. */
   inverse?: boolean;
 }
 
@@ -251,8 +260,10 @@ export interface Backend {
   /**
    * Next token of each row of logits f32 [B, V]: rng i32 [B, 4] holds each row's xoshiro128** state
    * (src/util/rng.ts) and is advanced in place; active i32 [B] (0 = skip: id 0, state untouched).
+   * Only ids < limit (1 <= limit <= V) are chosen, greedy too: a model's vocabulary padded past its
+   * tokenizer's ids is never sampled.
    */
-  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, opts: SampleOpts): Tensor<'i32'>;
+  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, opts: SampleOpts, limit: number): Tensor<'i32'>;
 
   // ---- model ops (fp32 compute; weights f32 or bf16) --------------------------------------------
   /**

@@ -108,10 +108,10 @@ export abstract class NativeKernels {
     this.native.accumulate(acc, x, acc.numel, alpha);
   }
 
-  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, o: SampleOpts): Tensor<'i32'> {
+  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, o: SampleOpts, limit: number): Tensor<'i32'> {
     const [b, v] = logits.shape;
     const out = this.output('i32', [b], 'sampleTokens');
-    this.native.sampleTokens(logits, b, v, rng, active, o.temperature, o.topK, o.topP, out);
+    this.native.sampleTokens(logits, b, v, limit, rng, active, o.temperature, o.topK, o.topP, out);
     return out;
   }
 
@@ -200,7 +200,7 @@ export abstract class NativeKernels {
 
   rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
     const [t, heads, hd] = x.shape;
-    this.native.rope(x, positions, t, heads, hd, opts.theta, opts.scale ?? 1, !!opts.inverse);
+    this.native.rope(x, positions, opts.invFreq, t, heads, hd, opts.attentionScale ?? 1, !!opts.inverse);
   }
 
   attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
@@ -208,7 +208,7 @@ export abstract class NativeKernels {
     const nkv = k.shape[2];
     const out = this.output('f32', q.shape, 'attention');
     const lse = this.output('f32', [b, nh, l], 'attention');
-    this.native.attention(q, k, v, keyMask, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), out, lse);
+    this.native.attention(q, k, v, keyMask, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), opts.window ?? 0, out, lse);
     return { out, lse };
   }
 
@@ -218,7 +218,25 @@ export abstract class NativeKernels {
     const dq = this.output('f32', q.shape, 'attentionBackward');
     const dk = this.output('f32', k.shape, 'attentionBackward');
     const dv = this.output('f32', v.shape, 'attentionBackward');
-    this.native.attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), dq, dk, dv);
+    this.native.attentionBackward(
+      q,
+      k,
+      v,
+      keyMask,
+      out,
+      lse,
+      dout,
+      b,
+      l,
+      nh,
+      nkv,
+      hd,
+      opts.scale ?? 1 / Math.sqrt(hd),
+      opts.window ?? 0,
+      dq,
+      dk,
+      dv,
+    );
     return { dq, dk, dv };
   }
 
@@ -239,6 +257,7 @@ export abstract class NativeKernels {
       nkv,
       hd,
       opts.scale ?? 1 / Math.sqrt(hd),
+      opts.window ?? 0,
       out,
     );
     return out;

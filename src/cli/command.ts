@@ -46,13 +46,13 @@ export async function checkFileOut(command: string, out: string | undefined, inp
  * row, honoring --skip_invalid) before the first stage, not after hours of work.
  */
 export function promptFits(model: LlamaModel, tok: HfTokenizer, template: PromptTemplate) {
-  const context = model.cfg.maxPositionEmbeddings;
+  const context = model.maxPositions; // max_position_embeddings (longrope: original_max_position_embeddings)
   return (p: PromptSource): string | null => {
     const text = formatPrompt(tok, template, p);
     // a token covers at most maxTokenChars characters: a longer text needs no tokenizing to know
     const n = text.length >= context * tok.maxTokenChars ? null : tok.encode(text).length;
     if (n !== null && n < context) return null;
-    return `the prompt is ${n === null ? `over ${context}` : n} tokens with the prompt template, which leaves no room to generate within the model's context of ${context} tokens (max_position_embeddings); shorten the prompt or drop the row (--skip_invalid skips such rows)`;
+    return `the prompt is ${n === null ? `over ${context}` : n} tokens with the prompt template, which leaves no room to generate within the model's context of ${context} tokens (max_position_embeddings, or longrope's original_max_position_embeddings); shorten the prompt or drop the row (--skip_invalid skips such rows)`;
   };
 }
 

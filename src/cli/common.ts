@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { Backend } from '../backend/backend.js';
 import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
+import { loadConfig } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
 import type { Rounds } from '../data/messages.js';
 import type { PromptTemplate } from '../text/templates.js';
@@ -48,6 +49,7 @@ export async function loadModelAndTokenizer(
   if (!existsSync(join(m.dir, 'config.json')))
     throw new UsageError(`--model ${m.dir}: no config.json there (expected a Hugging Face model directory)`);
   const tok = await loadTokenizer(m.dir);
+  tok.checkModelVocab((await loadConfig(m.dir)).vocabSize, join(m.dir, 'config.json'));
   const model = await LlamaModel.load(await backend(), m.dir, { dtype: m.dtype });
   const template = templateOf(m, tok);
   return { model, tok, template, rounds: roundsOf(m, template) };

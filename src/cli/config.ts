@@ -120,7 +120,7 @@ export function truncationOf(
   const maxLength = m.maxLength ?? context ?? 1024;
   if (context !== undefined && maxLength > context) {
     throw new UsageError(
-      `--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json); give --max_length ${context} or less`,
+      `--max_length ${maxLength} exceeds the model's context of ${context} tokens (max_position_embeddings in config.json; longrope: original_max_position_embeddings); give --max_length ${context} or less`,
     );
   }
   const maxPromptLength = m.maxPromptLength ?? Math.min(512, Math.floor(maxLength / 2));
@@ -218,7 +218,9 @@ export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi
     saveSteps: num(o, 'save_steps'),
     gradientCheckpointing: bool(o, 'gradient_checkpointing'),
     fusedUpdate,
-    dist: dist ? { group: processGroup(), zeroStage: (optNum(o, 'zero_stage') ?? 0) as ZeroStage } : undefined,
+    dist: dist
+      ? { group: processGroup(), zeroStage: Number(choice(o, 'zero_stage', ['0', '1', '2', '3'] as const, '0')) as ZeroStage }
+      : undefined,
   };
 }
 

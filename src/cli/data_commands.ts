@@ -63,7 +63,7 @@ export const score: Command = {
     const [data, out] = [str(o, 'data'), str(o, 'out')];
     await checkFileOut('score', out, { model: m.dir, data });
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const pairs = await readSpinPairs(data, { rounds });
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: bool(o, 'quiet') });
     const scores = await scorePairs(model, tok, pairs, {
@@ -201,7 +201,7 @@ export const evalCmd: Command = {
     const batchSize = num(o, 'per_device_eval_batch_size');
     await checkFileOut('eval', out, { model: m.dir, data: d.path });
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const pairs = await sftData(d, promptFits(model, tok, template), rounds);
     const result: Record<string, unknown> = { n: pairs.length };
     result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...trunc, template, batchSize });

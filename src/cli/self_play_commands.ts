@@ -70,7 +70,7 @@ export const run: Command = {
     const c = runConfig(o); // checked before anything is written, like every input below
     c.model.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(c.model);
-    const trunc = truncationOf(c.model, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(c.model, model.maxPositions);
     const generation = generationSettingsOf(c.generation, tok, await stopIdsOf(c.model.dir, model.cfg.eosTokenIds, tok, template));
     generation.computeDtype = checkComputeDtype(c.model, model.weights.dtype);
     // every row's length is checked here, before the first stage, naming the file and row

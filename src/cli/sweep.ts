@@ -12,6 +12,7 @@ import { sampleItems } from '../data/sample.js';
 import { loadSftPairs } from '../data/sft.js';
 import type { SyntheticTask } from '../data/synthetic.js';
 import { parseConfig } from '../model/config.js';
+import { ropePositionLimit } from '../model/rope.js';
 import { type EvalSettings, evaluateTasks } from '../spin/evaluate.js';
 import { evaluateTheta0, type Experiment, type ExperimentRun, runDirOf, runExperiment } from '../spin/experiment.js';
 import { MetricsWriter } from '../spin/metrics.js';
@@ -214,10 +215,9 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
   ] as const)
     if (path !== null && !existsSync(path)) throw new UsageError(`${cfg.file}: base.${key} ${path}: no such file`);
   const tok = await loadTokenizer(modelDir);
-  const context = parseConfig(
-    JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')),
-    join(modelDir, 'config.json'),
-  ).maxPositionEmbeddings;
+  const mc = parseConfig(JSON.parse(readFileSync(join(modelDir, 'config.json'), 'utf8')), join(modelDir, 'config.json'));
+  tok.checkModelVocab(mc.vocabSize, join(modelDir, 'config.json'));
+  const context = ropePositionLimit(mc.maxPositionEmbeddings, mc.ropeScaling); // longrope: original_max_position_embeddings
   const arms = cfg.arms.map((a, i) => planArm(cfg.file, i, a, tok, context));
   const { sft, heldout } = await sweepData(cfg);
 

@@ -1,11 +1,11 @@
 // The commands that train one model: `train` (one SPIN iteration from a pair file) and `sft`
 // (supervised fine-tuning, from a model or a fresh config).
-import { existsSync } from 'node:fs';
-import { cp, readFile, rm } from 'node:fs/promises';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readSpinPairs } from '../data/spin_pairs.js';
 import { parseConfig } from '../model/config.js';
 import { initLlama } from '../model/init.js';
+import { saveDerivedModel, TOKENIZER_FILES } from '../model/side_files.js';
 import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { writeReport } from '../spin/report.js';
 import { referenceStage, saveModelStage, spinTrainStage } from '../spin/self_play.js';
@@ -68,7 +68,7 @@ export const train: Command = {
     m.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const pairs = await readSpinPairs(data, { rounds });
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const tokenized = tokenizePairs(tok, pairs, { ...trunc, template, batchSize: 1 });
     await prepareOut('train', o, ['model', 'data'], 'single', m.templateDate);
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
@@ -127,7 +127,9 @@ export const sftCmd: Command = {
     let model, tok, template;
     if (initConfig && tokenizerDir) {
       tok = await loadTokenizer(tokenizerDir);
-      model = initLlama(await backend(), parseConfig(JSON.parse(await readFile(initConfig, 'utf8')), initConfig), {
+      const fresh = parseConfig(JSON.parse(await readFile(initConfig, 'utf8')), initConfig);
+      tok.checkModelVocab(fresh.vocabSize, initConfig);
+      model = initLlama(await backend(), fresh, {
         seed: num(o, 'seed'),
         dtype: m.dtype === 'bf16' ? 'bf16' : 'f32',
       });
@@ -135,7 +137,7 @@ export const sftCmd: Command = {
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
     const pairs = await sftData(dataConfig(o), undefined, roundsOf(m, template));
     await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single', m.templateDate);
-    const trunc = truncationOf(m, model.cfg.maxPositionEmbeddings);
+    const trunc = truncationOf(m, model.maxPositions);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });
     await runSft(
@@ -153,10 +155,9 @@ export const sftCmd: Command = {
     );
     bar.stop();
     if (isMain()) {
-      await model.save(out);
+      // the source's config.json and side files (a fresh model: its config file and the tokenizer's files)
+      await saveDerivedModel(model, out, initConfig ? { dir: tokenizerDir!, config: initConfig, files: TOKENIZER_FILES } : { dir: m.dir });
       await rm(join(out, 'checkpoint'), { recursive: true, force: true });
-      const tokDir = initConfig ? tokenizerDir! : m.dir;
-      for (const f of ['tokenizer.json', 'tokenizer_config.json']) if (existsSync(join(tokDir, f))) await cp(join(tokDir, f), join(out, f));
       await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm sft', evalColumns: [] });
     }
     barrier();

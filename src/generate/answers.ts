@@ -13,6 +13,10 @@ export interface AnswerTokenizer {
   encode(text: string): number[];
   decode(ids: readonly number[], opts?: { skipSpecialTokens?: boolean }): string;
   readonly eosId: number;
+  /** Largest id + 1: no id at or past it is sampled (a model's vocab_size may be larger). */
+  readonly vocabSize?: number;
+  /** Ids below vocabSize the tokenizer does not define: never sampled either. */
+  readonly gapIds?: readonly number[];
 }
 
 /** What produced a journal besides the prompts and sampling settings, and how to name a difference. */
@@ -173,6 +177,8 @@ export async function answerPrompts(
     {
       ...o,
       eosIds: [...new Set([tok.eosId, ...(o.stopIds ?? [])])],
+      vocabLimit: tok.vocabSize,
+      excludedIds: tok.gapIds,
       streamIds: todo.map((i) => i + (o.streamOffset ?? 0)),
       onBatch: (idx, gens) => {
         const lines = idx.map((j, k) => {

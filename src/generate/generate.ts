@@ -9,6 +9,9 @@
 // - static: groups of batchSize prompts, each group decoded until its last sequence ends.
 // Sampling runs on the device (ops.sampleTokens, the algorithm of sampler.ts): per decode step the
 // host reads B token ids, never the [B, V] logits, and the sampled ids feed the next step directly.
+// Only the tokenizer's ids are ever sampled: ids >= vocabLimit (a model's vocab_size padded past its
+// tokenizer, as Qwen2's 151936 rows for ~151665 ids) are cut off in the sampler itself, and the ids a
+// tokenizer skips below that (excludedIds) get a -inf logit first.
 import type { Backend } from '../backend/backend.js';
 import * as ops from '../ops/index.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -39,6 +42,10 @@ export interface DecoderCache {
 export interface GenerateOptions extends SamplingOptions {
   maxNewTokens: number;
   eosIds: readonly number[];
+  /** Only ids < vocabLimit are sampled (default and at most the model's vocabSize): the tokenizer's size. */
+  vocabLimit?: number;
+  /** Ids below vocabLimit that are never sampled either (ids a tokenizer does not define). */
+  excludedIds?: readonly number[];
   /** Token sequences that end an answer (excluded from it). */
   stopSequences?: readonly (readonly number[])[];
   seed: number;
@@ -87,6 +94,46 @@ function accept(g: Generation, id: number, budget: number, o: GenerateOptions): 
   return g.tokens.length < budget;
 }
 
+/** What the sampler may draw: ids < limit, less those the bias (0 / -inf per id, f32 [V]) masks; null bias when none. */
+interface VocabMask {
+  limit: number;
+  bias: Tensor<'f32'> | null;
+}
+
+function vocabMask(model: DecoderModel, o: GenerateOptions): VocabMask {
+  const V = model.vocabSize;
+  const limit = Math.min(o.vocabLimit ?? V, V);
+  const excluded = (o.excludedIds ?? []).filter((id) => id < limit);
+  if (excluded.length === 0) return { limit, bias: null };
+  const bias = new Float32Array(V);
+  for (const id of excluded) bias[id] = -Infinity;
+  return { limit, bias: ops.upload(model.backend, { dtype: 'f32', data: bias }, [V]) };
+}
+
+function checkVocab(model: DecoderModel, o: GenerateOptions): void {
+  if (o.vocabLimit !== undefined && (!Number.isSafeInteger(o.vocabLimit) || o.vocabLimit < 1))
+    throw new RangeError(`vocabLimit must be a positive integer, got ${o.vocabLimit}`);
+  const limit = Math.min(o.vocabLimit ?? model.vocabSize, model.vocabSize);
+  const excluded = new Set<number>();
+  for (const id of o.excludedIds ?? []) {
+    if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`excludedIds: ${id} is not a token id`);
+    if (id < limit) excluded.add(id);
+  }
+  if (excluded.size >= limit) throw new RangeError(`excludedIds leave no id below the vocabulary limit ${limit} to sample`);
+}
+
+/** Next ids of each row, never outside the mask (the excluded ids' logits become -inf in place). */
+function sampleMasked(
+  logits: Tensor<'f32'>,
+  rng: Tensor<'i32'>,
+  active: Tensor<'i32'>,
+  o: SamplingOptions,
+  mask: VocabMask,
+): Tensor<'i32'> {
+  if (mask.bias) ops.addBias(logits, mask.bias);
+  return ops.sampleTokens(logits, rng, active, { temperature: o.temperature, topK: o.topK, topP: o.topP }, mask.limit);
+}
+
 /** Each row's xoshiro128** state as i32 [B, 4] for the device sampler. */
 function rngStates(be: Backend, rngs: readonly Rng[]): Tensor<'i32'> {
   const words = new Uint32Array(4 * rngs.length);
@@ -124,7 +171,7 @@ async function generateBatch(
   );
   const out: Generation[] = prompts.map(() => ({ tokens: [], finishReason: 'length' }));
   const active = new Uint8Array(S).fill(1, 0, B);
-  const sampling = { temperature: o.temperature, topK: o.topK, topP: o.topP };
+  const mask = vocabMask(model, o);
   let logits: Tensor<'f32'> | undefined;
   let next: Tensor<'i32'> | undefined;
   try {
@@ -142,7 +189,7 @@ async function generateBatch(
     for (let step = 0; step < budget; step++) {
       const activeT = ops.upload(be, { dtype: 'i32', data: Int32Array.from(active) }, [S]);
       next?.free();
-      next = ops.sampleTokens(logits, rng, activeT, sampling);
+      next = sampleMasked(logits, rng, activeT, o, mask);
       activeT.free();
       logits.free();
       logits = undefined;
@@ -160,6 +207,7 @@ async function generateBatch(
     logits?.free();
     next?.free();
     rng.free();
+    mask.bias?.free();
     cache.free();
   }
   return out;
@@ -188,7 +236,7 @@ async function generateContinuous(
     return undefined;
   }
   const greedy = isGreedy(o);
-  const sampling = { temperature: o.temperature, topK: o.topK, topP: o.topP };
+  const mask = vocabMask(model, o);
   const results: Generation[] = new Array(prompts.length);
   const slot = new Int32Array(S).fill(-1); // prompt index held by each slot, -1 = empty
   const streams: Rng[] = new Array(S);
@@ -233,7 +281,7 @@ async function generateContinuous(
       const active = Uint8Array.from(slot, (i) => (i >= 0 ? 1 : 0));
       const activeT = ops.upload(be, { dtype: 'i32', data: Int32Array.from(active) }, [S]);
       next?.free();
-      next = ops.sampleTokens(logits, rng!, activeT, sampling);
+      next = sampleMasked(logits, rng!, activeT, o, mask);
       activeT.free();
       logits.free();
       logits = undefined;
@@ -268,6 +316,7 @@ async function generateContinuous(
     logits?.free();
     next?.free();
     rng?.free();
+    mask.bias?.free();
     cache.free();
   }
   return results;
@@ -275,6 +324,7 @@ async function generateContinuous(
 
 export async function generate(model: DecoderModel, prompts: readonly (readonly number[])[], o: GenerateOptions): Promise<Generation[]> {
   checkSampling(o);
+  checkVocab(model, o);
   if (!Number.isSafeInteger(o.maxNewTokens) || o.maxNewTokens < 1)
     throw new RangeError(`max_new_tokens must be a positive integer, got ${o.maxNewTokens}`);
   if (!Number.isSafeInteger(o.batchSize) || o.batchSize < 1)

@@ -5,6 +5,9 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
+import { type RopeScaling, parseRopeScaling } from './rope.js';
+
+export type { RopeScaling } from './rope.js';
 
 /** A bad config.json: names the file and the field. */
 export class ConfigError extends Error {
@@ -31,12 +34,6 @@ const MODEL_TYPES = Object.keys(ARCHITECTURES) as ModelType[];
 
 export type TorchDtype = 'bfloat16' | 'float16' | 'float32';
 
-/** Position interpolation: positions are divided by `factor` before the rotary angles are taken. */
-export interface RopeScaling {
-  type: 'linear';
-  factor: number;
-}
-
 export interface LlamaConfig {
   /** HF model_type; decides the architectures name and bias/sliding-window conventions. */
   modelType: ModelType;
@@ -56,8 +53,12 @@ export interface LlamaConfig {
   rmsNormEps: number;
   /** RoPE base (rope_theta; default 10000). */
   ropeTheta: number;
-  /** RoPE position scaling (rope_scaling), null for none. */
+  /** RoPE position scaling (rope_scaling or rope_parameters; src/model/rope.ts), null for none. */
   ropeScaling: RopeScaling | null;
+  /** The rope_scaling / rope_parameters object as read, written back unchanged; null when absent. */
+  ropeJson: { field: 'rope_scaling' | 'rope_parameters'; value: Record<string, unknown> } | null;
+  /** Top-level original_max_position_embeddings (Phi-3 style), written back; null when absent. */
+  originalMaxPositionEmbeddings: number | null;
   /** V: vocabulary rows of the embedding and lm_head (vocab_size). */
   vocabSize: number;
   /** Longest sequence the model was trained for (max_position_embeddings). */
@@ -161,41 +162,13 @@ class Fields {
   }
 }
 
-function parseRopeScaling(f: Fields, field: string, v: unknown): RopeScaling | null {
-  if (v === undefined || v === null) return null;
-  if (typeof v !== 'object' || Array.isArray(v)) throw f.error(field, `expected null or an object, got ${describe(v)}`);
-  const o = v as Json;
-  const type = o.rope_type ?? o.type;
-  if (type === 'default') return null; // HF's name for "no scaling"
-  if (type !== 'linear') {
-    throw f.error(field, `rope scaling type ${describe(type)} is not supported (spinlm supports "linear")`);
-  }
-  const factor = o.factor;
-  if (typeof factor !== 'number' || !Number.isFinite(factor) || factor <= 0) {
-    throw f.error(`${field}.factor`, `expected a positive number, got ${describe(factor)}`);
-  }
-  return { type: 'linear', factor };
-}
-
-/**
- * qwen3 / phi3 fields spinlm does not implement, refused by name: dropout during training (spinlm's
- * passes are deterministic) and partial rotary embeddings (Phi-4-mini's partial_rotary_factor).
- */
-function checkNoDropoutOrPartialRope(f: Fields, modelType: ModelType): void {
+/** qwen3 / phi3 dropout fields, refused by name unless 0: spinlm's passes are deterministic. */
+function checkNoDropout(f: Fields, modelType: ModelType): void {
   const dropouts = modelType === 'phi3' ? ['attention_dropout', 'resid_pdrop', 'embd_pdrop'] : ['attention_dropout'];
   for (const field of dropouts) {
     if (!f.has(field)) continue;
     const v = f.json[field];
     if (v !== 0) throw f.error(field, `dropout is not supported (expected 0, got ${describe(v)})`);
-  }
-  const rp = f.json.rope_parameters;
-  const nested = rp !== null && typeof rp === 'object' && !Array.isArray(rp) ? (rp as Json).partial_rotary_factor : undefined;
-  for (const [field, v] of [
-    ['partial_rotary_factor', f.json.partial_rotary_factor],
-    ['rope_parameters.partial_rotary_factor', nested],
-  ] as const) {
-    if (v !== undefined && v !== null && v !== 1)
-      throw f.error(field, `partial rotary embeddings are not supported (expected 1, got ${describe(v)})`);
   }
 }
 
@@ -257,14 +230,27 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
     ropeTheta = f.posNumber('rope_theta', 10000);
   }
   const rpScaling = rp && (rp.rope_type !== undefined || rp.type !== undefined) ? rp : null; // no type: no scaling
-  const ropeScaling = f.has('rope_scaling')
-    ? parseRopeScaling(f, 'rope_scaling', f.json.rope_scaling)
-    : parseRopeScaling(f, 'rope_parameters', rpScaling);
+  const ropeField: 'rope_scaling' | 'rope_parameters' = f.has('rope_scaling') ? 'rope_scaling' : 'rope_parameters';
+  const ropeObj = ropeField === 'rope_scaling' ? f.json.rope_scaling : rpScaling;
+  if (ropeObj !== null && (typeof ropeObj !== 'object' || Array.isArray(ropeObj))) {
+    throw f.error(ropeField, `expected null or an object, got ${describe(ropeObj)}`);
+  }
+  const originalMaxPositionEmbeddings = f.has('original_max_position_embeddings') ? f.posInt('original_max_position_embeddings') : null;
+  if (f.has('partial_rotary_factor') && f.json.partial_rotary_factor !== 1) {
+    throw f.error('partial_rotary_factor', `partial rotary embeddings are not supported (got ${describe(f.json.partial_rotary_factor)})`);
+  }
+  const ropeScaling =
+    ropeObj === null
+      ? null
+      : parseRopeScaling(ropeObj as Json, ropeField, { headDim, maxPositionEmbeddings, originalMaxPositionEmbeddings }, (field, problem) =>
+          f.error(field, problem),
+        );
+  const ropeJson = ropeObj === null ? null : { field: ropeField, value: structuredClone(ropeObj as Json) };
 
   const act = f.json.hidden_act;
   if (act !== undefined && act !== 'silu') throw f.error('hidden_act', `only "silu" is supported, got ${describe(act)}`);
   if (modelType === 'llama' && f.bool('mlp_bias', false)) throw f.error('mlp_bias', 'MLP biases are not supported');
-  if (modelType === 'qwen3' || modelType === 'phi3') checkNoDropoutOrPartialRope(f, modelType);
+  if (modelType === 'qwen3' || modelType === 'phi3') checkNoDropout(f, modelType);
   const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
   // phi3's attention has no biases whatever attention_bias says (HF's Phi3Attention ignores it)
   const llamaBias = modelType === 'llama' || modelType === 'qwen3' ? f.bool('attention_bias', false) : false;
@@ -312,6 +298,8 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
     rmsNormEps,
     ropeTheta,
     ropeScaling,
+    ropeJson,
+    originalMaxPositionEmbeddings,
     vocabSize,
     maxPositionEmbeddings,
     tieWordEmbeddings,
@@ -367,13 +355,15 @@ export function configToJson(cfg: LlamaConfig): Record<string, unknown> {
     hidden_act: 'silu',
     rms_norm_eps: cfg.rmsNormEps,
     rope_theta: cfg.ropeTheta,
-    rope_scaling: cfg.ropeScaling === null ? null : { type: 'linear', rope_type: 'linear', factor: cfg.ropeScaling.factor },
+    rope_scaling: cfg.ropeJson?.field === 'rope_scaling' ? structuredClone(cfg.ropeJson.value) : null,
     vocab_size: cfg.vocabSize,
     max_position_embeddings: cfg.maxPositionEmbeddings,
     tie_word_embeddings: cfg.tieWordEmbeddings,
     bos_token_id: cfg.bosTokenId,
     eos_token_id: cfg.eosTokenIds.length === 1 ? cfg.eosTokenIds[0] : cfg.eosTokenIds.length === 0 ? null : [...cfg.eosTokenIds],
   };
+  if (cfg.ropeJson?.field === 'rope_parameters') out.rope_parameters = structuredClone(cfg.ropeJson.value);
+  if (cfg.originalMaxPositionEmbeddings !== null) out.original_max_position_embeddings = cfg.originalMaxPositionEmbeddings;
   if (cfg.torchDtype !== null) out.torch_dtype = cfg.torchDtype;
   switch (cfg.modelType) {
     case 'llama':

@@ -48,7 +48,7 @@ export class LlamaDecoder {
   }
 
   get maxPositions(): number {
-    return this.model.cfg.maxPositionEmbeddings;
+    return this.model.maxPositions; // longrope: original_max_position_embeddings
   }
 
   newCache(batch: number, maxLen: number): LlamaKvCache {
@@ -212,7 +212,7 @@ export class LlamaKvCache {
     );
     const masks = runs.map((g) => up(new Int32Array(g.count * g.length).fill(1), [g.count, g.length]));
     const x = ops.embedding(tIds, this.p('model.embed_tokens.weight'));
-    const h = this.layers(x, tPos, tRows, (_i, q, k, v) => {
+    const h = this.layers(x, tPos, tRows, (i, q, k, v) => {
       const qd = c.numHeads * c.headDim,
         kd = nkv * c.headDim;
       const att = runs.length === 1 ? null : ops.empty(be, 'f32', [T, qd]);
@@ -228,6 +228,7 @@ export class LlamaKvCache {
           kr.reshape([g.count, g.length, nkv, c.headDim]),
           vr.reshape([g.count, g.length, nkv, c.headDim]),
           masks[j],
+          { window: this.model.attentionWindow(i) },
         );
         lse.free();
         if (sel) {
@@ -279,7 +280,9 @@ export class LlamaKvCache {
     const x = ops.embedding(tokens, this.p('model.embed_tokens.weight'));
     const h = this.layers(x, tPos, tRows, (i, q) => {
       const cache = (t: Tensor) => t.view(0, [B, c.numKvHeads, this.maxLen, c.headDim]);
-      return ops.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens);
+      return ops.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens, undefined, {
+        window: this.model.attentionWindow(i),
+      });
     });
     for (const t of [tPos, tRows, tLens]) t.free();
     const out = this.logits(h);

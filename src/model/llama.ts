@@ -10,6 +10,7 @@ import type { Tensor } from '../tensor/tensor.js';
 import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_files.js';
 import { EMBED_UNIT, HEAD_UNIT, type ParamHook } from './param_units.js';
 import { checkpointLayout, type LlamaConfig, loadConfig, writeConfig } from './config.js';
+import { type RopeTable, ropePositionLimit, ropeTable } from './rope.js';
 import { type ParamDType, Weights } from './weights.js';
 
 export type { ParamHook } from './param_units.js';
@@ -101,6 +102,18 @@ export class LlamaModel {
     return this.weights.backend;
   }
 
+  private ropeCache: RopeTable | null = null;
+  /** RoPE's inverse frequencies and attention scale for this config, as HF computes them (rope.ts). */
+  get rope(): RopeTable {
+    this.ropeCache ??= ropeTable(this.cfg.ropeTheta, this.cfg.headDim, this.cfg.ropeScaling);
+    return this.ropeCache;
+  }
+
+  /** Longest sequence this model runs: max_position_embeddings (longrope: its original length). */
+  get maxPositions(): number {
+    return ropePositionLimit(this.cfg.maxPositionEmbeddings, this.cfg.ropeScaling);
+  }
+
   static async load(backend: Backend, dir: string, opts: LoadOptions = {}): Promise<LlamaModel> {
     const cfg = await loadConfig(dir);
     const files = await openCheckpointTensors(dir);
@@ -142,9 +155,20 @@ export class LlamaModel {
       throw new RangeError(`inputIds hold ${input.inputIds.numel} tokens, expected ${rows} x ${length}`);
     if (length > this.cfg.maxPositionEmbeddings)
       throw new RangeError(`sequence length ${length} exceeds max_position_embeddings ${this.cfg.maxPositionEmbeddings}`);
+    if (length > this.maxPositions)
+      throw new RangeError(
+        `sequence length ${length} exceeds longrope's original_max_position_embeddings ${this.maxPositions} (spinlm uses short_factor only)`,
+      );
+  }
+
+  /**
+   * The sliding attention window of layer i (AttentionOpts.window), 0 for full causal attention: the
+   * config's slidingWindow on layers from firstSlidingLayer on (mistral, phi3: all; qwen2 / qwen3 with
+   * use_sliding_window: layers >= max_window_layers, as HF's layer_types), none elsewhere.
+   */
+  attentionWindow(i: number): number {
     const w = this.cfg.slidingWindow;
-    if (w !== null && length > w)
-      throw new RangeError(`sequence length ${length} exceeds the sliding window ${w}, which spinlm does not implement yet`);
+    return w !== null && i >= this.cfg.firstSlidingLayer ? w : 0;
   }
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
@@ -212,7 +236,7 @@ export class LlamaModel {
       ({ y: q, rstd: rstdQ } = this.headNorm(qRaw, `${pre}.self_attn.q_norm.weight`));
       ({ y: k, rstd: rstdK } = this.headNorm(kRaw, `${pre}.self_attn.k_norm.weight`));
     }
-    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1 };
+    const rope = this.rope;
     ops.rope(q.reshape([T, c.numHeads, c.headDim]), positions, rope);
     ops.rope(k.reshape([T, c.numKvHeads, c.headDim]), positions, rope);
     // q, k as [T, heads * hd] whatever shape the q/k norms left them in
@@ -270,6 +294,7 @@ export class LlamaModel {
           k.reshape([R, L, c.numKvHeads, c.headDim]),
           v.reshape([R, L, c.numKvHeads, c.headDim]),
           input.attentionMask,
+          { window: this.attentionWindow(i) },
         );
         return { att: out, lse };
       },
@@ -318,10 +343,11 @@ export class LlamaModel {
       s.att!,
       s.lse!,
       datt.reshape(shapeQ),
+      { window: this.attentionWindow(i) },
     );
     drop(s, 'q', 'k', 'v', 'att', 'lse');
     datt.free();
-    const rope = { theta: c.ropeTheta, scale: c.ropeScaling?.factor ?? 1, inverse: true };
+    const rope = { ...this.rope, inverse: true };
     ops.rope(dq.reshape([T, c.numHeads, c.headDim]), input.positions, rope);
     ops.rope(dk.reshape([T, c.numKvHeads, c.headDim]), input.positions, rope);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);

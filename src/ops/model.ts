@@ -2,6 +2,7 @@
 // Shapes: T tokens, H hidden, B sequences of length L, nH query heads, nKV key-value heads, hd head dim.
 import type { AttentionOpts, Backend, ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
+import { ropeTable } from '../model/rope.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
 
 /**
@@ -102,17 +103,42 @@ export function rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>
   return be.rmsnormBackward(x, w, rstd, dy, dw);
 }
 
-/** Rotary embedding in place on x [T, heads, hd] at positions i32 [T] (HF rotate_half; inverse: the backward). */
-export function rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
+/** rope by theta (and a linear factor): the table of no scaling (scale 1) or linear scaling. */
+export interface RopeThetaOpts {
+  theta: number;
+  /** Linear rope_scaling factor (1 = none). */
+  scale?: number;
+  inverse?: boolean;
+}
+
+/**
+ * Rotary embedding in place on x [T, heads, hd] at positions i32 [T] (HF rotate_half; inverse: the
+ * transpose, i.e. the backward): with the inverse-frequency table of any rope type (src/model/rope.ts
+ * ropeTable) and its attention scale, or with theta / a linear factor. hd <= 512.
+ */
+export function rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts | RopeThetaOpts): void {
   const be = expectTensor(x, 'x');
   expectArg(be, x, 'x', ['f32']);
   expectRank(x, 3, 'x');
-  if (x.shape[2] % 2 !== 0) throw new RangeError(`rope needs an even head dimension, got x [${x.shape.join(', ')}]`);
+  const hd = x.shape[2];
+  if (hd % 2 !== 0) throw new RangeError(`rope needs an even head dimension, got x [${x.shape.join(', ')}]`);
+  if (hd > 512) throw new RangeError(`rope supports head dimensions up to 512, got x [${x.shape.join(', ')}]`);
   expectArg(be, positions, 'positions', ['i32'], [x.shape[0]]);
-  checkFinite(opts.theta, 'rope theta');
-  checkFinite(opts.scale ?? 1, 'rope scale');
-  if (!(opts.theta > 0) || !((opts.scale ?? 1) > 0)) throw new RangeError('rope theta and scale must be positive');
-  be.rope(x, positions, opts);
+  let table: RopeOpts;
+  if ('invFreq' in opts) {
+    if (!(opts.invFreq instanceof Float32Array) || opts.invFreq.length !== hd / 2)
+      throw new RangeError(`rope invFreq must be a Float32Array of ${hd / 2} values (head dim / 2)`);
+    for (const v of opts.invFreq) checkFinite(v, 'rope invFreq');
+    checkFinite(opts.attentionScale ?? 1, 'rope attentionScale');
+    table = opts;
+  } else {
+    checkFinite(opts.theta, 'rope theta');
+    checkFinite(opts.scale ?? 1, 'rope scale');
+    if (!(opts.theta > 0) || !((opts.scale ?? 1) > 0)) throw new RangeError('rope theta and scale must be positive');
+    const scale = opts.scale ?? 1;
+    table = { ...ropeTable(opts.theta, hd, scale === 1 ? null : { type: 'linear', factor: scale }), inverse: opts.inverse };
+  }
+  be.rope(x, positions, table);
 }
 
 function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
@@ -136,9 +162,15 @@ function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
 
 function checkScale(opts: AttentionOpts): void {
   if (opts.scale !== undefined) checkFinite(opts.scale, 'attention scale');
+  const w = opts.window;
+  if (w !== undefined && !(Number.isSafeInteger(w) && w >= 0 && w <= 0x7fffffff))
+    throw new RangeError(`attention window must be 0 (none) or a positive integer, got ${w}`);
 }
 
-/** Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd], lse [B, nH, L]. */
+/**
+ * Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd],
+ * lse [B, nH, L]. opts.window > 0: query i sees key j only when i - j < window (AttentionOpts.window).
+ */
 export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
   const { be } = attnDims(q, k, v, keyMask);
   checkScale(opts);
@@ -158,7 +190,8 @@ export function attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {
  * One query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (both f32 or both
  * bf16: a bf16 cache is widened as it is read, the math is f32), lengths i32 [B]
  * (positions [0, lengths[b]) are attended; a length outside [0, Lmax] raises a device error), keyMask
- * i32 [B, Lmax] optional (0 = skip that position).
+ * i32 [B, Lmax] optional (0 = skip that position). opts.window > 0: only the last `window` of the
+ * lengths[b] positions (the query is position lengths[b] - 1).
  */
 export function attentionDecode(
   ...[q, kCache, vCache, lengths, keyMask, opts = {}]: Parameters<Backend['attentionDecode']>

@@ -13,14 +13,24 @@ export function checkSampleOpts(o: SampleOpts): void {
 
 /**
  * logits f32 [B, V], rng i32 [B, 4] (each row's xoshiro128** state, advanced in place), active i32 [B]
- * (0 = the row is done: id 0, state untouched) -> i32 [B] token ids.
+ * (0 = the row is done: id 0, state untouched) -> i32 [B] token ids, each < limit (default V): the
+ * sampler (greedy too) sees only the first `limit` logits of a row, as if the row ended there.
  */
-export function sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, opts: SampleOpts): Tensor<'i32'> {
+export function sampleTokens(
+  logits: Tensor<'f32'>,
+  rng: Tensor<'i32'>,
+  active: Tensor<'i32'>,
+  opts: SampleOpts,
+  limit?: number,
+): Tensor<'i32'> {
   const be = expectTensor(logits, 'logits');
   const [b, v] = expectRows(be, logits, 'logits');
   if (b > 0 && v < 1) throw new RangeError('sampleTokens: logits need a vocabulary of at least 1');
   expectArg(be, rng, 'rng', ['i32'], [b, 4]);
   expectArg(be, active, 'active', ['i32'], [b]);
   checkSampleOpts(opts);
-  return be.sampleTokens(logits, rng, active, opts);
+  const lim = limit ?? v;
+  if (b > 0 && (!Number.isSafeInteger(lim) || lim < 1 || lim > v))
+    throw new RangeError(`sampleTokens: limit must be an integer in [1, ${v}] (the logits' vocabulary), got ${lim}`);
+  return be.sampleTokens(logits, rng, active, opts, lim);
 }

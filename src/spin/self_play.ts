@@ -12,10 +12,11 @@
 //   outDir/iter-t/eval.json        evaluation of θ_{t+1} (stage 5)
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { cp, mkdir, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend, SpinLossType } from '../backend/backend.js';
 import { LlamaModel } from '../model/llama.js';
+import { saveDerivedModel } from '../model/side_files.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { formatPrompt, type PromptSource, type PromptTemplate } from '../text/templates.js';
 import { makeDirs, writeFileAtomic } from '../util/atomic.js';
@@ -191,16 +192,15 @@ export async function spinTrainStage(
 }
 
 /**
- * Stage 4: writes `model` (Hugging Face format) with the tokenizer files of `tokenizerFrom` to
- * `modelDir`, complete or not at all (a temp dir renamed into place), then removes `checkpointDir`.
+ * Stage 4: writes `model` (Hugging Face format) to `modelDir` with the config.json and side files of
+ * the model it was trained from (`sourceDir`; src/model/side_files.ts), complete or not at all (a temp
+ * dir renamed into place), then removes `checkpointDir`.
  */
-export async function saveModelStage(model: LlamaModel, modelDir: string, tokenizerFrom: string, checkpointDir: string): Promise<void> {
+export async function saveModelStage(model: LlamaModel, modelDir: string, sourceDir: string, checkpointDir: string): Promise<void> {
   const tmp = `${modelDir}.tmp`;
   await rm(tmp, { recursive: true, force: true });
   await mkdir(tmp, { recursive: true });
-  await model.save(tmp);
-  for (const f of ['tokenizer.json', 'tokenizer_config.json'])
-    if (existsSync(join(tokenizerFrom, f))) await cp(join(tokenizerFrom, f), join(tmp, f));
+  await saveDerivedModel(model, tmp, { dir: sourceDir });
   await rm(modelDir, { recursive: true, force: true });
   await rename(tmp, modelDir);
   await rm(checkpointDir, { recursive: true, force: true });

@@ -132,6 +132,8 @@ function buildTokenizer(json: Record<string, unknown>, config: Record<string, un
 export class HfTokenizer {
   /** Largest id + 1 over the vocabulary and added tokens (the model's vocab_size may be larger). */
   readonly vocabSize: number;
+  /** Ids below vocabSize with no token (gaps): never produced by encode, refused by decode, never sampled. */
+  readonly gapIds: readonly number[];
   /** Id of eos_token; SPIN appends it to every response. */
   readonly eosId: number;
   /** Id of bos_token, null when the tokenizer has none (e.g. Qwen2). */
@@ -151,32 +153,48 @@ export class HfTokenizer {
     /** The file the chat template came from, null when there is none. */
     readonly chatTemplateFile: string | null,
   ) {
-    // one pass over the model's id -> token array (get_vocab would build two maps of it)
+    // Ids may have gaps (an added token at 5000 in a 260-token vocabulary, a vocabulary not starting
+    // at 0): the Rust tokenizers library, and so transformers, accepts them, never encodes to a gap
+    // and drops gap ids when decoding. Here they are counted (gapIds, never sampled) and decode
+    // refuses them. One pass over the model's id -> token array, where a gap is an undefined entry
+    // (get_vocab would build a map of it first).
     const tokens = (tok.model as unknown as { vocab?: unknown }).vocab;
     const list: readonly (string | undefined)[] = Array.isArray(tokens)
       ? tokens
-      : [...tok.get_vocab(true)].sort((a, b) => a[1] - b[1]).map((e) => e[0]);
-    const added = tok.get_added_tokens_decoder();
+      : (() => {
+          const a: (string | undefined)[] = [];
+          for (const [t, id] of tok.get_vocab(true)) a[id] = t;
+          return a;
+        })();
+    const added = new Set(tok.get_added_tokens_decoder().keys());
     let max = -1;
     let longest = 1;
-    let plain = 0;
+    let own = 0;
+    const gaps: number[] = [];
     for (let id = 0; id < list.length; id++) {
       const token = list[id];
-      if (token === undefined) continue;
+      if (typeof token !== 'string') {
+        gaps.push(id);
+        continue;
+      }
       max = id;
       if (token.length > longest) longest = token.length;
-      if (!added.has(id)) plain++;
+      if (!added.has(id)) own++;
     }
     this.vocabSize = max + 1;
+    this.gapIds = gaps.filter((id) => id < max);
     this.maxTokenChars = longest;
     const configFile = join(dir, 'tokenizer_config.json');
     // an empty vocabulary (or one of added/special tokens only) would score every text as 0 tokens
-    if (plain === 0) {
-      const names = list.filter((t) => t !== undefined);
-      throw new TokenizerError(
-        join(dir, 'tokenizer.json'),
-        `the vocabulary is empty (${names.length === 0 ? 'no tokens' : `only the added tokens ${names.slice(0, 4).join(', ')}`}): every text would be 0 tokens`,
-      );
+    if (own === 0) {
+      const what =
+        max < 0
+          ? 'no tokens'
+          : `only the added tokens ${[...added]
+              .slice(0, 4)
+              .map((id) => tok.id_to_token(id))
+              .join(', ')}`;
+      throw new TokenizerError(join(dir, 'tokenizer.json'), `the vocabulary is empty (${what}): every text would be 0 tokens`);
     }
     const eosId = tok.token_to_id(eosToken);
     if (eosId === undefined) throw new TokenizerError(configFile, `eos_token ${JSON.stringify(eosToken)} is not in the vocabulary`);
@@ -271,6 +289,19 @@ export class HfTokenizer {
       skip_special_tokens: opts.skipSpecialTokens ?? false,
       clean_up_tokenization_spaces: opts.cleanUpSpaces ?? this.cleanUpSpaces,
     });
+  }
+
+  /**
+   * Refuses a model whose vocabulary (config.json's vocab_size) is smaller than this tokenizer's ids,
+   * naming both files: its text could hold ids the model has no embedding row for. A larger
+   * vocab_size (padded, as Qwen2's) is fine: generation never samples past the tokenizer's ids.
+   */
+  checkModelVocab(vocabSize: number, configFile: string): void {
+    if (this.vocabSize <= vocabSize) return;
+    throw new TokenizerError(
+      join(this.dir, 'tokenizer.json'),
+      `has token ids up to ${this.vocabSize - 1}, but the model's vocab_size is ${vocabSize} (${configFile}): ids ${vocabSize}..${this.vocabSize - 1} have no embedding row (is the tokenizer the model's own? added tokens need the model's embeddings resized)`,
+    );
   }
 
   tokenToId(token: string): number | undefined {

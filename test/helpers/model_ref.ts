@@ -60,15 +60,34 @@ export function ropeRef(
   scale = 1,
   inverse = false,
 ) {
+  const inv = Float32Array.from({ length: hd / 2 }, (_, i) => {
+    const v = Math.fround(1 / Math.fround(Math.fround(theta) ** Math.fround((2 * i) / hd)));
+    return scale !== 1 ? Math.fround(v / scale) : v;
+  });
+  return ropeTableRef(x, pos, t, heads, hd, inv, 1, inverse);
+}
+
+/**
+ * RoPE with a given fp32 inv_freq table [hd / 2] (any rope type): angle = fp32(pos * inv_freq), then
+ * cos and sin in float64 times the attention scaling (HF attention_scaling); inverse = the transpose.
+ */
+export function ropeTableRef(
+  x: ArrayLike<number>,
+  pos: ArrayLike<number>,
+  t: number,
+  heads: number,
+  hd: number,
+  invFreq: ArrayLike<number>,
+  attn = 1,
+  inverse = false,
+) {
   const half = hd / 2;
   const out = Float64Array.from(x as ArrayLike<number>);
   for (let r = 0; r < t; r++)
     for (let i = 0; i < half; i++) {
-      let inv = Math.fround(1 / Math.fround(Math.fround(theta) ** Math.fround((2 * i) / hd)));
-      if (scale !== 1) inv = Math.fround(inv / scale);
-      const angle = Math.fround(pos[r] * inv);
-      const c = Math.cos(angle),
-        s = inverse ? -Math.sin(angle) : Math.sin(angle);
+      const angle = Math.fround(pos[r] * invFreq[i]);
+      const c = attn * Math.cos(angle),
+        s = attn * (inverse ? -Math.sin(angle) : Math.sin(angle));
       for (let h = 0; h < heads; h++) {
         const o = (r * heads + h) * hd;
         const a = x[o + i],
@@ -80,6 +99,71 @@ export function ropeRef(
   return out;
 }
 
+/** Rope scaling parameters as config.json spells them (rope_scaling / rope_parameters). */
+export type RopeScalingJson = Record<string, unknown> & { rope_type?: string; type?: string };
+
+/**
+ * Float64 inv_freq [hd / 2] and attention scaling of each rope type, from the equations of transformers'
+ * modeling_rope_utils.py (default, linear, dynamic, llama3, yarn, longrope with short_factor), with no fp32
+ * rounding: the kernels' fp32 tables agree to ~1e-7 relative.
+ */
+export function ropeInvFreqRef(
+  theta: number,
+  hd: number,
+  s: RopeScalingJson | null,
+  maxPositionEmbeddings: number,
+): { invFreq: Float64Array; attn: number } {
+  const half = hd / 2;
+  const base = Float64Array.from({ length: half }, (_, i) => theta ** ((2 * i) / hd)); // theta^(2i/d)
+  const inv = base.map((b) => 1 / b);
+  const type = s?.rope_type ?? s?.type ?? 'default';
+  const num = (k: string) => s?.[k] as number;
+  const orig = (num('original_max_position_embeddings') as number | undefined) ?? maxPositionEmbeddings;
+  if (type === 'default' || type === 'dynamic') return { invFreq: inv, attn: 1 };
+  if (type === 'linear') return { invFreq: inv.map((v) => v / num('factor')), attn: 1 };
+  if (type === 'llama3') {
+    const factor = num('factor'),
+      lo = num('low_freq_factor'),
+      hi = num('high_freq_factor');
+    return {
+      invFreq: inv.map((v) => {
+        const wavelen = (2 * Math.PI) / v;
+        if (wavelen < orig / hi) return v; // high frequency: kept
+        if (wavelen > orig / lo) return v / factor; // low frequency: interpolated
+        const smooth = (orig / wavelen - lo) / (hi - lo);
+        return (1 - smooth) * (v / factor) + smooth * v;
+      }),
+      attn: 1,
+    };
+  }
+  if (type === 'yarn') {
+    const factor = num('factor') ?? maxPositionEmbeddings / orig;
+    const mscale = (sc: number, m = 1) => (sc <= 1 ? 1 : 0.1 * m * Math.log(sc) + 1);
+    const ms = num('mscale'),
+      msa = num('mscale_all_dim');
+    const attn = num('attention_factor') ?? (ms && msa ? mscale(factor, ms) / mscale(factor, msa) : mscale(factor));
+    const dimOf = (rot: number) => (hd * Math.log(orig / (rot * 2 * Math.PI))) / (2 * Math.log(theta));
+    const truncate = s?.truncate !== false;
+    const low = Math.max(truncate ? Math.floor(dimOf(num('beta_fast') || 32)) : dimOf(num('beta_fast') || 32), 0);
+    const high = Math.min(truncate ? Math.ceil(dimOf(num('beta_slow') || 1)) : dimOf(num('beta_slow') || 1), hd - 1);
+    const span = high === low ? 0.001 : high - low;
+    return {
+      invFreq: base.map((b, i) => {
+        const ramp = Math.min(Math.max((i - low) / span, 0), 1); // 0: extrapolate (keep), 1: interpolate
+        return (1 / (factor * b)) * ramp + (1 / b) * (1 - ramp);
+      }),
+      attn,
+    };
+  }
+  if (type === 'longrope' || type === 'su') {
+    const factor = num('factor') ?? maxPositionEmbeddings / orig;
+    const attn = num('attention_factor') ?? (factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(orig)));
+    const short = s!.short_factor as number[];
+    return { invFreq: base.map((b, i) => 1 / (short[i] * b)), attn };
+  }
+  throw new Error(`ropeInvFreqRef: rope type ${type}`);
+}
+
 export interface AttnShape {
   b: number;
   l: number;
@@ -88,7 +172,10 @@ export interface AttnShape {
   hd: number;
 }
 
-/** Causal GQA with key mask; returns out [B, L, nH, hd] and lse [B, nH, L] (-inf where no key is visible). */
+/**
+ * Causal GQA with key mask; returns out [B, L, nH, hd] and lse [B, nH, L] (-inf where no key is visible).
+ * window > 0: query i sees key j only when i - j < window (Hugging Face's sliding_window_overlay).
+ */
 export function attentionRef(
   q: ArrayLike<number>,
   k: ArrayLike<number>,
@@ -96,6 +183,7 @@ export function attentionRef(
   mask: ArrayLike<number>,
   s: AttnShape,
   scale: number,
+  window = 0,
 ) {
   const { b, l, nh, nkv, hd } = s;
   const out = new Float64Array(b * l * nh * hd);
@@ -109,7 +197,7 @@ export function attentionRef(
         const sc: number[] = [];
         let m = -Infinity;
         for (let j = 0; j <= i; j++) {
-          if (!mask[bi * l + j]) continue;
+          if (!mask[bi * l + j] || (window > 0 && i - j >= window)) continue;
           let d = 0;
           for (let c = 0; c < hd; c++) d += q[((bi * l + i) * nh + h) * hd + c] * k[((bi * l + j) * nkv + kvh) * hd + c];
           sc[j] = d * scale;
@@ -142,9 +230,10 @@ export function attentionBackwardRef(
   dout: ArrayLike<number>,
   s: AttnShape,
   scale: number,
+  window = 0,
 ) {
   const { b, l, nh, nkv, hd } = s;
-  const { probs } = attentionRef(q, k, v, mask, s, scale);
+  const { probs } = attentionRef(q, k, v, mask, s, scale, window);
   const dq = new Float64Array(q.length),
     dk = new Float64Array(k.length),
     dv = new Float64Array(v.length);

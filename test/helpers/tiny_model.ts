@@ -14,6 +14,9 @@ export interface TinyOptions {
   tie?: boolean;
   ropeTheta?: number;
   ropeScaling?: number;
+  /** sliding_window (mistral: every layer; qwen2: use_sliding_window from layer maxWindowLayers on). */
+  slidingWindow?: number;
+  maxWindowLayers?: number;
 }
 
 export function tinyConfig(o: TinyOptions = {}): LlamaConfig {
@@ -35,6 +38,9 @@ export function tinyConfig(o: TinyOptions = {}): LlamaConfig {
       bos_token_id: 1,
       eos_token_id: 2,
       hidden_act: 'silu',
+      ...(o.slidingWindow === undefined
+        ? {}
+        : { sliding_window: o.slidingWindow, use_sliding_window: true, max_window_layers: o.maxWindowLayers ?? 0 }),
     },
     'tiny config',
   );

@@ -4,6 +4,7 @@ parsed here by hand: no transformers or safetensors package is needed).
 
   make:   llama_torch.py make DIR CONFIG_JSON SEED DTYPE      writes DIR/config.json + model.safetensors
   run:    llama_torch.py run MODEL_DIR REQUEST_DIR             reads request.json + arrays, writes results
+  ropetable: llama_torch.py ropetable CONFIGS_JSON             prints each config's rope inv_freq and attention factor
 
 request.json: {rows, length, beta, loss_type, pairs}; int32 arrays input_ids, positions, attention_mask,
 targets (-100 = none), segments (-1 = none; real answer of pair i -> i, generated -> pairs + i) and f32
@@ -118,6 +119,69 @@ def make(dir_, config_json, seed, dtype):
     json.dump(c, open(os.path.join(dir_, "config.json"), "w"), indent=2)
 
 
+def rope_params(c, hd):
+    """inv_freq (fp32 [hd / 2]) and the attention scaling of the config's rope type, written from
+    transformers' modeling_rope_utils.py (_compute_*_parameters, transformers 5 semantics: yarn and
+    longrope take `factor` when given, else max_position_embeddings / original_max_position_embeddings)."""
+    rp = c.get("rope_parameters") or {}
+    theta = c.get("rope_theta", rp.get("rope_theta", 10000.0))
+    s = c.get("rope_scaling") or (rp if rp.get("rope_type", rp.get("type")) else {})
+    typ = s.get("rope_type", s.get("type", "default"))
+    dim, mp = hd, c["max_position_embeddings"]
+    orig = s.get("original_max_position_embeddings") or c.get("original_max_position_embeddings") or mp
+    pos_freqs = theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)
+    inv_freq = 1.0 / pos_freqs
+    attention_factor = 1.0
+    if typ in ("default", "dynamic"):  # dynamic: = default for every sequence within max_position_embeddings
+        pass
+    elif typ == "linear":
+        inv_freq = inv_freq / s["factor"]
+    elif typ == "llama3":
+        factor, lff, hff = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old = s["original_max_position_embeddings"]
+        low_freq_wavelen, high_freq_wavelen = old / lff, old / hff
+        wavelen = 2 * math.pi / inv_freq
+        inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+        smooth_factor = (old / wavelen - lff) / (hff - lff)
+        smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+        is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+        inv_freq = torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
+    elif typ == "yarn":
+        factor = s.get("factor") or mp / orig
+        attention_factor = s.get("attention_factor")
+
+        def get_mscale(scale, mscale=1):
+            return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+        if attention_factor is None:
+            ms, msa = s.get("mscale"), s.get("mscale_all_dim")
+            attention_factor = float(get_mscale(factor, ms) / get_mscale(factor, msa)) if ms and msa else get_mscale(factor)
+        beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+        def find_correction_dim(num_rotations):
+            return (dim * math.log(orig / (num_rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+        low, high = find_correction_dim(beta_fast), find_correction_dim(beta_slow)
+        if s.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = torch.clamp((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+        extra = 1 - ramp
+        inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extra) + (1.0 / pos_freqs) * extra
+    elif typ in ("longrope", "su"):
+        factor = s.get("factor") or mp / orig
+        attention_factor = s.get("attention_factor")
+        if attention_factor is None:
+            attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+        ext = torch.tensor(s["short_factor"], dtype=torch.float32)  # sequences within orig: short factors
+        inv_freq = 1.0 / (ext * pos_freqs)
+    else:
+        raise ValueError(f"rope type {typ}")
+    return inv_freq, attention_factor
+
+
 def rotate_half(x):
     h = x.shape[-1] // 2
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
@@ -127,9 +191,6 @@ def forward(c, W, ids, pos, mask, rows, length):
     H, nh, nkv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or H // nh
     eps = c["rms_norm_eps"]
-    theta = c.get("rope_theta", 10000.0)
-    scaling = c.get("rope_scaling") or {}
-    factor = scaling.get("factor", 1.0) if scaling.get("type", scaling.get("rope_type")) == "linear" else 1.0
     qkv_bias, o_bias = biases(c)
 
     def rms(x, w):
@@ -142,20 +203,34 @@ def forward(c, W, ids, pos, mask, rows, length):
     def rms_heads(x, w):  # qwen3's q_norm / k_norm: RMSNorm over the last (head_dim) axis
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
 
-    # Hugging Face's rotary embedding: fp32 inv_freq, fp32 angles; linear scaling divides inv_freq
-    inv_freq = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
-    inv_freq = inv_freq / factor
+    # Hugging Face's rotary embedding: fp32 inv_freq of the rope type, fp32 angles, cos and sin times
+    # the attention scaling (yarn, longrope)
+    inv_freq, attention_factor = rope_params(c, hd)
     freqs = pos.float()[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
-    cos, sin = emb.cos().double()[:, None, :], emb.sin().double()[:, None, :]
+    cos, sin = emb.cos().double()[:, None, :] * attention_factor, emb.sin().double()[:, None, :] * attention_factor
     T = rows * length
     x = W["model.embed_tokens.weight"][ids]
     keymask = mask.reshape(rows, length).bool()
     causal = torch.ones(length, length, dtype=torch.bool).tril()
-    allowed = causal[None, None] & keymask[:, None, None, :]
-    has_key = allowed.any(-1, keepdim=True)
+    # Hugging Face's sliding window (masking_utils.sliding_window_overlay: kv_idx > q_idx - sliding_window,
+    # on indices in the sequence): mistral and phi3 on every layer (create_sliding_window_causal_mask
+    # whenever sliding_window is set); qwen2 / qwen3 with use_sliding_window on the layers
+    # i >= max_window_layers (their configs' layer_types); llama never
+    window = c.get("sliding_window")
+    idx = torch.arange(length)
+    in_window = (idx[:, None] - idx[None, :]) < (window or 0)
+
+    def allowed_at(i):
+        mt = c["model_type"]
+        qwen = mt in ("qwen2", "qwen3") and c.get("use_sliding_window", False) and i >= c.get("max_window_layers", 28)
+        sliding = window is not None and (mt in ("mistral", "phi3") or qwen)
+        a = (causal & in_window if sliding else causal)[None, None] & keymask[:, None, None, :]
+        return a, a.any(-1, keepdim=True)
+
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}"
+        allowed, has_key = allowed_at(i)
         h = rms(x, W[p + ".input_layernorm.weight"])
         if c["model_type"] == "phi3":  # Phi3Attention: qkv[..., :nh hd], then nkv hd for k, the rest v
             qkv = lin(h, p + ".self_attn.qkv_proj", False)
@@ -255,5 +330,11 @@ if __name__ == "__main__":
         make(*sys.argv[2:6])
     elif sys.argv[1] == "greedy":
         greedy(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "ropetable":  # ropetable CONFIGS_JSON: prints [{bits: fp32 inv_freq bits, attention_factor}]
+        tables = []
+        for c in json.loads(sys.argv[2]):
+            inv, attn = rope_params(c, c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])
+            tables.append({"bits": inv.float().numpy().view(np.uint32).tolist(), "attention_factor": attn})
+        print(json.dumps(tables))
     else:
         run(sys.argv[2], sys.argv[3])

@@ -97,10 +97,12 @@ export interface NativeOps {
   clipCoefficient(sumsq: NativeView, count: number, maxNorm: number, out: NativeView): void;
   scaleInPlace(y: NativeView, n: number, a: number): void;
   accumulate(acc: NativeView, x: NativeView, n: number, alpha: number): void;
+  /** Only ids < limit (1 <= limit <= v) are chosen, greedy too. */
   sampleTokens(
     logits: NativeView,
     b: number,
     v: number,
+    limit: number,
     rng: NativeView,
     active: NativeView,
     temperature: number,
@@ -153,7 +155,16 @@ export interface NativeOps {
     dx: NativeView,
     dw: NativeView | null,
   ): void;
-  rope(x: NativeView, positions: NativeView, t: number, heads: number, hd: number, theta: number, scale: number, inverse: boolean): void;
+  rope(
+    x: NativeView,
+    positions: NativeView,
+    invFreq: Float32Array,
+    t: number,
+    heads: number,
+    hd: number,
+    attnScale: number,
+    inverse: boolean,
+  ): void;
   attention(
     q: NativeView,
     k: NativeView,
@@ -165,6 +176,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     out: NativeView,
     lse: NativeView,
   ): void;
@@ -182,6 +194,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     dq: NativeView,
     dk: NativeView,
     dv: NativeView,
@@ -199,6 +212,7 @@ export interface NativeOps {
     nkv: number,
     hd: number,
     scale: number,
+    window: number,
     out: NativeView,
   ): void;
   scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number): void;

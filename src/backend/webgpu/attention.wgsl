@@ -2,9 +2,10 @@
 // in workgroup memory, sized from the adapter's limit). Layouts: q/out/dq [B, L, nH, HD], k/v/dk/dv
 // [B, L, nKV, HD], key mask i32 [B, L], lse/delta [B, nH, L]. Each workgroup of 64 invocations owns 64
 // consecutive query rows (forward, dQ) or key rows (dK, dV) of one (sequence, head); the other side
-// streams through workgroup memory KT rows at a time with an online softmax.
+// streams through workgroup memory KT rows at a time with an online softmax. ap.window > 0: the sliding
+// window, query i sees key j only when i - j < window (tiles wholly outside it are not streamed).
 
-struct AttnParams { b: u32, l: u32, nh: u32, nkv: u32, blocks: u32, has_mask: u32, _a: u32, _b: u32, scale: f32, _c: u32, _d: u32, _e: u32 }
+struct AttnParams { b: u32, l: u32, nh: u32, nkv: u32, blocks: u32, has_mask: u32, window: u32, _b: u32, scale: f32, _c: u32, _d: u32, _e: u32 }
 @group(0) @binding(0) var<uniform> ap: AttnParams;
 @group(0) @binding(1) var<storage, read> a_q: array<f32>;
 @group(0) @binding(2) var<storage, read> a_k: array<f32>;
@@ -18,6 +19,12 @@ var<workgroup> tm2: array<f32, KT>;
 
 fn q_index(b: u32, i: u32, h: u32) -> u32 { return ((b * ap.l + i) * ap.nh + h) * HD; }
 fn kv_index(b: u32, j: u32, g: u32) -> u32 { return ((b * ap.l + j) * ap.nkv + g) * HD; }
+
+/** Key j is outside the causal sliding window of query i (j after i, or window > 0 and i - j >= window). */
+fn hidden(i: u32, j: u32) -> bool { return j > i || (ap.window > 0u && i - j >= ap.window); }
+
+/** The first key any of the queries from i0 on may see: i0 - window + 1 (0 without a window). */
+fn first_key(i0: u32) -> u32 { return select(0u, i0 + 1u - ap.window, ap.window > 0u && i0 + 1u > ap.window); }
 
 /** (sequence, head, block) of workgroup w. */
 fn unpack(w: u32) -> vec3u { let bh = w / ap.blocks; return vec3u(bh / ap.nh, bh % ap.nh, w % ap.blocks); }
@@ -54,12 +61,12 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
   var m = neg_inf();
   var l = 0.0;
   let end = min(ap.l, u.z * 64u + 64u);
-  for (var j0 = 0u; j0 < end; j0 += KT) {
+  for (var j0 = first_key(u.z * 64u); j0 < end; j0 += KT) {
     load_kv(lid, b, g, j0);
     workgroupBarrier();
     for (var jj = 0u; jj < KT; jj++) {
       let j = j0 + jj;
-      if (!live || j > i || tm[jj] == 0.0) { continue; }
+      if (!live || hidden(i, j) || tm[jj] == 0.0) { continue; }
       var s = 0.0;
       for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; }
       s *= ap.scale;
@@ -125,12 +132,12 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: 
   let lse = b_lse[(b * ap.nh + h) * ap.l + ic];
   let dl = b_delta[(b * ap.nh + h) * ap.l + ic];
   let end = min(ap.l, u.z * 64u + 64u);
-  for (var j0 = 0u; j0 < end; j0 += KT) {
+  for (var j0 = first_key(u.z * 64u); j0 < end; j0 += KT) {
     load_kv(lid, b, g, j0);
     workgroupBarrier();
     for (var jj = 0u; jj < KT; jj++) {
       let j = j0 + jj;
-      if (!live || j > i || tm[jj] == 0.0 || lse == neg_inf()) { continue; }
+      if (!live || hidden(i, j) || tm[jj] == 0.0 || lse == neg_inf()) { continue; }
       var s = 0.0;
       var dp = 0.0;
       for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; dp += dout[c] * tv[jj * HD + c]; }
@@ -169,9 +176,11 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg
   var dv: array<f32, HD>;
   for (var c = 0u; c < HD; c++) { k[c] = a_k[kv_index(b, jc, g) + c]; v[c] = a_v[kv_index(b, jc, g) + c]; dk[c] = 0.0; dv[c] = 0.0; }
   let group = ap.nh / ap.nkv;
+  // the last query that sees any of the block's keys: blk * 64 + 63 + window - 1 (all without a window)
+  let iend = select(ap.l, min(ap.l, blk * 64u + 63u + ap.window), ap.window > 0u);
   for (var hh = 0u; hh < group; hh++) {
     let h = g * group + hh;
-    for (var i0 = blk * 64u; i0 < ap.l; i0 += KT) {
+    for (var i0 = blk * 64u; i0 < iend; i0 += KT) {
       for (var e = lid; e < KT * HD; e += 64u) {
         let ii = e / HD;
         let c = e % HD;
@@ -186,7 +195,7 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg
       workgroupBarrier();
       for (var ii = 0u; ii < KT; ii++) {
         let i = i0 + ii;
-        if (!on || i < j || i >= ap.l || tm[ii] == neg_inf()) { continue; }
+        if (!on || i >= ap.l || hidden(i, j) || tm[ii] == neg_inf()) { continue; }
         var s = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < HD; c++) { s += tk[ii * HD + c] * k[c]; dp += tv[ii * HD + c] * v[c]; }
@@ -237,7 +246,9 @@ fn decode(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   var m = neg_inf();
   var l = 0.0;
   let base = (b * ap.nkv + g) * ap.l;
-  for (var j = 0u; j < u32(len); j++) {
+  // the query is position len - 1: with a window, only the last `window` positions
+  let j_lo = select(0u, u32(len) - ap.window, ap.window > 0u && u32(len) > ap.window);
+  for (var j = j_lo; j < u32(len); j++) {
     if (ap.has_mask == 1u && a_mask[b * ap.l + j] == 0) { continue; }
     var s = 0.0;
     for (var c = 0u; c < HD; c++) { s += q[c] * dc_k((base + j) * HD + c); }

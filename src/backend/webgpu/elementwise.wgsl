@@ -213,7 +213,8 @@ fn scatter_rows_bf16(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups)
 
 /**
  * RoPE in place on x [T, heads, hd] (ix_out) at positions ix_ids [T]; inverse frequencies (f32, as HF
- * computes them) in rp_freq; ep.extra = 1 for the inverse rotation. One invocation per (t, head, i < hd/2).
+ * computes them for the rope type) in rp_freq; cos and sin times ep.a (HF attention_scaling; x 1 is
+ * exact); ep.extra = 1 for the transpose (the backward). One invocation per (t, head, i < hd/2).
  */
 @group(0) @binding(2) var<storage, read> rp_freq: array<f32>;
 @compute @workgroup_size(256)
@@ -233,7 +234,7 @@ fn rope(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, 
     return;
   }
   let angle = f32(pos) * rp_freq[fi];
-  let sc = sincos_f(angle);
+  let sc = sincos_f(angle) * ep.a;
   let s = select(sc.x, -sc.x, ep.extra == 1u);
   let a = ix_out[base + fi];
   let b = ix_out[base + half + fi];

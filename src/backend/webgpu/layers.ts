@@ -69,16 +69,7 @@ export function rope(rt: WebGpuRuntime, x: Tensor<'f32'>, positions: Tensor<'i32
   const [t, heads, hd] = x.shape;
   const half = hd / 2;
   if (t * heads * half === 0) return;
-  // inverse frequencies as HF computes them in fp32: 1 / theta^(2i / hd), divided by the linear factor
-  const freq = new Float32Array(half);
-  const th = Math.fround(opts.theta);
-  const scale = opts.scale ?? 1;
-  for (let i = 0; i < half; i++) {
-    const expo = Math.fround(Math.fround(2 * i) / Math.fround(hd));
-    let f = Math.fround(1 / Math.fround(th ** expo));
-    if (scale !== 1) f = Math.fround(f / Math.fround(scale));
-    freq[i] = f;
-  }
+  const freq = opts.invFreq; // as HF computes it for the rope type (src/model/rope.ts)
   const fb = rt.temp(freq.byteLength);
   rt.flush();
   rt.device.queue.writeBuffer(fb.buffer, 0, freq.buffer, 0, freq.byteLength);
@@ -87,7 +78,7 @@ export function rope(rt: WebGpuRuntime, x: Tensor<'f32'>, positions: Tensor<'i32
     'elementwise',
     {},
     'rope',
-    [n, hd, heads, opts.inverse ? 1 : 0, [0, 'f'], [0, 'f'], 0, 0],
+    [n, hd, heads, opts.inverse ? 1 : 0, [opts.attentionScale ?? 1, 'f'], [0, 'f'], 0, 0],
     [positions, fb, x, rt.err],
     Math.ceil(n / 256),
   );

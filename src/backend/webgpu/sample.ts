@@ -1,6 +1,6 @@
 // Next-token choice on the WebGPU device (sample.wgsl; native/cpu/sample.cc on the CPU): greedy argmax
-// or the full sampler (temperature, top-k, top-p, a xoshiro128** stream per row), logits bound one
-// chunk of rows at a time.
+// or the full sampler (temperature, top-k, top-p, a xoshiro128** stream per row) over the ids < limit,
+// logits bound one chunk of rows at a time.
 import type { Tensor } from '../../tensor/tensor.js';
 import type { SampleOpts } from '../backend.js';
 import { empty } from './memory.js';
@@ -12,6 +12,7 @@ export function sampleTokens(
   rng: Tensor<'i32'>,
   active: Tensor<'i32'>,
   o: SampleOpts,
+  limit: number,
 ): Tensor<'i32'> {
   const [b, v] = logits.shape;
   const out = empty(rt, 'i32', [b]);
@@ -22,7 +23,7 @@ export function sampleTokens(
   if (chunk === 0) rt.binding(logits.view(0, [64, v])); // throws: 64 rows exceed one binding
   for (let r0 = 0; r0 < b; r0 += chunk) {
     const rows = Math.min(chunk, b - r0);
-    const params: Param[] = [rows, v, greedy ? 1 : 0, o.topK, [o.temperature, 'f'], [o.topP, 'f'], 0, 0];
+    const params: Param[] = [rows, v, greedy ? 1 : 0, o.topK, [o.temperature, 'f'], [o.topP, 'f'], limit, 0];
     // the small per-row tensors are bound at the chunk's row too: chunks are multiples of 64 rows
     const bs: Bindable[] = [
       rt.rowsOf(logits, r0, rows, v),

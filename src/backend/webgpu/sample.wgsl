@@ -2,9 +2,10 @@
 // greedy = argmax with ties to the lowest id (one workgroup per row); otherwise the ids with a logit
 // above -inf in (logit desc, id asc) order, top-k, softmax of logit / T, top-p, renormalize, and one
 // draw from the row's xoshiro128** stream. Probabilities are f32 here (f64 on the CPU), so a draw that
-// lands within ~1e-7 of a boundary may pick the neighbouring id.
+// lands within ~1e-7 of a boundary may pick the neighbouring id. Only ids < limit are candidates
+// (rows are v apart): a padded vocabulary past the tokenizer is never sampled.
 
-struct SampleParams { rows: u32, v: u32, greedy: u32, top_k: u32, temperature: f32, top_p: f32, _a: u32, _b: u32 }
+struct SampleParams { rows: u32, v: u32, greedy: u32, top_k: u32, temperature: f32, top_p: f32, limit: u32, _b: u32 }
 @group(0) @binding(0) var<uniform> sp: SampleParams;
 @group(0) @binding(1) var<storage, read> s_z: array<f32>;
 @group(0) @binding(2) var<storage, read_write> s_rng: array<u32>;
@@ -24,7 +25,7 @@ fn argmax(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   let base = r * sp.v;
   var best_v = neg_inf();
   var best_i = 0xffffffffu;
-  for (var j = lid; j < sp.v; j += 256u) {
+  for (var j = lid; j < sp.limit; j += 256u) {
     let x = s_z[base + j];
     if (best_i == 0xffffffffu || x > best_v) { best_v = x; best_i = j; }
   }
@@ -47,7 +48,7 @@ fn rotl(x: u32, k: u32) -> u32 { return (x << k) | (x >> (32u - k)); }
 fn next_after(base: u32, pv: f32, pi: u32, first: bool) -> vec2u {
   var best_v = neg_inf();
   var best_i = 0xffffffffu;
-  for (var j = 0u; j < sp.v; j++) {
+  for (var j = 0u; j < sp.limit; j++) {
     let x = s_z[base + j];
     if (!(x > neg_inf())) { continue; }
     if (!first && !before(pv, pi, x, j)) { continue; }
@@ -66,10 +67,10 @@ fn sample(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   let t = sp.temperature;
   // count of finite ids; the first in order
   var count = 0u;
-  for (var j = 0u; j < sp.v; j++) { if (s_z[base + j] > neg_inf()) { count++; } }
+  for (var j = 0u; j < sp.limit; j++) { if (s_z[base + j] > neg_inf()) { count++; } }
   if (count == 0u) {
     var b = 0u;
-    for (var j = 1u; j < sp.v; j++) { if (s_z[base + j] > s_z[base + b]) { b = j; } }
+    for (var j = 1u; j < sp.limit; j++) { if (s_z[base + j] > s_z[base + b]) { b = j; } }
     s_out[r] = i32(b);
     return;
   }
@@ -79,7 +80,7 @@ fn sample(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
   // z over the first keep_k in order (all finite ids when keep_k = count: any order will do)
   var z = 0.0;
   if (keep_k == count) {
-    for (var j = 0u; j < sp.v; j++) { let x = s_z[base + j]; if (x > neg_inf()) { z += exp(x / t - m); } }
+    for (var j = 0u; j < sp.limit; j++) { let x = s_z[base + j]; if (x > neg_inf()) { z += exp(x / t - m); } }
   } else {
     var cur = first;
     for (var k = 0u; k < keep_k; k++) {

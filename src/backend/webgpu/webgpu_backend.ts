@@ -149,8 +149,8 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- sampling (sample.ts) --------------------------------------------------------------------
-  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, o: SampleOpts): Tensor<'i32'> {
-    return sample.sampleTokens(this.rt, logits, rng, active, o);
+  sampleTokens(logits: Tensor<'f32'>, rng: Tensor<'i32'>, active: Tensor<'i32'>, o: SampleOpts, limit: number): Tensor<'i32'> {
+    return sample.sampleTokens(this.rt, logits, rng, active, o, limit);
   }
 
   // ---- matrix products (gemm.ts) -----------------------------------------------------------------
