@@ -24,6 +24,7 @@ import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { readJsonlRows } from '../src/data/jsonl.js';
 import { initLlama } from '../src/model/init.js';
 import { LlamaModel } from '../src/model/llama.js';
+import { writeSafetensors } from '../src/model/safetensors.js';
 import { charCap, tokenizePair } from '../src/spin/batch.js';
 import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { loadTokenizer } from '../src/text/tokenizer.js';
@@ -469,8 +470,16 @@ describe('7. silently wrong results are refused', () => {
       if (dtype === 'bf16')
         (host as Uint16Array)[at] = 0x7f80; // +Inf
       else (host as Float32Array)[at] = NaN;
-      be.write(p, { dtype: p.dtype, shape: p.shape, data: host } as never);
+      // spinlm never saves non-finite weights (divergence.test.ts): save the model, then damage its file
       await m.save(d);
+      be.write(p, { dtype: p.dtype, shape: p.shape, data: host } as never);
+      const tensors = await Promise.all(
+        names.map(async (n) => {
+          const t = m.weights.get(n);
+          return { name: n, dtype: t.dtype, shape: t.shape, data: await be.read(t) };
+        }),
+      );
+      await writeSafetensors(join(d, 'model.safetensors'), tensors);
       m.weights.free();
       await assert.rejects(
         LlamaModel.load(be, d),

@@ -69,7 +69,7 @@ describe('sweep config', () => {
     for (const [k, v] of Object.entries(demo)) assert.deepEqual(spin.options[k], v, k);
     // the arm options are `spinlm run`'s training flags (the same spec objects), less the per-process ones
     for (const spec of trainOptions)
-      assert.equal(ARM_OPTIONS.includes(spec), !['seed', 'dtype', 'nproc', 'zero_stage'].includes(spec.name), spec.name);
+      assert.equal(ARM_OPTIONS.includes(spec), !['seed', 'dtype', 'nproc', 'zero_stage', 'oversubscribe'].includes(spec.name), spec.name);
   });
 
   test('examples/sweep-demo.yaml: the demo arms x 3 seeds, paired against sft', () => {

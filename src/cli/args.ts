@@ -1,7 +1,7 @@
 // Declarative command-line options: TRL / Hugging Face names in snake_case (kebab-case accepted too),
 // typed values, per-iteration lists, defaults, a config file (YAML or JSON) under the flags, and errors
 // that name the flag, the value and what was expected, with a suggestion for misspelt flags.
-import { readFileSync } from 'node:fs';
+import { INPUT_CAPS, InputFileError, readInputFileSync } from '../util/input_file.js';
 import YAML from 'yaml';
 
 export type OptionType = 'string' | 'number' | 'int' | 'bool' | 'numbers' | { oneOf: readonly string[] };
@@ -80,9 +80,10 @@ const canonical = (flag: string) => flag.replace(/-/g, '_');
 export function readConfigFile(file: string): Record<string, unknown> {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = readInputFileSync(file, INPUT_CAPS.config);
   } catch (e) {
-    throw new UsageError(`--config ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    const err = e as InputFileError;
+    throw new UsageError(`--config ${file}: ${err.code ? `cannot read it (${err.code})` : err.message}`);
   }
   let doc: unknown;
   try {

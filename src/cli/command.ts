@@ -63,7 +63,7 @@ export function stepLine(prefix: string, l: StepLog): string {
 
 /** The SFT pairs of --data (a seeded sample with --n); skipped rows are reported on stderr. */
 export async function sftData(d: DataConfig, check?: (p: PromptSource) => string | null, rounds?: Rounds) {
-  const r = await loadSftPairs(d.path, { n: d.n, seed: d.seed, skipInvalid: d.skipInvalid, check, rounds });
+  const r = await loadSftPairs(d.path, { n: d.n, seed: d.seed, skipInvalid: d.skipInvalid, check, rounds, strictUtf8: d.strict });
   if (r.skipped) process.stderr.write(`spinlm: skipped ${r.skipped} malformed rows of ${d.path}, e.g. ${r.problems[0]}\n`);
   return r.pairs;
 }

@@ -79,9 +79,58 @@ export async function prepareOut(
   templateDate?: string,
 ): Promise<void> {
   const given: Input[] = inputs.filter((k) => typeof o[k] === 'string').map((k) => ({ flag: String(k), path: String(o[k]) }));
-  // data parallel: rank 0 prepares (and locks) the directory, the others wait for it
-  if (isMain()) await prepareRunDir(command, o, given, layout, templateDate);
-  barrier();
+  if (!launchedByMpi()) return prepareRunDir(command, o, given, layout, templateDate);
+  // data parallel: rank 0 prepares (and locks) the directory; its verdict reaches every rank in the
+  // first collective, so a refusal (busy directory, other settings, a bad --out) ends every rank at once
+  let refusal: unknown = null;
+  if (isMain()) await prepareRunDir(command, o, given, layout, templateDate).catch((e: unknown) => (refusal = e));
+  shareRefusal(refusal);
+}
+
+/**
+ * A refusal one rank made, as every other rank of the job receives it (shareRefusal): the rank that
+ * refused reports it, the others end silently with its exit code.
+ */
+export class PeerRefusal extends Error {
+  override name = 'PeerRefusal';
+  constructor(
+    message: string,
+    readonly exitCode: number,
+  ) {
+    super(message);
+  }
+}
+
+const sharedRefusals = new WeakSet<object>();
+
+/** Whether every rank knows of this error (a PeerRefusal, or the refusal shareRefusal passed on): no rank waits for the one that threw it. */
+export const isSharedRefusal = (err: unknown): boolean =>
+  err instanceof PeerRefusal || (typeof err === 'object' && err !== null && sharedRefusals.has(err));
+
+/** The exit code main() gives an error: 2 for a usage error, 1 for any other. */
+export const exitCodeOf = (err: unknown): number => (err instanceof PeerRefusal ? err.exitCode : err instanceof UsageError ? 2 : 1);
+
+/**
+ * One collective that tells every rank whether any rank refused (`refusal`: its error, or null): the
+ * rank that refused rethrows its error, the others throw a PeerRefusal with its exit code; when no
+ * rank refused every rank goes on. A no-op in one process.
+ */
+export function shareRefusal(refusal: unknown): void {
+  if (!launchedByMpi()) {
+    if (refusal !== null) throw refusal;
+    return;
+  }
+  const mine = refusal === null ? '' : JSON.stringify({ code: exitCodeOf(refusal), message: (refusal as Error).message });
+  const all = processGroup().allGatherBytes(new TextEncoder().encode(mine));
+  if (refusal !== null) {
+    if (typeof refusal === 'object') sharedRefusals.add(refusal);
+    throw refusal;
+  }
+  const first = all.find((b) => b.length > 0);
+  if (first) {
+    const { code, message } = JSON.parse(new TextDecoder().decode(first)) as { code: number; message: string };
+    throw new PeerRefusal(message, code);
+  }
 }
 
 /** The day a run directory's chat templates see (--template_date, a resumed run's, else today); reads only. */

@@ -44,10 +44,12 @@ export interface DataConfig {
   /** The sample's seed (with n). */
   seed?: number;
   skipInvalid: boolean;
+  /** --strict: refuse invalid UTF-8 instead of warning. */
+  strict: boolean;
 }
 export function dataConfig(o: Parsed): DataConfig {
   const n = optNum(o, 'n');
-  return { path: str(o, 'data'), n, seed: n ? num(o, 'seed') : undefined, skipInvalid: bool(o, 'skip_invalid') };
+  return { path: str(o, 'data'), n, seed: n ? num(o, 'seed') : undefined, skipInvalid: bool(o, 'skip_invalid'), strict: bool(o, 'strict') };
 }
 
 /** --model and the text options: where the model is, how it is loaded, how prompts are formatted and cut. */

@@ -39,8 +39,10 @@ import {
   nOption,
   nprocOption,
   outOption,
+  oversubscribeOption,
   quietOption,
   skipInvalidOption,
+  strictOption,
   textOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
@@ -52,6 +54,7 @@ export const score: Command = {
   options: [
     modelOption,
     { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' },
+    strictOption,
     outOption('scores JSONL, one row per pair in input order'),
     evalBatchOption(8, 'pairs per forward pass'),
     computeDtypeOption,
@@ -64,7 +67,7 @@ export const score: Command = {
     await checkFileOut('score', out, { model: m.dir, data });
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.maxPositions);
-    const pairs = await readSpinPairs(data, { rounds });
+    const pairs = await readSpinPairs(data, { rounds, strictUtf8: bool(o, 'strict') });
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: bool(o, 'quiet') });
     const scores = await scorePairs(model, tok, pairs, {
       ...trunc,
@@ -86,6 +89,7 @@ export const generate: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     outOption('pair file (.jsonl or .parquet)'),
     nOption,
     skipInvalidOption,
@@ -98,6 +102,7 @@ export const generate: Command = {
     },
     ...textOptions.filter((t) => ['template', 'dtype', 'first_round_only', 'empty_system_turn', 'template_date'].includes(t.name)),
     nprocOption,
+    oversubscribeOption,
     quietOption,
   ],
   async run(o) {
@@ -180,6 +185,7 @@ export const evalCmd: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     nOption,
     skipInvalidOption,
     evalBatchOption(32, 'prompts per batch'),

@@ -6,9 +6,10 @@ import { packageRoot } from '../backend/native/addon.js';
 import { backendStatus } from '../backend/registry.js';
 import { helpText, parseOptions, suggest, UsageError } from './args.js';
 import { COMMANDS } from './commands.js';
-import { selectDevice } from './common.js';
+import { exitCodeOf, isSharedRefusal, PeerRefusal, selectDevice } from './common.js';
+import { DivergenceError } from '../model/divergence.js';
 import { deviceConfig, optNum } from './config.js';
-import { CommError, environmentRank, launchedByMpi, processGroup, closeProcessGroup } from '../dist/process_group.js';
+import { CommError, environmentRank, launchedByMpi, processGroup, closeProcessGroup, processGroupStarted } from '../dist/process_group.js';
 import { launch, withoutNproc } from '../dist/launch.js';
 import { fileURLToPath } from 'node:url';
 import { releaseLocks } from './run_dir.js';
@@ -97,8 +98,10 @@ export async function main(argv: string[]): Promise<number> {
     const o = parseOptions(args, cmd.options, cmd.name);
     if (cmd.positional) o[cmd.positional.name] = positional;
     const nproc = optNum(o, 'nproc') ?? 1;
-    if (nproc > 1 && !launchedByMpi())
+    if (nproc > 1 && !launchedByMpi()) {
+      checkNproc(cmd.name, nproc, o.oversubscribe === true);
       return await launch(nproc, process.argv[1] ?? fileURLToPath(import.meta.url), [name, ...withoutNproc(rest)]);
+    }
     if (launchedByMpi() && rank !== 0) {
       process.stderr.write = (() => true) as typeof process.stderr.write;
       o.quiet = true;
@@ -110,16 +113,37 @@ export async function main(argv: string[]): Promise<number> {
     await cmd.run(o);
     return 0;
   } catch (err) {
-    if (err instanceof UsageError) {
-      report(err.message);
-      return 2;
-    }
-    report(`spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`);
+    // a refusal shared by every rank (common.ts shareRefusal) or a divergence (every rank sees the same
+    // all-reduced loss) is reported by rank 0 alone, and every rank ends normally with its exit code
+    const shared = isSharedRefusal(err) || (err instanceof DivergenceError && err.everyRank);
+    const code = exitCodeOf(err);
+    if (err instanceof PeerRefusal) return code;
+    if (!shared || rank === 0)
+      report(
+        err instanceof UsageError
+          ? err.message
+          : `spinlm ${cmd.name}: ${process.env.SPINLM_DEBUG ? (err as Error).stack : (err as Error).message}`,
+      );
     if (err instanceof CommError) processGroup().abort(3); // end the whole job, a hung peer included
-    return 1;
+    // an error of this rank alone: its peers may wait in a collective (and MPI_Finalize would wait for
+    // them), so end the whole job now with this exit code
+    if (!shared && launchedByMpi() && processGroupStarted()) processGroup().abort(code);
+    return code;
   } finally {
     await releaseLocks();
   }
+}
+
+/**
+ * --nproc is bounded by the cores (each MPI rank computes on CPU tensors, one core at least): more
+ * ranks than cores only with --oversubscribe, so a mistyped --nproc 999 is refused instead of starting
+ * 999 processes that crawl and hang the machine.
+ */
+export function checkNproc(command: string, nproc: number, oversubscribe: boolean, cores = availableParallelism()): void {
+  if (nproc <= cores || oversubscribe) return;
+  throw new UsageError(
+    `spinlm ${command}: --nproc ${nproc} is more processes than the ${cores} cores here (each rank needs a core): give at most --nproc ${cores}, or add --oversubscribe to share cores between ranks`,
+  );
 }
 
 /** Most kernel threads SPINLM_NUM_THREADS may ask for: more than this only oversubscribes the cores. */

@@ -261,8 +261,15 @@ export const nprocOption: OptionSpec = {
   check: positive,
   help: 'processes (data parallel, through mpirun; needs Open MPI); under an existing mpirun its ranks are used',
 };
+export const oversubscribeOption: OptionSpec = {
+  name: 'oversubscribe',
+  type: 'bool',
+  default: false,
+  help: 'allow --nproc above the number of cores (ranks then share cores: slow, for tests); without it a larger --nproc is refused',
+};
 export const distOptions: OptionSpec[] = [
   nprocOption,
+  oversubscribeOption,
   {
     name: 'zero_stage',
     type: { oneOf: ['0', '1', '2', '3'] },
@@ -286,6 +293,12 @@ export const skipInvalidOption: OptionSpec = {
   type: 'bool',
   default: false,
   help: 'skip malformed rows (and report how many) instead of stopping at the first',
+};
+export const strictOption: OptionSpec = {
+  name: 'strict',
+  type: 'bool',
+  default: false,
+  help: 'refuse a data file with invalid UTF-8 (default: one warning per file, the bytes read as U+FFFD)',
 };
 export const overwriteOption: OptionSpec = {
   name: 'overwrite_output_dir',

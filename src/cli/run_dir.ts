@@ -8,11 +8,12 @@
 //  - metrics.jsonl cut back to the rows the checkpoints on disk account for, so a resumed run has no
 //    duplicate step rows.
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createReadStream, existsSync, readdirSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import lockfile from 'proper-lockfile';
-import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
+import { makeDirs, OutputError, writeFileAtomic, writeFileNamed } from '../util/atomic.js';
+import { unreadableKind } from '../util/input_file.js';
 import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
 import { bool, str } from './config.js';
@@ -119,11 +120,11 @@ export async function lockDir(command: string, dir: string): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     try {
       const release = await lockfile.lock(dir, opts);
-      writeFileSync(join(dir, PID_FILE), `${process.pid} ${hostname()}\n`);
       releases.push(async () => {
         rmSync(join(dir, PID_FILE), { force: true });
         await release().catch(() => {});
       });
+      writeFileNamed(join(dir, PID_FILE), `${process.pid} ${hostname()}\n`); // a write error names the file
       return;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ELOCKED') throw e;
@@ -171,7 +172,7 @@ export function runTemplateDate(dir: string, o: Parsed): string {
 
 const FINGERPRINT = 'fingerprint.json';
 /** Options that do not change the result: where it goes, how it is shown, how far it goes. */
-const NOT_RESULT = new Set(['out', 'config', 'quiet', 'iterations', 'overwrite_output_dir', 'skip_invalid']);
+const NOT_RESULT = new Set(['out', 'config', 'quiet', 'iterations', 'overwrite_output_dir', 'skip_invalid', 'oversubscribe', 'strict']);
 const HASH_LIMIT = 64 * 2 ** 20;
 
 async function fileDigest(file: string): Promise<string> {
@@ -204,7 +205,16 @@ export interface Fingerprint {
   template_date?: string;
 }
 
+/** Refuses (UsageError) an input flag naming a FIFO, a device or a socket: never read (or hashed) forever. */
+export function checkInputKinds(command: string, inputs: readonly Input[]): void {
+  for (const i of inputs) {
+    const why = unreadableKind(i.path);
+    if (why) throw new UsageError(`spinlm ${command}: --${i.flag} ${i.path} ${why}`);
+  }
+}
+
 export async function fingerprintOf(command: string, o: Parsed, inputs: readonly Input[]): Promise<Fingerprint> {
+  checkInputKinds(command, inputs);
   const inputFlags = new Set(inputs.map((i) => i.flag));
   const options: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(o)) if (!NOT_RESULT.has(k) && !inputFlags.has(k) && v !== undefined) options[k] = v;
@@ -319,6 +329,7 @@ export async function prepareRunDir(
   const overwrite = bool(o, 'overwrite_output_dir');
   if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
   checkInputsExist(command, inputs);
+  checkInputKinds(command, inputs);
   checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: overwrite }, inputs);
   checkOwnership(command, dir);
   const now = await fingerprintOf(command, o, inputs);

@@ -1,7 +1,6 @@
 // The self-play commands: `run` (one self-play run), `demo` (the embedded default: three arms from the
 // shipped θ0) and `sweep` (arms x seeds from a config). Each parses its options into a typed config,
 // hands the work to the experiment runner (src/spin/experiment.ts) and prints what it reports.
-import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { packageRoot } from '../backend/native/addon.js';
 import { loadSftPairs } from '../data/sft.js';
@@ -11,7 +10,7 @@ import { areTasks, type EvalSettings, evaluateHeldout } from '../spin/evaluate.j
 import { type ExperimentRun, runExperiment } from '../spin/experiment.js';
 import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { writeReport } from '../spin/report.js';
-import { makeDirs, OutputError } from '../util/atomic.js';
+import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import { type Parsed, positive, UsageError } from './args.js';
 import { type Command, promptFits, sftData, stepLine } from './command.js';
 import { backend, fmt, isMain, loadModelAndTokenizer, prepareOut, templateDateOf } from './common.js';
@@ -40,6 +39,7 @@ import {
   quietOption,
   selfPlayLoopOptions,
   skipInvalidOption,
+  strictOption,
   trainOptions,
 } from './options.js';
 import { progressBar } from './progress.js';
@@ -55,6 +55,7 @@ export const run: Command = {
   options: [
     modelOption,
     dataOption,
+    strictOption,
     outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
     ...selfPlayLoopOptions,
@@ -77,7 +78,7 @@ export const run: Command = {
     const fits = promptFits(model, tok, template);
     model.weights.free();
     const sft = await sftData(c.data, fits, rounds);
-    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, rounds })).pairs : null;
+    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, rounds, strictUtf8: c.data.strict })).pairs : null;
     await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run', c.model.templateDate);
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
@@ -236,7 +237,7 @@ export const demo: Command = {
       evalColumns: ['exact_match', 'heldout_logp'],
       notes,
     });
-    writeFileSync(join(out, 'table.md'), `${table}\n`);
+    await writeFileAtomic(join(out, 'table.md'), `${table}\n`);
     console.log(`\n${table}\n\n${notes}\nReport: ${join(out, 'report.html')} (plots), ${join(out, 'report.md')}; total ${secs()}.`);
   },
 };

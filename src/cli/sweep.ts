@@ -16,7 +16,15 @@ import { ropePositionLimit } from '../model/rope.js';
 import { type EvalSettings, evaluateTasks } from '../spin/evaluate.js';
 import { evaluateTheta0, type Experiment, type ExperimentRun, runDirOf, runExperiment } from '../spin/experiment.js';
 import { MetricsWriter } from '../spin/metrics.js';
-import { opponentStats, readSweepRecords, summarizeSweep, type SweepEval, sweepTable, writeSweepOutputs } from '../spin/sweep.js';
+import {
+  opponentStats,
+  readSweepFailures,
+  readSweepRecords,
+  summarizeSweep,
+  type SweepEval,
+  sweepTable,
+  writeSweepOutputs,
+} from '../spin/sweep.js';
 import { demoHeldoutPool, demoTasks } from '../spin/demo_setup.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
@@ -255,6 +263,11 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
       heldoutTasks: heldout.length,
       theta0,
       records,
+      failed: await readSweepFailures(
+        o.out,
+        arms.map((a) => a.name),
+        cfg.seeds,
+      ),
     });
     await writeSweepOutputs(o.out, s);
     return s;
@@ -318,6 +331,14 @@ export async function sweepCommand(cfg: SweepConfig, o: SweepCommandOptions): Pr
         if (process.env.SPINLM_KILL_AT === `${run.arm}/seed-${run.seed}:${t}:${s}`) process.kill(process.pid, 'SIGKILL');
       },
       onRunDone: async (run) => {
+        if (worker) process.stdout.write(`${RUN_DONE} ${run.arm} ${run.seed}\n`);
+        else await writeTable();
+      },
+      // a diverged run is recorded as failed (diverged.json, the table's "failed" rows); the others go on
+      onRunDiverged: async (run, failure, before) => {
+        process.stderr.write(
+          `spinlm sweep: ${run.arm} seed ${run.seed} iteration ${failure.iteration} ${before ? 'diverged on an earlier try' : 'failed'}: ${failure.message}\n`,
+        );
         if (worker) process.stdout.write(`${RUN_DONE} ${run.arm} ${run.seed}\n`);
         else await writeTable();
       },

@@ -2,7 +2,7 @@
 // iterations, prompts, held-out tasks), the seeds, the baseline arm and the arms, whose options are
 // `spinlm run`'s flags (the same specs and checks). Read and checked here, before anything runs: every
 // problem is one line naming the file and the key.
-import { readFileSync } from 'node:fs';
+import { INPUT_CAPS, type InputFileError, readInputFileSync } from '../util/input_file.js';
 import YAML from 'yaml';
 import { demoSelfPlayOptions } from '../spin/demo.js';
 import { DEMO_GENERATION } from '../spin/experiment.js';
@@ -19,7 +19,7 @@ const objectiveOption: OptionSpec = {
 };
 
 /** Set by the sweep, not per arm: the seed (by `seeds:`), and how models are loaded or processes started. */
-const NOT_ARM_OPTIONS = new Set(['seed', 'dtype', 'nproc', 'zero_stage']);
+const NOT_ARM_OPTIONS = new Set(['seed', 'dtype', 'nproc', 'zero_stage', 'oversubscribe']);
 
 /** An arm's options: `spinlm run`'s training and generation flags (the same specs), plus `objective`. */
 export const ARM_OPTIONS: OptionSpec[] = [
@@ -159,9 +159,12 @@ function checkArmOptions(where: string, options: unknown): Record<string, unknow
 export function readSweepConfig(file: string): SweepConfig {
   let text: string;
   try {
-    text = readFileSync(file, 'utf8');
+    text = readInputFileSync(file, INPUT_CAPS.config);
   } catch (e) {
-    throw new UsageError(`spinlm sweep: cannot read the config ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    const err = e as InputFileError;
+    throw new UsageError(
+      `spinlm sweep: ${err.code ? `cannot read the config ${file} (${err.code})` : `the config ${file} ${err.message}`}`,
+    );
   }
   let doc: unknown;
   try {

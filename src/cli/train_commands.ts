@@ -1,6 +1,7 @@
 // The commands that train one model: `train` (one SPIN iteration from a pair file) and `sft`
 // (supervised fine-tuning, from a model or a fresh config).
-import { readFile, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
+import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { join } from 'node:path';
 import { readSpinPairs } from '../data/spin_pairs.js';
 import { parseConfig } from '../model/config.js';
@@ -40,6 +41,7 @@ import {
   overwriteOption,
   quietOption,
   skipInvalidOption,
+  strictOption,
   textOptions,
   trainOptions,
 } from './options.js';
@@ -54,6 +56,7 @@ export const train: Command = {
       ...dataOption,
       help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings',
     },
+    strictOption,
     outOption('output directory (model/, metrics.jsonl, checkpoint/)'),
     ...trainOptions,
     overwriteOption,
@@ -67,7 +70,7 @@ export const train: Command = {
     // every input is read and checked before the output directory is touched
     m.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
-    const pairs = await readSpinPairs(data, { rounds });
+    const pairs = await readSpinPairs(data, { rounds, strictUtf8: bool(o, 'strict') });
     const trunc = truncationOf(m, model.maxPositions);
     const tokenized = tokenizePairs(tok, pairs, { ...trunc, template, batchSize: 1 });
     await prepareOut('train', o, ['model', 'data'], 'single', m.templateDate);
@@ -102,6 +105,7 @@ export const sftCmd: Command = {
     { name: 'init_config', type: 'string', help: 'train from scratch: a config.json for a fresh model (needs --tokenizer)' },
     { name: 'tokenizer', type: 'string', help: 'directory with tokenizer.json (with --init_config)' },
     dataOption,
+    strictOption,
     outOption('output model directory (HF format), with metrics.jsonl and report.html'),
     nOption,
     skipInvalidOption,
@@ -127,7 +131,10 @@ export const sftCmd: Command = {
     let model, tok, template;
     if (initConfig && tokenizerDir) {
       tok = await loadTokenizer(tokenizerDir);
-      const fresh = parseConfig(JSON.parse(await readFile(initConfig, 'utf8')), initConfig);
+      const text = await readInputFile(initConfig, INPUT_CAPS.config).catch((e: InputFileError) => {
+        throw new UsageError(`spinlm sft: --init_config ${initConfig}: ${e.code ? `cannot read it (${e.code})` : e.message}`);
+      });
+      const fresh = parseConfig(JSON.parse(text), initConfig);
       tok.checkModelVocab(fresh.vocabSize, initConfig);
       model = initLlama(await backend(), fresh, {
         seed: num(o, 'seed'),

@@ -83,6 +83,8 @@ export interface LoadSftOptions {
   rounds?: Rounds;
   /** A further check of each pair (e.g. its length in tokens): a message makes the row invalid, named by file and row. */
   check?: (pair: SftPair) => string | null;
+  /** Refuse a file with invalid UTF-8 (default: warn once per file and read it as U+FFFD). */
+  strictUtf8?: boolean;
 }
 
 export interface LoadSftResult {
@@ -96,7 +98,7 @@ const MAX_PROBLEMS = 5;
 export async function loadSftPairs(path: string, opts: LoadSftOptions = {}): Promise<LoadSftResult> {
   const { n, seed, skipInvalid = false } = opts;
   if (n !== undefined && !(Number.isSafeInteger(n) && n >= 1)) throw new RangeError(`n must be a positive integer, got ${n}`);
-  const { rows } = await openRows(path, opts.format ?? 'auto', sftColumns);
+  const { rows } = await openRows(path, opts.format ?? 'auto', sftColumns, { strict: opts.strictUtf8 });
   const reservoir = seed !== undefined ? new Reservoir<SftPair>(n ?? Number.MAX_SAFE_INTEGER, seed) : null;
   const kept: SftPair[] = [];
   const problems: string[] = [];

@@ -121,8 +121,11 @@ function spinColumns(columns: string[]): string[] {
  * All pairs of a SPIN pair file (JSON lines, JSON array or Parquet), in either layout; the first
  * row decides the file's layout and a row in the other layout is an error. The first malformed row throws.
  */
-export async function readSpinPairs(path: string, opts: { format?: FormatOption; rounds?: Rounds } = {}): Promise<SpinPair[]> {
-  const { rows } = await openRows(path, opts.format ?? 'auto', spinColumns);
+export async function readSpinPairs(
+  path: string,
+  opts: { format?: FormatOption; rounds?: Rounds; strictUtf8?: boolean } = {},
+): Promise<SpinPair[]> {
+  const { rows } = await openRows(path, opts.format ?? 'auto', spinColumns, { strict: opts.strictUtf8 });
   const pairs: SpinPair[] = [];
   let layout: { kind: SpinPairLayout; where: string } | null = null;
   for await (const raw of rows) {

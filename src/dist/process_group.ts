@@ -303,6 +303,11 @@ export function processGroup(): ProcessGroup {
   return current;
 }
 
+/** Whether processGroup() was called (MPI initialized under mpirun). */
+export function processGroupStarted(): boolean {
+  return current !== undefined;
+}
+
 /** Closes the process group if one was created (MPI_Finalize). */
 export function closeProcessGroup(): void {
   current?.close();

@@ -6,7 +6,8 @@
 // settings, and what the caller adds (the model's files, the command's options). A journal made by
 // anything else is refused with the differences named, never reused (docs/reliability.md).
 import { createHash } from 'node:crypto';
-import { appendFileSync, existsSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, truncateSync } from 'node:fs';
+import { appendFileNamed, writeFileNamed } from '../util/atomic.js';
 import { type DecoderModel, generate, type GenerateOptions } from './generate.js';
 
 export interface AnswerTokenizer {
@@ -156,7 +157,7 @@ function openJournal(file: string, prompts: readonly string[], o: AnswerOptions)
   const done = readJournal(file, { header, key: o.journalKey, adoptUnmarked: o.adoptUnmarkedJournal });
   const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
   const hasHeader = text.startsWith('{"journal":"spinlm answers"') && text.includes('\n');
-  if (done.size === 0 && !hasHeader) writeFileSync(file, `${JSON.stringify(header)}\n`);
+  if (done.size === 0 && !hasHeader) writeFileNamed(file, `${JSON.stringify(header)}\n`);
   else if (!text.endsWith('\n')) truncateSync(file, Buffer.byteLength(text.slice(0, text.lastIndexOf('\n') + 1)));
   return done;
 }
@@ -187,7 +188,7 @@ export async function answerPrompts(
           tokens += gens[k].tokens.length;
           return JSON.stringify({ i: todo[j], text });
         });
-        if (o.journal) appendFileSync(o.journal, `${lines.join('\n')}\n`);
+        if (o.journal) appendFileNamed(o.journal, `${lines.join('\n')}\n`);
       },
       onProgress: () => o.onProgress?.(texts.size, prompts.length, tokens),
     },

@@ -1,6 +1,7 @@
 // The tensors of a Hugging Face model directory: one model.safetensors, or shards named by
 // model.safetensors.index.json ({ metadata, weight_map: tensor name -> shard file }).
-import { readFile, readdir, rm, stat } from 'node:fs/promises';
+import { readdir, rm, stat } from 'node:fs/promises';
+import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { basename, join } from 'node:path';
 import { dtypeSize, numelOf } from '../tensor/dtype.js';
 import { writeFileAtomic } from '../util/atomic.js';
@@ -49,9 +50,10 @@ export function parseShardIndex(json: unknown, file: string): ShardIndex {
 async function readJson(file: string): Promise<unknown> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readInputFile(file, INPUT_CAPS.json);
   } catch (e) {
-    throw new SafetensorsError(file, null, `cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    const { code, message } = e as InputFileError;
+    throw new SafetensorsError(file, null, code ? `cannot read (${code})` : message);
   }
   try {
     return JSON.parse(text);

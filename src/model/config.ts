@@ -2,7 +2,7 @@
 // They share one architecture (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP); they differ in
 // attention biases, sliding-window attention, qwen3's per-head q/k RMSNorm and phi3's fused qkv_proj /
 // gate_up_proj checkpoint tensors, which LlamaConfig and checkpointLayout record explicitly.
-import { readFile } from 'node:fs/promises';
+import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
 import { type RopeScaling, parseRopeScaling } from './rope.js';
@@ -319,15 +319,13 @@ export async function loadConfig(dir: string): Promise<LlamaConfig> {
   const file = join(dir, 'config.json');
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = await readInputFile(file, INPUT_CAPS.config);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
+    const { code, message } = err as InputFileError;
     throw new ConfigError(
       file,
       null,
-      code === 'ENOENT'
-        ? 'not found (a Hugging Face model directory needs config.json)'
-        : `cannot read (${code ?? (err as Error).message})`,
+      code === 'ENOENT' ? 'not found (a Hugging Face model directory needs config.json)' : code ? `cannot read (${code})` : message,
     );
   }
   let json: unknown;

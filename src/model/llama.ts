@@ -12,6 +12,7 @@ import { EMBED_UNIT, HEAD_UNIT, type ParamHook } from './param_units.js';
 import { checkpointLayout, type LlamaConfig, loadConfig, writeConfig } from './config.js';
 import { type RopeTable, ropePositionLimit, ropeTable } from './rope.js';
 import { type ParamDType, Weights } from './weights.js';
+import { finiteOrThrow } from './divergence.js';
 
 export type { ParamHook } from './param_units.js';
 import * as ops from '../ops/index.js';
@@ -134,9 +135,10 @@ export class LlamaModel {
     await makeDirs(dir);
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
     // each tensor reaches the host in 4 MiB chunks: saving holds no whole-tensor copy (docs/memory.md)
+    // every element is checked on its way out: a diverged model (NaN / Inf) is never written (model/divergence.ts)
     const tensors = checkpointLayout(this.cfg).map((s) => {
       const parts = s.parts.map((p) => this.weights.get(p.name));
-      return { name: s.name, dtype: parts[0].dtype, shape: s.shape, data: () => joinChunks(parts) };
+      return { name: s.name, dtype: parts[0].dtype, shape: s.shape, data: () => finiteOrThrow(s.name, joinChunks(parts)) };
     });
     await writeCheckpointTensors(dir, tensors, { maxShardBytes: opts.maxShardBytes });
   }

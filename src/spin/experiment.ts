@@ -16,6 +16,7 @@ import type { Backend, ComputeDtype } from '../backend/backend.js';
 import { answerPrompts } from '../generate/answers.js';
 import { GREEDY } from '../generate/sampler.js';
 import { type KvCacheDtype, LlamaDecoder } from '../model/decoder.js';
+import { DivergenceError } from '../model/divergence.js';
 import { LlamaModel } from '../model/llama.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { makeDirs, writeFileAtomic } from '../util/atomic.js';
@@ -78,6 +79,27 @@ export interface ExperimentEvents {
   afterStep?(run: ExperimentRun, iteration: number, step: number): void;
   /** A run has played all its iterations. */
   onRunDone?(run: ExperimentRun): void | Promise<void>;
+  /**
+   * A run diverged (its training stopped on a non-finite loss, gradient norm or weight; now, or on an
+   * earlier try: `before`). Given, the runner records it in the run's diverged.json and goes on with
+   * the other runs; absent, the DivergenceError stops the experiment.
+   */
+  onRunDiverged?(run: ExperimentRun, failure: RunFailure, before: boolean): void | Promise<void>;
+}
+
+/** What a diverged run left in its directory (diverged.json): the iteration and the guard's message. */
+export interface RunFailure {
+  iteration: number;
+  message: string;
+}
+
+/** A run's record of its divergence (a rerun skips such a run: its training is deterministic and would diverge again). */
+export const DIVERGED_FILE = 'diverged.json';
+
+/** A run's divergence record, or null. */
+export async function readRunFailure(dir: string): Promise<RunFailure | null> {
+  const file = join(dir, DIVERGED_FILE);
+  return existsSync(file) ? (JSON.parse(await readFile(file, 'utf8')) as RunFailure) : null;
 }
 
 export interface Experiment {
@@ -182,7 +204,30 @@ export async function runOne(x: Experiment, run: ExperimentRun, events: Experime
 /** Plays (or resumes) every run of the experiment in order; returns their final model directories. */
 export async function runExperiment(x: Experiment, events: ExperimentEvents = {}): Promise<string[]> {
   const finals: string[] = [];
-  for (const run of x.runs) finals.push(await runOne(x, run, events));
+  for (const run of x.runs) {
+    const diverged = events.onRunDiverged;
+    const failed = diverged ? await readRunFailure(run.dir) : null;
+    if (diverged && failed) {
+      await diverged(run, failed, true);
+      continue;
+    }
+    let iteration = 0;
+    const tracked: ExperimentEvents = {
+      ...events,
+      onStage: (r, t, s) => {
+        iteration = t;
+        events.onStage?.(r, t, s);
+      },
+    };
+    try {
+      finals.push(await runOne(x, run, tracked));
+    } catch (err) {
+      if (!diverged || !(err instanceof DivergenceError)) throw err;
+      const failure: RunFailure = { iteration, message: err.message };
+      await writeFileAtomic(join(run.dir, DIVERGED_FILE), `${JSON.stringify(failure, null, 2)}\n`);
+      await diverged(run, failure, false);
+    }
+  }
   return finals;
 }
 

@@ -2,7 +2,8 @@
 // step, loss, rewards/..., learning_rate, grad_norm, tokens_per_s}) and a row per evaluation ({kind:
 // 'eval', arm, iteration, exact_match, heldout_logp, ...}). Appended and flushed line by line, so a
 // killed run loses at most its last line; the reader skips a torn last line and says so.
-import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { appendFileNamed } from '../util/atomic.js';
 
 export type MetricsRow = Record<string, unknown> & { kind: 'step' | 'eval'; arm?: string; iteration: number };
 
@@ -10,7 +11,7 @@ export class MetricsWriter {
   constructor(readonly file: string) {}
 
   write(row: MetricsRow): void {
-    appendFileSync(this.file, `${JSON.stringify(row)}\n`);
+    appendFileNamed(this.file, `${JSON.stringify(row)}\n`);
   }
 }
 

@@ -10,7 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { exactMatch } from '../data/synthetic.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { readRunEvals, runDirOf } from './experiment.js';
+import { readRunEvals, readRunFailure, runDirOf } from './experiment.js';
 import { readMetrics } from './metrics.js';
 import { forestChart, lineChart } from './report.js';
 import { iterationDir } from './self_play.js';
@@ -68,7 +68,8 @@ export interface SweepRow {
   exactMatch: MeanSe;
   /** Exact match minus the baseline's, paired by seed (null for the baseline itself). */
   diff: MeanSe | null;
-  heldoutLogp: MeanSe;
+  /** null: no seed has a finite one (a model that evaluates to NaN). */
+  heldoutLogp: MeanSe | null;
   generatedEqualsReal: MeanSe | null;
   rewardsReal: MeanSe | null;
   rewardsGenerated: MeanSe | null;
@@ -93,6 +94,16 @@ export interface SweepSummary {
   /** The iteration of the per-family breakdown: the last one every arm has for some seed. */
   lastIteration: number;
   byTask: SweepTaskRow[];
+  /** Runs that diverged (training stopped on NaN / Inf): no rows after their last evaluation. */
+  failed: SweepFailure[];
+}
+
+/** A (arm, seed) run that diverged in iteration `iteration` (0-based, as iter-t). */
+export interface SweepFailure {
+  arm: string;
+  seed: number;
+  iteration: number;
+  message: string;
 }
 
 const bySeed = (records: readonly SweepRecord[], pick: (e: SweepEval) => number | null | undefined): Record<string, number> => {
@@ -115,6 +126,7 @@ export function summarizeSweep(input: {
   heldoutTasks: number;
   theta0: SweepEval;
   records: readonly SweepRecord[];
+  failed?: readonly SweepFailure[];
 }): SweepSummary {
   const { records, baseline } = input;
   if (!input.arms.some((a) => a.name === baseline)) throw new RangeError(`baseline '${baseline}' is not one of the arms`);
@@ -134,7 +146,7 @@ export function summarizeSweep(input: {
         iteration: it,
         exactMatch: meanSe(em),
         diff: vsBaseline(arm.name, it, em, (e) => e.exactMatch),
-        heldoutLogp: meanSe(bySeed(mine, (e) => e.heldoutLogp)),
+        heldoutLogp: orNull(bySeed(mine, (e) => e.heldoutLogp)),
         generatedEqualsReal: orNull(bySeed(mine, (e) => e.generatedEqualsReal)),
         rewardsReal: orNull(bySeed(mine, (e) => e.rewardsReal)),
         rewardsGenerated: orNull(bySeed(mine, (e) => e.rewardsGenerated)),
@@ -170,6 +182,7 @@ export function summarizeSweep(input: {
     rows,
     lastIteration,
     byTask,
+    failed: [...(input.failed ?? [])],
   };
 }
 
@@ -204,13 +217,16 @@ export function sweepTable(s: SweepSummary): string {
         f(r.exactMatch.se),
         r.diff ? signed(r.diff.mean) : '(baseline)',
         r.diff ? f(r.diff.se) : '-',
-        f(r.heldoutLogp.mean),
+        f(r.heldoutLogp?.mean),
         f(r.generatedEqualsReal?.mean, 3),
         f(r.rewardsReal?.mean),
         f(r.rewardsGenerated?.mean),
       ].join(' | ')} |`,
     );
   }
+  // a diverged run: its arm's rows above have one seed fewer from this iteration on
+  for (const x of s.failed ?? [])
+    lines.push(`| ${x.arm} | ${x.iteration + 1} | failed: seed ${x.seed} diverged | - | - | - | - | - | - | - | - |`);
   return lines.join('\n');
 }
 
@@ -291,6 +307,9 @@ export function sweepMarkdown(s: SweepSummary): string {
     '  (after trimming whitespace); such pairs carry no gradient in the SPIN loss. "-": the arm has no opponent (sft).',
     '- rewards/real, rewards/generated: beta (S(θ, y) - S(ref, y)) of the real and the generated answers, averaged over',
     "  the iteration's optimizer steps as the trainer logs them.",
+    ...((s.failed ?? []).length > 0
+      ? ['', '## Failed runs', '', ...s.failed.map((x) => `- ${x.arm} seed ${x.seed}, iteration ${x.iteration + 1}: ${x.message}`)]
+      : []),
     '',
     `## Per task family after iteration ${s.lastIteration}`,
     '',
@@ -316,6 +335,17 @@ export async function writeSweepOutputs(dir: string, s: SweepSummary): Promise<v
     join(dir, 'sweep.md'),
     `${sweepMarkdown(s)}\nPlots: sweep.svg (exact match per iteration, error bars = SE over seeds), sweep-delta.svg (Δ vs ${s.baseline} after the last iteration, ± 2 paired SE).\n`,
   );
+}
+
+/** The runs of a sweep directory that diverged (their diverged.json). */
+export async function readSweepFailures(out: string, arms: readonly string[], seeds: readonly number[]): Promise<SweepFailure[]> {
+  const failed: SweepFailure[] = [];
+  for (const arm of arms)
+    for (const seed of seeds) {
+      const f = await readRunFailure(runDirOf(out, arm, seed));
+      if (f) failed.push({ arm, seed, iteration: f.iteration, message: f.message });
+    }
+  return failed;
 }
 
 /** The evaluation records of a sweep directory: OUT/ARM/seed-S/iter-t/eval.json for every one that exists. */

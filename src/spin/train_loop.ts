@@ -15,6 +15,7 @@ import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
 import { MasterBackedParams } from '../model/master_params.js';
 import { FusedUpdate } from '../optim/fused_update.js';
+import { checkStepFinite, DivergenceError, finiteChunks, finiteOrThrow } from '../model/divergence.js';
 
 export interface LoopConfig {
   learningRate: number;
@@ -167,13 +168,24 @@ async function saveCheckpoint(
   await mkdir(tmp, { recursive: true });
   // with only the masters resident (lean), params holds no bf16 copy of the parameters with masters
   const names = lean ? lean.names() : [...model.weights.params.keys()];
-  const chunked = (name: string, t: Tensor) => ({ name, dtype: t.dtype, shape: t.shape, data: () => ops.readChunks(t) });
+  // every element is checked on its way out: a checkpoint never holds NaN / Inf (model/divergence.ts)
+  const chunked = (name: string, t: Tensor) => ({
+    name,
+    dtype: t.dtype,
+    shape: t.shape,
+    data: () => finiteOrThrow(name, ops.readChunks(t)),
+  });
   const tensors = [
     ...names.filter((name) => !model.weights.masters.has(name)).map((name) => chunked(`param.${name}`, model.weights.params.get(name)!)),
     ...[...model.weights.masters].map(([name, t]) => chunked(`master.${name}`, t)),
     ...opt.stateTensors().map(({ name, tensor }) => chunked(`optim.${name}`, tensor)),
   ];
-  await writeSafetensors(join(tmp, TENSORS_FILE), tensors);
+  try {
+    await writeSafetensors(join(tmp, TENSORS_FILE), tensors);
+  } catch (err) {
+    await rm(tmp, { recursive: true, force: true }); // the last good checkpoint stays
+    throw err;
+  }
   await writeFileAtomic(join(tmp, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
   await rm(dir, { recursive: true, force: true });
   await rename(tmp, dir);
@@ -216,10 +228,23 @@ async function saveDistCheckpoint(dir: string, engine: ZeroEngine, state: Traine
     await mkdir(tmp, { recursive: true });
   }
   group.barrier();
-  const tensors = engine
-    .stateTensors()
-    .map(({ name, tensor }) => ({ name, dtype: tensor.dtype, shape: tensor.shape, data: () => ops.readChunks(tensor) }));
+  // each rank checks its shard on the way out; the verdicts are combined before the rename, so every
+  // rank stops together and the last good checkpoint stays (model/divergence.ts)
+  let bad: string | null = null;
+  const tensors = engine.stateTensors().map(({ name, tensor }) => ({
+    name,
+    dtype: tensor.dtype,
+    shape: tensor.shape,
+    data: () => finiteChunks(name, ops.readChunks(tensor), (m) => (bad ??= m)),
+  }));
   await writeSafetensors(join(tmp, rankFile(group.rank, group.size)), tensors);
+  const anyBad = new Int32Array([bad ? 1 : 0]);
+  group.allReduceHost(anyBad, 'max');
+  if (anyBad[0]) {
+    if (group.isMain) await rm(tmp, { recursive: true, force: true });
+    group.barrier();
+    throw new DivergenceError(`training diverged: ${bad ?? "another rank's shard holds NaN or Inf"}; not written`, true);
+  }
   group.barrier();
   if (group.isMain) {
     await writeFileAtomic(join(tmp, STATE_FILE), `${JSON.stringify(state, null, 2)}\n`);
@@ -317,6 +342,8 @@ export async function runTrainingLoop(
   const world = dist?.group.size ?? 1;
   let step = 0;
   let finished = false;
+  /** The checkpoint on disk, for the divergence message (null: none yet). */
+  let lastSaved: string | null = null;
   if (hooks.checkpointDir) {
     try {
       const resumed = engine
@@ -329,6 +356,7 @@ export async function runTrainingLoop(
           );
         }
         step = resumed.step;
+        lastSaved = `${hooks.checkpointDir}, step ${step}`;
       }
     } catch (err) {
       if (!engine) opt.free();
@@ -347,6 +375,8 @@ export async function runTrainingLoop(
       const p = pending.shift()!;
       const { metrics, norm, done } = await p.values;
       const sums = Object.fromEntries(objective.metricNames.map((k, i) => [k, metrics[i]]));
+      // the loss and the norm are all-reduced: every rank of a group takes the same decision here
+      checkStepFinite(p.step, sums.loss, norm[0], lastSaved);
       const log: StepLog = {
         step: p.step,
         epoch: p.step / perEpoch,
@@ -414,8 +444,18 @@ export async function runTrainingLoop(
         // two never add up above the step's peak (the next step maps them again: rare, and cheap)
         model.backend.releaseCached?.();
         const state = { step, totalSteps, optimizerSteps: opt.stepCount, items: n };
-        if (engine && dist) await saveDistCheckpoint(hooks.checkpointDir!, engine, { ...state, world, zeroStage: dist.zeroStage });
-        else await saveCheckpoint(hooks.checkpointDir!, model, opt, state, lean);
+        try {
+          if (engine && dist) await saveDistCheckpoint(hooks.checkpointDir!, engine, { ...state, world, zeroStage: dist.zeroStage });
+          else await saveCheckpoint(hooks.checkpointDir!, model, opt, state, lean);
+        } catch (err) {
+          if (!(err instanceof DivergenceError)) throw err;
+          const kept = lastSaved ? `the last good checkpoint (${lastSaved}) is kept` : 'no checkpoint was written';
+          throw new DivergenceError(
+            `training diverged at step ${step}: ${err.message.replace(/^training diverged: /, '')}; ${kept}`,
+            err.everyRank,
+          );
+        }
+        lastSaved = `${hooks.checkpointDir}, step ${step}`;
       }
       hooks.afterStep?.(step);
     }

@@ -2,7 +2,7 @@
 // tokenizer_config.json (special tokens, chat template). The chat template comes, as transformers
 // takes it, from chat_template.jinja, else chat_template.json (the processor's file), else
 // tokenizer_config.json.
-import { readFile } from 'node:fs/promises';
+import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 
@@ -19,11 +19,11 @@ export class TokenizerError extends Error {
 
 async function readText(file: string, required: boolean): Promise<string | null> {
   try {
-    return await readFile(file, 'utf8');
+    return await readInputFile(file, INPUT_CAPS.json);
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
+    const { code, message } = err as InputFileError;
     if (code === 'ENOENT' && !required) return null;
-    throw new TokenizerError(file, code === 'ENOENT' ? 'not found' : `cannot read (${code ?? (err as Error).message})`);
+    throw new TokenizerError(file, code === 'ENOENT' ? 'not found' : code ? `cannot read (${code})` : message);
   }
 }
 

@@ -10,7 +10,7 @@
 // Errors from the file system name the path (ENOSPC, EACCES, ...), and makeDirs() creates directories
 // by walking up itself instead of Node's recursive mkdir (which loops forever under /proc).
 import { randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
+import { appendFileSync, createWriteStream, writeFileSync } from 'node:fs';
 import { type FileHandle, lstat, mkdir, open, readlink, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { Writable } from 'node:stream';
@@ -98,6 +98,24 @@ function named(err: unknown, path: string): unknown {
   if (err instanceof OutputError || typeof errCode(err) !== 'string') return err;
   const msg = (err as Error).message;
   return new OutputError(path, msg.includes(path) ? msg : `cannot write it (${msg})`, errCode(err));
+}
+
+/** appendFileSync whose errors (ENOSPC, EIO, EFBIG: Node's messages for a write name no file) name `path`. */
+export function appendFileNamed(path: string, data: string | Uint8Array): void {
+  try {
+    appendFileSync(path, data);
+  } catch (err) {
+    throw named(err, path);
+  }
+}
+
+/** writeFileSync whose errors name `path`. */
+export function writeFileNamed(path: string, data: string | Uint8Array): void {
+  try {
+    writeFileSync(path, data);
+  } catch (err) {
+    throw named(err, path);
+  }
 }
 
 /** The temp name used for `path`: hidden, in the same directory (rename must not cross filesystems). */

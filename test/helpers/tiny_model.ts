@@ -106,3 +106,20 @@ export const PHI3_CONFIG = {
   use_cache: true,
   vocab_size: 97,
 };
+
+/** A tiny byte-level model directory (config, safetensors, tokenizer) at `dir`, for CLI tests. */
+export async function writeTinyModelDir(dir: string, o: TinyOptions & { seed?: number; context?: number } = {}): Promise<string> {
+  const [{ mkdirSync }, { CpuBackend }, { initLlama }, { writeByteTokenizer }] = await Promise.all([
+    import('node:fs'),
+    import('../../src/backend/cpu/cpu_backend.js'),
+    import('../../src/model/init.js'),
+    import('../../src/text/byte_tokenizer.js'),
+  ]);
+  mkdirSync(dir, { recursive: true });
+  await writeByteTokenizer(dir);
+  const cfg = { ...tinyConfig({ vocab: 260, ...o }), ...(o.context ? { maxPositionEmbeddings: o.context } : {}) };
+  const m = initLlama(new CpuBackend(), cfg, { seed: o.seed ?? 1, std: 0.05 });
+  await m.save(dir);
+  m.weights.free();
+  return dir;
+}

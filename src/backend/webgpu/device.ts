@@ -4,6 +4,36 @@
 // device made from it is alive. openDevice() asks it for the limits and optional features the kernels use.
 /// <reference types="@webgpu/types" />
 
+import { loadAddon } from '../native/addon.js';
+
+/** Dawn's two warnings about limits spinlm never uses, printed with fprintf(stderr) when it enumerates adapters. */
+export const DAWN_NOISE =
+  /^Warning: maxDynamic(?:Uniform|Storage)BuffersPerPipelineLayout artificially reduced from \d+ to \d+ to fit dynamic offset allocation limit\.\n?/gm;
+
+type Capture = { stderrCaptureBegin?: () => unknown; stderrCaptureEnd?: (token: unknown) => string };
+
+/**
+ * Runs `fn` (synchronous native work) with file descriptor 2 captured by the native addon
+ * (native/stderr_capture.cc), then writes what it printed back to stderr less DAWN_NOISE. Without the
+ * addon (or its capture functions) `fn` just runs.
+ */
+export function withoutDawnNoise<T>(fn: () => T): T {
+  let addon: Capture | null;
+  try {
+    addon = loadAddon() as unknown as Capture;
+  } catch {
+    addon = null;
+  }
+  const token = addon?.stderrCaptureBegin?.() ?? null;
+  if (token === null) return fn();
+  try {
+    return fn();
+  } finally {
+    const rest = addon!.stderrCaptureEnd!(token).replace(DAWN_NOISE, '');
+    if (rest) process.stderr.write(rest);
+  }
+}
+
 /** What a probe found: an adapter, or why there is none. */
 export type Probe = { ok: true; adapter: GPUAdapter } | { ok: false; reason: string };
 
@@ -32,7 +62,8 @@ async function loadGpu(): Promise<GPU | null> {
 export async function requestAdapter(): Promise<Probe> {
   const g = await loadGpu();
   if (!g) return { ok: false, reason: loadFailure };
-  const adapter = await g.requestAdapter({ powerPreference: 'high-performance' });
+  // Dawn enumerates the adapters inside this call (synchronously), printing its two limit warnings
+  const adapter = await withoutDawnNoise(() => g.requestAdapter({ powerPreference: 'high-performance' }));
   if (!adapter) {
     return {
       ok: false,
