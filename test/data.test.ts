@@ -18,22 +18,19 @@ import { withSeed } from './helpers/random.js';
 
 const jsonl = (rows: unknown[]) => rows.map((r) => JSON.stringify(r)).join('\n') + '\n';
 
-/** Random UltraChat rows: [system?] user assistant [user assistant ...]; the expected first round. */
+/** Random UltraChat rows: [system?] user assistant [user assistant ...]; the expected first round (a system turn kept in `messages`). */
 function ultraChatRows(rng: Rng, n: number): { rows: ChatRow[]; expected: SftPair[] } {
   const rows: ChatRow[] = [];
   const expected: SftPair[] = [];
   for (let i = 0; i < n; i++) {
     const prompt = randomText(rng);
     const real = randomText(rng);
-    const messages = [
-      ...(rng.int(0, 3) === 0 ? [{ role: 'system', content: randomText(rng) }] : []),
-      { role: 'user', content: prompt },
-      { role: 'assistant', content: real },
-    ];
+    const system = rng.int(0, 3) === 0 ? [{ role: 'system', content: randomText(rng) }] : [];
+    const messages = [...system, { role: 'user', content: prompt }, { role: 'assistant', content: real }];
     for (let k = rng.int(0, 2); k > 0; k--)
       messages.push({ role: 'user', content: randomText(rng) }, { role: 'assistant', content: randomText(rng) });
     rows.push({ prompt, messages });
-    expected.push({ prompt, real });
+    expected.push(system.length ? { prompt, real, messages: [...system, { role: 'user', content: prompt }] } : { prompt, real });
   }
   return { rows, expected };
 }
@@ -53,7 +50,7 @@ async function rejects(p: Promise<unknown>, file: string, pattern: RegExp): Prom
 }
 
 describe('SFT pairs from JSONL and JSON', () => {
-  test('UltraChat messages -> first round; system turns passed over; later rounds ignored', () =>
+  test('UltraChat messages -> first round; a system turn kept before it; later rounds ignored', () =>
     withSeed(async (rng) =>
       withTempDir(async (dir) => {
         const { rows, expected } = ultraChatRows(rng, rng.int(20, 60));
@@ -244,7 +241,7 @@ describe('malformed input', () => {
               { role: 'assistant', content: 'a' },
             ],
           },
-          /first user turn\) is empty/,
+          /first user turn before the answer\) is empty/,
         ],
         [{ prompt: 'p', completion: 7 }, /"completion" must be a string/],
         [{ prompt: 'p' }, /none of the layouts.*keys: prompt/],

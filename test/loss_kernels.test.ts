@@ -14,7 +14,15 @@ import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import type { Rng } from '../src/util/rng.js';
-import { dlogitsFloor, IGNORE, logprobGatherBackwardRef, logprobGatherRef, relErr, sequenceLogprobRef, spinLossRef } from './helpers/loss_ref.js';
+import {
+  dlogitsFloor,
+  IGNORE,
+  logprobGatherBackwardRef,
+  logprobGatherRef,
+  relErr,
+  sequenceLogprobRef,
+  spinLossRef,
+} from './helpers/loss_ref.js';
 import { testBackends } from './helpers/backends.js';
 import { randn, withSeed } from './helpers/random.js';
 

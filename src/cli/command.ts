@@ -1,8 +1,9 @@
 // What a `spinlm` command is, and the checks and readers several commands share.
+import type { Rounds } from '../data/messages.js';
 import { loadSftPairs } from '../data/sft.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { StepLog } from '../spin/train_loop.js';
-import { formatPrompt, type PromptTemplate } from '../text/templates.js';
+import { formatPrompt, type PromptSource, type PromptTemplate } from '../text/templates.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { OutputError, resolveOutput } from '../util/atomic.js';
 import { type OptionSpec, type Parsed, UsageError } from './args.js';
@@ -46,8 +47,8 @@ export async function checkFileOut(command: string, out: string | undefined, inp
  */
 export function promptFits(model: LlamaModel, tok: HfTokenizer, template: PromptTemplate) {
   const context = model.maxPositions; // max_position_embeddings (longrope: original_max_position_embeddings)
-  return (p: { prompt: string }): string | null => {
-    const text = formatPrompt(tok, template, p.prompt);
+  return (p: PromptSource): string | null => {
+    const text = formatPrompt(tok, template, p);
     // a token covers at most maxTokenChars characters: a longer text needs no tokenizing to know
     const n = text.length >= context * tok.maxTokenChars ? null : tok.encode(text).length;
     if (n !== null && n < context) return null;
@@ -61,8 +62,8 @@ export function stepLine(prefix: string, l: StepLog): string {
 }
 
 /** The SFT pairs of --data (a seeded sample with --n); skipped rows are reported on stderr. */
-export async function sftData(d: DataConfig, check?: (p: { prompt: string }) => string | null) {
-  const r = await loadSftPairs(d.path, { n: d.n, seed: d.seed, skipInvalid: d.skipInvalid, check, strictUtf8: d.strict });
+export async function sftData(d: DataConfig, check?: (p: PromptSource) => string | null, rounds?: Rounds) {
+  const r = await loadSftPairs(d.path, { n: d.n, seed: d.seed, skipInvalid: d.skipInvalid, check, rounds, strictUtf8: d.strict });
   if (r.skipped) process.stderr.write(`spinlm: skipped ${r.skipped} malformed rows of ${d.path}, e.g. ${r.problems[0]}\n`);
   return r.pairs;
 }

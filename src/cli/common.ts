@@ -6,11 +6,12 @@ import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailable
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { loadConfig } from '../model/config.js';
 import { LlamaModel } from '../model/llama.js';
+import type { Rounds } from '../data/messages.js';
 import type { PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { type Parsed, UsageError } from './args.js';
-import { type ModelConfig, templateOf } from './config.js';
-import { checkInputKinds, checkInputsExist, type Input, prepareRunDir } from './run_dir.js';
+import { type ModelConfig, roundsOf, str, templateOf } from './config.js';
+import { checkInputKinds, checkInputsExist, type Input, prepareRunDir, runTemplateDate } from './run_dir.js';
 
 let chosen: Backend | undefined;
 
@@ -41,13 +42,16 @@ export async function backend(): Promise<Backend> {
   return chosen;
 }
 
-export async function loadModelAndTokenizer(m: ModelConfig): Promise<{ model: LlamaModel; tok: HfTokenizer; template: PromptTemplate }> {
+export async function loadModelAndTokenizer(
+  m: ModelConfig,
+): Promise<{ model: LlamaModel; tok: HfTokenizer; template: PromptTemplate; rounds: Rounds }> {
   if (!existsSync(join(m.dir, 'config.json')))
     throw new UsageError(`--model ${m.dir}: no config.json there (expected a Hugging Face model directory)`);
   const tok = await loadTokenizer(m.dir);
   tok.checkModelVocab((await loadConfig(m.dir)).vocabSize, join(m.dir, 'config.json'));
   const model = await LlamaModel.load(await backend(), m.dir, { dtype: m.dtype });
-  return { model, tok, template: templateOf(m, tok) };
+  const template = templateOf(m, tok);
+  return { model, tok, template, rounds: roundsOf(m, template) };
 }
 
 /** Rank 0 of a data-parallel run, or a single process: the one that writes outputs. */
@@ -79,13 +83,20 @@ export function checkInputPaths(command: string, o: Parsed, inputs: (keyof Parse
   checkInputKinds(command, given);
 }
 
-export async function prepareOut(command: string, o: Parsed, inputs: (keyof Parsed)[], layout: 'run' | 'single'): Promise<void> {
+export async function prepareOut(
+  command: string,
+  o: Parsed,
+  inputs: (keyof Parsed)[],
+  layout: 'run' | 'single',
+  /** The day the run's chat templates saw (runTemplateDate before the inputs were read), for fingerprint.json. */
+  templateDate?: string,
+): Promise<void> {
   const given = givenInputs(o, inputs);
-  if (!launchedByMpi()) return prepareRunDir(command, o, given, layout);
+  if (!launchedByMpi()) return prepareRunDir(command, o, given, layout, templateDate);
   // data parallel: rank 0 prepares (and locks) the directory; its verdict reaches every rank in the
   // first collective, so a refusal (busy directory, other settings, a bad --out) ends every rank at once
   let refusal: unknown = null;
-  if (isMain()) await prepareRunDir(command, o, given, layout).catch((e: unknown) => (refusal = e));
+  if (isMain()) await prepareRunDir(command, o, given, layout, templateDate).catch((e: unknown) => (refusal = e));
   shareRefusal(refusal);
 }
 
@@ -133,6 +144,11 @@ export function shareRefusal(refusal: unknown): void {
     const { code, message } = JSON.parse(new TextDecoder().decode(first)) as { code: number; message: string };
     throw new PeerRefusal(message, code);
   }
+}
+
+/** The day a run directory's chat templates see (--template_date, a resumed run's, else today); reads only. */
+export function templateDateOf(o: Parsed): string {
+  return runTemplateDate(str(o, 'out'), o);
 }
 
 export const fmt = (x: number, d = 4) => (Number.isFinite(x) ? x.toFixed(d) : String(x));

@@ -10,7 +10,8 @@ import type { TruncationOptions } from '../spin/batch.js';
 import type { GenerationSettings } from '../spin/experiment.js';
 import type { SelfPlayOptions, SpinStageOptions } from '../spin/self_play.js';
 import type { LoopConfig } from '../spin/train_loop.js';
-import { defaultTemplate, type PromptTemplate } from '../text/templates.js';
+import { defaultTemplate, parseDay, type PromptTemplate, todayUtc } from '../text/templates.js';
+import type { Rounds } from '../data/messages.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { DEVICES, type DeviceChoice } from '../backend/registry.js';
 import { type Parsed, UsageError } from './args.js';
@@ -56,18 +57,38 @@ export interface ModelConfig {
   dir: string;
   /** Parameter dtype; undefined: as stored. */
   dtype?: 'f32' | 'bf16';
-  template: 'auto' | PromptTemplate;
+  template: 'auto' | 'instruction' | 'chat';
+  /** --first_round_only: the official first round of a chat (the instruction template always takes it). */
+  firstRoundOnly: boolean;
+  /** --empty_system_turn: the official empty system turn (chat template). */
+  emptySystemTurn: boolean;
+  /** --template_date, or the run's recorded day (prepareOut); undefined: today. */
+  templateDate?: string;
   maxLength?: number;
   maxPromptLength?: number;
   truncationMode: 'keep_end' | 'keep_start';
   computeDtype: ComputeDtype;
 }
+/** --template_date checked as a day (YYYY-MM-DD). */
+function checkedDay(day: string | undefined): string | undefined {
+  if (day === undefined) return undefined;
+  try {
+    parseDay(day);
+  } catch (e) {
+    throw new UsageError(`--template_date: ${(e as Error).message}`);
+  }
+  return day;
+}
+
 export function modelConfig(o: Parsed): ModelConfig {
   const dtype = choice(o, 'dtype', ['auto', 'f32', 'bf16'] as const, 'auto');
   return {
     dir: optStr(o, 'model') ?? '',
     dtype: dtype === 'auto' ? undefined : dtype,
     template: choice(o, 'template', ['auto', 'instruction', 'chat'] as const, 'auto'),
+    firstRoundOnly: bool(o, 'first_round_only'),
+    emptySystemTurn: bool(o, 'empty_system_turn'),
+    templateDate: checkedDay(optStr(o, 'template_date')),
     maxLength: optNum(o, 'max_length'),
     maxPromptLength: optNum(o, 'max_prompt_length'),
     truncationMode: choice(o, 'truncation_mode', ['keep_end', 'keep_start'] as const, 'keep_end'),
@@ -75,11 +96,18 @@ export function modelConfig(o: Parsed): ModelConfig {
   };
 }
 
-export function templateOf(m: Pick<ModelConfig, 'template'>, tok: HfTokenizer): PromptTemplate {
-  if (m.template === 'auto') return defaultTemplate(tok);
-  if (m.template === 'chat' && tok.chatTemplate === null)
+/** The prompt template: 'instruction', or the chat template with --empty_system_turn and the run's day. */
+export function templateOf(m: Pick<ModelConfig, 'template' | 'emptySystemTurn' | 'templateDate'>, tok: HfTokenizer): PromptTemplate {
+  const kind = m.template === 'auto' ? defaultTemplate(tok) : m.template;
+  if (kind === 'chat' && tok.chatTemplate === null)
     throw new UsageError(`--template chat: the tokenizer in ${tok.dir} has no chat_template; use --template instruction`);
-  return m.template;
+  if (kind === 'instruction') return 'instruction';
+  return { kind: 'chat', emptySystemTurn: m.emptySystemTurn, date: m.templateDate ?? todayUtc() };
+}
+
+/** Which round of a conversation is the answer: the first under the instruction template or --first_round_only, else the last. */
+export function roundsOf(m: Pick<ModelConfig, 'firstRoundOnly'>, template: PromptTemplate): Rounds {
+  return template === 'instruction' || m.firstRoundOnly ? 'first' : 'last';
 }
 
 /**
@@ -146,9 +174,10 @@ export function stopSequencesOf(stop: string | undefined, tok: { encode(s: strin
 }
 
 /** The library's generation settings: --stop encoded with the tokenizer. */
-export function generationSettingsOf(g: GenerationConfig, tok: HfTokenizer): GenerationSettings {
+/** The generation settings; `stopIds`: the ids that end an answer (src/generate/stops.ts stopIdsOf). */
+export function generationSettingsOf(g: GenerationConfig, tok: HfTokenizer, stopIds?: number[]): GenerationSettings {
   const { stop, ...rest } = g;
-  return { ...rest, stopSequences: stopSequencesOf(stop, tok) };
+  return { ...rest, stopSequences: stopSequencesOf(stop, tok), ...(stopIds ? { stopIds } : {}) };
 }
 
 export function optimizerConfig(o: Parsed): OptimizerConfig {

@@ -6,7 +6,8 @@ import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
-import { answerPrompts, JournalMismatchError } from '../generate/answers.js';
+import { answerPrompts, JournalMismatchError, journalTemplateDate } from '../generate/answers.js';
+import { stopIdsOf } from '../generate/stops.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
 import { scorePairs } from '../spin/score.js';
@@ -64,9 +65,9 @@ export const score: Command = {
     const m = modelConfig(o);
     const [data, out] = [str(o, 'data'), str(o, 'out')];
     await checkFileOut('score', out, { model: m.dir, data });
-    const { model, tok, template } = await loadModelAndTokenizer(m);
+    const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.maxPositions);
-    const pairs = await readSpinPairs(data, { strictUtf8: bool(o, 'strict') });
+    const pairs = await readSpinPairs(data, { rounds, strictUtf8: bool(o, 'strict') });
     const bar = progressBar('scoring', pairs.length, 'pairs', { quiet: bool(o, 'quiet') });
     const scores = await scorePairs(model, tok, pairs, {
       ...trunc,
@@ -99,7 +100,7 @@ export const generate: Command = {
       default: 42,
       help: 'sampling seed (each prompt samples from its own stream of it, so a resumed run writes the same text)',
     },
-    ...textOptions.filter((t) => t.name === 'template' || t.name === 'dtype'),
+    ...textOptions.filter((t) => ['template', 'dtype', 'first_round_only', 'empty_system_turn', 'template_date'].includes(t.name)),
     nprocOption,
     oversubscribeOption,
     quietOption,
@@ -110,9 +111,6 @@ export const generate: Command = {
     const gen = generationConfig(o);
     const [out, seed] = [str(o, 'out'), num(o, 'seed')];
     await checkFileOut('generate', out, { model: m.dir, data: d.path });
-    const { model, tok, template } = await loadModelAndTokenizer(m);
-    const pairs = await sftData(d, promptFits(model, tok, template));
-    stopSequencesOf(gen.stop, tok);
     // the resume journal sits beside a file output; a stream output (FIFO, /dev/stdout) has none
     const group = launchedByMpi() ? processGroup() : null;
     // data parallel: prompts sharded by index across the ranks (one journal each), merged in input order
@@ -122,15 +120,22 @@ export const generate: Command = {
           ? `${out}.partial.rank-${group.rank}-of-${group.size}.jsonl`
           : `${out}.partial.jsonl`
         : undefined;
-    const prompts = pairs.map((p) => formatPrompt(tok, template, p.prompt));
+    // a resumed journal keeps the day its prompts were rendered with
+    m.templateDate ??= journal ? journalTemplateDate(journal) : undefined;
+    const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
+    const pairs = await sftData(d, promptFits(model, tok, template), rounds);
+    stopSequencesOf(gen.stop, tok);
+    const prompts = pairs.map((p) => formatPrompt(tok, template, p));
     const bar = progressBar('generating', prompts.length, 'prompts', { quiet: bool(o, 'quiet') });
     const t0 = Date.now();
-    const g = generationSettingsOf(gen, tok);
-    // the journal's fingerprint: every option that changes the answers, the model's and the data's files
+    const g = generationSettingsOf(gen, tok, await stopIdsOf(m.dir, model.cfg.eosTokenIds, tok, template));
+    // the journal's fingerprint: every option that changes the answers, the model's and the data's files,
+    // and the day the chat template saw (kept, never compared: a resume renders the same prompts)
     const produced = await fingerprintOf('generate', o, [
       { flag: 'model', path: m.dir },
       { flag: 'data', path: d.path },
     ]);
+    if (typeof template === 'object' && template.date) produced.template_date = template.date;
     const journalKey = { value: produced, diff: (was: unknown) => journalDiff(was, produced) };
     const answerMine = (mine: string[]) =>
       answerPrompts(new LlamaDecoder(model, g.kvCacheDtype, checkComputeDtype(m, model.weights.dtype)), tok, mine, {
@@ -141,6 +146,7 @@ export const generate: Command = {
         seed,
         batchSize: g.batchSize,
         stopSequences: g.stopSequences,
+        stopIds: g.stopIds,
         journal,
         journalKey,
         onProgress: (done, _t, toks) => bar.update(done, { 'tok/s': (toks / ((Date.now() - t0) / 1000)).toFixed(0) }),
@@ -156,7 +162,7 @@ export const generate: Command = {
     if (isMain())
       await writeSpinPairs(
         out,
-        pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i] })),
+        pairs.map((p, i) => ({ prompt: p.prompt, real: p.real, generated: answers[i], ...(p.messages ? { messages: p.messages } : {}) })),
       );
     barrier();
     if (journal) await rm(journal, { force: true });
@@ -200,9 +206,9 @@ export const evalCmd: Command = {
     const out = optStr(o, 'out');
     const batchSize = num(o, 'per_device_eval_batch_size');
     await checkFileOut('eval', out, { model: m.dir, data: d.path });
-    const { model, tok, template } = await loadModelAndTokenizer(m);
+    const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.maxPositions);
-    const pairs = await sftData(d, promptFits(model, tok, template));
+    const pairs = await sftData(d, promptFits(model, tok, template), rounds);
     const result: Record<string, unknown> = { n: pairs.length };
     result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...trunc, template, batchSize });
     const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
@@ -211,7 +217,12 @@ export const evalCmd: Command = {
         model,
         tok,
         pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[],
-        { template, batchSize, maxNewTokens: num(o, 'max_new_tokens') },
+        {
+          template,
+          batchSize,
+          maxNewTokens: num(o, 'max_new_tokens'),
+          stopIds: await stopIdsOf(m.dir, model.cfg.eosTokenIds, tok, template),
+        },
       );
       result.exact_match = em.accuracy;
       result.by_task = em.byTask;

@@ -49,6 +49,23 @@ export const textOptions: OptionSpec[] = [
     help: "prompt format: the official '### Instruction: {prompt}\\n\\n### Response: ', the tokenizer's chat template, or auto (chat when the tokenizer has one)",
   },
   {
+    name: 'first_round_only',
+    type: 'bool',
+    default: false,
+    help: 'chat template: the answer is the first assistant turn, as the official SPIN takes it (default: the last assistant turn, every turn before it the prompt, so multi-turn rows keep their history; the instruction template always takes the first round)',
+  },
+  {
+    name: 'empty_system_turn',
+    type: 'bool',
+    default: false,
+    help: 'chat template: insert an empty system turn when a row has none, as the official SPIN does (default off: for Llama 3.1 and Qwen2.5 it changes the rendered prompt)',
+  },
+  {
+    name: 'template_date',
+    type: 'string',
+    help: "the day chat templates read with strftime_now (Llama 3.2's 'Today Date'); default: the day a run started, kept in its fingerprint.json (generate: in its journal) so a resume renders the same prompts",
+  },
+  {
     name: 'max_length',
     type: 'int',
     check: positive,

@@ -17,6 +17,7 @@ import { unreadableKind } from '../util/input_file.js';
 import type { Parsed } from './args.js';
 import { UsageError } from './args.js';
 import { bool, str } from './config.js';
+import { todayUtc } from '../text/templates.js';
 import { checkOwnership, claimDir, clearOwned } from './ownership.js';
 
 export interface Input {
@@ -150,6 +151,25 @@ export async function releaseLocks(): Promise<void> {
 
 // ---- the fingerprint ----
 
+function readFingerprint(file: string): Fingerprint | null {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as Fingerprint;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The day a run directory's chat templates read: --template_date, else its fingerprint's (a resume),
+ * else today (a new run, or --overwrite_output_dir). Reads only: prepareRunDir records it.
+ */
+export function runTemplateDate(dir: string, o: Parsed): string {
+  if (typeof o.template_date === 'string') return o.template_date;
+  if (bool(o, 'overwrite_output_dir')) return todayUtc();
+  const d = readFingerprint(join(dir, FINGERPRINT))?.template_date;
+  return typeof d === 'string' ? d : todayUtc();
+}
+
 const FINGERPRINT = 'fingerprint.json';
 /** Options that do not change the result: where it goes, how it is shown, how far it goes. */
 const NOT_RESULT = new Set(['out', 'config', 'quiet', 'iterations', 'overwrite_output_dir', 'skip_invalid', 'oversubscribe', 'strict']);
@@ -178,6 +198,11 @@ export interface Fingerprint {
   command: string;
   options: Record<string, unknown>;
   inputs: Record<string, string | Record<string, string>>;
+  /**
+   * The day chat templates read (strftime_now): --template_date, else the day the run started, kept
+   * by every resume (never compared: a resume on another day renders the same prompts).
+   */
+  template_date?: string;
 }
 
 /** Refuses (UsageError) an input flag naming a FIFO, a device or a socket: never read (or hashed) forever. */
@@ -292,7 +317,14 @@ export function checkInputsExist(command: string, inputs: readonly Input[]): voi
  * fingerprint check (or --overwrite_output_dir, which removes only what spinlm wrote), metrics.jsonl
  * cut back to the checkpoints, and the resolved options written beside the outputs.
  */
-export async function prepareRunDir(command: string, o: Parsed, inputs: readonly Input[], layout: 'run' | 'single'): Promise<void> {
+export async function prepareRunDir(
+  command: string,
+  o: Parsed,
+  inputs: readonly Input[],
+  layout: 'run' | 'single',
+  /** The day the run's chat templates saw (runTemplateDate), recorded in fingerprint.json. */
+  templateDate?: string,
+): Promise<void> {
   const dir = str(o, 'out');
   const overwrite = bool(o, 'overwrite_output_dir');
   if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
@@ -328,6 +360,7 @@ export async function prepareRunDir(command: string, o: Parsed, inputs: readonly
   }
   await claimDir(command, dir);
   await truncateMetrics(dir, layout);
+  now.template_date = templateDate ?? runTemplateDate(dir, o);
   await writeFileAtomic(fpFile, `${JSON.stringify(now, null, 2)}\n`);
   await writeFileAtomic(resolvedFile, `${JSON.stringify({ command, ...o }, null, 2)}\n`);
 }

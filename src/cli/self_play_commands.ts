@@ -4,6 +4,7 @@
 import { join } from 'node:path';
 import { packageRoot } from '../backend/native/addon.js';
 import { loadSftPairs } from '../data/sft.js';
+import { stopIdsOf } from '../generate/stops.js';
 import { DEMO_ARMS, type DemoOptions, runDemo } from '../spin/demo.js';
 import { areTasks, type EvalSettings, evaluateHeldout } from '../spin/evaluate.js';
 import { type ExperimentRun, runExperiment } from '../spin/experiment.js';
@@ -12,7 +13,7 @@ import { writeReport } from '../spin/report.js';
 import { makeDirs, OutputError, writeFileAtomic } from '../util/atomic.js';
 import { type Parsed, positive, UsageError } from './args.js';
 import { type Command, promptFits, sftData, stepLine } from './command.js';
-import { backend, checkInputPaths, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
+import { backend, checkInputPaths, fmt, isMain, loadModelAndTokenizer, prepareOut, templateDateOf } from './common.js';
 import {
   bool,
   checkComputeDtype,
@@ -69,16 +70,17 @@ export const run: Command = {
   async run(o) {
     const c = runConfig(o); // checked before anything is written, like every input below
     checkInputPaths('run', o, ['model', 'data', 'eval_data']);
-    const { model, tok, template } = await loadModelAndTokenizer(c.model);
+    c.model.templateDate ??= templateDateOf(o);
+    const { model, tok, template, rounds } = await loadModelAndTokenizer(c.model);
     const trunc = truncationOf(c.model, model.maxPositions);
-    const generation = generationSettingsOf(c.generation, tok);
+    const generation = generationSettingsOf(c.generation, tok, await stopIdsOf(c.model.dir, model.cfg.eosTokenIds, tok, template));
     generation.computeDtype = checkComputeDtype(c.model, model.weights.dtype);
     // every row's length is checked here, before the first stage, naming the file and row
     const fits = promptFits(model, tok, template);
     model.weights.free();
-    const sft = await sftData(c.data, fits);
-    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, strictUtf8: c.data.strict })).pairs : null;
-    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run');
+    const sft = await sftData(c.data, fits, rounds);
+    const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, rounds, strictUtf8: c.data.strict })).pairs : null;
+    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run', c.model.templateDate);
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
       template,
@@ -86,6 +88,7 @@ export const run: Command = {
       logpBatchSize: c.loop.microBatchSize,
       generationBatchSize: generation.batchSize,
       maxNewTokens: generation.maxNewTokens,
+      stopIds: generation.stopIds,
     };
     const one: ExperimentRun = {
       arm: 'spin',

@@ -7,18 +7,30 @@ import { readSpinPairs } from '../data/spin_pairs.js';
 import { parseConfig } from '../model/config.js';
 import { initLlama } from '../model/init.js';
 import { saveDerivedModel, TOKENIZER_FILES } from '../model/side_files.js';
-import { tokenizePair } from '../spin/batch.js';
 import { MetricsWriter, readMetrics } from '../spin/metrics.js';
 import { writeReport } from '../spin/report.js';
 import { referenceStage, saveModelStage, spinTrainStage } from '../spin/self_play.js';
+import { tokenizePairs } from '../spin/score.js';
 import { runSft } from '../spin/sft.js';
 import { stepsPerEpoch } from '../spin/train_loop.js';
-import { formatPrompt } from '../text/templates.js';
 import { loadTokenizer } from '../text/tokenizer.js';
 import { UsageError } from './args.js';
 import { type Command, sftData } from './command.js';
-import { backend, barrier, checkInputPaths, fmt, isMain, loadModelAndTokenizer, prepareOut } from './common.js';
-import { bool, dataConfig, loopConfig, modelConfig, nums, num, optStr, spinStageConfig, str, templateOf, truncationOf } from './config.js';
+import { backend, barrier, checkInputPaths, fmt, isMain, loadModelAndTokenizer, prepareOut, templateDateOf } from './common.js';
+import {
+  bool,
+  dataConfig,
+  loopConfig,
+  modelConfig,
+  nums,
+  num,
+  optStr,
+  roundsOf,
+  spinStageConfig,
+  str,
+  templateOf,
+  truncationOf,
+} from './config.js';
 import {
   dataOption,
   distOptions,
@@ -57,11 +69,12 @@ export const train: Command = {
     const spin = spinStageConfig(o);
     // every input is read and checked before the output directory is touched
     checkInputPaths('train', o, ['model', 'data']);
-    const pairs = await readSpinPairs(data, { strictUtf8: bool(o, 'strict') });
-    const { model, tok, template } = await loadModelAndTokenizer(m);
+    m.templateDate ??= templateDateOf(o);
+    const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
+    const pairs = await readSpinPairs(data, { rounds, strictUtf8: bool(o, 'strict') });
     const trunc = truncationOf(m, model.maxPositions);
-    const tokenized = pairs.map((p) => tokenizePair(tok, formatPrompt(tok, template, p.prompt), p.real, p.generated, trunc));
-    await prepareOut('train', o, ['model', 'data'], 'single');
+    const tokenized = tokenizePairs(tok, pairs, { ...trunc, template, batchSize: 1 });
+    await prepareOut('train', o, ['model', 'data'], 'single', m.templateDate);
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
     const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
     refBar.stop();
@@ -116,6 +129,7 @@ export const sftCmd: Command = {
     if (initConfig && !tokenizerDir) throw new UsageError('spinlm sft: --init_config needs --tokenizer DIR');
     // every input is read and checked before the output directory is touched
     checkInputPaths('sft', o, ['model', 'data', 'init_config', 'tokenizer']);
+    m.templateDate ??= templateDateOf(o);
     let model, tok, template;
     if (initConfig && tokenizerDir) {
       tok = await loadTokenizer(tokenizerDir);
@@ -130,8 +144,8 @@ export const sftCmd: Command = {
       });
       template = templateOf(m, tok);
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
-    const pairs = await sftData(dataConfig(o));
-    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single');
+    const pairs = await sftData(dataConfig(o), undefined, roundsOf(m, template));
+    await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single', m.templateDate);
     const trunc = truncationOf(m, model.maxPositions);
     const metrics = new MetricsWriter(join(out, 'metrics.jsonl'));
     const bar = progressBar('sft', stepsPerEpoch(pairs.length, cfg) * cfg.numTrainEpochs, 'steps', { quiet: bool(o, 'quiet') });

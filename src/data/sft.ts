@@ -4,32 +4,34 @@ import type { Seed } from '../util/rng.js';
 import { DataError, preview, RowProblem } from './data_error.js';
 import type { FormatOption } from './file_format.js';
 import { jsonlLines } from './jsonl.js';
-import { firstRound, parseMessages, type ChatMessage } from './messages.js';
+import { chatRound, parseMessages, type ChatMessage, type Rounds } from './messages.js';
 import { chatListSchema, encodeParquet, stringColumnSchema, type ParquetCodec } from './parquet.js';
 import { openRows, writeFormat } from './row_source.js';
 import { Reservoir } from './sample.js';
 
 export interface SftPair {
-  prompt: string; // the first user message
-  real: string; // the first assistant reply after it (the human / SFT answer)
+  prompt: string; // the user turn the answer replies to (the first one with rounds 'first')
+  real: string; // the assistant reply (the human / SFT answer)
   task?: string; // family label, when the row has a string "task" (synthetic data)
+  /** Every turn before the answer (system turns, earlier rounds), when that is more than the user turn `prompt`. */
+  messages?: ChatMessage[];
 }
 
 const LAYOUTS =
   'messages (UltraChat), real (SPIN pair: messages, or a string with prompt), prompt+completion, prompt+response or instruction+output';
 
 /**
- * One row -> a pair. Layouts, first match wins: `messages` [{role, content}] (first round),
+ * One row -> a pair. Layouts, first match wins: `messages` [{role, content}] (the round `rounds` picks: messages.ts chatRound),
  * `real` (a SPIN pair row's [user, assistant], or a string beside a string `prompt`), `prompt` + `completion` | `response`,
  * `instruction` + `output` (a non-empty `input` is appended to the instruction after a blank line).
  */
-export function sftPairFromRow(row: unknown): SftPair {
+export function sftPairFromRow(row: unknown, rounds: Rounds = 'first'): SftPair {
   if (row === null || typeof row !== 'object' || Array.isArray(row)) throw new RowProblem(`row must be a JSON object, got ${preview(row)}`);
   const r = row as Record<string, unknown>;
   let pair: SftPair;
-  if (r.messages !== undefined) pair = firstRound(parseMessages(r.messages, 'messages'), 'messages');
+  if (r.messages !== undefined) pair = chatRound(parseMessages(r.messages, 'messages'), 'messages', rounds);
   else if (typeof r.real === 'string') pair = { prompt: textField(r, 'prompt'), real: textField(r, 'real') };
-  else if (r.real !== undefined) pair = firstRound(parseMessages(r.real, 'real'), 'real');
+  else if (r.real !== undefined) pair = chatRound(parseMessages(r.real, 'real'), 'real', rounds);
   else if (r.prompt !== undefined && (r.completion !== undefined || r.response !== undefined)) {
     const key = r.completion !== undefined ? 'completion' : 'response';
     pair = { prompt: textField(r, 'prompt'), real: textField(r, key) };
@@ -77,6 +79,8 @@ export interface LoadSftOptions {
   seed?: Seed;
   /** Skip malformed rows (counted in `skipped`) instead of throwing on the first one. */
   skipInvalid?: boolean;
+  /** Which round of a conversation is the answer (messages.ts chatRound; default 'first', the official SPIN). */
+  rounds?: Rounds;
   /** A further check of each pair (e.g. its length in tokens): a message makes the row invalid, named by file and row. */
   check?: (pair: SftPair) => string | null;
   /** Refuse a file with invalid UTF-8 (default: warn once per file and read it as U+FFFD). */
@@ -105,7 +109,7 @@ export async function loadSftPairs(path: string, opts: LoadSftOptions = {}): Pro
     let pair: SftPair;
     try {
       if ('problem' in raw) throw new RowProblem(raw.problem);
-      pair = sftPairFromRow(raw.value);
+      pair = sftPairFromRow(raw.value, opts.rounds);
       const problem = opts.check?.(pair);
       if (problem) throw new RowProblem(problem);
     } catch (err) {

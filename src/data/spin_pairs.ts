@@ -12,14 +12,16 @@ import { writeFileAtomic } from '../util/atomic.js';
 import { DataError, preview, RowProblem } from './data_error.js';
 import type { FormatOption } from './file_format.js';
 import { jsonlLines } from './jsonl.js';
-import { firstRound, parseMessages, roundMessages, type ChatMessage } from './messages.js';
+import { chatRound, contextOf, parseMessages, type ChatMessage, type Rounds, sameContext } from './messages.js';
 import { chatListSchema, encodeParquet, stringColumnSchema, type ParquetCodec } from './parquet.js';
 import { openRows, writeFormat } from './row_source.js';
 
 export interface SpinPair {
-  prompt: string;
+  prompt: string; // the user turn the answers reply to
   real: string; // the SFT (human) answer
   generated: string; // the opponent model's answer; may be empty
+  /** Every turn before the answers (system turns, earlier rounds), when that is more than the user turn `prompt`. */
+  messages?: ChatMessage[];
 }
 
 export interface SpinPairRow {
@@ -36,8 +38,14 @@ const LAYOUT_NAMES: Record<SpinPairLayout, string> = {
   strings: 'plain strings ({prompt, real, generated})',
 };
 
+/** The official row: the turns before the answer, then the real (generated) answer as the assistant turn. */
 export function spinPairToRow(p: SpinPair): Required<SpinPairRow> {
-  return { real: roundMessages(p.prompt, p.real), generated: roundMessages(p.prompt, p.generated), prompt: p.prompt };
+  const context = contextOf(p);
+  return {
+    real: [...context, { role: 'assistant', content: p.real }],
+    generated: [...contextOf(p), { role: 'assistant', content: p.generated }],
+    prompt: p.prompt,
+  };
 }
 
 function pairKeys(r: Record<string, unknown>): { realKey: string; genKey: string } {
@@ -69,24 +77,35 @@ function stringsPair(r: Record<string, unknown>, realKey: string, genKey: string
   return { prompt: text('prompt', false), real: text(realKey, false), generated: text(genKey, true) };
 }
 
-/** One row (either layout) -> a pair; throws a RowProblem saying what is wrong. */
-export function spinPairFromRow(row: unknown): SpinPair {
+/**
+ * One row (either layout) -> a pair; throws a RowProblem saying what is wrong. Message lists are split
+ * by `rounds` (messages.ts chatRound); real and generated must agree on every turn before the answer.
+ */
+export function spinPairFromRow(row: unknown, rounds: Rounds = 'first'): SpinPair {
   if (row === null || typeof row !== 'object' || Array.isArray(row)) throw new RowProblem(`row must be a JSON object, got ${preview(row)}`);
   const r = row as Record<string, unknown>;
   const { realKey, genKey } = pairKeys(r);
   if (typeof r[realKey] === 'string') return stringsPair(r, realKey, genKey);
-  const real = firstRound(parseMessages(r[realKey], realKey), realKey);
-  const gen = firstRound(parseMessages(r[genKey], genKey), genKey, true);
+  const realMessages = parseMessages(r[realKey], realKey);
+  const real = chatRound(realMessages, realKey, rounds);
+  const gen = chatRound(parseMessages(r[genKey], genKey), genKey, rounds, true);
   if (gen.prompt !== real.prompt) {
     throw new RowProblem(
       `"${genKey}" and "${realKey}" have different user prompts (${preview(gen.prompt, 40)} vs ${preview(real.prompt, 40)})`,
     );
   }
+  if (!sameContext(contextOf(real), contextOf(gen))) {
+    throw new RowProblem(`"${genKey}" and "${realKey}" differ before the answer (every turn before it must be the same)`);
+  }
   if (r.prompt !== undefined && r.prompt !== null) {
     if (typeof r.prompt !== 'string') throw new RowProblem(`"prompt" must be a string, got ${preview(r.prompt)}`);
-    if (r.prompt !== real.prompt) throw new RowProblem(`"prompt" differs from the user turn of "${realKey}"`);
+    // ours write the user turn the answer replies to; a file may name the conversation's first user turn
+    const first = realMessages.find((m) => m.role === 'user')?.content;
+    if (r.prompt !== real.prompt && r.prompt !== first) throw new RowProblem(`"prompt" differs from the user turn of "${realKey}"`);
   }
-  return { prompt: real.prompt, real: real.real, generated: gen.real };
+  const pair: SpinPair = { prompt: real.prompt, real: real.real, generated: gen.real };
+  if (real.messages) pair.messages = real.messages;
+  return pair;
 }
 
 function spinColumns(columns: string[]): string[] {
@@ -102,14 +121,17 @@ function spinColumns(columns: string[]): string[] {
  * All pairs of a SPIN pair file (JSON lines, JSON array or Parquet), in either layout; the first
  * row decides the file's layout and a row in the other layout is an error. The first malformed row throws.
  */
-export async function readSpinPairs(path: string, opts: { format?: FormatOption; strictUtf8?: boolean } = {}): Promise<SpinPair[]> {
+export async function readSpinPairs(
+  path: string,
+  opts: { format?: FormatOption; rounds?: Rounds; strictUtf8?: boolean } = {},
+): Promise<SpinPair[]> {
   const { rows } = await openRows(path, opts.format ?? 'auto', spinColumns, { strict: opts.strictUtf8 });
   const pairs: SpinPair[] = [];
   let layout: { kind: SpinPairLayout; where: string } | null = null;
   for await (const raw of rows) {
     try {
       if ('problem' in raw) throw new RowProblem(raw.problem);
-      const pair = spinPairFromRow(raw.value);
+      const pair = spinPairFromRow(raw.value, opts.rounds);
       const kind = spinPairLayout(raw.value)!;
       if (layout === null) layout = { kind, where: raw.where };
       else if (kind !== layout.kind) {
@@ -140,7 +162,7 @@ export async function writeSpinPairs(
   const rows = items.map((item, i) => {
     if (item !== null && typeof item === 'object' && Array.isArray((item as SpinPairRow).real)) {
       try {
-        return spinPairToRow(spinPairFromRow(item));
+        return spinPairToRow(spinPairFromRow(item, 'last'));
       } catch (err) {
         if (err instanceof RowProblem) throw new TypeError(`${path}: pair ${i}: ${err.message}`, { cause: err });
         throw err;
@@ -149,6 +171,14 @@ export async function writeSpinPairs(
     const p = item as SpinPair;
     for (const k of ['prompt', 'real', 'generated'] as const) {
       if (typeof p?.[k] !== 'string') throw new TypeError(`${path}: pair ${i}: "${k}" must be a string, got ${preview(p?.[k])}`);
+    }
+    if (p.messages !== undefined) {
+      try {
+        parseMessages(p.messages, 'messages');
+      } catch (err) {
+        if (err instanceof RowProblem) throw new TypeError(`${path}: pair ${i}: ${err.message}`, { cause: err });
+        throw err;
+      }
     }
     return spinPairToRow(p);
   });

@@ -39,7 +39,21 @@ export interface AnswerOptions extends Omit<GenerateOptions, 'eosIds' | 'onProgr
   adoptUnmarkedJournal?: boolean;
   /** Added to every prompt's stream id: draw s of the same prompts uses offset s x prompts.length. */
   streamOffset?: number;
+  /** Ids that end an answer besides the tokenizer's EOS (stops.ts stopIdsOf: config eos ids, the template's end of turn). */
+  stopIds?: readonly number[];
   onProgress?: (done: number, total: number, tokens: number) => void | Promise<void>;
+}
+
+/** The day a journal's prompts were rendered with (its fingerprint line's produced_by.template_date), or undefined. */
+export function journalTemplateDate(file: string): string | undefined {
+  if (!existsSync(file)) return undefined;
+  try {
+    const head = JSON.parse(readFileSync(file, 'utf8').split('\n', 1)[0]) as { produced_by?: { template_date?: unknown } };
+    const d = head.produced_by?.template_date;
+    return typeof d === 'string' ? d : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A journal made by another model, other settings or other prompts. */
@@ -73,6 +87,7 @@ function headerOf(prompts: readonly string[], o: AnswerOptions): JournalHeader {
     seed: o.seed,
     stream_offset: o.streamOffset ?? 0,
     stop: o.stopSequences ?? [],
+    ...(o.stopIds?.length ? { stop_ids: [...o.stopIds] } : {}),
   };
   return {
     journal: 'spinlm answers',
@@ -162,7 +177,7 @@ export async function answerPrompts(
     todo.map((i) => tok.encode(prompts[i])),
     {
       ...o,
-      eosIds: [tok.eosId],
+      eosIds: [...new Set([tok.eosId, ...(o.stopIds ?? [])])],
       vocabLimit: tok.vocabSize,
       excludedIds: tok.gapIds,
       streamIds: todo.map((i) => i + (o.streamOffset ?? 0)),

@@ -2,7 +2,8 @@
 // (docs/algorithm.md; uclaml/SPIN spin/alignment/utils.py):
 //  - prompt, real answer and generated answer tokenized separately, no special tokens added;
 //    EOS appended to each answer;
-//  - EOS ids inside the texts get attention mask 0 (the official collator's rule);
+//  - EOS ids inside the texts get attention mask 0 (the official collator's rule; not for chat
+//    templates, whose EOS may be their own end of turn: src/spin/prompt_tokens.ts);
 //  - if prompt + longer answer > maxLength: keep the last maxPromptLength prompt tokens
 //    ('keep_end', default) or the first ('keep_start'); if still too long, cut both answers to
 //    maxLength - maxPromptLength tokens;
@@ -42,6 +43,11 @@ export interface TruncationOptions {
 export interface TokenizedSequence {
   prompt: number[];
   answer: number[];
+  /**
+   * true: EOS ids inside the texts stay attended (chat templates, where EOS may be the template's
+   * own end of turn, as the model sees it at inference); default: the official rule masks them.
+   */
+  attendEos?: boolean;
 }
 
 export interface TokenizedPair {
@@ -63,16 +69,31 @@ export function tokenizePair(tok: TextTokenizer, prompt: string, real: string, g
   if (prompt.length > cap) prompt = t.truncationMode === 'keep_start' ? prompt.slice(0, cap) : prompt.slice(-cap);
   if (real.length > cap) real = real.slice(0, cap);
   if (generated.length > cap) generated = generated.slice(0, cap);
-  let p = tok.encode(prompt);
-  let r = [...tok.encode(real), tok.eosId];
-  let g = [...tok.encode(generated), tok.eosId];
-  const longer = Math.max(r.length, g.length);
-  if (p.length + longer > t.maxLength) p = t.truncationMode === 'keep_start' ? p.slice(0, t.maxPromptLength) : p.slice(-t.maxPromptLength);
-  if (p.length + longer > t.maxLength) {
-    r = r.slice(0, t.maxLength - t.maxPromptLength);
-    g = g.slice(0, t.maxLength - t.maxPromptLength);
-  }
-  return { real: { prompt: p, answer: r }, generated: { prompt: p, answer: g } };
+  const p = tok.encode(prompt);
+  return truncatePair(
+    { prompt: p, answer: [...tok.encode(real), tok.eosId] },
+    { prompt: p, answer: [...tok.encode(generated), tok.eosId] },
+    t,
+  );
+}
+
+/**
+ * The official truncation of a pair's two sequences (each may have its own prompt tokens: a chat
+ * template's boundary token can differ): when prompt + the longer answer exceeds maxLength, the
+ * prompt keeps maxPromptLength tokens (its end with keep_end); if still too long, both answers are
+ * cut to maxLength - maxPromptLength tokens.
+ */
+export function truncatePair(real: TokenizedSequence, generated: TokenizedSequence, t: TruncationOptions): TokenizedPair {
+  const longer = Math.max(real.answer.length, generated.answer.length);
+  const cut = (s: TokenizedSequence): TokenizedSequence => {
+    let p = s.prompt;
+    let a = s.answer;
+    if (p.length + longer > t.maxLength)
+      p = t.truncationMode === 'keep_start' ? p.slice(0, t.maxPromptLength) : p.slice(-t.maxPromptLength);
+    if (p.length + longer > t.maxLength) a = a.slice(0, t.maxLength - t.maxPromptLength);
+    return s.attendEos ? { prompt: p, answer: a, attendEos: true } : { prompt: p, answer: a };
+  };
+  return { real: cut(real), generated: cut(generated) };
 }
 
 /** Tokenizes one (prompt, answer) for supervised fine-tuning, with the same truncation rules. */
@@ -121,7 +142,7 @@ export function collateSequences(seqs: readonly TokenizedSequence[], eosId: numb
       // official rule: EOS ids inside the prompt or answer text are not attended to; the EOS we
       // appended to the answer (its last token) is.
       const appendedEos = t === ids.length - 1 && s.answer.length > 0 && s.answer[s.answer.length - 1] === eosId;
-      attentionMask[base + t] = id === eosId && !appendedEos ? 0 : 1;
+      attentionMask[base + t] = id === eosId && !appendedEos && !s.attendEos ? 0 : 1;
     });
     // position t predicts token t + 1; answer tokens are ids[prompt.length ..]
     for (let t = Math.max(0, s.prompt.length - 1); t < ids.length - 1; t++) {

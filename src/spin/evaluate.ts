@@ -6,7 +6,7 @@ import { GREEDY } from '../generate/sampler.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import type { LlamaModel } from '../model/llama.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
-import { formatPrompt, type PromptTemplate } from '../text/templates.js';
+import { formatPrompt, type PromptSource, type PromptTemplate } from '../text/templates.js';
 import type { TruncationOptions } from './batch.js';
 import { scorePairs } from './score.js';
 import { padIdOf } from './sft.js';
@@ -15,13 +15,13 @@ import { padIdOf } from './sft.js';
 export async function heldoutLogp(
   model: LlamaModel,
   tok: HfTokenizer,
-  pairs: readonly { prompt: string; real: string }[],
+  pairs: readonly (PromptSource & { real: string })[],
   opts: TruncationOptions & { template: PromptTemplate; batchSize: number },
 ): Promise<number> {
   const scores = await scorePairs(
     model,
     tok,
-    pairs.map((p) => ({ prompt: p.prompt, real: p.real, generated: '' })),
+    pairs.map((p) => ({ prompt: p.prompt, messages: p.messages, real: p.real, generated: '' })),
     { ...opts, padId: padIdOf(tok) },
   );
   let lp = 0;
@@ -38,12 +38,13 @@ export async function exactMatchEval(
   model: LlamaModel,
   tok: HfTokenizer,
   tasks: readonly SyntheticTask[],
-  opts: { template: PromptTemplate; batchSize: number; maxNewTokens: number },
+  opts: { template: PromptTemplate; batchSize: number; maxNewTokens: number; stopIds?: readonly number[] },
 ): Promise<ExactMatchScore> {
   const prompts = tasks.map((t) => formatPrompt(tok, opts.template, t.prompt));
   const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
     ...GREEDY,
     maxNewTokens: opts.maxNewTokens,
+    stopIds: opts.stopIds,
     seed: 0,
     batchSize: opts.batchSize,
   });
@@ -60,6 +61,8 @@ export interface EvalSettings {
   generationBatchSize: number;
   /** Longest greedy answer (exact match). */
   maxNewTokens: number;
+  /** Ids that end a greedy answer besides EOS (src/generate/stops.ts). */
+  stopIds?: readonly number[];
 }
 
 /** Held-out synthetic tasks: exact match (overall and per family), then real-answer log-prob per token (`spinlm demo` and `spinlm sweep`). */
@@ -80,6 +83,7 @@ export async function evaluateTasks(
     template: s.template,
     batchSize: s.generationBatchSize,
     maxNewTokens: s.maxNewTokens,
+    stopIds: s.stopIds,
   });
   const lp = await heldoutLogp(
     model,
@@ -117,6 +121,7 @@ export async function evaluateHeldout(
       template: s.template,
       batchSize: s.generationBatchSize,
       maxNewTokens: s.maxNewTokens,
+      stopIds: s.stopIds,
     });
     r.exact_match = em.accuracy;
   }

@@ -32,6 +32,8 @@ export interface GenerationSettings {
   /** Prompts decoded together. */
   batchSize: number;
   stopSequences?: number[][];
+  /** Ids that end an answer besides the tokenizer's EOS (src/generate/stops.ts). */
+  stopIds?: number[];
   kvCacheDtype: KvCacheDtype;
   computeDtype: ComputeDtype;
 }
@@ -136,6 +138,7 @@ export function opponentHook(
         streamOffset: sample * prompts.length,
         batchSize: g.batchSize,
         stopSequences: g.stopSequences,
+        stopIds: g.stopIds,
         journal: file,
         // a journal of an earlier spinlm: the run directory's fingerprint vouches for it
         adoptUnmarkedJournal: true,

@@ -4,14 +4,17 @@
 import type { ComputeDtype } from '../backend/backend.js';
 import type { LlamaModel } from '../model/llama.js';
 import { freeInput, uploadInput } from '../model/input.js';
-import { formatPrompt, type ChatTemplateSource, type PromptTemplate } from '../text/templates.js';
-import { checkTruncation, collateSpinBatch, type SpinBatch, type TextTokenizer, tokenizePair, type TruncationOptions } from './batch.js';
+import type { ChatMessage, PromptTemplate } from '../text/templates.js';
+import { checkTruncation, collateSpinBatch, type SpinBatch, type TruncationOptions } from './batch.js';
+import { type ChatTokenizer, tokenizeChatPair } from './prompt_tokens.js';
 import * as ops from '../ops/index.js';
 
 export interface PairText {
   prompt: string;
   real: string;
   generated: string;
+  /** Every turn before the answers, when more than the user turn `prompt` (chat templates render them). */
+  messages?: readonly ChatMessage[];
 }
 
 export interface PairScore {
@@ -31,10 +34,10 @@ export interface ScoreOptions extends TruncationOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
-/** Tokenizes pairs with the template and the official truncation (see batch.ts). */
-export function tokenizePairs(tok: TextTokenizer & ChatTemplateSource, pairs: readonly PairText[], opts: ScoreOptions) {
+/** Tokenizes pairs with the template and the official truncation (see batch.ts, prompt_tokens.ts). */
+export function tokenizePairs(tok: ChatTokenizer, pairs: readonly PairText[], opts: ScoreOptions) {
   checkTruncation(opts);
-  return pairs.map((p) => tokenizePair(tok, formatPrompt(tok, opts.template, p.prompt), p.real, p.generated, opts));
+  return pairs.map((p, i) => tokenizeChatPair(tok, opts.template, p, p.real, p.generated, opts, `pair ${i + 1}`));
 }
 
 /** Sequence log-probs [2B] (real then generated) of one collated batch: f32 on the host. */
@@ -62,7 +65,7 @@ export async function scoreBatch(model: LlamaModel, batch: SpinBatch, computeDty
 
 export async function scorePairs(
   model: LlamaModel,
-  tok: TextTokenizer & ChatTemplateSource,
+  tok: ChatTokenizer,
   pairs: readonly PairText[],
   opts: ScoreOptions,
 ): Promise<PairScore[]> {

@@ -18,9 +18,10 @@ import type { Backend, SpinLossType } from '../backend/backend.js';
 import { LlamaModel } from '../model/llama.js';
 import { saveDerivedModel } from '../model/side_files.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
-import { formatPrompt, type PromptTemplate } from '../text/templates.js';
+import { formatPrompt, type PromptSource, type PromptTemplate } from '../text/templates.js';
 import { makeDirs, writeFileAtomic } from '../util/atomic.js';
-import { checkTruncation, type TokenizedPair, tokenizePair, tokenizeSft, type TruncationOptions } from './batch.js';
+import { checkTruncation, type TokenizedPair, type TruncationOptions } from './batch.js';
+import { tokenizeChatPair, tokenizeChatSft } from './prompt_tokens.js';
 import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
 import { padIdOf } from './sft.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from './train_loop.js';
@@ -210,7 +211,7 @@ export async function runSelfPlay(
   be: Backend,
   initialModel: string,
   tok: HfTokenizer,
-  sft: readonly { prompt: string; real: string }[],
+  sft: readonly (PromptSource & { real: string })[],
   opts: SelfPlayOptions,
   hooks: SelfPlayHooks,
 ): Promise<string> {
@@ -219,7 +220,7 @@ export async function runSelfPlay(
     throw new RangeError(`iterations must be a positive integer, got ${opts.iterations}`);
   if (sft.length === 0) throw new RangeError('no SFT pairs to play on');
   const padId = padIdOf(tok);
-  const prompts = sft.map((p) => formatPrompt(tok, opts.template, p.prompt));
+  const prompts = sft.map((p) => formatPrompt(tok, opts.template, p));
   let current = initialModel;
   const generated: string[][] = [];
   // data parallel (opts.loop.dist): answers sharded by prompt (one journal per rank), rank 0 writes the model
@@ -265,7 +266,9 @@ export async function runSelfPlay(
         if (t > 0 && opts.mixPrevious) rows.push(...sft.map((p, i) => ({ ...p, generated: generated[t - 1][i] })));
         const loop: LoopConfig = { ...opts.loop, learningRate: pick(opts.learningRates, t, 'learning_rate'), seed: opts.loop.seed + t };
         if (opts.arm === 'spin') {
-          const pairs = rows.map((r, i) => tokenizePair(tok, prompts[i % sft.length], r.real, r.generated, opts.truncation));
+          const pairs = rows.map((r, i) =>
+            tokenizeChatPair(tok, opts.template, r, r.real, r.generated, opts.truncation, `prompt ${(i % sft.length) + 1}`),
+          );
           // 2. reference log-probs, once: of θ_t (the paper), or of θ0 with a fixed reference
           const refFile = join(dir, 'ref_logps.json');
           if (!existsSync(refFile)) hooks.onStage?.(t, 'reference');
@@ -290,7 +293,9 @@ export async function runSelfPlay(
             afterStep: (s) => hooks.afterStep?.(t, s),
           });
         } else {
-          const seqs = rows.map((r, i) => tokenizeSft(tok, prompts[i % sft.length], r.real, opts.truncation));
+          const seqs = rows.map((r, i) =>
+            tokenizeChatSft(tok, opts.template, r, r.real, opts.truncation, `prompt ${(i % sft.length) + 1}`),
+          );
           hooks.onStage?.(t, 'train');
           await runTrainingLoop(opponent, seqs.length, new SftObjective(opponent, seqs, tok.eosId, padId), loop, {
             checkpointDir: join(dir, 'checkpoint'),

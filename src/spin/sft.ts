@@ -2,8 +2,9 @@
 // users without an SFT model start here. Mean token NLL of the answer + EOS under the prompt template.
 import type { LlamaModel } from '../model/llama.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
-import { formatPrompt, type PromptTemplate } from '../text/templates.js';
-import { checkTruncation, tokenizeSft, type TruncationOptions } from './batch.js';
+import type { PromptSource, PromptTemplate } from '../text/templates.js';
+import { checkTruncation, type TruncationOptions } from './batch.js';
+import { tokenizeChatSft } from './prompt_tokens.js';
 import { SftObjective } from './objectives.js';
 import { type LoopConfig, type LoopHooks, runTrainingLoop } from './train_loop.js';
 
@@ -16,12 +17,12 @@ export interface SftConfig {
 export async function runSft(
   model: LlamaModel,
   tok: HfTokenizer,
-  pairs: readonly { prompt: string; real: string }[],
+  pairs: readonly (PromptSource & { real: string })[],
   cfg: SftConfig,
   hooks: LoopHooks = {},
 ): Promise<void> {
   checkTruncation(cfg.truncation);
-  const seqs = pairs.map((p) => tokenizeSft(tok, formatPrompt(tok, cfg.template, p.prompt), p.real, cfg.truncation));
+  const seqs = pairs.map((p, i) => tokenizeChatSft(tok, cfg.template, p, p.real, cfg.truncation, `row ${i + 1}`));
   await runTrainingLoop(model, seqs.length, new SftObjective(model, seqs, tok.eosId, padIdOf(tok)), cfg.loop, hooks);
 }
 

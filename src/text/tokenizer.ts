@@ -1,5 +1,7 @@
 // A Hugging Face tokenizer directory: tokenizer.json (run by @huggingface/tokenizers) plus
-// tokenizer_config.json (special tokens, chat template; chat_template.jinja overrides the latter).
+// tokenizer_config.json (special tokens, chat template). The chat template comes, as transformers
+// takes it, from chat_template.jinja, else chat_template.json (the processor's file), else
+// tokenizer_config.json.
 import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
@@ -63,6 +65,70 @@ function chatTemplateOf(v: unknown, file: string): string | null {
   throw new TokenizerError(file, '"chat_template" must be a string or a list of {name, template}');
 }
 
+/** The chat template of a tokenizer directory and the file it came from (transformers' order). */
+async function chatTemplateIn(
+  dir: string,
+  cfg: Record<string, unknown>,
+  cfgFile: string,
+): Promise<{ template: string | null; file: string | null }> {
+  const jinja = await readText(join(dir, 'chat_template.jinja'), false);
+  if (jinja !== null) return { template: jinja, file: 'chat_template.jinja' };
+  const jsonFile = join(dir, 'chat_template.json');
+  const json = await readText(jsonFile, false);
+  if (json !== null) {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(json);
+    } catch (err) {
+      throw new TokenizerError(jsonFile, `not valid JSON (${(err as Error).message})`);
+    }
+    const t = chatTemplateOf((parsed as { chat_template?: unknown } | null)?.chat_template, jsonFile);
+    if (t === null) throw new TokenizerError(jsonFile, 'has no "chat_template" string');
+    return { template: t, file: 'chat_template.json' };
+  }
+  const t = chatTemplateOf(cfg.chat_template, cfgFile);
+  return { template: t, file: t === null ? null : 'tokenizer_config.json' };
+}
+
+type Merges = readonly (string | readonly [string, string])[];
+
+/**
+ * new Tokenizer(json, config), faster for BPE: the library keys its merge ranks by
+ * JSON.stringify([a, b]) (a split and a stringify per merge, ~280k for Llama 3); here the Map is
+ * keyed by the merge string itself ("a b" in the classic format, where tokens hold no space) or by
+ * a + "\u0000" + b (the list format), and the model's lookup uses the same key. The library's own
+ * path is taken when its BPE model does not look as expected.
+ */
+function buildTokenizer(json: Record<string, unknown>, config: Record<string, unknown>): Tokenizer {
+  const model = json.model as { type?: unknown; merges?: unknown };
+  const merges = model.merges as Merges | undefined;
+  if (model.type !== 'BPE' || !Array.isArray(merges) || merges.length === 0) return new Tokenizer(json, config);
+  const tok = new Tokenizer({ ...json, model: { ...model, merges: [] } }, config);
+  const bpe = tok.model as unknown as { bpe_ranks?: unknown; add_node?: unknown; merges?: unknown };
+  if (!(bpe.bpe_ranks instanceof Map) || typeof bpe.add_node !== 'function') return new Tokenizer(json, config);
+  const classic = typeof merges[0] === 'string';
+  const ranks = new Map<string, number>();
+  for (let i = 0; i < merges.length; i++) {
+    const m = merges[i];
+    const key = classic ? (m as string) : `${(m as readonly string[])[0]}\u0000${(m as readonly string[])[1]}`;
+    // the library's Map keeps the last rank of a repeated merge
+    ranks.set(key, i);
+  }
+  const sep = classic ? ' ' : '\u0000';
+  bpe.bpe_ranks = ranks;
+  bpe.add_node = function (
+    queue: { push(n: unknown): void },
+    node: { token: string; next: { token: string }; score: number; bias: number },
+  ) {
+    const rank = ranks.get(node.token + sep + node.next.token);
+    if (rank !== undefined) {
+      node.score = rank + node.bias;
+      queue.push(node);
+    }
+  };
+  return tok;
+}
+
 export class HfTokenizer {
   /** Largest id + 1 over the vocabulary and added tokens (the model's vocab_size may be larger). */
   readonly vocabSize: number;
@@ -84,20 +150,29 @@ export class HfTokenizer {
     /** The Jinja chat template, null when the tokenizer has none. */
     readonly chatTemplate: string | null,
     private readonly cleanUpSpaces: boolean,
+    /** The file the chat template came from, null when there is none. */
+    readonly chatTemplateFile: string | null,
   ) {
     // Ids may have gaps (an added token at 5000 in a 260-token vocabulary, a vocabulary not starting
     // at 0): the Rust tokenizers library, and so transformers, accepts them, never encodes to a gap
     // and drops gap ids when decoding. Here they are counted (gapIds, never sampled) and decode
-    // refuses them. The library's get_vocab() lists a gap as an undefined token, so ids are walked here.
+    // refuses them. One pass over the model's id -> token array, where a gap is an undefined entry
+    // (get_vocab would build a map of it first).
+    const tokens = (tok.model as unknown as { vocab?: unknown }).vocab;
+    const list: readonly (string | undefined)[] = Array.isArray(tokens)
+      ? tokens
+      : (() => {
+          const a: (string | undefined)[] = [];
+          for (const [t, id] of tok.get_vocab(true)) a[id] = t;
+          return a;
+        })();
     const added = new Set(tok.get_added_tokens_decoder().keys());
-    let span = 0;
-    for (const id of tok.get_vocab(true).values()) if (id >= span) span = id + 1;
     let max = -1;
     let longest = 1;
     let own = 0;
     const gaps: number[] = [];
-    for (let id = 0; id < span; id++) {
-      const token = tok.id_to_token(id);
+    for (let id = 0; id < list.length; id++) {
+      const token = list[id];
       if (typeof token !== 'string') {
         gaps.push(id);
         continue;
@@ -133,7 +208,10 @@ export class HfTokenizer {
     }
   }
 
-  /** Loads `dir/tokenizer.json` and `dir/tokenizer_config.json` (and `dir/chat_template.jinja` if present). */
+  /**
+   * Loads `dir/tokenizer.json` and `dir/tokenizer_config.json`; the chat template from
+   * `chat_template.jinja`, else `chat_template.json`, else tokenizer_config.json (transformers' order).
+   */
   static async load(dir: string): Promise<HfTokenizer> {
     const tokFile = join(dir, 'tokenizer.json');
     const cfgFile = join(dir, 'tokenizer_config.json');
@@ -143,8 +221,7 @@ export class HfTokenizer {
     const eosToken = tokenString(cfg.eos_token, cfgFile, 'eos_token');
     if (eosToken === null) throw new TokenizerError(cfgFile, '"eos_token" is missing (SPIN needs an end-of-sequence token)');
     const bosToken = tokenString(cfg.bos_token, cfgFile, 'bos_token');
-    const jinja = await readText(join(dir, 'chat_template.jinja'), false);
-    const chatTemplate = jinja ?? chatTemplateOf(cfg.chat_template, cfgFile);
+    const { template: chatTemplate, file: chatTemplateFile } = await chatTemplateIn(dir, cfg, cfgFile);
     const cleanUp = cfg.clean_up_tokenization_spaces;
     if (cleanUp !== undefined && cleanUp !== null && typeof cleanUp !== 'boolean') {
       throw new TokenizerError(cfgFile, '"clean_up_tokenization_spaces" must be true or false');
@@ -169,11 +246,11 @@ export class HfTokenizer {
     }
     let tok: Tokenizer;
     try {
-      tok = new Tokenizer(tokJson, libConfig);
+      tok = buildTokenizer(tokJson, libConfig);
     } catch (err) {
       throw new TokenizerError(tokFile, `cannot build a tokenizer from it (${(err as Error).message})`);
     }
-    return new HfTokenizer(tok, dir, eosToken, bosToken, chatTemplate, cleanUp === true);
+    return new HfTokenizer(tok, dir, eosToken, bosToken, chatTemplate, cleanUp === true, chatTemplateFile);
   }
 
   /** Token ids of `text`, no special tokens added (special-token strings inside the text still map to their ids, as in HF). */
@@ -192,8 +269,11 @@ export class HfTokenizer {
     return ids;
   }
 
-  /** Text of `ids`; with skipSpecialTokens, special tokens (bos, eos, pad, ...) are dropped. */
-  decode(ids: readonly number[] | Int32Array, opts: { skipSpecialTokens?: boolean } = {}): string {
+  /**
+   * Text of `ids`; with skipSpecialTokens, special tokens (bos, eos, pad, ...) are dropped;
+   * cleanUpSpaces (default: tokenizer_config.json's clean_up_tokenization_spaces) removes spaces before punctuation.
+   */
+  decode(ids: readonly number[] | Int32Array, opts: { skipSpecialTokens?: boolean; cleanUpSpaces?: boolean } = {}): string {
     const list = Array.from(ids);
     for (let i = 0; i < list.length; i++) {
       const id = list[i];
@@ -207,7 +287,7 @@ export class HfTokenizer {
     if (list.length === 0) return '';
     return this.tok.decode(list, {
       skip_special_tokens: opts.skipSpecialTokens ?? false,
-      clean_up_tokenization_spaces: this.cleanUpSpaces,
+      clean_up_tokenization_spaces: opts.cleanUpSpaces ?? this.cleanUpSpaces,
     });
   }
 

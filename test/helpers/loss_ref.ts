@@ -40,7 +40,14 @@ export function logprobGatherBackwardRef(z: ArrayLike<number>, n: number, v: num
  * counted row is like that (few rows, large logits, the target far above the rest), max |ref| is itself of
  * that size and the plain norm would ask for more than f32 holds; the floor allows 4 such roundings.
  */
-export function dlogitsFloor(n: number, v: number, z: ArrayLike<number>, targets: ArrayLike<number>, dlogp: ArrayLike<number>, tol: number) {
+export function dlogitsFloor(
+  n: number,
+  v: number,
+  z: ArrayLike<number>,
+  targets: ArrayLike<number>,
+  dlogp: ArrayLike<number>,
+  tol: number,
+) {
   const { lse } = logprobGatherRef(z, n, v, targets);
   let worst = 0;
   for (let r = 0; r < n; r++) {
