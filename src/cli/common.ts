@@ -11,7 +11,7 @@ import type { PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
 import { type Parsed, UsageError } from './args.js';
 import { type ModelConfig, roundsOf, str, templateOf } from './config.js';
-import { checkInputKinds, checkInputsExist, type Input, prepareRunDir, runTemplateDate } from './run_dir.js';
+import { checkInputs, type Input, prepareRunDir, runTemplateDate } from './run_dir.js';
 
 let chosen: Backend | undefined;
 
@@ -78,9 +78,7 @@ const givenInputs = (o: Parsed, inputs: (keyof Parsed)[]): Input[] =>
  * or written.
  */
 export function checkInputPaths(command: string, o: Parsed, inputs: (keyof Parsed)[]): void {
-  const given = givenInputs(o, inputs);
-  checkInputsExist(command, given);
-  checkInputKinds(command, given);
+  checkInputs(command, givenInputs(o, inputs));
 }
 
 export async function prepareOut(

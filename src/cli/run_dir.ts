@@ -310,6 +310,12 @@ export function checkInputsExist(command: string, inputs: readonly Input[]): voi
     if (!existsSync(i.path)) throw new UsageError(`spinlm ${command}: --${i.flag} ${i.path}: no such file or directory`);
 }
 
+/** Each input is there and is a regular file or a directory (checkInputsExist, then checkInputKinds). */
+export function checkInputs(command: string, inputs: readonly Input[]): void {
+  checkInputsExist(command, inputs);
+  checkInputKinds(command, inputs);
+}
+
 /**
  * Everything a directory-writing command (run, train, sft) does before its work, in this order, so
  * that nothing is written or removed before every input is checked: inputs exist, overlap check,
@@ -328,8 +334,7 @@ export async function prepareRunDir(
   const dir = str(o, 'out');
   const overwrite = bool(o, 'overwrite_output_dir');
   if (dir === '') throw new UsageError(`spinlm ${command}: --out is empty; give an output directory`);
-  checkInputsExist(command, inputs);
-  checkInputKinds(command, inputs);
+  checkInputs(command, inputs);
   checkOverlap(command, { flag: 'out', path: dir, kind: 'dir', clears: overwrite }, inputs);
   checkOwnership(command, dir);
   const now = await fingerprintOf(command, o, inputs);

@@ -100,9 +100,12 @@ interface VocabMask {
   bias: Tensor<'f32'> | null;
 }
 
+/** The sampler's id limit: vocabLimit, at most (and by default) the model's vocabSize. */
+const vocabLimitOf = (model: DecoderModel, o: GenerateOptions): number => Math.min(o.vocabLimit ?? model.vocabSize, model.vocabSize);
+
 function vocabMask(model: DecoderModel, o: GenerateOptions): VocabMask {
   const V = model.vocabSize;
-  const limit = Math.min(o.vocabLimit ?? V, V);
+  const limit = vocabLimitOf(model, o);
   const excluded = (o.excludedIds ?? []).filter((id) => id < limit);
   if (excluded.length === 0) return { limit, bias: null };
   const bias = new Float32Array(V);
@@ -113,7 +116,7 @@ function vocabMask(model: DecoderModel, o: GenerateOptions): VocabMask {
 function checkVocab(model: DecoderModel, o: GenerateOptions): void {
   if (o.vocabLimit !== undefined && (!Number.isSafeInteger(o.vocabLimit) || o.vocabLimit < 1))
     throw new RangeError(`vocabLimit must be a positive integer, got ${o.vocabLimit}`);
-  const limit = Math.min(o.vocabLimit ?? model.vocabSize, model.vocabSize);
+  const limit = vocabLimitOf(model, o);
   const excluded = new Set<number>();
   for (const id of o.excludedIds ?? []) {
     if (!Number.isSafeInteger(id) || id < 0) throw new RangeError(`excludedIds: ${id} is not a token id`);
