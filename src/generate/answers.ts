@@ -113,17 +113,16 @@ function headerDiff(was: JournalHeader, now: JournalHeader, key: JournalKey | un
 }
 
 /**
- * Answers already in a journal; a torn last line (a killed run) is ignored and regenerated. With
+ * Answers already in a journal (its text, read by the caller); a torn last line (a killed run) is ignored and regenerated. With
  * `expect`, the journal's fingerprint line must match it (JournalMismatchError otherwise); a
  * journal without one is refused unless `adoptUnmarked`.
  */
-export function readJournal(
+function parseJournal(
   file: string,
+  text: string,
   expect?: { header: JournalHeader; key?: JournalKey; adoptUnmarked?: boolean },
 ): Map<number, string> {
   const done = new Map<number, string>();
-  if (!existsSync(file)) return done;
-  const text = readFileSync(file, 'utf8');
   const lines = text.split('\n');
   let first = true;
   for (const line of lines) {
@@ -154,8 +153,8 @@ export function readJournal(
  */
 function openJournal(file: string, prompts: readonly string[], o: AnswerOptions): Map<number, string> {
   const header = headerOf(prompts, o);
-  const done = readJournal(file, { header, key: o.journalKey, adoptUnmarked: o.adoptUnmarkedJournal });
   const text = existsSync(file) ? readFileSync(file, 'utf8') : '';
+  const done = parseJournal(file, text, { header, key: o.journalKey, adoptUnmarked: o.adoptUnmarkedJournal });
   const hasHeader = text.startsWith('{"journal":"spinlm answers"') && text.includes('\n');
   if (done.size === 0 && !hasHeader) writeFileNamed(file, `${JSON.stringify(header)}\n`);
   else if (!text.endsWith('\n')) truncateSync(file, Buffer.byteLength(text.slice(0, text.lastIndexOf('\n') + 1)));
