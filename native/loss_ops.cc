@@ -1,6 +1,7 @@
 // N-API bindings of the log-prob / SPIN loss kernels, for both addons (native/op_binding.h).
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "op_binding.h"
 
@@ -62,6 +63,70 @@ Napi::Value js::logprobGatherBackward(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   return Run(info, [&] { kern::logprob_gather_backward(z, dt, n, v, t, lse, dlogp, out, od); });
+}
+
+namespace {
+
+// The shapes and views shared by headLogprob and its backward: h [n, hdim] f32, w [v, hdim], targets [n].
+struct HeadArgs {
+  int64_t n, hdim, v;
+  DType wdt;
+  const float* h;
+  const void* w;
+  const int32_t* t;
+  float softcap;
+};
+
+HeadArgs ReadHead(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  HeadArgs a{};
+  a.n = ToInt(info[1], "n");
+  a.hdim = ToInt(info[2], "hdim");
+  a.wdt = FloatDType(info[4], "w dtype");
+  a.v = ToInt(info[5], "v");
+  if (a.n > 0 && a.v == 0) Throw(env, "vocabulary size must be at least 1");
+  for (auto [x, what] : {std::pair{a.n, "n"}, {a.hdim, "hdim"}, {a.v, "v"}}) CheckGemmDim(env, x, what);
+  a.h = View<float>(info[0], "h", CheckedMul(env, CheckedMul(env, a.n, a.hdim, "n * hdim"), 4, "h bytes"));
+  a.w = View(info[3], "w", CheckedMul(env, CheckedMul(env, a.v, a.hdim, "v * hdim"), dtype_size(a.wdt), "w bytes"));
+  a.t = View<int32_t>(info[6], "targets", a.n * 4);
+  const double c = ToDouble(info[7], "softcap");
+  if (!(c >= 0) || !std::isfinite(c)) Throw(env, "softcap must be finite and >= 0");
+  a.softcap = static_cast<float>(c);
+  return a;
+}
+
+}  // namespace
+
+// headLogprob(h, n, hdim, w, wDtype, v, targets, softcap, computeBf16, logp, lse)
+Napi::Value js::headLogprob(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const HeadArgs a = ReadHead(info);
+  const bool bf16 = info[8].ToBoolean();
+  if (bf16 && !kComputeBf16Kernel) Throw(env, "headLogprob: computeBf16 is not a kernel of this device (bf16_compute.ts rounds h first)");
+  float* logp = View<float>(info[9], "logp", a.n * 4);
+  float* lse = View<float>(info[10], "lse", a.n * 4);
+  if (BadTargets(a.t, a.n, a.v)) {
+    PoisonF32(logp, a.n);
+    PoisonF32(lse, a.n);
+    return env.Undefined();
+  }
+  return Run(info, [&] { kern::head_logprob(a.h, a.n, a.hdim, a.w, a.wdt, a.v, a.t, a.softcap, bf16, logp, lse); });
+}
+
+// headLogprobBackward(h, n, hdim, w, wDtype, v, targets, softcap, lse, dlogp, dh, dw | null)
+Napi::Value js::headLogprobBackward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const HeadArgs a = ReadHead(info);
+  const float* lse = View<float>(info[8], "lse", a.n * 4);
+  const float* dlogp = View<float>(info[9], "dlogp", a.n * 4);
+  float* dh = View<float>(info[10], "dh", a.n * a.hdim * 4);
+  float* dw = OptView<float>(info[11], "dw", a.v * a.hdim * 4);
+  if (BadTargets(a.t, a.n, a.v)) {
+    PoisonF32(dh, a.n * a.hdim);
+    if (dw) PoisonF32(dw, a.v * a.hdim);
+    return env.Undefined();
+  }
+  return Run(info, [&] { kern::head_logprob_backward(a.h, a.n, a.hdim, a.w, a.wdt, a.v, a.t, a.softcap, lse, dlogp, dh, dw); });
 }
 
 // sequenceLogprob(logp, seg, n, numSeqs, out)

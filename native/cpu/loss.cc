@@ -6,6 +6,7 @@
 
 #include "../include/bf16.h"
 #include "kernels.h"
+#include "loss_rows.h"
 #include "simd.h"
 #include "threadpool.h"
 
@@ -311,6 +312,18 @@ SPINLM_BACKWARD_ROWS(uint16_t, float)
 SPINLM_BACKWARD_ROWS(uint16_t, uint16_t)
 #undef SPINLM_BACKWARD_ROWS
 
+SPINLM_CLONES float row_logsumexp_f32(const float* z, int64_t v) { return row_lse(z, v, z + v); }
+
+SPINLM_CLONES void row_softmax_grad_f32(float* z, int64_t v, float l, float g) {
+  const int64_t full = v - v % kBlock;
+  const vf vl = simd::splat(l), vng = simd::splat(-g);
+  for (int64_t j = 0; j < full; j += kBlock) {
+    simd::store(z + j, vng * exp_loss(simd::load(z + j) - vl));
+    simd::store(z + j + kLanes, vng * exp_loss(simd::load(z + j + kLanes) - vl));
+  }
+  for (int64_t j = full; j < v; ++j) z[j] = -g * std::exp(z[j] - l);
+}
+
 // Rows per task: enough work to amortize a wake-up (~64k elements), at least one row.
 int64_t row_grain(int64_t v) { return std::max<int64_t>(1, (1 << 16) / std::max<int64_t>(1, v)); }
 
@@ -345,6 +358,9 @@ void logprob_gather_backward(const void* logits, DType dt, int64_t n, int64_t v,
                       static_cast<float*>(dlogits), r0, r1);
   });
 }
+
+float row_logsumexp(const float* z, int64_t v) { return row_logsumexp_f32(z, v); }
+void row_softmax_grad(float* z, int64_t v, float l, float g) { row_softmax_grad_f32(z, v, l, g); }
 
 void sequence_logprob(const float* logp, const int32_t* seg, int64_t n, int64_t num_seqs,
                       float* out) {

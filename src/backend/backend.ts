@@ -44,6 +44,14 @@ export const SPIN_LOSS_MEANS = [
   'pairs/counted',
 ] as const;
 
+/** Backend.headLogprob's options. */
+export interface HeadOpts {
+  /** c > 0: final-logit soft-capping z -> c tanh(z / c) (Gemma 2); 0 or absent: none. */
+  softcap?: number;
+  /** 'bf16': h is rounded to bf16 before the products (inference only, as matmul's computeDtype). */
+  computeDtype?: ComputeDtype;
+}
+
 export interface SpinLossOpts {
   /** > 0 for ipo and sppo_hard (their target is 1 / (2 beta)). */
   beta: number;
@@ -237,6 +245,33 @@ export interface Backend {
    * nllAlpha > 0 adds alpha x the mean token NLL of the real answer (-S(theta, y) / answerTokens[i]).
    */
   spinLoss(policy: Tensor<'f32'>, ref: Tensor<'f32'>, opts: SpinLossOpts): SpinLossOutputs;
+
+  /**
+   * The LM head fused with logprobGather (docs/ops.md "Fused head"): h f32 [N, H], w [V, H] (f32 | bf16),
+   * targets i32 [N] (-100 = ignored) -> logp f32 [N] = z[n, y_n] - lse_n and lse f32 [N], where
+   * z = h w^T (then c tanh(z / c) with opts.softcap = c > 0) is formed one vocabulary panel at a time and
+   * never as [N, V]: lse is summed online over the panels in a fixed order. Each row's logp and lse depend
+   * only on its row of h, on w and on its target (never on N or the other rows: the reference pass and
+   * the training pass batch differently and must agree bit for bit). Ignored rows give 0 and 0. The
+   * scratch is a few panels of rows x vocabulary columns, whatever N and V (docs/ops.md).
+   */
+  headLogprob(h: Tensor<'f32'>, w: Tensor, targets: Tensor<'i32'>, opts: HeadOpts): { logp: Tensor<'f32'>; lse: Tensor<'f32'> };
+  /**
+   * Backward of headLogprob from dlogp f32 [N] and the saved lse: with g[n, v] = dlogp_n (1[v = y_n] -
+   * exp(z[n, v] - lse_n)) (times 1 - tanh^2(z / c) under a softcap) recomputed panel by panel,
+   * dh f32 [N, H] = g w (overwritten) and, when given, dw f32 [V, H] += g^T h (accumulated: the
+   * parameter's gradient buffer). Ignored rows contribute nothing.
+   */
+  headLogprobBackward(
+    h: Tensor<'f32'>,
+    w: Tensor,
+    targets: Tensor<'i32'>,
+    lse: Tensor<'f32'>,
+    dlogp: Tensor<'f32'>,
+    dh: Tensor<'f32'>,
+    dw: Tensor<'f32'> | null,
+    opts: HeadOpts,
+  ): void;
 
   // ---- optimizer ops (master weights and states f32) ------------------------------------------
   /**

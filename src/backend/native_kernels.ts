@@ -6,6 +6,7 @@ import type {
   AdamwHyper,
   AttentionOpts,
   Backend,
+  HeadOpts,
   LinearsOpts,
   MatmulOpts,
   OptimTensors,
@@ -45,6 +46,35 @@ export abstract class NativeKernels {
   logprobGatherBackward(logits: Tensor, targets: Tensor<'i32'>, lse: Tensor<'f32'>, dlogp: Tensor<'f32'>, out: Tensor): void {
     const [n, v] = logits.shape;
     this.native.logprobGatherBackward(logits, logits.dtype, n, v, targets, lse, dlogp, out, out.dtype);
+  }
+
+  headLogprob(h: Tensor<'f32'>, w: Tensor, targets: Tensor<'i32'>, opts: HeadOpts): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
+    if (opts.computeDtype === 'bf16' && !this.nativeBf16Compute) {
+      const r = roundedToBf16(this, h);
+      const out = this.headLogprob(r, w, targets, { ...opts, computeDtype: 'f32' });
+      this.free(r);
+      return out;
+    }
+    const [n, hdim] = h.shape;
+    const logp = this.output('f32', [n], 'headLogprob');
+    const lse = this.output('f32', [n], 'headLogprob');
+    const bf16 = opts.computeDtype === 'bf16';
+    this.native.headLogprob(h, n, hdim, w, w.dtype, w.shape[0], targets, opts.softcap ?? 0, bf16, logp, lse);
+    return { logp, lse };
+  }
+
+  headLogprobBackward(
+    h: Tensor<'f32'>,
+    w: Tensor,
+    targets: Tensor<'i32'>,
+    lse: Tensor<'f32'>,
+    dlogp: Tensor<'f32'>,
+    dh: Tensor<'f32'>,
+    dw: Tensor<'f32'> | null,
+    opts: HeadOpts,
+  ): void {
+    const [n, hdim] = h.shape;
+    this.native.headLogprobBackward(h, n, hdim, w, w.dtype, w.shape[0], targets, opts.softcap ?? 0, lse, dlogp, dh, dw);
   }
 
   sequenceLogprob(logp: Tensor<'f32'>, segments: Tensor<'i32'>, numSeqs: number): Tensor<'f32'> {

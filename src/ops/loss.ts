@@ -1,7 +1,7 @@
 // The log-prob / SPIN loss ops (docs/algorithm.md): argument checks, then the backend's kernel.
-import { SPIN_LOSS_TYPES, type SpinLossOpts, type SpinLossOutputs } from '../backend/backend.js';
+import { SPIN_LOSS_TYPES, type HeadOpts, type SpinLossOpts, type SpinLossOutputs } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { checkCount, checkFinite, describe, expectArg, expectDType, expectRank, expectTensor } from './check.js';
+import { checkCount, checkFinite, describe, expectArg, expectDisjoint, expectDType, expectRank, expectTensor } from './check.js';
 
 /** logits [N, V] f32|bf16 and targets i32 [N]. */
 function logprobArgs(logits: Tensor, targets: Tensor) {
@@ -58,6 +58,67 @@ export function logprobGatherBackward(
   }
   be.logprobGatherBackward(logits, targets, lse, dlogp, out);
   return out;
+}
+
+/** h f32 [N, H], w [V, H] f32|bf16, targets i32 [N], and the options of the fused head. */
+function headArgs(h: Tensor<'f32'>, w: Tensor, targets: Tensor<'i32'>, opts: HeadOpts) {
+  const be = expectTensor(h, 'h');
+  expectArg(be, h, 'h', ['f32']);
+  expectRank(h, 2, 'h');
+  expectArg(be, w, 'w', ['f32', 'bf16']);
+  expectRank(w, 2, 'w');
+  const [n, hdim] = h.shape;
+  const v = w.shape[0];
+  if (w.shape[1] !== hdim) throw new RangeError(`w ${describe(w)} must have ${hdim} columns, the width of h ${describe(h)}`);
+  if (n > 0 && v < 1) throw new RangeError(`w ${describe(w)} needs a vocabulary of at least 1 row`);
+  expectArg(be, targets, 'targets', ['i32'], [n]);
+  const softcap = opts.softcap ?? 0;
+  checkFinite(softcap, 'softcap');
+  if (softcap < 0) throw new RangeError(`softcap must be > 0 (or 0 for none), got ${softcap}`);
+  if (opts.computeDtype !== undefined && opts.computeDtype !== 'f32' && opts.computeDtype !== 'bf16')
+    throw new TypeError(`computeDtype must be 'f32' or 'bf16', got ${String(opts.computeDtype)}`);
+  return { be, n, hdim, v, opts: { softcap, computeDtype: opts.computeDtype ?? 'f32' } satisfies HeadOpts };
+}
+
+/**
+ * The LM head fused with the target log-probs: logp f32 [N] and lse f32 [N] of the logits h w^T (soft-capped
+ * with opts.softcap), which are formed a vocabulary panel at a time and never held as [N, V]
+ * (Backend.headLogprob). Pass only the rows that carry a loss: a row costs V x H multiply-adds.
+ */
+export function headLogprob(
+  h: Tensor<'f32'>,
+  w: Tensor,
+  targets: Tensor<'i32'>,
+  opts: HeadOpts = {},
+): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
+  const a = headArgs(h, w, targets, opts);
+  return a.be.headLogprob(h, w, targets, a.opts);
+}
+
+/**
+ * Backward of headLogprob: returns dh f32 [N, H]; with `dw` (f32 [V, H], the head's gradient buffer)
+ * also adds the head's weight gradient into it. The logits are recomputed panel by panel.
+ */
+export function headLogprobBackward(
+  h: Tensor<'f32'>,
+  w: Tensor,
+  targets: Tensor<'i32'>,
+  lse: Tensor<'f32'>,
+  dlogp: Tensor<'f32'>,
+  opts: HeadOpts & { dw?: Tensor<'f32'> } = {},
+): Tensor<'f32'> {
+  const a = headArgs(h, w, targets, opts);
+  if (a.opts.computeDtype !== 'f32') throw new TypeError('headLogprobBackward: training computes in f32');
+  expectArg(a.be, lse, 'lse', ['f32'], [a.n]);
+  expectArg(a.be, dlogp, 'dlogp', ['f32'], [a.n]);
+  if (opts.dw) {
+    expectArg(a.be, opts.dw, 'dw', ['f32'], [a.v, a.hdim]);
+    expectDisjoint(opts.dw, h, 'dw and h');
+    expectDisjoint(opts.dw, w, 'dw and w');
+  }
+  const dh = a.be.empty('f32', [a.n, a.hdim]);
+  a.be.headLogprobBackward(h, w, targets, lse, dlogp, dh, opts.dw ?? null, a.opts);
+  return dh;
 }
 
 /** out[s] = sum of logp[n] over the rows with segments[n] = s (-1: no sequence); fixed order. */

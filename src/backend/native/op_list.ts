@@ -7,6 +7,8 @@ export const NATIVE_OPS = [
   { name: 'cast', method: 'cast', family: 'tensor' },
   { name: 'logprobGather', method: 'logprobGather', family: 'loss' },
   { name: 'logprobGatherBackward', method: 'logprobGatherBackward', family: 'loss' },
+  { name: 'headLogprob', method: 'headLogprob', family: 'loss' },
+  { name: 'headLogprobBackward', method: 'headLogprobBackward', family: 'loss' },
   { name: 'sequenceLogprob', method: 'sequenceLogprob', family: 'loss' },
   { name: 'sequenceLogprobBackward', method: 'sequenceLogprobBackward', family: 'loss' },
   { name: 'spinLoss', method: 'spinLoss', family: 'loss' },
@@ -55,6 +57,38 @@ export interface NativeOps {
     dlogp: NativeView,
     dlogits: NativeView,
     outDtype: string,
+  ): void;
+  /**
+   * The LM head fused with logprobGather: logits h w^T formed a vocabulary panel at a time, never [n, v];
+   * softcap > 0: z -> softcap tanh(z / softcap). Row-invariant. computeBf16: h rounded to bf16 (the CPU only).
+   */
+  headLogprob(
+    h: NativeView,
+    n: number,
+    hdim: number,
+    w: NativeView,
+    wDtype: string,
+    v: number,
+    targets: NativeView,
+    softcap: number,
+    computeBf16: boolean,
+    logp: NativeView,
+    lse: NativeView,
+  ): void;
+  /** dh [n, hdim] = g w (overwritten), dw [v, hdim] += g^T h when given, g recomputed panel by panel. */
+  headLogprobBackward(
+    h: NativeView,
+    n: number,
+    hdim: number,
+    w: NativeView,
+    wDtype: string,
+    v: number,
+    targets: NativeView,
+    softcap: number,
+    lse: NativeView,
+    dlogp: NativeView,
+    dh: NativeView,
+    dw: NativeView | null,
   ): void;
   sequenceLogprob(logp: NativeView, segments: NativeView, n: number, numSeqs: number, out: NativeView): void;
   sequenceLogprobBackward(dseq: NativeView, segments: NativeView, n: number, numSeqs: number, dlogp: NativeView): void;

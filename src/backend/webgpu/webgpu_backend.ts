@@ -11,6 +11,7 @@ import type {
   AdamwHyper,
   Backend,
   BackendInfo,
+  HeadOpts,
   LinearsOpts,
   MatmulOpts,
   OptimTensors,
@@ -24,6 +25,7 @@ import * as attn from './attention.js';
 import { describeDevice, openDevice } from './device.js';
 import * as ew from './elementwise.js';
 import * as gemm from './gemm.js';
+import * as head from './head.js';
 import * as layers from './layers.js';
 import * as loss from './loss.js';
 import * as mem from './memory.js';
@@ -126,6 +128,21 @@ export class WebGpuBackend implements Backend {
   }
   spinLoss(policy: Tensor<'f32'>, ref: Tensor<'f32'>, opts: SpinLossOpts): SpinLossOutputs {
     return loss.spinLoss(this.rt, policy, ref, opts);
+  }
+  headLogprob(h: Tensor<'f32'>, w: Tensor, targets: Tensor<'i32'>, opts: HeadOpts): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
+    return head.headLogprob(this.rt, h, w, targets, opts);
+  }
+  headLogprobBackward(
+    h: Tensor<'f32'>,
+    w: Tensor,
+    targets: Tensor<'i32'>,
+    lse: Tensor<'f32'>,
+    dlogp: Tensor<'f32'>,
+    dh: Tensor<'f32'>,
+    dw: Tensor<'f32'> | null,
+    opts: HeadOpts,
+  ): void {
+    head.headLogprobBackward(this.rt, h, w, targets, lse, dlogp, dh, dw, opts);
   }
 
   // ---- optimizer ops (optim.ts; scale and accumulate: elementwise.ts) ----------------------------

@@ -1,0 +1,157 @@
+// The LM head fused with the target log-probs (docs/ops.md "Fused head") on the CPU: the logits h w^T
+// exist only as a panel of rows x vocabulary columns at a time, never as [n, v].
+//
+// Forward: for each panel of kPanel vocabulary columns, for each chunk of kRows rows, the panel's
+// logits come from matmul_rows (row-invariant: each element summed in one fixed order whatever the
+// tile, thread or number of rows), are soft-capped, and each row absorbs the panel's log-sum-exp into
+// its running (max, sum) in panel order; the target's logit is kept when its column is in the panel.
+// So a row's lse and logp depend only on its row of h, on w and on its target.
+//
+// Backward: the same panels again, the logits recomputed by sgemm from a panel of w widened once to
+// f32, turned in place into g = dlogp (1[j = y] - p_j) (times the soft-cap's derivative), then
+// dh += g w_panel and dw_panel += g^T h, two more sgemm calls. Scratch: one panel of logits
+// (kRows x kPanel) and, for bf16 w, one widened panel of w.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../include/bf16.h"
+#include "../include/lse.h"
+#include "kernels.h"
+#include "loss_rows.h"
+#include "memory.h"
+#include "model_kernels.h"
+#include "threadpool.h"
+
+namespace spinlm {
+namespace {
+
+constexpr int64_t kPanel = 2048;  // vocabulary columns per panel
+constexpr int64_t kRows = 256;    // rows per chunk: the logits scratch is kRows x kPanel f32 (2 MiB)
+
+// A buffer from the tensor allocator (counted in the op's live bytes, recycled between calls).
+class Scratch {
+ public:
+  explicit Scratch(int64_t elems) : bytes_(std::max<int64_t>(1, elems) * 4) {
+    p_ = static_cast<float*>(host_alloc(bytes_));
+    if (!p_) throw std::bad_alloc();
+  }
+  ~Scratch() { host_free(p_, bytes_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* data() const { return p_; }
+
+ private:
+  int64_t bytes_;
+  float* p_;
+};
+
+const void* w_rows(const void* w, DType wdt, int64_t row, int64_t hdim) {
+  return static_cast<const char*>(w) + row * hdim * dtype_size(wdt);
+}
+
+// z -> c tanh(z / c) over a row (c > 0).
+void softcap_row(float* z, int64_t len, float c) {
+  const float inv = 1.0f / c;
+  for (int64_t j = 0; j < len; ++j) z[j] = c * std::tanh(z[j] * inv);
+}
+
+// Rows per parallel task: ~64K logits each.
+int64_t grain(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, cols)); }
+
+}  // namespace
+
+void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v, const int32_t* targets,
+                  float softcap, bool compute_bf16, float* logp, float* lse) {
+  if (n == 0) return;
+  std::vector<LseAcc> acc(static_cast<size_t>(n), lse_empty());
+  std::vector<float> zy(static_cast<size_t>(n), NAN);
+  Scratch z(std::min(n, kRows) * std::min(v, kPanel));
+  for (int64_t v0 = 0; v0 < v; v0 += kPanel) {
+    const int64_t vc = std::min(kPanel, v - v0);
+    for (int64_t r0 = 0; r0 < n; r0 += kRows) {
+      const int64_t rc = std::min(kRows, n - r0);
+      matmul_rows(rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, w_rows(w, wdt, v0, hdim), wdt, hdim, 0.0f, z.data(), vc,
+                  compute_bf16 && wdt == DType::kBF16);
+      parallel_for(rc, grain(vc), [&](int64_t a, int64_t b) {
+        for (int64_t i = a; i < b; ++i) {
+          const int64_t r = r0 + i;
+          const int32_t y = targets[r];
+          if (y == kIgnoreIndex) continue;
+          float* row = z.data() + i * vc;
+          if (softcap > 0.0f) softcap_row(row, vc, softcap);
+          acc[r] = lse_merge(acc[r], LseAcc{row_logsumexp(row, vc), 1.0f});
+          if (y >= v0 && y < v0 + vc) zy[r] = row[y - v0];
+        }
+      });
+    }
+  }
+  for (int64_t r = 0; r < n; ++r) {
+    if (targets[r] == kIgnoreIndex) {
+      logp[r] = lse[r] = 0.0f;
+      continue;
+    }
+    lse[r] = lse_value(acc[r]);
+    logp[r] = zy[r] - lse[r];
+  }
+}
+
+void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v,
+                           const int32_t* targets, float softcap, const float* lse, const float* dlogp, float* dh,
+                           float* dw) {
+  if (n == 0) return;
+  if (v == 0 || hdim == 0) {
+    std::fill(dh, dh + n * hdim, 0.0f);
+    return;
+  }
+  Scratch z(std::min(n, kRows) * std::min(v, kPanel));
+  const bool widen = wdt == DType::kBF16;
+  Scratch wide(widen ? std::min(v, kPanel) * hdim : 1);
+  for (int64_t v0 = 0; v0 < v; v0 += kPanel) {
+    const int64_t vc = std::min(kPanel, v - v0);
+    const float* wp = static_cast<const float*>(w_rows(w, DType::kF32, v0, hdim));
+    if (widen) {
+      const uint16_t* src = static_cast<const uint16_t*>(w_rows(w, wdt, v0, hdim));
+      parallel_for(vc, grain(hdim), [&](int64_t a, int64_t b) {
+        for (int64_t i = a * hdim; i < b * hdim; ++i) wide.data()[i] = bf16_to_f32(src[i]);
+      });
+      wp = wide.data();
+    }
+    for (int64_t r0 = 0; r0 < n; r0 += kRows) {
+      const int64_t rc = std::min(kRows, n - r0);
+      matmul(false, true, rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, wp, DType::kF32, hdim, 0.0f, z.data(), vc);
+      parallel_for(rc, grain(vc), [&](int64_t a, int64_t b) {
+        for (int64_t i = a; i < b; ++i) {
+          const int64_t r = r0 + i;
+          const int32_t y = targets[r];
+          float* row = z.data() + i * vc;
+          if (y == kIgnoreIndex || dlogp[r] == 0.0f) {
+            std::fill(row, row + vc, 0.0f);
+            continue;
+          }
+          const float l = lse[r], g = dlogp[r];
+          if (softcap > 0.0f) {
+            // d/dz of c tanh(z / c) is 1 - tanh^2 = 1 - (capped / c)^2
+            const float inv = 1.0f / softcap;
+            for (int64_t j = 0; j < vc; ++j) {
+              const float t = std::tanh(row[j] * inv), capped = softcap * t;
+              const float d = (y == v0 + j) ? g * -std::expm1(capped - l) : -g * std::exp(capped - l);
+              row[j] = d * (1.0f - t * t);
+            }
+            continue;
+          }
+          const bool here = y >= v0 && y < v0 + vc;
+          const float zt = here ? row[y - v0] : 0.0f;
+          row_softmax_grad(row, vc, l, g);
+          if (here) row[y - v0] = g * -std::expm1(zt - l);
+        }
+      });
+      // dh[rows] (+)= g w_panel; dw_panel += g^T h[rows]
+      matmul(false, false, rc, hdim, vc, 1.0f, z.data(), vc, wp, DType::kF32, hdim, v0 == 0 ? 0.0f : 1.0f,
+             dh + r0 * hdim, hdim);
+      if (dw) matmul(true, false, vc, hdim, rc, 1.0f, z.data(), vc, h + r0 * hdim, DType::kF32, hdim, 1.0f, dw + v0 * hdim, hdim);
+    }
+  }
+}
+
+}  // namespace spinlm
