@@ -22,6 +22,15 @@ export const SHAPES = {
   tinyllama: { hidden_size: 2048, intermediate_size: 5632, num_hidden_layers: 22, num_attention_heads: 32, num_key_value_heads: 4 },
   // ~350M parameters
   '350m': { hidden_size: 1024, intermediate_size: 2816, num_hidden_layers: 24, num_attention_heads: 16, num_key_value_heads: 4 },
+  // a small model with Llama 3's 128,256-token vocabulary (the fused head's memory goal, bench/head.bench.ts)
+  'small-128k': {
+    hidden_size: 512,
+    intermediate_size: 1408,
+    num_hidden_layers: 4,
+    num_attention_heads: 8,
+    num_key_value_heads: 4,
+    vocab_size: 128256,
+  },
 } as const;
 
 /** Makes (or finds) the model directory of a shape; returns its path. */

@@ -7,12 +7,20 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { initLlama } from '../src/model/init.js';
-import { freeInput, uploadInput } from '../src/model/input.js';
+import { freeInput, freeLossRows, uploadInput, uploadLossRows } from '../src/model/input.js';
 import { LlamaModel } from '../src/model/llama.js';
 import { collateSpinBatch, type TokenizedPair } from '../src/spin/batch.js';
-import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../src/spin/loss.js';
+import {
+  freeSpinLossContext,
+  spinLossBackward,
+  spinLossDlogp,
+  spinLossForward,
+  spinLossFromLogprobs,
+  spinLossMetrics,
+} from '../src/spin/loss.js';
 import { scoreBatch } from '../src/spin/score.js';
 import type { Rng } from '../src/util/rng.js';
+import { relErr } from './helpers/loss_ref.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 import * as ops from '../src/ops/index.js';
@@ -28,31 +36,61 @@ for (const be of await testBackends())
       return { real: { prompt, answer: [...toks(rng.int(0, 7)), EOS] }, generated: { prompt, answer: [...toks(rng.int(0, 7)), EOS] } };
     }
 
-    /** The SPIN loss and its parameter gradients on one batch. */
-    async function lossAndGrads(model: LlamaModel, pairs: TokenizedPair[], refLogps: Float32Array) {
+    /**
+     * The SPIN loss and its parameter gradients on one batch: through the fused head (forwardLogprobs, what
+     * training runs) or, with `unfused`, through the logits [T, V] (forward + logprobGather).
+     */
+    async function lossAndGrads(model: LlamaModel, pairs: TokenizedPair[], refLogps: Float32Array, unfused = false) {
       const batch = collateSpinBatch(pairs, EOS, 0);
       const input = uploadInput(model.backend, batch, model.cfg.vocabSize);
       model.weights.zeroGrad();
-      const { logits, state } = model.forward(input, { train: true });
-      const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-      const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
-      const ctx = spinLossForward(
-        logits,
-        targets,
-        segments,
-        ops.upload(be, { dtype: 'f32', data: refLogps }, [refLogps.length]),
-        pairs.length,
-        { beta: 0.5, lossType: 'sigmoid' },
-      );
-      const m = await spinLossMetrics(ctx);
-      const dlogits = spinLossBackward(ctx, { inPlace: true }) as never;
-      model.backward(state!, dlogits); // frees the logits (dlogits is their buffer)
-      freeSpinLossContext(ctx);
+      const ref = ops.upload(be, { dtype: 'f32', data: refLogps }, [refLogps.length]);
+      const opts = { beta: 0.5, lossType: 'sigmoid' } as const;
+      let loss: number;
+      if (unfused) {
+        const { logits, state } = model.forward(input, { train: true });
+        const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
+        const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+        const ctx = spinLossForward(logits, targets, segments, ref, pairs.length, opts);
+        loss = (await spinLossMetrics(ctx)).loss;
+        const dlogits = spinLossBackward(ctx, { inPlace: true }) as never;
+        model.backward(state!, dlogits); // frees the logits (dlogits is their buffer)
+        freeSpinLossContext(ctx);
+      } else {
+        const rows = uploadLossRows(be, batch.targets, batch.segments);
+        const { logp, state } = model.forwardLogprobs(input, rows, { train: true });
+        const ctx = spinLossFromLogprobs(logp, rows.segments!, ref, pairs.length, opts);
+        loss = (await spinLossMetrics(ctx)).loss;
+        const dlogp = spinLossDlogp(ctx);
+        model.backwardLogprobs(state!, dlogp);
+        freeSpinLossContext(ctx);
+        for (const t of [logp, dlogp]) t.free();
+        freeLossRows(rows);
+      }
       freeInput(input);
       const grads = new Map<string, Float32Array>();
       for (const [name, g] of model.weights.grads) grads.set(name, (await ops.read(g)).slice());
-      return { loss: m.loss, grads };
+      return { loss, grads };
     }
+
+    test('the fused head (only the loss rows reach it, no [T, V] logits) gives the unfused loss and gradients', async () =>
+      withSeed(async (rng) => {
+        for (const opts of [{}, { modelType: 'qwen2' as const, tie: true, kvHeads: 4 }]) {
+          const model = initLlama(be, tinyConfig(opts), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true });
+          model.weights.enableTraining();
+          const pairs = Array.from({ length: 3 }, () => randomPair(rng, 260));
+          const ref = new Float32Array(6).map(() => -40 + rng.normal() * 5);
+          const fused = await lossAndGrads(model, pairs, ref);
+          const unfused = await lossAndGrads(model, pairs, ref, true);
+          // the loss is a function of f32 sums S of ~40: both paths round them, a few ulps of 40 apart
+          assert.ok(Math.abs(fused.loss - unfused.loss) <= 1e-5, `loss ${fused.loss} vs ${unfused.loss}`);
+          for (const [name, g] of unfused.grads) {
+            const e = relErr(fused.grads.get(name)!, g);
+            assert.ok(e <= 1e-4, `${name}: fused vs unfused gradient err ${e}`);
+          }
+          model.weights.free();
+        }
+      }));
 
     test('padding never changes a score: a batch equals each pair scored alone', async () =>
       withSeed(async (rng) => {

@@ -1,7 +1,7 @@
 // Host token batches -> the device tensors of a forward pass.
 import type { Backend } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { ModelInput } from './llama.js';
+import type { LossRows, ModelInput } from './llama.js';
 import * as ops from '../ops/index.js';
 
 /** Host arrays of R rows x L positions (src/spin/batch.ts TokenBatch has these fields). */
@@ -41,4 +41,32 @@ export function uploadInput(be: Backend, b: HostTokens, vocabSize: number): Mode
 
 export function freeInput(input: ModelInput): void {
   for (const t of [input.inputIds, input.positions, input.attentionMask] as Tensor[]) t.free();
+}
+
+/** The loss rows of a batch on the device (forwardLogprobs), with each row's segment when given. */
+export interface DeviceLossRows extends LossRows {
+  /** i32 [M]: the sequence each loss row belongs to (batch.segments at those positions). */
+  segments: Tensor<'i32'> | null;
+  count: number;
+}
+
+/**
+ * The positions whose target is not the ignore index (-100): only they reach the LM head. Their order is
+ * the positions' order, so per-sequence sums add the same terms in the same order as over all positions.
+ */
+export function uploadLossRows(be: Backend, targets: Int32Array, segments?: Int32Array): DeviceLossRows {
+  const rows: number[] = [];
+  for (let i = 0; i < targets.length; i++) if (targets[i] !== -100) rows.push(i);
+  const m = rows.length;
+  const pick = (a: Int32Array) => ops.upload(be, { dtype: 'i32', data: Int32Array.from(rows, (r) => a[r]) }, [m]);
+  return {
+    rows: ops.upload(be, { dtype: 'i32', data: Int32Array.from(rows) }, [m]),
+    targets: pick(targets),
+    segments: segments ? pick(segments) : null,
+    count: m,
+  };
+}
+
+export function freeLossRows(r: DeviceLossRows): void {
+  for (const t of [r.rows, r.targets, r.segments]) t?.free();
 }

@@ -57,13 +57,30 @@ interface LayerSaved {
   act?: Tensor<'f32'>; // [T, I] silu(gate) * up
 }
 
-/** Saved state of a whole forward pass, consumed (and freed) by backward(). */
-export interface ForwardState {
+/** What the backward of the layers and the final norm needs. */
+interface TrunkState {
   input: ModelInput;
   layers: LayerSaved[];
   xFinal: Tensor<'f32'>; // [T, H] last layer output
-  hFinal: Tensor<'f32'>; // [T, H] after the final norm
   rstdFinal: Tensor<'f32'>; // [T]
+}
+
+/** Saved state of a whole forward pass, consumed (and freed) by backward(). */
+export interface ForwardState extends TrunkState {
+  hFinal: Tensor<'f32'>; // [T, H] after the final norm
+}
+
+/** The positions that carry a loss: rows i32 [M] (indices into the T positions) and their targets i32 [M]. */
+export interface LossRows {
+  rows: Tensor<'i32'>;
+  targets: Tensor<'i32'>;
+}
+
+/** Saved state of forwardLogprobs, consumed (and freed) by backwardLogprobs(). */
+export interface LogprobState extends TrunkState {
+  hSel: Tensor<'f32'>; // [M, H] the loss rows after the final norm
+  lse: Tensor<'f32'>; // [M]
+  loss: LossRows;
 }
 
 export interface LoadOptions {
@@ -378,17 +395,53 @@ export class LlamaModel {
   }
 
   /**
-   * Forward pass -> logits f32 [T, V]. With `train`, also the state backward() needs (else
-   * activations are freed layer by layer and `state` is null). `computeDtype` 'bf16' (not with
-   * `train`: training computes in f32) rounds the linear layers' inputs to bf16 (docs/ops.md "bf16 compute").
+   * Forward pass -> logits f32 [T, V] (every position through the LM head: generation's tests and the
+   * library's users; training and scoring use forwardLogprobs). With `train`, also the state backward()
+   * needs (else activations are freed layer by layer and `state` is null). `computeDtype` 'bf16' (not
+   * with `train`: training computes in f32) rounds the linear layers' inputs to bf16 (docs/ops.md "bf16 compute").
    */
   forward(
     input: ModelInput,
     opts: { train?: boolean; computeDtype?: ComputeDtype } = {},
   ): { logits: Tensor<'f32'>; state: ForwardState | null } {
-    this.checkInput(input);
-    const train = !!opts.train;
     const computeDtype = opts.computeDtype ?? 'f32';
+    const t = this.trunk(input, !!opts.train, computeDtype);
+    const logits = ops.matmul(t.hFinal, this.lmHead(), { transB: true, computeDtype });
+    this.releaseHead('forward');
+    if (!opts.train) {
+      freeAll(t.hFinal);
+      return { logits, state: null };
+    }
+    return { logits, state: { ...t.state, hFinal: t.hFinal } };
+  }
+
+  /**
+   * Forward pass to the log-probs of the positions that carry a loss: `loss.rows` i32 [M] indexes the T
+   * positions, `loss.targets` i32 [M] their next tokens. Only those M rows reach the LM head, which is
+   * fused with the log-prob (ops.headLogprob): no [T, V] logits exist. logp and lse f32 [M]; with
+   * `train`, also the state backwardLogprobs() needs.
+   */
+  forwardLogprobs(
+    input: ModelInput,
+    loss: LossRows,
+    opts: { train?: boolean; computeDtype?: ComputeDtype } = {},
+  ): { logp: Tensor<'f32'>; state: LogprobState | null } {
+    const computeDtype = opts.computeDtype ?? 'f32';
+    const t = this.trunk(input, !!opts.train, computeDtype);
+    const hSel = ops.embedding(loss.rows, t.hFinal); // the loss rows of h [T, H]: [M, H]
+    t.hFinal.free();
+    const { logp, lse } = ops.headLogprob(hSel, this.lmHead(), loss.targets, { computeDtype });
+    this.releaseHead('forward');
+    if (!opts.train) {
+      freeAll(hSel, lse);
+      return { logp, state: null };
+    }
+    return { logp, state: { ...t.state, hSel, lse, loss } };
+  }
+
+  /** Embedding, layers and final norm: h [T, H] and what the backward of the layers needs. */
+  private trunk(input: ModelInput, train: boolean, computeDtype: ComputeDtype) {
+    this.checkInput(input);
     if (train && computeDtype !== 'f32') throw new TypeError(`forward: training computes in f32, got computeDtype ${computeDtype}`);
     const hook = this.paramHook;
     const tied = this.cfg.tieWordEmbeddings;
@@ -406,14 +459,23 @@ export class LlamaModel {
     }
     hook?.acquire(HEAD_UNIT, 'forward');
     const { y: hFinal, rstd: rstdFinal } = ops.rmsnorm(x, this.p('model.norm.weight'), this.cfg.rmsNormEps);
-    const logits = ops.matmul(hFinal, this.lmHead(), { transB: true, computeDtype });
-    hook?.release(HEAD_UNIT, 'forward');
-    if (tied) hook?.release(EMBED_UNIT, 'forward');
-    if (!train) {
-      freeAll(x, hFinal, rstdFinal);
-      return { logits, state: null };
-    }
-    return { logits, state: { input, layers, xFinal: x, hFinal, rstdFinal } };
+    if (!train) freeAll(x, rstdFinal);
+    return { hFinal, state: { input, layers, xFinal: x, rstdFinal } };
+  }
+
+  /** Ends the head's use of its parameter units (the head, and the embedding when tied). */
+  private releaseHead(phase: 'forward' | 'backward'): void {
+    this.paramHook?.release(HEAD_UNIT, phase);
+    if (this.cfg.tieWordEmbeddings) this.paramHook?.release(EMBED_UNIT, phase);
+  }
+
+  private acquireHead(): { hook: ParamHook | null; lmName: string } {
+    const hook = this.paramHook;
+    const tied = this.cfg.tieWordEmbeddings;
+    hook?.acquire(HEAD_UNIT, 'backward');
+    if (tied) hook?.acquire(EMBED_UNIT, 'backward');
+    if (!this.weights.training) throw new Error('backward needs gradients: call model.weights.enableTraining() first');
+    return { hook, lmName: tied ? 'model.embed_tokens.weight' : 'lm_head.weight' };
   }
 
   /**
@@ -422,19 +484,33 @@ export class LlamaModel {
    * sit through the whole backward: docs/memory.md).
    */
   backward(state: ForwardState, dlogits: Tensor<'f32'>): void {
-    if (!this.weights.training) throw new Error('backward needs gradients: call model.weights.enableTraining() first');
-    const { input } = state;
-    const hook = this.paramHook;
-    const tied = this.cfg.tieWordEmbeddings;
-    hook?.acquire(HEAD_UNIT, 'backward');
-    if (tied) hook?.acquire(EMBED_UNIT, 'backward');
-    const lmName = tied ? 'model.embed_tokens.weight' : 'lm_head.weight';
+    const { lmName } = this.acquireHead();
     ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
     dlogits.free();
+    state.hFinal.free();
+    this.backwardTrunk(state, dh);
+  }
+
+  /** Backward from dlogp f32 [M] (the loss rows' log-prob gradients): every parameter's gradient; frees the state. */
+  backwardLogprobs(state: LogprobState, dlogp: Tensor<'f32'>): void {
+    const { lmName } = this.acquireHead();
+    const { hSel, lse, loss } = state;
+    const dSel = ops.headLogprobBackward(hSel, this.lmHead(), loss.targets, lse, dlogp, { dw: this.weights.grad(lmName) });
+    const dh = ops.zeros(this.backend, 'f32', state.xFinal.shape);
+    ops.embeddingBackward(loss.rows, dSel, dh); // back to the positions they came from; the others are 0
+    freeAll(dSel, hSel, lse);
+    this.backwardTrunk(state, dh);
+  }
+
+  /** The final norm's and the layers' backward from dh [T, H] (the head's released by the caller's acquire). */
+  private backwardTrunk(state: TrunkState, dh: Tensor<'f32'>): void {
+    const { input } = state;
+    const hook = this.paramHook;
+    const tied = this.cfg.tieWordEmbeddings;
     let dx = ops.rmsnormBackward(state.xFinal, this.p('model.norm.weight'), state.rstdFinal, dh, this.weights.grad('model.norm.weight'));
     hook?.release(HEAD_UNIT, 'backward');
-    freeAll(dh, state.hFinal, state.rstdFinal, state.xFinal);
+    freeAll(dh, state.rstdFinal, state.xFinal);
     for (let i = this.cfg.numLayers - 1; i >= 0; i--) {
       let saved = state.layers[i];
       hook?.acquire(i, 'backward');

@@ -1,10 +1,10 @@
 // What one micro-batch computes, for SPIN and for supervised fine-tuning (SFT).
-import { type Backend, SPIN_LOSS_MEANS, type SpinLossType } from '../backend/backend.js';
-import { freeInput, uploadInput } from '../model/input.js';
+import { SPIN_LOSS_MEANS, type SpinLossType } from '../backend/backend.js';
+import { freeInput, freeLossRows, uploadInput, uploadLossRows } from '../model/input.js';
 import type { LlamaModel } from '../model/llama.js';
 import { collateSequences, collateSpinBatch, IGNORE_INDEX, type TokenBatch, type TokenizedPair, type TokenizedSequence } from './batch.js';
 import type { Tensor } from '../tensor/tensor.js';
-import { freeSpinLossContext, spinLossBackward, spinLossForward } from './loss.js';
+import { freeSpinLossContext, spinLossDlogp, spinLossFromLogprobs } from './loss.js';
 import { scoreBatch } from './score.js';
 import type { Objective } from './train_loop.js';
 import { epochOrder } from './train_loop.js';
@@ -23,13 +23,6 @@ export interface SpinObjectiveConfig {
   lengthNormalized?: boolean;
   eosId: number;
   padId: number;
-}
-
-function uploadTargets(be: Backend, b: TokenBatch) {
-  return {
-    targets: ops.upload(be, { dtype: 'i32', data: b.targets }, [b.targets.length]),
-    segments: ops.upload(be, { dtype: 'i32', data: b.segments }, [b.segments.length]),
-  };
 }
 
 /** Tokens that are not padding (for tokens/s). */
@@ -123,7 +116,7 @@ export class SpinObjective implements Objective {
       { dropIdentical: this.cfg.dropIdentical },
     );
     const input = uploadInput(be, batch, this.model.cfg.vocabSize);
-    const { targets, segments } = uploadTargets(be, batch);
+    const loss = uploadLossRows(be, batch.targets, batch.segments);
     // length-normalized: c = 1 / answer tokens per sequence [2B] (an empty answer counts as 1 token)
     const norm = this.cfg.lengthNormalized ?? false;
     const c = Float32Array.from(batch.targetCounts.subarray(0, 2 * b), (x) => (norm ? 1 / Math.max(1, x) : 1));
@@ -143,8 +136,8 @@ export class SpinObjective implements Objective {
       for (let i = 0; i < 2 * b; i++) diag[i * 2 * b + i] = c[i];
       seqScale = ops.upload(be, { dtype: 'f32', data: diag }, [2 * b, 2 * b]);
     }
-    const { logits, state } = this.model.forward(input, { train: true });
-    const ctx = spinLossForward(logits, targets, segments, ref, b, {
+    const { logp, state } = this.model.forwardLogprobs(input, loss, { train: true });
+    const ctx = spinLossFromLogprobs(logp, loss.segments!, ref, b, {
       beta: this.cfg.beta,
       lossType: this.cfg.lossType,
       pairMask,
@@ -154,10 +147,11 @@ export class SpinObjective implements Objective {
       seqScale,
     });
     ops.accumulate(metrics, ctx.means, weight);
-    const dlogits = spinLossBackward(ctx, { inPlace: true }); // the logits' buffer: backward frees it
-    this.model.backward(state!, dlogits as never);
+    const dlogp = spinLossDlogp(ctx);
+    this.model.backwardLogprobs(state!, dlogp);
     freeSpinLossContext(ctx);
-    for (const t of [targets, segments, ref, pairMask, answerTokens, seqScale]) t?.free();
+    for (const t of [logp, dlogp, ref, pairMask, answerTokens, seqScale]) t?.free();
+    freeLossRows(loss);
     freeInput(input);
     return nonPaddingTokens(batch);
   }
@@ -182,22 +176,17 @@ export class SftObjective implements Objective {
       this.padId,
     );
     const input = uploadInput(be, batch, this.model.cfg.vocabSize);
-    const n = batch.targets.length;
-    const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [n]);
-    // one segment holding every row: ignored rows have logp = 0, so its sum is the answers' log-prob
-    const whole = ops.upload(be, { dtype: 'i32', data: new Int32Array(n) }, [n]);
-    let count = 0;
-    for (const t of batch.targets) if (t !== IGNORE_INDEX) count++;
-    // d(mean NLL)/d logp_t = -1 / count for every target token
-    const dHost = new Float32Array(n).map((_, i) => (batch.targets[i] !== IGNORE_INDEX && count > 0 ? -weight / count : 0));
-    const dlogp = ops.upload(be, { dtype: 'f32', data: dHost }, [n]);
-    const { logits, state } = this.model.forward(input, { train: true });
-    const { logp, lse } = ops.logprobGather(logits, targets);
+    const loss = uploadLossRows(be, batch.targets);
+    const count = loss.count;
+    // one segment holding every loss row: its sum is the answers' log-prob; d(mean NLL)/d logp_t = -1 / count
+    const whole = ops.zeros(be, 'i32', [count]);
+    const dlogp = ops.upload(be, { dtype: 'f32', data: new Float32Array(count).fill(-weight / Math.max(1, count)) }, [count]);
+    const { logp, state } = this.model.forwardLogprobs(input, loss, { train: true });
     const sum = ops.sequenceLogprob(logp, whole, 1);
     if (count > 0) ops.accumulate(metrics, sum, -weight / count);
-    ops.logprobGatherBackward(logits, targets, lse, dlogp, { out: logits });
-    this.model.backward(state!, logits); // (frees the logits)
-    for (const t of [targets, whole, dlogp, logp, lse, sum]) t.free();
+    this.model.backwardLogprobs(state!, dlogp);
+    for (const t of [whole, dlogp, logp, sum]) t.free();
+    freeLossRows(loss);
     freeInput(input);
     return nonPaddingTokens(batch);
   }

@@ -3,7 +3,7 @@
 // log-probs of an iteration and `spinlm score` both come from here.
 import type { ComputeDtype } from '../backend/backend.js';
 import type { LlamaModel } from '../model/llama.js';
-import { freeInput, uploadInput } from '../model/input.js';
+import { freeInput, freeLossRows, uploadInput, uploadLossRows } from '../model/input.js';
 import type { ChatMessage, PromptTemplate } from '../text/templates.js';
 import { checkTruncation, collateSpinBatch, type SpinBatch, type TruncationOptions } from './batch.js';
 import { type ChatTokenizer, tokenizeChatPair } from './prompt_tokens.js';
@@ -44,22 +44,18 @@ export function tokenizePairs(tok: ChatTokenizer, pairs: readonly PairText[], op
 export async function scoreBatch(model: LlamaModel, batch: SpinBatch, computeDtype: ComputeDtype = 'f32'): Promise<Float32Array> {
   const be = model.backend;
   const input = uploadInput(be, batch, model.cfg.vocabSize);
-  const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-  const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
+  const loss = uploadLossRows(be, batch.targets, batch.segments);
   try {
-    const { logits } = model.forward(input, { computeDtype });
-    const { logp, lse } = ops.logprobGather(logits, targets);
-    logits.free();
-    lse.free();
-    const seq = ops.sequenceLogprob(logp, segments, batch.rows);
+    // only the answer positions reach the LM head (fused with the log-prob: no [T, V] logits)
+    const { logp } = model.forwardLogprobs(input, loss, { computeDtype });
+    const seq = ops.sequenceLogprob(logp, loss.segments!, batch.rows);
     logp.free();
     const out = await ops.read(seq);
     seq.free();
     return out;
   } finally {
     freeInput(input);
-    targets.free();
-    segments.free();
+    freeLossRows(loss);
   }
 }
 
