@@ -5,7 +5,7 @@
 // norm: relErr with a floor of max_{r, j} sum_k |h_rk W_jk| for logp and lse, max |dlogp| x 2 max |W| (dh)
 // or 2 max |h| (dW) for the gradients; tolerance 1e-5. Also: a row's result is the same bit for bit
 // whether its call has one row chunk or several, and a second call makes no new buffers (the scratch
-// goes back to the pool). This backend also has no optional features, so the panel log-sum-exp takes the
+// goes back to the pool), and a bad target in the backward is reported as in the forward. This backend also has no optional features, so the panel log-sum-exp takes the
 // workgroup tree (test/head.test.ts's default backend takes the subgroup path where the adapter has one).
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
@@ -131,6 +131,16 @@ for (const be of await testBackends()) {
         const [lp, ls] = [await host(part.logp), await host(part.lse)];
         rows.forEach((r, i) => assert.ok(Object.is(lp[i], lpAll[r]) && Object.is(ls[i], lsAll[r]), `row ${r}: ${lp[i]} vs ${lpAll[r]}`));
       }));
+
+    test('a target outside the vocabulary in the backward is reported on read', async () => {
+      const h = ops.upload(small, { dtype: 'f32', data: Float32Array.from([1, 2, 3, 4]) }, [2, 2]);
+      const w = ops.upload(small, { dtype: 'f32', data: Float32Array.from([1, 0, 0, 1, 1, 1]) }, [3, 2]);
+      const y = ops.upload(small, { dtype: 'i32', data: Int32Array.from([1, 3]) }, [2]);
+      const lse = ops.upload(small, { dtype: 'f32', data: Float32Array.from([1, 1]) }, [2]);
+      const dl = ops.upload(small, { dtype: 'f32', data: Float32Array.from([1, 1]) }, [2]);
+      const dh = ops.headLogprobBackward(h, w, y, lse, dl);
+      await assert.rejects(ops.read(dh), /target is outside/);
+    });
 
     test('the scratch goes back to the pool: a second call makes no new buffers', () =>
       withSeed(async (rng) => {

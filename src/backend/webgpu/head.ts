@@ -25,7 +25,8 @@ const SCRATCH_BYTES = 16 * 2 ** 20;
 /**
  * The panel width and rows per chunk for rows of hdim. Panels are multiples of 128 columns, so a panel
  * of w rows starts at a 256-byte offset (bf16 too); chunks after the first start at multiples of 64
- * rows (the same for h and dh rows). Neither depends on N, so neither does a row's result.
+ * rows (the same for h and dh rows). The width never depends on N and a row's result never depends
+ * on its chunk, so a row's result never depends on N.
  */
 function plan(rt: WebGpuRuntime, n: number, hdim: number, v: number): { panel: number; chunk: number } {
   const rowBytes = Math.max(1, hdim) * 4; // a row of f32 h, dh, dw (a bf16 row of w is smaller)
