@@ -1,8 +1,12 @@
 // WGSL sources: one file per op family beside this one, each compiled with common.wgsl and the
-// variant constants of a call (bf16 or f32 operands, head dim, tile sizes). Files are read once.
+// variant constants of a call (bf16 or f32 operands, head dim, tile sizes). Files are read once. A
+// family may build on another's file (FAMILY_FILES): the fused head's kernels use the loss family's.
 import { readFileSync } from 'node:fs';
 
-export type KernelFamily = 'memory' | 'elementwise' | 'loss' | 'optim' | 'sample' | 'gemm' | 'attention';
+export type KernelFamily = 'memory' | 'elementwise' | 'loss' | 'head' | 'optim' | 'sample' | 'gemm' | 'attention';
+
+/** The files of a family, in order, where it is not just the file named for it. */
+const FAMILY_FILES: Partial<Record<KernelFamily, string[]>> = { head: ['loss', 'head'] };
 
 const sources = new Map<string, string>();
 
@@ -52,7 +56,8 @@ export function moduleSource(family: KernelFamily, defines: Defines): string {
     .map(([k, v]) => (typeof v === 'boolean' ? `const ${k}: bool = ${v};` : `const ${k}: u32 = ${v >>> 0}u;`))
     .join('\n');
   const enable = defines.SUBGROUPS === true ? 'enable subgroups;\n' : '';
-  return `${enable}${consts}\n${source('common')}\n${preprocess(source(family), defines)}`;
+  const files = FAMILY_FILES[family] ?? [family];
+  return [`${enable}${consts}`, source('common'), ...files.map((f) => preprocess(source(f), defines))].join('\n');
 }
 
 /** The constants every module of a family mentions (a missing one would not compile). */
@@ -60,6 +65,7 @@ export const FAMILY_DEFAULTS: Record<KernelFamily, Defines> = {
   memory: {},
   elementwise: { W_BF16: false },
   loss: { Z_BF16: false, OUT_BF16: false, IN_PLACE: false, SUBGROUPS: false },
+  head: { Z_BF16: false, OUT_BF16: false, IN_PLACE: false, SUBGROUPS: false },
   optim: { MASTER: false, P_BF16: false, CLIP: false },
   sample: { SUBGROUPS: false },
   gemm: { B_BF16: false, A_VEC: false, B_VEC: false, B_VEC_BF16: false, B_SCALAR: true },
