@@ -83,6 +83,20 @@ __device__ __forceinline__ LseAcc warp_lse(LseAcc a) {
   }
   return a;
 }
+// Block-wide (max, sum) merge in a fixed order: lanes by shuffles, then warps 0, 1, ... by every
+// thread; all threads get the block's total. `red` is the block's shared LseAcc[kThreads / 32] (a
+// pointer; a checked shared pointer under the emulator). Once per kernel: a second call would
+// overwrite `red` while other warps may still read it.
+template <int kThreads, class R>
+__device__ __forceinline__ LseAcc block_lse(LseAcc a, R red) {
+  a = warp_lse(a);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) red[warp] = a;
+  __syncthreads();
+  LseAcc r = lse_empty();
+  for (int w = 0; w < kThreads / 32; ++w) r = lse_merge(r, red[w]);
+  return r;
+}
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(kFull, x, o);
   return x;

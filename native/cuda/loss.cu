@@ -14,19 +14,6 @@ constexpr int kRowThreads = 256;  // one block per row of logits
 constexpr int kWarps = kRowThreads / 32;
 constexpr float kNaN = __builtin_nanf("");
 
-// Block-wide (max, sum) merge in a fixed order: lanes by shuffles, then warps 0..7 by warp 0.
-// `red` is the block's shared LseAcc[kWarps] (a pointer; a checked shared pointer under the emulator).
-template <class R>
-__device__ __forceinline__ LseAcc block_lse(LseAcc a, R red) {
-  a = warp_lse(a);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) red[warp] = a;
-  __syncthreads();
-  LseAcc r = lse_empty();
-  for (int w = 0; w < kWarps; ++w) r = lse_merge(r, red[w]);
-  return r;
-}
-
 template <class T>
 __global__ void __launch_bounds__(kRowThreads) logprob_gather_kernel(SPIN_GP(const T) logits, int64_t v,
                                                                      SPIN_GP(const int32_t) targets,
@@ -50,7 +37,7 @@ __global__ void __launch_bounds__(kRowThreads) logprob_gather_kernel(SPIN_GP(con
   const auto row = logits + row_offset(r, v);
   LseAcc acc = lse_empty();
   row_foreach<T>(row, v, threadIdx.x, kRowThreads, [&](int64_t, float x) { lse_push(acc, x); });
-  const LseAcc total = block_lse(acc, &red[0]);
+  const LseAcc total = block_lse<kRowThreads>(acc, &red[0]);
   if (threadIdx.x == 0) {
     const float l = lse_value(total);
     lse[r] = l;
@@ -95,7 +82,7 @@ __global__ void __launch_bounds__(kRowThreads) logprob_partial_kernel(SPIN_GP(co
   const int64_t j0 = s * chunk, len = v - j0 < chunk ? v - j0 : chunk;
   LseAcc acc = lse_empty();
   row_foreach<T>(logits + row_offset(r, v) + j0, len, threadIdx.x, kRowThreads, [&](int64_t, float x) { lse_push(acc, x); });
-  const LseAcc total = block_lse(acc, &red[0]);
+  const LseAcc total = block_lse<kRowThreads>(acc, &red[0]);
   if (threadIdx.x == 0) {
     const int64_t at = 2 * (r * gridDim.y + s);
     partial[at] = total.max;
