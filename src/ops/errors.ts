@@ -3,7 +3,7 @@
 import { OP_ERRORS } from '../backend/backend.js';
 
 const MESSAGES: Record<keyof typeof OP_ERRORS, string> = {
-  targets: 'logprobGather/logprobGatherBackward: a target is outside [0, vocab) and is not the ignore index -100',
+  targets: 'logprobGather/headLogprob (or their backward): a target is outside [0, vocab) and is not the ignore index -100',
   segments: 'sequenceLogprob/sequenceLogprobBackward: a segment id is outside [-1, numSeqs)',
   tokenIds: 'embedding/embeddingBackward: a token id is outside [0, rows of the table)',
   scatterIndex: 'scatterRows: an index is outside [0, rows of dst)',
