@@ -56,6 +56,18 @@ if (cells.includes('memory')) {
         big.peak_live_mb,
       ]);
     }
+  // the op alone on this tree: fused against the unfused chain it replaced, 4000 rows
+  const op = [1, 0].map((fused) => run(here, 'op', dir, { pairs: 8, len: 500, fused }));
+  console.log('Head + log-prob forward and backward alone, 4000 rows x 512 x 128,256 (this tree)');
+  console.log(
+    table(
+      ['path', 'peak live MiB above inputs', 'ms'],
+      [
+        ['fused (headLogprob)', op[0].op_peak_live_mb, op[0].ms],
+        [`unfused (logits ${op[1].logits_mb.toFixed(0)} MiB)`, op[1].op_peak_live_mb, op[1].ms],
+      ],
+    ),
+  );
   console.log('SPIN step, small model with a 128,256-token vocabulary (MiB)');
   console.log(
     table(['tree', 'checkpointing', '1 short pair RSS', '4 x (250 + 250) RSS', 'difference', '1 short pair live', '4 pairs live'], rows),

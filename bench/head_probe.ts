@@ -2,13 +2,13 @@
 // (so bench/head.bench.ts can put the tree before the fused head beside the current one); prints one
 // JSON line. Both trees have the APIs used here (LlamaModel.load, SpinObjective, runTrainingLoop,
 // collateSpinBatch, scoreBatch).
-// Usage: node --import tsx bench/head_probe.ts ROOT spin|score MODEL_DIR '{"pairs":4,"len":500,"prompt":250,"steps":1,"ckpt":1}'
-// (ckpt: gradient checkpointing in the SPIN step)
+// Usage: node --import tsx bench/head_probe.ts ROOT spin|score|op MODEL_DIR '{"pairs":4,"len":500,"prompt":250,"steps":1,"ckpt":1}'
+// (ckpt: gradient checkpointing in the SPIN step; op: M = pairs x len rows, fused 1 or 0)
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const [root, mode, modelDir, workJson] = process.argv.slice(2);
-const work = { pairs: 4, len: 512, prompt: 256, steps: 2, ckpt: 0, ...(JSON.parse(workJson ?? '{}') as Record<string, number>) };
+const work = { pairs: 4, len: 512, prompt: 256, steps: 2, ckpt: 0, fused: 1, ...(JSON.parse(workJson ?? '{}') as Record<string, number>) };
 const src = (p: string) => import(join(root, 'src', p));
 const { CpuBackend } = await src('backend/cpu/cpu_backend.ts');
 const { LlamaModel } = await src('model/llama.ts');
@@ -81,6 +81,40 @@ if (mode === 'spin') {
   times.sort((a, b) => a - b);
   const ms = times[times.length >> 1];
   console.log(JSON.stringify({ batches_per_s: 1000 / ms, ms_per_batch: ms, peak_rss_mb: peakMb(), peak_live_mb: peakLiveMb() }));
+} else if (mode === 'op') {
+  // the head and the log-prob over M rows alone, forward + backward: fused (ops.headLogprob, this tree only)
+  // or unfused (matmul to [M, V] logits, logprobGather, its backward, the head's two products); the
+  // allocator's peak live bytes above what the inputs and the head's gradient hold
+  const ops = await src('ops/index.ts');
+  const M = B * L;
+  const H = cfg.hiddenSize;
+  const w = model.weights.get(cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
+  const h = ops.upload(be, { dtype: 'f32', data: Float32Array.from({ length: M * H }, () => rng.normal()) }, [M, H]);
+  const targets = ops.upload(be, { dtype: 'i32', data: Int32Array.from(tokens(M)) }, [M]);
+  const dw = ops.zeros(be, 'f32', [cfg.vocabSize, H]);
+  const dlogp = ops.upload(be, { dtype: 'f32', data: new Float32Array(M).fill(-1 / M) }, [M]);
+  const once = () => {
+    if (work.fused) {
+      const { logp, lse } = ops.headLogprob(h, w, targets);
+      const dh = ops.headLogprobBackward(h, w, targets, lse, dlogp, { dw });
+      for (const t of [logp, lse, dh]) t.free();
+    } else {
+      const logits = ops.matmul(h, w, { transB: true });
+      const { logp, lse } = ops.logprobGather(logits, targets);
+      ops.logprobGatherBackward(logits, targets, lse, dlogp, { out: logits });
+      ops.matmul(logits, h, { transA: true, out: dw, accumulate: true });
+      const dh = ops.matmul(logits, w);
+      for (const t of [logits, logp, lse, dh]) t.free();
+    }
+  };
+  once();
+  const base = be.native.liveBytes() / 2 ** 20;
+  peakLiveMb(true);
+  const t0 = performance.now();
+  once();
+  const ms = performance.now() - t0;
+  await ops.read(dw.view(0, [1]));
+  console.log(JSON.stringify({ ms, op_peak_live_mb: peakLiveMb() - base, logits_mb: (M * cfg.vocabSize * 4) / 2 ** 20 }));
 } else {
   throw new Error(`unknown mode ${mode}`);
 }
