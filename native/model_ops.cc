@@ -28,6 +28,14 @@ AttnDims ReadAttnDims(const Napi::CallbackInfo& info, size_t at) {
   return d;
 }
 
+// The gated MLP's activation: 'silu' (SwiGLU) or 'gelu_tanh' (GeGLU, Gemma).
+GluActivation ToGluActivation(Napi::Value v) {
+  const std::string s = v.IsString() ? v.As<Napi::String>().Utf8Value() : "";
+  if (s == "silu") return GluActivation::kSilu;
+  if (s == "gelu_tanh") return GluActivation::kGeluTanh;
+  ThrowType(v.Env(), "swiglu activation must be 'silu' or 'gelu_tanh'");
+}
+
 }  // namespace
 
 // matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc, rowInvariant, computeBf16)
@@ -113,7 +121,7 @@ Napi::Value js::embeddingBackward(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::embedding_backward(ids, t, dout, v, h, dtable); });
 }
 
-// rmsnorm(x, w, wDtype, t, h, eps, y, rstd)
+// rmsnorm(x, w, wDtype, t, h, eps, y, rstd, unitOffset): unitOffset scales by 1 + w (Gemma)
 Napi::Value js::rmsnorm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType wdt = FloatDType(info[2], "weight dtype");
@@ -123,10 +131,11 @@ Napi::Value js::rmsnorm(const Napi::CallbackInfo& info) {
   const void* w = View(info[1], "weight", h * dtype_size(wdt));
   float* y = View<float>(info[6], "y", t * h * 4);
   float* rstd = View<float>(info[7], "rstd", t * 4);
-  return Run(info, [&] { kern::rmsnorm(x, w, wdt, t, h, eps, y, rstd); });
+  const bool unit_offset = info[8].ToBoolean();
+  return Run(info, [&] { kern::rmsnorm(x, w, wdt, t, h, eps, y, rstd, unit_offset); });
 }
 
-// rmsnormBackward(x, w, wDtype, rstd, dy, t, h, dx, dw|null)
+// rmsnormBackward(x, w, wDtype, rstd, dy, t, h, dx, dw|null, unitOffset)
 Napi::Value js::rmsnormBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const DType wdt = FloatDType(info[2], "weight dtype");
@@ -138,7 +147,8 @@ Napi::Value js::rmsnormBackward(const Napi::CallbackInfo& info) {
   const float* dy = View<float>(info[4], "dy", th);
   float* dx = View<float>(info[7], "dx", th);
   float* dw = OptView<float>(info[8], "dw", h * 4);
-  return Run(info, [&] { kern::rmsnorm_backward(x, w, wdt, rstd, dy, t, h, dx, dw); });
+  const bool unit_offset = info[9].ToBoolean();
+  return Run(info, [&] { kern::rmsnorm_backward(x, w, wdt, rstd, dy, t, h, dx, dw, unit_offset); });
 }
 
 // rope(x, positions, invFreq, t, heads, hd, attnScale, inverse): invFreq is a host Float32Array [hd / 2]
@@ -215,24 +225,26 @@ Napi::Value js::attentionDecode(const Napi::CallbackInfo& info) {
   });
 }
 
-// swiglu(gate, up, n, out)
+// swiglu(gate, up, n, out, activation): activation(gate) * up, activation 'silu' or 'gelu_tanh'
 Napi::Value js::swiglu(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[2], "n");
+  const GluActivation act = ToGluActivation(info[4]);
   const float* g = View<float>(info[0], "gate", n * 4);
   const float* u = View<float>(info[1], "up", n * 4);
   float* out = View<float>(info[3], "out", n * 4);
-  return Run(info, [&] { kern::swiglu(g, u, n, out); });
+  return Run(info, [&] { kern::swiglu(g, u, n, out, act); });
 }
 
-// swigluBackward(gate, up, dout, n, dgate, dup)
+// swigluBackward(gate, up, dout, n, dgate, dup, activation)
 Napi::Value js::swigluBackward(const Napi::CallbackInfo& info) {
   const int64_t n = ToInt(info[3], "n");
+  const GluActivation act = ToGluActivation(info[6]);
   const float* g = View<float>(info[0], "gate", n * 4);
   const float* u = View<float>(info[1], "up", n * 4);
   const float* dout = View<float>(info[2], "dout", n * 4);
   float* dg = View<float>(info[4], "dgate", n * 4);
   float* du = View<float>(info[5], "dup", n * 4);
-  return Run(info, [&] { kern::swiglu_backward(g, u, dout, n, dg, du); });
+  return Run(info, [&] { kern::swiglu_backward(g, u, dout, n, dg, du, act); });
 }
 
 // scatterRows(src, index, rows, cols, dst, dstDtype, dstRows): dst[index[r]] = src[r] (bf16 dst: rounded)

@@ -73,11 +73,13 @@ SPINLM_OP(embedding, embedding, model,
           "ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView")
 SPINLM_OP(embeddingBackward, embeddingBackward, model,
           "ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView")
+// unitOffset (Gemma): the scale is 1 + w, the 1 added in f32 as w is read.
 SPINLM_OP(rmsnorm, rmsnorm, model,
-          "x: NativeView, w: NativeView, wDtype: string, t: number, h: number, eps: number, y: NativeView, rstd: NativeView")
+          "x: NativeView, w: NativeView, wDtype: string, t: number, h: number, eps: number, y: NativeView, rstd: NativeView, "
+          "unitOffset: boolean")
 SPINLM_OP(rmsnormBackward, rmsnormBackward, model,
           "x: NativeView, w: NativeView, wDtype: string, rstd: NativeView, dy: NativeView, t: number, h: number, dx: NativeView, "
-          "dw: NativeView | null")
+          "dw: NativeView | null, unitOffset: boolean")
 SPINLM_OP(rope, rope, model,
           "x: NativeView, positions: NativeView, invFreq: Float32Array, t: number, heads: number, hd: number, "
           "attnScale: number, inverse: boolean")
@@ -94,9 +96,11 @@ SPINLM_OP(attentionDecode, attentionDecode, model,
           "out: NativeView")
 SPINLM_OP(scatterRows, scatterRows, model,
           "src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number")
-SPINLM_OP(swiglu, swiglu, model, "gate: NativeView, up: NativeView, n: number, out: NativeView")
+// activation(gate) * up: 'silu' (SwiGLU) or 'gelu_tanh' (GeGLU: PyTorch gelu(approximate='tanh'), Gemma).
+SPINLM_OP(swiglu, swiglu, model, "gate: NativeView, up: NativeView, n: number, out: NativeView, activation: 'silu' | 'gelu_tanh'")
 SPINLM_OP(swigluBackward, swigluBackward, model,
-          "gate: NativeView, up: NativeView, dout: NativeView, n: number, dgate: NativeView, dup: NativeView")
+          "gate: NativeView, up: NativeView, dout: NativeView, n: number, dgate: NativeView, dup: NativeView, "
+          "activation: 'silu' | 'gelu_tanh'")
 SPINLM_OP(add, add, model, "a: NativeView, b: NativeView, n: number, y: NativeView")
 SPINLM_OP(addBias, addBias, model, "x: NativeView, bias: NativeView, biasDtype: string, t: number, n: number")
 SPINLM_OP(biasBackward, biasBackward, model, "dy: NativeView, t: number, n: number, dbias: NativeView")

@@ -75,10 +75,11 @@ describe('native errors: TypeError for arguments of the wrong kind', () => {
         /logits and dlogits must be f32 or bf16/,
       );
       throwsKind(
-        () => native.rmsnorm(z, buffer(v), 'i32', n, v, 1e-5, buffer(n * v), buffer(n)),
+        () => native.rmsnorm(z, buffer(v), 'i32', n, v, 1e-5, buffer(n * v), buffer(n), false),
         'TypeError',
         /weight dtype must be f32 or bf16/,
       );
+      throwsKind(() => native.swiglu(z, z, n * v, buffer(n * v), 'relu' as never), 'TypeError', /activation must be 'silu' or 'gelu_tanh'/);
       const g = buffer(n);
       const h = { lr: 1e-3, alpha: 0.99, eps: 1e-8, weightDecay: 0 };
       throwsKind(() => native.rmspropStep(buffer(n), 'i32', null, g, n, buffer(n), h, null), 'TypeError', /parameters must be f32 or bf16/);

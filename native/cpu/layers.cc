@@ -1,4 +1,5 @@
-// Elementwise and per-row kernels of the Llama layers: embedding, RMSNorm, RoPE, SwiGLU, residuals, biases.
+// Elementwise and per-row kernels of the Llama layers: embedding, RMSNorm (w or Gemma's 1 + w), RoPE,
+// SwiGLU and GeGLU, residuals, biases.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -55,6 +56,38 @@ SPINLM_CLONES void swiglu_backward_range(const float* gate, const float* up, con
   }
 }
 
+// GeGLU (common.h GluActivation::kGeluTanh): gelu(g) = g sigmoid(z), z = 2 sqrt(2/pi) g (1 + 0.044715 g^2).
+SPINLM_INLINE vf gelu_z(vf g) { return simd::splat(kGeluTanh2C) * g * (simd::splat(1.0f) + simd::splat(kGeluTanhA) * g * g); }
+inline float gelu_z(float g) { return kGeluTanh2C * g * (1.0f + kGeluTanhA * g * g); }
+// dz/dg = 2 sqrt(2/pi) (1 + 3 0.044715 g^2)
+SPINLM_INLINE vf gelu_dz(vf g) { return simd::splat(kGeluTanh2C) * (simd::splat(1.0f) + simd::splat(3.0f * kGeluTanhA) * g * g); }
+inline float gelu_dz(float g) { return kGeluTanh2C * (1.0f + 3.0f * kGeluTanhA * g * g); }
+
+SPINLM_CLONES void geglu_range(const float* gate, const float* up, float* out, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  for (; i + kLanes <= i1; i += kLanes) {
+    const vf g = simd::load(gate + i);
+    simd::store(out + i, g * sigmoid_v(gelu_z(g)) * simd::load(up + i));
+  }
+  for (; i < i1; ++i) out[i] = gate[i] * sigmoidf(gelu_z(gate[i])) * up[i];
+}
+
+// d/dg of g sigmoid(z) = s (1 + g (1 - s) dz/dg), s = sigmoid(z).
+SPINLM_CLONES void geglu_backward_range(const float* gate, const float* up, const float* dout, float* dgate, float* dup, int64_t i0, int64_t i1) {
+  int64_t i = i0;
+  const vf one = simd::splat(1.0f);
+  for (; i + kLanes <= i1; i += kLanes) {
+    const vf g = simd::load(gate + i), s = sigmoid_v(gelu_z(g)), d = simd::load(dout + i);
+    simd::store(dup + i, d * g * s);
+    simd::store(dgate + i, d * simd::load(up + i) * s * (one + g * (one - s) * gelu_dz(g)));
+  }
+  for (; i < i1; ++i) {
+    const float g = gate[i], s = sigmoidf(gelu_z(g)), d = dout[i];
+    dup[i] = d * g * s;
+    dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s) * gelu_dz(g));
+  }
+}
+
 // Column sums of f(t, j) over rows t in [0, rows), into acc[j] (+=): fixed chunks of rows, each summed
 // in double, then chunks in order; parallel over chunks. The result is independent of thread count.
 template <class F>
@@ -76,6 +109,13 @@ void column_reduce(int64_t rows, int64_t cols, float* acc, F f) {
       acc[j] += static_cast<float>(s);
     }
   });
+}
+
+// RMSNorm's scale as f32: w, or 1 + w added in f32 as w is read (Gemma; 1 + w stored in bf16 would round).
+std::vector<float> norm_weight(const void* w, DType w_dt, int64_t h, bool unit_offset) {
+  std::vector<float> wf(static_cast<size_t>(h));
+  for (int64_t j = 0; j < h; ++j) wf[j] = unit_offset ? 1.0f + load(w, w_dt, j) : load(w, w_dt, j);
+  return wf;
 }
 
 }  // namespace
@@ -102,9 +142,8 @@ void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_
 }
 
 void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y,
-             float* rstd) {
-  std::vector<float> wf(static_cast<size_t>(h));
-  for (int64_t j = 0; j < h; ++j) wf[j] = load(w, w_dt, j);
+             float* rstd, bool unit_offset) {
+  const std::vector<float> wf = norm_weight(w, w_dt, h, unit_offset);
   parallel_for(t, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, h)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + row_offset(r, h);
@@ -119,9 +158,8 @@ void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, fl
 }
 
 void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
-                      int64_t t, int64_t h, float* dx, float* dw) {
-  std::vector<float> wf(static_cast<size_t>(h));
-  for (int64_t j = 0; j < h; ++j) wf[j] = load(w, w_dt, j);
+                      int64_t t, int64_t h, float* dx, float* dw, bool unit_offset) {
+  const std::vector<float> wf = norm_weight(w, w_dt, h, unit_offset);
   parallel_for(t, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, h)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + row_offset(r, h);
@@ -161,13 +199,15 @@ void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, co
   });
 }
 
-void swiglu(const float* gate, const float* up, int64_t n, float* out) {
-  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) { swiglu_range(gate, up, out, i0, i1); });
+void swiglu(const float* gate, const float* up, int64_t n, float* out, GluActivation act) {
+  const auto range = act == GluActivation::kGeluTanh ? geglu_range : swiglu_range;
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) { range(gate, up, out, i0, i1); });
 }
 
 void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate,
-                     float* dup) {
-  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) { swiglu_backward_range(gate, up, dout, dgate, dup, i0, i1); });
+                     float* dup, GluActivation act) {
+  const auto range = act == GluActivation::kGeluTanh ? geglu_backward_range : swiglu_backward_range;
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) { range(gate, up, dout, dgate, dup, i0, i1); });
 }
 
 namespace {

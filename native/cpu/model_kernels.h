@@ -36,11 +36,13 @@ void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64
 void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t h, float* dtable);
 
 // y = x * rstd * w, rstd[t] = 1 / sqrt(mean(x[t]^2) + eps). x [T, H] f32, w [H] f32|bf16.
+// unit_offset (Gemma): the scale is 1 + w, the 1 added in f32 as w is read (w itself is stored).
 void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y,
-             float* rstd);
+             float* rstd, bool unit_offset = false);
 // dx = rstd * w * dy - x * rstd^3 * mean(w * dy * x); dw[j] += sum_t dy * x * rstd (fixed order).
+// unit_offset: 1 + w for w in dx; dw is the same sum (d(1 + w)/dw = 1).
 void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
-                      int64_t t, int64_t h, float* dx, float* dw);
+                      int64_t t, int64_t h, float* dx, float* dw, bool unit_offset = false);
 
 // Rotary embedding in place on x [T, heads, hd] (HF rotate_half: pairs (i, i + hd/2)) with the host
 // table inv_freq [hd/2] (as Hugging Face computes it for the rope type, src/model/rope.ts): angle =
@@ -67,10 +69,10 @@ void attention_decode(const float* q, const void* k_cache, const void* v_cache, 
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
                       int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out);
 
-// SwiGLU: out = silu(gate) * up; backward: dgate, dup.
-void swiglu(const float* gate, const float* up, int64_t n, float* out);
+// SwiGLU: out = silu(gate) * up, or GeGLU: gelu_tanh(gate) * up (act, common.h); backward: dgate, dup.
+void swiglu(const float* gate, const float* up, int64_t n, float* out, GluActivation act = GluActivation::kSilu);
 void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate,
-                     float* dup);
+                     float* dup, GluActivation act = GluActivation::kSilu);
 
 // dst[index[r], :] = src[r, :] for r < rows (dst rows of `cols` f32): writes new keys/values into a KV cache.
 void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, void* dst, DType dst_dt);

@@ -1,6 +1,6 @@
 // Elementwise and per-row kernels of the Llama layers: embedding (and a deterministic backward:
 // each thread owns a column and walks the tokens in order), RMSNorm (one block per row, double
-// sums), RoPE, SwiGLU, residual adds, biases, KV-cache scatter. Column reductions (weight and bias
+// sums; Gemma's 1 + w), RoPE, SwiGLU and GeGLU, residual adds, biases, KV-cache scatter. Column reductions (weight and bias
 // gradients) sum rows in a fixed order: no atomics.
 #include <algorithm>
 #include <cmath>
@@ -60,9 +60,12 @@ __device__ __forceinline__ double block_sum_double(double x, P part) {
   return t;
 }
 
+// RMSNorm's scale: w, or 1 + w with the 1 added in f32 (Gemma; a select, so plain w keeps its bits, -0 too).
+__device__ __forceinline__ float norm_scale(float w, bool unit_offset) { return unit_offset ? 1.0f + w : w; }
+
 template <class W>
 __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(SPIN_GP(const float) x, SPIN_GP(const W) w, int64_t h, float eps,
-                                                          SPIN_GP(float) y, SPIN_GP(float) rstd) {
+                                                          SPIN_GP(float) y, SPIN_GP(float) rstd, bool unit_offset) {
   SPIN_SHARED(double, part, kThreads / 32);
   const int64_t r = blockIdx.x;
   const auto xr = x + row_offset(r, h);
@@ -72,24 +75,24 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_kernel(SPIN_GP(const float) 
   const float rs = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(h) + eps));
   if (threadIdx.x == 0) rstd[r] = rs;
   auto yr = y + row_offset(r, h);
-  for (int64_t j = threadIdx.x; j < h; j += kThreads) yr[j] = xr[j] * rs * to_f32(w[j]);
+  for (int64_t j = threadIdx.x; j < h; j += kThreads) yr[j] = xr[j] * rs * norm_scale(to_f32(w[j]), unit_offset);
 }
 
 template <class W>
 __global__ void __launch_bounds__(kThreads) rmsnorm_backward_kernel(SPIN_GP(const float) x, SPIN_GP(const W) w,
                                                                    SPIN_GP(const float) rstd, SPIN_GP(const float) dy,
-                                                                   int64_t h, SPIN_GP(float) dx) {
+                                                                   int64_t h, SPIN_GP(float) dx, bool unit_offset) {
   SPIN_SHARED(double, part, kThreads / 32);
   const int64_t r = blockIdx.x;
   const auto xr = x + row_offset(r, h);
   const auto gr = dy + row_offset(r, h);
   double dot = 0;
-  for (int64_t j = threadIdx.x; j < h; j += kThreads) dot += static_cast<double>(to_f32(w[j])) * gr[j] * xr[j];
+  for (int64_t j = threadIdx.x; j < h; j += kThreads) dot += static_cast<double>(norm_scale(to_f32(w[j]), unit_offset)) * gr[j] * xr[j];
   dot = block_sum_double(dot, &part[0]);
   const float rs = rstd[r];
   const float c = static_cast<float>(dot / static_cast<double>(h)) * rs * rs * rs;
   auto dr = dx + row_offset(r, h);
-  for (int64_t j = threadIdx.x; j < h; j += kThreads) dr[j] = rs * to_f32(w[j]) * gr[j] - xr[j] * c;
+  for (int64_t j = threadIdx.x; j < h; j += kThreads) dr[j] = rs * norm_scale(to_f32(w[j]), unit_offset) * gr[j] - xr[j] * c;
 }
 
 // acc[j] += sum over rows of f(r, j), rows in order, one thread per column (deterministic).
@@ -155,6 +158,32 @@ __global__ void swiglu_backward_kernel(SPIN_GP(const float) gate, SPIN_GP(const 
   }
 }
 
+// GeGLU (native/include/common.h): gelu(g) = g sigmoid(z), z = 2 sqrt(2/pi) g (1 + 0.044715 g^2); sigmoid
+// from exp(-|z|) (no overflow, no cancellation).
+__device__ __forceinline__ float gelu_z(float g) { return kGeluTanh2C * g * (1.0f + kGeluTanhA * g * g); }
+__device__ __forceinline__ float gelu_dz(float g) { return kGeluTanh2C * (1.0f + 3.0f * kGeluTanhA * g * g); }
+__device__ __forceinline__ float sigmoid_stable(float z) {
+  const float e = expf(-fabsf(z));
+  return z < 0.0f ? e / (1.0f + e) : 1.0f / (1.0f + e);
+}
+
+__global__ void geglu_kernel(SPIN_GP(const float) gate, SPIN_GP(const float) up, int64_t n, SPIN_GP(float) out) {
+  SPIN_GRID_STRIDE(i, n) {
+    const float g = gate[i];
+    out[i] = g * sigmoid_stable(gelu_z(g)) * up[i];
+  }
+}
+
+// d/dg of g sigmoid(z) = s (1 + g (1 - s) dz/dg).
+__global__ void geglu_backward_kernel(SPIN_GP(const float) gate, SPIN_GP(const float) up, SPIN_GP(const float) dout, int64_t n,
+                                      SPIN_GP(float) dgate, SPIN_GP(float) dup) {
+  SPIN_GRID_STRIDE(i, n) {
+    const float g = gate[i], s = sigmoid_stable(gelu_z(g)), d = dout[i];
+    dup[i] = d * g * s;
+    dgate[i] = d * up[i] * s * (1.0f + g * (1.0f - s) * gelu_dz(g));
+  }
+}
+
 // dst rows by index (T: float, or uint16_t bf16 rounded to nearest even as cast rounds); a bad index
 // skips its row and raises the bit.
 template <class T>
@@ -201,26 +230,26 @@ void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_
   check_launch("embeddingBackward");
 }
 
-void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd) {
+void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd, bool unit_offset) {
   if (t == 0) return;
   if (w_dt == DType::kBF16)
     SPIN_LAUNCH(rmsnorm_kernel<uint16_t>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x,
-                static_cast<const uint16_t*>(w), h, eps, y, rstd);
+                static_cast<const uint16_t*>(w), h, eps, y, rstd, unit_offset);
   else
     SPIN_LAUNCH(rmsnorm_kernel<float>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x, static_cast<const float*>(w), h,
-                eps, y, rstd);
+                eps, y, rstd, unit_offset);
   check_launch("rmsnorm");
 }
 
 void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy, int64_t t, int64_t h,
-                      float* dx, float* dw) {
+                      float* dx, float* dw, bool unit_offset) {
   if (t == 0) return;
   if (w_dt == DType::kBF16)
     SPIN_LAUNCH(rmsnorm_backward_kernel<uint16_t>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x,
-                static_cast<const uint16_t*>(w), rstd, dy, h, dx);
+                static_cast<const uint16_t*>(w), rstd, dy, h, dx, unit_offset);
   else
     SPIN_LAUNCH(rmsnorm_backward_kernel<float>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x,
-                static_cast<const float*>(w), rstd, dy, h, dx);
+                static_cast<const float*>(w), rstd, dy, h, dx, unit_offset);
   if (dw) SPIN_LAUNCH(rmsnorm_dw_kernel, grid_for(h), dim3(kThreads), 0, stream(), x, rstd, dy, t, h, dw);
   check_launch("rmsnormBackward");
 }
@@ -234,15 +263,21 @@ void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, co
   check_launch("rope");
 }
 
-void swiglu(const float* gate, const float* up, int64_t n, float* out) {
+void swiglu(const float* gate, const float* up, int64_t n, float* out, GluActivation act) {
   if (n == 0) return;
-  SPIN_LAUNCH(swiglu_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, n, out);
+  if (act == GluActivation::kGeluTanh)
+    SPIN_LAUNCH(geglu_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, n, out);
+  else
+    SPIN_LAUNCH(swiglu_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, n, out);
   check_launch("swiglu");
 }
 
-void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup) {
+void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup, GluActivation act) {
   if (n == 0) return;
-  SPIN_LAUNCH(swiglu_backward_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, dout, n, dgate, dup);
+  if (act == GluActivation::kGeluTanh)
+    SPIN_LAUNCH(geglu_backward_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, dout, n, dgate, dup);
+  else
+    SPIN_LAUNCH(swiglu_backward_kernel, grid_for(n), dim3(kThreads), 0, stream(), gate, up, dout, n, dgate, dup);
   check_launch("swigluBackward");
 }
 

@@ -14,9 +14,11 @@ void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float a
 // Here the vocabulary size is an argument too: ids are checked on the device.
 void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t vocab, int64_t h, float* out);
 void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t vocab, int64_t h, float* dtable);
-void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd);
+// unit_offset (Gemma): the scale is 1 + w, the 1 added in f32 as w is read.
+void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd,
+             bool unit_offset = false);
 void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rstd, const float* dy,
-                      int64_t t, int64_t h, float* dx, float* dw);
+                      int64_t t, int64_t h, float* dx, float* dw, bool unit_offset = false);
 // inv_freq: a host table [hd / 2 <= kRopeMaxHalf], passed to the kernel by value.
 void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq, float attn, bool inverse);
 // window: the sliding window (0 = none), as the CPU kernels (native/cpu/model_kernels.h).
@@ -29,8 +31,10 @@ void attention_backward(const float* q, const float* k, const float* v, const in
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
                       const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd,
                       float scale, int64_t window, float* out);
-void swiglu(const float* gate, const float* up, int64_t n, float* out);
-void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup);
+// act: silu (SwiGLU) or the tanh GELU (GeGLU, Gemma), computed as native/include/common.h says.
+void swiglu(const float* gate, const float* up, int64_t n, float* out, GluActivation act = GluActivation::kSilu);
+void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup,
+                     GluActivation act = GluActivation::kSilu);
 // Here the destination's row count is an argument too: indices are checked on the device. A bf16
 // destination gets the values rounded to nearest even (as cast_values rounds them).
 void scatter_rows(const float* src, const int32_t* index, int64_t rows, int64_t cols, void* dst, DType dst_dt, int64_t dst_rows);

@@ -140,6 +140,24 @@ export interface AttentionOpts {
   window?: number;
 }
 
+/** The gated MLP's activation: act(gate) * up. */
+export type GluActivation = 'silu' | 'gelu_tanh';
+
+/** The options of swiglu and swigluBackward. */
+export interface GluOpts {
+  /**
+   * 'silu' (SwiGLU: Llama, Qwen, Mistral; the default) or 'gelu_tanh' (GeGLU: Gemma's Hugging Face
+   * gelu_pytorch_tanh, PyTorch gelu(approximate='tanh'): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))).
+   */
+  activation?: GluActivation;
+}
+
+/** The options of rmsnorm and rmsnormBackward. */
+export interface RmsNormOpts {
+  /** Gemma's RMSNorm: the scale is 1 + w (w is what is stored), the 1 added in f32 as w is read. Default false. */
+  unitOffset?: boolean;
+}
+
 /** What the backends' rope takes: the table HF computes for the rope type (src/model/rope.ts). */
 export interface RopeOpts {
   /** f32 inverse frequencies [hd / 2] (host array; hd <= 512). */
@@ -316,10 +334,17 @@ export interface Backend {
   embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'>;
   /** dtable[ids[t]] += dout[t], tokens in order. */
   embeddingBackward(ids: Tensor<'i32'>, dout: Tensor<'f32'>, dtable: Tensor<'f32'>): void;
-  /** RMSNorm of rows: x [T, H], w [H] -> y [T, H] and rstd [T] (saved for the backward). */
-  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> };
+  /** RMSNorm of rows: x [T, H], w [H] -> y [T, H] and rstd [T] (saved for the backward); unitOffset: scale 1 + w. */
+  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number, opts?: RmsNormOpts): { y: Tensor<'f32'>; rstd: Tensor<'f32'> };
   /** Returns dx; adds the weight gradient into dw when given. */
-  rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'>;
+  rmsnormBackward(
+    x: Tensor<'f32'>,
+    w: Tensor,
+    rstd: Tensor<'f32'>,
+    dy: Tensor<'f32'>,
+    dw?: Tensor<'f32'>,
+    opts?: RmsNormOpts,
+  ): Tensor<'f32'>;
   /** Rotary embedding in place on x [T, heads, hd] at positions [T] (HF rotate_half; inverse: the backward). */
   rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void;
   /** Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] -> out [B, L, nH, hd], lse [B, nH, L]. */
@@ -354,9 +379,9 @@ export interface Backend {
   ): Tensor<'f32'>;
   /** dst[index[r], :] = src[r, :] (src f32 [R, C], dst f32 or bf16 [*, C]; bf16 rounds to nearest even, as cast does). */
   scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tensor): void;
-  /** silu(gate) * up. */
-  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'>;
-  swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> };
+  /** act(gate) * up: silu (the default) or gelu_tanh (GluOpts). */
+  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>, opts?: GluOpts): Tensor<'f32'>;
+  swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>, opts?: GluOpts): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> };
   /** a + b; `out` may be a or b (in place). */
   add(a: Tensor<'f32'>, b: Tensor<'f32'>, out?: Tensor<'f32'>): Tensor<'f32'>;
   /** x [T, N] += bias [N], in place. */

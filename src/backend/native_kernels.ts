@@ -6,10 +6,12 @@ import type {
   AdamwHyper,
   AttentionOpts,
   Backend,
+  GluOpts,
   HeadOpts,
   LinearsOpts,
   MatmulOpts,
   OptimTensors,
+  RmsNormOpts,
   RmspropHyper,
   RopeOpts,
   SampleOpts,
@@ -213,18 +215,25 @@ export abstract class NativeKernels {
     this.native.embeddingBackward(ids, ids.numel, dout, v, h, dtable);
   }
 
-  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
+  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number, opts: RmsNormOpts = {}): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
     const [t, h] = x.shape;
     const y = this.output('f32', x.shape, 'rmsnorm');
     const rstd = this.output('f32', [t], 'rmsnorm');
-    this.native.rmsnorm(x, w, w.dtype, t, h, eps, y, rstd);
+    this.native.rmsnorm(x, w, w.dtype, t, h, eps, y, rstd, opts.unitOffset === true);
     return { y, rstd };
   }
 
-  rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'> {
+  rmsnormBackward(
+    x: Tensor<'f32'>,
+    w: Tensor,
+    rstd: Tensor<'f32'>,
+    dy: Tensor<'f32'>,
+    dw?: Tensor<'f32'>,
+    opts: RmsNormOpts = {},
+  ): Tensor<'f32'> {
     const [t, h] = x.shape;
     const dx = this.output('f32', x.shape, 'rmsnormBackward');
-    this.native.rmsnormBackward(x, w, w.dtype, rstd, dy, t, h, dx, dw ?? null);
+    this.native.rmsnormBackward(x, w, w.dtype, rstd, dy, t, h, dx, dw ?? null, opts.unitOffset === true);
     return dx;
   }
 
@@ -298,16 +307,21 @@ export abstract class NativeKernels {
     this.native.scatterRows(src, index, rows, cols, dst, dst.dtype, dst.shape[0]);
   }
 
-  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
+  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>, opts: GluOpts = {}): Tensor<'f32'> {
     const out = this.output('f32', gate.shape, 'swiglu');
-    this.native.swiglu(gate, up, gate.numel, out);
+    this.native.swiglu(gate, up, gate.numel, out, opts.activation ?? 'silu');
     return out;
   }
 
-  swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
+  swigluBackward(
+    gate: Tensor<'f32'>,
+    up: Tensor<'f32'>,
+    dout: Tensor<'f32'>,
+    opts: GluOpts = {},
+  ): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
     const dgate = this.output('f32', gate.shape, 'swigluBackward');
     const dup = this.output('f32', gate.shape, 'swigluBackward');
-    this.native.swigluBackward(gate, up, dout, gate.numel, dgate, dup);
+    this.native.swigluBackward(gate, up, dout, gate.numel, dgate, dup, opts.activation ?? 'silu');
     return { dgate, dup };
   }
 

@@ -1,6 +1,15 @@
 // The model ops (fp32 compute; weights f32 or bf16): argument checks, then the backend's kernel.
 // Shapes: T tokens, H hidden, B sequences of length L, nH query heads, nKV key-value heads, hd head dim.
-import type { AttentionOpts, Backend, ComputeDtype, MatmulOpts, RopeOpts } from '../backend/backend.js';
+import type {
+  AttentionOpts,
+  Backend,
+  ComputeDtype,
+  GluActivation,
+  GluOpts,
+  MatmulOpts,
+  RmsNormOpts,
+  RopeOpts,
+} from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
 
@@ -82,24 +91,40 @@ export function embeddingBackward(ids: Tensor<'i32'>, dout: Tensor<'f32'>, dtabl
   be.embeddingBackward(ids, dout, dtable);
 }
 
-/** RMSNorm of rows: x [T, H], w [H] -> y [T, H] and rstd [T] (kept for the backward). */
-export function rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
+/** The options of rmsnorm as the backends take them (unitOffset a boolean, default false). */
+function rmsnormOpts(opts: RmsNormOpts): RmsNormOpts {
+  if (opts.unitOffset !== undefined && typeof opts.unitOffset !== 'boolean') throw new TypeError('rmsnorm: unitOffset must be a boolean');
+  return { unitOffset: opts.unitOffset === true };
+}
+
+/**
+ * RMSNorm of rows: x [T, H], w [H] -> y [T, H] and rstd [T] (kept for the backward).
+ * y = x rstd w, or x rstd (1 + w) with { unitOffset: true } (Gemma's RMSNorm: w stored, 1 added in f32).
+ */
+export function rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number, opts: RmsNormOpts = {}): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
   const be = expectTensor(x, 'x');
   const [, h] = expectRows(be, x, 'x');
   expectArg(be, w, 'weight', ['f32', 'bf16'], [h]);
   checkFinite(eps, 'eps');
-  return be.rmsnorm(x, w, eps);
+  return be.rmsnorm(x, w, eps, rmsnormOpts(opts));
 }
 
-/** Returns dx; adds the weight gradient into dw when given. */
-export function rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'> {
+/** Returns dx; adds the weight gradient into dw when given. opts as rmsnorm's (the forward's). */
+export function rmsnormBackward(
+  x: Tensor<'f32'>,
+  w: Tensor,
+  rstd: Tensor<'f32'>,
+  dy: Tensor<'f32'>,
+  dw?: Tensor<'f32'>,
+  opts: RmsNormOpts = {},
+): Tensor<'f32'> {
   const be = expectTensor(x, 'x');
   const [t, h] = expectRows(be, x, 'x');
   expectArg(be, w, 'weight', ['f32', 'bf16'], [h]);
   expectArg(be, rstd, 'rstd', ['f32'], [t]);
   expectArg(be, dy, 'dy', ['f32'], x.shape);
   if (dw) expectArg(be, dw, 'dw', ['f32'], [h]);
-  return be.rmsnormBackward(x, w, rstd, dy, dw);
+  return be.rmsnormBackward(x, w, rstd, dy, dw, rmsnormOpts(opts));
 }
 
 /**
@@ -208,20 +233,39 @@ export function scatterRows(src: Tensor<'f32'>, index: Tensor<'i32'>, dst: Tenso
   be.scatterRows(src, index, dst);
 }
 
-/** silu(gate) * up (same shapes). */
-export function swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
+const GLU_ACTIVATIONS: readonly GluActivation[] = ['silu', 'gelu_tanh'];
+
+/** The options of swiglu as the backends take them (activation checked, default 'silu'). */
+function gluOpts(opts: GluOpts): Required<GluOpts> {
+  const activation = opts.activation ?? 'silu';
+  if (!GLU_ACTIVATIONS.includes(activation))
+    throw new TypeError(`swiglu: activation must be 'silu' or 'gelu_tanh', got ${String(activation)}`);
+  return { activation };
+}
+
+/**
+ * act(gate) * up (same shapes): silu (SwiGLU, the default) or, with { activation: 'gelu_tanh' }, PyTorch's
+ * gelu(approximate='tanh') (GeGLU: Gemma's gelu_pytorch_tanh).
+ */
+export function swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>, opts: GluOpts = {}): Tensor<'f32'> {
   const be = expectTensor(gate, 'gate');
   expectArg(be, gate, 'gate', ['f32']);
   expectArg(be, up, 'up', ['f32'], gate.shape);
-  return be.swiglu(gate, up);
+  return be.swiglu(gate, up, gluOpts(opts));
 }
 
-export function swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
+/** dgate and dup of swiglu for dout; opts as the forward's. */
+export function swigluBackward(
+  gate: Tensor<'f32'>,
+  up: Tensor<'f32'>,
+  dout: Tensor<'f32'>,
+  opts: GluOpts = {},
+): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
   const be = expectTensor(gate, 'gate');
   expectArg(be, gate, 'gate', ['f32']);
   expectArg(be, up, 'up', ['f32'], gate.shape);
   expectArg(be, dout, 'dout', ['f32'], gate.shape);
-  return be.swigluBackward(gate, up, dout);
+  return be.swigluBackward(gate, up, dout, gluOpts(opts));
 }
 
 /** a + b (same shapes); `out` may be a or b (in place). */

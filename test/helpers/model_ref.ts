@@ -269,6 +269,61 @@ export function attentionBackwardRef(
 
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
 
+/**
+ * Gemma's RMSNorm (HF Gemma2RMSNorm / Gemma3RMSNorm: output = _norm(x) * (1 + w), w stored): rmsnormRef
+ * with the scale 1 + w, formed in float64 from the stored w's exact values.
+ */
+export function gemmaRmsnormRef(x: ArrayLike<number>, w: ArrayLike<number>, t: number, h: number, eps: number) {
+  return rmsnormRef(
+    x,
+    Array.from(w, (v) => 1 + v),
+    t,
+    h,
+    eps,
+  );
+}
+
+/** Its backward: dx with the scale 1 + w; dw = d/d(1 + w), the same sum as the plain norm's. */
+export function gemmaRmsnormBackwardRef(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  dy: ArrayLike<number>,
+  t: number,
+  h: number,
+  eps: number,
+) {
+  return rmsnormBackwardRef(
+    x,
+    Array.from(w, (v) => 1 + v),
+    dy,
+    t,
+    h,
+    eps,
+  );
+}
+
+/** HF gelu_pytorch_tanh = PyTorch gelu(x, approximate='tanh'): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). */
+export function geluTanhRef(x: number): number {
+  return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3)));
+}
+
+/** d/dx of geluTanhRef: 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) sqrt(2/pi) (1 + 3 0.044715 x^2). */
+export function geluTanhGradRef(x: number): number {
+  const th = Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x ** 3));
+  return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * Math.sqrt(2 / Math.PI) * (1 + 3 * 0.044715 * x * x);
+}
+
+/** Gemma's MLP activation, GeGLU: gelu_tanh(gate) * up, and its gradients for dout. */
+export function gegluRef(g: ArrayLike<number>, u: ArrayLike<number>) {
+  return Float64Array.from({ length: g.length }, (_, i) => geluTanhRef(g[i]) * u[i]);
+}
+
+export function gegluBackwardRef(g: ArrayLike<number>, u: ArrayLike<number>, d: ArrayLike<number>) {
+  const dgate = Float64Array.from({ length: g.length }, (_, i) => d[i] * u[i] * geluTanhGradRef(g[i]));
+  const dup = Float64Array.from({ length: g.length }, (_, i) => d[i] * geluTanhRef(g[i]));
+  return { dgate, dup };
+}
+
 export function swigluRef(g: ArrayLike<number>, u: ArrayLike<number>) {
   return Float64Array.from({ length: g.length }, (_, i) => g[i] * sigmoid(g[i]) * u[i]);
 }

@@ -36,7 +36,8 @@ def run(op):
     n, s, p = op["name"], op["shapes"], op["params"]
     if op["op"] == "rmsnorm":
         x, w = leaf(n + ".x", s["x"]), leaf(n + ".w", s["w"])
-        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + p["eps"]) * w
+        # Gemma (unitOffset): HF Gemma2RMSNorm / Gemma3RMSNorm, output * (1.0 + weight)
+        y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + p["eps"]) * ((1.0 + w) if p.get("unitOffset") else w)
         outs, ins = {"y": y}, {"dx": x, "dw": w}
     elif op["op"] == "rope":
         x = leaf(n + ".x", s["x"])  # [T, heads, hd]
@@ -67,7 +68,10 @@ def run(op):
         outs, ins = {"y": y}, {"dq": q, "dk": k, "dv": v}
     elif op["op"] == "swiglu":
         g, u = leaf(n + ".g", s["g"]), leaf(n + ".u", s["u"])
-        y = torch.nn.functional.silu(g) * u
+        if p.get("activation") == "gelu_tanh":  # Gemma's GeGLU: HF gelu_pytorch_tanh
+            y = torch.nn.functional.gelu(g, approximate="tanh") * u
+        else:
+            y = torch.nn.functional.silu(g) * u
         outs, ins = {"y": y}, {"dg": g, "du": u}
     elif op["op"] == "embedding":
         table = leaf(n + ".table", s["table"])

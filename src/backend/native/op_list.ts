@@ -177,7 +177,18 @@ export interface NativeOps {
   ): void;
   embedding(ids: NativeView, t: number, table: NativeView, dtype: string, vocab: number, hidden: number, out: NativeView): void;
   embeddingBackward(ids: NativeView, t: number, dout: NativeView, vocab: number, hidden: number, dtable: NativeView): void;
-  rmsnorm(x: NativeView, w: NativeView, wDtype: string, t: number, h: number, eps: number, y: NativeView, rstd: NativeView): void;
+  /** unitOffset (Gemma): the scale is 1 + w, the 1 added in f32 as w is read. */
+  rmsnorm(
+    x: NativeView,
+    w: NativeView,
+    wDtype: string,
+    t: number,
+    h: number,
+    eps: number,
+    y: NativeView,
+    rstd: NativeView,
+    unitOffset: boolean,
+  ): void;
   rmsnormBackward(
     x: NativeView,
     w: NativeView,
@@ -188,6 +199,7 @@ export interface NativeOps {
     h: number,
     dx: NativeView,
     dw: NativeView | null,
+    unitOffset: boolean,
   ): void;
   rope(
     x: NativeView,
@@ -250,8 +262,17 @@ export interface NativeOps {
     out: NativeView,
   ): void;
   scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number): void;
-  swiglu(gate: NativeView, up: NativeView, n: number, out: NativeView): void;
-  swigluBackward(gate: NativeView, up: NativeView, dout: NativeView, n: number, dgate: NativeView, dup: NativeView): void;
+  /** activation(gate) * up: 'silu' (SwiGLU) or 'gelu_tanh' (GeGLU: PyTorch gelu(approximate='tanh'), Gemma). */
+  swiglu(gate: NativeView, up: NativeView, n: number, out: NativeView, activation: 'silu' | 'gelu_tanh'): void;
+  swigluBackward(
+    gate: NativeView,
+    up: NativeView,
+    dout: NativeView,
+    n: number,
+    dgate: NativeView,
+    dup: NativeView,
+    activation: 'silu' | 'gelu_tanh',
+  ): void;
   add(a: NativeView, b: NativeView, n: number, y: NativeView): void;
   addBias(x: NativeView, bias: NativeView, biasDtype: string, t: number, n: number): void;
   biasBackward(dy: NativeView, t: number, n: number, dbias: NativeView): void;

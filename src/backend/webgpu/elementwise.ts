@@ -1,7 +1,8 @@
 // Elementwise f32 ops on the WebGPU device (elementwise.wgsl; native/cpu/layers.cc and optim.cc on
-// the CPU): residual add, scaling, metric accumulation, SwiGLU and its backward, bias add and its
+// the CPU): residual add, scaling, metric accumulation, SwiGLU / GeGLU and its backward, bias add and its
 // backward. The per-element ops go in chunks of elements, so no binding passes the device's limit.
 import type { Tensor } from '../../tensor/tensor.js';
+import type { GluOpts } from '../backend.js';
 import type { Defines } from './kernels.js';
 import { empty } from './memory.js';
 import type { WebGpuRuntime } from './runtime.js';
@@ -33,9 +34,12 @@ export function accumulate(rt: WebGpuRuntime, acc: Tensor<'f32'>, x: Tensor<'f32
   ew(rt, 'accumulate', [acc, x], hi, alpha - hi);
 }
 
-export function swiglu(rt: WebGpuRuntime, gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
+/** The variant of the swiglu kernels: GELU_TANH picks GeGLU's activation (elementwise.wgsl gelu_z). */
+const gluDefines = (opts: GluOpts): Defines => ({ GELU_TANH: opts.activation === 'gelu_tanh' });
+
+export function swiglu(rt: WebGpuRuntime, gate: Tensor<'f32'>, up: Tensor<'f32'>, opts: GluOpts = {}): Tensor<'f32'> {
   const out = empty(rt, 'f32', gate.shape);
-  ew(rt, 'swiglu', [gate, up, out], 0, 0);
+  ew(rt, 'swiglu', [gate, up, out], 0, 0, gluDefines(opts));
   return out;
 }
 
@@ -44,10 +48,11 @@ export function swigluBackward(
   gate: Tensor<'f32'>,
   up: Tensor<'f32'>,
   dout: Tensor<'f32'>,
+  opts: GluOpts = {},
 ): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
   const dgate = empty(rt, 'f32', gate.shape);
   const dup = empty(rt, 'f32', gate.shape);
-  ew(rt, 'swiglu_backward', [gate, up, dout, dgate, dup], 0, 0);
+  ew(rt, 'swiglu_backward', [gate, up, dout, dgate, dup], 0, 0, gluDefines(opts));
   return { dgate, dup };
 }
 

@@ -1,6 +1,7 @@
 // Elementwise and per-row kernels of the Llama layers: residual add, scaling, metric accumulation,
-// SwiGLU, biases, scatter, embedding, RMSNorm, RoPE. One invocation per element unless noted.
+// SwiGLU / GeGLU, biases, scatter, embedding, RMSNorm, RoPE. One invocation per element unless noted.
 // W_BF16 (a variant constant) says whether the weight / bias / table binding holds bf16 pairs.
+// UNIT_OFFSET (RMSNorm): the scale is 1 + w (Gemma). GELU_TANH (swiglu): GeGLU's activation.
 
 struct EwParams { n: u32, cols: u32, rows: u32, extra: u32, a: f32, b: f32, _c: u32, _d: u32 }
 @group(0) @binding(0) var<uniform> ep: EwParams;
@@ -69,11 +70,26 @@ fn sigmoid_f(x: f32) -> f32 {
   return select(1.0 / (1.0 + e), e / (1.0 + e), x < 0.0);
 }
 
-/** out = silu(gate) * up (a = gate, b = up). */
+// GeGLU (as native/include/common.h): PyTorch's gelu(approximate='tanh') is g sigmoid(z) with
+// z = 2 sqrt(2/pi) g (1 + 0.044715 g^2), since 0.5 (1 + tanh(u)) = sigmoid(2u). sigmoid_f takes exp of
+// -|z| <= 0 only: no tanh (whose GPU form is inaccurate near 0), no overflow, no cancellation.
+const GELU_2C: f32 = 1.5957691216057308;
+const GELU_A: f32 = 0.044715;
+fn gelu_z(g: f32) -> f32 { return GELU_2C * g * (1.0 + GELU_A * g * g); }
+/** dz/dg */
+fn gelu_dz(g: f32) -> f32 { return GELU_2C * (1.0 + 3.0 * GELU_A * g * g); }
+
+/** out = silu(gate) * up, or gelu_tanh(gate) * up under GELU_TANH (a = gate, b = up). */
 @compute @workgroup_size(256)
 fn swiglu(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let i = gid(wid, nwg, lid);
-  if (i < ep.n) { let g = e_a[i]; e_out[i] = g * sigmoid_f(g) * e_b[i]; }
+  if (i >= ep.n) { return; }
+  let g = e_a[i];
+  if (GELU_TANH) {
+    e_out[i] = g * sigmoid_f(gelu_z(g)) * e_b[i];
+  } else {
+    e_out[i] = g * sigmoid_f(g) * e_b[i];
+  }
 }
 
 @group(0) @binding(3) var<storage, read> sw_dout: array<f32>;
@@ -85,8 +101,15 @@ fn swiglu_backward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) n
   let i = gid(wid, nwg, lid);
   if (i >= ep.n) { return; }
   let g = e_a[i];
-  let sg = sigmoid_f(g);
   let d = sw_dout[i];
+  if (GELU_TANH) {
+    // d/dg of g sigmoid(z) = s (1 + g (1 - s) dz/dg)
+    let s = sigmoid_f(gelu_z(g));
+    sw_dup[i] = d * g * s;
+    sw_dgate[i] = d * e_b[i] * s * (1.0 + g * (1.0 - s) * gelu_dz(g));
+    return;
+  }
+  let sg = sigmoid_f(g);
   sw_dup[i] = d * g * sg;
   sw_dgate[i] = d * e_b[i] * sg * (1.0 + g * (1.0 - sg));
 }
@@ -96,6 +119,11 @@ fn swiglu_backward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) n
 fn w_at(i: u32) -> f32 {
   if (W_BF16) { return bf16_half(e_w[i >> 1u], (i & 1u) == 1u); }
   return bitcast<f32>(e_w[i]);
+}
+/** RMSNorm's scale: w, or 1 + w added in f32 under UNIT_OFFSET (Gemma; 1 + w stored in bf16 would round). */
+fn norm_w(i: u32) -> f32 {
+  if (UNIT_OFFSET) { return 1.0 + w_at(i); }
+  return w_at(i);
 }
 
 /** x [rows, cols] += bias [cols] (io = x, w = bias). */
@@ -261,7 +289,7 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
 @group(0) @binding(3) var<storage, read_write> rn_y: array<f32>;
 @group(0) @binding(4) var<storage, read_write> rn_rstd: array<f32>;
 
-/** y = x * rstd * w, rstd = 1 / sqrt(mean(x^2) + eps) (ep.a = eps); ep.rows rows of ep.cols. */
+/** y = x * rstd * w (1 + w under UNIT_OFFSET), rstd = 1 / sqrt(mean(x^2) + eps) (ep.a = eps); ep.rows rows of ep.cols. */
 @compute @workgroup_size(256)
 fn rmsnorm(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let r = wg_linear(wid, nwg);
@@ -273,7 +301,7 @@ fn rmsnorm(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
   ss = reduce_sum(lid, ss);
   let rs = 1.0 / sqrt(ss / f32(h) + ep.a);
   if (lid == 0u) { rn_rstd[r] = rs; }
-  for (var j = lid; j < h; j += 256u) { rn_y[base + j] = rn_x[base + j] * rs * w_at(j); }
+  for (var j = lid; j < h; j += 256u) { rn_y[base + j] = rn_x[base + j] * rs * norm_w(j); }
 }
 
 @group(0) @binding(3) var<storage, read> rb_rstd: array<f32>;
@@ -289,10 +317,10 @@ fn rmsnorm_backward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) 
   let base = r * h;
   let rs = rb_rstd[r];
   var dot = 0.0;
-  for (var j = lid; j < h; j += 256u) { dot += w_at(j) * rb_dy[base + j] * rn_x[base + j]; }
+  for (var j = lid; j < h; j += 256u) { dot += norm_w(j) * rb_dy[base + j] * rn_x[base + j]; }
   dot = reduce_sum(lid, dot);
   let c = (dot / f32(h)) * rs * rs * rs;
-  for (var j = lid; j < h; j += 256u) { rb_dx[base + j] = rs * w_at(j) * rb_dy[base + j] - rn_x[base + j] * c; }
+  for (var j = lid; j < h; j += 256u) { rb_dx[base + j] = rs * norm_w(j) * rb_dy[base + j] - rn_x[base + j] * c; }
 }
 
 @group(0) @binding(2) var<storage, read> rw_rstd: array<f32>;

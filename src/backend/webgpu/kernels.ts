@@ -63,7 +63,7 @@ export function moduleSource(family: KernelFamily, defines: Defines): string {
 /** The constants every module of a family mentions (a missing one would not compile). */
 export const FAMILY_DEFAULTS: Record<KernelFamily, Defines> = {
   memory: {},
-  elementwise: { W_BF16: false },
+  elementwise: { W_BF16: false, UNIT_OFFSET: false, GELU_TANH: false },
   loss: { Z_BF16: false, OUT_BF16: false, IN_PLACE: false, SUBGROUPS: false },
   head: { Z_BF16: false, OUT_BF16: false, IN_PLACE: false, SUBGROUPS: false },
   optim: { MASTER: false, P_BF16: false, CLIP: false },

@@ -1,10 +1,10 @@
 // The per-row and index kernels of the Llama layers on the WebGPU device (their WGSL is in
-// elementwise.wgsl; native/cpu/layers.cc on the CPU): embedding and its backward, RMSNorm and its
-// backward, RoPE, and scatterRows (the KV cache's writes). The index kernels raise their bit in the
-// device error word on an out-of-range index.
+// elementwise.wgsl; native/cpu/layers.cc on the CPU): embedding and its backward, RMSNorm (w or
+// Gemma's 1 + w) and its backward, RoPE, and scatterRows (the KV cache's writes). The index kernels
+// raise their bit in the device error word on an out-of-range index.
 /// <reference types="@webgpu/types" />
 import type { Tensor } from '../../tensor/tensor.js';
-import type { RopeOpts } from '../backend.js';
+import type { RmsNormOpts, RopeOpts } from '../backend.js';
 import { empty } from './memory.js';
 import type { Param, WebGpuRuntime } from './runtime.js';
 
@@ -38,12 +38,19 @@ export function embeddingBackward(rt: WebGpuRuntime, ids: Tensor<'i32'>, dout: T
   );
 }
 
-export function rmsnorm(rt: WebGpuRuntime, x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
+export function rmsnorm(
+  rt: WebGpuRuntime,
+  x: Tensor<'f32'>,
+  w: Tensor,
+  eps: number,
+  opts: RmsNormOpts = {},
+): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
   const [t, h] = x.shape;
   const y = empty(rt, 'f32', x.shape);
   const rstd = empty(rt, 'f32', [t]);
   if (t === 0) return { y, rstd };
-  rt.dispatch('elementwise', { W_BF16: w.dtype === 'bf16' }, 'rmsnorm', [0, h, t, 0, [eps, 'f'], [0, 'f'], 0, 0], [x, w, y, rstd], t);
+  const defines = { W_BF16: w.dtype === 'bf16', UNIT_OFFSET: opts.unitOffset === true };
+  rt.dispatch('elementwise', defines, 'rmsnorm', [0, h, t, 0, [eps, 'f'], [0, 'f'], 0, 0], [x, w, y, rstd], t);
   return { y, rstd };
 }
 
@@ -54,13 +61,14 @@ export function rmsnormBackward(
   rstd: Tensor<'f32'>,
   dy: Tensor<'f32'>,
   dw?: Tensor<'f32'>,
+  opts: RmsNormOpts = {},
 ): Tensor<'f32'> {
   const [t, h] = x.shape;
   const dx = empty(rt, 'f32', x.shape);
   if (t === 0) return dx;
-  const wb = w.dtype === 'bf16';
+  const defines = { W_BF16: w.dtype === 'bf16', UNIT_OFFSET: opts.unitOffset === true };
   const params: Param[] = [0, h, t, 0, [0, 'f'], [0, 'f'], 0, 0];
-  rt.dispatch('elementwise', { W_BF16: wb }, 'rmsnorm_backward', params, [x, w, rstd, dy, dx], t);
+  rt.dispatch('elementwise', defines, 'rmsnorm_backward', params, [x, w, rstd, dy, dx], t);
   if (dw) rt.dispatch('elementwise', {}, 'rmsnorm_dw', params, [x, rstd, dy, dw], Math.ceil(h / 64));
   return dx;
 }

@@ -185,11 +185,11 @@ export class WebGpuBackend implements Backend {
   embeddingBackward(ids: Tensor<'i32'>, dout: Tensor<'f32'>, dtable: Tensor<'f32'>): void {
     layers.embeddingBackward(this.rt, ids, dout, dtable);
   }
-  rmsnorm(x: Tensor<'f32'>, w: Tensor, eps: number): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
-    return layers.rmsnorm(this.rt, x, w, eps);
+  rmsnorm(...a: Parameters<Backend['rmsnorm']>): ReturnType<Backend['rmsnorm']> {
+    return layers.rmsnorm(this.rt, ...a);
   }
-  rmsnormBackward(x: Tensor<'f32'>, w: Tensor, rstd: Tensor<'f32'>, dy: Tensor<'f32'>, dw?: Tensor<'f32'>): Tensor<'f32'> {
-    return layers.rmsnormBackward(this.rt, x, w, rstd, dy, dw);
+  rmsnormBackward(...a: Parameters<Backend['rmsnormBackward']>): Tensor<'f32'> {
+    return layers.rmsnormBackward(this.rt, ...a);
   }
   rope(x: Tensor<'f32'>, positions: Tensor<'i32'>, opts: RopeOpts): void {
     layers.rope(this.rt, x, positions, opts);
@@ -210,11 +210,11 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- elementwise (elementwise.ts) --------------------------------------------------------------
-  swiglu(gate: Tensor<'f32'>, up: Tensor<'f32'>): Tensor<'f32'> {
-    return ew.swiglu(this.rt, gate, up);
+  swiglu(...a: Parameters<Backend['swiglu']>): Tensor<'f32'> {
+    return ew.swiglu(this.rt, ...a);
   }
-  swigluBackward(gate: Tensor<'f32'>, up: Tensor<'f32'>, dout: Tensor<'f32'>): { dgate: Tensor<'f32'>; dup: Tensor<'f32'> } {
-    return ew.swigluBackward(this.rt, gate, up, dout);
+  swigluBackward(...a: Parameters<Backend['swigluBackward']>): ReturnType<Backend['swigluBackward']> {
+    return ew.swigluBackward(this.rt, ...a);
   }
   add(a: Tensor<'f32'>, b: Tensor<'f32'>, out?: Tensor<'f32'>): Tensor<'f32'> {
     return ew.add(this.rt, a, b, out);
