@@ -211,6 +211,7 @@ export interface NativeOps {
     hd: number,
     scale: number,
     window: number,
+    softcap: number,
     out: NativeView,
     lse: NativeView,
   ): void;
@@ -229,6 +230,7 @@ export interface NativeOps {
     hd: number,
     scale: number,
     window: number,
+    softcap: number,
     dq: NativeView,
     dk: NativeView,
     dv: NativeView,
@@ -247,6 +249,7 @@ export interface NativeOps {
     hd: number,
     scale: number,
     window: number,
+    softcap: number,
     out: NativeView,
   ): void;
   scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number): void;
