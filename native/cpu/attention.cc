@@ -2,7 +2,8 @@
 // the backward dV, dP, dQ, dK, as strided cblas_sgemm calls with the row softmax between them. The
 // (sequence, head) pairs are tasks on our pool, OpenBLAS on one thread meanwhile (BlasOnOneThread);
 // heads sharing a kv head accumulate their dK/dV in head order within one task, so results are
-// deterministic and independent of the thread count.
+// deterministic and independent of the thread count. An attention-logit soft-cap (softcap > 0) caps each
+// row's scores before the mask (cap_row) and, in the backward, scales dS by 1 - tanh^2 (uncap_ds_row).
 #include <cblas.h>
 
 #include <algorithm>
