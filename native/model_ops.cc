@@ -15,15 +15,17 @@ struct AttnDims {
   int64_t b, l, nh, nkv, hd;
   float scale;
   int64_t window;  // sliding window (0 = none)
+  float softcap;   // attention-logit soft-cap (0 = none)
 };
 
 AttnDims ReadAttnDims(const Napi::CallbackInfo& info, size_t at) {
   Napi::Env env = info.Env();
   AttnDims d{ToInt(info[at], "batch"),     ToInt(info[at + 1], "length"),  ToInt(info[at + 2], "heads"),
              ToInt(info[at + 3], "kvHeads"), ToInt(info[at + 4], "headDim"), ToFloat(info[at + 5], "scale"),
-             ToInt(info[at + 6], "window")};
+             ToInt(info[at + 6], "window"),  ToFloat(info[at + 7], "softcap")};
   if (d.nkv == 0 || d.nh % d.nkv) Throw(env, "attention heads must be a multiple of the key-value heads");
   if (d.window < 0) Throw(env, "attention window must be 0 (none) or positive");
+  if (!(d.softcap >= 0.0f) || std::isinf(d.softcap)) Throw(env, "attention softcap must be 0 (none) or finite and positive");
   CheckAttentionLimits(env, d.b, d.l, d.nh, d.hd);
   return d;
 }
@@ -171,7 +173,7 @@ Napi::Value js::rope(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::rope(x, pos, t, heads, hd, inv_freq.data(), attn, inverse); });
 }
 
-// attention(q, k, v, keyMask, b, l, nh, nkv, hd, scale, window, out, lse)
+// attention(q, k, v, keyMask, b, l, nh, nkv, hd, scale, window, softcap, out, lse)
 Napi::Value js::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 4);
@@ -180,12 +182,12 @@ Napi::Value js::attention(const Napi::CallbackInfo& info) {
   const float* k = View<float>(info[1], "k", kb);
   const float* v = View<float>(info[2], "v", kb);
   const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
-  float* out = View<float>(info[11], "out", qb);
-  float* lse = View<float>(info[12], "lse", d.b * d.nh * d.l * 4);
-  return Run(info, [&] { kern::attention(q, k, v, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, out, lse); });
+  float* out = View<float>(info[12], "out", qb);
+  float* lse = View<float>(info[13], "lse", d.b * d.nh * d.l * 4);
+  return Run(info, [&] { kern::attention(q, k, v, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, out, lse); });
 }
 
-// attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, scale, window, dq, dk, dv)
+// attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv)
 Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 7);
@@ -197,15 +199,15 @@ Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   const float* out = View<float>(info[4], "out", qb);
   const float* lse = View<float>(info[5], "lse", d.b * d.nh * d.l * 4);
   const float* dout = View<float>(info[6], "dout", qb);
-  float* dq = View<float>(info[14], "dq", qb);
-  float* dk = View<float>(info[15], "dk", kb);
-  float* dv = View<float>(info[16], "dv", kb);
+  float* dq = View<float>(info[15], "dq", qb);
+  float* dk = View<float>(info[16], "dk", kb);
+  float* dv = View<float>(info[17], "dv", kb);
   return Run(info, [&] {
-    kern::attention_backward(q, k, v, mask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, dq, dk, dv);
+    kern::attention_backward(q, k, v, mask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, dq, dk, dv);
   });
 }
 
-// attentionDecode(q, kCache, vCache, cacheDtype, lengths, keyMask|null, b, lmax, nh, nkv, hd, scale, window, out)
+// attentionDecode(q, kCache, vCache, cacheDtype, lengths, keyMask|null, b, lmax, nh, nkv, hd, scale, window, softcap, out)
 Napi::Value js::attentionDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 6);  // l = lmax
@@ -216,12 +218,12 @@ Napi::Value js::attentionDecode(const Napi::CallbackInfo& info) {
   const void* vc = View(info[2], "vCache", cb);
   const int32_t* lengths = View<int32_t>(info[4], "lengths", d.b * 4);
   const int32_t* mask = OptView<int32_t>(info[5], "keyMask", d.b * d.l * 4);
-  float* out = View<float>(info[13], "out", qb);
+  float* out = View<float>(info[14], "out", qb);
   if (IndicesOutsideOnHost(lengths, d.b, 0, d.l + 1, kNoException, kErrDecodeLengths)) {
     PoisonF32(out, d.b * d.nh * d.hd);
     return env.Undefined();
   }
-  return Run(info, [&] { kern::attention_decode(q, kc, vc, cdt, lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, out);
+  return Run(info, [&] { kern::attention_decode(q, kc, vc, cdt, lengths, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, out);
   });
 }
 

@@ -85,15 +85,15 @@ SPINLM_OP(rope, rope, model,
           "attnScale: number, inverse: boolean")
 SPINLM_OP(attention, attention, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, b: number, l: number, nh: number, nkv: number, "
-          "hd: number, scale: number, window: number, out: NativeView, lse: NativeView")
+          "hd: number, scale: number, window: number, softcap: number, out: NativeView, lse: NativeView")
 SPINLM_OP(attentionBackward, attentionBackward, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, out: NativeView, lse: NativeView, dout: NativeView, "
-          "b: number, l: number, nh: number, nkv: number, hd: number, scale: number, window: number, dq: NativeView, dk: NativeView, "
-          "dv: NativeView")
+          "b: number, l: number, nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, dq: NativeView, "
+          "dk: NativeView, dv: NativeView")
 SPINLM_OP(attentionDecode, attentionDecode, model,
           "q: NativeView, kCache: NativeView, vCache: NativeView, cacheDtype: string, lengths: NativeView, "
           "keyMask: NativeView | null, b: number, lmax: number, nh: number, nkv: number, hd: number, scale: number, window: number, "
-          "out: NativeView")
+          "softcap: number, out: NativeView")
 SPINLM_OP(scatterRows, scatterRows, model,
           "src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number")
 // activation(gate) * up: 'silu' (SwiGLU) or 'gelu_tanh' (GeGLU: PyTorch gelu(approximate='tanh'), Gemma).

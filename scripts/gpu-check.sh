@@ -179,7 +179,7 @@ skip() {  # skip NAME GROUP WHY
 
 TSX=("$NODE" --import tsx)
 TEST=("${TSX[@]}" --test --test-concurrency=1)
-OPS=(test/loss_kernels.test.ts test/head.test.ts test/bf16.test.ts test/model_ops.test.ts test/gemma_layers.test.ts test/attention_window.test.ts test/rope_scaling.test.ts test/optimizer.test.ts test/native_errors.test.ts)
+OPS=(test/loss_kernels.test.ts test/head.test.ts test/bf16.test.ts test/model_ops.test.ts test/gemma_layers.test.ts test/attention_window.test.ts test/attention_softcap.test.ts test/rope_scaling.test.ts test/optimizer.test.ts test/native_errors.test.ts)
 MODEL=(test/loss_torch.test.ts test/llama.test.ts test/llama_torch.test.ts test/families.test.ts test/decoder.test.ts test/generate.test.ts)
 versions() {
   if [ $EMU = 0 ]; then nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv; fi

@@ -2,7 +2,8 @@
 // the backward dV, dP, dQ, dK, as strided cblas_sgemm calls with the row softmax between them. The
 // (sequence, head) pairs are tasks on our pool, OpenBLAS on one thread meanwhile (BlasOnOneThread);
 // heads sharing a kv head accumulate their dK/dV in head order within one task, so results are
-// deterministic and independent of the thread count.
+// deterministic and independent of the thread count. An attention-logit soft-cap (softcap > 0) caps each
+// row's scores before the mask (cap_row) and, in the backward, scales dS by 1 - tanh^2 (uncap_ds_row).
 #include <cblas.h>
 
 #include <algorithm>
@@ -99,6 +100,22 @@ SPINLM_CLONES void ds_row(float* dp, const float* p, float delta, int64_t l) {
   for (int64_t j = 0; j < l; ++j) dp[j] = p[j] * (dp[j] - delta);
 }
 
+// Gemma 2's attention-logit soft-capping (AttentionOpts.softcap = c > 0): a score s becomes
+// c * tanh(s / c) before the mask (Hugging Face's eager attention). t (optional) keeps tanh(s / c) for
+// the backward's d(capped)/ds = 1 - t^2. Masked keys are hidden after, so every entry here is finite.
+SPINLM_INLINE void cap_row(float* row, int64_t n, float c, float* t) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float th = std::tanh(row[j] / c);
+    row[j] = c * th;
+    if (t) t[j] = th;
+  }
+}
+
+// dS *= 1 - t^2 over a row (the chain rule through the cap).
+SPINLM_INLINE void uncap_ds_row(float* ds, const float* t, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) ds[j] *= 1.0f - t[j] * t[j];
+}
+
 SPINLM_INLINE float widen(float x) { return x; }
 SPINLM_INLINE float widen(uint16_t x) { return bf16_to_f32(x); }
 
@@ -162,7 +179,7 @@ SPINLM_INLINE void weighted_values(const float* sc, const float* inv, const T* v
 // hd (one dot and one axpy per key and head); both give the same bits.
 template <int NV, typename T>
 SPINLM_INLINE void decode_group(const float* q, const T* k_cache, const T* v_cache, const int32_t* mask, int64_t len,
-                                int64_t stride, int64_t hd, int64_t group, float scale, float* sc, float* o) {
+                                int64_t stride, int64_t hd, int64_t group, float scale, float softcap, float* sc, float* o) {
   int64_t j = 0;
   if constexpr (NV > 0) {
     for (int64_t g = 0; g < group; ++g) {
@@ -180,6 +197,9 @@ SPINLM_INLINE void decode_group(const float* q, const T* k_cache, const T* v_cac
     const T* kr = k_cache + j * stride;
     for (int64_t g = 0; g < group; ++g) sc[g * len + j] = off ? -INFINITY : dot(q + g * hd, kr, hd) * scale;
   }
+  if (softcap > 0.0f)  // masked keys stay -inf (capped, they would be -softcap)
+    for (int64_t jj = 0; jj < group * len; ++jj)
+      if (sc[jj] != -INFINITY) sc[jj] = softcap * std::tanh(sc[jj] / softcap);
   std::vector<float> inv(static_cast<size_t>(group));
   for (int64_t g = 0; g < group; ++g) {
     float* row = sc + g * len;
@@ -211,23 +231,23 @@ SPINLM_INLINE void decode_group(const float* q, const T* k_cache, const T* v_cac
 
 template <typename T>
 SPINLM_INLINE void decode_group_any(const float* q, const T* k, const T* v, const int32_t* mask, int64_t len, int64_t stride,
-                                    int64_t hd, int64_t group, float scale, float* sc, float* o) {
+                                    int64_t hd, int64_t group, float scale, float softcap, float* sc, float* o) {
   if (hd == 64)
-    decode_group<4>(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+    decode_group<4>(q, k, v, mask, len, stride, hd, group, scale, softcap, sc, o);
   else if (hd == 128)
-    decode_group<8>(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+    decode_group<8>(q, k, v, mask, len, stride, hd, group, scale, softcap, sc, o);
   else
-    decode_group<0>(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+    decode_group<0>(q, k, v, mask, len, stride, hd, group, scale, softcap, sc, o);
 }
 
 SPINLM_CLONES void decode_group_f32(const float* q, const float* k, const float* v, const int32_t* mask, int64_t len, int64_t stride,
-                                    int64_t hd, int64_t group, float scale, float* sc, float* o) {
-  decode_group_any(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+                                    int64_t hd, int64_t group, float scale, float softcap, float* sc, float* o) {
+  decode_group_any(q, k, v, mask, len, stride, hd, group, scale, softcap, sc, o);
 }
 
 SPINLM_CLONES void decode_group_bf16(const float* q, const uint16_t* k, const uint16_t* v, const int32_t* mask, int64_t len,
-                                     int64_t stride, int64_t hd, int64_t group, float scale, float* sc, float* o) {
-  decode_group_any(q, k, v, mask, len, stride, hd, group, scale, sc, o);
+                                     int64_t stride, int64_t hd, int64_t group, float scale, float softcap, float* sc, float* o) {
+  decode_group_any(q, k, v, mask, len, stride, hd, group, scale, softcap, sc, o);
 }
 
 // The sliding window (0 = none): query i sees key j iff j <= i and i - j < window, so its first key is
@@ -264,7 +284,7 @@ class BlasOnOneThread {
 
 // One (sequence, head) of the forward: out rows and lse of head h of sequence bi. s: scratch [l, l].
 void attention_head(const Geometry& g, const float* q, const float* k, const float* v, const float* bias, int64_t bi,
-                    int64_t h, float scale, int64_t window, float* s, float* out, float* lse) {
+                    int64_t h, float scale, int64_t window, float softcap, float* s, float* out, float* lse) {
   const int64_t l = g.l, qs = g.q_stride(), ks = g.kv_stride();
   const float* qbh = q + g.q_offset(bi, h);
   const float* kbh = k + g.kv_offset(bi, h);
@@ -276,6 +296,7 @@ void attention_head(const Geometry& g, const float* q, const float* k, const flo
     float* sb = s + r0 * l;
     gemm(false, true, rows, keys, g.hd, scale, qbh + r0 * qs, qs, kbh + k0 * ks, ks, 0.0f, sb, l);
     for (int64_t i = r0; i < r1; ++i) {
+      if (softcap > 0.0f) cap_row(s + i * l, i + 1 - k0, softcap, nullptr);  // before the mask, as HF
       hide_before(s + i * l, first_key(i, window) - k0);
       lse_bh[i] = softmax_row(s + i * l, bias + k0, i + 1 - k0, keys);
     }
@@ -287,7 +308,8 @@ void attention_head(const Geometry& g, const float* q, const float* k, const flo
 // kv head's rows. p, dp: scratch [l, l]; delta: scratch [l].
 void attention_head_backward(const Geometry& g, const float* q, const float* k, const float* v, const float* out,
                              const float* lse, const float* dout, const float* bias, int64_t bi, int64_t h, float scale,
-                             int64_t window, float* p, float* dp, float* delta, float* dq, float* dk, float* dv) {
+                             int64_t window, float softcap, float* p, float* dp, float* tc, float* delta, float* dq, float* dk,
+                             float* dv) {
   const int64_t l = g.l, hd = g.hd, qs = g.q_stride(), ks = g.kv_stride();
   const float* qbh = q + g.q_offset(bi, h);
   const float* kbh = k + g.kv_offset(bi, h);
@@ -306,6 +328,7 @@ void attention_head_backward(const Geometry& g, const float* q, const float* k, 
     // P = softmax(scale Q K^T) of the block (keys [k0, r1)), recomputed from the saved lse
     gemm(false, true, rows, keys, hd, scale, qbh + r0 * qs, qs, kb0, ks, 0.0f, pb, l);
     for (int64_t i = r0; i < r1; ++i) {
+      if (softcap > 0.0f) cap_row(p + i * l, i + 1 - k0, softcap, tc + i * l);  // as the forward capped
       hide_before(p + i * l, first_key(i, window) - k0);
       probs_row(p + i * l, bias + k0, i + 1 - k0, keys, lse_bh[i]);
       double d = 0;  // delta_i = dO_i . O_i
@@ -317,6 +340,9 @@ void attention_head_backward(const Geometry& g, const float* q, const float* k, 
     gemm(false, true, rows, keys, hd, 1.0f, dobh + r0 * qs, qs, vb0, ks, 0.0f, dpb, l);
     // dS = P * (dP - delta)
     for (int64_t i = r0; i < r1; ++i) ds_row(dp + i * l, p + i * l, delta[i], keys);
+    // through the cap: d s = dS (1 - tanh(s / c)^2) (masked keys have P = 0, so dS = 0 there)
+    if (softcap > 0.0f)
+      for (int64_t i = r0; i < r1; ++i) uncap_ds_row(dp + i * l, tc + i * l, i + 1 - k0);
     // dQ = scale dS K[:keys]; dK[:keys] += scale dS^T Q
     gemm(false, false, rows, hd, keys, scale, dpb, l, kb0, ks, 0.0f, dq + g.q_offset(bi, h) + r0 * qs, qs);
     gemm(true, false, keys, hd, rows, scale, dpb, l, qbh + r0 * qs, qs, 1.0f, dkb + k0 * ks, ks);
@@ -329,7 +355,8 @@ void attention_head_backward(const Geometry& g, const float* q, const float* k, 
 // backward one per (sequence, kv head), whose query heads add to its dK and dV in head order. Each
 // task is sequential, so no number depends on the thread count.
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
-               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out, float* lse) {
+               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+               float* lse) {
   const Geometry g{l, nh, nkv, hd};
   std::vector<float> bias(static_cast<size_t>(b * l));
   for (int64_t i = 0; i < b * l; ++i) bias[i] = key_mask[i] ? 0.0f : -INFINITY;
@@ -337,14 +364,14 @@ void attention(const float* q, const float* k, const float* v, const int32_t* ke
   parallel_for(b * nh, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> s(static_cast<size_t>(l * l));
     for (int64_t t = t0; t < t1; ++t)
-      attention_head(g, q, k, v, bias.data() + (t / nh) * l, t / nh, t % nh, scale, window, s.data(), out, lse);
+      attention_head(g, q, k, v, bias.data() + (t / nh) * l, t / nh, t % nh, scale, window, softcap, s.data(), out, lse);
   });
 }
 
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
                         const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
-                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* dq, float* dk,
-                        float* dv) {
+                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
+                        float* dk, float* dv) {
   const Geometry g{l, nh, nkv, hd};
   std::vector<float> bias(static_cast<size_t>(b * l));
   for (int64_t i = 0; i < b * l; ++i) bias[i] = key_mask[i] ? 0.0f : -INFINITY;
@@ -356,18 +383,19 @@ void attention_backward(const float* q, const float* k, const float* v, const in
   const BlasOnOneThread one;
   parallel_for(b * nkv, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> p(static_cast<size_t>(l * l)), dp(static_cast<size_t>(l * l)), delta(static_cast<size_t>(l));
+    std::vector<float> tc(softcap > 0.0f ? static_cast<size_t>(l * l) : 0);  // tanh(s / c) of the capped scores
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t bi = t / nkv;
       for (int64_t h = (t % nkv) * group; h < (t % nkv + 1) * group; ++h)
-        attention_head_backward(g, q, k, v, out, lse, dout, bias.data() + bi * l, bi, h, scale, window, p.data(), dp.data(),
-                                delta.data(), dq, dk, dv);
+        attention_head_backward(g, q, k, v, out, lse, dout, bias.data() + bi * l, bi, h, scale, window, softcap, p.data(),
+                                dp.data(), tc.data(), delta.data(), dq, dk, dv);
     }
   });
 }
 
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt,
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
-                      int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out) {
+                      int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out) {
   const int64_t group = nh / nkv;
   // one task per (sequence, kv head): its query heads h = kvh * group + g are contiguous in q and out
   parallel_for(b * nkv, 1, [&](int64_t w0, int64_t w1) {
@@ -381,10 +409,10 @@ void attention_decode(const float* q, const void* k_cache, const void* v_cache, 
       const int32_t* mask = key_mask ? key_mask + bi * lmax + lo : nullptr;
       if (cache_dt == DType::kBF16)
         decode_group_bf16(q + qoff, static_cast<const uint16_t*>(k_cache) + at, static_cast<const uint16_t*>(v_cache) + at, mask,
-                          len - lo, hd, hd, group, scale, sc.data(), out + qoff);
+                          len - lo, hd, hd, group, scale, softcap, sc.data(), out + qoff);
       else
         decode_group_f32(q + qoff, static_cast<const float*>(k_cache) + at, static_cast<const float*>(v_cache) + at, mask, len - lo,
-                         hd, hd, group, scale, sc.data(), out + qoff);
+                         hd, hd, group, scale, softcap, sc.data(), out + qoff);
     }
   });
 }

@@ -53,21 +53,25 @@ void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, co
 
 // Causal grouped-query attention over B sequences of L positions: q [B, L, nH, hd], k/v [B, L, nKV, hd],
 // key_mask [B, L] (1 = a key to attend to). Query i attends to keys j <= i with mask 1 and, with a sliding
-// window > 0, i - j < window. out [B, L, nH, hd]; lse [B, nH, L] (-inf for a query with no key: its output is 0).
+// window > 0, i - j < window. softcap > 0 (Gemma 2's attn_logit_softcapping, 0 = none): the scores
+// scale q.k become softcap * tanh(scale q.k / softcap) before the mask and the softmax.
+// out [B, L, nH, hd]; lse [B, nH, L] (-inf for a query with no key: its output is 0).
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
-               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out, float* lse);
+               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+               float* lse);
 // Backward from the saved out and lse: dq (overwritten), dk and dv (overwritten; heads sharing a kv head
 // are summed in head order).
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
                         const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
-                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* dq, float* dk, float* dv);
+                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
+                        float* dk, float* dv);
 // One new query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (each kv
 // head's positions contiguous, so a head's keys stream from memory in order); sequence b
 // attends to its first lengths[b] cached positions whose key_mask (may be null) is 1 and, with a sliding
 // window > 0, only the last `window` of them (the query is position lengths[b] - 1). out [B, nH, hd].
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt,
                       const int32_t* lengths, const int32_t* key_mask, int64_t b, int64_t lmax,
-                      int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out);
+                      int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out);
 
 // SwiGLU: out = silu(gate) * up, or GeGLU: gelu_tanh(gate) * up (act, common.h); backward: dgate, dup.
 void swiglu(const float* gate, const float* up, int64_t n, float* out, GluActivation act = GluActivation::kSilu);

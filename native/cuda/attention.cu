@@ -7,7 +7,9 @@
 // dk and dv. Decode: one block per (sequence, head), its 4 warps split the cached keys (split-K
 // within the block) and merge their partial softmax states in a fixed order. A sliding window (> 0):
 // query i sees key j only when i - j < window; key tiles wholly before a block's window (and, for dk/dv,
-// query tiles wholly after it) are not visited.
+// query tiles wholly after it) are not visited. A soft-cap c > 0 (Gemma 2): each score s becomes
+// c tanh(s / c) before the mask, and the backward's dS gets the factor 1 - tanh(s / c)^2 (the scores
+// are recomputed and capped as the forward capped them); c = 0 leaves the arithmetic as it was.
 #include <cmath>
 
 #include "cuda_common.cuh"
@@ -29,6 +31,12 @@ constexpr int kMaxD = kMaxHeadDim / 32;  // dims per lane
 // Key kj is visible to query qi: causal, and inside the sliding window when there is one (window > 0).
 __device__ inline bool visible(int64_t qi, int64_t kj, int64_t window) { return kj <= qi && (window <= 0 || qi - kj < window); }
 
+// The soft-capped score c tanh(s / c) (c > 0), its tanh in t for the backward's 1 - t^2.
+__device__ inline float cap(float s, float c, float& t) {
+  t = tanhf(s / c);
+  return c * t;
+}
+
 // The first key tile (a multiple of kBK) that a query from q0 on may see.
 __device__ inline int64_t first_tile(int64_t q0, int64_t window) {
   const int64_t first = window > 0 && q0 + 1 > window ? q0 + 1 - window : 0;
@@ -42,8 +50,8 @@ inline size_t dkv_smem(int64_t hd) { return static_cast<size_t>((2 * kKB + 2 * k
 
 __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v,
                                                                  SPIN_GP(const int32_t) key_mask, int64_t l, int64_t nh, int64_t nkv,
-                                                                 int64_t hd, float scale, int64_t window, SPIN_GP(float) out,
-                                                                 SPIN_GP(float) lse) {
+                                                                 int64_t hd, float scale, int64_t window, float softcap,
+                                                                 SPIN_GP(float) out, SPIN_GP(float) lse) {
   SPIN_DYN_SHARED(float, sm);
   const int64_t hdp = hd + 1;
   auto qs = sm;
@@ -84,6 +92,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const f
         float dot = 0.0f;
         for (int64_t d = 0; d < hd; ++d) dot += qs[(warp * kQW + a) * hdp + d] * ks[lane * hdp + d];
         s = dot * scale;
+        float t;
+        if (softcap > 0.0f) s = cap(s, softcap, t);
       }
       const float mt = warp_max(s);
       const float mn = fmaxf(m[a], mt);
@@ -118,7 +128,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const f
 __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
     SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v, SPIN_GP(const int32_t) key_mask,
     SPIN_GP(const float) out, SPIN_GP(const float) lse, SPIN_GP(const float) dout, int64_t l, int64_t nh, int64_t nkv,
-    int64_t hd, float scale, int64_t window, SPIN_GP(float) dq, SPIN_GP(float) dsum) {
+    int64_t hd, float scale, int64_t window, float softcap, SPIN_GP(float) dq, SPIN_GP(float) dsum) {
   SPIN_DYN_SHARED(float, sm);
   const int64_t hdp = hd + 1;
   auto qs = sm;
@@ -175,8 +185,14 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
           s += qs[row * hdp + d] * ks[lane * hdp + d];
           dp += dos[row * hdp + d] * vs[lane * hdp + d];
         }
-        const float p = expf(s * scale - lq[a]);
-        ds = p * (dp - dd[a]);
+        if (softcap > 0.0f) {
+          float t;
+          const float p = expf(cap(s * scale, softcap, t) - lq[a]);
+          ds = p * (dp - dd[a]) * (1.0f - t * t);
+        } else {
+          const float p = expf(s * scale - lq[a]);
+          ds = p * (dp - dd[a]);
+        }
       }
       for (int j = 0; j < kBK; ++j) {
         const float dsj = __shfl_sync(kFull, ds, j);
@@ -201,7 +217,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
 __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
     SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v, SPIN_GP(const int32_t) key_mask,
     SPIN_GP(const float) lse, SPIN_GP(const float) dsum, SPIN_GP(const float) dout, int64_t l, int64_t nh, int64_t nkv,
-    int64_t hd, float scale, int64_t window, SPIN_GP(float) dk, SPIN_GP(float) dv) {
+    int64_t hd, float scale, int64_t window, float softcap, SPIN_GP(float) dk, SPIN_GP(float) dv) {
   SPIN_DYN_SHARED(float, sm);
   const int64_t hdp = hd + 1;
   auto ks = sm;
@@ -257,8 +273,14 @@ __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
             s += qs[lane * hdp + d] * ks[kr * hdp + d];
             dp += dos[lane * hdp + d] * vs[kr * hdp + d];
           }
-          p = expf(s * scale - lqs[lane]);
-          ds = p * (dp - dds[lane]);
+          if (softcap > 0.0f) {
+            float t;
+            p = expf(cap(s * scale, softcap, t) - lqs[lane]);
+            ds = p * (dp - dds[lane]) * (1.0f - t * t);
+          } else {
+            p = expf(s * scale - lqs[lane]);
+            ds = p * (dp - dds[lane]);
+          }
         }
         for (int i = 0; i < kBK; ++i) {
           const float pi = __shfl_sync(kFull, p, i), dsi = __shfl_sync(kFull, ds, i);
@@ -293,7 +315,7 @@ template <class T>
 __global__ void __launch_bounds__(kThreads) attention_decode_kernel(
     SPIN_GP(const float) q, SPIN_GP(const T) kc, SPIN_GP(const T) vc, SPIN_GP(const int32_t) lengths,
     SPIN_GP(const int32_t) key_mask, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window,
-    SPIN_GP(float) out, SPIN_GP(uint32_t) err) {
+    float softcap, SPIN_GP(float) out, SPIN_GP(uint32_t) err) {
   SPIN_SHARED(float, qs, kMaxHeadDim);
   SPIN_SHARED(float, wm, kWarps);
   SPIN_SHARED(float, wl, kWarps);
@@ -324,6 +346,8 @@ __global__ void __launch_bounds__(kThreads) attention_decode_kernel(
       float dot = 0.0f;
       for (int64_t d = 0; d < hd; ++d) dot += qs[d] * to_f32(kbase[j * hd + d]);
       s = dot * scale;
+      float t;
+      if (softcap > 0.0f) s = cap(s, softcap, t);
     }
     const float mn = fmaxf(m, warp_max(s));
     if (mn == -INFINITY) continue;
@@ -380,48 +404,50 @@ void allow_smem(const void* kernel, size_t bytes) {
 
 template <class T>
 void launch_decode(const float* q, const void* k_cache, const void* v_cache, const int32_t* lengths, const int32_t* key_mask,
-                   int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out) {
+                   int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap,
+                   float* out) {
   const T* kc = lmax ? static_cast<const T*>(k_cache) : nullptr;
   const T* vc = lmax ? static_cast<const T*>(v_cache) : nullptr;
   SPIN_LAUNCH(attention_decode_kernel<T>, dim3(static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), q,
-              kc, vc, lengths, lmax ? key_mask : nullptr, lmax, nh, nkv, hd, scale, window, out, error_word());
+              kc, vc, lengths, lmax ? key_mask : nullptr, lmax, nh, nkv, hd, scale, window, softcap, out, error_word());
 }
 
 }  // namespace
 
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b, int64_t l, int64_t nh,
-               int64_t nkv, int64_t hd, float scale, int64_t window, float* out, float* lse) {
+               int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out, float* lse) {
   if (b * l * nh == 0) return;
   const size_t smem = fwd_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_fwd_kernel), smem);
   SPIN_LAUNCH(attention_fwd_kernel, dim3(tiles(l, kBQ), static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), smem,
-              stream(), q, k, v, key_mask, l, nh, nkv, hd, scale, window, out, lse);
+              stream(), q, k, v, key_mask, l, nh, nkv, hd, scale, window, softcap, out, lse);
   check_launch("attention");
 }
 
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const float* out,
                         const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv, int64_t hd,
-                        float scale, int64_t window, float* dq, float* dk, float* dv) {
+                        float scale, int64_t window, float softcap, float* dq, float* dk, float* dv) {
   if (b * l == 0) return;
   float* dsum = static_cast<float*>(scratch(static_cast<size_t>(b * nh * l) * 4, "attentionBackward"));
   const size_t s1 = dq_smem(hd), s2 = dkv_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_dq_kernel), s1);
   allow_smem(reinterpret_cast<const void*>(&attention_dkv_kernel), s2);
   SPIN_LAUNCH(attention_dq_kernel, dim3(tiles(l, kBQ), static_cast<unsigned>(nh), static_cast<unsigned>(b)), dim3(kThreads), s1,
-              stream(), q, k, v, key_mask, out, lse, dout, l, nh, nkv, hd, scale, window, dq, dsum);
+              stream(), q, k, v, key_mask, out, lse, dout, l, nh, nkv, hd, scale, window, softcap, dq, dsum);
   SPIN_LAUNCH(attention_dkv_kernel, dim3(tiles(l, kKB), static_cast<unsigned>(nkv), static_cast<unsigned>(b)), dim3(kThreads), s2,
-              stream(), q, k, v, key_mask, lse, static_cast<const float*>(dsum), dout, l, nh, nkv, hd, scale, window, dk, dv);
+              stream(), q, k, v, key_mask, lse, static_cast<const float*>(dsum), dout, l, nh, nkv, hd, scale, window, softcap, dk,
+              dv);
   check_launch("attentionBackward");
 }
 
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
                       const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd, float scale,
-                      int64_t window, float* out) {
+                      int64_t window, float softcap, float* out) {
   if (b * nh == 0) return;
   if (cache_dt == DType::kBF16)
-    launch_decode<uint16_t>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, window, out);
+    launch_decode<uint16_t>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, window, softcap, out);
   else
-    launch_decode<float>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, window, out);
+    launch_decode<float>(q, k_cache, v_cache, lengths, key_mask, b, lmax, nh, nkv, hd, scale, window, softcap, out);
   check_launch("attentionDecode");
 }
 

@@ -21,16 +21,19 @@ void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rs
                       int64_t t, int64_t h, float* dx, float* dw, bool unit_offset = false);
 // inv_freq: a host table [hd / 2 <= kRopeMaxHalf], passed to the kernel by value.
 void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq, float attn, bool inverse);
-// window: the sliding window (0 = none), as the CPU kernels (native/cpu/model_kernels.h).
+// window: the sliding window (0 = none); softcap: the attention-logit soft-cap (0 = none), as the CPU
+// kernels (native/cpu/model_kernels.h).
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
-               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* out, float* lse);
+               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+               float* lse);
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
                         const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
-                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float* dq, float* dk, float* dv);
+                        int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
+                        float* dk, float* dv);
 // Both caches hold cache_dt (f32 or bf16, widened to f32 as read: the math is f32 either way).
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
                       const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd,
-                      float scale, int64_t window, float* out);
+                      float scale, int64_t window, float softcap, float* out);
 // act: silu (SwiGLU) or the tanh GELU (GeGLU, Gemma), computed as native/include/common.h says.
 void swiglu(const float* gate, const float* up, int64_t n, float* out, GluActivation act = GluActivation::kSilu);
 void swiglu_backward(const float* gate, const float* up, const float* dout, int64_t n, float* dgate, float* dup,

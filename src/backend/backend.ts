@@ -138,6 +138,12 @@ export interface AttentionOpts {
    * sliding_window_overlay; a decode query is position lengths[b] - 1). 0 or undefined: no window.
    */
   window?: number;
+  /**
+   * Attention-logit soft-capping (Gemma 2's attn_logit_softcapping): the score s = scale * q.k becomes
+   * softcap * tanh(s / softcap) before the causal / window / key mask and the softmax (Hugging Face's
+   * eager attention). 0 or undefined: none; otherwise finite and > 0.
+   */
+  softcap?: number;
 }
 
 /** The gated MLP's activation: act(gate) * up. */

@@ -247,7 +247,22 @@ export abstract class NativeKernels {
     const nkv = k.shape[2];
     const out = this.output('f32', q.shape, 'attention');
     const lse = this.output('f32', [b, nh, l], 'attention');
-    this.native.attention(q, k, v, keyMask, b, l, nh, nkv, hd, opts.scale ?? 1 / Math.sqrt(hd), opts.window ?? 0, out, lse);
+    this.native.attention(
+      q,
+      k,
+      v,
+      keyMask,
+      b,
+      l,
+      nh,
+      nkv,
+      hd,
+      opts.scale ?? 1 / Math.sqrt(hd),
+      opts.window ?? 0,
+      opts.softcap ?? 0,
+      out,
+      lse,
+    );
     return { out, lse };
   }
 
@@ -272,6 +287,7 @@ export abstract class NativeKernels {
       hd,
       opts.scale ?? 1 / Math.sqrt(hd),
       opts.window ?? 0,
+      opts.softcap ?? 0,
       dq,
       dk,
       dv,
@@ -297,6 +313,7 @@ export abstract class NativeKernels {
       hd,
       opts.scale ?? 1 / Math.sqrt(hd),
       opts.window ?? 0,
+      opts.softcap ?? 0,
       out,
     );
     return out;

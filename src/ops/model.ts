@@ -171,11 +171,16 @@ function checkScale(opts: AttentionOpts): void {
   const w = opts.window;
   if (w !== undefined && !(Number.isSafeInteger(w) && w >= 0 && w <= 0x7fffffff))
     throw new RangeError(`attention window must be 0 (none) or a positive integer, got ${w}`);
+  const c = opts.softcap;
+  // the kernels take it as an f32: positive and finite there too (not rounded to 0 or to Infinity)
+  if (c !== undefined && c !== 0 && !(c > 0 && Math.fround(c) > 0 && Number.isFinite(Math.fround(c))))
+    throw new RangeError(`attention softcap must be 0 (none) or a finite positive number (as an f32), got ${c}`);
 }
 
 /**
  * Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd],
- * lse [B, nH, L]. opts.window > 0: query i sees key j only when i - j < window (AttentionOpts.window).
+ * lse [B, nH, L]. opts.window > 0: query i sees key j only when i - j < window (AttentionOpts.window);
+ * opts.softcap > 0: scores capped to softcap * tanh(s / softcap) before the mask (AttentionOpts.softcap).
  */
 export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
   const { be } = attnDims(q, k, v, keyMask);

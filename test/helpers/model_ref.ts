@@ -175,6 +175,10 @@ export interface AttnShape {
 /**
  * Causal GQA with key mask; returns out [B, L, nH, hd] and lse [B, nH, L] (-inf where no key is visible).
  * window > 0: query i sees key j only when i - j < window (Hugging Face's sliding_window_overlay).
+ * softcap > 0: Gemma 2's attention-logit soft-capping, as Hugging Face's eager attention: the scores
+ * scale q.k are divided by softcap, put through tanh and multiplied by softcap, then masked (a masked
+ * key is left out: the same as adding -inf after the cap). dcap [b][h] -> [l, l] holds d(capped)/ds
+ * = 1 - tanh(s / softcap)^2 (1 without a cap) for the backward.
  */
 export function attentionRef(
   q: ArrayLike<number>,
@@ -184,15 +188,18 @@ export function attentionRef(
   s: AttnShape,
   scale: number,
   window = 0,
+  softcap = 0,
 ) {
   const { b, l, nh, nkv, hd } = s;
   const out = new Float64Array(b * l * nh * hd);
   const lse = new Float64Array(b * nh * l);
   const probs: Float64Array[] = []; // [b][h] -> [l, l]
+  const dcap: Float64Array[] = []; // [b][h] -> [l, l]
   for (let bi = 0; bi < b; bi++)
     for (let h = 0; h < nh; h++) {
       const kvh = Math.floor(h / (nh / nkv));
       const P = new Float64Array(l * l);
+      const D = new Float64Array(l * l).fill(1);
       for (let i = 0; i < l; i++) {
         const sc: number[] = [];
         let m = -Infinity;
@@ -201,6 +208,11 @@ export function attentionRef(
           let d = 0;
           for (let c = 0; c < hd; c++) d += q[((bi * l + i) * nh + h) * hd + c] * k[((bi * l + j) * nkv + kvh) * hd + c];
           sc[j] = d * scale;
+          if (softcap > 0) {
+            const t = Math.tanh(sc[j] / softcap);
+            sc[j] = t * softcap;
+            D[i * l + j] = 1 - t * t;
+          }
           m = Math.max(m, sc[j]);
         }
         if (m === -Infinity) {
@@ -218,8 +230,9 @@ export function attentionRef(
         }
       }
       probs.push(P);
+      dcap.push(D);
     }
-  return { out, lse, probs };
+  return { out, lse, probs, dcap };
 }
 
 export function attentionBackwardRef(
@@ -231,9 +244,10 @@ export function attentionBackwardRef(
   s: AttnShape,
   scale: number,
   window = 0,
+  softcap = 0,
 ) {
   const { b, l, nh, nkv, hd } = s;
-  const { probs } = attentionRef(q, k, v, mask, s, scale, window);
+  const { probs, dcap } = attentionRef(q, k, v, mask, s, scale, window, softcap);
   const dq = new Float64Array(q.length),
     dk = new Float64Array(k.length),
     dv = new Float64Array(v.length);
@@ -241,10 +255,11 @@ export function attentionBackwardRef(
     for (let h = 0; h < nh; h++) {
       const kvh = Math.floor(h / (nh / nkv));
       const P = probs[bi * nh + h];
+      const D = dcap[bi * nh + h];
       const qi = (i: number, c: number) => ((bi * l + i) * nh + h) * hd + c;
       const kj = (j: number, c: number) => ((bi * l + j) * nkv + kvh) * hd + c;
       for (let i = 0; i < l; i++) {
-        // dP_ij = dO_i . V_j; dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij')
+        // dP_ij = dO_i . V_j; dS_ij = P_ij (dP_ij - sum_j' P_ij' dP_ij') d(capped_ij)/ds_ij
         const dP = new Float64Array(l);
         let rowDot = 0;
         for (let j = 0; j <= i; j++) {
@@ -255,7 +270,7 @@ export function attentionBackwardRef(
         for (let j = 0; j <= i; j++) {
           const p = P[i * l + j];
           if (p === 0) continue;
-          const dS = p * (dP[j] - rowDot);
+          const dS = p * (dP[j] - rowDot) * D[i * l + j];
           for (let c = 0; c < hd; c++) {
             dv[kj(j, c)] += p * dout[qi(i, c)];
             dq[qi(i, c)] += scale * dS * k[kj(j, c)];

@@ -58,8 +58,12 @@ def run(op):
         mask = load(n + ".mask", s["mask"], np.int32).bool()
         kk = k.repeat_interleave(nh // nkv, dim=2)
         vv = v.repeat_interleave(nh // nkv, dim=2)
-        scores = torch.einsum("bihd,bjhd->bhij", q, kk) / hd**0.5
+        scores = torch.einsum("bihd,bjhd->bhij", q, kk) * p.get("scale", hd**-0.5)
+        if p.get("softcap", 0) > 0:  # Gemma 2 (HF eager attention): before the mask
+            scores = torch.tanh(scores / p["softcap"]) * p["softcap"]
         causal = torch.ones(l, l, dtype=torch.bool).tril()
+        if p.get("window", 0) > 0:  # sliding window: i - j < window
+            causal &= ~torch.ones(l, l, dtype=torch.bool).tril(-p["window"])
         allowed = causal[None, None] & mask[:, None, None, :]
         scores = scores.masked_fill(~allowed, float("-inf"))
         has_key = allowed.any(-1, keepdim=True)

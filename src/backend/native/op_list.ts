@@ -223,6 +223,7 @@ export interface NativeOps {
     hd: number,
     scale: number,
     window: number,
+    softcap: number,
     out: NativeView,
     lse: NativeView,
   ): void;
@@ -241,6 +242,7 @@ export interface NativeOps {
     hd: number,
     scale: number,
     window: number,
+    softcap: number,
     dq: NativeView,
     dk: NativeView,
     dv: NativeView,
@@ -259,6 +261,7 @@ export interface NativeOps {
     hd: number,
     scale: number,
     window: number,
+    softcap: number,
     out: NativeView,
   ): void;
   scatterRows(src: NativeView, index: NativeView, rows: number, cols: number, dst: NativeView, dstDtype: string, dstRows: number): void;

@@ -1,6 +1,6 @@
 // Causal grouped-query attention on the WebGPU device (attention.wgsl; native/cpu/attention.cc on the
 // CPU): the forward, the backward (delta, dQ, then dK/dV), and decode over the KV cache, each with an
-// optional sliding window (AttentionOpts.window). Each module
+// optional sliding window (AttentionOpts.window) and soft-cap (AttentionOpts.softcap). Each module
 // is compiled for the head dim HD and the key tile KT that fits the adapter's workgroup memory.
 import type { AttentionOpts, Backend } from '../backend.js';
 import type { Tensor } from '../../tensor/tensor.js';
@@ -27,7 +27,20 @@ export function attention(
   const lse = empty(rt, 'f32', [b, nh, l]);
   if (b * l * nh === 0) return { out, lse };
   const blocks = Math.ceil(l / 64);
-  const params: Param[] = [b, l, nh, nkv, blocks, 1, opts.window ?? 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
+  const params: Param[] = [
+    b,
+    l,
+    nh,
+    nkv,
+    blocks,
+    1,
+    opts.window ?? 0,
+    0,
+    [opts.scale ?? 1 / Math.sqrt(hd), 'f'],
+    [opts.softcap ?? 0, 'f'],
+    0,
+    0,
+  ];
   rt.dispatch('attention', { HD: hd, KT: attnTile(rt, hd) }, 'forward', params, [q, k, v, keyMask, out, lse], b * nh * blocks);
   return { out, lse };
 }
@@ -44,7 +57,20 @@ export function attentionBackward(
   if (b * l * nh === 0) return { dq, dk, dv };
   const blocks = Math.ceil(l / 64);
   const defines = { HD: hd, KT: attnTile(rt, hd) };
-  const params: Param[] = [b, l, nh, nkv, blocks, 1, opts.window ?? 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
+  const params: Param[] = [
+    b,
+    l,
+    nh,
+    nkv,
+    blocks,
+    1,
+    opts.window ?? 0,
+    0,
+    [opts.scale ?? 1 / Math.sqrt(hd), 'f'],
+    [opts.softcap ?? 0, 'f'],
+    0,
+    0,
+  ];
   const delta = rt.temp(b * nh * l * 4);
   rt.dispatch('attention', defines, 'delta', params, [out, dout, delta], Math.ceil((b * l * nh) / 64));
   rt.dispatch('attention', defines, 'backward_dq', params, [q, k, v, keyMask, lse, delta, dout, dq], b * nh * blocks);
@@ -61,7 +87,20 @@ export function attentionDecode(
   const [, nkv, lmax] = kCache.shape;
   const out = empty(rt, 'f32', q.shape);
   if (b * nh === 0) return out;
-  const params: Param[] = [b, lmax, nh, nkv, 1, keyMask ? 1 : 0, opts.window ?? 0, 0, [opts.scale ?? 1 / Math.sqrt(hd), 'f'], 0, 0, 0];
+  const params: Param[] = [
+    b,
+    lmax,
+    nh,
+    nkv,
+    1,
+    keyMask ? 1 : 0,
+    opts.window ?? 0,
+    0,
+    [opts.scale ?? 1 / Math.sqrt(hd), 'f'],
+    [opts.softcap ?? 0, 'f'],
+    0,
+    0,
+  ];
   const defines: Defines = { HD: hd, KT: attnTile(rt, hd) };
   if (kCache.dtype === 'bf16') defines.KV_BF16 = true; // set only where true: an f32 decode shares the forward's module
   rt.dispatch(

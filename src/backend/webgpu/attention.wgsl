@@ -4,8 +4,10 @@
 // consecutive query rows (forward, dQ) or key rows (dK, dV) of one (sequence, head); the other side
 // streams through workgroup memory KT rows at a time with an online softmax. ap.window > 0: the sliding
 // window, query i sees key j only when i - j < window (tiles wholly outside it are not streamed).
+// ap.softcap > 0 (Gemma 2's attn_logit_softcapping): a score s becomes c tanh(s / c) before the mask;
+// the backward multiplies dS by 1 - tanh(s / c)^2. 0: the scores as they were (the same arithmetic).
 
-struct AttnParams { b: u32, l: u32, nh: u32, nkv: u32, blocks: u32, has_mask: u32, window: u32, _b: u32, scale: f32, _c: u32, _d: u32, _e: u32 }
+struct AttnParams { b: u32, l: u32, nh: u32, nkv: u32, blocks: u32, has_mask: u32, window: u32, _b: u32, scale: f32, softcap: f32, _d: u32, _e: u32 }
 @group(0) @binding(0) var<uniform> ap: AttnParams;
 @group(0) @binding(1) var<storage, read> a_q: array<f32>;
 @group(0) @binding(2) var<storage, read> a_k: array<f32>;
@@ -25,6 +27,27 @@ fn hidden(i: u32, j: u32) -> bool { return j > i || (ap.window > 0u && i - j >= 
 
 /** The first key any of the queries from i0 on may see: i0 - window + 1 (0 without a window). */
 fn first_key(i0: u32) -> u32 { return select(0u, i0 + 1u - ap.window, ap.window > 0u && i0 + 1u > ap.window); }
+
+/**
+ * tanh(x) without overflow and without cancellation near 0 (WGSL's tanh may be computed from exp(x)
+ * and exp(-x): NaN past |x| ~ 44, and (e^2x - 1) / (e^2x + 1) loses digits near 0): the odd Taylor
+ * series to x^7 for |x| < 1/8 (next term < 2e-10), else 1 - 2 / (exp(2|x|) + 1) (1 once exp is inf);
+ * x's sign.
+ */
+fn tanh_safe(x: f32) -> f32 {
+  let a = abs(x);
+  var t: f32;
+  if (a < 0.125) {
+    let a2 = a * a;
+    t = a * (1.0 + a2 * (-1.0 / 3.0 + a2 * (2.0 / 15.0 + a2 * (-17.0 / 315.0))));
+  } else {
+    t = 1.0 - 2.0 / (exp(2.0 * a) + 1.0);
+  }
+  return select(t, -t, x < 0.0);
+}
+
+/** The soft-capped score c tanh(s / c) (c = ap.softcap > 0; callers branch on it). */
+fn capped(s: f32) -> f32 { return ap.softcap * tanh_safe(s / ap.softcap); }
 
 /** (sequence, head, block) of workgroup w. */
 fn unpack(w: u32) -> vec3u { let bh = w / ap.blocks; return vec3u(bh / ap.nh, bh % ap.nh, w % ap.blocks); }
@@ -70,6 +93,7 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
       var s = 0.0;
       for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; }
       s *= ap.scale;
+      if (ap.softcap > 0.0) { s = capped(s); }
       if (s > m) {
         let corr = exp(m - s);
         l = l * corr + 1.0;
@@ -141,8 +165,15 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: 
       var s = 0.0;
       var dp = 0.0;
       for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; dp += dout[c] * tv[jj * HD + c]; }
-      let p = exp(s * ap.scale - lse);
-      let ds = p * (dp - dl) * ap.scale;
+      var ds: f32;
+      if (ap.softcap > 0.0) {
+        let t = tanh_safe(s * ap.scale / ap.softcap);
+        let p = exp(ap.softcap * t - lse);
+        ds = p * (dp - dl) * (1.0 - t * t) * ap.scale;
+      } else {
+        let p = exp(s * ap.scale - lse);
+        ds = p * (dp - dl) * ap.scale;
+      }
       for (var c = 0u; c < HD; c++) { dq[c] += ds * tk[jj * HD + c]; }
     }
     workgroupBarrier();
@@ -199,8 +230,16 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg
         var s = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < HD; c++) { s += tk[ii * HD + c] * k[c]; dp += tv[ii * HD + c] * v[c]; }
-        let p = exp(s * ap.scale - tm[ii]);
-        let ds = p * (dp - tm2[ii]) * ap.scale;
+        var p: f32;
+        var ds: f32;
+        if (ap.softcap > 0.0) {
+          let t = tanh_safe(s * ap.scale / ap.softcap);
+          p = exp(ap.softcap * t - tm[ii]);
+          ds = p * (dp - tm2[ii]) * (1.0 - t * t) * ap.scale;
+        } else {
+          p = exp(s * ap.scale - tm[ii]);
+          ds = p * (dp - tm2[ii]) * ap.scale;
+        }
         for (var c = 0u; c < HD; c++) { dv[c] += p * tv[ii * HD + c]; dk[c] += ds * tk[ii * HD + c]; }
       }
       workgroupBarrier();
@@ -253,6 +292,7 @@ fn decode(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u
     var s = 0.0;
     for (var c = 0u; c < HD; c++) { s += q[c] * dc_k((base + j) * HD + c); }
     s *= ap.scale;
+    if (ap.softcap > 0.0) { s = capped(s); }
     if (s > m) {
       let corr = exp(m - s);
       l = l * corr + 1.0;
