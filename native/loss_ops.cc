@@ -97,20 +97,20 @@ HeadArgs ReadHead(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
-// headLogprob(h, n, hdim, w, wDtype, v, targets, softcap, computeBf16, logp, lse)
+// headLogprob(h, n, hdim, w, wDtype, v, targets, softcap, rowInvariant, computeBf16, logp, lse)
 Napi::Value js::headLogprob(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const HeadArgs a = ReadHead(info);
-  const bool bf16 = info[8].ToBoolean();
+  const bool row_invariant = info[8].ToBoolean(), bf16 = info[9].ToBoolean();
   if (bf16 && !kComputeBf16Kernel) Throw(env, "headLogprob: computeBf16 is not a kernel of this device (bf16_compute.ts rounds h first)");
-  float* logp = View<float>(info[9], "logp", a.n * 4);
-  float* lse = View<float>(info[10], "lse", a.n * 4);
+  float* logp = View<float>(info[10], "logp", a.n * 4);
+  float* lse = View<float>(info[11], "lse", a.n * 4);
   if (BadTargets(a.t, a.n, a.v)) {
     PoisonF32(logp, a.n);
     PoisonF32(lse, a.n);
     return env.Undefined();
   }
-  return Run(info, [&] { kern::head_logprob(a.h, a.n, a.hdim, a.w, a.wdt, a.v, a.t, a.softcap, bf16, logp, lse); });
+  return Run(info, [&] { kern::head_logprob(a.h, a.n, a.hdim, a.w, a.wdt, a.v, a.t, a.softcap, row_invariant, bf16, logp, lse); });
 }
 
 // headLogprobBackward(h, n, hdim, w, wDtype, v, targets, softcap, lse, dlogp, dh, dw | null)

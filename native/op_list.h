@@ -23,10 +23,11 @@ SPINLM_OP(logprobGatherBackward, logprobGatherBackward, loss,
           "logits: NativeView, dtype: string, n: number, v: number, targets: NativeView, lse: NativeView, dlogp: NativeView, "
           "dlogits: NativeView, outDtype: string")
 // The LM head fused with logprobGather: logits h w^T formed a vocabulary panel at a time, never [n, v];
-// softcap > 0: z -> softcap tanh(z / softcap). Row-invariant. computeBf16: h rounded to bf16 (the CPU only).
+// softcap > 0: z -> softcap tanh(z / softcap). rowInvariant: a row's results never depend on the other
+// rows (CUDA: always). computeBf16: h rounded to bf16 (the CPU only).
 SPINLM_OP(headLogprob, headLogprob, loss,
           "h: NativeView, n: number, hdim: number, w: NativeView, wDtype: string, v: number, targets: NativeView, "
-          "softcap: number, computeBf16: boolean, logp: NativeView, lse: NativeView")
+          "softcap: number, rowInvariant: boolean, computeBf16: boolean, logp: NativeView, lse: NativeView")
 // dh [n, hdim] = g w (overwritten), dw [v, hdim] += g^T h when given, g recomputed panel by panel.
 SPINLM_OP(headLogprobBackward, headLogprobBackward, loss,
           "h: NativeView, n: number, hdim: number, w: NativeView, wDtype: string, v: number, targets: NativeView, "

@@ -1,16 +1,18 @@
 // The LM head fused with the target log-probs (docs/ops.md "Fused head") on the CPU: the logits h w^T
 // exist only as a panel of rows x vocabulary columns at a time, never as [n, v].
 //
-// Forward: for each panel of kPanel vocabulary columns, for each chunk of kRows rows, the panel's
-// logits come from matmul_rows (row-invariant: each element summed in one fixed order whatever the
-// tile, thread or number of rows), are soft-capped, and each row absorbs the panel's log-sum-exp into
-// its running (max, sum) in panel order; the target's logit is kept when its column is in the panel.
-// So a row's lse and logp depend only on its row of h, on w and on its target.
+// The panel products are sgemm calls (OpenBLAS): fast, but a row's result depends on where it sits in
+// the call (OpenBLAS's kernels round differently at tile edges and thread splits: measured). With
+// row_invariant the forward's products come from matmul_rows instead (gemm_rows.cc: each element
+// summed in one fixed order), so a row's lse and logp are the same bits in any call; it is as fast as
+// sgemm with AVX-512 and ~10x slower where only AVX2 exists (its 16-lane code is scalarized there).
 //
-// Backward: the same panels again, the logits recomputed by sgemm from a panel of w widened once to
-// f32, turned in place into g = dlogp (1[j = y] - p_j) (times the soft-cap's derivative), then
-// dh += g w_panel and dw_panel += g^T h, two more sgemm calls. Scratch: one panel of logits
-// (kRows x kPanel) and, for bf16 w, one widened panel of w.
+// Forward: per panel of 2048 vocabulary columns (w widened or copied once into an f32 [2048, H] buffer
+// for sgemm) and chunk of 256 rows, the panel's logits are soft-capped and each row absorbs the panel's
+// log-sum-exp into its running (max, sum) in panel order; the target's logit is kept when its column is
+// in the panel. Backward: the panel's logits again by sgemm, turned in place into g = dlogp (1[j = y] -
+// p_j) (times the soft-cap's derivative), then dh (+)= g w_panel and dw_panel += g^T h by sgemm.
+// Scratch: the f32 w panel and one panel of logits (256 x 2048 f32: 2 MiB).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -26,8 +28,8 @@
 namespace spinlm {
 namespace {
 
-constexpr int64_t kPanel = 2048;  // vocabulary columns per panel
-constexpr int64_t kRows = 256;    // rows per chunk: the logits scratch is kRows x kPanel f32 (2 MiB)
+constexpr int64_t kPanel = 2048;  // vocabulary columns per panel (at most)
+constexpr int64_t kRows = 256;    // rows per chunk
 
 // A buffer from the tensor allocator (counted in the op's live bytes, recycled between calls).
 class Scratch {
@@ -59,20 +61,49 @@ void softcap_row(float* z, int64_t len, float c) {
 // Rows per parallel task: ~64K logits each.
 int64_t grain(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, cols)); }
 
+// w rows [v0, v0 + vc) as f32 into panel [vc, hdim].
+void fill_panel(const void* w, DType wdt, int64_t v0, int64_t vc, int64_t hdim, float* panel) {
+  parallel_for(vc, grain(hdim), [&](int64_t a, int64_t b) {
+    for (int64_t r = a; r < b; ++r) {
+      float* out = panel + r * hdim;
+      if (wdt == DType::kBF16) {
+        const uint16_t* src = static_cast<const uint16_t*>(w_rows(w, wdt, v0 + r, hdim));
+        for (int64_t k = 0; k < hdim; ++k) out[k] = bf16_to_f32(src[k]);
+      } else {
+        const float* src = static_cast<const float*>(w_rows(w, wdt, v0 + r, hdim));
+        std::copy(src, src + hdim, out);
+      }
+    }
+  });
+}
+
+// The logits of rows [r0, r0 + rc) against the panel (vc columns): z [rc, vc]. Row-invariant: w's rows
+// read in place by matmul_rows (h rounded to bf16 first with compute_bf16); else sgemm on the f32 panel.
+void panel_logits(const float* h, int64_t r0, int64_t rc, int64_t hdim, const void* w, DType wdt, int64_t v0, int64_t vc,
+                  bool row_invariant, bool compute_bf16, const float* panel, float* z) {
+  if (row_invariant || compute_bf16)
+    matmul_rows(rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, w_rows(w, wdt, v0, hdim), wdt, hdim, 0.0f, z, vc,
+                compute_bf16 && wdt == DType::kBF16);
+  else
+    matmul(false, true, rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, panel, DType::kF32, hdim, 0.0f, z, vc);
+}
+
 }  // namespace
 
 void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v, const int32_t* targets,
-                  float softcap, bool compute_bf16, float* logp, float* lse) {
+                  float softcap, bool row_invariant, bool compute_bf16, float* logp, float* lse) {
   if (n == 0) return;
   std::vector<LseAcc> acc(static_cast<size_t>(n), lse_empty());
   std::vector<float> zy(static_cast<size_t>(n), NAN);
-  Scratch z(std::min(n, kRows) * std::min(v, kPanel));
-  for (int64_t v0 = 0; v0 < v; v0 += kPanel) {
-    const int64_t vc = std::min(kPanel, v - v0);
+  const int64_t p = std::min(kPanel, v);
+  const bool rows = row_invariant || compute_bf16;
+  Scratch panel(rows ? 1 : p * hdim), z(std::min(n, kRows) * p);
+  for (int64_t v0 = 0; v0 < v; v0 += p) {
+    const int64_t vc = std::min(p, v - v0);
+    if (!rows) fill_panel(w, wdt, v0, vc, hdim, panel.data());
     for (int64_t r0 = 0; r0 < n; r0 += kRows) {
       const int64_t rc = std::min(kRows, n - r0);
-      matmul_rows(rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, w_rows(w, wdt, v0, hdim), wdt, hdim, 0.0f, z.data(), vc,
-                  compute_bf16 && wdt == DType::kBF16);
+      panel_logits(h, r0, rc, hdim, w, wdt, v0, vc, row_invariant, compute_bf16, panel.data(), z.data());
       parallel_for(rc, grain(vc), [&](int64_t a, int64_t b) {
         for (int64_t i = a; i < b; ++i) {
           const int64_t r = r0 + i;
@@ -104,22 +135,14 @@ void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* 
     std::fill(dh, dh + n * hdim, 0.0f);
     return;
   }
-  Scratch z(std::min(n, kRows) * std::min(v, kPanel));
-  const bool widen = wdt == DType::kBF16;
-  Scratch wide(widen ? std::min(v, kPanel) * hdim : 1);
-  for (int64_t v0 = 0; v0 < v; v0 += kPanel) {
-    const int64_t vc = std::min(kPanel, v - v0);
-    const float* wp = static_cast<const float*>(w_rows(w, DType::kF32, v0, hdim));
-    if (widen) {
-      const uint16_t* src = static_cast<const uint16_t*>(w_rows(w, wdt, v0, hdim));
-      parallel_for(vc, grain(hdim), [&](int64_t a, int64_t b) {
-        for (int64_t i = a * hdim; i < b * hdim; ++i) wide.data()[i] = bf16_to_f32(src[i]);
-      });
-      wp = wide.data();
-    }
+  const int64_t p = std::min(kPanel, v);
+  Scratch panel(p * hdim), z(std::min(n, kRows) * p);
+  for (int64_t v0 = 0; v0 < v; v0 += p) {
+    const int64_t vc = std::min(p, v - v0);
+    fill_panel(w, wdt, v0, vc, hdim, panel.data());
     for (int64_t r0 = 0; r0 < n; r0 += kRows) {
       const int64_t rc = std::min(kRows, n - r0);
-      matmul(false, true, rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, wp, DType::kF32, hdim, 0.0f, z.data(), vc);
+      panel_logits(h, r0, rc, hdim, w, wdt, v0, vc, false, false, panel.data(), z.data());
       parallel_for(rc, grain(vc), [&](int64_t a, int64_t b) {
         for (int64_t i = a; i < b; ++i) {
           const int64_t r = r0 + i;
@@ -146,8 +169,8 @@ void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* 
           if (here) row[y - v0] = g * -std::expm1(zt - l);
         }
       });
-      // dh[rows] (+)= g w_panel; dw_panel += g^T h[rows]
-      matmul(false, false, rc, hdim, vc, 1.0f, z.data(), vc, wp, DType::kF32, hdim, v0 == 0 ? 0.0f : 1.0f,
+      // dh[rows] (+)= g w_panel; dw_panel += g^T h[rows] (the panel's first vc columns and rows only)
+      matmul(false, false, rc, hdim, vc, 1.0f, z.data(), vc, panel.data(), DType::kF32, hdim, v0 == 0 ? 0.0f : 1.0f,
              dh + r0 * hdim, hdim);
       if (dw) matmul(true, false, vc, hdim, rc, 1.0f, z.data(), vc, h + r0 * hdim, DType::kF32, hdim, 1.0f, dw + v0 * hdim, hdim);
     }

@@ -147,7 +147,8 @@ const void* w_rows(const void* w, DType wdt, int64_t row, int64_t hdim) {
 }  // namespace
 
 void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v, const int32_t* targets,
-                  float softcap, bool /*compute_bf16: refused by the binding (kComputeBf16Kernel)*/, float* logp, float* lse) {
+                  float softcap, bool /*row_invariant: always*/, bool /*compute_bf16: refused by the binding (kComputeBf16Kernel)*/,
+                  float* logp, float* lse) {
   if (n == 0) return;
   // state [2, n] (running max, sum), then zy [n] (the target's logit)
   DeviceScratch state(static_cast<size_t>(n) * 3 * sizeof(float), "headLogprob");

@@ -29,10 +29,11 @@ GatherPlan gather_plan(int64_t n, int64_t v, int sms);
 // The LM head fused with logprob_gather: for each row r of h [n, hdim] (f32) the logits z = h_r w^T
 // (w [v, hdim], f32 or bf16; softcap > 0: z -> softcap tanh(z / softcap)) are formed one vocabulary
 // panel at a time (never [n, v]); lse[r] is summed online over the panels in a fixed order and
-// logp[r] = z[y_r] - lse[r]. Each row's results depend only on its h row, w and its target (not on n).
-// compute_bf16: h rounded to bf16 first (products of bf16 values, f32 sums). Ignored rows: 0 and 0.
+// logp[r] = z[y_r] - lse[r]. row_invariant: each row's results depend only on its h row, w and its target
+// (not on n or the other rows; the GPU kernels always are). compute_bf16: h rounded to bf16 first
+// (products of bf16 values, f32 sums). Ignored rows: 0 and 0.
 void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v, const int32_t* targets,
-                  float softcap, bool compute_bf16, float* logp, float* lse);
+                  float softcap, bool row_invariant, bool compute_bf16, float* logp, float* lse);
 
 // Backward of head_logprob: g[r, j] = dlogp[r] (1[j = y_r] - exp(z[r, j] - lse[r])) (times
 // 1 - tanh^2(z / softcap) under a softcap), recomputed panel by panel; dh [n, hdim] = g w (written),

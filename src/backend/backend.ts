@@ -50,6 +50,13 @@ export interface HeadOpts {
   softcap?: number;
   /** 'bf16': h is rounded to bf16 before the products (inference only, as matmul's computeDtype). */
   computeDtype?: ComputeDtype;
+  /**
+   * Each row's logp and lse depend only on its row of h, on w and on its target, bit for bit (never on N
+   * or the other rows). WebGPU and CUDA always are; the CPU then runs the row-invariant GEMM (as fast as
+   * sgemm with AVX-512, ~10x slower with AVX2 only) instead of OpenBLAS, whose rows round differently
+   * by their place in the call.
+   */
+  rowInvariant?: boolean;
 }
 
 export interface SpinLossOpts {
@@ -274,10 +281,9 @@ export interface Backend {
    * The LM head fused with logprobGather (docs/ops.md "Fused head"): h f32 [N, H], w [V, H] (f32 | bf16),
    * targets i32 [N] (-100 = ignored) -> logp f32 [N] = z[n, y_n] - lse_n and lse f32 [N], where
    * z = h w^T (then c tanh(z / c) with opts.softcap = c > 0) is formed one vocabulary panel at a time and
-   * never as [N, V]: lse is summed online over the panels in a fixed order. Each row's logp and lse depend
-   * only on its row of h, on w and on its target (never on N or the other rows: the reference pass and
-   * the training pass batch differently and must agree bit for bit). Ignored rows give 0 and 0. The
-   * scratch is a few panels of rows x vocabulary columns, whatever N and V (docs/ops.md).
+   * never as [N, V]: lse is summed online over the panels in a fixed order. With opts.rowInvariant each
+   * row's logp and lse depend only on its row of h, on w and on its target. Ignored rows give 0 and 0.
+   * The scratch is a few panels of rows x vocabulary columns, whatever N and V (docs/ops.md).
    */
   headLogprob(h: Tensor<'f32'>, w: Tensor, targets: Tensor<'i32'>, opts: HeadOpts): { logp: Tensor<'f32'>; lse: Tensor<'f32'> };
   /**

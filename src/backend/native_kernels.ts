@@ -61,7 +61,7 @@ export abstract class NativeKernels {
     const logp = this.output('f32', [n], 'headLogprob');
     const lse = this.output('f32', [n], 'headLogprob');
     const bf16 = opts.computeDtype === 'bf16';
-    this.native.headLogprob(h, n, hdim, w, w.dtype, w.shape[0], targets, opts.softcap ?? 0, bf16, logp, lse);
+    this.native.headLogprob(h, n, hdim, w, w.dtype, w.shape[0], targets, opts.softcap ?? 0, !!opts.rowInvariant, bf16, logp, lse);
     return { logp, lse };
   }
 

@@ -77,7 +77,13 @@ function headArgs(h: Tensor<'f32'>, w: Tensor, targets: Tensor<'i32'>, opts: Hea
   if (softcap < 0) throw new RangeError(`softcap must be > 0 (or 0 for none), got ${softcap}`);
   if (opts.computeDtype !== undefined && opts.computeDtype !== 'f32' && opts.computeDtype !== 'bf16')
     throw new TypeError(`computeDtype must be 'f32' or 'bf16', got ${String(opts.computeDtype)}`);
-  return { be, n, hdim, v, opts: { softcap, computeDtype: opts.computeDtype ?? 'f32' } satisfies HeadOpts };
+  return {
+    be,
+    n,
+    hdim,
+    v,
+    opts: { softcap, computeDtype: opts.computeDtype ?? 'f32', rowInvariant: !!opts.rowInvariant } satisfies HeadOpts,
+  };
 }
 
 /**

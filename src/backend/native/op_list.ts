@@ -60,7 +60,8 @@ export interface NativeOps {
   ): void;
   /**
    * The LM head fused with logprobGather: logits h w^T formed a vocabulary panel at a time, never [n, v];
-   * softcap > 0: z -> softcap tanh(z / softcap). Row-invariant. computeBf16: h rounded to bf16 (the CPU only).
+   * softcap > 0: z -> softcap tanh(z / softcap). rowInvariant: a row's results never depend on the other
+   * rows (CUDA: always). computeBf16: h rounded to bf16 (the CPU only).
    */
   headLogprob(
     h: NativeView,
@@ -71,6 +72,7 @@ export interface NativeOps {
     v: number,
     targets: NativeView,
     softcap: number,
+    rowInvariant: boolean,
     computeBf16: boolean,
     logp: NativeView,
     lse: NativeView,
