@@ -7,7 +7,7 @@ import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_fi
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
 import { type RopeScaling, parseRopeScaling } from './rope.js';
-import { gemmaToJson, noGemma, parseGemma } from './gemma_config.js';
+import { GEMMA3_MULTIMODAL, gemmaToJson, noGemma, parseGemma } from './gemma_config.js';
 
 export type { RopeScaling } from './rope.js';
 
@@ -215,11 +215,7 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
   }
   const f = new Fields(json as Json, file);
   const mt = f.json.model_type;
-  if (mt === 'gemma3')
-    throw f.error(
-      'model_type',
-      '"gemma3" is the multimodal Gemma 3 (Gemma3ForConditionalGeneration: text_config nested, weights under language_model): not supported; a text-only checkpoint (model_type "gemma3_text", e.g. gemma-3-1b) is',
-    );
+  if (mt === 'gemma3') throw f.error('model_type', GEMMA3_MULTIMODAL);
   if (!MODEL_TYPES.includes(mt as ModelType)) {
     const names = MODEL_TYPES.map((t) => `"${t}"`);
     throw f.error(

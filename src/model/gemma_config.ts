@@ -10,6 +10,10 @@ type Json = Record<string, unknown>;
 
 export type GemmaType = 'gemma2' | 'gemma3_text';
 
+/** model_type "gemma3" (Gemma3ForConditionalGeneration) is refused with this. */
+export const GEMMA3_MULTIMODAL =
+  '"gemma3" is the multimodal Gemma 3 (Gemma3ForConditionalGeneration: text_config nested, weights under language_model): not supported; a text-only checkpoint (model_type "gemma3_text", e.g. gemma-3-1b) is';
+
 /** The LlamaConfig fields that only Gemma sets (neutral for every other family: noGemma). */
 export type GemmaFields = Pick<
   LlamaConfig,
