@@ -40,6 +40,9 @@ before(async () => {
   tok.zephyr = await loadTokenizer(await tokenizerDirWith('mistral', join(root, 'zephyr'), ZEPHYR_TEMPLATE));
   tok.mistral = await loadTokenizer(await tokenizerDirWith('mistral', join(root, 'mistral'), MISTRAL_INSTRUCT_TEMPLATE));
   tok.llama32 = await loadTokenizer(await tokenizerDirWith('llama3_1', join(root, 'llama32'), LLAMA32_TEMPLATE));
+  tok.gemma3 = await loadTokenizer(publishedDir('gemma3')); // eos <end_of_turn>
+  // google/gemma-3-*-it's tokenizer_config.json says eos <eos> (1): the turn's <end_of_turn> (106) is not EOS
+  tok.gemma3it = await loadTokenizer(await tokenizerDirWith('gemma3', join(root, 'gemma3it'), undefined, { eos_token: '<eos>' }));
 });
 after(() => rm(root, { recursive: true, force: true }));
 
@@ -100,6 +103,18 @@ describe('chat rendering equals Python jinja2 with transformers settings', () =>
           });
         }
       }
+      // Gemma 3 folds the system text, empty too (the official SPIN's empty system turn), into the first user turn
+      const g = templates.find((t) => t.name === 'gemma3')!;
+      for (const content of ['', ' Be brief. '])
+        cases.push({
+          name: 'gemma3 system fold',
+          template: g.template,
+          messages: [{ role: 'system', content }, ...conversation(rng, 2, false)],
+          add_generation_prompt: false,
+          bos_token: g.bos,
+          eos_token: g.eos,
+          date: '2026-01-02',
+        });
       const file = join(root, 'cases.json');
       await writeFile(file, JSON.stringify(cases));
       const want = JSON.parse(runPython(ORACLE, [file], { python: pythonWith('jinja2') })) as string[];
@@ -188,11 +203,14 @@ describe('chat rows into prompt and answer tokens', () => {
     // Llama 3 base files: the template writes the next assistant header after every conversation; the answer stops at its turn's end
     assert.equal(ends('llama3').real, 'Hello there.<|eot_id|><|end_of_text|>');
     assert.equal(ends('mistral').real, 'Hello there.</s>');
+    // Gemma 3: the turn ends "<end_of_turn>\n"; with the -it files' eos <eos>, EOS follows it (TRL's layout)
+    assert.deepEqual(ends('gemma3'), { real: 'Hello there.<end_of_turn>\n', generated: '<end_of_turn>\n' });
+    assert.deepEqual(ends('gemma3it'), { real: 'Hello there.<end_of_turn>\n<eos>', generated: '<end_of_turn>\n<eos>' });
   });
 
   test('one tokenization split where the prompt ends: prompt + answer are the ids of the rendered conversation; BOS never doubled', () =>
     withSeed((rng) => {
-      for (const name of ['llama3_1', 'llama3', 'qwen3', 'zephyr', 'mistral', 'llama32']) {
+      for (const name of ['llama3_1', 'llama3', 'qwen3', 'zephyr', 'mistral', 'llama32', 'gemma3', 'gemma3it']) {
         const t = tok[name];
         for (let k = 0; k < 8; k++) {
           const conv = conversation(rng, rng.int(1, 3), name !== 'mistral' && rng.int(0, 1) === 1);
@@ -294,6 +312,43 @@ describe('chat rows into prompt and answer tokens', () => {
     assert.equal(withSystem, '<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n');
   });
 
+  test("Gemma 3: <bos> once, from the template; the system text folded into the first user turn; the assistant is 'model'", () => {
+    const [t, it] = [tok.gemma3, tok.gemma3it];
+    const sys = { role: 'system', content: 'Be brief.' };
+    const chat = (messages: ChatMessage[]) => ({ prompt: messages[messages.length - 1].content, messages });
+    assert.equal(formatPrompt(t, 'chat', 'Hi'), '<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n');
+    const multi = chat([sys, { role: 'user', content: 'Q1' }, { role: 'assistant', content: 'A1' }, { role: 'user', content: 'Q2' }]);
+    assert.equal(
+      formatPrompt(t, 'chat', multi),
+      '<bos><start_of_turn>user\nBe brief.\n\nQ1<end_of_turn>\n<start_of_turn>model\nA1<end_of_turn>\n<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n',
+    );
+    // the official SPIN's empty system turn becomes an empty prefix ("" + "\n\n") of the first user turn
+    assert.equal(
+      formatPrompt(t, { kind: 'chat', emptySystemTurn: true }, 'Hi'),
+      '<bos><start_of_turn>user\n\n\nHi<end_of_turn>\n<start_of_turn>model\n',
+    );
+    for (const k of [t, it]) {
+      const [p] = tokenizePairs(k, [{ ...multi, real: 'A2', generated: 'B2' }], { ...TRUNC, template: 'chat' });
+      // <bos> <start_of_turn> user \n ...: the tokenizer's add_bos_token does not add a second <bos>
+      assert.deepEqual(p.real.prompt.slice(0, 2), [2, 105]);
+      assert.equal(p.real.prompt.filter((id) => id === 2).length, 1);
+      assert.equal(k.decode(p.real.answer), k === t ? 'A2<end_of_turn>\n' : 'A2<end_of_turn>\n<eos>');
+    }
+    // a row whose roles do not alternate is refused by the template itself (raise_exception)
+    assert.throws(
+      () =>
+        formatPrompt(
+          t,
+          'chat',
+          chat([
+            { role: 'user', content: 'a' },
+            { role: 'user', content: 'b' },
+          ]),
+        ),
+      /Conversation roles must alternate/,
+    );
+  });
+
   test("a template that reads the date (Llama 3.2's strftime_now) sees the run's day, not the calendar", () => {
     const t = tok.llama32;
     const a = formatPrompt(t, { kind: 'chat', date: '2025-02-03' }, 'Hi');
@@ -352,6 +407,10 @@ describe('the ids that stop generation', () => {
     // the template's end of turn, for every published family
     assert.deepEqual(await stopIdsOf(join(root, 'none'), [], tok.qwen3, 'chat'), [151645]);
     assert.deepEqual(await stopIdsOf(join(root, 'none'), [], tok.zephyr, 'chat'), [2]);
+    assert.deepEqual(await stopIdsOf(join(root, 'none'), [], tok.gemma3, 'chat'), [106]);
+    // gemma-3-*-it: config.json eos [1, 106]; with only eos 1 known, <end_of_turn> still stops (the template's end of turn)
+    assert.deepEqual(await stopIdsOf(join(root, 'none'), [1], tok.gemma3it, 'chat'), [1, 106]);
+    assert.deepEqual(await stopIdsOf(join(root, 'none'), [1], tok.gemma3it, 'instruction'), [1]);
     await writeFile(join(dir, 'generation_config.json'), JSON.stringify({ eos_token_id: [128001, 'x'] }));
     await assert.rejects(stopIdsOf(dir, [], t, 'chat'), /generation_config\.json: "eos_token_id"\[1\] must be a token id/);
   });

@@ -251,6 +251,8 @@ describe('configToJson / writeConfig / loadConfig', () => {
           qwen2: 'Qwen2ForCausalLM',
           qwen3: 'Qwen3ForCausalLM',
           phi3: 'Phi3ForCausalLM',
+          gemma2: 'Gemma2ForCausalLM',
+          gemma3_text: 'Gemma3ForCausalLM',
         } as const;
         for (const v of variants) {
           const c = parseConfig(v, FILE);

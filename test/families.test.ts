@@ -64,7 +64,11 @@ describe('config.json of qwen3 and phi3', () => {
 
   test('refused by name: other model types, dropout, partial rotary embeddings', () => {
     expectError(() => parseConfig({ ...QWEN3_CONFIG, model_type: 'gemma3' }, FILE), 'model_type', /"gemma3"/);
-    expectError(() => parseConfig({ ...QWEN3_CONFIG, model_type: 'phi' }, FILE), 'model_type', /"qwen3" or "phi3", got "phi"/);
+    expectError(
+      () => parseConfig({ ...QWEN3_CONFIG, model_type: 'phi' }, FILE),
+      'model_type',
+      /"phi3", "gemma2" or "gemma3_text", got "phi"/,
+    );
     for (const field of ['resid_pdrop', 'embd_pdrop', 'attention_dropout'])
       expectError(() => parseConfig({ ...PHI3_CONFIG, [field]: 0.1 }, FILE), field, /dropout is not supported \(expected 0, got 0.1\)/);
     expectError(() => parseConfig({ ...QWEN3_CONFIG, attention_dropout: 0.05 }, FILE), 'attention_dropout', /dropout/);

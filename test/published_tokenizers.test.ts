@@ -183,42 +183,63 @@ describe('score, train and generate per family with the real tokenizer (tiny ran
   }
 });
 
-describe('generation stops at every eos id', () => {
-  test("a Llama 3 Instruct-style model that ends its turn with <|eot_id|> (128009) stops there (config.json's eos list)", async () => {
-    const dir = join(root, 'stop');
-    const model = join(dir, 'model');
-    await tokenizerDirWith('llama3', model); // eos_token <|end_of_text|> (128001), as the base files have it
-    const tok = await loadTokenizer(model);
-    const cfg = parseConfig(tinyJson(tok.vocabSize, [128001, 128009], 128000), 'stop');
-    // hand-set weights: attention and MLP write nothing, so the last position's hidden state is its
-    // token's embedding: every token but <|eot_id|> embeds to e0, which predicts <|eot_id|>; <|eot_id|>
-    // embeds to e1, which predicts "Hello" (9906). A run that does not stop at 128009 writes "HelloHello..."
-    const be = new CpuBackend();
-    const w = new Weights(be, 'f32');
-    const H = cfg.hiddenSize;
-    for (const spec of expectedTensors(cfg)) {
-      const n = spec.shape.reduce((a, b) => a * b, 1);
-      const data = new Float32Array(n);
-      if (spec.name.endsWith('norm.weight')) data.fill(1);
-      else if (spec.name === 'model.embed_tokens.weight') {
-        for (let v = 0; v < cfg.vocabSize; v++) data[v * H + (v === 128009 ? 1 : 0)] = 1;
-      } else if (spec.name === 'lm_head.weight') {
-        data[128009 * H + 0] = 10;
-        data[9906 * H + 1] = 10;
-      } else if (!/o_proj|down_proj/.test(spec.name)) data.fill(0.01);
-      w.params.set(spec.name, ops.upload(be, { dtype: 'f32', data }, spec.shape));
-    }
-    await new LlamaModel(cfg, w).save(model);
-    await writeFile(join(dir, 'sft.jsonl'), JSON.stringify({ prompt: 'Hi', completion: 'Hello.' }) + '\n');
-    const r = spinlm(
-      ['generate', '--model', model, '--data', 'sft.jsonl', '--out', 'pairs.jsonl', '--max_new_tokens', '6', '--quiet'],
-      dir,
-    );
-    assert.equal(r.status, 0, r.stderr);
-    const [row] = (await readFile(join(dir, 'pairs.jsonl'), 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l));
-    assert.equal(row.generated[row.generated.length - 1].content, '');
-  });
+describe("generation stops at every eos id and at the chat template's end of turn", () => {
+  const CASES = [
+    {
+      name: "a Llama 3 Instruct-style model that ends its turn with <|eot_id|> (128009) stops there (config.json's eos list)",
+      family: 'llama3' as const,
+      eos: '<|end_of_text|>', // as the base files have it
+      config: { eos: [128001, 128009], bos: 128000 },
+      stop: 128009,
+      other: 9906, // "Hello"
+      template: [] as string[],
+    },
+    {
+      name: "Gemma 3 Instruct (tokenizer eos <eos>, config.json eos 1 only) stops at the chat template's <end_of_turn> (106)",
+      family: 'gemma3' as const,
+      eos: '<eos>', // google/gemma-3-*-it's tokenizer_config.json
+      config: { eos: [1], bos: 2 },
+      stop: 106,
+      other: 9259, // "Hello"
+      template: ['--template', 'chat'],
+    },
+  ];
+  for (const c of CASES)
+    test(c.name, async () => {
+      const dir = join(root, `stop-${c.family}`);
+      const model = join(dir, 'model');
+      await tokenizerDirWith(c.family, model, undefined, { eos_token: c.eos });
+      const tok = await loadTokenizer(model);
+      const cfg = parseConfig(tinyJson(tok.vocabSize, c.config.eos, c.config.bos), 'stop');
+      // hand-set weights: attention and MLP write nothing, so the last position's hidden state is its
+      // token's embedding: every token but the stop embeds to e0, which predicts the stop; the stop
+      // embeds to e1, which predicts "Hello". A run that does not stop there writes "HelloHello..."
+      const be = new CpuBackend();
+      const w = new Weights(be, 'f32');
+      const H = cfg.hiddenSize;
+      for (const spec of expectedTensors(cfg)) {
+        const n = spec.shape.reduce((a, b) => a * b, 1);
+        const data = new Float32Array(n);
+        if (spec.name.endsWith('norm.weight')) data.fill(1);
+        else if (spec.name === 'model.embed_tokens.weight') {
+          for (let v = 0; v < cfg.vocabSize; v++) data[v * H + (v === c.stop ? 1 : 0)] = 1;
+        } else if (spec.name === 'lm_head.weight') {
+          data[c.stop * H + 0] = 10;
+          data[c.other * H + 1] = 10;
+        } else if (!/o_proj|down_proj/.test(spec.name)) data.fill(0.01);
+        w.params.set(spec.name, ops.upload(be, { dtype: 'f32', data }, spec.shape));
+      }
+      await new LlamaModel(cfg, w).save(model);
+      await writeFile(join(dir, 'sft.jsonl'), JSON.stringify({ prompt: 'Hi', completion: 'Hello.' }) + '\n');
+      const r = spinlm(
+        ['generate', '--model', model, '--data', 'sft.jsonl', '--out', 'pairs.jsonl', '--max_new_tokens', '6', '--quiet', ...c.template],
+        dir,
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const [row] = (await readFile(join(dir, 'pairs.jsonl'), 'utf8'))
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l));
+      assert.equal(row.generated[row.generated.length - 1].content, '');
+    });
 });

@@ -1,4 +1,5 @@
-// Hugging Face config.json for the Llama family (llama, mistral, qwen2, qwen3, phi3) <-> LlamaConfig.
+// Hugging Face config.json for the Llama family (llama, mistral, qwen2, qwen3, phi3; Gemma 2 and Gemma 3's
+// text model, parsed in gemma_config.ts) <-> LlamaConfig.
 // They share one architecture (RMSNorm, RoPE, grouped-query attention, SwiGLU MLP); they differ in
 // attention biases, sliding-window attention, qwen3's per-head q/k RMSNorm and phi3's fused qkv_proj /
 // gate_up_proj checkpoint tensors, which LlamaConfig and checkpointLayout record explicitly.
@@ -6,6 +7,7 @@ import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_fi
 import { join } from 'node:path';
 import { writeFileAtomic } from '../util/atomic.js';
 import { type RopeScaling, parseRopeScaling } from './rope.js';
+import { GEMMA3_MULTIMODAL, gemmaToJson, noGemma, parseGemma } from './gemma_config.js';
 
 export type { RopeScaling } from './rope.js';
 
@@ -21,7 +23,9 @@ export class ConfigError extends Error {
   }
 }
 
-export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3';
+export type ModelType = 'llama' | 'mistral' | 'qwen2' | 'qwen3' | 'phi3' | 'gemma2' | 'gemma3_text';
+/** Gemma's per-layer attention (config.json layer_types). */
+export type LayerType = 'sliding_attention' | 'full_attention';
 
 const ARCHITECTURES: Record<ModelType, string> = {
   llama: 'LlamaForCausalLM',
@@ -29,7 +33,10 @@ const ARCHITECTURES: Record<ModelType, string> = {
   qwen2: 'Qwen2ForCausalLM',
   qwen3: 'Qwen3ForCausalLM',
   phi3: 'Phi3ForCausalLM',
+  gemma2: 'Gemma2ForCausalLM',
+  gemma3_text: 'Gemma3ForCausalLM',
 };
+const isGemma = (t: ModelType): t is 'gemma2' | 'gemma3_text' => t === 'gemma2' || t === 'gemma3_text';
 const MODEL_TYPES = Object.keys(ARCHITECTURES) as ModelType[];
 
 export type TorchDtype = 'bfloat16' | 'float16' | 'float32';
@@ -89,6 +96,28 @@ export interface LlamaConfig {
   eosTokenIds: number[];
   /** The dtype the weights were saved in (torch_dtype or dtype), null when not stated. */
   torchDtype: TorchDtype | null;
+  // ---- Gemma 2 / Gemma 3 (gemma_config.ts); [every other family's value] ----
+  /** The MLP's gate activation: SwiGLU's 'silu' or Gemma's GeGLU 'gelu_tanh' (HF gelu_pytorch_tanh). */
+  hiddenActivation: 'silu' | 'gelu_tanh';
+  /** Gemma: every RMSNorm (q/k norms included) scales by (1 + w) instead of w [false]. */
+  normUnitOffset: boolean;
+  /**
+   * Gemma's sandwich norms [false]: x += post_attention_layernorm(attn(input_layernorm(x))), x +=
+   * post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x))) (Llama's post_attention_layernorm is the MLP's input norm).
+   */
+  sandwichNorms: boolean;
+  /** Embedding rows times this (Gemma: sqrt(hidden_size) in float64; HF rounds it to the compute dtype) [1]. */
+  embedScale: number;
+  /** Attention scores are q.k * queryPreAttnScalar^-0.5 (Gemma: query_pre_attn_scalar) [headDim]. */
+  queryPreAttnScalar: number;
+  /** Attention-logit soft-cap c: s -> c tanh(s / c) after the scale, before the mask (Gemma 2: 50) [null]. */
+  attnSoftcap: number | null;
+  /** Final-logit soft-cap c: z -> c tanh(z / c) (Gemma 2: 30; Gemma 3: null) [null]. */
+  finalSoftcap: number | null;
+  /** Gemma: each layer's attention (layer_types) [null: sliding from firstSlidingLayer on]; per layer: layerWindow. */
+  layerTypes: LayerType[] | null;
+  /** Gemma 3: RoPE base of the sliding layers, unscaled (rope_local_base_freq) [null: one RoPE]; per layer: layerRope. */
+  ropeLocalTheta: number | null;
 }
 
 /** One HF tensor the model needs: its name and shape. */
@@ -111,7 +140,7 @@ function describe(v: unknown): string {
 }
 
 /** Field readers: `null` counts as absent (HF writes e.g. "head_dim": null). */
-class Fields {
+export class Fields {
   constructor(
     readonly json: Json,
     readonly file: string,
@@ -186,6 +215,7 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
   }
   const f = new Fields(json as Json, file);
   const mt = f.json.model_type;
+  if (mt === 'gemma3') throw f.error('model_type', GEMMA3_MULTIMODAL);
   if (!MODEL_TYPES.includes(mt as ModelType)) {
     const names = MODEL_TYPES.map((t) => `"${t}"`);
     throw f.error(
@@ -199,13 +229,14 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
   const intermediateSize = f.posInt('intermediate_size');
   const numLayers = f.posInt('num_hidden_layers');
   const numHeads = f.posInt('num_attention_heads');
-  const numKvHeads = f.posInt('num_key_value_heads', numHeads);
+  const gemma = isGemma(modelType);
+  const numKvHeads = f.posInt('num_key_value_heads', gemma ? 4 : numHeads); // Gemma{2,3}Config default 4
   if (numHeads % numKvHeads !== 0) {
     throw f.error('num_key_value_heads', `${numKvHeads} does not divide num_attention_heads ${numHeads}`);
   }
   let headDim: number;
-  if (f.has('head_dim')) {
-    headDim = f.posInt('head_dim');
+  if (f.has('head_dim') || gemma) {
+    headDim = f.posInt('head_dim', 256); // Gemma's class default
   } else {
     if (hiddenSize % numHeads !== 0) {
       throw f.error('num_attention_heads', `${numHeads} does not divide hidden_size ${hiddenSize} (and no head_dim is given)`);
@@ -247,20 +278,20 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
         );
   const ropeJson = ropeObj === null ? null : { field: ropeField, value: structuredClone(ropeObj as Json) };
 
-  const act = f.json.hidden_act;
-  if (act !== undefined && act !== 'silu') throw f.error('hidden_act', `only "silu" is supported, got ${describe(act)}`);
+  const act = f.json.hidden_act; // Gemma reads hidden_activation (gemma_config.ts)
+  if (!gemma && act !== undefined && act !== 'silu') throw f.error('hidden_act', `only "silu" is supported, got ${describe(act)}`);
   if (modelType === 'llama' && f.bool('mlp_bias', false)) throw f.error('mlp_bias', 'MLP biases are not supported');
-  if (modelType === 'qwen3' || modelType === 'phi3') checkNoDropout(f, modelType);
-  const tieWordEmbeddings = f.bool('tie_word_embeddings', false);
+  if (modelType === 'qwen3' || modelType === 'phi3' || gemma) checkNoDropout(f, modelType);
+  const tieWordEmbeddings = f.bool('tie_word_embeddings', gemma);
   // phi3's attention has no biases whatever attention_bias says (HF's Phi3Attention ignores it)
-  const llamaBias = modelType === 'llama' || modelType === 'qwen3' ? f.bool('attention_bias', false) : false;
+  const llamaBias = modelType === 'llama' || modelType === 'qwen3' || gemma ? f.bool('attention_bias', false) : false;
   const qkvBias = modelType === 'qwen2' || llamaBias;
   const oBias = llamaBias;
-  const qkNorm = modelType === 'qwen3';
+  const qkNorm = modelType === 'qwen3' || modelType === 'gemma3_text';
 
   let slidingWindow: number | null = null;
   let firstSlidingLayer = 0;
-  if (modelType !== 'llama') {
+  if (modelType !== 'llama' && !gemma) {
     const window = f.has('sliding_window') ? f.posInt('sliding_window') : null;
     const qwen = modelType === 'qwen2' || modelType === 'qwen3';
     const used = !qwen || f.bool('use_sliding_window', false);
@@ -287,7 +318,11 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
     torchDtype = d;
   }
 
+  const g = gemma
+    ? parseGemma(f, modelType, { hiddenSize, numLayers, headDim, maxPositionEmbeddings, ropeTheta, ropeScaling, ropeJson })
+    : { ...noGemma(headDim), slidingWindow, ropeTheta, ropeScaling, ropeJson };
   return {
+    ...g,
     modelType,
     hiddenSize,
     intermediateSize,
@@ -296,9 +331,6 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
     numKvHeads,
     headDim,
     rmsNormEps,
-    ropeTheta,
-    ropeScaling,
-    ropeJson,
     originalMaxPositionEmbeddings,
     vocabSize,
     maxPositionEmbeddings,
@@ -306,7 +338,6 @@ export function parseConfig(json: unknown, file: string): LlamaConfig {
     qkvBias,
     oBias,
     qkNorm,
-    slidingWindow,
     firstSlidingLayer,
     bosTokenId,
     eosTokenIds,
@@ -392,7 +423,13 @@ export function configToJson(cfg: LlamaConfig): Record<string, unknown> {
       if (cfg.qkvBias || cfg.oBias) throw new Error('configToJson: phi3 has no attention biases');
       out.sliding_window = cfg.slidingWindow;
       break;
+    case 'gemma2':
+    case 'gemma3_text':
+      return Object.assign(out, gemmaToJson(cfg));
   }
+  const neutral = noGemma(cfg.headDim);
+  for (const k of Object.keys(neutral) as (keyof typeof neutral)[])
+    if (cfg[k] !== neutral[k]) throw new Error(`configToJson: ${k} is a Gemma field, ${cfg.modelType} has ${JSON.stringify(neutral[k])}`);
   if (cfg.qkNorm !== (cfg.modelType === 'qwen3'))
     throw new Error(`configToJson: ${cfg.modelType} ${cfg.qkNorm ? 'has no' : 'needs'} q/k norms`);
   return out;
@@ -406,6 +443,8 @@ export async function writeConfig(dir: string, cfg: LlamaConfig): Promise<void> 
 /**
  * Every tensor the model computes with, in model order, named as in HF's llama (phi3's fused
  * checkpoint tensors appear split: q_proj, k_proj, v_proj, gate_proj, up_proj; checkpointLayout).
+ * Gemma (modeling_gemma2.py / modeling_gemma3.py Gemma*DecoderLayer) adds pre_feedforward_layernorm and
+ * post_feedforward_layernorm per layer; Gemma 3 has self_attn.q_norm / k_norm [head_dim] like qwen3.
  */
 export function expectedTensors(cfg: LlamaConfig): TensorSpec[] {
   const { hiddenSize: H, intermediateSize: I, vocabSize: V, numHeads: nH, numKvHeads: nKV, headDim: hd } = cfg;
@@ -426,9 +465,11 @@ export function expectedTensors(cfg: LlamaConfig): TensorSpec[] {
       out.push({ name: `${p}.self_attn.k_norm.weight`, shape: [hd] });
     }
     out.push({ name: `${p}.post_attention_layernorm.weight`, shape: [H] });
+    if (cfg.sandwichNorms) out.push({ name: `${p}.pre_feedforward_layernorm.weight`, shape: [H] });
     out.push({ name: `${p}.mlp.gate_proj.weight`, shape: [I, H] });
     out.push({ name: `${p}.mlp.up_proj.weight`, shape: [I, H] });
     out.push({ name: `${p}.mlp.down_proj.weight`, shape: [H, I] });
+    if (cfg.sandwichNorms) out.push({ name: `${p}.post_feedforward_layernorm.weight`, shape: [H] });
   }
   out.push({ name: 'model.norm.weight', shape: [H] });
   if (!cfg.tieWordEmbeddings) out.push({ name: 'lm_head.weight', shape: [V, H] });

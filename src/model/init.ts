@@ -5,6 +5,7 @@ import type { Backend } from '../backend/backend.js';
 import { f32ArrayToBf16 } from '../tensor/bf16.js';
 import { Rng } from '../util/rng.js';
 import { expectedTensors, type LlamaConfig } from './config.js';
+import { checkModelIntegrated } from './gemma_config.js';
 import { LlamaModel } from './llama.js';
 import { type ParamDType, Weights } from './weights.js';
 import * as ops from '../ops/index.js';
@@ -19,6 +20,7 @@ export interface InitOptions {
 }
 
 export function initLlama(backend: Backend, cfg: LlamaConfig, opts: InitOptions): LlamaModel {
+  checkModelIntegrated(cfg);
   const rng = new Rng(opts.seed);
   const dtype = opts.dtype ?? 'f32';
   const std = opts.std ?? 0.02;
@@ -30,7 +32,8 @@ export function initLlama(backend: Backend, cfg: LlamaConfig, opts: InitOptions)
     const isNorm = spec.name.endsWith('norm.weight');
     const isBias = spec.name.endsWith('.bias');
     for (let i = 0; i < n; i++) {
-      if (isNorm) data[i] = opts.randomizeAll ? 1 + 0.1 * r.normal() : 1;
+      // Gemma's norms scale by (1 + w): HF initializes w to 0 (Gemma3PreTrainedModel._init_weights)
+      if (isNorm) data[i] = (cfg.normUnitOffset ? 0 : 1) + (opts.randomizeAll ? 0.1 * r.normal() : 0);
       else if (isBias) data[i] = opts.randomizeAll ? 0.1 * r.normal() : 0;
       else data[i] = std * r.normal();
     }

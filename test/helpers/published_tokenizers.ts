@@ -5,7 +5,8 @@
 // - qwen3: Qwen3 (151,669 ids; eos <|im_end|>; the Qwen3 template with <think> blocks)
 // - mistral: the package named -llama2 holds the Mistral-7B vocabulary (32,000 ids, SentencePiece
 //   BPE with byte fallback) and no chat template; tests add Mistral Instruct's or zephyr's
-// - gemma3: Gemma 3 (262,145 ids; eos <end_of_turn>)
+// - gemma3: Gemma 3 (262,145 ids; eos <end_of_turn>; google/gemma-3-*-it's own files say eos <eos>
+//   (id 1), which tests set with tokenizerDirWith's `over`; the template's BOS and system folding)
 // No package ships Phi-3's tokenizer: Phi-3 uses the Llama 2 / Mistral-style SentencePiece
 // vocabulary of 32,000 ids with <|end|> turns, so the mistral fixture stands in for it.
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
@@ -59,14 +60,20 @@ export const LLAMA32_TEMPLATE = `{{- bos_token }}
 
 /**
  * A tokenizer directory `dir` with the family's tokenizer.json (a link) and tokenizer_config.json, its
- * chat_template replaced by `template` when given (null: removed).
+ * chat_template replaced by `template` when given (null: removed) and the fields of `over` set.
  */
-export async function tokenizerDirWith(f: Family, dir: string, template?: string | null): Promise<string> {
+export async function tokenizerDirWith(
+  f: Family,
+  dir: string,
+  template?: string | null,
+  over: Record<string, unknown> = {},
+): Promise<string> {
   await mkdir(dir, { recursive: true });
   await symlink(join(publishedDir(f), 'tokenizer.json'), join(dir, 'tokenizer.json'));
   const cfg = JSON.parse(await readFile(join(publishedDir(f), 'tokenizer_config.json'), 'utf8')) as Record<string, unknown>;
   if (template === null) delete cfg.chat_template;
   else if (template !== undefined) cfg.chat_template = template;
+  Object.assign(cfg, over);
   await writeFile(join(dir, 'tokenizer_config.json'), JSON.stringify(cfg));
   return dir;
 }

@@ -14,6 +14,9 @@ Family differences, as in transformers' modeling files: qwen3 applies q_norm / k
 head's head_dim values) after the projections and before RoPE (modeling_qwen3.py Qwen3Attention); phi3
 stores q/k/v as one qkv_proj (rows: q, then k, then v) and gate/up as one gate_up_proj (gate first:
 `gate, up = chunk(2)`, modeling_phi3.py Phi3Attention / Phi3MLP); gradients are of the stored tensors.
+gemma2 and gemma3_text: names, init and forward from gemma_torch.py (same commands and request); a request
+may set embed_scale_dtype ("bf16", "f32", "f64") for the rounding of Gemma's sqrt(hidden_size) normalizer
+(default: the checkpoint's torch_dtype, as HF rounds it to the model's dtype).
 """
 import json
 import math
@@ -23,6 +26,8 @@ import sys
 
 import numpy as np
 import torch
+
+import gemma_torch
 
 DT = {"F32": (np.float32, 4), "BF16": (np.int16, 2), "F16": (np.float16, 2)}
 
@@ -71,6 +76,8 @@ def biases(c):
 
 
 def names_and_shapes(c):
+    if c["model_type"] in gemma_torch.GEMMA:
+        return gemma_torch.names_and_shapes(c)
     H, I, V, nh, nkv = c["hidden_size"], c["intermediate_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or H // nh
     qkv_bias, o_bias = biases(c)
@@ -107,8 +114,8 @@ def make(dir_, config_json, seed, dtype):
     g = torch.Generator().manual_seed(int(seed))
     tensors = {}
     for name, shape in names_and_shapes(c):
-        if name.endswith("norm.weight"):
-            t = 1 + 0.1 * torch.randn(shape, generator=g)
+        if name.endswith("norm.weight"):  # Gemma's norms scale by (1 + w): w around 0
+            t = (0 if c["model_type"] in gemma_torch.GEMMA else 1) + 0.1 * torch.randn(shape, generator=g)
         elif name.endswith(".bias"):
             t = 0.1 * torch.randn(shape, generator=g)
         else:
@@ -187,7 +194,9 @@ def rotate_half(x):
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
-def forward(c, W, ids, pos, mask, rows, length):
+def forward(c, W, ids, pos, mask, rows, length, scale_dtype=None):
+    if c["model_type"] in gemma_torch.GEMMA:
+        return gemma_torch.forward(c, W, ids, pos, mask, rows, length, scale_dtype)
     H, nh, nkv = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"]
     hd = c.get("head_dim") or H // nh
     eps = c["rms_norm_eps"]
@@ -266,13 +275,14 @@ def forward(c, W, ids, pos, mask, rows, length):
 
 def run(model_dir, req_dir):
     c = json.load(open(os.path.join(model_dir, "config.json")))
-    c.setdefault("num_key_value_heads", c["num_attention_heads"])
+    if c["model_type"] not in gemma_torch.GEMMA:  # Gemma's default is 4 (gemma_torch.dims)
+        c.setdefault("num_key_value_heads", c["num_attention_heads"])
     W = {k: v.requires_grad_(True) for k, v in read_safetensors(os.path.join(model_dir, "model.safetensors")).items()}
     r = json.load(open(os.path.join(req_dir, "request.json")))
     load = lambda n, dt: torch.from_numpy(np.fromfile(os.path.join(req_dir, n + ".bin"), dtype=dt).copy())
     ids, pos, mask = load("input_ids", np.int32).long(), load("positions", np.int32).long(), load("attention_mask", np.int32)
     targets, segments, ref = load("targets", np.int32).long(), load("segments", np.int32).long(), load("ref", np.float32).double()
-    logits = forward(c, W, ids, pos, mask, r["rows"], r["length"])
+    logits = forward(c, W, ids, pos, mask, r["rows"], r["length"], r.get("embed_scale_dtype"))
     valid = targets != -100
     logp = torch.log_softmax(logits, -1).gather(1, torch.where(valid, targets, 0)[:, None]).squeeze(1) * valid
     b = r["pairs"]
@@ -305,7 +315,8 @@ def greedy(model_dir, req_dir):
     """Greedy decoding by full recompute (no cache): request.json {prompts: [[ids]], max_new_tokens, eos_id};
     writes greedy.json [[ids]] (EOS not included)."""
     c = json.load(open(os.path.join(model_dir, "config.json")))
-    c.setdefault("num_key_value_heads", c["num_attention_heads"])
+    if c["model_type"] not in gemma_torch.GEMMA:  # Gemma's default is 4 (gemma_torch.dims)
+        c.setdefault("num_key_value_heads", c["num_attention_heads"])
     W = read_safetensors(os.path.join(model_dir, "model.safetensors"))
     r = json.load(open(os.path.join(req_dir, "request.json")))
     out = []
