@@ -132,10 +132,11 @@ export class LlamaKvCache {
   /** Final norm + LM head on rows of h [R, H] -> f32 [R, V]. */
   private logits(h: Tensor<'f32'>): Tensor<'f32'> {
     const c = this.model.cfg;
-    const { y, rstd } = ops.rmsnorm(h, this.p('model.norm.weight'), c.rmsNormEps);
+    const { y, rstd } = this.model.finalNorm(h);
     const head = this.p(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
     const logits = ops.matmul(y, head, { transB: true, rowInvariant: true, computeDtype: this.computeDtype });
     for (const t of [y, rstd]) t.free();
+    this.model.capLogits(logits);
     return logits;
   }
 
@@ -211,7 +212,7 @@ export class LlamaKvCache {
           ),
     );
     const masks = runs.map((g) => up(new Int32Array(g.count * g.length).fill(1), [g.count, g.length]));
-    const x = ops.embedding(tIds, this.p('model.embed_tokens.weight'));
+    const x = this.model.embed(tIds);
     const h = this.layers(x, tPos, tRows, (i, q, k, v) => {
       const qd = c.numHeads * c.headDim,
         kd = nkv * c.headDim;
@@ -228,7 +229,7 @@ export class LlamaKvCache {
           kr.reshape([g.count, g.length, nkv, c.headDim]),
           vr.reshape([g.count, g.length, nkv, c.headDim]),
           masks[j],
-          { window: this.model.attentionWindow(i) },
+          this.model.attentionOpts(i),
         );
         lse.free();
         if (sel) {
@@ -277,12 +278,17 @@ export class LlamaKvCache {
     const tPos = ops.upload(be, { dtype: 'i32', data: pos }, [B]);
     const tRows = ops.upload(be, { dtype: 'i32', data: rows }, [B * nkv]);
     const tLens = ops.upload(be, { dtype: 'i32', data: lens }, [B]);
-    const x = ops.embedding(tokens, this.p('model.embed_tokens.weight'));
+    const x = this.model.embed(tokens);
     const h = this.layers(x, tPos, tRows, (i, q) => {
       const cache = (t: Tensor) => t.view(0, [B, c.numKvHeads, this.maxLen, c.headDim]);
-      return ops.attentionDecode(q.reshape([B, c.numHeads, c.headDim]), cache(this.k[i]), cache(this.v[i]), tLens, undefined, {
-        window: this.model.attentionWindow(i),
-      });
+      return ops.attentionDecode(
+        q.reshape([B, c.numHeads, c.headDim]),
+        cache(this.k[i]),
+        cache(this.v[i]),
+        tLens,
+        undefined,
+        this.model.attentionOpts(i),
+      );
     });
     for (const t of [tPos, tRows, tLens]) t.free();
     const out = this.logits(h);

@@ -249,9 +249,3 @@ export function layerRope(cfg: LlamaConfig, i: number): { theta: number; scaling
 export function attentionScale(cfg: LlamaConfig): number {
   return cfg.queryPreAttnScalar ** -0.5;
 }
-
-/** Until the Gemma forward lands in llama.ts, a Gemma model refuses to be built (a clear error, no wrong numbers). */
-export function checkModelIntegrated(cfg: LlamaConfig): void {
-  if (cfg.modelType === 'gemma2' || cfg.modelType === 'gemma3_text')
-    throw new Error(`${cfg.modelType}: config.json parsed, but the model integration is not in this build (issue 29)`);
-}

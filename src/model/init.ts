@@ -5,7 +5,6 @@ import type { Backend } from '../backend/backend.js';
 import { f32ArrayToBf16 } from '../tensor/bf16.js';
 import { Rng } from '../util/rng.js';
 import { expectedTensors, type LlamaConfig } from './config.js';
-import { checkModelIntegrated } from './gemma_config.js';
 import { LlamaModel } from './llama.js';
 import { type ParamDType, Weights } from './weights.js';
 import * as ops from '../ops/index.js';
@@ -20,7 +19,6 @@ export interface InitOptions {
 }
 
 export function initLlama(backend: Backend, cfg: LlamaConfig, opts: InitOptions): LlamaModel {
-  checkModelIntegrated(cfg);
   const rng = new Rng(opts.seed);
   const dtype = opts.dtype ?? 'f32';
   const std = opts.std ?? 0.02;

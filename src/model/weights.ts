@@ -5,7 +5,6 @@ import type { Tensor } from '../tensor/tensor.js';
 import { checkpointLayout, type LlamaConfig } from './config.js';
 import type { CheckpointTensors } from './checkpoint_files.js';
 import { SafetensorsError } from './safetensors.js';
-import { checkModelIntegrated } from './gemma_config.js';
 import * as ops from '../ops/index.js';
 
 export type ParamDType = 'f32' | 'bf16';
@@ -138,7 +137,6 @@ export class Weights {
         extra[0],
         `is not a tensor of a ${cfg.modelType} model with this config.json (${extra.length} unexpected)`,
       );
-    checkModelIntegrated(cfg); // Gemma: names checked, the forward not yet in this build
     const w = new Weights(backend, dtype);
     try {
       for (const s of specs) {

@@ -4,11 +4,11 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Backend } from '../../src/backend/backend.js';
-import { freeInput, uploadInput } from '../../src/model/input.js';
+import { freeInput, freeLossRows, uploadInput, uploadLossRows } from '../../src/model/input.js';
 import { checkpointLayout } from '../../src/model/config.js';
 import type { LlamaModel } from '../../src/model/llama.js';
 import { type SpinBatch, type TokenizedPair, tokenizePair } from '../../src/spin/batch.js';
-import { freeSpinLossContext, spinLossBackward, spinLossForward, spinLossMetrics } from '../../src/spin/loss.js';
+import { freeSpinLossContext, spinLossDlogp, spinLossFromLogprobs, spinLossMetrics } from '../../src/spin/loss.js';
 import * as ops from '../../src/ops/index.js';
 import type { Rng } from '../../src/util/rng.js';
 
@@ -29,9 +29,10 @@ export function writeSpinRequest(dir: string, batch: SpinBatch, ref: Float32Arra
 }
 
 /**
- * spinlm's side of one SPIN step on `batch` (pairs = ref.length / 2, the sigmoid loss): the logits, each
- * sequence's S(theta, y) and the loss, read to the host; the gradients stay in model.weights.grads
- * (the model must have training enabled).
+ * spinlm's side of one SPIN step on `batch` (pairs = ref.length / 2, the sigmoid loss): the logits of every
+ * position (model.forward), then the step as training runs it (the loss rows through the fused head:
+ * forwardLogprobs / backwardLogprobs): each sequence's S(theta, y) and the loss, read to the host; the
+ * gradients stay in model.weights.grads (the model must have training enabled).
  */
 export async function spinlmSpinCase(
   be: Backend,
@@ -42,18 +43,22 @@ export async function spinlmSpinCase(
 ): Promise<{ logits: Float32Array; seq: Float32Array; loss: number }> {
   const pairs = ref.length / 2;
   const input = uploadInput(be, batch, model.cfg.vocabSize);
-  const { logits, state } = model.forward(input, { train: true });
+  const { logits } = model.forward(input);
   const logitsHost = Float32Array.from((await ops.read(logits)) as Float32Array);
-  const targets = ops.upload(be, { dtype: 'i32', data: batch.targets }, [batch.targets.length]);
-  const segments = ops.upload(be, { dtype: 'i32', data: batch.segments }, [batch.segments.length]);
-  const ctx = spinLossForward(logits, targets, segments, ops.upload(be, { dtype: 'f32', data: ref }, [ref.length]), pairs, {
+  logits.free();
+  const rows = uploadLossRows(be, batch.targets, batch.segments);
+  const { logp, state } = model.forwardLogprobs(input, rows, { train: true });
+  const ctx = spinLossFromLogprobs(logp, rows.segments!, ops.upload(be, { dtype: 'f32', data: ref }, [ref.length]), pairs, {
     beta,
     lossType: 'sigmoid',
   });
   const metrics = await spinLossMetrics(ctx);
   const seq = Float32Array.from((await ops.read(ctx.seqLogps)) as Float32Array);
-  model.backward(state!, spinLossBackward(ctx, { inPlace: true }) as never);
+  const dlogp = spinLossDlogp(ctx);
+  model.backwardLogprobs(state!, dlogp);
   freeSpinLossContext(ctx);
+  for (const t of [logp, dlogp]) t.free();
+  freeLossRows(rows);
   freeInput(input);
   return { logits: logitsHost, seq, loss: metrics.loss };
 }
