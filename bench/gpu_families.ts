@@ -19,6 +19,7 @@ import { collateSpinBatch } from '../src/spin/batch.js';
 import { Rng } from '../src/util/rng.js';
 import { relErr } from '../test/helpers/loss_ref.js';
 import { checkpointGrads, oraclePairs, spinlmSpinCase, writeSpinRequest } from '../test/helpers/spin_oracle_case.js';
+import { GEMMA2_SMALL, GEMMA3_SMALL } from '../test/helpers/gemma_configs.js';
 import { PHI3_CONFIG, QWEN3_CONFIG } from '../test/helpers/tiny_model.js';
 import { kitBackend, PYTHON } from './kit_backend.js';
 
@@ -87,6 +88,8 @@ const FAMILIES: { name: string; config: Record<string, unknown> }[] = [
   },
   { name: 'qwen3 (head_dim 32 != hidden/heads, q/k norms, tied, GQA 4/2)', config: { ...QWEN3_CONFIG, eos_token_id: EOS } },
   { name: 'phi3 (fused qkv_proj / gate_up_proj, sliding_window 2047)', config: { ...PHI3_CONFIG, eos_token_id: EOS } },
+  { name: 'gemma2 (soft-capped attention and logits, sandwich norms, GeGLU)', config: { ...GEMMA2_SMALL, eos_token_id: EOS } },
+  { name: 'gemma3_text (q/k norms, local/global rope, linear scaling 8)', config: { ...GEMMA3_SMALL, eos_token_id: EOS } },
   {
     // the batch's sequences (up to 48 tokens) run past the window: transformers' sliding-window mask
     name: 'mistral (GQA 4/2, sliding_window 7, shorter than the sequences)',

@@ -22,6 +22,7 @@ import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 import { withSeed } from './helpers/random.js';
 import { oraclePairs } from './helpers/spin_oracle_case.js';
+import { GEMMA2_SMALL, GEMMA3_SMALL } from './helpers/gemma_configs.js';
 import { PHI3_CONFIG, QWEN3_CONFIG } from './helpers/tiny_model.js';
 
 const FILE = '/models/x/config.json';
@@ -182,6 +183,8 @@ for (const be of await testBackends())
     for (const [family, config] of [
       ['qwen3', QWEN3_CONFIG],
       ['phi3', PHI3_CONFIG],
+      ['gemma2', GEMMA2_SMALL],
+      ['gemma3_text', GEMMA3_SMALL],
     ] as const)
       test(`${family}: a SPIN step (bf16 parameters, f32 masters, AdamW) moves every tensor, saves with HF names; generation runs`, async () =>
         withSeed(async (rng) => {
@@ -250,6 +253,8 @@ describe('command line', () => {
   for (const [family, config] of [
     ['qwen3', QWEN3_CONFIG],
     ['phi3', PHI3_CONFIG],
+    ['gemma2', GEMMA2_SMALL],
+    ['gemma3_text', GEMMA3_SMALL],
   ] as const)
     test(`${family}: spinlm generate, then spinlm train writes a model with the family's HF names`, async () => {
       const dir = mkdtempSync(join(tmpdir(), `spinlm-cli-${family}-`));

@@ -191,3 +191,25 @@ export function tinyGemma(base: Record<string, unknown>, over: Record<string, un
     ...over,
   };
 }
+
+/**
+ * Gemma as the model cards publish it, widths and layers shrunk, for the model tests: soft-caps small enough to
+ * bite on random weights, query_pre_attn_scalar apart from head_dim, a window shorter than the test sequences.
+ */
+const SHRINK = {
+  hidden_size: 64,
+  intermediate_size: 96,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 16,
+  query_pre_attn_scalar: 24,
+  vocab_size: 97,
+  max_position_embeddings: 256,
+  sliding_window: 7,
+  bos_token_id: 1,
+  eos_token_id: 2,
+};
+/** gemma-2-2b's fields: soft-capped attention (2) and logits (3), sandwich norms, GeGLU; 2 layers (sliding, global). */
+export const GEMMA2_SMALL = { ...GEMMA2_2B, ...SHRINK, num_hidden_layers: 2, attn_logit_softcapping: 2.0, final_logit_softcapping: 3.0 };
+/** gemma-3-4b's text tower: q/k norms, linear rope scaling 8 on the global layer, local base 10k; layers 0-4 sliding, 5 global. */
+export const GEMMA3_SMALL = { ...GEMMA3_4B_TEXT, ...SHRINK, num_hidden_layers: 6, torch_dtype: 'float32' };
