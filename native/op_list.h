@@ -52,6 +52,8 @@ SPINLM_OP(adamwStep, adamwStep, optim,
 SPINLM_OP(sumSquares, sumSquares, optim, "x: NativeView, n: number, out: NativeView, index: number")
 SPINLM_OP(clipCoefficient, clipCoefficient, optim, "sumsq: NativeView, count: number, maxNorm: number, out: NativeView")
 SPINLM_OP(scaleInPlace, scaleInPlace, optim, "y: NativeView, n: number, a: number")
+// y <- c tanh(y / c) in place (f32; c finite > 0): Gemma 2's final-logit soft-cap outside the fused head.
+SPINLM_OP(softcapInPlace, softcapInPlace, optim, "y: NativeView, n: number, c: number")
 SPINLM_OP(accumulate, accumulate, optim, "acc: NativeView, x: NativeView, n: number, alpha: number")
 
 // ---- sample_ops.cc ----

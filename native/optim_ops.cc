@@ -101,4 +101,14 @@ Napi::Value js::scaleInPlace(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::scale_inplace(y, n, a); });
 }
 
+// softcapInPlace(y f32, n, c): y = c tanh(y / c), c finite and > 0
+Napi::Value js::softcapInPlace(const Napi::CallbackInfo& info) {
+  const int64_t n = ToInt(info[1], "n");
+  float* y = View<float>(info[0], "y", n * 4);
+  const double cd = ToDouble(info[2], "softcap");
+  const float c = static_cast<float>(cd);
+  if (!(std::isfinite(c) && c > 0.0f)) Throw(info.Env(), "softcap must be a finite number > 0, got " + std::to_string(cd));
+  return Run(info, [&] { kern::softcap_inplace(y, n, c); });
+}
+
 }  // namespace SPINLM_BIND_NS

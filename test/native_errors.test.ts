@@ -137,6 +137,7 @@ describe('native errors: TypeError for arguments of the wrong kind', () => {
       );
       throwsKind(() => native.clipCoefficient(buffer(1), 1, 'inf' as never, buffer(2)), 'TypeError', /maxNorm must be a number/);
       throwsKind(() => native.scaleInPlace(p, n, undefined as never), 'TypeError', /scale must be a number/);
+      throwsKind(() => native.softcapInPlace(p, n, '30' as never), 'TypeError', /softcap must be a number/);
       throwsKind(
         () => native.rope(buffer(4 * n), buffer(n, new Int32Array(n), true), new Float32Array(2), n, 1, 4, '1' as never, false),
         'TypeError',
@@ -198,6 +199,8 @@ describe('native errors: RangeError for values out of range', () => {
         'RangeError',
         /adamw 'step' must be an integer >= 1/,
       );
+      for (const c of [0, -rng.next() - 0.1, NaN, Infinity, 1e-50, 1e39])
+        throwsKind(() => native.softcapInPlace(p, n, c), 'RangeError', /softcap must be a finite number > 0/);
       throwsKind(
         () => native.rmspropStep(p, 'f32', null, g, n, buffer(n), { lr: Number.NaN, alpha: 0.99, eps: 1e-8, weightDecay: 0 }, null),
         'RangeError',

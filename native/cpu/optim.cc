@@ -110,4 +110,10 @@ void scale_inplace(float* y, int64_t n, float a) {
   });
 }
 
+void softcap_inplace(float* y, int64_t n, float c) {
+  parallel_for(n, kGrain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] = c * std::tanh(y[i] / c);
+  });
+}
+
 }  // namespace spinlm

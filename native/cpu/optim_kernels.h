@@ -44,4 +44,8 @@ void accumulate(float* acc, const float* x, int64_t n, double alpha);
 // y[i] = y[i] * a (in place, f32).
 void scale_inplace(float* y, int64_t n, float a);
 
+// y[i] = c tanh(y[i] / c) (in place, f32; c > 0): the soft-cap of logits. +-inf -> +-c, NaN stays NaN,
+// and c tanh(y / c) ~ y for small |y| (tanh keeps its relative accuracy near 0).
+void softcap_inplace(float* y, int64_t n, float c);
+
 }  // namespace spinlm

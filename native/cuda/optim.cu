@@ -101,6 +101,12 @@ __global__ void scale_kernel(SPIN_GP(float) y, int64_t n, float a) {
     y[i] = y[i] * a;
 }
 
+// y = c tanh(y / c): tanhf is within 2 ulp (relative, so c tanh(y / c) ~ y near 0), +-inf -> +-c, NaN stays.
+__global__ void softcap_kernel(SPIN_GP(float) y, int64_t n, float c) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * kThreads)
+    y[i] = c * tanhf(y[i] / c);
+}
+
 }  // namespace
 
 void rmsprop_step(void* param, DType dt, float* master, const float* grad, float* square_avg, int64_t n, const RmspropHyper& h,
@@ -151,6 +157,12 @@ void scale_inplace(float* y, int64_t n, float a) {
   if (n == 0) return;
   SPIN_LAUNCH(scale_kernel, dim3(elementwise_blocks(n, kThreads)), dim3(kThreads), 0, stream(), y, n, a);
   check_launch("scaleInPlace");
+}
+
+void softcap_inplace(float* y, int64_t n, float c) {
+  if (n == 0) return;
+  SPIN_LAUNCH(softcap_kernel, dim3(elementwise_blocks(n, kThreads)), dim3(kThreads), 0, stream(), y, n, c);
+  check_launch("softcapInPlace");
 }
 
 }  // namespace spinlm::cuda

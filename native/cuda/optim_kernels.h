@@ -19,5 +19,6 @@ void sum_squares_into(const float* x, int64_t n, float* out);
 void clip_coefficient(const float* sumsq, int64_t k, double max_norm, float* out);
 void accumulate(float* acc, const float* x, int64_t n, double alpha);
 void scale_inplace(float* y, int64_t n, float a);
+void softcap_inplace(float* y, int64_t n, float c);
 
 }  // namespace spinlm::cuda

@@ -318,6 +318,11 @@ export interface Backend {
   clipCoefficient(sumsq: Tensor<'f32'>, maxNorm: number): Tensor<'f32'>;
   /** x *= a, in place. */
   scaleInPlace(x: Tensor<'f32'>, a: number): void;
+  /**
+   * x = c tanh(x / c), in place (c finite, > 0): logits soft-capped outside the fused head (Gemma 2's
+   * final_logit_softcapping). Relative accuracy near 0 (c tanh(x / c) ~ x); +-Infinity -> +-c, NaN stays NaN.
+   */
+  softcapInPlace(x: Tensor<'f32'>, c: number): void;
   /** acc += alpha * x (same shapes), in place: metrics summed on the device. */
   accumulate(acc: Tensor<'f32'>, x: Tensor<'f32'>, alpha: number): void;
 

@@ -136,6 +136,10 @@ export abstract class NativeKernels {
     this.native.scaleInPlace(x, x.numel, a);
   }
 
+  softcapInPlace(x: Tensor<'f32'>, c: number): void {
+    this.native.softcapInPlace(x, x.numel, c);
+  }
+
   accumulate(acc: Tensor<'f32'>, x: Tensor<'f32'>, alpha: number): void {
     this.native.accumulate(acc, x, acc.numel, alpha);
   }

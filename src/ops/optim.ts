@@ -1,4 +1,5 @@
-// Optimizer ops (f32 masters and states) and small reductions: argument checks, then the kernel.
+// Optimizer ops (f32 masters and states), small reductions and in-place f32 scalings (scale, the
+// logits' soft-cap): argument checks, then the kernel.
 import type { AdamwHyper, OptimTensors, RmspropHyper } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkCount, checkFinite, expectArg, expectTensor } from './check.js';
@@ -52,6 +53,20 @@ export function scaleInPlace(x: Tensor<'f32'>, a: number): void {
   expectArg(be, x, 'x', ['f32']);
   checkFinite(a, 'scale');
   be.scaleInPlace(x, a);
+}
+
+/**
+ * x = c tanh(x / c), in place: logits soft-capped outside the fused head (Gemma 2's
+ * final_logit_softcapping). c must be finite and > 0 as an f32 (RangeError otherwise). Relative
+ * accuracy near 0 (c tanh(x / c) ~ x); +-Infinity -> +-c; NaN stays NaN.
+ */
+export function softcapInPlace(x: Tensor<'f32'>, c: number): void {
+  const be = expectTensor(x, 'x');
+  expectArg(be, x, 'x', ['f32']);
+  checkFinite(c, 'softcap');
+  const c32 = Math.fround(c);
+  if (!(c32 > 0 && Number.isFinite(c32))) throw new RangeError(`softcap must be > 0 and finite as an f32, got ${c}`);
+  be.softcapInPlace(x, c);
 }
 
 /** acc += alpha * x (same shapes): sums kept on the device and read once per logging interval. */

@@ -17,6 +17,7 @@ export const NATIVE_OPS = [
   { name: 'sumSquares', method: 'sumSquares', family: 'optim' },
   { name: 'clipCoefficient', method: 'clipCoefficient', family: 'optim' },
   { name: 'scaleInPlace', method: 'scaleInPlace', family: 'optim' },
+  { name: 'softcapInPlace', method: 'softcapInPlace', family: 'optim' },
   { name: 'accumulate', method: 'accumulate', family: 'optim' },
   { name: 'sampleTokens', method: 'sampleTokens', family: 'sample' },
   { name: 'matmul', method: 'matmul', family: 'model' },
@@ -132,6 +133,8 @@ export interface NativeOps {
   sumSquares(x: NativeView, n: number, out: NativeView, index: number): void;
   clipCoefficient(sumsq: NativeView, count: number, maxNorm: number, out: NativeView): void;
   scaleInPlace(y: NativeView, n: number, a: number): void;
+  /** y <- c tanh(y / c) in place (f32; c finite > 0): Gemma 2's final-logit soft-cap outside the fused head. */
+  softcapInPlace(y: NativeView, n: number, c: number): void;
   accumulate(acc: NativeView, x: NativeView, n: number, alpha: number): void;
   /** Only ids < limit (1 <= limit <= v) are chosen, greedy too. */
   sampleTokens(

@@ -52,6 +52,17 @@ fn expm1_f(x: f32) -> f32 {
   return x + x * x * t;
 }
 
+/**
+ * tanh(x) accurate near 0, for c tanh(x / c) (the head's and softcapInPlace's soft-cap):
+ * (e^2a - 1) / (e^2a + 1) with expm1_f; tanh(10) is 1 in f32, so +-inf -> +-1. NaN stays NaN, found
+ * by its bits (shader compilers may fold x != x to false, and sign(NaN) is 0 on Mesa's lavapipe).
+ */
+fn tanh_f(x: f32) -> f32 {
+  if ((bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u) { return x; }
+  let e = expm1_f(2.0 * min(abs(x), 10.0));
+  return sign(x) * (e / (e + 2.0));
+}
+
 // sin and cos of f32 angles to about 1 ulp (GPU sin/cos are only accurate to ~2^-11 absolute):
 // Cody-Waite reduction by pi/4 in three parts, then minimax polynomials (the Cephes sinf/cosf ones).
 fn sincos_f(xin: f32) -> vec2f {

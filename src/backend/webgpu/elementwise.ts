@@ -1,5 +1,5 @@
 // Elementwise f32 ops on the WebGPU device (elementwise.wgsl; native/cpu/layers.cc and optim.cc on
-// the CPU): residual add, scaling, metric accumulation, SwiGLU / GeGLU and its backward, bias add and its
+// the CPU): residual add, scaling, logit soft-cap, metric accumulation, SwiGLU / GeGLU and its backward, bias add and its
 // backward. The per-element ops go in chunks of elements, so no binding passes the device's limit.
 import type { Tensor } from '../../tensor/tensor.js';
 import type { GluOpts } from '../backend.js';
@@ -27,6 +27,11 @@ function ew(rt: WebGpuRuntime, entry: string, ts: Tensor[], a: number, b: number
 
 export function scaleInPlace(rt: WebGpuRuntime, x: Tensor<'f32'>, a: number): void {
   ew(rt, 'scale', [x], a, 0);
+}
+
+/** x = c tanh(x / c), in place (c > 0; common.wgsl's tanh_f, accurate near 0). */
+export function softcapInPlace(rt: WebGpuRuntime, x: Tensor<'f32'>, c: number): void {
+  ew(rt, 'softcap', [x], c, 0);
 }
 
 export function accumulate(rt: WebGpuRuntime, acc: Tensor<'f32'>, x: Tensor<'f32'>, alpha: number): void {

@@ -1,4 +1,4 @@
-// Elementwise and per-row kernels of the Llama layers: residual add, scaling, metric accumulation,
+// Elementwise and per-row kernels of the Llama layers: residual add, scaling, logit soft-cap, metric accumulation,
 // SwiGLU / GeGLU, biases, scatter, embedding, RMSNorm, RoPE. One invocation per element unless noted.
 // W_BF16 (a variant constant) says whether the weight / bias / table binding holds bf16 pairs.
 // UNIT_OFFSET (RMSNorm): the scale is 1 + w (Gemma). GELU_TANH (swiglu): GeGLU's activation.
@@ -34,6 +34,13 @@ fn add_inplace(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: 
 fn scale(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
   let i = gid(wid, nwg, lid);
   if (i < ep.n) { e_io[i] = e_io[i] * ep.a; }
+}
+
+/** io = c tanh(io / c) with c = a > 0 (common.wgsl's tanh_f: relative accuracy near 0, +-inf -> +-c, NaN stays). */
+@compute @workgroup_size(256)
+fn softcap(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let i = gid(wid, nwg, lid);
+  if (i < ep.n) { e_io[i] = ep.a * tanh_f(e_io[i] / ep.a); }
 }
 
 /**

@@ -8,13 +8,6 @@
 struct HeadParams { rows: u32, cols: u32, row0: u32, v0: u32, v: u32, first: u32, softcap: f32, n: u32 }
 @group(0) @binding(0) var<uniform> hp: HeadParams;
 
-/** c tanh(x / c) needs a tanh accurate near 0: (e^2a - 1) / (e^2a + 1) with expm1_f; tanh(10) is 1 in f32. */
-fn tanh_f(x: f32) -> f32 {
-  if (x != x) { return x; }
-  let e = expm1_f(2.0 * min(abs(x), 10.0));
-  return sign(x) * (e / (e + 2.0));
-}
-
 // ---- forward ------------------------------------------------------------------------------------
 /** z -> c tanh(z / c) over the panel, in place; hp.n = elements. */
 @group(0) @binding(1) var<storage, read_write> hs_z: array<f32>;

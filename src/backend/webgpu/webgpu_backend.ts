@@ -161,6 +161,9 @@ export class WebGpuBackend implements Backend {
   scaleInPlace(x: Tensor<'f32'>, a: number): void {
     ew.scaleInPlace(this.rt, x, a);
   }
+  softcapInPlace(x: Tensor<'f32'>, c: number): void {
+    ew.softcapInPlace(this.rt, x, c);
+  }
   accumulate(acc: Tensor<'f32'>, x: Tensor<'f32'>, alpha: number): void {
     ew.accumulate(this.rt, acc, x, alpha);
   }
