@@ -66,7 +66,6 @@ async function* joinChunks(parts: readonly Tensor[]): AsyncGenerator<Float32Arra
   for (const t of parts) yield* ops.readChunks(t);
 }
 
-
 export class LlamaModel extends DecoderLayers {
   /** Rerun each layer's forward in the backward instead of keeping its activations. */
   recompute = false;
@@ -266,7 +265,8 @@ export class LlamaModel extends DecoderLayers {
    * sit through the whole backward: docs/memory.md).
    */
   backward(state: ForwardState, dlogits: Tensor<'f32'>): void {
-    if (this.cfg.finalSoftcap) throw new Error('backward from logits: a soft-capped head trains through forwardLogprobs / backwardLogprobs');
+    if (this.cfg.finalSoftcap)
+      throw new Error('backward from logits: a soft-capped head trains through forwardLogprobs / backwardLogprobs');
     const { lmName } = this.acquireHead();
     ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
