@@ -4,6 +4,8 @@
 //           ~250-token prompts and ~250-token answers against one short pair (the goal: the 4-pair step
 //           holds <= 256 MiB more than the short one), and the tensor allocator's peak live bytes
 //   speed:  SPIN steps/s and scoring batches/s at the 350M matrix shape with 256-token prompts
+//   attention: the attention kernels alone (forward + backward, 4 x 512 positions, 8/4 heads of 64,
+//           no soft-cap): the soft-cap and head_dim 256 work (issue 29) must not slow the other families
 // Usage: node --import tsx bench/head.bench.ts --base /path/to/old/tree [--cells memory,speed] [--steps 2]
 import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
@@ -90,4 +92,15 @@ if (cells.includes('speed')) {
   rows.push(['after / before', res.after.spin / res.before.spin, res.after.score / res.before.score]);
   console.log('350M shape, 256-token prompts and 256-token answers (best of 2 interleaved runs)');
   console.log(table(['tree', 'SPIN steps/s (1 pair)', 'score batches/s (2 pairs)'], rows));
+}
+if (cells.includes('attention')) {
+  const dir = await makeRandomModel('32m');
+  const res: Record<string, number> = {};
+  for (let rep = 0; rep < 2; rep++)
+    for (const [name, root] of trees) {
+      const r = run(root, 'attention', dir, { len: 512, steps: 5 });
+      res[name] = Math.min(res[name] ?? Infinity, r.ms);
+    }
+  console.log('attention forward + backward, 4 x 512 positions, 8/4 heads of 64 (ms, best of 2 interleaved runs)');
+  console.log(table(['before', 'after', 'after / before'], [[res.before, res.after, res.after / res.before]]));
 }

@@ -2,7 +2,7 @@
 // (so bench/head.bench.ts can put the tree before the fused head beside the current one); prints one
 // JSON line. Both trees have the APIs used here (LlamaModel.load, SpinObjective, runTrainingLoop,
 // collateSpinBatch, scoreBatch).
-// Usage: node --import tsx bench/head_probe.ts ROOT spin|score|op MODEL_DIR '{"pairs":4,"len":500,"prompt":250,"steps":1,"ckpt":1}'
+// Usage: node --import tsx bench/head_probe.ts ROOT spin|score|op|attention MODEL_DIR '{"pairs":4,"len":500,"prompt":250,"steps":1,"ckpt":1}'
 // (ckpt: gradient checkpointing in the SPIN step; op: M = pairs x len rows, fused 1 or 0)
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -115,6 +115,30 @@ if (mode === 'spin') {
   const ms = performance.now() - t0;
   await ops.read(dw.view(0, [1]));
   console.log(JSON.stringify({ ms, op_peak_live_mb: peakLiveMb() - base, logits_mb: (M * cfg.vocabSize * 4) / 2 ** 20 }));
+} else if (mode === 'attention') {
+  // the attention kernels alone (forward + backward, no soft-cap): the uncapped path before / after the
+  // soft-cap and head_dim 256 work must not be slower. B sequences of L positions, 8 / 4 heads of 64.
+  const ops = await src('ops/index.ts');
+  const [b, l, nh, nkv, hd] = [4, L, 8, 4, 64];
+  const up = (shape: number[]) =>
+    ops.upload(be, { dtype: 'f32', data: Float32Array.from({ length: shape.reduce((x, y) => x * y) }, () => rng.normal()) }, shape);
+  const [q, k, v, dout] = [up([b, l, nh, hd]), up([b, l, nkv, hd]), up([b, l, nkv, hd]), up([b, l, nh, hd])];
+  const mask = ops.upload(be, { dtype: 'i32', data: new Int32Array(b * l).fill(1) }, [b, l]);
+  const once = async () => {
+    const { out, lse } = ops.attention(q, k, v, mask, {});
+    const g = ops.attentionBackward(q, k, v, mask, out, lse, dout, {});
+    await ops.read(g.dq.view(0, [1]));
+    for (const t of [out, lse, g.dq, g.dk, g.dv]) t.free();
+  };
+  await once();
+  const times: number[] = [];
+  for (let i = 0; i < work.steps; i++) {
+    const t0 = performance.now();
+    await once();
+    times.push(performance.now() - t0);
+  }
+  times.sort((a, b) => a - b);
+  console.log(JSON.stringify({ ms: times[times.length >> 1] }));
 } else {
   throw new Error(`unknown mode ${mode}`);
 }
