@@ -4,6 +4,7 @@
 //           ~250-token prompts and ~250-token answers against one short pair (the goal: the 4-pair step
 //           holds <= 256 MiB more than the short one), and the tensor allocator's peak live bytes
 //   speed:  SPIN steps/s and scoring batches/s at the 350M matrix shape with 256-token prompts
+//   speed-128k: the same on the small model with the 128,256-token vocabulary (the head most of the work)
 //   attention: the attention kernels alone (forward + backward, 4 x 512 positions, 8/4 heads of 64,
 //           no soft-cap): the soft-cap and head_dim 256 work (issue 29) must not slow the other families
 // Usage: node --import tsx bench/head.bench.ts --base /path/to/old/tree [--cells memory,speed] [--steps 2]
@@ -92,6 +93,23 @@ if (cells.includes('speed')) {
   rows.push(['after / before', res.after.spin / res.before.spin, res.after.score / res.before.score]);
   console.log('350M shape, 256-token prompts and 256-token answers (best of 2 interleaved runs)');
   console.log(table(['tree', 'SPIN steps/s (1 pair)', 'score batches/s (2 pairs)'], rows));
+}
+if (cells.includes('speed-128k')) {
+  // where the head is most of the step: the small model with Llama 3's vocabulary
+  const dir = await makeRandomModel('small-128k');
+  const res: Record<string, Record<string, number>> = {};
+  for (let rep = 0; rep < 2; rep++)
+    for (const [name, root] of trees) {
+      const spin = run(root, 'spin', dir, { pairs: 2, len: 512, prompt: 256, steps });
+      const score = run(root, 'score', dir, { pairs: 4, len: 512, prompt: 256, steps: 3 });
+      const r = (res[name] ??= { spin: 0, score: 0 });
+      r.spin = Math.max(r.spin, spin.steps_per_s);
+      r.score = Math.max(r.score, score.batches_per_s);
+    }
+  const rows: (string | number)[][] = trees.map(([name]) => [name, res[name].spin, res[name].score]);
+  rows.push(['after / before', res.after.spin / res.before.spin, res.after.score / res.before.score]);
+  console.log('small model with a 128,256-token vocabulary, 256-token prompts and answers (best of 2 interleaved runs)');
+  console.log(table(['tree', 'SPIN steps/s (2 pairs)', 'score batches/s (4 pairs)'], rows));
 }
 if (cells.includes('attention')) {
   const dir = await makeRandomModel('32m');
