@@ -18,6 +18,7 @@ import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
 import { kitBackend } from './kit_backend.js';
 import { spinBenchLoop, spinBenchObjective } from './model_probe_work.js';
+import { GEMMA2_SMALL } from '../test/helpers/gemma_configs.js';
 
 const { values: args } = parseArgs({ options: { backend: { type: 'string', default: 'cuda' }, jsonl: { type: 'string' } } });
 
@@ -116,6 +117,33 @@ try {
       batchSize: 2,
     }),
   );
+  // Gemma 2: soft-capped attention and logits (attention, decode, the fused head, softcapInPlace),
+  // (1 + w) and sandwich norms, GeGLU; one local and one global layer
+  const gemma = initLlama(be, parseConfig({ ...GEMMA2_SMALL, vocab_size: cfg.vocabSize }, 'smoke gemma2'), {
+    seed: 2,
+    dtype: 'bf16',
+    std: 0.05,
+  });
+  await stage('gemma2: SPIN step, then sampled generation', async () => {
+    await runTrainingLoop(gemma, 4, spinBenchObjective(gemma, pairs.slice(0, 4), ref.slice(0, 8)), spinBenchLoop(2), {});
+    await generate(new LlamaDecoder(gemma), prompts, {
+      temperature: 0.8,
+      topK: 0,
+      topP: 1,
+      maxNewTokens: 4,
+      eosIds: [2],
+      seed: 3,
+      batchSize: 2,
+    });
+  });
+  await stage('the unfused loss from logits (logprobGather and its backward: spinLossForward for library users)', async () => {
+    const logits = ops.upload(be, { dtype: 'f32', data: Float32Array.from({ length: 6 * 50 }, () => rng.normal()) }, [6, 50]);
+    const targets = ops.upload(be, { dtype: 'i32', data: Int32Array.from([1, 2, -100, 3, 4, 5]) }, [6]);
+    const { logp, lse } = ops.logprobGather(logits, targets);
+    const dlogits = ops.logprobGatherBackward(logits, targets, lse, logp, { dtype: 'f32' });
+    await ops.read(dlogits);
+    for (const t of [logits, targets, logp, lse, dlogits]) t.free();
+  });
   await stage('scaleInPlace (gradient accumulation averaging)', async () => {
     const x = ops.upload(be, { dtype: 'f32', data: Float32Array.from({ length: 1000 }, () => rng.normal()) }, [1000]);
     ops.scaleInPlace(x, 0.5);
