@@ -18,23 +18,6 @@ namespace {
 // as long as it is used; in panels the copy is bounded and the product stays a few large sgemm calls.
 constexpr int64_t kPanelElems = int64_t{2} << 20;
 
-// An f32 buffer from the tensor allocator (recycled between calls, counted in liveBytes).
-class Panel {
- public:
-  explicit Panel(int64_t elems) : bytes_(elems * static_cast<int64_t>(sizeof(float))) {
-    p_ = static_cast<float*>(host_alloc(bytes_));
-    if (!p_) throw std::bad_alloc();
-  }
-  ~Panel() { host_free(p_, bytes_); }
-  Panel(const Panel&) = delete;
-  Panel& operator=(const Panel&) = delete;
-  float* data() const { return p_; }
-
- private:
-  int64_t bytes_;
-  float* p_;
-};
-
 // rows x cols of a bf16 matrix with leading dimension ld, widened into out [rows, cols].
 void widen_rows(const uint16_t* h, int64_t ld, int64_t rows, int64_t cols, float* out) {
   parallel_for(rows, std::max<int64_t>(1, (int64_t{1} << 16) / cols), [&](int64_t r0, int64_t r1) {
@@ -68,7 +51,7 @@ void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float a
   if (trans_b) {
     // B is [n, ldb]: row j holds output column j. Panels of whole rows: C[:, j0:j1] = A B[j0:j1]^T.
     const int64_t nb = std::min(n, std::max<int64_t>(1, kPanelElems / k));
-    Panel panel(nb * k);
+    ScratchF32 panel(nb * k);
     for (int64_t j0 = 0; j0 < n; j0 += nb) {
       const int64_t cols = std::min(nb, n - j0);
       widen_rows(h + j0 * ldb, ldb, cols, k, panel.data());
@@ -79,7 +62,7 @@ void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float a
   // B is [k, ldb]: row p multiplies column p of op(A). Panels of whole rows, accumulated into C:
   // C = beta C + sum over panels of op(A)[:, p0:p1] B[p0:p1] (one panel: the single product).
   const int64_t kb = std::min(k, std::max<int64_t>(1, kPanelElems / n));
-  Panel panel(kb * n);
+  ScratchF32 panel(kb * n);
   for (int64_t p0 = 0; p0 < k; p0 += kb) {
     const int64_t depth = std::min(kb, k - p0);
     widen_rows(h + p0 * ldb, ldb, depth, n, panel.data());

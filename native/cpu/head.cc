@@ -31,23 +31,6 @@ namespace {
 constexpr int64_t kPanel = 2048;  // vocabulary columns per panel (at most)
 constexpr int64_t kRows = 256;    // rows per chunk
 
-// A buffer from the tensor allocator (counted in the op's live bytes, recycled between calls).
-class Scratch {
- public:
-  explicit Scratch(int64_t elems) : bytes_(std::max<int64_t>(1, elems) * 4) {
-    p_ = static_cast<float*>(host_alloc(bytes_));
-    if (!p_) throw std::bad_alloc();
-  }
-  ~Scratch() { host_free(p_, bytes_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  float* data() const { return p_; }
-
- private:
-  int64_t bytes_;
-  float* p_;
-};
-
 const void* w_rows(const void* w, DType wdt, int64_t row, int64_t hdim) {
   return static_cast<const char*>(w) + row * hdim * dtype_size(wdt);
 }
@@ -97,7 +80,7 @@ void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType 
   std::vector<float> zy(static_cast<size_t>(n), NAN);
   const int64_t p = std::min(kPanel, v);
   const bool rows = row_invariant || compute_bf16;
-  Scratch panel(rows ? 1 : p * hdim), z(std::min(n, kRows) * p);
+  ScratchF32 panel(rows ? 1 : p * hdim), z(std::min(n, kRows) * p);
   for (int64_t v0 = 0; v0 < v; v0 += p) {
     const int64_t vc = std::min(p, v - v0);
     if (!rows) fill_panel(w, wdt, v0, vc, hdim, panel.data());
@@ -136,7 +119,7 @@ void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* 
     return;
   }
   const int64_t p = std::min(kPanel, v);
-  Scratch panel(p * hdim), z(std::min(n, kRows) * p);
+  ScratchF32 panel(p * hdim), z(std::min(n, kRows) * p);
   for (int64_t v0 = 0; v0 < v; v0 += p) {
     const int64_t vc = std::min(p, v - v0);
     fill_panel(w, wdt, v0, vc, hdim, panel.data());

@@ -130,8 +130,13 @@ export class LlamaModel extends DecoderLayers {
     if (this.cfg.finalSoftcap) ops.softcapInPlace(logits, this.cfg.finalSoftcap);
   }
 
+  /** The LM head's parameter: lm_head.weight, or the embedding when tied. */
+  private get lmName(): string {
+    return this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight';
+  }
+
   private lmHead(): Tensor {
-    return this.p(this.cfg.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight');
+    return this.p(this.lmName);
   }
 
   private checkInput(input: ModelInput): void {
@@ -250,13 +255,12 @@ export class LlamaModel extends DecoderLayers {
     if (this.cfg.tieWordEmbeddings) this.paramHook?.release(EMBED_UNIT, phase);
   }
 
-  private acquireHead(): { hook: ParamHook | null; lmName: string } {
-    const hook = this.paramHook;
-    const tied = this.cfg.tieWordEmbeddings;
-    hook?.acquire(HEAD_UNIT, 'backward');
-    if (tied) hook?.acquire(EMBED_UNIT, 'backward');
+  /** Starts the head's backward: its parameter units (the head, and the embedding when tied); the head's name. */
+  private acquireHead(): string {
     if (!this.weights.training) throw new Error('backward needs gradients: call model.weights.enableTraining() first');
-    return { hook, lmName: tied ? 'model.embed_tokens.weight' : 'lm_head.weight' };
+    this.paramHook?.acquire(HEAD_UNIT, 'backward');
+    if (this.cfg.tieWordEmbeddings) this.paramHook?.acquire(EMBED_UNIT, 'backward');
+    return this.lmName;
   }
 
   /**
@@ -267,7 +271,7 @@ export class LlamaModel extends DecoderLayers {
   backward(state: ForwardState, dlogits: Tensor<'f32'>): void {
     if (this.cfg.finalSoftcap)
       throw new Error('backward from logits: a soft-capped head trains through forwardLogprobs / backwardLogprobs');
-    const { lmName } = this.acquireHead();
+    const lmName = this.acquireHead();
     ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
     dlogits.free();
@@ -277,7 +281,7 @@ export class LlamaModel extends DecoderLayers {
 
   /** Backward from dlogp f32 [M] (the loss rows' log-prob gradients): every parameter's gradient; frees the state. */
   backwardLogprobs(state: LogprobState, dlogp: Tensor<'f32'>): void {
-    const { lmName } = this.acquireHead();
+    const lmName = this.acquireHead();
     const { hSel, lse, loss } = state;
     const dSel = ops.headLogprobBackward(hSel, this.lmHead(), loss.targets, lse, dlogp, {
       dw: this.weights.grad(lmName),
