@@ -272,7 +272,8 @@ export class LlamaModel extends DecoderLayers {
     if (this.cfg.finalSoftcap)
       throw new Error('backward from logits: a soft-capped head trains through forwardLogprobs / backwardLogprobs');
     const lmName = this.acquireHead();
-    ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
+    const dw = this.weights.gradOf(lmName); // none when frozen (LoRA)
+    if (dw) ops.matmul(dlogits, state.hFinal, { transA: true, out: dw, accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
     dlogits.free();
     state.hFinal.free();
@@ -284,7 +285,7 @@ export class LlamaModel extends DecoderLayers {
     const lmName = this.acquireHead();
     const { hSel, lse, loss } = state;
     const dSel = ops.headLogprobBackward(hSel, this.lmHead(), loss.targets, lse, dlogp, {
-      dw: this.weights.grad(lmName),
+      dw: this.weights.gradOf(lmName), // none when frozen (LoRA): no dW GEMM
       softcap: this.cfg.finalSoftcap ?? 0,
     });
     const dh = ops.zeros(this.backend, 'f32', state.xFinal.shape);
@@ -317,7 +318,8 @@ export class LlamaModel extends DecoderLayers {
     }
     if (!tied) hook?.acquire(EMBED_UNIT, 'backward');
     if (this.cfg.embedScale !== 1) ops.scaleInPlace(dx, Math.fround(this.cfg.embedScale)); // d/d(embedding) of x * scale
-    ops.embeddingBackward(input.inputIds, dx, this.weights.grad('model.embed_tokens.weight'));
+    const dtable = this.weights.gradOf('model.embed_tokens.weight'); // none when frozen (LoRA)
+    if (dtable) ops.embeddingBackward(input.inputIds, dx, dtable);
     hook?.release(EMBED_UNIT, 'backward');
     dx.free();
     state.layers.length = 0;
