@@ -6,6 +6,7 @@
 // fails at start rather than mid-run).
 import type { Command } from './command.js';
 import { evalCmd, generate, score, synth } from './data_commands.js';
+import { merge } from './merge_command.js';
 import { deviceOption } from './options.js';
 import { registerOptionDefaults } from './run_dir.js';
 import { demo, run, sweep } from './self_play_commands.js';
@@ -14,12 +15,12 @@ import { sftCmd, train } from './train_commands.js';
 export type { Command } from './command.js';
 
 /** Commands that compute take --device (synthetic only writes data). */
-for (const c of [demo, run, train, sftCmd, generate, score, evalCmd, sweep]) {
+for (const c of [demo, run, train, sftCmd, generate, score, evalCmd, sweep, merge]) {
   c.options = [...c.options, deviceOption];
   c.usesDevice = true;
 }
 
-export const COMMANDS: Command[] = [demo, run, sweep, train, sftCmd, generate, score, evalCmd, synth];
+export const COMMANDS: Command[] = [demo, run, sweep, train, sftCmd, merge, generate, score, evalCmd, synth];
 
 // what an option that a run directory predates meant (run_dir.ts fingerprintDiff)
 for (const c of COMMANDS) registerOptionDefaults(c.name, Object.fromEntries(c.options.map((s) => [s.name, s.default])));

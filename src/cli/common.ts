@@ -5,7 +5,9 @@ import type { Backend } from '../backend/backend.js';
 import { type BackendStatus, createBackend, type DeviceChoice, DeviceUnavailableError } from '../backend/registry.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { loadConfig } from '../model/config.js';
+import { loadAdapter } from '../model/adapter.js';
 import { LlamaModel } from '../model/llama.js';
+import { AdapterError } from '../model/peft.js';
 import type { Rounds } from '../data/messages.js';
 import type { PromptTemplate } from '../text/templates.js';
 import { type HfTokenizer, loadTokenizer } from '../text/tokenizer.js';
@@ -50,6 +52,15 @@ export async function loadModelAndTokenizer(
   const tok = await loadTokenizer(m.dir);
   tok.checkModelVocab((await loadConfig(m.dir)).vocabSize, join(m.dir, 'config.json'));
   const model = await LlamaModel.load(await backend(), m.dir, { dtype: m.dtype });
+  if (m.adapter !== undefined) {
+    try {
+      await loadAdapter(model, m.adapter);
+    } catch (e) {
+      model.weights.free();
+      if (e instanceof AdapterError) throw new UsageError(`--adapter ${e.message}`);
+      throw e;
+    }
+  }
   const template = templateOf(m, tok);
   return { model, tok, template, rounds: roundsOf(m, template) };
 }

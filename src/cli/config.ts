@@ -55,6 +55,8 @@ export function dataConfig(o: Parsed): DataConfig {
 /** --model and the text options: where the model is, how it is loaded, how prompts are formatted and cut. */
 export interface ModelConfig {
   dir: string;
+  /** --adapter: a PEFT LoRA adapter directory applied (unmerged) to the model; undefined: none. */
+  adapter?: string;
   /** Parameter dtype; undefined: as stored. */
   dtype?: 'f32' | 'bf16';
   template: 'auto' | 'instruction' | 'chat';
@@ -84,6 +86,7 @@ export function modelConfig(o: Parsed): ModelConfig {
   const dtype = choice(o, 'dtype', ['auto', 'f32', 'bf16'] as const, 'auto');
   return {
     dir: optStr(o, 'model') ?? '',
+    adapter: optStr(o, 'adapter'),
     dtype: dtype === 'auto' ? undefined : dtype,
     template: choice(o, 'template', ['auto', 'instruction', 'chat'] as const, 'auto'),
     firstRoundOnly: bool(o, 'first_round_only'),

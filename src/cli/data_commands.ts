@@ -31,6 +31,7 @@ import {
   truncationOf,
 } from './config.js';
 import {
+  adapterOption,
   computeDtypeOption,
   dataOption,
   evalBatchOption,
@@ -53,6 +54,7 @@ export const score: Command = {
   summary: 'S(theta, y) of (prompt, real, generated) pairs: the summed log-prob of each answer and its EOS.',
   options: [
     modelOption,
+    adapterOption,
     { ...dataOption, help: 'pair file: {prompt, real, generated} strings or official SPIN rows (JSONL or Parquet)' },
     strictOption,
     outOption('scores JSONL, one row per pair in input order'),
@@ -64,7 +66,7 @@ export const score: Command = {
   async run(o) {
     const m = modelConfig(o);
     const [data, out] = [str(o, 'data'), str(o, 'out')];
-    await checkFileOut('score', out, { model: m.dir, data });
+    await checkFileOut('score', out, { model: m.dir, adapter: m.adapter, data });
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.maxPositions);
     const pairs = await readSpinPairs(data, { rounds, strictUtf8: bool(o, 'strict') });
@@ -88,6 +90,7 @@ export const generate: Command = {
   summary: "The opponent's step: the model answers the SFT prompts; writes SPIN pair rows (prompt, real, generated). Resumable.",
   options: [
     modelOption,
+    adapterOption,
     dataOption,
     strictOption,
     outOption('pair file (.jsonl or .parquet)'),
@@ -110,7 +113,7 @@ export const generate: Command = {
     const d = dataConfig(o);
     const gen = generationConfig(o);
     const [out, seed] = [str(o, 'out'), num(o, 'seed')];
-    await checkFileOut('generate', out, { model: m.dir, data: d.path });
+    await checkFileOut('generate', out, { model: m.dir, adapter: m.adapter, data: d.path });
     // the resume journal sits beside a file output; a stream output (FIFO, /dev/stdout) has none
     const group = launchedByMpi() ? processGroup() : null;
     // data parallel: prompts sharded by index across the ranks (one journal each), merged in input order
@@ -133,6 +136,7 @@ export const generate: Command = {
     // and the day the chat template saw (kept, never compared: a resume renders the same prompts)
     const produced = await fingerprintOf('generate', o, [
       { flag: 'model', path: m.dir },
+      ...(m.adapter !== undefined ? [{ flag: 'adapter', path: m.adapter }] : []),
       { flag: 'data', path: d.path },
     ]);
     if (typeof template === 'object' && template.date) produced.template_date = template.date;
@@ -184,6 +188,7 @@ export const evalCmd: Command = {
     'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
   options: [
     modelOption,
+    adapterOption,
     dataOption,
     strictOption,
     nOption,
@@ -205,7 +210,7 @@ export const evalCmd: Command = {
     const d = dataConfig(o);
     const out = optStr(o, 'out');
     const batchSize = num(o, 'per_device_eval_batch_size');
-    await checkFileOut('eval', out, { model: m.dir, data: d.path });
+    await checkFileOut('eval', out, { model: m.dir, adapter: m.adapter, data: d.path });
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     const trunc = truncationOf(m, model.maxPositions);
     const pairs = await sftData(d, promptFits(model, tok, template), rounds);

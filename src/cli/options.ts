@@ -25,6 +25,12 @@ export const modelOption: OptionSpec = {
   check: nonEmpty,
   help: 'Hugging Face model directory (config.json, model.safetensors, tokenizer.json)',
 };
+export const adapterOption: OptionSpec = {
+  name: 'adapter',
+  type: 'string',
+  check: nonEmpty,
+  help: 'a PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) for --model, applied unmerged: the model is base + adapter (docs/lora.md)',
+};
 export const dataOption: OptionSpec = {
   name: 'data',
   type: 'string',

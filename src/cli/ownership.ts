@@ -6,6 +6,7 @@
 // files (fingerprint.json, COMMAND.resolved.json, the demo's results) and counts as spinlm's.
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { SIDE_FILES } from '../model/side_files.js';
 import { DEMO_ARMS } from '../spin/demo.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { UsageError } from './args.js';
@@ -41,6 +42,15 @@ const LAYOUT: Record<string, readonly string[]> = {
     ...REPORT,
     'fingerprint.json',
     'sft.resolved.json',
+  ],
+  merge: [
+    'config.json',
+    'model.safetensors',
+    'model-*.safetensors',
+    'model.safetensors.index.json',
+    ...SIDE_FILES,
+    'fingerprint.json',
+    'merge.resolved.json',
   ],
   sweep: ['theta0', 'sweep.md', 'sweep.json', 'sweep.svg', 'sweep-delta.svg', 'fingerprint.json', 'sweep.resolved.json'],
   demo: ['theta0', 'theta0.partial', ...DEMO_ARMS.map((a) => a.name), ...REPORT, 'table.md', 'demo_results.json'],
