@@ -102,6 +102,12 @@ export class LlamaModel extends DecoderLayers {
    * split q/k/v and gate/up are joined again into qkv_proj and gate_up_proj (checkpointLayout).
    */
   async save(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
+    // the base alone would drop what LoRA trained: a LoRA model is written as PEFT adapter files or
+    // merged (docs/lora.md), never silently as its untouched base
+    if (this.weights.lora)
+      throw new Error(
+        'this model carries LoRA adapters: save them as PEFT adapter files or merge them first (save() writes the base only)',
+      );
     await makeDirs(dir);
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
     // each tensor reaches the host in 4 MiB chunks: saving holds no whole-tensor copy (docs/memory.md)

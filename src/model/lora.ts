@@ -63,6 +63,16 @@ export function loraScaling(c: LoraConfig): number {
   return c.useRslora ? c.alpha / Math.sqrt(c.r) : c.alpha / c.r;
 }
 
+/** LoRA settings before the model is known: targetModules null is the family's default. */
+export type LoraOptions = Omit<LoraConfig, 'targetModules'> & { targetModules: LoraConfig['targetModules'] | null };
+
+/** The LoraConfig of `o` for a family (its default targets when none are given), validated. */
+export function resolveLora(o: LoraOptions, family: Family): LoraConfig {
+  const c = { ...o, targetModules: o.targetModules ?? defaultTargetModules(family) };
+  validateLoraConfig(c, family);
+  return c;
+}
+
 /** Throws a RangeError naming the field if the config is not one spinlm (and PEFT) accepts for this family. */
 export function validateLoraConfig(c: LoraConfig, family: Family): void {
   if (!Number.isSafeInteger(c.r) || c.r < 1) throw new RangeError(`lora_r must be an integer >= 1, got ${c.r}`);

@@ -15,7 +15,7 @@
 // exactly, as torch's dropout (powers of two are exact).
 import type { Tensor } from '../tensor/tensor.js';
 import { Rng } from '../util/rng.js';
-import { type LoraModule, loraA, loraB } from './lora.js';
+import { type LoraModule, type LoraState, loraA, loraB } from './lora.js';
 import type { Weights } from './weights.js';
 import * as ops from '../ops/index.js';
 
@@ -29,15 +29,22 @@ interface Pending {
   gate: Tensor<'f32'> | null;
 }
 
-/** The dropout gate of a module's input x [T, in] on this pass (null: no dropout). */
-function dropoutGate(w: Weights, m: LoraModule, x: Tensor<'f32'>): Tensor<'f32'> | null {
-  const lora = w.lora!;
+/**
+ * The dropout gate of module `path`'s input (n values) on this pass, on the host: 0 (dropped, with
+ * probability p) or 2^20 (kept); null when there is no dropout on this pass.
+ */
+export function dropoutGateHost(lora: LoraState, path: string, n: number): Float32Array | null {
   const p = lora.config.dropout;
   if (p === 0 || lora.dropoutKey === null) return null;
-  const rng = new Rng(lora.dropoutSeed).fork(`${lora.dropoutKey}/${m.path}`);
-  const g = new Float32Array(x.numel);
-  for (let i = 0; i < g.length; i++) g[i] = rng.next() < p ? 0 : KEEP;
-  return ops.upload(w.backend, { dtype: 'f32', data: g }, x.shape);
+  const rng = new Rng(lora.dropoutSeed).fork(`${lora.dropoutKey}/${path}`);
+  const g = new Float32Array(n);
+  for (let i = 0; i < n; i++) g[i] = rng.next() < p ? 0 : KEEP;
+  return g;
+}
+
+function dropoutGate(w: Weights, m: LoraModule, x: Tensor<'f32'>): Tensor<'f32'> | null {
+  const g = dropoutGateHost(w.lora!, m.path, x.numel);
+  return g ? ops.upload(w.backend, { dtype: 'f32', data: g }, x.shape) : null;
 }
 
 /** v * mask / (1 - p): a new tensor. */

@@ -14,6 +14,7 @@ import * as ops from '../ops/index.js';
 import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
 import { MasterBackedParams } from '../model/master_params.js';
+import { type LoraOptions, resolveLora } from '../model/lora.js';
 import { FusedUpdate } from '../optim/fused_update.js';
 import { checkStepFinite, DivergenceError, finiteChunks, finiteOrThrow } from '../model/divergence.js';
 
@@ -50,6 +51,11 @@ export interface LoopConfig {
    * as DeepSpeed numbers them. Absent: one process, no group.
    */
   dist?: { group: ProcessGroup; zeroStage: ZeroStage; overlap?: boolean };
+  /**
+   * LoRA (docs/lora.md): adapters are added (seeded by `seed`, B = 0) to a model that has none, and
+   * only they train. targetModules null: PEFT's default for the family.
+   */
+  lora?: LoraOptions;
 }
 
 export interface Objective {
@@ -304,6 +310,7 @@ export async function runTrainingLoop(
   checkLoopConfig(cfg);
   if (n < 1) throw new RangeError('nothing to train on: the data set is empty');
   const be = model.backend;
+  if (cfg.lora && !model.weights.lora) model.weights.addLora(model.cfg, resolveLora(cfg.lora, model.cfg.modelType), cfg.seed);
   // with fused updates no full set of gradients is ever allocated (each unit's exists while it trains)
   model.weights.enableTraining({ grads: !cfg.fusedUpdate });
   if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
