@@ -50,21 +50,20 @@ function assertNearest(got: number, exact: number, neighbours: [number, number],
   for (const n of neighbours) if (Number.isFinite(n)) assert.ok(Math.abs(n - exact) >= err, `${what}: ${n} is nearer ${exact} than ${got}`);
 }
 
-for (const [family, cfg, dtype, targets] of [
-  ['llama bf16', tinyConfig({ hidden: 64, intermediate: 96 }), 'bf16', 'all-linear'],
-  ['llama f32', tinyConfig({ hidden: 64, intermediate: 96 }), 'f32', ['q_proj', 'down_proj']],
-  ['phi3 bf16 (fused qkv_proj / gate_up_proj)', parseConfig(PHI3_CONFIG, 'phi3'), 'bf16', 'all-linear'],
+for (const [family, cfg, dtype, targets, stack] of [
+  ['llama bf16', tinyConfig({ hidden: 64, intermediate: 96 }), 'bf16', 'all-linear', 1],
+  ['llama f32', tinyConfig({ hidden: 64, intermediate: 96 }), 'f32', ['q_proj', 'down_proj'], 1],
+  ['phi3 bf16 (fused qkv_proj / gate_up_proj)', parseConfig(PHI3_CONFIG, 'phi3'), 'bf16', 'all-linear', 1],
+  [
+    'llama bf16, a stack of 3 adapters merged as one sum',
+    tinyConfig({ hidden: 64, intermediate: 96 }),
+    'bf16',
+    ['q_proj', 'v_proj', 'up_proj'],
+    3,
+  ],
 ] as const) {
-  test(`merge into a ${family} model: every element is the nearest ${dtype} to the float64 W + s B A`, async () => {
+  test(`merge into a ${family} model: every element is the nearest ${dtype} to the float64 W + sum s B A`, async () => {
     await withSeed(async (rng, seed) => {
-      const lora: LoraConfig = {
-        r: 8,
-        alpha: 16,
-        dropout: 0,
-        targetModules: targets as LoraConfig['targetModules'],
-        useRslora: seed % 2 === 0,
-      };
-      const s = lora.useRslora ? 16 / Math.sqrt(8) : 2;
       const model = initLlama(be, cfg, { seed, dtype, std: 0.05 });
       try {
         const before = new Map<string, number[]>();
@@ -72,40 +71,56 @@ for (const [family, cfg, dtype, targets] of [
           const h = await ops.read(t);
           before.set(name, Array.from(h instanceof Uint16Array ? Array.from(h, bf16ToF32) : h));
         }
-        const adapter = randomAdapter(rng, cfg, lora);
-        await mergeAdapterIntoWeights(model.weights, cfg, adapter);
-        const adapted = new Set<string>();
-        for (const m of loraModules(cfg, lora)) {
-          const A = adapter.tensors.get(`${m.path}.lora_A.weight`)!.data;
-          const B = adapter.tensors.get(`${m.path}.lora_B.weight`)!.data;
-          let row0 = 0;
-          for (const part of m.parts) {
-            adapted.add(part.weight);
-            const w0 = before.get(part.weight)!;
-            const got = await ops.read(model.weights.get(part.weight));
-            for (let o = 0; o < part.rows; o++) {
-              for (let i = 0; i < m.inFeatures; i++) {
-                let d = 0;
-                for (let k = 0; k < lora.r; k++) d += B[(row0 + o) * lora.r + k] * A[k * m.inFeatures + i];
-                const exact = w0[o * m.inFeatures + i] + s * d;
-                const at = o * m.inFeatures + i;
-                if (got instanceof Uint16Array) {
-                  const g = got[at];
-                  assertNearest(bf16ToF32(g), exact, [bf16ToF32(g - 1), bf16ToF32(g + 1)], `${part.weight}[${o}, ${i}]`);
-                } else {
-                  const g = (got as Float32Array)[at];
-                  const u = new Uint32Array(new Float32Array([g]).buffer)[0];
-                  const nb = (k: number) => new Float32Array(new Uint32Array([k]).buffer)[0];
-                  assertNearest(g, exact, [nb(u - 1), nb(u + 1)], `${part.weight}[${o}, ${i}]`);
+        const adapters = Array.from({ length: stack }, (_, j) => {
+          const lora: LoraConfig = {
+            r: 4 + 4 * j,
+            alpha: 16,
+            dropout: 0,
+            targetModules: (j === 0 ? targets : ['q_proj', 'up_proj']) as LoraConfig['targetModules'],
+            useRslora: (seed + j) % 2 === 0,
+          };
+          return randomAdapter(rng, cfg, lora);
+        });
+        await mergeAdapterIntoWeights(model.weights, cfg, ...adapters);
+        // the float64 reference: W + sum over adapters of s B A (PEFT's get_delta_weight), per element
+        const exact = new Map<string, Float64Array>();
+        for (const adapter of adapters) {
+          const { r, alpha, useRslora } = adapter.lora;
+          const s = useRslora ? alpha / Math.sqrt(r) : alpha / r;
+          for (const m of loraModules(cfg, adapter.lora)) {
+            const A = adapter.tensors.get(`${m.path}.lora_A.weight`)!.data;
+            const B = adapter.tensors.get(`${m.path}.lora_B.weight`)!.data;
+            let row0 = 0;
+            for (const part of m.parts) {
+              let e = exact.get(part.weight);
+              if (!e) exact.set(part.weight, (e = Float64Array.from(before.get(part.weight)!)));
+              for (let o = 0; o < part.rows; o++)
+                for (let i = 0; i < m.inFeatures; i++) {
+                  let d = 0;
+                  for (let k = 0; k < r; k++) d += B[(row0 + o) * r + k] * A[k * m.inFeatures + i];
+                  e[o * m.inFeatures + i] += s * d;
                 }
-              }
+              row0 += part.rows;
             }
-            row0 += part.rows;
+          }
+        }
+        for (const [name, e] of exact) {
+          const got = await ops.read(model.weights.get(name));
+          for (let at = 0; at < e.length; at++) {
+            if (got instanceof Uint16Array) {
+              const g = got[at];
+              assertNearest(bf16ToF32(g), e[at], [bf16ToF32(g - 1), bf16ToF32(g + 1)], `${name}[${at}]`);
+            } else {
+              const g = (got as Float32Array)[at];
+              const u = new Uint32Array(new Float32Array([g]).buffer)[0];
+              const nb = (k: number) => new Float32Array(new Uint32Array([k]).buffer)[0];
+              assertNearest(g, e[at], [nb(u - 1), nb(u + 1)], `${name}[${at}]`);
+            }
           }
         }
         // the others are untouched, bit for bit
         for (const spec of checkpointLayout(cfg).flatMap((c) => c.parts)) {
-          if (adapted.has(spec.name)) continue;
+          if (exact.has(spec.name)) continue;
           const h = await ops.read(model.weights.get(spec.name));
           assert.deepEqual(Array.from(h instanceof Uint16Array ? Array.from(h, bf16ToF32) : h), before.get(spec.name), spec.name);
         }

@@ -279,6 +279,7 @@ export type SelfPlayFlags = Pick<
   | 'mixPrevious'
   | 'referenceModel'
   | 'opponentSamples'
+  | 'loraMerge'
 >;
 export function selfPlayConfig(o: Parsed): SelfPlayFlags {
   const samples = optNum(o, 'opponent_samples') ?? 1;
@@ -296,6 +297,7 @@ export function selfPlayConfig(o: Parsed): SelfPlayFlags {
     mixPrevious: bool(o, 'mix_previous_iteration'),
     referenceModel: choice(o, 'reference_model', ['previous', 'initial'] as const, 'previous'),
     opponentSamples: samples,
+    loraMerge: choice(o, 'lora_merge', ['merge', 'stack'] as const, 'merge'),
   };
 }
 

@@ -279,6 +279,12 @@ export const selfPlayLoopOptions: OptionSpec[] = [
     check: positive,
     help: "answers sampled per prompt (needs --temperature > 0); the opponent's answer is the first that differs from the real one",
   },
+  {
+    name: 'lora_merge',
+    type: { oneOf: ['merge', 'stack'] },
+    default: 'merge',
+    help: "with LoRA, the next opponent: merge = this iteration's model plus its adapter (W + s B A, rounded once), stack = θ0 untouched plus every adapter so far, summed in float64 and rounded once (docs/lora.md)",
+  },
 ];
 
 /** Sequences per forward pass when scoring or evaluating (HF's per_device_eval_batch_size). */

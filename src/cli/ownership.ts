@@ -22,6 +22,8 @@ const LAYOUT: Record<string, readonly string[]> = {
   train: [
     'model',
     'model.tmp',
+    'adapter',
+    'adapter.tmp',
     'checkpoint',
     'checkpoint.tmp',
     'ref_logps.json',
@@ -37,6 +39,7 @@ const LAYOUT: Record<string, readonly string[]> = {
     'model.safetensors.index.json',
     'tokenizer.json',
     'tokenizer_config.json',
+    'adapter',
     'checkpoint',
     'checkpoint.tmp',
     ...REPORT,

@@ -31,6 +31,7 @@ import {
   truncationOf,
 } from './config.js';
 import {
+  adapterOption,
   dataOption,
   generationOptions,
   modelOption,
@@ -55,9 +56,10 @@ export const run: Command = {
     'Self-play: per iteration generate -> reference log-probs -> train -> checkpoint -> evaluate; the new model is the next opponent. Killed runs resume.',
   options: [
     modelOption,
+    { ...adapterOption, help: `${adapterOption.help}; θ0 is base + adapter, and iteration 0 trains that adapter further` },
     dataOption,
     strictOption,
-    outOption('run directory (iter-t/..., metrics.jsonl, report.html)'),
+    outOption('run directory (iter-t/..., metrics.jsonl, report.html; with LoRA iter-t/adapter too)'),
     { name: 'iterations', type: 'int', default: 3, check: positive, help: 'self-play iterations' },
     ...selfPlayLoopOptions,
     { name: 'eval_data', type: 'string', help: 'held-out file for the per-iteration evaluation (mean real-answer log-prob per token)' },
@@ -70,7 +72,7 @@ export const run: Command = {
   ],
   async run(o) {
     const c = runConfig(o); // checked before anything is written, like every input below
-    checkInputPaths('run', o, ['model', 'data', 'eval_data']);
+    checkInputPaths('run', o, ['model', 'adapter', 'data', 'eval_data']);
     c.model.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(c.model);
     checkLoraFor(c.loop.lora, model.cfg.modelType);
@@ -82,7 +84,7 @@ export const run: Command = {
     model.weights.free();
     const sft = await sftData(c.data, fits, rounds);
     const heldout = c.evalData ? (await loadSftPairs(c.evalData, { check: fits, rounds, strictUtf8: c.data.strict })).pairs : null;
-    await prepareOut('run', o, ['model', 'data', 'eval_data'], 'run', c.model.templateDate);
+    await prepareOut('run', o, ['model', 'adapter', 'data', 'eval_data'], 'run', c.model.templateDate);
     const metrics = new MetricsWriter(join(c.out, 'metrics.jsonl'));
     const evalSettings: EvalSettings = {
       template,
@@ -96,7 +98,15 @@ export const run: Command = {
       arm: 'spin',
       seed: c.loop.seed,
       dir: c.out,
-      selfPlay: { arm: 'spin', ...c.selfPlay, loop: c.loop, truncation: trunc, template, paramDtype: c.model.dtype },
+      selfPlay: {
+        arm: 'spin',
+        ...c.selfPlay,
+        loop: c.loop,
+        truncation: trunc,
+        template,
+        paramDtype: c.model.dtype,
+        initialAdapter: c.model.adapter,
+      },
       generation,
       generationSeed: c.loop.seed,
     };

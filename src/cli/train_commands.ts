@@ -4,6 +4,7 @@ import { rm } from 'node:fs/promises';
 import { INPUT_CAPS, type InputFileError, readInputFile } from '../util/input_file.js';
 import { join } from 'node:path';
 import { readSpinPairs } from '../data/spin_pairs.js';
+import { mergeOwnAdapter, saveAdapter } from '../model/adapter.js';
 import { parseConfig } from '../model/config.js';
 import { initLlama } from '../model/init.js';
 import { saveDerivedModel, TOKENIZER_FILES } from '../model/side_files.js';
@@ -33,6 +34,7 @@ import {
   truncationOf,
 } from './config.js';
 import {
+  adapterOption,
   dataOption,
   distOptions,
   loopOptions,
@@ -53,12 +55,13 @@ export const train: Command = {
   summary: 'One SPIN iteration from a pair file: reference log-probs of --model, then train; writes the new model (HF format) and metrics.',
   options: [
     modelOption,
+    { ...adapterOption, help: `${adapterOption.help}; it is the reference and the adapter that trains` },
     {
       ...dataOption,
       help: 'pair file (JSONL or Parquet): from `spinlm generate`, official SPIN rows, or {prompt, real, generated} strings',
     },
     strictOption,
-    outOption('output directory (model/, metrics.jsonl, checkpoint/)'),
+    outOption('output directory (model/, metrics.jsonl, checkpoint/; with LoRA adapter/ too)'),
     ...trainOptions,
     overwriteOption,
     quietOption,
@@ -69,14 +72,14 @@ export const train: Command = {
     const cfg = loopConfig(o, nums(o, 'learning_rate')[0]); // checked before anything is written
     const spin = spinStageConfig(o);
     // every input is read and checked before the output directory is touched
-    checkInputPaths('train', o, ['model', 'data']);
+    checkInputPaths('train', o, ['model', 'adapter', 'data']);
     m.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
     checkLoraFor(cfg.lora, model.cfg.modelType);
     const pairs = await readSpinPairs(data, { rounds, strictUtf8: bool(o, 'strict') });
     const trunc = truncationOf(m, model.maxPositions);
     const tokenized = tokenizePairs(tok, pairs, { ...trunc, template, batchSize: 1 });
-    await prepareOut('train', o, ['model', 'data'], 'single', m.templateDate);
+    await prepareOut('train', o, ['model', 'adapter', 'data'], 'single', m.templateDate);
     const refBar = progressBar('reference log-probs', pairs.length, 'pairs', { quiet });
     const ref = await referenceStage(model, tokenized, tok, cfg, join(out, 'ref_logps.json'), (d) => refBar.update(d));
     refBar.stop();
@@ -92,7 +95,8 @@ export const train: Command = {
     bar.stop();
     const modelDir = join(out, 'model');
     if (isMain()) {
-      await saveModelStage(model, modelDir, m.dir, join(out, 'checkpoint'));
+      // with LoRA: out/adapter (PEFT files), then out/model with it merged
+      await saveModelStage(model, modelDir, m.dir, join(out, 'checkpoint'), { adapterDir: join(out, 'adapter') });
       await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm train', evalColumns: [] });
     }
     barrier();
@@ -168,6 +172,11 @@ export const sftCmd: Command = {
     bar.stop();
     if (isMain()) {
       // the source's config.json and side files (a fresh model: its config file and the tokenizer's files)
+      // with LoRA: out/adapter (PEFT files, base --model), then out with the adapter merged
+      if (model.weights.lora && modelDir) {
+        await saveAdapter(model, join(out, 'adapter'), modelDir);
+        await mergeOwnAdapter(model);
+      }
       await saveDerivedModel(model, out, initConfig ? { dir: tokenizerDir!, config: initConfig, files: TOKENIZER_FILES } : { dir: m.dir });
       await rm(join(out, 'checkpoint'), { recursive: true, force: true });
       await writeReport(out, readMetrics(join(out, 'metrics.jsonl')).rows, { title: 'spinlm sft', evalColumns: [] });

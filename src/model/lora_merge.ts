@@ -40,59 +40,74 @@ export function f64ToBf16(x: number): number {
   return sign | best;
 }
 
+/** One adapter's share of a weight: the rows [row0, row0 + rows) of s B A. */
+export interface MergeTerm {
+  a: Float32Array;
+  b: Float32Array;
+  r: number;
+  scale: number;
+  row0: number;
+}
+
 /**
- * Merges rows [row0, row0 + rows) of s B A into w (those rows of the weight, [rows, in], f32 or bf16 bits)
- * in place: w[o][i] = round(w[o][i] + s * sum_k B[row0 + o][k] A[k][i]), the sum in float64.
+ * Merges sum_j s_j B_j A_j (the rows each term names) into w ([rows, in], f32 or bf16 bits) in place:
+ * w[o][i] = round(w[o][i] + sum_j s_j sum_k B_j[row0_j + o][k] A_j[k][i]), everything in float64 and
+ * rounded once to w's dtype.
  */
-export function mergeRowsInto(
-  w: Float32Array | Uint16Array,
-  a: Float32Array,
-  b: Float32Array,
-  r: number,
-  inFeatures: number,
-  scale: number,
-  row0: number,
-  rows: number,
-): void {
+export function mergeRowsInto(w: Float32Array | Uint16Array, inFeatures: number, rows: number, terms: readonly MergeTerm[]): void {
   if (w.length !== rows * inFeatures) throw new RangeError(`merge: weight holds ${w.length} elements, expected ${rows} x ${inFeatures}`);
-  if (a.length !== r * inFeatures) throw new RangeError(`merge: lora_A holds ${a.length} elements, expected ${r} x ${inFeatures}`);
+  for (const t of terms)
+    if (t.a.length !== t.r * inFeatures)
+      throw new RangeError(`merge: lora_A holds ${t.a.length} elements, expected ${t.r} x ${inFeatures}`);
   const acc = new Float64Array(inFeatures);
   const bf16 = w instanceof Uint16Array;
   for (let o = 0; o < rows; o++) {
     acc.fill(0);
-    for (let k = 0; k < r; k++) {
-      const bk = b[(row0 + o) * r + k];
-      if (bk === 0) continue;
-      const ak = k * inFeatures;
-      for (let i = 0; i < inFeatures; i++) acc[i] += bk * a[ak + i];
+    for (const { a, b, r, scale, row0 } of terms) {
+      for (let k = 0; k < r; k++) {
+        const bk = scale * b[(row0 + o) * r + k]; // exact enough: s B is one float64 product per element of B
+        if (bk === 0) continue;
+        const ak = k * inFeatures;
+        for (let i = 0; i < inFeatures; i++) acc[i] += bk * a[ak + i];
+      }
     }
     const base = o * inFeatures;
-    if (bf16) for (let i = 0; i < inFeatures; i++) w[base + i] = f64ToBf16(bf16ToF32(w[base + i]) + scale * acc[i]);
-    else for (let i = 0; i < inFeatures; i++) w[base + i] = w[base + i] + scale * acc[i]; // a Float32Array store is Math.fround
+    if (bf16) for (let i = 0; i < inFeatures; i++) w[base + i] = f64ToBf16(bf16ToF32(w[base + i]) + acc[i]);
+    else for (let i = 0; i < inFeatures; i++) w[base + i] = w[base + i] + acc[i]; // a Float32Array store is Math.fround
   }
 }
 
 /**
- * Merges a host adapter into the weights the model computes with (each base tensor read to the host,
- * merged and written back, one at a time). The weights must carry no adapter of their own and must not
- * be training (a merge changes frozen weights; masters would go stale).
+ * Merges host adapters into the weights the model computes with: each adapted base tensor is read to
+ * the host, gets the sum of every adapter's s B A (float64, one rounding: a stack of adapters over an
+ * untouched base is merged as one sum) and is written back, one tensor at a time. A merged weight must
+ * not be training (its master or gradient would go stale: with LoRA the base is frozen), and the
+ * weights must carry no adapter.
  */
-export async function mergeAdapterIntoWeights(weights: Weights, cfg: LlamaConfig, adapter: HostAdapter): Promise<void> {
-  if (weights.training) throw new Error('merge: the weights are training; merge before training or after it ends');
-  const s = loraScaling(adapter.lora);
-  const r = adapter.lora.r;
-  for (const m of loraModules(cfg, adapter.lora)) {
-    const a = adapter.tensors.get(loraA(m.path));
-    const b = adapter.tensors.get(loraB(m.path));
-    if (!a || !b) throw new Error(`merge: the adapter has no tensors for ${m.path}`);
-    let row0 = 0;
-    for (const part of m.parts) {
-      const t = weights.get(part.weight);
-      const host = await ops.read(t);
-      mergeRowsInto(host as Float32Array | Uint16Array, a.data, b.data, r, m.inFeatures, s, row0, part.rows);
-      if (t.dtype === 'bf16') ops.write(t as Tensor<'bf16'>, { dtype: 'bf16', data: host as Uint16Array });
-      else ops.write(t as Tensor<'f32'>, { dtype: 'f32', data: host as Float32Array });
-      row0 += part.rows;
+export async function mergeAdapterIntoWeights(weights: Weights, cfg: LlamaConfig, ...adapters: HostAdapter[]): Promise<void> {
+  if (weights.lora) throw new Error('merge: the weights carry an adapter of their own; take it off first (adapter.ts detachAdapter)');
+  const byWeight = new Map<string, { inFeatures: number; rows: number; terms: MergeTerm[] }>();
+  for (const adapter of adapters) {
+    const scale = loraScaling(adapter.lora);
+    for (const m of loraModules(cfg, adapter.lora)) {
+      const a = adapter.tensors.get(loraA(m.path));
+      const b = adapter.tensors.get(loraB(m.path));
+      if (!a || !b) throw new Error(`merge: the adapter has no tensors for ${m.path}`);
+      let row0 = 0;
+      for (const part of m.parts) {
+        let e = byWeight.get(part.weight);
+        if (!e) byWeight.set(part.weight, (e = { inFeatures: m.inFeatures, rows: part.rows, terms: [] }));
+        e.terms.push({ a: a.data, b: b.data, r: adapter.lora.r, scale, row0 });
+        row0 += part.rows;
+      }
     }
+  }
+  for (const [name, { inFeatures, rows, terms }] of byWeight) {
+    if (weights.masters.has(name) || weights.grads.has(name)) throw new Error(`merge: ${name} is training (it has a master or a gradient)`);
+    const t = weights.get(name);
+    const host = await ops.read(t);
+    mergeRowsInto(host as Float32Array | Uint16Array, inFeatures, rows, terms);
+    if (t.dtype === 'bf16') ops.write(t as Tensor<'bf16'>, { dtype: 'bf16', data: host as Uint16Array });
+    else ops.write(t as Tensor<'f32'>, { dtype: 'f32', data: host as Float32Array });
   }
 }

@@ -9,13 +9,18 @@
 //                 ref_logps.fingerprint.json: the pairs it scores (a digest of their token ids)
 //   outDir/iter-t/checkpoint/      step checkpoints while training (stage 3)
 //   outDir/iter-t/model/           θ_{t+1}, Hugging Face format, renamed into place when complete (stage 4)
+//   outDir/iter-t/adapter/         with LoRA: the iteration's adapter in PEFT's files (stage 4, before model/);
+//                                  model/ is then θ_t with it merged (docs/lora.md, "Self-play")
 //   outDir/iter-t/eval.json        evaluation of θ_{t+1} (stage 5)
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Backend, SpinLossType } from '../backend/backend.js';
+import { detachAdapter, loadAdapter, mergeOwnAdapter, saveAdapter } from '../model/adapter.js';
 import { LlamaModel } from '../model/llama.js';
+import { mergeAdapterIntoWeights } from '../model/lora_merge.js';
+import { readPeftAdapter } from '../model/peft.js';
 import { saveDerivedModel } from '../model/side_files.js';
 import type { HfTokenizer } from '../text/tokenizer.js';
 import { formatPrompt, type PromptSource, type PromptTemplate } from '../text/templates.js';
@@ -57,7 +62,20 @@ export interface SelfPlayOptions {
   template: PromptTemplate;
   /** Parameter dtype every model of the run is loaded in (--dtype); undefined: as stored. */
   paramDtype?: 'f32' | 'bf16';
+  /**
+   * A PEFT adapter that θ0 carries (--adapter): θ0 is the initial model plus it, unmerged, and iteration
+   * 0 trains it further (its own reference: never "adapter off").
+   */
+  initialAdapter?: string;
+  /**
+   * With LoRA, how θ_{t+1} is made from the iteration's adapter: 'merge' (default): θ_t + s B A, rounded
+   * once to the stored dtype; 'stack': the untouched θ0 plus the sum of every adapter so far (the initial
+   * one trained further by iteration 0), in float64, rounded once, so no rounding accumulates across iterations.
+   */
+  loraMerge?: LoraMergeMode;
 }
+
+export type LoraMergeMode = 'merge' | 'stack';
 
 export interface SelfPlayHooks {
   /**
@@ -191,18 +209,59 @@ export async function spinTrainStage(
   await runTrainingLoop(model, pairs.length, obj, loop, { checkpointDir, onStep: hooks.onStep, afterStep: hooks.afterStep });
 }
 
+/** With LoRA, where stage 4 writes the adapter and how it makes the model (docs/lora.md, "Self-play"). */
+export interface AdapterStage {
+  /** The adapter's directory (PEFT files), written before the model. */
+  adapterDir: string;
+  /** 'stack': the model is `stack.base` (untouched) plus these adapters and this one, merged as one sum. */
+  stack?: { base: string; adapters: readonly string[]; paramDtype?: 'f32' | 'bf16' };
+}
+
+/** Writes `dir` complete or not at all: `write(tmp)` into a temp dir renamed into place. */
+async function writeDirAtomically(dir: string, write: (tmp: string) => Promise<void>): Promise<void> {
+  const tmp = `${dir}.tmp`;
+  await rm(tmp, { recursive: true, force: true });
+  await mkdir(tmp, { recursive: true });
+  await write(tmp);
+  await rm(dir, { recursive: true, force: true });
+  await rename(tmp, dir);
+}
+
 /**
  * Stage 4: writes `model` (Hugging Face format) to `modelDir` with the config.json and side files of
  * the model it was trained from (`sourceDir`; src/model/side_files.ts), complete or not at all (a temp
- * dir renamed into place), then removes `checkpointDir`.
+ * dir renamed into place), then removes `checkpointDir`. A model that carries a LoRA adapter first
+ * writes it as PEFT files to `lora.adapterDir` (base_model_name_or_path: sourceDir), then the model
+ * with the adapter merged (W + s B A in float64, one rounding; 'stack': the untouched base plus every
+ * adapter of the stack); the adapter is taken off `model`.
  */
-export async function saveModelStage(model: LlamaModel, modelDir: string, sourceDir: string, checkpointDir: string): Promise<void> {
-  const tmp = `${modelDir}.tmp`;
-  await rm(tmp, { recursive: true, force: true });
-  await mkdir(tmp, { recursive: true });
-  await saveDerivedModel(model, tmp, { dir: sourceDir });
-  await rm(modelDir, { recursive: true, force: true });
-  await rename(tmp, modelDir);
+export async function saveModelStage(
+  model: LlamaModel,
+  modelDir: string,
+  sourceDir: string,
+  checkpointDir: string,
+  lora?: AdapterStage,
+): Promise<void> {
+  if (model.weights.lora) {
+    if (!lora) throw new Error('saveModelStage: the model carries a LoRA adapter: say where to write it');
+    await writeDirAtomically(lora.adapterDir, (tmp) => saveAdapter(model, tmp, sourceDir));
+    if (lora.stack) {
+      const { base, adapters, paramDtype } = lora.stack;
+      const stacked = await LlamaModel.load(model.backend, base, { dtype: paramDtype });
+      try {
+        const all = [];
+        for (const dir of [...adapters, lora.adapterDir]) all.push(await readPeftAdapter(dir, stacked.cfg));
+        await mergeAdapterIntoWeights(stacked.weights, stacked.cfg, ...all);
+        await writeDirAtomically(modelDir, (tmp) => saveDerivedModel(stacked, tmp, { dir: sourceDir }));
+      } finally {
+        stacked.weights.free();
+      }
+      await detachAdapter(model);
+    } else {
+      await mergeOwnAdapter(model);
+      await writeDirAtomically(modelDir, (tmp) => saveDerivedModel(model, tmp, { dir: sourceDir }));
+    }
+  } else await writeDirAtomically(modelDir, (tmp) => saveDerivedModel(model, tmp, { dir: sourceDir }));
   await rm(checkpointDir, { recursive: true, force: true });
 }
 
@@ -225,6 +284,8 @@ export async function runSelfPlay(
   const generated: string[][] = [];
   // data parallel (opts.loop.dist): answers sharded by prompt (one journal per rank), rank 0 writes the model
   const group = opts.loop.dist?.group;
+  // θ0's adapter's settings: the fresh adapters of later iterations take them when --lora_r is not given
+  let initialLora: LoopConfig['lora'];
   for (let t = 0; t < opts.iterations; t++) {
     const dir = iterationDir(opts.outDir, t);
     await makeDirs(dir);
@@ -232,6 +293,8 @@ export async function runSelfPlay(
     const done = existsSync(join(modelDir, 'config.json'));
     const opponent = await LlamaModel.load(be, current, { dtype: opts.paramDtype });
     try {
+      // θ0 with its adapter (--adapter): the opponent, the reference and the start of training alike
+      if (t === 0 && opts.initialAdapter) initialLora = (await loadAdapter(opponent, opts.initialAdapter)).lora;
       // 1. the opponent answers every prompt (the arm 'sft' needs no answers, but keeps the same data)
       const genFile = join(dir, 'generated.json');
       if (existsSync(genFile)) generated[t] = await readJson<string[]>(genFile);
@@ -264,7 +327,12 @@ export async function runSelfPlay(
         // the training pairs of iteration t: this iteration's answers, plus the previous ones (official mixing)
         const rows = sft.map((p, i) => ({ ...p, generated: generated[t][i] }));
         if (t > 0 && opts.mixPrevious) rows.push(...sft.map((p, i) => ({ ...p, generated: generated[t - 1][i] })));
-        const loop: LoopConfig = { ...opts.loop, learningRate: pick(opts.learningRates, t, 'learning_rate'), seed: opts.loop.seed + t };
+        const loop: LoopConfig = {
+          ...opts.loop,
+          lora: opts.loop.lora ?? initialLora,
+          learningRate: pick(opts.learningRates, t, 'learning_rate'),
+          seed: opts.loop.seed + t,
+        };
         if (opts.arm === 'spin') {
           const pairs = rows.map((r, i) =>
             tokenizeChatPair(tok, opts.template, r, r.real, r.generated, opts.truncation, `prompt ${(i % sft.length) + 1}`),
@@ -274,6 +342,7 @@ export async function runSelfPlay(
           if (!existsSync(refFile)) hooks.onStage?.(t, 'reference');
           const fixed = opts.referenceModel === 'initial' && t > 0 && !existsSync(refFile);
           const refModel = fixed ? await LlamaModel.load(be, initialModel, { dtype: opts.paramDtype }) : opponent;
+          if (fixed && opts.initialAdapter) await loadAdapter(refModel, opts.initialAdapter);
           let ref: Float32Array;
           try {
             ref = await referenceStage(refModel, pairs, tok, loop, refFile);
@@ -305,7 +374,16 @@ export async function runSelfPlay(
         }
         // 4. θ_{t+1}, complete or not at all
         hooks.onStage?.(t, 'save');
-        if (!group || group.isMain) await saveModelStage(opponent, modelDir, current, join(dir, 'checkpoint'));
+        // with LoRA: iter-t/adapter, then θ_{t+1} with it merged (or the stack over the untouched θ0)
+        const adapterStage: AdapterStage = { adapterDir: join(dir, 'adapter') };
+        if (opts.loraMerge === 'stack')
+          adapterStage.stack = {
+            base: initialModel,
+            // iteration 0's adapter is the initial one (--adapter) trained further: it replaces it in the stack
+            adapters: Array.from({ length: t }, (_, i) => join(iterationDir(opts.outDir, i), 'adapter')),
+            paramDtype: opts.paramDtype,
+          };
+        if (!group || group.isMain) await saveModelStage(opponent, modelDir, current, join(dir, 'checkpoint'), adapterStage);
         group?.barrier();
       }
     } finally {
