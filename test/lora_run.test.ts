@@ -5,7 +5,7 @@
 // that carries an adapter (--adapter) is its own reference, never "adapter off".
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -107,6 +107,8 @@ describe('spinlm run with LoRA', () => {
       assert.ok(!existsSync(join(it, 'checkpoint')));
       previous = join('straight', `iter-${t}`, 'model');
     }
+    // the report reads a LoRA run's metrics like any run's
+    assert.ok(readFileSync(join(dir, 'straight', 'report.html'), 'utf8').includes('<svg'));
     // SIGKILL in iteration 1's training (after its step 2 and its checkpoint), then rerun
     const killed = spawnSync(process.execPath, [BIN, ...args('resumed', 3)], {
       cwd: dir,
@@ -162,5 +164,36 @@ describe('spinlm run with LoRA', () => {
       unknown
     >;
     assert.equal(cfg.r, 16);
+  });
+
+  test('spinlm sweep takes LoRA arms (merge and stack) and tabulates them', () => {
+    const doc = {
+      base: {
+        iterations: 1,
+        prompts: 8,
+        eval_tasks: 8,
+        options: { per_device_train_batch_size: 8, num_train_epochs: 1, max_new_tokens: 6 },
+      },
+      seeds: [1],
+      baseline: 'merge',
+      arms: [
+        { name: 'merge', options: { lora_r: 4, lora_target_modules: 'all-linear' } },
+        { name: 'stack', options: { lora_r: 4, lora_target_modules: 'all-linear', lora_merge: 'stack' } },
+      ],
+    };
+    writeFileSync(join(dir, 'sweep.json'), JSON.stringify(doc));
+    const r = spawnSync(process.execPath, [BIN, 'sweep', 'sweep.json', '--out', 'sweep', '--device', 'cpu', '--quiet'], {
+      cwd: dir,
+      encoding: 'utf8',
+      env: { ...process.env, SPINLM_NUM_THREADS: '2' },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const summary = JSON.parse(readFileSync(join(dir, 'sweep', 'sweep.json'), 'utf8')) as { rows: unknown[] };
+    assert.equal(summary.rows.length, 2);
+    for (const arm of ['merge', 'stack']) {
+      const it = join(dir, 'sweep', arm, 'seed-1', 'iter-0');
+      assert.equal((JSON.parse(readFileSync(join(it, 'adapter', 'adapter_config.json'), 'utf8')) as { r: number }).r, 4);
+      assert.ok(existsSync(join(it, 'model', 'model.safetensors')) && existsSync(join(it, 'eval.json')));
+    }
   });
 });
