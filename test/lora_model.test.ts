@@ -231,3 +231,31 @@ test('the adapter tensors are f32 and B starts at 0; A ~ U(-1/sqrt(in), 1/sqrt(i
     }
     model.weights.free();
   }));
+
+test('memory (measured, CPU allocator): the bf16 base holds 2 bytes per parameter and nothing else; each adapter parameter 16 (f32 weight, gradient, AdamW state)', () =>
+  withSeed(async (rng) => {
+    const { CpuBackend } = await import('../src/backend/cpu/cpu_backend.js');
+    const { Optimizer } = await import('../src/optim/optimizer.js');
+    const be = new CpuBackend();
+    const live = () => be.native.liveBytes();
+    const cfg = tinyConfig({ hidden: 128, intermediate: 256, layers: 2, vocab: 300 });
+    const l0 = live();
+    const model = initLlama(be, cfg, { seed: rng.int(0, 1e9), dtype: 'bf16' });
+    const baseParams = model.weights.count();
+    const baseBytes = live() - l0;
+    model.weights.addLora(cfg, lora({ r: 16 }), rng.int(0, 1e9));
+    model.weights.enableTraining();
+    const names = model.weights.trainableNames();
+    const opt = new Optimizer(
+      be,
+      names.map((name) => ({ name, param: model.weights.get(name), grad: model.weights.grad(name) })),
+      { type: 'adamw' },
+    );
+    const adapterParams = model.weights.count() - baseParams;
+    const adapterBytes = live() - l0 - baseBytes - names.length * 4; // (the optimizer's per-tensor norm slots)
+    assert.equal(baseBytes, 2 * baseParams);
+    assert.equal(adapterBytes, 16 * adapterParams);
+    assert.equal(model.weights.masters.size, 0);
+    opt.free();
+    model.weights.free();
+  }));
