@@ -18,6 +18,7 @@ import type { Rng } from '../src/util/rng.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
+import { relErr } from './helpers/loss_ref.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 
@@ -144,6 +145,50 @@ for (const be of await testBackends())
         } finally {
           rmSync(dir, { recursive: true, force: true });
         }
+      }));
+
+    test('generation with the adapters unmerged: prefill + decode (KV cache, row-invariant matmuls) equal a full recompute (1e-5)', () =>
+      withSeed(async (rng) => {
+        const { LlamaDecoder } = await import('../src/model/decoder.js');
+        const model = initLlama(be, tiny('phi3'), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true });
+        model.weights.addLora(model.cfg, lora({ r: 8 }), rng.int(0, 1e9));
+        for (const [n, t] of model.weights.params)
+          if (n.endsWith('lora_B.weight'))
+            ops.write(t as Tensor<'f32'>, { dtype: 'f32', data: Float32Array.from({ length: t.numel }, () => 0.3 * rng.normal()) });
+        const V = model.cfg.vocabSize;
+        const full = async (ids: number[]) => {
+          const L = ids.length;
+          const input = {
+            rows: 1,
+            length: L,
+            inputIds: ops.upload(be, { dtype: 'i32', data: Int32Array.from(ids) }, [L]),
+            positions: ops.upload(be, { dtype: 'i32', data: Int32Array.from(ids, (_, i) => i) }, [L]),
+            attentionMask: ops.upload(be, { dtype: 'i32', data: new Int32Array(L).fill(1) }, [1, L]),
+          };
+          const { logits } = model.forward(input);
+          const all = (await ops.read(logits)) as Float32Array;
+          for (const t of [logits, input.inputIds, input.positions, input.attentionMask]) t.free();
+          return all.slice((L - 1) * V, L * V);
+        };
+        const prompts = [4, 7].map((n) => Array.from({ length: n }, () => rng.int(3, V - 1)));
+        const cache = new LlamaDecoder(model).newCache(2, 12);
+        let logits = cache.prefill(prompts);
+        for (let step = 0; step < 3; step++) {
+          const host = (await ops.read(logits)) as Float32Array;
+          logits.free();
+          for (let b = 0; b < 2; b++) {
+            const e = relErr(host.subarray(b * V, (b + 1) * V), await full(prompts[b]));
+            assert.ok(e <= 1e-5, `step ${step} row ${b}: relative error ${e}`);
+          }
+          const next = Int32Array.from({ length: 2 }, () => rng.int(3, V - 1));
+          next.forEach((t, b) => prompts[b].push(t));
+          const tokens = ops.upload(be, { dtype: 'i32', data: next }, [2]);
+          logits = cache.decode(tokens, Uint8Array.from([1, 1]));
+          tokens.free();
+        }
+        logits.free();
+        cache.free();
+        model.weights.free();
       }));
 
     /** The adapters after a short run of `cfg` from the same seeds (dropout 0.2: masks in play). */
