@@ -304,3 +304,34 @@ test('memory (measured, CPU allocator): the bf16 base holds 2 bytes per paramete
     opt.free();
     model.weights.free();
   }));
+
+test('the frozen base gets no weight-gradient GEMM: every transA matmul of a LoRA backward writes an adapter gradient', () =>
+  withSeed(async (rng) => {
+    const { CpuBackend } = await import('../src/backend/cpu/cpu_backend.js');
+    const { spinlmSpinCase, oraclePairs } = await import('./helpers/spin_oracle_case.js');
+    const { collateSpinBatch } = await import('../src/spin/batch.js');
+    const be = new CpuBackend();
+    const shapes: string[] = [];
+    const matmul = be.matmul.bind(be);
+    be.matmul = (a, b, o = {}) => {
+      if (o.transA) shapes.push(o.out ? o.out.shape.join('x') : 'new');
+      return matmul(a, b, o);
+    };
+    for (const lr of [null, 4] as const) {
+      shapes.length = 0;
+      const model = initLlama(be, tinyConfig({ vocab: 97, hidden: 64, intermediate: 96 }), { seed: rng.int(0, 1e9), dtype: 'bf16' });
+      if (lr) model.weights.addLora(model.cfg, lora({ r: lr }), 1);
+      model.weights.enableTraining();
+      const batch = collateSpinBatch(oraclePairs(rng, 2, EOS), EOS, 0);
+      await spinlmSpinCase(be, model, batch, new Float32Array([-50, -50, -50, -50]), 0.1);
+      if (lr) {
+        // per layer and module: dB [out, 4] and dA [4, in]; nothing else
+        assert.equal(shapes.length, 2 * 7 * 2);
+        assert.ok(
+          shapes.every((s) => /^(\d+x4|4x\d+)$/.test(s)),
+          shapes.join(' '),
+        );
+      } else assert.ok(shapes.length >= 7 * 2, `full fine-tuning: ${shapes.length} weight-gradient GEMMs`);
+      model.weights.free();
+    }
+  }));
