@@ -41,3 +41,21 @@ test('--lora_target_modules is checked against the family, naming the valid modu
   assert.throws(() => checkLoraFor(lora, 'phi3'), /'q_proj' is not a linear layer of a phi3 model; valid: qkv_proj/);
   checkLoraFor(loraOptionsOf(parse(['--lora_r', '8'])), 'phi3'); // the default (qkv_proj) fits
 });
+
+test("a run directory's fingerprint records the LoRA settings: a rerun with others is refused, naming them", async () => {
+  const { fingerprintDiff, fingerprintOf } = await import('../src/cli/run_dir.js');
+  const was = await fingerprintOf('train', parse(['--lora_r', '16', '--lora_target_modules', 'all-linear']), []);
+  assert.deepEqual(
+    fingerprintDiff(was, await fingerprintOf('train', parse(['--lora_r', '16', '--lora_target_modules', 'all-linear']), [])),
+    [],
+  );
+  assert.deepEqual(fingerprintDiff(was, await fingerprintOf('train', parse(['--lora_r', '8', '--use_rslora']), [])), [
+    '--lora_r (was 16, now 8)',
+    '--lora_target_modules (was all-linear, now (not set))',
+    '--use_rslora (was false, now true)',
+  ]);
+  // a run from before LoRA existed (no lora_* options recorded) resumes without them
+  const old = { ...(await fingerprintOf('train', parse([]), [])) };
+  old.options = Object.fromEntries(Object.entries(old.options).filter(([k]) => !k.includes('lora')));
+  assert.deepEqual(fingerprintDiff(old, await fingerprintOf('train', parse([]), [])), []);
+});

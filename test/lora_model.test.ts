@@ -18,6 +18,7 @@ import type { Rng } from '../src/util/rng.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
+import { relErr } from './helpers/loss_ref.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 
@@ -146,6 +147,50 @@ for (const be of await testBackends())
         }
       }));
 
+    test('generation with the adapters unmerged: prefill + decode (KV cache, row-invariant matmuls) equal a full recompute (1e-5)', () =>
+      withSeed(async (rng) => {
+        const { LlamaDecoder } = await import('../src/model/decoder.js');
+        const model = initLlama(be, tiny('phi3'), { seed: rng.int(0, 1e9), std: 0.2, randomizeAll: true });
+        model.weights.addLora(model.cfg, lora({ r: 8 }), rng.int(0, 1e9));
+        for (const [n, t] of model.weights.params)
+          if (n.endsWith('lora_B.weight'))
+            ops.write(t as Tensor<'f32'>, { dtype: 'f32', data: Float32Array.from({ length: t.numel }, () => 0.3 * rng.normal()) });
+        const V = model.cfg.vocabSize;
+        const full = async (ids: number[]) => {
+          const L = ids.length;
+          const input = {
+            rows: 1,
+            length: L,
+            inputIds: ops.upload(be, { dtype: 'i32', data: Int32Array.from(ids) }, [L]),
+            positions: ops.upload(be, { dtype: 'i32', data: Int32Array.from(ids, (_, i) => i) }, [L]),
+            attentionMask: ops.upload(be, { dtype: 'i32', data: new Int32Array(L).fill(1) }, [1, L]),
+          };
+          const { logits } = model.forward(input);
+          const all = (await ops.read(logits)) as Float32Array;
+          for (const t of [logits, input.inputIds, input.positions, input.attentionMask]) t.free();
+          return all.slice((L - 1) * V, L * V);
+        };
+        const prompts = [4, 7].map((n) => Array.from({ length: n }, () => rng.int(3, V - 1)));
+        const cache = new LlamaDecoder(model).newCache(2, 12);
+        let logits = cache.prefill(prompts);
+        for (let step = 0; step < 3; step++) {
+          const host = (await ops.read(logits)) as Float32Array;
+          logits.free();
+          for (let b = 0; b < 2; b++) {
+            const e = relErr(host.subarray(b * V, (b + 1) * V), await full(prompts[b]));
+            assert.ok(e <= 1e-5, `step ${step} row ${b}: relative error ${e}`);
+          }
+          const next = Int32Array.from({ length: 2 }, () => rng.int(3, V - 1));
+          next.forEach((t, b) => prompts[b].push(t));
+          const tokens = ops.upload(be, { dtype: 'i32', data: next }, [2]);
+          logits = cache.decode(tokens, Uint8Array.from([1, 1]));
+          tokens.free();
+        }
+        logits.free();
+        cache.free();
+        model.weights.free();
+      }));
+
     /** The adapters after a short run of `cfg` from the same seeds (dropout 0.2: masks in play). */
     async function adaptersAfter(seed: number, cfg: LoopConfig, o: { family?: 'llama' | 'phi3'; hooks?: object } = {}) {
       const model = initLlama(be, tiny(o.family), { seed, std: 0.1, randomizeAll: true });
@@ -230,4 +275,63 @@ test('the adapter tensors are f32 and B starts at 0; A ~ U(-1/sqrt(in), 1/sqrt(i
       }
     }
     model.weights.free();
+  }));
+
+test('memory (measured, CPU allocator): the bf16 base holds 2 bytes per parameter and nothing else; each adapter parameter 16 (f32 weight, gradient, AdamW state)', () =>
+  withSeed(async (rng) => {
+    const { CpuBackend } = await import('../src/backend/cpu/cpu_backend.js');
+    const { Optimizer } = await import('../src/optim/optimizer.js');
+    const be = new CpuBackend();
+    const live = () => be.native.liveBytes();
+    const cfg = tinyConfig({ hidden: 128, intermediate: 256, layers: 2, vocab: 300 });
+    const l0 = live();
+    const model = initLlama(be, cfg, { seed: rng.int(0, 1e9), dtype: 'bf16' });
+    const baseParams = model.weights.count();
+    const baseBytes = live() - l0;
+    model.weights.addLora(cfg, lora({ r: 16 }), rng.int(0, 1e9));
+    model.weights.enableTraining();
+    const names = model.weights.trainableNames();
+    const opt = new Optimizer(
+      be,
+      names.map((name) => ({ name, param: model.weights.get(name), grad: model.weights.grad(name) })),
+      { type: 'adamw' },
+    );
+    const adapterParams = model.weights.count() - baseParams;
+    const adapterBytes = live() - l0 - baseBytes - names.length * 4; // (the optimizer's per-tensor norm slots)
+    assert.equal(baseBytes, 2 * baseParams);
+    assert.equal(adapterBytes, 16 * adapterParams);
+    assert.equal(model.weights.masters.size, 0);
+    opt.free();
+    model.weights.free();
+  }));
+
+test('the frozen base gets no weight-gradient GEMM: every transA matmul of a LoRA backward writes an adapter gradient', () =>
+  withSeed(async (rng) => {
+    const { CpuBackend } = await import('../src/backend/cpu/cpu_backend.js');
+    const { spinlmSpinCase, oraclePairs } = await import('./helpers/spin_oracle_case.js');
+    const { collateSpinBatch } = await import('../src/spin/batch.js');
+    const be = new CpuBackend();
+    const shapes: string[] = [];
+    const matmul = be.matmul.bind(be);
+    be.matmul = (a, b, o = {}) => {
+      if (o.transA) shapes.push(o.out ? o.out.shape.join('x') : 'new');
+      return matmul(a, b, o);
+    };
+    for (const lr of [null, 4] as const) {
+      shapes.length = 0;
+      const model = initLlama(be, tinyConfig({ vocab: 97, hidden: 64, intermediate: 96 }), { seed: rng.int(0, 1e9), dtype: 'bf16' });
+      if (lr) model.weights.addLora(model.cfg, lora({ r: lr }), 1);
+      model.weights.enableTraining();
+      const batch = collateSpinBatch(oraclePairs(rng, 2, EOS), EOS, 0);
+      await spinlmSpinCase(be, model, batch, new Float32Array([-50, -50, -50, -50]), 0.1);
+      if (lr) {
+        // per layer and module: dB [out, 4] and dA [4, in]; nothing else
+        assert.equal(shapes.length, 2 * 7 * 2);
+        assert.ok(
+          shapes.every((s) => /^(\d+x4|4x\d+)$/.test(s)),
+          shapes.join(' '),
+        );
+      } else assert.ok(shapes.length >= 7 * 2, `full fine-tuning: ${shapes.length} weight-gradient GEMMs`);
+      model.weights.free();
+    }
   }));
