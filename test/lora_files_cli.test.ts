@@ -4,7 +4,7 @@
 // merge's bf16 rounding, and with an f32 merge to f32 rounding; merge refuses a directory spinlm did not make.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -166,6 +166,42 @@ describe('adapters on the command line', () => {
     // (another thread count: the sums may differ in the last bits)
     cli.forEach((v, i) =>
       assert.ok(Math.abs(v - unmerged[i]) <= 1e-5 * Math.max(1, Math.abs(v)), `CLI score ${i}: ${v} vs ${unmerged[i]}`),
+    );
+  });
+
+  test('eval --adapter: the held-out log-prob of base + adapter, within the bf16 merge rounding of the merged model', () => {
+    const evalOf = (extra: string[]) => {
+      const r = spinlm(
+        [
+          'eval',
+          '--data',
+          'pairs.jsonl',
+          '--template',
+          'instruction',
+          '--max_length',
+          '96',
+          '--max_prompt_length',
+          '64',
+          '--device',
+          'cpu',
+          ...extra,
+        ],
+        dir,
+      );
+      assert.equal(r.status, 0, r.stderr);
+      return (JSON.parse(r.stdout) as { heldout_logp: number }).heldout_logp;
+    };
+    if (!existsSync(join(dir, 'merged', 'config.json'))) {
+      const r = spinlm(['merge', '--model', base, '--adapter', adapterDir, '--out', 'merged', '--device', 'cpu'], dir);
+      assert.equal(r.status, 0, r.stderr);
+    }
+    const withAdapter = evalOf(['--model', base, '--adapter', adapterDir]);
+    const merged = evalOf(['--model', join(dir, 'merged')]);
+    const plain = evalOf(['--model', base]);
+    assert.ok(Math.abs(withAdapter - merged) <= 2e-3 * Math.abs(merged), `eval: ${withAdapter} with the adapter vs ${merged} merged`);
+    assert.ok(
+      Math.abs(withAdapter - plain) > 10 * Math.abs(withAdapter - merged),
+      `eval: the adapter is in effect (${withAdapter} vs base ${plain})`,
     );
   });
 });
