@@ -204,4 +204,69 @@ describe('adapters on the command line', () => {
       `eval: the adapter is in effect (${withAdapter} vs base ${plain})`,
     );
   });
+
+  test('train --lora_r writes adapter/ and model/ (merged); train --adapter scores its reference with the adapter and trains it', async () => {
+    const trainArgs = [
+      'train',
+      '--model',
+      base,
+      '--data',
+      'pairs.jsonl',
+      '--template',
+      'instruction',
+      '--max_length',
+      '96',
+      '--max_prompt_length',
+      '64',
+    ].concat([
+      '--per_device_train_batch_size',
+      '3',
+      '--gradient_accumulation_steps',
+      '1',
+      '--num_train_epochs',
+      '1',
+      '--learning_rate',
+      '1e-3',
+      '--device',
+      'cpu',
+      '--quiet',
+    ]);
+    let r = spinlm([...trainArgs, '--out', 'trained', '--lora_r', '8', '--lora_target_modules', 'q_proj,down_proj'], dir);
+    assert.equal(r.status, 0, r.stderr);
+    const trainedAdapter = await readPeftAdapter(join(dir, 'trained', 'adapter'), cfg);
+    assert.deepEqual(trainedAdapter.lora.targetModules, ['down_proj', 'q_proj']); // written sorted
+    const ref = await LlamaModel.load(be, base);
+    const f = await openSafetensors(join(dir, 'trained', 'model', 'model.safetensors'));
+    try {
+      await mergeAdapterIntoWeights(ref.weights, cfg, trainedAdapter);
+      for (const name of f.names()) assert.deepEqual((await f.readTensor(name)).data, await ops.read(ref.weights.get(name)), name);
+    } finally {
+      await f.close();
+      ref.weights.free();
+    }
+    // from base + adapter: the reference is base + adapter (not the base), and that adapter (r 8, all-linear) trains
+    r = spinlm([...trainArgs, '--out', 'trained-from-adapter', '--adapter', adapterDir], dir);
+    assert.equal(r.status, 0, r.stderr);
+    const refLogps = JSON.parse(readFileSync(join(dir, 'trained-from-adapter', 'ref_logps.json'), 'utf8')) as number[];
+    const withAdapter = await LlamaModel.load(be, base);
+    await loadAdapter(withAdapter, adapterDir);
+    const tok = await loadTokenizer(base);
+    const opts = {
+      batchSize: 3,
+      template: 'instruction' as const,
+      maxLength: 96,
+      maxPromptLength: 64,
+      truncationMode: 'keep_end' as const,
+    };
+    const scores = await scorePairs(withAdapter, tok, pairs, opts);
+    withAdapter.weights.free();
+    const expected = [...scores.map((s) => s.logps_real), ...scores.map((s) => s.logps_generated)];
+    refLogps.forEach((v, i) => assert.ok(Math.abs(v - expected[i]) <= 1e-5 * Math.max(1, Math.abs(v)), `ref ${i}: ${v} vs ${expected[i]}`));
+    const cont = await readPeftAdapter(join(dir, 'trained-from-adapter', 'adapter'), cfg);
+    assert.deepEqual(cont.lora.targetModules, ['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']); // all-linear, as PEFT saves it
+    assert.equal(cont.lora.r, 8);
+    const given = await readPeftAdapter(adapterDir, cfg);
+    const name = 'model.layers.0.mlp.down_proj.lora_B.weight';
+    assert.notDeepEqual(cont.tensors.get(name)!.data, given.tensors.get(name)!.data, 'the given adapter trained');
+  });
 });
