@@ -15,11 +15,10 @@ import { LlamaModel } from '../src/model/llama.js';
 import { adapterTensors, type LoraConfig } from '../src/model/lora.js';
 import { mergeAdapterIntoWeights } from '../src/model/lora_merge.js';
 import { readPeftAdapter, writePeftAdapter } from '../src/model/peft.js';
-import { openSafetensors } from '../src/model/safetensors.js';
 import { scorePairs } from '../src/spin/score.js';
 import { writeByteTokenizer } from '../src/text/byte_tokenizer.js';
 import { loadTokenizer } from '../src/text/tokenizer.js';
-import * as ops from '../src/ops/index.js';
+import { assertMergedOf } from './helpers/merged_model.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 import { randn, withSeed } from './helpers/random.js';
 
@@ -59,18 +58,7 @@ describe('adapters on the command line', () => {
     assert.equal(config.torch_dtype, 'bfloat16');
     assert.deepEqual(readFileSync(join(out, 'tokenizer.json')), readFileSync(join(base, 'tokenizer.json')));
     // the weights: the in-process merge of the same files, bit for bit, stored as BF16
-    const ref = await LlamaModel.load(be, base);
-    const f = await openSafetensors(join(out, 'model.safetensors'));
-    try {
-      await mergeAdapterIntoWeights(ref.weights, cfg, await readPeftAdapter(adapterDir, cfg));
-      for (const name of f.names()) {
-        assert.equal(f.info(name).dtype, 'BF16', name);
-        assert.deepEqual((await f.readTensor(name)).data, await ops.read(ref.weights.get(name)), name);
-      }
-    } finally {
-      await f.close();
-      ref.weights.free();
-    }
+    assert.deepEqual([...(await assertMergedOf(out, base, [adapterDir]))], ['BF16']);
     // a directory with someone else's files is refused; spinlm's own is rewritten with --overwrite_output_dir
     mkdirSync(join(dir, 'theirs'));
     writeFileSync(join(dir, 'theirs', 'notes.txt'), 'mine');
@@ -235,15 +223,7 @@ describe('adapters on the command line', () => {
     assert.equal(r.status, 0, r.stderr);
     const trainedAdapter = await readPeftAdapter(join(dir, 'trained', 'adapter'), cfg);
     assert.deepEqual(trainedAdapter.lora.targetModules, ['down_proj', 'q_proj']); // written sorted
-    const ref = await LlamaModel.load(be, base);
-    const f = await openSafetensors(join(dir, 'trained', 'model', 'model.safetensors'));
-    try {
-      await mergeAdapterIntoWeights(ref.weights, cfg, trainedAdapter);
-      for (const name of f.names()) assert.deepEqual((await f.readTensor(name)).data, await ops.read(ref.weights.get(name)), name);
-    } finally {
-      await f.close();
-      ref.weights.free();
-    }
+    await assertMergedOf(join(dir, 'trained', 'model'), base, [join(dir, 'trained', 'adapter')]);
     // from base + adapter: the reference is base + adapter (not the base), and that adapter (r 8, all-linear) trains
     r = spinlm([...trainArgs, '--out', 'trained-from-adapter', '--adapter', adapterDir], dir);
     assert.equal(r.status, 0, r.stderr);
@@ -268,5 +248,19 @@ describe('adapters on the command line', () => {
     const given = await readPeftAdapter(adapterDir, cfg);
     const name = 'model.layers.0.mlp.down_proj.lora_B.weight';
     assert.notDeepEqual(cont.tensors.get(name)!.data, given.tensors.get(name)!.data, 'the given adapter trained');
+  });
+
+  test('sft --lora_r writes the merged model with its adapter in adapter/', async () => {
+    const r = spinlm(
+      ['sft', '--model', base, '--data', 'pairs.jsonl', '--out', 'sft-lora', '--lora_r', '4', '--template', 'instruction']
+        .concat(['--max_length', '96', '--max_prompt_length', '64', '--per_device_train_batch_size', '3', '--num_train_epochs', '1'])
+        .concat(['--learning_rate', '1e-3', '--device', 'cpu', '--quiet']),
+      dir,
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const out = join(dir, 'sft-lora');
+    const adapter = await readPeftAdapter(join(out, 'adapter'), cfg);
+    assert.equal(adapter.baseModel, base);
+    await assertMergedOf(out, base, [join(out, 'adapter')]);
   });
 });

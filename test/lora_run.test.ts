@@ -9,35 +9,14 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { loadConfig } from '../src/model/config.js';
-import { LlamaModel } from '../src/model/llama.js';
-import { mergeAdapterIntoWeights } from '../src/model/lora_merge.js';
 import { readPeftAdapter } from '../src/model/peft.js';
-import { openSafetensors } from '../src/model/safetensors.js';
-import * as ops from '../src/ops/index.js';
+import { assertMergedOf } from './helpers/merged_model.js';
 
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
 const THETA0 = new URL('../assets/theta0', import.meta.url).pathname;
 const spinlm = (args: string[], cwd: string, env: Record<string, string> = {}) =>
   spawnSync(process.execPath, [BIN, ...args], { cwd, encoding: 'utf8', env: { ...process.env, SPINLM_NUM_THREADS: '2', ...env } });
-const be = new CpuBackend();
-
-/** The model in `modelDir` equals `base` plus the adapters merged in-process, tensor for tensor, bit for bit. */
-async function assertMergedOf(modelDir: string, base: string, adapterDirs: string[]) {
-  const ref = await LlamaModel.load(be, base);
-  const f = await openSafetensors(join(modelDir, 'model.safetensors'));
-  try {
-    const adapters = [];
-    for (const d of adapterDirs) adapters.push(await readPeftAdapter(d, ref.cfg));
-    await mergeAdapterIntoWeights(ref.weights, ref.cfg, ...adapters);
-    for (const name of f.names())
-      assert.deepEqual((await f.readTensor(name)).data, await ops.read(ref.weights.get(name)), `${modelDir}: ${name}`);
-  } finally {
-    await f.close();
-    ref.weights.free();
-  }
-}
 
 describe('spinlm run with LoRA', () => {
   const dir = mkdtempSync(join(tmpdir(), 'spinlm-lora-run-'));
