@@ -70,6 +70,10 @@ describe('adapters on the command line', () => {
       dir,
     );
     assert.equal(again.status, 0, again.stderr);
+    // the output is never an input (the adapter's directory included)
+    const onInput = spinlm(['merge', '--model', base, '--adapter', adapterDir, '--out', adapterDir, '--device', 'cpu'], dir);
+    assert.equal(onInput.status, 2);
+    assert.match(onInput.stderr, /--adapter/);
     // a bad adapter is one line naming the file and the problem
     const badDir = join(dir, 'bad');
     mkdirSync(badDir);
