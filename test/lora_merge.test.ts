@@ -4,6 +4,7 @@
 // the last place away, and no neighbour closer). One rounding, not two: f64ToBf16 vs double rounding.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import type { Backend } from '../src/backend/backend.js';
 import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
 import { checkpointLayout, parseConfig, type LlamaConfig } from '../src/model/config.js';
 import { initLlama } from '../src/model/init.js';
@@ -13,6 +14,7 @@ import type { HostAdapter } from '../src/model/peft.js';
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/bf16.js';
 import * as ops from '../src/ops/index.js';
 import { PHI3_CONFIG, tinyConfig } from './helpers/tiny_model.js';
+import { testBackends } from './helpers/backends.js';
 import { randn, withSeed } from './helpers/random.js';
 import type { Rng } from '../src/util/rng.js';
 
@@ -130,3 +132,24 @@ for (const [family, cfg, dtype, targets, stack] of [
     });
   });
 }
+
+test('the merge gives the same bits on every test backend (weights read to the host, merged, written back)', async () => {
+  await withSeed(async (rng, seed) => {
+    const cfg = parseConfig(PHI3_CONFIG, 'phi3');
+    const lora: LoraConfig = { r: 8, alpha: 16, dropout: 0, targetModules: 'all-linear', useRslora: false };
+    const adapter = randomAdapter(rng, cfg, lora);
+    const mergedOn = async (b: Backend) => {
+      const m = initLlama(b, cfg, { seed, dtype: 'bf16', std: 0.05 });
+      try {
+        await mergeAdapterIntoWeights(m.weights, cfg, adapter);
+        const out = new Map<string, number[]>();
+        for (const [name, t] of m.weights.params) out.set(name, Array.from(await ops.read(t)));
+        return out;
+      } finally {
+        m.weights.free();
+      }
+    };
+    const want = await mergedOn(be);
+    for (const b of await testBackends()) assert.deepEqual(await mergedOn(b), want, b.name);
+  });
+});
