@@ -47,8 +47,9 @@ export interface AdapterConfigOptions {
 }
 
 /**
- * adapter_config.json as PEFT writes it (LoraConfig.to_dict, the keys this version of PEFT's LoRA reads;
- * features spinlm does not implement written as their off values). `all-linear` is written as the module
+ * adapter_config.json as PEFT writes it (LoraConfig.to_dict; features spinlm does not implement written
+ * as their off values). The newest keys (exclude_modules, lora_bias) are left out: absent means off, and
+ * older PEFT versions refuse keys they do not know. `all-linear` is written as the module
  * names it selected (PEFT expands the shorthand when it builds the model, and saves the expanded set).
  */
 export function peftConfigJson(cfg: LlamaConfig, lora: LoraConfig, opts: AdapterConfigOptions): Record<string, unknown> {
@@ -58,7 +59,6 @@ export function peftConfigJson(cfg: LlamaConfig, lora: LoraConfig, opts: Adapter
     auto_mapping: null,
     base_model_name_or_path: opts.baseModel,
     bias: 'none',
-    exclude_modules: null,
     fan_in_fan_out: false,
     inference_mode: opts.inferenceMode ?? true,
     init_lora_weights: true,
@@ -67,7 +67,6 @@ export function peftConfigJson(cfg: LlamaConfig, lora: LoraConfig, opts: Adapter
     layers_to_transform: null,
     loftq_config: {},
     lora_alpha: lora.alpha,
-    lora_bias: false,
     lora_dropout: lora.dropout,
     megatron_config: null,
     megatron_core: 'megatron.core',
