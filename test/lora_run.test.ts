@@ -11,7 +11,12 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { loadConfig } from '../src/model/config.js';
 import { readPeftAdapter } from '../src/model/peft.js';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { initLlama } from '../src/model/init.js';
+import { loadTokenizer } from '../src/text/tokenizer.js';
 import { assertMergedOf } from './helpers/merged_model.js';
+import { tokenizerDirWith, ZEPHYR_TEMPLATE } from './helpers/published_tokenizers.js';
+import { tinyConfig } from './helpers/tiny_model.js';
 
 const BIN = new URL('../bin/spinlm.js', import.meta.url).pathname;
 const THETA0 = new URL('../assets/theta0', import.meta.url).pathname;
@@ -173,6 +178,30 @@ describe('spinlm run with LoRA', () => {
       const it = join(dir, 'sweep', arm, 'seed-1', 'iter-0');
       assert.equal((JSON.parse(readFileSync(join(it, 'adapter', 'adapter_config.json'), 'utf8')) as { r: number }).r, 4);
       assert.ok(existsSync(join(it, 'model', 'model.safetensors')) && existsSync(join(it, 'eval.json')));
+    }
+  });
+
+  test("a tiny model over a real tokenizer (Mistral's 32k vocabulary, zephyr's chat template): three LoRA iterations", async () => {
+    const model = join(dir, 'real-tok');
+    await tokenizerDirWith('mistral', model, ZEPHYR_TEMPLATE);
+    const tok = await loadTokenizer(model);
+    const m = initLlama(new CpuBackend(), tinyConfig({ modelType: 'mistral', vocab: tok.vocabSize }), {
+      seed: 3,
+      std: 0.05,
+      dtype: 'bf16',
+    });
+    await m.save(model);
+    m.weights.free();
+    const withModel = args('real-run', 3).map((a) => (a === THETA0 ? model : a));
+    const r = spinlm(withModel, dir);
+    assert.equal(r.status, 0, r.stderr);
+    let previous = model;
+    for (let t = 0; t < 3; t++) {
+      const it = join(dir, 'real-run', `iter-${t}`);
+      // the bf16 base stays bf16; the tokenizer and its chat template travel with every model
+      assert.deepEqual([...(await assertMergedOf(join(it, 'model'), previous, [join(it, 'adapter')]))], ['BF16']);
+      assert.ok(readFileSync(join(it, 'model', 'tokenizer_config.json'), 'utf8').includes('<|assistant|>'));
+      previous = join(it, 'model');
     }
   });
 });
