@@ -354,7 +354,7 @@ void attention_head_backward(const Geometry& g, const float* q, const float* k, 
 // Both passes run tasks on the pool (BlasOnOneThread): the forward one per (sequence, head), the
 // backward one per (sequence, kv head), whose query heads add to its dK and dV in head order. Each
 // task is sequential, so no number depends on the thread count.
-void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
+void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
                int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
                float* lse) {
   const Geometry g{l, nh, nkv, hd};
@@ -369,7 +369,7 @@ void attention(const float* q, const float* k, const float* v, const int32_t* ke
 }
 
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
-                        const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
+                        const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
                         float* dk, float* dv) {
   const Geometry g{l, nh, nkv, hd};
