@@ -11,7 +11,6 @@ import { stopIdsOf } from '../generate/stops.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
 import { scorePairs } from '../spin/score.js';
-import { padIdOf } from '../spin/sft.js';
 import { formatPrompt } from '../text/templates.js';
 import { resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { positive, UsageError } from './args.js';
