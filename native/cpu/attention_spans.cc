@@ -15,10 +15,7 @@
 //     keys before lo or hidden add an exact 0, so the sum is over the visible keys in order.
 // Tasks on the pool: (row, head, query block), each owning its out rows and lse.
 //
-// Backward (tolerance, deterministic): dQ by tasks (row, head, query block) over the tiles the block
-// sees; dK and dV by tasks (row, kv head, key tile) over the heads of the kv head in head order and the
-// blocks that see the tile in block order. Products by cblas_sgemm on one OpenBLAS thread. No number
-// depends on the thread count.
+// Backward: attention_spans_backward.cc.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -111,13 +108,21 @@ void values_any(const float* p, const float* v, int64_t ks, const std::pair<int6
 SPINLM_CLONES float softmax_spans(float* x, const Visible& v, int64_t lo, const float* bias, float softcap, int64_t rs, int64_t re,
                                   float* inv) {
   float m = -INFINITY;
-  auto keep = [&](int64_t j0, int64_t j1) {
-    for (int64_t j = j0; j < j1; ++j) {
-      float s = x[j];
-      if (softcap > 0.0f) s = softcap * std::tanh(s / softcap);  // before the mask, as HF
-      s += bias[j];
-      x[j] = s;
-      m = s > m ? s : m;
+  auto keep = [&](int64_t j0, int64_t j1) {  // elementwise, then the max (exact in any order)
+    if (softcap > 0.0f)
+      for (int64_t j = j0; j < j1; ++j) x[j] = softcap * std::tanh(x[j] / softcap);  // before the mask, as HF
+    int64_t j = j0;
+    vf vm = simd::splat(-INFINITY);
+    for (; j + kLanes <= j1; j += kLanes) {
+      const vf y = simd::load(x + j) + simd::load(bias + j);
+      simd::store(x + j, y);
+      vm = simd::vmax(vm, y);
+    }
+    const float mv = simd::hmax(vm);
+    m = mv > m ? mv : m;
+    for (; j < j1; ++j) {
+      x[j] += bias[j];
+      m = x[j] > m ? x[j] : m;
     }
   };
   auto hide = [&](int64_t j0, int64_t j1) {

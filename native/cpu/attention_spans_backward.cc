@@ -1,13 +1,11 @@
 // The backward of attention with spans (attention_spans.cc has the layout and the forward). Not bitwise
 // packing-invariant (tolerance against float64), but deterministic and independent of the thread count:
 //   - delta_i = dO_i . O_i per (row, head, query), in double;
-//   - dQ: tasks (row, head, query block of kBwdRows); over the runs of key tiles the block sees, in key
+//   - tasks (row, head): query blocks of kBwdRows in order, each over the runs of key tiles it sees in key
 //     order: P from the saved lse, dP = dO V^T, dS = P (dP - delta) (times 1 - tanh^2 with a soft-cap),
-//     dQ += scale dS K;
-//   - dK, dV: tasks (row, kv head, key tile); over the kv head's query heads in head order and, per head,
-//     the query blocks that see the tile in block order: the same P and dS, dV += P^T dO, dK += scale dS^T Q.
-// So P and dP are computed twice (once per pass), the price of tasks that own their outputs (no
-// reduction across threads). Products by cblas_sgemm, OpenBLAS on one thread meanwhile.
+//     then dV += P^T dO, dK += scale dS^T Q, dQ += scale dS K (cblas_sgemm, OpenBLAS on one thread);
+//   - a kv head with one query head takes its dK, dV directly; with a group, each head writes its own
+//     rows and the group's rows are summed in head order after (memory: 2 x the size of q).
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -30,11 +28,10 @@ using simd::kLanes;
 using simd::vf;
 
 constexpr int64_t kBwdRows = 64;  // queries per backward block
-constexpr int64_t kRunTiles = 4;  // key tiles per dQ product (256 keys)
+constexpr int64_t kRunTiles = 8;  // key tiles per product at most (512 keys)
 
 struct Grads {
   const float *q, *k, *v, *lse, *dout, *delta;
-  float *dq, *dk, *dv;
 };
 
 // Rows [r0, r1) of head h against keys [j0, j1): p = the probabilities (0 off each query's visible
@@ -99,7 +96,6 @@ void attention_spans_backward(const float* q, const float* k, const float* v, co
                               int64_t hd, float scale, int64_t window, float softcap, float* dq, float* dk, float* dv) {
   const Call c(key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap);
   const int64_t qs = c.q_stride(), ks = c.kv_stride(), group = nh / nkv, tiles = c.tiles();
-  const int64_t blocks = (l + kBwdRows - 1) / kBwdRows;
   std::vector<float> delta(static_cast<size_t>(b * nh * l));
   parallel_for(b * nh, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t)
@@ -110,55 +106,60 @@ void attention_spans_backward(const float* q, const float* k, const float* v, co
         delta[t * l + i] = static_cast<float>(d);
       }
   });
-  // seen[(bi * blocks + block) * (tiles + 1) + tile]: the key tiles each query block sees
-  std::vector<int> seen(static_cast<size_t>(b * blocks * (tiles + 1)));
-  parallel_for(b * blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<int> need;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t r0 = (t % blocks) * kBwdRows;
-      c.tiles_seen(t / blocks, r0, std::min(l, r0 + kBwdRows), need);
-      std::copy(need.begin(), need.end(), seen.begin() + t * (tiles + 1));
-    }
-  });
-  const Grads g{q, k, v, lse, dout, delta.data(), dq, dk, dv};
+  // one task per (row, head): query blocks in order, each over the runs of key tiles it sees. dK and dV
+  // go straight to the kv head's rows when it has one query head, else to the head's own rows (part),
+  // summed in head order after.
+  const int64_t hs = group > 1 ? hd : ks;  // between positions of a head's dK / dV rows
+  std::vector<float> part(group > 1 ? static_cast<size_t>(2 * b * nh * l * hd) : 0);
+  float* dkp = group > 1 ? part.data() : dk;
+  float* dvp = group > 1 ? part.data() + b * nh * l * hd : dv;
+  auto head_rows = [&](float* base, int64_t bi, int64_t h) { return group > 1 ? base + (bi * nh + h) * l * hd : base + c.kv_off(bi, h, 0); };
+  const Grads g{q, k, v, lse, dout, delta.data()};
   const BlasOnOneThread one;
-  // dQ per (row, head, query block)
-  parallel_for(b * nh * blocks, 1, [&](int64_t t0, int64_t t1) {
+  parallel_for(b * nh, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<int> need;
     std::vector<float> p, ds, tc;
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t bi = t / (nh * blocks), h = t / blocks % nh, r0 = (t % blocks) * kBwdRows, r1 = std::min(l, r0 + kBwdRows);
-      float* dqb = dq + ((bi * l + r0) * nh + h) * hd;
-      for (int64_t i = r0; i < r1; ++i) std::memset(dq + ((bi * l + i) * nh + h) * hd, 0, sizeof(float) * hd);
-      const std::vector<int> need(seen.begin() + (bi * blocks + t % blocks) * (tiles + 1),
-                                  seen.begin() + (bi * blocks + t % blocks + 1) * (tiles + 1));
-      for (const auto& [u0, u1] : attn::runs_of(need, tiles, kRunTiles)) {
-        const int64_t j0 = u0 * kTile, j1 = std::min({u1 * kTile, l, r1}), n = (r1 - r0) * (j1 - j0);
-        if (j0 >= j1) continue;
-        if (static_cast<int64_t>(p.size()) < n) p.resize(n), ds.resize(n), tc.resize(n);
-        block_grads(c, g, bi, h, r0, r1, j0, j1, p.data(), ds.data(), tc.data());
-        gemm(false, false, r1 - r0, hd, j1 - j0, scale, ds.data(), j1 - j0, k + c.kv_off(bi, h / group, j0), ks, 1.0f, dqb, qs);
+      const int64_t bi = t / nh, h = t % nh, kvh = h / group;
+      float* dkh = head_rows(dkp, bi, h);
+      float* dvh = head_rows(dvp, bi, h);
+      for (int64_t j = 0; j < l; ++j) {
+        std::memset(dkh + j * hs, 0, sizeof(float) * hd);
+        std::memset(dvh + j * hs, 0, sizeof(float) * hd);
+      }
+      for (int64_t r0 = 0; r0 < l; r0 += kBwdRows) {
+        const int64_t r1 = std::min(l, r0 + kBwdRows), rows = r1 - r0;
+        float* dqb = dq + ((bi * l + r0) * nh + h) * hd;
+        const float* dob = dout + ((bi * l + r0) * nh + h) * hd;
+        for (int64_t i = r0; i < r1; ++i) std::memset(dq + ((bi * l + i) * nh + h) * hd, 0, sizeof(float) * hd);
+        c.tiles_seen(bi, r0, r1, need);
+        for (const auto& [u0, u1] : attn::runs_of(need, tiles, kRunTiles)) {
+          const int64_t j0 = u0 * kTile, j1 = std::min({u1 * kTile, l, r1}), kw = j1 - j0;
+          if (kw <= 0) continue;
+          if (static_cast<int64_t>(p.size()) < rows * kw) p.resize(rows * kw), ds.resize(rows * kw), tc.resize(rows * kw);
+          block_grads(c, g, bi, h, r0, r1, j0, j1, p.data(), ds.data(), tc.data());
+          // dV += P^T dO; dK += scale dS^T Q; dQ += scale dS K
+          gemm(true, false, kw, hd, rows, 1.0f, p.data(), kw, dob, qs, 1.0f, dvh + j0 * hs, hs);
+          gemm(true, false, kw, hd, rows, scale, ds.data(), kw, c.qrow(q, bi, h, r0), qs, 1.0f, dkh + j0 * hs, hs);
+          gemm(false, false, rows, hd, kw, scale, ds.data(), kw, k + c.kv_off(bi, kvh, j0), ks, 1.0f, dqb, qs);
+        }
       }
     }
   });
-  // dK, dV per (row, kv head, key tile)
-  parallel_for(b * nkv * tiles, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<float> p(kBwdRows * kTile), ds(kBwdRows * kTile), tc(kBwdRows * kTile);
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t bi = t / (nkv * tiles), kvh = t / tiles % nkv, kt = t % tiles, j0 = kt * kTile, j1 = std::min(l, j0 + kTile);
-      float* dkt = dk + c.kv_off(bi, kvh, j0);
-      float* dvt = dv + c.kv_off(bi, kvh, j0);
-      for (int64_t j = j0; j < j1; ++j) {
-        std::memset(dk + c.kv_off(bi, kvh, j), 0, sizeof(float) * hd);
-        std::memset(dv + c.kv_off(bi, kvh, j), 0, sizeof(float) * hd);
-      }
-      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
-        for (int64_t qb = 0; qb < blocks; ++qb) {
-          if (!seen[(bi * blocks + qb) * (tiles + 1) + kt]) continue;
-          const int64_t r0 = qb * kBwdRows, r1 = std::min(l, r0 + kBwdRows), kw = j1 - j0;
-          block_grads(c, g, bi, h, r0, r1, j0, j1, p.data(), ds.data(), tc.data());
-          const float* dor = dout + ((bi * l + r0) * nh + h) * hd;
-          gemm(true, false, kw, hd, r1 - r0, 1.0f, p.data(), kw, dor, qs, 1.0f, dvt, ks);
-          gemm(true, false, kw, hd, r1 - r0, scale, ds.data(), kw, c.qrow(q, bi, h, r0), qs, 1.0f, dkt, ks);
+  if (group == 1) return;
+  // dK, dV of each kv head: its query heads' rows summed in head order
+  parallel_for(b * l, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bi = r / l, j = r % l;
+      for (int64_t kvh = 0; kvh < nkv; ++kvh)
+        for (int64_t x = 0; x < 2; ++x) {
+          float* dst = (x ? dv : dk) + c.kv_off(bi, kvh, j);
+          const float* src = (x ? dvp : dkp) + ((bi * nh + kvh * group) * l + j) * hd;
+          for (int64_t d = 0; d < hd; ++d) {
+            float sum = src[d];
+            for (int64_t u = 1; u < group; ++u) sum += src[u * l * hd + d];
+            dst[d] = sum;
+          }
         }
     }
   });
