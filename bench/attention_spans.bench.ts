@@ -50,7 +50,10 @@ async function time(b: number, l: number, hd: number, spans?: Int32Array): Promi
     const g = ops.attentionBackward(q, k, v, mask, out, lse, dout, opts);
     await ops.read(g.dv.view(0, [1]));
     const tb = performance.now() - t0;
-    if (it > 0) fwd.push(tf), bwd.push(tb);
+    if (it > 0) {
+      fwd.push(tf);
+      bwd.push(tb);
+    }
     for (const t of [out, lse, g.dq, g.dk, g.dv]) t.free();
   }
   for (const t of [q, k, v, dout, mask, opts.spans] as (Tensor | undefined)[]) t?.free();
