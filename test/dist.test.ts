@@ -203,6 +203,34 @@ test('qwen3 (q/k norms in the layer units) and phi3 (split q/k/v, gate/up) train
     }
   }));
 
+test('LoRA: the adapters train under every ZeRO stage like one process; the frozen base stays replicated and untouched', async () =>
+  withSeed(async (rng) => {
+    const job = base({
+      seed: rng.int(0, 1e9),
+      items: 8,
+      epochs: 1,
+      dtype: 'bf16',
+      tie: rng.int(0, 1) === 1,
+      lora: { r: 4, alpha: 8, dropout: 0, targetModules: 'all-linear', useRslora: false },
+    });
+    const ref = join(dir, 'ref-lora');
+    solo({ ...job, out: ref });
+    const isBase = (n: string) => !/\.lora_[AB]\.weight$/.test(n);
+    const want = result(ref);
+    for (const [n, ys] of Object.entries(want.weights)) if (isBase(n)) assert.deepEqual(ys, want.init[n], `one process: ${n} moved`);
+    for (const stage of [0, 1, 2, 3] as const) {
+      const out = join(dir, `lora-s${stage}`);
+      const r = mpirun(2, { ...job, stage, out });
+      assert.equal(r.status, 0, r.output);
+      const h = hashes(out, 2);
+      assert.equal(h[1], h[0], `stage ${stage}: ranks ended with different weights`);
+      const got = result(out);
+      for (const [n, ys] of Object.entries(got.weights)) if (isBase(n)) assert.deepEqual(ys, got.init[n], `stage ${stage}: ${n} moved`);
+      // the adapters are f32 (the base bf16 is never written): the f32 tolerances hold
+      assertClose(got, want, 'f32', `LoRA stage ${stage}`);
+    }
+  }));
+
 test('overlap (gradient reductions issued during the backward, ZeRO-3 prefetch) is bit-identical to the blocking path', async () =>
   withSeed(async (rng) => {
     // np 3 with accumulation and an uneven last window: idle ranks and partial steps included

@@ -5,6 +5,8 @@ import { type ComputeDtype, SPIN_LOSS_TYPES } from '../backend/backend.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import type { ZeroStage } from '../dist/zero.js';
 import type { KvCacheDtype } from '../model/decoder.js';
+import { type LoraOptions, resolveLora } from '../model/lora.js';
+import type { ModelType } from '../model/config.js';
 import type { OptimizerConfig } from '../optim/optimizer.js';
 import type { TruncationOptions } from '../spin/batch.js';
 import type { GenerationSettings } from '../spin/experiment.js';
@@ -192,6 +194,30 @@ export function optimizerConfig(o: Parsed): OptimizerConfig {
     : { type: 'rmsprop', alpha: num(o, 'rmsprop_alpha'), eps: num(o, 'adam_epsilon'), weightDecay: num(o, 'weight_decay') };
 }
 
+/** --lora_*: the LoRA settings (targets null: the family's default, known once the model is read), or undefined without --lora_r. */
+export function loraOptionsOf(o: Parsed): LoraOptions | undefined {
+  const r = optNum(o, 'lora_r');
+  if (r === undefined) {
+    const stray = ['lora_target_modules', 'use_rslora'].filter((k) => o[k] !== undefined && o[k] !== false);
+    if (stray.length) throw new UsageError(`--${stray[0]} needs --lora_r (LoRA is off without a rank)`);
+    return undefined;
+  }
+  const t = optStr(o, 'lora_target_modules');
+  const list = t === undefined ? null : t.trim() === 'all-linear' ? 'all-linear' : t.split(',').map((x) => x.trim());
+  return { r, alpha: num(o, 'lora_alpha'), dropout: num(o, 'lora_dropout'), useRslora: bool(o, 'use_rslora'), targetModules: list };
+}
+
+/** --lora_target_modules checked against the model's family (a UsageError naming the valid modules). */
+export function checkLoraFor(lora: LoraOptions | undefined, family: ModelType): void {
+  if (!lora) return;
+  try {
+    resolveLora(lora, family);
+  } catch (e) {
+    if (e instanceof RangeError) throw new UsageError(`--${e.message}`);
+    throw e;
+  }
+}
+
 /** The training loop (learning rate aside: a list, one per iteration); --fused_update's limits are checked here. */
 export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi()): LoopConfig {
   const maxGradNorm = num(o, 'max_grad_norm');
@@ -221,6 +247,7 @@ export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi
     saveSteps: num(o, 'save_steps'),
     gradientCheckpointing: bool(o, 'gradient_checkpointing'),
     fusedUpdate,
+    lora: loraOptionsOf(o),
     dist: dist
       ? { group: processGroup(), zeroStage: Number(choice(o, 'zero_stage', ['0', '1', '2', '3'] as const, '0')) as ZeroStage }
       : undefined,

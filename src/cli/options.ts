@@ -86,6 +86,37 @@ export const textOptions: OptionSpec[] = [
   },
 ];
 
+/** LoRA (docs/lora.md): --lora_r enables it; the rest are PEFT's LoraConfig fields and defaults. */
+export const loraOptions: OptionSpec[] = [
+  {
+    name: 'lora_r',
+    type: 'int',
+    check: positive,
+    help: 'train LoRA adapters of this rank on a frozen base instead of every parameter (docs/lora.md; off when not given)',
+  },
+  {
+    name: 'lora_alpha',
+    type: 'number',
+    default: 8,
+    check: positive,
+    help: "LoRA alpha: the adapters' output is scaled by alpha / r (PEFT's default 8)",
+  },
+  {
+    name: 'lora_dropout',
+    type: 'number',
+    default: 0,
+    check: (v: number) => (v >= 0 && v < 1 ? null : 'must be in [0, 1)'),
+    help: 'dropout on the LoRA input (default 0: with dropout the policy differs from the reference at step 0, so u != 0)',
+  },
+  {
+    name: 'lora_target_modules',
+    type: 'string',
+    check: nonEmpty,
+    help: "comma list of PEFT module names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; Phi-3: qkv_proj,o_proj,gate_up_proj,down_proj) or all-linear (default: PEFT's per family, q_proj,v_proj; Phi-3 qkv_proj)",
+  },
+  { name: 'use_rslora', type: 'bool', default: false, help: 'rsLoRA: scale by alpha / sqrt(r) instead of alpha / r' },
+];
+
 export const loopOptions = (defaults: { lr: number[]; optim: string; epochs: number; batch: number; accum: number }): OptionSpec[] => [
   {
     name: 'learning_rate',
@@ -144,6 +175,7 @@ export const loopOptions = (defaults: { lr: number[]; optim: string; epochs: num
     default: false,
     help: 'update each layer as soon as its gradient is complete, never holding all gradients (LOMO-style; needs --max_grad_norm 0, --gradient_accumulation_steps 1, one process): same results, 4 bytes/parameter less (docs/memory.md)',
   },
+  ...loraOptions,
 ];
 
 export const spinOptions: OptionSpec[] = [

@@ -21,6 +21,7 @@ import {
   deviceConfig,
   generationConfig,
   generationSettingsOf,
+  checkLoraFor,
   loopConfig,
   modelConfig,
   num,
@@ -72,6 +73,7 @@ export const run: Command = {
     checkInputPaths('run', o, ['model', 'data', 'eval_data']);
     c.model.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(c.model);
+    checkLoraFor(c.loop.lora, model.cfg.modelType);
     const trunc = truncationOf(c.model, model.maxPositions);
     const generation = generationSettingsOf(c.generation, tok, await stopIdsOf(c.model.dir, model.cfg.eosTokenIds, tok, template));
     generation.computeDtype = checkComputeDtype(c.model, model.weights.dtype);

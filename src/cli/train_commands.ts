@@ -20,6 +20,7 @@ import { backend, barrier, checkInputPaths, fmt, isMain, loadModelAndTokenizer, 
 import {
   bool,
   dataConfig,
+  checkLoraFor,
   loopConfig,
   modelConfig,
   nums,
@@ -71,6 +72,7 @@ export const train: Command = {
     checkInputPaths('train', o, ['model', 'data']);
     m.templateDate ??= templateDateOf(o);
     const { model, tok, template, rounds } = await loadModelAndTokenizer(m);
+    checkLoraFor(cfg.lora, model.cfg.modelType);
     const pairs = await readSpinPairs(data, { rounds, strictUtf8: bool(o, 'strict') });
     const trunc = truncationOf(m, model.maxPositions);
     const tokenized = tokenizePairs(tok, pairs, { ...trunc, template, batchSize: 1 });
@@ -144,6 +146,7 @@ export const sftCmd: Command = {
       });
       template = templateOf(m, tok);
     } else ({ model, tok, template } = await loadModelAndTokenizer(m));
+    checkLoraFor(cfg.lora, model.cfg.modelType);
     const pairs = await sftData(dataConfig(o), undefined, roundsOf(m, template));
     await prepareOut('sft', o, ['model', 'data', 'init_config', 'tokenizer'], 'single', m.templateDate);
     const trunc = truncationOf(m, model.maxPositions);

@@ -14,6 +14,11 @@
 //            unit just before its forward / backward and frees it after; in the backward its
 //            gradient is reduce-scattered into the own part as soon as the unit is done.
 //
+// LoRA (src/model/lora.ts): the units hold the adapters only (f32), sharded as above at every stage;
+// the frozen base is not the engine's: every rank keeps its whole copy in its stored dtype (replicated,
+// stage 3 included), with no gradient, master or optimizer state. The embedding and head units do not
+// exist (no adapters there): their acquire / release do nothing.
+//
 // Overlap (on unless `overlap: false` or SPINLM_ZERO_OVERLAP=0): the model calls the engine's
 // ParamHook at every stage. Stages 0-2, on the last micro-batch of a step, issue each unit's gradient
 // reduction (all-reduce / reduce-scatter) as soon as the unit's backward is done, non-blocking; the
@@ -111,7 +116,7 @@ export class ZeroEngine implements ParamHook {
     this.units = units;
     this.overlap = opts.overlap ?? process.env.SPINLM_ZERO_OVERLAP !== '0';
     this.layers = units.filter((u) => u.index >= 0).length;
-    this.dtype = model.weights.dtype;
+    this.dtype = unitDtype(model);
     const w = model.weights;
     const be = model.backend;
     const { rank } = group;
@@ -156,7 +161,7 @@ export class ZeroEngine implements ParamHook {
     const be = model.backend;
     const N = group.size;
     const byUnit = new Map<number, string[]>();
-    for (const name of w.params.keys()) {
+    for (const name of w.trainableNames()) {
       const idx = unitOf(name);
       if (!byUnit.has(idx)) byUnit.set(idx, []);
       byUnit.get(idx)!.push(name);
@@ -179,7 +184,7 @@ export class ZeroEngine implements ParamHook {
         end = roundUp(end + w.get(n).numel, ALIGN);
       }
       const size = roundUp(Math.max(end, 1), ALIGN * N);
-      const params = ops.zeros(be, w.dtype, [size]);
+      const params = ops.zeros(be, unitDtype(model), [size]);
       for (let k = 0; k < names.length; k++) {
         const src = w.get(names[k]);
         const host = await ops.read(src);
@@ -194,9 +199,12 @@ export class ZeroEngine implements ParamHook {
     const mine = Buffer.from(fingerprint).toString();
     const bad = all.findIndex((b) => Buffer.from(b).toString() !== Buffer.from(all[0]).toString());
     if (bad >= 0) throw new Error(`spinlm: rank ${bad} has a different model, dtype or zero_stage than rank 0 (fingerprints differ; this rank: ${mine === Buffer.from(all[0]).toString() ? 'same as rank 0' : 'differs'}): every rank must load the same --model with the same options`);
-    // the model's own tensors are replaced by views into the unit buffers
-    for (const name of [...w.params.keys()]) w.get(name).free();
-    w.params.clear();
+    // the model's own (trainable) tensors are replaced by views into the unit buffers
+    for (const u of units)
+      for (const name of u.names) {
+        w.get(name).free();
+        w.params.delete(name);
+      }
     return new ZeroEngine(model, group, stage, units, optim, opts);
   }
 
@@ -215,6 +223,11 @@ export class ZeroEngine implements ParamHook {
     const u = this.units.find((x) => x.index === index);
     if (!u) throw new RangeError(`no parameter unit ${index}`);
     return u;
+  }
+
+  /** A unit the model acquires that has no trainable tensors (LoRA: the embedding, the head). */
+  private absent(index: number): boolean {
+    return !this.units.some((x) => x.index === index);
   }
 
   // ---- overlap -------------------------------------------------------------------------------
@@ -271,7 +284,7 @@ export class ZeroEngine implements ParamHook {
 
   // ---- ParamHook (stage 3; stages 0-2 with overlap: the end of each unit's backward) ------------
   acquire(index: number, phase: 'forward' | 'backward'): void {
-    if (this.stage < 3) return;
+    if (this.stage < 3 || this.absent(index)) return;
     const u = this.unit(index);
     if (u.held++ === 0) {
       const pre = this.prefetched.get(index);
@@ -288,7 +301,7 @@ export class ZeroEngine implements ParamHook {
     this.bind(u);
     const next = this.overlap ? this.nextUnit(index, phase) : null;
     // (a unit still held needs no gather: the tied embedding is held from the head to its backward)
-    if (next !== null && !this.prefetched.has(next) && this.unit(next).held === 0) {
+    if (next !== null && !this.absent(next) && !this.prefetched.has(next) && this.unit(next).held === 0) {
       const v = this.unit(next);
       const buf = ops.empty(this.model.backend, this.dtype, [v.size]);
       this.prefetched.set(next, { buf, work: this.group.allGatherAsync(buf, v.paramPart!) });
@@ -296,6 +309,7 @@ export class ZeroEngine implements ParamHook {
   }
 
   release(index: number, phase: 'forward' | 'backward'): void {
+    if (this.absent(index)) return;
     const u = this.unit(index);
     if (this.stage < 3) {
       if (phase === 'backward' && this.reduceInBackward && !this.reduced.has(u)) this.issueReduce(u);
@@ -468,6 +482,11 @@ export class ZeroEngine implements ParamHook {
       u.params = u.paramPart = u.grads = u.gradPart = u.master = null;
     }
   }
+}
+
+/** The dtype of the unit buffers: the parameters', or f32 with LoRA (the adapters). */
+function unitDtype(model: LlamaModel): 'f32' | 'bf16' {
+  return model.weights.lora ? 'f32' : model.weights.dtype;
 }
 
 /** Element size of the parameters (for byte formulas). */

@@ -18,6 +18,8 @@ import type { LlamaConfig } from './config.js';
 import { attentionScale, layerRope, layerWindow } from './gemma_config.js';
 import { type RopeTable, ropeTable } from './rope.js';
 import type { Weights } from './weights.js';
+import type { LoraModule } from './lora.js';
+import { loraBackward, loraForward, type LoraPending } from './lora_linear.js';
 import * as ops from '../ops/index.js';
 
 /** How a layer's linear layers run: row-invariant (generation) and in which arithmetic (ops.linears). */
@@ -111,7 +113,7 @@ export abstract class DecoderLayers {
 
   /** Backward of norm: dx; accumulates the weight's gradient when training. */
   protected normBackward(x: Tensor<'f32'>, name: string, rstd: Tensor<'f32'>, dy: Tensor<'f32'>): Tensor<'f32'> {
-    const g = this.weights.training ? this.weights.grad(name) : undefined;
+    const g = this.weights.gradOf(name); // none when frozen (LoRA)
     return ops.rmsnormBackward(x, this.p(name), rstd, dy, g, { unitOffset: this.cfg.normUnitOffset });
   }
 
@@ -131,16 +133,25 @@ export abstract class DecoderLayers {
       const b = biases[i];
       if (b) ops.addBias(y, this.p(b));
     });
+    loraForward(this.weights, x, weights, ys, !!lin.rowInvariant); // + s (x A^T) B^T where an adapter is (lora_linear.ts)
     return ys;
   }
 
-  /** Backward of linear: returns dx = dy W and accumulates dW += dy^T x (and db += colsum dy). */
+  /** u and du of a fused LoRA module (Phi-3's qkv_proj, gate_up_proj) between its parts' backwards. */
+  private readonly loraPending = new Map<LoraModule, LoraPending>();
+
+  /**
+   * Backward of linear: returns dx = dy W and accumulates dW += dy^T x (and db += colsum dy); a frozen
+   * weight (LoRA) gets no dW GEMM; an adapted one adds the LoRA path to dx and its adapters' gradients.
+   */
   private linearBackward(dy: Tensor<'f32'>, x: Tensor<'f32'>, weight: string, bias: string | null, dxOut?: Tensor<'f32'>): Tensor<'f32'> {
-    if (this.weights.training) {
-      ops.matmul(dy, x, { transA: true, out: this.weights.grad(weight), accumulate: true });
-      if (bias) ops.biasBackward(dy, this.weights.grad(bias));
-    }
-    return dxOut ? ops.matmul(dy, this.p(weight), { out: dxOut, accumulate: true }) : ops.matmul(dy, this.p(weight));
+    const gw = this.weights.gradOf(weight);
+    if (gw) ops.matmul(dy, x, { transA: true, out: gw, accumulate: true });
+    const gb = bias ? this.weights.gradOf(bias) : undefined;
+    if (gb) ops.biasBackward(dy, gb);
+    const dx = dxOut ? ops.matmul(dy, this.p(weight), { out: dxOut, accumulate: true }) : ops.matmul(dy, this.p(weight));
+    if (this.weights.lora && this.weights.training) loraBackward(this.weights, this.loraPending, dy, x, weight, dx);
+    return dx;
   }
 
   /** The MLP's gate activation option of the swiglu op (silu, or Gemma's tanh-GELU). */

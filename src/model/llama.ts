@@ -115,6 +115,12 @@ export class LlamaModel extends DecoderLayers {
    * split q/k/v and gate/up are joined again into qkv_proj and gate_up_proj (checkpointLayout).
    */
   async save(dir: string, opts: { maxShardBytes?: number } = {}): Promise<void> {
+    // the base alone would drop what LoRA trained: a LoRA model is written as PEFT adapter files or
+    // merged (docs/lora.md), never silently as its untouched base
+    if (this.weights.lora)
+      throw new Error(
+        'this model carries LoRA adapters: save them as PEFT adapter files or merge them first (save() writes the base only)',
+      );
     await makeDirs(dir);
     await writeConfig(dir, { ...this.cfg, torchDtype: this.weights.dtype === 'bf16' ? 'bfloat16' : 'float32' });
     // each tensor reaches the host in 4 MiB chunks: saving holds no whole-tensor copy (docs/memory.md)
@@ -291,7 +297,8 @@ export class LlamaModel extends DecoderLayers {
     if (this.cfg.finalSoftcap)
       throw new Error('backward from logits: a soft-capped head trains through forwardLogprobs / backwardLogprobs');
     const lmName = this.acquireHead();
-    ops.matmul(dlogits, state.hFinal, { transA: true, out: this.weights.grad(lmName), accumulate: true });
+    const dw = this.weights.gradOf(lmName); // none when frozen (LoRA)
+    if (dw) ops.matmul(dlogits, state.hFinal, { transA: true, out: dw, accumulate: true });
     const dh = ops.matmul(dlogits, this.lmHead());
     dlogits.free();
     state.hFinal.free();
@@ -303,7 +310,7 @@ export class LlamaModel extends DecoderLayers {
     const lmName = this.acquireHead();
     const { hSel, lse, loss } = state;
     const dSel = ops.headLogprobBackward(hSel, this.lmHead(), loss.targets, lse, dlogp, {
-      dw: this.weights.grad(lmName),
+      dw: this.weights.gradOf(lmName), // none when frozen (LoRA): no dW GEMM
       softcap: this.cfg.finalSoftcap ?? 0,
     });
     const dh = ops.zeros(this.backend, 'f32', state.xFinal.shape);
@@ -336,7 +343,8 @@ export class LlamaModel extends DecoderLayers {
     }
     if (!tied) hook?.acquire(EMBED_UNIT, 'backward');
     if (this.cfg.embedScale !== 1) ops.scaleInPlace(dx, Math.fround(this.cfg.embedScale)); // d/d(embedding) of x * scale
-    ops.embeddingBackward(input.inputIds, dx, this.weights.grad('model.embed_tokens.weight'));
+    const dtable = this.weights.gradOf('model.embed_tokens.weight'); // none when frozen (LoRA)
+    if (dtable) ops.embeddingBackward(input.inputIds, dx, dtable);
     hook?.release(EMBED_UNIT, 'backward');
     dx.free();
     state.layers.length = 0;

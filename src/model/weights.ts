@@ -5,6 +5,8 @@ import type { Tensor } from '../tensor/tensor.js';
 import { checkpointLayout, type LlamaConfig } from './config.js';
 import type { CheckpointTensors } from './checkpoint_files.js';
 import { SafetensorsError } from './safetensors.js';
+import { initAdapterTensors, isAdapterName, type LoraConfig, LoraState } from './lora.js';
+import type { Seed } from '../util/rng.js';
 import * as ops from '../ops/index.js';
 
 export type ParamDType = 'f32' | 'bf16';
@@ -47,6 +49,7 @@ export class Weights {
   }
 
   grad(name: string): Tensor<'f32'> {
+    if (this.frozen(name)) throw new Error(`${name} is frozen (LoRA trains the adapters only): it has no gradient`);
     let g = this.grads.get(name);
     if (!g && this.gradsOnDemand) {
       // fused updates: a gradient exists from its first use in the backward to its update
@@ -70,6 +73,37 @@ export class Weights {
    */
   gradsOnDemand = false;
 
+  /** LoRA (src/model/lora.ts): the adapters train, every other parameter is frozen. null: every parameter trains. */
+  lora: LoraState | null = null;
+
+  /** A frozen parameter: with LoRA, every base tensor (no gradient, no master, no optimizer state, never written). */
+  frozen(name: string): boolean {
+    return this.lora !== null && !isAdapterName(name);
+  }
+
+  /** The names that train: every parameter, or with LoRA the adapter tensors only (params order). */
+  trainableNames(): string[] {
+    return [...this.params.keys()].filter((n) => !this.frozen(n));
+  }
+
+  /** The gradient to accumulate into while training, undefined when not training or frozen. */
+  gradOf(name: string): Tensor<'f32'> | undefined {
+    return this.training && !this.frozen(name) ? this.grad(name) : undefined;
+  }
+
+  /**
+   * Adds LoRA adapters (f32, initialised as PEFT does: lora.ts initAdapterTensors) to these weights
+   * and freezes the base. Before enableTraining.
+   */
+  addLora(cfg: LlamaConfig, config: LoraConfig, seed: Seed): LoraState {
+    if (this.lora) throw new Error('the model already has LoRA adapters');
+    if (this.training) throw new Error('addLora: call it before enableTraining()');
+    const state = new LoraState(cfg, config);
+    for (const [name, t] of initAdapterTensors(this.backend, cfg, config, seed)) this.params.set(name, t);
+    this.lora = state;
+    return state;
+  }
+
   get training(): boolean {
     return this.sharded || this.gradsOnDemand || this.grads.size > 0;
   }
@@ -77,12 +111,14 @@ export class Weights {
   /**
    * Allocates zeroed gradients and, for bf16 parameters, f32 masters (exact copies of the bf16
    * values). With `grads: false` only the masters: the gradients are allocated per unit while it
-   * trains (fused updates), never all at once.
+   * trains (fused updates), never all at once. With LoRA only the adapters (f32: no masters) get
+   * gradients; the frozen base gets neither.
    */
   enableTraining(opts: { grads?: boolean } = {}): void {
     if (this.training) return;
     const grads = opts.grads ?? true;
     for (const [name, p] of this.params) {
+      if (this.frozen(name)) continue;
       if (grads) {
         const g = ops.empty(this.backend, 'f32', p.shape);
         ops.fill(g, 0);

@@ -14,6 +14,7 @@ import * as ops from '../ops/index.js';
 import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
 import { MasterBackedParams } from '../model/master_params.js';
+import { type LoraOptions, resolveLora } from '../model/lora.js';
 import { FusedUpdate } from '../optim/fused_update.js';
 import { splitByTokens } from './pack.js';
 import { checkStepFinite, DivergenceError, finiteChunks, finiteOrThrow } from '../model/divergence.js';
@@ -58,6 +59,11 @@ export interface LoopConfig {
    * as DeepSpeed numbers them. Absent: one process, no group.
    */
   dist?: { group: ProcessGroup; zeroStage: ZeroStage; overlap?: boolean };
+  /**
+   * LoRA (docs/lora.md): adapters are added (seeded by `seed`, B = 0) to a model that has none, and
+   * only they train. targetModules null: PEFT's default for the family.
+   */
+  lora?: LoraOptions;
 }
 
 export interface Objective {
@@ -197,7 +203,10 @@ async function saveCheckpoint(
     data: () => finiteOrThrow(name, ops.readChunks(t)),
   });
   const tensors = [
-    ...names.filter((name) => !model.weights.masters.has(name)).map((name) => chunked(`param.${name}`, model.weights.params.get(name)!)),
+    // a frozen base (LoRA) is never written: only the adapters are saved
+    ...names
+      .filter((name) => !model.weights.masters.has(name) && !model.weights.frozen(name))
+      .map((name) => chunked(`param.${name}`, model.weights.params.get(name)!)),
     ...[...model.weights.masters].map(([name, t]) => chunked(`master.${name}`, t)),
     ...opt.stateTensors().map(({ name, tensor }) => chunked(`optim.${name}`, tensor)),
   ];
@@ -225,6 +234,7 @@ async function loadCheckpoint(dir: string, model: LlamaModel, opt: Optimizer): P
     const load = async (name: string, t: Tensor) => ops.write(t, await f.readTensor(name));
     for (const [name, t] of model.weights.masters) await load(`master.${name}`, t);
     for (const [name, t] of model.weights.params) {
+      if (model.weights.frozen(name)) continue; // the base of a LoRA run: never written, not in the checkpoint
       const master = model.weights.masters.get(name);
       // a parameter with a master is its master rounded (checkpoints before this change stored both)
       if (master && t.dtype === 'bf16' && !f.has(`param.${name}`)) await roundInto(master, t as Tensor<'bf16'>);
@@ -321,6 +331,7 @@ export async function runTrainingLoop(
   checkLoopConfig(cfg);
   if (n < 1) throw new RangeError('nothing to train on: the data set is empty');
   const be = model.backend;
+  if (cfg.lora && !model.weights.lora) model.weights.addLora(model.cfg, resolveLora(cfg.lora, model.cfg.modelType), cfg.seed);
   // with fused updates no full set of gradients is ever allocated (each unit's exists while it trains)
   model.weights.enableTraining({ grads: !cfg.fusedUpdate });
   if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
@@ -331,11 +342,13 @@ export async function runTrainingLoop(
   const lean = !engine && model.paramHook === null && model.weights.masters.size > 0 ? new MasterBackedParams(model) : null;
   const params: Parameter[] = engine
     ? []
-    : [...model.weights.params].map(([name, param]) => {
-        const master = model.weights.masters.get(name);
-        const grad = cfg.fusedUpdate ? undefined : model.weights.grad(name);
-        return lean && master ? { name, param: master, grad } : { name, param, master, grad };
-      });
+    : [...model.weights.params]
+        .filter(([name]) => !model.weights.frozen(name))
+        .map(([name, param]) => {
+          const master = model.weights.masters.get(name);
+          const grad = cfg.fusedUpdate ? undefined : model.weights.grad(name);
+          return lean && master ? { name, param: master, grad } : { name, param, master, grad };
+        });
   // from here to the end of training only the masters of bf16 parameters are resident (the model
   // acquires each layer's bf16 copy while it runs); dropped before the optimizer state exists, so the
   // bf16 copies never sit beside masters, gradients and state together (the 1.1B step's peak did:
@@ -436,9 +449,16 @@ export async function runTrainingLoop(
       const metrics = ops.zeros(be, 'f32', [objective.metricNames.length]);
       let tokens = 0;
       // each micro-batch's mean is weighted by its share of the (global) window's items
+      const lora = model.weights.lora;
       mine.forEach((indices, k) => {
         engine?.beginMicroStep(k === mine.length - 1);
-        tokens += objective.microStep(indices, indices.length / window.length, metrics);
+        // LoRA dropout: this pass's masks (lora_linear.ts), the same on a recompute and on resume
+        if (lora) [lora.dropoutSeed, lora.dropoutKey] = [cfg.seed, `${step}/${dist?.group.rank ?? 0}/${k}`];
+        try {
+          tokens += objective.microStep(indices, indices.length / window.length, metrics);
+        } finally {
+          if (lora) lora.dropoutKey = null;
+        }
       });
       let norm: Tensor<'f32'>;
       if (engine && dist) {

@@ -11,6 +11,7 @@ import { CpuBackend } from '../../src/backend/cpu/cpu_backend.js';
 import { closeProcessGroup, CommError, processGroup } from '../../src/dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../../src/dist/zero.js';
 import type { ModelType } from '../../src/model/config.js';
+import { type LoraOptions, resolveLora } from '../../src/model/lora.js';
 import { initLlama } from '../../src/model/init.js';
 import type { LlamaModel } from '../../src/model/llama.js';
 import type { TokenizedPair } from '../../src/spin/batch.js';
@@ -50,6 +51,8 @@ export interface DistJob {
   modelType?: ModelType;
   /** head_dim, when not hidden / heads. */
   headDim?: number;
+  /** LoRA (the loop adds the adapters; only they train and are sharded). */
+  lora?: LoraOptions;
 }
 
 const EOS = 2;
@@ -108,6 +111,8 @@ async function main() {
     closeProcessGroup();
     return;
   }
+  // LoRA: the adapters exist from the start (as runTrainingLoop would add them, seed 11), so `init` holds them
+  if (job.lora) model.weights.addLora(cfg, resolveLora(job.lora, cfg.modelType), 11);
   // the starting point (the test measures how far training moved the weights)
   const init = job.mode === 'train' && rank === 0 ? (await hostWeights(model)).weights : null;
   const data = pairs(new Rng(job.seed).fork('data'), job.items);
@@ -123,6 +128,7 @@ async function main() {
     seed: 11,
     saveSteps: job.saveSteps ?? 0,
     dist: group ? { group, zeroStage: job.stage!, overlap: job.overlap } : undefined,
+    lora: job.lora,
   };
   let scored = 0;
   const ref = await referenceLogps(model, data, {

@@ -273,12 +273,15 @@ def forward(c, W, ids, pos, mask, rows, length, scale_dtype=None):
     return x @ head.t()
 
 
-def run(model_dir, req_dir):
+def load_config(model_dir):
     c = json.load(open(os.path.join(model_dir, "config.json")))
     if c["model_type"] not in gemma_torch.GEMMA:  # Gemma's default is 4 (gemma_torch.dims)
         c.setdefault("num_key_value_heads", c["num_attention_heads"])
-    W = {k: v.requires_grad_(True) for k, v in read_safetensors(os.path.join(model_dir, "model.safetensors")).items()}
-    r = json.load(open(os.path.join(req_dir, "request.json")))
+    return c
+
+
+def spin_loss(c, W, r, req_dir):
+    """The request's batch through forward(c, W): logits [T, V], S(theta, y) of each sequence, the mean SPIN loss."""
     load = lambda n, dt: torch.from_numpy(np.fromfile(os.path.join(req_dir, n + ".bin"), dtype=dt).copy())
     ids, pos, mask = load("input_ids", np.int32).long(), load("positions", np.int32).long(), load("attention_mask", np.int32)
     targets, segments, ref = load("targets", np.int32).long(), load("segments", np.int32).long(), load("ref", np.float32).double()
@@ -289,6 +292,14 @@ def run(model_dir, req_dir):
     seq = torch.zeros(2 * b, dtype=torch.float64).index_add(0, segments[segments >= 0], logp[segments >= 0])
     u = r["beta"] * ((seq[:b] - ref[:b]) - (seq[b:] - ref[b:]))
     loss = (-torch.nn.functional.logsigmoid(u) if r["loss_type"] == "sigmoid" else torch.relu(1 - u)).mean()
+    return logits, seq, loss
+
+
+def run(model_dir, req_dir):
+    c = load_config(model_dir)
+    W = {k: v.requires_grad_(True) for k, v in read_safetensors(os.path.join(model_dir, "model.safetensors")).items()}
+    r = json.load(open(os.path.join(req_dir, "request.json")))
+    logits, seq, loss = spin_loss(c, W, r, req_dir)
     loss.backward()
     if "optimizer" in r:  # one optimizer step after the backward, as torch.optim defines it
         o = r["optimizer"]
