@@ -63,6 +63,23 @@ inline bool IndicesOutsideOnHost(const int32_t* ids, int64_t n, int64_t lo, int6
   return false;
 }
 
+// Attention spans (lo, hideLo, hideHi) per query i of b rows x l positions must satisfy
+// 0 <= lo <= hideLo <= hideHi <= i (AttentionOpts.spans); raises kErrAttentionSpans if not.
+inline bool SpansInvalidOnHost(const int32_t* spans, int64_t b, int64_t l) {
+  if (!spans) return false;
+  for (int64_t r = 0; r < b * l; ++r) {
+    const int64_t i = r % l, lo = spans[3 * r], hlo = spans[3 * r + 1], hhi = spans[3 * r + 2];
+    if (!(0 <= lo && lo <= hlo && hlo <= hhi && hhi <= i)) {
+      raise_op_error(kErrAttentionSpans);
+      return true;
+    }
+  }
+  return false;
+}
+
+// Whether the attention kernels take spans yet (the binding refuses them until then).
+inline constexpr bool kAttentionSpans = true;
+
 // matmul's computeBf16 is a kernel here (gemm_rows.cc).
 inline constexpr bool kComputeBf16Kernel = true;
 

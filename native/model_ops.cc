@@ -173,37 +173,54 @@ Napi::Value js::rope(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::rope(x, pos, t, heads, hd, inv_freq.data(), attn, inverse); });
 }
 
-// attention(q, k, v, keyMask, b, l, nh, nkv, hd, scale, window, softcap, out, lse)
+// attention(q, k, v, keyMask, spans|null, b, l, nh, nkv, hd, scale, window, softcap, out, lse)
+// spans i32 [B, L, 3] (lo, hideLo, hideHi per query: AttentionOpts.spans in src/backend/backend.ts)
 Napi::Value js::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const AttnDims d = ReadAttnDims(info, 4);
+  const AttnDims d = ReadAttnDims(info, 5);
   const int64_t qb = CheckedMul(env, d.b * d.l, d.nh * d.hd * 4, "q bytes"), kb = d.b * d.l * d.nkv * d.hd * 4;
   const float* q = View<float>(info[0], "q", qb);
   const float* k = View<float>(info[1], "k", kb);
   const float* v = View<float>(info[2], "v", kb);
   const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
-  float* out = View<float>(info[12], "out", qb);
-  float* lse = View<float>(info[13], "lse", d.b * d.nh * d.l * 4);
-  return Run(info, [&] { kern::attention(q, k, v, mask, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, out, lse); });
+  const int32_t* spans = OptView<int32_t>(info[4], "spans", d.b * d.l * 3 * 4);
+  if (spans && !kAttentionSpans) Throw(env, "attention spans are not implemented on this backend yet");
+  float* out = View<float>(info[13], "out", qb);
+  float* lse = View<float>(info[14], "lse", d.b * d.nh * d.l * 4);
+  if (SpansInvalidOnHost(spans, d.b, d.l)) {
+    PoisonF32(out, d.b * d.l * d.nh * d.hd);
+    PoisonF32(lse, d.b * d.nh * d.l);
+    return env.Undefined();
+  }
+  return Run(info, [&] {
+    kern::attention(q, k, v, mask, spans, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, out, lse);
+  });
 }
 
-// attentionBackward(q, k, v, keyMask, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv)
+// attentionBackward(q, k, v, keyMask, spans|null, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv)
 Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  const AttnDims d = ReadAttnDims(info, 7);
+  const AttnDims d = ReadAttnDims(info, 8);
   const int64_t qb = CheckedMul(env, d.b * d.l, d.nh * d.hd * 4, "q bytes"), kb = d.b * d.l * d.nkv * d.hd * 4;
   const float* q = View<float>(info[0], "q", qb);
   const float* k = View<float>(info[1], "k", kb);
   const float* v = View<float>(info[2], "v", kb);
   const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
-  const float* out = View<float>(info[4], "out", qb);
-  const float* lse = View<float>(info[5], "lse", d.b * d.nh * d.l * 4);
-  const float* dout = View<float>(info[6], "dout", qb);
-  float* dq = View<float>(info[15], "dq", qb);
-  float* dk = View<float>(info[16], "dk", kb);
-  float* dv = View<float>(info[17], "dv", kb);
+  const int32_t* spans = OptView<int32_t>(info[4], "spans", d.b * d.l * 3 * 4);
+  if (spans && !kAttentionSpans) Throw(env, "attention spans are not implemented on this backend yet");
+  const float* out = View<float>(info[5], "out", qb);
+  const float* lse = View<float>(info[6], "lse", d.b * d.nh * d.l * 4);
+  const float* dout = View<float>(info[7], "dout", qb);
+  float* dq = View<float>(info[16], "dq", qb);
+  float* dk = View<float>(info[17], "dk", kb);
+  float* dv = View<float>(info[18], "dv", kb);
+  if (SpansInvalidOnHost(spans, d.b, d.l)) {
+    for (auto [p, n] : {std::pair{dq, d.b * d.l * d.nh * d.hd}, {dk, d.b * d.l * d.nkv * d.hd}, {dv, d.b * d.l * d.nkv * d.hd}}) PoisonF32(p, n);
+    return env.Undefined();
+  }
   return Run(info, [&] {
-    kern::attention_backward(q, k, v, mask, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, dq, dk, dv);
+    kern::attention_backward(q, k, v, mask, spans, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, dq, dk,
+                             dv);
   });
 }
 

@@ -87,11 +87,11 @@ SPINLM_OP(rope, rope, model,
           "x: NativeView, positions: NativeView, invFreq: Float32Array, t: number, heads: number, hd: number, "
           "attnScale: number, inverse: boolean")
 SPINLM_OP(attention, attention, model,
-          "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, b: number, l: number, nh: number, nkv: number, "
-          "hd: number, scale: number, window: number, softcap: number, out: NativeView, lse: NativeView")
+          "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, spans: NativeView | null, b: number, l: number, "
+          "nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, out: NativeView, lse: NativeView")
 SPINLM_OP(attentionBackward, attentionBackward, model,
-          "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, out: NativeView, lse: NativeView, dout: NativeView, "
-          "b: number, l: number, nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, dq: NativeView, "
+          "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, spans: NativeView | null, out: NativeView, "
+          "lse: NativeView, dout: NativeView, b: number, l: number, nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, dq: NativeView, "
           "dk: NativeView, dv: NativeView")
 SPINLM_OP(attentionDecode, attentionDecode, model,
           "q: NativeView, kCache: NativeView, vCache: NativeView, cacheDtype: string, lengths: NativeView, "

@@ -56,15 +56,25 @@ void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, co
 // window > 0, i - j < window. softcap > 0 (Gemma 2's attn_logit_softcapping, 0 = none): the scores
 // scale q.k become softcap * tanh(scale q.k / softcap) before the mask and the softmax.
 // out [B, L, nH, hd]; lse [B, nH, L] (-inf for a query with no key: its output is 0).
-void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
+// spans (may be null) [B, L, 3]: the pair / packing layout, per query (lo, hideLo, hideHi), valid (checked
+// by the binding): query i sees keys lo <= j <= i outside [hideLo, hideHi); the window counts
+// dist(i, j) = i - j - (j < hideLo ? hideHi - hideLo : 0) (src/backend/backend.ts AttentionOpts.spans).
+void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
                int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
                float* lse);
 // Backward from the saved out and lse: dq (overwritten), dk and dv (overwritten; heads sharing a kv head
 // are summed in head order).
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
-                        const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
+                        const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
                         float* dk, float* dv);
+// The two above with spans (attention_spans.cc, attention_spans_backward.cc; they call these).
+void attention_spans(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
+                     int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+                     float* lse);
+void attention_spans_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans,
+                              const float* out, const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv,
+                              int64_t hd, float scale, int64_t window, float softcap, float* dq, float* dk, float* dv);
 // One new query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (each kv
 // head's positions contiguous, so a head's keys stream from memory in order); sequence b
 // attends to its first lengths[b] cached positions whose key_mask (may be null) is 1 and, with a sliding

@@ -414,8 +414,8 @@ void launch_decode(const float* q, const void* k_cache, const void* v_cache, con
 
 }  // namespace
 
-void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b, int64_t l, int64_t nh,
-               int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out, float* lse) {
+void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b, int64_t l,
+               int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out, float* lse) {
   if (b * l * nh == 0) return;
   const size_t smem = fwd_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_fwd_kernel), smem);
@@ -424,9 +424,9 @@ void attention(const float* q, const float* k, const float* v, const int32_t* ke
   check_launch("attention");
 }
 
-void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const float* out,
-                        const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv, int64_t hd,
-                        float scale, int64_t window, float softcap, float* dq, float* dk, float* dv) {
+void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans,
+                        const float* out, const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv,
+                        int64_t hd, float scale, int64_t window, float softcap, float* dq, float* dk, float* dv) {
   if (b * l == 0) return;
   float* dsum = static_cast<float*>(scratch(static_cast<size_t>(b * nh * l) * 4, "attentionBackward"));
   const size_t s1 = dq_smem(hd), s2 = dkv_smem(hd);

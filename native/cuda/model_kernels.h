@@ -22,12 +22,13 @@ void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rs
 // inv_freq: a host table [hd / 2 <= kRopeMaxHalf], passed to the kernel by value.
 void rope(float* x, const int32_t* pos, int64_t t, int64_t heads, int64_t hd, const float* inv_freq, float attn, bool inverse);
 // window: the sliding window (0 = none); softcap: the attention-logit soft-cap (0 = none), as the CPU
-// kernels (native/cpu/model_kernels.h).
-void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, int64_t b,
+// kernels (native/cpu/model_kernels.h). spans (may be null) [B, L, 3] per query (lo, hideLo, hideHi), as
+// there; the kernels check them on the device (a row with invalid spans: NaN, kErrAttentionSpans).
+void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
                int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
                float* lse);
 void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
-                        const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
+                        const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
                         float* dk, float* dv);
 // Both caches hold cache_dt (f32 or bf16, widened to f32 as read: the math is f32 either way).

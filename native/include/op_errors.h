@@ -14,6 +14,7 @@ enum OpError : uint32_t {
   kErrScatterIndex = 1u << 3,   // scatterRows: index outside [0, rows of dst)
   kErrDecodeLengths = 1u << 4,  // attentionDecode: length outside [0, Lmax]
   kErrPositions = 1u << 5,      // rope: negative position
+  kErrAttentionSpans = 1u << 6, // attention(Backward): spans not 0 <= lo <= hideLo <= hideHi <= i
 };
 
 }  // namespace spinlm

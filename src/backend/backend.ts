@@ -151,6 +151,18 @@ export interface AttentionOpts {
    * eager attention). 0 or undefined: none; otherwise finite and > 0.
    */
   softcap?: number;
+  /**
+   * The pair and packing layout (attention and attentionBackward only; docs/ops.md "Attention spans"):
+   * i32 [B, L, 3], per query position i of sequence row b the triple (lo, hideLo, hideHi). Query i sees
+   * key j iff lo <= j <= i, j is not in [hideLo, hideHi), keyMask[b, j] != 0 and, with a window,
+   * dist(i, j) < window, where dist(i, j) = i - j - (j < hideLo ? hideHi - hideLo : 0): the distance in
+   * position ids when the hidden keys are another branch (a pair's generated answer does not count the
+   * real answer it skips). Valid spans: 0 <= lo <= hideLo <= hideHi <= i (hideLo = hideHi: nothing
+   * hidden); a row with invalid spans gets NaN outputs and raises OP_ERRORS.attentionSpans. Results of a
+   * query depend only on its visible keys' values and their offsets from lo (bit for bit: never on what
+   * else is packed in the call, or where). Absent: lo = 0, nothing hidden (plain causal).
+   */
+  spans?: Tensor<'i32'>;
 }
 
 /** The gated MLP's activation: act(gate) * up. */
@@ -213,6 +225,7 @@ export const OP_ERRORS = {
   scatterIndex: 1 << 3,
   decodeLengths: 1 << 4,
   positions: 1 << 5,
+  attentionSpans: 1 << 6,
 } as const;
 
 /**

@@ -9,6 +9,7 @@ const MESSAGES: Record<keyof typeof OP_ERRORS, string> = {
   scatterIndex: 'scatterRows: an index is outside [0, rows of dst)',
   decodeLengths: 'attentionDecode: a length is outside [0, cache length]',
   positions: 'rope: a position is negative',
+  attentionSpans: 'attention/attentionBackward: spans (lo, hideLo, hideHi) of a query i are not 0 <= lo <= hideLo <= hideHi <= i',
 };
 
 /** The error for a non-zero error word. */

@@ -166,6 +166,11 @@ function attnDims(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor) {
   return { be, b, l, nh, nkv, hd };
 }
 
+/** The spans of the pair / packing layout (AttentionOpts.spans): i32 [B, L, 3] on q's backend. Values are checked by the kernels. */
+function checkSpans(d: { be: Backend; b: number; l: number }, opts: AttentionOpts): void {
+  if (opts.spans !== undefined) expectArg(d.be, opts.spans, 'spans', ['i32'], [d.b, d.l, 3]);
+}
+
 function checkScale(opts: AttentionOpts): void {
   if (opts.scale !== undefined) checkFinite(opts.scale, 'attention scale');
   const w = opts.window;
@@ -181,11 +186,13 @@ function checkScale(opts: AttentionOpts): void {
  * Causal GQA: q [B, L, nH, hd], k/v [B, L, nKV, hd], keyMask i32 [B, L] (0 = padding) -> out [B, L, nH, hd],
  * lse [B, nH, L]. opts.window > 0: query i sees key j only when i - j < window (AttentionOpts.window);
  * opts.softcap > 0: scores capped to softcap * tanh(s / softcap) before the mask (AttentionOpts.softcap).
+ * opts.spans: the pair / packing layout, each query's visible key range (AttentionOpts.spans).
  */
 export function attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
-  const { be } = attnDims(q, k, v, keyMask);
+  const d = attnDims(q, k, v, keyMask);
   checkScale(opts);
-  return be.attention(q, k, v, keyMask, opts);
+  checkSpans(d, opts);
+  return d.be.attention(q, k, v, keyMask, opts);
 }
 
 export function attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>) {
@@ -194,6 +201,7 @@ export function attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {
   expectArg(d.be, dout, 'dout', ['f32'], q.shape);
   expectArg(d.be, lse, 'lse', ['f32'], [d.b, d.nh, d.l]);
   checkScale(opts);
+  checkSpans(d, opts);
   return d.be.attentionBackward(q, k, v, keyMask, out, lse, dout, opts);
 }
 
@@ -220,6 +228,8 @@ export function attentionDecode(
   expectArg(be, lengths, 'lengths', ['i32'], [b]);
   if (keyMask) expectArg(be, keyMask, 'keyMask', ['i32'], [b, lmax]);
   checkScale(opts);
+  if (opts.spans !== undefined)
+    throw new TypeError('attentionDecode takes no spans: a decode query sees its cache (lengths, keyMask, window)');
   return be.attentionDecode(q, kCache, vCache, lengths, keyMask, opts);
 }
 

@@ -179,6 +179,9 @@ export interface AttnShape {
  * scale q.k are divided by softcap, put through tanh and multiplied by softcap, then masked (a masked
  * key is left out: the same as adding -inf after the cap). dcap [b][h] -> [l, l] holds d(capped)/ds
  * = 1 - tanh(s / softcap)^2 (1 without a cap) for the backward.
+ * spans [B, L, 3] (AttentionOpts.spans, the pair / packing layout): query i sees key j iff
+ * lo <= j <= i and j is outside [hideLo, hideHi); its window distance is i - j less the hidden keys
+ * between them (attnVisibleRef).
  */
 export function attentionRef(
   q: ArrayLike<number>,
@@ -189,6 +192,7 @@ export function attentionRef(
   scale: number,
   window = 0,
   softcap = 0,
+  spans?: ArrayLike<number>,
 ) {
   const { b, l, nh, nkv, hd } = s;
   const out = new Float64Array(b * l * nh * hd);
@@ -204,7 +208,7 @@ export function attentionRef(
         const sc: number[] = [];
         let m = -Infinity;
         for (let j = 0; j <= i; j++) {
-          if (!mask[bi * l + j] || (window > 0 && i - j >= window)) continue;
+          if (!mask[bi * l + j] || !attnVisibleRef(spans, bi * l + i, i, j, window)) continue;
           let d = 0;
           for (let c = 0; c < hd; c++) d += q[((bi * l + i) * nh + h) * hd + c] * k[((bi * l + j) * nkv + kvh) * hd + c];
           sc[j] = d * scale;
@@ -235,6 +239,22 @@ export function attentionRef(
   return { out, lse, probs, dcap };
 }
 
+/**
+ * Whether query i (flat row r = b * L + i) sees key j by position: causal, the window and, with spans,
+ * lo <= j, j outside [hideLo, hideHi), and the window counted without the hidden keys
+ * (AttentionOpts.spans in src/backend/backend.ts, written from its definition).
+ */
+export function attnVisibleRef(spans: ArrayLike<number> | undefined, r: number, i: number, j: number, window: number): boolean {
+  if (j > i) return false;
+  let dist = i - j;
+  if (spans) {
+    const [lo, hideLo, hideHi] = [spans[3 * r], spans[3 * r + 1], spans[3 * r + 2]];
+    if (j < lo || (j >= hideLo && j < hideHi)) return false;
+    if (j < hideLo) dist -= hideHi - hideLo;
+  }
+  return !(window > 0 && dist >= window);
+}
+
 export function attentionBackwardRef(
   q: ArrayLike<number>,
   k: ArrayLike<number>,
@@ -245,9 +265,10 @@ export function attentionBackwardRef(
   scale: number,
   window = 0,
   softcap = 0,
+  spans?: ArrayLike<number>,
 ) {
   const { b, l, nh, nkv, hd } = s;
-  const { probs, dcap } = attentionRef(q, k, v, mask, s, scale, window, softcap);
+  const { probs, dcap } = attentionRef(q, k, v, mask, s, scale, window, softcap, spans);
   const dq = new Float64Array(q.length),
     dk = new Float64Array(k.length),
     dv = new Float64Array(v.length);

@@ -21,6 +21,7 @@ export function attention(
   keyMask: Tensor<'i32'>,
   opts: AttentionOpts = {},
 ): { out: Tensor<'f32'>; lse: Tensor<'f32'> } {
+  if (opts.spans) throw new Error('attention: spans are not implemented on WebGPU yet');
   const [b, l, nh, hd] = q.shape;
   const nkv = k.shape[2];
   const out = empty(rt, 'f32', q.shape);
@@ -49,6 +50,7 @@ export function attentionBackward(
   rt: WebGpuRuntime,
   ...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>
 ): ReturnType<Backend['attentionBackward']> {
+  if (opts.spans) throw new Error('attentionBackward: spans are not implemented on WebGPU yet');
   const [b, l, nh, hd] = q.shape;
   const nkv = k.shape[2];
   const dq = empty(rt, 'f32', q.shape);
