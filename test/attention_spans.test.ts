@@ -9,49 +9,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Tensor } from '../src/tensor/tensor.js';
-import type { Rng } from '../src/util/rng.js';
 import { relErr } from './helpers/loss_ref.js';
 import { attentionBackwardRef, attentionRef } from './helpers/model_ref.js';
 import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
-
-/** One packed item: a pair (prompt p, real r, generated g tokens) or a plain sequence (g = 0, r = its answer). */
-interface Item {
-  p: number;
-  r: number;
-  g: number;
-}
-
-/** Spans [rows, L, 3] of items packed back to back in each row (items[row]), the rest padding that sees only itself. */
-function packSpans(rows: Item[][], l: number): { spans: Int32Array; mask: Int32Array; starts: number[][] } {
-  const spans = new Int32Array(rows.length * l * 3);
-  const mask = new Int32Array(rows.length * l);
-  const starts: number[][] = [];
-  rows.forEach((items, b) => {
-    let o = 0;
-    const st: number[] = [];
-    const set = (i: number, lo: number, hlo: number, hhi: number) => spans.set([lo, hlo, hhi], (b * l + i) * 3);
-    for (const { p, r, g } of items) {
-      st.push(o);
-      for (let i = o; i < o + p + r; i++) set(i, o, o, o);
-      for (let i = o + p + r; i < o + p + r + g; i++) set(i, o, o + p, o + p + r);
-      for (let i = o; i < o + p + r + g; i++) mask[b * l + i] = 1;
-      o += p + r + g;
-    }
-    if (o > l) throw new Error(`row ${b} holds ${o} tokens > ${l}`);
-    for (let i = o; i < l; i++) set(i, i, i, i); // padding: keyMask 0, sees nothing
-    starts.push(st);
-  });
-  return { spans, mask, starts };
-}
-
-function randomItem(rng: Rng, maxLen: number): Item {
-  const p = rng.int(1, Math.max(1, Math.floor(maxLen / 2)));
-  const r = rng.int(1, Math.max(1, Math.floor(maxLen / 4)));
-  const g = rng.next() < 0.25 ? 0 : rng.int(1, Math.max(1, Math.floor(maxLen / 4)));
-  return { p, r, g };
-}
+import { type Item, packSpans, randomItem } from './helpers/attention_spans.js';
 
 for (const be of await testBackends())
   describe(`attention with spans (pair layout, packing) on backend ${be.name}`, () => {

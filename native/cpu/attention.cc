@@ -4,14 +4,13 @@
 // heads sharing a kv head accumulate their dK/dV in head order within one task, so results are
 // deterministic and independent of the thread count. An attention-logit soft-cap (softcap > 0) caps each
 // row's scores before the mask (cap_row) and, in the backward, scales dS by 1 - tanh^2 (uncap_ds_row).
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "../include/bf16.h"
+#include "attention_spans.h"
 #include "model_kernels.h"
 #include "simd.h"
 #include "threadpool.h"
@@ -27,12 +26,8 @@ struct Geometry {
   int64_t kv_offset(int64_t b, int64_t h) const { return (b * l * nkv + h / (nh / nkv)) * hd; }
 };
 
-void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
-          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
-              static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a,
-              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
-}
+using attn::BlasOnOneThread;
+using attn::gemm;
 
 using simd::kLanes;
 using simd::vf;
@@ -267,21 +262,6 @@ constexpr int64_t kRowBlock = 64;
 
 namespace {
 
-// OpenBLAS on one thread while our pool runs the (sequence, head) tasks, each task's products on the
-// task's own thread. A block's products are small (64 rows against at most L keys, hd deep): threading
-// each call inside OpenBLAS cost more than the call (attention ran at ~5 GFLOP/s, bench/RESULTS.md);
-// tasks over (sequence, head) keep both cores busy with no wake-up per call. Restored on exit.
-class BlasOnOneThread {
- public:
-  BlasOnOneThread() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~BlasOnOneThread() { openblas_set_num_threads(prev_); }
-  BlasOnOneThread(const BlasOnOneThread&) = delete;
-  BlasOnOneThread& operator=(const BlasOnOneThread&) = delete;
-
- private:
-  int prev_;
-};
-
 // One (sequence, head) of the forward: out rows and lse of head h of sequence bi. s: scratch [l, l].
 void attention_head(const Geometry& g, const float* q, const float* k, const float* v, const float* bias, int64_t bi,
                     int64_t h, float scale, int64_t window, float softcap, float* s, float* out, float* lse) {
@@ -357,6 +337,7 @@ void attention_head_backward(const Geometry& g, const float* q, const float* k, 
 void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
                int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
                float* lse) {
+  if (spans) return attention_spans(q, k, v, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
   const Geometry g{l, nh, nkv, hd};
   std::vector<float> bias(static_cast<size_t>(b * l));
   for (int64_t i = 0; i < b * l; ++i) bias[i] = key_mask[i] ? 0.0f : -INFINITY;
@@ -372,6 +353,9 @@ void attention_backward(const float* q, const float* k, const float* v, const in
                         const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
                         float* dk, float* dv) {
+  if (spans)
+    return attention_spans_backward(q, k, v, key_mask, spans, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk,
+                                    dv);
   const Geometry g{l, nh, nkv, hd};
   std::vector<float> bias(static_cast<size_t>(b * l));
   for (int64_t i = 0; i < b * l; ++i) bias[i] = key_mask[i] ? 0.0f : -INFINITY;

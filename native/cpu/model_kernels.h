@@ -68,6 +68,13 @@ void attention_backward(const float* q, const float* k, const float* v, const in
                         const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
                         float* dk, float* dv);
+// The two above with spans (attention_spans.cc, attention_spans_backward.cc; they call these).
+void attention_spans(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
+                     int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+                     float* lse);
+void attention_spans_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans,
+                              const float* out, const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv,
+                              int64_t hd, float scale, int64_t window, float softcap, float* dq, float* dk, float* dv);
 // One new query per sequence against a KV cache: q [B, nH, hd], caches [B, nKV, Lmax, hd] (each kv
 // head's positions contiguous, so a head's keys stream from memory in order); sequence b
 // attends to its first lengths[b] cached positions whose key_mask (may be null) is 1 and, with a sliding

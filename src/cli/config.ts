@@ -213,6 +213,7 @@ export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi
     lrSchedulerType: choice(o, 'lr_scheduler_type', ['linear', 'cosine', 'constant'] as const),
     warmupRatio: num(o, 'warmup_ratio'),
     microBatchSize: num(o, 'per_device_train_batch_size'),
+    maxTokensPerBatch: num(o, 'max_tokens_per_batch'),
     gradientAccumulationSteps: accumulation,
     numTrainEpochs: num(o, 'num_train_epochs'),
     maxGradNorm: maxGradNorm > 0 ? maxGradNorm : null,

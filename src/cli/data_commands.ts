@@ -11,7 +11,6 @@ import { stopIdsOf } from '../generate/stops.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
 import { scorePairs } from '../spin/score.js';
-import { padIdOf } from '../spin/sft.js';
 import { formatPrompt } from '../text/templates.js';
 import { resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { positive, UsageError } from './args.js';
@@ -34,6 +33,7 @@ import {
   computeDtypeOption,
   dataOption,
   evalBatchOption,
+  evalTokensOption,
   generationOptions,
   modelOption,
   nOption,
@@ -57,6 +57,7 @@ export const score: Command = {
     strictOption,
     outOption('scores JSONL, one row per pair in input order'),
     evalBatchOption(8, 'pairs per forward pass'),
+    evalTokensOption,
     computeDtypeOption,
     ...textOptions,
     quietOption,
@@ -73,7 +74,7 @@ export const score: Command = {
       ...trunc,
       template,
       batchSize: num(o, 'per_device_eval_batch_size'),
-      padId: padIdOf(tok),
+      maxTokensPerBatch: num(o, 'max_tokens_per_batch'),
       computeDtype: checkComputeDtype(m, model.weights.dtype),
       onProgress: (d) => bar.update(d),
     });

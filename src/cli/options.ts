@@ -115,6 +115,13 @@ export const loopOptions = (defaults: { lr: number[]; optim: string; epochs: num
     help: 'pairs (or sequences) per micro-batch',
   },
   {
+    name: 'max_tokens_per_batch',
+    type: 'int',
+    default: 0,
+    check: nonNegative,
+    help: 'token budget of a micro-batch (0 = none): pairs are packed back to back, the prompt once per pair, no padding; a micro-batch is cut into runs of at most this many tokens, each weighted by its share of the step (docs/algorithm.md)',
+  },
+  {
     name: 'gradient_accumulation_steps',
     type: 'int',
     default: defaults.accum,
@@ -252,6 +259,15 @@ export const evalBatchOption = (defaultSize: number, help: string): OptionSpec =
   check: positive,
   help,
 });
+
+/** Token budget of one scoring forward pass (packed pairs). */
+export const evalTokensOption: OptionSpec = {
+  name: 'max_tokens_per_batch',
+  type: 'int',
+  default: 0,
+  check: nonNegative,
+  help: 'token budget of one forward pass (0 = none): pairs are packed back to back, the prompt once per pair, no padding',
+};
 
 /** Data parallelism (docs/distributed.md): --nproc starts mpirun; under an existing mpirun the ranks come from it. */
 export const nprocOption: OptionSpec = {

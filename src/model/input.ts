@@ -11,6 +11,12 @@ export interface HostTokens {
   inputIds: Int32Array;
   positions: Int32Array;
   attentionMask: Int32Array;
+  /** i32 [R * L * 3]: attention spans of a packed row (src/spin/pack.ts); absent: causal rows. */
+  spans?: Int32Array;
+  /** With spans: the most positions one sequence spans. */
+  seqLength?: number;
+  /** Explicit loss rows (packed batches: the shared prompt token is a loss row of both answers). */
+  loss?: { rows: Int32Array; targets: Int32Array; segments: Int32Array };
 }
 
 /**
@@ -36,11 +42,12 @@ export function uploadInput(be: Backend, b: HostTokens, vocabSize: number): Mode
     inputIds: ops.upload(be, { dtype: 'i32', data: b.inputIds }, [t]),
     positions: ops.upload(be, { dtype: 'i32', data: b.positions }, [t]),
     attentionMask: ops.upload(be, { dtype: 'i32', data: b.attentionMask }, [b.rows, b.length]),
+    ...(b.spans ? { spans: ops.upload(be, { dtype: 'i32', data: b.spans }, [b.rows, b.length, 3]), seqLength: b.seqLength } : {}),
   };
 }
 
 export function freeInput(input: ModelInput): void {
-  for (const t of [input.inputIds, input.positions, input.attentionMask] as Tensor[]) t.free();
+  for (const t of [input.inputIds, input.positions, input.attentionMask, input.spans]) t?.free();
 }
 
 /** The loss rows of a batch on the device (forwardLogprobs), with each row's segment when given. */
@@ -65,6 +72,14 @@ export function uploadLossRows(be: Backend, targets: Int32Array, segments?: Int3
     segments: segments ? pick(segments) : null,
     count: m,
   };
+}
+
+/** A batch's loss rows on the device: its explicit rows (packed batches) or those of its targets and segments. */
+export function uploadBatchLossRows(be: Backend, b: HostTokens & { targets: Int32Array; segments?: Int32Array }): DeviceLossRows {
+  if (!b.loss) return uploadLossRows(be, b.targets, b.segments);
+  const m = b.loss.rows.length;
+  const up = (a: Int32Array) => ops.upload(be, { dtype: 'i32', data: a }, [m]);
+  return { rows: up(b.loss.rows), targets: up(b.loss.targets), segments: up(b.loss.segments), count: m };
 }
 
 export function freeLossRows(r: DeviceLossRows): void {

@@ -97,6 +97,13 @@ export abstract class DecoderLayers {
     return o;
   }
 
+  /** Layer i's attention options over an input: with its spans when the input is packed (src/spin/pack.ts). */
+  attentionOptsFor(i: number, input: { spans?: Tensor<'i32'> }): AttentionOpts {
+    const o = this.attentionOpts(i);
+    if (input.spans) o.spans = input.spans;
+    return o;
+  }
+
   /** RMSNorm of rows with weight `name` ((1 + w) for Gemma). */
   protected norm(x: Tensor<'f32'>, name: string): { y: Tensor<'f32'>; rstd: Tensor<'f32'> } {
     return ops.rmsnorm(x, this.p(name), this.cfg.rmsNormEps, { unitOffset: this.cfg.normUnitOffset });
@@ -230,7 +237,7 @@ export abstract class DecoderLayers {
     i: number,
     s: LayerSaved,
     dout: Tensor<'f32'>,
-    input: { rows: number; length: number; positions: Tensor<'i32'>; attentionMask: Tensor<'i32'> },
+    input: { rows: number; length: number; positions: Tensor<'i32'>; attentionMask: Tensor<'i32'>; spans?: Tensor<'i32'> },
   ): Tensor<'f32'> {
     const c = this.cfg;
     const pre = `model.layers.${i}`;
@@ -282,7 +289,7 @@ export abstract class DecoderLayers {
       s.att!,
       s.lse!,
       datt.reshape(shapeQ),
-      this.attentionOpts(i),
+      this.attentionOptsFor(i, input),
     );
     drop(s, 'q', 'k', 'v', 'att', 'lse');
     datt.free();

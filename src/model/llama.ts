@@ -28,6 +28,13 @@ export interface ModelInput {
   positions: Tensor<'i32'>;
   /** i32 [R, L]: 1 = a key to attend to (0: padding, or an EOS inside the text). */
   attentionMask: Tensor<'i32'>;
+  /**
+   * i32 [R, L, 3]: the packed / pair layout's attention spans (AttentionOpts.spans, src/spin/pack.ts);
+   * absent: each row is one causal sequence.
+   */
+  spans?: Tensor<'i32'>;
+  /** With spans: the most positions one sequence spans (position ids are below it; L may be larger). */
+  seqLength?: number;
 }
 
 /** What the backward of the layers and the final norm needs. */
@@ -69,6 +76,12 @@ async function* joinChunks(parts: readonly Tensor[]): AsyncGenerator<Float32Arra
 export class LlamaModel extends DecoderLayers {
   /** Rerun each layer's forward in the backward instead of keeping its activations. */
   recompute = false;
+  /**
+   * Forward passes with the row-invariant matmul and head (docs/ops.md "Row-invariant matmul"): with the
+   * spans kernels, a sequence's log-prob is then bit for bit independent of what it is packed with.
+   * Off by default on the CPU (where OpenBLAS is faster); the GPU kernels are row-invariant anyway.
+   */
+  rowInvariant = false;
   /** Set while ZeRO stage 3 trains this model; null otherwise. */
   paramHook: ParamHook | null = null;
 
@@ -140,9 +153,11 @@ export class LlamaModel extends DecoderLayers {
   }
 
   private checkInput(input: ModelInput): void {
-    const { rows, length } = input;
-    if (input.inputIds.numel !== rows * length)
-      throw new RangeError(`inputIds hold ${input.inputIds.numel} tokens, expected ${rows} x ${length}`);
+    const { rows } = input;
+    if (input.inputIds.numel !== rows * input.length)
+      throw new RangeError(`inputIds hold ${input.inputIds.numel} tokens, expected ${rows} x ${input.length}`);
+    // packed rows hold several sequences: the longest of them is what the positions must cover
+    const length = input.spans ? (input.seqLength ?? input.length) : input.length;
     if (length > this.cfg.maxPositionEmbeddings)
       throw new RangeError(`sequence length ${length} exceeds max_position_embeddings ${this.cfg.maxPositionEmbeddings}`);
     if (length > this.maxPositions)
@@ -171,11 +186,11 @@ export class LlamaModel extends DecoderLayers {
           k.reshape([R, L, c.numKvHeads, c.headDim]),
           v.reshape([R, L, c.numKvHeads, c.headDim]),
           input.attentionMask,
-          this.attentionOpts(i),
+          this.attentionOptsFor(i, input),
         );
         return { att: out, lse };
       },
-      { computeDtype },
+      { computeDtype, rowInvariant: this.rowInvariant },
     );
   }
 
@@ -216,7 +231,11 @@ export class LlamaModel extends DecoderLayers {
     const t = this.trunk(input, !!opts.train, computeDtype);
     const hSel = ops.embedding(loss.rows, t.hFinal); // the loss rows of h [T, H]: [M, H]
     t.hFinal.free();
-    const { logp, lse } = ops.headLogprob(hSel, this.lmHead(), loss.targets, { computeDtype, softcap: this.cfg.finalSoftcap ?? 0 });
+    const { logp, lse } = ops.headLogprob(hSel, this.lmHead(), loss.targets, {
+      computeDtype,
+      softcap: this.cfg.finalSoftcap ?? 0,
+      rowInvariant: this.rowInvariant,
+    });
     this.releaseHead('forward');
     if (!opts.train) {
       freeAll(hSel, lse);

@@ -1,13 +1,14 @@
 // What one micro-batch computes, for SPIN and for supervised fine-tuning (SFT).
 import { SPIN_LOSS_MEANS, type SpinLossType } from '../backend/backend.js';
-import { freeInput, freeLossRows, uploadInput, uploadLossRows } from '../model/input.js';
+import { freeInput, freeLossRows, uploadBatchLossRows, uploadInput } from '../model/input.js';
 import type { LlamaModel } from '../model/llama.js';
-import { collateSequences, collateSpinBatch, IGNORE_INDEX, type TokenBatch, type TokenizedPair, type TokenizedSequence } from './batch.js';
+import { IGNORE_INDEX, type TokenBatch, type TokenizedPair, type TokenizedSequence } from './batch.js';
+import { packedPairTokens, packedSequenceTokens, packSequences, packSpinBatch } from './pack.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { freeSpinLossContext, spinLossDlogp, spinLossFromLogprobs } from './loss.js';
 import { scoreBatch } from './score.js';
 import type { Objective } from './train_loop.js';
-import { epochOrder } from './train_loop.js';
+import { epochOrder, tokenRuns } from './train_loop.js';
 import * as ops from '../ops/index.js';
 import type { ProcessGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
@@ -34,8 +35,9 @@ function nonPaddingTokens(b: TokenBatch): number {
 
 /**
  * S(ref, .) of every pair, computed once per iteration with the model before training, micro-batch
- * by micro-batch in the first epoch's order: the first training step then sees bit-identical
- * policy log-probs and u = 0 exactly. Returns [2N]: real answers, then generated.
+ * by micro-batch in the first epoch's order, packed as training packs them (src/spin/pack.ts, the
+ * token budget's runs included): the first training step then sees bit-identical policy log-probs and
+ * u = 0 exactly. Returns [2N]: real answers, then generated.
  *
  * With a process group (data parallel, docs/distributed.md) the micro-batches are sharded across
  * the ranks (micro-batch k on rank k mod N: the same batches, so the same values as one process)
@@ -46,6 +48,8 @@ export async function referenceLogps(
   pairs: readonly TokenizedPair[],
   opts: {
     microBatchSize: number;
+    /** LoopConfig.maxTokensPerBatch: the reference pass cuts micro-batches into the same runs. */
+    maxTokensPerBatch?: number;
     seed: number;
     eosId: number;
     padId: number;
@@ -57,7 +61,8 @@ export async function referenceLogps(
   const out = new Float32Array(2 * n);
   const order = epochOrder(n, opts.seed, 0);
   const batches: number[][] = [];
-  for (let i = 0; i < n; i += opts.microBatchSize) batches.push(order.slice(i, i + opts.microBatchSize));
+  for (let i = 0; i < n; i += opts.microBatchSize)
+    batches.push(...tokenRuns(order.slice(i, i + opts.microBatchSize), (j) => packedPairTokens(pairs[j]), opts.maxTokensPerBatch));
   const size = opts.group?.size ?? 1;
   let done = 0;
   // scores travel as the bytes of their f32 values (exact, NaN and infinities included)
@@ -66,10 +71,9 @@ export async function referenceLogps(
     for (const idx of mine) {
       const s = await scoreBatch(
         model,
-        collateSpinBatch(
+        packSpinBatch(
           idx.map((j) => pairs[j]),
           opts.eosId,
-          opts.padId,
         ),
       );
       res.push(Buffer.from(s.buffer, s.byteOffset, s.byteLength).toString('base64'));
@@ -105,18 +109,22 @@ export class SpinObjective implements Objective {
     if (ref.length !== 2 * pairs.length) throw new RangeError(`reference log-probs: ${ref.length} values for ${pairs.length} pairs`);
   }
 
+  tokensOf(i: number): number {
+    return packedPairTokens(this.pairs[i]);
+  }
+
   microStep(indices: readonly number[], weight: number, metrics: Tensor<'f32'>): number {
     const be = this.model.backend;
     const n = this.pairs.length;
     const b = indices.length;
-    const batch = collateSpinBatch(
+    // one packed row: each pair [prompt | real | generated], the prompt computed once (src/spin/pack.ts)
+    const batch = packSpinBatch(
       indices.map((i) => this.pairs[i]),
       this.cfg.eosId,
-      this.cfg.padId,
       { dropIdentical: this.cfg.dropIdentical },
     );
     const input = uploadInput(be, batch, this.model.cfg.vocabSize);
-    const loss = uploadLossRows(be, batch.targets, batch.segments);
+    const loss = uploadBatchLossRows(be, batch);
     // length-normalized: c = 1 / answer tokens per sequence [2B] (an empty answer counts as 1 token)
     const norm = this.cfg.lengthNormalized ?? false;
     const c = Float32Array.from(batch.targetCounts.subarray(0, 2 * b), (x) => (norm ? 1 / Math.max(1, x) : 1));
@@ -168,15 +176,19 @@ export class SftObjective implements Objective {
     readonly padId: number,
   ) {}
 
+  tokensOf(i: number): number {
+    return packedSequenceTokens(this.seqs[i]);
+  }
+
   microStep(indices: readonly number[], weight: number, metrics: Tensor<'f32'>): number {
     const be = this.model.backend;
-    const batch = collateSequences(
+    // the sequences back to back in one row, no padding (src/spin/pack.ts)
+    const batch = packSequences(
       indices.map((i) => this.seqs[i]),
       this.eosId,
-      this.padId,
     );
     const input = uploadInput(be, batch, this.model.cfg.vocabSize);
-    const loss = uploadLossRows(be, batch.targets);
+    const loss = uploadBatchLossRows(be, batch);
     const count = loss.count;
     // one segment holding every loss row: its sum is the answers' log-prob; d(mean NLL)/d logp_t = -1 / count
     const whole = ops.zeros(be, 'i32', [count]);

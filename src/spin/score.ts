@@ -3,9 +3,10 @@
 // log-probs of an iteration and `spinlm score` both come from here.
 import type { ComputeDtype } from '../backend/backend.js';
 import type { LlamaModel } from '../model/llama.js';
-import { freeInput, freeLossRows, uploadInput, uploadLossRows } from '../model/input.js';
+import { freeInput, freeLossRows, uploadBatchLossRows, uploadInput } from '../model/input.js';
 import type { ChatMessage, PromptTemplate } from '../text/templates.js';
-import { checkTruncation, collateSpinBatch, type SpinBatch, type TruncationOptions } from './batch.js';
+import { checkTruncation, type SpinBatch, type TruncationOptions } from './batch.js';
+import { packedPairTokens, packSpinBatch, splitByTokens } from './pack.js';
 import { type ChatTokenizer, tokenizeChatPair } from './prompt_tokens.js';
 import * as ops from '../ops/index.js';
 
@@ -26,8 +27,10 @@ export interface PairScore {
 
 export interface ScoreOptions extends TruncationOptions {
   batchSize: number;
+  /** Token budget of one forward pass (0 / absent: none): a batch is cut into runs of at most this many packed tokens. */
+  maxTokensPerBatch?: number;
   template: PromptTemplate;
-  /** Pad token id (default 0; padding is never attended to or scored). */
+  /** Pad token id: unused since batches are packed (no padding); kept for callers that pass it. */
   padId?: number;
   /** The linear layers' arithmetic (default f32; 'bf16': docs/ops.md "bf16 compute"). */
   computeDtype?: ComputeDtype;
@@ -40,15 +43,15 @@ export function tokenizePairs(tok: ChatTokenizer, pairs: readonly PairText[], op
   return pairs.map((p, i) => tokenizeChatPair(tok, opts.template, p, p.real, p.generated, opts, `pair ${i + 1}`));
 }
 
-/** Sequence log-probs [2B] (real then generated) of one collated batch: f32 on the host. */
+/** Sequence log-probs [2B] (real then generated) of one batch, padded (batch.ts) or packed (pack.ts): f32 on the host. */
 export async function scoreBatch(model: LlamaModel, batch: SpinBatch, computeDtype: ComputeDtype = 'f32'): Promise<Float32Array> {
   const be = model.backend;
   const input = uploadInput(be, batch, model.cfg.vocabSize);
-  const loss = uploadLossRows(be, batch.targets, batch.segments);
+  const loss = uploadBatchLossRows(be, batch);
   try {
     // only the answer positions reach the LM head (fused with the log-prob: no [T, V] logits)
     const { logp } = model.forwardLogprobs(input, loss, { computeDtype });
-    const seq = ops.sequenceLogprob(logp, loss.segments!, batch.rows);
+    const seq = ops.sequenceLogprob(logp, loss.segments!, batch.targetCounts.length);
     logp.free();
     const out = await ops.read(seq);
     seq.free();
@@ -70,19 +73,21 @@ export async function scorePairs(
   const tokenized = tokenizePairs(tok, pairs, opts);
   const out: PairScore[] = [];
   for (let i = 0; i < tokenized.length; i += opts.batchSize) {
-    const chunk = tokenized.slice(i, i + opts.batchSize);
-    const batch = collateSpinBatch(chunk, tok.eosId, opts.padId ?? 0);
-    const s = await scoreBatch(model, batch, opts.computeDtype);
-    const b = chunk.length;
-    for (let j = 0; j < b; j++) {
-      out.push({
-        logps_real: s[j],
-        logps_generated: s[b + j],
-        tokens_real: batch.targetCounts[j],
-        tokens_generated: batch.targetCounts[b + j],
-      });
+    // packed as training packs them (src/spin/pack.ts): the prompt once per pair, no padding
+    for (const chunk of splitByTokens(tokenized.slice(i, i + opts.batchSize), packedPairTokens, opts.maxTokensPerBatch ?? 0)) {
+      const batch = packSpinBatch(chunk, tok.eosId);
+      const s = await scoreBatch(model, batch, opts.computeDtype);
+      const b = chunk.length;
+      for (let j = 0; j < b; j++) {
+        out.push({
+          logps_real: s[j],
+          logps_generated: s[b + j],
+          tokens_real: batch.targetCounts[j],
+          tokens_generated: batch.targetCounts[b + j],
+        });
+      }
     }
-    opts.onProgress?.(Math.min(i + b, tokenized.length), tokenized.length);
+    opts.onProgress?.(Math.min(i + opts.batchSize, tokenized.length), tokenized.length);
   }
   return out;
 }

@@ -122,7 +122,7 @@ export async function referenceStage(
   model: LlamaModel,
   pairs: readonly TokenizedPair[],
   tok: HfTokenizer,
-  loop: Pick<LoopConfig, 'microBatchSize' | 'seed' | 'dist'>,
+  loop: Pick<LoopConfig, 'microBatchSize' | 'maxTokensPerBatch' | 'seed' | 'dist'>,
   file: string,
   onProgress?: (done: number, total: number) => void,
 ): Promise<Float32Array> {
@@ -134,7 +134,7 @@ export async function referenceStage(
   // the file's fingerprint beside it: the token ids of the pairs it scores, in order (a file without
   // one, from an earlier spinlm, is vouched for by its directory's fingerprint)
   const keyFile = `${file.replace(/\.json$/, '')}.fingerprint.json`;
-  const key = referenceKey(pairs, loop.microBatchSize);
+  const key = referenceKey(pairs, loop.microBatchSize, loop.maxTokensPerBatch ?? 0);
   if (have[0]) {
     if (existsSync(keyFile)) {
       const was = await readJson<typeof key>(keyFile);
@@ -142,6 +142,9 @@ export async function referenceStage(
       if (was.pairs !== key.pairs) diffs.push(`the pairs differ (${was.count} before, ${key.count} now)`);
       if (was.micro_batch_size !== key.micro_batch_size)
         diffs.push(`micro_batch_size (was ${was.micro_batch_size}, now ${key.micro_batch_size})`);
+      if ((was.max_tokens_per_batch ?? 0) !== key.max_tokens_per_batch)
+        diffs.push(`max_tokens_per_batch (was ${was.max_tokens_per_batch ?? 0}, now ${key.max_tokens_per_batch})`);
+      if (was.layout !== key.layout) diffs.push(`the batch layout (was ${was.layout ?? 'padded rows'}, now ${key.layout})`);
       if (diffs.length)
         throw new Error(`${file}: reference log-probs of another run: ${diffs.join('; ')}; delete it and ${keyFile} to recompute`);
     }
@@ -154,6 +157,7 @@ export async function referenceStage(
   }
   const ref = await referenceLogps(model, pairs, {
     microBatchSize: loop.microBatchSize,
+    maxTokensPerBatch: loop.maxTokensPerBatch,
     seed: loop.seed,
     eosId: tok.eosId,
     padId: padIdOf(tok),
@@ -169,10 +173,17 @@ export async function referenceStage(
 }
 
 /** What reference log-probs are of: a digest of the pairs' token ids (in order) and the micro-batch size. */
-function referenceKey(pairs: readonly TokenizedPair[], microBatchSize: number) {
+function referenceKey(pairs: readonly TokenizedPair[], microBatchSize: number, maxTokensPerBatch: number) {
   const h = createHash('sha256');
   for (const p of pairs) h.update(JSON.stringify([p.real.prompt, p.real.answer, p.generated.prompt, p.generated.answer]));
-  return { pairs: `sha256 ${h.digest('hex')}`, count: pairs.length, micro_batch_size: microBatchSize };
+  // the layout and the token budget decide which pairs share a forward pass, hence the last bits
+  return {
+    pairs: `sha256 ${h.digest('hex')}`,
+    count: pairs.length,
+    micro_batch_size: microBatchSize,
+    max_tokens_per_batch: maxTokensPerBatch,
+    layout: 'packed pairs' as string | undefined,
+  };
 }
 
 /** Stage 3 (SPIN): trains `model` in place on the pairs against the reference log-probs; resumes from `checkpointDir`. */

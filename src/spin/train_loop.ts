@@ -15,6 +15,7 @@ import type { ProcessGroup } from '../dist/process_group.js';
 import { type ZeroStage, ZeroEngine } from '../dist/zero.js';
 import { MasterBackedParams } from '../model/master_params.js';
 import { FusedUpdate } from '../optim/fused_update.js';
+import { splitByTokens } from './pack.js';
 import { checkStepFinite, DivergenceError, finiteChunks, finiteOrThrow } from '../model/divergence.js';
 
 export interface LoopConfig {
@@ -24,6 +25,13 @@ export interface LoopConfig {
   warmupRatio: number;
   /** Items per micro-batch (per_device_train_batch_size). */
   microBatchSize: number;
+  /**
+   * Token budget of a micro-batch (max_tokens_per_batch; 0 or absent: none): a micro-batch of
+   * microBatchSize items is cut, in order, into runs of at most this many packed tokens
+   * (Objective.tokensOf; an item over the budget runs alone). Each run is weighted by its share of the
+   * window's items, so a step's loss is still the mean over the window's items (docs/algorithm.md).
+   */
+  maxTokensPerBatch?: number;
   gradientAccumulationSteps: number;
   numTrainEpochs: number;
   /** Clip the global gradient norm to this (null: no clipping). */
@@ -62,6 +70,17 @@ export interface Objective {
    * non-padding tokens it processed (known on the host).
    */
   microStep(indices: readonly number[], weight: number, metrics: Tensor<'f32'>): number;
+  /** Tokens item i takes in a packed micro-batch (for LoopConfig.maxTokensPerBatch). */
+  tokensOf?(i: number): number;
+}
+
+/** A micro-batch of items cut by the token budget (LoopConfig.maxTokensPerBatch) into the runs that are computed together. */
+export function tokenRuns(
+  indices: readonly number[],
+  tokensOf: ((i: number) => number) | undefined,
+  maxTokens: number | undefined,
+): number[][] {
+  return tokensOf && maxTokens ? splitByTokens(indices, tokensOf, maxTokens) : [[...indices]];
 }
 
 export interface StepLog extends Record<string, number> {
@@ -100,6 +119,8 @@ export function checkLoopConfig(cfg: LoopConfig): void {
   posInt(cfg.microBatchSize, 'per_device_train_batch_size');
   posInt(cfg.gradientAccumulationSteps, 'gradient_accumulation_steps');
   posInt(cfg.numTrainEpochs, 'num_train_epochs');
+  if (cfg.maxTokensPerBatch !== undefined && !(Number.isSafeInteger(cfg.maxTokensPerBatch) && cfg.maxTokensPerBatch >= 0))
+    throw new RangeError(`max_tokens_per_batch must be an integer >= 0 (0: no budget), got ${cfg.maxTokensPerBatch}`);
   if (!(cfg.learningRate >= 0) || !Number.isFinite(cfg.learningRate))
     throw new RangeError(`learning_rate must be a finite number >= 0, got ${cfg.learningRate}`);
   if (cfg.maxGradNorm !== null && !(cfg.maxGradNorm > 0))
@@ -399,7 +420,12 @@ export async function runTrainingLoop(
       const micro: number[][] = [];
       for (let i = 0; i < window.length; i += cfg.microBatchSize) micro.push(window.slice(i, i + cfg.microBatchSize));
       // data parallel: rank r takes the r-th run of `accum` micro-batches of the window (fixed order)
-      const mine = dist ? micro.slice(dist.group.rank * accum, (dist.group.rank + 1) * accum) : micro;
+      const runs = (m: number[][]) => m.flatMap((ix) => tokenRuns(ix, objective.tokensOf?.bind(objective), cfg.maxTokensPerBatch));
+      const mine = runs(dist ? micro.slice(dist.group.rank * accum, (dist.group.rank + 1) * accum) : micro);
+      // ZeRO: every rank runs as many micro-steps as the rank with the most runs (idle ones join the gathers)
+      const most = dist
+        ? Math.max(...Array.from({ length: world }, (_, r) => runs(micro.slice(r * accum, (r + 1) * accum)).length))
+        : mine.length;
       if (engine) engine.zeroGrad();
       else model.weights.zeroGrad(); // (fused updates: no gradients between steps, each unit's starts at zero)
       const lr = cfg.learningRate * lrMultiplier(cfg.lrSchedulerType, step, totalSteps, warmup);
@@ -417,7 +443,7 @@ export async function runTrainingLoop(
       let norm: Tensor<'f32'>;
       if (engine && dist) {
         // ZeRO-3 ranks with fewer micro-batches (the last window of an epoch) still join every gather
-        for (let k = mine.length; k < Math.min(accum, micro.length); k++) engine.idleMicroStep();
+        for (let k = mine.length; k < most; k++) engine.idleMicroStep();
         // after the step: gradient reductions issued during the backward come first on every rank
         norm = engine.step(lr, cfg.maxGradNorm);
         dist.group.allReduce(metrics, 'sum');
