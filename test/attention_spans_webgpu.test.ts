@@ -6,7 +6,8 @@
 // tiles, queries late in the row that see keys from its start) against the float64 reference
 // (test/helpers/model_ref.ts, written from AttentionOpts.spans): the dK/dV pass must find every query
 // that sees a key block, however far away, and the forward must skip only tiles no query sees. Error
-// norm relErr (max |got - ref| / max |ref|), tolerance 1e-5 (fp32 against float64).
+// norm relErr (max |got - ref| / max |ref|), tolerance 1e-5 (fp32 against float64). (3) Packing
+// invariance (out and lse bit for bit) with a window and a soft-cap, a pair across several query blocks.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Tensor } from '../src/tensor/tensor.js';
@@ -16,6 +17,7 @@ import { attentionBackwardRef, attentionRef } from './helpers/model_ref.js';
 import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
+import { type Item, packSpans, randomItem } from './helpers/attention_spans.js';
 
 /** Random valid spans for row positions [from, to): lo <= hideLo <= hideHi <= i, a third of them hiding a long range. */
 function randomSpans(rng: Rng, spans: Int32Array, row: number, l: number, from: number, to: number): void {
@@ -65,6 +67,45 @@ for (const be of (await testBackends()).filter((x) => x.name === 'webgpu'))
           const g0 = ops.attentionBackward(q, k, v, m, plain.out, plain.lse, dout, { window, softcap });
           const g1 = ops.attentionBackward(q, k, v, m, plain.out, plain.lse, dout, { window, softcap, spans });
           for (const x of ['dq', 'dk', 'dv'] as const) sameBits(`${what} ${x}`, await host(g1[x]), await host(g0[x]));
+        }
+      }));
+
+    test('a pair gives the same bits wherever it is packed, with a window and a soft-cap', async () =>
+      withSeed(async (rng) => {
+        const nh = 3,
+          nkv = 1,
+          hd = [128, 24, 12][rng.int(0, 2)];
+        const pair: Item = { p: rng.int(60, 150), r: rng.int(20, 80), g: rng.int(20, 80) };
+        const n = pair.p + pair.r + pair.g;
+        const [pq, pk, pv] = [randn(rng, n * nh * hd), randn(rng, n * nkv * hd), randn(rng, n * nkv * hd)];
+        const window = rng.int(20, 150),
+          softcap = 10;
+        const layouts: Item[][][] = [[[pair]], [[randomItem(rng, 40)], [randomItem(rng, 90), pair, randomItem(rng, 30)]]];
+        let first: { out: Float32Array; lse: Float32Array } | undefined;
+        for (const rows of layouts) {
+          const b = rows.length;
+          const l = Math.max(...rows.map((it) => it.reduce((a, x) => a + x.p + x.r + x.g, 0))) + rng.int(0, 7);
+          const { spans, mask, starts } = packSpans(rows, l);
+          const row = b - 1,
+            at = starts[row][rows[row].indexOf(pair)];
+          const [q, k, v] = [randn(rng, b * l * nh * hd), randn(rng, b * l * nkv * hd), randn(rng, b * l * nkv * hd)];
+          q.set(pq, (row * l + at) * nh * hd);
+          k.set(pk, (row * l + at) * nkv * hd);
+          v.set(pv, (row * l + at) * nkv * hd);
+          const { out, lse } = ops.attention(f32(q, [b, l, nh, hd]), f32(k, [b, l, nkv, hd]), f32(v, [b, l, nkv, hd]), i32(mask, [b, l]), {
+            window,
+            softcap,
+            spans: i32(spans, [b, l, 3]),
+          });
+          const o = (await host(out)).slice((row * l + at) * nh * hd, (row * l + at + n) * nh * hd);
+          const lseAll = await host(lse);
+          const ls = new Float32Array(nh * n);
+          for (let h = 0; h < nh; h++) ls.set(lseAll.subarray((row * nh + h) * l + at, (row * nh + h) * l + at + n), h * n);
+          if (!first) first = { out: o, lse: ls };
+          else {
+            sameBits(`hd ${hd} window ${window}: out of the pair at ${at} of row ${row}`, o, first.out);
+            sameBits(`hd ${hd} window ${window}: lse of the pair at ${at} of row ${row}`, ls, first.lse);
+          }
         }
       }));
 
