@@ -2,6 +2,8 @@
 // CPU): the forward, the backward (delta, dQ, then dK/dV), and decode over the KV cache, each with an
 // optional sliding window (AttentionOpts.window) and soft-cap (AttentionOpts.softcap). Each module
 // is compiled for the head dim HD and the key tile KT that fits the adapter's workgroup memory.
+// AttentionOpts.spans (the pair / packing layout) selects the SPANS variant of the forward and backward
+// (docs/ops.md "Attention spans"); without spans the modules are the causal ones, unchanged.
 import type { AttentionOpts, Backend } from '../backend.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import type { Defines } from './kernels.js';
@@ -13,6 +15,16 @@ function attnTile(rt: WebGpuRuntime, hd: number): number {
   return Math.max(1, Math.min(32, Math.floor((rt.limits.maxComputeWorkgroupStorageSize - 256) / (8 * hd))));
 }
 
+/**
+ * The variant constants of the forward and backward: with spans, the SPANS variant, whose tile also
+ * leaves room for each query row's visible ranges (16 + 4 bytes per tile row) and the block bounds.
+ */
+function attnDefines(rt: WebGpuRuntime, hd: number, spans: boolean): Defines {
+  if (!spans) return { HD: hd, KT: attnTile(rt, hd) };
+  const kt = Math.floor((rt.limits.maxComputeWorkgroupStorageSize - 64) / (8 * hd + 28));
+  return { HD: hd, KT: Math.max(1, Math.min(32, kt)), SPANS: true };
+}
+
 export function attention(
   rt: WebGpuRuntime,
   q: Tensor<'f32'>,
@@ -21,7 +33,6 @@ export function attention(
   keyMask: Tensor<'i32'>,
   opts: AttentionOpts = {},
 ): { out: Tensor<'f32'>; lse: Tensor<'f32'> } {
-  if (opts.spans) throw new Error('attention: spans are not implemented on WebGPU yet');
   const [b, l, nh, hd] = q.shape;
   const nkv = k.shape[2];
   const out = empty(rt, 'f32', q.shape);
@@ -42,7 +53,9 @@ export function attention(
     0,
     0,
   ];
-  rt.dispatch('attention', { HD: hd, KT: attnTile(rt, hd) }, 'forward', params, [q, k, v, keyMask, out, lse], b * nh * blocks);
+  const sp = opts.spans;
+  const bindings = sp ? [q, k, v, keyMask, out, lse, null, null, null, sp, rt.err] : [q, k, v, keyMask, out, lse];
+  rt.dispatch('attention', attnDefines(rt, hd, !!sp), 'forward', params, bindings, b * nh * blocks);
   return { out, lse };
 }
 
@@ -50,7 +63,6 @@ export function attentionBackward(
   rt: WebGpuRuntime,
   ...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>
 ): ReturnType<Backend['attentionBackward']> {
-  if (opts.spans) throw new Error('attentionBackward: spans are not implemented on WebGPU yet');
   const [b, l, nh, hd] = q.shape;
   const nkv = k.shape[2];
   const dq = empty(rt, 'f32', q.shape);
@@ -58,7 +70,10 @@ export function attentionBackward(
   const dv = empty(rt, 'f32', v.shape);
   if (b * l * nh === 0) return { dq, dk, dv };
   const blocks = Math.ceil(l / 64);
-  const defines = { HD: hd, KT: attnTile(rt, hd) };
+  const sp = opts.spans;
+  // span_blocks stores query positions as f32 (exact to 2^24)
+  if (sp && l > 2 ** 24) throw new RangeError(`attentionBackward: spans with ${l} positions per row (at most 2^24 on WebGPU)`);
+  const defines = attnDefines(rt, hd, !!sp);
   const params: Param[] = [
     b,
     l,
@@ -73,10 +88,24 @@ export function attentionBackward(
     0,
     0,
   ];
-  const delta = rt.temp(b * nh * l * 4);
+  // delta [B, nH, L], then with spans the first key each 64-query block sees [B, blocks]
+  const delta = rt.temp((b * nh * l + (sp ? b * blocks : 0)) * 4);
   rt.dispatch('attention', defines, 'delta', params, [out, dout, delta], Math.ceil((b * l * nh) / 64));
-  rt.dispatch('attention', defines, 'backward_dq', params, [q, k, v, keyMask, lse, delta, dout, dq], b * nh * blocks);
-  rt.dispatch('attention', defines, 'backward_dkdv', params, [q, k, v, keyMask, lse, delta, dout, dk, dv], b * nkv * blocks);
+  if (sp) {
+    rt.dispatch(
+      'attention',
+      defines,
+      'span_blocks',
+      params,
+      [null, null, delta, null, null, null, null, null, null, sp],
+      Math.ceil((b * blocks) / 64),
+    );
+    rt.dispatch('attention', defines, 'backward_dq', params, [q, k, v, keyMask, lse, delta, dout, dq, null, sp, rt.err], b * nh * blocks);
+    rt.dispatch('attention', defines, 'backward_dkdv', params, [q, k, v, keyMask, lse, delta, dout, dk, dv, sp], b * nkv * blocks);
+  } else {
+    rt.dispatch('attention', defines, 'backward_dq', params, [q, k, v, keyMask, lse, delta, dout, dq], b * nh * blocks);
+    rt.dispatch('attention', defines, 'backward_dkdv', params, [q, k, v, keyMask, lse, delta, dout, dk, dv], b * nkv * blocks);
+  }
   rt.releaseBuffer(delta.buffer);
   return { dq, dk, dv };
 }

@@ -6,6 +6,12 @@
 // window, query i sees key j only when i - j < window (tiles wholly outside it are not streamed).
 // ap.softcap > 0 (Gemma 2's attn_logit_softcapping): a score s becomes c tanh(s / c) before the mask;
 // the backward multiplies dS by 1 - tanh(s / c)^2. 0: the scores as they were (the same arithmetic).
+// SPANS (a variant given only with AttentionOpts.spans; absent = false): each query's spans (binding
+// 10, i32 [B, L, 3]) give its visible keys as two ranges (span_vis); the code between `//#if SPANS`
+// and `//#endif` replaces the causal bounds. A query's arithmetic is the same per-key online softmax
+// over its visible keys in increasing order whatever its block holds, so its out and lse depend only
+// on those keys (packing invariance); workgroups stream only the key (or query) tiles some of their
+// rows can see.
 
 struct AttnParams { b: u32, l: u32, nh: u32, nkv: u32, blocks: u32, has_mask: u32, window: u32, _b: u32, scale: f32, softcap: f32, _d: u32, _e: u32 }
 @group(0) @binding(0) var<uniform> ap: AttnParams;
@@ -49,6 +55,66 @@ fn tanh_safe(x: f32) -> f32 {
 /** The soft-capped score c tanh(s / c) (c = ap.softcap > 0; callers branch on it). */
 fn capped(s: f32) -> f32 { return ap.softcap * tanh_safe(s / ap.softcap); }
 
+//#if SPANS
+@group(0) @binding(10) var<storage, read> a_spans: array<i32>;
+@group(0) @binding(11) var<storage, read_write> a_err: atomic<u32>;
+
+/**
+ * The keys query i of row b sees by position (AttentionOpts.spans): [x, y) before its hidden keys and
+ * [z, w) from them to i, the window's distance counted without the hidden keys. w = -1: invalid spans
+ * (not 0 <= lo <= hideLo <= hideHi <= i), nothing visible. !live: nothing visible, spans not read.
+ */
+fn span_vis(b: u32, i: u32, live: bool) -> vec4<i32> {
+  if (!live) { return vec4<i32>(0, 0, 0, 0); }
+  let o = (b * ap.l + i) * 3u;
+  let lo = a_spans[o];
+  let hlo = a_spans[o + 1u];
+  let hhi = a_spans[o + 2u];
+  let ii = i32(i);
+  if (!(0 <= lo && lo <= hlo && hlo <= hhi && hhi <= ii)) { return vec4<i32>(0, 0, 0, -1); }
+  if (ap.window == 0u) { return vec4<i32>(lo, hlo, hhi, ii + 1); }
+  let w = i32(min(ap.window, ap.l)); // a window of L or more hides nothing
+  return vec4<i32>(max(lo, ii + 1 - w - (hhi - hlo)), hlo, max(hhi, ii + 1 - w), ii + 1);
+}
+
+fn span_sees(v: vec4<i32>, j: u32) -> bool { let x = i32(j); return (x >= v.x && x < v.y) || (x >= v.z && x < v.w); }
+
+/** The first key a query sees (0xffffffff: none). */
+fn span_first(v: vec4<i32>) -> u32 { return select(select(0xffffffffu, u32(v.z), v.z < v.w), u32(v.x), v.x < v.y); }
+
+var<workgroup> bk_first: atomic<u32>; // max of ~first: the block's first key (workgroup memory starts zeroed)
+var<workgroup> bk_end: atomic<u32>;
+var<workgroup> bk_g0: atomic<u32>;
+var<workgroup> bk_g1: atomic<u32>; // max of ~g1
+var<workgroup> bk_out: vec4u;
+
+/**
+ * The keys the workgroup's 64 queries (each's span_vis v) stream, uniform: [x, y) less the tiles
+ * inside [z, w), the keys hidden from every query (the intersection of their gaps between the ranges).
+ */
+fn block_keys(lid: u32, v: vec4<i32>) -> vec4u {
+  let a = v.x < v.y;
+  let c = v.z < v.w;
+  var first = 0xffffffffu;
+  var end = 0u;
+  var g0 = 0u;
+  var g1 = 0xffffffffu;
+  if (a || c) {
+    first = span_first(v);
+    end = u32(select(v.y, v.w, c));
+    if (a) { g0 = u32(v.y); }
+    if (c) { g1 = u32(v.z); }
+  }
+  atomicMax(&bk_first, ~first);
+  atomicMax(&bk_end, end);
+  atomicMax(&bk_g0, g0);
+  atomicMax(&bk_g1, ~g1);
+  workgroupBarrier();
+  if (lid == 0u) { bk_out = vec4u(~atomicLoad(&bk_first), atomicLoad(&bk_end), atomicLoad(&bk_g0), ~atomicLoad(&bk_g1)); }
+  return workgroupUniformLoad(&bk_out);
+}
+//#endif
+
 /** (sequence, head, block) of workgroup w. */
 fn unpack(w: u32) -> vec3u { let bh = w / ap.blocks; return vec3u(bh / ap.nh, bh % ap.nh, w % ap.blocks); }
 
@@ -83,13 +149,24 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
   for (var c = 0u; c < HD; c++) { acc[c] = 0.0; q[c] = select(0.0, a_q[q_index(b, min(i, ap.l - 1u), h) + c], live); }
   var m = neg_inf();
   var l = 0.0;
+//#if SPANS
+  let vis = span_vis(b, i, live);
+  let r = block_keys(lid, vis);
+  for (var j0 = r.x; j0 < r.y; j0 += KT) {
+    if (j0 >= r.z && j0 + KT <= r.w) { continue; }
+//#else
   let end = min(ap.l, u.z * 64u + 64u);
   for (var j0 = first_key(u.z * 64u); j0 < end; j0 += KT) {
+//#endif
     load_kv(lid, b, g, j0);
     workgroupBarrier();
     for (var jj = 0u; jj < KT; jj++) {
       let j = j0 + jj;
+//#if SPANS
+      if (!span_sees(vis, j) || tm[jj] == 0.0) { continue; }
+//#else
       if (!live || hidden(i, j) || tm[jj] == 0.0) { continue; }
+//#endif
       var s = 0.0;
       for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; }
       s *= ap.scale;
@@ -109,6 +186,14 @@ fn forward(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3
   }
   if (!live) { return; }
   let o = q_index(b, i, h);
+//#if SPANS
+  if (vis.w < 0) {
+    for (var c = 0u; c < HD; c++) { a_out[o + c] = nan_f32(); }
+    a_lse[(b * ap.nh + h) * ap.l + i] = nan_f32();
+    atomicOr(&a_err, ERR_ATTENTION_SPANS);
+    return;
+  }
+//#endif
   let inv = select(0.0, 1.0 / l, m != neg_inf());
   for (var c = 0u; c < HD; c++) { a_out[o + c] = acc[c] * inv; }
   a_lse[(b * ap.nh + h) * ap.l + i] = select(m + log(l), neg_inf(), m == neg_inf());
@@ -155,13 +240,24 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: 
   for (var c = 0u; c < HD; c++) { q[c] = a_q[q_index(b, ic, h) + c]; dout[c] = b_dout[q_index(b, ic, h) + c]; dq[c] = 0.0; }
   let lse = b_lse[(b * ap.nh + h) * ap.l + ic];
   let dl = b_delta[(b * ap.nh + h) * ap.l + ic];
+//#if SPANS
+  let vis = span_vis(b, i, live);
+  let r = block_keys(lid, vis);
+  for (var j0 = r.x; j0 < r.y; j0 += KT) {
+    if (j0 >= r.z && j0 + KT <= r.w) { continue; }
+//#else
   let end = min(ap.l, u.z * 64u + 64u);
   for (var j0 = first_key(u.z * 64u); j0 < end; j0 += KT) {
+//#endif
     load_kv(lid, b, g, j0);
     workgroupBarrier();
     for (var jj = 0u; jj < KT; jj++) {
       let j = j0 + jj;
+//#if SPANS
+      if (!span_sees(vis, j) || tm[jj] == 0.0 || lse == neg_inf()) { continue; }
+//#else
       if (!live || hidden(i, j) || tm[jj] == 0.0 || lse == neg_inf()) { continue; }
+//#endif
       var s = 0.0;
       var dp = 0.0;
       for (var c = 0u; c < HD; c++) { s += q[c] * tk[jj * HD + c]; dp += dout[c] * tv[jj * HD + c]; }
@@ -179,11 +275,70 @@ fn backward_dq(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: 
     workgroupBarrier();
   }
   if (!live) { return; }
+//#if SPANS
+  if (vis.w < 0) {
+    for (var c = 0u; c < HD; c++) { b_dq[q_index(b, i, h) + c] = nan_f32(); }
+    atomicOr(&a_err, ERR_ATTENTION_SPANS);
+    return;
+  }
+//#endif
   for (var c = 0u; c < HD; c++) { b_dq[q_index(b, i, h) + c] = dq[c]; }
 }
 
 @group(0) @binding(8) var<storage, read_write> b_dk: array<f32>;
 @group(0) @binding(9) var<storage, read_write> b_dv: array<f32>;
+
+//#if SPANS
+// The backward's delta buffer holds, after delta [B, nH, L], the first key each 64-query block sees
+// ([B, blocks], f32 integers; L <= 2^24; span_blocks writes it).
+fn block_first_index(b: u32, qb: u32) -> u32 { return ap.b * ap.nh * ap.l + b * ap.blocks + qb; }
+
+/** The first key any query of 64-query block qb of row b sees (L: none); one invocation per (row, block). */
+@compute @workgroup_size(64)
+fn span_blocks(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let r = wg_linear(wid, nwg) * 64u + lid;
+  if (r >= ap.b * ap.blocks) { return; }
+  let b = r / ap.blocks;
+  let qb = r % ap.blocks;
+  var first = ap.l;
+  for (var i = qb * 64u; i < min(ap.l, qb * 64u + 64u); i++) { first = min(first, span_first(span_vis(b, i, true))); }
+  d_delta[block_first_index(b, qb)] = f32(first);
+}
+
+var<workgroup> sq_last: atomic<u32>;
+var<workgroup> sq_end: u32;
+
+/** The end of the queries that may see key block blk of row b: past the last query block whose first key is in it (uniform). */
+fn span_query_end(lid: u32, b: u32, blk: u32) -> u32 {
+  let jmax = f32(min(ap.l, blk * 64u + 64u) - 1u);
+  var last = 0u;
+  for (var qb = blk + lid; qb < ap.blocks; qb += 64u) {
+    if (b_delta[block_first_index(b, qb)] <= jmax) { last = qb + 1u; }
+  }
+  atomicMax(&sq_last, last);
+  workgroupBarrier();
+  if (lid == 0u) { sq_end = min(ap.l, atomicLoad(&sq_last) * 64u); }
+  return workgroupUniformLoad(&sq_end);
+}
+
+var<workgroup> tq_vis: array<vec4<i32>, KT>;
+var<workgroup> tq_any: array<u32, KT>;
+
+/** Loads the span_vis of queries i0 .. i0+KT-1 into tq_vis; whether any of them sees a key of block blk (uniform). */
+fn span_tile(lid: u32, b: u32, i0: u32, blk: u32) -> bool {
+  let k0 = i32(blk * 64u);
+  let k1 = i32(min(ap.l, blk * 64u + 64u));
+  for (var ii = lid; ii < KT; ii += 64u) {
+    let v = span_vis(b, i0 + ii, i0 + ii < ap.l);
+    tq_vis[ii] = v;
+    tq_any[ii] = select(0u, 1u, max(v.x, k0) < min(v.y, k1) || max(v.z, k0) < min(v.w, k1));
+  }
+  let f = workgroupUniformLoad(&tq_any);
+  var any = false;
+  for (var ii = 0u; ii < KT; ii++) { any = any || f[ii] != 0u; }
+  return any;
+}
+//#endif
 
 /**
  * dK_j, dV_j of 64 key rows of one (sequence, kv head): the group's query heads in order, queries
@@ -207,11 +362,18 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg
   var dv: array<f32, HD>;
   for (var c = 0u; c < HD; c++) { k[c] = a_k[kv_index(b, jc, g) + c]; v[c] = a_v[kv_index(b, jc, g) + c]; dk[c] = 0.0; dv[c] = 0.0; }
   let group = ap.nh / ap.nkv;
+//#if SPANS
+  let iend = span_query_end(lid, b, blk);
+//#else
   // the last query that sees any of the block's keys: blk * 64 + 63 + window - 1 (all without a window)
   let iend = select(ap.l, min(ap.l, blk * 64u + 63u + ap.window), ap.window > 0u);
+//#endif
   for (var hh = 0u; hh < group; hh++) {
     let h = g * group + hh;
     for (var i0 = blk * 64u; i0 < iend; i0 += KT) {
+//#if SPANS
+      if (!span_tile(lid, b, i0, blk)) { continue; }
+//#endif
       for (var e = lid; e < KT * HD; e += 64u) {
         let ii = e / HD;
         let c = e % HD;
@@ -226,7 +388,11 @@ fn backward_dkdv(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg
       workgroupBarrier();
       for (var ii = 0u; ii < KT; ii++) {
         let i = i0 + ii;
+//#if SPANS
+        if (!on || !span_sees(tq_vis[ii], j) || tm[ii] == neg_inf()) { continue; }
+//#else
         if (!on || i >= ap.l || hidden(i, j) || tm[ii] == neg_inf()) { continue; }
+//#endif
         var s = 0.0;
         var dp = 0.0;
         for (var c = 0u; c < HD; c++) { s += tk[ii * HD + c] * k[c]; dp += tv[ii * HD + c] * v[c]; }

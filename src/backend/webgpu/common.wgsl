@@ -8,6 +8,7 @@ const ERR_TOKEN_IDS: u32 = 4u;
 const ERR_SCATTER_INDEX: u32 = 8u;
 const ERR_DECODE_LENGTHS: u32 = 16u;
 const ERR_POSITIONS: u32 = 32u;
+const ERR_ATTENTION_SPANS: u32 = 64u;
 const IGNORE_INDEX: i32 = -100;
 
 fn nan_f32() -> f32 { let b = 0x7fc00000u; return bitcast<f32>(b); }
