@@ -10,6 +10,11 @@
 // query tiles wholly after it) are not visited. A soft-cap c > 0 (Gemma 2): each score s becomes
 // c tanh(s / c) before the mask, and the backward's dS gets the factor 1 - tanh(s / c)^2 (the scores
 // are recomputed and capped as the forward capped them); c = 0 leaves the arithmetic as it was.
+// Spans (AttentionOpts.spans; attention_spans.cuh): a query's key tiles are aligned to its lo (without
+// spans lo = 0: the tiles as before), so its out and lse do not depend on where it is packed; a block
+// walks its queries by groups of one lo and each query merges only the tiles holding keys it sees. The
+// dk/dv kernel visits only the query tiles that see its keys. An invalid span: a NaN row and
+// kErrAttentionSpans in the error word.
 #include <cmath>
 
 #include "attention_spans.cuh"
@@ -35,18 +40,6 @@ __device__ inline float cap(float s, float c, float& t) {
   return c * t;
 }
 
-// Query i's span for a block (attention_spans.cuh): none (kNoKey) past l or when invalid, which
-// raises kErrAttentionSpans when `err` is given (one block per query raises it, not every head's).
-template <class P, class E>
-__device__ inline Span block_span(P spans, int64_t bb, int64_t l, int64_t i, E err) {
-  const Span none{kNoKey, kNoKey, kNoKey};
-  if (i >= l) return none;
-  const Span s = span_at(spans, bb * l + i);
-  if (span_valid(s, i)) return s;
-  if (err) atomicOr(err, static_cast<uint32_t>(kErrAttentionSpans));
-  return none;
-}
-
 // Loads the kBK keys and values of kv head kvh from key k0 on into shared memory (0 past l), and ok:
 // 1.0f where the key exists and keyMask lets it be attended to.
 template <class G, class M, class S>
@@ -61,16 +54,6 @@ __device__ inline void load_kv_tile(G k, G v, M key_mask, int64_t bb, int64_t l,
     vs[j * hdp + d] = in ? v[src] : 0.0f;
   }
   if (threadIdx.x < kBK) ok[threadIdx.x] = k0 + threadIdx.x < l && key_mask[bb * l + k0 + threadIdx.x] != 0 ? 1.0f : 0.0f;
-}
-
-// For query r of a block (queries q0 + r) and the key tile from k0 of group lo: hit[r] = 1 when it is of
-// the group and sees a key of the tile, nxt[r] its first key past the tile (kNoKey: none, or not of the group).
-template <class S, class N, class H>
-__device__ inline void mark_tile(S& sp, int r, int64_t q0, int64_t lo, int64_t k0, int64_t window, N& nxt, H& hit) {
-  const Span s = span_of(sp, r);
-  const bool in = s.lo == lo;
-  nxt[r] = in ? span_next(s, q0 + r, k0 + kBK, window) : kNoKey;
-  hit[r] = in && span_next(s, q0 + r, k0, window) < k0 + kBK ? 1 : 0;
 }
 
 // Shared-memory floats of each kernel (rows padded to hd + 1 against bank conflicts).
@@ -115,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_kernel(SPIN_GP(const f
       const int64_t k0 = tile_of(lo, j, kBK);
       __syncthreads();  // the previous tile and nxt are consumed
       load_kv_tile(k, v, key_mask, bb, l, nkv, kvh, hd, k0, ks, vs, ok);
-      if (threadIdx.x < kBQ) mark_tile(sp, threadIdx.x, q0, lo, k0, window, nxt, hit);
+      if (threadIdx.x < kBQ) mark_tile(sp, threadIdx.x, q0, lo, k0, kBK, window, nxt, hit);
       __syncthreads();
       for (int a = 0; a < kQW; ++a) {
         const int row = warp * kQW + a;
@@ -215,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
       const int64_t k0 = tile_of(lo, j, kBK);
       __syncthreads();
       load_kv_tile(k, v, key_mask, bb, l, nkv, kvh, hd, k0, ks, vs, ok);
-      if (threadIdx.x < kBQ) mark_tile(sp, threadIdx.x, q0, lo, k0, window, nxt, hit);
+      if (threadIdx.x < kBQ) mark_tile(sp, threadIdx.x, q0, lo, k0, kBK, window, nxt, hit);
       __syncthreads();
       for (int a = 0; a < kQW; ++a) {
         const int row = warp * kQW + a;
@@ -256,33 +239,6 @@ __global__ void __launch_bounds__(kThreads) attention_dq_kernel(
     for (int c = 0; c < nd; ++c) {
       const int64_t d = lane + 32 * c;
       if (d < hd) dq[((bb * l + qi) * nh + h) * hd + d] = bad ? __builtin_nanf("") : acc[a][c] * scale;
-    }
-  }
-}
-
-// With spans, the bounds of the query tiles (kBK queries from t * kBK) of row blockIdx.x for the dk/dv
-// kernel: first[t], the first key any (valid) query of tile t sees by position, and after[t], the least
-// first[t'] of tiles t' >= t (0x7fffffff: none); a key block ending before after[t] has no query from
-// tile t on. Threads take tiles; then thread 0 runs the suffix minimum (L / kBK steps).
-__global__ void __launch_bounds__(kThreads) attention_span_bounds_kernel(SPIN_GP(const int32_t) spans, int64_t l, int64_t window,
-                                                                         int64_t nt, SPIN_GP(int32_t) first, SPIN_GP(int32_t) after) {
-  constexpr int64_t kNone = 0x7fffffff;
-  const int64_t bb = blockIdx.x;
-  for (int64_t t = threadIdx.x; t < nt; t += kThreads) {
-    int64_t f = kNone;
-    for (int64_t i = t * kBK; i < t * kBK + kBK && i < l; ++i) {
-      const Span s = span_at(spans, bb * l + i);
-      if (span_valid(s, i)) f = imin64(f, span_next(s, i, 0, window));
-    }
-    first[bb * nt + t] = static_cast<int32_t>(imin64(f, kNone));
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    int32_t m = static_cast<int32_t>(kNone);
-    for (int64_t t = nt - 1; t >= 0; --t) {
-      const int32_t f = first[bb * nt + t];
-      m = f < m ? f : m;
-      after[bb * nt + t] = m;
     }
   }
 }
@@ -336,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) attention_dkv_kernel(
         bool sees = false;
         if (threadIdx.x < kBK) {
           const int64_t qi = t0 + threadIdx.x;
-          const Span s = block_span(spans, bb, l, qi, nullptr);
+          const Span s = block_span(spans, bb, l, qi, static_cast<uint32_t*>(nullptr));
           span_put(tsp, threadIdx.x, s);
           sees = span_next(s, qi, k0, window) <= klast;
         }
@@ -529,7 +485,7 @@ void attention_backward(const float* q, const float* k, const float* v, const in
   int32_t* tfirst = spans ? reinterpret_cast<int32_t*>(dsum + b * nh * l) : nullptr;
   int32_t* tafter = spans ? tfirst + b * nt : nullptr;
   if (spans)
-    SPIN_LAUNCH(attention_span_bounds_kernel, dim3(static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), spans, l, window, nt, tfirst,
+    SPIN_LAUNCH(attention_span_bounds_kernel<kThreads, kBK>, dim3(static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), spans, l, window, nt, tfirst,
                 tafter);
   const size_t s1 = dq_smem(hd), s2 = dkv_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_dq_kernel), s1);

@@ -95,4 +95,57 @@ __device__ __forceinline__ int64_t group_next(S& sp, int64_t q0, int64_t lo, int
 // The start of the key tile (tile keys wide, aligned to lo) that holds key j.
 __device__ __forceinline__ int64_t tile_of(int64_t lo, int64_t j, int64_t tile) { return lo + (j - lo) / tile * tile; }
 
+// Query i's span as a block keeps it: none (kNoKey) past l or when invalid, which
+// raises kErrAttentionSpans when `err` is given (one block per query raises it, not every head's).
+template <class P, class E>
+__device__ __forceinline__ Span block_span(P spans, int64_t bb, int64_t l, int64_t i, E err) {
+  const Span none{kNoKey, kNoKey, kNoKey};
+  if (i >= l) return none;
+  const Span s = span_at(spans, bb * l + i);
+  if (span_valid(s, i)) return s;
+  if (err) atomicOr(err, static_cast<uint32_t>(kErrAttentionSpans));
+  return none;
+}
+
+// For query r of a block (queries q0 + r) and the key tile [k0, k0 + tile) of group lo: hit[r] = 1 when
+// it is of the group and sees a key of the tile, nxt[r] its first key past the tile (kNoKey: none, or
+// not of the group). The block's next tile holds the least nxt.
+template <class S, class N, class H>
+__device__ __forceinline__ void mark_tile(S& sp, int r, int64_t q0, int64_t lo, int64_t k0, int64_t tile, int64_t window, N& nxt,
+                                          H& hit) {
+  const Span s = span_of(sp, r);
+  const bool in = s.lo == lo;
+  nxt[r] = in ? span_next(s, q0 + r, k0 + tile, window) : kNoKey;
+  hit[r] = in && span_next(s, q0 + r, k0, window) < k0 + tile ? 1 : 0;
+}
+
+// The bounds of the query tiles (kTile queries from t * kTile) of row blockIdx.x, for a kernel that
+// walks query tiles for a block of keys (attention.cu's dk/dv): first[t], the first key any valid
+// query of tile t sees by position, and after[t], the least first[t'] of tiles t' >= t (0x7fffffff:
+// none); no query from tile t on sees a key before after[t]. Threads take tiles; then thread 0 runs
+// the suffix minimum (L / kTile steps).
+template <int kThreads, int kTile>
+__global__ void __launch_bounds__(kThreads) attention_span_bounds_kernel(SPIN_GP(const int32_t) spans, int64_t l, int64_t window,
+                                                                         int64_t nt, SPIN_GP(int32_t) first, SPIN_GP(int32_t) after) {
+  constexpr int64_t kNone = 0x7fffffff;
+  const int64_t bb = blockIdx.x;
+  for (int64_t t = threadIdx.x; t < nt; t += kThreads) {
+    int64_t f = kNone;
+    for (int64_t i = t * kTile; i < t * kTile + kTile && i < l; ++i) {
+      const Span s = span_at(spans, bb * l + i);
+      if (span_valid(s, i)) f = imin64(f, span_next(s, i, 0, window));
+    }
+    first[bb * nt + t] = static_cast<int32_t>(imin64(f, kNone));
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int32_t m = static_cast<int32_t>(kNone);
+    for (int64_t t = nt - 1; t >= 0; --t) {
+      const int32_t f = first[bb * nt + t];
+      m = f < m ? f : m;
+      after[bb * nt + t] = m;
+    }
+  }
+}
+
 }  // namespace spinlm::cuda
