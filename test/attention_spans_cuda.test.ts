@@ -23,12 +23,18 @@ function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>) {
   assert.ok(e <= TOL, `${name}: relative error ${e} > ${TOL}`);
 }
 
-/** Random valid spans for every query: 0 <= lo <= hideLo <= hideHi <= i, drawn independently. */
+/**
+ * Random valid spans for every query: 0 <= lo <= hideLo <= hideHi <= i, drawn independently; in row 0,
+ * queries 32 to 64 + a few see only their last keys (lo >= i - 3): a whole query tile whose queries see
+ * no early key, followed by queries that do (lo not increasing: the dk/dv kernel must not stop there).
+ */
 function randomSpans(rng: Rng, b: number, l: number): Int32Array {
   const s = new Int32Array(b * l * 3);
+  const localEnd = 64 + rng.int(0, 6);
   for (let r = 0; r < b * l; r++) {
     const i = r % l;
-    const lo = rng.next() < 0.3 ? 0 : rng.int(0, i);
+    const local = r < l && i >= 32 && i < localEnd;
+    const lo = local ? rng.int(Math.max(0, i - 3), i) : rng.next() < 0.3 ? 0 : rng.int(0, i);
     const hlo = rng.int(lo, i);
     const hhi = rng.next() < 0.3 ? hlo : rng.int(hlo, i);
     s.set([lo, hlo, hhi], 3 * r);
@@ -50,7 +56,7 @@ for (const be of cudaBackends)
           nh = 2,
           nkv = rng.int(1, 2),
           hd = [8, 16, 40][rng.int(0, 2)],
-          l = rng.int(40, 90);
+          l = rng.int(80, 110);
         const spans = randomSpans(rng, b, l);
         const mask = new Int32Array(b * l).map(() => (rng.next() < 0.1 ? 0 : 1));
         const q = randn(rng, b * l * nh * hd),

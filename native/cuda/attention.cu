@@ -485,8 +485,8 @@ void attention_backward(const float* q, const float* k, const float* v, const in
   int32_t* tfirst = spans ? reinterpret_cast<int32_t*>(dsum + b * nh * l) : nullptr;
   int32_t* tafter = spans ? tfirst + b * nt : nullptr;
   if (spans)
-    SPIN_LAUNCH(attention_span_bounds_kernel<kThreads, kBK>, dim3(static_cast<unsigned>(b)), dim3(kThreads), 0, stream(), spans, l, window, nt, tfirst,
-                tafter);
+    SPIN_LAUNCH(attention_span_bounds_kernel<kBK>, dim3(static_cast<unsigned>(b)), dim3(kSpanBoundsThreads), 0, stream(), spans, l,
+                window, nt, tfirst, tafter);
   const size_t s1 = dq_smem(hd), s2 = dkv_smem(hd);
   allow_smem(reinterpret_cast<const void*>(&attention_dq_kernel), s1);
   allow_smem(reinterpret_cast<const void*>(&attention_dkv_kernel), s2);

@@ -123,13 +123,14 @@ __device__ __forceinline__ void mark_tile(S& sp, int r, int64_t q0, int64_t lo, 
 // walks query tiles for a block of keys (attention.cu's dk/dv): first[t], the first key any valid
 // query of tile t sees by position, and after[t], the least first[t'] of tiles t' >= t (0x7fffffff:
 // none); no query from tile t on sees a key before after[t]. Threads take tiles; then thread 0 runs
-// the suffix minimum (L / kTile steps).
-template <int kThreads, int kTile>
-__global__ void __launch_bounds__(kThreads) attention_span_bounds_kernel(SPIN_GP(const int32_t) spans, int64_t l, int64_t window,
+// the suffix minimum (L / kTile steps). One block of kSpanBoundsThreads per row.
+constexpr int kSpanBoundsThreads = 128;  // the bounds kernel's block
+template <int kTile>
+__global__ void __launch_bounds__(kSpanBoundsThreads) attention_span_bounds_kernel(SPIN_GP(const int32_t) spans, int64_t l, int64_t window,
                                                                          int64_t nt, SPIN_GP(int32_t) first, SPIN_GP(int32_t) after) {
   constexpr int64_t kNone = 0x7fffffff;
   const int64_t bb = blockIdx.x;
-  for (int64_t t = threadIdx.x; t < nt; t += kThreads) {
+  for (int64_t t = threadIdx.x; t < nt; t += kSpanBoundsThreads) {
     int64_t f = kNone;
     for (int64_t i = t * kTile; i < t * kTile + kTile && i < l; ++i) {
       const Span s = span_at(spans, bb * l + i);
