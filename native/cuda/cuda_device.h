@@ -87,7 +87,7 @@ inline bool IndicesOutsideOnHost(const int32_t*, int64_t, int64_t, int64_t, int6
 // Attention spans live on the device: the kernels check them (kErrAttentionSpans).
 inline bool SpansInvalidOnHost(const int32_t*, int64_t, int64_t) { return false; }
 // Whether the attention kernels take spans yet (the binding refuses them until then).
-inline constexpr bool kAttentionSpans = false;
+inline constexpr bool kAttentionSpans = true;
 
 // bf16 compute rounds a first (src/backend/bf16_compute.ts) and then runs the f32 GEMM.
 inline constexpr bool kComputeBf16Kernel = false;
