@@ -46,7 +46,12 @@ SPINLM_INLINE vf8 load8(const float* p) {
   return v;
 }
 SPINLM_INLINE void store8(float* p, vf8 v) { memcpy(p, &v, sizeof v); }
-SPINLM_INLINE vf8 splat8(float x) { return vf8{} + x; }
+// One broadcast (vf8{} + x would add 0 first, an instruction more per use in the kernels below).
+SPINLM_INLINE vf8 splat8(float x) {
+  vf8 v = {};
+  v[0] = x;
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+}
 
 // ---- forward ----
 
@@ -173,13 +178,26 @@ SPINLM_CLONES void forward_block(const Call& c, const float* q, const float* kt,
     qr[r] = c.qrow(q, bi, h, r0 + std::min(r, rows - 1));  // rows past the block repeat its last (unused)
   }
   const float* ktk = kt + (bi * c.nkv + kvh) * hd * lp;
-  for (const auto& [t0, t1] : runs)
-    for (int64_t j = t0 * kTile; j < t1 * kTile; j += 16)
-      for (int64_t r = 0; r < rows; r += kScoreRows) {
-        float* sr[kScoreRows];
+  // [f, e) per row: from its first visible key to itself; a register tile skips the 16-key chunks
+  // outside its rows' union (their entries are hidden by softmax_spans, as all invisible ones)
+  int64_t f[kFwdRows], e[kFwdRows];
+  for (int64_t r = 0; r < kFwdRows; ++r) {
+    const int64_t i = r0 + std::min(r, rows - 1);
+    f[r] = c.vis[bi * c.l + i].first();
+    e[r] = i + 1;
+  }
+  auto span_of = [&](int64_t r, int64_t n) {
+    return std::make_pair(*std::min_element(f + r, f + r + n), *std::max_element(e + r, e + r + n));
+  };
+  for (int64_t r = 0; r < rows; r += kScoreRows) {
+    const auto [gf, ge] = span_of(r, kScoreRows);
+    float* sr[kScoreRows];
+    for (const auto& [t0, t1] : runs)
+      for (int64_t j = std::max(t0 * kTile, gf / 16 * 16); j < std::min(t1 * kTile, ge); j += 16) {
         for (int u = 0; u < kScoreRows; ++u) sr[u] = x[r + u] + j;
         score_tile(qr + r, ktk + j, lp, hd, c.scale, sr);
       }
+  }
   float inv[kFwdRows];
   float* orow[kFwdRows];
   for (int64_t r = 0; r < kFwdRows; ++r) {
@@ -189,18 +207,27 @@ SPINLM_CLONES void forward_block(const Call& c, const float* q, const float* kt,
       lse_h[i] = softmax_spans(x[r], c.vis[bi * c.l + i], spans[3 * (bi * c.l + i)], c.bias.data() + bi * c.l, c.softcap, rs, re,
                                inv + r);
   }
-  // values: keys up to the block's last query (the rest of the last tile has p = 0)
-  std::vector<std::pair<int64_t, int64_t>> vr;
-  for (const auto& [t0, t1] : runs)
-    if (t0 * kTile < r1) vr.emplace_back(t0 * kTile, std::min(t1 * kTile, r1));
+  // values: per register tile, the seen keys from its rows' first visible key to its last query (the
+  // keys skipped have p = 0 for every row of the tile: leading or trailing zeros of each sum)
   const float* vh = v + c.kv_off(bi, kvh, 0);
   const int64_t ks = c.kv_stride();
+  std::vector<std::pair<int64_t, int64_t>> vr;
+  auto clip = [&](int64_t gf, int64_t ge) {
+    vr.clear();
+    for (const auto& [t0, t1] : runs)
+      if (std::max(t0 * kTile, gf) < std::min(t1 * kTile, ge)) vr.emplace_back(std::max(t0 * kTile, gf), std::min(t1 * kTile, ge));
+  };
   if (hd % 8) {
-    for (int64_t r = 0; r < rows; ++r) values_any(x[r], vh, ks, vr.data(), vr.size(), hd, inv[r], orow[r]);
+    for (int64_t r = 0; r < rows; ++r) {
+      clip(f[r], e[r]);
+      values_any(x[r], vh, ks, vr.data(), vr.size(), hd, inv[r], orow[r]);
+    }
     return;
   }
   for (int64_t r = 0; r < rows; r += 3) {
     const int n = static_cast<int>(std::min<int64_t>(3, rows - r));
+    const auto [gf, ge] = span_of(r, 3);
+    clip(gf, ge);
     int64_t d0 = 0;
     for (; d0 + 32 <= hd; d0 += 32) values_tile<3, 4>(x + r, vh, ks, vr.data(), vr.size(), d0, inv + r, orow + r, n);
     for (; d0 + 16 <= hd; d0 += 16) values_tile<3, 2>(x + r, vh, ks, vr.data(), vr.size(), d0, inv + r, orow + r, n);
