@@ -97,13 +97,16 @@ SPINLM_INLINE void values_tile(const float* const* p, const float* v, int64_t ks
     for (int w = 0; w < W; ++w) store8(out[r] + d0 + 8 * w, acc[r][w] * splat8(inv[r]));
 }
 
-// Any hd (not a multiple of 8): the same sums one d at a time.
+// Any hd (not a multiple of 8): the same sums one d at a time. std::fma, not acc += p * v: GCC
+// vectorizes that loop as an in-order reduction (products by vmulps, then the adds one by one) with a
+// contracted fma tail, so a key's rounding would depend on where its run starts (packing invariance
+// broke at hd 12, test/attention_spans_cpu.test.ts); an explicit fma has one form everywhere.
 void values_any(const float* p, const float* v, int64_t ks, const std::pair<int64_t, int64_t>* runs, size_t nruns, int64_t hd,
                 float inv, float* out) {
   for (int64_t d = 0; d < hd; ++d) {
     float acc = 0.0f;
     for (size_t u = 0; u < nruns; ++u)
-      for (int64_t j = runs[u].first; j < runs[u].second; ++j) acc += p[j] * v[j * ks + d];
+      for (int64_t j = runs[u].first; j < runs[u].second; ++j) acc = std::fma(p[j], v[j * ks + d], acc);
     out[d] = acc * inv;
   }
 }
