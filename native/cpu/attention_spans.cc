@@ -46,10 +46,12 @@ SPINLM_INLINE vf8 load8(const float* p) {
   return v;
 }
 SPINLM_INLINE void store8(float* p, vf8 v) { memcpy(p, &v, sizeof v); }
-// One broadcast (vf8{} + x would add 0 first, an instruction more per use in the kernels below).
-SPINLM_INLINE vf8 splat8(float x) {
+SPINLM_INLINE vf8 splat8(float x) { return vf8{} + x; }
+// *p in every lane: a load and a broadcast (splat8 adds 0 first; vf8{x, x, ...} compiles to insert
+// chains inside the target clones)
+SPINLM_INLINE vf8 bcast8(const float* p) {
   vf8 v = {};
-  v[0] = x;
+  v[0] = *p;
   return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
 }
 
@@ -65,7 +67,7 @@ SPINLM_INLINE void score_tile(const float* const* qr, const float* kt, int64_t l
   for (int64_t d = 0; d < hd; ++d) {
     const vf8 k0 = load8(kt + d * lp), k1 = load8(kt + d * lp + 8);
     for (int r = 0; r < kScoreRows; ++r) {
-      const vf8 x = splat8(qr[r][d]);
+      const vf8 x = bcast8(qr[r] + d);
       acc[r][0] += x * k0;
       acc[r][1] += x * k1;
     }
@@ -89,7 +91,7 @@ SPINLM_INLINE void values_tile(const float* const* p, const float* v, int64_t ks
       vf8 vv[W];
       for (int w = 0; w < W; ++w) vv[w] = load8(v + j * ks + d0 + 8 * w);
       for (int r = 0; r < R; ++r) {
-        const vf8 x = splat8(p[r][j]);
+        const vf8 x = bcast8(p[r] + j);
         for (int w = 0; w < W; ++w) acc[r][w] += x * vv[w];
       }
     }
