@@ -47,6 +47,13 @@ SPINLM_INLINE vf8 load8(const float* p) {
 }
 SPINLM_INLINE void store8(float* p, vf8 v) { memcpy(p, &v, sizeof v); }
 SPINLM_INLINE vf8 splat8(float x) { return vf8{} + x; }
+// *p in every lane: a load and a broadcast (splat8 adds 0 first; vf8{x, x, ...} compiles to insert
+// chains inside the target clones)
+SPINLM_INLINE vf8 bcast8(const float* p) {
+  vf8 v = {};
+  v[0] = *p;
+  return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
+}
 
 // ---- forward ----
 
@@ -60,7 +67,7 @@ SPINLM_INLINE void score_tile(const float* const* qr, const float* kt, int64_t l
   for (int64_t d = 0; d < hd; ++d) {
     const vf8 k0 = load8(kt + d * lp), k1 = load8(kt + d * lp + 8);
     for (int r = 0; r < kScoreRows; ++r) {
-      const vf8 x = splat8(qr[r][d]);
+      const vf8 x = bcast8(qr[r] + d);
       acc[r][0] += x * k0;
       acc[r][1] += x * k1;
     }
@@ -84,7 +91,7 @@ SPINLM_INLINE void values_tile(const float* const* p, const float* v, int64_t ks
       vf8 vv[W];
       for (int w = 0; w < W; ++w) vv[w] = load8(v + j * ks + d0 + 8 * w);
       for (int r = 0; r < R; ++r) {
-        const vf8 x = splat8(p[r][j]);
+        const vf8 x = bcast8(p[r] + j);
         for (int w = 0; w < W; ++w) acc[r][w] += x * vv[w];
       }
     }
@@ -92,13 +99,16 @@ SPINLM_INLINE void values_tile(const float* const* p, const float* v, int64_t ks
     for (int w = 0; w < W; ++w) store8(out[r] + d0 + 8 * w, acc[r][w] * splat8(inv[r]));
 }
 
-// Any hd (not a multiple of 8): the same sums one d at a time.
+// Any hd (not a multiple of 8): the same sums one d at a time. std::fma, not acc += p * v: GCC
+// vectorizes that loop as an in-order reduction (products by vmulps, then the adds one by one) with a
+// contracted fma tail, so a key's rounding would depend on where its run starts (packing invariance
+// broke at hd 12, test/attention_spans_cpu.test.ts); an explicit fma has one form everywhere.
 void values_any(const float* p, const float* v, int64_t ks, const std::pair<int64_t, int64_t>* runs, size_t nruns, int64_t hd,
                 float inv, float* out) {
   for (int64_t d = 0; d < hd; ++d) {
     float acc = 0.0f;
     for (size_t u = 0; u < nruns; ++u)
-      for (int64_t j = runs[u].first; j < runs[u].second; ++j) acc += p[j] * v[j * ks + d];
+      for (int64_t j = runs[u].first; j < runs[u].second; ++j) acc = std::fma(p[j], v[j * ks + d], acc);
     out[d] = acc * inv;
   }
 }
@@ -173,13 +183,26 @@ SPINLM_CLONES void forward_block(const Call& c, const float* q, const float* kt,
     qr[r] = c.qrow(q, bi, h, r0 + std::min(r, rows - 1));  // rows past the block repeat its last (unused)
   }
   const float* ktk = kt + (bi * c.nkv + kvh) * hd * lp;
-  for (const auto& [t0, t1] : runs)
-    for (int64_t j = t0 * kTile; j < t1 * kTile; j += 16)
-      for (int64_t r = 0; r < rows; r += kScoreRows) {
-        float* sr[kScoreRows];
+  // [f, e) per row: from its first visible key to itself; a register tile skips the 16-key chunks
+  // outside its rows' union (their entries are hidden by softmax_spans, as all invisible ones)
+  int64_t f[kFwdRows], e[kFwdRows];
+  for (int64_t r = 0; r < kFwdRows; ++r) {
+    const int64_t i = r0 + std::min(r, rows - 1);
+    f[r] = c.vis[bi * c.l + i].first();
+    e[r] = i + 1;
+  }
+  auto span_of = [&](int64_t r, int64_t n) {
+    return std::make_pair(*std::min_element(f + r, f + r + n), *std::max_element(e + r, e + r + n));
+  };
+  for (int64_t r = 0; r < rows; r += kScoreRows) {
+    const auto [gf, ge] = span_of(r, kScoreRows);
+    float* sr[kScoreRows];
+    for (const auto& [t0, t1] : runs)
+      for (int64_t j = std::max(t0 * kTile, gf / 16 * 16); j < std::min(t1 * kTile, ge); j += 16) {
         for (int u = 0; u < kScoreRows; ++u) sr[u] = x[r + u] + j;
         score_tile(qr + r, ktk + j, lp, hd, c.scale, sr);
       }
+  }
   float inv[kFwdRows];
   float* orow[kFwdRows];
   for (int64_t r = 0; r < kFwdRows; ++r) {
@@ -189,18 +212,27 @@ SPINLM_CLONES void forward_block(const Call& c, const float* q, const float* kt,
       lse_h[i] = softmax_spans(x[r], c.vis[bi * c.l + i], spans[3 * (bi * c.l + i)], c.bias.data() + bi * c.l, c.softcap, rs, re,
                                inv + r);
   }
-  // values: keys up to the block's last query (the rest of the last tile has p = 0)
-  std::vector<std::pair<int64_t, int64_t>> vr;
-  for (const auto& [t0, t1] : runs)
-    if (t0 * kTile < r1) vr.emplace_back(t0 * kTile, std::min(t1 * kTile, r1));
+  // values: per register tile, the seen keys from its rows' first visible key to its last query (the
+  // keys skipped have p = 0 for every row of the tile: leading or trailing zeros of each sum)
   const float* vh = v + c.kv_off(bi, kvh, 0);
   const int64_t ks = c.kv_stride();
+  std::vector<std::pair<int64_t, int64_t>> vr;
+  auto clip = [&](int64_t gf, int64_t ge) {
+    vr.clear();
+    for (const auto& [t0, t1] : runs)
+      if (std::max(t0 * kTile, gf) < std::min(t1 * kTile, ge)) vr.emplace_back(std::max(t0 * kTile, gf), std::min(t1 * kTile, ge));
+  };
   if (hd % 8) {
-    for (int64_t r = 0; r < rows; ++r) values_any(x[r], vh, ks, vr.data(), vr.size(), hd, inv[r], orow[r]);
+    for (int64_t r = 0; r < rows; ++r) {
+      clip(f[r], e[r]);
+      values_any(x[r], vh, ks, vr.data(), vr.size(), hd, inv[r], orow[r]);
+    }
     return;
   }
   for (int64_t r = 0; r < rows; r += 3) {
     const int n = static_cast<int>(std::min<int64_t>(3, rows - r));
+    const auto [gf, ge] = span_of(r, 3);
+    clip(gf, ge);
     int64_t d0 = 0;
     for (; d0 + 32 <= hd; d0 += 32) values_tile<3, 4>(x + r, vh, ks, vr.data(), vr.size(), d0, inv + r, orow + r, n);
     for (; d0 + 16 <= hd; d0 += 16) values_tile<3, 2>(x + r, vh, ks, vr.data(), vr.size(), d0, inv + r, orow + r, n);

@@ -59,7 +59,8 @@ SPINLM_CLONES void block_grads(const Call& c, const Grads& g, int64_t bi, int64_
       std::memset(ds + r * kw, 0, sizeof(float) * kw);
       continue;
     }
-    for (int64_t j = j0; j < j1; ++j) t[j] = 0.0f;
+    if (c.softcap > 0.0f)
+      for (int64_t j = j0; j < j1; ++j) t[j] = 0.0f;
     // visible entries: x = capped score + bias - lse (-inf when masked); the others -inf
     int64_t next = j0;
     auto visible = [&](int64_t a, int64_t e) {
@@ -67,14 +68,12 @@ SPINLM_CLONES void block_grads(const Call& c, const Grads& g, int64_t bi, int64_
       e = std::min(e, j1);
       if (a >= e) return;
       for (int64_t j = next; j < a; ++j) x[j] = -INFINITY;
-      for (int64_t j = a; j < e; ++j) {
-        float s = x[j];
-        if (c.softcap > 0.0f) {  // as the forward capped
-          t[j] = std::tanh(s / c.softcap);
-          s = c.softcap * t[j];
+      if (c.softcap > 0.0f)  // as the forward capped
+        for (int64_t j = a; j < e; ++j) {
+          t[j] = std::tanh(x[j] / c.softcap);
+          x[j] = c.softcap * t[j];
         }
-        x[j] = s + bias[j] - lse;
-      }
+      for (int64_t j = a; j < e; ++j) x[j] = x[j] + bias[j] - lse;
       next = e;
     };
     if (vis.a0 < vis.a1) visible(vis.a0, vis.a1);
@@ -85,7 +84,10 @@ SPINLM_CLONES void block_grads(const Call& c, const Grads& g, int64_t bi, int64_
     for (; j < j1; ++j) x[j] = std::exp(x[j]);
     // dS = P (dP - delta), through the cap: times 1 - tanh^2 (t = 0 off the visible keys, where P = 0)
     const float dl = delta_h[i];
-    for (j = j0; j < j1; ++j) d[j] = x[j] * (d[j] - dl) * (1.0f - t[j] * t[j]);
+    if (c.softcap > 0.0f)
+      for (j = j0; j < j1; ++j) d[j] = x[j] * (d[j] - dl) * (1.0f - t[j] * t[j]);
+    else
+      for (j = j0; j < j1; ++j) d[j] = x[j] * (d[j] - dl);
   }
 }
 
