@@ -6,7 +6,7 @@
 //   new:  ops.matmul with rowInvariant on this tree's addon
 // Every (kernel, thread count) runs in a fresh process (OpenBLAS's spinning threads would otherwise share
 // the cores with the pool's). A cell's time is the fastest of its repetitions (one warm-up, then at least
-// two, until --ms milliseconds have passed): on a shared machine the minimum is the least disturbed.
+// two, until --ms milliseconds have passed), by the wall clock and by the process's CPU time (below).
 // Usage: node --import tsx bench/gemm_rows.bench.ts [--old build-old/spinlm.node] [--threads 1,2]
 //        [--m 1,16,64,512,2048] [--nk 1024x1024,2816x1024,1024x2816,4096x4096] [--dtypes f32,bf16] [--ms 400]
 import { execFileSync } from 'node:child_process';
@@ -47,7 +47,9 @@ if (args.child) {
     for (const [n, k] of nks) {
       const wf = rand(n * k);
       const w =
-        dtype === 'f32' ? ops.upload(be, { dtype: 'f32', data: wf }, [n, k]) : ops.upload(be, { dtype: 'bf16', data: f32ArrayToBf16(wf) }, [n, k]);
+        dtype === 'f32'
+          ? ops.upload(be, { dtype: 'f32', data: wf }, [n, k])
+          : ops.upload(be, { dtype: 'bf16', data: f32ArrayToBf16(wf) }, [n, k]);
       for (const m of ms_) {
         const x = ops.upload(be, { dtype: 'f32', data: rand(m * k) }, [m, k]);
         const out = ops.empty(be, 'f32', [m, n]);
@@ -65,7 +67,7 @@ if (args.child) {
           cpu = Math.min(cpu, (c.user + c.system) / 1000);
         }
         const flop = 2 * m * n * k;
-        cells.push({ kernel, threads: be.threads, dtype, m, n, k, gflops: flop / (wall * 1e6), cpuGflops: flop / ((cpu / be.threads) * 1e6) });
+        cells.push({ kernel, threads: be.threads, dtype, m, n, k, gflops: flop / (wall * 1e6), cpuGflops: flop / (cpu * 1e6) });
         x.free();
         out.free();
       }
@@ -104,14 +106,51 @@ for (const threads of threadCounts)
 const flags = readFileSync('/proc/cpuinfo', 'utf8');
 const cpu = /model name\s*:\s*(.*)/.exec(flags)?.[1] ?? 'unknown CPU';
 const set = /\bavx512f\b/.test(flags) ? 'AVX-512' : /\bavx2\b/.test(flags) ? 'AVX2' : 'scalar';
-console.log(`${cpu}; row-invariant kernel set: ${set}; OpenBLAS core: ${core}; GFLOP/s (2 M N K / best time)`);
+console.log(`${cpu}; row-invariant kernel set: ${set}; OpenBLAS core: ${core}; GFLOP/s`);
 const get = (kernel: string, c: Cell) =>
-  all.find((x) => x.kernel === kernel && x.threads === c.threads && x.dtype === c.dtype && x.m === c.m && x.n === c.n && x.k === c.k)?.gflops;
+  all.find((x) => x.kernel === kernel && x.threads === c.threads && x.dtype === c.dtype && x.m === c.m && x.n === c.n && x.k === c.k);
+// wall: GFLOP/s of the fastest wall-clock repetition; cpu: GFLOP per CPU-second (per core) of the
+// repetition with the least CPU time, all of the process's threads counted (spinning waits included):
+// on a machine shared with other jobs the wall clock counts their time slices too, CPU time only this
+// process's. With 2 threads, cpu x 2 is the speed when both threads work the whole call (large M).
 const rows: (string | number)[][] = [];
+const ratio = (a: number | undefined, b: number | undefined) => (a && b ? (a / b).toFixed(2) : '-');
 for (const c of all.filter((x) => x.kernel === 'blas')) {
-  const blas = c.gflops,
-    old = get('old', c),
+  const old = get('old', c),
     neu = get('new', c)!;
-  rows.push([String(c.threads), c.dtype, String(c.m), `${c.n} x ${c.k}`, blas, old ?? '-', neu, neu / blas, old ? neu / old : '-']);
+  rows.push([
+    String(c.threads),
+    c.dtype,
+    String(c.m),
+    `${c.n} x ${c.k}`,
+    c.cpuGflops,
+    old?.cpuGflops ?? '-',
+    neu.cpuGflops,
+    ratio(neu.cpuGflops, c.cpuGflops),
+    ratio(neu.cpuGflops, old?.cpuGflops),
+    c.gflops,
+    old?.gflops ?? '-',
+    neu.gflops,
+    ratio(neu.gflops, c.gflops),
+  ]);
 }
-console.log(table(['threads', 'W', 'M', 'N x K', 'OpenBLAS', 'old', 'new', 'new / OpenBLAS', 'new / old'], rows));
+console.log(
+  table(
+    [
+      'threads',
+      'W',
+      'M',
+      'N x K',
+      'OpenBLAS cpu',
+      'old cpu',
+      'new cpu',
+      'new / OpenBLAS cpu',
+      'new / old cpu',
+      'OpenBLAS wall',
+      'old wall',
+      'new wall',
+      'new / OpenBLAS wall',
+    ],
+    rows,
+  ),
+);

@@ -185,7 +185,9 @@ for (const be of await testBackends())
               // the CPU's documented order, bit for bit (docs/ops.md): s = fma(a[i][p], w[j][p], s), p = 0 .. K-1
               if (cpu) assert.deepEqual(all, matmulFmaChainRef(a, b.values, m, n, k), `fma chain ${label}`);
               const expectRows = (got: Float32Array, rows: number[], what: string) =>
-                rows.forEach((r, i) => assert.deepEqual(got.slice(i * n, (i + 1) * n), all.slice(r * n, (r + 1) * n), `${what}: row ${r} (${label})`));
+                rows.forEach((r, i) =>
+                  assert.deepEqual(got.slice(i * n, (i + 1) * n), all.slice(r * n, (r + 1) * n), `${what}: row ${r} (${label})`),
+                );
               const one = rng.int(0, m - 1);
               expectRows(await run([one], rng.int(1, 2)), [one], 'M = 1');
               const seven = rng.shuffle(every.slice()).slice(0, 7);
