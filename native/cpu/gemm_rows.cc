@@ -16,9 +16,11 @@
 // broadcasts a[i][p] and multiply-adds it into r x 16 g sums. K runs in blocks of kKc (a panel group
 // stays in L1 while the row tiles pass over it); the sums of a block start from C, where the block
 // before left them (loading them back and going on is the same chain). When alpha != 1 or beta != 0
-// the sums go to a scratch [M, N] first and C is combined after. Rows of A go in blocks of kMc (in L2);
-// threads split the panels of W, so each packs and reads its own share once per row block.
-// Last columns (N % 16) run the same tile on a copy of them; last rows run a tile of fewer rows.
+// the sums go to a scratch [M, N] first and C is combined after. Rows of A go in blocks of kMc, packed
+// into tiles of the set's row count (in L2); threads split the panels of W, so each packs and reads its
+// own share. Decode (M <= 16) packs 4 panels x 512 of K at a time instead. Last columns (N % 16) run the
+// same tile on a copy of them; last rows run a tile of fewer rows. Speed: docs/performance.md
+// ("Row-invariant GEMM, packed").
 #include <algorithm>
 #include <array>
 #include <cstdlib>
@@ -116,7 +118,8 @@ void pack(const TB* w, int64_t ldb, int64_t rows, int64_t pc, int64_t kc, int64_
             continue;
           }
           const TB* src = w + (j0 + t) * ldb + pc + p;
-          // 512 bytes ahead: decode reads W from memory once, in runs of <= 4 KiB per row (+5-10% there)
+          // 512 bytes ahead (of 512, 1024, 2048 the best at decode, where W comes from memory in short
+          // runs per row: docs/performance.md)
           __builtin_prefetch(src + 512 / sizeof(TB), 0, 2);
           r[t] = load8(src);
         }
