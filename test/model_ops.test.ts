@@ -17,6 +17,7 @@ import { relErr } from './helpers/loss_ref.js';
 import {
   attentionBackwardRef,
   attentionRef,
+  matmulFmaChainRef,
   matmulRef,
   rmsnormBackwardRef,
   rmsnormRef,
@@ -149,6 +150,52 @@ for (const be of await testBackends())
             const x = f32(randn(rng, 16), [4, 4]);
             assert.throws(() => ops.matmul(x, x, { rowInvariant: true }), /rowInvariant is for linear layers/);
             assert.throws(() => ops.matmul(x, x, { transA: true, transB: true, rowInvariant: true }), /rowInvariant is for linear layers/);
+          }));
+
+        test(`row-invariant matmul, ${dtype} W: rows bit-identical at M = 1, 7, all, reordered, 1 and 2 threads; K 1/17/1000, N 1/5/33; CPU: one fma chain per element`, async () =>
+          withSeed(async (rng) => {
+            const cpu = be instanceof CpuBackend ? be : null;
+            const shapes: [number, number, number][] = [];
+            for (const k of [1, 17, 1000]) for (const n of [1, 5, 33]) shapes.push([rng.int(8, 24), n, k]);
+            // more than one block of rows (144), of K (256) and of packed columns (256), and a last panel
+            // of fewer than 16 columns
+            shapes.push([rng.int(150, 320), rng.int(257, 300), rng.int(257, 600)]);
+            for (const [m, n, k] of shapes) {
+              const a = randn(rng, m * k);
+              const b = weight(rng, n * k, [n, k], dtype);
+              /** The product of A's rows `rows` (in that order) into a NaN-poisoned out, on `threads` threads. */
+              const run = async (rows: number[], threads: number) => {
+                const x = new Float32Array(rows.length * k);
+                rows.forEach((r, i) => x.set(a.subarray(r * k, (r + 1) * k), i * k));
+                const out = ops.empty(be, 'f32', [rows.length, n]);
+                ops.fill(out, NaN);
+                const saved = cpu?.threads;
+                try {
+                  if (cpu) cpu.threads = threads;
+                  ops.matmul(f32(x, [rows.length, k]), b.t, { transB: true, rowInvariant: true, out });
+                } finally {
+                  if (cpu) cpu.threads = saved!;
+                }
+                return host(out);
+              };
+              const label = `m=${m} n=${n} k=${k}`;
+              const every = Array.from({ length: m }, (_, i) => i);
+              const all = await run(every, 2);
+              check(`rowInvariant ${label} vs float64`, all, matmulRef(a, b.values, m, n, k, false, true));
+              // the CPU's documented order, bit for bit (docs/ops.md): s = fma(a[i][p], w[j][p], s), p = 0 .. K-1
+              if (cpu) assert.deepEqual(all, matmulFmaChainRef(a, b.values, m, n, k), `fma chain ${label}`);
+              const expectRows = (got: Float32Array, rows: number[], what: string) =>
+                rows.forEach((r, i) =>
+                  assert.deepEqual(got.slice(i * n, (i + 1) * n), all.slice(r * n, (r + 1) * n), `${what}: row ${r} (${label})`),
+                );
+              const one = rng.int(0, m - 1);
+              expectRows(await run([one], rng.int(1, 2)), [one], 'M = 1');
+              const seven = rng.shuffle(every.slice()).slice(0, 7);
+              expectRows(await run(seven, rng.int(1, 2)), seven, 'M = 7');
+              const perm = rng.shuffle(every.slice());
+              expectRows(await run(perm, 1), perm, 'all rows reordered, 1 thread');
+              expectRows(await run(every, 1), every, 'all rows, 1 thread');
+            }
           }));
 
         test(`linears (fused projections), ${dtype} and mixed weights: each output equals its matmul bit for bit`, async () =>
@@ -310,6 +357,22 @@ for (const be of await testBackends())
           assert.throws(() => ops.linears(x, [x16, x], { computeDtype: 'bf16' }), /needs bf16 weights, got f32/);
           assert.throws(() => ops.matmul(x, x16, { transB: true, computeDtype: 'f16' as 'bf16' }), /must be 'f32' or 'bf16'/);
         }));
+
+      // the row-invariant GEMM's narrower kernel sets (the widest one the CPU has runs above), forced in child
+      // processes: each must give the fma chain's bits too, so every set gives the same bits
+      if (be.name === 'cpu' && !process.env.SPINLM_ROWS_KERNELS)
+        for (const set of ['avx2', 'scalar'])
+          test(`row-invariant matmul on the ${set} kernel set (SPINLM_ROWS_KERNELS=${set}, a child process): the same bits`, () => {
+            const childEnv: NodeJS.ProcessEnv = { ...process.env, SPINLM_ROWS_KERNELS: set, SPINLM_TEST_BACKENDS: 'cpu' };
+            delete childEnv.NODE_TEST_CONTEXT;
+            const r = spawnSync(
+              process.execPath,
+              ['--import', 'tsx', '--test', '--test-name-pattern=rows bit-identical', fileURLToPath(import.meta.url)],
+              { encoding: 'utf8', env: childEnv },
+            );
+            assert.equal(r.status, 0, `child failed:\n${r.stdout}\n${r.stderr}`);
+            assert.match(r.stdout, /# pass 2\n/, r.stdout);
+          });
 
       // the CPU's fallback for CPUs without AVX512-BF16 (rounded rows through the f32 kernel), forced in a
       // child process: the same test there

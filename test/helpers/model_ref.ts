@@ -1,6 +1,40 @@
 // Float64 references of the model ops (written from the formulas; no code shared with the kernels).
 // Arrays are flat row-major; shapes are passed alongside.
 
+/**
+ * fmaf(a, b, c) for float32 a, b, c: a * b + c rounded once to float32 (to nearest even). a * b is exact
+ * in float64; p + c rounds to float64 once, and TwoSum gives that rounding's error e exactly, so the
+ * exact sum is s + e. Rounding s to float32 is right unless s sits exactly halfway between two float32
+ * (x = s + e cannot reach past a float32 boundary otherwise: every float32 midpoint is a float64), and
+ * then e decides the side.
+ */
+export function fmaf(a: number, b: number, c: number): number {
+  const p = a * b;
+  const s = p + c;
+  const t = s - p;
+  const e = p - (s - t) + (c - t);
+  const r = Math.fround(s);
+  if (e === 0 || r === s) return r;
+  const other = 2 * s - r; // the float32 on s's other side, if s is their midpoint
+  if (Math.fround(other) !== other || other - s !== s - r) return r;
+  return e > 0 === other > r ? other : r;
+}
+
+/**
+ * C = A B^T in float32 with each element summed as the CPU's row-invariant GEMM documents it
+ * (docs/ops.md, "Row-invariant matmul"): s = 0, then s = fmaf(a[i][p], b[j][p], s) for p = 0 .. K-1.
+ */
+export function matmulFmaChainRef(a: ArrayLike<number>, b: ArrayLike<number>, m: number, n: number, k: number): Float32Array {
+  const c = new Float32Array(m * n);
+  for (let i = 0; i < m; i++)
+    for (let j = 0; j < n; j++) {
+      let s = 0;
+      for (let p = 0; p < k; p++) s = fmaf(a[i * k + p], b[j * k + p], s);
+      c[i * n + j] = s;
+    }
+  return c;
+}
+
 export function matmulRef(
   a: ArrayLike<number>,
   b: ArrayLike<number>,
