@@ -78,15 +78,19 @@ export class LlamaModel extends DecoderLayers {
   recompute = false;
   /**
    * Forward passes with the row-invariant matmul and head (docs/ops.md "Row-invariant matmul"): with the
-   * spans kernels, a sequence's log-prob is then bit for bit independent of what it is packed with.
-   * Off by default on the CPU (where OpenBLAS is faster); the GPU kernels are row-invariant anyway.
+   * spans kernels, a sequence's log-prob is then bit for bit independent of what it is packed with and of
+   * the batch size. Default: on for the CPU (the packed row-invariant GEMM runs at ~0.9x OpenBLAS at
+   * training shapes, bench/RESULTS.md) and WebGPU (its GEMM is row-invariant anyway); off for CUDA, whose
+   * row-invariant GEMM is a tiled fallback far below cuBLAS (issue 28): there u = 0 at an iteration's
+   * start rests on the reference pass packing as the first epoch does (docs/algorithm.md).
    */
-  rowInvariant = false;
+  rowInvariant: boolean;
   /** Set while ZeRO stage 3 trains this model; null otherwise. */
   paramHook: ParamHook | null = null;
 
   constructor(cfg: LlamaConfig, weights: Weights) {
     super(cfg, weights);
+    this.rowInvariant = weights.backend.name !== 'cuda';
   }
 
   get backend(): Backend {
