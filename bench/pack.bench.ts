@@ -8,7 +8,8 @@
 //               the longest; packed, no padding
 //   no-sharing: 1 pair of a 16-token prompt and two 256-token answers: almost nothing to share or pad, so the
 //               layout's own cost (spans attention) shows
-// Usage: node --import tsx bench/pack.bench.ts --base /path/to/old/tree [--cells shared-512,mixed,no-sharing] [--reps 2]
+// Usage: node --import tsx bench/pack.bench.ts --base /path/to/old/tree [--also name=/another/tree] [--cells shared-512,mixed,no-sharing] [--reps 2]
+// (--also: a third tree, e.g. an intermediate commit, measured in the same interleaving)
 import { execFileSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import { table } from './harness.js';
@@ -17,16 +18,15 @@ import { makeRandomModel } from './make_model.js';
 const { values: args } = parseArgs({
   options: {
     base: { type: 'string' },
+    also: { type: 'string' },
     cells: { type: 'string', default: 'shared-512,mixed,no-sharing' },
     reps: { type: 'string', default: '2' },
   },
 });
 if (!args.base) throw new Error('--base: a checkout of the tree before the packed layout, with its addon built');
 const here = new URL('..', import.meta.url).pathname;
-const trees = [
-  ['before', String(args.base)],
-  ['after', here],
-] as const;
+const also = args.also ? [args.also.split('=') as [string, string]] : [];
+const trees: [string, string][] = [['before', String(args.base)], ...also, ['after', here]];
 const probe = new URL('./pack_probe.ts', import.meta.url).pathname;
 const run = (root: string, dir: string, work: object) =>
   JSON.parse(
