@@ -50,6 +50,7 @@ if (mode === 'spin') {
     gradientCheckpointing: !!work.ckpt,
   };
   const times: number[] = [];
+  const cpu: number[] = []; // CPU seconds of the process per step (all threads): steadier than the wall clock on a shared machine
   for (let s = 0; s <= work.steps; s++) {
     const pairs = makePairs();
     const ref = new Float32Array(2 * B).map(() => -300 + rng.normal());
@@ -62,14 +63,18 @@ if (mode === 'spin') {
       padId: 0,
     });
     const t0 = performance.now();
+    const c0 = process.cpuUsage();
     await runTrainingLoop(model, B, obj, loop);
     times.push(performance.now() - t0);
+    const c = process.cpuUsage(c0);
+    cpu.push((c.user + c.system) / 1e6);
   }
   const ms = Math.min(...times.slice(1)); // the first step warms the allocator and the optimizer state up
   console.log(
     JSON.stringify({
       steps_per_s: 1000 / ms,
       ms_per_step: ms,
+      cpu_s_per_step: Math.min(...cpu.slice(1)),
       peak_rss_mb: peakMb(),
       packed_tokens: packedTokens,
       padded_tokens: paddedTokens,
