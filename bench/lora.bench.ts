@@ -40,10 +40,13 @@ const cells = String(args.cells).split(',');
 if (cells.includes('1b')) {
   const dir = await makeRandomModel('tinyllama');
   const best: Record<string, Result> = {};
+  const pairsOfRuns: number[][] = [];
   // interleaved (full, lora, full, lora) so that a machine shared with other work weighs on both alike
   for (let rep = 0; rep < Number(args.reps); rep++)
     for (const mode of ['full', 'lora']) {
       const r = run(dir, { mode, lengths: [pair, pair], steps: Number(args.steps), warmup: 1, r: 16 });
+      if (mode === 'full') pairsOfRuns.push([rep + 1, r.ms_per_step / 1000]);
+      else pairsOfRuns[rep].push(r.ms_per_step / 1000, pairsOfRuns[rep][1] / (r.ms_per_step / 1000));
       const b = best[mode];
       best[mode] = !b
         ? r
@@ -63,7 +66,7 @@ if (cells.includes('1b')) {
       gb(r.peak_rss_mb),
       r.peak_live_mb,
       r.ms_per_step / 1000,
-      r.steps_per_s,
+      r.steps_per_s.toPrecision(3),
       r.tokens_per_s,
     ];
   });
@@ -83,6 +86,8 @@ if (cells.includes('1b')) {
   console.log(
     table(['run', 'trained params', 'load peak RSS MiB', 'peak RSS MiB', 'GB', 'peak live MiB', 's / step', 'steps/s', 'tokens/s'], rows),
   );
+  console.log('each pair of runs (s / step):');
+  console.log(table(['rep', 'full', 'LoRA', 'LoRA speed-up'], pairsOfRuns));
 }
 if (cells.includes('7b')) {
   const dir = await makeRandomModel('mistral-7b');
