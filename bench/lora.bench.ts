@@ -40,13 +40,15 @@ const cells = String(args.cells).split(',');
 if (cells.includes('1b')) {
   const dir = await makeRandomModel('tinyllama');
   const best: Record<string, Result> = {};
-  const pairsOfRuns: number[][] = [];
+  const pairsOfRuns: (string | number)[][] = [];
+  let fullS = NaN;
   // interleaved (full, lora, full, lora) so that a machine shared with other work weighs on both alike
   for (let rep = 0; rep < Number(args.reps); rep++)
     for (const mode of ['full', 'lora']) {
       const r = run(dir, { mode, lengths: [pair, pair], steps: Number(args.steps), warmup: 1, r: 16 });
-      if (mode === 'full') pairsOfRuns.push([rep + 1, r.ms_per_step / 1000]);
-      else pairsOfRuns[rep].push(r.ms_per_step / 1000, pairsOfRuns[rep][1] / (r.ms_per_step / 1000));
+      const sec = r.ms_per_step / 1000;
+      if (mode === 'full') fullS = sec;
+      else pairsOfRuns.push([`${rep + 1}`, fullS, sec, fullS / sec]);
       const b = best[mode];
       best[mode] = !b
         ? r
