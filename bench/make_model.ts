@@ -1,6 +1,6 @@
 // A random-weight Llama model directory (config.json, bf16 model.safetensors, the byte tokenizer) for
 // memory and speed measurements at real sizes; written once and reused (cached under a temp dir).
-// Usage: node --import tsx bench/make_model.ts tinyllama|350m|32m [DIR]   -> prints the directory
+// Usage: node --import tsx bench/make_model.ts tinyllama|350m|32m|small-128k|mistral-7b [DIR]   -> prints the directory
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +22,16 @@ export const SHAPES = {
   tinyllama: { hidden_size: 2048, intermediate_size: 5632, num_hidden_layers: 22, num_attention_heads: 32, num_key_value_heads: 4 },
   // ~350M parameters
   '350m': { hidden_size: 1024, intermediate_size: 2816, num_hidden_layers: 24, num_attention_heads: 16, num_key_value_heads: 4 },
+  // Mistral-7B's shape (~7.24e9 parameters, 14.5 GB in bf16; the Llama architecture: at the few hundred
+  // positions of bench/lora.bench.ts Mistral's 4096-token sliding window changes nothing)
+  'mistral-7b': {
+    hidden_size: 4096,
+    intermediate_size: 14336,
+    num_hidden_layers: 32,
+    num_attention_heads: 32,
+    num_key_value_heads: 8,
+    vocab_size: 32000,
+  },
   // a small model with Llama 3's 128,256-token vocabulary (the fused head's memory goal, bench/head.bench.ts)
   'small-128k': {
     hidden_size: 512,
