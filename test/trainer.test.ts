@@ -44,7 +44,13 @@ const loop = (o: Partial<LoopConfig> = {}): LoopConfig => ({
 });
 
 async function spinRun(model: LlamaModel, data: TokenizedPair[], cfg: LoopConfig, hooks = {}, lossType: SpinLossType = 'sigmoid') {
-  const ref = await referenceLogps(model, data, { microBatchSize: cfg.microBatchSize, seed: cfg.seed, eosId: EOS, padId: 0 });
+  const ref = await referenceLogps(model, data, {
+    microBatchSize: cfg.microBatchSize,
+    maxTokensPerBatch: cfg.maxTokensPerBatch,
+    seed: cfg.seed,
+    eosId: EOS,
+    padId: 0,
+  });
   const logs: StepLog[] = [];
   const obj = new SpinObjective(model, data, ref, {
     beta: 0.5,
@@ -106,6 +112,38 @@ for (const lossType of ['ipo', 'sppo_hard'] as const)
       }
       model.weights.free();
     }));
+
+test('a token budget (max_tokens_per_batch) cuts micro-batches into runs: u = 0 at step 0, and the same steps as without a budget', async () =>
+  withSeed(async (rng) => {
+    const seed = rng.int(0, 1e9);
+    const data = pairs(rng, 12);
+    const weights = async (m: LlamaModel) =>
+      Promise.all([...m.weights.params.values()].map(async (t) => Float32Array.from(await ops.read(t))));
+    const runs: { logs: StepLog[]; w: Float32Array[] }[] = [];
+    // 12 pairs of 4..13 packed tokens each: a budget of 20 cuts each 4-pair micro-batch into 2-4 runs
+    for (const maxTokensPerBatch of [0, 20]) {
+      const model = initLlama(be, tinyConfig({ vocab: 48 }), { seed, std: 0.1 });
+      const cfg = loop({ gradientAccumulationSteps: 1, microBatchSize: 4, numTrainEpochs: 1, maxGradNorm: null, maxTokensPerBatch });
+      const logs = await spinRun(model, data, cfg);
+      runs.push({ logs, w: await weights(model) });
+      model.weights.free();
+    }
+    const [none, budget] = runs;
+    // the reference pass cut the same runs: the first step sees u = 0 exactly
+    assert.equal(budget.logs[0].loss, Math.fround(Math.LN2));
+    assert.equal(budget.logs[0]['rewards/margins'], 0);
+    // each run weighted by its share of the step's pairs: the loss is the mean over the step's pairs, as
+    // without a budget (gradients summed in another order: f32 rounding apart)
+    assert.equal(budget.logs.length, none.logs.length);
+    budget.logs.forEach((l, i) =>
+      assert.ok(Math.abs(l.loss - none.logs[i].loss) <= 1e-6, `step ${i}: loss ${l.loss} vs ${none.logs[i].loss}`),
+    );
+    let worst = 0;
+    none.w.forEach((w, i) => {
+      for (let k = 0; k < w.length; k++) worst = Math.max(worst, Math.abs(budget.w[i][k] - w[k]));
+    });
+    assert.ok(worst <= 1e-5, `weights after training differ by ${worst}`);
+  }));
 
 test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identical final weights', async () =>
   withSeed(async (rng) => {
