@@ -77,9 +77,6 @@ inline bool SpansInvalidOnHost(const int32_t* spans, int64_t b, int64_t l) {
   return false;
 }
 
-// Whether the attention kernels take spans yet (the binding refuses them until then).
-inline constexpr bool kAttentionSpans = true;
-
 // matmul's computeBf16 is a kernel here (gemm_rows.cc).
 inline constexpr bool kComputeBf16Kernel = true;
 

@@ -184,7 +184,6 @@ Napi::Value js::attention(const Napi::CallbackInfo& info) {
   const float* v = View<float>(info[2], "v", kb);
   const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
   const int32_t* spans = OptView<int32_t>(info[4], "spans", d.b * d.l * 3 * 4);
-  if (spans && !kAttentionSpans) Throw(env, "attention spans are not implemented on this backend yet");
   float* out = View<float>(info[13], "out", qb);
   float* lse = View<float>(info[14], "lse", d.b * d.nh * d.l * 4);
   if (SpansInvalidOnHost(spans, d.b, d.l)) {
@@ -207,7 +206,6 @@ Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   const float* v = View<float>(info[2], "v", kb);
   const int32_t* mask = View<int32_t>(info[3], "keyMask", d.b * d.l * 4);
   const int32_t* spans = OptView<int32_t>(info[4], "spans", d.b * d.l * 3 * 4);
-  if (spans && !kAttentionSpans) Throw(env, "attention spans are not implemented on this backend yet");
   const float* out = View<float>(info[5], "out", qb);
   const float* lse = View<float>(info[6], "lse", d.b * d.nh * d.l * 4);
   const float* dout = View<float>(info[7], "dout", qb);

@@ -86,8 +86,6 @@ Napi::Value Run(const Napi::CallbackInfo& info, F&& kernel) {
 inline bool IndicesOutsideOnHost(const int32_t*, int64_t, int64_t, int64_t, int64_t, uint32_t) { return false; }
 // Attention spans live on the device: the kernels check them (kErrAttentionSpans).
 inline bool SpansInvalidOnHost(const int32_t*, int64_t, int64_t) { return false; }
-// Whether the attention kernels take spans yet (the binding refuses them until then).
-inline constexpr bool kAttentionSpans = true;
 
 // bf16 compute rounds a first (src/backend/bf16_compute.ts) and then runs the f32 GEMM.
 inline constexpr bool kComputeBf16Kernel = false;
