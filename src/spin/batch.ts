@@ -154,6 +154,15 @@ export function collateSequences(seqs: readonly TokenizedSequence[], eosId: numb
   return { rows, length, inputIds, attentionMask, positions, targets, segments, targetCounts };
 }
 
+/** f32 [B]: 0 for a pair whose generated answer equals the real one token for token when `dropIdentical`, else 1. */
+export function pairMaskOf(pairs: readonly TokenizedPair[], dropIdentical: boolean): Float32Array {
+  return new Float32Array(pairs.length).map((_, i) => {
+    const { real, generated } = pairs[i];
+    const same = real.answer.length === generated.answer.length && real.answer.every((x, k) => x === generated.answer[k]);
+    return dropIdentical && same ? 0 : 1;
+  });
+}
+
 export interface SpinBatch extends TokenBatch {
   /** Pairs B (rows = 2B). */
   pairs: number;
@@ -173,10 +182,5 @@ export function collateSpinBatch(
   opts: { dropIdentical?: boolean; padTo?: number } = {},
 ): SpinBatch {
   const batch = collateSequences([...pairs.map((p) => p.real), ...pairs.map((p) => p.generated)], eosId, padId, opts.padTo);
-  const pairMask = new Float32Array(pairs.length).map((_, i) => {
-    const { real, generated } = pairs[i];
-    const same = real.answer.length === generated.answer.length && real.answer.every((x, k) => x === generated.answer[k]);
-    return opts.dropIdentical && same ? 0 : 1;
-  });
-  return { ...batch, pairs: pairs.length, pairMask };
+  return { ...batch, pairs: pairs.length, pairMask: pairMaskOf(pairs, !!opts.dropIdentical) };
 }

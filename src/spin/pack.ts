@@ -12,7 +12,7 @@
 // a sequence's loss rows are in its token order, so its log-prob adds the same terms in the same order
 // whatever it is packed with. A pair whose two sides have different prompt tokens (a chat template's
 // boundary can differ) or an empty prompt is packed as two plain sequences.
-import { type TokenBatch, type TokenizedPair, type TokenizedSequence } from './batch.js';
+import { pairMaskOf, type TokenBatch, type TokenizedPair, type TokenizedSequence } from './batch.js';
 
 /** Loss rows on the host: the position each reads its hidden state from, its target token and its sequence. */
 export interface HostLossRows {
@@ -36,16 +36,20 @@ export interface PackedSpinBatch extends PackedBatch {
   pairMask: Float32Array;
 }
 
-function samePrompt(a: TokenizedSequence, b: TokenizedSequence): boolean {
-  return a.prompt.length === b.prompt.length && !!a.attendEos === !!b.attendEos && a.prompt.every((x, i) => x === b.prompt[i]);
+/** Whether a pair is one sequence: both sides have the same non-empty prompt tokens (and EOS rule). */
+function sharesPrompt({ real: a, generated: b }: TokenizedPair): boolean {
+  return (
+    a.prompt.length > 0 &&
+    a.prompt.length === b.prompt.length &&
+    !!a.attendEos === !!b.attendEos &&
+    a.prompt.every((x, i) => x === b.prompt[i])
+  );
 }
 
 /** Tokens one pair takes in the packed layout (prompt once when both sides share it). */
 export function packedPairTokens(p: TokenizedPair): number {
   const { real: r, generated: g } = p;
-  return r.prompt.length > 0 && samePrompt(r, g)
-    ? r.prompt.length + r.answer.length + g.answer.length
-    : r.prompt.length + r.answer.length + g.prompt.length + g.answer.length;
+  return sharesPrompt(p) ? r.prompt.length + r.answer.length + g.answer.length : packedSequenceTokens(r) + packedSequenceTokens(g);
 }
 
 /** Tokens one sequence takes in the packed layout. */
@@ -53,7 +57,7 @@ export function packedSequenceTokens(s: TokenizedSequence): number {
   return s.prompt.length + s.answer.length;
 }
 
-/** Builds one packed row; the closure adds sequences and pairs in order. */
+/** Builds one packed row: sequences and pairs are appended in order, then finish() makes the batch. */
 class RowBuilder {
   ids: number[] = [];
   mask: number[] = [];
@@ -109,7 +113,7 @@ class RowBuilder {
   /** A pair as one sequence (or two when its prompts differ): sequences `segReal` and `segGen`. Returns both answers' token counts. */
   pair(pr: TokenizedPair, segReal: number, segGen: number): [number, number] {
     const { real, generated: gen } = pr;
-    if (real.prompt.length === 0 || !samePrompt(real, gen)) return [this.sequence(real, segReal), this.sequence(gen, segGen)];
+    if (!sharesPrompt(pr)) return [this.sequence(real, segReal), this.sequence(gen, segGen)];
     const o = this.ids.length,
       p = real.prompt.length,
       r = real.answer.length,
@@ -163,12 +167,7 @@ export function packSpinBatch(pairs: readonly TokenizedPair[], eosId: number, op
   const rb = new RowBuilder(eosId);
   const counts = new Float32Array(2 * b);
   pairs.forEach((p, i) => ([counts[i], counts[b + i]] = rb.pair(p, i, b + i)));
-  const pairMask = new Float32Array(b).map((_, i) => {
-    const { real, generated } = pairs[i];
-    const same = real.answer.length === generated.answer.length && real.answer.every((x, k) => x === generated.answer[k]);
-    return opts.dropIdentical && same ? 0 : 1;
-  });
-  return { ...rb.finish(counts), pairs: b, pairMask };
+  return { ...rb.finish(counts), pairs: b, pairMask: pairMaskOf(pairs, !!opts.dropIdentical) };
 }
 
 /** Sequences (SFT) in one packed row, sequence i = seqs[i]. */
