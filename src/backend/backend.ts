@@ -163,6 +163,17 @@ export interface AttentionOpts {
    * else is packed in the call, or where). Absent: lo = 0, nothing hidden (plain causal).
    */
   spans?: Tensor<'i32'>;
+  /**
+   * The products' arithmetic (attention and attentionBackward; attentionDecode is f32 whatever it says):
+   * 'f32' (the default) or 'bf16', mixed precision as GPU trainers run it (FlashAttention under bf16
+   * autocast; docs/numerics.md "Mixed precision"): q, k, v (and in the backward dout) are rounded to bf16
+   * before their products, softmax, lse and every sum stay f32. A tensor-core kernel also rounds the
+   * probabilities P (and in the backward dS) to bf16 before the products P V, dS K, dS^T Q and P^T dO.
+   * A backend without a bf16 kernel rounds q, k, v (and dout) and runs its f32 kernel
+   * (bf16_compute.ts). Results are within the bf16 tolerance of docs/numerics.md of float64 attention on
+   * the rounded inputs; they are not bit-identical across backends.
+   */
+  computeDtype?: ComputeDtype;
 }
 
 /** The gated MLP's activation: act(gate) * up. */

@@ -18,7 +18,7 @@ import type {
   SpinLossOpts,
   SpinLossOutputs,
 } from './backend.js';
-import { roundedToBf16 } from './bf16_compute.js';
+import { attentionBackwardOnRounded, attentionOnRounded, roundedToBf16 } from './bf16_compute.js';
 import type { NativeOps } from './native/op_list.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -28,6 +28,8 @@ export abstract class NativeKernels {
   abstract readonly native: NativeOps;
   /** Whether the addon's matmul takes computeBf16 itself (the CPU's); otherwise bf16_compute.ts's rounding. */
   protected abstract readonly nativeBf16Compute: boolean;
+  /** attention / attentionBackward with computeDtype 'bf16' run a bf16 kernel (else: attentionOnRounded) */
+  protected readonly nativeBf16Attention: boolean = false;
 
   abstract empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
   abstract cast(t: Tensor, out: Tensor): void;
@@ -247,6 +249,7 @@ export abstract class NativeKernels {
   }
 
   attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
+    if (opts.computeDtype === 'bf16' && !this.nativeBf16Attention) return attentionOnRounded(this, q, k, v, keyMask, opts);
     const [b, l, nh, hd] = q.shape;
     const nkv = k.shape[2];
     const out = this.output('f32', q.shape, 'attention');
@@ -272,6 +275,8 @@ export abstract class NativeKernels {
   }
 
   attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>) {
+    if (opts.computeDtype === 'bf16' && !this.nativeBf16Attention)
+      return attentionBackwardOnRounded(this, q, k, v, keyMask, out, lse, dout, opts);
     const [b, l, nh, hd] = q.shape;
     const nkv = k.shape[2];
     const dq = this.output('f32', q.shape, 'attentionBackward');

@@ -176,6 +176,8 @@ function checkScale(opts: AttentionOpts): void {
   const w = opts.window;
   if (w !== undefined && !(Number.isSafeInteger(w) && w >= 0 && w <= 0x7fffffff))
     throw new RangeError(`attention window must be 0 (none) or a positive integer, got ${w}`);
+  if (opts.computeDtype !== undefined && opts.computeDtype !== 'f32' && opts.computeDtype !== 'bf16')
+    throw new TypeError(`attention computeDtype must be 'f32' or 'bf16', got ${String(opts.computeDtype)}`);
   const c = opts.softcap;
   // the kernels take it as an f32: positive and finite there too (not rounded to 0 or to Infinity)
   if (c !== undefined && c !== 0 && !(c > 0 && Math.fround(c) > 0 && Number.isFinite(Math.fround(c))))

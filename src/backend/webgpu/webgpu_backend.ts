@@ -21,6 +21,7 @@ import type {
   SpinLossOpts,
   SpinLossOutputs,
 } from '../backend.js';
+import { attentionBackwardOnRounded, attentionOnRounded } from '../bf16_compute.js';
 import * as attn from './attention.js';
 import { describeDevice, openDevice } from './device.js';
 import * as ew from './elementwise.js';
@@ -203,9 +204,11 @@ export class WebGpuBackend implements Backend {
 
   // ---- attention (attention.ts) ------------------------------------------------------------------
   attention(...a: Parameters<Backend['attention']>): ReturnType<Backend['attention']> {
+    if (a[4]?.computeDtype === 'bf16') return attentionOnRounded(this, ...a);
     return attn.attention(this.rt, ...a);
   }
   attentionBackward(...a: Parameters<Backend['attentionBackward']>): ReturnType<Backend['attentionBackward']> {
+    if (a[7]?.computeDtype === 'bf16') return attentionBackwardOnRounded(this, ...a);
     return attn.attentionBackward(this.rt, ...a);
   }
   attentionDecode(...a: Parameters<Backend['attentionDecode']>): Tensor<'f32'> {
