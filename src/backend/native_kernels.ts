@@ -28,8 +28,10 @@ export abstract class NativeKernels {
   abstract readonly native: NativeOps;
   /** Whether the addon's matmul takes computeBf16 itself (the CPU's); otherwise bf16_compute.ts's rounding. */
   protected abstract readonly nativeBf16Compute: boolean;
-  /** attention / attentionBackward with computeDtype 'bf16' run a bf16 kernel (else: attentionOnRounded) */
+  /** attention with computeDtype 'bf16' runs a bf16 kernel (else: attentionOnRounded) */
   protected readonly nativeBf16Attention: boolean = false;
+  /** attentionBackward with computeDtype 'bf16' runs a bf16 kernel (else: attentionBackwardOnRounded) */
+  protected readonly nativeBf16AttentionBackward: boolean = false;
 
   abstract empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
   abstract cast(t: Tensor, out: Tensor): void;
@@ -275,7 +277,7 @@ export abstract class NativeKernels {
   }
 
   attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>) {
-    if (opts.computeDtype === 'bf16' && !this.nativeBf16Attention)
+    if (opts.computeDtype === 'bf16' && !this.nativeBf16AttentionBackward)
       return attentionBackwardOnRounded(this, q, k, v, keyMask, out, lse, dout, opts);
     const [b, l, nh, hd] = q.shape;
     const nkv = k.shape[2];
