@@ -169,6 +169,36 @@ describe('the emulator catches kernel faults', () => {
     assert.ok(new Set([...seeded, '63']).size > 1, `the seeds all gave thread order: ${seeded}`);
     assert.equal(run(undefined), seeded[0], 'the default seed is 1');
   });
+  test('tensor-core fragments (WMMA): warp-collective, checked, with layouts drawn from the seed', () => {
+    const run = (seed: string, name: string) =>
+      execFileSync(
+        process.execPath,
+        ['-e', `process.stdout.write(require(${JSON.stringify(emulatorPath())}).emuSelfTest(${JSON.stringify(name)}))`],
+        {
+          env: { ...process.env, SPINLM_CUDA_EMU_SEED: seed },
+        },
+      ).toString();
+    // a correct tiled bf16 GEMM (small integers: exact) under any layout, no race through __syncwarp()
+    for (const seed of ['0', '1', '5']) assert.equal(run(seed, 'wmmaGemm'), 'exact', `seed ${seed}`);
+    // a kernel that assumes which lane holds which accumulator element works for one layout only
+    assert.equal(run('0', 'wmmaLayoutAssumed'), 'exact');
+    assert.match(run('1', 'wmmaLayoutAssumed'), /^\d+ of 256 wrong$/);
+    assert.match(
+      selfTest('wmmaHalfWarp'),
+      /wmma_half_warp: warp divergence: lane \d+ waits at .*selftest_wmma_emu.cc:\d+ while lane \d+ has exited/,
+    );
+    assert.match(
+      selfTest('wmmaMisaligned'),
+      /wmma_misaligned .*: load_matrix_sync: the matrix pointer is not 256-bit aligned \(offset 16 bytes\)/,
+    );
+    assert.match(selfTest('wmmaLeadingDim'), /wmma_misaligned .*: load_matrix_sync: leading dimension 12 is not a multiple of 16 bytes/);
+    // a lane reading an element another lane stored, with no __syncwarp() between
+    assert.match(
+      selfTest('wmmaStoreRace'),
+      /wmma_store_race .*: shared memory race: read of dynamic shared byte \d+ written by thread \d+/,
+    );
+  });
+
   test('a correct kernel (shuffles, ballot, shared memory, barriers) runs and computes', () => {
     // blocks of 32 over 0..95: sums 496, 1520, 2544; ballot of odd lanes 0xaaaaaaaa
     assert.equal(selfTest('blockSum'), `sums ${496} ${496 + 32 * 32} ${496 + 64 * 32} ballot ${0xaaaaaaaa}`);

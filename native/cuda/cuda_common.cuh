@@ -6,6 +6,7 @@
 //   SPIN_GA(T)            the same where two parameters may alias (in-place kernels)
 //   SPIN_SHARED(T, a, n)  a static shared array; SPIN_DYN_SHARED(T, p) the dynamic shared memory
 //   SPIN_LAUNCH(k, grid, block, smem, stream, args...)
+//   SPIN_CAST(T, p)       p as a pointer to T (one dynamic shared buffer holding arrays of several types)
 #pragma once
 #include <cstdint>
 
@@ -13,14 +14,16 @@
 #include "emu/cuda_emu.h"
 #define SPIN_GA(T) ::emu::gptr<T>
 #define SPIN_ADDR(ptr) reinterpret_cast<uintptr_t>((ptr).p)
+#define SPIN_CAST(T, ptr) ((ptr).template as<T>())
 #else
 #include <cuda_runtime.h>
 #define SPIN_GP(T) T* __restrict__
 #define SPIN_GA(T) T*
 #define SPIN_ADDR(p) reinterpret_cast<uintptr_t>(p)
+#define SPIN_CAST(T, ptr) reinterpret_cast<T*>(ptr)
 #define SPIN_SHARED(T, name, n) __shared__ T name[n]
 #define SPIN_DYN_SHARED(T, name)                           \
-  extern __shared__ __align__(16) unsigned char spin_dyn_smem_[]; \
+  extern __shared__ __align__(128) unsigned char spin_dyn_smem_[]; \
   T* name = reinterpret_cast<T*>(spin_dyn_smem_)
 #define SPIN_LAUNCH(kernel, grid, block, smem, stream, ...) \
   (kernel<<<(grid), (block), (smem), (stream)>>>(__VA_ARGS__), ::spinlm::cuda::after_launch(#kernel))

@@ -226,6 +226,11 @@ struct sptr {
   sptr operator-(int64_t i) const { return sptr(p - i, lo, hi, shadow, kind); }
   sptr& operator+=(int64_t i) { p += i; return *this; }
   explicit operator bool() const { return p != nullptr; }
+  // Reinterprets as another element type (one dynamic shared buffer holding several arrays); the extent is kept.
+  template <class U>
+  sptr<U> as() const {
+    return sptr<U>(reinterpret_cast<U*>(p), lo, hi, shadow, kind);
+  }
 };
 
 template <class T>
@@ -255,6 +260,8 @@ void block_barrier(const char* file, int line);
 uint64_t warp_exchange(uint64_t mine, int from, const char* file, int line);
 // Returns each lane's `mine` as a bit mask over the warp (votes).
 uint32_t warp_ballot(bool mine, const char* file, int line);
+// SPINLM_CUDA_EMU_SEED (default 1; 0: thread order, and the plain WMMA fragment layouts).
+uint64_t order_seed();
 // __syncthreads_or / _and / _count: a barrier that also reduces one int over the block.
 int block_barrier_reduce(int mine, int op, const char* file, int line);
 
@@ -362,6 +369,8 @@ inline int spin_emu_lane() { return static_cast<int>(::emu::current_thread().lin
 #define __ballot_sync(mask, p) ::emu::warp_ballot((p), __FILE__, __LINE__)
 #define __any_sync(mask, p) (::emu::warp_ballot((p), __FILE__, __LINE__) != 0u)
 #define __all_sync(mask, p) (::emu::warp_ballot((p), __FILE__, __LINE__) == ::emu::warp_ballot(true, __FILE__, __LINE__))
+
+#include "wmma_emu.h"
 
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }

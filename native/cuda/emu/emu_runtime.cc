@@ -79,6 +79,7 @@ struct Fiber {
   const char* file = nullptr;
   int line = 0;
   uint64_t value = 0;  // published for a warp exchange
+  bool collective = false;  // waiting at a WMMA meeting (which does not order memory between lanes)
   int bar_value = 0;   // published for __syncthreads_or/and/count
 };
 
@@ -243,6 +244,7 @@ uint64_t warp_exchange(uint64_t mine, int from, const char* file, int line) {
   const size_t warp0 = me.state.linear & ~31u;
   me.value = mine;
   me.wait = Wait::kWarpBarrier;
+  me.collective = false;
   me.file = file;
   me.line = line;
   suspend(me);  // every lane has published
@@ -254,6 +256,33 @@ uint64_t warp_exchange(uint64_t mine, int from, const char* file, int line) {
   return got;
 }
 
+uint64_t order_seed() { return seed(); }
+
+void warp_collective_begin(const void* mine, const void** all, const char* file, int line) {
+  Launch* l = t_launch;
+  if (!l || !l->running) fault("a warp-collective operation outside a kernel");
+  Fiber& me = *l->running;
+  const size_t warp0 = me.state.linear & ~31u;
+  me.value = reinterpret_cast<uintptr_t>(mine);
+  me.wait = Wait::kWarpBarrier;
+  me.collective = true;
+  me.file = file;
+  me.line = line;
+  suspend(me);  // every lane has published
+  for (size_t i = 0; i < 32; ++i)
+    all[i] = warp0 + i < l->fibers.size() ? reinterpret_cast<const void*>(static_cast<uintptr_t>(l->fibers[warp0 + i].value)) : nullptr;
+}
+
+void warp_collective_end(const char* file, int line) {
+  Launch* l = t_launch;
+  Fiber& me = *l->running;
+  me.wait = Wait::kWarpBarrier;
+  me.collective = true;
+  me.file = file;
+  me.line = line;
+  suspend(me);  // every lane has read what the others published
+}
+
 uint32_t warp_ballot(bool mine, const char* file, int line) {
   Launch* l = t_launch;
   if (!l || !l->running) return mine ? 1u : 0u;
@@ -261,6 +290,7 @@ uint32_t warp_ballot(bool mine, const char* file, int line) {
   const size_t warp0 = me.state.linear & ~31u;
   me.value = mine ? 1 : 0;
   me.wait = Wait::kWarpBarrier;
+  me.collective = false;
   me.file = file;
   me.line = line;
   suspend(me);
@@ -345,7 +375,7 @@ std::string run_block(Launch& l, Body body, void* cx, uint64_t rng) {
           return std::string(l.name) + ": warp divergence: lanes of one warp meet at different shuffles (" +
                  site(l.fibers[w]) + " and " + site(l.fibers[i]) + ")";
       for (size_t i = w; i < end; ++i) l.fibers[i].wait = Wait::kRunnable;
-      ++l.warp_sync[w / 32];
+      if (!l.fibers[w].collective) ++l.warp_sync[w / 32];  // shuffles and votes order the lanes' memory; WMMA does not
       released = true;
     }
     if (released) {
@@ -419,7 +449,9 @@ void run_grid(const char* name, const void* fn, dim3 grid, dim3 block, size_t sm
         const unsigned lin = x + block.x * (y + block.y * z);
         l.fibers[lin].state = ThreadState{uint3{x, y, z}, lin};
       }
-  std::vector<char> dyn(smem + 16);
+  // 128-byte aligned, as the GPU build declares it (cuda_common.cuh): WMMA tiles need 32 bytes
+  std::vector<char> dyn_store(smem + 16 + 128);
+  char* const dyn_base = dyn_store.data() + (128 - reinterpret_cast<uintptr_t>(dyn_store.data()) % 128) % 128;
   std::vector<ByteShadow> dyn_shadow(smem + 16);
   Launch* saved = t_launch;
   BlockState saved_block = t_block;
@@ -429,10 +461,10 @@ void run_grid(const char* name, const void* fn, dim3 grid, dim3 block, size_t sm
   for (unsigned bz = 0; bz < grid.z && err.empty(); ++bz)
     for (unsigned by = 0; by < grid.y && err.empty(); ++by)
       for (unsigned bx = 0; bx < grid.x && err.empty(); ++bx) {
-        t_block = BlockState{uint3{bx, by, bz}, block, grid, dyn.data(), smem, dyn_shadow.data()};
+        t_block = BlockState{uint3{bx, by, bz}, block, grid, dyn_base, smem, dyn_shadow.data()};
         ++g_block_gen;
         // Fresh shared memory holds garbage on a GPU: NaN bytes here, so a read before a write shows.
-        std::memset(dyn.data(), 0xff, dyn.size());
+        std::memset(dyn_base, 0xff, smem + 16);
         uint64_t rng = seed() * 0x2545f4914f6cdd1dULL ^ launch_id * 0x9e3779b97f4a7c15ULL ^
                        ((static_cast<uint64_t>(bz) * grid.y + by) * grid.x + bx);
         err = run_block(l, body, cx, splitmix(rng));

@@ -13,6 +13,7 @@
 #include "../runtime.h"
 
 namespace spinlm::cuda::selftest {
+std::string wmma_case(const std::string& name, float* x);  // selftest_wmma_emu.cc
 namespace {
 
 __global__ void global_overrun(SPIN_GP(float) x, int64_t n) {
@@ -320,6 +321,8 @@ std::string RunCase(const std::string& name, float* x) {
     cudaFree(votes);
     return "sums " + std::to_string(static_cast<int>(sums[0])) + " " + std::to_string(static_cast<int>(sums[1])) + " " +
            std::to_string(static_cast<int>(sums[2])) + " ballot " + std::to_string(v[0]);
+  } else if (name.rfind("wmma", 0) == 0) {
+    return wmma_case(name, x);
   } else {
     return "unknown self-test " + name;
   }
