@@ -4,6 +4,8 @@ import { rm } from 'node:fs/promises';
 import { writeChatRows } from '../data/sft.js';
 import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
+import type { WordProblemKind } from '../data/word_problems.js';
+import { generateWordProblems } from '../data/word_teacher.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
 import { answerPrompts, JournalMismatchError, journalTemplateDate } from '../generate/answers.js';
@@ -240,17 +242,45 @@ export const evalCmd: Command = {
 
 export const synth: Command = {
   name: 'synthetic',
-  summary: 'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval.',
+  summary:
+    'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval; --task wordproblems writes multi-step word problems with teacher-sampled solutions.',
   options: [
     outOption('JSONL or Parquet file'),
     { name: 'size', type: 'int', default: 1000, check: positive, help: 'tasks' },
     { name: 'seed', type: 'int', default: 1, help: 'seed' },
-    { name: 'families', type: 'string', help: 'comma-separated subset of task families (default all)' },
+    {
+      name: 'task',
+      type: { oneOf: ['families', 'wordproblems'] },
+      default: 'families',
+      help: 'families: the one-line tasks (exact answers); wordproblems: multi-step word problems, each real answer one sample of a stochastic teacher (docs/science.md, "Second study")',
+    },
+    {
+      name: 'families',
+      type: 'string',
+      help: 'comma-separated subset of task families (default all); with --task wordproblems: of wp_shop, wp_units, wp_time',
+    },
+    {
+      name: 'split',
+      type: { oneOf: ['train', 'heldout'] },
+      default: 'train',
+      help: 'with --task wordproblems: draw from the training or the held-out part of the problem space (disjoint problem keys)',
+    },
   ],
   async run(o) {
     const out = str(o, 'out');
     await checkFileOut('synthetic', out, {});
     const families = optStr(o, 'families');
+    if (str(o, 'task') === 'wordproblems') {
+      const rows = generateWordProblems({
+        seed: num(o, 'seed'),
+        size: num(o, 'size'),
+        split: str(o, 'split') as 'train' | 'heldout',
+        kinds: families ? (families.split(',') as WordProblemKind[]) : undefined,
+      });
+      await writeChatRows(out, rows);
+      process.stderr.write(`spinlm: wrote ${rows.length} ${str(o, 'split')} word problems -> ${out}\n`);
+      return;
+    }
     const tasks = generateSyntheticTasks({
       seed: num(o, 'seed'),
       size: num(o, 'size'),
