@@ -13,6 +13,7 @@ import { stopIdsOf } from '../generate/stops.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
 import { scorePairs } from '../spin/score.js';
+import { areWordProblems, majorityAccuracy, teacherStats } from '../spin/word_eval.js';
 import { formatPrompt } from '../text/templates.js';
 import { resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { positive, UsageError } from './args.js';
@@ -198,7 +199,15 @@ export const evalCmd: Command = {
     skipInvalidOption,
     evalBatchOption(32, 'prompts per batch'),
     { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' },
-    { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' },
+    { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n (and of the majority vote)' },
+    {
+      name: 'majority_samples',
+      type: 'int',
+      default: 8,
+      check: (v: number) => (v >= 0 ? null : 'must be >= 0'),
+      help: 'word problems (task wp_*): also the final-answer accuracy of the majority vote over this many sampled solutions (0 = off)',
+    },
+    { name: 'majority_temperature', type: 'number', default: 0.7, check: positive, help: 'sampling temperature of the majority vote' },
     ...textOptions,
     {
       name: 'out',
@@ -221,19 +230,33 @@ export const evalCmd: Command = {
     result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...trunc, template, batchSize });
     const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
     if (tasks.length === pairs.length) {
-      const em = await exactMatchEval(
-        model,
-        tok,
-        pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[],
-        {
-          template,
-          batchSize,
-          maxNewTokens: num(o, 'max_new_tokens'),
-          stopIds: await stopIdsOf(m.dir, model.cfg.eosTokenIds, tok, template),
-        },
-      );
+      const heldout = pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[];
+      const gen = {
+        template,
+        batchSize,
+        maxNewTokens: num(o, 'max_new_tokens'),
+        stopIds: await stopIdsOf(m.dir, model.cfg.eosTokenIds, tok, template),
+      };
+      const em = await exactMatchEval(model, tok, heldout, gen);
       result.exact_match = em.accuracy;
       result.by_task = em.byTask;
+      if (areWordProblems(heldout)) {
+        // exact_match is final-answer accuracy here (synthetic.ts answerCorrect)
+        const t = teacherStats(heldout, em.answers);
+        result.teacher_logp = t.teacherLogp;
+        result.teacher_impossible = t.teacherImpossible;
+        result.greedy_equals_real = em.answers.filter((a, i) => a === heldout[i].answer).length / heldout.length;
+        const samples = num(o, 'majority_samples');
+        if (samples > 0) {
+          const acc = await majorityAccuracy(model, tok, heldout, {
+            ...gen,
+            samples,
+            temperature: num(o, 'majority_temperature'),
+            seed: num(o, 'seed'),
+          });
+          result[`majority_at_${samples}`] = acc;
+        }
+      }
     }
     console.log(JSON.stringify(result, null, 2));
     if (out) await writeFileAtomic(out, JSON.stringify(result, null, 2));

@@ -88,14 +88,14 @@ export function drawProblem(kind: WordProblemKind, rng: Rng): WordProblem {
       const i1 = rng.int(0, ITEMS.length - 1);
       let i2 = rng.int(0, ITEMS.length - 2);
       if (i2 >= i1) i2++;
-      return { kind, params: [rng.int(0, NAMES.length - 1), i1, rng.int(2, 9), rng.int(2, 19), rng.int(2, 9), i2, rng.int(2, 19)] };
+      return { kind, params: [rng.int(0, NAMES.length - 1), i1, rng.int(2, 6), rng.int(2, 12), rng.int(2, 6), i2, rng.int(2, 12)] };
     }
     case 'wp_units': {
       const u = rng.int(0, UNITS.length - 1);
-      const step = [1, 10, 1][u];
+      const step = [1, 100, 1][u]; // kg: whole hundreds of g
       const c = step * rng.int(1, Math.floor((UNITS[u][2] - 1) / step));
-      const k = [5, 50, 5][u] * rng.int(1, [19, 19, 11][u]);
-      return { kind, params: [u, rng.int(1, 9), c, k, rng.int(0, NAMES.length - 1)] };
+      const k = [5, 100, 5][u] * rng.int(1, [19, 9, 11][u]);
+      return { kind, params: [u, rng.int(1, 5), c, k, rng.int(0, NAMES.length - 1)] };
     }
     case 'wp_time':
       return { kind, params: [rng.int(0, VEHICLES.length - 1), rng.int(5, 18), rng.int(0, 59), rng.int(1, 4), 5 * rng.int(1, 11)] };
