@@ -122,15 +122,16 @@ export const areTasks = (rows: readonly { prompt: string; real: string }[]): boo
 
 /**
  * Held-out pairs of any data (`spinlm run --eval_data`): `heldout_logp`, the mean real-answer log-prob
- * per token, and for synthetic tasks (rows with a "task" field) `exact_match` of greedy answers.
+ * per token, and for synthetic tasks (rows with a "task" field) `exact_match` of greedy answers (final-answer
+ * accuracy for word problems, with `teacher_logp` and `teacher_impossible`: word_eval.ts teacherStats).
  */
 export async function evaluateHeldout(
   model: LlamaModel,
   tok: HfTokenizer,
   pairs: readonly { prompt: string; real: string }[],
   s: EvalSettings,
-): Promise<{ heldout_logp: number; exact_match?: number }> {
-  const r: { heldout_logp: number; exact_match?: number } = {
+): Promise<{ heldout_logp: number; exact_match?: number; teacher_logp?: number | null; teacher_impossible?: number }> {
+  const r: { heldout_logp: number; exact_match?: number; teacher_logp?: number | null; teacher_impossible?: number } = {
     heldout_logp: await heldoutLogp(model, tok, pairs, { ...s.truncation, template: s.template, batchSize: s.logpBatchSize }),
   };
   if (areTasks(pairs)) {
@@ -142,6 +143,11 @@ export async function evaluateHeldout(
       stopIds: s.stopIds,
     });
     r.exact_match = em.accuracy;
+    if (areWordProblems(tasks)) {
+      const t = teacherStats(tasks, em.answers);
+      r.teacher_logp = t.teacherLogp;
+      r.teacher_impossible = t.teacherImpossible;
+    }
   }
   return r;
 }
