@@ -189,7 +189,7 @@ function journalDiff(was: unknown, now: Fingerprint): string[] {
 export const evalCmd: Command = {
   name: 'eval',
   summary:
-    'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
+    'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field); on word problems final-answer accuracy, the teacher\'s likelihood of the greedy solutions and a majority vote of sampled ones.',
   options: [
     modelOption,
     adapterOption,

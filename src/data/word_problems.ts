@@ -31,7 +31,7 @@ export interface Order {
 const NAMES = ['Ann', 'Bob', 'Cal', 'Dee', 'Eva', 'Finn', 'Gus', 'Hal', 'Ivy', 'Jo', 'Kim', 'Lee', 'Max', 'Ned', 'Ola', 'Pat'];
 const ITEMS = ['pens', 'books', 'cups', 'plates', 'apples', 'pears', 'hats', 'socks', 'maps', 'pies', 'kites', 'bowls'];
 const VEHICLES = ['bus', 'train', 'ship', 'plane'];
-/** wp_units: [big unit, small unit, factor, prompt template]. */
+/** wp_units: [big unit, small unit, small units per big one]; promptOf has one sentence per pair. */
 const UNITS: readonly (readonly [string, string, number])[] = [
   ['m', 'cm', 100],
   ['kg', 'g', 1000],
