@@ -4,6 +4,8 @@ import { rm } from 'node:fs/promises';
 import { writeChatRows } from '../data/sft.js';
 import { readSpinPairs, writeSpinPairs } from '../data/spin_pairs.js';
 import { generateSyntheticTasks, syntheticChatRows, type SyntheticTask } from '../data/synthetic.js';
+import type { WordProblemKind } from '../data/word_problems.js';
+import { generateWordProblems } from '../data/word_teacher.js';
 import { launchedByMpi, processGroup } from '../dist/process_group.js';
 import { shardByItem } from '../dist/shard.js';
 import { answerPrompts, JournalMismatchError, journalTemplateDate } from '../generate/answers.js';
@@ -11,6 +13,7 @@ import { stopIdsOf } from '../generate/stops.js';
 import { LlamaDecoder } from '../model/decoder.js';
 import { exactMatchEval, heldoutLogp } from '../spin/evaluate.js';
 import { scorePairs } from '../spin/score.js';
+import { areWordProblems, majorityAccuracy, teacherStats } from '../spin/word_eval.js';
 import { formatPrompt } from '../text/templates.js';
 import { resolveOutput, writeFileAtomic } from '../util/atomic.js';
 import { positive, UsageError } from './args.js';
@@ -186,7 +189,7 @@ function journalDiff(was: unknown, now: Fingerprint): string[] {
 export const evalCmd: Command = {
   name: 'eval',
   summary:
-    'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field).',
+    'Held-out evaluation: mean real-answer log-prob per token on any data; exact match of greedy answers on synthetic tasks (rows with a "task" field); on word problems final-answer accuracy, the teacher\'s likelihood of the greedy solutions and a majority vote of sampled ones.',
   options: [
     modelOption,
     adapterOption,
@@ -196,7 +199,15 @@ export const evalCmd: Command = {
     skipInvalidOption,
     evalBatchOption(32, 'prompts per batch'),
     { name: 'max_new_tokens', type: 'int', default: 64, check: positive, help: 'longest greedy answer for exact match' },
-    { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n' },
+    { name: 'seed', type: 'int', default: 42, help: 'sampling seed for --n (and of the majority vote)' },
+    {
+      name: 'majority_samples',
+      type: 'int',
+      default: 8,
+      check: (v: number) => (v >= 0 ? null : 'must be >= 0'),
+      help: 'word problems (task wp_*): also the final-answer accuracy of the majority vote over this many sampled solutions (0 = off)',
+    },
+    { name: 'majority_temperature', type: 'number', default: 0.7, check: positive, help: 'sampling temperature of the majority vote' },
     ...textOptions,
     {
       name: 'out',
@@ -219,19 +230,33 @@ export const evalCmd: Command = {
     result.heldout_logp = await heldoutLogp(model, tok, pairs, { ...trunc, template, batchSize });
     const tasks = pairs.filter((p) => typeof (p as { task?: string }).task === 'string');
     if (tasks.length === pairs.length) {
-      const em = await exactMatchEval(
-        model,
-        tok,
-        pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[],
-        {
-          template,
-          batchSize,
-          maxNewTokens: num(o, 'max_new_tokens'),
-          stopIds: await stopIdsOf(m.dir, model.cfg.eosTokenIds, tok, template),
-        },
-      );
+      const heldout = pairs.map((p) => ({ task: (p as { task: string }).task, prompt: p.prompt, answer: p.real })) as SyntheticTask[];
+      const gen = {
+        template,
+        batchSize,
+        maxNewTokens: num(o, 'max_new_tokens'),
+        stopIds: await stopIdsOf(m.dir, model.cfg.eosTokenIds, tok, template),
+      };
+      const em = await exactMatchEval(model, tok, heldout, gen);
       result.exact_match = em.accuracy;
       result.by_task = em.byTask;
+      if (areWordProblems(heldout)) {
+        // exact_match is final-answer accuracy here (synthetic.ts answerCorrect)
+        const t = teacherStats(heldout, em.answers);
+        result.teacher_logp = t.teacherLogp;
+        result.teacher_impossible = t.teacherImpossible;
+        result.greedy_equals_real = em.answers.filter((a, i) => a === heldout[i].answer).length / heldout.length;
+        const samples = num(o, 'majority_samples');
+        if (samples > 0) {
+          const acc = await majorityAccuracy(model, tok, heldout, {
+            ...gen,
+            samples,
+            temperature: num(o, 'majority_temperature'),
+            seed: num(o, 'seed'),
+          });
+          result[`majority_at_${samples}`] = acc;
+        }
+      }
     }
     console.log(JSON.stringify(result, null, 2));
     if (out) await writeFileAtomic(out, JSON.stringify(result, null, 2));
@@ -240,17 +265,45 @@ export const evalCmd: Command = {
 
 export const synth: Command = {
   name: 'synthetic',
-  summary: 'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval.',
+  summary:
+    'Writes synthetic instruction tasks with exact answers (UltraChat messages layout, with a "task" field) for sft / run / eval; --task wordproblems writes multi-step word problems with teacher-sampled solutions.',
   options: [
     outOption('JSONL or Parquet file'),
     { name: 'size', type: 'int', default: 1000, check: positive, help: 'tasks' },
     { name: 'seed', type: 'int', default: 1, help: 'seed' },
-    { name: 'families', type: 'string', help: 'comma-separated subset of task families (default all)' },
+    {
+      name: 'task',
+      type: { oneOf: ['families', 'wordproblems'] },
+      default: 'families',
+      help: 'families: the one-line tasks (exact answers); wordproblems: multi-step word problems, each real answer one sample of a stochastic teacher (docs/science.md, "Second study")',
+    },
+    {
+      name: 'families',
+      type: 'string',
+      help: 'comma-separated subset of task families (default all); with --task wordproblems: of wp_shop, wp_units, wp_time',
+    },
+    {
+      name: 'split',
+      type: { oneOf: ['train', 'heldout'] },
+      default: 'train',
+      help: 'with --task wordproblems: draw from the training or the held-out part of the problem space (disjoint problem keys)',
+    },
   ],
   async run(o) {
     const out = str(o, 'out');
     await checkFileOut('synthetic', out, {});
     const families = optStr(o, 'families');
+    if (str(o, 'task') === 'wordproblems') {
+      const rows = generateWordProblems({
+        seed: num(o, 'seed'),
+        size: num(o, 'size'),
+        split: str(o, 'split') as 'train' | 'heldout',
+        kinds: families ? (families.split(',') as WordProblemKind[]) : undefined,
+      });
+      await writeChatRows(out, rows);
+      process.stderr.write(`spinlm: wrote ${rows.length} ${str(o, 'split')} word problems -> ${out}\n`);
+      return;
+    }
     const tasks = generateSyntheticTasks({
       seed: num(o, 'seed'),
       size: num(o, 'size'),

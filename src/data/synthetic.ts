@@ -9,6 +9,7 @@
 import { Rng, type Seed } from '../util/rng.js';
 import { roundMessages } from './messages.js';
 import type { ChatRow } from './sft.js';
+import { finalAnswer, isWordProblemTask } from './word_teacher.js';
 
 export const MAX_PROMPT_CHARS = 48;
 export const MAX_ANSWER_CHARS = 24;
@@ -285,7 +286,18 @@ export interface ExactMatchScore extends MatchCount {
   byTask: Record<string, MatchCount>; // per family; pairs without a task label count under "unlabeled"
 }
 
-/** Scores answers[i] against pairs[i].real (or .answer), overall and per task family. */
+/**
+ * Whether an answer is right: for the word problems (task wp_*), its final answer (word_teacher.ts
+ * finalAnswer: the last integer or h:mm) equals the reference's, since any of the teacher's many
+ * solutions is right; for every other family, exactMatch.
+ */
+export function answerCorrect(task: ({ answer: string } | { real: string }) & { task?: string }, answer: string): boolean {
+  if (!isWordProblemTask(task.task)) return exactMatch(task, answer);
+  const ref = finalAnswer('answer' in task ? task.answer : task.real);
+  return ref !== null && finalAnswer(answer) === ref;
+}
+
+/** Scores answers[i] against pairs[i].real (or .answer) with answerCorrect, overall and per task family. */
 export function scoreExactMatch(
   pairs: readonly ({ real: string; task?: string } | { answer: string; task?: string })[],
   answers: readonly string[],
@@ -296,7 +308,7 @@ export function scoreExactMatch(
   let correct = 0;
   pairs.forEach((p, i) => {
     if (typeof answers[i] !== 'string') throw new TypeError(`scoreExactMatch: answers[${i}] must be a string, got ${typeof answers[i]}`);
-    const ok = exactMatch(p, answers[i]);
+    const ok = answerCorrect(p, answers[i]);
     const key = p.task ?? 'unlabeled';
     const m = (byTask[key] ??= { n: 0, correct: 0, accuracy: 0 });
     m.n++;

@@ -9,6 +9,7 @@ import type { HfTokenizer } from '../text/tokenizer.js';
 import { formatPrompt, type PromptSource, type PromptTemplate } from '../text/templates.js';
 import type { TruncationOptions } from './batch.js';
 import { scorePairs } from './score.js';
+import { areWordProblems, teacherStats } from './word_eval.js';
 import { padIdOf } from './sft.js';
 
 /** Sum of real-answer log-probs over all held-out pairs divided by their token count (answer + EOS). */
@@ -33,22 +34,35 @@ export async function heldoutLogp(
   return n > 0 ? lp / n : 0;
 }
 
-/** Greedy answers to held-out synthetic tasks, scored by exact match (overall and per family). */
+/** Greedy answers to held-out prompts (trimmed, as answerPrompts returns them). */
+export async function greedyAnswers(
+  model: LlamaModel,
+  tok: HfTokenizer,
+  prompts: readonly string[],
+  opts: { template: PromptTemplate; batchSize: number; maxNewTokens: number; stopIds?: readonly number[] },
+): Promise<string[]> {
+  return answerPrompts(
+    new LlamaDecoder(model),
+    tok,
+    prompts.map((p) => formatPrompt(tok, opts.template, p)),
+    { ...GREEDY, maxNewTokens: opts.maxNewTokens, stopIds: opts.stopIds, seed: 0, batchSize: opts.batchSize },
+  );
+}
+
+/** Greedy answers to held-out synthetic tasks, scored by exact match (final answer for word problems; overall and per family). */
 export async function exactMatchEval(
   model: LlamaModel,
   tok: HfTokenizer,
   tasks: readonly SyntheticTask[],
   opts: { template: PromptTemplate; batchSize: number; maxNewTokens: number; stopIds?: readonly number[] },
-): Promise<ExactMatchScore> {
-  const prompts = tasks.map((t) => formatPrompt(tok, opts.template, t.prompt));
-  const answers = await answerPrompts(new LlamaDecoder(model), tok, prompts, {
-    ...GREEDY,
-    maxNewTokens: opts.maxNewTokens,
-    stopIds: opts.stopIds,
-    seed: 0,
-    batchSize: opts.batchSize,
-  });
-  return scoreExactMatch(tasks, answers);
+): Promise<ExactMatchScore & { answers: string[] }> {
+  const answers = await greedyAnswers(
+    model,
+    tok,
+    tasks.map((t) => t.prompt),
+    opts,
+  );
+  return { ...scoreExactMatch(tasks, answers), answers };
 }
 
 /** How a model is evaluated on held-out data: prompt format, truncation, batch sizes, answer length. */
@@ -71,6 +85,9 @@ export interface TaskEval {
   heldoutLogp: number;
   /** Exact match per task family. */
   byTask: Record<string, number>;
+  /** Word problems only (word_eval.ts teacherStats): the teacher's mean log-likelihood of the greedy solutions it can write, and the fraction it cannot. */
+  teacherLogp?: number | null;
+  teacherImpossible?: number;
 }
 
 export async function evaluateTasks(
@@ -95,6 +112,7 @@ export async function evaluateTasks(
     exactMatch: em.accuracy,
     heldoutLogp: lp,
     byTask: Object.fromEntries(Object.entries(em.byTask).map(([k, v]) => [k, v.accuracy])),
+    ...(areWordProblems(tasks) ? teacherStats(tasks, em.answers) : {}),
   };
 }
 
@@ -104,15 +122,16 @@ export const areTasks = (rows: readonly { prompt: string; real: string }[]): boo
 
 /**
  * Held-out pairs of any data (`spinlm run --eval_data`): `heldout_logp`, the mean real-answer log-prob
- * per token, and for synthetic tasks (rows with a "task" field) `exact_match` of greedy answers.
+ * per token, and for synthetic tasks (rows with a "task" field) `exact_match` of greedy answers (final-answer
+ * accuracy for word problems, with `teacher_logp` and `teacher_impossible`: word_eval.ts teacherStats).
  */
 export async function evaluateHeldout(
   model: LlamaModel,
   tok: HfTokenizer,
   pairs: readonly { prompt: string; real: string }[],
   s: EvalSettings,
-): Promise<{ heldout_logp: number; exact_match?: number }> {
-  const r: { heldout_logp: number; exact_match?: number } = {
+): Promise<{ heldout_logp: number; exact_match?: number; teacher_logp?: number | null; teacher_impossible?: number }> {
+  const r: { heldout_logp: number; exact_match?: number; teacher_logp?: number | null; teacher_impossible?: number } = {
     heldout_logp: await heldoutLogp(model, tok, pairs, { ...s.truncation, template: s.template, batchSize: s.logpBatchSize }),
   };
   if (areTasks(pairs)) {
@@ -124,6 +143,11 @@ export async function evaluateHeldout(
       stopIds: s.stopIds,
     });
     r.exact_match = em.accuracy;
+    if (areWordProblems(tasks)) {
+      const t = teacherStats(tasks, em.answers);
+      r.teacher_logp = t.teacherLogp;
+      r.teacher_impossible = t.teacherImpossible;
+    }
   }
   return r;
 }

@@ -26,6 +26,9 @@ export interface SweepEval {
   /** Mean over the iteration's optimizer steps of rewards/real and rewards/generated (null: the sft objective). */
   rewardsReal?: number | null;
   rewardsGenerated?: number | null;
+  /** Word problems: the teacher's mean log-likelihood of the greedy held-out solutions it can write, and the fraction it cannot (evaluate.ts TaskEval). */
+  teacherLogp?: number | null;
+  teacherImpossible?: number;
 }
 
 export interface SweepRecord {
@@ -73,6 +76,9 @@ export interface SweepRow {
   generatedEqualsReal: MeanSe | null;
   rewardsReal: MeanSe | null;
   rewardsGenerated: MeanSe | null;
+  /** Word problems only (null otherwise). */
+  teacherLogp?: MeanSe | null;
+  teacherImpossible?: MeanSe | null;
 }
 
 export interface SweepTaskRow {
@@ -150,6 +156,8 @@ export function summarizeSweep(input: {
         generatedEqualsReal: orNull(bySeed(mine, (e) => e.generatedEqualsReal)),
         rewardsReal: orNull(bySeed(mine, (e) => e.rewardsReal)),
         rewardsGenerated: orNull(bySeed(mine, (e) => e.rewardsGenerated)),
+        teacherLogp: orNull(bySeed(mine, (e) => e.teacherLogp)),
+        teacherImpossible: orNull(bySeed(mine, (e) => e.teacherImpossible)),
       });
     }
   }
@@ -205,8 +213,12 @@ export function sweepTable(s: SweepSummary): string {
     'rewards/real',
     'rewards/generated',
   ];
+  // word problems: two more columns, the teacher's log-likelihood of the greedy solutions and the fraction it cannot write
+  const teacher = s.theta0.teacherImpossible !== undefined;
+  if (teacher) head.push('teacher log-lik.', 'teacher cannot write');
+  const t0 = teacher ? ` ${f(s.theta0.teacherLogp, 2)} | ${f(s.theta0.teacherImpossible, 3)} |` : '';
   const lines = [`| ${head.join(' | ')} |`, `| ${head.map(() => '---').join(' | ')} |`];
-  lines.push(`| θ0 | 0 | - | ${f(s.theta0.exactMatch)} | - | - | - | ${f(s.theta0.heldoutLogp)} | - | - | - |`);
+  lines.push(`| θ0 | 0 | - | ${f(s.theta0.exactMatch)} | - | - | - | ${f(s.theta0.heldoutLogp)} | - | - | - |${t0}`);
   for (const r of s.rows) {
     lines.push(
       `| ${[
@@ -221,12 +233,15 @@ export function sweepTable(s: SweepSummary): string {
         f(r.generatedEqualsReal?.mean, 3),
         f(r.rewardsReal?.mean),
         f(r.rewardsGenerated?.mean),
+        ...(teacher ? [f(r.teacherLogp?.mean, 2), f(r.teacherImpossible?.mean, 3)] : []),
       ].join(' | ')} |`,
     );
   }
   // a diverged run: its arm's rows above have one seed fewer from this iteration on
   for (const x of s.failed ?? [])
-    lines.push(`| ${x.arm} | ${x.iteration + 1} | failed: seed ${x.seed} diverged | - | - | - | - | - | - | - | - |`);
+    lines.push(
+      `| ${x.arm} | ${x.iteration + 1} | failed: seed ${x.seed} diverged | - | - | - | - | - | - | - | - |${teacher ? ' - | - |' : ''}`,
+    );
   return lines.join('\n');
 }
 
@@ -307,6 +322,13 @@ export function sweepMarkdown(s: SweepSummary): string {
     '  (after trimming whitespace); such pairs carry no gradient in the SPIN loss. "-": the arm has no opponent (sft).',
     '- rewards/real, rewards/generated: beta (S(θ, y) - S(ref, y)) of the real and the generated answers, averaged over',
     "  the iteration's optimizer steps as the trainer logs them.",
+    ...(s.theta0.teacherImpossible !== undefined
+      ? [
+          '- word problems: exact match is final-answer accuracy (any solution with the right final answer counts);',
+          "  teacher log-lik.: the teacher's exact log-probability (nats per solution) of the greedy held-out solutions it can",
+          '  write, mean over those; teacher cannot write: the fraction of greedy solutions with teacher probability 0.',
+        ]
+      : []),
     ...((s.failed ?? []).length > 0
       ? ['', '## Failed runs', '', ...s.failed.map((x) => `- ${x.arm} seed ${x.seed}, iteration ${x.iteration + 1}: ${x.message}`)]
       : []),
