@@ -14,6 +14,9 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
+import { generate } from '../src/generate/generate.js';
+import { LlamaDecoder } from '../src/model/decoder.js';
+import { initLlama } from '../src/model/init.js';
 import type { Backend } from '../src/backend/backend.js';
 import * as ops from '../src/ops/index.js';
 import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
@@ -22,6 +25,7 @@ import { cpuReference } from './helpers/backends.js';
 import { IGNORE, relErr } from './helpers/loss_ref.js';
 import { matmulRef } from './helpers/model_ref.js';
 import { randn, withSeed } from './helpers/random.js';
+import { tinyConfig } from './helpers/tiny_model.js';
 import type { Rng } from '../src/util/rng.js';
 
 const emu = new CudaBackend({ emulated: true, poison: true });
@@ -58,6 +62,11 @@ describe('row-invariant bf16 GEMM on tensor cores (cuda-emu)', () => {
         [rng.int(1, 64), rng.int(1, 80), rng.int(1, 200)],
         [9, 40, 600],
         [2, 17, rng.int(513, 1100)],
+        // K split in 4 (n < 2048 columns: k_split), rows past one 1024-row launch of split K
+        [4, 100, 1600],
+        [1030, 40, 530],
+        // n >= 2048: no split, two chunks of K in one block
+        [3, 2050, 600],
       ];
       for (const [m, n, k] of shapes) {
         const ctx = `m=${m} n=${n} k=${k}`;
@@ -83,25 +92,30 @@ describe('row-invariant bf16 GEMM on tensor cores (cuda-emu)', () => {
 
   test('a row alone equals the same row inside batches of 7, 16, 33, 64 and 100 rows at any position, bit for bit', () =>
     withSeed(async (rng) => {
-      const n = rng.int(33, 70),
-        k = rng.int(530, 700); // past one chunk of B
-      const b = weight(rng, n, k);
-      const row = randn(rng, k);
-      const alone = await product(row, 1, b.t);
-      for (const m of [7, 16, 33, 64, 100]) {
-        for (const pos of new Set([0, m - 1, rng.int(0, m - 1)])) {
-          const a = randn(rng, m * k);
-          a.set(row, pos * k);
-          const got = await product(a, m, b.t);
-          assert.deepEqual(got.slice(pos * n, (pos + 1) * n), alone, `m=${m} row ${pos} (n=${n} k=${k})`);
-        }
-      }
+      // K past one chunk of B; n below 2048 (K split in two) and above (one block walks both chunks)
+      // (the second, slow under the emulator, with fewer batches)
+      await rowInvariance(rng, rng.int(33, 70), rng.int(530, 700), [7, 16, 33, 64, 100]);
+      await rowInvariance(rng, rng.int(2048, 2100), rng.int(513, 560), [33, 100]);
     }));
+
+  async function rowInvariance(rng: Rng, n: number, k: number, sizes: number[]) {
+    const b = weight(rng, n, k);
+    const row = randn(rng, k);
+    const alone = await product(row, 1, b.t);
+    for (const m of sizes) {
+      for (const pos of new Set([0, m - 1, rng.int(0, m - 1)])) {
+        const a = randn(rng, m * k);
+        a.set(row, pos * k);
+        const got = await product(a, m, b.t);
+        assert.deepEqual(got.slice(pos * n, (pos + 1) * n), alone, `m=${m} row ${pos} (n=${n} k=${k})`);
+      }
+    }
+  }
 
   test('linears: each output equals its own matmul bit for bit (a rounded once for all weights)', () =>
     withSeed(async (rng) => {
       const m = rng.int(1, 40),
-        k = rng.int(1, 300);
+        k = rng.int(1, 700);
       const ws = [weight(rng, rng.int(1, 70), k), weight(rng, rng.int(1, 40), k), weight(rng, 32, k)];
       const a = randn(rng, m * k);
       const outs = ops.linears(
@@ -141,5 +155,28 @@ describe('row-invariant bf16 GEMM on tensor cores (cuda-emu)', () => {
       const r = rng.int(0, n - 1);
       const one = await run(emu, r, r + 1);
       assert.deepEqual([one.logp[0], one.lse[0]], [got.logp[r], got.lse[r]], `row ${r} alone (n=${n} hd=${hd} v=${v})`);
+    }));
+
+  test('generation with bf16 compute: the same text for each prompt generated alone and inside a batch (sampled and greedy)', () =>
+    withSeed(async (rng) => {
+      // hidden 72 (K not a multiple of 16), bf16 weights: every linear layer and the head on tensor cores
+      const model = initLlama(emu, tinyConfig({ hidden: 72, heads: 4, kvHeads: 2, intermediate: 100, vocab: 50 }), {
+        seed: rng.int(0, 1e9),
+        std: 0.1,
+        randomizeAll: true,
+        dtype: 'bf16',
+      });
+      const dec = new LlamaDecoder(model, 'f32', 'bf16');
+      try {
+        const prompts = Array.from({ length: 5 }, () => Array.from({ length: rng.int(1, 12) }, () => rng.int(3, 49)));
+        for (const temperature of [1, 0]) {
+          const o = { temperature, topK: 0, topP: 1, maxNewTokens: 6, eosIds: [2], seed: rng.int(0, 1e6) };
+          const batched = await generate(dec, prompts, { ...o, batchSize: 5 });
+          const alone = await generate(dec, prompts, { ...o, batchSize: 1 });
+          assert.deepEqual(alone, batched, `temperature ${temperature}`);
+        }
+      } finally {
+        model.weights.free();
+      }
     }));
 });
