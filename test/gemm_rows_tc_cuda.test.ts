@@ -62,10 +62,10 @@ describe('row-invariant bf16 GEMM on tensor cores (cuda-emu)', () => {
         [rng.int(1, 64), rng.int(1, 80), rng.int(1, 200)],
         [9, 40, 600],
         [2, 17, rng.int(513, 1100)],
-        // K split in 4 (n < 2048 columns: k_split), rows past one 1024-row launch of split K
+        // K split in 4 (fewer than 128 column blocks of 32: k_split), rows past one 1024-row launch of split K
         [4, 100, 1600],
         [1030, 40, 530],
-        // n >= 2048: no split, two chunks of K in one block
+        // 65 column blocks: no split, two chunks of K in one block
         [3, 2050, 600],
       ];
       for (const [m, n, k] of shapes) {
@@ -92,10 +92,10 @@ describe('row-invariant bf16 GEMM on tensor cores (cuda-emu)', () => {
 
   test('a row alone equals the same row inside batches of 7, 16, 33, 64 and 100 rows at any position, bit for bit', () =>
     withSeed(async (rng) => {
-      // K past one chunk of B; n below 2048 (K split in two) and above (one block walks both chunks)
+      // K past one chunk of B; n of 2-3 column blocks (K split in two) and of 65 or more (no split: one block walks both chunks)
       // (the second, slow under the emulator, with fewer batches)
       await rowInvariance(rng, rng.int(33, 70), rng.int(530, 700), [7, 16, 33, 64, 100]);
-      await rowInvariance(rng, rng.int(2048, 2100), rng.int(513, 560), [33, 100]);
+      await rowInvariance(rng, rng.int(2049, 2100), rng.int(513, 560), [33, 100]);
     }));
 
   async function rowInvariance(rng: Rng, n: number, k: number, sizes: number[]) {

@@ -44,7 +44,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kBK = 512;                        // K per chunk of B in shared memory
 constexpr int kLdw = kBK + 8;                   // its row stride (bf16)
 constexpr int kVecs = kBN * kBK / 8 / kThreads;  // 16-byte vectors of B per thread per chunk
-constexpr int64_t kSplitBlocks = 128;  // split K when N has fewer column blocks than half this (k_split)
+constexpr int64_t kSplitBlocks = 128;  // split K when N has fewer column blocks than this (k_split)
 constexpr int64_t kSplitRows = 1024;   // rows per launch under split K (bounds the partial sums' memory)
 constexpr int kRedWarps = kWarps / 2;            // partial sums in shared memory at once (the tree)
 constexpr size_t kSmemW = static_cast<size_t>(kBN) * kLdw * 2;
@@ -213,7 +213,7 @@ struct KSplit {
 };
 KSplit k_split(int64_t n, int64_t kp) {
   const int64_t chunks = (kp + kBK - 1) / kBK, blocks = (n + kBN - 1) / kBN;
-  if (chunks <= 1 || blocks >= kSplitBlocks / 2) return {chunks > 0 ? chunks : 1, 1};
+  if (chunks <= 1 || blocks >= kSplitBlocks) return {chunks > 0 ? chunks : 1, 1};
   const int64_t want = std::min(chunks, kSplitBlocks / blocks), per = (chunks + want - 1) / want;
   return {per, (chunks + per - 1) / per};
 }
