@@ -7,7 +7,8 @@
 // on B, never on M, the other rows or the row's position. Everything that fixes an element's sum is a
 // constant of this file: the block tile (kBN columns x kBM rows), the k order (warp w of kWarps sums the
 // 16-wide k tiles w, w + kWarps, w + 2 kWarps, ... of K with WMMA m16n16k16 in increasing order), and
-// the reduction of the kWarps partial sums (a fixed tree: w += w + 4, w += w + 2, w += w + 1). M only
+// the reduction of the kWarps partial sums (a fixed tree: w += w + 4, w += w + 2, w += w + 1), and the
+// split of K across blocks (k_split: from N and K only; the splits' sums added in order). M only
 // decides how many 16-row fragments a block computes (those holding rows < M) and how many row blocks
 // the grid has; rows past M are zeros in the rounded copy of A. No split of K depends on M.
 //
