@@ -4,7 +4,8 @@
 //
 // Forward: for each panel of kPanel vocabulary columns (in order), for each chunk of kRows rows, the
 // panel's logits come from the row-invariant tiled GEMM (gemm.cu: each output one thread's sum over k
-// in order, whatever m), into a device scratch [rows, panel]; head_panel_kernel (one block per row,
+// in order, whatever m; with bf16 compute and bf16 w the tensor-core one of gemm_rows_tc.cu, h rounded once),
+// into a device scratch [rows, panel]; head_panel_kernel (one block per row,
 // a fixed column-to-thread split and a fixed reduction order) soft-caps them, reduces the row's
 // panel to a (max, sum) pair and merges it into the row's running pair in device memory, and keeps
 // the target's logit when its column is in the panel; head_finish_kernel writes lse and logp. So a
@@ -147,9 +148,11 @@ const void* w_rows(const void* w, DType wdt, int64_t row, int64_t hdim) {
 }  // namespace
 
 void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v, const int32_t* targets,
-                  float softcap, bool /*row_invariant: always*/, bool /*compute_bf16: refused by the binding (kComputeBf16Kernel)*/,
-                  float* logp, float* lse) {
+                  float softcap, bool /*row_invariant: always*/, bool compute_bf16, float* logp, float* lse) {
   if (n == 0) return;
+  // bf16 compute with bf16 w (the CPU's rule): h rounded once, the panels on tensor cores (gemm_rows_tc.cu)
+  const bool tc = compute_bf16 && wdt == DType::kBF16;
+  const RowsTcA hr = tc ? rows_tc_round(n, hdim, h, hdim) : RowsTcA{};
   // state [2, n] (running max, sum), then zy [n] (the target's logit)
   DeviceScratch state(static_cast<size_t>(n) * 3 * sizeof(float), "headLogprob");
   float* zy = state.f32() + 2 * n;
@@ -158,8 +161,12 @@ void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType 
     const int64_t vc = std::min(kPanel, v - v0);
     for (int64_t r0 = 0; r0 < n; r0 += kRows) {
       const int64_t rc = std::min(kRows, n - r0);
-      matmul(false, true, rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, w_rows(w, wdt, v0, hdim), wdt, hdim, 0.0f, z.f32(), vc,
-             /*row_invariant=*/true);
+      if (tc)
+        rows_tc_gemm(RowsTcA{hr.p ? hr.p + r0 * hr.kp : nullptr, rc, hdim, hr.kp}, vc, 1.0f,
+                     static_cast<const uint16_t*>(w_rows(w, wdt, v0, hdim)), hdim, 0.0f, z.f32(), vc);
+      else
+        matmul(false, true, rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, w_rows(w, wdt, v0, hdim), wdt, hdim, 0.0f, z.f32(), vc,
+               /*row_invariant=*/true);
       SPIN_LAUNCH(head_panel_kernel, dim3(static_cast<unsigned>(rc)), dim3(kThreads), 0, stream(),
                   static_cast<const float*>(z.f32()), vc, r0, n, v0, v, targets, softcap, v0 == 0 ? 1 : 0, state.f32(), zy);
     }

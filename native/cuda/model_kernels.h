@@ -11,6 +11,18 @@ namespace spinlm::cuda {
 // summation order, by shape; the tiled kernel sums every element over k in order, whatever M is).
 void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
             int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant = false);
+// bf16 compute's row-invariant GEMM on tensor cores (gemm_rows_tc.cu): C[M, N] = alpha bf16(A)[M, K]
+// B[N, K]^T (+ beta C), B bf16, f32 accumulation; each row of C depends only on its row of A and on B.
+// rows_tc_round rounds A once into the runtime's scratch (valid until the next scratch() user), laid out
+// as rows_tc_gemm reads it; several rows_tc_gemm calls may share one (the fused projections).
+struct RowsTcA {
+  const uint16_t* p;  // [ceil(m / 16) * 16, kp] bf16, zeros past m rows and k columns
+  int64_t m, k, kp;   // kp = ceil(k / 16) * 16
+};
+RowsTcA rows_tc_round(int64_t m, int64_t k, const float* a, int64_t lda);
+void rows_tc_gemm(const RowsTcA& a, int64_t n, float alpha, const uint16_t* b, int64_t ldb, float beta, float* c, int64_t ldc);
+void matmul_rows_tc(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const uint16_t* b, int64_t ldb,
+                    float beta, float* c, int64_t ldc);
 // Here the vocabulary size is an argument too: ids are checked on the device.
 void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t vocab, int64_t h, float* out);
 void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t vocab, int64_t h, float* dtable);

@@ -13,7 +13,7 @@ import { cudaEmulatorNative, cudaNative, type CudaNative } from './native.js';
 export class CudaBackend extends NativeKernels implements Backend {
   readonly name: 'cuda' | 'cuda-emu';
   readonly native: CudaNative;
-  protected readonly nativeBf16Compute = false; // bf16 compute rounds a first (bf16_compute.ts), then the f32 GEMM
+  protected readonly nativeBf16Compute = true; // bf16 compute: the tensor-core row-invariant GEMM (gemm_rows_tc.cu)
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 
