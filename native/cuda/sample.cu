@@ -405,7 +405,32 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(SPIN_GP(const float) l
   if (tid == 0) out[r] = sorted[draw.at < kept ? draw.at : kept - 1];
 }
 
+#ifdef SPINLM_CUDA_EMU
+// The emulator's test hook (emu/selftest_emu.cc sampleReplaySum): out = {the whole sum, the first i
+// where the running sum reaches `bound` (n if never), the running sum there}.
+__global__ void __launch_bounds__(kThreads) replay_check_kernel(SPIN_GP(const double) vals, int64_t n, double bound,
+                                                               SPIN_GP(double) out) {
+  SPIN_SHARED(int64_t, p64, kWarps);
+  SPIN_SHARED(int, p32, kWarps);
+  SPIN_SHARED(int64_t, bcast, 1);
+  const double z = replay_sum(vals, n, [](double) { return false; }, &p64[0], &p32[0], &bcast[0]).sum;
+  const Replay cut = replay_sum(vals, n, [bound](double s) { return !(s < bound); }, &p64[0], &p32[0], &bcast[0]);
+  if (threadIdx.x == 0) {
+    out[0] = z;
+    out[1] = static_cast<double>(cut.at);
+    out[2] = cut.sum;
+  }
+}
+#endif
+
 }  // namespace
+
+#ifdef SPINLM_CUDA_EMU
+void sample_replay_check(const double* vals, int64_t n, double bound, double* out) {
+  SPIN_LAUNCH(replay_check_kernel, dim3(1), dim3(kThreads), 0, stream(), vals, n, bound, out);
+  check_launch("sampleReplaySum");
+}
+#endif
 
 void sample_tokens(const float* logits, int64_t b, int64_t v, int64_t limit, int32_t* rng, const int32_t* active,
                    double temperature, int64_t top_k, double top_p, int32_t* out) {
