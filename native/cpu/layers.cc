@@ -13,7 +13,7 @@ namespace spinlm {
 namespace {
 
 constexpr int64_t kGrain = 1 << 14;  // elements per task for elementwise loops
-constexpr int64_t kRowChunk = 64;    // rows per partial sum of column reductions (fixed: deterministic)
+constexpr int64_t kRowChunk = kColumnChunkRows;  // rows per partial sum of column reductions (common.h)
 
 inline float load(const void* p, DType dt, int64_t i) {
   return dt == DType::kBF16 ? bf16_to_f32(static_cast<const uint16_t*>(p)[i]) : static_cast<const float*>(p)[i];

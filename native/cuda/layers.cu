@@ -1,7 +1,8 @@
 // Elementwise and per-row kernels of the Llama layers: embedding (and a deterministic backward:
-// each thread owns a column and walks the tokens in order), RMSNorm (one block per row, double
-// sums; Gemma's 1 + w), RoPE, SwiGLU and GeGLU, residual adds, biases, KV-cache scatter. Column reductions (weight and bias
-// gradients) sum rows in a fixed order: no atomics.
+// each table value gets its adds in token order, blocks split by column tile and id bucket), RMSNorm
+// (one block per row, double sums; Gemma's 1 + w), RoPE, SwiGLU and GeGLU, residual adds, biases,
+// KV-cache scatter. Column reductions (weight and bias gradients) are two passes over chunks of rows in
+// the CPU backend's order, so their bits equal the CPU's: no atomics.
 #include <algorithm>
 #include <cmath>
 
@@ -33,17 +34,26 @@ __global__ void embedding_kernel(SPIN_GP(const int32_t) ids, int64_t t, SPIN_GP(
   }
 }
 
-// Each thread owns one column: a bad id anywhere skips the whole op (as the CPU backend does).
-__global__ void embedding_backward_kernel(SPIN_GP(const int32_t) ids, int64_t t, SPIN_GP(const float) dout, int64_t vocab,
-                                          int64_t h, SPIN_GP(float) dtable, SPIN_GP(uint32_t) err) {
-  SPIN_GRID_STRIDE(j, h) {
-    bool bad = false;
-    for (int64_t r = 0; r < t; ++r) bad |= ids[r] < 0 || ids[r] >= vocab;
-    if (bad) {
-      if (j == 0) atomicOr(err, static_cast<uint32_t>(kErrTokenIds));
-      continue;
-    }
-    for (int64_t r = 0; r < t; ++r) dtable[row_offset(ids[r], h) + j] += dout[row_offset(r, h) + j];
+// embeddingBackward: dtable[ids[r]] += dout[r] for the tokens in order, f32 adds, as the CPU does.
+// blockIdx.x: a tile of columns (a thread per column); blockIdx.y: a bucket of table rows (id % buckets):
+// each table value still gets its adds in token order from one thread, so the bits do not depend on
+// the bucket count, and buckets x column tiles blocks fill the device where the columns alone would
+// not (4096 columns are 16 blocks). A bad id anywhere skips the whole op (as the CPU backend does).
+__global__ void __launch_bounds__(kThreads) embedding_backward_kernel(SPIN_GP(const int32_t) ids, int64_t t,
+                                                                     SPIN_GP(const float) dout, int64_t vocab, int64_t h,
+                                                                     SPIN_GP(float) dtable, SPIN_GP(uint32_t) err) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(kThreads) + threadIdx.x;
+  const int64_t buckets = gridDim.y, bucket = blockIdx.y;
+  bool bad = false;
+  for (int64_t r = 0; r < t; ++r) bad |= ids[r] < 0 || ids[r] >= vocab;
+  if (bad) {
+    if (j == 0 && bucket == 0) atomicOr(err, static_cast<uint32_t>(kErrTokenIds));
+    return;
+  }
+  if (j >= h) return;
+  for (int64_t r = 0; r < t; ++r) {
+    const int32_t id = ids[r];
+    if (id % buckets == bucket) dtable[row_offset(id, h) + j] += dout[row_offset(r, h) + j];
   }
 }
 
@@ -95,21 +105,41 @@ __global__ void __launch_bounds__(kThreads) rmsnorm_backward_kernel(SPIN_GP(cons
   for (int64_t j = threadIdx.x; j < h; j += kThreads) dr[j] = rs * norm_scale(to_f32(w[j]), unit_offset) * gr[j] - xr[j] * c;
 }
 
-// acc[j] += sum over rows of f(r, j), rows in order, one thread per column (deterministic).
-__global__ void rmsnorm_dw_kernel(SPIN_GP(const float) x, SPIN_GP(const float) rstd, SPIN_GP(const float) dy, int64_t t,
-                                  int64_t h, SPIN_GP(float) dw) {
-  SPIN_GRID_STRIDE(j, h) {
-    double s = 0;
-    for (int64_t r = 0; r < t; ++r) s += static_cast<double>(dy[r * h + j]) * x[r * h + j] * rstd[r];
-    dw[j] += static_cast<float>(s);
+// Column reductions (rmsnorm's dw, a bias's gradient): acc[j] += float(sum over rows r of f(r, j)) in
+// the CPU backend's order (native/cpu/layers.cc column_reduce), so the bits equal the CPU's: each chunk
+// of kColumnChunkRows rows summed in row order in float64 (pass 1: a block per (column tile, chunk),
+// a thread per column, coalesced row reads), then the chunks' partials in chunk order (pass 2, one
+// thread per column). No atomics; the grid is a function of the shape alone. With one chunk, pass 1
+// adds into acc itself (0 + p is p: the same bits).
+template <bool kRms>
+__device__ __forceinline__ double column_term(SPIN_GP(const float) dy, SPIN_GP(const float) x, SPIN_GP(const float) rstd,
+                                              int64_t r, int64_t i) {
+  if constexpr (kRms) return static_cast<double>(dy[i]) * x[i] * rstd[r];
+  else return static_cast<double>(dy[i]);
+}
+
+template <bool kRms>
+__global__ void __launch_bounds__(kThreads) column_partial_kernel(SPIN_GP(const float) dy, SPIN_GP(const float) x,
+                                                                 SPIN_GP(const float) rstd, int64_t t, int64_t n,
+                                                                 SPIN_GP(double) partial, SPIN_GP(float) acc, int direct) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= n) return;
+  const int64_t chunks = (t + kColumnChunkRows - 1) / kColumnChunkRows;
+  for (int64_t c = blockIdx.y; c < chunks; c += gridDim.y) {
+    const int64_t r1 = (c + 1) * kColumnChunkRows < t ? (c + 1) * kColumnChunkRows : t;
+    double p = 0;
+    for (int64_t r = c * kColumnChunkRows; r < r1; ++r) p += column_term<kRms>(dy, x, rstd, r, row_offset(r, n) + j);
+    if (direct) acc[j] += static_cast<float>(p);
+    else partial[row_offset(c, n) + j] = p;
   }
 }
 
-__global__ void bias_backward_kernel(SPIN_GP(const float) dy, int64_t t, int64_t n, SPIN_GP(float) dbias) {
+__global__ void __launch_bounds__(kThreads) column_finish_kernel(SPIN_GP(const double) partial, int64_t chunks, int64_t n,
+                                                                SPIN_GP(float) acc) {
   SPIN_GRID_STRIDE(j, n) {
     double s = 0;
-    for (int64_t r = 0; r < t; ++r) s += static_cast<double>(dy[r * n + j]);
-    dbias[j] += static_cast<float>(s);
+    for (int64_t c = 0; c < chunks; ++c) s += partial[row_offset(c, n) + j];
+    acc[j] += static_cast<float>(s);
   }
 }
 
@@ -226,8 +256,25 @@ void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64
 
 void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t vocab, int64_t h, float* dtable) {
   if (t == 0 || h == 0) return;
-  SPIN_LAUNCH(embedding_backward_kernel, grid_for(h), dim3(kThreads), 0, stream(), ids, t, dout, vocab, h, dtable, error_word());
+  const int64_t tiles = (h + kThreads - 1) / kThreads;
+  // about 4 blocks per multiprocessor; at most one bucket per table row, and no more than 64 (each block reads all t ids)
+  int64_t buckets = (4 * static_cast<int64_t>(sm_count()) + tiles - 1) / tiles;
+  buckets = std::max<int64_t>(1, std::min<int64_t>({buckets, vocab, 64}));
+  SPIN_LAUNCH(embedding_backward_kernel, dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(buckets)), dim3(kThreads), 0,
+              stream(), ids, t, dout, vocab, h, dtable, error_word());
   check_launch("embeddingBackward");
+}
+
+// acc[j] += the column sums of f over t rows (column_partial_kernel): pass 1, then pass 2 when there
+// is more than one chunk. x and rstd are read only for rmsnorm's dw (kRms).
+template <bool kRms>
+void column_reduce(const float* dy, const float* x, const float* rstd, int64_t t, int64_t n, float* acc, const char* op) {
+  const int64_t chunks = (t + kColumnChunkRows - 1) / kColumnChunkRows;
+  const unsigned threads = static_cast<unsigned>(std::min<int64_t>(kThreads, (n + 31) / 32 * 32));  // few columns: small blocks
+  const dim3 grid(static_cast<unsigned>((n + threads - 1) / threads), static_cast<unsigned>(std::min<int64_t>(chunks, 65535)));
+  double* partial = chunks > 1 ? static_cast<double*>(scratch(static_cast<size_t>(chunks * n) * sizeof(double), op)) : nullptr;
+  SPIN_LAUNCH(column_partial_kernel<kRms>, grid, dim3(threads), 0, stream(), dy, x, rstd, t, n, partial, acc, chunks > 1 ? 0 : 1);
+  if (chunks > 1) SPIN_LAUNCH(column_finish_kernel, grid_for(n), dim3(kThreads), 0, stream(), partial, chunks, n, acc);
 }
 
 void rmsnorm(const float* x, const void* w, DType w_dt, int64_t t, int64_t h, float eps, float* y, float* rstd, bool unit_offset) {
@@ -250,7 +297,7 @@ void rmsnorm_backward(const float* x, const void* w, DType w_dt, const float* rs
   else
     SPIN_LAUNCH(rmsnorm_backward_kernel<float>, dim3(static_cast<unsigned>(t)), dim3(kThreads), 0, stream(), x,
                 static_cast<const float*>(w), rstd, dy, h, dx, unit_offset);
-  if (dw) SPIN_LAUNCH(rmsnorm_dw_kernel, grid_for(h), dim3(kThreads), 0, stream(), x, rstd, dy, t, h, dw);
+  if (dw) column_reduce<true>(dy, x, rstd, t, h, dw, "rmsnormBackward");
   check_launch("rmsnormBackward");
 }
 
@@ -309,7 +356,7 @@ void add_bias(float* x, const void* bias, DType dt, int64_t t, int64_t n) {
 
 void bias_backward(const float* dy, int64_t t, int64_t n, float* dbias) {
   if (n == 0 || t == 0) return;
-  SPIN_LAUNCH(bias_backward_kernel, grid_for(n), dim3(kThreads), 0, stream(), dy, t, n, dbias);
+  column_reduce<false>(dy, dy, dy, t, n, dbias, "biasBackward");
   check_launch("biasBackward");
 }
 

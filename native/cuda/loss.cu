@@ -45,6 +45,38 @@ __global__ void __launch_bounds__(kRowThreads) logprob_gather_kernel(SPIN_GP(con
   }
 }
 
+// The 16 bytes at p (aligned) as kN = 16 / sizeof(T) floats.
+template <class T, class P, int kN>
+__device__ __forceinline__ void load_run(P p, float (&x)[kN]) {
+  if constexpr (sizeof(T) == 4) {
+    const float4 q = ld_vec<float4>(p);
+    x[0] = q.x;
+    x[1] = q.y;
+    x[2] = q.z;
+    x[3] = q.w;
+  } else {
+    const uint4 q = ld_vec<uint4>(p);
+    const unsigned w[4] = {q.x, q.y, q.z, q.w};
+    for (int k = 0; k < 4; ++k) {
+      x[2 * k] = bf16_to_f32(static_cast<uint16_t>(w[k] & 0xffffu));
+      x[2 * k + 1] = bf16_to_f32(static_cast<uint16_t>(w[k] >> 16));
+    }
+  }
+}
+
+// kN floats stored as O at p: 16-byte stores (two for 8 floats), or one 8-byte store for 4 bf16.
+template <class O, class P, int kN>
+__device__ __forceinline__ void store_run(P p, const float (&d)[kN]) {
+  if constexpr (sizeof(O) == 4) {
+    for (int k = 0; k < kN; k += 4) st_vec<float4>(p + k, float4{d[k], d[k + 1], d[k + 2], d[k + 3]});
+  } else {
+    uint32_t w[kN / 2];
+    for (int k = 0; k < kN / 2; ++k) w[k] = f32_to_bf16(d[2 * k]) | static_cast<uint32_t>(f32_to_bf16(d[2 * k + 1])) << 16;
+    if constexpr (kN == 8) st_vec<uint4>(p, uint4{w[0], w[1], w[2], w[3]});
+    else st_vec<uint64_t>(p, static_cast<uint64_t>(w[0]) | static_cast<uint64_t>(w[1]) << 32);
+  }
+}
+
 template <class T, class O>
 __global__ void __launch_bounds__(kRowThreads) logprob_gather_backward_kernel(
     SPIN_GA(const T) logits, int64_t v, SPIN_GP(const int32_t) targets, SPIN_GP(const float) lse,
@@ -63,11 +95,28 @@ __global__ void __launch_bounds__(kRowThreads) logprob_gather_backward_kernel(
   const auto row = logits + row_offset(r, v) + j0;
   const float l = lse[r], g = dlogp[r];
   const int64_t yl = y - j0;  // the target's column within this block's span (may be outside it)
+  const auto grad = [&](int64_t j, float x) { return j == yl ? g * -expm1f(x - l) : -g * expf(x - l); };
   // Each element is read and then written by the same thread, so out may be logits itself.
-  row_foreach<T>(row, len, threadIdx.x, kRowThreads, [&](int64_t j, float x) {
-    const float d = j == yl ? g * -expm1f(x - l) : -g * expf(x - l);
-    orow[j] = from_f32<O>(d);
-  });
+  // As row_foreach: a scalar head up to the loads' 16-byte alignment, 16-byte loads, a scalar tail; each
+  // 16-byte load's results leave in 16-byte stores (8 for f32 logits into bf16) when out lines up.
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr uintptr_t kStore = kVec * sizeof(O) < 16 ? kVec * sizeof(O) : 16;
+  int64_t head = static_cast<int64_t>(((16 - SPIN_ADDR(row) % 16) % 16) / sizeof(T));
+  if (head > len) head = len;
+  if ((SPIN_ADDR(orow) + head * sizeof(O)) % kStore != 0) {  // out does not line up with the loads: scalar stores
+    row_foreach<T>(row, len, threadIdx.x, kRowThreads, [&](int64_t j, float x) { orow[j] = from_f32<O>(grad(j, x)); });
+    return;
+  }
+  for (int64_t j = threadIdx.x; j < head; j += kRowThreads) orow[j] = from_f32<O>(grad(j, to_f32(row[j])));
+  const int64_t nvec = (len - head) / kVec;
+  for (int64_t i = threadIdx.x; i < nvec; i += kRowThreads) {
+    const int64_t j = head + i * kVec;
+    float d[kVec];
+    load_run<T>(row + j, d);
+    for (int k = 0; k < kVec; ++k) d[k] = grad(j + k, d[k]);
+    store_run<O>(orow + j, d);
+  }
+  for (int64_t j = head + nvec * kVec + threadIdx.x; j < len; j += kRowThreads) orow[j] = from_f32<O>(grad(j, to_f32(row[j])));
 }
 
 // Split vocabulary, pass 1: block (r, s) reduces columns [s * chunk, (s + 1) * chunk) of row r to a

@@ -16,6 +16,11 @@ namespace spinlm {
 // Target value that marks a token as carrying no loss (PyTorch's ignore_index).
 constexpr int32_t kIgnoreIndex = -100;
 
+// Rows per partial sum of the column reductions (weight and bias gradients): a column sums each chunk
+// of this many rows in row order, then the chunks in order, in float64. Fixed, and the same on the CPU
+// (native/cpu/layers.cc) and CUDA (native/cuda/layers.cu): the two backends give the same bits.
+constexpr int64_t kColumnChunkRows = 64;
+
 // Largest rope table (head_dim / 2): the CUDA kernel takes the inverse frequencies by value (1 KiB).
 constexpr int64_t kRopeMaxHalf = 256;
 

@@ -12,6 +12,10 @@
 #include "../../napi_util.h"
 #include "../runtime.h"
 
+namespace spinlm::cuda {
+void sample_replay_check(const double* vals, int64_t n, double bound, double* out);  // sample.cu (emulator only)
+}
+
 namespace spinlm::cuda::selftest {
 std::string wmma_case(const std::string& name, float* x);  // selftest_wmma_emu.cc
 namespace {
@@ -408,6 +412,30 @@ Napi::Value GatherPlanOf(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// sampleReplaySum(vals: Float64Array, bound) -> [sum, at, sum at] from sample.cu's block-wide replay of
+// the sequential float64 sum (sample_replay_check), to compare bit for bit with one thread's loop.
+Napi::Value SampleReplaySum(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  init();
+  const Napi::Float64Array a = info[0].As<Napi::Float64Array>();
+  const int64_t n = static_cast<int64_t>(a.ElementLength());
+  double* d = nullptr;
+  check(cudaMalloc(reinterpret_cast<void**>(&d), (n + 3) * sizeof(double)), "sampleReplaySum");
+  std::vector<double> h(3);
+  const std::string err = attempt([&] {
+    check(cudaMemcpyAsync(d, a.Data(), n * sizeof(double), cudaMemcpyHostToDevice, stream()), "upload");
+    sample_replay_check(d, n, info[1].As<Napi::Number>().DoubleValue(), d + n);
+    check(cudaMemcpyAsync(h.data(), d + n, 3 * sizeof(double), cudaMemcpyDeviceToHost, stream()), "read");
+    check(cudaStreamSynchronize(stream()), "sync");
+    return std::string();
+  });
+  cudaFree(d);
+  if (!err.empty()) throw Napi::Error::New(env, err);
+  Napi::Float64Array out = Napi::Float64Array::New(env, 3);
+  for (int i = 0; i < 3; ++i) out[i] = h[i];
+  return out;
+}
+
 }  // namespace
 
 void Register(Napi::Object exports) {
@@ -417,6 +445,7 @@ void Register(Napi::Object exports) {
   exports.Set("cublasLoad", Napi::Function::New(env, CublasLoad));
   exports.Set("gemmPlanReference", Napi::Function::New(env, GemmPlanReference));
   exports.Set("gatherPlan", Napi::Function::New(env, GatherPlanOf));
+  exports.Set("sampleReplaySum", Napi::Function::New(env, SampleReplaySum));
 }
 
 }  // namespace spinlm::cuda::selftest
