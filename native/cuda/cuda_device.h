@@ -54,17 +54,17 @@ T* View(Napi::Value v, const char* what, int64_t bytes) {
 namespace kern {
 using namespace ::spinlm::cuda;
 
-inline void matmul(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+inline void matmul(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a, DType adt, int64_t lda,
                    const void* b, DType bdt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant,
-                   bool /*compute_bf16: refused above, kComputeBf16Kernel*/) {
-  ::spinlm::cuda::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, row_invariant);
+                   bool compute_bf16) {
+  ::spinlm::cuda::matmul(ta, tb, m, n, k, alpha, a, adt, lda, b, bdt, ldb, beta, c, ldc, row_invariant, compute_bf16);
 }
 // One row-invariant tiled GEMM launch per weight on the stream.
 inline void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count,
-                             bool /*compute_bf16*/) {
+                             bool compute_bf16) {
   for (int i = 0; i < count; ++i)
-    ::spinlm::cuda::matmul(false, true, m, jobs[i].n, k, 1.0f, a, lda, jobs[i].b, jobs[i].b_dt, jobs[i].ldb, 0.0f,
-                           jobs[i].c, jobs[i].ldc, true);
+    ::spinlm::cuda::matmul(false, true, m, jobs[i].n, k, 1.0f, a, DType::kF32, lda, jobs[i].b, jobs[i].b_dt, jobs[i].ldb, 0.0f,
+                           jobs[i].c, jobs[i].ldc, true, compute_bf16);
 }
 }  // namespace kern
 
@@ -87,8 +87,9 @@ inline bool IndicesOutsideOnHost(const int32_t*, int64_t, int64_t, int64_t, int6
 // Attention spans live on the device: the kernels check them (kErrAttentionSpans).
 inline bool SpansInvalidOnHost(const int32_t*, int64_t, int64_t) { return false; }
 
-// bf16 compute rounds a first (src/backend/bf16_compute.ts) and then runs the f32 GEMM.
-inline constexpr bool kComputeBf16Kernel = false;
+// computeBf16 is a kernel here for every form and dtype mix (gemm.cu: cuBLASLt, or the tiled kernel on
+// bf16-rounded operands).
+inline bool ComputeBf16Kernel(bool, bool, DType, DType) { return true; }
 
 // cuBLAS takes 32-bit dimensions; the tiled kernel is the fallback past them.
 inline void CheckGemmDim(Napi::Env, int64_t, const char*) {}

@@ -9,8 +9,14 @@ namespace spinlm::cuda {
 
 // row_invariant: the tiled kernel even where cuBLAS would run (cuBLAS picks its algorithm, and so its
 // summation order, by shape; the tiled kernel sums every element over k in order, whatever M is).
-void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-            int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant = false);
+// compute_bf16 (computeDtype 'bf16'): a and b each f32 or bf16, both rounded to bf16, f32 sums
+// (cuBLASLt on a GPU unless row_invariant or SPINLM_CUDA_GEMM=tiled; gemm.cu). Without it a is f32.
+void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a, DType a_dt, int64_t lda,
+            const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant, bool compute_bf16);
+inline void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                   const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant = false) {
+  matmul(trans_a, trans_b, m, n, k, alpha, a, DType::kF32, lda, b, b_dt, ldb, beta, c, ldc, row_invariant, false);
+}
 // Here the vocabulary size is an argument too: ids are checked on the device.
 void embedding(const int32_t* ids, int64_t t, const void* table, DType dt, int64_t vocab, int64_t h, float* out);
 void embedding_backward(const int32_t* ids, int64_t t, const float* dout, int64_t vocab, int64_t h, float* dtable);
