@@ -26,9 +26,11 @@ namespace spinlm::napi {
 namespace kern {
 using namespace ::spinlm;
 
-inline void matmul(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+// a is f32 here (ComputeBf16Kernel refuses a bf16 a before the call).
+inline void matmul(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* av, DType /*adt*/, int64_t lda,
                    const void* b, DType bdt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant,
                    bool compute_bf16) {
+  const float* a = static_cast<const float*>(av);
   if (row_invariant || compute_bf16) ::spinlm::matmul_rows(m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, compute_bf16);
   else ::spinlm::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc);
 }
@@ -77,8 +79,11 @@ inline bool SpansInvalidOnHost(const int32_t* spans, int64_t b, int64_t l) {
   return false;
 }
 
-// matmul's computeBf16 is a kernel here (gemm_rows.cc).
-inline constexpr bool kComputeBf16Kernel = true;
+// computeBf16 is a kernel here for the linear layer form with an f32 a and a bf16 b (gemm_rows.cc);
+// bf16_compute.ts rounds the operands of every other form and runs the f32 GEMM.
+inline bool ComputeBf16Kernel(bool ta, bool tb, DType adt, DType bdt) {
+  return !ta && tb && adt == DType::kF32 && bdt == DType::kBF16;
+}
 
 // cblas takes int dimensions.
 inline void CheckGemmDim(Napi::Env env, int64_t x, const char* what) {

@@ -102,7 +102,8 @@ Napi::Value js::headLogprob(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const HeadArgs a = ReadHead(info);
   const bool row_invariant = info[8].ToBoolean(), bf16 = info[9].ToBoolean();
-  if (bf16 && !kComputeBf16Kernel) Throw(env, "headLogprob: computeBf16 is not a kernel of this device (bf16_compute.ts rounds h first)");
+  if (bf16 && !ComputeBf16Kernel(false, true, DType::kF32, a.wdt))
+    Throw(env, "headLogprob: this device's computeBf16 kernel needs a bf16 w (bf16_compute.ts rounds an f32 w first)");
   float* logp = View<float>(info[10], "logp", a.n * 4);
   float* lse = View<float>(info[11], "lse", a.n * 4);
   if (BadTargets(a.t, a.n, a.v)) {
@@ -113,7 +114,7 @@ Napi::Value js::headLogprob(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::head_logprob(a.h, a.n, a.hdim, a.w, a.wdt, a.v, a.t, a.softcap, row_invariant, bf16, logp, lse); });
 }
 
-// headLogprobBackward(h, n, hdim, w, wDtype, v, targets, softcap, lse, dlogp, dh, dw | null)
+// headLogprobBackward(h, n, hdim, w, wDtype, v, targets, softcap, lse, dlogp, dh, dw | null, computeBf16)
 Napi::Value js::headLogprobBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const HeadArgs a = ReadHead(info);
@@ -121,12 +122,13 @@ Napi::Value js::headLogprobBackward(const Napi::CallbackInfo& info) {
   const float* dlogp = View<float>(info[9], "dlogp", a.n * 4);
   float* dh = View<float>(info[10], "dh", a.n * a.hdim * 4);
   float* dw = OptView<float>(info[11], "dw", a.v * a.hdim * 4);
+  const bool bf16 = info[12].ToBoolean();
   if (BadTargets(a.t, a.n, a.v)) {
     PoisonF32(dh, a.n * a.hdim);
     if (dw) PoisonF32(dw, a.v * a.hdim);
     return env.Undefined();
   }
-  return Run(info, [&] { kern::head_logprob_backward(a.h, a.n, a.hdim, a.w, a.wdt, a.v, a.t, a.softcap, lse, dlogp, dh, dw); });
+  return Run(info, [&] { kern::head_logprob_backward(a.h, a.n, a.hdim, a.w, a.wdt, a.v, a.t, a.softcap, lse, dlogp, dh, dw, bf16); });
 }
 
 // sequenceLogprob(logp, seg, n, numSeqs, out)

@@ -40,9 +40,10 @@ GluActivation ToGluActivation(Napi::Value v) {
 
 }  // namespace
 
-// matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc, rowInvariant, computeBf16)
-// rowInvariant (A not transposed, B transposed): rows independent of M. computeBf16 (the same layout,
-// B bf16) rounds A to bf16 and sums exact bf16 products in f32, also row-invariant.
+// matmul(transA, transB, m, n, k, alpha, a, lda, b, bDtype, ldb, beta, c, ldc, rowInvariant, computeBf16, aDtype)
+// rowInvariant (A not transposed, B transposed): rows independent of M. computeBf16 rounds A and B to
+// bf16 and sums exact bf16 products in f32 (the forms and dtypes ComputeBf16Kernel says the device
+// takes; A bf16 only with it).
 Napi::Value js::matmul(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const bool ta = info[0].ToBoolean(), tb = info[1].ToBoolean();
@@ -50,6 +51,7 @@ Napi::Value js::matmul(const Napi::CallbackInfo& info) {
   const float alpha = ToFloat(info[5], "alpha");
   const int64_t lda = ToInt(info[7], "lda"), ldb = ToInt(info[10], "ldb"), ldc = ToInt(info[13], "ldc");
   const DType bdt = FloatDType(info[9], "b dtype");
+  const DType adt = FloatDType(info[16], "a dtype");
   const float beta = ToFloat(info[11], "beta");
   for (auto [x, what] : {std::pair{m, "m"}, {n, "n"}, {k, "k"}, {lda, "lda"}, {ldb, "ldb"}, {ldc, "ldc"}}) CheckGemmDim(env, x, what);
   // A is stored [ta ? k : m, lda], B [tb ? n : k, ldb], C [m, ldc]
@@ -57,15 +59,16 @@ Napi::Value js::matmul(const Napi::CallbackInfo& info) {
   if (lda < std::max<int64_t>(1, a_cols) || ldb < std::max<int64_t>(1, b_cols) || ldc < std::max<int64_t>(1, n))
     Throw(env, "matmul: a leading dimension is smaller than its row");
   auto bytes = [&](int64_t rows, int64_t ld, int64_t cols, int64_t es) { return rows == 0 ? 0 : ((rows - 1) * ld + cols) * es; };
-  const float* a = View<float>(info[6], "a", bytes(a_rows, lda, a_cols, 4));
+  const void* a = View(info[6], "a", bytes(a_rows, lda, a_cols, dtype_size(adt)));
   const void* b = View(info[8], "b", bytes(b_rows, ldb, b_cols, dtype_size(bdt)));
   float* c = View<float>(info[12], "c", bytes(m, ldc, n, 4));
   const bool bf16 = info[15].ToBoolean();
-  if (bf16 && !kComputeBf16Kernel) Throw(env, "matmul: computeBf16 is not a kernel of this device (bf16_compute.ts rounds a first)");
-  if (bf16 && (ta || !tb || bdt != DType::kBF16)) Throw(env, "matmul: computeBf16 needs op(a) = a, op(b) = b^T and a bf16 b");
-  const bool row_invariant = info[14].ToBoolean() || bf16;
+  if (adt != DType::kF32 && !bf16) Throw(env, "matmul: a bf16 a needs computeBf16");
+  if (bf16 && !ComputeBf16Kernel(ta, tb, adt, bdt))
+    Throw(env, "matmul: this device's computeBf16 kernel takes op(a) = a, op(b) = b^T, an f32 a and a bf16 b (bf16_compute.ts rounds other forms)");
+  const bool row_invariant = info[14].ToBoolean();
   if (row_invariant && (ta || !tb)) Throw(env, "matmul: rowInvariant needs op(a) = a and op(b) = b^T (a linear layer)");
-  return Run(info, [&] { kern::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, row_invariant, bf16); });
+  return Run(info, [&] { kern::matmul(ta, tb, m, n, k, alpha, a, adt, lda, b, bdt, ldb, beta, c, ldc, row_invariant, bf16); });
 }
 
 // matmulRowsMany(m, k, a, lda, bs, bDtypes, ns, outs, computeBf16): outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T,
@@ -83,7 +86,6 @@ Napi::Value js::matmulRowsMany(const Napi::CallbackInfo& info) {
     Throw(env, "matmulRowsMany: bs, bDtypes, ns and outs need the same length, 1 to 16");
   const float* a = View<float>(info[2], "a", m == 0 ? 0 : CheckedMul(env, m - 1, lda, "a bytes") * 4 + k * 4);
   const bool bf16 = info[8].ToBoolean();
-  if (bf16 && !kComputeBf16Kernel) Throw(env, "matmul: computeBf16 is not a kernel of this device (bf16_compute.ts rounds a first)");
   std::vector<RowsJob> jobs;
   for (uint32_t i = 0; i < count; ++i) {
     const DType dt = ToDType(dts.Get(i), "b dtype");
@@ -91,7 +93,7 @@ Napi::Value js::matmulRowsMany(const Napi::CallbackInfo& info) {
     const int64_t n = ToInt(ns.Get(i), "n");
     const void* b = View(bs.Get(i), "b", CheckedMul(env, n, k * dtype_size(dt), "b bytes"));
     float* out = View<float>(outs.Get(i), "out", CheckedMul(env, m, n * 4, "out bytes"));
-    if (bf16 && dt != DType::kBF16) Throw(env, "matmulRowsMany: computeBf16 needs bf16 weights");
+    if (bf16 && !ComputeBf16Kernel(false, true, DType::kF32, dt)) Throw(env, "matmulRowsMany: this device's computeBf16 kernel needs bf16 weights");
     jobs.push_back(RowsJob{b, dt, n, k, out, n});
   }
   return Run(info, [&] { kern::matmul_rows_many(m, k, a, lda, jobs.data(), static_cast<int>(jobs.size()), bf16); });

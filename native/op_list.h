@@ -24,14 +24,16 @@ SPINLM_OP(logprobGatherBackward, logprobGatherBackward, loss,
           "dlogits: NativeView, outDtype: string")
 // The LM head fused with logprobGather: logits h w^T formed a vocabulary panel at a time, never [n, v];
 // softcap > 0: z -> softcap tanh(z / softcap). rowInvariant: a row's results never depend on the other
-// rows (CUDA: always). computeBf16: h rounded to bf16 (the CPU only).
+// rows (CUDA: always, but with computeBf16 only when asked). computeBf16: h and w rounded to bf16
+// (the CPU: w must be bf16).
 SPINLM_OP(headLogprob, headLogprob, loss,
           "h: NativeView, n: number, hdim: number, w: NativeView, wDtype: string, v: number, targets: NativeView, "
           "softcap: number, rowInvariant: boolean, computeBf16: boolean, logp: NativeView, lse: NativeView")
 // dh [n, hdim] = g w (overwritten), dw [v, hdim] += g^T h when given, g recomputed panel by panel.
+// computeBf16: h, w and g rounded to bf16 before their products (f32 sums).
 SPINLM_OP(headLogprobBackward, headLogprobBackward, loss,
           "h: NativeView, n: number, hdim: number, w: NativeView, wDtype: string, v: number, targets: NativeView, "
-          "softcap: number, lse: NativeView, dlogp: NativeView, dh: NativeView, dw: NativeView | null")
+          "softcap: number, lse: NativeView, dlogp: NativeView, dh: NativeView, dw: NativeView | null, computeBf16: boolean")
 SPINLM_OP(sequenceLogprob, sequenceLogprob, loss,
           "logp: NativeView, segments: NativeView, n: number, numSeqs: number, out: NativeView")
 SPINLM_OP(sequenceLogprobBackward, sequenceLogprobBackward, loss,
@@ -63,11 +65,12 @@ SPINLM_OP(sampleTokens, sampleTokens, sample,
           "temperature: number, topK: number, topP: number, out: NativeView")
 
 // ---- model_ops.cc ----
-// computeBf16: a rounded to bf16, exact bf16 products summed in f32 (b bf16, a linear layer's layout; the CPU only).
+// computeBf16: a and b rounded to bf16, exact bf16 products summed in f32 (CUDA: every form, a and b
+// f32 or bf16; the CPU: the linear layer form, a f32, b bf16). aDtype: 'bf16' only with computeBf16.
 SPINLM_OP(matmul, matmul, model,
           "transA: boolean, transB: boolean, m: number, n: number, k: number, alpha: number, a: NativeView, lda: number, "
           "b: NativeView, bDtype: string, ldb: number, beta: number, c: NativeView, ldc: number, rowInvariant: boolean, "
-          "computeBf16: boolean")
+          "computeBf16: boolean, aDtype: string")
 // outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T, row-invariant; every b and out contiguous.
 SPINLM_OP(matmulRowsMany, linears, model,
           "m: number, k: number, a: NativeView, lda: number, bs: NativeView[], bDtypes: string[], ns: number[], "

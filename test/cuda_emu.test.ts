@@ -14,6 +14,7 @@ import { CudaBackend } from '../src/backend/cuda/cuda_backend.js';
 import { emulatorPath } from '../src/backend/cuda/native.js';
 import type { Backend } from '../src/backend/backend.js';
 import * as ops from '../src/ops/index.js';
+import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import { cpuReference } from './helpers/backends.js';
 import { randn, withSeed } from './helpers/random.js';
@@ -334,6 +335,7 @@ describe('CUDA kernels at their boundaries (emulated) equal the CPU backend', ()
 interface EmuHooks {
   cublasSearch(env: Record<string, string>): string[];
   cublasLoad(paths: string[]): { path?: string; error?: string };
+  cublasLtLoad(cublasPaths: string[]): { path?: string; error?: string };
   gemmPlanReference(
     ta: boolean,
     tb: boolean,
@@ -349,6 +351,8 @@ interface EmuHooks {
     c: Float32Array,
     ldc: number,
   ): void;
+  /** The same through blas::lt_plan and cuBLASLt's semantics in float64; false when the layouts do not fit. */
+  ltPlanReference(...args: Parameters<EmuHooks['gemmPlanReference']>): boolean;
   gatherPlan(n: number, v: number, sms?: number): { splits: number; chunk: number };
 }
 const hooks = createRequire(import.meta.url)(emulatorPath()) as EmuHooks;
@@ -495,12 +499,36 @@ describe('cuBLAS through dlopen: the search, the loading and the argument mappin
       execFileSync('cc', ['-shared', '-fPIC', '-o', join(lib, 'libcublas.so.12'), join(root, 'blas.c')]);
       const paths = hooks.cublasSearch({ CONDA_PREFIX: root }).filter((p) => p.startsWith(root));
       assert.deepEqual(hooks.cublasLoad(paths), { path: join(lib, 'libcublas.so.12') });
+      // cuBLASLt is looked for beside each cuBLAS candidate: this one lacks its entry points (then
+      // computeDtype 'bf16' GEMMs run as cublasGemmEx with bf16 inputs), a full stand-in loads
+      const lt = hooks.cublasLtLoad(paths);
+      assert.ok(lt.error?.includes(`${join(lib, 'libcublasLt.so.12')}: not cuBLASLt (no cublasLtCreate, cublasLtDestroy`), lt.error);
+      const ltNames = [
+        'cublasLtCreate',
+        'cublasLtDestroy',
+        'cublasLtMatmulDescCreate',
+        'cublasLtMatmulDescDestroy',
+        'cublasLtMatmulDescSetAttribute',
+        'cublasLtMatrixLayoutCreate',
+        'cublasLtMatrixLayoutDestroy',
+        'cublasLtMatmulPreferenceCreate',
+        'cublasLtMatmulPreferenceDestroy',
+        'cublasLtMatmulPreferenceSetAttribute',
+        'cublasLtMatmulAlgoGetHeuristic',
+        'cublasLtMatmul',
+      ];
+      // (another folder: the dynamic loader keeps the first stand-in open under its name)
+      const lib2 = join(root, 'lt2');
+      mkdirSync(lib2);
+      writeFileSync(join(root, 'lt2.c'), ltNames.map((f) => `int ${f}(void) { return 0; }`).join('\n') + '\n');
+      execFileSync('cc', ['-shared', '-fPIC', '-o', join(lib2, 'libcublasLt.so.12'), join(root, 'lt2.c')]);
+      assert.deepEqual(hooks.cublasLtLoad([join(lib2, 'libcublas.so.12'), ...paths]), { path: join(lib2, 'libcublasLt.so.12') });
     } finally {
       rmSync(root, { recursive: true, force: true });
     }
   });
 
-  test('the row-major -> column-major cuBLAS call computes what the tiled kernel and the CPU backend compute', () =>
+  test('the row-major -> column-major cuBLAS and cuBLASLt calls compute what the tiled kernel and the CPU backend compute', () =>
     withSeed(async (rng) => {
       const native = emu.native as unknown as {
         alloc(bytes: number, op: string): unknown;
@@ -528,22 +556,35 @@ describe('cuBLAS through dlopen: the search, the loading and the argument mappin
           c0 = randn(rng, (m - 1) * ldc + n);
         const alpha = 0.5 + rng.next(),
           beta = trial < 8 ? 0 : 1;
-        // float64 row-major reference
-        const want = Float64Array.from(c0);
-        for (let i = 0; i < m; ++i) {
-          for (let j = 0; j < n; ++j) {
-            let s = 0;
-            for (let l = 0; l < k; ++l) s += (ta ? a[l * lda + i] : a[i * lda + l]) * (tb ? b[j * ldb + l] : b[l * ldb + j]);
-            want[i * ldc + j] = alpha * s + beta * c0[i * ldc + j];
+        // float64 row-major reference (of a and b, or of their bf16 roundings)
+        const reference = (a: Float32Array, b: Float32Array) => {
+          const want = Float64Array.from(c0);
+          for (let i = 0; i < m; ++i) {
+            for (let j = 0; j < n; ++j) {
+              let s = 0;
+              for (let l = 0; l < k; ++l) s += (ta ? a[l * lda + i] : a[i * lda + l]) * (tb ? b[j * ldb + l] : b[l * ldb + j]);
+              want[i * ldc + j] = alpha * s + beta * c0[i * ldc + j];
+            }
           }
-        }
+          return want;
+        };
+        const want = reference(a, b);
         const planned = Float32Array.from(c0);
         hooks.gemmPlanReference(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, planned, ldc);
         const cv = dev(c0);
-        native.matmul(ta, tb, m, n, k, alpha, dev(a), lda, dev(b), 'f32', ldb, beta, cv, ldc);
+        native.matmul(ta, tb, m, n, k, alpha, dev(a), lda, dev(b), 'f32', ldb, beta, cv, ldc, false, false, 'f32');
         const tiled = await native.read(cv, new Float32Array(c0.length));
+        // computeBf16 with the same padded leading dimensions (the tiled kernel on the rounded operands)
+        const c16 = dev(c0);
+        native.matmul(ta, tb, m, n, k, alpha, dev(a), lda, dev(b), 'f32', ldb, beta, c16, ldc, false, true, 'f32');
+        const r16 = (x: Float32Array) => bf16ArrayToF32(f32ArrayToBf16(x));
+        close(`bf16 compute, padded ${ta} ${tb}`, await native.read(c16, new Float32Array(c0.length)), reference(r16(a), r16(b)), 1e-5);
         const tag = `trial ${trial}: ta=${ta} tb=${tb} m=${m} n=${n} k=${k} ld=${lda},${ldb},${ldc}`;
         close(`cuBLAS mapping ${tag}`, planned, want, 1e-5);
+        // the cublasLtMatmul call (computeDtype 'bf16' on a GPU): the same mapping as layouts
+        const lt = Float32Array.from(c0);
+        assert.ok(hooks.ltPlanReference(ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, lt, ldc), `cuBLASLt layouts fit: ${tag}`);
+        close(`cuBLASLt mapping ${tag}`, lt, want, 1e-5);
         close(`tiled kernel ${tag}`, tiled, want, 1e-5);
       }
     }));

@@ -28,6 +28,7 @@ function headRef(
   v: number,
   softcap: number,
   dlogp?: ArrayLike<number>,
+  roundG: (g: number) => number = (g) => g,
 ) {
   const logp = new Float64Array(n),
     lse = new Float64Array(n),
@@ -58,6 +59,7 @@ function headRef(
     for (let j = 0; j < v; j++) {
       let g = dlogp[r] * ((j === y[r] ? 1 : 0) - Math.exp(z[j] - lse[r]));
       if (softcap > 0) g *= 1 - t[j] * t[j];
+      g = roundG(g);
       if (g === 0) continue;
       for (let k = 0; k < hd; k++) {
         dh[r * hd + k] += g * w[j * hd + k];
@@ -84,12 +86,12 @@ for (const be of await testBackends()) {
     return { t: ops.upload(be, { dtype: 'bf16', data: b }, [v, hd]) as Tensor, values: bf16ArrayToF32(b) };
   }
 
-  function makeCase(rng: Rng, dtype: 'f32' | 'bf16', opts: { n?: number; v?: number; hd?: number } = {}) {
+  function makeCase(rng: Rng, dtype: 'f32' | 'bf16', opts: { n?: number; v?: number; hd?: number; scale?: number } = {}) {
     const n = opts.n ?? rng.int(1, 24);
     const hd = opts.hd ?? rng.int(1, 96);
     // vocabularies across the CPU's 2048-column panels (and small ones)
     const v = opts.v ?? [rng.int(1, 40), rng.int(2000, 2100), rng.int(4090, 4700)][rng.int(0, 2)];
-    const scale = [0.3, 1, 3][rng.int(0, 2)] / Math.sqrt(hd);
+    const scale = (opts.scale ?? [0.3, 1, 3][rng.int(0, 2)]) / Math.sqrt(hd);
     const hv = randn(rng, n * hd, 1);
     const w = makeW(rng, v, hd, dtype, scale * 3);
     const y = Int32Array.from({ length: n }, () => (rng.next() < 0.2 ? IGNORE : rng.int(0, v - 1)));
@@ -184,6 +186,53 @@ for (const be of await testBackends()) {
         const { logp } = ops.headLogprob(c.h, c.w.t, c.targets, { computeDtype: 'bf16' });
         const e = relErr(await host(logp), ref.logp, Math.max(ref.bound, maxAbs(ref.lse)));
         assert.ok(e <= TOL, `${c.ctx}: err ${e}`);
+      }));
+
+    test('bf16 compute for training: h and an f32 w rounded; backward with h, w and g rounded (float64 of that)', () =>
+      withSeed(async (rng) => {
+        // logits of a few units (scale 3): w's rounding moves logp well past the tolerance
+        const c = makeCase(rng, 'f32', { n: rng.int(2, 16), v: rng.int(2049, 2300), hd: rng.int(8, 48), scale: 3 });
+        const softcap = rng.next() < 0.5 ? 0 : 3;
+        const round = (x: ArrayLike<number>) => bf16ArrayToF32(f32ArrayToBf16(Float32Array.from(x)));
+        const bf16 = (g: number) => round([g])[0];
+        const hr = round(c.hv),
+          wr = round(c.w.values);
+        const dlogp = randn(rng, c.n);
+        const ref = headRef(hr, wr, c.y, c.n, c.hd, c.v, softcap, dlogp, bf16);
+        const opts = { computeDtype: 'bf16', softcap } as const;
+        const { logp, lse } = ops.headLogprob(c.h, c.w.t, c.targets, opts);
+        const floor = Math.max(ref.bound, maxAbs(ref.lse));
+        const e = relErr(await host(logp), ref.logp, floor);
+        assert.ok(e <= TOL, `${c.ctx} softcap=${softcap}: logp err ${e}`);
+        // w's rounding shows: the result is far nearer the rounded-w reference than the unrounded one
+        const got = await host(logp);
+        const eU = relErr(got, headRef(hr, c.w.values, c.y, c.n, c.hd, c.v, softcap).logp, floor);
+        assert.ok(eU > 4 * e, `${c.ctx}: w was not rounded (error ${e}, to the unrounded-w reference ${eU})`);
+        const dw = ops.zeros(be, 'f32', [c.v, c.hd]);
+        const dl = ops.upload(be, { dtype: 'f32', data: dlogp }, [c.n]);
+        const dh = ops.headLogprobBackward(c.h, c.w.t, c.targets, lse, dl, { ...opts, dw });
+        // RMS error (a rare g on the other side of a bf16 rounding boundary than float64's costs one
+        // term's ulp; measured ~2e-7): 3e-5; g's rounding shows as ~1e-3: the result must be 4x nearer
+        // the rounded-g reference than the unrounded one (a kernel that skips it fails)
+        const rms = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+          let d = 0,
+            r = 1e-300;
+          for (let i = 0; i < b.length; i++) {
+            d += (a[i] - b[i]) ** 2;
+            r += b[i] ** 2;
+          }
+          return Math.sqrt(d / r);
+        };
+        const plain = headRef(hr, wr, c.y, c.n, c.hd, c.v, softcap, dlogp);
+        for (const [name, got, want, unroundedG] of [
+          ['dh', await host(dh), ref.dh, plain.dh],
+          ['dw', await host(dw), ref.dw, plain.dw],
+        ] as const) {
+          const err = rms(got, want);
+          assert.ok(err <= 3e-5, `${c.ctx} softcap=${softcap}: ${name} RMS err ${err}`);
+          const eU = rms(got, unroundedG);
+          assert.ok(eU > 4 * err, `${c.ctx}: ${name}: g was not rounded (RMS error ${err}, to the unrounded-g reference ${eU})`);
+        }
       }));
 
     test('ignored rows give 0, 0 and no gradient; no rows is no work', async () => {

@@ -60,6 +60,13 @@ void fill_panel(const void* w, DType wdt, int64_t v0, int64_t vc, int64_t hdim, 
   });
 }
 
+// x -> bf16(x) in place (round to nearest even, as the cast op), in parallel.
+void round_to_bf16(float* x, int64_t len) {
+  parallel_for(len, int64_t{1} << 16, [&](int64_t a, int64_t b) {
+    for (int64_t i = a; i < b; ++i) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+  });
+}
+
 // The logits of rows [r0, r0 + rc) against the panel (vc columns): z [rc, vc]. Row-invariant: w's rows
 // read in place by matmul_rows (h rounded to bf16 first with compute_bf16); else sgemm on the f32 panel.
 void panel_logits(const float* h, int64_t r0, int64_t rc, int64_t hdim, const void* w, DType wdt, int64_t v0, int64_t vc,
@@ -112,17 +119,23 @@ void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType 
 
 void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v,
                            const int32_t* targets, float softcap, const float* lse, const float* dlogp, float* dh,
-                           float* dw) {
+                           float* dw, bool compute_bf16) {
   if (n == 0) return;
   if (v == 0 || hdim == 0) {
     std::fill(dh, dh + n * hdim, 0.0f);
     return;
   }
   const int64_t p = std::min(kPanel, v);
-  ScratchF32 panel(p * hdim), z(std::min(n, kRows) * p);
+  ScratchF32 panel(p * hdim), z(std::min(n, kRows) * p), hr(compute_bf16 ? n * hdim : 1);
+  if (compute_bf16) {  // bf16 compute: h, each w panel and each g panel rounded, then the f32 sgemm calls
+    std::copy(h, h + n * hdim, hr.data());
+    round_to_bf16(hr.data(), n * hdim);
+    h = hr.data();
+  }
   for (int64_t v0 = 0; v0 < v; v0 += p) {
     const int64_t vc = std::min(p, v - v0);
     fill_panel(w, wdt, v0, vc, hdim, panel.data());
+    if (compute_bf16) round_to_bf16(panel.data(), vc * hdim);
     for (int64_t r0 = 0; r0 < n; r0 += kRows) {
       const int64_t rc = std::min(kRows, n - r0);
       panel_logits(h, r0, rc, hdim, w, wdt, v0, vc, false, false, panel.data(), z.data());
@@ -152,6 +165,7 @@ void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* 
           if (here) row[y - v0] = g * -std::expm1(zt - l);
         }
       });
+      if (compute_bf16) round_to_bf16(z.data(), rc * vc);
       // dh[rows] (+)= g w_panel; dw_panel += g^T h[rows] (the panel's first vc columns and rows only)
       matmul(false, false, rc, hdim, vc, 1.0f, z.data(), vc, panel.data(), DType::kF32, hdim, v0 == 0 ? 0.0f : 1.0f,
              dh + r0 * hdim, hdim);

@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <set>
+#include <tuple>
 #include <type_traits>
 
 namespace spinlm::cuda::blas {
@@ -180,6 +181,94 @@ void reference_gemm(const GemmCall& g, float alpha, const float* first, const fl
       float& out = c[i + j * g.ldc];
       out = static_cast<float>(alpha * acc + (beta != 0.0f ? static_cast<double>(beta) * out : 0.0));
     }
+}
+
+std::vector<std::string> lt_paths(const std::vector<std::string>& cublas_candidates) {
+  std::vector<std::string> out;
+  for (const auto& p : cublas_candidates) {
+    const size_t slash = p.rfind('/');
+    const size_t base = slash == std::string::npos ? 0 : slash + 1;
+    const size_t at = p.find("libcublas", base);
+    if (at != base) continue;  // SPINLM_CUBLAS may name a file of another name: no Lt beside it known
+    out.push_back(p.substr(0, base) + "libcublasLt" + p.substr(base + 9));
+  }
+  return out;
+}
+
+LtLibrary load_lt(const std::vector<std::string>& candidates) {
+  LtLibrary r;
+  std::string tried;
+  for (const auto& path : candidates) {
+    if (path.find('/') != std::string::npos && !exists(path)) continue;
+    void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib) continue;
+    LtApi a;
+    std::string absent;
+    auto sym = [&](auto& fn, const char* name) {
+      fn = reinterpret_cast<std::remove_reference_t<decltype(fn)>>(dlsym(lib, name));
+      if (!fn) absent += (absent.empty() ? "" : ", ") + std::string(name);
+    };
+    sym(a.create, "cublasLtCreate");
+    sym(a.destroy, "cublasLtDestroy");
+    sym(a.desc_create, "cublasLtMatmulDescCreate");
+    sym(a.desc_destroy, "cublasLtMatmulDescDestroy");
+    sym(a.desc_set, "cublasLtMatmulDescSetAttribute");
+    sym(a.layout_create, "cublasLtMatrixLayoutCreate");
+    sym(a.layout_destroy, "cublasLtMatrixLayoutDestroy");
+    sym(a.pref_create, "cublasLtMatmulPreferenceCreate");
+    sym(a.pref_destroy, "cublasLtMatmulPreferenceDestroy");
+    sym(a.pref_set, "cublasLtMatmulPreferenceSetAttribute");
+    sym(a.heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    sym(a.matmul, "cublasLtMatmul");
+    if (!absent.empty()) {
+      tried += "; " + path + ": not cuBLASLt (no " + absent + ")";
+      dlclose(lib);
+      continue;
+    }
+    r.lib = lib;
+    r.path = path;
+    r.api = a;
+    return r;
+  }
+  r.error = "no libcublasLt beside cuBLAS" + tried;
+  return r;
+}
+
+LtCall lt_plan(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc) {
+  // The cublasGemmEx call of plan(), as cuBLASLt layouts: a column-major operand stored with op T is
+  // [k, m] (rows x cols) in memory, with op N [m, k].
+  const GemmCall g = plan(trans_a, trans_b, m, n, k, lda, ldb, ldc);
+  LtCall c;
+  c.transa = g.transa;
+  c.transb = g.transb;
+  auto u = [](int64_t x) { return static_cast<uint64_t>(x); };
+  c.a = g.transa ? LtLayout{u(g.k), u(g.m), g.lda} : LtLayout{u(g.m), u(g.k), g.lda};
+  c.b = g.transb ? LtLayout{u(g.n), u(g.k), g.ldb} : LtLayout{u(g.k), u(g.n), g.ldb};
+  c.c = LtLayout{u(g.m), u(g.n), g.ldc};
+  return c;
+}
+
+bool reference_lt(const LtCall& g, double alpha, const float* a, const float* b, double beta, float* c) {
+  const uint64_t m = g.transa ? g.a.cols : g.a.rows, ka = g.transa ? g.a.rows : g.a.cols;
+  const uint64_t kb = g.transb ? g.b.cols : g.b.rows, n = g.transb ? g.b.rows : g.b.cols;
+  if (ka != kb || g.c.rows != m || g.c.cols != n) return false;
+  for (const LtLayout* l : {&g.a, &g.b, &g.c})
+    if (l->ld < 0 || static_cast<uint64_t>(l->ld) < (l->rows ? l->rows : 1)) return false;
+  auto at = [](const float* x, const LtLayout& l, uint64_t i, uint64_t j) { return static_cast<double>(x[i + j * l.ld]); };
+  for (uint64_t j = 0; j < n; ++j)
+    for (uint64_t i = 0; i < m; ++i) {
+      double acc = 0;
+      for (uint64_t l = 0; l < ka; ++l)
+        acc += (g.transa ? at(a, g.a, l, i) : at(a, g.a, i, l)) * (g.transb ? at(b, g.b, j, l) : at(b, g.b, l, j));
+      float& out = c[i + j * g.c.ld];
+      out = static_cast<float>(alpha * acc + (beta != 0.0 ? beta * out : 0.0));
+    }
+  return true;
+}
+
+bool LtKey::operator<(const LtKey& o) const {
+  return std::tie(m, n, k, lda, ldb, ldc, transa, transb, a_type, b_type, alpha_one, beta_zero) <
+         std::tie(o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.transa, o.transb, o.a_type, o.b_type, o.alpha_one, o.beta_zero);
 }
 
 }  // namespace spinlm::cuda::blas

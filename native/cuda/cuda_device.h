@@ -54,25 +54,29 @@ T* View(Napi::Value v, const char* what, int64_t bytes) {
 namespace kern {
 using namespace ::spinlm::cuda;
 
-inline void matmul(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+inline void matmul(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const void* a, DType adt, int64_t lda,
                    const void* b, DType bdt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant,
                    bool compute_bf16) {
-  // bf16 compute (the binding has checked a, b^T and a bf16 b; it is row-invariant): tensor cores.
-  if (compute_bf16) return matmul_rows_tc(m, n, k, alpha, a, lda, static_cast<const uint16_t*>(b), ldb, beta, c, ldc);
-  ::spinlm::cuda::matmul(ta, tb, m, n, k, alpha, a, lda, b, bdt, ldb, beta, c, ldc, row_invariant);
+  // bf16 compute, row-invariant (generation's linear form: a f32, b bf16, b^T): tensor cores
+  // (gemm_rows_tc.cu); other bf16 forms: gemm.cu (cuBLASLt, or the tiled kernel on rounded operands)
+  if (compute_bf16 && row_invariant && adt == DType::kF32 && bdt == DType::kBF16 && !ta && tb)
+    return matmul_rows_tc(m, n, k, alpha, static_cast<const float*>(a), lda, static_cast<const uint16_t*>(b), ldb, beta, c, ldc);
+  ::spinlm::cuda::matmul(ta, tb, m, n, k, alpha, a, adt, lda, b, bdt, ldb, beta, c, ldc, row_invariant, compute_bf16);
 }
 // One row-invariant GEMM launch per weight on the stream (bf16 compute: a rounded once, tensor cores).
 inline void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, const RowsJob* jobs, int count,
                              bool compute_bf16) {
-  if (compute_bf16) {
+  bool all_bf16 = compute_bf16;
+  for (int i = 0; i < count; ++i) all_bf16 = all_bf16 && jobs[i].b_dt == DType::kBF16;
+  if (all_bf16) {
     const RowsTcA r = rows_tc_round(m, k, a, lda);
     for (int i = 0; i < count; ++i)
       rows_tc_gemm(r, jobs[i].n, 1.0f, static_cast<const uint16_t*>(jobs[i].b), jobs[i].ldb, 0.0f, jobs[i].c, jobs[i].ldc);
     return;
   }
   for (int i = 0; i < count; ++i)
-    ::spinlm::cuda::matmul(false, true, m, jobs[i].n, k, 1.0f, a, lda, jobs[i].b, jobs[i].b_dt, jobs[i].ldb, 0.0f,
-                           jobs[i].c, jobs[i].ldc, true);
+    ::spinlm::cuda::matmul(false, true, m, jobs[i].n, k, 1.0f, a, DType::kF32, lda, jobs[i].b, jobs[i].b_dt, jobs[i].ldb, 0.0f,
+                           jobs[i].c, jobs[i].ldc, true, compute_bf16);
 }
 }  // namespace kern
 
@@ -95,8 +99,9 @@ inline bool IndicesOutsideOnHost(const int32_t*, int64_t, int64_t, int64_t, int6
 // Attention spans live on the device: the kernels check them (kErrAttentionSpans).
 inline bool SpansInvalidOnHost(const int32_t*, int64_t, int64_t) { return false; }
 
-// bf16 compute is a kernel here: matmul / matmulRowsMany / headLogprob on tensor cores (gemm_rows_tc.cu).
-inline constexpr bool kComputeBf16Kernel = true;
+// computeBf16 is a kernel here for every form and dtype mix: generation's row-invariant linear form on
+// tensor cores (gemm_rows_tc.cu), the rest in gemm.cu (cuBLASLt, or the tiled kernel on rounded operands).
+inline bool ComputeBf16Kernel(bool, bool, DType, DType) { return true; }
 
 // cuBLAS takes 32-bit dimensions; the tiled kernel is the fallback past them.
 inline void CheckGemmDim(Napi::Env, int64_t, const char*) {}

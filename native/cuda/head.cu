@@ -9,12 +9,19 @@
 // a fixed column-to-thread split and a fixed reduction order) soft-caps them, reduces the row's
 // panel to a (max, sum) pair and merges it into the row's running pair in device memory, and keeps
 // the target's logit when its column is in the panel; head_finish_kernel writes lse and logp. So a
-// row's lse and logp depend only on its row of h, on w and on its target, bit for bit.
+// row's lse and logp depend only on its row of h, on w and on its target, bit for bit (computeDtype
+// 'bf16': only with rowInvariant; without it the panel logits come from cuBLASLt).
 //
 // Backward: the same panels again; the logits are recomputed by matmul (cuBLAS on a GPU) from the
 // panel of w (widened once to f32 when w is bf16), turned in place into g = dlogp (1[j = y] - p_j)
 // (times the soft-cap's derivative) by head_grad_kernel, then dh (+)= g w_panel and
 // dw_panel += g^T h, two more matmul calls.
+//
+// computeDtype 'bf16' (compute_bf16): h is rounded once into a bf16 scratch, w goes in as it is (bf16)
+// or is rounded panel by panel by matmul, and every product is matmul's bf16 compute: the forward's
+// panel logits through cuBLASLt unless row_invariant (then the tiled kernel on the bf16 operands, as
+// in the emulator), the backward's three GEMMs through cuBLASLt, g rounded to bf16 by matmul's cast
+// before dh = g w and dw = g^T h (as autocast's bf16 gradients are).
 //
 // Targets are checked on the device: a target outside [0, v) other than -100 gives NaN outputs for
 // its row (forward), NaN gradient entries for its row (backward: so dh's row and dw turn NaN), and
@@ -145,14 +152,30 @@ const void* w_rows(const void* w, DType wdt, int64_t row, int64_t hdim) {
   return static_cast<const char*>(w) + row * hdim * dtype_size(wdt);
 }
 
+// h as the GEMMs take it: with compute_bf16 rounded once into `buf` (bf16), else as it is.
+struct HeadInput {
+  const void* p;
+  DType dt;
+  const void* rows(int64_t r0, int64_t hdim) const { return static_cast<const char*>(p) + r0 * hdim * dtype_size(dt); }
+};
+HeadInput head_input(const float* h, int64_t n, int64_t hdim, bool compute_bf16, const DeviceScratch& buf) {
+  if (!compute_bf16) return {h, DType::kF32};
+  spinlm::cuda::cast_values(h, DType::kF32, buf.f32(), DType::kBF16, n * hdim);
+  return {buf.f32(), DType::kBF16};
+}
+
 }  // namespace
 
 void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v, const int32_t* targets,
-                  float softcap, bool /*row_invariant: always*/, bool compute_bf16, float* logp, float* lse) {
+                  float softcap, bool row_invariant, bool compute_bf16, float* logp, float* lse) {
   if (n == 0) return;
-  // bf16 compute with bf16 w (the CPU's rule): h rounded once, the panels on tensor cores (gemm_rows_tc.cu)
-  const bool tc = compute_bf16 && wdt == DType::kBF16;
+  // bf16 compute: row-invariant (generation) with a bf16 w on tensor cores (gemm_rows_tc.cu, h rounded
+  // once); otherwise cuBLASLt unless asked to be row-invariant; f32 compute: always the tiled kernel
+  const bool tc = compute_bf16 && row_invariant && wdt == DType::kBF16;
   const RowsTcA hr = tc ? rows_tc_round(n, hdim, h, hdim) : RowsTcA{};
+  const bool rows_fixed = !compute_bf16 || row_invariant;
+  DeviceScratch hbuf(compute_bf16 && !tc ? static_cast<size_t>(n * hdim) * 2 : 4, "headLogprob");
+  const HeadInput hin = head_input(h, n, hdim, compute_bf16 && !tc, hbuf);
   // state [2, n] (running max, sum), then zy [n] (the target's logit)
   DeviceScratch state(static_cast<size_t>(n) * 3 * sizeof(float), "headLogprob");
   float* zy = state.f32() + 2 * n;
@@ -165,8 +188,8 @@ void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType 
         rows_tc_gemm(RowsTcA{hr.p ? hr.p + r0 * hr.kp : nullptr, rc, hdim, hr.kp}, vc, 1.0f,
                      static_cast<const uint16_t*>(w_rows(w, wdt, v0, hdim)), hdim, 0.0f, z.f32(), vc);
       else
-        matmul(false, true, rc, vc, hdim, 1.0f, h + r0 * hdim, hdim, w_rows(w, wdt, v0, hdim), wdt, hdim, 0.0f, z.f32(), vc,
-               /*row_invariant=*/true);
+        matmul(false, true, rc, vc, hdim, 1.0f, hin.rows(r0, hdim), hin.dt, hdim, w_rows(w, wdt, v0, hdim), wdt, hdim, 0.0f,
+               z.f32(), vc, rows_fixed, compute_bf16);
       SPIN_LAUNCH(head_panel_kernel, dim3(static_cast<unsigned>(rc)), dim3(kThreads), 0, stream(),
                   static_cast<const float*>(z.f32()), vc, r0, n, v0, v, targets, softcap, v0 == 0 ? 1 : 0, state.f32(), zy);
     }
@@ -178,9 +201,32 @@ void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType 
 
 void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v,
                            const int32_t* targets, float softcap, const float* lse, const float* dlogp, float* dh,
-                           float* dw) {
+                           float* dw, bool compute_bf16) {
   if (n == 0 || hdim == 0) return;  // dh and dw are empty
   DeviceScratch z(static_cast<size_t>(std::min(n, kRows) * std::min(v, kPanel)) * sizeof(float), "headLogprobBackward");
+  if (compute_bf16) {
+    // bf16 compute: h rounded once; w as it is (matmul rounds an f32 panel); g rounded by matmul
+    DeviceScratch hbuf(static_cast<size_t>(n * hdim) * 2, "headLogprobBackward");
+    const HeadInput hin = head_input(h, n, hdim, true, hbuf);
+    const unsigned cb = static_cast<unsigned>((std::min(v, kPanel) + kGradThreads - 1) / kGradThreads);
+    for (int64_t v0 = 0; v0 < v; v0 += kPanel) {
+      const int64_t vc = std::min(kPanel, v - v0);
+      const void* wp = w_rows(w, wdt, v0, hdim);
+      for (int64_t r0 = 0; r0 < n; r0 += kRows) {
+        const int64_t rc = std::min(kRows, n - r0);
+        matmul(false, true, rc, vc, hdim, 1.0f, hin.rows(r0, hdim), hin.dt, hdim, wp, wdt, hdim, 0.0f, z.f32(), vc, false, true);
+        SPIN_LAUNCH(head_grad_kernel, dim3(cb, static_cast<unsigned>(rc)), dim3(kGradThreads), 0, stream(), z.f32(), vc, r0, v0, v,
+                    targets, softcap, lse, dlogp, error_word());
+        matmul(false, false, rc, hdim, vc, 1.0f, z.f32(), DType::kF32, vc, wp, wdt, hdim, v0 == 0 ? 0.0f : 1.0f, dh + r0 * hdim, hdim,
+               false, true);
+        if (dw)
+          matmul(true, false, vc, hdim, rc, 1.0f, z.f32(), DType::kF32, vc, hin.rows(r0, hdim), hin.dt, hdim, 1.0f, dw + v0 * hdim,
+                 hdim, false, true);
+      }
+    }
+    check_launch("headLogprobBackward");
+    return;
+  }
   const bool widen = wdt == DType::kBF16;
   DeviceScratch wide(widen ? static_cast<size_t>(std::min(v, kPanel) * hdim) * sizeof(float) : 4, "headLogprobBackward");
   const unsigned col_blocks = static_cast<unsigned>((std::min(v, kPanel) + kGradThreads - 1) / kGradThreads);

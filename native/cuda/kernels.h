@@ -30,17 +30,18 @@ GatherPlan gather_plan(int64_t n, int64_t v, int sms);
 // (w [v, hdim], f32 or bf16; softcap > 0: z -> softcap tanh(z / softcap)) are formed one vocabulary
 // panel at a time (never [n, v]); lse[r] is summed online over the panels in a fixed order and
 // logp[r] = z[y_r] - lse[r]. row_invariant: each row's results depend only on its h row, w and its target
-// (not on n or the other rows; the GPU kernels always are). compute_bf16: h rounded to bf16 first
-// (products of bf16 values, f32 sums). Ignored rows: 0 and 0.
+// (not on n or the other rows; the GPU kernels always are but with compute_bf16). compute_bf16: h
+// and w rounded to bf16 (products of bf16 values, f32 sums; the CPU: w must be bf16). Ignored rows: 0 and 0.
 void head_logprob(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v, const int32_t* targets,
                   float softcap, bool row_invariant, bool compute_bf16, float* logp, float* lse);
 
 // Backward of head_logprob: g[r, j] = dlogp[r] (1[j = y_r] - exp(z[r, j] - lse[r])) (times
 // 1 - tanh^2(z / softcap) under a softcap), recomputed panel by panel; dh [n, hdim] = g w (written),
-// dw [v, hdim] += g^T h (when not null). Ignored rows contribute nothing.
+// dw [v, hdim] += g^T h (when not null). Ignored rows contribute nothing. compute_bf16: h, w and g
+// rounded to bf16 before the products (the logits' and dh = g w, dw = g^T h; f32 sums).
 void head_logprob_backward(const float* h, int64_t n, int64_t hdim, const void* w, DType wdt, int64_t v,
                            const int32_t* targets, float softcap, const float* lse, const float* dlogp, float* dh,
-                           float* dw);
+                           float* dw, bool compute_bf16 = false);
 
 
 void sequence_logprob(const float* logp, const int32_t* seg, int64_t n, int64_t num_seqs, float* out);

@@ -9,8 +9,14 @@ namespace spinlm::cuda {
 
 // row_invariant: the tiled kernel even where cuBLAS would run (cuBLAS picks its algorithm, and so its
 // summation order, by shape; the tiled kernel sums every element over k in order, whatever M is).
-void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
-            int64_t lda, const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant = false);
+// compute_bf16 (computeDtype 'bf16'): a and b each f32 or bf16, both rounded to bf16, f32 sums
+// (cuBLASLt on a GPU unless row_invariant or SPINLM_CUDA_GEMM=tiled; gemm.cu). Without it a is f32.
+void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a, DType a_dt, int64_t lda,
+            const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant, bool compute_bf16);
+inline void matmul(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+                   const void* b, DType b_dt, int64_t ldb, float beta, float* c, int64_t ldc, bool row_invariant = false) {
+  matmul(trans_a, trans_b, m, n, k, alpha, a, DType::kF32, lda, b, b_dt, ldb, beta, c, ldc, row_invariant, false);
+}
 // bf16 compute's row-invariant GEMM on tensor cores (gemm_rows_tc.cu): C[M, N] = alpha bf16(A)[M, K]
 // B[N, K]^T (+ beta C), B bf16, f32 accumulation; each row of C depends only on its row of A and on B.
 // rows_tc_round rounds A once into the runtime's scratch (valid until the next scratch() user), laid out

@@ -20,6 +20,10 @@ blas::GemmMode g_gemm_mode = blas::GemmMode::kTiled;
 blas::Library g_blas;
 blas::Handle g_blas_handle = nullptr;
 int g_blas_version = 0;
+blas::LtLibrary g_lt;
+void* g_lt_handle = nullptr;
+void* g_lt_workspace = nullptr;
+constexpr size_t kLtWorkspaceBytes = size_t{32} << 20;
 int g_sms = 1;
 bool g_sync = false;  // SPINLM_CUDA_SYNC=1: synchronize after every launch
 
@@ -62,6 +66,15 @@ void init_gemm() {
   // CUBLAS_DEFAULT_MATH (0) keeps f32 compute in f32; TF32 tensor-op math (3) only when asked for.
   api.set_math_mode(g_blas_handle, g_gemm_mode == blas::GemmMode::kTF32 ? 3 : 0);
   api.get_version(g_blas_handle, &g_blas_version);
+  // cuBLASLt: the one beside the cuBLAS that loaded first, then the same search. None (or no handle):
+  // computeDtype 'bf16' GEMMs run as cublasGemmEx with bf16 inputs, also on tensor cores.
+  std::vector<std::string> lts = blas::lt_paths({g_blas.path});
+  for (const auto& p : blas::lt_paths(blas::search_paths(blas::process_env()))) lts.push_back(p);
+  g_lt = blas::load_lt(lts);
+  if (g_lt.lib && g_lt.api.create(&g_lt_handle) != 0) {
+    g_lt.error = "cublasLtCreate failed (" + g_lt.path + ")";
+    g_lt.lib = nullptr;
+  }
 #endif
 }
 
@@ -204,6 +217,34 @@ std::string gemm_description() {
          g_blas.path + "), " + blas::mode_name(g_gemm_mode) + " inputs, f32 compute" +
          (g_gemm_mode == blas::GemmMode::kTF32 ? " on TF32 tensor cores" : "");
 }
+const blas::LtLibrary& blas_lt_library() { return g_lt; }
+void* blas_lt_handle() { return g_lt_handle; }
+size_t lt_workspace_bytes() { return kLtWorkspaceBytes; }
+
+void* lt_workspace() {
+  if (!g_lt_workspace) {
+    cudaError_t e = cudaMalloc(&g_lt_workspace, kLtWorkspaceBytes);
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      if (release_cache() > 0) e = cudaMalloc(&g_lt_workspace, kLtWorkspaceBytes);
+    }
+    if (e == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      g_lt_workspace = nullptr;
+      throw std::runtime_error("matmul: " + oom_message(kLtWorkspaceBytes, "cuBLASLt's workspace"));
+    }
+    check(e, "matmul (cuBLASLt workspace)");
+  }
+  return g_lt_workspace;
+}
+
+std::string gemm_bf16_description() {
+  if (g_gemm_mode == blas::GemmMode::kTiled) return "tiled CUDA kernel on bf16-rounded operands";
+  const std::string rows = "; row-invariant ones (generation): the tiled kernel on bf16-rounded operands";
+  if (g_lt.lib) return "cuBLASLt (" + g_lt.path + "), bf16 inputs, f32 compute, one algorithm per shape" + rows;
+  return "cublasGemmEx with bf16 inputs, f32 compute (no cuBLASLt: " + g_lt.error + ")" + rows;
+}
+
 uint32_t* error_word() { return g_error_word; }
 
 uint32_t take_errors() {

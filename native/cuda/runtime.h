@@ -70,6 +70,15 @@ const blas::Library& blas_library();
 blas::Handle blas_handle();
 // "cuBLAS 12.9.1 (path), f32 compute" or "tiled CUDA kernel": what `spinlm info` shows.
 std::string gemm_description();
+// cuBLASLt for computeDtype 'bf16' GEMMs (gemm.cu), opened beside cuBLAS in init(); lib is null when
+// none was found (then cublasGemmEx with bf16 inputs runs them) or in `tiled` mode and the emulator.
+const blas::LtLibrary& blas_lt_library();
+void* blas_lt_handle();
+// cuBLASLt's fixed workspace (allocated on first use; 32 MiB, NVIDIA's recommendation for Hopper).
+void* lt_workspace();
+size_t lt_workspace_bytes();
+// Which path computeDtype 'bf16' GEMMs take: what `spinlm info` shows as gemmBf16.
+std::string gemm_bf16_description();
 
 struct DeviceInfo {
   std::string name;

@@ -48,7 +48,10 @@ export const SPIN_LOSS_MEANS = [
 export interface HeadOpts {
   /** c > 0: final-logit soft-capping z -> c tanh(z / c) (Gemma 2); 0 or absent: none. */
   softcap?: number;
-  /** 'bf16': h is rounded to bf16 before the products (inference only, as matmul's computeDtype). */
+  /**
+   * 'bf16': h and w are rounded to bf16 before the products (f32 sums), as matmul's computeDtype; in
+   * headLogprobBackward the logits' gradient g is rounded too before dh = g w and dw = g^T h.
+   */
   computeDtype?: ComputeDtype;
   /**
    * Each row's logp and lse depend only on its row of h, on w and on its target, bit for bit (never on N
@@ -119,9 +122,11 @@ export interface MatmulOpts {
    */
   rowInvariant?: boolean;
   /**
-   * 'bf16': a is rounded to bf16 and the (exact) products of bf16 values are summed in f32, as a bf16
-   * GEMM with f32 accumulation (b must be bf16, the linear layer form). Row-invariant too. 'f32' (the
-   * default): a as it is. docs/ops.md "bf16 compute".
+   * 'bf16': a and b are rounded to bf16 (round to nearest even; a bf16 tensor already is) and the
+   * (exact) products of bf16 values are summed in f32, as a bf16 GEMM with f32 accumulation (cuBLASLt,
+   * autocast), in every form (transA / transB, alpha, accumulate, out); a may then be bf16 too. Rows
+   * are independent of M where rowInvariant says so (CUDA's cuBLASLt path is not otherwise). 'f32'
+   * (the default): the operands as they are. docs/ops.md "bf16 compute".
    */
   computeDtype?: ComputeDtype;
 }
@@ -361,16 +366,16 @@ export interface Backend {
 
   // ---- model ops (fp32 compute; weights f32 or bf16) --------------------------------------------
   /**
-   * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D; b f32 or bf16 2-D; op = transpose
+   * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D (bf16 with computeDtype 'bf16'); b f32 or bf16 2-D; op = transpose
    * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }).
    */
-  matmul(a: Tensor<'f32'>, b: Tensor, opts?: MatmulOpts): Tensor<'f32'>;
+  matmul(a: Tensor, b: Tensor, opts?: MatmulOpts): Tensor<'f32'>;
   /**
    * Several linear layers on one input: y_i = x W_i^T (x f32 [T, K], W_i f32 or bf16 [N_i, K]) ->
    * f32 [T, N_i] each, every y_i equal to matmul(x, W_i, { transB: true, ...opts }). The fused
    * q/k/v and gate/up projections: a backend may run them as one kernel (the CPU does, row-invariant).
    */
-  linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[];
+  linears(x: Tensor, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[];
   /** Rows of a table: ids i32 [T], table [V, H] -> f32 [T, H]. */
   embedding(ids: Tensor<'i32'>, table: Tensor): Tensor<'f32'>;
   /** dtable[ids[t]] += dout[t], tokens in order. */

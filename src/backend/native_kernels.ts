@@ -18,7 +18,7 @@ import type {
   SpinLossOpts,
   SpinLossOutputs,
 } from './backend.js';
-import { attentionBackwardOnRounded, attentionOnRounded, roundedToBf16 } from './bf16_compute.js';
+import { asBf16, attentionBackwardOnRounded, attentionOnRounded, matmulOnRounded } from './bf16_compute.js';
 import type { NativeOps } from './native/op_list.js';
 import type { DType } from '../tensor/dtype.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -26,8 +26,12 @@ import type { Tensor } from '../tensor/tensor.js';
 export abstract class NativeKernels {
   /** The addon's ops: the op list (native/op_list.h), the same functions and arguments in both addons. */
   abstract readonly native: NativeOps;
-  /** Whether the addon's matmul takes computeBf16 itself (the CPU's); otherwise bf16_compute.ts's rounding. */
-  protected abstract readonly nativeBf16Compute: boolean;
+  /**
+   * Which computeDtype 'bf16' GEMMs the addon runs itself: 'linear' (the CPU: the linear layer form
+   * with an f32 a and a bf16 b; other forms go through bf16_compute.ts's rounding) or 'all' (CUDA: every
+   * form and dtype mix, cuBLASLt on a GPU). Both take headLogprobBackward's computeBf16.
+   */
+  protected abstract readonly nativeBf16Compute: 'linear' | 'all';
   /** attention with computeDtype 'bf16' runs a bf16 kernel (else: attentionOnRounded) */
   protected readonly nativeBf16Attention: boolean = false;
   /** attentionBackward with computeDtype 'bf16' runs a bf16 kernel (else: attentionBackwardOnRounded) */
@@ -54,11 +58,16 @@ export abstract class NativeKernels {
     this.native.logprobGatherBackward(logits, logits.dtype, n, v, targets, lse, dlogp, out, out.dtype);
   }
 
+  /** Whether the addon's computeBf16 GEMM takes this form and these dtypes (nativeBf16Compute). */
+  private bf16Kernel(transA: boolean, transB: boolean, a: DType, b: DType): boolean {
+    return this.nativeBf16Compute === 'all' || (!transA && transB && a === 'f32' && b === 'bf16');
+  }
+
   headLogprob(h: Tensor<'f32'>, w: Tensor, targets: Tensor<'i32'>, opts: HeadOpts): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
-    if (opts.computeDtype === 'bf16' && !this.nativeBf16Compute) {
-      const r = roundedToBf16(this, h);
-      const out = this.headLogprob(r, w, targets, { ...opts, computeDtype: 'f32' });
-      this.free(r);
+    if (opts.computeDtype === 'bf16' && !this.bf16Kernel(false, true, 'f32', w.dtype)) {
+      const w16 = asBf16(this, w); // the CPU's bf16 head takes a bf16 w: an f32 one rounded first
+      const out = this.headLogprob(h, w16, targets, opts);
+      this.free(w16);
       return out;
     }
     const [n, hdim] = h.shape;
@@ -80,7 +89,8 @@ export abstract class NativeKernels {
     opts: HeadOpts,
   ): void {
     const [n, hdim] = h.shape;
-    this.native.headLogprobBackward(h, n, hdim, w, w.dtype, w.shape[0], targets, opts.softcap ?? 0, lse, dlogp, dh, dw);
+    const bf16 = opts.computeDtype === 'bf16';
+    this.native.headLogprobBackward(h, n, hdim, w, w.dtype, w.shape[0], targets, opts.softcap ?? 0, lse, dlogp, dh, dw, bf16);
   }
 
   sequenceLogprob(logp: Tensor<'f32'>, segments: Tensor<'i32'>, numSeqs: number): Tensor<'f32'> {
@@ -156,14 +166,9 @@ export abstract class NativeKernels {
   }
 
   // ---- model ops -----------------------------------------------------------------------------
-  matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+  matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
     const bf16 = opts.computeDtype === 'bf16';
-    if (bf16 && !this.nativeBf16Compute) {
-      const r = roundedToBf16(this, a);
-      const y = this.matmul(r, b, { ...opts, computeDtype: 'f32', rowInvariant: true });
-      this.free(r);
-      return y;
-    }
+    if (bf16 && !this.bf16Kernel(!!opts.transA, !!opts.transB, a.dtype, b.dtype)) return matmulOnRounded(this, a, b, opts);
     const [ar, ac] = a.shape;
     const [br, bc] = b.shape;
     const [m, k] = opts.transA ? [ac, ar] : [ar, ac];
@@ -187,14 +192,21 @@ export abstract class NativeKernels {
       n,
       !!opts.rowInvariant,
       bf16,
+      a.dtype,
     );
     return out;
   }
 
-  linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
+  linears(x: Tensor, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
     const bf16 = opts.computeDtype === 'bf16';
-    if (!(opts.rowInvariant || bf16) || (bf16 && !this.nativeBf16Compute))
-      return weights.map((w) => this.matmul(x, w, { transB: true, ...opts }));
+    // one native call: the row-invariant GEMM (f32 x), also the CPU's bf16 kernel (row-invariant
+    // itself); CUDA's bf16 GEMMs that need not be row-invariant go to cuBLASLt one weight at a time
+    const rows = bf16
+      ? x.dtype === 'f32' &&
+        (opts.rowInvariant || this.nativeBf16Compute === 'linear') &&
+        weights.every((w) => this.bf16Kernel(false, true, 'f32', w.dtype))
+      : opts.rowInvariant;
+    if (!rows) return weights.map((w) => this.matmul(x, w, { transB: true, ...opts }));
     const [m, k] = x.shape;
     const outs = weights.map((w) => this.output('f32', [m, w.shape[0]], 'linears'));
     this.native.matmulRowsMany(

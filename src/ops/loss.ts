@@ -103,7 +103,10 @@ export function headLogprob(
 
 /**
  * Backward of headLogprob: returns dh f32 [N, H]; with `dw` (f32 [V, H], the head's gradient buffer)
- * also adds the head's weight gradient into it. The logits are recomputed panel by panel.
+ * also adds the head's weight gradient into it. The logits are recomputed panel by panel. With
+ * computeDtype 'bf16' (mixed-precision training): h and w rounded to bf16 before the products, and the
+ * logits' gradient g rounded to bf16 before dh = g w and dw = g^T h (as autocast's bf16 gradients
+ * are); every sum and both results f32.
  */
 export function headLogprobBackward(
   h: Tensor<'f32'>,
@@ -114,7 +117,6 @@ export function headLogprobBackward(
   opts: HeadOpts & { dw?: Tensor<'f32'> } = {},
 ): Tensor<'f32'> {
   const a = headArgs(h, w, targets, opts);
-  if (a.opts.computeDtype !== 'f32') throw new TypeError('headLogprobBackward: training computes in f32');
   expectArg(a.be, lse, 'lse', ['f32'], [a.n]);
   expectArg(a.be, dlogp, 'dlogp', ['f32'], [a.n]);
   if (opts.dw) {

@@ -14,13 +14,16 @@ import type { Tensor } from '../tensor/tensor.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
 
 /**
- * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D; b f32 or bf16 2-D; op = transpose
- * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }); with rowInvariant
- * each row of y depends on its row of x only (generation: docs/ops.md "Row-invariant matmul").
+ * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D (bf16 with computeDtype 'bf16': a saved
+ * activation); b f32 or bf16 2-D; op = transpose when transA / transB. Linear layers: y = x W^T is
+ * matmul(x, W, { transB: true }); with rowInvariant each row of y depends on its row of x only
+ * (generation: docs/ops.md "Row-invariant matmul"). computeDtype 'bf16': both operands rounded to
+ * bf16, f32 sums, in every form (docs/ops.md "bf16 compute").
  */
-export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+export function matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
   const be = expectTensor(a, 'a');
-  expectArg(be, a, 'a', ['f32']);
+  checkCompute(opts.computeDtype, 'matmul');
+  expectArg(be, a, 'a', opts.computeDtype === 'bf16' ? ['f32', 'bf16'] : ['f32']);
   expectArg(be, b, 'b', ['f32', 'bf16']);
   expectRank(a, 2, 'a');
   expectRank(b, 2, 'b');
@@ -34,32 +37,28 @@ export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tens
   checkFinite(opts.alpha ?? 1, 'alpha');
   if (opts.rowInvariant && (opts.transA || !opts.transB))
     throw new TypeError('matmul: rowInvariant is for linear layers: transB without transA');
-  checkCompute(opts.computeDtype, 'matmul', [b], !!opts.transA || !opts.transB);
   return be.matmul(a, b, opts);
 }
 
-// computeDtype: 'f32' or 'bf16'; 'bf16' needs the linear layer form and bf16 weights.
-function checkCompute(c: ComputeDtype | undefined, op: string, weights: readonly Tensor[], notLinear: boolean): void {
-  if (c === undefined || c === 'f32') return;
-  if (c !== 'bf16') throw new TypeError(`${op}: computeDtype must be 'f32' or 'bf16', got ${String(c)}`);
-  if (notLinear) throw new TypeError(`${op}: computeDtype 'bf16' is for linear layers: transB without transA`);
-  const f = weights.findIndex((w) => w.dtype !== 'bf16');
-  if (f >= 0) throw new TypeError(`${op}: computeDtype 'bf16' needs bf16 weights, got ${weights[f].dtype} (a model stored in bf16)`);
+// computeDtype: 'f32' or 'bf16' (any form, operands f32 or bf16).
+function checkCompute(c: ComputeDtype | undefined, op: string): void {
+  if (c !== undefined && c !== 'f32' && c !== 'bf16') throw new TypeError(`${op}: computeDtype must be 'f32' or 'bf16', got ${String(c)}`);
 }
 
 /**
- * Several linear layers on one input, as one op: y_i = x W_i^T for x f32 [T, K] and each W_i f32 or
- * bf16 [N_i, K] -> f32 [T, N_i]. Each y_i equals matmul(x, W_i, { transB: true, rowInvariant }) bit for
+ * Several linear layers on one input, as one op: y_i = x W_i^T for x f32 [T, K] (bf16 with computeDtype
+ * 'bf16') and each W_i f32 or bf16 [N_i, K] -> f32 [T, N_i]. Each y_i equals matmul(x, W_i, { transB: true, rowInvariant }) bit for
  * bit (and with computeDtype, matmul's); the CPU runs the row-invariant case as one kernel over every
  * weight (the fused q/k/v and gate/up projections of generation: docs/ops.md "Row-invariant matmul").
  */
 export function linears(
-  x: Tensor<'f32'>,
+  x: Tensor,
   weights: readonly Tensor[],
   opts: { rowInvariant?: boolean; computeDtype?: ComputeDtype } = {},
 ): Tensor<'f32'>[] {
   const be = expectTensor(x, 'x');
-  expectArg(be, x, 'x', ['f32']);
+  checkCompute(opts.computeDtype, 'linears');
+  expectArg(be, x, 'x', opts.computeDtype === 'bf16' ? ['f32', 'bf16'] : ['f32']);
   expectRank(x, 2, 'x');
   if (weights.length === 0 || weights.length > 16) throw new RangeError(`linears takes 1 to 16 weights, got ${weights.length}`);
   weights.forEach((w, i) => {
@@ -68,7 +67,6 @@ export function linears(
     if (w.shape[1] !== x.shape[1])
       throw new RangeError(`linears: weights[${i}] is [${w.shape.join(', ')}], its rows need the ${x.shape[1]} values of a row of x`);
   });
-  checkCompute(opts.computeDtype, 'linears', weights, false);
   return be.linears(x, weights, { rowInvariant: !!opts.rowInvariant, computeDtype: opts.computeDtype ?? 'f32' });
 }
 

@@ -393,6 +393,34 @@ Napi::Value GemmPlanReference(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// ltPlanReference(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) -> whether the layouts
+// fit: the row-major product as the cublasLtMatmul call blas::lt_plan makes (cuBLASLt's A is our B),
+// evaluated by blas::reference_lt in float64 (c updated in place).
+Napi::Value LtPlanReference(const Napi::CallbackInfo& info) {
+  const bool ta = info[0].ToBoolean(), tb = info[1].ToBoolean();
+  auto i64 = [&](int i) { return static_cast<int64_t>(info[i].As<Napi::Number>().DoubleValue()); };
+  auto f32 = [&](int i) { return info[i].As<Napi::Float32Array>().Data(); };
+  const blas::LtCall g = blas::lt_plan(ta, tb, i64(2), i64(3), i64(4), i64(7), i64(9), i64(12));
+  const bool ok = blas::reference_lt(g, info[5].As<Napi::Number>().DoubleValue(), f32(8), f32(6), info[10].As<Napi::Number>().DoubleValue(),
+                                     f32(11));
+  return Napi::Boolean::New(info.Env(), ok);
+}
+
+// cublasLtLoad(cublasPaths: string[]) -> { path } of the libcublasLt that loaded (searched beside
+// each cuBLAS candidate, blas::lt_paths), or { error }.
+Napi::Value CublasLtLoad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArray()) spinlm::napi::ThrowType(env, "cublasLtLoad takes an array of paths");
+  const Napi::Array arr = info[0].As<Napi::Array>();
+  std::vector<std::string> paths;
+  for (uint32_t i = 0; i < arr.Length(); ++i) paths.push_back(arr.Get(i).As<Napi::String>().Utf8Value());
+  const blas::LtLibrary lib = blas::load_lt(blas::lt_paths(paths));
+  Napi::Object o = Napi::Object::New(env);
+  if (lib.lib) o.Set("path", lib.path);
+  else o.Set("error", lib.error);
+  return o;
+}
+
 // gatherPlan(n, v, sms?) -> { splits, chunk }: logprobGather's launch plan (kernels.h) for that many
 // multiprocessors, or for this device's when sms is omitted.
 Napi::Value GatherPlanOf(const Napi::CallbackInfo& info) {
@@ -443,6 +471,8 @@ void Register(Napi::Object exports) {
   exports.Set("emuSelfTest", Napi::Function::New(env, Run));
   exports.Set("cublasSearch", Napi::Function::New(env, CublasSearch));
   exports.Set("cublasLoad", Napi::Function::New(env, CublasLoad));
+  exports.Set("cublasLtLoad", Napi::Function::New(env, CublasLtLoad));
+  exports.Set("ltPlanReference", Napi::Function::New(env, LtPlanReference));
   exports.Set("gemmPlanReference", Napi::Function::New(env, GemmPlanReference));
   exports.Set("gatherPlan", Napi::Function::New(env, GatherPlanOf));
   exports.Set("sampleReplaySum", Napi::Function::New(env, SampleReplaySum));

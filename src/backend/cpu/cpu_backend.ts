@@ -11,7 +11,7 @@ import { NativeKernels } from '../native_kernels.js';
 export class CpuBackend extends NativeKernels implements Backend {
   readonly name = 'cpu';
   readonly native: NativeAddon;
-  protected readonly nativeBf16Compute = true;
+  protected readonly nativeBf16Compute = 'linear';
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 

@@ -13,7 +13,7 @@ import { cudaEmulatorNative, cudaNative, type CudaNative } from './native.js';
 export class CudaBackend extends NativeKernels implements Backend {
   readonly name: 'cuda' | 'cuda-emu';
   readonly native: CudaNative;
-  protected readonly nativeBf16Compute = true; // bf16 compute: the tensor-core row-invariant GEMM (gemm_rows_tc.cu)
+  protected readonly nativeBf16Compute = 'all'; // every bf16-compute GEMM form: gemm.cu (cuBLASLt on a GPU), gemm_rows_tc.cu (row-invariant)
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 
@@ -40,6 +40,7 @@ export class CudaBackend extends NativeKernels implements Backend {
         `memory: ${(d.totalBytes / 2 ** 30).toFixed(1)} GiB, ${(d.freeBytes / 2 ** 30).toFixed(1)} GiB free`,
         `CUDA driver ${cudaVersion(d.driverVersion)}, runtime ${cudaVersion(d.runtimeVersion)} (built with ${cudaVersion(d.builtWithRuntime)}: needs a CUDA ${cudaVersion(d.driverNeeded)} driver, Linux driver ${d.minDriver} or newer)`,
         `GEMM: ${d.gemm}`,
+        `bf16-compute GEMM: ${d.gemmBf16}`,
         `cached device memory: ${(d.cachedBytes / 2 ** 20).toFixed(0)} MiB`,
       ],
     };

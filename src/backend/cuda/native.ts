@@ -24,6 +24,8 @@ export interface CudaDeviceInfo {
   cachedBytes: number;
   /** How matmul runs: cuBLAS (version, library path, input type) or the tiled kernel. */
   gemm: string;
+  /** which path computeDtype 'bf16' GEMMs take (cuBLASLt, cublasGemmEx bf16, or the tiled kernel) */
+  gemmBf16: string;
   /** High-water marks: bytes of live tensors, and those plus the allocator's cache. */
   peakAllocatedBytes: number;
   peakReservedBytes: number;
@@ -44,7 +46,7 @@ export type CudaNative = NativeOps &
   };
 
 /** Bumped whenever a binding's arguments change (native/cuda/addon_cuda.cc exports the same number). */
-const CUDA_ABI_VERSION = 8;
+const CUDA_ABI_VERSION = 9;
 
 function checkAbi(n: CudaNative, from: string): CudaNative {
   if (n.abiVersion !== CUDA_ABI_VERSION) {

@@ -62,7 +62,8 @@ export interface NativeOps {
   /**
    * The LM head fused with logprobGather: logits h w^T formed a vocabulary panel at a time, never [n, v];
    * softcap > 0: z -> softcap tanh(z / softcap). rowInvariant: a row's results never depend on the other
-   * rows (CUDA: always). computeBf16: h rounded to bf16 (the CPU only).
+   * rows (CUDA: always, but with computeBf16 only when asked). computeBf16: h and w rounded to bf16
+   * (the CPU: w must be bf16).
    */
   headLogprob(
     h: NativeView,
@@ -78,7 +79,10 @@ export interface NativeOps {
     logp: NativeView,
     lse: NativeView,
   ): void;
-  /** dh [n, hdim] = g w (overwritten), dw [v, hdim] += g^T h when given, g recomputed panel by panel. */
+  /**
+   * dh [n, hdim] = g w (overwritten), dw [v, hdim] += g^T h when given, g recomputed panel by panel.
+   * computeBf16: h, w and g rounded to bf16 before their products (f32 sums).
+   */
   headLogprobBackward(
     h: NativeView,
     n: number,
@@ -92,6 +96,7 @@ export interface NativeOps {
     dlogp: NativeView,
     dh: NativeView,
     dw: NativeView | null,
+    computeBf16: boolean,
   ): void;
   sequenceLogprob(logp: NativeView, segments: NativeView, n: number, numSeqs: number, out: NativeView): void;
   sequenceLogprobBackward(dseq: NativeView, segments: NativeView, n: number, numSeqs: number, dlogp: NativeView): void;
@@ -149,7 +154,10 @@ export interface NativeOps {
     topP: number,
     out: NativeView,
   ): void;
-  /** computeBf16: a rounded to bf16, exact bf16 products summed in f32 (b bf16, a linear layer's layout; the CPU only). */
+  /**
+   * computeBf16: a and b rounded to bf16, exact bf16 products summed in f32 (CUDA: every form, a and b
+   * f32 or bf16; the CPU: the linear layer form, a f32, b bf16). aDtype: 'bf16' only with computeBf16.
+   */
   matmul(
     transA: boolean,
     transB: boolean,
@@ -167,6 +175,7 @@ export interface NativeOps {
     ldc: number,
     rowInvariant: boolean,
     computeBf16: boolean,
+    aDtype: string,
   ): void;
   /** outs[i] [m, ns[i]] = a [m, k] bs[i] [ns[i], k]^T, row-invariant; every b and out contiguous. */
   matmulRowsMany(

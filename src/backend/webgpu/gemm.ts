@@ -3,26 +3,21 @@
 // is one GEMM per weight.
 import type { Tensor } from '../../tensor/tensor.js';
 import type { LinearsOpts, MatmulOpts } from '../backend.js';
-import { roundedToBf16 } from '../bf16_compute.js';
+import { matmulOnRounded } from '../bf16_compute.js';
 import { empty } from './memory.js';
 import type { Bindable, Param, WebGpuRuntime } from './runtime.js';
 
 // One GEMM dispatch per weight: the submits are batched already, and a fused kernel would need the
 // weights' rows in one binding.
-export function linears(rt: WebGpuRuntime, x: Tensor<'f32'>, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
+export function linears(rt: WebGpuRuntime, x: Tensor, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
   return weights.map((w) => matmul(rt, x, w, { transB: true, ...opts }));
 }
 
 // opts.rowInvariant needs nothing here: gemm.wgsl sums each output over k in order and its variants
 // depend on K only, so a row never depends on M (test/model_ops.test.ts checks it on this backend).
-export function matmul(rt: WebGpuRuntime, a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
-  if (opts.computeDtype === 'bf16') {
-    // a rounded to bf16 first (bf16_compute.ts), then this f32 GEMM: the same products
-    const r = roundedToBf16(rt.backend, a);
-    const y = matmul(rt, r, b, { ...opts, computeDtype: 'f32' });
-    rt.backend.free(r);
-    return y;
-  }
+export function matmul(rt: WebGpuRuntime, a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+  // bf16 compute: a and b rounded to bf16 first (bf16_compute.ts), then this f32 GEMM: the same products
+  if (opts.computeDtype === 'bf16') return matmulOnRounded(rt.backend, a, b, opts);
   const [ar, ac] = a.shape;
   const [br, bc] = b.shape;
   const ta = !!opts.transA;

@@ -11,7 +11,7 @@
 // Backward: the same panels again, the logits recomputed, turned in place into g, then dh (+)= g w_panel
 // (overwritten on the first panel) and dw_panel += g^T h, two more GEMMs.
 import type { HeadOpts } from '../backend.js';
-import { roundedToBf16 } from '../bf16_compute.js';
+import { asBf16, roundedToBf16, roundInPlace } from '../bf16_compute.js';
 import type { Tensor } from '../../tensor/tensor.js';
 import { matmul } from './gemm.js';
 import { empty } from './memory.js';
@@ -54,13 +54,17 @@ export function headLogprob(
 ): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
   const [n, hdim] = h.shape;
   const v = w.shape[0];
+  const w0 = w;
   const logp = empty(rt, 'f32', [n]);
   const lse = empty(rt, 'f32', [n]);
   if (n === 0) return { logp, lse };
   const c = opts.softcap ?? 0;
   const d = { SUBGROUPS: rt.subgroups };
-  // bf16 compute: h rounded to bf16 first, then the f32 GEMM (as gemm.ts's matmul)
-  const hc = opts.computeDtype === 'bf16' ? roundedToBf16(rt.backend, h) : h;
+  // bf16 compute: h and w rounded to bf16 first, then the f32 GEMM (as gemm.ts's matmul)
+  const bf16 = opts.computeDtype === 'bf16';
+  const hc = bf16 ? roundedToBf16(rt.backend, h) : h;
+  const wc = bf16 ? asBf16(rt.backend, w) : w;
+  w = wc;
   const { panel, chunk } = plan(rt, n, hdim, v);
   const z = rt.tensor('f32', [chunk * Math.min(panel, v)]);
   const state = rt.temp(n * 12); // per row: running max, sum, target logit
@@ -80,6 +84,7 @@ export function headLogprob(
   rt.releaseBuffer(state.buffer);
   z.free();
   if (hc !== h) hc.free();
+  if (wc !== w0) wc.free();
   return { logp, lse };
 }
 
@@ -100,6 +105,14 @@ export function headLogprobBackward(
   const c = opts.softcap ?? 0;
   const d = { SUBGROUPS: rt.subgroups }; // the forward's module
   const { panel, chunk } = plan(rt, n, hdim, v);
+  // bf16 compute: h and w rounded to bf16, and g before dh = g w and dw = g^T h (f32 GEMMs on those)
+  const bf16 = opts.computeDtype === 'bf16';
+  const h0 = h,
+    w0 = w;
+  if (bf16) {
+    h = roundedToBf16(rt.backend, h);
+    w = asBf16(rt.backend, w);
+  }
   const z = rt.tensor('f32', [chunk * Math.min(panel, v)]);
   for (let v0 = 0; v0 < v; v0 += panel) {
     const cols = Math.min(panel, v - v0);
@@ -112,9 +125,12 @@ export function headLogprobBackward(
       matmul(rt, hr, wp, { transB: true, out: zc });
       const p = params(rows, cols, r0, v0, v, false, c, rows * cols);
       rt.dispatch('head', d, 'head_grad', p, [zc, targets, lse, dlogp, rt.err], Math.ceil((rows * cols) / 256));
+      if (bf16) roundInPlace(rt.backend, zc);
       matmul(rt, zc, wp, { out: dh.view(r0 * hdim, [rows, hdim]), accumulate: v0 > 0 });
       if (dwp) matmul(rt, zc, hr, { transA: true, out: dwp, accumulate: true });
     }
   }
   z.free();
+  if (h !== h0) rt.backend.free(h);
+  if (w !== w0) rt.backend.free(w);
 }

@@ -175,10 +175,10 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- matrix products (gemm.ts) -----------------------------------------------------------------
-  linears(x: Tensor<'f32'>, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
+  linears(x: Tensor, weights: readonly Tensor[], opts: LinearsOpts): Tensor<'f32'>[] {
     return gemm.linears(this.rt, x, weights, opts);
   }
-  matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+  matmul(a: Tensor, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
     return gemm.matmul(this.rt, a, b, opts);
   }
 
