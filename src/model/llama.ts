@@ -40,6 +40,8 @@ export interface ModelInput {
 /** What the backward of the layers and the final norm needs. */
 interface TrunkState {
   input: ModelInput;
+  /** The forward's arithmetic: the backward's GEMMs run in it too. */
+  computeDtype: ComputeDtype;
   layers: LayerSaved[];
   xFinal: Tensor<'f32'>; // [T, H] last layer output
   rstdFinal: Tensor<'f32'>; // [T]
@@ -85,6 +87,14 @@ export class LlamaModel extends DecoderLayers {
    * start rests on the reference pass packing as the first epoch does (docs/algorithm.md).
    */
   rowInvariant: boolean;
+  /**
+   * The arithmetic of forward / forwardLogprobs when their options do not say (training, the reference
+   * pass, scoring): 'f32', or 'bf16' mixed precision as PyTorch's bf16 autocast runs it (docs/numerics.md
+   * "Mixed precision"): every GEMM of the forward and the backward (linear layers, LoRA, the head,
+   * attention) takes bf16-rounded inputs and sums in f32; norms, softmax, the loss, the residual stream,
+   * gradients and the optimizer stay f32, parameters f32 or bf16 as stored.
+   */
+  computeDtype: ComputeDtype = 'f32';
   /** Set while ZeRO stage 3 trains this model; null otherwise. */
   paramHook: ParamHook | null = null;
 
@@ -181,7 +191,7 @@ export class LlamaModel extends DecoderLayers {
     x: Tensor<'f32'>,
     input: ModelInput,
     keep: boolean,
-    computeDtype: ComputeDtype = 'f32',
+    computeDtype: ComputeDtype,
   ): { out: Tensor<'f32'>; saved: LayerSaved } {
     const c = this.cfg;
     const { rows: R, length: L } = input;
@@ -196,7 +206,7 @@ export class LlamaModel extends DecoderLayers {
           k.reshape([R, L, c.numKvHeads, c.headDim]),
           v.reshape([R, L, c.numKvHeads, c.headDim]),
           input.attentionMask,
-          this.attentionOptsFor(i, input),
+          this.attentionOptsFor(i, input, computeDtype),
         );
         return { att: out, lse };
       },
@@ -207,14 +217,14 @@ export class LlamaModel extends DecoderLayers {
   /**
    * Forward pass -> logits f32 [T, V] (every position through the LM head: generation's tests and the
    * library's users; training and scoring use forwardLogprobs). With `train`, also the state backward()
-   * needs (else activations are freed layer by layer and `state` is null). `computeDtype` 'bf16' (not
-   * with `train`: training computes in f32) rounds the linear layers' inputs to bf16 (docs/ops.md "bf16 compute").
+   * needs (else activations are freed layer by layer and `state` is null). `computeDtype` (default: the
+   * model's) 'bf16' runs every GEMM on bf16-rounded inputs (docs/numerics.md "Mixed precision").
    */
   forward(
     input: ModelInput,
     opts: { train?: boolean; computeDtype?: ComputeDtype } = {},
   ): { logits: Tensor<'f32'>; state: ForwardState | null } {
-    const computeDtype = opts.computeDtype ?? 'f32';
+    const computeDtype = opts.computeDtype ?? this.computeDtype;
     const t = this.trunk(input, !!opts.train, computeDtype);
     const logits = ops.matmul(t.hFinal, this.lmHead(), { transB: true, computeDtype });
     this.capLogits(logits);
@@ -237,7 +247,7 @@ export class LlamaModel extends DecoderLayers {
     loss: LossRows,
     opts: { train?: boolean; computeDtype?: ComputeDtype } = {},
   ): { logp: Tensor<'f32'>; state: LogprobState | null } {
-    const computeDtype = opts.computeDtype ?? 'f32';
+    const computeDtype = opts.computeDtype ?? this.computeDtype;
     const t = this.trunk(input, !!opts.train, computeDtype);
     const hSel = ops.embedding(loss.rows, t.hFinal); // the loss rows of h [T, H]: [M, H]
     t.hFinal.free();
@@ -257,7 +267,6 @@ export class LlamaModel extends DecoderLayers {
   /** Embedding, layers and final norm: h [T, H] and what the backward of the layers needs. */
   private trunk(input: ModelInput, train: boolean, computeDtype: ComputeDtype) {
     this.checkInput(input);
-    if (train && computeDtype !== 'f32') throw new TypeError(`forward: training computes in f32, got computeDtype ${computeDtype}`);
     const hook = this.paramHook;
     const tied = this.cfg.tieWordEmbeddings;
     hook?.acquire(EMBED_UNIT, 'forward');
@@ -275,7 +284,7 @@ export class LlamaModel extends DecoderLayers {
     hook?.acquire(HEAD_UNIT, 'forward');
     const { y: hFinal, rstd: rstdFinal } = this.finalNorm(x);
     if (!train) freeAll(x, rstdFinal);
-    return { hFinal, state: { input, layers, xFinal: x, rstdFinal } };
+    return { hFinal, state: { input, computeDtype, layers, xFinal: x, rstdFinal } };
   }
 
   /** Ends the head's use of its parameter units (the head, and the embedding when tied). */
@@ -302,8 +311,9 @@ export class LlamaModel extends DecoderLayers {
       throw new Error('backward from logits: a soft-capped head trains through forwardLogprobs / backwardLogprobs');
     const lmName = this.acquireHead();
     const dw = this.weights.gradOf(lmName); // none when frozen (LoRA)
-    if (dw) ops.matmul(dlogits, state.hFinal, { transA: true, out: dw, accumulate: true });
-    const dh = ops.matmul(dlogits, this.lmHead());
+    const { computeDtype } = state;
+    if (dw) ops.matmul(dlogits, state.hFinal, { transA: true, out: dw, accumulate: true, computeDtype });
+    const dh = ops.matmul(dlogits, this.lmHead(), { computeDtype });
     dlogits.free();
     state.hFinal.free();
     this.backwardTrunk(state, dh);
@@ -316,6 +326,7 @@ export class LlamaModel extends DecoderLayers {
     const dSel = ops.headLogprobBackward(hSel, this.lmHead(), loss.targets, lse, dlogp, {
       dw: this.weights.gradOf(lmName), // none when frozen (LoRA): no dW GEMM
       softcap: this.cfg.finalSoftcap ?? 0,
+      computeDtype: state.computeDtype,
     });
     const dh = ops.zeros(this.backend, 'f32', state.xFinal.shape);
     ops.embeddingBackward(loss.rows, dSel, dh); // back to the positions they came from; the others are 0
@@ -335,11 +346,11 @@ export class LlamaModel extends DecoderLayers {
       let saved = state.layers[i];
       hook?.acquire(i, 'backward');
       if (saved.h1 === undefined) {
-        const re = this.layerForward(i, saved.x, input, true);
+        const re = this.layerForward(i, saved.x, input, true, state.computeDtype);
         re.out.free();
         saved = re.saved;
       }
-      const next = this.layerBackward(i, saved, dx, input);
+      const next = this.layerBackward(i, saved, dx, input, state.computeDtype);
       hook?.release(i, 'backward');
       dx.free();
       freeAll(...Object.values(saved)); // the layer input x included: nothing reads it any more

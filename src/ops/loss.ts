@@ -2,6 +2,7 @@
 import { SPIN_LOSS_TYPES, type HeadOpts, type SpinLossOpts, type SpinLossOutputs } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkCount, checkFinite, describe, expectArg, expectDisjoint, expectDType, expectRank, expectTensor } from './check.js';
+import { headLogprobBackwardOnRounded, headLogprobOnRounded } from './bf16_shim.js';
 
 /** logits [N, V] f32|bf16 and targets i32 [N]. */
 function logprobArgs(logits: Tensor, targets: Tensor) {
@@ -98,6 +99,8 @@ export function headLogprob(
   opts: HeadOpts = {},
 ): { logp: Tensor<'f32'>; lse: Tensor<'f32'> } {
   const a = headArgs(h, w, targets, opts);
+  // TEMPORARY (autocast branch, until lt-gemm's head kernels): an f32 head with computeDtype 'bf16'
+  if (a.opts.computeDtype === 'bf16' && w.dtype !== 'bf16') return headLogprobOnRounded(a.be, h, w, targets, a.opts);
   return a.be.headLogprob(h, w, targets, a.opts);
 }
 
@@ -114,7 +117,6 @@ export function headLogprobBackward(
   opts: HeadOpts & { dw?: Tensor<'f32'> } = {},
 ): Tensor<'f32'> {
   const a = headArgs(h, w, targets, opts);
-  if (a.opts.computeDtype !== 'f32') throw new TypeError('headLogprobBackward: training computes in f32');
   expectArg(a.be, lse, 'lse', ['f32'], [a.n]);
   expectArg(a.be, dlogp, 'dlogp', ['f32'], [a.n]);
   if (opts.dw) {
@@ -123,7 +125,9 @@ export function headLogprobBackward(
     expectDisjoint(opts.dw, w, 'dw and w');
   }
   const dh = a.be.empty('f32', [a.n, a.hdim]);
-  a.be.headLogprobBackward(h, w, targets, lse, dlogp, dh, opts.dw ?? null, a.opts);
+  // TEMPORARY (autocast branch, until lt-gemm's head kernels): computeDtype 'bf16'
+  if (a.opts.computeDtype === 'bf16') headLogprobBackwardOnRounded(a.be, h, w, targets, lse, dlogp, dh, opts.dw ?? null, a.opts);
+  else a.be.headLogprobBackward(h, w, targets, lse, dlogp, dh, opts.dw ?? null, a.opts);
   return dh;
 }
 

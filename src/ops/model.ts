@@ -12,15 +12,17 @@ import type {
 } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { checkFinite, expectArg, expectRank, expectRows, expectShape, expectTensor } from './check.js';
+import { matmulNeedsShim, matmulOnRoundedOperands } from './bf16_shim.js';
 
 /**
  * [M, N] = alpha op(a) op(b) (+ out when accumulate). a f32 2-D; b f32 or bf16 2-D; op = transpose
  * when transA / transB. Linear layers: y = x W^T is matmul(x, W, { transB: true }); with rowInvariant
  * each row of y depends on its row of x only (generation: docs/ops.md "Row-invariant matmul").
  */
-export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
+export function matmul(a: Tensor<'f32'> | Tensor<'bf16'>, b: Tensor, opts: MatmulOpts = {}): Tensor<'f32'> {
   const be = expectTensor(a, 'a');
-  expectArg(be, a, 'a', ['f32']);
+  // a bf16 `a` only with computeDtype 'bf16' (mixed-precision training's saved bf16 inputs)
+  expectArg(be, a, 'a', opts.computeDtype === 'bf16' ? ['f32', 'bf16'] : ['f32']);
   expectArg(be, b, 'b', ['f32', 'bf16']);
   expectRank(a, 2, 'a');
   expectRank(b, 2, 'b');
@@ -34,8 +36,10 @@ export function matmul(a: Tensor<'f32'>, b: Tensor, opts: MatmulOpts = {}): Tens
   checkFinite(opts.alpha ?? 1, 'alpha');
   if (opts.rowInvariant && (opts.transA || !opts.transB))
     throw new TypeError('matmul: rowInvariant is for linear layers: transB without transA');
+  // TEMPORARY (autocast branch; lt-gemm's checkCompute replaces this): every form with computeDtype 'bf16'
+  if (matmulNeedsShim(a, b, opts)) return matmulOnRoundedOperands(be, a, b, opts);
   checkCompute(opts.computeDtype, 'matmul', [b], !!opts.transA || !opts.transB);
-  return be.matmul(a, b, opts);
+  return be.matmul(a as Tensor<'f32'>, b, opts);
 }
 
 // computeDtype: 'f32' or 'bf16'; 'bf16' needs the linear layer form and bf16 weights.
@@ -68,6 +72,9 @@ export function linears(
     if (w.shape[1] !== x.shape[1])
       throw new RangeError(`linears: weights[${i}] is [${w.shape.join(', ')}], its rows need the ${x.shape[1]} values of a row of x`);
   });
+  // TEMPORARY (autocast branch, as in matmul): f32 weights with computeDtype 'bf16'
+  if (opts.computeDtype === 'bf16' && weights.some((w) => w.dtype !== 'bf16'))
+    return weights.map((w) => matmulOnRoundedOperands(be, x, w, { transB: true, ...opts }));
   checkCompute(opts.computeDtype, 'linears', weights, false);
   return be.linears(x, weights, { rowInvariant: !!opts.rowInvariant, computeDtype: opts.computeDtype ?? 'f32' });
 }

@@ -3,6 +3,7 @@
 // checkpoints that a rerun resumes from. What a micro-batch computes is the Objective's business.
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { ComputeDtype } from '../backend/backend.js';
 import type { LlamaModel } from '../model/llama.js';
 import { openSafetensors, writeSafetensors } from '../model/safetensors.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -46,6 +47,12 @@ export interface LoopConfig {
    * and layer, for ~1/3 more compute). Same results bit for bit. Absent: the model's own setting.
    */
   gradientCheckpointing?: boolean;
+  /**
+   * The arithmetic of the forward and backward passes (LlamaModel.computeDtype): 'f32', or 'bf16' mixed
+   * precision (docs/numerics.md "Mixed precision"). The reference pass (self_play.ts referenceStage) runs
+   * in it too, so the first step's u is exactly 0. Absent: the model's own setting.
+   */
+  computeDtype?: ComputeDtype;
   /**
    * Fused updates (LOMO-style, src/optim/fused_update.ts): each unit of parameters is updated as soon
    * as the backward has its gradient, which is then freed, so no full set of gradients is resident.
@@ -335,6 +342,7 @@ export async function runTrainingLoop(
   // with fused updates no full set of gradients is ever allocated (each unit's exists while it trains)
   model.weights.enableTraining({ grads: !cfg.fusedUpdate });
   if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
+  if (cfg.computeDtype !== undefined) model.computeDtype = cfg.computeDtype;
   const dist = cfg.dist;
   const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim, { overlap: dist.overlap }) : null;
   // one process with bf16 parameters: only the f32 masters stay resident while training (master_params.ts);
