@@ -3,15 +3,20 @@
 // smaller, and bf16 compute really changes the numbers (every backend of testBackends).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { Backend } from '../src/backend/backend.js';
+import type { AttentionOpts, Backend, HeadOpts, LinearsOpts, MatmulOpts } from '../src/backend/backend.js';
+import { CpuBackend } from '../src/backend/cpu/cpu_backend.js';
+import { uploadBatchLossRows, uploadInput } from '../src/model/input.js';
+import { packSpinBatch } from '../src/spin/pack.js';
+import type { Tensor } from '../src/tensor/tensor.js';
 import { initLlama } from '../src/model/init.js';
 import type { LlamaModel } from '../src/model/llama.js';
 import type { TokenizedPair } from '../src/spin/batch.js';
 import { referenceLogps, SpinObjective } from '../src/spin/objectives.js';
-import { type LoopConfig, runTrainingLoop, type StepLog } from '../src/spin/train_loop.js';
+import { type LoopConfig, runTrainingLoop, type StepLog, trainingComputeDtype } from '../src/spin/train_loop.js';
 import type { Rng } from '../src/util/rng.js';
 import { testBackends } from './helpers/backends.js';
 import { withSeed } from './helpers/random.js';
+import * as ops from '../src/ops/index.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 
 const EOS = 2;
@@ -40,7 +45,7 @@ const loop = (o: Partial<LoopConfig> = {}): LoopConfig => ({
 
 /** The reference pass (in the loop's arithmetic, as referenceStage runs it) and a SPIN run: the step logs. */
 async function spinRun(model: LlamaModel, data: TokenizedPair[], cfg: LoopConfig): Promise<{ ref: Float32Array; logs: StepLog[] }> {
-  if (cfg.computeDtype) model.computeDtype = cfg.computeDtype;
+  if (cfg.computeDtype) model.computeDtype = trainingComputeDtype(cfg.computeDtype, model.backend);
   const ref = await referenceLogps(model, data, { microBatchSize: cfg.microBatchSize, seed: cfg.seed, eosId: EOS, padId: 0 });
   const logs: StepLog[] = [];
   const obj = new SpinObjective(model, data, ref, {
@@ -82,3 +87,110 @@ for (const be of await testBackends()) {
       }));
   }
 }
+
+/**
+ * A CPU backend that checks every GEMM it runs (matmul, linears, the fused head, attention): each must
+ * compute on bf16 values — computeDtype 'bf16' where the kernel rounds itself (the linear form with bf16
+ * weights; attention), else operands whose values are all bf16 (rounded before the call). `bad` lists
+ * the calls that were not.
+ */
+function gemmSpy(): { be: CpuBackend; bad: string[]; calls: () => number } {
+  const be = new CpuBackend({ poison: true });
+  const bad: string[] = [];
+  let n = 0;
+  const bf16Valued = (t: Tensor) => {
+    if (t.dtype === 'bf16') return true;
+    const a = new Float32Array(t.numel);
+    be.native.read(t, a);
+    return new Uint32Array(a.buffer).every((x) => (x & 0xffff) === 0);
+  };
+  const check = (ok: boolean, what: string) => {
+    n++;
+    if (!ok) bad.push(what);
+  };
+  const { matmul, linears, headLogprob, headLogprobBackward, attention, attentionBackward } = be;
+  Object.assign(be, {
+    matmul(a: Tensor<'f32'>, b: Tensor, o: MatmulOpts = {}) {
+      const native = o.computeDtype === 'bf16' && b.dtype === 'bf16' && !!o.transB && !o.transA;
+      check(native || (bf16Valued(a) && bf16Valued(b)), `matmul ${a} ${b} ${JSON.stringify({ ...o, out: undefined })}`);
+      return matmul.call(be, a, b, o);
+    },
+    linears(x: Tensor<'f32'>, ws: readonly Tensor[], o: LinearsOpts) {
+      const native = o.computeDtype === 'bf16' && ws.every((w) => w.dtype === 'bf16');
+      check(native || (bf16Valued(x) && ws.every(bf16Valued)), `linears ${x} ${JSON.stringify(o)}`);
+      return linears.call(be, x, ws, o);
+    },
+    headLogprob(h: Tensor<'f32'>, w: Tensor, t: Tensor<'i32'>, o: HeadOpts) {
+      check((o.computeDtype === 'bf16' && w.dtype === 'bf16') || (bf16Valued(h) && bf16Valued(w)), `headLogprob ${h} ${w}`);
+      return headLogprob.call(be, h, w, t, o);
+    },
+    headLogprobBackward(...a: Parameters<Backend['headLogprobBackward']>) {
+      check(false, 'headLogprobBackward in f32');
+      return headLogprobBackward.apply(be, a);
+    },
+    attention(...a: Parameters<Backend['attention']>) {
+      const o: AttentionOpts = a[4] ?? {};
+      check(o.computeDtype === 'bf16' || a.slice(0, 3).every((t) => bf16Valued(t as Tensor)), 'attention in f32');
+      return attention.apply(be, a);
+    },
+    attentionBackward(...a: Parameters<Backend['attentionBackward']>) {
+      const o: AttentionOpts = a[7] ?? {};
+      check(o.computeDtype === 'bf16' || [a[0], a[1], a[2], a[6]].every((t) => bf16Valued(t as Tensor)), 'attentionBackward in f32');
+      return attentionBackward.apply(be, a);
+    },
+  });
+  return { be, bad, calls: () => n };
+}
+
+for (const lora of [false, true])
+  test(`cpu: with computeDtype bf16 every GEMM of a training step computes on bf16 values (forward, backward, head, attention${lora ? ', LoRA with dropout' : ''}); with f32 they do not`, async () =>
+    withSeed(async (rng) => {
+      const seed = rng.int(0, 1e9);
+      const data = pairs(rng, 4);
+      const cfg = (computeDtype: 'f32' | 'bf16') =>
+        loop({
+          computeDtype,
+          numTrainEpochs: 1,
+          gradientCheckpointing: true,
+          ...(lora ? { lora: { r: 4, alpha: 8, dropout: 0.25, targetModules: 'all-linear', useRslora: false } } : {}),
+        });
+      for (const computeDtype of ['bf16', 'f32'] as const) {
+        const spy = gemmSpy();
+        // tied head: the embedding is the head (its rows are read f32 by the embedding, rounded by the head)
+        const model = initLlama(spy.be, tinyConfig({ vocab: 48, tie: true, modelType: 'qwen2' }), { seed, std: 0.1, randomizeAll: true });
+        const { logs } = await spinRun(model, data, cfg(computeDtype));
+        assert.equal(logs[0].loss, Math.fround(Math.LN2));
+        assert.ok(spy.calls() > 20, `${spy.calls()} GEMM calls seen`);
+        if (computeDtype === 'bf16') assert.deepEqual(spy.bad, []);
+        else assert.ok(spy.bad.length > 0, 'the spy sees f32 GEMMs');
+        model.weights.free();
+      }
+    }));
+
+test('cpu: the linear layers keep their saved inputs (h1, h2, act) in bf16 under computeDtype bf16: the saved state is that much smaller', async () =>
+  withSeed(async (rng) => {
+    const be = new CpuBackend();
+    const cfg = tinyConfig({ vocab: 48, hidden: 64, intermediate: 160 });
+    const model = initLlama(be, cfg, { seed: rng.int(0, 1e9), std: 0.1 });
+    model.weights.enableTraining();
+    const batch = packSpinBatch(pairs(rng, 4), EOS);
+    const saved: Record<string, number> = {};
+    for (const computeDtype of ['f32', 'bf16'] as const) {
+      const input = uploadInput(be, batch, cfg.vocabSize);
+      const loss = uploadBatchLossRows(be, batch);
+      const before = be.native.liveBytes();
+      const { logp, state } = model.forwardLogprobs(input, loss, { train: true, computeDtype });
+      saved[computeDtype] = be.native.liveBytes() - before;
+      const want = computeDtype === 'bf16' ? 'bf16' : 'f32';
+      for (const s of state!.layers) for (const k of ['h1', 'h2', 'act'] as const) assert.equal(s[k]!.dtype, want, `${k} is ${want}`);
+      model.backwardLogprobs(state!, ops.zeros(be, 'f32', logp.shape));
+      logp.free();
+      for (const t of [input.inputIds, input.positions, input.attentionMask, input.spans, loss.rows, loss.targets, loss.segments])
+        t?.free();
+    }
+    // h1, h2 [T, H] and act [T, I] per layer: 2 bytes instead of 4 each
+    const T = batch.rows * batch.length;
+    const expected = cfg.numLayers * T * (2 * cfg.hiddenSize + cfg.intermediateSize) * 2;
+    assert.equal(saved.f32 - saved.bf16, expected, `saved state ${saved.f32} B (f32) vs ${saved.bf16} B (bf16)`);
+    model.weights.free();
+  }));

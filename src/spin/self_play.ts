@@ -29,7 +29,7 @@ import { checkTruncation, type TokenizedPair, type TruncationOptions } from './b
 import { tokenizeChatPair, tokenizeChatSft } from './prompt_tokens.js';
 import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
 import { padIdOf } from './sft.js';
-import { type LoopConfig, runTrainingLoop, type StepLog } from './train_loop.js';
+import { type LoopConfig, runTrainingLoop, type StepLog, trainingComputeDtype } from './train_loop.js';
 import { shardByItem } from '../dist/shard.js';
 
 export type Arm = 'spin' | 'sft';
@@ -145,7 +145,7 @@ export async function referenceStage(
   onProgress?: (done: number, total: number) => void,
 ): Promise<Float32Array> {
   // in the arithmetic the training will run in: the first training forward reproduces these bit for bit
-  if (loop.computeDtype !== undefined) model.computeDtype = loop.computeDtype;
+  if (loop.computeDtype !== undefined) model.computeDtype = trainingComputeDtype(loop.computeDtype, model.backend);
   // data parallel: the ranks agree on whether the file is there (one of them may see it before
   // another, or not at all without a shared file system), then score their share of the batches
   const group = loop.dist?.group;
