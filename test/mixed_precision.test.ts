@@ -15,7 +15,10 @@ import { referenceLogps, SpinObjective } from '../src/spin/objectives.js';
 import { type LoopConfig, runTrainingLoop, type StepLog, trainingComputeDtype } from '../src/spin/train_loop.js';
 import type { Rng } from '../src/util/rng.js';
 import { testBackends } from './helpers/backends.js';
-import { withSeed } from './helpers/random.js';
+import { randn, withSeed } from './helpers/random.js';
+import { relErr } from './helpers/loss_ref.js';
+import { matmulRef } from './helpers/model_ref.js';
+import { bf16ArrayToF32, f32ArrayToBf16 } from '../src/tensor/bf16.js';
 import * as ops from '../src/ops/index.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 
@@ -61,6 +64,29 @@ async function spinRun(model: LlamaModel, data: TokenizedPair[], cfg: LoopConfig
 }
 
 for (const be of await testBackends()) {
+  test(`${be.name}: matmul with computeDtype bf16 in every form training uses (transA / transB, a and b f32 or bf16, out + accumulate): float64 on the bf16-rounded operands`, () =>
+    withSeed(async (rng) => {
+      const [m, n, k] = [rng.int(1, 40), rng.int(1, 40), rng.int(1, 70)];
+      const round = (x: Float32Array) => bf16ArrayToF32(f32ArrayToBf16(x));
+      const make = (host: Float32Array, shape: number[], dtype: 'f32' | 'bf16') =>
+        dtype === 'f32' ? ops.upload(be, { dtype, data: host }, shape) : ops.upload(be, { dtype, data: f32ArrayToBf16(host) }, shape);
+      for (const transA of [false, true])
+        for (const transB of [false, true])
+          for (const da of ['f32', 'bf16'] as const)
+            for (const db of ['f32', 'bf16'] as const) {
+              const [ah, bh, c0] = [randn(rng, m * k), randn(rng, k * n), randn(rng, m * n)];
+              const a = make(ah, transA ? [k, m] : [m, k], da) as Tensor<'f32'>;
+              const b = make(bh, transB ? [n, k] : [k, n], db);
+              const out = ops.upload(be, { dtype: 'f32', data: c0 }, [m, n]);
+              ops.matmul(a, b, { transA, transB, computeDtype: 'bf16', out, accumulate: true, alpha: 0.5 });
+              const want = matmulRef(round(ah), round(bh), m, n, k, transA, transB).map((v, i) => 0.5 * v + c0[i]);
+              // products of bf16 values are exact in f32: only the f32 sums differ from float64
+              const e = relErr((await ops.read(out)) as Float32Array, want);
+              assert.ok(e <= 1e-6, `transA ${transA} transB ${transB} a ${da} b ${db}: relative error ${e}`);
+              for (const t of [a, b, out]) t.free();
+            }
+    }));
+
   for (const dtype of ['f32', 'bf16'] as const) {
     test(`${be.name}: bf16 compute, ${dtype} parameters: u = 0 exactly at the first step (loss log 2), and training lowers the loss`, async () =>
       withSeed(async (rng) => {
@@ -179,7 +205,8 @@ test('cpu: the linear layers keep their saved inputs (h1, h2, act) in bf16 under
       const input = uploadInput(be, batch, cfg.vocabSize);
       const loss = uploadBatchLossRows(be, batch);
       const before = be.native.liveBytes();
-      const { logp, state } = model.forwardLogprobs(input, loss, { train: true, computeDtype });
+      model.computeDtype = computeDtype;
+      const { logp, state } = model.forwardLogprobs(input, loss, { train: true });
       saved[computeDtype] = be.native.liveBytes() - before;
       const want = computeDtype === 'bf16' ? 'bf16' : 'f32';
       for (const s of state!.layers) for (const k of ['h1', 'h2', 'act'] as const) assert.equal(s[k]!.dtype, want, `${k} is ${want}`);

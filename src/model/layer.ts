@@ -26,6 +26,12 @@ import * as ops from '../ops/index.js';
 export interface LinearMode {
   rowInvariant?: boolean;
   computeDtype?: ComputeDtype;
+  /**
+   * Mixed precision (with computeDtype 'bf16': training's arithmetic, LlamaModel.computeDtype): attention
+   * and LoRA's GEMMs run on bf16 values too, and the linear layers' saved inputs are kept in bf16. Without
+   * it, computeDtype 'bf16' is inference's "bf16 compute" (docs/ops.md): the linear layers and the head only.
+   */
+  autocast?: boolean;
 }
 
 /**
@@ -106,10 +112,10 @@ export abstract class DecoderLayers {
    * Layer i's attention options over an input: with its spans when the input is packed (src/spin/pack.ts),
    * and computeDtype 'bf16' under mixed precision (AttentionOpts.computeDtype).
    */
-  attentionOptsFor(i: number, input: { spans?: Tensor<'i32'> }, computeDtype: ComputeDtype = 'f32'): AttentionOpts {
+  attentionOptsFor(i: number, input: { spans?: Tensor<'i32'> }, lin: LinearMode = {}): AttentionOpts {
     const o = this.attentionOpts(i);
     if (input.spans) o.spans = input.spans;
-    if (computeDtype === 'bf16') o.computeDtype = 'bf16';
+    if (lin.autocast) o.computeDtype = 'bf16';
     return o;
   }
 
@@ -130,11 +136,11 @@ export abstract class DecoderLayers {
   }
 
   /**
-   * The copy of a linear layer's input that its backward reads: a bf16 copy of x under computeDtype 'bf16'
+   * The copy of a linear layer's input that its backward reads: a bf16 copy of x under mixed precision
    * (the caller frees x once the forward GEMMs have read it), else x itself.
    */
   private kept(x: Tensor<'f32'>, lin: LinearMode): Tensor {
-    return lin.computeDtype === 'bf16' ? ops.cast(x, 'bf16') : x;
+    return lin.autocast ? ops.cast(x, 'bf16') : x;
   }
 
   /**
@@ -158,7 +164,8 @@ export abstract class DecoderLayers {
       const b = biases[i];
       if (b) ops.addBias(y, this.p(b));
     });
-    loraForward(this.weights, xLora, weights, ys, lin); // + s (x A^T) B^T where an adapter is (lora_linear.ts)
+    // + s (x A^T) B^T where an adapter is (lora_linear.ts); in bf16 under mixed precision only
+    loraForward(this.weights, xLora, weights, ys, { rowInvariant: lin.rowInvariant, computeDtype: lin.autocast ? 'bf16' : 'f32' });
     return ys;
   }
 
@@ -175,16 +182,18 @@ export abstract class DecoderLayers {
     x: Tensor,
     weight: string,
     bias: string | null,
-    computeDtype: ComputeDtype,
+    lin: LinearMode,
     dxOut?: Tensor<'f32'>,
   ): Tensor<'f32'> {
+    const computeDtype = lin.computeDtype ?? 'f32';
     const gw = this.weights.gradOf(weight);
     if (gw) ops.matmul(dy, x, { transA: true, out: gw, accumulate: true, computeDtype });
     const gb = bias ? this.weights.gradOf(bias) : undefined;
     if (gb) ops.biasBackward(dy, gb);
     const w = this.p(weight);
     const dx = dxOut ? ops.matmul(dy, w, { out: dxOut, accumulate: true, computeDtype }) : ops.matmul(dy, w, { computeDtype });
-    if (this.weights.lora && this.weights.training) loraBackward(this.weights, this.loraPending, dy, x, weight, dx, computeDtype);
+    if (this.weights.lora && this.weights.training)
+      loraBackward(this.weights, this.loraPending, dy, x, weight, dx, lin.autocast ? 'bf16' : 'f32');
     return dx;
   }
 
@@ -313,9 +322,9 @@ export abstract class DecoderLayers {
     s: LayerSaved,
     dout: Tensor<'f32'>,
     input: { rows: number; length: number; positions: Tensor<'i32'>; attentionMask: Tensor<'i32'>; spans?: Tensor<'i32'> },
-    computeDtype: ComputeDtype = 'f32',
+    lin: LinearMode = {},
   ): Tensor<'f32'> {
-    const cd = computeDtype;
+    const cd = { computeDtype: lin.computeDtype, autocast: lin.autocast }; // the forward's (not row-invariant)
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const { rows: R, length: L } = input;
