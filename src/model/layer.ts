@@ -227,17 +227,17 @@ export abstract class DecoderLayers {
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const T = x.shape[0];
-    const { y: h1, rstd: rstd1 } = this.norm(x, `${pre}.input_layernorm.weight`);
+    const { y: h1f, rstd: rstd1 } = this.norm(x, `${pre}.input_layernorm.weight`);
+    const h1 = this.kept(h1f, lin);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
-    const h1k = this.kept(h1, lin);
     const [qProj, kProj, v] = this.linears(
-      h1,
+      h1f,
       ['q_proj', 'k_proj', 'v_proj'].map((n) => `${pre}.self_attn.${n}.weight`),
       ['q_proj', 'k_proj', 'v_proj'].map(bias),
       lin,
-      h1k,
+      h1,
     );
-    if (h1k !== h1) h1.free();
+    if (h1 !== h1f) h1f.free();
     let [q, k] = [qProj, kProj];
     let qRaw: Tensor<'f32'> | undefined, kRaw: Tensor<'f32'> | undefined;
     let rstdQ: Tensor<'f32'> | undefined, rstdK: Tensor<'f32'> | undefined;
@@ -261,10 +261,10 @@ export abstract class DecoderLayers {
     let oRaw: Tensor<'f32'> | undefined, rstdO: Tensor<'f32'> | undefined;
     if (c.sandwichNorms) [oRaw, { y: o, rstd: rstdO }] = [o, this.norm(o, `${pre}.post_attention_layernorm.weight`)];
     const x2 = ops.add(x, o, o);
-    const { y: h2, rstd: rstd2 } = this.norm(x2, this.preMlpNorm(pre));
-    const h2k = this.kept(h2, lin);
-    const [gate, up] = this.linears(h2, [`${pre}.mlp.gate_proj.weight`, `${pre}.mlp.up_proj.weight`], [null, null], lin, h2k);
-    if (h2k !== h2) h2.free();
+    const { y: h2f, rstd: rstd2 } = this.norm(x2, this.preMlpNorm(pre));
+    const h2 = this.kept(h2f, lin);
+    const [gate, up] = this.linears(h2f, [`${pre}.mlp.gate_proj.weight`, `${pre}.mlp.up_proj.weight`], [null, null], lin, h2);
+    if (h2 !== h2f) h2f.free();
     const actF = ops.swiglu(gate, up, this.glu);
     const act = this.kept(actF, lin);
     let d = this.linear(actF, `${pre}.mlp.down_proj.weight`, null, lin, act);
@@ -272,30 +272,7 @@ export abstract class DecoderLayers {
     let dRaw: Tensor<'f32'> | undefined, rstdD: Tensor<'f32'> | undefined;
     if (c.sandwichNorms) [dRaw, { y: d, rstd: rstdD }] = [d, this.norm(d, `${pre}.post_feedforward_layernorm.weight`)];
     const out = ops.add(x2, d, d);
-    const all = {
-      x,
-      h1: h1k,
-      rstd1,
-      qRaw,
-      kRaw,
-      rstdQ,
-      rstdK,
-      q,
-      k,
-      v,
-      att,
-      lse,
-      o: oRaw,
-      rstdO,
-      x2,
-      h2: h2k,
-      rstd2,
-      gate,
-      up,
-      act,
-      d: dRaw,
-      rstdD,
-    };
+    const all = { x, h1, rstd1, qRaw, kRaw, rstdQ, rstdK, q, k, v, att, lse, o: oRaw, rstdO, x2, h2, rstd2, gate, up, act, d: dRaw, rstdD };
     if (keep) return { out, saved: all };
     freeAll(...Object.values(all).filter((t) => t !== x));
     return { out, saved: { x } };

@@ -266,13 +266,13 @@ export class LlamaModel extends DecoderLayers {
     return { logp, state: { ...t.state, hSel, lse, loss } };
   }
 
-  /** Embedding, layers and final norm: h [T, H] and what the backward of the layers needs. */
   /** The arithmetic of a forward: the model's mixed precision, or a given computeDtype (inference's bf16 compute). */
   private precision(computeDtype: ComputeDtype | undefined): LinearMode {
     if (computeDtype !== undefined) return { computeDtype };
     return { computeDtype: this.computeDtype, autocast: this.computeDtype === 'bf16' };
   }
 
+  /** Embedding, layers and final norm: h [T, H] and what the backward of the layers needs. */
   private trunk(input: ModelInput, train: boolean, lin: LinearMode) {
     this.checkInput(input);
     const hook = this.paramHook;
