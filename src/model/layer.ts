@@ -214,7 +214,8 @@ export abstract class DecoderLayers {
    * attention) and generation (a KV cache). With `keep`, returns what the backward needs. With
    * `lin.rowInvariant`, the linear layers use the row-invariant matmul: each output row depends on its
    * input row only (generation: docs/ops.md "Row-invariant matmul"); `lin.computeDtype` 'bf16' rounds
-   * their inputs to bf16 (inference only: docs/ops.md "bf16 compute").
+   * their inputs to bf16 (docs/ops.md "bf16 compute"), and `lin.autocast` makes it training's mixed
+   * precision (LinearMode.autocast, docs/numerics.md "Mixed precision").
    */
   layer(
     i: number,
