@@ -144,7 +144,7 @@ describe('2. a journal is reused only by the run that wrote it', () => {
       }
     }));
 
-  test('reference log-probs: a file of other pairs is refused, naming them; the same pairs reuse it', () =>
+  test('reference log-probs: a file of other pairs or another compute dtype is refused, naming them; the same pairs reuse it', () =>
     withSeed(async (rng) => {
       const d = mkdtempSync(join(dir, 'ref-'));
       const tok = await loadTokenizer(join(dir, 'a'));
@@ -163,6 +163,13 @@ describe('2. a journal is reused only by the run that wrote it', () => {
           referenceStage(model, swapped, tok, loop, file),
           /ref_logps\.json: reference log-probs of another run: the pairs differ/,
         );
+        // computed in f32: refused for a bf16 (mixed-precision) run, whose first step would not reproduce them
+        await assert.rejects(
+          referenceStage(model, pairs, tok, { ...loop, computeDtype: 'bf16' }, file),
+          /reference log-probs of another run: compute_dtype \(was f32, now bf16\); delete it and .*ref_logps\.fingerprint\.json to recompute/,
+        );
+        // 'auto' on the CPU is f32: the file is reused
+        assert.deepEqual(await referenceStage(model, pairs, tok, { ...loop, computeDtype: 'auto' }, file), first);
       } finally {
         model.weights.free();
       }

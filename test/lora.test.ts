@@ -173,7 +173,7 @@ for (const be of await testBackends())
         x,
         names.map((n) => w.get(n)),
       );
-      loraForward(w, x, names, ys, false);
+      loraForward(w, x, names, ys, {});
       const Wh = new Float32Array(m.outFeatures * m.inFeatures);
       let off = 0;
       for (const n of names) {

@@ -97,7 +97,7 @@ export function modelConfig(o: Parsed): ModelConfig {
     maxLength: optNum(o, 'max_length'),
     maxPromptLength: optNum(o, 'max_prompt_length'),
     truncationMode: choice(o, 'truncation_mode', ['keep_end', 'keep_start'] as const, 'keep_end'),
-    computeDtype: choice(o, 'compute_dtype', ['f32', 'bf16'] as const, 'f32'),
+    computeDtype: inferenceComputeDtype(o),
   };
 }
 
@@ -136,6 +136,11 @@ export function truncationOf(
   return { maxLength, maxPromptLength, truncationMode: m.truncationMode };
 }
 
+/** --compute_dtype of generation and scoring: auto is f32 there (training's auto: loopConfig). */
+function inferenceComputeDtype(o: Parsed): ComputeDtype {
+  return choice(o, 'compute_dtype', ['auto', 'f32', 'bf16'] as const, 'auto') === 'bf16' ? 'bf16' : 'f32';
+}
+
 /** --compute_dtype, checked against the loaded parameters: bf16 compute needs bf16 parameters. */
 export function checkComputeDtype(m: Pick<ModelConfig, 'computeDtype' | 'dir'>, paramDtype: string): ComputeDtype {
   if (m.computeDtype === 'bf16' && paramDtype !== 'bf16')
@@ -157,7 +162,7 @@ export function generationConfig(o: Parsed): GenerationConfig {
     maxNewTokens: num(o, 'max_new_tokens'),
     batchSize: num(o, 'generation_batch_size'),
     kvCacheDtype: choice(o, 'kv_cache_dtype', ['auto', 'f32', 'bf16'] as const satisfies readonly KvCacheDtype[], 'auto'),
-    computeDtype: choice(o, 'compute_dtype', ['f32', 'bf16'] as const, 'f32'),
+    computeDtype: inferenceComputeDtype(o),
     stop: optStr(o, 'stop'),
   };
 }
@@ -249,6 +254,7 @@ export function loopConfig(o: Parsed, learningRate: number, dist = launchedByMpi
     seed: num(o, 'seed'),
     saveSteps: num(o, 'save_steps'),
     gradientCheckpointing: bool(o, 'gradient_checkpointing'),
+    computeDtype: choice(o, 'compute_dtype', ['auto', 'f32', 'bf16'] as const, 'auto'),
     fusedUpdate,
     lora: loraOptionsOf(o),
     dist: dist

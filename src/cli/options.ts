@@ -214,12 +214,15 @@ export const spinOptions: OptionSpec[] = [
   },
 ];
 
-/** Generation's and scoring's arithmetic (docs/ops.md "bf16 compute"); training is f32 whatever it says. */
+/**
+ * The arithmetic of the GEMMs: training's mixed precision (docs/numerics.md "Mixed precision"), and
+ * generation's and scoring's linear layers (docs/ops.md "bf16 compute"). `auto`: bf16 training on CUDA.
+ */
 export const computeDtypeOption: OptionSpec = {
   name: 'compute_dtype',
-  type: { oneOf: ['f32', 'bf16'] },
-  default: 'f32',
-  help: "linear layers' arithmetic when generating or scoring: bf16 rounds their inputs to bf16 (exact products, f32 sums; faster where the CPU has AVX512-BF16); needs bf16 parameters; training is f32",
+  type: { oneOf: ['auto', 'f32', 'bf16'] },
+  default: 'auto',
+  help: "arithmetic of the GEMMs: bf16 rounds their inputs to bf16 (exact products, f32 sums) as PyTorch's bf16 autocast; norms, softmax, loss, gradients, optimizer and master weights stay f32. Training: auto = bf16 on --device cuda, f32 on cpu and webgpu. Generation and scoring: auto = f32; bf16 there needs bf16 parameters",
 };
 
 export const generationOptions: OptionSpec[] = [

@@ -26,12 +26,21 @@ import * as ops from '../ops/index.js';
 export interface LinearMode {
   rowInvariant?: boolean;
   computeDtype?: ComputeDtype;
+  /**
+   * Mixed precision (with computeDtype 'bf16': training's arithmetic, LlamaModel.computeDtype): attention
+   * and LoRA's GEMMs run on bf16 values too, and the linear layers' saved inputs are kept in bf16. Without
+   * it, computeDtype 'bf16' is inference's "bf16 compute" (docs/ops.md): the linear layers and the head only.
+   */
+  autocast?: boolean;
 }
 
-/** What one layer's backward needs. In recompute mode only `x` is kept. */
+/**
+ * What one layer's backward needs. In recompute mode only `x` is kept. With computeDtype 'bf16' the inputs
+ * of the linear layers that the dW GEMMs read (h1, h2, act) are kept in bf16: their GEMMs round them anyway.
+ */
 export interface LayerSaved {
   x: Tensor<'f32'>; // [T, H] layer input
-  h1?: Tensor<'f32'>; // [T, H] input RMSNorm output
+  h1?: Tensor; // [T, H] input RMSNorm output (bf16 with computeDtype 'bf16', else f32)
   rstd1?: Tensor<'f32'>; // [T]
   qRaw?: Tensor<'f32'>; // [T, nH * hd] q_proj output before q_norm (qkNorm only)
   kRaw?: Tensor<'f32'>; // [T, nKV * hd] k_proj output before k_norm (qkNorm only)
@@ -45,11 +54,11 @@ export interface LayerSaved {
   o?: Tensor<'f32'>; // [T, H] o_proj output (sandwich norms only: the post-attention norm's input)
   rstdO?: Tensor<'f32'>; // [T]
   x2?: Tensor<'f32'>; // [T, H] after the attention residual
-  h2?: Tensor<'f32'>; // [T, H] pre-MLP RMSNorm output
+  h2?: Tensor; // [T, H] pre-MLP RMSNorm output (bf16 with computeDtype 'bf16')
   rstd2?: Tensor<'f32'>; // [T]
   gate?: Tensor<'f32'>; // [T, I]
   up?: Tensor<'f32'>; // [T, I]
-  act?: Tensor<'f32'>; // [T, I] act(gate) * up
+  act?: Tensor; // [T, I] act(gate) * up (bf16 with computeDtype 'bf16')
   d?: Tensor<'f32'>; // [T, H] down_proj output (sandwich norms only)
   rstdD?: Tensor<'f32'>; // [T]
 }
@@ -99,10 +108,14 @@ export abstract class DecoderLayers {
     return o;
   }
 
-  /** Layer i's attention options over an input: with its spans when the input is packed (src/spin/pack.ts). */
-  attentionOptsFor(i: number, input: { spans?: Tensor<'i32'> }): AttentionOpts {
+  /**
+   * Layer i's attention options over an input: with its spans when the input is packed (src/spin/pack.ts),
+   * and computeDtype 'bf16' under mixed precision (AttentionOpts.computeDtype).
+   */
+  attentionOptsFor(i: number, input: { spans?: Tensor<'i32'> }, lin: LinearMode = {}): AttentionOpts {
     const o = this.attentionOpts(i);
     if (input.spans) o.spans = input.spans;
+    if (lin.autocast) o.computeDtype = 'bf16';
     return o;
   }
 
@@ -118,12 +131,30 @@ export abstract class DecoderLayers {
   }
 
   /** Linear layer y = x W^T (+ b): x [T, in], W [out, in] -> [T, out]. */
-  private linear(x: Tensor<'f32'>, weight: string, bias: string | null, lin: LinearMode = {}): Tensor<'f32'> {
-    return this.linears(x, [weight], [bias], lin)[0];
+  private linear(x: Tensor<'f32'>, weight: string, bias: string | null, lin: LinearMode = {}, xLora: Tensor = x): Tensor<'f32'> {
+    return this.linears(x, [weight], [bias], lin, xLora)[0];
   }
 
-  /** Linear layers on one input as one op (fused q/k/v, gate/up): [x W_i^T (+ b_i)]. */
-  private linears(x: Tensor<'f32'>, weights: readonly string[], biases: readonly (string | null)[], lin: LinearMode): Tensor<'f32'>[] {
+  /**
+   * The copy of a linear layer's input that its backward reads: a bf16 copy of x under mixed precision
+   * (the caller frees x once the forward GEMMs have read it), else x itself.
+   */
+  private kept(x: Tensor<'f32'>, lin: LinearMode): Tensor {
+    return lin.autocast ? ops.cast(x, 'bf16') : x;
+  }
+
+  /**
+   * Linear layers on one input as one op (fused q/k/v, gate/up): [x W_i^T (+ b_i)]. `xLora`: the input of
+   * the LoRA paths (the bf16 copy kept for the backward, so that the forward and the backward's
+   * recomputation of x A^T read the same values), x by default.
+   */
+  private linears(
+    x: Tensor<'f32'>,
+    weights: readonly string[],
+    biases: readonly (string | null)[],
+    lin: LinearMode,
+    xLora: Tensor = x,
+  ): Tensor<'f32'>[] {
     const ys = ops.linears(
       x,
       weights.map((w) => this.p(w)),
@@ -133,7 +164,8 @@ export abstract class DecoderLayers {
       const b = biases[i];
       if (b) ops.addBias(y, this.p(b));
     });
-    loraForward(this.weights, x, weights, ys, !!lin.rowInvariant); // + s (x A^T) B^T where an adapter is (lora_linear.ts)
+    // + s (x A^T) B^T where an adapter is (lora_linear.ts); in bf16 under mixed precision only
+    loraForward(this.weights, xLora, weights, ys, { rowInvariant: lin.rowInvariant, computeDtype: lin.autocast ? 'bf16' : 'f32' });
     return ys;
   }
 
@@ -143,14 +175,25 @@ export abstract class DecoderLayers {
   /**
    * Backward of linear: returns dx = dy W and accumulates dW += dy^T x (and db += colsum dy); a frozen
    * weight (LoRA) gets no dW GEMM; an adapted one adds the LoRA path to dx and its adapters' gradients.
+   * With computeDtype 'bf16' both GEMMs round their inputs (dy included) to bf16 and sum in f32.
    */
-  private linearBackward(dy: Tensor<'f32'>, x: Tensor<'f32'>, weight: string, bias: string | null, dxOut?: Tensor<'f32'>): Tensor<'f32'> {
+  private linearBackward(
+    dy: Tensor<'f32'>,
+    x: Tensor,
+    weight: string,
+    bias: string | null,
+    lin: LinearMode,
+    dxOut?: Tensor<'f32'>,
+  ): Tensor<'f32'> {
+    const computeDtype = lin.computeDtype ?? 'f32';
     const gw = this.weights.gradOf(weight);
-    if (gw) ops.matmul(dy, x, { transA: true, out: gw, accumulate: true });
+    if (gw) ops.matmul(dy, x, { transA: true, out: gw, accumulate: true, computeDtype });
     const gb = bias ? this.weights.gradOf(bias) : undefined;
     if (gb) ops.biasBackward(dy, gb);
-    const dx = dxOut ? ops.matmul(dy, this.p(weight), { out: dxOut, accumulate: true }) : ops.matmul(dy, this.p(weight));
-    if (this.weights.lora && this.weights.training) loraBackward(this.weights, this.loraPending, dy, x, weight, dx);
+    const w = this.p(weight);
+    const dx = dxOut ? ops.matmul(dy, w, { out: dxOut, accumulate: true, computeDtype }) : ops.matmul(dy, w, { computeDtype });
+    if (this.weights.lora && this.weights.training)
+      loraBackward(this.weights, this.loraPending, dy, x, weight, dx, lin.autocast ? 'bf16' : 'f32');
     return dx;
   }
 
@@ -171,7 +214,8 @@ export abstract class DecoderLayers {
    * attention) and generation (a KV cache). With `keep`, returns what the backward needs. With
    * `lin.rowInvariant`, the linear layers use the row-invariant matmul: each output row depends on its
    * input row only (generation: docs/ops.md "Row-invariant matmul"); `lin.computeDtype` 'bf16' rounds
-   * their inputs to bf16 (inference only: docs/ops.md "bf16 compute").
+   * their inputs to bf16 (docs/ops.md "bf16 compute"), and `lin.autocast` makes it training's mixed
+   * precision (LinearMode.autocast, docs/numerics.md "Mixed precision").
    */
   layer(
     i: number,
@@ -184,14 +228,17 @@ export abstract class DecoderLayers {
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const T = x.shape[0];
-    const { y: h1, rstd: rstd1 } = this.norm(x, `${pre}.input_layernorm.weight`);
+    const { y: h1f, rstd: rstd1 } = this.norm(x, `${pre}.input_layernorm.weight`);
+    const h1 = this.kept(h1f, lin);
     const bias = (n: string) => (c.qkvBias ? `${pre}.self_attn.${n}.bias` : null);
     const [qProj, kProj, v] = this.linears(
-      h1,
+      h1f,
       ['q_proj', 'k_proj', 'v_proj'].map((n) => `${pre}.self_attn.${n}.weight`),
       ['q_proj', 'k_proj', 'v_proj'].map(bias),
       lin,
+      h1,
     );
+    if (h1 !== h1f) h1f.free();
     let [q, k] = [qProj, kProj];
     let qRaw: Tensor<'f32'> | undefined, kRaw: Tensor<'f32'> | undefined;
     let rstdQ: Tensor<'f32'> | undefined, rstdK: Tensor<'f32'> | undefined;
@@ -215,10 +262,14 @@ export abstract class DecoderLayers {
     let oRaw: Tensor<'f32'> | undefined, rstdO: Tensor<'f32'> | undefined;
     if (c.sandwichNorms) [oRaw, { y: o, rstd: rstdO }] = [o, this.norm(o, `${pre}.post_attention_layernorm.weight`)];
     const x2 = ops.add(x, o, o);
-    const { y: h2, rstd: rstd2 } = this.norm(x2, this.preMlpNorm(pre));
-    const [gate, up] = this.linears(h2, [`${pre}.mlp.gate_proj.weight`, `${pre}.mlp.up_proj.weight`], [null, null], lin);
-    const act = ops.swiglu(gate, up, this.glu);
-    let d = this.linear(act, `${pre}.mlp.down_proj.weight`, null, lin);
+    const { y: h2f, rstd: rstd2 } = this.norm(x2, this.preMlpNorm(pre));
+    const h2 = this.kept(h2f, lin);
+    const [gate, up] = this.linears(h2f, [`${pre}.mlp.gate_proj.weight`, `${pre}.mlp.up_proj.weight`], [null, null], lin, h2);
+    if (h2 !== h2f) h2f.free();
+    const actF = ops.swiglu(gate, up, this.glu);
+    const act = this.kept(actF, lin);
+    let d = this.linear(actF, `${pre}.mlp.down_proj.weight`, null, lin, act);
+    if (act !== actF) actF.free();
     let dRaw: Tensor<'f32'> | undefined, rstdD: Tensor<'f32'> | undefined;
     if (c.sandwichNorms) [dRaw, { y: d, rstd: rstdD }] = [d, this.norm(d, `${pre}.post_feedforward_layernorm.weight`)];
     const out = ops.add(x2, d, d);
@@ -249,7 +300,9 @@ export abstract class DecoderLayers {
     s: LayerSaved,
     dout: Tensor<'f32'>,
     input: { rows: number; length: number; positions: Tensor<'i32'>; attentionMask: Tensor<'i32'>; spans?: Tensor<'i32'> },
+    lin: LinearMode = {},
   ): Tensor<'f32'> {
+    const cd = { computeDtype: lin.computeDtype, autocast: lin.autocast }; // the forward's (not row-invariant)
     const c = this.cfg;
     const pre = `model.layers.${i}`;
     const { rows: R, length: L } = input;
@@ -262,15 +315,15 @@ export abstract class DecoderLayers {
       dd = this.normBackward(s.d!, `${pre}.post_feedforward_layernorm.weight`, s.rstdD!, dout);
       drop(s, 'd', 'rstdD');
     }
-    const dact = this.linearBackward(dd, s.act!, `${pre}.mlp.down_proj.weight`, null);
+    const dact = this.linearBackward(dd, s.act!, `${pre}.mlp.down_proj.weight`, null, cd);
     if (dd !== dout) dd.free();
     drop(s, 'act');
     const { dgate, dup } = ops.swigluBackward(s.gate!, s.up!, dact, this.glu);
     drop(s, 'gate', 'up');
     dact.free();
-    const dh2 = this.linearBackward(dgate, s.h2!, `${pre}.mlp.gate_proj.weight`, null);
+    const dh2 = this.linearBackward(dgate, s.h2!, `${pre}.mlp.gate_proj.weight`, null, cd);
     dgate.free();
-    this.linearBackward(dup, s.h2!, `${pre}.mlp.up_proj.weight`, null, dh2);
+    this.linearBackward(dup, s.h2!, `${pre}.mlp.up_proj.weight`, null, cd, dh2);
     drop(s, 'h2');
     dup.free();
     const dx2n = this.normBackward(s.x2!, this.preMlpNorm(pre), s.rstd2!, dh2);
@@ -288,6 +341,7 @@ export abstract class DecoderLayers {
       s.att!.reshape([T, c.numHeads * c.headDim]),
       `${pre}.self_attn.o_proj.weight`,
       c.oBias ? `${pre}.self_attn.o_proj.bias` : null,
+      cd,
     );
     if (dO !== dx2) dO.free();
     const shapeQ = [R, L, c.numHeads, c.headDim],
@@ -300,7 +354,7 @@ export abstract class DecoderLayers {
       s.att!,
       s.lse!,
       datt.reshape(shapeQ),
-      this.attentionOptsFor(i, input),
+      this.attentionOptsFor(i, input, cd),
     );
     drop(s, 'q', 'k', 'v', 'att', 'lse');
     datt.free();
@@ -319,9 +373,9 @@ export abstract class DecoderLayers {
     const dq2 = dqRaw.reshape([T, c.numHeads * c.headDim]),
       dk2 = dkRaw.reshape([T, c.numKvHeads * c.headDim]),
       dv2 = dv.reshape([T, c.numKvHeads * c.headDim]);
-    const dh1 = this.linearBackward(dq2, s.h1!, `${pre}.self_attn.q_proj.weight`, bias('q_proj'));
-    this.linearBackward(dk2, s.h1!, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), dh1);
-    this.linearBackward(dv2, s.h1!, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), dh1);
+    const dh1 = this.linearBackward(dq2, s.h1!, `${pre}.self_attn.q_proj.weight`, bias('q_proj'), cd);
+    this.linearBackward(dk2, s.h1!, `${pre}.self_attn.k_proj.weight`, bias('k_proj'), cd, dh1);
+    this.linearBackward(dv2, s.h1!, `${pre}.self_attn.v_proj.weight`, bias('v_proj'), cd, dh1);
     drop(s, 'h1');
     freeAll(dqRaw, dkRaw, dv);
     const dxn = this.normBackward(s.x, `${pre}.input_layernorm.weight`, s.rstd1!, dh1);

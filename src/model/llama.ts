@@ -11,7 +11,7 @@ import { openCheckpointTensors, writeCheckpointTensors } from './checkpoint_file
 import { EMBED_UNIT, HEAD_UNIT, type ParamHook } from './param_units.js';
 import { checkpointLayout, type LlamaConfig, loadConfig, writeConfig } from './config.js';
 import { ropePositionLimit } from './rope.js';
-import { DecoderLayers, freeAll, type LayerSaved } from './layer.js';
+import { DecoderLayers, freeAll, type LayerSaved, type LinearMode } from './layer.js';
 import { type ParamDType, Weights } from './weights.js';
 import { finiteOrThrow } from './divergence.js';
 
@@ -40,6 +40,8 @@ export interface ModelInput {
 /** What the backward of the layers and the final norm needs. */
 interface TrunkState {
   input: ModelInput;
+  /** The forward's arithmetic: the backward's GEMMs run in it too. */
+  lin: LinearMode;
   layers: LayerSaved[];
   xFinal: Tensor<'f32'>; // [T, H] last layer output
   rstdFinal: Tensor<'f32'>; // [T]
@@ -85,6 +87,14 @@ export class LlamaModel extends DecoderLayers {
    * start rests on the reference pass packing as the first epoch does (docs/algorithm.md).
    */
   rowInvariant: boolean;
+  /**
+   * The arithmetic of forward / forwardLogprobs when their options do not say (training, the reference
+   * pass, scoring): 'f32', or 'bf16' mixed precision as PyTorch's bf16 autocast runs it (docs/numerics.md
+   * "Mixed precision"): every GEMM of the forward and the backward (linear layers, LoRA, the head,
+   * attention) takes bf16-rounded inputs and sums in f32; norms, softmax, the loss, the residual stream,
+   * gradients and the optimizer stay f32, parameters f32 or bf16 as stored.
+   */
+  computeDtype: ComputeDtype = 'f32';
   /** Set while ZeRO stage 3 trains this model; null otherwise. */
   paramHook: ParamHook | null = null;
 
@@ -181,7 +191,7 @@ export class LlamaModel extends DecoderLayers {
     x: Tensor<'f32'>,
     input: ModelInput,
     keep: boolean,
-    computeDtype: ComputeDtype = 'f32',
+    lin: LinearMode,
   ): { out: Tensor<'f32'>; saved: LayerSaved } {
     const c = this.cfg;
     const { rows: R, length: L } = input;
@@ -196,27 +206,29 @@ export class LlamaModel extends DecoderLayers {
           k.reshape([R, L, c.numKvHeads, c.headDim]),
           v.reshape([R, L, c.numKvHeads, c.headDim]),
           input.attentionMask,
-          this.attentionOptsFor(i, input),
+          this.attentionOptsFor(i, input, lin),
         );
         return { att: out, lse };
       },
-      { computeDtype, rowInvariant: this.rowInvariant },
+      { ...lin, rowInvariant: this.rowInvariant },
     );
   }
 
   /**
    * Forward pass -> logits f32 [T, V] (every position through the LM head: generation's tests and the
    * library's users; training and scoring use forwardLogprobs). With `train`, also the state backward()
-   * needs (else activations are freed layer by layer and `state` is null). `computeDtype` 'bf16' (not
-   * with `train`: training computes in f32) rounds the linear layers' inputs to bf16 (docs/ops.md "bf16 compute").
+   * needs (else activations are freed layer by layer and `state` is null). Arithmetic: without
+   * `computeDtype`, the model's (LlamaModel.computeDtype: 'bf16' is mixed precision, every GEMM on bf16
+   * values, docs/numerics.md "Mixed precision"); a given `computeDtype` 'bf16' is inference's "bf16
+   * compute" (docs/ops.md: the linear layers' and the head's inputs rounded, attention f32).
    */
   forward(
     input: ModelInput,
     opts: { train?: boolean; computeDtype?: ComputeDtype } = {},
   ): { logits: Tensor<'f32'>; state: ForwardState | null } {
-    const computeDtype = opts.computeDtype ?? 'f32';
-    const t = this.trunk(input, !!opts.train, computeDtype);
-    const logits = ops.matmul(t.hFinal, this.lmHead(), { transB: true, computeDtype });
+    const lin = this.precision(opts.computeDtype);
+    const t = this.trunk(input, !!opts.train, lin);
+    const logits = ops.matmul(t.hFinal, this.lmHead(), { transB: true, computeDtype: lin.computeDtype });
     this.capLogits(logits);
     this.releaseHead('forward');
     if (!opts.train) {
@@ -237,12 +249,12 @@ export class LlamaModel extends DecoderLayers {
     loss: LossRows,
     opts: { train?: boolean; computeDtype?: ComputeDtype } = {},
   ): { logp: Tensor<'f32'>; state: LogprobState | null } {
-    const computeDtype = opts.computeDtype ?? 'f32';
-    const t = this.trunk(input, !!opts.train, computeDtype);
+    const lin = this.precision(opts.computeDtype);
+    const t = this.trunk(input, !!opts.train, lin);
     const hSel = ops.embedding(loss.rows, t.hFinal); // the loss rows of h [T, H]: [M, H]
     t.hFinal.free();
     const { logp, lse } = ops.headLogprob(hSel, this.lmHead(), loss.targets, {
-      computeDtype,
+      computeDtype: lin.computeDtype,
       softcap: this.cfg.finalSoftcap ?? 0,
       rowInvariant: this.rowInvariant,
     });
@@ -254,10 +266,15 @@ export class LlamaModel extends DecoderLayers {
     return { logp, state: { ...t.state, hSel, lse, loss } };
   }
 
+  /** The arithmetic of a forward: the model's mixed precision, or a given computeDtype (inference's bf16 compute). */
+  private precision(computeDtype: ComputeDtype | undefined): LinearMode {
+    if (computeDtype !== undefined) return { computeDtype };
+    return { computeDtype: this.computeDtype, autocast: this.computeDtype === 'bf16' };
+  }
+
   /** Embedding, layers and final norm: h [T, H] and what the backward of the layers needs. */
-  private trunk(input: ModelInput, train: boolean, computeDtype: ComputeDtype) {
+  private trunk(input: ModelInput, train: boolean, lin: LinearMode) {
     this.checkInput(input);
-    if (train && computeDtype !== 'f32') throw new TypeError(`forward: training computes in f32, got computeDtype ${computeDtype}`);
     const hook = this.paramHook;
     const tied = this.cfg.tieWordEmbeddings;
     hook?.acquire(EMBED_UNIT, 'forward');
@@ -266,7 +283,7 @@ export class LlamaModel extends DecoderLayers {
     const layers: LayerSaved[] = [];
     for (let i = 0; i < this.cfg.numLayers; i++) {
       hook?.acquire(i, 'forward');
-      const { out, saved } = this.layerForward(i, x, input, train && !this.recompute, computeDtype);
+      const { out, saved } = this.layerForward(i, x, input, train && !this.recompute, lin);
       hook?.release(i, 'forward');
       if (train) layers.push(saved);
       else x.free();
@@ -275,7 +292,7 @@ export class LlamaModel extends DecoderLayers {
     hook?.acquire(HEAD_UNIT, 'forward');
     const { y: hFinal, rstd: rstdFinal } = this.finalNorm(x);
     if (!train) freeAll(x, rstdFinal);
-    return { hFinal, state: { input, layers, xFinal: x, rstdFinal } };
+    return { hFinal, state: { input, lin, layers, xFinal: x, rstdFinal } };
   }
 
   /** Ends the head's use of its parameter units (the head, and the embedding when tied). */
@@ -302,8 +319,9 @@ export class LlamaModel extends DecoderLayers {
       throw new Error('backward from logits: a soft-capped head trains through forwardLogprobs / backwardLogprobs');
     const lmName = this.acquireHead();
     const dw = this.weights.gradOf(lmName); // none when frozen (LoRA)
-    if (dw) ops.matmul(dlogits, state.hFinal, { transA: true, out: dw, accumulate: true });
-    const dh = ops.matmul(dlogits, this.lmHead());
+    const { computeDtype } = state.lin;
+    if (dw) ops.matmul(dlogits, state.hFinal, { transA: true, out: dw, accumulate: true, computeDtype });
+    const dh = ops.matmul(dlogits, this.lmHead(), { computeDtype });
     dlogits.free();
     state.hFinal.free();
     this.backwardTrunk(state, dh);
@@ -316,6 +334,7 @@ export class LlamaModel extends DecoderLayers {
     const dSel = ops.headLogprobBackward(hSel, this.lmHead(), loss.targets, lse, dlogp, {
       dw: this.weights.gradOf(lmName), // none when frozen (LoRA): no dW GEMM
       softcap: this.cfg.finalSoftcap ?? 0,
+      computeDtype: state.lin.computeDtype,
     });
     const dh = ops.zeros(this.backend, 'f32', state.xFinal.shape);
     ops.embeddingBackward(loss.rows, dSel, dh); // back to the positions they came from; the others are 0
@@ -335,11 +354,11 @@ export class LlamaModel extends DecoderLayers {
       let saved = state.layers[i];
       hook?.acquire(i, 'backward');
       if (saved.h1 === undefined) {
-        const re = this.layerForward(i, saved.x, input, true);
+        const re = this.layerForward(i, saved.x, input, true, state.lin);
         re.out.free();
         saved = re.saved;
       }
-      const next = this.layerBackward(i, saved, dx, input);
+      const next = this.layerBackward(i, saved, dx, input, state.lin);
       hook?.release(i, 'backward');
       dx.free();
       freeAll(...Object.values(saved)); // the layer input x included: nothing reads it any more

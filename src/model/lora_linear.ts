@@ -13,6 +13,7 @@
 // applied with the swiglu op: silu(g) * x with g = 2^20 (kept: silu(2^20) = 2^20 exactly, as
 // exp(-2^20) = 0) or g = 0 (dropped: silu(0) = 0), then scaled by 2^-20 / (1 - p): x * fl(1 / (1 - p))
 // exactly, as torch's dropout (powers of two are exact).
+import type { ComputeDtype } from '../backend/backend.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { Rng } from '../util/rng.js';
 import { type LoraModule, type LoraState, loraA, loraB } from './lora.js';
@@ -23,7 +24,7 @@ const KEEP = 2 ** 20;
 
 /** What the backward of a fused module carries from one part to the next. */
 interface Pending {
-  xd: Tensor<'f32'>;
+  xd: Tensor;
   u: Tensor<'f32'>;
   du: Tensor<'f32'> | null;
   gate: Tensor<'f32'> | null;
@@ -42,7 +43,7 @@ export function dropoutGateHost(lora: LoraState, path: string, n: number): Float
   return g;
 }
 
-function dropoutGate(w: Weights, m: LoraModule, x: Tensor<'f32'>): Tensor<'f32'> | null {
+function dropoutGate(w: Weights, m: LoraModule, x: Tensor): Tensor<'f32'> | null {
   const g = dropoutGateHost(w.lora!, m.path, x.numel);
   return g ? ops.upload(w.backend, { dtype: 'f32', data: g }, x.shape) : null;
 }
@@ -54,10 +55,17 @@ function applyMask(gate: Tensor<'f32'>, v: Tensor<'f32'>, p: number): Tensor<'f3
   return y;
 }
 
-/** The LoRA input of module m: dropout(x) (x itself without dropout) and the gate that made it. */
-function loraInput(w: Weights, m: LoraModule, x: Tensor<'f32'>): { xd: Tensor<'f32'>; gate: Tensor<'f32'> | null } {
+/**
+ * The LoRA input of module m: dropout(x) (x itself without dropout) and the gate that made it. x f32, or
+ * bf16 (the linear layer's input kept in bf16 under mixed precision: widened exactly for the dropout).
+ */
+function loraInput(w: Weights, m: LoraModule, x: Tensor): { xd: Tensor; gate: Tensor<'f32'> | null } {
   const gate = dropoutGate(w, m, x);
-  return { xd: gate ? applyMask(gate, x, w.lora!.config.dropout) : x, gate };
+  if (!gate) return { xd: x, gate };
+  const xf = x.dtype === 'f32' ? (x as Tensor<'f32'>) : ops.cast(x, 'f32');
+  const xd = applyMask(gate, xf, w.lora!.config.dropout);
+  if (xf !== x) xf.free();
+  return { xd, gate };
 }
 
 /** The rows of B (or of its gradient) that part `row..row + n` of module m uses. */
@@ -67,12 +75,21 @@ function partRows(t: Tensor<'f32'>, m: LoraModule, row: number, n: number, r: nu
 
 /**
  * Adds the LoRA paths to the outputs ys[i] = x W_i^T (+ b_i) of the linear layers `weights` (base
- * names) that have an adapter. `rowInvariant`: generation's row-invariant matmuls (f32: adapters are f32).
+ * names) that have an adapter. `lin.rowInvariant`: generation's row-invariant matmuls; `lin.computeDtype`
+ * 'bf16': both GEMMs round their inputs (x, A; u, B) to bf16 and sum in f32 (adapters are f32).
  */
-export function loraForward(w: Weights, x: Tensor<'f32'>, weights: readonly string[], ys: Tensor<'f32'>[], rowInvariant: boolean): void {
+export function loraForward(
+  w: Weights,
+  x: Tensor,
+  weights: readonly string[],
+  ys: Tensor<'f32'>[],
+  lin: { rowInvariant?: boolean; computeDtype?: ComputeDtype },
+): void {
   const lora = w.lora;
   if (!lora) return;
-  const us = new Map<LoraModule, { u: Tensor<'f32'>; xd: Tensor<'f32'>; gate: Tensor<'f32'> | null }>();
+  const rowInvariant = !!lin.rowInvariant;
+  const computeDtype = lin.computeDtype ?? 'f32';
+  const us = new Map<LoraModule, { u: Tensor<'f32'>; xd: Tensor; gate: Tensor<'f32'> | null }>();
   try {
     weights.forEach((name, i) => {
       const hit = lora.of(name);
@@ -81,11 +98,11 @@ export function loraForward(w: Weights, x: Tensor<'f32'>, weights: readonly stri
       let e = us.get(m);
       if (!e) {
         const { xd, gate } = loraInput(w, m, x);
-        e = { u: ops.matmul(xd, w.get(loraA(m.path)), { transB: true, rowInvariant }), xd, gate };
+        e = { u: ops.matmul(xd as Tensor<'f32'>, w.get(loraA(m.path)), { transB: true, rowInvariant, computeDtype }), xd, gate };
         us.set(m, e);
       }
       const B = partRows(w.get(loraB(m.path)) as Tensor<'f32'>, m, row, ys[i].shape[1], lora.config.r);
-      ops.matmul(e.u, B, { transB: true, alpha: lora.scaling, out: ys[i], accumulate: true, rowInvariant });
+      ops.matmul(e.u, B, { transB: true, alpha: lora.scaling, out: ys[i], accumulate: true, rowInvariant, computeDtype });
     });
   } finally {
     for (const { u, xd, gate } of us.values()) {
@@ -106,9 +123,10 @@ export function loraBackward(
   w: Weights,
   pending: Map<LoraModule, Pending>,
   dy: Tensor<'f32'>,
-  x: Tensor<'f32'>,
+  x: Tensor,
   weight: string,
   dx: Tensor<'f32'>,
+  computeDtype: ComputeDtype = 'f32',
 ): void {
   const lora = w.lora;
   const hit = lora?.of(weight);
@@ -120,26 +138,26 @@ export function loraBackward(
   let e = pending.get(m);
   if (!e) {
     const { xd, gate } = loraInput(w, m, x); // the forward's mask again (same key)
-    e = { xd, gate, u: ops.matmul(xd, A, { transB: true }), du: null };
+    e = { xd, gate, u: ops.matmul(xd as Tensor<'f32'>, A, { transB: true, computeDtype }), du: null };
     pending.set(m, e);
   }
   const n = dy.shape[1];
-  ops.matmul(dy, e.u, { transA: true, alpha: s, out: partRows(w.grad(loraB(m.path)), m, row, n, r), accumulate: true });
+  ops.matmul(dy, e.u, { transA: true, alpha: s, out: partRows(w.grad(loraB(m.path)), m, row, n, r), accumulate: true, computeDtype });
   const B = partRows(w.get(loraB(m.path)) as Tensor<'f32'>, m, row, n, r);
-  if (e.du) ops.matmul(dy, B, { alpha: s, out: e.du, accumulate: true });
-  else e.du = ops.matmul(dy, B, { alpha: s });
+  if (e.du) ops.matmul(dy, B, { alpha: s, out: e.du, accumulate: true, computeDtype });
+  else e.du = ops.matmul(dy, B, { alpha: s, computeDtype });
   if (weight !== m.parts[m.parts.length - 1].weight) return;
   pending.delete(m);
   try {
-    ops.matmul(e.du, e.xd, { transA: true, out: w.grad(loraA(m.path)), accumulate: true });
+    ops.matmul(e.du, e.xd, { transA: true, out: w.grad(loraA(m.path)), accumulate: true, computeDtype });
     if (e.gate) {
-      const dxd = ops.matmul(e.du, A);
+      const dxd = ops.matmul(e.du, A, { computeDtype });
       const dxl = applyMask(e.gate, dxd, dropout);
       ops.add(dx, dxl, dx);
       dxd.free();
       dxl.free();
     } else {
-      ops.matmul(e.du, A, { out: dx, accumulate: true });
+      ops.matmul(e.du, A, { out: dx, accumulate: true, computeDtype });
     }
   } finally {
     e.u.free();

@@ -44,7 +44,8 @@ export function tokenizePairs(tok: ChatTokenizer, pairs: readonly PairText[], op
 }
 
 /** Sequence log-probs [2B] (real then generated) of one batch, padded (batch.ts) or packed (pack.ts): f32 on the host. */
-export async function scoreBatch(model: LlamaModel, batch: SpinBatch, computeDtype: ComputeDtype = 'f32'): Promise<Float32Array> {
+/** `computeDtype`: the forward's arithmetic, by default the model's (LlamaModel.computeDtype: training's). */
+export async function scoreBatch(model: LlamaModel, batch: SpinBatch, computeDtype?: ComputeDtype): Promise<Float32Array> {
   const be = model.backend;
   const input = uploadInput(be, batch, model.cfg.vocabSize);
   const loss = uploadBatchLossRows(be, batch);

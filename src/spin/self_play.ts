@@ -16,7 +16,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Backend, SpinLossType } from '../backend/backend.js';
+import type { Backend, ComputeDtype, SpinLossType } from '../backend/backend.js';
 import { detachAdapter, loadAdapter, mergeOwnAdapter, saveAdapter } from '../model/adapter.js';
 import { LlamaModel } from '../model/llama.js';
 import { mergeAdapterIntoWeights } from '../model/lora_merge.js';
@@ -29,7 +29,7 @@ import { checkTruncation, type TokenizedPair, type TruncationOptions } from './b
 import { tokenizeChatPair, tokenizeChatSft } from './prompt_tokens.js';
 import { referenceLogps, SftObjective, SpinObjective } from './objectives.js';
 import { padIdOf } from './sft.js';
-import { type LoopConfig, runTrainingLoop, type StepLog } from './train_loop.js';
+import { type LoopConfig, runTrainingLoop, type StepLog, trainingComputeDtype } from './train_loop.js';
 import { shardByItem } from '../dist/shard.js';
 
 export type Arm = 'spin' | 'sft';
@@ -140,10 +140,12 @@ export async function referenceStage(
   model: LlamaModel,
   pairs: readonly TokenizedPair[],
   tok: HfTokenizer,
-  loop: Pick<LoopConfig, 'microBatchSize' | 'maxTokensPerBatch' | 'seed' | 'dist'>,
+  loop: Pick<LoopConfig, 'microBatchSize' | 'maxTokensPerBatch' | 'seed' | 'dist' | 'computeDtype'>,
   file: string,
   onProgress?: (done: number, total: number) => void,
 ): Promise<Float32Array> {
+  // in the arithmetic the training will run in: the first training forward reproduces these bit for bit
+  if (loop.computeDtype !== undefined) model.computeDtype = trainingComputeDtype(loop.computeDtype, model.backend);
   // data parallel: the ranks agree on whether the file is there (one of them may see it before
   // another, or not at all without a shared file system), then score their share of the batches
   const group = loop.dist?.group;
@@ -152,7 +154,7 @@ export async function referenceStage(
   // the file's fingerprint beside it: the token ids of the pairs it scores, in order (a file without
   // one, from an earlier spinlm, is vouched for by its directory's fingerprint)
   const keyFile = `${file.replace(/\.json$/, '')}.fingerprint.json`;
-  const key = referenceKey(pairs, loop.microBatchSize, loop.maxTokensPerBatch ?? 0);
+  const key = referenceKey(pairs, loop.microBatchSize, loop.maxTokensPerBatch ?? 0, model.computeDtype);
   if (have[0]) {
     if (existsSync(keyFile)) {
       const was = await readJson<typeof key>(keyFile);
@@ -163,6 +165,9 @@ export async function referenceStage(
       if ((was.max_tokens_per_batch ?? 0) !== key.max_tokens_per_batch)
         diffs.push(`max_tokens_per_batch (was ${was.max_tokens_per_batch ?? 0}, now ${key.max_tokens_per_batch})`);
       if (was.layout !== key.layout) diffs.push(`the batch layout (was ${was.layout ?? 'padded rows'}, now ${key.layout})`);
+      // the first training forward reproduces the reference bit for bit only in the same arithmetic
+      if ((was.compute_dtype ?? 'f32') !== key.compute_dtype)
+        diffs.push(`compute_dtype (was ${was.compute_dtype ?? 'f32'}, now ${key.compute_dtype})`);
       if (diffs.length)
         throw new Error(`${file}: reference log-probs of another run: ${diffs.join('; ')}; delete it and ${keyFile} to recompute`);
     }
@@ -190,8 +195,8 @@ export async function referenceStage(
   return ref;
 }
 
-/** What reference log-probs are of: a digest of the pairs' token ids (in order) and the micro-batch size. */
-function referenceKey(pairs: readonly TokenizedPair[], microBatchSize: number, maxTokensPerBatch: number) {
+/** What reference log-probs are of: a digest of the pairs' token ids (in order), the micro-batch size, the arithmetic. */
+function referenceKey(pairs: readonly TokenizedPair[], microBatchSize: number, maxTokensPerBatch: number, computeDtype: ComputeDtype) {
   const h = createHash('sha256');
   for (const p of pairs) h.update(JSON.stringify([p.real.prompt, p.real.answer, p.generated.prompt, p.generated.answer]));
   // the layout and the token budget decide which pairs share a forward pass, hence the last bits
@@ -201,6 +206,8 @@ function referenceKey(pairs: readonly TokenizedPair[], microBatchSize: number, m
     micro_batch_size: microBatchSize,
     max_tokens_per_batch: maxTokensPerBatch,
     layout: 'packed pairs' as string | undefined,
+    // the forward's arithmetic (a file without it, from an earlier spinlm, was computed in f32)
+    compute_dtype: computeDtype as ComputeDtype | undefined,
   };
 }
 

@@ -3,6 +3,7 @@
 // checkpoints that a rerun resumes from. What a micro-batch computes is the Objective's business.
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import type { Backend, ComputeDtype } from '../backend/backend.js';
 import type { LlamaModel } from '../model/llama.js';
 import { openSafetensors, writeSafetensors } from '../model/safetensors.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -46,6 +47,13 @@ export interface LoopConfig {
    * and layer, for ~1/3 more compute). Same results bit for bit. Absent: the model's own setting.
    */
   gradientCheckpointing?: boolean;
+  /**
+   * The arithmetic of the forward and backward passes (LlamaModel.computeDtype): 'f32', or 'bf16' mixed
+   * precision (docs/numerics.md "Mixed precision"). The reference pass (self_play.ts referenceStage) runs
+   * in it too, so the first step's u is exactly 0. 'auto': bf16 on CUDA, f32 on the CPU and WebGPU
+   * (trainingComputeDtype). Absent: the model's own setting (LlamaModel.computeDtype, default f32).
+   */
+  computeDtype?: ComputeDtype | 'auto';
   /**
    * Fused updates (LOMO-style, src/optim/fused_update.ts): each unit of parameters is updated as soon
    * as the backward has its gradient, which is then freed, so no full set of gradients is resident.
@@ -116,6 +124,13 @@ export function epochOrder(n: number, seed: number, epoch: number): number[] {
   const order = Array.from({ length: n }, (_, i) => i);
   new Rng(seed).fork(`epoch-${epoch}`).shuffle(order);
   return order;
+}
+
+/** LoopConfig.computeDtype on a backend: 'auto' is bf16 on CUDA (mixed precision, as GPU trainers run), f32 elsewhere. */
+export function trainingComputeDtype(c: ComputeDtype | 'auto', be: Pick<Backend, 'name'>): ComputeDtype {
+  if (c === 'auto') return be.name === 'cuda' || be.name === 'cuda-emu' ? 'bf16' : 'f32';
+  if (c !== 'f32' && c !== 'bf16') throw new RangeError(`computeDtype must be 'auto', 'f32' or 'bf16', got ${String(c)}`);
+  return c;
 }
 
 export function checkLoopConfig(cfg: LoopConfig): void {
@@ -335,6 +350,7 @@ export async function runTrainingLoop(
   // with fused updates no full set of gradients is ever allocated (each unit's exists while it trains)
   model.weights.enableTraining({ grads: !cfg.fusedUpdate });
   if (cfg.gradientCheckpointing !== undefined) model.recompute = cfg.gradientCheckpointing;
+  if (cfg.computeDtype !== undefined) model.computeDtype = trainingComputeDtype(cfg.computeDtype, be);
   const dist = cfg.dist;
   const engine = dist ? await ZeroEngine.create(model, dist.group, dist.zeroStage, cfg.optim, { overlap: dist.overlap }) : null;
   // one process with bf16 parameters: only the f32 masters stay resident while training (master_params.ts);
