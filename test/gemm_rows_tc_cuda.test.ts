@@ -46,7 +46,7 @@ async function product(a: Float32Array, m: number, w: Tensor, opts: { alpha?: nu
   const [n, k] = w.shape;
   const out = ops.empty(emu, 'f32', [m, n]);
   ops.fill(out, NaN);
-  ops.matmul(f32(a, [m, k]), w, { transB: true, computeDtype: 'bf16', out, ...opts });
+  ops.matmul(f32(a, [m, k]), w, { transB: true, rowInvariant: true, computeDtype: 'bf16', out, ...opts });
   return host(out);
 }
 
