@@ -14,6 +14,7 @@ export class CudaBackend extends NativeKernels implements Backend {
   readonly name: 'cuda' | 'cuda-emu';
   readonly native: CudaNative;
   protected readonly nativeBf16Compute = false; // bf16 compute rounds a first (bf16_compute.ts), then the f32 GEMM
+  protected override readonly nativeBf16AttentionBackward = true; // native/cuda/flash_bwd.cu (tensor cores)
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 
