@@ -8,11 +8,13 @@
 //   bits, round to nearest even), paid once per P or dS value; 2^-14 covers the f32 sums (hd <= 256 and
 //   L <= 300 terms: at most 300 * 2^-24 < 2^-15 relative) and out / lse given in f32. A dropped mask or
 //   soft-cap derivative misses this by orders of magnitude.
-// - rounding as a tensor-core kernel rounds: the relative RMS distance to the float64 reference that
-//   rounds P and dS to bf16 before their products must be <= 2^-16 (what remains: f32 sums, and the rare
-//   P or dS on the other side of a bf16 rounding boundary in f32 than in float64). A kernel that rounds
-//   differently, or not at all, is far off: the f32 kernel on rounded inputs (P, dS unrounded) is ~2^-9.5
-//   away (the hd 40 fallback), the tensor-core kernel ~2^-24 (both measured).
+// - rounding as a tensor-core kernel rounds: the float64 reference that rounds P and dS to bf16 before
+//   their products (as the kernel must) is nearer to the result than the one that does not, for at least
+//   90% of the elements where the two differ (measured: 99 to 100%; what is left are f32 sums, and the
+//   rare P or dS that lands on the other side of a bf16 rounding boundary in f32 than in float64, which
+//   makes a relative RMS distance too noisy a measure). A kernel that rounds P or dS otherwise (toward
+//   zero, or not at all: the f32 kernel of the hd 40 fallback) or computes D from the unrounded dout is
+//   nearer the rounding reference for about half the elements or fewer.
 // Also: bit-identical results on a second run (fixed order, no atomics), every mask (causal, GQA, keyMask
 // padding, window, soft-cap, spans: packed pairs), L not a multiple of 64, hd 64, 128, 48 and 256 (two
 // column blocks, tiles of 32), an invalid span (NaN dq row, the error), and the forward's own out / lse.
@@ -30,7 +32,7 @@ import { testBackends } from './helpers/backends.js';
 
 const U = 2 ** -8;
 const F = 2 ** -14;
-const RMS_TOL = 2 ** -16;
+const NEARER = 0.9;
 
 const rounded = (x: Float32Array) => bf16ArrayToF32(f32ArrayToBf16(x));
 const maxAbs = (x: ArrayLike<number>) => Array.from(x).reduce((m, y) => Math.max(m, Math.abs(y)), 0);
@@ -48,15 +50,16 @@ function withinBound(name: string, got: Float32Array, ref: ArrayLike<number>, a:
   return worst;
 }
 
-/** Relative RMS distance to the reference that rounds P and dS to bf16. */
-function rmsDist(got: Float32Array, ref: ArrayLike<number>): number {
-  let num = 0,
-    den = 0;
+/** The fraction of the elements where the two references differ that are nearer `near` than `far`. */
+function nearer(got: Float32Array, near: ArrayLike<number>, far: ArrayLike<number>): number {
+  let n = 0,
+    hits = 0;
   for (let e = 0; e < got.length; e++) {
-    num += (got[e] - ref[e]) ** 2;
-    den += ref[e] ** 2;
+    if (near[e] === far[e]) continue;
+    n++;
+    if (Math.abs(got[e] - near[e]) < Math.abs(got[e] - far[e])) hits++;
   }
-  return Math.sqrt(num / Math.max(den, 1e-300));
+  return n ? hits / n : 1;
 }
 
 interface Case {
@@ -113,13 +116,11 @@ for (const be of cudaBackends)
         const d = got.findIndex((x, i) => !Object.is(x, again[i]));
         assert.equal(d, -1, `${what} ${n}: a second run differs at ${d} (${got[d]} vs ${again[d]})`);
         worst = Math.max(worst, withinBound(`${what} ${n}`, got, plain[n], fr.a[n], fr.b[n]));
-        const rms = rmsDist(got, fr.rounded[n]);
-        if (process.env.FLASH_DEBUG)
-          console.log(`${what} ${n}: rms ${rms}, to unrounded P and dS ${rmsDist(got, plain[n])}, bound ratio ${worst}`);
+        const near = nearer(got, fr.rounded[n], plain[n]);
+        if (process.env.FLASH_DEBUG) console.log(`${what} ${n}: nearer the rounding reference for ${near}, bound ratio ${worst}`);
         // the fallback (hd not a multiple of 16) runs the f32 kernel: P and dS not rounded
-        if (hd % 16 === 0)
-          assert.ok(rms <= RMS_TOL, `${what} ${n}: relative RMS distance ${rms} to float64 with P and dS rounded to bf16 > ${RMS_TOL}`);
-        else assert.ok(rms > 16 * RMS_TOL, `${what} ${n}: the f32 fallback rounds no P or dS, yet is ${rms} from the rounding reference`);
+        if (hd % 16 === 0) assert.ok(near >= NEARER, `${what} ${n}: nearer float64 with P and dS rounded to bf16 for only ${near}`);
+        else assert.ok(near < 0.6, `${what} ${n}: the f32 fallback rounds no P or dS, yet is nearer the rounding reference for ${near}`);
       }
       for (const t of [tq, tk, tv, td, tm, out, lse, g1.dq, g1.dk, g1.dv, g2.dq, g2.dk, g2.dv]) t.free();
       ts?.free();
@@ -195,7 +196,7 @@ for (const be of cudaBackends)
         }
       }));
 
-    test('an invalid span: its dq row NaN and the spans error; the other rows as float64', async () =>
+    test('an invalid span: its dq row NaN and the spans error; the other rows, dk and dv as float64', async () =>
       withSeed(async (rng) => {
         const l = 50,
           nh = 2,
@@ -206,12 +207,17 @@ for (const be of cudaBackends)
         const mask = new Int32Array(l).fill(1);
         const shape = [1, l, nh, hd];
         const [q, k, v, dout] = [0, 1, 2, 3].map(() => rounded(randn(rng, l * nh * hd)));
+        // the float64 references see the bad query with valid spans and a zero dout (it adds nothing to
+        // dk, dv); the kernel must skip it whatever dout is (its lse is NaN, as the forward leaves it)
+        const d0 = dout.slice();
+        d0.fill(0, bad * nh * hd, (bad + 1) * nh * hd);
         const good = spans.slice();
         good[3 * bad] = 0;
-        const s = { b: 1, l, nh, nkv: nh, hd };
-        const fwd = attentionRef(q, k, v, mask, s, 1 / Math.sqrt(hd), 0, 0, good);
+        const s = { b: 1, l, nh, nkv: nh, hd },
+          scale = 1 / Math.sqrt(hd);
+        const fwd = attentionRef(q, k, v, mask, s, scale, 0, 0, good);
         const lse = Float64Array.from(fwd.lse);
-        for (let h = 0; h < nh; h++) lse[h * l + bad] = NaN; // as the forward leaves it
+        for (let h = 0; h < nh; h++) lse[h * l + bad] = NaN;
         const g = ops.attentionBackward(
           f32(q, shape),
           f32(k, shape),
@@ -220,22 +226,21 @@ for (const be of cudaBackends)
           f32(fwd.out, shape),
           f32(lse, [1, nh, l]),
           f32(dout, shape),
-          {
-            spans: i32(spans, [1, l, 3]),
-            computeDtype: 'bf16',
-          },
+          { spans: i32(spans, [1, l, 3]), computeDtype: 'bf16' },
         );
         await assert.rejects(ops.read(g.dq), /spans/);
+        const plain = attentionBackwardRef(q, k, v, mask, d0, s, scale, 0, 0, good);
+        const fr = flashBackwardRef({ q, k, v, dout: d0, out: fwd.out, lse }, mask, s, scale, 0, 0, good);
         const dq = await host(g.dq);
         for (let i = 0; i < l; i++) {
           const row = dq.subarray(i * nh * hd, (i + 1) * nh * hd);
           assert.ok(i === bad ? row.every(Number.isNaN) : row.every(Number.isFinite), `dq row ${i}`);
+          if (i === bad) dq.fill(0, i * nh * hd, (i + 1) * nh * hd); // the references: 0 (no dout)
         }
-        // dk, dv: the bad query adds nothing (the reference skips its NaN lse)
-        const fr = flashBackwardRef({ q, k, v, dout, out: fwd.out, lse }, mask, s, 1 / Math.sqrt(hd), 0, 0, good);
-        for (const n of ['dk', 'dv'] as const) {
-          const got = await host(g[n]);
-          assert.ok(rmsDist(got, fr.rounded[n]) <= RMS_TOL, `${n}: relative RMS distance ${rmsDist(got, fr.rounded[n])}`);
+        for (const n of ['dq', 'dk', 'dv'] as const) {
+          const got = n === 'dq' ? dq : await host(g[n]);
+          withinBound(n, got, plain[n], fr.a[n], fr.b[n]);
+          assert.ok(nearer(got, fr.rounded[n], plain[n]) >= NEARER, `${n}: nearer the rounding reference for too few elements`);
         }
       }));
   });

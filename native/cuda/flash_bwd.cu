@@ -41,7 +41,7 @@ constexpr int kPadF = 4;            // f32 row padding
 
 // Head dims over 128 take key / query tiles of 32 (shared memory); else 64.
 inline int tile_of_hd(int64_t hd) { return hd > 128 ? 32 : 64; }
-inline int col_blocks(int64_t hd) { return static_cast<int>((hd + 16 * kNF - 1) / (16 * kNF)); }
+SPINLM_HD int col_blocks(int64_t hd) { return static_cast<int>((hd + 16 * kNF - 1) / (16 * kNF)); }
 
 // rows [t0, t0 + rows) of head `head` of x [B, L, heads, hd] (sequence bb) into dst (rows of ldh
 // bf16, rounded to nearest even), zeros past l.
