@@ -14,7 +14,7 @@
 //   spans, the window's end without; per warp, only tiles with a query that sees one of its keys), in
 //   increasing order.
 // Row-wise values never touch an accumulator (WMMA's fragment layouts are opaque): S and dP go through
-// shared memory (f32), the lanes form P and dS there. A block covers at most kNF * 16 output dims (its
+// shared memory (f32, 16 columns at a time), the lanes form P and dS there. A block covers at most kNF * 16 output dims (its
 // register accumulators): head dims over 128 take two column blocks, each recomputing S and dP.
 // Masks as the scalar kernels (attention.cu): keyMask, causal, sliding window, soft-cap, spans (an
 // invalid span: a NaN dq row, kErrAttentionSpans; such a query adds nothing to dk, dv); a query with no
@@ -37,7 +37,7 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kRows = 16 * kWarps;  // queries of a dq block, keys of a dk/dv block
 constexpr int kNF = 8;              // 16-dim output fragments per warp: 128 dims per block
 constexpr int kPadH = 8;            // bf16 row padding (16 bytes) against bank conflicts
-constexpr int kPadF = 4;            // f32 row padding
+constexpr int kLdS = 16 + 4;        // f32 rows of the S / dP chunks (16 columns, padded)
 
 // Head dims over 128 take key / query tiles of 32 (shared memory); else 64.
 inline int tile_of_hd(int64_t hd) { return hd > 128 ? 32 : 64; }
@@ -67,16 +67,17 @@ __device__ inline void p_ds(float s, float dp, float lq, float dd, float scale, 
   if (softcap > 0.0f) ds *= 1.0f - t * t;
 }
 
-// Shared memory (bf16 units): dq: Q, dO [64][ldh], K, V [kt][ldh], S, dP f32 [64][kt + 4], dS [64][kt +
-// 8], lse, D f32 [64], key ok f32 [kt]. dk/dv: K, V [64][ldh], Q, dO [kt][ldh], S^T, dP^T f32 [64][kt +
-// 4], P^T, dS^T [64][kt + 8], lse, D f32 [kt], key ok f32 [64]. Every WMMA array starts 32-byte aligned.
+// Shared memory (bf16 units): dq: Q, dO [64][ldh], K, V [kt][ldh], S, dP f32 [64][20] (each warp's 16
+// rows x one 16-key chunk at a time), dS [64][kt + 8], lse, D f32 [64], key ok f32 [kt]. dk/dv: K, V
+// [64][ldh], Q, dO [kt][ldh], S^T, dP^T f32 [64][20], P^T, dS^T [64][kt + 8], lse, D f32 [kt], key ok
+// f32 [64]. Every WMMA array starts 32-byte aligned.
 inline size_t dq_smem(int64_t hd, int kt) {
   const int64_t ldh = hd + kPadH;
-  return static_cast<size_t>(2 * kRows * ldh + 2 * kt * ldh + 4 * kRows * (kt + kPadF) + kRows * (kt + kPadH) + 4 * kRows + 2 * kt) * 2;
+  return static_cast<size_t>(2 * kRows * ldh + 2 * kt * ldh + 4 * kRows * kLdS + kRows * (kt + kPadH) + 4 * kRows + 2 * kt) * 2;
 }
 inline size_t dkv_smem(int64_t hd, int kt) {
   const int64_t ldh = hd + kPadH;
-  return static_cast<size_t>(2 * kRows * ldh + 2 * kt * ldh + 4 * kRows * (kt + kPadF) + 2 * kRows * (kt + kPadH) + 4 * kt + 2 * kRows) * 2;
+  return static_cast<size_t>(2 * kRows * ldh + 2 * kt * ldh + 4 * kRows * kLdS + 2 * kRows * (kt + kPadH) + 4 * kt + 2 * kRows) * 2;
 }
 
 // The least key >= from that a query of the block (queries q0 + r, spans in sp) sees by position.
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(SPIN_GP(const float)
   SPIN_DYN_SHARED(uint16_t, sm);
   SPIN_SHARED(int64_t, sp, 3 * kRows);  // the queries' spans (kNoKey: past l or invalid)
   SPIN_SHARED(int64_t, nx, kRows);
-  constexpr int lds = kKT + kPadF, ldp = kKT + kPadH;
+  constexpr int lds = kLdS, ldp = kKT + kPadH;
   const int ldh = static_cast<int>(hd) + kPadH;
   auto qs = sm;
   auto dos = qs + kRows * ldh;
@@ -181,18 +182,18 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(SPIN_GP(const float)
           tc::load(bt, vs + n * 16 * ldh + kk, ldh);
           tc::mma(p, a, bt, p);
         }
-        tc::store(sf + r0 * lds + n * 16, s, lds, true);
-        tc::store(dpf + r0 * lds + n * 16, p, lds, true);
+        tc::store(sf + r0 * lds, s, lds, true);
+        tc::store(dpf + r0 * lds, p, lds, true);
+        __syncwarp();
+        for (int e = lane; e < 256; e += 32) {
+          const int row = r0 + (e >> 4), cc = e & 15, c = n * 16 + cc;
+          float pr = 0.0f, ds = 0.0f;
+          if (kok[c] != 0.0f && lq[row] != -INFINITY && span_sees(span_of(sp, row), q0 + row, k0 + c, window))
+            p_ds(sf[row * lds + cc], dpf[row * lds + cc], lq[row], dd[row], scale, softcap, pr, ds);
+          dss[row * ldp + c] = f32_to_bf16(ds);
+        }
+        __syncwarp();  // the chunk is read before the next one is stored; dS is complete for the loads below
       }
-      __syncwarp();
-      for (int e = lane; e < 16 * kKT; e += 32) {
-        const int row = r0 + e / kKT, c = e % kKT;
-        float p = 0.0f, ds = 0.0f;
-        if (kok[c] != 0.0f && lq[row] != -INFINITY && span_sees(span_of(sp, row), q0 + row, k0 + c, window))
-          p_ds(sf[row * lds + c], dpf[row * lds + c], lq[row], dd[row], scale, softcap, p, ds);
-        dss[row * ldp + c] = f32_to_bf16(ds);
-      }
-      __syncwarp();
       for (int kk = 0; kk < kKT; kk += 16) {  // dQ += dS K
         tc::FragA a;
         tc::load(a, dss + r0 * ldp + kk, ldp);
@@ -219,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(SPIN_GP(const float
                                                              float softcap, SPIN_GP(float) dk, SPIN_GP(float) dv) {
   SPIN_DYN_SHARED(uint16_t, sm);
   SPIN_SHARED(int64_t, tsp, 3 * kKT);  // the query tile's spans
-  constexpr int lds = kKT + kPadF, ldp = kKT + kPadH;
+  constexpr int lds = kLdS, ldp = kKT + kPadH;
   const int ldh = static_cast<int>(hd) + kPadH;
   auto ks = sm;
   auto vs = ks + kRows * ldh;
@@ -283,19 +284,19 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(SPIN_GP(const float
           tc::load(bt, dos + n * 16 * ldh + kk, ldh);
           tc::mma(p, a, bt, p);
         }
-        tc::store(sf + r0 * lds + n * 16, s, lds, true);
-        tc::store(dpf + r0 * lds + n * 16, p, lds, true);
+        tc::store(sf + r0 * lds, s, lds, true);
+        tc::store(dpf + r0 * lds, p, lds, true);
+        __syncwarp();
+        for (int e = lane; e < 256; e += 32) {
+          const int row = r0 + (e >> 4), cc = e & 15, c = n * 16 + cc;  // key k0 + row, query t0 + c
+          float pr = 0.0f, ds = 0.0f;
+          if (kok[row] != 0.0f && lq[c] != -INFINITY && span_sees(span_of(tsp, c), t0 + c, k0 + row, window))
+            p_ds(sf[row * lds + cc], dpf[row * lds + cc], lq[c], dd[c], scale, softcap, pr, ds);
+          ps[row * ldp + c] = f32_to_bf16(pr);
+          dss[row * ldp + c] = f32_to_bf16(ds);
+        }
+        __syncwarp();  // the chunk is read before the next one is stored; P, dS complete for the loads below
       }
-      __syncwarp();
-      for (int e = lane; e < 16 * kKT; e += 32) {
-        const int row = r0 + e / kKT, c = e % kKT;  // key k0 + row, query t0 + c
-        float p = 0.0f, ds = 0.0f;
-        if (kok[row] != 0.0f && lq[c] != -INFINITY && span_sees(span_of(tsp, c), t0 + c, k0 + row, window))
-          p_ds(sf[row * lds + c], dpf[row * lds + c], lq[c], dd[c], scale, softcap, p, ds);
-        ps[row * ldp + c] = f32_to_bf16(p);
-        dss[row * ldp + c] = f32_to_bf16(ds);
-      }
-      __syncwarp();
       for (int kk = 0; kk < kKT; kk += 16) {  // dV += P^T dO, dK += dS^T Q
         tc::FragA ap, ad;
         tc::load(ap, ps + r0 * ldp + kk, ldp);
