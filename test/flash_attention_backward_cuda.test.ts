@@ -28,7 +28,7 @@ import { flashBackwardRef } from './helpers/flash_backward_ref.js';
 import { attentionBackwardRef, attentionRef, type AttnShape } from './helpers/model_ref.js';
 import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
-import { testBackends } from './helpers/backends.js';
+import { cpuReference, testBackends } from './helpers/backends.js';
 
 const U = 2 ** -8;
 const F = 2 ** -14;
@@ -71,6 +71,17 @@ interface Case {
 }
 
 const cudaBackends = (await testBackends()).filter((be) => be.name === 'cuda' || be.name === 'cuda-emu');
+
+test("the CPU addon's attentionBackward refuses its bf16 flag (no kernel: bf16_compute.ts rounds the inputs instead)", () => {
+  const cpu = cpuReference();
+  const [b, l, nh, hd] = [1, 4, 1, 16];
+  const t = () => ops.upload(cpu, { dtype: 'f32', data: new Float32Array(b * l * nh * hd) }, [b, l, nh, hd]);
+  const mask = ops.upload(cpu, { dtype: 'i32', data: new Int32Array(l).fill(1) }, [b, l]);
+  const lse = ops.upload(cpu, { dtype: 'f32', data: new Float32Array(l) }, [b, nh, l]);
+  const args = [t(), t(), t(), mask, null, t(), lse, t(), b, l, nh, nh, hd, 0.25, 0, 0, t(), t(), t()] as const;
+  assert.throws(() => cpu.native.attentionBackward(...args, true), /bf16 is not a kernel of this device/);
+  cpu.native.attentionBackward(...args, false);
+});
 
 for (const be of cudaBackends)
   describe(`tensor-core attention backward (bf16) on ${be.name}`, () => {
