@@ -44,13 +44,20 @@ inline int tile_of_hd(int64_t hd) { return hd > 128 ? 32 : 64; }
 SPINLM_HD int col_blocks(int64_t hd) { return static_cast<int>((hd + 16 * kNF - 1) / (16 * kNF)); }
 
 // rows [t0, t0 + rows) of head `head` of x [B, L, heads, hd] (sequence bb) into dst (rows of ldh
-// bf16, rounded to nearest even), zeros past l.
+// bf16, rounded to nearest even), zeros past l. Four values per thread and step, one 16-byte load: hd
+// is a multiple of 16 and tensors start 256-byte aligned (allocations, and views: VIEW_ALIGNMENT).
 template <class G, class S>
 __device__ inline void stage_bf16(G x, int64_t bb, int64_t l, int64_t t0, int rows, int64_t heads, int64_t head, int64_t hd, S dst,
                                   int ldh) {
-  for (int64_t e = threadIdx.x; e < rows * hd; e += kThreads) {
-    const int64_t i = e / hd, d = e - i * hd;
-    dst[i * ldh + d] = t0 + i < l ? f32_to_bf16(x[((bb * l + t0 + i) * heads + head) * hd + d]) : uint16_t{0};
+  const int h4 = static_cast<int>(hd / 4);
+  for (int e = threadIdx.x; e < rows * h4; e += kThreads) {
+    const int i = e / h4, d = (e - i * h4) * 4;
+    float4 f{0.0f, 0.0f, 0.0f, 0.0f};
+    if (t0 + i < l) f = ld_vec<float4>(x + ((bb * l + t0 + i) * heads + head) * hd + d);
+    dst[i * ldh + d] = f32_to_bf16(f.x);
+    dst[i * ldh + d + 1] = f32_to_bf16(f.y);
+    dst[i * ldh + d + 2] = f32_to_bf16(f.z);
+    dst[i * ldh + d + 3] = f32_to_bf16(f.w);
   }
 }
 
