@@ -44,6 +44,12 @@ inline void scatter_rows(const float* src, const int32_t* index, int64_t rows, i
                          int64_t /*dst_rows*/) {
   ::spinlm::scatter_rows(src, index, rows, cols, dst, dst_dt);
 }
+// bf16: refused by the binding (kBf16AttentionBackwardKernel).
+inline void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans,
+                               const float* out, const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv,
+                               int64_t hd, float scale, int64_t window, float softcap, float* dq, float* dk, float* dv, bool /*bf16*/) {
+  ::spinlm::attention_backward(q, k, v, key_mask, spans, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv);
+}
 }  // namespace kern
 
 // Runs a kernel call (the CPU kernels report nothing: every precondition was checked above them).
@@ -84,6 +90,9 @@ inline bool SpansInvalidOnHost(const int32_t* spans, int64_t b, int64_t l) {
 inline bool ComputeBf16Kernel(bool ta, bool tb, DType adt, DType bdt) {
   return !ta && tb && adt == DType::kF32 && bdt == DType::kBF16;
 }
+
+// attentionBackward with bf16 is no kernel here: bf16_compute.ts rounds q, k, v, dout and runs the f32 one.
+inline constexpr bool kBf16AttentionBackwardKernel = false;
 
 // cblas takes int dimensions.
 inline void CheckGemmDim(Napi::Env env, int64_t x, const char* what) {

@@ -198,7 +198,8 @@ Napi::Value js::attention(const Napi::CallbackInfo& info) {
   });
 }
 
-// attentionBackward(q, k, v, keyMask, spans|null, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv)
+// attentionBackward(q, k, v, keyMask, spans|null, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv, bf16)
+// bf16: AttentionOpts.computeDtype 'bf16' on a device with a kernel for it (kBf16AttentionBackwardKernel)
 Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 8);
@@ -214,13 +215,17 @@ Napi::Value js::attentionBackward(const Napi::CallbackInfo& info) {
   float* dq = View<float>(info[16], "dq", qb);
   float* dk = View<float>(info[17], "dk", kb);
   float* dv = View<float>(info[18], "dv", kb);
+  const bool bf16 = info[19].ToBoolean();
+  if (bf16 && !kBf16AttentionBackwardKernel)
+    Throw(env, "attentionBackward: bf16 is not a kernel of this device (bf16_compute.ts rounds q, k, v and dout first)");
+  if (bf16 && d.hd % 16) Throw(env, "attentionBackward: the bf16 kernel takes head dimensions that are multiples of 16");
   if (SpansInvalidOnHost(spans, d.b, d.l)) {
     for (auto [p, n] : {std::pair{dq, d.b * d.l * d.nh * d.hd}, {dk, d.b * d.l * d.nkv * d.hd}, {dv, d.b * d.l * d.nkv * d.hd}}) PoisonF32(p, n);
     return env.Undefined();
   }
   return Run(info, [&] {
     kern::attention_backward(q, k, v, mask, spans, out, lse, dout, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, dq, dk,
-                             dv);
+                             dv, bf16);
   });
 }
 

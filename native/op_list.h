@@ -95,7 +95,7 @@ SPINLM_OP(attention, attention, model,
 SPINLM_OP(attentionBackward, attentionBackward, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, spans: NativeView | null, out: NativeView, "
           "lse: NativeView, dout: NativeView, b: number, l: number, nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, dq: NativeView, "
-          "dk: NativeView, dv: NativeView")
+          "dk: NativeView, dv: NativeView, bf16: boolean")
 SPINLM_OP(attentionDecode, attentionDecode, model,
           "q: NativeView, kCache: NativeView, vCache: NativeView, cacheDtype: string, lengths: NativeView, "
           "keyMask: NativeView | null, b: number, lmax: number, nh: number, nkv: number, hd: number, scale: number, window: number, "

@@ -78,6 +78,13 @@ inline void matmul_rows_many(int64_t m, int64_t k, const float* a, int64_t lda, 
     ::spinlm::cuda::matmul(false, true, m, jobs[i].n, k, 1.0f, a, DType::kF32, lda, jobs[i].b, jobs[i].b_dt, jobs[i].ldb, 0.0f,
                            jobs[i].c, jobs[i].ldc, true, compute_bf16);
 }
+// attentionBackward's bf16 flag (AttentionOpts.computeDtype 'bf16'): the tensor-core kernel (flash_bwd.cu).
+inline void attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans,
+                               const float* out, const float* lse, const float* dout, int64_t b, int64_t l, int64_t nh, int64_t nkv,
+                               int64_t hd, float scale, int64_t window, float softcap, float* dq, float* dk, float* dv, bool bf16) {
+  (bf16 ? ::spinlm::cuda::flash_attention_backward : ::spinlm::cuda::attention_backward)(
+      q, k, v, key_mask, spans, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv);
+}
 }  // namespace kern
 
 // Runs a kernel call after starting the backend, turning CUDA and emulator errors into JS Errors.
@@ -102,6 +109,9 @@ inline bool SpansInvalidOnHost(const int32_t*, int64_t, int64_t) { return false;
 // computeBf16 is a kernel here for every form and dtype mix: generation's row-invariant linear form on
 // tensor cores (gemm_rows_tc.cu), the rest in gemm.cu (cuBLASLt, or the tiled kernel on rounded operands).
 inline bool ComputeBf16Kernel(bool, bool, DType, DType) { return true; }
+
+// attentionBackward with bf16: a tensor-core kernel (flash_bwd.cu; head dims multiples of 16).
+inline constexpr bool kBf16AttentionBackwardKernel = true;
 
 // cuBLAS takes 32-bit dimensions; the tiled kernel is the fallback past them.
 inline void CheckGemmDim(Napi::Env, int64_t, const char*) {}

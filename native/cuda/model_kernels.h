@@ -49,6 +49,12 @@ void attention_backward(const float* q, const float* k, const float* v, const in
                         const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b, int64_t l,
                         int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* dq,
                         float* dk, float* dv);
+// The same on tensor cores (flash_bwd.cu, AttentionOpts.computeDtype 'bf16'): q, k, v, dout rounded to
+// bf16, P and dS too before their products, f32 sums; hd a multiple of 16 up to kMaxHeadDim.
+void flash_attention_backward(const float* q, const float* k, const float* v, const int32_t* key_mask,
+                              const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b,
+                              int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap,
+                              float* dq, float* dk, float* dv);
 // Both caches hold cache_dt (f32 or bf16, widened to f32 as read: the math is f32 either way).
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
                       const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd,

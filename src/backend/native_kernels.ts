@@ -34,7 +34,10 @@ export abstract class NativeKernels {
   protected abstract readonly nativeBf16Compute: 'linear' | 'all';
   /** attention with computeDtype 'bf16' runs a bf16 kernel (else: attentionOnRounded) */
   protected readonly nativeBf16Attention: boolean = false;
-  /** attentionBackward with computeDtype 'bf16' runs a bf16 kernel (else: attentionBackwardOnRounded) */
+  /**
+   * attentionBackward with computeDtype 'bf16' runs a bf16 kernel (else: attentionBackwardOnRounded), for
+   * head dims that are multiples of 16 (the tensor-core tiles; others: attentionBackwardOnRounded too)
+   */
   protected readonly nativeBf16AttentionBackward: boolean = false;
 
   abstract empty<D extends DType>(dtype: D, shape: readonly number[]): Tensor<D>;
@@ -289,9 +292,10 @@ export abstract class NativeKernels {
   }
 
   attentionBackward(...[q, k, v, keyMask, out, lse, dout, opts = {}]: Parameters<Backend['attentionBackward']>) {
-    if (opts.computeDtype === 'bf16' && !this.nativeBf16AttentionBackward)
-      return attentionBackwardOnRounded(this, q, k, v, keyMask, out, lse, dout, opts);
     const [b, l, nh, hd] = q.shape;
+    const bf16 = opts.computeDtype === 'bf16';
+    if (bf16 && !(this.nativeBf16AttentionBackward && hd % 16 === 0))
+      return attentionBackwardOnRounded(this, q, k, v, keyMask, out, lse, dout, opts);
     const nkv = k.shape[2];
     const dq = this.output('f32', q.shape, 'attentionBackward');
     const dk = this.output('f32', k.shape, 'attentionBackward');
@@ -316,6 +320,7 @@ export abstract class NativeKernels {
       dq,
       dk,
       dv,
+      bf16,
     );
     return { dq, dk, dv };
   }

@@ -14,6 +14,7 @@ export class CudaBackend extends NativeKernels implements Backend {
   readonly name: 'cuda' | 'cuda-emu';
   readonly native: CudaNative;
   protected readonly nativeBf16Compute = 'all'; // every bf16-compute GEMM form: gemm.cu (cuBLASLt on a GPU), gemm_rows_tc.cu (row-invariant)
+  protected override readonly nativeBf16AttentionBackward = true; // native/cuda/flash_bwd.cu (tensor cores)
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 

@@ -262,6 +262,7 @@ export interface NativeOps {
     dq: NativeView,
     dk: NativeView,
     dv: NativeView,
+    bf16: boolean,
   ): void;
   attentionDecode(
     q: NativeView,
