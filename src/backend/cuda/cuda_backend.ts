@@ -14,6 +14,8 @@ export class CudaBackend extends NativeKernels implements Backend {
   readonly name: 'cuda' | 'cuda-emu';
   readonly native: CudaNative;
   protected readonly nativeBf16Compute = false; // bf16 compute rounds a first (bf16_compute.ts), then the f32 GEMM
+  /** attention's computeDtype 'bf16': the tensor-core flash kernel (native/cuda/flash_fwd.cu) */
+  protected override readonly nativeBf16Attention = true;
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 
