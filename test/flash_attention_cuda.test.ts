@@ -13,7 +13,7 @@ import type { Tensor } from '../src/tensor/tensor.js';
 import { bf16ToF32, f32ToBf16 } from '../src/tensor/bf16.js';
 import type { Rng } from '../src/util/rng.js';
 import { attentionRef, type AttnShape } from './helpers/model_ref.js';
-import { packSpans, randomItem } from './helpers/attention_spans.js';
+import { packSpans, randomItem, randomSpans } from './helpers/attention_spans.js';
 import { randn, withSeed } from './helpers/random.js';
 import * as ops from '../src/ops/index.js';
 import { cpuReference, testBackends } from './helpers/backends.js';
@@ -132,6 +132,18 @@ for (const be of cudaBackends)
         const x = draw(rng, shape);
         await checkCase('packed pairs', { shape, spans, mask }, x);
         await checkCase('packed pairs, window', { shape, spans, mask, window: rng.int(3, 30), softcap: 20 }, x);
+      }));
+
+    test('arbitrary valid spans (lo in any order: the rows of a warp see different tiles), keyMask holes, windows, soft-cap', async () =>
+      withSeed(async (rng) => {
+        const shape = { b: 2, l: rng.int(80, 110), nh: 2, nkv: 1, hd: 32 };
+        const spans = randomSpans(rng, shape.b, shape.l);
+        // row 1: the first query of every warp from 64 on sees only itself, the others every earlier key
+        for (let i = 64; i < shape.l; i++) spans.set(i % 16 === 0 ? [i, i, i] : [0, 0, 0], 3 * (shape.l + i));
+        const mask = new Int32Array(shape.b * shape.l).map(() => (rng.next() < 0.1 ? 0 : 1));
+        const x = draw(rng, shape);
+        await checkCase('random spans', { shape, spans, mask }, x);
+        await checkCase('random spans, window', { shape, spans, mask, window: rng.int(2, 20), softcap: 8 }, x);
       }));
 
     test('hd 256 (Gemma), small L, nh = nkv', async () =>
