@@ -196,7 +196,7 @@ export class LlamaModel extends DecoderLayers {
           k.reshape([R, L, c.numKvHeads, c.headDim]),
           v.reshape([R, L, c.numKvHeads, c.headDim]),
           input.attentionMask,
-          this.attentionOptsFor(i, input, computeDtype),
+          this.attentionOptsFor(i, input),
         );
         return { att: out, lse };
       },
