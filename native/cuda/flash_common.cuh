@@ -49,6 +49,19 @@ __device__ __forceinline__ void stage_rows_bf16(G src, int64_t bb, int64_t l, in
   }
 }
 
+// The same from a bf16 tensor (uint16_t bits, rows 16-byte aligned: hd a multiple of 8) by 16-byte vectors.
+template <class G, class S>
+__device__ __forceinline__ void stage_rows(G src, int64_t bb, int64_t l, int64_t heads, int64_t h, int64_t hd, int64_t r0, int rows,
+                                           S dst, int64_t ld) {
+  const int64_t nv = hd / 8;  // vectors of 8 bf16 per row
+  for (int64_t e = threadIdx.x; e < rows * nv; e += blockDim.x) {
+    const int64_t i = e / nv, d = (e - i * nv) * 8;
+    uint4 x{0u, 0u, 0u, 0u};
+    if (r0 + i < l) x = ld_vec<uint4>(src + ((bb * l + r0 + i) * heads + h) * hd + d);
+    SPIN_CAST(uint4, dst + i * ld + d)[0] = x;
+  }
+}
+
 // One warp: the f32 scores of its 16 rows (a at a16, leading dim lda) against kKeys key rows (at b16,
 // leading dim ldb) over nf * 16 dims, S[r][c] = a_r . b_c, stored row-major at s (leading dim lds).
 template <int kKeys, class A, class B, class S>

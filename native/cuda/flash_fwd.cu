@@ -38,8 +38,10 @@ constexpr size_t kFwdStatic = (3 * kBQ + kBQ) * 8 + kBQ * 4 + 64 * 4;
 
 // kMaxF: the most 16-dim fragments of a head (4, 8, 16: hd up to 64, 128, 256); nf = hd / 16 of them
 // are used (guarded loops over kMaxF keep the accumulators in registers). kBK: keys per tile.
+// k16, v16: k and v already rounded to bf16 (flash_attention casts them once: every query block of
+// their heads reads them, so half the bytes of f32 where the kernel is bound by L2 traffic).
 template <int kMaxF, int kBK>
-__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v,
+__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float) q, SPIN_GP(const uint16_t) k16, SPIN_GP(const uint16_t) v16,
                                                              SPIN_GP(const int32_t) key_mask, SPIN_GP(const int32_t) spans, int64_t l,
                                                              int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window,
                                                              float softcap, SPIN_GP(float) out, SPIN_GP(float) lse,
@@ -78,8 +80,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float
     for (int64_t j = first; j != kNoKey;) {
       const int64_t k0 = j / kBK * kBK;
       __syncthreads();  // the previous tile, nxt and hit are consumed
-      flash::stage_rows_bf16(k, bb, l, nkv, kvh, hd, k0, kBK, ks, ld);
-      if (with_v) flash::stage_rows_bf16(v, bb, l, nkv, kvh, hd, k0, kBK, vs, ld);
+      flash::stage_rows(k16, bb, l, nkv, kvh, hd, k0, kBK, ks, ld);
+      if (with_v) flash::stage_rows(v16, bb, l, nkv, kvh, hd, k0, kBK, vs, ld);
       if (threadIdx.x < kBK) kok[threadIdx.x] = k0 + threadIdx.x < l && key_mask[bb * l + k0 + threadIdx.x] != 0 ? 1 : 0;
       if (threadIdx.x < kBQ) {
         const int i = threadIdx.x;
@@ -164,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float
 }
 
 template <int kMaxF, int kBK>
-void launch_flash_fwd(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
+void launch_flash_fwd(const float* q, const uint16_t* k, const uint16_t* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
                       int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
                       float* lse) {
   const size_t smem = flash_fwd_smem(hd, kBK);
@@ -185,12 +187,18 @@ void flash_attention(const float* q, const float* k, const float* v, const int32
                      int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
                      float* lse) {
   if (b * l * nh == 0) return;
+  // k and v rounded to bf16 once, into scratch [2, B, L, nKV, hd]
+  const int64_t kn = b * l * nkv * hd;
+  uint16_t* k16 = static_cast<uint16_t*>(scratch(static_cast<size_t>(2 * kn) * 2, "attention"));
+  uint16_t* v16 = k16 + kn;
+  ::spinlm::cuda::cast_values(k, DType::kF32, k16, DType::kBF16, kn);
+  ::spinlm::cuda::cast_values(v, DType::kF32, v16, DType::kBF16, kn);
   if (hd <= 64)
-    launch_flash_fwd<4, 64>(q, k, v, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
+    launch_flash_fwd<4, 64>(q, k16, v16, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
   else if (hd <= 128)
-    launch_flash_fwd<8, 64>(q, k, v, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
+    launch_flash_fwd<8, 64>(q, k16, v16, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
   else
-    launch_flash_fwd<16, 32>(q, k, v, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
+    launch_flash_fwd<16, 32>(q, k16, v16, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
   check_launch("attention");
 }
 
