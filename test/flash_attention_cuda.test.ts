@@ -104,6 +104,9 @@ for (const be of cudaBackends)
           got.out.subarray(0, shape.nh * shape.hd).every((y) => y === 0),
           'out of query 0 (no key) is 0',
         );
+        // no mask, L past two query blocks: key tiles every row of a warp sees whole (no per-key checks)
+        const s2 = { b: 1, l: rng.int(130, 160), nh: 2, nkv: 1, hd: 32 };
+        await checkCase('causal, whole tiles', { shape: s2 }, draw(rng, s2));
       }));
 
     test('sliding window and soft-cap, hd 128 (and hd 48: a partial fragment class), GQA 2:1', async () =>
@@ -117,7 +120,9 @@ for (const be of cudaBackends)
     test('spans: packed pairs (hidden real answers), a window, keyMask padding at the end', async () =>
       withSeed(async (rng) => {
         const l = 96;
-        const rows = [0, 1].map(() => {
+        // row 2: one pair whose generated tokens 64.. see both ends of key tile 0 and hide the real answer inside it
+        const rows = [0, 1, 2].map((row) => {
+          if (row === 2) return [{ p: 20, r: 20, g: 52 }];
           const items = [];
           for (let used = 0; ;) {
             const it = randomItem(rng, 40);
@@ -128,7 +133,7 @@ for (const be of cudaBackends)
           return items;
         });
         const { spans, mask } = packSpans(rows, l);
-        const shape = { b: 2, l, nh: 2, nkv: 1, hd: 64 };
+        const shape = { b: 3, l, nh: 2, nkv: 1, hd: 64 };
         const x = draw(rng, shape);
         await checkCase('packed pairs', { shape, spans, mask }, x);
         await checkCase('packed pairs, window', { shape, spans, mask, window: rng.int(3, 30), softcap: 20 }, x);

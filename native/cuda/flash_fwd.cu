@@ -34,7 +34,7 @@ size_t flash_fwd_smem(int64_t hd, int bk) {
   return static_cast<size_t>((kBQ + 2 * bk) * ld * 2 + kBQ * (bk + kPadF32) * 4 + kBQ * (bk + kPadBf16) * 2);
 }
 // Static shared bytes of the kernel (spans, next keys, hits, key flags), for the opt-in.
-constexpr size_t kFwdStatic = (3 * kBQ + kBQ) * 8 + kBQ * 4 + 64 * 4;
+constexpr size_t kFwdStatic = (3 * kBQ + kBQ) * 8 + 2 * kBQ * 4 + 64 * 4;
 
 // kMaxF: the most 16-dim fragments of a head (4, 8, 16: hd up to 64, 128, 256); nf = hd / 16 of them
 // are used (guarded loops over kMaxF keep the accumulators in registers). kBK: keys per tile.
@@ -50,6 +50,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float
   SPIN_SHARED(int64_t, sp, 3 * kBQ);  // the queries' spans (kNoKey: past l or invalid)
   SPIN_SHARED(int64_t, nxt, kBQ);     // per query: the first key it sees past this tile (kNoKey: none)
   SPIN_SHARED(int32_t, hit, kBQ);     // per query: it sees a key of this tile
+  SPIN_SHARED(int32_t, whole, kBQ);   // per query: it sees every key of this tile by position
   SPIN_SHARED(int32_t, kok, 64);      // per key of the tile: exists and keyMask lets it be seen
   const int64_t ld = flash::ld_rows(hd), lds = kBK + kPadF32, ldp = kBK + kPadBf16;
   const int nf = static_cast<int>(hd / 16);
@@ -74,32 +75,45 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float
   int64_t first = kNoKey;
   for (int i = 0; i < kBQ; ++i) first = imin64(first, span_next(span_of(sp, i), q0 + i, 0, window));
 
-  // Walks the visible key tiles: load (k, and v when with_v), mark, then body(k0) for a warp whose
-  // rows see a key of the tile.
+  // Walks the visible key tiles: load (k, and v when with_v), mark, then body(k0, all) for a warp
+  // whose rows see a key of the tile; all: its 16 rows see every key of the tile (no mask checks).
   auto walk = [&](bool with_v, auto&& body) {
     for (int64_t j = first; j != kNoKey;) {
       const int64_t k0 = j / kBK * kBK;
-      __syncthreads();  // the previous tile, nxt and hit are consumed
+      __syncthreads();  // the previous tile, nxt, hit and whole are consumed
       flash::stage_rows(k16, bb, l, nkv, kvh, hd, k0, kBK, ks, ld);
       if (with_v) flash::stage_rows(v16, bb, l, nkv, kvh, hd, k0, kBK, vs, ld);
-      if (threadIdx.x < kBK) kok[threadIdx.x] = k0 + threadIdx.x < l && key_mask[bb * l + k0 + threadIdx.x] != 0 ? 1 : 0;
+      bool masked = false;  // a key of the tile missing (past l) or masked out
+      if (threadIdx.x < kBK) {
+        kok[threadIdx.x] = k0 + threadIdx.x < l && key_mask[bb * l + k0 + threadIdx.x] != 0 ? 1 : 0;
+        masked = kok[threadIdx.x] == 0;
+      }
       if (threadIdx.x < kBQ) {
         const int i = threadIdx.x;
         const Span s = span_of(sp, i);
+        const int64_t last = k0 + kBK - 1;
         hit[i] = span_next(s, q0 + i, k0, window) < k0 + kBK ? 1 : 0;
         nxt[i] = span_next(s, q0 + i, k0 + kBK, window);
+        // both ends seen and no hidden key between: the window's farthest key (k0) is seen too
+        whole[i] = span_sees(s, q0 + i, k0, window) && span_sees(s, q0 + i, last, window) &&
+                           (s.hlo == s.hhi || s.hhi <= k0 || s.hlo > last)
+                       ? 1
+                       : 0;
       }
-      __syncthreads();
-      int any = 0;
-      for (int i = 0; i < 16; ++i) any |= hit[warp * 16 + i];
-      if (any) body(k0);  // uniform across the warp
+      const bool tile_whole = !__syncthreads_or(masked);
+      int any = 0, all = tile_whole ? 1 : 0;
+      for (int i = 0; i < 16; ++i) {
+        any |= hit[warp * 16 + i];
+        all &= whole[warp * 16 + i];
+      }
+      if (any) body(k0, all != 0);  // uniform across the warp
       j = kNoKey;
       for (int i = 0; i < kBQ; ++i) j = imin64(j, nxt[i]);
     }
   };
   // The scaled, soft-capped score of this lane's row against key c of the tile; -inf where not seen.
-  auto score = [&](int64_t k0, int c) {
-    if (kok[c] == 0 || !span_sees(my, qi, k0 + c, window)) return -INFINITY;
+  auto score = [&](int64_t k0, bool all, int c) {
+    if (!all && (kok[c] == 0 || !span_sees(my, qi, k0 + c, window))) return -INFINITY;
     float s = sw[r * lds + c] * scale;
     if (softcap > 0.0f) s = flash::softcapped(s, softcap);
     return s;
@@ -108,10 +122,10 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float
   // Pass 1: each row's (max, sum of exp) over its visible keys, lanes 2r and 2r + 1 taking the even
   // and odd keys of each tile; then merged in a fixed order (the even half first).
   LseAcc acc = lse_empty();
-  walk(false, [&](int64_t k0) {
+  walk(false, [&](int64_t k0, bool all) {
     flash::warp_scores<kBK>(qs + warp * 16 * ld, ld, ks, ld, nf, sw, lds);
     __syncwarp();
-    for (int c = half; c < kBK; c += 2) lse_push(acc, score(k0, c));
+    for (int c = half; c < kBK; c += 2) lse_push(acc, score(k0, all, c));
   });
   const LseAcc other{__shfl_xor_sync(kFull, acc.max, 1), __shfl_xor_sync(kFull, acc.sum, 1)};
   acc = half == 0 ? lse_merge(acc, other) : lse_merge(other, acc);
@@ -121,11 +135,11 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float
   tc::FragC o[kMaxF];
   SPIN_UNROLL
   for (int f = 0; f < kMaxF; ++f) tc::fill(o[f], 0.0f);
-  walk(true, [&](int64_t k0) {
+  walk(true, [&](int64_t k0, bool all) {
     flash::warp_scores<kBK>(qs + warp * 16 * ld, ld, ks, ld, nf, sw, lds);
     __syncwarp();
     for (int c = half; c < kBK; c += 2) {
-      const float s = score(k0, c);
+      const float s = score(k0, all, c);
       const float p = s == -INFINITY || row_lse == -INFINITY ? 0.0f : expf(s - row_lse);
       pw[r * ldp + c] = f32_to_bf16(p);
     }
