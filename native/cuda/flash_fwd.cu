@@ -145,12 +145,12 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(SPIN_GP(const float
     }
     __syncwarp();
     tc::FragA pa[kBK / 16];
-  SPIN_UNROLL
+    SPIN_UNROLL
     for (int kk = 0; kk < kBK / 16; ++kk) tc::load(pa[kk], pw + kk * 16, static_cast<unsigned>(ldp));
-  SPIN_UNROLL
+    SPIN_UNROLL
     for (int f = 0; f < kMaxF; ++f) {
       if (f >= nf) break;
-  SPIN_UNROLL
+      SPIN_UNROLL
       for (int kk = 0; kk < kBK / 16; ++kk) {
         tc::FragB vb;
         tc::load(vb, vs + kk * 16 * ld + f * 16, static_cast<unsigned>(ld));
