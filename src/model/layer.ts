@@ -99,14 +99,10 @@ export abstract class DecoderLayers {
     return o;
   }
 
-  /**
-   * Layer i's attention options over an input: with its spans when the input is packed (src/spin/pack.ts),
-   * and computeDtype 'bf16' under mixed precision (AttentionOpts.computeDtype).
-   */
-  attentionOptsFor(i: number, input: { spans?: Tensor<'i32'> }, computeDtype: ComputeDtype = 'f32'): AttentionOpts {
+  /** Layer i's attention options over an input: with its spans when the input is packed (src/spin/pack.ts). */
+  attentionOptsFor(i: number, input: { spans?: Tensor<'i32'> }): AttentionOpts {
     const o = this.attentionOpts(i);
     if (input.spans) o.spans = input.spans;
-    if (computeDtype === 'bf16') o.computeDtype = 'bf16';
     return o;
   }
 
