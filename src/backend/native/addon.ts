@@ -59,7 +59,7 @@ export interface NativeAddon extends NativeOps {
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
-const ABI_VERSION = 13;
+const ABI_VERSION = 14;
 
 let cached: NativeAddon | undefined;
 
