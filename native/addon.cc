@@ -118,7 +118,7 @@ Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
 Napi::Value BlasCore(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), openblas_get_corename()); }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
-  exports.Set("abiVersion", Napi::Number::New(env, 14));  // src/backend/native/addon.ts ABI_VERSION
+  exports.Set("abiVersion", Napi::Number::New(env, 15));  // src/backend/native/addon.ts ABI_VERSION
   SetFunctions(env, exports, {{"alloc", Alloc}, {"free", Free}, {"write", Write}, {"read", Read}, {"takeErrors", TakeErrors}});
   // benchmark probes, host memory, threads, OpenBLAS
   SetFunctions(env, exports, {{"streamRead", StreamRead}, {"expThroughput", ExpThroughput}, {"rowOffset", RowOffset},

@@ -50,6 +50,12 @@ inline void attention_backward(const float* q, const float* k, const float* v, c
                                int64_t hd, float scale, int64_t window, float softcap, float* dq, float* dk, float* dv, bool /*bf16*/) {
   ::spinlm::attention_backward(q, k, v, key_mask, spans, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv);
 }
+// attention's bf16 flag is refused by the binding (Bf16AttentionRefusal): the f32 kernel.
+inline void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
+                      int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+                      float* lse, bool /*bf16*/) {
+  ::spinlm::attention(q, k, v, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
+}
 }  // namespace kern
 
 // Runs a kernel call (the CPU kernels report nothing: every precondition was checked above them).
@@ -97,6 +103,11 @@ inline constexpr bool kBf16AttentionBackwardKernel = false;
 // cblas takes int dimensions.
 inline void CheckGemmDim(Napi::Env env, int64_t x, const char* what) {
   if (x > std::numeric_limits<int>::max()) Throw(env, std::string(what) + " is too large for BLAS (> 2^31 - 1)");
+}
+
+// attention's computeDtype 'bf16' has no CPU kernel: the backend rounds q, k, v and runs the f32 one.
+inline const char* Bf16AttentionRefusal(int64_t /*hd*/) {
+  return "the CPU attention kernel is f32 only: computeDtype 'bf16' rounds q, k, v first (src/backend/bf16_compute.ts)";
 }
 
 // The attention kernels run strided sgemm calls over [l, nh * hd] rows.

@@ -175,8 +175,9 @@ Napi::Value js::rope(const Napi::CallbackInfo& info) {
   return Run(info, [&] { kern::rope(x, pos, t, heads, hd, inv_freq.data(), attn, inverse); });
 }
 
-// attention(q, k, v, keyMask, spans|null, b, l, nh, nkv, hd, scale, window, softcap, out, lse)
-// spans i32 [B, L, 3] (lo, hideLo, hideHi per query: AttentionOpts.spans in src/backend/backend.ts)
+// attention(q, k, v, keyMask, spans|null, b, l, nh, nkv, hd, scale, window, softcap, out, lse, bf16)
+// spans i32 [B, L, 3] (lo, hideLo, hideHi per query: AttentionOpts.spans in src/backend/backend.ts);
+// bf16: computeDtype 'bf16' (a tensor-core kernel where the device header has one, else refused)
 Napi::Value js::attention(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const AttnDims d = ReadAttnDims(info, 5);
@@ -188,13 +189,16 @@ Napi::Value js::attention(const Napi::CallbackInfo& info) {
   const int32_t* spans = OptView<int32_t>(info[4], "spans", d.b * d.l * 3 * 4);
   float* out = View<float>(info[13], "out", qb);
   float* lse = View<float>(info[14], "lse", d.b * d.nh * d.l * 4);
+  const bool bf16 = info[15].ToBoolean();
+  if (bf16)
+    if (const char* why = Bf16AttentionRefusal(d.hd)) Throw(env, std::string("attention: ") + why);
   if (SpansInvalidOnHost(spans, d.b, d.l)) {
     PoisonF32(out, d.b * d.l * d.nh * d.hd);
     PoisonF32(lse, d.b * d.nh * d.l);
     return env.Undefined();
   }
   return Run(info, [&] {
-    kern::attention(q, k, v, mask, spans, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, out, lse);
+    kern::attention(q, k, v, mask, spans, d.b, d.l, d.nh, d.nkv, d.hd, d.scale, d.window, d.softcap, out, lse, bf16);
   });
 }
 

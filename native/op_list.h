@@ -91,7 +91,8 @@ SPINLM_OP(rope, rope, model,
           "attnScale: number, inverse: boolean")
 SPINLM_OP(attention, attention, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, spans: NativeView | null, b: number, l: number, "
-          "nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, out: NativeView, lse: NativeView")
+          "nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, out: NativeView, lse: NativeView, "
+          "bf16: boolean")
 SPINLM_OP(attentionBackward, attentionBackward, model,
           "q: NativeView, k: NativeView, v: NativeView, keyMask: NativeView, spans: NativeView | null, out: NativeView, "
           "lse: NativeView, dout: NativeView, b: number, l: number, nh: number, nkv: number, hd: number, scale: number, window: number, softcap: number, dq: NativeView, "

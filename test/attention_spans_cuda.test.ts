@@ -13,6 +13,7 @@ import type { Rng } from '../src/util/rng.js';
 import { relErr } from './helpers/loss_ref.js';
 import { attentionBackwardRef, attentionRef } from './helpers/model_ref.js';
 import { randn, withSeed } from './helpers/random.js';
+import { randomSpans } from './helpers/attention_spans.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 
@@ -21,25 +22,6 @@ const TOL = 1e-5;
 function check(name: string, got: ArrayLike<number>, want: ArrayLike<number>) {
   const e = relErr(got, want);
   assert.ok(e <= TOL, `${name}: relative error ${e} > ${TOL}`);
-}
-
-/**
- * Random valid spans for every query: 0 <= lo <= hideLo <= hideHi <= i, drawn independently; in row 0,
- * queries 32 to 64 + a few see only their last keys (lo >= i - 3): a whole query tile whose queries see
- * no early key, followed by queries that do (lo not increasing: the dk/dv kernel must not stop there).
- */
-function randomSpans(rng: Rng, b: number, l: number): Int32Array {
-  const s = new Int32Array(b * l * 3);
-  const localEnd = 64 + rng.int(0, 6);
-  for (let r = 0; r < b * l; r++) {
-    const i = r % l;
-    const local = r < l && i >= 32 && i < localEnd;
-    const lo = local ? rng.int(Math.max(0, i - 3), i) : rng.next() < 0.3 ? 0 : rng.int(0, i);
-    const hlo = rng.int(lo, i);
-    const hhi = rng.next() < 0.3 ? hlo : rng.int(hlo, i);
-    s.set([lo, hlo, hhi], 3 * r);
-  }
-  return s;
 }
 
 const cudaBackends = (await testBackends()).filter((be) => be.name === 'cuda' || be.name === 'cuda-emu');

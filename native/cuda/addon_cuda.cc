@@ -194,7 +194,7 @@ Napi::Value TakeErrors(const Napi::CallbackInfo& info) {
 // The `cuda` object: memory, status and reads, and the ops with the CPU addon's names and arguments.
 Napi::Object Exports(Napi::Env env) {
   Napi::Object o = Napi::Object::New(env);
-  o.Set("abiVersion", Napi::Number::New(env, 10));  // src/backend/cuda/native.ts CUDA_ABI_VERSION
+  o.Set("abiVersion", Napi::Number::New(env, 11));  // src/backend/cuda/native.ts CUDA_ABI_VERSION
   spinlm::napi::SetFunctions(env, o, {{"unavailable", Unavailable}, {"info", Info}, {"alloc", Alloc}, {"free", Free},
                                       {"write", Write}, {"read", Read}, {"takeErrors", TakeErrors}});
   SetOps(env, o);  // the op list (op_list.h), bound in native/<family>_ops.cc (ops_cuda.cc)

@@ -85,6 +85,15 @@ inline void attention_backward(const float* q, const float* k, const float* v, c
   (bf16 ? ::spinlm::cuda::flash_attention_backward : ::spinlm::cuda::attention_backward)(
       q, k, v, key_mask, spans, out, lse, dout, b, l, nh, nkv, hd, scale, window, softcap, dq, dk, dv);
 }
+// bf16: the tensor-core flash kernel (flash_fwd.cu), head dims checked by Bf16AttentionRefusal.
+inline void attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
+                      int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+                      float* lse, bool bf16) {
+  if (bf16)
+    ::spinlm::cuda::flash_attention(q, k, v, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
+  else
+    ::spinlm::cuda::attention(q, k, v, key_mask, spans, b, l, nh, nkv, hd, scale, window, softcap, out, lse);
+}
 }  // namespace kern
 
 // Runs a kernel call after starting the backend, turning CUDA and emulator errors into JS Errors.
@@ -115,6 +124,12 @@ inline constexpr bool kBf16AttentionBackwardKernel = true;
 
 // cuBLAS takes 32-bit dimensions; the tiled kernel is the fallback past them.
 inline void CheckGemmDim(Napi::Env, int64_t, const char*) {}
+
+// attention's computeDtype 'bf16' runs on tensor cores for head dims that are multiples of 16 up to 256.
+inline const char* Bf16AttentionRefusal(int64_t hd) {
+  return flash_attention_takes(hd) ? nullptr
+                                   : "the CUDA bf16 attention kernel takes head dims that are multiples of 16 up to 256";
+}
 
 // One block per (sequence, head) tile; each lane holds hd / 32 values.
 inline void CheckAttentionLimits(Napi::Env env, int64_t b, int64_t /*l*/, int64_t nh, int64_t hd) {

@@ -55,6 +55,12 @@ void flash_attention_backward(const float* q, const float* k, const float* v, co
                               const int32_t* spans, const float* out, const float* lse, const float* dout, int64_t b,
                               int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap,
                               float* dq, float* dk, float* dv);
+// computeDtype 'bf16' (flash_fwd.cu): the same on tensor cores, q, k, v and P rounded to bf16, f32
+// softmax and sums; head dims that flash_attention_takes (multiples of 16 up to 256).
+bool flash_attention_takes(int64_t hd);
+void flash_attention(const float* q, const float* k, const float* v, const int32_t* key_mask, const int32_t* spans, int64_t b,
+                     int64_t l, int64_t nh, int64_t nkv, int64_t hd, float scale, int64_t window, float softcap, float* out,
+                     float* lse);
 // Both caches hold cache_dt (f32 or bf16, widened to f32 as read: the math is f32 either way).
 void attention_decode(const float* q, const void* k_cache, const void* v_cache, DType cache_dt, const int32_t* lengths,
                       const int32_t* key_mask, int64_t b, int64_t lmax, int64_t nh, int64_t nkv, int64_t hd,

@@ -34,6 +34,10 @@ export abstract class NativeKernels {
   protected abstract readonly nativeBf16Compute: 'linear' | 'all';
   /** attention with computeDtype 'bf16' runs a bf16 kernel (else: attentionOnRounded) */
   protected readonly nativeBf16Attention: boolean = false;
+  /** the head dims the native bf16 attention kernels take (the others: attentionOnRounded) */
+  protected bf16AttentionTakes(hd: number): boolean {
+    return hd % 16 === 0 && hd > 0 && hd <= 256;
+  }
   /**
    * attentionBackward with computeDtype 'bf16' runs a bf16 kernel (else: attentionBackwardOnRounded), for
    * head dims that are multiples of 16 (the tensor-core tiles; others: attentionBackwardOnRounded too)
@@ -266,8 +270,9 @@ export abstract class NativeKernels {
   }
 
   attention(q: Tensor<'f32'>, k: Tensor<'f32'>, v: Tensor<'f32'>, keyMask: Tensor<'i32'>, opts: AttentionOpts = {}) {
-    if (opts.computeDtype === 'bf16' && !this.nativeBf16Attention) return attentionOnRounded(this, q, k, v, keyMask, opts);
     const [b, l, nh, hd] = q.shape;
+    const bf16 = opts.computeDtype === 'bf16';
+    if (bf16 && !(this.nativeBf16Attention && this.bf16AttentionTakes(hd))) return attentionOnRounded(this, q, k, v, keyMask, opts);
     const nkv = k.shape[2];
     const out = this.output('f32', q.shape, 'attention');
     const lse = this.output('f32', [b, nh, l], 'attention');
@@ -287,6 +292,7 @@ export abstract class NativeKernels {
       opts.softcap ?? 0,
       out,
       lse,
+      bf16,
     );
     return { out, lse };
   }

@@ -39,3 +39,22 @@ export function randomItem(rng: Rng, maxLen: number): Item {
   const g = rng.next() < 0.25 ? 0 : rng.int(1, Math.max(1, Math.floor(maxLen / 4)));
   return { p, r, g };
 }
+
+/**
+ * Random valid spans for every query: 0 <= lo <= hideLo <= hideHi <= i, drawn independently; in row 0,
+ * queries 32 to 64 + a few see only their last keys (lo >= i - 3): a whole query tile whose queries see
+ * no early key, followed by queries that do (lo not increasing: the dk/dv kernel must not stop there).
+ */
+export function randomSpans(rng: Rng, b: number, l: number): Int32Array {
+  const s = new Int32Array(b * l * 3);
+  const localEnd = 64 + rng.int(0, 6);
+  for (let r = 0; r < b * l; r++) {
+    const i = r % l;
+    const local = r < l && i >= 32 && i < localEnd;
+    const lo = local ? rng.int(Math.max(0, i - 3), i) : rng.next() < 0.3 ? 0 : rng.int(0, i);
+    const hlo = rng.int(lo, i);
+    const hhi = rng.next() < 0.3 ? hlo : rng.int(hlo, i);
+    s.set([lo, hlo, hhi], 3 * r);
+  }
+  return s;
+}

@@ -15,6 +15,8 @@ export class CudaBackend extends NativeKernels implements Backend {
   readonly native: CudaNative;
   protected readonly nativeBf16Compute = 'all'; // every bf16-compute GEMM form: gemm.cu (cuBLASLt on a GPU), gemm_rows_tc.cu (row-invariant)
   protected override readonly nativeBf16AttentionBackward = true; // native/cuda/flash_bwd.cu (tensor cores)
+  /** attention's computeDtype 'bf16': the tensor-core flash kernel (native/cuda/flash_fwd.cu) */
+  protected override readonly nativeBf16Attention = true;
   /** Fill every new buffer with NaN (tests: a kernel that skips an element is caught). */
   readonly poison: boolean;
 

@@ -46,7 +46,7 @@ export type CudaNative = NativeOps &
   };
 
 /** Bumped whenever a binding's arguments change (native/cuda/addon_cuda.cc exports the same number). */
-const CUDA_ABI_VERSION = 10;
+const CUDA_ABI_VERSION = 11;
 
 function checkAbi(n: CudaNative, from: string): CudaNative {
   if (n.abiVersion !== CUDA_ABI_VERSION) {

@@ -59,7 +59,7 @@ export interface NativeAddon extends NativeOps {
 export const packageRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 /** Bumped whenever a binding's arguments change (native/addon.cc exports the same number). */
-const ABI_VERSION = 14;
+const ABI_VERSION = 15;
 
 let cached: NativeAddon | undefined;
 

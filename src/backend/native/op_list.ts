@@ -241,6 +241,7 @@ export interface NativeOps {
     softcap: number,
     out: NativeView,
     lse: NativeView,
+    bf16: boolean,
   ): void;
   attentionBackward(
     q: NativeView,
