@@ -17,7 +17,7 @@ import { initLlama } from '../src/model/init.js';
 import { runTrainingLoop } from '../src/spin/train_loop.js';
 import * as ops from '../src/ops/index.js';
 import { Rng } from '../src/util/rng.js';
-import { kitBackend } from './kit_backend.js';
+import { kitBackend, timeMs as timeOn } from './kit_backend.js';
 import { spinBenchLoop, spinBenchObjective } from './model_probe_work.js';
 
 const mode = process.argv[2];
@@ -31,17 +31,7 @@ if (backendName === 'cuda' && !status.available) {
 }
 const be = (await kitBackend(backendName)) as CudaBackend;
 const rng = new Rng(7);
-/** Median wall milliseconds of `fn` (enqueued work, then a stream synchronization), after one warm-up. */
-async function timeMs(fn: () => unknown, iters: number): Promise<number> {
-  const times: number[] = [];
-  for (let i = 0; i <= iters; ++i) {
-    const t0 = performance.now();
-    await fn();
-    await be.takeErrors(); // synchronizes the stream
-    if (i > 0) times.push(performance.now() - t0);
-  }
-  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)];
-}
+const timeMs = (fn: () => unknown, iters: number) => timeOn(be, fn, iters);
 const peaks = () => {
   const d = be.native.info();
   return { peak_allocated_bytes: d.peakAllocatedBytes, peak_reserved_bytes: d.peakReservedBytes, gemm: d.gemm, device: d.name };
