@@ -138,7 +138,7 @@ for (const mode of modes) {
     const gemm = await gemmRow({ name: `head GEMM ${N} x ${V} x ${H}`, m: N, n: V, k: H }, 'fwd', 'bf16');
     rows.push(gemm);
     for (const compute of ['bf16', 'f32'] as const) {
-      const row: Row = { name: `fused head ${N} x ${H} x ${V}`, compute };
+      const row: Row = { name: `fused head ${N} x ${H} x ${V}`, rows: N, hidden: H, vocab: V, compute };
       await attempt(row, async () => {
         let lse: Tensor<'f32'> | undefined;
         row.fwd_ms = await timeMs(
