@@ -57,7 +57,10 @@ class RMSNorm(nn.Module):
 
 
 def rope(x, cos, sin):
+    # cos / sin in x's dtype: under autocast x is a bf16 linear output while the tables follow the fp32
+    # embedding, and an fp32 q or k beside a bf16 v would keep SDPA off its flash kernel
     h = x.shape[-1] // 2
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + torch.cat((-x[..., h:], x[..., :h]), -1) * sin
 
 
