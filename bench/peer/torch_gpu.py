@@ -265,8 +265,8 @@ def main():
             opt.zero_grad(set_to_none=True)
 
         ms = timed(step, a.steps)
-        out.update(compute="bf16 autocast, fp32 parameters", ms_per_step=ms, tokens_per_s=2 * B * L / (ms / 1000), peak_allocated_bytes=torch.cuda.max_memory_allocated(),
-                   peak_reserved_bytes=torch.cuda.max_memory_reserved())
+        out.update(compute="bf16 autocast, fp32 parameters", ms_per_step=ms, tokens_per_s=2 * B * L / (ms / 1000),
+                   peak_allocated_bytes=torch.cuda.max_memory_allocated(), peak_reserved_bytes=torch.cuda.max_memory_reserved())
     else:
         Bn, P, N = 32, 128, 256
         prompts = torch.randint(3, CFG["vocab"], (Bn, P), device=dev)
@@ -276,12 +276,12 @@ def main():
             c = transformers.LlamaConfig(hidden_size=CFG["hidden"], intermediate_size=CFG["inter"], num_hidden_layers=CFG["layers"],
                                          num_attention_heads=CFG["heads"], num_key_value_heads=CFG["kv"], vocab_size=CFG["vocab"],
                                          rms_norm_eps=CFG["eps"], rope_theta=CFG["theta"], max_position_embeddings=2048,
-                                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=2)
+                                         tie_word_embeddings=False, pad_token_id=0, eos_token_id=2, attn_implementation="sdpa")
             torch.manual_seed(0)
             hf = transformers.LlamaForCausalLM(c).to(dev, torch.bfloat16).eval()
-            hf.config._attn_implementation = "sdpa"
-            run = lambda n: hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                        use_cache=True, pad_token_id=0)
+            # min_new_tokens = max_new_tokens: both sides generate exactly N tokens per prompt
+            run = lambda n: hf.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=n, min_new_tokens=n,
+                                        do_sample=False, use_cache=True, pad_token_id=0)
             peer = f"transformers {transformers.__version__} generate (greedy, KV cache, SDPA)"
         except ImportError as e:
             m = model()
