@@ -176,7 +176,7 @@ function modeRows(mode: string, a: Rows, p: Rows): (string | number)[][] {
     const gemm = (a.rows ?? [])[0] ?? {};
     const tg = byName(p, gemm.name);
     out.push([
-      `GEMM ${String(gemm.name ?? 'head GEMM')}`,
+      `GEMM ${String(gemm.name ?? '')} ${num(gemm.m)} x ${num(gemm.n)} x ${num(gemm.k)}`,
       'TFLOP/s',
       num(gemm.tflops),
       num(tg.tflops),
@@ -198,7 +198,7 @@ function modeRows(mode: string, a: Rows, p: Rows): (string | number)[][] {
         skip(r) || `${pct(num(r.fwd_of_gemm))} of the GEMM rate (goal 60%); PyTorch unfused`,
       ]);
       out.push([
-        '  backward (3 GEMMs of work)',
+        `  backward (3 GEMMs of work; ${String(r.bwd_compute)})`,
         'TFLOP/s',
         num(r.bwd_tflops),
         num(t.bwd_tflops),

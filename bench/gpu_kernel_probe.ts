@@ -135,7 +135,7 @@ for (const mode of modes) {
     const dlogp = filled('f32', [N]);
     const dw = ops.zeros(be, 'f32', [V, H]);
     const rows: Row[] = [];
-    const gemm = await gemmRow({ name: `head GEMM ${N} x ${V} x ${H}`, m: N, n: V, k: H }, 'fwd', 'bf16');
+    const gemm = await gemmRow({ name: `the head's shape`, m: N, n: V, k: H }, 'fwd', 'bf16');
     rows.push(gemm);
     for (const compute of ['bf16', 'f32'] as const) {
       const row: Row = { name: `fused head ${N} x ${H} x ${V}`, rows: N, hidden: H, vocab: V, compute };
@@ -151,11 +151,16 @@ for (const mode of modes) {
           iters,
         );
         row.fwd_tflops = flops / (Number(row.fwd_ms) * 1e9);
-        row.bwd_ms = await timeMs(
-          be,
-          () => ops.headLogprobBackward(h, w, targets, lse!, dlogp, { dw, computeDtype: compute }).free(),
-          iters,
-        );
+        // the backward in the same arithmetic where the op takes it, else f32 (the row says which ran)
+        const backward = (c: ComputeDtype) => () => ops.headLogprobBackward(h, w, targets, lse!, dlogp, { dw, computeDtype: c }).free();
+        row.bwd_compute = compute;
+        try {
+          row.bwd_ms = await timeMs(be, backward(compute), iters);
+        } catch (e) {
+          if (compute === 'f32') throw e;
+          row.bwd_compute = `f32 (bf16 refused: ${(e as Error).message.split('\n')[0].slice(0, 80)})`;
+          row.bwd_ms = await timeMs(be, backward('f32'), iters);
+        }
         row.bwd_tflops = (3 * flops) / (Number(row.bwd_ms) * 1e9);
         if (typeof gemm.tflops === 'number') {
           row.fwd_of_gemm = Number(row.fwd_tflops) / gemm.tflops;
