@@ -26,7 +26,18 @@ import { appendFileSync, writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { cudaStatus } from '../src/backend/cuda/cuda_backend.js';
 import { PYTHON, table } from './harness.js';
-import { EFF, H100, H200, attention as attnModel, causalPairs, decodeGemm, gemm as gemmModel, LLAMA_1B, spinStep } from './gpu_roofline.js';
+import {
+  EFF,
+  H100,
+  H200,
+  attention as attnModel,
+  causalPairs,
+  decodeGemm,
+  decodeStep,
+  gemm as gemmModel,
+  LLAMA_1B,
+  spinStep,
+} from './gpu_roofline.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -273,17 +284,20 @@ function modeRows(mode: string, a: Rows, p: Rows): (string | number)[][] {
       '',
       'goal <= 0.8x',
     ]);
-  } else if (mode === 'generate')
+  } else if (mode === 'generate') {
+    // the mean cached length over 256 new tokens after a 128-token prompt: 256
+    const genWant = decodeStep(gpu, LLAMA_1B, 32, 256).tokensPerS;
     out.push([
       'generate 32 x 128 + 256 greedy',
       'tokens/s',
       num(a.tokens_per_s),
       num(p.tokens_per_s),
       ratio(a.tokens_per_s, p.tokens_per_s),
-      '',
-      '',
+      genWant,
+      ratio(a.tokens_per_s, genWant),
       skip(a) || `goal 1.0x vs ${String(p.peer ?? 'the peer')}`,
     ]);
+  }
   return out;
 }
 

@@ -209,6 +209,19 @@ export function spinStep(
   return { gemmS, headS: h.s + hb.s, attnS, elemS, optimS, totalS, flops };
 }
 
+/**
+ * One greedy decode step at batch `b` with `ctx` cached tokens per row (bf16 weights and cache): the GPU
+ * streams the weights (at the row-invariant GEMM's fraction of HBM) and the KV cache; the host issues
+ * ~16 ops per layer through N-API (assumed 8.5 us each). The step is the slower of the two.
+ */
+export function decodeStep(g: Gpu, a: Arch, b: number, ctx: number, usPerOp = 8.5) {
+  const weights = 2 * (params(a).trunk + params(a).head);
+  const kv = 2 * 2 * a.kv * a.hd * a.layers * ctx * b;
+  const gpuS = weights / (g.hbm * EFF.decodeOurs) + kv / (g.hbm * EFF.stream) + 16 * a.layers * 3e-6;
+  const hostS = (16 * a.layers + 10) * usPerOp * 1e-6;
+  return { gpuS, hostS, s: Math.max(gpuS, hostS), tokensPerS: b / Math.max(gpuS, hostS) };
+}
+
 const fmtT = (x: number) => (x >= 1e12 ? `${(x / 1e12).toFixed(2)} T` : `${(x / 1e9).toFixed(2)} G`);
 const fmtB = (x: number) => (x >= 1e9 ? `${(x / 1e9).toFixed(2)} GB` : `${(x / 1e6).toFixed(1)} MB`);
 const fmtS = (s: number) => (s >= 1e-3 ? `${(s * 1e3).toFixed(2)} ms` : `${(s * 1e6).toFixed(1)} us`);
