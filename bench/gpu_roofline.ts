@@ -170,6 +170,16 @@ export function elementwiseBytes(a: Arch, act = 4): number {
   return norms + rope + residual + swiglu + casts;
 }
 
+/**
+ * Peak training memory of full fine-tuning without checkpointing (docs/memory.md): 12 bytes per parameter
+ * (bf16 weights made per unit from f32 masters, f32 gradients, RMSprop state) plus what each layer keeps
+ * per token, 4 (6H + 2 nKV hd + 3I + nH + 2) bytes with f32 activations (`act` / 4 of that otherwise).
+ */
+export function trainMemoryBytes(a: Arch, tokens: number, act = 4): number {
+  const perTokenLayer = act * (6 * a.hidden + 2 * a.kv * a.hd + 3 * a.inter + a.heads + 2);
+  return 12 * params(a).total + perTokenLayer * a.layers * tokens + 2 * 4 * a.hidden * tokens;
+}
+
 /** The SPIN step of bench/gpu_probe.ts: `pairs` pairs, prompt P, answers A, packed [P | A | A]. */
 export interface StepModel {
   gemmS: number;
