@@ -51,9 +51,10 @@ const LLAMA_1B_FULL = {
   tie_word_embeddings: false,
   eos_token_id: 2,
 };
-// THE LINE TO FLIP: the SPIN step's arithmetic. The bf16 training option (the autocast branch:
-// SpinObjectiveConfig.computeDtype, `--compute_dtype`) is not on main yet, so the step runs in f32;
-// once it is, set `{ computeDtype: 'bf16' }` here (the row's "compute" field says which ran).
+// THE LINE TO FLIP: the SPIN step's arithmetic, merged into the loop config. The bf16 training option
+// (the autocast branch: LoopConfig.computeDtype, `--compute_dtype`) is not on main yet, so the step runs
+// in f32; once it is, set `{ computeDtype: 'bf16' }` here. The row's "compute" is the model's own
+// computeDtype read during the step (f32 where the model has none), so it never claims what did not run.
 const SPIN_TRAIN: { computeDtype?: 'bf16' } = {};
 const LLAMA_1B = tiny
   ? {
@@ -120,22 +121,30 @@ if (mode === 'loss') {
     return { real: { prompt, answer: tokens(L - P) }, generated: { prompt, answer: tokens(L - P) } };
   });
   const ref = new Float32Array(2 * pairs.length).map(() => -9000 + rng.normal());
-  const obj = spinBenchObjective(model, pairs, ref, SPIN_TRAIN);
+  const obj = spinBenchObjective(model, pairs, ref);
   const times: number[] = [];
   let last = performance.now();
-  await runTrainingLoop(model, pairs.length, obj, spinBenchLoop(B), {
-    onStep: () => {
-      const now = performance.now();
-      times.push(now - last);
-      last = now;
+  let compute = 'f32';
+  await runTrainingLoop(
+    model,
+    pairs.length,
+    obj,
+    { ...spinBenchLoop(B), ...SPIN_TRAIN },
+    {
+      onStep: () => {
+        compute = String((model as { computeDtype?: string }).computeDtype ?? 'f32');
+        const now = performance.now();
+        times.push(now - last);
+        last = now;
+      },
     },
-  });
+  );
   const sorted = times.slice(1).sort((a, b) => a - b);
   const ms = sorted[Math.floor(sorted.length / 2)];
   console.log(
     JSON.stringify({
       params: model.weights.count(),
-      compute: SPIN_TRAIN.computeDtype ?? 'f32',
+      compute,
       ms_per_step: ms,
       tokens_per_s: (2 * B * L) / (ms / 1000),
       ...peaks(),

@@ -37,13 +37,5 @@ export const spinBenchLoop = (pairsPerStep: number) => ({
 });
 
 /** The benchmarked SPIN objective: the official loss (sigmoid, beta 0.1), no NLL term, every pair counted. */
-export const spinBenchObjective = (model: LlamaModel, pairs: readonly TokenizedPair[], ref: Float32Array, extra: object = {}) =>
-  new SpinObjective(model, pairs, ref, {
-    beta: 0.1,
-    lossType: 'sigmoid',
-    nllAlpha: 0,
-    dropIdentical: false,
-    eosId: 2,
-    padId: 0,
-    ...extra, // bench/gpu_probe.ts: the training arithmetic once the trainer takes it (computeDtype)
-  });
+export const spinBenchObjective = (model: LlamaModel, pairs: readonly TokenizedPair[], ref: Float32Array) =>
+  new SpinObjective(model, pairs, ref, { beta: 0.1, lossType: 'sigmoid', nllAlpha: 0, dropIdentical: false, eosId: 2, padId: 0 });
