@@ -212,6 +212,12 @@ for (const be of await testBackends())
       [YARN]: 'rope scaling is the rope op with other inverse frequencies: the longrope case runs it with an attentionScale too',
       [`greedy ${LLAMA3}`]: 'decode with scaled rope: the yarn greedy case runs it with an attentionScale too',
       [`greedy ${LONGROPE}`]: 'decode with scaled rope: the yarn greedy case runs it with an attentionScale too',
+      'phi3 with GQA 4/2, written by spinlm': "phi3's kernels run in the phi3 case, GQA 4/2 in the llama one",
+      'qwen2, use_sliding_window, sliding_window 5 from max_window_layers 1, written by spinlm':
+        'windowed and full attention run in the mistral sliding_window 7 case and the others; which layer gets a window is model code',
+      'phi3 with sliding_window 6 (shorter than the sequences), written by spinlm':
+        'a window shorter than the sequences runs in the mistral sliding_window 7 case',
+      'greedy phi3, sliding_window 5': 'decode past a window runs in the mistral sliding_window 4 greedy case',
     };
     const emuSkip = (key: string): string | false => (emulated(be) && EMU_COVERED[key] ? `cuda-emu: ${EMU_COVERED[key]}` : false);
 
@@ -316,7 +322,11 @@ for (const be of await testBackends())
       ['gemma3_text', GEMMA3],
     ];
     for (const [family, config] of GREEDY)
-      test(`greedy generation with the KV cache equals PyTorch greedy decoding by full recompute: ${family}`, () => greedyTest(config));
+      test(
+        `greedy generation with the KV cache equals PyTorch greedy decoding by full recompute: ${family}`,
+        { skip: emuSkip(`greedy ${family}`) },
+        () => greedyTest(config),
+      );
     for (const r of ROPE_CASES)
       test(`greedy generation with the KV cache equals PyTorch's: ${r.name}`, { skip: emuSkip(`greedy ${r.name}`) }, () =>
         greedyTest(r.config),
