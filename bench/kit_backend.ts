@@ -11,3 +11,18 @@ export async function kitBackend(name: string): Promise<Backend> {
   if (name === 'cuda' || name === 'cpu') return (await createBackend(name)).backend;
   throw new Error(`kit backend must be cuda, cuda-emu or cpu, not ${name}`);
 }
+
+/**
+ * Median wall milliseconds of one call of `fn` (enqueued work, then a stream synchronization through
+ * takeErrors), after one warm-up. `reps` calls per sample amortize the synchronization of short kernels.
+ */
+export async function timeMs(be: Backend, fn: () => unknown, iters: number, reps = 1): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i <= iters; ++i) {
+    const t0 = performance.now();
+    for (let r = 0; r < reps; ++r) await fn();
+    await be.takeErrors(); // synchronizes the stream
+    if (i > 0) times.push((performance.now() - t0) / reps);
+  }
+  return times.sort((a, b) => a - b)[Math.floor(times.length / 2)];
+}

@@ -42,7 +42,7 @@ STEPS=(
   "memcheck|d|20|5|compute-sanitizer memcheck over the smoke run"
   "racecheck|d|20|5|compute-sanitizer racecheck over the smoke run"
   "synccheck|d|20|5|compute-sanitizer synccheck over the smoke run"
-  "bench|e|70|300|bench/gpu.bench.ts: loss, SPIN step, generation vs PyTorch, rows streamed"
+  "bench|e|70|300|bench/gpu.bench.ts: attention, GEMMs, decode, head, SPIN step, generation, loss vs PyTorch and the roofline, rows streamed"
   "webgpu|f|60|5|op tests on WebGPU through the GPU's Vulkan driver, if time is left"
 )
 field() { echo "$1" | cut -d'|' -f"$2"; }

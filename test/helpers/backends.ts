@@ -40,6 +40,14 @@ export async function testBackends(): Promise<Backend[]> {
   return cached;
 }
 
+/**
+ * The CUDA emulator (native/cuda/emu) runs each kernel thread as a fiber on the CPU, ~100x slower than
+ * the CPU backend: the slowest model tests shrink their shapes and repeats on it (widths, lengths,
+ * trials), keeping every kernel path they reach (docs/cuda.md "CI time on the emulator"). The cpu and
+ * webgpu runs keep the full sizes.
+ */
+export const emulated = (be: Backend): boolean => be.name === 'cuda-emu';
+
 let reference: CpuBackend | undefined;
 /** The CPU backend other backends are compared with. */
 export function cpuReference(): CpuBackend {
