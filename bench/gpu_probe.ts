@@ -51,11 +51,10 @@ const LLAMA_1B_FULL = {
   tie_word_embeddings: false,
   eos_token_id: 2,
 };
-// THE LINE TO FLIP: the SPIN step's arithmetic, merged into the loop config. The bf16 training option
-// (the autocast branch: LoopConfig.computeDtype, `--compute_dtype`) is not on main yet, so the step runs
-// in f32; once it is, set `{ computeDtype: 'bf16' }` here. The row's "compute" is the model's own
-// computeDtype read during the step (f32 where the model has none), so it never claims what did not run.
-const SPIN_TRAIN: { computeDtype?: 'bf16' } = {};
+// The SPIN step's arithmetic, merged into the loop config: bf16 mixed precision (LoopConfig.computeDtype,
+// `--compute_dtype`; docs/numerics.md "Mixed precision"), what PyTorch's side runs under autocast. The
+// row's "compute" is the model's own computeDtype read during the step, so it never claims what did not run.
+const SPIN_TRAIN: { computeDtype: 'bf16' | 'f32' } = { computeDtype: 'bf16' };
 const LLAMA_1B = tiny
   ? {
       ...LLAMA_1B_FULL,
