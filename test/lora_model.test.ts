@@ -14,23 +14,17 @@ import { openSafetensors } from '../src/model/safetensors.js';
 import type { TokenizedPair } from '../src/spin/batch.js';
 import { referenceLogps, SpinObjective } from '../src/spin/objectives.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from '../src/spin/train_loop.js';
-import type { Rng } from '../src/util/rng.js';
 import type { Tensor } from '../src/tensor/tensor.js';
 import * as ops from '../src/ops/index.js';
 import { testBackends } from './helpers/backends.js';
 import { relErr } from './helpers/loss_ref.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
+import { randomPairs } from './helpers/pairs.js';
 
 const EOS = 2;
 
-function pairs(rng: Rng, n: number): TokenizedPair[] {
-  const toks = (k: number) => Array.from({ length: k }, () => rng.int(3, 40));
-  return Array.from({ length: n }, () => {
-    const prompt = toks(rng.int(2, 6));
-    return { real: { prompt, answer: [...toks(rng.int(1, 5)), EOS] }, generated: { prompt, answer: [...toks(rng.int(1, 5)), EOS] } };
-  });
-}
+const pairs = randomPairs;
 
 const loop = (o: Partial<LoopConfig> = {}): LoopConfig => ({
   learningRate: 3e-3,

@@ -13,21 +13,15 @@ import type { LlamaModel } from '../src/model/llama.js';
 import type { TokenizedPair } from '../src/spin/batch.js';
 import { referenceLogps, SftObjective, SpinObjective } from '../src/spin/objectives.js';
 import { type LoopConfig, runTrainingLoop, type StepLog } from '../src/spin/train_loop.js';
-import type { Rng } from '../src/util/rng.js';
 import { withSeed } from './helpers/random.js';
 import { tinyConfig } from './helpers/tiny_model.js';
 import * as ops from '../src/ops/index.js';
+import { randomPairs } from './helpers/pairs.js';
 
 const be = new CpuBackend();
 const EOS = 2;
 
-function pairs(rng: Rng, n: number): TokenizedPair[] {
-  const toks = (k: number) => Array.from({ length: k }, () => rng.int(3, 40));
-  return Array.from({ length: n }, () => {
-    const prompt = toks(rng.int(2, 6));
-    return { real: { prompt, answer: [...toks(rng.int(1, 5)), EOS] }, generated: { prompt, answer: [...toks(rng.int(1, 5)), EOS] } };
-  });
-}
+const pairs = randomPairs;
 
 const loop = (o: Partial<LoopConfig> = {}): LoopConfig => ({
   learningRate: 3e-3,
