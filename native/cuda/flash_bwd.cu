@@ -118,6 +118,28 @@ __device__ __forceinline__ void store_rows(tc::FragC* acc, int nf, float mul, ST
   }
 }
 
+// One warp's two products for its 16 rows and 16 columns, summed over hd and stored as f32 for the
+// lanes' element-wise pass: A1 B1^T into sf (S, or S^T) and A2 B2^T into dpf (dP, or dP^T). The tiles are
+// rows of ld bf16 in shared memory; B^T is read as a column-major B fragment.
+template <class H, class F>
+__device__ __forceinline__ void score_pair(H a1, H b1, H a2, H b2, int64_t hd, int ld, F sf, F dpf, int lds) {
+  tc::FragC s, p;
+  tc::fill(s, 0.0f);
+  tc::fill(p, 0.0f);
+  for (int kk = 0; kk < hd; kk += 16) {
+    tc::FragA a;
+    tc::FragBT bt;
+    tc::load(a, a1 + kk, ld);
+    tc::load(bt, b1 + kk, ld);
+    tc::mma(s, a, bt, s);
+    tc::load(a, a2 + kk, ld);
+    tc::load(bt, b2 + kk, ld);
+    tc::mma(p, a, bt, p);
+  }
+  tc::store(sf, s, lds, true);
+  tc::store(dpf, p, lds, true);
+}
+
 template <int kKT>
 __global__ void __launch_bounds__(kThreads) flash_dq_kernel(SPIN_GP(const float) q, SPIN_GP(const float) k, SPIN_GP(const float) v,
                                                             SPIN_GP(const int32_t) key_mask, SPIN_GP(const int32_t) spans,
@@ -176,21 +198,7 @@ __global__ void __launch_bounds__(kThreads) flash_dq_kernel(SPIN_GP(const float)
     if (lane < 16) hit = span_next(span_of(sp, r0 + lane), q0 + r0 + lane, k0, window) < k0 + kKT;
     if (__any_sync(kFull, hit)) {
       for (int n = 0; n < kKT / 16; ++n) {  // S = Q K^T, dP = dO V^T: the warp's 16 rows, 16 keys at a time
-        tc::FragC s, p;
-        tc::fill(s, 0.0f);
-        tc::fill(p, 0.0f);
-        for (int kk = 0; kk < hd; kk += 16) {
-          tc::FragA a;
-          tc::FragBT bt;
-          tc::load(a, qs + r0 * ldh + kk, ldh);
-          tc::load(bt, ks + n * 16 * ldh + kk, ldh);
-          tc::mma(s, a, bt, s);
-          tc::load(a, dos + r0 * ldh + kk, ldh);
-          tc::load(bt, vs + n * 16 * ldh + kk, ldh);
-          tc::mma(p, a, bt, p);
-        }
-        tc::store(sf + r0 * lds, s, lds, true);
-        tc::store(dpf + r0 * lds, p, lds, true);
+        score_pair(qs + r0 * ldh, ks + n * 16 * ldh, dos + r0 * ldh, vs + n * 16 * ldh, hd, ldh, sf + r0 * lds, dpf + r0 * lds, lds);
         __syncwarp();
         for (int e = lane; e < 256; e += 32) {
           const int row = r0 + (e >> 4), cc = e & 15, c = n * 16 + cc;
@@ -278,21 +286,7 @@ __global__ void __launch_bounds__(kThreads) flash_dkv_kernel(SPIN_GP(const float
       for (int t = lane; t < kKT; t += 32) hit = hit || (kw0 < l && span_next(span_of(tsp, t), t0 + t, kw0, window) <= kw1);
       if (!__any_sync(kFull, hit)) continue;
       for (int n = 0; n < kKT / 16; ++n) {  // S^T = K Q^T, dP^T = V dO^T: the warp's 16 keys, 16 queries at a time
-        tc::FragC s, p;
-        tc::fill(s, 0.0f);
-        tc::fill(p, 0.0f);
-        for (int kk = 0; kk < hd; kk += 16) {
-          tc::FragA a;
-          tc::FragBT bt;
-          tc::load(a, ks + r0 * ldh + kk, ldh);
-          tc::load(bt, qs + n * 16 * ldh + kk, ldh);
-          tc::mma(s, a, bt, s);
-          tc::load(a, vs + r0 * ldh + kk, ldh);
-          tc::load(bt, dos + n * 16 * ldh + kk, ldh);
-          tc::mma(p, a, bt, p);
-        }
-        tc::store(sf + r0 * lds, s, lds, true);
-        tc::store(dpf + r0 * lds, p, lds, true);
+        score_pair(ks + r0 * ldh, qs + n * 16 * ldh, vs + r0 * ldh, dos + n * 16 * ldh, hd, ldh, sf + r0 * lds, dpf + r0 * lds, lds);
         __syncwarp();
         for (int e = lane; e < 256; e += 32) {
           const int row = r0 + (e >> 4), cc = e & 15, c = n * 16 + cc;  // key k0 + row, query t0 + c
