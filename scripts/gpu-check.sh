@@ -179,7 +179,9 @@ skip() {  # skip NAME GROUP WHY
 
 TSX=("$NODE" --import tsx)
 TEST=("${TSX[@]}" --test --test-concurrency=1)
-OPS=(test/loss_kernels.test.ts test/head.test.ts test/bf16.test.ts test/model_ops.test.ts test/gemma_layers.test.ts test/attention_window.test.ts test/attention_softcap.test.ts test/rope_scaling.test.ts test/optimizer.test.ts test/native_errors.test.ts)
+OPS=(test/loss_kernels.test.ts test/head.test.ts test/bf16.test.ts test/model_ops.test.ts test/gemma_layers.test.ts test/attention_window.test.ts test/attention_softcap.test.ts test/rope_scaling.test.ts test/optimizer.test.ts test/native_errors.test.ts
+  test/attention_spans.test.ts test/attention_spans_cuda.test.ts test/flash_attention_cuda.test.ts test/flash_attention_backward_cuda.test.ts
+  test/bf16_matmul.test.ts test/mixed_precision.test.ts test/sample_tokens.test.ts test/column_reductions.test.ts)
 MODEL=(test/loss_torch.test.ts test/llama.test.ts test/llama_torch.test.ts test/families.test.ts test/decoder.test.ts test/generate.test.ts)
 versions() {
   if [ $EMU = 0 ]; then nvidia-smi --query-gpu=name,compute_cap,memory.total,driver_version --format=csv; fi
