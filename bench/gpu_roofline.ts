@@ -27,8 +27,8 @@ export const EFF = {
   /** spinlm's row-invariant tensor-core decode GEMM (fixed split-K order, planned by tc-gemm) */
   decodeOurs: 0.65,
   /** WMMA flash attention forward / backward (flash-fwd, flash-bwd): fraction of bf16 peak */
-  flashFwd: 0.38,
-  flashBwd: 0.27,
+  flashFwd: 0.2,
+  flashBwd: 0.15,
   /** torch SDPA (FlashAttention-2) at hd 128 causal on an H100: ~330 / ~250 TFLOP/s published */
   sdpaFwd: 0.42,
   sdpaBwd: 0.32,
