@@ -187,8 +187,19 @@ describe('commands end to end', () => {
       'train.resolved.json',
     ])
       assert.ok(existsSync(join(dir, 'trained', f)), f);
-    const first = JSON.parse(readFileSync(join(dir, 'trained', 'metrics.jsonl'), 'utf8').split('\n')[0]);
+    const trainRows = readJsonl(join(dir, 'trained', 'metrics.jsonl'));
+    const first = trainRows[0];
     assert.equal(first.loss, Math.fround(Math.LN2), 'step 0 of an iteration: loss log 2');
+    // a run without evaluations: its report names the steps and the first and last loss, not an empty table
+    const report = readFileSync(join(dir, 'trained', 'report.md'), 'utf8');
+    const last = trainRows.filter((r) => r.kind === 'step').at(-1);
+    assert.ok(!report.includes('Evaluation per iteration'), report);
+    assert.ok(
+      report.includes(
+        `| run | ${trainRows.filter((r) => r.kind === 'step').length} | ${Number(first.loss).toFixed(4)} | ${Number(last.loss).toFixed(4)} |`,
+      ),
+      report,
+    );
     // the same through --nproc 2 and ZeRO (the launcher's path: --zero_stage is a choice, read as a number)
     const mpiEnv = { OMPI_ALLOW_RUN_AS_ROOT: '1', OMPI_ALLOW_RUN_AS_ROOT_CONFIRM: '1', SPINLM_NUM_THREADS: '1' };
     r = spinlm(

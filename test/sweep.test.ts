@@ -87,6 +87,25 @@ describe('sweep config', () => {
     assert.equal(c.model, null);
   });
 
+  test('examples/study2*.yaml: the second study parses; the core sweep is the full one less sampled-t1, same base', () => {
+    const full = readSweepConfig(new URL('../examples/study2.yaml', import.meta.url).pathname);
+    const core = readSweepConfig(new URL('../examples/study2-core.yaml', import.meta.url).pathname);
+    assert.deepEqual(
+      full.arms.map((a) => a.name),
+      ['sft', 'sft-2x', 'spin', 'spin-nll', 'sppo-hard', 'sampled-t1'],
+    );
+    assert.deepEqual(core.arms, full.arms.slice(0, 5));
+    for (const k of ['model', 'data', 'evalData', 'iterations', 'prompts', 'evalTasks', 'seeds', 'baseline'] as const)
+      assert.deepEqual(core[k], full[k], k);
+    assert.deepEqual(full.seeds, [1, 2, 3, 4, 5]);
+    // equal steps for sft, twice the sequences of an epoch (SPIN's real + generated) for sft-2x
+    const opt = (name: string) => full.arms.find((a) => a.name === name)!.options;
+    assert.equal(opt('sft').num_train_epochs, 1);
+    assert.equal(opt('sft-2x').num_train_epochs, 2);
+    assert.deepEqual(opt('spin').learning_rate, [1e-5]);
+    assert.equal(opt('sampled-t1').temperature, 1);
+  });
+
   test('base options apply to every arm and an arm overrides them; kebab-case and aliases work', () => {
     const doc = twoArms();
     (doc.base as Record<string, unknown>).options = { learning_rate: '1e-4,5e-5', 'num-train-epochs': 3 };

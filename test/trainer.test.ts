@@ -190,6 +190,26 @@ test('a run killed mid-training (and mid-checkpoint write) resumes to bit-identi
     }
   }));
 
+test('tokens_per_s: no step of a checkpointed run reports an impossible rate (checkpoints drain the metric reads)', async () =>
+  withSeed(async (rng) => {
+    const data = pairs(rng, 18);
+    const model = initLlama(be, tinyConfig({ vocab: 48 }), { seed: rng.int(0, 1e9), std: 0.1 });
+    const dir = mkdtempSync(join(tmpdir(), 'spinlm-rate-'));
+    try {
+      // 6 steps, a checkpoint after every third: the steps at a checkpoint (and the last) used to read
+      // their end a microsecond after the previous step's, a rate thousands of times the others
+      const logs = await spinRun(model, data, loop({ saveSteps: 3, numTrainEpochs: 2 }), { checkpointDir: join(dir, 'ckpt') });
+      assert.equal(logs.length, 6);
+      const rates = logs.map((l) => l.tokens_per_s).sort((a, b) => a - b);
+      const median = rates[Math.floor(rates.length / 2)];
+      for (const l of logs)
+        assert.ok(l.tokens_per_s > 0 && l.tokens_per_s < 20 * median, `step ${l.step}: ${l.tokens_per_s} tokens/s, median ${median}`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      model.weights.free();
+    }
+  }));
+
 test('SFT lowers the answer NLL', async () =>
   withSeed(async (rng) => {
     const model = initLlama(be, tinyConfig({ vocab: 48 }), { seed: rng.int(0, 1e9) });

@@ -223,7 +223,9 @@ export async function writeReport(
     ...opts.evalColumns.map((c) => lineChart(`Held-out ${c} per iteration`, 'iteration', evalSeries(c))),
   ];
   const table = evalTable(rows, opts.evalColumns);
-  const md = [`# ${opts.title}`, '', opts.notes ?? '', '', '## Evaluation per iteration', '', table, ''].join('\n');
+  // a run without evaluations (sft, train) says what it trained instead of an empty table
+  const section = evals.length ? ['## Evaluation per iteration', '', table] : ['## Training', '', trainingSummary(steps, arms)];
+  const md = [`# ${opts.title}`, '', opts.notes ?? '', '', ...section, ''].join('\n');
   const html = [
     '<!doctype html><html><head><meta charset="utf-8"><title>' + esc(opts.title) + '</title>',
     '<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto} .charts{display:flex;flex-wrap:wrap;gap:12px} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>',
@@ -231,12 +233,24 @@ export async function writeReport(
     opts.notes ? `<p>${esc(opts.notes)}</p>` : '',
     '<div class="charts">',
     ...charts,
-    '</div><h2>Evaluation per iteration</h2>',
-    markdownTableToHtml(table),
+    evals.length
+      ? `</div><h2>Evaluation per iteration</h2>${markdownTableToHtml(table)}`
+      : `</div><h2>Training</h2>${markdownTableToHtml(section[2])}`,
     '</body></html>',
   ].join('\n');
   await writeFileAtomic(`${dir}/report.html`, html);
   await writeFileAtomic(`${dir}/report.md`, md);
+}
+
+/** Per arm: optimizer steps and the training loss of the first and the last step, as a markdown table. */
+function trainingSummary(steps: readonly MetricsRow[], arms: readonly string[]): string {
+  const lines = ['| arm | optimizer steps | first loss | last loss |', '| --- | --- | --- | --- |'];
+  const fmt = (v: unknown) => (typeof v === 'number' ? v.toFixed(4) : '');
+  for (const a of arms) {
+    const mine = steps.filter((r) => (r.arm ?? 'run') === a);
+    lines.push(`| ${a} | ${mine.length} | ${fmt(mine[0]?.loss)} | ${fmt(mine.at(-1)?.loss)} |`);
+  }
+  return lines.join('\n');
 }
 
 function markdownTableToHtml(md: string): string {

@@ -163,6 +163,8 @@ interface PendingLog {
   step: number;
   lr: number;
   tokens: number;
+  /** When the host finished issuing the step (performance.now()). */
+  issued: number;
   values: Promise<{ metrics: Float32Array; norm: Float32Array; done: number }>;
 }
 
@@ -419,12 +421,18 @@ export async function runTrainingLoop(
   // been issued and awaited one step later (or at a checkpoint / the end), so the host never waits
   // for the device inside a step and a GPU is never idle between steps.
   const pending: PendingLog[] = [];
+  // the end of the previous logged step, and when it was issued: for tokens_per_s
   let lastDone = performance.now();
+  let lastIssued = lastDone;
   const flush = async (keep: number) => {
     while (pending.length > keep) {
       const p = pending.shift()!;
       const { metrics, norm, done } = await p.values;
       const sums = Object.fromEntries(objective.metricNames.map((k, i) => [k, metrics[i]]));
+      // The step ended when its reads resolved (a GPU), but a backend that computes on the host resolves
+      // them only when this loop next yields: after the NEXT step, or all at once when a checkpoint or the
+      // end drains the queue. A step therefore lasts at least as long as the host spent issuing it.
+      const end = Math.max(done, lastDone + (p.issued - lastIssued));
       // the loss and the norm are all-reduced: every rank of a group takes the same decision here
       checkStepFinite(p.step, sums.loss, norm[0], lastSaved);
       const log: StepLog = {
@@ -433,9 +441,10 @@ export async function runTrainingLoop(
         ...sums,
         learning_rate: p.lr,
         grad_norm: norm[0],
-        tokens_per_s: p.tokens / (Math.max(1e-6, done - lastDone) / 1000),
+        tokens_per_s: p.tokens / (Math.max(1e-6, end - lastDone) / 1000),
       };
-      lastDone = done;
+      lastDone = end;
+      lastIssued = p.issued;
       if (!dist || dist.group.isMain) await hooks.onStep?.(log);
     }
   };
@@ -497,7 +506,7 @@ export async function runTrainingLoop(
           norm.free();
         })
         .catch(() => {});
-      pending.push({ step, lr, tokens, values });
+      pending.push({ step, lr, tokens, issued: performance.now(), values });
       const atEpochEnd = step % perEpoch === 0;
       const checkpoint = hooks.checkpointDir && (step === totalSteps || atEpochEnd || (cfg.saveSteps > 0 && step % cfg.saveSteps === 0));
       await flush(checkpoint ? 0 : 1);
