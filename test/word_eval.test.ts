@@ -9,7 +9,7 @@ import { describe, test } from 'node:test';
 import { writeChatRows } from '../src/data/sft.js';
 import { problemFromPrompt } from '../src/data/word_problems.js';
 import { generateWordProblems, support } from '../src/data/word_teacher.js';
-import { summarizeSweep, sweepTable, type SweepEval } from '../src/spin/sweep.js';
+import { summarizeSweep, sweepTable, sweepTeacherChart, type SweepEval } from '../src/spin/sweep.js';
 import { majorityAnswer, teacherStats } from '../src/spin/word_eval.js';
 import { withTempDir } from './helpers/data_files.js';
 import { writeTinyModelDir } from './helpers/tiny_model.js';
@@ -56,6 +56,11 @@ describe('word-problem measures', () => {
     assert.match(lines[0], /\| teacher log-lik\. \| teacher cannot write \|$/);
     assert.match(lines[2], /\| -3\.00 \| 0\.250 \|$/);
     assert.match(lines[3], /\| -1\.50 \| 0\.250 \|$/); // mean of -1 and -2 over the seeds
+    // the teacher's plot: only for word problems, θ0's value at iteration 0, then the arm's mean
+    assert.equal(sweepTeacherChart(summarizeSweep(input({}))), null);
+    const svg = sweepTeacherChart(summarizeSweep(input({ teacherLogp: -3, teacherImpossible: 0.25 })))!;
+    assert.ok(svg.startsWith('<svg') && svg.includes('teacher cannot write'));
+    assert.equal((svg.match(/<polyline/g) ?? []).length, 1);
   });
 
   test('spinlm eval on word problems reports final-answer accuracy, teacher log-lik., majority vote', () =>

@@ -55,7 +55,16 @@ const LAYOUT: Record<string, readonly string[]> = {
     'fingerprint.json',
     'merge.resolved.json',
   ],
-  sweep: ['theta0', 'sweep.md', 'sweep.json', 'sweep.svg', 'sweep-delta.svg', 'fingerprint.json', 'sweep.resolved.json'],
+  sweep: [
+    'theta0',
+    'sweep.md',
+    'sweep.json',
+    'sweep.svg',
+    'sweep-delta.svg',
+    'sweep-teacher.svg',
+    'fingerprint.json',
+    'sweep.resolved.json',
+  ],
   demo: ['theta0', 'theta0.partial', ...DEMO_ARMS.map((a) => a.name), ...REPORT, 'table.md', 'demo_results.json'],
 };
 /** Written by every command: the lock, the marker, the hidden temp files of atomic writes (src/util/atomic.ts). */

@@ -263,18 +263,42 @@ export function sweepTaskTable(s: SweepSummary): string {
 
 /** Exact match per iteration, one line per arm from θ0 (iteration 0), error bars = SE over seeds. */
 export function sweepChart(s: SweepSummary): string {
+  return iterationChart(
+    s,
+    `Held-out exact match (mean of ${s.seeds.length} seeds; bars: SE over seeds)`,
+    s.theta0.exactMatch,
+    (r) => r.exactMatch,
+  );
+}
+
+/**
+ * Word problems: the fraction of greedy held-out solutions the teacher cannot write, per iteration (as
+ * sweepChart); null for a sweep without the teacher's columns.
+ */
+export function sweepTeacherChart(s: SweepSummary): string | null {
+  if (s.theta0.teacherImpossible === undefined) return null;
+  return iterationChart(
+    s,
+    `Greedy held-out solutions the teacher cannot write (mean of ${s.seeds.length} seeds; bars: SE over seeds)`,
+    s.theta0.teacherImpossible,
+    (r) => r.teacherImpossible,
+  );
+}
+
+/** One measure per iteration, a line per arm from θ0's value at iteration 0, error bars = SE over seeds. */
+function iterationChart(s: SweepSummary, title: string, theta0: number, pick: (r: SweepRow) => MeanSe | null | undefined): string {
   const k = s.arms.length;
   const series = s.arms.map((a, i) => {
-    const rows = s.rows.filter((r) => r.arm === a.name);
+    const rows = s.rows.filter((r) => r.arm === a.name && pick(r));
     // arms side by side around each iteration, so that their error bars do not cover each other
     const dx = k > 1 ? (i - (k - 1) / 2) * Math.min(0.04, 0.3 / k) : 0;
     return {
       name: a.name,
-      points: [[0, s.theta0.exactMatch] as [number, number], ...rows.map((r) => [r.iteration + dx, r.exactMatch.mean] as [number, number])],
-      errors: [0, ...rows.map((r) => r.exactMatch.se ?? 0)],
+      points: [[0, theta0] as [number, number], ...rows.map((r) => [r.iteration + dx, pick(r)!.mean] as [number, number])],
+      errors: [0, ...rows.map((r) => pick(r)!.se ?? 0)],
     };
   });
-  return lineChart(`Held-out exact match (mean of ${s.seeds.length} seeds; bars: SE over seeds)`, 'iteration', series, {
+  return lineChart(title, 'iteration', series, {
     width: 640,
     height: Math.max(340, 90 + 16 * k), // room for the legend
   });
@@ -353,9 +377,11 @@ export async function writeSweepOutputs(dir: string, s: SweepSummary): Promise<v
   await writeFileAtomic(join(dir, 'sweep.json'), `${JSON.stringify(s, null, 2)}\n`);
   await writeFileAtomic(join(dir, 'sweep.svg'), `${sweepChart(s)}\n`);
   await writeFileAtomic(join(dir, 'sweep-delta.svg'), `${sweepDeltaChart(s)}\n`);
+  const teacher = sweepTeacherChart(s);
+  if (teacher) await writeFileAtomic(join(dir, 'sweep-teacher.svg'), `${teacher}\n`);
   await writeFileAtomic(
     join(dir, 'sweep.md'),
-    `${sweepMarkdown(s)}\nPlots: sweep.svg (exact match per iteration, error bars = SE over seeds), sweep-delta.svg (Δ vs ${s.baseline} after the last iteration, ± 2 paired SE).\n`,
+    `${sweepMarkdown(s)}\nPlots: sweep.svg (exact match per iteration, error bars = SE over seeds), sweep-delta.svg (Δ vs ${s.baseline} after the last iteration, ± 2 paired SE)${teacher ? ', sweep-teacher.svg (greedy solutions the teacher cannot write, per iteration)' : ''}.\n`,
   );
 }
 
