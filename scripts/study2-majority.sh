@@ -14,10 +14,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 dir=${1:?usage: study2-majority.sh STUDY_DIR [N] [--table]}
 n=${2:-200}
 sweep="$dir/sweep"
-arms=$(node -e 'const r = require(process.argv[1]); console.log(r.arms.map((a) => a.name).join(" "))' "$(realpath "$sweep/sweep.resolved.json")")
-seeds=$(node -e 'const r = require(process.argv[1]); console.log(r.seeds.join(" "))' "$(realpath "$sweep/sweep.resolved.json")")
-last=$(node -e 'const r = require(process.argv[1]); console.log(r.iterations - 1)' "$(realpath "$sweep/sweep.resolved.json")")
-baseline=$(node -e 'const r = require(process.argv[1]); console.log(r.baseline)' "$(realpath "$sweep/sweep.resolved.json")")
+# the sweep's own record: its arms, seeds, last iteration (0-based) and baseline, one per line
+{ read -r arms; read -r seeds; read -r last; read -r baseline; } < <(node -e '
+const r = require(process.argv[1]);
+console.log([r.arms.map((a) => a.name).join(" "), r.seeds.join(" "), r.iterations - 1, r.baseline].join("\n"));
+' "$(realpath "$sweep/sweep.resolved.json")")
 mkdir -p "$dir/majority"
 if [ "${3:-}" != "--table" ]; then
   head -n "$n" "$dir/heldout.jsonl" > "$dir/majority/heldout-$n.jsonl"

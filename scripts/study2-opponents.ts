@@ -8,8 +8,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { loadSftPairs } from '../src/data/sft.js';
-import { answerOf, problemFromPrompt } from '../src/data/word_problems.js';
-import { finalAnswer, logProb } from '../src/data/word_teacher.js';
+import { answerCorrect, exactMatch } from '../src/data/synthetic.js';
+import { problemFromPrompt } from '../src/data/word_problems.js';
+import { logProb } from '../src/data/word_teacher.js';
 
 const [out, ranFrom = '.'] = process.argv.slice(2);
 if (!out) throw new Error('usage: node --import tsx scripts/study2-opponents.ts SWEEP_DIR [RAN_FROM]');
@@ -33,9 +34,9 @@ for (const arm of cfg.arms as { name: string }[]) {
       if (!existsSync(f)) continue;
       const answers: string[] = JSON.parse(readFileSync(f, 'utf8'));
       if (answers.every((a) => a === '')) continue; // the sft objective has no opponent
-      right.push(mean(answers.map((a, i) => (finalAnswer(a) === answerOf(problems[i]) ? 1 : 0))));
+      right.push(mean(answers.map((a, i) => (answerCorrect({ task: problems[i].kind, real: prompts[i].real }, a) ? 1 : 0))));
       writable.push(mean(answers.map((a, i) => (logProb(problems[i], a) > -Infinity ? 1 : 0))));
-      equal.push(mean(answers.map((a, i) => (a.trim() === prompts[i].real.trim() ? 1 : 0))));
+      equal.push(mean(answers.map((a, i) => (exactMatch(prompts[i], a) ? 1 : 0))));
     }
     if (right.length)
       console.log(

@@ -224,8 +224,8 @@ export async function writeReport(
   ];
   const table = evalTable(rows, opts.evalColumns);
   // a run without evaluations (sft, train) says what it trained instead of an empty table
-  const section = evals.length ? ['## Evaluation per iteration', '', table] : ['## Training', '', trainingSummary(steps, arms)];
-  const md = [`# ${opts.title}`, '', opts.notes ?? '', '', ...section, ''].join('\n');
+  const [heading, body] = evals.length ? ['Evaluation per iteration', table] : ['Training', trainingSummary(steps, arms)];
+  const md = [`# ${opts.title}`, '', opts.notes ?? '', '', `## ${heading}`, '', body, ''].join('\n');
   const html = [
     '<!doctype html><html><head><meta charset="utf-8"><title>' + esc(opts.title) + '</title>',
     '<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto} .charts{display:flex;flex-wrap:wrap;gap:12px} table{border-collapse:collapse} td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}</style></head><body>',
@@ -233,9 +233,8 @@ export async function writeReport(
     opts.notes ? `<p>${esc(opts.notes)}</p>` : '',
     '<div class="charts">',
     ...charts,
-    evals.length
-      ? `</div><h2>Evaluation per iteration</h2>${markdownTableToHtml(table)}`
-      : `</div><h2>Training</h2>${markdownTableToHtml(section[2])}`,
+    `</div><h2>${heading}</h2>`,
+    markdownTableToHtml(body),
     '</body></html>',
   ].join('\n');
   await writeFileAtomic(`${dir}/report.html`, html);
